@@ -1,0 +1,46 @@
+# liverec: the two commands a newcomer needs are `make demo` and `make test`.
+# Each sets itself up: a virtualenv at .venv, the package and its dependencies,
+# and (through the liverec CLI) a local Kafka broker when no cluster is configured.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test lint typecheck unit bench clean system-deps
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+# Debian packages the tests use for real parts: a Prometheus server and a headless browser.
+system-deps:
+	@bash scripts/system-deps.sh
+
+demo: install
+	$(BIN)/liverec demo
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check . || true
+
+typecheck: install
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest -m "not kafka and not slow and not browser"
+
+test: install system-deps
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python -m bench.run_all
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

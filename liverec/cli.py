@@ -1,0 +1,27 @@
+"""The ``liverec`` command. Each area registers its own subcommands.
+
+Heavy imports (torch, kafka) happen inside the commands, so ``liverec --help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from liverec import cmd_models, cmd_serve, cmd_stream, cmd_system, cmd_train
+
+app = typer.Typer(
+    name="liverec",
+    help="Streaming incremental-learning recommender: Kafka in, online models, "
+    "hot-reloaded serving, Prometheus out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+for module in (cmd_stream, cmd_models, cmd_train, cmd_serve, cmd_system):
+    module.register(app)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,471 @@
+"""The one protocol every online model implements, and the small shared pieces.
+
+Every model -- collaborative filtering, torch embeddings, the hybrid -- is an
+:class:`OnlineModel`. The trainer, the prequential evaluator and the server only
+ever talk to this protocol:
+
+* ``learn(batch)`` learns a mini-batch of interactions in place (returns ``None``);
+* ``score_all(user, history)`` scores every item the model knows, one float per
+  item row (``self.items``); ``score``, ``recommend`` build on it;
+* ``similar(item, k)`` returns items like an item;
+* ``get_state()`` / ``from_state(state)`` export and rebuild the model from
+  numeric arrays plus JSON-able metadata (never pickle);
+* ``n_users`` / ``n_items`` say how many ids the model knows.
+
+Hyperparameters are constructor arguments stored under the same names; learned
+state lives apart; randomness comes only from ``seed``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections import OrderedDict, deque
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
+
+import numpy as np
+
+__all__ = [
+    "Batch",
+    "IdIndex",
+    "ModelState",
+    "OnlineModel",
+    "UserHistory",
+    "pack_strings",
+    "unpack_strings",
+    "top_k",
+]
+
+
+# --------------------------------------------------------------------------- batches
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A mini-batch of interactions, column-wise, in arrival (event) order.
+
+    ``users`` and ``items`` are object arrays of ``str``; ``weights`` float32
+    (the event type's weight); ``timestamps`` float64 epoch seconds (event time).
+
+    >>> b = Batch.from_records([("u1", "i1", 1.0, 10.0), ("u2", "i2", 2.0, 11.0)])
+    >>> len(b), b.users[1], float(b.weights.sum())
+    (2, 'u2', 3.0)
+    """
+
+    users: np.ndarray
+    items: np.ndarray
+    weights: np.ndarray
+    timestamps: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.users)
+        if not (len(self.items) == len(self.weights) == len(self.timestamps) == n):
+            raise ValueError("Batch columns must all have the same length")
+
+    @classmethod
+    def from_records(cls, records: Iterable[tuple[str, str, float, float]]) -> Batch:
+        rows = list(records)
+        users = np.empty(len(rows), dtype=object)
+        items = np.empty(len(rows), dtype=object)
+        users[:] = [r[0] for r in rows]
+        items[:] = [r[1] for r in rows]
+        return cls(
+            users=users,
+            items=items,
+            weights=np.asarray([r[2] for r in rows], dtype=np.float32),
+            timestamps=np.asarray([r[3] for r in rows], dtype=np.float64),
+        )
+
+    @classmethod
+    def from_columns(
+        cls,
+        users: Sequence[str] | np.ndarray,
+        items: Sequence[str] | np.ndarray,
+        weights: Sequence[float] | np.ndarray | None = None,
+        timestamps: Sequence[float] | np.ndarray | None = None,
+    ) -> Batch:
+        n = len(users)
+        u = np.empty(n, dtype=object)
+        i = np.empty(n, dtype=object)
+        u[:] = list(users)
+        i[:] = list(items)
+        w = np.ones(n, np.float32) if weights is None else np.asarray(weights, np.float32)
+        t = np.zeros(n, np.float64) if timestamps is None else np.asarray(timestamps, np.float64)
+        return cls(users=u, items=i, weights=w, timestamps=t)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __getitem__(self, index: slice) -> Batch:
+        return Batch(
+            self.users[index], self.items[index], self.weights[index], self.timestamps[index]
+        )
+
+    def chunks(self, size: int) -> Iterator[Batch]:
+        """Consecutive sub-batches of at most ``size`` events."""
+        for start in range(0, len(self), size):
+            yield self[start : start + size]
+
+
+# --------------------------------------------------------------------------- ids
+
+
+class IdIndex:
+    """Maps string ids to dense rows ``0..n-1`` and back; grows as ids arrive.
+
+    Rows are stable for the life of the index. Models that expire ids call
+    :meth:`remove`, which frees the row for reuse and bumps ``generation`` so
+    callers holding row mappings know to rebuild them.
+
+    >>> idx = IdIndex()
+    >>> idx.add_many(["a", "b", "a", "c"]).tolist()
+    [0, 1, 0, 2]
+    >>> idx.get("b"), idx.get("zz"), len(idx), idx.ids[2]
+    (1, -1, 3, 'c')
+    """
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        self._row: dict[str, int] = {}
+        self._ids: list[str | None] = []
+        self._free: list[int] = []
+        self.generation = 0
+        self.add_many(list(ids))
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._row
+
+    @property
+    def capacity(self) -> int:
+        """Number of rows ever allocated (live + freed); arrays are sized to this."""
+        return len(self._ids)
+
+    @property
+    def ids(self) -> list[str | None]:
+        """Id of each row (``None`` for a freed row). Do not mutate."""
+        return self._ids
+
+    def get(self, key: str) -> int:
+        """Row of ``key``, or -1 when unknown."""
+        return self._row.get(key, -1)
+
+    def rows(self, keys: Iterable[str]) -> np.ndarray:
+        """Rows of ``keys`` (-1 for unknown ones) as an int64 array."""
+        get = self._row.get
+        return np.fromiter((get(k, -1) for k in keys), dtype=np.int64)
+
+    def add(self, key: str) -> int:
+        row = self._row.get(key)
+        if row is None:
+            if self._free:
+                row = self._free.pop()
+                self._ids[row] = key
+            else:
+                row = len(self._ids)
+                self._ids.append(key)
+            self._row[key] = row
+        return row
+
+    def add_many(self, keys: Sequence[str] | np.ndarray) -> np.ndarray:
+        """Rows of ``keys``, adding the unknown ones in order of first appearance."""
+        add = self.add
+        return np.fromiter((add(k) for k in keys), dtype=np.int64, count=len(keys))
+
+    def remove(self, key: str) -> int:
+        """Forget ``key``; its row is freed for reuse. Returns the freed row."""
+        row = self._row.pop(key)
+        self._ids[row] = None
+        self._free.append(row)
+        self.generation += 1
+        return row
+
+    def live_mask(self) -> np.ndarray:
+        """Boolean mask over ``capacity`` rows, True where the row holds an id."""
+        return np.fromiter((k is not None for k in self._ids), dtype=bool, count=len(self._ids))
+
+    # State: the row order is the state (freed rows stored as empty strings).
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        data, offsets = pack_strings(["" if k is None else k for k in self._ids])
+        return {f"{prefix}.data": data, f"{prefix}.offsets": offsets}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str) -> IdIndex:
+        keys = unpack_strings(arrays[f"{prefix}.data"], arrays[f"{prefix}.offsets"])
+        idx = cls()
+        for row, key in enumerate(keys):
+            if key == "":
+                idx._ids.append(None)
+                idx._free.append(row)
+            else:
+                idx._ids.append(key)
+                idx._row[key] = row
+        # Reuse lowest freed rows first, as the live index would have (LIFO of frees
+        # is not recoverable; any order is valid since rows are only reused).
+        idx._free.reverse()
+        return idx
+
+
+def pack_strings(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Pack strings into one uint8 UTF-8 buffer plus int64 end offsets.
+
+    Lets string ids live in safetensors/npz files without pickle.
+
+    >>> data, off = pack_strings(["ab", "", "ç"])
+    >>> unpack_strings(data, off)
+    ['ab', '', 'ç']
+    """
+    encoded = [s.encode("utf-8") for s in strings]
+    offsets = np.cumsum([len(b) for b in encoded], dtype=np.int64) if encoded else np.zeros(
+        0, np.int64
+    )
+    data = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
+    return data, offsets
+
+
+def unpack_strings(data: np.ndarray, offsets: np.ndarray) -> list[str]:
+    raw = np.asarray(data, dtype=np.uint8).tobytes()
+    out: list[str] = []
+    start = 0
+    for end in np.asarray(offsets, dtype=np.int64).tolist():
+        out.append(raw[start:end].decode("utf-8"))
+        start = end
+    return out
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class ModelState:
+    """A model's whole state: numeric arrays (no object dtype) plus JSON-able meta.
+
+    ``meta`` always holds ``"class"`` (the registry name) and ``"params"`` (the
+    constructor arguments). Arrays are written to safetensors/npz by the snapshot
+    writer; nothing here can execute code on load.
+    """
+
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        for name, arr in self.arrays.items():
+            if not isinstance(arr, np.ndarray) or arr.dtype == object:
+                raise TypeError(f"state array {name!r} must be a numeric numpy array")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest finite scores, best first (``argpartition``).
+
+    >>> top_k(np.array([0.1, 3.0, -np.inf, 2.0]), 5).tolist()
+    [1, 3, 0]
+    """
+    finite = np.isfinite(scores)
+    n_ok = int(finite.sum())
+    if n_ok == 0 or k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    k = min(k, n_ok)
+    s = np.where(finite, scores, -np.inf)
+    if k < len(s):
+        part = np.argpartition(-s, k - 1)[:k]
+    else:
+        part = np.arange(len(s))
+    order = np.lexsort((part, -s[part]))  # score desc, then row asc: deterministic
+    return part[order].astype(np.int64)
+
+
+class UserHistory:
+    """Each user's most recent distinct items, bounded per user, in event order.
+
+    Shared by the evaluator (what to exclude and what to use as query context),
+    the trainer (kept in snapshots) and the server (live context from the topic).
+
+    >>> h = UserHistory(max_items=3)
+    >>> for it in ["a", "b", "a", "c", "d"]:
+    ...     h.append("u", it)
+    >>> h.get("u")
+    ['a', 'c', 'd']
+    """
+
+    def __init__(self, max_items: int = 200, max_users: int | None = None) -> None:
+        self.max_items = max_items
+        self.max_users = max_users
+        self._items: OrderedDict[str, deque[str]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, user: object) -> bool:
+        return user in self._items
+
+    def append(self, user: str, item: str) -> None:
+        q = self._items.get(user)
+        if q is None:
+            q = self._items[user] = deque(maxlen=self.max_items)
+            if self.max_users is not None and len(self._items) > self.max_users:
+                self._items.popitem(last=False)
+        else:
+            self._items.move_to_end(user)
+            if item in q:
+                q.remove(item)
+        q.append(item)
+
+    def extend(self, users: Iterable[str], items: Iterable[str]) -> None:
+        for u, i in zip(users, items, strict=True):
+            self.append(u, i)
+
+    def get(self, user: str) -> list[str]:
+        q = self._items.get(user)
+        return list(q) if q is not None else []
+
+    def has(self, user: str, item: str) -> bool:
+        q = self._items.get(user)
+        return q is not None and item in q
+
+    def to_arrays(self, prefix: str = "history") -> dict[str, np.ndarray]:
+        users = list(self._items)
+        lengths = np.asarray([len(self._items[u]) for u in users], dtype=np.int64)
+        flat = [i for u in users for i in self._items[u]]
+        u_data, u_off = pack_strings(users)
+        i_data, i_off = pack_strings(flat)
+        return {
+            f"{prefix}.users.data": u_data,
+            f"{prefix}.users.offsets": u_off,
+            f"{prefix}.items.data": i_data,
+            f"{prefix}.items.offsets": i_off,
+            f"{prefix}.lengths": lengths,
+        }
+
+    @classmethod
+    def from_arrays(
+        cls,
+        arrays: Mapping[str, np.ndarray],
+        prefix: str = "history",
+        max_items: int = 200,
+        max_users: int | None = None,
+    ) -> UserHistory:
+        h = cls(max_items=max_items, max_users=max_users)
+        users = unpack_strings(arrays[f"{prefix}.users.data"], arrays[f"{prefix}.users.offsets"])
+        items = unpack_strings(arrays[f"{prefix}.items.data"], arrays[f"{prefix}.items.offsets"])
+        pos = 0
+        for u, n in zip(users, arrays[f"{prefix}.lengths"].tolist(), strict=True):
+            h._items[u] = deque(items[pos : pos + n], maxlen=max_items)
+            pos += n
+        return h
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+class OnlineModel(ABC):
+    """Base class and protocol of every liverec model.
+
+    Subclasses set ``name`` (the registry key, e.g. ``"itemknn"``), keep their
+    constructor arguments as attributes of the same name, own an ``items`` and a
+    ``users`` :class:`IdIndex`, and implement the abstract methods. ``score``,
+    ``recommend``, ``get_params`` and ``clone`` come for free.
+    """
+
+    name: ClassVar[str] = "base"
+    items: IdIndex
+    users: IdIndex
+
+    # -- learning
+    @abstractmethod
+    def learn(self, batch: Batch) -> None:
+        """Learn a mini-batch in place, in the batch's (event) order."""
+
+    # -- scoring
+    @abstractmethod
+    def score_all(self, user: str, history: Sequence[str] = ()) -> np.ndarray:
+        """A float32 score for every item row (length ``self.items.capacity``).
+
+        ``history`` is the caller's view of the user's recent items, oldest first,
+        most recent last (the evaluator's and the server's live context). When it
+        is empty a model may fall back on what it learned about ``user`` itself.
+        Higher is better; ``-inf`` marks rows that must never be recommended
+        (freed rows). Unknown users get a sensible non-personal score or all
+        zeros; they must not raise.
+        """
+
+    @abstractmethod
+    def similar(self, item: str, k: int = 10) -> list[tuple[str, float]]:
+        """Up to ``k`` items most like ``item`` (never ``item`` itself), best first."""
+
+    # -- state
+    @abstractmethod
+    def get_state(self) -> ModelState:
+        """Export the whole state; ``type(self).from_state(s)`` must rebuild it exactly."""
+
+    @classmethod
+    @abstractmethod
+    def from_state(cls, state: ModelState) -> Self:
+        """Rebuild a model from :meth:`get_state`'s output."""
+
+    # -- sizes
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    # -- shared behaviour
+    def score(
+        self, user: str, items: Sequence[str], history: Sequence[str] = ()
+    ) -> np.ndarray:
+        """Scores of candidate ``items`` for ``user``; unknown items get ``-inf``."""
+        all_scores = self.score_all(user, history)
+        rows = self.items.rows(items)
+        out = np.full(len(rows), -np.inf, dtype=np.float32)
+        known = rows >= 0
+        out[known] = all_scores[rows[known]]
+        return out
+
+    def recommend(
+        self,
+        user: str,
+        k: int = 10,
+        history: Sequence[str] = (),
+        exclude: Collection[str] = (),
+    ) -> list[tuple[str, float]]:
+        """The top ``k`` (item, score) for ``user``, never an item in ``exclude``."""
+        scores = self.score_all(user, history).astype(np.float32, copy=True)
+        if len(scores) == 0:
+            return []
+        ex = self.items.rows(exclude)
+        scores[ex[ex >= 0]] = -np.inf
+        ids = self.items.ids
+        return [(ids[r], float(scores[r])) for r in top_k(scores, k)]  # type: ignore[misc]
+
+    def item_vectors(self) -> np.ndarray | None:
+        """Item embedding matrix (rows aligned to ``self.items``) if the model has one.
+
+        Used for embedding drift between snapshots; ``None`` for models without one.
+        """
+        return None
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor arguments, read back from attributes of the same name."""
+        sig = inspect.signature(type(self).__init__)
+        return {
+            p: getattr(self, p)
+            for p in sig.parameters
+            if p != "self" and sig.parameters[p].kind is not inspect.Parameter.VAR_KEYWORD
+        }
+
+    def clone(self, **overrides: Any) -> Self:
+        """A fresh, unfitted model with the same hyperparameters."""
+        params = {**self.get_params(), **overrides}
+        return type(self)(**params)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"

@@ -1,0 +1,71 @@
+"""Model registry: one name per model class, resolved lazily (torch loads only if used).
+
+>>> sorted(MODEL_PATHS)[:3]
+['bpr', 'embedding', 'hybrid']
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from online_models.base import ModelState, OnlineModel
+
+#: registry name -> "module:Class"
+MODEL_PATHS: dict[str, str] = {
+    "popularity": "online_models.popularity:Popularity",
+    "itemknn": "online_models.itemknn:ItemKNN",
+    "userknn": "online_models.userknn:UserKNN",
+    "bpr": "online_models.bpr:BPR",
+    "embedding": "online_models.embedding:EmbeddingModel",
+    "sequence": "online_models.sequence:SequenceModel",
+    "hybrid": "online_models.hybrid:Hybrid",
+    "river-funkmf": "online_models.river_baseline:RiverFunkMF",
+    "river-biasedmf": "online_models.river_baseline:RiverBiasedMF",
+}
+
+#: what the trainer learns by default ("all" on the command line)
+DEFAULT_MODELS: tuple[str, ...] = (
+    "popularity",
+    "itemknn",
+    "userknn",
+    "bpr",
+    "embedding",
+    "sequence",
+    "hybrid",
+)
+
+
+def model_class(name: str) -> type[OnlineModel]:
+    try:
+        path = MODEL_PATHS[name]
+    except KeyError:
+        known = ", ".join(sorted(MODEL_PATHS))
+        raise ValueError(f"unknown model {name!r}; known models: {known}") from None
+    module, cls = path.split(":")
+    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+
+
+def create(name: str, **params: Any) -> OnlineModel:
+    """A fresh model by registry name."""
+    return model_class(name)(**params)
+
+
+def from_state(state: ModelState) -> OnlineModel:
+    """Rebuild any model from its exported state (dispatch on ``meta['class']``)."""
+    return model_class(state.meta["class"]).from_state(state)
+
+
+def parse_models(spec: str) -> list[str]:
+    """``"all"`` or a comma-separated list of registry names, validated.
+
+    >>> parse_models("popularity, itemknn")
+    ['popularity', 'itemknn']
+    """
+    if spec.strip() in ("", "all"):
+        return list(DEFAULT_MODELS)
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    for n in names:
+        if n not in MODEL_PATHS:
+            model_class(n)  # raises with the list of known names
+    return names
