@@ -1,0 +1,276 @@
+"""Incremental user-based collaborative filtering with bounded work and event-time decay.
+
+Two bounded indexes are kept up to date event by event:
+
+* per user, the ``max_user_items`` most recent distinct items with their last event time
+  and accumulated weight;
+* per item (the inverted index), the ``max_users_per_item`` users who touched it most
+  recently.
+
+A query walks the inverted index from the user's items to candidate neighbours (at most
+``max_candidates``, the ones sharing the most decayed weight), keeps the
+``n_neighbours`` most similar by decayed cosine, and scores each neighbour's items by
+``similarity × decayed weight``. An update costs O(1) dict work per event, a query at
+most ``max_user_items × max_users_per_item`` index reads plus
+``n_neighbours × max_user_items`` score updates, whatever the traffic.
+
+Decay runs in event time relative to the model's watermark (latest event time seen):
+an interaction ``Δt`` seconds old weighs ``0.5 ** (Δt / half_life_seconds)``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import ClassVar, Self
+
+import numpy as np
+
+from online_models.base import Batch, IdIndex, ModelState, OnlineModel
+from online_models.bpr import grow_rows
+
+__all__ = ["UserKNN"]
+
+
+class UserKNN(OnlineModel):
+    """User-kNN over recent items, neighbours found through a bounded inverted index.
+
+    A user without stored items (unknown) but with a ``history`` is matched through the
+    history items, so a brand-new user is personalised from live clicks; with neither,
+    items are ranked by decayed popularity. Neighbour scores carry a tiny popularity
+    term so that ties break towards popular items.
+
+    Parameters
+    ----------
+    n_neighbours
+        Neighbours whose items are scored.
+    max_candidates
+        Candidate neighbours whose similarity is computed per query.
+    max_users_per_item
+        Recent users kept per item in the inverted index.
+    max_user_items
+        Recent distinct items kept per user.
+    half_life_seconds
+        Event-time half-life of an interaction's weight; ``None`` disables decay.
+
+    Examples
+    --------
+    >>> m = UserKNN()
+    >>> m.learn(Batch.from_columns(["a", "a", "b", "b"], ["x", "y", "x", "z"]))
+    >>> [item for item, _ in m.recommend("a", 2, exclude=["x", "y"])]
+    ['z']
+    """
+
+    name: ClassVar[str] = "userknn"
+
+    def __init__(
+        self,
+        n_neighbours: int = 30,
+        max_candidates: int = 200,
+        max_users_per_item: int = 50,
+        max_user_items: int = 50,
+        half_life_seconds: float | None = 7 * 86_400.0,
+    ) -> None:
+        self.n_neighbours = n_neighbours
+        self.max_candidates = max_candidates
+        self.max_users_per_item = max_users_per_item
+        self.max_user_items = max_user_items
+        self.half_life_seconds = half_life_seconds
+
+        self.users = IdIndex()
+        self.items = IdIndex()
+        # user row -> {item row: [last time, accumulated weight]}, least recent first
+        self._user_items: dict[int, OrderedDict[int, list[float]]] = {}
+        # item row -> {user row: last time}, least recent first
+        self._item_users: dict[int, OrderedDict[int, float]] = {}
+        # Decayed popularity, expressed at the watermark.
+        self._pop = np.zeros(0, np.float64)
+        self._watermark = -np.inf
+
+    # ------------------------------------------------------------------ learning
+    def _decay(self, t: np.ndarray) -> np.ndarray:
+        if self.half_life_seconds is None or not np.isfinite(self._watermark):
+            return np.ones_like(t)
+        return 0.5 ** ((self._watermark - t) / self.half_life_seconds)
+
+    def _decayer(self) -> Callable[[float], float]:
+        """Scalar decay to the watermark, as a plain-float function for the query loops."""
+        hl, wm = self.half_life_seconds, self._watermark
+        if hl is None or not np.isfinite(wm):
+            return lambda t: 1.0
+        return lambda t: 0.5 ** ((wm - t) / hl)
+
+    def learn(self, batch: Batch) -> None:
+        if len(batch) == 0:
+            return
+        u_rows = self.users.add_many(batch.users)
+        i_rows = self.items.add_many(batch.items)
+        ts, ws = batch.timestamps, batch.weights.astype(np.float64)
+
+        new_wm = max(self._watermark, float(ts.max()))
+        if np.isfinite(self._watermark) and self.half_life_seconds is not None:
+            self._pop *= 0.5 ** ((new_wm - self._watermark) / self.half_life_seconds)
+        self._watermark = new_wm
+        self._pop = grow_rows(self._pop, self.items.capacity)
+        np.add.at(self._pop, i_rows, ws * self._decay(ts))
+
+        max_ui, max_iu = self.max_user_items, self.max_users_per_item
+        user_items, item_users = self._user_items, self._item_users
+        hl = self.half_life_seconds
+        for u, i, t, w in zip(u_rows.tolist(), i_rows.tolist(), ts.tolist(), ws.tolist(),
+                              strict=True):
+            items = user_items.get(u)
+            if items is None:
+                items = user_items[u] = OrderedDict()
+            entry = items.pop(i, None)
+            if entry is None:
+                entry = [t, w]
+            else:
+                # Bring the old weight to this event's time before adding.
+                old = entry[1] * (0.5 ** ((t - entry[0]) / hl) if hl else 1.0)
+                entry = [max(t, entry[0]), old + w]
+            items[i] = entry
+            if len(items) > max_ui:
+                gone, _ = items.popitem(last=False)
+                users_of_gone = item_users.get(gone)
+                if users_of_gone is not None:
+                    users_of_gone.pop(u, None)
+            users = item_users.get(i)
+            if users is None:
+                users = item_users[i] = OrderedDict()
+            users.pop(u, None)
+            users[u] = t
+            if len(users) > max_iu:
+                users.popitem(last=False)
+
+    # ------------------------------------------------------------------ scoring
+    def _profile(self, user: str, history: Sequence[str]) -> tuple[int, dict[int, float]]:
+        """The query user's row (-1 if none) and item row -> decayed weight."""
+        row = self.users.get(user)
+        stored = self._user_items.get(row) if row >= 0 else None
+        if stored:
+            dec = self._decayer()
+            return row, {i: e[1] * dec(e[0]) for i, e in stored.items()}
+        rows = self.items.rows(list(history)[-self.max_user_items :])
+        return row, {int(i): 1.0 for i in rows.tolist() if i >= 0}
+
+    def _neighbour_weights(self, u: int, profile: dict[int, float]) -> list[tuple[int, float]]:
+        if not profile:
+            return []
+        overlap: dict[int, float] = {}
+        for i, wi in profile.items():
+            for v in self._item_users.get(i, ()):
+                if v != u:
+                    overlap[v] = overlap.get(v, 0.0) + wi
+        if not overlap:
+            return []
+        cands = sorted(overlap.items(), key=lambda kv: (-kv[1], kv[0]))[: self.max_candidates]
+        norm_u = float(np.sqrt(sum(w * w for w in profile.values())))
+        dec = self._decayer()
+        sims: list[tuple[int, float]] = []
+        for v, _ in cands:
+            v_items = self._user_items[v]
+            dot, norm_v = 0.0, 0.0
+            for i, (t, w) in v_items.items():
+                wv = w * dec(t)
+                norm_v += wv * wv
+                wu = profile.get(i)
+                if wu is not None:
+                    dot += wu * wv
+            if dot > 0:
+                sims.append((v, dot / (norm_u * np.sqrt(norm_v) + 1e-12)))
+        sims.sort(key=lambda kv: (-kv[1], kv[0]))
+        return sims[: self.n_neighbours]
+
+    def score_all(self, user: str, history: Sequence[str] = ()) -> np.ndarray:
+        n = self.items.capacity
+        pop = self._pop[:n]
+        tiebreak = (pop / pop.max()).astype(np.float32) if n and pop.max() > 0 else None
+        u, profile = self._profile(user, history)
+        neigh = self._neighbour_weights(u, profile)
+        if not neigh:
+            return (np.log1p(pop)).astype(np.float32)
+        scores = np.zeros(n, np.float64)
+        dec = self._decayer()
+        for v, sim in neigh:
+            for i, (t, w) in self._user_items[v].items():
+                scores[i] += sim * w * dec(t)
+        out = scores.astype(np.float32)
+        if tiebreak is not None:
+            out += 1e-6 * tiebreak
+        return out
+
+    def similar(self, item: str, k: int = 10) -> list[tuple[str, float]]:
+        """Items co-occurring with ``item`` among its recent users, by decayed weight."""
+        row = self.items.get(item)
+        if row < 0:
+            return []
+        co: dict[int, float] = {}
+        dec = self._decayer()
+        for v in self._item_users.get(row, ()):
+            for i, (t, w) in self._user_items[v].items():
+                if i != row:
+                    co[i] = co.get(i, 0.0) + w * dec(t)
+        best = sorted(co.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+        ids = self.items.ids
+        return [(ids[i], float(s)) for i, s in best]  # type: ignore[misc]
+
+    # ------------------------------------------------------------------ state
+    def get_state(self) -> ModelState:
+        ui_user, ui_item, ui_t, ui_w = [], [], [], []
+        for u, items in self._user_items.items():
+            for i, (t, w) in items.items():
+                ui_user.append(u)
+                ui_item.append(i)
+                ui_t.append(t)
+                ui_w.append(w)
+        iu_item, iu_user, iu_t = [], [], []
+        for i, users in self._item_users.items():
+            for u, t in users.items():
+                iu_item.append(i)
+                iu_user.append(u)
+                iu_t.append(t)
+        arrays = {
+            **self.users.to_arrays("users"),
+            **self.items.to_arrays("items"),
+            "user_items.user": np.asarray(ui_user, np.int64),
+            "user_items.item": np.asarray(ui_item, np.int64),
+            "user_items.time": np.asarray(ui_t, np.float64),
+            "user_items.weight": np.asarray(ui_w, np.float64),
+            "item_users.item": np.asarray(iu_item, np.int64),
+            "item_users.user": np.asarray(iu_user, np.int64),
+            "item_users.time": np.asarray(iu_t, np.float64),
+            "pop": self._pop.copy(),
+        }
+        meta = {
+            "class": self.name,
+            "params": self.get_params(),
+            "watermark": float(self._watermark) if np.isfinite(self._watermark) else None,
+        }
+        return ModelState(arrays=arrays, meta=meta)
+
+    @classmethod
+    def from_state(cls, state: ModelState) -> Self:
+        m = cls(**state.meta["params"])
+        a = state.arrays
+        m.users = IdIndex.from_arrays(a, "users")
+        m.items = IdIndex.from_arrays(a, "items")
+        for u, i, t, w in zip(
+            a["user_items.user"].tolist(),
+            a["user_items.item"].tolist(),
+            a["user_items.time"].tolist(),
+            a["user_items.weight"].tolist(),
+            strict=True,
+        ):
+            m._user_items.setdefault(u, OrderedDict())[i] = [t, w]
+        for i, u, t in zip(
+            a["item_users.item"].tolist(),
+            a["item_users.user"].tolist(),
+            a["item_users.time"].tolist(),
+            strict=True,
+        ):
+            m._item_users.setdefault(i, OrderedDict())[u] = t
+        m._pop = np.array(a["pop"], np.float64)
+        wm = state.meta["watermark"]
+        m._watermark = -np.inf if wm is None else float(wm)
+        return m
