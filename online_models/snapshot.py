@@ -1,0 +1,484 @@
+"""Durable, verifiable snapshots of the trainer's state (models + user history + extras).
+
+A snapshot is a directory ``root/<version:012d>/`` holding
+
+* ``manifest.json`` -- format version, version, ``created_at``, ``events_total``,
+  Kafka ``offsets`` (``{topic: {partition: next_offset}}``), event-time ``watermark``,
+  per-model class / hyperparameters / sizes, latest ``metrics``, the SHA-256 of every
+  tensor file (``files``) and a SHA-256 of the manifest itself (``manifest_sha256``);
+* ``model-<name>.safetensors`` -- one file per model (its :class:`ModelState` arrays);
+* ``state.safetensors`` -- the :class:`UserHistory` and any ``extra_arrays``.
+
+Writes go to a hidden temporary directory, every file is fsynced, the directory is
+renamed into place, and only then is ``root/LATEST`` replaced (write + fsync +
+``os.replace``). A crash at any point leaves either the old or the new snapshot
+visible, never half of one. Loading verifies the format version and every checksum;
+a corrupt, truncated or tampered snapshot raises :class:`SnapshotError`, and
+:meth:`SnapshotStore.load_latest_valid` falls back to the previous good version.
+
+Nothing here can execute code on load: tensors are safetensors, metadata is JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import safetensors.numpy as stn
+
+from online_models import registry
+from online_models.base import ModelState, OnlineModel, UserHistory
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Snapshot",
+    "SnapshotError",
+    "SnapshotInfo",
+    "SnapshotStore",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_VERSION_DIGITS = 12
+_LATEST = "LATEST"
+_MANIFEST = "manifest.json"
+_STATE_FILE = "state.safetensors"
+_HISTORY_PREFIX = "history"
+_EXTRA_PREFIX = "extra."
+# Large files are hashed and written in chunks so hashing overlaps writing.
+_CHUNK = 16 << 20
+
+Offsets = Mapping[str, Mapping[int, int]]
+
+
+class SnapshotError(Exception):
+    """A snapshot is missing, corrupt, truncated, tampered with or of an unknown format."""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    """What :meth:`SnapshotStore.write` produced."""
+
+    version: int
+    path: Path
+    bytes: int
+    seconds: float
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """A loaded, verified snapshot."""
+
+    version: int
+    path: Path
+    manifest: dict[str, Any]
+    models: dict[str, OnlineModel]
+    history: UserHistory
+    extra_arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    extra_meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def events_total(self) -> int:
+        return int(self.manifest["events_total"])
+
+    @property
+    def watermark(self) -> float | None:
+        w = self.manifest.get("watermark")
+        return None if w is None else float(w)
+
+    @property
+    def offsets(self) -> dict[str, dict[int, int]]:
+        """``{topic: {partition: next_offset}}`` with int partitions (JSON keys are str)."""
+        return {
+            t: {int(p): int(o) for p, o in parts.items()}
+            for t, parts in self.manifest.get("offsets", {}).items()
+        }
+
+
+def _sha256(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _manifest_digest(manifest: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return _sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
+
+
+def _write_durable(path: Path, data: bytes) -> str:
+    """Write ``data`` to ``path``, fsync it, and return its SHA-256."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return _sha256(data)
+
+
+_ST_DTYPES = {
+    np.dtype(np.float64): "F64",
+    np.dtype(np.float32): "F32",
+    np.dtype(np.float16): "F16",
+    np.dtype(np.int64): "I64",
+    np.dtype(np.int32): "I32",
+    np.dtype(np.int16): "I16",
+    np.dtype(np.int8): "I8",
+    np.dtype(np.uint64): "U64",
+    np.dtype(np.uint32): "U32",
+    np.dtype(np.uint16): "U16",
+    np.dtype(np.uint8): "U8",
+    np.dtype(np.bool_): "BOOL",
+}
+
+
+def _write_safetensors(path: Path, arrays: Mapping[str, np.ndarray]) -> tuple[str, int]:
+    """Stream ``arrays`` to ``path`` in the safetensors layout; return (SHA-256, bytes).
+
+    ``safetensors.numpy.save`` first builds the whole file in one ``bytes`` object,
+    which for a 256 MB table costs more than the disk write. This writes the same
+    layout (8-byte little-endian header length, JSON header padded to 8 bytes, then
+    the raw little-endian buffers in header order) straight from each array's memory
+    and hashes it on a second thread while the first one writes. Files are read back
+    with the library's own ``safetensors.numpy.load``, which validates the layout.
+    """
+    header: dict[str, Any] = {}
+    buffers: list[memoryview] = []
+    offset = 0
+    for name in sorted(arrays):
+        arr = np.ascontiguousarray(arrays[name])
+        if arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        code = _ST_DTYPES.get(np.dtype(arr.dtype.str.replace(">", "<")))
+        if code is None:
+            raise TypeError(f"array {name!r}: dtype {arr.dtype} not storable")
+        buf = arr.reshape(-1).view(np.uint8).data if arr.size else memoryview(b"")
+        header[name] = {
+            "dtype": code,
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + len(buf)],
+        }
+        buffers.append(buf)
+        offset += len(buf)
+    head = orjson.dumps(header)
+    head += b" " * (-len(head) % 8)
+    prefix = len(head).to_bytes(8, "little") + head
+
+    h = hashlib.sha256(prefix)
+    pool = _hash_pool()
+    chunks = [b[i : i + _CHUNK] for b in buffers for i in range(0, len(b), _CHUNK)]
+    # hashlib and file writes both release the GIL on large buffers, so hashing
+    # chunk n+1 overlaps writing chunk n on a second core.
+    pending = pool.submit(_hash_all, h, chunks)
+    with open(path, "wb") as f:
+        f.write(prefix)
+        for c in chunks:
+            f.write(c)
+        f.flush()
+        os.fsync(f.fileno())
+    pending.result()
+    return h.hexdigest(), len(prefix) + offset
+
+
+def _hash_all(h: Any, chunks: list[memoryview]) -> None:
+    for c in chunks:
+        h.update(c)
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _hash_pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-hash")
+    return _POOL
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+class SnapshotStore:
+    """Versioned snapshot directory with atomic publish, retention and verified loads.
+
+    Parameters
+    ----------
+    root
+        Directory holding one sub-directory per version plus the ``LATEST`` pointer.
+    keep
+        How many most recent versions to keep; older ones are deleted after a write.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> store = SnapshotStore(tempfile.mkdtemp(), keep=2)
+    >>> h = UserHistory()
+    >>> h.append("u1", "i1")
+    >>> info = store.write({}, history=h, offsets={"clicks": {0: 5}}, events_total=5,
+    ...                    watermark=1.0e9, metrics={})
+    >>> info.version, store.latest_version()
+    (1, 1)
+    >>> snap = store.load()
+    >>> snap.events_total, snap.offsets, snap.history.get("u1")
+    (5, {'clicks': {0: 5}}, ['i1'])
+    """
+
+    def __init__(self, root: str | os.PathLike[str], keep: int = 5) -> None:
+        if keep < 1:
+            raise ValueError("keep must be >= 1")
+        self.root = Path(root)
+        self.keep = keep
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ listing
+
+    def versions(self) -> list[int]:
+        """Published versions on disk, oldest first (whether valid or not)."""
+        out = []
+        for p in self.root.iterdir():
+            if p.is_dir() and len(p.name) == _VERSION_DIGITS and p.name.isdigit():
+                out.append(int(p.name))
+        return sorted(out)
+
+    def latest_version(self) -> int | None:
+        """The version ``LATEST`` points to (or the newest directory if it is unreadable)."""
+        try:
+            text = (self.root / _LATEST).read_text().strip()
+            v = int(text)
+            if (self.path_of(v) / _MANIFEST).exists():
+                return v
+        except (OSError, ValueError):
+            pass
+        vs = self.versions()
+        return vs[-1] if vs else None
+
+    def path_of(self, version: int) -> Path:
+        return self.root / f"{version:0{_VERSION_DIGITS}d}"
+
+    # ------------------------------------------------------------------ write
+
+    def write(
+        self,
+        models: Mapping[str, OnlineModel],
+        *,
+        history: UserHistory,
+        offsets: Offsets,
+        events_total: int,
+        watermark: float | None,
+        metrics: Mapping[str, Any] | None = None,
+        extra_arrays: Mapping[str, np.ndarray] | None = None,
+        extra_meta: Mapping[str, Any] | None = None,
+    ) -> SnapshotInfo:
+        """Write and publish a new version; returns its number, path, size and duration."""
+        t0 = time.perf_counter()
+        existing = self.versions()
+        latest = self.latest_version() or 0
+        version = max([latest, *existing]) + 1
+        tmp = self.root / f".tmp-{version:0{_VERSION_DIGITS}d}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            files: dict[str, str] = {}
+            total = 0
+            model_meta: dict[str, Any] = {}
+            for name, model in models.items():
+                state = model.get_state()
+                state.check()
+                fname = f"model-{name}.safetensors"
+                files[fname], size = _write_safetensors(tmp / fname, state.arrays)
+                total += size
+                model_meta[name] = {
+                    "class": state.meta.get("class", getattr(model, "name", "")),
+                    "params": state.meta.get("params", {}),
+                    "state_meta": state.meta,
+                    "file": fname,
+                    "n_users": int(model.n_users),
+                    "n_items": int(model.n_items),
+                    "arrays": {k: [str(v.dtype), list(v.shape)] for k, v in state.arrays.items()},
+                }
+            state_arrays = history.to_arrays(_HISTORY_PREFIX)
+            for k, v in (extra_arrays or {}).items():
+                if v.dtype == object:
+                    raise TypeError(f"extra array {k!r} must be numeric")
+                state_arrays[_EXTRA_PREFIX + k] = v
+            files[_STATE_FILE], size = _write_safetensors(tmp / _STATE_FILE, state_arrays)
+            total += size
+
+            manifest: dict[str, Any] = {
+                "format_version": FORMAT_VERSION,
+                "version": version,
+                "created_at": datetime.now(UTC).isoformat(),
+                "events_total": int(events_total),
+                "offsets": {
+                    str(t): {str(int(p)): int(o) for p, o in parts.items()}
+                    for t, parts in offsets.items()
+                },
+                "watermark": None if watermark is None else float(watermark),
+                "models": model_meta,
+                "metrics": dict(metrics or {}),
+                "history": {"max_items": history.max_items, "max_users": history.max_users},
+                "extra_meta": dict(extra_meta or {}),
+                "files": files,
+            }
+            manifest["manifest_sha256"] = _manifest_digest(
+                orjson.loads(orjson.dumps(manifest, default=_json_default))
+            )
+            raw = orjson.dumps(
+                manifest, default=_json_default, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
+            )
+            _write_durable(tmp / _MANIFEST, raw)
+            total += len(raw)
+            _fsync_dir(tmp)
+            final = self.path_of(version)
+            os.rename(tmp, final)
+            _fsync_dir(self.root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._publish(version)
+        self._prune()
+        return SnapshotInfo(version, final, total, time.perf_counter() - t0)
+
+    def _publish(self, version: int) -> None:
+        tmp = self.root / f".{_LATEST}.{uuid.uuid4().hex[:8]}"
+        _write_durable(tmp, f"{version}\n".encode())
+        os.replace(tmp, self.root / _LATEST)
+        _fsync_dir(self.root)
+
+    def _prune(self) -> None:
+        for v in self.versions()[: -self.keep]:
+            shutil.rmtree(self.path_of(v), ignore_errors=True)
+        for p in self.root.glob(".tmp-*"):
+            # Left over by a crash mid-write; never published, safe to remove.
+            shutil.rmtree(p, ignore_errors=True)
+
+    # ------------------------------------------------------------------ read
+
+    def read_manifest(self, version: int | None = None) -> dict[str, Any]:
+        """The verified manifest of ``version`` (default: latest), without loading tensors."""
+        v = self._resolve(version)
+        return self._manifest(self.path_of(v), v)
+
+    def _resolve(self, version: int | None) -> int:
+        v = self.latest_version() if version is None else version
+        if v is None:
+            raise SnapshotError(f"no snapshot in {self.root}")
+        return v
+
+    def _manifest(self, path: Path, version: int) -> dict[str, Any]:
+        try:
+            manifest = orjson.loads((path / _MANIFEST).read_bytes())
+        except FileNotFoundError:
+            raise SnapshotError(f"snapshot {version}: manifest missing") from None
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise SnapshotError(f"snapshot {version}: unreadable manifest ({exc})") from None
+        if not isinstance(manifest, dict):
+            raise SnapshotError(f"snapshot {version}: manifest is not an object")
+        fmt = manifest.get("format_version")
+        if fmt != FORMAT_VERSION:
+            raise SnapshotError(
+                f"snapshot {version}: format_version {fmt!r}, expected {FORMAT_VERSION}"
+            )
+        if manifest.get("manifest_sha256") != _manifest_digest(manifest):
+            raise SnapshotError(f"snapshot {version}: manifest checksum mismatch")
+        if manifest.get("version") != version:
+            raise SnapshotError(
+                f"snapshot {version}: manifest says version {manifest.get('version')!r}"
+            )
+        return manifest
+
+    def _read_verified(self, path: Path, name: str, expected: str, version: int) -> bytes:
+        try:
+            data = (path / name).read_bytes()
+        except OSError as exc:
+            raise SnapshotError(f"snapshot {version}: cannot read {name} ({exc})") from None
+        if _sha256(data) != expected:
+            raise SnapshotError(f"snapshot {version}: checksum mismatch in {name}")
+        return data
+
+    def load(self, version: int | None = None) -> Snapshot:
+        """Load and verify ``version`` (default: ``LATEST``); raises :class:`SnapshotError`."""
+        v = self._resolve(version)
+        path = self.path_of(v)
+        manifest = self._manifest(path, v)
+        files: dict[str, str] = manifest.get("files", {})
+        try:
+            blobs = {
+                name: self._read_verified(path, name, digest, v) for name, digest in files.items()
+            }
+            if _STATE_FILE not in blobs:
+                raise SnapshotError(f"snapshot {v}: {_STATE_FILE} not listed")
+            state_arrays = stn.load(blobs[_STATE_FILE])
+            hmeta = manifest.get("history", {})
+            history = UserHistory.from_arrays(
+                state_arrays,
+                _HISTORY_PREFIX,
+                max_items=int(hmeta.get("max_items", 200)),
+                max_users=hmeta.get("max_users"),
+            )
+            extra = {
+                k[len(_EXTRA_PREFIX) :]: a
+                for k, a in state_arrays.items()
+                if k.startswith(_EXTRA_PREFIX)
+            }
+            models: dict[str, OnlineModel] = {}
+            for name, meta in manifest.get("models", {}).items():
+                fname = meta["file"]
+                if fname not in blobs:
+                    raise SnapshotError(f"snapshot {v}: model file {fname} not listed")
+                state = ModelState(arrays=stn.load(blobs[fname]), meta=meta["state_meta"])
+                models[name] = registry.from_state(state)
+        except SnapshotError:
+            raise
+        except Exception as exc:
+            raise SnapshotError(
+                f"snapshot {v}: cannot rebuild ({type(exc).__name__}: {exc})"
+            ) from exc
+        return Snapshot(
+            version=v,
+            path=path,
+            manifest=manifest,
+            models=models,
+            history=history,
+            extra_arrays=extra,
+            extra_meta=dict(manifest.get("extra_meta", {})),
+        )
+
+    def load_latest_valid(self) -> Snapshot | None:
+        """The newest snapshot that verifies, logging why newer ones were refused."""
+        latest = self.latest_version()
+        candidates = sorted(
+            (v for v in self.versions() if latest is None or v <= latest), reverse=True
+        )
+        for v in candidates:
+            try:
+                snap = self.load(v)
+            except SnapshotError as exc:
+                log.warning("refusing snapshot: %s; trying the previous one", exc)
+                continue
+            if v != latest:
+                log.warning("fell back to snapshot %d (LATEST is %s)", v, latest)
+            return snap
+        return None

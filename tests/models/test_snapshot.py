@@ -1,0 +1,193 @@
+"""Snapshot store: round trip, retention, atomic publish and refusal of damaged snapshots."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+import orjson
+import pytest
+
+from online_models import registry
+from online_models.base import Batch, IdIndex, ModelState, OnlineModel, UserHistory
+from online_models.snapshot import FORMAT_VERSION, SnapshotError, SnapshotStore
+
+
+class CounterModel(OnlineModel):
+    """Smallest real model: per-item weighted counts (enough to check exact state)."""
+
+    name = "test-counter"
+
+    def __init__(self, dim: int = 4) -> None:
+        self.dim = dim
+        self.items = IdIndex()
+        self.users = IdIndex()
+        self.counts = np.zeros(0, np.float64)
+        self.vectors = np.zeros((0, dim), np.float32)
+
+    def learn(self, batch: Batch) -> None:
+        self.users.add_many(batch.users)
+        rows = self.items.add_many(batch.items)
+        if self.items.capacity > len(self.counts):
+            grow = self.items.capacity - len(self.counts)
+            self.counts = np.concatenate([self.counts, np.zeros(grow)])
+            self.vectors = np.vstack([self.vectors, np.ones((grow, self.dim), np.float32)])
+        np.add.at(self.counts, rows, batch.weights)
+
+    def score_all(self, user: str, history: Sequence[str] = ()) -> np.ndarray:
+        return self.counts.astype(np.float32)
+
+    def similar(self, item: str, k: int = 10) -> list[tuple[str, float]]:
+        return []
+
+    def item_vectors(self) -> np.ndarray | None:
+        return self.vectors
+
+    def get_state(self) -> ModelState:
+        arrays: dict[str, np.ndarray] = {"counts": self.counts, "vectors": self.vectors}
+        arrays.update(self.items.to_arrays("items"))
+        arrays.update(self.users.to_arrays("users"))
+        return ModelState(arrays, {"class": self.name, "params": self.get_params()})
+
+    @classmethod
+    def from_state(cls, state: ModelState) -> Self:
+        m = cls(**state.meta["params"])
+        m.items = IdIndex.from_arrays(state.arrays, "items")
+        m.users = IdIndex.from_arrays(state.arrays, "users")
+        m.counts = state.arrays["counts"].copy()
+        m.vectors = state.arrays["vectors"].copy()
+        return m
+
+
+@pytest.fixture(autouse=True)
+def _register(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(
+        registry.MODEL_PATHS, "test-counter", "tests.models.test_snapshot:CounterModel"
+    )
+
+
+def _trained(n: int = 50, seed: int = 0) -> tuple[CounterModel, UserHistory]:
+    rng = np.random.default_rng(seed)
+    users = [f"u{x}" for x in rng.integers(0, 10, n)]
+    items = [f"i{x}" for x in rng.integers(0, 20, n)]
+    m = CounterModel()
+    m.learn(Batch.from_columns(users, items, rng.random(n), np.arange(n, dtype=float)))
+    h = UserHistory(max_items=5)
+    h.extend(users, items)
+    return m, h
+
+
+def _write(store: SnapshotStore, events: int = 50, seed: int = 0) -> int:
+    m, h = _trained(events, seed)
+    return store.write(
+        {"counter": m},
+        history=h,
+        offsets={"clicks": {0: events, 1: 7}},
+        events_total=events,
+        watermark=float(events),
+        metrics={"counter": {"hr@10": 0.5}},
+        extra_arrays={"dedup.ts": np.arange(3, dtype=np.float64)},
+        extra_meta={"note": "x"},
+    ).version
+
+
+def test_round_trip_restores_exact_state(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    m, h = _trained()
+    info = store.write(
+        {"counter": m},
+        history=h,
+        offsets={"clicks": {0: 50}},
+        events_total=50,
+        watermark=49.0,
+        metrics={"counter": {"hr@10": 0.25}},
+        extra_arrays={"dedup.ts": np.arange(3, dtype=np.float64)},
+        extra_meta={"dedup_window_s": 60},
+    )
+    assert info.version == 1 and info.bytes > 0 and info.path.name == "000000000001"
+    snap = store.load()
+    back = snap.models["counter"]
+    assert isinstance(back, CounterModel)
+    np.testing.assert_array_equal(back.counts, m.counts)
+    assert back.items.ids == m.items.ids
+    assert snap.history.get("u1") == h.get("u1")
+    assert snap.offsets == {"clicks": {0: 50}}
+    assert snap.events_total == 50 and snap.watermark == 49.0
+    np.testing.assert_array_equal(snap.extra_arrays["dedup.ts"], np.arange(3.0))
+    assert snap.extra_meta == {"dedup_window_s": 60}
+    man = snap.manifest
+    assert man["format_version"] == FORMAT_VERSION
+    assert man["models"]["counter"]["class"] == "test-counter"
+    assert man["models"]["counter"]["n_items"] == m.n_items
+    assert man["metrics"] == {"counter": {"hr@10": 0.25}}
+    assert set(man["files"]) == {"model-counter.safetensors", "state.safetensors"}
+
+
+def test_versions_are_monotonic_and_old_ones_pruned(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path, keep=3)
+    written = [_write(store, events=10 + i) for i in range(5)]
+    assert written == [1, 2, 3, 4, 5]
+    assert store.versions() == [3, 4, 5]
+    assert store.latest_version() == 5
+    assert (tmp_path / "LATEST").read_text().strip() == "5"
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("target", ["model-counter.safetensors", "state.safetensors"])
+def test_flipped_byte_is_refused_and_previous_used(
+    tmp_path: Path, target: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SnapshotStore(tmp_path)
+    _write(store, events=20)
+    _write(store, events=30)
+    f = store.path_of(2) / target
+    raw = bytearray(f.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    f.write_bytes(bytes(raw))
+    with pytest.raises(SnapshotError, match="checksum mismatch"):
+        store.load(2)
+    with caplog.at_level(logging.WARNING):
+        snap = store.load_latest_valid()
+    assert snap is not None and snap.version == 1 and snap.events_total == 20
+    assert "checksum mismatch" in caplog.text
+
+
+def test_tampered_manifest_truncation_and_format_refused(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    _write(store)
+    path = store.path_of(1)
+    man = orjson.loads((path / "manifest.json").read_bytes())
+
+    man["events_total"] = 999  # a plausible edit that still parses
+    (path / "manifest.json").write_bytes(orjson.dumps(man))
+    with pytest.raises(SnapshotError, match="manifest checksum"):
+        store.load(1)
+
+    man["events_total"] = 50
+    man["format_version"] = FORMAT_VERSION + 1
+    (path / "manifest.json").write_bytes(orjson.dumps(man))
+    with pytest.raises(SnapshotError, match="format_version"):
+        store.load(1)
+
+    _write(store)
+    f = store.path_of(2) / "model-counter.safetensors"
+    f.write_bytes(f.read_bytes()[:100])
+    with pytest.raises(SnapshotError):
+        store.load(2)
+    assert store.load_latest_valid() is None  # both versions are damaged
+
+
+def test_empty_store_and_next_version_after_fallback(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    assert store.latest_version() is None and store.load_latest_valid() is None
+    with pytest.raises(SnapshotError, match="no snapshot"):
+        store.load()
+    _write(store)
+    _write(store)
+    (store.path_of(2) / "manifest.json").write_bytes(b"{not json")
+    assert store.load_latest_valid().version == 1  # type: ignore[union-attr]
+    # A new write never reuses a number, even one whose snapshot was refused.
+    assert _write(store) == 3
