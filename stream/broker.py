@@ -1,0 +1,587 @@
+"""A real Apache Kafka broker wherever liverec runs, Docker or not.
+
+:func:`resolve_bootstrap` picks a cluster in this order:
+
+1. ``LIVEREC_KAFKA_BOOTSTRAP`` is set: that external cluster;
+2. a Docker engine answers: a KRaft Kafka container from testcontainers;
+3. otherwise a :class:`LocalBroker`: single-node Apache Kafka 4.1.1 in KRaft mode,
+   run from jars that Maven resolves from Maven Central into
+   ``~/.cache/liverec/kafka-4.1.1/libs`` (Java 17+ and ``mvn`` needed once).
+
+The ``liverec broker start|stop|status`` commands manage one detached local broker
+whose state (pid, bootstrap address, data directory) lives in
+``~/.cache/liverec/broker/state.json`` so another process can find it again.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from stream.kafka import cluster_ready
+
+__all__ = [
+    "KAFKA_VERSION",
+    "BrokerState",
+    "KafkaSetupError",
+    "LocalBroker",
+    "ResolvedKafka",
+    "broker_status",
+    "cache_dir",
+    "docker_available",
+    "ensure_kafka_libs",
+    "free_port",
+    "resolve_bootstrap",
+    "start_detached_broker",
+    "stop_detached_broker",
+]
+
+log = logging.getLogger(__name__)
+
+KAFKA_VERSION = "4.1.1"
+_DEP_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies"
+_HINT = (
+    "Alternatively point LIVEREC_KAFKA_BOOTSTRAP at an existing Kafka cluster "
+    "(e.g. LIVEREC_KAFKA_BOOTSTRAP=kafka.example:9092)."
+)
+
+
+class KafkaSetupError(RuntimeError):
+    """No Kafka broker could be found or started; the message says why and what to do."""
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def cache_dir() -> Path:
+    """``$LIVEREC_CACHE_DIR``, else ``$XDG_CACHE_HOME/liverec``, else ``~/.cache/liverec``."""
+    if env := os.environ.get("LIVEREC_CACHE_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "liverec"
+
+
+def free_port() -> int:
+    """A currently free TCP port on the loopback interface."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- jars
+
+
+def ensure_kafka_libs(version: str = KAFKA_VERSION, *, quiet: bool = True) -> Path:
+    """The directory of Kafka's jars, resolving them with Maven on first use.
+
+    Raises
+    ------
+    KafkaSetupError
+        When ``java`` or ``mvn`` is missing or Maven cannot resolve the jars
+        (e.g. Maven Central unreachable); the message names the cause.
+    """
+    if version != KAFKA_VERSION:
+        raise KafkaSetupError(f"only Kafka {KAFKA_VERSION} is packaged, not {version}")
+    root = cache_dir() / f"kafka-{version}"
+    libs = root / "libs"
+    if (libs / ".complete").exists():
+        return libs
+    if shutil.which("mvn") is None:
+        raise KafkaSetupError(
+            "Maven ('mvn') is not on PATH; it is needed once to download the Kafka "
+            f"{version} jars from Maven Central into {libs}. Install Maven "
+            f"(e.g. apt-get install maven). {_HINT}"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="libs.", dir=root))
+    pom = resources.files("stream").joinpath("kafka_pom.xml")
+    try:
+        with resources.as_file(pom) as pom_path:
+            cmd = [
+                "mvn", "-B", "-q", "-f", str(pom_path), _DEP_PLUGIN,
+                "-DincludeScope=runtime", f"-DoutputDirectory={tmp}",
+            ]
+            log.info("resolving Kafka %s jars with Maven into %s", version, libs)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+            raise KafkaSetupError(
+                f"Maven could not resolve the Kafka {version} jars (exit {proc.returncode}); "
+                f"is Maven Central (or your Maven mirror) reachable?\n{tail}\n{_HINT}"
+            )
+        if not any(tmp.glob("kafka_2.13-*.jar")):
+            raise KafkaSetupError(f"Maven finished but no Kafka jar is in {tmp}. {_HINT}")
+        (tmp / ".complete").write_text(version)
+        try:
+            tmp.rename(libs)
+        except OSError:
+            # Another process finished first; its copy is as good as ours.
+            if not (libs / ".complete").exists():
+                raise
+        return libs
+    except subprocess.TimeoutExpired as exc:
+        raise KafkaSetupError(f"Maven took too long to resolve Kafka jars. {_HINT}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _java() -> str:
+    java = shutil.which("java")
+    if java is None and (home := os.environ.get("JAVA_HOME")):
+        candidate = Path(home) / "bin" / "java"
+        java = str(candidate) if candidate.exists() else None
+    if java is None:
+        raise KafkaSetupError(
+            "Java ('java', 17 or newer) is not on PATH or in JAVA_HOME; it is needed to "
+            f"run the local Kafka broker. Install a JDK (e.g. apt-get install "
+            f"openjdk-17-jre-headless). {_HINT}"
+        )
+    return java
+
+
+# --------------------------------------------------------------------------- broker
+
+_LOG4J2 = """\
+status = warn
+appender.file.type = File
+appender.file.name = FILE
+appender.file.fileName = ${sys:kafka.logs.dir}/server.log
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = FILE
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.apache.name = org.apache.kafka
+logger.apache.level = WARN
+"""
+
+
+def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # Linux: the broker gets SIGTERM if the Python process that started it dies, so
+    # a killed test run does not leave a JVM behind.
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class LocalBroker:
+    """A single-node Apache Kafka (KRaft, broker+controller) in a child JVM.
+
+    Parameters
+    ----------
+    workdir
+        Holds ``server.properties``, the log4j config, ``data/`` (``log.dirs``) and
+        ``logs/``. Use a fresh directory per test session.
+    port, controller_port
+        Loopback ports; free ones are picked when not given.
+    heap
+        JVM ``-Xmx``.
+    detach
+        Run the JVM in its own session so it outlives this process (the CLI's
+        ``liverec broker start``). Otherwise it dies with this process.
+    startup_timeout_s
+        How long :meth:`start` waits for the broker to answer a metadata request.
+
+    Examples
+    --------
+    >>> with LocalBroker(tmp_dir) as broker:        # doctest: +SKIP
+    ...     produce_to(broker.bootstrap)
+    """
+
+    def __init__(
+        self,
+        workdir: str | Path,
+        *,
+        port: int | None = None,
+        controller_port: int | None = None,
+        heap: str = "512m",
+        detach: bool = False,
+        startup_timeout_s: float = 120.0,
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.port = port or free_port()
+        self.controller_port = controller_port or free_port()
+        while self.controller_port == self.port:
+            self.controller_port = free_port()
+        self.heap = heap
+        self.detach = detach
+        self.startup_timeout_s = startup_timeout_s
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    @property
+    def log_dir(self) -> Path:
+        return self.workdir / "logs"
+
+    def _write_config(self) -> Path:
+        data = self.workdir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "listeners": (
+                f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
+            ),
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(data),
+            "num.partitions": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "true",
+            "delete.topic.enable": "true",
+            "log.retention.hours": "168",
+        }
+        path = self.workdir / "server.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        (self.workdir / "log4j2.properties").write_text(_LOG4J2)
+        return path
+
+    def _jvm(self, libs: Path, main: str, *args: str) -> list[str]:
+        return [
+            _java(),
+            f"-Xmx{self.heap}",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.properties'}",
+            f"-Dkafka.logs.dir={self.log_dir}",
+            "-cp",
+            f"{libs}/*",
+            main,
+            *args,
+        ]
+
+    def start(self) -> Self:
+        """Format storage, launch the JVM and wait until it serves metadata.
+
+        Raises
+        ------
+        KafkaSetupError
+            Missing tools, failed formatting, an early JVM exit (with its log
+            tail) or no readiness within ``startup_timeout_s``.
+        """
+        if self.process is not None and self.process.poll() is None:
+            return self
+        java = _java()
+        libs = ensure_kafka_libs()
+        config = self._write_config()
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        fmt = subprocess.run(
+            self._jvm(libs, "kafka.tools.StorageTool", "format", "-t", cluster_id,
+                      "-c", str(config), "--ignore-formatted"),
+            capture_output=True, text=True, timeout=120,
+        )
+        if fmt.returncode != 0:
+            raise KafkaSetupError(
+                f"formatting Kafka storage failed ({java}, exit {fmt.returncode}):\n"
+                f"{(fmt.stdout + fmt.stderr)[-3000:]}"
+            )
+        out = open(self.log_dir / "broker.out", "ab")  # noqa: SIM115 - the child owns it
+        try:
+            self.process = subprocess.Popen(
+                self._jvm(libs, "kafka.Kafka", str(config)),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                start_new_session=self.detach,
+                preexec_fn=None if self.detach or sys.platform != "linux" else _pdeathsig,
+            )
+        finally:
+            out.close()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        log.info("local Kafka %s ready at %s (pid %s)", KAFKA_VERSION, self.bootstrap, self.pid)
+        return self
+
+    def _wait_ready(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + self.startup_timeout_s
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                raise KafkaSetupError(
+                    f"the Kafka JVM exited early with code {code}; log tail:\n{self.log_tail()}"
+                )
+            if cluster_ready(self.bootstrap, timeout_ms=3_000):
+                return
+            if time.monotonic() >= deadline:
+                raise KafkaSetupError(
+                    f"Kafka at {self.bootstrap} did not answer a metadata request within "
+                    f"{self.startup_timeout_s:.0f}s; log tail:\n{self.log_tail()}"
+                )
+            time.sleep(0.3)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the JVM's stdout and of ``server.log``."""
+        chunks = []
+        for name in ("broker.out", "server.log"):
+            path = self.log_dir / name
+            if path.exists():
+                text = path.read_text(errors="replace").splitlines()[-lines:]
+                chunks.append(f"--- {path}\n" + "\n".join(text))
+        return "\n".join(chunks) or "(no log written)"
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop the JVM: SIGTERM (controlled shutdown), then SIGKILL after ``timeout_s``."""
+        proc, self.process = self.process, None
+        if proc is None:
+            return
+        _terminate(proc.pid, timeout_s, wait=proc.wait)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _terminate(pid: int, timeout_s: float, wait: Callable[..., Any] | None = None) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if wait is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                wait(timeout=0.2)
+                return
+        elif not _alive(pid):
+            return
+        else:
+            time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    if wait is not None:
+        wait()
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+# --------------------------------------------------------------------------- CLI state
+
+
+@dataclass(frozen=True)
+class BrokerState:
+    """What ``liverec broker start`` leaves for ``status`` and ``stop``."""
+
+    pid: int
+    bootstrap: str
+    workdir: str
+    started_at: float
+
+    @staticmethod
+    def path() -> Path:
+        return cache_dir() / "broker" / "state.json"
+
+    @classmethod
+    def load(cls) -> BrokerState | None:
+        try:
+            data = json.loads(cls.path().read_text())
+            return cls(int(data["pid"]), str(data["bootstrap"]), str(data["workdir"]),
+                       float(data["started_at"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def save(self) -> None:
+        path = self.path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.__dict__))
+        tmp.replace(path)
+
+    def is_our_process(self) -> bool:
+        """The pid is alive and is still our broker (not a recycled pid)."""
+        import psutil
+
+        try:
+            cmd = psutil.Process(self.pid).cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return False
+        return "kafka.Kafka" in cmd and any(self.workdir in part for part in cmd)
+
+
+def broker_status() -> BrokerState | None:
+    """The detached local broker's state when it runs and answers metadata, else None."""
+    state = BrokerState.load()
+    if state is None or not state.is_our_process():
+        return None
+    return state if cluster_ready(state.bootstrap) else None
+
+
+def start_detached_broker(*, heap: str = "512m") -> BrokerState:
+    """Start (or find) the CLI's detached local broker; returns once it is ready."""
+    state = BrokerState.load()
+    if state is not None and state.is_our_process():
+        if cluster_ready(state.bootstrap, timeout_ms=10_000):
+            return state
+        _terminate(state.pid, 30.0)
+    workdir = cache_dir() / "broker" / "run"
+    # A fresh log.dirs per start: the broker is for demos and tests, not for keeping data.
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    broker = LocalBroker(workdir, heap=heap, detach=True).start()
+    assert broker.pid is not None
+    state = BrokerState(broker.pid, broker.bootstrap, str(workdir), time.time())
+    state.save()
+    return state
+
+
+def stop_detached_broker(timeout_s: float = 30.0) -> BrokerState | None:
+    """Stop the CLI's detached broker; returns its state, or None if none ran."""
+    state = BrokerState.load()
+    if state is None:
+        return None
+    running = state.is_our_process()
+    if running:
+        _terminate(state.pid, timeout_s)
+    BrokerState.path().unlink(missing_ok=True)
+    return state if running else None
+
+
+# --------------------------------------------------------------------------- choice
+
+
+def docker_available(timeout_s: float = 3.0) -> bool:
+    """True when a Docker engine answers a ping (the CLI alone is not enough)."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=int(max(1, timeout_s)))
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception as exc:  # any failure means "no usable engine"
+        log.debug("no Docker engine: %s", exc)
+        return False
+
+
+class ResolvedKafka:
+    """A Kafka cluster chosen by :func:`resolve_bootstrap`; close it to release it.
+
+    ``source`` is ``"env"``, ``"docker"`` or ``"local"``; ``bootstrap`` the address.
+    """
+
+    def __init__(self, bootstrap: str, source: str, close: Callable[[], None] | None = None):
+        self.bootstrap = bootstrap
+        self.source = source
+        self._close = close
+
+    def close(self) -> None:
+        close, self._close = self._close, None
+        if close is not None:
+            close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ResolvedKafka(bootstrap={self.bootstrap!r}, source={self.source!r})"
+
+
+def resolve_bootstrap(
+    workdir: str | Path | None = None, *, env_bootstrap: str | None = None
+) -> ResolvedKafka:
+    """Find or start a real Kafka cluster (env, then Docker, then a local broker).
+
+    Parameters
+    ----------
+    workdir
+        Where a :class:`LocalBroker` keeps its files (a temp dir, removed on close,
+        when not given).
+    env_bootstrap
+        An explicit external cluster; defaults to ``$LIVEREC_KAFKA_BOOTSTRAP``.
+
+    Raises
+    ------
+    KafkaSetupError
+        The external cluster does not answer, or no broker could be started.
+    """
+    external = env_bootstrap if env_bootstrap is not None else os.environ.get(
+        "LIVEREC_KAFKA_BOOTSTRAP", ""
+    )
+    if external.strip():
+        if not cluster_ready(external, timeout_ms=10_000):
+            raise KafkaSetupError(
+                f"LIVEREC_KAFKA_BOOTSTRAP={external} does not answer a metadata request; "
+                "start that cluster or unset the variable to use a local broker."
+            )
+        return ResolvedKafka(external, "env")
+    if docker_available():
+        from testcontainers.kafka import KafkaContainer
+
+        container = KafkaContainer("confluentinc/cp-kafka:7.6.0").with_kraft()
+        container.start()
+        return ResolvedKafka(container.get_bootstrap_server(), "docker", container.stop)
+    own_tmp = workdir is None
+    root = Path(tempfile.mkdtemp(prefix="liverec-kafka-")) if own_tmp else Path(workdir)
+    broker = LocalBroker(root)
+    try:
+        broker.start()
+    except BaseException:
+        if own_tmp:
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+
+    def close() -> None:
+        broker.stop()
+        if own_tmp:
+            shutil.rmtree(root, ignore_errors=True)
+
+    return ResolvedKafka(broker.bootstrap, "local", close)
