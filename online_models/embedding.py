@@ -52,6 +52,7 @@ from online_models.bpr import grow_rows
 __all__ = ["EmbeddingModel"]
 
 _EPS = 1e-8
+_STEP_ROWS = 512
 
 
 class _Table:
@@ -117,7 +118,7 @@ class _ClickMLP(nn.Module):
         self.net = nn.Sequential(nn.Linear(3 * dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def forward(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([u, v, u * v], dim=1)).squeeze(1)  # type: ignore[no-any-return]
+        return self.net(torch.cat([u, v, u * v], dim=1)).squeeze(1)
 
 
 class EmbeddingModel(OnlineModel):
@@ -204,6 +205,11 @@ class EmbeddingModel(OnlineModel):
         self.mlp_learning_rate = mlp_learning_rate
         self.initial_capacity = initial_capacity
         self.seed = seed
+
+        # Mini-batch ops here are far too small for intra-op threads to pay off: on a
+        # busy 2-core box they made learning ~10x slower. One thread is also what makes
+        # float reductions reproducible run to run. This is process-wide, on purpose.
+        torch.set_num_threads(1)
 
         self.users = IdIndex()
         self.items = IdIndex()
@@ -318,7 +324,11 @@ class EmbeddingModel(OnlineModel):
             u, i = u[keep], i[keep]
             w = np.minimum(batch.weights[keep], self.max_weight).astype(np.float32)
             self._push_buffer(i)
-            self._train_step(u, i, w)
+            # In-batch softmax is quadratic in the batch: big batches (a replay's 10,000)
+            # train as consecutive steps of at most _STEP_ROWS events.
+            for start in range(0, len(u), _STEP_ROWS):
+                end = start + _STEP_ROWS
+                self._train_step(u[start:end], i[start:end], w[start:end])
         self._expire()
 
     def _train_step(self, u: np.ndarray, i: np.ndarray, w: np.ndarray) -> None:
@@ -342,7 +352,7 @@ class EmbeddingModel(OnlineModel):
         target = torch.arange(b)
         loss_each = nn.functional.cross_entropy(logits, target, reduction="none")
         loss = (loss_each * torch.from_numpy(w)).sum()
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         with torch.no_grad():
             self._adagrad(self._ut, uu, leaf_u, self.learning_rate)
             self._adagrad(self._it, uv, leaf_v, self.learning_rate)
@@ -361,7 +371,7 @@ class EmbeddingModel(OnlineModel):
         eu, ev = self._ut.weight[uu], self._it.weight[ii]
         self._mlp_opt.zero_grad()
         loss = nn.functional.binary_cross_entropy_with_logits(self._mlp(eu, ev), y)
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         self._mlp_opt.step()
 
     # ------------------------------------------------------------------ scoring
@@ -421,10 +431,7 @@ class EmbeddingModel(OnlineModel):
             return out
         with torch.no_grad():
             ev = self._it.weight[torch.from_numpy(rows[ok])]
-            if self._mlp is not None:
-                logit = self._mlp(q.expand(len(ev), -1), ev)
-            else:
-                logit = ev @ q
+            logit = self._mlp(q.expand(len(ev), -1), ev) if self._mlp is not None else ev @ q
             out[ok] = torch.sigmoid(logit).numpy()
         return out
 
@@ -441,7 +448,7 @@ class EmbeddingModel(OnlineModel):
         sims[row] = -np.inf
         ids = self.items.ids
         order = np.lexsort((np.arange(n), -sims))[:k]
-        return [(ids[r], float(sims[r])) for r in order if np.isfinite(sims[r])]  # type: ignore[misc]
+        return [(ids[r], float(sims[r])) for r in order if np.isfinite(sims[r])]
 
     def item_vectors(self) -> np.ndarray:
         return self._it.weight[: self.items.capacity].numpy().copy()
