@@ -1,0 +1,225 @@
+"""Every registry model against the one model protocol (river-style conformance suite)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from online_models import registry
+from online_models.base import Batch, ModelState, OnlineModel
+from online_models.datasets import Dataset, to_batches
+from online_models.synthetic import generate_events
+from tests.models.conftest import ALL_MODELS, learn_all, make_model
+
+pytestmark = pytest.mark.parametrize("name", ALL_MODELS)
+
+K = 10
+
+
+def _probe_users(stream: Dataset) -> list[str]:
+    # A heavy user, a light one, and the most recent one.
+    counts: dict[str, int] = {}
+    for u in stream.users:
+        counts[u] = counts.get(u, 0) + 1
+    ranked = sorted(counts, key=lambda u: (-counts[u], u))
+    return [ranked[0], ranked[len(ranked) // 2], stream.users[-1]]
+
+
+def _history(stream: Dataset, user: str, n: int = 20) -> list[str]:
+    hist: list[str] = []
+    for u, i in zip(stream.users, stream.items, strict=True):
+        if u == user:
+            if i in hist:
+                hist.remove(i)
+            hist.append(i)
+    return hist[-n:]
+
+
+def _recs(model: OnlineModel, stream: Dataset) -> list[list[tuple[str, float]]]:
+    out = []
+    for u in _probe_users(stream):
+        h = _history(stream, u)
+        out.append(model.recommend(u, K, history=h, exclude=h))
+    return out
+
+
+def _assert_same_recs(a: list, b: list) -> None:
+    for ra, rb in zip(a, b, strict=True):
+        assert [i for i, _ in ra] == [i for i, _ in rb]
+        np.testing.assert_allclose([s for _, s in ra], [s for _, s in rb], rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture
+def fitted(name: str, small_batches: list[Batch]) -> OnlineModel:
+    return learn_all(make_model(name), small_batches)
+
+
+def test_learns_state_changes_and_ids_grow(name: str, small_batches: list[Batch]) -> None:
+    model = make_model(name)
+    assert model.n_users == 0 and model.n_items == 0
+    model.learn(small_batches[0])
+    users_1, items_1 = model.n_users, model.n_items
+    assert users_1 > 0 and items_1 > 0
+    before = model.get_state()
+    for b in small_batches[1:]:
+        model.learn(b)
+    assert model.n_users > users_1 and model.n_items > items_1
+    after = model.get_state()
+    changed = before.arrays.keys() != after.arrays.keys() or any(
+        a.shape != after.arrays[k].shape or not np.array_equal(a, after.arrays[k])
+        for k, a in before.arrays.items()
+    )
+    assert changed
+
+
+def test_recommends_k_distinct_unseen_items(
+    name: str, fitted: OnlineModel, small_stream: Dataset
+) -> None:
+    known = set(small_stream.items)
+    for user in _probe_users(small_stream):
+        hist = _history(small_stream, user)
+        extra = [small_stream.items[0], small_stream.items[-1]]
+        exclude = set(hist) | set(extra)
+        recs = fitted.recommend(user, K, history=hist, exclude=exclude)
+        items = [i for i, _ in recs]
+        assert len(items) == K
+        assert len(set(items)) == K
+        assert not exclude & set(items)
+        assert set(items) <= known
+        scores = [s for _, s in recs]
+        assert all(np.isfinite(scores))
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_score_all_shape_and_score_matches_rows(name: str, fitted: OnlineModel) -> None:
+    user = fitted.users.ids[0]
+    assert user is not None
+    all_scores = fitted.score_all(user)
+    assert all_scores.dtype == np.float32
+    assert all_scores.shape == (fitted.items.capacity,)
+    ids = [i for i in fitted.items.ids[:15] if i is not None]
+    got = fitted.score(user, [*ids, "never-seen-item"])
+    np.testing.assert_array_equal(got[:-1], all_scores[fitted.items.rows(ids)])
+    assert got[-1] == -np.inf
+
+
+def test_state_round_trip_gives_identical_recommendations(
+    name: str, fitted: OnlineModel, small_stream: Dataset
+) -> None:
+    state = fitted.get_state()
+    state.check()
+    assert state.meta["class"] == name
+    assert state.meta["params"] == orjson.loads(orjson.dumps(fitted.get_params()))
+    rebuilt = registry.from_state(state)
+    assert type(rebuilt) is type(fitted)
+    assert (rebuilt.n_users, rebuilt.n_items) == (fitted.n_users, fitted.n_items)
+    _assert_same_recs(_recs(fitted, small_stream), _recs(rebuilt, small_stream))
+
+
+def test_state_survives_safetensors_and_json_on_disk(
+    name: str, fitted: OnlineModel, small_stream: Dataset, tmp_path: Path
+) -> None:
+    state = fitted.get_state()
+    arrays = {k: np.ascontiguousarray(v) for k, v in state.arrays.items()}
+    save_file(arrays, str(tmp_path / "state.safetensors"))
+    (tmp_path / "meta.json").write_bytes(orjson.dumps(state.meta))
+    np.savez(tmp_path / "state.npz", **arrays)
+
+    meta = orjson.loads((tmp_path / "meta.json").read_bytes())
+    from_st = registry.from_state(ModelState(load_file(str(tmp_path / "state.safetensors")), meta))
+    with np.load(tmp_path / "state.npz", allow_pickle=False) as npz:
+        from_npz = registry.from_state(ModelState({k: npz[k] for k in npz.files}, meta))
+    expected = _recs(fitted, small_stream)
+    _assert_same_recs(expected, _recs(from_st, small_stream))
+    _assert_same_recs(expected, _recs(from_npz, small_stream))
+
+
+def test_rebuilt_model_keeps_learning_like_the_original(
+    name: str, small_batches: list[Batch], small_stream: Dataset
+) -> None:
+    original = learn_all(make_model(name), small_batches[:6])
+    rebuilt = registry.from_state(original.get_state())
+    for b in small_batches[6:]:
+        original.learn(b)
+        rebuilt.learn(b)
+    _assert_same_recs(_recs(original, small_stream), _recs(rebuilt, small_stream))
+
+
+def test_new_users_and_items_never_raise(name: str, fitted: OnlineModel) -> None:
+    n_items = fitted.n_items
+    scores = fitted.score_all("brand-new-user")
+    assert scores.shape == (fitted.items.capacity,)
+    assert not np.isnan(scores).any()
+    known = [i for i in fitted.items.ids[:3] if i is not None]
+    recs = fitted.recommend("brand-new-user", K, history=["brand-new-item", *known])
+    assert len(recs) == K and not {i for i, _ in recs} & {"brand-new-item"}
+    sims = fitted.similar("brand-new-item", K)
+    assert isinstance(sims, list) and "brand-new-item" not in {i for i, _ in sims}
+    fitted.learn(
+        Batch.from_columns(
+            ["new-u1", "new-u2", "new-u1"],
+            ["new-i1", "new-i2", "new-i2"],
+            [1.0, 5.0, 2.0],
+            [2e9, 2e9 + 1, 2e9 + 2],
+        )
+    )
+    assert fitted.n_items == n_items + 2
+    assert fitted.items.get("new-i1") >= 0 and fitted.users.get("new-u2") >= 0
+    recs = fitted.recommend("new-u1", K, history=["new-i1", "new-i2"], exclude=["new-i1"])
+    assert recs and "new-i1" not in {i for i, _ in recs}
+
+
+def test_similar_items(name: str, fitted: OnlineModel, small_stream: Dataset) -> None:
+    item = max(set(small_stream.items), key=small_stream.items.count)
+    sims = fitted.similar(item, K)
+    items = [i for i, _ in sims]
+    assert 0 < len(items) <= K
+    assert item not in items and len(set(items)) == len(items)
+    scores = [s for _, s in sims]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_deterministic_for_a_seed(
+    name: str, small_batches: list[Batch], small_stream: Dataset
+) -> None:
+    a = learn_all(make_model(name), small_batches)
+    b = learn_all(make_model(name), small_batches)
+    _assert_same_recs(_recs(a, small_stream), _recs(b, small_stream))
+
+
+def test_batch_of_one_and_of_ten_thousand(name: str) -> None:
+    one = make_model(name)
+    one.learn(Batch.from_columns(["u"], ["i"], [1.0], [1.7e9]))
+    assert one.n_users == 1 and one.n_items == 1
+    assert one.score_all("u").shape == (one.items.capacity,)
+
+    big_stream = Dataset.from_records(generate_events(10_000, 500, 1_000, seed=3))
+    (big,) = to_batches(big_stream, 10_000)
+    assert len(big) == 10_000
+    model = make_model(name)
+    model.learn(big)
+    assert model.n_users > 400 and model.n_items > 700
+    user = big_stream.users[-1]
+    recs = model.recommend(user, K, history=_history(big_stream, user))
+    assert len(recs) == K
+
+
+def test_clone_is_unfitted_with_the_same_params(name: str, fitted: OnlineModel) -> None:
+    params = fitted.get_params()
+    clone = fitted.clone()
+    assert type(clone) is type(fitted)
+    assert clone.get_params() == params
+    assert clone.n_users == 0 and clone.n_items == 0
+    clone.learn(Batch.from_columns(["cu"], ["ci"], [1.0], [1.7e9]))
+    assert fitted.users.get("cu") == -1  # learning the clone leaves the original alone
+
+
+def test_item_vectors_align_with_items(name: str, fitted: OnlineModel) -> None:
+    vecs = fitted.item_vectors()
+    if vecs is not None:
+        assert vecs.ndim == 2 and vecs.shape[0] == fitted.items.capacity
+        assert np.isfinite(vecs).all()
