@@ -1,0 +1,92 @@
+"""UserKNN: planted structure, bounded indexes, event-time decay, state round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from online_models.base import Batch
+from online_models.userknn import UserKNN
+
+
+def planted(n_events: int, seed: int = 0, n_users: int = 20, n_items: int = 15) -> Batch:
+    """Two disjoint worlds: users ``a*`` only touch items ``A*``, users ``b*`` items ``B*``."""
+    rng = np.random.default_rng(seed)
+    group = rng.integers(0, 2, n_events)
+    u = rng.integers(0, n_users, n_events)
+    i = rng.integers(0, n_items, n_events)
+    users = [f"{'ab'[g]}{x}" for g, x in zip(group, u, strict=True)]
+    items = [f"{'AB'[g]}{x}" for g, x in zip(group, i, strict=True)]
+    return Batch.from_columns(users, items, timestamps=np.arange(n_events, dtype=float))
+
+
+def test_learns_planted_groups() -> None:
+    m = UserKNN(n_neighbours=5, max_user_items=5)
+    for chunk in planted(2000).chunks(256):
+        m.learn(chunk)
+    for user, prefix in (("a1", "A"), ("b2", "B")):
+        seen = [i for i, _ in m._user_items[m.users.get(user)].items()]
+        recs = m.recommend(user, k=5, exclude=[m.items.ids[i] for i in seen])
+        assert len(recs) == 5
+        assert all(item.startswith(prefix) for item, _ in recs), recs
+    assert all(i.startswith("A") for i, _ in m.similar("A3", 5))
+
+
+def test_unknown_user_with_history_and_without() -> None:
+    m = UserKNN()
+    for chunk in planted(1000).chunks(100):
+        m.learn(chunk)
+    recs = m.recommend("new", 5, history=["B1", "B2"], exclude=["B1", "B2"])
+    assert recs and all(item.startswith("B") for item, _ in recs)
+    fallback = m.score_all("nobody")
+    assert fallback.shape == (m.items.capacity,) and (fallback > 0).all()
+
+
+def test_indexes_stay_bounded() -> None:
+    m = UserKNN(max_users_per_item=3, max_user_items=4)
+    users = [f"u{k}" for k in range(10_000)]
+    items = [f"i{k % 7}" for k in range(10_000)]
+    m.learn(Batch.from_columns(users, items, timestamps=np.arange(10_000.0)))  # 10,000
+    m.learn(Batch.from_columns(["u1"] * 9, [f"j{k}" for k in range(9)], timestamps=[1e4] * 9))
+    assert max(len(v) for v in m._item_users.values()) <= 3
+    assert max(len(v) for v in m._user_items.values()) <= 4
+    assert len(m._user_items[m.users.get("u1")]) == 4
+    # The most recent users are the ones kept.
+    assert set(m._item_users[m.items.get("i0")]) == {m.users.get(f"u{k}") for k in (9996, 9989, 9982)}
+
+
+def test_decay_in_event_time_favours_recent_neighbours() -> None:
+    day = 86_400.0
+    m = UserKNN(half_life_seconds=day)
+    # "old" and "new" both share item x with the query user; old did so 10 days earlier.
+    m.learn(Batch.from_columns(["old", "old"], ["x", "from_old"], timestamps=[0.0, 0.0]))
+    m.learn(Batch.from_columns(["new", "new"], ["x", "from_new"], timestamps=[10 * day] * 2))
+    m.learn(Batch.from_columns(["q"], ["x"], timestamps=[10 * day]))
+    s = m.score("q", ["from_new", "from_old"])
+    assert s[0] > 100 * s[1] > 0
+    # Popularity decays too: "from_old" is 10 half-lives old.
+    pop = m._pop
+    assert pop[m.items.get("from_old")] < 1e-2 < pop[m.items.get("from_new")]
+
+
+def test_decay_does_not_depend_on_batch_boundaries() -> None:
+    data = planted(600)
+    one, many = UserKNN(half_life_seconds=50.0), UserKNN(half_life_seconds=50.0)
+    one.learn(data)
+    for chunk in data.chunks(7):
+        many.learn(chunk)
+    assert np.allclose(one.score_all("a3"), many.score_all("a3"), rtol=1e-5)
+
+
+def test_state_round_trip_is_exact() -> None:
+    data = planted(1500)
+    m = UserKNN(half_life_seconds=300.0)
+    m.learn(data[:1000])
+    state = m.get_state()
+    state.check()
+    r = UserKNN.from_state(state)
+    for user in ("a1", "b3", "nobody"):
+        assert np.array_equal(m.score_all(user), r.score_all(user))
+        assert m.recommend(user, 5) == r.recommend(user, 5)
+    m.learn(data[1000:])
+    r.learn(data[1000:])
+    assert np.array_equal(m.score_all("b1"), r.score_all("b1"))
