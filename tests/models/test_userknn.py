@@ -51,7 +51,8 @@ def test_indexes_stay_bounded() -> None:
     assert max(len(v) for v in m._user_items.values()) <= 4
     assert len(m._user_items[m.users.get("u1")]) == 4
     # The most recent users are the ones kept.
-    assert set(m._item_users[m.items.get("i0")]) == {m.users.get(f"u{k}") for k in (9996, 9989, 9982)}
+    kept = {m.users.get(f"u{k}") for k in (9996, 9989, 9982)}
+    assert set(m._item_users[m.items.get("i0")]) == kept
 
 
 def test_decay_in_event_time_favours_recent_neighbours() -> None:
