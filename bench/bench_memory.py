@@ -1,0 +1,81 @@
+"""Resident memory of the embedding model grown to 1M items, against its parameter bytes.
+
+Run: ``.venv/bin/python bench/bench_memory.py --items 1000000 --dim 64``
+
+The model learns one event per new item (users cycle through ``--users`` ids) in
+mini-batches of ``--batch`` events, so the item table grows by capacity doubling to
+``--items`` rows the way it would in production. RSS (psutil) is read after the model
+is built and again after growth; the delta is compared with the parameter bytes of the
+live rows (``(users + items) × dim × 4``). The report also splits out what is not
+parameters: spare capacity from doubling, row-wise Adagrad state and row bookkeeping,
+and the string id indexes (Python dicts and strings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+
+import numpy as np
+import psutil
+
+from online_models.base import Batch
+from online_models.embedding import EmbeddingModel
+
+
+def rss() -> int:
+    gc.collect()
+    return int(psutil.Process().memory_info().rss)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--items", type=int, default=1_000_000)
+    ap.add_argument("--users", type=int, default=10_000)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=10_000)
+    args = ap.parse_args(argv)
+
+    model = EmbeddingModel(dim=args.dim, n_negatives=16, initial_capacity=1024, seed=0)
+    before = rss()
+    t0 = time.perf_counter()
+    for start in range(0, args.items, args.batch):
+        stop = min(start + args.batch, args.items)
+        items = [f"item-{k}" for k in range(start, stop)]
+        users = [f"user-{k % args.users}" for k in range(start, stop)]
+        model.learn(Batch.from_columns(users, items, timestamps=np.arange(start, stop, 1.0)))
+        del items, users
+    elapsed = time.perf_counter() - t0
+    after = rss()
+
+    mib = 1024**2
+    dim = args.dim
+    params = (model.n_users + model.n_items) * dim * 4
+    tables = sum(t.weight.numel() * 4 for t in (model._ut, model._it))
+    book = sum(
+        t.acc.numel() * 4 + t.alive.nbytes + t.last_seen.nbytes + t.count.nbytes
+        for t in (model._ut, model._it)
+    )
+    ids = sum(
+        sys.getsizeof(index._row)
+        + sys.getsizeof(index._ids)
+        + sum(sys.getsizeof(k) for k in index._row)
+        for index in (model.users, model.items)
+    )
+    delta = after - before
+    print(f"items={model.n_items:,} users={model.n_users:,} dim={dim} ({elapsed:.1f}s to grow)")
+    print(f"parameter bytes (live rows)     {params / mib:9.1f} MiB")
+    print(f"allocated tables (capacity)     {tables / mib:9.1f} MiB")
+    print(f"optimiser state + bookkeeping   {book / mib:9.1f} MiB")
+    print(f"string id indexes (IdIndex)     {ids / mib:9.1f} MiB")
+    print(f"rest (allocator, temporaries)   {(delta - tables - book - ids) / mib:9.1f} MiB")
+    print(f"RSS delta                       {delta / mib:9.1f} MiB")
+    print(f"RSS delta / parameter bytes     {delta / params:9.2f}x")
+    print(f"model-owned (tables + optimiser + bookkeeping) / parameter bytes "
+          f"{(tables + book) / params:.2f}x")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
