@@ -107,7 +107,9 @@ class _RiverMF(OnlineModel):
         if self._V is None or len(self._V) != self.items.capacity:
             lat = self.river.i_latents
             zero = np.zeros(self.n_factors)
-            self._V = np.stack([lat.get(k, zero) for k in self.items.ids]).reshape(
+            rows = [lat.get(k, zero) for k in self.items.ids]
+            # np.stack refuses an empty list: an unfitted model has an empty matrix.
+            self._V = (np.stack(rows) if rows else np.zeros((0, self.n_factors))).reshape(
                 -1, self.n_factors
             )
         return self._V
