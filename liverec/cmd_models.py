@@ -37,6 +37,153 @@ def generate(
     typer.echo(f"wrote {n} events ({users} users, {items} items, seed {seed}{drift}) to {out}")
 
 
+def evaluate(
+    path: Annotated[Path, typer.Argument(help="Interactions CSV (plain or .gz).", exists=True)],
+    preset: Annotated[
+        str | None,
+        typer.Option("--preset", help="liverec | movielens | online-retail (default: from header)"),
+    ] = None,
+    user_col: Annotated[str | None, typer.Option("--user-col")] = None,
+    item_col: Annotated[str | None, typer.Option("--item-col")] = None,
+    time_col: Annotated[str | None, typer.Option("--time-col")] = None,
+    event_type_col: Annotated[str | None, typer.Option("--event-type-col")] = None,
+    models: Annotated[
+        str, typer.Option("--models", help="Comma-separated registry names, or 'all'.")
+    ] = "all",
+    k: Annotated[int, typer.Option("--k", min=1, help="Cut-off of the metrics.")] = 10,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Only the first N events (time order).")
+    ] = None,
+    window: Annotated[
+        int, typer.Option("--window", min=1, help="Evaluated events in the rolling HR window.")
+    ] = 1000,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the JSON report.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write a rolling HR@K PNG.")] = None,
+) -> None:
+    """Prequential (test-then-train) evaluation of several models side by side, one pass."""
+    import time
+
+    import orjson
+    from tqdm import tqdm
+
+    from online_models import registry
+    from online_models.datasets import read_interactions, to_batches
+    from online_models.evaluation import PrequentialEvaluator
+
+    names = registry.parse_models(models)
+    t0 = time.perf_counter()
+    ds = read_interactions(
+        path,
+        preset,
+        user_col=user_col,
+        item_col=item_col,
+        time_col=time_col,
+        event_type_col=event_type_col,
+    )
+    if ds.invalid:
+        typer.echo(f"{len(ds.invalid)} invalid rows ignored (first: {ds.invalid[0]})", err=True)
+    if limit is not None:
+        ds = ds[:limit]
+    typer.echo(
+        f"{path}: {len(ds)} events, {ds.n_users} users, {ds.n_items} items "
+        f"(read in {time.perf_counter() - t0:.1f}s)",
+        err=True,
+    )
+
+    built = {name: registry.create(name) for name in names}
+    evaluator = PrequentialEvaluator(built, k=k, rolling_window=window)
+    learn_s = dict.fromkeys(names, 0.0)
+    curve_x: list[int] = []
+    curve: dict[str, list[float]] = {name: [] for name in names}
+    seen = 0
+    t_run = time.perf_counter()
+    with tqdm(total=len(ds), unit="ev", desc="evaluate", smoothing=0.05) as bar:
+        for batch in to_batches(ds, batch_size):
+            out = evaluator.process(batch, learn=False)
+            for name, model in built.items():
+                t = time.perf_counter()
+                model.learn(batch)
+                learn_s[name] += time.perf_counter() - t
+            seen += len(batch)
+            if out.n_evaluated:
+                curve_x.append(seen)
+                for name in names:
+                    curve[name].append(evaluator.rolling(name)["hr"])
+            bar.update(len(batch))
+    elapsed = time.perf_counter() - t_run
+
+    report_models: dict[str, dict[str, float]] = {}
+    for name in names:
+        tot = evaluator.totals(name)
+        entry = {
+            f"{metric}@{k}": tot[metric]
+            for metric in ("hr", "ndcg", "mrr", "precision", "coverage", "novelty", "diversity")
+        }
+        entry["evaluated"] = int(tot["n"])
+        entry["learn_events_per_s"] = len(ds) / learn_s[name] if learn_s[name] > 0 else 0.0
+        report_models[name] = entry
+    report = {
+        "dataset": str(path),
+        "preset": preset,
+        "events": len(ds),
+        "users": ds.n_users,
+        "items": ds.n_items,
+        "batch_size": batch_size,
+        "k": k,
+        "rolling_window": window,
+        "elapsed_s": round(elapsed, 1),
+        "models": report_models,
+        "rolling_hr": {"events": curve_x, **curve},
+    }
+
+    typer.echo(_summary_table(report_models, k))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_bytes(
+            orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+        )
+        typer.echo(f"report: {json_out}")
+    if plot is not None:
+        _plot_rolling(curve_x, curve, k, window, f"{path.name} ({len(ds)} events)", plot)
+        typer.echo(f"plot: {plot}")
+
+
+def _summary_table(models: dict[str, dict[str, float]], k: int) -> str:
+    cols = ["hr", "ndcg", "mrr", "precision", "coverage", "novelty", "diversity"]
+    head = f"{'model':<16}" + "".join(f"{c + '@' + str(k):>14}" for c in cols)
+    head += f"{'evaluated':>11}{'learn ev/s':>12}"
+    lines = [head, "-" * len(head)]
+    for name, m in models.items():
+        row = f"{name:<16}" + "".join(f"{m[f'{c}@{k}']:>14.4f}" for c in cols)
+        row += f"{int(m['evaluated']):>11}{m['learn_events_per_s']:>12.0f}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def _plot_rolling(
+    x: list[int], curves: dict[str, list[float]], k: int, window: int, title: str, out: Path
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
+    for name, ys in curves.items():
+        ax.plot(x, ys, label=name, linewidth=1.2)
+    ax.set_xlabel("events")
+    ax.set_ylabel(f"rolling HR@{k} (last {window} evaluated events)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8, ncol=2)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to ``app``."""
     app.command("generate")(generate)
+    app.command("evaluate")(evaluate)

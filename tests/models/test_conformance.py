@@ -223,3 +223,12 @@ def test_item_vectors_align_with_items(name: str, fitted: OnlineModel) -> None:
     if vecs is not None:
         assert vecs.ndim == 2 and vecs.shape[0] == fitted.items.capacity
         assert np.isfinite(vecs).all()
+
+
+def test_unfitted_model_answers_without_raising(name: str) -> None:
+    model = make_model(name)
+    assert model.score_all("u").shape == (0,)
+    assert model.recommend("u", K, history=["i"]) == []
+    assert model.similar("i", K) == []
+    vecs = model.item_vectors()
+    assert vecs is None or vecs.shape[0] == 0
