@@ -570,7 +570,7 @@ def resolve_bootstrap(
         container.start()
         return ResolvedKafka(container.get_bootstrap_server(), "docker", container.stop)
     own_tmp = workdir is None
-    root = Path(tempfile.mkdtemp(prefix="liverec-kafka-")) if own_tmp else Path(workdir)
+    root = Path(tempfile.mkdtemp(prefix="liverec-kafka-")) if workdir is None else Path(workdir)
     broker = LocalBroker(root)
     try:
         broker.start()

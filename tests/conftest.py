@@ -1,0 +1,79 @@
+"""Shared fixtures: one real Kafka cluster per test session, fresh topics per test.
+
+The cluster comes from :func:`stream.broker.resolve_bootstrap`:
+``LIVEREC_KAFKA_BOOTSTRAP``, else a Docker KRaft container, else the project's
+local KRaft broker. If none can be had the Kafka tests *error* with the reason
+(they are never skipped silently); the summary line counts them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap address of a real Kafka cluster, shared by the whole session."""
+    from stream.broker import resolve_bootstrap
+
+    kafka = resolve_bootstrap(tmp_path_factory.mktemp("kafka"))
+    try:
+        yield kafka.bootstrap
+    finally:
+        kafka.close()
+
+
+@pytest.fixture
+def new_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
+    """Factory of uuid-named topics (with their ``.dlq``), deleted after the test.
+
+    ``new_topic(partitions=4)`` returns the topic name.
+    """
+    from stream.kafka import create_topics, delete_topics
+
+    created: list[str] = []
+
+    def make(partitions: int = 1, prefix: str = "t") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        create_topics(kafka_bootstrap, {name: partitions, f"{name}.dlq": 1})
+        created.extend([name, f"{name}.dlq"])
+        return name
+
+    yield make
+    try:
+        delete_topics(kafka_bootstrap, created)
+    except Exception as exc:  # cleanup must not mask the test's own result
+        print(f"could not delete test topics {created}: {exc}")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``<repo>/../shared/data``; tests needing it skip (with the reason) when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder {SHARED_DATA} is absent")
+    return SHARED_DATA
+
+
+_kafka_outcomes: Counter[str] = Counter()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "kafka" not in report.keywords:
+        return
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        _kafka_outcomes["error" if report.when == "setup" and report.failed
+                        else report.outcome] += 1
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _kafka_outcomes:
+        parts = ", ".join(f"{n} {k}" for k, n in sorted(_kafka_outcomes.items()))
+        terminalreporter.write_line(f"Kafka tests (real broker): {parts}")
