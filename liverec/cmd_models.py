@@ -7,7 +7,7 @@ commands so that ``liverec --help`` stays fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -92,6 +92,9 @@ def evaluate(
     )
 
     built = {name: registry.create(name) for name in names}
+    score_s = dict.fromkeys(names, 0.0)
+    for name, model in built.items():
+        _time_scoring(model, name, score_s)
     evaluator = PrequentialEvaluator(built, k=k, rolling_window=window)
     learn_s = dict.fromkeys(names, 0.0)
     curve_x: list[int] = []
@@ -122,6 +125,7 @@ def evaluate(
         }
         entry["evaluated"] = int(tot["n"])
         entry["learn_events_per_s"] = len(ds) / learn_s[name] if learn_s[name] > 0 else 0.0
+        entry["score_ms_per_event"] = 1e3 * score_s[name] / max(1, int(tot["n"]))
         report_models[name] = entry
     report = {
         "dataset": str(path),
@@ -149,14 +153,32 @@ def evaluate(
         typer.echo(f"plot: {plot}")
 
 
+def _time_scoring(model: Any, name: str, totals: dict[str, float]) -> None:
+    """Accumulate the wall time of ``model.score_all`` calls into ``totals[name]``."""
+    import time
+
+    inner = model.score_all
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            totals[name] += time.perf_counter() - t
+
+    # An instance attribute shadows the method, so the evaluator's calls are timed.
+    model.score_all = timed
+
+
 def _summary_table(models: dict[str, dict[str, float]], k: int) -> str:
     cols = ["hr", "ndcg", "mrr", "precision", "coverage", "novelty", "diversity"]
     head = f"{'model':<16}" + "".join(f"{c + '@' + str(k):>14}" for c in cols)
-    head += f"{'evaluated':>11}{'learn ev/s':>12}"
+    head += f"{'evaluated':>11}{'learn ev/s':>12}{'score ms':>10}"
     lines = [head, "-" * len(head)]
     for name, m in models.items():
         row = f"{name:<16}" + "".join(f"{m[f'{c}@{k}']:>14.4f}" for c in cols)
         row += f"{int(m['evaluated']):>11}{m['learn_events_per_s']:>12.0f}"
+        row += f"{m['score_ms_per_event']:>10.2f}"
         lines.append(row)
     return "\n".join(lines)
 
