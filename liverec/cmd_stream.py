@@ -1,9 +1,115 @@
-"""`liverec` subcommands for this area (registered by :mod:`liverec.cli`)."""
+"""`liverec broker start|stop|status` and `liverec replay` (registered by :mod:`liverec.cli`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+broker_app = typer.Typer(
+    help="A local single-node Apache Kafka (KRaft) for demos and tests.",
+    no_args_is_help=True,
+)
+
+
+@broker_app.command("start")
+def broker_start(
+    heap: Annotated[str, typer.Option(help="JVM heap (-Xmx)")] = "512m",
+) -> None:
+    """Start the local broker (or find the running one); prints its bootstrap address."""
+    from stream.broker import KafkaSetupError, start_detached_broker
+
+    try:
+        state = start_detached_broker(heap=heap)
+    except KafkaSetupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(state.bootstrap)
+
+
+@broker_app.command("status")
+def broker_status_cmd() -> None:
+    """Print the local broker's bootstrap address; exit 1 when it is not running."""
+    from stream.broker import broker_status
+
+    state = broker_status()
+    if state is None:
+        typer.echo("not running", err=True)
+        raise typer.Exit(1)
+    typer.echo(state.bootstrap)
+
+
+@broker_app.command("stop")
+def broker_stop() -> None:
+    """Stop the local broker started by `liverec broker start`."""
+    from stream.broker import stop_detached_broker
+
+    state = stop_detached_broker()
+    typer.echo(f"stopped {state.bootstrap} (pid {state.pid})" if state else "not running")
+
+
+def replay(
+    file: Annotated[Path, typer.Argument(help="CSV file (plain or .gz)", exists=True,
+                                         dir_okay=False)],
+    topic: Annotated[str | None, typer.Option(help="target topic [LIVEREC_TOPIC]")] = None,
+    preset: Annotated[str | None, typer.Option(
+        help="liverec | movielens | online-retail (guessed from the header if omitted)")] = None,
+    user_col: Annotated[str | None, typer.Option(help="user column (custom CSV)")] = None,
+    item_col: Annotated[str | None, typer.Option(help="item column (custom CSV)")] = None,
+    time_col: Annotated[str | None, typer.Option(help="time column (custom CSV)")] = None,
+    event_type_col: Annotated[str | None, typer.Option(help="event type column")] = None,
+    rate: Annotated[float | None, typer.Option(help="events per second")] = None,
+    speedup: Annotated[float | None, typer.Option(help="times faster than event time")] = None,
+    max_speed: Annotated[bool, typer.Option("--max-speed", help="no pacing (default)")] = False,
+    bootstrap: Annotated[str | None, typer.Option(
+        help="Kafka bootstrap [LIVEREC_KAFKA_BOOTSTRAP, else the local broker]")] = None,
+    partitions: Annotated[int | None, typer.Option(
+        help="partitions if the topic is created [LIVEREC_PARTITIONS]")] = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Replay a CSV of interactions into Kafka in event-time order."""
+    from kafka.errors import KafkaError
+
+    from stream.events import Limits
+    from stream.kafka import create_topics
+    from stream.replay import replay_file
+    from stream.settings import StreamSettings
+
+    if sum(x is not None for x in (rate, speedup)) + max_speed > 1:
+        raise typer.BadParameter("give at most one of --rate, --speedup, --max-speed")
+    settings = StreamSettings()
+    topic = topic or settings.topic
+    address = bootstrap or settings.kafka_bootstrap or _local_bootstrap()
+    try:
+        create_topics(address, {topic: partitions or settings.partitions, f"{topic}.dlq": 1})
+        result = replay_file(
+            file, address, topic, preset=preset, user_col=user_col, item_col=item_col,
+            time_col=time_col, event_type_col=event_type_col, rate=rate, speedup=speedup,
+            progress=progress, limits=Limits.from_settings(settings),
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    except KafkaError as exc:
+        typer.echo(f"error: Kafka at {address}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"{file} -> {topic}: {result.summary()}")
+    if result.failed:
+        raise typer.Exit(1)
+
+
+def _local_bootstrap() -> str:
+    from stream.broker import broker_status
+
+    state = broker_status()
+    if state is None:
+        typer.echo("error: no Kafka: set LIVEREC_KAFKA_BOOTSTRAP or --bootstrap, or run "
+                   "`liverec broker start` first", err=True)
+        raise typer.Exit(1)
+    return state.bootstrap
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to ``app``."""
+    app.add_typer(broker_app, name="broker")
+    app.command("replay")(replay)

@@ -301,8 +301,10 @@ class LocalBroker:
         config = self._write_config()
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         fmt = subprocess.run(
-            self._jvm(libs, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                      "-c", str(config), "--ignore-formatted"),
+            self._jvm(libs, "kafka.tools.StorageTool", "format",
+                      # "=" form: a base64 id may start with "-" and read as a flag.
+                      f"--cluster-id={cluster_id}", f"--config={config}",
+                      "--ignore-formatted"),
             capture_output=True, text=True, timeout=120,
         )
         if fmt.returncode != 0:
