@@ -1,9 +1,107 @@
-"""`liverec` subcommands for this area (registered by :mod:`liverec.cli`)."""
+"""`liverec train`: the trainer service (registered by :mod:`liverec.cli`).
+
+Every option falls back to its ``LIVEREC_<NAME>`` environment variable through one
+:class:`stream.trainer.TrainerSettings` object; an option given on the command line
+wins.
+"""
 
 from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
 
+def train(
+    bootstrap: Annotated[str | None, typer.Option(
+        help="Kafka bootstrap host:port [LIVEREC_BOOTSTRAP / LIVEREC_KAFKA_BOOTSTRAP]")] = None,
+    topic: Annotated[str | None, typer.Option(help="click topic [LIVEREC_TOPIC]")] = None,
+    group: Annotated[str | None, typer.Option(help="consumer group [LIVEREC_GROUP]")] = None,
+    snapshots: Annotated[Path | None, typer.Option(
+        help="snapshot directory [LIVEREC_SNAPSHOTS]")] = None,
+    models: Annotated[str | None, typer.Option(
+        help="'all' or comma-separated registry names [LIVEREC_MODELS]")] = None,
+    model_params: Annotated[str | None, typer.Option(
+        help='JSON {"model": {"param": value}} for fresh models [LIVEREC_MODEL_PARAMS]')] = None,
+    batch_size: Annotated[int | None, typer.Option(help="[LIVEREC_BATCH_SIZE]")] = None,
+    max_wait_ms: Annotated[int | None, typer.Option(help="[LIVEREC_MAX_WAIT_MS]")] = None,
+    snapshot_every_s: Annotated[float | None, typer.Option(
+        help="seconds between snapshots [LIVEREC_SNAPSHOT_EVERY_S]")] = None,
+    keep_snapshots: Annotated[int | None, typer.Option(
+        help="versions kept on disk [LIVEREC_KEEP_SNAPSHOTS]")] = None,
+    metrics_port: Annotated[int | None, typer.Option(
+        help="Prometheus port; 0 = a free one (logged), -1 = none [LIVEREC_METRICS_PORT]")
+    ] = None,
+    drift_adapt: Annotated[bool | None, typer.Option(
+        "--drift-adapt/--no-drift-adapt",
+        help="shorten half-lives / raise learning rates after a drift alarm "
+             "[LIVEREC_DRIFT_ADAPT]")] = None,
+    max_events: Annotated[int | None, typer.Option(
+        help="stop after learning this many events [LIVEREC_MAX_EVENTS]")] = None,
+    until_events_total: Annotated[int | None, typer.Option(
+        help="stop once events_total (across restarts) reaches this "
+             "[LIVEREC_UNTIL_EVENTS_TOTAL]")] = None,
+    max_seconds: Annotated[float | None, typer.Option(
+        help="stop after this many seconds [LIVEREC_MAX_SECONDS]")] = None,
+    idle_exit_s: Annotated[float | None, typer.Option(
+        help="stop after this many seconds without records [LIVEREC_IDLE_EXIT_S]")] = None,
+    status_every_s: Annotated[float | None, typer.Option(
+        help="seconds between status lines [LIVEREC_STATUS_EVERY_S]")] = None,
+    log_level: Annotated[str, typer.Option(help="logging level")] = "INFO",
+) -> None:
+    """Consume clicks, evaluate prequentially, learn, snapshot, commit; serve /metrics."""
+    import orjson
+    from prometheus_client import start_http_server
+    from pydantic import ValidationError
+
+    from stream.metrics import TrainerMetrics
+    from stream.trainer import Trainer, TrainerSettings
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    log = logging.getLogger("liverec.train")
+    given: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "bootstrap": bootstrap, "topic": topic, "group": group, "snapshots": snapshots,
+            "models": models, "batch_size": batch_size, "max_wait_ms": max_wait_ms,
+            "snapshot_every_s": snapshot_every_s, "keep_snapshots": keep_snapshots,
+            "metrics_port": metrics_port, "drift_adapt": drift_adapt, "max_events": max_events,
+            "until_events_total": until_events_total, "max_seconds": max_seconds,
+            "idle_exit_s": idle_exit_s, "status_every_s": status_every_s,
+        }.items()
+        if v is not None
+    }
+    if model_params is not None:
+        given["model_params"] = orjson.loads(model_params)
+    try:
+        settings = TrainerSettings(**given)
+        settings.model_names()
+    except (ValidationError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+    metrics = TrainerMetrics(settings.model_names(), settings.topic)
+    server = None
+    if settings.metrics_port >= 0:
+        server, _ = start_http_server(
+            settings.metrics_port, addr=settings.metrics_addr, registry=metrics.registry
+        )
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_addr, server.server_port)
+    try:
+        result = Trainer(settings, metrics).run()
+    finally:
+        if server is not None:
+            server.shutdown()
+    typer.echo(
+        f"learned {result.events_learned} events (events_total {result.events_total}, "
+        f"duplicates {result.duplicates}, rejected {result.rejected}) in "
+        f"{result.seconds:.1f} s; snapshot {result.snapshot_version}"
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to ``app``."""
+    app.command("train")(train)

@@ -1,0 +1,209 @@
+"""Every Prometheus metric of the trainer service, declared in one place.
+
+:class:`TrainerMetrics` owns its own ``CollectorRegistry`` (no global state, so
+tests build as many as they like) and creates every labelled series up front so
+dashboards see zeros rather than gaps. Names carry the ``liverec_trainer_`` prefix
+and base units; labels come from bounded sets only (model, topic, partition,
+reason, detector, distribution) -- never user or item ids.
+
+Examples
+--------
+>>> m = TrainerMetrics(models=["popularity"], topic="clicks")
+>>> m.events_rejected.labels(topic="clicks", reason="not_json").inc()
+>>> m.registry.get_sample_value(
+...     "liverec_trainer_events_rejected_total", {"topic": "clicks", "reason": "not_json"})
+1.0
+>>> m.registry.get_sample_value("liverec_trainer_concept_drift_alarms_total",
+...     {"model": "popularity", "detector": "adwin"})
+0.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from online_models.drift import DETECTORS, DataDriftTracker
+from stream.events import REJECT_REASONS
+
+__all__ = ["TrainerMetrics"]
+
+_P = "liverec_trainer_"
+
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+_LEARN_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+_SNAPSHOT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class TrainerMetrics:
+    """The trainer's metrics on a private registry.
+
+    Parameters
+    ----------
+    models
+        Model names (the ``model`` label values).
+    topic
+        The consumed topic (the ``topic`` label value).
+    registry
+        Registry to register on; a fresh one when ``None``.
+    """
+
+    def __init__(
+        self,
+        models: Sequence[str],
+        topic: str,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.models = list(models)
+        self.topic = topic
+
+        # ---------------------------------------------------------------- ingest
+        self.events_consumed = Counter(
+            _P + "events_consumed", "Valid events read from Kafka (before de-duplication).",
+            ["topic"], registry=r)
+        self.events_learned = Counter(
+            _P + "events_learned", "Events evaluated and learned by the models.",
+            ["topic"], registry=r)
+        self.duplicates_dropped = Counter(
+            _P + "duplicates_dropped",
+            "Events dropped because their event_id was already learned (replay, redelivery).",
+            ["topic"], registry=r)
+        self.events_rejected = Counter(
+            _P + "events_rejected", "Messages that failed validation, by reason (sent to DLQ).",
+            ["topic", "reason"], registry=r)
+        self.batch_size = Histogram(
+            _P + "batch_size_events", "Records per consumed mini-batch.",
+            buckets=_BATCH_BUCKETS, registry=r)
+        self.consumer_lag = Gauge(
+            _P + "consumer_lag_messages", "Records not yet read, per partition.",
+            ["topic", "partition"], registry=r)
+        self.events_per_second = Gauge(
+            _P + "events_per_second", "Learned events per second (recent average).", registry=r)
+        self.event_time_lag = Gauge(
+            _P + "event_time_lag_seconds",
+            "Wall-clock now minus the newest event time learned (watermark).", registry=r)
+        self.events_total = Gauge(
+            _P + "events_learned_since_start",
+            "Events learned since the very first snapshot (survives restarts).", registry=r)
+        self.watermark = Gauge(
+            _P + "watermark_timestamp_seconds", "Newest event time learned (epoch).", registry=r)
+        self.loop_errors = Counter(
+            _P + "loop_errors", "Unexpected errors caught by the main loop, by stage.",
+            ["stage"], registry=r)
+
+        # ---------------------------------------------------------------- learning
+        self.learn_duration = Histogram(
+            _P + "learn_duration_seconds", "Time to learn one mini-batch, per model.",
+            ["model"], buckets=_LEARN_BUCKETS, registry=r)
+        self.evaluate_duration = Histogram(
+            _P + "evaluate_duration_seconds",
+            "Time to evaluate one mini-batch prequentially (all models).",
+            buckets=_LEARN_BUCKETS, registry=r)
+        self.learn_errors = Counter(
+            _P + "learn_errors", "Mini-batches a model failed to learn (logged).",
+            ["model"], registry=r)
+        self.users_known = Gauge(_P + "model_users", "Users a model knows.", ["model"],
+                                 registry=r)
+        self.items_known = Gauge(_P + "model_items", "Items a model knows.", ["model"],
+                                 registry=r)
+        self.snapshot_duration = Histogram(
+            _P + "snapshot_duration_seconds", "Time to write and publish a snapshot.",
+            buckets=_SNAPSHOT_BUCKETS, registry=r)
+        self.snapshot_size = Gauge(_P + "snapshot_size_bytes", "Size of the latest snapshot.",
+                                   registry=r)
+        self.snapshot_version = Gauge(_P + "snapshot_version", "Latest snapshot version.",
+                                      registry=r)
+        self.snapshot_timestamp = Gauge(
+            _P + "snapshot_timestamp_seconds", "Wall-clock time of the latest snapshot (epoch).",
+            registry=r)
+        self.snapshot_age = Gauge(
+            _P + "snapshot_age_seconds", "Seconds since the latest snapshot was written.",
+            registry=r)
+        self.snapshot_errors = Counter(
+            _P + "snapshot_errors", "Snapshot writes that failed (offsets not committed).",
+            registry=r)
+        self.offset_commits = Counter(
+            _P + "offset_commits", "Offset commits made after a durable snapshot.", registry=r)
+        self.snapshots_refused = Counter(
+            _P + "snapshots_refused", "Snapshots refused on load (corrupt or tampered).",
+            registry=r)
+
+        # ---------------------------------------------------------------- accuracy
+        self.rolling_hr = Gauge(
+            _P + "rolling_hit_ratio", "Prequential HR@10 over the last N evaluated events.",
+            ["model"], registry=r)
+        self.rolling_ndcg = Gauge(
+            _P + "rolling_ndcg", "Prequential NDCG@10 over the last N evaluated events.",
+            ["model"], registry=r)
+        self.rolling_coverage = Gauge(
+            _P + "rolling_coverage_ratio",
+            "Share of known items recommended in the last N top-10 lists.", ["model"], registry=r)
+        self.hr_total = Gauge(
+            _P + "hit_ratio", "Prequential HR@10 over every event evaluated by this process.",
+            ["model"], registry=r)
+        self.ndcg_total = Gauge(
+            _P + "ndcg", "Prequential NDCG@10 over every event evaluated by this process.",
+            ["model"], registry=r)
+        self.evaluated = Counter(
+            _P + "evaluated_events", "Events evaluated prequentially.", ["model"], registry=r)
+        self.hits = Counter(_P + "hits", "Prequential hits (true item in the top 10).",
+                            ["model"], registry=r)
+        self.evaluate_errors = Counter(
+            _P + "evaluate_errors", "Mini-batches whose evaluation failed (still learned).",
+            registry=r)
+
+        # ---------------------------------------------------------------- drift
+        self.drift_alarms = Counter(
+            _P + "concept_drift_alarms", "Concept-drift alarms on the prequential miss stream.",
+            ["model", "detector"], registry=r)
+        self.drift_last_alarm_age = Gauge(
+            _P + "concept_drift_last_alarm_age_seconds",
+            "Seconds since the model's last concept-drift alarm (-1: never).",
+            ["model"], registry=r)
+        self.drift_adaptations = Counter(
+            _P + "drift_adaptations",
+            "Times a drift alarm shortened half-lives / raised learning rates.",
+            ["model"], registry=r)
+        self.drift_adapting = Gauge(
+            _P + "drift_adaptation_active",
+            "1 while the model runs with drift-adapted hyperparameters.", ["model"], registry=r)
+        self.data_drift_psi = Gauge(
+            _P + "data_drift_psi",
+            "Population stability index, latest window vs the one before (hashed ids).",
+            ["distribution"], registry=r)
+        self.data_drift_js = Gauge(
+            _P + "data_drift_js_divergence",
+            "Jensen-Shannon divergence (base 2), latest window vs the one before.",
+            ["distribution"], registry=r)
+        self.embedding_drift = Gauge(
+            _P + "embedding_drift_cosine_distance",
+            "Mean cosine distance of item embeddings between consecutive snapshots.",
+            ["model"], registry=r)
+
+        for reason in REJECT_REASONS:
+            self.events_rejected.labels(topic=topic, reason=reason)
+        for c in (self.events_consumed, self.events_learned, self.duplicates_dropped):
+            c.labels(topic=topic)
+        for stage in ("consume", "process", "snapshot", "commit", "metrics"):
+            self.loop_errors.labels(stage=stage)
+        for m in self.models:
+            for metric in (
+                self.learn_duration, self.learn_errors, self.users_known, self.items_known,
+                self.rolling_hr, self.rolling_ndcg, self.rolling_coverage, self.hr_total,
+                self.ndcg_total, self.evaluated, self.hits, self.drift_adaptations,
+                self.drift_adapting, self.embedding_drift,
+            ):
+                metric.labels(model=m)
+            self.drift_last_alarm_age.labels(model=m).set(-1)
+            for d in DETECTORS:
+                self.drift_alarms.labels(model=m, detector=d)
+        for dist in DataDriftTracker.DISTRIBUTIONS:
+            self.data_drift_psi.labels(distribution=dist)
+            self.data_drift_js.labels(distribution=dist)
+
+    def partition(self, partition: int) -> None:
+        """Create the lag series of a newly assigned partition."""
+        self.consumer_lag.labels(topic=self.topic, partition=str(partition))
