@@ -214,7 +214,7 @@ class BPR(OnlineModel):
             rows = self.items.rows(list(history)[-self.fold_in_items :])
             rows = rows[rows >= 0]
             if len(rows):
-                return self._V[rows].mean(axis=0)  # type: ignore[no-any-return]
+                return self._V[rows].mean(axis=0)
         return None
 
     def score_all(self, user: str, history: Sequence[str] = ()) -> np.ndarray:
@@ -235,7 +235,7 @@ class BPR(OnlineModel):
         sims[row] = -np.inf
         ids = self.items.ids
         order = np.lexsort((np.arange(len(sims)), -sims))[:k]
-        return [(ids[r], float(sims[r])) for r in order if np.isfinite(sims[r])]  # type: ignore[misc]
+        return [(ids[r], float(sims[r])) for r in order if np.isfinite(sims[r])]
 
     def item_vectors(self) -> np.ndarray:
         return self._V[: self.items.capacity].copy()

@@ -147,6 +147,8 @@ class EmbeddingModel(OnlineModel):
         Cap on the event weight that scales an event's loss.
     fold_in_items
         Recent history items averaged to fold in a user without a row.
+    logq_correction
+        Subtract each candidate's log sampling frequency from its logit.
     reranker
         Train the MLP click model and use it to re-rank the top candidates.
     rerank_top
@@ -182,6 +184,7 @@ class EmbeddingModel(OnlineModel):
         init_std: float = 0.1,
         max_weight: float = 5.0,
         fold_in_items: int = 20,
+        logq_correction: bool = True,
         reranker: bool = False,
         rerank_top: int = 100,
         mlp_hidden: int = 64,
@@ -199,6 +202,7 @@ class EmbeddingModel(OnlineModel):
         self.init_std = init_std
         self.max_weight = max_weight
         self.fold_in_items = fold_in_items
+        self.logq_correction = logq_correction
         self.reranker = reranker
         self.rerank_top = rerank_top
         self.mlp_hidden = mlp_hidden
@@ -342,6 +346,11 @@ class EmbeddingModel(OnlineModel):
         eu = leaf_u[torch.from_numpy(inv_u)]
         ev = leaf_v[torch.from_numpy(inv_v)]
         logits = eu @ ev.T
+        if self.logq_correction:
+            # Negatives come in proportion to traffic; without the logQ correction
+            # (Yi et al., RecSys 2019) popular items are pushed down for being sampled.
+            logq = np.log(self._it.count[cand] / self._it.count.sum())
+            logits = logits - torch.from_numpy(logq.astype(np.float32))[None, :]
         # Never use the positive item (in another column) as its own negative.
         same = torch.from_numpy(cand[None, :] == i[:, None])
         if not self.in_batch_negatives:
