@@ -33,7 +33,6 @@ positives against sampled negatives.
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,7 +41,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from online_models.base import Batch, OnlineModel, UserHistory, top_k
+from online_models.base import Batch, IdIndex, OnlineModel, UserHistory
 
 __all__ = [
     "METRICS",
@@ -84,6 +83,29 @@ def rank_of(scores: np.ndarray, row: int, exclude: np.ndarray | None = None) -> 
     if row < 0 or row >= len(scores) or not finite[row]:
         return int(finite.sum()) + 1
     return int(np.count_nonzero(scores >= scores[row]))
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the ``k`` best finite scores, best first (a lean :func:`top_k`)."""
+    n = len(scores)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    part = np.argpartition(scores, n - k)[n - k :] if k < n else np.arange(n)
+    part = part[np.isfinite(scores[part])]
+    return part[np.argsort(-scores[part], kind="stable")]
+
+
+def _ild(v: np.ndarray) -> float:
+    """Intra-list diversity: 1 - mean pairwise cosine of the rows of ``v``."""
+    n = len(v)
+    if n < 2:
+        return float("nan")
+    norms = np.sqrt((v * v).sum(axis=1))
+    v = v[norms > 0] / norms[norms > 0][:, None]
+    total = v.sum(axis=0)
+    # sum over ordered pairs a != b of cos(a, b) = |sum of unit rows|^2 - n
+    mean_cos = (float(total @ total) - len(v)) / (n * (n - 1))
+    return 1.0 - mean_cos
 
 
 @dataclass
@@ -274,84 +296,134 @@ class PrequentialEvaluator:
         self.seed = seed
 
         self.n_events = 0
-        self._item_count: dict[str, int] = {}  # items seen in the stream -> events
+        self.catalog = IdIndex()  # items seen in the stream (evaluator rows)
+        self._count = np.zeros(0, np.float64)  # events per catalog row
+        self._sketch = np.zeros((0, sketch_dim), np.float32)  # random-indexing sketch
         self._trackers = {name: _Tracker(k, rolling_window) for name in self.models}
-        self._sketch: dict[str, np.ndarray] = {}
+        # Per model: model row -> catalog row, and the model's IdIndex generation.
+        self._m2e: dict[str, np.ndarray] = {n: np.zeros(0, np.int64) for n in self.models}
+        self._gen: dict[str, int] = dict.fromkeys(self.models, -1)
 
     # ------------------------------------------------------------------ stream state
     @property
     def n_known_items(self) -> int:
-        return len(self._item_count)
+        return len(self.catalog)
 
     def seen(self, item: str) -> bool:
-        """Whether ``item`` was seen earlier in the stream (or is known to a model).
+        """Whether ``item`` was seen earlier in the stream (or is known to a model)."""
+        return item in self.catalog
 
-        Counting items the models know makes a restarted evaluator (fresh counts,
-        models restored from a snapshot) treat the restored catalog as seen.
+    def _grow_catalog(self) -> None:
+        cap = self.catalog.capacity
+        if len(self._count) < cap:
+            new = max(16, 2 * cap)
+            count = np.zeros(new, np.float64)
+            count[: len(self._count)] = self._count
+            sketch = np.zeros((new, self.sketch_dim), np.float32)
+            sketch[: len(self._sketch)] = self._sketch
+            self._count, self._sketch = count, sketch
+
+    def _sync(self) -> None:
+        """Extend each model's row map to rows it added since the last call.
+
+        Items a model knows but the evaluator has not seen (a model restored from a
+        snapshot next to a fresh evaluator) join the catalog: they are known items.
         """
-        return item in self._item_count or any(item in m.items for m in self.models.values())
+        for name, model in self.models.items():
+            index = model.items
+            m2e = self._m2e[name]
+            start = 0 if index.generation != self._gen[name] else len(m2e)
+            ids = index.ids
+            if start >= len(ids) and start == len(m2e):
+                continue
+            new = np.asarray(
+                [-1 if k is None else self.catalog.add(k) for k in ids[start:]], np.int64
+            )
+            self._m2e[name] = np.concatenate((m2e[:start], new))
+            self._gen[name] = index.generation
+        self._grow_catalog()
 
-    def _user_vector(self, user: str) -> np.ndarray:
-        # Derived from the id, not from arrival order, so it survives restarts.
-        rng = np.random.default_rng([self.seed, zlib.crc32(user.encode("utf-8"))])
-        return rng.choice(np.array([-1.0, 1.0], np.float32), size=self.sketch_dim)
-
-    def _observe(self, user: str, item: str) -> None:
-        self._item_count[item] = self._item_count.get(item, 0) + 1
-        sk = self._sketch.get(item)
-        if sk is None:
-            sk = self._sketch[item] = np.zeros(self.sketch_dim, np.float32)
-        sk += self._user_vector(user)
-        self.history.append(user, item)
-        self.n_events += 1
+    def _user_signs(self, users: np.ndarray) -> np.ndarray:
+        """A fixed random ±1 vector per user, derived from the id (survives restarts)."""
+        h = np.fromiter(
+            (zlib.crc32(u.encode("utf-8")) for u in users), dtype=np.uint64, count=len(users)
+        )
+        # splitmix64 of (seed, user hash, coordinate): independent bits per coordinate.
+        with np.errstate(over="ignore"):
+            x = (h[:, None] + np.uint64(self.seed) * np.uint64(0x632BE59BD9B4E019)
+                 + np.arange(1, self.sketch_dim + 1, dtype=np.uint64)[None, :]
+                 * np.uint64(0x9E3779B97F4A7C15))
+            x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            x = x ^ (x >> np.uint64(31))
+        return np.where(x >> np.uint64(63), 1.0, -1.0).astype(np.float32)
 
     # ------------------------------------------------------------------ processing
     def process(self, batch: Batch, learn: bool = True) -> BatchOutcome:
         """Score every evaluable event of ``batch``, then (``learn``) train the models on it."""
+        self._sync()
         names = list(self.models)
         positions: list[int] = []
-        cols: dict[str, dict[str, list[float]]] = {
-            n: {"rank": [], "nov": [], "div": []} for n in names
-        }
+        ranks: dict[str, list[int]] = {n: [] for n in names}
+        novelty: dict[str, list[float]] = {n: [] for n in names}
+        diversity: dict[str, list[float]] = {n: [] for n in names}
         lists: dict[str, list[np.ndarray]] = {n: [] for n in names}
-        # Model parameters do not move inside a batch, so item vectors are read once.
+        # Model parameters do not move inside a batch: read vectors and row maps once.
         vectors = {
             n: (m.item_vectors() if self.use_model_vectors else None)
             for n, m in self.models.items()
         }
+        e2m: dict[str, np.ndarray] = {}
+        for name in names:
+            m2e = self._m2e[name]
+            # Sized past every row the catalog can reach in this batch, so unknown
+            # rows (-1) index the last slot, which stays -1.
+            inv = np.full(self.catalog.capacity + len(batch) + 1, -1, np.int64)
+            ok = m2e >= 0
+            inv[m2e[ok]] = np.flatnonzero(ok)
+            e2m[name] = inv
+        history = self.history
+        catalog = self.catalog
+        batch_rows = np.empty(len(batch), np.int64)
         for pos, (user, item) in enumerate(zip(batch.users, batch.items, strict=True)):
-            hist = self.history.get(user)
-            if hist and item not in hist and self.seen(item):
+            hist = history.get(user)
+            if hist and item in catalog and not history.has(user, item):
                 positions.append(pos)
+                h_rows = catalog.rows(hist)
+                e_row = catalog.get(item)
                 for name in names:
                     rank, top, nov, div = self._score_event(
-                        self.models[name], vectors[name], user, item, hist
+                        name, vectors[name], user, hist, e2m[name][h_rows], e2m[name][e_row]
                     )
-                    c = cols[name]
-                    c["rank"].append(rank)
-                    c["nov"].append(nov)
-                    c["div"].append(div)
+                    ranks[name].append(rank)
+                    novelty[name].append(nov)
+                    diversity[name].append(div)
                     lists[name].append(top)
-            self._observe(user, item)
+            batch_rows[pos] = catalog.add(item)
+            self._grow_catalog()
+            self._count[batch_rows[pos]] += 1.0
+            history.append(user, item)
+            self.n_events += 1
+        np.add.at(self._sketch, batch_rows, self._user_signs(batch.users))
 
         outcome = BatchOutcome(n_events=len(batch), positions=np.asarray(positions, np.int64))
         for name in names:
-            ranks = np.asarray(cols[name]["rank"], np.int64)
-            hits = (ranks <= self.k).astype(np.int8)
-            ndcg = np.where(hits == 1, 1.0 / np.log2(ranks + 1.0), 0.0)
+            r = np.asarray(ranks[name], np.int64)
+            hits = (r <= self.k).astype(np.int8)
             out = ModelOutcome(
                 hits=hits,
-                ranks=ranks,
-                ndcg=ndcg,
-                rr=1.0 / ranks if len(ranks) else np.zeros(0),
-                novelty=np.asarray(cols[name]["nov"], np.float64),
-                diversity=np.asarray(cols[name]["div"], np.float64),
+                ranks=r,
+                ndcg=np.where(hits == 1, 1.0 / np.log2(r + 1.0), 0.0),
+                rr=1.0 / r if len(r) else np.zeros(0),
+                novelty=np.asarray(novelty[name], np.float64),
+                diversity=np.asarray(diversity[name], np.float64),
             )
             outcome.models[name] = out
             self._trackers[name].add(out, lists[name])
         if learn:
             for model in self.models.values():
                 model.learn(batch)
+            self._sync()
         return outcome
 
     def run(self, batches: Iterable[Batch]) -> dict[str, dict[str, float]]:
@@ -362,45 +434,33 @@ class PrequentialEvaluator:
 
     def _score_event(
         self,
-        model: OnlineModel,
+        name: str,
         vectors: np.ndarray | None,
         user: str,
-        item: str,
         hist: Sequence[str],
+        h_rows: np.ndarray,
+        row: int,
     ) -> tuple[int, np.ndarray, float, float]:
-        scores = np.array(model.score_all(user, hist), dtype=np.float32, copy=True)
-        h_rows = model.items.rows(hist)
+        """Rank of the true item (model row ``row``), top-K catalog rows, novelty, diversity."""
+        scores = np.array(self.models[name].score_all(user, hist), dtype=np.float32, copy=True)
         scores[h_rows[h_rows >= 0]] = -np.inf
-        row = model.items.get(item)
-        rank = rank_of(scores, row)
-        top = top_k(scores, self.k)
-        return rank, top, self._novelty(model, top), self._diversity(model, vectors, top)
-
-    def _novelty(self, model: OnlineModel, top: np.ndarray) -> float:
-        if len(top) == 0:
-            return float("nan")
-        ids = model.items.ids
-        total = self.n_events + 1
-        counts = [self._item_count.get(ids[r] or "", 0) + 1 for r in top.tolist()]
-        return float(np.mean([-math.log2(c / total) for c in counts]))
-
-    def _diversity(self, model: OnlineModel, vectors: np.ndarray | None, top: np.ndarray) -> float:
-        if len(top) < 2:
-            return float("nan")
-        if vectors is not None and len(vectors) > int(top.max()):
-            v = np.asarray(vectors[top], np.float64)
+        rank = rank_of(scores, int(row))
+        top = _top(scores, self.k)
+        m2e = self._m2e[name]
+        e_top = m2e[top[top < len(m2e)]]
+        e_top = e_top[e_top >= 0]
+        if vectors is not None and len(top) and len(vectors) > int(top.max()):
+            div = _ild(np.asarray(vectors[top], np.float64))
         else:
-            ids = model.items.ids
-            zero = np.zeros(self.sketch_dim, np.float32)
-            v = np.stack([self._sketch.get(ids[r] or "", zero) for r in top.tolist()]).astype(
-                np.float64
-            )
-        norms = np.linalg.norm(v, axis=1)
-        v = v / np.where(norms > 0, norms, 1.0)[:, None]
-        sim = v @ v.T
-        n = len(top)
-        mean_sim = (sim.sum() - np.trace(sim)) / (n * (n - 1))
-        return float(1.0 - mean_sim)
+            div = _ild(self._sketch[e_top].astype(np.float64))
+        return rank, e_top, self._novelty(e_top), div
+
+    def _novelty(self, e_top: np.ndarray) -> float:
+        if len(e_top) == 0:
+            return float("nan")
+        # +1 smoothing: an item recommended before any event counts as seen once.
+        p = (self._count[e_top] + 1.0) / (self.n_events + 1.0)
+        return float(-np.log2(p).mean())
 
     # ------------------------------------------------------------------ metrics
     def totals(self, model: str) -> dict[str, float]:

@@ -1,0 +1,391 @@
+"""Incremental item-kNN from decayed co-occurrence within each user's recent window.
+
+Every event ``(user, item j, time t, weight w)`` pairs ``j`` with the user's last
+``window`` items (event-time order, earlier events of the same batch included).
+The pair at distance ``d`` (``d = 1`` is the previous item) adds
+
+    ``w · position_decay**(d-1) · 2**(-(t - t_partner)/gap_half_life) · 2**((t - t0)/half_life)``
+
+to the co-occurrence ``C[partner, j]`` (and to ``C[j, partner]`` when symmetric).
+The last factor is *forward decay*: instead of shrinking every stored count as time
+passes, new mass is inflated relative to a landmark ``t0``; ranking only uses ratios,
+so this equals exponential decay in event time, and the state does not depend on
+where mini-batch boundaries fall. When the exponent grows large, all mass is
+rescaled by an exact power of two and the landmark moves on.
+
+Similarity is ``C[i, j] / (n_i**alpha · n_j**(1-alpha))`` with ``n`` the decayed item
+counts (``alpha = 0.5`` is cosine). A query scores every item from the user's most
+recent ``query_items`` items, the most recent weighing most (``recency_decay`` per
+step back).
+
+Storage is sparse: pair keys ``i << 32 | j`` (int64) with float64 mass, kept as a
+few sorted runs of geometrically growing size (a log-structured merge). A batch
+adds one sorted run, built with numpy for the whole batch at once; runs are
+merged (timsort on two sorted runs + ``np.add.reduceat``) when a run is not much
+larger than the next, so work per pair is amortised ``O(log)``. A query gathers
+each query item's row from every run with ``searchsorted`` and sums with
+``np.bincount``. Memory is ``~16 bytes × stored pairs × 2`` plus ``window`` int64
+and float64 per user, never items × items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar, Self
+
+import numpy as np
+
+from online_models.base import Batch, IdIndex, ModelState, OnlineModel, top_k
+
+__all__ = ["ItemKNN", "CoOccurrenceModel"]
+
+_SHIFT = np.int64(32)
+_LOW = np.int64(0xFFFFFFFF)
+#: rescale forward-decayed mass once it has grown by 2**_MAX_EXP
+_MAX_EXP = 400.0
+
+
+def _grow(arr: np.ndarray, needed: int, fill: float) -> np.ndarray:
+    """``arr`` with at least ``needed`` rows (capacity doubles); new rows = ``fill``."""
+    cap = len(arr)
+    if needed <= cap:
+        return arr
+    new_cap = max(cap, 16)
+    while new_cap < needed:
+        new_cap *= 2
+    out = np.full((new_cap, *arr.shape[1:]), fill, dtype=arr.dtype)
+    out[:cap] = arr
+    return out
+
+
+def _sum_sorted(keys: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Collapse equal adjacent keys of a sorted key array, summing their values."""
+    if len(keys) == 0:
+        return keys, vals
+    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    return keys[starts], np.add.reduceat(vals, starts)
+
+
+class _PairStore:
+    """Sparse ``(i, j) -> mass`` as sorted runs of int64 keys (a small LSM tree)."""
+
+    def __init__(self, merge_ratio: float = 4.0) -> None:
+        self.merge_ratio = merge_ratio
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def __len__(self) -> int:
+        return sum(len(k) for k, _ in self.runs)
+
+    def add(self, i: np.ndarray, j: np.ndarray, w: np.ndarray) -> None:
+        if len(i) == 0:
+            return
+        keys = (i.astype(np.int64) << _SHIFT) | j.astype(np.int64)
+        order = np.argsort(keys, kind="stable")
+        self.runs.append(_sum_sorted(keys[order], w[order]))
+        while len(self.runs) >= 2 and len(self.runs[-2][0]) <= self.merge_ratio * len(
+            self.runs[-1][0]
+        ):
+            (k2, v2), (k1, v1) = self.runs.pop(), self.runs.pop()
+            self.runs.append(self._merge(k1, v1, k2, v2))
+
+    @staticmethod
+    def _merge(
+        k1: np.ndarray, v1: np.ndarray, k2: np.ndarray, v2: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        keys = np.concatenate((k1, k2))
+        vals = np.concatenate((v1, v2))
+        # Two sorted runs: timsort ("stable") merges them in linear time.
+        order = np.argsort(keys, kind="stable")
+        return _sum_sorted(keys[order], vals[order])
+
+    def compact(self) -> tuple[np.ndarray, np.ndarray]:
+        """All runs merged into one (also replaces the runs)."""
+        if not self.runs:
+            return np.zeros(0, np.int64), np.zeros(0, np.float64)
+        keys, vals = self.runs[0]
+        for k, v in self.runs[1:]:
+            keys, vals = self._merge(keys, vals, k, v)
+        self.runs = [(keys, vals)]
+        return keys, vals
+
+    def scale(self, factor: float) -> None:
+        for _, v in self.runs:
+            v *= factor
+
+    def rows(self, rows: np.ndarray, row_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Columns and ``mass × row weight`` of every stored entry in ``rows``."""
+        cols: list[np.ndarray] = []
+        weights: list[np.ndarray] = []
+        lo_keys = rows.astype(np.int64) << _SHIFT
+        hi_keys = (rows.astype(np.int64) + 1) << _SHIFT
+        for keys, vals in self.runs:
+            lo = np.searchsorted(keys, lo_keys)
+            hi = np.searchsorted(keys, hi_keys)
+            lengths = hi - lo
+            total = int(lengths.sum())
+            if total == 0:
+                continue
+            # Flat indices of the ranges [lo, hi) without a Python loop.
+            starts = np.repeat(lo - np.cumsum(lengths) + lengths, lengths)
+            idx = starts + np.arange(total)
+            cols.append(keys[idx] & _LOW)
+            weights.append(vals[idx] * np.repeat(row_weights, lengths))
+        if not cols:
+            return np.zeros(0, np.int64), np.zeros(0, np.float64)
+        return np.concatenate(cols), np.concatenate(weights)
+
+
+class CoOccurrenceModel(OnlineModel):
+    """Shared engine of :class:`ItemKNN` and the sequence model (see module docs).
+
+    ``symmetric=True`` counts unordered co-occurrence (item-kNN); ``False`` counts
+    ``earlier -> later`` transitions (next-item model).
+    """
+
+    name: ClassVar[str] = "cooccurrence"
+    symmetric: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        window: int = 20,
+        half_life_seconds: float | None = 30 * 86_400.0,
+        gap_half_life_seconds: float | None = None,
+        position_decay: float = 1.0,
+        alpha: float = 0.5,
+        query_items: int = 20,
+        recency_decay: float = 0.8,
+        popularity_tiebreak: float = 1e-6,
+    ) -> None:
+        if window < 1:
+            raise ValueError("window must be >= 1")
+        self.window = window
+        self.half_life_seconds = half_life_seconds
+        self.gap_half_life_seconds = gap_half_life_seconds
+        self.position_decay = position_decay
+        self.alpha = alpha
+        self.query_items = query_items
+        self.recency_decay = recency_decay
+        self.popularity_tiebreak = popularity_tiebreak
+
+        self.users = IdIndex()
+        self.items = IdIndex()
+        self._pairs = _PairStore()
+        self._counts = np.zeros(0, np.float64)  # forward-decayed item mass
+        self._win_items = np.full((0, window), -1, np.int64)  # oldest -> newest
+        self._win_times = np.zeros((0, window), np.float64)
+        self._t0: float | None = None  # forward-decay landmark
+        self._watermark = -np.inf
+
+    # ------------------------------------------------------------------ decay
+    def _forward(self, t: np.ndarray) -> np.ndarray:
+        if self.half_life_seconds is None or self._t0 is None:
+            return np.ones_like(t)
+        return np.exp2((t - self._t0) / self.half_life_seconds)
+
+    def _maybe_rescale(self, t_max: float) -> None:
+        hl = self.half_life_seconds
+        if hl is None:
+            return
+        if self._t0 is None:
+            self._t0 = t_max
+            return
+        steps = np.floor((t_max - self._t0) / hl)
+        if steps > _MAX_EXP:
+            # A power of two: exact, so only the landmark's position changes.
+            factor = float(np.exp2(-steps))
+            self._pairs.scale(factor)
+            self._counts *= factor
+            self._t0 += float(steps) * hl
+
+    # ------------------------------------------------------------------ learning
+    def learn(self, batch: Batch) -> None:
+        n = len(batch)
+        if n == 0:
+            return
+        u = self.users.add_many(batch.users)
+        i = self.items.add_many(batch.items)
+        t = np.asarray(batch.timestamps, np.float64)
+        w = np.asarray(batch.weights, np.float64)
+        self._maybe_rescale(float(t.max()))
+        self._watermark = max(self._watermark, float(t.max()))
+        fw = w * self._forward(t)
+
+        self._counts = _grow(self._counts, self.items.capacity, 0.0)
+        np.add.at(self._counts, i, fw)
+        self._win_items = _grow(self._win_items, self.users.capacity, -1)
+        self._win_times = _grow(self._win_times, self.users.capacity, 0.0)
+
+        W = self.window
+        # Lay out, per user of the batch, [stored window (W) | this batch's events],
+        # so every event's W predecessors are the W slots before it.
+        order = np.argsort(u, kind="stable")
+        us = u[order]
+        first = np.concatenate(([True], us[1:] != us[:-1]))
+        starts = np.flatnonzero(first)
+        counts = np.diff(np.append(starts, n))
+        group_users = us[starts]
+        group_len = W + counts
+        offsets = np.cumsum(group_len) - group_len
+        seq_items = np.empty(int(group_len.sum()), np.int64)
+        seq_times = np.empty(len(seq_items), np.float64)
+        win_idx = offsets[:, None] + np.arange(W)
+        seq_items[win_idx] = self._win_items[group_users]
+        seq_times[win_idx] = self._win_times[group_users]
+        group_of = np.repeat(np.arange(len(starts)), counts)
+        flat = offsets[group_of] + W + (np.arange(n) - starts[group_of])
+        seq_items[flat] = i[order]
+        seq_times[flat] = t[order]
+
+        # Pairs (partner at distance d, event) for d = 1..W, all at once.
+        d = np.arange(1, W + 1)
+        partner = seq_items[flat[:, None] - d]
+        p_time = seq_times[flat[:, None] - d]
+        item = i[order][:, None]
+        mass = fw[order][:, None] * self.position_decay ** (d - 1)[None, :].astype(np.float64)
+        if self.gap_half_life_seconds is not None:
+            gap = np.maximum(t[order][:, None] - p_time, 0.0)
+            mass = mass * np.exp2(-gap / self.gap_half_life_seconds)
+        ok = (partner >= 0) & (partner != item)
+        src = partner[ok]
+        dst = np.broadcast_to(item, partner.shape)[ok]
+        m = mass[ok]
+        if self.symmetric:
+            self._pairs.add(np.concatenate((src, dst)), np.concatenate((dst, src)),
+                            np.concatenate((m, m)))
+        else:
+            self._pairs.add(src, dst, m)
+
+        last_idx = (offsets + counts)[:, None] + np.arange(W)
+        self._win_items[group_users] = seq_items[last_idx]
+        self._win_times[group_users] = seq_times[last_idx]
+
+    # ------------------------------------------------------------------ scoring
+    def _query(self, user: str, history: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Query item rows and their recency weights (most recent = 1)."""
+        if history:
+            rows = self.items.rows(list(history)[-self.query_items :])
+        else:
+            r = self.users.get(user)
+            if r < 0 or r >= len(self._win_items):
+                return np.zeros(0, np.int64), np.zeros(0)
+            rows = self._win_items[r][-self.query_items :]
+        rows = rows[rows >= 0]
+        if len(rows) == 0:
+            return rows, np.zeros(0)
+        # A repeated query item (possible in the model's own window) adds up.
+        return rows, self.recency_decay ** np.arange(len(rows) - 1, -1, -1, dtype=np.float64)
+
+    def _row_scores(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        cap = self.items.capacity
+        counts = self._counts[:cap]
+        safe = np.where(counts > 0, counts, 1.0)
+        cols, mass = self._pairs.rows(rows, weights / safe[rows] ** self.alpha)
+        scores = np.bincount(cols, weights=mass, minlength=cap)[:cap]
+        return scores / safe ** (1.0 - self.alpha)
+
+    def score_all(self, user: str, history: Sequence[str] = ()) -> np.ndarray:
+        cap = self.items.capacity
+        rows, weights = self._query(user, history)
+        scores = self._row_scores(rows, weights) if len(rows) else np.zeros(cap)
+        counts = self._counts[:cap]
+        if self.popularity_tiebreak and cap and counts.max() > 0:
+            # Ties (notably all-zero rows) go to currently popular items.
+            scores = scores + self.popularity_tiebreak * counts / counts.max()
+        out = scores.astype(np.float32)
+        if len(self.items) < cap:
+            out[~self.items.live_mask()] = -np.inf
+        return out
+
+    def similar(self, item: str, k: int = 10) -> list[tuple[str, float]]:
+        row = self.items.get(item)
+        if row < 0:
+            return []
+        scores = self._row_scores(np.array([row]), np.ones(1))
+        scores[row] = 0.0
+        scores[scores <= 0] = -np.inf
+        ids = self.items.ids
+        return [(ids[r], float(scores[r])) for r in top_k(scores, k)]  # type: ignore[misc]
+
+    # ------------------------------------------------------------------ state
+    @property
+    def n_pairs(self) -> int:
+        """Stored (directed) pair entries."""
+        return len(self._pairs)
+
+    def get_state(self) -> ModelState:
+        keys, vals = self._pairs.compact()
+        nu, ni = self.users.capacity, self.items.capacity
+        arrays = {
+            **self.users.to_arrays("users"),
+            **self.items.to_arrays("items"),
+            "pairs.keys": keys.copy(),
+            "pairs.values": vals.copy(),
+            "counts": self._counts[:ni].copy(),
+            "window.items": self._win_items[:nu].copy(),
+            "window.times": self._win_times[:nu].copy(),
+        }
+        meta: dict[str, Any] = {
+            "class": self.name,
+            "params": self.get_params(),
+            "t0": self._t0,
+            "watermark": float(self._watermark) if np.isfinite(self._watermark) else None,
+        }
+        return ModelState(arrays=arrays, meta=meta)
+
+    @classmethod
+    def from_state(cls, state: ModelState) -> Self:
+        a, meta = state.arrays, state.meta
+        m = cls(**meta["params"])
+        m.users = IdIndex.from_arrays(a, "users")
+        m.items = IdIndex.from_arrays(a, "items")
+        keys = np.asarray(a["pairs.keys"], np.int64).copy()
+        vals = np.asarray(a["pairs.values"], np.float64).copy()
+        m._pairs.runs = [(keys, vals)] if len(keys) else []
+        m._counts = np.asarray(a["counts"], np.float64).copy()
+        m._win_items = np.asarray(a["window.items"], np.int64).reshape(-1, m.window).copy()
+        m._win_times = np.asarray(a["window.times"], np.float64).reshape(-1, m.window).copy()
+        m._t0 = meta["t0"]
+        wm = meta["watermark"]
+        m._watermark = -np.inf if wm is None else float(wm)
+        return m
+
+
+class ItemKNN(CoOccurrenceModel):
+    """Incremental item-kNN: decayed, normalised co-occurrence in users' recent windows.
+
+    Recommends from the user's recent items (``history`` when given, else the
+    model's own window of the user), the most recent weighing most; serves
+    similar items from the same co-occurrence rows. Unknown users with no history
+    get decayed popularity (the tie-break term alone).
+
+    Parameters
+    ----------
+    window
+        Each event pairs with the user's last ``window`` items.
+    half_life_seconds
+        Event-time half-life of co-occurrence mass and item counts (``None``: no decay).
+    gap_half_life_seconds
+        Half-life on the time gap between the two items of a pair (``None``: off).
+    position_decay
+        Factor per step of distance in the window (1.0: all partners equal).
+    alpha
+        Normalisation ``C_ij / (n_i**alpha n_j**(1-alpha))``; 0.5 is cosine.
+    query_items
+        Most recent items of the user used as the query.
+    recency_decay
+        Weight factor per step back among the query items.
+    popularity_tiebreak
+        Weight of a tiny decayed-popularity term that breaks ties.
+
+    Examples
+    --------
+    >>> m = ItemKNN(half_life_seconds=None)
+    >>> m.learn(Batch.from_columns(["a", "a", "b", "b", "c"], ["x", "y", "x", "y", "z"]))
+    >>> m.similar("x", 2)[0][0]
+    'y'
+    >>> [i for i, _ in m.recommend("new-user", 1, history=["x"], exclude=["x"])]
+    ['y']
+    """
+
+    name: ClassVar[str] = "itemknn"
+    symmetric: ClassVar[bool] = True

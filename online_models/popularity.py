@@ -1,0 +1,128 @@
+"""Decayed popularity: the cold-start fallback.
+
+Each event adds ``w · 2**((t - t0) / half_life)`` to its item (forward decay in
+event time relative to a landmark ``t0``), which ranks items exactly as
+exponentially decayed counts would, without touching every item as time passes.
+When the exponent grows large, every count is rescaled by an exact power of two
+and the landmark moves, so the state does not depend on batch boundaries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar, Self
+
+import numpy as np
+
+from online_models.base import Batch, IdIndex, ModelState, OnlineModel, top_k
+
+__all__ = ["Popularity"]
+
+#: rescale once forward-decayed counts have grown by 2**_MAX_EXP
+_MAX_EXP = 400.0
+
+
+class Popularity(OnlineModel):
+    """Items ranked by exponentially time-decayed interaction weight.
+
+    Parameters
+    ----------
+    half_life_seconds
+        Event-time half-life of an interaction's weight (``None``: plain counts).
+
+    Examples
+    --------
+    >>> m = Popularity(half_life_seconds=10.0)
+    >>> m.learn(Batch.from_columns(["u", "v", "w"], ["old", "old", "new"], None, [0, 0, 10]))
+    >>> m.popularity("old"), m.popularity("new")
+    (1.0, 1.0)
+    >>> [i for i, _ in m.recommend("anyone", 2)]
+    ['old', 'new']
+    """
+
+    name: ClassVar[str] = "popularity"
+
+    def __init__(self, half_life_seconds: float | None = 86_400.0) -> None:
+        self.half_life_seconds = half_life_seconds
+        self.users = IdIndex()
+        self.items = IdIndex()
+        self._mass = np.zeros(0, np.float64)
+        self._t0: float | None = None
+        self._watermark = -np.inf
+
+    def learn(self, batch: Batch) -> None:
+        if len(batch) == 0:
+            return
+        self.users.add_many(batch.users)
+        rows = self.items.add_many(batch.items)
+        t = np.asarray(batch.timestamps, np.float64)
+        t_max = float(t.max())
+        hl = self.half_life_seconds
+        if hl is not None:
+            if self._t0 is None:
+                self._t0 = t_max
+            steps = np.floor((t_max - self._t0) / hl)
+            if steps > _MAX_EXP:
+                self._mass *= float(np.exp2(-steps))  # exact: a power of two
+                self._t0 += float(steps) * hl
+        self._watermark = max(self._watermark, t_max)
+        if len(self._mass) < self.items.capacity:
+            grown = np.zeros(max(16, 2 * self.items.capacity), np.float64)
+            grown[: len(self._mass)] = self._mass
+            self._mass = grown
+        w = np.asarray(batch.weights, np.float64)
+        if hl is not None and self._t0 is not None:
+            w = w * np.exp2((t - self._t0) / hl)
+        np.add.at(self._mass, rows, w)
+
+    def _decayed(self) -> np.ndarray:
+        """Counts decayed to the watermark (the latest event time seen)."""
+        mass = self._mass[: self.items.capacity]
+        if self.half_life_seconds is None or self._t0 is None:
+            return mass.copy()
+        return mass * np.exp2(-(self._watermark - self._t0) / self.half_life_seconds)
+
+    def popularity(self, item: str) -> float:
+        """Decayed weight of ``item`` at the watermark (0.0 if unknown)."""
+        row = self.items.get(item)
+        return float(self._decayed()[row]) if row >= 0 else 0.0
+
+    def score_all(self, user: str, history: Sequence[str] = ()) -> np.ndarray:
+        out = self._decayed().astype(np.float32)
+        if len(self.items) < self.items.capacity:
+            out[~self.items.live_mask()] = -np.inf
+        return out
+
+    def similar(self, item: str, k: int = 10) -> list[tuple[str, float]]:
+        """The currently most popular items other than ``item``."""
+        scores = self.score_all("")
+        row = self.items.get(item)
+        if row >= 0:
+            scores[row] = -np.inf
+        ids = self.items.ids
+        return [(ids[r], float(scores[r])) for r in top_k(scores, k)]  # type: ignore[misc]
+
+    def get_state(self) -> ModelState:
+        arrays = {
+            **self.users.to_arrays("users"),
+            **self.items.to_arrays("items"),
+            "mass": self._mass[: self.items.capacity].copy(),
+        }
+        meta: dict[str, Any] = {
+            "class": self.name,
+            "params": self.get_params(),
+            "t0": self._t0,
+            "watermark": float(self._watermark) if np.isfinite(self._watermark) else None,
+        }
+        return ModelState(arrays=arrays, meta=meta)
+
+    @classmethod
+    def from_state(cls, state: ModelState) -> Self:
+        m = cls(**state.meta["params"])
+        m.users = IdIndex.from_arrays(state.arrays, "users")
+        m.items = IdIndex.from_arrays(state.arrays, "items")
+        m._mass = np.asarray(state.arrays["mass"], np.float64).copy()
+        m._t0 = state.meta["t0"]
+        wm = state.meta["watermark"]
+        m._watermark = -np.inf if wm is None else float(wm)
+        return m
