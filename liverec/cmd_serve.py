@@ -1,9 +1,55 @@
-"""`liverec` subcommands for this area (registered by :mod:`liverec.cli`)."""
+"""`liverec serve`: the HTTP serving process (registered by :mod:`liverec.cli`)."""
 
 from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to ``app``."""
+
+    @app.command("serve")
+    def serve(
+        snapshots: Annotated[
+            Path | None, typer.Option(help="Snapshot root written by the trainer (holds LATEST).")
+        ] = None,
+        port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+        host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
+        bootstrap: Annotated[
+            str | None,
+            typer.Option(help="Kafka bootstrap servers (live context and POST /v1/events)."),
+        ] = None,
+        topic: Annotated[str | None, typer.Option(help="Click-event topic.")] = None,
+        trainer_metrics_url: Annotated[
+            str | None, typer.Option(help="Trainer /metrics URL scraped for the dashboard.")
+        ] = None,
+        default_model: Annotated[
+            str | None, typer.Option(help="Model used when a request names none.")
+        ] = None,
+    ) -> None:
+        """Serve recommendations from hot-reloaded snapshots (FastAPI + uvicorn).
+
+        Every option may also come from ``LIVEREC_<NAME>`` environment variables.
+        """
+        from serving.app import run
+        from serving.settings import ServeSettings
+
+        given = {
+            "snapshots": snapshots,
+            "port": port,
+            "host": host,
+            "bootstrap": bootstrap,
+            "topic": topic,
+            "trainer_metrics_url": trainer_metrics_url,
+            "default_model": default_model,
+        }
+        settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        )
+        run(settings)

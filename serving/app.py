@@ -1,0 +1,158 @@
+"""The FastAPI app factory and its lifespan (load snapshot, watch, tail, sample)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.dashboard import DashboardSeries
+from serving.metrics import ServingMetrics
+from serving.routers import dashboard, events, health, items, model, recommendations, users
+from serving.settings import ServeSettings
+from serving.state import ServingState
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+
+class MetricsMiddleware:
+    """Latency and status per route *template* (bounded labels), as pure ASGI."""
+
+    def __init__(self, app: ASGIApp, state: ServingState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "GET")
+            if method not in ("GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"):
+                method = "other"
+            dt = time.perf_counter() - t0
+            m = self.state.metrics
+            m.request_seconds.labels(route=template, method=method).observe(dt)
+            m.responses.labels(route=template, method=method, status=str(status)).inc()
+            self.state.observe_latency(template, dt)
+
+
+async def _watch(state: ServingState) -> None:
+    while True:
+        try:
+            await asyncio.to_thread(state.check_reload)
+        except Exception:  # the watcher must keep watching
+            log.exception("snapshot watch tick failed")
+        await asyncio.sleep(state.settings.reload_interval_s)
+
+
+async def _sample(dash: DashboardSeries, interval: float) -> None:
+    async with httpx.AsyncClient() as client:
+        while True:
+            try:
+                await dash.sample(client)
+            except Exception:  # the dashboard must keep sampling
+                log.exception("dashboard sample failed")
+            await asyncio.sleep(interval)
+
+
+def create_app(settings: ServeSettings, *, metrics: ServingMetrics | None = None) -> FastAPI:
+    """Build the serving app. Nothing is loaded until the lifespan starts.
+
+    Parameters
+    ----------
+    settings
+        The process settings (snapshot root, Kafka, limits).
+    metrics
+        Metrics to record into; a fresh registry by default.
+
+    Examples
+    --------
+    >>> app = create_app(ServeSettings(snapshots="/tmp/none"))
+    >>> sorted(p for p in app.openapi()["paths"] if p.startswith("/v1/"))[:2]
+    ['/v1/dashboard/data', '/v1/events']
+    """
+    state = ServingState(settings, metrics or ServingMetrics())
+    dash = DashboardSeries(state, settings.dashboard_points, settings.trainer_metrics_url)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(state.load_initial)
+        state.start_tail()
+        app.state.producer = None
+        if settings.bootstrap:
+            from stream.kafka import make_producer
+
+            try:
+                app.state.producer = await asyncio.to_thread(
+                    make_producer, settings.bootstrap, client_id="liverec-serving"
+                )
+            except Exception as exc:  # serve reads even if ingestion cannot start
+                log.warning("no Kafka producer (%s); POST /v1/events will answer 503", exc)
+        tasks = [
+            asyncio.create_task(_watch(state), name="liverec-watch"),
+            asyncio.create_task(_sample(dash, settings.dashboard_interval_s), name="liverec-dash"),
+        ]
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            state.stop()
+            if app.state.producer is not None:
+                app.state.producer.close(timeout=5)
+
+    app = FastAPI(
+        title="liverec serving",
+        version="1",
+        description="Recommendations from hot-reloaded snapshots with live user context.",
+        lifespan=lifespan,
+    )
+    app.state.serving = state
+    app.state.dashboard = dash
+    app.state.producer = None
+    for r in (health, recommendations, items, users, events, model, dashboard):
+        app.include_router(r.router)
+    app.mount("/static", StaticFiles(directory=dashboard.STATIC), name="static")
+    app.add_middleware(MetricsMiddleware, state=state)
+    return app
+
+
+def run(settings: ServeSettings, **uvicorn_kwargs: Any) -> None:
+    """Serve ``create_app(settings)`` with uvicorn (blocks)."""
+    import uvicorn
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        **uvicorn_kwargs,
+    )

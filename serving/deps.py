@@ -1,0 +1,59 @@
+"""FastAPI dependencies as ``Annotated`` aliases (tests can override the functions)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, HTTPException, Request
+from fastapi.responses import Response
+
+from serving.dashboard import DashboardSeries
+from serving.ranking import LoadedSnapshot
+from serving.settings import ServeSettings
+from serving.state import ServingState
+
+__all__ = [
+    "JSON",
+    "DashboardDep",
+    "LoadedDep",
+    "SettingsDep",
+    "StateDep",
+    "get_loaded",
+    "get_state",
+]
+
+
+class JSON(Response):
+    """A JSON response serialised with orjson (fast, handles numpy floats as floats)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def get_state(request: Request) -> ServingState:
+    return request.app.state.serving
+
+
+def get_settings(request: Request) -> ServeSettings:
+    return request.app.state.serving.settings
+
+
+def get_dashboard(request: Request) -> DashboardSeries:
+    return request.app.state.dashboard
+
+
+def get_loaded(state: Annotated[ServingState, Depends(get_state)]) -> LoadedSnapshot:
+    """The snapshot this request uses, read once (a swap mid-request cannot affect it)."""
+    cur = state.current
+    if cur is None:
+        raise HTTPException(503, detail="no snapshot loaded yet")
+    return cur
+
+
+StateDep = Annotated[ServingState, Depends(get_state)]
+SettingsDep = Annotated[ServeSettings, Depends(get_settings)]
+LoadedDep = Annotated[LoadedSnapshot, Depends(get_loaded)]
+DashboardDep = Annotated[DashboardSeries, Depends(get_dashboard)]

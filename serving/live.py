@@ -1,0 +1,216 @@
+"""Live user context: each user's recent items and a popularity bump, fed from the topic.
+
+Every server replica tails *all* partitions of the click topic itself (``assign``,
+no consumer group, nothing committed), so a click is excluded from -- and used as
+context for -- the user's next request within about a second, however rarely the
+trainer writes snapshots. Model parameters still come only from snapshots.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from online_models.base import UserHistory
+from stream.events import ClickEvent, Rejected, decode
+
+if TYPE_CHECKING:
+    from serving.metrics import ServingMetrics
+
+__all__ = ["LiveContext", "LiveTail"]
+
+log = logging.getLogger(__name__)
+
+
+class LiveContext:
+    """Thread-safe recent items per user (bounded) plus a decaying per-item click bump.
+
+    Parameters
+    ----------
+    items_per_user, max_users
+        Bounds of the per-user memory (least recently active users are dropped).
+    half_life_s
+        Wall-clock half-life of the popularity bump.
+    max_items
+        Bound on the number of items with a bump (the weakest are dropped).
+
+    Examples
+    --------
+    >>> ctx = LiveContext(items_per_user=2)
+    >>> for item in ["a", "b", "c"]:
+    ...     ctx.observe("u", item, weight=1.0, now=0.0)
+    >>> ctx.items("u"), round(ctx.bump("c", now=0.0), 3), ctx.bump("zz")
+    (['b', 'c'], 1.0, 0.0)
+    """
+
+    def __init__(
+        self,
+        items_per_user: int = 50,
+        max_users: int = 200_000,
+        half_life_s: float = 600.0,
+        max_items: int = 10_000,
+    ) -> None:
+        self._history = UserHistory(max_items=items_per_user, max_users=max_users)
+        self._bump: dict[str, tuple[float, float]] = {}
+        self._decay = math.log(2.0) / half_life_s
+        self._max_items = max_items
+        self._lock = threading.Lock()
+        self.events = 0
+        self.last_event_wall: float | None = None
+
+    def __len__(self) -> int:
+        return len(self._history)
+
+    def observe(self, user: str, item: str, weight: float = 1.0, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._lock:
+            self._history.append(user, item)
+            value, t = self._bump.get(item, (0.0, now))
+            self._bump[item] = (value * math.exp(-self._decay * (now - t)) + weight, now)
+            if len(self._bump) > self._max_items:
+                self._evict(now)
+            self.events += 1
+            self.last_event_wall = now
+
+    def _evict(self, now: float) -> None:
+        # Drop the weaker half at once so eviction is amortised, not per event.
+        ranked = sorted(self._bump.items(), key=lambda kv: self._value(kv[1], now))
+        for item, _ in ranked[: len(ranked) // 2]:
+            del self._bump[item]
+
+    def _value(self, entry: tuple[float, float], now: float) -> float:
+        value, t = entry
+        return value * math.exp(-self._decay * max(0.0, now - t))
+
+    def items(self, user: str) -> list[str]:
+        """The user's live items, oldest first."""
+        with self._lock:
+            return self._history.get(user)
+
+    def bump(self, item: str, now: float | None = None) -> float:
+        """Decayed live click weight of ``item`` (0.0 if none)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            entry = self._bump.get(item)
+        return 0.0 if entry is None else self._value(entry, now)
+
+    def bumps(self, now: float | None = None) -> dict[str, float]:
+        """Every item's decayed live bump."""
+        now = time.time() if now is None else now
+        with self._lock:
+            entries = list(self._bump.items())
+        return {item: self._value(e, now) for item, e in entries}
+
+
+class LiveTail:
+    """Background thread reading every partition of ``topic`` into a :class:`LiveContext`.
+
+    Starts at ``start_offsets`` (normally the loaded snapshot's: clicks after it are
+    exactly what the snapshot does not know yet) or at the end of each partition.
+    Never commits. Errors are logged and retried; they never end the thread.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        context: LiveContext,
+        *,
+        start_offsets: Callable[[], Mapping[int, int]] | None = None,
+        weights: Mapping[str, float] | None = None,
+        metrics: ServingMetrics | None = None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.context = context
+        self.start_offsets = start_offsets
+        self.weights = dict(weights or {})
+        self.metrics = metrics
+        self.lag: int | None = None
+        self.assigned = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="liverec-live-tail", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                self._tail()
+                backoff = 0.5
+            except Exception as exc:  # the tail must outlive broker hiccups
+                log.warning("live tail error (%s); retrying in %.1fs", exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def _tail(self) -> None:
+        from kafka import TopicPartition
+
+        from stream.kafka import make_consumer
+
+        consumer = make_consumer(
+            self.bootstrap, client_id="liverec-serving-tail", fetch_max_wait_ms=100
+        )
+        try:
+            parts = None
+            while not parts and not self._stop.is_set():
+                parts = consumer.partitions_for_topic(self.topic)
+                if not parts:
+                    self._stop.wait(0.5)
+            if self._stop.is_set() or not parts:
+                return
+            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+            consumer.assign(tps)
+            self._seek(consumer, tps)
+            self.assigned.set()
+            last_lag = 0.0
+            while not self._stop.is_set():
+                records = consumer.poll(timeout_ms=100, max_records=2000)
+                for batch in records.values():
+                    for rec in batch:
+                        self._apply(rec.value)
+                now = time.monotonic()
+                if now - last_lag > 2.0:
+                    last_lag = now
+                    self._measure_lag(consumer, tps)
+        finally:
+            consumer.close()
+
+    def _seek(self, consumer: Any, tps: list[Any]) -> None:
+        wanted = dict(self.start_offsets()) if self.start_offsets else {}
+        begin = consumer.beginning_offsets(tps)
+        end = consumer.end_offsets(tps)
+        for tp in tps:
+            off = wanted.get(tp.partition)
+            if off is None:
+                consumer.seek(tp, end[tp])
+            else:
+                consumer.seek(tp, min(max(off, begin[tp]), end[tp]))
+
+    def _measure_lag(self, consumer: Any, tps: list[Any]) -> None:
+        end = consumer.end_offsets(tps)
+        self.lag = int(sum(max(0, end[tp] - consumer.position(tp)) for tp in tps))
+        if self.metrics is not None:
+            self.metrics.live_lag.set(self.lag)
+            self.metrics.live_users.set(len(self.context))
+
+    def _apply(self, raw: bytes | None) -> None:
+        ev = decode(raw)
+        if isinstance(ev, Rejected):
+            if self.metrics is not None:
+                self.metrics.live_events.labels(outcome="rejected").inc()
+            return
+        assert isinstance(ev, ClickEvent)
+        self.context.observe(ev.user_id, ev.item_id, self.weights.get(ev.event_type, 1.0))
+        if self.metrics is not None:
+            self.metrics.live_events.labels(outcome="ok").inc()

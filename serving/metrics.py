@@ -1,0 +1,114 @@
+"""Prometheus metrics of the serving process, one :class:`CollectorRegistry` per app.
+
+Labels are bounded: route *templates* (never concrete paths with ids), methods and
+status codes.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["ServingMetrics"]
+
+# Sub-millisecond buckets: the in-process ranking and the bare HTTP floor live there.
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5,
+)
+
+
+class ServingMetrics:
+    """All ``liverec_serving_*`` series of one app.
+
+    Examples
+    --------
+    >>> m = ServingMetrics()
+    >>> m.responses.labels(route="/healthz", method="GET", status="200").inc()
+    >>> m.registry.get_sample_value(
+    ...     "liverec_serving_responses_total",
+    ...     {"route": "/healthz", "method": "GET", "status": "200"})
+    1.0
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.request_seconds = Histogram(
+            "liverec_serving_request_duration_seconds",
+            "HTTP request latency by route template.",
+            ["route", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.responses = Counter(
+            "liverec_serving_responses_total",
+            "HTTP responses by route template and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.rank_seconds = Histogram(
+            "liverec_serving_rank_duration_seconds",
+            "In-process scoring + top-k time per recommendation.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "liverec_serving_fallbacks_total",
+            "Recommendations answered with popular items (unknown user).",
+            registry=r,
+        )
+        self.snapshot_version = Gauge(
+            "liverec_serving_snapshot_version", "Version of the loaded snapshot.", registry=r
+        )
+        self.snapshot_loaded_timestamp = Gauge(
+            "liverec_serving_snapshot_loaded_timestamp_seconds",
+            "Wall time the loaded snapshot was swapped in.",
+            registry=r,
+        )
+        self.snapshot_age = Gauge(
+            "liverec_serving_snapshot_age_seconds",
+            "Now minus the loaded snapshot's creation time.",
+            registry=r,
+        )
+        self.freshness = Gauge(
+            "liverec_serving_freshness_seconds",
+            "Now minus the loaded snapshot's event-time watermark.",
+            registry=r,
+        )
+        self.reloads = Counter(
+            "liverec_serving_snapshot_reloads_total",
+            "Snapshot reload attempts by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("ok", "refused"):
+            self.reloads.labels(outcome=outcome)
+        self.reload_seconds = Histogram(
+            "liverec_serving_snapshot_load_duration_seconds",
+            "Time to load and verify a snapshot.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.live_events = Counter(
+            "liverec_serving_live_events_total",
+            "Click events read from the topic into the live context, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("ok", "rejected"):
+            self.live_events.labels(outcome=outcome)
+        self.live_users = Gauge(
+            "liverec_serving_live_users", "Users held in the live context.", registry=r
+        )
+        self.live_lag = Gauge(
+            "liverec_serving_live_lag_messages",
+            "Messages the live-context tail is behind the topic end.",
+            registry=r,
+        )
+        self.ingested = Counter(
+            "liverec_serving_ingested_events_total",
+            "POST /v1/events outcomes (accepted or the reject reason).",
+            ["outcome"],
+            registry=r,
+        )

@@ -1,0 +1,80 @@
+"""``GET /v1/items/{item_id}`` and ``GET /v1/items/{item_id}/similar``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Query
+from pydantic import BaseModel
+
+from serving.deps import JSON, LoadedDep, StateDep
+from serving.ranking import UnknownModelError
+from serving.routers.recommendations import MAX_ID, MAX_K, ScoredItem
+
+router = APIRouter(prefix="/v1/items", tags=["items"])
+
+ItemId = Annotated[str, Path(min_length=1, max_length=MAX_ID)]
+
+
+class SimilarOut(BaseModel):
+    item_id: str
+    items: list[ScoredItem]
+    model: str
+    snapshot_version: int
+
+
+class ItemOut(BaseModel):
+    item_id: str
+    popularity: float
+    in_snapshot: bool
+    snapshot_version: int
+
+
+@router.get(
+    "/{item_id}/similar",
+    response_class=JSON,
+    summary="Items similar to an item",
+    responses={200: {"model": SimilarOut}, 404: {"description": "unknown item or model"}},
+)
+async def similar(
+    loaded: LoadedDep,
+    state: StateDep,
+    item_id: ItemId,
+    k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
+    model: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+) -> JSON:
+    if k > state.settings.max_k:
+        raise HTTPException(422, detail=f"k must be <= {state.settings.max_k}")
+    try:
+        name, m = loaded.model(model)
+    except UnknownModelError as exc:
+        raise HTTPException(404, detail=str(exc)) from None
+    if m.items.get(item_id) < 0:
+        raise HTTPException(404, detail=f"item not known to model {name!r}")
+    items = m.similar(item_id, k)
+    return JSON(
+        {
+            "item_id": item_id,
+            "items": [{"item_id": i, "score": float(s)} for i, s in items],
+            "model": name,
+            "snapshot_version": loaded.version,
+        }
+    )
+
+
+@router.get(
+    "/{item_id}",
+    response_class=JSON,
+    summary="An item's popularity (snapshot + live clicks)",
+    responses={200: {"model": ItemOut}},
+)
+async def item(loaded: LoadedDep, state: StateDep, item_id: ItemId) -> JSON:
+    pop, known = loaded.item_popularity(item_id, state.live)
+    return JSON(
+        {
+            "item_id": item_id,
+            "popularity": pop,
+            "in_snapshot": known,
+            "snapshot_version": loaded.version,
+        }
+    )

@@ -1,0 +1,16 @@
+"""``GET /v1/model``: the loaded snapshot's manifest summary."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from serving.deps import JSON, LoadedDep, StateDep
+
+router = APIRouter(prefix="/v1", tags=["model"])
+
+
+@router.get("/model", response_class=JSON, summary="Loaded snapshot summary")
+async def model(loaded: LoadedDep, state: StateDep) -> JSON:
+    out = loaded.summary()
+    out["refused_versions"] = {str(v): why for v, why in state.refused.items()}
+    return JSON(out)

@@ -1,0 +1,75 @@
+"""Typed settings of the serving process (env prefix ``LIVEREC_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["ServeSettings"]
+
+
+class ServeSettings(BaseSettings):
+    """Everything ``liverec serve`` needs, read from ``LIVEREC_*`` variables or passed in.
+
+    Parameters
+    ----------
+    snapshots
+        ``LIVEREC_SNAPSHOTS``: the trainer's snapshot root (holds ``LATEST``).
+    host, port
+        Where uvicorn listens.
+    bootstrap
+        Kafka bootstrap servers. Empty disables the live context tail and ``POST
+        /v1/events`` answers 503.
+    topic
+        The click-event topic (tailed for live context, produced to by ``/v1/events``).
+    default_model
+        Model used when a request names none; falls back through ``model_fallbacks``
+        when the snapshot does not hold it.
+    reload_interval_s
+        How often ``LATEST`` is checked for a new version.
+    live_items_per_user, live_max_users
+        Bounds of the in-memory live context.
+    live_popularity_half_life_s
+        Wall-clock half-life of the live popularity bump.
+    max_k
+        Largest ``k`` a request may ask for.
+    max_body_bytes
+        Largest accepted request body.
+    trainer_metrics_url
+        The trainer's Prometheus ``/metrics`` URL, scraped for the dashboard.
+    dashboard_interval_s, dashboard_points
+        Sampling period and length of the dashboard's ring buffer.
+    ann
+        Rank factor models with an approximate (HNSW) index instead of brute force.
+
+    Examples
+    --------
+    >>> s = ServeSettings(snapshots="/tmp/snaps", port=9000)
+    >>> s.port, s.default_model, s.max_k
+    (9000, 'hybrid', 1000)
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LIVEREC_", extra="ignore")
+
+    snapshots: Path = Path("snapshots")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    bootstrap: str = ""
+    topic: str = "liverec.events"
+    default_model: str = "hybrid"
+    model_fallbacks: tuple[str, ...] = ("hybrid", "bpr", "embedding", "itemknn", "popularity")
+    reload_interval_s: float = Field(default=0.5, gt=0)
+    live_items_per_user: int = Field(default=50, ge=1)
+    live_max_users: int = Field(default=200_000, ge=1)
+    live_popularity_half_life_s: float = Field(default=600.0, gt=0)
+    live_max_new_items: int = Field(default=10_000, ge=1)
+    max_k: int = Field(default=1000, ge=1)
+    max_id_chars: int = Field(default=256, ge=1)
+    max_body_bytes: int = Field(default=8192, ge=256)
+    trainer_metrics_url: str = ""
+    dashboard_interval_s: float = Field(default=2.0, gt=0)
+    dashboard_points: int = Field(default=300, ge=2)
+    ann: bool = False
+    log_level: str = "info"

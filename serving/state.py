@@ -1,0 +1,163 @@
+"""What one serving process holds: the loaded snapshot, hot reload, live context.
+
+The loaded snapshot is a single reference (:attr:`ServingState.current`). A request
+reads it once and uses that object to the end, so swapping in a new snapshot (a
+plain attribute assignment, atomic in Python) never disturbs a request in flight.
+New versions are loaded and verified *beside* the old one in a worker thread; a
+snapshot that fails verification is refused and the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+
+import numpy as np
+
+from online_models.snapshot import SnapshotError, SnapshotStore
+from serving.live import LiveContext, LiveTail
+from serving.metrics import ServingMetrics
+from serving.ranking import LoadedSnapshot
+from serving.settings import ServeSettings
+
+__all__ = ["ServingState"]
+
+log = logging.getLogger(__name__)
+
+
+class ServingState:
+    """Loaded snapshot + reload bookkeeping + live context + recent latencies.
+
+    Parameters
+    ----------
+    settings
+        The process settings.
+    metrics
+        The app's metrics.
+    """
+
+    def __init__(self, settings: ServeSettings, metrics: ServingMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.store = SnapshotStore(settings.snapshots)
+        self.current: LoadedSnapshot | None = None
+        self.refused: dict[int, str] = {}
+        self.live = LiveContext(
+            items_per_user=settings.live_items_per_user,
+            max_users=settings.live_max_users,
+            half_life_s=settings.live_popularity_half_life_s,
+            max_items=settings.live_max_new_items,
+        )
+        self.tail: LiveTail | None = None
+        self.started_at = time.time()
+        # Recent latencies per route template for the dashboard's p50/p99.
+        self.latencies: dict[str, deque[float]] = {}
+
+    # ------------------------------------------------------------------ loading
+    def _swap(self, loaded: LoadedSnapshot) -> None:
+        self.current = loaded
+        self.metrics.snapshot_version.set(loaded.version)
+        self.metrics.snapshot_loaded_timestamp.set(loaded.loaded_at)
+        self.metrics.reloads.labels(outcome="ok").inc()
+        log.info("serving snapshot %d (models %s)", loaded.version, sorted(loaded.manifest.get(
+            "models", {})))
+
+    def _wrap(self, snap: object) -> LoadedSnapshot:
+        s = self.settings
+        return LoadedSnapshot(snap, s.default_model, s.model_fallbacks)  # type: ignore[arg-type]
+
+    def load_initial(self) -> bool:
+        """Load the newest valid snapshot, if any. Returns whether one is loaded."""
+        t0 = time.perf_counter()
+        try:
+            snap = self.store.load_latest_valid()
+            if snap is None:
+                return False
+            loaded = self._wrap(snap)
+        except Exception as exc:
+            log.warning("no snapshot loaded yet: %s", exc)
+            return False
+        self.metrics.reload_seconds.observe(time.perf_counter() - t0)
+        self._swap(loaded)
+        return True
+
+    def check_reload(self) -> bool:
+        """Load ``LATEST`` if it names a new version; True when a new one was swapped in.
+
+        Never raises: a corrupt snapshot is refused (and remembered, so it is not
+        retried every tick) and the current one keeps serving.
+        """
+        try:
+            latest = self.store.latest_version()
+        except OSError as exc:
+            log.warning("cannot read LATEST: %s", exc)
+            return False
+        if latest is None:
+            return False
+        cur = self.current
+        if cur is None:
+            return self.load_initial()
+        if latest == cur.version or latest in self.refused:
+            return False
+        t0 = time.perf_counter()
+        try:
+            loaded = self._wrap(self.store.load(latest))
+        except (SnapshotError, ValueError) as exc:
+            self.refused[latest] = str(exc)
+            self.metrics.reloads.labels(outcome="refused").inc()
+            log.warning("refused snapshot %d, keeping %d: %s", latest, cur.version, exc)
+            return False
+        except Exception as exc:  # a half-written or surprising snapshot must not kill us
+            self.refused[latest] = f"{type(exc).__name__}: {exc}"
+            self.metrics.reloads.labels(outcome="refused").inc()
+            log.exception("refused snapshot %d, keeping %d", latest, cur.version)
+            return False
+        self.metrics.reload_seconds.observe(time.perf_counter() - t0)
+        self._swap(loaded)
+        return True
+
+    # ------------------------------------------------------------------ live
+    def start_tail(self) -> None:
+        s = self.settings
+        if not s.bootstrap:
+            return
+
+        def offsets() -> dict[int, int]:
+            cur = self.current
+            return cur.snapshot.offsets.get(s.topic, {}) if cur is not None else {}
+
+        self.tail = LiveTail(
+            s.bootstrap, s.topic, self.live, start_offsets=offsets, metrics=self.metrics
+        )
+        self.tail.start()
+
+    def stop(self) -> None:
+        if self.tail is not None:
+            self.tail.stop()
+
+    # ------------------------------------------------------------------ gauges
+    def update_gauges(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        cur = self.current
+        if cur is None:
+            return
+        if cur.created_at is not None:
+            self.metrics.snapshot_age.set(now - cur.created_at)
+        if cur.watermark is not None:
+            self.metrics.freshness.set(now - cur.watermark)
+        self.metrics.live_users.set(len(self.live))
+
+    def observe_latency(self, route: str, seconds: float) -> None:
+        q = self.latencies.get(route)
+        if q is None:
+            q = self.latencies[route] = deque(maxlen=2000)
+        q.append(seconds)
+
+    def latency_quantiles(self, route: str) -> tuple[float | None, float | None]:
+        q = self.latencies.get(route)
+        if not q:
+            return None, None
+        arr = np.fromiter(q, np.float64, count=len(q))
+        p50, p99 = np.quantile(arr, [0.5, 0.99])
+        return float(p50), float(p99)

@@ -1,0 +1,130 @@
+// liverec dashboard: polls /v1/dashboard/data and draws small SVG line charts.
+// No third-party code: the page must work offline and load nothing from a CDN.
+"use strict";
+
+const REFRESH_MS = 2000;
+const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563"];
+const NS = "http://www.w3.org/2000/svg";
+
+function el(name, attrs, text) {
+  const e = document.createElementNS(NS, name);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function fmt(v) {
+  if (v === null || v === undefined || !isFinite(v)) return "–";
+  const a = Math.abs(v);
+  if (a >= 1000) return v.toFixed(0);
+  if (a >= 10) return v.toFixed(1);
+  if (a >= 1) return v.toFixed(2);
+  return v.toFixed(3);
+}
+
+// series: [{name, points: [[t, v], ...]}]; draws into the svg, returns points drawn.
+function drawChart(svg, series) {
+  while (svg.firstChild) svg.removeChild(svg.firstChild);
+  const W = svg.clientWidth || 400, H = svg.clientHeight || 170;
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  const L = 46, R = 8, T = 8, B = 20;
+  const all = series.flatMap(s => s.points.filter(p => p[1] !== null && isFinite(p[1])));
+  if (all.length === 0) {
+    svg.appendChild(el("text", {x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty"}, "no data yet"));
+    svg.dataset.points = "0";
+    return 0;
+  }
+  const ts = all.map(p => p[0]), vs = all.map(p => p[1]);
+  let t0 = Math.min(...ts), t1 = Math.max(...ts);
+  if (t1 - t0 < 1) { t0 -= 30; t1 += 1; }
+  let v0 = Math.min(0, ...vs), v1 = Math.max(...vs);
+  if (v1 - v0 < 1e-9) v1 = v0 + 1;
+  v1 += (v1 - v0) * 0.08;
+  const x = t => L + (t - t0) / (t1 - t0) * (W - L - R);
+  const y = v => T + (1 - (v - v0) / (v1 - v0)) * (H - T - B);
+  for (let i = 0; i <= 4; i++) {
+    const v = v0 + (v1 - v0) * i / 4;
+    svg.appendChild(el("line", {x1: L, x2: W - R, y1: y(v), y2: y(v), class: "grid"}));
+    svg.appendChild(el("text", {x: L - 4, y: y(v) + 3, "text-anchor": "end", class: "lbl"}, fmt(v)));
+  }
+  svg.appendChild(el("line", {x1: L, x2: L, y1: T, y2: H - B, class: "axis"}));
+  svg.appendChild(el("line", {x1: L, x2: W - R, y1: H - B, y2: H - B, class: "axis"}));
+  const span = Math.round(t1 - t0);
+  svg.appendChild(el("text", {x: L, y: H - 5, class: "lbl"}, `-${span}s`));
+  svg.appendChild(el("text", {x: W - R, y: H - 5, "text-anchor": "end", class: "lbl"}, "now"));
+  let drawn = 0;
+  series.forEach((s, i) => {
+    const pts = s.points.filter(p => p[1] !== null && isFinite(p[1]));
+    if (!pts.length) return;
+    const color = COLORS[i % COLORS.length];
+    const d = pts.map((p, j) => `${j ? "L" : "M"}${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ");
+    svg.appendChild(el("path", {d, fill: "none", stroke: color, "stroke-width": 2, "data-series": s.name}));
+    const last = pts[pts.length - 1];
+    svg.appendChild(el("circle", {cx: x(last[0]), cy: y(last[1]), r: 3, fill: color}));
+    if (series.length > 1) {
+      svg.appendChild(el("text", {x: L + 6 + 90 * i, y: T + 10, fill: color, class: "lbl", style: `fill:${color}`}, s.name));
+    }
+    drawn += pts.length;
+  });
+  svg.dataset.points = String(drawn);
+  return drawn;
+}
+
+function col(points, key) { return points.map(p => [p.t, p[key]]); }
+
+function keyed(points, field) {
+  const names = new Set();
+  points.forEach(p => Object.keys(p[field] || {}).forEach(n => names.add(n)));
+  return [...names].sort().map(n => ({name: n, points: points.map(p => [p.t, (p[field] || {})[n] ?? null])}));
+}
+
+function nowText(id, pairs) {
+  const box = document.getElementById(id);
+  box.textContent = "";
+  for (const [name, v] of pairs) {
+    const s = document.createElement("span");
+    s.textContent = `${name}: ${fmt(v)}`;
+    box.appendChild(s);
+  }
+}
+
+async function refresh() {
+  try {
+    const r = await fetch("/v1/dashboard/data", {cache: "no-store"});
+    if (!r.ok) throw new Error(`HTTP ${r.status}`);
+    const data = await r.json();
+    const pts = data.points || [];
+    const last = pts[pts.length - 1] || {};
+    drawChart(document.getElementById("c-ingest"), [{name: "ingest", points: col(pts, "ingest_rate")}]);
+    drawChart(document.getElementById("c-lag"), [{name: "lag", points: col(pts, "consumer_lag")}]);
+    const hr = keyed(pts, "hr10");
+    drawChart(document.getElementById("c-hr"), hr);
+    const psi = keyed(pts, "psi");
+    drawChart(document.getElementById("c-psi"), psi);
+    drawChart(document.getElementById("c-lat"), [
+      {name: "p50", points: col(pts, "latency_p50_ms")},
+      {name: "p99", points: col(pts, "latency_p99_ms")},
+    ]);
+    drawChart(document.getElementById("c-age"), [
+      {name: "snapshot age", points: col(pts, "snapshot_age_s")},
+      {name: "freshness", points: col(pts, "freshness_s")},
+    ]);
+    nowText("v-ingest", [["now", last.ingest_rate]]);
+    nowText("v-lag", [["now", last.consumer_lag]]);
+    nowText("v-hr", hr.map(s => [s.name, (last.hr10 || {})[s.name]]));
+    nowText("v-psi", psi.map(s => [s.name, (last.psi || {})[s.name]]));
+    document.getElementById("v-alarms").textContent = fmt(last.drift_alarms);
+    nowText("v-lat", [["p50", last.latency_p50_ms], ["p99", last.latency_p99_ms]]);
+    nowText("v-age", [["age", last.snapshot_age_s], ["freshness", last.freshness_s]]);
+    const st = document.getElementById("status");
+    st.textContent = `snapshot v${last.snapshot_version ?? "–"} · ${pts.length} samples · live users ${last.live_users ?? 0}` +
+      (data.scrape_error ? ` · trainer scrape: ${data.scrape_error}` : "");
+    document.body.dataset.samples = String(pts.length);
+    document.getElementById("foot").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  } catch (e) {
+    document.getElementById("status").textContent = `error: ${e.message}`;
+  }
+}
+
+refresh();
+setInterval(refresh, REFRESH_MS);
