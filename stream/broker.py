@@ -36,7 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from stream.kafka import cluster_ready
+from stream.kafka import cluster_id, cluster_ready
 
 __all__ = [
     "KAFKA_VERSION",
@@ -202,8 +202,10 @@ class LocalBroker:
 
     Examples
     --------
-    >>> with LocalBroker(tmp_dir) as broker:        # doctest: +SKIP
-    ...     produce_to(broker.bootstrap)
+    .. code-block:: python
+
+        with LocalBroker(tmp_dir) as broker:  # start() waits until it serves metadata
+            create_topics(broker.bootstrap, {"clicks": 4})
     """
 
     def __init__(
@@ -299,11 +301,11 @@ class LocalBroker:
         java = _java()
         libs = ensure_kafka_libs()
         config = self._write_config()
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         fmt = subprocess.run(
             self._jvm(libs, "kafka.tools.StorageTool", "format",
                       # "=" form: a base64 id may start with "-" and read as a flag.
-                      f"--cluster-id={cluster_id}", f"--config={config}",
+                      f"--cluster-id={cluster}", f"--config={config}",
                       "--ignore-formatted"),
             capture_output=True, text=True, timeout=120,
         )
@@ -326,14 +328,14 @@ class LocalBroker:
         finally:
             out.close()
         try:
-            self._wait_ready()
+            self._wait_ready(cluster)
         except BaseException:
             self.stop()
             raise
         log.info("local Kafka %s ready at %s (pid %s)", KAFKA_VERSION, self.bootstrap, self.pid)
         return self
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, cluster: str) -> None:
         assert self.process is not None
         deadline = time.monotonic() + self.startup_timeout_s
         while True:
@@ -342,7 +344,8 @@ class LocalBroker:
                 raise KafkaSetupError(
                     f"the Kafka JVM exited early with code {code}; log tail:\n{self.log_tail()}"
                 )
-            if cluster_ready(self.bootstrap, timeout_ms=3_000):
+            # Compare cluster ids: another broker on the same port must not pass as ours.
+            if cluster_id(self.bootstrap, timeout_ms=3_000) == cluster:
                 return
             if time.monotonic() >= deadline:
                 raise KafkaSetupError(

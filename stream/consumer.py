@@ -121,8 +121,10 @@ class MiniBatchConsumer:
 
     Examples
     --------
-    >>> consumer = MiniBatchConsumer(bootstrap, "clicks", "trainer")  # doctest: +SKIP
-    >>> consumer.run(lambda batch: print(len(batch.events)))          # doctest: +SKIP
+    .. code-block:: python
+
+        consumer = MiniBatchConsumer(bootstrap, "clicks", "trainer", batch_size=512)
+        consumer.run(learn)  # learn(batch) -> None commits batch.offsets afterwards
     """
 
     def __init__(

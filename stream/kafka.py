@@ -16,6 +16,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
 __all__ = [
+    "cluster_id",
     "cluster_ready",
     "create_topics",
     "delete_topics",
@@ -152,24 +153,26 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
 
 def cluster_ready(bootstrap: str, *, timeout_ms: int = 5_000) -> bool:
     """True when the cluster answers a metadata request (an open port is not enough)."""
+    return cluster_id(bootstrap, timeout_ms=timeout_ms) is not None
+
+
+def cluster_id(bootstrap: str, *, timeout_ms: int = 5_000) -> str | None:
+    """The cluster id from a metadata request, or None when nothing answers."""
     if not _any_port_open(bootstrap):
         # Skip the client while nothing listens: it would log a connection error per try.
-        return False
+        return None
     try:
-        admin = make_admin(
-            bootstrap,
-            request_timeout_ms=timeout_ms,
-            reconnect_backoff_max_ms=500,
-        )
+        admin = make_admin(bootstrap, request_timeout_ms=timeout_ms,
+                           reconnect_backoff_max_ms=500)
     except (KafkaError, OSError, ValueError) as exc:
         log.debug("no metadata from %s yet: %s", bootstrap, exc)
-        return False
+        return None
     try:
-        admin.describe_cluster()
-        return True
+        info = admin.describe_cluster()
+        return str(info.get("cluster_id") or "")
     except (KafkaError, OSError, ValueError) as exc:
         log.debug("no metadata from %s yet: %s", bootstrap, exc)
-        return False
+        return None
     finally:
         admin.close()
 

@@ -59,7 +59,8 @@ def test_timestamp_forms_agree(ts: object) -> None:
     ev = validate_dict(valid(timestamp=ts), now=NOW)
     assert isinstance(ev, ClickEvent)
     assert ev.ts == 1_717_000_000.0
-    assert ev.timestamp.utcoffset() is not None and ev.timestamp.utcoffset().total_seconds() == 0
+    offset = ev.timestamp.utcoffset()
+    assert offset is not None and offset.total_seconds() == 0
 
 
 @pytest.mark.parametrize(
