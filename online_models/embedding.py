@@ -17,7 +17,9 @@ What production embedding tables do, in small:
   which growing and recycling rows would force us to rebuild every time.
 * **Loss.** Sampled softmax over in-batch positives plus ``n_negatives`` items drawn
   from a ring buffer of recent traffic (popularity-proportional); another row holding
-  the very same item is masked out so it is never its own negative.
+  the very same item is masked out so it is never its own negative, and logits carry the
+  logQ correction (minus the log of each candidate's traffic share) so popular items are
+  not pushed down merely for being sampled more often.
 * **Retrieval** is one matrix product ``V @ q``. An optional MLP click model
   ``P(click | user, item) = σ(MLP([u, v, u⊙v]))`` trained with binary cross-entropy on
   the positives and one popularity negative each re-ranks the top ``rerank_top``
