@@ -1,0 +1,201 @@
+"""HTTP behaviour on a small real snapshot (TestClient runs the app's lifespan)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from online_models.base import OnlineModel, UserHistory
+from serving.app import create_app
+from tests.serving.conftest import settings_for
+
+Trained = tuple[dict[str, OnlineModel], UserHistory, float]
+
+
+def _user_with_history(history: UserHistory) -> tuple[str, list[str]]:
+    for user in list(history._items):
+        items = history.get(user)
+        if len(items) >= 3:
+            return user, items
+    raise AssertionError("fixture has no user with 3+ items")
+
+
+def test_recommendations_exclude_seen_and_report_snapshot(
+    client: TestClient, trained: Trained
+) -> None:
+    models, history, watermark = trained
+    user, seen = _user_with_history(history)
+    r = client.get("/v1/recommendations", params={"user_id": user, "k": 7, "model": "bpr"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "bpr" and body["fallback"] is False
+    assert body["snapshot_version"] == 1 and body["watermark"] == watermark
+    ids = [it["item_id"] for it in body["items"]]
+    assert len(ids) == 7 and len(set(ids)) == 7
+    assert not set(ids) & set(seen)
+    scores = [it["score"] for it in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    # Same ranking as the model itself, given the same history and exclusions.
+    expected = models["bpr"].recommend(user, 7, history=seen, exclude=seen)
+    assert ids == [i for i, _ in expected]
+
+    kept = client.get(
+        "/v1/recommendations", params={"user_id": user, "k": 150, "exclude_seen": "false"}
+    ).json()
+    assert set(seen) <= {it["item_id"] for it in kept["items"]}
+
+
+def test_default_model_falls_back_to_one_in_the_snapshot(client: TestClient) -> None:
+    body = client.get("/v1/recommendations", params={"user_id": "u000001"}).json()
+    # No hybrid in this snapshot: the next preferred model answers.
+    assert body["model"] == "bpr"
+    assert len(body["items"]) == 10
+
+
+def test_unknown_user_gets_popular_items(client: TestClient, trained: Trained) -> None:
+    models = trained[0]
+    body = client.get("/v1/recommendations", params={"user_id": "nobody-ever", "k": 5}).json()
+    assert body["fallback"] is True
+    popular = [i for i, _ in models["popularity"].recommend("nobody-ever", 5)]
+    assert [it["item_id"] for it in body["items"]] == popular
+
+
+def test_similar_items(client: TestClient, trained: Trained) -> None:
+    models = trained[0]
+    item = models["itemknn"].items.ids[0]
+    body = client.get(f"/v1/items/{item}/similar", params={"k": 5, "model": "itemknn"}).json()
+    ids = [it["item_id"] for it in body["items"]]
+    assert ids and item not in ids and body["model"] == "itemknn"
+    assert ids == [i for i, _ in models["itemknn"].similar(str(item), 5)]
+    assert client.get("/v1/items/no-such-item/similar").status_code == 404
+
+
+def test_item_and_user_views(client: TestClient, trained: Trained) -> None:
+    models, history, _ = trained
+    item = models["popularity"].items.ids[0]
+    body = client.get(f"/v1/items/{item}").json()
+    assert body["in_snapshot"] is True and body["popularity"] > 0
+    user, seen = _user_with_history(history)
+    u = client.get(f"/v1/users/{user}").json()
+    assert u["snapshot_items"] == seen and u["live_items"] == []
+
+
+def test_live_context_is_excluded_and_used(client: TestClient, trained: Trained) -> None:
+    models, history, _ = trained
+    user, _seen = _user_with_history(history)
+    first = client.get("/v1/recommendations", params={"user_id": user, "model": "bpr"}).json()
+    top = first["items"][0]["item_id"]
+    state = client.app.state.serving  # type: ignore[attr-defined]
+    state.live.observe(user, top)
+    after = client.get("/v1/recommendations", params={"user_id": user, "model": "bpr"}).json()
+    assert top not in [it["item_id"] for it in after["items"]]
+    # A brand-new user with one live click is personalised, not a fallback.
+    state.live.observe("new-user", models["bpr"].items.ids[3])
+    fresh = client.get("/v1/recommendations", params={"user_id": "new-user"}).json()
+    assert fresh["fallback"] is False
+    assert models["bpr"].items.ids[3] not in [it["item_id"] for it in fresh["items"]]
+    # A brand-new item's live clicks show up in its popularity.
+    for _ in range(3):
+        state.live.observe("someone", "brand-new-item")
+    pop = client.get("/v1/items/brand-new-item").json()
+    assert pop["in_snapshot"] is False and pop["popularity"] > 2.9
+
+
+def test_model_summary_health_and_readiness(client: TestClient) -> None:
+    m = client.get("/v1/model").json()
+    assert m["version"] == 1 and set(m["models"]) == {"popularity", "bpr", "itemknn"}
+    assert m["models"]["bpr"]["n_items"] == 150
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json()["ready"] is True
+    assert client.get("/docs").status_code == 200
+
+
+def test_not_ready_without_snapshot(tmp_path: Path) -> None:
+    with TestClient(create_app(settings_for(tmp_path / "empty"))) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["ready"] is False
+        assert c.get("/v1/recommendations", params={"user_id": "u"}).status_code == 503
+        assert c.get("/healthz").status_code == 200
+
+
+def test_metrics_use_route_templates_never_ids(client: TestClient, trained: Trained) -> None:
+    item = trained[0]["bpr"].items.ids[0]
+    client.get("/v1/recommendations", params={"user_id": "secret-user-id"})
+    client.get(f"/v1/items/{item}/similar")
+    client.get("/v1/recommendations", params={"k": 0, "user_id": "x"})
+    text = client.get("/metrics").text
+    assert "secret-user-id" not in text and f'"{item}"' not in text
+    reg = client.app.state.serving.metrics.registry  # type: ignore[attr-defined]
+    ok = {"route": "/v1/recommendations", "method": "GET", "status": "200"}
+    assert reg.get_sample_value("liverec_serving_responses_total", ok) == 1.0
+    bad = {**ok, "status": "422"}
+    assert reg.get_sample_value("liverec_serving_responses_total", bad) == 1.0
+    sim = {"route": "/v1/items/{item_id}/similar", "method": "GET"}
+    assert reg.get_sample_value("liverec_serving_request_duration_seconds_count", sim) == 1.0
+    assert reg.get_sample_value("liverec_serving_snapshot_version") == 1.0
+    assert reg.get_sample_value("liverec_serving_freshness_seconds") > 0
+    assert reg.get_sample_value("liverec_serving_snapshot_age_seconds") >= 0
+
+
+def test_bad_input_gets_4xx_with_a_json_reason(client: TestClient) -> None:
+    cases = [
+        ("/v1/recommendations", {}),
+        ("/v1/recommendations", {"user_id": ""}),
+        ("/v1/recommendations", {"user_id": "u", "k": 0}),
+        ("/v1/recommendations", {"user_id": "u", "k": 1001}),
+        ("/v1/recommendations", {"user_id": "u", "k": "ten"}),
+        ("/v1/recommendations", {"user_id": "u", "exclude_seen": "maybe"}),
+        ("/v1/recommendations", {"user_id": "x" * 257}),
+        ("/v1/items/" + "x" * 300 + "/similar", {}),
+        ("/v1/items/i/similar", {"k": -1}),
+    ]
+    for path, params in cases:
+        r = client.get(path, params=params)
+        assert r.status_code == 422, (path, params, r.status_code)
+        assert r.json()["detail"]
+    r = client.get("/v1/recommendations", params={"user_id": "u", "model": "nope"})
+    assert r.status_code == 404 and "nope" in r.json()["detail"]
+
+
+def test_post_event_rejections(client: TestClient) -> None:
+    ok = {"user_id": "u", "item_id": "i", "event_type": "click", "timestamp": 1_700_000_000}
+    r = client.post("/v1/events", content=b"user_id=u", headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and r.json()["reason"] == "bad_content_type"
+    big = b'{"user_id": "' + b"u" * 10_000 + b'"}'
+    r = client.post("/v1/events", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["reason"] == "too_large"
+    r = client.post("/v1/events", content=b"{nope", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["reason"] == "not_json"
+    r = client.post("/v1/events", json={**ok, "event_type": "buy"})
+    assert r.status_code == 422 and r.json()["reason"] == "bad_event_type"
+    r = client.post("/v1/events", json={k: v for k, v in ok.items() if k != "user_id"})
+    assert r.status_code == 422 and r.json()["reason"] == "missing_field"
+    r = client.post("/v1/events", json={**ok, "timestamp": "yesterday-ish"})
+    assert r.status_code == 422 and r.json()["reason"] == "bad_timestamp"
+    # Valid, but this app has no Kafka: 503 with a reason, never a 500.
+    r = client.post("/v1/events", json=ok)
+    assert r.status_code == 503 and r.json()["reason"] == "no_producer"
+
+
+def test_dashboard_data_has_real_figures(client: TestClient) -> None:
+    import time
+
+    deadline = time.monotonic() + 10
+    points: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and len(points) < 2:
+        client.get("/v1/recommendations", params={"user_id": "u000001"})
+        points = client.get("/v1/dashboard/data").json()["points"]
+        time.sleep(0.1)
+    assert len(points) >= 2
+    last = points[-1]
+    assert last["hr10"] == {"bpr": 0.12}
+    assert last["psi"] == {"item_popularity": 0.05}
+    assert last["snapshot_version"] == 1
+    assert last["latency_p99_ms"] is not None and last["latency_p99_ms"] > 0
+    assert last["freshness_s"] is not None and last["freshness_s"] > 0
+    page = client.get("/dashboard")
+    assert page.status_code == 200 and "/static/dashboard.js" in page.text
+    assert "http" not in page.text.split("<body>")[1].split("</body>")[0]
+
