@@ -168,9 +168,10 @@ class _Tracker:
         self.k = k
         self.window = window
         self.n = 0
-        self.sums = dict.fromkeys(("hr", "ndcg", "mrr", "novelty"), 0.0)
-        self.div_sum = 0.0
-        self.div_n = 0
+        self.sums = dict.fromkeys(("hr", "ndcg", "mrr"), 0.0)
+        # List metrics are nan for an empty list (a model that knows nothing yet).
+        self.list_sums = dict.fromkeys(("novelty", "diversity"), 0.0)
+        self.list_n = dict.fromkeys(("novelty", "diversity"), 0)
         self.rings = {m: _Ring(window) for m in ("hr", "ndcg", "mrr", "novelty", "diversity")}
         self.recommended: set[int] = set()  # item rows ever recommended (totals)
         self.recent_lists: list[np.ndarray] = []  # top-K lists in the window
@@ -181,10 +182,10 @@ class _Tracker:
         self.sums["hr"] += float(out.hits.sum())
         self.sums["ndcg"] += float(out.ndcg.sum())
         self.sums["mrr"] += float(out.rr.sum())
-        self.sums["novelty"] += float(out.novelty.sum())
-        ok = ~np.isnan(out.diversity)
-        self.div_sum += float(out.diversity[ok].sum())
-        self.div_n += int(ok.sum())
+        for name, arr in (("novelty", out.novelty), ("diversity", out.diversity)):
+            ok = ~np.isnan(arr)
+            self.list_sums[name] += float(arr[ok].sum())
+            self.list_n[name] += int(ok.sum())
         for name, arr in (("hr", out.hits), ("ndcg", out.ndcg), ("mrr", out.rr),
                           ("novelty", out.novelty), ("diversity", out.diversity)):
             self.rings[name].extend(arr)
@@ -210,8 +211,10 @@ class _Tracker:
             "mrr": self.sums["mrr"] / n if n else nan,
             "precision": self.sums["hr"] / n / self.k if n else nan,
             "coverage": len(self.recommended) / n_known if n_known else nan,
-            "novelty": self.sums["novelty"] / n if n else nan,
-            "diversity": self.div_sum / self.div_n if self.div_n else nan,
+            **{
+                m: self.list_sums[m] / self.list_n[m] if self.list_n[m] else nan
+                for m in ("novelty", "diversity")
+            },
         }
 
     def rolling(self, n_known: int) -> dict[str, float]:

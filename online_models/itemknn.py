@@ -37,7 +37,7 @@ import numpy as np
 
 from online_models.base import Batch, IdIndex, ModelState, OnlineModel, top_k
 
-__all__ = ["ItemKNN", "CoOccurrenceModel"]
+__all__ = ["CoOccurrenceModel", "ItemKNN"]
 
 _SHIFT = np.int64(32)
 _LOW = np.int64(0xFFFFFFFF)
@@ -304,7 +304,7 @@ class CoOccurrenceModel(OnlineModel):
         scores[row] = 0.0
         scores[scores <= 0] = -np.inf
         ids = self.items.ids
-        return [(ids[r], float(scores[r])) for r in top_k(scores, k)]  # type: ignore[misc]
+        return [(ids[r], float(scores[r])) for r in top_k(scores, k)]
 
     # ------------------------------------------------------------------ state
     @property

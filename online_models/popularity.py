@@ -100,7 +100,7 @@ class Popularity(OnlineModel):
         if row >= 0:
             scores[row] = -np.inf
         ids = self.items.ids
-        return [(ids[r], float(scores[r])) for r in top_k(scores, k)]  # type: ignore[misc]
+        return [(ids[r], float(scores[r])) for r in top_k(scores, k)]
 
     def get_state(self) -> ModelState:
         arrays = {

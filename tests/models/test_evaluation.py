@@ -1,0 +1,179 @@
+"""Prequential evaluator: exact metrics on tiny hand-made streams."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Self
+
+import numpy as np
+import pytest
+
+from online_models.base import Batch, IdIndex, ModelState, OnlineModel
+from online_models.evaluation import PrequentialEvaluator, rank_of, sampled_auc
+from online_models.popularity import Popularity
+
+
+class Fixed(OnlineModel):
+    """Scores each known item by a fixed table; records what it had learned when scored."""
+
+    name = "fixed"
+
+    def __init__(self, table: Mapping[str, float], forget: Sequence[str] = ()) -> None:
+        self.table = dict(table)
+        self.forget = list(forget)
+        self.items, self.users = IdIndex(), IdIndex()
+        self.learned = 0
+        self.seen_at_scoring: list[int] = []
+
+    def learn(self, batch: Batch) -> None:
+        self.users.add_many(batch.users)
+        self.items.add_many([i for i in batch.items if i not in self.forget])
+        self.learned += len(batch)
+
+    def score_all(self, user: str, history: Sequence[str] = ()) -> np.ndarray:
+        self.seen_at_scoring.append(self.learned)
+        return np.asarray([self.table.get(i or "", 0.0) for i in self.items.ids], np.float32)
+
+    def similar(self, item: str, k: int = 10) -> list[tuple[str, float]]:
+        return []
+
+    def get_state(self) -> ModelState:
+        return ModelState(meta={"class": self.name, "params": {}})
+
+    @classmethod
+    def from_state(cls, state: ModelState) -> Self:
+        return cls({})
+
+    def item_vectors(self) -> np.ndarray | None:
+        return None
+
+
+def batch(rows: list[tuple[str, str]], t0: float = 0.0) -> Batch:
+    users, items = zip(*rows, strict=True)
+    return Batch.from_columns(users, items, None, np.arange(len(rows)) + t0)
+
+
+SEED = batch([("u1", "a"), ("u1", "b"), ("u1", "c"), ("u1", "d")])
+TABLE = {"a": 3.0, "b": 2.0, "c": 1.0, "d": 0.0}
+
+
+def test_exact_ranks_hr_ndcg_mrr_and_eligibility() -> None:
+    ev = PrequentialEvaluator({"m": Fixed(TABLE)}, k=2)
+    first = ev.process(SEED)
+    # Every item of the first batch is new to the stream: nothing is evaluated.
+    assert first.n_evaluated == 0
+    out = ev.process(
+        batch([("u2", "a"), ("u2", "c"), ("u2", "b"), ("u2", "a"), ("u2", "e")], t0=10)
+    )
+    # (u2,a): no history; (u2,a) again: already in history; (u2,e): unseen item.
+    assert out.positions.tolist() == [1, 2]
+    m = out.models["m"]
+    # c: candidates b, c, d (a is history) -> rank 2; b: candidates b, d -> rank 1.
+    assert m.ranks.tolist() == [2, 1]
+    assert m.hits.tolist() == [1, 1]
+    np.testing.assert_allclose(m.ndcg, [1 / math.log2(3), 1.0])
+    tot = ev.totals("m")
+    assert tot["n"] == 2
+    assert tot["hr"] == 1.0
+    assert tot["mrr"] == pytest.approx(0.75)
+    assert tot["ndcg"] == pytest.approx((1 / math.log2(3) + 1) / 2)
+    assert tot["precision"] == pytest.approx(0.5)
+    ev1 = PrequentialEvaluator({"m": Fixed(TABLE)}, k=1)
+    ev1.process(SEED)
+    ev1.process(batch([("u2", "a"), ("u2", "c"), ("u2", "b")], t0=10))
+    assert ev1.totals("m")["hr"] == 0.5
+
+
+def test_history_items_are_excluded_even_when_scored_highest() -> None:
+    ev = PrequentialEvaluator({"m": Fixed({"a": 100.0, "b": 50.0, "c": 1.0, "d": 0.0})}, k=1)
+    ev.process(SEED)
+    out = ev.process(batch([("u2", "a"), ("u2", "b"), ("u2", "c")], t0=10))
+    # b ranks first once a (history) is gone; c ranks first once a and b are gone.
+    assert out.models["m"].ranks.tolist() == [1, 1]
+
+
+def test_test_then_train_order() -> None:
+    model = Fixed(TABLE)
+    ev = PrequentialEvaluator({"m": model}, k=2)
+    ev.process(SEED)
+    ev.process(batch([("u1", "a"), ("u2", "a"), ("u2", "b"), ("u2", "c")], t0=10))
+    # Every event of the second batch was scored by a model that had learned only
+    # the first batch; the model learns the second one afterwards.
+    assert model.seen_at_scoring == [4, 4]
+    assert model.learned == 8
+
+
+def test_history_moves_event_by_event_within_a_batch() -> None:
+    ev = PrequentialEvaluator({"m": Fixed(TABLE)}, k=2)
+    out = ev.process(batch([("u", "a"), ("u", "b"), ("v", "a"), ("v", "b")]))
+    # (v, a) has no history; (v, b) is evaluated: v's history ([a]) and the item b
+    # were both seen earlier in the same batch, before the model learned anything.
+    assert out.positions.tolist() == [3]
+    assert out.models["m"].ranks.tolist() == [1]  # the model knows no item: rank = 0 + 1
+    assert ev.history.get("v") == ["a", "b"]
+
+
+def test_unknown_items_miss_and_ties_are_pessimistic() -> None:
+    flat = Fixed(dict.fromkeys("abcd", 1.0))
+    blind = Fixed(TABLE, forget=["c"])
+    ev = PrequentialEvaluator({"flat": flat, "blind": blind}, k=2)
+    ev.process(SEED)
+    out = ev.process(batch([("u2", "a"), ("u2", "c")], t0=10))
+    # Three candidates with equal scores: the true item is ranked last.
+    assert out.models["flat"].ranks.tolist() == [3]
+    # c is unknown to "blind": ranked after its two finite candidates (b, d).
+    assert out.models["blind"].ranks.tolist() == [3]
+    assert out.models["blind"].hits.tolist() == [0]
+
+
+def test_rolling_window_and_per_event_arrays() -> None:
+    ev = PrequentialEvaluator({"m": Fixed(TABLE)}, k=1, rolling_window=1)
+    ev.process(SEED)
+    ev.process(batch([("u2", "a"), ("u2", "c"), ("u2", "b")], t0=10))
+    assert ev.totals("m")["hr"] == 0.5
+    assert ev.rolling("m")["hr"] == 1.0  # only the last event (a hit)
+    assert ev.rolling("m")["n"] == 1
+
+
+def test_list_metrics_are_in_range() -> None:
+    rng = np.random.default_rng(0)
+    rows = [(f"u{u}", f"i{i}") for u, i in zip(rng.integers(0, 30, 600),
+                                                 rng.zipf(1.5, 600) % 60, strict=True)]
+    ev = PrequentialEvaluator({"pop": Popularity(half_life_seconds=None)}, k=5)
+    for start in range(0, 600, 100):
+        ev.process(batch(rows[start : start + 100], t0=start))
+    tot = ev.totals("pop")
+    assert tot["n"] > 100
+    assert 0 < tot["coverage"] <= 1
+    assert tot["novelty"] > 0
+    assert 0 <= tot["diversity"] <= 1.5
+    # Popularity recommends nearly the same list to everyone: low coverage.
+    assert tot["coverage"] < 0.5
+
+
+def test_rank_of_counts_only_finite_candidates() -> None:
+    s = np.array([1.0, 2.0, -np.inf, 2.0], np.float32)
+    assert rank_of(s, 1) == 2  # tie with row 3, pessimistic
+    assert rank_of(s, 0) == 3
+    assert rank_of(s, 2) == 4  # not finite: after the 3 finite ones
+    assert rank_of(s, -1) == 4
+
+
+class Clicky:
+    def __init__(self, good: bool) -> None:
+        self.items = IdIndex(["a", "b", "c", "d", "e"])
+        self.good = good
+
+    def click_proba(
+        self, user: str, items: Sequence[str], history: Sequence[str] = ()
+    ) -> np.ndarray:
+        if not self.good:
+            return np.full(len(items), 0.5)
+        return np.asarray([1.0 if i == f"{user}-fav" or i == "a" else 0.1 for i in items])
+
+
+def test_sampled_auc() -> None:
+    assert sampled_auc(Clicky(True), ["u", "v"], ["a", "a"], n_negatives=10) == 1.0
+    assert sampled_auc(Clicky(False), ["u"], ["a"], n_negatives=10) == 0.5
+    assert math.isnan(sampled_auc(Popularity(), ["u"], ["a"]))
