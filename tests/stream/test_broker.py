@@ -34,6 +34,7 @@ def test_unreachable_external_cluster_is_a_clear_error():
 
 
 @pytest.mark.kafka
+@pytest.mark.slow
 def test_early_jvm_exit_surfaces_the_log(tmp_path: Path, kafka_bootstrap: str):
     # The session broker holds this port, so a second broker on it dies at startup.
     port = int(kafka_bootstrap.rsplit(":", 1)[1])

@@ -134,13 +134,13 @@ def test_dlq_payload_names_the_source() -> None:
 
 _json_scalars = (
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats()
-    | st.text(max_size=300)
+    | st.text(max_size=40)
 )
 _json = st.recursive(
     _json_scalars,
     lambda children: st.lists(children, max_size=4)
     | st.dictionaries(st.text(max_size=8), children, max_size=4),
-    max_leaves=12,
+    max_leaves=6,
 )
 _fields = st.sampled_from(
     ["schema", "event_id", "user_id", "item_id", "event_type", "timestamp", "session_id",
@@ -187,12 +187,14 @@ _PROPS = settings(max_examples=5_000, deadline=None,
                   suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.mark.slow
 @_PROPS
 @given(st.binary(max_size=600))
 def test_decode_never_raises_on_arbitrary_bytes(raw: bytes) -> None:
     _check(raw)
 
 
+@pytest.mark.slow
 @_PROPS
 @given(mutated_events())
 def test_decode_never_raises_on_mutated_events(raw: bytes) -> None:
