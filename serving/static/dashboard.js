@@ -16,6 +16,9 @@ function el(name, attrs, text) {
 function fmt(v) {
   if (v === null || v === undefined || !isFinite(v)) return "–";
   const a = Math.abs(v);
+  if (a >= 1e9) return (v / 1e9).toFixed(1) + "G";
+  if (a >= 1e6) return (v / 1e6).toFixed(1) + "M";
+  if (a >= 1e4) return (v / 1e3).toFixed(1) + "k";
   if (a >= 1000) return v.toFixed(0);
   if (a >= 10) return v.toFixed(1);
   if (a >= 1) return v.toFixed(2);
