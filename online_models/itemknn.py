@@ -312,22 +312,30 @@ class CoOccurrenceModel(OnlineModel):
         """Stored (directed) pair entries."""
         return len(self._pairs)
 
+    def _to_watermark(self) -> float:
+        """Factor turning forward-decayed mass into mass decayed to the watermark."""
+        if self.half_life_seconds is None or self._t0 is None:
+            return 1.0
+        return float(np.exp2((self._t0 - self._watermark) / self.half_life_seconds))
+
     def get_state(self) -> ModelState:
+        # Mass is exported decayed to the watermark: a canonical form that does not
+        # depend on where the landmark happened to be (hence on batch boundaries).
         keys, vals = self._pairs.compact()
         nu, ni = self.users.capacity, self.items.capacity
+        f = self._to_watermark()
         arrays = {
             **self.users.to_arrays("users"),
             **self.items.to_arrays("items"),
             "pairs.keys": keys.copy(),
-            "pairs.values": vals.copy(),
-            "counts": self._counts[:ni].copy(),
+            "pairs.values": vals * f,
+            "counts": self._counts[:ni] * f,
             "window.items": self._win_items[:nu].copy(),
             "window.times": self._win_times[:nu].copy(),
         }
         meta: dict[str, Any] = {
             "class": self.name,
             "params": self.get_params(),
-            "t0": self._t0,
             "watermark": float(self._watermark) if np.isfinite(self._watermark) else None,
         }
         return ModelState(arrays=arrays, meta=meta)
@@ -344,9 +352,9 @@ class CoOccurrenceModel(OnlineModel):
         m._counts = np.asarray(a["counts"], np.float64).copy()
         m._win_items = np.asarray(a["window.items"], np.int64).reshape(-1, m.window).copy()
         m._win_times = np.asarray(a["window.times"], np.float64).reshape(-1, m.window).copy()
-        m._t0 = meta["t0"]
         wm = meta["watermark"]
         m._watermark = -np.inf if wm is None else float(wm)
+        m._t0 = None if wm is None or m.half_life_seconds is None else float(wm)
         return m
 
 

@@ -106,12 +106,12 @@ class Popularity(OnlineModel):
         arrays = {
             **self.users.to_arrays("users"),
             **self.items.to_arrays("items"),
-            "mass": self._mass[: self.items.capacity].copy(),
+            # Decayed to the watermark: canonical, whatever the landmark was.
+            "mass": self._decayed(),
         }
         meta: dict[str, Any] = {
             "class": self.name,
             "params": self.get_params(),
-            "t0": self._t0,
             "watermark": float(self._watermark) if np.isfinite(self._watermark) else None,
         }
         return ModelState(arrays=arrays, meta=meta)
@@ -122,7 +122,7 @@ class Popularity(OnlineModel):
         m.users = IdIndex.from_arrays(state.arrays, "users")
         m.items = IdIndex.from_arrays(state.arrays, "items")
         m._mass = np.asarray(state.arrays["mass"], np.float64).copy()
-        m._t0 = state.meta["t0"]
         wm = state.meta["watermark"]
         m._watermark = -np.inf if wm is None else float(wm)
+        m._t0 = None if wm is None or m.half_life_seconds is None else float(wm)
         return m
