@@ -89,6 +89,8 @@ class TrainerSettings(BaseSettings):
     metrics_addr: str = "0.0.0.0"
     k: int = Field(default=10, ge=1)
     rolling_window: int = Field(default=1000, ge=1)
+    #: evaluate one mini-batch in this many (1: all); skipped batches only update history
+    eval_every: int = Field(default=1, ge=1)
     history_items: int = Field(default=200, ge=1)
     dedup_window_s: float = Field(default=86_400.0, gt=0)
     dedup_max_ids: int = Field(default=500_000, ge=1)
@@ -99,6 +101,9 @@ class TrainerSettings(BaseSettings):
     drift_buckets: int = Field(default=64, ge=2)
     drift_window: int = Field(default=5_000, ge=10)
     status_every_s: float = Field(default=5.0, gt=0)
+    #: rebuild the consumer when it has had no partitions this long since (re)joining
+    #: (doubling each time); guards against a group join that never completes
+    join_timeout_s: float = Field(default=30.0, gt=0)
     #: stop after this many events learned by this process
     max_events: int | None = Field(default=None, ge=1)
     #: stop once ``events_total`` (across restarts) reaches this
@@ -230,11 +235,12 @@ class Trainer:
         self._prev_vectors: dict[str, tuple[list[str | None], np.ndarray]] = {}
         self.snapshot_version: int | None = None
         self._snap_offsets: dict[Partition, int] = {}
-        self._snap_events_total = -1
+        self._snap_events_total = 0
         self._last_snapshot_wall = 0.0
         self._rate = 0.0
         self.consumer: MiniBatchConsumer | None = None
         self.events_learned = 0
+        self._batches = 0
         self.duplicates = 0
         self.rejected = 0
         self._restore()
@@ -336,14 +342,21 @@ class Trainer:
         restore_signals = self._install_signals()
         last_status = last_record = t_start
         window_events, window_start = 0, t_start
+        join_timeout = s.join_timeout_s
         try:
-            factory = self._consumer_factory or MiniBatchConsumer
-            self.consumer = factory(
-                s.bootstrap, s.topic, s.group, batch_size=s.batch_size,
-                max_wait_ms=s.max_wait_ms, on_assign=self._on_assign,
-                on_revoke=self._on_revoke, client_id="liverec-trainer",
-            )
+            self.consumer = self._new_consumer()
+            joined_at, ever_assigned = time.monotonic(), False
             while not self.stop_event.is_set():
+                if not ever_assigned:
+                    if self.consumer.assignment():
+                        ever_assigned = True
+                    elif time.monotonic() - joined_at > join_timeout:
+                        log.warning("no partitions %.0f s after joining group %s: rebuilding "
+                                    "the consumer", join_timeout, s.group)
+                        self.metrics.loop_errors.labels(stage="consume").inc()
+                        self._close_consumer()
+                        self.consumer = self._new_consumer()
+                        joined_at, join_timeout = time.monotonic(), join_timeout * 2
                 try:
                     batch = self.consumer.next_batch()
                 except Exception:
@@ -375,11 +388,7 @@ class Trainer:
             try:
                 self.checkpoint("shutdown")
             finally:
-                if self.consumer is not None:
-                    try:
-                        self.consumer.close()
-                    except Exception:
-                        log.exception("closing the consumer failed")
+                self._close_consumer()
                 restore_signals()
             self._update_gauges()
             log.info("stopped: %s", self.status_line())
@@ -387,6 +396,23 @@ class Trainer:
             self.events_learned, self.events_total, self.duplicates, self.rejected,
             self.snapshot_version, time.monotonic() - t_start,
         )
+
+    def _new_consumer(self) -> MiniBatchConsumer:
+        s = self.settings
+        factory = self._consumer_factory or MiniBatchConsumer
+        return factory(
+            s.bootstrap, s.topic, s.group, batch_size=s.batch_size,
+            max_wait_ms=s.max_wait_ms, on_assign=self._on_assign,
+            on_revoke=self._on_revoke, client_id="liverec-trainer",
+        )
+
+    def _close_consumer(self) -> None:
+        if self.consumer is None:
+            return
+        try:
+            self.consumer.close()
+        except Exception:
+            log.exception("closing the consumer failed")
 
     def _limit_reached(self, elapsed: float, idle: float) -> bool:
         s = self.settings
@@ -442,7 +468,11 @@ class Trainer:
                 [ev.user_id for ev in fresh], [ev.item_id for ev in fresh],
                 [ev.weight for ev in fresh], [ev.ts for ev in fresh],
             )
-            self._evaluate(batch)
+            self._batches += 1
+            if self._batches % self.settings.eval_every == 0:
+                self._evaluate(batch)
+            else:
+                self.history.extend(batch.users, batch.items)
             self._learn(batch)
             self.data_drift.update(batch.users, batch.items)
             n = len(batch)
