@@ -21,7 +21,13 @@ from online_models.base import OnlineModel
 from online_models.snapshot import Snapshot
 from serving.live import LiveContext
 
-__all__ = ["LoadedSnapshot", "Recommendation", "UnknownModelError", "top_k_excluding"]
+__all__ = [
+    "FactorIndex",
+    "LoadedSnapshot",
+    "Recommendation",
+    "UnknownModelError",
+    "top_k_excluding",
+]
 
 
 class UnknownModelError(LookupError):
@@ -59,6 +65,57 @@ def top_k_excluding(scores: np.ndarray, k: int, exclude: np.ndarray) -> np.ndarr
     return cand[order].astype(np.int64)
 
 
+class FactorIndex:
+    """Approximate top-k (HNSW, inner product) for a factor model scored ``V·q + b``.
+
+    The bias is folded in as one more dimension: items are indexed as ``[V_i, b_i]``
+    and queried with ``[q, 1]``, so the inner product *is* the model's score. Only
+    models that expose a query vector (BPR's fold-in) can use it; the others and
+    queries without a vector stay on brute force.
+
+    Parameters
+    ----------
+    model
+        A loaded model with ``item_vectors()`` and a ``_query_vector(user, history)``.
+    ef, m, ef_construction
+        HNSW search breadth, graph degree and build breadth (recall vs speed).
+    """
+
+    def __init__(
+        self, model: OnlineModel, ef: int = 200, m: int = 16, ef_construction: int = 100
+    ) -> None:
+        import hnswlib
+
+        vectors = model.item_vectors()
+        if vectors is None:
+            raise ValueError(f"model {model.name!r} has no item vectors")
+        bias = model.score_all("\0no-such-user\0", ())  # a cold query scores the bias alone
+        n, d = vectors.shape
+        rows = np.flatnonzero(np.isfinite(bias[:n]))
+        data = np.empty((len(rows), d + 1), np.float32)
+        data[:, :d] = vectors[rows]
+        data[:, d] = bias[rows]
+        self.index = hnswlib.Index(space="ip", dim=d + 1)
+        self.index.init_index(max_elements=max(1, len(rows)), ef_construction=ef_construction, M=m)
+        if len(rows):
+            self.index.add_items(data, rows)
+        self.ef = ef
+        self.index.set_ef(ef)
+        self.size = len(rows)
+
+    def query(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``k`` (rows, scores), best first."""
+        k = min(k, self.size)
+        if k <= 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        if k > self.ef:
+            self.index.set_ef(k)
+        vec = np.append(q.astype(np.float32), np.float32(1.0))[None, :]
+        labels, dist = self.index.knn_query(vec, k=k)
+        # hnswlib's "ip" distance is 1 - dot.
+        return labels[0].astype(np.int64), (1.0 - dist[0]).astype(np.float32)
+
+
 def _created_ts(manifest: dict[str, Any]) -> float | None:
     try:
         return datetime.fromisoformat(str(manifest["created_at"])).timestamp()
@@ -84,6 +141,7 @@ class LoadedSnapshot:
         snapshot: Snapshot,
         default_model: str = "hybrid",
         fallbacks: Sequence[str] = ("hybrid", "bpr", "popularity"),
+        ann: bool = False,
     ) -> None:
         self.snapshot = snapshot
         self.version = snapshot.version
@@ -103,6 +161,12 @@ class LoadedSnapshot:
         self._popular: list[tuple[str, float]] = []
         self._popular_at = -np.inf
         self._popular_lock = threading.Lock()
+        # Approximate indexes, built at load (beside the serving snapshot) when asked.
+        self.ann: dict[str, FactorIndex] = {}
+        if ann:
+            for name, model in models.items():
+                if hasattr(model, "_query_vector") and model.item_vectors() is not None:
+                    self.ann[name] = FactorIndex(model)
 
     # ------------------------------------------------------------------ lookup
     def model(self, name: str | None) -> tuple[str, OnlineModel]:
@@ -139,12 +203,21 @@ class LoadedSnapshot:
         if not history and model.users.get(user) < 0:
             items = self.popular(live, k)
             return Recommendation(items, name, True, time.perf_counter() - t0)
-        scores = model.score_all(user, history)
         exclude = np.zeros(0, np.int64)
         if exclude_seen and history:
             rows = model.items.rows(history)
             exclude = rows[rows >= 0]
         ids = model.items.ids
+        index = self.ann.get(name)
+        if index is not None:
+            q = model._query_vector(user, history)  # type: ignore[attr-defined]
+            if q is not None:
+                rows, sc = index.query(q, k + len(exclude))
+                keep = ~np.isin(rows, exclude) if len(exclude) else np.ones(len(rows), bool)
+                rows, sc = rows[keep][:k], sc[keep][:k]
+                found = [(str(ids[r]), float(v)) for r, v in zip(rows, sc, strict=True)]
+                return Recommendation(found, name, False, time.perf_counter() - t0)
+        scores = model.score_all(user, history)
         top = top_k_excluding(scores, k, exclude)
         items = [(str(ids[r]), float(scores[r])) for r in top.tolist()]
         return Recommendation(items, name, False, time.perf_counter() - t0)

@@ -42,7 +42,9 @@ class ServeSettings(BaseSettings):
     dashboard_interval_s, dashboard_points
         Sampling period and length of the dashboard's ring buffer.
     ann
-        Rank factor models with an approximate (HNSW) index instead of brute force.
+        Rank factor models with an approximate (HNSW, ``hnswlib``) index instead of
+        brute force. The index is built when a snapshot loads, which makes reloads of
+        large catalogues slower; use it when brute force is too slow (about 1M items).
 
     Examples
     --------

@@ -65,7 +65,9 @@ class ServingState:
 
     def _wrap(self, snap: object) -> LoadedSnapshot:
         s = self.settings
-        return LoadedSnapshot(snap, s.default_model, s.model_fallbacks)  # type: ignore[arg-type]
+        return LoadedSnapshot(
+            snap, s.default_model, s.model_fallbacks, ann=s.ann  # type: ignore[arg-type]
+        )
 
     def load_initial(self) -> bool:
         """Load the newest valid snapshot, if any. Returns whether one is loaded."""
