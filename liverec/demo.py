@@ -1,0 +1,695 @@
+"""The whole system in one command: broker, trainer, server and a click stream.
+
+:func:`run_demo` finds or starts a Kafka broker (``LIVEREC_KAFKA_BOOTSTRAP``, the
+detached ``liverec broker start`` one, Docker, or a local KRaft broker), creates a
+fresh topic, starts ``liverec train`` and ``liverec serve`` as child processes in
+their own process groups, streams synthetic clicks (with a planted drift point) at
+a steady rate whose event time follows the wall clock, asks the API for
+recommendations like a client would, and prints a status line read from both
+``/metrics`` endpoints. Everything it started is stopped in ``finally``: children
+get SIGTERM, then SIGKILL after a timeout; the broker only if the demo started it.
+
+``liverec demo`` (:mod:`liverec.cmd_system`) is a thin wrapper around it.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import logging
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+__all__ = [
+    "ChildProcess",
+    "DemoOptions",
+    "DemoSummary",
+    "Scrape",
+    "SyntheticStream",
+    "pick_port",
+    "run_demo",
+    "scrape",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_PORT = 8000
+DEFAULT_METRICS_PORT = 9101
+
+
+# --------------------------------------------------------------------------- ports
+
+
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_port(preferred: int, host: str = "127.0.0.1") -> int:
+    """``preferred`` when nothing listens there, else a free port from the OS.
+
+    Examples
+    --------
+    >>> 0 < pick_port(8000) < 65536
+    True
+    """
+    if preferred > 0 and _port_free(preferred, host):
+        return preferred
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+@dataclass
+class Scrape:
+    """Samples of one ``/metrics`` page, by sample name (``_total`` etc. included).
+
+    Examples
+    --------
+    >>> s = Scrape.parse('a_total{model="x"} 2.0\\na_total{model="y"} 3.0\\n')
+    >>> s.sum("a_total"), s.get("a_total", model="y"), s.get("missing")
+    (5.0, 3.0, None)
+    """
+
+    samples: dict[str, list[tuple[dict[str, str], float]]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> Scrape:
+        out: dict[str, list[tuple[dict[str, str], float]]] = collections.defaultdict(list)
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                out[sample.name].append((dict(sample.labels), float(sample.value)))
+        return cls(dict(out))
+
+    def _matching(self, name: str, labels: Mapping[str, str]) -> list[float]:
+        return [v for lab, v in self.samples.get(name, [])
+                if all(lab.get(k) == want for k, want in labels.items())]
+
+    def get(self, name: str, **labels: str) -> float | None:
+        """The first sample matching ``labels``, or ``None``."""
+        values = self._matching(name, labels)
+        return values[0] if values else None
+
+    def sum(self, name: str, **labels: str) -> float:
+        """Sum over the samples matching ``labels`` (0 when there are none)."""
+        return float(sum(self._matching(name, labels)))
+
+    def by_label(self, name: str, label: str) -> dict[str, float]:
+        """``{label value: sample value}`` of one metric."""
+        return {lab[label]: v for lab, v in self.samples.get(name, []) if label in lab}
+
+
+def scrape(url: str, timeout_s: float = 2.0) -> Scrape | None:
+    """Read and parse a ``/metrics`` URL; ``None`` when it does not answer."""
+    try:
+        resp = httpx.get(url, timeout=timeout_s)
+        resp.raise_for_status()
+        return Scrape.parse(resp.text)
+    except (httpx.HTTPError, ValueError) as exc:
+        log.debug("scrape %s failed: %s", url, exc)
+        return None
+
+
+# --------------------------------------------------------------------------- children
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    # Linux: a child gets SIGTERM if the demo is killed outright (no finally runs then).
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+class ChildProcess:
+    """A child process in its own process group, its output in a log file.
+
+    Parameters
+    ----------
+    name
+        Short name for messages.
+    argv
+        The command line.
+    log_path
+        stdout and stderr go here.
+    env
+        Environment of the child (the parent's when ``None``).
+
+    Examples
+    --------
+    >>> import sys, tempfile
+    >>> p = ChildProcess("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"],
+    ...                  Path(tempfile.mkdtemp()) / "sleeper.log").start()
+    >>> p.alive()
+    True
+    >>> p.stop(timeout_s=5)
+    >>> p.alive()
+    False
+    """
+
+    def __init__(
+        self, name: str, argv: list[str], log_path: Path, env: Mapping[str, str] | None = None
+    ) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.env = dict(env) if env is not None else None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: TextIO | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def start(self) -> ChildProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=self.env, start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM to the whole process group, SIGKILL after ``timeout_s``; idempotent."""
+        proc = self.proc
+        try:
+            if proc is None:
+                return
+            if proc.poll() is None:
+                self._signal(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    log.warning("%s did not stop in %.0f s: SIGKILL", self.name, timeout_s)
+                    self._signal(proc.pid, signal.SIGKILL)
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=5)
+            # Grandchildren that outlived their parent go too (same process group).
+            self._signal(proc.pid, signal.SIGKILL)
+        finally:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+
+    @staticmethod
+    def _signal(pgid: int, sig: signal.Signals) -> bool:
+        try:
+            os.killpg(pgid, sig)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _wait_for(what: str, ok: Callable[[], bool], child: ChildProcess, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ok():
+            return
+        if not child.alive():
+            raise RuntimeError(f"{child.name} exited while waiting for {what}; log "
+                               f"{child.log_path}:\n{child.log_tail()}")
+        time.sleep(0.25)
+    raise RuntimeError(f"timed out after {timeout_s:.0f} s waiting for {what}; log "
+                       f"{child.log_path}:\n{child.log_tail()}")
+
+
+# --------------------------------------------------------------------------- the stream
+
+
+class SyntheticStream(threading.Thread):
+    """Produces synthetic clicks into Kafka at a steady rate, stamped with the send time.
+
+    The generator decides who clicks what and when the drift comes; each event's time
+    is the moment it is sent, so the trainer's watermark (and the server's freshness)
+    measure the real pipeline delay.
+
+    Parameters
+    ----------
+    bootstrap, topic
+        Where to send.
+    rate
+        Events per second (on average; sessions make it bursty like real traffic).
+    n_events
+        How many events at most.
+    drift_at
+        Index of the first event after the planted drift (``None``: none).
+    users, items, seed
+        Generator sizes and seed.
+    """
+
+    def __init__(
+        self, bootstrap: str, topic: str, *, rate: float, n_events: int,
+        drift_at: int | None, users: int, items: int, seed: int = 0,
+    ) -> None:
+        super().__init__(name="synthetic-stream", daemon=True)
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.rate = rate
+        self.n_events = n_events
+        self.drift_at = drift_at
+        self.users = users
+        self.items = items
+        self.seed = seed
+        self.sent = 0
+        self.failed = 0
+        self.rejected = 0
+        self.error: BaseException | None = None
+        self.stop_event = threading.Event()
+        self._recent: collections.deque[str] = collections.deque(maxlen=500)
+        self._lock = threading.Lock()
+
+    @property
+    def produced(self) -> int:
+        """Events the broker acknowledged (sends minus failures)."""
+        return self.sent - self.failed
+
+    def recent_user(self, rng: random.Random) -> str | None:
+        """A user who clicked recently (for the demo's own recommendation requests)."""
+        with self._lock:
+            return rng.choice(self._recent) if self._recent else None
+
+    def run(self) -> None:
+        from online_models.synthetic import iter_events
+        from stream.events import ClickEvent, encode, validate_dict
+        from stream.kafka import make_producer
+
+        def failed(exc: BaseException) -> None:
+            self.failed += 1
+            log.warning("send failed: %r", exc)
+
+        try:
+            producer = make_producer(self.bootstrap, client_id="liverec-demo")
+        except Exception as exc:
+            self.error = exc
+            log.error("demo producer could not connect: %s", exc)
+            return
+        start = time.monotonic()
+        rows = iter_events(self.n_events, self.users, self.items, self.seed, self.drift_at)
+        try:
+            for n, row in enumerate(rows):
+                delay = n / self.rate - (time.monotonic() - start)
+                if delay > 0 and self.stop_event.wait(delay):
+                    break
+                if self.stop_event.is_set():
+                    break
+                try:
+                    # Event time is the send time: the generator fixes order and content,
+                    # the clock fixes time, so freshness measures the real pipeline delay.
+                    row["timestamp"] = time.time()
+                    event = validate_dict(row, now=row["timestamp"])
+                    if not isinstance(event, ClickEvent):
+                        self.rejected += 1
+                        continue
+                    producer.send(self.topic, key=event.user_id.encode("utf-8"),
+                                  value=encode(event)).add_errback(failed)
+                    self.sent += 1
+                    with self._lock:
+                        self._recent.append(event.user_id)
+                except Exception as exc:  # one bad send must not stop the stream
+                    self.failed += 1
+                    log.warning("could not send an event: %r", exc)
+            producer.flush(timeout=30)
+        except Exception as exc:
+            self.error = exc
+            log.error("demo stream stopped: %r", exc)
+        finally:
+            with contextlib.suppress(Exception):
+                producer.close(timeout=10)
+
+
+# --------------------------------------------------------------------------- clients
+
+
+class RecommendationClient(threading.Thread):
+    """Asks the API for recommendations for recently active users, like a client."""
+
+    def __init__(self, api: str, stream: SyntheticStream, *, per_second: float = 4.0,
+                 seed: int = 0) -> None:
+        super().__init__(name="demo-client", daemon=True)
+        self.api = api
+        self.stream = stream
+        self.period = 1.0 / per_second
+        self.rng = random.Random(seed)
+        self.ok = 0
+        self.errors = 0
+        self.freshness: collections.deque[float] = collections.deque(maxlen=10_000)
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.api, timeout=5.0) as client:
+            while not self.stop_event.wait(self.period):
+                user = self.stream.recent_user(self.rng)
+                if user is None:
+                    continue
+                try:
+                    resp = client.get("/v1/recommendations", params={"user_id": user, "k": 10})
+                    if resp.status_code != 200:
+                        self.errors += 1
+                        continue
+                    self.ok += 1
+                    watermark = resp.json().get("watermark")
+                    if watermark is not None:
+                        self.freshness.append(max(0.0, time.time() - float(watermark)))
+                except (httpx.HTTPError, ValueError) as exc:
+                    self.errors += 1
+                    log.debug("recommendation request failed: %s", exc)
+
+
+# --------------------------------------------------------------------------- the demo
+
+
+@dataclass
+class DemoOptions:
+    """Knobs of :func:`run_demo` (the ``liverec demo`` options).
+
+    ``duration`` ``None`` runs until Ctrl-C. ``drift_after_s`` places the planted
+    drift (default: half the duration, or 60 s without one).
+    """
+
+    duration: float | None = None
+    rate: float = 100.0
+    users: int = 500
+    items: int = 1_000
+    seed: int = 0
+    drift_after_s: float | None = None
+    models: str = "popularity,itemknn,sequence"
+    default_model: str = "itemknn"
+    api_port: int = DEFAULT_API_PORT
+    metrics_port: int = DEFAULT_METRICS_PORT
+    status_every_s: float = 5.0
+    run_dir: Path | None = None
+    summary_json: Path | None = None
+    drain_s: float = 20.0
+    startup_timeout_s: float = 180.0
+    bootstrap: str | None = None
+
+
+@dataclass
+class DemoSummary:
+    """The figures of one demo run (also written as JSON)."""
+
+    events_produced: int = 0
+    events_learned: int = 0
+    hr_at_10: float | None = None
+    hr_at_10_by_model: dict[str, float] = field(default_factory=dict)
+    drift_alarms: int = 0
+    snapshot_version: int = 0
+    recommendations_served: int = 0
+    freshness_p50_s: float | None = None
+    seconds: float = 0.0
+    run_dir: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "events_produced": self.events_produced,
+            "events_learned": self.events_learned,
+            "hr@10": self.hr_at_10,
+            "hr@10_by_model": self.hr_at_10_by_model,
+            "drift_alarms": self.drift_alarms,
+            "snapshot_version": self.snapshot_version,
+            "recommendations_served": self.recommendations_served,
+            "freshness_p50_s": self.freshness_p50_s,
+            "seconds": round(self.seconds, 1),
+            "run_dir": self.run_dir,
+        }
+
+
+class _Demo:
+    def __init__(self, opts: DemoOptions, echo: Callable[[str], None]) -> None:
+        self.opts = opts
+        self.echo = echo
+        self.started = time.monotonic()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.run_dir = (opts.run_dir or Path("runs") / f"demo-{stamp}").resolve()
+        self.run_id = f"{stamp}-{uuid.uuid4().hex[:6]}"
+        self.topic = f"liverec-demo-{self.run_id}"
+        self.children: list[ChildProcess] = []
+        self.stream: SyntheticStream | None = None
+        self.client: RecommendationClient | None = None
+        self.trainer_url = ""
+        self.serving_url = ""
+        self.api = ""
+
+    # ---------------------------------------------------------------- readings
+    def figures(self) -> DemoSummary:
+        s = DemoSummary(run_dir=str(self.run_dir), seconds=time.monotonic() - self.started)
+        if self.stream is not None:
+            s.events_produced = self.stream.produced
+        tr = scrape(self.trainer_url) if self.trainer_url else None
+        sv = scrape(self.serving_url) if self.serving_url else None
+        if tr is not None:
+            s.events_learned = int(tr.sum("liverec_trainer_events_learned_total"))
+            s.hr_at_10_by_model = tr.by_label("liverec_trainer_rolling_hit_ratio", "model")
+            s.hr_at_10 = s.hr_at_10_by_model.get(
+                self.opts.default_model, max(s.hr_at_10_by_model.values(), default=None))
+            s.drift_alarms = int(tr.sum("liverec_trainer_concept_drift_alarms_total"))
+        if sv is not None:
+            s.snapshot_version = int(sv.get("liverec_serving_snapshot_version") or 0)
+            s.recommendations_served = int(sv.sum(
+                "liverec_serving_responses_total", route="/v1/recommendations", status="200"))
+        if self.client is not None and self.client.freshness:
+            s.freshness_p50_s = round(statistics.median(self.client.freshness), 3)
+        return s
+
+    def status_line(self) -> str:
+        f = self.figures()
+        hr = f"{f.hr_at_10:.3f}" if f.hr_at_10 is not None else "-"
+        fresh = f"{f.freshness_p50_s:.1f}s" if f.freshness_p50_s is not None else "-"
+        return (f"[{f.seconds:6.1f}s] events in {f.events_produced:>7}  learned "
+                f"{f.events_learned:>7}  HR@10({self.opts.default_model}) {hr}  drift alarms "
+                f"{f.drift_alarms}  snapshot v{f.snapshot_version}  served "
+                f"{f.recommendations_served}  freshness p50 {fresh}")
+
+    # ---------------------------------------------------------------- phases
+    def start_children(self, bootstrap: str) -> None:
+        o = self.opts
+        exe = shutil.which("liverec", path=str(Path(sys.executable).parent)) or "liverec"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEREC_")}
+        # Loopback only: the demo's ports are for this machine.
+        env["LIVEREC_METRICS_ADDR"] = "127.0.0.1"
+        env["PYTHONUNBUFFERED"] = "1"
+        metrics_port = pick_port(o.metrics_port)
+        api_port = pick_port(o.api_port)
+        snapshots = self.run_dir / "snapshots"
+        logs = self.run_dir / "logs"
+        self.trainer_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        self.api = f"http://127.0.0.1:{api_port}"
+        self.serving_url = f"{self.api}/metrics"
+        trainer = ChildProcess("trainer", [
+            exe, "train", "--bootstrap", bootstrap, "--topic", self.topic,
+            "--group", f"{self.topic}-trainer", "--snapshots", str(snapshots),
+            "--models", o.models, "--metrics-port", str(metrics_port),
+            "--snapshot-every-s", "1", "--status-every-s", "10",
+        ], logs / "trainer.log", env).start()
+        self.children.append(trainer)
+        server = ChildProcess("serving", [
+            exe, "serve", "--snapshots", str(snapshots), "--host", "127.0.0.1",
+            "--port", str(api_port), "--bootstrap", bootstrap, "--topic", self.topic,
+            "--trainer-metrics-url", self.trainer_url, "--default-model", o.default_model,
+        ], logs / "serving.log", env).start()
+        self.children.append(server)
+        self.echo(f"trainer (pid {trainer.pid}) and server (pid {server.pid}) starting; "
+                  f"logs in {logs}")
+        _wait_for("the trainer's /metrics", lambda: scrape(self.trainer_url) is not None,
+                  trainer, o.startup_timeout_s)
+        _wait_for("the server's /healthz", lambda: _http_ok(f"{self.api}/healthz"),
+                  server, o.startup_timeout_s)
+
+    def banner(self) -> None:
+        api = self.api
+        self.echo("")
+        self.echo("liverec is up:")
+        self.echo(f"  API                {api}/docs")
+        self.echo(f"  dashboard          {api}/dashboard")
+        self.echo(f"  serving metrics    {self.serving_url}")
+        self.echo(f"  trainer metrics    {self.trainer_url}")
+        self.echo(f"  try                curl '{api}/v1/recommendations?user_id=u000001&k=10'")
+        self.echo(f"  run dir            {self.run_dir}  (snapshots/, logs/)")
+        self.echo("  stop               Ctrl-C")
+        self.echo("")
+
+    def stream_clicks(self, bootstrap: str) -> None:
+        o = self.opts
+        drift_after = o.drift_after_s
+        if drift_after is None:
+            drift_after = o.duration / 2 if o.duration else 60.0
+        # Without a duration the stream is long enough for any demo (generated lazily).
+        horizon = o.duration if o.duration else 7 * 86_400.0
+        self.stream = SyntheticStream(
+            bootstrap, self.topic, rate=o.rate, n_events=max(1, int(o.rate * horizon)),
+            drift_at=int(o.rate * drift_after), users=o.users, items=o.items, seed=o.seed)
+        self.stream.start()
+        self.client = RecommendationClient(self.api, self.stream, seed=o.seed)
+        self.client.start()
+        self.echo(f"streaming ~{o.rate:g} clicks/s into {self.topic}; planted drift after "
+                  f"{drift_after:g} s")
+
+    def watch(self) -> None:
+        o = self.opts
+        assert self.stream is not None
+        stream_start = time.monotonic()
+        next_status = stream_start + o.status_every_s
+        while True:
+            now = time.monotonic()
+            if o.duration is not None and now - stream_start >= o.duration:
+                break
+            for child in self.children:
+                if not child.alive():
+                    raise RuntimeError(f"{child.name} exited unexpectedly; log "
+                                       f"{child.log_path}:\n{child.log_tail()}")
+            if self.stream.error is not None:
+                raise RuntimeError(f"the click stream failed: {self.stream.error!r}")
+            if now >= next_status:
+                self.echo(self.status_line())
+                next_status += o.status_every_s
+            time.sleep(0.2)
+
+    def drain(self) -> None:
+        """Stop producing and give the trainer a moment to learn what was sent."""
+        assert self.stream is not None
+        self.stream.stop_event.set()
+        self.stream.join(timeout=30)
+        deadline = time.monotonic() + self.opts.drain_s
+        while time.monotonic() < deadline:
+            tr = scrape(self.trainer_url)
+            if tr is not None and tr.sum(
+                    "liverec_trainer_events_learned_total") >= self.stream.produced:
+                break
+            time.sleep(0.5)
+        # One snapshot period more, so the server holds what was learned.
+        time.sleep(2.0)
+
+    def shutdown(self) -> None:
+        for thread in (self.client, self.stream):
+            if thread is not None:
+                thread.stop_event.set()
+        for child in reversed(self.children):
+            child.stop()
+        for thread in (self.client, self.stream):
+            if thread is not None:
+                thread.join(timeout=15)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (e.g. from a supervisor) takes the same clean path as Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _kafka(bootstrap: str | None, echo: Callable[[str], None]) -> tuple[str, Callable[[], None]]:
+    """A broker address and how to release it (stop it only if we started it)."""
+    from stream.broker import broker_status, resolve_bootstrap
+
+    external = bootstrap if bootstrap is not None else os.environ.get(
+        "LIVEREC_KAFKA_BOOTSTRAP", "")
+    if not external.strip():
+        detached = broker_status()
+        if detached is not None:
+            echo(f"Kafka: the local broker from `liverec broker start` at {detached.bootstrap}")
+            return detached.bootstrap, lambda: None
+        echo("Kafka: starting a local broker (first run fetches Kafka via Maven)...")
+    kafka = resolve_bootstrap(env_bootstrap=external)
+    echo(f"Kafka ({kafka.source}) at {kafka.bootstrap}")
+    return kafka.bootstrap, kafka.close
+
+
+def run_demo(opts: DemoOptions, echo: Callable[[str], None] = print) -> DemoSummary:
+    """Run the whole system until ``opts.duration`` passes or Ctrl-C; return its figures.
+
+    Raises
+    ------
+    stream.broker.KafkaSetupError
+        No broker could be found or started.
+    RuntimeError
+        A child process died or did not come up (its log tail is in the message).
+    """
+    import orjson
+
+    from stream.kafka import create_topics, delete_topics
+
+    demo = _Demo(opts, echo)
+    demo.run_dir.mkdir(parents=True, exist_ok=True)
+    summary: DemoSummary | None = None
+    with _sigterm_as_interrupt():
+        bootstrap, release_kafka = _kafka(opts.bootstrap, echo)
+        topics_made = False
+        try:
+            create_topics(bootstrap, {demo.topic: 4, f"{demo.topic}.dlq": 1})
+            topics_made = True
+            demo.start_children(bootstrap)
+            demo.banner()
+            demo.stream_clicks(bootstrap)
+            try:
+                demo.watch()
+                demo.drain()
+            except KeyboardInterrupt:
+                echo("\nCtrl-C: stopping...")
+            summary = demo.figures()
+        finally:
+            try:
+                demo.shutdown()
+                if topics_made:
+                    with contextlib.suppress(Exception):
+                        delete_topics(bootstrap, [demo.topic, f"{demo.topic}.dlq"])
+            finally:
+                release_kafka()
+    echo("summary: " + orjson.dumps(summary.as_json()).decode())
+    echo(f"logs and snapshots kept in {demo.run_dir}")
+    if opts.summary_json is not None:
+        opts.summary_json.parent.mkdir(parents=True, exist_ok=True)
+        opts.summary_json.write_bytes(
+            orjson.dumps(summary.as_json(), option=orjson.OPT_INDENT_2))
+    return summary
