@@ -25,13 +25,17 @@ def generate(
     start_ts: Annotated[
         float, typer.Option("--start-ts", help="Epoch seconds of the first event.")
     ] = 1_704_067_200.0,
+    events_per_s: Annotated[
+        float, typer.Option("--events-per-s", min=0.001, help="Mean event-time rate.")
+    ] = 5.0,
 ) -> None:
     """Write a synthetic click stream with planted structure (the `liverec` CSV)."""
     from tqdm import tqdm
 
     from online_models.synthetic import iter_events, write_csv
 
-    stream = iter_events(events, users, items, seed, drift_at, start_ts=start_ts)
+    stream = iter_events(events, users, items, seed, drift_at, start_ts=start_ts,
+                         events_per_s=events_per_s)
     n = write_csv(tqdm(stream, total=events, unit="ev", desc="generate", leave=False), out)
     drift = f", drift at event {drift_at}" if drift_at is not None else ""
     typer.echo(f"wrote {n} events ({users} users, {items} items, seed {seed}{drift}) to {out}")
