@@ -9,9 +9,10 @@ The pair at distance ``d`` (``d = 1`` is the previous item) adds
 to the co-occurrence ``C[partner, j]`` (and to ``C[j, partner]`` when symmetric).
 The last factor is *forward decay*: instead of shrinking every stored count as time
 passes, new mass is inflated relative to a landmark ``t0``; ranking only uses ratios,
-so this equals exponential decay in event time, and the state does not depend on
-where mini-batch boundaries fall. When the exponent grows large, all mass is
-rescaled by an exact power of two and the landmark moves on.
+so this equals exponential decay in event time. When the exponent grows large,
+all mass is rescaled by an exact power of two and the landmark moves on. The
+exported state holds mass decayed to the watermark, so it is the same (up to
+float rounding) wherever the mini-batch boundaries fell.
 
 Similarity is ``C[i, j] / (n_i**alpha · n_j**(1-alpha))`` with ``n`` the decayed item
 counts (``alpha = 0.5`` is cosine). A query scores every item from the user's most

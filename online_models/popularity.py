@@ -4,7 +4,8 @@ Each event adds ``w · 2**((t - t0) / half_life)`` to its item (forward decay in
 event time relative to a landmark ``t0``), which ranks items exactly as
 exponentially decayed counts would, without touching every item as time passes.
 When the exponent grows large, every count is rescaled by an exact power of two
-and the landmark moves, so the state does not depend on batch boundaries.
+and the landmark moves. The exported state holds the counts decayed to the
+watermark (latest event time), so it does not depend on batch boundaries.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -78,7 +80,7 @@ def test_popularity_survives_many_half_lives_and_ranks_recent_items() -> None:
     ],
     ids=["popularity", "itemknn", "sequence"],
 )
-def test_state_does_not_depend_on_batch_boundaries(make) -> None:  # type: ignore[no-untyped-def]
+def test_state_does_not_depend_on_batch_boundaries(make: Callable[[], OnlineModel]) -> None:
     stream = random_stream()
     ref = learned(make(), stream, 10_000).get_state()
     for size in (1, 7, 256):
