@@ -23,7 +23,6 @@ from tests.system.helpers import (
     DEPLOY,
     LIVEREC,
     REPO,
-    alert_exprs,
     dashboard_exprs,
     metric_names,
 )
