@@ -1,0 +1,55 @@
+"""``liverec demo --duration N --summary-json F`` on a real broker: exits 0, sane figures,
+nothing left running."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.system.helpers import LIVEREC
+
+pytestmark = [pytest.mark.slow, pytest.mark.kafka]
+
+
+def _ours(run_dir: Path) -> list[psutil.Process]:
+    """Processes whose command line mentions the demo's run dir (its children do)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(run_dir) in part for part in proc.info["cmdline"] or ()):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def test_demo_runs_for_a_duration_and_writes_its_summary(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    summary = tmp_path / "summary.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEREC_")}
+    env["LIVEREC_KAFKA_BOOTSTRAP"] = kafka_bootstrap
+    out = subprocess.run(
+        [LIVEREC, "demo", "--duration", "40", "--summary-json", str(summary),
+         "--run-dir", str(run_dir), "--status-every-s", "5"],
+        capture_output=True, text=True, env=env, timeout=400,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "/dashboard" in out.stdout and "curl " in out.stdout
+    assert "events in" in out.stdout  # at least one status line
+    figures = json.loads(summary.read_text())
+    assert figures["events_produced"] > 0
+    assert 0 < figures["events_learned"] <= figures["events_produced"]
+    assert 0 < figures["hr@10"] <= 1
+    assert figures["snapshot_version"] >= 1
+    assert figures["recommendations_served"] > 0
+    assert figures["freshness_p50_s"] is not None and figures["freshness_p50_s"] >= 0
+    assert (run_dir / "logs" / "trainer.log").stat().st_size > 0
+    assert (run_dir / "snapshots" / "LATEST").exists()
+    assert _ours(run_dir) == [], "the demo left processes behind"
