@@ -103,7 +103,7 @@ class TrainerSettings(BaseSettings):
     status_every_s: float = Field(default=5.0, gt=0)
     #: rebuild the consumer when it has had no partitions this long since (re)joining
     #: (doubling each time); guards against a group join that never completes
-    join_timeout_s: float = Field(default=30.0, gt=0)
+    join_timeout_s: float = Field(default=20.0, gt=0)
     #: stop after this many events learned by this process
     max_events: int | None = Field(default=None, ge=1)
     #: stop once ``events_total`` (across restarts) reaches this
@@ -350,6 +350,7 @@ class Trainer:
                 if not ever_assigned:
                     if self.consumer.assignment():
                         ever_assigned = True
+                        last_record = time.monotonic()  # idle time counts from here
                     elif time.monotonic() - joined_at > join_timeout:
                         log.warning("no partitions %.0f s after joining group %s: rebuilding "
                                     "the consumer", join_timeout, s.group)
@@ -382,7 +383,8 @@ class Trainer:
                     self._update_gauges()
                     log.info(self.status_line())
                     last_status = now
-                if self._limit_reached(now - t_start, now - last_record):
+                idle = now - last_record if ever_assigned else 0.0
+                if self._limit_reached(now - t_start, idle):
                     break
         finally:
             try:
@@ -400,11 +402,21 @@ class Trainer:
     def _new_consumer(self) -> MiniBatchConsumer:
         s = self.settings
         factory = self._consumer_factory or MiniBatchConsumer
-        return factory(
+        consumer = factory(
             s.bootstrap, s.topic, s.group, batch_size=s.batch_size,
             max_wait_ms=s.max_wait_ms, on_assign=self._on_assign,
             on_revoke=self._on_revoke, client_id="liverec-trainer",
         )
+        # Fetch the topic's metadata before the first poll joins the group. Without it
+        # the first join often assigns nothing ("no partition metadata") and the
+        # immediate re-join that follows has been seen to hang in kafka-python 3.0.
+        inner = getattr(consumer, "_consumer", None)
+        if inner is not None:
+            try:
+                inner.partitions_for_topic(s.topic)
+            except Exception:
+                log.warning("could not prefetch metadata of %s", s.topic, exc_info=True)
+        return consumer
 
     def _close_consumer(self) -> None:
         if self.consumer is None:

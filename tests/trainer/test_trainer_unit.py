@@ -1,0 +1,121 @@
+"""The trainer's batch handling without Kafka: dedup, rejects, learning, failing models,
+drift adaptation, snapshot + restore (consumed batches are built by hand)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from online_models import registry
+from online_models.base import Batch
+from stream.consumer import ConsumedBatch
+from stream.events import Rejected
+from stream.trainer import DedupWindow, Trainer, TrainerSettings
+from tests.trainer.helpers import synthetic_events
+
+
+class ExplodingPopularity(registry.model_class("popularity")):  # type: ignore[misc]
+    """Popularity that fails on every batch (the trainer must survive it)."""
+
+    name = "test-exploding"
+
+    def learn(self, batch: Batch) -> None:
+        raise RuntimeError("boom")
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TrainerSettings:
+    monkeypatch.setitem(registry.MODEL_PATHS, "test-exploding",
+                        "tests.trainer.test_trainer_unit:ExplodingPopularity")
+    return TrainerSettings(
+        topic="clicks", snapshots=tmp_path / "snaps", models="popularity,itemknn",
+        metrics_port=-1, drift_adapt_events=300,
+    )
+
+
+def _consumed(events: list, start: int, rejected: int = 0) -> ConsumedBatch:  # type: ignore[type-arg]
+    rej = [(Rejected(b"x", "not_json", "bad"), "clicks", 0, start + len(events) + k)
+           for k in range(rejected)]
+    return ConsumedBatch(events=list(events), rejected=rej,
+                         offsets={("clicks", 0): start + len(events) + rejected},
+                         first_offsets={("clicks", 0): start})
+
+
+def _sample(trainer: Trainer, name: str, labels: dict[str, str]) -> float:
+    value = trainer.metrics.registry.get_sample_value(name, labels)
+    assert value is not None, name
+    return value
+
+
+def test_dedup_window_expires_by_event_time_and_count() -> None:
+    d = DedupWindow(window_s=100, max_ids=3)
+    assert d.add("a", 0.0) and not d.add("a", 50.0)
+    assert d.add("b", 150.0)  # watermark 150: "a" (t=0) is out of the window
+    assert "a" not in d and "b" in d
+    for k in range(5):
+        d.add(f"x{k}", 160.0 + k)
+    assert len(d) == 3
+    back = DedupWindow.from_arrays(d.to_arrays(), window_s=100, max_ids=3)
+    assert list(back._ids.items()) == list(d._ids.items())
+
+
+def test_handle_drops_duplicates_counts_rejects_and_learns(settings: TrainerSettings) -> None:
+    events = synthetic_events(600, seed=5)
+    t = Trainer(settings)
+    t.handle(_consumed(events[:400], 0, rejected=2))
+    # A redelivered overlap: 100 already learned, 200 new.
+    t.handle(_consumed(events[300:600], 402))
+    assert t.events_total == 600 and t.duplicates == 100 and t.rejected == 2
+    assert _sample(t, "liverec_trainer_duplicates_dropped_total", {"topic": "clicks"}) == 100
+    assert _sample(t, "liverec_trainer_events_rejected_total",
+                   {"topic": "clicks", "reason": "not_json"}) == 2
+    assert _sample(t, "liverec_trainer_evaluated_events_total", {"model": "itemknn"}) > 0
+    assert t.models["popularity"].n_items == len({e.item_id for e in events})
+    assert t.offsets == {("clicks", 0): 702}
+
+
+def test_checkpoint_then_restore_resumes_exact_state(settings: TrainerSettings) -> None:
+    events = synthetic_events(500, seed=6)
+    t = Trainer(settings)
+    t.handle(_consumed(events, 0))
+    assert t.checkpoint("test")
+    assert _sample(t, "liverec_trainer_snapshot_version", {}) == 1
+
+    again = Trainer(settings)
+    assert again.events_total == 500 and again.offsets == {("clicks", 0): 500}
+    for name in ("popularity", "itemknn"):
+        a, b = t.models[name].get_state(), again.models[name].get_state()
+        for key in a.arrays:
+            np.testing.assert_array_equal(a.arrays[key], b.arrays[key])
+    # The restored dedup set refuses a redelivery of what the snapshot holds.
+    again.handle(_consumed(events[:50], 0))
+    assert again.events_total == 500 and again.duplicates == 50
+
+
+def test_a_failing_model_does_not_stop_the_others(settings: TrainerSettings) -> None:
+    s = settings.model_copy(update={"models": "popularity,test-exploding"})
+    t = Trainer(s)
+    t.handle(_consumed(synthetic_events(200, seed=7), 0))
+    assert t.events_total == 200
+    assert t.models["popularity"].n_items > 0
+    assert _sample(t, "liverec_trainer_learn_errors_total", {"model": "test-exploding"}) == 1
+    assert _sample(t, "liverec_trainer_learn_errors_total", {"model": "popularity"}) == 0
+
+
+def test_drift_adaptation_overrides_then_restores(settings: TrainerSettings) -> None:
+    t = Trainer(settings)
+    pop = t.models["popularity"]
+    original = pop.half_life_seconds
+    t._start_adaptation("popularity")
+    assert pop.half_life_seconds == pytest.approx(original * settings.drift_half_life_factor)
+    assert _sample(t, "liverec_trainer_drift_adaptation_active", {"model": "popularity"}) == 1
+    # Mid-adaptation snapshot keeps the originals so a restart can restore them.
+    t.handle(_consumed(synthetic_events(100, seed=8), 0))
+    t.checkpoint("test")
+    restarted = Trainer(settings)
+    assert restarted._adapt["popularity"]["originals"]["half_life_seconds"] == original
+    t.handle(_consumed(synthetic_events(300, seed=9), 100))
+    assert pop.half_life_seconds == original
+    assert _sample(t, "liverec_trainer_drift_adaptation_active", {"model": "popularity"}) == 0
