@@ -614,7 +614,11 @@ def _http_ok(url: str) -> bool:
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (e.g. from a supervisor) takes the same clean path as Ctrl-C."""
+    """SIGTERM (e.g. from a supervisor) takes the same clean path as Ctrl-C.
+
+    SIGINT is set too: a shell starts background jobs with SIGINT ignored, and the
+    demo should still stop cleanly on ``kill -INT``.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -622,11 +626,12 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    old = signal.signal(signal.SIGTERM, handler)
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
 
 
 def _kafka(bootstrap: str | None, echo: Callable[[str], None]) -> tuple[str, Callable[[], None]]:

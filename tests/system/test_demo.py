@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import psutil
@@ -52,4 +54,31 @@ def test_demo_runs_for_a_duration_and_writes_its_summary(
     assert figures["freshness_p50_s"] is not None and figures["freshness_p50_s"] >= 0
     assert (run_dir / "logs" / "trainer.log").stat().st_size > 0
     assert (run_dir / "snapshots" / "LATEST").exists()
+    assert _ours(run_dir) == [], "the demo left processes behind"
+
+
+def test_demo_stops_cleanly_on_interrupt(kafka_bootstrap: str, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEREC_")}
+    env["LIVEREC_KAFKA_BOOTSTRAP"] = kafka_bootstrap
+    log = tmp_path / "demo.out"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [LIVEREC, "demo", "--run-dir", str(run_dir), "--status-every-s", "2"],
+            stdout=sink, stderr=subprocess.STDOUT, env=env,
+        )
+        try:
+            deadline = time.monotonic() + 240
+            while "events in" not in log.read_text() and time.monotonic() < deadline:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                time.sleep(0.5)
+            assert _ours(run_dir), "no trainer/server running while the demo streams"
+            proc.send_signal(signal.SIGINT)
+            rc = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log.read_text()
+    assert rc == 0, text[-3000:]
+    assert "summary: " in text
     assert _ours(run_dir) == [], "the demo left processes behind"
