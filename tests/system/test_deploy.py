@@ -172,3 +172,18 @@ def test_dockerfile_installs_cpu_torch_and_runs_the_cli() -> None:
     assert 'ENTRYPOINT ["liverec"]' in text
     for pkg in ("online_models", "stream", "serving", "liverec"):
         assert f"COPY {pkg} ./{pkg}" in text
+
+
+def test_promtool_accepts_the_compose_prometheus_config(tmp_path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool absent (make test installs prometheus via scripts/system-deps.sh)")
+    cfg = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
+    # In the container the rules sit at /etc/prometheus/alerts.yml; here, in the repo.
+    cfg["rule_files"] = [str(ALERTS)]
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = subprocess.run([promtool, "check", "config", str(path)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS" in out.stdout + out.stderr
