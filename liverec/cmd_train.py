@@ -49,6 +49,8 @@ def train(
         help="stop after this many seconds without records [LIVEREC_IDLE_EXIT_S]")] = None,
     eval_every: Annotated[int | None, typer.Option(
         help="evaluate one mini-batch in N (1 = every batch) [LIVEREC_EVAL_EVERY]")] = None,
+    session_timeout_ms: Annotated[int | None, typer.Option(
+        help="consumer-group session timeout [LIVEREC_SESSION_TIMEOUT_MS]")] = None,
     status_every_s: Annotated[float | None, typer.Option(
         help="seconds between status lines [LIVEREC_STATUS_EVERY_S]")] = None,
     log_level: Annotated[str, typer.Option(help="logging level")] = "INFO",
@@ -74,7 +76,7 @@ def train(
             "metrics_port": metrics_port, "drift_adapt": drift_adapt, "max_events": max_events,
             "until_events_total": until_events_total, "max_seconds": max_seconds,
             "idle_exit_s": idle_exit_s, "status_every_s": status_every_s,
-            "eval_every": eval_every,
+            "eval_every": eval_every, "session_timeout_ms": session_timeout_ms,
         }.items()
         if v is not None
     }

@@ -103,7 +103,9 @@ class TrainerSettings(BaseSettings):
     status_every_s: float = Field(default=5.0, gt=0)
     #: rebuild the consumer when it has had no partitions this long since (re)joining
     #: (doubling each time); guards against a group join that never completes
-    join_timeout_s: float = Field(default=20.0, gt=0)
+    join_timeout_s: float = Field(default=60.0, gt=0)
+    #: group session timeout: how soon a crashed trainer's partitions are reassigned
+    session_timeout_ms: int = Field(default=10_000, ge=1_000)
     #: stop after this many events learned by this process
     max_events: int | None = Field(default=None, ge=1)
     #: stop once ``events_total`` (across restarts) reaches this
@@ -406,6 +408,8 @@ class Trainer:
             s.bootstrap, s.topic, s.group, batch_size=s.batch_size,
             max_wait_ms=s.max_wait_ms, on_assign=self._on_assign,
             on_revoke=self._on_revoke, client_id="liverec-trainer",
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=max(100, s.session_timeout_ms // 3),
         )
         # Fetch the topic's metadata before the first poll joins the group. Without it
         # the first join often assigns nothing ("no partition metadata") and the

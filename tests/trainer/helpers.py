@@ -9,8 +9,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -99,7 +100,9 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
-def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.5):  # type: ignore[no-untyped-def]
+def wait_for(
+    predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.5
+) -> Any:
     deadline = time.monotonic() + timeout_s
     last = None
     while time.monotonic() < deadline:

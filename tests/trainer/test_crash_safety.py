@@ -11,6 +11,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,9 @@ import orjson
 import pytest
 
 from online_models import registry
-from online_models.base import Batch
+from online_models.base import Batch, OnlineModel
 from online_models.snapshot import SnapshotStore
+from stream.events import ClickEvent
 from stream.replay import produce_events
 from tests.trainer.helpers import TrainerProcess, synthetic_events, wait_for
 
@@ -29,7 +31,7 @@ N_EVENTS = 200_000
 MODEL_PARAMS = {"popularity": {"half_life_seconds": None}, "itemknn": {"half_life_seconds": None}}
 
 
-def _reference(events: list) -> dict:  # type: ignore[type-arg]
+def _reference(events: list[ClickEvent]) -> dict[str, OnlineModel]:
     """Crash-free state: fresh models fed every event once, in odd-sized batches."""
     models = {n: registry.create(n, **p) for n, p in MODEL_PARAMS.items()}
     batch = Batch.from_columns(
@@ -40,6 +42,10 @@ def _reference(events: list) -> dict:  # type: ignore[type-arg]
         for m in models.values():
             m.learn(chunk)
     return models
+
+
+def _assigned(proc: TrainerProcess) -> bool:
+    return "stream.consumer: assigned [(" in proc.log_text()
 
 
 def test_sigkill_three_times_then_state_equals_crash_free_run(
@@ -53,7 +59,7 @@ def test_sigkill_three_times_then_state_equals_crash_free_run(
         "--snapshots", str(snaps), "--models", "popularity,itemknn",
         "--model-params", orjson.dumps(MODEL_PARAMS).decode(), "--no-drift-adapt",
         "--eval-every", "25", "--snapshot-every-s", "0.5", "--metrics-port", "-1",
-        "--status-every-s", "2",
+        "--status-every-s", "2", "--session-timeout-ms", "6000",
     ]
 
     def stream_in() -> None:
@@ -69,8 +75,7 @@ def test_sigkill_three_times_then_state_equals_crash_free_run(
     for n in range(3):
         proc = TrainerProcess(args, tmp_path / f"run{n}.log")
         # Random moments while it learns (start-up alone can take seconds on 2 cores).
-        wait_for(lambda p=proc: "stream.consumer: assigned [(" in p.log_text(), 120,
-                 "partition assignment")
+        wait_for(partial(_assigned, proc), 120, "partition assignment")
         time.sleep(rng.uniform(0.5, 6.0))
         proc.kill()
         assert proc.proc.returncode == -9

@@ -4,6 +4,7 @@ drift adaptation, snapshot + restore (consumed batches are built by hand)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from online_models import registry
 from online_models.base import Batch
 from stream.consumer import ConsumedBatch
-from stream.events import Rejected
+from stream.events import ClickEvent, Rejected
 from stream.trainer import DedupWindow, Trainer, TrainerSettings
 from tests.trainer.helpers import synthetic_events
 
@@ -35,7 +36,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TrainerSettings
     )
 
 
-def _consumed(events: list, start: int, rejected: int = 0) -> ConsumedBatch:  # type: ignore[type-arg]
+def _consumed(events: list[ClickEvent], start: int, rejected: int = 0) -> ConsumedBatch:
     rej = [(Rejected(b"x", "not_json", "bad"), "clicks", 0, start + len(events) + k)
            for k in range(rejected)]
     return ConsumedBatch(events=list(events), rejected=rej,
@@ -106,7 +107,7 @@ def test_a_failing_model_does_not_stop_the_others(settings: TrainerSettings) -> 
 
 def test_drift_adaptation_overrides_then_restores(settings: TrainerSettings) -> None:
     t = Trainer(settings)
-    pop = t.models["popularity"]
+    pop: Any = t.models["popularity"]
     original = pop.half_life_seconds
     t._start_adaptation("popularity")
     assert pop.half_life_seconds == pytest.approx(original * settings.drift_half_life_factor)
