@@ -149,7 +149,7 @@ class CoOccurrenceModel(OnlineModel):
     def __init__(
         self,
         window: int = 20,
-        half_life_seconds: float | None = 30 * 86_400.0,
+        half_life_seconds: float | None = 365 * 86_400.0,
         gap_half_life_seconds: float | None = None,
         position_decay: float = 1.0,
         alpha: float = 0.5,

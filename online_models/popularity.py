@@ -43,7 +43,7 @@ class Popularity(OnlineModel):
 
     name: ClassVar[str] = "popularity"
 
-    def __init__(self, half_life_seconds: float | None = 86_400.0) -> None:
+    def __init__(self, half_life_seconds: float | None = 365 * 86_400.0) -> None:
         self.half_life_seconds = half_life_seconds
         self.users = IdIndex()
         self.items = IdIndex()

@@ -56,13 +56,13 @@ class SequenceModel(CoOccurrenceModel):
 
     def __init__(
         self,
-        window: int = 3,
-        half_life_seconds: float | None = 30 * 86_400.0,
+        window: int = 10,
+        half_life_seconds: float | None = 365 * 86_400.0,
         gap_half_life_seconds: float | None = None,
-        position_decay: float = 0.5,
+        position_decay: float = 0.8,
         alpha: float = 0.8,
-        query_items: int = 5,
-        recency_decay: float = 0.5,
+        query_items: int = 10,
+        recency_decay: float = 0.7,
         popularity_tiebreak: float = 1e-6,
     ) -> None:
         super().__init__(
