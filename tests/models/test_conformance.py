@@ -127,7 +127,8 @@ def test_state_survives_safetensors_and_json_on_disk(
     arrays = {k: np.ascontiguousarray(v) for k, v in state.arrays.items()}
     save_file(arrays, str(tmp_path / "state.safetensors"))
     (tmp_path / "meta.json").write_bytes(orjson.dumps(state.meta))
-    np.savez(tmp_path / "state.npz", **arrays)
+    with open(tmp_path / "state.npz", "wb") as fh:
+        np.savez(fh, allow_pickle=False, **arrays)
 
     meta = orjson.loads((tmp_path / "meta.json").read_bytes())
     from_st = registry.from_state(ModelState(load_file(str(tmp_path / "state.safetensors")), meta))
