@@ -122,3 +122,65 @@ def test_iter_events_is_lazy_and_validates() -> None:
     with pytest.raises(ValueError):
         next(iter_events(10, 0, 10))
     assert generate_events(0, 5, 5) == []
+
+
+def test_generate_then_evaluate_through_the_cli(tmp_path: Path) -> None:
+    import orjson
+    from typer.testing import CliRunner
+
+    from liverec.cli import app
+
+    runner = CliRunner()
+    data = tmp_path / "events.csv.gz"
+    res = runner.invoke(
+        app,
+        [
+            "generate",
+            "--events",
+            "3000",
+            "--users",
+            "80",
+            "--items",
+            "200",
+            "--seed",
+            "4",
+            "--drift-at",
+            "1500",
+            "--out",
+            str(data),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert len(read_interactions(data)) == 3000
+
+    report, plot = tmp_path / "r.json", tmp_path / "r.png"
+    res = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(data),
+            "--models",
+            "popularity,itemknn",
+            "--k",
+            "5",
+            "--batch-size",
+            "128",
+            "--limit",
+            "2000",
+            "--json",
+            str(report),
+            "--plot",
+            str(plot),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    out = orjson.loads(report.read_bytes())
+    assert (out["events"], out["batch_size"], out["k"]) == (2000, 128, 5)
+    assert set(out["models"]) == {"popularity", "itemknn"}
+    entry = out["models"]["itemknn"]
+    for key in ("hr@5", "ndcg@5", "mrr@5", "precision@5", "coverage@5", "diversity@5"):
+        assert 0.0 <= entry[key] <= 1.0
+    assert entry["evaluated"] > 1000 and entry["learn_events_per_s"] > 0
+    assert entry["hr@5"] > out["models"]["popularity"]["hr@5"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "hr@5" in res.output  # the summary table
