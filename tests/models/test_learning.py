@@ -17,6 +17,9 @@ from online_models.evaluation import PrequentialEvaluator
 from online_models.synthetic import generate_events
 from tests.models.conftest import model_available
 
+# One pass of seven models over 6,000 events: ~20 s of CPU, dominated by user-kNN.
+pytestmark = pytest.mark.slow
+
 #: model -> minimum HR@10 as a multiple of popularity's on the stream below
 MARGINS: dict[str, float] = {
     "itemknn": 1.5,
