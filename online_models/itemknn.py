@@ -22,7 +22,7 @@ step back).
 Storage is sparse: pair keys ``i << 32 | j`` (int64) with float64 mass, kept as a
 few sorted runs of geometrically growing size (a log-structured merge). A batch
 adds one sorted run, built with numpy for the whole batch at once; runs are
-merged (timsort on two sorted runs + ``np.add.reduceat``) when a run is not much
+merged (``searchsorted`` + ``np.insert``, linear) when a run is not much
 larger than the next, so work per pair is amortised ``O(log)``. A query gathers
 each query item's row from every run with ``searchsorted`` and sums with
 ``np.bincount``. Memory is ``~16 bytes × stored pairs × 2`` plus ``window`` int64
@@ -81,7 +81,7 @@ class _PairStore:
         if len(i) == 0:
             return
         keys = (i.astype(np.int64) << _SHIFT) | j.astype(np.int64)
-        order = np.argsort(keys, kind="stable")
+        order = np.argsort(keys)
         self.runs.append(_sum_sorted(keys[order], w[order]))
         while len(self.runs) >= 2 and len(self.runs[-2][0]) <= self.merge_ratio * len(
             self.runs[-1][0]
@@ -93,11 +93,18 @@ class _PairStore:
     def _merge(
         k1: np.ndarray, v1: np.ndarray, k2: np.ndarray, v2: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        keys = np.concatenate((k1, k2))
-        vals = np.concatenate((v1, v2))
-        # Two sorted runs: timsort ("stable") merges them in linear time.
-        order = np.argsort(keys, kind="stable")
-        return _sum_sorted(keys[order], vals[order])
+        """Merge two sorted runs of unique keys, summing the values of shared keys."""
+        if len(k1) < len(k2):
+            k1, v1, k2, v2 = k2, v2, k1, v1
+        if len(k2) == 0:
+            return k1, v1
+        # Linear-time merge: find k2's slots in k1, add to shared keys, insert the rest.
+        pos = np.searchsorted(k1, k2)
+        shared = k1[np.minimum(pos, len(k1) - 1)] == k2
+        vals = v1.copy()
+        vals[pos[shared]] += v2[shared]
+        new = ~shared
+        return np.insert(k1, pos[new], k2[new]), np.insert(vals, pos[new], v2[new])
 
     def compact(self) -> tuple[np.ndarray, np.ndarray]:
         """All runs merged into one (also replaces the runs)."""
