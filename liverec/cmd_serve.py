@@ -30,6 +30,10 @@ def register(app: typer.Typer) -> None:
         default_model: Annotated[
             str | None, typer.Option(help="Model used when a request names none.")
         ] = None,
+        ann: Annotated[
+            bool | None,
+            typer.Option("--ann/--no-ann", help="Approximate (HNSW) top-k for factor models."),
+        ] = None,
     ) -> None:
         """Serve recommendations from hot-reloaded snapshots (FastAPI + uvicorn).
 
@@ -46,6 +50,7 @@ def register(app: typer.Typer) -> None:
             "topic": topic,
             "trainer_metrics_url": trainer_metrics_url,
             "default_model": default_model,
+            "ann": ann,
         }
         settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})
         logging.basicConfig(

@@ -1,0 +1,405 @@
+"""Serving benchmark: HTTP latency vs the bare floor, swaps under load, freshness, 1M items.
+
+Run (all phases, ~10 minutes on 2 cores):
+
+    .venv/bin/python bench/bench_serving.py --items 100000 --dim 64 --rate 300 \\
+        --seconds 20 --swaps 50 --big-items 1000000 --freshness-clicks 40
+
+Phases
+------
+1. A BPR snapshot of ``--items`` x ``--dim`` random factors (plus popularity and
+   per-user history) is written with ``SnapshotStore``; ``liverec serve`` runs in its
+   own process; the load generator (asyncio + httpx, open loop: request ``i`` is due at
+   ``t0 + i / rate`` and its latency counts from that due time) runs in another.
+2. ``/healthz`` at ``--rate`` req/s, then ``/v1/recommendations`` at the same rate;
+   p50/p99 of both, and the in-process top-k p99 (``LoadedSnapshot.recommend``).
+3. ``/v1/recommendations`` at ``--rate`` while this process writes ``--swaps`` new
+   snapshots; every failed request (non-200 or transport error) is counted, and the
+   server's own reload counter confirms the swaps.
+4. Freshness (needs Kafka; skipped with ``--no-kafka``): a click for a new
+   (user, item) pair is produced to the topic; the time until ``/v1/users/{id}``
+   lists the item is recorded (p50/p99).
+5. ``--big-items``: in-process brute-force top-k p99, and with the HNSW index its p99
+   and recall@10 against brute force.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+# One BLAS thread: on 2 cores a BLAS pool fights the event loop and the load generator
+# for the same cores; requests, not threads inside one product, are the parallelism.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from online_models.snapshot import SnapshotStore  # noqa: E402
+from serving.live import LiveContext  # noqa: E402
+from serving.ranking import LoadedSnapshot  # noqa: E402
+from serving.synthetic_state import (  # noqa: E402
+    random_bpr,
+    random_history,
+    random_popularity,
+)
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def ms(x: float) -> float:
+    return round(x * 1000, 3)
+
+
+# ----------------------------------------------------------------------------- load generator
+
+
+async def _open_loop(base: str, paths: list[str], rate: float, seconds: float) -> dict[str, Any]:
+    import httpx
+
+    n = int(rate * seconds)
+    lat: list[float] = []
+    failures = 0
+    errors: dict[str, int] = {}
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=10.0) as client:
+        # Warm the connection pool so the first requests do not pay for TCP setup.
+        await asyncio.gather(*(client.get("/healthz") for _ in range(20)))
+        t0 = time.perf_counter() + 0.2
+
+        async def one(i: int) -> None:
+            nonlocal failures
+            due = t0 + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                r = await client.get(paths[i % len(paths)])
+                ok = r.status_code == 200
+                if not ok:
+                    errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
+            except Exception as exc:
+                ok = False
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+            lat.append(time.perf_counter() - due)
+            if not ok:
+                failures += 1
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+        wall = time.perf_counter() - t0
+    return {
+        "requests": n,
+        "achieved_rps": round(n / wall, 1),
+        "failures": failures,
+        "errors": errors,
+        "p50_ms": ms(pct(lat, 50)),
+        "p90_ms": ms(pct(lat, 90)),
+        "p99_ms": ms(pct(lat, 99)),
+        "max_ms": ms(max(lat) if lat else float("nan")),
+    }
+
+
+def loadgen_main(args: argparse.Namespace) -> None:
+    paths = json.loads(Path(args.paths_file).read_text())
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    out = asyncio.run(_open_loop(args.base, paths, args.rate, args.seconds))
+    print(json.dumps(out))
+
+
+def run_load(base: str, paths: list[str], rate: float, seconds: float, tmp: Path) -> dict[str, Any]:
+    """The load generator in its own process (so it does not share our GIL)."""
+    pf = tmp / f"paths-{uuid.uuid4().hex[:6]}.json"
+    pf.write_text(json.dumps(paths))
+    cmd = [
+        sys.executable, __file__, "--loadgen", "--base", base, "--paths-file", str(pf),
+        "--rate", str(rate), "--seconds", str(seconds),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"load generator failed: {res.stderr[-2000:]}")
+    return dict(json.loads(res.stdout.strip().splitlines()[-1]))
+
+
+# ----------------------------------------------------------------------------- server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """``liverec serve`` in a subprocess."""
+
+    def __init__(self, root: Path, env: dict[str, str] | None = None) -> None:
+        import httpx
+
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        full_env = {
+            **os.environ,
+            "LIVEREC_RELOAD_INTERVAL_S": "0.1",
+            "LIVEREC_LOG_LEVEL": "warning",
+            **(env or {}),
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "liverec.cli", "serve", "--snapshots", str(root),
+             "--port", str(self.port)],
+            cwd=REPO,
+            env=full_env,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError("server exited during startup")
+            time.sleep(0.2)
+        raise RuntimeError("server not ready after 120 s")
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        import httpx
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(f"{self.base}/metrics", timeout=5).text
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items()):
+                    return float(s.value)
+        return float("nan")
+
+    def close(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+# ----------------------------------------------------------------------------- snapshot
+
+
+def build(n_users: int, n_items: int, dim: int) -> dict[str, Any]:
+    t = time.perf_counter()
+    models = {"bpr": random_bpr(n_users, n_items, dim), "popularity": random_popularity(n_items)}
+    history = random_history(n_users, n_items, per_user=20)
+    print(f"  built {n_items} x {dim} models in {time.perf_counter() - t:.1f}s", flush=True)
+    return {"models": models, "history": history}
+
+
+def write(store: SnapshotStore, state: dict[str, Any]) -> int:
+    return store.write(
+        state["models"], history=state["history"], offsets={}, events_total=0,
+        watermark=time.time(),
+    ).version
+
+
+def inprocess(store: SnapshotStore, users: list[str], n: int, ann: bool = False) -> dict[str, Any]:
+    snap = store.load()
+    t = time.perf_counter()
+    loaded = LoadedSnapshot(snap, "bpr", ann=ann)
+    build_s = time.perf_counter() - t
+    live = LiveContext()
+    lat = []
+    for i in range(n):
+        t = time.perf_counter()
+        loaded.recommend(users[i % len(users)], 10, live=live)
+        lat.append(time.perf_counter() - t)
+    out: dict[str, Any] = {"p50_ms": ms(pct(lat, 50)), "p99_ms": ms(pct(lat, 99))}
+    if ann:
+        out["index_build_s"] = round(build_s, 1)
+        exact = LoadedSnapshot(snap, "bpr")
+        hits = 0
+        for u in users[:200]:
+            a = {i for i, _ in exact.recommend(u, 10, live=live).items}
+            b = {i for i, _ in loaded.recommend(u, 10, live=live).items}
+            hits += len(a & b)
+        out["recall_at_10"] = round(hits / (10 * min(200, len(users))), 4)
+    return out
+
+
+# ----------------------------------------------------------------------------- phases
+
+
+def freshness(root: Path, clicks: int, tmp: Path) -> dict[str, Any]:
+    import httpx
+
+    from stream.broker import resolve_bootstrap
+    from stream.events import ClickEvent, encode, event_key
+    from stream.kafka import create_topics, make_producer
+    from stream.trainer import TrainerSettings
+
+    kafka = resolve_bootstrap(tmp / "kafka")
+    try:
+        topic = f"bench-{uuid.uuid4().hex[:8]}"
+        create_topics(kafka.bootstrap, {topic: 4})
+        server = Server(root, {"LIVEREC_BOOTSTRAP": kafka.bootstrap, "LIVEREC_TOPIC": topic})
+        producer = make_producer(kafka.bootstrap)
+        lat = []
+        try:
+            time.sleep(2.0)  # let the tail assign partitions
+            from datetime import UTC, datetime
+
+            for c in range(clicks):
+                user, item = f"fresh-u{c}-{uuid.uuid4().hex[:4]}", f"fresh-i{c}"
+                ev = ClickEvent(f"f{c}-{uuid.uuid4().hex}", user, item, "click", datetime.now(UTC))
+                t0 = time.perf_counter()
+                producer.send(topic, key=event_key(ev), value=encode(ev)).get(timeout=30)
+                while time.perf_counter() - t0 < 30:
+                    body = httpx.get(f"{server.base}/v1/users/{user}", timeout=5).json()
+                    if item in body["live_items"]:
+                        break
+                    time.sleep(0.005)
+                lat.append(time.perf_counter() - t0)
+        finally:
+            producer.close()
+            server.close()
+        ts = TrainerSettings()
+        interval = float(getattr(ts, "snapshot_every_s", 1.0))
+        from stream.settings import StreamSettings
+
+        batch_wait = StreamSettings().max_wait_ms / 1000
+        target = 1.5 * interval + batch_wait
+        return {
+            "clicks": clicks,
+            "p50_s": round(pct(lat, 50), 4),
+            "p99_s": round(pct(lat, 99), 4),
+            "target_median_s": target,
+            "trainer_snapshot_every_s": interval,
+            "batch_wait_s": batch_wait,
+        }
+    finally:
+        kafka.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--base", help=argparse.SUPPRESS)
+    p.add_argument("--paths-file", help=argparse.SUPPRESS)
+    p.add_argument("--items", type=int, default=100_000)
+    p.add_argument("--users", type=int, default=10_000)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--rate", type=float, default=300.0)
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--swaps", type=int, default=50)
+    p.add_argument("--big-items", type=int, default=1_000_000)
+    p.add_argument("--freshness-clicks", type=int, default=40)
+    p.add_argument("--no-kafka", action="store_true")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serving.json")
+    args = p.parse_args()
+    if args.loadgen:
+        loadgen_main(args)
+        return
+
+    results: dict[str, Any] = {"args": {k: v for k, v in vars(args).items() if k != "out"}}
+    results["args"] = json.loads(json.dumps(results["args"], default=str))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    rng = random.Random(0)
+    try:
+        print(f"[1] snapshot {args.items} x {args.dim}", flush=True)
+        state = build(args.users, args.items, args.dim)
+        store = SnapshotStore(tmp / "snaps", keep=4)
+        write(store, state)
+        users = [f"u{rng.randrange(args.users)}" for _ in range(5000)]
+        results["inprocess_100k"] = inprocess(store, users, 3000)
+        print("   in-process top-k", results["inprocess_100k"], flush=True)
+
+        server = Server(store.root)
+        try:
+            print(f"[2] /healthz vs /v1/recommendations at {args.rate} req/s", flush=True)
+            results["healthz"] = run_load(server.base, ["/healthz"], args.rate, args.seconds, tmp)
+            print("   healthz", results["healthz"], flush=True)
+            rec_paths = [f"/v1/recommendations?user_id={u}&k=10&model=bpr" for u in users]
+            results["recommendations"] = run_load(
+                server.base, rec_paths, args.rate, args.seconds, tmp
+            )
+            print("   recommendations", results["recommendations"], flush=True)
+            results["ratio_p99"] = round(
+                results["recommendations"]["p99_ms"] / results["healthz"]["p99_ms"], 3
+            )
+
+            print(f"[3] {args.swaps} swaps under load", flush=True)
+            before = server.metric("liverec_serving_snapshot_reloads_total", {"outcome": "ok"})
+            stop = threading.Event()
+            written: list[float] = []
+
+            def writer() -> None:
+                time.sleep(1.0)
+                while len(written) < args.swaps and not stop.is_set():
+                    t = time.perf_counter()
+                    write(store, state)
+                    written.append(time.perf_counter() - t)
+                    time.sleep(0.25)  # give the server a beat to pick each one up
+
+            th = threading.Thread(target=writer)
+            th.start()
+            swap_seconds = max(args.seconds, 1.0 + args.swaps * 0.9 + 5)
+            results["swaps"] = run_load(server.base, rec_paths, args.rate, swap_seconds, tmp)
+            stop.set()
+            th.join()
+            time.sleep(1.0)
+            after = server.metric("liverec_serving_snapshot_reloads_total", {"outcome": "ok"})
+            results["swaps"]["snapshots_written"] = len(written)
+            results["swaps"]["server_swaps"] = after - before
+            results["swaps"]["write_s_median"] = round(pct(written, 50), 3)
+            print("   swaps", results["swaps"], flush=True)
+        finally:
+            server.close()
+
+        if not args.no_kafka and args.freshness_clicks > 0:
+            print("[4] freshness via Kafka", flush=True)
+            results["freshness"] = freshness(store.root, args.freshness_clicks, tmp)
+            print("   freshness", results["freshness"], flush=True)
+
+        if args.big_items:
+            print(f"[5] {args.big_items} items", flush=True)
+            del state
+            shutil.rmtree(store.root, ignore_errors=True)
+            big = build(args.users, args.big_items, args.dim)
+            bstore = SnapshotStore(tmp / "big", keep=1)
+            write(bstore, big)
+            del big
+            results["inprocess_1m_brute"] = inprocess(bstore, users, 500)
+            print("   brute", results["inprocess_1m_brute"], flush=True)
+            ratio = results["inprocess_1m_brute"]["p99_ms"] / results["inprocess_100k"]["p99_ms"]
+            results["big_vs_100k_p99_ratio"] = round(ratio, 2)
+            results["inprocess_1m_ann"] = inprocess(bstore, users, 2000, ann=True)
+            print("   ann", results["inprocess_1m_ann"], flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
