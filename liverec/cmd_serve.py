@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         from serving.app import run
         from serving.settings import ServeSettings
 
-        given = {
+        given: dict[str, Any] = {
             "snapshots": snapshots,
             "port": port,
             "host": host,
