@@ -9,8 +9,9 @@ Phases
 ------
 1. A BPR snapshot of ``--items`` x ``--dim`` random factors (plus popularity and
    per-user history) is written with ``SnapshotStore``; ``liverec serve`` runs in its
-   own process; the load generator (asyncio + httpx, open loop: request ``i`` is due at
-   ``t0 + i / rate`` and its latency counts from that due time) runs in another.
+   own process; the load generator (asyncio keep-alive connections, open loop:
+   request ``i`` is due at ``t0 + i / rate`` and its latency counts from that due
+   time) runs in another.
 2. ``/healthz`` at ``--rate`` req/s, then ``/v1/recommendations`` at the same rate;
    p50/p99 of both, and the in-process top-k p99 (``LoadedSnapshot.recommend``).
 3. ``/v1/recommendations`` at ``--rate`` while this process writes ``--swaps`` new
@@ -73,39 +74,72 @@ def ms(x: float) -> float:
 # ----------------------------------------------------------------------------- load generator
 
 
-async def _open_loop(base: str, paths: list[str], rate: float, seconds: float) -> dict[str, Any]:
-    import httpx
+class _Conn:
+    """One keep-alive HTTP/1.1 connection (a minimal client: httpx's pool turned out
+    CPU-bound on 2 cores at 300 req/s and became the bottleneck being measured)."""
 
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def get(self, path: str) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+async def _open_loop(base: str, paths: list[str], rate: float, seconds: float) -> dict[str, Any]:
+    host, port = base.split("//", 1)[1].rsplit(":", 1)
     n = int(rate * seconds)
     lat: list[float] = []
     failures = 0
     errors: dict[str, int] = {}
-    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=10.0) as client:
-        # Warm the connection pool so the first requests do not pay for TCP setup.
-        await asyncio.gather(*(client.get("/healthz") for _ in range(20)))
-        t0 = time.perf_counter() + 0.2
+    pool: asyncio.Queue[_Conn] = asyncio.Queue()
+    for _ in range(64):
+        pool.put_nowait(_Conn(host, int(port)))
+    t0 = time.perf_counter() + 0.5
 
-        async def one(i: int) -> None:
-            nonlocal failures
-            due = t0 + i / rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            try:
-                r = await client.get(paths[i % len(paths)])
-                ok = r.status_code == 200
-                if not ok:
-                    errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
-            except Exception as exc:
-                ok = False
-                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-            lat.append(time.perf_counter() - due)
+    async def one(i: int) -> None:
+        nonlocal failures
+        due = t0 + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        conn = await pool.get()
+        try:
+            status = await asyncio.wait_for(conn.get(paths[i % len(paths)]), 10.0)
+            ok = status == 200
             if not ok:
-                failures += 1
+                errors[str(status)] = errors.get(str(status), 0) + 1
+        except Exception as exc:
+            conn.close()
+            ok = False
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+        finally:
+            pool.put_nowait(conn)
+        lat.append(time.perf_counter() - due)
+        if not ok:
+            failures += 1
 
-        await asyncio.gather(*(one(i) for i in range(n)))
-        wall = time.perf_counter() - t0
+    await asyncio.gather(*(one(i) for i in range(n)))
+    wall = time.perf_counter() - t0
+    while not pool.empty():
+        pool.get_nowait().close()
     return {
         "requests": n,
         "achieved_rps": round(n / wall, 1),
