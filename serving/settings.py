@@ -59,7 +59,7 @@ class ServeSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     bootstrap: str = ""
-    topic: str = "liverec.events"
+    topic: str = "clicks"
     default_model: str = "hybrid"
     model_fallbacks: tuple[str, ...] = ("hybrid", "bpr", "embedding", "itemknn", "popularity")
     reload_interval_s: float = Field(default=0.5, gt=0)

@@ -55,7 +55,7 @@ class StreamSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LIVEREC_", extra="ignore")
 
     kafka_bootstrap: str = ""
-    topic: str = "liverec.events"
+    topic: str = "clicks"
     group_id: str = "liverec-trainer"
     partitions: int = Field(default=4, ge=1)
     batch_size: int = Field(default=256, ge=1)
