@@ -34,8 +34,8 @@ __all__ = [
     "OnlineModel",
     "UserHistory",
     "pack_strings",
-    "unpack_strings",
     "top_k",
+    "unpack_strings",
 ]
 
 
@@ -272,10 +272,7 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     k = min(k, n_ok)
     s = np.where(finite, scores, -np.inf)
-    if k < len(s):
-        part = np.argpartition(-s, k - 1)[:k]
-    else:
-        part = np.arange(len(s))
+    part = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
     order = np.lexsort((part, -s[part]))  # score desc, then row asc: deterministic
     return part[order].astype(np.int64)
 
@@ -443,7 +440,7 @@ class OnlineModel(ABC):
         ex = self.items.rows(exclude)
         scores[ex[ex >= 0]] = -np.inf
         ids = self.items.ids
-        return [(ids[r], float(scores[r])) for r in top_k(scores, k)]  # type: ignore[misc]
+        return [(ids[r], float(scores[r])) for r in top_k(scores, k)]
 
     def item_vectors(self) -> np.ndarray | None:
         """Item embedding matrix (rows aligned to ``self.items``) if the model has one.

@@ -43,7 +43,8 @@ def model_class(name: str) -> type[OnlineModel]:
         known = ", ".join(sorted(MODEL_PATHS))
         raise ValueError(f"unknown model {name!r}; known models: {known}") from None
     module, cls = path.split(":")
-    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+    found: type[OnlineModel] = getattr(importlib.import_module(module), cls)
+    return found
 
 
 def create(name: str, **params: Any) -> OnlineModel:
