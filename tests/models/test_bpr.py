@@ -85,3 +85,27 @@ def test_same_seed_same_model(seed: int) -> None:
     c = BPR(seed=seed + 1)
     learn_all(c, data)
     assert not np.array_equal(a.item_vectors(), c.item_vectors())
+
+
+def test_one_heavy_user_per_batch_stays_finite() -> None:
+    # MovieLens-style batches: one user rates hundreds of items at once, with weights
+    # up to 5. Summed per-row steps used to overflow that user's row to inf/NaN.
+    m = BPR(n_factors=16, learning_rate=0.5, seed=0)
+    rng = np.random.default_rng(0)
+    for n in range(60):
+        items = [f"i{k}" for k in rng.integers(0, 500, 256)]
+        m.learn(Batch.from_columns([f"u{n % 3}"] * 256, items, weights=np.full(256, 5.0)))
+    for user in ("u0", "u1", "nobody"):
+        assert np.isfinite(m.score_all(user, history=["i1", "i2"])).all()
+    assert np.linalg.norm(m._U[: m.users.capacity], axis=1).max() <= m.max_norm + 1e-5
+
+
+def test_known_user_history_moves_the_query() -> None:
+    m = BPR(n_factors=16, seed=3)
+    learn_all(m, planted(6000), epochs=2)
+    with_b = m.score_all("a1", history=["B1", "B2"])
+    plain = m.score_all("a1")
+    assert not np.array_equal(with_b, plain)
+    rows = m.items.rows(["B3", "B4", "B5"])
+    # Recent B clicks lift B items for an A user relative to its plain scores.
+    assert (with_b[rows] - plain[rows]).mean() > 0
