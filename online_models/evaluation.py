@@ -12,8 +12,8 @@ An event is *evaluated* when its user already has history, its item was seen
 earlier in the stream, and the item is not already in the user's history. Each
 model then ranks every known item minus the user's history; the position of the
 true item gives HR@K (= Recall@K with one relevant item), NDCG@K, reciprocal rank
-and Precision@K (= HR@K / K). Items a model does not know score ``-inf`` (a miss,
-ranked last) and ties are broken pessimistically: the true item is ranked below
+and Precision@K (= HR@K / K). Items a model does not know or cannot score (``-inf``, NaN) are a
+miss whatever the cut-off and ties are broken pessimistically: the true item is ranked below
 every item with an equal score, so a constant scorer earns nothing.
 
 On the recommended top-K lists the evaluator also reports catalog coverage
@@ -45,6 +45,8 @@ from online_models.base import Batch, IdIndex, OnlineModel, UserHistory
 
 __all__ = [
     "METRICS",
+    "MISS_RANK",
+    "UNBOUNDED_HISTORY",
     "BatchOutcome",
     "ClickModel",
     "ModelOutcome",
@@ -65,24 +67,39 @@ METRICS: tuple[str, ...] = (
 )
 
 
+#: rank given to a true item the model cannot score (non-finite or unknown): a miss
+#: at any cut-off, reciprocal rank ~0
+MISS_RANK: int = 2**62
+
+#: per-user history bound of the evaluator's default :class:`UserHistory`: the
+#: protocol's history is the user's whole history (models slice their query context)
+UNBOUNDED_HISTORY: int = 2**31 - 1
+
+
 def rank_of(scores: np.ndarray, row: int, exclude: np.ndarray | None = None) -> int:
     """1-based rank of ``row`` among finite candidates, ties broken pessimistically.
 
     Rows in ``exclude`` are not candidates. A row whose score is not finite (or a
-    negative ``row``: an item the model does not know) ranks after every finite
-    candidate.
+    negative ``row``: an item the model does not know) is never a hit: it gets
+    :data:`MISS_RANK`, past any cut-off, even when no candidate is finite (an
+    empty or diverged model must not earn hits).
 
     >>> s = np.array([0.5, 0.9, 0.5, -np.inf], dtype=np.float32)
-    >>> rank_of(s, 1), rank_of(s, 0), rank_of(s, 0, exclude=np.array([1])), rank_of(s, 3)
-    (1, 3, 2, 4)
+    >>> rank_of(s, 1), rank_of(s, 0), rank_of(s, 0, exclude=np.array([1]))
+    (1, 3, 2)
+    >>> rank_of(s, 3) == MISS_RANK, rank_of(np.full(2, np.nan), 0) == MISS_RANK
+    (True, True)
     """
+    if row < 0 or row >= len(scores):
+        return MISS_RANK
     if exclude is not None and len(exclude):
         scores = scores.copy()
         scores[exclude] = -np.inf
-    finite = np.isfinite(scores)
-    if row < 0 or row >= len(scores) or not finite[row]:
-        return int(finite.sum()) + 1
-    return int(np.count_nonzero(scores >= scores[row]))
+    true = scores[row]
+    if not np.isfinite(true):
+        return MISS_RANK
+    # NaN compares False and -inf/+inf are handled by >=: +inf candidates outrank.
+    return int(np.count_nonzero(scores >= true))
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:
@@ -242,8 +259,9 @@ class PrequentialEvaluator:
     k
         Cut-off of HR/NDCG/Precision and length of the recommended lists.
     history
-        The shared per-user history (query context and exclusions); a fresh
-        ``UserHistory()`` when ``None``.
+        The shared per-user history (query context and exclusions); when ``None``
+        a fresh, effectively unbounded one (``UserHistory(UNBOUNDED_HISTORY)``):
+        every earlier item of the user is excluded and counts as history.
     rolling_window
         Number of evaluated events in the rolling metrics.
     sketch_dim
@@ -292,7 +310,9 @@ class PrequentialEvaluator:
             raise ValueError("k must be positive")
         self.models = dict(models)
         self.k = k
-        self.history = history if history is not None else UserHistory()
+        self.history = (
+            history if history is not None else UserHistory(max_items=UNBOUNDED_HISTORY)
+        )
         self.rolling_window = rolling_window
         self.sketch_dim = sketch_dim
         self.use_model_vectors = use_model_vectors

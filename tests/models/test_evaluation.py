@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from online_models.base import Batch, IdIndex, ModelState, OnlineModel
-from online_models.evaluation import PrequentialEvaluator, rank_of, sampled_auc
+from online_models.evaluation import MISS_RANK, PrequentialEvaluator, rank_of, sampled_auc
 from online_models.popularity import Popularity
 
 
@@ -110,7 +110,9 @@ def test_history_moves_event_by_event_within_a_batch() -> None:
     # (v, a) has no history; (v, b) is evaluated: v's history ([a]) and the item b
     # were both seen earlier in the same batch, before the model learned anything.
     assert out.positions.tolist() == [3]
-    assert out.models["m"].ranks.tolist() == [1]  # the model knows no item: rank = 0 + 1
+    # The model knows no item yet: a miss, not "1st of 0 candidates".
+    assert out.models["m"].ranks.tolist() == [MISS_RANK]
+    assert out.models["m"].hits.tolist() == [0]
     assert ev.history.get("v") == ["a", "b"]
 
 
@@ -122,8 +124,8 @@ def test_unknown_items_miss_and_ties_are_pessimistic() -> None:
     out = ev.process(batch([("u2", "a"), ("u2", "c")], t0=10))
     # Three candidates with equal scores: the true item is ranked last.
     assert out.models["flat"].ranks.tolist() == [3]
-    # c is unknown to "blind": ranked after its two finite candidates (b, d).
-    assert out.models["blind"].ranks.tolist() == [3]
+    # c is unknown to "blind": a miss at any cut-off (not 3rd of its 2 candidates).
+    assert out.models["blind"].ranks.tolist() == [MISS_RANK]
     assert out.models["blind"].hits.tolist() == [0]
 
 
@@ -156,8 +158,52 @@ def test_rank_of_counts_only_finite_candidates() -> None:
     s = np.array([1.0, 2.0, -np.inf, 2.0], np.float32)
     assert rank_of(s, 1) == 2  # tie with row 3, pessimistic
     assert rank_of(s, 0) == 3
-    assert rank_of(s, 2) == 4  # not finite: after the 3 finite ones
-    assert rank_of(s, -1) == 4
+    assert rank_of(s, 2) == MISS_RANK  # not finite: a miss, not 4th of 3 candidates
+    assert rank_of(s, -1) == MISS_RANK
+    assert rank_of(s, 0, exclude=np.array([1, 3])) == 1
+
+
+@pytest.mark.parametrize("bad", [np.nan, -np.inf, np.inf])
+def test_rank_of_non_finite_true_item_is_a_miss_even_with_no_finite_candidate(
+    bad: float,
+) -> None:
+    # An empty or diverged model (every score non-finite) used to rank the truth 1st.
+    assert rank_of(np.full(5, bad, np.float32), 2) == MISS_RANK
+    assert rank_of(np.zeros(0, np.float32), 0) == MISS_RANK
+
+
+class Diverged(Fixed):
+    """Knows every item but scores them all NaN, like a diverged factor model."""
+
+    def score_all(self, user: str, history: Sequence[str] = ()) -> np.ndarray:
+        return np.full(self.items.capacity, np.nan, np.float32)
+
+
+def test_diverged_model_earns_no_hits() -> None:
+    ev = PrequentialEvaluator({"nan": Diverged({}), "fixed": Fixed(TABLE)}, k=10)
+    ev.process(SEED)
+    out = ev.process(batch([("u2", "a"), ("u2", "b"), ("u2", "c")], t0=10))
+    assert out.n_evaluated == 2
+    assert out.models["nan"].hits.tolist() == [0, 0]
+    assert ev.totals("nan")["hr"] == 0.0
+    assert ev.totals("nan")["mrr"] < 1e-12
+    assert ev.totals("fixed")["hr"] == 1.0  # 4 known items, k=10: the sane model hits
+
+
+def test_default_history_is_unbounded() -> None:
+    # u's 300 items all outscore the truth "t". With the old 200-item bound the
+    # oldest 100 were neither excluded nor "already in history".
+    old = [f"i{n}" for n in range(300)]
+    table = {**dict.fromkeys(old, 10.0), "t": 5.0}
+    ev = PrequentialEvaluator({"fixed": Fixed(table)}, k=1)
+    ev.process(batch([("v", i) for i in [*old, "t"]]))
+    ev.process(batch([("u", i) for i in old], t0=1000))
+    assert len(ev.history.get("u")) == 300
+    out = ev.process(batch([("u", "i0")], t0=2000))
+    assert out.n_evaluated == 0  # i0 is u's history: not a new item to predict
+    out = ev.process(batch([("u", "t")], t0=3000))
+    assert out.n_evaluated == 1
+    assert out.models["fixed"].ranks.tolist() == [1]  # all 300 history items excluded
 
 
 class Clicky:
