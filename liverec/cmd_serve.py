@@ -34,6 +34,10 @@ def register(app: typer.Typer) -> None:
             bool | None,
             typer.Option("--ann/--no-ann", help="Approximate (HNSW) top-k for factor models."),
         ] = None,
+        ann_min_items: Annotated[
+            int | None,
+            typer.Option(help="With --ann: catalogue size from which the index is used."),
+        ] = None,
     ) -> None:
         """Serve recommendations from hot-reloaded snapshots (FastAPI + uvicorn).
 
@@ -51,6 +55,7 @@ def register(app: typer.Typer) -> None:
             "trainer_metrics_url": trainer_metrics_url,
             "default_model": default_model,
             "ann": ann,
+            "ann_min_items": ann_min_items,
         }
         settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})
         logging.basicConfig(

@@ -33,19 +33,21 @@ class JSON(Response):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def get_state(request: Request) -> ServingState:
+# Dependencies are ``async def``: FastAPI runs plain ``def`` ones in its thread pool,
+# a thread hop per dependency per request for what is an attribute read.
+async def get_state(request: Request) -> ServingState:
     return request.app.state.serving
 
 
-def get_settings(request: Request) -> ServeSettings:
+async def get_settings(request: Request) -> ServeSettings:
     return request.app.state.serving.settings
 
 
-def get_dashboard(request: Request) -> DashboardSeries:
+async def get_dashboard(request: Request) -> DashboardSeries:
     return request.app.state.dashboard
 
 
-def get_loaded(state: Annotated[ServingState, Depends(get_state)]) -> LoadedSnapshot:
+async def get_loaded(state: Annotated[ServingState, Depends(get_state)]) -> LoadedSnapshot:
     """The snapshot this request uses, read once (a swap mid-request cannot affect it)."""
     cur = state.current
     if cur is None:

@@ -23,6 +23,7 @@ from serving.live import LiveContext
 
 __all__ = [
     "FactorIndex",
+    "FactorScorer",
     "LoadedSnapshot",
     "Recommendation",
     "UnknownModelError",
@@ -65,33 +66,147 @@ def top_k_excluding(scores: np.ndarray, k: int, exclude: np.ndarray) -> np.ndarr
     return cand[order].astype(np.int64)
 
 
-class FactorIndex:
-    """Approximate top-k (HNSW, inner product) for a factor model scored ``V·q + b``.
+def _as_query(q: Any) -> np.ndarray:
+    """A model's query vector as contiguous float32 numpy (torch tensors included)."""
+    if hasattr(q, "detach"):
+        q = q.detach().cpu().numpy()
+    return np.ascontiguousarray(q, dtype=np.float32)
 
-    The bias is folded in as one more dimension: items are indexed as ``[V_i, b_i]``
-    and queried with ``[q, 1]``, so the inner product *is* the model's score. Only
-    models that expose a query vector (BPR's fold-in) can use it; the others and
-    queries without a vector stay on brute force.
+
+class FactorScorer:
+    """Exact top-k for a factor model whose scores are ``b + V·q``, without per-request copies.
+
+    The item matrix and bias are taken once per snapshot; each request writes its
+    scores into a reusable per-thread buffer (``np.dot(V, q, out=...)``), writes
+    ``-inf`` over excluded rows and partitions once. That leaves the matrix-vector
+    product as the only pass over the catalogue that scales with it.
+
+    Use :meth:`probe` to build one: it returns ``None`` unless ``b + V·q``
+    reproduces the model's own ``score_all`` (a model with a re-ranker, a
+    different cold-start rule or no ``_query_vector`` stays on ``score_all``).
 
     Parameters
     ----------
     model
-        A loaded model with ``item_vectors()`` and a ``_query_vector(user, history)``.
+        The model whose ``_query_vector(user, history)`` gives ``q``.
+    vectors, bias
+        ``V`` (rows x dims) and ``b`` (rows), float32.
+
+    Examples
+    --------
+    >>> from serving.synthetic_state import random_bpr
+    >>> m = random_bpr(5, 40, 4)
+    >>> scorer = FactorScorer.probe(m)
+    >>> rows, _ = scorer.top_k(scorer.query("u1", []), 3, np.array([0]))
+    >>> exact = top_k_excluding(m.score_all("u1"), 3, np.array([0]))
+    >>> rows.tolist() == exact.tolist()
+    True
+    """
+
+    def __init__(self, model: OnlineModel, vectors: np.ndarray, bias: np.ndarray) -> None:
+        self.model = model
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.bias = np.ascontiguousarray(bias, dtype=np.float32)
+        self.size = len(self.bias)
+        self._local = threading.local()
+
+    @classmethod
+    def probe(cls, model: OnlineModel) -> FactorScorer | None:
+        """A scorer for ``model`` if ``b + V·q`` matches its ``score_all``, else ``None``.
+
+        Checked on a known user and on a cold user with a history (fold-in).
+        """
+        query = getattr(model, "_query_vector", None)
+        if query is None:
+            return None
+        vectors = model.item_vectors()
+        if vectors is None or vectors.ndim != 2:
+            return None
+        try:
+            bias = np.asarray(model.score_all("\0no-such-user\0", ()), np.float32)
+        except Exception:
+            return None
+        if len(bias) != len(vectors):
+            return None
+        scorer = cls(model, vectors, bias)
+        users = [u for u in model.users.ids[:1] if u is not None]
+        probes: list[tuple[str, Sequence[str]]] = [(u, ()) for u in users]
+        history = [i for i in model.items.ids[:5] if i is not None]
+        if history:
+            probes.append(("\0no-such-user\0", history))
+        for user, hist in probes:
+            want = np.asarray(model.score_all(user, hist), np.float32)
+            got = scorer.scores(scorer.query(user, hist)).copy()
+            if not np.array_equal(np.isfinite(want), np.isfinite(got)):
+                return None
+            fin = np.isfinite(want)
+            if not np.allclose(want[fin], got[fin], rtol=1e-4, atol=1e-4):
+                return None
+        return scorer
+
+    def query(self, user: str, history: Sequence[str]) -> np.ndarray | None:
+        q = self.model._query_vector(user, history)  # type: ignore[attr-defined]
+        return None if q is None else _as_query(q)
+
+    def _buffer(self) -> np.ndarray:
+        buf: np.ndarray | None = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = np.empty(self.size, np.float32)
+        return buf
+
+    def scores(self, q: np.ndarray | None) -> np.ndarray:
+        """``b + V·q`` in this thread's buffer (valid until its next call)."""
+        buf = self._buffer()
+        if q is None:
+            np.copyto(buf, self.bias)
+        else:
+            np.dot(self.vectors, q, out=buf)
+            buf += self.bias
+        return buf
+
+    def top_k(
+        self, q: np.ndarray | None, k: int, exclude: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, scores) of the ``k`` best finite scores not in ``exclude``, best first."""
+        n = self.size
+        if n == 0 or k <= 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        buf = self.scores(q)
+        if len(exclude):
+            buf[exclude] = -np.inf
+        kk = min(n, k)
+        cand = np.argpartition(buf, n - kk)[n - kk :] if kk < n else np.arange(n)
+        s = buf[cand]
+        keep = np.isfinite(s)
+        cand, s = cand[keep], s[keep]
+        order = np.lexsort((cand, -s))
+        return cand[order].astype(np.int64), s[order]
+
+
+class FactorIndex:
+    """Approximate top-k (HNSW, inner product) for a factor model scored ``V·q + b``.
+
+    The bias is folded in as one more dimension: items are indexed as ``[V_i, b_i]``
+    and queried with ``[q, 1]``, so the inner product *is* the model's score. Built
+    from a :class:`FactorScorer`, i.e. only for models where that identity was
+    checked.
+
+    Parameters
+    ----------
+    scorer
+        The exact scorer whose ``V`` and ``b`` are indexed.
     ef, m, ef_construction
         HNSW search breadth, graph degree and build breadth (recall vs speed).
     """
 
     def __init__(
-        self, model: OnlineModel, ef: int = 200, m: int = 16, ef_construction: int = 100
+        self, scorer: FactorScorer, ef: int = 64, m: int = 16, ef_construction: int = 100
     ) -> None:
         import hnswlib
 
-        vectors = model.item_vectors()
-        if vectors is None:
-            raise ValueError(f"model {model.name!r} has no item vectors")
-        bias = model.score_all("\0no-such-user\0", ())  # a cold query scores the bias alone
-        n, d = vectors.shape
-        rows = np.flatnonzero(np.isfinite(bias[:n]))
+        vectors, bias = scorer.vectors, scorer.bias
+        d = vectors.shape[1]
+        rows = np.flatnonzero(np.isfinite(bias))
         data = np.empty((len(rows), d + 1), np.float32)
         data[:, :d] = vectors[rows]
         data[:, d] = bias[rows]
@@ -102,16 +217,25 @@ class FactorIndex:
         self.ef = ef
         self.index.set_ef(ef)
         self.size = len(rows)
+        self._lock = threading.Lock()
 
     def query(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Up to ``k`` (rows, scores), best first."""
         k = min(k, self.size)
         if k <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        vec = np.empty((1, len(q) + 1), np.float32)
+        vec[0, :-1] = q
+        vec[0, -1] = 1.0
+        # ef is index-wide state: a larger k widens it for that query only, under a
+        # lock so a concurrent query never runs with another one's ef.
         if k > self.ef:
-            self.index.set_ef(k)
-        vec = np.append(q.astype(np.float32), np.float32(1.0))[None, :]
-        labels, dist = self.index.knn_query(vec, k=k)
+            with self._lock:
+                self.index.set_ef(k)
+                labels, dist = self.index.knn_query(vec, k=k, num_threads=1)
+                self.index.set_ef(self.ef)
+        else:
+            labels, dist = self.index.knn_query(vec, k=k, num_threads=1)
         # hnswlib's "ip" distance is 1 - dot.
         return labels[0].astype(np.int64), (1.0 - dist[0]).astype(np.float32)
 
@@ -134,6 +258,11 @@ class LoadedSnapshot:
         Model names tried, in order, when a request names no model.
     default_model
         The preferred model.
+    ann
+        Build an approximate (HNSW) index for factor models of at least
+        ``ann_min_items`` items and rank those with it.
+    ann_min_items, ann_ef
+        Catalogue size from which the index is used, and its search breadth.
     """
 
     def __init__(
@@ -142,6 +271,8 @@ class LoadedSnapshot:
         default_model: str = "hybrid",
         fallbacks: Sequence[str] = ("hybrid", "bpr", "popularity"),
         ann: bool = False,
+        ann_min_items: int = 0,
+        ann_ef: int = 64,
     ) -> None:
         self.snapshot = snapshot
         self.version = snapshot.version
@@ -161,12 +292,17 @@ class LoadedSnapshot:
         self._popular: list[tuple[str, float]] = []
         self._popular_at = -np.inf
         self._popular_lock = threading.Lock()
-        # Approximate indexes, built at load (beside the serving snapshot) when asked.
+        # Exact fast path for models scored b + V·q, checked against score_all once
+        # here; approximate indexes beside it, built at load (not on the request path).
+        self.scorers: dict[str, FactorScorer] = {}
         self.ann: dict[str, FactorIndex] = {}
-        if ann:
-            for name, model in models.items():
-                if hasattr(model, "_query_vector") and model.item_vectors() is not None:
-                    self.ann[name] = FactorIndex(model)
+        for name, model in models.items():
+            scorer = FactorScorer.probe(model)
+            if scorer is None:
+                continue
+            self.scorers[name] = scorer
+            if ann and scorer.size >= ann_min_items:
+                self.ann[name] = FactorIndex(scorer, ef=ann_ef)
 
     # ------------------------------------------------------------------ lookup
     def model(self, name: str | None) -> tuple[str, OnlineModel]:
@@ -208,15 +344,22 @@ class LoadedSnapshot:
             rows = model.items.rows(history)
             exclude = rows[rows >= 0]
         ids = model.items.ids
-        index = self.ann.get(name)
-        if index is not None:
-            q = model._query_vector(user, history)  # type: ignore[attr-defined]
-            if q is not None:
+        scorer = self.scorers.get(name)
+        if scorer is not None:
+            q = scorer.query(user, history)
+            index = self.ann.get(name)
+            if index is not None and q is not None:
+                # Over-fetch by the number excluded so k survive the filter.
                 rows, sc = index.query(q, k + len(exclude))
-                keep = ~np.isin(rows, exclude) if len(exclude) else np.ones(len(rows), bool)
-                rows, sc = rows[keep][:k], sc[keep][:k]
-                found = [(str(ids[r]), float(v)) for r, v in zip(rows, sc, strict=True)]
-                return Recommendation(found, name, False, time.perf_counter() - t0)
+                if len(exclude):
+                    keep = ~np.isin(rows, exclude)
+                    rows, sc = rows[keep], sc[keep]
+                rows, sc = rows[:k], sc[:k]
+            else:
+                rows, sc = scorer.top_k(q, k, exclude)
+            pairs = zip(rows.tolist(), sc.tolist(), strict=True)
+            found = [(str(ids[r]), float(v)) for r, v in pairs]
+            return Recommendation(found, name, False, time.perf_counter() - t0)
         scores = model.score_all(user, history)
         top = top_k_excluding(scores, k, exclude)
         items = [(str(ids[r]), float(scores[r])) for r in top.tolist()]

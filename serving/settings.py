@@ -45,6 +45,12 @@ class ServeSettings(BaseSettings):
         Rank factor models with an approximate (HNSW, ``hnswlib``) index instead of
         brute force. The index is built when a snapshot loads, which makes reloads of
         large catalogues slower; use it when brute force is too slow (about 1M items).
+    ann_min_items, ann_ef
+        With ``ann``: the catalogue size from which a factor model is ranked by the
+        index (smaller ones stay exact), and the HNSW search breadth (recall vs time).
+    rank_threads
+        Worker threads that rank (numpy and hnswlib release the GIL there, so the
+        event loop keeps answering meanwhile); 0 ranks inline on the event loop.
 
     Examples
     --------
@@ -74,4 +80,7 @@ class ServeSettings(BaseSettings):
     dashboard_interval_s: float = Field(default=2.0, gt=0)
     dashboard_points: int = Field(default=300, ge=2)
     ann: bool = False
+    ann_min_items: int = Field(default=200_000, ge=0)
+    ann_ef: int = Field(default=64, ge=1)
+    rank_threads: int = Field(default=2, ge=0)
     log_level: str = "info"

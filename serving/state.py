@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -50,6 +51,13 @@ class ServingState:
             max_items=settings.live_max_new_items,
         )
         self.tail: LiveTail | None = None
+        # A few dedicated threads (not the 40-thread default pool): each holds its own
+        # score buffer, and more threads than cores would only queue on the same cores.
+        self.rank_pool = (
+            ThreadPoolExecutor(settings.rank_threads, thread_name_prefix="liverec-rank")
+            if settings.rank_threads > 0
+            else None
+        )
         self.started_at = time.time()
         # Recent latencies per route template for the dashboard's p50/p99.
         self.latencies: dict[str, deque[float]] = {}
@@ -66,7 +74,12 @@ class ServingState:
     def _wrap(self, snap: object) -> LoadedSnapshot:
         s = self.settings
         return LoadedSnapshot(
-            snap, s.default_model, s.model_fallbacks, ann=s.ann  # type: ignore[arg-type]
+            snap,  # type: ignore[arg-type]
+            s.default_model,
+            s.model_fallbacks,
+            ann=s.ann,
+            ann_min_items=s.ann_min_items,
+            ann_ef=s.ann_ef,
         )
 
     def load_initial(self) -> bool:
@@ -137,6 +150,8 @@ class ServingState:
     def stop(self) -> None:
         if self.tail is not None:
             self.tail.stop()
+        if self.rank_pool is not None:
+            self.rank_pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ gauges
     def update_gauges(self, now: float | None = None) -> None:

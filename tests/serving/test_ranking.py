@@ -1,13 +1,17 @@
-"""Ranking pieces: exclusion-aware top-k and the approximate factor index."""
+"""Ranking pieces: exclusion-aware top-k, the exact factor scorer and the ANN index."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from online_models.base import top_k
+from online_models.bpr import BPR
 from online_models.snapshot import Snapshot
 from serving.live import LiveContext
-from serving.ranking import FactorIndex, LoadedSnapshot, top_k_excluding
+from serving.ranking import FactorIndex, FactorScorer, LoadedSnapshot, top_k_excluding
 from serving.synthetic_state import random_bpr, random_history, random_popularity
 
 
@@ -28,7 +32,9 @@ def test_top_k_excluding_matches_masked_brute_force() -> None:
 
 def test_factor_index_recall_against_brute_force() -> None:
     model = random_bpr(n_users=200, n_items=5000, dim=16, seed=1)
-    index = FactorIndex(model)
+    scorer = FactorScorer.probe(model)
+    assert scorer is not None
+    index = FactorIndex(scorer)
     hits = 0
     for u in range(100):
         user = f"u{u}"
@@ -42,16 +48,68 @@ def test_factor_index_recall_against_brute_force() -> None:
     assert hits / 1000 >= 0.95
 
 
-def test_loaded_snapshot_with_ann_serves_the_same_top_items() -> None:
-    bpr = random_bpr(n_users=100, n_items=3000, dim=16, seed=2)
-    history = random_history(100, 3000, per_user=5, seed=2)
-    snap = Snapshot(
+def _snapshot(n_items: int = 3000, seed: int = 2) -> Snapshot:
+    return Snapshot(
         version=1,
         path=None,  # type: ignore[arg-type]
         manifest={"watermark": 1.0, "created_at": "2024-01-01T00:00:00+00:00"},
-        models={"bpr": bpr, "popularity": random_popularity(3000, 5000)},
-        history=history,
+        models={
+            "bpr": random_bpr(n_users=100, n_items=n_items, dim=16, seed=seed),
+            "popularity": random_popularity(n_items, 5000),
+        },
+        history=random_history(100, n_items, per_user=5, seed=seed),
     )
+
+
+def test_factor_scorer_equals_score_all_then_exclusion() -> None:
+    model = random_bpr(n_users=50, n_items=2000, dim=8, seed=3)
+    scorer = FactorScorer.probe(model)
+    assert scorer is not None
+    rng = np.random.default_rng(3)
+    for u in range(50):
+        user = f"u{u}" if u % 5 else f"cold-{u}"  # cold users fold in their history
+        history = [f"i{r}" for r in rng.integers(0, 2000, 7)] if u % 3 else []
+        exclude = model.items.rows(history)
+        k = int(rng.integers(1, 40))
+        want = top_k_excluding(model.score_all(user, history), k, exclude)
+        rows, scores = scorer.top_k(scorer.query(user, history), k, exclude)
+        assert rows.tolist() == want.tolist()
+        assert np.allclose(scores, model.score_all(user, history)[want], atol=1e-5)
+
+
+def test_factor_scorer_refuses_models_it_would_mis_score() -> None:
+    class Reranked(BPR):
+        def score_all(self, user: str, history: Sequence[str] = ()) -> np.ndarray:
+            return super().score_all(user, history) * 2.0 + 1.0
+
+    model = random_bpr(n_users=20, n_items=300, dim=8)
+    model.__class__ = Reranked
+    assert FactorScorer.probe(model) is None
+    assert FactorScorer.probe(random_popularity(300, 1000)) is None
+
+
+def test_factor_scorer_buffers_are_per_thread() -> None:
+    model = random_bpr(n_users=64, n_items=5000, dim=16, seed=4)
+    scorer = FactorScorer.probe(model)
+    assert scorer is not None
+    users = [f"u{u}" for u in range(64)] * 4
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda u: scorer.top_k(scorer.query(u, ()), 10, np.zeros(0, int))[0],
+                            users))
+    for user, rows in zip(users, got, strict=True):
+        assert rows.tolist() == top_k(model.score_all(user), 10).tolist()
+
+
+def test_ann_only_from_the_catalogue_threshold() -> None:
+    snap = _snapshot(n_items=3000)
+    assert set(LoadedSnapshot(snap, "bpr", ann=True, ann_min_items=3000).ann) == {"bpr"}
+    assert not LoadedSnapshot(snap, "bpr", ann=True, ann_min_items=3001).ann
+    assert set(LoadedSnapshot(snap, "bpr").scorers) == {"bpr"}
+
+
+def test_loaded_snapshot_with_ann_serves_the_same_top_items() -> None:
+    snap = _snapshot()
+    history = snap.history
     exact = LoadedSnapshot(snap, "bpr")
     approx = LoadedSnapshot(snap, "bpr", ann=True)
     live = LiveContext()
