@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import pytest
@@ -15,22 +14,8 @@ from online_models.synthetic import generate_events
 ALL_MODELS: tuple[str, ...] = tuple(registry.MODEL_PATHS)
 
 
-def model_available(name: str) -> bool:
-    """False only while the model's module has not been written yet."""
-    module = registry.MODEL_PATHS[name].split(":")[0]
-    try:
-        importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name == module:
-            return False
-        raise
-    return True
-
-
 def make_model(name: str, **params: Any) -> OnlineModel:
-    """A fresh registry model; skips the test while its module does not exist yet."""
-    if not model_available(name):
-        pytest.skip(f"{registry.MODEL_PATHS[name]} not written yet")
+    """A fresh registry model with its default hyperparameters and ``params``."""
     return registry.create(name, **params)
 
 

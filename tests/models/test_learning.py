@@ -15,7 +15,6 @@ from online_models.base import OnlineModel
 from online_models.datasets import Dataset, to_batches
 from online_models.evaluation import PrequentialEvaluator
 from online_models.synthetic import generate_events
-from tests.models.conftest import model_available
 
 # One pass of seven models over 6,000 events: ~20 s of CPU, dominated by user-kNN.
 pytestmark = pytest.mark.slow
@@ -36,8 +35,7 @@ def hit_rates() -> dict[str, float]:
     ds = Dataset.from_records(generate_events(6_000, 150, 300, seed=1), name="planted")
     models: dict[str, OnlineModel] = {"popularity": registry.create("popularity")}
     for name in MARGINS:
-        if model_available(name):
-            models[name] = registry.create(name)
+        models[name] = registry.create(name)
     evaluator = PrequentialEvaluator(models, k=10)
     totals = evaluator.run(to_batches(ds, 256))
     assert totals["popularity"]["n"] > 3_000  # most events are evaluable

@@ -11,17 +11,12 @@ from online_models.base import Batch
 from online_models.datasets import Dataset, to_batches
 from online_models.river_baseline import RiverBiasedMF, RiverFunkMF
 from online_models.synthetic import generate_events
+from tests.models.planted import planted as _planted
 
 
-def planted(n_events: int, seed: int = 0, n_users: int = 10, n_items: int = 8) -> Batch:
-    """Two disjoint worlds: users ``a*`` only touch items ``A*``, users ``b*`` items ``B*``."""
-    rng = np.random.default_rng(seed)
-    group = rng.integers(0, 2, n_events)
-    u = rng.integers(0, n_users, n_events)
-    i = rng.integers(0, n_items, n_events)
-    users = [f"{'ab'[g]}{x}" for g, x in zip(group, u, strict=True)]
-    items = [f"{'AB'[g]}{x}" for g, x in zip(group, i, strict=True)]
-    return Batch.from_columns(users, items, timestamps=np.arange(n_events, dtype=float))
+def planted(n_events: int, seed: int = 0) -> Batch:
+    """The shared two-world stream, with fewer users and items."""
+    return _planted(n_events, seed, n_users=10, n_items=8)
 
 
 MODELS = [RiverFunkMF, RiverBiasedMF]
