@@ -66,8 +66,8 @@ class UserKNN(OnlineModel):
     def __init__(
         self,
         n_neighbours: int = 30,
-        max_candidates: int = 200,
-        max_users_per_item: int = 50,
+        max_candidates: int = 50,
+        max_users_per_item: int = 20,
         max_user_items: int = 50,
         half_life_seconds: float | None = 7 * 86_400.0,
     ) -> None:
