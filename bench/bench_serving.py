@@ -1,19 +1,25 @@
 """Serving benchmark: HTTP latency vs the bare floor, swaps under load, freshness, 1M items.
 
-Run (all phases, ~10 minutes on 2 cores):
+Run (all phases, ~25 minutes on 2 cores, most of it building the 1M HNSW index):
 
     .venv/bin/python bench/bench_serving.py --items 100000 --dim 64 --rate 300 \\
         --seconds 20 --swaps 50 --big-items 1000000 --freshness-clicks 40
 
 Phases
 ------
-1. A BPR snapshot of ``--items`` x ``--dim`` random factors (plus popularity and
-   per-user history) is written with ``SnapshotStore``; ``liverec serve`` runs in its
+1. A BPR snapshot of ``--items`` x ``--dim`` random factors drawn around
+   ``--clusters`` centres (plus popularity and per-user history) is written with
+   ``SnapshotStore``; ``liverec serve`` runs in its
    own process; the load generator (asyncio keep-alive connections, open loop:
    request ``i`` is due at ``t0 + i / rate`` and its latency counts from that due
    time) runs in another.
-2. ``/healthz`` at ``--rate`` req/s, then ``/v1/recommendations`` at the same rate;
-   p50/p99 of both, and the in-process top-k p99 (``LoadedSnapshot.recommend``).
+2. For each server configuration in ``--configs`` (``brute``: exact top-k;
+   ``ann``: HNSW for every factor model), ``/healthz`` at ``--rate`` req/s, then
+   ``/v1/recommendations`` at the same rate, then ``/healthz`` again; the ratio is
+   the recommendations p99 over the worse of the two ``/healthz`` p99s. Beside it
+   the in-process figures: a bare ``np.dot(V, q)``, the exact top-k and the ANN
+   top-k (``LoadedSnapshot.recommend``), with ANN recall@10 on these factors and on
+   i.i.d. ones (the worst case for an index).
 3. ``/v1/recommendations`` at ``--rate`` while this process writes ``--swaps`` new
    snapshots; every failed request (non-200 or transport error) is counted, and the
    server's own reload counter confirms the swaps.
@@ -22,6 +28,9 @@ Phases
    lists the item is recorded (p50/p99).
 5. ``--big-items``: in-process brute-force top-k p99, and with the HNSW index its p99
    and recall@10 against brute force.
+
+Every phase records ``os.getloadavg()``: the box is shared, so compare figures
+within one run (ratios), not across runs.
 """
 
 from __future__ import annotations
@@ -207,7 +216,7 @@ class Server:
             cwd=REPO,
             env=full_env,
         )
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 900  # an ANN server builds its index first
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200:
@@ -217,7 +226,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError("server exited during startup")
             time.sleep(0.2)
-        raise RuntimeError("server not ready after 120 s")
+        raise RuntimeError("server not ready after 900 s")
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         import httpx
@@ -241,10 +250,13 @@ class Server:
 # ----------------------------------------------------------------------------- snapshot
 
 
-def build(n_users: int, n_items: int, dim: int) -> dict[str, Any]:
+def build(n_users: int, n_items: int, dim: int, clusters: int) -> dict[str, Any]:
     t = time.perf_counter()
-    models = {"bpr": random_bpr(n_users, n_items, dim), "popularity": random_popularity(n_items)}
-    history = random_history(n_users, n_items, per_user=20)
+    models = {
+        "bpr": random_bpr(n_users, n_items, dim, clusters=clusters),
+        "popularity": random_popularity(n_items),
+    }
+    history = random_history(n_users, n_items, per_user=20, clusters=clusters)
     print(f"  built {n_items} x {dim} models in {time.perf_counter() - t:.1f}s", flush=True)
     return {"models": models, "history": history}
 
@@ -256,27 +268,50 @@ def write(store: SnapshotStore, state: dict[str, Any]) -> int:
     ).version
 
 
-def inprocess(store: SnapshotStore, users: list[str], n: int, ann: bool = False) -> dict[str, Any]:
-    snap = store.load()
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def inprocess(
+    snap: Any, users: list[str], n: int, ann: bool = False, ann_ef: int = 64
+) -> dict[str, Any]:
+    """Top-k latency through ``LoadedSnapshot.recommend`` (10 items, seen ones excluded).
+
+    Exact runs also time a bare ``np.dot(V, q)`` on the same query, interleaved, as
+    the floor; ANN runs report the index build time and recall@10 against exact.
+    """
     t = time.perf_counter()
-    loaded = LoadedSnapshot(snap, "bpr", ann=ann)
+    loaded = LoadedSnapshot(snap, "bpr", ann=ann, ann_min_items=0, ann_ef=ann_ef)
     build_s = time.perf_counter() - t
+    scorer = loaded.scorers["bpr"]
     live = LiveContext()
-    lat = []
+    lat, bare = [], []
+    out_buf = np.empty(scorer.size, np.float32)
     for i in range(n):
+        user = users[i % len(users)]
         t = time.perf_counter()
-        loaded.recommend(users[i % len(users)], 10, live=live)
+        loaded.recommend(user, 10, live=live)
         lat.append(time.perf_counter() - t)
-    out: dict[str, Any] = {"p50_ms": ms(pct(lat, 50)), "p99_ms": ms(pct(lat, 99))}
+        if not ann:
+            q = scorer.query(user, ())
+            assert q is not None  # every synthetic user is known
+            t = time.perf_counter()
+            np.dot(scorer.vectors, q, out=out_buf)
+            bare.append(time.perf_counter() - t)
+    out: dict[str, Any] = {"p50_ms": ms(pct(lat, 50)), "p99_ms": ms(pct(lat, 99)), "load": load()}
+    if bare:
+        out["bare_matvec_p50_ms"] = ms(pct(bare, 50))
+        out["bare_matvec_p99_ms"] = ms(pct(bare, 99))
     if ann:
+        out["ef"] = ann_ef
         out["index_build_s"] = round(build_s, 1)
         exact = LoadedSnapshot(snap, "bpr")
         hits = 0
-        for u in users[:200]:
+        for u in users[:500]:
             a = {i for i, _ in exact.recommend(u, 10, live=live).items}
             b = {i for i, _ in loaded.recommend(u, 10, live=live).items}
             hits += len(a & b)
-        out["recall_at_10"] = round(hits / (10 * min(200, len(users))), 4)
+        out["recall_at_10"] = round(hits / (10 * min(500, len(users))), 4)
     return out
 
 
@@ -317,10 +352,8 @@ def freshness(root: Path, clicks: int, tmp: Path) -> dict[str, Any]:
             producer.close()
             server.close()
         ts = TrainerSettings()
-        interval = float(getattr(ts, "snapshot_every_s", 1.0))
-        from stream.settings import StreamSettings
-
-        batch_wait = StreamSettings().max_wait_ms / 1000
+        interval = ts.snapshot_every_s
+        batch_wait = ts.max_wait_ms / 1000
         target = 1.5 * interval + batch_wait
         return {
             "clicks": clicks,
@@ -329,9 +362,46 @@ def freshness(root: Path, clicks: int, tmp: Path) -> dict[str, Any]:
             "target_median_s": target,
             "trainer_snapshot_every_s": interval,
             "batch_wait_s": batch_wait,
+            "load": load(),
         }
     finally:
         kafka.close()
+
+
+def swaps_under_load(
+    server: Server,
+    store: SnapshotStore,
+    state: dict[str, Any],
+    rec_paths: list[str],
+    args: argparse.Namespace,
+    tmp: Path,
+) -> dict[str, Any]:
+    """Recommendations at ``--rate`` while ``--swaps`` snapshots are written and swapped in."""
+    before = server.metric("liverec_serving_snapshot_reloads_total", {"outcome": "ok"})
+    stop = threading.Event()
+    written: list[float] = []
+
+    def writer() -> None:
+        time.sleep(1.0)
+        while len(written) < args.swaps and not stop.is_set():
+            t = time.perf_counter()
+            write(store, state)
+            written.append(time.perf_counter() - t)
+            time.sleep(0.25)  # give the server a beat to pick each one up
+
+    th = threading.Thread(target=writer)
+    th.start()
+    swap_seconds = max(args.seconds, 1.0 + args.swaps * 0.9 + 5)
+    out = run_load(server.base, rec_paths, args.rate, swap_seconds, tmp)
+    stop.set()
+    th.join()
+    time.sleep(1.0)
+    after = server.metric("liverec_serving_snapshot_reloads_total", {"outcome": "ok"})
+    out["snapshots_written"] = len(written)
+    out["server_swaps"] = after - before
+    out["write_s_median"] = round(pct(written, 50), 3)
+    out["load"] = load()
+    return out
 
 
 def main() -> None:
@@ -348,6 +418,12 @@ def main() -> None:
     p.add_argument("--big-items", type=int, default=1_000_000)
     p.add_argument("--freshness-clicks", type=int, default=40)
     p.add_argument("--no-kafka", action="store_true")
+    p.add_argument("--clusters", type=int, default=1000,
+                   help="factor clusters (0: i.i.d. Gaussian factors)")
+    p.add_argument("--configs", nargs="*", default=["brute", "ann"], choices=["brute", "ann"])
+    p.add_argument("--swap-config", default="brute", choices=["brute", "ann"])
+    p.add_argument("--ann-ef", type=int, default=128)
+    p.add_argument("--no-iid-recall", dest="iid_recall", action="store_false")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serving.json")
     args = p.parse_args()
     if args.loadgen:
@@ -356,58 +432,66 @@ def main() -> None:
 
     results: dict[str, Any] = {"args": {k: v for k, v in vars(args).items() if k != "out"}}
     results["args"] = json.loads(json.dumps(results["args"], default=str))
+    results["load_start"] = load()
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     rng = random.Random(0)
     try:
         print(f"[1] snapshot {args.items} x {args.dim}", flush=True)
-        state = build(args.users, args.items, args.dim)
+        state = build(args.users, args.items, args.dim, args.clusters)
         store = SnapshotStore(tmp / "snaps", keep=4)
         write(store, state)
         users = [f"u{rng.randrange(args.users)}" for _ in range(5000)]
-        results["inprocess_100k"] = inprocess(store, users, 3000)
-        print("   in-process top-k", results["inprocess_100k"], flush=True)
+        snap = store.load()
+        results["inprocess_exact"] = inprocess(snap, users, 3000)
+        print("   in-process exact", results["inprocess_exact"], flush=True)
+        if "ann" in args.configs:
+            results["inprocess_ann"] = inprocess(snap, users, 3000, ann=True, ann_ef=args.ann_ef)
+            print("   in-process ann", results["inprocess_ann"], flush=True)
+            if args.iid_recall:
+                iid = build(args.users, args.items, args.dim, 0)
+                istore = SnapshotStore(tmp / "iid", keep=1)
+                write(istore, iid)
+                del iid
+                results["inprocess_ann_iid"] = {
+                    f"ef{ef}": inprocess(istore.load(), users, 500, ann=True, ann_ef=ef)
+                    for ef in (args.ann_ef,)
+                }
+                shutil.rmtree(istore.root, ignore_errors=True)
+                print("   in-process ann, i.i.d. factors", results["inprocess_ann_iid"], flush=True)
+        del snap
 
-        server = Server(store.root)
-        try:
-            print(f"[2] /healthz vs /v1/recommendations at {args.rate} req/s", flush=True)
-            results["healthz"] = run_load(server.base, ["/healthz"], args.rate, args.seconds, tmp)
-            print("   healthz", results["healthz"], flush=True)
-            rec_paths = [f"/v1/recommendations?user_id={u}&k=10&model=bpr" for u in users]
-            results["recommendations"] = run_load(
-                server.base, rec_paths, args.rate, args.seconds, tmp
+        rec_paths = [f"/v1/recommendations?user_id={u}&k=10&model=bpr" for u in users]
+        for config in args.configs:
+            env = (
+                {"LIVEREC_ANN": "true", "LIVEREC_ANN_MIN_ITEMS": "0",
+                 "LIVEREC_ANN_EF": str(args.ann_ef)}
+                if config == "ann"
+                else {}
             )
-            print("   recommendations", results["recommendations"], flush=True)
-            results["ratio_p99"] = round(
-                results["recommendations"]["p99_ms"] / results["healthz"]["p99_ms"], 3
-            )
+            server = Server(store.root, env)
+            try:
+                print(f"[2:{config}] /healthz vs /v1/recommendations at {args.rate} req/s",
+                      flush=True)
+                out: dict[str, Any] = {}
+                out["healthz"] = run_load(server.base, ["/healthz"], args.rate, args.seconds, tmp)
+                out["recommendations"] = run_load(
+                    server.base, rec_paths, args.rate, args.seconds, tmp
+                )
+                out["healthz_after"] = run_load(
+                    server.base, ["/healthz"], args.rate, args.seconds, tmp
+                )
+                floor = max(out["healthz"]["p99_ms"], out["healthz_after"]["p99_ms"])
+                out["ratio_p99"] = round(out["recommendations"]["p99_ms"] / floor, 3)
+                out["load"] = load()
+                results[f"http_{config}"] = out
+                print(f"   {config}", json.dumps(out), flush=True)
 
-            print(f"[3] {args.swaps} swaps under load", flush=True)
-            before = server.metric("liverec_serving_snapshot_reloads_total", {"outcome": "ok"})
-            stop = threading.Event()
-            written: list[float] = []
-
-            def writer() -> None:
-                time.sleep(1.0)
-                while len(written) < args.swaps and not stop.is_set():
-                    t = time.perf_counter()
-                    write(store, state)
-                    written.append(time.perf_counter() - t)
-                    time.sleep(0.25)  # give the server a beat to pick each one up
-
-            th = threading.Thread(target=writer)
-            th.start()
-            swap_seconds = max(args.seconds, 1.0 + args.swaps * 0.9 + 5)
-            results["swaps"] = run_load(server.base, rec_paths, args.rate, swap_seconds, tmp)
-            stop.set()
-            th.join()
-            time.sleep(1.0)
-            after = server.metric("liverec_serving_snapshot_reloads_total", {"outcome": "ok"})
-            results["swaps"]["snapshots_written"] = len(written)
-            results["swaps"]["server_swaps"] = after - before
-            results["swaps"]["write_s_median"] = round(pct(written, 50), 3)
-            print("   swaps", results["swaps"], flush=True)
-        finally:
-            server.close()
+                if config == args.swap_config:
+                    print(f"[3:{config}] {args.swaps} swaps under load", flush=True)
+                    results["swaps"] = swaps_under_load(server, store, state, rec_paths, args, tmp)
+                    print("   swaps", results["swaps"], flush=True)
+            finally:
+                server.close()
 
         if not args.no_kafka and args.freshness_clicks > 0:
             print("[4] freshness via Kafka", flush=True)
@@ -418,16 +502,17 @@ def main() -> None:
             print(f"[5] {args.big_items} items", flush=True)
             del state
             shutil.rmtree(store.root, ignore_errors=True)
-            big = build(args.users, args.big_items, args.dim)
+            big = build(args.users, args.big_items, args.dim, args.clusters)
             bstore = SnapshotStore(tmp / "big", keep=1)
             write(bstore, big)
             del big
-            results["inprocess_1m_brute"] = inprocess(bstore, users, 500)
-            print("   brute", results["inprocess_1m_brute"], flush=True)
-            ratio = results["inprocess_1m_brute"]["p99_ms"] / results["inprocess_100k"]["p99_ms"]
+            bsnap = bstore.load()
+            results["big_exact"] = inprocess(bsnap, users, 500)
+            print("   exact", results["big_exact"], flush=True)
+            ratio = results["big_exact"]["p99_ms"] / results["inprocess_exact"]["p99_ms"]
             results["big_vs_100k_p99_ratio"] = round(ratio, 2)
-            results["inprocess_1m_ann"] = inprocess(bstore, users, 2000, ann=True)
-            print("   ann", results["inprocess_1m_ann"], flush=True)
+            results["big_ann"] = inprocess(bsnap, users, 2000, ann=True, ann_ef=args.ann_ef)
+            print("   ann", results["big_ann"], flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -69,6 +69,15 @@ async def _watch(state: ServingState) -> None:
         await asyncio.sleep(state.settings.reload_interval_s)
 
 
+async def _reindex(state: ServingState) -> None:
+    while True:
+        await asyncio.sleep(min(30.0, state.settings.ann_rebuild_s))
+        try:
+            await asyncio.to_thread(state.refresh_indexes)
+        except Exception:  # keep serving from the old index
+            log.exception("ANN index rebuild failed")
+
+
 async def _sample(dash: DashboardSeries, interval: float) -> None:
     async with httpx.AsyncClient() as client:
         while True:
@@ -116,6 +125,8 @@ def create_app(settings: ServeSettings, *, metrics: ServingMetrics | None = None
             asyncio.create_task(_watch(state), name="liverec-watch"),
             asyncio.create_task(_sample(dash, settings.dashboard_interval_s), name="liverec-dash"),
         ]
+        if settings.ann:
+            tasks.append(asyncio.create_task(_reindex(state), name="liverec-reindex"))
         try:
             yield
         finally:

@@ -48,6 +48,9 @@ class ServeSettings(BaseSettings):
     ann_min_items, ann_ef
         With ``ann``: the catalogue size from which a factor model is ranked by the
         index (smaller ones stay exact), and the HNSW search breadth (recall vs time).
+    ann_rebuild_s
+        Age after which an index is rebuilt from the serving snapshot's factors. Until
+        then swaps reuse it for candidates, rescored exactly with the new factors.
     rank_threads
         Worker threads that rank (numpy and hnswlib release the GIL there, so the
         event loop keeps answering meanwhile); 0 ranks inline on the event loop.
@@ -81,6 +84,7 @@ class ServeSettings(BaseSettings):
     dashboard_points: int = Field(default=300, ge=2)
     ann: bool = False
     ann_min_items: int = Field(default=200_000, ge=0)
-    ann_ef: int = Field(default=64, ge=1)
+    ann_ef: int = Field(default=128, ge=1)
+    ann_rebuild_s: float = Field(default=300.0, gt=0)
     rank_threads: int = Field(default=2, ge=0)
     log_level: str = "info"

@@ -80,6 +80,7 @@ class ServingState:
             ann=s.ann,
             ann_min_items=s.ann_min_items,
             ann_ef=s.ann_ef,
+            previous=self.current,
         )
 
     def load_initial(self) -> bool:
@@ -130,6 +131,17 @@ class ServingState:
             return False
         self.metrics.reload_seconds.observe(time.perf_counter() - t0)
         self._swap(loaded)
+        return True
+
+    def refresh_indexes(self, now: float | None = None) -> bool:
+        """Rebuild the current snapshot's ANN indexes once older than ``ann_rebuild_s``."""
+        cur = self.current
+        if cur is None or not cur.ann:
+            return False
+        now = time.time() if now is None else now
+        if now - min(ix.built_at for ix in cur.ann.values()) < self.settings.ann_rebuild_s:
+            return False
+        cur.rebuild_indexes()
         return True
 
     # ------------------------------------------------------------------ live

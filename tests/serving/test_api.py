@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from online_models.base import OnlineModel, UserHistory
+from online_models.snapshot import SnapshotStore
 from serving.app import create_app
 from tests.serving.conftest import settings_for
 
@@ -45,6 +47,23 @@ def test_recommendations_exclude_seen_and_report_snapshot(
         "/v1/recommendations", params={"user_id": user, "k": 150, "exclude_seen": "false"}
     ).json()
     assert set(seen) <= {it["item_id"] for it in kept["items"]}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"rank_threads": 0}, {"ann": True, "ann_min_items": 0}],
+    ids=["inline-on-the-loop", "hnsw-index"],
+)
+def test_every_ranking_configuration_serves_the_model_ranking(
+    store: SnapshotStore, trained: Trained, overrides: dict[str, Any]
+) -> None:
+    models, history, _ = trained
+    user, seen = _user_with_history(history)
+    expected = [i for i, _ in models["bpr"].recommend(user, 7, history=seen, exclude=seen)]
+    with TestClient(create_app(settings_for(store.root, **overrides))) as c:
+        body = c.get("/v1/recommendations", params={"user_id": user, "k": 7, "model": "bpr"}).json()
+    # A catalogue this small is inside one HNSW search breadth, so even ANN is exact.
+    assert [it["item_id"] for it in body["items"]] == expected
 
 
 def test_default_model_falls_back_to_one_in_the_snapshot(client: TestClient) -> None:

@@ -120,3 +120,22 @@ def test_loaded_snapshot_with_ann_serves_the_same_top_items() -> None:
         assert not {i for i, _ in b} & set(history.get(f"u{u}"))
         overlap += len({i for i, _ in a} & {i for i, _ in b})
     assert overlap / 500 >= 0.95
+
+
+def test_ann_index_is_reused_across_swaps_and_rescored_with_new_factors() -> None:
+    old = LoadedSnapshot(_snapshot(seed=2), "bpr", ann=True, ann_min_items=0)
+    # A new snapshot with different factors (and the same item rows): the swap keeps
+    # the old index for candidates, but scores come from the new model only.
+    new_snap = _snapshot(seed=5)
+    new = LoadedSnapshot(new_snap, "bpr", ann=True, ann_min_items=0, previous=old)
+    assert new.ann["bpr"] is old.ann["bpr"]
+    model = new_snap.models["bpr"]
+    live = LiveContext()
+    for u in range(20):
+        user = f"u{u}"
+        got = new.recommend(user, 5, live=live).items
+        scores = model.score_all(user, new.history(user, live))
+        for item, score in got:
+            assert np.isclose(score, scores[model.items.get(item)], atol=1e-5)
+    new.rebuild_indexes()
+    assert new.ann["bpr"] is not old.ann["bpr"]
