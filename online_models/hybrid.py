@@ -1,8 +1,9 @@
 """Hybrid: a blend of component models with weights tuned on the stream itself.
 
 Each component (created through the registry) scores all items; scores are
-normalised per component (min-max over its finite scores, so every component
-spans ``[0, 1]`` whatever its scale or sign) and blended with weights from
+normalised per component (by default min-max over its finite scores, so
+every component spans ``[0, 1]`` whatever its scale or sign; see
+``normalization``) and blended with weights from
 a small grid on the simplex (steps of ``1 / grid_steps``).
 
 The weights are tuned prequentially inside :meth:`Hybrid.learn`: before the
@@ -27,6 +28,8 @@ from online_models import registry
 from online_models.base import Batch, IdIndex, ModelState, OnlineModel, UserHistory
 
 __all__ = ["Hybrid", "weight_grid"]
+
+_NORMALIZATIONS = ("minmax", "max", "rank")
 
 DEFAULT_COMPONENTS: tuple[str, ...] = ("popularity", "itemknn", "sequence")
 
@@ -66,6 +69,15 @@ class Hybrid(OnlineModel):
         EMA factor per tuning event (closer to 1 = longer memory).
     history_items
         Recent distinct items kept per user for tuning and as default query context.
+    normalization
+        How each component's scores are put on one scale before blending:
+        ``"minmax"`` (to ``[0, 1]``), ``"max"`` (divided by the best score, keeps
+        ratios), ``"rank"`` (reciprocal-rank fusion over the top ``rank_depth``:
+        ``(c + 1) / (c + 1 + rank)`` with ``c = rank_constant``, 0 below).
+    rank_depth
+        Items per component that get a non-zero ``"rank"`` score.
+    rank_constant
+        ``c`` of the ``"rank"`` normalisation (larger: flatter).
 
     Examples
     --------
@@ -88,6 +100,9 @@ class Hybrid(OnlineModel):
         tune_k: int = 10,
         tune_decay: float = 0.998,
         history_items: int = 50,
+        normalization: str = "minmax",
+        rank_depth: int = 200,
+        rank_constant: float = 10.0,
     ) -> None:
         self.components = list(components)
         self.component_params = {k: dict(v) for k, v in (component_params or {}).items()}
@@ -96,6 +111,11 @@ class Hybrid(OnlineModel):
         self.tune_k = tune_k
         self.tune_decay = tune_decay
         self.history_items = history_items
+        if normalization not in _NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {_NORMALIZATIONS}")
+        self.normalization = normalization
+        self.rank_depth = rank_depth
+        self.rank_constant = rank_constant
         if "popularity" not in self.components:
             raise ValueError("Hybrid needs a 'popularity' component (cold-start fallback)")
         if len(set(self.components)) != len(self.components):
@@ -152,8 +172,31 @@ class Hybrid(OnlineModel):
             ok = (rows >= 0) & np.isfinite(s[: len(rows)])
             vals = s[: len(rows)][ok]
             if len(vals):
-                lo, hi = vals.min(), vals.max()
-                out[k, rows[ok]] = (vals - lo) / (hi - lo) if hi > lo else 0.0
+                out[k, rows[ok]] = self._normalize(vals)
+        return out
+
+    def _normalize(self, vals: np.ndarray) -> np.ndarray:
+        """One component's finite scores mapped to a common scale (higher is better)."""
+        lo, hi = vals.min(), vals.max()
+        if hi <= lo:
+            return np.zeros_like(vals)
+        if self.normalization == "minmax":
+            return (vals - lo) / (hi - lo)
+        if self.normalization == "max":
+            # Keeps score ratios (a clear winner stays a clear winner) for non-negative scorers.
+            return (vals - min(lo, 0.0)) / (hi - min(lo, 0.0))
+        # "rank": reciprocal rank fusion over each component's top ``rank_depth``.
+        depth = min(self.rank_depth, len(vals))
+        top = np.argpartition(-vals, depth - 1)[:depth]
+        top = top[np.argsort(-vals[top], kind="stable")]
+        out = np.zeros_like(vals)
+        c = self.rank_constant
+        # Tied scores share the best rank of the tie group, so ties stay ties.
+        v = vals[top]
+        first = np.concatenate(([True], v[1:] != v[:-1]))
+        rank = np.maximum.accumulate(np.where(first, np.arange(depth), 0))
+        out[top] = (c + 1.0) / (c + 1.0 + rank)
+        out[top[v <= lo]] = 0.0
         return out
 
     # ------------------------------------------------------------------ learning
