@@ -236,3 +236,58 @@ def test_single_event_and_large_batches(name: str) -> None:
     assert len(recs) == 10
     assert len({i for i, _ in recs}) == 10
     assert m.get_params() == m.clone().get_params()
+
+
+# ------------------------------------------------------------------ tuning knobs
+
+
+@pytest.mark.parametrize("cls", [ItemKNN, SequenceModel])
+def test_weight_power_zero_counts_every_interaction_alike(cls: type[ItemKNN]) -> None:
+    users = ["a", "a", "b", "b"]
+    items = ["x", "y", "x", "z"]
+    heavy_y = Batch.from_columns(users, items, [1.0, 5.0, 1.0, 1.0], [0, 1, 2, 3])
+    flat = cls(weight_power=0.0, half_life_seconds=None)
+    flat.learn(heavy_y)
+    # y and z each followed x once: with weights ignored they tie...
+    s = flat.score("new", ["y", "z"], history=["x"])
+    assert s[0] == pytest.approx(s[1], rel=1e-6, abs=1e-9)
+    weighted = cls(weight_power=1.0, half_life_seconds=None)
+    weighted.learn(heavy_y)
+    # ...while with weights the purchase-like y (weight 5) wins.
+    s = weighted.score("new", ["y", "z"], history=["x"])
+    assert s[0] > s[1]
+
+
+def test_itemknn_position_decay_prefers_adjacent_partners() -> None:
+    # x is followed by y directly and by z three steps later, in every user's window.
+    users = [f"u{n}" for n in range(5) for _ in range(4)]
+    items = ["x", "y", "f", "z"] * 5
+    stream = Batch.from_columns(users, items, None, np.arange(20.0))
+    flat = ItemKNN(position_decay=1.0, half_life_seconds=None)
+    flat.learn(stream)
+    near = ItemKNN(position_decay=0.5, half_life_seconds=None)
+    near.learn(stream)
+    f_y, f_z = flat.score("new", ["y", "z"], history=["x"])
+    n_y, n_z = near.score("new", ["y", "z"], history=["x"])
+    assert f_y == pytest.approx(f_z, rel=1e-6)
+    assert n_y > 2 * n_z
+
+
+@pytest.mark.parametrize("norm", ["minmax", "max", "rank"])
+def test_hybrid_normalizations_keep_the_best_item_first(norm: str) -> None:
+    h = Hybrid(normalization=norm)
+    vals = np.array([0.0, 3.0, 1.0, 1.0, 9.0])
+    out = h._normalize(vals)
+    assert int(np.argmax(out)) == 4
+    assert out[4] == pytest.approx(1.0)
+    assert out[2] == out[3]  # ties stay ties
+    assert out[1] > out[2] > out[0] == 0.0
+    assert np.all(h._normalize(np.full(3, 2.0)) == 0.0)  # a constant scorer says nothing
+
+
+def test_hybrid_rank_normalization_only_scores_the_top() -> None:
+    h = Hybrid(normalization="rank", rank_depth=2, rank_constant=0.0)
+    out = h._normalize(np.array([5.0, 4.0, 3.0, 2.0]))
+    np.testing.assert_allclose(out, [1.0, 0.5, 0.0, 0.0])
+    with pytest.raises(ValueError, match="normalization"):
+        Hybrid(normalization="softmax")
