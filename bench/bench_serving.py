@@ -382,16 +382,28 @@ def swaps_under_load(
     written: list[float] = []
 
     def writer() -> None:
+        import httpx
+
         time.sleep(1.0)
         while len(written) < args.swaps and not stop.is_set():
             t = time.perf_counter()
-            write(store, state)
+            version = write(store, state)
             written.append(time.perf_counter() - t)
-            time.sleep(0.25)  # give the server a beat to pick each one up
+            # Paced by the server: the next snapshot is written once this one serves,
+            # so every write is a swap (a faster writer only makes it skip versions).
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not stop.is_set():
+                try:
+                    seen = httpx.get(f"{server.base}/readyz", timeout=5).json()
+                    if seen.get("snapshot_version") == version:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.05)
 
     th = threading.Thread(target=writer)
     th.start()
-    swap_seconds = max(args.seconds, 1.0 + args.swaps * 0.9 + 5)
+    swap_seconds = max(args.seconds, 1.0 + args.swaps * 1.2 + 5)
     out = run_load(server.base, rec_paths, args.rate, swap_seconds, tmp)
     stop.set()
     th.join()
