@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -57,9 +59,17 @@ def test_new_snapshot_swaps_in_and_corrupt_one_is_refused(
     body = client.get("/v1/recommendations", params={"user_id": "u000001"}).json()
     assert body["snapshot_version"] == v2 and body["watermark"] == trained[2] + 60.0
 
-    # A corrupt version published as LATEST: refused, v2 keeps serving.
-    v3 = _write(store, trained)
-    _corrupt(store, v3)
+    # A corrupt version published as LATEST: refused, v2 keeps serving. It is written
+    # and corrupted in a side copy and only then published, so the server can never
+    # load it in the moment between the write and the corruption.
+    side = SnapshotStore(store.root.parent / "side")
+    shutil.copytree(store.root, side.root, dirs_exist_ok=True)
+    v3 = _write(side, trained)
+    _corrupt(side, v3)
+    shutil.copytree(side.path_of(v3), store.path_of(v3))
+    latest = store.root / ".LATEST.test"
+    latest.write_text(f"{v3}\n")
+    os.replace(latest, store.root / "LATEST")
     reg = client.app.state.serving.metrics.registry  # type: ignore[attr-defined]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not reg.get_sample_value(
