@@ -131,8 +131,10 @@ class IdIndex:
     [0, 1, 0, 2]
     >>> idx.get("b"), idx.get("zz"), len(idx), idx.ids[2]
     (1, -1, 3, 'c')
-    >>> idx.remove("b"), "b" in idx, idx.ids, idx.add("d"), idx.capacity
-    (1, False, ['a', None, 'c'], 1, 3)
+    >>> idx.remove("b"), "b" in idx, list(idx.ids)
+    (1, False, ['a', None, 'c'])
+    >>> idx.add("d"), idx.capacity  # the freed row is reused
+    (1, 3)
     """
 
     _EMPTY = -1
