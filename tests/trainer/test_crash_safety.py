@@ -1,8 +1,13 @@
 """Crash safety: SIGKILL the trainer at three random moments while 200k events stream in.
 
 Afterwards ``events_total`` equals the number produced and the popularity and item-kNN
-state equals a crash-free run's exactly (decay off, so state is exact counts): events
-after a snapshot are re-read and re-learned, events before it are never learned twice.
+state equals a crash-free run's (time decay off): the same ids, the same co-occurring
+pairs, exact integer arrays, and float sums equal to within a few units in the last
+place. Float sums cannot be bit-identical, because mini-batch boundaries (which depend on
+fetch timing, crash or no crash) change the order of additions; an event learned twice or
+lost would change a sum by a whole event's contribution, which is many orders of
+magnitude above the tolerance. Events after a snapshot are re-read and re-learned, events
+before it are never learned twice.
 """
 
 from __future__ import annotations
@@ -101,9 +106,12 @@ def test_sigkill_three_times_then_state_equals_crash_free_run(
         got, want = snap.models[name].get_state(), ref[name].get_state()
         assert set(got.arrays) == set(want.arrays), name
         for key in want.arrays:
-            np.testing.assert_array_equal(
-                got.arrays[key], want.arrays[key], err_msg=f"{name}.{key}"
-            )
+            g, w = got.arrays[key], want.arrays[key]
+            if np.issubdtype(w.dtype, np.floating):
+                # Summation order differs with batch boundaries: ulp-level, not an event.
+                np.testing.assert_allclose(g, w, rtol=1e-12, atol=0, err_msg=f"{name}.{key}")
+            else:
+                np.testing.assert_array_equal(g, w, err_msg=f"{name}.{key}")
         assert got.meta == want.meta, name
     # No event learned twice: the popularity mass is exactly the sum of the weights.
     mass = snap.models["popularity"].get_state().arrays["mass"]
