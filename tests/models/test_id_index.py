@@ -1,0 +1,51 @@
+"""IdIndex against a plain dict model: random adds, lookups and removals agree."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from online_models.base import IdIndex
+
+# Short ids from a small alphabet: many repeats, many hash-slot collisions.
+ids = st.text(alphabet="abcde", min_size=0, max_size=3)
+ops = st.lists(
+    st.tuples(st.sampled_from(["add_many", "rows", "remove"]), st.lists(ids, max_size=40)),
+    max_size=30,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops)
+def test_id_index_agrees_with_a_dict(script: list[tuple[str, list[str]]]) -> None:
+    index, model, free = IdIndex(), {}, []  # type: ignore[var-annotated]
+    for op, keys in script:
+        if op == "add_many":
+            got = index.add_many(keys).tolist()
+            want = []
+            for k in keys:
+                if k not in model:
+                    model[k] = free.pop() if free else len(model) + len(free)
+                want.append(model[k])
+            assert got == want
+        elif op == "rows":
+            assert index.rows(keys).tolist() == [model.get(k, -1) for k in keys]
+        else:
+            for k in keys:
+                if k in model:
+                    assert index.remove(k) == model[k]
+                    free.append(model.pop(k))
+        assert len(index) == len(model)
+        assert all(index.ids[r] == k for k, r in model.items())
+
+
+def test_batch_lookup_matches_single_lookups_at_scale() -> None:
+    rng = np.random.default_rng(0)
+    keys = [f"item-{i}" for i in range(50_000)]
+    index = IdIndex(keys)
+    for k in rng.choice(len(keys), 5_000, replace=False).tolist():
+        index.remove(keys[k])  # tombstones in the probe chains
+    probe = [keys[i] for i in rng.integers(0, len(keys), 20_000)] + ["nope", "item-x"]
+    assert index.rows(probe).tolist() == [index.get(k) for k in probe]
+    assert index.rows(probe)[-2:].tolist() == [-1, -1]
