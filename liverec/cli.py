@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from liverec import cmd_models, cmd_serve, cmd_stream, cmd_system, cmd_train
+from liverec.runtime import pin_malloc_mmap_threshold
 
 app = typer.Typer(
     name="liverec",
@@ -18,6 +19,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _startup() -> None:
+    """Process-wide settings before any command runs (see ``liverec.runtime``)."""
+    pin_malloc_mmap_threshold()
+
 
 for module in (cmd_stream, cmd_models, cmd_train, cmd_serve, cmd_system):
     module.register(app)
