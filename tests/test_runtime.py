@@ -22,9 +22,14 @@ def test_the_cli_applies_it_before_a_command_runs(
 
     from liverec import cli
 
-    calls: list[tuple[()]] = []
-    monkeypatch.setattr(cli, "pin_malloc_mmap_threshold", lambda: calls.append(()) or True)
+    calls: list[str] = []
+
+    def pin() -> bool:
+        calls.append("pinned")
+        return True
+
+    monkeypatch.setattr(cli, "pin_malloc_mmap_threshold", pin)
     out = tmp_path / "clicks.csv"
     result = CliRunner().invoke(cli.app, ["generate", "--events", "50", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert calls == [()]
+    assert calls == ["pinned"]
