@@ -31,7 +31,7 @@ __all__ = ["Hybrid", "weight_grid"]
 
 _NORMALIZATIONS = ("minmax", "max", "rank")
 
-DEFAULT_COMPONENTS: tuple[str, ...] = ("popularity", "itemknn", "sequence")
+DEFAULT_COMPONENTS: tuple[str, ...] = ("popularity", "itemknn", "sequence", "sknn")
 
 
 def weight_grid(n: int, steps: int) -> np.ndarray:

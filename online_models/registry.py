@@ -19,6 +19,7 @@ MODEL_PATHS: dict[str, str] = {
     "bpr": "online_models.bpr:BPR",
     "embedding": "online_models.embedding:EmbeddingModel",
     "sequence": "online_models.sequence:SequenceModel",
+    "sknn": "online_models.sknn:SessionKNN",
     "hybrid": "online_models.hybrid:Hybrid",
     "river-funkmf": "online_models.river_baseline:RiverFunkMF",
     "river-biasedmf": "online_models.river_baseline:RiverBiasedMF",

@@ -185,7 +185,8 @@ def test_hybrid_tunes_weights_towards_the_accurate_component() -> None:
         rows += [(f"u{u}", f"s{(start + j) % 40}") for j in range(25)]
     users, items = zip(*rows, strict=True)
     stream = Batch.from_columns(users, items, None, np.arange(len(rows), dtype=float))
-    h = learned(Hybrid(tune_sample=64, tune_decay=0.99), stream, 100)
+    h = learned(Hybrid(["popularity", "itemknn", "sequence"], tune_sample=64, tune_decay=0.99),
+                stream, 100)
     assert isinstance(h, Hybrid)
     w = h.weights
     assert w["sequence"] > w["popularity"]

@@ -26,6 +26,7 @@ MARGINS: dict[str, float] = {
     "bpr": 1.2,
     "embedding": 1.5,
     "sequence": 1.5,
+    "sknn": 1.5,
     "hybrid": 1.5,
 }
 
