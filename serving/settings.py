@@ -54,6 +54,15 @@ class ServeSettings(BaseSettings):
     rank_threads
         Worker threads that rank (numpy and hnswlib release the GIL there, so the
         event loop keeps answering meanwhile); 0 ranks inline on the event loop.
+    rank_batch
+        Exact factor scoring in micro-batches (``serving.ranking.ScoreBatcher``): one
+        worker scores every query pending when it becomes free with one
+        matrix-matrix product, one pass over the item factors for up to
+        ``rank_batch_max`` requests. Same results as unbatched. Needs
+        ``rank_threads > 0``; the rank pool then has ``max(rank_threads,
+        rank_batch_max)`` threads, since a request waits for its batch in one.
+    rank_batch_max
+        Most queries scored together.
 
     Examples
     --------
@@ -87,4 +96,6 @@ class ServeSettings(BaseSettings):
     ann_ef: int = Field(default=128, ge=1)
     ann_rebuild_s: float = Field(default=300.0, gt=0)
     rank_threads: int = Field(default=2, ge=0)
+    rank_batch: bool = True
+    rank_batch_max: int = Field(default=32, ge=1, le=1024)
     log_level: str = "info"

@@ -20,7 +20,7 @@ import numpy as np
 from online_models.snapshot import SnapshotError, SnapshotStore
 from serving.live import LiveContext, LiveTail
 from serving.metrics import ServingMetrics
-from serving.ranking import LoadedSnapshot
+from serving.ranking import LoadedSnapshot, ScoreBatcher
 from serving.settings import ServeSettings
 
 __all__ = ["ServingState"]
@@ -54,10 +54,15 @@ class ServingState:
         self.tail: LiveTail | None = None
         # A few dedicated threads (not the 40-thread default pool): each holds its own
         # score buffer, and more threads than cores would only queue on the same cores.
+        # With batching a request thread mostly waits for its batch, so the pool is as
+        # large as a batch (threads start on demand).
+        self.batcher: ScoreBatcher | None = None
+        threads = settings.rank_threads
+        if settings.rank_batch and threads > 0:
+            self.batcher = ScoreBatcher(settings.rank_batch_max)
+            threads = max(threads, settings.rank_batch_max)
         self.rank_pool = (
-            ThreadPoolExecutor(settings.rank_threads, thread_name_prefix="liverec-rank")
-            if settings.rank_threads > 0
-            else None
+            ThreadPoolExecutor(threads, thread_name_prefix="liverec-rank") if threads > 0 else None
         )
         self.started_at = time.time()
         # Recent latencies per route template for the dashboard's p50/p99.
@@ -74,8 +79,11 @@ class ServingState:
         self.metrics.snapshot_version.set(loaded.version)
         self.metrics.snapshot_loaded_timestamp.set(loaded.loaded_at)
         self.metrics.reloads.labels(outcome="ok").inc()
-        log.info("serving snapshot %d (models %s)", loaded.version, sorted(loaded.manifest.get(
-            "models", {})))
+        log.info(
+            "serving snapshot %d (models %s)",
+            loaded.version,
+            sorted(loaded.manifest.get("models", {})),
+        )
 
     def _wrap(self, snap: object) -> LoadedSnapshot:
         s = self.settings
@@ -87,6 +95,7 @@ class ServingState:
             ann_min_items=s.ann_min_items,
             ann_ef=s.ann_ef,
             previous=self.current,
+            batcher=self.batcher,
         )
 
     def load_initial(self) -> bool:
@@ -170,6 +179,8 @@ class ServingState:
             self.tail.stop()
         if self.rank_pool is not None:
             self.rank_pool.shutdown(wait=False, cancel_futures=True)
+        if self.batcher is not None:
+            self.batcher.stop()
 
     # ------------------------------------------------------------------ gauges
     def update_gauges(self, now: float | None = None) -> None:
