@@ -13,13 +13,17 @@ Phases
    own process; the load generator (asyncio keep-alive connections, open loop:
    request ``i`` is due at ``t0 + i / rate`` and its latency counts from that due
    time) runs in another.
-2. For each server configuration in ``--configs`` (``brute``: exact top-k;
-   ``ann``: HNSW for every factor model), ``/healthz`` at ``--rate`` req/s, then
+2. For each server configuration in ``--configs`` (``brute``: exact top-k, one
+   product per request, ``LIVEREC_RANK_BATCH=false``; ``batched``: exact top-k with
+   micro-batched scoring, ``LIVEREC_RANK_BATCH=true``, the default; ``ann``: HNSW
+   for every factor model), ``/healthz`` at ``--rate`` req/s, then
    ``/v1/recommendations`` at the same rate, then ``/healthz`` again; the ratio is
    the recommendations p99 over the worse of the two ``/healthz`` p99s. Beside it
    the in-process figures: a bare ``np.dot(V, q)``, the exact top-k and the ANN
    top-k (``LoadedSnapshot.recommend``), with ANN recall@10 on these factors and on
-   i.i.d. ones (the worst case for an index).
+   i.i.d. ones (the worst case for an index). In-process closed loops with
+   ``--inprocess-threads`` threads compare exact top-k throughput one product per
+   request against micro-batched (with the mean batch size).
 3. ``/v1/recommendations`` at ``--rate`` while this process writes ``--swaps`` new
    snapshots; every failed request (non-200 or transport error) is counted, and the
    server's own reload counter confirms the swaps.
@@ -64,7 +68,7 @@ sys.path.insert(0, str(REPO))
 
 from online_models.snapshot import SnapshotStore  # noqa: E402
 from serving.live import LiveContext  # noqa: E402
-from serving.ranking import LoadedSnapshot  # noqa: E402
+from serving.ranking import LoadedSnapshot, ScoreBatcher  # noqa: E402
 from serving.synthetic_state import (  # noqa: E402
     random_bpr,
     random_history,
@@ -178,8 +182,17 @@ def run_load(base: str, paths: list[str], rate: float, seconds: float, tmp: Path
     pf = tmp / f"paths-{uuid.uuid4().hex[:6]}.json"
     pf.write_text(json.dumps(paths))
     cmd = [
-        sys.executable, __file__, "--loadgen", "--base", base, "--paths-file", str(pf),
-        "--rate", str(rate), "--seconds", str(seconds),
+        sys.executable,
+        __file__,
+        "--loadgen",
+        "--base",
+        base,
+        "--paths-file",
+        str(pf),
+        "--rate",
+        str(rate),
+        "--seconds",
+        str(seconds),
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
@@ -211,8 +224,16 @@ class Server:
             **(env or {}),
         }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "liverec.cli", "serve", "--snapshots", str(root),
-             "--port", str(self.port)],
+            [
+                sys.executable,
+                "-m",
+                "liverec.cli",
+                "serve",
+                "--snapshots",
+                str(root),
+                "--port",
+                str(self.port),
+            ],
             cwd=REPO,
             env=full_env,
         )
@@ -263,7 +284,10 @@ def build(n_users: int, n_items: int, dim: int, clusters: int) -> dict[str, Any]
 
 def write(store: SnapshotStore, state: dict[str, Any]) -> int:
     return store.write(
-        state["models"], history=state["history"], offsets={}, events_total=0,
+        state["models"],
+        history=state["history"],
+        offsets={},
+        events_total=0,
         watermark=time.time(),
     ).version
 
@@ -312,6 +336,49 @@ def inprocess(
             b = {i for i, _ in loaded.recommend(u, 10, live=live).items}
             hits += len(a & b)
         out["recall_at_10"] = round(hits / (10 * min(500, len(users))), 4)
+    return out
+
+
+def inprocess_concurrent(
+    snap: Any, users: list[str], n: int, threads: int, batched: bool
+) -> dict[str, Any]:
+    """Closed loop: ``threads`` threads each ranking ``n / threads`` users back to back.
+
+    Throughput of exact top-k (10 items, seen excluded) with one product per request
+    or through a :class:`ScoreBatcher`, whose mean batch size is reported.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    batcher = ScoreBatcher() if batched else None
+    loaded = LoadedSnapshot(snap, "bpr", batcher=batcher)
+    live = LiveContext()
+    per = max(1, n // threads)
+
+    def worker(w: int) -> list[float]:
+        lat = []
+        for i in range(per):
+            t = time.perf_counter()
+            loaded.recommend(users[(w * per + i) % len(users)], 10, live=live)
+            lat.append(time.perf_counter() - t)
+        return lat
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        lat = [x for part in pool.map(worker, range(threads)) for x in part]
+    wall = time.perf_counter() - t0
+    out: dict[str, Any] = {
+        "threads": threads,
+        "requests": len(lat),
+        "req_per_s": round(len(lat) / wall, 1),
+        "p50_ms": ms(pct(lat, 50)),
+        "p99_ms": ms(pct(lat, 99)),
+        "load": load(),
+    }
+    if batcher is not None:
+        batcher.stop()
+        out["batches"] = batcher.batches
+        out["mean_batch"] = round(batcher.queries / max(1, batcher.batches), 2)
+        out["largest_batch"] = batcher.largest
     return out
 
 
@@ -430,10 +497,18 @@ def main() -> None:
     p.add_argument("--big-items", type=int, default=1_000_000)
     p.add_argument("--freshness-clicks", type=int, default=40)
     p.add_argument("--no-kafka", action="store_true")
-    p.add_argument("--clusters", type=int, default=1000,
-                   help="factor clusters (0: i.i.d. Gaussian factors)")
-    p.add_argument("--configs", nargs="*", default=["brute", "ann"], choices=["brute", "ann"])
-    p.add_argument("--swap-config", default="brute", choices=["brute", "ann"])
+    p.add_argument(
+        "--clusters", type=int, default=1000, help="factor clusters (0: i.i.d. Gaussian factors)"
+    )
+    configs = ["brute", "batched", "ann"]
+    p.add_argument("--configs", nargs="*", default=configs, choices=configs)
+    p.add_argument("--swap-config", default="batched", choices=configs)
+    p.add_argument(
+        "--inprocess-threads",
+        type=int,
+        default=8,
+        help="threads of the in-process closed-loop throughput comparison",
+    )
     p.add_argument("--ann-ef", type=int, default=128)
     p.add_argument("--no-iid-recall", dest="iid_recall", action="store_false")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serving.json")
@@ -456,6 +531,10 @@ def main() -> None:
         snap = store.load()
         results["inprocess_exact"] = inprocess(snap, users, 3000)
         print("   in-process exact", results["inprocess_exact"], flush=True)
+        for batched in (False, True):
+            key = "inprocess_concurrent_" + ("batched" if batched else "single")
+            results[key] = inprocess_concurrent(snap, users, 3000, args.inprocess_threads, batched)
+            print(f"   {key}", results[key], flush=True)
         if "ann" in args.configs:
             results["inprocess_ann"] = inprocess(snap, users, 3000, ann=True, ann_ef=args.ann_ef)
             print("   in-process ann", results["inprocess_ann"], flush=True)
@@ -474,16 +553,22 @@ def main() -> None:
 
         rec_paths = [f"/v1/recommendations?user_id={u}&k=10&model=bpr" for u in users]
         for config in args.configs:
-            env = (
-                {"LIVEREC_ANN": "true", "LIVEREC_ANN_MIN_ITEMS": "0",
-                 "LIVEREC_ANN_EF": str(args.ann_ef)}
-                if config == "ann"
-                else {}
-            )
+            env = {
+                "brute": {"LIVEREC_RANK_BATCH": "false"},
+                "batched": {"LIVEREC_RANK_BATCH": "true"},
+                # ANN with the server's defaults otherwise (batching only serves the
+                # exact path; the index path ranks each request on its own).
+                "ann": {
+                    "LIVEREC_ANN": "true",
+                    "LIVEREC_ANN_MIN_ITEMS": "0",
+                    "LIVEREC_ANN_EF": str(args.ann_ef),
+                },
+            }[config]
             server = Server(store.root, env)
             try:
-                print(f"[2:{config}] /healthz vs /v1/recommendations at {args.rate} req/s",
-                      flush=True)
+                print(
+                    f"[2:{config}] /healthz vs /v1/recommendations at {args.rate} req/s", flush=True
+                )
                 out: dict[str, Any] = {}
                 out["healthz"] = run_load(server.base, ["/healthz"], args.rate, args.seconds, tmp)
                 out["recommendations"] = run_load(

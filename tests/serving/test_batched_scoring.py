@@ -66,6 +66,30 @@ def _live_with_cold_histories(reqs: list[tuple[str, int]]) -> LiveContext:
     return live
 
 
+def test_select_top_k_equals_a_full_sort_with_ties_and_exclusions() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        n = int(rng.integers(1, 30_000))
+        # Rounded scores make many ties, also at the k-th place; some rows -inf.
+        scores = np.round(rng.standard_normal(n), int(rng.integers(0, 3))).astype(np.float32)
+        scores[rng.integers(0, n, n // 10)] = -np.inf
+        if trial % 7 == 0:
+            scores[: n - 3] = -np.inf  # fewer finite scores than k
+        exclude = rng.choice(n, size=min(n, int(rng.integers(0, 50))), replace=False)
+        k = int(rng.choice([1, 2, 10, 100, 1000, n + 5]))
+        masked = scores.copy()
+        masked[exclude] = -np.inf
+        rows_all = np.arange(n)
+        order = np.lexsort((rows_all, -masked))
+        want = order[np.isfinite(masked[order])][:k]
+        # As a column of a batch block (strided) and as a plain array.
+        block = np.repeat(scores[:, None], 3, axis=1)
+        for buf in (scores.copy(), block[:, 1]):
+            rows, got = select_top_k(buf, k, exclude)
+            assert rows.tolist() == want.tolist()
+            assert np.array_equal(got, masked[want])
+
+
 @pytest.mark.parametrize(("n_items", "dim"), [(N_ITEMS, DIM), (300, 8), (5001, 17)])
 def test_batch_columns_are_bit_identical_to_single_query_scores(n_items: int, dim: int) -> None:
     model = random_bpr(N_USERS, n_items, dim, seed=3)
@@ -73,13 +97,13 @@ def test_batch_columns_are_bit_identical_to_single_query_scores(n_items: int, di
     assert scorer is not None
     batcher = ScoreBatcher(max_batch=32, worker=False)
     users = [f"u{u}" for u in range(N_USERS)]
-    for size in (1, 2, 3, 7, 16, 31, 32):
+    for size in (1, 2, 3, 5, 7, 9, 16, 17, 31, 32):
         queries = [scorer.query(u, ()) for u in users[:size]]
         tickets = [batcher.submit(scorer, q) for q in queries if q is not None]
         assert batcher.run_once() == size
         for t, q in zip(tickets, queries, strict=True):
             assert t is not None and t.column is not None and not t.failed
-            assert np.array_equal(t.column, scorer.scores(q))
+            assert np.array_equal(t.scores(), scorer.scores(q))
             batcher.release(t)
     # One block serves every batch: it is lent out and given back each time.
     assert len(batcher._free) == 1
@@ -107,7 +131,7 @@ def test_batched_top_k_equals_single_query_top_k_with_exclusions(snap: Snapshot)
         assert batcher.run_once() == len(chunk)
         for q, k, exclude, t in work:
             assert t is not None and t.column is not None
-            rows, scores = select_top_k(t.column, k, exclude)
+            rows, scores = select_top_k(t.scores(), k, exclude)
             batcher.release(t)
             want_rows, want_scores = scorer.top_k(q, k, exclude)
             assert rows.tolist() == want_rows.tolist()
@@ -155,7 +179,7 @@ def test_queued_queries_keep_the_snapshot_they_started_with() -> None:
     for scorer, q, t in tickets:
         assert t is not None and t.column is not None
         assert t.scorer is scorer
-        assert np.array_equal(t.column, scorer.scores(q))
+        assert np.array_equal(t.scores(), scorer.scores(q))
         batcher.release(t)
 
 
