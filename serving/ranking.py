@@ -339,6 +339,11 @@ class ScoreBatcher:
     worker
         Start the worker thread on the first query. ``False`` (tests) leaves queued
         queries until :meth:`run_once` is called.
+    inline
+        A query arriving when no product is running and none is queued is scored
+        in its own thread right away (the same kernel, so the same result): at low
+        load that saves the hop to the worker and back. Queries arriving meanwhile
+        queue for the worker as usual, so still one product runs at a time.
 
     Examples
     --------
@@ -352,10 +357,18 @@ class ScoreBatcher:
     >>> batcher.stop()
     """
 
-    def __init__(self, max_batch: int = 32, max_bytes: int = 16 << 20, worker: bool = True) -> None:
+    def __init__(
+        self,
+        max_batch: int = 32,
+        max_bytes: int = 16 << 20,
+        worker: bool = True,
+        inline: bool = True,
+    ) -> None:
         self.max_batch = max(1, max_batch)
         self.max_bytes = max_bytes
         self.worker = worker
+        self.inline = inline
+        self._busy = False  # a product is running (the worker's or an inline one)
         self._cond = threading.Condition()
         self._queue: deque[_Ticket] = deque()
         self._free: list[_Block] = []
@@ -367,6 +380,7 @@ class ScoreBatcher:
         self.queries = 0
         self.largest = 0
         self.failed_batches = 0
+        self.inline_queries = 0
 
     # ------------------------------------------------------------------ lifecycle
     def _ensure_worker(self) -> bool:
@@ -408,6 +422,20 @@ class ScoreBatcher:
         """Same as ``scorer.top_k(q, k, exclude)``, scored in a batch with concurrent queries."""
         if scorer.size == 0 or k <= 0:
             return scorer.top_k(q, k, exclude)
+        if self.inline:
+            with self._cond:
+                alone = not (self._busy or self._queue or self._stopped)
+                if alone:
+                    self._busy = True
+            if alone:
+                try:
+                    scores = scorer.scores(q)  # this thread's buffer
+                finally:
+                    with self._cond:
+                        self._busy = False
+                        self._cond.notify_all()
+                self.inline_queries += 1
+                return select_top_k(scores, k, exclude)
         t = self.submit(scorer, q)
         if t is None:
             return scorer.top_k(q, k, exclude)
@@ -450,9 +478,9 @@ class ScoreBatcher:
     def _take(self, wait: bool) -> tuple[list[_Ticket], _Block | None]:
         """The next batch (oldest query's scorer, in arrival order) and a block for it."""
         with self._cond:
-            while wait and not self._queue and not self._stopped:
+            while wait and (not self._queue or self._busy) and not self._stopped:
                 self._cond.wait()
-            if not self._queue or self._stopped:
+            if not self._queue or self._busy or self._stopped:
                 return [], None
             scorer = self._queue[0].scorer
             cap = self._cap(scorer)
@@ -471,15 +499,24 @@ class ScoreBatcher:
             else:
                 # Blocks of an older, smaller catalogue would never fit again.
                 self._free = [b for b in self._free if b.flat.size >= scorer.size * 2]
-                block = _Block(max(need, scorer.size * _padded(cap)))
+                try:
+                    block = _Block(max(need, scorer.size * _padded(cap)))
+                except Exception:
+                    for t in batch:  # out of the queue already: fail them, never drop them
+                        t.failed = True
+                        t.done.set()
+                    raise
+            self._busy = True
             return batch, block
 
     def run_once(self, wait: bool = False) -> int:
         """Score one batch of pending queries (the worker's loop body); returns its size."""
         batch: list[_Ticket] = []
         block: _Block | None = None
+        taken = False
         try:
             batch, block = self._take(wait)
+            taken = bool(batch)
             if batch and block is not None:
                 self._score(batch, block)
         except Exception:
@@ -495,6 +532,10 @@ class ScoreBatcher:
             for t in failed:
                 t.failed = True
                 t.done.set()
+        finally:
+            if taken:
+                with self._cond:
+                    self._busy = False
         return len(batch)
 
     def _score(self, batch: list[_Ticket], block: _Block) -> None:

@@ -63,6 +63,9 @@ class ServeSettings(BaseSettings):
         rank_batch_max)`` threads, since a request waits for its batch in one.
     rank_batch_max
         Most queries scored together.
+    rank_batch_inline
+        With ``rank_batch``: a query arriving while no product runs and none is
+        queued is scored in its own thread, without the hop to the worker.
 
     Examples
     --------
@@ -98,4 +101,5 @@ class ServeSettings(BaseSettings):
     rank_threads: int = Field(default=2, ge=0)
     rank_batch: bool = True
     rank_batch_max: int = Field(default=32, ge=1, le=1024)
+    rank_batch_inline: bool = True
     log_level: str = "info"

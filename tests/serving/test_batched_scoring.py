@@ -140,11 +140,14 @@ def test_batched_top_k_equals_single_query_top_k_with_exclusions(snap: Snapshot)
             assert len(rows) == k
 
 
-def test_concurrent_batched_recommendations_equal_the_single_query_path(snap: Snapshot) -> None:
+@pytest.mark.parametrize("inline", [True, False])
+def test_concurrent_batched_recommendations_equal_the_single_query_path(
+    snap: Snapshot, inline: bool
+) -> None:
     reqs = _requests(600, seed=4)
     live = _live_with_cold_histories(reqs)
     single = LoadedSnapshot(snap, "bpr")
-    batcher = ScoreBatcher(max_batch=32)
+    batcher = ScoreBatcher(max_batch=32, inline=inline)
     batched = LoadedSnapshot(snap, "bpr", batcher=batcher)
     try:
         with ThreadPoolExecutor(32) as pool:
@@ -157,8 +160,9 @@ def test_concurrent_batched_recommendations_equal_the_single_query_path(snap: Sn
         assert not rec.fallback and len(rec.items) == k
         seen = set(single.history(user, live))
         assert not {i for i, _ in rec.items} & seen
-    assert batcher.queries == len(reqs) and batcher.failed_batches == 0
-    assert 1 <= batcher.largest <= 32
+    assert batcher.queries + batcher.inline_queries == len(reqs)
+    assert batcher.failed_batches == 0 and batcher.largest <= 32
+    assert inline or batcher.inline_queries == 0
 
 
 def test_queued_queries_keep_the_snapshot_they_started_with() -> None:
@@ -239,7 +243,7 @@ def test_a_failing_batch_falls_back_to_single_scoring_and_the_worker_survives(
 
     monkeypatch.setattr(ranking, "score_columns", flaky)
     single = LoadedSnapshot(snap, "bpr")
-    batcher = ScoreBatcher(max_batch=8)
+    batcher = ScoreBatcher(max_batch=8, inline=False)  # every query through the worker
     batched = LoadedSnapshot(snap, "bpr", batcher=batcher)
     users = [f"u{u}" for u in range(64)]
     try:
@@ -257,7 +261,7 @@ def test_a_failing_batch_falls_back_to_single_scoring_and_the_worker_survives(
 def test_stop_with_queued_queries_scores_them_in_their_own_threads(snap: Snapshot) -> None:
     scorer = FactorScorer.probe(snap.models["bpr"])
     assert scorer is not None
-    batcher = ScoreBatcher(worker=False)  # nothing drains the queue until stop()
+    batcher = ScoreBatcher(worker=False, inline=False)  # nothing drains the queue until stop()
     none = np.zeros(0, np.int64)
     users = [f"u{u}" for u in range(6)]
     out: dict[str, np.ndarray] = {}
@@ -346,3 +350,16 @@ def test_http_requests_through_the_batcher_survive_swaps(
     assert statuses and set(statuses) == {200}
     assert state.batcher is not None and state.batcher.queries > 0
     assert state.batcher.failed_batches == 0
+
+
+def test_a_lone_query_is_scored_inline_without_the_worker(snap: Snapshot) -> None:
+    scorer = FactorScorer.probe(snap.models["bpr"])
+    assert scorer is not None
+    batcher = ScoreBatcher(worker=False)  # no worker: only the inline path can answer
+    exclude = np.array([3, 5, 7])
+    q = scorer.query("u1", ())
+    assert q is not None
+    rows, scores = batcher.top_k(scorer, q, 10, exclude)
+    want_rows, want_scores = scorer.top_k(q, 10, exclude)
+    assert rows.tolist() == want_rows.tolist() and np.array_equal(scores, want_scores)
+    assert batcher.inline_queries == 1 and batcher.queries == 0 and not batcher._busy
