@@ -56,7 +56,8 @@ class Hybrid(OnlineModel):
     ----------
     components
         Registry names of the components; must include ``"popularity"`` (the
-        cold-start fallback).
+        cold-start fallback). ``"name@label"`` adds another instance of model
+        ``name`` (configured through ``component_params["name@label"]``).
     component_params
         Optional constructor arguments per component name.
     grid_steps
@@ -122,10 +123,11 @@ class Hybrid(OnlineModel):
             raise ValueError("Hybrid components must be distinct")
         self.models: dict[str, OnlineModel] = {}
         for c in self.components:
-            if c == "hybrid":
+            kind = c.split("@", 1)[0]
+            if kind == "hybrid":
                 raise ValueError("a Hybrid cannot contain a hybrid")
             try:
-                self.models[c] = registry.create(c, **self.component_params.get(c, {}))
+                self.models[c] = registry.create(kind, **self.component_params.get(c, {}))
             except (ImportError, AttributeError) as exc:
                 raise ValueError(
                     f"Hybrid component {c!r} is not available ({exc}); "

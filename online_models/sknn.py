@@ -79,6 +79,8 @@ class SessionKNN(OnlineModel):
         Weight of votes for items *before* the nearest shared item (1: symmetric).
     session_half_life_seconds
         Event-time half-life of a neighbour session's weight (``None``: no decay).
+    idf_power
+        A shared query item weighs ``(1 + log(sessions / sessions with it))**idf_power``.
     popularity_half_life_seconds
         Half-life of the tie-breaking popularity.
     popularity_tiebreak
@@ -100,7 +102,7 @@ class SessionKNN(OnlineModel):
     def __init__(
         self,
         session_gap_seconds: float = 3600.0,
-        max_session_items: int = 20,
+        max_session_items: int = 30,
         sessions_per_item: int = 100,
         max_sessions: int = 1_000_000,
         n_neighbours: int = 50,
@@ -110,6 +112,7 @@ class SessionKNN(OnlineModel):
         position_decay: float = 0.8,
         before_factor: float = 0.5,
         session_half_life_seconds: float | None = None,
+        idf_power: float = 2.0,
         popularity_half_life_seconds: float | None = 365 * 86_400.0,
         popularity_tiebreak: float = 1e-6,
     ) -> None:
@@ -126,6 +129,7 @@ class SessionKNN(OnlineModel):
         self.position_decay = position_decay
         self.before_factor = before_factor
         self.session_half_life_seconds = session_half_life_seconds
+        self.idf_power = idf_power
         self.popularity_half_life_seconds = popularity_half_life_seconds
         self.popularity_tiebreak = popularity_tiebreak
 
@@ -248,6 +252,10 @@ class SessionKNN(OnlineModel):
         # A repeated query item (the model's own session) counts with its latest weight.
         uniq, first = np.unique(rows[::-1], return_index=True)
         rows, weights = uniq, weights[::-1][first]
+        if self.idf_power:
+            # Sharing a rare item says more than sharing a blockbuster.
+            idf = np.log((self._n_sessions + 1.0) / (self._item_ptr[rows] + 1.0)) + 1.0
+            weights = weights * idf**self.idf_power
         cand = self._item_sess[rows]  # (m, P) session ids
         cw = np.broadcast_to(weights[:, None], cand.shape)
         M = self.max_sessions

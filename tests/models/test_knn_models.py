@@ -193,6 +193,17 @@ def test_hybrid_tunes_weights_towards_the_accurate_component() -> None:
     assert sum(w.values()) == pytest.approx(1.0)
 
 
+def test_hybrid_can_hold_two_instances_of_one_model() -> None:
+    h = Hybrid(["popularity", "itemknn", "itemknn@short"],
+               component_params={"itemknn@short": {"window": 2}}, tune_sample=8)
+    stream = random_stream(800)
+    learned(h, stream, 128)
+    assert h.models["itemknn@short"].get_params()["window"] == 2
+    assert h.models["itemknn"].get_params()["window"] != 2
+    back = registry.from_state(h.get_state())
+    np.testing.assert_array_equal(back.score_all("u1"), h.score_all("u1"))
+
+
 def test_hybrid_rejects_missing_fallback_and_unknown_components() -> None:
     with pytest.raises(ValueError, match="popularity"):
         Hybrid(components=["itemknn"])

@@ -91,3 +91,15 @@ def test_state_round_trip_and_learning_continues_identically() -> None:
         b2.learn(b)
     assert_states_equal(a.get_state(), b2.get_state(), exact=False)
     assert [i for i, _ in a.similar("i1", 5)] == [i for i, _ in b2.similar("i1", 5)]
+
+
+def test_idf_prefers_neighbours_that_share_a_rare_item() -> None:
+    # Nine sessions hold the common c (then x), one holds the rare r (then y).
+    rows = [(f"u{u}", it) for u in range(9) for it in ("c", "x")] + [("v", "r"), ("v", "y")]
+    users, items = zip(*rows, strict=True)
+    batch = Batch.from_columns(users, items, None, np.arange(len(rows), dtype=float))
+    for idf_power, best in ((0.0, "x"), (2.0, "y")):
+        m = SessionKNN(n_neighbours=1, idf_power=idf_power, length_power=0.0)
+        m.learn(batch)
+        recs = m.recommend("new", 1, history=["r", "c"], exclude=["r", "c"])
+        assert recs[0][0] == best, idf_power
