@@ -318,9 +318,9 @@ class ScoreBatcher:
     thread takes every query pending when it becomes free (no waiting for more, at
     most ``max_batch``, all of the same :class:`FactorScorer`), stacks them into a
     ``B x dim`` matrix and scores them with one ``V @ Q^T`` into a reusable
-    ``rows x B`` block. Each request thread then excludes its seen items and
-    partitions *its own column* (so top-k runs in parallel on the request threads)
-    and releases the block. Results are bit-identical to
+    ``rows x B`` block. Each request thread then adds the bias to *its own column*,
+    excludes its seen items and takes its top-k (in parallel on the request
+    threads) and releases the block. Results are bit-identical to
     :meth:`FactorScorer.top_k` (both go through :func:`score_columns`).
 
     A query is always scored by the scorer it was submitted with, i.e. the
@@ -375,7 +375,8 @@ class ScoreBatcher:
         self._queries = np.empty((0, 0), np.float32)  # worker-owned
         self._thread: threading.Thread | None = None
         self._stopped = False
-        # Counters (read without the lock: approximate, for benchmarks and tests).
+        # Counters: queries/batches/largest/failed_batches written by the worker only,
+        # inline_queries under the lock.
         self.batches = 0
         self.queries = 0
         self.largest = 0
@@ -433,8 +434,8 @@ class ScoreBatcher:
                 finally:
                     with self._cond:
                         self._busy = False
+                        self.inline_queries += 1
                         self._cond.notify_all()
-                self.inline_queries += 1
                 return select_top_k(scores, k, exclude)
         t = self.submit(scorer, q)
         if t is None:
