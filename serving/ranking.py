@@ -424,19 +424,9 @@ class ScoreBatcher:
         if scorer.size == 0 or k <= 0:
             return scorer.top_k(q, k, exclude)
         if self.inline:
-            with self._cond:
-                alone = not (self._busy or self._queue or self._stopped)
-                if alone:
-                    self._busy = True
-            if alone:
-                try:
-                    scores = scorer.scores(q)  # this thread's buffer
-                finally:
-                    with self._cond:
-                        self._busy = False
-                        self.inline_queries += 1
-                        self._cond.notify_all()
-                return select_top_k(scores, k, exclude)
+            done = self._inline(scorer, q, k, exclude)
+            if done is not None:
+                return done
         t = self.submit(scorer, q)
         if t is None:
             return scorer.top_k(q, k, exclude)
@@ -447,6 +437,44 @@ class ScoreBatcher:
             return select_top_k(t.scores(), k, exclude)
         finally:
             self.release(t)
+
+    def _inline(
+        self, scorer: FactorScorer, q: np.ndarray, k: int, exclude: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Score ``q`` in this thread if nothing runs or waits; ``None`` otherwise.
+
+        Uses a block from the shared pool rather than a per-thread buffer: any of the
+        rank pool's threads may score inline, and per-thread buffers would cost a
+        ``rows x 2`` matrix per thread per snapshot.
+        """
+        with self._cond:
+            if self._busy or self._queue or self._stopped:
+                return None
+            block = self._block(scorer, 1)
+            self._busy = True
+            block.readers = 1
+            self.inline_queries += 1
+        try:
+            try:
+                queries = np.empty((2, scorer.dim), np.float32)
+                queries[0] = q
+                queries[1] = q
+                out = block.flat[: scorer.size * 2].reshape(scorer.size, 2)
+                score_columns(scorer.vectors, queries, out)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+            col = out[:, 0]
+            np.add(col, scorer.bias, out=col)
+            return select_top_k(col, k, exclude)
+        except Exception:
+            log.exception("inline scoring failed; scoring the query on its own")
+            return scorer.top_k(q, k, exclude)
+        finally:
+            with self._cond:
+                block.readers = 0
+                self._free.append(block)
 
     def _wait(self, t: _Ticket) -> None:
         # The worker sets every ticket it takes, even when scoring fails; the
@@ -493,22 +521,26 @@ class ScoreBatcher:
                 else:
                     rest.append(t)
             self._queue = rest
-            need = scorer.size * _padded(len(batch))
-            block = next((b for b in self._free if b.flat.size >= need), None)
-            if block is not None:
-                self._free.remove(block)
-            else:
-                # Blocks of an older, smaller catalogue would never fit again.
-                self._free = [b for b in self._free if b.flat.size >= scorer.size * 2]
-                try:
-                    block = _Block(max(need, scorer.size * _padded(cap)))
-                except Exception:
-                    for t in batch:  # out of the queue already: fail them, never drop them
-                        t.failed = True
-                        t.done.set()
-                    raise
+            try:
+                block = self._block(scorer, len(batch))
+            except Exception:
+                for t in batch:  # out of the queue already: fail them, never drop them
+                    t.failed = True
+                    t.done.set()
+                raise
             self._busy = True
             return batch, block
+
+    def _block(self, scorer: FactorScorer, b: int) -> _Block:
+        """A free block with room for ``b`` queries of ``scorer`` (call under the lock)."""
+        need = scorer.size * _padded(b)
+        block = next((x for x in self._free if x.flat.size >= need), None)
+        if block is not None:
+            self._free.remove(block)
+            return block
+        # Blocks of an older, smaller catalogue would never fit again.
+        self._free = [x for x in self._free if x.flat.size >= scorer.size * 2]
+        return _Block(max(need, scorer.size * _padded(self._cap(scorer))))
 
     def run_once(self, wait: bool = False) -> int:
         """Score one batch of pending queries (the worker's loop body); returns its size."""

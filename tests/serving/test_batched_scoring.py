@@ -363,3 +363,30 @@ def test_a_lone_query_is_scored_inline_without_the_worker(snap: Snapshot) -> Non
     want_rows, want_scores = scorer.top_k(q, 10, exclude)
     assert rows.tolist() == want_rows.tolist() and np.array_equal(scores, want_scores)
     assert batcher.inline_queries == 1 and batcher.queries == 0 and not batcher._busy
+    assert len(batcher._free) == 1  # the block it borrowed is back in the pool
+
+
+def test_a_failing_inline_product_falls_back_to_single_scoring(
+    snap: Snapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original: Callable[..., None] = ranking.score_columns
+    calls = {"n": 0}
+
+    def fails_once(*args: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise MemoryError("simulated")
+        original(*args)
+
+    scorer = FactorScorer.probe(snap.models["bpr"])
+    assert scorer is not None
+    q = scorer.query("u2", ())
+    assert q is not None
+    none = np.zeros(0, np.int64)
+    want_rows, want_scores = scorer.top_k(q, 10, none)
+    monkeypatch.setattr(ranking, "score_columns", fails_once)
+    batcher = ScoreBatcher(worker=False)
+    rows, scores = batcher.top_k(scorer, q, 10, none)
+    assert calls["n"] == 2  # the inline product failed, the fallback scored
+    assert rows.tolist() == want_rows.tolist() and np.array_equal(scores, want_scores)
+    assert not batcher._busy and len(batcher._free) == 1
