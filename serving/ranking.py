@@ -340,10 +340,14 @@ class ScoreBatcher:
         Start the worker thread on the first query. ``False`` (tests) leaves queued
         queries until :meth:`run_once` is called.
     inline
-        A query arriving when no product is running and none is queued is scored
-        in its own thread right away (the same kernel, so the same result): at low
-        load that saves the hop to the worker and back. Queries arriving meanwhile
-        queue for the worker as usual, so still one product runs at a time.
+        A query arriving while fewer than ``slots`` products run and none is queued
+        is scored in its own thread right away (the same kernel, so the same
+        result): at low load that saves the hop to the worker and back.
+    slots
+        Most products running at once (the worker's batch and inline queries). With
+        2, on 2 cores, two overlapping requests are scored side by side as without
+        batching; only a third waits, and the waiting ones go together into the
+        worker's next batch. 1: strictly one product at a time.
 
     Examples
     --------
@@ -363,12 +367,14 @@ class ScoreBatcher:
         max_bytes: int = 16 << 20,
         worker: bool = True,
         inline: bool = True,
+        slots: int = 2,
     ) -> None:
         self.max_batch = max(1, max_batch)
         self.max_bytes = max_bytes
         self.worker = worker
         self.inline = inline
-        self._busy = False  # a product is running (the worker's or an inline one)
+        self.slots = max(1, slots)
+        self._running = 0  # products running: the worker's batch and inline ones
         self._cond = threading.Condition()
         self._queue: deque[_Ticket] = deque()
         self._free: list[_Block] = []
@@ -448,10 +454,10 @@ class ScoreBatcher:
         ``rows x 2`` matrix per thread per snapshot.
         """
         with self._cond:
-            if self._busy or self._queue or self._stopped:
+            if self._running >= self.slots or self._queue or self._stopped:
                 return None
             block = self._block(scorer, 1)
-            self._busy = True
+            self._running += 1
             block.readers = 1
             self.inline_queries += 1
         try:
@@ -463,7 +469,7 @@ class ScoreBatcher:
                 score_columns(scorer.vectors, queries, out)
             finally:
                 with self._cond:
-                    self._busy = False
+                    self._running -= 1
                     self._cond.notify_all()
             col = out[:, 0]
             np.add(col, scorer.bias, out=col)
@@ -507,9 +513,9 @@ class ScoreBatcher:
     def _take(self, wait: bool) -> tuple[list[_Ticket], _Block | None]:
         """The next batch (oldest query's scorer, in arrival order) and a block for it."""
         with self._cond:
-            while wait and (not self._queue or self._busy) and not self._stopped:
+            while wait and (not self._queue or self._running >= self.slots) and not self._stopped:
                 self._cond.wait()
-            if not self._queue or self._busy or self._stopped:
+            if not self._queue or self._running >= self.slots or self._stopped:
                 return [], None
             scorer = self._queue[0].scorer
             cap = self._cap(scorer)
@@ -528,7 +534,7 @@ class ScoreBatcher:
                     t.failed = True
                     t.done.set()
                 raise
-            self._busy = True
+            self._running += 1
             return batch, block
 
     def _block(self, scorer: FactorScorer, b: int) -> _Block:
@@ -568,7 +574,7 @@ class ScoreBatcher:
         finally:
             if taken:
                 with self._cond:
-                    self._busy = False
+                    self._running -= 1
         return len(batch)
 
     def _score(self, batch: list[_Ticket], block: _Block) -> None:

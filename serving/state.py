@@ -59,7 +59,11 @@ class ServingState:
         self.batcher: ScoreBatcher | None = None
         threads = settings.rank_threads
         if settings.rank_batch and threads > 0:
-            self.batcher = ScoreBatcher(settings.rank_batch_max, inline=settings.rank_batch_inline)
+            self.batcher = ScoreBatcher(
+                settings.rank_batch_max,
+                inline=settings.rank_batch_inline,
+                slots=settings.rank_batch_slots,
+            )
             threads = max(threads, settings.rank_batch_max)
         self.rank_pool = (
             ThreadPoolExecutor(threads, thread_name_prefix="liverec-rank") if threads > 0 else None

@@ -140,14 +140,14 @@ def test_batched_top_k_equals_single_query_top_k_with_exclusions(snap: Snapshot)
             assert len(rows) == k
 
 
-@pytest.mark.parametrize("inline", [True, False])
+@pytest.mark.parametrize(("inline", "slots"), [(True, 2), (True, 1), (False, 2)])
 def test_concurrent_batched_recommendations_equal_the_single_query_path(
-    snap: Snapshot, inline: bool
+    snap: Snapshot, inline: bool, slots: int
 ) -> None:
     reqs = _requests(600, seed=4)
     live = _live_with_cold_histories(reqs)
     single = LoadedSnapshot(snap, "bpr")
-    batcher = ScoreBatcher(max_batch=32, inline=inline)
+    batcher = ScoreBatcher(max_batch=32, inline=inline, slots=slots)
     batched = LoadedSnapshot(snap, "bpr", batcher=batcher)
     try:
         with ThreadPoolExecutor(32) as pool:
@@ -348,7 +348,8 @@ def test_http_requests_through_the_batcher_survive_swaps(
             t.join()
     state: ServingState = batched_client.app.state.serving  # type: ignore[attr-defined]
     assert statuses and set(statuses) == {200}
-    assert state.batcher is not None and state.batcher.queries > 0
+    assert state.batcher is not None
+    assert state.batcher.queries + state.batcher.inline_queries > 0
     assert state.batcher.failed_batches == 0
 
 
@@ -362,7 +363,7 @@ def test_a_lone_query_is_scored_inline_without_the_worker(snap: Snapshot) -> Non
     rows, scores = batcher.top_k(scorer, q, 10, exclude)
     want_rows, want_scores = scorer.top_k(q, 10, exclude)
     assert rows.tolist() == want_rows.tolist() and np.array_equal(scores, want_scores)
-    assert batcher.inline_queries == 1 and batcher.queries == 0 and not batcher._busy
+    assert batcher.inline_queries == 1 and batcher.queries == 0 and batcher._running == 0
     assert len(batcher._free) == 1  # the block it borrowed is back in the pool
 
 
@@ -389,4 +390,4 @@ def test_a_failing_inline_product_falls_back_to_single_scoring(
     rows, scores = batcher.top_k(scorer, q, 10, none)
     assert calls["n"] == 2  # the inline product failed, the fallback scored
     assert rows.tolist() == want_rows.tolist() and np.array_equal(scores, want_scores)
-    assert not batcher._busy and len(batcher._free) == 1
+    assert batcher._running == 0 and len(batcher._free) == 1
