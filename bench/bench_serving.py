@@ -16,7 +16,7 @@ Phases
 2. For each server configuration in ``--configs`` (``brute``: exact top-k, one
    product per request, ``LIVEREC_RANK_BATCH=false``; ``batched``: exact top-k with
    micro-batched scoring, ``LIVEREC_RANK_BATCH=true``, the default;
-   ``batched-serial``: one product at a time, ``LIVEREC_RANK_BATCH_SLOTS=1``;
+   ``batched-2slots``: up to two products at once, ``LIVEREC_RANK_BATCH_SLOTS=2``;
    ``batched-worker``: every query through the worker, none scored inline,
    ``LIVEREC_RANK_BATCH_INLINE=false``; ``ann``: HNSW for every factor
    model), ``/healthz`` at ``--rate`` req/s, then
@@ -503,7 +503,7 @@ def main() -> None:
     p.add_argument(
         "--clusters", type=int, default=1000, help="factor clusters (0: i.i.d. Gaussian factors)"
     )
-    configs = ["brute", "batched", "batched-serial", "batched-worker", "ann"]
+    configs = ["brute", "batched", "batched-2slots", "batched-worker", "ann"]
     p.add_argument("--configs", nargs="*", default=configs, choices=configs)
     p.add_argument("--swap-config", default="batched", choices=configs)
     p.add_argument(
@@ -559,7 +559,7 @@ def main() -> None:
             env = {
                 "brute": {"LIVEREC_RANK_BATCH": "false"},
                 "batched": {"LIVEREC_RANK_BATCH": "true"},
-                "batched-serial": {"LIVEREC_RANK_BATCH": "true", "LIVEREC_RANK_BATCH_SLOTS": "1"},
+                "batched-2slots": {"LIVEREC_RANK_BATCH": "true", "LIVEREC_RANK_BATCH_SLOTS": "2"},
                 "batched-worker": {
                     "LIVEREC_RANK_BATCH": "true",
                     "LIVEREC_RANK_BATCH_INLINE": "false",

@@ -346,8 +346,8 @@ class ScoreBatcher:
     slots
         Most products running at once (the worker's batch and inline queries). With
         2, on 2 cores, two overlapping requests are scored side by side as without
-        batching; only a third waits, and the waiting ones go together into the
-        worker's next batch. 1: strictly one product at a time.
+        batching and only a third waits; measured worse than 1 on the shared box
+        (BENCHMARKS.md, run F), so 1: strictly one product at a time.
 
     Examples
     --------
@@ -367,7 +367,7 @@ class ScoreBatcher:
         max_bytes: int = 16 << 20,
         worker: bool = True,
         inline: bool = True,
-        slots: int = 2,
+        slots: int = 1,
     ) -> None:
         self.max_batch = max(1, max_batch)
         self.max_bytes = max_bytes

@@ -68,9 +68,9 @@ class ServeSettings(BaseSettings):
         ``rank_batch_slots`` products run and none is queued is scored in its own
         thread, without the hop to the worker.
     rank_batch_slots
-        Most products at once (the worker's batch plus inline queries); 2 lets two
-        overlapping requests use both cores as without batching, 1 scores strictly
-        one product at a time.
+        Most products at once (the worker's batch plus inline queries). 1 (default)
+        scores strictly one product at a time; 2 lets two overlapping requests use
+        both cores as without batching (its p99 was worse in BENCHMARKS.md, run F).
 
     Examples
     --------
@@ -107,5 +107,5 @@ class ServeSettings(BaseSettings):
     rank_batch: bool = True
     rank_batch_max: int = Field(default=32, ge=1, le=1024)
     rank_batch_inline: bool = True
-    rank_batch_slots: int = Field(default=2, ge=1, le=64)
+    rank_batch_slots: int = Field(default=1, ge=1, le=64)
     log_level: str = "info"
