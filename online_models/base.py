@@ -551,6 +551,29 @@ class OnlineModel(ABC):
         ids = self.items.ids
         return [(ids[r], float(scores[r])) for r in top_k(scores, k)]
 
+    # -- helpers for subclasses
+    def _finish_scores(
+        self, scores: np.ndarray, popularity: np.ndarray | None = None, tiebreak: float = 0.0
+    ) -> np.ndarray:
+        """``score_all``'s result: float32 over ``items.capacity``, freed rows ``-inf``.
+
+        With ``tiebreak > 0`` a sliver of normalised ``popularity`` is added so that
+        ties (notably all-zero rows for a user with no signal) go to popular items.
+        """
+        if tiebreak and popularity is not None and len(popularity) and popularity.max() > 0:
+            scores = scores + tiebreak * popularity / popularity.max()
+        out = np.array(scores, dtype=np.float32)  # always a copy: callers may write to it
+        if len(self.items) < self.items.capacity:
+            out[~self.items.live_mask()] = -np.inf
+        return out
+
+    def _similar_from(self, row: int, scores: np.ndarray, k: int) -> list[tuple[str, float]]:
+        """Top ``k`` items by ``scores`` (in place: ``row`` and non-positive ones dropped)."""
+        scores[row] = 0.0
+        scores[scores <= 0] = -np.inf
+        ids = self.items.ids
+        return [(ids[r], float(scores[r])) for r in top_k(scores, k)]
+
     def item_vectors(self) -> np.ndarray | None:
         """Item embedding matrix (rows aligned to ``self.items``) if the model has one.
 

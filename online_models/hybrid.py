@@ -244,10 +244,7 @@ class Hybrid(OnlineModel):
             context = list(history) if history else self.history.get(user)
             w = np.asarray(list(self.weights.values()))
             out = w @ self._component_matrix(user, context)
-        res = out.astype(np.float32)
-        if len(self.items) < cap:
-            res[~self.items.live_mask()] = -np.inf
-        return res
+        return self._finish_scores(out)
 
     def similar(self, item: str, k: int = 10) -> list[tuple[str, float]]:
         """Weighted merge of the components' similar items (popularity if none has any)."""

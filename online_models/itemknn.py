@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from online_models.base import Batch, IdIndex, ModelState, OnlineModel, top_k
+from online_models.base import Batch, IdIndex, ModelState, OnlineModel
 
 __all__ = ["CoOccurrenceModel", "ItemKNN"]
 
@@ -300,24 +300,13 @@ class CoOccurrenceModel(OnlineModel):
         cap = self.items.capacity
         rows, weights = self._query(user, history)
         scores = self._row_scores(rows, weights) if len(rows) else np.zeros(cap)
-        counts = self._counts[:cap]
-        if self.popularity_tiebreak and cap and counts.max() > 0:
-            # Ties (notably all-zero rows) go to currently popular items.
-            scores = scores + self.popularity_tiebreak * counts / counts.max()
-        out = scores.astype(np.float32)
-        if len(self.items) < cap:
-            out[~self.items.live_mask()] = -np.inf
-        return out
+        return self._finish_scores(scores, self._counts[:cap], self.popularity_tiebreak)
 
     def similar(self, item: str, k: int = 10) -> list[tuple[str, float]]:
         row = self.items.get(item)
         if row < 0:
             return []
-        scores = self._row_scores(np.array([row]), np.ones(1))
-        scores[row] = 0.0
-        scores[scores <= 0] = -np.inf
-        ids = self.items.ids
-        return [(ids[r], float(scores[r])) for r in top_k(scores, k)]
+        return self._similar_from(row, self._row_scores(np.array([row]), np.ones(1)), k)
 
     # ------------------------------------------------------------------ state
     @property

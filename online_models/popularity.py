@@ -89,10 +89,7 @@ class Popularity(OnlineModel):
         return float(self._decayed()[row]) if row >= 0 else 0.0
 
     def score_all(self, user: str, history: Sequence[str] = ()) -> np.ndarray:
-        out = self._decayed().astype(np.float32)
-        if len(self.items) < self.items.capacity:
-            out[~self.items.live_mask()] = -np.inf
-        return out
+        return self._finish_scores(self._decayed())
 
     def similar(self, item: str, k: int = 10) -> list[tuple[str, float]]:
         """The currently most popular items other than ``item``."""

@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from online_models.base import Batch, IdIndex, ModelState, OnlineModel, top_k
+from online_models.base import Batch, IdIndex, ModelState, OnlineModel
 
 __all__ = ["SessionKNN"]
 
@@ -297,24 +297,14 @@ class SessionKNN(OnlineModel):
         cap = self.items.capacity
         u, rows, weights = self._query(user, history)
         scores = self._votes(u, rows, weights)
-        pop = self._pop[:cap]
-        if self.popularity_tiebreak and cap and pop.max() > 0:
-            scores = scores + self.popularity_tiebreak * pop / pop.max()
-        out = scores.astype(np.float32)
-        if len(self.items) < cap:
-            out[~self.items.live_mask()] = -np.inf
-        return out
+        return self._finish_scores(scores, self._pop[:cap], self.popularity_tiebreak)
 
     def similar(self, item: str, k: int = 10) -> list[tuple[str, float]]:
         """Items near ``item`` in the sessions that hold it (any user's)."""
         row = self.items.get(item)
         if row < 0 or row >= len(self._item_sess):
             return []
-        scores = self._votes(-1, np.array([row], np.int64), np.ones(1))
-        scores[row] = 0.0
-        scores[scores <= 0] = -np.inf
-        ids = self.items.ids
-        return [(ids[r], float(scores[r])) for r in top_k(scores, k)]
+        return self._similar_from(row, self._votes(-1, np.array([row], np.int64), np.ones(1)), k)
 
     # ------------------------------------------------------------------ state
     @property
