@@ -4,8 +4,8 @@ glibc's malloc raises its mmap threshold each time a large block is freed (up to
 so after an id table or an embedding table is regrown, later multi-megabyte buffers come
 from the heap, and the freed ones stay resident as holes between live allocations. In a
 long-running trainer this shows up as resident memory well above the model's parameters
-(``bench/bench_memory.py``: 1.60-1.65x at 1M items x 64 dims with the dynamic threshold,
-1.47x with it pinned at 1 MiB). Pinning the threshold makes every block above it a
+(``bench/bench_memory.py``: 1.58-1.60x at 1M items x 64 dims with the dynamic threshold,
+1.46-1.47x with it pinned at 1 MiB). Pinning the threshold makes every block above it a
 private mapping that goes back to the OS when freed, while the small per-request arrays
 of serving (a 100k-item score vector is 400-800 KB) stay on the heap.
 """
