@@ -6,13 +6,86 @@ status codes.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Iterator
+from typing import Protocol
 
-__all__ = ["ServingMetrics"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["BatcherCollector", "ServingMetrics"]
+
+
+class BatcherStats(Protocol):
+    """The counters a micro-batching scorer keeps (``serving.ranking.ScoreBatcher``)."""
+
+    batches: int
+    queries: int
+    largest: int
+    failed_batches: int
+    inline_queries: int
+
+
+class BatcherCollector(Collector):
+    """Exports a scorer's own counters at scrape time (no double bookkeeping).
+
+    >>> from types import SimpleNamespace
+    >>> r = CollectorRegistry()
+    >>> stats = SimpleNamespace(batches=3, queries=10, largest=5, failed_batches=0,
+    ...                         inline_queries=7)
+    >>> r.register(BatcherCollector(stats))
+    >>> r.get_sample_value("liverec_serving_rank_batched_queries_total")
+    10.0
+    """
+
+    def __init__(self, stats: BatcherStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats
+        yield CounterMetricFamily(
+            "liverec_serving_rank_batches",
+            "Micro-batched scoring products run (one pass over the item factors each).",
+            value=float(s.batches),
+        )
+        yield CounterMetricFamily(
+            "liverec_serving_rank_batched_queries",
+            "Exact queries scored in micro-batches (divide by batches for the mean size).",
+            value=float(s.queries),
+        )
+        yield CounterMetricFamily(
+            "liverec_serving_rank_inline_queries",
+            "Exact queries scored alone in their own thread (nothing else pending).",
+            value=float(s.inline_queries),
+        )
+        yield CounterMetricFamily(
+            "liverec_serving_rank_failed_batches",
+            "Micro-batches whose product failed (their queries were scored one by one).",
+            value=float(s.failed_batches),
+        )
+        yield GaugeMetricFamily(
+            "liverec_serving_rank_largest_batch",
+            "Largest micro-batch since start.",
+            value=float(s.largest),
+        )
+
 
 # Sub-millisecond buckets: the in-process ranking and the bare HTTP floor live there.
 _LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
     2.5,
 )
 

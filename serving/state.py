@@ -19,7 +19,7 @@ import numpy as np
 
 from online_models.snapshot import SnapshotError, SnapshotStore
 from serving.live import LiveContext, LiveTail
-from serving.metrics import ServingMetrics
+from serving.metrics import BatcherCollector, ServingMetrics
 from serving.ranking import LoadedSnapshot, ScoreBatcher
 from serving.settings import ServeSettings
 
@@ -65,6 +65,7 @@ class ServingState:
                 slots=settings.rank_batch_slots,
             )
             threads = max(threads, settings.rank_batch_max)
+            metrics.registry.register(BatcherCollector(self.batcher))
         self.rank_pool = (
             ThreadPoolExecutor(threads, thread_name_prefix="liverec-rank") if threads > 0 else None
         )

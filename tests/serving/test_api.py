@@ -218,3 +218,17 @@ def test_dashboard_data_has_real_figures(client: TestClient) -> None:
     assert page.status_code == 200 and "/static/dashboard.js" in page.text
     assert "http" not in page.text.split("<body>")[1].split("</body>")[0]
 
+
+
+def test_micro_batching_counters_are_exported(client: TestClient, trained: Trained) -> None:
+    user, _ = _user_with_history(trained[1])
+    for _ in range(3):
+        assert client.get("/v1/recommendations", params={"user_id": user}).status_code == 200
+    reg = client.app.state.serving.metrics.registry  # type: ignore[attr-defined]
+    scored = sum(
+        reg.get_sample_value(f"liverec_serving_rank_{kind}_queries_total") or 0.0
+        for kind in ("inline", "batched")
+    )
+    assert scored == 3.0  # sequential requests: each scored alone or in a batch, once
+    assert reg.get_sample_value("liverec_serving_rank_failed_batches_total") == 0.0
+    assert "liverec_serving_rank_largest_batch" in client.get("/metrics").text
