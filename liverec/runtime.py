@@ -13,7 +13,6 @@ of serving (a 100k-item score vector is 400-800 KB) stay on the heap.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import sys
 
@@ -29,12 +28,10 @@ def pin_malloc_mmap_threshold(nbytes: int = DEFAULT_MMAP_THRESHOLD) -> bool:
     """Fix glibc's mmap threshold at ``nbytes``; False (and nothing done) elsewhere."""
     if not sys.platform.startswith("linux"):
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        # The process's own symbols include libc's: no ``find_library`` (which runs
+        # ``ldconfig`` in a subprocess) on every command's start-up.
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # musl and other libcs have no mallopt
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]

@@ -38,6 +38,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from online_models.base import Batch, IdIndex, ModelState, OnlineModel
+from online_models.bpr import grow_rows
 
 __all__ = ["CoOccurrenceModel", "ItemKNN"]
 
@@ -45,19 +46,6 @@ _SHIFT = np.int64(32)
 _LOW = np.int64(0xFFFFFFFF)
 #: rescale forward-decayed mass once it has grown by 2**_MAX_EXP
 _MAX_EXP = 400.0
-
-
-def _grow(arr: np.ndarray, needed: int, fill: float) -> np.ndarray:
-    """``arr`` with at least ``needed`` rows (capacity doubles); new rows = ``fill``."""
-    cap = len(arr)
-    if needed <= cap:
-        return arr
-    new_cap = max(cap, 16)
-    while new_cap < needed:
-        new_cap *= 2
-    out = np.full((new_cap, *arr.shape[1:]), fill, dtype=arr.dtype)
-    out[:cap] = arr
-    return out
 
 
 def _sum_sorted(keys: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -223,10 +211,10 @@ class CoOccurrenceModel(OnlineModel):
         self._watermark = max(self._watermark, float(t.max()))
         fw = w * self._forward(t)
 
-        self._counts = _grow(self._counts, self.items.capacity, 0.0)
+        self._counts = grow_rows(self._counts, self.items.capacity, 0.0, min_capacity=16)
         np.add.at(self._counts, i, fw)
-        self._win_items = _grow(self._win_items, self.users.capacity, -1)
-        self._win_times = _grow(self._win_times, self.users.capacity, 0.0)
+        self._win_items = grow_rows(self._win_items, self.users.capacity, -1, min_capacity=16)
+        self._win_times = grow_rows(self._win_times, self.users.capacity, 0.0, min_capacity=16)
 
         W = self.window
         # Lay out, per user of the batch, [stored window (W) | this batch's events],
@@ -263,8 +251,9 @@ class CoOccurrenceModel(OnlineModel):
         dst = np.broadcast_to(item, partner.shape)[ok]
         m = mass[ok]
         if self.symmetric:
-            self._pairs.add(np.concatenate((src, dst)), np.concatenate((dst, src)),
-                            np.concatenate((m, m)))
+            self._pairs.add(
+                np.concatenate((src, dst)), np.concatenate((dst, src)), np.concatenate((m, m))
+            )
         else:
             self._pairs.add(src, dst, m)
 

@@ -33,23 +33,9 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from online_models.base import Batch, IdIndex, ModelState, OnlineModel
+from online_models.bpr import grow_rows
 
 __all__ = ["SessionKNN"]
-
-
-def _grow(arr: np.ndarray, needed: int, fill: float, limit: int | None = None) -> np.ndarray:
-    """``arr`` with at least ``needed`` rows (capacity doubles, capped at ``limit``)."""
-    cap = len(arr)
-    if needed <= cap:
-        return arr
-    new_cap = max(cap, 16)
-    while new_cap < needed:
-        new_cap *= 2
-    if limit is not None:
-        new_cap = max(min(new_cap, limit), needed)
-    out = np.full((new_cap, *arr.shape[1:]), fill, dtype=arr.dtype)
-    out[:cap] = arr
-    return out
 
 
 class SessionKNN(OnlineModel):
@@ -164,11 +150,11 @@ class SessionKNN(OnlineModel):
         slot = sid % self.max_sessions
         if slot >= len(self._sess_len):
             lim = self.max_sessions
-            self._sess_items = _grow(self._sess_items, slot + 1, -1, lim)
-            self._sess_len = _grow(self._sess_len, slot + 1, 0, lim)
-            self._sess_user = _grow(self._sess_user, slot + 1, -1, lim)
-            self._sess_id = _grow(self._sess_id, slot + 1, -1, lim)
-            self._sess_time = _grow(self._sess_time, slot + 1, 0.0, lim)
+            self._sess_items = grow_rows(self._sess_items, slot + 1, -1, min_capacity=16, limit=lim)
+            self._sess_len = grow_rows(self._sess_len, slot + 1, 0, min_capacity=16, limit=lim)
+            self._sess_user = grow_rows(self._sess_user, slot + 1, -1, min_capacity=16, limit=lim)
+            self._sess_id = grow_rows(self._sess_id, slot + 1, -1, min_capacity=16, limit=lim)
+            self._sess_time = grow_rows(self._sess_time, slot + 1, 0.0, min_capacity=16, limit=lim)
         self._sess_items[slot] = -1
         self._sess_len[slot] = 0
         self._sess_user[slot] = u
@@ -184,11 +170,11 @@ class SessionKNN(OnlineModel):
         i_rows = self.items.add_many(batch.items)
         ts = np.asarray(batch.timestamps, np.float64)
         ws = np.asarray(batch.weights, np.float64)
-        self._cur = _grow(self._cur, self.users.capacity, -1)
-        self._last = _grow(self._last, self.users.capacity, -np.inf)
-        self._item_sess = _grow(self._item_sess, self.items.capacity, -1)
-        self._item_ptr = _grow(self._item_ptr, self.items.capacity, 0)
-        self._pop = _grow(self._pop, self.items.capacity, 0.0)
+        self._cur = grow_rows(self._cur, self.users.capacity, -1, min_capacity=16)
+        self._last = grow_rows(self._last, self.users.capacity, -np.inf, min_capacity=16)
+        self._item_sess = grow_rows(self._item_sess, self.items.capacity, -1, min_capacity=16)
+        self._item_ptr = grow_rows(self._item_ptr, self.items.capacity, 0, min_capacity=16)
+        self._pop = grow_rows(self._pop, self.items.capacity, 0.0, min_capacity=16)
 
         t_max = float(ts.max())
         self._decay_pop_to(t_max)

@@ -89,6 +89,17 @@ def score_columns(vectors: np.ndarray, queries: np.ndarray, out: np.ndarray) -> 
     np.dot(vectors, queries.T, out=out)
 
 
+def score_one(
+    vectors: np.ndarray, q: np.ndarray, queries: np.ndarray, out: np.ndarray
+) -> np.ndarray:
+    """``V·q`` through :func:`score_columns` (``q`` padded to two rows in ``queries``,
+    a ``2 x dim`` scratch; ``out`` is ``rows x 2``); returns the view ``out[:, 0]``."""
+    queries[0] = q
+    queries[1] = q
+    score_columns(vectors, queries, out)
+    return out[:, 0]
+
+
 def _padded(b: int) -> int:
     """Columns to compute for ``b`` queries: the next power of two, at least 2.
 
@@ -249,15 +260,12 @@ class FactorScorer:
     def scores(self, q: np.ndarray | None) -> np.ndarray:
         """``b + V·q`` in this thread's buffer (a strided view, valid until its next call)."""
         out, queries = self._buffers()
-        col = out[:, 0]
         if q is None:
+            col = out[:, 0]
             np.copyto(col, self.bias)
-        else:
-            queries[0] = q
-            queries[1] = q
-            score_columns(self.vectors, queries, out)
-            np.add(col, self.bias, out=col)
-        return col
+            return col
+        col = score_one(self.vectors, q, queries, out)
+        return np.add(col, self.bias, out=col)
 
     def rescore(
         self, q: np.ndarray, cand: np.ndarray, k: int, exclude: np.ndarray
@@ -463,15 +471,12 @@ class ScoreBatcher:
         try:
             try:
                 queries = np.empty((2, scorer.dim), np.float32)
-                queries[0] = q
-                queries[1] = q
                 out = block.flat[: scorer.size * 2].reshape(scorer.size, 2)
-                score_columns(scorer.vectors, queries, out)
+                col = score_one(scorer.vectors, q, queries, out)
             finally:
                 with self._cond:
                     self._running -= 1
                     self._cond.notify_all()
-            col = out[:, 0]
             np.add(col, scorer.bias, out=col)
             return select_top_k(col, k, exclude)
         except Exception:
