@@ -43,10 +43,12 @@ from online_models.base import ModelState, OnlineModel, UserHistory
 
 __all__ = [
     "FORMAT_VERSION",
+    "CapturedState",
     "Snapshot",
     "SnapshotError",
     "SnapshotInfo",
     "SnapshotStore",
+    "capture",
 ]
 
 log = logging.getLogger(__name__)
@@ -221,6 +223,67 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
+@dataclass(frozen=True, slots=True)
+class CapturedState:
+    """Everything a snapshot holds, copied out of the live models (see :func:`capture`)."""
+
+    models: dict[str, tuple[ModelState, dict[str, Any]]]
+    state_arrays: dict[str, np.ndarray]
+    manifest: dict[str, Any]
+
+
+def capture(
+    models: Mapping[str, OnlineModel],
+    *,
+    history: UserHistory,
+    offsets: Offsets,
+    events_total: int,
+    watermark: float | None,
+    metrics: Mapping[str, Any] | None = None,
+    extra_arrays: Mapping[str, np.ndarray] | None = None,
+    extra_meta: Mapping[str, Any] | None = None,
+) -> CapturedState:
+    """Copy the state a snapshot needs, so the models may go on learning meanwhile.
+
+    This is the only part of a snapshot that must pause learning; the slow part (hash,
+    write, fsync, publish) is :meth:`SnapshotStore.write_captured`, which can run in
+    another thread.
+    """
+    captured: dict[str, tuple[ModelState, dict[str, Any]]] = {}
+    for name, model in models.items():
+        state = model.get_state()
+        state.check()
+        arrays = {k: np.array(v, copy=True) for k, v in state.arrays.items()}
+        meta = orjson.loads(orjson.dumps(state.meta, default=_json_default))
+        captured[name] = (ModelState(arrays=arrays, meta=meta), {
+            "class": state.meta.get("class", getattr(model, "name", "")),
+            "params": meta.get("params", {}),
+            "state_meta": meta,
+            "n_users": int(model.n_users),
+            "n_items": int(model.n_items),
+            "arrays": {k: [str(v.dtype), list(v.shape)] for k, v in arrays.items()},
+        })
+    state_arrays = {k: np.array(v, copy=True)
+                    for k, v in history.to_arrays(_HISTORY_PREFIX).items()}
+    for k, v in (extra_arrays or {}).items():
+        if v.dtype == object:
+            raise TypeError(f"extra array {k!r} must be numeric")
+        state_arrays[_EXTRA_PREFIX + k] = np.array(v, copy=True)
+    manifest = {
+        "events_total": int(events_total),
+        "offsets": {
+            str(t): {str(int(p)): int(o) for p, o in parts.items()}
+            for t, parts in offsets.items()
+        },
+        "watermark": None if watermark is None else float(watermark),
+        "metrics": orjson.loads(orjson.dumps(dict(metrics or {}), default=_json_default)),
+        "history": {"max_items": history.max_items, "max_users": history.max_users},
+        "extra_meta": orjson.loads(orjson.dumps(dict(extra_meta or {}),
+                                                default=_json_default)),
+    }
+    return CapturedState(captured, state_arrays, manifest)
+
+
 class SnapshotStore:
     """Versioned snapshot directory with atomic publish, retention and verified loads.
 
@@ -293,6 +356,15 @@ class SnapshotStore:
         extra_meta: Mapping[str, Any] | None = None,
     ) -> SnapshotInfo:
         """Write and publish a new version; returns its number, path, size and duration."""
+        return self.write_captured(capture(
+            models, history=history, offsets=offsets, events_total=events_total,
+            watermark=watermark, metrics=metrics, extra_arrays=extra_arrays,
+            extra_meta=extra_meta,
+        ))
+
+    def write_captured(self, cap: CapturedState) -> SnapshotInfo:
+        """Write and publish a :func:`capture` d state (safe in another thread: the
+        captured arrays are copies the models no longer touch)."""
         t0 = time.perf_counter()
         existing = self.versions()
         latest = self.latest_version() or 0
@@ -303,43 +375,20 @@ class SnapshotStore:
             files: dict[str, str] = {}
             total = 0
             model_meta: dict[str, Any] = {}
-            for name, model in models.items():
-                state = model.get_state()
-                state.check()
+            for name, (state, meta) in cap.models.items():
                 fname = f"model-{name}.safetensors"
                 files[fname], size = _write_safetensors(tmp / fname, state.arrays)
                 total += size
-                model_meta[name] = {
-                    "class": state.meta.get("class", getattr(model, "name", "")),
-                    "params": state.meta.get("params", {}),
-                    "state_meta": state.meta,
-                    "file": fname,
-                    "n_users": int(model.n_users),
-                    "n_items": int(model.n_items),
-                    "arrays": {k: [str(v.dtype), list(v.shape)] for k, v in state.arrays.items()},
-                }
-            state_arrays = history.to_arrays(_HISTORY_PREFIX)
-            for k, v in (extra_arrays or {}).items():
-                if v.dtype == object:
-                    raise TypeError(f"extra array {k!r} must be numeric")
-                state_arrays[_EXTRA_PREFIX + k] = v
-            files[_STATE_FILE], size = _write_safetensors(tmp / _STATE_FILE, state_arrays)
+                model_meta[name] = {**meta, "file": fname}
+            files[_STATE_FILE], size = _write_safetensors(tmp / _STATE_FILE, cap.state_arrays)
             total += size
 
             manifest: dict[str, Any] = {
                 "format_version": FORMAT_VERSION,
                 "version": version,
                 "created_at": datetime.now(UTC).isoformat(),
-                "events_total": int(events_total),
-                "offsets": {
-                    str(t): {str(int(p)): int(o) for p, o in parts.items()}
-                    for t, parts in offsets.items()
-                },
-                "watermark": None if watermark is None else float(watermark),
+                **cap.manifest,
                 "models": model_meta,
-                "metrics": dict(metrics or {}),
-                "history": {"max_items": history.max_items, "max_users": history.max_users},
-                "extra_meta": dict(extra_meta or {}),
                 "files": files,
             }
             manifest["manifest_sha256"] = _manifest_digest(

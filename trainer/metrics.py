@@ -90,6 +90,14 @@ class TrainerMetrics:
             "Events learned since the very first snapshot (survives restarts).", registry=r)
         self.watermark = Gauge(
             _P + "watermark_timestamp_seconds", "Newest event time learned (epoch).", registry=r)
+        self.dlq_failures = Counter(
+            _P + "dlq_failures",
+            "Rejected records whose dead-letter copy could not be written after retries "
+            "(counted, logged and skipped).", registry=r)
+        self.events_capped = Counter(
+            _P + "events_capped",
+            "Events the flood guard kept out of learning, by reason (offsets still move).",
+            ["reason"], registry=r)
         self.loop_errors = Counter(
             _P + "loop_errors", "Unexpected errors caught by the main loop, by stage.",
             ["stage"], registry=r)
@@ -120,8 +128,9 @@ class TrainerMetrics:
             _P + "snapshot_timestamp_seconds", "Wall-clock time of the latest snapshot (epoch).",
             registry=r)
         self.snapshot_age = Gauge(
-            _P + "snapshot_age_seconds", "Seconds since the latest snapshot was written.",
-            registry=r)
+            _P + "snapshot_age_seconds",
+            "Seconds since the newest snapshot actually written (failed writes do not reset "
+            "it; -1: none yet).", registry=r)
         self.snapshot_errors = Counter(
             _P + "snapshot_errors", "Snapshot writes that failed (offsets not committed).",
             registry=r)
@@ -148,7 +157,13 @@ class TrainerMetrics:
             _P + "ndcg", "Prequential NDCG@10 over every event evaluated by this process.",
             ["model"], registry=r)
         self.evaluated = Counter(
-            _P + "evaluated_events", "Events evaluated prequentially.", ["model"], registry=r)
+            _P + "evaluated_events",
+            "Events evaluated prequentially (a seeded sample of the evaluable ones).",
+            ["model"], registry=r)
+        self.rolling_evaluated = Gauge(
+            _P + "rolling_evaluated_events",
+            "Evaluated events behind the rolling accuracy figures (the evidence they rest on).",
+            ["model"], registry=r)
         self.hits = Counter(_P + "hits", "Prequential hits (true item in the top 10).",
                             ["model"], registry=r)
         self.evaluate_errors = Counter(
@@ -187,13 +202,16 @@ class TrainerMetrics:
             self.events_rejected.labels(topic=topic, reason=reason)
         for c in (self.events_consumed, self.events_learned, self.duplicates_dropped):
             c.labels(topic=topic)
+        for reason in ("user_rate", "item_share"):
+            self.events_capped.labels(reason=reason)
         for stage in ("consume", "process", "snapshot", "commit", "metrics"):
             self.loop_errors.labels(stage=stage)
         for m in self.models:
             for metric in (
                 self.learn_duration, self.learn_errors, self.users_known, self.items_known,
                 self.rolling_hr, self.rolling_ndcg, self.rolling_coverage, self.hr_total,
-                self.ndcg_total, self.evaluated, self.hits, self.drift_adaptations,
+                self.ndcg_total, self.evaluated, self.rolling_evaluated, self.hits,
+                self.drift_adaptations,
                 self.drift_adapting, self.embedding_drift,
             ):
                 metric.labels(model=m)

@@ -1,27 +1,22 @@
-"""The trainer service: consume -> de-duplicate -> evaluate -> learn -> snapshot -> commit.
+"""The trainer service loop: poll -> de-duplicate -> evaluate a sample -> learn -> snapshot -> commit.
 
-:class:`Trainer` is one consumer-group member of the click topic. Per mini-batch it
+:class:`Trainer` is one consumer-group member of the click topic. A
+:class:`~trainer.source.BatchSource` thread polls and decodes mini-batches into
+columns ahead of learning. Per batch the learner
 
-1. drops events whose ``event_id`` it already learned (:class:`DedupWindow`, a
-   bounded, event-time-windowed set that is part of every snapshot);
-2. evaluates the batch prequentially for every model
-   (:class:`~online_models.evaluation.PrequentialEvaluator`, test-then-train) and feeds
-   each model's hit/miss stream to its concept-drift monitor;
-3. lets every model learn it (a model that raises is logged and counted; the batch
-   still goes to the others);
+1. drops events whose ``event_id`` it already learned (:class:`~trainer.dedup.DedupWindow`,
+   bounded, event-time windowed, part of every snapshot);
+2. evaluates a seeded sample of the evaluable events prequentially for every model
+   (``eval_sample``: a fraction, capped at ``eval_budget_per_s`` evaluated events per
+   second) and feeds each model's sampled hit stream to its concept-drift monitor;
+3. lets every model learn the whole batch (a model that raises is logged and counted;
+   the batch still goes to the others).
 
-and every ``snapshot_every_s`` seconds (also before partitions are revoked and on
-shutdown) writes a snapshot, then commits the Kafka offsets it contains. On start it
-loads the newest valid snapshot and seeks every partition it knows to the offsets
-stored there, so after any crash the models equal a crash-free run's: events after
-the snapshot are re-read and re-learned, events before it are never learned twice.
-
-Drift adaptation (``drift_adapt``): when a model's concept-drift monitor alarms,
-numeric hyperparameters the model reads while learning are overridden for
-``drift_adapt_events`` events -- half-lives (``half_life_seconds``) multiplied by
-``drift_half_life_factor`` and learning rates (``learning_rate``) by
-``drift_lr_factor`` -- then restored. The originals travel in the snapshot, so a
-restart mid-adaptation still restores them.
+Every ``snapshot_every_s`` seconds it copies its state and a background thread writes
+the snapshot (:mod:`trainer.checkpoint`); once durable, the snapshot's offsets are
+committed. Before partitions are revoked and on shutdown it checkpoints synchronously.
+On start it restores the newest valid snapshot and every partition it knows resumes
+at the snapshot's offsets, so after any crash the models equal a crash-free run's.
 """
 
 from __future__ import annotations
@@ -31,158 +26,29 @@ import math
 import signal
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from online_models import registry
-from online_models.base import Batch, OnlineModel, UserHistory, pack_strings, unpack_strings
+from online_models.base import Batch, OnlineModel, UserHistory
 from online_models.drift import ConceptDriftMonitor, DataDriftTracker, embedding_drift
-from online_models.evaluation import PrequentialEvaluator
-from online_models.snapshot import SnapshotError, SnapshotStore
-from stream.consumer import ConsumedBatch, MiniBatchConsumer, Partition
-from stream.metrics import TrainerMetrics
+from online_models.evaluation import EvalSample, PrequentialEvaluator
+from online_models.snapshot import CapturedState, SnapshotStore, capture
+from stream.consumer import MiniBatchConsumer, Partition
+from stream.settings import KafkaSettings
+from trainer.adaptation import DriftAdaptation
+from trainer.checkpoint import Checkpointer, Written
+from trainer.dedup import DedupWindow
+from trainer.metrics import TrainerMetrics
+from trainer.settings import TrainerSettings
+from trainer.source import BatchSource, PolledBatch
 
-__all__ = ["DedupWindow", "Trainer", "TrainerResult", "TrainerSettings"]
+__all__ = ["Trainer", "TrainerResult"]
 
 log = logging.getLogger(__name__)
-
-#: hyperparameters drift adaptation shortens / raises
-_HALF_LIFE_ATTRS = ("half_life_seconds",)
-_LEARNING_RATE_ATTRS = ("learning_rate",)
-
-
-class TrainerSettings(BaseSettings):
-    """Settings of ``liverec train`` (every field also from ``LIVEREC_<FIELD>``).
-
-    Examples
-    --------
-    >>> s = TrainerSettings(topic="clicks", models="popularity,itemknn")
-    >>> s.model_names(), s.batch_size, s.drift_adapt
-    (['popularity', 'itemknn'], 256, True)
-    """
-
-    model_config = SettingsConfigDict(env_prefix="LIVEREC_", extra="ignore")
-
-    bootstrap: str = Field(
-        default="localhost:9092",
-        validation_alias=AliasChoices("bootstrap", "LIVEREC_BOOTSTRAP", "LIVEREC_KAFKA_BOOTSTRAP"),
-    )
-    topic: str = "clicks"
-    group: str = "liverec-trainer"
-    snapshots: Path = Path("snapshots")
-    models: str = "all"
-    #: JSON ``{"model": {"param": value}}`` passed to fresh models' constructors
-    model_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    batch_size: int = Field(default=256, ge=1)
-    max_wait_ms: int = Field(default=200, ge=0)
-    snapshot_every_s: float = Field(default=1.0, gt=0)
-    keep_snapshots: int = Field(default=5, ge=1)
-    #: 0 picks a free port; -1 serves no metrics
-    metrics_port: int = Field(default=9101, ge=-1)
-    metrics_addr: str = "0.0.0.0"
-    k: int = Field(default=10, ge=1)
-    rolling_window: int = Field(default=1000, ge=1)
-    #: evaluate one mini-batch in this many (1: all); skipped batches only update history
-    eval_every: int = Field(default=1, ge=1)
-    history_items: int = Field(default=200, ge=1)
-    dedup_window_s: float = Field(default=86_400.0, gt=0)
-    dedup_max_ids: int = Field(default=500_000, ge=1)
-    drift_adapt: bool = True
-    drift_half_life_factor: float = Field(default=0.25, gt=0)
-    drift_lr_factor: float = Field(default=2.0, gt=0)
-    drift_adapt_events: int = Field(default=5_000, ge=1)
-    drift_buckets: int = Field(default=64, ge=2)
-    drift_window: int = Field(default=5_000, ge=10)
-    status_every_s: float = Field(default=5.0, gt=0)
-    #: rebuild the consumer when it has had no partitions this long since (re)joining
-    #: (doubling each time); guards against a group join that never completes
-    join_timeout_s: float = Field(default=60.0, gt=0)
-    #: group session timeout: how soon a crashed trainer's partitions are reassigned
-    session_timeout_ms: int = Field(default=10_000, ge=1_000)
-    #: stop after this many events learned by this process
-    max_events: int | None = Field(default=None, ge=1)
-    #: stop once ``events_total`` (across restarts) reaches this
-    until_events_total: int | None = Field(default=None, ge=1)
-    #: stop after this many seconds
-    max_seconds: float | None = Field(default=None, gt=0)
-    #: stop after this many seconds without a single record
-    idle_exit_s: float | None = Field(default=None, gt=0)
-
-    def model_names(self) -> list[str]:
-        return registry.parse_models(self.models)
-
-
-class DedupWindow:
-    """Recently learned ``event_id`` s, bounded by event time and by count.
-
-    An id is remembered until the watermark is ``window_s`` past its event time, or
-    until ``max_ids`` newer ids pushed it out. A duplicate older than that is not
-    recognised (and learned again): size the window to the longest replay overlap.
-
-    >>> d = DedupWindow(window_s=10, max_ids=100)
-    >>> d.add("a", 1.0), d.add("a", 2.0), d.add("b", 20.0), d.add("a", 21.0)
-    (True, False, True, True)
-    """
-
-    def __init__(self, window_s: float = 86_400.0, max_ids: int = 500_000) -> None:
-        self.window_s = window_s
-        self.max_ids = max_ids
-        self._ids: OrderedDict[str, float] = OrderedDict()
-        self._watermark = -math.inf
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def __contains__(self, event_id: object) -> bool:
-        return event_id in self._ids
-
-    def add(self, event_id: str, ts: float) -> bool:
-        """Remember ``event_id``; False when it was already there (a duplicate)."""
-        if event_id in self._ids:
-            return False
-        self._ids[event_id] = ts
-        if ts > self._watermark:
-            self._watermark = ts
-            self._expire()
-        if len(self._ids) > self.max_ids:
-            self._ids.popitem(last=False)
-        return True
-
-    def _expire(self) -> None:
-        horizon = self._watermark - self.window_s
-        # Ids arrive roughly in event-time order, so expired ones sit at the front.
-        while self._ids:
-            first_id = next(iter(self._ids))
-            if self._ids[first_id] >= horizon:
-                break
-            self._ids.popitem(last=False)
-
-    def to_arrays(self, prefix: str = "dedup") -> dict[str, np.ndarray]:
-        data, offsets = pack_strings(list(self._ids))
-        return {
-            f"{prefix}.ids.data": data,
-            f"{prefix}.ids.offsets": offsets,
-            f"{prefix}.ts": np.fromiter(self._ids.values(), np.float64, len(self._ids)),
-        }
-
-    @classmethod
-    def from_arrays(
-        cls, arrays: Mapping[str, np.ndarray], prefix: str = "dedup", **kwargs: Any
-    ) -> DedupWindow:
-        d = cls(**kwargs)
-        if f"{prefix}.ts" not in arrays:
-            return d
-        ids = unpack_strings(arrays[f"{prefix}.ids.data"], arrays[f"{prefix}.ids.offsets"])
-        d._ids = OrderedDict(zip(ids, arrays[f"{prefix}.ts"].tolist(), strict=True))
-        d._watermark = max(d._ids.values(), default=-math.inf)
-        return d
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,12 +64,14 @@ class TrainerResult:
 
 
 class Trainer:
-    """The trainer service loop (see the module docstring).
+    """The trainer service (see the module docstring).
 
     Parameters
     ----------
     settings
-        The process's settings.
+        What to learn and how (:class:`~trainer.settings.TrainerSettings`).
+    kafka
+        Where the stream comes from (:class:`~stream.settings.KafkaSettings`).
     metrics
         Metrics to update; fresh ones (own registry) when ``None``.
     consumer_factory
@@ -214,13 +82,17 @@ class Trainer:
     def __init__(
         self,
         settings: TrainerSettings,
+        kafka: KafkaSettings,
         metrics: TrainerMetrics | None = None,
         consumer_factory: Callable[..., MiniBatchConsumer] | None = None,
     ) -> None:
         self.settings = settings
+        self.kafka = kafka
         self.names = settings.model_names()
-        self.metrics = metrics or TrainerMetrics(self.names, settings.topic)
-        self.store = SnapshotStore(settings.snapshots, keep=settings.keep_snapshots)
+        self.metrics = metrics or TrainerMetrics(self.names, kafka.topic)
+        self.checkpointer = Checkpointer(
+            SnapshotStore(settings.snapshots, keep=settings.keep_snapshots), self.metrics
+        )
         self.stop_event = threading.Event()
         self._consumer_factory = consumer_factory
 
@@ -232,47 +104,45 @@ class Trainer:
         self.dedup = DedupWindow(settings.dedup_window_s, settings.dedup_max_ids)
         self.data_drift = DataDriftTracker(settings.drift_buckets, settings.drift_window)
         self.monitors = {n: ConceptDriftMonitor() for n in self.names}
-        self._adapt: dict[str, dict[str, Any]] = {}
+        self.adaptation = DriftAdaptation(
+            settings.drift_half_life_factor, settings.drift_lr_factor,
+            settings.drift_adapt_events,
+        )
         self._alarm_wall: dict[str, float] = {}
         self._prev_vectors: dict[str, tuple[list[str | None], np.ndarray]] = {}
         self.snapshot_version: int | None = None
         self._snap_offsets: dict[Partition, int] = {}
         self._snap_events_total = 0
-        self._last_snapshot_wall = 0.0
         self._rate = 0.0
-        self.consumer: MiniBatchConsumer | None = None
+        self._dlq_failures_seen = 0
+        self.source: BatchSource | None = None
         self.events_learned = 0
-        self._batches = 0
         self.duplicates = 0
         self.rejected = 0
+        self._revoke_request: threading.Event = threading.Event()
+        self._revoke_done: threading.Event = threading.Event()
+        self._revoke_offsets: dict[Partition, int] | None = None
         self._restore()
         self.evaluator = PrequentialEvaluator(
             self.models, k=settings.k, history=self.history,
             rolling_window=settings.rolling_window,
-        )
-        self.metrics.snapshot_age.set_function(
-            lambda: time.time() - self._last_snapshot_wall if self._last_snapshot_wall else -1.0
+            sample=EvalSample(fraction=settings.eval_sample,
+                              per_second=settings.eval_budget_per_s or None,
+                              seed=settings.eval_seed),
         )
 
     # ------------------------------------------------------------------ restore
 
+    def _fresh(self, name: str) -> OnlineModel:
+        return registry.create(name, **self.settings.model_params.get(name, {}))
+
     def _restore(self) -> None:
-        snap = None
-        latest = self.store.latest_version()
-        for v in sorted((v for v in self.store.versions() if latest is None or v <= latest),
-                        reverse=True):
-            try:
-                snap = self.store.load(v)
-                break
-            except SnapshotError as exc:
-                self.metrics.snapshots_refused.inc()
-                log.warning("refusing snapshot: %s; falling back to the previous one", exc)
+        snap = self.checkpointer.restore()
         if snap is None:
-            log.info("no valid snapshot in %s: starting from scratch", self.store.root)
-            for name in self.names:
-                self.models[name] = registry.create(
-                    name, **self.settings.model_params.get(name, {})
-                )
+            log.info("no valid snapshot in %s: starting from scratch",
+                     self.checkpointer.store.root)
+            self.models = {name: self._fresh(name) for name in self.names}
+            registry.bind(self.models)
             return
         for name in self.names:
             if name in snap.models:
@@ -280,9 +150,8 @@ class Trainer:
             else:
                 log.warning("model %s is not in snapshot %d: starting it fresh", name,
                             snap.version)
-                self.models[name] = registry.create(
-                    name, **self.settings.model_params.get(name, {})
-                )
+                self.models[name] = self._fresh(name)
+        registry.bind(self.models)
         self.history = snap.history
         self.events_total = snap.events_total
         self.watermark = snap.watermark
@@ -303,39 +172,49 @@ class Trainer:
             if mon is not None:
                 mon.alarms.update(st.get("alarms", {}))
                 mon.last_alarm_time = st.get("last_alarm_time")
-        for name, ad in meta.get("adapt", {}).items():
-            if name in self.models:
-                self._adapt[name] = ad
-                self.metrics.drift_adapting.labels(model=name).set(1)
+        self.adaptation.load_meta(meta.get("adapt", {}), self.models)
+        for name in self.adaptation.active:
+            self.metrics.drift_adapting.labels(model=name).set(1)
         for name, m in self.models.items():
             vec = m.item_vectors()
             if vec is not None:
                 self._prev_vectors[name] = (list(m.items.ids), np.array(vec, copy=True))
-        self.metrics.snapshot_version.set(snap.version)
         self.metrics.events_total.set(self.events_total)
         log.info("restored snapshot %d: events_total=%d, offsets=%s, models=%s",
                  snap.version, self.events_total, snap.offsets, sorted(snap.models))
 
-    # ------------------------------------------------------------------ rebalance
+    # ------------------------------------------------------------------ rebalance hooks
+    # Both run in the source thread, inside the consumer's poll.
 
-    def _on_assign(self, parts: set[Partition]) -> None:
-        known = {p: self.offsets[p] for p in parts if p in self.offsets}
+    def _on_assign(self, parts: set[Partition]) -> dict[Partition, int]:
         for _, partition in parts:
             self.metrics.partition(partition)
-        if known and self.consumer is not None:
-            # Partitions the snapshot does not know start from the group's committed
-            # offset (else the earliest), which the consumer does by itself.
-            self.consumer.seek(known)
-            log.info("seeked %s to the snapshot's offsets", known)
+        # Partitions the snapshot does not know start from the group's committed
+        # offset (else the earliest), which the consumer does by itself.
+        return {p: self.offsets[p] for p in parts if p in self.offsets}
 
-    def _on_revoke(self, parts: set[Partition]) -> None:
-        log.info("partitions %s revoked: snapshot and commit first", sorted(parts))
-        self.checkpoint("revoke")
+    def _on_revoke(self, parts: set[Partition]) -> dict[Partition, int] | None:
+        """Ask the learner for a synchronous checkpoint and wait for it."""
+        self._revoke_done.clear()
+        self._revoke_request.set()
+        while not self._revoke_done.wait(0.1):
+            if self.stop_event.is_set() or not self._learning:
+                return self._snap_offsets  # the learner is stopping: its last snapshot
+        return self._revoke_offsets
+
+    def _serve_revoke(self) -> None:
+        if self._revoke_request.is_set():
+            self._revoke_request.clear()
+            written = self.checkpoint("revoke", wait=True)
+            self._revoke_offsets = written.offsets if written else None
+            self._revoke_done.set()
 
     # ------------------------------------------------------------------ loop
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    _learning = False
 
     def run(self) -> TrainerResult:
         """Consume until stopped (signal, :meth:`stop` or a configured limit)."""
@@ -344,55 +223,54 @@ class Trainer:
         restore_signals = self._install_signals()
         last_status = last_record = t_start
         window_events, window_start = 0, t_start
-        join_timeout = s.join_timeout_s
+        factory = self._consumer_factory or self._make_consumer
+        self.source = BatchSource(
+            factory, batch_size=s.batch_size, max_wait_s=s.max_wait_ms / 1000.0,
+            prefetch=s.prefetch_batches, limits=self.kafka.limits(),
+            weights=self.kafka.event_weights, on_assign=self._on_assign,
+            on_revoke=self._on_revoke, join_timeout_s=s.join_timeout_s,
+        )
+        self._learning = True
+        self.source.start()
         try:
-            self.consumer = self._new_consumer()
-            joined_at, ever_assigned = time.monotonic(), False
             while not self.stop_event.is_set():
-                if not ever_assigned:
-                    if self.consumer.assignment():
-                        ever_assigned = True
-                        last_record = time.monotonic()  # idle time counts from here
-                    elif time.monotonic() - joined_at > join_timeout:
-                        log.warning("no partitions %.0f s after joining group %s: rebuilding "
-                                    "the consumer", join_timeout, s.group)
-                        self.metrics.loop_errors.labels(stage="consume").inc()
-                        self._close_consumer()
-                        self.consumer = self._new_consumer()
-                        joined_at, join_timeout = time.monotonic(), join_timeout * 2
-                try:
-                    batch = self.consumer.next_batch()
-                except Exception:
-                    self.metrics.loop_errors.labels(stage="consume").inc()
-                    log.exception("consume failed; retrying")
-                    self.stop_event.wait(0.5)
-                    continue
+                self._serve_revoke()
+                if self.source.error is not None:
+                    raise RuntimeError("the Kafka source failed") from self.source.error
+                batch = self.source.get(timeout_s=0.05)
                 now = time.monotonic()
-                if not batch.empty:
+                if batch is not None:
                     last_record = now
                     try:
                         window_events += self.handle(batch)
                     except Exception:
                         self.metrics.loop_errors.labels(stage="process").inc()
                         log.exception("processing a batch failed")
+                elif not self.source.ever_assigned:
+                    last_record = now  # idle time counts from the first assignment
                 if now - window_start >= 1.0:
                     self._rate = window_events / (now - window_start)
                     self.metrics.events_per_second.set(self._rate)
                     window_events, window_start = 0, now
-                if time.time() - self._last_snapshot_wall >= s.snapshot_every_s:
+                self._finish_checkpoint()
+                if time.time() - self.checkpointer.last_attempt_wall >= s.snapshot_every_s:
                     self.checkpoint("periodic")
                 if now - last_status >= s.status_every_s:
                     self._update_gauges()
                     log.info(self.status_line())
                     last_status = now
-                idle = now - last_record if ever_assigned else 0.0
-                if self._limit_reached(now - t_start, idle):
+                if self._limit_reached(now - t_start, now - last_record):
                     break
         finally:
+            self._learning = False
             try:
-                self.checkpoint("shutdown")
+                log.info("stopping: waiting for the last snapshot, then committing its "
+                         "offsets and leaving the group")
+                written = self.checkpoint("shutdown", wait=True)
+                final = written.offsets if written else self._snap_offsets
             finally:
-                self._close_consumer()
+                self.source.stop(final)
+                self.checkpointer.close()
                 restore_signals()
             self._update_gauges()
             log.info("stopped: %s", self.status_line())
@@ -401,34 +279,13 @@ class Trainer:
             self.snapshot_version, time.monotonic() - t_start,
         )
 
-    def _new_consumer(self) -> MiniBatchConsumer:
+    def _make_consumer(self, **hooks: Any) -> MiniBatchConsumer:
         s = self.settings
-        factory = self._consumer_factory or MiniBatchConsumer
-        consumer = factory(
-            s.bootstrap, s.topic, s.group, batch_size=s.batch_size,
-            max_wait_ms=s.max_wait_ms, on_assign=self._on_assign,
-            on_revoke=self._on_revoke, client_id="liverec-trainer",
-            session_timeout_ms=s.session_timeout_ms,
-            heartbeat_interval_ms=max(100, s.session_timeout_ms // 3),
+        return MiniBatchConsumer(
+            self.kafka, s.group, batch_size=s.batch_size, max_wait_ms=s.max_wait_ms,
+            client_id="liverec-trainer", session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=max(100, s.session_timeout_ms // 3), **hooks,
         )
-        # Fetch the topic's metadata before the first poll joins the group. Without it
-        # the first join often assigns nothing ("no partition metadata") and the
-        # immediate re-join that follows has been seen to hang in kafka-python 3.0.
-        inner = getattr(consumer, "_consumer", None)
-        if inner is not None:
-            try:
-                inner.partitions_for_topic(s.topic)
-            except Exception:
-                log.warning("could not prefetch metadata of %s", s.topic, exc_info=True)
-        return consumer
-
-    def _close_consumer(self) -> None:
-        if self.consumer is None:
-            return
-        try:
-            self.consumer.close()
-        except Exception:
-            log.exception("closing the consumer failed")
 
     def _limit_reached(self, elapsed: float, idle: float) -> bool:
         s = self.settings
@@ -464,45 +321,41 @@ class Trainer:
 
     # ------------------------------------------------------------------ one batch
 
-    def handle(self, consumed: ConsumedBatch) -> int:
-        """De-duplicate, evaluate, learn one consumed batch; returns events learned."""
+    def handle(self, polled: PolledBatch) -> int:
+        """De-duplicate, evaluate, learn one polled batch; returns events learned."""
         m = self.metrics
-        topic = self.settings.topic
-        m.batch_size.observe(len(consumed))
-        for rej, *_ in consumed.rejected:
+        topic = self.kafka.topic
+        m.batch_size.observe(polled.records)
+        for rej, *_ in polled.rejected:
             m.events_rejected.labels(topic=topic, reason=rej.reason).inc()
-        self.rejected += len(consumed.rejected)
-        m.events_consumed.labels(topic=topic).inc(len(consumed.events))
-
-        fresh = [ev for ev in consumed.events if self.dedup.add(ev.event_id, ev.ts)]
-        dups = len(consumed.events) - len(fresh) + consumed.duplicates
+        self.rejected += len(polled.rejected)
+        cols = polled.columns
+        m.events_consumed.labels(topic=topic).inc(len(cols))
+        fresh = self.dedup.add_many(cols.event_ids, cols.timestamps)
+        n = int(fresh.sum())
+        dups = len(cols) - n
         if dups:
             self.duplicates += dups
             m.duplicates_dropped.labels(topic=topic).inc(dups)
-        if fresh:
-            batch = Batch.from_columns(
-                [ev.user_id for ev in fresh], [ev.item_id for ev in fresh],
-                [ev.weight for ev in fresh], [ev.ts for ev in fresh],
-            )
-            self._batches += 1
-            if self._batches % self.settings.eval_every == 0:
-                self._evaluate(batch)
-            else:
-                self.history.extend(batch.users, batch.items)
+            cols = cols.take(fresh)
+        if n:
+            batch = Batch.from_columns(cols.users, cols.items, cols.weights, cols.timestamps)
+            self._evaluate(batch)
             self._learn(batch)
             self.data_drift.update(batch.users, batch.items)
-            n = len(batch)
             self.events_total += n
             self.events_learned += n
             wm = float(batch.timestamps.max())
             self.watermark = wm if self.watermark is None else max(self.watermark, wm)
             m.events_learned.labels(topic=topic).inc(n)
-            self._expire_adaptations()
+            for name in self.adaptation.expire(self.models, self.events_total):
+                m.drift_adapting.labels(model=name).set(0)
         # Offsets move for every record handled -- rejects and duplicates included.
-        self.offsets.update(consumed.offsets)
-        return len(fresh)
+        self.offsets.update(polled.offsets)
+        return n
 
     def _evaluate(self, batch: Batch) -> None:
+        """Evaluate the batch's sample (the history moves for every event)."""
         m = self.metrics
         t0 = time.perf_counter()
         try:
@@ -510,6 +363,7 @@ class Trainer:
         except Exception:
             m.evaluate_errors.inc()
             log.exception("prequential evaluation failed on a batch (it is still learned)")
+            self.history.extend(batch.users, batch.items)
             return
         m.evaluate_duration.observe(time.perf_counter() - t0)
         times = batch.timestamps[outcome.positions]
@@ -523,8 +377,10 @@ class Trainer:
                 self._alarm_wall[name] = time.time()
                 log.warning("concept drift on %s (%s) at event time %s", name,
                             ",".join(sorted(set(fired))), self.monitors[name].last_alarm_time)
-                if self.settings.drift_adapt:
-                    self._start_adaptation(name)
+                if self.settings.drift_adapt and self.adaptation.start(
+                        name, self.models[name], self.events_total):
+                    m.drift_adaptations.labels(model=name).inc()
+                    m.drift_adapting.labels(model=name).set(1)
 
     def _learn(self, batch: Batch) -> None:
         for name, model in self.models.items():
@@ -537,89 +393,65 @@ class Trainer:
                 continue
             self.metrics.learn_duration.labels(model=name).observe(time.perf_counter() - t0)
 
-    # ------------------------------------------------------------------ drift adaptation
-
-    def _start_adaptation(self, name: str) -> None:
-        s = self.settings
-        until = self.events_total + s.drift_adapt_events
-        if name in self._adapt:
-            self._adapt[name]["until"] = until  # still drifting: extend the span
-            return
-        model = self.models[name]
-        originals: dict[str, float] = {}
-        for attr, factor in [(a, s.drift_half_life_factor) for a in _HALF_LIFE_ATTRS] + [
-            (a, s.drift_lr_factor) for a in _LEARNING_RATE_ATTRS
-        ]:
-            value = getattr(model, attr, None)
-            if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-                originals[attr] = float(value)
-                setattr(model, attr, type(value)(value * factor))
-        if not originals:
-            return
-        self._adapt[name] = {"until": until, "originals": originals}
-        self.metrics.drift_adaptations.labels(model=name).inc()
-        self.metrics.drift_adapting.labels(model=name).set(1)
-        log.warning("drift adaptation on %s for %d events: %s", name, s.drift_adapt_events,
-                    {a: (v, getattr(model, a)) for a, v in originals.items()})
-
-    def _expire_adaptations(self) -> None:
-        for name in [n for n, ad in self._adapt.items() if self.events_total >= ad["until"]]:
-            ad = self._adapt.pop(name)
-            for attr, value in ad["originals"].items():
-                setattr(self.models[name], attr, value)
-            self.metrics.drift_adapting.labels(model=name).set(0)
-            log.info("drift adaptation on %s ended: restored %s", name, ad["originals"])
-
     # ------------------------------------------------------------------ snapshot + commit
 
-    def checkpoint(self, reason: str = "periodic") -> bool:
-        """Snapshot if anything moved, then commit the snapshot's offsets. Never raises."""
-        changed = self.offsets != self._snap_offsets or self.events_total != self._snap_events_total
+    def _capture(self) -> CapturedState:
+        return capture(
+            self.models,
+            history=self.history,
+            offsets=_nest(self.offsets),
+            events_total=self.events_total,
+            watermark=self.watermark,
+            metrics=self._metric_summary(),
+            extra_arrays={**self.dedup.to_arrays(), **self.data_drift.to_arrays()},
+            extra_meta=self._extra_meta(),
+        )
+
+    def checkpoint(self, reason: str = "periodic", wait: bool = False) -> Written | None:
+        """Snapshot if anything moved (``wait``: synchronously). Never raises.
+
+        Returns the durable snapshot when ``wait`` (the last one if nothing moved);
+        a background write reports through :meth:`_finish_checkpoint`.
+        """
+        if wait:
+            self._finish_checkpoint(wait=True)
+        changed = (self.offsets != self._snap_offsets
+                   or self.events_total != self._snap_events_total)
         if not changed:
-            self._last_snapshot_wall = self._last_snapshot_wall or time.time()
-            return True
+            self.checkpointer.last_attempt_wall = time.time()
+            return self.checkpointer.last
+        if not wait and self.checkpointer.busy:
+            return None  # the previous write is still going: try at the next period
         offsets = dict(self.offsets)
         try:
-            info = self.store.write(
-                self.models,
-                history=self.history,
-                offsets=_nest(offsets),
-                events_total=self.events_total,
-                watermark=self.watermark,
-                metrics=self._metric_summary(),
-                extra_arrays={**self.dedup.to_arrays(), **self.data_drift.to_arrays()},
-                extra_meta=self._extra_meta(),
-            )
+            cap = self._capture()
         except Exception:
             self.metrics.snapshot_errors.inc()
             self.metrics.loop_errors.labels(stage="snapshot").inc()
-            log.exception("snapshot (%s) failed; offsets not committed", reason)
-            self._last_snapshot_wall = time.time()  # retry at the next period, not at once
-            return False
-        self._snap_offsets = offsets
-        self._snap_events_total = self.events_total
-        self.snapshot_version = info.version
-        self._last_snapshot_wall = time.time()
-        m = self.metrics
-        m.snapshot_duration.observe(info.seconds)
-        m.snapshot_size.set(info.bytes)
-        m.snapshot_version.set(info.version)
-        m.snapshot_timestamp.set(self._last_snapshot_wall)
-        log.debug("snapshot %d (%s): %d bytes in %.3f s", info.version, reason, info.bytes,
-                  info.seconds)
+            self.checkpointer.last_attempt_wall = time.time()
+            log.exception("capturing the state for a snapshot (%s) failed", reason)
+            return None
+        if not wait:
+            self.checkpointer.submit(cap, offsets, self.events_total)
+            return None
+        written = self.checkpointer.write(cap, offsets, self.events_total)
+        if written is not None:
+            self._durable(written, commit=reason != "revoke")
+        return written
+
+    def _finish_checkpoint(self, wait: bool = False) -> None:
+        written = self.checkpointer.done(wait=wait)
+        if written is not None:
+            self._durable(written, commit=True)
+
+    def _durable(self, written: Written, commit: bool) -> None:
+        self._snap_offsets = written.offsets
+        self._snap_events_total = written.events_total
+        self.snapshot_version = written.info.version
+        if commit and self.source is not None and self._learning:
+            self.source.commit(written.offsets)
+            self.metrics.offset_commits.inc()
         self._embedding_drift()
-        if self.consumer is not None:
-            assigned = self.consumer.assignment()
-            to_commit = {p: o for p, o in offsets.items() if p in assigned}
-            try:
-                self.consumer.commit(to_commit)
-                if to_commit:
-                    m.offset_commits.inc()
-            except Exception:
-                m.loop_errors.labels(stage="commit").inc()
-                # Harmless: the snapshot holds the offsets; a restart seeks to them.
-                log.exception("offset commit after snapshot %d failed", info.version)
-        return True
 
     def _embedding_drift(self) -> None:
         for name, model in self.models.items():
@@ -655,10 +487,10 @@ class Trainer:
 
     def _extra_meta(self) -> dict[str, Any]:
         return {
-            "trainer": {"group": self.settings.group, "topic": self.settings.topic},
+            "trainer": {"group": self.settings.group, "topic": self.kafka.topic},
             "dedup": {"window_s": self.dedup.window_s, "max_ids": self.dedup.max_ids},
             "drift": {n: mon.state() for n, mon in self.monitors.items()},
-            "adapt": self._adapt,
+            "adapt": self.adaptation.to_meta(),
         }
 
     # ------------------------------------------------------------------ metrics + status
@@ -674,6 +506,7 @@ class Trainer:
                 m.rolling_hr.labels(model=name).set(_finite(roll["hr"]) or 0.0)
                 m.rolling_ndcg.labels(model=name).set(_finite(roll["ndcg"]) or 0.0)
                 m.rolling_coverage.labels(model=name).set(_finite(roll["coverage"]) or 0.0)
+                m.rolling_evaluated.labels(model=name).set(_finite(roll.get("n")) or 0.0)
                 m.hr_total.labels(model=name).set(_finite(tot["hr"]) or 0.0)
                 m.ndcg_total.labels(model=name).set(_finite(tot["ndcg"]) or 0.0)
                 wall = self._alarm_wall.get(name)
@@ -689,9 +522,14 @@ class Trainer:
             if self.watermark is not None:
                 m.watermark.set(self.watermark)
                 m.event_time_lag.set(time.time() - self.watermark)
-            if self.consumer is not None:
-                for (t, p), lag in self.consumer.lag().items():
+            if self.source is not None:
+                for (t, p), lag in dict(self.source.lag).items():
                     m.consumer_lag.labels(topic=t, partition=str(p)).set(lag)
+                consumer = self.source.consumer
+                failures = consumer.dlq_failures_total if consumer is not None else 0
+                if failures > self._dlq_failures_seen:
+                    m.dlq_failures.inc(failures - self._dlq_failures_seen)
+                    self._dlq_failures_seen = failures
         except Exception:
             m.loop_errors.labels(stage="metrics").inc()
             log.exception("updating gauges failed")

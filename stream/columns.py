@@ -1,0 +1,201 @@
+"""Decode a polled batch of messages into columns: the trainer's hot path.
+
+:func:`decode_columns` gives the same verdict as :func:`stream.events.decode` on every
+message (same accepted events, same rejection reasons) without building a
+:class:`~stream.events.ClickEvent` per event. A message takes the *fast path* when it
+is a plain event: a JSON object whose ids are short printable strings, with a known
+event type, a numeric or ISO-8601 timestamp in range, and no ``context``. Anything
+else -- a context to check, an odd id, bytes that are not JSON -- goes through the
+full :func:`~stream.events.validate_dict` / :func:`~stream.events.decode`, so the
+fast path can only be *stricter* about what it handles itself, never more lenient
+about what it accepts. ``tests/stream/test_columns.py`` checks the two agree on a
+property-based corpus.
+
+Examples
+--------
+>>> cols, rejects = decode_columns(
+...     [b'{"event_id": "e1", "user_id": "u", "item_id": "i", "event_type": "click",'
+...      b' "timestamp": 1700000000}', b"nope"], now=1_700_000_000.0)
+>>> cols.users, cols.weights.tolist(), [(i, r.reason) for i, r in rejects]
+(['u'], [2.0], [(1, 'not_json')])
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import orjson
+
+from stream.events import (
+    DEFAULT_LIMITS,
+    EVENT_WEIGHTS,
+    SCHEMA_VERSION,
+    ClickEvent,
+    Limits,
+    Rejected,
+    decode,
+    validate_dict,
+)
+
+__all__ = ["EventColumns", "decode_columns"]
+
+_MS_THRESHOLD = 1e11
+_FAST_KEYS = frozenset(
+    {"schema", "event_id", "user_id", "item_id", "event_type", "timestamp", "session_id"}
+)
+
+
+@dataclass(slots=True)
+class EventColumns:
+    """Valid events of a batch, column-wise, in input order.
+
+    ``positions`` are the indexes of the events in the decoded input (so a caller
+    can map an event back to its partition and offset).
+    """
+
+    positions: list[int] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)
+    users: list[str] = field(default_factory=list)
+    items: list[str] = field(default_factory=list)
+    sessions: list[str | None] = field(default_factory=list)
+    weights: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
+    timestamps: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def take(self, keep: np.ndarray) -> EventColumns:
+        """The events where the boolean mask ``keep`` is true."""
+        idx = np.flatnonzero(keep).tolist()
+        return EventColumns(
+            positions=[self.positions[i] for i in idx],
+            event_ids=[self.event_ids[i] for i in idx],
+            users=[self.users[i] for i in idx],
+            items=[self.items[i] for i in idx],
+            sessions=[self.sessions[i] for i in idx],
+            weights=self.weights[keep],
+            timestamps=self.timestamps[keep],
+        )
+
+
+def _fast_id(value: object, max_chars: int) -> bool:
+    return (
+        type(value) is str and 0 < len(value) <= max_chars and value.isprintable()
+    )
+
+
+def _fast_ts(value: object) -> float | None:
+    """Epoch seconds of a plain timestamp, or None to leave it to the full path.
+
+    Mirrors :func:`stream.events.parse_timestamp`: text is a number first, then
+    ISO-8601; numbers above 1e11 are milliseconds; fractions round to microseconds
+    as the ``datetime`` of the full path does.
+    """
+    t = type(value)
+    if t is str:
+        text = value.strip()  # type: ignore[union-attr]
+        try:
+            seconds = float(text)
+        except ValueError:
+            try:
+                dt = datetime.fromisoformat(text)
+            except ValueError:
+                return None
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=UTC)
+            return dt.timestamp()
+    elif t is int or t is float:
+        try:
+            seconds = float(value)  # type: ignore[arg-type]
+        except OverflowError:
+            return None
+    else:
+        return None
+    if not math.isfinite(seconds):
+        return None
+    if abs(seconds) >= _MS_THRESHOLD:
+        seconds /= 1000.0
+    if seconds != math.floor(seconds):
+        try:
+            seconds = datetime.fromtimestamp(seconds, tz=UTC).timestamp()
+        except (OverflowError, OSError, ValueError):
+            return None
+    return seconds
+
+
+def decode_columns(
+    values: Sequence[bytes | None],
+    *,
+    now: float | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    weights: Mapping[str, float] | None = None,
+) -> tuple[EventColumns, list[tuple[int, Rejected]]]:
+    """Decode ``values`` into :class:`EventColumns` and ``(position, Rejected)`` pairs.
+
+    Never raises on message content. ``now`` (epoch seconds, default the wall clock)
+    anchors the plausible time range; ``weights`` maps event types to learning
+    weights (default :data:`stream.events.EVENT_WEIGHTS`).
+    """
+    now_s = time.time() if now is None else float(now)
+    lo, hi = now_s - limits.max_past_s, now_s + limits.max_future_s
+    w_of = EVENT_WEIGHTS if weights is None else weights
+    max_bytes, max_chars = limits.max_event_bytes, limits.max_id_chars
+    cols = EventColumns()
+    pos, eids, users, items, sessions = (
+        cols.positions, cols.event_ids, cols.users, cols.items, cols.sessions
+    )
+    ws: list[float] = []
+    tss: list[float] = []
+    rejects: list[tuple[int, Rejected]] = []
+    loads = orjson.loads
+    for i, raw in enumerate(values):
+        obj = None
+        if raw and len(raw) <= max_bytes:
+            try:
+                obj = loads(raw)
+            except orjson.JSONDecodeError:
+                obj = None
+        if type(obj) is dict and obj.keys() <= _FAST_KEYS:
+            schema = obj.get("schema", SCHEMA_VERSION)
+            eid, user, item = obj.get("event_id"), obj.get("user_id"), obj.get("item_id")
+            etype, session = obj.get("event_type"), obj.get("session_id")
+            ts = _fast_ts(obj.get("timestamp"))
+            if (
+                type(schema) is int and schema == SCHEMA_VERSION
+                and _fast_id(eid, max_chars) and _fast_id(user, max_chars)
+                and _fast_id(item, max_chars)
+                and (session is None or _fast_id(session, max_chars))
+                and type(etype) is str and etype in w_of and etype in EVENT_WEIGHTS
+                and ts is not None and lo <= ts <= hi
+            ):
+                pos.append(i)
+                eids.append(eid)  # type: ignore[arg-type]
+                users.append(user)  # type: ignore[arg-type]
+                items.append(item)  # type: ignore[arg-type]
+                sessions.append(session)  # type: ignore[arg-type]
+                ws.append(w_of[etype])  # type: ignore[index]
+                tss.append(ts)
+                continue
+        # The full path: exactly stream.events' verdict.
+        if obj is not None and raw is not None:
+            full = validate_dict(obj, now=now_s, limits=limits, raw=bytes(raw))
+        else:
+            full = decode(raw, now=now_s, limits=limits)
+        if isinstance(full, ClickEvent):
+            pos.append(i)
+            eids.append(full.event_id)
+            users.append(full.user_id)
+            items.append(full.item_id)
+            sessions.append(full.session_id)
+            ws.append(w_of[full.event_type])
+            tss.append(full.ts)
+        else:
+            rejects.append((i, full))
+    cols.weights = np.asarray(ws, np.float32)
+    cols.timestamps = np.asarray(tss, np.float64)
+    return cols, rejects

@@ -1,0 +1,16 @@
+"""The trainer application: composes :mod:`stream` (Kafka in) and :mod:`online_models`.
+
+* :mod:`trainer.service` -- the service loop (:class:`Trainer`);
+* :mod:`trainer.source` -- the polling/decoding thread ahead of learning;
+* :mod:`trainer.checkpoint` -- snapshot capture, background writes, restore;
+* :mod:`trainer.adaptation` -- drift adaptation of declared hyperparameters;
+* :mod:`trainer.dedup` -- the durable de-duplication window;
+* :mod:`trainer.metrics` -- every ``liverec_trainer_*`` metric;
+* :mod:`trainer.settings` -- :class:`TrainerSettings`.
+"""
+
+from trainer.dedup import DedupWindow
+from trainer.service import Trainer, TrainerResult
+from trainer.settings import TrainerSettings
+
+__all__ = ["DedupWindow", "Trainer", "TrainerResult", "TrainerSettings"]

@@ -1,0 +1,138 @@
+"""Checkpoint and restore: the trainer's state in durable snapshots.
+
+A checkpoint has two halves. :func:`online_models.snapshot.capture` copies the state
+(models, user history, de-duplication window, offsets) on the learner's thread: that
+copy is the only pause learning takes. Writing it (hash, fsync, publish ``LATEST``)
+runs in a background thread; once it is durable the learner hands its offsets to the
+consumer to commit. At most one write is in flight; a checkpoint that comes due while
+one is still writing waits for the next period. Before partitions are revoked and on
+shutdown the trainer writes synchronously, since the commit must follow at once.
+
+``liverec_trainer_snapshot_age_seconds`` measures the age of the newest snapshot
+actually written (a failed write does not reset it), so the stale-snapshot alert
+fires while the snapshot directory is unwritable.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from online_models.snapshot import CapturedState, Snapshot, SnapshotError, SnapshotInfo, SnapshotStore
+from stream.consumer import Partition
+from trainer.metrics import TrainerMetrics
+
+__all__ = ["Checkpointer", "Written"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A snapshot that is durable now, with the offsets and event count it holds."""
+
+    info: SnapshotInfo
+    offsets: dict[Partition, int]
+    events_total: int
+
+
+class Checkpointer:
+    """Restores the newest valid snapshot and writes new ones (see the module docstring)."""
+
+    def __init__(self, store: SnapshotStore, metrics: TrainerMetrics) -> None:
+        self.store = store
+        self.metrics = metrics
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="liverec-snapshot")
+        self._pending: tuple[Future[SnapshotInfo], dict[Partition, int], int] | None = None
+        #: wall-clock time of the newest snapshot actually written (0: none yet)
+        self.last_written_wall = 0.0
+        #: wall-clock time of the last attempt, successful or not (paces retries)
+        self.last_attempt_wall = 0.0
+        self.last: Written | None = None
+        metrics.snapshot_age.set_function(
+            lambda: time.time() - self.last_written_wall if self.last_written_wall else -1.0
+        )
+
+    def restore(self) -> Snapshot | None:
+        """The newest snapshot that loads and verifies, refusing corrupt ones."""
+        latest = self.store.latest_version()
+        for v in sorted((v for v in self.store.versions() if latest is None or v <= latest),
+                        reverse=True):
+            try:
+                snap = self.store.load(v)
+            except SnapshotError as exc:
+                self.metrics.snapshots_refused.inc()
+                log.warning("refusing snapshot: %s; falling back to the previous one", exc)
+                continue
+            created = snap.manifest.get("created_at")
+            self.last_written_wall = (datetime.fromisoformat(created).timestamp()
+                                      if isinstance(created, str) else time.time())
+            self.metrics.snapshot_version.set(snap.version)
+            return snap
+        return None
+
+    @property
+    def busy(self) -> bool:
+        return self._pending is not None
+
+    def submit(self, cap: CapturedState, offsets: dict[Partition, int], events_total: int
+               ) -> None:
+        """Write ``cap`` in the background; :meth:`done` reports it once durable."""
+        if self._pending is not None:
+            raise RuntimeError("a snapshot write is already in flight")
+        self.last_attempt_wall = time.time()
+        self._pending = (self._pool.submit(self.store.write_captured, cap), offsets,
+                         events_total)
+
+    def done(self, wait: bool = False) -> Written | None:
+        """The background write if it finished (durable), else None (also on failure)."""
+        if self._pending is None:
+            return None
+        fut, offsets, events_total = self._pending
+        if not wait and not fut.done():
+            return None
+        self._pending = None
+        try:
+            info = fut.result()
+        except Exception:
+            self._failed()
+            return None
+        return self._written(info, offsets, events_total)
+
+    def write(self, cap: CapturedState, offsets: dict[Partition, int], events_total: int
+              ) -> Written | None:
+        """Write synchronously (after any write in flight); None when it failed."""
+        self.done(wait=True)
+        self.last_attempt_wall = time.time()
+        try:
+            info = self.store.write_captured(cap)
+        except Exception:
+            self._failed()
+            return None
+        return self._written(info, offsets, events_total)
+
+    def close(self) -> None:
+        self.done(wait=True)
+        self._pool.shutdown(wait=True)
+
+    def _failed(self) -> None:
+        self.metrics.snapshot_errors.inc()
+        self.metrics.loop_errors.labels(stage="snapshot").inc()
+        log.exception("snapshot failed; offsets not committed (the last good snapshot is "
+                      "%.0f s old)", time.time() - self.last_written_wall
+                      if self.last_written_wall else float("nan"))
+
+    def _written(self, info: SnapshotInfo, offsets: dict[Partition, int], events_total: int
+                 ) -> Written:
+        self.last_written_wall = time.time()
+        m = self.metrics
+        m.snapshot_duration.observe(info.seconds)
+        m.snapshot_size.set(info.bytes)
+        m.snapshot_version.set(info.version)
+        m.snapshot_timestamp.set(self.last_written_wall)
+        log.debug("snapshot %d: %d bytes in %.3f s", info.version, info.bytes, info.seconds)
+        self.last = Written(info, offsets, events_total)
+        return self.last

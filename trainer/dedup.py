@@ -1,0 +1,106 @@
+"""The trainer's durable de-duplication memory: recently learned ``event_id`` s."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from online_models.base import pack_strings, unpack_strings
+
+__all__ = ["DedupWindow"]
+
+
+class DedupWindow:
+    """Recently learned ``event_id`` s, bounded by event time and by count.
+
+    An id is remembered until the watermark is ``window_s`` past its event time, or
+    until ``max_ids`` newer ids pushed it out. A duplicate older than that is not
+    recognised (and learned again): size the window to the longest replay overlap.
+    The window is part of every snapshot, so it survives restarts.
+
+    Examples
+    --------
+    >>> d = DedupWindow(window_s=10)
+    >>> d.add("a", 1.0), d.add("a", 2.0), d.add("b", 20.0), d.add("a", 21.0)
+    (True, False, True, True)
+    >>> d.add_many(["c", "b", "c"], [22.0, 22.0, 23.0]).tolist()
+    [True, False, False]
+    """
+
+    def __init__(self, window_s: float = 86_400.0, max_ids: int = 500_000) -> None:
+        self.window_s = window_s
+        self.max_ids = max_ids
+        self._ids: OrderedDict[str, float] = OrderedDict()
+        self._watermark = -math.inf
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._ids
+
+    def add(self, event_id: str, ts: float) -> bool:
+        """Remember ``event_id``; False when it was already there (a duplicate)."""
+        if event_id in self._ids:
+            return False
+        self._ids[event_id] = ts
+        if ts > self._watermark:
+            self._watermark = ts
+            self._expire()
+        if len(self._ids) > self.max_ids:
+            self._ids.popitem(last=False)
+        return True
+
+    def add_many(self, event_ids: Sequence[str], ts: Sequence[float] | np.ndarray) -> np.ndarray:
+        """Remember a batch of ids; returns the mask of those not seen before.
+
+        A repeat inside the batch is a duplicate of its first occurrence. Expiry runs
+        once per batch (at the batch's newest event time), so an id that would
+        expire *during* the batch still counts as seen for the rest of the batch.
+        """
+        ids = self._ids
+        times = np.asarray(ts, np.float64)
+        fresh = np.zeros(len(event_ids), bool)
+        for i, (eid, t) in enumerate(zip(event_ids, times.tolist(), strict=True)):
+            if eid not in ids:
+                ids[eid] = t
+                fresh[i] = True
+        if len(times) and times.max() > self._watermark:
+            self._watermark = float(times.max())
+            self._expire()
+        while len(ids) > self.max_ids:
+            ids.popitem(last=False)
+        return fresh
+
+    def _expire(self) -> None:
+        horizon = self._watermark - self.window_s
+        # Ids arrive roughly in event-time order, so expired ones sit at the front.
+        while self._ids:
+            first_id = next(iter(self._ids))
+            if self._ids[first_id] >= horizon:
+                break
+            self._ids.popitem(last=False)
+
+    def to_arrays(self, prefix: str = "dedup") -> dict[str, np.ndarray]:
+        data, offsets = pack_strings(list(self._ids))
+        return {
+            f"{prefix}.ids.data": data,
+            f"{prefix}.ids.offsets": offsets,
+            f"{prefix}.ts": np.fromiter(self._ids.values(), np.float64, len(self._ids)),
+        }
+
+    @classmethod
+    def from_arrays(
+        cls, arrays: Mapping[str, np.ndarray], prefix: str = "dedup", **kwargs: Any
+    ) -> DedupWindow:
+        d = cls(**kwargs)
+        if f"{prefix}.ts" not in arrays:
+            return d
+        ids = unpack_strings(arrays[f"{prefix}.ids.data"], arrays[f"{prefix}.ids.offsets"])
+        d._ids = OrderedDict(zip(ids, arrays[f"{prefix}.ts"].tolist(), strict=True))
+        d._watermark = max(d._ids.values(), default=-math.inf)
+        return d

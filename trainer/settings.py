@@ -1,0 +1,77 @@
+"""Settings of ``liverec train`` (the Kafka side lives in :class:`stream.settings.KafkaSettings`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from online_models import registry
+
+__all__ = ["TrainerSettings"]
+
+
+class TrainerSettings(BaseSettings):
+    """What the trainer does with the stream (every field also from ``LIVEREC_<FIELD>``).
+
+    Where the stream comes from (bootstrap, topic, client, security, event limits and
+    weights) is one :class:`stream.settings.KafkaSettings`, passed beside this object.
+
+    Examples
+    --------
+    >>> s = TrainerSettings(models="popularity,itemknn")
+    >>> s.model_names(), s.batch_size, s.drift_adapt, s.eval_sample
+    (['popularity', 'itemknn'], 256, True, 0.1)
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LIVEREC_", extra="ignore")
+
+    group: str = "liverec-trainer"
+    snapshots: Path = Path("snapshots")
+    models: str = "all"
+    #: JSON ``{"model": {"param": value}}`` passed to fresh models' constructors
+    model_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    batch_size: int = Field(default=256, ge=1)
+    max_wait_ms: int = Field(default=200, ge=0)
+    #: decoded batches polled ahead of learning (poll and decode overlap learning)
+    prefetch_batches: int = Field(default=4, ge=1)
+    snapshot_every_s: float = Field(default=1.0, gt=0)
+    keep_snapshots: int = Field(default=5, ge=1)
+    #: 0 picks a free port; -1 serves no metrics
+    metrics_port: int = Field(default=9101, ge=-1)
+    metrics_addr: str = "0.0.0.0"
+    k: int = Field(default=10, ge=1)
+    rolling_window: int = Field(default=1000, ge=1)
+    #: prequential evaluation sample: a fraction of the evaluable events in (0, 1]
+    eval_sample: float = Field(default=0.1, gt=0, le=1)
+    #: ... and at most this many evaluated events per second per model (0: no cap)
+    eval_budget_per_s: float = Field(default=200.0, ge=0)
+    eval_seed: int = 0
+    history_items: int = Field(default=200, ge=1)
+    dedup_window_s: float = Field(default=86_400.0, gt=0)
+    dedup_max_ids: int = Field(default=500_000, ge=1)
+    drift_adapt: bool = True
+    drift_half_life_factor: float = Field(default=0.25, gt=0)
+    drift_lr_factor: float = Field(default=2.0, gt=0)
+    drift_adapt_events: int = Field(default=5_000, ge=1)
+    drift_buckets: int = Field(default=64, ge=2)
+    drift_window: int = Field(default=5_000, ge=10)
+    status_every_s: float = Field(default=5.0, gt=0)
+    #: rebuild the consumer when it has had no partitions this long since (re)joining
+    #: (doubling each time); guards against a group join that never completes
+    join_timeout_s: float = Field(default=60.0, gt=0)
+    #: group session timeout: how soon a crashed trainer's partitions are reassigned
+    session_timeout_ms: int = Field(default=10_000, ge=1_000)
+    #: stop after this many events learned by this process
+    max_events: int | None = Field(default=None, ge=1)
+    #: stop once ``events_total`` (across restarts) reaches this
+    until_events_total: int | None = Field(default=None, ge=1)
+    #: stop after this many seconds
+    max_seconds: float | None = Field(default=None, gt=0)
+    #: stop after this many seconds without a single record
+    idle_exit_s: float | None = Field(default=None, gt=0)
+
+    def model_names(self) -> list[str]:
+        return registry.parse_models(self.models)

@@ -1,0 +1,313 @@
+"""The trainer's input: a thread that polls Kafka and decodes ahead of learning.
+
+:class:`BatchSource` owns the consumer. Every call on the consumer -- poll, seek,
+commit, lag, close -- happens in its thread (neither Kafka client is meant to be
+shared across threads), so the learner talks to it through two small channels:
+
+* **batches** flow to the learner through a bounded queue (``prefetch`` deep): poll,
+  columnar decode (:func:`stream.columns.decode_columns`) and dead-lettering of
+  rejects overlap learning, and a slow learner applies back-pressure instead of
+  piling up memory;
+* **commits** flow back: :meth:`BatchSource.commit` queues the offsets of a durable
+  snapshot, and the thread commits them before its next poll.
+
+Rebalances run inside the consumer's poll, so in this thread. On revoke the queued,
+not-yet-learned batches are dropped (the group resumes from the last commit), then
+:attr:`BatchSource.on_revoke` -- the learner's synchronous checkpoint -- returns the
+offsets now durable, and they are committed before the partitions move. On assign,
+:attr:`BatchSource.on_assign` returns where each partition must resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from stream.columns import EventColumns, decode_columns
+from stream.consumer import MiniBatchConsumer, Partition
+from stream.events import Limits, Rejected
+
+__all__ = ["BatchSource", "PolledBatch"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class PolledBatch:
+    """One polled mini-batch, decoded into columns.
+
+    ``offsets`` is the next offset of every partition the batch read (what to commit
+    once its effect is durable); ``rejected`` holds ``(reject, topic, partition,
+    offset)``, already in the dead-letter topic (or counted as unwritable).
+    """
+
+    columns: EventColumns
+    rejected: list[tuple[Rejected, str, int, int]] = field(default_factory=list)
+    offsets: dict[Partition, int] = field(default_factory=dict)
+    first_offsets: dict[Partition, int] = field(default_factory=dict)
+    records: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not self.offsets
+
+
+class BatchSource:
+    """Poll ``consumer_factory()`` in a thread and hand out :class:`PolledBatch` es.
+
+    Parameters
+    ----------
+    consumer_factory
+        Builds the consumer; called in the source thread with the rebalance hooks
+        ``on_assign`` / ``on_revoke`` as keyword arguments.
+    batch_size, max_wait_s
+        Poll bounds of one batch.
+    prefetch
+        Decoded batches that may wait for the learner.
+    limits, weights
+        Event validation limits and per-type learning weights.
+    on_assign
+        ``parts -> {partition: offset}``: where assigned partitions resume.
+    on_revoke
+        ``parts -> offsets | None``: checkpoint synchronously, return what to commit.
+    join_timeout_s
+        Rebuild the consumer when it has had no partitions this long (doubling).
+    """
+
+    def __init__(
+        self,
+        consumer_factory: Callable[..., MiniBatchConsumer],
+        *,
+        batch_size: int,
+        max_wait_s: float,
+        prefetch: int,
+        limits: Limits,
+        weights: Mapping[str, float],
+        on_assign: Callable[[set[Partition]], Mapping[Partition, int]],
+        on_revoke: Callable[[set[Partition]], Mapping[Partition, int] | None],
+        join_timeout_s: float = 60.0,
+    ) -> None:
+        self._factory = consumer_factory
+        self.batch_size = batch_size
+        self.max_wait_s = max_wait_s
+        self.limits = limits
+        self.weights = dict(weights)
+        self.on_assign = on_assign
+        self.on_revoke = on_revoke
+        self.join_timeout_s = join_timeout_s
+        self._queue: queue.Queue[PolledBatch] = queue.Queue(maxsize=prefetch)
+        self._commits: queue.Queue[dict[Partition, int]] = queue.Queue()
+        self._stop = threading.Event()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self.consumer: MiniBatchConsumer | None = None
+        #: partitions assigned now, and whether any ever were (read by the learner)
+        self.assigned: frozenset[Partition] = frozenset()
+        self.ever_assigned = False
+        #: per-partition lag, refreshed about once a second
+        self.lag: dict[Partition, int] = {}
+        self.errors = 0
+        self.dropped_on_revoke = 0
+        self.commits_total = 0
+        self.commit_errors = 0
+        self.poll_seconds = 0.0
+        self.decode_seconds = 0.0
+        self.error: BaseException | None = None
+
+    # ------------------------------------------------------------------ learner side
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="liverec-source", daemon=True)
+        self._thread.start()
+
+    def get(self, timeout_s: float) -> PolledBatch | None:
+        """The next decoded batch, or None when none came within ``timeout_s``."""
+        try:
+            return self._queue.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    def commit(self, offsets: Mapping[Partition, int]) -> None:
+        """Commit these next-offsets (of a durable snapshot) before the next poll."""
+        if offsets:
+            self._commits.put(dict(offsets))
+
+    def stop(self, final_offsets: Mapping[Partition, int] | None, timeout_s: float = 30.0
+             ) -> None:
+        """Stop polling, commit ``final_offsets`` (a durable snapshot's), leave the group."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.warning("the source thread did not stop within %.0f s", timeout_s)
+                return
+        self._closing = True
+        consumer = self.consumer
+        if consumer is None:
+            return
+        try:
+            self._drain_commits()
+            if final_offsets:
+                self._commit_assigned(final_offsets)
+        finally:
+            try:
+                consumer.close()
+            except Exception:
+                log.exception("closing the consumer failed")
+
+    # ------------------------------------------------------------------ source thread
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # the learner sees it and stops
+            self.error = exc
+            log.exception("the source thread failed")
+
+    def _new_consumer(self) -> MiniBatchConsumer:
+        self.assigned = frozenset()
+        return self._factory(on_assign=self._assigned, on_revoke=self._revoked)
+
+    def _loop(self) -> None:
+        self.consumer = self._new_consumer()
+        joined_at, join_timeout = time.monotonic(), self.join_timeout_s
+        last_lag = 0.0
+        while not self._stop.is_set():
+            self._drain_commits()
+            if not self.assigned and not self.ever_assigned and \
+                    time.monotonic() - joined_at > join_timeout:
+                log.warning("no partitions %.0f s after joining: rebuilding the consumer",
+                            join_timeout)
+                self.errors += 1
+                self._close_quietly()
+                self.consumer = self._new_consumer()
+                joined_at, join_timeout = time.monotonic(), join_timeout * 2
+            try:
+                t0 = time.perf_counter()
+                records = self.consumer.poll_records(self.batch_size, self.max_wait_s)
+                t1 = time.perf_counter()
+            except Exception:
+                self.errors += 1
+                log.exception("polling failed; retrying")
+                self._stop.wait(0.5)
+                continue
+            self.poll_seconds += t1 - t0
+            if records:
+                batch = self._decode(records)
+                self.decode_seconds += time.perf_counter() - t1
+                self._put(batch)
+            if time.monotonic() - last_lag >= 1.0:
+                last_lag = time.monotonic()
+                try:
+                    self.lag = self.consumer.lag()
+                except Exception:
+                    log.debug("lag not available", exc_info=True)
+
+    def _decode(self, records: list) -> PolledBatch:
+        cols, rejects = decode_columns(
+            [r.value for r in records], limits=self.limits, weights=self.weights
+        )
+        offsets: dict[Partition, int] = {}
+        first: dict[Partition, int] = {}
+        for r in records:
+            part = (r.topic, r.partition)
+            first.setdefault(part, r.offset)
+            offsets[part] = r.offset + 1
+        rejected = [(rej, records[i].topic, records[i].partition, records[i].offset)
+                    for i, rej in rejects]
+        if rejected:
+            assert self.consumer is not None
+            # Bounded retries inside; a record it cannot write is counted and skipped.
+            self.consumer.dead_letter(rejected, stop=self._stop)
+        return PolledBatch(cols, rejected, offsets, first, len(records))
+
+    def _put(self, batch: PolledBatch) -> None:
+        parts = set(batch.offsets)
+        while not self._stop.is_set():
+            if not parts <= self.assigned:
+                self._forget([batch])  # revoked meanwhile: the next owner reads it
+                return
+            try:
+                self._queue.put(batch, timeout=0.1)
+                return
+            except queue.Full:
+                self._drain_commits()
+
+    def _drain_commits(self) -> None:
+        merged: dict[Partition, int] = {}
+        while True:
+            try:
+                merged.update(self._commits.get_nowait())
+            except queue.Empty:
+                break
+        if merged:
+            self._commit_assigned(merged)
+
+    def _commit_assigned(self, offsets: Mapping[Partition, int]) -> None:
+        to_commit = {p: o for p, o in offsets.items() if p in self.assigned}
+        if not to_commit or self.consumer is None:
+            return
+        try:
+            self.consumer.commit(to_commit)
+            self.commits_total += 1
+        except Exception:
+            # Harmless: the snapshot holds the offsets; a restart seeks to them.
+            self.commit_errors += 1
+            log.exception("offset commit failed")
+
+    def _close_quietly(self) -> None:
+        if self.consumer is not None:
+            try:
+                self.consumer.close()
+            except Exception:
+                log.exception("closing the consumer failed")
+
+    # ------------------------------------------------------------------ rebalance hooks
+
+    def _forget(self, batches: list[PolledBatch]) -> None:
+        """Drop unlearned batches; partitions still ours are read again from there."""
+        self.dropped_on_revoke += len(batches)
+        rewind: dict[Partition, int] = {}
+        for b in batches:
+            for part, off in b.first_offsets.items():
+                if part in self.assigned:
+                    rewind[part] = min(off, rewind.get(part, off))
+        if rewind and self.consumer is not None:
+            self.consumer.seek(rewind)
+
+    def _assigned(self, parts: set[Partition]) -> None:
+        self.assigned = frozenset(self.assigned | parts)
+        self.ever_assigned = True
+        log.info("assigned %s", sorted(parts))
+        resume = dict(self.on_assign(parts))
+        if resume and self.consumer is not None:
+            self.consumer.seek(resume)
+            log.info("resuming %s at the snapshot's offsets", resume)
+
+    def _revoked(self, parts: set[Partition]) -> None:
+        self.assigned = frozenset(self.assigned - parts)
+        dropped: list[PolledBatch] = []
+        while True:  # polled, not learned: the next owner resumes from the commit
+            try:
+                dropped.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        self._forget(dropped)
+        if self._closing:
+            return
+        log.info("partitions %s revoked (%d queued batches dropped): checkpoint, then "
+                 "commit", sorted(parts), len(dropped))
+        offsets = self.on_revoke(parts)
+        if offsets:
+            to_commit = {p: o for p, o in offsets.items() if p in parts}
+            if to_commit and self.consumer is not None:
+                try:
+                    self.consumer.commit(to_commit)
+                    self.commits_total += 1
+                except Exception:
+                    self.commit_errors += 1
+                    log.exception("commit before revoke failed")
