@@ -1,8 +1,9 @@
 """`liverec train`: the trainer service (registered by :mod:`liverec.cli`).
 
-Every option falls back to its ``LIVEREC_<NAME>`` environment variable through one
-:class:`stream.trainer.TrainerSettings` object; an option given on the command line
-wins.
+Every option falls back to its ``LIVEREC_<NAME>`` environment variable through two
+settings objects, one per concern: :class:`trainer.TrainerSettings` (what to learn) and
+:class:`stream.settings.KafkaSettings` (where the stream comes from, shared with
+``serve`` and ``replay``); an option given on the command line wins.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import typer
 
 def train(
     bootstrap: Annotated[str | None, typer.Option(
-        help="Kafka bootstrap host:port [LIVEREC_BOOTSTRAP / LIVEREC_KAFKA_BOOTSTRAP]")] = None,
+        help="Kafka bootstrap host:port [LIVEREC_KAFKA_BOOTSTRAP / LIVEREC_BOOTSTRAP]")] = None,
     topic: Annotated[str | None, typer.Option(help="click topic [LIVEREC_TOPIC]")] = None,
+    kafka_client: Annotated[str | None, typer.Option(
+        help="Kafka client library: confluent (librdkafka) or kafka-python "
+             "[LIVEREC_KAFKA_CLIENT]")] = None,
     group: Annotated[str | None, typer.Option(help="consumer group [LIVEREC_GROUP]")] = None,
     snapshots: Annotated[Path | None, typer.Option(
         help="snapshot directory [LIVEREC_SNAPSHOTS]")] = None,
@@ -47,21 +51,32 @@ def train(
         help="stop after this many seconds [LIVEREC_MAX_SECONDS]")] = None,
     idle_exit_s: Annotated[float | None, typer.Option(
         help="stop after this many seconds without records [LIVEREC_IDLE_EXIT_S]")] = None,
-    eval_every: Annotated[int | None, typer.Option(
-        help="evaluate one mini-batch in N (1 = every batch) [LIVEREC_EVAL_EVERY]")] = None,
+    eval_sample: Annotated[float | None, typer.Option(
+        help="prequential evaluation: the fraction of evaluable events scored, seeded "
+             "(1 = all) [LIVEREC_EVAL_SAMPLE]")] = None,
+    eval_budget_per_s: Annotated[float | None, typer.Option(
+        help="... and at most this many evaluated events per second per model (0 = no cap) "
+             "[LIVEREC_EVAL_BUDGET_PER_S]")] = None,
+    prefetch_batches: Annotated[int | None, typer.Option(
+        help="decoded batches polled ahead of learning [LIVEREC_PREFETCH_BATCHES]")] = None,
     session_timeout_ms: Annotated[int | None, typer.Option(
         help="consumer-group session timeout [LIVEREC_SESSION_TIMEOUT_MS]")] = None,
     status_every_s: Annotated[float | None, typer.Option(
         help="seconds between status lines [LIVEREC_STATUS_EVERY_S]")] = None,
     log_level: Annotated[str, typer.Option(help="logging level")] = "INFO",
 ) -> None:
-    """Consume clicks, evaluate prequentially, learn, snapshot, commit; serve /metrics."""
+    """Consume clicks, evaluate a sample prequentially, learn, snapshot, commit; serve /metrics.
+
+    One process is one member of the consumer group --group. Runs until SIGTERM/SIGINT
+    (then: a last snapshot, its offsets committed, the group left) or a --max-* limit.
+    """
     import orjson
     from prometheus_client import start_http_server
     from pydantic import ValidationError
 
-    from stream.metrics import TrainerMetrics
-    from stream.trainer import Trainer, TrainerSettings
+    from stream.settings import KafkaSettings
+    from trainer import Trainer, TrainerSettings
+    from trainer.metrics import TrainerMetrics
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -70,13 +85,14 @@ def train(
     given: dict[str, Any] = {
         k: v
         for k, v in {
-            "bootstrap": bootstrap, "topic": topic, "group": group, "snapshots": snapshots,
+            "group": group, "snapshots": snapshots,
             "models": models, "batch_size": batch_size, "max_wait_ms": max_wait_ms,
             "snapshot_every_s": snapshot_every_s, "keep_snapshots": keep_snapshots,
             "metrics_port": metrics_port, "drift_adapt": drift_adapt, "max_events": max_events,
             "until_events_total": until_events_total, "max_seconds": max_seconds,
             "idle_exit_s": idle_exit_s, "status_every_s": status_every_s,
-            "eval_every": eval_every, "session_timeout_ms": session_timeout_ms,
+            "eval_sample": eval_sample, "eval_budget_per_s": eval_budget_per_s,
+            "prefetch_batches": prefetch_batches, "session_timeout_ms": session_timeout_ms,
         }.items()
         if v is not None
     }
@@ -85,10 +101,13 @@ def train(
     try:
         settings = TrainerSettings(**given)
         settings.model_names()
+        kafka = KafkaSettings(**{k: v for k, v in {
+            "bootstrap": bootstrap, "topic": topic, "client": kafka_client}.items()
+            if v is not None})
     except (ValidationError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from exc
 
-    metrics = TrainerMetrics(settings.model_names(), settings.topic)
+    metrics = TrainerMetrics(settings.model_names(), kafka.topic)
     server = None
     if settings.metrics_port >= 0:
         server, _ = start_http_server(
@@ -96,7 +115,7 @@ def train(
         )
         log.info("metrics on http://%s:%d/metrics", settings.metrics_addr, server.server_port)
     try:
-        result = Trainer(settings, metrics).run()
+        result = Trainer(settings, kafka, metrics).run()
     finally:
         if server is not None:
             server.shutdown()

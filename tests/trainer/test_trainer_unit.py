@@ -11,10 +11,14 @@ import pytest
 
 from online_models import registry
 from online_models.base import Batch
-from stream.consumer import ConsumedBatch
-from stream.events import ClickEvent, Rejected
-from stream.trainer import DedupWindow, Trainer, TrainerSettings
+from stream.columns import decode_columns
+from stream.events import ClickEvent, Rejected, encode
+from stream.settings import KafkaSettings
+from trainer import DedupWindow, Trainer, TrainerSettings
+from trainer.source import PolledBatch
 from tests.trainer.helpers import synthetic_events
+
+KAFKA = KafkaSettings(topic="clicks")
 
 
 class ExplodingPopularity(registry.model_class("popularity")):  # type: ignore[misc]
@@ -31,17 +35,20 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TrainerSettings
     monkeypatch.setitem(registry.MODEL_PATHS, "test-exploding",
                         "tests.trainer.test_trainer_unit:ExplodingPopularity")
     return TrainerSettings(
-        topic="clicks", snapshots=tmp_path / "snaps", models="popularity,itemknn",
-        metrics_port=-1, drift_adapt_events=300,
+        snapshots=tmp_path / "snaps", models="popularity,itemknn",
+        metrics_port=-1, drift_adapt_events=300, eval_sample=1.0, eval_budget_per_s=0,
     )
 
 
-def _consumed(events: list[ClickEvent], start: int, rejected: int = 0) -> ConsumedBatch:
+def _consumed(events: list[ClickEvent], start: int, rejected: int = 0) -> PolledBatch:
+    """A polled batch as the source thread hands it over (rejects already dead-lettered)."""
+    cols, rejects = decode_columns([encode(e) for e in events], now=events[-1].ts)
+    assert not rejects
     rej = [(Rejected(b"x", "not_json", "bad"), "clicks", 0, start + len(events) + k)
            for k in range(rejected)]
-    return ConsumedBatch(events=list(events), rejected=rej,
-                         offsets={("clicks", 0): start + len(events) + rejected},
-                         first_offsets={("clicks", 0): start})
+    return PolledBatch(cols, rej, offsets={("clicks", 0): start + len(events) + rejected},
+                       first_offsets={("clicks", 0): start},
+                       records=len(events) + rejected)
 
 
 def _sample(trainer: Trainer, name: str, labels: dict[str, str]) -> float:
@@ -64,7 +71,7 @@ def test_dedup_window_expires_by_event_time_and_count() -> None:
 
 def test_handle_drops_duplicates_counts_rejects_and_learns(settings: TrainerSettings) -> None:
     events = synthetic_events(600, seed=5)
-    t = Trainer(settings)
+    t = Trainer(settings, KAFKA)
     t.handle(_consumed(events[:400], 0, rejected=2))
     # A redelivered overlap: 100 already learned, 200 new.
     t.handle(_consumed(events[300:600], 402))
@@ -79,12 +86,12 @@ def test_handle_drops_duplicates_counts_rejects_and_learns(settings: TrainerSett
 
 def test_checkpoint_then_restore_resumes_exact_state(settings: TrainerSettings) -> None:
     events = synthetic_events(500, seed=6)
-    t = Trainer(settings)
+    t = Trainer(settings, KAFKA)
     t.handle(_consumed(events, 0))
-    assert t.checkpoint("test")
+    assert t.checkpoint("test", wait=True) is not None
     assert _sample(t, "liverec_trainer_snapshot_version", {}) == 1
 
-    again = Trainer(settings)
+    again = Trainer(settings, KAFKA)
     assert again.events_total == 500 and again.offsets == {("clicks", 0): 500}
     for name in ("popularity", "itemknn"):
         a, b = t.models[name].get_state(), again.models[name].get_state()
@@ -97,7 +104,7 @@ def test_checkpoint_then_restore_resumes_exact_state(settings: TrainerSettings) 
 
 def test_a_failing_model_does_not_stop_the_others(settings: TrainerSettings) -> None:
     s = settings.model_copy(update={"models": "popularity,test-exploding"})
-    t = Trainer(s)
+    t = Trainer(s, KAFKA)
     t.handle(_consumed(synthetic_events(200, seed=7), 0))
     assert t.events_total == 200
     assert t.models["popularity"].n_items > 0
@@ -106,17 +113,20 @@ def test_a_failing_model_does_not_stop_the_others(settings: TrainerSettings) -> 
 
 
 def test_drift_adaptation_overrides_then_restores(settings: TrainerSettings) -> None:
-    t = Trainer(settings)
+    t = Trainer(settings, KAFKA)
     pop: Any = t.models["popularity"]
-    original = pop.half_life_seconds
-    t._start_adaptation("popularity")
-    assert pop.half_life_seconds == pytest.approx(original * settings.drift_half_life_factor)
-    assert _sample(t, "liverec_trainer_drift_adaptation_active", {"model": "popularity"}) == 1
+    original = pop.get_params()["half_life_seconds"]
+    assert t.adaptation.start("popularity", pop, t.events_total)
+    t.metrics.drift_adapting.labels(model="popularity").set(1)
+    assert pop.get_params()["half_life_seconds"] == pytest.approx(
+        original * settings.drift_half_life_factor)
     # Mid-adaptation snapshot keeps the originals so a restart can restore them.
     t.handle(_consumed(synthetic_events(100, seed=8), 0))
-    t.checkpoint("test")
-    restarted = Trainer(settings)
-    assert restarted._adapt["popularity"]["originals"]["half_life_seconds"] == original
+    t.checkpoint("test", wait=True)
+    restarted = Trainer(settings, KAFKA)
+    assert restarted.adaptation.active["popularity"]["originals"]["half_life_seconds"] == original
+    assert _sample(restarted, "liverec_trainer_drift_adaptation_active",
+                   {"model": "popularity"}) == 1
     t.handle(_consumed(synthetic_events(300, seed=9), 100))
-    assert pop.half_life_seconds == original
+    assert pop.get_params()["half_life_seconds"] == original
     assert _sample(t, "liverec_trainer_drift_adaptation_active", {"model": "popularity"}) == 0
