@@ -7,10 +7,15 @@ ever talk to this protocol:
 * ``learn(batch)`` learns a mini-batch of interactions in place (returns ``None``);
 * ``score_all(user, history)`` scores every item the model knows, one float per
   item row (``self.items``); ``score``, ``recommend`` build on it;
+* ``score_many(users, histories)`` scores several queries at once against one
+  state, one row per query (``score_all`` stacked; models override it with a
+  matrix product or vectorised gathers: the evaluator's and the hybrid's path);
 * ``similar(item, k)`` returns items like an item;
 * ``get_state()`` / ``from_state(state)`` export and rebuild the model from
   numeric arrays plus JSON-able metadata (never pickle);
-* ``n_users`` / ``n_items`` say how many ids the model knows.
+* ``n_users`` / ``n_items`` say how many ids the model knows;
+* ``adaptable_params()`` / ``set_param(name, value)`` declare and set the
+  hyperparameters drift adaptation may change (half-lives, learning rates).
 
 Hyperparameters are constructor arguments stored under the same names; learned
 state lives apart; randomness comes only from ``seed``.
@@ -29,12 +34,14 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 __all__ = [
+    "ADAPTABLE_KINDS",
     "Batch",
     "IdIndex",
     "ModelState",
     "OnlineModel",
     "UserHistory",
     "pack_strings",
+    "learning_order",
     "top_k",
     "unpack_strings",
 ]
@@ -394,6 +401,11 @@ class UserHistory:
         q = self._items.get(user)
         return q is not None and item in q
 
+    def is_new(self, user: str, item: str) -> bool:
+        """Whether ``user`` has history and ``item`` is not in it (an evaluable event)."""
+        q = self._items.get(user)
+        return bool(q) and item not in q  # type: ignore[operator]
+
     def to_arrays(self, prefix: str = "history") -> dict[str, np.ndarray]:
         users = list(self._items)
         lengths = np.asarray([len(self._items[u]) for u in users], dtype=np.int64)
@@ -428,6 +440,10 @@ class UserHistory:
 
 # --------------------------------------------------------------------------- protocol
 
+#: kinds of hyperparameter drift adaptation may change (:meth:`OnlineModel.adaptable_params`):
+#: ``"half_life"`` (event-time seconds; shorter forgets faster) and ``"learning_rate"``
+ADAPTABLE_KINDS: tuple[str, ...] = ("half_life", "learning_rate")
+
 
 class OnlineModel(ABC):
     """Base class and protocol of every liverec model.
@@ -439,6 +455,9 @@ class OnlineModel(ABC):
     """
 
     name: ClassVar[str] = "base"
+    #: hyperparameter name -> kind (one of :data:`ADAPTABLE_KINDS`) that drift
+    #: adaptation may change at run time; see :meth:`adaptable_params`
+    adaptable: ClassVar[Mapping[str, str]] = {}
     items: IdIndex
     users: IdIndex
 
@@ -459,6 +478,24 @@ class OnlineModel(ABC):
         (freed rows). Unknown users get a sensible non-personal score or all
         zeros; they must not raise.
         """
+
+    def score_many(
+        self, users: Sequence[str], histories: Sequence[Sequence[str]]
+    ) -> np.ndarray:
+        """``score_all`` of several queries against the current state, stacked.
+
+        Returns float32 ``(len(users), items.capacity)``: row ``r`` equals
+        ``score_all(users[r], histories[r])``. The model must not change between
+        the queries (the evaluator scores a mini-batch before it is learned), which
+        is what lets subclasses share work across rows: one matrix product for
+        factor models, one sparse gather for count models. This default loops.
+        """
+        if len(users) != len(histories):
+            raise ValueError("score_many needs one history per user")
+        out = np.empty((len(users), self.items.capacity), np.float32)
+        for r, (user, hist) in enumerate(zip(users, histories, strict=True)):
+            out[r] = self.score_all(user, hist)
+        return out
 
     @abstractmethod
     def similar(self, item: str, k: int = 10) -> list[tuple[str, float]]:
@@ -534,6 +571,45 @@ class OnlineModel(ABC):
         ids = self.items.ids
         return [(ids[r], float(scores[r])) for r in top_k(scores, k)]
 
+    # -- drift-adaptable hyperparameters
+    def adaptable_params(self) -> dict[str, str]:
+        """Hyperparameters drift adaptation may change: name -> kind.
+
+        Kinds are :data:`ADAPTABLE_KINDS`. Only parameters whose current value is a
+        positive number are listed (a half-life of ``None`` means "no decay" and
+        has nothing to shorten). The trainer scales them while a drift alarm holds
+        and restores them afterwards, through :meth:`set_param`.
+        """
+        out: dict[str, str] = {}
+        for pname, kind in self.adaptable.items():
+            value = getattr(self, pname, None)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+                out[pname] = kind
+        return out
+
+    def set_param(self, name: str, value: float) -> None:
+        """Set an adaptable hyperparameter (one :meth:`adaptable_params` lists) in place.
+
+        Takes effect from the next ``learn``/``score`` call; the learned state is
+        kept. Raises ``KeyError`` for any other parameter and ``ValueError`` for a
+        value that is not a positive finite number.
+        """
+        if name not in self.adaptable:
+            raise KeyError(f"{type(self).__name__} has no adaptable parameter {name!r}")
+        v = float(value)
+        if not np.isfinite(v) or v <= 0:
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        setattr(self, name, v)
+
+    def shared_components(self) -> Mapping[str, OnlineModel]:
+        """Other models this one reads but does not learn (a bound hybrid's components).
+
+        Such a model must learn each batch *before* the models it reads, so that it
+        sees their state as of the batch's start, as it would with private copies;
+        :func:`learning_order` puts it first. Empty for ordinary models.
+        """
+        return {}
+
     def item_vectors(self) -> np.ndarray | None:
         """Item embedding matrix (rows aligned to ``self.items``) if the model has one.
 
@@ -558,3 +634,20 @@ class OnlineModel(ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
+
+
+def learning_order(models: Mapping[str, OnlineModel]) -> list[str]:
+    """Names of ``models`` in the order they must learn a batch.
+
+    A model that reads others it does not learn (:meth:`OnlineModel.shared_components`,
+    a bound hybrid) learns before them; everything else keeps its order.
+
+    >>> class M:  # any object with shared_components()
+    ...     def __init__(self, shared=None): self.shared = shared or {}
+    ...     def shared_components(self): return self.shared
+    >>> pop = M()
+    >>> learning_order({"popularity": pop, "hybrid": M({"popularity": pop})})
+    ['hybrid', 'popularity']
+    """
+    readers = [n for n, m in models.items() if m.shared_components()]
+    return readers + [n for n in models if n not in readers]

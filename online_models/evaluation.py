@@ -33,22 +33,24 @@ positives against sampled negatives.
 
 from __future__ import annotations
 
+import time
 import zlib
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from online_models.base import Batch, IdIndex, OnlineModel, UserHistory
+from online_models.base import Batch, IdIndex, OnlineModel, UserHistory, learning_order
 
 __all__ = [
+    "COLD_SEGMENTS",
     "METRICS",
     "MISS_RANK",
     "UNBOUNDED_HISTORY",
     "BatchOutcome",
     "ClickModel",
+    "EvalSample",
     "ModelOutcome",
     "PrequentialEvaluator",
     "rank_of",
@@ -66,6 +68,9 @@ METRICS: tuple[str, ...] = (
     "diversity",
 )
 
+#: cold-start segments reported next to the totals (``hr_<segment>``, ``n_<segment>``):
+#: events whose item, or whose user, had fewer than ``cold_threshold`` earlier events
+COLD_SEGMENTS: tuple[str, ...] = ("cold_item", "cold_user")
 
 #: rank given to a true item the model cannot score (non-finite or unknown): a miss
 #: at any cut-off, reciprocal rank ~0
@@ -142,16 +147,99 @@ class BatchOutcome:
     """What :meth:`PrequentialEvaluator.process` measured on one batch.
 
     ``positions`` are the indices (in the batch) of the evaluated events;
-    ``models[name]`` holds that model's per-event arrays aligned with them.
+    ``models[name]`` holds that model's per-event arrays aligned with them, as do
+    ``cold_item`` (the true item had fewer than ``cold_threshold`` earlier events)
+    and ``cold_user`` (the user had fewer than ``cold_threshold`` earlier events).
+    ``n_eligible`` counts the evaluable events of the batch, sampled or not.
     """
 
     n_events: int
     positions: np.ndarray
     models: dict[str, ModelOutcome] = field(default_factory=dict)
+    n_eligible: int = 0
+    cold_item: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    cold_user: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
     @property
     def n_evaluated(self) -> int:
         return len(self.positions)
+
+
+@dataclass(frozen=True)
+class EvalSample:
+    """Which evaluable events are scored: a seeded uniform sample of them.
+
+    Every event of the stream draws one uniform number from a generator seeded
+    with ``seed`` (one draw per event, whether it is evaluable or not, so the
+    sample does not depend on where mini-batch boundaries fall); an evaluable event
+    is scored when its draw is below the batch's acceptance probability. That
+    probability is ``fraction``, lowered when ``max_per_s`` is set so that at most
+    about ``max_per_s`` events per second of wall time are scored (a token bucket
+    holding at most one second's worth; the rate of evaluable events is estimated
+    from earlier batches). Unsampled events still move the history and the
+    catalogue. ``EvalSample()`` scores every evaluable event.
+
+    Parameters
+    ----------
+    fraction
+        Share of evaluable events scored, in ``(0, 1]``.
+    max_per_s
+        Optional budget of scored events per second of wall time.
+    seed
+        Seed of the per-event draws.
+
+    Examples
+    --------
+    >>> EvalSample().full, EvalSample(fraction=0.05, seed=3).full
+    (True, False)
+    """
+
+    fraction: float = 1.0
+    max_per_s: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"sample fraction must be in (0, 1], got {self.fraction}")
+        if self.max_per_s is not None and not self.max_per_s > 0:
+            raise ValueError(f"max_per_s must be positive, got {self.max_per_s}")
+
+    @property
+    def full(self) -> bool:
+        """Whether every evaluable event is scored (no draws at all)."""
+        return self.fraction >= 1.0 and self.max_per_s is None
+
+
+class _Sampler:
+    """Per-batch acceptance draws of an :class:`EvalSample` (see its docstring)."""
+
+    def __init__(self, spec: EvalSample, clock: Callable[[], float]) -> None:
+        self.spec = spec
+        self.clock = clock
+        self.rng = np.random.default_rng(spec.seed)
+        self.tokens = float(spec.max_per_s or 0.0)
+        self.last = clock()
+        self.eligible_rate = 1.0  # evaluable share of events, EMA over batches
+
+    def draws(self, n: int) -> tuple[np.ndarray | None, float]:
+        """One uniform draw per event of a batch of ``n`` and the acceptance probability."""
+        if self.spec.full:
+            return None, 1.0
+        p = self.spec.fraction
+        budget = self.spec.max_per_s
+        if budget is not None:
+            now = self.clock()
+            self.tokens = min(budget, self.tokens + budget * max(0.0, now - self.last))
+            self.last = now
+            expected = max(1e-9, self.eligible_rate * n * p)
+            p = p * min(1.0, self.tokens / expected)
+        return self.rng.random(n), p
+
+    def spent(self, n_events: int, n_eligible: int, n_scored: int) -> None:
+        if n_events:
+            self.eligible_rate = 0.8 * self.eligible_rate + 0.2 * n_eligible / n_events
+        if self.spec.max_per_s is not None:
+            self.tokens = max(0.0, self.tokens - n_scored)
 
 
 class _Ring:
@@ -179,7 +267,12 @@ class _Ring:
 
 
 class _Tracker:
-    """Totals and rolling windows of one model's metrics."""
+    """Totals and rolling windows of one model's metrics.
+
+    Recommended lists arrive as a ``(m, k)`` matrix of catalogue rows padded with
+    -1; coverage counts distinct rows over all lists (totals) and over the last
+    ``window`` lists (rolling).
+    """
 
     def __init__(self, k: int, window: int) -> None:
         self.k = k
@@ -190,15 +283,32 @@ class _Tracker:
         self.list_sums = dict.fromkeys(("novelty", "diversity"), 0.0)
         self.list_n = dict.fromkeys(("novelty", "diversity"), 0)
         self.rings = {m: _Ring(window) for m in ("hr", "ndcg", "mrr", "novelty", "diversity")}
-        self.recommended: set[int] = set()  # item rows ever recommended (totals)
-        self.recent_lists: list[np.ndarray] = []  # top-K lists in the window
-        self.recent_counts: Counter[int] = Counter()
+        # Cold-start segments: hits and evaluated events.
+        self.cold = {seg: [0, 0] for seg in COLD_SEGMENTS}
+        self.recommended = np.zeros(0, bool)  # catalogue rows ever recommended (totals)
+        self.recent = np.full((window, k), -1, np.int64)  # ring of the last lists
+        self.recent_pos = 0
+        self.recent_counts = np.zeros(0, np.int64)  # occurrences in the ring per row
 
-    def add(self, out: ModelOutcome, lists: list[np.ndarray]) -> None:
+    def _grow(self, size: int) -> None:
+        if len(self.recommended) < size:
+            new = max(16, 2 * size)
+            rec = np.zeros(new, bool)
+            rec[: len(self.recommended)] = self.recommended
+            cnt = np.zeros(new, np.int64)
+            cnt[: len(self.recent_counts)] = self.recent_counts
+            self.recommended, self.recent_counts = rec, cnt
+
+    def add(
+        self, out: ModelOutcome, lists: np.ndarray, cold: Mapping[str, np.ndarray]
+    ) -> None:
         self.n += len(out.hits)
         self.sums["hr"] += float(out.hits.sum())
         self.sums["ndcg"] += float(out.ndcg.sum())
         self.sums["mrr"] += float(out.rr.sum())
+        for seg, mask in cold.items():
+            self.cold[seg][0] += int(out.hits[mask].sum())
+            self.cold[seg][1] += int(mask.sum())
         for name, arr in (("novelty", out.novelty), ("diversity", out.diversity)):
             ok = ~np.isnan(arr)
             self.list_sums[name] += float(arr[ok].sum())
@@ -206,33 +316,38 @@ class _Tracker:
         for name, arr in (("hr", out.hits), ("ndcg", out.ndcg), ("mrr", out.rr),
                           ("novelty", out.novelty), ("diversity", out.diversity)):
             self.rings[name].extend(arr)
-        for lst in lists:
-            self.recommended.update(lst.tolist())
-            self.recent_lists.append(lst)
-            self.recent_counts.update(lst.tolist())
-        excess = len(self.recent_lists) - self.window
-        if excess > 0:
-            for lst in self.recent_lists[:excess]:
-                self.recent_counts.subtract(lst.tolist())
-            self.recent_lists = self.recent_lists[excess:]
-            # Counter.subtract leaves zeros behind; drop them so len() is the coverage.
-            self.recent_counts = +self.recent_counts
+        if len(lists) == 0:
+            return
+        self._grow(int(lists.max()) + 1)
+        valid = lists[lists >= 0]
+        self.recommended[valid] = True
+        lists = lists[-self.window :]
+        slots = (self.recent_pos + np.arange(len(lists))) % self.window
+        old = self.recent[slots]
+        np.subtract.at(self.recent_counts, old[old >= 0], 1)
+        self.recent[slots] = lists
+        np.add.at(self.recent_counts, lists[lists >= 0], 1)
+        self.recent_pos = int((self.recent_pos + len(lists)) % self.window)
 
     def totals(self, n_known: int) -> dict[str, float]:
         n = self.n
         nan = float("nan")
-        return {
+        out = {
             "n": float(n),
             "hr": self.sums["hr"] / n if n else nan,
             "ndcg": self.sums["ndcg"] / n if n else nan,
             "mrr": self.sums["mrr"] / n if n else nan,
             "precision": self.sums["hr"] / n / self.k if n else nan,
-            "coverage": len(self.recommended) / n_known if n_known else nan,
+            "coverage": int(self.recommended.sum()) / n_known if n_known else nan,
             **{
                 m: self.list_sums[m] / self.list_n[m] if self.list_n[m] else nan
                 for m in ("novelty", "diversity")
             },
         }
+        for seg, (hits, cnt) in self.cold.items():
+            out[f"hr_{seg}"] = hits / cnt if cnt else nan
+            out[f"n_{seg}"] = float(cnt)
+        return out
 
     def rolling(self, n_known: int) -> dict[str, float]:
         hr = self.rings["hr"].mean()
@@ -242,20 +357,44 @@ class _Tracker:
             "ndcg": self.rings["ndcg"].mean(),
             "mrr": self.rings["mrr"].mean(),
             "precision": hr / self.k,
-            "coverage": len(self.recent_counts) / n_known if n_known else float("nan"),
+            "coverage": (
+                int(np.count_nonzero(self.recent_counts)) / n_known if n_known else float("nan")
+            ),
             "novelty": self.rings["novelty"].mean(),
             "diversity": self.rings["diversity"].mean(),
         }
 
 
+def _ild_rows(v: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Row-wise :func:`_ild` of ``(m, k, d)`` vectors, entries where ``valid`` only."""
+    v = np.where(valid[:, :, None], v, 0.0)
+    norms = np.sqrt((v * v).sum(axis=2))
+    nz = norms > 0
+    unit = np.where(nz[:, :, None], v / np.where(nz, norms, 1.0)[:, :, None], 0.0)
+    total = unit.sum(axis=1)
+    n = valid.sum(axis=1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_cos = ((total * total).sum(axis=1) - nz.sum(axis=1)) / (n * (n - 1.0))
+    return np.where(n >= 2, 1.0 - mean_cos, np.nan)
+
+
 class PrequentialEvaluator:
     """Test-then-train evaluation of several models on one stream.
+
+    Every evaluated event of a batch is scored by every model through one
+    :meth:`~online_models.base.OnlineModel.score_many` call per model (chunked so a
+    score matrix stays under ``max_matrix_bytes``); the user's history moves event
+    by event as before, and the models learn once per batch after scoring. A bound
+    hybrid (one whose :meth:`~online_models.base.OnlineModel.shared_components` are
+    among ``models``) blends the score matrices its components just produced
+    instead of scoring them again.
 
     Parameters
     ----------
     models
         Registry-style name -> model. The evaluator scores them and, unless
-        ``process(..., learn=False)``, makes them learn each batch after scoring it.
+        ``process(..., learn=False)``, makes them learn each batch after scoring it
+        (in :func:`~online_models.base.learning_order`).
     k
         Cut-off of HR/NDCG/Precision and length of the recommended lists.
     history
@@ -272,6 +411,17 @@ class PrequentialEvaluator:
         ``False`` uses the evaluator's sketch for every model (comparable numbers).
     seed
         Seed of the sketch's random user vectors.
+    sample
+        Which evaluable events are scored (:class:`EvalSample`); all by default.
+        Metrics, their counts (``n``) and the per-event hit arrays of
+        :class:`BatchOutcome` cover the sampled events only.
+    cold_threshold
+        Events with an item (user) seen fewer than this many times before count
+        as cold-item (cold-user) events in ``totals()[\"hr_cold_item\"]`` etc.
+    max_matrix_bytes
+        Bound on one model's score matrix (rows x catalogue x 4 bytes).
+    clock
+        Wall clock of the sampling budget (seconds; for tests).
 
     Examples
     --------
@@ -305,6 +455,10 @@ class PrequentialEvaluator:
         sketch_dim: int = 32,
         use_model_vectors: bool = True,
         seed: int = 0,
+        sample: EvalSample | None = None,
+        cold_threshold: int = 5,
+        max_matrix_bytes: int = 64 << 20,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if k <= 0:
             raise ValueError("k must be positive")
@@ -317,11 +471,21 @@ class PrequentialEvaluator:
         self.sketch_dim = sketch_dim
         self.use_model_vectors = use_model_vectors
         self.seed = seed
+        self.sample = sample if sample is not None else EvalSample()
+        self.cold_threshold = cold_threshold
+        self.max_matrix_bytes = max_matrix_bytes
 
         self.n_events = 0
+        self.n_eligible = 0  # evaluable events seen, sampled or not
+        self.n_evaluated = 0  # events scored (the sample)
+        #: wall seconds each model spent in ``score_many`` (blending, for a bound hybrid)
+        self.score_seconds: dict[str, float] = dict.fromkeys(self.models, 0.0)
         self.catalog = IdIndex()  # items seen in the stream (evaluator rows)
         self._count = np.zeros(0, np.float64)  # events per catalog row
         self._sketch = np.zeros((0, sketch_dim), np.float32)  # random-indexing sketch
+        self._user_index = IdIndex()  # users seen by the evaluator (cold-user counts)
+        self._user_count = np.zeros(0, np.int64)
+        self._sampler = _Sampler(self.sample, clock)
         self._trackers = {name: _Tracker(k, rolling_window) for name in self.models}
         # Per model: model row -> catalog row, and the model's IdIndex generation.
         self._m2e: dict[str, np.ndarray] = {n: np.zeros(0, np.int64) for n in self.models}
@@ -381,71 +545,97 @@ class PrequentialEvaluator:
             x = x ^ (x >> np.uint64(31))
         return np.where(x >> np.uint64(63), 1.0, -1.0).astype(np.float32)
 
+    def _user_counts(self, users: np.ndarray) -> np.ndarray:
+        """Each event's count of earlier events of its user (then counts the batch in).
+
+        A user first met here (e.g. after a restart from a snapshot) starts from the
+        length of its history: a lower bound of its earlier events.
+        """
+        index = self._user_index
+        n_before = index.capacity
+        rows = index.add_many(users)
+        if index.capacity > len(self._user_count):
+            grown = np.zeros(max(16, 2 * index.capacity), np.int64)
+            grown[: len(self._user_count)] = self._user_count
+            self._user_count = grown
+        fresh = np.unique(rows[rows >= n_before])
+        if len(fresh):
+            ids = index.ids
+            self._user_count[fresh] = [len(self.history.get(ids[r] or "")) for r in fresh]
+        # Earlier events of the same user within the batch count too.
+        order = np.argsort(rows, kind="stable")
+        srows = rows[order]
+        first = np.concatenate(([True], srows[1:] != srows[:-1]))
+        group_start = np.maximum.accumulate(np.where(first, np.arange(len(srows)), 0))
+        within = np.empty(len(rows), np.int64)
+        within[order] = np.arange(len(srows)) - group_start
+        prior = self._user_count[rows] + within
+        np.add.at(self._user_count, rows, 1)
+        return prior
+
     # ------------------------------------------------------------------ processing
     def process(self, batch: Batch, learn: bool = True) -> BatchOutcome:
-        """Score every evaluable event of ``batch``, then (``learn``) train the models on it."""
+        """Score the (sampled) evaluable events of ``batch``, then (``learn``) train on it."""
         self._sync()
-        names = list(self.models)
-        positions: list[int] = []
-        ranks: dict[str, list[int]] = {n: [] for n in names}
-        novelty: dict[str, list[float]] = {n: [] for n in names}
-        diversity: dict[str, list[float]] = {n: [] for n in names}
-        lists: dict[str, list[np.ndarray]] = {n: [] for n in names}
-        # Model parameters do not move inside a batch: read vectors and row maps once.
-        vectors = {
-            n: (m.item_vectors() if self.use_model_vectors else None)
-            for n, m in self.models.items()
-        }
-        e2m: dict[str, np.ndarray] = {}
-        for name in names:
-            m2e = self._m2e[name]
-            # Sized past every row the catalog can reach in this batch, so unknown
-            # rows (-1) index the last slot, which stays -1.
-            inv = np.full(self.catalog.capacity + len(batch) + 1, -1, np.int64)
-            ok = m2e >= 0
-            inv[m2e[ok]] = np.flatnonzero(ok)
-            e2m[name] = inv
+        n = len(batch)
+        n_events0 = self.n_events
+        draws, accept = self._sampler.draws(n)
+        user_prior = self._user_counts(batch.users) if n else np.zeros(0, np.int64)
         history = self.history
         catalog = self.catalog
-        batch_rows = np.empty(len(batch), np.int64)
+        positions: list[int] = []
+        users: list[str] = []
+        hists: list[list[str]] = []
+        e_rows: list[int] = []
+        item_prior: list[float] = []
+        n_eligible = 0
+        batch_rows = np.empty(n, np.int64)
         for pos, (user, item) in enumerate(zip(batch.users, batch.items, strict=True)):
-            hist = history.get(user)
-            if hist and item in catalog and not history.has(user, item):
-                positions.append(pos)
-                h_rows = catalog.rows(hist)
-                e_row = catalog.get(item)
-                for name in names:
-                    rank, top, nov, div = self._score_event(
-                        name, vectors[name], user, hist, e2m[name][h_rows], e2m[name][e_row]
-                    )
-                    ranks[name].append(rank)
-                    novelty[name].append(nov)
-                    diversity[name].append(div)
-                    lists[name].append(top)
-            batch_rows[pos] = catalog.add(item)
-            self._grow_catalog()
-            self._count[batch_rows[pos]] += 1.0
+            e_row = catalog.get(item)
+            if e_row >= 0 and history.is_new(user, item):
+                n_eligible += 1
+                if draws is None or draws[pos] < accept:
+                    positions.append(pos)
+                    users.append(user)
+                    hists.append(history.get(user))
+                    e_rows.append(e_row)
+                    item_prior.append(self._count[e_row])
+            if e_row < 0:
+                e_row = catalog.add(item)
+                self._grow_catalog()
+            batch_rows[pos] = e_row
+            self._count[e_row] += 1.0
             history.append(user, item)
-            self.n_events += 1
-        np.add.at(self._sketch, batch_rows, self._user_signs(batch.users))
+        self.n_events += n
+        self.n_eligible += n_eligible
+        self.n_evaluated += len(positions)
+        self._sampler.spent(n, n_eligible, len(positions))
 
-        outcome = BatchOutcome(n_events=len(batch), positions=np.asarray(positions, np.int64))
-        for name in names:
-            r = np.asarray(ranks[name], np.int64)
-            hits = (r <= self.k).astype(np.int8)
-            out = ModelOutcome(
-                hits=hits,
-                ranks=r,
-                ndcg=np.where(hits == 1, 1.0 / np.log2(r + 1.0), 0.0),
-                rr=1.0 / r if len(r) else np.zeros(0),
-                novelty=np.asarray(novelty[name], np.float64),
-                diversity=np.asarray(diversity[name], np.float64),
+        pos_arr = np.asarray(positions, np.int64)
+        outcome = BatchOutcome(
+            n_events=n,
+            positions=pos_arr,
+            n_eligible=n_eligible,
+            cold_item=np.asarray(item_prior, np.float64) < self.cold_threshold,
+            cold_user=user_prior[pos_arr] < self.cold_threshold,
+        )
+        lists: dict[str, np.ndarray] = {}
+        if positions:
+            lists = self._score_batch(
+                outcome, users, hists, np.asarray(e_rows, np.int64), batch_rows, n_events0
             )
-            outcome.models[name] = out
-            self._trackers[name].add(out, lists[name])
+        else:
+            for name in self.models:
+                outcome.models[name] = _empty_outcome()
+        cold = {"cold_item": outcome.cold_item, "cold_user": outcome.cold_user}
+        no_lists = np.zeros((0, self.k), np.int64)
+        for name, out in outcome.models.items():
+            self._trackers[name].add(out, lists.get(name, no_lists), cold)
+        if n:
+            np.add.at(self._sketch, batch_rows, self._user_signs(batch.users))
         if learn:
-            for model in self.models.values():
-                model.learn(batch)
+            for name in learning_order(self.models):
+                self.models[name].learn(batch)
             self._sync()
         return outcome
 
@@ -455,44 +645,175 @@ class PrequentialEvaluator:
             self.process(b)
         return {name: self.totals(name) for name in self.models}
 
-    def _score_event(
+    def _score_batch(
         self,
-        name: str,
-        vectors: np.ndarray | None,
-        user: str,
-        hist: Sequence[str],
-        h_rows: np.ndarray,
-        row: int,
-    ) -> tuple[int, np.ndarray, float, float]:
-        """Rank of the true item (model row ``row``), top-K catalog rows, novelty, diversity."""
-        scores = np.array(self.models[name].score_all(user, hist), dtype=np.float32, copy=True)
-        scores[h_rows[h_rows >= 0]] = -np.inf
-        rank = rank_of(scores, int(row))
-        top = _top(scores, self.k)
-        m2e = self._m2e[name]
-        e_top = m2e[top[top < len(m2e)]]
-        e_top = e_top[e_top >= 0]
-        if vectors is not None and len(top) and len(vectors) > int(top.max()):
-            div = _ild(np.asarray(vectors[top], np.float64))
-        else:
-            div = _ild(self._sketch[e_top].astype(np.float64))
-        return rank, e_top, self._novelty(e_top), div
+        outcome: BatchOutcome,
+        users: list[str],
+        hists: list[list[str]],
+        e_rows: np.ndarray,
+        batch_rows: np.ndarray,
+        n_events0: int,
+    ) -> dict[str, np.ndarray]:
+        """Rank the true item of every evaluated event with every model, in chunks."""
+        m = len(users)
+        lengths = np.fromiter((len(h) for h in hists), np.int64, count=m)
+        h_flat = self.catalog.rows([i for h in hists for i in h])
+        h_owner = np.repeat(np.arange(m), lengths)
+        cap_e = self.catalog.capacity
+        # Readers of shared components go last so they can reuse the components' scores.
+        order = list(reversed(learning_order(self.models)))
+        ranks = {name: np.empty(m, np.int64) for name in order}
+        lists = {name: np.full((m, self.k), -1, np.int64) for name in order}
+        novelty = {name: np.empty(m, np.float64) for name in order}
+        diversity = {name: np.empty(m, np.float64) for name in order}
+        vectors = {
+            n: (self.models[n].item_vectors() if self.use_model_vectors else None) for n in order
+        }
+        e2m: dict[str, np.ndarray] = {}
+        for name in order:
+            m2e = self._m2e[name]
+            inv = np.full(cap_e + 1, -1, np.int64)  # the last slot stays -1 (unknown)
+            ok = m2e >= 0
+            inv[m2e[ok]] = np.flatnonzero(ok)
+            e2m[name] = inv
+        widest = max((self.models[nm].items.capacity for nm in order), default=1)
+        step = max(1, int(self.max_matrix_bytes // (4 * max(1, widest))))
+        h_start = np.concatenate(([0], np.cumsum(lengths)))
+        for lo in range(0, m, step):
+            hi = min(m, lo + step)
+            raw: dict[int, np.ndarray] = {}
+            sel = slice(h_start[lo], h_start[hi])
+            for name in order:
+                model = self.models[name]
+                t0 = time.perf_counter()
+                shared = model.shared_components()
+                blend = getattr(model, "blend_many", None)
+                pre = {c: raw[id(cm)] for c, cm in shared.items() if id(cm) in raw}
+                if blend is not None and pre:
+                    scores = blend(users[lo:hi], hists[lo:hi], pre)
+                else:
+                    scores = model.score_many(users[lo:hi], hists[lo:hi])
+                self.score_seconds[name] += time.perf_counter() - t0
+                raw[id(model)] = scores
+                scores = np.array(scores, np.float32, copy=True)
+                inv = e2m[name]
+                h_rows = inv[h_flat[sel]]
+                owner = h_owner[sel] - lo
+                keep = (h_rows >= 0) & (h_rows < scores.shape[1])
+                scores[owner[keep], h_rows[keep]] = -np.inf
+                truth = inv[e_rows[lo:hi]]
+                r, top = self._rank_rows(scores, truth)
+                ranks[name][lo:hi] = r
+                m2e = self._m2e[name]
+                ext = np.append(m2e, -1)  # top's -1 padding and rows past the map -> -1
+                e_top = ext[np.where((top >= 0) & (top < len(m2e)), top, -1)]
+                lists[name][lo:hi] = e_top
+                novelty[name][lo:hi] = self._novelty_rows(
+                    e_top, batch_rows, np.asarray(outcome.positions[lo:hi]), n_events0
+                )
+                diversity[name][lo:hi] = self._diversity_rows(vectors[name], top, e_top)
+        for name in self.models:
+            r = ranks[name]
+            hits = (r <= self.k).astype(np.int8)
+            outcome.models[name] = ModelOutcome(
+                hits=hits,
+                ranks=r,
+                ndcg=np.where(hits == 1, 1.0 / np.log2(r + 1.0), 0.0),
+                rr=1.0 / r,
+                novelty=novelty[name],
+                diversity=diversity[name],
+            )
+        return lists
 
-    def _novelty(self, e_top: np.ndarray) -> float:
-        if len(e_top) == 0:
-            return float("nan")
+    def _rank_rows(self, scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per row: :func:`rank_of` the ``truth`` row and :func:`_top` K rows (-1 padded)."""
+        c, cap = scores.shape
+        k = self.k
+        ok = (truth >= 0) & (truth < cap)
+        true = np.full(c, np.nan, np.float32)
+        if cap:
+            true[ok] = scores[np.flatnonzero(ok), truth[ok]]
+        finite = np.isfinite(true)
+        with np.errstate(invalid="ignore"):
+            counts = np.count_nonzero(scores >= true[:, None], axis=1)
+        ranks = np.where(finite, counts, MISS_RANK).astype(np.int64)
+        top = np.full((c, k), -1, np.int64)
+        if cap == 0:
+            return ranks, top
+        if k < cap:
+            part = np.argpartition(scores, cap - k, axis=1)[:, cap - k :]
+        else:
+            part = np.broadcast_to(np.arange(cap), (c, cap))
+        vals = np.take_along_axis(scores, part, axis=1)
+        order = np.argsort(-vals, axis=1, kind="stable")
+        part = np.take_along_axis(part, order, axis=1)
+        vals = np.take_along_axis(vals, order, axis=1)
+        width = min(k, cap)
+        top[:, :width] = np.where(np.isfinite(vals), part, -1)[:, :width]
+        return ranks, top
+
+    def _novelty_rows(
+        self, e_top: np.ndarray, batch_rows: np.ndarray, positions: np.ndarray, n_events0: int
+    ) -> np.ndarray:
+        """Mean self-information of each list, with counts as they were at its event."""
+        valid = e_top >= 0
+        safe = np.where(valid, e_top, 0)
+        # Counts now hold the whole batch; take back its events at or after each position.
+        later = batch_rows[None, None, :] == safe[:, :, None]
+        later &= np.arange(len(batch_rows))[None, None, :] >= positions[:, None, None]
+        count = self._count[safe] - later.sum(axis=2)
         # +1 smoothing: an item recommended before any event counts as seen once.
-        p = (self._count[e_top] + 1.0) / (self.n_events + 1.0)
-        return float(-np.log2(p).mean())
+        p = (count + 1.0) / (n_events0 + positions[:, None] + 1.0)
+        info = np.where(valid, -np.log2(p), 0.0)
+        n = valid.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(n > 0, info.sum(axis=1) / n, np.nan)
+
+    def _diversity_rows(
+        self, vectors: np.ndarray | None, top: np.ndarray, e_top: np.ndarray
+    ) -> np.ndarray:
+        """Intra-list diversity of each list: the model's vectors if it has them, else sketch."""
+        valid_e = e_top >= 0
+        div = _ild_rows(
+            self._sketch[np.where(valid_e, e_top, 0)].astype(np.float64), valid_e
+        )
+        if vectors is not None and len(vectors):
+            valid_m = top >= 0
+            use = valid_m.any(axis=1) & (top.max(axis=1) < len(vectors))
+            if use.any():
+                v = np.asarray(vectors[np.where(valid_m[use], np.clip(top[use], 0, None), 0)],
+                               np.float64)
+                div[use] = _ild_rows(v, valid_m[use])
+        return div
 
     # ------------------------------------------------------------------ metrics
     def totals(self, model: str) -> dict[str, float]:
-        """Metrics of ``model`` over every evaluated event so far (plus ``n``)."""
-        return self._trackers[model].totals(self.n_known_items)
+        """Metrics of ``model`` over every evaluated event so far.
+
+        ``n`` is the number of evaluated (sampled) events the figures rest on and
+        ``n_eligible`` the evaluable events seen, sampled or not;
+        ``hr_cold_item`` / ``n_cold_item`` and ``hr_cold_user`` / ``n_cold_user``
+        are HR@K and the evaluated count on events whose item (user) had fewer than
+        ``cold_threshold`` earlier events.
+        """
+        out = self._trackers[model].totals(self.n_known_items)
+        out["n_eligible"] = float(self.n_eligible)
+        return out
 
     def rolling(self, model: str) -> dict[str, float]:
-        """Metrics of ``model`` over the last ``rolling_window`` evaluated events."""
+        """Metrics of ``model`` over the last ``rolling_window`` evaluated events (``n``)."""
         return self._trackers[model].rolling(self.n_known_items)
+
+
+def _empty_outcome() -> ModelOutcome:
+    return ModelOutcome(
+        hits=np.zeros(0, np.int8),
+        ranks=np.zeros(0, np.int64),
+        ndcg=np.zeros(0),
+        rr=np.zeros(0),
+        novelty=np.zeros(0),
+        diversity=np.zeros(0),
+    )
 
 
 # --------------------------------------------------------------------------- click AUC
