@@ -1,13 +1,20 @@
-"""End-to-end training throughput (Kafka -> decode -> dedup -> evaluate -> learn ->
-snapshot -> commit) next to the raw consume rate of the same Kafka client, same run.
+"""Trainer throughput next to its two ceilings, measured in one run on one topic.
 
-Run: ``LIVEREC_KAFKA_BOOTSTRAP=host:port .venv/bin/python bench/bench_train.py \\
-      --events 20000 --mixes popularity "popularity,itemknn" all``
-(without ``LIVEREC_KAFKA_BOOTSTRAP`` a local broker is started for the run).
+For each model mix, on one pre-filled topic:
 
-Each measurement uses a fresh consumer group on one pre-filled topic, and counts the
-group join, so both rates carry the same start-up cost. The trainer snapshots every
-second as in production (``--snapshot-every-s``).
+* **raw**: an independent librdkafka consumer (``confluent_kafka.Consumer``, no
+  liverec code) reads the whole topic -- the most any consumer can do here;
+* **learn**: the same events learned in memory by fresh models of the mix (batches of
+  ``--batch-size``, no Kafka, no evaluation, no snapshots) -- the models' own speed;
+* **train**: the whole ``liverec train`` service (``trainer.Trainer``: poll, decode,
+  de-duplicate, flood guard, sampled evaluation, learning, background snapshots every
+  ``--snapshot-every-s``, commits) with default settings otherwise.
+
+It prints ``train / learn`` (what Kafka, decoding, evaluation and snapshots cost) and
+``train / raw``. Run (a local broker is started unless ``LIVEREC_KAFKA_BOOTSTRAP`` is set)::
+
+    .venv/bin/python bench/bench_train.py --events 100000 --users 20000 --items 20000 \\
+        --mixes popularity all
 """
 
 from __future__ import annotations
@@ -19,50 +26,78 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
+
+from online_models import registry
+from online_models.base import Batch, learning_order
 from online_models.synthetic import generate_events
 from stream.broker import resolve_bootstrap
-from stream.consumer import MiniBatchConsumer
-from stream.events import ClickEvent, validate_dict
+from stream.events import EVENT_WEIGHTS, ClickEvent, validate_dict
 from stream.kafka import create_topics, delete_topics
 from stream.replay import produce_events
-from stream.trainer import Trainer, TrainerSettings
+from stream.settings import KafkaSettings
+from trainer import Trainer, TrainerSettings
 
 
-def raw_consume_rate(bootstrap: str, topic: str, n: int, batch_size: int) -> float:
-    consumer = MiniBatchConsumer(bootstrap, topic, f"raw-{uuid.uuid4().hex[:8]}",
-                                 batch_size=batch_size, dlq_topic=None)
-    t0 = time.perf_counter()
+def raw_rate(bootstrap: str, topic: str, n: int) -> float:
+    """Messages/s of a bare librdkafka consumer reading ``n`` messages (group join included)."""
+    from confluent_kafka import Consumer
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"raw-{uuid.uuid4().hex[:8]}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe([topic])
     got = 0
+    t0 = time.perf_counter()
     try:
         while got < n:
-            got += len(consumer.next_batch().events)
+            got += sum(1 for m in c.consume(10_000, 1.0) if m.error() is None)
     finally:
-        consumer.close()
+        c.close()
     return n / (time.perf_counter() - t0)
 
 
-def train_rate(bootstrap: str, topic: str, n: int, mix: str, batch_size: int,
-               snapshot_every_s: float, root: Path) -> tuple[float, int | None]:
+def learn_rate(events: list[ClickEvent], mix: str, batch_size: int) -> float:
+    """Events/s of the mix's models learning the events in memory (fresh models)."""
+    models = {n: registry.create(n) for n in registry.parse_models(mix)}
+    registry.bind(models)
+    order = learning_order(models)
+    batches = [
+        Batch.from_columns([e.user_id for e in chunk], [e.item_id for e in chunk],
+                           np.asarray([EVENT_WEIGHTS[e.event_type] for e in chunk]),
+                           np.asarray([e.ts for e in chunk]))
+        for chunk in (events[i:i + batch_size] for i in range(0, len(events), batch_size))
+    ]
+    t0 = time.perf_counter()
+    for b in batches:
+        for name in order:
+            models[name].learn(b)
+    return len(events) / (time.perf_counter() - t0)
+
+
+def train_rate(kafka: KafkaSettings, n: int, mix: str, batch_size: int,
+               snapshot_every_s: float, root: Path) -> tuple[float, Trainer]:
     settings = TrainerSettings(
-        bootstrap=bootstrap, topic=topic, group=f"bench-{uuid.uuid4().hex[:8]}",
-        snapshots=root / uuid.uuid4().hex[:8], models=mix, batch_size=batch_size,
-        snapshot_every_s=snapshot_every_s, until_events_total=n, metrics_port=-1,
-        status_every_s=30,
+        group=f"bench-{uuid.uuid4().hex[:8]}", snapshots=root / uuid.uuid4().hex[:8],
+        models=mix, batch_size=batch_size, snapshot_every_s=snapshot_every_s,
+        until_events_total=n, metrics_port=-1, status_every_s=30,
     )
-    result = Trainer(settings).run()
+    trainer = Trainer(settings, kafka)
+    result = trainer.run()
     assert result.events_total == n, result
-    return n / result.seconds, result.snapshot_version
+    return n / result.seconds, trainer
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--events", type=int, default=20_000)
-    ap.add_argument("--users", type=int, default=2_000)
-    ap.add_argument("--items", type=int, default=1_000)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--items", type=int, default=20_000)
     ap.add_argument("--partitions", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--snapshot-every-s", type=float, default=1.0)
-    ap.add_argument("--mixes", nargs="+", default=["popularity", "popularity,itemknn"])
+    ap.add_argument("--client", default="confluent", choices=["confluent", "kafka-python"])
+    ap.add_argument("--mixes", nargs="+", default=["popularity", "all"])
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -72,25 +107,33 @@ def main(argv: list[str] | None = None) -> None:
         assert isinstance(ev, ClickEvent)
         events.append(ev)
     with tempfile.TemporaryDirectory() as tmp:
-        kafka = resolve_bootstrap(Path(tmp) / "kafka")
+        broker = resolve_bootstrap(Path(tmp) / "kafka")
         topic = f"bench-{uuid.uuid4().hex[:8]}"
+        kafka = KafkaSettings(bootstrap=broker.bootstrap, topic=topic, client=args.client)
         try:
-            create_topics(kafka.bootstrap, {topic: args.partitions})
-            produce_events(kafka.bootstrap, topic, events)
+            create_topics(kafka, {topic: args.partitions})
+            produce_events(kafka, topic, events)
             print(f"{args.events} events, {args.users} users, {args.items} items, "
-                  f"{args.partitions} partition(s), batch {args.batch_size}")
-            print("| model mix | train events/s | raw consume events/s | ratio |")
-            print("|---|---|---|---|")
+                  f"{args.partitions} partition(s), batch {args.batch_size}, "
+                  f"client {args.client}")
+            print("| model mix | train events/s | in-memory learn events/s | raw librdkafka "
+                  "msg/s | train/learn | train/raw | eval CPU share |")
+            print("|---|---:|---:|---:|---:|---:|---:|")
             for mix in args.mixes:
-                raw = raw_consume_rate(kafka.bootstrap, topic, args.events, args.batch_size)
-                rate, _ = train_rate(kafka.bootstrap, topic, args.events, mix, args.batch_size,
-                                     args.snapshot_every_s, Path(tmp))
-                print(f"| {mix} | {rate:,.0f} | {raw:,.0f} | {rate / raw:.2f} |", flush=True)
+                raw = raw_rate(kafka.bootstrap, topic, args.events)
+                learn = learn_rate(events, mix, args.batch_size)
+                rate, trainer = train_rate(kafka, args.events, mix, args.batch_size,
+                                           args.snapshot_every_s, Path(tmp))
+                m = trainer.metrics.registry
+                eval_s = m.get_sample_value("liverec_trainer_evaluate_duration_seconds_sum") or 0
+                share = eval_s * rate / args.events
+                print(f"| {mix} | {rate:,.0f} | {learn:,.0f} | {raw:,.0f} | {rate / learn:.2f} "
+                      f"| {rate / raw:.3f} | {share:.1%} |", flush=True)
         finally:
             try:
-                delete_topics(kafka.bootstrap, [topic])
+                delete_topics(kafka, [topic])
             finally:
-                kafka.close()
+                broker.close()
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from online_models.drift import DETECTORS, DataDriftTracker
 from stream.events import REJECT_REASONS
+from trainer.flood import CAP_REASONS
 
 __all__ = ["TrainerMetrics"]
 
@@ -202,7 +203,7 @@ class TrainerMetrics:
             self.events_rejected.labels(topic=topic, reason=reason)
         for c in (self.events_consumed, self.events_learned, self.duplicates_dropped):
             c.labels(topic=topic)
-        for reason in ("user_rate", "item_share"):
+        for reason in CAP_REASONS:
             self.events_capped.labels(reason=reason)
         for stage in ("consume", "process", "snapshot", "commit", "metrics"):
             self.loop_errors.labels(stage=stage)

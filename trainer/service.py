@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from online_models import registry
-from online_models.base import Batch, OnlineModel, UserHistory
+from online_models.base import Batch, OnlineModel, UserHistory, learning_order
 from online_models.drift import ConceptDriftMonitor, DataDriftTracker, embedding_drift
 from online_models.evaluation import EvalSample, PrequentialEvaluator
 from online_models.snapshot import CapturedState, SnapshotStore, capture
@@ -42,6 +42,7 @@ from stream.settings import KafkaSettings
 from trainer.adaptation import DriftAdaptation
 from trainer.checkpoint import Checkpointer, Written
 from trainer.dedup import DedupWindow
+from trainer.flood import FloodGuard, FloodSettings
 from trainer.metrics import TrainerMetrics
 from trainer.settings import TrainerSettings
 from trainer.source import BatchSource, PolledBatch
@@ -77,6 +78,9 @@ class Trainer:
     consumer_factory
         Builds the consumer (tests may pass a differently configured one); it
         receives the ``on_assign`` / ``on_revoke`` hooks as keyword arguments.
+    flood
+        Flood guard settings (:class:`~trainer.flood.FloodSettings`; default: from
+        ``LIVEREC_FLOOD_*``).
     """
 
     def __init__(
@@ -85,9 +89,11 @@ class Trainer:
         kafka: KafkaSettings,
         metrics: TrainerMetrics | None = None,
         consumer_factory: Callable[..., MiniBatchConsumer] | None = None,
+        flood: FloodSettings | None = None,
     ) -> None:
         self.settings = settings
         self.kafka = kafka
+        self.flood = FloodGuard(flood or FloodSettings())
         self.names = settings.model_names()
         self.metrics = metrics or TrainerMetrics(self.names, kafka.topic)
         self.checkpointer = Checkpointer(
@@ -119,15 +125,18 @@ class Trainer:
         self.events_learned = 0
         self.duplicates = 0
         self.rejected = 0
+        #: events the flood guard kept out of learning, by reason
+        self.capped: dict[str, int] = {}
         self._revoke_request: threading.Event = threading.Event()
         self._revoke_done: threading.Event = threading.Event()
         self._revoke_offsets: dict[Partition, int] | None = None
         self._restore()
+        self._order = learning_order(self.models)
         self.evaluator = PrequentialEvaluator(
             self.models, k=settings.k, history=self.history,
             rolling_window=settings.rolling_window,
             sample=EvalSample(fraction=settings.eval_sample,
-                              per_second=settings.eval_budget_per_s or None,
+                              max_per_s=settings.eval_budget_per_s or None,
                               seed=settings.eval_seed),
         )
 
@@ -166,6 +175,7 @@ class Trainer:
             max_ids=self.settings.dedup_max_ids,
         )
         self.data_drift.load_arrays(snap.extra_arrays)
+        self.flood.load_arrays(snap.extra_arrays)
         meta = snap.extra_meta
         for name, st in meta.get("drift", {}).items():
             mon = self.monitors.get(name)
@@ -332,12 +342,18 @@ class Trainer:
         cols = polled.columns
         m.events_consumed.labels(topic=topic).inc(len(cols))
         fresh = self.dedup.add_many(cols.event_ids, cols.timestamps)
-        n = int(fresh.sum())
-        dups = len(cols) - n
+        dups = len(cols) - int(fresh.sum())
         if dups:
             self.duplicates += dups
             m.duplicates_dropped.labels(topic=topic).inc(dups)
             cols = cols.take(fresh)
+        admitted, capped = self.flood.admit(cols.users, cols.items, cols.timestamps)
+        if capped:
+            for reason, count in capped.items():
+                m.events_capped.labels(reason=reason).inc(count)
+                self.capped[reason] = self.capped.get(reason, 0) + count
+            cols = cols.take(admitted)
+        n = len(cols)
         if n:
             batch = Batch.from_columns(cols.users, cols.items, cols.weights, cols.timestamps)
             self._evaluate(batch)
@@ -383,7 +399,9 @@ class Trainer:
                     m.drift_adapting.labels(model=name).set(1)
 
     def _learn(self, batch: Batch) -> None:
-        for name, model in self.models.items():
+        # A bound hybrid reads its components' state as of the batch's start: first.
+        for name in self._order:
+            model = self.models[name]
             t0 = time.perf_counter()
             try:
                 model.learn(batch)
@@ -403,7 +421,8 @@ class Trainer:
             events_total=self.events_total,
             watermark=self.watermark,
             metrics=self._metric_summary(),
-            extra_arrays={**self.dedup.to_arrays(), **self.data_drift.to_arrays()},
+            extra_arrays={**self.dedup.to_arrays(), **self.data_drift.to_arrays(),
+                          **self.flood.to_arrays()},
             extra_meta=self._extra_meta(),
         )
 
