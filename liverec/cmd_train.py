@@ -76,6 +76,7 @@ def train(
 
     from stream.settings import KafkaSettings
     from trainer import Trainer, TrainerSettings
+    from trainer.checkpoint import SnapshotLocationBusy
     from trainer.metrics import TrainerMetrics
 
     logging.basicConfig(
@@ -116,6 +117,9 @@ def train(
         log.info("metrics on http://%s:%d/metrics", settings.metrics_addr, server.server_port)
     try:
         result = Trainer(settings, kafka, metrics).run()
+    except SnapshotLocationBusy as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     finally:
         if server is not None:
             server.shutdown()

@@ -15,19 +15,57 @@ fires while the snapshot directory is unwritable.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import socket
 import time
 from datetime import datetime
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import orjson
 
 from online_models.snapshot import CapturedState, Snapshot, SnapshotError, SnapshotInfo, SnapshotStore
 from stream.consumer import Partition
 from trainer.metrics import TrainerMetrics
 
-__all__ = ["Checkpointer", "Written"]
+__all__ = ["Checkpointer", "SnapshotLocationBusy", "Written"]
 
 log = logging.getLogger(__name__)
+
+
+class SnapshotLocationBusy(RuntimeError):
+    """Another live trainer writes the same snapshot location."""
+
+
+def _lock(root: Path, owner: dict[str, object]) -> IO[str]:
+    """Hold an exclusive lock on ``root/.trainer.lock`` for the life of the process.
+
+    Two single-process trainers writing one location would publish partial models
+    in turn (each learns only its partitions) and delete each other's temporary
+    directories; the second one refuses to start instead.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    fh = open(root / ".trainer.lock", "a+")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "unknown"
+        fh.close()
+        raise SnapshotLocationBusy(
+            f"another trainer is writing snapshots to {root} ({holder}); two trainers on "
+            "one location would overwrite each other's partial models. Give this one its "
+            "own --snapshots, or stop the other first."
+        ) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(orjson.dumps(owner).decode() + "\n")
+    fh.flush()
+    return fh
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +81,7 @@ class Checkpointer:
     """Restores the newest valid snapshot and writes new ones (see the module docstring)."""
 
     def __init__(self, store: SnapshotStore, metrics: TrainerMetrics) -> None:
+        self._lock: IO[str] | None = None
         self.store = store
         self.metrics = metrics
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="liverec-snapshot")
@@ -114,9 +153,19 @@ class Checkpointer:
             return None
         return self._written(info, offsets, events_total)
 
+    def acquire(self, **owner: object) -> None:
+        """Claim the snapshot location for this process (raises :class:`SnapshotLocationBusy`)."""
+        self._lock = _lock(self.store.root, {
+            "pid": os.getpid(), "host": socket.gethostname(),
+            "since": datetime.now().isoformat(timespec="seconds"), **owner})
+
     def close(self) -> None:
+        """Finish the write in flight and release the snapshot location."""
         self.done(wait=True)
         self._pool.shutdown(wait=True)
+        if self._lock is not None:
+            self._lock.close()  # closing the file drops the lock
+            self._lock = None
 
     def _failed(self) -> None:
         self.metrics.snapshot_errors.inc()

@@ -229,6 +229,7 @@ class Trainer:
     def run(self) -> TrainerResult:
         """Consume until stopped (signal, :meth:`stop` or a configured limit)."""
         s = self.settings
+        self.checkpointer.acquire(group=s.group, topic=self.kafka.topic)
         t_start = time.monotonic()
         restore_signals = self._install_signals()
         last_status = last_record = t_start
