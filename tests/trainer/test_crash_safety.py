@@ -54,7 +54,7 @@ def _reference(events: list[ClickEvent]) -> dict[str, OnlineModel]:
 
 
 def _assigned(proc: TrainerProcess) -> bool:
-    return "stream.consumer: assigned [(" in proc.log_text()
+    return "trainer.source: assigned [(" in proc.log_text()
 
 
 def test_sigkill_three_times_then_state_equals_crash_free_run(
@@ -77,8 +77,8 @@ def test_sigkill_three_times_then_state_equals_crash_free_run(
         "--model-params",
         orjson.dumps(MODEL_PARAMS).decode(),
         "--no-drift-adapt",
-        "--eval-every",
-        "25",
+        "--eval-sample",
+        "0.05",
         "--snapshot-every-s",
         "0.5",
         "--metrics-port",

@@ -98,7 +98,7 @@ def test_tampered_snapshot_is_refused_and_previous_used(
     topic = new_topic(partitions=1)
     events = synthetic_events(6000, seed=2)
     snaps = tmp_path / "snaps"
-    common = ["--models", "popularity", "--eval-every", "4", "--idle-exit-s", "3",
+    common = ["--models", "popularity", "--eval-sample", "0.25", "--idle-exit-s", "3",
               "--snapshot-every-s", "0.2"]
 
     # Two runs so there are at least two versions at different offsets.
