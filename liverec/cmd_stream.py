@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -63,37 +63,48 @@ def replay(
     speedup: Annotated[float | None, typer.Option(help="times faster than event time")] = None,
     max_speed: Annotated[bool, typer.Option("--max-speed", help="no pacing (default)")] = False,
     bootstrap: Annotated[str | None, typer.Option(
-        help="Kafka bootstrap [LIVEREC_KAFKA_BOOTSTRAP, else the local broker]")] = None,
+        help="Kafka bootstrap [LIVEREC_KAFKA_BOOTSTRAP or LIVEREC_BOOTSTRAP, else the local "
+             "broker]")] = None,
+    client: Annotated[str | None, typer.Option(
+        help="Kafka client: confluent | kafka-python [LIVEREC_KAFKA_CLIENT]")] = None,
     partitions: Annotated[int | None, typer.Option(
         help="partitions if the topic is created [LIVEREC_PARTITIONS]")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
-    """Replay a CSV of interactions into Kafka in event-time order."""
-    from kafka.errors import KafkaError
+    """Replay a CSV of interactions into Kafka in event-time order.
 
-    from stream.events import Limits
-    from stream.kafka import create_topics
+    Security (SASL/TLS) comes from the LIVEREC_KAFKA_SECURITY_PROTOCOL,
+    LIVEREC_KAFKA_SASL_* and LIVEREC_KAFKA_SSL_* variables.
+    """
+    from pydantic import ValidationError
+
+    from stream.kafka import KafkaClientError, create_topics
     from stream.replay import replay_file
-    from stream.settings import StreamSettings
+    from stream.settings import KafkaSettings
 
     if sum(x is not None for x in (rate, speedup)) + max_speed > 1:
         raise typer.BadParameter("give at most one of --rate, --speedup, --max-speed")
-    settings = StreamSettings()
-    topic = topic or settings.topic
-    address = bootstrap or settings.kafka_bootstrap or _local_bootstrap()
+    given: dict[str, Any] = {"topic": topic, "bootstrap": bootstrap, "client": client,
+                             "partitions": partitions}
     try:
-        create_topics(address, {topic: partitions or settings.partitions, f"{topic}.dlq": 1})
+        settings = KafkaSettings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if not settings.bootstrap:
+        settings = settings.with_bootstrap(_local_bootstrap())
+    try:
+        create_topics(settings, {settings.topic: settings.partitions, settings.dlq_topic: 1})
         result = replay_file(
-            file, address, topic, preset=preset, user_col=user_col, item_col=item_col,
+            file, settings, preset=preset, user_col=user_col, item_col=item_col,
             time_col=time_col, event_type_col=event_type_col, rate=rate, speedup=speedup,
-            progress=progress, limits=Limits.from_settings(settings),
+            progress=progress,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    except KafkaError as exc:
-        typer.echo(f"error: Kafka at {address}: {exc}", err=True)
+    except KafkaClientError as exc:
+        typer.echo(f"error: Kafka at {settings.bootstrap}: {exc}", err=True)
         raise typer.Exit(1) from exc
-    typer.echo(f"{file} -> {topic}: {result.summary()}")
+    typer.echo(f"{file} -> {settings.topic}: {result.summary()}")
     if result.failed:
         raise typer.Exit(1)
 

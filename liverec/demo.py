@@ -308,9 +308,10 @@ class SyntheticStream(threading.Thread):
         from stream.events import ClickEvent, encode, validate_dict
         from stream.kafka import make_producer
 
-        def failed(exc: BaseException) -> None:
-            self.failed += 1
-            log.warning("send failed: %r", exc)
+        def delivered(err: BaseException | None, rec: object) -> None:
+            if err is not None:
+                self.failed += 1
+                log.warning("send failed: %s", err)
 
         try:
             producer = make_producer(self.bootstrap, client_id="liverec-demo")
@@ -335,21 +336,22 @@ class SyntheticStream(threading.Thread):
                     if not isinstance(event, ClickEvent):
                         self.rejected += 1
                         continue
-                    producer.send(self.topic, key=event.user_id.encode("utf-8"),
-                                  value=encode(event)).add_errback(failed)
+                    producer.send(self.topic, encode(event), key=event.user_id.encode("utf-8"),
+                                  on_delivery=delivered)
+                    producer.poll(0)
                     self.sent += 1
                     with self._lock:
                         self._recent.append(event.user_id)
                 except Exception as exc:  # one bad send must not stop the stream
                     self.failed += 1
                     log.warning("could not send an event: %r", exc)
-            producer.flush(timeout=30)
+            producer.flush(30.0)
         except Exception as exc:
             self.error = exc
             log.error("demo stream stopped: %r", exc)
         finally:
             with contextlib.suppress(Exception):
-                producer.close(timeout=10)
+                producer.close(10.0)
 
 
 # --------------------------------------------------------------------------- clients

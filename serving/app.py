@@ -117,7 +117,7 @@ def create_app(settings: ServeSettings, *, metrics: ServingMetrics | None = None
 
             try:
                 app.state.producer = await asyncio.to_thread(
-                    make_producer, settings.bootstrap, client_id="liverec-serving"
+                    make_producer, settings.kafka, client_id="liverec-serving"
                 )
             except Exception as exc:  # serve reads even if ingestion cannot start
                 log.warning("no Kafka producer (%s); POST /v1/events will answer 503", exc)
@@ -137,7 +137,7 @@ def create_app(settings: ServeSettings, *, metrics: ServingMetrics | None = None
                     await t
             state.stop()
             if app.state.producer is not None:
-                app.state.producer.close(timeout=5)
+                app.state.producer.close(5.0)
 
     app = FastAPI(
         title="liverec serving",

@@ -13,10 +13,12 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from online_models.base import UserHistory
 from stream.events import ClickEvent, Rejected, decode
+from stream.kafka import Consumer, ConsumerOptions, Partition, as_settings, make_consumer
+from stream.settings import KafkaSettings
 
 if TYPE_CHECKING:
     from serving.metrics import ServingMetrics
@@ -116,7 +118,7 @@ class LiveTail:
 
     def __init__(
         self,
-        bootstrap: str,
+        settings: KafkaSettings | str,
         topic: str,
         context: LiveContext,
         *,
@@ -124,7 +126,7 @@ class LiveTail:
         weights: Mapping[str, float] | None = None,
         metrics: ServingMetrics | None = None,
     ) -> None:
-        self.bootstrap = bootstrap
+        self.settings = as_settings(settings)
         self.topic = topic
         self.context = context
         self.start_offsets = start_offsets
@@ -154,31 +156,24 @@ class LiveTail:
                 backoff = min(backoff * 2, 10.0)
 
     def _tail(self) -> None:
-        from kafka import TopicPartition
-
-        from stream.kafka import make_consumer
-
-        consumer = make_consumer(
-            self.bootstrap, client_id="liverec-serving-tail", fetch_max_wait_ms=100
-        )
+        consumer = make_consumer(self.settings, ConsumerOptions(
+            client_id="liverec-serving-tail", fetch_max_wait_ms=100))
         try:
-            parts = None
+            parts: set[int] = set()
             while not parts and not self._stop.is_set():
-                parts = consumer.partitions_for_topic(self.topic)
+                parts = consumer.partitions_for(self.topic)
                 if not parts:
                     self._stop.wait(0.5)
             if self._stop.is_set() or not parts:
                 return
-            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+            tps = [(self.topic, p) for p in sorted(parts)]
             consumer.assign(tps)
             self._seek(consumer, tps)
             self.assigned.set()
             last_lag = 0.0
             while not self._stop.is_set():
-                records = consumer.poll(timeout_ms=100, max_records=2000)
-                for batch in records.values():
-                    for rec in batch:
-                        self._apply(rec.value)
+                for rec in consumer.poll(2000, 0.1):
+                    self._apply(rec.value)
                 now = time.monotonic()
                 if now - last_lag > 2.0:
                     last_lag = now
@@ -186,20 +181,22 @@ class LiveTail:
         finally:
             consumer.close()
 
-    def _seek(self, consumer: Any, tps: list[Any]) -> None:
+    def _seek(self, consumer: Consumer, tps: list[Partition]) -> None:
         wanted = dict(self.start_offsets()) if self.start_offsets else {}
         begin = consumer.beginning_offsets(tps)
         end = consumer.end_offsets(tps)
         for tp in tps:
-            off = wanted.get(tp.partition)
+            off = wanted.get(tp[1])
             if off is None:
                 consumer.seek(tp, end[tp])
             else:
                 consumer.seek(tp, min(max(off, begin[tp]), end[tp]))
 
-    def _measure_lag(self, consumer: Any, tps: list[Any]) -> None:
+    def _measure_lag(self, consumer: Consumer, tps: list[Partition]) -> None:
         end = consumer.end_offsets(tps)
-        self.lag = int(sum(max(0, end[tp] - consumer.position(tp)) for tp in tps))
+        positions = {tp: consumer.position(tp) for tp in tps}
+        self.lag = int(sum(max(0, end[tp] - pos) for tp, pos in positions.items()
+                           if pos is not None))
         if self.metrics is not None:
             self.metrics.live_lag.set(self.lag)
             self.metrics.live_users.set(len(self.context))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stream.settings import KafkaSettings
 
 __all__ = ["ServeSettings"]
 
@@ -19,11 +22,12 @@ class ServeSettings(BaseSettings):
         ``LIVEREC_SNAPSHOTS``: the trainer's snapshot root (holds ``LATEST``).
     host, port
         Where uvicorn listens.
-    bootstrap
-        Kafka bootstrap servers. Empty disables the live context tail and ``POST
-        /v1/events`` answers 503.
-    topic
-        The click-event topic (tailed for live context, produced to by ``/v1/events``).
+    kafka
+        The shared :class:`~stream.settings.KafkaSettings` (``LIVEREC_KAFKA_BOOTSTRAP``
+        or ``LIVEREC_BOOTSTRAP``, ``LIVEREC_TOPIC``, client, security, event
+        weights). An empty bootstrap disables the live context tail and ``POST
+        /v1/events`` answers 503. ``ServeSettings(bootstrap=..., topic=...)`` sets
+        those two fields of it; :attr:`bootstrap` and :attr:`topic` read them.
     default_model
         Model used when a request names none; falls back through ``model_fallbacks``
         when the snapshot does not hold it.
@@ -84,8 +88,7 @@ class ServeSettings(BaseSettings):
     snapshots: Path = Path("snapshots")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    bootstrap: str = ""
-    topic: str = "clicks"
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     default_model: str = "hybrid"
     model_fallbacks: tuple[str, ...] = ("hybrid", "bpr", "embedding", "itemknn", "popularity")
     reload_interval_s: float = Field(default=0.5, gt=0)
@@ -109,3 +112,28 @@ class ServeSettings(BaseSettings):
     rank_batch_inline: bool = True
     rank_batch_slots: int = Field(default=1, ge=1, le=64)
     log_level: str = "info"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kafka_shortcuts(cls, data: Any) -> Any:
+        if isinstance(data, dict) and ({"bootstrap", "topic"} & data.keys()):
+            data = dict(data)
+            update = {k: data.pop(k) for k in ("bootstrap", "topic") if k in data}
+            base = data.get("kafka")
+            if base is None:
+                base = KafkaSettings()
+            elif isinstance(base, dict):
+                base = KafkaSettings(**base)
+            data["kafka"] = KafkaSettings(**{**base.model_dump(), **{
+                k: v for k, v in update.items() if v is not None}})
+        return data
+
+    @property
+    def bootstrap(self) -> str:
+        """The Kafka bootstrap (``kafka.bootstrap``)."""
+        return self.kafka.bootstrap
+
+    @property
+    def topic(self) -> str:
+        """The click-event topic (``kafka.topic``)."""
+        return self.kafka.topic

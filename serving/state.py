@@ -175,7 +175,8 @@ class ServingState:
             return cur.snapshot.offsets.get(s.topic, {}) if cur is not None else {}
 
         self.tail = LiveTail(
-            s.bootstrap, s.topic, self.live, start_offsets=offsets, metrics=self.metrics
+            s.kafka, s.topic, self.live, start_offsets=offsets,
+            weights=s.kafka.event_weights, metrics=self.metrics,
         )
         self.tail.start()
 

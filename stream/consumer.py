@@ -5,14 +5,23 @@ The contract (what the trainer builds on):
 * :meth:`MiniBatchConsumer.next_batch` polls until it holds ``batch_size`` records
   or ``max_wait_ms`` passed, decodes every record (:func:`stream.events.decode`) and
   returns a :class:`ConsumedBatch`. Rejects are already written to the dead-letter
-  topic (and flushed) when the batch is returned.
+  topic (and flushed) when the batch is returned. :meth:`poll_records` is the raw
+  path (undecoded :class:`~stream.kafka.Record` s) for callers that decode in bulk;
+  they write their rejects with :meth:`dead_letter`.
+* A dead-letter record always fits: its payload is cut to
+  ``KafkaSettings.dlq_max_bytes`` (headers keep the original's size and SHA-256). A
+  write that still fails is retried with backoff ``dlq_attempts`` times, then the
+  record is counted in :attr:`dlq_failures_total`, logged loudly and skipped, so
+  one message can never stall a partition. Every retry wait ends early when
+  ``stop`` is set.
 * Nothing is committed implicitly. :meth:`commit` commits exactly the next-offsets
   it is given -- the trainer calls it only once a batch's effect is in a durable
   snapshot. :meth:`run` is the simple loop: batch -> handle -> commit.
 * Rebalances: ``on_revoke`` runs *before* partitions move (snapshot and commit
-  there); records of revoked partitions that were polled but not yet handed out
-  are dropped, since the next owner resumes from the last commit anyway.
-  ``on_assign`` runs with the newly assigned partitions (seek them there).
+  there: :meth:`commit` works inside it with both clients); records of revoked
+  partitions that were polled but not yet handed out are dropped, since the next
+  owner resumes from the last commit anyway. ``on_assign`` runs with the newly
+  assigned partitions (seek them there).
 """
 
 from __future__ import annotations
@@ -23,28 +32,35 @@ import signal
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
-from kafka import ConsumerRebalanceListener, KafkaProducer, OffsetAndMetadata, TopicPartition
-from kafka.errors import KafkaError
+from stream.events import ClickEvent, Limits, Rejected, decode, dlq_payload
+from stream.kafka import (
+    ConsumerOptions,
+    KafkaClientError,
+    Partition,
+    Producer,
+    Record,
+    make_consumer,
+    make_producer,
+)
+from stream.settings import KafkaSettings
 
-from stream.events import DEFAULT_LIMITS, ClickEvent, Limits, Rejected, decode, dlq_payload
-from stream.kafka import make_consumer, make_producer
-
-__all__ = ["ConsumedBatch", "DeadLetterError", "MiniBatchConsumer", "Partition"]
+__all__ = ["ConsumedBatch", "DeadLetterError", "MiniBatchConsumer", "Partition", "RejectAt"]
 
 log = logging.getLogger(__name__)
 
-Partition = tuple[str, int]
+#: A reject and where it was read: ``(reject, topic, partition, offset)``.
+RejectAt = tuple[Rejected, str, int, int]
 _DEFAULT_DLQ = object()
 
 
-class DeadLetterError(KafkaError):
-    """A reject could not be written to the dead-letter topic (nothing was lost:
-    the consumer rewound to before the batch)."""
+class DeadLetterError(KafkaClientError):
+    """Rejects could not be written to the dead-letter topic because the consumer was
+    asked to stop meanwhile (nothing was lost: it rewound to before the batch)."""
 
 
 @dataclass
@@ -56,7 +72,8 @@ class ConsumedBatch:
     events
         Valid events in arrival order (per partition: offset order).
     rejected
-        ``(reject, topic, partition, offset)``; already sent to the DLQ.
+        ``(reject, topic, partition, offset)``; already sent to the DLQ (or counted
+        in ``dlq_failures_total`` when that failed for good).
     offsets
         Next offset per ``(topic, partition)`` after this batch: what to commit.
     first_offsets
@@ -67,7 +84,7 @@ class ConsumedBatch:
     """
 
     events: list[ClickEvent] = field(default_factory=list)
-    rejected: list[tuple[Rejected, str, int, int]] = field(default_factory=list)
+    rejected: list[RejectAt] = field(default_factory=list)
     offsets: dict[Partition, int] = field(default_factory=dict)
     first_offsets: dict[Partition, int] = field(default_factory=dict)
     duplicates: int = 0
@@ -81,57 +98,65 @@ class ConsumedBatch:
         return not self.offsets
 
 
-class _Listener(ConsumerRebalanceListener):
-    def __init__(self, owner: MiniBatchConsumer) -> None:
-        self.owner = owner
-
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        self.owner._revoked({(tp.topic, tp.partition) for tp in revoked})
-
-    def on_partitions_assigned(self, assigned: Any) -> None:
-        self.owner._assigned({(tp.topic, tp.partition) for tp in assigned})
-
-
 class MiniBatchConsumer:
-    """Consume ``topic`` as a member of ``group_id`` in decoded mini-batches.
+    """Consume ``settings.topic`` as a member of ``group_id`` in decoded mini-batches.
 
     Parameters
     ----------
-    bootstrap
-        Kafka bootstrap address.
-    topic, group_id
-        What to read and as which consumer group.
+    settings
+        Bootstrap, topic, client backend, security, validation limits and
+        ``dlq_max_bytes``. (The former call ``MiniBatchConsumer(bootstrap, topic,
+        group_id, ...)`` still works; it reads the rest from the environment.)
+    group_id
+        The consumer group.
     batch_size, max_wait_ms
         A batch is returned when it holds ``batch_size`` records or after
         ``max_wait_ms`` (then possibly smaller, even empty).
     dlq_topic
-        Dead-letter topic for rejects; default ``<topic>.dlq``; ``None`` only counts
-        and logs them.
+        Dead-letter topic for rejects; default ``settings.dlq_topic``; ``None`` only
+        counts and logs them.
     on_assign, on_revoke
         Rebalance hooks, called with sets of ``(topic, partition)``.
     client_id
         Kafka client id.
     limits
-        Event validation limits.
+        Event validation limits (default: ``settings.limits``).
     dedupe_window
         Remember this many recent ``event_id`` s and skip repeats (0: off). The
         memory is per process; a durable de-duplication belongs to the snapshot.
-    **consumer_config
-        Passed to ``kafka.KafkaConsumer`` (e.g. ``session_timeout_ms``).
+    session_timeout_ms, heartbeat_interval_ms, max_poll_interval_ms
+        Group liveness (heartbeat default: a third of the session timeout).
+    auto_offset_reset, isolation_level
+        Where partitions without a commit start; whether open transactions show.
+    stop
+        Set to stop :meth:`run` and to cut DLQ retry waits short.
+    dlq_attempts, dlq_backoff_s, dlq_timeout_ms
+        Dead-letter writes: attempts per record, the first backoff (doubling), and
+        each attempt's delivery timeout.
+
+    Attributes
+    ----------
+    events_total, duplicates_total, commits_total, handler_errors_total
+        Counters since construction.
+    rejected_by_reason
+        Rejects per reason.
+    dlq_failures_total
+        Rejects whose dead-letter copy could not be written after every attempt
+        (skipped; the trainer exports it as ``liverec_trainer_dlq_failures_total``).
 
     Examples
     --------
     .. code-block:: python
 
-        consumer = MiniBatchConsumer(bootstrap, "clicks", "trainer", batch_size=512)
+        consumer = MiniBatchConsumer(KafkaSettings(), "trainer", batch_size=512)
         consumer.run(learn)  # learn(batch) -> None commits batch.offsets afterwards
     """
 
     def __init__(
         self,
-        bootstrap: str,
-        topic: str,
+        settings: KafkaSettings | str,
         group_id: str,
+        legacy_group_id: str | None = None,
         *,
         batch_size: int = 256,
         max_wait_ms: int = 200,
@@ -139,39 +164,68 @@ class MiniBatchConsumer:
         on_assign: Callable[[set[Partition]], None] | None = None,
         on_revoke: Callable[[set[Partition]], None] | None = None,
         client_id: str = "liverec-consumer",
-        limits: Limits = DEFAULT_LIMITS,
+        limits: Limits | None = None,
         dedupe_window: int = 0,
-        **consumer_config: Any,
+        session_timeout_ms: int = 10_000,
+        heartbeat_interval_ms: int | None = None,
+        max_poll_interval_ms: int = 300_000,
+        auto_offset_reset: Literal["earliest", "latest"] = "earliest",
+        isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed",
+        stop: threading.Event | None = None,
+        dlq_attempts: int = 4,
+        dlq_backoff_s: float = 0.5,
+        dlq_timeout_ms: int = 10_000,
     ) -> None:
-        if batch_size < 1 or max_wait_ms < 0:
-            raise ValueError("batch_size must be >= 1 and max_wait_ms >= 0")
-        self.bootstrap = bootstrap
-        self.topic = topic
+        if isinstance(settings, str):
+            # The former (bootstrap, topic, group_id) call.
+            if legacy_group_id is None:
+                raise TypeError("MiniBatchConsumer(bootstrap, topic, group_id) needs all three")
+            settings = KafkaSettings(bootstrap=settings, topic=group_id)
+            group_id = legacy_group_id
+        elif legacy_group_id is not None:
+            raise TypeError("MiniBatchConsumer(settings, group_id): too many arguments")
+        if batch_size < 1 or max_wait_ms < 0 or dlq_attempts < 1:
+            raise ValueError("batch_size and dlq_attempts must be >= 1, max_wait_ms >= 0")
+        self.settings = settings
+        self.topic = settings.topic
         self.group_id = group_id
         self.batch_size = batch_size
         self.max_wait_ms = max_wait_ms
-        self.dlq_topic: str | None = f"{topic}.dlq" if dlq_topic is _DEFAULT_DLQ else dlq_topic
+        self.dlq_topic: str | None = (settings.dlq_topic if dlq_topic is _DEFAULT_DLQ
+                                      else dlq_topic)
         self.on_assign = on_assign
         self.on_revoke = on_revoke
         self.client_id = client_id
-        self.limits = limits
+        self.limits = limits or settings.limits
         self.dedupe_window = dedupe_window
+        self.stop = stop or threading.Event()
+        self.dlq_attempts = dlq_attempts
+        self.dlq_backoff_s = dlq_backoff_s
+        self.dlq_timeout_ms = dlq_timeout_ms
 
         self.events_total = 0
         self.duplicates_total = 0
         self.rejected_by_reason: Counter[str] = Counter()
         self.commits_total = 0
         self.handler_errors_total = 0
+        self.dlq_failures_total = 0
 
         self._recent: OrderedDict[str, None] = OrderedDict()
         # Records polled but not yet handed out: (partition, offset, event | reject | None).
         self._pending: list[tuple[Partition, int, ClickEvent | Rejected | None]] = []
-        self._producer: KafkaProducer | None = None
+        self._producer: Producer | None = None
         self._closed = False
-        config: dict[str, Any] = {"max_poll_records": batch_size, "client_id": client_id}
-        config.update(consumer_config)
-        self._consumer = make_consumer(bootstrap, group_id=group_id, **config)
-        self._consumer.subscribe([topic], listener=_Listener(self))
+        self._client = make_consumer(settings, ConsumerOptions(
+            group_id=group_id,
+            client_id=client_id,
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=heartbeat_interval_ms or max(100, session_timeout_ms // 3),
+            max_poll_interval_ms=max_poll_interval_ms,
+            auto_offset_reset=auto_offset_reset,
+            isolation_level=isolation_level,
+            max_poll_records=batch_size,
+        ))
+        self._client.subscribe([self.topic], on_assign=self._assigned, on_revoke=self._revoked)
 
     # ------------------------------------------------------------------ rebalance
 
@@ -197,6 +251,11 @@ class MiniBatchConsumer:
 
     # ------------------------------------------------------------------ batches
 
+    def poll_records(self, max_records: int, timeout_s: float) -> list[Record]:
+        """Raw records (not decoded, not de-duplicated, nothing dead-lettered): up to
+        ``max_records`` within ``timeout_s``. Rebalance hooks may run inside."""
+        return self._client.poll(max_records, timeout_s)
+
     def next_batch(self, timeout_ms: int | None = None) -> ConsumedBatch:
         """Poll a mini-batch: up to ``batch_size`` records within ``timeout_ms``
         (default ``max_wait_ms``). Rejects are in the DLQ when this returns.
@@ -204,20 +263,18 @@ class MiniBatchConsumer:
         Raises
         ------
         DeadLetterError
-            The DLQ write failed; the consumer rewound so the records come again.
+            ``stop`` was set while a DLQ write was being retried; the consumer
+            rewound, so the records come again.
+        KafkaClientError
+            Polling failed.
         """
         wait_ms = self.max_wait_ms if timeout_ms is None else timeout_ms
         deadline = time.monotonic() + wait_ms / 1000.0
         while len(self._pending) < self.batch_size:
-            remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
-            records = self._consumer.poll(
-                timeout_ms=remaining_ms, max_records=self.batch_size - len(self._pending)
-            )
-            for tp, recs in records.items():
-                part = (tp.topic, tp.partition)
-                for rec in recs:
-                    self._pending.append((part, rec.offset, self._decode(rec.value)))
-            if remaining_ms == 0:
+            remaining = max(0.0, deadline - time.monotonic())
+            for rec in self._client.poll(self.batch_size - len(self._pending), remaining):
+                self._pending.append((rec.part, rec.offset, self._decode(rec.value)))
+            if remaining == 0.0:
                 break
         pending, self._pending = self._pending, []
         return self._build(pending)
@@ -247,81 +304,144 @@ class MiniBatchConsumer:
                 batch.duplicates += 1
         if batch.rejected:
             try:
-                self._dead_letter(batch.rejected)
-            except Exception as exc:
+                self.dead_letter(batch.rejected)
+            except DeadLetterError:
                 self._rewind(batch)
-                raise DeadLetterError(f"could not write {len(batch.rejected)} rejects to "
-                                      f"{self.dlq_topic}: {exc}") from exc
+                raise
         self.events_total += len(batch.events)
         self.duplicates_total += batch.duplicates
         for rej, *_ in batch.rejected:
             self.rejected_by_reason[rej.reason] += 1
         return batch
 
-    def _dead_letter(self, rejected: list[tuple[Rejected, str, int, int]]) -> None:
-        for rej, topic, partition, offset in rejected:
+    def dead_letter(self, rejects: Sequence[RejectAt]) -> int:
+        """Write rejects to the dead-letter topic; returns how many were written.
+
+        Each record is tried up to ``dlq_attempts`` times with doubling backoff; one
+        that still fails is counted in :attr:`dlq_failures_total`, logged at ERROR
+        and skipped (its reason and place are in the log line).
+
+        Raises
+        ------
+        DeadLetterError
+            ``stop`` was set before every record was written or given up.
+        """
+        for rej, topic, partition, offset in rejects:
             log.warning("reject %s at %s[%d]@%d: %s", rej.reason, topic, partition, offset,
                         rej.detail[:200])
-        if self.dlq_topic is None:
-            return
+        if self.dlq_topic is None or not rejects:
+            return 0
+        todo = list(rejects)
+        written = 0
+        backoff = self.dlq_backoff_s
+        last_error: dict[int, str] = {}
+        for attempt in range(1, self.dlq_attempts + 1):
+            failed_idx = self._write_dlq(todo, last_error)
+            written += len(todo) - len(failed_idx)
+            todo = [todo[i] for i in failed_idx]
+            if not todo:
+                return written
+            if attempt == self.dlq_attempts:
+                break
+            log.warning("%d dead-letter writes failed (attempt %d of %d); retrying in "
+                        "%.1fs", len(todo), attempt, self.dlq_attempts, backoff)
+            if self.stop.wait(backoff):
+                raise DeadLetterError(f"stopped while {len(todo)} rejects were not yet in "
+                                      f"{self.dlq_topic}")
+            backoff *= 2
+        for i, (rej, topic, partition, offset) in enumerate(todo):
+            self.dlq_failures_total += 1
+            log.error("DEAD-LETTER WRITE FAILED %d times; skipping the reject %s at "
+                      "%s[%d]@%d (%d bytes): %s", self.dlq_attempts, rej.reason, topic,
+                      partition, offset, len(rej.raw), last_error.get(i, "not delivered"))
+        return written
+
+    def _write_dlq(self, todo: list[RejectAt], errors: dict[int, str]) -> list[int]:
+        """One attempt at every record of ``todo``; returns the indexes that failed."""
+        assert self.dlq_topic is not None
         if self._producer is None:
-            self._producer = make_producer(self.bootstrap, client_id=f"{self.client_id}-dlq")
-        futures = []
-        for rej, topic, partition, offset in rejected:
-            value, headers = dlq_payload(rej, topic=topic, partition=partition, offset=offset)
-            futures.append(self._producer.send(self.dlq_topic, value=value, headers=headers))
-        self._producer.flush(timeout=30)
-        for fut in futures:
-            fut.get(timeout=30)  # raises if the write failed
+            try:
+                self._producer = make_producer(
+                    self.settings, client_id=f"{self.client_id}-dlq", linger_ms=0,
+                    delivery_timeout_ms=self.dlq_timeout_ms, max_block_ms=self.dlq_timeout_ms)
+            except KafkaClientError as exc:
+                errors.update(dict.fromkeys(range(len(todo)), str(exc)))
+                return list(range(len(todo)))
+        producer = self._producer
+        delivered: set[int] = set()
+        errors.clear()
+
+        def callback(i: int) -> Callable[[KafkaClientError | None, Record | None], None]:
+            def on_delivery(err: KafkaClientError | None, rec: Record | None) -> None:
+                if err is None:
+                    delivered.add(i)
+                else:
+                    errors[i] = str(err)
+            return on_delivery
+
+        for i, (rej, topic, partition, offset) in enumerate(todo):
+            value, headers = dlq_payload(rej, topic=topic, partition=partition, offset=offset,
+                                         max_bytes=self.settings.dlq_max_bytes)
+            try:
+                producer.send(self.dlq_topic, value, headers=headers, on_delivery=callback(i))
+            except KafkaClientError as exc:
+                errors[i] = str(exc)
+        # The delivery timeout bounds every record, so all callbacks run within it.
+        producer.flush(self.dlq_timeout_ms / 1000.0 + 5.0)
+        return [i for i in range(len(todo)) if i not in delivered]
 
     def _rewind(self, batch: ConsumedBatch) -> None:
         """Read ``batch`` again: seek back and forget its ids (they are not duplicates)."""
         for ev in batch.events:
             self._recent.pop(ev.event_id, None)
-        assigned = self.assignment()
-        for part, offset in batch.first_offsets.items():
-            if part in assigned:
-                self._consumer.seek(TopicPartition(*part), offset)
+        self.seek(batch.first_offsets)
 
     # ------------------------------------------------------------------ offsets
 
     def commit(self, offsets: Mapping[Partition, int]) -> None:
-        """Commit exactly these next-offsets (synchronously)."""
+        """Commit exactly these next-offsets (synchronously; inside ``on_revoke`` too).
+
+        Raises
+        ------
+        KafkaClientError
+            The broker refused the commit (e.g. the member left the group).
+        """
         if not offsets:
             return
-        self._consumer.commit({
-            TopicPartition(t, p): OffsetAndMetadata(off, "", -1)
-            for (t, p), off in offsets.items()
-        })
+        self._client.commit(offsets)
         self.commits_total += 1
 
     def committed(self) -> dict[Partition, int | None]:
         """The group's committed next-offset of each assigned partition."""
-        return {part: self._consumer.committed(TopicPartition(*part))
-                for part in sorted(self.assignment())}
+        return self._client.committed(sorted(self.assignment()))
 
     def seek(self, offsets: Mapping[Partition, int]) -> None:
         """Move the read position of assigned partitions (others are ignored)."""
         assigned = self.assignment()
         for part, offset in offsets.items():
             if part in assigned:
-                self._consumer.seek(TopicPartition(*part), offset)
+                self._client.seek(part, offset)
             else:
                 log.debug("not seeking unassigned partition %s", part)
         self._pending = [p for p in self._pending if p[0] not in offsets]
 
     def assignment(self) -> set[Partition]:
         """Partitions currently assigned to this member."""
-        return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        return self._client.assignment()
 
     def lag(self) -> dict[Partition, int]:
-        """Records not yet read per assigned partition (end offset - position)."""
-        tps = [TopicPartition(*part) for part in sorted(self.assignment())]
-        if not tps:
+        """Records not yet read per assigned partition (end offset - position);
+        partitions whose position is not known yet are left out."""
+        parts = sorted(self.assignment())
+        if not parts:
             return {}
-        ends = self._consumer.end_offsets(tps)
-        return {(tp.topic, tp.partition): max(0, ends[tp] - self._consumer.position(tp))
-                for tp in tps}
+        ends = self._client.end_offsets(parts)
+        out = {}
+        for part in parts:
+            pos = self._client.position(part)
+            if pos is not None:
+                out[part] = max(0, ends[part] - pos)
+        return out
 
     # ------------------------------------------------------------------ loop
 
@@ -333,7 +453,8 @@ class MiniBatchConsumer:
         skip_empty: bool = True,
         max_backoff_s: float = 5.0,
     ) -> None:
-        """Consume until ``stop`` is set (or SIGINT/SIGTERM), then close.
+        """Consume until ``stop`` (default: :attr:`stop`) is set, or SIGINT/SIGTERM,
+        then close.
 
         Each batch goes to ``handle``; afterwards the consumer commits the offsets
         ``handle`` returns, or ``batch.offsets`` when it returns ``None`` (return
@@ -342,7 +463,9 @@ class MiniBatchConsumer:
         loop: a failing ``handle`` is logged and its batch is re-read after a
         backoff, and Kafka errors are retried the same way.
         """
-        stop = stop or threading.Event()
+        stop = stop or self.stop
+        if stop is not self.stop:
+            self.stop = stop
         restore = _install_signal_handlers(stop)
         backoff = 0.1
         try:
@@ -382,10 +505,10 @@ class MiniBatchConsumer:
             return
         self._closed = True
         with contextlib.suppress(Exception):
-            self._consumer.close(autocommit=False)
+            self._client.close()
         if self._producer is not None:
             with contextlib.suppress(Exception):
-                self._producer.close(timeout=10)
+                self._producer.close(10.0)
 
     def __enter__(self) -> MiniBatchConsumer:
         return self

@@ -398,18 +398,34 @@ def _context(value: object, limits: Limits) -> Mapping[str, ContextValue] | None
 
 
 def dlq_payload(
-    rejected: Rejected, *, topic: str | None, partition: int | None, offset: int | None
+    rejected: Rejected, *, topic: str | None, partition: int | None, offset: int | None,
+    max_bytes: int | None = 64 * 1024,
 ) -> tuple[bytes, list[tuple[str, bytes]]]:
     """Dead-letter record for a reject: the raw bytes as value, the why in headers.
 
     Headers: ``reason``, ``detail``, ``source_topic``, ``source_partition``,
-    ``source_offset`` (empty when not from Kafka, e.g. an HTTP post or a CSV row).
+    ``source_offset`` (empty when not from Kafka, e.g. an HTTP post or a CSV row),
+    ``payload_bytes`` and ``payload_sha256`` of the original, and ``truncated``
+    (``1`` when only the first ``max_bytes`` bytes are kept, so that the record
+    always fits the broker's size limit; else ``0``).
+
+    >>> value, headers = dlq_payload(Rejected(b"x" * 5000, "too_large", "big"),
+    ...                              topic="t", partition=0, offset=7, max_bytes=1024)
+    >>> len(value), dict(headers)["truncated"], dict(headers)["payload_bytes"]
+    (1024, b'1', b'5000')
     """
+    import hashlib
+
+    raw = rejected.raw
+    cut = max_bytes is not None and len(raw) > max_bytes
     headers = [
         ("reason", rejected.reason.encode()),
         ("detail", rejected.detail[:1024].encode("utf-8", "backslashreplace")),
         ("source_topic", (topic or "").encode()),
         ("source_partition", b"" if partition is None else str(partition).encode()),
         ("source_offset", b"" if offset is None else str(offset).encode()),
+        ("payload_bytes", str(len(raw)).encode()),
+        ("payload_sha256", hashlib.sha256(raw).hexdigest().encode()),
+        ("truncated", b"1" if cut else b"0"),
     ]
-    return rejected.raw, headers
+    return (raw[:max_bytes] if cut else raw), headers

@@ -1,17 +1,24 @@
-"""Typed settings of the stream side (env prefix ``LIVEREC_``).
+"""Typed Kafka and event-contract settings (env prefix ``LIVEREC_``).
 
-One :class:`StreamSettings` object is built per process (``StreamSettings()`` reads
-the environment) and passed in explicitly; nothing in :mod:`stream` reads the
-environment behind the caller's back except :func:`stream.broker.resolve_bootstrap`,
-whose whole job is to do so.
+One :class:`KafkaSettings` object is built per process (``KafkaSettings()`` reads the
+environment) and passed in explicitly to everything that talks to Kafka: the
+trainer's consumer, replay, the server's tail and producer, and the topic admin.
+Nothing in :mod:`stream` reads the environment behind the caller's back except
+:func:`stream.broker.resolve_bootstrap`, whose whole job is to do so.
 """
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEFAULT_EVENT_WEIGHTS", "StreamSettings"]
+if TYPE_CHECKING:
+    from stream.events import Limits
+
+__all__ = ["DEFAULT_EVENT_WEIGHTS", "KafkaSettings", "StreamSettings", "read_secret"]
 
 #: Learning weight of each event type (stronger intent weighs more).
 DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
@@ -21,45 +28,94 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "purchase": 5.0,
 }
 
+ClientName = Literal["confluent", "kafka-python"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
-class StreamSettings(BaseSettings):
-    """Kafka and event-contract settings, read from ``LIVEREC_*`` variables.
+
+def _env(name: str, *more: str) -> AliasChoices:
+    """Read ``LIVEREC_KAFKA_<NAME>`` (then ``more``) from the environment; the field
+    name itself still works as a keyword (``populate_by_name``)."""
+    return AliasChoices(f"LIVEREC_KAFKA_{name.upper()}", *more)
+
+
+def read_secret(value: object) -> object:
+    """A secret given as ``@path`` is read from that file (one trailing newline dropped).
+
+    >>> read_secret("plain")
+    'plain'
+    """
+    if isinstance(value, str) and value.startswith("@"):
+        path = Path(value[1:]).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"cannot read the secret file {path}: {exc.strerror}") from None
+        return text[:-1] if text.endswith("\n") else text
+    return value
+
+
+class KafkaSettings(BaseSettings):
+    """Where the events are and how to talk to Kafka, read from ``LIVEREC_*`` variables.
+
+    Shared by ``liverec train``, ``liverec serve`` and ``liverec replay``.
 
     Parameters
     ----------
-    kafka_bootstrap
-        ``LIVEREC_KAFKA_BOOTSTRAP``: an existing cluster (``host:port[,host:port]``).
-        Empty means "find or start one" (see :func:`stream.broker.resolve_bootstrap`).
-    topic, group_id
-        Click-event topic and the trainer's consumer group.
+    bootstrap
+        ``LIVEREC_KAFKA_BOOTSTRAP`` or ``LIVEREC_BOOTSTRAP`` (the first wins): an
+        existing cluster, ``host:port[,host:port]``. Empty means "find or start one"
+        (see :func:`stream.broker.resolve_bootstrap`).
+    topic
+        ``LIVEREC_TOPIC``: the click-event topic; rejects go to :attr:`dlq_topic`.
+    client
+        ``LIVEREC_KAFKA_CLIENT``: ``confluent`` (librdkafka, the default) or
+        ``kafka-python``; both sit behind :mod:`stream.kafka`'s interface.
     partitions
-        Partitions of topics this project creates.
-    batch_size, max_wait_ms
-        Mini-batch bounds: a batch is handed over when it holds ``batch_size``
-        events or ``max_wait_ms`` has passed.
+        ``LIVEREC_PARTITIONS``: partitions of topics this project creates.
     event_weights
-        ``LIVEREC_EVENT_WEIGHTS`` as JSON, e.g. ``{"view": 1, "purchase": 10}``;
-        every known event type must be present.
+        ``LIVEREC_EVENT_WEIGHTS`` as JSON, e.g. ``{"view": 1, "click": 2,
+        "add_to_cart": 3, "purchase": 10}``; every known event type must be present.
+        The trainer's learning weights and the server's live context both use it.
     max_event_bytes, max_id_chars, max_context_keys
-        Size limits of one event on the wire.
+        Size limits of one event on the wire (``LIVEREC_MAX_EVENT_BYTES``, ...).
     max_future_s, max_past_s
         How far from "now" an event timestamp may lie before it is rejected.
+    dlq_max_bytes
+        ``LIVEREC_DLQ_MAX_BYTES``: a dead-letter copy keeps at most this many bytes
+        of the rejected payload (the rest is cut, a header says so and keeps the
+        original's size and SHA-256), so a DLQ record always fits the broker's limit.
+    security_protocol
+        ``LIVEREC_KAFKA_SECURITY_PROTOCOL``: ``PLAINTEXT``, ``SSL``,
+        ``SASL_PLAINTEXT`` or ``SASL_SSL``.
+    sasl_mechanism, sasl_username, sasl_password
+        ``LIVEREC_KAFKA_SASL_*``: ``PLAIN``, ``SCRAM-SHA-256`` or ``SCRAM-SHA-512``
+        and the credentials. A password given as ``@path`` is read from that file;
+        it never appears in ``repr`` or logs.
+    ssl_cafile, ssl_certfile, ssl_keyfile, ssl_key_password
+        ``LIVEREC_KAFKA_SSL_*``: CA bundle (PEM) to verify the brokers, and an
+        optional client certificate, key and key password (``@path`` allowed).
 
     Examples
     --------
-    >>> s = StreamSettings(topic="clicks", batch_size=64)
-    >>> s.dlq_topic, s.event_weights["purchase"]
-    ('clicks.dlq', 5.0)
+    >>> s = KafkaSettings(bootstrap="localhost:9092", topic="clicks")
+    >>> s.dlq_topic, s.client, s.event_weights["purchase"]
+    ('clicks.dlq', 'confluent', 5.0)
+    >>> KafkaSettings(sasl_password="hunter2").sasl_password
+    SecretStr('**********')
     """
 
-    model_config = SettingsConfigDict(env_prefix="LIVEREC_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LIVEREC_", extra="ignore", populate_by_name=True
+    )
 
-    kafka_bootstrap: str = ""
-    topic: str = "clicks"
-    group_id: str = "liverec-trainer"
+    bootstrap: str = Field(
+        default="",
+        validation_alias=AliasChoices("LIVEREC_KAFKA_BOOTSTRAP", "LIVEREC_BOOTSTRAP"),
+    )
+    topic: str = Field(default="clicks", min_length=1)
+    client: ClientName = Field(default="confluent", validation_alias=_env("client"))
     partitions: int = Field(default=4, ge=1)
-    batch_size: int = Field(default=256, ge=1)
-    max_wait_ms: int = Field(default=200, ge=1)
     event_weights: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS)
     )
@@ -68,6 +124,20 @@ class StreamSettings(BaseSettings):
     max_context_keys: int = Field(default=16, ge=0)
     max_future_s: float = Field(default=86_400.0, ge=0)
     max_past_s: float = Field(default=50 * 365.25 * 86_400.0, ge=0)
+    dlq_max_bytes: int = Field(default=64 * 1024, ge=1024, le=512 * 1024)
+
+    security_protocol: SecurityProtocol = Field(
+        default="PLAINTEXT", validation_alias=_env("security_protocol"))
+    sasl_mechanism: SaslMechanism = Field(
+        default="SCRAM-SHA-512", validation_alias=_env("sasl_mechanism"))
+    sasl_username: str | None = Field(default=None, validation_alias=_env("sasl_username"))
+    sasl_password: SecretStr | None = Field(
+        default=None, validation_alias=_env("sasl_password"))
+    ssl_cafile: Path | None = Field(default=None, validation_alias=_env("ssl_cafile"))
+    ssl_certfile: Path | None = Field(default=None, validation_alias=_env("ssl_certfile"))
+    ssl_keyfile: Path | None = Field(default=None, validation_alias=_env("ssl_keyfile"))
+    ssl_key_password: SecretStr | None = Field(
+        default=None, validation_alias=_env("ssl_key_password"))
 
     @field_validator("event_weights")
     @classmethod
@@ -79,9 +149,50 @@ class StreamSettings(BaseSettings):
                 f"event_weights must give exactly {sorted(DEFAULT_EVENT_WEIGHTS)}; "
                 f"missing {sorted(missing)}, unknown {sorted(unknown)}"
             )
+        if any(w < 0 for w in v.values()):
+            raise ValueError("event_weights must not be negative")
         return v
+
+    @field_validator("sasl_password", "ssl_key_password", mode="before")
+    @classmethod
+    def _secret_from_file(cls, v: Any) -> Any:
+        return read_secret(v)
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        return ",".join(s.strip() for s in v.split(",") if s.strip())
 
     @property
     def dlq_topic(self) -> str:
         """Dead-letter topic of :attr:`topic`."""
         return f"{self.topic}.dlq"
+
+    @property
+    def uses_sasl(self) -> bool:
+        """Whether the security protocol authenticates with SASL."""
+        return self.security_protocol.startswith("SASL")
+
+    @property
+    def uses_ssl(self) -> bool:
+        """Whether the security protocol encrypts with TLS."""
+        return self.security_protocol.endswith("SSL")
+
+    @property
+    def limits(self) -> Limits:
+        """The event validation limits (:class:`stream.events.Limits`)."""
+        from stream.events import Limits
+
+        return Limits.from_settings(self)
+
+    def with_bootstrap(self, bootstrap: str) -> KafkaSettings:
+        """A copy pointing at ``bootstrap`` (everything else unchanged)."""
+        return self.model_copy(update={"bootstrap": _join(bootstrap)})
+
+
+def _join(bootstrap: str) -> str:
+    return ",".join(s.strip() for s in bootstrap.split(",") if s.strip())
+
+
+#: The former name (before train, serve and replay shared one Kafka settings object).
+StreamSettings = KafkaSettings

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 
 from serving.deps import JSON, StateDep
 from stream.events import EVENT_TYPES, REJECT_REASONS, Rejected, encode, event_key, validate_dict
+from stream.kafka import deliver
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -89,8 +90,8 @@ async def post_event(request: Request, state: StateDep) -> JSON:
         metrics.ingested.labels(outcome="no_producer").inc()
         return _reject(503, "no_producer", "this server has no Kafka bootstrap configured")
     try:
-        fut = producer.send(state.settings.topic, key=event_key(ev), value=encode(ev))
-        meta = await asyncio.to_thread(fut.get, 10.0)
+        meta = await asyncio.to_thread(deliver, producer, state.settings.topic, encode(ev),
+                                       event_key(ev), timeout_s=10.0)
     except Exception as exc:  # broker trouble is the server's 503, never a 500
         metrics.ingested.labels(outcome="produce_failed").inc()
         return _reject(503, "produce_failed", f"{type(exc).__name__}: {exc}")

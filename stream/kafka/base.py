@@ -1,0 +1,233 @@
+"""The small typed interface every Kafka client backend implements.
+
+Two backends sit behind it: :mod:`stream.kafka.confluent` (librdkafka, the default)
+and :mod:`stream.kafka.kafkapython` (pure Python). Callers see only
+:class:`Record`, :class:`Consumer`, :class:`Producer`, the option dataclasses and
+the errors below; partitions are plain ``(topic, partition)`` tuples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+__all__ = [
+    "Consumer",
+    "ConsumerOptions",
+    "DeliveryCallback",
+    "KafkaClientError",
+    "Partition",
+    "Producer",
+    "ProducerOptions",
+    "QueueFull",
+    "RebalanceCallback",
+    "Record",
+]
+
+Partition = tuple[str, int]
+RebalanceCallback = Callable[[set[Partition]], None]
+#: ``on_delivery(error, record)``: ``error`` is None when the broker acknowledged.
+DeliveryCallback = Callable[["KafkaClientError | None", "Record | None"], None]
+Headers = Sequence[tuple[str, bytes]]
+
+
+class KafkaClientError(RuntimeError):
+    """A Kafka operation failed (whatever the backend). ``retriable`` when trying again
+    later may succeed (broker down, leader moving, timeout)."""
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+
+
+class QueueFull(KafkaClientError):
+    """The producer's local queue is full (or the broker's metadata did not arrive
+    within ``max_block_ms``): nothing was queued; back off or answer 503."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retriable=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed (or delivered) Kafka record.
+
+    Examples
+    --------
+    >>> r = Record("clicks", 0, 41, b"u1", b"{}", (), 1_700_000_000_000)
+    >>> (r.topic, r.partition), r.offset + 1
+    (('clicks', 0), 42)
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    timestamp_ms: int | None
+
+    @property
+    def part(self) -> Partition:
+        """``(topic, partition)``."""
+        return (self.topic, self.partition)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerOptions:
+    """What a caller may choose about a consumer; auto-commit is always off.
+
+    Parameters
+    ----------
+    group_id
+        Consumer group (None: no group; only ``assign`` works then).
+    client_id
+        Shown in broker logs and metrics.
+    session_timeout_ms, heartbeat_interval_ms
+        Group liveness: a member silent for the session timeout is removed.
+    max_poll_interval_ms
+        Longest allowed gap between polls before the member leaves the group.
+    auto_offset_reset
+        Where to start a partition without a committed offset.
+    isolation_level
+        ``read_committed`` hides records of open or aborted transactions.
+    max_poll_records
+        Upper bound of records one ``poll`` returns.
+    fetch_max_wait_ms
+        How long the broker may hold a fetch to fill it.
+    """
+
+    group_id: str | None = None
+    client_id: str = "liverec-consumer"
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    max_poll_interval_ms: int = 300_000
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
+    max_poll_records: int = 500
+    fetch_max_wait_ms: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerOptions:
+    """What a caller may choose about a producer; acks=all and idempotence always.
+
+    Parameters
+    ----------
+    client_id
+        Shown in broker logs.
+    max_block_ms
+        Longest a ``send`` may wait (for metadata or queue room) before it raises
+        :class:`QueueFull`; librdkafka never blocks on ``send`` at all.
+    delivery_timeout_ms
+        After this a queued record fails with a delivery error instead of waiting
+        for the broker forever.
+    linger_ms
+        How long records wait to fill a batch (throughput vs latency).
+    queue_max_messages
+        Records held locally (queued or in flight) before ``send`` raises
+        :class:`QueueFull`.
+    compression
+        ``none``, ``gzip``, ``snappy``, ``lz4`` or ``zstd``.
+    """
+
+    client_id: str = "liverec-producer"
+    max_block_ms: int = 1_000
+    delivery_timeout_ms: int = 120_000
+    linger_ms: int = 5
+    queue_max_messages: int = 100_000
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+
+
+@runtime_checkable
+class Consumer(Protocol):
+    """A Kafka consumer with manual, synchronous commits.
+
+    Offsets are *next* offsets (``last handled + 1``). Rebalance callbacks run on
+    the thread that calls :meth:`poll`, and :meth:`commit` works inside
+    ``on_revoke`` with every backend: that is where a member commits what it
+    handled before its partitions move.
+    """
+
+    def subscribe(self, topics: Sequence[str], on_assign: RebalanceCallback | None = None,
+                  on_revoke: RebalanceCallback | None = None) -> None:
+        """Join the group for ``topics``; callbacks get sets of partitions."""
+        ...
+
+    def assign(self, parts: Iterable[Partition]) -> None:
+        """Read exactly these partitions, without a group rebalance."""
+        ...
+
+    def poll(self, max_records: int, timeout_s: float) -> list[Record]:
+        """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first."""
+        ...
+
+    def commit(self, offsets: Mapping[Partition, int]) -> None:
+        """Commit these next-offsets and wait until the broker has them."""
+        ...
+
+    def committed(self, parts: Iterable[Partition], timeout_s: float = 10.0
+                  ) -> dict[Partition, int | None]:
+        """The group's committed next-offset per partition (None: nothing committed)."""
+        ...
+
+    def seek(self, part: Partition, offset: int) -> None:
+        """Read ``part`` from ``offset`` on (it must be assigned)."""
+        ...
+
+    def position(self, part: Partition) -> int | None:
+        """The next offset :meth:`poll` returns for ``part`` (None: not known yet)."""
+        ...
+
+    def assignment(self) -> set[Partition]:
+        """Partitions currently assigned."""
+        ...
+
+    def end_offsets(self, parts: Iterable[Partition], timeout_s: float = 10.0
+                    ) -> dict[Partition, int]:
+        """The next-to-be-written offset of each partition."""
+        ...
+
+    def beginning_offsets(self, parts: Iterable[Partition], timeout_s: float = 10.0
+                          ) -> dict[Partition, int]:
+        """The oldest offset still held of each partition."""
+        ...
+
+    def partitions_for(self, topic: str, timeout_s: float = 10.0) -> set[int]:
+        """Partition numbers of ``topic`` (empty when it does not exist)."""
+        ...
+
+    def close(self) -> None:
+        """Leave the group (without committing) and free the client."""
+        ...
+
+
+@runtime_checkable
+class Producer(Protocol):
+    """An asynchronous, durable producer (acks=all, idempotent)."""
+
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None,
+             headers: Headers | None = None,
+             on_delivery: DeliveryCallback | None = None) -> None:
+        """Queue one record; ``on_delivery`` runs from :meth:`poll` or :meth:`flush`.
+
+        Raises
+        ------
+        QueueFull
+            The local queue is full; nothing was queued.
+        """
+        ...
+
+    def poll(self, timeout_s: float = 0.0) -> int:
+        """Serve delivery callbacks; returns how many ran."""
+        ...
+
+    def flush(self, timeout_s: float = 30.0) -> int:
+        """Wait until everything queued is delivered (or failed); returns how many
+        records are still undelivered when the timeout passes."""
+        ...
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Flush for at most ``timeout_s``, then free the client."""
+        ...
