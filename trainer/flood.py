@@ -89,18 +89,18 @@ class _Windowed:
             return cur * (1.0 - frac)
         return 0.0
 
-    def add(self, key: str, bucket: int) -> None:
+    def add(self, key: str, bucket: int, count: float = 1.0) -> None:
         st = self.state.get(key)
         if st is None:
-            self.state[key] = (bucket, 1.0, 0.0)
+            self.state[key] = (bucket, count, 0.0)
             return
         b, cur, prev = st
         if b == bucket:
-            self.state[key] = (b, cur + 1.0, prev)
+            self.state[key] = (b, cur + count, prev)
         elif b == bucket - 1:
-            self.state[key] = (bucket, 1.0, cur)
+            self.state[key] = (bucket, count, cur)
         else:
-            self.state[key] = (bucket, 1.0, 0.0)
+            self.state[key] = (bucket, count, 0.0)
 
     def prune(self, bucket: int, max_keys: int) -> None:
         """Forget keys with nothing in the window; then the oldest beyond ``max_keys``."""
@@ -147,6 +147,50 @@ class FloodGuard:
         keep = np.ones(n, bool)
         if not self.settings.enabled or n == 0:
             return keep, {}
+        if self._all_pass(users, items, timestamps):
+            return keep, {}
+        return self._admit_each(users, items, timestamps, keep)
+
+    def _all_pass(self, users: Sequence[str], items: Sequence[str], ts: np.ndarray) -> bool:
+        """Admit a whole batch at once when no event can be capped (the common case).
+
+        Within one window bucket every estimate can only shrink as event time moves
+        on, so checking each key's count at the batch's earliest time plus its count
+        in the batch against the caps is conservative: when it passes, the
+        event-by-event decision would have admitted every event too, and the counters
+        end up the same.
+        """
+        s = self.settings
+        w = s.window_s
+        t_lo, t_hi = float(ts.min()), float(ts.max())
+        bucket = math.floor(t_lo / w)
+        if math.floor(t_hi / w) != bucket:
+            return False
+        f_lo, f_hi = t_lo / w - bucket, t_hi / w - bucket
+        user_n = Counter(users)
+        pair_n = Counter(f"{u}\x1f{i}" for u, i in zip(users, items, strict=True))
+        item_n = Counter(items)
+        if any(self._users.estimate(u, bucket, f_lo) + c > s.user_events
+               for u, c in user_n.items()):
+            return False
+        if any(self._pairs.estimate(p, bucket, f_lo) + c > s.pair_events
+               for p, c in pair_n.items()):
+            return False
+        total = self._all.estimate("", bucket, f_hi)
+        for it, c in item_n.items():
+            most = self._items.estimate(it, bucket, f_lo) + c - 1  # before its last event
+            if most >= s.item_min and most >= s.item_share * (total + 1.0):
+                return False
+        for table, counts in ((self._users, user_n), (self._pairs, pair_n),
+                              (self._items, item_n), (self._all, {"": len(users)})):
+            for key, c in counts.items():
+                table.add(key, bucket, c)
+        for table in (self._users, self._pairs, self._items):
+            table.prune(bucket, s.max_keys)
+        return True
+
+    def _admit_each(self, users: Sequence[str], items: Sequence[str], timestamps: np.ndarray,
+                    keep: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
         s = self.settings
         w = s.window_s
         why: Counter[str] = Counter()

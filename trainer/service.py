@@ -237,7 +237,7 @@ class Trainer:
         factory = self._consumer_factory or self._make_consumer
         self.source = BatchSource(
             factory, batch_size=s.batch_size, max_wait_s=s.max_wait_ms / 1000.0,
-            prefetch=s.prefetch_batches, limits=self.kafka.limits(),
+            prefetch=s.prefetch_batches, limits=self.kafka.limits,
             weights=self.kafka.event_weights, on_assign=self._on_assign,
             on_revoke=self._on_revoke, join_timeout_s=s.join_timeout_s,
         )
@@ -295,7 +295,8 @@ class Trainer:
         return MiniBatchConsumer(
             self.kafka, s.group, batch_size=s.batch_size, max_wait_ms=s.max_wait_ms,
             client_id="liverec-trainer", session_timeout_ms=s.session_timeout_ms,
-            heartbeat_interval_ms=max(100, s.session_timeout_ms // 3), **hooks,
+            heartbeat_interval_ms=max(100, s.session_timeout_ms // 3),
+            stop=self.stop_event, **hooks,
         )
 
     def _limit_reached(self, elapsed: float, idle: float) -> bool:

@@ -28,8 +28,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from stream.columns import EventColumns, decode_columns
-from stream.consumer import MiniBatchConsumer, Partition
+from stream.consumer import DeadLetterError, MiniBatchConsumer, Partition
 from stream.events import Limits, Rejected
+from stream.kafka import Record
 
 __all__ = ["BatchSource", "PolledBatch"]
 
@@ -197,7 +198,12 @@ class BatchSource:
                 continue
             self.poll_seconds += t1 - t0
             if records:
-                batch = self._decode(records)
+                try:
+                    batch = self._decode(records)
+                except DeadLetterError:
+                    log.info("stopping while rejects await the dead-letter topic: the batch "
+                             "is not learned and its offsets are not committed")
+                    return
                 self.decode_seconds += time.perf_counter() - t1
                 self._put(batch)
             if time.monotonic() - last_lag >= 1.0:
@@ -207,7 +213,7 @@ class BatchSource:
                 except Exception:
                     log.debug("lag not available", exc_info=True)
 
-    def _decode(self, records: list) -> PolledBatch:
+    def _decode(self, records: list[Record]) -> PolledBatch:
         cols, rejects = decode_columns(
             [r.value for r in records], limits=self.limits, weights=self.weights
         )
@@ -222,7 +228,7 @@ class BatchSource:
         if rejected:
             assert self.consumer is not None
             # Bounded retries inside; a record it cannot write is counted and skipped.
-            self.consumer.dead_letter(rejected, stop=self._stop)
+            self.consumer.dead_letter(rejected)
         return PolledBatch(cols, rejected, offsets, first, len(records))
 
     def _put(self, batch: PolledBatch) -> None:
