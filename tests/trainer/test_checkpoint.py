@@ -1,0 +1,80 @@
+"""Checkpoints: background writes, honest snapshot age, one trainer per location."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from stream.settings import KafkaSettings
+from tests.trainer.test_trainer_unit import _consumed
+from tests.trainer.helpers import synthetic_events
+from trainer import Trainer, TrainerSettings
+from trainer.checkpoint import SnapshotLocationBusy
+
+KAFKA = KafkaSettings(topic="clicks")
+
+
+def _trainer(root: Path) -> Trainer:
+    return Trainer(TrainerSettings(snapshots=root, models="popularity,itemknn",
+                                   metrics_port=-1), KAFKA)
+
+
+def _age(t: Trainer) -> float:
+    value = t.metrics.registry.get_sample_value("liverec_trainer_snapshot_age_seconds")
+    assert value is not None
+    return value
+
+
+def test_background_write_then_commit_offsets(tmp_path: Path) -> None:
+    t = _trainer(tmp_path / "s")
+    events = synthetic_events(600, seed=1)
+    t.handle(_consumed(events[:300], 0))
+    assert t.checkpoint("periodic") is None  # submitted, not waited for
+    t.handle(_consumed(events[300:], 300))  # learning goes on meanwhile
+    t._finish_checkpoint(wait=True)
+    assert t.snapshot_version == 1
+    snap = t.checkpointer.store.load()
+    # The snapshot holds the state as captured, not what was learned afterwards.
+    assert snap.events_total == 300 and snap.offsets == {"clicks": {0: 300}}
+    assert t.checkpoint("shutdown", wait=True).events_total == 600  # type: ignore[union-attr]
+
+
+def test_a_failed_snapshot_does_not_reset_the_age(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    t = _trainer(root)
+    assert _age(t) == -1.0  # nothing written yet
+    t.handle(_consumed(synthetic_events(200, seed=2), 0))
+    assert t.checkpoint("test", wait=True) is not None
+    written_at = t.checkpointer.last_written_wall
+    shutil.rmtree(root)
+    root.write_text("not a directory any more")  # every write now fails
+    t.handle(_consumed(synthetic_events(200, seed=3), 200))
+    time.sleep(0.05)
+    assert t.checkpoint("test", wait=True) is None
+    assert t.metrics.registry.get_sample_value("liverec_trainer_snapshot_errors_total") == 1
+    assert t.checkpointer.last_written_wall == written_at
+    assert _age(t) >= 0.05
+
+
+def test_restart_reads_the_age_of_the_snapshot_on_disk(tmp_path: Path) -> None:
+    t = _trainer(tmp_path / "s")
+    t.handle(_consumed(synthetic_events(100, seed=4), 0))
+    t.checkpoint("test", wait=True)
+    time.sleep(0.05)
+    again = _trainer(tmp_path / "s")
+    assert _age(again) >= 0.05
+
+
+def test_second_trainer_on_one_location_is_refused(tmp_path: Path) -> None:
+    first, second = _trainer(tmp_path / "s"), _trainer(tmp_path / "s")
+    first.checkpointer.acquire(group="a")
+    try:
+        with pytest.raises(SnapshotLocationBusy, match="another trainer"):
+            second.checkpointer.acquire(group="b")
+    finally:
+        first.checkpointer.close()
+    second.checkpointer.acquire(group="b")  # free again once the first let go
+    second.checkpointer.close()
