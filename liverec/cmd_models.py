@@ -7,7 +7,7 @@ commands so that ``liverec --help`` stays fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -62,10 +62,31 @@ def evaluate(
     window: Annotated[
         int, typer.Option("--window", min=1, help="Evaluated events in the rolling HR window.")
     ] = 1000,
+    sample: Annotated[
+        float,
+        typer.Option(
+            "--sample", min=0.0, max=1.0,
+            help="Score a seeded uniform sample of this share of the evaluable events (1: all).",
+        ),
+    ] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of --sample's draws.")] = 0,
+    cold_threshold: Annotated[
+        int,
+        typer.Option("--cold-threshold", min=1,
+                     help="Cold item/user: fewer earlier events than this."),
+    ] = 5,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the JSON report.")] = None,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Write a rolling HR@K PNG.")] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Write a PNG: rolling HR@K and HR@K on cold items/users."),
+    ] = None,
 ) -> None:
-    """Prequential (test-then-train) evaluation of several models side by side, one pass."""
+    """Prequential (test-then-train) evaluation of several models side by side, one pass.
+
+    Every evaluable event is scored by every model (``--sample`` scores a seeded
+    share of them), in batched form: one ``score_many`` per model and batch. A
+    hybrid blends the other listed models instead of learning private copies.
+    """
     import time
 
     import orjson
@@ -73,7 +94,7 @@ def evaluate(
 
     from online_models import registry
     from online_models.datasets import read_interactions, to_batches
-    from online_models.evaluation import PrequentialEvaluator
+    from online_models.evaluation import COLD_SEGMENTS, EvalSample, PrequentialEvaluator
 
     names = registry.parse_models(models)
     t0 = time.perf_counter()
@@ -95,11 +116,14 @@ def evaluate(
         err=True,
     )
 
-    built = {name: registry.create(name) for name in names}
-    score_s = dict.fromkeys(names, 0.0)
-    for name, model in built.items():
-        _time_scoring(model, name, score_s)
-    evaluator = PrequentialEvaluator(built, k=k, rolling_window=window)
+    if not 0.0 < sample <= 1.0:
+        raise typer.BadParameter("--sample must be in (0, 1]")
+    # Bound: a hybrid blends the other listed models; built is in learning order.
+    built = registry.create_models(names)
+    evaluator = PrequentialEvaluator(
+        built, k=k, rolling_window=window, sample=EvalSample(fraction=sample, seed=seed),
+        cold_threshold=cold_threshold,
+    )
     learn_s = dict.fromkeys(names, 0.0)
     curve_x: list[int] = []
     curve: dict[str, list[float]] = {name: [] for name in names}
@@ -128,8 +152,14 @@ def evaluate(
             for metric in ("hr", "ndcg", "mrr", "precision", "coverage", "novelty", "diversity")
         }
         entry["evaluated"] = int(tot["n"])
+        entry["eligible"] = int(tot["n_eligible"])
+        for seg in COLD_SEGMENTS:
+            entry[f"hr@{k}_{seg}"] = tot[f"hr_{seg}"]
+            entry[f"evaluated_{seg}"] = int(tot[f"n_{seg}"])
         entry["learn_events_per_s"] = len(ds) / learn_s[name] if learn_s[name] > 0 else 0.0
-        entry["score_ms_per_event"] = 1e3 * score_s[name] / max(1, int(tot["n"]))
+        entry["score_ms_per_event"] = (
+            1e3 * evaluator.score_seconds[name] / max(1, int(tot["n"]))
+        )
         report_models[name] = entry
     report = {
         "dataset": str(path),
@@ -140,6 +170,8 @@ def evaluate(
         "batch_size": batch_size,
         "k": k,
         "rolling_window": window,
+        "sample": sample,
+        "cold_threshold": cold_threshold,
         "elapsed_s": round(elapsed, 1),
         "models": report_models,
         "rolling_hr": {"events": curve_x, **curve},
@@ -153,34 +185,21 @@ def evaluate(
         )
         typer.echo(f"report: {json_out}")
     if plot is not None:
-        _plot_rolling(curve_x, curve, k, window, f"{path.name} ({len(ds)} events)", plot)
+        _plot_rolling(curve_x, curve, k, window, f"{path.name} ({len(ds)} events)", plot,
+                      report_models, cold_threshold)
         typer.echo(f"plot: {plot}")
-
-
-def _time_scoring(model: Any, name: str, totals: dict[str, float]) -> None:
-    """Accumulate the wall time of ``model.score_all`` calls into ``totals[name]``."""
-    import time
-
-    inner = model.score_all
-
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return inner(*args, **kwargs)
-        finally:
-            totals[name] += time.perf_counter() - t
-
-    # An instance attribute shadows the method, so the evaluator's calls are timed.
-    model.score_all = timed
 
 
 def _summary_table(models: dict[str, dict[str, float]], k: int) -> str:
     cols = ["hr", "ndcg", "mrr", "precision", "coverage", "novelty", "diversity"]
     head = f"{'model':<16}" + "".join(f"{c + '@' + str(k):>14}" for c in cols)
+    cold = [f"hr@{k}_cold_item", f"hr@{k}_cold_user"]
+    head += f"{'cold item':>11}{'cold user':>11}"
     head += f"{'evaluated':>11}{'learn ev/s':>12}{'score ms':>10}"
     lines = [head, "-" * len(head)]
     for name, m in models.items():
         row = f"{name:<16}" + "".join(f"{m[f'{c}@{k}']:>14.4f}" for c in cols)
+        row += "".join(f"{m.get(c, float('nan')):>11.4f}" for c in cold)
         row += f"{int(m['evaluated']):>11}{m['learn_events_per_s']:>12.0f}"
         row += f"{m['score_ms_per_event']:>10.2f}"
         lines.append(row)
@@ -188,14 +207,25 @@ def _summary_table(models: dict[str, dict[str, float]], k: int) -> str:
 
 
 def _plot_rolling(
-    x: list[int], curves: dict[str, list[float]], k: int, window: int, title: str, out: Path
+    x: list[int],
+    curves: dict[str, list[float]],
+    k: int,
+    window: int,
+    title: str,
+    out: Path,
+    models: dict[str, dict[str, float]],
+    cold_threshold: int,
 ) -> None:
+    """Rolling HR@K per model (left) and HR@K overall / cold item / cold user (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
+    fig, (ax, bars) = plt.subplots(
+        1, 2, figsize=(13, 4.5), dpi=100, gridspec_kw={"width_ratios": [2.2, 1]}
+    )
     for name, ys in curves.items():
         ax.plot(x, ys, label=name, linewidth=1.2)
     ax.set_xlabel("events")
@@ -203,6 +233,20 @@ def _plot_rolling(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8, ncol=2)
+
+    names = list(models)
+    segments = [("", "all"), ("_cold_item", f"item < {cold_threshold} events"),
+                ("_cold_user", f"user < {cold_threshold} events")]
+    width = 0.8 / len(segments)
+    pos = np.arange(len(names))
+    for j, (suffix, label) in enumerate(segments):
+        vals = [float(models[n].get(f"hr@{k}{suffix}", float("nan"))) for n in names]
+        bars.bar(pos + (j - 1) * width, np.nan_to_num(vals), width, label=label)
+    bars.set_xticks(pos, names, rotation=30, ha="right", fontsize=8)
+    bars.set_ylabel(f"HR@{k}")
+    bars.set_title("cold start")
+    bars.grid(alpha=0.3, axis="y")
+    bars.legend(fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)

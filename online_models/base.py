@@ -40,8 +40,8 @@ __all__ = [
     "ModelState",
     "OnlineModel",
     "UserHistory",
-    "pack_strings",
     "learning_order",
+    "pack_strings",
     "top_k",
     "unpack_strings",
 ]
@@ -562,6 +562,17 @@ class OnlineModel(ABC):
         out = np.array(scores, dtype=np.float32)  # always a copy: callers may write to it
         if len(self.items) < self.items.capacity:
             out[~self.items.live_mask()] = -np.inf
+        return out
+
+    def _finish_many(
+        self, scores: np.ndarray, popularity: np.ndarray | None = None, tiebreak: float = 0.0
+    ) -> np.ndarray:
+        """:meth:`_finish_scores` of every row of ``scores`` (``score_many``'s result)."""
+        if tiebreak and popularity is not None and len(popularity) and popularity.max() > 0:
+            scores = scores + tiebreak * popularity / popularity.max()
+        out = np.array(scores, dtype=np.float32)
+        if len(self.items) < self.items.capacity:
+            out[:, ~self.items.live_mask()] = -np.inf
         return out
 
     def _similar_from(self, row: int, scores: np.ndarray, k: int) -> list[tuple[str, float]]:

@@ -12,7 +12,7 @@ cannot blow its row up), then clip touched factor rows to ``max_norm``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -178,6 +178,7 @@ class BPR(OnlineModel):
     """
 
     name: ClassVar[str] = "bpr"
+    adaptable: ClassVar[Mapping[str, str]] = {"learning_rate": "learning_rate"}
 
     def __init__(
         self,
@@ -317,6 +318,20 @@ class BPR(OnlineModel):
         if q is not None:
             scores += self._V[:n] @ q
         return scores.astype(np.float32, copy=False)
+
+    def score_many(
+        self, users: Sequence[str], histories: Sequence[Sequence[str]]
+    ) -> np.ndarray:
+        """Biases plus one matrix product ``Q @ V.T`` for every query that has a vector."""
+        if len(users) != len(histories):
+            raise ValueError("score_many needs one history per user")
+        n = self.items.capacity
+        out = np.tile(self._b[:n], (len(users), 1))
+        qs = [self._query_vector(u, h) for u, h in zip(users, histories, strict=True)]
+        have = [(r, q) for r, q in enumerate(qs) if q is not None]
+        if have and n:
+            out[[r for r, _ in have]] += np.stack([q for _, q in have]) @ self._V[:n].T
+        return out.astype(np.float32, copy=False)
 
     def similar(self, item: str, k: int = 10) -> list[tuple[str, float]]:
         row = self.items.get(item)

@@ -35,7 +35,7 @@ their event count since admission (a non-personal popularity).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -178,6 +178,7 @@ class EmbeddingModel(OnlineModel):
     """
 
     name: ClassVar[str] = "embedding"
+    adaptable: ClassVar[Mapping[str, str]] = {"learning_rate": "learning_rate"}
 
     def __init__(
         self,
@@ -419,6 +420,30 @@ class EmbeddingModel(OnlineModel):
                 scores = self._rerank(scores, alive, q)
         scores[~alive] = -np.inf
         return scores
+
+    def score_many(
+        self, users: Sequence[str], histories: Sequence[Sequence[str]]
+    ) -> np.ndarray:
+        """One matrix product for every query with a vector; re-ranked row by row."""
+        if len(users) != len(histories):
+            raise ValueError("score_many needs one history per user")
+        n = self.items.capacity
+        alive = self._it.alive[:n]
+        out = np.empty((len(users), n), np.float32)
+        qs = [self._query_vector(u, h) for u, h in zip(users, histories, strict=True)]
+        have = [r for r, q in enumerate(qs) if q is not None]
+        cold = [r for r, q in enumerate(qs) if q is None]
+        if cold:
+            out[cold] = np.log1p(self._it.count[:n]).astype(np.float32)
+        if have:
+            with torch.no_grad():
+                Q = torch.stack([qs[r] for r in have])  # type: ignore[misc]
+                out[have] = (Q @ self._it.weight[:n].T).numpy()
+            if self._mlp is not None and self.rerank_top > 0:
+                for r in have:
+                    out[r] = self._rerank(out[r], alive, qs[r])  # type: ignore[arg-type]
+        out[:, ~alive] = -np.inf
+        return out
 
     def _rerank(self, scores: np.ndarray, alive: np.ndarray, q: torch.Tensor) -> np.ndarray:
         """Re-order the top retrieval candidates by click probability, kept above the rest."""

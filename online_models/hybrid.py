@@ -9,16 +9,25 @@ a small grid on the simplex (steps of ``1 / grid_steps``).
 The weights are tuned prequentially inside :meth:`Hybrid.learn`: before the
 components learn a batch, ``tune_sample`` evenly spaced events of it are scored by
 every component from the user's recent items (the hybrid's own per-user history,
-moved event by event as in evaluation), every grid blend ranks the true item
-among all items minus the user's history, and an exponential moving average of
-each blend's NDCG@``tune_k`` is updated. The blend with the best average serves.
-Users the hybrid has never seen and who bring no history get the popularity
-component alone.
+moved event by event as in evaluation; all sampled events through one
+``score_many`` per component), every grid blend ranks the true item among all
+items minus the user's history, and an exponential moving average of each blend's
+NDCG@``tune_k`` is updated. The blend with the best average serves. Users the
+hybrid has never seen and who bring no history get the popularity component alone.
+
+**Shared components.** By default the hybrid creates and learns private copies of
+its components. :meth:`Hybrid.bind` (or :func:`online_models.registry.bind`) makes
+it blend models it is *given* instead -- the trainer's own instances, learned by
+the trainer: the hybrid then never learns them, it must learn each batch before
+they do (:func:`~online_models.base.learning_order`), and its snapshot names them
+instead of embedding copies. The recommendations are the same as with private
+copies learned on the same stream.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Self
 
@@ -28,6 +37,8 @@ from online_models import registry
 from online_models.base import Batch, IdIndex, ModelState, OnlineModel, UserHistory
 
 __all__ = ["Hybrid", "weight_grid"]
+
+log = logging.getLogger(__name__)
 
 _NORMALIZATIONS = ("minmax", "max", "rank")
 
@@ -135,13 +146,63 @@ class Hybrid(OnlineModel):
                 ) from exc
 
         self.users = IdIndex()
-        self.items = IdIndex()
+        self._items = IdIndex()
         self.history = UserHistory(max_items=history_items)
         self._grid = weight_grid(len(self.components), grid_steps)
         self._ema = np.zeros(len(self._grid), np.float64)
         self._n_tuned = 0
         self._maps: dict[str, np.ndarray] = {}  # component row -> hybrid row
         self._gens: dict[str, int] = {}
+        self._shared: set[str] = set()  # components bound from outside (not learned here)
+
+    @property
+    def items(self) -> IdIndex:
+        """Union of the components' items; synced on access, as bound components
+        learn outside the hybrid."""
+        self._sync()
+        return self._items
+
+    @items.setter
+    def items(self, value: IdIndex) -> None:
+        self._items = value
+
+    # ------------------------------------------------------------------ sharing
+    def bind(self, models: Mapping[str, OnlineModel]) -> list[str]:
+        """Blend the components found in ``models`` (by component name) instead of copies.
+
+        A component ``c`` is bound when ``models[c]`` exists, is not this hybrid and
+        is the registry model ``c`` names (``"itemknn@short"`` binds to
+        ``models["itemknn@short"]``, an item-kNN). From then on the hybrid reads it
+        and never learns it: whoever owns ``models`` learns it, after this hybrid
+        (:func:`~online_models.base.learning_order`). Components not found stay
+        private. Returns the names bound.
+
+        Raises ``ValueError`` when ``component_params`` sets a hyperparameter of a
+        component to a value the given model does not have.
+        """
+        bound: list[str] = []
+        for c in self.components:
+            other = models.get(c)
+            if other is None or other is self or other.name != c.split("@", 1)[0]:
+                continue
+            wanted = self.component_params.get(c, {})
+            have = other.get_params()
+            clash = {p: v for p, v in wanted.items() if p in have and have[p] != v}
+            if clash:
+                raise ValueError(
+                    f"hybrid component {c!r}: the given model has {have!r}, "
+                    f"component_params ask for {clash!r}"
+                )
+            if self.models.get(c) is not other:
+                self.models[c] = other
+                self._gens[c] = -1  # rebuild its row map from scratch
+            self._shared.add(c)
+            bound.append(c)
+        self._sync()
+        return bound
+
+    def shared_components(self) -> Mapping[str, OnlineModel]:
+        return {c: self.models[c] for c in self.components if c in self._shared}
 
     # ------------------------------------------------------------------ weights
     @property
@@ -159,23 +220,54 @@ class Hybrid(OnlineModel):
             ids = index.ids
             if start == len(ids) and start == len(old):
                 continue
-            new = np.asarray([-1 if k is None else self.items.add(k) for k in ids[start:]],
+            new = np.asarray([-1 if k is None else self._items.add(k) for k in ids[start:]],
                              np.int64)
             self._maps[c] = np.concatenate((old[:start], new))
             self._gens[c] = index.generation
 
-    def _component_matrix(self, user: str, history: Sequence[str]) -> np.ndarray:
-        """Normalised scores, one row per component, columns = hybrid item rows."""
-        cap = self.items.capacity
-        out = np.zeros((len(self.components), cap), np.float64)
+    def _component_rows(
+        self,
+        users: Sequence[str],
+        contexts: Sequence[Sequence[str]],
+        given: Mapping[str, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """Normalised scores ``(n, components, hybrid items)`` of ``n`` queries.
+
+        ``given[c]`` is component ``c``'s ``score_many(users, contexts)`` when the
+        caller already has it (the evaluator scored the component itself).
+        """
+        cap = self._items.capacity
+        n = len(users)
+        out = np.zeros((n, len(self.components), cap), np.float64)
+        if n == 0:
+            return out
         for k, c in enumerate(self.components):
-            s = np.asarray(self.models[c].score_all(user, history), np.float64)
-            rows = self._maps.get(c, np.zeros(0, np.int64))[: len(s)]
-            ok = (rows >= 0) & np.isfinite(s[: len(rows)])
-            vals = s[: len(rows)][ok]
-            if len(vals):
-                out[k, rows[ok]] = self._normalize(vals)
+            pre = given.get(c) if given is not None else None
+            raw = pre if pre is not None else self.models[c].score_many(users, contexts)
+            s = np.asarray(raw, np.float64)
+            rows = self._maps.get(c, np.zeros(0, np.int64))[: s.shape[1]]
+            s = s[:, : len(rows)]
+            mapped = rows >= 0
+            ok = mapped[None, :] & np.isfinite(s)
+            out[:, k, rows[mapped]] = np.where(ok, self._normalize_rows(s, ok), 0.0)[:, mapped]
         return out
+
+    def _normalize_rows(self, s: np.ndarray, ok: np.ndarray) -> np.ndarray:
+        """Row-wise :meth:`_normalize` of the entries where ``ok`` (others: anything)."""
+        if self.normalization == "rank":
+            out = np.zeros_like(s)
+            for r in range(len(s)):
+                if ok[r].any():
+                    out[r, ok[r]] = self._normalize(s[r, ok[r]])
+            return out
+        lo = np.where(ok, s, np.inf).min(axis=1, initial=np.inf)[:, None]
+        hi = np.where(ok, s, -np.inf).max(axis=1, initial=-np.inf)[:, None]
+        live = hi > lo  # a constant (or empty) row says nothing: zeros
+        if self.normalization == "max":
+            lo = np.minimum(lo, 0.0)
+        spread = np.where(live, hi - lo, 1.0)
+        lo = np.where(live, lo, 0.0)
+        return np.where(live, (s - lo) / spread, 0.0)
 
     def _normalize(self, vals: np.ndarray) -> np.ndarray:
         """One component's finite scores mapped to a common scale (higher is better)."""
@@ -203,48 +295,99 @@ class Hybrid(OnlineModel):
 
     # ------------------------------------------------------------------ learning
     def learn(self, batch: Batch) -> None:
+        """Tune the blend on a sample of ``batch``, then learn the private components.
+
+        Bound (shared) components are not learned here: their owner learns them
+        after this call.
+        """
         n = len(batch)
         if n == 0:
             return
         self._sync()
         sample = set(np.linspace(0, n - 1, min(self.tune_sample, n)).round().astype(int).tolist())
+        t_users: list[str] = []
+        t_items: list[int] = []
+        t_hists: list[list[str]] = []
         for pos, (user, item) in enumerate(zip(batch.users, batch.items, strict=True)):
-            hist = self.history.get(user)
-            if pos in sample and hist and item not in hist and item in self.items:
-                self._tune_one(user, item, hist)
+            if pos in sample:
+                hist = self.history.get(user)
+                if hist and item not in hist and item in self._items:
+                    t_users.append(user)
+                    t_items.append(self._items.get(item))
+                    t_hists.append(hist)
             self.history.append(user, item)
+        if t_users:
+            self._tune(t_users, t_hists, np.asarray(t_items, np.int64))
         self.users.add_many(batch.users)
-        for m in self.models.values():
-            m.learn(batch)
+        for c, m in self.models.items():
+            if c not in self._shared:
+                m.learn(batch)
         self._sync()
 
-    def _tune_one(self, user: str, item: str, hist: Sequence[str]) -> None:
-        mat = self._component_matrix(user, hist)
-        blends = self._grid @ mat  # (n_blends, n_items)
-        blends[:, self.items.rows(hist)] = -np.inf
-        truth = self.items.get(item)
-        t = blends[:, truth][:, None]
-        # Pessimistic ties, as in the evaluator.
-        rank = (blends >= t).sum(axis=1)
-        gain = np.where(rank <= self.tune_k, 1.0 / np.log2(rank + 1.0), 0.0)
-        self._ema = self.tune_decay * self._ema + (1.0 - self.tune_decay) * gain
-        self._n_tuned += 1
+    def _tune(self, users: list[str], hists: list[list[str]], truth: np.ndarray) -> None:
+        """Update every blend's NDCG average on the sampled events, in event order."""
+        mats = self._component_rows(users, hists)
+        for r, hist in enumerate(hists):
+            blends = self._grid @ mats[r]  # (n_blends, n_items)
+            blends[:, self._items.rows(hist)] = -np.inf
+            t = blends[:, truth[r]][:, None]
+            # Pessimistic ties, as in the evaluator.
+            rank = (blends >= t).sum(axis=1)
+            gain = np.where(rank <= self.tune_k, 1.0 / np.log2(rank + 1.0), 0.0)
+            self._ema = self.tune_decay * self._ema + (1.0 - self.tune_decay) * gain
+            self._n_tuned += 1
 
     # ------------------------------------------------------------------ scoring
     def score_all(self, user: str, history: Sequence[str] = ()) -> np.ndarray:
-        cap = self.items.capacity
-        if not history and user not in self.users:
+        return self.score_many([user], [history])[0]
+
+    def score_many(
+        self, users: Sequence[str], histories: Sequence[Sequence[str]]
+    ) -> np.ndarray:
+        return self.blend_many(users, histories, {})
+
+    def blend_many(
+        self,
+        users: Sequence[str],
+        histories: Sequence[Sequence[str]],
+        component_scores: Mapping[str, np.ndarray],
+    ) -> np.ndarray:
+        """:meth:`score_many`, reusing ``component_scores[c]`` = ``c.score_many(users, histories)``.
+
+        The evaluator passes the score matrices it just computed for the shared
+        components; components missing from ``component_scores`` are scored here.
+        A given matrix is only used for the rows whose query context is
+        ``histories[r]`` itself (rows with a history).
+        """
+        if len(users) != len(histories):
+            raise ValueError("score_many needs one history per user")
+        self._sync()
+        cap = self._items.capacity
+        n = len(users)
+        out = np.zeros((n, cap), np.float64)
+        cold = np.asarray([not h and u not in self.users for u, h in zip(users, histories,
+                                                                         strict=True)], bool)
+        if cold.any():
             pop = self.models["popularity"]
-            s = np.asarray(pop.score_all(user), np.float64)
-            out = np.zeros(cap, np.float64)
+            s = np.asarray(pop.score_all(""), np.float64)
             rows = self._maps.get("popularity", np.zeros(0, np.int64))[: len(s)]
             ok = rows >= 0
-            out[rows[ok]] = s[: len(rows)][ok]
-        else:
-            context = list(history) if history else self.history.get(user)
+            out[np.ix_(cold, rows[ok])] = s[: len(rows)][ok]
+        warm = np.flatnonzero(~cold).tolist()
+        if warm:
+            direct = all(len(histories[r]) for r in warm)
+            contexts = [list(histories[r]) or self.history.get(users[r]) for r in warm]
+            w_users = [users[r] for r in warm]
+            given = (
+                {c: np.asarray(m)[warm] for c, m in component_scores.items()}
+                if direct and component_scores
+                else None
+            )
+            mats = self._component_rows(w_users, contexts, given)
             w = np.asarray(list(self.weights.values()))
-            out = w @ self._component_matrix(user, context)
-        return self._finish_scores(out)
+            for j, r in enumerate(warm):
+                out[r] = w @ mats[j]
+        return self._finish_many(out)
 
     def similar(self, item: str, k: int = 10) -> list[tuple[str, float]]:
         """Weighted merge of the components' similar items (popularity if none has any)."""
@@ -263,14 +406,23 @@ class Hybrid(OnlineModel):
 
     # ------------------------------------------------------------------ state
     def get_state(self) -> ModelState:
+        """State of the hybrid and its private components; shared ones only by name.
+
+        A hybrid restored from a state with shared components holds fresh
+        placeholders for them until :meth:`bind` gives it the real models (the
+        snapshot loader binds every hybrid to the models of its snapshot).
+        """
+        self._sync()
         arrays: dict[str, np.ndarray] = {
             **self.users.to_arrays("users"),
-            **self.items.to_arrays("items"),
+            **self._items.to_arrays("items"),
             **self.history.to_arrays("history"),
             "ema": self._ema.copy(),
         }
         comp_meta: dict[str, Any] = {}
         for c, m in self.models.items():
+            if c in self._shared:
+                continue
             st = m.get_state()
             comp_meta[c] = st.meta
             arrays.update({f"{c}/{k}": v for k, v in st.arrays.items()})
@@ -279,6 +431,7 @@ class Hybrid(OnlineModel):
             "class": self.name,
             "params": self.get_params(),
             "components": comp_meta,
+            "shared": [c for c in self.components if c in self._shared],
             "n_tuned": self._n_tuned,
         }
         return ModelState(arrays=arrays, meta=meta)
@@ -288,14 +441,21 @@ class Hybrid(OnlineModel):
         a, meta = state.arrays, state.meta
         m = cls(**meta["params"])
         m.users = IdIndex.from_arrays(a, "users")
-        m.items = IdIndex.from_arrays(a, "items")
+        m._items = IdIndex.from_arrays(a, "items")
         m.history = UserHistory.from_arrays(a, "history", max_items=m.history_items)
         m._ema = np.asarray(a["ema"], np.float64).copy()
         m._n_tuned = int(meta["n_tuned"])
+        shared = set(meta.get("shared", ()))
         for c in m.components:
+            if c in shared:
+                # A placeholder until bind(): the real model lives beside the hybrid.
+                m._gens[c] = -1
+                continue
             prefix = f"{c}/"
             sub = {k[len(prefix):]: v for k, v in a.items() if k.startswith(prefix)}
             m.models[c] = registry.from_state(ModelState(arrays=sub, meta=meta["components"][c]))
             m._maps[c] = np.asarray(a[f"map/{c}"], np.int64).copy()
             m._gens[c] = m.models[c].items.generation
+        if shared:
+            log.info("hybrid restored with shared components %s: bind() them", sorted(shared))
         return m

@@ -32,7 +32,7 @@ and float64 per user, never items × items.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -111,8 +111,21 @@ class _PairStore:
 
     def rows(self, rows: np.ndarray, row_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Columns and ``mass × row weight`` of every stored entry in ``rows``."""
+        cols, weights, _ = self.rows_of(rows, row_weights, None)
+        return cols, weights
+
+    def rows_of(
+        self, rows: np.ndarray, row_weights: np.ndarray, owners: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`rows` plus, per entry, ``owners`` of the row it came from.
+
+        Entries come run by run, and within a run in the order of ``rows``: the
+        entries of one owner keep the order they have when its rows are gathered
+        alone, so per-owner sums come out bit for bit the same.
+        """
         cols: list[np.ndarray] = []
         weights: list[np.ndarray] = []
+        owned: list[np.ndarray] = []
         lo_keys = rows.astype(np.int64) << _SHIFT
         hi_keys = (rows.astype(np.int64) + 1) << _SHIFT
         for keys, vals in self.runs:
@@ -127,9 +140,15 @@ class _PairStore:
             idx = starts + np.arange(total)
             cols.append(keys[idx] & _LOW)
             weights.append(vals[idx] * np.repeat(row_weights, lengths))
+            if owners is not None:
+                owned.append(np.repeat(owners, lengths))
         if not cols:
-            return np.zeros(0, np.int64), np.zeros(0, np.float64)
-        return np.concatenate(cols), np.concatenate(weights)
+            return np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.int64)
+        return (
+            np.concatenate(cols),
+            np.concatenate(weights),
+            np.concatenate(owned) if owned else np.zeros(0, np.int64),
+        )
 
 
 class CoOccurrenceModel(OnlineModel):
@@ -140,6 +159,7 @@ class CoOccurrenceModel(OnlineModel):
     """
 
     name: ClassVar[str] = "cooccurrence"
+    adaptable: ClassVar[Mapping[str, str]] = {"half_life_seconds": "half_life"}
     symmetric: ClassVar[bool] = True
 
     def __init__(
@@ -290,6 +310,29 @@ class CoOccurrenceModel(OnlineModel):
         rows, weights = self._query(user, history)
         scores = self._row_scores(rows, weights) if len(rows) else np.zeros(cap)
         return self._finish_scores(scores, self._counts[:cap], self.popularity_tiebreak)
+
+    def score_many(
+        self, users: Sequence[str], histories: Sequence[Sequence[str]]
+    ) -> np.ndarray:
+        """Every query's rows gathered from the pair store at once, summed per query."""
+        if len(users) != len(histories):
+            raise ValueError("score_many needs one history per user")
+        cap = self.items.capacity
+        n = len(users)
+        queries = [self._query(u, h) for u, h in zip(users, histories, strict=True)]
+        lengths = np.fromiter((len(r) for r, _ in queries), np.int64, count=n)
+        scores = np.zeros((n, cap), np.float64)
+        if lengths.sum() and cap:
+            rows = np.concatenate([r for r, _ in queries])
+            weights = np.concatenate([w for _, w in queries])
+            counts = self._counts[:cap]
+            safe = np.where(counts > 0, counts, 1.0)
+            cols, mass, owner = self._pairs.rows_of(
+                rows, weights / safe[rows] ** self.alpha, np.repeat(np.arange(n), lengths)
+            )
+            flat = np.bincount(owner * cap + cols, weights=mass, minlength=n * cap)
+            scores = flat[: n * cap].reshape(n, cap) / safe ** (1.0 - self.alpha)
+        return self._finish_many(scores, self._counts[:cap], self.popularity_tiebreak)
 
     def similar(self, item: str, k: int = 10) -> list[tuple[str, float]]:
         row = self.items.get(item)

@@ -10,7 +10,7 @@ watermark (latest event time), so it does not depend on batch boundaries.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -42,6 +42,7 @@ class Popularity(OnlineModel):
     """
 
     name: ClassVar[str] = "popularity"
+    adaptable: ClassVar[Mapping[str, str]] = {"half_life_seconds": "half_life"}
 
     def __init__(self, half_life_seconds: float | None = 365 * 86_400.0) -> None:
         self.half_life_seconds = half_life_seconds
@@ -90,6 +91,14 @@ class Popularity(OnlineModel):
 
     def score_all(self, user: str, history: Sequence[str] = ()) -> np.ndarray:
         return self._finish_scores(self._decayed())
+
+    def score_many(
+        self, users: Sequence[str], histories: Sequence[Sequence[str]]
+    ) -> np.ndarray:
+        """The one non-personal score vector, once per query."""
+        if len(users) != len(histories):
+            raise ValueError("score_many needs one history per user")
+        return np.tile(self.score_all(""), (len(users), 1))
 
     def similar(self, item: str, k: int = 10) -> list[tuple[str, float]]:
         """The currently most popular items other than ``item``."""

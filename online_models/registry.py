@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from online_models.base import ModelState, OnlineModel
+from online_models.base import ModelState, OnlineModel, learning_order
 
 #: registry name -> "module:Class"
 MODEL_PATHS: dict[str, str] = {
@@ -56,6 +57,38 @@ def create(name: str, **params: Any) -> OnlineModel:
 def from_state(state: ModelState) -> OnlineModel:
     """Rebuild any model from its exported state (dispatch on ``meta['class']``)."""
     return model_class(state.meta["class"]).from_state(state)
+
+
+def bind(models: Mapping[str, OnlineModel]) -> dict[str, OnlineModel]:
+    """Bind every model that blends others (the hybrid) to the models beside it.
+
+    A hybrid component named like a model of ``models`` is shared instead of a
+    private copy: the hybrid reads it and the owner of ``models`` learns it once.
+    Returns the same models in the order they must learn a batch (readers first,
+    :func:`~online_models.base.learning_order`); learn them in that order.
+
+    >>> models = bind({"popularity": create("popularity"), "itemknn": create("itemknn"),
+    ...                "hybrid": create("hybrid", components=["popularity", "itemknn"])})
+    >>> list(models), sorted(models["hybrid"].shared_components())
+    (['hybrid', 'popularity', 'itemknn'], ['itemknn', 'popularity'])
+    """
+    for model in models.values():
+        binder = getattr(model, "bind", None)
+        if callable(binder):
+            binder(models)
+    return {name: models[name] for name in learning_order(models)}
+
+
+def create_models(
+    names: Sequence[str], params: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, OnlineModel]:
+    """Fresh models by registry name (``params[name]``: constructor arguments), bound.
+
+    What the trainer and ``liverec evaluate`` build: a hybrid among ``names``
+    blends the other models of the list instead of learning private copies.
+    """
+    params = params or {}
+    return bind({name: create(name, **params.get(name, {})) for name in names})
 
 
 def parse_models(spec: str) -> list[str]:

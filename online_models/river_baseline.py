@@ -23,7 +23,7 @@ state). River models are rebuilt from arrays, never pickled.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -39,6 +39,7 @@ class _RiverMF(OnlineModel):
     """Shared wrapper: id indexes, negative sampling, latent matrices, state."""
 
     _optimizer_attrs: ClassVar[tuple[str, ...]] = ()
+    adaptable: ClassVar[Mapping[str, str]] = {"learning_rate": "learning_rate"}
 
     def __init__(
         self,
@@ -130,6 +131,41 @@ class _RiverMF(OnlineModel):
         if q is not None:
             scores = scores + V @ q
         return np.asarray(scores, dtype=np.float32)
+
+    def score_many(
+        self, users: Sequence[str], histories: Sequence[Sequence[str]]
+    ) -> np.ndarray:
+        """Item biases once, then one matrix product for the queries with a vector."""
+        if len(users) != len(histories):
+            raise ValueError("score_many needs one history per user")
+        ids = self.items.ids
+        V = self._item_matrix()
+        bias = self._item_bias(ids)  # type: ignore[arg-type]
+        out = np.empty((len(users), len(ids)), np.float64)
+        qs: list[np.ndarray | None] = []
+        for r, (user, history) in enumerate(zip(users, histories, strict=True)):
+            out[r] = bias + self._user_offset(user)
+            q = self.river.u_latents.get(user)
+            if q is None and history:
+                rows = self.items.rows(list(history)[-self.fold_in_items :])
+                rows = rows[rows >= 0]
+                if len(rows):
+                    q = V[rows].mean(axis=0)
+            qs.append(q)
+        have = [r for r, q in enumerate(qs) if q is not None]
+        if have and len(ids):
+            Q = np.stack([np.asarray(qs[r], np.float64) for r in have])
+            out[have] += Q @ V.T
+        return out.astype(np.float32)
+
+    def set_param(self, name: str, value: float) -> None:
+        """Also moves the step size of river's optimisers (built with the old rate)."""
+        super().set_param(name, value)
+        if name == "learning_rate":
+            for attr in self._optimizer_attrs:
+                opt = getattr(self.river, attr, None)
+                if opt is not None and hasattr(opt, "lr"):
+                    opt.lr = float(value)
 
     def similar(self, item: str, k: int = 10) -> list[tuple[str, float]]:
         row = self.items.get(item)

@@ -27,7 +27,7 @@ where mini-batch boundaries fall.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -84,6 +84,10 @@ class SessionKNN(OnlineModel):
     """
 
     name: ClassVar[str] = "sknn"
+    adaptable: ClassVar[Mapping[str, str]] = {
+        "session_half_life_seconds": "half_life",
+        "popularity_half_life_seconds": "half_life",
+    }
 
     def __init__(
         self,

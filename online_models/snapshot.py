@@ -499,6 +499,7 @@ class SnapshotStore:
                     raise SnapshotError(f"snapshot {v}: model file {fname} not listed")
                 state = ModelState(arrays=stn.load(blobs[fname]), meta=meta["state_meta"])
                 models[name] = registry.from_state(state)
+            models = registry.bind(models)  # a hybrid blends the snapshot's own models
         except SnapshotError:
             raise
         except Exception as exc:

@@ -21,7 +21,7 @@ an interaction ``Δt`` seconds old weighs ``0.5 ** (Δt / half_life_seconds)``.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar, Self
 
 import numpy as np
@@ -62,6 +62,7 @@ class UserKNN(OnlineModel):
     """
 
     name: ClassVar[str] = "userknn"
+    adaptable: ClassVar[Mapping[str, str]] = {"half_life_seconds": "half_life"}
 
     def __init__(
         self,

@@ -233,3 +233,62 @@ def test_unfitted_model_answers_without_raising(name: str) -> None:
     assert model.similar("i", K) == []
     vecs = model.item_vectors()
     assert vecs is None or vecs.shape[0] == 0
+
+
+#: models whose score_many must equal score_all bit for bit (no matrix product whose
+#: summation order BLAS may change between a matrix-vector and a matrix-matrix call)
+EXACT_BATCH = {"popularity", "itemknn", "sequence", "sknn", "userknn", "hybrid"}
+
+
+def test_score_many_equals_score_all_for_every_query(
+    name: str, fitted: OnlineModel, small_stream: Dataset
+) -> None:
+    probes = _probe_users(small_stream)
+    users = [*probes, probes[0], "never-seen-user", "never-seen-user"]
+    histories: list[list[str]] = [_history(small_stream, u) for u in probes]
+    # the model's own context (no history), a folded-in stranger, a cold stranger
+    histories += [[], _history(small_stream, probes[1])[-3:], []]
+    many = fitted.score_many(users, histories)
+    assert many.dtype == np.float32
+    assert many.shape == (len(users), fitted.items.capacity)
+    for r, (u, h) in enumerate(zip(users, histories, strict=True)):
+        one = fitted.score_all(u, h)
+        if name in EXACT_BATCH:
+            np.testing.assert_array_equal(many[r], one)
+        else:
+            np.testing.assert_allclose(many[r], one, rtol=1e-5, atol=1e-5)
+    assert fitted.score_many([], []).shape == (0, fitted.items.capacity)
+    with pytest.raises(ValueError):
+        fitted.score_many(["a"], [])
+
+
+def test_adaptable_params_are_declared_and_settable(name: str, fitted: OnlineModel) -> None:
+    from online_models.base import ADAPTABLE_KINDS
+
+    declared = fitted.adaptable_params()
+    assert set(declared.values()) <= set(ADAPTABLE_KINDS)
+    for param, _kind in declared.items():
+        old = getattr(fitted, param)
+        fitted.set_param(param, old * 0.25)
+        assert getattr(fitted, param) == pytest.approx(old * 0.25)
+        assert fitted.score_all(fitted.users.ids[0] or "").shape == (fitted.items.capacity,)
+        fitted.set_param(param, old)
+        assert getattr(fitted, param) == old
+        with pytest.raises(ValueError):
+            fitted.set_param(param, -1.0)
+    with pytest.raises(KeyError):
+        fitted.set_param("no_such_parameter", 1.0)
+    expected = {
+        "popularity": {"half_life_seconds"},
+        "itemknn": {"half_life_seconds"},
+        "sequence": {"half_life_seconds"},
+        "userknn": {"half_life_seconds"},
+        "sknn": {"popularity_half_life_seconds"},  # the session half-life is off (None)
+        "bpr": {"learning_rate"},
+        "embedding": {"learning_rate"},
+        "river-funkmf": {"learning_rate"},
+        "river-biasedmf": {"learning_rate"},
+        "hybrid": set(),  # its components are adapted where they live
+    }
+    if name in expected:
+        assert set(declared) == expected[name]
