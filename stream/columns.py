@@ -83,12 +83,6 @@ class EventColumns:
         )
 
 
-def _fast_id(value: object, max_chars: int) -> bool:
-    return (
-        type(value) is str and 0 < len(value) <= max_chars and value.isprintable()
-    )
-
-
 def _fast_ts(value: object) -> float | None:
     """Epoch seconds of a plain timestamp, or None to leave it to the full path.
 
@@ -153,6 +147,7 @@ def decode_columns(
     tss: list[float] = []
     rejects: list[tuple[int, Rejected]] = []
     loads = orjson.loads
+    fast_keys = _FAST_KEYS
     for i, raw in enumerate(values):
         obj = None
         if raw and len(raw) <= max_bytes:
@@ -160,27 +155,31 @@ def decode_columns(
                 obj = loads(raw)
             except orjson.JSONDecodeError:
                 obj = None
-        if type(obj) is dict and obj.keys() <= _FAST_KEYS:
+        if type(obj) is dict and obj.keys() <= fast_keys:
             schema = obj.get("schema", SCHEMA_VERSION)
             eid, user, item = obj.get("event_id"), obj.get("user_id"), obj.get("item_id")
             etype, session = obj.get("event_type"), obj.get("session_id")
-            ts = _fast_ts(obj.get("timestamp"))
             if (
-                type(schema) is int and schema == SCHEMA_VERSION
-                and _fast_id(eid, max_chars) and _fast_id(user, max_chars)
-                and _fast_id(item, max_chars)
-                and (session is None or _fast_id(session, max_chars))
+                type(eid) is str and type(user) is str and type(item) is str
+                and 0 < len(eid) <= max_chars and 0 < len(user) <= max_chars
+                and 0 < len(item) <= max_chars
+                and eid.isprintable() and user.isprintable() and item.isprintable()
+                and (session is None or (type(session) is str
+                                         and 0 < len(session) <= max_chars
+                                         and session.isprintable()))
+                and type(schema) is int and schema == SCHEMA_VERSION
                 and type(etype) is str and etype in w_of and etype in EVENT_WEIGHTS
-                and ts is not None and lo <= ts <= hi
             ):
-                pos.append(i)
-                eids.append(eid)  # type: ignore[arg-type]
-                users.append(user)  # type: ignore[arg-type]
-                items.append(item)  # type: ignore[arg-type]
-                sessions.append(session)  # type: ignore[arg-type]
-                ws.append(w_of[etype])  # type: ignore[index]
-                tss.append(ts)
-                continue
+                ts = _fast_ts(obj.get("timestamp"))
+                if ts is not None and lo <= ts <= hi:
+                    pos.append(i)
+                    eids.append(eid)
+                    users.append(user)
+                    items.append(item)
+                    sessions.append(session)
+                    ws.append(w_of[etype])
+                    tss.append(ts)
+                    continue
         # The full path: exactly stream.events' verdict.
         if obj is not None and raw is not None:
             full = validate_dict(obj, now=now_s, limits=limits, raw=bytes(raw))
