@@ -21,12 +21,13 @@ N_DUPLICATES = 500
 
 def _produce_bad(bootstrap: str, topic: str, copies: int) -> None:
     producer = make_producer(bootstrap)
+    errors: list[object] = []
     try:
-        futures = [producer.send(topic, key=b"bad", value=raw)
-                   for _ in range(copies) for raw, _ in BAD_MESSAGES]
-        producer.flush()
-        for f in futures:
-            f.get(timeout=30)
+        for _ in range(copies):
+            for raw, _ in BAD_MESSAGES:
+                producer.send(topic, key=b"bad", value=raw,
+                              on_delivery=lambda err, rec: errors.append(err) if err else None)
+        assert producer.flush(30) == 0 and not errors, errors
     finally:
         producer.close()
 
