@@ -36,7 +36,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -490,6 +490,16 @@ class PrequentialEvaluator:
         # Per model: model row -> catalog row, and the model's IdIndex generation.
         self._m2e: dict[str, np.ndarray] = {n: np.zeros(0, np.int64) for n in self.models}
         self._gen: dict[str, int] = dict.fromkeys(self.models, -1)
+
+    def set_budget(self, max_per_s: float | None) -> None:
+        """Change the sample's budget of scored events per second of wall time.
+
+        The trainer's CPU governor calls this as the cost of scoring changes; the
+        per-event draws (and so the seeded sample's independence of batch
+        boundaries) are unaffected.
+        """
+        self.sample = replace(self.sample, max_per_s=max_per_s)
+        self._sampler.spec = self.sample
 
     # ------------------------------------------------------------------ stream state
     @property

@@ -92,7 +92,7 @@ def _fast_ts(value: object) -> float | None:
     """
     t = type(value)
     if t is str:
-        text = value.strip()  # type: ignore[union-attr]
+        text = value.strip()  # type: ignore[attr-defined]
         try:
             seconds = float(text)
         except ValueError:

@@ -20,15 +20,21 @@ import logging
 import os
 import socket
 import time
-from datetime import datetime
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import IO
 
 import orjson
 
-from online_models.snapshot import CapturedState, Snapshot, SnapshotError, SnapshotInfo, SnapshotStore
+from online_models.snapshot import (
+    CapturedState,
+    Snapshot,
+    SnapshotError,
+    SnapshotInfo,
+    SnapshotStore,
+)
 from stream.consumer import Partition
 from trainer.metrics import TrainerMetrics
 

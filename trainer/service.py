@@ -1,4 +1,4 @@
-"""The trainer service loop: poll -> de-duplicate -> evaluate a sample -> learn -> snapshot -> commit.
+"""The trainer service loop: poll, de-duplicate, evaluate a sample, learn, snapshot, commit.
 
 :class:`Trainer` is one consumer-group member of the click topic. A
 :class:`~trainer.source.BatchSource` thread polls and decodes mini-batches into
@@ -139,6 +139,8 @@ class Trainer:
                               max_per_s=settings.eval_budget_per_s or None,
                               seed=settings.eval_seed),
         )
+        #: seconds of scoring per scored event (all models), an EWMA: the governor's input
+        self._eval_cost: float | None = None
 
     # ------------------------------------------------------------------ restore
 
@@ -372,10 +374,28 @@ class Trainer:
         self.offsets.update(polled.offsets)
         return n
 
+    def _govern(self, scored: int, seconds: float) -> None:
+        """Keep scoring near ``eval_cpu_share`` of wall time (unless a fixed budget is set).
+
+        The budget is ``eval_cpu_share / cost`` scored events per second, where
+        ``cost`` is the recent scoring time per scored event, and at least
+        ``eval_min_per_minute / 60``: a dashboard always has evidence to show, even
+        when that costs more than the share.
+        """
+        s = self.settings
+        if s.eval_budget_per_s or scored == 0:
+            return
+        cost = seconds / scored
+        self._eval_cost = cost if self._eval_cost is None else \
+            0.8 * self._eval_cost + 0.2 * cost
+        floor = s.eval_min_per_minute / 60.0
+        self.evaluator.set_budget(max(floor, s.eval_cpu_share / self._eval_cost, 1e-3))
+
     def _evaluate(self, batch: Batch) -> None:
         """Evaluate the batch's sample (the history moves for every event)."""
         m = self.metrics
         t0 = time.perf_counter()
+        scoring_before = sum(self.evaluator.score_seconds.values())
         try:
             outcome = self.evaluator.process(batch, learn=False)
         except Exception:
@@ -383,7 +403,10 @@ class Trainer:
             log.exception("prequential evaluation failed on a batch (it is still learned)")
             self.history.extend(batch.users, batch.items)
             return
-        m.evaluate_duration.observe(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - t0
+        m.evaluate_duration.observe(elapsed)
+        self._govern(outcome.n_evaluated,
+                     sum(self.evaluator.score_seconds.values()) - scoring_before)
         times = batch.timestamps[outcome.positions]
         for name, out in outcome.models.items():
             m.evaluated.labels(model=name).inc(len(out.hits))

@@ -1,4 +1,4 @@
-"""Settings of ``liverec train`` (the Kafka side lives in :class:`stream.settings.KafkaSettings`)."""
+"""Settings of ``liverec train`` (the Kafka side: :class:`stream.settings.KafkaSettings`)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class TrainerSettings(BaseSettings):
     --------
     >>> s = TrainerSettings(models="popularity,itemknn")
     >>> s.model_names(), s.batch_size, s.drift_adapt, s.eval_sample
-    (['popularity', 'itemknn'], 256, True, 0.1)
+    (['popularity', 'itemknn'], 256, True, 1.0)
     """
 
     model_config = SettingsConfigDict(env_prefix="LIVEREC_", extra="ignore")
@@ -44,10 +44,14 @@ class TrainerSettings(BaseSettings):
     metrics_addr: str = "0.0.0.0"
     k: int = Field(default=10, ge=1)
     rolling_window: int = Field(default=1000, ge=1)
-    #: prequential evaluation sample: a fraction of the evaluable events in (0, 1]
-    eval_sample: float = Field(default=0.1, gt=0, le=1)
-    #: ... and at most this many evaluated events per second per model (0: no cap)
-    eval_budget_per_s: float = Field(default=200.0, ge=0)
+    #: prequential evaluation sample: a fraction of the evaluable events in (0, 1] ...
+    eval_sample: float = Field(default=1.0, gt=0, le=1)
+    #: ... scored at most this many per second (0: governed by ``eval_cpu_share``)
+    eval_budget_per_s: float = Field(default=0.0, ge=0)
+    #: the governor's target: the share of wall time spent scoring the sample ...
+    eval_cpu_share: float = Field(default=0.1, gt=0, le=1)
+    #: ... but never fewer than this many scored events per minute (when there are)
+    eval_min_per_minute: float = Field(default=1000.0, ge=0)
     eval_seed: int = 0
     history_items: int = Field(default=200, ge=1)
     dedup_window_s: float = Field(default=86_400.0, gt=0)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from stream.settings import KafkaSettings
-from tests.trainer.test_trainer_unit import _consumed
 from tests.trainer.helpers import synthetic_events
+from tests.trainer.test_trainer_unit import _consumed
 from trainer import Trainer, TrainerSettings
 from trainer.checkpoint import SnapshotLocationBusy
 

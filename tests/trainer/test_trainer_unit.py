@@ -14,9 +14,9 @@ from online_models.base import Batch
 from stream.columns import decode_columns
 from stream.events import ClickEvent, Rejected, encode
 from stream.settings import KafkaSettings
+from tests.trainer.helpers import synthetic_events
 from trainer import DedupWindow, Trainer, TrainerSettings
 from trainer.source import PolledBatch
-from tests.trainer.helpers import synthetic_events
 
 KAFKA = KafkaSettings(topic="clicks")
 
