@@ -55,8 +55,11 @@ def train(
         help="prequential evaluation: the fraction of evaluable events scored, seeded "
              "(1 = all) [LIVEREC_EVAL_SAMPLE]")] = None,
     eval_budget_per_s: Annotated[float | None, typer.Option(
-        help="... and at most this many evaluated events per second per model (0 = no cap) "
-             "[LIVEREC_EVAL_BUDGET_PER_S]")] = None,
+        help="... at most this many scored events per second (0 = automatic: see "
+             "--eval-cpu-share) [LIVEREC_EVAL_BUDGET_PER_S]")] = None,
+    eval_cpu_share: Annotated[float | None, typer.Option(
+        help="automatic budget: the share of wall time spent scoring, but at least 1000 "
+             "scored events a minute [LIVEREC_EVAL_CPU_SHARE]")] = None,
     prefetch_batches: Annotated[int | None, typer.Option(
         help="decoded batches polled ahead of learning [LIVEREC_PREFETCH_BATCHES]")] = None,
     session_timeout_ms: Annotated[int | None, typer.Option(
@@ -93,6 +96,7 @@ def train(
             "until_events_total": until_events_total, "max_seconds": max_seconds,
             "idle_exit_s": idle_exit_s, "status_every_s": status_every_s,
             "eval_sample": eval_sample, "eval_budget_per_s": eval_budget_per_s,
+            "eval_cpu_share": eval_cpu_share,
             "prefetch_batches": prefetch_batches, "session_timeout_ms": session_timeout_ms,
         }.items()
         if v is not None
