@@ -111,6 +111,10 @@ def train(
             if v is not None})
     except (ValidationError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from exc
+    if not kafka.bootstrap:
+        from liverec.cmd_stream import _local_bootstrap
+
+        kafka = kafka.with_bootstrap(_local_bootstrap())
 
     metrics = TrainerMetrics(settings.model_names(), kafka.topic)
     server = None
