@@ -393,7 +393,7 @@ def freshness(root: Path, clicks: int, tmp: Path) -> dict[str, Any]:
 
     from stream.broker import resolve_bootstrap
     from stream.events import ClickEvent, encode, event_key
-    from stream.kafka import create_topics, make_producer
+    from stream.kafka import create_topics, deliver, make_producer
     from stream.trainer import TrainerSettings
 
     kafka = resolve_bootstrap(tmp / "kafka")
@@ -411,7 +411,7 @@ def freshness(root: Path, clicks: int, tmp: Path) -> dict[str, Any]:
                 user, item = f"fresh-u{c}-{uuid.uuid4().hex[:4]}", f"fresh-i{c}"
                 ev = ClickEvent(f"f{c}-{uuid.uuid4().hex}", user, item, "click", datetime.now(UTC))
                 t0 = time.perf_counter()
-                producer.send(topic, key=event_key(ev), value=encode(ev)).get(timeout=30)
+                deliver(producer, topic, encode(ev), event_key(ev))
                 while time.perf_counter() - t0 < 30:
                     body = httpx.get(f"{server.base}/v1/users/{user}", timeout=5).json()
                     if item in body["live_items"]:

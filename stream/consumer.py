@@ -215,6 +215,10 @@ class MiniBatchConsumer:
         self._pending: list[tuple[Partition, int, ClickEvent | Rejected | None]] = []
         self._producer: Producer | None = None
         self._closed = False
+        # Next offset after the last record handed out, per partition, and where to
+        # resume partitions that a rebalance revokes and gives back.
+        self._handed_out: dict[Partition, int] = {}
+        self._resume: dict[Partition, int] = {}
         self._client = make_consumer(settings, ConsumerOptions(
             group_id=group_id,
             client_id=client_id,
@@ -235,14 +239,31 @@ class MiniBatchConsumer:
                 self.on_revoke(parts)
             except Exception:
                 log.exception("on_revoke hook failed for %s", sorted(parts))
+        # Where this member stopped in each revoked partition: if the same rebalance
+        # gives a partition back, reading continues there (librdkafka would restart at
+        # the committed offset and kafka-python at its fetch position, past records
+        # dropped below; the two clients behave the same this way).
+        self._resume = {p: off for p, off in self._handed_out.items() if p in parts}
         dropped = [p for p in self._pending if p[0] in parts]
         if dropped:
-            log.info("dropping %d polled records of revoked partitions (the next owner "
-                     "resumes from the last commit)", len(dropped))
+            for part, offset, item in dropped:
+                self._resume[part] = min(offset, self._resume.get(part, offset))
+                if isinstance(item, ClickEvent):
+                    self._recent.pop(item.event_id, None)  # it will be read again
+            log.info("dropping %d polled records of revoked partitions (read again from "
+                     "the last commit, or from here if they come back)", len(dropped))
             self._pending = [p for p in self._pending if p[0] not in parts]
+        for part in parts:
+            self._handed_out.pop(part, None)
 
     def _assigned(self, parts: set[Partition]) -> None:
         log.info("assigned %s", sorted(parts))
+        resume, self._resume = self._resume, {}
+        for part in parts & resume.keys():
+            try:
+                self._client.seek(part, resume[part])
+            except KafkaClientError:
+                log.warning("could not resume %s at %d", part, resume[part], exc_info=True)
         if self.on_assign is not None and parts:
             try:
                 self.on_assign(parts)
@@ -308,6 +329,7 @@ class MiniBatchConsumer:
             except DeadLetterError:
                 self._rewind(batch)
                 raise
+        self._handed_out.update(batch.offsets)
         self.events_total += len(batch.events)
         self.duplicates_total += batch.duplicates
         for rej, *_ in batch.rejected:
@@ -341,6 +363,9 @@ class MiniBatchConsumer:
             todo = [todo[i] for i in failed_idx]
             if not todo:
                 return written
+            # A fresh producer for the next attempt: some failures (kafka-python's
+            # "too large" with idempotence) leave a producer unusable.
+            self._close_producer()
             if attempt == self.dlq_attempts:
                 break
             log.warning("%d dead-letter writes failed (attempt %d of %d); retrying in "
@@ -421,6 +446,7 @@ class MiniBatchConsumer:
         for part, offset in offsets.items():
             if part in assigned:
                 self._client.seek(part, offset)
+                self._handed_out[part] = offset
             else:
                 log.debug("not seeking unassigned partition %s", part)
         self._pending = [p for p in self._pending if p[0] not in offsets]
@@ -506,9 +532,13 @@ class MiniBatchConsumer:
         self._closed = True
         with contextlib.suppress(Exception):
             self._client.close()
-        if self._producer is not None:
+        self._close_producer()
+
+    def _close_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
             with contextlib.suppress(Exception):
-                self._producer.close(10.0)
+                producer.close(10.0)
 
     def __enter__(self) -> MiniBatchConsumer:
         return self

@@ -12,8 +12,12 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from stream.settings import KafkaSettings
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -29,6 +33,15 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield kafka.bootstrap
     finally:
         kafka.close()
+
+
+@pytest.fixture(params=["confluent", "kafka-python"])
+def kafka_settings(request: pytest.FixtureRequest, kafka_bootstrap: str) -> KafkaSettings:
+    """:class:`~stream.settings.KafkaSettings` for the session's cluster, once per Kafka
+    client backend: a test using it runs against librdkafka and kafka-python."""
+    from stream.settings import KafkaSettings
+
+    return KafkaSettings(bootstrap=kafka_bootstrap, client=request.param)
 
 
 @pytest.fixture

@@ -130,6 +130,9 @@ class ProducerOptions:
         :class:`QueueFull`.
     compression
         ``none``, ``gzip``, ``snappy``, ``lz4`` or ``zstd``.
+    max_request_bytes
+        Largest request the client sends (a record bigger than this fails locally);
+        the default matches the broker's default ``message.max.bytes``.
     """
 
     client_id: str = "liverec-producer"
@@ -138,6 +141,7 @@ class ProducerOptions:
     linger_ms: int = 5
     queue_max_messages: int = 100_000
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+    max_request_bytes: int = 1_048_588
 
 
 @runtime_checkable

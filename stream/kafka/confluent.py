@@ -293,6 +293,7 @@ class ConfluentProducer:
             "delivery.timeout.ms": options.delivery_timeout_ms,
             "queue.buffering.max.messages": options.queue_max_messages,
             "compression.type": options.compression,
+            "message.max.bytes": options.max_request_bytes,
         })
         try:
             self._p = ck.Producer(conf)

@@ -73,8 +73,8 @@ def security_config(settings: KafkaSettings) -> dict[str, Any]:
 
 def _wrap(exc: Exception, what: str) -> KafkaClientError:
     retriable = isinstance(exc, kerr.KafkaError) and bool(getattr(exc, "retriable", False))
-    retriable = retriable or isinstance(exc, (kerr.KafkaTimeoutError, kerr.NoBrokersAvailable,
-                                              kerr.KafkaConnectionError, OSError))
+    retriable = retriable or isinstance(exc, (kerr.KafkaTimeoutError, kerr.KafkaConnectionError,
+                                              OSError))
     return KafkaClientError(f"{what}: {exc}", retriable=retriable)
 
 
@@ -277,7 +277,9 @@ class KafkaPythonProducer:
     """:class:`stream.kafka.base.Producer` on kafka-python.
 
     Delivery callbacks are queued by the sender thread and run from :meth:`poll` and
-    :meth:`flush` on the caller's thread, as librdkafka does.
+    :meth:`flush` on the caller's thread, as librdkafka does. kafka-python treats a
+    record the broker refuses as too large as fatal for an idempotent producer:
+    every later send fails, so make a new producer after such an error.
     """
 
     def __init__(self, settings: KafkaSettings, options: ProducerOptions) -> None:
@@ -291,8 +293,11 @@ class KafkaPythonProducer:
                 linger_ms=options.linger_ms,
                 batch_size=64 * 1024,
                 delivery_timeout_ms=options.delivery_timeout_ms,
-                request_timeout_ms=min(30_000, options.delivery_timeout_ms),
+                # kafka-python wants delivery > linger + request timeout.
+                request_timeout_ms=max(1, min(30_000, (options.delivery_timeout_ms
+                                                       - options.linger_ms) // 2)),
                 max_block_ms=options.max_block_ms,
+                max_request_size=options.max_request_bytes,
                 compression_type=None if options.compression == "none"
                 else options.compression,
                 **security_config(settings),

@@ -89,7 +89,7 @@ def test_dashboard_renders_live_charts(
     with httpx.Client(base_url=base, timeout=10) as http:
         for i in range(60):
             ev = ClickEvent(f"e{i}", f"u{i % 7:06d}", f"i{i % 30:06d}", "click", datetime.now(UTC))
-            producer.send(topic, key=event_key(ev), value=encode(ev))
+            producer.send(topic, encode(ev), key=event_key(ev))
             http.get("/v1/recommendations", params={"user_id": f"u{i % 9:06d}"})
             time.sleep(0.03)
         producer.flush()

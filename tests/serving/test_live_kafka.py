@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from online_models.snapshot import SnapshotStore
 from serving.app import create_app
 from stream.events import ClickEvent, encode, event_key
-from stream.kafka import make_producer
+from stream.kafka import deliver, make_producer
 from tests.serving.conftest import Trained, settings_for
 
 pytestmark = pytest.mark.kafka
@@ -49,7 +49,7 @@ def test_click_on_topic_is_excluded_from_next_recommendation(
         target = top_item()
         producer = make_producer(kafka_bootstrap)
         ev = ClickEvent("e-live-1", user, target, "click", datetime.now(UTC))
-        producer.send(topic, key=event_key(ev), value=encode(ev)).get(timeout=30)
+        deliver(producer, topic, encode(ev), event_key(ev))
         producer.close()
         assert _poll(lambda: target != top_item()), "click never reached the live context"
         assert target in client.get(f"/v1/users/{user}").json()["live_items"]

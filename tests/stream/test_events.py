@@ -20,7 +20,7 @@ from stream.events import (
     event_key,
     validate_dict,
 )
-from stream.settings import StreamSettings
+from stream.settings import KafkaSettings
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
 
@@ -96,7 +96,7 @@ def test_rejects_carry_reason_and_raw_bytes(raw: bytes | None, reason: str) -> N
 
 
 def test_limits_come_from_settings() -> None:
-    limits = Limits.from_settings(StreamSettings(max_id_chars=4))
+    limits = Limits.from_settings(KafkaSettings(max_id_chars=4))
     assert isinstance(validate_dict(valid(user_id="abcd"), now=NOW, limits=limits), ClickEvent)
     rej = validate_dict(valid(user_id="abcde"), now=NOW, limits=limits)
     assert isinstance(rej, Rejected) and rej.reason == "bad_id"
@@ -105,10 +105,10 @@ def test_limits_come_from_settings() -> None:
 def test_settings_reject_incomplete_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LIVEREC_EVENT_WEIGHTS", '{"view": 1}')
     with pytest.raises(ValueError, match="event_weights"):
-        StreamSettings()
+        KafkaSettings()
     monkeypatch.setenv("LIVEREC_EVENT_WEIGHTS",
                        '{"view": 1, "click": 1, "add_to_cart": 1, "purchase": 9}')
-    assert StreamSettings().event_weights["purchase"] == 9
+    assert KafkaSettings().event_weights["purchase"] == 9
 
 
 def test_generated_event_id_only_on_request() -> None:

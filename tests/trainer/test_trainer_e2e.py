@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from online_models.snapshot import SnapshotError, SnapshotStore
-from stream.kafka import make_producer
+from stream.kafka import make_producer, send_all
 from stream.replay import produce_events
 from tests.trainer.helpers import BAD_MESSAGES, TrainerProcess, scrape, synthetic_events, wait_for
 
@@ -21,13 +21,9 @@ N_DUPLICATES = 500
 
 def _produce_bad(bootstrap: str, topic: str, copies: int) -> None:
     producer = make_producer(bootstrap)
-    errors: list[object] = []
     try:
-        for _ in range(copies):
-            for raw, _ in BAD_MESSAGES:
-                producer.send(topic, key=b"bad", value=raw,
-                              on_delivery=lambda err, rec: errors.append(err) if err else None)
-        assert producer.flush(30) == 0 and not errors, errors
+        send_all(producer, topic, [(b"bad", raw) for _ in range(copies)
+                                   for raw, _ in BAD_MESSAGES])
     finally:
         producer.close()
 
