@@ -189,8 +189,19 @@ class IdIndex:
         return self._find(key)
 
     def rows(self, keys: Iterable[str]) -> np.ndarray:
-        """Rows of ``keys`` (-1 for unknown ones) as an int64 array."""
-        return np.fromiter(map(self._find, keys), dtype=np.int64)
+        """Rows of ``keys`` (-1 for unknown ones) as an int64 array.
+
+        Each distinct key is looked up once: long lists with repeats (a batch's
+        histories laid end to end) cost a dict pass per key, not a probe.
+        """
+        keys = keys if isinstance(keys, list | tuple) else list(keys)
+        if len(keys) <= 32:
+            return np.fromiter(map(self._find, keys), dtype=np.int64, count=len(keys))
+        memo = dict.fromkeys(keys)
+        if 2 * len(memo) > len(keys):
+            return np.fromiter(map(self._find, keys), dtype=np.int64, count=len(keys))
+        memo = dict(zip(memo, map(self._find, memo), strict=True))
+        return np.fromiter(map(memo.__getitem__, keys), dtype=np.int64, count=len(keys))
 
     def _insert(self, key: str, row: int) -> None:
         """Put ``key`` (known to be absent) -> ``row`` in the first free slot of its chain."""

@@ -154,6 +154,7 @@ class Hybrid(OnlineModel):
         self._maps: dict[str, np.ndarray] = {}  # component row -> hybrid row
         self._gens: dict[str, int] = {}
         self._shared: set[str] = set()  # components bound from outside (not learned here)
+        self._identity: dict[str, bool] = {}  # component rows == hybrid rows
 
     @property
     def items(self) -> IdIndex:
@@ -224,6 +225,8 @@ class Hybrid(OnlineModel):
                              np.int64)
             self._maps[c] = np.concatenate((old[:start], new))
             self._gens[c] = index.generation
+            full = self._maps[c]
+            self._identity[c] = bool(np.array_equal(full, np.arange(len(full))))
 
     def _component_rows(
         self,
@@ -249,7 +252,11 @@ class Hybrid(OnlineModel):
             s = s[:, : len(rows)]
             mapped = rows >= 0
             ok = mapped[None, :] & np.isfinite(s)
-            out[:, k, rows[mapped]] = np.where(ok, self._normalize_rows(s, ok), 0.0)[:, mapped]
+            norm = np.where(ok, self._normalize_rows(s, ok), 0.0)
+            if self._identity.get(c, False) and len(rows) <= cap:
+                out[:, k, : len(rows)] = norm  # same row order as the hybrid: no scatter
+            else:
+                out[:, k, rows[mapped]] = norm[:, mapped]
         return out
 
     def _normalize_rows(self, s: np.ndarray, ok: np.ndarray) -> np.ndarray:
@@ -456,6 +463,7 @@ class Hybrid(OnlineModel):
             m.models[c] = registry.from_state(ModelState(arrays=sub, meta=meta["components"][c]))
             m._maps[c] = np.asarray(a[f"map/{c}"], np.int64).copy()
             m._gens[c] = m.models[c].items.generation
+            m._identity[c] = bool(np.array_equal(m._maps[c], np.arange(len(m._maps[c]))))
         if shared:
             log.info("hybrid restored with shared components %s: bind() them", sorted(shared))
         return m
