@@ -575,6 +575,17 @@ class OnlineModel(ABC):
             out[~self.items.live_mask()] = -np.inf
         return out
 
+    def _tail_rows(self, histories: Sequence[Sequence[str]], n_last: int) -> list[np.ndarray]:
+        """Item rows (-1: unknown) of the last ``n_last`` items of every history.
+
+        One :meth:`IdIndex.rows` call for all of them, so an item shared by many
+        queries (a user's consecutive events) is looked up once.
+        """
+        tails = [list(h)[-n_last:] if n_last > 0 else [] for h in histories]
+        flat = self.items.rows([i for t in tails for i in t])
+        cuts = np.cumsum([len(t) for t in tails])[:-1]
+        return np.split(flat, cuts) if len(tails) else []
+
     def _finish_many(
         self, scores: np.ndarray, popularity: np.ndarray | None = None, tiebreak: float = 0.0
     ) -> np.ndarray:

@@ -216,11 +216,18 @@ class SessionKNN(OnlineModel):
             self._item_ptr[i] += 1
 
     # ------------------------------------------------------------------ scoring
-    def _query(self, user: str, history: Sequence[str]) -> tuple[int, np.ndarray, np.ndarray]:
-        """The user's row (-1 if unknown), query item rows and their recency weights."""
+    def _query(
+        self, user: str, history: Sequence[str], tail: np.ndarray | None = None
+    ) -> tuple[int, np.ndarray, np.ndarray]:
+        """The user's row (-1 if unknown), query item rows and their recency weights.
+
+        ``tail``: the rows of ``history``'s last ``query_items`` items, if looked up.
+        """
         u = self.users.get(user)
         if history:
-            rows = self.items.rows(list(history)[-self.query_items :])
+            rows = tail if tail is not None else self.items.rows(
+                list(history)[-self.query_items :]
+            )
         elif 0 <= u < len(self._cur) and self._cur[u] >= 0:
             slot = int(self._cur[u]) % self.max_sessions
             if self._sess_id[slot] != self._cur[u]:
@@ -276,7 +283,9 @@ class SessionKNN(OnlineModel):
         dist = np.where(shared[:, None, :], np.abs(offset), L + 1)  # (n, L, L)
         nearest = dist.argmin(axis=2)  # (n, L): q of the nearest shared item
         d = np.take_along_axis(dist, nearest[:, :, None], axis=2)[:, :, 0]
-        vote = sim[:, None] * self.position_decay ** np.maximum(d - 1, 0).astype(np.float64)
+        # position_decay ** k from a table: the same np.power values, without a pow each.
+        powers = self.position_decay ** np.arange(L + 1).astype(np.float64)
+        vote = sim[:, None] * powers[np.maximum(d - 1, 0)]
         if self.before_factor != 1.0:
             vote = np.where(pos[None, :] < nearest, vote * self.before_factor, vote)
         use = (items >= 0) & ~shared
@@ -296,7 +305,8 @@ class SessionKNN(OnlineModel):
         if len(users) != len(histories):
             raise ValueError("score_many needs one history per user")
         cap = self.items.capacity
-        queries = [self._query(u, h) for u, h in zip(users, histories, strict=True)]
+        tails = self._tail_rows(histories, self.query_items)
+        queries = [self._query(u, h, t) for u, h, t in zip(users, histories, tails, strict=True)]
         scores = self._votes_many(queries, cap)
         return self._finish_many(scores, self._pop[:cap], self.popularity_tiebreak)
 
@@ -331,14 +341,12 @@ class SessionKNN(OnlineModel):
         if not ok.any():
             return out
         sid, sw, so = cand[ok], cw[ok], c_owner[ok]
-        order = np.lexsort((sid, so))  # by owner, then session id (stable)
-        s_sid, s_owner = sid[order], so[order]
-        new = np.concatenate(([True], (s_sid[1:] != s_sid[:-1]) | (s_owner[1:] != s_owner[:-1])))
-        group = np.cumsum(new) - 1
-        inv = np.empty(len(order), np.int64)
-        inv[order] = group
-        sim = np.bincount(inv, weights=sw).astype(np.float64)  # summed in query order
-        g_sid, g_owner = s_sid[new], s_owner[new]
+        # Groups (owner, session id), sorted by owner then session id as np.unique
+        # sorts one query's; bincount sums each group in query order.
+        shift = np.int64(max(1, int(sid.max()) + 1).bit_length())
+        g_keys, inv = np.unique((so << shift) | sid, return_inverse=True)
+        sim = np.bincount(inv.ravel(), weights=sw).astype(np.float64)
+        g_sid, g_owner = g_keys & ((np.int64(1) << shift) - 1), g_keys >> shift
         g_slots = g_sid % M
         if self.length_power:
             sim = sim / self._sess_len[g_slots].astype(np.float64) ** self.length_power
@@ -361,7 +369,12 @@ class SessionKNN(OnlineModel):
         L = items.shape[1]
         # Shared: the neighbour's item is one of its own query's rows.
         item_keys = np.where(items >= 0, nb_owner[:, None] * cap + items, -1)
-        shared = np.isin(item_keys, owner * cap + rows)
+        if n * cap <= 1 << 25:  # a lookup table over all (query, item) keys: no sort
+            table = np.zeros(n * cap + 1, bool)
+            table[owner * cap + rows] = True
+            shared = table[item_keys]  # key -1 reads the last slot, always False
+        else:
+            shared = np.isin(item_keys, owner * cap + rows)
         pos = np.arange(L)
         # Nearest shared position (the left one on a tie, as argmin picks it), by a
         # column sweep each way (L is small; accumulate along rows is slow in numpy).
@@ -377,7 +390,9 @@ class SessionKNN(OnlineModel):
         nearest = np.where(use_left, left, right)
         nearest = np.where(d > L, 0, nearest)  # no shared item at all: argmin's q = 0
         d = np.minimum(d, L + 1)
-        vote = sim[:, None] * self.position_decay ** np.maximum(d - 1, 0).astype(np.float64)
+        # position_decay ** k from a table: the same np.power values, without a pow each.
+        powers = self.position_decay ** np.arange(L + 1).astype(np.float64)
+        vote = sim[:, None] * powers[np.maximum(d - 1, 0)]
         if self.before_factor != 1.0:
             vote = np.where(pos[None, :] < nearest, vote * self.before_factor, vote)
         use = (items >= 0) & ~shared

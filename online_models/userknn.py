@@ -260,7 +260,10 @@ class UserKNN(OnlineModel):
         weights: list[float] = []
         lengths = np.empty(len(rows), np.int64)
         for j, v in enumerate(rows.tolist()):
-            stored = self._user_items.get(v, {})
+            stored = self._user_items.get(v)
+            if stored is None:
+                lengths[j] = 0
+                continue
             lengths[j] = len(stored)
             items.extend(stored)
             for t, w in stored.values():

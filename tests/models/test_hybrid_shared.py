@@ -42,7 +42,7 @@ def test_shared_hybrid_recommends_like_one_with_private_copies(stream: Dataset) 
     shared = models["hybrid"]
     assert isinstance(shared, Hybrid)
     assert sorted(shared.shared_components()) == sorted(COMPONENTS)
-    assert list(models)[0] == "hybrid"  # learns before the components it reads
+    assert next(iter(models)) == "hybrid"  # learns before the components it reads
     for b in to_batches(stream, 256):
         private.learn(b)
         for name in models:  # learning order
@@ -94,7 +94,7 @@ def test_snapshot_names_shared_components_and_rebinds_them(
     hybrid = snap.models["hybrid"]
     assert isinstance(hybrid, Hybrid)
     assert all(hybrid.shared_components()[c] is snap.models[c] for c in COMPONENTS)
-    assert _probe(hybrid, stream) == _probe(models["hybrid"], stream)  # type: ignore[arg-type]
+    assert _probe(hybrid, stream) == _probe(models["hybrid"], stream)
 
 
 def test_old_snapshots_with_embedded_copies_still_load(stream: Dataset) -> None:
