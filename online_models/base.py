@@ -189,8 +189,19 @@ class IdIndex:
         return self._find(key)
 
     def rows(self, keys: Iterable[str]) -> np.ndarray:
-        """Rows of ``keys`` (-1 for unknown ones) as an int64 array."""
-        return np.fromiter(map(self._find, keys), dtype=np.int64)
+        """Rows of ``keys`` (-1 for unknown ones) as an int64 array.
+
+        Each distinct key is looked up once: long lists with repeats (a batch's
+        histories laid end to end) cost a dict pass per key, not a probe.
+        """
+        keys = keys if isinstance(keys, list | tuple) else list(keys)
+        if len(keys) <= 32:
+            return np.fromiter(map(self._find, keys), dtype=np.int64, count=len(keys))
+        memo = dict.fromkeys(keys)
+        if 2 * len(memo) > len(keys):
+            return np.fromiter(map(self._find, keys), dtype=np.int64, count=len(keys))
+        memo = dict(zip(memo, map(self._find, memo), strict=True))
+        return np.fromiter(map(memo.__getitem__, keys), dtype=np.int64, count=len(keys))
 
     def _insert(self, key: str, row: int) -> None:
         """Put ``key`` (known to be absent) -> ``row`` in the first free slot of its chain."""
@@ -563,6 +574,17 @@ class OnlineModel(ABC):
         if len(self.items) < self.items.capacity:
             out[~self.items.live_mask()] = -np.inf
         return out
+
+    def _tail_rows(self, histories: Sequence[Sequence[str]], n_last: int) -> list[np.ndarray]:
+        """Item rows (-1: unknown) of the last ``n_last`` items of every history.
+
+        One :meth:`IdIndex.rows` call for all of them, so an item shared by many
+        queries (a user's consecutive events) is looked up once.
+        """
+        tails = [list(h)[-n_last:] if n_last > 0 else [] for h in histories]
+        flat = self.items.rows([i for t in tails for i in t])
+        cuts = np.cumsum([len(t) for t in tails])[:-1]
+        return np.split(flat, cuts) if len(tails) else []
 
     def _finish_many(
         self, scores: np.ndarray, popularity: np.ndarray | None = None, tiebreak: float = 0.0

@@ -154,6 +154,7 @@ class Hybrid(OnlineModel):
         self._maps: dict[str, np.ndarray] = {}  # component row -> hybrid row
         self._gens: dict[str, int] = {}
         self._shared: set[str] = set()  # components bound from outside (not learned here)
+        self._identity: dict[str, bool] = {}  # component rows == hybrid rows
 
     @property
     def items(self) -> IdIndex:
@@ -224,6 +225,8 @@ class Hybrid(OnlineModel):
                              np.int64)
             self._maps[c] = np.concatenate((old[:start], new))
             self._gens[c] = index.generation
+            full = self._maps[c]
+            self._identity[c] = bool(np.array_equal(full, np.arange(len(full))))
 
     def _component_rows(
         self,
@@ -248,8 +251,30 @@ class Hybrid(OnlineModel):
             rows = self._maps.get(c, np.zeros(0, np.int64))[: s.shape[1]]
             s = s[:, : len(rows)]
             mapped = rows >= 0
-            ok = mapped[None, :] & np.isfinite(s)
-            out[:, k, rows[mapped]] = np.where(ok, self._normalize_rows(s, ok), 0.0)[:, mapped]
+            if self.normalization != "rank" and mapped.all() and np.isfinite(s).all():
+                norm = self._normalize_finite(s)  # the common case, in fewer passes
+            else:
+                ok = mapped[None, :] & np.isfinite(s)
+                norm = np.where(ok, self._normalize_rows(s, ok), 0.0)
+            if self._identity.get(c, False) and len(rows) <= cap:
+                out[:, k, : len(rows)] = norm  # same row order as the hybrid: no scatter
+            else:
+                out[:, k, rows[mapped]] = norm[:, mapped]
+        return out
+
+    def _normalize_finite(self, s: np.ndarray) -> np.ndarray:
+        """:meth:`_normalize_rows` when every entry is finite and mapped ("minmax"/"max")."""
+        if s.shape[1] == 0:
+            return np.zeros_like(s)
+        lo = s.min(axis=1, keepdims=True)
+        hi = s.max(axis=1, keepdims=True)
+        live = hi > lo
+        if self.normalization == "max":
+            lo = np.minimum(lo, 0.0)
+        spread = np.where(live, hi - lo, 1.0)
+        out = s - lo
+        out /= spread
+        out[~live[:, 0]] = 0.0
         return out
 
     def _normalize_rows(self, s: np.ndarray, ok: np.ndarray) -> np.ndarray:
@@ -456,6 +481,7 @@ class Hybrid(OnlineModel):
             m.models[c] = registry.from_state(ModelState(arrays=sub, meta=meta["components"][c]))
             m._maps[c] = np.asarray(a[f"map/{c}"], np.int64).copy()
             m._gens[c] = m.models[c].items.generation
+            m._identity[c] = bool(np.array_equal(m._maps[c], np.arange(len(m._maps[c]))))
         if shared:
             log.info("hybrid restored with shared components %s: bind() them", sorted(shared))
         return m

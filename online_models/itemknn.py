@@ -36,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 import numpy as np
+import scipy.sparse as sp
 
 from online_models.base import Batch, IdIndex, ModelState, OnlineModel
 from online_models.bpr import grow_rows
@@ -62,6 +63,7 @@ class _PairStore:
     def __init__(self, merge_ratio: float = 4.0) -> None:
         self.merge_ratio = merge_ratio
         self.runs: list[tuple[np.ndarray, np.ndarray]] = []
+        self._stacked: tuple[tuple[int, ...], int, sp.csr_matrix] | None = None
 
     def __len__(self) -> int:
         return sum(len(k) for k, _ in self.runs)
@@ -108,6 +110,38 @@ class _PairStore:
     def scale(self, factor: float) -> None:
         for _, v in self.runs:
             v *= factor
+        self._stacked = None
+
+    def stacked(self, n_rows: int) -> sp.csr_matrix:
+        """Every run as one CSR matrix: row ``r * n_rows + i`` is run ``r``'s row ``i``.
+
+        A product ``Q @ stacked`` whose row lists a query's rows run by run sums
+        every output in exactly the order :meth:`rows_of` lays entries out
+        (runs, then query rows, then keys): scipy's sparse product accumulates
+        in the stored order of both operands. Cached until the runs change.
+        """
+        ident = tuple(id(k) for k, _ in self.runs)
+        if self._stacked is not None and self._stacked[:2] == (ident, n_rows):
+            return self._stacked[2]
+        bounds = np.arange(n_rows + 1, dtype=np.int64) << _SHIFT
+        ptrs: list[np.ndarray] = []
+        offset = 0
+        for keys, _ in self.runs:
+            ptrs.append(np.searchsorted(keys, bounds)[:-1] + offset)
+            offset += len(keys)
+        ptrs.append(np.asarray([offset], np.int64))
+        idx_type = np.int32 if max(offset, n_rows) < 2**31 else np.int64
+        indptr = np.concatenate(ptrs).astype(idx_type)
+        if self.runs:
+            indices = np.concatenate([k & _LOW for k, _ in self.runs]).astype(idx_type)
+            data = np.concatenate([v for _, v in self.runs])
+        else:
+            indices, data = np.zeros(0, idx_type), np.zeros(0, np.float64)
+        mat = sp.csr_matrix(
+            (data, indices, indptr), shape=(max(1, len(self.runs)) * n_rows, n_rows)
+        )
+        self._stacked = (ident, n_rows, mat)
+        return mat
 
     def rows(self, rows: np.ndarray, row_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Columns and ``mass × row weight`` of every stored entry in ``rows``."""
@@ -282,10 +316,16 @@ class CoOccurrenceModel(OnlineModel):
         self._win_times[group_users] = seq_times[last_idx]
 
     # ------------------------------------------------------------------ scoring
-    def _query(self, user: str, history: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Query item rows and their recency weights (most recent = 1)."""
+    def _query(
+        self, user: str, history: Sequence[str], rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Query item rows and their recency weights (most recent = 1).
+
+        ``rows``: the rows of ``history``'s last ``query_items`` items, if looked up.
+        """
         if history:
-            rows = self.items.rows(list(history)[-self.query_items :])
+            if rows is None:
+                rows = self.items.rows(list(history)[-self.query_items :])
         else:
             r = self.users.get(user)
             if r < 0 or r >= len(self._win_items):
@@ -319,19 +359,28 @@ class CoOccurrenceModel(OnlineModel):
             raise ValueError("score_many needs one history per user")
         cap = self.items.capacity
         n = len(users)
-        queries = [self._query(u, h) for u, h in zip(users, histories, strict=True)]
+        tails = self._tail_rows(histories, self.query_items)
+        queries = [self._query(u, h, t) for u, h, t in zip(users, histories, tails, strict=True)]
         lengths = np.fromiter((len(r) for r, _ in queries), np.int64, count=n)
         scores = np.zeros((n, cap), np.float64)
-        if lengths.sum() and cap:
+        runs = len(self._pairs.runs)
+        if lengths.sum() and cap and runs:
             rows = np.concatenate([r for r, _ in queries])
             weights = np.concatenate([w for _, w in queries])
             counts = self._counts[:cap]
             safe = np.where(counts > 0, counts, 1.0)
-            cols, mass, owner = self._pairs.rows_of(
-                rows, weights / safe[rows] ** self.alpha, np.repeat(np.arange(n), lengths)
+            rw = weights / safe[rows] ** self.alpha
+            owner = np.repeat(np.arange(n), lengths)
+            # Q: per query, its rows once per run (run-major), stable-sorted by query.
+            order = np.argsort(np.tile(owner, runs), kind="stable")
+            cols = (np.repeat(np.arange(runs) * cap, len(rows)) + np.tile(rows, runs))[order]
+            q = sp.csr_matrix(
+                (np.tile(rw, runs)[order], cols,
+                 np.concatenate(([0], np.cumsum(lengths * runs)))),
+                shape=(n, runs * cap),
             )
-            flat = np.bincount(owner * cap + cols, weights=mass, minlength=n * cap)
-            scores = flat[: n * cap].reshape(n, cap) / safe ** (1.0 - self.alpha)
+            prod = (q @ self._pairs.stacked(cap)).toarray()
+            scores = prod / safe ** (1.0 - self.alpha)
         return self._finish_many(scores, self._counts[:cap], self.popularity_tiebreak)
 
     def similar(self, item: str, k: int = 10) -> list[tuple[str, float]]:

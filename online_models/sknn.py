@@ -216,11 +216,18 @@ class SessionKNN(OnlineModel):
             self._item_ptr[i] += 1
 
     # ------------------------------------------------------------------ scoring
-    def _query(self, user: str, history: Sequence[str]) -> tuple[int, np.ndarray, np.ndarray]:
-        """The user's row (-1 if unknown), query item rows and their recency weights."""
+    def _query(
+        self, user: str, history: Sequence[str], tail: np.ndarray | None = None
+    ) -> tuple[int, np.ndarray, np.ndarray]:
+        """The user's row (-1 if unknown), query item rows and their recency weights.
+
+        ``tail``: the rows of ``history``'s last ``query_items`` items, if looked up.
+        """
         u = self.users.get(user)
         if history:
-            rows = self.items.rows(list(history)[-self.query_items :])
+            rows = tail if tail is not None else self.items.rows(
+                list(history)[-self.query_items :]
+            )
         elif 0 <= u < len(self._cur) and self._cur[u] >= 0:
             slot = int(self._cur[u]) % self.max_sessions
             if self._sess_id[slot] != self._cur[u]:
@@ -276,7 +283,9 @@ class SessionKNN(OnlineModel):
         dist = np.where(shared[:, None, :], np.abs(offset), L + 1)  # (n, L, L)
         nearest = dist.argmin(axis=2)  # (n, L): q of the nearest shared item
         d = np.take_along_axis(dist, nearest[:, :, None], axis=2)[:, :, 0]
-        vote = sim[:, None] * self.position_decay ** np.maximum(d - 1, 0).astype(np.float64)
+        # position_decay ** k from a table: the same np.power values, without a pow each.
+        powers = self.position_decay ** np.arange(L + 1).astype(np.float64)
+        vote = sim[:, None] * powers[np.maximum(d - 1, 0)]
         if self.before_factor != 1.0:
             vote = np.where(pos[None, :] < nearest, vote * self.before_factor, vote)
         use = (items >= 0) & ~shared
@@ -288,6 +297,109 @@ class SessionKNN(OnlineModel):
         u, rows, weights = self._query(user, history)
         scores = self._votes(u, rows, weights)
         return self._finish_scores(scores, self._pop[:cap], self.popularity_tiebreak)
+
+    def score_many(
+        self, users: Sequence[str], histories: Sequence[Sequence[str]]
+    ) -> np.ndarray:
+        """:meth:`_votes` of every query at once (per-query neighbour selection only)."""
+        if len(users) != len(histories):
+            raise ValueError("score_many needs one history per user")
+        cap = self.items.capacity
+        tails = self._tail_rows(histories, self.query_items)
+        queries = [self._query(u, h, t) for u, h, t in zip(users, histories, tails, strict=True)]
+        scores = self._votes_many(queries, cap)
+        return self._finish_many(scores, self._pop[:cap], self.popularity_tiebreak)
+
+    def _votes_many(
+        self, queries: list[tuple[int, np.ndarray, np.ndarray]], cap: int
+    ) -> np.ndarray:
+        """Row ``q`` equals ``_votes(*queries[q])``, bit for bit (same summation orders)."""
+        n = len(queries)
+        out = np.zeros((n, cap), np.float64)
+        lengths = np.fromiter((len(r) for _, r, _ in queries), np.int64, count=n)
+        if n == 0 or cap == 0 or lengths.sum() == 0:
+            return out
+        us = np.fromiter((u for u, _, _ in queries), np.int64, count=n)
+        # Per query, its rows reversed (the latest occurrence of a repeated row wins).
+        rows = np.concatenate([r[::-1] for _, r, _ in queries])
+        wts = np.concatenate([w[::-1] for _, _, w in queries])
+        owner = np.repeat(np.arange(n), lengths)
+        keys, first = np.unique(owner * cap + rows, return_index=True)
+        rows, wts, owner = keys % cap, wts[first], keys // cap
+        if self.idf_power:
+            idf = np.log((self._n_sessions + 1.0) / (self._item_ptr[rows] + 1.0)) + 1.0
+            wts = wts * idf**self.idf_power
+        cand = self._item_sess[rows]  # (R, P) session ids
+        cw = np.broadcast_to(wts[:, None], cand.shape)
+        c_owner = np.broadcast_to(owner[:, None], cand.shape)
+        M = self.max_sessions
+        ok = cand >= 0
+        slots = np.where(ok, cand % M, 0)
+        ok &= self._sess_id[slots] == cand
+        u_of = us[c_owner]
+        ok &= (u_of < 0) | (self._sess_user[slots] != u_of)
+        if not ok.any():
+            return out
+        sid, sw, so = cand[ok], cw[ok], c_owner[ok]
+        # Groups (owner, session id), sorted by owner then session id as np.unique
+        # sorts one query's; bincount sums each group in query order.
+        shift = np.int64(max(1, int(sid.max()) + 1).bit_length())
+        g_keys, inv = np.unique((so << shift) | sid, return_inverse=True)
+        sim = np.bincount(inv.ravel(), weights=sw).astype(np.float64)
+        g_sid, g_owner = g_keys & ((np.int64(1) << shift) - 1), g_keys >> shift
+        g_slots = g_sid % M
+        if self.length_power:
+            sim = sim / self._sess_len[g_slots].astype(np.float64) ** self.length_power
+        if self.session_half_life_seconds is not None:
+            age = np.maximum(self._watermark - self._sess_time[g_slots], 0.0)
+            sim = sim * np.exp2(-age / self.session_half_life_seconds)
+        # The n_neighbours best of each query, picked exactly as _votes picks them.
+        bounds = np.searchsorted(g_owner, np.arange(n + 1))
+        picks: list[np.ndarray] = []
+        nn = self.n_neighbours
+        for q in range(n):
+            lo, hi = int(bounds[q]), int(bounds[q + 1])
+            if hi - lo > nn:
+                picks.append(lo + np.argpartition(-sim[lo:hi], nn - 1)[:nn])
+            elif hi > lo:
+                picks.append(np.arange(lo, hi))
+        pick = np.concatenate(picks)
+        sim, slots_n, nb_owner = sim[pick], g_slots[pick], g_owner[pick]
+        items = self._sess_items[slots_n].astype(np.int64)  # (N, L), -1 padded
+        L = items.shape[1]
+        # Shared: the neighbour's item is one of its own query's rows.
+        item_keys = np.where(items >= 0, nb_owner[:, None] * cap + items, -1)
+        if n * cap <= 1 << 25:  # a lookup table over all (query, item) keys: no sort
+            table = np.zeros(n * cap + 1, bool)
+            table[owner * cap + rows] = True
+            shared = table[item_keys]  # key -1 reads the last slot, always False
+        else:
+            shared = np.isin(item_keys, owner * cap + rows)
+        pos = np.arange(L)
+        # Nearest shared position (the left one on a tie, as argmin picks it), by a
+        # column sweep each way (L is small; accumulate along rows is slow in numpy).
+        left = np.where(shared, pos, -1)
+        right = np.where(shared, pos, L + L)
+        for p in range(1, L):
+            np.maximum(left[:, p], left[:, p - 1], out=left[:, p])
+            np.minimum(right[:, L - 1 - p], right[:, L - p], out=right[:, L - 1 - p])
+        d_left = np.where(left >= 0, pos - left, L + 1)
+        d_right = np.where(right < L, right - pos, L + 1)
+        use_left = d_left <= d_right
+        d = np.where(use_left, d_left, d_right)
+        nearest = np.where(use_left, left, right)
+        nearest = np.where(d > L, 0, nearest)  # no shared item at all: argmin's q = 0
+        d = np.minimum(d, L + 1)
+        # position_decay ** k from a table: the same np.power values, without a pow each.
+        powers = self.position_decay ** np.arange(L + 1).astype(np.float64)
+        vote = sim[:, None] * powers[np.maximum(d - 1, 0)]
+        if self.before_factor != 1.0:
+            vote = np.where(pos[None, :] < nearest, vote * self.before_factor, vote)
+        use = (items >= 0) & ~shared
+        flat = np.bincount(
+            (nb_owner[:, None] * cap + items)[use], weights=vote[use], minlength=n * cap
+        )
+        return flat[: n * cap].reshape(n, cap).astype(np.float64, copy=False)
 
     def similar(self, item: str, k: int = 10) -> list[tuple[str, float]]:
         """Items near ``item`` in the sessions that hold it (any user's)."""

@@ -201,6 +201,127 @@ class UserKNN(OnlineModel):
             out += 1e-6 * tiebreak
         return out
 
+    def score_many(
+        self, users: Sequence[str], histories: Sequence[Sequence[str]]
+    ) -> np.ndarray:
+        """:meth:`score_all` of every query, the index walks done as array gathers.
+
+        Every sum runs in the order the per-query loops use, so rows equal
+        ``score_all`` bit for bit.
+        """
+        if len(users) != len(histories):
+            raise ValueError("score_many needs one history per user")
+        n_items = self.items.capacity
+        n = len(users)
+        pop = self._pop[:n_items]
+        tiebreak = (pop / pop.max()).astype(np.float32) if n_items and pop.max() > 0 else None
+        # 1. Profiles, in the per-query order.
+        owners: list[int] = []
+        p_items: list[int] = []
+        p_w: list[float] = []
+        u_rows = np.empty(n, np.int64)
+        for r, (user, hist) in enumerate(zip(users, histories, strict=True)):
+            u_rows[r], profile = self._profile(user, hist)
+            owners.extend([r] * len(profile))
+            p_items.extend(profile)
+            p_w.extend(profile.values())
+        p_owner = np.asarray(owners, np.int64)
+        p_item = np.asarray(p_items, np.int64)
+        pw = np.asarray(p_w, np.float64)
+        neighbours = self._neighbours_many(n, u_rows, p_owner, p_item, pw)
+        out = np.empty((n, n_items), np.float32)
+        fallback = np.log1p(pop).astype(np.float32)
+        has = np.zeros(n, bool)
+        if neighbours is not None:
+            nb_owner, nb_user, nb_sim = neighbours
+            has[nb_owner] = True
+            ptr, items, times, weights = self._user_rows(nb_user)
+            lengths = np.diff(ptr)
+            own = np.repeat(nb_owner, lengths)
+            # ``sim * w * dec(t)``, left to right, as the loop computes it.
+            vals = np.repeat(nb_sim, lengths) * weights[_ranges(ptr)] * self._decay(
+                times[_ranges(ptr)]
+            )
+            flat = np.bincount(own * n_items + items[_ranges(ptr)], weights=vals,
+                               minlength=n * n_items)
+            scores = flat[: n * n_items].reshape(n, n_items).astype(np.float32)
+            if tiebreak is not None:
+                scores += 1e-6 * tiebreak
+            out[has] = scores[has]
+        out[~has] = fallback
+        return out
+
+    def _user_rows(
+        self, rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """CSR of the stored items of ``rows`` (in order, repeats allowed)."""
+        items: list[int] = []
+        times: list[float] = []
+        weights: list[float] = []
+        lengths = np.empty(len(rows), np.int64)
+        for j, v in enumerate(rows.tolist()):
+            stored = self._user_items.get(v)
+            if stored is None:
+                lengths[j] = 0
+                continue
+            lengths[j] = len(stored)
+            items.extend(stored)
+            for t, w in stored.values():
+                times.append(t)
+                weights.append(w)
+        ptr = np.concatenate(([0], np.cumsum(lengths)))
+        return (ptr, np.asarray(items, np.int64), np.asarray(times, np.float64),
+                np.asarray(weights, np.float64))
+
+    def _neighbours_many(
+        self, n: int, u_rows: np.ndarray, p_owner: np.ndarray, p_item: np.ndarray, pw: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Every query's neighbours (owner, user row, similarity), best first per owner."""
+        if len(p_item) == 0:
+            return None
+        # 2. Candidates: users sharing profile items, overlap summed in profile order.
+        lists = [list(self._item_users.get(i, ())) for i in p_item.tolist()]
+        lengths = np.fromiter(map(len, lists), np.int64, count=len(lists))
+        if lengths.sum() == 0:
+            return None
+        cand = np.fromiter((v for lst in lists for v in lst), np.int64, count=int(lengths.sum()))
+        c_owner = np.repeat(p_owner, lengths)
+        c_w = np.repeat(pw, lengths)
+        keep = cand != u_rows[c_owner]
+        cand, c_owner, c_w = cand[keep], c_owner[keep], c_w[keep]
+        if len(cand) == 0:
+            return None
+        group, g_owner, g_user = _groups(c_owner, cand)
+        overlap = np.bincount(group, weights=c_w)
+        # Per owner: the max_candidates largest overlaps (ties: lower user row first).
+        order = np.lexsort((g_user, -overlap, g_owner))
+        order = order[_rank_in_group(g_owner[order]) < self.max_candidates]
+        k_owner, k_user = g_owner[order], g_user[order]
+        # 3. Cosine of each candidate's decayed vector with its query's profile.
+        ptr, items, times, weights = self._user_rows(k_user)
+        idx = _ranges(ptr)
+        wv = weights[idx] * self._decay(times[idx])
+        pair = np.repeat(np.arange(len(k_user)), np.diff(ptr))
+        n_items = max(1, self.items.capacity)
+        prof_keys = p_owner * n_items + p_item
+        sort = np.argsort(prof_keys, kind="stable")
+        keys_sorted = prof_keys[sort]
+        look = k_owner[pair] * n_items + items[idx]
+        at = np.minimum(np.searchsorted(keys_sorted, look), len(keys_sorted) - 1)
+        found = keys_sorted[at] == look
+        wu = np.where(found, pw[sort][at], 0.0)
+        dot = np.bincount(pair, weights=np.where(found, wu * wv, 0.0), minlength=len(k_user))
+        norm_v = np.bincount(pair, weights=wv * wv, minlength=len(k_user))
+        norm_u = np.sqrt(np.bincount(p_owner, weights=pw * pw, minlength=n))
+        sim = dot / (norm_u[k_owner] * np.sqrt(norm_v) + 1e-12)
+        pos = dot > 0
+        k_owner, k_user, sim = k_owner[pos], k_user[pos], sim[pos]
+        if len(sim) == 0:
+            return None
+        order = np.lexsort((k_user, -sim, k_owner))
+        order = order[_rank_in_group(k_owner[order]) < self.n_neighbours]
+        return k_owner[order], k_user[order], sim[order]
+
     def similar(self, item: str, k: int = 10) -> list[tuple[str, float]]:
         """Items co-occurring with ``item`` among its recent users, by decayed weight."""
         row = self.items.get(item)
@@ -275,3 +396,27 @@ class UserKNN(OnlineModel):
         wm = state.meta["watermark"]
         m._watermark = -np.inf if wm is None else float(wm)
         return m
+
+
+def _ranges(ptr: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(ptr[j], ptr[j + 1])`` for every j."""
+    lengths = np.diff(ptr)
+    total = int(lengths.sum())
+    return np.repeat(ptr[:-1] - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
+
+
+def _groups(owner: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group id of each (owner, key) pair (ids sorted by owner, key) and each group's pair."""
+    order = np.lexsort((key, owner))
+    so, sk = owner[order], key[order]
+    new = np.concatenate(([True], (so[1:] != so[:-1]) | (sk[1:] != sk[:-1])))
+    group = np.empty(len(order), np.int64)
+    group[order] = np.cumsum(new) - 1
+    return group, so[new], sk[new]
+
+
+def _rank_in_group(sorted_owner: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... within each run of equal values of a sorted array."""
+    n = len(sorted_owner)
+    start = np.concatenate(([True], sorted_owner[1:] != sorted_owner[:-1]))
+    return np.arange(n) - np.maximum.accumulate(np.where(start, np.arange(n), 0))

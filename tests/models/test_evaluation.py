@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from online_models.base import Batch, IdIndex, ModelState, OnlineModel
-from online_models.evaluation import MISS_RANK, PrequentialEvaluator, rank_of, sampled_auc
+from online_models.evaluation import (
+    MISS_RANK,
+    EvalSample,
+    PrequentialEvaluator,
+    rank_of,
+    sampled_auc,
+)
 from online_models.popularity import Popularity
 
 
@@ -223,3 +229,121 @@ def test_sampled_auc() -> None:
     assert sampled_auc(Clicky(True), ["u", "v"], ["a", "a"], n_negatives=10) == 1.0
     assert sampled_auc(Clicky(False), ["u"], ["a"], n_negatives=10) == 0.5
     assert math.isnan(sampled_auc(Popularity(), ["u"], ["a"]))
+
+
+# ------------------------------------------------------------------ batched, sampled, cold
+
+
+def _run(models: dict[str, OnlineModel], stream: Batch, size: int = 200,
+         **kw: object) -> PrequentialEvaluator:
+    ev = PrequentialEvaluator(models, k=10, **kw)  # type: ignore[arg-type]
+    for b in stream.chunks(size):
+        ev.process(b)
+    return ev
+
+
+def test_batched_ranks_equal_per_event_score_all_reference() -> None:
+    from online_models.itemknn import ItemKNN
+    from tests.models.planted import planted
+
+    stream = planted(3000, seed=3, n_users=40, n_items=60)
+    model, ref_model = ItemKNN(), ItemKNN()
+    ev = PrequentialEvaluator({"m": model}, k=10)
+    history: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for b in stream.chunks(256):
+        expected = []
+        for u, i in zip(b.users, b.items, strict=True):
+            hist = history.get(u, [])
+            if hist and i in seen and i not in hist:
+                s = ref_model.score_all(u, hist).copy()
+                rows = ref_model.items.rows(hist)
+                expected.append(rank_of(s, ref_model.items.get(i), rows[rows >= 0]))
+            seen.add(i)
+            history.setdefault(u, [])
+            if i in history[u]:
+                history[u].remove(i)
+            history[u].append(i)
+        out = ev.process(b)
+        ref_model.learn(b)
+        assert out.models["m"].ranks.tolist() == expected
+
+
+def test_sampled_hr_lies_in_the_binomial_interval_of_the_full_hr() -> None:
+    from scipy.stats import binom
+
+    from online_models.itemknn import ItemKNN
+    from tests.models.planted import planted
+
+    stream = planted(12_000, seed=11, n_users=60, n_items=80)
+    full = _run({"m": ItemKNN()}, stream)
+    sampled = _run({"m": ItemKNN()}, stream, sample=EvalSample(fraction=0.2, seed=5))
+    p, n_full = full.totals("m")["hr"], int(full.totals("m")["n"])
+    n_s = int(sampled.totals("m")["n"])
+    # The sample is a fifth of the same evaluable events (both saw all of them).
+    assert sampled.totals("m")["n_eligible"] == full.totals("m")["n_eligible"] == n_full
+    assert 0.15 * n_full < n_s < 0.25 * n_full
+    lo, hi = binom.interval(0.99, n_s, p)
+    assert lo / n_s <= sampled.totals("m")["hr"] <= hi / n_s
+    assert 0.1 < p < 0.9  # the planted structure is learned, not a degenerate 0 or 1
+    # The rolling window counts sampled events too.
+    assert sampled.rolling("m")["n"] == min(n_s, sampled.rolling_window)
+
+
+def test_sample_is_seeded_and_independent_of_batch_boundaries() -> None:
+    from online_models.itemknn import ItemKNN
+    from tests.models.planted import planted
+
+    stream = planted(3000, seed=2)
+    spec = EvalSample(fraction=0.3, seed=9)
+    a = _run({"m": ItemKNN()}, stream, size=100, sample=spec)
+    b = _run({"m": ItemKNN()}, stream, size=100, sample=spec)
+    c = _run({"m": Popularity()}, stream, size=250, sample=spec)
+    assert a.totals("m") == b.totals("m")
+    # Same draws per event, whatever the batch size: the same events are evaluated.
+    assert a.totals("m")["n"] == c.totals("m")["n"]
+    other = _run({"m": ItemKNN()}, stream, size=100, sample=EvalSample(fraction=0.3, seed=10))
+    assert other.totals("m")["n"] != a.totals("m")["n"]
+
+
+def test_sample_budget_in_events_per_second_of_wall_time() -> None:
+    from tests.models.planted import planted
+
+    now = [0.0]
+    ev = PrequentialEvaluator(
+        {"m": Popularity()}, k=10, sample=EvalSample(max_per_s=50.0, seed=0),
+        clock=lambda: now[0],
+    )
+    scored = []
+    for b in planted(20_000, seed=1, n_users=100, n_items=5000).chunks(500):
+        now[0] += 0.1  # 0.1 s of wall time per batch: a budget of ~5 events per batch
+        scored.append(ev.process(b).n_evaluated)
+    # ~50 events per second over 4 s of wall time (plus the first second's burst).
+    assert 150 <= sum(scored) <= 300
+    assert ev.totals("m")["n"] == sum(scored)
+    assert ev.totals("m")["n_eligible"] > 10 * sum(scored)
+
+
+def test_eval_sample_validates() -> None:
+    with pytest.raises(ValueError):
+        EvalSample(fraction=0.0)
+    with pytest.raises(ValueError):
+        EvalSample(fraction=1.5)
+    with pytest.raises(ValueError):
+        EvalSample(max_per_s=0)
+
+
+def test_cold_item_and_cold_user_segments() -> None:
+    model = Fixed(dict.fromkeys("abcdefgh", 1.0) | {"h": 9.0, "g": 8.0})
+    ev = PrequentialEvaluator({"m": model}, k=1, cold_threshold=2)
+    # Item h seen 3 times, g once; user w has 3 earlier events, u one.
+    ev.process(batch([("v", "h"), ("x", "h"), ("y", "h"), ("y", "g"),
+                      ("w", "a"), ("w", "b"), ("w", "c"), ("u", "d")]))
+    out = ev.process(batch([("u", "h"), ("w", "g")], t0=100))
+    assert out.cold_item.tolist() == [False, True]  # h: 3 earlier events, g: 1
+    assert out.cold_user.tolist() == [True, False]  # u: 1 earlier event, w: 3
+    tot = ev.totals("m")
+    assert tot["n_cold_item"] == 1 and tot["n_cold_user"] == 1
+    assert tot["hr_cold_user"] == 1.0  # u gets h (score 9): a hit
+    # w's truth g (8) is below h (9): a miss, and the cold-item event it is.
+    assert tot["hr_cold_item"] == 0.0
