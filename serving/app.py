@@ -10,12 +10,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from fastapi import FastAPI
+import orjson
+from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.auth import AccessControl, AuthSettings, require
 from serving.dashboard import DashboardSeries
 from serving.metrics import ServingMetrics
+from serving.ratelimit import RateLimitSettings
 from serving.routers import dashboard, events, health, items, model, recommendations, users
 from serving.settings import ServeSettings
 from serving.state import ServingState
@@ -60,6 +63,34 @@ class MetricsMiddleware:
             self.state.observe_latency(template, dt)
 
 
+class UrlLimitMiddleware:
+    """A request target longer than ``max_bytes`` gets a JSON 414 before routing."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = len(scope.get("raw_path") or scope["path"].encode()) + len(
+                scope.get("query_string", b"")
+            )
+            if size > self.max_bytes:
+                body = orjson.dumps({
+                    "detail": {"reason": "uri_too_long",
+                               "detail": f"the URL must be at most {self.max_bytes} bytes"}
+                })
+                await send({
+                    "type": "http.response.start",
+                    "status": 414,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())],
+                })
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
 async def _watch(state: ServingState) -> None:
     while True:
         try:
@@ -88,15 +119,29 @@ async def _sample(dash: DashboardSeries, interval: float) -> None:
             await asyncio.sleep(interval)
 
 
-def create_app(settings: ServeSettings, *, metrics: ServingMetrics | None = None) -> FastAPI:
+def create_app(
+    settings: ServeSettings,
+    *,
+    auth: AuthSettings | None = None,
+    limits: RateLimitSettings | None = None,
+    metrics: ServingMetrics | None = None,
+) -> FastAPI:
     """Build the serving app. Nothing is loaded until the lifespan starts.
 
     Parameters
     ----------
     settings
         The process settings (snapshot root, Kafka, limits).
+    auth, limits
+        API keys and rate limits; read from the environment when not given.
     metrics
         Metrics to record into; a fresh registry by default.
+
+    Raises
+    ------
+    serving.auth.AuthConfigError
+        Anonymous writes would be open on a non-loopback interface, or the keys
+        are unusable.
 
     Examples
     --------
@@ -105,22 +150,20 @@ def create_app(settings: ServeSettings, *, metrics: ServingMetrics | None = None
     ['/v1/dashboard/data', '/v1/events']
     """
     state = ServingState(settings, metrics or ServingMetrics())
+    access = AccessControl(
+        auth if auth is not None else AuthSettings(),
+        limits if limits is not None else RateLimitSettings(),
+        host=settings.host,
+        metrics=state.metrics,
+    )
     dash = DashboardSeries(state, settings.dashboard_points, settings.trainer_metrics_url)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(state.load_initial)
-        state.start_tail()
-        app.state.producer = None
-        if settings.bootstrap:
-            from stream.kafka import make_producer
-
-            try:
-                app.state.producer = await asyncio.to_thread(
-                    make_producer, settings.bootstrap, client_id="liverec-serving"
-                )
-            except Exception as exc:  # serve reads even if ingestion cannot start
-                log.warning("no Kafka producer (%s); POST /v1/events will answer 503", exc)
+        # Kafka connects in the background: start-up never waits for it, and a server
+        # started while Kafka is down connects when it comes back.
+        state.start_background()
         tasks = [
             asyncio.create_task(_watch(state), name="liverec-watch"),
             asyncio.create_task(_sample(dash, settings.dashboard_interval_s), name="liverec-dash"),
@@ -135,9 +178,7 @@ def create_app(settings: ServeSettings, *, metrics: ServingMetrics | None = None
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
-            state.stop()
-            if app.state.producer is not None:
-                app.state.producer.close(timeout=5)
+            await asyncio.to_thread(state.stop)
 
     app = FastAPI(
         title="liverec serving",
@@ -147,20 +188,33 @@ def create_app(settings: ServeSettings, *, metrics: ServingMetrics | None = None
     )
     app.state.serving = state
     app.state.dashboard = dash
-    app.state.producer = None
-    for r in (health, recommendations, items, users, events, model, dashboard):
-        app.include_router(r.router)
+    app.state.access = access
+    # The scope each router needs (events states its own ``write``; health its ``ops``
+    # for /metrics and none for the probes).
+    app.include_router(health.router)
+    app.include_router(events.router)
+    for r in (recommendations, items, users):
+        app.include_router(r.router, dependencies=[Depends(require("read"))])
+    for r in (model, dashboard):
+        app.include_router(r.router, dependencies=[Depends(require("ops"))])
     app.mount("/static", StaticFiles(directory=dashboard.STATIC), name="static")
     app.add_middleware(MetricsMiddleware, state=state)
+    app.add_middleware(UrlLimitMiddleware, max_bytes=settings.max_url_bytes)
     return app
 
 
-def run(settings: ServeSettings, **uvicorn_kwargs: Any) -> None:
-    """Serve ``create_app(settings)`` with uvicorn (blocks)."""
+def run(
+    settings: ServeSettings,
+    *,
+    auth: AuthSettings | None = None,
+    limits: RateLimitSettings | None = None,
+    **uvicorn_kwargs: Any,
+) -> None:
+    """Serve ``create_app(settings, auth=auth, limits=limits)`` with uvicorn (blocks)."""
     import uvicorn
 
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, auth=auth, limits=limits),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

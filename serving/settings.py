@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stream.settings import DEFAULT_EVENT_WEIGHTS
 
 __all__ = ["ServeSettings"]
 
@@ -20,8 +22,12 @@ class ServeSettings(BaseSettings):
     host, port
         Where uvicorn listens.
     bootstrap
-        Kafka bootstrap servers. Empty disables the live context tail and ``POST
-        /v1/events`` answers 503.
+        Kafka bootstrap servers, from ``LIVEREC_KAFKA_BOOTSTRAP`` (the name the rest of
+        liverec reads) or the older ``LIVEREC_BOOTSTRAP``. Empty disables the live
+        context tail and ``POST /v1/events`` answers 503.
+    event_weights
+        ``LIVEREC_EVENT_WEIGHTS``: weight of each event type in the live popularity
+        bump, the same weights the trainer learns with.
     topic
         The click-event topic (tailed for live context, produced to by ``/v1/events``).
     default_model
@@ -36,7 +42,26 @@ class ServeSettings(BaseSettings):
     max_k
         Largest ``k`` a request may ask for.
     max_body_bytes
-        Largest accepted request body.
+        Largest accepted request body (``POST /v1/events``); a larger one gets 413
+        before it is read or parsed.
+    max_batch_events
+        Most events one ``POST /v1/events`` may carry as a JSON array.
+    max_url_bytes
+        Longest accepted request target (path and query); longer ones get a JSON 414.
+    delivery_timeout_s
+        How long ``POST /v1/events`` waits for Kafka to acknowledge its events before
+        answering 503 with ``Retry-After``. Sends run on a background thread; the
+        request loop never waits on Kafka.
+    ingest_queue_max
+        Events waiting for the background sender; when full, ``POST /v1/events``
+        answers 503 at once.
+    retry_after_s
+        ``Retry-After`` of a 503 from the write path.
+    ready_requires_kafka
+        With a bootstrap configured, ``/readyz`` answers 503 while the live tail or
+        the producer is not connected (the body says which and why). Set false to
+        keep a replica in rotation for reads during a Kafka outage; the body and
+        ``liverec_serve_degraded`` still say it is degraded.
     trainer_metrics_url
         The trainer's Prometheus ``/metrics`` URL, scraped for the dashboard.
     dashboard_interval_s, dashboard_points
@@ -79,12 +104,19 @@ class ServeSettings(BaseSettings):
     (9000, 'hybrid', 1000)
     """
 
-    model_config = SettingsConfigDict(env_prefix="LIVEREC_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LIVEREC_", extra="ignore", populate_by_name=True
+    )
 
     snapshots: Path = Path("snapshots")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    bootstrap: str = ""
+    bootstrap: str = Field(
+        default="",
+        validation_alias=AliasChoices(
+            "bootstrap", "kafka_bootstrap", "LIVEREC_KAFKA_BOOTSTRAP", "LIVEREC_BOOTSTRAP"
+        ),
+    )
     topic: str = "clicks"
     default_model: str = "hybrid"
     model_fallbacks: tuple[str, ...] = ("hybrid", "bpr", "embedding", "itemknn", "popularity")
@@ -95,7 +127,14 @@ class ServeSettings(BaseSettings):
     live_max_new_items: int = Field(default=10_000, ge=1)
     max_k: int = Field(default=1000, ge=1)
     max_id_chars: int = Field(default=256, ge=1)
-    max_body_bytes: int = Field(default=8192, ge=256)
+    max_body_bytes: int = Field(default=64 * 1024, ge=256)
+    max_batch_events: int = Field(default=100, ge=1)
+    max_url_bytes: int = Field(default=8192, ge=256)
+    delivery_timeout_s: float = Field(default=5.0, gt=0)
+    ingest_queue_max: int = Field(default=10_000, ge=1)
+    retry_after_s: int = Field(default=5, ge=1)
+    ready_requires_kafka: bool = True
+    event_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
     trainer_metrics_url: str = ""
     dashboard_interval_s: float = Field(default=2.0, gt=0)
     dashboard_points: int = Field(default=300, ge=2)
@@ -109,3 +148,10 @@ class ServeSettings(BaseSettings):
     rank_batch_inline: bool = True
     rank_batch_slots: int = Field(default=1, ge=1, le=64)
     log_level: str = "info"
+
+    @field_validator("event_weights")
+    @classmethod
+    def _known_types(cls, v: dict[str, float]) -> dict[str, float]:
+        if set(v) != set(DEFAULT_EVENT_WEIGHTS):
+            raise ValueError(f"event_weights must give exactly {sorted(DEFAULT_EVENT_WEIGHTS)}")
+        return v
