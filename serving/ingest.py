@@ -18,6 +18,7 @@ could be created yet (or the last deliveries failed; then one probe record per
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import queue
 import threading
@@ -333,10 +334,9 @@ class Ingestor:
                 if self.state != "connected":
                     self._set_state("connected", "")
                 if not rec.future.done():
-                    try:
+                    # cancelled meanwhile: the request has answered already
+                    with contextlib.suppress(concurrent.futures.InvalidStateError):
                         rec.future.set_result(report)
-                    except concurrent.futures.InvalidStateError:  # cancelled meanwhile
-                        pass
 
         return on_delivery
 
@@ -366,7 +366,5 @@ class Ingestor:
 
 def _fail(rec: Record, exc: BaseException) -> None:
     if not rec.future.done():
-        try:
+        with contextlib.suppress(concurrent.futures.InvalidStateError):  # resolved meanwhile
             rec.future.set_exception(exc)
-        except concurrent.futures.InvalidStateError:  # resolved meanwhile
-            pass

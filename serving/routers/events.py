@@ -180,8 +180,8 @@ async def post_event(request: Request, state: StateDep, principal: WriteKey) -> 
             events.append(ev)
     if errors:
         first = errors[0]
-        extra = {"errors": errors} if batch else {}
-        return _reject(422, first["reason"], first["detail"], **extra)
+        extra: dict[str, Any] = {"errors": errors} if batch else {}
+        return _reject(422, first["reason"], first["detail"], None, **extra)
     return await _send(state, events, batch)
 
 
@@ -237,7 +237,7 @@ async def _send(state: Any, events: list[ClickEvent], batch: bool) -> JSON:
             metrics.ingested.labels(outcome="accepted").inc(len(delivered))
         detail = (f"Kafka did not acknowledge within {settings.delivery_timeout_s:g} s"
                   if pending else f"{type(failure).__name__}: {failure}")
-        extra = {"delivered": delivered} if batch else {}
+        extra: dict[str, Any] = {"delivered": delivered} if batch else {}
         return _reject(503, reason, detail, retry, **extra)
     metrics.ingest_delivery_seconds.observe(time.perf_counter() - t0)
     metrics.ingested.labels(outcome="accepted").inc(len(events))
