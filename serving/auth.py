@@ -174,10 +174,9 @@ def verify_key(key: str, stored: str) -> bool:
 def parse_records(text: str) -> list[ApiKey]:
     """Records from a file's or variable's text (blank lines and ``#`` comments skipped)."""
     out = []
-    for line in re.split(r"[\n;]+|\s+", text):
-        line = line.strip()
-        if line and not line.startswith("#"):
-            out.append(ApiKey.parse(line))
+    for line in re.split(r"[\n;]+", text):
+        line = line.split("#", 1)[0]
+        out.extend(ApiKey.parse(word) for word in line.split())
     return out
 
 
