@@ -215,9 +215,56 @@ def run(
 
     uvicorn.run(
         create_app(settings, auth=auth, limits=limits),
+        http=json_error_protocol(settings.max_url_bytes),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
         **uvicorn_kwargs,
     )
+
+
+def json_error_protocol(max_url_bytes: int) -> type[Any]:
+    """uvicorn's httptools protocol answering malformed requests in JSON as well.
+
+    uvicorn refuses a request it cannot parse (an over-long URL among them, from
+    some 64 KiB on) with a plain-text 400 before the app sees it; this subclass
+    stops reading a URL at ``max_url_bytes`` and answers JSON 414, and other parse
+    failures JSON 400.
+    """
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+    class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
+        _url_too_long = False
+
+        def on_message_begin(self) -> None:
+            self._url_too_long = False
+            super().on_message_begin()
+
+        def on_url(self, url: bytes) -> None:
+            super().on_url(url)
+            if len(self.url) > max_url_bytes:
+                self._url_too_long = True
+                raise ValueError("URL too long")  # the parser turns it into a 400 path
+
+        def send_400_response(self, msg: str) -> None:
+            if self._url_too_long:
+                status, reason = 414, "uri_too_long"
+                msg = f"the URL must be at most {max_url_bytes} bytes"
+            else:
+                status, reason = 400, "bad_request"
+            body = orjson.dumps({"detail": {"reason": reason, "detail": msg}})
+            line = STATUS_LINE.get(status) or f"HTTP/1.1 {status} \r\n".encode()
+            head = [line]
+            for name, value in self.server_state.default_headers:
+                head.extend([name, b": ", value, b"\r\n"])
+            head.extend([
+                b"content-type: application/json\r\n",
+                b"content-length: " + str(len(body)).encode() + b"\r\n",
+                b"connection: close\r\n\r\n",
+                body,
+            ])
+            self.transport.write(b"".join(head))
+            self.transport.close()
+
+    return JsonErrorHttpToolsProtocol

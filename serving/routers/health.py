@@ -17,14 +17,15 @@ from serving.deps import JSON, StateDep
 router = APIRouter(tags=["health"])
 
 
-@router.api_route("/healthz", methods=["GET", "HEAD"], response_class=JSON, summary="Liveness")
+@router.get("/healthz", response_class=JSON, summary="Liveness")
+@router.head("/healthz", response_class=JSON, include_in_schema=False)
 async def healthz() -> JSON:
     return JSON({"status": "ok"})
 
 
-@router.api_route(
+@router.head("/readyz", response_class=JSON, include_in_schema=False)
+@router.get(
     "/readyz",
-    methods=["GET", "HEAD"],
     response_class=JSON,
     summary="Readiness: 200 when a snapshot is loaded and configured dependencies work",
     responses={503: {"description": "not ready; the body says which dependency and why"}},
