@@ -173,7 +173,7 @@ def verify_key(key: str, stored: str) -> bool:
 
 def parse_records(text: str) -> list[ApiKey]:
     """Records from a file's or variable's text (blank lines and ``#`` comments skipped)."""
-    out = []
+    out: list[ApiKey] = []
     for line in re.split(r"[\n;]+", text):
         line = line.split("#", 1)[0]
         out.extend(ApiKey.parse(word) for word in line.split())
