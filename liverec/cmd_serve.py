@@ -92,6 +92,10 @@ def register(app: typer.Typer) -> None:
             level=settings.log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s %(message)s",
         )
+        # kafka-python logs every failed reconnect (several a second while a broker is
+        # down); the live tail and the event sender log each state change with the
+        # cause instead, and /readyz and liverec_serve_degraded show it.
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
         try:
             run(settings, auth=auth)
         except AuthConfigError as exc:

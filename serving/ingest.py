@@ -181,6 +181,10 @@ class Ingestor:
     connect_backoff_max_s, probe_interval_s
         Longest wait between connection attempts; how often a record is let through
         as a probe while the last delivery failed.
+    probe
+        Whether Kafka answers (e.g. a metadata request), asked every
+        ``probe_interval_s`` while degraded and idle, so the state recovers without
+        traffic (a replica out of rotation gets none).
 
     Attributes
     ----------
@@ -206,8 +210,10 @@ class Ingestor:
         metrics: ServingMetrics | None = None,
         connect_backoff_max_s: float = 5.0,
         probe_interval_s: float = 1.0,
+        probe: Callable[[], bool] | None = None,
     ) -> None:
         self.factory = factory
+        self.probe = probe
         self.delivery_timeout_s = delivery_timeout_s
         self.metrics = metrics
         self.connect_backoff_max_s = connect_backoff_max_s
@@ -311,6 +317,7 @@ class Ingestor:
             rec = self._queue.get(timeout=0.05)
         except queue.Empty:
             producer.poll(0)
+            self._maybe_probe()
             return
         self._gauge()
         if time.monotonic() >= rec.deadline or rec.future.done():
@@ -339,6 +346,21 @@ class Ingestor:
                         rec.future.set_result(report)
 
         return on_delivery
+
+    def _maybe_probe(self) -> None:
+        if self.state != "degraded" or self.probe is None:
+            return
+        now = time.monotonic()
+        if now - self._last_probe < self.probe_interval_s:
+            return
+        self._last_probe = now
+        try:
+            ok = self.probe()
+        except Exception as exc:  # a failing probe is an answer, not a crash
+            log.debug("Kafka probe failed: %s", exc)
+            ok = False
+        if ok and self.state == "degraded":
+            self._set_state("connected", "")
 
     def _failed(self, exc: BaseException) -> None:
         self._set_state("degraded", f"{type(exc).__name__}: {exc}")

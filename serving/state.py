@@ -58,6 +58,8 @@ class ServingState:
             queue_max=settings.ingest_queue_max,
             delivery_timeout_s=settings.delivery_timeout_s,
             metrics=metrics,
+            probe=self._kafka_answers,
+            probe_interval_s=2.0,
         )
         # A few dedicated threads (not the 40-thread default pool): each holds its own
         # score buffer, and more threads than cores would only queue on the same cores.
@@ -197,6 +199,11 @@ class ServingState:
             delivery_timeout_s=self.settings.delivery_timeout_s,
             client_id="liverec-serving",
         )
+
+    def _kafka_answers(self) -> bool:
+        from stream.kafka import cluster_ready
+
+        return cluster_ready(self.settings.bootstrap, timeout_ms=2000)
 
     def start_background(self) -> None:
         """Start the live tail and the event sender (both connect in the background)."""
