@@ -120,6 +120,8 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[byte
     try:
         parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if not tps:
+            return []
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         end = consumer.end_offsets(tps)
