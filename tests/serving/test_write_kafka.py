@@ -78,3 +78,33 @@ def test_colliding_event_id_cannot_drop_the_original(
     assert snap is not None
     popularity = snap.models["popularity"]
     assert "real-item" in set(popularity.items.ids)
+
+
+def test_serve_settings_read_the_documented_env_and_weigh_live_events(
+    kafka_bootstrap: str, new_topic: Callable[..., str], store: SnapshotStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from serving.settings import ServeSettings
+
+    topic = new_topic(partitions=1)
+    monkeypatch.delenv("LIVEREC_BOOTSTRAP", raising=False)
+    monkeypatch.setenv("LIVEREC_KAFKA_BOOTSTRAP", kafka_bootstrap)
+    monkeypatch.setenv("LIVEREC_TOPIC", topic)
+    monkeypatch.setenv("LIVEREC_EVENT_WEIGHTS",
+                       '{"view": 1, "click": 2, "add_to_cart": 3, "purchase": 7}')
+    settings = ServeSettings(snapshots=store.root)  # as `liverec serve` builds it
+    assert settings.bootstrap == kafka_bootstrap
+    assert settings.event_weights["purchase"] == 7.0
+    with TestClient(create_app(settings)) as client:
+        wait_for(lambda: _ready(client), 60, "server connected to Kafka")
+        for event_type, item in (("purchase", "new-bought"), ("view", "new-viewed")):
+            r = client.post("/v1/events", json={"user_id": "w", "item_id": item,
+                                                "event_type": event_type,
+                                                "timestamp": time.time()})
+            assert r.status_code == 202, r.text
+        pop = wait_for(lambda: (b := client.get("/v1/items/new-bought").json())["popularity"]
+                       > 0 and b["popularity"], 60, "the purchase reached the live context")
+        viewed = wait_for(lambda: client.get("/v1/items/new-viewed").json()["popularity"],
+                          60, "the view reached the live context")
+    # The trainer's weights (purchase 7, view 1 here), not 1.0 for every event.
+    assert pop == pytest.approx(7.0, rel=0.01) and viewed == pytest.approx(1.0, rel=0.01)
