@@ -7,8 +7,11 @@ while Kafka is down, so a server started before Kafka connects once Kafka is up)
 sends, and resolves each record's future from the producer's delivery callback.
 
 The producer is anything with the small :class:`EventProducer` protocol (asynchronous
-``send`` with a delivery callback, ``poll``, ``flush``, ``close``);
-:class:`KafkaPythonProducer` adapts today's kafka-python client to it.
+``send`` with a delivery callback, ``poll``, ``flush``, ``close``; the shape of
+``stream.kafka.Producer`` in the client layer, so either backend fits);
+:class:`KafkaPythonProducer` adapts today's kafka-python client to it. A producer is
+trusted only after ``probe`` (a metadata request) succeeds, since a client may
+connect lazily and construct fine while Kafka is down.
 
 Two refusals come back at once instead of waiting: the queue is full, or no producer
 could be created yet (or the last deliveries failed; then one probe record per
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
     from serving.metrics import ServingMetrics
 
 __all__ = [
+    "Delivered",
     "DeliveryReport",
     "EventProducer",
     "IngestRefused",
@@ -43,6 +47,19 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+class Delivered(Protocol):
+    """Where Kafka stored a record (a :class:`DeliveryReport` or a client's record)."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+
 class DeliveryReport(NamedTuple):
     """Where Kafka stored a record."""
 
@@ -52,7 +69,7 @@ class DeliveryReport(NamedTuple):
 
 
 #: ``on_delivery(error, report)``: exactly one of the two is None.
-OnDelivery = Callable[[BaseException | None, DeliveryReport | None], None]
+OnDelivery = Callable[[BaseException | None, Delivered | None], None]
 
 
 class EventProducer(Protocol):
@@ -67,15 +84,19 @@ class EventProducer(Protocol):
         on_delivery: OnDelivery | None = None,
     ) -> None:
         """Queue one record; never waits for the broker. ``on_delivery`` reports it."""
+        ...
 
-    def poll(self, timeout: float = 0.0) -> int:
+    def poll(self, timeout_s: float = 0.0) -> int:
         """Serve delivery callbacks (a no-op for clients with their own I/O thread)."""
+        ...
 
-    def flush(self, timeout: float | None = None) -> int:
+    def flush(self, timeout_s: float = 30.0) -> int:
         """Wait for queued records; returns how many are still undelivered."""
+        ...
 
-    def close(self, timeout: float | None = None) -> None:
+    def close(self, timeout_s: float = 30.0) -> None:
         """Flush and release the connection."""
+        ...
 
 
 class KafkaPythonProducer:
@@ -129,15 +150,15 @@ class KafkaPythonProducer:
             fut.add_callback(ok)
             fut.add_errback(failed)
 
-    def poll(self, timeout: float = 0.0) -> int:
+    def poll(self, timeout_s: float = 0.0) -> int:
         return 0  # kafka-python runs callbacks on its own I/O thread
 
-    def flush(self, timeout: float | None = None) -> int:
-        self._producer.flush(timeout=timeout)
+    def flush(self, timeout_s: float = 30.0) -> int:
+        self._producer.flush(timeout=timeout_s)
         return 0
 
-    def close(self, timeout: float | None = None) -> None:
-        self._producer.close(timeout=timeout)
+    def close(self, timeout_s: float = 30.0) -> None:
+        self._producer.close(timeout=timeout_s)
 
 
 class IngestRefused(Exception):
@@ -158,7 +179,7 @@ class Record:
     key: bytes | None = None
     headers: list[tuple[str, bytes]] | None = None
     deadline: float = 0.0
-    future: concurrent.futures.Future[DeliveryReport] = field(
+    future: concurrent.futures.Future[Delivered] = field(
         default_factory=concurrent.futures.Future
     )
 
@@ -228,7 +249,7 @@ class Ingestor:
         self._thread = threading.Thread(target=self._run, name="liverec-ingest", daemon=True)
 
     # ------------------------------------------------------------------ request side
-    def submit(self, records: Sequence[Record]) -> list[concurrent.futures.Future[DeliveryReport]]:
+    def submit(self, records: Sequence[Record]) -> list[concurrent.futures.Future[Delivered]]:
         """Queue ``records`` (all or none); never blocks.
 
         Raises
@@ -276,7 +297,7 @@ class Ingestor:
         producer, self._producer = self._producer, None
         if producer is not None:
             try:
-                producer.close(timeout=timeout)
+                producer.close(timeout)
             except Exception as exc:  # shutting down: say so, do not raise
                 log.warning("closing the event producer failed: %s", exc)
 
@@ -300,6 +321,8 @@ class Ingestor:
         assert self.factory is not None
         self._fail_expired()
         try:
+            if self.probe is not None and not self.probe():
+                raise ConnectionError("Kafka does not answer a metadata request")
             self._producer = self.factory()
         except Exception as exc:
             self._set_state("connecting", f"{type(exc).__name__}: {exc}")
@@ -333,7 +356,7 @@ class Ingestor:
         producer.poll(0)
 
     def _callback(self, rec: Record) -> OnDelivery:
-        def on_delivery(err: BaseException | None, report: DeliveryReport | None) -> None:
+        def on_delivery(err: BaseException | None, report: Delivered | None) -> None:
             if err is not None or report is None:
                 self._failed(err or RuntimeError("no delivery report"))
                 _fail(rec, err or RuntimeError("no delivery report"))

@@ -33,7 +33,7 @@ from fastapi import APIRouter, Depends, Request
 
 from serving.auth import Principal, require
 from serving.deps import JSON, StateDep
-from serving.ingest import DeliveryReport, IngestRefused, Record
+from serving.ingest import Delivered, IngestRefused, Record
 from stream.events import (
     EVENT_TYPES,
     REJECT_REASONS,
@@ -216,7 +216,7 @@ async def _send(state: Any, events: list[ClickEvent], batch: bool) -> JSON:
     done, pending = await asyncio.wait(waiting, timeout=settings.delivery_timeout_s)
     for f in futures:
         f.cancel()  # a record still queued is then never sent
-    reports: list[DeliveryReport | None] = []
+    reports: list[Delivered | None] = []
     failure: BaseException | None = None
     for w in waiting:
         if w in done and not w.cancelled() and w.exception() is None:

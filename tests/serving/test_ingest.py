@@ -36,13 +36,13 @@ class MemoryProducer:
         if on_delivery:
             on_delivery(None, DeliveryReport(topic, 0, len(self.sent) - 1))
 
-    def poll(self, timeout: float = 0.0) -> int:
+    def poll(self, timeout_s: float = 0.0) -> int:
         return 0
 
-    def flush(self, timeout: float | None = None) -> int:
+    def flush(self, timeout_s: float = 30.0) -> int:
         return 0
 
-    def close(self, timeout: float | None = None) -> None:
+    def close(self, timeout_s: float = 30.0) -> None:
         pass
 
 
@@ -115,10 +115,14 @@ def test_failed_deliveries_degrade_then_a_probe_recovers() -> None:
     producer = MemoryProducer()
     healthy = threading.Event()
     ing = Ingestor(lambda: producer, delivery_timeout_s=1, probe=healthy.is_set,
-                   probe_interval_s=0.05)
+                   probe_interval_s=0.05, connect_backoff_max_s=0.05)
     ing.start()
     try:
+        time.sleep(0.2)
+        assert ing.state == "connecting"  # no producer is trusted before the probe answers
+        healthy.set()
         _wait_state(ing, "connected")
+        healthy.clear()
         producer.fail = True
         f = ing.submit([Record("t", b"lost")])[0]
         with pytest.raises(ConnectionError):
