@@ -390,11 +390,11 @@ def inprocess_concurrent(
 
 def freshness(root: Path, clicks: int, tmp: Path) -> dict[str, Any]:
     import httpx
+    from stream.trainer import TrainerSettings
 
     from stream.broker import resolve_bootstrap
     from stream.events import ClickEvent, encode, event_key
     from stream.kafka import create_topics, deliver, make_producer
-    from stream.trainer import TrainerSettings
 
     kafka = resolve_bootstrap(tmp / "kafka")
     try:

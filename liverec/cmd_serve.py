@@ -38,12 +38,35 @@ def register(app: typer.Typer) -> None:
             int | None,
             typer.Option(help="With --ann: catalogue size from which the index is used."),
         ] = None,
+        api_keys_file: Annotated[
+            Path | None,
+            typer.Option(help="API key file from `liverec keys add` [LIVEREC_API_KEYS_FILE]."),
+        ] = None,
+        allow_anonymous_writes: Annotated[
+            bool,
+            typer.Option(
+                "--allow-anonymous-writes",
+                help="Accept POST /v1/events without a key on a non-loopback interface "
+                "(refused at start-up otherwise when no key is configured).",
+            ),
+        ] = False,
+        require_read_key: Annotated[
+            bool | None,
+            typer.Option("--require-read-key/--anonymous-reads",
+                         help="Read endpoints need a 'read' key [LIVEREC_REQUIRE_READ_KEY]."),
+        ] = None,
+        protect_ops: Annotated[
+            bool | None,
+            typer.Option("--protect-ops/--open-ops",
+                         help="/metrics, /v1/model and the dashboard need an 'ops' key."),
+        ] = None,
     ) -> None:
         """Serve recommendations from hot-reloaded snapshots (FastAPI + uvicorn).
 
         Every option may also come from ``LIVEREC_<NAME>`` environment variables.
         """
         from serving.app import run
+        from serving.auth import AuthConfigError, AuthSettings
         from serving.settings import ServeSettings
 
         given: dict[str, Any] = {
@@ -58,8 +81,23 @@ def register(app: typer.Typer) -> None:
             "ann_min_items": ann_min_items,
         }
         settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})
+        auth_given: dict[str, Any] = {
+            "api_keys_file": api_keys_file,
+            "require_read_key": require_read_key,
+            "protect_ops": protect_ops,
+            "allow_anonymous_writes": allow_anonymous_writes or None,
+        }
+        auth = AuthSettings(**{k: v for k, v in auth_given.items() if v is not None})
         logging.basicConfig(
             level=settings.log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s %(message)s",
         )
-        run(settings)
+        # kafka-python logs every failed reconnect (several a second while a broker is
+        # down); the live tail and the event sender log each state change with the
+        # cause instead, and /readyz and liverec_serve_degraded show it.
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
+        try:
+            run(settings, auth=auth)
+        except AuthConfigError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc

@@ -16,12 +16,17 @@ broker_app = typer.Typer(
 @broker_app.command("start")
 def broker_start(
     heap: Annotated[str, typer.Option(help="JVM heap (-Xmx)")] = "512m",
+    fresh: Annotated[bool, typer.Option(
+        "--fresh", help="wipe the data directory (topics, offsets) and pick new ports")] = False,
 ) -> None:
-    """Start the local broker (or find the running one); prints its bootstrap address."""
+    """Start the local broker (or find the running one); prints its bootstrap address.
+
+    A restart keeps the data directory and, when free, the same port.
+    """
     from stream.broker import KafkaSetupError, start_detached_broker
 
     try:
-        state = start_detached_broker(heap=heap)
+        state = start_detached_broker(heap=heap, fresh=fresh)
     except KafkaSetupError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -30,14 +35,18 @@ def broker_start(
 
 @broker_app.command("status")
 def broker_status_cmd() -> None:
-    """Print the local broker's bootstrap address; exit 1 when it is not running."""
-    from stream.broker import broker_status
+    """Print the local broker's bootstrap address (its data directory and size on stderr);
+    exit 1 when it is not running."""
+    from stream.broker import broker_status, data_dir_size
 
     state = broker_status()
     if state is None:
         typer.echo("not running", err=True)
         raise typer.Exit(1)
     typer.echo(state.bootstrap)
+    data = Path(state.workdir) / "data"
+    typer.echo(f"pid {state.pid}, data dir {data} ({data_dir_size(data) / 2**20:.1f} MiB)",
+               err=True)
 
 
 @broker_app.command("stop")

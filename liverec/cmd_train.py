@@ -20,6 +20,7 @@ def train(
         help="Kafka bootstrap host:port [LIVEREC_KAFKA_BOOTSTRAP / LIVEREC_BOOTSTRAP]")] = None,
     topic: Annotated[str | None, typer.Option(help="click topic [LIVEREC_TOPIC]")] = None,
     kafka_client: Annotated[str | None, typer.Option(
+        "--kafka-client", "--client",
         help="Kafka client library: confluent (librdkafka) or kafka-python "
              "[LIVEREC_KAFKA_CLIENT]")] = None,
     group: Annotated[str | None, typer.Option(help="consumer group [LIVEREC_GROUP]")] = None,
@@ -70,8 +71,11 @@ def train(
 ) -> None:
     """Consume clicks, evaluate a sample prequentially, learn, snapshot, commit; serve /metrics.
 
-    One process is one member of the consumer group --group. Runs until SIGTERM/SIGINT
-    (then: a last snapshot, its offsets committed, the group left) or a --max-* limit.
+    One process is one member of the consumer group --group and the only writer of
+    --snapshots. Runs until SIGTERM/SIGINT (then: a last snapshot, its offsets
+    committed, the group left) or a --max-* limit. Security (SASL/TLS) comes from the
+    LIVEREC_KAFKA_SECURITY_PROTOCOL, LIVEREC_KAFKA_SASL_* and LIVEREC_KAFKA_SSL_*
+    variables; the flood guard from LIVEREC_FLOOD_*.
     """
     import orjson
     from prometheus_client import start_http_server
@@ -106,9 +110,10 @@ def train(
     try:
         settings = TrainerSettings(**given)
         settings.model_names()
-        kafka = KafkaSettings(**{k: v for k, v in {
+        kafka_given: dict[str, Any] = {k: v for k, v in {
             "bootstrap": bootstrap, "topic": topic, "client": kafka_client}.items()
-            if v is not None})
+            if v is not None}
+        kafka = KafkaSettings(**kafka_given)
     except (ValidationError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     if not kafka.bootstrap:

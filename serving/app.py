@@ -10,12 +10,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from fastapi import FastAPI
+import orjson
+from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.auth import AccessControl, AuthSettings, require
 from serving.dashboard import DashboardSeries
 from serving.metrics import ServingMetrics
+from serving.ratelimit import RateLimitSettings
 from serving.routers import dashboard, events, health, items, model, recommendations, users
 from serving.settings import ServeSettings
 from serving.state import ServingState
@@ -60,6 +63,34 @@ class MetricsMiddleware:
             self.state.observe_latency(template, dt)
 
 
+class UrlLimitMiddleware:
+    """A request target longer than ``max_bytes`` gets a JSON 414 before routing."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = len(scope.get("raw_path") or scope["path"].encode()) + len(
+                scope.get("query_string", b"")
+            )
+            if size > self.max_bytes:
+                body = orjson.dumps({
+                    "detail": {"reason": "uri_too_long",
+                               "detail": f"the URL must be at most {self.max_bytes} bytes"}
+                })
+                await send({
+                    "type": "http.response.start",
+                    "status": 414,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())],
+                })
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
 async def _watch(state: ServingState) -> None:
     while True:
         try:
@@ -88,15 +119,29 @@ async def _sample(dash: DashboardSeries, interval: float) -> None:
             await asyncio.sleep(interval)
 
 
-def create_app(settings: ServeSettings, *, metrics: ServingMetrics | None = None) -> FastAPI:
+def create_app(
+    settings: ServeSettings,
+    *,
+    auth: AuthSettings | None = None,
+    limits: RateLimitSettings | None = None,
+    metrics: ServingMetrics | None = None,
+) -> FastAPI:
     """Build the serving app. Nothing is loaded until the lifespan starts.
 
     Parameters
     ----------
     settings
         The process settings (snapshot root, Kafka, limits).
+    auth, limits
+        API keys and rate limits; read from the environment when not given.
     metrics
         Metrics to record into; a fresh registry by default.
+
+    Raises
+    ------
+    serving.auth.AuthConfigError
+        Anonymous writes would be open on a non-loopback interface, or the keys
+        are unusable.
 
     Examples
     --------
@@ -105,22 +150,20 @@ def create_app(settings: ServeSettings, *, metrics: ServingMetrics | None = None
     ['/v1/dashboard/data', '/v1/events']
     """
     state = ServingState(settings, metrics or ServingMetrics())
+    access = AccessControl(
+        auth if auth is not None else AuthSettings(),
+        limits if limits is not None else RateLimitSettings(),
+        host=settings.host,
+        metrics=state.metrics,
+    )
     dash = DashboardSeries(state, settings.dashboard_points, settings.trainer_metrics_url)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(state.load_initial)
-        state.start_tail()
-        app.state.producer = None
-        if settings.bootstrap:
-            from stream.kafka import make_producer
-
-            try:
-                app.state.producer = await asyncio.to_thread(
-                    make_producer, settings.kafka, client_id="liverec-serving"
-                )
-            except Exception as exc:  # serve reads even if ingestion cannot start
-                log.warning("no Kafka producer (%s); POST /v1/events will answer 503", exc)
+        # Kafka connects in the background: start-up never waits for it, and a server
+        # started while Kafka is down connects when it comes back.
+        state.start_background()
         tasks = [
             asyncio.create_task(_watch(state), name="liverec-watch"),
             asyncio.create_task(_sample(dash, settings.dashboard_interval_s), name="liverec-dash"),
@@ -135,9 +178,7 @@ def create_app(settings: ServeSettings, *, metrics: ServingMetrics | None = None
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
-            state.stop()
-            if app.state.producer is not None:
-                app.state.producer.close(5.0)
+            await asyncio.to_thread(state.stop)
 
     app = FastAPI(
         title="liverec serving",
@@ -147,23 +188,83 @@ def create_app(settings: ServeSettings, *, metrics: ServingMetrics | None = None
     )
     app.state.serving = state
     app.state.dashboard = dash
-    app.state.producer = None
-    for r in (health, recommendations, items, users, events, model, dashboard):
-        app.include_router(r.router)
+    app.state.access = access
+    # The scope each router needs (events states its own ``write``; health its ``ops``
+    # for /metrics and none for the probes).
+    app.include_router(health.router)
+    app.include_router(events.router)
+    for r in (recommendations, items, users):
+        app.include_router(r.router, dependencies=[Depends(require("read"))])
+    for r in (model, dashboard):
+        app.include_router(r.router, dependencies=[Depends(require("ops"))])
     app.mount("/static", StaticFiles(directory=dashboard.STATIC), name="static")
     app.add_middleware(MetricsMiddleware, state=state)
+    app.add_middleware(UrlLimitMiddleware, max_bytes=settings.max_url_bytes)
     return app
 
 
-def run(settings: ServeSettings, **uvicorn_kwargs: Any) -> None:
-    """Serve ``create_app(settings)`` with uvicorn (blocks)."""
+def run(
+    settings: ServeSettings,
+    *,
+    auth: AuthSettings | None = None,
+    limits: RateLimitSettings | None = None,
+    **uvicorn_kwargs: Any,
+) -> None:
+    """Serve ``create_app(settings, auth=auth, limits=limits)`` with uvicorn (blocks)."""
     import uvicorn
 
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, auth=auth, limits=limits),
+        http=json_error_protocol(settings.max_url_bytes),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
         **uvicorn_kwargs,
     )
+
+
+def json_error_protocol(max_url_bytes: int) -> type[Any]:
+    """uvicorn's httptools protocol answering malformed requests in JSON as well.
+
+    uvicorn refuses a request it cannot parse (an over-long URL among them, from
+    some 64 KiB on) with a plain-text 400 before the app sees it; this subclass
+    stops reading a URL at ``max_url_bytes`` and answers JSON 414, and other parse
+    failures JSON 400.
+    """
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+    class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
+        _url_too_long = False
+
+        def on_message_begin(self) -> None:
+            self._url_too_long = False
+            super().on_message_begin()
+
+        def on_url(self, url: bytes) -> None:
+            super().on_url(url)
+            if len(self.url) > max_url_bytes:
+                self._url_too_long = True
+                raise ValueError("URL too long")  # the parser turns it into a 400 path
+
+        def send_400_response(self, msg: str) -> None:
+            if self._url_too_long:
+                status, reason = 414, "uri_too_long"
+                msg = f"the URL must be at most {max_url_bytes} bytes"
+            else:
+                status, reason = 400, "bad_request"
+            body = orjson.dumps({"detail": {"reason": reason, "detail": msg}})
+            line = STATUS_LINE.get(status) or f"HTTP/1.1 {status} \r\n".encode()
+            head = [line]
+            for name, value in self.server_state.default_headers:
+                head.extend([name, b": ", value, b"\r\n"])
+            head.extend([
+                b"content-type: application/json\r\n",
+                b"content-length: " + str(len(body)).encode() + b"\r\n",
+                b"connection: close\r\n\r\n",
+                body,
+            ])
+            self.transport.write(b"".join(head))
+            self.transport.close()
+
+    return JsonErrorHttpToolsProtocol

@@ -113,7 +113,17 @@ class LiveTail:
 
     Starts at ``start_offsets`` (normally the loaded snapshot's: clicks after it are
     exactly what the snapshot does not know yet) or at the end of each partition.
-    Never commits. Errors are logged and retried; they never end the thread.
+    Never commits. Errors are logged and retried with backoff; they never end the
+    thread, so a server started before Kafka connects once Kafka is up, and one
+    whose broker went away reconnects when it is back.
+
+    Attributes
+    ----------
+    state
+        ``connecting`` (no partitions assigned yet), ``connected`` or
+        ``disconnected`` (the last attempt failed; retrying).
+    reason
+        Why it is not ``connected`` (the last error), else ``""``.
     """
 
     def __init__(
@@ -125,6 +135,7 @@ class LiveTail:
         start_offsets: Callable[[], Mapping[int, int]] | None = None,
         weights: Mapping[str, float] | None = None,
         metrics: ServingMetrics | None = None,
+        request_timeout_s: float = 5.0,
     ) -> None:
         self.settings = as_settings(settings)
         self.topic = topic
@@ -132,8 +143,11 @@ class LiveTail:
         self.start_offsets = start_offsets
         self.weights = dict(weights or {})
         self.metrics = metrics
+        self.request_timeout_s = request_timeout_s
         self.lag: int | None = None
         self.assigned = threading.Event()
+        self.state = "connecting"
+        self.reason = "not connected yet"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="liverec-live-tail", daemon=True)
 
@@ -151,9 +165,10 @@ class LiveTail:
                 self._tail()
                 backoff = 0.5
             except Exception as exc:  # the tail must outlive broker hiccups
+                self.state, self.reason = "disconnected", f"{type(exc).__name__}: {exc}"
                 log.warning("live tail error (%s); retrying in %.1fs", exc, backoff)
                 self._stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+                backoff = min(backoff * 2, 5.0)
 
     def _tail(self) -> None:
         consumer = make_consumer(self.settings, ConsumerOptions(
@@ -163,12 +178,14 @@ class LiveTail:
             while not parts and not self._stop.is_set():
                 parts = consumer.partitions_for(self.topic)
                 if not parts:
+                    self.reason = f"topic {self.topic!r} has no partitions (yet)"
                     self._stop.wait(0.5)
             if self._stop.is_set() or not parts:
                 return
             tps = [(self.topic, p) for p in sorted(parts)]
             consumer.assign(tps)
             self._seek(consumer, tps)
+            self.state, self.reason = "connected", ""
             self.assigned.set()
             last_lag = 0.0
             while not self._stop.is_set():
@@ -177,6 +194,8 @@ class LiveTail:
                 now = time.monotonic()
                 if now - last_lag > 2.0:
                     last_lag = now
+                    # A broker that went away shows here: poll() just returns nothing,
+                    # while the end-offset request fails within request_timeout_s.
                     self._measure_lag(consumer, tps)
         finally:
             consumer.close()

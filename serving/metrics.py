@@ -13,7 +13,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["BatcherCollector", "ServingMetrics"]
+__all__ = ["DEGRADED_REASONS", "BatcherCollector", "ServingMetrics"]
+
+#: Every ``reason`` of ``liverec_serve_degraded`` (one 0/1 series each).
+DEGRADED_REASONS: tuple[str, ...] = (
+    "no_snapshot",
+    "kafka_tail_disconnected",
+    "kafka_producer_unavailable",
+)
 
 
 class BatcherStats(Protocol):
@@ -183,5 +190,41 @@ class ServingMetrics:
             "liverec_serving_ingested_events_total",
             "POST /v1/events outcomes (accepted or the reject reason).",
             ["outcome"],
+            registry=r,
+        )
+        self.degraded = Gauge(
+            "liverec_serve_degraded",
+            "1 while the server runs without something it was configured to use "
+            "(see /readyz for the detail).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in DEGRADED_REASONS:
+            self.degraded.labels(reason=reason)
+        self.rate_limited = Counter(
+            "liverec_serve_rate_limited",
+            "Requests refused with 429 by scope (read, write, ops).",
+            ["scope"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "liverec_serve_auth_failures",
+            "Requests refused for their API key (missing_key, unknown_key, wrong_scope).",
+            ["reason"],
+            registry=r,
+        )
+        for scope in ("read", "write", "ops"):
+            self.rate_limited.labels(scope=scope)
+        for reason in ("missing_key", "unknown_key", "wrong_scope"):
+            self.auth_failures.labels(reason=reason)
+        self.ingest_queue = Gauge(
+            "liverec_serve_ingest_queue_events",
+            "Events accepted by POST /v1/events waiting for the background sender.",
+            registry=r,
+        )
+        self.ingest_delivery_seconds = Histogram(
+            "liverec_serve_ingest_delivery_duration_seconds",
+            "POST /v1/events: time from queueing to Kafka's acknowledgement.",
+            buckets=_LATENCY_BUCKETS,
             registry=r,
         )

@@ -40,7 +40,26 @@ class ServeSettings(BaseSettings):
     max_k
         Largest ``k`` a request may ask for.
     max_body_bytes
-        Largest accepted request body.
+        Largest accepted request body (``POST /v1/events``); a larger one gets 413
+        before it is read or parsed.
+    max_batch_events
+        Most events one ``POST /v1/events`` may carry as a JSON array.
+    max_url_bytes
+        Longest accepted request target (path and query); longer ones get a JSON 414.
+    delivery_timeout_s
+        How long ``POST /v1/events`` waits for Kafka to acknowledge its events before
+        answering 503 with ``Retry-After``. Sends run on a background thread; the
+        request loop never waits on Kafka.
+    ingest_queue_max
+        Events waiting for the background sender; when full, ``POST /v1/events``
+        answers 503 at once.
+    retry_after_s
+        ``Retry-After`` of a 503 from the write path.
+    ready_requires_kafka
+        With a bootstrap configured, ``/readyz`` answers 503 while the live tail or
+        the producer is not connected (the body says which and why). Set false to
+        keep a replica in rotation for reads during a Kafka outage; the body and
+        ``liverec_serve_degraded`` still say it is degraded.
     trainer_metrics_url
         The trainer's Prometheus ``/metrics`` URL, scraped for the dashboard.
     dashboard_interval_s, dashboard_points
@@ -83,7 +102,9 @@ class ServeSettings(BaseSettings):
     (9000, 'hybrid', 1000)
     """
 
-    model_config = SettingsConfigDict(env_prefix="LIVEREC_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LIVEREC_", extra="ignore", populate_by_name=True
+    )
 
     snapshots: Path = Path("snapshots")
     host: str = "127.0.0.1"
@@ -98,7 +119,13 @@ class ServeSettings(BaseSettings):
     live_max_new_items: int = Field(default=10_000, ge=1)
     max_k: int = Field(default=1000, ge=1)
     max_id_chars: int = Field(default=256, ge=1)
-    max_body_bytes: int = Field(default=8192, ge=256)
+    max_body_bytes: int = Field(default=64 * 1024, ge=256)
+    max_batch_events: int = Field(default=100, ge=1)
+    max_url_bytes: int = Field(default=8192, ge=256)
+    delivery_timeout_s: float = Field(default=5.0, gt=0)
+    ingest_queue_max: int = Field(default=10_000, ge=1)
+    retry_after_s: int = Field(default=5, ge=1)
+    ready_requires_kafka: bool = True
     trainer_metrics_url: str = ""
     dashboard_interval_s: float = Field(default=2.0, gt=0)
     dashboard_points: int = Field(default=300, ge=2)

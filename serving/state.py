@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from online_models.snapshot import SnapshotError, SnapshotStore
+from serving.ingest import EventProducer, Ingestor
 from serving.live import LiveContext, LiveTail
 from serving.metrics import BatcherCollector, ServingMetrics
 from serving.ranking import LoadedSnapshot, ScoreBatcher
@@ -52,6 +53,14 @@ class ServingState:
             max_items=settings.live_max_new_items,
         )
         self.tail: LiveTail | None = None
+        self.ingestor = Ingestor(
+            self._producer_factory if settings.bootstrap else None,
+            queue_max=settings.ingest_queue_max,
+            delivery_timeout_s=settings.delivery_timeout_s,
+            metrics=metrics,
+            probe=self._kafka_answers,
+            probe_interval_s=2.0,
+        )
         # A few dedicated threads (not the 40-thread default pool): each holds its own
         # score buffer, and more threads than cores would only queue on the same cores.
         # With batching a request thread mostly waits for its batch, so the pool is as
@@ -180,17 +189,81 @@ class ServingState:
         )
         self.tail.start()
 
+    def _producer_factory(self) -> EventProducer:
+        from stream.kafka import make_producer
+
+        timeout_ms = max(1000, int(self.settings.delivery_timeout_s * 1000))
+        return make_producer(
+            self.settings.kafka, client_id="liverec-serving", max_block_ms=timeout_ms,
+            delivery_timeout_ms=timeout_ms, linger_ms=2,
+        )
+
+    def _kafka_answers(self) -> bool:
+        from stream.kafka import cluster_ready
+
+        return cluster_ready(self.settings.kafka, timeout_ms=2000)
+
+    def start_background(self) -> None:
+        """Start the live tail and the event sender (both connect in the background)."""
+        self.start_tail()
+        self.ingestor.start()
+
     def stop(self) -> None:
         if self.tail is not None:
             self.tail.stop()
+        self.ingestor.stop()
         if self.rank_pool is not None:
             self.rank_pool.shutdown(wait=False, cancel_futures=True)
         if self.batcher is not None:
             self.batcher.stop()
 
+    # ------------------------------------------------------------------ health
+    def dependencies(self) -> tuple[bool, dict[str, dict[str, object]]]:
+        """(ready, each dependency's state); also sets ``liverec_serve_degraded``.
+
+        Ready needs a loaded snapshot and, with a bootstrap configured and
+        ``ready_requires_kafka``, a connected live tail and event producer.
+        """
+        s = self.settings
+        cur = self.current
+        deps: dict[str, dict[str, object]] = {
+            "snapshot": (
+                {"state": "loaded", "version": cur.version}
+                if cur is not None
+                else {"state": "missing", "reason": f"no valid snapshot under {s.snapshots}"}
+            )
+        }
+        degraded = {"no_snapshot": cur is None}
+        if s.bootstrap:
+            tail = self.tail
+            tail_state = tail.state if tail is not None else "stopped"
+            deps["kafka_tail"] = {"state": tail_state, "topic": s.topic}
+            if tail is not None and tail.lag is not None:
+                deps["kafka_tail"]["lag_messages"] = tail.lag
+            if tail_state != "connected":
+                deps["kafka_tail"]["reason"] = tail.reason if tail is not None else "not started"
+            ing = self.ingestor
+            deps["kafka_producer"] = {"state": ing.state, "queued": ing.queued}
+            if ing.state != "connected":
+                deps["kafka_producer"]["reason"] = ing.reason
+            degraded["kafka_tail_disconnected"] = tail_state != "connected"
+            degraded["kafka_producer_unavailable"] = ing.state != "connected"
+        else:
+            reason = "no Kafka bootstrap configured: no live context, POST /v1/events answers 503"
+            deps["kafka_tail"] = {"state": "disabled", "reason": reason}
+            deps["kafka_producer"] = {"state": "disabled", "reason": reason}
+            degraded["kafka_tail_disconnected"] = False
+            degraded["kafka_producer_unavailable"] = False
+        for reason, on in degraded.items():
+            self.metrics.degraded.labels(reason=reason).set(1.0 if on else 0.0)
+        kafka_down = degraded["kafka_tail_disconnected"] or degraded["kafka_producer_unavailable"]
+        ready = cur is not None and not (kafka_down and s.ready_requires_kafka)
+        return ready, deps
+
     # ------------------------------------------------------------------ gauges
     def update_gauges(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
+        self.dependencies()
         cur = self.current
         if cur is None:
             return

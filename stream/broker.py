@@ -46,6 +46,7 @@ __all__ = [
     "ResolvedKafka",
     "broker_status",
     "cache_dir",
+    "data_dir_size",
     "docker_available",
     "ensure_kafka_libs",
     "free_port",
@@ -301,7 +302,9 @@ class LocalBroker:
         java = _java()
         libs = ensure_kafka_libs()
         config = self._write_config()
-        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # Formatted storage keeps its cluster id (a restart keeps the topics).
+        cluster = self.cluster_id() or base64.urlsafe_b64encode(
+            uuid.uuid4().bytes).decode().rstrip("=")
         fmt = subprocess.run(
             self._jvm(libs, "kafka.tools.StorageTool", "format",
                       # "=" form: a base64 id may start with "-" and read as a flag.
@@ -334,6 +337,17 @@ class LocalBroker:
             raise
         log.info("local Kafka %s ready at %s (pid %s)", KAFKA_VERSION, self.bootstrap, self.pid)
         return self
+
+    def cluster_id(self) -> str | None:
+        """The cluster id of the formatted storage in ``workdir``, if any."""
+        meta = self.workdir / "data" / "meta.properties"
+        try:
+            for line in meta.read_text().splitlines():
+                if line.startswith("cluster.id="):
+                    return line.split("=", 1)[1].strip() or None
+        except OSError:
+            return None
+        return None
 
     def _wait_ready(self, cluster: str) -> None:
         assert self.process is not None
@@ -466,22 +480,60 @@ def broker_status() -> BrokerState | None:
     return state if cluster_ready(state.bootstrap) else None
 
 
-def start_detached_broker(*, heap: str = "512m") -> BrokerState:
-    """Start (or find) the CLI's detached local broker; returns once it is ready."""
+def start_detached_broker(*, heap: str = "512m", fresh: bool = False) -> BrokerState:
+    """Start (or find) the CLI's detached local broker; returns once it is ready.
+
+    A restart reuses the data directory (topics and offsets survive) and, when
+    they are still free, the same ports, so clients keep their bootstrap address.
+    ``fresh`` wipes the data and picks new ports.
+    """
     state = BrokerState.load()
     if state is not None and state.is_our_process():
-        if cluster_ready(state.bootstrap, timeout_ms=10_000):
+        if not fresh and cluster_ready(state.bootstrap, timeout_ms=10_000):
             return state
         _terminate(state.pid, 30.0)
     workdir = cache_dir() / "broker" / "run"
-    # A fresh log.dirs per start: the broker is for demos and tests, not for keeping data.
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    broker = LocalBroker(workdir, heap=heap, detach=True).start()
+    ports_file = workdir / "ports.json"
+    if fresh:
+        shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        saved = json.loads(ports_file.read_text())
+    except (OSError, ValueError):
+        saved = {}
+    port = _reuse_port(saved.get("port"))
+    controller = _reuse_port(saved.get("controller_port"))
+    if saved.get("port") and port is None:
+        log.warning("port %s is taken; the broker moves to a new one", saved["port"])
+    broker = LocalBroker(workdir, port=port, controller_port=controller, heap=heap,
+                         detach=True).start()
     assert broker.pid is not None
+    ports_file.write_text(json.dumps({"port": broker.port,
+                                      "controller_port": broker.controller_port}))
     state = BrokerState(broker.pid, broker.bootstrap, str(workdir), time.time())
     state.save()
     return state
+
+
+def _reuse_port(port: object) -> int | None:
+    if not isinstance(port, int) or port <= 0:
+        return None
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return None
+    return port
+
+
+def data_dir_size(path: str | Path) -> int:
+    """Bytes under ``path`` (0 when it does not exist)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += (Path(root) / name).stat().st_size
+    return total
 
 
 def stop_detached_broker(timeout_s: float = 30.0) -> BrokerState | None:

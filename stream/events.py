@@ -8,8 +8,8 @@ An event is a small JSON object (UTF-8, ``"schema": 1``)::
 
 * ``event_id`` is unique per event; consumers drop repeats (a re-replayed file
   produces the same ids).
-* ``user_id``, ``item_id`` (and ``session_id``, ``event_id``): strings of
-  ``1..max_id_chars`` characters.
+* ``user_id``, ``item_id`` (and ``session_id``, ``event_id``): printable strings of
+  ``1..max_id_chars`` characters (no control characters, no unpaired surrogates).
 * ``event_type``: ``view``, ``click``, ``add_to_cart`` or ``purchase``; each has a
   learning weight (:data:`EVENT_WEIGHTS`, configurable through the settings).
 * ``timestamp``: epoch seconds, epoch milliseconds (numbers above ``1e11``) or
@@ -28,6 +28,7 @@ HTTP ingestion endpoint gets) are pure and never raise: they return either a
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -80,6 +81,9 @@ REJECT_REASONS: tuple[str, ...] = (
 # Above this a numeric timestamp is read as milliseconds: 1e11 s is the year 5138,
 # while 1e11 ms is 1973, so the two ranges of plausible times do not overlap.
 _MS_THRESHOLD = 1e11
+# Ids are printable text: control characters (Unicode category Cc: C0, DEL, C1) and
+# unpaired surrogates (which cannot be encoded as UTF-8) are refused as ``bad_id``.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _MAX_CONTEXT_KEY_CHARS = 64
 _MAX_CONTEXT_VALUE_CHARS = 256
 
@@ -316,6 +320,12 @@ def _id(obj: dict[str, Any], name: str, limits: Limits) -> str:
         raise _Reject("bad_field_type", f"{name} must be a string, got {type(value).__name__}")
     if not 1 <= len(value) <= limits.max_id_chars:
         raise _Reject("bad_id", f"{name} must have 1..{limits.max_id_chars} characters")
+    bad = _UNPRINTABLE.search(value)
+    if bad is not None:
+        raise _Reject(
+            "bad_id",
+            f"{name} holds the unprintable character U+{ord(bad.group()):04X} at {bad.start()}",
+        )
     return value
 
 

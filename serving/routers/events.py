@@ -1,28 +1,64 @@
-"""``POST /v1/events``: validate a click with the stream's own contract, produce it.
+"""``POST /v1/events``: validate clicks with the stream's own contract, queue them for Kafka.
 
 The body is read and checked here rather than by a pydantic model so the answer is
 exactly the stream's: the same :func:`stream.events.validate_dict` and the same
 bounded rejection reasons the consumer sends to the dead-letter topic.
+
+Order of checks, cheapest first and all before the body is parsed: API key and scope
+(401/403), the caller's rate limit (429), content type (415), declared and actual
+body size (413). Then the JSON (one event or an array of at most
+``max_batch_events``), each event's contract (422, nothing is sent when one event
+is bad), and the send: records go to a background sender (:mod:`serving.ingest`),
+and the request waits for Kafka's acknowledgement at most ``delivery_timeout_s``
+on the event loop without blocking it; a refusal or timeout is a 503 with
+``Retry-After``.
+
+Event ids are scoped to the caller: an ``event_id`` posted with key ``ingest``
+travels as ``ingest/<event_id>`` (``anonymous/...`` without a key), so no caller can
+make the trainer drop another source's event as a duplicate, while a retried post
+with the same id is still de-duplicated.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
+import time
+import uuid
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
+from serving.auth import Principal, require
 from serving.deps import JSON, StateDep
-from stream.events import EVENT_TYPES, REJECT_REASONS, Rejected, encode, event_key, validate_dict
-from stream.kafka import deliver
+from serving.ingest import Delivered, IngestRefused, Record
+from stream.events import (
+    EVENT_TYPES,
+    REJECT_REASONS,
+    ClickEvent,
+    Limits,
+    Rejected,
+    encode,
+    event_key,
+    validate_dict,
+)
+
+__all__ = ["router", "scoped_event_id"]
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
-_EVENT_SCHEMA = {
+_EVENT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["user_id", "item_id", "event_type", "timestamp"],
     "properties": {
-        "event_id": {"type": "string", "minLength": 1, "maxLength": 256},
+        "event_id": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 256,
+            "description": "scoped to the caller: stored as '<key name>/<event_id>'",
+        },
         "user_id": {"type": "string", "minLength": 1, "maxLength": 256},
         "item_id": {"type": "string", "minLength": 1, "maxLength": 256},
         "event_type": {"type": "string", "enum": list(EVENT_TYPES)},
@@ -35,33 +71,67 @@ _EVENT_SCHEMA = {
     },
 }
 
+WriteKey = Annotated[Principal, Depends(require("write"))]
 
-def _reject(status: int, reason: str, detail: str) -> JSON:
-    return JSON({"accepted": False, "reason": reason, "detail": detail}, status_code=status)
+
+def _reject(
+    status: int, reason: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSON:
+    body = {"accepted": False, "reason": reason, "detail": detail, **extra}
+    return JSON(body, status_code=status, headers=headers)
+
+
+def scoped_event_id(owner: str, event_id: str | None, max_chars: int) -> str:
+    """``owner/event_id`` (a fresh uuid when none), hashed when that would be too long.
+
+    >>> scoped_event_id("ingest", "e-1", 256)
+    'ingest/e-1'
+    >>> len(scoped_event_id("ingest", "x" * 256, 256)) <= 256
+    True
+    """
+    eid = event_id if event_id is not None else uuid.uuid4().hex
+    scoped = f"{owner}/{eid}"
+    if len(scoped) > max_chars:
+        scoped = f"{owner}/sha256:{hashlib.sha256(eid.encode()).hexdigest()[:40]}"
+    return scoped
 
 
 @router.post(
     "/events",
     response_class=JSON,
     status_code=202,
-    summary="Ingest one click event (produced to Kafka for the trainer)",
+    summary="Ingest click events (one object or an array; produced to Kafka for the trainer)",
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": _EVENT_SCHEMA}},
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "anyOf": [
+                            _EVENT_SCHEMA,
+                            {"type": "array", "items": _EVENT_SCHEMA, "minItems": 1},
+                        ]
+                    }
+                }
+            },
         }
     },
     responses={
-        202: {"description": "accepted and written to the topic"},
-        413: {"description": "body too large"},
+        202: {"description": "accepted and acknowledged by Kafka"},
+        401: {"description": "missing or unknown API key"},
+        403: {"description": "the key lacks the write scope"},
+        413: {"description": "body too large or too many events"},
         415: {"description": "not application/json"},
         422: {"description": f"rejected; reason is one of {', '.join(REJECT_REASONS)}"},
-        503: {"description": "no Kafka producer configured or the broker is unavailable"},
+        429: {"description": "rate limit exceeded (see Retry-After)"},
+        503: {"description": "Kafka unavailable, queue full or delivery timed out "
+                             "(see Retry-After); no Kafka bootstrap configured"},
     },
 )
-async def post_event(request: Request, state: StateDep) -> JSON:
+async def post_event(request: Request, state: StateDep, principal: WriteKey) -> JSON:
     metrics = state.metrics
-    limit = state.settings.max_body_bytes
+    settings = state.settings
+    limit = settings.max_body_bytes
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json":
         metrics.ingested.labels(outcome="bad_content_type").inc()
@@ -76,33 +146,113 @@ async def post_event(request: Request, state: StateDep) -> JSON:
         if len(body) > limit:
             metrics.ingested.labels(outcome="too_large").inc()
             return _reject(413, "too_large", f"body must be at most {limit} bytes")
+    raw = bytes(body)
     try:
-        obj = orjson.loads(bytes(body))
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        metrics.ingested.labels(outcome="not_utf8").inc()
+        return _reject(422, "not_utf8", str(exc))
+    try:
+        obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         metrics.ingested.labels(outcome="not_json").inc()
         return _reject(422, "not_json", str(exc))
-    ev = validate_dict(obj, raw=bytes(body), generate_event_id=True)
+    batch = isinstance(obj, list)
+    items = obj if batch else [obj]
+    if batch and not items:
+        metrics.ingested.labels(outcome="empty").inc()
+        return _reject(422, "empty", "the array holds no event")
+    if len(items) > settings.max_batch_events:
+        metrics.ingested.labels(outcome="too_large").inc()
+        return _reject(413, "too_large", f"at most {settings.max_batch_events} events per post")
+    if len(items) > 1:
+        request.app.state.access.take("write", principal, cost=len(items) - 1)
+
+    limits = Limits(max_id_chars=settings.max_id_chars)
+    events: list[ClickEvent] = []
+    errors: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        ev = _validate(item, raw if not batch else None, principal, limits)
+        if isinstance(ev, Rejected):
+            metrics.ingested.labels(outcome=ev.reason).inc()
+            errors.append({"index": index, "reason": ev.reason, "detail": ev.detail})
+        else:
+            events.append(ev)
+    if errors:
+        first = errors[0]
+        extra: dict[str, Any] = {"errors": errors} if batch else {}
+        return _reject(422, first["reason"], first["detail"], None, **extra)
+    return await _send(state, events, batch)
+
+
+def _validate(
+    item: object, raw: bytes | None, principal: Principal, limits: Limits
+) -> ClickEvent | Rejected:
+    ev = validate_dict(item, raw=raw, limits=limits, generate_event_id=True)
     if isinstance(ev, Rejected):
-        metrics.ingested.labels(outcome=ev.reason).inc()
-        return _reject(422, ev.reason, ev.detail)
-    producer = getattr(request.app.state, "producer", None)
-    if producer is None:
-        metrics.ingested.labels(outcome="no_producer").inc()
-        return _reject(503, "no_producer", "this server has no Kafka bootstrap configured")
+        return ev
+    given = item.get("event_id") if isinstance(item, dict) else None
+    ev = dataclasses.replace(
+        ev, event_id=scoped_event_id(principal.name, given, limits.max_id_chars)
+    )
+    if len(encode(ev)) > limits.max_event_bytes:
+        return Rejected(raw or b"", "too_large",
+                        f"an event must encode to at most {limits.max_event_bytes} bytes")
+    return ev
+
+
+async def _send(state: Any, events: list[ClickEvent], batch: bool) -> JSON:
+    metrics = state.metrics
+    settings = state.settings
+    retry = {"Retry-After": str(settings.retry_after_s)}
+    records = [Record(settings.topic, encode(ev), key=event_key(ev)) for ev in events]
+    t0 = time.perf_counter()
     try:
-        meta = await asyncio.to_thread(deliver, producer, state.settings.topic, encode(ev),
-                                       event_key(ev), timeout_s=10.0)
-    except Exception as exc:  # broker trouble is the server's 503, never a 500
-        metrics.ingested.labels(outcome="produce_failed").inc()
-        return _reject(503, "produce_failed", f"{type(exc).__name__}: {exc}")
-    metrics.ingested.labels(outcome="accepted").inc()
+        futures = state.ingestor.submit(records)
+    except IngestRefused as exc:
+        metrics.ingested.labels(outcome=exc.reason).inc(len(events))
+        return _reject(503, exc.reason, exc.detail, retry)
+    waiting = [asyncio.wrap_future(f) for f in futures]
+    done, pending = await asyncio.wait(waiting, timeout=settings.delivery_timeout_s)
+    for f in futures:
+        f.cancel()  # a record still queued is then never sent
+    reports: list[Delivered | None] = []
+    failure: BaseException | None = None
+    for w in waiting:
+        if w in done and not w.cancelled() and w.exception() is None:
+            reports.append(w.result())
+        else:
+            reports.append(None)
+            if w in done and not w.cancelled():
+                failure = failure or w.exception()
+    for w in pending:
+        w.cancel()
+    delivered = [ev.event_id for ev, r in zip(events, reports, strict=True) if r is not None]
+    if len(delivered) < len(events):
+        reason = "delivery_timeout" if pending else "produce_failed"
+        if isinstance(failure, IngestRefused):
+            reason = failure.reason
+        metrics.ingested.labels(outcome=reason).inc(len(events) - len(delivered))
+        if delivered:
+            metrics.ingested.labels(outcome="accepted").inc(len(delivered))
+        detail = (f"Kafka did not acknowledge within {settings.delivery_timeout_s:g} s"
+                  if pending else f"{type(failure).__name__}: {failure}")
+        extra: dict[str, Any] = {"delivered": delivered} if batch else {}
+        return _reject(503, reason, detail, retry, **extra)
+    metrics.ingest_delivery_seconds.observe(time.perf_counter() - t0)
+    metrics.ingested.labels(outcome="accepted").inc(len(events))
+    if not batch:
+        r = reports[0]
+        assert r is not None
+        return JSON(
+            {"accepted": True, "event_id": events[0].event_id, "topic": r.topic,
+             "partition": r.partition, "offset": r.offset},
+            status_code=202,
+        )
     return JSON(
-        {
-            "accepted": True,
-            "event_id": ev.event_id,
-            "topic": meta.topic,
-            "partition": meta.partition,
-            "offset": meta.offset,
-        },
+        {"accepted": True, "topic": settings.topic, "events": [
+            {"event_id": ev.event_id, "partition": r.partition, "offset": r.offset}
+            for ev, r in zip(events, reports, strict=True) if r is not None
+        ]},
         status_code=202,
     )

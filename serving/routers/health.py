@@ -1,35 +1,60 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness, readiness and Prometheus metrics.
+
+``/healthz`` and ``/readyz`` answer ``GET`` and ``HEAD`` (load balancers probe with
+either), need no key and are never rate limited. ``/readyz`` lists every dependency's
+state; see :meth:`serving.state.ServingState.dependencies` for when it is ready.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from serving.auth import require
 from serving.deps import JSON, StateDep
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", response_class=JSON, summary="Liveness")
+@router.head("/healthz", response_class=JSON, include_in_schema=False)
 async def healthz() -> JSON:
     return JSON({"status": "ok"})
 
 
+@router.head("/readyz", response_class=JSON, include_in_schema=False)
 @router.get(
     "/readyz",
     response_class=JSON,
-    summary="Readiness: 200 once a snapshot is loaded, else 503",
-    responses={503: {"description": "no snapshot loaded yet"}},
+    summary="Readiness: 200 when a snapshot is loaded and configured dependencies work",
+    responses={503: {"description": "not ready; the body says which dependency and why"}},
 )
 async def readyz(state: StateDep) -> JSON:
+    ready, deps = state.dependencies()
+    degraded = sorted(
+        name for name, d in deps.items() if d["state"] not in ("loaded", "connected", "disabled")
+    )
+    body: dict[str, object] = {
+        "ready": ready,
+        "status": "ready" if ready and not degraded else ("degraded" if ready else "not_ready"),
+        "dependencies": deps,
+    }
     cur = state.current
-    if cur is None:
-        return JSON({"ready": False, "reason": "no snapshot loaded yet"}, status_code=503)
-    return JSON({"ready": True, "snapshot_version": cur.version})
+    if cur is not None:
+        body["snapshot_version"] = cur.version
+    if not ready:
+        why = [f"{name}: {deps[name].get('reason', deps[name]['state'])}" for name in degraded]
+        body["reason"] = "; ".join(why)
+    return JSON(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics", response_class=Response, summary="Prometheus metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    summary="Prometheus metrics",
+    dependencies=[Depends(require("ops"))],
+)
 async def metrics(state: StateDep) -> Response:
     state.update_gauges()
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

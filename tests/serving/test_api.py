@@ -182,7 +182,7 @@ def test_post_event_rejections(client: TestClient) -> None:
     ok = {"user_id": "u", "item_id": "i", "event_type": "click", "timestamp": 1_700_000_000}
     r = client.post("/v1/events", content=b"user_id=u", headers={"content-type": "text/plain"})
     assert r.status_code == 415 and r.json()["reason"] == "bad_content_type"
-    big = b'{"user_id": "' + b"u" * 10_000 + b'"}'
+    big = b'{"user_id": "' + b"u" * 70_000 + b'"}'  # over the 64 KiB default
     r = client.post("/v1/events", content=big, headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["reason"] == "too_large"
     r = client.post("/v1/events", content=b"{nope", headers={"content-type": "application/json"})
@@ -193,6 +193,12 @@ def test_post_event_rejections(client: TestClient) -> None:
     assert r.status_code == 422 and r.json()["reason"] == "missing_field"
     r = client.post("/v1/events", json={**ok, "timestamp": "yesterday-ish"})
     assert r.status_code == 422 and r.json()["reason"] == "bad_timestamp"
+    r = client.post("/v1/events", content=b'{"user_id": "\xff"}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["reason"] == "not_utf8"
+    for bad in ("a\x00b", "tab\there", "\x85", "del\x7f"):
+        r = client.post("/v1/events", json={**ok, "item_id": bad})
+        assert r.status_code == 422 and r.json()["reason"] == "bad_id", bad
     # Valid, but this app has no Kafka: 503 with a reason, never a 500.
     r = client.post("/v1/events", json=ok)
     assert r.status_code == 503 and r.json()["reason"] == "no_producer"

@@ -14,7 +14,8 @@ from tests.stream.test_events import NOW, mutated_events, valid
 NOW_S = NOW.timestamp()
 
 
-def _agree(values: list[bytes | None], limits: Limits = Limits()) -> None:
+def _agree(values: list[bytes | None], limits: Limits | None = None) -> None:
+    limits = limits or Limits()
     cols, rejects = decode_columns(values, now=NOW_S, limits=limits)
     expected = [decode(v, now=NOW, limits=limits) for v in values]
     want_events = [(i, e) for i, e in enumerate(expected) if isinstance(e, ClickEvent)]

@@ -1,0 +1,101 @@
+"""`liverec keys add|list|revoke`: API keys of the serving process (see :mod:`serving.auth`).
+
+The key file holds one salted scrypt hash per key, never a key: ``add`` prints the
+new key once, and a lost key is revoked and replaced, not recovered. A running
+server re-reads the file within a second, so ``revoke`` needs no restart.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+keys_app = typer.Typer(
+    help="API keys for `liverec serve` (stored as salted hashes; shown once).",
+    no_args_is_help=True,
+)
+
+
+def default_key_file() -> Path:
+    """``$LIVEREC_API_KEYS_FILE``, else ``$XDG_CONFIG_HOME/liverec/api_keys``."""
+    if env := os.environ.get("LIVEREC_API_KEYS_FILE"):
+        return Path(env)
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "liverec" / "api_keys"
+
+
+FileOpt = Annotated[
+    Path | None,
+    typer.Option("--file", help="Key file [LIVEREC_API_KEYS_FILE, else "
+                 "~/.config/liverec/api_keys]."),
+]
+
+
+@keys_app.command("add")
+def keys_add(
+    name: Annotated[str, typer.Argument(help="A name for the key (letters, digits, . _ -); "
+                                        "it appears in logs and event ids, the key never.")],
+    scope: Annotated[list[str] | None, typer.Option(
+        "--scope", help="read, write or ops; repeat for several (default: write).")] = None,
+    file: FileOpt = None,
+) -> None:
+    """Create a key, store its hash, print the key once."""
+    from serving.auth import SCOPES, AuthConfigError, KeyFile
+
+    scopes = set(scope or ["write"])
+    if not scopes <= set(SCOPES):
+        raise typer.BadParameter(f"scopes must be among {', '.join(SCOPES)}", param_hint="--scope")
+    path = file or default_key_file()
+    try:
+        key = KeyFile(path).add(name, scopes)
+    except AuthConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(key)
+    typer.echo(
+        f"key {name!r} ({', '.join(sorted(scopes))}) stored as a hash in {path}; the key above "
+        "is shown only now. Serve with LIVEREC_API_KEYS_FILE={path} and send it as "
+        "'Authorization: Bearer <key>' or 'X-API-Key: <key>'.".replace("{path}", str(path)),
+        err=True,
+    )
+
+
+@keys_app.command("list")
+def keys_list(file: FileOpt = None) -> None:
+    """List key names, ids and scopes (never the keys; they are not stored)."""
+    from serving.auth import AuthConfigError, KeyFile
+
+    path = file or default_key_file()
+    try:
+        keys = KeyFile(path).load()
+    except AuthConfigError as exc:
+        typer.echo(f"error: {path}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if not keys:
+        typer.echo(f"no keys in {path}", err=True)
+        return
+    for k in keys:
+        typer.echo(f"{k.name}\tid={k.key_id}\tscopes={','.join(sorted(k.scopes))}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    name: Annotated[str, typer.Argument(help="The key's name.")],
+    file: FileOpt = None,
+) -> None:
+    """Delete a key; running servers refuse it within a second."""
+    from serving.auth import KeyFile
+
+    path = file or default_key_file()
+    if not KeyFile(path).revoke(name):
+        typer.echo(f"error: no key named {name!r} in {path}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {name!r}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add this area's commands to ``app``."""
+    app.add_typer(keys_app, name="keys")

@@ -1,0 +1,37 @@
+"""Issue 10 item 4: the stale-snapshot and snapshot-error alerts fire on a trainer whose
+snapshot directory became unwritable, and stay quiet on a healthy one
+(``promtool test rules`` on deploy/prometheus/alerts.test.yml)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+PROM = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
+
+
+def _promtool() -> str:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool absent (make test installs prometheus via scripts/system-deps.sh)")
+    return promtool
+
+
+def test_promtool_rule_tests_pass() -> None:
+    out = subprocess.run([_promtool(), "test", "rules", "alerts.test.yml"], cwd=PROM,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS" in out.stdout
+
+
+def test_every_snapshot_and_serving_alert_has_firing_and_quiet_cases() -> None:
+    tests = yaml.safe_load((PROM / "alerts.test.yml").read_text())["tests"]
+    cases = [c for t in tests for c in t["alert_rule_test"]]
+    for alert in ("LiverecSnapshotStale", "LiverecSnapshotErrors", "LiverecServingDegraded"):
+        mine = [c for c in cases if c["alertname"] == alert]
+        assert any(c["exp_alerts"] for c in mine), f"{alert} never shown to fire"
+        assert any(not c["exp_alerts"] for c in mine), f"{alert} never shown to stay quiet"

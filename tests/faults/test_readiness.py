@@ -1,0 +1,62 @@
+"""Issue 10 item 3 (and issue 11 item 6): /readyz tells the truth about Kafka.
+
+A server configured for Kafka the way the README says (``LIVEREC_KAFKA_BOOTSTRAP``)
+must not look ready while it cannot reach it: the body names each dependency's
+state, ``liverec_serve_degraded`` says why, and an operator who prefers reads to stay
+in rotation (``LIVEREC_READY_REQUIRES_KAFKA=false``) still sees "degraded".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from stream.broker import free_port
+from tests.faults.helpers import ServerProcess, metric, wait_for, write_snapshot
+
+
+def test_readyz_lists_dependencies_and_never_hides_kafka(tmp_path: Path) -> None:
+    write_snapshot(tmp_path / "snaps")
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    strict = ServerProcess(tmp_path / "snaps", tmp_path / "strict.log",
+                           env={"LIVEREC_KAFKA_BOOTSTRAP": dead})
+    lenient = ServerProcess(tmp_path / "snaps", tmp_path / "lenient.log",
+                            env={"LIVEREC_KAFKA_BOOTSTRAP": dead,
+                                 "LIVEREC_READY_REQUIRES_KAFKA": "false"})
+    plain = ServerProcess(tmp_path / "snaps", tmp_path / "plain.log")
+    try:
+        for s in (strict, lenient, plain):
+            s.wait_listening()
+        # Configured through LIVEREC_KAFKA_BOOTSTRAP, down: not ready, and says why.
+        r = wait_for(lambda: (x := httpx.get(f"{strict.base}/readyz")).status_code == 503
+                     and x.json()["dependencies"]["snapshot"]["state"] == "loaded" and x,
+                     30, "strict readyz")
+        body = r.json()
+        assert body["ready"] is False and body["status"] == "not_ready"
+        assert body["dependencies"]["kafka_tail"]["state"] in ("connecting", "disconnected")
+        assert body["dependencies"]["kafka_producer"]["state"] == "connecting"
+        assert "kafka_tail" in body["reason"] and "kafka_producer" in body["reason"]
+        assert httpx.head(f"{strict.base}/readyz").status_code == 503
+        for reason in ("kafka_tail_disconnected", "kafka_producer_unavailable"):
+            assert metric(strict.base, "liverec_serve_degraded", {"reason": reason}) == 1.0
+        assert metric(strict.base, "liverec_serve_degraded", {"reason": "no_snapshot"}) == 0.0
+
+        # Lenient: stays in rotation for reads, but reports "degraded" all the same.
+        r = wait_for(lambda: (x := httpx.get(f"{lenient.base}/readyz")).status_code == 200
+                     and x, 30, "lenient readyz")
+        assert r.json()["status"] == "degraded"
+        assert r.json()["dependencies"]["kafka_producer"]["state"] == "connecting"
+        assert metric(lenient.base, "liverec_serve_degraded",
+                      {"reason": "kafka_producer_unavailable"}) == 1.0
+
+        # No Kafka configured at all: ready, and the body says Kafka is disabled.
+        r = wait_for(lambda: (x := httpx.get(f"{plain.base}/readyz")).status_code == 200
+                     and x, 30, "plain readyz")
+        assert r.json()["status"] == "ready"
+        assert r.json()["dependencies"]["kafka_tail"]["state"] == "disabled"
+        assert metric(plain.base, "liverec_serve_degraded",
+                      {"reason": "kafka_tail_disconnected"}) == 0.0
+    finally:
+        for s in (strict, lenient, plain):
+            s.stop()

@@ -1,0 +1,44 @@
+"""Issue 10 item 8 against the real server: HEAD probes answer 200, and an over-long URL
+gets a JSON 414 like every other error (even past the HTTP parser's own limit)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import httpx
+import orjson
+
+from tests.faults.helpers import ServerProcess, wait_for, write_snapshot
+
+
+def _raw_get(port: int, target: bytes) -> tuple[int, dict[str, str], bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+def test_head_probes_and_json_414(tmp_path: Path) -> None:
+    write_snapshot(tmp_path / "snaps")
+    server = ServerProcess(tmp_path / "snaps", tmp_path / "serve.log")
+    try:
+        server.wait_listening()
+        wait_for(lambda: httpx.get(f"{server.base}/readyz").status_code == 200, 30, "ready")
+        for path in ("/healthz", "/readyz"):
+            r = httpx.head(server.base + path)
+            assert r.status_code == 200 and r.content == b"", path
+        for n in (9_000, 100_000):  # the second is past httptools' own limit (about 64 KiB)
+            status, headers, body = _raw_get(server.port, b"/v1/items/" + b"x" * n)
+            assert status == 414, (n, status, body[:200])
+            assert headers["content-type"] == "application/json"
+            assert orjson.loads(body)["detail"]["reason"] == "uri_too_long"
+        status, headers, body = _raw_get(server.port, b"/v1/recommendations?user_id=u000001")
+        assert status == 200  # the server still answers after refusing those
+    finally:
+        server.stop()

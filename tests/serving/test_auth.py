@@ -1,0 +1,222 @@
+"""API keys, scopes and rate limits against the real app (every status but the 202, which
+needs Kafka and lives in test_write_kafka.py)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from online_models.snapshot import SnapshotStore
+from serving.app import create_app
+from serving.auth import AuthConfigError, AuthSettings, KeyFile, hash_key, verify_key
+from serving.ratelimit import RateLimitSettings
+from tests.serving.conftest import settings_for
+
+EVENT = {"user_id": "u", "item_id": "i", "event_type": "click", "timestamp": 1_700_000_000}
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    kf = KeyFile(tmp_path / "keys")
+    made = {
+        "writer": kf.add("writer", {"write"}),
+        "reader": kf.add("reader", {"read"}),
+        "ops": kf.add("ops", {"ops", "read"}),
+    }
+    return kf.path, made
+
+
+def _client(store: SnapshotStore, auth: AuthSettings, **limits: Any) -> TestClient:
+    app = create_app(settings_for(store.root), auth=auth, limits=RateLimitSettings(**limits))
+    return TestClient(app)
+
+
+@pytest.fixture
+def secured(store: SnapshotStore, keys: tuple[Path, dict[str, str]]) -> Iterator[TestClient]:
+    auth = AuthSettings(api_keys_file=keys[0], require_read_key=True, protect_ops=True)
+    with _client(store, auth) as c:
+        yield c
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_hash_is_salted_and_verifies_only_its_key() -> None:
+    key = "lrk_0123abcd_" + "k" * 43
+    a, b = hash_key(key), hash_key(key)
+    assert a != b and key not in a  # salted: same key, different records
+    assert verify_key(key, a) and verify_key(key, b)
+    assert not verify_key(key[:-1] + "j", a)
+    assert not verify_key(key, "scrypt$broken")
+
+
+def test_missing_and_wrong_keys_get_401_json(
+    secured: TestClient, keys: tuple[Path, dict[str, str]]
+) -> None:
+    made = keys[1]
+    for path in ("/v1/recommendations?user_id=u", "/metrics", "/v1/model"):
+        r = secured.get(path)
+        assert r.status_code == 401, path
+        assert r.json()["detail"]["reason"] == "missing_key"
+        assert r.headers["www-authenticate"].startswith("Bearer")
+    r = secured.post("/v1/events", json=EVENT)
+    assert r.status_code == 401 and r.json()["detail"]["reason"] == "missing_key"
+    wrong = made["writer"][:-3] + ("aaa" if not made["writer"].endswith("aaa") else "bbb")
+    for headers in (_bearer(wrong), {"X-API-Key": wrong}, {"X-API-Key": "not-a-key"}):
+        r = secured.post("/v1/events", json=EVENT, headers=headers)
+        assert r.status_code == 401 and r.json()["detail"]["reason"] == "unknown_key"
+        assert wrong not in r.text
+    reg = secured.app.state.serving.metrics.registry  # type: ignore[attr-defined]
+    assert reg.get_sample_value("liverec_serve_auth_failures_total",
+                                {"reason": "unknown_key"}) == 3.0
+
+
+def test_right_key_wrong_scope_gets_403(
+    secured: TestClient, keys: tuple[Path, dict[str, str]]
+) -> None:
+    made = keys[1]
+    r = secured.post("/v1/events", json=EVENT, headers=_bearer(made["reader"]))
+    assert r.status_code == 403 and r.json()["detail"]["reason"] == "wrong_scope"
+    assert "reader" in r.text and made["reader"] not in r.text  # the name, never the key
+    r = secured.get("/v1/recommendations", params={"user_id": "u"},
+                    headers={"X-API-Key": made["writer"]})
+    assert r.status_code == 403
+    assert secured.get("/metrics", headers=_bearer(made["reader"])).status_code == 403
+
+
+def test_right_keys_pass_and_never_leak(
+    secured: TestClient, keys: tuple[Path, dict[str, str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    made = keys[1]
+    caplog.set_level(logging.DEBUG)
+    r = secured.get("/v1/recommendations", params={"user_id": "u"},
+                    headers=_bearer(made["reader"]))
+    assert r.status_code == 200
+    r = secured.get("/v1/recommendations", params={"user_id": "u"},
+                    headers={"X-API-Key": made["reader"]})
+    assert r.status_code == 200
+    # A valid write key gets past auth; this app has no Kafka, so the answer is 503.
+    r = secured.post("/v1/events", json=EVENT, headers=_bearer(made["writer"]))
+    assert r.status_code == 503 and r.json()["reason"] == "no_producer"
+    assert r.headers["retry-after"]
+    metrics = secured.get("/metrics", headers=_bearer(made["ops"]))
+    model = secured.get("/v1/model", headers=_bearer(made["ops"]))
+    assert metrics.status_code == 200 and model.status_code == 200
+    for key in made.values():
+        secret = key.split("_", 2)[2]
+        assert secret not in metrics.text and secret not in model.text
+        assert secret not in caplog.text
+    assert secured.get("/healthz").status_code == 200  # probes never need a key
+    assert secured.get("/readyz").status_code == 200
+
+
+def test_revoked_key_is_refused_without_restart(
+    secured: TestClient, keys: tuple[Path, dict[str, str]]
+) -> None:
+    path, made = keys
+    headers = _bearer(made["reader"])
+    assert secured.get("/v1/recommendations", params={"user_id": "u"},
+                       headers=headers).status_code == 200
+    assert KeyFile(path).revoke("reader")
+    deadline = time.monotonic() + 10
+    status = 200
+    while status == 200 and time.monotonic() < deadline:
+        time.sleep(0.3)
+        status = secured.get("/v1/recommendations", params={"user_id": "u"},
+                             headers=headers).status_code
+    assert status == 401
+
+
+def test_rate_limit_answers_429_with_retry_after(
+    store: SnapshotStore, keys: tuple[Path, dict[str, str]]
+) -> None:
+    path, made = keys
+    auth = AuthSettings(api_keys_file=path)
+    with _client(store, auth, read_per_s=0.01, read_burst=3, write_per_s=0.01,
+                 write_burst=5) as c:
+        statuses = [c.get("/v1/recommendations", params={"user_id": "u"}).status_code
+                    for _ in range(5)]
+        assert statuses == [200, 200, 200, 429, 429]  # anonymous reads: per address
+        r = c.get("/v1/recommendations", params={"user_id": "u"})
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        assert r.json()["detail"]["reason"] == "rate_limited"
+        # A key has its own bucket, apart from the anonymous address's.
+        r = c.get("/v1/recommendations", params={"user_id": "u"}, headers=_bearer(made["ops"]))
+        assert r.status_code == 200
+        # Writes cost one token per event: a batch of 5 empties the write bucket.
+        batch = [{**EVENT, "event_id": f"e{i}"} for i in range(5)]
+        r = c.post("/v1/events", json=batch, headers=_bearer(made["writer"]))
+        assert r.status_code == 503  # got through the limiter; no Kafka here
+        r = c.post("/v1/events", json=EVENT, headers=_bearer(made["writer"]))
+        assert r.status_code == 429 and r.headers["retry-after"]
+        reg = c.app.state.serving.metrics.registry  # type: ignore[attr-defined]
+        assert reg.get_sample_value("liverec_serve_rate_limited_total", {"scope": "read"}) == 3
+        assert reg.get_sample_value("liverec_serve_rate_limited_total", {"scope": "write"}) == 1
+
+
+def test_body_over_limit_is_413_before_parsing(
+    store: SnapshotStore, keys: tuple[Path, dict[str, str]]
+) -> None:
+    path, made = keys
+    app = create_app(settings_for(store.root, max_body_bytes=1024, max_batch_events=3),
+                     auth=AuthSettings(api_keys_file=path))
+    h = {**_bearer(made["writer"]), "content-type": "application/json"}
+    with TestClient(app) as c:
+        # Not even JSON: refused for its size, so it was never parsed.
+        r = c.post("/v1/events", content=b"{" * 2000, headers=h)
+        assert r.status_code == 413 and r.json()["reason"] == "too_large"
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted while streaming
+            for _ in range(10):
+                yield b"[" * 200
+
+        r = c.post("/v1/events", content=chunks(), headers=h)
+        assert r.status_code == 413
+        r = c.post("/v1/events", json=[EVENT] * 4, headers=_bearer(made["writer"]))
+        assert r.status_code == 413 and "3 events" in r.json()["detail"]
+        # Auth comes first: without a key a huge body is a 401, not read at all.
+        r = c.post("/v1/events", content=b"x" * 5000, headers={"content-type": "application/json"})
+        assert r.status_code == 401
+
+
+def test_batch_with_one_bad_event_is_refused_whole(
+    store: SnapshotStore, keys: tuple[Path, dict[str, str]]
+) -> None:
+    path, made = keys
+    with _client(store, AuthSettings(api_keys_file=path)) as c:
+        batch = [EVENT, {**EVENT, "user_id": "nul\x00"}, {**EVENT, "event_type": "buy"}]
+        r = c.post("/v1/events", json=batch, headers=_bearer(made["writer"]))
+        body = r.json()
+        assert r.status_code == 422 and body["reason"] == "bad_id"
+        assert [(e["index"], e["reason"]) for e in body["errors"]] == [
+            (1, "bad_id"), (2, "bad_event_type")]
+
+
+def test_refuses_anonymous_writes_on_a_public_interface(
+    store: SnapshotStore, keys: tuple[Path, dict[str, str]]
+) -> None:
+    public = settings_for(store.root, host="0.0.0.0")
+    with pytest.raises(AuthConfigError, match="--allow-anonymous-writes"):
+        create_app(public, auth=AuthSettings())
+    create_app(public, auth=AuthSettings(allow_anonymous_writes=True))
+    create_app(public, auth=AuthSettings(api_keys_file=keys[0]))
+    with pytest.raises(AuthConfigError, match="at least one API key"):
+        create_app(settings_for(store.root), auth=AuthSettings(require_read_key=True))
+
+
+def test_keys_from_the_environment_variable(store: SnapshotStore, tmp_path: Path) -> None:
+    kf = KeyFile(tmp_path / "k")
+    key = kf.add("envkey", {"read"})
+    records = kf.path.read_text()
+    auth = AuthSettings(api_keys=records, require_read_key=True)
+    with _client(store, auth) as c:
+        ok = c.get("/v1/recommendations", params={"user_id": "u"}, headers=_bearer(key))
+        assert ok.status_code == 200
+        assert c.get("/v1/recommendations", params={"user_id": "u"}).status_code == 401
