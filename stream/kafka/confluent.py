@@ -237,6 +237,27 @@ class ConfluentConsumer:
         try:
             self._c.seek(_tp(part, offset))
         except ck.KafkaException as exc:
+            if exc.args[0].code() != ck.KafkaError._STATE:
+                raise _wrap(exc, f"seek {part[0]}[{part[1]}]") from exc
+            # Just assigned, fetcher not started: a seek is refused, so start it there
+            # by assigning again with that offset (the others keep their positions).
+            self._reassign_at(part, offset)
+
+    def _reassign_at(self, part: Partition, offset: int) -> None:
+        tps = []
+        for tp in self._c.assignment():
+            here = (tp.topic, tp.partition)
+            if here == part:
+                tps.append(_tp(here, offset))
+                continue
+            try:
+                (pos,) = self._c.position([_tp(here)])
+                tps.append(_tp(here, pos.offset))
+            except ck.KafkaException:
+                tps.append(_tp(here))
+        try:
+            self._c.assign(tps)
+        except ck.KafkaException as exc:
             raise _wrap(exc, f"seek {part[0]}[{part[1]}]") from exc
 
     def position(self, part: Partition) -> int | None:

@@ -112,24 +112,23 @@ def event(i: int, user: str = "u1", item: str = "i1", **extra: Any) -> dict[str,
 
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[bytes]:
     """Every value on ``topic`` (all partitions, from the start)."""
-    from kafka import TopicPartition
+    from stream.kafka import ConsumerOptions, make_consumer
 
-    from stream.kafka import make_consumer
-
-    consumer = make_consumer(bootstrap)
+    consumer = make_consumer(bootstrap, ConsumerOptions(auto_offset_reset="earliest"))
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        if not tps:
+        parts = [(topic, p) for p in sorted(consumer.partitions_for(topic))]
+        if not parts:
             return []
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
+        consumer.assign(parts)
+        end = consumer.end_offsets(parts)
         out: list[bytes] = []
+        got = dict.fromkeys(parts, -1)
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and any(consumer.position(tp) < end[tp] for tp in tps):
-            for batch in consumer.poll(timeout_ms=200).values():
-                out.extend(rec.value for rec in batch)
+        while time.monotonic() < deadline and any(got[p] + 1 < end[p] for p in parts):
+            for rec in consumer.poll(500, 0.2):
+                got[rec.part] = rec.offset
+                if rec.value is not None:
+                    out.append(rec.value)
         return out
     finally:
         consumer.close()

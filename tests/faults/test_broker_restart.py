@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from stream import broker as broker_mod
-from stream.kafka import create_topics, make_producer
+from stream.kafka import create_topics, make_producer, send_all
 from tests.faults.helpers import read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -30,9 +30,10 @@ def test_restart_keeps_data_and_port_fresh_wipes(tmp_path: Path) -> None:
     def produced(bootstrap: str, n: int) -> None:
         create_topics(bootstrap, {"demo": 1})
         p = make_producer(bootstrap)
-        for i in range(n):
-            p.send("demo", value=f"m{i}".encode()).get(timeout=30)
-        p.close()
+        try:
+            send_all(p, "demo", [(None, f"m{i}".encode()) for i in range(n)])
+        finally:
+            p.close()
 
     try:
         first = cli("start")

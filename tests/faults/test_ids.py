@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from stream.kafka import make_producer
+from stream.kafka import make_producer, send_all
 from tests.faults.helpers import ServerProcess, metric, wait_for, write_snapshot
 
 pytestmark = pytest.mark.kafka
@@ -44,11 +44,13 @@ def test_unprintable_ids_are_refused_by_http_and_stream(
 
         # The same ids straight on the topic: the stream's decode refuses them too.
         producer = make_producer(kafka_bootstrap)
-        for raw in (orjson.dumps({**ok, "event_id": "x1", "user_id": "nul\x00"}),
-                    orjson.dumps({**ok, "event_id": "x2", "item_id": "esc\x1b"}),
-                    b"\xff\xfe"):
-            producer.send(topic, value=raw).get(timeout=30)
-        producer.close()
+        try:
+            send_all(producer, topic, [
+                (None, orjson.dumps({**ok, "event_id": "x1", "user_id": "nul\x00"})),
+                (None, orjson.dumps({**ok, "event_id": "x2", "item_id": "esc\x1b"})),
+                (None, b"\xff\xfe")])
+        finally:
+            producer.close()
         rejected = {"outcome": "rejected"}
         wait_for(lambda: metric(server.base, "liverec_serving_live_events_total",
                                 rejected) == 3.0, 60, "three rejects on the live tail")

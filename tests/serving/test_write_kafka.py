@@ -94,7 +94,7 @@ def test_serve_settings_read_the_documented_env_and_weigh_live_events(
                        '{"view": 1, "click": 2, "add_to_cart": 3, "purchase": 7}')
     settings = ServeSettings(snapshots=store.root)  # as `liverec serve` builds it
     assert settings.bootstrap == kafka_bootstrap
-    assert settings.event_weights["purchase"] == 7.0
+    assert settings.kafka.event_weights["purchase"] == 7.0
     with TestClient(create_app(settings)) as client:
         wait_for(lambda: _ready(client), 60, "server connected to Kafka")
         for event_type, item in (("purchase", "new-bought"), ("view", "new-viewed")):
