@@ -383,7 +383,7 @@ class Trainer:
         when that costs more than the share.
         """
         s = self.settings
-        if s.eval_budget_per_s or scored == 0:
+        if s.eval_budget_per_s or not s.eval_cpu_share or scored == 0:
             return
         cost = seconds / scored
         self._eval_cost = cost if self._eval_cost is None else \

@@ -93,7 +93,7 @@ def _run(tmp: Path, rows: list[dict[str, object]], guard: bool
          ) -> dict[str, tuple[float, float]]:
     """Per model: (share of honest users with the flood item in their top 10, HR@10)."""
     settings = TrainerSettings(snapshots=tmp, models="popularity,itemknn", metrics_port=-1,
-                               eval_sample=1.0, eval_budget_per_s=0, drift_adapt=False)
+                               eval_sample=1.0, eval_cpu_share=0, drift_adapt=False)
     t = Trainer(settings, KafkaSettings(topic="clicks"),
                 flood=FloodSettings(enabled=guard))
     for b in _batches(rows):

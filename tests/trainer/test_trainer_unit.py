@@ -36,7 +36,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TrainerSettings
                         "tests.trainer.test_trainer_unit:ExplodingPopularity")
     return TrainerSettings(
         snapshots=tmp_path / "snaps", models="popularity,itemknn",
-        metrics_port=-1, drift_adapt_events=300, eval_sample=1.0, eval_budget_per_s=0,
+        metrics_port=-1, drift_adapt_events=300, eval_sample=1.0, eval_cpu_share=0,
     )
 
 
@@ -130,3 +130,20 @@ def test_drift_adaptation_overrides_then_restores(settings: TrainerSettings) -> 
     t.handle(_consumed(synthetic_events(300, seed=9), 100))
     assert pop.get_params()["half_life_seconds"] == original
     assert _sample(t, "liverec_trainer_drift_adaptation_active", {"model": "popularity"}) == 0
+
+
+def test_evaluation_governor_keeps_the_cpu_share_but_not_below_the_floor(
+    settings: TrainerSettings,
+) -> None:
+    t = Trainer(settings.model_copy(update={"eval_cpu_share": 0.1,
+                                            "eval_min_per_minute": 600.0}), KAFKA)
+    assert t.evaluator.sample.max_per_s is None  # nothing measured yet: score everything
+    t._govern(scored=100, seconds=0.01)  # 0.1 ms per scored event
+    assert t.evaluator.sample.max_per_s == pytest.approx(0.1 / 1e-4)
+    for _ in range(50):  # scoring became expensive: 100 ms per event
+        t._govern(scored=10, seconds=1.0)
+    assert t.evaluator.sample.max_per_s == pytest.approx(10.0, rel=1e-3)  # the floor
+    fixed = Trainer(settings.model_copy(update={"eval_budget_per_s": 5.0,
+                                                "snapshots": settings.snapshots / "b"}), KAFKA)
+    fixed._govern(scored=10, seconds=1.0)
+    assert fixed.evaluator.sample.max_per_s == 5.0  # a fixed budget is left alone
