@@ -133,6 +133,9 @@ class ProducerOptions:
     max_request_bytes
         Largest request the client sends (a record bigger than this fails locally);
         the default matches the broker's default ``message.max.bytes``.
+    report_successes
+        False: delivery callbacks run for failures only (cheaper for bulk senders
+        that only count failures; ``failed_total`` is kept either way).
     """
 
     client_id: str = "liverec-producer"
@@ -142,6 +145,7 @@ class ProducerOptions:
     queue_max_messages: int = 100_000
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
     max_request_bytes: int = 1_048_588
+    report_successes: bool = True
 
 
 @runtime_checkable
@@ -209,7 +213,19 @@ class Consumer(Protocol):
 
 @runtime_checkable
 class Producer(Protocol):
-    """An asynchronous, durable producer (acks=all, idempotent)."""
+    """An asynchronous, durable producer (acks=all, idempotent).
+
+    Attributes
+    ----------
+    failed_total
+        Records the broker did not take (delivery errors, with or without a
+        callback), since creation.
+    last_error
+        The latest delivery error, if any.
+    """
+
+    failed_total: int
+    last_error: KafkaClientError | None
 
     def send(self, topic: str, value: bytes | None, key: bytes | None = None,
              headers: Headers | None = None,

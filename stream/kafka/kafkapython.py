@@ -308,6 +308,8 @@ class KafkaPythonProducer:
         self._in_flight = 0
         self._done: deque[tuple[DeliveryCallback, KafkaClientError | None, Record | None]] = (
             deque())
+        self.failed_total = 0
+        self.last_error: KafkaClientError | None = None
 
     def send(self, topic: str, value: bytes | None, key: bytes | None = None,
              headers: Headers | None = None,
@@ -330,15 +332,19 @@ class KafkaPythonProducer:
 
         def ok(md: Any) -> None:
             self._settled()
-            if on_delivery is not None:
+            if on_delivery is not None and self.options.report_successes:
                 self._done.append((on_delivery, None, Record(
                     md.topic, md.partition, md.offset, key, value,
                     tuple(headers or ()), md.timestamp)))
 
         def failed(exc: Exception) -> None:
+            error = _wrap(exc, f"delivery to {topic}")
+            with self._lock:
+                self.failed_total += 1
+                self.last_error = error
             self._settled()
             if on_delivery is not None:
-                self._done.append((on_delivery, _wrap(exc, f"delivery to {topic}"), None))
+                self._done.append((on_delivery, error, None))
 
         fut.add_callback(ok)
         fut.add_errback(failed)
