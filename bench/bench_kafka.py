@@ -14,7 +14,7 @@ Steps, all on the same broker and the same generated file:
    (the ceiling for a Python producer here);
 4. the replayed topic read back: a bare ``confluent_kafka.Consumer.consume`` loop (raw
    librdkafka consume rate), ``stream.kafka`` with each backend (records as
-   :class:`~stream.kafka.Record`).
+   :class:`~stream.kafka.Record`), and librdkafka's columnar ``poll_batch``.
 
 Prints a markdown table for BENCHMARKS.md. Rates are events per second.
 """
@@ -102,7 +102,8 @@ def _rate(got: int, first: int, t0: float, t1: float, n: int) -> float:
     return (got - first) / (t1 - t0) if t1 > t0 else float("inf")
 
 
-def layer_consume(bootstrap: str, topic: str, n: int, client: str) -> float:
+def layer_consume(bootstrap: str, topic: str, n: int, client: str,
+                  columns: bool = False) -> float:
     from stream.kafka import make_consumer
     from stream.settings import KafkaSettings
 
@@ -114,7 +115,8 @@ def layer_consume(bootstrap: str, topic: str, n: int, client: str) -> float:
     deadline = time.monotonic() + 300
     try:
         while got < n and time.monotonic() < deadline:
-            records = consumer.poll(10_000, 1.0)
+            records = (consumer.poll_batch(10_000, 1.0) if columns
+                       else consumer.poll(10_000, 1.0))
             if records and not got:
                 t0, first = time.perf_counter(), len(records)
             got += len(records)
@@ -169,6 +171,9 @@ def main() -> None:
             lc = layer_consume(b, t_replay, sent, "confluent")
             rows.append(("`stream.kafka` consumer, librdkafka (`poll` -> `Record`s)",
                          f"{lc:,.0f}", f"{lc / rc:.2f}x of raw"))
+            lb = layer_consume(b, t_replay, sent, "confluent", columns=True)
+            rows.append(("`stream.kafka` consumer, librdkafka (`poll_batch` -> columns)",
+                         f"{lb:,.0f}", f"{lb / rc:.2f}x of raw"))
             if not args.skip_kafka_python:
                 kc = layer_consume(b, t_replay, sent, "kafka-python")
                 rows.append(("`stream.kafka` consumer, kafka-python", f"{kc:,.0f}",

@@ -26,6 +26,7 @@ from stream.kafka.base import (
     QueueFull,
     RebalanceCallback,
     Record,
+    RecordBatch,
 )
 from stream.settings import KafkaSettings
 
@@ -195,6 +196,30 @@ class ConfluentConsumer:
             err = msg.error()
             if err is None:
                 out.append(_record(msg))
+            elif err.fatal():
+                raise KafkaClientError(f"consume: {err.str()}")
+            else:
+                log.warning("consume: %s", err.str())
+        return out
+
+    def poll_batch(self, max_records: int, timeout_s: float) -> RecordBatch:
+        try:
+            msgs = self._c.consume(num_messages=max(1, max_records), timeout=max(0.0, timeout_s))
+        except ck.KafkaException as exc:
+            raise _wrap(exc, "consume") from exc
+        if any(m.error() is not None for m in msgs):
+            msgs = self._drop_errors(msgs)
+        return RecordBatch([m.topic() for m in msgs],  # type: ignore[misc]
+                           [m.partition() for m in msgs],  # type: ignore[misc]
+                           [m.offset() for m in msgs],  # type: ignore[misc]
+                           [m.value() for m in msgs])
+
+    def _drop_errors(self, msgs: list[ck.Message]) -> list[ck.Message]:
+        out = []
+        for msg in msgs:
+            err = msg.error()
+            if err is None:
+                out.append(msg)
             elif err.fatal():
                 raise KafkaClientError(f"consume: {err.str()}")
             else:

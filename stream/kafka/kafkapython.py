@@ -30,6 +30,7 @@ from stream.kafka.base import (
     QueueFull,
     RebalanceCallback,
     Record,
+    RecordBatch,
 )
 from stream.settings import KafkaSettings
 
@@ -195,6 +196,16 @@ class KafkaPythonConsumer:
                        tuple(r.headers or ()),
                        r.timestamp if r.timestamp is not None and r.timestamp >= 0 else None)
                 for recs in got.values() for r in recs]
+
+    def poll_batch(self, max_records: int, timeout_s: float) -> RecordBatch:
+        try:
+            got = self._c.poll(timeout_ms=max(0, int(timeout_s * 1000)),
+                               max_records=max(1, max_records))
+        except _ERRORS as exc:
+            raise _wrap(exc, "poll") from exc
+        recs = [r for rs in got.values() for r in rs]
+        return RecordBatch([r.topic for r in recs], [r.partition for r in recs],
+                           [r.offset for r in recs], [r.value for r in recs])
 
     # ------------------------------------------------------------------ offsets
 
