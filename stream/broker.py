@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -199,6 +199,13 @@ class LocalBroker:
         ``liverec broker start``). Otherwise it dies with this process.
     startup_timeout_s
         How long :meth:`start` waits for the broker to answer a metadata request.
+    extra_config
+        ``server.properties`` entries added to (or replacing) the defaults, e.g. a
+        ``SASL_SSL`` listener beside the ``PLAINTEXT`` one (readiness is checked on
+        the plaintext listener, which stays).
+    format_args
+        Extra arguments of the storage format step, e.g.
+        ``--add-scram=SCRAM-SHA-512=[name=alice,password=...]``.
 
     Examples
     --------
@@ -217,6 +224,8 @@ class LocalBroker:
         heap: str = "512m",
         detach: bool = False,
         startup_timeout_s: float = 120.0,
+        extra_config: Mapping[str, str] | None = None,
+        format_args: Sequence[str] = (),
     ) -> None:
         self.workdir = Path(workdir)
         self.port = port or free_port()
@@ -226,6 +235,8 @@ class LocalBroker:
         self.heap = heap
         self.detach = detach
         self.startup_timeout_s = startup_timeout_s
+        self.extra_config = dict(extra_config or {})
+        self.format_args = tuple(format_args)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -268,6 +279,7 @@ class LocalBroker:
             "delete.topic.enable": "true",
             "log.retention.hours": "168",
         }
+        props.update(self.extra_config)
         path = self.workdir / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.workdir / "log4j2.properties").write_text(_LOG4J2)
@@ -306,7 +318,7 @@ class LocalBroker:
             self._jvm(libs, "kafka.tools.StorageTool", "format",
                       # "=" form: a base64 id may start with "-" and read as a flag.
                       f"--cluster-id={cluster}", f"--config={config}",
-                      "--ignore-formatted"),
+                      "--ignore-formatted", *self.format_args),
             capture_output=True, text=True, timeout=120,
         )
         if fmt.returncode != 0:

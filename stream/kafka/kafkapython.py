@@ -308,6 +308,9 @@ class KafkaPythonProducer:
                 request_timeout_ms=max(1, min(30_000, (options.delivery_timeout_ms
                                                        - options.linger_ms) // 2)),
                 max_block_ms=options.max_block_ms,
+                # kafka-python probes the broker version when it is created: bound it
+                # like a send (librdkafka never blocks there at all).
+                bootstrap_timeout_ms=max(1_000, options.max_block_ms),
                 max_request_size=options.max_request_bytes,
                 compression_type=None if options.compression == "none"
                 else options.compression,
