@@ -37,6 +37,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from stream.kafka import cluster_id, cluster_ready
+from stream.settings import KafkaSettings
 
 __all__ = [
     "KAFKA_VERSION",
@@ -553,7 +554,8 @@ class ResolvedKafka:
 
 
 def resolve_bootstrap(
-    workdir: str | Path | None = None, *, env_bootstrap: str | None = None
+    workdir: str | Path | None = None, *, env_bootstrap: str | None = None,
+    settings: KafkaSettings | None = None,
 ) -> ResolvedKafka:
     """Find or start a real Kafka cluster (env, then Docker, then a local broker).
 
@@ -564,6 +566,9 @@ def resolve_bootstrap(
         when not given).
     env_bootstrap
         An explicit external cluster; defaults to ``$LIVEREC_KAFKA_BOOTSTRAP``.
+    settings
+        Client and security settings for the external cluster's readiness check
+        (a SASL/TLS cluster does not answer a plaintext client).
 
     Raises
     ------
@@ -574,7 +579,9 @@ def resolve_bootstrap(
         "LIVEREC_KAFKA_BOOTSTRAP", ""
     )
     if external.strip():
-        if not cluster_ready(external, timeout_ms=10_000):
+        probe: KafkaSettings | str = (external if settings is None
+                                      else settings.with_bootstrap(external))
+        if not cluster_ready(probe, timeout_ms=10_000):
             raise KafkaSetupError(
                 f"LIVEREC_KAFKA_BOOTSTRAP={external} does not answer a metadata request; "
                 "start that cluster or unset the variable to use a local broker."
