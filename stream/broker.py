@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -37,6 +37,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from stream.kafka import cluster_id, cluster_ready
+from stream.settings import KafkaSettings
 
 __all__ = [
     "KAFKA_VERSION",
@@ -200,6 +201,13 @@ class LocalBroker:
         ``liverec broker start``). Otherwise it dies with this process.
     startup_timeout_s
         How long :meth:`start` waits for the broker to answer a metadata request.
+    extra_config
+        ``server.properties`` entries added to (or replacing) the defaults, e.g. a
+        ``SASL_SSL`` listener beside the ``PLAINTEXT`` one (readiness is checked on
+        the plaintext listener, which stays).
+    format_args
+        Extra arguments of the storage format step, e.g.
+        ``--add-scram=SCRAM-SHA-512=[name=alice,password=...]``.
 
     Examples
     --------
@@ -218,6 +226,8 @@ class LocalBroker:
         heap: str = "512m",
         detach: bool = False,
         startup_timeout_s: float = 120.0,
+        extra_config: Mapping[str, str] | None = None,
+        format_args: Sequence[str] = (),
     ) -> None:
         self.workdir = Path(workdir)
         self.port = port or free_port()
@@ -227,6 +237,8 @@ class LocalBroker:
         self.heap = heap
         self.detach = detach
         self.startup_timeout_s = startup_timeout_s
+        self.extra_config = dict(extra_config or {})
+        self.format_args = tuple(format_args)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -269,6 +281,7 @@ class LocalBroker:
             "delete.topic.enable": "true",
             "log.retention.hours": "168",
         }
+        props.update(self.extra_config)
         path = self.workdir / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.workdir / "log4j2.properties").write_text(_LOG4J2)
@@ -309,7 +322,7 @@ class LocalBroker:
             self._jvm(libs, "kafka.tools.StorageTool", "format",
                       # "=" form: a base64 id may start with "-" and read as a flag.
                       f"--cluster-id={cluster}", f"--config={config}",
-                      "--ignore-formatted"),
+                      "--ignore-formatted", *self.format_args),
             capture_output=True, text=True, timeout=120,
         )
         if fmt.returncode != 0:
@@ -593,7 +606,8 @@ class ResolvedKafka:
 
 
 def resolve_bootstrap(
-    workdir: str | Path | None = None, *, env_bootstrap: str | None = None
+    workdir: str | Path | None = None, *, env_bootstrap: str | None = None,
+    settings: KafkaSettings | None = None,
 ) -> ResolvedKafka:
     """Find or start a real Kafka cluster (env, then Docker, then a local broker).
 
@@ -604,6 +618,9 @@ def resolve_bootstrap(
         when not given).
     env_bootstrap
         An explicit external cluster; defaults to ``$LIVEREC_KAFKA_BOOTSTRAP``.
+    settings
+        Client and security settings for the external cluster's readiness check
+        (a SASL/TLS cluster does not answer a plaintext client).
 
     Raises
     ------
@@ -614,7 +631,9 @@ def resolve_bootstrap(
         "LIVEREC_KAFKA_BOOTSTRAP", ""
     )
     if external.strip():
-        if not cluster_ready(external, timeout_ms=10_000):
+        probe: KafkaSettings | str = (external if settings is None
+                                      else settings.with_bootstrap(external))
+        if not cluster_ready(probe, timeout_ms=10_000):
             raise KafkaSetupError(
                 f"LIVEREC_KAFKA_BOOTSTRAP={external} does not answer a metadata request; "
                 "start that cluster or unset the variable to use a local broker."

@@ -44,6 +44,7 @@ from stream.kafka import (
     Partition,
     Producer,
     Record,
+    RecordBatch,
     make_consumer,
     make_producer,
 )
@@ -277,6 +278,11 @@ class MiniBatchConsumer:
         ``max_records`` within ``timeout_s``. Rebalance hooks may run inside."""
         return self._client.poll(max_records, timeout_s)
 
+    def poll_batch(self, max_records: int, timeout_s: float) -> RecordBatch:
+        """:meth:`poll_records` as columns (topics, partitions, offsets, values): no
+        Python object per record, for a columnar decoder."""
+        return self._client.poll_batch(max_records, timeout_s)
+
     def next_batch(self, timeout_ms: int | None = None) -> ConsumedBatch:
         """Poll a mini-batch: up to ``batch_size`` records within ``timeout_ms``
         (default ``max_wait_ms``). Rejects are in the DLQ when this returns.
@@ -293,8 +299,10 @@ class MiniBatchConsumer:
         deadline = time.monotonic() + wait_ms / 1000.0
         while len(self._pending) < self.batch_size:
             remaining = max(0.0, deadline - time.monotonic())
-            for rec in self._client.poll(self.batch_size - len(self._pending), remaining):
-                self._pending.append((rec.part, rec.offset, self._decode(rec.value)))
+            got = self._client.poll_batch(self.batch_size - len(self._pending), remaining)
+            self._pending.extend(
+                ((topic, partition), offset, self._decode(value)) for topic, partition, offset,
+                value in zip(got.topics, got.partitions, got.offsets, got.values, strict=True))
             if remaining == 0.0:
                 break
         pending, self._pending = self._pending, []

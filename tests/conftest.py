@@ -3,7 +3,8 @@
 The cluster comes from :func:`stream.broker.resolve_bootstrap`:
 ``LIVEREC_KAFKA_BOOTSTRAP``, else a Docker KRaft container, else the project's
 local KRaft broker. If none can be had the Kafka tests *error* with the reason
-(they are never skipped silently); the summary line counts them.
+(they are never skipped silently); the summary line counts them. Tests of client
+behaviour take ``kafka_settings``, which runs them once per client library.
 """
 
 from __future__ import annotations

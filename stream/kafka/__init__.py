@@ -48,6 +48,7 @@ from stream.kafka.base import (
     QueueFull,
     RebalanceCallback,
     Record,
+    RecordBatch,
 )
 from stream.settings import KafkaSettings
 
@@ -62,6 +63,7 @@ __all__ = [
     "QueueFull",
     "RebalanceCallback",
     "Record",
+    "RecordBatch",
     "as_settings",
     "cluster_id",
     "cluster_ready",

@@ -152,6 +152,7 @@ def _kp_admin(s: KafkaSettings, request_timeout_ms: int = 30_000) -> Any:
 
     return KafkaAdminClient(bootstrap_servers=servers(s), client_id="liverec-admin",
                             request_timeout_ms=request_timeout_ms,
+                            bootstrap_timeout_ms=request_timeout_ms,
                             reconnect_backoff_max_ms=500, **security_config(s))
 
 

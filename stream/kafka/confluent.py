@@ -26,6 +26,7 @@ from stream.kafka.base import (
     QueueFull,
     RebalanceCallback,
     Record,
+    RecordBatch,
 )
 from stream.settings import KafkaSettings
 
@@ -201,6 +202,30 @@ class ConfluentConsumer:
                 log.warning("consume: %s", err.str())
         return out
 
+    def poll_batch(self, max_records: int, timeout_s: float) -> RecordBatch:
+        try:
+            msgs = self._c.consume(num_messages=max(1, max_records), timeout=max(0.0, timeout_s))
+        except ck.KafkaException as exc:
+            raise _wrap(exc, "consume") from exc
+        if any(m.error() is not None for m in msgs):
+            msgs = self._drop_errors(msgs)
+        return RecordBatch([m.topic() for m in msgs],  # type: ignore[misc]
+                           [m.partition() for m in msgs],  # type: ignore[misc]
+                           [m.offset() for m in msgs],  # type: ignore[misc]
+                           [m.value() for m in msgs])
+
+    def _drop_errors(self, msgs: list[ck.Message]) -> list[ck.Message]:
+        out = []
+        for msg in msgs:
+            err = msg.error()
+            if err is None:
+                out.append(msg)
+            elif err.fatal():
+                raise KafkaClientError(f"consume: {err.str()}")
+            else:
+                log.warning("consume: %s", err.str())
+        return out
+
     # ------------------------------------------------------------------ offsets
 
     def commit(self, offsets: Mapping[Partition, int]) -> None:
@@ -315,16 +340,34 @@ class ConfluentProducer:
             "queue.buffering.max.messages": options.queue_max_messages,
             "compression.type": options.compression,
             "message.max.bytes": options.max_request_bytes,
+            # Reports of sends without their own callback: count the failures.
+            "on_delivery": self._count_failure,
+            "delivery.report.only.error": not options.report_successes,
         })
         try:
             self._p = ck.Producer(conf)
         except ck.KafkaException as exc:
             raise _wrap(exc, "creating the producer") from exc
+        self.failed_total = 0
+        self.last_error: KafkaClientError | None = None
+        self._cb_of: DeliveryCallback | None = None
+        self._cb: Any = None
+
+    def _count_failure(self, err: ck.KafkaError | None, msg: ck.Message) -> None:
+        if err is not None:
+            self.failed_total += 1
+            self.last_error = KafkaClientError(err.str(), retriable=bool(err.retriable()))
 
     def send(self, topic: str, value: bytes | None, key: bytes | None = None,
              headers: Headers | None = None,
              on_delivery: DeliveryCallback | None = None) -> None:
-        cb = None if on_delivery is None else _delivery(on_delivery)
+        if on_delivery is None:
+            cb = self._count_failure
+        elif on_delivery is self._cb_of:
+            cb = self._cb  # the same callback as last time: reuse its wrapper
+        else:
+            cb = self._cb = _delivery(on_delivery, self._count_failure)
+            self._cb_of = on_delivery
         deadline = None
         while True:
             try:
@@ -361,11 +404,13 @@ class ConfluentProducer:
             log.error("closing the producer with %d undelivered records", left)
 
 
-def _delivery(cb: DeliveryCallback) -> Any:
+def _delivery(cb: DeliveryCallback, count: Any) -> Any:
     def on_delivery(err: ck.KafkaError | None, msg: ck.Message) -> None:
-        error = None if err is None else KafkaClientError(err.str(),
-                                                          retriable=bool(err.retriable()))
-        cb(error, _record(msg) if msg is not None else None)
+        if err is None:
+            cb(None, _record(msg))
+        else:
+            count(err, msg)
+            cb(KafkaClientError(err.str(), retriable=bool(err.retriable())), None)
 
     return on_delivery
 

@@ -30,6 +30,7 @@ from stream.kafka.base import (
     QueueFull,
     RebalanceCallback,
     Record,
+    RecordBatch,
 )
 from stream.settings import KafkaSettings
 
@@ -196,6 +197,16 @@ class KafkaPythonConsumer:
                        r.timestamp if r.timestamp is not None and r.timestamp >= 0 else None)
                 for recs in got.values() for r in recs]
 
+    def poll_batch(self, max_records: int, timeout_s: float) -> RecordBatch:
+        try:
+            got = self._c.poll(timeout_ms=max(0, int(timeout_s * 1000)),
+                               max_records=max(1, max_records))
+        except _ERRORS as exc:
+            raise _wrap(exc, "poll") from exc
+        recs = [r for rs in got.values() for r in rs]
+        return RecordBatch([r.topic for r in recs], [r.partition for r in recs],
+                           [r.offset for r in recs], [r.value for r in recs])
+
     # ------------------------------------------------------------------ offsets
 
     def commit(self, offsets: Mapping[Partition, int]) -> None:
@@ -297,6 +308,9 @@ class KafkaPythonProducer:
                 request_timeout_ms=max(1, min(30_000, (options.delivery_timeout_ms
                                                        - options.linger_ms) // 2)),
                 max_block_ms=options.max_block_ms,
+                # kafka-python probes the broker version when it is created: bound it
+                # like a send (librdkafka never blocks there at all).
+                bootstrap_timeout_ms=max(1_000, options.max_block_ms),
                 max_request_size=options.max_request_bytes,
                 compression_type=None if options.compression == "none"
                 else options.compression,
@@ -308,6 +322,8 @@ class KafkaPythonProducer:
         self._in_flight = 0
         self._done: deque[tuple[DeliveryCallback, KafkaClientError | None, Record | None]] = (
             deque())
+        self.failed_total = 0
+        self.last_error: KafkaClientError | None = None
 
     def send(self, topic: str, value: bytes | None, key: bytes | None = None,
              headers: Headers | None = None,
@@ -330,15 +346,19 @@ class KafkaPythonProducer:
 
         def ok(md: Any) -> None:
             self._settled()
-            if on_delivery is not None:
+            if on_delivery is not None and self.options.report_successes:
                 self._done.append((on_delivery, None, Record(
                     md.topic, md.partition, md.offset, key, value,
                     tuple(headers or ()), md.timestamp)))
 
         def failed(exc: Exception) -> None:
+            error = _wrap(exc, f"delivery to {topic}")
+            with self._lock:
+                self.failed_total += 1
+                self.last_error = error
             self._settled()
             if on_delivery is not None:
-                self._done.append((on_delivery, _wrap(exc, f"delivery to {topic}"), None))
+                self._done.append((on_delivery, error, None))
 
         fut.add_callback(ok)
         fut.add_errback(failed)

@@ -231,10 +231,13 @@ def test_commit_inside_on_revoke_lands_before_the_partitions_move(kafka_settings
     stop = threading.Event()
     thread: threading.Thread | None = None
     try:
-        while len(learned_a) < n // 2:
+        # A handles records of every partition (so each commit below has something in it)
+        deadline = time.monotonic() + 60
+        while (len(handled) < 4 or len(learned_a) < n // 4) and time.monotonic() < deadline:
             batch = a.next_batch(timeout_ms=500)
             learned_a.extend(e.event_id for e in batch.events)
             handled.update(batch.offsets)
+        assert len(handled) == 4
         # (kafka-python often rebalances once right after its first join: count from here)
         revokes_before = len(revokes)
 

@@ -65,6 +65,13 @@ def test_records_round_trip_with_keys_headers_and_offsets(kafka_settings, new_to
         assert consumer.beginning_offsets([part]) == {part: 0}
         consumer.seek(part, 45)
         assert [r.offset for r in _poll_until(consumer, 5)] == [45, 46, 47, 48, 49]
+        consumer.seek(part, 10)
+        batch = consumer.poll_batch(5, 10.0)  # the same records as columns
+        while len(batch) == 0:
+            batch = consumer.poll_batch(5, 1.0)
+        assert batch.offsets == list(range(10, 10 + len(batch)))
+        assert batch.values == [f"v{i}".encode() for i in batch.offsets]
+        assert batch.next_offsets() == {part: 10 + len(batch)}
     finally:
         consumer.close()
 

@@ -68,3 +68,4 @@ def test_movielens_all_events_arrive(kafka_bootstrap, new_topic, shared_data: Pa
     assert sum(end_offsets(kafka_bootstrap, topic).values()) == 100_836
     ids = _consume_ids(kafka_bootstrap, topic, 100_836, "g-ml")
     assert len(ids) == 100_836 and len(set(ids)) == 100_836
+
