@@ -417,7 +417,9 @@ class PrequentialEvaluator:
         :class:`BatchOutcome` cover the sampled events only.
     cold_threshold
         Events with an item (user) seen fewer than this many times before count
-        as cold-item (cold-user) events in ``totals()[\"hr_cold_item\"]`` etc.
+        as cold-item (cold-user) events in ``totals()["hr_cold_item"]`` etc. The
+        cold-user count keeps one counter per distinct user (~30 bytes each);
+        ``0`` turns both segments off.
     max_matrix_bytes
         Bound on one model's score matrix (rows x catalogue x 4 bytes).
     clock
@@ -580,7 +582,10 @@ class PrequentialEvaluator:
         n = len(batch)
         n_events0 = self.n_events
         draws, accept = self._sampler.draws(n)
-        user_prior = self._user_counts(batch.users) if n else np.zeros(0, np.int64)
+        if n and self.cold_threshold > 0:
+            user_prior = self._user_counts(batch.users)
+        else:  # cold segments off: no per-user counters (nothing is cold)
+            user_prior = np.full(n, max(0, self.cold_threshold), np.int64)
         history = self.history
         catalog = self.catalog
         positions: list[int] = []
