@@ -29,6 +29,19 @@ user-incidence vectors (a co-occurrence similarity) at O(dim) per event.
 Every metric is available per event (for drift detectors), over a rolling window
 and in total. :func:`sampled_auc` scores a click model (``click_proba``) on
 positives against sampled negatives.
+
+Scoring is batched: the evaluated events of a batch are collected while the
+history moves, then each model scores them all in one
+:meth:`~online_models.base.OnlineModel.score_many` call (the models do not move
+inside a batch, so this equals scoring each event when it comes), and ranks, top-K
+lists, novelty and diversity are computed on the score matrix at once.
+
+:class:`EvalSample` scores a seeded uniform sample of the evaluable events instead of
+all of them (a fraction, or a budget of events per second of wall time); every
+figure comes with the count it rests on (``n`` in :meth:`PrequentialEvaluator.totals`
+and ``rolling``; ``n_eligible`` for the evaluable events seen). HR@K is also
+reported on cold-start segments: events whose item, or whose user, had fewer than
+``cold_threshold`` earlier events (:data:`COLD_SEGMENTS`).
 """
 
 from __future__ import annotations
