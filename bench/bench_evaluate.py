@@ -91,6 +91,9 @@ def compare(base: dict[str, Any], new: dict[str, Any], k: int) -> dict[str, Any]
             "hr_same_4dp": f"{hb:.4f}" == f"{hn:.4f}",
             "evaluated": n["evaluated"],
             "differs": diffs,
+            "learn_events_per_s": [round(b["learn_events_per_s"]), round(n["learn_events_per_s"])],
+            "score_ms_per_event": [round(b["score_ms_per_event"], 3),
+                                   round(n["score_ms_per_event"], 3)],
         }
     return out
 
@@ -129,7 +132,9 @@ def main() -> None:
     for name, c in cmp.items():
         flag = "same" if c["hr_same_4dp"] else "DIFFERENT"
         print(f"{name:12s} HR@{a.k} {c['hr_baseline']:.4f} -> {c['hr_new']:.4f} ({flag}); "
-              f"other metrics differing: {sorted(c['differs']) or 'none'}")
+              f"other metrics differing: {sorted(c['differs']) or 'none'}; "
+              f"learn ev/s {c['learn_events_per_s'][0]} -> {c['learn_events_per_s'][1]}; "
+              f"score ms/event {c['score_ms_per_event'][0]} -> {c['score_ms_per_event'][1]}")
     print(f"speed-up: {ratio_cpu:.2f}x process CPU, {ratio_loop:.2f}x loop wall")
     if a.json is not None:
         result = {

@@ -29,6 +29,19 @@ user-incidence vectors (a co-occurrence similarity) at O(dim) per event.
 Every metric is available per event (for drift detectors), over a rolling window
 and in total. :func:`sampled_auc` scores a click model (``click_proba``) on
 positives against sampled negatives.
+
+Scoring is batched: the evaluated events of a batch are collected while the
+history moves, then each model scores them all in one
+:meth:`~online_models.base.OnlineModel.score_many` call (the models do not move
+inside a batch, so this equals scoring each event when it comes), and ranks, top-K
+lists, novelty and diversity are computed on the score matrix at once.
+
+:class:`EvalSample` scores a seeded uniform sample of the evaluable events instead of
+all of them (a fraction, or a budget of events per second of wall time); every
+figure comes with the count it rests on (``n`` in :meth:`PrequentialEvaluator.totals`
+and ``rolling``; ``n_eligible`` for the evaluable events seen). HR@K is also
+reported on cold-start segments: events whose item, or whose user, had fewer than
+``cold_threshold`` earlier events (:data:`COLD_SEGMENTS`).
 """
 
 from __future__ import annotations
@@ -417,7 +430,9 @@ class PrequentialEvaluator:
         :class:`BatchOutcome` cover the sampled events only.
     cold_threshold
         Events with an item (user) seen fewer than this many times before count
-        as cold-item (cold-user) events in ``totals()[\"hr_cold_item\"]`` etc.
+        as cold-item (cold-user) events in ``totals()["hr_cold_item"]`` etc. The
+        cold-user count keeps one counter per distinct user (~30 bytes each);
+        ``0`` turns both segments off.
     max_matrix_bytes
         Bound on one model's score matrix (rows x catalogue x 4 bytes).
     clock
@@ -590,7 +605,10 @@ class PrequentialEvaluator:
         n = len(batch)
         n_events0 = self.n_events
         draws, accept = self._sampler.draws(n)
-        user_prior = self._user_counts(batch.users) if n else np.zeros(0, np.int64)
+        if n and self.cold_threshold > 0:
+            user_prior = self._user_counts(batch.users)
+        else:  # cold segments off: no per-user counters (nothing is cold)
+            user_prior = np.full(n, max(0, self.cold_threshold), np.int64)
         history = self.history
         catalog = self.catalog
         positions: list[int] = []

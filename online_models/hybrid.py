@@ -247,12 +247,23 @@ class Hybrid(OnlineModel):
         for k, c in enumerate(self.components):
             pre = given.get(c) if given is not None else None
             raw = pre if pre is not None else self.models[c].score_many(users, contexts)
-            s = np.asarray(raw, np.float64)
-            rows = self._maps.get(c, np.zeros(0, np.int64))[: s.shape[1]]
-            s = s[:, : len(rows)]
+            rows = self._maps.get(c, np.zeros(0, np.int64))[: raw.shape[1]]
+            width = len(rows)
+            if (
+                self.normalization != "rank"
+                and self._identity.get(c, False)
+                and width <= cap
+                and np.isfinite(raw[:, :width]).all()
+            ):
+                # The common case: normalised in place in the output, in few passes.
+                view = out[:, k, :width]
+                np.copyto(view, raw[:, :width])
+                self._normalize_finite(view)
+                continue
+            s = np.asarray(raw, np.float64)[:, :width]
             mapped = rows >= 0
             if self.normalization != "rank" and mapped.all() and np.isfinite(s).all():
-                norm = self._normalize_finite(s)  # the common case, in fewer passes
+                norm = self._normalize_finite(s.copy())
             else:
                 ok = mapped[None, :] & np.isfinite(s)
                 norm = np.where(ok, self._normalize_rows(s, ok), 0.0)
@@ -263,19 +274,18 @@ class Hybrid(OnlineModel):
         return out
 
     def _normalize_finite(self, s: np.ndarray) -> np.ndarray:
-        """:meth:`_normalize_rows` when every entry is finite and mapped ("minmax"/"max")."""
+        """:meth:`_normalize_rows` of all-finite, all-mapped rows, in place ("minmax"/"max")."""
         if s.shape[1] == 0:
-            return np.zeros_like(s)
+            return s
         lo = s.min(axis=1, keepdims=True)
         hi = s.max(axis=1, keepdims=True)
         live = hi > lo
         if self.normalization == "max":
             lo = np.minimum(lo, 0.0)
-        spread = np.where(live, hi - lo, 1.0)
-        out = s - lo
-        out /= spread
-        out[~live[:, 0]] = 0.0
-        return out
+        s -= lo
+        s /= np.where(live, hi - lo, 1.0)
+        s[~live[:, 0]] = 0.0
+        return s
 
     def _normalize_rows(self, s: np.ndarray, ok: np.ndarray) -> np.ndarray:
         """Row-wise :meth:`_normalize` of the entries where ``ok`` (others: anything)."""

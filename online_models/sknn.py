@@ -365,8 +365,10 @@ class SessionKNN(OnlineModel):
                 picks.append(np.arange(lo, hi))
         pick = np.concatenate(picks)
         sim, slots_n, nb_owner = sim[pick], g_slots[pick], g_owner[pick]
-        items = self._sess_items[slots_n].astype(np.int64)  # (N, L), -1 padded
-        L = items.shape[1]
+        full_l = self.max_session_items
+        # Columns past the longest picked session are padding only: trim them.
+        L = max(1, int(self._sess_len[slots_n].max()))
+        items = self._sess_items[slots_n, :L].astype(np.int64)  # (N, L), -1 padded
         # Shared: the neighbour's item is one of its own query's rows.
         item_keys = np.where(items >= 0, nb_owner[:, None] * cap + items, -1)
         if n * cap <= 1 << 25:  # a lookup table over all (query, item) keys: no sort
@@ -375,26 +377,28 @@ class SessionKNN(OnlineModel):
             shared = table[item_keys]  # key -1 reads the last slot, always False
         else:
             shared = np.isin(item_keys, owner * cap + rows)
-        pos = np.arange(L)
         # Nearest shared position (the left one on a tie, as argmin picks it), by a
-        # column sweep each way (L is small; accumulate along rows is slow in numpy).
-        left = np.where(shared, pos, -1)
-        right = np.where(shared, pos, L + L)
+        # sweep each way over positions, on the transposed (position-major) layout.
+        small = np.int16 if full_l < 16_000 else np.int64
+        pos_t = np.arange(L, dtype=small)[:, None]
+        shared_t = shared.T
+        left = np.where(shared_t, pos_t, small(-1))
+        right = np.where(shared_t, pos_t, small(2 * L))
         for p in range(1, L):
-            np.maximum(left[:, p], left[:, p - 1], out=left[:, p])
-            np.minimum(right[:, L - 1 - p], right[:, L - p], out=right[:, L - 1 - p])
-        d_left = np.where(left >= 0, pos - left, L + 1)
-        d_right = np.where(right < L, right - pos, L + 1)
+            np.maximum(left[p], left[p - 1], out=left[p])
+            np.minimum(right[L - 1 - p], right[L - p], out=right[L - 1 - p])
+        none = small(full_l + 1)  # "no shared item": dist L + 1 of the untrimmed arrays
+        d_left = np.where(left >= 0, pos_t - left, none)
+        d_right = np.where(right < L, right - pos_t, none)
         use_left = d_left <= d_right
         d = np.where(use_left, d_left, d_right)
         nearest = np.where(use_left, left, right)
-        nearest = np.where(d > L, 0, nearest)  # no shared item at all: argmin's q = 0
-        d = np.minimum(d, L + 1)
+        nearest = np.where(d == none, small(0), nearest)  # argmin's q = 0 then
         # position_decay ** k from a table: the same np.power values, without a pow each.
-        powers = self.position_decay ** np.arange(L + 1).astype(np.float64)
-        vote = sim[:, None] * powers[np.maximum(d - 1, 0)]
+        powers = self.position_decay ** np.arange(full_l + 2).astype(np.float64)
+        vote = sim[:, None] * powers[np.maximum(d - 1, 0).T]
         if self.before_factor != 1.0:
-            vote = np.where(pos[None, :] < nearest, vote * self.before_factor, vote)
+            vote = np.where(np.arange(L)[None, :] < nearest.T, vote * self.before_factor, vote)
         use = (items >= 0) & ~shared
         flat = np.bincount(
             (nb_owner[:, None] * cap + items)[use], weights=vote[use], minlength=n * cap

@@ -254,7 +254,22 @@ class UserKNN(OnlineModel):
     def _user_rows(
         self, rows: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """CSR of the stored items of ``rows`` (in order, repeats allowed)."""
+        """CSR of the stored items of ``rows`` (in order, repeats allowed).
+
+        Each distinct user is read from its dict once, then gathered per row.
+        """
+        uniq, inv = np.unique(rows, return_inverse=True)
+        u_ptr, u_items, u_times, u_weights = self._user_rows_unique(uniq)
+        lengths = np.diff(u_ptr)[inv]
+        ptr = np.concatenate(([0], np.cumsum(lengths)))
+        starts = u_ptr[:-1][inv]
+        idx = np.repeat(starts - ptr[:-1], lengths) + np.arange(int(ptr[-1]))
+        return ptr, u_items[idx], u_times[idx], u_weights[idx]
+
+    def _user_rows_unique(
+        self, rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """CSR of the stored items of ``rows``, read from the per-user dicts."""
         items: list[int] = []
         times: list[float] = []
         weights: list[float] = []
@@ -280,11 +295,17 @@ class UserKNN(OnlineModel):
         if len(p_item) == 0:
             return None
         # 2. Candidates: users sharing profile items, overlap summed in profile order.
-        lists = [list(self._item_users.get(i, ())) for i in p_item.tolist()]
-        lengths = np.fromiter(map(len, lists), np.int64, count=len(lists))
+        # Each distinct profile item's users read once, then gathered per entry.
+        uniq, inv = np.unique(p_item, return_inverse=True)
+        lists = [list(self._item_users.get(i, ())) for i in uniq.tolist()]
+        u_len = np.fromiter(map(len, lists), np.int64, count=len(lists))
+        u_flat = np.fromiter((v for lst in lists for v in lst), np.int64, count=int(u_len.sum()))
+        u_ptr = np.concatenate(([0], np.cumsum(u_len)))
+        lengths = u_len[inv]
         if lengths.sum() == 0:
             return None
-        cand = np.fromiter((v for lst in lists for v in lst), np.int64, count=int(lengths.sum()))
+        ptr = np.concatenate(([0], np.cumsum(lengths)))
+        cand = u_flat[np.repeat(u_ptr[:-1][inv] - ptr[:-1], lengths) + np.arange(int(ptr[-1]))]
         c_owner = np.repeat(p_owner, lengths)
         c_w = np.repeat(pw, lengths)
         keep = cand != u_rows[c_owner]

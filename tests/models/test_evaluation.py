@@ -347,3 +347,11 @@ def test_cold_item_and_cold_user_segments() -> None:
     assert tot["hr_cold_user"] == 1.0  # u gets h (score 9): a hit
     # w's truth g (8) is below h (9): a miss, and the cold-item event it is.
     assert tot["hr_cold_item"] == 0.0
+
+
+def test_cold_segments_can_be_turned_off() -> None:
+    ev = PrequentialEvaluator({"m": Fixed(TABLE)}, k=1, cold_threshold=0)
+    ev.process(SEED)
+    out = ev.process(batch([("u2", "a"), ("u2", "b")], t0=10))
+    assert out.n_evaluated == 1 and not out.cold_item.any() and not out.cold_user.any()
+    assert ev.totals("m")["n_cold_user"] == 0 and len(ev._user_index) == 0
