@@ -220,3 +220,29 @@ def test_keys_from_the_environment_variable(store: SnapshotStore, tmp_path: Path
         ok = c.get("/v1/recommendations", params={"user_id": "u"}, headers=_bearer(key))
         assert ok.status_code == 200
         assert c.get("/v1/recommendations", params={"user_id": "u"}).status_code == 401
+
+
+def test_keys_cli_add_list_revoke(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from liverec.cli import app
+
+    runner = CliRunner()
+    path = str(tmp_path / "keys")
+    added = runner.invoke(app, ["keys", "add", "ingest", "--scope", "write", "--file", path])
+    assert added.exit_code == 0, added.output
+    key = added.stdout.strip().splitlines()[0]
+    assert key.startswith("lrk_")
+    stored = Path(path).read_text()
+    assert key not in stored and key.split("_", 2)[2] not in stored  # only the hash
+    assert (Path(path).stat().st_mode & 0o777) == 0o600
+    listed = runner.invoke(app, ["keys", "list", "--file", path])
+    assert "ingest" in listed.stdout and "scopes=write" in listed.stdout
+    assert key not in listed.output
+    dup = runner.invoke(app, ["keys", "add", "ingest", "--file", path])
+    assert dup.exit_code == 1
+    assert runner.invoke(app, ["keys", "add", "x", "--scope", "admin", "--file", path]
+                         ).exit_code != 0
+    assert runner.invoke(app, ["keys", "revoke", "ingest", "--file", path]).exit_code == 0
+    assert runner.invoke(app, ["keys", "revoke", "ingest", "--file", path]).exit_code == 1
+    assert KeyFile(Path(path)).load() == []
