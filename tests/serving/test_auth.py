@@ -246,3 +246,16 @@ def test_keys_cli_add_list_revoke(tmp_path: Path) -> None:
     assert runner.invoke(app, ["keys", "revoke", "ingest", "--file", path]).exit_code == 0
     assert runner.invoke(app, ["keys", "revoke", "ingest", "--file", path]).exit_code == 1
     assert KeyFile(Path(path)).load() == []
+
+
+def test_key_guessing_is_rate_limited_per_address(
+    store: SnapshotStore, keys: tuple[Path, dict[str, str]]
+) -> None:
+    path, made = keys
+    with _client(store, AuthSettings(api_keys_file=path), auth_per_s=0.01, auth_burst=3) as c:
+        guess = made["writer"][:-4] + "abcd"
+        statuses = [c.post("/v1/events", json=EVENT, headers=_bearer(guess)).status_code
+                    for _ in range(5)]
+        assert statuses == [401, 401, 401, 429, 429]
+        reg = c.app.state.serving.metrics.registry  # type: ignore[attr-defined]
+        assert reg.get_sample_value("liverec_serve_rate_limited_total", {"scope": "auth"}) == 2
