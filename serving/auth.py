@@ -86,7 +86,9 @@ class AuthSettings(BaseSettings):
     require_read_key
         Read endpoints need a ``read`` key (anonymous reads are allowed by default).
     protect_ops
-        ``/metrics``, ``/v1/model`` and the dashboard need an ``ops`` key.
+        ``/metrics``, ``/v1/model`` and the dashboard need an ``ops`` key (a
+        browser cannot send one to ``/dashboard``: put it behind a proxy that adds
+        the header, or leave ops open on a private interface).
     allow_anonymous_writes
         ``POST /v1/events`` without a key even though the server listens on a
         non-loopback interface (refused at start-up otherwise when no key is

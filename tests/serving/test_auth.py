@@ -259,3 +259,19 @@ def test_key_guessing_is_rate_limited_per_address(
         assert statuses == [401, 401, 401, 429, 429]
         reg = c.app.state.serving.metrics.registry  # type: ignore[attr-defined]
         assert reg.get_sample_value("liverec_serve_rate_limited_total", {"scope": "auth"}) == 2
+
+
+def test_serve_refuses_to_start_open_on_a_public_interface(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEREC_")}
+    out = subprocess.run(
+        [sys.executable, "-m", "liverec.cli", "serve", "--snapshots", str(tmp_path),
+         "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True, text=True, timeout=120, env=env,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert out.returncode == 2
+    assert "--allow-anonymous-writes" in out.stderr and "liverec keys add" in out.stderr
