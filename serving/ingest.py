@@ -115,12 +115,14 @@ class KafkaPythonProducer:
         connect_timeout_s: float = 5.0,
         client_id: str = "liverec-serving",
     ) -> None:
-        from stream.kafka import make_producer
+        from kafka import KafkaProducer
 
         timeout_ms = max(1000, int(delivery_timeout_s * 1000))
-        self._producer = make_producer(
-            bootstrap,
+        self._producer = KafkaProducer(
+            bootstrap_servers=[s.strip() for s in bootstrap.split(",") if s.strip()],
             client_id=client_id,
+            acks="all",
+            enable_idempotence=True,
             bootstrap_timeout_ms=max(1000, int(connect_timeout_s * 1000)),
             max_block_ms=timeout_ms,
             request_timeout_ms=timeout_ms,

@@ -110,13 +110,23 @@ def event(i: int, user: str = "u1", item: str = "i1", **extra: Any) -> dict[str,
             "timestamp": time.time(), **extra}
 
 
+def produce_raw(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    """Write ``values`` as they are (kafka-python directly: any bytes, acks=all)."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    try:
+        for v in values:
+            producer.send(topic, value=v).get(timeout=30)
+    finally:
+        producer.close()
+
+
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[bytes]:
     """Every value on ``topic`` (all partitions, from the start)."""
-    from kafka import TopicPartition
+    from kafka import KafkaConsumer, TopicPartition
 
-    from stream.kafka import make_consumer
-
-    consumer = make_consumer(bootstrap)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     try:
         parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]

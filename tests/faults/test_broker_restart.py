@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from stream import broker as broker_mod
-from stream.kafka import create_topics, make_producer
-from tests.faults.helpers import read_topic
+from stream.kafka import create_topics
+from tests.faults.helpers import produce_raw, read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -29,10 +29,7 @@ def test_restart_keeps_data_and_port_fresh_wipes(tmp_path: Path) -> None:
 
     def produced(bootstrap: str, n: int) -> None:
         create_topics(bootstrap, {"demo": 1})
-        p = make_producer(bootstrap)
-        for i in range(n):
-            p.send("demo", value=f"m{i}".encode()).get(timeout=30)
-        p.close()
+        produce_raw(bootstrap, "demo", [f"m{i}".encode() for i in range(n)])
 
     try:
         first = cli("start")

@@ -15,8 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from stream.kafka import make_producer
-from tests.faults.helpers import ServerProcess, metric, wait_for, write_snapshot
+from tests.faults.helpers import ServerProcess, metric, produce_raw, wait_for, write_snapshot
 
 pytestmark = pytest.mark.kafka
 
@@ -43,12 +42,11 @@ def test_unprintable_ids_are_refused_by_http_and_stream(
         assert r.status_code == 202, r.text
 
         # The same ids straight on the topic: the stream's decode refuses them too.
-        producer = make_producer(kafka_bootstrap)
-        for raw in (orjson.dumps({**ok, "event_id": "x1", "user_id": "nul\x00"}),
-                    orjson.dumps({**ok, "event_id": "x2", "item_id": "esc\x1b"}),
-                    b"\xff\xfe"):
-            producer.send(topic, value=raw).get(timeout=30)
-        producer.close()
+        produce_raw(kafka_bootstrap, topic, [
+            orjson.dumps({**ok, "event_id": "x1", "user_id": "nul\x00"}),
+            orjson.dumps({**ok, "event_id": "x2", "item_id": "esc\x1b"}),
+            b"\xff\xfe",
+        ])
         rejected = {"outcome": "rejected"}
         wait_for(lambda: metric(server.base, "liverec_serving_live_events_total",
                                 rejected) == 3.0, 60, "three rejects on the live tail")
