@@ -86,7 +86,9 @@ class AuthSettings(BaseSettings):
     require_read_key
         Read endpoints need a ``read`` key (anonymous reads are allowed by default).
     protect_ops
-        ``/metrics``, ``/v1/model`` and the dashboard need an ``ops`` key.
+        ``/metrics``, ``/v1/model`` and the dashboard need an ``ops`` key (a
+        browser cannot send one to ``/dashboard``: put it behind a proxy that adds
+        the header, or leave ops open on a private interface).
     allow_anonymous_writes
         ``POST /v1/events`` without a key even though the server listens on a
         non-loopback interface (refused at start-up otherwise when no key is
@@ -355,10 +357,13 @@ class AccessControl:
         self._reload_file()
         m = _KEY.match(presented)
         record = self.keys.get(m.group(1)) if m else None
-        if record is None:
-            raise self._unauthorized("unknown_key", "the API key is not valid")
         tag = hmac.new(self._cache_secret, presented.encode(), hashlib.sha256).digest()
-        if self._verified.get(tag) != record.hash:
+        if record is None or self._verified.get(tag) != record.hash:
+            # Uncached: a first use or a wrong key. Limited per address, before the
+            # scrypt, so guessing is slow and cannot tie up the CPU.
+            self.take("auth", Principal("anonymous", None, frozenset(), client))
+            if record is None:
+                raise self._unauthorized("unknown_key", "the API key is not valid")
             ok = await asyncio.to_thread(verify_key, presented, record.hash)
             if not ok:
                 raise self._unauthorized("unknown_key", "the API key is not valid")

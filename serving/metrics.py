@@ -203,7 +203,7 @@ class ServingMetrics:
             self.degraded.labels(reason=reason)
         self.rate_limited = Counter(
             "liverec_serve_rate_limited",
-            "Requests refused with 429 by scope (read, write, ops).",
+            "Requests refused with 429 by scope (read, write, ops; auth: key checks).",
             ["scope"],
             registry=r,
         )
@@ -213,7 +213,7 @@ class ServingMetrics:
             ["reason"],
             registry=r,
         )
-        for scope in ("read", "write", "ops"):
+        for scope in ("read", "write", "ops", "auth"):
             self.rate_limited.labels(scope=scope)
         for reason in ("missing_key", "unknown_key", "wrong_scope"):
             self.auth_failures.labels(reason=reason)

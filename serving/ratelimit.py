@@ -1,7 +1,8 @@
 """Token buckets per caller and scope: 429 with ``Retry-After`` when one runs dry.
 
 A caller is an API key (by its id) or, for anonymous calls, the client address. Each
-scope (``read``, ``write``, ``ops``) has its own rate and burst; a write costs one
+scope (``read``, ``write``, ``ops``, and ``auth`` for uncached key checks) has its
+own rate and burst; a write costs one
 token per event, so a batch of 100 events weighs as much as 100 single posts.
 """
 
@@ -29,6 +30,10 @@ class RateLimitSettings(BaseSettings):
         Events per second and burst a key (or an anonymous address) may post.
     ops_per_s, ops_burst
         ``/metrics``, ``/v1/model`` and dashboard calls.
+    auth_per_s, auth_burst
+        Key verifications per client address that miss the verified-key cache (a
+        first use, or a wrong key): each costs a scrypt, so guessing is slowed and
+        cannot tie up the CPU.
     max_callers
         Buckets kept (least recently used callers are forgotten beyond it).
 
@@ -46,6 +51,8 @@ class RateLimitSettings(BaseSettings):
     write_burst: float = Field(default=500.0, ge=1)
     ops_per_s: float = Field(default=20.0, ge=0)
     ops_burst: float = Field(default=100.0, ge=1)
+    auth_per_s: float = Field(default=5.0, ge=0)
+    auth_burst: float = Field(default=50.0, ge=1)
     max_callers: int = Field(default=100_000, ge=1)
 
     def limit(self, scope: str) -> tuple[float, float]:

@@ -220,3 +220,58 @@ def test_keys_from_the_environment_variable(store: SnapshotStore, tmp_path: Path
         ok = c.get("/v1/recommendations", params={"user_id": "u"}, headers=_bearer(key))
         assert ok.status_code == 200
         assert c.get("/v1/recommendations", params={"user_id": "u"}).status_code == 401
+
+
+def test_keys_cli_add_list_revoke(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from liverec.cli import app
+
+    runner = CliRunner()
+    path = str(tmp_path / "keys")
+    added = runner.invoke(app, ["keys", "add", "ingest", "--scope", "write", "--file", path])
+    assert added.exit_code == 0, added.output
+    key = added.stdout.strip().splitlines()[0]
+    assert key.startswith("lrk_")
+    stored = Path(path).read_text()
+    assert key not in stored and key.split("_", 2)[2] not in stored  # only the hash
+    assert (Path(path).stat().st_mode & 0o777) == 0o600
+    listed = runner.invoke(app, ["keys", "list", "--file", path])
+    assert "ingest" in listed.stdout and "scopes=write" in listed.stdout
+    assert key not in listed.output
+    dup = runner.invoke(app, ["keys", "add", "ingest", "--file", path])
+    assert dup.exit_code == 1
+    assert runner.invoke(app, ["keys", "add", "x", "--scope", "admin", "--file", path]
+                         ).exit_code != 0
+    assert runner.invoke(app, ["keys", "revoke", "ingest", "--file", path]).exit_code == 0
+    assert runner.invoke(app, ["keys", "revoke", "ingest", "--file", path]).exit_code == 1
+    assert KeyFile(Path(path)).load() == []
+
+
+def test_key_guessing_is_rate_limited_per_address(
+    store: SnapshotStore, keys: tuple[Path, dict[str, str]]
+) -> None:
+    path, made = keys
+    with _client(store, AuthSettings(api_keys_file=path), auth_per_s=0.01, auth_burst=3) as c:
+        guess = made["writer"][:-4] + "abcd"
+        statuses = [c.post("/v1/events", json=EVENT, headers=_bearer(guess)).status_code
+                    for _ in range(5)]
+        assert statuses == [401, 401, 401, 429, 429]
+        reg = c.app.state.serving.metrics.registry  # type: ignore[attr-defined]
+        assert reg.get_sample_value("liverec_serve_rate_limited_total", {"scope": "auth"}) == 2
+
+
+def test_serve_refuses_to_start_open_on_a_public_interface(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEREC_")}
+    out = subprocess.run(
+        [sys.executable, "-m", "liverec.cli", "serve", "--snapshots", str(tmp_path),
+         "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True, text=True, timeout=120, env=env,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert out.returncode == 2
+    assert "--allow-anonymous-writes" in out.stderr and "liverec keys add" in out.stderr

@@ -197,7 +197,7 @@ def test_stream_learn_serve_observed_through_prometheus(
     # The repo's alert rules were loaded and evaluated by the same Prometheus.
     rules = httpx.get(f"{system.prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
     loaded = {r["name"]: r["health"] for g in rules for r in g["rules"]}
-    assert len(loaded) == 8 and set(loaded.values()) <= {"ok", "unknown"}, loaded
+    assert len(loaded) == len(alert_exprs()) and set(loaded.values()) <= {"ok", "unknown"}, loaded
 
     # The API: an active user's recommendations exclude what they have seen.
     counts: dict[str, int] = {}
