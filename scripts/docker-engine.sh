@@ -8,8 +8,8 @@
 #                                         stop what was started; exits with CMD's status
 # The socket is DOCKER_HOST's (unix://PATH) or /var/run/docker.sock. Starting needs root
 # and dockerd (Debian's docker.io: scripts/system-deps.sh). LIVEREC_DOCKER=0: `run` only
-# runs CMD. Images stay in /var/lib/docker between runs (the build cache of
-# scripts/build-images.sh).
+# runs CMD. Images stay in the data root (LIVEREC_DOCKER_DATA_ROOT, default
+# /var/lib/docker) between runs: the cache of scripts/build-images.sh.
 set -euo pipefail
 
 sock=/var/run/docker.sock
@@ -39,7 +39,8 @@ start() {
   mkdir -p "$state_dir"
   say "starting dockerd on $sock (log: $logfile)"
   # setsid: the engine must not get the terminal's signals meant for the test run.
-  setsid dockerd -H "unix://$sock" --pidfile "$pidfile.dockerd" --data-root /var/lib/docker \
+  setsid dockerd -H "unix://$sock" --pidfile "$pidfile.dockerd" \
+    --data-root "${LIVEREC_DOCKER_DATA_ROOT:-/var/lib/docker}" \
     >"$logfile" 2>&1 < /dev/null &
   echo $! > "$pidfile"
   for _ in $(seq 1 60); do
