@@ -67,12 +67,15 @@ def _docker_kafka_image_or_build() -> str | None:
 
 
 def _say_once(config: pytest.Config, message: str) -> None:
+    # Past output capturing, so the reason shows once in the run's own output.
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        print(f"kafka_bootstrap: {message}")
+        return
+    with capture.global_and_fixture_disabled():
         reporter.ensure_newline()
         reporter.write_line(f"kafka_bootstrap: {message}", yellow=True)
-    else:
-        print(f"kafka_bootstrap: {message}")
 
 
 @pytest.fixture
