@@ -140,7 +140,7 @@ def inspect(container: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def stack(images: dict[str, str]) -> Iterator[Stack]:
+def stack(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     compose = _compose_cli()
     if compose is None:
         pytest.skip("no compose CLI (docker compose plugin or Debian's docker-compose)")
@@ -158,6 +158,9 @@ def stack(images: dict[str, str]) -> Iterator[Stack]:
         "LIVEREC_KAFKA_HOST": "127.0.0.1",
         "LIVEREC_MODELS": MODELS,
         "LIVEREC_DEFAULT_MODEL": "itemknn",
+        # An empty folder: the replay service streams its synthetic events, and docker
+        # does not create ./data in the checkout.
+        "LIVEREC_REPLAY_DATA": str(tmp_path_factory.mktemp("replay-data")),
     }
     st = Stack([*compose, "-f", str(COMPOSE_FILE), "-p", project], env,
                f"http://127.0.0.1:{ports['serving']}",
