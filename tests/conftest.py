@@ -45,7 +45,8 @@ def kafka_bootstrap(
 
 def _docker_kafka_image_or_build() -> str | None:
     """Make sure an answering Docker engine has a Kafka image; None or why it has none."""
-    from stream.broker import KafkaSetupError, docker_available, docker_kafka_image
+    from stream.broker import KafkaSetupError, docker_available
+    from stream.docker_kafka import docker_kafka_image
 
     if os.environ.get("LIVEREC_KAFKA_BOOTSTRAP", "").strip() or not docker_available():
         return None

@@ -227,7 +227,8 @@ def test_dockerfile_installs_from_pyproject_and_runs_the_cli() -> None:
 
 
 def test_kafka_image_uses_the_local_brokers_kafka_release() -> None:
-    from stream.broker import KAFKA_IMAGES, KAFKA_VERSION
+    from stream.broker import KAFKA_VERSION
+    from stream.docker_kafka import KAFKA_IMAGES
 
     pom = (DEPLOY / "docker/kafka/pom.xml").read_text()
     local = (REPO / "stream/kafka_pom.xml").read_text()
