@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench clean system-deps
+.PHONY: install demo test lint typecheck unit bench clean system-deps images
 
 install: $(STAMP)
 
@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $@
 
-# Debian packages the tests use for real parts: a Prometheus server and a headless browser.
+# Debian packages the tests use for real parts: a Prometheus server, a headless browser,
+# a Docker engine with compose, and debootstrap for the local base image.
 system-deps:
 	@bash scripts/system-deps.sh
 
@@ -32,12 +33,19 @@ typecheck: install
 	$(BIN)/mypy
 
 unit: install
-	$(BIN)/pytest -m "not kafka and not slow and not browser"
+	$(BIN)/pytest -m "not kafka and not slow and not browser and not docker"
 
+# The docker tests (tests/system/test_compose.py, and the Kafka fixture's testcontainers
+# path) need a Docker engine: scripts/docker-engine.sh starts one when none answers (root,
+# Debian's docker.io) and stops it afterwards; LIVEREC_DOCKER=0 leaves Docker alone.
 test: install system-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest
+	bash scripts/docker-engine.sh run -- $(BIN)/pytest
+
+# Local stand-ins for the compose stack's images (no registry needed; see README.md).
+images:
+	bash scripts/build-images.sh
 
 bench: install
 	$(BIN)/python -m bench.run_all

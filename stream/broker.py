@@ -3,7 +3,9 @@
 :func:`resolve_bootstrap` picks a cluster in this order:
 
 1. ``LIVEREC_KAFKA_BOOTSTRAP`` is set: that external cluster;
-2. a Docker engine answers: a KRaft Kafka container from testcontainers;
+2. a Docker engine answers and has (or can pull) a Kafka image: a KRaft Kafka
+   container from testcontainers (:mod:`stream.docker_kafka`); when it has none, a
+   warning and on to 3;
 3. otherwise a :class:`LocalBroker`: single-node Apache Kafka 4.1.1 in KRaft mode,
    run from jars that Maven resolves from Maven Central into
    ``~/.cache/liverec/kafka-4.1.1/libs`` (Java 17+ and ``mvn`` needed once).
@@ -582,12 +584,15 @@ def docker_available(timeout_s: float = 3.0) -> bool:
 class ResolvedKafka:
     """A Kafka cluster chosen by :func:`resolve_bootstrap`; close it to release it.
 
-    ``source`` is ``"env"``, ``"docker"`` or ``"local"``; ``bootstrap`` the address.
+    ``source`` is ``"env"``, ``"docker"`` or ``"local"``; ``bootstrap`` the address;
+    ``note`` why a Docker engine that answered was not used, if so.
     """
 
-    def __init__(self, bootstrap: str, source: str, close: Callable[[], None] | None = None):
+    def __init__(self, bootstrap: str, source: str, close: Callable[[], None] | None = None,
+                 *, note: str | None = None):
         self.bootstrap = bootstrap
         self.source = source
+        self.note = note
         self._close = close
 
     def close(self) -> None:
@@ -639,12 +644,16 @@ def resolve_bootstrap(
                 "start that cluster or unset the variable to use a local broker."
             )
         return ResolvedKafka(external, "env")
+    note = None
     if docker_available():
-        from testcontainers.kafka import KafkaContainer
+        from stream.docker_kafka import docker_kafka_image, start_docker_kafka
 
-        container = KafkaContainer("confluentinc/cp-kafka:7.6.0").with_kraft()
-        container.start()
-        return ResolvedKafka(container.get_bootstrap_server(), "docker", container.stop)
+        try:
+            return start_docker_kafka(docker_kafka_image())
+        except KafkaSetupError as exc:
+            # An engine without a registry (air-gapped, rate-limited) is a real situation.
+            note = f"Docker engine answers but gives no Kafka: {exc}; using the local broker"
+            log.warning("%s", note)
     own_tmp = workdir is None
     root = Path(tempfile.mkdtemp(prefix="liverec-kafka-")) if workdir is None else Path(workdir)
     broker = LocalBroker(root)
@@ -660,4 +669,4 @@ def resolve_bootstrap(
         if own_tmp:
             shutil.rmtree(root, ignore_errors=True)
 
-    return ResolvedKafka(broker.bootstrap, "local", close)
+    return ResolvedKafka(broker.bootstrap, "local", close, note=note)

@@ -3,12 +3,19 @@
 The cluster comes from :func:`stream.broker.resolve_bootstrap`:
 ``LIVEREC_KAFKA_BOOTSTRAP``, else a Docker KRaft container, else the project's
 local KRaft broker. If none can be had the Kafka tests *error* with the reason
-(they are never skipped silently); the summary line counts them. Tests of client
-behaviour take ``kafka_settings``, which runs them once per client library.
+(they are never skipped silently); the summary line counts them and names the source.
+Tests of client behaviour take ``kafka_settings``, which runs them once per client
+library.
+
+When a Docker engine answers but has no Kafka image and cannot pull one (no registry
+reachable), the fixture builds the local stand-in (``scripts/build-images.sh kafka``);
+if that fails too it says so once and the session uses the local broker.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -25,11 +32,17 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def kafka_bootstrap(
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[str]:
     """Bootstrap address of a real Kafka cluster, shared by the whole session."""
     from stream.broker import resolve_bootstrap
 
+    build_note = _docker_kafka_image_or_build()
     kafka = resolve_bootstrap(tmp_path_factory.mktemp("kafka"))
+    _kafka_source.append(kafka.source)
+    if kafka.note:
+        _say_once(pytestconfig, "\n".join(filter(None, [kafka.note, build_note])))
     try:
         yield kafka.bootstrap
     finally:
@@ -43,6 +56,42 @@ def kafka_settings(request: pytest.FixtureRequest, kafka_bootstrap: str) -> Kafk
     from stream.settings import KafkaSettings
 
     return KafkaSettings(bootstrap=kafka_bootstrap, client=request.param)
+
+
+def _docker_kafka_image_or_build() -> str | None:
+    """Make sure an answering Docker engine has a Kafka image; None or why it has none."""
+    from stream.broker import KafkaSetupError, docker_available
+    from stream.docker_kafka import docker_kafka_image
+
+    if os.environ.get("LIVEREC_KAFKA_BOOTSTRAP", "").strip() or not docker_available():
+        return None
+    try:
+        docker_kafka_image()
+        return None
+    except KafkaSetupError:
+        pass
+    script = REPO / "scripts" / "build-images.sh"
+    try:
+        out = subprocess.run(["bash", str(script), "kafka"], capture_output=True, text=True,
+                             timeout=1200, cwd=REPO)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"building the local Kafka image failed: {exc}"
+    if out.returncode != 0:
+        tail = "\n".join(out.stderr.strip().splitlines()[-8:])
+        return f"building the local Kafka image failed (exit {out.returncode}):\n{tail}"
+    return None
+
+
+def _say_once(config: pytest.Config, message: str) -> None:
+    # Past output capturing, so the reason shows once in the run's own output.
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        print(f"kafka_bootstrap: {message}")
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.ensure_newline()
+        reporter.write_line(f"kafka_bootstrap: {message}", yellow=True)
 
 
 @pytest.fixture
@@ -77,6 +126,7 @@ def shared_data() -> Path:
 
 
 _kafka_outcomes: Counter[str] = Counter()
+_kafka_source: list[str] = []
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -90,4 +140,5 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _kafka_outcomes:
         parts = ", ".join(f"{n} {k}" for k, n in sorted(_kafka_outcomes.items()))
-        terminalreporter.write_line(f"Kafka tests (real broker): {parts}")
+        source = f", {_kafka_source[0]}" if _kafka_source else ""
+        terminalreporter.write_line(f"Kafka tests (real broker{source}): {parts}")

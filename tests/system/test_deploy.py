@@ -1,7 +1,8 @@
-"""Static checks of the deployment files: alert rules, dashboard, compose, Dockerfile.
+"""Static checks of the deployment files: alert rules, dashboard, compose, Dockerfiles.
 
-No Docker engine or compose plugin here, so the compose file is validated as YAML
-against what the real CLI accepts (``liverec <cmd> --help``).
+They need no Docker engine: the compose file is read as YAML (its ``${VAR:-default}``
+values at their defaults) and checked against what the real CLI accepts
+(``liverec <cmd> --help``). tests/system/test_compose.py runs the stack for real.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ from tests.system.helpers import (
 
 COMPOSE = REPO / "docker-compose.yml"
 SERVICES = {"kafka", "topics", "trainer", "serving", "replay", "prometheus", "grafana"}
+_VAR = re.compile(r"\$\{(\w+):-([^}]*)\}")
+
+
+def default(value: str) -> str:
+    """A compose value with every ``${VAR:-default}`` at its default."""
+    return _VAR.sub(lambda m: m.group(2), value)
 
 
 @cache
@@ -119,9 +126,10 @@ def test_prometheus_config_scrapes_trainer_and_serving_with_rules(compose: dict)
 def test_compose_services_builds_healthchecks_and_ordering(compose: dict) -> None:
     svc = compose["services"]
     assert set(svc) == SERVICES
-    assert svc["kafka"]["image"].startswith("apache/kafka:")
     assert svc["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    assert svc["trainer"]["build"] == "."
+    assert svc["kafka"]["environment"]["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data"
+    assert "kafka-data:/var/lib/kafka/data" in svc["kafka"]["volumes"]
+    assert svc["trainer"]["build"]["context"] == "."
     for name in ("serving", "replay"):
         assert svc[name]["image"] == svc["trainer"]["image"], name
     for name in ("kafka", "trainer", "serving", "prometheus"):
@@ -147,7 +155,8 @@ def test_serving_is_stateless_and_scalable(compose: dict) -> None:
     assert "snapshots:/snapshots" in svc["trainer"]["volumes"]
     assert "container_name" not in svc["serving"]
     # A port range, so `--scale serving=N` does not collide on one host port.
-    assert any(re.fullmatch(r"\d+-\d+:8000", p) for p in svc["serving"]["ports"])
+    assert any(re.fullmatch(r"127\.0\.0\.1:\d+-\d+:8000", default(p))
+               for p in svc["serving"]["ports"])
     assert "snapshots" in compose["volumes"]
 
 
@@ -167,12 +176,105 @@ def test_compose_commands_use_flags_the_cli_accepts(compose: dict) -> None:
     assert seen == {"generate", "replay"}
 
 
-def test_dockerfile_installs_cpu_torch_and_runs_the_cli() -> None:
+def test_images_are_variables_with_the_public_defaults(compose: dict) -> None:
+    svc = compose["services"]
+    want = {
+        "kafka": ("LIVEREC_KAFKA_IMAGE", "apache/kafka:4.1.1"),
+        "topics": ("LIVEREC_KAFKA_IMAGE", "apache/kafka:4.1.1"),
+        "trainer": ("LIVEREC_IMAGE", "liverec:latest"),
+        "serving": ("LIVEREC_IMAGE", "liverec:latest"),
+        "replay": ("LIVEREC_IMAGE", "liverec:latest"),
+        "prometheus": ("LIVEREC_PROMETHEUS_IMAGE", "prom/prometheus:"),
+        "grafana": ("LIVEREC_GRAFANA_IMAGE", "grafana/grafana:"),
+    }
+    for name, (var, public) in want.items():
+        image = svc[name]["image"]
+        assert image.startswith(f"${{{var}:-") and default(image).startswith(public), image
+    args = svc["trainer"]["build"]["args"]
+    assert default(args["LIVEREC_BASE_IMAGE"]) == "python:3.11-slim"
+    for dockerfile in (REPO / "Dockerfile", DEPLOY / "docker/kafka/Dockerfile",
+                       DEPLOY / "docker/prometheus/Dockerfile"):
+        text = dockerfile.read_text()
+        assert "ARG LIVEREC_BASE_IMAGE=python:3.11-slim" in text, dockerfile
+        assert "FROM ${LIVEREC_BASE_IMAGE}" in text, dockerfile
+    # Grafana has no local stand-in: it runs only with its profile.
+    assert svc["grafana"]["profiles"] == ["grafana"]
+    assert all("profiles" not in s for n, s in svc.items() if n != "grafana")
+
+
+def test_published_ports_bind_loopback_by_default(compose: dict) -> None:
+    for name, s in compose["services"].items():
+        for port in s.get("ports", []):
+            assert default(port).startswith("127.0.0.1:"), (name, port)
+
+
+def test_dockerfile_installs_from_pyproject_and_runs_the_cli() -> None:
     text = (REPO / "Dockerfile").read_text()
-    assert "download.pytorch.org/whl/cpu" in text
+    assert '["project"]["dependencies"]' in text  # dependencies from pyproject.toml
+    assert "pip wheel --no-deps --wheel-dir /dist ." in text  # the package from pyproject
     assert 'ENTRYPOINT ["liverec"]' in text
-    for pkg in ("online_models", "stream", "serving", "liverec"):
-        assert f"COPY {pkg} ./{pkg}" in text
+    assert "USER liverec" in text
+    # Every package pyproject.toml ships is in the build context.
+    import tomllib
+
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())
+    include = meta["tool"]["setuptools"]["packages"]["find"]["include"]
+    ignored = {line.strip().rstrip("/") for line in
+               (REPO / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    for pattern in include:
+        assert pattern.rstrip("*") not in ignored, pattern
+    assert "README.md" not in ignored  # pyproject's readme
+
+
+def test_kafka_image_uses_the_local_brokers_kafka_release() -> None:
+    from stream.broker import KAFKA_VERSION
+    from stream.docker_kafka import KAFKA_IMAGES
+
+    pom = (DEPLOY / "docker/kafka/pom.xml").read_text()
+    local = (REPO / "stream/kafka_pom.xml").read_text()
+    version_of = re.compile(r"<artifactId>(kafka_2\.13|kafka-tools|log4j-core)</artifactId>\s*"
+                            r"<version>([^<]+)</version>")
+    image_versions = dict(version_of.findall(pom))
+    assert image_versions["kafka_2.13"] == image_versions["kafka-tools"] == KAFKA_VERSION
+    assert image_versions["kafka_2.13"] in local
+    assert image_versions["log4j-core"] == dict(version_of.findall(local))["log4j-core"]
+    assert f"liverec-local/kafka:{KAFKA_VERSION}" in KAFKA_IMAGES
+    script = (REPO / "scripts/build-images.sh").read_text()
+    assert f"liverec-local/kafka:{KAFKA_VERSION}" in script
+
+
+def test_kafka_entrypoint_maps_kafka_variables_to_properties(tmp_path) -> None:
+    # The entry point up to the JVM: a stand-in `java` records its arguments.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "java").write_text('#!/bin/sh\necho "$@" >> "$KAFKA_CONFIG_DIR/java.args"\n')
+    (bin_dir / "java").chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "KAFKA_CONFIG_DIR": str(tmp_path),
+        "KAFKA_LOG_DIRS": "/var/lib/kafka/data",
+        "KAFKA_ADVERTISED_LISTENERS": "PLAINTEXT://kafka:9092",
+        "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
+        "KAFKA_SOME__UNDERSCORE___DASH": "x",
+        "KAFKA_HEAP_OPTS": "-Xmx300m",
+        "CLUSTER_ID": "abc",
+    }
+    out = subprocess.run(["bash", str(DEPLOY / "docker/kafka/run")], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    props = dict(line.split("=", 1) for line in
+                 (tmp_path / "server.properties").read_text().splitlines())
+    assert props["log.dirs"] == "/var/lib/kafka/data"
+    assert props["advertised.listeners"] == "PLAINTEXT://kafka:9092"
+    assert props["group.initial.rebalance.delay.ms"] == "0"
+    assert props["some_underscore-dash"] == "x"
+    assert props["process.roles"] == "broker,controller"  # a default kept
+    assert not any("heap" in k or "config.dir" in k for k in props)
+    calls = (tmp_path / "java.args").read_text().splitlines()
+    assert "StorageTool format --cluster-id=abc" in calls[0] and "-Xmx300m" in calls[0]
+    assert calls[1].endswith(f"kafka.Kafka {tmp_path}/server.properties")
 
 
 def test_promtool_accepts_the_compose_prometheus_config(tmp_path) -> None:
