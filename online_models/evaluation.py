@@ -493,6 +493,8 @@ class PrequentialEvaluator:
         self.n_events = 0
         self.n_eligible = 0  # evaluable events seen, sampled or not
         self.n_evaluated = 0  # events scored (the sample)
+        #: wall seconds spent scoring and ranking sampled events (all models, all metrics)
+        self.scoring_seconds = 0.0
         #: wall seconds each model spent in ``score_many`` (blending, for a bound hybrid)
         self.score_seconds: dict[str, float] = dict.fromkeys(self.models, 0.0)
         self.catalog = IdIndex()  # items seen in the stream (evaluator rows)
@@ -649,9 +651,11 @@ class PrequentialEvaluator:
         )
         lists: dict[str, np.ndarray] = {}
         if positions:
+            t0 = time.perf_counter()
             lists = self._score_batch(
                 outcome, users, hists, np.asarray(e_rows, np.int64), batch_rows, n_events0
             )
+            self.scoring_seconds += time.perf_counter() - t0
         else:
             for name in self.models:
                 outcome.models[name] = _empty_outcome()

@@ -32,6 +32,7 @@ Examples
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -147,9 +148,21 @@ class FloodGuard:
         keep = np.ones(n, bool)
         if not self.settings.enabled or n == 0:
             return keep, {}
-        if self._all_pass(users, items, timestamps):
-            return keep, {}
-        return self._admit_each(users, items, timestamps, keep)
+        buckets = np.floor(timestamps / self.settings.window_s)
+        if n > 1 and bool((np.diff(buckets) < 0).any()):
+            # Out of event-time order across windows: decide event by event.
+            return self._admit_each(users, items, timestamps, keep)
+        why: Counter[str] = Counter()
+        # Runs of one window bucket, in order: the whole run at once when nothing in it
+        # can be capped, else event by event.
+        cuts = [0, *(np.flatnonzero(np.diff(buckets)) + 1).tolist(), n]
+        for lo, hi in itertools.pairwise(cuts):
+            u, it, ts = users[lo:hi], items[lo:hi], timestamps[lo:hi]
+            if not self._all_pass(u, it, ts):
+                part, part_why = self._admit_each(u, it, ts, keep[lo:hi])
+                keep[lo:hi] = part
+                why.update(part_why)
+        return keep, dict(why)
 
     def _all_pass(self, users: Sequence[str], items: Sequence[str], ts: np.ndarray) -> bool:
         """Admit a whole batch at once when no event can be capped (the common case).

@@ -395,7 +395,7 @@ class Trainer:
         """Evaluate the batch's sample (the history moves for every event)."""
         m = self.metrics
         t0 = time.perf_counter()
-        scoring_before = sum(self.evaluator.score_seconds.values())
+        scoring_before = self.evaluator.scoring_seconds
         try:
             outcome = self.evaluator.process(batch, learn=False)
         except Exception:
@@ -405,8 +405,7 @@ class Trainer:
             return
         elapsed = time.perf_counter() - t0
         m.evaluate_duration.observe(elapsed)
-        self._govern(outcome.n_evaluated,
-                     sum(self.evaluator.score_seconds.values()) - scoring_before)
+        self._govern(outcome.n_evaluated, self.evaluator.scoring_seconds - scoring_before)
         times = batch.timestamps[outcome.positions]
         for name, out in outcome.models.items():
             m.evaluated.labels(model=name).inc(len(out.hits))
