@@ -534,6 +534,9 @@ def _reuse_port(port: object) -> int | None:
     if not isinstance(port, int) or port <= 0:
         return None
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As the broker binds (Java sets SO_REUSEADDR): connections of the stopped broker
+        # still in TIME_WAIT do not make the port busy, only another listener does.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
