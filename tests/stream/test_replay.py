@@ -9,15 +9,17 @@ from typing import Any
 import pytest
 
 from stream.consumer import MiniBatchConsumer
-from stream.kafka import end_offsets
+from stream.kafka import as_settings, end_offsets
 from stream.replay import Replayer, replay_file
+from stream.settings import KafkaSettings
 
 pytestmark = pytest.mark.kafka
 
 
-def _consume_ids(bootstrap: str, topic: str, n: int, group: str) -> list[str]:
+def _consume_ids(settings: KafkaSettings | str, topic: str, n: int, group: str) -> list[str]:
     ids: list[str] = []
-    with MiniBatchConsumer(bootstrap, topic, group, batch_size=2_000, max_wait_ms=500) as c:
+    s = as_settings(settings).model_copy(update={"topic": topic})
+    with MiniBatchConsumer(s, group, batch_size=2_000, max_wait_ms=500) as c:
         idle = 0
         while len(ids) < n and idle < 40:
             b = c.next_batch()
@@ -26,7 +28,7 @@ def _consume_ids(bootstrap: str, topic: str, n: int, group: str) -> list[str]:
     return ids
 
 
-def test_custom_csv_gzip_with_bad_rows(kafka_bootstrap, new_topic, tmp_path: Path):
+def test_custom_csv_gzip_with_bad_rows(kafka_settings, new_topic, tmp_path: Path):
     topic = new_topic(partitions=2)
     path = tmp_path / "clicks.csv.gz"
     rows = ["who,what,when,kind",
@@ -39,15 +41,15 @@ def test_custom_csv_gzip_with_bad_rows(kafka_bootstrap, new_topic, tmp_path: Pat
         fh.write("\n".join(rows) + "\n")
     kwargs: dict[str, Any] = dict(user_col="who", item_col="what", time_col="when",
                                   event_type_col="kind", progress=False)
-    first = replay_file(path, kafka_bootstrap, topic, **kwargs)
+    first = replay_file(path, kafka_settings, topic, **kwargs)
     assert first.sent == 3
     assert first.n_rejected == 2 and first.failed == 0
-    assert sum(end_offsets(kafka_bootstrap, f"{topic}.dlq").values()) == 2
-    ids = _consume_ids(kafka_bootstrap, topic, 3, "g-r1")
+    assert sum(end_offsets(kafka_settings, f"{topic}.dlq").values()) == 2
+    ids = _consume_ids(kafka_settings, topic, 3, "g-r1")
     assert len(ids) == 3
     # A re-replay yields the same ids, which downstream drops as duplicates.
-    replay_file(path, kafka_bootstrap, topic, **kwargs)
-    again = _consume_ids(kafka_bootstrap, topic, 6, "g-r2")
+    replay_file(path, kafka_settings, topic, **kwargs)
+    again = _consume_ids(kafka_settings, topic, 6, "g-r2")
     assert sorted(again) == sorted(ids * 2)
 
 
