@@ -106,8 +106,7 @@ class MiniBatchConsumer:
     ----------
     settings
         Bootstrap, topic, client backend, security, validation limits and
-        ``dlq_max_bytes``. (The former call ``MiniBatchConsumer(bootstrap, topic,
-        group_id, ...)`` still works; it reads the rest from the environment.)
+        ``dlq_max_bytes``.
     group_id
         The consumer group.
     batch_size, max_wait_ms
@@ -155,9 +154,8 @@ class MiniBatchConsumer:
 
     def __init__(
         self,
-        settings: KafkaSettings | str,
+        settings: KafkaSettings,
         group_id: str,
-        legacy_group_id: str | None = None,
         *,
         batch_size: int = 256,
         max_wait_ms: int = 200,
@@ -177,14 +175,6 @@ class MiniBatchConsumer:
         dlq_backoff_s: float = 0.5,
         dlq_timeout_ms: int = 10_000,
     ) -> None:
-        if isinstance(settings, str):
-            # The former (bootstrap, topic, group_id) call.
-            if legacy_group_id is None:
-                raise TypeError("MiniBatchConsumer(bootstrap, topic, group_id) needs all three")
-            settings = KafkaSettings(bootstrap=settings, topic=group_id)
-            group_id = legacy_group_id
-        elif legacy_group_id is not None:
-            raise TypeError("MiniBatchConsumer(settings, group_id): too many arguments")
         if batch_size < 1 or max_wait_ms < 0 or dlq_attempts < 1:
             raise ValueError("batch_size and dlq_attempts must be >= 1, max_wait_ms >= 0")
         self.settings = settings

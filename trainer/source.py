@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from stream.columns import EventColumns, decode_columns
 from stream.consumer import DeadLetterError, MiniBatchConsumer, Partition
 from stream.events import Limits, Rejected
-from stream.kafka import Record
+from stream.kafka import RecordBatch
 
 __all__ = ["BatchSource", "PolledBatch"]
 
@@ -189,7 +189,7 @@ class BatchSource:
                 joined_at, join_timeout = time.monotonic(), join_timeout * 2
             try:
                 t0 = time.perf_counter()
-                records = self.consumer.poll_records(self.batch_size, self.max_wait_s)
+                records = self.consumer.poll_batch(self.batch_size, self.max_wait_s)
                 t1 = time.perf_counter()
             except Exception:
                 self.errors += 1
@@ -213,17 +213,15 @@ class BatchSource:
                 except Exception:
                     log.debug("lag not available", exc_info=True)
 
-    def _decode(self, records: list[Record]) -> PolledBatch:
-        cols, rejects = decode_columns(
-            [r.value for r in records], limits=self.limits, weights=self.weights
-        )
-        offsets: dict[Partition, int] = {}
+    def _decode(self, records: RecordBatch) -> PolledBatch:
+        cols, rejects = decode_columns(records.values, limits=self.limits,
+                                       weights=self.weights)
+        offsets = records.next_offsets()
         first: dict[Partition, int] = {}
-        for r in records:
-            part = (r.topic, r.partition)
-            first.setdefault(part, r.offset)
-            offsets[part] = r.offset + 1
-        rejected = [(rej, records[i].topic, records[i].partition, records[i].offset)
+        for part, offset in zip(zip(records.topics, records.partitions, strict=True),
+                                records.offsets, strict=True):
+            first.setdefault(part, offset)
+        rejected = [(rej, records.topics[i], records.partitions[i], records.offsets[i])
                     for i, rej in rejects]
         if rejected:
             assert self.consumer is not None
