@@ -160,3 +160,53 @@ def test_clients_are_refused_without_credentials_or_with_a_wrong_ca(secured, cli
     }
     for why, s in refused.items():
         assert not cluster_ready(s, timeout_ms=5_000), f"connected with {why}"
+
+
+@pytest.mark.parametrize("client", ["confluent", "kafka-python"])
+def test_trainer_and_server_work_through_sasl_ssl(secured, client, tmp_path):
+    """The whole path on the secured listener: replay -> trainer -> snapshot -> server,
+    whose live tail reads the topic and whose POST /v1/events writes to it."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from online_models.datasets import Dataset
+    from serving.app import create_app
+    from serving.auth import AuthSettings
+    from serving.settings import ServeSettings
+    from stream.replay import replay_dataset
+    from trainer import Trainer, TrainerSettings
+
+    bootstrap, ca, _ = secured
+    pw = tmp_path / "password"
+    pw.write_text(PASSWORD)
+    s = _settings(bootstrap, client, ca, pw).model_copy(
+        update={"topic": f"sec-{uuid.uuid4().hex[:10]}"})
+    create_topics(s, {s.topic: 2, s.dlq_topic: 1})
+    ds = Dataset.from_records([{"user_id": f"u{i % 5}", "item_id": f"i{i % 7}",
+                                "timestamp": 1.7e9 + i, "event_type": "click"}
+                               for i in range(60)])
+    assert replay_dataset(ds, s, progress=False).sent == 60
+    snaps = tmp_path / "snaps"
+    result = Trainer(TrainerSettings(snapshots=snaps, models="popularity", metrics_port=-1,
+                                     group=f"g-{s.topic}", until_events_total=60,
+                                     max_seconds=120), s).run()
+    assert result.events_total == 60
+
+    app = create_app(ServeSettings(snapshots=snaps, kafka=s),
+                     auth=AuthSettings(allow_anonymous_writes=True))
+    with TestClient(app) as http:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and http.get("/readyz").status_code != 200:
+            time.sleep(0.5)
+        ready = http.get("/readyz")
+        assert ready.status_code == 200, ready.json()
+        r = http.post("/v1/events", json={"user_id": "sec-user", "item_id": "i3",
+                                          "event_type": "click", "timestamp": time.time()})
+        assert r.status_code == 202, r.text
+        deadline = time.monotonic() + 30
+        seen: list[str] = []
+        while time.monotonic() < deadline and not seen:
+            seen = http.get("/v1/users/sec-user").json().get("live_items", [])
+            time.sleep(0.3)
+        assert seen == ["i3"]  # written through SASL_SSL, read back by the live tail
