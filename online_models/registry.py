@@ -23,6 +23,9 @@ MODEL_PATHS: dict[str, str] = {
     "hybrid": "online_models.hybrid:Hybrid",
     "river-funkmf": "online_models.river_baseline:RiverFunkMF",
     "river-biasedmf": "online_models.river_baseline:RiverBiasedMF",
+    "seqnn": "online_models.seqnn:SeqNN",
+    "content-knn": "online_models.content:ContentKNN",
+    "ranked": "online_models.reranker:ReRanker",
 }
 
 #: what the trainer learns by default ("all" on the command line)
