@@ -43,7 +43,7 @@ def _params(spec: list[str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for s in spec:
         key, val = s.split("=", 1)
-        model, param = key.split(".", 1)
+        model, param = key.rsplit(".", 1)
         try:
             parsed = json.loads(val)
         except json.JSONDecodeError:
@@ -82,9 +82,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{0 if features is None else len(features)} items "
           f"({time.perf_counter() - t0:.1f}s)", file=sys.stderr)
 
-    names = registry.parse_models(args.models)
+    names = [s.strip() for s in args.models.split(",") if s.strip()]
     params = _params(args.param)
-    models = {n: registry.create(n, **params.get(n, {})) for n in names}
+    # "seqnn@s6" is another instance of "seqnn", configured by --param seqnn@s6.x=...
+    models = {n: registry.create(n.split("@")[0], **params.get(n, {})) for n in names}
     for m in models.values():
         if features is not None and hasattr(m, "set_item_features"):
             m.set_item_features(features)
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "dataset": str(args.path), "preset": args.preset, "events": len(ds),
         "limit": args.limit, "batch_size": args.batch_size, "k": args.k,
         "tune_events": n_tune, "params": params,
-        "evaluated": int(len(f["tune"])), "cold_item_events": int(f["cold_item"].sum()),
+        "evaluated": len(f["tune"]), "cold_item_events": int(f["cold_item"].sum()),
         "cold_user_events": int(f["cold_user"].sum()), "models": {},
     }
     for n in names:

@@ -47,7 +47,7 @@ __all__ = ["ContentKNN", "ItemFeatures", "load_item_features", "tokenize"]
 
 _WORD = re.compile(r"[a-z0-9]+")
 _STOP = frozenset(
-    "a an and as at by for from in of on or the to with set pack box".split()
+    ["a", "an", "and", "as", "at", "by", "for", "from", "in", "of", "on", "or", "the", "to", "with", "set", "pack", "box"]
 )
 
 

@@ -52,7 +52,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from torch import nn
 
 from online_models.base import (
@@ -144,7 +144,8 @@ class _RowTable:
         self.weight.index_copy_(0, rows, w)
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        return {f"{prefix}.{n}": getattr(self, n).cpu().numpy().copy() for n in ("weight", "m", "v")}
+        names = ("weight", "m", "v")
+        return {f"{prefix}.{n}": getattr(self, n).cpu().numpy().copy() for n in names}
 
     @classmethod
     def from_arrays(cls, a: dict[str, np.ndarray], prefix: str, device: torch.device) -> _RowTable:
@@ -689,7 +690,7 @@ class SeqNN(OnlineModel):
         sims[row] = -np.inf
         ids = self.items.ids
         order = np.lexsort((np.arange(n), -sims))[:k]
-        return [(ids[r], float(sims[r])) for r in order if np.isfinite(sims[r])]  # type: ignore[misc]
+        return [(ids[r], float(sims[r])) for r in order if np.isfinite(sims[r])]
 
     def item_vectors(self) -> np.ndarray:
         emb, _ = self._item_matrix()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from online_models import registry
 from online_models.base import Batch, OnlineModel
 from online_models.content import ItemFeatures
