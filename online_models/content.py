@@ -47,7 +47,10 @@ __all__ = ["ContentKNN", "ItemFeatures", "load_item_features", "tokenize"]
 
 _WORD = re.compile(r"[a-z0-9]+")
 _STOP = frozenset(
-    ["a", "an", "and", "as", "at", "by", "for", "from", "in", "of", "on", "or", "the", "to", "with", "set", "pack", "box"]
+    (
+        "a", "an", "and", "as", "at", "by", "for", "from", "in", "of", "on", "or", "the",
+        "to", "with", "set", "pack", "box",
+    )
 )
 
 
