@@ -52,6 +52,39 @@ def _params(spec: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _report(args: argparse.Namespace, ds: Any, n_tune: int, params: dict[str, Any],
+            names: list[str], models: dict[str, Any], hits: dict[str, list[np.ndarray]],
+            flags: dict[str, list[np.ndarray]], learn_s: dict[str, float], seen: int,
+            ev: PrequentialEvaluator, last: Any) -> dict[str, Any]:
+    f = {k: np.concatenate(v) for k, v in flags.items()}
+    report: dict[str, Any] = {
+        "dataset": str(args.path), "preset": args.preset, "events": len(ds),
+        "limit": args.limit, "events_done": seen, "partial": seen < len(ds),
+        "batch_size": args.batch_size, "k": args.k,
+        "tune_events": n_tune, "params": params,
+        "evaluated": len(f["tune"]), "cold_item_events": int(f["cold_item"].sum()),
+        "cold_user_events": int(f["cold_user"].sum()), "models": {},
+    }
+    for n in names:
+        h = np.concatenate(hits[n]).astype(np.float64)
+
+        def mean(mask: np.ndarray, h: np.ndarray = h) -> float:
+            return float(h[mask].mean()) if mask.any() else float("nan")
+
+        report["models"][n] = {
+            "hr": mean(np.ones_like(f["tune"])),
+            "hr_tune": mean(f["tune"]),
+            "hr_rest": mean(~f["tune"]),
+            "hr_cold_item": mean(f["cold_item"]),
+            "hr_cold_user": mean(f["cold_user"]),
+            "learn_events_per_s": seen / learn_s[n] if learn_s[n] else 0.0,
+        }
+        if hasattr(models[n], "click_proba") and last is not None:
+            report["models"][n]["auc_last_batch"] = sampled_auc(
+                models[n], list(last.users), list(last.items), history=ev.history)
+    return report
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("path", type=Path)
@@ -68,6 +101,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="model.param=value (JSON), e.g. seqnn.steps_per_batch=6")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--report-every", type=int, default=50,
+                    help="also write the JSON (partial) every N batches")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -119,32 +154,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             learn_s[n] += time.perf_counter() - t
         seen += len(batch)
         last = batch
+        if args.json and args.report_every and (seen // args.batch_size) % args.report_every == 0:
+            part = _report(args, ds, n_tune, params, names, models, hits, flags, learn_s, seen,
+                           ev, None)
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(part, indent=2))
 
-    f = {k: np.concatenate(v) for k, v in flags.items()}
-    report: dict[str, Any] = {
-        "dataset": str(args.path), "preset": args.preset, "events": len(ds),
-        "limit": args.limit, "batch_size": args.batch_size, "k": args.k,
-        "tune_events": n_tune, "params": params,
-        "evaluated": len(f["tune"]), "cold_item_events": int(f["cold_item"].sum()),
-        "cold_user_events": int(f["cold_user"].sum()), "models": {},
-    }
-    for n in names:
-        h = np.concatenate(hits[n]).astype(np.float64)
-
-        def mean(mask: np.ndarray, h: np.ndarray = h) -> float:
-            return float(h[mask].mean()) if mask.any() else float("nan")
-
-        report["models"][n] = {
-            "hr": mean(np.ones_like(f["tune"])),
-            "hr_tune": mean(f["tune"]),
-            "hr_rest": mean(~f["tune"]),
-            "hr_cold_item": mean(f["cold_item"]),
-            "hr_cold_user": mean(f["cold_user"]),
-            "learn_events_per_s": len(ds) / learn_s[n] if learn_s[n] else 0.0,
-        }
-        if hasattr(models[n], "click_proba") and last is not None:
-            report["models"][n]["auc_last_batch"] = sampled_auc(
-                models[n], list(last.users), list(last.items), history=ev.history)
+    report = _report(args, ds, n_tune, params, names, models, hits, flags, learn_s, seen, ev, last)
     pop = report["models"].get("popularity")
     print(f"{'model':<14}{'HR@10':>8}{'first':>8}{'rest':>8}{'cold-i':>8}{'x pop':>7}"
           f"{'cold-u':>8}{'learn ev/s':>12}")

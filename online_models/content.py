@@ -157,19 +157,27 @@ class ItemFeatures:
             return np.zeros(0, np.int64), np.zeros(0, np.float64)
         return self._buckets[row], self._weights(row)
 
-    def padded(self, items: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
-        """Buckets and weights of ``items`` as ``(n, max_tokens)`` arrays, zero-padded.
+    def padded(
+        self, items: Sequence[str | None], width: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Buckets and weights of ``items`` as ``(n, width)`` arrays, zero-padded.
 
-        Padding (and every slot of an item without content) has bucket 0 and weight 0.
+        ``width`` defaults to the longest of these items' token lists (at least 1);
+        padding (and every slot of an item without content) has bucket 0, weight 0.
+        Raises ``ValueError`` when an item has more tokens than a given ``width``.
         """
-        idx = np.zeros((len(items), self.max_tokens), np.int64)
-        w = np.zeros((len(items), self.max_tokens), np.float32)
-        for n, item in enumerate(items):
-            if item is None:
-                continue
-            b, v = self.tokens_of(item)
-            idx[n, : len(b)] = b
-            w[n, : len(b)] = v
+        toks = [self.tokens_of(i) if i is not None else None for i in items]
+        longest = max((len(t[0]) for t in toks if t is not None), default=0)
+        if width is None:
+            width = max(longest, 1)
+        elif longest > width:
+            raise ValueError(f"an item has {longest} tokens, more than width {width}")
+        idx = np.zeros((len(items), width), np.int64)
+        w = np.zeros((len(items), width), np.float32)
+        for n, t in enumerate(toks):
+            if t is not None:
+                idx[n, : len(t[0])] = t[0]
+                w[n, : len(t[0])] = t[1]
         return idx, w
 
     def matrix(self, items: Sequence[str | None]) -> sp.csr_matrix:

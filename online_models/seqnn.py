@@ -362,13 +362,13 @@ class SeqNN(OnlineModel):
         self._ids.weight[idx] = init.to(self._dev)
         self._alive[fresh] = True
         if self.use_content and self.features is not None:
-            ti, tw = self.features.padded([self.items.ids[r] for r in fresh.tolist()])
-            width = self._tok_idx.shape[1]
-            if ti.shape[1] != width:  # first features, or a different max_tokens
+            fresh_ids = [self.items.ids[r] for r in fresh.tolist()]
+            try:
+                ti, tw = self.features.padded(fresh_ids, width=self._tok_idx.shape[1])
+                self._tok_idx[fresh], self._tok_w[fresh] = ti, tw
+            except ValueError:  # longer token lists than any so far: re-pad every row
                 self._tok_idx, self._tok_w = self.features.padded(self.items.ids)
                 self._grow_items()
-            else:
-                self._tok_idx[fresh], self._tok_w[fresh] = ti, tw
 
     def _admit(self, keys: np.ndarray, ts: np.ndarray) -> np.ndarray:
         if self.admission_threshold <= 1:
