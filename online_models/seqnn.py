@@ -169,9 +169,11 @@ class SeqNN(OnlineModel):
     ffn_dim
         Hidden width of the feed-forward layer.
     learning_rate
-        Adam step size (dense block and row tables alike).
+        Adam step size (dense block and row tables alike). Chosen on the first 30k
+        MovieLens ratings: 5e-3 gave HR@10 0.192, 3e-3 0.191, 1e-2 0.182.
     steps_per_batch
-        Adam steps per learned mini-batch (each with a fresh replay draw).
+        Adam steps per learned mini-batch (each with a fresh replay draw); 3 steps
+        gave 0.186 and 6 steps (at 1e-2) 0.171 against 0.192 for 4.
     replay_size
         Most recent training examples kept for replay.
     replay_batch
@@ -227,7 +229,7 @@ class SeqNN(OnlineModel):
         max_len: int = 20,
         n_heads: int = 2,
         ffn_dim: int = 128,
-        learning_rate: float = 1e-2,
+        learning_rate: float = 5e-3,
         steps_per_batch: int = 4,
         replay_size: int = 20_000,
         replay_batch: int = 256,
