@@ -1,7 +1,7 @@
 """Model registry: one name per model class, resolved lazily (torch loads only if used).
 
->>> sorted(MODEL_PATHS)[:3]
-['bpr', 'embedding', 'hybrid']
+>>> {"bpr", "embedding", "hybrid"} <= set(MODEL_PATHS)
+True
 """
 
 from __future__ import annotations
