@@ -71,6 +71,21 @@ __all__ = ["SeqNN"]
 _B1, _B2, _EPS = 0.9, 0.999, 1e-8
 
 
+class _GRU(nn.Module):
+    """The alternative encoder: a one-layer GRU over the context (pads zeroed), last state."""
+
+    def __init__(self, dim: int, max_len: int) -> None:
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(max_len, dim) * 0.02)
+        self.gru = nn.GRU(dim, dim, batch_first=True)
+        self.ln = nn.LayerNorm(dim)
+
+    def forward(self, emb: torch.Tensor, ctx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        x = (emb[ctx] + self.pos[-ctx.shape[1]:][None]) * valid[..., None]
+        out, _ = self.gru(x)
+        return self.ln(out[:, -1])
+
+
 class _Block(nn.Module):
     """One causal self-attention block queried at the last position (see module doc)."""
 
@@ -208,6 +223,9 @@ class SeqNN(OnlineModel):
         torch intra-op threads (process-wide; ``None`` leaves torch's setting).
     initial_capacity
         Item and user rows allocated up front.
+    encoder
+        ``"attention"`` (the block above) or ``"gru"`` (a one-layer GRU over the
+        context, its last state), the alternative the issue asks to measure against.
     seed
         Seed of initialisation, replay and negative sampling.
 
@@ -247,8 +265,12 @@ class SeqNN(OnlineModel):
         device: str = "cpu",
         num_threads: int | None = 1,
         initial_capacity: int = 1024,
+        encoder: str = "attention",
         seed: int = 0,
     ) -> None:
+        if encoder not in ("attention", "gru"):
+            raise ValueError("encoder must be 'attention' or 'gru'")
+        self.encoder = encoder
         self.dim = dim
         self.max_len = max_len
         self.n_heads = n_heads
@@ -286,7 +308,11 @@ class SeqNN(OnlineModel):
         self.features: ItemFeatures | None = None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self._block = _Block(dim, max_len, n_heads, ffn_dim).to(self._dev)
+            block: nn.Module = (
+                _Block(dim, max_len, n_heads, ffn_dim) if encoder == "attention"
+                else _GRU(dim, max_len)
+            )
+            self._block = block.to(self._dev)
         self._opt = torch.optim.Adam(self._block.parameters(), lr=learning_rate)
         self._gen = torch.Generator().manual_seed(seed)
         self._ids = _RowTable(initial_capacity, dim, self._dev)
