@@ -123,8 +123,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # "seqnn@s6" is another instance of "seqnn", configured by --param seqnn@s6.x=...
     models = {n: registry.create(n.split("@")[0], **params.get(n, {})) for n in names}
     for m in models.values():
-        if features is not None and hasattr(m, "set_item_features"):
-            m.set_item_features(features)
+        # A Hybrid does not forward features (yet): give them to its components here.
+        for target in [m, *getattr(m, "models", {}).values()]:
+            if features is not None and hasattr(target, "set_item_features"):
+                target.set_item_features(features)
     ev = PrequentialEvaluator(models, k=args.k)
     learn_s = dict.fromkeys(names, 0.0)
     n_tune = int(args.tune_frac * len(ds))
