@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -446,7 +446,3 @@ class ContentKNN(OnlineModel):
             m.features = ItemFeatures.from_arrays(a, "features")
         return m
 
-
-def features_of(items: Iterable[str], features: ItemFeatures) -> int:
-    """How many of ``items`` have content (a coverage figure for reports)."""
-    return sum(1 for i in items if i in features)
