@@ -37,6 +37,7 @@ import csv
 import gzip
 import hashlib
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ __all__ = [
     "InvalidRow",
     "detect_preset",
     "read_interactions",
+    "read_item_texts",
     "to_batches",
 ]
 
@@ -586,3 +588,68 @@ def _read_generic(
         session = row[isess].strip() if isess >= 0 else ""
         b.add(line, event_id, user, item, etype, ts, session or None)
     return b.build()
+
+
+# --------------------------------------------------------------------------- item content
+
+_MOVIES_HEADER = ("movieId", "title", "genres")
+
+
+def read_item_texts(path: str | Path, preset: str | None = None) -> dict[str, list[str]]:
+    """Content tokens per item id from a file, for :class:`online_models.content.ItemFeatures`.
+
+    ``movielens``: ``movies.csv`` (``movieId,title,genres``; a path to ``ratings.csv``
+    or to its directory finds ``movies.csv`` beside it): the title's words, one
+    ``genre:<name>`` token per genre and a ``decade:<yyy0>`` token from the year in
+    the title. ``online-retail``: the Online Retail CSV; the words of each
+    ``StockCode``'s most frequent ``Description``. ``None`` guesses from the header.
+
+    >>> import tempfile, os
+    >>> d = tempfile.mkdtemp(); p = os.path.join(d, "movies.csv")
+    >>> _ = open(p, "w").write('movieId,title,genres\\n1,"Toy Story (1995)",Animation|Comedy\\n')
+    >>> read_item_texts(p)["1"]
+    ['toy', 'story', '1995', 'genre:animation', 'genre:comedy', 'decade:1990']
+    """
+    from online_models.content import tokenize
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "movies.csv"
+    elif preset == "movielens" and p.name != "movies.csv" and (p.parent / "movies.csv").exists():
+        p = p.parent / "movies.csv"
+    out: dict[str, list[str]] = {}
+    with _open_text(p) as fh:
+        reader = csv.reader(fh)
+        header = next(reader, [])
+        if header and header[0].startswith("\ufeff"):
+            header[0] = header[0][1:]
+        if preset is None:
+            preset = "movielens" if set(_MOVIES_HEADER) <= set(header) else detect_preset(header)
+        if preset == "movielens":
+            im, it, ig = (_col(header, c, str(p)) for c in _MOVIES_HEADER)
+            for row in reader:
+                if len(row) <= max(im, it, ig) or not row[im]:
+                    continue
+                title = row[it]
+                tokens = tokenize(title)
+                genres = [g for g in row[ig].split("|") if g and g != "(no genres listed)"]
+                tokens += ["genre:" + g.lower() for g in genres]
+                year = re.search(r"\((\d{4})\)\s*$", title)
+                if year:
+                    tokens.append(f"decade:{year.group(1)[:3]}0")
+                out[row[im]] = tokens
+        elif preset == "online-retail":
+            istock, idesc = (_col(header, c, str(p)) for c in ("StockCode", "Description"))
+            seen: dict[str, Counter[str]] = {}
+            for row in reader:
+                if len(row) <= max(istock, idesc) or not row[istock] or not row[idesc].strip():
+                    continue
+                seen.setdefault(row[istock], Counter())[row[idesc].strip()] += 1
+            for item, descs in seen.items():
+                text = max(descs.items(), key=lambda kv: (kv[1], kv[0]))[0]
+                out[item] = tokenize(text)
+        else:
+            raise ValueError(
+                f"{p}: item features need preset movielens (movies.csv) or online-retail"
+            )
+    return out

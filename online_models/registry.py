@@ -1,7 +1,7 @@
 """Model registry: one name per model class, resolved lazily (torch loads only if used).
 
->>> sorted(MODEL_PATHS)[:3]
-['bpr', 'embedding', 'hybrid']
+>>> {"bpr", "embedding", "hybrid"} <= set(MODEL_PATHS)
+True
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ MODEL_PATHS: dict[str, str] = {
     "hybrid": "online_models.hybrid:Hybrid",
     "river-funkmf": "online_models.river_baseline:RiverFunkMF",
     "river-biasedmf": "online_models.river_baseline:RiverBiasedMF",
+    "seqnn": "online_models.seqnn:SeqNN",
+    "content-knn": "online_models.content:ContentKNN",
+    "ranked": "online_models.reranker:ReRanker",
 }
 
 #: what the trainer learns by default ("all" on the command line)

@@ -8,15 +8,30 @@ import pytest
 
 from online_models import registry
 from online_models.base import Batch, OnlineModel
+from online_models.content import ItemFeatures
 from online_models.datasets import Dataset, to_batches
 from online_models.synthetic import generate_events
 
 ALL_MODELS: tuple[str, ...] = tuple(registry.MODEL_PATHS)
 
 
+def synthetic_features(n_items: int = 1_000) -> ItemFeatures:
+    """Planted content for the synthetic stream's items ``i000000``...: a few shared words."""
+    return ItemFeatures.from_texts(
+        {f"i{k:06d}": [f"topic{k % 7}", f"shape{k % 13}", f"tone{k % 5}"] for k in range(n_items)}
+    )
+
+
 def make_model(name: str, **params: Any) -> OnlineModel:
-    """A fresh registry model with its default hyperparameters and ``params``."""
-    return registry.create(name, **params)
+    """A fresh registry model with its default hyperparameters and ``params``.
+
+    Models that take item content (``set_item_features``) get the synthetic features.
+    """
+    model = registry.create(name, **params)
+    setter = getattr(model, "set_item_features", None)
+    if setter is not None:
+        setter(synthetic_features())
+    return model
 
 
 def learn_all(model: OnlineModel, batches: list[Batch]) -> OnlineModel:

@@ -16,3 +16,27 @@ def planted(n_events: int, seed: int = 0, n_users: int = 20, n_items: int = 15) 
     users = [f"{'ab'[g]}{x}" for g, x in zip(group, u, strict=True)]
     items = [f"{'AB'[g]}{x}" for g, x in zip(group, i, strict=True)]
     return Batch.from_columns(users, items, timestamps=np.arange(n_events, dtype=float))
+
+
+def planted_chains(
+    n_events: int, seed: int = 0, n_users: int = 40, n_items: int = 300, p_next: float = 0.5
+) -> Batch:
+    """Next-item structure: every item ``I<k>`` has one fixed successor (a random cycle).
+
+    Each user starts at a random item and, event by event, moves to the successor of
+    their last item with probability ``p_next``, else jumps to a random item. Users
+    take turns at random, so batches interleave them. Only the order carries signal:
+    items are equally popular and users share no taste beyond the chain.
+    """
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n_items)
+    succ = np.empty(n_items, np.int64)
+    succ[perm] = np.roll(perm, -1)
+    pos = rng.integers(0, n_items, n_users)
+    users, items = [], []
+    for who in rng.integers(0, n_users, n_events).tolist():
+        cur = int(succ[pos[who]]) if rng.random() < p_next else int(rng.integers(0, n_items))
+        pos[who] = cur
+        users.append(f"u{who}")
+        items.append(f"I{cur}")
+    return Batch.from_columns(users, items, timestamps=np.arange(n_events, dtype=float))

@@ -1,0 +1,104 @@
+"""Hashed content features, their loaders, and the content-kNN model."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+
+from online_models import registry
+from online_models.base import Batch
+from online_models.content import ContentKNN, ItemFeatures, load_item_features, tokenize
+from online_models.datasets import read_item_texts
+
+
+def test_tokens_similarity_and_updates() -> None:
+    f = ItemFeatures.from_texts(
+        {"a": "red wooden train", "b": "red wooden train", "c": "blue glass vase"}
+    )
+    assert np.isclose(f.similarity("a", "b"), 1.0)
+    assert f.similarity("a", "c") == 0.0 and f.similarity("a", "missing") == 0.0
+    v = f.version
+    f.set_text("c", "red glass vase")
+    assert f.version > v and f.similarity("a", "c") > 0.0
+    assert tokenize("The T-Light, of 3!") == ["light"]
+
+
+def test_features_round_trip_through_arrays() -> None:
+    f = ItemFeatures.from_texts({"a": "one two", "b": ["genre:x", "two"], "c": ""}, n_buckets=256)
+    g = ItemFeatures.from_arrays(f.to_arrays("f"), "f")
+    for item in ("a", "b", "c"):
+        for x, y in zip(f.tokens_of(item), g.tokens_of(item), strict=True):
+            np.testing.assert_allclose(x, y)
+    assert (g.n_buckets, g.max_tokens, len(g)) == (256, f.max_tokens, 3)
+
+
+def test_movielens_and_retail_loaders(tmp_path: Path) -> None:
+    (tmp_path / "movies.csv").write_text(
+        "movieId,title,genres\n"
+        '1,"Toy Story (1995)",Adventure|Animation\n'
+        "2,Heat (1995),(no genres listed)\n"
+    )
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,1\n")
+    texts = read_item_texts(tmp_path / "ratings.csv", "movielens")  # finds movies.csv
+    assert texts["1"] == ["toy", "story", "1995", "genre:adventure", "genre:animation",
+                          "decade:1990"]
+    assert texts["2"] == ["heat", "1995", "decade:1990"]
+    retail = tmp_path / "retail.csv.gz"
+    with gzip.open(retail, "wt") as fh:
+        fh.write(
+            "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+            "1,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,2010-12-01 08:26:00,2.55,17850,UK\n"
+            "2,85123A,CREAM HANGING HEART T-LIGHT HOLDER,6,2010-12-01 08:26:00,2.55,17850,UK\n"
+            "3,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,2010-12-01 08:26:00,2.55,17850,UK\n"
+            "4,POST,,1,2010-12-01 08:26:00,2.55,17850,UK\n"
+        )
+    f = load_item_features(retail)  # preset from the header
+    assert len(f) == 1 and "85123A" in f
+    assert read_item_texts(retail, "online-retail")["85123A"][0] == "white"
+
+
+def _catalogue() -> ItemFeatures:
+    return ItemFeatures.from_texts(
+        {
+            "lamp": "brass reading lamp green shade",
+            "lamp-new": "brass reading lamp green shade large",
+            "desk": "oak writing desk",
+            **{f"decoy{k}": f"decoy{k} thing{k}" for k in range(20)},
+        }
+    )
+
+
+def _clicks() -> Batch:
+    users = [f"u{k}" for k in range(20) for _ in range(2)]
+    items = [x for k in range(20) for x in (f"decoy{k}", "lamp" if k % 2 else "desk")]
+    return Batch.from_columns(users, items, timestamps=np.arange(40, dtype=float))
+
+
+def test_new_item_with_similar_content_is_recommended_before_its_first_click() -> None:
+    m = ContentKNN(catalog_from_features=True)
+    m.set_item_features(_catalogue())
+    m.learn(_clicks())
+    assert m.items.get("lamp-new") >= 0
+    # A user who clicked the lamp gets its unclicked look-alike first.
+    assert m.recommend("x", 1, history=["lamp"], exclude=["lamp"])[0][0] == "lamp-new"
+    assert m.similar("lamp-new", 1)[0][0] == "lamp"
+
+
+def test_similar_works_for_an_item_with_no_clicks_yet() -> None:
+    m = ContentKNN()  # catalogue = streamed items only
+    m.set_item_features(_catalogue())
+    m.learn(_clicks())
+    assert m.items.get("lamp-new") == -1
+    assert m.similar("lamp-new", 1)[0][0] == "lamp"
+    assert m.similar("unknown-item", 5) == []
+
+
+def test_content_knn_state_keeps_features() -> None:
+    m = ContentKNN()
+    m.set_item_features(_catalogue())
+    m.learn(_clicks())
+    rebuilt = registry.from_state(m.get_state())
+    np.testing.assert_array_equal(rebuilt.score_all("u1", ["lamp"]), m.score_all("u1", ["lamp"]))
+    assert rebuilt.similar("lamp-new", 3) == m.similar("lamp-new", 3)
