@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{args.events} events, {args.users} users, {args.items} items, "
                   f"{args.partitions} partition(s), batch {args.batch_size}, "
                   f"client {args.client}")
+            raw_rate(kafka.bootstrap, topic, args.events)  # warm-up: page cache, coordinator
             print("| model mix | train events/s | in-memory learn events/s | raw librdkafka "
                   "msg/s | train/learn | train/raw | eval CPU share |")
             print("|---|---:|---:|---:|---:|---:|---:|")
