@@ -120,7 +120,8 @@ class Trainer:
         self._snap_offsets: dict[Partition, int] = {}
         self._snap_events_total = 0
         self._rate = 0.0
-        self._dlq_failures_seen = 0
+        #: source-thread counters already added to the metrics
+        self._seen: dict[str, int] = {}
         self.source: BatchSource | None = None
         self.events_learned = 0
         self.duplicates = 0
@@ -493,7 +494,6 @@ class Trainer:
         self.snapshot_version = written.info.version
         if commit and self.source is not None and self._learning:
             self.source.commit(written.offsets)
-            self.metrics.offset_commits.inc()
         self._embedding_drift()
 
     def _embedding_drift(self) -> None:
@@ -570,9 +570,16 @@ class Trainer:
                     m.consumer_lag.labels(topic=t, partition=str(p)).set(lag)
                 consumer = self.source.consumer
                 failures = consumer.dlq_failures_total if consumer is not None else 0
-                if failures > self._dlq_failures_seen:
-                    m.dlq_failures.inc(failures - self._dlq_failures_seen)
-                    self._dlq_failures_seen = failures
+                src = self.source
+                for key, counter, now in (
+                    ("dlq", m.dlq_failures, failures),
+                    ("consume", m.loop_errors.labels(stage="consume"), src.errors),
+                    ("commit", m.loop_errors.labels(stage="commit"), src.commit_errors),
+                    ("commits", m.offset_commits, src.commits_total),
+                ):
+                    if now > self._seen.get(key, 0):
+                        counter.inc(now - self._seen.get(key, 0))
+                        self._seen[key] = now
         except Exception:
             m.loop_errors.labels(stage="metrics").inc()
             log.exception("updating gauges failed")

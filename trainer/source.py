@@ -111,12 +111,10 @@ class BatchSource:
         self.ever_assigned = False
         #: per-partition lag, refreshed about once a second
         self.lag: dict[Partition, int] = {}
+        #: polls that failed, commits made, commits that failed (exported by the learner)
         self.errors = 0
-        self.dropped_on_revoke = 0
         self.commits_total = 0
         self.commit_errors = 0
-        self.poll_seconds = 0.0
-        self.decode_seconds = 0.0
         self.error: BaseException | None = None
 
     # ------------------------------------------------------------------ learner side
@@ -188,15 +186,12 @@ class BatchSource:
                 self.consumer = self._new_consumer()
                 joined_at, join_timeout = time.monotonic(), join_timeout * 2
             try:
-                t0 = time.perf_counter()
                 records = self.consumer.poll_batch(self.batch_size, self.max_wait_s)
-                t1 = time.perf_counter()
             except Exception:
                 self.errors += 1
                 log.exception("polling failed; retrying")
                 self._stop.wait(0.5)
                 continue
-            self.poll_seconds += t1 - t0
             if records:
                 try:
                     batch = self._decode(records)
@@ -204,7 +199,6 @@ class BatchSource:
                     log.info("stopping while rejects await the dead-letter topic: the batch "
                              "is not learned and its offsets are not committed")
                     return
-                self.decode_seconds += time.perf_counter() - t1
                 self._put(batch)
             if time.monotonic() - last_lag >= 1.0:
                 last_lag = time.monotonic()
@@ -274,7 +268,6 @@ class BatchSource:
 
     def _forget(self, batches: list[PolledBatch]) -> None:
         """Drop unlearned batches; partitions still ours are read again from there."""
-        self.dropped_on_revoke += len(batches)
         rewind: dict[Partition, int] = {}
         for b in batches:
             for part, off in b.first_offsets.items():
