@@ -600,6 +600,34 @@ class PrequentialEvaluator:
         np.add.at(self._user_count, rows, 1)
         return prior
 
+    def _catalog_rows(
+        self, items: Sequence[str] | np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Catalog rows of a batch's items (new ones join in order of first appearance),
+        whether each item was known at its event (seen before the batch, or earlier in
+        it), and its count of earlier events; the counts then include the batch.
+        """
+        catalog = self.catalog
+        rows = catalog.rows(items)
+        if len(rows) == 0:
+            return rows, np.zeros(0, bool), np.zeros(0, np.float64)
+        unknown = np.flatnonzero(rows < 0)
+        if len(unknown):
+            rows[unknown] = catalog.add_many([items[p] for p in unknown.tolist()])
+            self._grow_catalog()
+        # Within the batch: the how-manieth occurrence of its row each event is.
+        order = np.argsort(rows, kind="stable")
+        srows = rows[order]
+        first = np.concatenate(([True], srows[1:] != srows[:-1]))
+        group_start = np.maximum.accumulate(np.where(first, np.arange(len(srows)), 0))
+        within = np.empty(len(rows), np.int64)
+        within[order] = np.arange(len(srows)) - group_start
+        known = np.ones(len(rows), bool)
+        known[unknown] = within[unknown] > 0
+        prior = self._count[rows] + within
+        np.add.at(self._count, rows, 1.0)
+        return rows, known, prior
+
     # ------------------------------------------------------------------ processing
     def process(self, batch: Batch, learn: bool = True) -> BatchOutcome:
         """Score the (sampled) evaluable events of ``batch``, then (``learn``) train on it."""
@@ -611,50 +639,36 @@ class PrequentialEvaluator:
             user_prior = self._user_counts(batch.users)
         else:  # cold segments off: no per-user counters (nothing is cold)
             user_prior = np.full(n, max(0, self.cold_threshold), np.int64)
-        history = self.history
-        catalog = self.catalog
-        positions: list[int] = []
-        users: list[str] = []
-        hists: list[list[str]] = []
-        e_rows: list[int] = []
-        item_prior: list[float] = []
-        n_eligible = 0
-        batch_rows = np.empty(n, np.int64)
-        for pos, (user, item) in enumerate(zip(batch.users, batch.items, strict=True)):
-            e_row = catalog.get(item)
-            if e_row >= 0 and history.is_new(user, item):
-                n_eligible += 1
-                if draws is None or draws[pos] < accept:
-                    positions.append(pos)
-                    users.append(user)
-                    hists.append(history.get(user))
-                    e_rows.append(e_row)
-                    item_prior.append(self._count[e_row])
-            if e_row < 0:
-                e_row = catalog.add(item)
-                self._grow_catalog()
-            batch_rows[pos] = e_row
-            self._count[e_row] += 1.0
-            history.append(user, item)
+        rows, known, item_prior_all = self._catalog_rows(batch.items)
+        drawn = np.ones(n, bool) if draws is None else draws < accept
+        is_new, hist_of = self.history.advance(
+            batch.users, batch.items, (known & drawn).tolist()
+        )
+        eligible = known & is_new
+        n_eligible = int(eligible.sum())
+        pos_arr = np.flatnonzero(eligible & drawn)
+        positions = pos_arr.tolist()
+        batch_rows = rows
+        users = [batch.users[p] for p in positions]
+        hists = [hist_of[p] for p in positions]
+        e_rows = rows[pos_arr]
+        item_prior = item_prior_all[pos_arr]
         self.n_events += n
         self.n_eligible += n_eligible
         self.n_evaluated += len(positions)
         self._sampler.spent(n, n_eligible, len(positions))
 
-        pos_arr = np.asarray(positions, np.int64)
         outcome = BatchOutcome(
             n_events=n,
             positions=pos_arr,
             n_eligible=n_eligible,
-            cold_item=np.asarray(item_prior, np.float64) < self.cold_threshold,
+            cold_item=item_prior < self.cold_threshold,
             cold_user=user_prior[pos_arr] < self.cold_threshold,
         )
         lists: dict[str, np.ndarray] = {}
         if positions:
             t0 = time.perf_counter()
-            lists = self._score_batch(
-                outcome, users, hists, np.asarray(e_rows, np.int64), batch_rows, n_events0
-            )
+            lists = self._score_batch(outcome, users, hists, e_rows, batch_rows, n_events0)
             self.scoring_seconds += time.perf_counter() - t0
         else:
             for name in self.models:

@@ -103,6 +103,38 @@ class _Windowed:
         else:
             self.state[key] = (bucket, count, 0.0)
 
+    def exceeds(self, counts: Mapping[str, int], bucket: int, frac: float, cap: float) -> bool:
+        """Whether ``estimate(key) + count > cap`` for any key of ``counts``."""
+        get, keep = self.state.get, 1.0 - frac
+        for key, c in counts.items():
+            st = get(key)
+            if st is None:
+                if c > cap:
+                    return True
+                continue
+            b, cur, prev = st
+            est = cur + prev * keep if b == bucket else cur * keep if b == bucket - 1 else 0.0
+            if est + c > cap:
+                return True
+        return False
+
+    def add_counts(self, counts: Mapping[str, int], bucket: int) -> None:
+        """:meth:`add` of every key's count."""
+        state = self.state
+        get = state.get
+        for key, c in counts.items():
+            st = get(key)
+            if st is None:
+                state[key] = (bucket, c, 0.0)
+                continue
+            b, cur, prev = st
+            if b == bucket:
+                state[key] = (b, cur + c, prev)
+            elif b == bucket - 1:
+                state[key] = (bucket, c, cur)
+            else:
+                state[key] = (bucket, c, 0.0)
+
     def prune(self, bucket: int, max_keys: int) -> None:
         """Forget keys with nothing in the window; then the oldest beyond ``max_keys``."""
         if len(self.state) <= max_keys:
@@ -183,21 +215,20 @@ class FloodGuard:
         user_n = Counter(users)
         pair_n = Counter(f"{u}\x1f{i}" for u, i in zip(users, items, strict=True))
         item_n = Counter(items)
-        if any(self._users.estimate(u, bucket, f_lo) + c > s.user_events
-               for u, c in user_n.items()):
+        if self._users.exceeds(user_n, bucket, f_lo, s.user_events):
             return False
-        if any(self._pairs.estimate(p, bucket, f_lo) + c > s.pair_events
-               for p, c in pair_n.items()):
+        if self._pairs.exceeds(pair_n, bucket, f_lo, s.pair_events):
             return False
         total = self._all.estimate("", bucket, f_hi)
-        for it, c in item_n.items():
-            most = self._items.estimate(it, bucket, f_lo) + c - 1  # before its last event
-            if most >= s.item_min and most >= s.item_share * (total + 1.0):
-                return False
-        for table, counts in ((self._users, user_n), (self._pairs, pair_n),
-                              (self._items, item_n), (self._all, {"": len(users)})):
-            for key, c in counts.items():
-                table.add(key, bucket, c)
+        # An item is capped before its last event here when it holds >= item_min and
+        # >= item_share * (total + 1) events: allowed is the most it may hold then.
+        allowed = max(s.item_min, s.item_share * (total + 1.0))
+        if self._items.exceeds(item_n, bucket, f_lo, allowed + 1.0 - 1e-9):
+            return False
+        self._users.add_counts(user_n, bucket)
+        self._pairs.add_counts(pair_n, bucket)
+        self._items.add_counts(item_n, bucket)
+        self._all.add("", bucket, len(users))
         for table in (self._users, self._pairs, self._items):
             table.prune(bucket, s.max_keys)
         return True
