@@ -151,19 +151,29 @@ class Replayer:
             with bar:
                 t0 = float(dataset.timestamps[0]) if len(dataset) else 0.0
                 paced, sent = self._paced, 0
+                # Unpaced, records go out in batches (librdkafka's batch produce).
+                pending: list[tuple[bytes | None, bytes | None]] = []
                 for n, ts, key, item in encode_rows(dataset, self.limits):
                     if n & 4095 == 0:
+                        if pending:
+                            producer.send_many(topic, pending)
+                            pending = []
                         producer.poll(0)
                         bar.update(n - bar.n)
                     if paced:
                         self._pace(n, ts - t0, start)
                     if type(item) is bytes:
-                        send(topic, item, key)
+                        if paced:
+                            send(topic, item, key)
+                        else:
+                            pending.append((key, item))
                         sent += 1
                     else:
                         assert isinstance(item, Rejected)
                         self._dead_letter(producer, item, source, None)
                         result.rejected[item.reason] += 1
+                if pending:
+                    producer.send_many(topic, pending)
                 bar.update(len(dataset) - bar.n)
                 result.sent = sent
             left = producer.flush(120.0)

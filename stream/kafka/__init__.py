@@ -153,22 +153,23 @@ def send_all(producer: Producer, topic: str,
     Raises
     ------
     KafkaClientError
-        Some record was not delivered (the first error is named).
+        Some record was not delivered (the latest error is named).
     """
-    errors: list[KafkaClientError] = []
-
-    def on_delivery(err: KafkaClientError | None, rec: Record | None) -> None:
-        if err is not None:
-            errors.append(err)
-
-    n = 0
-    for key, value in records:
-        producer.send(topic, value, key=key, on_delivery=on_delivery)
-        n += 1
-        if n % 1000 == 0:
+    failed_before = producer.failed_total
+    n, chunk = 0, []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) >= 4096:
+            producer.send_many(topic, chunk)
             producer.poll(0)
+            n, chunk = n + len(chunk), []
+    if chunk:
+        producer.send_many(topic, chunk)
+        n += len(chunk)
     left = producer.flush(timeout_s)
-    if errors or left:
-        raise KafkaClientError(f"{len(errors) + left} of {n} records not delivered to {topic}"
-                               + (f"; first: {errors[0]}" if errors else ""))
+    failed = producer.failed_total - failed_before
+    if failed or left:
+        raise KafkaClientError(f"{failed + left} of {n} records not delivered to {topic}"
+                               + (f"; last: {producer.last_error}" if producer.last_error
+                                  else ""))
     return n

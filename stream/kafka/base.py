@@ -280,6 +280,19 @@ class Producer(Protocol):
         """
         ...
 
+    def send_many(self, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]
+                  ) -> None:
+        """Queue ``(key, value)`` records in order, each partitioned by its key as
+        :meth:`send` would; no headers and no callbacks (failures count in
+        ``failed_total``). Waits for queue room as :meth:`send` does.
+
+        Raises
+        ------
+        QueueFull
+            No room within ``max_block_ms``; the records before it are queued.
+        """
+        ...
+
     def poll(self, timeout_s: float = 0.0) -> int:
         """Serve delivery callbacks; returns how many ran."""
         ...

@@ -389,6 +389,39 @@ class ConfluentProducer:
             except ck.KafkaException as exc:
                 raise _wrap(exc, f"send to {topic}") from exc
 
+    def send_many(self, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]
+                  ) -> None:
+        # librdkafka's batch produce, in chunks that fit the queue's free room: a chunk
+        # refused half-way by a full queue could queue a key's later record before
+        # its earlier one.
+        cap = self.options.queue_max_messages
+        pos, deadline = 0, None
+        while pos < len(records):
+            room = cap - len(self._p)
+            if room <= 0:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.options.max_block_ms / 1000.0
+                if now >= deadline:
+                    raise QueueFull(f"producer queue full ({len(self._p)} records waiting "
+                                    "for the broker)")
+                self._p.poll(min(0.05, deadline - now))
+                continue
+            deadline = None
+            chunk = [{"key": k, "value": v} for k, v in records[pos:pos + room]]
+            try:
+                queued = self._p.produce_batch(topic, chunk, on_delivery=self._count_failure)
+            except ck.KafkaException as exc:
+                raise _wrap(exc, f"send to {topic}") from exc
+            if queued < len(chunk):
+                # Refused locally (too large, unknown topic...): counted as failed.
+                for m in chunk:
+                    err = m.get("_error")
+                    if err is not None:
+                        self.failed_total += 1
+                        self.last_error = KafkaClientError(str(err), retriable=False)
+            pos += len(chunk)
+
     def poll(self, timeout_s: float = 0.0) -> int:
         return int(self._p.poll(timeout_s))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -324,6 +325,25 @@ class KafkaPythonProducer:
             deque())
         self.failed_total = 0
         self.last_error: KafkaClientError | None = None
+
+    def send_many(self, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]
+                  ) -> None:
+        # send() refuses at once when the queue is full; here a record waits for
+        # room up to max_block_ms, as librdkafka's batch does.
+        for key, value in records:
+            deadline = None
+            while True:
+                try:
+                    self.send(topic, value, key)
+                    break
+                except QueueFull:
+                    now = time.monotonic()
+                    if deadline is None:
+                        deadline = now + self.options.max_block_ms / 1000.0
+                    if now >= deadline:
+                        raise
+                    self.poll(min(0.05, deadline - now))
+                    time.sleep(0.005)
 
     def send(self, topic: str, value: bytes | None, key: bytes | None = None,
              headers: Headers | None = None,

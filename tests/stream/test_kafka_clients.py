@@ -104,6 +104,43 @@ def test_commit_and_committed_are_next_offsets(kafka_settings, new_topic):
 
 
 @pytest.mark.kafka
+def test_send_many_keeps_each_keys_order_and_partition(kafka_settings, new_topic):
+    one, many = new_topic(partitions=4), new_topic(partitions=4)
+    records = [(f"k{i % 37}".encode(), f"v{i}".encode()) for i in range(3_000)]
+    # A queue smaller than the records: send_many waits for room chunk by chunk.
+    producer = make_producer(kafka_settings, queue_max_messages=500, max_block_ms=30_000)
+    try:
+        for key, value in records[:200]:
+            producer.send(one, value, key)
+        producer.send_many(many, records)
+        assert producer.flush(60) == 0 and producer.failed_total == 0
+    finally:
+        producer.close()
+    assert sum(end_offsets(kafka_settings, many).values()) == len(records)
+
+    def by_key(topic: str, n: int) -> dict[bytes | None, tuple[int, list[bytes | None]]]:
+        consumer = make_consumer(kafka_settings, client_id="t-many")
+        try:
+            consumer.assign([(topic, p) for p in range(4)])
+            got = _poll_until(consumer, n)
+        finally:
+            consumer.close()
+        assert len(got) == n
+        seen: dict[bytes | None, tuple[int, list[bytes | None]]] = {}
+        for r in got:
+            part, values = seen.setdefault(r.key, (r.partition, []))
+            assert part == r.partition  # one key, one partition
+            values.append(r.value)
+        return seen
+
+    batched, single = by_key(many, len(records)), by_key(one, 200)
+    for key, (part, values) in batched.items():
+        assert values == [v for k, v in records if k == key]  # the key's order
+        if key in single:
+            assert single[key][0] == part  # the partition send() picks
+
+
+@pytest.mark.kafka
 def test_full_local_queue_raises_queue_full_without_waiting_long(kafka_settings, new_topic):
     topic = new_topic(partitions=1)
     # A long linger keeps records in the local queue: the 11th does not fit.
