@@ -192,6 +192,15 @@ class EvalSample:
     from earlier batches). Unsampled events still move the history and the
     catalogue. ``EvalSample()`` scores every evaluable event.
 
+    A scoring call costs a fixed part per batch whatever the number of events it
+    scores (every model's lookups, the ranking metrics), so a budget that affords
+    only a few events per batch would spend most of it on that fixed part. When the
+    bucket holds fewer than ``min_batch`` tokens, a batch is therefore scored with
+    probability ``tokens / min_batch`` (one more seeded draw), and then at the
+    acceptance probability that scores about ``min_batch`` of its evaluable events:
+    every event's chance of being scored is the same as without this (``fraction *
+    tokens / expected``); they come in fewer, larger groups.
+
     Parameters
     ----------
     fraction
@@ -200,6 +209,8 @@ class EvalSample:
         Optional budget of scored events per second of wall time.
     seed
         Seed of the per-event draws.
+    min_batch
+        Scored events a batch aims at when the budget is tight (see above).
 
     Examples
     --------
@@ -210,12 +221,15 @@ class EvalSample:
     fraction: float = 1.0
     max_per_s: float | None = None
     seed: int = 0
+    min_batch: int = 32
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"sample fraction must be in (0, 1], got {self.fraction}")
         if self.max_per_s is not None and not self.max_per_s > 0:
             raise ValueError(f"max_per_s must be positive, got {self.max_per_s}")
+        if self.min_batch < 1:
+            raise ValueError(f"min_batch must be at least 1, got {self.min_batch}")
 
     @property
     def full(self) -> bool:
@@ -245,14 +259,24 @@ class _Sampler:
             self.tokens = min(budget, self.tokens + budget * max(0.0, now - self.last))
             self.last = now
             expected = max(1e-9, self.eligible_rate * n * p)
-            p = p * min(1.0, self.tokens / expected)
+            draws = self.rng.random(n)
+            if self.tokens >= expected:
+                return draws, p
+            group = min(expected, float(self.spec.min_batch))
+            if self.tokens >= group:
+                return draws, p * self.tokens / expected
+            # Too few tokens for a worthwhile group: this batch is scored with
+            # probability tokens / group, then about `group` of its events are.
+            if self.rng.random() >= self.tokens / group:
+                return draws, 0.0
+            return draws, p * group / expected
         return self.rng.random(n), p
 
     def spent(self, n_events: int, n_eligible: int, n_scored: int) -> None:
         if n_events:
             self.eligible_rate = 0.8 * self.eligible_rate + 0.2 * n_eligible / n_events
         if self.spec.max_per_s is not None:
-            self.tokens = max(0.0, self.tokens - n_scored)
+            self.tokens -= n_scored  # a group may overdraw: later refills repay it
 
 
 class _Ring:

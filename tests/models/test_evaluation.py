@@ -324,6 +324,30 @@ def test_sample_budget_in_events_per_second_of_wall_time() -> None:
     assert ev.totals("m")["n_eligible"] > 10 * sum(scored)
 
 
+def test_a_tight_budget_scores_fewer_larger_groups_at_the_same_rate() -> None:
+    from tests.models.planted import planted
+
+    def run(min_batch: int) -> list[int]:
+        now = [0.0]
+        ev = PrequentialEvaluator(
+            {"m": Popularity()}, k=10,
+            sample=EvalSample(max_per_s=20.0, seed=0, min_batch=min_batch),
+            clock=lambda: now[0],
+        )
+        scored = []
+        for b in planted(40_000, seed=1, n_users=100, n_items=5000).chunks(250):
+            now[0] += 0.1  # a budget of ~2 events per batch
+            scored.append(ev.process(b).n_evaluated)
+        return scored
+
+    spread, grouped = run(1), run(32)
+    # Same budget, about the same number of scored events (~20/s over 16 s + burst)...
+    assert 250 <= sum(spread) <= 450 and 250 <= sum(grouped) <= 450
+    # ... but the grouped run scores them in a few batches of ~32, not ~2 per batch.
+    assert sum(1 for x in grouped if x) < sum(1 for x in spread if x) / 4
+    assert np.median([x for x in grouped if x]) >= 20
+
+
 def test_eval_sample_validates() -> None:
     with pytest.raises(ValueError):
         EvalSample(fraction=0.0)
@@ -331,6 +355,8 @@ def test_eval_sample_validates() -> None:
         EvalSample(fraction=1.5)
     with pytest.raises(ValueError):
         EvalSample(max_per_s=0)
+    with pytest.raises(ValueError):
+        EvalSample(min_batch=0)
 
 
 def test_cold_item_and_cold_user_segments() -> None:
