@@ -40,6 +40,7 @@ __all__ = [
     "ModelState",
     "OnlineModel",
     "UserHistory",
+    "grow_rows",
     "learning_order",
     "pack_strings",
     "top_k",
@@ -311,6 +312,39 @@ class IdIndex:
         # is not recoverable; any order is valid since rows are only reused).
         idx._free.reverse()
         return idx
+
+
+def grow_rows(
+    arr: np.ndarray,
+    needed: int,
+    fill: np.ndarray | float = 0.0,
+    *,
+    min_capacity: int = 1,
+    limit: int | None = None,
+) -> np.ndarray:
+    """Return ``arr`` with at least ``needed`` rows, doubling capacity; new rows = ``fill``.
+
+    ``fill`` may be an array of the new rows' values (e.g. random initial factors).
+    Capacity starts at ``min_capacity`` and, with ``limit``, doubles no further than
+    ``max(limit, needed)``.
+
+    >>> grow_rows(np.zeros((2, 3)), 3).shape
+    (4, 3)
+    >>> grow_rows(np.zeros(0), 1, min_capacity=16).shape, grow_rows(np.zeros(8), 9, limit=10).shape
+    ((16,), (10,))
+    """
+    cap = len(arr)
+    if needed <= cap:
+        return arr
+    new_cap = max(cap, min_capacity)
+    while new_cap < needed:
+        new_cap *= 2
+    if limit is not None:
+        new_cap = max(min(new_cap, limit), needed)
+    out = np.empty((new_cap, *arr.shape[1:]), dtype=arr.dtype)
+    out[:cap] = arr
+    out[cap:] = fill
+    return out
 
 
 def pack_strings(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

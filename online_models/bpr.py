@@ -18,42 +18,9 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import torch
 
-from online_models.base import Batch, IdIndex, ModelState, OnlineModel
+from online_models.base import Batch, IdIndex, ModelState, OnlineModel, grow_rows
 
 __all__ = ["BPR", "generator_from_meta", "generator_to_meta", "grow_rows", "scatter_add"]
-
-
-def grow_rows(
-    arr: np.ndarray,
-    needed: int,
-    fill: np.ndarray | float = 0.0,
-    *,
-    min_capacity: int = 1,
-    limit: int | None = None,
-) -> np.ndarray:
-    """Return ``arr`` with at least ``needed`` rows, doubling capacity; new rows = ``fill``.
-
-    ``fill`` may be an array of the new rows' values (e.g. random initial factors).
-    Capacity starts at ``min_capacity`` and, with ``limit``, doubles no further than
-    ``max(limit, needed)``.
-
-    >>> grow_rows(np.zeros((2, 3)), 3).shape
-    (4, 3)
-    >>> grow_rows(np.zeros(0), 1, min_capacity=16).shape, grow_rows(np.zeros(8), 9, limit=10).shape
-    ((16,), (10,))
-    """
-    cap = len(arr)
-    if needed <= cap:
-        return arr
-    new_cap = max(cap, min_capacity)
-    while new_cap < needed:
-        new_cap *= 2
-    if limit is not None:
-        new_cap = max(min(new_cap, limit), needed)
-    out = np.empty((new_cap, *arr.shape[1:]), dtype=arr.dtype)
-    out[:cap] = arr
-    out[cap:] = fill
-    return out
 
 
 def generator_to_meta(rng: np.random.Generator) -> dict[str, Any]:

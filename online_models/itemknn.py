@@ -38,8 +38,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import scipy.sparse as sp
 
-from online_models.base import Batch, IdIndex, ModelState, OnlineModel
-from online_models.bpr import grow_rows
+from online_models.base import Batch, IdIndex, ModelState, OnlineModel, grow_rows
 
 __all__ = ["CoOccurrenceModel", "ItemKNN"]
 

@@ -32,8 +32,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from online_models.base import Batch, IdIndex, ModelState, OnlineModel
-from online_models.bpr import grow_rows
+from online_models.base import Batch, IdIndex, ModelState, OnlineModel, grow_rows
 
 __all__ = ["SessionKNN"]
 

@@ -26,8 +26,7 @@ from typing import ClassVar, Self
 
 import numpy as np
 
-from online_models.base import Batch, IdIndex, ModelState, OnlineModel
-from online_models.bpr import grow_rows
+from online_models.base import Batch, IdIndex, ModelState, OnlineModel, grow_rows
 
 __all__ = ["UserKNN"]
 
