@@ -11,6 +11,9 @@ from typing import Annotated
 
 import typer
 
+#: presets whose files carry item content (``--item-features``)
+FEATURE_PRESETS = ("movielens", "online-retail")
+
 
 def generate(
     out: Annotated[Path, typer.Option("--out", help="CSV to write (.gz for gzip).")],
@@ -80,6 +83,20 @@ def evaluate(
         Path | None,
         typer.Option("--plot", help="Write a PNG: rolling HR@K and HR@K on cold items/users."),
     ] = None,
+    item_features: Annotated[
+        Path | None,
+        typer.Option(
+            "--item-features", exists=True,
+            help="Item content for the models that use it: MovieLens movies.csv (or its "
+                 "ratings.csv / folder) or the Online Retail CSV (Description); the format "
+                 "comes from --features-preset, else --preset, else the header.",
+        ),
+    ] = None,
+    features_preset: Annotated[
+        str | None,
+        typer.Option("--features-preset", help="movielens | online-retail (default: --preset "
+                                               "when it is one of them, else from the header)"),
+    ] = None,
 ) -> None:
     """Prequential (test-then-train) evaluation of several models side by side, one pass.
 
@@ -120,6 +137,18 @@ def evaluate(
         raise typer.BadParameter("--sample must be in (0, 1]")
     # Bound: a hybrid blends the other listed models; built is in learning order.
     built = registry.create_models(names)
+    if item_features is not None:
+        from online_models.content import load_item_features
+
+        fpreset = features_preset or (preset if preset in FEATURE_PRESETS else None)
+        t0 = time.perf_counter()
+        features = load_item_features(item_features, fpreset)
+        took = registry.give_item_features(built, features)
+        typer.echo(
+            f"{item_features}: content of {len(features)} items (read in "
+            f"{time.perf_counter() - t0:.1f}s), given to {', '.join(took) or 'no model'}",
+            err=True,
+        )
     evaluator = PrequentialEvaluator(
         built, k=k, rolling_window=window, sample=EvalSample(fraction=sample, seed=seed),
         cold_threshold=cold_threshold,
@@ -172,6 +201,7 @@ def evaluate(
         "rolling_window": window,
         "sample": sample,
         "cold_threshold": cold_threshold,
+        "item_features": str(item_features) if item_features is not None else None,
         "elapsed_s": round(elapsed, 1),
         "models": report_models,
         "rolling_hr": {"events": curve_x, **curve},

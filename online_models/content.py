@@ -316,6 +316,7 @@ class ContentKNN(OnlineModel):
         self._last: dict[str, list[str]] = {}
         self._matrix: sp.csr_matrix | None = None
         self._matrix_key: tuple[int, int, int] = (-1, -1, -1)
+        self._featured = -1  # features.version last added to the catalogue
 
     def set_item_features(self, features: ItemFeatures) -> None:
         """Use ``features`` (kept by reference; later ``set_text`` calls are seen)."""
@@ -323,9 +324,11 @@ class ContentKNN(OnlineModel):
         self._add_featured()
 
     def _add_featured(self) -> None:
-        if self.catalog_from_features and self.features is not None:
-            self.items.add_many(self.features.ids)
+        f = self.features
+        if self.catalog_from_features and f is not None and f.version != self._featured:
+            self.items.add_many(f.ids)
             self._count = grow_rows(self._count, self.items.capacity)
+            self._featured = f.version
 
     def learn(self, batch: Batch) -> None:
         if len(batch) == 0:
@@ -368,6 +371,7 @@ class ContentKNN(OnlineModel):
         return pop / top if top > 0 else pop
 
     def score_all(self, user: str, history: Sequence[str] = ()) -> np.ndarray:
+        self._add_featured()  # items published since the last batch get rows too
         n = self.items.capacity
         ctx = list(history) if history else self._last.get(user, [])
         prof = self._profile(ctx)
@@ -379,6 +383,7 @@ class ContentKNN(OnlineModel):
 
     def similar(self, item: str, k: int = 10) -> list[tuple[str, float]]:
         """Items by content cosine; works for an item with features but no clicks."""
+        self._add_featured()
         mat = self._content_matrix()
         if mat is None or self.features is None or item not in self.features:
             return []
