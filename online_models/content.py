@@ -133,6 +133,34 @@ class ItemFeatures:
         for item, text in texts.items():
             self.set_text(item, text)
 
+    def merge_missing(self, other: ItemFeatures) -> int:
+        """Copy the content of ``other``'s items that this object lacks; returns how many.
+
+        Items present here keep their content (this object is the newer source).
+        Raises ``ValueError`` when the two hash into different bucket spaces.
+
+        >>> a = ItemFeatures.from_texts({"x": "red car"}, n_buckets=64)
+        >>> a.merge_missing(ItemFeatures.from_texts({"x": "blue", "y": "red bus"}, n_buckets=64))
+        1
+        >>> a.similarity("x", "y") > 0, sorted(a.ids)
+        (True, ['x', 'y'])
+        """
+        if other.n_buckets != self.n_buckets:
+            raise ValueError(
+                f"bucket spaces differ: {other.n_buckets} vs {self.n_buckets} buckets")
+        added = 0
+        for row, item in enumerate(other._index.ids):
+            if item is None or item in self._index:
+                continue
+            self._index.add(item)
+            self._buckets.append(other._buckets[row].copy())
+            self._tf.append(other._tf[row].copy())
+            self._df[other._buckets[row]] += 1.0
+            added += 1
+        if added:
+            self.version += 1
+        return added
+
     @classmethod
     def from_texts(
         cls, texts: Mapping[str, str | Sequence[str]], n_buckets: int = 1 << 14,
