@@ -245,13 +245,16 @@ def _split_entry(first: dict[str, float], total: dict[str, float], k: int
     ...                   "n_cold_user": 2, "hr_cold_user": 1.0}, 10)
     >>> e["hr@10_first"], e["hr@10_rest"], e["hr@10_cold_item_rest"], e["evaluated_cold_user_rest"]
     (0.5, 0.05, 0.25, 0)
+    >>> _split_entry({"n": 3, "hr": 1 / 3}, {"n": 7, "hr": 1 / 7}, 10)["hr@10_rest"]
+    0.0
     """
     out: dict[str, float] = {}
     for seg, n_key, hr_key in (("", "n", "hr"), ("_cold_item", "n_cold_item", "hr_cold_item"),
                                ("_cold_user", "n_cold_user", "hr_cold_user")):
-        n1, n = int(first[n_key]), int(total[n_key])
-        hits1 = first[hr_key] * n1 if n1 else 0.0
-        hits = total[hr_key] * n if n else 0.0
+        n1, n = int(first.get(n_key, 0)), int(total.get(n_key, 0))
+        # HR is hits / n with whole hits: round away the float error.
+        hits1 = round(first[hr_key] * n1) if n1 else 0
+        hits = round(total[hr_key] * n) if n else 0
         out[f"hr@{k}{seg}_first"] = hits1 / n1 if n1 else float("nan")
         out[f"hr@{k}{seg}_rest"] = (hits - hits1) / (n - n1) if n > n1 else float("nan")
         out[f"evaluated{seg}_first"] = n1
