@@ -95,6 +95,7 @@ class ServingState:
     # ------------------------------------------------------------------ loading
     def _swap(self, loaded: LoadedSnapshot) -> None:
         self.content.merge(snapshot_features(loaded.snapshot.models))
+        self.metrics.content_items.set(len(self.content))
         self.current = loaded
         # A snapshot is ~10^5-10^6 long-lived Python objects (id maps, histories); a
         # full collection walking them stalls every request for a long time (measured
@@ -215,7 +216,10 @@ class ServingState:
         tail = self.features_tail
         if tail is None or not tail.pending:
             return 0
-        return self.content.update(tail.drain())
+        n = self.content.update(tail.drain())
+        self.metrics.content_updates.inc(n)
+        self.metrics.content_items.set(len(self.content))
+        return n
 
     def _producer_factory(self) -> EventProducer:
         from stream.kafka import make_producer

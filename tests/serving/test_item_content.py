@@ -81,6 +81,9 @@ def test_new_item_from_the_features_topic_is_recommended_with_its_look_alike(
             # The models that know the anchor still answer for it themselves.
             status, body = _similar(client, anchor, model="itemknn")
             assert status == 200 and body["model"] == "itemknn" and NEW_ITEM not in _ids(body)
+            reg = app.state.serving.metrics.registry
+            assert reg.get_sample_value("liverec_serving_content_updates_total") == len(items) + 1
+            assert reg.get_sample_value("liverec_serving_content_items") == len(items) + 1
     finally:
         delete_topics(kafka_bootstrap, [ftopic])
 
@@ -103,6 +106,8 @@ def test_new_item_from_an_item_features_file(
         status, body = _similar(client, anchor, model="content")
         assert status == 200 and _ids(body)[0] == NEW_ITEM
         assert _similar(client, "no-such-item")[0] == 404
+        reg = client.app.state.serving.metrics.registry  # type: ignore[attr-defined]
+        assert reg.get_sample_value("liverec_serving_content_items") == len(texts)
 
 
 def test_the_features_a_snapshot_carries_answer_without_file_or_topic(
