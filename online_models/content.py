@@ -15,8 +15,9 @@ Where features come from:
 * :func:`load_item_features` reads a file through a preset: MovieLens
   ``movies.csv`` (title words, ``genre:*`` and ``decade:*`` tokens) or the Online
   Retail CSV (the ``Description`` of each ``StockCode``);
-* :meth:`ItemFeatures.set_text` adds or replaces one item's text, as an
-  ``item_features`` topic (compacted, keyed by item id) would deliver it.
+* :meth:`ItemFeatures.set_text` adds or replaces one item's text, as the
+  ``item_features`` topic (compacted, keyed by item id; :mod:`stream.item_features`)
+  delivers it to the trainer and the server.
 
 Models that use content take the features through ``set_item_features(features)``
 and keep them in their exported state, so a snapshot carries its features.
