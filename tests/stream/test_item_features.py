@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -67,5 +68,28 @@ def test_published_content_is_compacted_and_tailed_with_updates(
         assert tail.drain() == {"lamp": "Blue glass lamp", "film": [],
                                 "new": "Red wooden desk lamp, large"}
         assert tail.skipped == 1
+    finally:
+        tail.stop()
+
+
+def test_cli_publishes_a_movies_file(kafka_bootstrap: str, features_topic: str,
+                                     tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from liverec.cli import app
+
+    movies = tmp_path / "movies.csv"
+    movies.write_text('movieId,title,genres\n1,"Toy Story (1995)",Animation|Comedy\n'
+                      '2,Heat (1995),Action\n')
+    result = CliRunner().invoke(app, ["features", "publish", str(movies), "--bootstrap",
+                                      kafka_bootstrap, "--features-topic", features_topic])
+    assert result.exit_code == 0, result.output
+    assert "content of 2 items" in result.output
+    tail = ItemFeaturesTail(kafka_bootstrap, features_topic)
+    tail.start()
+    try:
+        wait_for(tail.caught_up.is_set, 60, "the tail read the published file")
+        assert tail.drain()["1"] == ["toy", "story", "1995", "genre:animation",
+                                     "genre:comedy", "decade:1990"]
     finally:
         tail.stop()
