@@ -81,12 +81,7 @@ class ServingState:
             ThreadPoolExecutor(threads, thread_name_prefix="liverec-rank") if threads > 0 else None
         )
         self.content = ContentIndex()
-        if settings.item_features is not None:
-            from online_models.datasets import read_item_texts
-
-            n = self.content.update(
-                read_item_texts(settings.item_features, settings.item_features_preset))
-            log.info("item content of %d items from %s", n, settings.item_features)
+        self._features_file_read = False
         self.features_tail: ItemFeaturesTail | None = None
         self.started_at = time.time()
         # Recent latencies per route template for the dashboard's p50/p99.
@@ -124,8 +119,21 @@ class ServingState:
             batcher=self.batcher,
         )
 
+    def read_item_features_file(self) -> None:
+        """Read ``settings.item_features`` once (at start-up; a bad file fails loudly)."""
+        path = self.settings.item_features
+        if path is None or self._features_file_read:
+            return
+        from online_models.datasets import read_item_texts
+
+        n = self.content.update(read_item_texts(path, self.settings.item_features_preset))
+        self._features_file_read = True
+        self.metrics.content_items.set(len(self.content))
+        log.info("item content of %d items from %s", n, path)
+
     def load_initial(self) -> bool:
         """Load the newest valid snapshot, if any. Returns whether one is loaded."""
+        self.read_item_features_file()
         t0 = time.perf_counter()
         try:
             snap = self.store.load_latest_valid()
