@@ -86,3 +86,17 @@ def test_topic_content_makes_a_new_item_recommendable_before_its_first_click(
     top = [i for i, _ in model.recommend("someone", 1, history=[anchor], exclude=[anchor])]
     assert top == ["new-train"]
     assert model.similar("new-train", 1)[0][0] == anchor
+
+
+def test_item_content_settings_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from serving.settings import ServeSettings
+
+    monkeypatch.setenv("LIVEREC_ITEM_FEATURES", str(tmp_path / "movies.csv"))
+    monkeypatch.setenv("LIVEREC_ITEM_FEATURES_PRESET", "movielens")
+    monkeypatch.setenv("LIVEREC_ITEM_FEATURES_TOPIC", "clicks.item_features")
+    for s in (TrainerSettings(), ServeSettings()):
+        assert s.item_features == tmp_path / "movies.csv"
+        assert (s.item_features_preset, s.item_features_topic) == (
+            "movielens", "clicks.item_features")
