@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import typer
 
-from liverec import cmd_keys, cmd_models, cmd_serve, cmd_stream, cmd_system, cmd_train
+from liverec import (
+    cmd_features,
+    cmd_keys,
+    cmd_models,
+    cmd_serve,
+    cmd_stream,
+    cmd_system,
+    cmd_train,
+)
 from liverec.runtime import pin_malloc_mmap_threshold
 
 app = typer.Typer(
@@ -27,7 +35,8 @@ def _startup() -> None:
     pin_malloc_mmap_threshold()
 
 
-for module in (cmd_stream, cmd_models, cmd_train, cmd_serve, cmd_keys, cmd_system):
+for module in (cmd_stream, cmd_models, cmd_train, cmd_serve, cmd_keys, cmd_system,
+               cmd_features):
     module.register(app)
 
 

@@ -11,6 +11,9 @@ from typing import Annotated
 
 import typer
 
+#: presets whose files carry item content (``--item-features``)
+FEATURE_PRESETS = ("movielens", "online-retail")
+
 
 def generate(
     out: Annotated[Path, typer.Option("--out", help="CSV to write (.gz for gzip).")],
@@ -80,6 +83,27 @@ def evaluate(
         Path | None,
         typer.Option("--plot", help="Write a PNG: rolling HR@K and HR@K on cold items/users."),
     ] = None,
+    item_features: Annotated[
+        Path | None,
+        typer.Option(
+            "--item-features", exists=True,
+            help="Item content for the models that use it: MovieLens movies.csv (or its "
+                 "ratings.csv / folder) or the Online Retail CSV (Description); the format "
+                 "comes from --features-preset, else --preset, else the header.",
+        ),
+    ] = None,
+    split: Annotated[
+        float,
+        typer.Option("--split", min=0.0, max=1.0,
+                     help="Also report HR@K (all, cold items, cold users) on the first "
+                          "share of the events (where hyperparameters are chosen) and on "
+                          "the rest; 0 turns it off."),
+    ] = 0.3,
+    features_preset: Annotated[
+        str | None,
+        typer.Option("--features-preset", help="movielens | online-retail (default: --preset "
+                                               "when it is one of them, else from the header)"),
+    ] = None,
 ) -> None:
     """Prequential (test-then-train) evaluation of several models side by side, one pass.
 
@@ -120,6 +144,18 @@ def evaluate(
         raise typer.BadParameter("--sample must be in (0, 1]")
     # Bound: a hybrid blends the other listed models; built is in learning order.
     built = registry.create_models(names)
+    if item_features is not None:
+        from online_models.content import load_item_features
+
+        fpreset = features_preset or (preset if preset in FEATURE_PRESETS else None)
+        t0 = time.perf_counter()
+        features = load_item_features(item_features, fpreset)
+        took = registry.give_item_features(built, features)
+        typer.echo(
+            f"{item_features}: content of {len(features)} items (read in "
+            f"{time.perf_counter() - t0:.1f}s), given to {', '.join(took) or 'no model'}",
+            err=True,
+        )
     evaluator = PrequentialEvaluator(
         built, k=k, rolling_window=window, sample=EvalSample(fraction=sample, seed=seed),
         cold_threshold=cold_threshold,
@@ -128,6 +164,8 @@ def evaluate(
     curve_x: list[int] = []
     curve: dict[str, list[float]] = {name: [] for name in names}
     seen = 0
+    split_at = int(split * len(ds)) if 0.0 < split < 1.0 else 0
+    first: dict[str, dict[str, float]] = {}
     t_run = time.perf_counter()
     with tqdm(total=len(ds), unit="ev", desc="evaluate", smoothing=0.05) as bar:
         for batch in to_batches(ds, batch_size):
@@ -137,6 +175,9 @@ def evaluate(
                 model.learn(batch)
                 learn_s[name] += time.perf_counter() - t
             seen += len(batch)
+            if split_at and not first and seen >= split_at:
+                # Totals are cumulative: "rest" is what the end adds to these.
+                first = {name: evaluator.totals(name) for name in names}
             if out.n_evaluated:
                 curve_x.append(seen)
                 for name in names:
@@ -156,6 +197,8 @@ def evaluate(
         for seg in COLD_SEGMENTS:
             entry[f"hr@{k}_{seg}"] = tot[f"hr_{seg}"]
             entry[f"evaluated_{seg}"] = int(tot[f"n_{seg}"])
+        if first:
+            entry.update(_split_entry(first[name], tot, k))
         entry["learn_events_per_s"] = len(ds) / learn_s[name] if learn_s[name] > 0 else 0.0
         entry["score_ms_per_event"] = (
             1e3 * evaluator.score_seconds[name] / max(1, int(tot["n"]))
@@ -172,6 +215,8 @@ def evaluate(
         "rolling_window": window,
         "sample": sample,
         "cold_threshold": cold_threshold,
+        "split_events": split_at,
+        "item_features": str(item_features) if item_features is not None else None,
         "elapsed_s": round(elapsed, 1),
         "models": report_models,
         "rolling_hr": {"events": curve_x, **curve},
@@ -190,16 +235,51 @@ def evaluate(
         typer.echo(f"plot: {plot}")
 
 
+def _split_entry(first: dict[str, float], total: dict[str, float], k: int
+                 ) -> dict[str, float]:
+    """HR@K overall / on cold items / on cold users, in the first part and in the rest.
+
+    >>> e = _split_entry({"n": 10, "hr": 0.5, "n_cold_item": 0, "hr_cold_item": float("nan"),
+    ...                   "n_cold_user": 2, "hr_cold_user": 1.0},
+    ...                  {"n": 30, "hr": 0.2, "n_cold_item": 4, "hr_cold_item": 0.25,
+    ...                   "n_cold_user": 2, "hr_cold_user": 1.0}, 10)
+    >>> e["hr@10_first"], e["hr@10_rest"], e["hr@10_cold_item_rest"], e["evaluated_cold_user_rest"]
+    (0.5, 0.05, 0.25, 0)
+    >>> _split_entry({"n": 3, "hr": 1 / 3}, {"n": 7, "hr": 1 / 7}, 10)["hr@10_rest"]
+    0.0
+    """
+    out: dict[str, float] = {}
+    for seg, n_key, hr_key in (("", "n", "hr"), ("_cold_item", "n_cold_item", "hr_cold_item"),
+                               ("_cold_user", "n_cold_user", "hr_cold_user")):
+        n1, n = int(first.get(n_key, 0)), int(total.get(n_key, 0))
+        # HR is hits / n with whole hits: round away the float error.
+        hits1 = round(first[hr_key] * n1) if n1 else 0
+        hits = round(total[hr_key] * n) if n else 0
+        out[f"hr@{k}{seg}_first"] = hits1 / n1 if n1 else float("nan")
+        out[f"hr@{k}{seg}_rest"] = (hits - hits1) / (n - n1) if n > n1 else float("nan")
+        out[f"evaluated{seg}_first"] = n1
+        out[f"evaluated{seg}_rest"] = n - n1
+    return out
+
+
 def _summary_table(models: dict[str, dict[str, float]], k: int) -> str:
     cols = ["hr", "ndcg", "mrr", "precision", "coverage", "novelty", "diversity"]
     head = f"{'model':<16}" + "".join(f"{c + '@' + str(k):>14}" for c in cols)
     cold = [f"hr@{k}_cold_item", f"hr@{k}_cold_user"]
     head += f"{'cold item':>11}{'cold user':>11}"
+    split = any(f"hr@{k}_first" in m for m in models.values())
+    parts = [f"hr@{k}_first", f"hr@{k}_rest", f"hr@{k}_cold_item_first",
+             f"hr@{k}_cold_item_rest"]
+    if split:
+        head += f"{'hr first':>10}{'hr rest':>10}{'cold i 1st':>11}{'cold i rest':>12}"
     head += f"{'evaluated':>11}{'learn ev/s':>12}{'score ms':>10}"
     lines = [head, "-" * len(head)]
     for name, m in models.items():
         row = f"{name:<16}" + "".join(f"{m[f'{c}@{k}']:>14.4f}" for c in cols)
         row += "".join(f"{m.get(c, float('nan')):>11.4f}" for c in cold)
+        if split:
+            row += "".join(f"{m.get(c, float('nan')):>{w}.4f}"
+                           for c, w in zip(parts, (10, 10, 11, 12), strict=True))
         row += f"{int(m['evaluated']):>11}{m['learn_events_per_s']:>12.0f}"
         row += f"{m['score_ms_per_event']:>10.2f}"
         lines.append(row)

@@ -60,6 +60,24 @@ def register(app: typer.Typer) -> None:
             typer.Option("--protect-ops/--open-ops",
                          help="/metrics, /v1/model and the dashboard need an 'ops' key."),
         ] = None,
+        item_features: Annotated[
+            Path | None,
+            typer.Option("--item-features", exists=True,
+                         help="Item content file (MovieLens movies.csv or the Online Retail "
+                              "CSV) for /v1/items/{id}/similar of unclicked items "
+                              "[LIVEREC_ITEM_FEATURES]."),
+        ] = None,
+        item_features_preset: Annotated[
+            str | None,
+            typer.Option("--features-preset",
+                         help="movielens | online-retail (default: from the header)."),
+        ] = None,
+        item_features_topic: Annotated[
+            str | None,
+            typer.Option("--item-features-topic",
+                         help="Compacted item-features topic to follow, e.g. "
+                              "clicks.item_features [LIVEREC_ITEM_FEATURES_TOPIC]."),
+        ] = None,
     ) -> None:
         """Serve recommendations from hot-reloaded snapshots (FastAPI + uvicorn).
 
@@ -79,6 +97,9 @@ def register(app: typer.Typer) -> None:
             "default_model": default_model,
             "ann": ann,
             "ann_min_items": ann_min_items,
+            "item_features": item_features,
+            "item_features_preset": item_features_preset,
+            "item_features_topic": item_features_topic,
         }
         settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})
         auth_given: dict[str, Any] = {

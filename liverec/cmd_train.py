@@ -68,6 +68,18 @@ def train(
         help="consumer-group session timeout [LIVEREC_SESSION_TIMEOUT_MS]")] = None,
     status_every_s: Annotated[float | None, typer.Option(
         help="seconds between status lines [LIVEREC_STATUS_EVERY_S]")] = None,
+    item_features: Annotated[Path | None, typer.Option(
+        "--item-features", exists=True,
+        help="item content for the models that use it: MovieLens movies.csv or the Online "
+             "Retail CSV [LIVEREC_ITEM_FEATURES]")] = None,
+    item_features_preset: Annotated[str | None, typer.Option(
+        "--features-preset",
+        help="movielens | online-retail (default: from the header) "
+             "[LIVEREC_ITEM_FEATURES_PRESET]")] = None,
+    item_features_topic: Annotated[str | None, typer.Option(
+        "--item-features-topic",
+        help="compacted item-features topic to read (e.g. clicks.item_features, what "
+             "`liverec features publish` writes) [LIVEREC_ITEM_FEATURES_TOPIC]")] = None,
     log_level: Annotated[str, typer.Option(help="logging level")] = "INFO",
 ) -> None:
     """Consume clicks, evaluate a sample prequentially, learn, snapshot, commit; serve /metrics.
@@ -103,6 +115,8 @@ def train(
             "eval_sample": eval_sample, "eval_budget_per_s": eval_budget_per_s,
             "eval_cpu_share": eval_cpu_share,
             "prefetch_batches": prefetch_batches, "session_timeout_ms": session_timeout_ms,
+            "item_features": item_features, "item_features_preset": item_features_preset,
+            "item_features_topic": item_features_topic,
         }.items()
         if v is not None
     }

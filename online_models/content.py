@@ -15,8 +15,9 @@ Where features come from:
 * :func:`load_item_features` reads a file through a preset: MovieLens
   ``movies.csv`` (title words, ``genre:*`` and ``decade:*`` tokens) or the Online
   Retail CSV (the ``Description`` of each ``StockCode``);
-* :meth:`ItemFeatures.set_text` adds or replaces one item's text, as an
-  ``item_features`` topic (compacted, keyed by item id) would deliver it.
+* :meth:`ItemFeatures.set_text` adds or replaces one item's text, as the
+  ``item_features`` topic (compacted, keyed by item id; :mod:`stream.item_features`)
+  delivers it to the trainer and the server.
 
 Models that use content take the features through ``set_item_features(features)``
 and keep them in their exported state, so a snapshot carries its features.
@@ -132,6 +133,34 @@ class ItemFeatures:
     def update(self, texts: Mapping[str, str | Sequence[str]]) -> None:
         for item, text in texts.items():
             self.set_text(item, text)
+
+    def merge_missing(self, other: ItemFeatures) -> int:
+        """Copy the content of ``other``'s items that this object lacks; returns how many.
+
+        Items present here keep their content (this object is the newer source).
+        Raises ``ValueError`` when the two hash into different bucket spaces.
+
+        >>> a = ItemFeatures.from_texts({"x": "red car"}, n_buckets=64)
+        >>> a.merge_missing(ItemFeatures.from_texts({"x": "blue", "y": "red bus"}, n_buckets=64))
+        1
+        >>> a.similarity("x", "y") > 0, sorted(a.ids)
+        (True, ['x', 'y'])
+        """
+        if other.n_buckets != self.n_buckets:
+            raise ValueError(
+                f"bucket spaces differ: {other.n_buckets} vs {self.n_buckets} buckets")
+        added = 0
+        for row, item in enumerate(other._index.ids):
+            if item is None or item in self._index:
+                continue
+            self._index.add(item)
+            self._buckets.append(other._buckets[row].copy())
+            self._tf.append(other._tf[row].copy())
+            self._df[other._buckets[row]] += 1.0
+            added += 1
+        if added:
+            self.version += 1
+        return added
 
     @classmethod
     def from_texts(
@@ -316,6 +345,7 @@ class ContentKNN(OnlineModel):
         self._last: dict[str, list[str]] = {}
         self._matrix: sp.csr_matrix | None = None
         self._matrix_key: tuple[int, int, int] = (-1, -1, -1)
+        self._featured = -1  # features.version last added to the catalogue
 
     def set_item_features(self, features: ItemFeatures) -> None:
         """Use ``features`` (kept by reference; later ``set_text`` calls are seen)."""
@@ -323,9 +353,11 @@ class ContentKNN(OnlineModel):
         self._add_featured()
 
     def _add_featured(self) -> None:
-        if self.catalog_from_features and self.features is not None:
-            self.items.add_many(self.features.ids)
+        f = self.features
+        if self.catalog_from_features and f is not None and f.version != self._featured:
+            self.items.add_many(f.ids)
             self._count = grow_rows(self._count, self.items.capacity)
+            self._featured = f.version
 
     def learn(self, batch: Batch) -> None:
         if len(batch) == 0:
@@ -368,6 +400,7 @@ class ContentKNN(OnlineModel):
         return pop / top if top > 0 else pop
 
     def score_all(self, user: str, history: Sequence[str] = ()) -> np.ndarray:
+        self._add_featured()  # items published since the last batch get rows too
         n = self.items.capacity
         ctx = list(history) if history else self._last.get(user, [])
         prof = self._profile(ctx)
@@ -379,6 +412,7 @@ class ContentKNN(OnlineModel):
 
     def similar(self, item: str, k: int = 10) -> list[tuple[str, float]]:
         """Items by content cosine; works for an item with features but no clicks."""
+        self._add_featured()
         mat = self._content_matrix()
         if mat is None or self.features is None or item not in self.features:
             return []

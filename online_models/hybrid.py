@@ -29,12 +29,15 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 
 from online_models import registry
 from online_models.base import Batch, IdIndex, ModelState, OnlineModel, UserHistory
+
+if TYPE_CHECKING:
+    from online_models.content import ItemFeatures
 
 __all__ = ["Hybrid", "weight_grid"]
 
@@ -201,6 +204,17 @@ class Hybrid(OnlineModel):
             bound.append(c)
         self._sync()
         return bound
+
+    def set_item_features(self, features: ItemFeatures) -> None:
+        """Hand item content to every private component that takes it.
+
+        Shared components belong to whoever owns them (the trainer gives them the
+        same features through :func:`online_models.registry.give_item_features`).
+        """
+        for c, m in self.models.items():
+            setter = getattr(m, "set_item_features", None)
+            if c not in self._shared and callable(setter):
+                setter(features)
 
     def shared_components(self) -> Mapping[str, OnlineModel]:
         return {c: self.models[c] for c in self.components if c in self._shared}

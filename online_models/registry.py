@@ -94,6 +94,21 @@ def create_models(
     return bind({name: create(name, **params.get(name, {})) for name in names})
 
 
+def give_item_features(models: Mapping[str, OnlineModel], features: Any) -> list[str]:
+    """Hand one :class:`~online_models.content.ItemFeatures` to every model that takes it.
+
+    Models (and a hybrid's private components) keep it by reference, so later
+    ``features.set_text`` calls reach them all. Returns the names that took it.
+    """
+    took: list[str] = []
+    for name, model in models.items():
+        setter = getattr(model, "set_item_features", None)
+        if callable(setter):
+            setter(features)
+            took.append(name)
+    return took
+
+
 def parse_models(spec: str) -> list[str]:
     """``"all"`` or a comma-separated list of registry names, validated.
 

@@ -186,6 +186,16 @@ class ServingMetrics:
             "Messages the live-context tail is behind the topic end.",
             registry=r,
         )
+        self.content_items = Gauge(
+            "liverec_serving_content_items",
+            "Items with content (item-features file, topic and snapshot) the server holds.",
+            registry=r,
+        )
+        self.content_updates = Counter(
+            "liverec_serving_content_updates_total",
+            "Item content records applied from the item-features topic.",
+            registry=r,
+        )
         self.ingested = Counter(
             "liverec_serving_ingested_events_total",
             "POST /v1/events outcomes (accepted or the reject reason).",

@@ -90,6 +90,14 @@ class ServeSettings(BaseSettings):
         With ``rank_batch``: a query arriving while fewer than
         ``rank_batch_slots`` products run and none is queued is scored in its own
         thread, without the hop to the worker.
+    item_features, item_features_preset
+        ``LIVEREC_ITEM_FEATURES``: an item content file (MovieLens ``movies.csv`` or
+        the Online Retail CSV) read at start through the preset (None: from the
+        header); see :mod:`serving.content`.
+    item_features_topic
+        ``LIVEREC_ITEM_FEATURES_TOPIC``: a compacted item-features topic (what
+        ``liverec features publish`` writes, e.g. ``clicks.item_features``) read from
+        its beginning and followed; needs a bootstrap. "" reads none.
     rank_batch_slots
         Most products at once (the worker's batch plus inline queries). 1 (default)
         scores strictly one product at a time; 2 lets two overlapping requests use
@@ -138,6 +146,9 @@ class ServeSettings(BaseSettings):
     rank_batch_max: int = Field(default=32, ge=1, le=1024)
     rank_batch_inline: bool = True
     rank_batch_slots: int = Field(default=1, ge=1, le=64)
+    item_features: Path | None = None
+    item_features_preset: str | None = None
+    item_features_topic: str = ""
     log_level: str = "info"
 
     @model_validator(mode="before")

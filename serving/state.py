@@ -18,11 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from online_models.snapshot import SnapshotError, SnapshotStore
+from serving.content import ContentIndex, snapshot_features
 from serving.ingest import EventProducer, Ingestor
 from serving.live import LiveContext, LiveTail
 from serving.metrics import BatcherCollector, ServingMetrics
 from serving.ranking import LoadedSnapshot, ScoreBatcher
 from serving.settings import ServeSettings
+from stream.item_features import ItemFeaturesTail
 
 __all__ = ["ServingState"]
 
@@ -78,12 +80,17 @@ class ServingState:
         self.rank_pool = (
             ThreadPoolExecutor(threads, thread_name_prefix="liverec-rank") if threads > 0 else None
         )
+        self.content = ContentIndex()
+        self._features_file_read = False
+        self.features_tail: ItemFeaturesTail | None = None
         self.started_at = time.time()
         # Recent latencies per route template for the dashboard's p50/p99.
         self.latencies: dict[str, deque[float]] = {}
 
     # ------------------------------------------------------------------ loading
     def _swap(self, loaded: LoadedSnapshot) -> None:
+        self.content.merge(snapshot_features(loaded.snapshot.models))
+        self.metrics.content_items.set(len(self.content))
         self.current = loaded
         # A snapshot is ~10^5-10^6 long-lived Python objects (id maps, histories); a
         # full collection walking them stalls every request for a long time (measured
@@ -112,8 +119,21 @@ class ServingState:
             batcher=self.batcher,
         )
 
+    def read_item_features_file(self) -> None:
+        """Read ``settings.item_features`` once (at start-up; a bad file fails loudly)."""
+        path = self.settings.item_features
+        if path is None or self._features_file_read:
+            return
+        from online_models.datasets import read_item_texts
+
+        n = self.content.update(read_item_texts(path, self.settings.item_features_preset))
+        self._features_file_read = True
+        self.metrics.content_items.set(len(self.content))
+        log.info("item content of %d items from %s", n, path)
+
     def load_initial(self) -> bool:
         """Load the newest valid snapshot, if any. Returns whether one is loaded."""
+        self.read_item_features_file()
         t0 = time.perf_counter()
         try:
             snap = self.store.load_latest_valid()
@@ -131,8 +151,10 @@ class ServingState:
         """Load ``LATEST`` if it names a new version; True when a new one was swapped in.
 
         Never raises: a corrupt snapshot is refused (and remembered, so it is not
-        retried every tick) and the current one keeps serving.
+        retried every tick) and the current one keeps serving. Also applies the item
+        content read from the item-features topic since the last tick.
         """
+        self.apply_item_features()
         try:
             latest = self.store.latest_version()
         except OSError as exc:
@@ -189,6 +211,24 @@ class ServingState:
         )
         self.tail.start()
 
+    def start_features_tail(self) -> None:
+        s = self.settings
+        if not s.bootstrap or not s.item_features_topic or self.features_tail is not None:
+            return
+        self.features_tail = ItemFeaturesTail(s.kafka, s.item_features_topic,
+                                              client_id="liverec-serving-features")
+        self.features_tail.start()
+
+    def apply_item_features(self) -> int:
+        """Apply the item-features topic's updates read so far; returns how many."""
+        tail = self.features_tail
+        if tail is None or not tail.pending:
+            return 0
+        n = self.content.update(tail.drain())
+        self.metrics.content_updates.inc(n)
+        self.metrics.content_items.set(len(self.content))
+        return n
+
     def _producer_factory(self) -> EventProducer:
         from stream.kafka import make_producer
 
@@ -206,11 +246,14 @@ class ServingState:
     def start_background(self) -> None:
         """Start the live tail and the event sender (both connect in the background)."""
         self.start_tail()
+        self.start_features_tail()
         self.ingestor.start()
 
     def stop(self) -> None:
         if self.tail is not None:
             self.tail.stop()
+        if self.features_tail is not None:
+            self.features_tail.stop()
         self.ingestor.stop()
         if self.rank_pool is not None:
             self.rank_pool.shutdown(wait=False, cancel_futures=True)

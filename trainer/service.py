@@ -41,6 +41,7 @@ from stream.consumer import MiniBatchConsumer, Partition
 from stream.settings import KafkaSettings
 from trainer.adaptation import DriftAdaptation
 from trainer.checkpoint import Checkpointer, Written
+from trainer.content import TrainerContent
 from trainer.dedup import DedupWindow
 from trainer.flood import FloodGuard, FloodSettings
 from trainer.metrics import TrainerMetrics
@@ -132,6 +133,8 @@ class Trainer:
         self._revoke_done: threading.Event = threading.Event()
         self._revoke_offsets: dict[Partition, int] | None = None
         self._restore()
+        self.content = TrainerContent(settings, kafka)
+        self.content.attach(self.models)
         self._order = learning_order(self.models)
         self.evaluator = PrequentialEvaluator(
             self.models, k=settings.k, history=self.history,
@@ -246,9 +249,11 @@ class Trainer:
         )
         self._learning = True
         self.source.start()
+        self.content.start()
         try:
             while not self.stop_event.is_set():
                 self._serve_revoke()
+                self.content.apply_pending()
                 if self.source.error is not None:
                     raise RuntimeError("the Kafka source failed") from self.source.error
                 batch = self.source.get(timeout_s=0.05)
@@ -283,6 +288,7 @@ class Trainer:
                 written = self.checkpoint("shutdown", wait=True)
                 final = written.offsets if written else self._snap_offsets
             finally:
+                self.content.stop()
                 self.source.stop(final)
                 self.checkpointer.close()
                 restore_signals()

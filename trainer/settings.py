@@ -78,5 +78,13 @@ class TrainerSettings(BaseSettings):
     #: stop after this many seconds without a single record
     idle_exit_s: float | None = Field(default=None, gt=0)
 
+    #: item content file for the models that use it (MovieLens ``movies.csv`` or the
+    #: Online Retail CSV), read through ``item_features_preset`` (None: from the header)
+    item_features: Path | None = None
+    item_features_preset: str | None = None
+    #: compacted item-features topic to read from its beginning ("": none), e.g.
+    #: ``clicks.item_features`` (what ``liverec features publish`` writes)
+    item_features_topic: str = ""
+
     def model_names(self) -> list[str]:
         return registry.parse_models(self.models)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel
 
+from serving.content import CONTENT_MODEL
 from serving.deps import JSON, LoadedDep, StateDep
 from serving.ranking import UnknownModelError
 from serving.routers.recommendations import MAX_ID, MAX_K, ScoredItem
+
+if TYPE_CHECKING:
+    from serving.state import ServingState
 
 router = APIRouter(prefix="/v1/items", tags=["items"])
 
@@ -43,15 +48,29 @@ async def similar(
     k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
     model: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
 ) -> JSON:
+    """Items similar to ``item_id`` by the model asked for (default: the server's).
+
+    ``model=content`` ranks by item content (every item with content, clicked or
+    not); an item the model has not learned yet but that has content (from the
+    item-features file or topic) gets the content answer too, with ``"model":
+    "content"``.
+    """
     if k > state.settings.max_k:
         raise HTTPException(422, detail=f"k must be <= {state.settings.max_k}")
-    try:
-        name, m = loaded.model(model)
-    except UnknownModelError as exc:
-        raise HTTPException(404, detail=str(exc)) from None
-    if m.items.get(item_id) < 0:
-        raise HTTPException(404, detail=f"item not known to model {name!r}")
-    items = m.similar(item_id, k)
+    if model == CONTENT_MODEL:
+        name, items = CONTENT_MODEL, await _content_similar(state, item_id, k)
+    else:
+        try:
+            name, m = loaded.model(model)
+        except UnknownModelError as exc:
+            raise HTTPException(404, detail=str(exc)) from None
+        if m.items.get(item_id) >= 0:
+            items = m.similar(item_id, k)
+        elif item_id in state.content:
+            name, items = CONTENT_MODEL, await _content_similar(state, item_id, k)
+        else:
+            raise HTTPException(404, detail=f"item not known to model {name!r} and "
+                                            f"without item content")
     return JSON(
         {
             "item_id": item_id,
@@ -60,6 +79,14 @@ async def similar(
             "snapshot_version": loaded.version,
         }
     )
+
+
+async def _content_similar(state: ServingState, item_id: str, k: int) -> list[tuple[str, float]]:
+    # A matrix-vector product over the featured catalogue: off the event loop.
+    found = await asyncio.to_thread(state.content.similar, item_id, k)
+    if found is None:
+        raise HTTPException(404, detail="item has no content")
+    return found
 
 
 @router.get(

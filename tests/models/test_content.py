@@ -6,6 +6,7 @@ import gzip
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from online_models import registry
 from online_models.base import Batch
@@ -102,3 +103,54 @@ def test_content_knn_state_keeps_features() -> None:
     rebuilt = registry.from_state(m.get_state())
     np.testing.assert_array_equal(rebuilt.score_all("u1", ["lamp"]), m.score_all("u1", ["lamp"]))
     assert rebuilt.similar("lamp-new", 3) == m.similar("lamp-new", 3)
+
+
+def test_evaluate_gives_item_features_and_splits_the_report(tmp_path: Path) -> None:
+    import orjson
+    from typer.testing import CliRunner
+
+    from liverec.cli import app
+
+    genres = ["Comedy", "Drama", "Horror", "Western"]
+    (tmp_path / "movies.csv").write_text("movieId,title,genres\n" + "".join(
+        f"{m},Film {m} ({1950 + m % 50}),{genres[m % 4]}\n" for m in range(60)))
+    rows = [f"{u},{(u * 7 + n * 4) % 60},4.0,{1_000_000 + 60 * (u * 40 + n)}"
+            for u in range(30) for n in range(40)]
+    (tmp_path / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\n" + "\n".join(rows) + "\n")
+    report = tmp_path / "r.json"
+    res = CliRunner().invoke(app, [
+        "evaluate", str(tmp_path / "ratings.csv"), "--preset", "movielens",
+        "--models", "popularity,content-knn,hybrid",
+        "--item-features", str(tmp_path / "ratings.csv"), "--json", str(report)])
+    assert res.exit_code == 0, res.output
+    assert "content of 60 items" in res.output and "content-knn" in res.output
+    out = orjson.loads(report.read_bytes())
+    assert out["split_events"] == 360
+    for entry in out["models"].values():
+        n1, n2 = entry["evaluated_first"], entry["evaluated_rest"]
+        assert n1 + n2 == entry["evaluated"] > 0
+        whole = (entry["hr@10_first"] * n1 + entry["hr@10_rest"] * n2) / (n1 + n2)
+        assert whole == pytest.approx(entry["hr@10"])
+
+
+def test_hybrid_hands_features_to_its_private_components_only() -> None:
+    features = ItemFeatures.from_texts({"a": "red lamp", "b": "red lamp shade"})
+    comps = {"components": ["popularity", "itemknn", "content-knn"]}
+    alone = registry.create("hybrid", **comps)
+    alone.set_item_features(features)  # type: ignore[attr-defined]
+    assert alone.models["content-knn"].features is features  # type: ignore[attr-defined]
+    bound = registry.create_models(["popularity", "itemknn", "content-knn", "hybrid"],
+                                   {"hybrid": comps})
+    bound["hybrid"].set_item_features(features)  # type: ignore[attr-defined]
+    assert bound["content-knn"].features is None  # type: ignore[attr-defined]
+    assert sorted(registry.give_item_features(bound, features)) == ["content-knn", "hybrid"]
+    assert bound["content-knn"].features is features  # type: ignore[attr-defined]
+
+
+def test_merge_missing_keeps_newer_content() -> None:
+    mine = ItemFeatures.from_texts({"a": "blue vase"})
+    added = mine.merge_missing(ItemFeatures.from_texts({"a": "red lamp", "b": "red lamp"}))
+    assert added == 1 and mine.similarity("a", "b") == 0.0
+    with pytest.raises(ValueError, match="bucket spaces"):
+        mine.merge_missing(ItemFeatures(n_buckets=8))

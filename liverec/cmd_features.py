@@ -1,0 +1,73 @@
+"""`liverec features publish`: item content onto the compacted item-features topic.
+
+Registered by :mod:`liverec.cli`. The trainer (``liverec train
+--item-features-topic``) and the server (``liverec serve --item-features-topic``)
+read the topic; see :mod:`stream.item_features` for its records.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+features_app = typer.Typer(help="Item content (hashed token features) for the models.",
+                           no_args_is_help=True)
+
+
+@features_app.command("publish")
+def publish(
+    path: Annotated[Path, typer.Argument(
+        help="MovieLens movies.csv (or ratings.csv / its folder) or the Online Retail CSV",
+        exists=True)],
+    preset: Annotated[str | None, typer.Option(
+        help="movielens | online-retail (guessed from the header if omitted)")] = None,
+    topic: Annotated[str | None, typer.Option(
+        help="click topic; the features go to <topic>.item_features [LIVEREC_TOPIC]")] = None,
+    features_topic: Annotated[str | None, typer.Option(
+        "--features-topic", help="write here instead of <topic>.item_features")] = None,
+    bootstrap: Annotated[str | None, typer.Option(
+        help="Kafka bootstrap [LIVEREC_KAFKA_BOOTSTRAP or LIVEREC_BOOTSTRAP, else the local "
+             "broker]")] = None,
+    client: Annotated[str | None, typer.Option(
+        help="Kafka client: confluent | kafka-python [LIVEREC_KAFKA_CLIENT]")] = None,
+    limit: Annotated[int | None, typer.Option(
+        "--limit", min=1, help="only the first N items of the file")] = None,
+) -> None:
+    """Publish every item's content (one record per item id) to the compacted topic.
+
+    Creates the topic with cleanup.policy=compact when it is missing. Publishing again
+    replaces an item's content (the latest record per item wins).
+    """
+    from pydantic import ValidationError
+
+    from online_models.datasets import read_item_texts
+    from stream.item_features import item_features_topic, publish_item_features
+    from stream.kafka import KafkaClientError
+    from stream.settings import KafkaSettings
+
+    given: dict[str, Any] = {"topic": topic, "bootstrap": bootstrap, "client": client}
+    try:
+        settings = KafkaSettings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if not settings.bootstrap:
+        from liverec.cmd_stream import _local_bootstrap
+
+        settings = settings.with_bootstrap(_local_bootstrap())
+    texts = read_item_texts(path, preset)
+    if limit is not None:
+        texts = dict(list(texts.items())[:limit])
+    target = features_topic or item_features_topic(settings.topic)
+    try:
+        n = publish_item_features(settings, texts, target)
+    except KafkaClientError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"published the content of {n} items to {target} (compacted)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add this area's commands to ``app``."""
+    app.add_typer(features_app, name="features")
