@@ -524,8 +524,7 @@ class PrequentialEvaluator:
         self.catalog = IdIndex()  # items seen in the stream (evaluator rows)
         self._count = np.zeros(0, np.float64)  # events per catalog row
         self._sketch = np.zeros((0, sketch_dim), np.float32)  # random-indexing sketch
-        self._user_index = IdIndex()  # users seen by the evaluator (cold-user counts)
-        self._user_count = np.zeros(0, np.int64)
+        self._user_count: dict[str, int] = {}  # events per user seen (cold-user counts)
         self._sampler = _Sampler(self.sample, clock)
         self._trackers = {name: _Tracker(k, rolling_window) for name in self.models}
         # Per model: model row -> catalog row, and the model's IdIndex generation.
@@ -602,27 +601,16 @@ class PrequentialEvaluator:
         A user first met here (e.g. after a restart from a snapshot) starts from the
         length of its history: a lower bound of its earlier events.
         """
-        index = self._user_index
-        n_before = index.capacity
-        rows = index.add_many(users)
-        if index.capacity > len(self._user_count):
-            grown = np.zeros(max(16, 2 * index.capacity), np.int64)
-            grown[: len(self._user_count)] = self._user_count
-            self._user_count = grown
-        fresh = np.unique(rows[rows >= n_before])
-        if len(fresh):
-            ids = index.ids
-            self._user_count[fresh] = [len(self.history.get(ids[r] or "")) for r in fresh]
-        # Earlier events of the same user within the batch count too.
-        order = np.argsort(rows, kind="stable")
-        srows = rows[order]
-        first = np.concatenate(([True], srows[1:] != srows[:-1]))
-        group_start = np.maximum.accumulate(np.where(first, np.arange(len(srows)), 0))
-        within = np.empty(len(rows), np.int64)
-        within[order] = np.arange(len(srows)) - group_start
-        prior = self._user_count[rows] + within
-        np.add.at(self._user_count, rows, 1)
-        return prior
+        counts, history = self._user_count, self.history
+        get = counts.get
+        prior: list[int] = []
+        for user in users:
+            c = get(user)
+            if c is None:
+                c = len(history.get(user))
+            prior.append(c)
+            counts[user] = c + 1
+        return np.asarray(prior, np.int64)
 
     def _catalog_rows(
         self, items: Sequence[str] | np.ndarray

@@ -380,4 +380,4 @@ def test_cold_segments_can_be_turned_off() -> None:
     ev.process(SEED)
     out = ev.process(batch([("u2", "a"), ("u2", "b")], t0=10))
     assert out.n_evaluated == 1 and not out.cold_item.any() and not out.cold_user.any()
-    assert ev.totals("m")["n_cold_user"] == 0 and len(ev._user_index) == 0
+    assert ev.totals("m")["n_cold_user"] == 0 and len(ev._user_count) == 0
