@@ -152,3 +152,30 @@ def test_whole_batch_shortcut_decides_as_event_by_event() -> None:
     np.testing.assert_array_equal(got, want)
     assert batched._users.state == one_by_one._users.state
     assert batched._items.state == one_by_one._items.state
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_shortcut_bounds_hold_through_late_events_and_a_restore(seed: int) -> None:
+    # Event time mostly moves on, with late batches and quiet gaps; a snapshot is
+    # restored half-way. Batch verdicts must equal one-by-one verdicts throughout.
+    rng = np.random.default_rng(seed)
+    n = 4000
+    users = [f"u{k}" for k in rng.zipf(1.6, n) % 60]
+    items = [f"i{k}" for k in rng.zipf(1.4, n) % 90]
+    ts = np.cumsum(rng.exponential(0.4, n))
+    ts[rng.random(n) < 0.05] -= 90.0  # late events, one or two windows back
+    ts[n // 3:] += 300.0  # a quiet gap of five windows
+    settings = FloodSettings(user_events=12, pair_events=3, item_share=0.2, item_min=10)
+    one_by_one = FloodGuard(settings)
+    want = np.concatenate([one_by_one.admit(users[i:i + 1], items[i:i + 1], ts[i:i + 1])[0]
+                           for i in range(n)])
+    batched = FloodGuard(settings)
+    got = []
+    for i in range(0, n, 40):
+        if i == n // 2:
+            restored = FloodGuard(settings)
+            restored.load_arrays(batched.to_arrays())
+            batched = restored
+        got.append(batched.admit(users[i:i + 40], items[i:i + 40], ts[i:i + 40])[0])
+    assert 0 < (~want).sum() < n // 2
+    np.testing.assert_array_equal(np.concatenate(got), want)
