@@ -17,7 +17,7 @@ from liverec import (
     cmd_system,
     cmd_train,
 )
-from liverec.runtime import pin_malloc_mmap_threshold
+from liverec.runtime import UNPINNED_COMMANDS, pin_malloc_mmap_threshold
 
 app = typer.Typer(
     name="liverec",
@@ -30,9 +30,10 @@ app = typer.Typer(
 
 
 @app.callback()
-def _startup() -> None:
+def _startup(ctx: typer.Context) -> None:
     """Process-wide settings before any command runs (see ``liverec.runtime``)."""
-    pin_malloc_mmap_threshold()
+    if ctx.invoked_subcommand not in UNPINNED_COMMANDS:
+        pin_malloc_mmap_threshold()
 
 
 for module in (cmd_stream, cmd_models, cmd_train, cmd_serve, cmd_keys, cmd_system,

@@ -208,14 +208,15 @@ class IdIndex:
         got: list[int | None] = list(map(cache.get, keys))
         if None not in got:
             return got  # type: ignore[return-value]
-        if len(cache) + len(keys) > self.CACHE_IDS:
+        limit = self.CACHE_IDS
+        if len(cache) >= limit:
             cache.clear()
         probe = self.add if add else self._find
         for j, row in enumerate(got):
             if row is None:
                 key = keys[j]
                 row = got[j] = probe(key)
-                if row >= 0:
+                if row >= 0 and len(cache) < limit:
                     cache[key] = row
         return got  # type: ignore[return-value]
 

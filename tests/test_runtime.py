@@ -33,3 +33,21 @@ def test_the_cli_applies_it_before_a_command_runs(
     result = CliRunner().invoke(cli.app, ["generate", "--events", "50", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert calls == ["pinned"]
+
+
+def test_evaluate_keeps_the_default_threshold(monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from liverec import cli
+
+    calls: list[str] = []
+    monkeypatch.setattr(cli, "pin_malloc_mmap_threshold", lambda: calls.append("pinned"))
+    data = tmp_path / "clicks.csv"
+    runner = CliRunner()
+    made = runner.invoke(cli.app, ["generate", "--events", "300", "--out", str(data)])
+    assert made.exit_code == 0, made.output
+    calls.clear()
+    result = runner.invoke(cli.app, ["evaluate", str(data), "--models", "popularity"])
+    assert result.exit_code == 0, result.output
+    assert calls == []  # evaluate allocates big temporaries many times a second
