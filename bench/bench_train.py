@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from liverec.runtime import pin_malloc_mmap_threshold
 from online_models import registry
 from online_models.base import Batch, learning_order
 from online_models.synthetic import generate_events
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mixes", nargs="+", default=["popularity", "all"])
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    pin_malloc_mmap_threshold()  # the allocator setting `liverec train` runs with
 
     events = []
     for row in generate_events(args.events, args.users, args.items, seed=0):
