@@ -184,6 +184,11 @@ class ConfluentConsumer:
     def assignment(self) -> set[Partition]:
         return _parts(self._c.assignment())
 
+    def group_metadata(self) -> Any:
+        """The group's metadata (generation, member): what a transaction commits
+        offsets under (:mod:`stream.kafka.transactional`)."""
+        return self._c.consumer_group_metadata()
+
     # ------------------------------------------------------------------ records
 
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:
