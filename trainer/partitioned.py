@@ -582,7 +582,8 @@ class ScaleOutTrainer:
             offsets={self.topic: offsets}, events_total=events_total, watermark=watermark,
             extra_meta={"scale_out": {
                 "group": self.settings.group, "writer": self.instance,
-                "partitions": per_part, "updates": {self.updates: dict(self.update_offsets)},
+                "partitions": per_part,
+                "updates": {self.updates: {str(p): o for p, o in self.update_offsets.items()}},
             }})
         log.info("merged snapshot %d: events_total=%d over %d partitions in %.2f s",
                  info.version, events_total, len(per_part), time.perf_counter() - t0)
