@@ -54,6 +54,7 @@ import numpy as np
 from online_models import registry
 from online_models.base import Batch, OnlineModel, learning_order
 from online_models.deltas import ItemDelta, decode_deltas, encode_deltas, unsupported
+from online_models.ownership import write_heartbeat
 from online_models.snapshot import SnapshotError, SnapshotStore
 from stream.columns import decode_columns
 from stream.events import dlq_payload
@@ -121,6 +122,10 @@ class ScaleOutTrainer:
         self.stop_event = threading.Event()
         models = {n: registry.create(n, **settings.model_params.get(n, {}))
                   for n in self.names}
+        if kafka.client != "confluent":
+            raise ValueError(
+                f"scale-out mode needs the confluent Kafka client (librdkafka transactions); "
+                f"client={kafka.client!r} has no exactly-once path here")
         bad = unsupported(models)
         if bad:
             raise ValueError(
@@ -510,6 +515,13 @@ class ScaleOutTrainer:
             self.metrics.snapshot_errors.inc()
             log.exception("partition %d snapshot failed", st.partition)
 
+    def _heartbeat(self, p: int) -> None:
+        """``partitions/<p>/OWNER``: who owns ``p`` and since when it last said so."""
+        try:
+            write_heartbeat(self.root, p, self.instance)
+        except OSError:
+            log.warning("partition %d heartbeat failed", p, exc_info=True)
+
     def checkpoint(self, force: bool = False) -> None:
         """Partition snapshots (those that moved), the item snapshot, maybe the merge."""
         self._last_snapshot = time.time()
@@ -517,6 +529,7 @@ class ScaleOutTrainer:
         for st in self.parts.values():
             if st.offset != st.snapshot_offset:
                 self._write_partition(st)
+            self._heartbeat(st.partition)
             m.partition_events_total.labels(topic=self.topic, partition=str(st.partition)
                                             ).set(st.events_total)
         try:

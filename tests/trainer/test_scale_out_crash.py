@@ -45,7 +45,8 @@ def _args(bootstrap: str, topic: str, snaps: Path, instance: str, snapshot_every
         "--bootstrap", bootstrap, "--topic", topic, "--group", f"g-{topic}",
         "--snapshots", str(snaps), "--models", "popularity,itemknn,sequence",
         "--model-params", orjson.dumps(EXACT_PARAMS).decode(), "--scale-out",
-        "--instance-id", instance, "--snapshot-every-s", str(snapshot_every_s), "--merge-every-s", "2",
+        "--instance-id", instance, "--snapshot-every-s", str(snapshot_every_s),
+        "--merge-every-s", "2",
         "--metrics-port", "-1", "--session-timeout-ms", "6000", "--idle-exit-s", "12",
     ]
 

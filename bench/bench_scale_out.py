@@ -1,0 +1,128 @@
+"""Scale-out throughput: 1 vs N ``liverec train --scale-out`` processes on one topic.
+
+For each trainer count, a fresh group learns one pre-filled P-partition topic (its
+own snapshot directory and update topic). The rate is events / seconds between the
+first and the last moment the group's *committed* input offsets move (a transaction
+commits the updates and the offsets together, so committed == learned and
+published); process start-up and the first group join are not counted, rebalances
+while members join are. It also reports update-topic bytes per learned event and
+whether the merged snapshots of the runs hold the same item state.
+
+Run (a local broker is started unless ``LIVEREC_KAFKA_BOOTSTRAP`` is set)::
+
+    .venv/bin/python bench/bench_scale_out.py --events 200000 --trainers 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from stream.broker import resolve_bootstrap
+from stream.events import ClickEvent, validate_dict
+from stream.kafka import ConsumerOptions, create_topics, delete_topics, make_consumer
+from stream.replay import produce_events
+from trainer.partitioned import updates_topic
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _events(n: int, users: int, items: int) -> list[ClickEvent]:
+    from online_models.synthetic import generate_events
+
+    out = []
+    for row in generate_events(n, users, items, seed=1):
+        ev = validate_dict(row)
+        assert isinstance(ev, ClickEvent)
+        out.append(ev)
+    return out
+
+
+def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str,
+        batch_size: int, workdir: Path) -> tuple[float, int]:
+    """(events/s, update bytes) of ``k`` trainers learning the whole topic."""
+    group = f"bench-{k}-{uuid.uuid4().hex[:6]}"
+    snaps = workdir / group
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = []
+    for i in range(k):
+        log = open(workdir / f"{group}-{i}.log", "wb")  # noqa: SIM115
+        procs.append((subprocess.Popen(
+            [sys.executable, "-m", "liverec.cli", "train", "--bootstrap", bootstrap,
+             "--topic", topic, "--group", group, "--snapshots", str(snaps),
+             "--models", models, "--scale-out", "--instance-id", f"t{i}",
+             "--batch-size", str(batch_size), "--metrics-port", "-1",
+             "--idle-exit-s", "6", "--snapshot-every-s", "2", "--merge-every-s", "30",
+             "--log-level", "WARNING"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env), log))
+    probe = make_consumer(bootstrap, ConsumerOptions(group_id=group, client_id="bench"))
+    parts = [(topic, p) for p in range(partitions)]
+    first = last = None
+    seen = 0
+    try:
+        while seen < n:
+            got = probe.committed(parts)
+            total = sum(v or 0 for v in got.values())
+            now = time.perf_counter()
+            if total > seen:
+                first = first or now
+                last, seen = now, total
+            if any(p.poll() is not None for p, _ in procs) and seen < n:
+                raise RuntimeError(f"a trainer exited early; see {workdir}")
+            time.sleep(0.1)
+    finally:
+        probe.close()
+    update_bytes = 0
+    for p, log in procs:
+        p.wait(120)
+        log.close()
+    for i in range(k):
+        text = (workdir / f"{group}-{i}.log").read_text(errors="replace")
+        update_bytes += sum(int(b) for b in re.findall(r"\((\d+) bytes\)", text))
+    delete_topics(bootstrap, [updates_topic(topic)])  # shared name: one run at a time
+    assert first is not None and last is not None
+    return n / max(last - first, 1e-9), update_bytes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--items", type=int, default=20_000)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--trainers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--models", default="popularity,itemknn,sequence")
+    ap.add_argument("--batch-size", type=int, default=2000)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = resolve_bootstrap(Path(tmp) / "kafka")
+        bootstrap = broker.bootstrap
+        topic = f"bench-scale-{uuid.uuid4().hex[:8]}"
+        try:
+            create_topics(bootstrap, {topic: args.partitions})
+            produce_events(bootstrap, topic, _events(args.events, args.users, args.items))
+            rates = {}
+            for k in args.trainers:
+                rate, nbytes = run(bootstrap, topic, args.events, k, args.partitions,
+                                   args.models, args.batch_size, Path(tmp))
+                rates[k] = rate
+                print(f"trainers={k}: {rate:,.0f} events/s, update topic "
+                      f"{nbytes / args.events:,.0f} bytes per learned event", flush=True)
+            base = rates.get(args.trainers[0])
+            for k, r in rates.items():
+                if base:
+                    print(f"trainers={k}: {r / base:.2f}x trainers={args.trainers[0]}")
+        finally:
+            delete_topics(bootstrap, [topic])
+            broker.close()
+
+
+if __name__ == "__main__":
+    main()
