@@ -490,20 +490,23 @@ class ScaleOutTrainer:
         if upd is None:
             return
         deadline = time.monotonic() + timeout_s
-        parts = [(self.updates, p) for p in self.update_offsets] or sorted(upd.assignment())
         while time.monotonic() < deadline:
-            self.apply_updates(timeout_s=0.2)
-            ends = upd.end_offsets(parts)
-            if all(self.update_offsets.get(p, 0) >= e for (_, p), e in ends.items()):
+            got = self.apply_updates(timeout_s=0.2)
+            if not got and self.update_lag() == 0:
                 return
 
     def update_lag(self) -> int:
+        """Records (transaction markers included) between the read position and the end."""
         upd = self.updates_consumer
         if upd is None:
             return 0
         parts = sorted(upd.assignment())
         ends = upd.end_offsets(parts)
-        return sum(max(0, e - self.update_offsets.get(p, 0)) for (_, p), e in ends.items())
+        lag = 0
+        for part, end in ends.items():
+            pos = upd.position(part)
+            lag += max(0, end - (pos if pos is not None else self.update_offsets.get(part[1], 0)))
+        return lag
 
     # ------------------------------------------------------------------ snapshots
 
@@ -523,7 +526,9 @@ class ScaleOutTrainer:
             log.warning("partition %d heartbeat failed", p, exc_info=True)
 
     def checkpoint(self, force: bool = False) -> None:
-        """Partition snapshots (those that moved), the item snapshot, maybe the merge."""
+        """Partition snapshots (those that moved) every ``snapshot_every_s``; the item
+        snapshot, the update lag and (owner of partition 0) the merge every
+        ``merge_every_s``."""
         self._last_snapshot = time.time()
         m = self.metrics
         for st in self.parts.values():
@@ -532,6 +537,9 @@ class ScaleOutTrainer:
             self._heartbeat(st.partition)
             m.partition_events_total.labels(topic=self.topic, partition=str(st.partition)
                                             ).set(st.events_total)
+        if not force and time.time() - self._last_merge < self.settings.merge_every_s:
+            return
+        self._last_merge = time.time()
         try:
             self.items_store.write(
                 self.models, history=merge_histories([], self.settings.history_items),
@@ -545,9 +553,7 @@ class ScaleOutTrainer:
             m.update_lag.set(self.update_lag())
         except Exception:
             log.debug("update lag not available", exc_info=True)
-        if 0 in self.parts and (force or time.time() - self._last_merge
-                                >= self.settings.merge_every_s):
-            self._last_merge = time.time()
+        if 0 in self.parts:
             try:
                 self.write_merged()
             except Exception:
