@@ -553,7 +553,9 @@ class ScaleOutTrainer:
             m.update_lag.set(self.update_lag())
         except Exception:
             log.debug("update lag not available", exc_info=True)
-        if 0 in self.parts:
+        # At shutdown every trainer merges: of trainers stopping together, the last
+        # merge written has seen every partition's final snapshot.
+        if 0 in self.parts or (force and self.parts):
             try:
                 self.write_merged()
             except Exception:
