@@ -150,6 +150,7 @@ class ScaleOutTrainer:
         self._closing = False
         self._last_snapshot = 0.0
         self._last_merge = 0.0
+        self._n_updates = 1
 
     # ------------------------------------------------------------------ start-up
 
@@ -204,6 +205,7 @@ class ScaleOutTrainer:
             client_id=f"liverec-updates-{self.instance}", isolation_level="read_committed",
             max_poll_records=1000, fetch_max_wait_ms=50))
         parts = sorted(upd.partitions_for(self.updates))
+        self._n_updates = len(parts)
         upd.assign([(self.updates, p) for p in parts])
         begin = upd.beginning_offsets([(self.updates, p) for p in parts])
         for p in parts:
@@ -287,7 +289,13 @@ class ScaleOutTrainer:
                 now = time.monotonic()
                 if len(records):
                     last_record = now
-                    self.handle(records)
+                    try:
+                        self.handle(records)
+                    except BaseException:
+                        # Part of a poll learned user-side and not committed: a snapshot
+                        # now would hold effects Kafka does not; exit without one.
+                        self._failed = True
+                        raise
                 elif not self.parts:
                     last_record = now  # idle time counts while partitions are owned
                 self.apply_updates()
@@ -300,6 +308,10 @@ class ScaleOutTrainer:
             log.exception("a transaction failed: exiting without a snapshot (the batch's "
                           "user state is not durable; a restart resumes from the last "
                           "committed transaction)")
+            raise
+        except BaseException:
+            log.exception("the scale-out trainer failed%s", ": exiting without a snapshot"
+                          if self._failed else "")
             raise
         finally:
             self._shutdown()
@@ -364,6 +376,7 @@ class ScaleOutTrainer:
         m.events_consumed.labels(topic=topic).inc(len(cols))
         messages: list[tuple[int, bytes]] = []
         commit: dict[Partition, int] = {}
+        dead: list[tuple[Any, str, int, int]] = []
         learned = 0
         for p in np.unique(parts_of).tolist():
             st = self.parts.get(p)
@@ -384,19 +397,23 @@ class ScaleOutTrainer:
                 if n:
                     messages.append((p, encode_deltas(deltas, {
                         "partition": p, "events": n, "instance": self.instance})))
+            # Rejects below the cut were dead-lettered by the previous owner already.
+            dead.extend((rej, records.topics[i], p, records.offsets[i]) for i, rej in rejects
+                        if records.partitions[i] == p and records.offsets[i] >= (cut or 0))
             st.offset = nxt
             if cut is None or nxt > cut:
                 commit[(topic, p)] = nxt
             if cut is not None and nxt >= cut:
                 st.replay_until = None
-        dead = [(rej, records.topics[i], records.partitions[i], records.offsets[i])
-                for i, rej in rejects if records.partitions[i] in self.parts
-                and (self.parts[records.partitions[i]].replay_until or 0)
-                <= records.offsets[i]]
         for rej, *_ in dead:
             m.events_rejected.labels(topic=topic, reason=rej.reason).inc()
         if commit:
-            self._transact(messages, dead, commit)
+            try:
+                self._transact(messages, dead, commit)
+            except BaseException:
+                # The user side learned what Kafka did not take: never snapshot it.
+                self._failed = True
+                raise
         self.events_learned += learned
         m.events_learned.labels(topic=topic).inc(learned)
         return learned
@@ -431,8 +448,7 @@ class ScaleOutTrainer:
                   commit: Mapping[Partition, int]) -> None:
         assert self.producer is not None and self.consumer is not None
         prod = self.producer
-        n_upd = max(1, len(self.update_offsets) or len(
-            self.updates_consumer.assignment() if self.updates_consumer else ()))
+        n_upd = max(1, self._n_updates)
         prod.begin()
         try:
             for p, msg in messages:
@@ -444,7 +460,7 @@ class ScaleOutTrainer:
                 prod.send(self.kafka.dlq_topic or f"{self.topic}.dlq", value,
                           headers=headers)
             prod.commit(commit, self.consumer)
-        except TransactionFailed:
+        except BaseException:
             self.metrics.transactions.labels(outcome="aborted").inc()
             prod.abort()
             raise
