@@ -46,9 +46,10 @@ def _events(n: int, users: int, items: int) -> list[ClickEvent]:
 
 
 def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str,
-        batch_size: int, workdir: Path) -> tuple[float, int]:
-    """(events/s, update bytes) of ``k`` trainers learning the whole topic."""
-    group = f"bench-{k}-{uuid.uuid4().hex[:6]}"
+        batch_size: int, workdir: Path, group: str | None = None) -> tuple[float, int]:
+    """(events/s, update bytes) of ``k`` trainers learning the whole topic (``n`` records)
+    into ``workdir/<group>``."""
+    group = group or f"bench-{k}-{uuid.uuid4().hex[:6]}"
     snaps = workdir / group
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = []
@@ -86,7 +87,6 @@ def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str
     for i in range(k):
         text = (workdir / f"{group}-{i}.log").read_text(errors="replace")
         update_bytes += sum(int(b) for b in re.findall(r"\((\d+) bytes\)", text))
-    delete_topics(bootstrap, [updates_topic(topic)])  # shared name: one run at a time
     assert first is not None and last is not None
     return n / max(last - first, 1e-9), update_bytes
 
@@ -112,6 +112,7 @@ def main() -> None:
             for k in args.trainers:
                 rate, nbytes = run(bootstrap, topic, args.events, k, args.partitions,
                                    args.models, args.batch_size, Path(tmp))
+                delete_topics(bootstrap, [updates_topic(topic)])  # one name: one run at a time
                 rates[k] = rate
                 print(f"trainers={k}: {rate:,.0f} events/s, update topic "
                       f"{nbytes / args.events:,.0f} bytes per learned event", flush=True)
