@@ -204,7 +204,9 @@ class TrainerMetrics:
             _P + "partition_owned", "1 for each input partition this trainer owns now.",
             ["topic", "partition"], registry=r)
         self.partition_events_total = Gauge(
-            _P + "partition_events_total", "Events learned from a partition (all owners).",
+            _P + "partition_events_total",
+            "Events of an input partition the item state holds (every owner's, counted "
+            "from the update topic): the model's coverage of each partition.",
             ["topic", "partition"], registry=r)
         self.update_lag = Gauge(
             _P + "update_lag_records",

@@ -135,6 +135,8 @@ class ScaleOutTrainer:
         self.models: dict[str, OnlineModel] = models
         self.parts: dict[int, PartitionState] = {}
         self.update_offsets: dict[int, int] = {}
+        #: events of each input partition the item state holds (from the update topic)
+        self.coverage: dict[int, int] = {}
         self.items_store = SnapshotStore(self.root / "items" / self.instance,
                                          keep=settings.keep_snapshots)
         self.merged_store = SnapshotStore(self.root, keep=settings.keep_snapshots)
@@ -187,6 +189,7 @@ class ScaleOutTrainer:
         for model in self.models.values():  # user state comes per partition
             model.forget_users([u for u in model.users.ids if u])  # type: ignore[attr-defined]
         self.update_offsets = dict(snap.offsets.get(self.updates, {}))
+        self.coverage = {int(p): int(n) for p, n in snap.extra_meta.get("coverage", {}).items()}
         log.info("item state from %s (update offsets %s)", snap.path, self.update_offsets)
 
     def _open_kafka(self) -> None:
@@ -494,8 +497,10 @@ class ScaleOutTrainer:
                     self.models[name].apply_delta(d)  # type: ignore[attr-defined]
             part = meta.get("partition")
             if part is not None:
+                n = self.coverage[int(part)] = self.coverage.get(int(part), 0) + int(
+                    meta.get("events", 0))
                 self.metrics.partition_events_total.labels(
-                    topic=self.topic, partition=str(part)).inc(int(meta.get("events", 0)))
+                    topic=self.topic, partition=str(part)).set(n)
             self.metrics.update_bytes.labels(direction="in").inc(len(value))
         self.metrics.update_messages.labels(direction="in").inc(len(got))
         return len(got)
@@ -551,8 +556,6 @@ class ScaleOutTrainer:
             if st.offset != st.snapshot_offset:
                 self._write_partition(st)
             self._heartbeat(st.partition)
-            m.partition_events_total.labels(topic=self.topic, partition=str(st.partition)
-                                            ).set(st.events_total)
         if not force and time.time() - self._last_merge < self.settings.merge_every_s:
             return
         self._last_merge = time.time()
@@ -561,7 +564,8 @@ class ScaleOutTrainer:
                 self.models, history=merge_histories([], self.settings.history_items),
                 offsets={self.updates: dict(self.update_offsets)},
                 events_total=0, watermark=None,
-                extra_meta={"instance": self.instance, "kind": "items"})
+                extra_meta={"instance": self.instance, "kind": "items",
+                            "coverage": {str(p): n for p, n in self.coverage.items()}})
         except Exception:
             m.snapshot_errors.inc()
             log.exception("item snapshot failed")
@@ -620,6 +624,7 @@ class ScaleOutTrainer:
             extra_meta={"scale_out": {
                 "group": self.settings.group, "writer": self.instance,
                 "partitions": per_part,
+                "item_coverage": {str(p): n for p, n in sorted(self.coverage.items())},
                 "updates": {self.updates: {str(p): o for p, o in self.update_offsets.items()}},
             }})
         log.info("merged snapshot %d: events_total=%d over %d partitions in %.2f s",
