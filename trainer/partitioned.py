@@ -153,6 +153,7 @@ class ScaleOutTrainer:
         self._last_snapshot = 0.0
         self._last_merge = 0.0
         self._n_updates = 1
+        self._update_lag: int | None = None
 
     # ------------------------------------------------------------------ start-up
 
@@ -570,7 +571,8 @@ class ScaleOutTrainer:
             m.snapshot_errors.inc()
             log.exception("item snapshot failed")
         try:
-            m.update_lag.set(self.update_lag())
+            self._update_lag = self.update_lag()
+            m.update_lag.set(self._update_lag)
         except Exception:
             log.debug("update lag not available", exc_info=True)
         # At shutdown every trainer merges: of trainers stopping together, the last
@@ -625,6 +627,8 @@ class ScaleOutTrainer:
                 "group": self.settings.group, "writer": self.instance,
                 "partitions": per_part,
                 "item_coverage": {str(p): n for p, n in sorted(self.coverage.items())},
+                "writer_update_lag_records": self._update_lag,
+                "writer_partitions": sorted(self.parts),
                 "updates": {self.updates: {str(p): o for p, o in self.update_offsets.items()}},
             }})
         log.info("merged snapshot %d: events_total=%d over %d partitions in %.2f s",

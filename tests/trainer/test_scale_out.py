@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from online_models.snapshot import SnapshotStore
-from stream.kafka import delete_topics
+from stream.kafka import KafkaClientError, delete_topics
+from stream.kafka.transactional import TransactionalProducer
 from stream.replay import produce_events
 from stream.settings import KafkaSettings
 from tests.trainer.helpers import synthetic_events
@@ -113,6 +114,16 @@ def test_location_modes_refuse_each_other(tmp_path: Path) -> None:
     with pytest.raises(SnapshotLocationBusy, match="single-process trainer is writing"):
         lock_location(root, {}, shared=True, group="g", topic="t")
     single.close()
+
+
+def test_kafka_python_is_refused(tmp_path: Path) -> None:
+    s = TrainerSettings(models="popularity", scale_out=True, snapshots=tmp_path)
+    with pytest.raises(ValueError, match="needs the confluent Kafka client"):
+        ScaleOutTrainer(s, KafkaSettings(bootstrap="localhost:1", topic="t",
+                                         client="kafka-python"))
+    with pytest.raises(KafkaClientError, match="need the confluent client"):
+        TransactionalProducer(KafkaSettings(bootstrap="localhost:1", client="kafka-python"),
+                              "tx")
 
 
 def test_models_without_deltas_are_refused(tmp_path: Path) -> None:
