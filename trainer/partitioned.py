@@ -216,6 +216,8 @@ class ScaleOutTrainer:
             upd.seek((self.updates, p), max(self.update_offsets.get(p, 0),
                                             begin[(self.updates, p)]))
         self.updates_consumer = upd
+        # Catch up before joining: merges and item snapshots then start complete.
+        self.drain_updates(60.0)
         self.consumer = ConfluentConsumer(k, ConsumerOptions(
             group_id=s.group, client_id=f"liverec-trainer-{self.instance}",
             session_timeout_ms=s.session_timeout_ms,
@@ -328,7 +330,7 @@ class ScaleOutTrainer:
     def _shutdown(self) -> None:
         try:
             if not self._failed and self.consumer is not None:
-                self.drain_updates(5.0)
+                self.drain_updates(60.0)
                 self.checkpoint(force=True)
         finally:
             self._closing = True
@@ -506,16 +508,21 @@ class ScaleOutTrainer:
         self.metrics.update_messages.labels(direction="in").inc(len(got))
         return len(got)
 
-    def drain_updates(self, timeout_s: float) -> None:
-        """Apply updates until the update topic is read to its end (or ``timeout_s``)."""
+    def drain_updates(self, timeout_s: float) -> bool:
+        """Apply updates until the update topic is read to its end (or ``timeout_s``);
+        returns whether the end was reached."""
         upd = self.updates_consumer
         if upd is None:
-            return
+            return False
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             got = self.apply_updates(timeout_s=0.2)
             if not got and self.update_lag() == 0:
-                return
+                return True
+        log.warning("the update topic was not read to its end within %.0f s (%d records "
+                    "left): the last item snapshot and merge lag behind", timeout_s,
+                    self.update_lag())
+        return False
 
     def update_lag(self) -> int:
         """Records (transaction markers included) between the read position and the end."""
