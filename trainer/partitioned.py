@@ -210,11 +210,10 @@ class ScaleOutTrainer:
             max_poll_records=1000, fetch_max_wait_ms=50))
         parts = sorted(upd.partitions_for(self.updates))
         self._n_updates = len(parts)
-        upd.assign([(self.updates, p) for p in parts])
         begin = upd.beginning_offsets([(self.updates, p) for p in parts])
-        for p in parts:
-            upd.seek((self.updates, p), max(self.update_offsets.get(p, 0),
-                                            begin[(self.updates, p)]))
+        # Every partition from the restored item snapshot's offset, in one assign.
+        upd.assign_at({(self.updates, p): max(self.update_offsets.get(p, 0),
+                                              begin[(self.updates, p)]) for p in parts})
         self.updates_consumer = upd
         # Catch up before joining: merges and item snapshots then start complete.
         self.drain_updates(60.0)

@@ -184,6 +184,14 @@ class ConfluentConsumer:
     def assignment(self) -> set[Partition]:
         return _parts(self._c.assignment())
 
+    def assign_at(self, offsets: Mapping[Partition, int]) -> None:
+        """Read exactly these partitions, each from its given offset (one assign: seeks
+        right after :meth:`assign` would restart partitions not yet fetching)."""
+        try:
+            self._c.assign([_tp(p, o) for p, o in offsets.items()])
+        except ck.KafkaException as exc:
+            raise _wrap(exc, "assign") from exc
+
     def group_metadata(self) -> Any:
         """The group's metadata (generation, member): what a transaction commits
         offsets under (:mod:`stream.kafka.transactional`)."""

@@ -13,9 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Producer
 
 from online_models.snapshot import SnapshotStore
-from stream.kafka import KafkaClientError, delete_topics
+from stream.kafka import ConsumerOptions, KafkaClientError, delete_topics
+from stream.kafka.confluent import ConfluentConsumer
 from stream.kafka.transactional import TransactionalProducer
 from stream.replay import produce_events
 from stream.settings import KafkaSettings
@@ -98,6 +100,32 @@ def test_two_trainers_in_one_group_equal_one_trainer(
         assert set(info["partitions"]) == {"0", "1", "2", "3"}
     finally:
         delete_topics(kafka_bootstrap, [updates_topic(topic)])
+
+
+def test_update_reader_starts_every_partition_at_its_offset(
+    kafka_bootstrap: str, new_topic: Callable[..., str]
+) -> None:
+    """Regression: seeks right after assign restarted the other partitions at 0, so a
+    restored item state re-applied updates it already held."""
+    topic = new_topic(partitions=3)
+    raw = Producer({"bootstrap.servers": kafka_bootstrap})
+    for p in range(3):
+        for i in range(10):
+            raw.produce(topic, f"{p}-{i}".encode(), partition=p)
+    assert raw.flush(30) == 0
+    c = ConfluentConsumer(KafkaSettings(bootstrap=kafka_bootstrap), ConsumerOptions())
+    try:
+        c.assign_at({(topic, 0): 4, (topic, 1): 7, (topic, 2): 0})
+        got: dict[int, list[int]] = {0: [], 1: [], 2: []}
+        for _ in range(100):
+            batch = c.poll_batch(100, 0.5)
+            for p, o in zip(batch.partitions, batch.offsets, strict=True):
+                got[p].append(o)
+            if sum(map(len, got.values())) >= 6 + 3 + 10:
+                break
+        assert got == {0: list(range(4, 10)), 1: list(range(7, 10)), 2: list(range(10))}
+    finally:
+        c.close()
 
 
 def test_location_modes_refuse_each_other(tmp_path: Path) -> None:
