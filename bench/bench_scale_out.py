@@ -1,12 +1,13 @@
 """Scale-out throughput: 1 vs N ``liverec train --scale-out`` processes on one topic.
 
 For each trainer count, a fresh group learns one pre-filled P-partition topic (its
-own snapshot directory and update topic). The rate is events / seconds between the
-first and the last moment the group's *committed* input offsets move (a transaction
-commits the updates and the offsets together, so committed == learned and
-published); process start-up and the first group join are not counted, rebalances
-while members join are. It also reports update-topic bytes per learned event and
-whether the merged snapshots of the runs hold the same item state.
+own snapshot directory and update topic). Progress is the group's *committed* input
+offsets (a transaction commits the updates and the offsets together, so committed ==
+learned and published), sampled every 0.1 s. Two rates: **overall**, events over the
+seconds between the first and the last move (the rebalances while members join
+included), and **steady**, events committed after the last member's last partition
+assignment over the seconds from then to the end (all members learning). It also
+reports update-topic bytes per learned event (accuracy: bench_scale_out_accuracy.py).
 
 Run (a local broker is started unless ``LIVEREC_KAFKA_BOOTSTRAP`` is set)::
 
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 from stream.broker import resolve_bootstrap
@@ -45,10 +47,20 @@ def _events(n: int, users: int, items: int) -> list[ClickEvent]:
     return out
 
 
+def _assigned_at(text: str) -> list[float]:
+    """Wall-clock times of the "assigned partition" log lines of a trainer log."""
+    out = []
+    for stamp in re.findall(r"^(\S+ \S+) INFO trainer\.partitioned: assigned partition",
+                            text, flags=re.M):
+        out.append(datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp())
+    return out
+
+
 def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str,
-        batch_size: int, workdir: Path, group: str | None = None) -> tuple[float, int]:
-    """(events/s, update bytes) of ``k`` trainers learning the whole topic (``n`` records)
-    into ``workdir/<group>``."""
+        batch_size: int, workdir: Path, group: str | None = None
+        ) -> tuple[float, float, int]:
+    """(overall events/s, steady events/s, update bytes) of ``k`` trainers learning the
+    whole topic (``n`` records) into ``workdir/<group>``."""
     group = group or f"bench-{k}-{uuid.uuid4().hex[:6]}"
     snaps = workdir / group
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -61,34 +73,40 @@ def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str
              "--models", models, "--scale-out", "--instance-id", f"t{i}",
              "--batch-size", str(batch_size), "--metrics-port", "-1",
              "--idle-exit-s", "6", "--snapshot-every-s", "2", "--merge-every-s", "30",
-             "--log-level", "WARNING"],
+             "--log-level", "INFO"],
             stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env), log))
     probe = make_consumer(bootstrap, ConsumerOptions(group_id=group, client_id="bench"))
     parts = [(topic, p) for p in range(partitions)]
-    first = last = None
+    samples: list[tuple[float, int]] = []
     seen = 0
     try:
         while seen < n:
             got = probe.committed(parts)
             total = sum(v or 0 for v in got.values())
-            now = time.perf_counter()
             if total > seen:
-                first = first or now
-                last, seen = now, total
+                seen = total
+                samples.append((time.time(), total))
             if any(p.poll() is not None for p, _ in procs) and seen < n:
                 raise RuntimeError(f"a trainer exited early; see {workdir}")
             time.sleep(0.1)
     finally:
         probe.close()
     update_bytes = 0
+    assigned: list[float] = []
     for p, log in procs:
         p.wait(120)
         log.close()
     for i in range(k):
         text = (workdir / f"{group}-{i}.log").read_text(errors="replace")
         update_bytes += sum(int(b) for b in re.findall(r"\((\d+) bytes\)", text))
-    assert first is not None and last is not None
-    return n / max(last - first, 1e-9), update_bytes
+        assigned.extend(_assigned_at(text))
+    (t0, _), (t1, _) = samples[0], samples[-1]
+    overall = n / max(t1 - t0, 1e-9)
+    last = max((t for t in assigned if t <= t1), default=t0)
+    before = max((c for t, c in samples if t <= last), default=0)
+    start = min((t for t, _ in samples if t >= last), default=t1)
+    steady = (n - before) / max(t1 - max(last, min(start, t1)), 1e-9)
+    return overall, steady, update_bytes
 
 
 def main() -> None:
@@ -110,16 +128,18 @@ def main() -> None:
             produce_events(bootstrap, topic, _events(args.events, args.users, args.items))
             rates = {}
             for k in args.trainers:
-                rate, nbytes = run(bootstrap, topic, args.events, k, args.partitions,
-                                   args.models, args.batch_size, Path(tmp))
+                overall, steady, nbytes = run(bootstrap, topic, args.events, k,
+                                              args.partitions, args.models,
+                                              args.batch_size, Path(tmp))
                 delete_topics(bootstrap, [updates_topic(topic)])  # one name: one run at a time
-                rates[k] = rate
-                print(f"trainers={k}: {rate:,.0f} events/s, update topic "
-                      f"{nbytes / args.events:,.0f} bytes per learned event", flush=True)
-            base = rates.get(args.trainers[0])
-            for k, r in rates.items():
-                if base:
-                    print(f"trainers={k}: {r / base:.2f}x trainers={args.trainers[0]}")
+                rates[k] = (overall, steady)
+                print(f"trainers={k}: overall {overall:,.0f} events/s, steady {steady:,.0f} "
+                      f"events/s, update topic {nbytes / args.events:,.0f} bytes per learned "
+                      "event", flush=True)
+            b_over, b_steady = rates[args.trainers[0]]
+            for k, (o, st) in rates.items():
+                print(f"trainers={k}: overall {o / b_over:.2f}x, steady {st / b_steady:.2f}x "
+                      f"trainers={args.trainers[0]}")
         finally:
             delete_topics(bootstrap, [topic])
             broker.close()

@@ -165,20 +165,28 @@ class ScaleOutTrainer:
 
     def _restore_items(self) -> None:
         """The most advanced item snapshot of any instance (all are folds of one log)."""
-        best = None
+        ranked: list[tuple[int, SnapshotStore]] = []
         base = self.root / "items"
         for d in sorted(base.iterdir()) if base.is_dir() else []:
             store = SnapshotStore(d)
             try:
+                manifest = store.read_manifest()
+            except (SnapshotError, OSError, ValueError) as exc:
+                log.info("no readable item snapshot in %s: %s", d, exc)
+                continue
+            done = sum(int(o) for o in manifest.get("offsets", {}).get(self.updates, {})
+                       .values())
+            ranked.append((done, store))
+        best = None
+        for _, store in sorted(ranked, key=lambda r: r[0], reverse=True):
+            try:
                 snap = store.load_latest_valid()
             except (SnapshotError, OSError) as exc:
-                log.warning("item snapshots in %s unreadable: %s", d, exc)
+                log.warning("item snapshots in %s unreadable: %s", store.root, exc)
                 continue
-            if snap is None:
-                continue
-            done = sum(snap.offsets.get(self.updates, {}).values())
-            if best is None or done > best[0]:
-                best = (done, snap)
+            if snap is not None:
+                best = (0, snap)
+                break
         if best is None:
             log.info("no item snapshot: item state starts empty")
             return
