@@ -80,12 +80,28 @@ def train(
         "--item-features-topic",
         help="compacted item-features topic to read (e.g. clicks.item_features, what "
              "`liverec features publish` writes) [LIVEREC_ITEM_FEATURES_TOPIC]")] = None,
+    scale_out: Annotated[bool | None, typer.Option(
+        "--scale-out/--single",
+        help="scale-out mode: run N trainers with the same --group and --snapshots on a "
+             "topic of >= N partitions; each owns the users of its partitions and they "
+             "share item state through <topic>.updates (exactly once, Kafka transactions; "
+             "confluent client; popularity, itemknn, sequence only) [LIVEREC_SCALE_OUT]")
+    ] = None,
+    instance_id: Annotated[str | None, typer.Option(
+        help="scale-out: this trainer's stable name, unique in the group; restart a "
+             "crashed trainer with the same one (default: host name) "
+             "[LIVEREC_INSTANCE_ID]")] = None,
+    merge_every_s: Annotated[float | None, typer.Option(
+        help="scale-out: seconds between merged (servable) snapshots "
+             "[LIVEREC_MERGE_EVERY_S]")] = None,
     log_level: Annotated[str, typer.Option(help="logging level")] = "INFO",
 ) -> None:
     """Consume clicks, evaluate a sample prequentially, learn, snapshot, commit; serve /metrics.
 
     One process is one member of the consumer group --group and the only writer of
-    --snapshots. Runs until SIGTERM/SIGINT (then: a last snapshot, its offsets
+    --snapshots. With --scale-out, N processes share --group and --snapshots (each with
+    its own --instance-id) and build one model: `liverec serve --snapshots` on that
+    location serves the merged model. Runs until SIGTERM/SIGINT (then: a last snapshot, its offsets
     committed, the group left) or a --max-* limit. Security (SASL/TLS) comes from the
     LIVEREC_KAFKA_SECURITY_PROTOCOL, LIVEREC_KAFKA_SASL_* and LIVEREC_KAFKA_SSL_*
     variables; the flood guard from LIVEREC_FLOOD_*.
@@ -117,6 +133,7 @@ def train(
             "prefetch_batches": prefetch_batches, "session_timeout_ms": session_timeout_ms,
             "item_features": item_features, "item_features_preset": item_features_preset,
             "item_features_topic": item_features_topic,
+            "scale_out": scale_out, "instance_id": instance_id, "merge_every_s": merge_every_s,
         }.items()
         if v is not None
     }
@@ -143,6 +160,13 @@ def train(
             settings.metrics_port, addr=settings.metrics_addr, registry=metrics.registry
         )
         log.info("metrics on http://%s:%d/metrics", settings.metrics_addr, server.server_port)
+    if settings.scale_out:
+        try:
+            _run_scale_out(settings, kafka, metrics)
+        finally:
+            if server is not None:
+                server.shutdown()
+        return
     try:
         result = Trainer(settings, kafka, metrics).run()
     except SnapshotLocationBusy as exc:
@@ -156,6 +180,31 @@ def train(
         f"duplicates {result.duplicates}, rejected {result.rejected}) in "
         f"{result.seconds:.1f} s; snapshot {result.snapshot_version}"
     )
+
+
+def _run_scale_out(settings: Any, kafka: Any, metrics: Any) -> None:
+    from stream.kafka import KafkaClientError
+    from trainer.checkpoint import SnapshotLocationBusy
+    from trainer.partitioned import ScaleOutTrainer
+
+    try:
+        trainer = ScaleOutTrainer(settings, kafka, metrics)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        result = trainer.run()
+    except SnapshotLocationBusy as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except KafkaClientError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(3) from None
+    typer.echo(
+        f"learned {result.events_learned} events (+{result.events_replayed} re-learned "
+        f"user-side after a takeover), {result.updates_published} update messages "
+        f"({result.update_bytes} bytes) in {result.transactions} transactions, "
+        f"{result.seconds:.1f} s")
 
 
 def register(app: typer.Typer) -> None:

@@ -38,7 +38,16 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import scipy.sparse as sp
 
-from online_models.base import Batch, IdIndex, ModelState, OnlineModel, grow_rows
+from online_models.base import (
+    Batch,
+    IdIndex,
+    ModelState,
+    OnlineModel,
+    grow_rows,
+    pack_strings,
+    unpack_strings,
+)
+from online_models.deltas import ItemDelta
 
 __all__ = ["CoOccurrenceModel", "ItemKNN"]
 
@@ -266,6 +275,22 @@ class CoOccurrenceModel(OnlineModel):
 
         self._counts = grow_rows(self._counts, self.items.capacity, 0.0, min_capacity=16)
         np.add.at(self._counts, i, fw)
+        src, dst, m = self._window_pairs(u, i, t, fw)
+        self._add_pairs(src, dst, m)
+
+    def _add_pairs(self, src: np.ndarray, dst: np.ndarray, m: np.ndarray) -> None:
+        if self.symmetric:
+            self._pairs.add(
+                np.concatenate((src, dst)), np.concatenate((dst, src)), np.concatenate((m, m))
+            )
+        else:
+            self._pairs.add(src, dst, m)
+
+    def _window_pairs(
+        self, u: np.ndarray, i: np.ndarray, t: np.ndarray, fw: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pairs ``(partner, item, mass)`` of a batch; moves the users' windows on."""
+        n = len(u)
         self._win_items = grow_rows(self._win_items, self.users.capacity, -1, min_capacity=16)
         self._win_times = grow_rows(self._win_times, self.users.capacity, 0.0, min_capacity=16)
 
@@ -303,16 +328,95 @@ class CoOccurrenceModel(OnlineModel):
         src = partner[ok]
         dst = np.broadcast_to(item, partner.shape)[ok]
         m = mass[ok]
-        if self.symmetric:
-            self._pairs.add(
-                np.concatenate((src, dst)), np.concatenate((dst, src)), np.concatenate((m, m))
-            )
-        else:
-            self._pairs.add(src, dst, m)
 
         last_idx = (offsets + counts)[:, None] + np.arange(W)
         self._win_items[group_users] = seq_items[last_idx]
         self._win_times[group_users] = seq_times[last_idx]
+        return src, dst, m
+
+    # ------------------------------------------------------------------ scale-out
+    # (online_models.deltas.SharesItemState: several trainers, one item state)
+
+    def learn_local(self, batch: Batch) -> ItemDelta:
+        """Move the batch's users' windows on; return its counts and pairs as a delta.
+
+        Masses are decayed to the batch's latest event time ``t_ref``; pairs go one
+        way only (a symmetric model mirrors them in :meth:`apply_delta`).
+        """
+        n = len(batch)
+        if n == 0:
+            return ItemDelta([])
+        u = self.users.add_many(batch.users)
+        i = self.items.add_many(batch.items)
+        t = np.asarray(batch.timestamps, np.float64)
+        t_ref = float(t.max())
+        w = np.asarray(batch.weights, np.float64)
+        if self.weight_power != 1.0:
+            w = w**self.weight_power
+        if self.half_life_seconds is not None:
+            w = w * np.exp2((t - t_ref) / self.half_life_seconds)
+        src, dst, m = self._window_pairs(u, i, t, w)
+        rows = np.unique(np.concatenate((i, src, dst)))
+        ids = self.items.ids
+        names = [str(ids[r]) for r in rows.tolist()]
+        counts = np.bincount(np.searchsorted(rows, i), weights=w, minlength=len(rows))
+        keys = (np.searchsorted(rows, src).astype(np.int64) << _SHIFT) | np.searchsorted(
+            rows, dst).astype(np.int64)
+        order = np.argsort(keys, kind="stable")
+        keys, mass = _sum_sorted(keys[order], m[order])
+        return ItemDelta(names, {"counts": counts, "pairs.keys": keys, "pairs.values": mass},
+                         t_ref)
+
+    def apply_delta(self, delta: ItemDelta) -> None:
+        """Add a :meth:`learn_local` delta (this trainer's or another's)."""
+        if not len(delta) or delta.t_ref is None:
+            return
+        rows = self.items.add_many(delta.items)
+        self._maybe_rescale(delta.t_ref)
+        self._watermark = max(self._watermark, delta.t_ref)
+        factor = float(self._forward(np.asarray([delta.t_ref]))[0])
+        self._counts = grow_rows(self._counts, self.items.capacity, 0.0, min_capacity=16)
+        self._counts[rows] += np.asarray(delta.arrays["counts"], np.float64) * factor
+        keys = np.asarray(delta.arrays["pairs.keys"], np.int64)
+        src, dst = rows[keys >> _SHIFT], rows[keys & _LOW]
+        self._add_pairs(src, dst, np.asarray(delta.arrays["pairs.values"], np.float64) * factor)
+
+    def user_state(self, users: Sequence[str]) -> dict[str, np.ndarray]:
+        """The windows of ``users`` (those this model knows), items as string ids."""
+        known = [u for u in users if u in self.users]
+        rows = self.users.rows(known)
+        rows = rows[rows < len(self._win_items)]
+        win = self._win_items[rows] if len(rows) else np.full((0, self.window), -1, np.int64)
+        times = self._win_times[rows] if len(rows) else np.zeros((0, self.window))
+        used = np.unique(win[win >= 0])
+        ids = self.items.ids
+        udata, uoff = pack_strings([str(self.users.ids[r]) for r in rows.tolist()])
+        idata, ioff = pack_strings([str(ids[r]) for r in used.tolist()])
+        local = np.where(win >= 0, np.searchsorted(used, win), -1)
+        return {"users.data": udata, "users.offsets": uoff, "items.data": idata,
+                "items.offsets": ioff, "window.items": local.astype(np.int64),
+                "window.times": np.asarray(times, np.float64)}
+
+    def load_user_state(self, arrays: Mapping[str, np.ndarray]) -> None:
+        users = unpack_strings(arrays["users.data"], arrays["users.offsets"])
+        if not users:
+            return
+        items = unpack_strings(arrays["items.data"], arrays["items.offsets"])
+        u = self.users.add_many(users)
+        i = self.items.add_many(items) if items else np.zeros(0, np.int64)
+        self._counts = grow_rows(self._counts, self.items.capacity, 0.0, min_capacity=16)
+        self._win_items = grow_rows(self._win_items, self.users.capacity, -1, min_capacity=16)
+        self._win_times = grow_rows(self._win_times, self.users.capacity, 0.0, min_capacity=16)
+        local = np.asarray(arrays["window.items"], np.int64).reshape(len(users), self.window)
+        self._win_items[u] = np.where(local >= 0, i[np.maximum(local, 0)] if len(i) else -1, -1)
+        self._win_times[u] = np.asarray(arrays["window.times"], np.float64).reshape(
+            len(users), self.window)
+
+    def forget_users(self, users: Sequence[str]) -> None:
+        rows = self.users.rows(list(users))
+        rows = rows[(rows >= 0) & (rows < len(self._win_items))]
+        self._win_items[rows] = -1
+        self._win_times[rows] = 0.0
 
     # ------------------------------------------------------------------ scoring
     def _query(

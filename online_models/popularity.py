@@ -15,7 +15,16 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from online_models.base import Batch, IdIndex, ModelState, OnlineModel, top_k
+from online_models.base import (
+    Batch,
+    IdIndex,
+    ModelState,
+    OnlineModel,
+    pack_strings,
+    top_k,
+    unpack_strings,
+)
+from online_models.deltas import ItemDelta
 
 __all__ = ["Popularity"]
 
@@ -76,6 +85,56 @@ class Popularity(OnlineModel):
         if hl is not None and self._t0 is not None:
             w = w * np.exp2((t - self._t0) / hl)
         np.add.at(self._mass, rows, w)
+
+    # ------------------------------------------------------------------ scale-out
+    # (online_models.deltas.SharesItemState: several trainers, one item state)
+
+    def learn_local(self, batch: Batch) -> ItemDelta:
+        """Record the batch's users; return its item mass, decayed to its latest time."""
+        if len(batch) == 0:
+            return ItemDelta([])
+        self.users.add_many(batch.users)
+        t = np.asarray(batch.timestamps, np.float64)
+        t_ref = float(t.max())
+        w = np.asarray(batch.weights, np.float64)
+        if self.half_life_seconds is not None:
+            w = w * np.exp2((t - t_ref) / self.half_life_seconds)
+        keys, inv = np.unique(np.asarray(batch.items, dtype=str), return_inverse=True)
+        mass = np.bincount(inv.ravel(), weights=w, minlength=len(keys))
+        return ItemDelta(keys.tolist(), {"mass": mass}, t_ref)
+
+    def apply_delta(self, delta: ItemDelta) -> None:
+        """Add a :meth:`learn_local` delta (this trainer's or another's)."""
+        if not len(delta) or delta.t_ref is None:
+            return
+        rows = self.items.add_many(delta.items)
+        t_ref = delta.t_ref
+        hl = self.half_life_seconds
+        factor = 1.0
+        if hl is not None:
+            if self._t0 is None:
+                self._t0 = t_ref
+            steps = np.floor((t_ref - self._t0) / hl)
+            if steps > _MAX_EXP:
+                self._mass *= float(np.exp2(-steps))
+                self._t0 += float(steps) * hl
+            factor = float(np.exp2((t_ref - self._t0) / hl))
+        self._watermark = max(self._watermark, t_ref)
+        if len(self._mass) < self.items.capacity:
+            grown = np.zeros(max(16, 2 * self.items.capacity), np.float64)
+            grown[: len(self._mass)] = self._mass
+            self._mass = grown
+        np.add.at(self._mass, rows, np.asarray(delta.arrays["mass"], np.float64) * factor)
+
+    def user_state(self, users: Sequence[str]) -> dict[str, np.ndarray]:
+        data, offsets = pack_strings([u for u in users if u in self.users])
+        return {"users.data": data, "users.offsets": offsets}
+
+    def load_user_state(self, arrays: Mapping[str, np.ndarray]) -> None:
+        self.users.add_many(unpack_strings(arrays["users.data"], arrays["users.offsets"]))
+
+    def forget_users(self, users: Sequence[str]) -> None:
+        """Nothing per user is learned here beyond the (count-only) user index."""
 
     def _decayed(self) -> np.ndarray:
         """Counts decayed to the watermark (the latest event time seen)."""

@@ -20,6 +20,7 @@ DEGRADED_REASONS: tuple[str, ...] = (
     "no_snapshot",
     "kafka_tail_disconnected",
     "kafka_producer_unavailable",
+    "partition_unowned",
 )
 
 
@@ -211,6 +212,12 @@ class ServingMetrics:
         )
         for reason in DEGRADED_REASONS:
             self.degraded.labels(reason=reason)
+        self.partitions_unowned = Gauge(
+            "liverec_serving_partitions_unowned",
+            "Input partitions of a scale-out snapshot location whose trainer heartbeat is "
+            "older than partition_owner_timeout_s (their users are not being learned).",
+            registry=r,
+        )
         self.rate_limited = Counter(
             "liverec_serve_rate_limited",
             "Requests refused with 429 by scope (read, write, ops; auth: key checks).",

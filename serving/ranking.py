@@ -887,4 +887,6 @@ class LoadedSnapshot:
                 for name, meta in m.get("models", {}).items()
             },
             "metrics": m.get("metrics", {}),
+            # scale-out merged snapshots: per partition events, offset, owner, age
+            "scale_out": m.get("extra_meta", {}).get("scale_out"),
         }

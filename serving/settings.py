@@ -115,6 +115,9 @@ class ServeSettings(BaseSettings):
     )
 
     snapshots: Path = Path("snapshots")
+    #: scale-out locations: a partition whose trainer heartbeat is older than this is
+    #: reported unowned (/readyz detail, ``liverec_serving_partitions_unowned``)
+    partition_owner_timeout_s: float = Field(default=60.0, gt=0)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from online_models.ownership import unowned_partitions
 from online_models.snapshot import SnapshotError, SnapshotStore
 from serving.content import ContentIndex, snapshot_features
 from serving.ingest import EventProducer, Ingestor
@@ -277,6 +278,18 @@ class ServingState:
             )
         }
         degraded = {"no_snapshot": cur is None}
+        unowned = self._unowned_partitions()
+        if unowned is not None:
+            deps["partitions"] = {"state": "unowned" if unowned else "owned"}
+            if unowned:
+                deps["partitions"]["unowned"] = {
+                    str(p): (None if age is None else round(age, 1))
+                    for p, age in unowned.items()}
+                deps["partitions"]["reason"] = (
+                    f"no trainer heartbeat for over {s.partition_owner_timeout_s:.0f} s: "
+                    "these partitions' users are not being learned")
+        degraded["partition_unowned"] = bool(unowned)
+        self.metrics.partitions_unowned.set(len(unowned or {}))
         if s.bootstrap:
             tail = self.tail
             tail_state = tail.state if tail is not None else "stopped"
@@ -302,6 +315,22 @@ class ServingState:
         kafka_down = degraded["kafka_tail_disconnected"] or degraded["kafka_producer_unavailable"]
         ready = cur is not None and not (kafka_down and s.ready_requires_kafka)
         return ready, deps
+
+    def _unowned_partitions(self) -> dict[int, float | None] | None:
+        """Unowned partitions of a scale-out location (None: not a scale-out location)."""
+        root = self.settings.snapshots
+        if not (root / "partitions").is_dir():
+            return None
+        cur = self.current
+        known: list[int] = []
+        if cur is not None:
+            parts = cur.manifest.get("extra_meta", {}).get("scale_out", {}).get("partitions", {})
+            known = [int(p) for p in parts]
+        try:
+            return unowned_partitions(root, self.settings.partition_owner_timeout_s, known)
+        except OSError:
+            log.warning("cannot read partition heartbeats under %s", root, exc_info=True)
+            return None
 
     # ------------------------------------------------------------------ gauges
     def update_gauges(self, now: float | None = None) -> None:

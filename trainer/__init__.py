@@ -6,7 +6,10 @@
 * :mod:`trainer.adaptation` -- drift adaptation of declared hyperparameters;
 * :mod:`trainer.dedup` -- the durable de-duplication window;
 * :mod:`trainer.metrics` -- every ``liverec_trainer_*`` metric;
-* :mod:`trainer.settings` -- :class:`TrainerSettings`.
+* :mod:`trainer.settings` -- :class:`TrainerSettings`;
+* :mod:`trainer.partitioned` -- scale-out mode (``--scale-out``): N trainers, one model,
+  item updates through ``<topic>.updates`` in Kafka transactions;
+* :mod:`trainer.partition_state` -- per-partition user state and its snapshots.
 """
 
 from trainer.dedup import DedupWindow

@@ -47,31 +47,81 @@ class SnapshotLocationBusy(RuntimeError):
     """Another live trainer writes the same snapshot location."""
 
 
-def _lock(root: Path, owner: dict[str, object]) -> IO[str]:
-    """Hold an exclusive lock on ``root/.trainer.lock`` for the life of the process.
+_MARKER = "scale-out.json"
 
-    Two single-process trainers writing one location would publish partial models
-    in turn (each learns only its partitions) and delete each other's temporary
-    directories; the second one refuses to start instead.
+
+def _lock(root: Path, owner: dict[str, object]) -> IO[str]:
+    """A single-process trainer's exclusive claim (see :func:`lock_location`)."""
+    return lock_location(root, owner)
+
+
+def lock_location(root: Path, owner: dict[str, object], *, shared: bool = False,
+                  group: str | None = None, topic: str | None = None) -> IO[str]:
+    """Hold a lock on ``root/.trainer.lock`` for the life of the process.
+
+    A single-process trainer takes it exclusively: two of them writing one location
+    would publish partial models in turn (each learns only its partitions) and
+    delete each other's temporary directories. Scale-out trainers
+    (:mod:`trainer.partitioned`, ``shared=True``) take it shared -- they write one
+    model together -- and record their ``group``/``topic`` in ``root/scale-out.json``;
+    a scale-out trainer of another group or topic is refused while any holds it.
+    Either mode refuses to start beside the other. (``flock`` is per host: trainers
+    on other machines sharing a network mount are not seen.)
     """
     root.mkdir(parents=True, exist_ok=True)
     fh = open(root / ".trainer.lock", "a+")  # noqa: SIM115 - held until exit
+    mine = {"group": group, "topic": topic}
+    marker = _read_marker(root)
+    if shared and marker is not None and marker != mine:
+        # Another group's marker: only a location nobody holds may change hands.
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise SnapshotLocationBusy(
+                f"scale-out trainers of group {marker.get('group')!r} on topic "
+                f"{marker.get('topic')!r} (or a single-process trainer) are writing "
+                f"snapshots to {root}; this one is group {group!r} on topic {topic!r}. One "
+                "location holds one model: use the same --group and --topic, or another "
+                "--snapshots.") from None
     try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fh, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         fh.seek(0)
         holder = fh.read().strip() or "unknown"
         fh.close()
-        raise SnapshotLocationBusy(
-            f"another trainer is writing snapshots to {root} ({holder}); two trainers on "
-            "one location would overwrite each other's partial models. Give this one its "
-            "own --snapshots, or stop the other first."
-        ) from None
+        if shared:
+            msg = (f"a single-process trainer is writing snapshots to {root} ({holder}); "
+                   "scale-out trainers cannot share a location with it. Stop it first, or "
+                   "give the scale-out group its own --snapshots.")
+        elif marker is not None:
+            msg = (f"scale-out trainers (group {marker.get('group')!r}, topic "
+                   f"{marker.get('topic')!r}) are writing snapshots to {root}; a "
+                   "single-process trainer would overwrite their merged model. Run it "
+                   "with --scale-out and the same --group, or give it its own --snapshots.")
+        else:
+            msg = (f"another trainer is writing snapshots to {root} ({holder}); two trainers "
+                   "on one location would overwrite each other's partial models. Give this "
+                   "one its own --snapshots, or stop the other first (or run all of them "
+                   "with --scale-out).")
+        raise SnapshotLocationBusy(msg) from None
+    if shared:
+        if marker != mine:
+            (root / _MARKER).write_text(orjson.dumps(mine).decode() + "\n")
+        return fh
     fh.seek(0)
     fh.truncate()
     fh.write(orjson.dumps(owner).decode() + "\n")
     fh.flush()
     return fh
+
+
+def _read_marker(root: Path) -> dict[str, object] | None:
+    try:
+        data = orjson.loads((root / _MARKER).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -199,6 +199,33 @@ class TrainerMetrics:
             "Mean cosine distance of item embeddings between consecutive snapshots.",
             ["model"], registry=r)
 
+        # Scale-out mode (trainer.partitioned): who owns what, and the update topic.
+        self.partition_owned = Gauge(
+            _P + "partition_owned", "1 for each input partition this trainer owns now.",
+            ["topic", "partition"], registry=r)
+        self.partition_events_total = Gauge(
+            _P + "partition_events_total",
+            "Events of an input partition the item state holds (every owner's, counted "
+            "from the update topic): the model's coverage of each partition.",
+            ["topic", "partition"], registry=r)
+        self.update_lag = Gauge(
+            _P + "update_lag_records",
+            "Records of the update topic not yet applied by this trainer.", registry=r)
+        self.update_bytes = Counter(
+            _P + "update_bytes", "Bytes of item-side updates, published (out) and applied "
+            "(in).", ["direction"], registry=r)
+        self.update_messages = Counter(
+            _P + "update_messages", "Item-side update messages, published (out) and "
+            "applied (in).", ["direction"], registry=r)
+        self.transactions = Counter(
+            _P + "transactions", "Transactions (updates + input offsets) by outcome.",
+            ["outcome"], registry=r)
+        for direction in ("in", "out"):
+            self.update_bytes.labels(direction=direction)
+            self.update_messages.labels(direction=direction)
+        for outcome in ("committed", "aborted"):
+            self.transactions.labels(outcome=outcome)
+
         for reason in REJECT_REASONS:
             self.events_rejected.labels(topic=topic, reason=reason)
         for c in (self.events_consumed, self.events_learned, self.duplicates_dropped):

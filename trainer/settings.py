@@ -69,6 +69,15 @@ class TrainerSettings(BaseSettings):
     join_timeout_s: float = Field(default=60.0, gt=0)
     #: group session timeout: how soon a crashed trainer's partitions are reassigned
     session_timeout_ms: int = Field(default=10_000, ge=1_000)
+    #: scale-out mode: N trainers in one group share one model (:mod:`trainer.partitioned`)
+    scale_out: bool = False
+    #: this trainer's stable name in scale-out mode (its transactional id: a restart
+    #: with the same name fences the old incarnation); default: the host name
+    instance_id: str | None = None
+    #: scale-out: seconds between merged (servable) snapshots by partition 0's owner
+    merge_every_s: float = Field(default=5.0, gt=0)
+    #: scale-out: the broker aborts a silent trainer's open transaction after this
+    transaction_timeout_ms: int = Field(default=10_000, ge=1_000)
     #: stop after this many events learned by this process
     max_events: int | None = Field(default=None, ge=1)
     #: stop once ``events_total`` (across restarts) reaches this

@@ -184,6 +184,19 @@ class ConfluentConsumer:
     def assignment(self) -> set[Partition]:
         return _parts(self._c.assignment())
 
+    def assign_at(self, offsets: Mapping[Partition, int]) -> None:
+        """Read exactly these partitions, each from its given offset (one assign: seeks
+        right after :meth:`assign` would restart partitions not yet fetching)."""
+        try:
+            self._c.assign([_tp(p, o) for p, o in offsets.items()])
+        except ck.KafkaException as exc:
+            raise _wrap(exc, "assign") from exc
+
+    def group_metadata(self) -> Any:
+        """The group's metadata (generation, member): what a transaction commits
+        offsets under (:mod:`stream.kafka.transactional`)."""
+        return self._c.consumer_group_metadata()
+
     # ------------------------------------------------------------------ records
 
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:

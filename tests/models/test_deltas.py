@@ -1,0 +1,120 @@
+"""Item-side deltas: trainers owning disjoint users build one model's item state exactly."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+
+from online_models import registry
+from online_models.base import Batch, OnlineModel
+from online_models.deltas import (
+    ItemDelta,
+    decode_deltas,
+    encode_deltas,
+    shares_item_state,
+    unsupported,
+)
+from online_models.synthetic import generate_events
+
+SHARING = ["popularity", "itemknn", "sequence"]
+PARAMS: list[dict[str, object]] = [
+    {},  # default half-lives (decay on)
+    {"half_life_seconds": None},
+    {"half_life_seconds": 3600.0},
+]
+
+
+def _events(n: int = 6000) -> Batch:
+    rows = list(generate_events(n, 300, 200, seed=5))
+    return Batch.from_columns(
+        [r["user_id"] for r in rows], [r["item_id"] for r in rows],
+        [1.0 + (k % 3) for k in range(n)], [float(r["timestamp"]) for r in rows],
+    )
+
+
+def _item_state(model: OnlineModel) -> dict[str, dict[object, float]]:
+    """Item-side state keyed by item ids (row order differs between trainers)."""
+    st = model.get_state().arrays
+    ids = list(model.items.ids)
+    if "mass" in st:
+        return {"mass": {ids[r]: float(v) for r, v in enumerate(st["mass"]) if v}}
+    keys, vals = st["pairs.keys"], st["pairs.values"]
+    pairs = {(ids[int(k) >> 32], ids[int(k) & 0xFFFFFFFF]): float(v)
+             for k, v in zip(keys, vals, strict=True)}
+    counts = {ids[r]: float(v) for r, v in enumerate(st["counts"]) if v}
+    return {"pairs": pairs, "counts": counts}
+
+
+def _assert_close(got: dict[str, dict[object, float]], want: dict[str, dict[object, float]]
+                  ) -> None:
+    assert got.keys() == want.keys()
+    for part in want:
+        assert set(got[part]) == set(want[part]), part
+        keys = sorted(want[part], key=str)
+        np.testing.assert_allclose([got[part][k] for k in keys], [want[part][k] for k in keys],
+                                   rtol=1e-9, err_msg=part)
+
+
+@pytest.mark.parametrize("params", PARAMS)
+@pytest.mark.parametrize("name", SHARING)
+def test_two_trainers_by_user_partition_equal_one(name: str, params: dict[str, object]
+                                                  ) -> None:
+    events = _events()
+    single = registry.create(name, **params)
+    for chunk in events.chunks(500):
+        single.learn(chunk)
+    # Two "trainers", users split by a hash (as Kafka partitions by key); each learns
+    # its users locally and every delta goes through bytes to both of them.
+    trainers = [registry.create(name, **params) for _ in range(2)]
+    part = np.asarray([zlib.crc32(u.encode()) % 2 for u in events.users])
+    for chunk_start in range(0, len(events), 700):
+        chunk = events[chunk_start : chunk_start + 700]
+        for p, trainer in enumerate(trainers):
+            mine = part[chunk_start : chunk_start + 700] == p
+            sub = Batch(chunk.users[mine], chunk.items[mine], chunk.weights[mine],
+                        chunk.timestamps[mine])
+            delta = trainer.learn_local(sub)  # type: ignore[attr-defined]
+            wire = decode_deltas(encode_deltas({name: delta}, {"p": p}))[1][name]
+            for t in trainers:
+                t.apply_delta(wire)  # type: ignore[attr-defined]
+    want = _item_state(single)
+    for t in trainers:
+        _assert_close(_item_state(t), want)
+    assert single.get_state().meta["watermark"] == trainers[0].get_state().meta["watermark"]
+
+
+@pytest.mark.parametrize("name", ["itemknn", "sequence"])
+def test_user_state_moves_between_trainers(name: str) -> None:
+    events = _events(3000)
+    a = registry.create(name)
+    a.learn(events[:2000])
+    users = sorted(set(events.users[:2000]))
+    b = registry.create(name)
+    b.load_user_state(a.user_state(users))  # type: ignore[attr-defined]
+    rest = events[2000:]
+    da = a.learn_local(rest)  # type: ignore[attr-defined]
+    db = b.learn_local(rest)  # type: ignore[attr-defined]
+    ref, got = registry.create(name), registry.create(name)
+    ref.apply_delta(da)  # type: ignore[attr-defined]
+    got.apply_delta(db)  # type: ignore[attr-defined]
+    _assert_close(_item_state(got), _item_state(ref))
+    a.forget_users(users)  # type: ignore[attr-defined]
+    assert a.user_state(users)["window.items"].max() == -1  # type: ignore[attr-defined]
+
+
+def test_empty_delta_and_codec() -> None:
+    m = registry.create("popularity")
+    d = m.learn_local(Batch.from_columns([], []))  # type: ignore[attr-defined]
+    assert len(d) == 0
+    m.apply_delta(d)  # type: ignore[attr-defined]
+    meta, out = decode_deltas(encode_deltas({"x": ItemDelta(["a"], {"v": np.ones(1)}, 1.0)},
+                                            {"k": 1}))
+    assert meta == {"k": 1} and out["x"].items == ["a"] and out["x"].t_ref == 1.0
+
+
+def test_models_without_deltas_are_named() -> None:
+    models = {n: registry.create(n) for n in ("popularity", "bpr")}
+    assert shares_item_state(models["popularity"])
+    assert unsupported(models) == ["bpr"]

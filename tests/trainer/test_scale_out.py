@@ -1,0 +1,160 @@
+"""Scale-out trainers (in-process): two share one model through the update topic.
+
+Two :class:`ScaleOutTrainer` s in threads on a 4-partition topic learn every event
+once between them; the merged snapshot's popularity, item-kNN and sequence state
+equals one trainer's on the same events (exact counts: decay off), as do every
+user's windows; per-partition snapshots sum to the events produced.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from online_models.snapshot import SnapshotStore
+from stream.kafka import ConsumerOptions, KafkaClientError, delete_topics
+from stream.kafka.confluent import ConfluentConsumer
+from stream.kafka.transactional import TransactionalProducer
+from stream.replay import produce_events
+from stream.settings import KafkaSettings
+from tests.trainer.helpers import synthetic_events
+from tests.trainer.scale_helpers import (
+    EXACT_PARAMS,
+    assert_same_items,
+    reference,
+    user_windows,
+)
+from trainer.checkpoint import SnapshotLocationBusy, lock_location
+from trainer.partition_state import PartitionStore
+from trainer.partitioned import ScaleOutTrainer, updates_topic
+from trainer.settings import TrainerSettings
+
+pytestmark = [pytest.mark.kafka]
+
+
+def _settings(snaps: Path, group: str, instance: str, **kw: object) -> TrainerSettings:
+    return TrainerSettings(
+        group=group, snapshots=snaps, models="popularity,itemknn,sequence",
+        model_params=EXACT_PARAMS, scale_out=True, instance_id=instance,
+        snapshot_every_s=0.5, merge_every_s=0.5, session_timeout_ms=6000,
+        metrics_port=-1, **kw)
+
+
+def test_two_trainers_in_one_group_equal_one_trainer(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    topic = new_topic(partitions=4)
+    events = synthetic_events(20_000, seed=11, n_users=500, n_items=300)
+    produce_events(kafka_bootstrap, topic, events)
+    kafka = KafkaSettings(bootstrap=kafka_bootstrap, topic=topic)
+    snaps = tmp_path / "snaps"
+    trainers = [ScaleOutTrainer(_settings(snaps, f"g-{topic}", f"t{i}", idle_exit_s=8.0),
+                                kafka) for i in range(2)]
+    try:
+        threads = [threading.Thread(target=t.run) for t in trainers]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(300)
+        assert not any(th.is_alive() for th in threads)
+        assert sum(t.events_learned for t in trainers) == len(events)
+        assert all(t.events_learned > 0 for t in trainers), [t.events_learned for t in trainers]
+
+        per_part = [PartitionStore(snaps, p, 5).load(topic) for p in range(4)]
+        assert all(s is not None for s in per_part)
+        assert sum(s.events_total for s in per_part if s) == len(events)
+
+        # Members that stop together may merge before the other's last partition
+        # snapshot; one more member, alone in the group, merges everything.
+        last = ScaleOutTrainer(_settings(snaps, f"g-{topic}", "last", idle_exit_s=3.0), kafka)
+        last.run()
+        assert last.events_learned == 0
+        merged = SnapshotStore(snaps).load()
+        assert merged.events_total == len(events)
+        ref = reference(events, EXACT_PARAMS)
+        for name in EXACT_PARAMS:
+            assert_same_items(merged.models[name], ref[name])
+        for name in ("itemknn", "sequence"):
+            assert user_windows(merged.models[name]) == user_windows(ref[name])
+        # A member's item state is a fold of the update topic: the last member, which
+        # restored the most advanced item snapshot and read the topic to its end, holds
+        # every partition's events (one that left early has not seen later updates).
+        for name in EXACT_PARAMS:
+            assert_same_items(last.models[name], ref[name])
+        assert sum(last.coverage.values()) == len(events)
+        for t in trainers:
+            reg = t.metrics.registry
+            assert reg.get_sample_value("liverec_trainer_transactions_total",
+                                        {"outcome": "committed"}) > 0
+            assert reg.get_sample_value("liverec_trainer_transactions_total",
+                                        {"outcome": "aborted"}) == 0
+            assert reg.get_sample_value("liverec_trainer_update_bytes_total",
+                                        {"direction": "in"}) > 0
+        info = merged.extra_meta["scale_out"]
+        assert sum(info["item_coverage"].values()) == len(events)
+        assert sum(p["events_total"] for p in info["partitions"].values()) == len(events)
+        assert set(info["partitions"]) == {"0", "1", "2", "3"}
+    finally:
+        delete_topics(kafka_bootstrap, [updates_topic(topic)])
+
+
+def test_update_reader_starts_every_partition_at_its_offset(
+    kafka_bootstrap: str, new_topic: Callable[..., str]
+) -> None:
+    """Regression: seeks right after assign restarted the other partitions at 0, so a
+    restored item state re-applied updates it already held."""
+    topic = new_topic(partitions=3)
+    raw = Producer({"bootstrap.servers": kafka_bootstrap})
+    for p in range(3):
+        for i in range(10):
+            raw.produce(topic, f"{p}-{i}".encode(), partition=p)
+    assert raw.flush(30) == 0
+    c = ConfluentConsumer(KafkaSettings(bootstrap=kafka_bootstrap), ConsumerOptions())
+    try:
+        c.assign_at({(topic, 0): 4, (topic, 1): 7, (topic, 2): 0})
+        got: dict[int, list[int]] = {0: [], 1: [], 2: []}
+        for _ in range(100):
+            batch = c.poll_batch(100, 0.5)
+            for p, o in zip(batch.partitions, batch.offsets, strict=True):
+                got[p].append(o)
+            if sum(map(len, got.values())) >= 6 + 3 + 10:
+                break
+        assert got == {0: list(range(4, 10)), 1: list(range(7, 10)), 2: list(range(10))}
+    finally:
+        c.close()
+
+
+def test_location_modes_refuse_each_other(tmp_path: Path) -> None:
+    root = tmp_path / "snaps"
+    a = lock_location(root, {}, shared=True, group="g", topic="t")
+    b = lock_location(root, {}, shared=True, group="g", topic="t")  # same group: shares
+    with pytest.raises(SnapshotLocationBusy, match="single-process trainer would"):
+        lock_location(root, {"pid": 1})
+    with pytest.raises(SnapshotLocationBusy, match="group 'g' on topic 't'"):
+        lock_location(root, {}, shared=True, group="other", topic="t")
+    a.close()
+    b.close()
+    single = lock_location(root, {"pid": 1})
+    with pytest.raises(SnapshotLocationBusy, match="single-process trainer is writing"):
+        lock_location(root, {}, shared=True, group="g", topic="t")
+    single.close()
+
+
+def test_kafka_python_is_refused(tmp_path: Path) -> None:
+    s = TrainerSettings(models="popularity", scale_out=True, snapshots=tmp_path)
+    with pytest.raises(ValueError, match="needs the confluent Kafka client"):
+        ScaleOutTrainer(s, KafkaSettings(bootstrap="localhost:1", topic="t",
+                                         client="kafka-python"))
+    with pytest.raises(KafkaClientError, match="need the confluent client"):
+        TransactionalProducer(KafkaSettings(bootstrap="localhost:1", client="kafka-python"),
+                              "tx")
+
+
+def test_models_without_deltas_are_refused(tmp_path: Path) -> None:
+    s = TrainerSettings(models="popularity,bpr", scale_out=True, snapshots=tmp_path)
+    with pytest.raises(ValueError, match="bpr cannot learn in scale-out mode"):
+        ScaleOutTrainer(s, KafkaSettings(bootstrap="localhost:1", topic="t"))

@@ -1,0 +1,657 @@
+"""Scale-out trainer: N processes in one consumer group share one model through Kafka.
+
+``liverec train --scale-out`` runs :class:`ScaleOutTrainer`. Kafka is the
+parameter server (see DEVELOPING.md, "Scale-out", for the picture):
+
+* **User side, by partition.** The click topic is keyed by ``user_id``, so a
+  user's events all come from one partition. Each trainer keeps its partitions'
+  user state (:class:`~trainer.partition_state.PartitionState`: history, de-dup
+  window, flood counts, the models' user windows) and snapshots it per partition
+  under ``<snapshots>/partitions/<p>/``.
+* **Item side, through the update topic.** Learning a batch is
+  ``learn_local`` (user side) and yields an item-side delta per model
+  (:mod:`online_models.deltas`). The deltas of a partition's slice of the batch go
+  to ``<topic>.updates`` as one message; every trainer (itself included) folds
+  every committed update message into its models' item state. The item state is
+  therefore a function of the update topic alone; each trainer snapshots it with
+  the update-topic offsets it reflects under ``<snapshots>/items/<instance>/``.
+* **Exactly once.** Per poll: one Kafka transaction holds the update messages,
+  the dead-lettered rejects and the input offsets
+  (``send_offsets_to_transaction``). Update readers use ``read_committed``. So an
+  input record's effect on the item state is in the update topic iff its offset
+  is committed. A new owner of partition ``p`` loads ``p``'s newest snapshot
+  (offset ``S``), reads the group's committed offset ``C >= S`` and re-learns
+  ``[S, C)`` *user-side only* (the item side of those records is in the update
+  topic already), then learns normally from ``C``. A SIGKILLed trainer's open
+  transaction is aborted (by its restart's ``init_transactions`` with the same
+  instance id, or by the broker after ``transaction_timeout_ms``); a member that
+  lost its partitions is fenced by the group generation.
+* **Serving.** The owner of partition 0 writes, every ``merge_every_s``, an
+  ordinary snapshot into ``<snapshots>/`` (the merged model: its item state plus
+  every partition's latest user state; ``events_total`` summed over partitions),
+  which ``liverec serve --snapshots`` loads like any other.
+
+Only models implementing :class:`~online_models.deltas.SharesItemState`
+(popularity, itemknn, sequence) can learn here; others are refused at start.
+Prequential evaluation and drift detection do not run in this mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from online_models import registry
+from online_models.base import Batch, OnlineModel, learning_order
+from online_models.deltas import ItemDelta, decode_deltas, encode_deltas, unsupported
+from online_models.ownership import write_heartbeat
+from online_models.snapshot import SnapshotError, SnapshotStore
+from stream.columns import decode_columns
+from stream.events import dlq_payload
+from stream.kafka import ConsumerOptions, RecordBatch, create_topics
+from stream.kafka.base import Partition
+from stream.kafka.confluent import ConfluentConsumer
+from stream.kafka.transactional import TransactionalProducer, TransactionFailed
+from stream.settings import KafkaSettings
+from trainer.checkpoint import lock_location
+from trainer.flood import FloodSettings
+from trainer.metrics import TrainerMetrics
+from trainer.partition_state import PartitionState, PartitionStore, merge_histories
+from trainer.settings import TrainerSettings
+
+__all__ = ["ScaleOutResult", "ScaleOutTrainer", "updates_topic"]
+
+log = logging.getLogger(__name__)
+
+
+def updates_topic(topic: str) -> str:
+    """The item-side update topic of a click topic."""
+    return f"{topic}.updates"
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleOutResult:
+    """What a :meth:`ScaleOutTrainer.run` did."""
+
+    events_learned: int
+    events_replayed: int
+    updates_published: int
+    update_bytes: int
+    transactions: int
+    seconds: float
+
+
+class ScaleOutTrainer:
+    """One member of a scale-out trainer group (see the module docstring).
+
+    Parameters
+    ----------
+    settings
+        What to learn (``scale_out`` need not be set here; ``instance_id`` names
+        this trainer, default the host name).
+    kafka
+        Where the stream comes from; the ``confluent`` client is required.
+    metrics
+        Metrics to update; fresh ones when ``None``.
+    flood
+        Flood guard settings (applied per partition).
+    """
+
+    def __init__(self, settings: TrainerSettings, kafka: KafkaSettings,
+                 metrics: TrainerMetrics | None = None, flood: FloodSettings | None = None
+                 ) -> None:
+        self.settings = settings
+        self.kafka = kafka
+        self.topic = kafka.topic
+        self.updates = updates_topic(kafka.topic)
+        self.instance = settings.instance_id or socket.gethostname()
+        self.names = settings.model_names()
+        self.metrics = metrics or TrainerMetrics(self.names, kafka.topic)
+        self.flood_settings = flood or FloodSettings()
+        self.root = Path(settings.snapshots)
+        self.stop_event = threading.Event()
+        models = {n: registry.create(n, **settings.model_params.get(n, {}))
+                  for n in self.names}
+        if kafka.client != "confluent":
+            raise ValueError(
+                f"scale-out mode needs the confluent Kafka client (librdkafka transactions); "
+                f"client={kafka.client!r} has no exactly-once path here")
+        bad = unsupported(models)
+        if bad:
+            raise ValueError(
+                f"model(s) {', '.join(bad)} cannot learn in scale-out mode: only models "
+                "that share item-side deltas can (popularity, itemknn, sequence); "
+                "train them with a single trainer")
+        self.models: dict[str, OnlineModel] = models
+        self.parts: dict[int, PartitionState] = {}
+        self.update_offsets: dict[int, int] = {}
+        #: events of each input partition the item state holds (from the update topic)
+        self.coverage: dict[int, int] = {}
+        self.items_store = SnapshotStore(self.root / "items" / self.instance,
+                                         keep=settings.keep_snapshots)
+        self.merged_store = SnapshotStore(self.root, keep=settings.keep_snapshots)
+        self.consumer: ConfluentConsumer | None = None
+        self.updates_consumer: ConfluentConsumer | None = None
+        self.producer: TransactionalProducer | None = None
+        self.events_learned = 0
+        self.events_replayed = 0
+        self.updates_published = 0
+        self.transactions = 0
+        self._lock: IO[str] | None = None
+        self._failed = False
+        self._closing = False
+        self._last_snapshot = 0.0
+        self._last_merge = 0.0
+        self._n_updates = 1
+        self._update_lag: int | None = None
+
+    # ------------------------------------------------------------------ start-up
+
+    def _claim(self) -> None:
+        self._lock = lock_location(
+            self.root, {"pid": os.getpid(), "host": socket.gethostname(),
+                        "instance": self.instance, "mode": "scale-out"},
+            shared=True, group=self.settings.group, topic=self.topic)
+
+    def _restore_items(self) -> None:
+        """The most advanced item snapshot of any instance (all are folds of one log)."""
+        ranked: list[tuple[int, SnapshotStore]] = []
+        base = self.root / "items"
+        for d in sorted(base.iterdir()) if base.is_dir() else []:
+            store = SnapshotStore(d)
+            try:
+                manifest = store.read_manifest()
+            except (SnapshotError, OSError, ValueError) as exc:
+                log.info("no readable item snapshot in %s: %s", d, exc)
+                continue
+            done = sum(int(o) for o in manifest.get("offsets", {}).get(self.updates, {})
+                       .values())
+            ranked.append((done, store))
+        best = None
+        for _, store in sorted(ranked, key=lambda r: r[0], reverse=True):
+            try:
+                snap = store.load_latest_valid()
+            except (SnapshotError, OSError) as exc:
+                log.warning("item snapshots in %s unreadable: %s", store.root, exc)
+                continue
+            if snap is not None:
+                best = (0, snap)
+                break
+        if best is None:
+            log.info("no item snapshot: item state starts empty")
+            return
+        snap = best[1]
+        for name in self.names:
+            if name in snap.models:
+                self.models[name] = snap.models[name]
+        registry.bind(self.models)
+        for model in self.models.values():  # user state comes per partition
+            model.forget_users([u for u in model.users.ids if u])  # type: ignore[attr-defined]
+        self.update_offsets = dict(snap.offsets.get(self.updates, {}))
+        self.coverage = {int(p): int(n) for p, n in snap.extra_meta.get("coverage", {}).items()}
+        log.info("item state from %s (update offsets %s)", snap.path, self.update_offsets)
+
+    def _open_kafka(self) -> None:
+        k, s = self.kafka, self.settings
+        probe = ConfluentConsumer(k, ConsumerOptions(client_id="liverec-probe"))
+        try:
+            n_parts = len(probe.partitions_for(self.topic)) or 1
+        finally:
+            probe.close()
+        create_topics(k, {self.updates: n_parts})
+        self.producer = TransactionalProducer(
+            k, f"liverec-{s.group}-{self.instance}", client_id=f"liverec-trainer-{self.instance}",
+            timeout_ms=s.transaction_timeout_ms)
+        self.producer.init()
+        upd = ConfluentConsumer(k, ConsumerOptions(
+            client_id=f"liverec-updates-{self.instance}", isolation_level="read_committed",
+            max_poll_records=1000, fetch_max_wait_ms=50))
+        parts = sorted(upd.partitions_for(self.updates))
+        self._n_updates = len(parts)
+        begin = upd.beginning_offsets([(self.updates, p) for p in parts])
+        # Every partition from the restored item snapshot's offset, in one assign.
+        upd.assign_at({(self.updates, p): max(self.update_offsets.get(p, 0),
+                                              begin[(self.updates, p)]) for p in parts})
+        self.updates_consumer = upd
+        # Catch up before joining: merges and item snapshots then start complete.
+        self.drain_updates(60.0)
+        self.consumer = ConfluentConsumer(k, ConsumerOptions(
+            group_id=s.group, client_id=f"liverec-trainer-{self.instance}",
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=max(100, s.session_timeout_ms // 3),
+            isolation_level="read_committed", max_poll_records=s.batch_size,
+            fetch_max_wait_ms=min(s.max_wait_ms, 500)))
+        self.consumer.subscribe([self.topic], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke)
+
+    # ------------------------------------------------------------------ rebalance
+
+    def _fresh_state(self, p: int) -> PartitionState:
+        s = self.settings
+        return PartitionState.fresh(p, history_items=s.history_items,
+                                    dedup_window_s=s.dedup_window_s,
+                                    dedup_max_ids=s.dedup_max_ids, flood=self.flood_settings)
+
+    def _on_assign(self, parts: set[Partition]) -> None:
+        assert self.consumer is not None
+        committed = self.consumer.committed(parts, timeout_s=max(
+            30.0, 2 * self.settings.transaction_timeout_ms / 1000))
+        for part in sorted(parts):
+            p = part[1]
+            st = self._fresh_state(p)
+            snap = PartitionStore(self.root, p, self.settings.keep_snapshots).load(self.topic)
+            if snap is not None:
+                st.restore(snap, self.topic, self.models,
+                           dedup_window_s=self.settings.dedup_window_s,
+                           dedup_max_ids=self.settings.dedup_max_ids)
+            c = committed.get(part)
+            start = st.offset
+            if start is None and c is not None:
+                start = self.consumer.beginning_offsets([part])[part]
+            if c is not None and start is not None and c > start:
+                st.replay_until = c
+            if start is not None:
+                self.consumer.seek(part, start)
+            self.parts[p] = st
+            self.metrics.partition_owned.labels(topic=self.topic, partition=str(p)).set(1)
+            self.metrics.partition(p)
+            log.info("assigned partition %d: snapshot offset %s, committed %s%s", p,
+                     st.offset, c, f" (re-learning [{start}, {c}) user-side only)"
+                     if st.replay_until is not None else "")
+
+    def _on_revoke(self, parts: set[Partition]) -> None:
+        for _, p in sorted(parts):
+            st = self.parts.pop(p, None)
+            if st is None:
+                continue
+            if not self._failed and st.offset != st.snapshot_offset:
+                self._write_partition(st)
+            for model in self.models.values():
+                model.forget_users(sorted(st.users))  # type: ignore[attr-defined]
+            self.metrics.partition_owned.labels(topic=self.topic, partition=str(p)).set(0)
+            log.info("partition %d revoked at offset %s", p, st.offset)
+
+    # ------------------------------------------------------------------ loop
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self) -> ScaleOutResult:
+        """Consume until stopped (signal, :meth:`stop` or a configured limit)."""
+        s = self.settings
+        t_start = time.monotonic()
+        self._claim()
+        restore_signals = self._install_signals()
+        last_record = t_start
+        try:
+            self._restore_items()
+            self._open_kafka()
+            assert self.consumer is not None
+            while not self.stop_event.is_set():
+                records = self.consumer.poll_batch(s.batch_size, s.max_wait_ms / 1000.0)
+                now = time.monotonic()
+                if len(records):
+                    last_record = now
+                    try:
+                        self.handle(records)
+                    except BaseException:
+                        # Part of a poll learned user-side and not committed: a snapshot
+                        # now would hold effects Kafka does not; exit without one.
+                        self._failed = True
+                        raise
+                elif not self.parts:
+                    last_record = now  # idle time counts while partitions are owned
+                self.apply_updates()
+                if time.time() - self._last_snapshot >= s.snapshot_every_s:
+                    self.checkpoint()
+                if self._limit_reached(now - t_start, now - last_record):
+                    break
+        except TransactionFailed:
+            self._failed = True
+            log.exception("a transaction failed: exiting without a snapshot (the batch's "
+                          "user state is not durable; a restart resumes from the last "
+                          "committed transaction)")
+            raise
+        except BaseException:
+            log.exception("the scale-out trainer failed%s", ": exiting without a snapshot"
+                          if self._failed else "")
+            raise
+        finally:
+            self._shutdown()
+            restore_signals()
+        return ScaleOutResult(self.events_learned, self.events_replayed,
+                              self.updates_published,
+                              self.producer.bytes_sent if self.producer else 0,
+                              self.transactions, time.monotonic() - t_start)
+
+    def _shutdown(self) -> None:
+        try:
+            if not self._failed and self.consumer is not None:
+                self.drain_updates(60.0)
+                self.checkpoint(force=True)
+        finally:
+            self._closing = True
+            for client in (self.consumer, self.updates_consumer):
+                if client is not None:
+                    client.close()  # revoke: partitions already snapshotted
+            if self.producer is not None:
+                self.producer.close()
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
+
+    def _limit_reached(self, elapsed: float, idle: float) -> bool:
+        s = self.settings
+        if s.max_events is not None and self.events_learned >= s.max_events:
+            return True
+        if s.max_seconds is not None and elapsed >= s.max_seconds:
+            return True
+        return s.idle_exit_s is not None and idle >= s.idle_exit_s
+
+    def _install_signals(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum: int, frame: Any) -> None:
+            log.info("signal %d: finishing the batch, then snapshots", signum)
+            self.stop_event.set()
+
+        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def restore() -> None:
+            for sig, h in old.items():
+                signal.signal(sig, h)
+
+        return restore
+
+    # ------------------------------------------------------------------ one poll
+
+    def handle(self, records: RecordBatch) -> int:
+        """Learn one poll; publish its updates, rejects and offsets in one transaction."""
+        assert self.producer is not None and self.consumer is not None
+        m, topic = self.metrics, self.topic
+        cols, rejects = decode_columns(records.values, limits=self.kafka.limits,
+                                       weights=self.kafka.event_weights)
+        parts_of = np.asarray(records.partitions, np.int64)
+        offs = np.asarray(records.offsets, np.int64)
+        ev_part = parts_of[np.asarray(cols.positions, np.int64)] if len(cols) else parts_of[:0]
+        ev_off = offs[np.asarray(cols.positions, np.int64)] if len(cols) else offs[:0]
+        m.events_consumed.labels(topic=topic).inc(len(cols))
+        messages: list[tuple[int, bytes]] = []
+        commit: dict[Partition, int] = {}
+        dead: list[tuple[Any, str, int, int]] = []
+        learned = 0
+        for p in np.unique(parts_of).tolist():
+            st = self.parts.get(p)
+            if st is None:
+                continue  # revoked inside this poll: its next owner reads it
+            p_offs = offs[parts_of == p]
+            nxt = int(p_offs.max()) + 1
+            mine = ev_part == p
+            cut = st.replay_until
+            if cut is not None:
+                replay = mine & (ev_off < cut)
+                if replay.any():
+                    self.events_replayed += self._learn(st, cols.take(replay))[0]
+                mine = mine & (ev_off >= cut)
+            if mine.any():
+                n, deltas = self._learn(st, cols.take(mine))
+                learned += n
+                if n:
+                    messages.append((p, encode_deltas(deltas, {
+                        "partition": p, "events": n, "instance": self.instance})))
+            # Rejects below the cut were dead-lettered by the previous owner already.
+            dead.extend((rej, records.topics[i], p, records.offsets[i]) for i, rej in rejects
+                        if records.partitions[i] == p and records.offsets[i] >= (cut or 0))
+            st.offset = nxt
+            if cut is None or nxt > cut:
+                commit[(topic, p)] = nxt
+            if cut is not None and nxt >= cut:
+                st.replay_until = None
+        for rej, *_ in dead:
+            m.events_rejected.labels(topic=topic, reason=rej.reason).inc()
+        if commit:
+            try:
+                self._transact(messages, dead, commit)
+            except BaseException:
+                # The user side learned what Kafka did not take: never snapshot it.
+                self._failed = True
+                raise
+        self.events_learned += learned
+        m.events_learned.labels(topic=topic).inc(learned)
+        return learned
+
+    def _learn(self, st: PartitionState, cols: Any) -> tuple[int, dict[str, ItemDelta]]:
+        """Learn a partition's events user-side; returns their count and item deltas."""
+        fresh = st.dedup.add_many(cols.event_ids, cols.timestamps)
+        if not fresh.all():
+            self.metrics.duplicates_dropped.labels(topic=self.topic).inc(
+                len(cols) - int(fresh.sum()))
+            cols = cols.take(fresh)
+        admitted, capped = st.flood.admit(cols.users, cols.items, cols.timestamps)
+        if capped:
+            for reason, count in capped.items():
+                self.metrics.events_capped.labels(reason=reason).inc(count)
+            cols = cols.take(admitted)
+        n = len(cols)
+        deltas: dict[str, ItemDelta] = {}
+        if not n:
+            return 0, deltas
+        batch = Batch.from_columns(cols.users, cols.items, cols.weights, cols.timestamps)
+        for name in learning_order(self.models):
+            deltas[name] = self.models[name].learn_local(batch)  # type: ignore[attr-defined]
+        st.history.extend(batch.users, batch.items)
+        st.users.update(cols.users)
+        st.events_total += n
+        wm = float(batch.timestamps.max())
+        st.watermark = wm if st.watermark is None else max(st.watermark, wm)
+        return n, deltas
+
+    def _transact(self, messages: list[tuple[int, bytes]], dead: list[Any],
+                  commit: Mapping[Partition, int]) -> None:
+        assert self.producer is not None and self.consumer is not None
+        prod = self.producer
+        n_upd = max(1, self._n_updates)
+        prod.begin()
+        try:
+            for p, msg in messages:
+                prod.send(self.updates, msg, key=str(p).encode(), partition=p % n_upd)
+                self.metrics.update_bytes.labels(direction="out").inc(len(msg))
+            for rej, t, p, o in dead:
+                value, headers = dlq_payload(rej, topic=t, partition=p, offset=o,
+                                             max_bytes=self.kafka.dlq_max_bytes)
+                prod.send(self.kafka.dlq_topic or f"{self.topic}.dlq", value,
+                          headers=headers)
+            prod.commit(commit, self.consumer)
+        except BaseException:
+            self.metrics.transactions.labels(outcome="aborted").inc()
+            prod.abort()
+            raise
+        self.transactions += 1
+        self.updates_published += len(messages)
+        self.metrics.transactions.labels(outcome="committed").inc()
+        self.metrics.update_messages.labels(direction="out").inc(len(messages))
+
+    # ------------------------------------------------------------------ update topic
+
+    def apply_updates(self, max_messages: int = 1000, timeout_s: float = 0.0) -> int:
+        """Fold committed update messages (everyone's, this trainer's too) into the models."""
+        upd = self.updates_consumer
+        if upd is None:
+            return 0
+        got = upd.poll_batch(max_messages, timeout_s)
+        order = learning_order(self.models)
+        for value, p, o in zip(got.values, got.partitions, got.offsets, strict=True):
+            self.update_offsets[p] = o + 1
+            if not value:
+                continue
+            try:
+                meta, deltas = decode_deltas(value)
+            except Exception:
+                self.metrics.loop_errors.labels(stage="process").inc()
+                log.exception("update %s[%d]@%d unreadable: skipped", self.updates, p, o)
+                continue
+            for name in order:
+                d = deltas.get(name)
+                if d is not None:
+                    self.models[name].apply_delta(d)  # type: ignore[attr-defined]
+            part = meta.get("partition")
+            if part is not None:
+                n = self.coverage[int(part)] = self.coverage.get(int(part), 0) + int(
+                    meta.get("events", 0))
+                self.metrics.partition_events_total.labels(
+                    topic=self.topic, partition=str(part)).set(n)
+            self.metrics.update_bytes.labels(direction="in").inc(len(value))
+        self.metrics.update_messages.labels(direction="in").inc(len(got))
+        return len(got)
+
+    def drain_updates(self, timeout_s: float) -> bool:
+        """Apply updates until the update topic is read to its end (or ``timeout_s``);
+        returns whether the end was reached."""
+        upd = self.updates_consumer
+        if upd is None:
+            return False
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            got = self.apply_updates(timeout_s=0.2)
+            if not got and self.update_lag() == 0:
+                return True
+        log.warning("the update topic was not read to its end within %.0f s (%d records "
+                    "left): the last item snapshot and merge lag behind", timeout_s,
+                    self.update_lag())
+        return False
+
+    def update_lag(self) -> int:
+        """Records (transaction markers included) between the read position and the end."""
+        upd = self.updates_consumer
+        if upd is None:
+            return 0
+        parts = sorted(upd.assignment())
+        ends = upd.end_offsets(parts)
+        lag = 0
+        for part, end in ends.items():
+            pos = upd.position(part)
+            lag += max(0, end - (pos if pos is not None else self.update_offsets.get(part[1], 0)))
+        return lag
+
+    # ------------------------------------------------------------------ snapshots
+
+    def _write_partition(self, st: PartitionState) -> None:
+        try:
+            PartitionStore(self.root, st.partition, self.settings.keep_snapshots).write(
+                st, self.topic, self.models, {"instance": self.instance})
+        except Exception:
+            self.metrics.snapshot_errors.inc()
+            log.exception("partition %d snapshot failed", st.partition)
+
+    def _heartbeat(self, p: int) -> None:
+        """``partitions/<p>/OWNER``: who owns ``p`` and since when it last said so."""
+        try:
+            write_heartbeat(self.root, p, self.instance)
+        except OSError:
+            log.warning("partition %d heartbeat failed", p, exc_info=True)
+
+    def checkpoint(self, force: bool = False) -> None:
+        """Partition snapshots (those that moved) every ``snapshot_every_s``; the item
+        snapshot, the update lag and (owner of partition 0) the merge every
+        ``merge_every_s``."""
+        self._last_snapshot = time.time()
+        m = self.metrics
+        for st in self.parts.values():
+            if st.offset != st.snapshot_offset:
+                self._write_partition(st)
+            self._heartbeat(st.partition)
+        if not force and time.time() - self._last_merge < self.settings.merge_every_s:
+            return
+        self._last_merge = time.time()
+        try:
+            self.items_store.write(
+                self.models, history=merge_histories([], self.settings.history_items),
+                offsets={self.updates: dict(self.update_offsets)},
+                events_total=0, watermark=None,
+                extra_meta={"instance": self.instance, "kind": "items",
+                            "coverage": {str(p): n for p, n in self.coverage.items()}})
+        except Exception:
+            m.snapshot_errors.inc()
+            log.exception("item snapshot failed")
+        try:
+            self._update_lag = self.update_lag()
+            m.update_lag.set(self._update_lag)
+        except Exception:
+            log.debug("update lag not available", exc_info=True)
+        # At shutdown every trainer merges: of trainers stopping together, the last
+        # merge written has seen every partition's final snapshot.
+        if 0 in self.parts or (force and self.parts):
+            try:
+                self.write_merged()
+            except Exception:
+                m.snapshot_errors.inc()
+                log.exception("merged snapshot failed")
+
+    def write_merged(self) -> int:
+        """Write the servable merged model into ``<snapshots>/``; returns its version."""
+        t0 = time.perf_counter()
+        clones = registry.bind({n: registry.from_state(m.get_state())
+                                for n, m in self.models.items()})
+        n_parts = len(self.consumer.partitions_for(self.topic)) if self.consumer else 0
+        histories = []
+        offsets: dict[int, int] = {}
+        per_part: dict[str, dict[str, Any]] = {}
+        events_total, watermark = 0, None
+        owner: Any
+        age: float | None
+        for p in range(max(n_parts, max(self.parts, default=-1) + 1)):
+            st = self.parts.get(p)
+            if st is not None:  # its users' state is in the clones already
+                owner, age = self.instance, 0.0
+            else:
+                snap = PartitionStore(self.root, p, self.settings.keep_snapshots).load(
+                    self.topic)
+                if snap is None:
+                    per_part[str(p)] = {"events_total": 0, "offset": None, "owner": None,
+                                        "snapshot_age_s": None}
+                    continue
+                st = self._fresh_state(p)
+                st.restore(snap, self.topic, clones, dedup_window_s=1.0, dedup_max_ids=1)
+                owner = snap.extra_meta.get("instance")
+                created = snap.manifest.get("created_at")
+                age = (time.time() - _iso_ts(created)) if isinstance(created, str) else None
+            histories.append(st.history)
+            events_total += st.events_total
+            if st.offset is not None:
+                offsets[p] = st.offset
+            if st.watermark is not None:
+                watermark = st.watermark if watermark is None else max(watermark, st.watermark)
+            per_part[str(p)] = {"events_total": st.events_total, "offset": st.offset,
+                                "owner": owner, "snapshot_age_s": age}
+        info = self.merged_store.write(
+            clones, history=merge_histories(histories, self.settings.history_items),
+            offsets={self.topic: offsets}, events_total=events_total, watermark=watermark,
+            extra_meta={"scale_out": {
+                "group": self.settings.group, "writer": self.instance,
+                "partitions": per_part,
+                "item_coverage": {str(p): n for p, n in sorted(self.coverage.items())},
+                "writer_update_lag_records": self._update_lag,
+                "writer_partitions": sorted(self.parts),
+                "updates": {self.updates: {str(p): o for p, o in self.update_offsets.items()}},
+            }})
+        log.info("merged snapshot %d: events_total=%d over %d partitions in %.2f s",
+                 info.version, events_total, len(per_part), time.perf_counter() - t0)
+        return info.version
+
+
+def _iso_ts(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text).timestamp()
+
