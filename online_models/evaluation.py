@@ -580,6 +580,27 @@ class PrequentialEvaluator:
             self._gen[name] = index.generation
         self._grow_catalog()
 
+    def _add_signs(self, rows: np.ndarray, users: Sequence[str] | np.ndarray) -> None:
+        """Add each event's user signs to its item's sketch row.
+
+        Signs are computed once per distinct user of the batch; rows are added with
+        one fancy-indexed add when no item repeats in the batch (``np.add.at``
+        otherwise). Float32 sums of +-1 are exact either way.
+        """
+        firsts = dict.fromkeys(users)
+        if len(firsts) < len(users):
+            distinct = list(firsts)
+            where = dict(zip(distinct, range(len(distinct)), strict=True))
+            signs = self._user_signs(np.asarray(distinct, dtype=object))[
+                np.fromiter(map(where.__getitem__, users), np.int64, count=len(users))
+            ]
+        else:
+            signs = self._user_signs(np.asarray(users, dtype=object))
+        if len(np.unique(rows)) == len(rows):
+            self._sketch[rows] += signs
+        else:
+            np.add.at(self._sketch, rows, signs)
+
     def _user_signs(self, users: np.ndarray) -> np.ndarray:
         """A fixed random ±1 vector per user, derived from the id (survives restarts)."""
         h = np.fromiter(
@@ -690,7 +711,7 @@ class PrequentialEvaluator:
         for name, out in outcome.models.items():
             self._trackers[name].add(out, lists.get(name, no_lists), cold)
         if n:
-            np.add.at(self._sketch, batch_rows, self._user_signs(batch.users))
+            self._add_signs(batch_rows, batch.users)
         if learn:
             for name in learning_order(self.models):
                 self.models[name].learn(batch)
