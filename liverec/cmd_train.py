@@ -34,6 +34,9 @@ def train(
     max_wait_ms: Annotated[int | None, typer.Option(help="[LIVEREC_MAX_WAIT_MS]")] = None,
     snapshot_every_s: Annotated[float | None, typer.Option(
         help="seconds between snapshots [LIVEREC_SNAPSHOT_EVERY_S]")] = None,
+    snapshot_max_share: Annotated[float | None, typer.Option(
+        help="most of the learner's time copying state for snapshots may take; larger "
+             "states space snapshots out (0 = never) [LIVEREC_SNAPSHOT_MAX_SHARE]")] = None,
     keep_snapshots: Annotated[int | None, typer.Option(
         help="versions kept on disk [LIVEREC_KEEP_SNAPSHOTS]")] = None,
     metrics_port: Annotated[int | None, typer.Option(
@@ -124,7 +127,8 @@ def train(
         for k, v in {
             "group": group, "snapshots": snapshots,
             "models": models, "batch_size": batch_size, "max_wait_ms": max_wait_ms,
-            "snapshot_every_s": snapshot_every_s, "keep_snapshots": keep_snapshots,
+            "snapshot_every_s": snapshot_every_s, "snapshot_max_share": snapshot_max_share,
+            "keep_snapshots": keep_snapshots,
             "metrics_port": metrics_port, "drift_adapt": drift_adapt, "max_events": max_events,
             "until_events_total": until_events_total, "max_seconds": max_seconds,
             "idle_exit_s": idle_exit_s, "status_every_s": status_every_s,

@@ -145,6 +145,8 @@ class Trainer:
         )
         #: seconds of scoring per scored event (all models), an EWMA: the governor's input
         self._eval_cost: float | None = None
+        #: seconds the latest snapshot's state copy paused learning
+        self._capture_s = 0.0
 
     # ------------------------------------------------------------------ restore
 
@@ -272,7 +274,7 @@ class Trainer:
                     self.metrics.events_per_second.set(self._rate)
                     window_events, window_start = 0, now
                 self._finish_checkpoint()
-                if time.time() - self.checkpointer.last_attempt_wall >= s.snapshot_every_s:
+                if time.time() - self.checkpointer.last_attempt_wall >= self._snapshot_gap():
                     self.checkpoint("periodic")
                 if now - last_status >= s.status_every_s:
                     self._update_gauges()
@@ -474,7 +476,9 @@ class Trainer:
             return None  # the previous write is still going: try at the next period
         offsets = dict(self.offsets)
         try:
+            t0 = time.perf_counter()
             cap = self._capture()
+            self._capture_s = time.perf_counter() - t0
         except Exception:
             self.metrics.snapshot_errors.inc()
             self.metrics.loop_errors.labels(stage="snapshot").inc()
@@ -488,6 +492,15 @@ class Trainer:
         if written is not None:
             self._durable(written, commit=reason != "revoke")
         return written
+
+    def _snapshot_gap(self) -> float:
+        """Seconds between periodic snapshots: ``snapshot_every_s``, or longer when
+        copying the state (the learner's only pause) would take more than
+        ``snapshot_max_share`` of the time."""
+        s = self.settings
+        if not s.snapshot_max_share:
+            return s.snapshot_every_s
+        return max(s.snapshot_every_s, self._capture_s / s.snapshot_max_share)
 
     def _finish_checkpoint(self, wait: bool = False) -> None:
         written = self.checkpointer.done(wait=wait)

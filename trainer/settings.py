@@ -38,6 +38,10 @@ class TrainerSettings(BaseSettings):
     #: decoded batches polled ahead of learning (poll and decode overlap learning)
     prefetch_batches: int = Field(default=4, ge=1)
     snapshot_every_s: float = Field(default=1.0, gt=0)
+    #: most of the learner's wall time copying state for snapshots may take: when a
+    #: copy takes longer than this share of ``snapshot_every_s``, snapshots space out
+    #: (0: always every ``snapshot_every_s``)
+    snapshot_max_share: float = Field(default=0.05, ge=0, le=1)
     keep_snapshots: int = Field(default=5, ge=1)
     #: 0 picks a free port; -1 serves no metrics
     metrics_port: int = Field(default=9101, ge=-1)

@@ -147,3 +147,18 @@ def test_evaluation_governor_keeps_the_cpu_share_but_not_below_the_floor(
                                                 "snapshots": settings.snapshots / "b"}), KAFKA)
     fixed._govern(scored=10, seconds=1.0)
     assert fixed.evaluator.sample.max_per_s == 5.0  # a fixed budget is left alone
+
+
+def test_snapshots_space_out_when_copying_the_state_takes_long(
+        settings: TrainerSettings) -> None:
+    t = Trainer(settings.model_copy(update={"snapshot_every_s": 1.0}), KAFKA)
+    t.handle(_consumed(synthetic_events(300, seed=2), 0))
+    assert t.checkpoint("test", wait=True) is not None
+    assert t._capture_s > 0  # measured on the copy
+    t._capture_s = 0.01  # a cheap copy: every snapshot_every_s
+    assert t._snapshot_gap() == 1.0
+    t._capture_s = 0.5  # copying takes 0.5 s: at most 5% of the time -> every 10 s
+    assert t._snapshot_gap() == pytest.approx(10.0)
+    off = Trainer(settings.model_copy(update={"snapshot_max_share": 0.0}), KAFKA)
+    off._capture_s = 0.5
+    assert off._snapshot_gap() == settings.snapshot_every_s
