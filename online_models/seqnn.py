@@ -45,8 +45,8 @@ from the model's own generator, which is part of the exported state).
 
 from __future__ import annotations
 
-import math
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar, Self
 
@@ -108,13 +108,19 @@ class _Block(nn.Module):
         b, length = ctx.shape
         d, h = self.dim, self.n_heads
         dh = d // h
-        kv = self.kv(emb)[ctx] + self.kv(self.pos[-length:])[None]
-        k, v = kv.view(b, length, 2, h, dh).unbind(2)
-        x = emb[ctx[:, -1]] + self.pos[-1]
-        q = self.q(x).view(b, 1, h, dh) * (1.0 / math.sqrt(dh))
-        # Tiny per-example matrices: elementwise products beat batched matmuls here.
-        att = (q * k).sum(-1).masked_fill(~valid[:, :, None], float("-inf")).softmax(dim=1)
-        o = (att[..., None] * v).sum(1).reshape(b, d)
+        # Keys and values from two halves of one projection, so each is contiguous:
+        # strided (B, L, h, dh) views made the attention 2-3x slower.
+        wk, wv = self.kv.weight[:d], self.kv.weight[d:]
+        pos = self.pos[-length:]
+        k = F.embedding(ctx, F.linear(emb, wk)) + F.linear(pos, wk)[None]
+        v = F.embedding(ctx, F.linear(emb, wv)) + F.linear(pos, wv)[None]
+        x = F.embedding(ctx[:, -1], emb) + self.pos[-1]
+        o = F.scaled_dot_product_attention(
+            self.q(x).view(b, h, 1, dh),
+            k.view(b, length, h, dh).transpose(1, 2),
+            v.view(b, length, h, dh).transpose(1, 2),
+            attn_mask=valid[:, None, None, :],
+        ).reshape(b, d)
         y = self.ln1(x + self.out(o))
         return self.ln2(y + self.ffn(y))
 
@@ -148,10 +154,21 @@ class _RowTable:
         for t in (self.weight, self.m, self.v):
             t[rows] = 0.0
 
-    def adam(self, rows: torch.Tensor, grad: torch.Tensor, lr: float, step: int) -> None:
+    def rows_of(self, rows: torch.Tensor, span: slice | None = None) -> torch.Tensor:
+        """A copy of ``rows`` (``span``: the same rows as one contiguous slice, cheaper)."""
+        return self.weight[span].clone() if span is not None else self.weight.index_select(0, rows)
+
+    def adam(self, rows: torch.Tensor, grad: torch.Tensor, lr: float, step: int,
+             span: slice | None = None) -> None:
+        c1, c2 = 1 - _B1**step, 1 - _B2**step
+        if span is not None:  # contiguous rows: update in place, no gathers
+            m, v, w = self.m[span], self.v[span], self.weight[span]
+            m.mul_(_B1).add_(grad, alpha=1 - _B1)
+            v.mul_(_B2).addcmul_(grad, grad, value=1 - _B2)
+            w.addcdiv_(m, v.div(c2).sqrt_().add_(_EPS), value=-lr / c1)
+            return
         m = self.m.index_select(0, rows).mul_(_B1).add_(grad, alpha=1 - _B1)
         v = self.v.index_select(0, rows).mul_(_B2).addcmul_(grad, grad, value=1 - _B2)
-        c1, c2 = 1 - _B1**step, 1 - _B2**step
         w = self.weight.index_select(0, rows)
         w.addcdiv_(m, v.div(c2).sqrt_().add_(_EPS), value=-lr / c1)
         self.m.index_copy_(0, rows, m)
@@ -168,6 +185,76 @@ class _RowTable:
         for n in ("weight", "m", "v"):
             setattr(t, n, torch.from_numpy(np.array(a[f"{prefix}.{n}"], np.float32)).to(device))
         return t
+
+
+def _csr(crow: np.ndarray, col: np.ndarray, val: np.ndarray, shape: tuple[int, ...],
+         dev: torch.device) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(crow), torch.from_numpy(np.ascontiguousarray(col, np.int64)),
+            torch.from_numpy(np.ascontiguousarray(val, np.float32)), shape,
+            check_invariants=False,
+        ).to(dev)
+
+
+class _SparseMM(torch.autograd.Function):
+    """``mat @ x`` for a constant sparse ``mat`` whose transpose is given for the backward."""
+
+    @staticmethod
+    def forward(ctx: Any, mat: torch.Tensor, mat_t: torch.Tensor, x: torch.Tensor) -> Any:
+        ctx.mat_t = mat_t
+        return mat @ x
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        return None, None, ctx.mat_t @ grad
+
+
+class _Plan:
+    """What one training step needs about its rows: made once per ``learn`` call when the
+    candidates are every clicked item (full softmax), per step when they are sampled."""
+
+    def __init__(self, model: SeqNN, rows: np.ndarray, cand: np.ndarray, cpos: np.ndarray,
+                 full: bool, logq: torch.Tensor | None) -> None:
+        dev = model._dev
+        n = model.items.capacity
+        self.rows, self.cpos, self.full, self.logq = rows, cpos, full, logq
+        self.t_rows = torch.from_numpy(rows).to(dev)
+        contiguous = len(rows) > 0 and int(rows[-1]) - int(rows[0]) + 1 == len(rows)
+        self.span = slice(int(rows[0]), int(rows[-1]) + 1) if contiguous else None
+        self.pos = np.zeros(n + 1, np.int64)  # padding -> row 0, masked out anyway
+        self.pos[rows] = np.arange(len(rows))
+        self.cand_is_rows = len(cand) == len(rows)
+        self.c_local = torch.from_numpy(self.pos[cand]).to(dev)
+        # Content: a sparse (rows, buckets used) matrix of token weights and its transpose
+        # (an embedding_bag's backward over the whole catalogue cost twice as much).
+        self.bags: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        if model._content_on():
+            tw = model._tok_w[rows]
+            nz = tw != 0
+            r_idx = np.nonzero(nz)[0]
+            if len(r_idx):
+                buckets, local = np.unique(model._tok_idx[rows][nz], return_inverse=True)
+                vals = tw[nz]
+                crow = np.zeros(len(rows) + 1, np.int64)
+                np.cumsum(nz.sum(axis=1), out=crow[1:])
+                order = np.argsort(local, kind="stable")
+                crow_t = np.zeros(len(buckets) + 1, np.int64)
+                np.cumsum(np.bincount(local, minlength=len(buckets)), out=crow_t[1:])
+                shape = (len(rows), len(buckets))
+                self.bags = (
+                    torch.from_numpy(buckets).to(dev),
+                    _csr(crow, local, vals, shape, dev),
+                    _csr(crow_t, r_idx[order], vals[order], shape[::-1], dev),
+                )
+
+    def covers(self, ctx: np.ndarray, tgt: np.ndarray) -> bool:
+        """Whether a step on these examples can reuse the plan (full softmax only)."""
+        if not self.full:
+            return False
+        used = ctx[ctx >= 0]
+        return bool((self.cpos[tgt] >= 0).all() and (self.cpos[used] >= 0).all())
 
 
 class SeqNN(OnlineModel):
@@ -249,6 +336,8 @@ class SeqNN(OnlineModel):
         ffn_dim: int = 128,
         learning_rate: float = 5e-3,
         steps_per_batch: int = 4,
+        warmup_steps_per_batch: int = 4,
+        warmup_examples: int = 0,
         replay_size: int = 20_000,
         replay_batch: int = 256,
         full_softmax_max_items: int = 4096,
@@ -277,6 +366,8 @@ class SeqNN(OnlineModel):
         self.ffn_dim = ffn_dim
         self.learning_rate = learning_rate
         self.steps_per_batch = steps_per_batch
+        self.warmup_steps_per_batch = warmup_steps_per_batch
+        self.warmup_examples = warmup_examples
         self.replay_size = replay_size
         self.replay_batch = replay_batch
         self.full_softmax_max_items = full_softmax_max_items
@@ -338,6 +429,8 @@ class SeqNN(OnlineModel):
         #: Adam steps run by the last ``learn`` call and in total (for metrics)
         self.last_steps = 0
         self.steps_total = 0
+        #: training examples (events with context) learned so far
+        self.examples_total = 0
 
     # ------------------------------------------------------------------ features
     def set_item_features(self, features: ItemFeatures) -> None:
@@ -509,13 +602,18 @@ class SeqNN(OnlineModel):
             self._push_replay(ctx, tgt, w)
             t0 = time.perf_counter()
             budget = self.step_budget_seconds
-            for k in range(self.steps_per_batch):
+            plan: _Plan | None = None
+            steps = (self.warmup_steps_per_batch if self.examples_total < self.warmup_examples
+                     else self.steps_per_batch)
+            self.examples_total += len(tgt)
+            for k in range(steps):
                 if k and budget is not None and time.perf_counter() - t0 > budget:
                     break
                 rc, rt, rw = self._draw_replay(len(tgt))
-                self._train_step(
-                    np.concatenate([ctx, rc]), np.concatenate([tgt, rt]), np.concatenate([w, rw])
-                )
+                sc, st = np.concatenate([ctx, rc]), np.concatenate([tgt, rt])
+                if plan is None or not plan.covers(sc, st):
+                    plan = self._plan(st, sc)
+                self._train_step(sc, st, np.concatenate([w, rw]), plan)
                 self.last_steps += 1
             self.steps_total += self.last_steps
         self._expire()
@@ -545,35 +643,18 @@ class SeqNN(OnlineModel):
         has = (ctx >= 0).any(axis=1)
         return ctx[has], self._r_tgt[idx][has], self._r_w[idx][has]
 
-    def _item_emb(self, rows: np.ndarray, t_rows: torch.Tensor) -> tuple[
-            torch.Tensor, torch.Tensor, torch.Tensor | None, np.ndarray | None]:
-        """Leaf id rows, and (when content is on) leaf token rows + their bucket ids."""
-        id_leaf = self._ids.weight[t_rows].detach().requires_grad_()
-        if not self._content_on():
-            return id_leaf, id_leaf, None, None
-        assert self._tokens is not None
-        ti, tw = self._tok_idx[rows], self._tok_w[rows]
-        buckets, local = np.unique(ti, return_inverse=True)
-        tok_leaf = self._tokens.weight[torch.from_numpy(buckets).to(self._dev)].detach()
-        tok_leaf.requires_grad_()
-        content = F.embedding_bag(
-            torch.from_numpy(local.reshape(ti.shape)).to(self._dev),
-            tok_leaf,
-            per_sample_weights=torch.from_numpy(tw).to(self._dev),
-            mode="sum",
-        )
-        return id_leaf, id_leaf + content, tok_leaf, buckets
+    def _plan(self, tgt: np.ndarray, ctx: np.ndarray) -> _Plan:
+        """Candidates and the rows a step touches, with their index maps and content bags.
 
-    def _content_on(self) -> bool:
-        return self.use_content and self._tokens is not None and self._tok_idx.shape[1] > 0
-
-    def _train_step(self, ctx: np.ndarray, tgt: np.ndarray, w: np.ndarray) -> None:
-        dev = self._dev
+        With the full softmax the candidates are every clicked item, the same for every
+        step of a ``learn`` call, so the plan is made once per call (:meth:`learn`).
+        """
         n = self.items.capacity
         # Items nobody has clicked yet (rows from features alone) are no negatives: their
         # content must not be pushed away from the contexts their look-alikes follow.
         clicked = self._alive[:n] & (self._count[:n] > 0)
         full = int(clicked.sum()) <= self.full_softmax_max_items
+        logq: torch.Tensor | None = None
         if full:
             cand = np.flatnonzero(clicked)
         else:
@@ -581,35 +662,57 @@ class SeqNN(OnlineModel):
             negs = self._r_tgt[pick]
             negs = negs[negs >= 0]
             cand = np.unique(np.concatenate([tgt, negs]))
-        rows = np.unique(np.concatenate([cand, ctx[ctx >= 0]]))
-        t_rows = torch.from_numpy(rows).to(dev)
-        id_leaf, emb, tok_leaf, buckets = self._item_emb(rows, t_rows)
-        bias_leaf = self._bias.weight[t_rows].detach().requires_grad_()
-        # Row -> position in ``rows`` / in ``cand`` (-1 when absent).
-        pos = np.zeros(n + 1, np.int64)  # padding -> row 0, masked out anyway
-        pos[rows] = np.arange(len(rows))
+            # logQ: candidates were drawn in proportion to their share of the replay ring.
+            ring = self._r_tgt[: self._r_len]
+            freq = np.bincount(ring[ring >= 0], minlength=n)[cand]
+            logq = torch.from_numpy(
+                np.log(np.maximum(freq, 1) / max(self._r_len, 1)).astype(np.float32)
+            ).to(self._dev)
         cpos = np.full(n + 1, -1, np.int64)
         cpos[cand] = np.arange(len(cand))
+        used = ctx[ctx >= 0]
+        # Contexts hold clicked items only, so with the full softmax rows = candidates.
+        covered = full and bool((cpos[used] >= 0).all())
+        rows = cand if covered else np.unique(np.concatenate([cand, used]))
+        return _Plan(self, rows, cand, cpos, full, logq)
+
+    def _content_on(self) -> bool:
+        return self.use_content and self._tokens is not None and self._tok_idx.shape[1] > 0
+
+    def _train_step(self, ctx: np.ndarray, tgt: np.ndarray, w: np.ndarray,
+                    plan: _Plan | None = None) -> None:
+        dev = self._dev
+        if plan is None or not plan.covers(ctx, tgt):
+            plan = self._plan(tgt, ctx)
+        n = self.items.capacity
+        id_leaf = self._ids.rows_of(plan.t_rows, plan.span).detach().requires_grad_()
+        bias_leaf = self._bias.rows_of(plan.t_rows, plan.span).detach().requires_grad_()
+        emb = id_leaf
+        tok_leaf: torch.Tensor | None = None
+        if plan.bags is not None:
+            assert self._tokens is not None
+            buckets, mat, mat_t = plan.bags
+            tok_leaf = self._tokens.weight[buckets].detach().requires_grad_()
+            emb = id_leaf + _SparseMM.apply(mat, mat_t, tok_leaf)
         valid = ctx >= 0
-        ctx_local = pos[np.where(valid, ctx, n)]
+        ctx_local = plan.pos[np.where(valid, ctx, n)]
         h = self._block(emb, torch.from_numpy(ctx_local).to(dev), torch.from_numpy(valid).to(dev))
-        c_local = torch.from_numpy(pos[cand]).to(dev)
-        logits = h @ emb[c_local].T + bias_leaf[c_local]
-        if not full:
-            # logQ: candidates were drawn in proportion to their share of the replay ring.
-            freq = np.bincount(self._r_tgt[: self._r_len][self._r_tgt[: self._r_len] >= 0],
-                               minlength=n)[cand]
-            logq = np.log(np.maximum(freq, 1) / max(self._r_len, 1)).astype(np.float32)
-            logits = logits - torch.from_numpy(logq).to(dev)[None]
+        if plan.cand_is_rows:
+            logits = torch.addmm(bias_leaf[None], h, emb.T)
+        else:
+            c_local = plan.c_local
+            logits = torch.addmm(bias_leaf[c_local][None], h, emb[c_local].T)
+        if plan.logq is not None:
+            logits = logits - plan.logq[None]
         # Items in an example's context can never be its answer: out of its softmax.
-        ctx_c = cpos[np.where(valid, ctx, n)]
+        ctx_c = plan.cpos[np.where(valid, ctx, n)]
         mask_b, mask_l = np.nonzero((ctx_c >= 0) & (ctx != tgt[:, None]))
         if len(mask_b):
-            logits = logits.index_put(
+            logits.index_put_(
                 (torch.from_numpy(mask_b).to(dev), torch.from_numpy(ctx_c[mask_b, mask_l]).to(dev)),
                 torch.tensor(float("-inf"), device=dev),
             )
-        target = torch.from_numpy(cpos[tgt]).to(dev)
+        target = torch.from_numpy(plan.cpos[tgt]).to(dev)
         wt = torch.from_numpy(w).to(dev)
         loss = (F.cross_entropy(logits, target, reduction="none") * wt).sum() / wt.sum()
         self._opt.zero_grad(set_to_none=True)
@@ -618,11 +721,11 @@ class SeqNN(OnlineModel):
         self._step += 1
         lr = self.learning_rate
         assert id_leaf.grad is not None and bias_leaf.grad is not None
-        self._ids.adam(t_rows, id_leaf.grad, lr, self._step)
-        self._bias.adam(t_rows, bias_leaf.grad, lr, self._step)
-        if tok_leaf is not None and tok_leaf.grad is not None and buckets is not None:
+        self._ids.adam(plan.t_rows, id_leaf.grad, lr, self._step, plan.span)
+        self._bias.adam(plan.t_rows, bias_leaf.grad, lr, self._step, plan.span)
+        if tok_leaf is not None and tok_leaf.grad is not None and plan.bags is not None:
             assert self._tokens is not None
-            self._tokens.adam(torch.from_numpy(buckets).to(dev), tok_leaf.grad, lr, self._step)
+            self._tokens.adam(plan.bags[0], tok_leaf.grad, lr, self._step)
 
     # ------------------------------------------------------------------ scoring
     def _item_matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -762,6 +865,7 @@ class SeqNN(OnlineModel):
             "params": self.get_params(),
             "step": self._step,
             "steps_total": self.steps_total,
+            "examples_total": self.examples_total,
             "replay_pos": self._r_pos,
             "replay_len": self._r_len,
             "watermark": None if not np.isfinite(self._watermark) else self._watermark,
@@ -799,6 +903,7 @@ class SeqNN(OnlineModel):
         m._r_len = int(state.meta["replay_len"])
         m._step = int(state.meta["step"])
         m.steps_total = int(state.meta["steps_total"])
+        m.examples_total = int(state.meta.get("examples_total", 0))
         wm = state.meta["watermark"]
         m._watermark = -np.inf if wm is None else float(wm)
         m._gen.set_state(torch.from_numpy(np.array(a["generator"], np.uint8)))
