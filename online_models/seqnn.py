@@ -283,7 +283,11 @@ class SeqNN(OnlineModel):
     full_softmax_max_items
         Full softmax while the catalogue has at most this many items, else sampled.
     n_negatives
-        Negatives per step of the sampled softmax (drawn from the replay ring).
+        Negatives of the sampled softmax (shared by the steps of a ``learn`` call).
+    uniform_negatives
+        Share of the negatives drawn uniformly over the clicked items; the rest are
+        drawn from the replay ring (in proportion to recent traffic, so cold items are
+        seldom negatives). The logQ correction uses the mixture.
     use_content
         Add content token vectors to item embeddings when features are set.
     catalog_from_features
@@ -342,6 +346,7 @@ class SeqNN(OnlineModel):
         replay_batch: int = 256,
         full_softmax_max_items: int = 4096,
         n_negatives: int = 1024,
+        uniform_negatives: float = 0.0,
         use_content: bool = True,
         catalog_from_features: bool = False,
         admission_threshold: int = 1,
@@ -372,6 +377,7 @@ class SeqNN(OnlineModel):
         self.replay_batch = replay_batch
         self.full_softmax_max_items = full_softmax_max_items
         self.n_negatives = n_negatives
+        self.uniform_negatives = uniform_negatives
         self.use_content = use_content
         self.catalog_from_features = catalog_from_features
         self.admission_threshold = admission_threshold
@@ -660,16 +666,20 @@ class SeqNN(OnlineModel):
         if full:
             cand = np.flatnonzero(clicked)
         else:
-            pick = torch.randint(0, self._r_len, (self.n_negatives,), generator=self._gen).numpy()
+            mix = self.uniform_negatives
+            n_uni = round(self.n_negatives * mix)
+            pick = torch.randint(0, self._r_len, (self.n_negatives - n_uni,),
+                                 generator=self._gen).numpy()
             negs = self._r_tgt[pick]
-            negs = negs[negs >= 0]
-            cand = np.unique(np.concatenate([tgt, negs]))
-            # logQ: candidates were drawn in proportion to their share of the replay ring.
+            live = np.flatnonzero(clicked)
+            uni = live[torch.randint(0, len(live), (n_uni,), generator=self._gen).numpy()]
+            cand = np.unique(np.concatenate([tgt, negs[negs >= 0], uni]))
+            # logQ: a candidate's chance under the mixture of draws in proportion to its
+            # share of the replay ring and uniform draws over the clicked items.
             ring = self._r_tgt[: self._r_len]
             freq = np.bincount(ring[ring >= 0], minlength=n)[cand]
-            logq = torch.from_numpy(
-                np.log(np.maximum(freq, 1) / max(self._r_len, 1)).astype(np.float32)
-            ).to(self._dev)
+            q = (1 - mix) * np.maximum(freq, 1) / max(self._r_len, 1) + mix / len(live)
+            logq = torch.from_numpy(np.log(q).astype(np.float32)).to(self._dev)
         cpos = np.full(n + 1, -1, np.int64)
         cpos[cand] = np.arange(len(cand))
         used = ctx[ctx >= 0]
