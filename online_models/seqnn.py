@@ -294,7 +294,9 @@ class SeqNN(OnlineModel):
     uniform_negatives
         Share of the negatives drawn uniformly over the clicked items; the rest are
         drawn from the replay ring (in proportion to recent traffic, so cold items are
-        seldom negatives). The logQ correction uses the mixture.
+        seldom negatives). The logQ correction uses the mixture. Sampled softmax on
+        the first 30k MovieLens ratings: 0.5 gave HR@10 0.1915 (cold items 0.038),
+        0 gave 0.1896 (0.029); the full softmax 0.1922 (0.047).
     use_content
         Add content token vectors to item embeddings when features are set.
     catalog_from_features
@@ -353,7 +355,7 @@ class SeqNN(OnlineModel):
         replay_batch: int = 256,
         full_softmax_max_items: int = 4096,
         n_negatives: int = 1024,
-        uniform_negatives: float = 0.0,
+        uniform_negatives: float = 0.5,
         use_content: bool = True,
         catalog_from_features: bool = False,
         admission_threshold: int = 1,
