@@ -12,7 +12,7 @@ absolute rates, between runs.
 Example::
 
     .venv/bin/python bench/bench_seqnn_speed.py ../shared/data/movielens-small/ratings.csv \\
-        --preset movielens --limit 30000 --reference itemknn --baseline-rev main \\
+        --preset movielens --limit 30000 --reference itemknn --baseline-rev 9724717 \\
         --config 'default:{}' --config 'steps4:{"steps_per_batch": 4}'
 """
 
