@@ -1,15 +1,19 @@
 """Learning rate of ``seqnn`` configurations on a real stream, per core (process CPU time).
 
 Learn-only (no evaluation): the first ``--warmup`` batches untimed, the next
-``--batches`` timed with ``time.process_time`` (so the figure is per core and less
-sensitive to neighbours on a shared machine than wall-clock time). Each
-configuration is ``name:json-params``.
+``--batches`` timed with ``time.process_time`` (per core, and less sensitive to
+neighbours on a shared machine than wall-clock time). Each configuration is
+``name:json-params``. The configurations (and the ``--reference`` models, e.g.
+``itemknn``, and ``--baseline-rev``, the ``SeqNN`` of another git revision) learn the
+timed batches in turns of ``--chunk`` batches, so a busy machine slows them alike:
+compare the ratios (``x first``: speed over the first configuration's), not the
+absolute rates, between runs.
 
 Example::
 
     .venv/bin/python bench/bench_seqnn_speed.py ../shared/data/movielens-small/ratings.csv \\
-        --preset movielens --limit 30000 --config 'default:{}' \\
-        --config 'steps2:{"steps_per_batch": 2}'
+        --preset movielens --limit 30000 --reference itemknn --baseline-rev 9724717 \\
+        --config 'default:{}' --config 'steps4:{"steps_per_batch": 4}'
 """
 
 from __future__ import annotations
@@ -20,16 +24,35 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
+from online_models import registry  # noqa: E402
 from online_models.content import load_item_features  # noqa: E402
 from online_models.datasets import read_interactions, to_batches  # noqa: E402
 from online_models.seqnn import SeqNN  # noqa: E402
+
+
+def _seqnn_at(rev: str) -> Any:
+    """The ``SeqNN`` class of ``online_models/seqnn.py`` at git revision ``rev``."""
+    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:online_models/seqnn.py"],
+                         check=True, capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "seqnn_baseline.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("seqnn_baseline", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SeqNN
 
 
 def main() -> None:
@@ -40,29 +63,49 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=40, help="untimed batches")
     ap.add_argument("--batches", type=int, default=40, help="timed batches")
     ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--chunk", type=int, default=5, help="timed batches per turn")
     ap.add_argument("--config", action="append", default=[], help="name:json-params")
+    ap.add_argument("--reference", action="append", default=[],
+                    help="registry model timed alongside (e.g. itemknn)")
+    ap.add_argument("--baseline-rev", default=None,
+                    help="also time the SeqNN of this git revision (default params)")
     ap.add_argument("--no-features", action="store_true")
     args = ap.parse_args()
     ds = read_interactions(args.path, args.preset)[: args.limit]
     batches = list(to_batches(ds, args.batch_size))[: args.warmup + args.batches]
     features = None if args.no_features else load_item_features(args.path, args.preset)
+    models: dict[str, Any] = {}
     for spec in args.config or ["default:{}"]:
         name, _, params = spec.partition(":")
-        model = SeqNN(**json.loads(params or "{}"))
-        if features is not None:
+        models[name] = SeqNN(**json.loads(params or "{}"))
+    if args.baseline_rev:
+        models[f"seqnn@{args.baseline_rev}"] = _seqnn_at(args.baseline_rev)()
+    for ref in args.reference:
+        models[ref] = registry.create(ref)
+    for model in models.values():
+        if features is not None and hasattr(model, "set_item_features"):
             model.set_item_features(features)
         for b in batches[: args.warmup]:
             model.learn(b)
-        steps0 = model.steps_total
-        t = time.process_time()
-        n = 0
-        for b in batches[args.warmup :]:
-            model.learn(b)
-            n += len(b)
-        cpu = time.process_time() - t
-        steps = model.steps_total - steps0
-        print(f"{name:<16} {n / cpu:8,.0f} events/s CPU  ({steps} steps, "
-              f"{1e3 * cpu / max(steps, 1):.1f} ms/step, {model.n_items} items)", flush=True)
+    cpu = dict.fromkeys(models, 0.0)
+    steps = {n: getattr(m, "steps_total", 0) for n, m in models.items()}
+    timed = batches[args.warmup :]
+    for start in range(0, len(timed), args.chunk):
+        for name, model in models.items():
+            t = time.process_time()
+            for b in timed[start : start + args.chunk]:
+                model.learn(b)
+            cpu[name] += time.process_time() - t
+    n = sum(len(b) for b in timed)
+    first = next(iter(models))
+    print(f"{len(timed)} timed batches ({n} events), load average "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
+    for name, model in models.items():
+        rate = n / cpu[name]
+        st = getattr(model, "steps_total", 0) - steps[name]
+        per_step = f"{st} steps, {1e3 * cpu[name] / st:.1f} ms/step, " if st else ""
+        print(f"{name:<16} {rate:9,.0f} events/s CPU  x{cpu[first] / cpu[name]:6.2f} first  "
+              f"({per_step}{model.n_items} items)", flush=True)
 
 
 if __name__ == "__main__":
