@@ -114,6 +114,11 @@ class TrainerMetrics:
         self.learn_errors = Counter(
             _P + "learn_errors", "Mini-batches a model failed to learn (logged).",
             ["model"], registry=r)
+        self.train_steps = Counter(
+            _P + "model_train_steps",
+            "Optimiser steps of models that take several per batch (seqnn: replay steps "
+            "drop under its compute budget, the batch's own step never).",
+            ["model"], registry=r)
         self.users_known = Gauge(_P + "model_users", "Users a model knows.", ["model"],
                                  registry=r)
         self.items_known = Gauge(_P + "model_items", "Items a model knows.", ["model"],

@@ -443,6 +443,9 @@ class Trainer:
                 log.exception("model %s failed to learn a batch of %d events", name, len(batch))
                 continue
             self.metrics.learn_duration.labels(model=name).observe(time.perf_counter() - t0)
+            steps = getattr(model, "last_steps", None)
+            if isinstance(steps, int) and steps > 0:
+                self.metrics.train_steps.labels(model=name).inc(steps)
 
     # ------------------------------------------------------------------ snapshot + commit
 

@@ -162,3 +162,17 @@ def test_snapshots_space_out_when_copying_the_state_takes_long(
     off = Trainer(settings.model_copy(update={"snapshot_max_share": 0.0}), KAFKA)
     off._capture_s = 0.5
     assert off._snapshot_gap() == settings.snapshot_every_s
+
+
+def test_multi_step_models_export_their_optimiser_steps(tmp_path: Path) -> None:
+    settings = TrainerSettings(
+        snapshots=tmp_path / "snaps", models="popularity,seqnn", metrics_port=-1,
+        eval_cpu_share=0, model_params={"seqnn": {"warmup_examples": 0}},
+    )
+    t = Trainer(settings, KAFKA)
+    t.handle(_consumed(synthetic_events(300, seed=4), 0))
+    steps = _sample(t, "liverec_trainer_model_train_steps_total", {"model": "seqnn"})
+    assert steps == t.models["seqnn"].steps_total > 0  # type: ignore[attr-defined]
+    # Single-step models export nothing.
+    assert t.metrics.registry.get_sample_value(
+        "liverec_trainer_model_train_steps_total", {"model": "popularity"}) is None
