@@ -376,8 +376,11 @@ class Hybrid(OnlineModel):
     def _tune(self, users: list[str], hists: list[list[str]], truth: np.ndarray) -> None:
         """Update every blend's NDCG average on the sampled events, in event order."""
         mats = self._component_rows(users, hists)
+        # One (n_blends, n_items) buffer for all events: a fresh one per event is a
+        # multi-megabyte allocation (a zeroed mapping each time on large catalogues).
+        buf = np.empty((len(self._grid), mats.shape[-1]), np.result_type(self._grid, mats))
         for r, hist in enumerate(hists):
-            blends = self._grid @ mats[r]  # (n_blends, n_items)
+            blends = np.matmul(self._grid, mats[r], out=buf)  # (n_blends, n_items)
             blends[:, self._items.rows(hist)] = -np.inf
             t = blends[:, truth[r]][:, None]
             # Pessimistic ties, as in the evaluator.
