@@ -45,8 +45,8 @@ from stream.kafka import (
 )
 from stream.settings import KafkaSettings
 
-__all__ = ["ReplayResult", "Replayer", "encode_rows", "produce_events", "replay_dataset",
-           "replay_file"]
+__all__ = ["ReplayResult", "Replayer", "encode_chunks", "encode_rows", "produce_events",
+           "replay_dataset", "replay_file"]
 
 log = logging.getLogger(__name__)
 
@@ -150,30 +150,29 @@ class Replayer:
                        desc=f"replay -> {topic}", smoothing=0.05, mininterval=0.5)
             with bar:
                 t0 = float(dataset.timestamps[0]) if len(dataset) else 0.0
-                paced, sent = self._paced, 0
-                # Unpaced, records go out in batches (librdkafka's batch produce).
-                pending: list[tuple[bytes | None, bytes | None]] = []
-                for n, ts, key, item in encode_rows(dataset, self.limits):
-                    if n & 4095 == 0:
-                        if pending:
-                            producer.send_many(topic, pending)
-                            pending = []
-                        producer.poll(0)
-                        bar.update(n - bar.n)
-                    if paced:
+                sent = 0
+                if self._paced:
+                    for n, ts, key, item in encode_rows(dataset, self.limits):
+                        if n & 4095 == 0:
+                            producer.poll(0)
+                            bar.update(n - bar.n)
                         self._pace(n, ts - t0, start)
-                    if type(item) is bytes:
-                        if paced:
+                        if type(item) is bytes:
                             send(topic, item, key)
+                            sent += 1
                         else:
-                            pending.append((key, item))
-                        sent += 1
-                    else:
-                        assert isinstance(item, Rejected)
-                        self._dead_letter(producer, item, source, None)
-                        result.rejected[item.reason] += 1
-                if pending:
-                    producer.send_many(topic, pending)
+                            assert isinstance(item, Rejected)
+                            self._dead_letter(producer, item, source, None)
+                            result.rejected[item.reason] += 1
+                else:  # as fast as the producer goes: chunks, batch produce
+                    for end, records, rejects in encode_chunks(dataset, self.limits):
+                        producer.send_many(topic, records)
+                        sent += len(records)
+                        for rej in rejects:
+                            self._dead_letter(producer, rej, source, None)
+                            result.rejected[rej.reason] += 1
+                        producer.poll(0)
+                        bar.update(end - bar.n)
                 bar.update(len(dataset) - bar.n)
                 result.sent = sent
             left = producer.flush(120.0)
@@ -227,36 +226,107 @@ def encode_rows(dataset: Dataset, limits: Limits = DEFAULT_LIMITS, *,
     >>> [(n, key, value[:30]) for n, _, key, value in encode_rows(ds, now=1.7e9)]
     [(0, b'u1', b'{"schema":1,"event_id":"e1","u')]
     """
-    now_s = time.time() if now is None else now
-    lo, hi = now_s - limits.max_past_s, now_s + limits.max_future_s
-    stamps = np.asarray(dataset.timestamps, dtype=np.float64)
-    types = frozenset(EVENT_WEIGHTS)
-    good = (stamps >= lo) & (stamps <= hi)
-    good &= np.fromiter((t in types for t in dataset.event_types), bool, len(stamps))
-    for column in (dataset.event_ids, dataset.users, dataset.items):
-        good &= _ids_ok(column, limits.max_id_chars)
-    sessions = dataset.session_ids
-    if any(sid is not None for sid in sessions):
-        good &= _ids_ok(sessions, limits.max_id_chars, optional=True)
+    cols = _Columns(dataset, limits, now)
     dumps = orjson.dumps
-    columns = zip(good.tolist(), dataset.event_ids, dataset.users, dataset.items,
-                  dataset.event_types, stamps.tolist(), iso_times(stamps, lo, hi), sessions,
-                  strict=True)
-    for n, (ok, eid, uid, iid, etype, ts, iso, sid) in enumerate(columns):
+    for n, (ok, eid, uid, iid, etype, ts, iso, sid) in enumerate(cols.rows(0, len(dataset))):
         if ok:
             obj = {"schema": SCHEMA_VERSION, "event_id": eid, "user_id": uid, "item_id": iid,
                    "event_type": etype, "timestamp": iso}
             if sid is not None:
                 obj["session_id"] = sid
             yield n, ts, uid.encode("utf-8"), dumps(obj)
+        else:
+            yield n, ts, *cols.slow(eid, uid, iid, etype, ts, sid)
+
+
+def encode_chunks(dataset: Dataset, limits: Limits = DEFAULT_LIMITS, *,
+                  now: float | None = None, size: int = 4096,
+                  ) -> Iterator[tuple[int, list[tuple[bytes, bytes]], list[Rejected]]]:
+    """:func:`encode_rows` a chunk of ``size`` rows at a time, for unpaced sending:
+    ``(end row, (key, value) records in row order, rejects)`` per chunk.
+
+    A chunk whose rows all pass the cheap checks is encoded by one comprehension
+    (no per-row generator step); any other chunk row by row, as :func:`encode_rows`.
+
+    >>> ds = Dataset.from_records([{"user_id": "u1", "item_id": "i1", "timestamp": 1.7e9,
+    ...                             "event_type": "click", "event_id": "e1"}])
+    >>> [(end, records[0][1][:30], rejects) for end, records, rejects
+    ...  in encode_chunks(ds, now=1.7e9)]
+    [(1, b'{"schema":1,"event_id":"e1","u', [])]
+    """
+    cols = _Columns(dataset, limits, now)
+    dumps = orjson.dumps
+    schema = SCHEMA_VERSION
+    for lo in range(0, len(dataset), size):
+        hi = min(len(dataset), lo + size)
+        if all(cols.good[lo:hi]):
+            users = cols.users[lo:hi]
+            cells = zip(cols.event_ids[lo:hi], users, cols.items[lo:hi], cols.types[lo:hi],
+                        cols.iso[lo:hi], cols.sessions[lo:hi], strict=True)
+            values = [
+                dumps({"schema": schema, "event_id": e, "user_id": u, "item_id": i,
+                       "event_type": t, "timestamp": iso})
+                if sid is None else
+                dumps({"schema": schema, "event_id": e, "user_id": u, "item_id": i,
+                       "event_type": t, "timestamp": iso, "session_id": sid})
+                for e, u, i, t, iso, sid in cells
+            ]
+            yield hi, list(zip([u.encode("utf-8") for u in users], values, strict=True)), []
             continue
+        records: list[tuple[bytes, bytes]] = []
+        rejects: list[Rejected] = []
+        for ok, eid, uid, iid, etype, ts, iso, sid in cols.rows(lo, hi):
+            if ok:
+                obj = {"schema": schema, "event_id": eid, "user_id": uid, "item_id": iid,
+                       "event_type": etype, "timestamp": iso}
+                if sid is not None:
+                    obj["session_id"] = sid
+                records.append((uid.encode("utf-8"), dumps(obj)))
+                continue
+            key, item = cols.slow(eid, uid, iid, etype, ts, sid)
+            if isinstance(item, Rejected):
+                rejects.append(item)
+            else:
+                records.append((key, item))
+        yield hi, records, rejects
+
+
+class _Columns:
+    """A dataset's columns with the cheap validity verdict and ISO times of each row."""
+
+    def __init__(self, dataset: Dataset, limits: Limits, now: float | None) -> None:
+        self.limits = limits
+        self.now = time.time() if now is None else now
+        lo, hi = self.now - limits.max_past_s, self.now + limits.max_future_s
+        stamps = np.asarray(dataset.timestamps, dtype=np.float64)
+        types = frozenset(EVENT_WEIGHTS)
+        good = (stamps >= lo) & (stamps <= hi)
+        good &= np.fromiter((t in types for t in dataset.event_types), bool, len(stamps))
+        for column in (dataset.event_ids, dataset.users, dataset.items):
+            good &= _ids_ok(column, limits.max_id_chars)
+        if any(sid is not None for sid in dataset.session_ids):
+            good &= _ids_ok(dataset.session_ids, limits.max_id_chars, optional=True)
+        self.good: list[bool] = good.tolist()
+        self.event_ids, self.users, self.items = dataset.event_ids, dataset.users, dataset.items
+        self.types, self.sessions = dataset.event_types, dataset.session_ids
+        self.stamps: list[float] = stamps.tolist()
+        self.iso = iso_times(stamps, lo, hi)
+
+    def rows(self, lo: int, hi: int) -> Iterator[tuple[bool, str, str, str, str, float, str,
+                                                    str | None]]:
+        return zip(self.good[lo:hi], self.event_ids[lo:hi], self.users[lo:hi],
+                   self.items[lo:hi], self.types[lo:hi], self.stamps[lo:hi], self.iso[lo:hi],
+                   self.sessions[lo:hi], strict=True)
+
+    def slow(self, eid: str, uid: str, iid: str, etype: str, ts: float, sid: str | None
+             ) -> tuple[bytes, bytes | Rejected]:
+        """A row that failed the cheap checks: ``validate_dict``'s verdict."""
         row = {"event_id": eid, "user_id": uid, "item_id": iid, "event_type": etype,
                "timestamp": ts, "session_id": sid}
-        item = validate_dict(row, now=now_s, limits=limits)
+        item = validate_dict(row, now=self.now, limits=self.limits)
         if isinstance(item, ClickEvent):
-            yield n, ts, item.user_id.encode("utf-8"), encode(item)
-        else:
-            yield n, ts, b"", item
+            return item.user_id.encode("utf-8"), encode(item)
+        return b"", item
 
 
 def _ids_ok(column: Sequence[object], max_chars: int, *, optional: bool = False

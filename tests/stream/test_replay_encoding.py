@@ -11,7 +11,7 @@ def test_fast_row_encoding_equals_validate_then_encode() -> None:
     from online_models.datasets import Dataset
     from online_models.synthetic import iter_events
     from stream.events import ClickEvent, Limits, encode, validate_dict
-    from stream.replay import encode_rows
+    from stream.replay import encode_chunks, encode_rows
 
     now = 1_800_000_000.0
     rows: list[dict[str, Any]] = [dict(r) for r in iter_events(300, 40, 60, 3, None)]
@@ -37,6 +37,17 @@ def test_fast_row_encoding_equals_validate_then_encode() -> None:
         else:
             assert not isinstance(value, bytes) and value.reason == want.reason, row
     assert sum(not isinstance(v, bytes) for *_, v in got) >= 3  # the odd rows do reject
+
+    # The chunked encoder (unpaced replay) gives the same records in row order and the
+    # same rejects; chunks of 64 rows: most all-valid (one comprehension), one not.
+    records, rejects, ends = [], [], []
+    for end, recs, rejs in encode_chunks(ds, limits, now=now, size=64):
+        ends.append(end)
+        records.extend(recs)
+        rejects.extend(r.reason for r in rejs)
+    assert ends == [*range(64, len(ds), 64), len(ds)]
+    assert records == [(key, value) for _, _, key, value in got if isinstance(value, bytes)]
+    assert rejects == [v.reason for *_, v in got if not isinstance(v, bytes)]
 
 
 def test_vectorised_iso_times_equal_datetime_isoformat() -> None:
