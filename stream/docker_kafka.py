@@ -132,16 +132,22 @@ def start_docker_kafka(image: str, *, startup_timeout_s: float = 120.0) -> Resol
             DockerContainer(image)
             .with_env("KAFKA_NODE_ID", "1")
             .with_env("KAFKA_PROCESS_ROLES", "broker,controller")
-            .with_env("KAFKA_LISTENERS", "PLAINTEXT://:9092,CONTROLLER://:9093")
-            .with_env("KAFKA_ADVERTISED_LISTENERS", f"PLAINTEXT://{host}:{port}")
+            # Clients reach the mapped host port; the broker reaches itself (transaction
+            # markers, inter-broker requests) on an address valid inside the container.
+            .with_env("KAFKA_LISTENERS",
+                      "PLAINTEXT://:9092,CONTROLLER://:9093,INTERNAL://:29092")
+            .with_env("KAFKA_ADVERTISED_LISTENERS",
+                      f"PLAINTEXT://{host}:{port},INTERNAL://localhost:29092")
+            .with_env("KAFKA_INTER_BROKER_LISTENER_NAME", "INTERNAL")
             .with_env("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER")
             .with_env("KAFKA_LISTENER_SECURITY_PROTOCOL_MAP",
-                      "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT")
+                      "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,INTERNAL:PLAINTEXT")
             .with_env("KAFKA_CONTROLLER_QUORUM_VOTERS", "1@localhost:9093")
             .with_env("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "1")
             .with_env("KAFKA_OFFSETS_TOPIC_NUM_PARTITIONS", "1")
             .with_env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
             .with_env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
+            .with_env("KAFKA_TRANSACTION_STATE_LOG_NUM_PARTITIONS", "1")
             .with_env("KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR", "1")
             .with_env("KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR", "1")
             .with_env("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")

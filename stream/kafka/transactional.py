@@ -53,6 +53,9 @@ class TransactionalProducer:
         come back), which is also how long readers may wait behind it.
     """
 
+    #: how long retriable errors of a transaction step are retried
+    RETRY_S = 30.0
+
     def __init__(self, settings: KafkaSettings, transactional_id: str, *,
                  client_id: str = "liverec-transactional", timeout_ms: int = 10_000,
                  linger_ms: int = 5, compression: str = "lz4") -> None:
@@ -131,15 +134,21 @@ class TransactionalProducer:
         self._p.flush(timeout_s)
 
     def _call(self, what: str, fn: Any, *args: Any) -> None:
-        for attempt in range(5):
+        """``fn(*args)``, retrying retriable errors (a coordinator still loading after a
+        broker start, say) for up to ``RETRY_S`` seconds."""
+        deadline = time.monotonic() + self.RETRY_S
+        attempt = 0
+        while True:
             try:
                 fn(*args)
                 return
             except ck.KafkaException as exc:
                 err = exc.args[0] if exc.args else None
-                if isinstance(err, ck.KafkaError) and err.retriable() and attempt < 4:
+                if (isinstance(err, ck.KafkaError) and err.retriable()
+                        and time.monotonic() < deadline):
+                    attempt += 1
                     log.warning("%s: %s (retrying)", what, err.str())
-                    time.sleep(0.2 * (attempt + 1))
+                    time.sleep(min(2.0, 0.2 * attempt))
                     continue
                 fatal = bool(isinstance(err, ck.KafkaError) and err.fatal())
                 detail = err.str() if isinstance(err, ck.KafkaError) else str(exc)

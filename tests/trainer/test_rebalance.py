@@ -41,9 +41,11 @@ def test_a_joining_trainer_takes_partitions_without_loss_or_double_learning(
     events = synthetic_events(N_EVENTS, seed=21, n_users=4000)
 
     def stream_in() -> None:
-        for start in range(0, N_EVENTS, 4000):
-            produce_events(kafka_bootstrap, topic, events[start:start + 4000])
-            time.sleep(0.5)
+        # ~16 s of stream: the second trainer must join while events still arrive
+        # (the trainer learns a 4,000-event chunk in well under a second).
+        for start in range(0, N_EVENTS, 1000):
+            produce_events(kafka_bootstrap, topic, events[start:start + 1000])
+            time.sleep(0.4)
 
     producer = threading.Thread(target=stream_in, daemon=True)
     producer.start()
