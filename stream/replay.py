@@ -227,16 +227,8 @@ def encode_rows(dataset: Dataset, limits: Limits = DEFAULT_LIMITS, *,
     [(0, b'u1', b'{"schema":1,"event_id":"e1","u')]
     """
     cols = _Columns(dataset, limits, now)
-    dumps = orjson.dumps
-    for n, (ok, eid, uid, iid, etype, ts, iso, sid) in enumerate(cols.rows(0, len(dataset))):
-        if ok:
-            obj = {"schema": SCHEMA_VERSION, "event_id": eid, "user_id": uid, "item_id": iid,
-                   "event_type": etype, "timestamp": iso}
-            if sid is not None:
-                obj["session_id"] = sid
-            yield n, ts, uid.encode("utf-8"), dumps(obj)
-        else:
-            yield n, ts, *cols.slow(eid, uid, iid, etype, ts, sid)
+    for n, row in enumerate(cols.rows(0, len(dataset))):
+        yield n, row[5], *cols.encode(*row)
 
 
 def encode_chunks(dataset: Dataset, limits: Limits = DEFAULT_LIMITS, *,
@@ -275,15 +267,8 @@ def encode_chunks(dataset: Dataset, limits: Limits = DEFAULT_LIMITS, *,
             continue
         records: list[tuple[bytes, bytes]] = []
         rejects: list[Rejected] = []
-        for ok, eid, uid, iid, etype, ts, iso, sid in cols.rows(lo, hi):
-            if ok:
-                obj = {"schema": schema, "event_id": eid, "user_id": uid, "item_id": iid,
-                       "event_type": etype, "timestamp": iso}
-                if sid is not None:
-                    obj["session_id"] = sid
-                records.append((uid.encode("utf-8"), dumps(obj)))
-                continue
-            key, item = cols.slow(eid, uid, iid, etype, ts, sid)
+        for row in cols.rows(lo, hi):
+            key, item = cols.encode(*row)
             if isinstance(item, Rejected):
                 rejects.append(item)
             else:
@@ -318,9 +303,16 @@ class _Columns:
                    self.items[lo:hi], self.types[lo:hi], self.stamps[lo:hi], self.iso[lo:hi],
                    self.sessions[lo:hi], strict=True)
 
-    def slow(self, eid: str, uid: str, iid: str, etype: str, ts: float, sid: str | None
-             ) -> tuple[bytes, bytes | Rejected]:
-        """A row that failed the cheap checks: ``validate_dict``'s verdict."""
+    def encode(self, ok: bool, eid: str, uid: str, iid: str, etype: str, ts: float, iso: str,
+               sid: str | None) -> tuple[bytes, bytes | Rejected]:
+        """One row's key and value (or reject): from the columns when it passed the
+        cheap checks, else ``validate_dict``'s verdict."""
+        if ok:
+            obj = {"schema": SCHEMA_VERSION, "event_id": eid, "user_id": uid, "item_id": iid,
+                   "event_type": etype, "timestamp": iso}
+            if sid is not None:
+                obj["session_id"] = sid
+            return uid.encode("utf-8"), orjson.dumps(obj)
         row = {"event_id": eid, "user_id": uid, "item_id": iid, "event_type": etype,
                "timestamp": ts, "session_id": sid}
         item = validate_dict(row, now=self.now, limits=self.limits)

@@ -91,19 +91,9 @@ class _Windowed:
         return 0.0
 
     def add(self, key: str, bucket: int, count: float = 1.0) -> None:
-        st = self.state.get(key)
-        if st is None:
-            self.state[key] = (bucket, count, 0.0)
-            return
-        b, cur, prev = st
-        if b == bucket:
-            self.state[key] = (b, cur + count, prev)
-        elif b == bucket - 1:
-            self.state[key] = (bucket, count, cur)
-        else:
-            self.state[key] = (bucket, count, 0.0)
+        self.add_counts({key: count}, bucket)
 
-    def exceeds(self, counts: Mapping[str, int], bucket: int, frac: float, cap: float) -> bool:
+    def exceeds(self, counts: Mapping[str, float], bucket: int, frac: float, cap: float) -> bool:
         """Whether ``estimate(key) + count > cap`` for any key of ``counts``."""
         get, keep = self.state.get, 1.0 - frac
         for key, c in counts.items():
@@ -118,7 +108,7 @@ class _Windowed:
                 return True
         return False
 
-    def add_counts(self, counts: Mapping[str, int], bucket: int) -> None:
+    def add_counts(self, counts: Mapping[str, float], bucket: int) -> None:
         """:meth:`add` of every key's count."""
         state = self.state
         get = state.get

@@ -40,11 +40,10 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -68,6 +67,7 @@ from trainer.flood import FloodSettings
 from trainer.metrics import TrainerMetrics
 from trainer.partition_state import PartitionState, PartitionStore, merge_histories
 from trainer.settings import TrainerSettings
+from trainer.signals import stop_on_signals
 
 __all__ = ["ScaleOutResult", "ScaleOutTrainer", "updates_topic"]
 
@@ -291,7 +291,7 @@ class ScaleOutTrainer:
         s = self.settings
         t_start = time.monotonic()
         self._claim()
-        restore_signals = self._install_signals()
+        restore_signals = stop_on_signals(self.stop_event, "snapshots")
         last_record = t_start
         try:
             self._restore_items()
@@ -357,22 +357,6 @@ class ScaleOutTrainer:
         if s.max_seconds is not None and elapsed >= s.max_seconds:
             return True
         return s.idle_exit_s is not None and idle >= s.idle_exit_s
-
-    def _install_signals(self) -> Callable[[], None]:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-
-        def handler(signum: int, frame: Any) -> None:
-            log.info("signal %d: finishing the batch, then snapshots", signum)
-            self.stop_event.set()
-
-        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-        def restore() -> None:
-            for sig, h in old.items():
-                signal.signal(sig, h)
-
-        return restore
 
     # ------------------------------------------------------------------ one poll
 

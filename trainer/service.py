@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -46,6 +45,7 @@ from trainer.dedup import DedupWindow
 from trainer.flood import FloodGuard, FloodSettings
 from trainer.metrics import TrainerMetrics
 from trainer.settings import TrainerSettings
+from trainer.signals import stop_on_signals
 from trainer.source import BatchSource, PolledBatch
 
 __all__ = ["Trainer", "TrainerResult"]
@@ -239,7 +239,7 @@ class Trainer:
         s = self.settings
         self.checkpointer.acquire(group=s.group, topic=self.kafka.topic)
         t_start = time.monotonic()
-        restore_signals = self._install_signals()
+        restore_signals = stop_on_signals(self.stop_event, "final snapshot + commit")
         last_status = last_record = t_start
         window_events, window_start = 0, t_start
         factory = self._consumer_factory or self._make_consumer
@@ -325,22 +325,6 @@ class Trainer:
             log.info("no records for %.1f s: stopping", idle)
             return True
         return False
-
-    def _install_signals(self) -> Callable[[], None]:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-
-        def handler(signum: int, frame: Any) -> None:
-            log.info("signal %d: finishing the batch, then final snapshot + commit", signum)
-            self.stop_event.set()
-
-        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-        def restore() -> None:
-            for sig, h in old.items():
-                signal.signal(sig, h)
-
-        return restore
 
     # ------------------------------------------------------------------ one batch
 
