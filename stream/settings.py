@@ -178,6 +178,28 @@ class KafkaSettings(BaseSettings):
         """Whether the security protocol encrypts with TLS."""
         return self.security_protocol.endswith("SSL")
 
+    def security_values(self) -> dict[str, str]:
+        """The security fields in force beyond the protocol, secrets revealed: SASL
+        fields under SASL, TLS fields under SSL, unset ones left out. Each Kafka client
+        translates these names to its own configuration keys.
+
+        >>> KafkaSettings(security_protocol="SASL_PLAINTEXT", sasl_username="u",
+        ...               ssl_cafile="/ca.pem").security_values()
+        {'sasl_mechanism': 'SCRAM-SHA-512', 'sasl_username': 'u'}
+        """
+        fields: tuple[str, ...] = ()
+        if self.uses_sasl:
+            fields += ("sasl_mechanism", "sasl_username", "sasl_password")
+        if self.uses_ssl:
+            fields += ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password")
+        out: dict[str, str] = {}
+        for name in fields:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = (value.get_secret_value() if isinstance(value, SecretStr)
+                             else str(value))
+        return out
+
     @property
     def limits(self) -> Limits:
         """The event validation limits (:class:`stream.events.Limits`)."""

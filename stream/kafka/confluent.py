@@ -38,6 +38,15 @@ _rdlog = logging.getLogger("stream.kafka.librdkafka")
 _INVALID = ck.OFFSET_INVALID
 
 
+#: librdkafka's name for each of :meth:`KafkaSettings.security_values`' fields
+_SECURITY_KEYS = {
+    "sasl_mechanism": "sasl.mechanisms", "sasl_username": "sasl.username",
+    "sasl_password": "sasl.password", "ssl_cafile": "ssl.ca.location",
+    "ssl_certfile": "ssl.certificate.location", "ssl_keyfile": "ssl.key.location",
+    "ssl_key_password": "ssl.key.password",
+}
+
+
 def security_config(settings: KafkaSettings) -> dict[str, Any]:
     """librdkafka properties for the settings' security fields.
 
@@ -45,23 +54,8 @@ def security_config(settings: KafkaSettings) -> dict[str, Any]:
     ...                               sasl_password="p"))["sasl.mechanisms"]
     'SCRAM-SHA-512'
     """
-    s = settings
-    conf: dict[str, Any] = {"security.protocol": s.security_protocol.lower()}
-    if s.uses_sasl:
-        conf["sasl.mechanisms"] = s.sasl_mechanism
-        if s.sasl_username is not None:
-            conf["sasl.username"] = s.sasl_username
-        if s.sasl_password is not None:
-            conf["sasl.password"] = s.sasl_password.get_secret_value()
-    if s.uses_ssl:
-        if s.ssl_cafile is not None:
-            conf["ssl.ca.location"] = str(s.ssl_cafile)
-        if s.ssl_certfile is not None:
-            conf["ssl.certificate.location"] = str(s.ssl_certfile)
-        if s.ssl_keyfile is not None:
-            conf["ssl.key.location"] = str(s.ssl_keyfile)
-        if s.ssl_key_password is not None:
-            conf["ssl.key.password"] = s.ssl_key_password.get_secret_value()
+    conf: dict[str, Any] = {"security.protocol": settings.security_protocol.lower()}
+    conf.update({_SECURITY_KEYS[k]: v for k, v in settings.security_values().items()})
     return conf
 
 

@@ -46,29 +46,24 @@ def servers(settings: KafkaSettings) -> list[str]:
     return settings.bootstrap.split(",")
 
 
+#: kafka-python's keyword for each of :meth:`KafkaSettings.security_values`' fields
+_SECURITY_KEYS = {
+    "sasl_mechanism": "sasl_mechanism", "sasl_username": "sasl_plain_username",
+    "sasl_password": "sasl_plain_password", "ssl_cafile": "ssl_cafile",
+    "ssl_certfile": "ssl_certfile", "ssl_keyfile": "ssl_keyfile",
+    "ssl_key_password": "ssl_password",
+}
+
+
 def security_config(settings: KafkaSettings) -> dict[str, Any]:
     """kafka-python keyword arguments for the settings' security fields.
 
     >>> security_config(KafkaSettings(security_protocol="SSL", ssl_cafile="/ca.pem"))
     {'security_protocol': 'SSL', 'ssl_cafile': '/ca.pem', 'ssl_check_hostname': True}
     """
-    s = settings
-    conf: dict[str, Any] = {"security_protocol": s.security_protocol}
-    if s.uses_sasl:
-        conf["sasl_mechanism"] = s.sasl_mechanism
-        if s.sasl_username is not None:
-            conf["sasl_plain_username"] = s.sasl_username
-        if s.sasl_password is not None:
-            conf["sasl_plain_password"] = s.sasl_password.get_secret_value()
-    if s.uses_ssl:
-        if s.ssl_cafile is not None:
-            conf["ssl_cafile"] = str(s.ssl_cafile)
-        if s.ssl_certfile is not None:
-            conf["ssl_certfile"] = str(s.ssl_certfile)
-        if s.ssl_keyfile is not None:
-            conf["ssl_keyfile"] = str(s.ssl_keyfile)
-        if s.ssl_key_password is not None:
-            conf["ssl_password"] = s.ssl_key_password.get_secret_value()
+    conf: dict[str, Any] = {"security_protocol": settings.security_protocol}
+    conf.update({_SECURITY_KEYS[k]: v for k, v in settings.security_values().items()})
+    if settings.uses_ssl:
         conf["ssl_check_hostname"] = True
     return conf
 
