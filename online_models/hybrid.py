@@ -35,6 +35,7 @@ import numpy as np
 
 from online_models import registry
 from online_models.base import Batch, IdIndex, ModelState, OnlineModel, UserHistory
+from online_models.rowmap import RowMaps
 
 if TYPE_CHECKING:
     from online_models.content import ItemFeatures
@@ -154,10 +155,8 @@ class Hybrid(OnlineModel):
         self._grid = weight_grid(len(self.components), grid_steps)
         self._ema = np.zeros(len(self._grid), np.float64)
         self._n_tuned = 0
-        self._maps: dict[str, np.ndarray] = {}  # component row -> hybrid row
-        self._gens: dict[str, int] = {}
+        self._maps = RowMaps()  # component row -> hybrid row
         self._shared: set[str] = set()  # components bound from outside (not learned here)
-        self._identity: dict[str, bool] = {}  # component rows == hybrid rows
 
     @property
     def items(self) -> IdIndex:
@@ -199,7 +198,7 @@ class Hybrid(OnlineModel):
                 )
             if self.models.get(c) is not other:
                 self.models[c] = other
-                self._gens[c] = -1  # rebuild its row map from scratch
+                self._maps.invalidate(c)
             self._shared.add(c)
             bound.append(c)
         self._sync()
@@ -228,19 +227,7 @@ class Hybrid(OnlineModel):
 
     # ------------------------------------------------------------------ rows
     def _sync(self) -> None:
-        for c, m in self.models.items():
-            index = m.items
-            old = self._maps.get(c, np.zeros(0, np.int64))
-            start = 0 if index.generation != self._gens.get(c) else len(old)
-            ids = index.ids
-            if start == len(ids) and start == len(old):
-                continue
-            new = np.asarray([-1 if k is None else self._items.add(k) for k in ids[start:]],
-                             np.int64)
-            self._maps[c] = np.concatenate((old[:start], new))
-            self._gens[c] = index.generation
-            full = self._maps[c]
-            self._identity[c] = bool(np.array_equal(full, np.arange(len(full))))
+        self._maps.sync(self.models, self._items)
 
     def _component_rows(
         self,
@@ -261,11 +248,11 @@ class Hybrid(OnlineModel):
         for k, c in enumerate(self.components):
             pre = given.get(c) if given is not None else None
             raw = pre if pre is not None else self.models[c].score_many(users, contexts)
-            rows = self._maps.get(c, np.zeros(0, np.int64))[: raw.shape[1]]
+            rows = self._maps.rows(c)[: raw.shape[1]]
             width = len(rows)
             if (
                 self.normalization != "rank"
-                and self._identity.get(c, False)
+                and self._maps.is_identity(c)
                 and width <= cap
                 and np.isfinite(raw[:, :width]).all()
             ):
@@ -281,7 +268,7 @@ class Hybrid(OnlineModel):
             else:
                 ok = mapped[None, :] & np.isfinite(s)
                 norm = np.where(ok, self._normalize_rows(s, ok), 0.0)
-            if self._identity.get(c, False) and len(rows) <= cap:
+            if self._maps.is_identity(c) and len(rows) <= cap:
                 out[:, k, : len(rows)] = norm  # same row order as the hybrid: no scatter
             else:
                 out[:, k, rows[mapped]] = norm[:, mapped]
@@ -422,7 +409,7 @@ class Hybrid(OnlineModel):
         if cold.any():
             pop = self.models["popularity"]
             s = np.asarray(pop.score_all(""), np.float64)
-            rows = self._maps.get("popularity", np.zeros(0, np.int64))[: len(s)]
+            rows = self._maps.rows("popularity")[: len(s)]
             ok = rows >= 0
             out[np.ix_(cold, rows[ok])] = s[: len(rows)][ok]
         warm = np.flatnonzero(~cold).tolist()
@@ -478,7 +465,7 @@ class Hybrid(OnlineModel):
             st = m.get_state()
             comp_meta[c] = st.meta
             arrays.update({f"{c}/{k}": v for k, v in st.arrays.items()})
-            arrays[f"map/{c}"] = self._maps.get(c, np.zeros(0, np.int64)).copy()
+            arrays[f"map/{c}"] = self._maps.rows(c).copy()
         meta = {
             "class": self.name,
             "params": self.get_params(),
@@ -501,14 +488,12 @@ class Hybrid(OnlineModel):
         for c in m.components:
             if c in shared:
                 # A placeholder until bind(): the real model lives beside the hybrid.
-                m._gens[c] = -1
+                m._maps.invalidate(c)
                 continue
             prefix = f"{c}/"
             sub = {k[len(prefix):]: v for k, v in a.items() if k.startswith(prefix)}
             m.models[c] = registry.from_state(ModelState(arrays=sub, meta=meta["components"][c]))
-            m._maps[c] = np.asarray(a[f"map/{c}"], np.int64).copy()
-            m._gens[c] = m.models[c].items.generation
-            m._identity[c] = bool(np.array_equal(m._maps[c], np.arange(len(m._maps[c]))))
+            m._maps.restore(c, a[f"map/{c}"], m.models[c].items.generation)
         if shared:
             log.info("hybrid restored with shared components %s: bind() them", sorted(shared))
         return m

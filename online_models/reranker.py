@@ -40,6 +40,7 @@ from online_models import registry
 from online_models.base import Batch, IdIndex, ModelState, OnlineModel, UserHistory
 from online_models.bpr import grow_rows
 from online_models.content import ItemFeatures
+from online_models.rowmap import RowMaps
 
 __all__ = ["ReRanker"]
 
@@ -142,8 +143,7 @@ class ReRanker(OnlineModel):
         self.items = IdIndex()
         self.history = UserHistory(max_items=history_items)
         self.features: ItemFeatures | None = None
-        self._maps: dict[str, np.ndarray] = {}
-        self._gens: dict[str, int] = {}
+        self._maps = RowMaps()  # component row -> our row
         self._i_count = np.zeros(0, np.float64)
         self._i_first = np.zeros(0, np.float64)
         self._i_last = np.zeros(0, np.float64)
@@ -173,17 +173,7 @@ class ReRanker(OnlineModel):
         self._sync()
 
     def _sync(self) -> None:
-        for c, m in self.models.items():
-            index = m.items
-            old = self._maps.get(c, np.zeros(0, np.int64))
-            start = 0 if index.generation != self._gens.get(c) else len(old)
-            ids = index.ids
-            if start == len(ids) and start == len(old):
-                continue
-            new = np.asarray([-1 if k is None else self.items.add(k) for k in ids[start:]],
-                             np.int64)
-            self._maps[c] = np.concatenate((old[:start], new))
-            self._gens[c] = index.generation
+        self._maps.sync(self.models, self.items)
         cap = self.items.capacity
         self._i_count = grow_rows(self._i_count, cap)
         self._i_first = grow_rows(self._i_first, cap, np.nan)
@@ -195,7 +185,7 @@ class ReRanker(OnlineModel):
         out = np.zeros((len(self.components), cap), np.float64)
         for k, c in enumerate(self.components):
             s = np.asarray(self.models[c].score_all(user, history), np.float64)
-            rows = self._maps.get(c, np.zeros(0, np.int64))[: len(s)]
+            rows = self._maps.rows(c)[: len(s)]
             ok = (rows >= 0) & np.isfinite(s[: len(rows)])
             vals = s[: len(rows)][ok]
             if len(vals):
@@ -434,7 +424,7 @@ class ReRanker(OnlineModel):
             st = m.get_state()
             comp_meta[c] = st.meta
             arrays.update({f"{c}/{k}": v for k, v in st.arrays.items()})
-            arrays[f"map/{c}"] = self._maps.get(c, np.zeros(0, np.int64)).copy()
+            arrays[f"map/{c}"] = self._maps.rows(c).copy()
         if self.features is not None:
             arrays.update(self.features.to_arrays("features"))
         meta = {
@@ -479,8 +469,7 @@ class ReRanker(OnlineModel):
             prefix = f"{c}/"
             sub = {k[len(prefix):]: v for k, v in a.items() if k.startswith(prefix)}
             m.models[c] = registry.from_state(ModelState(arrays=sub, meta=meta["components"][c]))
-            m._maps[c] = np.asarray(a[f"map/{c}"], np.int64).copy()
-            m._gens[c] = m.models[c].items.generation
+            m._maps.restore(c, a[f"map/{c}"], m.models[c].items.generation)
         if meta.get("has_features"):
             m.features = ItemFeatures.from_arrays(a, "features")
             for comp in m.models.values():

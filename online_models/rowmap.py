@@ -1,0 +1,75 @@
+"""Component item rows mapped onto a blending model's own rows.
+
+A model that blends others (:class:`online_models.hybrid.HybridRecommender`,
+:class:`online_models.reranker.ReRanker`) keeps one :class:`~online_models.base.IdIndex`
+of items; each component numbers its items its own way. :class:`RowMaps` holds, per
+component, the array ``rows`` with ``rows[r]`` = our row of the component's row ``r``
+(-1 for a row the component freed). Maps grow with the components' indexes and are
+rebuilt from scratch when an index's ``generation`` changes (a removal renumbers rows).
+
+>>> from online_models.base import IdIndex
+>>> class M:
+...     items = IdIndex()
+>>> m, ours = M(), IdIndex()
+>>> ours.add("x"), m.items.add("y"), m.items.add("x")
+(0, 0, 1)
+>>> maps = RowMaps()
+>>> maps.sync({"m": m}, ours)
+>>> maps.rows("m").tolist(), maps.is_identity("m")
+([1, 0], False)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from online_models.base import IdIndex
+
+__all__ = ["RowMaps"]
+
+_EMPTY = np.zeros(0, np.int64)
+_EMPTY.flags.writeable = False
+
+
+class RowMaps:
+    """Per component: its item rows -> our item rows (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, np.ndarray] = {}
+        self._gens: dict[str, int] = {}
+        self._identity: dict[str, bool] = {}  # component rows == our rows
+
+    def rows(self, component: str) -> np.ndarray:
+        """Our row of each of ``component``'s rows (-1 where it freed one); do not modify."""
+        return self._rows.get(component, _EMPTY)
+
+    def is_identity(self, component: str) -> bool:
+        """Whether ``component``'s rows are ours, in the same order (no scatter needed)."""
+        return self._identity.get(component, False)
+
+    def invalidate(self, component: str) -> None:
+        """Rebuild ``component``'s map from scratch at the next :meth:`sync` (a new model)."""
+        self._gens[component] = -1
+
+    def sync(self, models: Mapping[str, Any], items: IdIndex) -> None:
+        """Extend each component's map by the items it added (ours added to ``items``)."""
+        for c, m in models.items():
+            index: IdIndex = m.items
+            old = self._rows.get(c, _EMPTY)
+            start = 0 if index.generation != self._gens.get(c) else len(old)
+            ids = index.ids
+            if start == len(ids) and start == len(old):
+                continue
+            new = np.asarray([-1 if k is None else items.add(k) for k in ids[start:]],
+                             np.int64)
+            self.restore(c, np.concatenate((old[:start], new)), index.generation)
+
+    def restore(self, component: str, rows: np.ndarray, generation: int) -> None:
+        """Set ``component``'s map (from a snapshot), valid for its index ``generation``."""
+        rows = np.asarray(rows, np.int64).copy()
+        self._rows[component] = rows
+        self._gens[component] = generation
+        self._identity[component] = bool(np.array_equal(rows, np.arange(len(rows))))
