@@ -29,7 +29,6 @@ import asyncio
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,101 +43,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.bench_serving import Server, build, write  # noqa: E402
+from bench.bench_serving import Server, build, run_load, write  # noqa: E402
 from online_models.snapshot import SnapshotStore  # noqa: E402
 from serving.auth import KeyFile  # noqa: E402
-
-
-class _Conn:
-    def __init__(self, host: str, port: int, headers: str) -> None:
-        self.host, self.port, self.headers = host, port, headers
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def get(self, path: str) -> int:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        assert self.reader is not None
-        req = f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n{self.headers}\r\n"
-        self.writer.write(req.encode())
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":", 1)[1])
-        await self.reader.readexactly(length)
-        return status
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-
-
-async def _open_loop(port: int, paths: list[str], headers: str, rate: float,
-                     seconds: float) -> dict[str, Any]:
-    n = int(rate * seconds)
-    lat: list[float] = []
-    statuses: dict[int, int] = {}
-    pool: asyncio.Queue[_Conn] = asyncio.Queue()
-    for _ in range(64):
-        pool.put_nowait(_Conn("127.0.0.1", port, headers))
-    t0 = time.perf_counter() + 0.5
-
-    async def one(i: int) -> None:
-        due = t0 + i / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        conn = await pool.get()
-        try:
-            status = await asyncio.wait_for(conn.get(paths[i % len(paths)]), 10.0)
-        except Exception:
-            conn.close()
-            status = 0
-        finally:
-            pool.put_nowait(conn)
-        lat.append(time.perf_counter() - due)
-        statuses[status] = statuses.get(status, 0) + 1
-
-    await asyncio.gather(*(one(i) for i in range(n)))
-    wall = time.perf_counter() - t0
-    while not pool.empty():
-        pool.get_nowait().close()
-    arr = np.asarray(lat)
-    return {
-        "requests": n,
-        "achieved_rps": round(n / wall, 1),
-        "statuses": {str(k): v for k, v in statuses.items()},
-        "p50_ms": round(float(np.percentile(arr, 50)) * 1000, 3),
-        "p99_ms": round(float(np.percentile(arr, 99)) * 1000, 3),
-    }
-
-
-def _loadgen(args: argparse.Namespace) -> None:
-    spec = json.loads(Path(args.spec).read_text())
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    out = asyncio.run(_open_loop(spec["port"], spec["paths"], spec["headers"], args.rate,
-                                 args.seconds))
-    print(json.dumps(out))
-
-
-def run_load(port: int, paths: list[str], headers: str, rate: float, seconds: float,
-             tmp: Path) -> dict[str, Any]:
-    spec = tmp / f"spec-{port}.json"
-    spec.write_text(json.dumps({"port": port, "paths": paths, "headers": headers}))
-    res = subprocess.run([sys.executable, __file__, "--loadgen", "--spec", str(spec),
-                          "--rate", str(rate), "--seconds", str(seconds)],
-                         capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        raise RuntimeError(res.stderr[-2000:])
-    return dict(json.loads(res.stdout.strip().splitlines()[-1]))
 
 
 def inprocess_cost(key_file: Path, key: str, n: int = 20_000) -> dict[str, float]:
@@ -175,17 +82,12 @@ def inprocess_cost(key_file: Path, key: str, n: int = 20_000) -> dict[str, float
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--spec", help=argparse.SUPPRESS)
     p.add_argument("--rate", type=float, default=300.0)
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--items", type=int, default=5_000)
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "auth.json")
     args = p.parse_args()
-    if args.loadgen:
-        _loadgen(args)
-        return
 
     tmp = Path(tempfile.mkdtemp(prefix="liverec-bench-auth-"))
     store = SnapshotStore(tmp / "snaps")
@@ -215,13 +117,14 @@ def main() -> None:
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
     try:
         for name, (_, headers) in configs.items():  # warm-up: scrypt once, caches, JIT-ish
-            run_load(servers[name].port, paths, headers, args.rate, 2, tmp)
+            run_load(servers[name].base, paths, args.rate, 2, tmp, headers)
         names = list(configs)
         for r in range(args.rounds):
             # Each round starts with another configuration: no one always runs first.
             for name in names[r % len(names):] + names[: r % len(names)]:
                 headers = configs[name][1]
-                res = run_load(servers[name].port, paths, headers, args.rate, args.seconds, tmp)
+                res = run_load(servers[name].base, paths, args.rate, args.seconds, tmp,
+                               headers)
                 res["load"] = [round(x, 2) for x in os.getloadavg()]
                 results[name].append(res)
                 print(f"round {r + 1} {name:15s} {res}", flush=True)
@@ -238,7 +141,7 @@ def main() -> None:
     base = summary["open"]["p99_ms"]
     for name in summary:
         summary[name]["p99_vs_open"] = round(summary[name]["p99_ms"] / base, 3)
-    out = {"args": {k: v for k, v in vars(args).items() if k not in ("loadgen", "spec", "out")},
+    out = {"args": {k: v for k, v in vars(args).items() if k != "out"},
            "inprocess": cost, "runs": results, "summary": summary}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1, default=str))

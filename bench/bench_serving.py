@@ -94,8 +94,8 @@ class _Conn:
     """One keep-alive HTTP/1.1 connection (a minimal client: httpx's pool turned out
     CPU-bound on 2 cores at 300 req/s and became the bottleneck being measured)."""
 
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
+    def __init__(self, host: str, port: int, headers: str = "") -> None:
+        self.host, self.port, self.headers = host, port, headers  # headers: "K: v\r\n"...
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -103,7 +103,8 @@ class _Conn:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
-        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
+        req = f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n{self.headers}\r\n"
+        self.writer.write(req.encode())
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
         length = 0
@@ -119,15 +120,17 @@ class _Conn:
             self.writer = None
 
 
-async def _open_loop(base: str, paths: list[str], rate: float, seconds: float) -> dict[str, Any]:
+async def _open_loop(base: str, paths: list[str], rate: float, seconds: float,
+                     headers: str = "") -> dict[str, Any]:
     host, port = base.split("//", 1)[1].rsplit(":", 1)
     n = int(rate * seconds)
     lat: list[float] = []
     failures = 0
     errors: dict[str, int] = {}
+    statuses: dict[str, int] = {}
     pool: asyncio.Queue[_Conn] = asyncio.Queue()
     for _ in range(64):
-        pool.put_nowait(_Conn(host, int(port)))
+        pool.put_nowait(_Conn(host, int(port), headers))
     t0 = time.perf_counter() + 0.5
 
     async def one(i: int) -> None:
@@ -139,6 +142,7 @@ async def _open_loop(base: str, paths: list[str], rate: float, seconds: float) -
         conn = await pool.get()
         try:
             status = await asyncio.wait_for(conn.get(paths[i % len(paths)]), 10.0)
+            statuses[str(status)] = statuses.get(str(status), 0) + 1
             ok = status == 200
             if not ok:
                 errors[str(status)] = errors.get(str(status), 0) + 1
@@ -161,6 +165,7 @@ async def _open_loop(base: str, paths: list[str], rate: float, seconds: float) -
         "achieved_rps": round(n / wall, 1),
         "failures": failures,
         "errors": errors,
+        "statuses": statuses,
         "p50_ms": ms(pct(lat, 50)),
         "p90_ms": ms(pct(lat, 90)),
         "p99_ms": ms(pct(lat, 99)),
@@ -169,21 +174,24 @@ async def _open_loop(base: str, paths: list[str], rate: float, seconds: float) -
 
 
 def loadgen_main(args: argparse.Namespace) -> None:
-    paths = json.loads(Path(args.paths_file).read_text())
+    spec = json.loads(Path(args.paths_file).read_text())
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    out = asyncio.run(_open_loop(args.base, paths, args.rate, args.seconds))
+    out = asyncio.run(_open_loop(args.base, spec["paths"], args.rate, args.seconds,
+                                 spec["headers"]))
     print(json.dumps(out))
 
 
-def run_load(base: str, paths: list[str], rate: float, seconds: float, tmp: Path) -> dict[str, Any]:
-    """The load generator in its own process (so it does not share our GIL)."""
+def run_load(base: str, paths: list[str], rate: float, seconds: float, tmp: Path,
+             headers: str = "") -> dict[str, Any]:
+    """The load generator in its own process (so it does not share our GIL); ``headers``
+    (``"Name: value\r\n"`` lines) go with every request."""
     pf = tmp / f"paths-{uuid.uuid4().hex[:6]}.json"
-    pf.write_text(json.dumps(paths))
+    pf.write_text(json.dumps({"paths": paths, "headers": headers}))
     cmd = [
         sys.executable,
         __file__,
