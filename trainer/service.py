@@ -145,6 +145,11 @@ class Trainer:
         )
         #: seconds of scoring per scored event (all models), an EWMA: the governor's input
         self._eval_cost: float | None = None
+        #: evaluation bookkeeping (every event, scored or not) per second of wall time,
+        #: an EWMA over windows of >= 1 s that start at ``_bk_since``
+        self._bk_share: float | None = None
+        self._bk_seconds = 0.0
+        self._bk_since: float | None = None
         #: seconds the latest snapshot's state copy paused learning
         self._capture_s = 0.0
 
@@ -367,22 +372,39 @@ class Trainer:
         self.offsets.update(polled.offsets)
         return n
 
-    def _govern(self, scored: int, seconds: float) -> None:
-        """Keep scoring near ``eval_cpu_share`` of wall time (unless a fixed budget is set).
+    def _govern(self, scored: int, seconds: float, bookkeeping_s: float = 0.0,
+                now: float | None = None) -> None:
+        """Keep the whole evaluation near ``eval_cpu_share`` of wall time (unless a fixed
+        budget is set).
 
-        The budget is ``eval_cpu_share / cost`` scored events per second, where
-        ``cost`` is the recent scoring time per scored event, and at least
-        ``eval_min_per_minute / 60``: a dashboard always has evidence to show, even
-        when that costs more than the share.
+        The evaluator pays for every event (history, catalogue and count bookkeeping:
+        ``bookkeeping_s``) and for the scored sample (``seconds`` for ``scored``
+        events). The budget is ``(eval_cpu_share - bookkeeping share) / cost`` scored
+        events per second, where the bookkeeping share is the recent bookkeeping time
+        per second of wall time and ``cost`` the recent scoring time per scored event;
+        and at least ``eval_min_per_minute / 60``: a dashboard always has evidence to
+        show, even when that costs more than the share.
         """
         s = self.settings
-        if s.eval_budget_per_s or not s.eval_cpu_share or scored == 0:
+        if s.eval_budget_per_s or not s.eval_cpu_share:
+            return
+        now = time.perf_counter() if now is None else now
+        if self._bk_since is None:
+            self._bk_since = now
+        self._bk_seconds += bookkeeping_s
+        if now - self._bk_since >= 1.0:  # a share over at least a second of wall time
+            share = self._bk_seconds / (now - self._bk_since)
+            self._bk_share = share if self._bk_share is None else \
+                0.7 * self._bk_share + 0.3 * share
+            self._bk_since, self._bk_seconds = now, 0.0
+        if scored == 0:
             return
         cost = seconds / scored
         self._eval_cost = cost if self._eval_cost is None else \
             0.8 * self._eval_cost + 0.2 * cost
+        left = s.eval_cpu_share - (self._bk_share or 0.0)
         floor = s.eval_min_per_minute / 60.0
-        self.evaluator.set_budget(max(floor, s.eval_cpu_share / self._eval_cost, 1e-3))
+        self.evaluator.set_budget(max(floor, left / self._eval_cost, 1e-3))
 
     def _evaluate(self, batch: Batch) -> None:
         """Evaluate the batch's sample (the history moves for every event)."""
@@ -398,7 +420,8 @@ class Trainer:
             return
         elapsed = time.perf_counter() - t0
         m.evaluate_duration.observe(elapsed)
-        self._govern(outcome.n_evaluated, self.evaluator.scoring_seconds - scoring_before)
+        scoring = self.evaluator.scoring_seconds - scoring_before
+        self._govern(outcome.n_evaluated, scoring, max(elapsed - scoring, 0.0))
         times = batch.timestamps[outcome.positions]
         for name, out in outcome.models.items():
             m.evaluated.labels(model=name).inc(len(out.hits))

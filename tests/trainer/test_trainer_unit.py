@@ -149,6 +149,24 @@ def test_evaluation_governor_keeps_the_cpu_share_but_not_below_the_floor(
     assert fixed.evaluator.sample.max_per_s == 5.0  # a fixed budget is left alone
 
 
+def test_evaluation_governor_counts_the_bookkeeping_in_the_share(
+    settings: TrainerSettings,
+) -> None:
+    t = Trainer(settings.model_copy(update={"eval_cpu_share": 0.1,
+                                            "eval_min_per_minute": 60.0}), KAFKA)
+    t._govern(scored=100, seconds=0.01, bookkeeping_s=0.0, now=0.0)  # 0.1 ms per event
+    assert t.evaluator.sample.max_per_s == pytest.approx(1000.0)  # the whole 10% scores
+    # Bookkeeping of every event takes 4% of wall time, seen over a second: 6% is left.
+    t._govern(scored=100, seconds=0.01, bookkeeping_s=0.04, now=1.0)
+    assert t.evaluator.sample.max_per_s == pytest.approx(600.0)
+    for k in range(2, 30):  # bookkeeping alone takes 20%: nothing left but the floor
+        t._govern(scored=100, seconds=0.01, bookkeeping_s=0.2, now=float(k))
+    assert t.evaluator.sample.max_per_s == pytest.approx(1.0)
+    before = t._bk_share
+    t._govern(scored=0, seconds=0.0, bookkeeping_s=0.5, now=29.5)  # within the window
+    assert t._bk_share == before  # shares are taken over at least a second
+
+
 def test_snapshots_space_out_when_copying_the_state_takes_long(
         settings: TrainerSettings) -> None:
     t = Trainer(settings.model_copy(update={"snapshot_every_s": 1.0}), KAFKA)
