@@ -39,10 +39,10 @@ from online_models.base import (
     IdIndex,
     ModelState,
     OnlineModel,
+    grow_rows,
     pack_strings,
     unpack_strings,
 )
-from online_models.bpr import grow_rows
 
 __all__ = ["ContentKNN", "ItemFeatures", "load_item_features", "tokenize"]
 

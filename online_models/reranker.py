@@ -37,8 +37,7 @@ import torch
 from torch import nn
 
 from online_models import registry
-from online_models.base import Batch, IdIndex, ModelState, OnlineModel, UserHistory
-from online_models.bpr import grow_rows
+from online_models.base import Batch, IdIndex, ModelState, OnlineModel, UserHistory, grow_rows
 from online_models.content import ItemFeatures
 from online_models.rowmap import RowMaps
 

@@ -67,10 +67,10 @@ from online_models.base import (
     IdIndex,
     ModelState,
     OnlineModel,
+    grow_rows,
     pack_strings,
     unpack_strings,
 )
-from online_models.bpr import grow_rows
 from online_models.content import ItemFeatures
 
 __all__ = ["SeqNN"]
