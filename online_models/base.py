@@ -357,10 +357,8 @@ def pack_strings(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     >>> unpack_strings(data, off)
     ['ab', '', 'ç']
     """
-    encoded = [s.encode("utf-8") for s in strings]
-    offsets = np.cumsum([len(b) for b in encoded], dtype=np.int64) if encoded else np.zeros(
-        0, np.int64
-    )
+    encoded = list(map(str.encode, strings))  # UTF-8
+    offsets = np.fromiter(map(len, encoded), np.int64, count=len(encoded)).cumsum()
     data = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
     return data, offsets
 

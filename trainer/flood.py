@@ -134,9 +134,8 @@ class _Windowed:
             self.state.pop(next(iter(self.state)))
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        keys = list(self.state)
-        data, offsets = pack_strings(keys)
-        vals = np.asarray([self.state[k] for k in keys], np.float64).reshape(-1, 3)
+        data, offsets = pack_strings(list(self.state))
+        vals = np.asarray(list(self.state.values()), np.float64).reshape(-1, 3)  # same order
         return {f"{prefix}.keys.data": data, f"{prefix}.keys.offsets": offsets,
                 f"{prefix}.values": vals}
 
