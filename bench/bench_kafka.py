@@ -7,11 +7,13 @@ Usage (a local broker is started when LIVEREC_KAFKA_BOOTSTRAP is unset)::
 Steps, all on the same broker and the same generated file:
 
 1. ``liverec generate --events N --users U --items I`` (skipped when ``--file`` is given);
-2. ``liverec replay FILE --max-speed`` as a user runs it (a subprocess; librdkafka), and
-   again with ``LIVEREC_KAFKA_CLIENT=kafka-python``; the rate is the one replay prints
-   (rows read, validated, encoded, sent and acknowledged, per second of its own clock);
-3. the same records, already encoded, sent by a bare ``confluent_kafka.Producer`` loop
-   (the ceiling for a Python producer here);
+2. ``liverec replay FILE --max-speed`` as a user runs it (a subprocess; librdkafka), once
+   to warm the broker's JVM (a freshly started broker is slow until its code is
+   compiled; that first rate is reported too); replay's rate is the one it prints (rows
+   read, validated, encoded, sent and acknowledged, per second of its own clock);
+3. ``--rounds`` rounds, each into fresh topics, of that replay and of the same records,
+   already encoded, sent by a bare ``confluent_kafka.Producer`` loop (the ceiling for a
+   Python producer here); then one replay with ``LIVEREC_KAFKA_CLIENT=kafka-python``;
 4. the replayed topic read back: a bare ``confluent_kafka.Consumer.consume`` loop (raw
    librdkafka consume rate; after one warm-up read, so that every reader finds the
    broker's cache warm), ``stream.kafka`` with each backend (records as
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -134,6 +137,8 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=20_000)
     ap.add_argument("--file", type=Path, help="replay this file instead of generating one")
     ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="replay / bare-producer pairs measured after the warm-up replay")
     ap.add_argument("--skip-kafka-python", action="store_true",
                     help="leave out the kafka-python rows (they take longest)")
     args = ap.parse_args()
@@ -149,23 +154,43 @@ def main() -> None:
                  "--users", str(args.users), "--items", str(args.items))
         b = kafka.bootstrap
         run = uuid.uuid4().hex[:8]
-        topics = {f"bench-replay-{run}": args.partitions, f"bench-replay-kp-{run}":
-                  args.partitions, f"bench-raw-{run}": args.partitions}
+        rounds = range(args.rounds)
+        topics = {f"bench-warm-{run}": args.partitions, f"bench-replay-kp-{run}":
+                  args.partitions, **{f"bench-replay-{run}-{r}": args.partitions for r in rounds},
+                  **{f"bench-raw-{run}-{r}": args.partitions for r in rounds}}
         create_topics(b, {**topics, **{f"{t}.dlq": 1 for t in topics}})
-        t_replay, t_kp, t_raw = list(topics)
+        t_replay = f"bench-replay-{run}-0"
         rows: list[tuple[str, str, str]] = []
         try:
-            rate, sent, wall = replay_cli(path, b, t_replay, "confluent")
-            rows.append(("`liverec replay --max-speed` (librdkafka, default)", f"{rate:,.0f}",
-                         f"{sent:,} events; process wall time {wall:.1f} s"))
+            # A freshly started broker's JVM is slow until its code is compiled: the first
+            # replay measures that, and warms it for the rounds below.
+            cold, _, _ = replay_cli(path, b, f"bench-warm-{run}", "confluent")
+            rates, raws, walls, sent = [], [], [], 0
+            for r in rounds:  # alternate, so that drifting load hits both alike
+                rate, sent, wall = replay_cli(path, b, f"bench-replay-{run}-{r}", "confluent")
+                raw_rate, raw_n = raw_produce(path, b, f"bench-raw-{run}-{r}")
+                assert raw_n > 0
+                rates.append(rate)
+                raws.append(raw_rate)
+                walls.append(wall)
+            rate = statistics.median(rates)
+            rows.append(("`liverec replay --max-speed` (librdkafka, default), warm broker",
+                         f"{rate:,.0f}",
+                         f"median of {len(rates)}: {', '.join(f'{x:,.0f}' for x in rates)}; "
+                         f"{sent:,} events; process wall {min(walls):.1f}-{max(walls):.1f} s"))
+            rows.append(("the same, first replay after the broker started (cold JVM)",
+                         f"{cold:,.0f}", "what a freshly started broker gives"))
+            raw_med = statistics.median(raws)
+            ratios = [x / y for x, y in zip(rates, raws, strict=True)]
+            rows.append(("bare `confluent_kafka.Producer` loop, pre-encoded records",
+                         f"{raw_med:,.0f}",
+                         f"median of {', '.join(f'{x:,.0f}' for x in raws)}; replay = "
+                         f"{min(ratios):.2f}-{max(ratios):.2f}x of it, round by round"))
             if not args.skip_kafka_python:
-                kp_rate, kp_sent, kp_wall = replay_cli(path, b, t_kp, "kafka-python")
+                kp_rate, kp_sent, kp_wall = replay_cli(path, b, f"bench-replay-kp-{run}",
+                                                       "kafka-python")
                 rows.append(("`liverec replay --max-speed` (`LIVEREC_KAFKA_CLIENT=kafka-python`)",
                              f"{kp_rate:,.0f}", f"{kp_sent:,} events; wall {kp_wall:.1f} s"))
-            raw_rate, raw_n = raw_produce(path, b, t_raw)
-            assert raw_n > 0
-            rows.append(("bare `confluent_kafka.Producer` loop, pre-encoded records",
-                         f"{raw_rate:,.0f}", f"replay = {rate / raw_rate:.2f}x of it"))
             raw_consume(b, t_replay, sent)  # warm-up: every reader then finds a warm cache
             rc = raw_consume(b, t_replay, sent)
             rows.append(("raw librdkafka consume of the replayed topic (`consume(10000)`)",
