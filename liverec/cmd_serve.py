@@ -17,6 +17,13 @@ def register(app: typer.Typer) -> None:
         snapshots: Annotated[
             Path | None, typer.Option(help="Snapshot root written by the trainer (holds LATEST).")
         ] = None,
+        extra_snapshots: Annotated[
+            list[Path] | None,
+            typer.Option("--extra-snapshots", metavar="DIR",
+                         help="Another trainer's snapshot root whose models are served "
+                              "beside these (repeatable; e.g. a seqnn trainer's) "
+                              "[LIVEREC_EXTRA_SNAPSHOTS, comma-separated]."),
+        ] = None,
         port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
         host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
         bootstrap: Annotated[
@@ -89,6 +96,7 @@ def register(app: typer.Typer) -> None:
 
         given: dict[str, Any] = {
             "snapshots": snapshots,
+            "extra_snapshots": tuple(extra_snapshots) if extra_snapshots else None,
             "port": port,
             "host": host,
             "bootstrap": bootstrap,

@@ -889,4 +889,6 @@ class LoadedSnapshot:
             "metrics": m.get("metrics", {}),
             # scale-out merged snapshots: per partition events, offset, owner, age
             "scale_out": m.get("extra_meta", {}).get("scale_out"),
+            # other trainers' roots served beside this one (--extra-snapshots)
+            "extra_snapshots": m.get("extra_snapshots", {}),
         }

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from stream.settings import KafkaSettings
 
@@ -20,6 +20,10 @@ class ServeSettings(BaseSettings):
     ----------
     snapshots
         ``LIVEREC_SNAPSHOTS``: the trainer's snapshot root (holds ``LATEST``).
+    extra_snapshots
+        ``LIVEREC_EXTRA_SNAPSHOTS`` (comma-separated): roots of other trainers (say a
+        ``seqnn`` trainer in its own consumer group) whose models are served beside
+        the main root's (which wins a name clash).
     host, port
         Where uvicorn listens.
     kafka
@@ -115,6 +119,12 @@ class ServeSettings(BaseSettings):
     )
 
     snapshots: Path = Path("snapshots")
+    #: more snapshot roots, each written by a trainer of its own (``liverec train
+    #: --models seqnn --group liverec-seqnn --snapshots ./snapshots-seqnn``): their
+    #: models are served beside the main root's, each hot-reloaded from its own
+    #: ``LATEST``; on a name clash the main root's model wins.
+    #: ``LIVEREC_EXTRA_SNAPSHOTS`` takes a comma-separated list.
+    extra_snapshots: Annotated[tuple[Path, ...], NoDecode] = ()
     #: scale-out locations: a partition whose trainer heartbeat is older than this is
     #: reported unowned (/readyz detail, ``liverec_serving_partitions_unowned``)
     partition_owner_timeout_s: float = Field(default=60.0, gt=0)
@@ -168,6 +178,13 @@ class ServeSettings(BaseSettings):
             data["kafka"] = KafkaSettings(**{**base.model_dump(), **{
                 k: v for k, v in update.items() if v is not None}})
         return data
+
+    @field_validator("extra_snapshots", mode="before")
+    @classmethod
+    def _split_roots(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return tuple(Path(p.strip()) for p in v.split(",") if p.strip())
+        return v
 
     @property
     def bootstrap(self) -> str:

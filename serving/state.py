@@ -18,8 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from online_models.ownership import unowned_partitions
-from online_models.snapshot import SnapshotError, SnapshotStore
+from online_models.snapshot import Snapshot, SnapshotError, SnapshotStore
 from serving.content import ContentIndex, snapshot_features
+from serving.extra_roots import ExtraRoots
 from serving.ingest import EventProducer, Ingestor
 from serving.live import LiveContext, LiveTail
 from serving.metrics import BatcherCollector, ServingMetrics
@@ -47,6 +48,9 @@ class ServingState:
         self.settings = settings
         self.metrics = metrics
         self.store = SnapshotStore(settings.snapshots)
+        self.extras = ExtraRoots(settings.extra_snapshots)
+        #: the main root's snapshot as loaded (``current`` serves it with the extras' models)
+        self._main: Snapshot | None = None
         self.current: LoadedSnapshot | None = None
         self.refused: dict[int, str] = {}
         self.live = LiveContext(
@@ -107,10 +111,10 @@ class ServingState:
             sorted(loaded.manifest.get("models", {})),
         )
 
-    def _wrap(self, snap: object) -> LoadedSnapshot:
+    def _wrap(self, snap: Snapshot) -> LoadedSnapshot:
         s = self.settings
         return LoadedSnapshot(
-            snap,  # type: ignore[arg-type]
+            self.extras.compose(snap),
             s.default_model,
             s.model_fallbacks,
             ann=s.ann,
@@ -136,6 +140,7 @@ class ServingState:
         """Load the newest valid snapshot, if any. Returns whether one is loaded."""
         self.read_item_features_file()
         t0 = time.perf_counter()
+        self.extras.poll()
         try:
             snap = self.store.load_latest_valid()
             if snap is None:
@@ -145,6 +150,7 @@ class ServingState:
             log.warning("no snapshot loaded yet: %s", exc)
             return False
         self.metrics.reload_seconds.observe(time.perf_counter() - t0)
+        self._main = snap
         self._swap(loaded)
         return True
 
@@ -163,25 +169,31 @@ class ServingState:
             return False
         if latest is None:
             return False
-        cur = self.current
-        if cur is None:
+        cur, main = self.current, self._main
+        if cur is None or main is None:
             return self.load_initial()
-        if latest == cur.version or latest in self.refused:
+        extras_moved = self.extras.poll()
+        main_moved = latest != main.version and latest not in self.refused
+        if not main_moved and not extras_moved:
             return False
         t0 = time.perf_counter()
         try:
-            loaded = self._wrap(self.store.load(latest))
-        except (SnapshotError, ValueError) as exc:
-            self.refused[latest] = str(exc)
-            self.metrics.reloads.labels(outcome="refused").inc()
-            log.warning("refused snapshot %d, keeping %d: %s", latest, cur.version, exc)
-            return False
+            if main_moved:
+                main = self.store.load(latest)
+            loaded = self._wrap(main)
         except Exception as exc:  # a half-written or surprising snapshot must not kill us
-            self.refused[latest] = f"{type(exc).__name__}: {exc}"
             self.metrics.reloads.labels(outcome="refused").inc()
-            log.exception("refused snapshot %d, keeping %d", latest, cur.version)
+            if not main_moved:
+                log.exception("extra snapshot roots: new models not served, keeping %d "
+                              "as it was", cur.version)
+                return False
+            known = isinstance(exc, (SnapshotError, ValueError))
+            self.refused[latest] = str(exc) if known else f"{type(exc).__name__}: {exc}"
+            log.warning("refused snapshot %d, keeping %d: %s", latest, cur.version, exc,
+                        exc_info=not known)
             return False
         self.metrics.reload_seconds.observe(time.perf_counter() - t0)
+        self._main = main
         self._swap(loaded)
         return True
 

@@ -1,0 +1,88 @@
+"""Extra snapshot roots: another trainer's models served beside the main root's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from fastapi.testclient import TestClient
+
+from online_models import registry
+from online_models.base import Batch, UserHistory
+from online_models.snapshot import SnapshotStore
+from online_models.synthetic import generate_events
+from serving.app import create_app
+from serving.metrics import ServingMetrics
+from serving.settings import ServeSettings
+from serving.state import ServingState
+from tests.serving.conftest import settings_for
+
+
+def _sequence_root(root: Path, n_events: int = 2000, seed: int = 1) -> SnapshotStore:
+    """A root as a trainer of its own writes it: one model (``sequence``) and a clash
+    (``popularity``, also in the main root) learned on another stream."""
+    events = generate_events(n_events, n_users=80, n_items=150, seed=seed)
+    batch = Batch.from_columns([e["user_id"] for e in events], [e["item_id"] for e in events],
+                               None, [float(e["timestamp"]) for e in events])
+    models = {"sequence": registry.create("sequence"), "popularity": registry.create("popularity")}
+    for chunk in batch.chunks(256):
+        for m in models.values():
+            m.learn(chunk)
+    history = UserHistory(max_items=50)
+    history.extend(batch.users, batch.items)
+    store = SnapshotStore(root)
+    store.write(models, history=history, offsets={}, events_total=n_events,
+                watermark=float(batch.timestamps.max()))
+    return store
+
+
+def test_extra_root_models_are_served_and_reload_on_their_own(
+    store: SnapshotStore, tmp_path: Path
+) -> None:
+    extra = _sequence_root(tmp_path / "seq")
+    settings = settings_for(store.root, extra_snapshots=(extra.root,))
+    state = ServingState(settings, ServingMetrics())
+    assert state.load_initial()
+    cur = state.current
+    assert cur is not None and cur.version == 1
+    # the extra root's model joins; the main root keeps its own popularity model
+    assert set(cur.snapshot.models) == {"popularity", "bpr", "itemknn", "sequence"}
+    served = cur.snapshot.models["popularity"].score_all("")
+    assert np.array_equal(served, store.load().models["popularity"].score_all(""))
+    assert not np.array_equal(served, extra.load().models["popularity"].score_all(""))
+    summary = cur.summary()
+    assert summary["extra_snapshots"][str(extra.root)]["models"] == ["sequence"]
+    assert summary["extra_snapshots"][str(extra.root)]["version"] == 1
+    assert "sequence" in summary["models"]
+
+    assert state.check_reload() is False  # nothing moved
+    # A new version of the extra root alone swaps in (the main version stays).
+    models = extra.load().models
+    extra.write(models, history=UserHistory(), offsets={}, events_total=9, watermark=1.0)
+    assert state.check_reload() is True
+    cur = state.current
+    assert cur is not None and cur.version == 1
+    assert cur.summary()["extra_snapshots"][str(extra.root)]["version"] == 2
+    # A corrupt extra version is refused; the loaded one keeps serving.
+    v3 = extra.write(models, history=UserHistory(), offsets={}, events_total=9,
+                     watermark=1.0).version
+    path = next(extra.path_of(v3).glob("model-sequence*"))
+    path.write_bytes(path.read_bytes()[:-7])
+    assert state.check_reload() is False
+    assert (extra.root, v3) in state.extras.refused
+    assert state.current is not None and "sequence" in state.current.snapshot.models
+
+
+def test_extra_root_model_answers_requests(store: SnapshotStore, tmp_path: Path) -> None:
+    extra = _sequence_root(tmp_path / "seq")
+    with TestClient(create_app(settings_for(store.root, extra_snapshots=(extra.root,)))) as c:
+        r = c.get("/v1/recommendations", params={"user_id": "u000001", "model": "sequence"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"] == "sequence" and len(body["items"]) == 10
+        assert "sequence" in c.get("/v1/model").json()["models"]
+
+
+def test_extra_snapshots_setting_takes_a_comma_separated_list(monkeypatch) -> None:
+    monkeypatch.setenv("LIVEREC_EXTRA_SNAPSHOTS", "/a, /b")
+    assert ServeSettings().extra_snapshots == (Path("/a"), Path("/b"))
