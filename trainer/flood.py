@@ -93,20 +93,41 @@ class _Windowed:
     def add(self, key: str, bucket: int, count: float = 1.0) -> None:
         self.add_counts({key: count}, bucket)
 
-    def exceeds(self, counts: Mapping[str, float], bucket: int, frac: float, cap: float) -> bool:
-        """Whether ``estimate(key) + count > cap`` for any key of ``counts``."""
-        get, keep = self.state.get, 1.0 - frac
+    def try_add(self, counts: Mapping[str, float], bucket: int, frac: float, cap: float
+                ) -> list[tuple[str, tuple[int, float, float] | None]] | None:
+        """:meth:`add_counts` if ``estimate(key) + count <= cap`` for every key, in one
+        pass; returns what :meth:`undo` needs to take it back. When a key would pass
+        the cap nothing is added (the keys done so far are undone) and None returned."""
+        state = self.state
+        get, keep = state.get, 1.0 - frac
+        done: list[tuple[str, tuple[int, float, float] | None]] = []
         for key, c in counts.items():
             st = get(key)
             if st is None:
-                if c > cap:
-                    return True
-                continue
-            b, cur, prev = st
-            est = cur + prev * keep if b == bucket else cur * keep if b == bucket - 1 else 0.0
+                est, new = 0.0, (bucket, c, 0.0)
+            else:
+                b, cur, prev = st
+                if b == bucket:
+                    est, new = cur + prev * keep, (b, cur + c, prev)
+                elif b == bucket - 1:
+                    est, new = cur * keep, (bucket, c, cur)
+                else:
+                    est, new = 0.0, (bucket, c, 0.0)
             if est + c > cap:
-                return True
-        return False
+                self.undo(done)
+                return None
+            state[key] = new
+            done.append((key, st))
+        return done
+
+    def undo(self, done: list[tuple[str, tuple[int, float, float] | None]]) -> None:
+        """Take back a :meth:`try_add` (key order, which pruning follows, included)."""
+        state = self.state
+        for key, st in reversed(done):
+            if st is None:
+                del state[key]
+            else:
+                state[key] = st
 
     def add_counts(self, counts: Mapping[str, float], bucket: int) -> None:
         """:meth:`add` of every key's count."""
@@ -202,21 +223,23 @@ class FloodGuard:
             return False
         f_lo, f_hi = t_lo / w - bucket, t_hi / w - bucket
         user_n = Counter(users)
-        pair_n = Counter(f"{u}\x1f{i}" for u, i in zip(users, items, strict=True))
+        pair_n = Counter(map("\x1f".join, zip(users, items, strict=True)))
         item_n = Counter(items)
-        if self._users.exceeds(user_n, bucket, f_lo, s.user_events):
-            return False
-        if self._pairs.exceeds(pair_n, bucket, f_lo, s.pair_events):
-            return False
         total = self._all.estimate("", bucket, f_hi)
         # An item is capped before its last event here when it holds >= item_min and
         # >= item_share * (total + 1) events: allowed is the most it may hold then.
         allowed = max(s.item_min, s.item_share * (total + 1.0))
-        if self._items.exceeds(item_n, bucket, f_lo, allowed + 1.0 - 1e-9):
+        added_users = self._users.try_add(user_n, bucket, f_lo, s.user_events)
+        if added_users is None:
             return False
-        self._users.add_counts(user_n, bucket)
-        self._pairs.add_counts(pair_n, bucket)
-        self._items.add_counts(item_n, bucket)
+        added_pairs = self._pairs.try_add(pair_n, bucket, f_lo, s.pair_events)
+        if added_pairs is None:
+            self._users.undo(added_users)
+            return False
+        if self._items.try_add(item_n, bucket, f_lo, allowed + 1.0 - 1e-9) is None:
+            self._pairs.undo(added_pairs)
+            self._users.undo(added_users)
+            return False
         self._all.add("", bucket, len(users))
         for table in (self._users, self._pairs, self._items):
             table.prune(bucket, s.max_keys)
