@@ -21,6 +21,7 @@ DEGRADED_REASONS: tuple[str, ...] = (
     "kafka_tail_disconnected",
     "kafka_producer_unavailable",
     "partition_unowned",
+    "extra_snapshot_missing",
 )
 
 

@@ -278,7 +278,9 @@ class ServingState:
         """(ready, each dependency's state); also sets ``liverec_serve_degraded``.
 
         Ready needs a loaded snapshot and, with a bootstrap configured and
-        ``ready_requires_kafka``, a connected live tail and event producer.
+        ``ready_requires_kafka``, a connected live tail and event producer. An extra
+        snapshot root without a valid snapshot is reported (degraded) but does not
+        make the server unready: the main root's models serve.
         """
         s = self.settings
         cur = self.current
@@ -302,6 +304,17 @@ class ServingState:
                     "these partitions' users are not being learned")
         degraded["partition_unowned"] = bool(unowned)
         self.metrics.partitions_unowned.set(len(unowned or {}))
+        missing = [str(st.root) for st in self.extras.stores if st.root not in self.extras.loaded]
+        if s.extra_snapshots:
+            deps["extra_snapshots"] = {
+                "state": "missing" if missing else "loaded",
+                "versions": {str(r): snap.version for r, snap in self.extras.loaded.items()},
+            }
+            if missing:
+                deps["extra_snapshots"]["reason"] = (
+                    f"no valid snapshot under {', '.join(missing)}: its models are not "
+                    "served (the main root's are)")
+        degraded["extra_snapshot_missing"] = bool(missing)
         if s.bootstrap:
             tail = self.tail
             tail_state = tail.state if tail is not None else "stopped"

@@ -23,6 +23,11 @@ async def healthz() -> JSON:
     return JSON({"status": "ok"})
 
 
+#: dependency states that are not a degradation ("owned": every scale-out partition
+#: has a live trainer)
+_HEALTHY = frozenset({"loaded", "connected", "disabled", "owned"})
+
+
 @router.head("/readyz", response_class=JSON, include_in_schema=False)
 @router.get(
     "/readyz",
@@ -33,7 +38,7 @@ async def healthz() -> JSON:
 async def readyz(state: StateDep) -> JSON:
     ready, deps = state.dependencies()
     degraded = sorted(
-        name for name, d in deps.items() if d["state"] not in ("loaded", "connected", "disabled")
+        name for name, d in deps.items() if d["state"] not in _HEALTHY
     )
     body: dict[str, object] = {
         "ready": ready,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,26 @@ def test_extra_root_model_answers_requests(store: SnapshotStore, tmp_path: Path)
         body = r.json()
         assert body["model"] == "sequence" and len(body["items"]) == 10
         assert "sequence" in c.get("/v1/model").json()["models"]
+
+
+def test_readyz_reports_an_extra_root_without_a_snapshot(
+    store: SnapshotStore, tmp_path: Path
+) -> None:
+    empty = tmp_path / "seq-not-yet"
+    with TestClient(create_app(settings_for(store.root, extra_snapshots=(empty,)))) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 200  # the main root's models serve
+        dep = r.json()["dependencies"]["extra_snapshots"]
+        assert dep["state"] == "missing" and str(empty) in dep["reason"]
+        metrics = c.get("/metrics").text
+        assert 'liverec_serve_degraded{reason="extra_snapshot_missing"} 1.0' in metrics
+        _sequence_root(empty)  # its trainer writes a first snapshot: picked up
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "sequence" not in c.get("/v1/model").json()[
+                "models"]:
+            time.sleep(0.05)
+        dep = c.get("/readyz").json()["dependencies"]["extra_snapshots"]
+        assert dep == {"state": "loaded", "versions": {str(empty): 1}}
 
 
 def test_extra_snapshots_setting_takes_a_comma_separated_list(monkeypatch) -> None:

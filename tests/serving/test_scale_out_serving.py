@@ -37,3 +37,8 @@ def test_readyz_and_metric_report_an_unowned_partition(store: SnapshotStore) -> 
         assert "liverec_serving_partitions_unowned 1.0" in metrics
         assert 'liverec_serve_degraded{reason="partition_unowned"} 1.0' in metrics
         assert "scale_out" in c.get("/v1/model").json()
+        assert body["status"] == "degraded"
+        write_heartbeat(root, 1, "b")  # its trainer is back
+        body = c.get("/readyz").json()
+        assert body["dependencies"]["partitions"]["state"] == "owned"
+        assert body["status"] == "ready", body  # every partition owned is no degradation
