@@ -130,3 +130,28 @@ def test_learning_order_puts_readers_first() -> None:
     hybrid.learn(Batch.from_columns(["u", "u"], ["a", "b"], None, [0, 1]))
     assert hybrid.models["itemknn"].n_items == 2  # type: ignore[attr-defined]
     assert bound["popularity"].n_items == 0
+
+
+def test_tuning_skips_only_events_every_blend_misses() -> None:
+    """The shortcut in ``Hybrid._tune`` (no blend product when more than ``tune_k``
+    items score at least the truth's in every component) agrees with the blends
+    themselves, ties included: on such events every blend ranks the truth below
+    ``tune_k``."""
+    rng = np.random.default_rng(7)
+    h = Hybrid()
+    grid = h._grid
+    skipped = 0
+    for trial in range(400):
+        n = 300
+        # Coarse levels make many exact ties, as normalised count scores have.
+        m = rng.integers(0, 6, size=(len(h.components), n)).astype(np.float64) / 5.0
+        m[:, rng.random(n) < 0.5] = 0.0
+        truth = int(rng.integers(n))
+        hist = rng.choice(np.setdiff1d(np.arange(n), [truth]), size=5, replace=False)
+        blends = grid @ m
+        blends[:, hist] = -np.inf
+        rank = (blends >= blends[:, truth][:, None]).sum(axis=1)
+        if h._surely_missed(m, hist, truth):
+            skipped += 1
+            assert (rank > h.tune_k).all(), trial
+    assert 50 < skipped < 400  # both paths were exercised
