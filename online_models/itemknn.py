@@ -70,8 +70,21 @@ class _PairStore:
 
     def __init__(self, merge_ratio: float = 4.0) -> None:
         self.merge_ratio = merge_ratio
-        self.runs: list[tuple[np.ndarray, np.ndarray]] = []
-        self._stacked: tuple[tuple[int, ...], int, sp.csr_matrix] | None = None
+        self._runs: list[tuple[np.ndarray, np.ndarray]] = []
+        #: bumped whenever the runs change: what :meth:`stacked`'s cache is valid for
+        #: (ids of the run arrays would not do: a freed array's id is soon reused)
+        self.version = 0
+        self._stacked: tuple[int, int, sp.csr_matrix] | None = None
+
+    @property
+    def runs(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The sorted runs ``(keys, values)``; assign a new list to replace them."""
+        return self._runs
+
+    @runs.setter
+    def runs(self, runs: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        self._runs = runs
+        self.version += 1
 
     def __len__(self) -> int:
         return sum(len(k) for k, _ in self.runs)
@@ -81,6 +94,7 @@ class _PairStore:
             return
         keys = (i.astype(np.int64) << _SHIFT) | j.astype(np.int64)
         order = np.argsort(keys)
+        self.version += 1
         self.runs.append(_sum_sorted(keys[order], w[order]))
         while len(self.runs) >= 2 and len(self.runs[-2][0]) <= self.merge_ratio * len(
             self.runs[-1][0]
@@ -128,7 +142,7 @@ class _PairStore:
         (runs, then query rows, then keys): scipy's sparse product accumulates
         in the stored order of both operands. Cached until the runs change.
         """
-        ident = tuple(id(k) for k, _ in self.runs)
+        ident = self.version
         if self._stacked is not None and self._stacked[:2] == (ident, n_rows):
             return self._stacked[2]
         bounds = np.arange(n_rows + 1, dtype=np.int64) << _SHIFT

@@ -10,7 +10,7 @@ import pytest
 from online_models import registry
 from online_models.base import Batch, ModelState, OnlineModel
 from online_models.hybrid import Hybrid
-from online_models.itemknn import ItemKNN
+from online_models.itemknn import ItemKNN, _PairStore
 from online_models.popularity import Popularity
 from online_models.sequence import SequenceModel
 
@@ -303,3 +303,29 @@ def test_hybrid_rank_normalization_only_scores_the_top() -> None:
     np.testing.assert_allclose(out, [1.0, 0.5, 0.0, 0.0])
     with pytest.raises(ValueError, match="normalization"):
         Hybrid(normalization="softmax")
+
+
+def test_pair_store_stacked_matrix_follows_every_change_of_its_runs() -> None:
+    """The cached stacked matrix is rebuilt after every change of the runs. It was
+    keyed by the ids of the run arrays, and a freed array's id is soon reused: a
+    stale matrix was served now and then (two identical sampled evaluations in one
+    process disagreed in MRR). Here the new runs reuse the very same key array."""
+    from online_models.itemknn import _PairStore
+
+    store = _PairStore()
+    store.add(np.array([0, 1, 1]), np.array([1, 0, 2]), np.array([1.0, 2.0, 3.0]))
+    before = store.stacked(3).toarray()
+    keys, vals = store.runs[0]
+    store.runs = [(keys, vals * 10.0)]  # same key array object, new masses
+    assert np.array_equal(store.stacked(3).toarray(), before * 10.0)
+    store.add(np.array([2]), np.array([2]), np.array([5.0]))  # appended run
+    assert store.stacked(3).toarray().sum() == before.sum() * 10.0 + 5.0
+    store.compact()
+    assert np.array_equal(store.stacked(3).toarray(),
+                          _pair_store_from(store.runs).stacked(3).toarray())
+
+
+def _pair_store_from(runs: list[tuple[np.ndarray, np.ndarray]]) -> _PairStore:
+    fresh = _PairStore()
+    fresh.runs = [(k.copy(), v.copy()) for k, v in runs]
+    return fresh
