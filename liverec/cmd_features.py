@@ -8,7 +8,7 @@ read the topic; see :mod:`stream.item_features` for its records.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -40,22 +40,12 @@ def publish(
     Creates the topic with cleanup.policy=compact when it is missing. Publishing again
     replaces an item's content (the latest record per item wins).
     """
-    from pydantic import ValidationError
-
+    from liverec.cmd_stream import kafka_settings
     from online_models.datasets import read_item_texts
     from stream.item_features import item_features_topic, publish_item_features
     from stream.kafka import KafkaClientError
-    from stream.settings import KafkaSettings
 
-    given: dict[str, Any] = {"topic": topic, "bootstrap": bootstrap, "client": client}
-    try:
-        settings = KafkaSettings(**{k: v for k, v in given.items() if v is not None})
-    except ValidationError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    if not settings.bootstrap:
-        from liverec.cmd_stream import _local_bootstrap
-
-        settings = settings.with_bootstrap(_local_bootstrap())
+    settings = kafka_settings(topic=topic, bootstrap=bootstrap, client=client)
     texts = read_item_texts(path, preset)
     if limit is not None:
         texts = dict(list(texts.items())[:limit])

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from stream.settings import KafkaSettings
 
 broker_app = typer.Typer(
     help="A local single-node Apache Kafka (KRaft) for demos and tests.",
@@ -85,22 +88,13 @@ def replay(
     Security (SASL/TLS) comes from the LIVEREC_KAFKA_SECURITY_PROTOCOL,
     LIVEREC_KAFKA_SASL_* and LIVEREC_KAFKA_SSL_* variables.
     """
-    from pydantic import ValidationError
-
     from stream.kafka import KafkaClientError, create_topics
     from stream.replay import replay_file
-    from stream.settings import KafkaSettings
 
     if sum(x is not None for x in (rate, speedup)) + max_speed > 1:
         raise typer.BadParameter("give at most one of --rate, --speedup, --max-speed")
-    given: dict[str, Any] = {"topic": topic, "bootstrap": bootstrap, "client": client,
-                             "partitions": partitions}
-    try:
-        settings = KafkaSettings(**{k: v for k, v in given.items() if v is not None})
-    except ValidationError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    if not settings.bootstrap:
-        settings = settings.with_bootstrap(_local_bootstrap())
+    settings = kafka_settings(topic=topic, bootstrap=bootstrap, client=client,
+                              partitions=partitions)
     try:
         create_topics(settings, {settings.topic: settings.partitions, settings.dlq_topic: 1})
         result = replay_file(
@@ -118,15 +112,28 @@ def replay(
         raise typer.Exit(1)
 
 
-def _local_bootstrap() -> str:
-    from stream.broker import broker_status
+def kafka_settings(**options: Any) -> KafkaSettings:
+    """The Kafka settings of a command: its options (None: not given, so the
+    ``LIVEREC_*`` variables and defaults apply), with the local broker's address when no
+    bootstrap is configured anywhere. A bad value is a :class:`typer.BadParameter`; no
+    bootstrap and no running local broker exits with a hint."""
+    from pydantic import ValidationError
 
+    from stream.broker import broker_status
+    from stream.settings import KafkaSettings
+
+    try:
+        settings = KafkaSettings(**{k: v for k, v in options.items() if v is not None})
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if settings.bootstrap:
+        return settings
     state = broker_status()
     if state is None:
         typer.echo("error: no Kafka: set LIVEREC_KAFKA_BOOTSTRAP or --bootstrap, or run "
                    "`liverec broker start` first", err=True)
         raise typer.Exit(1)
-    return state.bootstrap
+    return settings.with_bootstrap(state.bootstrap)
 
 
 def register(app: typer.Typer) -> None:

@@ -114,7 +114,7 @@ def train(
     from prometheus_client import start_http_server
     from pydantic import ValidationError
 
-    from stream.settings import KafkaSettings
+    from liverec.cmd_stream import kafka_settings
     from trainer import Trainer, TrainerSettings
     from trainer.checkpoint import SnapshotLocationBusy
     from trainer.metrics import TrainerMetrics
@@ -147,16 +147,9 @@ def train(
     try:
         settings = TrainerSettings(**given)
         settings.model_names()
-        kafka_given: dict[str, Any] = {k: v for k, v in {
-            "bootstrap": bootstrap, "topic": topic, "client": kafka_client}.items()
-            if v is not None}
-        kafka = KafkaSettings(**kafka_given)
     except (ValidationError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from exc
-    if not kafka.bootstrap:
-        from liverec.cmd_stream import _local_bootstrap
-
-        kafka = kafka.with_bootstrap(_local_bootstrap())
+    kafka = kafka_settings(bootstrap=bootstrap, topic=topic, client=kafka_client)
 
     metrics = TrainerMetrics(settings.model_names(), kafka.topic)
     server = None

@@ -132,7 +132,7 @@ class _PairStore:
     def scale(self, factor: float) -> None:
         for _, v in self.runs:
             v *= factor
-        self._stacked = None
+        self.version += 1
 
     def stacked(self, n_rows: int) -> sp.csr_matrix:
         """Every run as one CSR matrix: row ``r * n_rows + i`` is run ``r``'s row ``i``.

@@ -58,7 +58,7 @@ class ExtraRoots:
                 self.refused[(root, latest)] = f"{type(exc).__name__}: {exc}"
                 log.warning("extra snapshot root %s: refused version %d: %s", root, latest, exc)
                 continue
-            if snap is None or (have is not None and snap.version == have.version):
+            if snap is None:  # no valid version at all yet
                 continue
             self.loaded[root] = snap
             changed = True

@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING
 
 from online_models.base import UserHistory
 from stream.events import ClickEvent, Rejected, decode
-from stream.kafka import Consumer, ConsumerOptions, Partition, as_settings, make_consumer
+from stream.kafka import (
+    Consumer,
+    ConsumerOptions,
+    Partition,
+    as_settings,
+    make_consumer,
+    run_with_backoff,
+)
 from stream.settings import KafkaSettings
 
 if TYPE_CHECKING:
@@ -159,16 +166,11 @@ class LiveTail:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        backoff = 0.5
-        while not self._stop.is_set():
-            try:
-                self._tail()
-                backoff = 0.5
-            except Exception as exc:  # the tail must outlive broker hiccups
-                self.state, self.reason = "disconnected", f"{type(exc).__name__}: {exc}"
-                log.warning("live tail error (%s); retrying in %.1fs", exc, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+        run_with_backoff(self._stop, self._tail, self._disconnected)
+
+    def _disconnected(self, exc: Exception, wait: float) -> None:
+        self.state, self.reason = "disconnected", f"{type(exc).__name__}: {exc}"
+        log.warning("live tail error (%s); retrying in %.1fs", exc, wait)
 
     def _tail(self) -> None:
         consumer = make_consumer(self.settings, ConsumerOptions(

@@ -28,13 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Any, Literal
 
 from stream.events import ClickEvent, Limits, Rejected, decode, dlq_payload
@@ -49,6 +47,7 @@ from stream.kafka import (
     make_producer,
 )
 from stream.settings import KafkaSettings
+from stream.signals import stop_on_signals
 
 __all__ = ["ConsumedBatch", "DeadLetterError", "MiniBatchConsumer", "Partition", "RejectAt"]
 
@@ -490,7 +489,7 @@ class MiniBatchConsumer:
         stop = stop or self.stop
         if stop is not self.stop:
             self.stop = stop
-        restore = _install_signal_handlers(stop)
+        restore = stop_on_signals(stop, "stop")
         backoff = 0.1
         try:
             while not stop.is_set():
@@ -543,21 +542,3 @@ class MiniBatchConsumer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _install_signal_handlers(stop: threading.Event) -> Callable[[], None]:
-    """SIGINT/SIGTERM set ``stop``; returns a function restoring the old handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None  # signals can only be handled in the main thread
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: stopping after the current batch", signum)
-        stop.set()
-
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def restore() -> None:
-        for sig, h in old.items():
-            signal.signal(sig, h)
-
-    return restore

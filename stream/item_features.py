@@ -39,6 +39,7 @@ from stream.kafka import (
     create_topics,
     make_consumer,
     make_producer,
+    run_with_backoff,
     send_all,
 )
 from stream.settings import KafkaSettings
@@ -175,15 +176,8 @@ class ItemFeaturesTail:
         return len(self._pending)
 
     def _run(self) -> None:
-        backoff = 0.5
-        while not self._stop.is_set():
-            try:
-                self._tail()
-                backoff = 0.5
-            except Exception as exc:  # the reader must outlive broker hiccups
-                log.warning("item-features reader error (%s); retrying in %.1fs", exc, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+        run_with_backoff(self._stop, self._tail, lambda exc, wait: log.warning(
+            "item-features reader error (%s); retrying in %.1fs", exc, wait))
 
     def _tail(self) -> None:
         consumer = make_consumer(self.settings, ConsumerOptions(

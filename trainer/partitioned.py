@@ -62,12 +62,12 @@ from stream.kafka.base import Partition
 from stream.kafka.confluent import ConfluentConsumer
 from stream.kafka.transactional import TransactionalProducer, TransactionFailed
 from stream.settings import KafkaSettings
+from stream.signals import stop_on_signals
 from trainer.checkpoint import lock_location
 from trainer.flood import FloodSettings
 from trainer.metrics import TrainerMetrics
 from trainer.partition_state import PartitionState, PartitionStore, merge_histories
 from trainer.settings import TrainerSettings
-from trainer.signals import stop_on_signals
 
 __all__ = ["ScaleOutResult", "ScaleOutTrainer", "updates_topic"]
 

@@ -38,6 +38,7 @@ from online_models.evaluation import EvalSample, PrequentialEvaluator
 from online_models.snapshot import CapturedState, SnapshotStore, capture
 from stream.consumer import MiniBatchConsumer, Partition
 from stream.settings import KafkaSettings
+from stream.signals import stop_on_signals
 from trainer.adaptation import DriftAdaptation
 from trainer.checkpoint import Checkpointer, Written
 from trainer.content import TrainerContent
@@ -45,7 +46,6 @@ from trainer.dedup import DedupWindow
 from trainer.flood import FloodGuard, FloodSettings
 from trainer.metrics import TrainerMetrics
 from trainer.settings import TrainerSettings
-from trainer.signals import stop_on_signals
 from trainer.source import BatchSource, PolledBatch
 
 __all__ = ["Trainer", "TrainerResult"]

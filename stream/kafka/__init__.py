@@ -50,6 +50,7 @@ from stream.kafka.base import (
     Record,
     RecordBatch,
 )
+from stream.kafka.retry import run_with_backoff
 from stream.settings import KafkaSettings
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
     "end_offsets",
     "make_consumer",
     "make_producer",
+    "run_with_backoff",
     "send_all",
     "wait_until_ready",
 ]

@@ -1,4 +1,5 @@
-"""SIGTERM / SIGINT end a trainer's loop gracefully (shared by both trainer modes)."""
+"""SIGTERM / SIGINT end a consumer loop gracefully (the mini-batch consumer and both
+trainer modes)."""
 
 from __future__ import annotations
 
