@@ -132,6 +132,9 @@ class Trainer:
         self._revoke_request: threading.Event = threading.Event()
         self._revoke_done: threading.Event = threading.Event()
         self._revoke_offsets: dict[Partition, int] | None = None
+        self._revoke_parts: set[Partition] = set()
+        #: offsets of the partitions the last revoke took away (see _serve_revoke)
+        self._just_revoked: dict[Partition, int] = {}
         self._restore()
         self.content = TrainerContent(settings, kafka)
         self.content.attach(self.models)
@@ -207,18 +210,25 @@ class Trainer:
                  snap.version, self.events_total, snap.offsets, sorted(snap.models))
 
     # ------------------------------------------------------------------ rebalance hooks
-    # Both run in the source thread, inside the consumer's poll.
+    # Both run in the consumer's thread: the source thread's poll (librdkafka), or
+    # kafka-python's IO thread.
 
     def _on_assign(self, parts: set[Partition]) -> dict[Partition, int]:
         for _, partition in parts:
             self.metrics.partition(partition)
         # Partitions the snapshot does not know start from the group's committed
-        # offset (else the earliest), which the consumer does by itself.
+        # offset (else the earliest), which the consumer does by itself. A partition
+        # handed straight back by the rebalance that revoked it resumes at this
+        # trainer's own offset (the one it just committed, unless that commit failed).
+        back = {p: o for p, o in self._just_revoked.items() if p in parts}
+        self._just_revoked = {}
+        self.offsets.update(back)
         return {p: self.offsets[p] for p in parts if p in self.offsets}
 
     def _on_revoke(self, parts: set[Partition]) -> dict[Partition, int] | None:
         """Ask the learner for a synchronous checkpoint and wait for it."""
         self._revoke_done.clear()
+        self._revoke_parts = set(parts)
         self._revoke_request.set()
         while not self._revoke_done.wait(0.1):
             if self.stop_event.is_set() or not self._learning:
@@ -230,6 +240,11 @@ class Trainer:
             self._revoke_request.clear()
             written = self.checkpoint("revoke", wait=True)
             self._revoke_offsets = written.offsets if written else None
+            # The next owner resumes these partitions from the commit. Should one come
+            # back here later, it resumes from the group's commit too: this trainer's
+            # own offset would be stale by then (re-learning what another learned).
+            self._just_revoked = {p: self.offsets.pop(p) for p in self._revoke_parts
+                                  if p in self.offsets}
             self._revoke_done.set()
 
     # ------------------------------------------------------------------ loop

@@ -11,8 +11,9 @@ shared across threads), so the learner talks to it through two small channels:
 * **commits** flow back: :meth:`BatchSource.commit` queues the offsets of a durable
   snapshot, and the thread commits them before its next poll.
 
-Rebalances run inside the consumer's poll, so in this thread. On revoke the queued,
-not-yet-learned batches are dropped (the group resumes from the last commit), then
+Rebalances run inside the consumer's poll, so in this thread (kafka-python runs them
+on its IO thread: a lock keeps a batch from being queued across a revoke). On revoke
+the queued, not-yet-learned batches are dropped (the group resumes from the last commit), then
 :attr:`BatchSource.on_revoke` -- the learner's synchronous checkpoint -- returns the
 offsets now durable, and they are committed before the partitions move. On assign,
 :attr:`BatchSource.on_assign` returns where each partition must resume.
@@ -103,6 +104,12 @@ class BatchSource:
         self._queue: queue.Queue[PolledBatch] = queue.Queue(maxsize=prefetch)
         self._commits: queue.Queue[dict[Partition, int]] = queue.Queue()
         self._stop = threading.Event()
+        #: held while queueing a batch and while a rebalance hook changes the assignment
+        self._hand_over = threading.Lock()
+        #: rebalance hooks run so far: a batch polled across one is stale (see _put)
+        self._generation = 0
+        #: where the last assignment resumed partitions
+        self._resumed_at: dict[Partition, int] = {}
         self._closing = False
         self._thread: threading.Thread | None = None
         self.consumer: MiniBatchConsumer | None = None
@@ -185,6 +192,7 @@ class BatchSource:
                 self._close_quietly()
                 self.consumer = self._new_consumer()
                 joined_at, join_timeout = time.monotonic(), join_timeout * 2
+            generation = self._generation
             try:
                 records = self.consumer.poll_batch(self.batch_size, self.max_wait_s)
             except Exception:
@@ -199,7 +207,7 @@ class BatchSource:
                     log.info("stopping while rejects await the dead-letter topic: the batch "
                              "is not learned and its offsets are not committed")
                     return
-                self._put(batch)
+                self._put(batch, generation)
             if time.monotonic() - last_lag >= 1.0:
                 last_lag = time.monotonic()
                 try:
@@ -223,17 +231,26 @@ class BatchSource:
             self.consumer.dead_letter(rejected)
         return PolledBatch(cols, rejected, offsets, first, len(records))
 
-    def _put(self, batch: PolledBatch) -> None:
+    def _put(self, batch: PolledBatch, generation: int) -> None:
         parts = set(batch.offsets)
         while not self._stop.is_set():
-            if not parts <= self.assigned:
-                self._forget([batch])  # revoked meanwhile: the next owner reads it
-                return
-            try:
-                self._queue.put(batch, timeout=0.1)
-                return
-            except queue.Full:
-                self._drain_commits()
+            # Under the hand-over lock: kafka-python rebalances on its IO thread, and a
+            # batch queued after a revoke drained the queue would be learned here
+            # *and* by the next owner.
+            with self._hand_over:
+                if generation != self._generation:
+                    self._drop_stale(batch)
+                    return
+                if not parts <= self.assigned:
+                    self._forget([batch])  # revoked meanwhile: the next owner reads it
+                    return
+                try:
+                    self._queue.put_nowait(batch)
+                    return
+                except queue.Full:
+                    pass
+            self._drain_commits()
+            self._stop.wait(0.005)
 
     def _drain_commits(self) -> None:
         merged: dict[Partition, int] = {}
@@ -274,26 +291,55 @@ class BatchSource:
                 if part in self.assigned:
                     rewind[part] = min(off, rewind.get(part, off))
         if rewind and self.consumer is not None:
+            try:
+                self.consumer.seek(rewind)
+            except Exception:
+                # kafka-python's IO thread may take a partition between the check and
+                # the seek (its next owner reads it): rewind the ones still ours.
+                still = self.consumer.assignment()
+                if set(rewind) <= still:
+                    raise
+                log.info("a partition left while rewinding %s", sorted(rewind))
+                self.consumer.seek({p: o for p, o in rewind.items() if p in still})
+
+    def _drop_stale(self, batch: PolledBatch) -> None:
+        """Drop a batch polled while a rebalance ran, and put its partitions back where
+        they must resume: kafka-python can hand out records fetched before the
+        rebalance's seek and move the position past it (its fetcher checks the
+        position, then updates it, on the polling thread, while the IO thread seeks)."""
+        rewind: dict[Partition, int] = {}
+        for part, first in batch.first_offsets.items():
+            if part in self.assigned:
+                rewind[part] = self._resumed_at.get(part, first)
+        log.info("dropping a batch polled across a rebalance (%d records); rewinding %s",
+                 batch.records, rewind)
+        if rewind and self.consumer is not None:
             self.consumer.seek(rewind)
 
     def _assigned(self, parts: set[Partition]) -> None:
-        self.assigned = frozenset(self.assigned | parts)
-        self.ever_assigned = True
-        log.info("assigned %s", sorted(parts))
-        resume = dict(self.on_assign(parts))
-        if resume and self.consumer is not None:
-            self.consumer.seek(resume)
-            log.info("resuming %s at the snapshot's offsets", resume)
+        with self._hand_over:
+            self._generation += 1
+            self.assigned = frozenset(self.assigned | parts)
+            self.ever_assigned = True
+            log.info("assigned %s", sorted(parts))
+            resume = dict(self.on_assign(parts))
+            self._resumed_at = dict(resume)
+            if resume and self.consumer is not None:
+                self.consumer.seek(resume)
+                log.info("resuming %s at the snapshot's offsets", resume)
 
     def _revoked(self, parts: set[Partition]) -> None:
-        self.assigned = frozenset(self.assigned - parts)
-        dropped: list[PolledBatch] = []
-        while True:  # polled, not learned: the next owner resumes from the commit
-            try:
-                dropped.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        self._forget(dropped)
+        with self._hand_over:
+            self._generation += 1
+            self._resumed_at = {}
+            self.assigned = frozenset(self.assigned - parts)
+            dropped: list[PolledBatch] = []
+            while True:  # polled, not learned: the next owner resumes from the commit
+                try:
+                    dropped.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._forget(dropped)
         if self._closing:
             return
         log.info("partitions %s revoked (%d queued batches dropped): checkpoint, then "

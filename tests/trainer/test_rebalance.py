@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from online_models.snapshot import SnapshotStore
+from stream.kafka import end_offsets
 from stream.replay import produce_events
 from tests.trainer.helpers import TrainerProcess, synthetic_events, wait_for
 
@@ -33,6 +34,13 @@ def _learned(snaps: Path) -> int:
     return SnapshotStore(snaps).load().events_total
 
 
+def _story(trainer: TrainerProcess) -> str:
+    """The trainer's rebalances and its end, for a failure message."""
+    keep = ("trainer.source", "stopping", "stopped", "commit", "ERROR", "WARNING")
+    return "\n".join(line for line in trainer.log_text().splitlines()
+                     if any(k in line for k in keep))
+
+
 @pytest.mark.parametrize("client", ["confluent", "kafka-python"])
 def test_a_joining_trainer_takes_partitions_without_loss_or_double_learning(
     kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path, client: str
@@ -40,12 +48,17 @@ def test_a_joining_trainer_takes_partitions_without_loss_or_double_learning(
     topic = new_topic(partitions=4)
     events = synthetic_events(N_EVENTS, seed=21, n_users=4000)
 
+    produce_errors: list[BaseException] = []
+
     def stream_in() -> None:
         # ~16 s of stream: the second trainer must join while events still arrive
         # (the trainer learns a 4,000-event chunk in well under a second).
-        for start in range(0, N_EVENTS, 1000):
-            produce_events(kafka_bootstrap, topic, events[start:start + 1000])
-            time.sleep(0.4)
+        try:
+            for start in range(0, N_EVENTS, 1000):
+                produce_events(kafka_bootstrap, topic, events[start:start + 1000])
+                time.sleep(0.4)
+        except BaseException as exc:
+            produce_errors.append(exc)
 
     producer = threading.Thread(target=stream_in, daemon=True)
     producer.start()
@@ -56,6 +69,9 @@ def test_a_joining_trainer_takes_partitions_without_loss_or_double_learning(
              and "events learned=0 " not in a.log_text().splitlines()[-1], 120, "a learning")
     b = TrainerProcess(_args(kafka_bootstrap, topic, b_snaps, client), tmp_path / "b.log")
     producer.join(300)
+    assert not produce_errors, produce_errors
+    # Every event is in the topic, once: a shortfall below is the trainers' doing.
+    assert sum(end_offsets(kafka_bootstrap, topic).values()) == N_EVENTS
     assert a.wait(400) == 0, a.log_text()[-3000:]
     assert b.wait(400) == 0, b.log_text()[-3000:]
 
@@ -63,5 +79,5 @@ def test_a_joining_trainer_takes_partitions_without_loss_or_double_learning(
     a_total, b_total = _learned(a_snaps), _learned(b_snaps)
     assert b_total > 0, "the joining trainer learned nothing"
     # Every event learned exactly once across the two trainers.
-    assert a_total + b_total == N_EVENTS, (a_total, b_total)
+    assert a_total + b_total == N_EVENTS, (a_total, b_total, _story(a), _story(b))
     assert "commit before revoke failed" not in a.log_text()

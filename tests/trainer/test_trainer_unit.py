@@ -3,6 +3,7 @@ drift adaptation, snapshot + restore (consumed batches are built by hand)."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,35 @@ def test_checkpoint_then_restore_resumes_exact_state(settings: TrainerSettings) 
     # The restored dedup set refuses a redelivery of what the snapshot holds.
     again.handle(_consumed(events[:50], 0))
     assert again.events_total == 500 and again.duplicates == 50
+
+
+def _revoke(t: Trainer, parts: set[tuple[str, int]]) -> dict[tuple[str, int], int] | None:
+    """Run the consumer thread's revoke hook while this thread serves it as the learner."""
+    out: list[dict[tuple[str, int], int] | None] = []
+    hook = threading.Thread(target=lambda: out.append(t._on_revoke(parts)))
+    t._learning = True
+    hook.start()
+    while hook.is_alive():
+        t._serve_revoke()
+        hook.join(0.01)
+    return out[0]
+
+
+def test_a_partition_coming_back_later_resumes_from_the_group_commit(
+    settings: TrainerSettings,
+) -> None:
+    p0, p1 = ("clicks", 0), ("clicks", 1)
+    t = Trainer(settings, KAFKA)
+    t.handle(_consumed(synthetic_events(300, seed=8), 0))
+    # An eager rebalance revokes everything and hands p0 straight back: it resumes
+    # where this trainer left it (the offset the revoke checkpoint committed).
+    assert _revoke(t, {p0}) == {p0: 300}
+    assert t._on_assign({p0, p1}) == {p0: 300}
+    # Revoked again and given to another trainer, which learns on; when p0 comes back
+    # in a later rebalance, this trainer's 300 is stale: the group's commit decides.
+    assert _revoke(t, {p0, p1}) == {p0: 300}
+    assert t._on_assign({p1}) == {}
+    assert t._on_assign({p0}) == {}
 
 
 def test_a_failing_model_does_not_stop_the_others(settings: TrainerSettings) -> None:
