@@ -209,6 +209,11 @@ class MiniBatchConsumer:
         # resume partitions that a rebalance revokes and gives back.
         self._handed_out: dict[Partition, int] = {}
         self._resume: dict[Partition, int] = {}
+        # kafka-python runs the rebalance hooks on its IO thread, beside next_batch: the
+        # hooks' bookkeeping and the hand-over of polled records take this lock, and
+        # records polled while a hook ran are stale (see _discard_stale).
+        self._hook_lock = threading.RLock()
+        self._generation = 0
         self._client = make_consumer(settings, ConsumerOptions(
             group_id=group_id,
             client_id=client_id,
@@ -233,27 +238,34 @@ class MiniBatchConsumer:
         # gives a partition back, reading continues there (librdkafka would restart at
         # the committed offset and kafka-python at its fetch position, past records
         # dropped below; the two clients behave the same this way).
-        self._resume = {p: off for p, off in self._handed_out.items() if p in parts}
-        dropped = [p for p in self._pending if p[0] in parts]
-        if dropped:
-            for part, offset, item in dropped:
-                self._resume[part] = min(offset, self._resume.get(part, offset))
-                if isinstance(item, ClickEvent):
-                    self._recent.pop(item.event_id, None)  # it will be read again
-            log.info("dropping %d polled records of revoked partitions (read again from "
-                     "the last commit, or from here if they come back)", len(dropped))
-            self._pending = [p for p in self._pending if p[0] not in parts]
-        for part in parts:
-            self._handed_out.pop(part, None)
+        with self._hook_lock:
+            self._generation += 1
+            self._resume = {p: off for p, off in self._handed_out.items() if p in parts}
+            dropped = [p for p in self._pending if p[0] in parts]
+            if dropped:
+                for part, offset, item in dropped:
+                    self._resume[part] = min(offset, self._resume.get(part, offset))
+                    if isinstance(item, ClickEvent):
+                        self._recent.pop(item.event_id, None)  # it will be read again
+                log.info("dropping %d polled records of revoked partitions (read again "
+                         "from the last commit, or from here if they come back)",
+                         len(dropped))
+                self._pending = [p for p in self._pending if p[0] not in parts]
+            for part in parts:
+                self._handed_out.pop(part, None)
 
     def _assigned(self, parts: set[Partition]) -> None:
         log.info("assigned %s", sorted(parts))
-        resume, self._resume = self._resume, {}
-        for part in parts & resume.keys():
-            try:
-                self._client.seek(part, resume[part])
-            except KafkaClientError:
-                log.warning("could not resume %s at %d", part, resume[part], exc_info=True)
+        with self._hook_lock:
+            self._generation += 1
+            resume, self._resume = self._resume, {}
+            for part in parts & resume.keys():
+                try:
+                    self._client.seek(part, resume[part])
+                    self._handed_out[part] = resume[part]
+                except KafkaClientError:
+                    log.warning("could not resume %s at %d", part, resume[part],
+                                exc_info=True)
         if self.on_assign is not None and parts:
             try:
                 self.on_assign(parts)
@@ -288,14 +300,38 @@ class MiniBatchConsumer:
         deadline = time.monotonic() + wait_ms / 1000.0
         while len(self._pending) < self.batch_size:
             remaining = max(0.0, deadline - time.monotonic())
+            generation = self._generation
             got = self._client.poll_batch(self.batch_size - len(self._pending), remaining)
-            self._pending.extend(
-                ((topic, partition), offset, self._decode(value)) for topic, partition, offset,
-                value in zip(got.topics, got.partitions, got.offsets, got.values, strict=True))
+            with self._hook_lock:
+                if generation != self._generation:
+                    self._discard_stale(got)
+                else:
+                    self._pending.extend(
+                        ((topic, partition), offset, self._decode(value))
+                        for topic, partition, offset, value
+                        in zip(got.topics, got.partitions, got.offsets, got.values,
+                               strict=True))
             if remaining == 0.0:
                 break
-        pending, self._pending = self._pending, []
+        with self._hook_lock:
+            pending, self._pending = self._pending, []
         return self._build(pending)
+
+    def _discard_stale(self, got: RecordBatch) -> None:
+        """Drop records polled while a rebalance hook ran and rewind their partitions:
+        kafka-python's fetcher can hand out records fetched before the hook's seek and
+        move the position past it (it checks, then updates, on the polling thread)."""
+        first: dict[Partition, int] = {}
+        for topic, partition, offset in zip(got.topics, got.partitions, got.offsets,
+                                            strict=True):
+            first.setdefault((topic, partition), offset)
+        if not first:
+            return
+        assigned = self._client.assignment()
+        for part, offset in first.items():
+            if part in assigned:
+                self._client.seek(part, self._handed_out.get(part, offset))
+        log.info("dropped %d records polled across a rebalance", len(got))
 
     def _decode(self, value: bytes | None) -> ClickEvent | Rejected | None:
         item = decode(value, limits=self.limits)
