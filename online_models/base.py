@@ -26,7 +26,7 @@ from __future__ import annotations
 import inspect
 from abc import ABC, abstractmethod
 from array import array
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
@@ -430,7 +430,10 @@ class UserHistory:
     def __init__(self, max_items: int = 200, max_users: int | None = None) -> None:
         self.max_items = max_items
         self.max_users = max_users
-        self._items: OrderedDict[str, deque[str]] = OrderedDict()
+        # user -> its items, oldest first, as the keys of a dict: membership and
+        # removal in O(1) (a deque scanned the whole history, which evaluating
+        # unbounded histories paid on every event)
+        self._items: OrderedDict[str, dict[str, None]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -441,14 +444,15 @@ class UserHistory:
     def append(self, user: str, item: str) -> None:
         q = self._items.get(user)
         if q is None:
-            q = self._items[user] = deque(maxlen=self.max_items)
+            q = self._items[user] = {}
             if self.max_users is not None and len(self._items) > self.max_users:
                 self._items.popitem(last=False)
         else:
             self._items.move_to_end(user)
-            if item in q:
-                q.remove(item)
-        q.append(item)
+            q.pop(item, None)
+        q[item] = None
+        if len(q) > self.max_items:
+            del q[next(iter(q))]
 
     def extend(self, users: Iterable[str], items: Iterable[str]) -> None:
         for u, i in zip(users, items, strict=True):
@@ -478,14 +482,14 @@ class UserHistory:
         for pos, (user, item, mark) in enumerate(zip(users, items, marks, strict=True)):
             q = get(user)
             if q is None:
-                q = table[user] = deque(maxlen=max_items)
+                q = table[user] = {}
                 if max_users is not None and len(table) > max_users:
                     table.popitem(last=False)
                 new_flag(False)
             else:
                 to_end(user)
                 if item in q:
-                    q.remove(item)
+                    del q[item]
                     new_flag(False)
                 elif q:
                     new_flag(True)
@@ -493,7 +497,9 @@ class UserHistory:
                         before[pos] = list(q)
                 else:
                     new_flag(False)
-            q.append(item)
+            q[item] = None
+            if len(q) > max_items:
+                del q[next(iter(q))]
         return np.asarray(flags, bool), before
 
     def get(self, user: str) -> list[str]:
@@ -536,7 +542,7 @@ class UserHistory:
         items = unpack_strings(arrays[f"{prefix}.items.data"], arrays[f"{prefix}.items.offsets"])
         pos = 0
         for u, n in zip(users, arrays[f"{prefix}.lengths"].tolist(), strict=True):
-            h._items[u] = deque(items[pos : pos + n], maxlen=max_items)
+            h._items[u] = dict.fromkeys(items[max(pos, pos + n - max_items) : pos + n])
             pos += n
         return h
 

@@ -105,9 +105,14 @@ def stable_buckets(ids: Iterable[str], buckets: int) -> np.ndarray:
     >>> stable_buckets(["item-1", "item-2", "item-1"], 64).tolist()
     [41, 19, 41]
     """
-    return np.fromiter(
-        (zlib.crc32(str(i).encode("utf-8")) % buckets for i in ids), dtype=np.int64
-    )
+    if not isinstance(ids, (list, tuple, np.ndarray)):
+        ids = list(ids)
+    try:  # map() over C functions: no Python frame per id
+        crc = np.fromiter(map(zlib.crc32, map(str.encode, ids)), np.int64, count=len(ids))
+    except TypeError:  # some id is not a str
+        crc = np.fromiter((zlib.crc32(str(i).encode()) for i in ids), np.int64,
+                          count=len(ids))
+    return crc % buckets
 
 
 # --------------------------------------------------------------------------- data drift

@@ -603,9 +603,7 @@ class PrequentialEvaluator:
 
     def _user_signs(self, users: np.ndarray) -> np.ndarray:
         """A fixed random ±1 vector per user, derived from the id (survives restarts)."""
-        h = np.fromiter(
-            (zlib.crc32(u.encode("utf-8")) for u in users), dtype=np.uint64, count=len(users)
-        )
+        h = np.fromiter(map(zlib.crc32, map(str.encode, users)), np.uint64, count=len(users))
         # splitmix64 of (seed, user hash, coordinate): independent bits per coordinate.
         with np.errstate(over="ignore"):
             x = (h[:, None] + np.uint64(self.seed) * np.uint64(0x632BE59BD9B4E019)
