@@ -9,6 +9,7 @@ user's windows; per-partition snapshots sum to the events produced.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,15 +50,22 @@ def test_two_trainers_in_one_group_equal_one_trainer(
 ) -> None:
     topic = new_topic(partitions=4)
     events = synthetic_events(20_000, seed=11, n_users=500, n_items=300)
-    produce_events(kafka_bootstrap, topic, events)
     kafka = KafkaSettings(bootstrap=kafka_bootstrap, topic=topic)
     snaps = tmp_path / "snaps"
-    trainers = [ScaleOutTrainer(_settings(snaps, f"g-{topic}", f"t{i}", idle_exit_s=8.0),
+    trainers = [ScaleOutTrainer(_settings(snaps, f"g-{topic}", f"t{i}", idle_exit_s=15.0),
                                 kafka) for i in range(2)]
     try:
         threads = [threading.Thread(target=t.run) for t in trainers]
         for th in threads:
             th.start()
+        # Events flow once both members own partitions: on a pre-filled topic the first
+        # member to join could learn it all before the second's rebalance.
+        deadline = time.monotonic() + 120
+        while not (all(t.parts for t in trainers)
+                   and sum(len(t.parts) for t in trainers) == 4):
+            assert time.monotonic() < deadline, "the two trainers never split the topic"
+            time.sleep(0.1)
+        produce_events(kafka_bootstrap, topic, events)
         for th in threads:
             th.join(300)
         assert not any(th.is_alive() for th in threads)
