@@ -106,12 +106,11 @@ def _fast_ts(value: object) -> float | None:
         text = value.strip()  # type: ignore[attr-defined]
         # "YYYY-..." is never a number, so the ISO parse goes first (a failed float()
         # costs an exception per event on the common path).
-        if not (text[4:5] == "-" and text[:4].isdigit()):
-            try:
-                seconds = float(text)
-            except ValueError:
-                return _iso_ts(text)
-        else:
+        if text[4:5] == "-" and text[:4].isdigit():
+            return _iso_ts(text)
+        try:
+            seconds = float(text)
+        except ValueError:
             return _iso_ts(text)
     elif t is int or t is float:
         try:

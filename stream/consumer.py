@@ -321,16 +321,10 @@ class MiniBatchConsumer:
         """Drop records polled while a rebalance hook ran and rewind their partitions:
         kafka-python's fetcher can hand out records fetched before the hook's seek and
         move the position past it (it checks, then updates, on the polling thread)."""
-        first: dict[Partition, int] = {}
-        for topic, partition, offset in zip(got.topics, got.partitions, got.offsets,
-                                            strict=True):
-            first.setdefault((topic, partition), offset)
+        first = got.first_offsets()
         if not first:
             return
-        assigned = self._client.assignment()
-        for part, offset in first.items():
-            if part in assigned:
-                self._client.seek(part, self._handed_out.get(part, offset))
+        self.seek({part: self._handed_out.get(part, offset) for part, offset in first.items()})
         log.info("dropped %d records polled across a rebalance", len(got))
 
     def _decode(self, value: bytes | None) -> ClickEvent | Rejected | None:
@@ -474,14 +468,21 @@ class MiniBatchConsumer:
         return self._client.committed(sorted(self.assignment()))
 
     def seek(self, offsets: Mapping[Partition, int]) -> None:
-        """Move the read position of assigned partitions (others are ignored)."""
+        """Move the read position of assigned partitions (others are ignored, also one
+        that kafka-python's IO thread revokes between the check and the seek)."""
         assigned = self.assignment()
         for part, offset in offsets.items():
-            if part in assigned:
-                self._client.seek(part, offset)
-                self._handed_out[part] = offset
-            else:
+            if part not in assigned:
                 log.debug("not seeking unassigned partition %s", part)
+                continue
+            try:
+                self._client.seek(part, offset)
+            except KafkaClientError:
+                if part in self.assignment():
+                    raise
+                log.info("not seeking %s: revoked meanwhile", part)
+                continue
+            self._handed_out[part] = offset
         self._pending = [p for p in self._pending if p[0] not in offsets]
 
     def assignment(self) -> set[Partition]:

@@ -13,8 +13,8 @@ shared across threads), so the learner talks to it through two small channels:
 
 Rebalances run inside the consumer's poll, so in this thread (kafka-python runs them
 on its IO thread: a lock keeps a batch from being queued across a revoke). On revoke
-the queued, not-yet-learned batches are dropped (the group resumes from the last commit), then
-:attr:`BatchSource.on_revoke` -- the learner's synchronous checkpoint -- returns the
+the queued, not-yet-learned batches are dropped (the group resumes from the last
+commit), then :attr:`BatchSource.on_revoke` -- the learner's synchronous checkpoint -- returns the
 offsets now durable, and they are committed before the partitions move. On assign,
 :attr:`BatchSource.on_assign` returns where each partition must resume.
 """
@@ -218,11 +218,7 @@ class BatchSource:
     def _decode(self, records: RecordBatch) -> PolledBatch:
         cols, rejects = decode_columns(records.values, limits=self.limits,
                                        weights=self.weights)
-        offsets = records.next_offsets()
-        first: dict[Partition, int] = {}
-        for part, offset in zip(zip(records.topics, records.partitions, strict=True),
-                                records.offsets, strict=True):
-            first.setdefault(part, offset)
+        offsets, first = records.next_offsets(), records.first_offsets()
         rejected = [(rej, records.topics[i], records.partitions[i], records.offsets[i])
                     for i, rej in rejects]
         if rejected:
@@ -283,38 +279,26 @@ class BatchSource:
 
     # ------------------------------------------------------------------ rebalance hooks
 
-    def _forget(self, batches: list[PolledBatch]) -> None:
-        """Drop unlearned batches; partitions still ours are read again from there."""
+    def _forget(self, batches: list[PolledBatch],
+                resume_at: Mapping[Partition, int] | None = None) -> None:
+        """Drop unlearned batches; partitions still ours are read again from their first
+        record there, or from ``resume_at`` where it names one."""
         rewind: dict[Partition, int] = {}
         for b in batches:
             for part, off in b.first_offsets.items():
                 if part in self.assigned:
                     rewind[part] = min(off, rewind.get(part, off))
+        rewind.update({p: o for p, o in (resume_at or {}).items() if p in rewind})
         if rewind and self.consumer is not None:
-            try:
-                self.consumer.seek(rewind)
-            except Exception:
-                # kafka-python's IO thread may take a partition between the check and
-                # the seek (its next owner reads it): rewind the ones still ours.
-                still = self.consumer.assignment()
-                if set(rewind) <= still:
-                    raise
-                log.info("a partition left while rewinding %s", sorted(rewind))
-                self.consumer.seek({p: o for p, o in rewind.items() if p in still})
+            self.consumer.seek(rewind)
 
     def _drop_stale(self, batch: PolledBatch) -> None:
         """Drop a batch polled while a rebalance ran, and put its partitions back where
-        they must resume: kafka-python can hand out records fetched before the
-        rebalance's seek and move the position past it (its fetcher checks the
+        the assignment resumed them: kafka-python can hand out records fetched before
+        the rebalance's seek and move the position past it (its fetcher checks the
         position, then updates it, on the polling thread, while the IO thread seeks)."""
-        rewind: dict[Partition, int] = {}
-        for part, first in batch.first_offsets.items():
-            if part in self.assigned:
-                rewind[part] = self._resumed_at.get(part, first)
-        log.info("dropping a batch polled across a rebalance (%d records); rewinding %s",
-                 batch.records, rewind)
-        if rewind and self.consumer is not None:
-            self.consumer.seek(rewind)
+        log.info("dropping a batch polled across a rebalance (%d records)", batch.records)
+        self._forget([batch], self._resumed_at)
 
     def _assigned(self, parts: set[Partition]) -> None:
         with self._hand_over:

@@ -83,8 +83,8 @@ class RecordBatch:
     Examples
     --------
     >>> b = RecordBatch(["t", "t", "t"], [0, 1, 0], [5, 9, 6], [b"a", b"b", b"c"])
-    >>> len(b), b.next_offsets()
-    (3, {('t', 0): 7, ('t', 1): 10})
+    >>> len(b), b.next_offsets(), b.first_offsets()
+    (3, {('t', 0): 7, ('t', 1): 10}, {('t', 0): 5, ('t', 1): 9})
     >>> b.record(1).value
     b'b'
     """
@@ -103,6 +103,14 @@ class RecordBatch:
         for topic, partition, offset in zip(self.topics, self.partitions, self.offsets,
                                             strict=True):
             out[(topic, partition)] = offset + 1
+        return out
+
+    def first_offsets(self) -> dict[Partition, int]:
+        """The offset of the first record of each partition: where to read it again."""
+        out: dict[Partition, int] = {}
+        for topic, partition, offset in zip(self.topics, self.partitions, self.offsets,
+                                            strict=True):
+            out.setdefault((topic, partition), offset)
         return out
 
     def record(self, i: int) -> Record:

@@ -231,7 +231,7 @@ class KafkaPythonConsumer:
     def seek(self, part: Partition, offset: int) -> None:
         try:
             self._c.seek(_tp(part), offset)
-        except _ERRORS as exc:
+        except (*_ERRORS, ValueError) as exc:  # ValueError: not assigned (any more)
             raise _wrap(exc, f"seek {part[0]}[{part[1]}]") from exc
 
     def position(self, part: Partition) -> int | None:
