@@ -213,7 +213,9 @@ class MiniBatchConsumer:
         # hooks' bookkeeping and the hand-over of polled records take this lock, and
         # records polled while a hook ran are stale (see _discard_stale).
         self._hook_lock = threading.RLock()
+        #: hooks finished so far, and hooks running now (on kafka-python's IO thread)
         self._generation = 0
+        self._hooks_running = 0
         self._client = make_consumer(settings, ConsumerOptions(
             group_id=group_id,
             client_id=client_id,
@@ -228,7 +230,25 @@ class MiniBatchConsumer:
 
     # ------------------------------------------------------------------ rebalance
 
+    def _hook_started(self) -> None:
+        with self._hook_lock:
+            self._hooks_running += 1
+
+    def _hook_finished(self) -> None:
+        # Counted after every seek a hook made: a poll that began before this, even
+        # inside the hook, may return records fetched before them (see next_batch).
+        with self._hook_lock:
+            self._hooks_running -= 1
+            self._generation += 1
+
     def _revoked(self, parts: set[Partition]) -> None:
+        self._hook_started()
+        try:
+            self._revoke(parts)
+        finally:
+            self._hook_finished()
+
+    def _revoke(self, parts: set[Partition]) -> None:
         if self.on_revoke is not None and parts:
             try:
                 self.on_revoke(parts)
@@ -239,7 +259,6 @@ class MiniBatchConsumer:
         # the committed offset and kafka-python at its fetch position, past records
         # dropped below; the two clients behave the same this way).
         with self._hook_lock:
-            self._generation += 1
             self._resume = {p: off for p, off in self._handed_out.items() if p in parts}
             dropped = [p for p in self._pending if p[0] in parts]
             if dropped:
@@ -255,9 +274,15 @@ class MiniBatchConsumer:
                 self._handed_out.pop(part, None)
 
     def _assigned(self, parts: set[Partition]) -> None:
+        self._hook_started()
+        try:
+            self._assign(parts)
+        finally:
+            self._hook_finished()
+
+    def _assign(self, parts: set[Partition]) -> None:
         log.info("assigned %s", sorted(parts))
         with self._hook_lock:
-            self._generation += 1
             resume, self._resume = self._resume, {}
             for part in parts & resume.keys():
                 try:
@@ -303,7 +328,7 @@ class MiniBatchConsumer:
             generation = self._generation
             got = self._client.poll_batch(self.batch_size - len(self._pending), remaining)
             with self._hook_lock:
-                if generation != self._generation:
+                if generation != self._generation or self._hooks_running:
                     self._discard_stale(got)
                 else:
                     self._pending.extend(

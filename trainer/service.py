@@ -385,6 +385,9 @@ class Trainer:
                 m.drift_adapting.labels(model=name).set(0)
         # Offsets move for every record handled -- rejects and duplicates included.
         self.offsets.update(polled.offsets)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("handled %s", {p: (polled.first_offsets[p], o)
+                                     for p, o in polled.offsets.items()})
         return n
 
     def _govern(self, scored: int, seconds: float, bookkeeping_s: float = 0.0,

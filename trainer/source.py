@@ -106,7 +106,8 @@ class BatchSource:
         self._stop = threading.Event()
         #: held while queueing a batch and while a rebalance hook changes the assignment
         self._hand_over = threading.Lock()
-        #: rebalance hooks run so far: a batch polled across one is stale (see _put)
+        #: rebalance hooks finished so far (counted at the end of each, after its seeks): a
+        #: batch whose poll began before a hook finished is stale (see _put)
         self._generation = 0
         #: where the last assignment resumed partitions
         self._resumed_at: dict[Partition, int] = {}
@@ -242,6 +243,9 @@ class BatchSource:
                     return
                 try:
                     self._queue.put_nowait(batch)
+                    if log.isEnabledFor(logging.DEBUG):
+                        log.debug("queued %s", {p: (batch.first_offsets[p], o)
+                                                for p, o in batch.offsets.items()})
                     return
                 except queue.Full:
                     pass
@@ -302,7 +306,6 @@ class BatchSource:
 
     def _assigned(self, parts: set[Partition]) -> None:
         with self._hand_over:
-            self._generation += 1
             self.assigned = frozenset(self.assigned | parts)
             self.ever_assigned = True
             log.info("assigned %s", sorted(parts))
@@ -311,10 +314,12 @@ class BatchSource:
             if resume and self.consumer is not None:
                 self.consumer.seek(resume)
                 log.info("resuming %s at the snapshot's offsets", resume)
+            # Last, after the seek: a poll that began before this line -- even one that
+            # began inside this hook -- may return records from before the seek.
+            self._generation += 1
 
     def _revoked(self, parts: set[Partition]) -> None:
         with self._hand_over:
-            self._generation += 1
             self._resumed_at = {}
             self.assigned = frozenset(self.assigned - parts)
             dropped: list[PolledBatch] = []
@@ -324,6 +329,7 @@ class BatchSource:
                 except queue.Empty:
                     break
             self._forget(dropped)
+            self._generation += 1  # last, as in _assigned
         if self._closing:
             return
         log.info("partitions %s revoked (%d queued batches dropped): checkpoint, then "

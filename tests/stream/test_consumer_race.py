@@ -4,6 +4,7 @@ seek (kafka-python runs the hooks on its IO thread, beside the poll)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -79,3 +80,63 @@ def test_records_polled_across_a_rebalance_do_not_skip_the_dropped_ones(
     # The six records pending at the revoke were dropped and read again from the
     # assignment's seek; the three stale ones did not move the partition past them.
     assert got == [e.event_id for e in EVENTS]
+
+
+class MidHookClient(RacyClient):
+    """As :class:`RacyClient`, but the rebalance runs on its own thread (kafka-python's IO
+    thread) and the next poll *begins inside the assignment hook*, before its seek."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_assign = threading.Event()
+        self.taken = threading.Event()
+        self.sought = threading.Event()
+
+    def rebalance(self) -> None:
+        assert self.on_assign is not None and self.on_revoke is not None
+        self.on_revoke({PART})
+        self.on_assign({PART})
+        self.sought.set()
+
+    def poll_batch(self, max_records: int, timeout_s: float) -> RecordBatch:
+        assert self.on_assign is not None
+        self.polls += 1
+        if self.polls == 1:
+            self.parts = {PART}
+            self.on_assign({PART})
+        if self.polls == 3:
+            threading.Thread(target=self.rebalance, daemon=True).start()
+            assert self.in_assign.wait(10)
+            return RecordBatch([], [], [], [])
+        start = self.position
+        end = min(start + min(3, max_records), len(VALUES))
+        if self.polls == 4:
+            self.taken.set()
+            assert self.sought.wait(10)
+        self.position = end
+        return RecordBatch([PART[0]] * (end - start), [PART[1]] * (end - start),
+                           list(range(start, end)), list(VALUES[start:end]))
+
+
+def test_a_poll_that_begins_inside_the_assignment_hook_cannot_undo_the_hooks_seek(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = MidHookClient()
+    monkeypatch.setattr(stream.consumer, "make_consumer", lambda *a, **k: client)
+
+    def hook(parts: set[Any]) -> None:
+        if client.polls >= 3:  # on the "IO thread", after the consumer's own resume
+            client.in_assign.set()
+            assert client.taken.wait(10)
+            consumer.seek({PART: 9})  # the application moves on in its hook
+
+    consumer = MiniBatchConsumer(KafkaSettings(topic=PART[0]), "g", batch_size=3,
+                                 max_wait_ms=200, dlq_topic=None, on_assign=hook)
+    got: list[str] = []
+    for _ in range(30):
+        got.extend(e.event_id for e in consumer.next_batch().events)
+        if got and got[-1] == EVENTS[-1].event_id:
+            break
+    # The racing poll took 3-5 before the hook's seek and moved the position past it:
+    # handing those out would have ignored the seek. Reading continues at 9.
+    assert got == [e.event_id for e in EVENTS[:3] + EVENTS[9:]]

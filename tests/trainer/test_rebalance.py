@@ -4,6 +4,7 @@ before the move means the two together learn every event exactly once."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +28,9 @@ def _args(bootstrap: str, topic: str, snaps: Path, client: str) -> list[str]:
     return ["--bootstrap", bootstrap, "--topic", topic, "--group", f"g-{topic}",
             "--snapshots", str(snaps), "--models", "popularity", "--metrics-port", "-1",
             "--snapshot-every-s", "120", "--status-every-s", "1", "--session-timeout-ms",
-            "6000", "--idle-exit-s", "8", "--max-seconds", "300", "--kafka-client", client]
+            "6000", "--idle-exit-s", "8", "--max-seconds", "300", "--kafka-client", client,
+            # LIVEREC_TEST_TRAINER_LOG_LEVEL=debug logs every batch's offset ranges
+            "--log-level", os.environ.get("LIVEREC_TEST_TRAINER_LOG_LEVEL", "info")]
 
 
 def _learned(snaps: Path) -> int:
@@ -79,5 +82,9 @@ def test_a_joining_trainer_takes_partitions_without_loss_or_double_learning(
     a_total, b_total = _learned(a_snaps), _learned(b_snaps)
     assert b_total > 0, "the joining trainer learned nothing"
     # Every event learned exactly once across the two trainers.
-    assert a_total + b_total == N_EVENTS, (a_total, b_total, _story(a), _story(b))
+    assert a_total + b_total == N_EVENTS, (
+        f"learned {a_total} + {b_total} of {N_EVENTS}; topic ends "
+        f"{end_offsets(kafka_bootstrap, topic)}; final snapshot offsets a "
+        f"{SnapshotStore(a_snaps).load().offsets} b {SnapshotStore(b_snaps).load().offsets}"
+        f"\n--- a:\n{_story(a)}\n--- b:\n{_story(b)}")
     assert "commit before revoke failed" not in a.log_text()

@@ -3,6 +3,7 @@ skipped when the client hands out records fetched before the rebalance's seek.""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -92,4 +93,83 @@ def test_a_batch_polled_across_a_rebalance_is_dropped_and_its_partition_rewound(
         source.stop(None)
     # The two queued batches were dropped by the revoke and read again; the stale third
     # one did not move the partition past them.
+    assert learned == list(range(len(VALUES)))
+
+
+class MidHookConsumer(RacyConsumer):
+    """As :class:`RacyConsumer`, but the rebalance runs on its own thread (kafka-python's
+    IO thread) and the next poll *begins inside the assignment hook*, before the hook's
+    seek: it takes the records at the old position, the hook seeks back, and the poll's
+    late position update wins."""
+
+    def __init__(self, on_assign: Callable[[set[Any]], None],
+                 on_revoke: Callable[[set[Any]], None]) -> None:
+        super().__init__(on_assign, on_revoke)
+        self.in_assign = threading.Event()  # the hook holds the source's lock, not sought
+        self.taken = threading.Event()  # the racing poll took its records
+        self.sought = threading.Event()  # the hook returned
+        self.io: threading.Thread | None = None
+
+    def rebalance(self) -> None:
+        self.on_revoke({PART})
+        self.on_assign({PART})
+        self.sought.set()
+
+    def poll_batch(self, max_records: int, timeout_s: float) -> RecordBatch:
+        self.polls += 1
+        if self.polls == 1:
+            self.parts = {PART}
+            self.on_assign({PART})
+        if self.polls == 3:
+            self.io = threading.Thread(target=self.rebalance, daemon=True)
+            self.io.start()
+            assert self.in_assign.wait(10)
+            return RecordBatch([], [], [], [])
+        start = self.position
+        end = min(start + max_records, len(VALUES))
+        if self.polls == 4:
+            self.taken.set()
+            assert self.sought.wait(10)
+        self.position = end
+        if start == end:
+            time.sleep(0.01)
+        return RecordBatch([PART[0]] * (end - start), [PART[1]] * (end - start),
+                           list(range(start, end)), list(VALUES[start:end]))
+
+
+def test_a_poll_that_begins_inside_the_assignment_hook_is_stale_too() -> None:
+    learned: list[int] = []
+    consumers: list[MidHookConsumer] = []
+
+    def make(**hooks: Any) -> MidHookConsumer:
+        consumers.append(MidHookConsumer(**hooks))
+        return consumers[-1]
+
+    def resume(parts: set[Any]) -> dict[Any, int]:
+        if consumers and consumers[0].polls >= 3:  # the rebalance on the "IO thread"
+            consumers[0].in_assign.set()
+            assert consumers[0].taken.wait(10)
+        return {PART: learned[-1] + 1 if learned else 0}
+
+    source = BatchSource(
+        make, batch_size=BATCH, max_wait_s=0.01, prefetch=2,  # type: ignore[arg-type]
+        limits=KAFKA.limits, weights=KAFKA.event_weights, on_assign=resume,
+        on_revoke=lambda parts: {PART: learned[-1] + 1 if learned else 0},
+        join_timeout_s=60,
+    )
+    source.start()
+    try:
+        deadline = time.monotonic() + 30
+        while (not learned or learned[-1] < len(VALUES) - 1) and time.monotonic() < deadline:
+            assert source.error is None
+            if not consumers or consumers[0].polls <= 4:
+                time.sleep(0.01)  # the first two batches wait in the queue: the revoke drops them
+                continue
+            batch = source.get(timeout_s=0.1)
+            if batch is not None:
+                learned.extend(range(batch.first_offsets[PART], batch.offsets[PART]))
+    finally:
+        source.stop(None)
+    # The racing poll took records past the batches the revoke dropped, before the
+    # hook's seek back: learning them would have skipped those batches.
     assert learned == list(range(len(VALUES)))
