@@ -111,6 +111,8 @@ class BatchSource:
         self._generation = 0
         #: where the last assignment resumed partitions
         self._resumed_at: dict[Partition, int] = {}
+        #: per partition, the offset after the last reject this source dead-lettered
+        self._dead_lettered: dict[Partition, int] = {}
         self._closing = False
         self._thread: threading.Thread | None = None
         self.consumer: MiniBatchConsumer | None = None
@@ -201,6 +203,12 @@ class BatchSource:
                 log.exception("polling failed; retrying")
                 self._stop.wait(0.5)
                 continue
+            if records and generation != self._generation:
+                # A rebalance ended during the poll: drop it before decoding, so that its
+                # rejects reach the dead-letter topic once, when it is read again.
+                with self._hand_over:
+                    self._drop_stale(records.first_offsets(), len(records))
+                continue
             if records:
                 try:
                     batch = self._decode(records)
@@ -222,10 +230,15 @@ class BatchSource:
         offsets, first = records.next_offsets(), records.first_offsets()
         rejected = [(rej, records.topics[i], records.partitions[i], records.offsets[i])
                     for i, rej in rejects]
-        if rejected:
+        # A batch dropped by a rebalance is read again: its rejects are in the DLQ already.
+        marks = self._dead_lettered
+        fresh = [r for r in rejected if r[3] >= marks.get((r[1], r[2]), 0)]
+        if fresh:
             assert self.consumer is not None
             # Bounded retries inside; a record it cannot write is counted and skipped.
-            self.consumer.dead_letter(rejected)
+            self.consumer.dead_letter(fresh)
+            for _, topic, partition, offset in fresh:
+                marks[topic, partition] = max(offset + 1, marks.get((topic, partition), 0))
         return PolledBatch(cols, rejected, offsets, first, len(records))
 
     def _put(self, batch: PolledBatch, generation: int) -> None:
@@ -236,10 +249,11 @@ class BatchSource:
             # *and* by the next owner.
             with self._hand_over:
                 if generation != self._generation:
-                    self._drop_stale(batch)
+                    self._drop_stale(batch.first_offsets, batch.records)
                     return
                 if not parts <= self.assigned:
-                    self._forget([batch])  # revoked meanwhile: the next owner reads it
+                    # revoked meanwhile: the next owner reads it
+                    self._forget([batch.first_offsets])
                     return
                 try:
                     self._queue.put_nowait(batch)
@@ -283,26 +297,27 @@ class BatchSource:
 
     # ------------------------------------------------------------------ rebalance hooks
 
-    def _forget(self, batches: list[PolledBatch],
+    def _forget(self, firsts: list[Mapping[Partition, int]],
                 resume_at: Mapping[Partition, int] | None = None) -> None:
-        """Drop unlearned batches; partitions still ours are read again from their first
-        record there, or from ``resume_at`` where it names one."""
+        """Drop unlearned batches (given by their first offsets); partitions still ours
+        are read again from their first record there, or from ``resume_at`` where it
+        names one."""
         rewind: dict[Partition, int] = {}
-        for b in batches:
-            for part, off in b.first_offsets.items():
+        for first in firsts:
+            for part, off in first.items():
                 if part in self.assigned:
                     rewind[part] = min(off, rewind.get(part, off))
         rewind.update({p: o for p, o in (resume_at or {}).items() if p in rewind})
         if rewind and self.consumer is not None:
             self.consumer.seek(rewind)
 
-    def _drop_stale(self, batch: PolledBatch) -> None:
+    def _drop_stale(self, first: Mapping[Partition, int], records: int) -> None:
         """Drop a batch polled while a rebalance ran, and put its partitions back where
         the assignment resumed them: kafka-python can hand out records fetched before
         the rebalance's seek and move the position past it (its fetcher checks the
         position, then updates it, on the polling thread, while the IO thread seeks)."""
-        log.info("dropping a batch polled across a rebalance (%d records)", batch.records)
-        self._forget([batch], self._resumed_at)
+        log.info("dropping a batch polled across a rebalance (%d records)", records)
+        self._forget([first], self._resumed_at)
 
     def _assigned(self, parts: set[Partition]) -> None:
         with self._hand_over:
@@ -328,7 +343,7 @@ class BatchSource:
                     dropped.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            self._forget(dropped)
+            self._forget([b.first_offsets for b in dropped])
             self._generation += 1  # last, as in _assigned
         if self._closing:
             return

@@ -29,6 +29,8 @@ class RacyConsumer:
     def __init__(self, on_assign: Callable[[set[Any]], None],
                  on_revoke: Callable[[set[Any]], None]) -> None:
         self.on_assign, self.on_revoke = on_assign, on_revoke
+        self.values = VALUES
+        self.dead_lettered: list[int] = []  # offsets of rejects sent to the DLQ
         self.position = 0
         self.polls = 0
         self.parts: set[tuple[str, int]] = set()
@@ -39,7 +41,7 @@ class RacyConsumer:
             self.parts = {PART}
             self.on_assign({PART})
         start = self.position
-        end = min(start + max_records, len(VALUES))
+        end = min(start + max_records, len(self.values))
         if self.polls == 3:
             self.on_revoke({PART})
             self.on_assign({PART})  # seeks back to what was learned
@@ -47,7 +49,7 @@ class RacyConsumer:
         if start == end:
             time.sleep(0.01)
         return RecordBatch([PART[0]] * (end - start), [PART[1]] * (end - start),
-                           list(range(start, end)), list(VALUES[start:end]))
+                           list(range(start, end)), list(self.values[start:end]))
 
     def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
         self.position = offsets[PART]
@@ -57,6 +59,9 @@ class RacyConsumer:
 
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
         pass
+
+    def dead_letter(self, rejected: list[tuple[Any, str, int, int]]) -> None:
+        self.dead_lettered.extend(offset for *_, offset in rejected)
 
     def lag(self) -> dict[tuple[str, int], int]:
         return {}
@@ -173,3 +178,42 @@ def test_a_poll_that_begins_inside_the_assignment_hook_is_stale_too() -> None:
     # The racing poll took records past the batches the revoke dropped, before the
     # hook's seek back: learning them would have skipped those batches.
     assert learned == list(range(len(VALUES)))
+
+
+def test_rejects_of_a_stale_batch_reach_the_dead_letter_topic_once() -> None:
+    bad = {5, 15, 25, 45}  # some in the batches the revoke drops, one in the stale poll
+    values = [b"not json" if i in bad else v for i, v in enumerate(VALUES)]
+    consumers: list[RacyConsumer] = []
+    learned: list[int] = []
+
+    def make(**hooks: Any) -> RacyConsumer:
+        consumers.append(RacyConsumer(**hooks))
+        consumers[-1].values = values
+        return consumers[-1]
+
+    def resume(parts: set[Any]) -> dict[Any, int]:
+        return {PART: learned[-1] + 1 if learned else 0}
+
+    source = BatchSource(
+        make, batch_size=BATCH, max_wait_s=0.01, prefetch=2,  # type: ignore[arg-type]
+        limits=KAFKA.limits, weights=KAFKA.event_weights, on_assign=resume,
+        on_revoke=resume, join_timeout_s=60,
+    )
+    source.start()
+    try:
+        deadline = time.monotonic() + 30
+        while (not learned or learned[-1] < len(values) - 1) and time.monotonic() < deadline:
+            assert source.error is None
+            if not consumers or consumers[0].polls < 3:
+                time.sleep(0.01)
+                continue
+            batch = source.get(timeout_s=0.1)
+            if batch is not None:
+                learned.extend(range(batch.first_offsets[PART], batch.offsets[PART]))
+                assert {off for *_, off in batch.rejected} == bad & set(learned[-BATCH:])
+    finally:
+        source.stop(None)
+    assert learned == list(range(len(values)))
+    # Dropped batches are read again; their rejects went to the DLQ the first time, and
+    # a batch known to be stale is dropped before decoding: each reject is there once.
+    assert sorted(consumers[0].dead_lettered) == sorted(bad)
