@@ -16,9 +16,12 @@ keeps an event out of learning when
 Windows are sliding-window counters (the current and the previous ``window_s``
 bucket, the previous one weighted by how much of it still overlaps), decided event
 by event, so the result does not depend on where mini-batch boundaries fall, and the
-counters are part of every snapshot. A kept-out event still moves the offsets and is
-counted by reason (``liverec_trainer_events_capped_total{reason}``): none disappears
-without a count.
+counters are part of every snapshot. Counters of windows that no event up to
+``LATE_WINDOWS`` windows late can read are forgotten once per window, so the tables
+(and snapshots) hold the recent windows' keys, not the whole stream's.
+
+A kept-out event still moves the offsets and is counted by reason
+(``liverec_trainer_events_capped_total{reason}``): none disappears without a count.
 
 Examples
 --------
@@ -47,6 +50,10 @@ __all__ = ["CAP_REASONS", "FloodGuard", "FloodSettings"]
 
 #: the ``reason`` label values of ``liverec_trainer_events_capped_total``
 CAP_REASONS: tuple[str, ...] = ("user_rate", "repeat", "item_share")
+
+#: how many windows late an event may be and still see every count it would have seen
+#: with nothing forgotten (counters of older windows are dropped once per window)
+LATE_WINDOWS = 2
 
 
 class FloodSettings(BaseSettings):
@@ -78,6 +85,7 @@ class _Windowed:
 
     def __init__(self) -> None:
         self.state: dict[str, tuple[int, float, float]] = {}
+        self._pruned_below = -(2**62)  # keys of older windows are gone
 
     def estimate(self, key: str, bucket: int, frac: float) -> float:
         st = self.state.get(key)
@@ -147,10 +155,14 @@ class _Windowed:
                 state[key] = (bucket, c, 0.0)
 
     def prune(self, bucket: int, max_keys: int) -> None:
-        """Forget keys with nothing in the window; then the oldest beyond ``max_keys``."""
-        if len(self.state) <= max_keys:
-            return
-        self.state = {k: v for k, v in self.state.items() if v[0] >= bucket - 1}
+        """Forget keys that no event up to :data:`LATE_WINDOWS` windows older than
+        ``bucket`` (the latest window seen) reads, once per window; then the oldest
+        beyond ``max_keys``. Without it every key of the stream stayed until
+        ``max_keys``, and every snapshot packed them all."""
+        horizon = bucket - 1 - LATE_WINDOWS
+        if horizon > self._pruned_below:
+            self.state = {k: v for k, v in self.state.items() if v[0] >= horizon}
+            self._pruned_below = horizon
         while len(self.state) > max_keys:
             self.state.pop(next(iter(self.state)))
 
@@ -178,6 +190,8 @@ class FloodGuard:
         self._pairs = _Windowed()
         self._items = _Windowed()
         self._all = _Windowed()
+        #: the latest window bucket seen (pruning follows it, never a late event's)
+        self._latest = -(2**62)
 
     def admit(
         self,
@@ -191,6 +205,7 @@ class FloodGuard:
         if not self.settings.enabled or n == 0:
             return keep, {}
         buckets = np.floor(timestamps / self.settings.window_s)
+        self._latest = max(self._latest, int(buckets.max()))
         if n > 1 and bool((np.diff(buckets) < 0).any()):
             # Out of event-time order across windows: decide event by event.
             return self._admit_each(users, items, timestamps, keep)
@@ -241,8 +256,7 @@ class FloodGuard:
             self._users.undo(added_users)
             return False
         self._all.add("", bucket, len(users))
-        for table in (self._users, self._pairs, self._items):
-            table.prune(bucket, s.max_keys)
+        self._prune()
         return True
 
     def _admit_each(self, users: Sequence[str], items: Sequence[str], timestamps: np.ndarray,
@@ -273,9 +287,12 @@ class FloodGuard:
             pairs.add(pair, bucket)
             items_.add(it, bucket)
             all_.add("", bucket)
-        for table in (users_, pairs, items_):
-            table.prune(bucket, s.max_keys)
+        self._prune()
         return keep, dict(why)
+
+    def _prune(self) -> None:
+        for table in (self._users, self._pairs, self._items):
+            table.prune(self._latest, self.settings.max_keys)
 
     def to_arrays(self, prefix: str = "flood") -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}

@@ -179,3 +179,22 @@ def test_shortcut_bounds_hold_through_late_events_and_a_restore(seed: int) -> No
         got.append(batched.admit(users[i:i + 40], items[i:i + 40], ts[i:i + 40])[0])
     assert 0 < (~want).sum() < n // 2
     np.testing.assert_array_equal(np.concatenate(got), want)
+
+
+def test_counters_of_past_windows_are_forgotten_without_changing_verdicts() -> None:
+    rows = generate_events(20_000, 2_000, 1_500, seed=5)  # about 65 windows of 60 s
+    users = [r["user_id"] for r in rows]
+    items = [r["item_id"] for r in rows]
+    ts = np.asarray([r["timestamp"] for r in rows], np.float64)
+    settings = FloodSettings(user_events=4, pair_events=2, item_share=0.05, item_min=5)
+    guard = FloodGuard(settings)
+    got = np.concatenate([guard.admit(users[i:i + 100], items[i:i + 100], ts[i:i + 100])[0]
+                          for i in range(0, len(users), 100)])
+    # Event by event in one call forgets nothing until its end: the same verdicts.
+    want, _ = FloodGuard(settings)._admit_each(users, items, ts, np.ones(len(users), bool))
+    assert (~want).sum() > 0
+    np.testing.assert_array_equal(got, want)
+    # Only the last few windows' keys remain (not the stream's 2,000 users).
+    recent = ts >= ts.max() - 4 * settings.window_s
+    assert len(guard._users.state) <= len(set(np.asarray(users)[recent]))
+    assert len(guard._pairs.state) < len(set(zip(users, items, strict=True))) / 10
