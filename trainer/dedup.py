@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -12,6 +13,8 @@ import numpy as np
 from online_models.base import pack_strings, unpack_strings
 
 __all__ = ["DedupWindow"]
+
+log = logging.getLogger(__name__)
 
 
 class DedupWindow:
@@ -36,6 +39,14 @@ class DedupWindow:
         self.max_ids = max_ids
         self._ids: OrderedDict[str, float] = OrderedDict()
         self._watermark = -math.inf
+        # The ids again, packed for snapshots (:meth:`to_arrays`): ids only join at the
+        # back and leave at the front, so a snapshot packs only the ids added since the
+        # last one. ``_packed`` = (UTF-8 bytes, end offsets, times) of the ids as of the
+        # last snapshot; ``_new`` the ids added since; ``_gone`` how many left the front.
+        self._packed = (np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.float64))
+        self._new: list[str] = []
+        self._new_ts: list[float] = []
+        self._gone = 0
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -48,11 +59,14 @@ class DedupWindow:
         if event_id in self._ids:
             return False
         self._ids[event_id] = ts
+        self._new.append(event_id)
+        self._new_ts.append(ts)
         if ts > self._watermark:
             self._watermark = ts
             self._expire()
         if len(self._ids) > self.max_ids:
             self._ids.popitem(last=False)
+            self._gone += 1
         return True
 
     def add_many(self, event_ids: Sequence[str], ts: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -65,15 +79,21 @@ class DedupWindow:
         ids = self._ids
         times = np.asarray(ts, np.float64)
         fresh = np.zeros(len(event_ids), bool)
+        new, new_ts = self._new, self._new_ts
         for i, (eid, t) in enumerate(zip(event_ids, times.tolist(), strict=True)):
             if eid not in ids:
                 ids[eid] = t
+                new.append(eid)
+                new_ts.append(t)
                 fresh[i] = True
         if len(times) and times.max() > self._watermark:
             self._watermark = float(times.max())
             self._expire()
         while len(ids) > self.max_ids:
             ids.popitem(last=False)
+            self._gone += 1
+        if len(new) > self.max_ids:  # no snapshot for a long while: bound the log
+            self.to_arrays()
         return fresh
 
     def _expire(self) -> None:
@@ -84,14 +104,30 @@ class DedupWindow:
             if self._ids[first_id] >= horizon:
                 break
             self._ids.popitem(last=False)
+            self._gone += 1
 
     def to_arrays(self, prefix: str = "dedup") -> dict[str, np.ndarray]:
-        data, offsets = pack_strings(list(self._ids))
-        return {
-            f"{prefix}.ids.data": data,
-            f"{prefix}.ids.offsets": offsets,
-            f"{prefix}.ts": np.fromiter(self._ids.values(), np.float64, len(self._ids)),
-        }
+        """The remembered ids and their event times, in order, as arrays. Packs only the
+        ids added since the last call; the rest is array slicing and concatenation."""
+        data, ends, times = self._packed
+        if self._new:
+            new_data, new_ends = pack_strings(self._new)
+            data = np.concatenate((data, new_data))
+            ends = np.concatenate((ends, new_ends + (int(ends[-1]) if len(ends) else 0)))
+            times = np.concatenate((times, np.asarray(self._new_ts, np.float64)))
+            self._new, self._new_ts = [], []
+        if self._gone:
+            cut = int(ends[self._gone - 1])
+            data, ends, times = data[cut:], ends[self._gone:] - cut, times[self._gone:]
+            self._gone = 0
+        if len(ends) != len(self._ids):  # a bug: never write a snapshot that lies
+            log.error("dedup window: %d packed ids for %d remembered; packing them all",
+                      len(ends), len(self._ids))
+            data, ends = pack_strings(list(self._ids))
+            times = np.fromiter(self._ids.values(), np.float64, len(self._ids))
+        self._packed = (data, ends, times)
+        return {f"{prefix}.ids.data": data, f"{prefix}.ids.offsets": ends,
+                f"{prefix}.ts": times}
 
     @classmethod
     def from_arrays(
@@ -100,7 +136,10 @@ class DedupWindow:
         d = cls(**kwargs)
         if f"{prefix}.ts" not in arrays:
             return d
-        ids = unpack_strings(arrays[f"{prefix}.ids.data"], arrays[f"{prefix}.ids.offsets"])
-        d._ids = OrderedDict(zip(ids, arrays[f"{prefix}.ts"].tolist(), strict=True))
+        data = np.asarray(arrays[f"{prefix}.ids.data"], np.uint8)
+        ends = np.asarray(arrays[f"{prefix}.ids.offsets"], np.int64)
+        times = np.asarray(arrays[f"{prefix}.ts"], np.float64)
+        d._ids = OrderedDict(zip(unpack_strings(data, ends), times.tolist(), strict=True))
+        d._packed = (data, ends, times)
         d._watermark = max(d._ids.values(), default=-math.inf)
         return d

@@ -1,15 +1,20 @@
-"""The flood guard's cost on a long stream: admit time, table sizes, snapshot packing.
+"""The trainer's per-event guard state on a long stream: the flood guard and the
+de-duplication window, what they cost per event and what every snapshot packs.
 
 Run::
 
-    .venv/bin/python bench/bench_flood.py --events 500000
+    .venv/bin/python bench/bench_trainer_state.py --events 500000
 
 A seeded synthetic stream (``online_models.synthetic.generate_events``, 20,000 users
 and items by default) goes through :class:`trainer.flood.FloodGuard` in batches of
 ``--batch-size``, as the trainer sends it. Printed: CPU seconds of ``admit`` for the
 whole stream, the keys left in the user / pair / item tables at the end, and the CPU
-seconds of one ``to_arrays`` (what every snapshot packs). Rates are process CPU time,
-so they stay meaningful on a loaded machine.
+seconds of one ``to_arrays`` (what every snapshot packs). Then the same stream's event
+ids go through :class:`trainer.dedup.DedupWindow` (default window and ``max_ids``):
+``add_many`` CPU seconds for all but the last ``--tail`` events, one snapshot's packing
+there, ``add_many`` for the tail, and the next snapshot's packing (the steady state: a
+snapshot every ``--tail`` events). CPU times are process CPU time, so they stay
+meaningful on a loaded machine.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import time
 import numpy as np
 
 from online_models.synthetic import generate_events
+from trainer.dedup import DedupWindow
 from trainer.flood import FloodGuard, FloodSettings
 
 
@@ -30,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--users", type=int, default=20_000)
     ap.add_argument("--items", type=int, default=20_000)
     ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--tail", type=int, default=30_000)
     args = ap.parse_args(argv)
 
     rows = generate_events(args.events, args.users, args.items, seed=0)
@@ -55,6 +62,26 @@ def main(argv: list[str] | None = None) -> None:
     print("|---:|---:|---|---:|")
     print(f"| {admit_s:.2f} | {capped} | {sizes['users']:,} / {sizes['pairs']:,} / "
           f"{sizes['items']:,} | {1000 * pack_s:.1f} |")
+
+    ids = [r["event_id"] for r in rows]
+    head = max(0, len(ids) - args.tail)
+    dedup = DedupWindow()
+    times = []
+    for lo, hi in ((0, head), (head, len(ids))):
+        t0 = time.process_time()
+        for b in range(lo, hi, args.batch_size):
+            e = min(hi, b + args.batch_size)
+            dedup.add_many(ids[b:e], ts[b:e])
+        times.append(time.process_time() - t0)
+        t0 = time.process_time()
+        dedup.to_arrays()
+        times.append(time.process_time() - t0)
+    print()
+    print(f"| dedup add_many CPU s ({head:,} ids) | first snapshot ms | add_many "
+          f"({len(ids) - head:,} more) | next snapshot ms | ids kept |")
+    print("|---:|---:|---:|---:|---:|")
+    print(f"| {times[0]:.2f} | {1000 * times[1]:.1f} | {times[2]:.3f} | {1000 * times[3]:.1f} "
+          f"| {len(dedup):,} |")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,48 @@
+"""The de-duplication window's incremental snapshot packing equals packing it whole."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from online_models.base import pack_strings
+from trainer.dedup import DedupWindow
+
+
+def _whole(d: DedupWindow) -> dict[str, np.ndarray]:
+    data, ends = pack_strings(list(d._ids))
+    return {"dedup.ids.data": data, "dedup.ids.offsets": ends,
+            "dedup.ts": np.fromiter(d._ids.values(), np.float64, len(d._ids))}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_snapshots_pack_only_new_ids_and_equal_a_whole_packing(
+    seed: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="trainer.dedup")
+    rng = np.random.default_rng(seed)
+    d = DedupWindow(window_s=50.0, max_ids=300)
+    t = 0.0
+    for step in range(400):
+        n = int(rng.integers(0, 40))
+        t += float(rng.exponential(2.0))
+        # Repeats, late events, ids of several lengths (and non-ASCII ones).
+        ids = [f"e{int(k)}" + "é" * int(k % 3) for k in rng.integers(0, 3000, n)]
+        times = t - rng.exponential(5.0, n)
+        if step % 7 == 0 and n:
+            d.add(ids[0], float(times[0]))
+        else:
+            d.add_many(ids, times)
+        if rng.random() < 0.3:
+            got, want = d.to_arrays(), _whole(d)
+            for key in want:
+                np.testing.assert_array_equal(got[key], want[key])
+        if step == 200:  # a restart from the snapshot mid-stream
+            d = DedupWindow.from_arrays(d.to_arrays(), window_s=50.0, max_ids=300)
+    assert 0 < len(d) <= 300
+    assert not caplog.records  # the whole-packing fallback never ran
+    got, want = d.to_arrays(), _whole(d)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key])
