@@ -13,8 +13,10 @@ seconds of one ``to_arrays`` (what every snapshot packs). Then the same stream's
 ids go through :class:`trainer.dedup.DedupWindow` (default window and ``max_ids``):
 ``add_many`` CPU seconds for all but the last ``--tail`` events, one snapshot's packing
 there, ``add_many`` for the tail, and the next snapshot's packing (the steady state: a
-snapshot every ``--tail`` events). CPU times are process CPU time, so they stay
-meaningful on a loaded machine.
+snapshot every ``--tail`` events). Last, a model's string id index
+(:class:`online_models.base.IdIndex`, as every model keeps for users and items) of
+``--ids`` ids: one snapshot's packing, then the next after ``--tail`` new ids. CPU
+times are process CPU time, so they stay meaningful on a loaded machine.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 
 import numpy as np
 
+from online_models.base import IdIndex
 from online_models.synthetic import generate_events
 from trainer.dedup import DedupWindow
 from trainer.flood import FloodGuard, FloodSettings
@@ -37,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--items", type=int, default=20_000)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--tail", type=int, default=30_000)
+    ap.add_argument("--ids", type=int, default=1_000_000)
     args = ap.parse_args(argv)
 
     rows = generate_events(args.events, args.users, args.items, seed=0)
@@ -82,6 +86,20 @@ def main(argv: list[str] | None = None) -> None:
     print("|---:|---:|---:|---:|---:|")
     print(f"| {times[0]:.2f} | {1000 * times[1]:.1f} | {times[2]:.3f} | {1000 * times[3]:.1f} "
           f"| {len(dedup):,} |")
+
+    index = IdIndex(f"u{k:09d}" for k in range(args.ids))
+    t0 = time.process_time()
+    index.to_arrays("users")
+    first = time.process_time() - t0
+    index.add_many([f"v{k:09d}" for k in range(args.tail)])
+    t0 = time.process_time()
+    index.to_arrays("users")
+    nxt = time.process_time() - t0
+    print()
+    print(f"| IdIndex of {args.ids:,} ids: first snapshot ms | next, after {args.tail:,} "
+          "new ids, ms |")
+    print("|---:|---:|")
+    print(f"| {1000 * first:.1f} | {1000 * nxt:.1f} |")
 
 
 if __name__ == "__main__":

@@ -162,6 +162,11 @@ class IdIndex:
         self._slots = array("i", [self._EMPTY]) * 8
         self._cache: dict[str, int] = {}  # id -> row of live ids, bounded
         self.generation = 0
+        # (UTF-8 bytes, end offsets) of the first rows as the last to_arrays packed
+        # them: rows only change by appending, unless a row is freed or reused, which
+        # drops this (see to_arrays). Kept only once a snapshot asked for it (a
+        # trainer's index, not a server's): about 16 bytes per id.
+        self._packed: tuple[np.ndarray, np.ndarray] | None = None
         self.add_many(list(ids))
 
     def __len__(self) -> int:
@@ -245,6 +250,7 @@ class IdIndex:
         if self._free:
             row = self._free.pop()
             self._ids[row] = key
+            self._packed = None
         else:
             row = len(self._ids)
             self._ids.append(key)
@@ -279,6 +285,7 @@ class IdIndex:
             i = (i + 1) & mask
         slots[i] = self._DELETED
         ids[row] = None
+        self._packed = None
         self._cache.pop(key, None)
         self._free.append(row)
         self._n -= 1
@@ -291,8 +298,18 @@ class IdIndex:
 
     # State: the row order is the state (freed rows stored as empty strings).
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        data, offsets = pack_strings(["" if k is None else k for k in self._ids])
-        return {f"{prefix}.data": data, f"{prefix}.offsets": offsets}
+        """The ids in row order, packed; only rows added since the last call are packed
+        anew (all of them after a row was freed or reused)."""
+        data, ends = self._packed or (np.zeros(0, np.uint8), np.zeros(0, np.int64))
+        done = len(ends)
+        if done < len(self._ids):
+            new_data, new_ends = pack_strings(["" if k is None else k
+                                               for k in self._ids[done:]])
+            base = int(ends[-1]) if done else 0
+            data = np.concatenate((data, new_data))
+            ends = np.concatenate((ends, new_ends + base))
+        self._packed = (data, ends)
+        return {f"{prefix}.data": data, f"{prefix}.offsets": ends}
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str) -> IdIndex:
