@@ -583,9 +583,10 @@ class PrequentialEvaluator:
     def _add_signs(self, rows: np.ndarray, users: Sequence[str] | np.ndarray) -> None:
         """Add each event's user signs to its item's sketch row.
 
-        Signs are computed once per distinct user of the batch; rows are added with
-        one fancy-indexed add when no item repeats in the batch (``np.add.at``
-        otherwise). Float32 sums of +-1 are exact either way.
+        Signs are computed once per distinct user of the batch; events of one item
+        are summed first (sort + ``np.add.reduceat``), then added with one
+        fancy-indexed add (``np.add.at`` is an order of magnitude slower). Float32
+        sums of +-1 are exact either way.
         """
         firsts = dict.fromkeys(users)
         if len(firsts) < len(users):
@@ -596,10 +597,10 @@ class PrequentialEvaluator:
             ]
         else:
             signs = self._user_signs(np.asarray(users, dtype=object))
-        if len(np.unique(rows)) == len(rows):
-            self._sketch[rows] += signs
-        else:
-            np.add.at(self._sketch, rows, signs)
+        order = np.argsort(rows, kind="stable")
+        srows = rows[order]
+        starts = np.flatnonzero(np.concatenate(([True], srows[1:] != srows[:-1])))
+        self._sketch[srows[starts]] += np.add.reduceat(signs[order], starts, axis=0)
 
     def _user_signs(self, users: np.ndarray) -> np.ndarray:
         """A fixed random ±1 vector per user, derived from the id (survives restarts)."""
