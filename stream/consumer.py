@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -230,23 +230,23 @@ class MiniBatchConsumer:
 
     # ------------------------------------------------------------------ rebalance
 
-    @contextlib.contextmanager
-    def _hook(self) -> Iterator[None]:
-        """Mark a rebalance hook as running, and count it when it ends -- after every
-        seek it made: a poll that began before that, even inside the hook, may return
-        records fetched before them (see next_batch)."""
+    def _hook_started(self) -> None:
         with self._hook_lock:
             self._hooks_running += 1
-        try:
-            yield
-        finally:
-            with self._hook_lock:
-                self._hooks_running -= 1
-                self._generation += 1
+
+    def _hook_finished(self) -> None:
+        # Counted after every seek a hook made: a poll that began before this, even
+        # inside the hook, may return records fetched before them (see next_batch).
+        with self._hook_lock:
+            self._hooks_running -= 1
+            self._generation += 1
 
     def _revoked(self, parts: set[Partition]) -> None:
-        with self._hook():
+        self._hook_started()
+        try:
             self._revoke(parts)
+        finally:
+            self._hook_finished()
 
     def _revoke(self, parts: set[Partition]) -> None:
         if self.on_revoke is not None and parts:
@@ -274,8 +274,11 @@ class MiniBatchConsumer:
                 self._handed_out.pop(part, None)
 
     def _assigned(self, parts: set[Partition]) -> None:
-        with self._hook():
+        self._hook_started()
+        try:
             self._assign(parts)
+        finally:
+            self._hook_finished()
 
     def _assign(self, parts: set[Partition]) -> None:
         log.info("assigned %s", sorted(parts))
