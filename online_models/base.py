@@ -301,14 +301,8 @@ class IdIndex:
         """The ids in row order, packed; only rows added since the last call are packed
         anew (all of them after a row was freed or reused)."""
         data, ends = self._packed or (np.zeros(0, np.uint8), np.zeros(0, np.int64))
-        done = len(ends)
-        if done < len(self._ids):
-            new_data, new_ends = pack_strings(["" if k is None else k
-                                               for k in self._ids[done:]])
-            base = int(ends[-1]) if done else 0
-            data = np.concatenate((data, new_data))
-            ends = np.concatenate((ends, new_ends + base))
-        self._packed = (data, ends)
+        data, ends = self._packed = append_packed(
+            (data, ends), ["" if k is None else k for k in self._ids[len(ends):]])
         return {f"{prefix}.data": data, f"{prefix}.offsets": ends}
 
     @classmethod
@@ -378,6 +372,21 @@ def pack_strings(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     offsets = np.fromiter(map(len, encoded), np.int64, count=len(encoded)).cumsum()
     data = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
     return data, offsets
+
+
+def append_packed(packed: tuple[np.ndarray, np.ndarray], strings: Sequence[str]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """``packed`` (a :func:`pack_strings` result) with ``strings`` packed after it.
+
+    >>> unpack_strings(*append_packed(pack_strings(["ab"]), ["", "ç"]))
+    ['ab', '', 'ç']
+    """
+    data, ends = packed
+    if not strings:
+        return data, ends
+    new_data, new_ends = pack_strings(strings)
+    base = int(ends[-1]) if len(ends) else 0
+    return np.concatenate((data, new_data)), np.concatenate((ends, new_ends + base))
 
 
 def unpack_strings(data: np.ndarray, offsets: np.ndarray) -> list[str]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from online_models.base import pack_strings, unpack_strings
+from online_models.base import append_packed, pack_strings, unpack_strings
 
 __all__ = ["DedupWindow"]
 
@@ -111,9 +111,7 @@ class DedupWindow:
         ids added since the last call; the rest is array slicing and concatenation."""
         data, ends, times = self._packed
         if self._new:
-            new_data, new_ends = pack_strings(self._new)
-            data = np.concatenate((data, new_data))
-            ends = np.concatenate((ends, new_ends + (int(ends[-1]) if len(ends) else 0)))
+            data, ends = append_packed((data, ends), self._new)
             times = np.concatenate((times, np.asarray(self._new_ts, np.float64)))
             self._new, self._new_ts = [], []
         if self._gone:

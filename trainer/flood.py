@@ -265,7 +265,6 @@ class FloodGuard:
         w = s.window_s
         why: Counter[str] = Counter()
         users_, pairs, items_, all_ = self._users, self._pairs, self._items, self._all
-        bucket = 0
         for i, (u, it, t) in enumerate(zip(users, items, timestamps.tolist(), strict=True)):
             bucket = math.floor(t / w)
             frac = t / w - bucket

@@ -204,8 +204,8 @@ class BatchSource:
                 self._stop.wait(0.5)
                 continue
             if records and generation != self._generation:
-                # A rebalance ended during the poll: drop it before decoding, so that its
-                # rejects reach the dead-letter topic once, when it is read again.
+                # A rebalance ended during the poll: drop it undecoded (_put would drop
+                # it too), writing no reject of a record that may be another owner's.
                 with self._hand_over:
                     self._drop_stale(records.first_offsets(), len(records))
                 continue
