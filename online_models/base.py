@@ -225,45 +225,76 @@ class IdIndex:
                     cache[key] = row
         return got  # type: ignore[return-value]
 
-    def _insert(self, key: str, row: int) -> None:
-        """Put ``key`` (known to be absent) -> ``row`` in the first free slot of its chain."""
-        slots = self._slots
-        mask = len(slots) - 1
-        i = hash(key) & mask
-        while slots[i] >= 0:
-            i = (i + 1) & mask
-        if slots[i] == self._EMPTY:
-            self._used += 1
-        slots[i] = row
-
     def _rehash(self, size: int) -> None:
-        self._slots = array("i", [self._EMPTY]) * size
-        self._used = 0
-        for row, key in enumerate(self._ids):
-            if key is not None:
-                self._insert(key, row)
+        """Rebuild the table at ``size`` slots from the live ids, in rounds of array
+        operations instead of one Python probe loop per id.
+
+        Each round, every id not yet placed claims the slot it has probed to; the
+        first claimant of a free slot takes it, the others step on. An id only steps
+        past slots that are taken, so a lookup probing from its home slot finds it.
+        """
+        ids = self._ids
+        if self._n == len(ids):  # no freed rows
+            live: list[str] = ids  # type: ignore[assignment]
+            rows = np.arange(len(ids), dtype=np.intc)
+        else:
+            rows = np.flatnonzero([k is not None for k in ids]).astype(np.intc)
+            live = [k for k in ids if k is not None]
+        pos = np.fromiter(map(hash, live), np.int64, count=len(live))
+        mask = size - 1
+        pos &= mask
+        slots = np.full(size, self._EMPTY, np.intc)
+        pending = np.arange(len(live))
+        while len(pending):
+            p = pos[pending]
+            free = slots[p] == self._EMPTY
+            taken, first = np.unique(p[free], return_index=True)
+            winners = pending[free][first]
+            slots[taken] = rows[winners]
+            left = np.ones(len(pending), bool)
+            left[np.flatnonzero(free)[first]] = False
+            pending = pending[left]
+            pos[pending] = (pos[pending] + 1) & mask
+        self._slots = array("i", slots.tobytes())
+        self._used = len(live)
 
     def add(self, key: str) -> int:
-        row = self._find(key)
-        if row >= 0:
-            return row
+        # One probe both looks the key up and finds its slot (the first tombstone on
+        # the way, else the empty slot that ends the chain).
+        slots, ids = self._slots, self._ids
+        mask = len(slots) - 1
+        i = hash(key) & mask
+        reuse = -1
+        while True:
+            row = slots[i]
+            if row == -1:
+                break
+            if row >= 0:
+                if ids[row] == key:
+                    return row
+            elif reuse < 0:
+                reuse = i
+            i = (i + 1) & mask
         if self._free:
             row = self._free.pop()
-            self._ids[row] = key
+            ids[row] = key
             self._packed = None
         else:
-            row = len(self._ids)
-            self._ids.append(key)
+            row = len(ids)
+            ids.append(key)
         self._n += 1
-        if 2 * (self._used + 1) > len(self._slots):
+        if reuse >= 0:
+            slots[reuse] = row
+        elif 2 * (self._used + 1) > len(slots):
             # Grow only when live rows need it; otherwise just sweep the tombstones.
             # At most a third full afterwards, so the next rehash is >= size/6 adds away.
-            size = len(self._slots)
+            size = len(slots)
             while 3 * (self._n + 1) > size:
                 size *= 2
             self._rehash(size)
         else:
-            self._insert(key, row)
+            slots[i] = row
+            self._used += 1
         return row
 
     def add_many(self, keys: Sequence[str] | np.ndarray) -> np.ndarray:

@@ -53,6 +53,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+import scipy.sparse as sp
 
 from online_models.base import Batch, IdIndex, OnlineModel, UserHistory, learning_order
 
@@ -339,6 +340,8 @@ class _Tracker:
     def add(
         self, out: ModelOutcome, lists: np.ndarray, cold: Mapping[str, np.ndarray]
     ) -> None:
+        if len(out.hits) == 0:  # nothing scored (no lists either)
+            return
         self.n += len(out.hits)
         self.sums["hr"] += float(out.hits.sum())
         self.sums["ndcg"] += float(out.ndcg.sum())
@@ -524,6 +527,12 @@ class PrequentialEvaluator:
         self.catalog = IdIndex()  # items seen in the stream (evaluator rows)
         self._count = np.zeros(0, np.float64)  # events per catalog row
         self._sketch = np.zeros((0, sketch_dim), np.float32)  # random-indexing sketch
+        # Events not yet in the sketch: (catalog rows, users) per batch. The sketch is
+        # read only to score a sample, so it is brought up to date then (or once this
+        # many events wait), in one pass over many batches (per-batch array calls cost
+        # more than the arithmetic on 256 events).
+        self._unsketched: list[tuple[np.ndarray, np.ndarray | Sequence[str]]] = []
+        self._n_unsketched = 0
         self._user_count: dict[str, int] = {}  # events per user seen (cold-user counts)
         self._sampler = _Sampler(self.sample, clock)
         self._trackers = {name: _Tracker(k, rolling_window) for name in self.models}
@@ -573,47 +582,64 @@ class PrequentialEvaluator:
             ids = index.ids
             if start >= len(ids) and start == len(m2e):
                 continue
-            new = np.asarray(
-                [-1 if k is None else self.catalog.add(k) for k in ids[start:]], np.int64
-            )
+            fresh = ids[start:]
+            if None in fresh:  # freed rows (None) map to no catalog row
+                new = np.asarray(
+                    [-1 if k is None else self.catalog.add(k) for k in fresh], np.int64
+                )
+            else:
+                new = self.catalog.add_many(fresh)  # type: ignore[arg-type]  # no None here
             self._m2e[name] = np.concatenate((m2e[:start], new))
             self._gen[name] = index.generation
         self._grow_catalog()
 
+    SKETCH_LAG = 1 << 16  #: most events waiting to enter the sketch
+
+    def _defer_signs(self, rows: np.ndarray, users: Sequence[str] | np.ndarray) -> None:
+        self._unsketched.append((rows, users))
+        self._n_unsketched += len(rows)
+        if self._n_unsketched >= self.SKETCH_LAG:
+            self._flush_signs()
+
+    def _flush_signs(self) -> None:
+        """Add the waiting events to the sketch (exact: sums of +-1 in any order)."""
+        if not self._unsketched:
+            return
+        parts = self._unsketched
+        self._unsketched, self._n_unsketched = [], 0
+        rows = np.concatenate([r for r, _ in parts])
+        users = [u for _, us in parts for u in us]
+        self._add_signs(rows, users)
+
     def _add_signs(self, rows: np.ndarray, users: Sequence[str] | np.ndarray) -> None:
-        """Add each event's user signs to its item's sketch row.
+        """Add each event's user signs to its item's sketch row: one sparse product
+        (touched items x events) @ (events x signs), exact for sums of +-1."""
+        touched, inv = np.unique(rows, return_inverse=True)
+        per_item = sp.csc_matrix(
+            (np.ones(len(rows), np.float32), inv, np.arange(len(rows) + 1)),
+            shape=(len(touched), len(rows)),
+        )
+        self._sketch[touched] += per_item @ self._user_signs(users)
 
-        Signs are computed once per distinct user of the batch; events of one item
-        are summed first (sort + ``np.add.reduceat``), then added with one
-        fancy-indexed add (``np.add.at`` is an order of magnitude slower). Float32
-        sums of +-1 are exact either way.
+    def _user_signs(self, users: Sequence[str] | np.ndarray) -> np.ndarray:
+        """A fixed random ±1 vector per user, derived from the id (survives restarts).
+
+        splitmix64 of (seed, crc32 of the id, word) gives 64 independent sign bits per
+        word; one word serves up to 64 coordinates. (Hashing each event's user costs
+        less than finding a batch's distinct users first.)
         """
-        firsts = dict.fromkeys(users)
-        if len(firsts) < len(users):
-            distinct = list(firsts)
-            where = dict(zip(distinct, range(len(distinct)), strict=True))
-            signs = self._user_signs(np.asarray(distinct, dtype=object))[
-                np.fromiter(map(where.__getitem__, users), np.int64, count=len(users))
-            ]
-        else:
-            signs = self._user_signs(np.asarray(users, dtype=object))
-        order = np.argsort(rows, kind="stable")
-        srows = rows[order]
-        starts = np.flatnonzero(np.concatenate(([True], srows[1:] != srows[:-1])))
-        self._sketch[srows[starts]] += np.add.reduceat(signs[order], starts, axis=0)
-
-    def _user_signs(self, users: np.ndarray) -> np.ndarray:
-        """A fixed random ±1 vector per user, derived from the id (survives restarts)."""
         h = np.fromiter(map(zlib.crc32, map(str.encode, users)), np.uint64, count=len(users))
-        # splitmix64 of (seed, user hash, coordinate): independent bits per coordinate.
+        words = -(-self.sketch_dim // 64)
         with np.errstate(over="ignore"):
             x = (h[:, None] + np.uint64(self.seed) * np.uint64(0x632BE59BD9B4E019)
-                 + np.arange(1, self.sketch_dim + 1, dtype=np.uint64)[None, :]
+                 + np.arange(1, words + 1, dtype=np.uint64)[None, :]
                  * np.uint64(0x9E3779B97F4A7C15))
             x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
             x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
             x = x ^ (x >> np.uint64(31))
-        return np.where(x >> np.uint64(63), 1.0, -1.0).astype(np.float32)
+        bits = np.unpackbits(x.astype("<u8").view(np.uint8), axis=1, count=self.sketch_dim,
+                             bitorder="little")
+        return np.subtract(1, 2 * bits, dtype=np.float32)
 
     def _user_counts(self, users: np.ndarray) -> np.ndarray:
         """Each event's count of earlier events of its user (then counts the batch in).
@@ -710,7 +736,7 @@ class PrequentialEvaluator:
         for name, out in outcome.models.items():
             self._trackers[name].add(out, lists.get(name, no_lists), cold)
         if n:
-            self._add_signs(batch_rows, batch.users)
+            self._defer_signs(batch_rows, batch.users)
         if learn:
             for name in learning_order(self.models):
                 self.models[name].learn(batch)
@@ -852,6 +878,7 @@ class PrequentialEvaluator:
     ) -> np.ndarray:
         """Intra-list diversity of each list: the model's vectors if it has them, else sketch."""
         valid_e = e_top >= 0
+        self._flush_signs()
         div = _ild_rows(
             self._sketch[np.where(valid_e, e_top, 0)].astype(np.float64), valid_e
         )

@@ -160,6 +160,31 @@ def test_list_metrics_are_in_range() -> None:
     assert tot["coverage"] < 0.5
 
 
+def test_sketch_rows_sum_their_users_signs_and_deferring_them_changes_nothing() -> None:
+    rng = np.random.default_rng(1)
+    rows = [(f"u{u}", f"i{i}") for u, i in zip(rng.integers(0, 40, 900),
+                                                 rng.zipf(1.5, 900) % 80, strict=True)]
+    eager = PrequentialEvaluator({"pop": Popularity(half_life_seconds=None)}, k=5)
+    eager.SKETCH_LAG = 1  # every batch enters the sketch at once
+    lazy = PrequentialEvaluator({"pop": Popularity(half_life_seconds=None)}, k=5)
+    for start in range(0, 900, 100):
+        for ev in (eager, lazy):
+            ev.process(batch(rows[start : start + 100], t0=start))
+    assert lazy._unsketched  # the last batches still wait
+    assert eager.totals("pop") == lazy.totals("pop")
+    lazy._flush_signs()
+    np.testing.assert_array_equal(eager._sketch, lazy._sketch)
+    # Each item's row is the sum of its events' users' +-1 vectors.
+    want = np.zeros_like(lazy._sketch)
+    for u, i in rows:
+        want[lazy.catalog.get(i)] += lazy._user_signs([u])[0]
+    np.testing.assert_array_equal(lazy._sketch, want)
+    signs = lazy._user_signs([f"u{n}" for n in range(400)])
+    assert set(np.unique(signs).tolist()) == {-1.0, 1.0}
+    assert abs(float(signs.mean())) < 0.05  # balanced, independent bits
+    assert np.array_equal(signs[:1], lazy._user_signs(["u0"]))  # fixed per user
+
+
 def test_rank_of_counts_only_finite_candidates() -> None:
     s = np.array([1.0, 2.0, -np.inf, 2.0], np.float32)
     assert rank_of(s, 1) == 2  # tie with row 3, pessimistic

@@ -76,3 +76,24 @@ def test_a_restored_index_reusing_a_freed_row_packs_it_anew() -> None:
     data, ends = pack_strings(["a", "d", "c"])
     np.testing.assert_array_equal(got["x.data"], data)
     np.testing.assert_array_equal(got["x.offsets"], ends)
+
+
+def test_growth_and_tombstone_sweeps_keep_every_id_reachable() -> None:
+    # Many adds (table rebuilds as it grows) and removals with re-adds (tombstones in
+    # the chains, reused or swept by a rebuild), against a dict.
+    rng = np.random.default_rng(3)
+    index, model = IdIndex(), {}  # type: ignore[var-annotated]
+    keys = [f"k{i}" for i in range(30_000)]
+    for step in range(60):
+        batch = [keys[i] for i in rng.integers(0, len(keys), 1_000)]
+        for k, row in zip(batch, index.add_many(batch).tolist(), strict=True):
+            assert model.setdefault(k, row) == row
+        for k in rng.choice(sorted(model), min(len(model), 300), replace=False).tolist():
+            index.remove(k)
+            del model[k]
+        if step % 10 == 9:
+            index._rehash(len(index._slots))  # a sweep without growth
+        assert len(index) == len(model)
+    probe = keys[:5_000]
+    assert index.rows(probe).tolist() == [model.get(k, -1) for k in probe]
+    assert [index.get(k) for k in probe] == [model.get(k, -1) for k in probe]
