@@ -111,6 +111,12 @@ class TrainerMetrics:
             _P + "evaluate_duration_seconds",
             "Time to evaluate one mini-batch prequentially (all models).",
             buckets=_LEARN_BUCKETS, registry=r)
+        self.evaluate_cpu = Counter(
+            _P + "evaluate_cpu_seconds",
+            "CPU time of the learner thread spent evaluating (bookkeeping for every event "
+            "and scoring the sample); the evaluation governor holds it near "
+            "eval_cpu_share of wall time.",
+            registry=r)
         self.learn_errors = Counter(
             _P + "learn_errors", "Mini-batches a model failed to learn (logged).",
             ["model"], registry=r)
