@@ -83,9 +83,17 @@ class FloodSettings(BaseSettings):
 class _Windowed:
     """Sliding-window counters per key: (bucket, current count, previous count)."""
 
+    #: a table is swept once it holds this many times the keys its last sweep kept
+    #: (and at least ``MIN_SWEEP`` keys): each key is swept O(1) times on average,
+    #: where a sweep per window read every key every window (on a stream of few
+    #: events per window, every batch)
+    GROWTH = 2
+    MIN_SWEEP = 256
+
     def __init__(self) -> None:
         self.state: dict[str, tuple[int, float, float]] = {}
         self._pruned_below = -(2**62)  # keys of older windows are gone
+        self._kept = 0  # keys the last sweep kept
 
     def estimate(self, key: str, bucket: int, frac: float) -> float:
         st = self.state.get(key)
@@ -156,13 +164,16 @@ class _Windowed:
 
     def prune(self, bucket: int, max_keys: int) -> None:
         """Forget keys that no event up to :data:`LATE_WINDOWS` windows older than
-        ``bucket`` (the latest window seen) reads, once per window; then the oldest
-        beyond ``max_keys``. Without it every key of the stream stayed until
-        ``max_keys``, and every snapshot packed them all."""
+        ``bucket`` (the latest window seen) reads, once the table has grown
+        ``GROWTH``-fold since the last sweep; then the oldest beyond ``max_keys``.
+        Without it every key of the stream stayed until ``max_keys``, and every
+        snapshot packed them all."""
         horizon = bucket - 1 - LATE_WINDOWS
-        if horizon > self._pruned_below:
+        if horizon > self._pruned_below and len(self.state) >= max(
+                self.GROWTH * self._kept, self.MIN_SWEEP):
             self.state = {k: v for k, v in self.state.items() if v[0] >= horizon}
             self._pruned_below = horizon
+            self._kept = len(self.state)
         while len(self.state) > max_keys:
             self.state.pop(next(iter(self.state)))
 
