@@ -55,19 +55,10 @@ class DedupWindow:
         return event_id in self._ids
 
     def add(self, event_id: str, ts: float) -> bool:
-        """Remember ``event_id``; False when it was already there (a duplicate)."""
-        if event_id in self._ids:
-            return False
-        self._ids[event_id] = ts
-        self._new.append(event_id)
-        self._new_ts.append(ts)
-        if ts > self._watermark:
-            self._watermark = ts
-            self._expire()
-        if len(self._ids) > self.max_ids:
-            self._ids.popitem(last=False)
-            self._gone += 1
-        return True
+        """Remember ``event_id``; False when it was already there (a duplicate).
+        A one-event :meth:`add_many` (so the log of ids since the last snapshot stays
+        bounded the same way)."""
+        return bool(self.add_many([event_id], [ts])[0])
 
     def add_many(self, event_ids: Sequence[str], ts: Sequence[float] | np.ndarray) -> np.ndarray:
         """Remember a batch of ids; returns the mask of those not seen before.
