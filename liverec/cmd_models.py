@@ -7,7 +7,7 @@ commands so that ``liverec --help`` stays fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -44,6 +44,24 @@ def generate(
     typer.echo(f"wrote {n} events ({users} users, {items} items, seed {seed}{drift}) to {out}")
 
 
+def _model_params(text: str | None, names: list[str]) -> dict[str, dict[str, Any]]:
+    """``--model-params`` parsed and checked against the listed models."""
+    import orjson
+
+    if text is None:
+        return {}
+    try:
+        params = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise typer.BadParameter(f"--model-params is not JSON: {exc}") from exc
+    if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+        raise typer.BadParameter('--model-params must be {"model": {"param": value}}')
+    unknown = sorted(set(params) - set(names))
+    if unknown:
+        raise typer.BadParameter(f"--model-params names models not evaluated: {unknown}")
+    return params
+
+
 def evaluate(
     path: Annotated[Path, typer.Argument(help="Interactions CSV (plain or .gz).", exists=True)],
     preset: Annotated[
@@ -57,6 +75,13 @@ def evaluate(
     models: Annotated[
         str, typer.Option("--models", help="Comma-separated registry names, or 'all'.")
     ] = "all",
+    model_params: Annotated[
+        str | None,
+        typer.Option("--model-params",
+                     help='JSON {"model": {"param": value}}: constructor arguments, as '
+                          "`liverec train --model-params` takes them (e.g. a hybrid's "
+                          "components)."),
+    ] = None,
     k: Annotated[int, typer.Option("--k", min=1, help="Cut-off of the metrics.")] = 10,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
     limit: Annotated[
@@ -142,8 +167,12 @@ def evaluate(
 
     if not 0.0 < sample <= 1.0:
         raise typer.BadParameter("--sample must be in (0, 1]")
+    params = _model_params(model_params, names)
     # Bound: a hybrid blends the other listed models; built is in learning order.
-    built = registry.create_models(names)
+    try:
+        built = registry.create_models(names, params)
+    except (TypeError, ValueError) as exc:
+        raise typer.BadParameter(f"--model-params: {exc}") from exc
     if item_features is not None:
         from online_models.content import load_item_features
 
@@ -217,6 +246,7 @@ def evaluate(
         "cold_threshold": cold_threshold,
         "split_events": split_at,
         "item_features": str(item_features) if item_features is not None else None,
+        "model_params": params,
         "elapsed_s": round(elapsed, 1),
         "models": report_models,
         "rolling_hr": {"events": curve_x, **curve},

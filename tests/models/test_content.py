@@ -134,6 +134,40 @@ def test_evaluate_gives_item_features_and_splits_the_report(tmp_path: Path) -> N
         assert whole == pytest.approx(entry["hr@10"])
 
 
+def test_evaluate_takes_model_params_and_refuses_bad_ones(tmp_path: Path) -> None:
+    import orjson
+    from typer.testing import CliRunner
+
+    from liverec.cli import app
+
+    rows = [f"{u},{(u * 7 + n * 4) % 60},4.0,{1_000_000 + 60 * (u * 40 + n)}"
+            for u in range(30) for n in range(40)]
+    (tmp_path / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\n" + "\n".join(rows) + "\n")
+    base = ["evaluate", str(tmp_path / "ratings.csv"), "--preset", "movielens",
+            "--models", "popularity,itemknn,hybrid"]
+    reports = {}
+    for label, comps in (("two", ["popularity", "itemknn"]),
+                         ("three", ["popularity", "itemknn", "sequence"])):
+        report = tmp_path / f"{label}.json"
+        params = orjson.dumps({"hybrid": {"components": comps}}).decode()
+        res = CliRunner().invoke(app, [*base, "--model-params", params, "--json", str(report)])
+        assert res.exit_code == 0, res.output
+        reports[label] = orjson.loads(report.read_bytes())
+        assert reports[label]["model_params"] == {"hybrid": {"components": comps}}
+    # The components change the hybrid's blend, not the models evaluated beside it.
+    def hr(label: str, model: str) -> float:
+        return float(reports[label]["models"][model]["hr@10"])
+
+    assert hr("two", "itemknn") == hr("three", "itemknn")
+    assert hr("two", "hybrid") != hr("three", "hybrid")
+    for bad, why in (("{", "not JSON"), ('{"bpr": {}}', "not evaluated"),
+                     ('{"hybrid": 3}', "must be"), ('{"itemknn": {"nope": 1}}', "nope")):
+        res = CliRunner().invoke(app, [*base, "--model-params", bad])
+        assert res.exit_code == 2, (bad, res.output)
+        assert why in res.output, (bad, res.output)
+
+
 def test_hybrid_hands_features_to_its_private_components_only() -> None:
     features = ItemFeatures.from_texts({"a": "red lamp", "b": "red lamp shade"})
     comps = {"components": ["popularity", "itemknn", "content-knn"]}
