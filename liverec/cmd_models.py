@@ -121,8 +121,9 @@ def evaluate(
         float,
         typer.Option("--split", min=0.0, max=1.0,
                      help="Also report HR@K (all, cold items, cold users) on the first "
-                          "share of the events (where hyperparameters are chosen) and on "
-                          "the rest; 0 turns it off."),
+                          "share of the events (where hyperparameters are chosen; cut at "
+                          "the batch boundary reached there, reported as split_events) and "
+                          "on the rest; 0 turns it off."),
     ] = 0.3,
     features_preset: Annotated[
         str | None,
@@ -205,8 +206,10 @@ def evaluate(
                 learn_s[name] += time.perf_counter() - t
             seen += len(batch)
             if split_at and not first and seen >= split_at:
-                # Totals are cumulative: "rest" is what the end adds to these.
+                # Totals are cumulative: "rest" is what the end adds to these. The cut is
+                # this batch's end, so the report gives that count, not the requested one.
                 first = {name: evaluator.totals(name) for name in names}
+                split_at = seen
             if out.n_evaluated:
                 curve_x.append(seen)
                 for name in names:
