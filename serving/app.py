@@ -231,11 +231,24 @@ def json_error_protocol(max_url_bytes: int) -> type[Any]:
     some 64 KiB on) with a plain-text 400 before the app sees it; this subclass
     stops reading a URL at ``max_url_bytes`` and answers JSON 414, and other parse
     failures JSON 400.
+
+    After such an answer the connection closes *lingering*, as web servers do: the
+    write side is shut, what the client still sends is read and dropped until it
+    closes (at most ``LINGER_S``). Closing at once, with the rest of a long request
+    unread, makes the kernel reset the connection, and a client still sending then
+    loses the answer it had been sent.
     """
     from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
     class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
         _url_too_long = False
+        _draining = False
+        LINGER_S = 2.0
+
+        def data_received(self, data: bytes) -> None:
+            if self._draining:  # answered and closing: the rest of the request is dropped
+                return
+            super().data_received(data)
 
         def on_message_begin(self) -> None:
             self._url_too_long = False
@@ -265,6 +278,11 @@ def json_error_protocol(max_url_bytes: int) -> type[Any]:
                 body,
             ])
             self.transport.write(b"".join(head))
-            self.transport.close()
+            if self._draining or not self.transport.can_write_eof():
+                self.transport.close()
+                return
+            self._draining = True
+            self.transport.write_eof()
+            self.loop.call_later(self.LINGER_S, self.transport.close)
 
     return JsonErrorHttpToolsProtocol

@@ -1,5 +1,6 @@
 """Issue 10 item 8 against the real server: HEAD probes answer 200, and an over-long URL
-gets a JSON 414 like every other error (even past the HTTP parser's own limit)."""
+gets a JSON 414 like every other error (even past the HTTP parser's own limit, and while
+the client is still sending)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,12 @@ from tests.faults.helpers import ServerProcess, wait_for, write_snapshot
 
 
 def _raw_get(port: int, target: bytes) -> tuple[int, dict[str, str], bytes]:
+    return _raw(port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+
+
+def _raw(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        s.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        s.sendall(request)
         data = b""
         while chunk := s.recv(65536):
             data += chunk
@@ -33,11 +38,17 @@ def test_head_probes_and_json_414(tmp_path: Path) -> None:
         for path in ("/healthz", "/readyz"):
             r = httpx.head(server.base + path)
             assert r.status_code == 200 and r.content == b"", path
-        for n in (9_000, 100_000):  # the second is past httptools' own limit (about 64 KiB)
+        # 100,000 is past httptools' own limit (about 64 KiB); a client still sending
+        # a megabyte when the answer comes must read it, not a reset connection.
+        for n in (9_000, 100_000, 1_000_000):
             status, headers, body = _raw_get(server.port, b"/v1/items/" + b"x" * n)
             assert status == 414, (n, status, body[:200])
             assert headers["content-type"] == "application/json"
             assert orjson.loads(body)["detail"]["reason"] == "uri_too_long"
+        # Bytes that are no HTTP get a JSON 400 too, however much follows them.
+        status, headers, body = _raw(server.port, b"NOT HTTP AT ALL\r\n\r\n" + b"y" * 500_000)
+        assert status == 400, (status, body[:200])
+        assert orjson.loads(body)["detail"]["reason"] == "bad_request"
         status, headers, body = _raw_get(server.port, b"/v1/recommendations?user_id=u000001")
         assert status == 200  # the server still answers after refusing those
     finally:
