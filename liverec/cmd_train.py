@@ -54,7 +54,11 @@ def train(
     max_seconds: Annotated[float | None, typer.Option(
         help="stop after this many seconds [LIVEREC_MAX_SECONDS]")] = None,
     idle_exit_s: Annotated[float | None, typer.Option(
-        help="stop after this many seconds without records [LIVEREC_IDLE_EXIT_S]")] = None,
+        help="stop after this many seconds without records while holding partitions "
+             "[LIVEREC_IDLE_EXIT_S]")] = None,
+    join_timeout_s: Annotated[float | None, typer.Option(
+        help="rebuild the consumer after this many seconds without partitions "
+             "(doubling) [LIVEREC_JOIN_TIMEOUT_S]")] = None,
     eval_sample: Annotated[float | None, typer.Option(
         help="prequential evaluation: the fraction of evaluable events scored, seeded "
              "(1 = all) [LIVEREC_EVAL_SAMPLE]")] = None,
@@ -132,7 +136,8 @@ def train(
             "keep_snapshots": keep_snapshots,
             "metrics_port": metrics_port, "drift_adapt": drift_adapt, "max_events": max_events,
             "until_events_total": until_events_total, "max_seconds": max_seconds,
-            "idle_exit_s": idle_exit_s, "status_every_s": status_every_s,
+            "idle_exit_s": idle_exit_s, "join_timeout_s": join_timeout_s,
+            "status_every_s": status_every_s,
             "eval_sample": eval_sample, "eval_budget_per_s": eval_budget_per_s,
             "eval_cpu_share": eval_cpu_share,
             "prefetch_batches": prefetch_batches, "session_timeout_ms": session_timeout_ms,

@@ -287,8 +287,8 @@ class Trainer:
                     except Exception:
                         self.metrics.loop_errors.labels(stage="process").inc()
                         log.exception("processing a batch failed")
-                elif not self.source.ever_assigned:
-                    last_record = now  # idle time counts from the first assignment
+                elif not self.source.assigned:
+                    last_record = now  # idle time counts only while holding partitions
                 if now - window_start >= 1.0:
                     self._rate = window_events / (now - window_start)
                     self.metrics.events_per_second.set(self._rate)

@@ -69,8 +69,9 @@ class TrainerSettings(BaseSettings):
     drift_buckets: int = Field(default=64, ge=2)
     drift_window: int = Field(default=5_000, ge=10)
     status_every_s: float = Field(default=5.0, gt=0)
-    #: rebuild the consumer when it has had no partitions this long since (re)joining
-    #: (doubling each time); guards against a group join that never completes
+    #: rebuild the consumer when it has held no partitions this long, since joining or
+    #: since a rebalance took its last ones (doubling each time); guards against a
+    #: group membership that never completes or was lost unnoticed
     join_timeout_s: float = Field(default=60.0, gt=0)
     #: group session timeout: how soon a crashed trainer's partitions are reassigned
     session_timeout_ms: int = Field(default=10_000, ge=1_000)
@@ -89,7 +90,7 @@ class TrainerSettings(BaseSettings):
     until_events_total: int | None = Field(default=None, ge=1)
     #: stop after this many seconds
     max_seconds: float | None = Field(default=None, gt=0)
-    #: stop after this many seconds without a single record
+    #: stop after this many seconds without records while holding partitions
     idle_exit_s: float | None = Field(default=None, gt=0)
 
     #: item content file for the models that use it (MovieLens ``movies.csv`` or the

@@ -77,7 +77,8 @@ class BatchSource:
     on_revoke
         ``parts -> offsets | None``: checkpoint synchronously, return what to commit.
     join_timeout_s
-        Rebuild the consumer when it has had no partitions this long (doubling).
+        Rebuild the consumer when it has held no partitions this long, since joining
+        or since a rebalance took its last ones (doubling until it gets some).
     """
 
     def __init__(
@@ -101,6 +102,9 @@ class BatchSource:
         self.on_assign = on_assign
         self.on_revoke = on_revoke
         self.join_timeout_s = join_timeout_s
+        self._join_timeout = join_timeout_s  # doubles at each rebuild, until assigned
+        #: since when the consumer has held no partitions (None while it holds some)
+        self._unassigned_since: float | None = None
         self._queue: queue.Queue[PolledBatch] = queue.Queue(maxsize=prefetch)
         self._commits: queue.Queue[dict[Partition, int]] = queue.Queue()
         self._stop = threading.Event()
@@ -179,22 +183,28 @@ class BatchSource:
 
     def _new_consumer(self) -> MiniBatchConsumer:
         self.assigned = frozenset()
+        self._unassigned_since = time.monotonic()
         return self._factory(on_assign=self._assigned, on_revoke=self._revoked)
 
     def _loop(self) -> None:
         self.consumer = self._new_consumer()
-        joined_at, join_timeout = time.monotonic(), self.join_timeout_s
         last_lag = 0.0
         while not self._stop.is_set():
             self._drain_commits()
-            if not self.assigned and not self.ever_assigned and \
-                    time.monotonic() - joined_at > join_timeout:
-                log.warning("no partitions %.0f s after joining: rebuilding the consumer",
-                            join_timeout)
+            # The watchdog: a member that has held no partitions this long -- since it
+            # joined, or since a rebalance took its last ones -- is rebuilt. (A
+            # kafka-python member can lose its group membership without noticing, and
+            # then never rejoins.) In a group with more members than partitions an idle
+            # member rebuilds too, each time twice as late.
+            since = self._unassigned_since
+            if not self.assigned and since is not None and \
+                    time.monotonic() - since > self._join_timeout:
+                log.warning("no partitions for %.0f s: rebuilding the consumer",
+                            self._join_timeout)
                 self.errors += 1
                 self._close_quietly()
                 self.consumer = self._new_consumer()
-                joined_at, join_timeout = time.monotonic(), join_timeout * 2
+                self._join_timeout *= 2
             generation = self._generation
             try:
                 records = self.consumer.poll_batch(self.batch_size, self.max_wait_s)
@@ -323,6 +333,8 @@ class BatchSource:
         with self._hand_over:
             self.assigned = frozenset(self.assigned | parts)
             self.ever_assigned = True
+            if self.assigned:
+                self._unassigned_since, self._join_timeout = None, self.join_timeout_s
             log.info("assigned %s", sorted(parts))
             resume = dict(self.on_assign(parts))
             self._resumed_at = dict(resume)
@@ -337,6 +349,8 @@ class BatchSource:
         with self._hand_over:
             self._resumed_at = {}
             self.assigned = frozenset(self.assigned - parts)
+            if not self.assigned and self._unassigned_since is None:
+                self._unassigned_since = time.monotonic()
             dropped: list[PolledBatch] = []
             while True:  # polled, not learned: the next owner resumes from the commit
                 try:

@@ -29,6 +29,8 @@ def _args(bootstrap: str, topic: str, snaps: Path, client: str) -> list[str]:
             "--snapshots", str(snaps), "--models", "popularity", "--metrics-port", "-1",
             "--snapshot-every-s", "120", "--status-every-s", "1", "--session-timeout-ms",
             "6000", "--idle-exit-s", "8", "--max-seconds", "300", "--kafka-client", client,
+            # a member that lost its group unnoticed (kafka-python) is rebuilt quickly
+            "--join-timeout-s", "5",
             # LIVEREC_TEST_TRAINER_LOG_LEVEL=debug logs every batch's offset ranges
             "--log-level", os.environ.get("LIVEREC_TEST_TRAINER_LOG_LEVEL", "info")]
 

@@ -217,3 +217,62 @@ def test_rejects_of_a_stale_batch_reach_the_dead_letter_topic_once() -> None:
     # Dropped batches are read again; their rejects went to the DLQ the first time, and
     # a batch known to be stale is dropped before decoding: each reject is there once.
     assert sorted(consumers[0].dead_lettered) == sorted(bad)
+
+
+class LosesItsGroup(RacyConsumer):
+    """The first instance is assigned the partition, then a rebalance takes it and no
+    assignment ever follows (a kafka-python member that lost its group unnoticed);
+    later instances behave."""
+
+    instances = 0
+
+    def __init__(self, on_assign: Callable[[set[Any]], None],
+                 on_revoke: Callable[[set[Any]], None]) -> None:
+        super().__init__(on_assign, on_revoke)
+        LosesItsGroup.instances += 1
+        self.lost = LosesItsGroup.instances == 1
+
+    def poll_batch(self, max_records: int, timeout_s: float) -> RecordBatch:
+        self.polls += 1
+        if self.polls == 1:
+            self.parts = {PART}
+            self.on_assign({PART})
+        if self.lost and self.polls == 3:
+            self.parts = set()
+            self.on_revoke({PART})
+        if not self.parts:
+            time.sleep(0.01)
+            return RecordBatch([], [], [], [])
+        start = self.position
+        end = min(start + max_records, len(self.values))
+        self.position = end
+        if start == end:
+            time.sleep(0.01)
+        return RecordBatch([PART[0]] * (end - start), [PART[1]] * (end - start),
+                           list(range(start, end)), list(self.values[start:end]))
+
+
+def test_a_consumer_left_without_partitions_is_rebuilt_and_resumes() -> None:
+    learned: list[int] = []
+
+    def resume(parts: set[Any]) -> dict[Any, int]:
+        return {PART: learned[-1] + 1 if learned else 0}
+
+    LosesItsGroup.instances = 0
+    source = BatchSource(
+        lambda **hooks: LosesItsGroup(**hooks),  # type: ignore[arg-type, return-value]
+        batch_size=BATCH, max_wait_s=0.01, prefetch=2, limits=KAFKA.limits,
+        weights=KAFKA.event_weights, on_assign=resume, on_revoke=resume, join_timeout_s=0.3,
+    )
+    source.start()
+    try:
+        deadline = time.monotonic() + 30
+        while (not learned or learned[-1] < len(VALUES) - 1) and time.monotonic() < deadline:
+            assert source.error is None
+            batch = source.get(timeout_s=0.1)
+            if batch is not None:
+                learned.extend(range(batch.first_offsets[PART], batch.offsets[PART]))
+    finally:
+        source.stop(None)
+    assert LosesItsGroup.instances == 2  # rebuilt once, then assigned for good
+    assert learned == list(range(len(VALUES)))  # resumed where the learner was
