@@ -217,9 +217,10 @@ class Trainer:
         for _, partition in parts:
             self.metrics.partition(partition)
         # Partitions the snapshot does not know start from the group's committed
-        # offset (else the earliest), which the consumer does by itself. A partition
-        # handed straight back by the rebalance that revoked it resumes at this
-        # trainer's own offset (the one it just committed, unless that commit failed).
+        # offset (else the earliest), which the consumer does by itself (or, handed
+        # straight back, where the source dropped unlearned records: see BatchSource).
+        # A partition handed straight back by the rebalance that revoked it resumes at
+        # this trainer's own offset (the one it just committed, unless that commit failed).
         back = {p: o for p, o in self._just_revoked.items() if p in parts}
         self._just_revoked = {}
         self.offsets.update(back)

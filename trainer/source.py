@@ -16,7 +16,10 @@ on its IO thread: a lock keeps a batch from being queued across a revoke). On re
 the queued, not-yet-learned batches are dropped (the group resumes from the last
 commit), then :attr:`BatchSource.on_revoke` -- the learner's synchronous checkpoint -- returns the
 offsets now durable, and they are committed before the partitions move. On assign,
-:attr:`BatchSource.on_assign` returns where each partition must resume.
+:attr:`BatchSource.on_assign` returns where each partition must resume; a partition
+the same rebalance hands straight back that the learner has no offset for resumes at
+the first record the revoke dropped (kafka-python keeps such a partition's fetch
+position, past the dropped records; librdkafka restarts at the commit, the same place).
 """
 
 from __future__ import annotations
@@ -115,14 +118,20 @@ class BatchSource:
         self._generation = 0
         #: where the last assignment resumed partitions
         self._resumed_at: dict[Partition, int] = {}
+        #: per revoked partition, the first offset this source handed out and dropped
+        #: unlearned: where it resumes if the next assignment hands it straight back
+        #: and the learner has no offset for it (kafka-python keeps the position of a
+        #: partition that stays assigned, which is past the dropped records)
+        self._unlearned_from: dict[Partition, int] = {}
+        #: a revoke ran and the assignment that ends its rebalance has not
+        self._revoke_pending = False
         #: per partition, the offset after the last reject this source dead-lettered
         self._dead_lettered: dict[Partition, int] = {}
         self._closing = False
         self._thread: threading.Thread | None = None
         self.consumer: MiniBatchConsumer | None = None
-        #: partitions assigned now, and whether any ever were (read by the learner)
+        #: partitions assigned now (read by the learner)
         self.assigned: frozenset[Partition] = frozenset()
-        self.ever_assigned = False
         #: per-partition lag, refreshed about once a second
         self.lag: dict[Partition, int] = {}
         #: polls that failed, commits made, commits that failed (exported by the learner)
@@ -183,6 +192,7 @@ class BatchSource:
 
     def _new_consumer(self) -> MiniBatchConsumer:
         self.assigned = frozenset()
+        self._unlearned_from, self._revoke_pending = {}, False
         self._unassigned_since = time.monotonic()
         return self._factory(on_assign=self._assigned, on_revoke=self._revoked)
 
@@ -317,6 +327,9 @@ class BatchSource:
             for part, off in first.items():
                 if part in self.assigned:
                     rewind[part] = min(off, rewind.get(part, off))
+                elif self._revoke_pending:  # in case it comes straight back
+                    held = self._unlearned_from
+                    held[part] = min(off, held.get(part, off))
         rewind.update({p: o for p, o in (resume_at or {}).items() if p in rewind})
         if rewind and self.consumer is not None:
             self.consumer.seek(rewind)
@@ -332,11 +345,14 @@ class BatchSource:
     def _assigned(self, parts: set[Partition]) -> None:
         with self._hand_over:
             self.assigned = frozenset(self.assigned | parts)
-            self.ever_assigned = True
             if self.assigned:
                 self._unassigned_since, self._join_timeout = None, self.join_timeout_s
             log.info("assigned %s", sorted(parts))
-            resume = dict(self.on_assign(parts))
+            # The learner's offsets first; a partition handed straight back that it has
+            # none for resumes at the first record dropped unlearned by the revoke.
+            back = {p: o for p, o in self._unlearned_from.items() if p in parts}
+            self._unlearned_from, self._revoke_pending = {}, False
+            resume = {**back, **self.on_assign(parts)}
             self._resumed_at = dict(resume)
             if resume and self.consumer is not None:
                 self.consumer.seek(resume)
@@ -348,6 +364,7 @@ class BatchSource:
     def _revoked(self, parts: set[Partition]) -> None:
         with self._hand_over:
             self._resumed_at = {}
+            self._revoke_pending = True
             self.assigned = frozenset(self.assigned - parts)
             if not self.assigned and self._unassigned_since is None:
                 self._unassigned_since = time.monotonic()
@@ -357,6 +374,7 @@ class BatchSource:
                     dropped.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            # still-assigned partitions are rewound; revoked ones remembered (_assigned)
             self._forget([b.first_offsets for b in dropped])
             self._generation += 1  # last, as in _assigned
         if self._closing:

@@ -46,15 +46,7 @@ def _story(trainer: TrainerProcess) -> str:
                      if any(k in line for k in keep))
 
 
-@pytest.mark.parametrize("client", [
-    "confluent",
-    # Known defect, not hidden: with kafka-python a rebalance right after the first
-    # assignment loses up to ~0.2% of the events in some runs (CI: 39,758, 39,954 and
-    # 39,911 of 40,000 in about one run in four; never with librdkafka, the default).
-    # The run still executes and reports its figures; see the round-2 session-6 note.
-    pytest.param("kafka-python", marks=pytest.mark.xfail(
-        strict=False, reason="kafka-python: events lost at an early rebalance (open)")),
-])
+@pytest.mark.parametrize("client", ["confluent", "kafka-python"])
 def test_a_joining_trainer_takes_partitions_without_loss_or_double_learning(
     kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path, client: str
 ) -> None:
