@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 from stream.events import ClickEvent, Limits, Rejected, decode, dlq_payload
 from stream.kafka import (
+    Consumer,
     ConsumerOptions,
     KafkaClientError,
     Partition,
@@ -216,7 +217,12 @@ class MiniBatchConsumer:
         #: hooks finished so far, and hooks running now (on kafka-python's IO thread)
         self._generation = 0
         self._hooks_running = 0
-        self._client = make_consumer(settings, ConsumerOptions(
+        #: partitions the rebalance hooks gave this member, and since when it has held
+        #: none (None while it holds some): :meth:`run`'s watchdog reads them
+        self.assigned: frozenset[Partition] = frozenset()
+        self._unassigned_since: float | None = time.monotonic()
+        self.rebuilds_total = 0
+        self._options = ConsumerOptions(
             group_id=group_id,
             client_id=client_id,
             session_timeout_ms=session_timeout_ms,
@@ -225,8 +231,27 @@ class MiniBatchConsumer:
             auto_offset_reset=auto_offset_reset,
             isolation_level=isolation_level,
             max_poll_records=batch_size,
-        ))
-        self._client.subscribe([self.topic], on_assign=self._assigned, on_revoke=self._revoked)
+        )
+        self._client = self._subscribed_client()
+
+    def _subscribed_client(self) -> Consumer:
+        client = make_consumer(self.settings, self._options)
+        client.subscribe([self.topic], on_assign=self._assigned, on_revoke=self._revoked)
+        return client
+
+    def rebuild(self) -> None:
+        """Close the client and join the group again with a new one (the watchdog of
+        :meth:`run`). Polled, not handed-out records are dropped: the new member
+        resumes from the group's commits."""
+        with contextlib.suppress(Exception):
+            self._client.close()
+        with self._hook_lock:
+            self._pending, self._handed_out, self._resume = [], {}, {}
+            self.assigned = frozenset()
+            self._unassigned_since = time.monotonic()
+            self._generation += 1
+        self.rebuilds_total += 1
+        self._client = self._subscribed_client()
 
     # ------------------------------------------------------------------ rebalance
 
@@ -272,6 +297,9 @@ class MiniBatchConsumer:
                 self._pending = [p for p in self._pending if p[0] not in parts]
             for part in parts:
                 self._handed_out.pop(part, None)
+            self.assigned = self.assigned - parts
+            if not self.assigned and self._unassigned_since is None:
+                self._unassigned_since = time.monotonic()
 
     def _assigned(self, parts: set[Partition]) -> None:
         self._hook_started()
@@ -283,6 +311,9 @@ class MiniBatchConsumer:
     def _assign(self, parts: set[Partition]) -> None:
         log.info("assigned %s", sorted(parts))
         with self._hook_lock:
+            self.assigned = self.assigned | parts
+            if self.assigned:
+                self._unassigned_since = None
             resume, self._resume = self._resume, {}
             for part in parts & resume.keys():
                 try:
@@ -537,6 +568,7 @@ class MiniBatchConsumer:
         stop: threading.Event | None = None,
         skip_empty: bool = True,
         max_backoff_s: float = 5.0,
+        join_timeout_s: float | None = 60.0,
     ) -> None:
         """Consume until ``stop`` (default: :attr:`stop`) is set, or SIGINT/SIGTERM,
         then close.
@@ -547,14 +579,30 @@ class MiniBatchConsumer:
         not handed over unless ``skip_empty`` is False. No exception ends the
         loop: a failing ``handle`` is logged and its batch is re-read after a
         backoff, and Kafka errors are retried the same way.
+
+        The watchdog: a member that has held no partitions for ``join_timeout_s``
+        (since it joined, or since a rebalance took its last ones) is rebuilt
+        (:meth:`rebuild`), the timeout doubling until it gets some (a kafka-python
+        member can lose its group without noticing, and would wait forever; an idle
+        member of a group with more members than partitions rebuilds too, each time
+        twice as late). ``None`` turns it off.
         """
         stop = stop or self.stop
         if stop is not self.stop:
             self.stop = stop
         restore = stop_on_signals(stop, "stop")
         backoff = 0.1
+        join_timeout = join_timeout_s
         try:
             while not stop.is_set():
+                since = self._unassigned_since
+                if since is None:
+                    join_timeout = join_timeout_s
+                elif join_timeout is not None and time.monotonic() - since > join_timeout:
+                    log.warning("no partitions for %.0f s: rebuilding the consumer",
+                                join_timeout)
+                    self.rebuild()
+                    join_timeout *= 2
                 try:
                     batch = self.next_batch()
                 except Exception:

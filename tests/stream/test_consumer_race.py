@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -140,3 +140,72 @@ def test_a_poll_that_begins_inside_the_assignment_hook_cannot_undo_the_hooks_see
     # The racing poll took 3-5 before the hook's seek and moved the position past it:
     # handing those out would have ignored the seek. Reading continues at 9.
     assert got == [e.event_id for e in EVENTS[:3] + EVENTS[9:]]
+
+
+class LostMemberClient(RacyClient):
+    """A member assigned once and revoked at once, never assigned again: a kafka-python
+    member that lost its group without noticing. Made ``lost`` false, it is a healthy
+    member that is assigned the partition at its first poll and reads it."""
+
+    made: ClassVar[list[LostMemberClient]] = []
+
+    def __init__(self, lost: bool) -> None:
+        super().__init__()
+        self.lost, self.closed = lost, False
+        LostMemberClient.made.append(self)
+
+    def poll_batch(self, max_records: int, timeout_s: float) -> RecordBatch:
+        assert self.on_assign is not None and self.on_revoke is not None
+        self.polls += 1
+        if self.polls == 1:
+            self.parts = {PART}
+            self.on_assign({PART})
+            if self.lost:
+                self.parts = set()
+                self.on_revoke({PART})
+        if self.lost:
+            return RecordBatch([], [], [], [])
+        start = self.position
+        end = min(start + max_records, len(VALUES))
+        self.position = end
+        return RecordBatch([PART[0]] * (end - start), [PART[1]] * (end - start),
+                           list(range(start, end)), list(VALUES[start:end]))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_run_rebuilds_a_member_left_without_partitions(monkeypatch: pytest.MonkeyPatch) -> None:
+    LostMemberClient.made = []
+    monkeypatch.setattr(stream.consumer, "make_consumer",
+                        lambda *a, **k: LostMemberClient(lost=not LostMemberClient.made))
+    consumer = MiniBatchConsumer(KafkaSettings(topic=PART[0]), "g", batch_size=10,
+                                 max_wait_ms=10, dlq_topic=None)
+    got: list[str] = []
+
+    def handle(batch: Any) -> None:
+        got.extend(e.event_id for e in batch.events)
+        if len(got) >= len(EVENTS):
+            consumer.stop.set()
+
+    stopper = threading.Timer(20.0, consumer.stop.set)  # a hang fails, not blocks
+    stopper.start()
+    try:
+        consumer.run(handle, join_timeout_s=0.2)
+    finally:
+        stopper.cancel()
+    first, second = LostMemberClient.made  # one rebuild: the new member is assigned
+    assert first.closed and second.closed  # (the second by run's close)
+    assert consumer.rebuilds_total == 1
+    assert got == [e.event_id for e in EVENTS]
+
+
+def test_run_without_a_watchdog_keeps_the_member(monkeypatch: pytest.MonkeyPatch) -> None:
+    LostMemberClient.made = []
+    monkeypatch.setattr(stream.consumer, "make_consumer",
+                        lambda *a, **k: LostMemberClient(lost=True))
+    consumer = MiniBatchConsumer(KafkaSettings(topic=PART[0]), "g", batch_size=10,
+                                 max_wait_ms=10, dlq_topic=None)
+    threading.Timer(0.6, consumer.stop.set).start()
+    consumer.run(lambda batch: None, join_timeout_s=None)
+    assert len(LostMemberClient.made) == 1 and consumer.rebuilds_total == 0
