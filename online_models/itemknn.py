@@ -32,7 +32,9 @@ and float64 per user, never items × items.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -65,16 +67,40 @@ def _sum_sorted(keys: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndar
     return keys[starts], np.add.reduceat(vals, starts)
 
 
+@dataclass(slots=True)
+class _Stack:
+    """The arrays behind :meth:`_PairStore.stacked`'s matrix: the serial numbers of
+    the runs they hold, each run's row starts (offsets included; then the end), and
+    buffers whose first ``total`` entries are used."""
+
+    n_rows: int
+    rescaled: int
+    serials: list[int]
+    ptrs: list[np.ndarray]
+    indices: np.ndarray
+    data: np.ndarray
+    total: int
+
+
 class _PairStore:
     """Sparse ``(i, j) -> mass`` as sorted runs of int64 keys (a small LSM tree)."""
 
     def __init__(self, merge_ratio: float = 4.0) -> None:
         self.merge_ratio = merge_ratio
         self._runs: list[tuple[np.ndarray, np.ndarray]] = []
+        #: a number per run, new for every run made (what tells an unchanged run)
+        self._serials: list[int] = []
+        self._next_serial = 0
         #: bumped whenever the runs change: what :meth:`stacked`'s cache is valid for
         #: (ids of the run arrays would not do: a freed array's id is soon reused)
         self.version = 0
         self._stacked: tuple[int, int, sp.csr_matrix] | None = None
+        #: the arrays behind the last stacked matrix, to rebuild only the runs that
+        #: changed since (a batch adds a small run and merges the small ones)
+        self._stack: _Stack | None = None
+        #: bumped when run values change in place (:meth:`scale`): nothing is reusable
+        self._rescaled = 0
+        self._stack_lock = threading.Lock()
 
     @property
     def runs(self) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -84,7 +110,20 @@ class _PairStore:
     @runs.setter
     def runs(self, runs: list[tuple[np.ndarray, np.ndarray]]) -> None:
         self._runs = runs
+        self._serials = [self._serial() for _ in runs]
         self.version += 1
+
+    def _serial(self) -> int:
+        self._next_serial += 1
+        return self._next_serial
+
+    def _push(self, run: tuple[np.ndarray, np.ndarray]) -> None:
+        self._runs.append(run)
+        self._serials.append(self._serial())
+
+    def _pop(self) -> tuple[np.ndarray, np.ndarray]:
+        self._serials.pop()
+        return self._runs.pop()
 
     def __len__(self) -> int:
         return sum(len(k) for k, _ in self.runs)
@@ -95,12 +134,12 @@ class _PairStore:
         keys = (i.astype(np.int64) << _SHIFT) | j.astype(np.int64)
         order = np.argsort(keys)
         self.version += 1
-        self.runs.append(_sum_sorted(keys[order], w[order]))
+        self._push(_sum_sorted(keys[order], w[order]))
         while len(self.runs) >= 2 and len(self.runs[-2][0]) <= self.merge_ratio * len(
             self.runs[-1][0]
         ):
-            (k2, v2), (k1, v1) = self.runs.pop(), self.runs.pop()
-            self.runs.append(self._merge(k1, v1, k2, v2))
+            (k2, v2), (k1, v1) = self._pop(), self._pop()
+            self._push(self._merge(k1, v1, k2, v2))
 
     @staticmethod
     def _merge(
@@ -133,6 +172,7 @@ class _PairStore:
         for _, v in self.runs:
             v *= factor
         self.version += 1
+        self._rescaled += 1
 
     def stacked(self, n_rows: int) -> sp.csr_matrix:
         """Every run as one CSR matrix: row ``r * n_rows + i`` is run ``r``'s row ``i``.
@@ -140,30 +180,53 @@ class _PairStore:
         A product ``Q @ stacked`` whose row lists a query's rows run by run sums
         every output in exactly the order :meth:`rows_of` lays entries out
         (runs, then query rows, then keys): scipy's sparse product accumulates
-        in the stored order of both operands. Cached until the runs change.
+        in the stored order of both operands. Cached until the runs change; then
+        only the runs after the longest unchanged leading ones are copied again
+        (the big old runs rarely change), into buffers that grow geometrically.
         """
-        ident = self.version
-        if self._stacked is not None and self._stacked[:2] == (ident, n_rows):
-            return self._stacked[2]
-        bounds = np.arange(n_rows + 1, dtype=np.int64) << _SHIFT
-        ptrs: list[np.ndarray] = []
-        offset = 0
-        for keys, _ in self.runs:
-            ptrs.append(np.searchsorted(keys, bounds)[:-1] + offset)
-            offset += len(keys)
-        ptrs.append(np.asarray([offset], np.int64))
-        idx_type = np.int32 if max(offset, n_rows) < 2**31 else np.int64
-        indptr = np.concatenate(ptrs).astype(idx_type)
-        if self.runs:
-            indices = np.concatenate([k & _LOW for k, _ in self.runs]).astype(idx_type)
-            data = np.concatenate([v for _, v in self.runs])
+        with self._stack_lock:
+            ident = self.version
+            if self._stacked is not None and self._stacked[:2] == (ident, n_rows):
+                return self._stacked[2]
+            mat = self._restack(n_rows)
+            self._stacked = (ident, n_rows, mat)
+            return mat
+
+    def _restack(self, n_rows: int) -> sp.csr_matrix:
+        runs, serials = list(self.runs), list(self._serials)
+        total = sum(len(k) for k, _ in runs)
+        idx_type = np.int32 if max(total, n_rows) < 2**31 else np.int64
+        old = self._stack
+        keep = 0  # leading runs whose rows are in the buffers already
+        if old is not None and (old.n_rows, old.rescaled, old.indices.dtype) == (
+                n_rows, self._rescaled, np.dtype(idx_type)):
+            while keep < min(len(serials), len(old.serials)) and \
+                    serials[keep] == old.serials[keep]:
+                keep += 1
+        if old is None or keep == 0:
+            offset = 0
+            indices, data = np.empty(total, idx_type), np.empty(total, np.float64)
+            ptrs: list[np.ndarray] = []
         else:
-            indices, data = np.zeros(0, idx_type), np.zeros(0, np.float64)
-        mat = sp.csr_matrix(
-            (data, indices, indptr), shape=(max(1, len(self.runs)) * n_rows, n_rows)
+            offset = int(old.ptrs[keep][0]) if keep < len(old.ptrs) - 1 else old.total
+            indices, data, ptrs = old.indices, old.data, old.ptrs[:keep]
+            if len(indices) < total:  # grow, keeping the reused prefix
+                cap = max(total, int(1.5 * len(indices)))
+                indices, data = np.empty(cap, idx_type), np.empty(cap, np.float64)
+                indices[:offset], data[:offset] = old.indices[:offset], old.data[:offset]
+        bounds = np.arange(n_rows + 1, dtype=np.int64) << _SHIFT
+        for keys, vals in runs[keep:]:
+            ptrs.append((np.searchsorted(keys, bounds)[:-1] + offset).astype(idx_type))
+            end = offset + len(keys)
+            indices[offset:end] = keys & _LOW
+            data[offset:end] = vals
+            offset = end
+        ptrs.append(np.asarray([offset], idx_type))
+        self._stack = _Stack(n_rows, self._rescaled, serials, ptrs, indices, data, offset)
+        return sp.csr_matrix(
+            (data[:offset], indices[:offset], np.concatenate(ptrs)),
+            shape=(max(1, len(runs)) * n_rows, n_rows),
         )
-        self._stacked = (ident, n_rows, mat)
-        return mat
 
     def rows(self, rows: np.ndarray, row_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Columns and ``mass × row weight`` of every stored entry in ``rows``."""
@@ -489,14 +552,17 @@ class CoOccurrenceModel(OnlineModel):
             rw = weights / safe[rows] ** self.alpha
             owner = np.repeat(np.arange(n), lengths)
             # Q: per query, its rows once per run (run-major), stable-sorted by query.
+            # Runs are stacked every `stride` rows, a power of two above the catalogue:
+            # the stacked matrix outlives catalogue growth (rebuilt only as runs change).
+            stride = max(1024, 1 << (cap - 1).bit_length())
             order = np.argsort(np.tile(owner, runs), kind="stable")
-            cols = (np.repeat(np.arange(runs) * cap, len(rows)) + np.tile(rows, runs))[order]
+            cols = (np.repeat(np.arange(runs) * stride, len(rows)) + np.tile(rows, runs))[order]
             q = sp.csr_matrix(
                 (np.tile(rw, runs)[order], cols,
                  np.concatenate(([0], np.cumsum(lengths * runs)))),
-                shape=(n, runs * cap),
+                shape=(n, runs * stride),
             )
-            prod = (q @ self._pairs.stacked(cap)).toarray()
+            prod = (q @ self._pairs.stacked(stride)).toarray()[:, :cap]
             scores = prod / safe ** (1.0 - self.alpha)
         return self._finish_many(scores, self._counts[:cap], self.popularity_tiebreak)
 

@@ -329,3 +329,34 @@ def _pair_store_from(runs: list[tuple[np.ndarray, np.ndarray]]) -> _PairStore:
     fresh = _PairStore()
     fresh.runs = [(k.copy(), v.copy()) for k, v in runs]
     return fresh
+
+
+def test_pair_store_rebuilds_only_changed_runs_and_equals_a_fresh_build() -> None:
+    """:meth:`_PairStore.stacked` copies again only the runs after the unchanged
+    leading ones: through adds (merges cascading), rescaling in place, compaction,
+    replaced runs and a growing row count, every matrix equals one built from
+    scratch, array for array."""
+    from online_models.itemknn import _PairStore
+
+    rng = np.random.default_rng(5)
+    store = _PairStore(merge_ratio=2.0)
+    n_rows = 40
+    most_runs = 0
+    for step in range(120):
+        n = int(rng.integers(1, 30))
+        store.add(rng.integers(0, n_rows, n), rng.integers(0, n_rows, n), rng.random(n))
+        if step % 17 == 16:
+            store.scale(0.5)
+        if step % 41 == 40:
+            store.compact()
+        if step % 29 == 28:
+            n_rows += 7  # the catalogue grew: every run's row starts change
+        if step % 53 == 52:
+            store.runs = [(k, v.copy()) for k, v in store.runs]  # same keys, new runs
+        got = store.stacked(n_rows)
+        want = _pair_store_from(store.runs).stacked(n_rows)
+        for attr in ("indptr", "indices", "data"):
+            assert np.array_equal(getattr(got, attr), getattr(want, attr)), (step, attr)
+        assert got.shape == want.shape
+        most_runs = max(most_runs, len(store.runs))
+    assert most_runs >= 3  # leading runs stayed while later ones changed
