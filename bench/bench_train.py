@@ -81,11 +81,14 @@ def learn_rate(events: list[ClickEvent], mix: str, batch_size: int) -> float:
 
 
 def train_rate(kafka: KafkaSettings, n: int, mix: str, batch_size: int,
-               snapshot_every_s: float, root: Path) -> tuple[float, Trainer]:
+               snapshot_every_s: float, root: Path, snapshot_write_share: float | None = None
+               ) -> tuple[float, Trainer]:
+    extra = {} if snapshot_write_share is None else {
+        "snapshot_write_share": snapshot_write_share}
     settings = TrainerSettings(
         group=f"bench-{uuid.uuid4().hex[:8]}", snapshots=root / uuid.uuid4().hex[:8],
         models=mix, batch_size=batch_size, snapshot_every_s=snapshot_every_s,
-        until_events_total=n, metrics_port=-1, status_every_s=30,
+        until_events_total=n, metrics_port=-1, status_every_s=30, **extra,
     )
     trainer = Trainer(settings, kafka)
     cpu0 = time.process_time()
@@ -104,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--partitions", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--snapshot-every-s", type=float, default=1.0)
+    ap.add_argument("--snapshot-write-share", type=float, default=None,
+                    help="the trainer's snapshot_write_share (default: its default)")
     ap.add_argument("--client", default="confluent", choices=["confluent", "kafka-python"])
     ap.add_argument("--mixes", nargs="+", default=["popularity", "all"])
     args = ap.parse_args(argv)
@@ -134,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
                 raw = raw_rate(kafka.bootstrap, topic, args.events)
                 learn = learn_rate(events, mix, args.batch_size)
                 rate, trainer = train_rate(kafka, args.events, mix, args.batch_size,
-                                           args.snapshot_every_s, Path(tmp))
+                                           args.snapshot_every_s, Path(tmp),
+                                           args.snapshot_write_share)
                 m = trainer.metrics.registry
                 eval_s = m.get_sample_value("liverec_trainer_evaluate_duration_seconds_sum") or 0
                 share = eval_s * rate / args.events

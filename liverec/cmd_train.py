@@ -37,6 +37,10 @@ def train(
     snapshot_max_share: Annotated[float | None, typer.Option(
         help="most of the learner's time copying state for snapshots may take; larger "
              "states space snapshots out (0 = never) [LIVEREC_SNAPSHOT_MAX_SHARE]")] = None,
+    snapshot_write_share: Annotated[float | None, typer.Option(
+        help="most of the time the background thread may spend writing snapshots; "
+             "slower writes space snapshots out (0 = never) [LIVEREC_SNAPSHOT_WRITE_SHARE]"
+    )] = None,
     keep_snapshots: Annotated[int | None, typer.Option(
         help="versions kept on disk [LIVEREC_KEEP_SNAPSHOTS]")] = None,
     metrics_port: Annotated[int | None, typer.Option(
@@ -133,6 +137,7 @@ def train(
             "group": group, "snapshots": snapshots,
             "models": models, "batch_size": batch_size, "max_wait_ms": max_wait_ms,
             "snapshot_every_s": snapshot_every_s, "snapshot_max_share": snapshot_max_share,
+            "snapshot_write_share": snapshot_write_share,
             "keep_snapshots": keep_snapshots,
             "metrics_port": metrics_port, "drift_adapt": drift_adapt, "max_events": max_events,
             "until_events_total": until_events_total, "max_seconds": max_seconds,

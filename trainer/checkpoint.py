@@ -147,6 +147,8 @@ class Checkpointer:
         #: wall-clock time of the last attempt, successful or not (paces retries)
         self.last_attempt_wall = 0.0
         self.last: Written | None = None
+        #: seconds the last snapshot write took (its background thread's wall time)
+        self.last_write_s = 0.0
         metrics.snapshot_age.set_function(
             lambda: time.time() - self.last_written_wall if self.last_written_wall else -1.0
         )
@@ -179,8 +181,14 @@ class Checkpointer:
         if self._pending is not None:
             raise RuntimeError("a snapshot write is already in flight")
         self.last_attempt_wall = time.time()
-        self._pending = (self._pool.submit(self.store.write_captured, cap), offsets,
-                         events_total)
+        self._pending = (self._pool.submit(self._timed_write, cap), offsets, events_total)
+
+    def _timed_write(self, cap: CapturedState) -> SnapshotInfo:
+        t0 = time.perf_counter()
+        try:
+            return self.store.write_captured(cap)
+        finally:
+            self.last_write_s = time.perf_counter() - t0
 
     def done(self, wait: bool = False) -> Written | None:
         """The background write if it finished (durable), else None (also on failure)."""
@@ -203,7 +211,7 @@ class Checkpointer:
         self.done(wait=True)
         self.last_attempt_wall = time.time()
         try:
-            info = self.store.write_captured(cap)
+            info = self._timed_write(cap)
         except Exception:
             self._failed()
             return None

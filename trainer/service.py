@@ -532,11 +532,15 @@ class Trainer:
     def _snapshot_gap(self) -> float:
         """Seconds between periodic snapshots: ``snapshot_every_s``, or longer when
         copying the state (the learner's only pause) would take more than
-        ``snapshot_max_share`` of the time."""
+        ``snapshot_max_share`` of the time, or writing it (the background thread's)
+        more than ``snapshot_write_share``."""
         s = self.settings
-        if not s.snapshot_max_share:
-            return s.snapshot_every_s
-        return max(s.snapshot_every_s, self._capture_s / s.snapshot_max_share)
+        gap = s.snapshot_every_s
+        if s.snapshot_max_share:
+            gap = max(gap, self._capture_s / s.snapshot_max_share)
+        if s.snapshot_write_share:
+            gap = max(gap, self.checkpointer.last_write_s / s.snapshot_write_share)
+        return gap
 
     def _finish_checkpoint(self, wait: bool = False) -> None:
         written = self.checkpointer.done(wait=wait)

@@ -42,6 +42,11 @@ class TrainerSettings(BaseSettings):
     #: copy takes longer than this share of ``snapshot_every_s``, snapshots space out
     #: (0: always every ``snapshot_every_s``)
     snapshot_max_share: float = Field(default=0.05, ge=0, le=1)
+    #: most of the wall time the background thread may spend writing snapshots (hash,
+    #: fsync): when a write takes longer than this share of ``snapshot_every_s``,
+    #: snapshots space out (0: always every ``snapshot_every_s``). On a small machine
+    #: a writer busy all the time takes a core from the learner and the Kafka source.
+    snapshot_write_share: float = Field(default=0.25, ge=0, le=1)
     keep_snapshots: int = Field(default=5, ge=1)
     #: 0 picks a free port; -1 serves no metrics
     metrics_port: int = Field(default=9101, ge=-1)

@@ -212,6 +212,23 @@ def test_snapshots_space_out_when_copying_the_state_takes_long(
     assert off._snapshot_gap() == settings.snapshot_every_s
 
 
+def test_snapshots_space_out_when_writing_them_takes_long(settings: TrainerSettings) -> None:
+    t = Trainer(settings.model_copy(update={"snapshot_every_s": 1.0}), KAFKA)
+    t.handle(_consumed(synthetic_events(300, seed=2), 0))
+    t.checkpoint("test")  # written in the background
+    t._finish_checkpoint(wait=True)
+    assert t.checkpointer.last_write_s > 0  # measured on the write
+    t._capture_s = 0.0
+    t.checkpointer.last_write_s = 0.1  # a quick write: every snapshot_every_s
+    assert t._snapshot_gap() == 1.0
+    t.checkpointer.last_write_s = 1.0  # writing takes 1 s: at most 25% of the time
+    assert t._snapshot_gap() == pytest.approx(4.0)
+    off = Trainer(settings.model_copy(update={"snapshot_every_s": 1.0,
+                                              "snapshot_write_share": 0.0}), KAFKA)
+    off.checkpointer.last_write_s = 1.0
+    assert off._snapshot_gap() == 1.0
+
+
 def test_multi_step_models_export_their_optimiser_steps(tmp_path: Path) -> None:
     settings = TrainerSettings(
         snapshots=tmp_path / "snaps", models="popularity,seqnn", metrics_port=-1,
