@@ -82,9 +82,7 @@ class Hybrid(OnlineModel):
     grid_steps
         Resolution of the weight grid.
     tune_sample
-        Events per batch used to tune the weights (evenly spaced in the batch). 16
-        with ``tune_decay`` 0.996 (the same memory in batches as 32 with 0.998, half
-        the scoring) was chosen on the first 30% of both shared data sets (BENCHMARKS).
+        Events per batch used to tune the weights (evenly spaced in the batch).
     tune_k
         Cut-off of the NDCG used to compare blends.
     tune_decay
@@ -118,9 +116,9 @@ class Hybrid(OnlineModel):
         components: Sequence[str] = DEFAULT_COMPONENTS,
         component_params: Mapping[str, Mapping[str, Any]] | None = None,
         grid_steps: int = 4,
-        tune_sample: int = 16,
+        tune_sample: int = 32,
         tune_k: int = 10,
-        tune_decay: float = 0.996,
+        tune_decay: float = 0.998,
         history_items: int = 50,
         normalization: str = "minmax",
         rank_depth: int = 200,
