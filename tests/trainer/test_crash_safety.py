@@ -89,8 +89,14 @@ def test_sigkill_three_times_then_state_equals_crash_free_run(
         "6000",
     ]
 
+    # The last chunk waits for the three kills: however fast the trainer learns, every
+    # kill lands before the stream's end (it once learned everything before the third).
+    kills_done = threading.Event()
+
     def stream_in() -> None:
         for start in range(0, N_EVENTS, 20_000):
+            if start + 20_000 >= N_EVENTS:
+                kills_done.wait(300)
             produce_events(kafka_bootstrap, topic, events[start : start + 20_000])
             time.sleep(1.0)
 
@@ -108,6 +114,7 @@ def test_sigkill_three_times_then_state_equals_crash_free_run(
         assert proc.proc.returncode == -9
         latest = store.load_latest_valid()
         totals_at_kill.append(latest.events_total if latest else 0)
+    kills_done.set()
     producer.join(300)
     assert not producer.is_alive()
 
