@@ -221,7 +221,9 @@ class TrainerMetrics:
             ["topic", "partition"], registry=r)
         self.update_lag = Gauge(
             _P + "update_lag_records",
-            "Records of the update topic not yet applied by this trainer.", registry=r)
+            "Records of the update topic not yet folded into this trainer's item state "
+            "(NaN on trainers that do not fold it: only the owner of partition 0 does).",
+            registry=r)
         self.update_bytes = Counter(
             _P + "update_bytes", "Bytes of item-side updates, published (out) and applied "
             "(in).", ["direction"], registry=r)

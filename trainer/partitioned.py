@@ -11,10 +11,14 @@ parameter server (see DEVELOPING.md, "Scale-out", for the picture):
 * **Item side, through the update topic.** Learning a batch is
   ``learn_local`` (user side) and yields an item-side delta per model
   (:mod:`online_models.deltas`). The deltas of a partition's slice of the batch go
-  to ``<topic>.updates`` as one message; every trainer (itself included) folds
-  every committed update message into its models' item state. The item state is
-  therefore a function of the update topic alone; each trainer snapshots it with
-  the update-topic offsets it reflects under ``<snapshots>/items/<instance>/``.
+  to ``<topic>.updates`` as one message. Learning never reads item state, so only
+  the **merge writer** (the owner of partition 0) folds the committed update
+  messages (everyone's, its own too) into its models' item state; the others skip
+  that work. The item state is therefore a function of the update topic alone; the
+  merge writer snapshots it with the update-topic offsets it reflects under
+  ``<snapshots>/items/<instance>/``. A trainer that becomes the merge writer (or
+  merges at shutdown) first adopts the most advanced item snapshot, keeping its own
+  users' state, and folds the topic from that snapshot's offsets.
 * **Exactly once.** Per poll: one Kafka transaction holds the update messages,
   the dead-lettered rejects and the input offsets
   (``send_offsets_to_transaction``). Update readers use ``read_committed``. So an
@@ -26,10 +30,11 @@ parameter server (see DEVELOPING.md, "Scale-out", for the picture):
   transaction is aborted (by its restart's ``init_transactions`` with the same
   instance id, or by the broker after ``transaction_timeout_ms``); a member that
   lost its partitions is fenced by the group generation.
-* **Serving.** The owner of partition 0 writes, every ``merge_every_s``, an
-  ordinary snapshot into ``<snapshots>/`` (the merged model: its item state plus
-  every partition's latest user state; ``events_total`` summed over partitions),
-  which ``liverec serve --snapshots`` loads like any other.
+* **Serving.** The merge writer writes, every ``merge_every_s`` once it has read
+  the update topic to its end, an ordinary snapshot into ``<snapshots>/`` (the
+  merged model: its item state plus every partition's latest user state;
+  ``events_total`` summed over partitions), which ``liverec serve --snapshots``
+  loads like any other.
 
 Only models implementing :class:`~online_models.deltas.SharesItemState`
 (popularity, itemknn, sequence) can learn here; others are refused at start.
@@ -54,7 +59,7 @@ from online_models import registry
 from online_models.base import Batch, OnlineModel, learning_order
 from online_models.deltas import ItemDelta, decode_deltas, encode_deltas, unsupported
 from online_models.ownership import write_heartbeat
-from online_models.snapshot import SnapshotError, SnapshotStore
+from online_models.snapshot import Snapshot, SnapshotError, SnapshotStore
 from stream.columns import decode_columns
 from stream.events import dlq_payload
 from stream.kafka import ConsumerOptions, RecordBatch, create_topics
@@ -154,6 +159,10 @@ class ScaleOutTrainer:
         self._last_merge = 0.0
         self._n_updates = 1
         self._update_lag: int | None = None
+        #: this trainer folds the update topic (it owns partition 0, or is merging at
+        #: shutdown); ``_caught_up``: it has read the topic to its end since it began
+        self._folding = False
+        self._caught_up = False
 
     # ------------------------------------------------------------------ start-up
 
@@ -163,7 +172,7 @@ class ScaleOutTrainer:
                         "instance": self.instance, "mode": "scale-out"},
             shared=True, group=self.settings.group, topic=self.topic)
 
-    def _restore_items(self) -> None:
+    def _best_item_snapshot(self) -> Snapshot | None:
         """The most advanced item snapshot of any instance (all are folds of one log)."""
         ranked: list[tuple[int, SnapshotStore]] = []
         base = self.root / "items"
@@ -177,7 +186,6 @@ class ScaleOutTrainer:
             done = sum(int(o) for o in manifest.get("offsets", {}).get(self.updates, {})
                        .values())
             ranked.append((done, store))
-        best = None
         for _, store in sorted(ranked, key=lambda r: r[0], reverse=True):
             try:
                 snap = store.load_latest_valid()
@@ -185,19 +193,32 @@ class ScaleOutTrainer:
                 log.warning("item snapshots in %s unreadable: %s", store.root, exc)
                 continue
             if snap is not None:
-                best = (0, snap)
-                break
-        if best is None:
-            log.info("no item snapshot: item state starts empty")
+                return snap
+        return None
+
+    def _rebase_items(self) -> None:
+        """Adopt the most advanced item snapshot if it is ahead of this trainer's item
+        state, keeping the state of the users this trainer owns."""
+        snap = self._best_item_snapshot()
+        if snap is None:
+            log.info("no item snapshot: the item state is folded from %s",
+                     self.update_offsets or "the update topic's start")
             return
-        snap = best[1]
+        offsets = {int(p): int(o) for p, o in snap.offsets.get(self.updates, {}).items()}
+        if sum(offsets.values()) <= sum(self.update_offsets.values()):
+            return
+        users = sorted(set().union(*(st.users for st in self.parts.values())))
+        kept = {n: m.user_state(users)  # type: ignore[attr-defined]
+                for n, m in self.models.items()}
         for name in self.names:
             if name in snap.models:
                 self.models[name] = snap.models[name]
         registry.bind(self.models)
-        for model in self.models.values():  # user state comes per partition
+        for name, model in self.models.items():
             model.forget_users([u for u in model.users.ids if u])  # type: ignore[attr-defined]
-        self.update_offsets = dict(snap.offsets.get(self.updates, {}))
+            if users:
+                model.load_user_state(kept[name])  # type: ignore[attr-defined]
+        self.update_offsets = offsets
         self.coverage = {int(p): int(n) for p, n in snap.extra_meta.get("coverage", {}).items()}
         log.info("item state from %s (update offsets %s)", snap.path, self.update_offsets)
 
@@ -216,15 +237,8 @@ class ScaleOutTrainer:
         upd = ConfluentConsumer(k, ConsumerOptions(
             client_id=f"liverec-updates-{self.instance}", isolation_level="read_committed",
             max_poll_records=1000, fetch_max_wait_ms=50))
-        parts = sorted(upd.partitions_for(self.updates))
-        self._n_updates = len(parts)
-        begin = upd.beginning_offsets([(self.updates, p) for p in parts])
-        # Every partition from the restored item snapshot's offset, in one assign.
-        upd.assign_at({(self.updates, p): max(self.update_offsets.get(p, 0),
-                                              begin[(self.updates, p)]) for p in parts})
-        self.updates_consumer = upd
-        # Catch up before joining: merges and item snapshots then start complete.
-        self.drain_updates(60.0)
+        self._n_updates = len(upd.partitions_for(self.updates))
+        self.updates_consumer = upd  # assigned while this trainer folds
         self.consumer = ConfluentConsumer(k, ConsumerOptions(
             group_id=s.group, client_id=f"liverec-trainer-{self.instance}",
             session_timeout_ms=s.session_timeout_ms,
@@ -233,6 +247,36 @@ class ScaleOutTrainer:
             fetch_max_wait_ms=min(s.max_wait_ms, 500)))
         self.consumer.subscribe([self.topic], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke)
+
+    # ------------------------------------------------------------------ folding
+
+    def _start_folding(self) -> None:
+        """Become the one that folds the update topic (see the module docstring)."""
+        upd = self.updates_consumer
+        assert upd is not None
+        self._rebase_items()
+        parts = sorted(upd.partitions_for(self.updates))
+        self._n_updates = len(parts) or self._n_updates
+        begin = upd.beginning_offsets([(self.updates, p) for p in parts])
+        # Every partition from the item state's offset, in one assign.
+        upd.assign_at({(self.updates, p): max(self.update_offsets.get(p, 0),
+                                              begin[(self.updates, p)]) for p in parts})
+        self._folding, self._caught_up = True, False
+        log.info("folding the update topic from offsets %s", self.update_offsets or "0")
+
+    def _stop_folding(self) -> None:
+        assert self.updates_consumer is not None
+        self.updates_consumer.assign([])
+        self._folding = self._caught_up = False
+        self.metrics.update_lag.set(float("nan"))
+        log.info("partition 0 went elsewhere: no longer folding the update topic")
+
+    def _sync_role(self) -> None:
+        """Fold the update topic exactly while this trainer owns partition 0."""
+        if 0 in self.parts and not self._folding:
+            self._start_folding()
+        elif 0 not in self.parts and self._folding:
+            self._stop_folding()
 
     # ------------------------------------------------------------------ rebalance
 
@@ -294,7 +338,7 @@ class ScaleOutTrainer:
         restore_signals = stop_on_signals(self.stop_event, "snapshots")
         last_record = t_start
         try:
-            self._restore_items()
+            self.metrics.update_lag.set(float("nan"))
             self._open_kafka()
             assert self.consumer is not None
             while not self.stop_event.is_set():
@@ -311,7 +355,9 @@ class ScaleOutTrainer:
                         raise
                 elif not self.parts:
                     last_record = now  # idle time counts while partitions are owned
-                self.apply_updates()
+                self._sync_role()
+                if self._folding:
+                    self.apply_updates()
                 if time.time() - self._last_snapshot >= s.snapshot_every_s:
                     self.checkpoint()
                 if self._limit_reached(now - t_start, now - last_record):
@@ -337,7 +383,13 @@ class ScaleOutTrainer:
     def _shutdown(self) -> None:
         try:
             if not self._failed and self.consumer is not None:
-                self.drain_updates(60.0)
+                # Every trainer that owns partitions merges at shutdown: of trainers
+                # stopping together, the last merge written has seen every
+                # partition's final snapshot.
+                if self.parts and not self._folding:
+                    self._start_folding()
+                if self._folding:
+                    self._caught_up = self.drain_updates(60.0) or self._caught_up
                 self.checkpoint(force=True)
         finally:
             self._closing = True
@@ -546,18 +598,30 @@ class ScaleOutTrainer:
             log.warning("partition %d heartbeat failed", p, exc_info=True)
 
     def checkpoint(self, force: bool = False) -> None:
-        """Partition snapshots (those that moved) every ``snapshot_every_s``; the item
-        snapshot, the update lag and (owner of partition 0) the merge every
-        ``merge_every_s``."""
+        """Partition snapshots (those that moved) every ``snapshot_every_s``; while
+        folding, the update lag every ``merge_every_s`` and, once the update topic was
+        read to its end, the item snapshot and the merge."""
         self._last_snapshot = time.time()
         m = self.metrics
         for st in self.parts.values():
             if st.offset != st.snapshot_offset:
                 self._write_partition(st)
             self._heartbeat(st.partition)
-        if not force and time.time() - self._last_merge < self.settings.merge_every_s:
+        if not self._folding or (
+                not force and time.time() - self._last_merge < self.settings.merge_every_s):
             return
         self._last_merge = time.time()
+        try:
+            self._update_lag = self.update_lag()
+            m.update_lag.set(self._update_lag)
+        except Exception:
+            log.debug("update lag not available", exc_info=True)
+        if not self._caught_up and self._update_lag != 0:
+            # A merge now could hold older item state than the one being served.
+            log.info("item snapshot and merge wait: %s update records to fold first",
+                     self._update_lag)
+            return
+        self._caught_up = True
         try:
             self.items_store.write(
                 self.models, history=merge_histories([], self.settings.history_items),
@@ -568,13 +632,6 @@ class ScaleOutTrainer:
         except Exception:
             m.snapshot_errors.inc()
             log.exception("item snapshot failed")
-        try:
-            self._update_lag = self.update_lag()
-            m.update_lag.set(self._update_lag)
-        except Exception:
-            log.debug("update lag not available", exc_info=True)
-        # At shutdown every trainer merges: of trainers stopping together, the last
-        # merge written has seen every partition's final snapshot.
         if 0 in self.parts or (force and self.parts):
             try:
                 self.write_merged()
