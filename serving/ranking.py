@@ -75,38 +75,52 @@ def top_k_excluding(scores: np.ndarray, k: int, exclude: np.ndarray) -> np.ndarr
     return cand[order].astype(np.int64)
 
 
-def score_columns(vectors: np.ndarray, queries: np.ndarray, out: np.ndarray) -> None:
-    """``out[:, j] = V·queries[j]`` for a C-contiguous ``queries`` of >= 2 rows.
+#: Widest single product: OpenBLAS's sgemm gives a column the bits a lone query gets
+#: (a product padded to two columns) only up to 4 columns on an AVX2 EPYC (from 8 on,
+#: the bits depend on the width and on the column's place; on AVX-512 all widths
+#: agreed), so wider batches are scored as products of 4 columns.
+_GEMM_COLUMNS = 4
+
+
+def score_columns(vectors: np.ndarray, queries: np.ndarray, flat: np.ndarray
+                  ) -> list[np.ndarray]:
+    """``V·queries[j]`` for each row ``j`` of a C-contiguous ``queries`` (2 rows, or a
+    multiple of ``_GEMM_COLUMNS``), written into the float32 scratch ``flat``;
+    returns the columns (strided views into ``flat``).
 
     Every exact factor score goes through here, one query or 32: numpy hands a
     one-column product to BLAS ``gemv``, whose summation order differs from
-    ``gemm``'s in the last bits, so a single query is padded to two columns. A
-    query's scores then do not depend on which others share its batch (the batch
-    tests check this bit for bit), and batched and unbatched serving agree exactly.
+    ``gemm``'s in the last bits, so a single query is padded to two columns, and a
+    batch is scored in products of at most ``_GEMM_COLUMNS`` columns. A query's
+    scores then do not depend on which others share its batch (the batch tests
+    check this bit for bit), and batched and unbatched serving agree exactly.
     The bias is added by whoever reads a column (``np.add(col, b, out=col)``): a
     broadcast add over all columns at once is slow in numpy (1 ms at 32 columns).
     """
-    np.dot(vectors, queries.T, out=out)
+    n, cols = len(vectors), len(queries)
+    out: list[np.ndarray] = []
+    for start in range(0, cols, _GEMM_COLUMNS):
+        w = min(_GEMM_COLUMNS, cols - start)
+        block = flat[n * start : n * (start + w)].reshape(n, w)
+        np.dot(vectors, queries[start : start + w].T, out=block)
+        out.extend(block[:, j] for j in range(w))
+    return out
 
 
 def score_one(
-    vectors: np.ndarray, q: np.ndarray, queries: np.ndarray, out: np.ndarray
+    vectors: np.ndarray, q: np.ndarray, queries: np.ndarray, flat: np.ndarray
 ) -> np.ndarray:
     """``V·q`` through :func:`score_columns` (``q`` padded to two rows in ``queries``,
-    a ``2 x dim`` scratch; ``out`` is ``rows x 2``); returns the view ``out[:, 0]``."""
+    a ``2 x dim`` scratch; ``flat`` holds at least ``2 x rows``); returns its column."""
     queries[0] = q
     queries[1] = q
-    score_columns(vectors, queries, out)
-    return out[:, 0]
+    return score_columns(vectors, queries, flat)[0]
 
 
 def _padded(b: int) -> int:
-    """Columns to compute for ``b`` queries: the next power of two, at least 2.
-
-    OpenBLAS is faster at these widths than just below them (100k x 64: 3 columns
-    1.8 ms, 4 columns 1.6 ms; 12 columns 3.2 ms, 16 columns 2.8 ms).
-    """
-    return max(2, 1 << (b - 1).bit_length())
+    """Columns to compute for ``b`` queries: 2 for one or two, else the next multiple
+    of ``_GEMM_COLUMNS`` (each product is then full width)."""
+    return 2 if b <= 2 else -(-b // _GEMM_COLUMNS) * _GEMM_COLUMNS
 
 
 _BLOCK = 64  # rows per block maximum in select_top_k's threshold
@@ -248,23 +262,23 @@ class FactorScorer:
         return int(self.vectors.shape[1])
 
     def _buffers(self) -> tuple[np.ndarray, np.ndarray]:
-        """This thread's (rows x 2) score buffer and (2 x dim) query buffer."""
+        """This thread's (2 x rows) score scratch and (2 x dim) query buffer."""
         bufs: tuple[np.ndarray, np.ndarray] | None = getattr(self._local, "bufs", None)
         if bufs is None:
             bufs = self._local.bufs = (
-                np.empty((self.size, 2), np.float32),
+                np.empty(self.size * 2, np.float32),
                 np.empty((2, self.dim), np.float32),
             )
         return bufs
 
     def scores(self, q: np.ndarray | None) -> np.ndarray:
         """``b + V·q`` in this thread's buffer (a strided view, valid until its next call)."""
-        out, queries = self._buffers()
+        flat, queries = self._buffers()
         if q is None:
-            col = out[:, 0]
+            col = flat[: self.size]
             np.copyto(col, self.bias)
             return col
-        col = score_one(self.vectors, q, queries, out)
+        col = score_one(self.vectors, q, queries, flat)
         return np.add(col, self.bias, out=col)
 
     def rescore(
@@ -471,8 +485,7 @@ class ScoreBatcher:
         try:
             try:
                 queries = np.empty((2, scorer.dim), np.float32)
-                out = block.flat[: scorer.size * 2].reshape(scorer.size, 2)
-                col = score_one(scorer.vectors, q, queries, out)
+                col = score_one(scorer.vectors, q, queries, block.flat)
             finally:
                 with self._cond:
                     self._running -= 1
@@ -593,14 +606,13 @@ class ScoreBatcher:
         for j, t in enumerate(batch):
             queries[j] = t.q
         queries[b:] = queries[0]  # padding columns: computed, never read
-        out = block.flat[: scorer.size * cols].reshape(scorer.size, cols)
-        score_columns(scorer.vectors, queries, out)
+        columns = score_columns(scorer.vectors, queries, block.flat)
         block.readers = b
         self.batches += 1
         self.queries += b
         self.largest = max(self.largest, b)
-        for j, t in enumerate(batch):
-            t.column = out[:, j]
+        for t, column in zip(batch, columns, strict=False):
+            t.column = column
             t.block = block
             t.done.set()
 

@@ -233,13 +233,13 @@ def test_swaps_under_concurrent_load_fail_nothing_and_score_by_the_request_snaps
 def test_a_failing_batch_falls_back_to_single_scoring_and_the_worker_survives(
     snap: Snapshot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original: Callable[..., None] = ranking.score_columns
+    original: Callable[..., list[np.ndarray]] = ranking.score_columns
     broken = {"on": True}
 
-    def flaky(*args: Any) -> None:
+    def flaky(*args: Any) -> list[np.ndarray]:
         if broken["on"] and threading.current_thread().name == "liverec-score":
             raise MemoryError("simulated")
-        original(*args)
+        return original(*args)
 
     monkeypatch.setattr(ranking, "score_columns", flaky)
     single = LoadedSnapshot(snap, "bpr")
@@ -370,14 +370,14 @@ def test_a_lone_query_is_scored_inline_without_the_worker(snap: Snapshot) -> Non
 def test_a_failing_inline_product_falls_back_to_single_scoring(
     snap: Snapshot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original: Callable[..., None] = ranking.score_columns
+    original: Callable[..., list[np.ndarray]] = ranking.score_columns
     calls = {"n": 0}
 
-    def fails_once(*args: Any) -> None:
+    def fails_once(*args: Any) -> list[np.ndarray]:
         calls["n"] += 1
         if calls["n"] == 1:
             raise MemoryError("simulated")
-        original(*args)
+        return original(*args)
 
     scorer = FactorScorer.probe(snap.models["bpr"])
     assert scorer is not None
