@@ -77,8 +77,8 @@ def top_k_excluding(scores: np.ndarray, k: int, exclude: np.ndarray) -> np.ndarr
 
 #: Widest single product: OpenBLAS's sgemm gives a column the bits a lone query gets
 #: (a product padded to two columns) only up to 4 columns on an AVX2 EPYC (from 8 on,
-#: the bits depend on the width and on the column's place; on AVX-512 all widths
-#: agreed), so wider batches are scored as products of 4 columns.
+#: the bits depend on the width and on the column's place; the machine of earlier
+#: sessions agreed at every width), so wider batches are scored as products of 4.
 _GEMM_COLUMNS = 4
 
 
