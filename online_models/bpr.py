@@ -8,19 +8,40 @@ the bias carry it. One pass over a mini-batch is one vectorised SGD step: gather
 compute the BPR gradient for all triples at once, scatter the updates back with
 :func:`scatter_add` (duplicate rows accumulate, averaged past a cap so one heavy user
 cannot blow its row up), then clip touched factor rows to ``max_norm``.
+
+Several trainers (``liverec train --scale-out``) share the item side as an
+asynchronous parameter server does: :meth:`BPR.learn_local` takes the batch's SGD
+steps on this trainer's copy, returns the change of every touched item row (factors
+and bias) as a delta and puts those rows back; :meth:`BPR.apply_delta` adds anyone's
+delta and clips the rows to ``max_norm``. So the item side is a fold of the update
+topic, as for the count models, but not one trainer's: a trainer's steps see other
+trainers' item updates only once folded (BENCHMARKS.md measures what that costs).
+An item's first factor row is a function of its id and the seed (:func:`item_init`),
+so every trainer starts a new item from the same row whoever folds it first.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
 
-from online_models.base import Batch, IdIndex, ModelState, OnlineModel, grow_rows
+from online_models.base import (
+    Batch,
+    IdIndex,
+    ModelState,
+    OnlineModel,
+    grow_rows,
+    pack_strings,
+    unpack_strings,
+)
+from online_models.deltas import ItemDelta
 
-__all__ = ["BPR", "generator_from_meta", "generator_to_meta", "grow_rows", "scatter_add"]
+__all__ = ["BPR", "generator_from_meta", "generator_to_meta", "grow_rows", "item_init",
+           "scatter_add"]
 
 
 def generator_to_meta(rng: np.random.Generator) -> dict[str, Any]:
@@ -75,6 +96,20 @@ def _clip_rows(arr: np.ndarray, rows: np.ndarray, max_norm: float) -> None:
     over = norms > max_norm
     if over.any():
         arr[rows[over]] = sub[over] * (max_norm / norms[over])[:, None]
+
+
+def item_init(ids: Sequence[str], n_factors: int, std: float, seed: int) -> np.ndarray:
+    """First factor rows of items, each a function of (id, seed) only.
+
+    >>> a = item_init(["x", "y"], 4, 0.1, seed=0)
+    >>> bool((a[0] == item_init(["x"], 4, 0.1, seed=0)[0]).all()), a.dtype.name
+    (True, 'float32')
+    """
+    out = np.empty((len(ids), n_factors), np.float32)
+    for k, item in enumerate(ids):
+        h = int.from_bytes(hashlib.blake2b(item.encode(), digest_size=8).digest(), "little")
+        out[k] = np.random.default_rng([seed, h]).standard_normal(n_factors) * std
+    return out
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -228,6 +263,83 @@ class BPR(OnlineModel):
         w0 = np.repeat(np.minimum(batch.weights, self.max_weight).astype(np.float32), k)
         for _ in range(self.n_passes):
             self._step(u, i, w0, self._sample_negatives(len(u)))
+
+    # ------------------------------------------------------------------ scale-out
+    # (online_models.deltas.SharesItemState: several trainers, one item state)
+
+    #: learning reads item rows, so every scale-out trainer folds every delta
+    learns_from_item_state: ClassVar[bool] = True
+
+    def _admit_items(self, items: Sequence[str] | np.ndarray) -> np.ndarray:
+        """Rows of ``items``; ids new to this model start from :func:`item_init`."""
+        known = self.items.rows(list(items))
+        rows = self.items.add_many(items)
+        self._ensure_capacity()
+        if (known < 0).any():
+            new = np.unique(rows[known < 0])
+            ids = self.items.ids
+            self._V[new] = item_init([str(ids[r]) for r in new.tolist()], self.n_factors,
+                                     self.init_std, self.seed)
+        return rows
+
+    def learn_local(self, batch: Batch) -> ItemDelta:
+        """Take the batch's steps; return the touched item rows' change, put them back.
+
+        The user rows keep their steps (user-side state); the item rows change only
+        when a delta is applied (this trainer's own, once folded, or another's).
+        """
+        if len(batch) == 0:
+            return ItemDelta([])
+        u = self.users.add_many(batch.users)
+        i = self._admit_items(batch.items)
+        self._push_buffer(i)
+        touched = np.unique(i)
+        negatives: list[np.ndarray] = []
+        k = self.n_negatives
+        if k > 0:
+            u, i = np.repeat(u, k), np.repeat(i, k)
+            negatives = [self._sample_negatives(len(u)) for _ in range(self.n_passes)]
+            touched = np.unique(np.concatenate([touched, *negatives]))
+        v0, b0 = self._V[touched].copy(), self._b[touched].copy()
+        if k > 0:
+            w0 = np.repeat(np.minimum(batch.weights, self.max_weight).astype(np.float32), k)
+            for j in negatives:
+                self._step(u, i, w0, j)
+        dv, db = self._V[touched] - v0, self._b[touched] - b0
+        self._V[touched], self._b[touched] = v0, b0
+        ids = self.items.ids
+        return ItemDelta([str(ids[r]) for r in touched.tolist()], {"V": dv, "b": db},
+                         float(np.max(batch.timestamps)))
+
+    def apply_delta(self, delta: ItemDelta) -> None:
+        """Add a :meth:`learn_local` delta (this trainer's or another's), then clip."""
+        if not len(delta):
+            return
+        rows = self._admit_items(delta.items)
+        self._V[rows] += np.asarray(delta.arrays["V"], np.float32)
+        self._b[rows] += np.asarray(delta.arrays["b"], np.float32)
+        if self.max_norm > 0:
+            _clip_rows(self._V, rows, self.max_norm)
+
+    def user_state(self, users: Sequence[str]) -> dict[str, np.ndarray]:
+        """The factor rows of ``users`` (those this model knows)."""
+        known = [u for u in users if u in self.users]
+        data, offsets = pack_strings(known)
+        return {"users.data": data, "users.offsets": offsets,
+                "U": self._U[self.users.rows(known)].copy()}
+
+    def load_user_state(self, arrays: Mapping[str, np.ndarray]) -> None:
+        users = unpack_strings(arrays["users.data"], arrays["users.offsets"])
+        if users:
+            rows = self.users.add_many(users)
+            self._ensure_capacity()
+            self._U[rows] = np.asarray(arrays["U"], np.float32)
+
+    def forget_users(self, users: Sequence[str]) -> None:
+        """Drop ``users`` and their rows (a freed row is redrawn before reuse)."""
+        rows = [self.users.remove(u) for u in users if u in self.users]
+        if rows:
+            self._U[rows] = self._init_rows(len(rows))
 
     def _sample_negatives(self, n: int) -> np.ndarray:
         j = self._buf[self._rng.integers(0, self._buf_len, size=n)]

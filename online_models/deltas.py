@@ -14,6 +14,11 @@ trainer's on the same events. Time decay travels as mass decayed to the delta's
 reference time ``t_ref`` (its latest event time); the receiver moves it to its own
 forward-decay landmark, so the result does not depend on who applies it when.
 
+Count models' learning never reads item state, so a trainer may leave the folding
+to another; a model whose learning does (BPR's steps read item factors) sets
+``learns_from_item_state = True`` (:func:`learns_from_item_state`) and is then folded
+by every trainer. Its merge is not exact: see :meth:`online_models.bpr.BPR.learn_local`.
+
 User-side state moves with a partition: :meth:`SharesItemState.user_state` exports
 the given users' state (string ids, no rows), :meth:`SharesItemState.load_user_state`
 restores it and :meth:`SharesItemState.forget_users` drops it.
@@ -47,6 +52,7 @@ __all__ = [
     "SharesItemState",
     "decode_deltas",
     "encode_deltas",
+    "learns_from_item_state",
     "shares_item_state",
     "unsupported",
 ]
@@ -85,6 +91,11 @@ class SharesItemState(Protocol):
 def shares_item_state(model: object) -> bool:
     """Whether ``model`` implements :class:`SharesItemState`."""
     return isinstance(model, SharesItemState)
+
+
+def learns_from_item_state(model: object) -> bool:
+    """Whether ``model``'s learning reads its item state (then every trainer folds)."""
+    return bool(getattr(model, "learns_from_item_state", False))
 
 
 def unsupported(models: Mapping[str, object]) -> list[str]:

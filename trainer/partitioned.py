@@ -11,10 +11,11 @@ parameter server (see DEVELOPING.md, "Scale-out", for the picture):
 * **Item side, through the update topic.** Learning a batch is
   ``learn_local`` (user side) and yields an item-side delta per model
   (:mod:`online_models.deltas`). The deltas of a partition's slice of the batch go
-  to ``<topic>.updates`` as one message. Learning never reads item state, so only
-  the **merge writer** (the owner of partition 0) folds the committed update
-  messages (everyone's, its own too) into its models' item state; the others skip
-  that work. The item state is therefore a function of the update topic alone; the
+  to ``<topic>.updates`` as one message. The count models' learning never reads
+  item state, so only the **merge writer** (the owner of partition 0) folds the
+  committed update messages (everyone's, its own too) into its models' item state;
+  the others skip that work (with bpr, whose steps read item factors, every trainer
+  folds). The item state is therefore a function of the update topic alone; the
   merge writer snapshots it with the update-topic offsets it reflects under
   ``<snapshots>/items/<instance>/``. A trainer that becomes the merge writer (or
   merges at shutdown) first adopts the most advanced item snapshot, keeping its own
@@ -37,7 +38,8 @@ parameter server (see DEVELOPING.md, "Scale-out", for the picture):
   loads like any other.
 
 Only models implementing :class:`~online_models.deltas.SharesItemState`
-(popularity, itemknn, sequence) can learn here; others are refused at start.
+(popularity, itemknn, sequence, bpr) can learn here; others are refused at start.
+With bpr, whose steps read item factors, every trainer folds the update topic.
 Prequential evaluation and drift detection do not run in this mode.
 """
 
@@ -57,7 +59,13 @@ import numpy as np
 
 from online_models import registry
 from online_models.base import Batch, OnlineModel, learning_order
-from online_models.deltas import ItemDelta, decode_deltas, encode_deltas, unsupported
+from online_models.deltas import (
+    ItemDelta,
+    decode_deltas,
+    encode_deltas,
+    learns_from_item_state,
+    unsupported,
+)
 from online_models.ownership import write_heartbeat
 from online_models.snapshot import Snapshot, SnapshotError, SnapshotStore
 from stream.columns import decode_columns
@@ -135,7 +143,7 @@ class ScaleOutTrainer:
         if bad:
             raise ValueError(
                 f"model(s) {', '.join(bad)} cannot learn in scale-out mode: only models "
-                "that share item-side deltas can (popularity, itemknn, sequence); "
+                "that share item-side deltas can (popularity, itemknn, sequence, bpr); "
                 "train them with a single trainer")
         self.models: dict[str, OnlineModel] = models
         self.parts: dict[int, PartitionState] = {}
@@ -163,6 +171,8 @@ class ScaleOutTrainer:
         #: shutdown); ``_caught_up``: it has read the topic to its end since it began
         self._folding = False
         self._caught_up = False
+        #: a model's learning reads item state (BPR): every trainer folds, always
+        self._fold_always = any(learns_from_item_state(m) for m in models.values())
 
     # ------------------------------------------------------------------ start-up
 
@@ -272,10 +282,12 @@ class ScaleOutTrainer:
         log.info("partition 0 went elsewhere: no longer folding the update topic")
 
     def _sync_role(self) -> None:
-        """Fold the update topic exactly while this trainer owns partition 0."""
-        if 0 in self.parts and not self._folding:
+        """Fold the update topic exactly while this trainer owns partition 0 (always,
+        when a model's learning reads item state)."""
+        want = 0 in self.parts or self._fold_always
+        if want and not self._folding:
             self._start_folding()
-        elif 0 not in self.parts and self._folding:
+        elif not want and self._folding:
             self._stop_folding()
 
     # ------------------------------------------------------------------ rebalance

@@ -9,14 +9,17 @@ import pytest
 
 from online_models import registry
 from online_models.base import Batch, OnlineModel
+from online_models.bpr import BPR
 from online_models.deltas import (
     ItemDelta,
     decode_deltas,
     encode_deltas,
+    learns_from_item_state,
     shares_item_state,
     unsupported,
 )
 from online_models.synthetic import generate_events
+from tests.models.planted import planted
 
 SHARING = ["popularity", "itemknn", "sequence"]
 PARAMS: list[dict[str, object]] = [
@@ -115,6 +118,65 @@ def test_empty_delta_and_codec() -> None:
 
 
 def test_models_without_deltas_are_named() -> None:
-    models = {n: registry.create(n) for n in ("popularity", "bpr")}
-    assert shares_item_state(models["popularity"])
-    assert unsupported(models) == ["bpr"]
+    models = {n: registry.create(n) for n in ("popularity", "bpr", "embedding")}
+    assert shares_item_state(models["popularity"]) and shares_item_state(models["bpr"])
+    assert unsupported(models) == ["embedding"]
+    assert learns_from_item_state(models["bpr"])
+    assert not learns_from_item_state(models["popularity"])
+
+
+def _rows_by_id(model: BPR) -> dict[str, tuple[list[float], float]]:
+    ids = model.items.ids
+    return {str(ids[r]): (model._V[r].tolist(), float(model._b[r]))
+            for r in range(model.items.capacity)}
+
+
+def test_bpr_item_state_is_a_fold_of_the_deltas() -> None:
+    """The learner's item rows equal those of a model that only folds its deltas: its
+    steps touch item rows only through the delta it publishes."""
+    events = _events(3000)
+    learner, folder = BPR(n_factors=8, seed=1), BPR(n_factors=8, seed=1)
+    for chunk in events.chunks(500):
+        wire = decode_deltas(encode_deltas({"bpr": learner.learn_local(chunk)}))[1]["bpr"]
+        learner.apply_delta(wire)
+        folder.apply_delta(wire)
+    assert _rows_by_id(learner) == _rows_by_id(folder)
+    assert len(folder.users) == 0 and len(learner.users) > 0
+
+
+def test_bpr_two_trainers_by_user_partition_learn_planted_groups() -> None:
+    """Each trainer learns its users' steps; every delta reaches both after each round
+    (a fold lag of one batch): the shared item rows still separate the groups."""
+    trainers = [BPR(n_factors=16, learning_rate=0.1, seed=3) for _ in range(2)]
+    events = planted(6000)
+    owner = np.asarray([zlib.crc32(u.encode()) % 2 for u in events.users])
+    for _ in range(3):
+        for start in range(0, len(events), 256):
+            chunk = events[start : start + 256]
+            mine = owner[start : start + 256]
+            deltas = [t.learn_local(Batch(chunk.users[mine == p], chunk.items[mine == p],
+                                          chunk.weights[mine == p],
+                                          chunk.timestamps[mine == p]))
+                      for p, t in enumerate(trainers)]
+            for t in trainers:
+                for d in deltas:
+                    t.apply_delta(d)
+    assert _rows_by_id(trainers[0]) == _rows_by_id(trainers[1])
+    for user, prefix in (("a1", "A"), ("b2", "B"), ("a7", "A"), ("b5", "B")):
+        t = trainers[zlib.crc32(user.encode()) % 2]
+        assert user in t.users
+        recs = t.recommend(user, k=10)
+        assert all(item.startswith(prefix) for item, _ in recs), (user, recs)
+
+
+def test_bpr_user_rows_move_between_trainers() -> None:
+    events = _events(2000)
+    a, b = BPR(n_factors=8, seed=1), BPR(n_factors=8, seed=9)
+    for chunk in events.chunks(500):
+        a.apply_delta(a.learn_local(chunk))
+    users = sorted(set(events.users))[:50]
+    b.load_user_state(a.user_state(users))
+    np.testing.assert_array_equal(b._U[b.users.rows(users)], a._U[a.users.rows(users)])
+    a.forget_users(users)
+    assert not any(u in a.users for u in users)
+    assert len(a.user_state(users)["U"]) == 0

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from confluent_kafka import Producer
 
@@ -38,9 +39,10 @@ from trainer.settings import TrainerSettings
 pytestmark = [pytest.mark.kafka]
 
 
-def _settings(snaps: Path, group: str, instance: str, **kw: object) -> TrainerSettings:
+def _settings(snaps: Path, group: str, instance: str, models_override: str | None = None,
+              **kw: object) -> TrainerSettings:
     return TrainerSettings(
-        group=group, snapshots=snaps, models="popularity,itemknn,sequence",
+        group=group, snapshots=snaps, models=models_override or "popularity,itemknn,sequence",
         model_params=EXACT_PARAMS, scale_out=True, instance_id=instance,
         snapshot_every_s=0.5, merge_every_s=0.5, session_timeout_ms=6000,
         metrics_port=-1, **kw)
@@ -121,6 +123,47 @@ def test_two_trainers_in_one_group_equal_one_trainer(
         delete_topics(kafka_bootstrap, [updates_topic(topic)])
 
 
+def test_bpr_trainers_fold_every_update_and_merge_user_rows(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """BPR's steps read item factors, so every trainer folds every update (no merge
+    writer shortcut); the merged snapshot holds every item's shared row and every
+    partition's user rows."""
+    topic = new_topic(partitions=4)
+    events = synthetic_events(8_000, seed=12, n_users=400, n_items=250)
+    kafka = KafkaSettings(bootstrap=kafka_bootstrap, topic=topic)
+    snaps = tmp_path / "snaps"
+    trainers = [ScaleOutTrainer(_settings(snaps, f"g-{topic}", f"t{i}", idle_exit_s=10.0,
+                                          models_override="popularity,bpr"), kafka)
+                for i in range(2)]
+    try:
+        threads = [threading.Thread(target=t.run) for t in trainers]
+        for th in threads:
+            th.start()
+        deadline = time.monotonic() + 120
+        while sum(len(t.parts) for t in trainers) != 4 or not all(t.parts for t in trainers):
+            assert time.monotonic() < deadline, "the two trainers never split the topic"
+            time.sleep(0.1)
+        produce_events(kafka_bootstrap, topic, events)
+        for th in threads:
+            th.join(300)
+        assert not any(th.is_alive() for th in threads)
+        assert sum(t.events_learned for t in trainers) == len(events)
+        published = sum(t.updates_published for t in trainers)
+        for t in trainers:
+            folded = t.metrics.registry.get_sample_value(
+                "liverec_trainer_update_messages_total", {"direction": "in"})
+            assert folded >= published, (folded, published)
+        merged = SnapshotStore(snaps).load()
+        assert merged.events_total == len(events)
+        bpr = merged.models["bpr"]
+        assert set(bpr.items.ids) == {e.item_id for e in events}
+        assert set(bpr.users.ids) == {e.user_id for e in events}
+        assert np.isfinite(bpr.item_vectors()).all()
+    finally:
+        delete_topics(kafka_bootstrap, [updates_topic(topic)])
+
+
 def test_update_reader_starts_every_partition_at_its_offset(
     kafka_bootstrap: str, new_topic: Callable[..., str]
 ) -> None:
@@ -174,6 +217,6 @@ def test_kafka_python_is_refused(tmp_path: Path) -> None:
 
 
 def test_models_without_deltas_are_refused(tmp_path: Path) -> None:
-    s = TrainerSettings(models="popularity,bpr", scale_out=True, snapshots=tmp_path)
-    with pytest.raises(ValueError, match="bpr cannot learn in scale-out mode"):
+    s = TrainerSettings(models="popularity,embedding", scale_out=True, snapshots=tmp_path)
+    with pytest.raises(ValueError, match="embedding cannot learn in scale-out mode"):
         ScaleOutTrainer(s, KafkaSettings(bootstrap="localhost:1", topic="t"))
