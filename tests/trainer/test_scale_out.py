@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -48,6 +49,25 @@ def _settings(snaps: Path, group: str, instance: str, models_override: str | Non
         metrics_port=-1, **kw)
 
 
+def _learn_split(trainers: list[ScaleOutTrainer], bootstrap: str, topic: str,
+                 events: list[Any]) -> None:
+    """Run ``trainers`` in threads until they exit idle; the events are produced once
+    every trainer owns partitions (on a pre-filled topic the first member to join
+    could learn it all before the others' rebalance). Each event is learned once."""
+    threads = [threading.Thread(target=t.run) for t in trainers]
+    for th in threads:
+        th.start()
+    deadline = time.monotonic() + 120
+    while not (all(t.parts for t in trainers) and sum(len(t.parts) for t in trainers) == 4):
+        assert time.monotonic() < deadline, "the trainers never split the topic"
+        time.sleep(0.1)
+    produce_events(bootstrap, topic, events)
+    for th in threads:
+        th.join(300)
+    assert not any(th.is_alive() for th in threads)
+    assert sum(t.events_learned for t in trainers) == len(events)
+
+
 def test_two_trainers_in_one_group_equal_one_trainer(
     kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
 ) -> None:
@@ -58,21 +78,7 @@ def test_two_trainers_in_one_group_equal_one_trainer(
     trainers = [ScaleOutTrainer(_settings(snaps, f"g-{topic}", f"t{i}", idle_exit_s=15.0),
                                 kafka) for i in range(2)]
     try:
-        threads = [threading.Thread(target=t.run) for t in trainers]
-        for th in threads:
-            th.start()
-        # Events flow once both members own partitions: on a pre-filled topic the first
-        # member to join could learn it all before the second's rebalance.
-        deadline = time.monotonic() + 120
-        while not (all(t.parts for t in trainers)
-                   and sum(len(t.parts) for t in trainers) == 4):
-            assert time.monotonic() < deadline, "the two trainers never split the topic"
-            time.sleep(0.1)
-        produce_events(kafka_bootstrap, topic, events)
-        for th in threads:
-            th.join(300)
-        assert not any(th.is_alive() for th in threads)
-        assert sum(t.events_learned for t in trainers) == len(events)
+        _learn_split(trainers, kafka_bootstrap, topic, events)
         assert all(t.events_learned > 0 for t in trainers), [t.events_learned for t in trainers]
 
         per_part = [PartitionStore(snaps, p, 5).load(topic) for p in range(4)]
@@ -137,18 +143,7 @@ def test_bpr_trainers_fold_every_update_and_merge_user_rows(
                                           models_override="popularity,bpr"), kafka)
                 for i in range(2)]
     try:
-        threads = [threading.Thread(target=t.run) for t in trainers]
-        for th in threads:
-            th.start()
-        deadline = time.monotonic() + 120
-        while sum(len(t.parts) for t in trainers) != 4 or not all(t.parts for t in trainers):
-            assert time.monotonic() < deadline, "the two trainers never split the topic"
-            time.sleep(0.1)
-        produce_events(kafka_bootstrap, topic, events)
-        for th in threads:
-            th.join(300)
-        assert not any(th.is_alive() for th in threads)
-        assert sum(t.events_learned for t in trainers) == len(events)
+        _learn_split(trainers, kafka_bootstrap, topic, events)
         published = sum(t.updates_published for t in trainers)
         for t in trainers:
             folded = t.metrics.registry.get_sample_value(
