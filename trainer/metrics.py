@@ -217,7 +217,8 @@ class TrainerMetrics:
         self.partition_events_total = Gauge(
             _P + "partition_events_total",
             "Events of an input partition the item state holds (every owner's, counted "
-            "from the update topic): the model's coverage of each partition.",
+            "from the update topic): the model's coverage of each partition. Exported "
+            "by the trainer that folds the update topic (the owner of partition 0).",
             ["topic", "partition"], registry=r)
         self.update_lag = Gauge(
             _P + "update_lag_records",

@@ -279,6 +279,7 @@ class ScaleOutTrainer:
         self.updates_consumer.assign([])
         self._folding = self._caught_up = False
         self.metrics.update_lag.set(float("nan"))
+        self.metrics.partition_events_total.clear()  # only a folding trainer knows them
         log.info("partition 0 went elsewhere: no longer folding the update topic")
 
     def _sync_role(self) -> None:
