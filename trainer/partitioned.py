@@ -400,6 +400,9 @@ class ScaleOutTrainer:
                 # stopping together, the last merge written has seen every
                 # partition's final snapshot.
                 if self.parts and not self._folding:
+                    log.info("shutdown: merging this trainer's partitions -- adopting the "
+                             "newest item snapshot and folding the update topic to its end "
+                             "(at most 60 s)")
                     self._start_folding()
                 if self._folding:
                     self._caught_up = self.drain_updates(60.0) or self._caught_up
