@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from online_models.base import IdIndex, pack_strings
+from online_models.base import IdIndex, pack_strings, unpack_strings
 
 # Short ids from a small alphabet: many repeats, many hash-slot collisions.
 ids = st.text(alphabet="abcde", min_size=0, max_size=3)
@@ -97,3 +97,9 @@ def test_growth_and_tombstone_sweeps_keep_every_id_reachable() -> None:
     probe = keys[:5_000]
     assert index.rows(probe).tolist() == [model.get(k, -1) for k in probe]
     assert [index.get(k) for k in probe] == [model.get(k, -1) for k in probe]
+
+
+@given(st.lists(st.text(max_size=6) | st.text(alphabet="abc019_-", max_size=8), max_size=40))
+def test_packed_strings_round_trip(strings: list[str]) -> None:
+    """ASCII-only lists take the decode-once path, others the per-string one."""
+    assert unpack_strings(*pack_strings(strings)) == strings
