@@ -182,8 +182,10 @@ class ScaleOutTrainer:
                         "instance": self.instance, "mode": "scale-out"},
             shared=True, group=self.settings.group, topic=self.topic)
 
-    def _best_item_snapshot(self) -> Snapshot | None:
-        """The most advanced item snapshot of any instance (all are folds of one log)."""
+    def _best_item_snapshot(self, ahead_of: int = -1) -> Snapshot | None:
+        """The most advanced item snapshot of any instance (all are folds of one log)
+        that has read more than ``ahead_of`` update records (manifests are compared
+        before anything is loaded)."""
         ranked: list[tuple[int, SnapshotStore]] = []
         base = self.root / "items"
         for d in sorted(base.iterdir()) if base.is_dir() else []:
@@ -195,7 +197,8 @@ class ScaleOutTrainer:
                 continue
             done = sum(int(o) for o in manifest.get("offsets", {}).get(self.updates, {})
                        .values())
-            ranked.append((done, store))
+            if done > ahead_of:
+                ranked.append((done, store))
         for _, store in sorted(ranked, key=lambda r: r[0], reverse=True):
             try:
                 snap = store.load_latest_valid()
@@ -209,14 +212,12 @@ class ScaleOutTrainer:
     def _rebase_items(self) -> None:
         """Adopt the most advanced item snapshot if it is ahead of this trainer's item
         state, keeping the state of the users this trainer owns."""
-        snap = self._best_item_snapshot()
+        snap = self._best_item_snapshot(ahead_of=sum(self.update_offsets.values()))
         if snap is None:
-            log.info("no item snapshot: the item state is folded from %s",
+            log.info("no item snapshot ahead: the item state is folded from %s",
                      self.update_offsets or "the update topic's start")
             return
         offsets = {int(p): int(o) for p, o in snap.offsets.get(self.updates, {}).items()}
-        if sum(offsets.values()) <= sum(self.update_offsets.values()):
-            return
         users = sorted(set().union(*(st.users for st in self.parts.values())))
         kept = {n: m.user_state(users)  # type: ignore[attr-defined]
                 for n, m in self.models.items()}

@@ -38,20 +38,30 @@ class RacyClient:
                   on_revoke: Callable[[set[Any]], None]) -> None:
         self.on_assign, self.on_revoke = on_assign, on_revoke
 
-    def poll_batch(self, max_records: int, timeout_s: float) -> RecordBatch:
+    def _first_poll(self) -> bool:
+        """Count a poll; the first one is assigned the partition. Returns whether it was."""
         assert self.on_assign is not None and self.on_revoke is not None
         self.polls += 1
         if self.polls == 1:
             self.parts = {PART}
             self.on_assign({PART})
-        start = self.position
-        end = min(start + min(3, max_records), len(VALUES))
-        if self.polls == 3:
-            self.on_revoke({PART})
-            self.on_assign({PART})
+        return self.polls == 1
+
+    def _read(self, start: int, end: int) -> RecordBatch:
+        """Records ``[start, end)``; the read position moves to ``end``."""
         self.position = end
         return RecordBatch([PART[0]] * (end - start), [PART[1]] * (end - start),
                            list(range(start, end)), list(VALUES[start:end]))
+
+    def poll_batch(self, max_records: int, timeout_s: float) -> RecordBatch:
+        self._first_poll()
+        start = self.position
+        end = min(start + min(3, max_records), len(VALUES))
+        if self.polls == 3:
+            assert self.on_assign is not None and self.on_revoke is not None
+            self.on_revoke({PART})
+            self.on_assign({PART})
+        return self._read(start, end)
 
     def seek(self, part: tuple[str, int], offset: int) -> None:
         self.position = offset
@@ -99,11 +109,7 @@ class MidHookClient(RacyClient):
         self.sought.set()
 
     def poll_batch(self, max_records: int, timeout_s: float) -> RecordBatch:
-        assert self.on_assign is not None
-        self.polls += 1
-        if self.polls == 1:
-            self.parts = {PART}
-            self.on_assign({PART})
+        self._first_poll()
         if self.polls == 3:
             threading.Thread(target=self.rebalance, daemon=True).start()
             assert self.in_assign.wait(10)
@@ -113,9 +119,7 @@ class MidHookClient(RacyClient):
         if self.polls == 4:
             self.taken.set()
             assert self.sought.wait(10)
-        self.position = end
-        return RecordBatch([PART[0]] * (end - start), [PART[1]] * (end - start),
-                           list(range(start, end)), list(VALUES[start:end]))
+        return self._read(start, end)
 
 
 def test_a_poll_that_begins_inside_the_assignment_hook_cannot_undo_the_hooks_seek(
@@ -155,21 +159,13 @@ class LostMemberClient(RacyClient):
         LostMemberClient.made.append(self)
 
     def poll_batch(self, max_records: int, timeout_s: float) -> RecordBatch:
-        assert self.on_assign is not None and self.on_revoke is not None
-        self.polls += 1
-        if self.polls == 1:
-            self.parts = {PART}
-            self.on_assign({PART})
-            if self.lost:
-                self.parts = set()
-                self.on_revoke({PART})
+        if self._first_poll() and self.lost:
+            assert self.on_revoke is not None
+            self.parts = set()
+            self.on_revoke({PART})
         if self.lost:
             return RecordBatch([], [], [], [])
-        start = self.position
-        end = min(start + max_records, len(VALUES))
-        self.position = end
-        return RecordBatch([PART[0]] * (end - start), [PART[1]] * (end - start),
-                           list(range(start, end)), list(VALUES[start:end]))
+        return self._read(self.position, min(self.position + max_records, len(VALUES)))
 
     def close(self) -> None:
         self.closed = True
