@@ -13,11 +13,12 @@ keeps an event out of learning when
 * ``item_share``: its item already holds ``item_share`` of all events learned within
   the window, and more than ``item_min`` of them.
 
-Windows are sliding-window counters (the current and the previous ``window_s``
-bucket, the previous one weighted by how much of it still overlaps), decided event
-by event, so the result does not depend on where mini-batch boundaries fall, and the
-counters are part of every snapshot. Counters of windows that no event up to
-``LATE_WINDOWS`` windows late can read are forgotten once per window, so the tables
+Windows are sliding-window counters (counts per key in each ``window_s`` bucket; an
+event reads its own bucket and the previous one, weighted by how much of it still
+overlaps), decided event by event, so the result does not depend on where
+mini-batch boundaries fall, and the counters are part of every snapshot. A late
+event counts in its own window. The counts of windows that no event up to
+``LATE_WINDOWS`` windows late can read are forgotten after each batch, so the tables
 (and snapshots) hold the recent windows' keys, not the whole stream's.
 
 A kept-out event still moves the offsets and is counted by reason
@@ -37,14 +38,15 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from online_models.base import pack_strings, unpack_strings
+from online_models.base import append_packed, unpack_strings
 
 __all__ = ["CAP_REASONS", "FloodGuard", "FloodSettings"]
 
@@ -81,115 +83,121 @@ class FloodSettings(BaseSettings):
 
 
 class _Windowed:
-    """Sliding-window counters per key: (bucket, current count, previous count)."""
+    """Event counts per key in each recent window bucket (a ``Counter`` per bucket).
 
-    #: a table is swept once it holds this many times the keys its last sweep kept
-    #: (and at least ``MIN_SWEEP`` keys): each key is swept O(1) times on average,
-    #: where a sweep per window read every key every window (on a stream of few
-    #: events per window, every batch)
-    GROWTH = 2
-    MIN_SWEEP = 256
+    A key's sliding-window estimate at fraction ``frac`` of bucket ``b`` is its count
+    in ``b`` plus ``1 - frac`` of its count in ``b - 1``. Counting a batch into a
+    bucket and checking a batch's keys against a cap are C-level loops over dicts;
+    forgetting a window drops its whole ``Counter``. (Before, one tuple per key held
+    its latest bucket's and the previous bucket's counts: each batch paid a Python
+    loop per key, and tables were swept key by key; a late event also replaced a
+    key's newer counts, where here it counts in its own window.)
+    """
 
     def __init__(self) -> None:
-        self.state: dict[str, tuple[int, float, float]] = {}
-        self._pruned_below = -(2**62)  # keys of older windows are gone
-        self._kept = 0  # keys the last sweep kept
+        #: bucket -> each key's count in it, the recent buckets only (see prune)
+        self.buckets: dict[int, Counter[str]] = {}
+        # bucket -> its keys packed for snapshots as of the last one (a bucket's keys
+        # only join at its end, so a snapshot packs only the keys added since)
+        self._packed: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        """Keys held, summed over buckets."""
+        return sum(map(len, self.buckets.values()))
 
     def estimate(self, key: str, bucket: int, frac: float) -> float:
-        st = self.state.get(key)
-        if st is None:
-            return 0.0
-        b, cur, prev = st
-        if b == bucket:
-            return cur + prev * (1.0 - frac)
-        if b == bucket - 1:
-            return cur * (1.0 - frac)
-        return 0.0
+        cur, prev = self.buckets.get(bucket), self.buckets.get(bucket - 1)
+        c = cur.get(key, 0) if cur else 0
+        if prev:
+            return c + prev.get(key, 0) * (1.0 - frac)
+        return c
 
-    def add(self, key: str, bucket: int, count: float = 1.0) -> None:
-        self.add_counts({key: count}, bucket)
+    def add(self, key: str, bucket: int, count: int = 1) -> None:
+        counts = self._bucket(bucket)
+        counts[key] = counts.get(key, 0) + count
 
-    def try_add(self, counts: Mapping[str, float], bucket: int, frac: float, cap: float
-                ) -> list[tuple[str, tuple[int, float, float] | None]] | None:
-        """:meth:`add_counts` if ``estimate(key) + count <= cap`` for every key, in one
-        pass; returns what :meth:`undo` needs to take it back. When a key would pass
-        the cap nothing is added (the keys done so far are undone) and None returned."""
-        state = self.state
-        get, keep = state.get, 1.0 - frac
-        done: list[tuple[str, tuple[int, float, float] | None]] = []
-        for key, c in counts.items():
-            st = get(key)
-            if st is None:
-                est, new = 0.0, (bucket, c, 0.0)
-            else:
-                b, cur, prev = st
-                if b == bucket:
-                    est, new = cur + prev * keep, (b, cur + c, prev)
-                elif b == bucket - 1:
-                    est, new = cur * keep, (bucket, c, cur)
-                else:
-                    est, new = 0.0, (bucket, c, 0.0)
-            if est + c > cap:
-                self.undo(done)
-                return None
-            state[key] = new
-            done.append((key, st))
-        return done
+    def count(self, keys: Sequence[str], bucket: int) -> None:
+        """Count one event of each of ``keys`` (repeats included) in ``bucket``."""
+        self._bucket(bucket).update(keys)
 
-    def undo(self, done: list[tuple[str, tuple[int, float, float] | None]]) -> None:
-        """Take back a :meth:`try_add` (key order, which pruning follows, included)."""
-        state = self.state
-        for key, st in reversed(done):
-            if st is None:
-                del state[key]
-            else:
-                state[key] = st
+    def fits(self, batch: Mapping[str, int], bucket: int, frac: float, cap: float) -> bool:
+        """Whether every key's :meth:`estimate` plus its count in ``batch`` stays
+        within ``cap`` (nothing is counted)."""
+        if not batch:
+            return True
+        cur, prev = self.buckets.get(bucket), self.buckets.get(bucket - 1)
+        zeros = itertools.repeat(0)
+        est: Iterable[float] = map(cur.get, batch, zeros) if cur else zeros
+        if prev:
+            est = map(operator.add, est, map(operator.mul, map(prev.get, batch, zeros),
+                                             itertools.repeat(1.0 - frac)))
+        return max(map(operator.add, est, batch.values())) <= cap
 
-    def add_counts(self, counts: Mapping[str, float], bucket: int) -> None:
-        """:meth:`add` of every key's count."""
-        state = self.state
-        get = state.get
-        for key, c in counts.items():
-            st = get(key)
-            if st is None:
-                state[key] = (bucket, c, 0.0)
-                continue
-            b, cur, prev = st
-            if b == bucket:
-                state[key] = (b, cur + c, prev)
-            elif b == bucket - 1:
-                state[key] = (bucket, c, cur)
-            else:
-                state[key] = (bucket, c, 0.0)
+    def _bucket(self, bucket: int) -> Counter[str]:
+        counts = self.buckets.get(bucket)
+        if counts is None:
+            counts = self.buckets[bucket] = Counter()
+        return counts
 
     def prune(self, bucket: int, max_keys: int) -> None:
-        """Forget keys that no event up to :data:`LATE_WINDOWS` windows older than
-        ``bucket`` (the latest window seen) reads, once the table has grown
-        ``GROWTH``-fold since the last sweep; then the oldest beyond ``max_keys``.
-        Without it every key of the stream stayed until ``max_keys``, and every
-        snapshot packed them all."""
+        """Forget the buckets that no event up to :data:`LATE_WINDOWS` windows older
+        than ``bucket`` (the latest window seen) reads; then, beyond ``max_keys``
+        keys, the oldest keys of the oldest buckets."""
         horizon = bucket - 1 - LATE_WINDOWS
-        if horizon > self._pruned_below and len(self.state) >= max(
-                self.GROWTH * self._kept, self.MIN_SWEEP):
-            self.state = {k: v for k, v in self.state.items() if v[0] >= horizon}
-            self._pruned_below = horizon
-            self._kept = len(self.state)
-        while len(self.state) > max_keys:
-            self.state.pop(next(iter(self.state)))
+        for b in [b for b in self.buckets if b < horizon]:
+            del self.buckets[b]
+            self._packed.pop(b, None)
+        excess = len(self) - max_keys
+        for b in sorted(self.buckets):
+            if excess <= 0:
+                break
+            counts = self.buckets[b]
+            drop = min(excess, len(counts))
+            for key in list(itertools.islice(counts, drop)):
+                del counts[key]
+            excess -= drop
+            self._packed.pop(b, None)
+            if not counts:
+                del self.buckets[b]
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        data, offsets = pack_strings(list(self.state))
-        vals = np.asarray(list(self.state.values()), np.float64).reshape(-1, 3)  # same order
-        return {f"{prefix}.keys.data": data, f"{prefix}.keys.offsets": offsets,
-                f"{prefix}.values": vals}
+        order = sorted(self.buckets)
+        parts, counts = [], []
+        for b in order:
+            c = self.buckets[b]
+            data, ends = self._packed.get(b) or (np.zeros(0, np.uint8), np.zeros(0, np.int64))
+            new = list(itertools.islice(c, len(ends), None))
+            self._packed[b] = data, ends = append_packed((data, ends), new)
+            parts.append((data, ends))
+            counts.append(np.fromiter(c.values(), np.float64, len(c)))
+        base = np.cumsum([0] + [int(e[-1]) if len(e) else 0 for _, e in parts])
+        return {
+            f"{prefix}.buckets": np.asarray(order, np.int64),
+            f"{prefix}.sizes": np.asarray([len(e) for _, e in parts], np.int64),
+            f"{prefix}.keys.data": np.concatenate([d for d, _ in parts] or [np.zeros(0, np.uint8)]),
+            f"{prefix}.keys.offsets": np.concatenate(
+                [e + base[j] for j, (_, e) in enumerate(parts)] or [np.zeros(0, np.int64)]),
+            f"{prefix}.counts": np.concatenate(counts or [np.zeros(0)]),
+        }
 
     def load_arrays(self, arrays: Mapping[str, np.ndarray], prefix: str) -> None:
-        if f"{prefix}.values" not in arrays:
+        if f"{prefix}.keys.data" not in arrays:
             return
+        self.buckets, self._packed = {}, {}
         keys = unpack_strings(arrays[f"{prefix}.keys.data"], arrays[f"{prefix}.keys.offsets"])
-        self.state = {k: (int(b), float(c), float(p))
-                      for k, (b, c, p) in zip(keys, arrays[f"{prefix}.values"].tolist(),
-                                              strict=True)}
+        if f"{prefix}.counts" in arrays:
+            ends = np.cumsum(arrays[f"{prefix}.sizes"]).tolist()
+            counts = arrays[f"{prefix}.counts"].tolist()
+            for b, lo, hi in zip(arrays[f"{prefix}.buckets"].tolist(), [0, *ends][:-1], ends,
+                                 strict=True):
+                self.buckets[b] = Counter(dict(zip(keys[lo:hi], counts[lo:hi], strict=True)))
+            return
+        # A snapshot of the earlier layout: per key, its latest bucket's count and
+        # the previous bucket's.
+        for key, (b, cur, prev) in zip(keys, arrays[f"{prefix}.values"].tolist(), strict=True):
+            self._bucket(int(b))[key] += cur
+            if prev:
+                self._bucket(int(b) - 1)[key] += prev
 
 
 class FloodGuard:
@@ -219,7 +227,9 @@ class FloodGuard:
         self._latest = max(self._latest, int(buckets.max()))
         if n > 1 and bool((np.diff(buckets) < 0).any()):
             # Out of event-time order across windows: decide event by event.
-            return self._admit_each(users, items, timestamps, keep)
+            keep, why_each = self._admit_each(users, items, timestamps, keep)
+            self._prune()
+            return keep, why_each
         why: Counter[str] = Counter()
         # Runs of one window bucket, in order: the whole run at once when nothing in it
         # can be capped, else event by event.
@@ -230,6 +240,8 @@ class FloodGuard:
                 part, part_why = self._admit_each(u, it, ts, keep[lo:hi])
                 keep[lo:hi] = part
                 why.update(part_why)
+        # Forget windows once the batch is decided: its later runs read the earlier.
+        self._prune()
         return keep, dict(why)
 
     def _all_pass(self, users: Sequence[str], items: Sequence[str], ts: np.ndarray) -> bool:
@@ -248,26 +260,19 @@ class FloodGuard:
         if math.floor(t_hi / w) != bucket:
             return False
         f_lo, f_hi = t_lo / w - bucket, t_hi / w - bucket
-        user_n = Counter(users)
-        pair_n = Counter(map("\x1f".join, zip(users, items, strict=True)))
-        item_n = Counter(items)
+        pair_keys = list(map("\x1f".join, zip(users, items, strict=True)))
         total = self._all.estimate("", bucket, f_hi)
         # An item is capped before its last event here when it holds >= item_min and
         # >= item_share * (total + 1) events: allowed is the most it may hold then.
         allowed = max(s.item_min, s.item_share * (total + 1.0))
-        added_users = self._users.try_add(user_n, bucket, f_lo, s.user_events)
-        if added_users is None:
+        if not (self._users.fits(Counter(users), bucket, f_lo, s.user_events)
+                and self._pairs.fits(Counter(pair_keys), bucket, f_lo, s.pair_events)
+                and self._items.fits(Counter(items), bucket, f_lo, allowed + 1.0 - 1e-9)):
             return False
-        added_pairs = self._pairs.try_add(pair_n, bucket, f_lo, s.pair_events)
-        if added_pairs is None:
-            self._users.undo(added_users)
-            return False
-        if self._items.try_add(item_n, bucket, f_lo, allowed + 1.0 - 1e-9) is None:
-            self._pairs.undo(added_pairs)
-            self._users.undo(added_users)
-            return False
+        self._users.count(users, bucket)
+        self._pairs.count(pair_keys, bucket)
+        self._items.count(items, bucket)
         self._all.add("", bucket, len(users))
-        self._prune()
         return True
 
     def _admit_each(self, users: Sequence[str], items: Sequence[str], timestamps: np.ndarray,
@@ -297,11 +302,10 @@ class FloodGuard:
             pairs.add(pair, bucket)
             items_.add(it, bucket)
             all_.add("", bucket)
-        self._prune()
         return keep, dict(why)
 
     def _prune(self) -> None:
-        for table in (self._users, self._pairs, self._items):
+        for table in self._tables().values():
             table.prune(self._latest, self.settings.max_keys)
 
     def to_arrays(self, prefix: str = "flood") -> dict[str, np.ndarray]:

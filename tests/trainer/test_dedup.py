@@ -46,3 +46,26 @@ def test_snapshots_pack_only_new_ids_and_equal_a_whole_packing(
     got, want = d.to_arrays(), _whole(d)
     for key in want:
         np.testing.assert_array_equal(got[key], want[key])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_batches_with_and_without_repeats_decide_as_one_by_one(seed: int) -> None:
+    # add_many takes a whole-batch path when no id repeats; it must equal the
+    # event-by-event rule (first occurrence fresh, every later one a duplicate).
+    rng = np.random.default_rng(seed)
+    d = DedupWindow(window_s=1e9, max_ids=10**6)
+    seen: dict[str, float] = {}
+    fast = 0
+    for step in range(300):
+        n = int(rng.integers(1, 30))
+        pool = 10**6 if step % 2 else 500  # odd steps: (almost surely) no repeat at all
+        ids = [f"e{int(k)}" for k in rng.integers(0, pool, n)]
+        times = np.full(n, float(step))
+        want = []
+        for eid in ids:
+            want.append(eid not in seen)
+            seen.setdefault(eid, float(step))
+        fast += all(want)
+        np.testing.assert_array_equal(d.add_many(ids, times), want)
+    assert list(d._ids.items()) == list(seen.items())
+    assert 100 < fast < 300
