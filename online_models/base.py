@@ -24,6 +24,7 @@ state lives apart; randomness comes only from ``seed``.
 from __future__ import annotations
 
 import inspect
+import itertools
 from abc import ABC, abstractmethod
 from array import array
 from collections import OrderedDict
@@ -399,6 +400,10 @@ def pack_strings(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     >>> unpack_strings(data, off)
     ['ab', '', 'ç']
     """
+    text = "".join(strings)
+    if text.isascii():  # one encode; a character is a byte
+        data = np.frombuffer(text.encode("ascii"), dtype=np.uint8).copy()
+        return data, np.fromiter(map(len, strings), np.int64, count=len(strings)).cumsum()
     encoded = list(map(str.encode, strings))  # UTF-8
     offsets = np.fromiter(map(len, encoded), np.int64, count=len(encoded)).cumsum()
     data = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
@@ -585,8 +590,9 @@ class UserHistory:
 
     def to_arrays(self, prefix: str = "history") -> dict[str, np.ndarray]:
         users = list(self._items)
-        lengths = np.asarray([len(self._items[u]) for u in users], dtype=np.int64)
-        flat = [i for u in users for i in self._items[u]]
+        # C-level walks (a snapshot packs every user's history)
+        lengths = np.fromiter(map(len, self._items.values()), np.int64, count=len(users))
+        flat = list(itertools.chain.from_iterable(self._items.values()))
         u_data, u_off = pack_strings(users)
         i_data, i_off = pack_strings(flat)
         return {

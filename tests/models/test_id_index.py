@@ -101,5 +101,10 @@ def test_growth_and_tombstone_sweeps_keep_every_id_reachable() -> None:
 
 @given(st.lists(st.text(max_size=6) | st.text(alphabet="abc019_-", max_size=8), max_size=40))
 def test_packed_strings_round_trip(strings: list[str]) -> None:
-    """ASCII-only lists take the decode-once path, others the per-string one."""
-    assert unpack_strings(*pack_strings(strings)) == strings
+    """ASCII-only lists take the encode- and decode-once paths, others the per-string
+    ones; both write the same layout: UTF-8 bytes end to end, each string's end."""
+    data, ends = pack_strings(strings)
+    assert data.tobytes() == "".join(strings).encode()
+    assert ends.tolist() == np.cumsum([len(s.encode()) for s in strings]).tolist()
+    assert data.dtype == np.uint8 and ends.dtype == np.int64 and data.flags.writeable
+    assert unpack_strings(data, ends) == strings
