@@ -22,7 +22,6 @@ at the snapshot's offsets, so after any crash the models equal a crash-free run'
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -34,7 +33,6 @@ import numpy as np
 from online_models import registry
 from online_models.base import Batch, OnlineModel, UserHistory, learning_order
 from online_models.drift import ConceptDriftMonitor, DataDriftTracker, embedding_drift
-from online_models.evaluation import EvalSample, PrequentialEvaluator
 from online_models.snapshot import CapturedState, SnapshotStore, capture
 from stream.consumer import MiniBatchConsumer, Partition
 from stream.settings import KafkaSettings
@@ -43,6 +41,7 @@ from trainer.adaptation import DriftAdaptation
 from trainer.checkpoint import Checkpointer, Written
 from trainer.content import TrainerContent
 from trainer.dedup import DedupWindow
+from trainer.evaluation import TrainerEvaluation
 from trainer.flood import FloodGuard, FloodSettings
 from trainer.metrics import TrainerMetrics
 from trainer.settings import TrainerSettings
@@ -115,7 +114,6 @@ class Trainer:
             settings.drift_half_life_factor, settings.drift_lr_factor,
             settings.drift_adapt_events,
         )
-        self._alarm_wall: dict[str, float] = {}
         self._prev_vectors: dict[str, tuple[list[str | None], np.ndarray]] = {}
         self.snapshot_version: int | None = None
         self._snap_offsets: dict[Partition, int] = {}
@@ -139,20 +137,10 @@ class Trainer:
         self.content = TrainerContent(settings, kafka)
         self.content.attach(self.models)
         self._order = learning_order(self.models)
-        self.evaluator = PrequentialEvaluator(
-            self.models, k=settings.k, history=self.history,
-            rolling_window=settings.rolling_window,
-            sample=EvalSample(fraction=settings.eval_sample,
-                              max_per_s=settings.eval_budget_per_s or None,
-                              seed=settings.eval_seed),
-        )
-        #: seconds of scoring per scored event (all models), an EWMA: the governor's input
-        self._eval_cost: float | None = None
-        #: evaluation bookkeeping (every event, scored or not) per second of wall time,
-        #: an EWMA over windows of >= 1 s that start at ``_bk_since``
-        self._bk_share: float | None = None
-        self._bk_seconds = 0.0
-        self._bk_since: float | None = None
+        self.evaluation = TrainerEvaluation(self.models, self.history, settings,
+                                            self.metrics, on_drift=self._on_drift,
+                                            monitors=self.monitors)
+        self.evaluator = self.evaluation.evaluator
         #: seconds the latest snapshot's state copy paused learning
         self._capture_s = 0.0
 
@@ -391,78 +379,15 @@ class Trainer:
                                      for p, o in polled.offsets.items()})
         return n
 
-    def _govern(self, scored: int, seconds: float, bookkeeping_s: float = 0.0,
-                now: float | None = None) -> None:
-        """Keep the evaluation's CPU time near ``eval_cpu_share`` of wall time (unless a
-        fixed budget is set).
-
-        The evaluator pays for every event (history, catalogue and count bookkeeping:
-        ``bookkeeping_s`` of CPU time) and for the scored sample (``seconds`` of CPU
-        time for ``scored`` events). The budget is ``(eval_cpu_share - bookkeeping
-        share) / cost`` scored events per second, where the bookkeeping share is the
-        recent bookkeeping CPU time per second of wall time and ``cost`` the recent
-        scoring CPU time per scored event;
-        and at least ``eval_min_per_minute / 60``: a dashboard always has evidence to
-        show, even when that costs more than the share.
-        """
-        s = self.settings
-        if s.eval_budget_per_s or not s.eval_cpu_share:
-            return
-        now = time.perf_counter() if now is None else now
-        if self._bk_since is None:
-            self._bk_since = now
-        self._bk_seconds += bookkeeping_s
-        if now - self._bk_since >= 1.0:  # a share over at least a second of wall time
-            share = self._bk_seconds / (now - self._bk_since)
-            self._bk_share = share if self._bk_share is None else \
-                0.7 * self._bk_share + 0.3 * share
-            self._bk_since, self._bk_seconds = now, 0.0
-        if scored == 0:
-            return
-        cost = seconds / scored
-        self._eval_cost = cost if self._eval_cost is None else \
-            0.8 * self._eval_cost + 0.2 * cost
-        left = s.eval_cpu_share - (self._bk_share or 0.0)
-        floor = s.eval_min_per_minute / 60.0
-        self.evaluator.set_budget(max(floor, left / self._eval_cost, 1e-3))
-
     def _evaluate(self, batch: Batch) -> None:
         """Evaluate the batch's sample (the history moves for every event)."""
-        m = self.metrics
-        t0, cpu0 = time.perf_counter(), time.thread_time()
-        scoring_before = self.evaluator.scoring_seconds
-        try:
-            outcome = self.evaluator.process(batch, learn=False)
-        except Exception:
-            m.evaluate_errors.inc()
-            log.exception("prequential evaluation failed on a batch (it is still learned)")
-            self.history.extend(batch.users, batch.items)
-            return
-        elapsed = time.perf_counter() - t0
-        cpu = time.thread_time() - cpu0
-        m.evaluate_duration.observe(elapsed)
-        m.evaluate_cpu.inc(cpu)
-        # The governor counts CPU time: wall time also holds the waits for the GIL
-        # while the source thread decodes, which evaluating less would not remove.
-        # Scoring's part of it is taken in proportion to its part of the wall time.
-        scoring = self.evaluator.scoring_seconds - scoring_before
-        scoring_cpu = cpu * min(scoring / elapsed, 1.0) if elapsed > 0 else 0.0
-        self._govern(outcome.n_evaluated, scoring_cpu, max(cpu - scoring_cpu, 0.0))
-        times = batch.timestamps[outcome.positions]
-        for name, out in outcome.models.items():
-            m.evaluated.labels(model=name).inc(len(out.hits))
-            m.hits.labels(model=name).inc(int(out.hits.sum()))
-            fired = self.monitors[name].update_many(out.hits.tolist(), times.tolist())
-            for det in fired:
-                m.drift_alarms.labels(model=name, detector=det).inc()
-            if fired:
-                self._alarm_wall[name] = time.time()
-                log.warning("concept drift on %s (%s) at event time %s", name,
-                            ",".join(sorted(set(fired))), self.monitors[name].last_alarm_time)
-                if self.settings.drift_adapt and self.adaptation.start(
-                        name, self.models[name], self.events_total):
-                    m.drift_adaptations.labels(model=name).inc()
-                    m.drift_adapting.labels(model=name).set(1)
+        self.evaluation.evaluate(batch)
+
+    def _on_drift(self, name: str) -> None:
+        if self.settings.drift_adapt and self.adaptation.start(
+                name, self.models[name], self.events_total):
+            self.metrics.drift_adaptations.labels(model=name).inc()
+            self.metrics.drift_adapting.labels(model=name).set(1)
 
     def _learn(self, batch: Batch) -> None:
         # A bound hybrid reads its components' state as of the batch's start: first.
@@ -573,19 +498,7 @@ class Trainer:
                 log.exception("embedding drift of %s failed", name)
 
     def _metric_summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name in self.models:
-            try:
-                roll = self.evaluator.rolling(name)
-                tot = self.evaluator.totals(name)
-            except Exception:
-                continue
-            out[name] = {
-                "rolling": {k: _finite(roll.get(k)) for k in ("n", "hr", "ndcg", "coverage")},
-                "total": {k: _finite(tot.get(k)) for k in ("n", "hr", "ndcg", "coverage")},
-            }
-        out["data_drift"] = self.data_drift.values()
-        return out
+        return {**self.evaluation.summary(), "data_drift": self.data_drift.values()}
 
     def _extra_meta(self) -> dict[str, Any]:
         return {
@@ -603,18 +516,7 @@ class Trainer:
             for name, model in self.models.items():
                 m.users_known.labels(model=name).set(model.n_users)
                 m.items_known.labels(model=name).set(model.n_items)
-                roll = self.evaluator.rolling(name)
-                tot = self.evaluator.totals(name)
-                m.rolling_hr.labels(model=name).set(_finite(roll["hr"]) or 0.0)
-                m.rolling_ndcg.labels(model=name).set(_finite(roll["ndcg"]) or 0.0)
-                m.rolling_coverage.labels(model=name).set(_finite(roll["coverage"]) or 0.0)
-                m.rolling_evaluated.labels(model=name).set(_finite(roll.get("n")) or 0.0)
-                m.hr_total.labels(model=name).set(_finite(tot["hr"]) or 0.0)
-                m.ndcg_total.labels(model=name).set(_finite(tot["ndcg"]) or 0.0)
-                wall = self._alarm_wall.get(name)
-                m.drift_last_alarm_age.labels(model=name).set(
-                    time.time() - wall if wall is not None else -1.0
-                )
+            self.evaluation.update_gauges()
             for dist, vals in self.data_drift.values().items():
                 if vals["psi"] is not None:
                     m.data_drift_psi.labels(distribution=dist).set(vals["psi"])
@@ -644,17 +546,10 @@ class Trainer:
             log.exception("updating gauges failed")
 
     def status_line(self) -> str:
-        hr = []
-        for name in self.models:
-            try:
-                v = _finite(self.evaluator.rolling(name)["hr"])
-            except Exception:
-                v = None
-            hr.append(f"{name}={v:.3f}" if v is not None else f"{name}=-")
         return (
             f"events learned={self.events_learned} total={self.events_total} "
             f"dup={self.duplicates} rejected={self.rejected} rate={self._rate:.0f}/s "
-            f"hr@{self.settings.k}[{' '.join(hr)}] snapshot={self.snapshot_version}"
+            f"{self.evaluation.hr_line()} snapshot={self.snapshot_version}"
         )
 
 
@@ -663,7 +558,3 @@ def _nest(offsets: Mapping[Partition, int]) -> dict[str, dict[int, int]]:
     for (t, p), o in offsets.items():
         out.setdefault(t, {})[p] = o
     return out
-
-
-def _finite(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)

@@ -168,14 +168,14 @@ def test_evaluation_governor_keeps_the_cpu_share_but_not_below_the_floor(
     t = Trainer(settings.model_copy(update={"eval_cpu_share": 0.1,
                                             "eval_min_per_minute": 600.0}), KAFKA)
     assert t.evaluator.sample.max_per_s is None  # nothing measured yet: score everything
-    t._govern(scored=100, seconds=0.01)  # 0.1 ms per scored event
+    t.evaluation.govern(scored=100, seconds=0.01)  # 0.1 ms per scored event
     assert t.evaluator.sample.max_per_s == pytest.approx(0.1 / 1e-4)
     for _ in range(50):  # scoring became expensive: 100 ms per event
-        t._govern(scored=10, seconds=1.0)
+        t.evaluation.govern(scored=10, seconds=1.0)
     assert t.evaluator.sample.max_per_s == pytest.approx(10.0, rel=1e-3)  # the floor
     fixed = Trainer(settings.model_copy(update={"eval_budget_per_s": 5.0,
                                                 "snapshots": settings.snapshots / "b"}), KAFKA)
-    fixed._govern(scored=10, seconds=1.0)
+    fixed.evaluation.govern(scored=10, seconds=1.0)
     assert fixed.evaluator.sample.max_per_s == 5.0  # a fixed budget is left alone
 
 
@@ -184,17 +184,17 @@ def test_evaluation_governor_counts_the_bookkeeping_in_the_share(
 ) -> None:
     t = Trainer(settings.model_copy(update={"eval_cpu_share": 0.1,
                                             "eval_min_per_minute": 60.0}), KAFKA)
-    t._govern(scored=100, seconds=0.01, bookkeeping_s=0.0, now=0.0)  # 0.1 ms per event
+    t.evaluation.govern(scored=100, seconds=0.01, bookkeeping_s=0.0, now=0.0)  # 0.1 ms per event
     assert t.evaluator.sample.max_per_s == pytest.approx(1000.0)  # the whole 10% scores
     # Bookkeeping of every event takes 4% of wall time, seen over a second: 6% is left.
-    t._govern(scored=100, seconds=0.01, bookkeeping_s=0.04, now=1.0)
+    t.evaluation.govern(scored=100, seconds=0.01, bookkeeping_s=0.04, now=1.0)
     assert t.evaluator.sample.max_per_s == pytest.approx(600.0)
     for k in range(2, 30):  # bookkeeping alone takes 20%: nothing left but the floor
-        t._govern(scored=100, seconds=0.01, bookkeeping_s=0.2, now=float(k))
+        t.evaluation.govern(scored=100, seconds=0.01, bookkeeping_s=0.2, now=float(k))
     assert t.evaluator.sample.max_per_s == pytest.approx(1.0)
-    before = t._bk_share
-    t._govern(scored=0, seconds=0.0, bookkeeping_s=0.5, now=29.5)  # within the window
-    assert t._bk_share == before  # shares are taken over at least a second
+    before = t.evaluation._bk_share
+    t.evaluation.govern(scored=0, seconds=0.0, bookkeeping_s=0.5, now=29.5)  # within the window
+    assert t.evaluation._bk_share == before  # shares are taken over at least a second
 
 
 def test_snapshots_space_out_when_copying_the_state_takes_long(

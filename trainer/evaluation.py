@@ -1,0 +1,195 @@
+"""Prequential evaluation inside a trainer, shared by both trainer modes.
+
+:class:`TrainerEvaluation` holds the sampled evaluator
+(:class:`~online_models.evaluation.PrequentialEvaluator`), the governor that sizes its
+sample to a share of the learner's CPU time, the concept-drift monitors that read its
+hit stream, and the metrics all three feed (``liverec_trainer_evaluated_events_total``,
+the rolling and total HR/NDCG gauges, drift alarms). The single-process trainer
+evaluates every batch it learns; a scale-out trainer evaluates the batches of its own
+partitions while it holds the whole item state (see :mod:`trainer.partitioned`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from online_models.base import Batch, OnlineModel, UserHistory
+from online_models.drift import ConceptDriftMonitor
+from online_models.evaluation import EvalSample, PrequentialEvaluator
+from trainer.metrics import TrainerMetrics
+from trainer.settings import TrainerSettings
+
+__all__ = ["TrainerEvaluation", "finite"]
+
+log = logging.getLogger(__name__)
+
+
+def finite(x: float | None) -> float | None:
+    """``x`` as a float, or None when it is missing or not finite."""
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+class TrainerEvaluation:
+    """Sampled prequential evaluation, its CPU governor and drift monitors.
+
+    Parameters
+    ----------
+    models
+        The models to evaluate (the trainer's own objects: scored before they learn).
+    history
+        The user histories the evaluator reads and moves (query context, exclusions).
+    settings
+        The trainer's settings: ``k``, ``rolling_window``, the ``eval_*`` sample and
+        governor settings.
+    metrics
+        Where the outcomes go.
+    on_drift
+        Called with a model's name when one of its drift detectors fires (the
+        single-process trainer starts its drift adaptation there).
+    monitors
+        The models' drift monitors (restored ones); default: fresh ones.
+    """
+
+    def __init__(self, models: Mapping[str, OnlineModel], history: UserHistory,
+                 settings: TrainerSettings, metrics: TrainerMetrics,
+                 on_drift: Callable[[str], None] | None = None,
+                 monitors: Mapping[str, ConceptDriftMonitor] | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.on_drift = on_drift
+        self.evaluator = PrequentialEvaluator(
+            models, k=settings.k, history=history, rolling_window=settings.rolling_window,
+            sample=EvalSample(fraction=settings.eval_sample,
+                              max_per_s=settings.eval_budget_per_s or None,
+                              seed=settings.eval_seed),
+        )
+        self.monitors = dict(monitors) if monitors is not None else {
+            n: ConceptDriftMonitor() for n in models}
+        #: wall-clock time of each model's latest drift alarm
+        self.alarm_wall: dict[str, float] = {}
+        #: seconds of scoring per scored event (all models), an EWMA: the governor's input
+        self._eval_cost: float | None = None
+        #: evaluation bookkeeping (every event, scored or not) per second of wall time,
+        #: an EWMA over windows of >= 1 s that start at ``_bk_since``
+        self._bk_share: float | None = None
+        self._bk_seconds = 0.0
+        self._bk_since: float | None = None
+
+    def govern(self, scored: int, seconds: float, bookkeeping_s: float = 0.0,
+               now: float | None = None) -> None:
+        """Keep the evaluation's CPU time near ``eval_cpu_share`` of wall time (unless a
+        fixed budget is set).
+
+        The evaluator pays for every event (history, catalogue and count bookkeeping:
+        ``bookkeeping_s`` of CPU time) and for the scored sample (``seconds`` of CPU
+        time for ``scored`` events). The budget is ``(eval_cpu_share - bookkeeping
+        share) / cost`` scored events per second, where the bookkeeping share is the
+        recent bookkeeping CPU time per second of wall time and ``cost`` the recent
+        scoring CPU time per scored event;
+        and at least ``eval_min_per_minute / 60``: a dashboard always has evidence to
+        show, even when that costs more than the share.
+        """
+        s = self.settings
+        if s.eval_budget_per_s or not s.eval_cpu_share:
+            return
+        now = time.perf_counter() if now is None else now
+        if self._bk_since is None:
+            self._bk_since = now
+        self._bk_seconds += bookkeeping_s
+        if now - self._bk_since >= 1.0:  # a share over at least a second of wall time
+            share = self._bk_seconds / (now - self._bk_since)
+            self._bk_share = share if self._bk_share is None else \
+                0.7 * self._bk_share + 0.3 * share
+            self._bk_since, self._bk_seconds = now, 0.0
+        if scored == 0:
+            return
+        cost = seconds / scored
+        self._eval_cost = cost if self._eval_cost is None else \
+            0.8 * self._eval_cost + 0.2 * cost
+        left = s.eval_cpu_share - (self._bk_share or 0.0)
+        floor = s.eval_min_per_minute / 60.0
+        self.evaluator.set_budget(max(floor, left / self._eval_cost, 1e-3))
+
+    def evaluate(self, batch: Batch) -> bool:
+        """Score the batch's sample before the models learn it (the history moves for
+        every event); False when evaluation failed (the history moved anyway)."""
+        m = self.metrics
+        t0, cpu0 = time.perf_counter(), time.thread_time()
+        scoring_before = self.evaluator.scoring_seconds
+        try:
+            outcome = self.evaluator.process(batch, learn=False)
+        except Exception:
+            m.evaluate_errors.inc()
+            log.exception("prequential evaluation failed on a batch (it is still learned)")
+            self.evaluator.history.extend(batch.users, batch.items)
+            return False
+        elapsed = time.perf_counter() - t0
+        cpu = time.thread_time() - cpu0
+        m.evaluate_duration.observe(elapsed)
+        m.evaluate_cpu.inc(cpu)
+        # The governor counts CPU time: wall time also holds the waits for the GIL
+        # while the source thread decodes, which evaluating less would not remove.
+        # Scoring's part of it is taken in proportion to its part of the wall time.
+        scoring = self.evaluator.scoring_seconds - scoring_before
+        scoring_cpu = cpu * min(scoring / elapsed, 1.0) if elapsed > 0 else 0.0
+        self.govern(outcome.n_evaluated, scoring_cpu, max(cpu - scoring_cpu, 0.0))
+        times = batch.timestamps[outcome.positions]
+        for name, out in outcome.models.items():
+            m.evaluated.labels(model=name).inc(len(out.hits))
+            m.hits.labels(model=name).inc(int(out.hits.sum()))
+            fired = self.monitors[name].update_many(out.hits.tolist(), times.tolist())
+            for det in fired:
+                m.drift_alarms.labels(model=name, detector=det).inc()
+            if fired:
+                self.alarm_wall[name] = time.time()
+                log.warning("concept drift on %s (%s) at event time %s", name,
+                            ",".join(sorted(set(fired))), self.monitors[name].last_alarm_time)
+                if self.on_drift is not None:
+                    self.on_drift(name)
+        return True
+
+    def update_gauges(self) -> None:
+        """Set the rolling and total accuracy gauges and the drift alarm ages."""
+        m = self.metrics
+        for name in self.evaluator.models:
+            roll = self.evaluator.rolling(name)
+            tot = self.evaluator.totals(name)
+            m.rolling_hr.labels(model=name).set(finite(roll["hr"]) or 0.0)
+            m.rolling_ndcg.labels(model=name).set(finite(roll["ndcg"]) or 0.0)
+            m.rolling_coverage.labels(model=name).set(finite(roll["coverage"]) or 0.0)
+            m.rolling_evaluated.labels(model=name).set(finite(roll.get("n")) or 0.0)
+            m.hr_total.labels(model=name).set(finite(tot["hr"]) or 0.0)
+            m.ndcg_total.labels(model=name).set(finite(tot["ndcg"]) or 0.0)
+            wall = self.alarm_wall.get(name)
+            m.drift_last_alarm_age.labels(model=name).set(
+                time.time() - wall if wall is not None else -1.0)
+
+    def summary(self) -> dict[str, Any]:
+        """Rolling and total figures per model, for a snapshot's metadata."""
+        out: dict[str, Any] = {}
+        for name in self.evaluator.models:
+            try:
+                roll = self.evaluator.rolling(name)
+                tot = self.evaluator.totals(name)
+            except Exception:
+                continue
+            out[name] = {
+                "rolling": {k: finite(roll.get(k)) for k in ("n", "hr", "ndcg", "coverage")},
+                "total": {k: finite(tot.get(k)) for k in ("n", "hr", "ndcg", "coverage")},
+            }
+        return out
+
+    def hr_line(self) -> str:
+        """``name=0.123 ...`` of the rolling HR@k (``-`` before any evidence)."""
+        hr = []
+        for name in self.evaluator.models:
+            try:
+                v = finite(self.evaluator.rolling(name)["hr"])
+            except Exception:
+                v = None
+            hr.append(f"{name}={v:.3f}" if v is not None else f"{name}=-")
+        return f"hr@{self.settings.k}[{' '.join(hr)}]"
