@@ -309,6 +309,10 @@ class SnapshotStore:
     (5, {'clicks': {0: 5}}, ['i1'])
     """
 
+    #: a temporary directory untouched this long is a crashed write's (removed); a
+    #: younger one may be another process's write in progress (left alone)
+    STALE_TMP_S = 3600.0
+
     def __init__(self, root: str | os.PathLike[str], keep: int = 5) -> None:
         if keep < 1:
             raise ValueError("keep must be >= 1")
@@ -419,9 +423,16 @@ class SnapshotStore:
     def _prune(self) -> None:
         for v in self.versions()[: -self.keep]:
             shutil.rmtree(self.path_of(v), ignore_errors=True)
+        now = time.time()
         for p in self.root.glob(".tmp-*"):
-            # Left over by a crash mid-write; never published, safe to remove.
-            shutil.rmtree(p, ignore_errors=True)
+            # Left over by a crash mid-write (never published), unless it is young:
+            # then another process may be writing it (scale-out trainers all write
+            # merged snapshots into one location).
+            try:
+                if now - p.stat().st_mtime > self.STALE_TMP_S:
+                    shutil.rmtree(p, ignore_errors=True)
+            except FileNotFoundError:
+                continue
 
     # ------------------------------------------------------------------ read
 

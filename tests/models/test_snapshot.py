@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
@@ -191,3 +193,19 @@ def test_empty_store_and_next_version_after_fallback(tmp_path: Path) -> None:
     assert store.load_latest_valid().version == 1  # type: ignore[union-attr]
     # A new write never reuses a number, even one whose snapshot was refused.
     assert _write(store) == 3
+
+
+def test_a_write_leaves_another_writers_temporary_directory_alone(tmp_path: Path) -> None:
+    # Scale-out trainers all write merged snapshots into one location: one's clean-up
+    # must not delete the directory another is writing (it removed every .tmp-* and
+    # the other write failed). A crashed write's leftover goes once it is old.
+    store = SnapshotStore(tmp_path, keep=3)
+    busy = tmp_path / ".tmp-000000000002-other"
+    busy.mkdir()
+    crashed = tmp_path / ".tmp-000000000001-crash"
+    crashed.mkdir()
+    old = time.time() - 2 * SnapshotStore.STALE_TMP_S
+    os.utime(crashed, (old, old))
+    _write(store, events=1)
+    assert busy.is_dir()
+    assert not crashed.exists()
