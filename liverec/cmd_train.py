@@ -97,8 +97,8 @@ def train(
         help="scale-out mode: run N trainers with the same --group and --snapshots on a "
              "topic of >= N partitions; each owns the users of its partitions and they "
              "share item state through <topic>.updates (exactly once, Kafka transactions; "
-             "confluent client; popularity, itemknn, sequence, bpr only) "
-             "[LIVEREC_SCALE_OUT]")
+             "confluent client; popularity, itemknn, sequence, bpr only; the owner of "
+             "partition 0 evaluates its partitions' events) [LIVEREC_SCALE_OUT]")
     ] = None,
     instance_id: Annotated[str | None, typer.Option(
         help="scale-out: this trainer's stable name, unique in the group; restart a "

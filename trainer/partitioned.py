@@ -40,7 +40,18 @@ parameter server (see DEVELOPING.md, "Scale-out", for the picture):
 Only models implementing :class:`~online_models.deltas.SharesItemState`
 (popularity, itemknn, sequence, bpr) can learn here; others are refused at start.
 With bpr, whose steps read item factors, every trainer folds the update topic.
-Prequential evaluation and drift detection do not run in this mode.
+
+**Evaluation.** A trainer that folds the update topic and has read it to its end
+holds the whole item state, so it evaluates its own partitions' events
+prequentially before learning them (:class:`~trainer.evaluation.TrainerEvaluation`:
+the same sample, governor, concept-drift monitors and metrics as a single trainer),
+and the merged snapshot carries the figures for the server's dashboard. With the
+count models only the merge writer folds, so the figures rest on partition 0's
+owner's partitions, a sample of the users by partition; with bpr every trainer
+evaluates its own. The evaluator keeps its own user histories, which start empty
+whenever a trainer takes up folding (its item state was just replaced): a user's
+events are evaluable from their second one after that. Drift adaptation and data
+drift do not run in this mode.
 """
 
 from __future__ import annotations
@@ -58,7 +69,7 @@ from typing import IO, Any
 import numpy as np
 
 from online_models import registry
-from online_models.base import Batch, OnlineModel, learning_order
+from online_models.base import Batch, OnlineModel, UserHistory, learning_order
 from online_models.deltas import (
     ItemDelta,
     decode_deltas,
@@ -77,6 +88,7 @@ from stream.kafka.transactional import TransactionalProducer, TransactionFailed
 from stream.settings import KafkaSettings
 from stream.signals import stop_on_signals
 from trainer.checkpoint import lock_location
+from trainer.evaluation import TrainerEvaluation
 from trainer.flood import FloodSettings
 from trainer.metrics import TrainerMetrics
 from trainer.partition_state import PartitionState, PartitionStore, merge_histories
@@ -173,6 +185,9 @@ class ScaleOutTrainer:
         self._caught_up = False
         #: a model's learning reads item state (BPR): every trainer folds, always
         self._fold_always = any(learns_from_item_state(m) for m in models.values())
+        #: prequential evaluation of the own partitions' events, while folding and
+        #: caught up (None otherwise; rebuilt whenever the item state is replaced)
+        self.evaluation: TrainerEvaluation | None = None
 
     # ------------------------------------------------------------------ start-up
 
@@ -266,6 +281,7 @@ class ScaleOutTrainer:
         upd = self.updates_consumer
         assert upd is not None
         self._rebase_items()
+        self.evaluation = None  # its evaluator maps the replaced models' rows
         parts = sorted(upd.partitions_for(self.updates))
         self._n_updates = len(parts) or self._n_updates
         begin = upd.beginning_offsets([(self.updates, p) for p in parts])
@@ -279,6 +295,7 @@ class ScaleOutTrainer:
         assert self.updates_consumer is not None
         self.updates_consumer.assign([])
         self._folding = self._caught_up = False
+        self.evaluation = None
         self.metrics.update_lag.set(float("nan"))
         self.metrics.partition_events_total.clear()  # only a folding trainer knows them
         log.info("partition 0 went elsewhere: no longer folding the update topic")
@@ -455,7 +472,8 @@ class ScaleOutTrainer:
             if cut is not None:
                 replay = mine & (ev_off < cut)
                 if replay.any():
-                    self.events_replayed += self._learn(st, cols.take(replay))[0]
+                    self.events_replayed += self._learn(st, cols.take(replay),
+                                                        evaluate=False)[0]
                 mine = mine & (ev_off >= cut)
             if mine.any():
                 n, deltas = self._learn(st, cols.take(mine))
@@ -484,8 +502,21 @@ class ScaleOutTrainer:
         m.events_learned.labels(topic=topic).inc(learned)
         return learned
 
-    def _learn(self, st: PartitionState, cols: Any) -> tuple[int, dict[str, ItemDelta]]:
-        """Learn a partition's events user-side; returns their count and item deltas."""
+    def _evaluating(self) -> TrainerEvaluation | None:
+        """The evaluation, while this trainer holds the whole, current item state."""
+        if not (self._folding and self._caught_up) or self._closing:
+            return None
+        if self.evaluation is None:
+            self.evaluation = TrainerEvaluation(
+                self.models, UserHistory(max_items=self.settings.history_items),
+                self.settings, self.metrics)
+            log.info("evaluating this trainer's partitions prequentially")
+        return self.evaluation
+
+    def _learn(self, st: PartitionState, cols: Any, evaluate: bool = True
+               ) -> tuple[int, dict[str, ItemDelta]]:
+        """Learn a partition's events user-side (``evaluate``: scoring its sample
+        first, see the module docstring); returns their count and item deltas."""
         fresh = st.dedup.add_many(cols.event_ids, cols.timestamps)
         if not fresh.all():
             self.metrics.duplicates_dropped.labels(topic=self.topic).inc(
@@ -501,6 +532,9 @@ class ScaleOutTrainer:
         if not n:
             return 0, deltas
         batch = Batch.from_columns(cols.users, cols.items, cols.weights, cols.timestamps)
+        ev = self._evaluating() if evaluate else None
+        if ev is not None:
+            ev.evaluate(batch)
         for name in learning_order(self.models):
             deltas[name] = self.models[name].learn_local(batch)  # type: ignore[attr-defined]
         st.history.extend(batch.users, batch.items)
@@ -620,6 +654,12 @@ class ScaleOutTrainer:
         read to its end, the item snapshot and the merge."""
         self._last_snapshot = time.time()
         m = self.metrics
+        if self.evaluation is not None:
+            try:
+                self.evaluation.update_gauges()
+            except Exception:
+                m.loop_errors.labels(stage="metrics").inc()
+                log.exception("updating the accuracy gauges failed")
         for st in self.parts.values():
             if st.offset != st.snapshot_offset:
                 self._write_partition(st)
@@ -695,6 +735,7 @@ class ScaleOutTrainer:
         info = self.merged_store.write(
             clones, history=merge_histories(histories, self.settings.history_items),
             offsets={self.topic: offsets}, events_total=events_total, watermark=watermark,
+            metrics=self.evaluation.summary() if self.evaluation is not None else None,
             extra_meta={"scale_out": {
                 "group": self.settings.group, "writer": self.instance,
                 "partitions": per_part,

@@ -121,6 +121,22 @@ def test_two_trainers_in_one_group_equal_one_trainer(
         folded = sorted(messages(t, "in") for t in trainers)
         assert folded[1] >= published, (folded, published)
         assert folded[0] < published / 2, (folded, published)
+        # The folder evaluated its own partitions' events before learning them, with
+        # the single trainer's metrics; the other, which holds no item state, none.
+        folder, other = sorted(trainers, key=lambda t: messages(t, "in"), reverse=True)
+        def evaluated(t: ScaleOutTrainer, model: str) -> float:
+            return t.metrics.registry.get_sample_value(
+                "liverec_trainer_evaluated_events_total", {"model": model}) or 0.0
+
+        for name in EXACT_PARAMS:
+            assert 0 < evaluated(folder, name) < folder.events_learned, name
+            assert evaluated(other, name) == 0, name
+        assert folder.evaluation is not None
+        totals = folder.evaluation.summary()
+        # item-kNN finds this stream's planted co-occurrences; popularity ranks less well
+        assert totals["itemknn"]["total"]["hr"] > totals["popularity"]["total"]["hr"] > 0
+        assert folder.metrics.registry.get_sample_value(
+            "liverec_trainer_hit_ratio", {"model": "itemknn"}) == totals["itemknn"]["total"]["hr"]
         info = merged.extra_meta["scale_out"]
         assert sum(info["item_coverage"].values()) == len(events)
         assert sum(p["events_total"] for p in info["partitions"].values()) == len(events)
