@@ -58,9 +58,9 @@ def _assigned_at(text: str) -> list[float]:
 
 def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str,
         batch_size: int, workdir: Path, group: str | None = None
-        ) -> tuple[float, float, int]:
-    """(overall events/s, steady events/s, update bytes) of ``k`` trainers learning the
-    whole topic (``n`` records) into ``workdir/<group>``."""
+        ) -> tuple[float, float, int, int]:
+    """(overall events/s, steady events/s, update bytes, events evaluated) of ``k``
+    trainers learning the whole topic (``n`` records) into ``workdir/<group>``."""
     group = group or f"bench-{k}-{uuid.uuid4().hex[:6]}"
     snaps = workdir / group
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -91,7 +91,7 @@ def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str
             time.sleep(0.1)
     finally:
         probe.close()
-    update_bytes = 0
+    update_bytes = evaluated = 0
     assigned: list[float] = []
     for p, log in procs:
         p.wait(120)
@@ -100,13 +100,14 @@ def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str
         text = (workdir / f"{group}-{i}.log").read_text(errors="replace")
         update_bytes += sum(int(b) for b in re.findall(r"\((\d+) bytes\)", text))
         assigned.extend(_assigned_at(text))
+        evaluated += sum(int(e) for e in re.findall(r"stopped: .* evaluated=(\d+)", text))
     (t0, _), (t1, _) = samples[0], samples[-1]
     overall = n / max(t1 - t0, 1e-9)
     last = max((t for t in assigned if t <= t1), default=t0)
     before = max((c for t, c in samples if t <= last), default=0)
     start = min((t for t, _ in samples if t >= last), default=t1)
     steady = (n - before) / max(t1 - max(last, min(start, t1)), 1e-9)
-    return overall, steady, update_bytes
+    return overall, steady, update_bytes, evaluated
 
 
 def main() -> None:
@@ -128,14 +129,14 @@ def main() -> None:
             produce_events(bootstrap, topic, _events(args.events, args.users, args.items))
             rates = {}
             for k in args.trainers:
-                overall, steady, nbytes = run(bootstrap, topic, args.events, k,
+                overall, steady, nbytes, evaluated = run(bootstrap, topic, args.events, k,
                                               args.partitions, args.models,
                                               args.batch_size, Path(tmp))
                 delete_topics(bootstrap, [updates_topic(topic)])  # one name: one run at a time
                 rates[k] = (overall, steady)
                 print(f"trainers={k}: overall {overall:,.0f} events/s, steady {steady:,.0f} "
                       f"events/s, update topic {nbytes / args.events:,.0f} bytes per learned "
-                      "event", flush=True)
+                      f"event, {evaluated:,} events evaluated", flush=True)
             b_over, b_steady = rates[args.trainers[0]]
             for k, (o, st) in rates.items():
                 print(f"trainers={k}: overall {o / b_over:.2f}x, steady {st / b_steady:.2f}x "

@@ -108,7 +108,7 @@ class Batch:
     def __len__(self) -> int:
         return len(self.users)
 
-    def __getitem__(self, index: slice) -> Batch:
+    def __getitem__(self, index: slice | np.ndarray) -> Batch:
         return Batch(
             self.users[index], self.items[index], self.weights[index], self.timestamps[index]
         )

@@ -21,6 +21,7 @@ Nothing here can execute code on load: tensors are safetensors, metadata is JSON
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -373,6 +374,14 @@ class SnapshotStore:
         existing = self.versions()
         latest = self.latest_version() or 0
         version = max([latest, *existing]) + 1
+        while True:
+            # An empty directory reserves the number (mkdir is atomic): writers sharing
+            # a location (scale-out trainers' merges) never pick the same version.
+            try:
+                self.path_of(version).mkdir()
+                break
+            except FileExistsError:
+                version += 1
         tmp = self.root / f".tmp-{version:0{_VERSION_DIGITS}d}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
@@ -405,16 +414,20 @@ class SnapshotStore:
             total += len(raw)
             _fsync_dir(tmp)
             final = self.path_of(version)
-            os.rename(tmp, final)
+            os.rename(tmp, final)  # replaces the empty reserving directory
             _fsync_dir(self.root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.path_of(version).rmdir()  # the reservation, if still empty
             raise
         self._publish(version)
         self._prune()
         return SnapshotInfo(version, final, total, time.perf_counter() - t0)
 
     def _publish(self, version: int) -> None:
+        if (self.latest_version() or 0) > version:
+            return  # another writer of this location published a newer one already
         tmp = self.root / f".{_LATEST}.{uuid.uuid4().hex[:8]}"
         _write_durable(tmp, f"{version}\n".encode())
         os.replace(tmp, self.root / _LATEST)

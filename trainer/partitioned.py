@@ -61,7 +61,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping
+import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -186,8 +187,11 @@ class ScaleOutTrainer:
         #: a model's learning reads item state (BPR): every trainer folds, always
         self._fold_always = any(learns_from_item_state(m) for m in models.values())
         #: prequential evaluation of the own partitions' events, while folding and
-        #: caught up (None otherwise; rebuilt whenever the item state is replaced)
+        #: current (None otherwise; rebuilt whenever the item state is replaced)
         self.evaluation: TrainerEvaluation | None = None
+        #: the last fold read all the update messages that had arrived, and some were
+        #: folded since folding began (a backlog read in full batches is not current)
+        self._fold_current = False
 
     # ------------------------------------------------------------------ start-up
 
@@ -288,7 +292,7 @@ class ScaleOutTrainer:
         # Every partition from the item state's offset, in one assign.
         upd.assign_at({(self.updates, p): max(self.update_offsets.get(p, 0),
                                               begin[(self.updates, p)]) for p in parts})
-        self._folding, self._caught_up = True, False
+        self._folding, self._caught_up, self._fold_current = True, False, False
         log.info("folding the update topic from offsets %s", self.update_offsets or "0")
 
     def _stop_folding(self) -> None:
@@ -388,7 +392,10 @@ class ScaleOutTrainer:
                     last_record = now  # idle time counts while partitions are owned
                 self._sync_role()
                 if self._folding:
-                    self.apply_updates()
+                    folded = self.apply_updates(self.FOLD_MAX)
+                    # Fewer than asked for: all that had arrived is folded.
+                    self._fold_current = self._fold_current or folded > 0
+                    self._fold_current = self._fold_current and folded < self.FOLD_MAX
                 if time.time() - self._last_snapshot >= s.snapshot_every_s:
                     self.checkpoint()
                 if self._limit_reached(now - t_start, now - last_record):
@@ -406,10 +413,18 @@ class ScaleOutTrainer:
         finally:
             self._shutdown()
             restore_signals()
+            log.info("stopped: %s", self.status_line())
         return ScaleOutResult(self.events_learned, self.events_replayed,
                               self.updates_published,
                               self.producer.bytes_sent if self.producer else 0,
                               self.transactions, time.monotonic() - t_start)
+
+    def status_line(self) -> str:
+        ev = self.evaluation
+        evaluated = ev.evaluator.n_evaluated if ev is not None else 0
+        return (f"events learned={self.events_learned} replayed={self.events_replayed} "
+                f"partitions={sorted(self.parts)} folding={self._folding} "
+                f"evaluated={evaluated}" + (f" {ev.hr_line()}" if ev is not None else ""))
 
     def _shutdown(self) -> None:
         try:
@@ -503,8 +518,10 @@ class ScaleOutTrainer:
         return learned
 
     def _evaluating(self) -> TrainerEvaluation | None:
-        """The evaluation, while this trainer holds the whole, current item state."""
-        if not (self._folding and self._caught_up) or self._closing:
+        """The evaluation, while this trainer holds the whole, current item state: it
+        folds, and it has read the update topic to its end once or its last fold read
+        all that had arrived (not while it folds a backlog)."""
+        if not self._folding or not (self._caught_up or self._fold_current) or self._closing:
             return None
         if self.evaluation is None:
             self.evaluation = TrainerEvaluation(
@@ -534,7 +551,9 @@ class ScaleOutTrainer:
         batch = Batch.from_columns(cols.users, cols.items, cols.weights, cols.timestamps)
         ev = self._evaluating() if evaluate else None
         if ev is not None:
-            ev.evaluate(batch)
+            sampled = np.flatnonzero(eval_users(batch.users, self.settings.eval_users))
+            if len(sampled):
+                ev.evaluate(batch[sampled])
         for name in learning_order(self.models):
             deltas[name] = self.models[name].learn_local(batch)  # type: ignore[attr-defined]
         st.history.extend(batch.users, batch.items)
@@ -571,7 +590,10 @@ class ScaleOutTrainer:
 
     # ------------------------------------------------------------------ update topic
 
-    def apply_updates(self, max_messages: int = 1000, timeout_s: float = 0.0) -> int:
+    #: most update messages one fold of the loop reads
+    FOLD_MAX = 1000
+
+    def apply_updates(self, max_messages: int = FOLD_MAX, timeout_s: float = 0.0) -> int:
         """Fold committed update messages (everyone's, this trainer's too) into the models."""
         upd = self.updates_consumer
         if upd is None:
@@ -747,6 +769,22 @@ class ScaleOutTrainer:
         log.info("merged snapshot %d: events_total=%d over %d partitions in %.2f s",
                  info.version, events_total, len(per_part), time.perf_counter() - t0)
         return info.version
+
+
+def eval_users(users: Sequence[str] | np.ndarray, share: float) -> np.ndarray:
+    """Mask of the events whose user is in the evaluated ``share`` of users (by a CRC-32
+    of the id: the same users everywhere, every time).
+
+    >>> eval_users(["u1", "u2", "u3", "u1"], 1.0).tolist()
+    [True, True, True, True]
+    >>> m = eval_users([f"u{k}" for k in range(10_000)], 0.1)
+    >>> bool(0.09 < m.mean() < 0.11)
+    True
+    """
+    if share >= 1.0:
+        return np.ones(len(users), bool)
+    h = np.fromiter(map(zlib.crc32, map(str.encode, users)), np.uint32, count=len(users))
+    return h < np.uint32(share * 2**32)
 
 
 def _iso_ts(text: str) -> float:

@@ -209,3 +209,34 @@ def test_a_write_leaves_another_writers_temporary_directory_alone(tmp_path: Path
     _write(store, events=1)
     assert busy.is_dir()
     assert not crashed.exists()
+
+
+def test_writers_sharing_a_location_never_collide(tmp_path: Path) -> None:
+    # Scale-out trainers write merged snapshots into one location at once: each write
+    # must get its own version (two picked the same number and one rename failed with
+    # "Directory not empty"), and every published version must load.
+    import threading
+
+    stores = [SnapshotStore(tmp_path, keep=100) for _ in range(4)]
+    got: list[int] = []
+    errors: list[BaseException] = []
+
+    def writer(store: SnapshotStore, seed: int) -> None:
+        try:
+            for k in range(8):
+                got.append(_write(store, events=20 + k, seed=seed))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(s, i)) for i, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert sorted(got) == list(range(1, 33))
+    check = SnapshotStore(tmp_path, keep=100)
+    assert check.versions() == list(range(1, 33))
+    for v in check.versions():
+        assert check.load(v).version == v
+    assert not list(tmp_path.glob(".tmp-*"))
