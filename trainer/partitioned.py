@@ -718,6 +718,18 @@ class ScaleOutTrainer:
                 m.snapshot_errors.inc()
                 log.exception("merged snapshot failed")
 
+    def _merged_metrics(self) -> dict[str, Any] | None:
+        """This trainer's evaluation figures; a trainer that evaluates nothing (it does
+        not fold) carries the latest merged snapshot's forward, so a merge at its
+        shutdown does not blank the dashboard."""
+        if self.evaluation is not None:
+            return self.evaluation.summary()
+        try:
+            previous = self.merged_store.read_manifest().get("metrics")
+        except (SnapshotError, OSError, ValueError):
+            return None
+        return previous if isinstance(previous, dict) else None
+
     def write_merged(self) -> int:
         """Write the servable merged model into ``<snapshots>/``; returns its version."""
         t0 = time.perf_counter()
@@ -757,7 +769,7 @@ class ScaleOutTrainer:
         info = self.merged_store.write(
             clones, history=merge_histories(histories, self.settings.history_items),
             offsets={self.topic: offsets}, events_total=events_total, watermark=watermark,
-            metrics=self.evaluation.summary() if self.evaluation is not None else None,
+            metrics=self._merged_metrics(),
             extra_meta={"scale_out": {
                 "group": self.settings.group, "writer": self.instance,
                 "partitions": per_part,

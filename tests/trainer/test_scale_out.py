@@ -142,6 +142,9 @@ def test_two_trainers_in_one_group_equal_one_trainer(
         assert totals["itemknn"]["total"]["hr"] > totals["popularity"]["total"]["hr"] > 0
         assert folder.metrics.registry.get_sample_value(
             "liverec_trainer_hit_ratio", {"model": "itemknn"}) == totals["itemknn"]["total"]["hr"]
+        # The merged snapshot carries the figures to the server's dashboard, also when
+        # the last merge came from a trainer that evaluates nothing (carried forward).
+        assert merged.manifest["metrics"]["itemknn"]["total"]["n"] > 0
         info = merged.extra_meta["scale_out"]
         assert sum(info["item_coverage"].values()) == len(events)
         assert sum(p["events_total"] for p in info["partitions"].values()) == len(events)
