@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from online_models.base import Batch, OnlineModel, UserHistory
@@ -167,6 +167,17 @@ class TrainerEvaluation:
             wall = self.alarm_wall.get(name)
             m.drift_last_alarm_age.labels(model=name).set(
                 time.time() - wall if wall is not None else -1.0)
+
+    @staticmethod
+    def clear_gauges(metrics: TrainerMetrics, models: Iterable[str]) -> None:
+        """NaN in the accuracy gauges of a process that evaluates nothing (now): a
+        scale-out trainer that does not fold (0 would read as a model that misses)."""
+        nan = float("nan")
+        for name in models:
+            for gauge in (metrics.rolling_hr, metrics.rolling_ndcg, metrics.rolling_coverage,
+                          metrics.hr_total, metrics.ndcg_total):
+                gauge.labels(model=name).set(nan)
+            metrics.rolling_evaluated.labels(model=name).set(0.0)
 
     def summary(self) -> dict[str, Any]:
         """Rolling and total figures per model, for a snapshot's metadata."""

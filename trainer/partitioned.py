@@ -192,6 +192,7 @@ class ScaleOutTrainer:
         #: the last fold read all the update messages that had arrived, and some were
         #: folded since folding began (a backlog read in full batches is not current)
         self._fold_current = False
+        TrainerEvaluation.clear_gauges(self.metrics, self.names)
 
     # ------------------------------------------------------------------ start-up
 
@@ -300,6 +301,7 @@ class ScaleOutTrainer:
         self.updates_consumer.assign([])
         self._folding = self._caught_up = False
         self.evaluation = None
+        TrainerEvaluation.clear_gauges(self.metrics, self.names)
         self.metrics.update_lag.set(float("nan"))
         self.metrics.partition_events_total.clear()  # only a folding trainer knows them
         log.info("partition 0 went elsewhere: no longer folding the update topic")

@@ -132,6 +132,9 @@ def test_two_trainers_in_one_group_equal_one_trainer(
         for name in EXACT_PARAMS:
             assert 0 < evaluated(folder, name) < folder.events_learned, name
             assert evaluated(other, name) < evaluated(folder, name) / 10, name
+            # no figure where nothing is evaluated now (0 would read as all misses)
+            assert np.isnan(other.metrics.registry.get_sample_value(
+                "liverec_trainer_rolling_hit_ratio", {"model": name}))
         assert folder.evaluation is not None
         totals = folder.evaluation.summary()
         # ... over the events of the sampled share of users only (eval_users, 10%)
