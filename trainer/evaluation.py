@@ -23,12 +23,12 @@ from online_models.evaluation import EvalSample, PrequentialEvaluator
 from trainer.metrics import TrainerMetrics
 from trainer.settings import TrainerSettings
 
-__all__ = ["TrainerEvaluation", "finite"]
+__all__ = ["TrainerEvaluation"]
 
 log = logging.getLogger(__name__)
 
 
-def finite(x: float | None) -> float | None:
+def _finite(x: float | None) -> float | None:
     """``x`` as a float, or None when it is missing or not finite."""
     return None if x is None or not math.isfinite(x) else float(x)
 
@@ -158,12 +158,12 @@ class TrainerEvaluation:
         for name in self.evaluator.models:
             roll = self.evaluator.rolling(name)
             tot = self.evaluator.totals(name)
-            m.rolling_hr.labels(model=name).set(finite(roll["hr"]) or 0.0)
-            m.rolling_ndcg.labels(model=name).set(finite(roll["ndcg"]) or 0.0)
-            m.rolling_coverage.labels(model=name).set(finite(roll["coverage"]) or 0.0)
-            m.rolling_evaluated.labels(model=name).set(finite(roll.get("n")) or 0.0)
-            m.hr_total.labels(model=name).set(finite(tot["hr"]) or 0.0)
-            m.ndcg_total.labels(model=name).set(finite(tot["ndcg"]) or 0.0)
+            m.rolling_hr.labels(model=name).set(_finite(roll["hr"]) or 0.0)
+            m.rolling_ndcg.labels(model=name).set(_finite(roll["ndcg"]) or 0.0)
+            m.rolling_coverage.labels(model=name).set(_finite(roll["coverage"]) or 0.0)
+            m.rolling_evaluated.labels(model=name).set(_finite(roll.get("n")) or 0.0)
+            m.hr_total.labels(model=name).set(_finite(tot["hr"]) or 0.0)
+            m.ndcg_total.labels(model=name).set(_finite(tot["ndcg"]) or 0.0)
             wall = self.alarm_wall.get(name)
             m.drift_last_alarm_age.labels(model=name).set(
                 time.time() - wall if wall is not None else -1.0)
@@ -189,8 +189,8 @@ class TrainerEvaluation:
             except Exception:
                 continue
             out[name] = {
-                "rolling": {k: finite(roll.get(k)) for k in ("n", "hr", "ndcg", "coverage")},
-                "total": {k: finite(tot.get(k)) for k in ("n", "hr", "ndcg", "coverage")},
+                "rolling": {k: _finite(roll.get(k)) for k in ("n", "hr", "ndcg", "coverage")},
+                "total": {k: _finite(tot.get(k)) for k in ("n", "hr", "ndcg", "coverage")},
             }
         return out
 
@@ -199,7 +199,7 @@ class TrainerEvaluation:
         hr = []
         for name in self.evaluator.models:
             try:
-                v = finite(self.evaluator.rolling(name)["hr"])
+                v = _finite(self.evaluator.rolling(name)["hr"])
             except Exception:
                 v = None
             hr.append(f"{name}={v:.3f}" if v is not None else f"{name}=-")

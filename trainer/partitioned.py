@@ -61,7 +61,6 @@ import os
 import socket
 import threading
 import time
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +77,7 @@ from online_models.deltas import (
     learns_from_item_state,
     unsupported,
 )
+from online_models.drift import stable_buckets
 from online_models.ownership import write_heartbeat
 from online_models.snapshot import Snapshot, SnapshotError, SnapshotStore
 from stream.columns import decode_columns
@@ -396,8 +396,8 @@ class ScaleOutTrainer:
                 if self._folding:
                     folded = self.apply_updates(self.FOLD_MAX)
                     # Fewer than asked for: all that had arrived is folded.
-                    self._fold_current = self._fold_current or folded > 0
-                    self._fold_current = self._fold_current and folded < self.FOLD_MAX
+                    self._fold_current = ((self._fold_current or folded > 0)
+                                          and folded < self.FOLD_MAX)
                 if time.time() - self._last_snapshot >= s.snapshot_every_s:
                     self.checkpoint()
                 if self._limit_reached(now - t_start, now - last_record):
@@ -797,8 +797,7 @@ def eval_users(users: Sequence[str] | np.ndarray, share: float) -> np.ndarray:
     """
     if share >= 1.0:
         return np.ones(len(users), bool)
-    h = np.fromiter(map(zlib.crc32, map(str.encode, users)), np.uint32, count=len(users))
-    return h < np.uint32(share * 2**32)
+    return stable_buckets(users, 1 << 32) < int(share * (1 << 32))
 
 
 def _iso_ts(text: str) -> float:

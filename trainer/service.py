@@ -33,6 +33,7 @@ import numpy as np
 from online_models import registry
 from online_models.base import Batch, OnlineModel, UserHistory, learning_order
 from online_models.drift import ConceptDriftMonitor, DataDriftTracker, embedding_drift
+from online_models.evaluation import PrequentialEvaluator
 from online_models.snapshot import CapturedState, SnapshotStore, capture
 from stream.consumer import MiniBatchConsumer, Partition
 from stream.settings import KafkaSettings
@@ -140,7 +141,6 @@ class Trainer:
         self.evaluation = TrainerEvaluation(self.models, self.history, settings,
                                             self.metrics, on_drift=self._on_drift,
                                             monitors=self.monitors)
-        self.evaluator = self.evaluation.evaluator
         #: seconds the latest snapshot's state copy paused learning
         self._capture_s = 0.0
 
@@ -378,6 +378,11 @@ class Trainer:
             log.debug("handled %s", {p: (polled.first_offsets[p], o)
                                      for p, o in polled.offsets.items()})
         return n
+
+    @property
+    def evaluator(self) -> PrequentialEvaluator:
+        """The evaluation's prequential evaluator."""
+        return self.evaluation.evaluator
 
     def _evaluate(self, batch: Batch) -> None:
         """Evaluate the batch's sample (the history moves for every event)."""
