@@ -1,30 +1,40 @@
 """A learned re-ranker: an MLP click model over the top candidates of component models.
 
 Recall: every component (registry models, as in :mod:`online_models.hybrid`) scores
-all items; scores are min-max normalised per component and summed; the best
-``candidates`` items are re-ranked by ``P(click | user, item)``, an MLP (ReLU
-hidden layer, sigmoid output, binary cross-entropy, Adam) over these features of
-each candidate:
+all items; scores are min-max normalised per component and blended (``base``):
+``"hybrid"`` (default) weights them with the blend an internal
+:class:`~online_models.hybrid.Hybrid` tunes on the stream (bound to this model's
+components: it tunes, it does not learn copies), ``"sum"`` adds them unweighted
+(round 1). The best ``candidates`` items are re-ranked by an MLP (ReLU hidden layer,
+Adam) over these features of each candidate:
 
 * per component: its normalised score and ``1 / log2(2 + rank)`` of the item among
   the candidates by that component;
-* the recall score (sum of the normalised scores);
+* the recall score (the blend of the normalised scores);
 * the item: ``log1p`` of its interaction count, of its age (days since first seen)
   and of the days since it was last seen;
 * the user: ``log1p`` of their event count and of the hours since their last event;
 * content: cosine of the item's content vector with the recency-weighted profile of
   the user's recent items (0 without item features).
 
+With ``residual`` (default) the logit is ``alpha * recall + MLP(x)``, ``alpha``
+learned and the MLP's output layer starting at zero: the untrained re-ranker orders
+the candidates exactly as the recall does, and learning moves it from there (a
+re-ranker that must first re-learn the blend from scratch ranks below it for long).
+
 Training is online, inside :meth:`ReRanker.learn`, before the components learn the
 batch (so on what they knew when the event came): for ``train_sample`` evenly spaced
 events of the batch whose user has history, the clicked item is a positive and
 ``negatives`` candidates the user was shown but did not click are negatives (drawn
-from the candidates; with ``shown`` half from the current top ``shown``). The examples
-of recent batches are kept (``replay_size`` feature rows) and each batch runs
-``steps_per_batch`` Adam steps on draws of ``step_examples`` of them. Until
-``warmup_examples`` examples were seen, candidates keep the recall order. Candidates
-score ``2 + P(click)``, every other item its recall score scaled into ``[0, 1)``, so
-the re-ranked top stays on top.
+from the candidates; with ``shown`` half from the current top ``shown``). ``loss``:
+``"listwise"`` (default) is the softmax cross-entropy of the positive against its
+negatives, learned only when the clicked item is a candidate (what a re-ranker can
+move); ``"pointwise"`` is the binary cross-entropy of each example (round 1). The
+example groups of recent batches are kept (``replay_size`` feature rows) and each
+batch runs ``steps_per_batch`` Adam steps on draws of ``step_examples`` rows of them.
+Until ``warmup_examples`` examples were seen, candidates keep the recall order.
+Candidates score above every other item (``2 +`` their re-ranked score scaled into
+``[0, 1)``), every other item its recall score scaled into ``[0, 1)``.
 """
 
 from __future__ import annotations
@@ -39,12 +49,37 @@ from torch import nn
 from online_models import registry
 from online_models.base import Batch, IdIndex, ModelState, OnlineModel, UserHistory, grow_rows
 from online_models.content import ItemFeatures
+from online_models.hybrid import Hybrid
 from online_models.rowmap import RowMaps
 
 __all__ = ["ReRanker"]
 
 DEFAULT_COMPONENTS: tuple[str, ...] = ("popularity", "itemknn", "sequence", "sknn")
 _N_OTHER = 7  # recall + 3 item + 2 user + 1 content features
+_BASES = ("hybrid", "sum")
+_LOSSES = ("listwise", "pointwise")
+
+
+class _Scorer(nn.Module):
+    """The click model: an MLP, plus ``alpha`` times the recall feature (``residual``)."""
+
+    def __init__(self, n_in: int, hidden: int, recall_col: int, residual: bool) -> None:
+        super().__init__()
+        first, last = nn.Linear(n_in, hidden), nn.Linear(hidden, 1)
+        self.mlp = nn.Sequential(first, nn.ReLU(), last)
+        self.recall_col = recall_col
+        self.residual = residual
+        if residual:
+            # Starts as the recall's order; the MLP learns the corrections.
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+            self.alpha = nn.Parameter(torch.tensor(10.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.mlp(x).squeeze(-1)
+        if self.residual:
+            out = out + self.alpha * x[..., self.recall_col]
+        return out
 
 
 class ReRanker(OnlineModel):
@@ -71,6 +106,17 @@ class ReRanker(OnlineModel):
         With ``shown > 0`` half the negatives come from the current top ``shown`` of
         the re-ranked list (hard negatives); 0 draws them all from the candidates
         (on the planted test stream hard negatives cost 3% HR@10).
+    base
+        The recall blend: ``"hybrid"`` (weights tuned by an internal hybrid) or
+        ``"sum"`` (unweighted).
+    blend_params
+        Tuning arguments of the internal hybrid (``tune_sample``, ``tune_decay``,
+        ``grid_steps``, ...; ``base="hybrid"`` only).
+    loss
+        ``"listwise"`` (softmax of the clicked candidate against its negatives) or
+        ``"pointwise"`` (binary cross-entropy per example).
+    residual
+        The logit is ``alpha * recall + MLP(x)``, starting at the recall's order.
     warmup_examples
         Training examples before the MLP's order is used.
     steps_per_batch
@@ -112,6 +158,10 @@ class ReRanker(OnlineModel):
         replay_size: int = 10_000,
         history_items: int = 50,
         content_items: int = 10,
+        base: str = "hybrid",
+        blend_params: Mapping[str, Any] | None = None,
+        loss: str = "listwise",
+        residual: bool = True,
         seed: int = 0,
     ) -> None:
         self.components = list(components)
@@ -128,6 +178,14 @@ class ReRanker(OnlineModel):
         self.replay_size = replay_size
         self.history_items = history_items
         self.content_items = content_items
+        if base not in _BASES:
+            raise ValueError(f"base must be one of {_BASES}")
+        if loss not in _LOSSES:
+            raise ValueError(f"loss must be one of {_LOSSES}")
+        self.base = base
+        self.blend_params = dict(blend_params or {})
+        self.loss = loss
+        self.residual = residual
         self.seed = seed
         if not self.components or len(set(self.components)) != len(self.components):
             raise ValueError("ReRanker needs distinct components")
@@ -137,6 +195,10 @@ class ReRanker(OnlineModel):
             if kind in ("ranked", "hybrid"):
                 raise ValueError(f"a ReRanker cannot contain a {kind!r} component")
             self.models[c] = registry.create(kind, **self.component_params.get(c, {}))
+        self._blend: Hybrid | None = None
+        if base == "hybrid":
+            self._blend = Hybrid(self.components, self.component_params, **self.blend_params)
+            self._blend.bind(self.models)
 
         self.users = IdIndex()
         self.items = IdIndex()
@@ -153,11 +215,14 @@ class ReRanker(OnlineModel):
         n_in = 2 * len(self.components) + _N_OTHER
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self._mlp = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+            self._mlp = _Scorer(n_in, hidden, 2 * len(self.components), residual)
         self._opt = torch.optim.Adam(self._mlp.parameters(), lr=learning_rate)
         self._gen = torch.Generator().manual_seed(seed)
-        self._rx = np.zeros((replay_size, n_in), np.float32)
-        self._ry = np.zeros(replay_size, np.float32)
+        # Replay of example groups (a positive, then its negatives), group by group.
+        self._group = 1 + negatives
+        n_groups = max(1, replay_size // self._group)
+        self._rx = np.zeros((n_groups, self._group, n_in), np.float32)
+        self._ry = np.zeros((n_groups, self._group), np.float32)
         self._r_pos = 0
         self._r_len = 0
 
@@ -177,6 +242,17 @@ class ReRanker(OnlineModel):
         self._i_count = grow_rows(self._i_count, cap)
         self._i_first = grow_rows(self._i_first, cap, np.nan)
         self._i_last = grow_rows(self._i_last, cap, np.nan)
+
+    @property
+    def blend(self) -> dict[str, float]:
+        """The recall's weight per component (the internal hybrid's tuned blend, or 1s)."""
+        if self._blend is None:
+            return dict.fromkeys(self.components, 1.0)
+        return self._blend.weights
+
+    def _weights(self) -> np.ndarray:
+        w = self.blend
+        return np.asarray([w[c] for c in self.components], np.float64)
 
     def _matrix(self, user: str, history: Sequence[str]) -> np.ndarray:
         """Normalised component scores, one row per component, columns = our item rows."""
@@ -205,7 +281,7 @@ class ReRanker(OnlineModel):
             ranks = np.searchsorted(np.sort(-cand_scores[k]), -sub[k], side="left")
             x[:, k] = sub[k]
             x[:, n_c + k] = 1.0 / np.log2(2.0 + ranks)
-        x[:, 2 * n_c] = sub.sum(axis=0)
+        x[:, 2 * n_c] = self._weights() @ sub
         day = 86_400.0
         x[:, 2 * n_c + 1] = np.log1p(self._i_count[rows])
         x[:, 2 * n_c + 2] = np.log1p(np.nan_to_num(np.maximum(now - self._i_first[rows], 0) / day))
@@ -241,7 +317,7 @@ class ReRanker(OnlineModel):
         return out
 
     def _candidates(self, mat: np.ndarray, history: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        recall = mat.sum(axis=0)
+        recall = self._weights() @ mat
         live = self.items.live_mask()
         recall[~live[: len(recall)]] = -np.inf
         hist = self.items.rows(history)
@@ -254,7 +330,8 @@ class ReRanker(OnlineModel):
         return top[np.argsort(-recall[top], kind="stable")], recall
 
     def _logits(self, x: np.ndarray) -> torch.Tensor:
-        return self._mlp(torch.from_numpy(x)).squeeze(1)
+        out: torch.Tensor = self._mlp(torch.from_numpy(x))
+        return out
 
     # ------------------------------------------------------------------ learning
     def learn(self, batch: Batch) -> None:
@@ -277,17 +354,15 @@ class ReRanker(OnlineModel):
                     ys.append(ex[1])
             self.history.append(user, item)
         if xs:
-            x, y = np.concatenate(xs), np.concatenate(ys)
+            x, y = np.stack(xs), np.stack(ys)
             self._push(x, y)
-            self.n_trained += len(y)
+            self.n_trained += y.size
+            per_step = max(1, self.step_examples // self._group)
             for _ in range(self.steps_per_batch):
-                pick = torch.randint(0, self._r_len, (self.step_examples,), generator=self._gen)
-                xb = torch.from_numpy(self._rx[pick.numpy()])
-                yb = torch.from_numpy(self._ry[pick.numpy()])
-                self._opt.zero_grad()
-                loss = nn.functional.binary_cross_entropy_with_logits(self._mlp(xb).squeeze(1), yb)
-                loss.backward()
-                self._opt.step()
+                pick = torch.randint(0, self._r_len, (per_step,), generator=self._gen).numpy()
+                self._step(torch.from_numpy(self._rx[pick]), torch.from_numpy(self._ry[pick]))
+        if self._blend is not None:
+            self._blend.learn(batch)  # tunes the recall blend; learns no component
         for m in self.models.values():
             m.learn(batch)
         self._sync()
@@ -306,8 +381,20 @@ class ReRanker(OnlineModel):
         self._i_last[irows[ok]] = np.where(np.isnan(last), ts[ok], np.fmax(last, ts[ok]))
         self._watermark = max(self._watermark, float(ts.max()))
 
+    def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
+        """One Adam step on example groups ``xb`` (groups, 1 + negatives, features)."""
+        self._opt.zero_grad()
+        logits = self._mlp(xb)
+        if self.loss == "listwise":  # the positive (column 0) against its group
+            loss = nn.functional.cross_entropy(
+                logits, torch.zeros(len(logits), dtype=torch.long))
+        else:
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, yb)
+        loss.backward()
+        self._opt.step()
+
     def _push(self, x: np.ndarray, y: np.ndarray) -> None:
-        size = self.replay_size
+        size = len(self._rx)
         x, y = x[-size:], y[-size:]
         idx = (self._r_pos + np.arange(len(y))) % size
         self._rx[idx], self._ry[idx] = x, y
@@ -320,14 +407,14 @@ class ReRanker(OnlineModel):
         mat = self._matrix(user, hist)
         cand, _ = self._candidates(mat, hist)
         others = cand[cand != row]
-        if len(others) == 0:
-            return None
+        if len(others) == 0 or (self.loss == "listwise" and len(others) == len(cand)):
+            return None  # listwise: only a clicked candidate teaches the order
         # "Shown" = the current top of the re-ranked list; the rest of the candidates.
         order = self._rank(mat, cand, user, hist, now)
         shown = order[order != row][: self.shown]
         rest = np.setdiff1d(others, shown, assume_unique=True)
         half = self.negatives // 2 if len(shown) and len(rest) else (
-            self.negatives if len(shown) else 0)
+            self.negatives if len(shown) else 0)  # a group always has 1 + negatives rows
         negs = []
         if half:
             negs.append(shown[torch.randint(0, len(shown), (half,), generator=self._gen).numpy()])
@@ -357,14 +444,17 @@ class ReRanker(OnlineModel):
             return np.zeros(0, np.float32)
         mat = self._matrix(user, hist)
         cand, recall = self._candidates(mat, hist)
-        base = mat.sum(axis=0)
+        base = self._weights() @ mat
         top = base.max() if cap else 0.0
         out = base / (top * 1.0001) if top > 0 else base
         if len(cand):
             if self.n_trained >= self.warmup_examples:
                 with torch.no_grad():
                     x = self._features(mat, cand, cand, user, hist, self._watermark)
-                    out[cand] = 2.0 + torch.sigmoid(self._logits(x)).numpy()
+                    z = self._logits(x).numpy().astype(np.float64)
+                # Order-preserving into [2, 3): logits can exceed a sigmoid's resolution.
+                span = z.max() - z.min()
+                out[cand] = 2.0 + ((z - z.min()) / span * 0.999 if span > 0 else 0.0)
             else:
                 out[cand] = 2.0 + recall[cand] / (recall[cand].max() + 1e-12) * 0.999
         return self._finish_scores(out)
@@ -372,7 +462,11 @@ class ReRanker(OnlineModel):
     def click_proba(
         self, user: str, items: Sequence[str], history: Sequence[str] = ()
     ) -> np.ndarray:
-        """``P(click | user, item)`` from the MLP for each of ``items`` (0.0 if unknown)."""
+        """``P(click | user, item)`` from the MLP for each of ``items`` (0.0 if unknown).
+
+        Calibrated with ``loss="pointwise"``; with ``"listwise"`` the sigmoid of a
+        logit that is only defined up to a shift: it orders items, it is no probability.
+        """
         out = np.zeros(len(items), np.float64)
         rows = self.items.rows(items)
         ok = rows >= 0
@@ -426,6 +520,11 @@ class ReRanker(OnlineModel):
             arrays[f"map/{c}"] = self._maps.rows(c).copy()
         if self.features is not None:
             arrays.update(self.features.to_arrays("features"))
+        blend_meta = None
+        if self._blend is not None:
+            bst = self._blend.get_state()  # its components are ours: only its tuning
+            blend_meta = bst.meta
+            arrays.update({f"blend/{k}": v for k, v in bst.arrays.items()})
         meta = {
             "class": self.name,
             "params": self.get_params(),
@@ -435,22 +534,26 @@ class ReRanker(OnlineModel):
             "replay_len": self._r_len,
             "watermark": self._watermark,
             "has_features": self.features is not None,
+            "blend": blend_meta,
         }
         return ModelState(arrays=arrays, meta=meta)
 
     @classmethod
     def from_state(cls, state: ModelState) -> Self:
         a, meta = state.arrays, state.meta
-        m = cls(**meta["params"])
+        # A snapshot from before these parameters existed is round 1's re-ranker.
+        m = cls(**{"base": "sum", "loss": "pointwise", "residual": False, **meta["params"]})
         m.users = IdIndex.from_arrays(a, "users")
         m.items = IdIndex.from_arrays(a, "items")
         m.history = UserHistory.from_arrays(a, "history", max_items=m.history_items)
         for name in ("i_count", "i_first", "i_last", "u_count", "u_last"):
             setattr(m, f"_{name}", np.array(a[name], np.float64))
         m._gen.set_state(torch.from_numpy(np.array(a["generator"], np.uint8)))
-        m._mlp.load_state_dict(
-            {k: torch.from_numpy(np.array(a[f"mlp.{k}"])) for k in m._mlp.state_dict()}
-        )
+        # (round 1 stored the bare MLP: "mlp.0.weight" where this has "mlp.mlp.0.weight")
+        m._mlp.load_state_dict({
+            k: torch.from_numpy(np.array(a[f"mlp.{k}"] if f"mlp.{k}" in a else a[k]))
+            for k in m._mlp.state_dict()
+        })
         opt_sd = m._opt.state_dict()
         opt_state: dict[int, dict[str, torch.Tensor]] = {}
         for key in a:
@@ -460,15 +563,21 @@ class ReRanker(OnlineModel):
         opt_sd["state"] = opt_state
         m._opt.load_state_dict(opt_sd)
         m.n_trained = int(meta["n_trained"])
-        m._rx = np.array(a["replay.x"], np.float32)
-        m._ry = np.array(a["replay.y"], np.float32)
-        m._r_pos, m._r_len = int(meta["replay_pos"]), int(meta["replay_len"])
+        if a["replay.x"].ndim == 3:  # (earlier snapshots kept rows, not groups: no replay)
+            m._rx = np.array(a["replay.x"], np.float32)
+            m._ry = np.array(a["replay.y"], np.float32)
+            m._r_pos, m._r_len = int(meta["replay_pos"]), int(meta["replay_len"])
         m._watermark = float(meta["watermark"])
         for c in m.components:
             prefix = f"{c}/"
             sub = {k[len(prefix):]: v for k, v in a.items() if k.startswith(prefix)}
             m.models[c] = registry.from_state(ModelState(arrays=sub, meta=meta["components"][c]))
             m._maps.restore(c, a[f"map/{c}"], m.models[c].items.generation)
+        if m._blend is not None and meta.get("blend") is not None:
+            sub = {k[len("blend/"):]: v for k, v in a.items() if k.startswith("blend/")}
+            m._blend = Hybrid.from_state(ModelState(arrays=sub, meta=meta["blend"]))
+        if m._blend is not None:
+            m._blend.bind(m.models)
         if meta.get("has_features"):
             m.features = ItemFeatures.from_arrays(a, "features")
             for comp in m.models.values():
