@@ -33,6 +33,10 @@ move); ``"pointwise"`` is the binary cross-entropy of each example (round 1). Th
 example groups of recent batches are kept (``replay_size`` feature rows) and each
 batch runs ``steps_per_batch`` Adam steps on draws of ``step_examples`` rows of them.
 Until ``warmup_examples`` examples were seen, candidates keep the recall order.
+
+Like the hybrid, the re-ranker creates private components, or re-ranks models it is
+given (:meth:`ReRanker.bind`, :func:`online_models.registry.bind`: what the trainer and
+``liverec evaluate`` do), which it then reads and never learns.
 Candidates score above every other item (``2 +`` their re-ranked score scaled into
 ``[0, 1)``), every other item its recall score scaled into ``[0, 1)``.
 """
@@ -205,6 +209,7 @@ class ReRanker(OnlineModel):
         self.history = UserHistory(max_items=history_items)
         self.features: ItemFeatures | None = None
         self._maps = RowMaps()  # component row -> our row
+        self._shared: set[str] = set()  # components bound from outside (not learned here)
         self._i_count = np.zeros(0, np.float64)
         self._i_first = np.zeros(0, np.float64)
         self._i_last = np.zeros(0, np.float64)
@@ -226,13 +231,47 @@ class ReRanker(OnlineModel):
         self._r_pos = 0
         self._r_len = 0
 
+    # ------------------------------------------------------------------ sharing
+    def bind(self, models: Mapping[str, OnlineModel]) -> list[str]:
+        """Re-rank the components found in ``models`` instead of private copies.
+
+        As :meth:`online_models.hybrid.Hybrid.bind` (same matching and checks): a
+        bound component is read, never learned here; whoever owns ``models`` learns
+        it after this model (:func:`~online_models.base.learning_order`). Returns the
+        names bound.
+        """
+        bound: list[str] = []
+        for c in self.components:
+            other = models.get(c)
+            if other is None or other is self or other.name != c.split("@", 1)[0]:
+                continue
+            wanted = self.component_params.get(c, {})
+            have = other.get_params()
+            clash = {p: v for p, v in wanted.items() if p in have and have[p] != v}
+            if clash:
+                raise ValueError(f"ranked component {c!r}: the given model has {have!r}, "
+                                 f"component_params ask for {clash!r}")
+            if self.models.get(c) is not other:
+                self.models[c] = other
+                self._maps.invalidate(c)
+            self._shared.add(c)
+            bound.append(c)
+        if self._blend is not None:
+            self._blend.bind(self.models)
+        self._sync()
+        return bound
+
+    def shared_components(self) -> Mapping[str, OnlineModel]:
+        return {c: self.models[c] for c in self.components if c in self._shared}
+
     # ------------------------------------------------------------------ features
     def set_item_features(self, features: ItemFeatures) -> None:
-        """Use ``features`` for the content feature, and pass them to components that take them."""
+        """Use ``features`` for the content feature, and pass them to the private
+        components that take them (shared ones get them from their owner)."""
         self.features = features
-        for m in self.models.values():
+        for c, m in self.models.items():
             setter = getattr(m, "set_item_features", None)
-            if setter is not None:
+            if c not in self._shared and setter is not None:
                 setter(features)
         self._sync()
 
@@ -363,8 +402,12 @@ class ReRanker(OnlineModel):
                 self._step(torch.from_numpy(self._rx[pick]), torch.from_numpy(self._ry[pick]))
         if self._blend is not None:
             self._blend.learn(batch)  # tunes the recall blend; learns no component
-        for m in self.models.values():
-            m.learn(batch)
+        # The batch's items get rows now, in batch order, whoever learns the components
+        # (bound ones learn after this call): the same rows either way.
+        self.items.add_many(batch.items)
+        for c, m in self.models.items():
+            if c not in self._shared:
+                m.learn(batch)
         self._sync()
         ts = np.asarray(batch.timestamps, np.float64)
         urows = self.users.add_many(batch.users)
@@ -438,6 +481,7 @@ class ReRanker(OnlineModel):
 
     # ------------------------------------------------------------------ scoring
     def score_all(self, user: str, history: Sequence[str] = ()) -> np.ndarray:
+        self._sync()  # bound components may have learned since
         cap = self.items.capacity
         hist = list(history) if history else self.history.get(user)
         if cap == 0:
@@ -467,6 +511,7 @@ class ReRanker(OnlineModel):
         Calibrated with ``loss="pointwise"``; with ``"listwise"`` the sigmoid of a
         logit that is only defined up to a shift: it orders items, it is no probability.
         """
+        self._sync()
         out = np.zeros(len(items), np.float64)
         rows = self.items.rows(items)
         ok = rows >= 0
@@ -514,6 +559,8 @@ class ReRanker(OnlineModel):
                 arrays[f"opt.{pid}.{key}"] = torch.as_tensor(val).numpy().copy()
         comp_meta: dict[str, Any] = {}
         for c, m in self.models.items():
+            if c in self._shared:  # by name only: the snapshot holds it beside this model
+                continue
             st = m.get_state()
             comp_meta[c] = st.meta
             arrays.update({f"{c}/{k}": v for k, v in st.arrays.items()})
@@ -535,6 +582,7 @@ class ReRanker(OnlineModel):
             "watermark": self._watermark,
             "has_features": self.features is not None,
             "blend": blend_meta,
+            "shared": [c for c in self.components if c in self._shared],
         }
         return ModelState(arrays=arrays, meta=meta)
 
@@ -568,7 +616,12 @@ class ReRanker(OnlineModel):
             m._ry = np.array(a["replay.y"], np.float32)
             m._r_pos, m._r_len = int(meta["replay_pos"]), int(meta["replay_len"])
         m._watermark = float(meta["watermark"])
+        shared = set(meta.get("shared", ()))
         for c in m.components:
+            if c in shared:
+                # A placeholder until bind(): the real model lives beside this one.
+                m._maps.invalidate(c)
+                continue
             prefix = f"{c}/"
             sub = {k[len(prefix):]: v for k, v in a.items() if k.startswith(prefix)}
             m.models[c] = registry.from_state(ModelState(arrays=sub, meta=meta["components"][c]))
@@ -580,9 +633,10 @@ class ReRanker(OnlineModel):
             m._blend.bind(m.models)
         if meta.get("has_features"):
             m.features = ItemFeatures.from_arrays(a, "features")
-            for comp in m.models.values():
+            for c, comp in m.models.items():
                 setter = getattr(comp, "set_item_features", None)
-                if setter is not None and getattr(comp, "features", None) is not None:
+                if c not in shared and setter is not None and getattr(
+                        comp, "features", None) is not None:
                     # Share one features object (components restored their own copy).
                     setter(m.features)
         return m

@@ -108,3 +108,34 @@ def test_a_round_1_snapshot_still_loads() -> None:
     assert old._r_len == 0  # the rows' replay is not reused as groups
     np.testing.assert_allclose(old.score_all("u1", ["I1", "I2"]), m.score_all("u1", ["I1", "I2"]),
                                rtol=1e-6)
+
+
+def test_bound_reranker_recommends_like_one_with_private_copies() -> None:
+    """Bound to the models beside it (what the trainer and `liverec evaluate` do), the
+    re-ranker learns no copies, and re-ranks as it does with private ones."""
+    stream = _mixed_stream(1_500)
+    comps = ["popularity", "sequence"]
+    private = ReRanker(components=comps, warmup_examples=0, seed=0)
+    models = registry.create_models([*comps, "ranked"], {"ranked": {
+        "components": comps, "warmup_examples": 0, "seed": 0}})
+    shared = models["ranked"]
+    assert isinstance(shared, ReRanker) and sorted(shared.shared_components()) == comps
+    assert next(iter(models)) == "ranked"  # learns before the components it reads
+    for b in stream.chunks(256):
+        private.learn(b)
+        for name in models:
+            models[name].learn(b)
+    assert shared.blend == private.blend and shared.n_trained == private.n_trained > 0
+    for user in list(dict.fromkeys(stream.users[-100:]))[:20]:
+        hist = private.history.get(user)
+        np.testing.assert_allclose(shared.score_all(user, hist), private.score_all(user, hist),
+                                   rtol=1e-5)
+    state = shared.get_state()  # names its shared components, holds no copy of them
+    assert state.meta["shared"] == comps and not any(k.startswith("sequence/") for k in
+                                                     state.arrays)
+    rebuilt = registry.from_state(state)
+    assert isinstance(rebuilt, ReRanker)
+    rebuilt.bind(models)
+    hist = private.history.get(stream.users[-1])
+    np.testing.assert_allclose(rebuilt.score_all(stream.users[-1], hist),
+                               shared.score_all(stream.users[-1], hist), rtol=1e-6)
