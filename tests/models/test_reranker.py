@@ -43,7 +43,7 @@ def test_trained_click_model_beats_the_untrained_one_and_ranks_clicks_high() -> 
         ev.process(b)
     last = batches[-1]
     hr = {n: ev.totals(n)["hr"] for n in ev.models}
-    # Measured: popularity 0.10, frozen (random MLP) 0.04, mlp 0.57, ranked 0.57.
+    # Measured: popularity 0.10, frozen (random MLP) 0.04, mlp 0.50, ranked 0.57.
     assert hr["mlp"] > 1.3 * hr["frozen"], hr
     assert hr["ranked"] > 2 * hr["popularity"], hr
     auc = sampled_auc(ranked, list(last.users), list(last.items), history=ev.history)
