@@ -326,6 +326,8 @@ class IdIndex:
 
     def live_mask(self) -> np.ndarray:
         """Boolean mask over ``capacity`` rows, True where the row holds an id."""
+        if self._n == len(self._ids):  # no freed row
+            return np.ones(len(self._ids), bool)
         return np.fromiter((k is not None for k in self._ids), dtype=bool, count=len(self._ids))
 
     # State: the row order is the state (freed rows stored as empty strings).

@@ -217,6 +217,10 @@ class ReRanker(OnlineModel):
         self._u_last = np.zeros(0, np.float64)
         self._watermark = 0.0
         self.n_trained = 0
+        # An MLP over 100 candidates is far too small for intra-op threads: with the
+        # default pool a request took ~4x as long on a busy 2-core box (as for the
+        # embedding model, which sets the same; process-wide, on purpose).
+        torch.set_num_threads(1)
         n_in = 2 * len(self.components) + _N_OTHER
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
