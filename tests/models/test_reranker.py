@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from online_models import registry
-from online_models.base import Batch
+from online_models.base import Batch, UserHistory
 from online_models.evaluation import PrequentialEvaluator, sampled_auc
 from online_models.hybrid import Hybrid
 from online_models.reranker import ReRanker
+from online_models.snapshot import SnapshotStore
 from tests.models.planted import planted_chains
 
 
@@ -110,7 +112,7 @@ def test_a_round_1_snapshot_still_loads() -> None:
                                rtol=1e-6)
 
 
-def test_bound_reranker_recommends_like_one_with_private_copies() -> None:
+def test_bound_reranker_recommends_like_one_with_private_copies(tmp_path: Path) -> None:
     """Bound to the models beside it (what the trainer and `liverec evaluate` do), the
     re-ranker learns no copies, and re-ranks as it does with private ones."""
     stream = _mixed_stream(1_500)
@@ -133,9 +135,14 @@ def test_bound_reranker_recommends_like_one_with_private_copies() -> None:
     state = shared.get_state()  # names its shared components, holds no copy of them
     assert state.meta["shared"] == comps and not any(k.startswith("sequence/") for k in
                                                      state.arrays)
-    rebuilt = registry.from_state(state)
+    # What `liverec serve` loads: the snapshot's re-ranker reads the snapshot's models.
+    store = SnapshotStore(tmp_path)
+    store.write(models, history=UserHistory(), offsets={}, events_total=len(stream),
+                watermark=None)
+    snap = store.load()
+    rebuilt = snap.models["ranked"]
     assert isinstance(rebuilt, ReRanker)
-    rebuilt.bind(models)
+    assert all(rebuilt.shared_components()[c] is snap.models[c] for c in comps)
     hist = private.history.get(stream.users[-1])
     np.testing.assert_allclose(rebuilt.score_all(stream.users[-1], hist),
                                shared.score_all(stream.users[-1], hist), rtol=1e-6)
