@@ -720,7 +720,7 @@ class LoadedSnapshot:
     def __init__(
         self,
         snapshot: Snapshot,
-        default_model: str = "hybrid",
+        default_model: str = "ranked",
         fallbacks: Sequence[str] = ("hybrid", "bpr", "popularity"),
         ann: bool = False,
         ann_min_items: int = 0,

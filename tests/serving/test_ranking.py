@@ -139,3 +139,20 @@ def test_ann_index_is_reused_across_swaps_and_rescored_with_new_factors() -> Non
             assert np.isclose(score, scores[model.items.get(item)], atol=1e-5)
     new.rebuild_indexes()
     assert new.ann["bpr"] is not old.ann["bpr"]
+
+
+def test_default_model_is_the_re_ranker_where_the_snapshot_has_one() -> None:
+    """`ranked` answers requests that name no model when a trainer learned it; the
+    default trainer does not, and then the hybrid does (then the next fallback)."""
+    from online_models import registry
+    from serving.settings import ServeSettings
+
+    s = ServeSettings(snapshots="/tmp/unused")
+    snap = _snapshot(200)
+    base = dict(snap.models)
+    cases = [({"hybrid": registry.create("hybrid"), "ranked": registry.create("ranked")},
+              "ranked"), ({"hybrid": registry.create("hybrid")}, "hybrid"), ({}, "bpr")]
+    for extra, want in cases:
+        snap.models = {**base, **extra}
+        loaded = LoadedSnapshot(snap, s.default_model, s.model_fallbacks)
+        assert loaded.default_model == want
