@@ -310,9 +310,6 @@ class SeqNN(OnlineModel):
         Do not train on events whose item is already in the user's context.
     init_std
         Standard deviation of a new id row.
-    temperature
-        ``None``: an item's logit is ``e . h + b``; a number ``t``: ``cos(e, h) / t + b``
-        (both vectors L2-normalised; the input side of the block is unchanged).
     weight_power
         Event weights enter the loss as ``min(w, max_weight)**weight_power`` (0: all 1).
     max_weight
@@ -372,15 +369,11 @@ class SeqNN(OnlineModel):
         num_threads: int | None = 1,
         initial_capacity: int = 1024,
         encoder: str = "attention",
-        temperature: float | None = None,
         seed: int = 0,
     ) -> None:
         if encoder not in ("attention", "gru"):
             raise ValueError("encoder must be 'attention' or 'gru'")
         self.encoder = encoder
-        if temperature is not None and temperature <= 0:
-            raise ValueError("temperature must be > 0")
-        self.temperature = temperature
         self.dim = dim
         self.max_len = max_len
         self.n_heads = n_heads
@@ -734,13 +727,11 @@ class SeqNN(OnlineModel):
         valid = ctx >= 0
         ctx_local = plan.pos[np.where(valid, ctx, n)]
         h = self._block(emb, torch.from_numpy(ctx_local).to(dev), torch.from_numpy(valid).to(dev))
-        out, b = (emb, bias_leaf) if plan.cand_is_rows else (
-            emb[plan.c_local], bias_leaf[plan.c_local])
-        if self.temperature is None:
-            logits = torch.addmm(b[None], h, out.T)
+        if plan.cand_is_rows:
+            logits = torch.addmm(bias_leaf[None], h, emb.T)
         else:
-            logits = torch.addmm(b[None], F.normalize(h, dim=1), F.normalize(out, dim=1).T,
-                                 alpha=1.0 / self.temperature)
+            c_local = plan.c_local
+            logits = torch.addmm(bias_leaf[c_local][None], h, emb[c_local].T)
         if plan.logq is not None:
             logits = logits - plan.logq[None]
         # Items in an example's context can never be its answer: out of its softmax.
@@ -808,19 +799,6 @@ class SeqNN(OnlineModel):
                 torch.from_numpy(valid).to(self._dev),
             )
 
-    def _output_matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The item side of the logits: embeddings (normalised, over the temperature,
-        with ``temperature``) and biases."""
-        emb, bias = self._item_matrix()
-        if self.temperature is not None:
-            emb = F.normalize(emb, dim=1) / self.temperature
-        return emb, bias
-
-    def _queries(self, contexts: Sequence[Sequence[int]]) -> torch.Tensor:
-        """The user side of the logits (normalised with ``temperature``)."""
-        h = self._user_vectors(contexts)
-        return F.normalize(h, dim=1) if self.temperature is not None else h
-
     def _popularity(self) -> np.ndarray:
         return np.log1p(self._count[: self.items.capacity]).astype(np.float32)
 
@@ -831,9 +809,9 @@ class SeqNN(OnlineModel):
         if not ctx or n == 0:
             scores = self._popularity()
         else:
-            emb, bias = self._output_matrix()
+            emb, bias = self._item_matrix()
             with torch.no_grad():
-                scores = (emb @ self._queries([ctx])[0] + bias).cpu().numpy()
+                scores = (emb @ self._user_vectors([ctx])[0] + bias).cpu().numpy()
         scores = np.asarray(scores, np.float32)
         scores[~self._alive[:n]] = -np.inf
         return scores
@@ -852,9 +830,9 @@ class SeqNN(OnlineModel):
         has = [k for k, c in enumerate(ctxs) if c]
         out[:] = self._popularity()[None, :]
         if has and n:
-            emb, bias = self._output_matrix()
+            emb, bias = self._item_matrix()
             with torch.no_grad():
-                h = self._queries([ctxs[k] for k in has])
+                h = self._user_vectors([ctxs[k] for k in has])
                 out[has] = (h @ emb.T + bias[None]).cpu().numpy()
         out[:, ~self._alive[:n]] = -np.inf
         return out
