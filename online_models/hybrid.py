@@ -35,7 +35,7 @@ import numpy as np
 
 from online_models import registry
 from online_models.base import Batch, IdIndex, ModelState, OnlineModel, UserHistory
-from online_models.rowmap import RowMaps
+from online_models.rowmap import BindsComponents, RowMaps
 
 #: extra items beyond ``tune_k`` before a tuning event is skipped (see
 #: ``Hybrid._surely_missed``)
@@ -68,7 +68,7 @@ def weight_grid(n: int, steps: int) -> np.ndarray:
     return grid[np.argsort(spread, kind="stable")]
 
 
-class Hybrid(OnlineModel):
+class Hybrid(BindsComponents, OnlineModel):
     """Blend of registry models, weights tuned prequentially; popularity for cold users.
 
     Parameters
@@ -174,40 +174,6 @@ class Hybrid(OnlineModel):
         self._items = value
 
     # ------------------------------------------------------------------ sharing
-    def bind(self, models: Mapping[str, OnlineModel]) -> list[str]:
-        """Blend the components found in ``models`` (by component name) instead of copies.
-
-        A component ``c`` is bound when ``models[c]`` exists, is not this hybrid and
-        is the registry model ``c`` names (``"itemknn@short"`` binds to
-        ``models["itemknn@short"]``, an item-kNN). From then on the hybrid reads it
-        and never learns it: whoever owns ``models`` learns it, after this hybrid
-        (:func:`~online_models.base.learning_order`). Components not found stay
-        private. Returns the names bound.
-
-        Raises ``ValueError`` when ``component_params`` sets a hyperparameter of a
-        component to a value the given model does not have.
-        """
-        bound: list[str] = []
-        for c in self.components:
-            other = models.get(c)
-            if other is None or other is self or other.name != c.split("@", 1)[0]:
-                continue
-            wanted = self.component_params.get(c, {})
-            have = other.get_params()
-            clash = {p: v for p, v in wanted.items() if p in have and have[p] != v}
-            if clash:
-                raise ValueError(
-                    f"hybrid component {c!r}: the given model has {have!r}, "
-                    f"component_params ask for {clash!r}"
-                )
-            if self.models.get(c) is not other:
-                self.models[c] = other
-                self._maps.invalidate(c)
-            self._shared.add(c)
-            bound.append(c)
-        self._sync()
-        return bound
-
     def set_item_features(self, features: ItemFeatures) -> None:
         """Hand item content to every private component that takes it.
 
@@ -218,9 +184,6 @@ class Hybrid(OnlineModel):
             setter = getattr(m, "set_item_features", None)
             if c not in self._shared and callable(setter):
                 setter(features)
-
-    def shared_components(self) -> Mapping[str, OnlineModel]:
-        return {c: self.models[c] for c in self.components if c in self._shared}
 
     # ------------------------------------------------------------------ weights
     @property

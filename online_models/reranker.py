@@ -54,7 +54,7 @@ from online_models import registry
 from online_models.base import Batch, IdIndex, ModelState, OnlineModel, UserHistory, grow_rows
 from online_models.content import ItemFeatures
 from online_models.hybrid import Hybrid
-from online_models.rowmap import RowMaps
+from online_models.rowmap import BindsComponents, RowMaps
 
 __all__ = ["ReRanker"]
 
@@ -86,7 +86,7 @@ class _Scorer(nn.Module):
         return out
 
 
-class ReRanker(OnlineModel):
+class ReRanker(BindsComponents, OnlineModel):
     """MLP click model re-ranking the top candidates of its component models.
 
     Parameters
@@ -237,36 +237,12 @@ class ReRanker(OnlineModel):
 
     # ------------------------------------------------------------------ sharing
     def bind(self, models: Mapping[str, OnlineModel]) -> list[str]:
-        """Re-rank the components found in ``models`` instead of private copies.
-
-        As :meth:`online_models.hybrid.Hybrid.bind` (same matching and checks): a
-        bound component is read, never learned here; whoever owns ``models`` learns
-        it after this model (:func:`~online_models.base.learning_order`). Returns the
-        names bound.
-        """
-        bound: list[str] = []
-        for c in self.components:
-            other = models.get(c)
-            if other is None or other is self or other.name != c.split("@", 1)[0]:
-                continue
-            wanted = self.component_params.get(c, {})
-            have = other.get_params()
-            clash = {p: v for p, v in wanted.items() if p in have and have[p] != v}
-            if clash:
-                raise ValueError(f"ranked component {c!r}: the given model has {have!r}, "
-                                 f"component_params ask for {clash!r}")
-            if self.models.get(c) is not other:
-                self.models[c] = other
-                self._maps.invalidate(c)
-            self._shared.add(c)
-            bound.append(c)
+        """As :meth:`online_models.hybrid.Hybrid.bind`; the recall's internal hybrid
+        then reads the same models."""
+        bound = super().bind(models)
         if self._blend is not None:
             self._blend.bind(self.models)
-        self._sync()
         return bound
-
-    def shared_components(self) -> Mapping[str, OnlineModel]:
-        return {c: self.models[c] for c in self.components if c in self._shared}
 
     # ------------------------------------------------------------------ features
     def set_item_features(self, features: ItemFeatures) -> None:

@@ -22,7 +22,7 @@ rebuilt from scratch when an index's ``generation`` changes (a removal renumbers
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -73,3 +73,56 @@ class RowMaps:
         self._rows[component] = rows
         self._gens[component] = generation
         self._identity[component] = bool(np.array_equal(rows, np.arange(len(rows))))
+
+
+
+class BindsComponents:
+    """``bind`` and ``shared_components`` of a model that blends registry components
+    (the hybrid, the re-ranker): it needs ``components``, ``component_params``,
+    ``models``, ``_maps`` (:class:`RowMaps`), ``_shared`` and a ``_sync()``.
+    """
+
+    name: ClassVar[str]
+    components: list[str]
+    component_params: dict[str, dict[str, Any]]
+    models: dict[str, Any]
+    _maps: RowMaps
+    _shared: set[str]
+
+    def _sync(self) -> None:
+        raise NotImplementedError
+
+    def bind(self, models: Mapping[str, Any]) -> list[str]:
+        """Blend the components found in ``models`` (by component name) instead of copies.
+
+        A component ``c`` is bound when ``models[c]`` exists, is not this model and
+        is the registry model ``c`` names (``"itemknn@short"`` binds to
+        ``models["itemknn@short"]``, an item-kNN). From then on this model reads it
+        and never learns it: whoever owns ``models`` learns it, after this model
+        (:func:`~online_models.base.learning_order`). Components not found stay
+        private. Returns the names bound.
+
+        Raises ``ValueError`` when ``component_params`` sets a hyperparameter of a
+        component to a value the given model does not have.
+        """
+        bound: list[str] = []
+        for c in self.components:
+            other = models.get(c)
+            if other is None or other is self or other.name != c.split("@", 1)[0]:
+                continue
+            wanted = self.component_params.get(c, {})
+            have = other.get_params()
+            clash = {p: v for p, v in wanted.items() if p in have and have[p] != v}
+            if clash:
+                raise ValueError(f"{self.name} component {c!r}: the given model has "
+                                 f"{have!r}, component_params ask for {clash!r}")
+            if self.models.get(c) is not other:
+                self.models[c] = other
+                self._maps.invalidate(c)
+            self._shared.add(c)
+            bound.append(c)
+        self._sync()
+        return bound
+
+    def shared_components(self) -> Mapping[str, Any]:
+        return {c: self.models[c] for c in self.components if c in self._shared}
