@@ -37,6 +37,7 @@ Until ``warmup_examples`` examples were seen, candidates keep the recall order.
 Like the hybrid, the re-ranker creates private components, or re-ranks models it is
 given (:meth:`ReRanker.bind`, :func:`online_models.registry.bind`: what the trainer and
 ``liverec evaluate`` do), which it then reads and never learns.
+
 Candidates score above every other item (``2 +`` their re-ranked score scaled into
 ``[0, 1)``), every other item its recall score scaled into ``[0, 1)``.
 """
@@ -288,10 +289,11 @@ class ReRanker(BindsComponents, OnlineModel):
         return out
 
     def _features(
-        self, mat: np.ndarray, rows: np.ndarray, cand: np.ndarray, user: str,
-        history: Sequence[str], now: float,
+        self, mat: np.ndarray, recall: np.ndarray, rows: np.ndarray, cand: np.ndarray,
+        user: str, history: Sequence[str], now: float,
     ) -> np.ndarray:
-        """Feature rows for item ``rows``; ranks are taken among ``cand``."""
+        """Feature rows for item ``rows`` (``recall``: the blend of ``mat``, from
+        :meth:`_candidates`); ranks are taken among ``cand``."""
         n_c = len(self.components)
         x = np.zeros((len(rows), 2 * n_c + _N_OTHER), np.float32)
         sub = mat[:, rows]
@@ -300,7 +302,7 @@ class ReRanker(BindsComponents, OnlineModel):
             ranks = np.searchsorted(np.sort(-cand_scores[k]), -sub[k], side="left")
             x[:, k] = sub[k]
             x[:, n_c + k] = 1.0 / np.log2(2.0 + ranks)
-        x[:, 2 * n_c] = self._weights() @ sub
+        x[:, 2 * n_c] = recall[rows]
         day = 86_400.0
         x[:, 2 * n_c + 1] = np.log1p(self._i_count[rows])
         x[:, 2 * n_c + 2] = np.log1p(np.nan_to_num(np.maximum(now - self._i_first[rows], 0) / day))
@@ -336,17 +338,19 @@ class ReRanker(BindsComponents, OnlineModel):
         return out
 
     def _candidates(self, mat: np.ndarray, history: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The top ``candidates`` live items outside ``history`` by the recall blend, best
+        first, and the blend of every item (computed once here for every caller)."""
         recall = self._weights() @ mat
+        open_ = recall.copy()
         live = self.items.live_mask()
-        recall[~live[: len(recall)]] = -np.inf
+        open_[~live[: len(open_)]] = -np.inf
         hist = self.items.rows(history)
-        recall[hist[hist >= 0]] = -np.inf
-        ok = int(np.isfinite(recall).sum())
-        k = min(self.candidates, ok)
+        open_[hist[hist >= 0]] = -np.inf
+        k = min(self.candidates, int(np.isfinite(open_).sum()))
         if k == 0:
             return np.zeros(0, np.int64), recall
-        top = np.argpartition(-recall, k - 1)[:k]
-        return top[np.argsort(-recall[top], kind="stable")], recall
+        top = np.argpartition(-open_, k - 1)[:k]
+        return top[np.argsort(-open_[top], kind="stable")], recall
 
     def _logits(self, x: np.ndarray) -> torch.Tensor:
         out: torch.Tensor = self._mlp(torch.from_numpy(x))
@@ -428,12 +432,12 @@ class ReRanker(BindsComponents, OnlineModel):
         self, user: str, hist: list[str], row: int, now: float
     ) -> tuple[np.ndarray, np.ndarray] | None:
         mat = self._matrix(user, hist)
-        cand, _ = self._candidates(mat, hist)
+        cand, recall = self._candidates(mat, hist)
         others = cand[cand != row]
         if len(others) == 0 or (self.loss == "listwise" and len(others) == len(cand)):
             return None  # listwise: only a clicked candidate teaches the order
         # "Shown" = the current top of the re-ranked list; the rest of the candidates.
-        order = self._rank(mat, cand, user, hist, now)
+        order = self._rank(mat, recall, cand, user, hist, now)
         shown = order[order != row][: self.shown]
         rest = np.setdiff1d(others, shown, assume_unique=True)
         half = self.negatives // 2 if len(shown) and len(rest) else (
@@ -445,18 +449,19 @@ class ReRanker(BindsComponents, OnlineModel):
             negs.append(rest[torch.randint(0, len(rest), (self.negatives - half,),
                                            generator=self._gen).numpy()])
         rows = np.concatenate([[row], *negs]).astype(np.int64)
-        x = self._features(mat, rows, cand, user, hist, now)
+        x = self._features(mat, recall, rows, cand, user, hist, now)
         y = np.zeros(len(rows), np.float32)
         y[0] = 1.0
         return x, y
 
     def _rank(
-        self, mat: np.ndarray, cand: np.ndarray, user: str, hist: Sequence[str], now: float
+        self, mat: np.ndarray, recall: np.ndarray, cand: np.ndarray, user: str,
+        hist: Sequence[str], now: float,
     ) -> np.ndarray:
         if self.n_trained < self.warmup_examples or len(cand) == 0:
             return cand
         with torch.no_grad():
-            p = self._logits(self._features(mat, cand, cand, user, hist, now)).numpy()
+            p = self._logits(self._features(mat, recall, cand, cand, user, hist, now)).numpy()
         return cand[np.argsort(-p, kind="stable")]
 
     # ------------------------------------------------------------------ scoring
@@ -468,13 +473,12 @@ class ReRanker(BindsComponents, OnlineModel):
             return np.zeros(0, np.float32)
         mat = self._matrix(user, hist)
         cand, recall = self._candidates(mat, hist)
-        base = self._weights() @ mat
-        top = base.max() if cap else 0.0
-        out = base / (top * 1.0001) if top > 0 else base
+        top = recall.max() if cap else 0.0
+        out = recall / (top * 1.0001) if top > 0 else recall.copy()
         if len(cand):
             if self.n_trained >= self.warmup_examples:
                 with torch.no_grad():
-                    x = self._features(mat, cand, cand, user, hist, self._watermark)
+                    x = self._features(mat, recall, cand, cand, user, hist, self._watermark)
                     z = self._logits(x).numpy().astype(np.float64)
                 # Order-preserving into [2, 3): logits can exceed a sigmoid's resolution.
                 span = z.max() - z.min()
@@ -499,9 +503,9 @@ class ReRanker(BindsComponents, OnlineModel):
             return out
         hist = list(history) if history else self.history.get(user)
         mat = self._matrix(user, hist)
-        cand, _ = self._candidates(mat, hist)
+        cand, recall = self._candidates(mat, hist)
         with torch.no_grad():
-            x = self._features(mat, rows[ok], cand, user, hist, self._watermark)
+            x = self._features(mat, recall, rows[ok], cand, user, hist, self._watermark)
             out[ok] = torch.sigmoid(self._logits(x)).numpy()
         return out
 

@@ -75,7 +75,6 @@ class RowMaps:
         self._identity[component] = bool(np.array_equal(rows, np.arange(len(rows))))
 
 
-
 class BindsComponents:
     """``bind`` and ``shared_components`` of a model that blends registry components
     (the hybrid, the re-ranker): it needs ``components``, ``component_params``,
