@@ -22,6 +22,7 @@ Nothing here can execute code on load: tensors are safetensors, metadata is JSON
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 _VERSION_DIGITS = 12
 _LATEST = "LATEST"
+_PUBLISH_LOCK = ".LATEST.lock"
 _MANIFEST = "manifest.json"
 _STATE_FILE = "state.safetensors"
 _HISTORY_PREFIX = "history"
@@ -426,12 +428,17 @@ class SnapshotStore:
         return SnapshotInfo(version, final, total, time.perf_counter() - t0)
 
     def _publish(self, version: int) -> None:
-        if (self.latest_version() or 0) > version:
-            return  # another writer of this location published a newer one already
-        tmp = self.root / f".{_LATEST}.{uuid.uuid4().hex[:8]}"
-        _write_durable(tmp, f"{version}\n".encode())
-        os.replace(tmp, self.root / _LATEST)
-        _fsync_dir(self.root)
+        # Check and replace under an exclusive lock: several writers of one location
+        # (scale-out trainers handing the merge over) must not move LATEST backwards,
+        # which a check followed by a replace alone allows when two interleave.
+        with open(self.root / _PUBLISH_LOCK, "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if (self.latest_version() or 0) > version:
+                return  # another writer of this location published a newer one already
+            tmp = self.root / f".{_LATEST}.{uuid.uuid4().hex[:8]}"
+            _write_durable(tmp, f"{version}\n".encode())
+            os.replace(tmp, self.root / _LATEST)
+            _fsync_dir(self.root)
 
     def _prune(self) -> None:
         for v in self.versions()[: -self.keep]:

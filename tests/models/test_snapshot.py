@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -215,8 +216,6 @@ def test_writers_sharing_a_location_never_collide(tmp_path: Path) -> None:
     # Scale-out trainers write merged snapshots into one location at once: each write
     # must get its own version (two picked the same number and one rename failed with
     # "Directory not empty"), and every published version must load.
-    import threading
-
     stores = [SnapshotStore(tmp_path, keep=100) for _ in range(4)]
     got: list[int] = []
     errors: list[BaseException] = []
@@ -240,3 +239,33 @@ def test_writers_sharing_a_location_never_collide(tmp_path: Path) -> None:
     for v in check.versions():
         assert check.load(v).version == v
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_concurrent_publishers_never_move_latest_backwards(tmp_path: Path) -> None:
+    # Two writers of one location (scale-out trainers handing the merge over) publish
+    # interleaved versions; LATEST may only ever move forward.
+    store = SnapshotStore(tmp_path, keep=1000)
+    n = 120
+    seen: list[int] = []
+    order = threading.Lock()
+
+    def publish(first: int) -> None:
+        for v in range(first, n + 1, 2):
+            store.path_of(v).mkdir()  # as a write renames its finished directory in
+            (store.path_of(v) / "manifest.json").write_text("{}")
+            store._publish(v)
+            with order:  # reads in time order
+                seen.append(int((tmp_path / "LATEST").read_text()))
+
+    store.path_of(1).mkdir()
+    (store.path_of(1) / "manifest.json").write_text("{}")
+    store._publish(1)
+    seen.append(1)
+    writers = [threading.Thread(target=publish, args=(first,)) for first in (2, 3)]
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join()
+    assert store.latest_version() == n
+    assert len(seen) == n
+    assert seen == sorted(seen), "LATEST moved backwards"
