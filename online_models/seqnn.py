@@ -272,7 +272,10 @@ class SeqNN(OnlineModel):
         Hidden width of the feed-forward layer.
     learning_rate
         Adam step size (dense block and row tables alike). Chosen on the first 30k
-        MovieLens ratings: 5e-3 gave HR@10 0.192, 3e-3 0.191, 1e-2 0.182.
+        MovieLens ratings: 5e-3 gave HR@10 0.192, 3e-3 0.191, 1e-2 0.182 (2e-3
+        0.183, 1e-3 0.165). The best value depends on the data: on the first 30% of
+        Online Retail (baskets) 1e-3 gave 0.321 against 0.306 at 5e-3 (item-kNN
+        0.317), so pass ``learning_rate=1e-3`` for data like it (BENCHMARKS.md).
     steps_per_batch
         Adam steps per learned mini-batch (each with a fresh replay draw) once the
         model has learned ``warmup_examples`` examples. First 30k MovieLens ratings:
