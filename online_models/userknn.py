@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import ClassVar, Self
 
 import numpy as np
@@ -227,22 +228,19 @@ class UserKNN(OnlineModel):
         p_owner = np.asarray(owners, np.int64)
         p_item = np.asarray(p_items, np.int64)
         pw = np.asarray(p_w, np.float64)
-        neighbours = self._neighbours_many(n, u_rows, p_owner, p_item, pw)
+        found = self._neighbours_many(n, u_rows, p_owner, p_item, pw)
         out = np.empty((n, n_items), np.float32)
         fallback = np.log1p(pop).astype(np.float32)
         has = np.zeros(n, bool)
-        if neighbours is not None:
-            nb_owner, nb_user, nb_sim = neighbours
+        if found is not None:
+            (nb_owner, nb_user, nb_sim), table = found
             has[nb_owner] = True
-            ptr, items, times, weights = self._user_rows(nb_user)
+            ptr, items, weights, dec = table.gather(nb_user)
             lengths = np.diff(ptr)
             own = np.repeat(nb_owner, lengths)
             # ``sim * w * dec(t)``, left to right, as the loop computes it.
-            vals = np.repeat(nb_sim, lengths) * weights[_ranges(ptr)] * self._decay(
-                times[_ranges(ptr)]
-            )
-            flat = np.bincount(own * n_items + items[_ranges(ptr)], weights=vals,
-                               minlength=n * n_items)
+            vals = np.repeat(nb_sim, lengths) * weights * dec
+            flat = np.bincount(own * n_items + items, weights=vals, minlength=n * n_items)
             scores = flat[: n * n_items].reshape(n, n_items).astype(np.float32)
             if tiebreak is not None:
                 scores += 1e-6 * tiebreak
@@ -250,25 +248,9 @@ class UserKNN(OnlineModel):
         out[~has] = fallback
         return out
 
-    def _user_rows(
-        self, rows: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """CSR of the stored items of ``rows`` (in order, repeats allowed).
-
-        Each distinct user is read from its dict once, then gathered per row.
-        """
-        uniq, inv = np.unique(rows, return_inverse=True)
-        u_ptr, u_items, u_times, u_weights = self._user_rows_unique(uniq)
-        lengths = np.diff(u_ptr)[inv]
-        ptr = np.concatenate(([0], np.cumsum(lengths)))
-        starts = u_ptr[:-1][inv]
-        idx = np.repeat(starts - ptr[:-1], lengths) + np.arange(int(ptr[-1]))
-        return ptr, u_items[idx], u_times[idx], u_weights[idx]
-
-    def _user_rows_unique(
-        self, rows: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """CSR of the stored items of ``rows``, read from the per-user dicts."""
+    def _stored(self, rows: np.ndarray) -> _Stored:
+        """The stored items of the distinct sorted user ``rows``, read from the
+        per-user dicts once, with each entry's decay to the watermark."""
         items: list[int] = []
         times: list[float] = []
         weights: list[float] = []
@@ -284,13 +266,14 @@ class UserKNN(OnlineModel):
                 times.append(t)
                 weights.append(w)
         ptr = np.concatenate(([0], np.cumsum(lengths)))
-        return (ptr, np.asarray(items, np.int64), np.asarray(times, np.float64),
-                np.asarray(weights, np.float64))
+        return _Stored(rows, ptr, np.asarray(items, np.int64), np.asarray(weights, np.float64),
+                       self._decay(np.asarray(times, np.float64)))
 
     def _neighbours_many(
         self, n: int, u_rows: np.ndarray, p_owner: np.ndarray, p_item: np.ndarray, pw: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """Every query's neighbours (owner, user row, similarity), best first per owner."""
+    ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], _Stored] | None:
+        """Every query's neighbours (owner, user row, similarity), best first per owner,
+        and the stored items of the candidates they were chosen from."""
         if len(p_item) == 0:
             return None
         # 2. Candidates: users sharing profile items, overlap summed in profile order.
@@ -318,19 +301,18 @@ class UserKNN(OnlineModel):
         order = order[_rank_in_group(g_owner[order]) < self.max_candidates]
         k_owner, k_user = g_owner[order], g_user[order]
         # 3. Cosine of each candidate's decayed vector with its query's profile.
-        ptr, items, times, weights = self._user_rows(k_user)
-        idx = _ranges(ptr)
-        wv = weights[idx] * self._decay(times[idx])
+        table = self._stored(np.unique(k_user))
+        ptr, items, weights, dec = table.gather(k_user)
+        wv = weights * dec
         pair = np.repeat(np.arange(len(k_user)), np.diff(ptr))
-        n_items = max(1, self.items.capacity)
-        prof_keys = p_owner * n_items + p_item
-        sort = np.argsort(prof_keys, kind="stable")
-        keys_sorted = prof_keys[sort]
-        look = k_owner[pair] * n_items + items[idx]
-        at = np.minimum(np.searchsorted(keys_sorted, look), len(keys_sorted) - 1)
-        found = keys_sorted[at] == look
-        wu = np.where(found, pw[sort][at], 0.0)
-        dot = np.bincount(pair, weights=np.where(found, wu * wv, 0.0), minlength=len(k_user))
+        # The query's weight of each candidate entry's item (0 outside its profile),
+        # looked up in a dense (query, distinct profile item) table.
+        slot = np.full(max(1, self.items.capacity), len(uniq), np.int64)
+        slot[uniq] = np.arange(len(uniq))
+        table_w = np.zeros((n, len(uniq) + 1))  # the last column: not a profile item
+        table_w[p_owner, inv] = pw
+        wu = table_w[k_owner[pair], slot[items]]
+        dot = np.bincount(pair, weights=wu * wv, minlength=len(k_user))
         norm_v = np.bincount(pair, weights=wv * wv, minlength=len(k_user))
         norm_u = np.sqrt(np.bincount(p_owner, weights=pw * pw, minlength=n))
         sim = dot / (norm_u[k_owner] * np.sqrt(norm_v) + 1e-12)
@@ -340,7 +322,7 @@ class UserKNN(OnlineModel):
             return None
         order = np.lexsort((k_user, -sim, k_owner))
         order = order[_rank_in_group(k_owner[order]) < self.n_neighbours]
-        return k_owner[order], k_user[order], sim[order]
+        return (k_owner[order], k_user[order], sim[order]), table
 
     def similar(self, item: str, k: int = 10) -> list[tuple[str, float]]:
         """Items co-occurring with ``item`` among its recent users, by decayed weight."""
@@ -418,11 +400,25 @@ class UserKNN(OnlineModel):
         return m
 
 
-def _ranges(ptr: np.ndarray) -> np.ndarray:
-    """Concatenated ``arange(ptr[j], ptr[j + 1])`` for every j."""
-    lengths = np.diff(ptr)
-    total = int(lengths.sum())
-    return np.repeat(ptr[:-1] - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """CSR of some users' stored items: ``users`` (sorted, distinct), ``ptr``, and per
+    entry the item row, its accumulated weight and its decay to the watermark."""
+
+    users: np.ndarray
+    ptr: np.ndarray
+    items: np.ndarray
+    weights: np.ndarray
+    decay: np.ndarray
+
+    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(ptr, items, weights, decay)`` of ``rows`` (each one of ``users``; in order,
+        repeats allowed)."""
+        pos = np.searchsorted(self.users, rows)
+        lengths = np.diff(self.ptr)[pos]
+        ptr = np.concatenate(([0], np.cumsum(lengths)))
+        idx = np.repeat(self.ptr[:-1][pos] - ptr[:-1], lengths) + np.arange(int(ptr[-1]))
+        return ptr, self.items[idx], self.weights[idx], self.decay[idx]
 
 
 def _groups(owner: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
