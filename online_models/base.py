@@ -760,6 +760,19 @@ class OnlineModel(ABC):
         cuts = np.cumsum([len(t) for t in tails])[:-1]
         return np.split(flat, cuts) if len(tails) else []
 
+    def _known_tail_rows(self, histories: Sequence[Sequence[str]], n_last: int
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_tail_rows` without the unknown items, as CSR ``(ptr, rows)``: query
+        ``r``'s known rows are ``rows[ptr[r]:ptr[r + 1]]``, in history order."""
+        tails = self._tail_rows(histories, n_last)
+        if not tails:
+            return np.zeros(1, np.int64), np.zeros(0, np.int64)
+        flat = np.concatenate(tails)
+        owner = np.repeat(np.arange(len(tails)), [len(t) for t in tails])
+        known = flat >= 0
+        counts = np.bincount(owner[known], minlength=len(tails))
+        return np.concatenate(([0], np.cumsum(counts))), flat[known]
+
     def _finish_many(
         self, scores: np.ndarray, popularity: np.ndarray | None = None, tiebreak: float = 0.0
     ) -> np.ndarray:

@@ -377,18 +377,30 @@ class BPR(OnlineModel):
 
     # ------------------------------------------------------------------ scoring
     def _query_vector(self, user: str, history: Sequence[str]) -> np.ndarray | None:
-        row = self.users.get(user)
-        folded: np.ndarray | None = None
-        if history:
-            rows = self.items.rows(list(history)[-self.fold_in_items :])
-            rows = rows[rows >= 0]
-            if len(rows):
-                folded = self._V[rows].mean(axis=0)
-        if row >= 0:
-            if folded is not None and self.history_weight > 0:
-                return self._U[row] + self.history_weight * folded
-            return self._U[row]
-        return folded
+        q, has = self._query_vectors([user], [history])
+        return q[0] if has[0] else None
+
+    def _query_vectors(self, users: Sequence[str], histories: Sequence[Sequence[str]]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """``(Q, has)``: every query's vector (see the class doc; zeros where ``has`` is
+        False: neither a known user nor a known history item), for a batch at once."""
+        ptr, rows = self._known_tail_rows(histories, self.fold_in_items)
+        counts = np.diff(ptr)
+        folds = counts > 0
+        q = np.zeros((len(users), self._V.shape[1]), self._V.dtype)
+        for k in np.unique(counts[folds]).tolist():
+            # The queries with k known items: one (queries, k, dim) mean, the same
+            # figures as each query's own (k, dim) mean.
+            sel = np.flatnonzero(counts == k)
+            q[sel] = self._V[rows[ptr[sel][:, None] + np.arange(k)]].mean(axis=1)
+        u = self.users.rows(list(users))
+        known = u >= 0
+        if known.any():
+            own = self._U[u[known]]
+            if self.history_weight > 0:
+                own = np.where(folds[known, None], own + self.history_weight * q[known], own)
+            q[known] = own
+        return q, known | folds
 
     def score_all(self, user: str, history: Sequence[str] = ()) -> np.ndarray:
         n = self.items.capacity
@@ -406,10 +418,9 @@ class BPR(OnlineModel):
             raise ValueError("score_many needs one history per user")
         n = self.items.capacity
         out = np.tile(self._b[:n], (len(users), 1))
-        qs = [self._query_vector(u, h) for u, h in zip(users, histories, strict=True)]
-        have = [(r, q) for r, q in enumerate(qs) if q is not None]
-        if have and n:
-            out[[r for r, _ in have]] += np.stack([q for _, q in have]) @ self._V[:n].T
+        q, has = self._query_vectors(users, histories)
+        if has.any() and n:
+            out[has] += q[has] @ self._V[:n].T
         return out.astype(np.float32, copy=False)
 
     def similar(self, item: str, k: int = 10) -> list[tuple[str, float]]:

@@ -394,18 +394,34 @@ class EmbeddingModel(OnlineModel):
 
     # ------------------------------------------------------------------ scoring
     def _query_vector(self, user: str, history: Sequence[str]) -> torch.Tensor | None:
-        row = self.users.get(user)
-        folded: torch.Tensor | None = None
-        if history:
-            rows = self.items.rows(list(history)[-self.fold_in_items :])
-            rows = rows[rows >= 0]
-            if len(rows):
-                folded = self._it.weight[torch.from_numpy(rows)].mean(dim=0)
-        if row >= 0:
-            if folded is not None and self.history_weight > 0:
-                return self._ut.weight[row] + self.history_weight * folded
-            return self._ut.weight[row]
-        return folded
+        q, has = self._query_vectors([user], [history])
+        return q[0] if has[0] else None
+
+    def _query_vectors(self, users: Sequence[str], histories: Sequence[Sequence[str]]
+                       ) -> tuple[torch.Tensor, np.ndarray]:
+        """``(Q, has)``: every query's vector (see the module doc; zeros where ``has``
+        is False: neither an admitted user nor an admitted history item), at once."""
+        ptr, rows = self._known_tail_rows(histories, self.fold_in_items)
+        counts = np.diff(ptr)
+        folds = counts > 0
+        items = self._it.weight
+        q = torch.zeros((len(users), items.shape[1]), dtype=items.dtype)
+        for k in np.unique(counts[folds]).tolist():
+            # The queries with k known items: one (queries, k, dim) mean, the same
+            # figures as each query's own (k, dim) mean.
+            sel = np.flatnonzero(counts == k)
+            at = torch.from_numpy(rows[ptr[sel][:, None] + np.arange(k)])
+            q[torch.from_numpy(sel)] = items[at].mean(dim=1)
+        u = self.users.rows(list(users))
+        known = u >= 0
+        if known.any():
+            at = torch.from_numpy(np.flatnonzero(known))
+            own = self._ut.weight[torch.from_numpy(u[known])]
+            if self.history_weight > 0:
+                mixed = own + self.history_weight * q[at]
+                own = torch.where(torch.from_numpy(folds[known])[:, None], mixed, own)
+            q[at] = own
+        return q, known | folds
 
     def score_all(self, user: str, history: Sequence[str] = ()) -> np.ndarray:
         n = self.items.capacity
@@ -430,18 +446,18 @@ class EmbeddingModel(OnlineModel):
         n = self.items.capacity
         alive = self._it.alive[:n]
         out = np.empty((len(users), n), np.float32)
-        qs = [self._query_vector(u, h) for u, h in zip(users, histories, strict=True)]
-        have = [r for r, q in enumerate(qs) if q is not None]
-        cold = [r for r, q in enumerate(qs) if q is None]
-        if cold:
-            out[cold] = np.log1p(self._it.count[:n]).astype(np.float32)
-        if have:
+        with torch.no_grad():
+            qs, has = self._query_vectors(users, histories)
+        have = np.flatnonzero(has)
+        if not has.all():
+            out[~has] = np.log1p(self._it.count[:n]).astype(np.float32)
+        if len(have):
             with torch.no_grad():
-                Q = torch.stack([qs[r] for r in have])  # type: ignore[misc]
+                Q = qs[torch.from_numpy(have)]
                 out[have] = (Q @ self._it.weight[:n].T).numpy()
             if self._mlp is not None and self.rerank_top > 0:
-                for r in have:
-                    out[r] = self._rerank(out[r], alive, qs[r])  # type: ignore[arg-type]
+                for j, r in enumerate(have.tolist()):
+                    out[r] = self._rerank(out[r], alive, Q[j])
         out[:, ~alive] = -np.inf
         return out
 
