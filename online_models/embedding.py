@@ -394,14 +394,29 @@ class EmbeddingModel(OnlineModel):
 
     # ------------------------------------------------------------------ scoring
     def _query_vector(self, user: str, history: Sequence[str]) -> torch.Tensor | None:
-        q, has = self._query_vectors([user], [history])
-        return q[0] if has[0] else None
+        """One query's vector (None: neither an admitted user nor an admitted history
+        item); :meth:`_query_vectors` is the batch form (the same figures; slower for
+        one)."""
+        row = self.users.get(user)
+        folded: torch.Tensor | None = None
+        if history:
+            rows = self.items.rows(list(history)[-self.fold_in_items :])
+            rows = rows[rows >= 0]
+            if len(rows):
+                folded = self._it.weight[torch.from_numpy(rows)].mean(dim=0)
+        if row >= 0:
+            if folded is not None and self.history_weight > 0:
+                return self._ut.weight[row] + self.history_weight * folded
+            return self._ut.weight[row]
+        return folded
 
     def _query_vectors(self, users: Sequence[str], histories: Sequence[Sequence[str]]
                        ) -> tuple[torch.Tensor, np.ndarray]:
         """``(Q, has)``: every query's vector (see the module doc; zeros where ``has``
         is False: neither an admitted user nor an admitted history item), at once."""
-        ptr, rows = self._known_tail_rows(histories, self.fold_in_items)
+        # fold_in_items 0 slices the whole history in the one-query form ([-0:])
+        last = self.fold_in_items or max(map(len, histories), default=0)
+        ptr, rows = self._known_tail_rows(histories, last)
         counts = np.diff(ptr)
         folds = counts > 0
         items = self._it.weight
