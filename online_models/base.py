@@ -760,18 +760,20 @@ class OnlineModel(ABC):
         cuts = np.cumsum([len(t) for t in tails])[:-1]
         return np.split(flat, cuts) if len(tails) else []
 
-    def _known_tail_rows(self, histories: Sequence[Sequence[str]], n_last: int
-                         ) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`_tail_rows` without the unknown items, as CSR ``(ptr, rows)``: query
-        ``r``'s known rows are ``rows[ptr[r]:ptr[r + 1]]``, in history order."""
-        tails = self._tail_rows(histories, n_last)
-        if not tails:
-            return np.zeros(1, np.int64), np.zeros(0, np.int64)
-        flat = np.concatenate(tails)
-        owner = np.repeat(np.arange(len(tails)), [len(t) for t in tails])
-        known = flat >= 0
-        counts = np.bincount(owner[known], minlength=len(tails))
-        return np.concatenate(([0], np.cumsum(counts))), flat[known]
+    def _fold_in_groups(self, histories: Sequence[Sequence[str]], last: int
+                        ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+        """The known rows of each history's ``last`` items (0: the whole history, as a
+        ``[-0:]`` slice gives), grouped by how many there are: ``(folds, groups)`` with
+        ``folds`` the queries that have any and, per count k, ``(queries, rows)`` where
+        ``rows`` is (queries, k) in history order -- so a factor model takes one mean
+        per group, the same figures as each query's own mean."""
+        tails = self._tail_rows(histories, last or max(map(len, histories), default=0))
+        counts = np.fromiter((int((t >= 0).sum()) for t in tails), np.int64, count=len(tails))
+        groups = []
+        for k in np.unique(counts[counts > 0]).tolist():
+            sel = np.flatnonzero(counts == k)
+            groups.append((sel, np.stack([tails[r][tails[r] >= 0] for r in sel.tolist()])))
+        return counts > 0, groups
 
     def _finish_many(
         self, scores: np.ndarray, popularity: np.ndarray | None = None, tiebreak: float = 0.0

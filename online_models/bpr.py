@@ -396,17 +396,10 @@ class BPR(OnlineModel):
                        ) -> tuple[np.ndarray, np.ndarray]:
         """``(Q, has)``: every query's vector (see the class doc; zeros where ``has`` is
         False: neither a known user nor a known history item), for a batch at once."""
-        # fold_in_items 0 slices the whole history in the one-query form ([-0:])
-        last = self.fold_in_items or max(map(len, histories), default=0)
-        ptr, rows = self._known_tail_rows(histories, last)
-        counts = np.diff(ptr)
-        folds = counts > 0
+        folds, groups = self._fold_in_groups(histories, self.fold_in_items)
         q = np.zeros((len(users), self._V.shape[1]), self._V.dtype)
-        for k in np.unique(counts[folds]).tolist():
-            # The queries with k known items: one (queries, k, dim) mean, the same
-            # figures as each query's own (k, dim) mean.
-            sel = np.flatnonzero(counts == k)
-            q[sel] = self._V[rows[ptr[sel][:, None] + np.arange(k)]].mean(axis=1)
+        for sel, rows in groups:
+            q[sel] = self._V[rows].mean(axis=1)
         u = self.users.rows(list(users))
         known = u >= 0
         if known.any():

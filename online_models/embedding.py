@@ -414,19 +414,11 @@ class EmbeddingModel(OnlineModel):
                        ) -> tuple[torch.Tensor, np.ndarray]:
         """``(Q, has)``: every query's vector (see the module doc; zeros where ``has``
         is False: neither an admitted user nor an admitted history item), at once."""
-        # fold_in_items 0 slices the whole history in the one-query form ([-0:])
-        last = self.fold_in_items or max(map(len, histories), default=0)
-        ptr, rows = self._known_tail_rows(histories, last)
-        counts = np.diff(ptr)
-        folds = counts > 0
+        folds, groups = self._fold_in_groups(histories, self.fold_in_items)
         items = self._it.weight
         q = torch.zeros((len(users), items.shape[1]), dtype=items.dtype)
-        for k in np.unique(counts[folds]).tolist():
-            # The queries with k known items: one (queries, k, dim) mean, the same
-            # figures as each query's own (k, dim) mean.
-            sel = np.flatnonzero(counts == k)
-            at = torch.from_numpy(rows[ptr[sel][:, None] + np.arange(k)])
-            q[torch.from_numpy(sel)] = items[at].mean(dim=1)
+        for sel, rows in groups:
+            q[torch.from_numpy(sel)] = items[torch.from_numpy(rows)].mean(dim=1)
         u = self.users.rows(list(users))
         known = u >= 0
         if known.any():
@@ -463,16 +455,15 @@ class EmbeddingModel(OnlineModel):
         out = np.empty((len(users), n), np.float32)
         with torch.no_grad():
             qs, has = self._query_vectors(users, histories)
-        have = np.flatnonzero(has)
+            have = np.flatnonzero(has)
+            Q = qs[torch.from_numpy(have)]
+            if len(have):
+                out[have] = (Q @ self._it.weight[:n].T).numpy()
         if not has.all():
             out[~has] = np.log1p(self._it.count[:n]).astype(np.float32)
-        if len(have):
-            with torch.no_grad():
-                Q = qs[torch.from_numpy(have)]
-                out[have] = (Q @ self._it.weight[:n].T).numpy()
-            if self._mlp is not None and self.rerank_top > 0:
-                for j, r in enumerate(have.tolist()):
-                    out[r] = self._rerank(out[r], alive, Q[j])
+        if self._mlp is not None and self.rerank_top > 0:
+            for j, r in enumerate(have.tolist()):
+                out[r] = self._rerank(out[r], alive, Q[j])
         out[:, ~alive] = -np.inf
         return out
 
