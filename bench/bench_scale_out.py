@@ -7,7 +7,13 @@ learned and published), sampled every 0.1 s. Two rates: **overall**, events over
 seconds between the first and the last move (the rebalances while members join
 included), and **steady**, events committed after the last member's last partition
 assignment over the seconds from then to the end (all members learning). It also
-reports update-topic bytes per learned event (accuracy: bench_scale_out_accuracy.py).
+reports update-topic bytes per learned event (accuracy: bench_scale_out_accuracy.py)
+and where the CPU went over the same window as *overall*: cores busy on the whole
+machine (``/proc/stat``), in the trainers, in the broker (a child process when the
+benchmark starts it), and CPU seconds per 1,000 learned events. With those, the ratio
+of N to 1 trainers splits into (cores busy, N / 1) x (CPU per event, 1 / N), and
+``ceiling`` is the rate N trainers would reach with every core busy at their CPU
+cost per event: what the machine allows the design, not a measurement.
 
 Run (a local broker is started unless ``LIVEREC_KAFKA_BOOTSTRAP`` is set)::
 
@@ -24,12 +30,21 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import psutil
+
 from stream.broker import resolve_bootstrap
 from stream.events import ClickEvent, validate_dict
-from stream.kafka import ConsumerOptions, create_topics, delete_topics, make_consumer
+from stream.kafka import (
+    ConsumerOptions,
+    KafkaClientError,
+    create_topics,
+    delete_topics,
+    make_consumer,
+)
 from stream.replay import produce_events
 from trainer.partitioned import updates_topic
 
@@ -56,11 +71,64 @@ def _assigned_at(text: str) -> list[float]:
     return out
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy (every core, every process)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / _TICK
+
+
+def _cpu_s(procs: list[psutil.Process]) -> float:
+    """CPU seconds (user + system) of ``procs`` so far; a process gone counts 0."""
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """Cores busy over the measured window, and CPU seconds per 1,000 events."""
+
+    machine_cores: float
+    trainer_cores: float
+    broker_cores: float
+    machine_s_per_1k: float
+
+    def ceiling(self, cores: int) -> float:
+        """Events/s with ``cores`` busy at this run's machine CPU per event."""
+        return cores * 1000 / max(self.machine_s_per_1k, 1e-12)
+
+
+@dataclass(frozen=True)
+class Sample:
+    t: float
+    committed: int
+    per_partition: tuple[int, ...]
+    machine_s: float
+    trainer_s: tuple[float, ...]
+    broker_s: float
+
+
+def _broker_procs() -> list[psutil.Process]:
+    """The local broker when this benchmark started it (a ``java`` child)."""
+    return [c for c in psutil.Process().children(recursive=True)
+            if "java" in c.name().lower()]
+
+
 def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str,
         batch_size: int, workdir: Path, group: str | None = None
-        ) -> tuple[float, float, int, int]:
-    """(overall events/s, steady events/s, update bytes, events evaluated) of ``k``
-    trainers learning the whole topic (``n`` records) into ``workdir/<group>``."""
+        ) -> tuple[float, float, int, int, CpuUse]:
+    """(overall events/s, steady events/s, update bytes, events evaluated, CPU use) of
+    ``k`` trainers learning the whole topic (``n`` records) into ``workdir/<group>``."""
     group = group or f"bench-{k}-{uuid.uuid4().hex[:6]}"
     snaps = workdir / group
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -75,19 +143,32 @@ def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str
              "--idle-exit-s", "6", "--snapshot-every-s", "2", "--merge-every-s", "30",
              "--log-level", "INFO"],
             stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env), log))
+    trainers = [psutil.Process(p.pid) for p, _ in procs]
+    brokers = _broker_procs()
     probe = make_consumer(bootstrap, ConsumerOptions(group_id=group, client_id="bench"))
     parts = [(topic, p) for p in range(partitions)]
-    samples: list[tuple[float, int]] = []
+    samples: list[Sample] = []
     seen = 0
     try:
         while seen < n:
-            got = probe.committed(parts)
+            try:
+                got = probe.committed(parts)
+            except KafkaClientError as exc:  # e.g. "Not coordinator" while the group forms
+                print(f"probe: {exc}; retrying", file=sys.stderr)
+                time.sleep(0.5)
+                continue
             total = sum(v or 0 for v in got.values())
             if total > seen:
                 seen = total
-                samples.append((time.time(), total))
-            if any(p.poll() is not None for p, _ in procs) and seen < n:
-                raise RuntimeError(f"a trainer exited early; see {workdir}")
+                per = tuple(got.get(tp) or 0 for tp in parts)
+                samples.append(Sample(time.time(), total, per, _machine_busy_s(),
+                                      tuple(_cpu_s([t]) for t in trainers),
+                                      _cpu_s(brokers)))
+            gone = [i for i, (p, _) in enumerate(procs) if p.poll() is not None]
+            if gone and seen < n:
+                tail = (workdir / f"{group}-{gone[0]}.log").read_text(errors="replace")
+                raise RuntimeError(f"trainer t{gone[0]} exited early; its log ends:\n"
+                                   + tail[-3000:])
             time.sleep(0.1)
     finally:
         probe.close()
@@ -101,13 +182,32 @@ def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str
         update_bytes += sum(int(b) for b in re.findall(r"\((\d+) bytes\)", text))
         assigned.extend(_assigned_at(text))
         evaluated += sum(int(e) for e in re.findall(r"stopped: .* evaluated=(\d+)", text))
-    (t0, _), (t1, _) = samples[0], samples[-1]
-    overall = n / max(t1 - t0, 1e-9)
+    first, end = samples[0], samples[-1]
+    t0, t1 = first.t, end.t
+    span = max(t1 - t0, 1e-9)
+    overall = n / span
     last = max((t for t in assigned if t <= t1), default=t0)
-    before = max((c for t, c in samples if t <= last), default=0)
-    start = min((t for t, _ in samples if t >= last), default=t1)
+    before = max((s.committed for s in samples if s.t <= last), default=0)
+    start = min((s.t for s in samples if s.t >= last), default=t1)
     steady = (n - before) / max(t1 - max(last, min(start, t1)), 1e-9)
-    return overall, steady, update_bytes, evaluated
+    learned = max(end.committed - first.committed, 1)
+    done = []
+    for part in range(partitions):
+        final = end.per_partition[part]
+        at = min(s.t for s in samples if s.per_partition[part] >= final)
+        done.append(f"p{part} {at - t0:.1f} s")
+    print(f"trainers={k}: each partition's last commit after the first commit: "
+          + ", ".join(done) + "; cores per trainer process: " + ", ".join(
+              f"t{i} {(b - a) / max(end.t - first.t, 1e-9):.2f}"
+              for i, (a, b) in enumerate(zip(first.trainer_s, end.trainer_s, strict=True))),
+          flush=True)
+    cpu = CpuUse(
+        machine_cores=(end.machine_s - first.machine_s) / span,
+        trainer_cores=(sum(end.trainer_s) - sum(first.trainer_s)) / span,
+        broker_cores=(end.broker_s - first.broker_s) / span,
+        machine_s_per_1k=(end.machine_s - first.machine_s) * 1000 / learned,
+    )
+    return overall, steady, update_bytes, evaluated, cpu
 
 
 def main() -> None:
@@ -128,19 +228,27 @@ def main() -> None:
             create_topics(bootstrap, {topic: args.partitions})
             produce_events(bootstrap, topic, _events(args.events, args.users, args.items))
             rates = {}
+            cores = os.cpu_count() or 1
             for k in args.trainers:
-                overall, steady, nbytes, evaluated = run(bootstrap, topic, args.events, k,
-                                              args.partitions, args.models,
-                                              args.batch_size, Path(tmp))
+                overall, steady, nbytes, evaluated, cpu = run(
+                    bootstrap, topic, args.events, k, args.partitions, args.models,
+                    args.batch_size, Path(tmp))
                 delete_topics(bootstrap, [updates_topic(topic)])  # one name: one run at a time
-                rates[k] = (overall, steady)
+                rates[k] = (overall, steady, cpu)
                 print(f"trainers={k}: overall {overall:,.0f} events/s, steady {steady:,.0f} "
                       f"events/s, update topic {nbytes / args.events:,.0f} bytes per learned "
                       f"event, {evaluated:,} events evaluated", flush=True)
-            b_over, b_steady = rates[args.trainers[0]]
-            for k, (o, st) in rates.items():
+                print(f"trainers={k}: cores busy {cpu.machine_cores:.2f} of {cores} "
+                      f"(trainers {cpu.trainer_cores:.2f}, broker {cpu.broker_cores:.2f}), "
+                      f"{cpu.machine_s_per_1k * 1000:.0f} CPU ms per 1,000 events, ceiling "
+                      f"{cpu.ceiling(cores):,.0f} events/s with {cores} cores busy", flush=True)
+            base = args.trainers[0]
+            b_over, b_steady, b_cpu = rates[base]
+            for k, (o, st, cpu) in rates.items():
                 print(f"trainers={k}: overall {o / b_over:.2f}x, steady {st / b_steady:.2f}x "
-                      f"trainers={args.trainers[0]}")
+                      f"trainers={base} = cores busy {cpu.machine_cores / b_cpu.machine_cores:.2f}x"
+                      f" x CPU per event {b_cpu.machine_s_per_1k / cpu.machine_s_per_1k:.2f}x; "
+                      f"ceiling {cpu.ceiling(cores) / b_over:.2f}x")
         finally:
             delete_topics(bootstrap, [topic])
             broker.close()

@@ -321,6 +321,11 @@ class BPR(OnlineModel):
         if self.max_norm > 0:
             _clip_rows(self._V, rows, self.max_norm)
 
+    def apply_deltas(self, deltas: Sequence[ItemDelta]) -> None:
+        """:meth:`apply_delta` each of ``deltas`` in order (each clips its rows)."""
+        for d in deltas:
+            self.apply_delta(d)
+
     def user_state(self, users: Sequence[str]) -> dict[str, np.ndarray]:
         """The factor rows of ``users`` (those this model knows)."""
         known = [u for u in users if u in self.users]

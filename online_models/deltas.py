@@ -6,7 +6,10 @@ its partitions. A model that supports sharing splits learning in two halves:
 * :meth:`SharesItemState.learn_local` learns the *user-side* state of a batch (user
   windows, user index) and returns the batch's *item-side* change as an
   :class:`ItemDelta` keyed by string item ids, without applying it;
-* :meth:`SharesItemState.apply_delta` adds a delta (anyone's) to the item-side state.
+* :meth:`SharesItemState.apply_delta` adds a delta (anyone's) to the item-side state;
+  :meth:`SharesItemState.apply_deltas` adds several in order (what a trainer folding
+  the update topic calls with a read's messages: count models sum their pairs into
+  one sorted run instead of one per delta).
 
 ``m.apply_delta(m.learn_local(b))`` equals ``m.learn(b)`` up to float summation
 order: count-based state is a sum, so the merged state of N trainers equals one
@@ -80,6 +83,8 @@ class SharesItemState(Protocol):
     def learn_local(self, batch: Batch) -> ItemDelta: ...
 
     def apply_delta(self, delta: ItemDelta) -> None: ...
+
+    def apply_deltas(self, deltas: Sequence[ItemDelta]) -> None: ...
 
     def user_state(self, users: Sequence[str]) -> dict[str, np.ndarray]: ...
 

@@ -320,6 +320,14 @@ class CoOccurrenceModel(OnlineModel):
             return np.ones_like(t)
         return np.exp2((t - self._t0) / self.half_life_seconds)
 
+    def _rescale_steps(self, t_max: float) -> float:
+        """Half-lives the landmark moves on for ``t_max`` (0: none; see below)."""
+        hl = self.half_life_seconds
+        if hl is None or self._t0 is None:
+            return 0.0
+        steps = float(np.floor((t_max - self._t0) / hl))
+        return steps if steps > _MAX_EXP else 0.0
+
     def _maybe_rescale(self, t_max: float) -> None:
         hl = self.half_life_seconds
         if hl is None:
@@ -327,8 +335,8 @@ class CoOccurrenceModel(OnlineModel):
         if self._t0 is None:
             self._t0 = t_max
             return
-        steps = np.floor((t_max - self._t0) / hl)
-        if steps > _MAX_EXP:
+        steps = self._rescale_steps(t_max)
+        if steps:
             # A power of two: exact, so only the landmark's position changes.
             factor = float(np.exp2(-steps))
             self._pairs.scale(factor)
@@ -446,17 +454,47 @@ class CoOccurrenceModel(OnlineModel):
 
     def apply_delta(self, delta: ItemDelta) -> None:
         """Add a :meth:`learn_local` delta (this trainer's or another's)."""
-        if not len(delta) or delta.t_ref is None:
+        self.apply_deltas([delta])
+
+    def apply_deltas(self, deltas: Sequence[ItemDelta]) -> None:
+        """Add :meth:`learn_local` deltas in order, their pairs as one sorted run.
+
+        Equals applying them one by one up to float summation order: each delta's
+        masses move to the landmark as :meth:`apply_delta`'s would (pairs gathered so
+        far are added before the landmark moves), and the pair store merges one run
+        instead of one per delta (a fold of the update topic reads many at a time).
+        """
+        live = [d for d in deltas if len(d) and d.t_ref is not None]
+        if not live:
             return
-        rows = self.items.add_many(delta.items)
-        self._maybe_rescale(delta.t_ref)
-        self._watermark = max(self._watermark, delta.t_ref)
-        factor = float(self._forward(np.asarray([delta.t_ref]))[0])
+        rows_all = self.items.add_many([name for d in live for name in d.items])
         self._counts = grow_rows(self._counts, self.items.capacity, 0.0, min_capacity=16)
-        self._counts[rows] += np.asarray(delta.arrays["counts"], np.float64) * factor
-        keys = np.asarray(delta.arrays["pairs.keys"], np.int64)
-        src, dst = rows[keys >> _SHIFT], rows[keys & _LOW]
-        self._add_pairs(src, dst, np.asarray(delta.arrays["pairs.values"], np.float64) * factor)
+        src: list[np.ndarray] = []
+        dst: list[np.ndarray] = []
+        mass: list[np.ndarray] = []
+
+        def flush() -> None:
+            if src:
+                self._add_pairs(np.concatenate(src), np.concatenate(dst), np.concatenate(mass))
+                for parts in (src, dst, mass):
+                    parts.clear()
+
+        start = 0
+        for d in live:
+            t_ref = float(d.t_ref)  # type: ignore[arg-type]
+            rows = rows_all[start : start + len(d)]
+            start += len(d)
+            if self._rescale_steps(t_ref):
+                flush()  # what is gathered was weighed against the old landmark
+            self._maybe_rescale(t_ref)
+            self._watermark = max(self._watermark, t_ref)
+            factor = float(self._forward(np.asarray([t_ref]))[0])
+            self._counts[rows] += np.asarray(d.arrays["counts"], np.float64) * factor
+            keys = np.asarray(d.arrays["pairs.keys"], np.int64)
+            src.append(rows[keys >> _SHIFT])
+            dst.append(rows[keys & _LOW])
+            mass.append(np.asarray(d.arrays["pairs.values"], np.float64) * factor)
+        flush()
 
     def user_state(self, users: Sequence[str]) -> dict[str, np.ndarray]:
         """The windows of ``users`` (those this model knows), items as string ids."""

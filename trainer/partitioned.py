@@ -11,9 +11,12 @@ parameter server (see DEVELOPING.md, "Scale-out", for the picture):
 * **Item side, through the update topic.** Learning a batch is
   ``learn_local`` (user side) and yields an item-side delta per model
   (:mod:`online_models.deltas`). The deltas of a partition's slice of the batch go
-  to ``<topic>.updates`` as one message. The count models' learning never reads
+  to ``<topic>.updates`` as one message, or several for a slice that would make a
+  message far above ~256 KiB (the broker refuses messages over ~1 MB by default,
+  failing the transaction). The count models' learning never reads
   item state, so only the **merge writer** (the owner of partition 0) folds the
-  committed update messages (everyone's, its own too) into its models' item state;
+  committed update messages (everyone's, its own too) into its models' item state,
+  all the messages of a read at once (``apply_deltas``);
   the others skip that work (with bpr, whose steps read item factors, every trainer
   folds). The item state is therefore a function of the update topic alone; the
   merge writer snapshots it with the update-topic offsets it reflects under
@@ -183,6 +186,9 @@ class ScaleOutTrainer:
         #: this trainer folds the update topic (it owns partition 0, or is merging at
         #: shutdown); ``_caught_up``: it has read the topic to its end since it began
         self._folding = False
+        #: bytes per event of the last update message (sizes the next; a cautious
+        #: first guess: a young stream's messages carry many new item ids)
+        self._bytes_per_event = 1024.0
         self._caught_up = False
         #: a model's learning reads item state (BPR): every trainer folds, always
         self._fold_always = any(learns_from_item_state(m) for m in models.values())
@@ -492,12 +498,14 @@ class ScaleOutTrainer:
                     self.events_replayed += self._learn(st, cols.take(replay),
                                                         evaluate=False)[0]
                 mine = mine & (ev_off >= cut)
-            if mine.any():
-                n, deltas = self._learn(st, cols.take(mine))
+            for chunk in self._update_chunks(mine):
+                n, deltas = self._learn(st, cols.take(chunk))
                 learned += n
                 if n:
-                    messages.append((p, encode_deltas(deltas, {
-                        "partition": p, "events": n, "instance": self.instance})))
+                    msg = encode_deltas(deltas, {"partition": p, "events": n,
+                                                 "instance": self.instance})
+                    self._bytes_per_event = len(msg) / n
+                    messages.append((p, msg))
             # Rejects below the cut were dead-lettered by the previous owner already.
             dead.extend((rej, records.topics[i], p, records.offsets[i]) for i, rej in rejects
                         if records.partitions[i] == p and records.offsets[i] >= (cut or 0))
@@ -518,6 +526,23 @@ class ScaleOutTrainer:
         self.events_learned += learned
         m.events_learned.labels(topic=topic).inc(learned)
         return learned
+
+    #: an update message aims at this size: a quarter of the broker's and producer's
+    #: default limit (~1 MB; a larger message fails the whole transaction)
+    UPDATE_TARGET_BYTES = 256 * 1024
+
+    def _update_chunks(self, mine: np.ndarray) -> list[np.ndarray]:
+        """``mine`` (a mask of a poll's events) cut into masks of consecutive events,
+        each learned and published as one update message of about
+        :attr:`UPDATE_TARGET_BYTES` (sized by the last message's bytes per event)."""
+        idx = np.flatnonzero(mine)
+        step = max(16, int(self.UPDATE_TARGET_BYTES / max(self._bytes_per_event, 1.0)))
+        out = []
+        for lo in range(0, len(idx), step):
+            keep = np.zeros(len(mine), bool)
+            keep[idx[lo : lo + step]] = True
+            out.append(keep)
+        return out
 
     def _evaluating(self) -> TrainerEvaluation | None:
         """The evaluation, while this trainer holds the whole, current item state: it
@@ -594,6 +619,8 @@ class ScaleOutTrainer:
 
     #: most update messages one fold of the loop reads
     FOLD_MAX = 1000
+    #: decoded deltas held before they are folded (a backlog is read 1,000 at a time)
+    FOLD_BATCH_BYTES = 16 * 1024 * 1024
 
     def apply_updates(self, max_messages: int = FOLD_MAX, timeout_s: float = 0.0) -> int:
         """Fold committed update messages (everyone's, this trainer's too) into the models."""
@@ -602,6 +629,16 @@ class ScaleOutTrainer:
             return 0
         got = upd.poll_batch(max_messages, timeout_s)
         order = learning_order(self.models)
+        pending: dict[str, list[ItemDelta]] = {name: [] for name in order}
+        pending_bytes = 0
+
+        def fold() -> None:
+            # Models fold independently, so a read's deltas go in per model, in order.
+            for name in order:
+                if pending[name]:
+                    self.models[name].apply_deltas(pending[name])  # type: ignore[attr-defined]
+                    pending[name] = []
+
         for value, p, o in zip(got.values, got.partitions, got.offsets, strict=True):
             self.update_offsets[p] = o + 1
             if not value:
@@ -615,7 +652,11 @@ class ScaleOutTrainer:
             for name in order:
                 d = deltas.get(name)
                 if d is not None:
-                    self.models[name].apply_delta(d)  # type: ignore[attr-defined]
+                    pending[name].append(d)
+            pending_bytes += len(value)
+            if pending_bytes >= self.FOLD_BATCH_BYTES:
+                fold()
+                pending_bytes = 0
             part = meta.get("partition")
             if part is not None:
                 n = self.coverage[int(part)] = self.coverage.get(int(part), 0) + int(
@@ -623,6 +664,7 @@ class ScaleOutTrainer:
                 self.metrics.partition_events_total.labels(
                     topic=self.topic, partition=str(part)).set(n)
             self.metrics.update_bytes.labels(direction="in").inc(len(value))
+        fold()
         self.metrics.update_messages.labels(direction="in").inc(len(got))
         return len(got)
 

@@ -88,6 +88,28 @@ def test_two_trainers_by_user_partition_equal_one(name: str, params: dict[str, o
     assert single.get_state().meta["watermark"] == trainers[0].get_state().meta["watermark"]
 
 
+@pytest.mark.parametrize("params", [*PARAMS, {"half_life_seconds": 1.0}])
+@pytest.mark.parametrize("name", SHARING)
+def test_apply_deltas_equals_applying_one_by_one(name: str, params: dict[str, object]
+                                                 ) -> None:
+    """A fold of several messages at once holds what one message at a time does; with
+    a one-second half-life the 22-minute stream moves the forward-decay landmark
+    (every 400 half-lives) inside a group of deltas."""
+    events = _events()
+    learner = registry.create(name, **params)
+    deltas = [learner.learn_local(chunk) for chunk in events.chunks(300)]  # type: ignore[attr-defined]
+    deltas.insert(3, ItemDelta([]))  # an empty message changes nothing
+    one, many = registry.create(name, **params), registry.create(name, **params)
+    for d in deltas:
+        one.apply_delta(d)  # type: ignore[attr-defined]
+    for k in range(0, len(deltas), 7):
+        many.apply_deltas(deltas[k : k + 7])  # type: ignore[attr-defined]
+    _assert_close(_item_state(many), _item_state(one))
+    assert many.get_state().meta["watermark"] == one.get_state().meta["watermark"]
+    user = str(events.users[-1])
+    assert many.recommend(user, k=10) == one.recommend(user, k=10) != []
+
+
 @pytest.mark.parametrize("name", ["itemknn", "sequence"])
 def test_user_state_moves_between_trainers(name: str) -> None:
     events = _events(3000)
@@ -142,6 +164,13 @@ def test_bpr_item_state_is_a_fold_of_the_deltas() -> None:
         folder.apply_delta(wire)
     assert _rows_by_id(learner) == _rows_by_id(folder)
     assert len(folder.users) == 0 and len(learner.users) > 0
+    # several deltas at once: each one's rows clipped in turn, as one by one
+    learner2, batched = BPR(n_factors=8, seed=1), BPR(n_factors=8, seed=1)
+    wires = [learner2.learn_local(chunk) for chunk in events.chunks(500)]
+    batched.apply_deltas(wires)
+    for w in wires:
+        learner2.apply_delta(w)
+    assert _rows_by_id(batched) == _rows_by_id(learner2)
 
 
 def test_bpr_two_trainers_by_user_partition_learn_planted_groups() -> None:

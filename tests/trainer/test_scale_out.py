@@ -186,6 +186,38 @@ def test_bpr_trainers_fold_every_update_and_merge_user_rows(
         delete_topics(kafka_bootstrap, [updates_topic(topic)])
 
 
+def test_a_large_poll_is_published_as_messages_the_broker_takes(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """Regression: one message per partition per poll made a 15,000-event poll a ~2.6 MB
+    update message (decayed masses compress poorly: still over 1 MB compressed); the
+    broker refused it (MSG_SIZE_TOO_LARGE), the transaction failed and the trainer
+    exited. Now a slice goes out in messages of ~256 KiB."""
+    topic = new_topic(partitions=1)
+    events = synthetic_events(30_000, seed=13, n_users=3000, n_items=6000)
+    produce_events(kafka_bootstrap, topic, events)
+    kafka = KafkaSettings(bootstrap=kafka_bootstrap, topic=topic)
+    defaults: dict[str, dict[str, Any]] = {name: {} for name in EXACT_PARAMS}  # decay on
+    settings = _settings(tmp_path / "snaps", f"g-{topic}", "t0", idle_exit_s=3.0,
+                         batch_size=15_000).model_copy(update={"model_params": defaults})
+    trainer = ScaleOutTrainer(settings, kafka)
+    try:
+        trainer.run()
+        assert trainer.events_learned == len(events)
+        reg = trainer.metrics.registry
+        assert reg.get_sample_value("liverec_trainer_transactions_total",
+                                    {"outcome": "aborted"}) == 0
+        sent = reg.get_sample_value("liverec_trainer_update_bytes_total", {"direction": "out"})
+        n_msgs = trainer.updates_published
+        assert n_msgs > trainer.transactions  # polls were cut into several messages
+        assert sent / n_msgs < 2 * ScaleOutTrainer.UPDATE_TARGET_BYTES
+        ref = reference(events, defaults)
+        for name in defaults:  # what went out in pieces folded back whole
+            assert_same_items(trainer.models[name], ref[name], rtol=1e-9)
+    finally:
+        delete_topics(kafka_bootstrap, [updates_topic(topic)])
+
+
 def test_update_reader_starts_every_partition_at_its_offset(
     kafka_bootstrap: str, new_topic: Callable[..., str]
 ) -> None:
