@@ -504,7 +504,10 @@ class ScaleOutTrainer:
                 if n:
                     msg = encode_deltas(deltas, {"partition": p, "events": n,
                                                  "instance": self.instance})
-                    self._bytes_per_event = len(msg) / n
+                    if n >= self.UPDATE_SIZING_EVENTS:
+                        # A small message's ids and header make its bytes per event
+                        # read high; sized by those, chunks would shrink for nothing.
+                        self._bytes_per_event = len(msg) / n
                     messages.append((p, msg))
             # Rejects below the cut were dead-lettered by the previous owner already.
             dead.extend((rej, records.topics[i], p, records.offsets[i]) for i, rej in rejects
@@ -530,6 +533,8 @@ class ScaleOutTrainer:
     #: an update message aims at this size: a quarter of the broker's and producer's
     #: default limit (~1 MB; a larger message fails the whole transaction)
     UPDATE_TARGET_BYTES = 256 * 1024
+    #: fewest events of a message whose size sizes the next chunks
+    UPDATE_SIZING_EVENTS = 256
 
     def _update_chunks(self, mine: np.ndarray) -> list[np.ndarray]:
         """``mine`` (a mask of a poll's events) cut into masks of consecutive events,
