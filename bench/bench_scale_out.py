@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -219,6 +220,8 @@ def main() -> None:
     ap.add_argument("--trainers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--models", default="popularity,itemknn,sequence")
     ap.add_argument("--batch-size", type=int, default=2000)
+    ap.add_argument("--keep-logs", type=Path, default=None, metavar="DIR",
+                    help="copy the trainers' logs into DIR (kept after the run)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         broker = resolve_bootstrap(Path(tmp) / "kafka")
@@ -234,6 +237,10 @@ def main() -> None:
                     bootstrap, topic, args.events, k, args.partitions, args.models,
                     args.batch_size, Path(tmp))
                 delete_topics(bootstrap, [updates_topic(topic)])  # one name: one run at a time
+                if args.keep_logs is not None:
+                    args.keep_logs.mkdir(parents=True, exist_ok=True)
+                    for log in Path(tmp).glob("bench-*.log"):
+                        shutil.copy(log, args.keep_logs / log.name)
                 rates[k] = (overall, steady, cpu)
                 print(f"trainers={k}: overall {overall:,.0f} events/s, steady {steady:,.0f} "
                       f"events/s, update topic {nbytes / args.events:,.0f} bytes per learned "

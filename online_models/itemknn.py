@@ -433,6 +433,9 @@ class CoOccurrenceModel(OnlineModel):
             return ItemDelta([])
         u = self.users.add_many(batch.users)
         i = self.items.add_many(batch.items)
+        # New items have no counts until a delta is folded; scoring still covers
+        # the whole index, so the count array keeps up with it.
+        self._counts = grow_rows(self._counts, self.items.capacity, 0.0, min_capacity=16)
         t = np.asarray(batch.timestamps, np.float64)
         t_ref = float(t.max())
         w = np.asarray(batch.weights, np.float64)

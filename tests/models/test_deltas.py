@@ -110,6 +110,32 @@ def test_apply_deltas_equals_applying_one_by_one(name: str, params: dict[str, ob
     assert many.recommend(user, k=10) == one.recommend(user, k=10) != []
 
 
+@pytest.mark.parametrize("name", ["itemknn", "sequence"])  # their learn_local admits items
+def test_a_model_scores_items_learned_user_side_before_their_delta_is_folded(name: str
+                                                                            ) -> None:
+    """The merge writer learns its own events user-side (new items enter the index)
+    and scores the next chunk before the update topic brings their counts back: the
+    new items score as unseen ones, the known ones as before (a bench run hit a
+    shape error here when the index outgrew the count array)."""
+    events = _events(3000)
+    model, ref = registry.create(name), registry.create(name)
+    for m in (model, ref):
+        m.apply_delta(m.learn_local(events))  # type: ignore[attr-defined]
+    fresh = Batch.from_columns([f"v{k % 50}" for k in range(3000)],
+                               [f"new-{k}" for k in range(3000)], [1.0] * 3000,
+                               [float(events.timestamps[-1]) + k for k in range(3000)])
+    model.learn_local(fresh)  # type: ignore[attr-defined]
+    users = [str(u) for u in events.users[-5:]]
+    hists = [[str(i) for i in events.items[-3:]]] * 5
+    got, want = model.score_many(users, hists), ref.score_many(users, hists)
+    known = ref.items.capacity
+    assert got.shape == (5, model.items.capacity) and model.items.capacity > known + 2000
+    np.testing.assert_allclose(got[:, :known], want)
+    single = model.score_all(users[0], hists[0])
+    np.testing.assert_allclose(single[:known], ref.score_all(users[0], hists[0]))
+    assert model.recommend(users[0], k=10) == ref.recommend(users[0], k=10)
+
+
 @pytest.mark.parametrize("name", ["itemknn", "sequence"])
 def test_user_state_moves_between_trainers(name: str) -> None:
     events = _events(3000)
