@@ -95,6 +95,16 @@ def _cpu_s(procs: list[psutil.Process]) -> float:
     return total
 
 
+def _runq_wait_s(pid: int) -> float:
+    """Seconds the process's main thread (the trainer's loop) has been runnable but
+    waiting for a core (``/proc/<pid>/schedstat``); 0 once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 @dataclass(frozen=True)
 class CpuUse:
     """Cores busy over the measured window, and CPU seconds per 1,000 events."""
@@ -117,6 +127,7 @@ class Sample:
     machine_s: float
     trainer_s: tuple[float, ...]
     broker_s: float
+    trainer_wait_s: tuple[float, ...]
 
 
 def _broker_procs() -> list[psutil.Process]:
@@ -164,7 +175,8 @@ def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str
                 per = tuple(got.get(tp) or 0 for tp in parts)
                 samples.append(Sample(time.time(), total, per, _machine_busy_s(),
                                       tuple(_cpu_s([t]) for t in trainers),
-                                      _cpu_s(brokers)))
+                                      _cpu_s(brokers),
+                                      tuple(_runq_wait_s(t.pid) for t in trainers)))
             gone = [i for i, (p, _) in enumerate(procs) if p.poll() is not None]
             if gone and seen < n:
                 tail = (workdir / f"{group}-{gone[0]}.log").read_text(errors="replace")
@@ -175,6 +187,7 @@ def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str
         probe.close()
     update_bytes = evaluated = 0
     assigned: list[float] = []
+    loop_phases: list[str] = []
     for p, log in procs:
         p.wait(120)
         log.close()
@@ -183,6 +196,7 @@ def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str
         update_bytes += sum(int(b) for b in re.findall(r"\((\d+) bytes\)", text))
         assigned.extend(_assigned_at(text))
         evaluated += sum(int(e) for e in re.findall(r"stopped: .* evaluated=(\d+)", text))
+        loop_phases.extend(re.findall(r"loop time by phase \(.*?\): (.*)$", text, flags=re.M))
     first, end = samples[0], samples[-1]
     t0, t1 = first.t, end.t
     span = max(t1 - t0, 1e-9)
@@ -202,6 +216,13 @@ def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str
               f"t{i} {(b - a) / max(end.t - first.t, 1e-9):.2f}"
               for i, (a, b) in enumerate(zip(first.trainer_s, end.trainer_s, strict=True))),
           flush=True)
+    print(f"trainers={k}: main thread waiting for a core: " + ", ".join(
+        f"t{i} {b - a:.1f} s" for i, (a, b) in
+        enumerate(zip(first.trainer_wait_s, end.trainer_wait_s, strict=True)))
+        + f" of {span:.1f} s", flush=True)
+    for i, phases in enumerate(loop_phases):
+        print(f"trainers={k}: t{i} loop time by phase (wall/CPU s, whole run): {phases}",
+              flush=True)
     cpu = CpuUse(
         machine_cores=(end.machine_s - first.machine_s) / span,
         trainer_cores=(sum(end.trainer_s) - sum(first.trainer_s)) / span,

@@ -107,6 +107,9 @@ def train(
     merge_every_s: Annotated[float | None, typer.Option(
         help="scale-out: seconds between merged (servable) snapshots "
              "[LIVEREC_MERGE_EVERY_S]")] = None,
+    fold_every_s: Annotated[float | None, typer.Option(
+        help="scale-out: seconds the folding trainer gathers update messages before it "
+             "folds them in one go (0: after every read) [LIVEREC_FOLD_EVERY_S]")] = None,
     log_level: Annotated[str, typer.Option(help="logging level")] = "INFO",
 ) -> None:
     """Consume clicks, evaluate a sample prequentially, learn, snapshot, commit; serve /metrics.
@@ -150,6 +153,7 @@ def train(
             "item_features": item_features, "item_features_preset": item_features_preset,
             "item_features_topic": item_features_topic,
             "scale_out": scale_out, "instance_id": instance_id, "merge_every_s": merge_every_s,
+            "fold_every_s": fold_every_s,
         }.items()
         if v is not None
     }

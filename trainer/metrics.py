@@ -20,7 +20,9 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -28,7 +30,10 @@ from online_models.drift import DETECTORS, DataDriftTracker
 from stream.events import REJECT_REASONS
 from trainer.flood import CAP_REASONS
 
-__all__ = ["TrainerMetrics"]
+__all__ = ["LOOP_PHASES", "PhaseClock", "TrainerMetrics"]
+
+#: the phases of the scale-out trainer's loop (``liverec_trainer_loop_seconds_total``)
+LOOP_PHASES = ("poll", "learn", "transaction", "fold", "snapshot")
 
 _P = "liverec_trainer_"
 
@@ -234,6 +239,12 @@ class TrainerMetrics:
         self.transactions = Counter(
             _P + "transactions", "Transactions (updates + input offsets) by outcome.",
             ["outcome"], registry=r)
+        self.loop_seconds = Counter(
+            _P + "loop_seconds", "Wall time of the scale-out trainer's loop by phase "
+            "(poll, learn, transaction, fold, snapshot; a phase's time excludes the "
+            "phases inside it).", ["phase"], registry=r)
+        for phase in LOOP_PHASES:
+            self.loop_seconds.labels(phase=phase)
         for direction in ("in", "out"):
             self.update_bytes.labels(direction=direction)
             self.update_messages.labels(direction=direction)
@@ -267,3 +278,37 @@ class TrainerMetrics:
     def partition(self, partition: int) -> None:
         """Create the lag series of a newly assigned partition."""
         self.consumer_lag.labels(topic=self.topic, partition=str(partition))
+
+
+class PhaseClock:
+    """Wall and CPU seconds of a loop by phase, each phase's own time only (a phase
+    timed inside another is taken out of the outer one); wall time also goes to
+    ``counter`` (labelled ``phase``). CPU is the calling thread's, so wall minus CPU
+    is what the phase waited: for the broker, for I/O, or for a core."""
+
+    def __init__(self, counter: Counter) -> None:
+        self.counter = counter
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._inner: list[list[float]] = []  # per open phase: its inner phases' time
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        self._inner.append([0.0, 0.0])
+        try:
+            yield
+        finally:
+            wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+            inner_wall, inner_cpu = self._inner.pop()
+            self.wall[phase] = self.wall.get(phase, 0.0) + wall - inner_wall
+            self.cpu[phase] = self.cpu.get(phase, 0.0) + cpu - inner_cpu
+            self.counter.labels(phase=phase).inc(max(wall - inner_wall, 0.0))
+            if self._inner:
+                self._inner[-1][0] += wall
+                self._inner[-1][1] += cpu
+
+    def line(self) -> str:
+        """``phase wall/cpu s`` for each phase timed, e.g. for a shutdown log line."""
+        return ", ".join(f"{p} {self.wall[p]:.1f}/{self.cpu.get(p, 0.0):.1f}"
+                         for p in self.wall)

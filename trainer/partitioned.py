@@ -16,7 +16,7 @@ parameter server (see DEVELOPING.md, "Scale-out", for the picture):
   failing the transaction). The count models' learning never reads
   item state, so only the **merge writer** (the owner of partition 0) folds the
   committed update messages (everyone's, its own too) into its models' item state,
-  all the messages of a read at once (``apply_deltas``);
+  those read in each ``fold_every_s`` at once (``apply_deltas``);
   the others skip that work (with bpr, whose steps read item factors, every trainer
   folds). The item state is therefore a function of the update topic alone; the
   merge writer snapshots it with the update-topic offsets it reflects under
@@ -25,7 +25,9 @@ parameter server (see DEVELOPING.md, "Scale-out", for the picture):
   users' state, and folds the topic from that snapshot's offsets.
 * **Exactly once.** Per poll: one Kafka transaction holds the update messages,
   the dead-lettered rejects and the input offsets
-  (``send_offsets_to_transaction``). Update readers use ``read_committed``. So an
+  (``send_offsets_to_transaction``), committed on a thread while the next poll is
+  learned; the next transaction, partition snapshots and shutdown wait for it
+  (:meth:`ScaleOutTrainer._settle`). Update readers use ``read_committed``. So an
   input record's effect on the item state is in the update topic iff its offset
   is committed. A new owner of partition ``p`` loads ``p``'s newest snapshot
   (offset ``S``), reads the group's committed offset ``C >= S`` and re-learns
@@ -65,7 +67,7 @@ import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -94,7 +96,7 @@ from stream.signals import stop_on_signals
 from trainer.checkpoint import lock_location
 from trainer.evaluation import TrainerEvaluation
 from trainer.flood import FloodSettings
-from trainer.metrics import TrainerMetrics
+from trainer.metrics import PhaseClock, TrainerMetrics
 from trainer.partition_state import PartitionState, PartitionStore, merge_histories
 from trainer.settings import TrainerSettings
 
@@ -163,9 +165,15 @@ class ScaleOutTrainer:
                 "train them with a single trainer")
         self.models: dict[str, OnlineModel] = models
         self.parts: dict[int, PartitionState] = {}
+        #: the update topic's offsets the item state reflects (messages folded)
         self.update_offsets: dict[int, int] = {}
         #: events of each input partition the item state holds (from the update topic)
         self.coverage: dict[int, int] = {}
+        #: update messages read and not folded yet (see :meth:`apply_updates`)
+        self._pending = _PendingFold()
+        self._last_fold = time.monotonic()
+        #: where the loop's time goes (``liverec_trainer_loop_seconds_total``)
+        self.clock = PhaseClock(self.metrics.loop_seconds)
         self.items_store = SnapshotStore(self.root / "items" / self.instance,
                                          keep=settings.keep_snapshots)
         self.merged_store = SnapshotStore(self.root, keep=settings.keep_snapshots)
@@ -176,6 +184,8 @@ class ScaleOutTrainer:
         self.events_replayed = 0
         self.updates_published = 0
         self.transactions = 0
+        #: update messages of the transaction committing in the background
+        self._committing_messages = 0
         self._lock: IO[str] | None = None
         self._failed = False
         self._closing = False
@@ -291,6 +301,7 @@ class ScaleOutTrainer:
         """Become the one that folds the update topic (see the module docstring)."""
         upd = self.updates_consumer
         assert upd is not None
+        self._pending = _PendingFold()  # re-read below, from the item state's offsets
         self._rebase_items()
         self.evaluation = None  # its evaluator maps the replaced models' rows
         parts = sorted(upd.partitions_for(self.updates))
@@ -305,6 +316,7 @@ class ScaleOutTrainer:
     def _stop_folding(self) -> None:
         assert self.updates_consumer is not None
         self.updates_consumer.assign([])
+        self._pending = _PendingFold()
         self._folding = self._caught_up = False
         self.evaluation = None
         TrainerEvaluation.clear_gauges(self.metrics, self.names)
@@ -357,6 +369,8 @@ class ScaleOutTrainer:
                      if st.replay_until is not None else "")
 
     def _on_revoke(self, parts: set[Partition]) -> None:
+        if not (self._closing or self._failed):
+            self._settle()  # the snapshots below hold what its offsets commit
         for _, p in sorted(parts):
             st = self.parts.pop(p, None)
             if st is None:
@@ -385,12 +399,14 @@ class ScaleOutTrainer:
             self._open_kafka()
             assert self.consumer is not None
             while not self.stop_event.is_set():
-                records = self.consumer.poll_batch(s.batch_size, s.max_wait_ms / 1000.0)
+                with self.clock("poll"):
+                    records = self.consumer.poll_batch(s.batch_size, s.max_wait_ms / 1000.0)
                 now = time.monotonic()
                 if len(records):
                     last_record = now
                     try:
-                        self.handle(records)
+                        with self.clock("learn"):
+                            self.handle(records)
                     except BaseException:
                         # Part of a poll learned user-side and not committed: a snapshot
                         # now would hold effects Kafka does not; exit without one.
@@ -400,12 +416,14 @@ class ScaleOutTrainer:
                     last_record = now  # idle time counts while partitions are owned
                 self._sync_role()
                 if self._folding:
-                    folded = self.apply_updates(self.FOLD_MAX)
+                    with self.clock("fold"):
+                        folded = self.apply_updates(self.FOLD_MAX)
                     # Fewer than asked for: all that had arrived is folded.
                     self._fold_current = ((self._fold_current or folded > 0)
                                           and folded < self.FOLD_MAX)
                 if time.time() - self._last_snapshot >= s.snapshot_every_s:
-                    self.checkpoint()
+                    with self.clock("snapshot"):
+                        self.checkpoint()
                 if self._limit_reached(now - t_start, now - last_record):
                     break
         except TransactionFailed:
@@ -422,6 +440,8 @@ class ScaleOutTrainer:
             self._shutdown()
             restore_signals()
             log.info("stopped: %s", self.status_line())
+            log.info("loop time by phase (wall/CPU s of the loop's thread): %s",
+                     self.clock.line())
         return ScaleOutResult(self.events_learned, self.events_replayed,
                               self.updates_published,
                               self.producer.bytes_sent if self.producer else 0,
@@ -436,6 +456,12 @@ class ScaleOutTrainer:
 
     def _shutdown(self) -> None:
         try:
+            if not self._failed:
+                try:
+                    self._settle()
+                except Exception:
+                    log.exception("the last transaction did not commit: exiting without "
+                                  "a snapshot")
             if not self._failed and self.consumer is not None:
                 # Every trainer that owns partitions merges at shutdown: of trainers
                 # stopping together, the last merge written has seen every
@@ -521,7 +547,8 @@ class ScaleOutTrainer:
             m.events_rejected.labels(topic=topic, reason=rej.reason).inc()
         if commit:
             try:
-                self._transact(messages, dead, commit)
+                with self.clock("transaction"):
+                    self._transact(messages, dead, commit)
             except BaseException:
                 # The user side learned what Kafka did not take: never snapshot it.
                 self._failed = True
@@ -597,9 +624,13 @@ class ScaleOutTrainer:
 
     def _transact(self, messages: list[tuple[int, bytes]], dead: list[Any],
                   commit: Mapping[Partition, int]) -> None:
+        """Publish a poll's updates and rejects, then commit them with its offsets in
+        the background: the next poll is read and learned while the broker commits
+        (the next transaction begins after this one is settled, see :meth:`_settle`)."""
         assert self.producer is not None and self.consumer is not None
         prod = self.producer
         n_upd = max(1, self._n_updates)
+        self._settle()
         prod.begin()
         try:
             for p, msg in messages:
@@ -610,42 +641,53 @@ class ScaleOutTrainer:
                                              max_bytes=self.kafka.dlq_max_bytes)
                 prod.send(self.kafka.dlq_topic or f"{self.topic}.dlq", value,
                           headers=headers)
-            prod.commit(commit, self.consumer)
+            prod.commit_in_background(commit, self.consumer)
         except BaseException:
             self.metrics.transactions.labels(outcome="aborted").inc()
             prod.abort()
             raise
+        self._committing_messages = len(messages)
+
+    def _settle(self) -> None:
+        """Wait for the transaction committing in the background, if any. Everything
+        that relies on the learned offsets being committed waits here first: the next
+        transaction, partition snapshots (a checkpoint, a revocation) and shutdown."""
+        prod = self.producer
+        if prod is None or not prod.committing:
+            return
+        try:
+            prod.wait_committed()
+        except BaseException:
+            # The user side learned what Kafka did not take: never snapshot it.
+            self._failed = True
+            self.metrics.transactions.labels(outcome="aborted").inc()
+            prod.abort()
+            raise
         self.transactions += 1
-        self.updates_published += len(messages)
+        self.updates_published += self._committing_messages
         self.metrics.transactions.labels(outcome="committed").inc()
-        self.metrics.update_messages.labels(direction="out").inc(len(messages))
+        self.metrics.update_messages.labels(direction="out").inc(self._committing_messages)
 
     # ------------------------------------------------------------------ update topic
 
     #: most update messages one fold of the loop reads
     FOLD_MAX = 1000
-    #: decoded deltas held before they are folded (a backlog is read 1,000 at a time)
+    #: decoded deltas held before they are folded, whatever ``fold_every_s`` says
     FOLD_BATCH_BYTES = 16 * 1024 * 1024
 
-    def apply_updates(self, max_messages: int = FOLD_MAX, timeout_s: float = 0.0) -> int:
-        """Fold committed update messages (everyone's, this trainer's too) into the models."""
+    def apply_updates(self, max_messages: int = FOLD_MAX, timeout_s: float = 0.0,
+                      fold_now: bool = False) -> int:
+        """Read committed update messages (everyone's, this trainer's too) and fold
+        them into the models once ``fold_every_s`` has passed since the last fold (or
+        ``fold_now``, or once :attr:`FOLD_BATCH_BYTES` are held); returns the number
+        of messages read."""
         upd = self.updates_consumer
         if upd is None:
             return 0
         got = upd.poll_batch(max_messages, timeout_s)
-        order = learning_order(self.models)
-        pending: dict[str, list[ItemDelta]] = {name: [] for name in order}
-        pending_bytes = 0
-
-        def fold() -> None:
-            # Models fold independently, so a read's deltas go in per model, in order.
-            for name in order:
-                if pending[name]:
-                    self.models[name].apply_deltas(pending[name])  # type: ignore[attr-defined]
-                    pending[name] = []
-
+        pending = self._pending
         for value, p, o in zip(got.values, got.partitions, got.offsets, strict=True):
-            self.update_offsets[p] = o + 1
+            pending.offsets[p] = o + 1
             if not value:
                 continue
             try:
@@ -654,24 +696,31 @@ class ScaleOutTrainer:
                 self.metrics.loop_errors.labels(stage="process").inc()
                 log.exception("update %s[%d]@%d unreadable: skipped", self.updates, p, o)
                 continue
-            for name in order:
-                d = deltas.get(name)
-                if d is not None:
-                    pending[name].append(d)
-            pending_bytes += len(value)
-            if pending_bytes >= self.FOLD_BATCH_BYTES:
-                fold()
-                pending_bytes = 0
-            part = meta.get("partition")
-            if part is not None:
-                n = self.coverage[int(part)] = self.coverage.get(int(part), 0) + int(
-                    meta.get("events", 0))
-                self.metrics.partition_events_total.labels(
-                    topic=self.topic, partition=str(part)).set(n)
+            pending.add(deltas, meta, len(value))
             self.metrics.update_bytes.labels(direction="in").inc(len(value))
-        fold()
+            if pending.nbytes >= self.FOLD_BATCH_BYTES:
+                self.fold_pending()
+                pending = self._pending
         self.metrics.update_messages.labels(direction="in").inc(len(got))
+        if fold_now or time.monotonic() - self._last_fold >= self.settings.fold_every_s:
+            self.fold_pending()
         return len(got)
+
+    def fold_pending(self) -> None:
+        """Fold the update messages read so far into the item state, per model in
+        order (models fold independently); the item state then reflects
+        :attr:`update_offsets`."""
+        pending, self._pending = self._pending, _PendingFold()
+        self._last_fold = time.monotonic()
+        for name in learning_order(self.models):
+            deltas = pending.deltas.get(name)
+            if deltas:
+                self.models[name].apply_deltas(deltas)  # type: ignore[attr-defined]
+        self.update_offsets.update(pending.offsets)
+        for part, n in pending.events.items():
+            total = self.coverage[part] = self.coverage.get(part, 0) + n
+            self.metrics.partition_events_total.labels(
+                topic=self.topic, partition=str(part)).set(total)
 
     def drain_updates(self, timeout_s: float) -> bool:
         """Apply updates until the update topic is read to its end (or ``timeout_s``);
@@ -681,7 +730,7 @@ class ScaleOutTrainer:
             return False
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            got = self.apply_updates(timeout_s=0.2)
+            got = self.apply_updates(timeout_s=0.2, fold_now=True)
             if not got and self.update_lag() == 0:
                 return True
         log.warning("the update topic was not read to its end within %.0f s (%d records "
@@ -724,6 +773,7 @@ class ScaleOutTrainer:
         folding, the update lag every ``merge_every_s`` and, once the update topic was
         read to its end, the item snapshot and the merge."""
         self._last_snapshot = time.time()
+        self._settle()  # partition snapshots hold only committed input
         m = self.metrics
         if self.evaluation is not None:
             try:
@@ -739,6 +789,7 @@ class ScaleOutTrainer:
                 not force and time.time() - self._last_merge < self.settings.merge_every_s):
             return
         self._last_merge = time.time()
+        self.fold_pending()  # the item snapshot below reflects all that was read
         try:
             self._update_lag = self.update_lag()
             m.update_lag.set(self._update_lag)
@@ -852,3 +903,23 @@ def _iso_ts(text: str) -> float:
 
     return datetime.fromisoformat(text).timestamp()
 
+
+
+@dataclass
+class _PendingFold:
+    """Update messages read and not folded yet: each model's deltas in topic order,
+    the update offsets and the input partitions' events they bring."""
+
+    deltas: dict[str, list[ItemDelta]] = field(default_factory=dict)
+    offsets: dict[int, int] = field(default_factory=dict)
+    events: dict[int, int] = field(default_factory=dict)
+    nbytes: int = 0
+
+    def add(self, deltas: Mapping[str, ItemDelta], meta: Mapping[str, Any], nbytes: int
+            ) -> None:
+        for name, d in deltas.items():
+            self.deltas.setdefault(name, []).append(d)
+        part = meta.get("partition")
+        if part is not None:
+            self.events[int(part)] = self.events.get(int(part), 0) + int(meta.get("events", 0))
+        self.nbytes += nbytes

@@ -87,6 +87,10 @@ class TrainerSettings(BaseSettings):
     instance_id: str | None = None
     #: scale-out: seconds between merged (servable) snapshots by partition 0's owner
     merge_every_s: float = Field(default=5.0, gt=0)
+    #: scale-out: seconds the folding trainer gathers update messages before it folds
+    #: them into its item state in one go (0: after every read); fewer, larger folds
+    #: cost the pair stores fewer merges; evaluation sees item state this much older
+    fold_every_s: float = Field(default=0.5, ge=0)
     #: scale-out: the share of users whose events the evaluating trainer evaluates, by a
     #: CRC-32 of the id (the same users in every trainer and after restarts); the
     #: evaluator's bookkeeping of every event it sees cost the folding trainer, the

@@ -14,6 +14,7 @@ Only the confluent backend (librdkafka) implements it; asking for it with
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -80,12 +81,18 @@ class TransactionalProducer:
         self.transactional_id = transactional_id
         self.in_transaction = False
         self.bytes_sent = 0
+        #: a commit running on a thread (:meth:`commit_in_background`) and its error
+        self._committing: threading.Thread | None = None
+        self._commit_error: BaseException | None = None
 
     def init(self, timeout_s: float = 60.0) -> None:
         """Register with the coordinator, fencing (and aborting) older incarnations."""
         self._call("init_transactions", self._p.init_transactions, timeout_s)
 
     def begin(self) -> None:
+        """Open a transaction (after the one committing in the background, if any:
+        its error is raised here)."""
+        self.wait_committed()
         self._call("begin_transaction", self._p.begin_transaction)
         self.in_transaction = True
 
@@ -119,8 +126,55 @@ class TransactionalProducer:
         self._call("commit_transaction", self._p.commit_transaction, timeout_s)
         self.in_transaction = False
 
+    def commit_in_background(self, offsets: Mapping[Partition, int],
+                             consumer: ConfluentConsumer, timeout_s: float = 60.0) -> None:
+        """:meth:`commit` on a thread, so the caller can go on (poll, learn) while the
+        broker commits; :meth:`wait_committed` (also run by :meth:`begin`,
+        :meth:`abort` and :meth:`close`) waits for it and raises what it raised.
+
+        The group's metadata is taken now, on the caller's thread: the offsets commit
+        under the generation that owned them when the records were read.
+        """
+        self.wait_committed()
+        tps = [ck.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        meta = consumer.group_metadata() if tps else None
+
+        def run() -> None:
+            try:
+                if tps:
+                    self._call("send_offsets_to_transaction",
+                               self._p.send_offsets_to_transaction, tps, meta, timeout_s)
+                self._call("commit_transaction", self._p.commit_transaction, timeout_s)
+                self.in_transaction = False
+            except BaseException as exc:  # handed to the caller by wait_committed
+                self._commit_error = exc
+
+        self._committing = threading.Thread(target=run, name="liverec-txn-commit",
+                                            daemon=True)
+        self._committing.start()
+
+    @property
+    def committing(self) -> bool:
+        """Whether a background commit has not been waited for yet."""
+        return self._committing is not None
+
+    def wait_committed(self) -> None:
+        """Wait for the background commit, if any; raise its error (the transaction
+        is still open then: :meth:`abort` it)."""
+        thread, self._committing = self._committing, None
+        if thread is None:
+            return
+        thread.join()
+        err, self._commit_error = self._commit_error, None
+        if err is not None:
+            raise err
+
     def abort(self, timeout_s: float = 30.0) -> None:
         """Abort the open transaction (nothing of it becomes visible)."""
+        try:
+            self.wait_committed()
+        except Exception as exc:  # the commit failed: the transaction is aborted below
+            log.warning("the background commit failed before the abort: %s", exc)
         if not self.in_transaction:
             return
         try:

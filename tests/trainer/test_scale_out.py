@@ -68,14 +68,17 @@ def _learn_split(trainers: list[ScaleOutTrainer], bootstrap: str, topic: str,
     assert sum(t.events_learned for t in trainers) == len(events)
 
 
+# Folding after every read, and (an hour's interval) only at the merges and shutdown.
+@pytest.mark.parametrize("fold_every_s", [0.0, 3600.0])
 def test_two_trainers_in_one_group_equal_one_trainer(
-    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path, fold_every_s: float
 ) -> None:
     topic = new_topic(partitions=4)
     events = synthetic_events(20_000, seed=11, n_users=500, n_items=300)
     kafka = KafkaSettings(bootstrap=kafka_bootstrap, topic=topic)
     snaps = tmp_path / "snaps"
-    trainers = [ScaleOutTrainer(_settings(snaps, f"g-{topic}", f"t{i}", idle_exit_s=15.0),
+    trainers = [ScaleOutTrainer(_settings(snaps, f"g-{topic}", f"t{i}", idle_exit_s=15.0,
+                                          fold_every_s=fold_every_s),
                                 kafka) for i in range(2)]
     try:
         _learn_split(trainers, kafka_bootstrap, topic, events)
