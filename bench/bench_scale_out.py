@@ -1,7 +1,12 @@
 """Scale-out throughput: 1 vs N ``liverec train --scale-out`` processes on one topic.
 
-For each trainer count, a fresh group learns one pre-filled P-partition topic (its
-own snapshot directory and update topic). Progress is the group's *committed* input
+For each trainer count, a fresh group of trainers starts on a fresh, empty
+P-partition topic; once every trainer owns partitions, the events are produced and
+the group learns them (its own snapshot directory and update topic); then the
+trainers are stopped (SIGTERM). ``--prefilled`` fills one topic before the trainers
+start instead (then the first member may learn much of a short stream before the
+others join: on 100k events the second trainer learned next to nothing in some
+runs). Progress is the group's *committed* input
 offsets (a transaction commits the updates and the offsets together, so committed ==
 learned and published), sampled every 0.1 s. Two rates: **overall**, events over the
 seconds between the first and the last move (the rebalances while members join
@@ -26,13 +31,16 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import psutil
@@ -136,11 +144,39 @@ def _broker_procs() -> list[psutil.Process]:
             if "java" in c.name().lower()]
 
 
+def _owned(text: str) -> set[int]:
+    """Partitions a trainer's log says it owns now (its assigned/revoked lines)."""
+    owned: set[int] = set()
+    for verb, p in re.findall(r"(assigned partition|partition) (\d+)(?::| revoked)", text):
+        if verb == "assigned partition":
+            owned.add(int(p))
+        else:
+            owned.discard(int(p))
+    return owned
+
+
+def _wait_until_joined(procs: list[subprocess.Popen[bytes]], logs: list[Path],
+                       partitions: int) -> None:
+    """Until every trainer owns partitions and together they own all of them."""
+    deadline = time.monotonic() + 120
+    while True:
+        owned = [_owned(log.read_text(errors="replace")) for log in logs]
+        if all(owned) and len(set().union(*owned)) == partitions:
+            return
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"the trainers did not split the topic: {owned}")
+        time.sleep(0.2)
+
+
 def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str,
-        batch_size: int, workdir: Path, group: str | None = None
+        batch_size: int, workdir: Path, fill: Callable[[], object] | None = None
         ) -> tuple[float, float, int, int, CpuUse]:
     """(overall events/s, steady events/s, update bytes, events evaluated, CPU use) of
-    ``k`` trainers learning the whole topic (``n`` records) into ``workdir/<group>``."""
+    ``k`` trainers learning the whole topic (``n`` records) into ``workdir/<group>``.
+
+    With ``fill``, the topic is empty at the start and ``fill`` produces the records
+    once every trainer owns partitions; without, the topic is pre-filled."""
+    group = f"bench-{k}-{uuid.uuid4().hex[:6]}"
     group = group or f"bench-{k}-{uuid.uuid4().hex[:6]}"
     snaps = workdir / group
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -152,11 +188,16 @@ def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str
              "--topic", topic, "--group", group, "--snapshots", str(snaps),
              "--models", models, "--scale-out", "--instance-id", f"t{i}",
              "--batch-size", str(batch_size), "--metrics-port", "-1",
-             "--idle-exit-s", "6", "--snapshot-every-s", "2", "--merge-every-s", "30",
+             "--idle-exit-s", "6" if fill is None else "60",
+             "--snapshot-every-s", "2", "--merge-every-s", "30",
              "--log-level", "INFO"],
             stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env), log))
     trainers = [psutil.Process(p.pid) for p, _ in procs]
     brokers = _broker_procs()
+    if fill is not None:
+        _wait_until_joined([p for p, _ in procs], [workdir / f"{group}-{i}.log"
+                                                   for i in range(k)], partitions)
+        fill()
     probe = make_consumer(bootstrap, ConsumerOptions(group_id=group, client_id="bench"))
     parts = [(topic, p) for p in range(partitions)]
     samples: list[Sample] = []
@@ -185,6 +226,9 @@ def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str
             time.sleep(0.1)
     finally:
         probe.close()
+    if fill is not None:
+        for p, _ in procs:  # all learned: stop now rather than after the idle wait
+            p.send_signal(signal.SIGTERM)
     update_bytes = evaluated = 0
     assigned: list[float] = []
     loop_phases: list[str] = []
@@ -241,22 +285,39 @@ def main() -> None:
     ap.add_argument("--trainers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--models", default="popularity,itemknn,sequence")
     ap.add_argument("--batch-size", type=int, default=2000)
+    ap.add_argument("--prefilled", action="store_true",
+                    help="fill the topic before the trainers start (the first member may "
+                         "learn much of it before the others join; the default produces "
+                         "the events once every trainer owns partitions)")
     ap.add_argument("--keep-logs", type=Path, default=None, metavar="DIR",
                     help="copy the trainers' logs into DIR (kept after the run)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         broker = resolve_bootstrap(Path(tmp) / "kafka")
         bootstrap = broker.bootstrap
-        topic = f"bench-scale-{uuid.uuid4().hex[:8]}"
-        try:
+        events = _events(args.events, args.users, args.items)
+        topics: list[str] = []
+
+        def new_topic(filled: bool) -> str:
+            topic = f"bench-scale-{uuid.uuid4().hex[:8]}"
             create_topics(bootstrap, {topic: args.partitions})
-            produce_events(bootstrap, topic, _events(args.events, args.users, args.items))
+            topics.extend([topic, updates_topic(topic)])
+            if filled:
+                produce_events(bootstrap, topic, events)
+            return topic
+
+        try:
+            topic = new_topic(filled=True) if args.prefilled else ""
             rates = {}
             cores = os.cpu_count() or 1
             for k in args.trainers:
+                fill = None
+                if not args.prefilled:
+                    topic = new_topic(filled=False)
+                    fill = partial(produce_events, bootstrap, topic, events)
                 overall, steady, nbytes, evaluated, cpu = run(
                     bootstrap, topic, args.events, k, args.partitions, args.models,
-                    args.batch_size, Path(tmp))
+                    args.batch_size, Path(tmp), fill)
                 delete_topics(bootstrap, [updates_topic(topic)])  # one name: one run at a time
                 if args.keep_logs is not None:
                     args.keep_logs.mkdir(parents=True, exist_ok=True)
@@ -278,7 +339,7 @@ def main() -> None:
                       f" x CPU per event {b_cpu.machine_s_per_1k / cpu.machine_s_per_1k:.2f}x; "
                       f"ceiling {cpu.ceiling(cores) / b_over:.2f}x")
         finally:
-            delete_topics(bootstrap, [topic])
+            delete_topics(bootstrap, topics)
             broker.close()
 
 
