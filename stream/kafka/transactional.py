@@ -184,8 +184,13 @@ class TransactionalProducer:
         self.in_transaction = False
 
     def close(self, timeout_s: float = 10.0) -> None:
+        """Abort what is open and flush; never raises (a fenced or failed producer has
+        nothing left to deliver, and its error was raised where it happened)."""
         self.abort()
-        self._p.flush(timeout_s)
+        try:
+            self._p.flush(timeout_s)
+        except ck.KafkaException as exc:
+            log.warning("closing the transactional producer: %s", exc)
 
     def _call(self, what: str, fn: Any, *args: Any) -> None:
         """``fn(*args)``, retrying retriable errors (a coordinator still loading after a
