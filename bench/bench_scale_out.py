@@ -177,7 +177,6 @@ def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str
     With ``fill``, the topic is empty at the start and ``fill`` produces the records
     once every trainer owns partitions; without, the topic is pre-filled."""
     group = f"bench-{k}-{uuid.uuid4().hex[:6]}"
-    group = group or f"bench-{k}-{uuid.uuid4().hex[:6]}"
     snaps = workdir / group
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = []

@@ -344,12 +344,20 @@ class CoOccurrenceModel(OnlineModel):
             self._t0 += float(steps) * hl
 
     # ------------------------------------------------------------------ learning
+    def _admit_items(self, names: Sequence[str] | np.ndarray) -> np.ndarray:
+        """Rows of ``names`` (new ones added). The count array grows with the index
+        wherever items enter it -- also user-side (``learn_local``, restored windows),
+        before a delta brings the new items' counts -- since scoring covers the index."""
+        rows = self.items.add_many(names)
+        self._counts = grow_rows(self._counts, self.items.capacity, 0.0, min_capacity=16)
+        return rows
+
     def learn(self, batch: Batch) -> None:
         n = len(batch)
         if n == 0:
             return
         u = self.users.add_many(batch.users)
-        i = self.items.add_many(batch.items)
+        i = self._admit_items(batch.items)
         t = np.asarray(batch.timestamps, np.float64)
         w = np.asarray(batch.weights, np.float64)
         if self.weight_power != 1.0:
@@ -357,8 +365,6 @@ class CoOccurrenceModel(OnlineModel):
         self._maybe_rescale(float(t.max()))
         self._watermark = max(self._watermark, float(t.max()))
         fw = w * self._forward(t)
-
-        self._counts = grow_rows(self._counts, self.items.capacity, 0.0, min_capacity=16)
         np.add.at(self._counts, i, fw)
         src, dst, m = self._window_pairs(u, i, t, fw)
         self._add_pairs(src, dst, m)
@@ -432,10 +438,7 @@ class CoOccurrenceModel(OnlineModel):
         if n == 0:
             return ItemDelta([])
         u = self.users.add_many(batch.users)
-        i = self.items.add_many(batch.items)
-        # New items have no counts until a delta is folded; scoring still covers
-        # the whole index, so the count array keeps up with it.
-        self._counts = grow_rows(self._counts, self.items.capacity, 0.0, min_capacity=16)
+        i = self._admit_items(batch.items)
         t = np.asarray(batch.timestamps, np.float64)
         t_ref = float(t.max())
         w = np.asarray(batch.weights, np.float64)
@@ -470,8 +473,7 @@ class CoOccurrenceModel(OnlineModel):
         live = [d for d in deltas if len(d) and d.t_ref is not None]
         if not live:
             return
-        rows_all = self.items.add_many([name for d in live for name in d.items])
-        self._counts = grow_rows(self._counts, self.items.capacity, 0.0, min_capacity=16)
+        rows_all = self._admit_items([name for d in live for name in d.items])
         src: list[np.ndarray] = []
         dst: list[np.ndarray] = []
         mass: list[np.ndarray] = []
@@ -521,8 +523,7 @@ class CoOccurrenceModel(OnlineModel):
             return
         items = unpack_strings(arrays["items.data"], arrays["items.offsets"])
         u = self.users.add_many(users)
-        i = self.items.add_many(items) if items else np.zeros(0, np.int64)
-        self._counts = grow_rows(self._counts, self.items.capacity, 0.0, min_capacity=16)
+        i = self._admit_items(items) if items else np.zeros(0, np.int64)
         self._win_items = grow_rows(self._win_items, self.users.capacity, -1, min_capacity=16)
         self._win_times = grow_rows(self._win_times, self.users.capacity, 0.0, min_capacity=16)
         local = np.asarray(arrays["window.items"], np.int64).reshape(len(users), self.window)

@@ -904,7 +904,6 @@ def _iso_ts(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
-
 @dataclass
 class _PendingFold:
     """Update messages read and not folded yet: each model's deltas in topic order,

@@ -120,9 +120,13 @@ class TransactionalProducer:
                timeout_s: float = 60.0) -> None:
         """Add ``offsets`` (next offsets) for ``consumer``'s group, then commit."""
         tps = [ck.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        self._commit(tps, consumer.group_metadata() if tps else None, timeout_s)
+
+    def _commit(self, tps: list[ck.TopicPartition], group_metadata: Any,
+                timeout_s: float) -> None:
         if tps:
             self._call("send_offsets_to_transaction", self._p.send_offsets_to_transaction,
-                       tps, consumer.group_metadata(), timeout_s)
+                       tps, group_metadata, timeout_s)
         self._call("commit_transaction", self._p.commit_transaction, timeout_s)
         self.in_transaction = False
 
@@ -141,11 +145,7 @@ class TransactionalProducer:
 
         def run() -> None:
             try:
-                if tps:
-                    self._call("send_offsets_to_transaction",
-                               self._p.send_offsets_to_transaction, tps, meta, timeout_s)
-                self._call("commit_transaction", self._p.commit_transaction, timeout_s)
-                self.in_transaction = False
+                self._commit(tps, meta, timeout_s)
             except BaseException as exc:  # handed to the caller by wait_committed
                 self._commit_error = exc
 
