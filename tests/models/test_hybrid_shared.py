@@ -132,11 +132,11 @@ def test_learning_order_puts_readers_first() -> None:
     assert bound["popularity"].n_items == 0
 
 
-def test_tuning_skips_only_events_every_blend_misses() -> None:
-    """The shortcut in ``Hybrid._tune`` (no blend product when more than ``tune_k``
-    items score at least the truth's in every component) agrees with the blends
-    themselves, ties included: on such events every blend ranks the truth below
-    ``tune_k``."""
+def test_tuning_gains_equal_blending_every_item() -> None:
+    """``Hybrid._gains`` blends only the items that score at least the truth's in some
+    component, and skips the blends when more than ``tune_k`` items beat it in every
+    component; its gains equal those of blending every item (the same sum, component
+    by component), ties included."""
     rng = np.random.default_rng(7)
     h = Hybrid()
     grid = h._grid
@@ -148,10 +148,14 @@ def test_tuning_skips_only_events_every_blend_misses() -> None:
         m[:, rng.random(n) < 0.5] = 0.0
         truth = int(rng.integers(n))
         hist = rng.choice(np.setdiff1d(np.arange(n), [truth]), size=5, replace=False)
-        blends = grid @ m
+        blends = grid[:, :1] * m[0]
+        for c in range(1, len(m)):
+            blends = blends + grid[:, c : c + 1] * m[c]
         blends[:, hist] = -np.inf
         rank = (blends >= blends[:, truth][:, None]).sum(axis=1)
-        if h._surely_missed(m, hist, truth):
-            skipped += 1
-            assert (rank > h.tune_k).all(), trial
+        expected = np.where(rank <= h.tune_k, 1.0 / np.log2(rank + 1.0), 0.0)
+        np.testing.assert_array_equal(h._gains(m, hist, truth), expected, err_msg=str(trial))
+        skipped += int((m >= m[:, truth : truth + 1]).all(axis=0).sum()
+                       - np.isin(hist, np.flatnonzero((m >= m[:, truth : truth + 1])
+                                                      .all(axis=0))).sum() > h.tune_k)
     assert 50 < skipped < 400  # both paths were exercised
