@@ -358,21 +358,32 @@ def embedding_drift(
     >>> embedding_drift(["a", "b"], v, ["a", "b"], v[::-1])
     1.0
     """
-    prev_row = {k: r for r, k in enumerate(prev_ids) if k is not None and r < len(prev_vectors)}
-    pairs = [
-        (prev_row[k], r)
-        for r, k in enumerate(cur_ids)
-        if k is not None and r < len(cur_vectors) and k in prev_row
-    ]
-    if not pairs:
+    # Rows keep their item until it expires, so most match position by position
+    # (compared in one C loop); only the others are matched by id through a dict.
+    n = min(len(prev_ids), len(cur_ids), len(prev_vectors), len(cur_vectors))
+    p_head = np.asarray(list(prev_ids[:n]), dtype=object)
+    c_head = np.asarray(list(cur_ids[:n]), dtype=object)
+    same = np.asarray(p_head == c_head, bool) & np.asarray(p_head != None, bool)  # noqa: E711
+    differ = np.flatnonzero(~same).tolist()
+    p_rest = differ + list(range(n, len(prev_ids)))
+    c_rest = differ + list(range(n, len(cur_ids)))
+    prev_row = {prev_ids[r]: r for r in p_rest
+                if prev_ids[r] is not None and r < len(prev_vectors)}
+    moved = [(prev_row[k], r) for r in c_rest
+             if (k := cur_ids[r]) is not None and r < len(cur_vectors) and k in prev_row]
+    if not moved and same.all():  # every row kept its item: views, no copies
+        a, b = np.asarray(prev_vectors)[:n], np.asarray(cur_vectors)[:n]
+    else:
+        p_idx = np.concatenate([np.flatnonzero(same), np.asarray([p for p, _ in moved], np.int64)])
+        c_idx = np.concatenate([np.flatnonzero(same), np.asarray([c for _, c in moved], np.int64)])
+        a, b = np.asarray(prev_vectors)[p_idx], np.asarray(cur_vectors)[c_idx]
+    if not len(a):
         return None
-    p_idx, c_idx = (np.asarray(x, dtype=np.int64) for x in zip(*pairs, strict=True))
-    a = np.asarray(prev_vectors, np.float64)[p_idx]
-    b = np.asarray(cur_vectors, np.float64)[c_idx]
-    na = np.linalg.norm(a, axis=1)
-    nb = np.linalg.norm(b, axis=1)
+    # Sums in float64 whatever the vectors' type, cast chunk by chunk (no full copies).
+    na = np.sqrt(np.einsum("ij,ij->i", a, a, dtype=np.float64))
+    nb = np.sqrt(np.einsum("ij,ij->i", b, b, dtype=np.float64))
     ok = (na > 0) & (nb > 0)
     if not ok.any():
         return None
-    cos = np.sum(a[ok] * b[ok], axis=1) / (na[ok] * nb[ok])
+    cos = np.einsum("ij,ij->i", a, b, dtype=np.float64)[ok] / (na[ok] * nb[ok])
     return float(round(np.mean(1.0 - np.clip(cos, -1.0, 1.0)), 12))

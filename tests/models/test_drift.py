@@ -143,3 +143,29 @@ def test_embedding_drift_matches_rows_by_id() -> None:
     d = embedding_drift(ids, v, ids, noisy)
     assert d is not None and 0.0 < d < 0.1
     assert embedding_drift(["a"], v[:1], ["b"], v[:1]) is None
+
+
+def test_embedding_drift_equals_matching_every_row_by_id() -> None:
+    """Rows that kept their item are matched in place, the rest by id: the result is
+    the mean over every item in both snapshots, as a plain by-id match gives it, with
+    freed rows (None), moved and re-admitted items, and vectors shorter than the ids."""
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        n = int(rng.integers(1, 60))
+        v = rng.standard_normal((n, 4))
+        prev: list[str | None] = [f"i{k}" for k in range(n)]
+        cur = list(prev) + [f"i{k}" for k in range(n, n + int(rng.integers(0, 5)))]
+        for r in rng.choice(n, size=int(rng.integers(0, n)), replace=False).tolist():
+            cur[r] = None if rng.random() < 0.5 else f"j{r}"  # freed, or another item
+        swap = rng.choice(len(cur), size=2, replace=True)
+        cur[swap[0]], cur[swap[1]] = cur[swap[1]], cur[swap[0]]  # an item moved
+        w = rng.standard_normal((len(cur) - int(rng.integers(0, 3)), 4))
+        p_row = {k: r for r, k in enumerate(prev) if k is not None}
+        pairs = [(p_row[k], r) for r, k in enumerate(cur) if k in p_row and r < len(w)]
+        got = embedding_drift(prev, v, cur, w)
+        if not pairs:
+            assert got is None
+            continue
+        a, b = v[[p for p, _ in pairs]], w[[c for _, c in pairs]]
+        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        assert got == pytest.approx(float(np.mean(1.0 - np.clip(cos, -1, 1))), abs=1e-9)
