@@ -71,8 +71,13 @@ class TrainerEvaluation:
             n: ConceptDriftMonitor() for n in models}
         #: wall-clock time of each model's latest drift alarm
         self.alarm_wall: dict[str, float] = {}
-        #: seconds of scoring per scored event (all models), an EWMA: the governor's input
-        self._eval_cost: float | None = None
+        #: scoring CPU seconds and scored events per call, EWMAs: their ratio is the
+        #: cost per scored event, the governor's input. A ratio of averages weighs every
+        #: scored event alike; an average of per-call ratios let the many calls that
+        #: score one or two events hide the higher cost per event of 32-event groups
+        #: (measured: 2.5 ms/event estimated, 4 ms spent; evaluation took 13-14% of wall time)
+        self._cost_s = 0.0
+        self._cost_n = 0.0
         #: evaluation bookkeeping (every event, scored or not) per second of wall time,
         #: an EWMA over windows of >= 1 s that start at ``_bk_since``
         self._bk_share: float | None = None
@@ -107,12 +112,13 @@ class TrainerEvaluation:
             self._bk_since, self._bk_seconds = now, 0.0
         if scored == 0:
             return
-        cost = seconds / scored
-        self._eval_cost = cost if self._eval_cost is None else \
-            0.8 * self._eval_cost + 0.2 * cost
+        first = self._cost_n == 0.0
+        self._cost_s = seconds if first else 0.8 * self._cost_s + 0.2 * seconds
+        self._cost_n = scored if first else 0.8 * self._cost_n + 0.2 * scored
         left = s.eval_cpu_share - (self._bk_share or 0.0)
         floor = s.eval_min_per_minute / 60.0
-        self.evaluator.set_budget(max(floor, left / self._eval_cost, 1e-3))
+        self.evaluator.set_budget(max(floor, left * self._cost_n / max(self._cost_s, 1e-12),
+                                      1e-3))
 
     def evaluate(self, batch: Batch) -> bool:
         """Score the batch's sample before the models learn it (the history moves for

@@ -179,6 +179,21 @@ def test_evaluation_governor_keeps_the_cpu_share_but_not_below_the_floor(
     assert fixed.evaluator.sample.max_per_s == 5.0  # a fixed budget is left alone
 
 
+def test_evaluation_governor_weighs_every_scored_event_alike(
+    settings: TrainerSettings,
+) -> None:
+    """Single events scored at 1 ms each between 32-event groups at 4 ms each (larger
+    matrices): the cost per scored event is what was spent over what was scored, ~3.9 ms,
+    not the mean of the two per-call figures (2.5 ms, which let evaluation overrun)."""
+    t = Trainer(settings.model_copy(update={"eval_cpu_share": 0.1,
+                                            "eval_min_per_minute": 0.0}), KAFKA)
+    for _ in range(40):
+        t.evaluation.govern(scored=1, seconds=0.001)
+        t.evaluation.govern(scored=32, seconds=0.128)
+    spent_per_event = (0.001 + 0.128) / 33
+    assert t.evaluator.sample.max_per_s == pytest.approx(0.1 / spent_per_event, rel=0.15)
+
+
 def test_evaluation_governor_counts_the_bookkeeping_in_the_share(
     settings: TrainerSettings,
 ) -> None:
