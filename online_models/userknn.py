@@ -20,9 +20,9 @@ an interaction ``Δt`` seconds old weighs ``0.5 ** (Δt / half_life_seconds)``.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import ClassVar, Self
 
 import numpy as np
@@ -81,9 +81,11 @@ class UserKNN(OnlineModel):
         self.users = IdIndex()
         self.items = IdIndex()
         # user row -> {item row: [last time, accumulated weight]}, least recent first
-        self._user_items: dict[int, OrderedDict[int, list[float]]] = {}
+        # (plain dicts keep insertion order; an OrderedDict's iteration looks every key
+        # up again, which made reading neighbours' items most of a query's time)
+        self._user_items: dict[int, dict[int, list[float]]] = {}
         # item row -> {user row: last time}, least recent first
-        self._item_users: dict[int, OrderedDict[int, float]] = {}
+        self._item_users: dict[int, dict[int, float]] = {}
         # Decayed popularity, expressed at the watermark.
         self._pop = np.zeros(0, np.float64)
         self._watermark = -np.inf
@@ -122,7 +124,7 @@ class UserKNN(OnlineModel):
                               strict=True):
             items = user_items.get(u)
             if items is None:
-                items = user_items[u] = OrderedDict()
+                items = user_items[u] = {}
             entry = items.pop(i, None)
             if entry is None:
                 entry = [t, w]
@@ -132,17 +134,18 @@ class UserKNN(OnlineModel):
                 entry = [max(t, entry[0]), old + w]
             items[i] = entry
             if len(items) > max_ui:
-                gone, _ = items.popitem(last=False)
+                gone = next(iter(items))
+                del items[gone]
                 users_of_gone = item_users.get(gone)
                 if users_of_gone is not None:
                     users_of_gone.pop(u, None)
             users = item_users.get(i)
             if users is None:
-                users = item_users[i] = OrderedDict()
+                users = item_users[i] = {}
             users.pop(u, None)
             users[u] = t
             if len(users) > max_iu:
-                users.popitem(last=False)
+                del users[next(iter(users))]
 
     # ------------------------------------------------------------------ scoring
     def _profile(self, user: str, history: Sequence[str]) -> tuple[int, dict[int, float]]:
@@ -252,22 +255,21 @@ class UserKNN(OnlineModel):
         """The stored items of the distinct sorted user ``rows``, read from the
         per-user dicts once, with each entry's decay to the watermark."""
         items: list[int] = []
-        times: list[float] = []
-        weights: list[float] = []
+        tw: list[float] = []  # time, weight, time, weight, ... (C-level flattening)
         lengths = np.empty(len(rows), np.int64)
+        get = self._user_items.get
         for j, v in enumerate(rows.tolist()):
-            stored = self._user_items.get(v)
+            stored = get(v)
             if stored is None:
                 lengths[j] = 0
                 continue
             lengths[j] = len(stored)
             items.extend(stored)
-            for t, w in stored.values():
-                times.append(t)
-                weights.append(w)
+            tw.extend(chain.from_iterable(stored.values()))
         ptr = np.concatenate(([0], np.cumsum(lengths)))
-        return _Stored(rows, ptr, np.asarray(items, np.int64), np.asarray(weights, np.float64),
-                       self._decay(np.asarray(times, np.float64)))
+        pairs = np.asarray(tw, np.float64).reshape(-1, 2)
+        return _Stored(rows, ptr, np.asarray(items, np.int64), pairs[:, 1].copy(),
+                       self._decay(pairs[:, 0].copy()))
 
     def _neighbours_many(
         self, n: int, u_rows: np.ndarray, p_owner: np.ndarray, p_item: np.ndarray, pw: np.ndarray
@@ -386,14 +388,14 @@ class UserKNN(OnlineModel):
             a["user_items.weight"].tolist(),
             strict=True,
         ):
-            m._user_items.setdefault(u, OrderedDict())[i] = [t, w]
+            m._user_items.setdefault(u, {})[i] = [t, w]
         for i, u, t in zip(
             a["item_users.item"].tolist(),
             a["item_users.user"].tolist(),
             a["item_users.time"].tolist(),
             strict=True,
         ):
-            m._item_users.setdefault(i, OrderedDict())[u] = t
+            m._item_users.setdefault(i, {})[u] = t
         m._pop = np.array(a["pop"], np.float64)
         wm = state.meta["watermark"]
         m._watermark = -np.inf if wm is None else float(wm)
