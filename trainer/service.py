@@ -250,7 +250,7 @@ class Trainer:
         t_start = time.monotonic()
         restore_signals = stop_on_signals(self.stop_event, "final snapshot + commit")
         last_status = last_record = t_start
-        window_events, window_start = 0, t_start
+        window_events, window_start, window_wait = 0, t_start, 0.0
         factory = self._consumer_factory or self._make_consumer
         self.source = BatchSource(
             factory, batch_size=s.batch_size, max_wait_s=s.max_wait_ms / 1000.0,
@@ -267,8 +267,10 @@ class Trainer:
                 self.content.apply_pending()
                 if self.source.error is not None:
                     raise RuntimeError("the Kafka source failed") from self.source.error
+                asked = time.monotonic()
                 batch = self.source.get(timeout_s=0.05)
                 now = time.monotonic()
+                window_wait += now - asked
                 if batch is not None:
                     last_record = now
                     try:
@@ -281,7 +283,9 @@ class Trainer:
                 if now - window_start >= 1.0:
                     self._rate = window_events / (now - window_start)
                     self.metrics.events_per_second.set(self._rate)
-                    window_events, window_start = 0, now
+                    # A batch was (nearly) always waiting: the learner is the bottleneck.
+                    self.evaluation.backlog = window_wait < 0.05 * (now - window_start)
+                    window_events, window_start, window_wait = 0, now, 0.0
                 self._finish_checkpoint()
                 if time.time() - self.checkpointer.last_attempt_wall >= self._snapshot_gap():
                     self.checkpoint("periodic")

@@ -179,6 +179,31 @@ def test_evaluation_governor_keeps_the_cpu_share_but_not_below_the_floor(
     assert fixed.evaluator.sample.max_per_s == 5.0  # a fixed budget is left alone
 
 
+def test_evaluation_governor_floor_yields_to_the_share_during_a_backlog(
+    settings: TrainerSettings,
+) -> None:
+    """At full speed (the learner always finds a batch waiting) the CPU share bounds
+    evaluation: the per-minute floor gives way, down to a trickle that keeps the gauges
+    moving; once the backlog is gone the floor is back."""
+    from trainer.evaluation import BACKLOG_MIN_PER_S
+
+    t = Trainer(settings.model_copy(update={"eval_cpu_share": 0.1,
+                                            "eval_min_per_minute": 1000.0}), KAFKA)
+    t.evaluation.govern(scored=10, seconds=0.05)  # 5 ms per event: the share affords 20/s
+    assert t.evaluator.sample.max_per_s == pytest.approx(20.0)
+    t.evaluation.govern(scored=10, seconds=0.5)  # 50 ms per event: the share affords ~2/s
+    assert t.evaluator.sample.max_per_s == pytest.approx(1000.0 / 60)  # the floor
+    t.evaluation.backlog = True
+    t.evaluation.govern(scored=10, seconds=0.5)
+    assert BACKLOG_MIN_PER_S < t.evaluator.sample.max_per_s < 1000.0 / 60  # the share
+    for _ in range(50):  # 1 s per event: the share affords 0.1/s
+        t.evaluation.govern(scored=10, seconds=10.0)
+    assert t.evaluator.sample.max_per_s == pytest.approx(BACKLOG_MIN_PER_S)  # the trickle
+    t.evaluation.backlog = False
+    t.evaluation.govern(scored=10, seconds=10.0)
+    assert t.evaluator.sample.max_per_s == pytest.approx(1000.0 / 60)
+
+
 def test_evaluation_governor_weighs_every_scored_event_alike(
     settings: TrainerSettings,
 ) -> None:
