@@ -70,8 +70,9 @@ def train(
         help="... at most this many scored events per second (0 = automatic: see "
              "--eval-cpu-share) [LIVEREC_EVAL_BUDGET_PER_S]")] = None,
     eval_cpu_share: Annotated[float | None, typer.Option(
-        help="automatic budget: evaluation CPU time per second of wall time (per-event "
-             "bookkeeping plus scoring), but at least 1000 scored events a minute "
+        help="automatic budget: evaluation CPU time (per-event bookkeeping plus scoring) "
+             "as a share of the trainer's CPU time, but at least 1000 scored events a "
+             "minute unless the trainer has a backlog "
              "(0 = score the whole sample) "
              "[LIVEREC_EVAL_CPU_SHARE]")] = None,
     prefetch_batches: Annotated[int | None, typer.Option(

@@ -27,6 +27,8 @@ __all__ = ["BACKLOG_MIN_PER_S", "TrainerEvaluation"]
 
 #: the governor's cost sums decay by this factor per scored event
 _COST_DECAY = 0.98
+#: seconds over which the governor pays back evaluation CPU time spent beyond its share
+_REPAY_S = 5.0
 
 #: scored events per second that go on while the learner has a backlog, whatever the
 #: share (the accuracy gauges keep moving during a catch-up)
@@ -91,20 +93,30 @@ class TrainerEvaluation:
         self._bk_share: float | None = None
         self._bk_seconds = 0.0
         self._bk_since: float | None = None
+        #: the process's CPU time per second of wall time (cores busy), an EWMA over the
+        #: same windows; ``_cpu_since`` is the process CPU clock at the window's start
+        self._cpu_rate: float | None = None
+        self._cpu_since = 0.0
+        #: scoring CPU seconds spent beyond the share (the first seconds, while the cost
+        #: is learned, and a cost rising with the catalogue overrun it), paid back over
+        #: :data:`_REPAY_S`: the share holds on average, not only per window
+        self._debt = 0.0
+        self._window_scoring = 0.0
         #: the learner has a backlog (it found a batch waiting, nearly always, over the
         #: last second): then the floor yields to the share, down to a trickle
         #: (:data:`BACKLOG_MIN_PER_S`), so evaluation never slows a catch-up beyond it
         self.backlog = False
 
     def govern(self, scored: int, seconds: float, bookkeeping_s: float = 0.0,
-               now: float | None = None) -> None:
-        """Keep the evaluation's CPU time near ``eval_cpu_share`` of wall time (unless a
-        fixed budget is set).
+               now: float | None = None, cpu_now: float | None = None) -> None:
+        """Keep the evaluation's CPU time near ``eval_cpu_share`` of the trainer
+        process's CPU time (unless a fixed budget is set).
 
         The evaluator pays for every event (history, catalogue and count bookkeeping:
         ``bookkeeping_s`` of CPU time) and for the scored sample (``seconds`` of CPU
-        time for ``scored`` events). The budget is ``(eval_cpu_share - bookkeeping
-        share) / cost`` scored events per second, where the bookkeeping share is the
+        time for ``scored`` events). The budget is ``(eval_cpu_share x cores busy -
+        bookkeeping share) / cost`` scored events per second, where cores busy is the
+        process's recent CPU time per second of wall time, the bookkeeping share the
         recent bookkeeping CPU time per second of wall time and ``cost`` the recent
         scoring CPU time per scored event;
         and at least ``eval_min_per_minute / 60``: a dashboard always has evidence to
@@ -112,25 +124,42 @@ class TrainerEvaluation:
         backlog (:attr:`backlog`: at full speed the share is the bound, as the throughput
         issue asks of the default setting), when the floor is
         :data:`BACKLOG_MIN_PER_S`.
+
+        ``now`` and ``cpu_now`` (tests) stand for the wall and process CPU clocks; with
+        ``now`` alone the process counts as one core busy.
         """
         s = self.settings
         if s.eval_budget_per_s or not s.eval_cpu_share:
             return
-        now = time.perf_counter() if now is None else now
+        if now is None:
+            now, cpu_now = time.perf_counter(), time.process_time()
+        elif cpu_now is None:
+            cpu_now = now
         if self._bk_since is None:
-            self._bk_since = now
+            self._bk_since, self._cpu_since = now, cpu_now
         self._bk_seconds += bookkeeping_s
-        if now - self._bk_since >= 1.0:  # a share over at least a second of wall time
-            share = self._bk_seconds / (now - self._bk_since)
+        self._window_scoring += seconds
+        if now - self._bk_since >= 1.0:  # shares over at least a second of wall time
+            span = now - self._bk_since
+            share, cores = self._bk_seconds / span, (cpu_now - self._cpu_since) / span
+            # Only scoring is the governor's to hold back: what it spent beyond what the
+            # bookkeeping left of the share, at most a repayment period's worth.
+            allowed = max(0.0, s.eval_cpu_share * cores * span - self._bk_seconds)
+            self._debt = min(max(0.0, self._debt + self._window_scoring - allowed),
+                             s.eval_cpu_share * cores * _REPAY_S)
+            self._window_scoring = 0.0
             self._bk_share = share if self._bk_share is None else \
                 0.7 * self._bk_share + 0.3 * share
-            self._bk_since, self._bk_seconds = now, 0.0
+            self._cpu_rate = cores if self._cpu_rate is None else \
+                0.7 * self._cpu_rate + 0.3 * cores
+            self._bk_since, self._bk_seconds, self._cpu_since = now, 0.0, cpu_now
         if scored == 0:
             return
         decay = _COST_DECAY**scored
         self._cost_s = decay * self._cost_s + seconds
         self._cost_n = decay * self._cost_n + scored
-        left = s.eval_cpu_share - (self._bk_share or 0.0)
+        cores = 1.0 if self._cpu_rate is None else self._cpu_rate
+        left = s.eval_cpu_share * cores - (self._bk_share or 0.0) - self._debt / _REPAY_S
         floor = s.eval_min_per_minute / 60.0
         if self.backlog:
             floor = min(floor, BACKLOG_MIN_PER_S)

@@ -57,9 +57,9 @@ class TrainerSettings(BaseSettings):
     eval_sample: float = Field(default=1.0, gt=0, le=1)
     #: ... scored at most this many per second (0: governed by ``eval_cpu_share``)
     eval_budget_per_s: float = Field(default=0.0, ge=0)
-    #: the governor's target: evaluation CPU time (the learner thread's) per second of
-    #: wall time -- the bookkeeping every event needs plus scoring the sample (0: no
-    #: governor, every sampled event is scored) ...
+    #: the governor's target: evaluation CPU time (the learner thread's: the bookkeeping
+    #: every event needs plus scoring the sample) as a share of the trainer process's
+    #: CPU time (0: no governor, every sampled event is scored) ...
     eval_cpu_share: float = Field(default=0.1, ge=0, le=1)
     #: ... but never fewer than this many scored events per minute (when there are),
     #: except while the learner has a backlog (then the share bounds it, down to

@@ -204,6 +204,47 @@ def test_evaluation_governor_floor_yields_to_the_share_during_a_backlog(
     assert t.evaluator.sample.max_per_s == pytest.approx(1000.0 / 60)
 
 
+def test_evaluation_governor_takes_its_share_of_the_process_cpu(
+    settings: TrainerSettings,
+) -> None:
+    """The share is of the trainer process's CPU time: with half a core busy, 10% of it
+    is 5% of wall time; with 1.5 cores, 15%."""
+    t = Trainer(settings.model_copy(update={"eval_cpu_share": 0.1,
+                                            "eval_min_per_minute": 0.0}), KAFKA)
+    t.evaluation.govern(scored=100, seconds=0.01, now=0.0, cpu_now=0.0)  # 0.1 ms per event
+    assert t.evaluator.sample.max_per_s == pytest.approx(1000.0)  # one core until measured
+    t.evaluation.govern(scored=100, seconds=0.01, now=1.0, cpu_now=0.5)
+    assert t.evaluator.sample.max_per_s == pytest.approx(500.0)
+    for k in range(2, 40):
+        t.evaluation.govern(scored=100, seconds=0.01, now=float(k), cpu_now=0.5 + 1.5 * (k - 1))
+    assert t.evaluator.sample.max_per_s == pytest.approx(1500.0, rel=1e-3)
+
+
+def test_evaluation_governor_pays_back_an_overrun(
+    settings: TrainerSettings,
+) -> None:
+    """Scoring that overran the share in a window (the cost was learned late) lowers the
+    next budgets until the time is paid back; an overrun counts at most a repayment
+    period's worth."""
+    t = Trainer(settings.model_copy(update={"eval_cpu_share": 0.1,
+                                            "eval_min_per_minute": 0.0}), KAFKA)
+    t.evaluation.govern(scored=100, seconds=0.01, now=0.0)  # 0.1 ms per event
+    t.evaluation.govern(scored=100, seconds=0.01, now=1.0)  # within the share
+    assert t.evaluator.sample.max_per_s == pytest.approx(1000.0)
+    # Same cost per event, but 0.3 s of scoring in that second: 0.2 s beyond the share,
+    # paid back over 5 s, leaves 0.1 - 0.2 / 5 = 6% for scoring.
+    t.evaluation.govern(scored=2900, seconds=0.29, now=1.5)
+    t.evaluation.govern(scored=100, seconds=0.01, now=2.0)
+    overrun = t.evaluator.sample.max_per_s
+    assert overrun == pytest.approx(600.0)
+    for k in range(3, 30):  # within the share again: the debt is paid, the budget recovers
+        t.evaluation.govern(scored=1, seconds=0.0001, now=float(k))
+    assert t.evaluator.sample.max_per_s > overrun
+    for k in range(30, 60):  # scoring alone takes 90% of a core: the debt stays bounded
+        t.evaluation.govern(scored=100, seconds=0.9, now=float(k))
+    assert t.evaluation._debt <= 0.1 * 5.0 + 1e-9
+
+
 def test_evaluation_governor_weighs_every_scored_event_alike(
     settings: TrainerSettings,
 ) -> None:
