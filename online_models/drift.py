@@ -371,11 +371,12 @@ def embedding_drift(
                 if prev_ids[r] is not None and r < len(prev_vectors)}
     moved = [(prev_row[k], r) for r in c_rest
              if (k := cur_ids[r]) is not None and r < len(cur_vectors) and k in prev_row]
-    if not moved and same.all():  # every row kept its item: views, no copies
+    if not moved and not differ:  # every row kept its item: views, no copies
         a, b = np.asarray(prev_vectors)[:n], np.asarray(cur_vectors)[:n]
     else:
-        p_idx = np.concatenate([np.flatnonzero(same), np.asarray([p for p, _ in moved], np.int64)])
-        c_idx = np.concatenate([np.flatnonzero(same), np.asarray([c for _, c in moved], np.int64)])
+        kept = np.flatnonzero(same)
+        p_idx = np.concatenate([kept, np.asarray([p for p, _ in moved], np.int64)])
+        c_idx = np.concatenate([kept, np.asarray([c for _, c in moved], np.int64)])
         a, b = np.asarray(prev_vectors)[p_idx], np.asarray(cur_vectors)[c_idx]
     if not len(a):
         return None

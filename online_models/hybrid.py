@@ -327,12 +327,12 @@ class Hybrid(BindsComponents, OnlineModel):
         t_users: list[str] = []
         t_items: list[int] = []
         t_hists: list[list[str]] = []
-        for pos in sorted(before):
+        for pos, hist in before.items():  # in event order
             item = batch.items[pos]
             if item in self._items:
                 t_users.append(batch.users[pos])
                 t_items.append(self._items.get(item))
-                t_hists.append(before[pos])
+                t_hists.append(hist)
         if t_users:
             self._tune(t_users, t_hists, np.asarray(t_items, np.int64))
         self.users.add_many(batch.users)
