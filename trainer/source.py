@@ -84,6 +84,10 @@ class BatchSource:
         or since a rebalance took its last ones (doubling until it gets some).
     """
 
+    #: longest the thread waits (in one poll, or for room in the queue) before it
+    #: looks at the stop flag again
+    STOP_CHECK_S = 0.05
+
     def __init__(
         self,
         consumer_factory: Callable[..., MiniBatchConsumer],
@@ -111,6 +115,8 @@ class BatchSource:
         self._queue: queue.Queue[PolledBatch] = queue.Queue(maxsize=prefetch)
         self._commits: queue.Queue[dict[Partition, int]] = queue.Queue()
         self._stop = threading.Event()
+        #: set by the learner's get(): a full queue has room again
+        self._space = threading.Event()
         #: held while queueing a batch and while a rebalance hook changes the assignment
         self._hand_over = threading.Lock()
         #: rebalance hooks finished so far (counted at the end of each, after its seeks): a
@@ -149,9 +155,11 @@ class BatchSource:
     def get(self, timeout_s: float) -> PolledBatch | None:
         """The next decoded batch, or None when none came within ``timeout_s``."""
         try:
-            return self._queue.get(timeout=timeout_s)
+            batch = self._queue.get(timeout=timeout_s)
         except queue.Empty:
             return None
+        self._space.set()
+        return batch
 
     def commit(self, offsets: Mapping[Partition, int]) -> None:
         """Commit these next-offsets (of a durable snapshot) before the next poll."""
@@ -162,6 +170,7 @@ class BatchSource:
              ) -> None:
         """Stop polling, commit ``final_offsets`` (a durable snapshot's), leave the group."""
         self._stop.set()
+        self._space.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
             if self._thread.is_alive():
@@ -217,7 +226,7 @@ class BatchSource:
                 self._join_timeout *= 2
             generation = self._generation
             try:
-                records = self.consumer.poll_batch(self.batch_size, self.max_wait_s)
+                records = self._poll()
             except Exception:
                 self.errors += 1
                 log.exception("polling failed; retrying")
@@ -244,6 +253,21 @@ class BatchSource:
                 except Exception:
                     log.debug("lag not available", exc_info=True)
 
+    def _poll(self) -> RecordBatch:
+        """Up to ``batch_size`` records within ``max_wait_s``, polled in slices of at
+        most :attr:`STOP_CHECK_S` so that :meth:`stop` never waits for a whole idle
+        poll (a slice that fills the batch returns at once)."""
+        assert self.consumer is not None
+        deadline = time.monotonic() + self.max_wait_s
+        got = self.consumer.poll_batch(self.batch_size, min(self.STOP_CHECK_S, self.max_wait_s))
+        while len(got) < self.batch_size and not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            got = got.extend(self.consumer.poll_batch(self.batch_size - len(got),
+                                                      min(self.STOP_CHECK_S, remaining)))
+        return got
+
     def _decode(self, records: RecordBatch) -> PolledBatch:
         cols, rejects = decode_columns(records.values, limits=self.limits,
                                        weights=self.weights)
@@ -264,6 +288,9 @@ class BatchSource:
     def _put(self, batch: PolledBatch, generation: int) -> None:
         parts = set(batch.offsets)
         while not self._stop.is_set():
+            # Cleared before trying: a get() from here on sets it, so the wait below
+            # returns as soon as the learner makes room.
+            self._space.clear()
             # Under the hand-over lock: kafka-python rebalances on its IO thread, and a
             # batch queued after a revoke drained the queue would be learned here
             # *and* by the next owner.
@@ -284,7 +311,7 @@ class BatchSource:
                 except queue.Full:
                     pass
             self._drain_commits()
-            self._stop.wait(0.005)
+            self._space.wait(self.STOP_CHECK_S)
 
     def _drain_commits(self) -> None:
         merged: dict[Partition, int] = {}

@@ -105,6 +105,13 @@ class RecordBatch:
             out[(topic, partition)] = offset + 1
         return out
 
+    def extend(self, more: RecordBatch) -> RecordBatch:
+        """This batch followed by ``more``."""
+        if not more.values:
+            return self
+        return RecordBatch(self.topics + more.topics, self.partitions + more.partitions,
+                           self.offsets + more.offsets, self.values + more.values)
+
     def first_offsets(self) -> dict[Partition, int]:
         """The offset of the first record of each partition: where to read it again."""
         out: dict[Partition, int] = {}

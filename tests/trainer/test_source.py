@@ -287,3 +287,58 @@ def test_a_consumer_left_without_partitions_is_rebuilt_and_resumes() -> None:
         source.stop(None)
     assert LosesItsGroup.instances == 2  # rebuilt once, then assigned for good
     assert learned == list(range(len(VALUES)))  # resumed where the learner was
+
+
+class TrickleConsumer(RacyConsumer):
+    """``VALUES`` a few records per poll, then nothing (no rebalance); it records the
+    timeout of every poll."""
+
+    def __init__(self, on_assign: Callable[[set[Any]], None],
+                 on_revoke: Callable[[set[Any]], None], per_poll: int = 3) -> None:
+        super().__init__(on_assign, on_revoke)
+        self.per_poll = per_poll
+        self.timeouts: list[float] = []
+
+    def poll_batch(self, max_records: int, timeout_s: float) -> RecordBatch:
+        self.timeouts.append(timeout_s)
+        if not self.parts:
+            self.parts = {PART}
+            self.on_assign({PART})
+        start = self.position
+        end = min(start + max_records, start + self.per_poll, len(self.values))
+        self.position = end
+        if start == end:
+            time.sleep(timeout_s)
+        return RecordBatch([PART[0]] * (end - start), [PART[1]] * (end - start),
+                           list(range(start, end)), list(self.values[start:end]))
+
+
+def test_slices_of_a_slow_poll_make_one_batch_and_stop_does_not_wait_for_the_poll() -> None:
+    """Records trickling in a few per poll are gathered into full batches; once the
+    topic is idle, a poll waits in slices of at most ``STOP_CHECK_S``, so a stop is
+    seen within one slice however long ``max_wait_s`` is."""
+    made: list[TrickleConsumer] = []
+
+    def make(**hooks: Any) -> TrickleConsumer:
+        made.append(TrickleConsumer(**hooks))
+        return made[-1]
+
+    source = BatchSource(
+        make, batch_size=BATCH, max_wait_s=3600.0, prefetch=10,  # type: ignore[arg-type]
+        limits=KAFKA.limits, weights=KAFKA.event_weights, on_assign=lambda parts: {},
+        on_revoke=lambda parts: None, join_timeout_s=60,
+    )
+    source.start()
+    batches: list[PolledBatch] = []
+    try:
+        deadline = time.monotonic() + 30
+        while sum(len(b.columns) for b in batches) < len(VALUES) and \
+                time.monotonic() < deadline:
+            got = source.get(0.1)
+            if got is not None:
+                batches.append(got)
+    finally:
+        source.stop(None, timeout_s=30)
+    assert source._thread is not None and not source._thread.is_alive()
+    assert [len(b.columns) for b in batches] == [BATCH] * (len(VALUES) // BATCH)
+    assert max(made[0].timeouts) <= BatchSource.STOP_CHECK_S
