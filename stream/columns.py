@@ -4,7 +4,10 @@
 message (same accepted events, same rejection reasons) without building a
 :class:`~stream.events.ClickEvent` per event. A message takes the *fast path* when it
 is a plain event: a JSON object whose ids are short printable strings, with a known
-event type, a numeric or ISO-8601 timestamp in range, and no ``context``. Anything
+event type, a numeric or ISO-8601 timestamp in range, and no ``context``. A batch of
+nothing but plain events -- the common case -- is checked column by column, each check
+one C-level pass over the batch (:func:`_decode_plain`); a batch with anything else in
+it is decoded message by message. Anything
 else -- a context to check, an odd id, bytes that are not JSON -- goes through the
 full :func:`~stream.events.validate_dict` / :func:`~stream.events.decode`, so the
 fast path can only be *stricter* about what it handles itself, never more lenient
@@ -27,6 +30,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import repeat
 
 import numpy as np
 import orjson
@@ -131,6 +135,86 @@ def _fast_ts(value: object) -> float | None:
     return seconds
 
 
+def _plain_ids(ids: list[object], max_chars: int) -> bool:
+    """Whether every one of ``ids`` is a printable string of 1 to ``max_chars``
+    characters (a string of printable characters is printable)."""
+    if not ids:
+        return True
+    if set(map(type, ids)) != {str}:
+        return False
+    lengths = list(map(len, ids))  # type: ignore[arg-type]
+    return min(lengths) > 0 and max(lengths) <= max_chars and \
+        "".join(ids).isprintable()  # type: ignore[arg-type]
+
+
+def _plain_times(stamps: list[object]) -> list[float] | None:
+    """:func:`_fast_ts` of every stamp when all of them take its ISO-8601 branch (or
+    are numbers), else None."""
+    kinds = set(map(type, stamps))
+    if kinds == {str}:
+        if not all(s[4:5] == "-" and s[:4].isdigit() for s in stamps):  # type: ignore[index]
+            return None  # text that may be a number, or padded: message by message
+        try:
+            parsed = list(map(datetime.fromisoformat, stamps))  # type: ignore[arg-type]
+        except ValueError:
+            return None
+        if any(dt.tzinfo is None for dt in parsed):
+            parsed = [dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+                      for dt in parsed]
+        return list(map(datetime.timestamp, parsed))
+    if kinds <= {int, float}:
+        out = list(map(_fast_ts, stamps))
+        return None if None in out else out  # type: ignore[return-value]
+    return None
+
+
+def _decode_plain(
+    values: Sequence[bytes | None], lo: float, hi: float, weights: Mapping[str, float],
+    limits: Limits,
+) -> EventColumns | None:
+    """The batch as columns when every message in it is a plain event, else None.
+
+    Each check is one pass over a column, with the fast path's rules, so that a
+    batch decoded here gets the verdict the message-by-message loop would give."""
+    if not values or None in values:
+        return None
+    lengths = list(map(len, values))  # type: ignore[arg-type]
+    if min(lengths) == 0 or max(lengths) > limits.max_event_bytes:
+        return None
+    try:
+        objs = list(map(orjson.loads, values))  # type: ignore[arg-type]
+    except orjson.JSONDecodeError:
+        return None
+    if set(map(type, objs)) != {dict} or not all(map(_FAST_KEYS.issuperset, objs)):
+        return None
+    get = dict.get
+    eids, users, items, etypes = (list(map(get, objs, repeat(key))) for key in
+                                  ("event_id", "user_id", "item_id", "event_type"))
+    if not _plain_ids(eids + users + items, limits.max_id_chars):
+        return None
+    sessions = list(map(get, objs, repeat("session_id")))
+    if not _plain_ids([s for s in sessions if s is not None], limits.max_id_chars):
+        return None
+    schemas = list(map(get, objs, repeat("schema"), repeat(SCHEMA_VERSION)))
+    if set(map(type, schemas)) != {int} or set(schemas) != {SCHEMA_VERSION}:
+        return None
+    if set(map(type, etypes)) != {str} or not \
+            set(etypes) <= weights.keys() & EVENT_WEIGHTS.keys():
+        return None
+    times = _plain_times(list(map(get, objs, repeat("timestamp"))))
+    if times is None:
+        return None
+    ts = np.asarray(times, np.float64)
+    if not bool(((ts >= lo) & (ts <= hi)).all()):
+        return None
+    return EventColumns(
+        positions=list(range(len(values))), event_ids=eids,  # type: ignore[arg-type]
+        users=users, items=items, sessions=sessions,  # type: ignore[arg-type]
+        weights=np.asarray(list(map(weights.__getitem__, etypes)), np.float32),  # type: ignore[arg-type]
+        timestamps=ts,
+    )
+
+
 def decode_columns(
     values: Sequence[bytes | None],
     *,
@@ -147,6 +231,9 @@ def decode_columns(
     now_s = time.time() if now is None else float(now)
     lo, hi = now_s - limits.max_past_s, now_s + limits.max_future_s
     w_of = EVENT_WEIGHTS if weights is None else weights
+    plain = _decode_plain(values, lo, hi, w_of, limits)
+    if plain is not None:
+        return plain, []
     max_bytes, max_chars = limits.max_event_bytes, limits.max_id_chars
     cols = EventColumns()
     pos, eids, users, items, sessions = (

@@ -7,14 +7,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.columns import decode_columns
+from stream.columns import _decode_plain, decode_columns
 from stream.events import EVENT_WEIGHTS, ClickEvent, Limits, decode, encode
-from tests.stream.test_events import NOW, mutated_events, valid
+from tests.stream.test_events import NOW, _fields, _json, mutated_events, valid
 
 NOW_S = NOW.timestamp()
 
 
 def _agree(values: list[bytes | None], limits: Limits | None = None) -> None:
+    _agree_in_batch(values, limits)
+    for value in values:  # a batch of one plain-looking message takes the batch path
+        _agree_in_batch([value], limits)
+
+
+def _agree_in_batch(values: list[bytes | None], limits: Limits | None = None) -> None:
     limits = limits or Limits()
     cols, rejects = decode_columns(values, now=NOW_S, limits=limits)
     expected = [decode(v, now=NOW, limits=limits) for v in values]
@@ -90,7 +96,34 @@ def test_columns_agree_with_decode_on_arbitrary_bytes(values: list[bytes]) -> No
     _agree(list(values))
 
 
+_stamps = (st.datetimes(timezones=st.none() | st.timezones()).map(lambda d: d.isoformat())
+           | st.text(max_size=30) | st.floats() | st.integers(-(2**63), 2**64 - 1))
+
+
+@st.composite
+def plain_events(draw: st.DrawFn) -> bytes:
+    """A plain event (no context) with at most one field changed: what the batch path
+    sees, with the odd cases it must hand to the message-by-message loop."""
+    obj = {k: v for k, v in valid().items() if k != "context"}
+    obj["timestamp"] = draw(st.sampled_from([obj["timestamp"], NOW.isoformat()]) | _stamps)
+    if draw(st.booleans()):
+        key = draw(_fields)
+        obj[key] = draw(_json | st.text(max_size=4))
+    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+
+
+@pytest.mark.slow
+@_PROPS
+@given(st.lists(plain_events(), min_size=1, max_size=4))
+def test_columns_agree_with_decode_on_plain_events(values: list[bytes]) -> None:
+    _agree(list(values))
+
+
 def test_encoded_events_take_the_fast_path() -> None:
     ev = decode(orjson.dumps({**valid(), "context": None}), now=NOW)
     assert isinstance(ev, ClickEvent)
     _agree([encode(ev)] * 3)
+    lo, hi = NOW_S - Limits().max_past_s, NOW_S + Limits().max_future_s
+    plain = _decode_plain([encode(ev)] * 3, lo, hi, EVENT_WEIGHTS, Limits())
+    assert plain is not None and plain.users == [ev.user_id] * 3  # the batch path
+    assert _decode_plain([encode(ev), b"{}"], lo, hi, EVENT_WEIGHTS, Limits()) is None
