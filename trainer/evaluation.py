@@ -161,14 +161,14 @@ class TrainerEvaluation:
         decay = _COST_DECAY**scored
         self._cost_s = decay * self._cost_s + seconds
         self._cost_n = decay * self._cost_n + scored
-        busy, bk_share = self._cpu_rate, self._bk_share
+        cores, bk_share = self._cpu_rate, self._bk_share
         if bk_share is None and now - self._bk_since >= _FIRST_ESTIMATE_S:
             # The first window is still open: what it measured so far (else the first
             # second scored as if the bookkeeping were free and one core busy).
             span = now - self._bk_since
-            bk_share, busy = self._bk_seconds / span, (cpu_now - self._cpu_since) / span
-        left = (s.eval_cpu_share * (1.0 if busy is None else busy) - (bk_share or 0.0)
-                - self._debt / _REPAY_S)
+            bk_share, cores = self._bk_seconds / span, (cpu_now - self._cpu_since) / span
+        cores = 1.0 if cores is None else cores
+        left = s.eval_cpu_share * cores - (bk_share or 0.0) - self._debt / _REPAY_S
         floor = s.eval_min_per_minute / 60.0
         if self.backlog:
             floor = min(floor, BACKLOG_MIN_PER_S)
