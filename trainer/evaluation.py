@@ -30,9 +30,6 @@ _COST_DECAY = 0.98
 #: seconds over which the governor pays back evaluation CPU time spent beyond its share
 _REPAY_S = 5.0
 
-#: seconds of the first window after which its partial shares stand in for the averages
-_FIRST_ESTIMATE_S = 0.1
-
 #: scored events per second that go on while the learner has a backlog, whatever the
 #: share (the accuracy gauges keep moving during a catch-up)
 BACKLOG_MIN_PER_S = 1.0
@@ -161,14 +158,8 @@ class TrainerEvaluation:
         decay = _COST_DECAY**scored
         self._cost_s = decay * self._cost_s + seconds
         self._cost_n = decay * self._cost_n + scored
-        cores, bk_share = self._cpu_rate, self._bk_share
-        if bk_share is None and now - self._bk_since >= _FIRST_ESTIMATE_S:
-            # The first window is still open: what it measured so far (else the first
-            # second scored as if the bookkeeping were free and one core busy).
-            span = now - self._bk_since
-            bk_share, cores = self._bk_seconds / span, (cpu_now - self._cpu_since) / span
-        cores = 1.0 if cores is None else cores
-        left = s.eval_cpu_share * cores - (bk_share or 0.0) - self._debt / _REPAY_S
+        cores = 1.0 if self._cpu_rate is None else self._cpu_rate
+        left = s.eval_cpu_share * cores - (self._bk_share or 0.0) - self._debt / _REPAY_S
         floor = s.eval_min_per_minute / 60.0
         if self.backlog:
             floor = min(floor, BACKLOG_MIN_PER_S)

@@ -278,28 +278,6 @@ def test_evaluation_governor_counts_the_bookkeeping_in_the_share(
     assert t.evaluation._bk_share == before  # shares are taken over at least a second
 
 
-def test_evaluation_governor_reads_the_first_window_before_it_closes(
-    settings: TrainerSettings,
-) -> None:
-    """Within the first second the partial window stands in for the averages: bookkeeping
-    that already takes the whole share leaves scoring only the floor, not the budget of
-    free bookkeeping on one core."""
-    t = Trainer(settings.model_copy(update={"eval_cpu_share": 0.1,
-                                            "eval_min_per_minute": 60.0}), KAFKA)
-    t.evaluation.govern(scored=100, seconds=0.01, bookkeeping_s=0.0, now=0.0, cpu_now=0.0)
-    assert t.evaluator.sample.max_per_s == pytest.approx(1000.0)  # nothing measured yet
-    # 0.3 s in, bookkeeping has taken 0.045 s of 0.27 s of process CPU (17% > 10%).
-    t.evaluation.govern(scored=100, seconds=0.01, bookkeeping_s=0.045, now=0.3, cpu_now=0.27)
-    assert t.evaluator.sample.max_per_s == pytest.approx(1.0)  # the floor
-    # Cheap bookkeeping (2% of 0.9 cores) leaves 7% for scoring at 0.1 ms per event.
-    u = Trainer(settings.model_copy(update={"eval_cpu_share": 0.1,
-                                            "eval_min_per_minute": 0.0,
-                                            "snapshots": settings.snapshots / "u"}), KAFKA)
-    u.evaluation.govern(scored=100, seconds=0.01, bookkeeping_s=0.0, now=0.0, cpu_now=0.0)
-    u.evaluation.govern(scored=100, seconds=0.01, bookkeeping_s=0.01, now=0.5, cpu_now=0.45)
-    assert u.evaluator.sample.max_per_s == pytest.approx(0.07 / 1e-4, rel=1e-6)
-
-
 def test_snapshots_space_out_when_copying_the_state_takes_long(
         settings: TrainerSettings) -> None:
     t = Trainer(settings.model_copy(update={"snapshot_every_s": 1.0}), KAFKA)
