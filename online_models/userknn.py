@@ -345,8 +345,7 @@ class UserKNN(OnlineModel):
     def get_state(self) -> ModelState:
         # C-level walks over the nested dicts (a Python loop per pair made this the
         # trainer's longest snapshot pause): same arrays, same order.
-        ui_user, ui_item, ui_tw = _flatten(self._user_items)
-        ui_tw = ui_tw.reshape(-1, 2)
+        ui_user, ui_item, ui_tw = _flatten(self._user_items, width=2)
         iu_item, iu_user, iu_t = _flatten(self._item_users)
         arrays = {
             **self.users.to_arrays("users"),
@@ -432,15 +431,16 @@ def _rank_in_group(sorted_owner: np.ndarray) -> np.ndarray:
     return np.arange(n) - np.maximum.accumulate(np.where(start, np.arange(n), 0))
 
 
-def _flatten(table: dict[int, dict[int, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(outer keys, inner keys, inner values)`` of a two-level dict, one entry per
-    inner pair, in iteration order; inner values that are sequences (``[t, w]``) are
-    flattened into the third array.
+def _flatten(table: dict[int, dict[int, Any]], width: int = 1
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(outer keys, inner keys, inner values)`` of a two-level dict, one row per inner
+    pair, in iteration order; with ``width > 1`` each inner value is a sequence of that
+    many floats (``[t, w]``) and the values come as an ``(n, width)`` array.
 
     >>> [a.tolist() for a in _flatten({3: {1: 0.5, 2: 0.25}, 4: {}, 5: {9: 1.0}})]
     [[3, 3, 5], [1, 2, 9], [0.5, 0.25, 1.0]]
-    >>> _flatten({7: {1: [10.0, 2.0]}})[2].tolist()
-    [10.0, 2.0]
+    >>> _flatten({7: {1: [10.0, 2.0]}}, width=2)[2].tolist()
+    [[10.0, 2.0]]
     """
     inner = table.values()
     lengths = np.fromiter(map(len, inner), np.int64, count=len(table))
@@ -448,9 +448,7 @@ def _flatten(table: dict[int, dict[int, Any]]) -> tuple[np.ndarray, np.ndarray, 
     outer = np.repeat(np.fromiter(table, np.int64, count=len(table)), lengths)
     keys = np.fromiter(chain.from_iterable(inner), np.int64, count=n)
     values = chain.from_iterable(map(dict.values, inner))
-    first = next(iter(next((d for d in inner if d), {0: 0.0}).values()))
-    if isinstance(first, list | tuple):
-        flat = np.fromiter(chain.from_iterable(values), np.float64, count=n * len(first))
-    else:
-        flat = np.fromiter(values, np.float64, count=n)
-    return outer, keys, flat
+    if width == 1:
+        return outer, keys, np.fromiter(values, np.float64, count=n)
+    flat = np.fromiter(chain.from_iterable(values), np.float64, count=n * width)
+    return outer, keys, flat.reshape(n, width)
