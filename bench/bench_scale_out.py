@@ -23,6 +23,9 @@ cost per event: what the machine allows the design, not a measurement.
 Run (a local broker is started unless ``LIVEREC_KAFKA_BOOTSTRAP`` is set)::
 
     .venv/bin/python bench/bench_scale_out.py --events 200000 --trainers 1 2
+
+``--repeats R`` measures the counts R times in turns and prints each round's ratio and
+their median: one run's ratio swings with its one-trainer run.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -288,6 +292,10 @@ def main() -> None:
                     help="fill the topic before the trainers start (the first member may "
                          "learn much of it before the others join; the default produces "
                          "the events once every trainer owns partitions)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="measure every trainer count this many times, in turns (1, 2, 1, "
+                         "2, ...), each round's ratio against that round's first count; "
+                         "prints every round's ratios and their median")
     ap.add_argument("--keep-logs", type=Path, default=None, metavar="DIR",
                     help="copy the trainers' logs into DIR (kept after the run)")
     args = ap.parse_args()
@@ -307,36 +315,49 @@ def main() -> None:
 
         try:
             topic = new_topic(filled=True) if args.prefilled else ""
-            rates = {}
             cores = os.cpu_count() or 1
-            for k in args.trainers:
-                fill = None
-                if not args.prefilled:
-                    topic = new_topic(filled=False)
-                    fill = partial(produce_events, bootstrap, topic, events)
-                overall, steady, nbytes, evaluated, cpu = run(
-                    bootstrap, topic, args.events, k, args.partitions, args.models,
-                    args.batch_size, Path(tmp), fill)
-                delete_topics(bootstrap, [updates_topic(topic)])  # one name: one run at a time
-                if args.keep_logs is not None:
-                    args.keep_logs.mkdir(parents=True, exist_ok=True)
-                    for log in Path(tmp).glob("bench-*.log"):
-                        shutil.copy(log, args.keep_logs / log.name)
-                rates[k] = (overall, steady, cpu)
-                print(f"trainers={k}: overall {overall:,.0f} events/s, steady {steady:,.0f} "
-                      f"events/s, update topic {nbytes / args.events:,.0f} bytes per learned "
-                      f"event, {evaluated:,} events evaluated", flush=True)
-                print(f"trainers={k}: cores busy {cpu.machine_cores:.2f} of {cores} "
-                      f"(trainers {cpu.trainer_cores:.2f}, broker {cpu.broker_cores:.2f}), "
-                      f"{cpu.machine_s_per_1k * 1000:.0f} CPU ms per 1,000 events, ceiling "
-                      f"{cpu.ceiling(cores):,.0f} events/s with {cores} cores busy", flush=True)
             base = args.trainers[0]
-            b_over, b_steady, b_cpu = rates[base]
-            for k, (o, st, cpu) in rates.items():
-                print(f"trainers={k}: overall {o / b_over:.2f}x, steady {st / b_steady:.2f}x "
-                      f"trainers={base} = cores busy {cpu.machine_cores / b_cpu.machine_cores:.2f}x"
-                      f" x CPU per event {b_cpu.machine_s_per_1k / cpu.machine_s_per_1k:.2f}x; "
-                      f"ceiling {cpu.ceiling(cores) / b_over:.2f}x")
+            ratios: dict[int, list[float]] = {k: [] for k in args.trainers}
+            for rnd in range(1, args.repeats + 1):
+                rates = {}
+                for k in args.trainers:
+                    fill = None
+                    if not args.prefilled:
+                        topic = new_topic(filled=False)
+                        fill = partial(produce_events, bootstrap, topic, events)
+                    overall, steady, nbytes, evaluated, cpu = run(
+                        bootstrap, topic, args.events, k, args.partitions, args.models,
+                        args.batch_size, Path(tmp), fill)
+                    # one update-topic name per input topic: one run at a time
+                    delete_topics(bootstrap, [updates_topic(topic)])
+                    if args.keep_logs is not None:
+                        args.keep_logs.mkdir(parents=True, exist_ok=True)
+                        for log in Path(tmp).glob("bench-*.log"):
+                            shutil.copy(log, args.keep_logs / log.name)
+                    rates[k] = (overall, steady, cpu)
+                    print(f"trainers={k}: overall {overall:,.0f} events/s, steady "
+                          f"{steady:,.0f} events/s, update topic {nbytes / args.events:,.0f} "
+                          f"bytes per learned event, {evaluated:,} events evaluated",
+                          flush=True)
+                    print(f"trainers={k}: cores busy {cpu.machine_cores:.2f} of {cores} "
+                          f"(trainers {cpu.trainer_cores:.2f}, broker {cpu.broker_cores:.2f}), "
+                          f"{cpu.machine_s_per_1k * 1000:.0f} CPU ms per 1,000 events, "
+                          f"ceiling {cpu.ceiling(cores):,.0f} events/s with {cores} cores busy",
+                          flush=True)
+                b_over, b_steady, b_cpu = rates[base]
+                for k, (o, st, cpu) in rates.items():
+                    ratios[k].append(o / b_over)
+                    print(f"round {rnd}: trainers={k}: overall {o / b_over:.2f}x, steady "
+                          f"{st / b_steady:.2f}x trainers={base} = cores busy "
+                          f"{cpu.machine_cores / b_cpu.machine_cores:.2f}x x CPU per event "
+                          f"{b_cpu.machine_s_per_1k / cpu.machine_s_per_1k:.2f}x; ceiling "
+                          f"{cpu.ceiling(cores) / b_over:.2f}x", flush=True)
+            if args.repeats > 1:
+                for k in args.trainers[1:]:
+                    print(f"trainers={k} vs trainers={base}, overall, {args.repeats} rounds: "
+                          + ", ".join(f"{r:.2f}x" for r in ratios[k])
+                          + f"; median {statistics.median(ratios[k]):.2f}x, lowest "
+                          f"{min(ratios[k]):.2f}x")
         finally:
             delete_topics(bootstrap, topics)
             broker.close()
