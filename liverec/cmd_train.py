@@ -77,6 +77,10 @@ def train(
              "[LIVEREC_EVAL_CPU_SHARE]")] = None,
     prefetch_batches: Annotated[int | None, typer.Option(
         help="decoded batches polled ahead of learning [LIVEREC_PREFETCH_BATCHES]")] = None,
+    history_max_users: Annotated[int | None, typer.Option(
+        help="most users whose history the trainer keeps (default 1,000,000); the least "
+             "recently active beyond it are forgotten: history, evaluation counts and "
+             "every model's state of them [LIVEREC_HISTORY_MAX_USERS]")] = None,
     session_timeout_ms: Annotated[int | None, typer.Option(
         help="consumer-group session timeout [LIVEREC_SESSION_TIMEOUT_MS]")] = None,
     status_every_s: Annotated[float | None, typer.Option(
@@ -151,6 +155,7 @@ def train(
             "eval_sample": eval_sample, "eval_budget_per_s": eval_budget_per_s,
             "eval_cpu_share": eval_cpu_share,
             "prefetch_batches": prefetch_batches, "session_timeout_ms": session_timeout_ms,
+            "history_max_users": history_max_users,
             "item_features": item_features, "item_features_preset": item_features_preset,
             "item_features_topic": item_features_topic,
             "scale_out": scale_out, "instance_id": instance_id, "merge_every_s": merge_every_s,

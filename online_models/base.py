@@ -504,7 +504,11 @@ class UserHistory:
 
     def __init__(self, max_items: int = 200, max_users: int | None = None) -> None:
         self.max_items = max_items
+        #: most users held; beyond it the least recently active one is dropped
         self.max_users = max_users
+        #: when a list, the users dropped for ``max_users`` are appended to it (the
+        #: trainer drains it with :meth:`take_evicted` and forgets them elsewhere too)
+        self.evicted: list[str] | None = None
         # user -> its items, oldest first, as the keys of a dict: membership and
         # removal in O(1) (a deque scanned the whole history, which evaluating
         # unbounded histories paid on every event)
@@ -521,7 +525,9 @@ class UserHistory:
         if q is None:
             q = self._items[user] = {}
             if self.max_users is not None and len(self._items) > self.max_users:
-                self._items.popitem(last=False)
+                gone = self._items.popitem(last=False)[0]
+                if self.evicted is not None:
+                    self.evicted.append(gone)
         else:
             self._items.move_to_end(user)
             q.pop(item, None)
@@ -549,7 +555,7 @@ class UserHistory:
         """
         table = self._items
         get, to_end = table.get, table.move_to_end
-        max_items, max_users = self.max_items, self.max_users
+        max_items, max_users, evicted = self.max_items, self.max_users, self.evicted
         flags: list[bool] = []
         new_flag = flags.append
         before: dict[int, list[str]] = {}
@@ -559,7 +565,9 @@ class UserHistory:
             if q is None:
                 q = table[user] = {}
                 if max_users is not None and len(table) > max_users:
-                    table.popitem(last=False)
+                    gone = table.popitem(last=False)[0]
+                    if evicted is not None:
+                        evicted.append(gone)
                 new_flag(False)
             else:
                 to_end(user)
@@ -580,6 +588,29 @@ class UserHistory:
     def get(self, user: str) -> list[str]:
         q = self._items.get(user)
         return list(q) if q is not None else []
+
+    def forget(self, users: Iterable[str]) -> None:
+        """Drop ``users`` and their items."""
+        table = self._items
+        for u in users:
+            table.pop(u, None)
+
+    def take_evicted(self) -> list[str]:
+        """The users dropped for ``max_users`` since the last call that are still gone
+        (one dropped and then seen again is back), in order; empties :attr:`evicted`.
+
+        >>> h = UserHistory(max_users=2)
+        >>> h.evicted = []
+        >>> for u in ["a", "b", "c", "d", "a"]:
+        ...     h.append(u, "x")
+        >>> h.take_evicted(), list(h._items), h.evicted
+        (['b', 'c'], ['d', 'a'], [])
+        """
+        if not self.evicted:
+            return []
+        gone, self.evicted = self.evicted, []
+        table = self._items
+        return [u for u in dict.fromkeys(gone) if u not in table]
 
     def has(self, user: str, item: str) -> bool:
         q = self._items.get(user)
@@ -695,6 +726,17 @@ class OnlineModel(ABC):
     @abstractmethod
     def from_state(cls, state: ModelState) -> Self:
         """Rebuild a model from :meth:`get_state`'s output."""
+
+    # -- per-user state
+    def forget_users(self, users: Sequence[str]) -> None:
+        """Drop ``users`` and all the model learned about them alone (the trainer's
+        bound on users; a partition moving to another trainer); one seen again starts
+        afresh. Item-side state keeps what their events taught it. This default drops
+        them from the user index: a model with more per-user state extends it."""
+        index = self.users
+        for u in users:
+            if u in index:
+                index.remove(u)
 
     # -- sizes
     @property

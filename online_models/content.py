@@ -359,6 +359,12 @@ class ContentKNN(OnlineModel):
             self._count = grow_rows(self._count, self.items.capacity)
             self._featured = f.version
 
+    def forget_users(self, users: Sequence[str]) -> None:
+        """Drop ``users``: their rows and their latest items."""
+        for u in users:
+            self._last.pop(u, None)
+        super().forget_users(users)
+
     def learn(self, batch: Batch) -> None:
         if len(batch) == 0:
             return

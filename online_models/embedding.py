@@ -278,6 +278,17 @@ class EmbeddingModel(OnlineModel):
             table.weight[torch.from_numpy(fresh)] = init
             table.alive[fresh] = True
 
+    def forget_users(self, users: Sequence[str]) -> None:
+        """Drop ``users``: their rows are freed (and reset) as expiry frees them."""
+        index, table, pending = self.users, self._ut, self._pending_u
+        for u in users:
+            pending.pop(u, None)
+            row = index.get(u)
+            if row >= 0:
+                index.remove(u)
+                if row < len(table.alive):
+                    table.free(row)
+
     def _expire(self) -> None:
         if self.expiry_seconds is None:
             return

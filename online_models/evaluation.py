@@ -641,6 +641,13 @@ class PrequentialEvaluator:
                              bitorder="little")
         return np.subtract(1, 2 * bits, dtype=np.float32)
 
+    def forget_users(self, users: Sequence[str]) -> None:
+        """Drop the per-user event counts of ``users`` (their history is dropped by its
+        owner); a user seen again starts from the length of its history."""
+        counts = self._user_count
+        for u in users:
+            counts.pop(u, None)
+
     def _user_counts(self, users: np.ndarray) -> np.ndarray:
         """Each event's count of earlier events of its user (then counts the batch in).
 

@@ -309,6 +309,12 @@ class Hybrid(BindsComponents, OnlineModel):
         return out
 
     # ------------------------------------------------------------------ learning
+    def forget_users(self, users: Sequence[str]) -> None:
+        """Drop ``users`` from the user index and the tuning histories (the components
+        forget their own state when the trainer asks them)."""
+        self.history.forget(users)
+        super().forget_users(users)
+
     def learn(self, batch: Batch) -> None:
         """Tune the blend on a sample of ``batch``, then learn the private components.
 

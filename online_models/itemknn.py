@@ -532,10 +532,14 @@ class CoOccurrenceModel(OnlineModel):
             len(users), self.window)
 
     def forget_users(self, users: Sequence[str]) -> None:
-        rows = self.users.rows(list(users))
-        rows = rows[(rows >= 0) & (rows < len(self._win_items))]
-        self._win_items[rows] = -1
-        self._win_times[rows] = 0.0
+        """Drop ``users``: their windows are cleared and their rows freed for reuse."""
+        known = [u for u in users if u in self.users]
+        rows = self.users.rows(known)
+        held = rows[rows < len(self._win_items)]
+        self._win_items[held] = -1
+        self._win_times[held] = 0.0
+        for u in known:
+            self.users.remove(u)
 
     # ------------------------------------------------------------------ scoring
     def _query(

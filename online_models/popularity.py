@@ -138,9 +138,6 @@ class Popularity(OnlineModel):
     def load_user_state(self, arrays: Mapping[str, np.ndarray]) -> None:
         self.users.add_many(unpack_strings(arrays["users.data"], arrays["users.offsets"]))
 
-    def forget_users(self, users: Sequence[str]) -> None:
-        """Nothing per user is learned here beyond the (count-only) user index."""
-
     def _decayed(self) -> np.ndarray:
         """Counts decayed to the watermark (the latest event time seen)."""
         mass = self._mass[: self.items.capacity]

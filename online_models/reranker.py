@@ -357,6 +357,18 @@ class ReRanker(BindsComponents, OnlineModel):
         return out
 
     # ------------------------------------------------------------------ learning
+    def forget_users(self, users: Sequence[str]) -> None:
+        """Drop ``users``: their rows, activity counts and histories."""
+        self.history.forget(users)
+        for u in users:
+            row = self.users.get(u)
+            if row < 0:
+                continue
+            self.users.remove(u)
+            if row < len(self._u_count):
+                self._u_count[row] = 0.0
+                self._u_last[row] = 0.0
+
     def learn(self, batch: Batch) -> None:
         n = len(batch)
         if n == 0:

@@ -189,6 +189,18 @@ class _RiverMF(OnlineModel):
     def _load_extra(self, a: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         return None
 
+    def forget_users(self, users: Sequence[str]) -> None:
+        """Drop ``users``: their rows, latents and biases (one coming back starts from a
+        fresh draw of the initializer, as a new user does)."""
+        latents = self.river.u_latents
+        biases = getattr(self.river, "u_biases", None)
+        for u in users:
+            if u in self.users:
+                self.users.remove(u)
+                latents.pop(u, None)
+                if biases is not None:
+                    biases.pop(u, None)
+
     def get_state(self) -> ModelState:
         zero = np.zeros(self.n_factors)
         ul, il = self.river.u_latents, self.river.i_latents

@@ -165,6 +165,20 @@ class SessionKNN(OnlineModel):
         self._sess_time[slot] = t
         return sid
 
+    def forget_users(self, users: Sequence[str]) -> None:
+        """Drop ``users``: their rows are freed, and their sessions (which stay, as
+        neighbours of others) belong to no one."""
+        rows = [r for r in map(self.users.get, users) if r >= 0]
+        if not rows:
+            return
+        for r in rows:
+            self.users.remove(self.users.ids[r])  # type: ignore[arg-type]
+        held = np.asarray(rows, np.int64)
+        held = held[held < len(self._cur)]
+        self._cur[held] = -1
+        self._last[held] = -np.inf
+        self._sess_user[np.isin(self._sess_user, rows)] = -1
+
     def learn(self, batch: Batch) -> None:
         n = len(batch)
         if n == 0:

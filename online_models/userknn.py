@@ -147,6 +147,20 @@ class UserKNN(OnlineModel):
             if len(users) > max_iu:
                 del users[next(iter(users))]
 
+    def forget_users(self, users: Sequence[str]) -> None:
+        """Drop ``users``: their item lists, their places in the items' user lists and
+        their rows (freed for reuse)."""
+        user_items, item_users = self._user_items, self._item_users
+        for user in users:
+            u = self.users.get(user)
+            if u < 0:
+                continue
+            for i in user_items.pop(u, {}):
+                of_item = item_users.get(i)
+                if of_item is not None:
+                    of_item.pop(u, None)
+            self.users.remove(user)
+
     # ------------------------------------------------------------------ scoring
     def _profile(self, user: str, history: Sequence[str]) -> tuple[int, dict[int, float]]:
         """The query user's row (-1 if none) and item row -> decayed weight."""

@@ -107,6 +107,14 @@ class TrainerMetrics:
         self.loop_errors = Counter(
             _P + "loop_errors", "Unexpected errors caught by the main loop, by stage.",
             ["stage"], registry=r)
+        self.users_tracked = Gauge(
+            _P + "users_tracked",
+            "Users whose history the trainer holds (at most history_max_users).", registry=r)
+        self.users_forgotten = Counter(
+            _P + "users_forgotten",
+            "Least recently active users dropped beyond history_max_users: their history, "
+            "evaluation counts and every model's state of them.",
+            registry=r)
 
         # ---------------------------------------------------------------- learning
         self.learn_duration = Histogram(

@@ -262,7 +262,7 @@ class ScaleOutTrainer:
                 self.models[name] = snap.models[name]
         registry.bind(self.models)
         for name, model in self.models.items():
-            model.forget_users([u for u in model.users.ids if u])  # type: ignore[attr-defined]
+            model.forget_users([u for u in model.users.ids if u])
             if users:
                 model.load_user_state(kept[name])  # type: ignore[attr-defined]
         self.update_offsets = offsets
@@ -378,7 +378,7 @@ class ScaleOutTrainer:
             if not self._failed and st.offset != st.snapshot_offset:
                 self._write_partition(st)
             for model in self.models.values():
-                model.forget_users(sorted(st.users))  # type: ignore[attr-defined]
+                model.forget_users(sorted(st.users))
             self.metrics.partition_owned.labels(topic=self.topic, partition=str(p)).set(0)
             log.info("partition %d revoked at offset %s", p, st.offset)
 

@@ -104,7 +104,8 @@ class Trainer:
         self._consumer_factory = consumer_factory
 
         self.models: dict[str, OnlineModel] = {}
-        self.history = UserHistory(max_items=settings.history_items)
+        self.history = UserHistory(max_items=settings.history_items,
+                                   max_users=settings.history_max_users)
         self.offsets: dict[Partition, int] = {}
         self.events_total = 0
         self.watermark: float | None = None
@@ -135,6 +136,9 @@ class Trainer:
         #: offsets of the partitions the last revoke took away (see _serve_revoke)
         self._just_revoked: dict[Partition, int] = {}
         self._restore()
+        # The setting rules, not the bound a snapshot was written with.
+        self.history.max_users = settings.history_max_users
+        self.history.evicted = []
         self.content = TrainerContent(settings, kafka)
         self.content.attach(self.models)
         self._order = learning_order(self.models)
@@ -369,6 +373,7 @@ class Trainer:
             self._evaluate(batch)
             self._learn(batch)
             self.data_drift.update(batch.users, batch.items)
+            self._forget_evicted()
             self.events_total += n
             self.events_learned += n
             wm = float(batch.timestamps.max())
@@ -413,6 +418,21 @@ class Trainer:
             steps = getattr(model, "last_steps", None)
             if isinstance(steps, int) and steps > 0:
                 self.metrics.train_steps.labels(model=name).inc(steps)
+
+    def _forget_evicted(self) -> None:
+        """Forget, beyond the history, the users it dropped for ``history_max_users``:
+        the evaluator's counts and every model's state of them."""
+        gone = self.history.take_evicted()
+        if not gone:
+            return
+        self.evaluator.forget_users(gone)
+        for name, model in self.models.items():
+            try:
+                model.forget_users(gone)
+            except Exception:
+                self.metrics.loop_errors.labels(stage="process").inc()
+                log.exception("model %s failed to forget %d users", name, len(gone))
+        self.metrics.users_forgotten.inc(len(gone))
 
     # ------------------------------------------------------------------ snapshot + commit
 
@@ -526,6 +546,7 @@ class Trainer:
                 m.users_known.labels(model=name).set(model.n_users)
                 m.items_known.labels(model=name).set(model.n_items)
             self.evaluation.update_gauges()
+            m.users_tracked.set(len(self.history))
             for dist, vals in self.data_drift.values().items():
                 if vals["psi"] is not None:
                     m.data_drift_psi.labels(distribution=dist).set(vals["psi"])

@@ -67,6 +67,11 @@ class TrainerSettings(BaseSettings):
     eval_min_per_minute: float = Field(default=1000.0, ge=0)
     eval_seed: int = 0
     history_items: int = Field(default=200, ge=1)
+    #: most users whose history is kept (None: no bound); beyond it the least recently
+    #: active user is forgotten -- its history, its evaluation counts and its state in
+    #: every model (``forget_users``) -- so memory and snapshots stay bounded however
+    #: many user ids the stream brings
+    history_max_users: int | None = Field(default=1_000_000, ge=1)
     dedup_window_s: float = Field(default=86_400.0, gt=0)
     dedup_max_ids: int = Field(default=500_000, ge=1)
     drift_adapt: bool = True

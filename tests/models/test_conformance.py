@@ -292,3 +292,24 @@ def test_adaptable_params_are_declared_and_settable(name: str, fitted: OnlineMod
     }
     if name in expected:
         assert set(declared) == expected[name]
+
+
+def test_forgotten_users_leave_and_the_model_goes_on(
+    name: str, fitted: OnlineModel, small_batches: list[Batch], small_stream: Dataset
+) -> None:
+    """``forget_users`` (the trainer's bound on users) frees the users' rows; they come
+    back as new users, and learning, scoring and the state round trip carry on."""
+    users = sorted({u for b in small_batches[-3:] for u in b.users})[:25]
+    known = [u for u in users if u in fitted.users]
+    assert known, "the probe users are known to the model"
+    n_users = fitted.n_users
+    fitted.forget_users(users)
+    assert not any(u in fitted.users for u in users)
+    assert fitted.n_users == n_users - len(known)
+    for u in users[:3]:  # scored like users never seen
+        assert np.isfinite(fitted.score_all(u)).all()
+    learn_all(fitted, small_batches[-3:])  # they come back, taking freed rows
+    assert all(u in fitted.users for u in known)
+    rebuilt = registry.from_state(fitted.get_state())
+    assert (rebuilt.n_users, rebuilt.n_items) == (fitted.n_users, fitted.n_items)
+    _assert_same_recs(_recs(fitted, small_stream), _recs(rebuilt, small_stream))

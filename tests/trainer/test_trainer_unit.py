@@ -322,3 +322,50 @@ def test_multi_step_models_export_their_optimiser_steps(tmp_path: Path) -> None:
     # Single-step models export nothing.
     assert t.metrics.registry.get_sample_value(
         "liverec_trainer_model_train_steps_total", {"model": "popularity"}) is None
+
+
+def test_users_beyond_history_max_users_are_forgotten_everywhere(
+    settings: TrainerSettings,
+) -> None:
+    """The least recently active users beyond the bound leave the history, the
+    evaluator's counts and the per-user state of the models that can forget, while the
+    item side learns every event as before."""
+    mix = "popularity,itemknn,sequence,bpr"
+    bounded = Trainer(settings.model_copy(update={
+        "models": mix, "history_max_users": 50, "snapshots": settings.snapshots / "b"}), KAFKA)
+    free = Trainer(settings.model_copy(update={
+        "models": mix, "history_max_users": None, "snapshots": settings.snapshots / "f"}),
+        KAFKA)
+    events = synthetic_events(3000, seed=11, n_users=400)
+    for start in range(0, 3000, 250):
+        for t in (bounded, free):
+            t.handle(_consumed(events[start:start + 250], start))
+
+    held = set(bounded.history._items)
+    assert len(held) == 50 and len(free.history) > 200
+    assert set(bounded.evaluator._user_count) <= held
+    for name in ("popularity", "itemknn", "sequence", "bpr"):
+        live = {u for u in bounded.models[name].users.ids if u is not None}
+        assert live <= held, name
+    seen = len({e.user_id for e in events})
+    forgotten = _sample(bounded, "liverec_trainer_users_forgotten_total", {})
+    assert forgotten >= seen - 50
+    bounded._update_gauges()
+    assert _sample(bounded, "liverec_trainer_users_tracked", {}) == 50
+    # Forgetting users changes nothing on the item side of a count model ...
+    a, b = bounded.models["popularity"], free.models["popularity"]
+    assert a.items.ids == b.items.ids
+    np.testing.assert_allclose(a.get_state().arrays["mass"], b.get_state().arrays["mass"])
+    # ... and every event was learned, returning users included, without an error.
+    assert bounded.events_total == free.events_total == 3000
+    assert _sample(bounded, "liverec_trainer_loop_errors_total", {"stage": "process"}) == 0
+
+    # The bound holds after a restore, which goes on forgetting.
+    assert bounded.checkpoint("test", wait=True) is not None
+    again = Trainer(bounded.settings, KAFKA)
+    assert list(again.history._items) == list(bounded.history._items)
+    more = synthetic_events(500, seed=12, n_users=400)
+    again.handle(_consumed(more, 3000))
+    assert len(again.history) == 50
+    assert {u for u in again.models["itemknn"].users.ids if u is not None} <= \
+        set(again.history._items)
