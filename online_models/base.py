@@ -589,6 +589,16 @@ class UserHistory:
         q = self._items.get(user)
         return list(q) if q is not None else []
 
+    def limit_users(self, max_users: int | None) -> None:
+        """Set :attr:`max_users`, dropping the least recently active users beyond it now
+        (reported in :attr:`evicted` like any other drop)."""
+        self.max_users = max_users
+        table = self._items
+        while max_users is not None and len(table) > max_users:
+            gone = table.popitem(last=False)[0]
+            if self.evicted is not None:
+                self.evicted.append(gone)
+
     def forget(self, users: Iterable[str]) -> None:
         """Drop ``users`` and their items."""
         table = self._items

@@ -58,9 +58,28 @@ class PartitionState:
 
     @classmethod
     def fresh(cls, partition: int, *, history_items: int, dedup_window_s: float,
-              dedup_max_ids: int, flood: FloodSettings) -> PartitionState:
-        return cls(partition, UserHistory(max_items=history_items),
-                   DedupWindow(dedup_window_s, dedup_max_ids), FloodGuard(flood))
+              dedup_max_ids: int, flood: FloodSettings,
+              history_max_users: int | None = None) -> PartitionState:
+        st = cls(partition, UserHistory(max_items=history_items),
+                 DedupWindow(dedup_window_s, dedup_max_ids), FloodGuard(flood))
+        st.bound_users(history_max_users)
+        return st
+
+    def bound_users(self, max_users: int | None) -> None:
+        """Hold at most ``max_users`` of this partition's users (the least recently
+        active beyond it are dropped: see :meth:`learned`)."""
+        self.history.evicted = []
+        self.history.limit_users(max_users)
+
+    def learned(self, users: list[str], items: list[str]) -> list[str]:
+        """Count a learned batch's events into the users' histories; returns the users
+        dropped for the bound, now gone from this partition (the caller forgets them
+        in the models)."""
+        self.history.extend(users, items)
+        self.users.update(users)
+        gone = self.history.take_evicted()
+        self.users.difference_update(gone)
+        return gone
 
     def arrays(self, models: Mapping[str, OnlineModel]) -> dict[str, np.ndarray]:
         """Extra arrays of this partition's snapshot (history goes separately)."""
@@ -77,7 +96,9 @@ class PartitionState:
                 *, dedup_window_s: float, dedup_max_ids: int) -> None:
         """Take over a partition snapshot, loading its users' state into ``models``."""
         a = snap.extra_arrays
+        bound = self.history.max_users  # the setting rules, not the snapshot's
         self.history = snap.history
+        self.bound_users(bound)
         self.dedup = DedupWindow.from_arrays(a, window_s=dedup_window_s, max_ids=dedup_max_ids)
         self.flood.load_arrays(a)
         self.users = set(unpack_strings(a["users.data"], a["users.offsets"]))

@@ -339,7 +339,8 @@ class ScaleOutTrainer:
         s = self.settings
         return PartitionState.fresh(p, history_items=s.history_items,
                                     dedup_window_s=s.dedup_window_s,
-                                    dedup_max_ids=s.dedup_max_ids, flood=self.flood_settings)
+                                    dedup_max_ids=s.dedup_max_ids, flood=self.flood_settings,
+                                    history_max_users=s.history_max_users)
 
     def _on_assign(self, parts: set[Partition]) -> None:
         assert self.consumer is not None
@@ -584,7 +585,8 @@ class ScaleOutTrainer:
             return None
         if self.evaluation is None:
             self.evaluation = TrainerEvaluation(
-                self.models, UserHistory(max_items=self.settings.history_items),
+                self.models, UserHistory(max_items=self.settings.history_items,
+                                         max_users=self.settings.history_max_users),
                 self.settings, self.metrics)
             log.info("evaluating this trainer's partitions prequentially")
         return self.evaluation
@@ -615,8 +617,13 @@ class ScaleOutTrainer:
                 ev.evaluate(batch[sampled])
         for name in learning_order(self.models):
             deltas[name] = self.models[name].learn_local(batch)  # type: ignore[attr-defined]
-        st.history.extend(batch.users, batch.items)
-        st.users.update(cols.users)
+        gone = st.learned(cols.users, cols.items)
+        if gone:
+            for model in self.models.values():
+                model.forget_users(gone)
+            if self.evaluation is not None:
+                self.evaluation.evaluator.forget_users(gone)
+            self.metrics.users_forgotten.inc(len(gone))
         st.events_total += n
         wm = float(batch.timestamps.max())
         st.watermark = wm if st.watermark is None else max(st.watermark, wm)
@@ -775,6 +782,7 @@ class ScaleOutTrainer:
         self._last_snapshot = time.time()
         self._settle()  # partition snapshots hold only committed input
         m = self.metrics
+        m.users_tracked.set(sum(len(st.history) for st in self.parts.values()))
         if self.evaluation is not None:
             try:
                 self.evaluation.update_gauges()

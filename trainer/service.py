@@ -136,9 +136,10 @@ class Trainer:
         #: offsets of the partitions the last revoke took away (see _serve_revoke)
         self._just_revoked: dict[Partition, int] = {}
         self._restore()
-        # The setting rules, not the bound a snapshot was written with.
-        self.history.max_users = settings.history_max_users
+        # The setting rules, not the bound a snapshot was written with (users beyond
+        # it are forgotten after the first batch).
         self.history.evicted = []
+        self.history.limit_users(settings.history_max_users)
         self.content = TrainerContent(settings, kafka)
         self.content.attach(self.models)
         self._order = learning_order(self.models)

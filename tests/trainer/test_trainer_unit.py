@@ -369,3 +369,11 @@ def test_users_beyond_history_max_users_are_forgotten_everywhere(
     assert len(again.history) == 50
     assert {u for u in again.models["itemknn"].users.ids if u is not None} <= \
         set(again.history._items)
+    # A lower bound than the snapshot's: the surplus users go at once, and their model
+    # state with the first batch.
+    lower = Trainer(bounded.settings.model_copy(update={"history_max_users": 20}), KAFKA)
+    assert len(lower.history) == 20
+    lower.handle(_consumed(synthetic_events(100, seed=13, n_users=400), 3500))
+    assert len(lower.history) == 20
+    assert {u for u in lower.models["itemknn"].users.ids if u is not None} <= \
+        set(lower.history._items)
