@@ -83,13 +83,13 @@ def learn_rate(events: list[ClickEvent], mix: str, batch_size: int) -> float:
 def train_rate(kafka: KafkaSettings, n: int, mix: str, batch_size: int,
                snapshot_every_s: float, root: Path, snapshot_write_share: float | None = None
                ) -> tuple[float, Trainer]:
-    extra = {} if snapshot_write_share is None else {
-        "snapshot_write_share": snapshot_write_share}
     settings = TrainerSettings(
         group=f"bench-{uuid.uuid4().hex[:8]}", snapshots=root / uuid.uuid4().hex[:8],
         models=mix, batch_size=batch_size, snapshot_every_s=snapshot_every_s,
-        until_events_total=n, metrics_port=-1, status_every_s=30, **extra,
+        until_events_total=n, metrics_port=-1, status_every_s=30,
     )
+    if snapshot_write_share is not None:
+        settings = settings.model_copy(update={"snapshot_write_share": snapshot_write_share})
     trainer = Trainer(settings, kafka)
     cpu0 = time.process_time()
     result = trainer.run()
@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> None:
             raw_rate(kafka.bootstrap, topic, args.events)  # warm-up: page cache, coordinator
             print("| model mix | train events/s | in-memory learn events/s | raw librdkafka "
                   "msg/s | train/learn | train/raw | evaluation share of wall time | "
-                  "evaluation share of process CPU |")
-            print("|---|---:|---:|---:|---:|---:|---:|---:|")
+                  "evaluation share of process CPU | events scored per model |")
+            print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
             for mix in args.mixes:
                 raw = raw_rate(kafka.bootstrap, topic, args.events)
                 learn = learn_rate(events, mix, args.batch_size)
@@ -146,8 +146,10 @@ def main(argv: list[str] | None = None) -> None:
                 share = eval_s * rate / args.events
                 eval_cpu = m.get_sample_value("liverec_trainer_evaluate_cpu_seconds_total") or 0
                 cpu_share = eval_cpu / max(trainer.process_cpu_s, 1e-9)  # type: ignore[attr-defined]
+                scored = trainer.evaluator.n_evaluated
                 print(f"| {mix} | {rate:,.0f} | {learn:,.0f} | {raw:,.0f} | {rate / learn:.2f} "
-                      f"| {rate / raw:.3f} | {share:.1%} | {cpu_share:.1%} |", flush=True)
+                      f"| {rate / raw:.3f} | {share:.1%} | {cpu_share:.1%} | {scored:,} |",
+                      flush=True)
         finally:
             try:
                 delete_topics(kafka, [topic])
