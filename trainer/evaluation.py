@@ -23,7 +23,7 @@ from online_models.evaluation import EvalSample, PrequentialEvaluator
 from trainer.metrics import TrainerMetrics
 from trainer.settings import TrainerSettings
 
-__all__ = ["BACKLOG_MIN_PER_S", "BACKLOG_MIN_SHARE", "TrainerEvaluation"]
+__all__ = ["BACKLOG_MIN_PER_S", "TrainerEvaluation"]
 
 #: the governor's cost sums decay by this factor per scored event
 _COST_DECAY = 0.98
@@ -31,13 +31,8 @@ _COST_DECAY = 0.98
 _REPAY_S = 5.0
 
 #: scored events per second that go on while the learner has a backlog, whatever the
-#: share (the accuracy gauges keep moving during a catch-up) ...
+#: share (the accuracy gauges keep moving during a catch-up)
 BACKLOG_MIN_PER_S = 1.0
-#: ... or as many as this share of the CPU pays for, when that is more (up to the
-#: per-minute floor): scoring gets it even when the per-event bookkeeping alone takes
-#: the whole share (a popularity-only trainer's does), so the drift detectors and
-#: gauges of cheap models catching up on a backlog keep their 1,000 events a minute
-BACKLOG_MIN_SHARE = 0.01
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +103,8 @@ class TrainerEvaluation:
         self._debt = 0.0
         self._window_scoring = 0.0
         #: the learner has a backlog (it found a batch waiting, nearly always, over the
-        #: last second): then the floor yields to the share, as far down as scoring is
-        #: expensive (:data:`BACKLOG_MIN_SHARE`, :data:`BACKLOG_MIN_PER_S`), so
-        #: evaluation never slows a catch-up beyond it
+        #: last second): then the floor yields to the share, down to a trickle
+        #: (:data:`BACKLOG_MIN_PER_S`), so evaluation never slows a catch-up beyond it
         self.backlog = False
 
     def govern(self, scored: int, seconds: float, bookkeeping_s: float = 0.0,
@@ -129,8 +123,7 @@ class TrainerEvaluation:
         show, even when that costs more than the share -- except while the learner has a
         backlog (:attr:`backlog`: at full speed the share is the bound, as the throughput
         issue asks of the default setting), when the floor is
-        :data:`BACKLOG_MIN_PER_S` or what :data:`BACKLOG_MIN_SHARE` of the CPU pays for,
-        whichever is more (never above the per-minute floor).
+        :data:`BACKLOG_MIN_PER_S`.
 
         ``now`` and ``cpu_now`` (tests) stand for the wall and process CPU clocks; with
         ``now`` alone the process counts as one core busy.
@@ -167,11 +160,11 @@ class TrainerEvaluation:
         self._cost_n = decay * self._cost_n + scored
         cores = 1.0 if self._cpu_rate is None else self._cpu_rate
         left = s.eval_cpu_share * cores - (self._bk_share or 0.0) - self._debt / _REPAY_S
-        per_event = max(self._cost_s, 1e-12) / self._cost_n
         floor = s.eval_min_per_minute / 60.0
         if self.backlog:
-            floor = min(floor, max(BACKLOG_MIN_PER_S, BACKLOG_MIN_SHARE * cores / per_event))
-        self.evaluator.set_budget(max(floor, left / per_event, 1e-3))
+            floor = min(floor, BACKLOG_MIN_PER_S)
+        self.evaluator.set_budget(max(floor, left * self._cost_n / max(self._cost_s, 1e-12),
+                                      1e-3))
 
     def evaluate(self, batch: Batch) -> bool:
         """Score the batch's sample before the models learn it (the history moves for

@@ -62,8 +62,7 @@ class TrainerSettings(BaseSettings):
     #: CPU time (0: no governor, every sampled event is scored) ...
     eval_cpu_share: float = Field(default=0.1, ge=0, le=1)
     #: ... but never fewer than this many scored events per minute (when there are),
-    #: except while the learner has a backlog (then the share bounds it, down to what
-    #: ``trainer.evaluation.BACKLOG_MIN_SHARE`` of the CPU pays for, at least
+    #: except while the learner has a backlog (then the share bounds it, down to
     #: ``trainer.evaluation.BACKLOG_MIN_PER_S``)
     eval_min_per_minute: float = Field(default=1000.0, ge=0)
     eval_seed: int = 0

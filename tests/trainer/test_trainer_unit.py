@@ -204,32 +204,6 @@ def test_evaluation_governor_floor_yields_to_the_share_during_a_backlog(
     assert t.evaluator.sample.max_per_s == pytest.approx(1000.0 / 60)
 
 
-def test_cheap_scoring_keeps_its_floor_during_a_backlog_whatever_the_bookkeeping(
-    settings: TrainerSettings,
-) -> None:
-    """When the per-event bookkeeping alone takes the whole share (a popularity-only
-    trainer at full speed), scoring still gets BACKLOG_MIN_SHARE of the CPU: cheap
-    models keep the per-minute floor during a catch-up, expensive ones go down to the
-    trickle."""
-    from trainer.evaluation import BACKLOG_MIN_PER_S, BACKLOG_MIN_SHARE
-
-    t = Trainer(settings.model_copy(update={"eval_cpu_share": 0.1,
-                                            "eval_min_per_minute": 1000.0}), KAFKA)
-    t.evaluation.backlog = True
-    t.evaluation.govern(scored=100, seconds=0.01, bookkeeping_s=0.0, now=0.0)
-    for k in range(1, 20):  # bookkeeping 30% of each second: nothing left of the share
-        t.evaluation.govern(scored=100, seconds=0.01, bookkeeping_s=0.3, now=float(k))
-    assert t.evaluator.sample.max_per_s == pytest.approx(1000.0 / 60)  # 0.1 ms per event
-    cost = 0.2  # 200 ms per scored event: 1% of a core pays for 0.05/s
-    for k in range(20, 200):
-        t.evaluation.govern(scored=10, seconds=10 * cost, bookkeeping_s=0.3, now=float(k))
-    assert BACKLOG_MIN_SHARE / cost < BACKLOG_MIN_PER_S
-    assert t.evaluator.sample.max_per_s == pytest.approx(BACKLOG_MIN_PER_S)
-    t.evaluation.backlog = False
-    t.evaluation.govern(scored=10, seconds=10 * cost, bookkeeping_s=0.3, now=200.5)
-    assert t.evaluator.sample.max_per_s == pytest.approx(1000.0 / 60)
-
-
 def test_evaluation_governor_takes_its_share_of_the_process_cpu(
     settings: TrainerSettings,
 ) -> None:
