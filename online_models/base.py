@@ -164,10 +164,11 @@ class IdIndex:
         self._cache: dict[str, int] = {}  # id -> row of live ids, bounded
         self.generation = 0
         # (UTF-8 bytes, end offsets) of the first rows as the last to_arrays packed
-        # them: rows only change by appending, unless a row is freed or reused, which
-        # drops this (see to_arrays). Kept only once a snapshot asked for it (a
-        # trainer's index, not a server's): about 16 bytes per id.
+        # them, and the rows among those freed or reused since (see to_arrays). Kept
+        # only once a snapshot asked for it (a trainer's index, not a server's): about
+        # 16 bytes per id.
         self._packed: tuple[np.ndarray, np.ndarray] | None = None
+        self._dirty: set[int] = set()
         self.add_many(list(ids))
 
     def __len__(self) -> int:
@@ -279,7 +280,8 @@ class IdIndex:
         if self._free:
             row = self._free.pop()
             ids[row] = key
-            self._packed = None
+            if self._packed is not None:
+                self._dirty.add(row)
         else:
             row = len(ids)
             ids.append(key)
@@ -317,7 +319,8 @@ class IdIndex:
             i = (i + 1) & mask
         slots[i] = self._DELETED
         ids[row] = None
-        self._packed = None
+        if self._packed is not None:
+            self._dirty.add(row)
         self._cache.pop(key, None)
         self._free.append(row)
         self._n -= 1
@@ -333,11 +336,34 @@ class IdIndex:
     # State: the row order is the state (freed rows stored as empty strings).
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         """The ids in row order, packed; only rows added since the last call are packed
-        anew (all of them after a row was freed or reused)."""
+        anew, and rows freed or reused since are spliced into the last packing (a
+        trainer bounding its users frees rows between every two snapshots)."""
         data, ends = self._packed or (np.zeros(0, np.uint8), np.zeros(0, np.int64))
+        dirty, self._dirty = sorted(r for r in self._dirty if r < len(ends)), set()
+        if len(dirty) > len(ends) // 8:  # most of it changed: pack it again
+            data, ends = np.zeros(0, np.uint8), np.zeros(0, np.int64)
+        elif dirty:
+            data, ends = self._splice(data, ends, dirty)
         data, ends = self._packed = append_packed(
             (data, ends), ["" if k is None else k for k in self._ids[len(ends):]])
         return {f"{prefix}.data": data, f"{prefix}.offsets": ends}
+
+    def _splice(self, data: np.ndarray, ends: np.ndarray, rows: list[int]
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """``(data, ends)`` with ``rows`` (sorted) packed again from today's ids."""
+        new = ["" if self._ids[r] is None else self._ids[r] for r in rows]
+        new_data, new_ends = pack_strings(new)  # type: ignore[arg-type]
+        starts = ends - np.diff(ends, prepend=0)
+        pieces, at = [], 0
+        lo = np.concatenate(([0], new_ends[:-1]))
+        for k, r in enumerate(rows):
+            pieces.append(data[at:starts[r]])
+            pieces.append(new_data[lo[k]:new_ends[k]])
+            at = int(ends[r])
+        pieces.append(data[at:])
+        lengths = np.diff(ends, prepend=0)
+        lengths[rows] = new_ends - lo
+        return np.concatenate(pieces), np.cumsum(lengths)
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str) -> IdIndex:

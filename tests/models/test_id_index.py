@@ -108,3 +108,21 @@ def test_packed_strings_round_trip(strings: list[str]) -> None:
     assert ends.tolist() == np.cumsum([len(s.encode()) for s in strings]).tolist()
     assert data.dtype == np.uint8 and ends.dtype == np.int64 and data.flags.writeable
     assert unpack_strings(data, ends) == strings
+
+
+def test_freed_and_reused_rows_are_spliced_into_the_last_packing() -> None:
+    """Between two snapshots a trainer bounding its users frees and reuses rows: the
+    next packing splices them in (ids of other lengths, non-ASCII too) and equals
+    packing every row."""
+    index = IdIndex([f"user-{i}" for i in range(1000)])
+    index.to_arrays("x")
+    for i in range(0, 1000, 20):  # 50 freed rows, 20 of them then reused
+        index.remove(f"user-{i}")
+    index.add_many([f"ü{'x' * (i % 7)}-{i}" for i in range(20)] + ["user-new"])
+    assert 0 < len(index._dirty) <= 1000 // 8  # the splice, not a full repack
+    got = index.to_arrays("x")
+    data, ends = pack_strings(["" if k is None else k for k in index.ids])
+    np.testing.assert_array_equal(got["x.data"], data)
+    np.testing.assert_array_equal(got["x.offsets"], ends)
+    assert unpack_strings(got["x.data"], got["x.offsets"]) == \
+        ["" if k is None else k for k in index.ids]
