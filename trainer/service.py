@@ -580,7 +580,8 @@ class Trainer:
         return (
             f"events learned={self.events_learned} total={self.events_total} "
             f"dup={self.duplicates} rejected={self.rejected} rate={self._rate:.0f}/s "
-            f"{self.evaluation.hr_line()} snapshot={self.snapshot_version}"
+            f"users={len(self.history)} {self.evaluation.hr_line()} "
+            f"snapshot={self.snapshot_version}"
         )
 
 
