@@ -17,6 +17,7 @@ pytestmark = pytest.mark.kafka
 
 N_EVENTS = 100_000
 N_DUPLICATES = 500
+MAX_USERS = 500
 
 
 def _produce_bad(bootstrap: str, topic: str, copies: int) -> None:
@@ -45,9 +46,10 @@ def test_train_counts_valid_events_rejects_and_duplicates(
     produce_events(kafka_bootstrap, topic, events[1000 : 1000 + N_DUPLICATES])
 
     snaps = tmp_path / "snaps"
+    # Fewer users held than the stream has: the least recent are forgotten on the way.
     proc = TrainerProcess(
         _args(kafka_bootstrap, topic, snaps, "--models", "popularity,itemknn",
-              "--max-seconds", "600"),
+              "--max-seconds", "600", "--history-max-users", str(MAX_USERS)),
         tmp_path / "train.log",
     )
     try:
@@ -75,6 +77,12 @@ def test_train_counts_valid_events_rejects_and_duplicates(
             assert samples[("liverec_trainer_learn_duration_seconds_count", by_model)] > 0
             assert 0 < samples[("liverec_trainer_rolling_hit_ratio", by_model)] <= 1
         assert samples[("liverec_trainer_snapshot_version", ())] >= 1
+        users = len({e.user_id for e in events})
+        assert users > MAX_USERS
+        assert samples[("liverec_trainer_users_tracked", ())] == MAX_USERS
+        assert samples[("liverec_trainer_users_forgotten_total", ())] >= users - MAX_USERS
+        for model in ("popularity", "itemknn"):
+            assert samples[("liverec_trainer_model_users", (("model", model),))] <= MAX_USERS
         assert proc.terminate() == 0
     finally:
         if proc.proc.poll() is None:
