@@ -36,6 +36,7 @@ def _rss_bytes() -> int:
 
 def _child(args: argparse.Namespace, bound: int | None) -> dict[str, float]:
     import orjson
+    from tqdm import tqdm
 
     from liverec.runtime import pin_malloc_mmap_threshold
     from online_models.synthetic import generate_events
@@ -62,7 +63,8 @@ def _child(args: argparse.Namespace, bound: int | None) -> dict[str, float]:
         rss0 = _rss_bytes()
         w0, c0 = time.perf_counter(), time.thread_time()
         last = w0
-        for b in batches:
+        for b in tqdm(batches, desc=f"history_max_users={bound}", unit="batch",
+                      file=sys.stderr):
             trainer.handle(b)
             now = time.perf_counter()
             if now - last >= args.snapshot_every_s:
@@ -115,8 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     base = [a for a in (argv if argv is not None else sys.argv[1:])]
     for bound in args.bounds:
         done = subprocess.run([sys.executable, str(Path(__file__).resolve()), *base,
-                               "--child", bound], check=True, capture_output=True, text=True,
-                              cwd=REPO)
+                               "--child", bound], check=True, stdout=subprocess.PIPE,
+                              text=True, cwd=REPO)  # the child's progress bar on stderr
         r = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"| {bound} | {r['events_per_s']:,.0f} | {r['cpu_us_per_event']:.1f} | "
               f"{r['users_tracked']:,} / {r['users_forgotten']:,.0f} | {r['model_users']:,} | "
