@@ -340,7 +340,7 @@ class IdIndex:
         trainer bounding its users frees rows between every two snapshots)."""
         data, ends = self._packed or (np.zeros(0, np.uint8), np.zeros(0, np.int64))
         dirty, self._dirty = sorted(r for r in self._dirty if r < len(ends)), set()
-        if len(dirty) > len(ends) // 8:  # most of it changed: pack it again
+        if len(dirty) > len(ends) // 8:  # many rows changed: pack it all again
             data, ends = np.zeros(0, np.uint8), np.zeros(0, np.int64)
         elif dirty:
             data, ends = self._splice(data, ends, dirty)

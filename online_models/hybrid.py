@@ -310,9 +310,12 @@ class Hybrid(BindsComponents, OnlineModel):
 
     # ------------------------------------------------------------------ learning
     def forget_users(self, users: Sequence[str]) -> None:
-        """Drop ``users`` from the user index and the tuning histories (the components
-        forget their own state when the trainer asks them)."""
+        """Drop ``users`` from the user index, the tuning histories and the private
+        components (shared ones forget when their owner asks them)."""
         self.history.forget(users)
+        for c, m in self.models.items():
+            if c not in self._shared:
+                m.forget_users(users)
         super().forget_users(users)
 
     def learn(self, batch: Batch) -> None:

@@ -358,8 +358,15 @@ class ReRanker(BindsComponents, OnlineModel):
 
     # ------------------------------------------------------------------ learning
     def forget_users(self, users: Sequence[str]) -> None:
-        """Drop ``users``: their rows, activity counts and histories."""
+        """Drop ``users``: their rows, activity counts and histories, in the recall
+        blend and in the private components too (shared ones forget when their owner
+        asks them)."""
         self.history.forget(users)
+        if self._blend is not None:
+            self._blend.forget_users(users)
+        for c, m in self.models.items():
+            if c not in self._shared:
+                m.forget_users(users)
         for u in users:
             row = self.users.get(u)
             if row < 0:

@@ -305,6 +305,9 @@ def test_forgotten_users_leave_and_the_model_goes_on(
     n_users = fitted.n_users
     fitted.forget_users(users)
     assert not any(u in fitted.users for u in users)
+    # A blend's private components (all of them here: nothing is bound) forget too.
+    for part in getattr(fitted, "models", {}).values():
+        assert not any(u in part.users for u in users), part.name
     assert fitted.n_users == n_users - len(known)
     for u in users[:3]:  # scored like users never seen
         assert np.isfinite(fitted.score_all(u)).all()
