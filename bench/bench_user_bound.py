@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| history_max_users | learner events/s | CPU us/event | users held / forgotten "
           "| users in the models | RSS growth MB | last snapshot MB | state copy ms |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    base = [a for a in (argv if argv is not None else sys.argv[1:])]
+    base = list(argv if argv is not None else sys.argv[1:])
     for bound in args.bounds:
         done = subprocess.run([sys.executable, str(Path(__file__).resolve()), *base,
                                "--child", bound], check=True, stdout=subprocess.PIPE,

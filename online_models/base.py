@@ -327,6 +327,10 @@ class IdIndex:
         self.generation += 1
         return row
 
+    def remove_many(self, keys: Iterable[str]) -> list[int]:
+        """:meth:`remove` those of ``keys`` held here; returns their freed rows."""
+        return [self.remove(k) for k in keys if k in self]
+
     def live_mask(self) -> np.ndarray:
         """Boolean mask over ``capacity`` rows, True where the row holds an id."""
         if self._n == len(self._ids):  # no freed row
@@ -353,7 +357,8 @@ class IdIndex:
         """``(data, ends)`` with ``rows`` (sorted) packed again from today's ids."""
         new = ["" if self._ids[r] is None else self._ids[r] for r in rows]
         new_data, new_ends = pack_strings(new)  # type: ignore[arg-type]
-        starts = ends - np.diff(ends, prepend=0)
+        lengths = np.diff(ends, prepend=0)
+        starts = ends - lengths
         pieces, at = [], 0
         lo = np.concatenate(([0], new_ends[:-1]))
         for k, r in enumerate(rows):
@@ -361,7 +366,6 @@ class IdIndex:
             pieces.append(new_data[lo[k]:new_ends[k]])
             at = int(ends[r])
         pieces.append(data[at:])
-        lengths = np.diff(ends, prepend=0)
         lengths[rows] = new_ends - lo
         return np.concatenate(pieces), np.cumsum(lengths)
 
@@ -551,9 +555,7 @@ class UserHistory:
         if q is None:
             q = self._items[user] = {}
             if self.max_users is not None and len(self._items) > self.max_users:
-                gone = self._items.popitem(last=False)[0]
-                if self.evicted is not None:
-                    self.evicted.append(gone)
+                self._drop_oldest()
         else:
             self._items.move_to_end(user)
             q.pop(item, None)
@@ -581,7 +583,7 @@ class UserHistory:
         """
         table = self._items
         get, to_end = table.get, table.move_to_end
-        max_items, max_users, evicted = self.max_items, self.max_users, self.evicted
+        max_items, max_users = self.max_items, self.max_users
         flags: list[bool] = []
         new_flag = flags.append
         before: dict[int, list[str]] = {}
@@ -591,9 +593,7 @@ class UserHistory:
             if q is None:
                 q = table[user] = {}
                 if max_users is not None and len(table) > max_users:
-                    gone = table.popitem(last=False)[0]
-                    if evicted is not None:
-                        evicted.append(gone)
+                    self._drop_oldest()
                 new_flag(False)
             else:
                 to_end(user)
@@ -619,11 +619,14 @@ class UserHistory:
         """Set :attr:`max_users`, dropping the least recently active users beyond it now
         (reported in :attr:`evicted` like any other drop)."""
         self.max_users = max_users
-        table = self._items
-        while max_users is not None and len(table) > max_users:
-            gone = table.popitem(last=False)[0]
-            if self.evicted is not None:
-                self.evicted.append(gone)
+        while max_users is not None and len(self._items) > max_users:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        """Drop the least recently active user (into :attr:`evicted` when it is a list)."""
+        gone = self._items.popitem(last=False)[0]
+        if self.evicted is not None:
+            self.evicted.append(gone)
 
     def forget(self, users: Iterable[str]) -> None:
         """Drop ``users`` and their items."""
@@ -769,10 +772,7 @@ class OnlineModel(ABC):
         bound on users; a partition moving to another trainer); one seen again starts
         afresh. Item-side state keeps what their events taught it. This default drops
         them from the user index: a model with more per-user state extends it."""
-        index = self.users
-        for u in users:
-            if u in index:
-                index.remove(u)
+        self.users.remove_many(users)
 
     # -- sizes
     @property

@@ -280,14 +280,12 @@ class EmbeddingModel(OnlineModel):
 
     def forget_users(self, users: Sequence[str]) -> None:
         """Drop ``users``: their rows are freed (and reset) as expiry frees them."""
-        index, table, pending = self.users, self._ut, self._pending_u
         for u in users:
-            pending.pop(u, None)
-            row = index.get(u)
-            if row >= 0:
-                index.remove(u)
-                if row < len(table.alive):
-                    table.free(row)
+            self._pending_u.pop(u, None)
+        table = self._ut
+        for row in self.users.remove_many(users):
+            if row < len(table.alive):
+                table.free(row)
 
     def _expire(self) -> None:
         if self.expiry_seconds is None:

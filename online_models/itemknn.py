@@ -533,13 +533,10 @@ class CoOccurrenceModel(OnlineModel):
 
     def forget_users(self, users: Sequence[str]) -> None:
         """Drop ``users``: their windows are cleared and their rows freed for reuse."""
-        known = [u for u in users if u in self.users]
-        rows = self.users.rows(known)
+        rows = np.asarray(self.users.remove_many(users), np.int64)
         held = rows[rows < len(self._win_items)]
         self._win_items[held] = -1
         self._win_times[held] = 0.0
-        for u in known:
-            self.users.remove(u)
 
     # ------------------------------------------------------------------ scoring
     def _query(

@@ -367,14 +367,10 @@ class ReRanker(BindsComponents, OnlineModel):
         for c, m in self.models.items():
             if c not in self._shared:
                 m.forget_users(users)
-        for u in users:
-            row = self.users.get(u)
-            if row < 0:
-                continue
-            self.users.remove(u)
-            if row < len(self._u_count):
-                self._u_count[row] = 0.0
-                self._u_last[row] = 0.0
+        rows = np.asarray(self.users.remove_many(users), np.int64)
+        held = rows[rows < len(self._u_count)]
+        self._u_count[held] = 0.0
+        self._u_last[held] = 0.0
 
     def learn(self, batch: Batch) -> None:
         n = len(batch)

@@ -192,14 +192,12 @@ class _RiverMF(OnlineModel):
     def forget_users(self, users: Sequence[str]) -> None:
         """Drop ``users``: their rows, latents and biases (one coming back starts from a
         fresh draw of the initializer, as a new user does)."""
-        latents = self.river.u_latents
+        super().forget_users(users)
         biases = getattr(self.river, "u_biases", None)
         for u in users:
-            if u in self.users:
-                self.users.remove(u)
-                latents.pop(u, None)
-                if biases is not None:
-                    biases.pop(u, None)
+            self.river.u_latents.pop(u, None)
+            if biases is not None:
+                biases.pop(u, None)
 
     def get_state(self) -> ModelState:
         zero = np.zeros(self.n_factors)

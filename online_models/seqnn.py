@@ -528,15 +528,11 @@ class SeqNN(OnlineModel):
 
     def forget_users(self, users: Sequence[str]) -> None:
         """Drop ``users``: their rows are freed with their item sequences."""
-        index = self.users
-        for u in users:
-            row = index.get(u)
-            if row >= 0:
-                index.remove(u)
-                if row < len(self._seqs):
-                    self._seqs[row] = []
-                if row < len(self._user_seen):
-                    self._user_seen[row] = 0.0
+        for row in self.users.remove_many(users):
+            if row < len(self._seqs):
+                self._seqs[row] = []
+            if row < len(self._user_seen):
+                self._user_seen[row] = 0.0
 
     def _expire(self) -> None:
         if self.expiry_seconds is None:

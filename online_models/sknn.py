@@ -168,11 +168,9 @@ class SessionKNN(OnlineModel):
     def forget_users(self, users: Sequence[str]) -> None:
         """Drop ``users``: their rows are freed, and their sessions (which stay, as
         neighbours of others) belong to no one."""
-        rows = [r for r in map(self.users.get, users) if r >= 0]
+        rows = self.users.remove_many(users)
         if not rows:
             return
-        for r in rows:
-            self.users.remove(self.users.ids[r])  # type: ignore[arg-type]
         held = np.asarray(rows, np.int64)
         held = held[held < len(self._cur)]
         self._cur[held] = -1

@@ -151,15 +151,11 @@ class UserKNN(OnlineModel):
         """Drop ``users``: their item lists, their places in the items' user lists and
         their rows (freed for reuse)."""
         user_items, item_users = self._user_items, self._item_users
-        for user in users:
-            u = self.users.get(user)
-            if u < 0:
-                continue
+        for u in self.users.remove_many(users):
             for i in user_items.pop(u, {}):
                 of_item = item_users.get(i)
                 if of_item is not None:
                     of_item.pop(u, None)
-            self.users.remove(user)
 
     # ------------------------------------------------------------------ scoring
     def _profile(self, user: str, history: Sequence[str]) -> tuple[int, dict[int, float]]:
