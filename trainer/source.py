@@ -256,7 +256,12 @@ class BatchSource:
     def _poll(self) -> RecordBatch:
         """Up to ``batch_size`` records within ``max_wait_s``, polled in slices of at
         most :attr:`STOP_CHECK_S` so that :meth:`stop` never waits for a whole idle
-        poll (a slice that fills the batch returns at once)."""
+        poll (a slice that fills the batch returns at once).
+
+        Records in hand are not held back once the stream has gone quiet: a slice that
+        brings nothing ends the wait (the end of a burst, or of a replayed file, is
+        learned one slice after it arrived, not ``max_wait_s`` later); while records
+        keep coming the batch fills up to ``max_wait_s`` as before."""
         assert self.consumer is not None
         deadline = time.monotonic() + self.max_wait_s
         got = self.consumer.poll_batch(self.batch_size, min(self.STOP_CHECK_S, self.max_wait_s))
@@ -264,8 +269,11 @@ class BatchSource:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            got = got.extend(self.consumer.poll_batch(self.batch_size - len(got),
-                                                      min(self.STOP_CHECK_S, remaining)))
+            more = self.consumer.poll_batch(self.batch_size - len(got),
+                                            min(self.STOP_CHECK_S, remaining))
+            if not more and len(got):
+                break
+            got = got.extend(more)
         return got
 
     def _decode(self, records: RecordBatch) -> PolledBatch:

@@ -342,3 +342,31 @@ def test_slices_of_a_slow_poll_make_one_batch_and_stop_does_not_wait_for_the_pol
     assert source._thread is not None and not source._thread.is_alive()
     assert [len(b.columns) for b in batches] == [BATCH] * (len(VALUES) // BATCH)
     assert max(made[0].timeouts) <= BatchSource.STOP_CHECK_S
+
+
+def test_a_partial_batch_is_not_held_back_once_the_stream_goes_quiet() -> None:
+    """Records that do not fill a batch are handed over one quiet slice after they
+    arrived, however long ``max_wait_s`` is (they used to wait it out)."""
+    tail = len(VALUES) - 5  # the last 5 records: half a batch, then silence
+
+    def make(**hooks: Any) -> TrickleConsumer:
+        consumer = TrickleConsumer(**hooks, per_poll=BATCH)
+        consumer.position = tail
+        return consumer
+
+    source = BatchSource(
+        make, batch_size=BATCH, max_wait_s=3600.0, prefetch=10,  # type: ignore[arg-type]
+        limits=KAFKA.limits, weights=KAFKA.event_weights, on_assign=lambda parts: {},
+        on_revoke=lambda parts: None, join_timeout_s=60,
+    )
+    source.start()
+    try:
+        t0 = time.monotonic()
+        got = None
+        while got is None and time.monotonic() - t0 < 10:
+            got = source.get(0.1)
+    finally:
+        source.stop(None, timeout_s=30)
+    assert got is not None
+    assert got.first_offsets == {PART: tail} and got.offsets == {PART: len(VALUES)}
+    assert len(got.columns) == 5
