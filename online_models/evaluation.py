@@ -547,12 +547,8 @@ class PrequentialEvaluator:
         per-event draws (and so the seeded sample's independence of batch
         boundaries) are unaffected.
         """
-        sampler = self._sampler
-        if sampler.spec.max_per_s is None and max_per_s is not None:
-            # A budget starts when it is set: no tokens saved up while there was none.
-            sampler.tokens, sampler.last = 0.0, sampler.clock()
         self.sample = replace(self.sample, max_per_s=max_per_s)
-        sampler.spec = self.sample
+        self._sampler.spec = self.sample
 
     # ------------------------------------------------------------------ stream state
     @property

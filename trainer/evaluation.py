@@ -29,8 +29,6 @@ __all__ = ["BACKLOG_MIN_PER_S", "TrainerEvaluation"]
 _COST_DECAY = 0.98
 #: seconds over which the governor pays back evaluation CPU time spent beyond its share
 _REPAY_S = 5.0
-#: wall time the first window must span before its shares stand in for the averages
-_FIRST_ESTIMATE_S = 0.05
 
 #: scored events per second that go on while the learner has a backlog, whatever the
 #: share (the accuracy gauges keep moving during a catch-up)
@@ -125,9 +123,7 @@ class TrainerEvaluation:
         show, even when that costs more than the share -- except while the learner has a
         backlog (:attr:`backlog`: at full speed the share is the bound, as the throughput
         issue asks of the default setting), when the floor is
-        :data:`BACKLOG_MIN_PER_S`. Until the first one-second window closes, the
-        shares it has measured so far (after :data:`_FIRST_ESTIMATE_S`) stand in for
-        the averages.
+        :data:`BACKLOG_MIN_PER_S`.
 
         ``now`` and ``cpu_now`` (tests) stand for the wall and process CPU clocks; with
         ``now`` alone the process counts as one core busy.
@@ -162,17 +158,8 @@ class TrainerEvaluation:
         decay = _COST_DECAY**scored
         self._cost_s = decay * self._cost_s + seconds
         self._cost_n = decay * self._cost_n + scored
-        if self._bk_share is not None and self._cpu_rate is not None:
-            bk_share, cores = self._bk_share, self._cpu_rate
-        else:
-            # The first window is still open: what it has measured so far (before,
-            # the bookkeeping counted as nothing and the process as one core, so the
-            # first second scored up to the whole share on top of the bookkeeping).
-            span = now - self._bk_since
-            early = span < _FIRST_ESTIMATE_S
-            bk_share = 0.0 if early else self._bk_seconds / span
-            cores = 1.0 if early else (cpu_now - self._cpu_since) / span
-        left = s.eval_cpu_share * cores - bk_share - self._debt / _REPAY_S
+        cores = 1.0 if self._cpu_rate is None else self._cpu_rate
+        left = s.eval_cpu_share * cores - (self._bk_share or 0.0) - self._debt / _REPAY_S
         floor = s.eval_min_per_minute / 60.0
         if self.backlog:
             floor = min(floor, BACKLOG_MIN_PER_S)

@@ -349,24 +349,6 @@ def test_sample_budget_in_events_per_second_of_wall_time() -> None:
     assert ev.totals("m")["n_eligible"] > 10 * sum(scored)
 
 
-def test_a_budget_set_after_full_scoring_starts_without_saved_tokens() -> None:
-    """The trainer's governor sets the first budget after scoring a batch in full; that
-    budget starts when it is set, not when the evaluator was made (a trainer's group
-    join would otherwise have saved up a second's worth for a burst)."""
-    from tests.models.planted import planted
-
-    now = [0.0]
-    ev = PrequentialEvaluator({"m": Popularity()}, k=10, sample=EvalSample(seed=0),
-                              clock=lambda: now[0])
-    batches = list(planted(4_000, seed=1, n_users=100, n_items=5000).chunks(500))
-    now[0] = 5.0  # joining the group took 5 s
-    full = [ev.process(b).n_evaluated for b in batches[:3]]
-    assert full[-1] > 50  # no budget yet: every evaluable event
-    ev.set_budget(1000.0)
-    now[0] += 0.01  # 10 ms later: 10 tokens, not a saved-up 1,000
-    assert ev.process(batches[3]).n_evaluated <= 40  # at most one group (32)
-
-
 def test_a_tight_budget_scores_fewer_larger_groups_at_the_same_rate() -> None:
     from tests.models.planted import planted
 

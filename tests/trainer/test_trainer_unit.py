@@ -220,28 +220,6 @@ def test_evaluation_governor_takes_its_share_of_the_process_cpu(
     assert t.evaluator.sample.max_per_s == pytest.approx(1500.0, rel=1e-3)
 
 
-def test_evaluation_governor_counts_the_bookkeeping_from_the_first_window(
-    settings: TrainerSettings,
-) -> None:
-    """Before its first one-second window closes the governor uses what that window has
-    measured so far: bookkeeping that already takes the whole share leaves scoring the
-    floor at once (it used to count as nothing until the window closed, so a short run
-    scored on top of it: ~2,000 events in a 2-s popularity run against ~200 now)."""
-    t = Trainer(settings.model_copy(update={"eval_cpu_share": 0.1,
-                                            "eval_min_per_minute": 60.0}), KAFKA)
-    t.evaluation.govern(scored=100, seconds=0.01, now=0.0, cpu_now=0.0)  # 0.1 ms per event
-    assert t.evaluator.sample.max_per_s == pytest.approx(1000.0)  # nothing measured yet
-    # Half a second in, bookkeeping took 0.05 s of the 0.5 s of one core: the share.
-    t.evaluation.govern(scored=100, seconds=0.01, bookkeeping_s=0.05, now=0.5, cpu_now=0.5)
-    assert t.evaluator.sample.max_per_s == pytest.approx(1.0)  # the floor, 60 per minute
-    # A first window with cheap bookkeeping leaves scoring most of the share.
-    u = Trainer(settings.model_copy(update={"eval_cpu_share": 0.1, "eval_min_per_minute": 60.0,
-                                            "snapshots": settings.snapshots / "b"}), KAFKA)
-    u.evaluation.govern(scored=100, seconds=0.01, now=0.0, cpu_now=0.0)
-    u.evaluation.govern(scored=100, seconds=0.01, bookkeeping_s=0.01, now=0.5, cpu_now=0.5)
-    assert u.evaluator.sample.max_per_s == pytest.approx((0.1 - 0.02) / 1e-4)
-
-
 def test_evaluation_governor_pays_back_an_overrun(
     settings: TrainerSettings,
 ) -> None:
