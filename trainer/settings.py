@@ -34,6 +34,8 @@ class TrainerSettings(BaseSettings):
     #: JSON ``{"model": {"param": value}}`` passed to fresh models' constructors
     model_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     batch_size: int = Field(default=256, ge=1)
+    #: longest a batch waits to fill up to ``batch_size`` (it is handed over early once
+    #: a 50 ms poll slice brings nothing: the stream went quiet)
     max_wait_ms: int = Field(default=200, ge=0)
     #: decoded batches polled ahead of learning (poll and decode overlap learning)
     prefetch_batches: int = Field(default=4, ge=1)
