@@ -36,15 +36,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_train import train_rate
+from bench_train import click_events, prefilled_topic, train_rate
 
 from liverec.demo import ChildProcess, pick_port, scrape
 from liverec.runtime import pin_malloc_mmap_threshold
-from online_models.synthetic import generate_events
-from stream.broker import resolve_bootstrap
-from stream.events import ClickEvent, validate_dict
-from stream.kafka import create_topics, delete_topics
-from stream.replay import produce_events
 from stream.settings import KafkaSettings
 from trainer import TrainerSettings
 
@@ -94,49 +89,34 @@ def main(argv: list[str] | None = None) -> None:
     pin_malloc_mmap_threshold()
     mix = TrainerSettings().models
 
-    events = []
-    for row in generate_events(args.events, args.users, args.items, seed=0):
-        ev = validate_dict(row)
-        assert isinstance(ev, ClickEvent)
-        events.append(ev)
-    with tempfile.TemporaryDirectory() as tmp:
+    events = click_events(args.events, args.users, args.items)
+    with tempfile.TemporaryDirectory() as tmp, prefilled_topic(events, Path(tmp)) as kafka:
         root = Path(tmp)
-        broker = resolve_bootstrap(root / "kafka")
-        topic = f"beside-{uuid.uuid4().hex[:8]}"
-        kafka = KafkaSettings(bootstrap=broker.bootstrap, topic=topic)
-        try:
-            create_topics(kafka, {topic: 1})
-            produce_events(kafka, topic, events)
-            print(f"{args.events} events, {args.users} users, {args.items} items, "
-                  f"batch {args.batch_size}; default models: {mix}")
-            print("| round | run | default trainer events/s | vs alone | seqnn trainer: "
-                  "events learned meanwhile | its events/s | its lag at the end |")
-            print("|---|---|---:|---:|---:|---:|---:|")
-            ratios: dict[int, list[float]] = {n: [] for n in args.nice}
-            for r in range(1, args.repeats + 1):
-                alone, _ = train_rate(kafka, args.events, mix, args.batch_size, 1.0, root)
-                print(f"| {r} | alone | {alone:,.0f} | | | | |", flush=True)
-                for nice in args.nice:
-                    child, url = start_seqnn(kafka, root, nice)
-                    try:
-                        before, t0 = learned(url), time.monotonic()
-                        beside, _ = train_rate(kafka, args.events, mix, args.batch_size,
-                                               1.0, root)
-                        after, t1 = learned(url), time.monotonic()
-                    finally:
-                        child.stop()
-                    ratios[nice].append(beside / alone)
-                    print(f"| {r} | beside seqnn (nice {nice}) | {beside:,.0f} | "
-                          f"{beside / alone:.2f} | {after - before:,.0f} | "
-                          f"{(after - before) / (t1 - t0):,.0f} | "
-                          f"{args.events - after:,.0f} |", flush=True)
-            for nice, rs in ratios.items():
-                print(f"median beside / alone, seqnn at nice {nice}: {statistics.median(rs):.2f}")
-        finally:
-            try:
-                delete_topics(kafka, [topic])
-            finally:
-                broker.close()
+        print(f"{args.events} events, {args.users} users, {args.items} items, "
+              f"batch {args.batch_size}; default models: {mix}")
+        print("| round | run | default trainer events/s | vs alone | seqnn trainer: "
+              "events learned meanwhile | its events/s | its lag at the end |")
+        print("|---|---|---:|---:|---:|---:|---:|")
+        ratios: dict[int, list[float]] = {n: [] for n in args.nice}
+        for r in range(1, args.repeats + 1):
+            alone, _ = train_rate(kafka, args.events, mix, args.batch_size, 1.0, root)
+            print(f"| {r} | alone | {alone:,.0f} | | | | |", flush=True)
+            for nice in args.nice:
+                child, url = start_seqnn(kafka, root, nice)
+                try:
+                    before, t0 = learned(url), time.monotonic()
+                    beside, _ = train_rate(kafka, args.events, mix, args.batch_size,
+                                           1.0, root)
+                    after, t1 = learned(url), time.monotonic()
+                finally:
+                    child.stop()
+                ratios[nice].append(beside / alone)
+                print(f"| {r} | beside seqnn (nice {nice}) | {beside:,.0f} | "
+                      f"{beside / alone:.2f} | {after - before:,.0f} | "
+                      f"{(after - before) / (t1 - t0):,.0f} | "
+                      f"{args.events - after:,.0f} |", flush=True)
+        for nice, rs in ratios.items():
+            print(f"median beside / alone, seqnn at nice {nice}: {statistics.median(rs):.2f}")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ import logging
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +100,35 @@ def train_rate(kafka: KafkaSettings, n: int, mix: str, batch_size: int,
     return n / result.seconds, trainer
 
 
+def click_events(n: int, users: int, items: int) -> list[ClickEvent]:
+    """The benchmark's synthetic stream (``liverec generate``, seed 0) as events."""
+    events = []
+    for row in generate_events(n, users, items, seed=0):
+        ev = validate_dict(row)
+        assert isinstance(ev, ClickEvent)
+        events.append(ev)
+    return events
+
+
+@contextmanager
+def prefilled_topic(events: list[ClickEvent], root: Path, partitions: int = 1,
+                    client: str = "confluent") -> Iterator[KafkaSettings]:
+    """A fresh topic holding ``events``, on the configured broker (or one started under
+    ``root``); the topic is deleted and a started broker stopped afterwards."""
+    broker = resolve_bootstrap(root / "kafka")
+    topic = f"bench-{uuid.uuid4().hex[:8]}"
+    kafka = KafkaSettings(bootstrap=broker.bootstrap, topic=topic, client=client)
+    try:
+        create_topics(kafka, {topic: partitions})
+        produce_events(kafka, topic, events)
+        yield kafka
+    finally:
+        try:
+            delete_topics(kafka, [topic])
+        finally:
+            broker.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -115,46 +146,32 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     pin_malloc_mmap_threshold()  # the allocator setting `liverec train` runs with
 
-    events = []
-    for row in generate_events(args.events, args.users, args.items, seed=0):
-        ev = validate_dict(row)
-        assert isinstance(ev, ClickEvent)
-        events.append(ev)
-    with tempfile.TemporaryDirectory() as tmp:
-        broker = resolve_bootstrap(Path(tmp) / "kafka")
-        topic = f"bench-{uuid.uuid4().hex[:8]}"
-        kafka = KafkaSettings(bootstrap=broker.bootstrap, topic=topic, client=args.client)
-        try:
-            create_topics(kafka, {topic: args.partitions})
-            produce_events(kafka, topic, events)
-            print(f"{args.events} events, {args.users} users, {args.items} items, "
-                  f"{args.partitions} partition(s), batch {args.batch_size}, "
-                  f"client {args.client}")
-            raw_rate(kafka.bootstrap, topic, args.events)  # warm-up: page cache, coordinator
-            print("| model mix | train events/s | in-memory learn events/s | raw librdkafka "
-                  "msg/s | train/learn | train/raw | evaluation share of wall time | "
-                  "evaluation share of process CPU | events scored per model |")
-            print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-            for mix in args.mixes:
-                raw = raw_rate(kafka.bootstrap, topic, args.events)
-                learn = learn_rate(events, mix, args.batch_size)
-                rate, trainer = train_rate(kafka, args.events, mix, args.batch_size,
-                                           args.snapshot_every_s, Path(tmp),
-                                           args.snapshot_write_share)
-                m = trainer.metrics.registry
-                eval_s = m.get_sample_value("liverec_trainer_evaluate_duration_seconds_sum") or 0
-                share = eval_s * rate / args.events
-                eval_cpu = m.get_sample_value("liverec_trainer_evaluate_cpu_seconds_total") or 0
-                cpu_share = eval_cpu / max(trainer.process_cpu_s, 1e-9)  # type: ignore[attr-defined]
-                scored = trainer.evaluator.n_evaluated
-                print(f"| {mix} | {rate:,.0f} | {learn:,.0f} | {raw:,.0f} | {rate / learn:.2f} "
-                      f"| {rate / raw:.3f} | {share:.1%} | {cpu_share:.1%} | {scored:,} |",
-                      flush=True)
-        finally:
-            try:
-                delete_topics(kafka, [topic])
-            finally:
-                broker.close()
+    events = click_events(args.events, args.users, args.items)
+    with tempfile.TemporaryDirectory() as tmp, \
+            prefilled_topic(events, Path(tmp), args.partitions, args.client) as kafka:
+        print(f"{args.events} events, {args.users} users, {args.items} items, "
+              f"{args.partitions} partition(s), batch {args.batch_size}, "
+              f"client {args.client}")
+        raw_rate(kafka.bootstrap, kafka.topic, args.events)  # warm-up: page cache, coordinator
+        print("| model mix | train events/s | in-memory learn events/s | raw librdkafka "
+              "msg/s | train/learn | train/raw | evaluation share of wall time | "
+              "evaluation share of process CPU | events scored per model |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for mix in args.mixes:
+            raw = raw_rate(kafka.bootstrap, kafka.topic, args.events)
+            learn = learn_rate(events, mix, args.batch_size)
+            rate, trainer = train_rate(kafka, args.events, mix, args.batch_size,
+                                       args.snapshot_every_s, Path(tmp),
+                                       args.snapshot_write_share)
+            m = trainer.metrics.registry
+            eval_s = m.get_sample_value("liverec_trainer_evaluate_duration_seconds_sum") or 0
+            share = eval_s * rate / args.events
+            eval_cpu = m.get_sample_value("liverec_trainer_evaluate_cpu_seconds_total") or 0
+            cpu_share = eval_cpu / max(trainer.process_cpu_s, 1e-9)  # type: ignore[attr-defined]
+            scored = trainer.evaluator.n_evaluated
+            print(f"| {mix} | {rate:,.0f} | {learn:,.0f} | {raw:,.0f} | {rate / learn:.2f} "
+                  f"| {rate / raw:.3f} | {share:.1%} | {cpu_share:.1%} | {scored:,} |",
+                  flush=True)
 
 
 if __name__ == "__main__":
