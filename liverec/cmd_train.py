@@ -30,6 +30,17 @@ def train(
         help="'all' or comma-separated registry names [LIVEREC_MODELS]")] = None,
     model_params: Annotated[str | None, typer.Option(
         help='JSON {"model": {"param": value}} for fresh models [LIVEREC_MODEL_PARAMS]')] = None,
+    follow: Annotated[list[str] | None, typer.Option(
+        metavar="MODEL=DIR",
+        help="a model another trainer learns into snapshot directory DIR (e.g. "
+             "seqnn=./snapshots-seqnn, from `liverec train --models seqnn --group "
+             "liverec-seqnn --snapshots ./snapshots-seqnn`): this trainer evaluates it, "
+             "its hybrid and re-ranker blend it (name it in their components), its "
+             "snapshots carry it, it never learns it; reloaded when DIR's LATEST moves; "
+             "repeatable [LIVEREC_FOLLOW, comma-separated]")] = None,
+    follow_every_s: Annotated[float | None, typer.Option(
+        help="seconds between checks of the followed directories [LIVEREC_FOLLOW_EVERY_S]"
+    )] = None,
     batch_size: Annotated[int | None, typer.Option(help="[LIVEREC_BATCH_SIZE]")] = None,
     max_wait_ms: Annotated[int | None, typer.Option(help="[LIVEREC_MAX_WAIT_MS]")] = None,
     snapshot_every_s: Annotated[float | None, typer.Option(
@@ -160,6 +171,7 @@ def train(
             "item_features_topic": item_features_topic,
             "scale_out": scale_out, "instance_id": instance_id, "merge_every_s": merge_every_s,
             "fold_every_s": fold_every_s,
+            "follow": follow or None, "follow_every_s": follow_every_s,
         }.items()
         if v is not None
     }
@@ -187,7 +199,13 @@ def train(
                 server.shutdown()
         return
     try:
-        result = Trainer(settings, kafka, metrics).run()
+        trainer = Trainer(settings, kafka, metrics)
+    except ValueError as exc:
+        if server is not None:
+            server.shutdown()
+        raise typer.BadParameter(str(exc)) from exc
+    try:
+        result = trainer.run()
     except SnapshotLocationBusy as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

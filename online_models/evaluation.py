@@ -540,6 +540,15 @@ class PrequentialEvaluator:
         self._m2e: dict[str, np.ndarray] = {n: np.zeros(0, np.int64) for n in self.models}
         self._gen: dict[str, int] = dict.fromkeys(self.models, -1)
 
+    def replace_model(self, name: str, model: OnlineModel) -> None:
+        """Score ``model`` as ``name`` from now on (a new object: a followed model's new
+        version); its accuracy figures go on, its item rows are mapped afresh."""
+        if name not in self.models:
+            raise KeyError(f"no model {name!r} is evaluated")
+        self.models[name] = model
+        self._m2e[name] = np.zeros(0, np.int64)
+        self._gen[name] = -1
+
     def set_budget(self, max_per_s: float | None) -> None:
         """Change the sample's budget of scored events per second of wall time.
 

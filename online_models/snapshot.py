@@ -245,15 +245,20 @@ def capture(
     metrics: Mapping[str, Any] | None = None,
     extra_arrays: Mapping[str, np.ndarray] | None = None,
     extra_meta: Mapping[str, Any] | None = None,
+    reuse: Mapping[str, tuple[ModelState, dict[str, Any]]] | None = None,
 ) -> CapturedState:
     """Copy the state a snapshot needs, so the models may go on learning meanwhile.
 
     This is the only part of a snapshot that must pause learning; the slow part (hash,
     write, fsync, publish) is :meth:`SnapshotStore.write_captured`, which can run in
-    another thread.
+    another thread. ``reuse[name]`` is an earlier capture's entry of a model that has
+    not changed since (a followed model, :mod:`trainer.follow`): it is taken as it is.
     """
     captured: dict[str, tuple[ModelState, dict[str, Any]]] = {}
     for name, model in models.items():
+        if reuse is not None and name in reuse:
+            captured[name] = reuse[name]
+            continue
         state = model.get_state()
         state.check()
         arrays = {k: np.array(v, copy=True) for k, v in state.arrays.items()}

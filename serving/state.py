@@ -18,9 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from online_models.ownership import unowned_partitions
+from online_models.roots import ExtraRoots
 from online_models.snapshot import Snapshot, SnapshotError, SnapshotStore
 from serving.content import ContentIndex, snapshot_features
-from serving.extra_roots import ExtraRoots
 from serving.ingest import EventProducer, Ingestor
 from serving.live import LiveContext, LiveTail
 from serving.metrics import BatcherCollector, ServingMetrics

@@ -142,6 +142,15 @@ class TrainerMetrics:
                                  registry=r)
         self.items_known = Gauge(_P + "model_items", "Items a model knows.", ["model"],
                                  registry=r)
+        self.followed_version = Gauge(
+            _P + "followed_snapshot_version",
+            "Snapshot version of a followed model (--follow) in use: another trainer "
+            "learns it, this one evaluates and blends it (-1: none loaded yet).",
+            ["model"], registry=r)
+        self.followed_age = Gauge(
+            _P + "followed_snapshot_age_seconds",
+            "Age of the followed model's snapshot in use (how far behind the stream its "
+            "trainer may be; -1: none loaded yet).", ["model"], registry=r)
         self.snapshot_duration = Histogram(
             _P + "snapshot_duration_seconds", "Time to write and publish a snapshot.",
             buckets=_SNAPSHOT_BUCKETS, registry=r)

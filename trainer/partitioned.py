@@ -151,6 +151,9 @@ class ScaleOutTrainer:
         self.flood_settings = flood or FloodSettings()
         self.root = Path(settings.snapshots)
         self.stop_event = threading.Event()
+        if settings.follow:
+            raise ValueError("--follow is for a single trainer: scale-out trainers learn "
+                             "only models that share item-side deltas")
         models = {n: registry.create(n, **settings.model_params.get(n, {}))
                   for n in self.names}
         if kafka.client != "confluent":

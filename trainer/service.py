@@ -21,6 +21,7 @@ at the snapshot's offsets, so after any crash the models equal a crash-free run'
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from online_models import registry
-from online_models.base import Batch, OnlineModel, UserHistory, learning_order
+from online_models.base import Batch, ModelState, OnlineModel, UserHistory, learning_order
 from online_models.drift import ConceptDriftMonitor, DataDriftTracker, embedding_drift
 from online_models.evaluation import PrequentialEvaluator
 from online_models.snapshot import CapturedState, SnapshotStore, capture
@@ -44,6 +45,7 @@ from trainer.content import TrainerContent
 from trainer.dedup import DedupWindow
 from trainer.evaluation import TrainerEvaluation
 from trainer.flood import FloodGuard, FloodSettings
+from trainer.follow import Followed, FollowedModel
 from trainer.metrics import TrainerMetrics
 from trainer.settings import TrainerSettings
 from trainer.source import BatchSource, PolledBatch
@@ -135,19 +137,35 @@ class Trainer:
         self._revoke_parts: set[Partition] = set()
         #: offsets of the partitions the last revoke took away (see _serve_revoke)
         self._just_revoked: dict[Partition, int] = {}
+        blending = [n for n in settings.follow
+                    if callable(getattr(registry.model_class(n), "bind", None))]
+        if blending:
+            raise ValueError(f"--follow takes models that learn on their own, not {blending} "
+                             "(they blend this trainer's models)")
+        #: models another trainer learns (``--follow``): evaluated, blended, not learned
+        self.followed = (Followed(settings.follow, settings.follow_every_s)
+                         if settings.follow else None)
+        #: per followed model: the object in use and its state copied for snapshots
+        self._reuse: dict[str, tuple[OnlineModel, tuple[ModelState, dict[str, Any]]]] = {}
         self._restore()
         # The setting rules, not the bound a snapshot was written with (users beyond
         # it are forgotten after the first batch).
         self.history.evicted = []
         self.history.limit_users(settings.history_max_users)
         self.content = TrainerContent(settings, kafka)
-        self.content.attach(self.models)
+        # A followed model keeps the content its own trainer gave it.
+        self.content.attach({n: m for n, m in self.models.items() if n not in settings.follow})
         self._order = learning_order(self.models)
         self.evaluation = TrainerEvaluation(self.models, self.history, settings,
                                             self.metrics, on_drift=self._on_drift,
                                             monitors=self.monitors)
         #: seconds the latest snapshot's state copy paused learning
         self._capture_s = 0.0
+        if self.followed is not None:
+            for name in settings.follow:
+                self.metrics.followed_version.labels(model=name).set(-1)
+                self.metrics.followed_age.labels(model=name).set(-1)
+            self.take_followed(self.followed.load_now())
 
     # ------------------------------------------------------------------ restore
 
@@ -291,6 +309,8 @@ class Trainer:
                     # A batch was (nearly) always waiting: the learner is the bottleneck.
                     self.evaluation.backlog = window_wait < 0.05 * (now - window_start)
                     window_events, window_start, window_wait = 0, now, 0.0
+                if self.followed is not None:
+                    self.take_followed(self.followed.poll(now))
                 self._finish_checkpoint()
                 if time.time() - self.checkpointer.last_attempt_wall >= self._snapshot_gap():
                     self.checkpoint("periodic")
@@ -309,6 +329,8 @@ class Trainer:
                 final = written.offsets if written else self._snap_offsets
             finally:
                 self.content.stop()
+                if self.followed is not None:
+                    self.followed.close()
                 self.source.stop(final)
                 self.checkpointer.close()
                 restore_signals()
@@ -399,6 +421,8 @@ class Trainer:
         self.evaluation.evaluate(batch)
 
     def _on_drift(self, name: str) -> None:
+        if name in self.settings.follow:
+            return  # its own trainer adapts it
         if self.settings.drift_adapt and self.adaptation.start(
                 name, self.models[name], self.events_total):
             self.metrics.drift_adaptations.labels(model=name).inc()
@@ -407,6 +431,8 @@ class Trainer:
     def _learn(self, batch: Batch) -> None:
         # A bound hybrid reads its components' state as of the batch's start: first.
         for name in self._order:
+            if name in self.settings.follow:
+                continue  # another trainer learns it
             model = self.models[name]
             t0 = time.perf_counter()
             try:
@@ -428,12 +454,34 @@ class Trainer:
             return
         self.evaluator.forget_users(gone)
         for name, model in self.models.items():
+            if name in self.settings.follow:
+                continue  # its own trainer bounds its users
             try:
                 model.forget_users(gone)
             except Exception:
                 self.metrics.loop_errors.labels(stage="process").inc()
                 log.exception("model %s failed to forget %d users", name, len(gone))
         self.metrics.users_forgotten.inc(len(gone))
+
+    def take_followed(self, new: list[FollowedModel]) -> None:
+        """Swap followed models' new versions in: the hybrid and re-ranker blend them
+        and the evaluator scores them from the next batch on."""
+        for f in new:
+            old = self.models[f.name]
+            self.models[f.name] = f.model
+            try:
+                registry.bind(self.models)
+            except ValueError as exc:
+                self.models[f.name] = old
+                registry.bind(self.models)
+                log.error("followed %s, version %d of %s, not used: %s", f.name, f.version,
+                          f.root, exc)
+                continue
+            self.evaluator.replace_model(f.name, f.model)
+            self._reuse[f.name] = (f.model, f.captured)
+            self.metrics.followed_version.labels(model=f.name).set(f.version)
+            self.metrics.followed_age.labels(model=f.name).set_function(
+                functools.partial(_age, f.created))
 
     # ------------------------------------------------------------------ snapshot + commit
 
@@ -448,6 +496,8 @@ class Trainer:
             extra_arrays={**self.dedup.to_arrays(), **self.data_drift.to_arrays(),
                           **self.flood.to_arrays()},
             extra_meta=self._extra_meta(),
+            reuse={n: entry for n, (model, entry) in self._reuse.items()
+                   if self.models.get(n) is model},
         )
 
     def checkpoint(self, reason: str = "periodic", wait: bool = False) -> Written | None:
@@ -583,6 +633,11 @@ class Trainer:
             f"users={len(self.history)} {self.evaluation.hr_line()} "
             f"snapshot={self.snapshot_version}"
         )
+
+
+def _age(created: float) -> float:
+    """Seconds since ``created`` (epoch), -1 when unknown (NaN)."""
+    return time.time() - created if created == created else -1.0
 
 
 def _nest(offsets: Mapping[Partition, int]) -> dict[str, dict[int, int]]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from online_models import registry
 
@@ -33,6 +33,12 @@ class TrainerSettings(BaseSettings):
     models: str = "all"
     #: JSON ``{"model": {"param": value}}`` passed to fresh models' constructors
     model_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: models another trainer learns, by name -> its snapshot root (``"seqnn=./snaps"``,
+    #: comma-separated from the environment): this trainer evaluates them, its hybrid and
+    #: re-ranker blend them and its snapshots carry them, but it never learns them; each
+    #: is reloaded from its root's ``LATEST`` (checked every ``follow_every_s``)
+    follow: Annotated[dict[str, Path], NoDecode] = Field(default_factory=dict)
+    follow_every_s: float = Field(default=5.0, gt=0)
     batch_size: int = Field(default=256, ge=1)
     #: longest a batch waits to fill up to ``batch_size`` (it is handed over early once
     #: a 50 ms poll slice brings nothing: the stream went quiet)
@@ -124,5 +130,23 @@ class TrainerSettings(BaseSettings):
     #: ``clicks.item_features`` (what ``liverec features publish`` writes)
     item_features_topic: str = ""
 
+    @field_validator("follow", mode="before")
+    @classmethod
+    def _parse_follow(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [p for p in v.split(",") if p.strip()]
+        if isinstance(v, list | tuple):
+            pairs = {}
+            for spec in v:
+                name, sep, root = str(spec).partition("=")
+                if not sep or not name.strip() or not root.strip():
+                    raise ValueError(f"--follow takes MODEL=SNAPSHOT_DIR, not {spec!r}")
+                pairs[name.strip()] = Path(root.strip())
+            return pairs
+        return v
+
     def model_names(self) -> list[str]:
-        return registry.parse_models(self.models)
+        """``models``, then the followed models it does not name."""
+        names = registry.parse_models(self.models)
+        extra = [n for n in self.follow if n not in names]
+        return names + registry.parse_models(",".join(extra)) if extra else names

@@ -1,11 +1,14 @@
-"""Snapshot roots of other trainers, served beside the main root's models.
+"""Snapshot roots of other trainers, followed by a server or by another trainer.
 
 A model too slow for the main trainer's pace (``seqnn``) runs as a trainer of its own,
 in its own consumer group, writing its own snapshot root. :class:`ExtraRoots` follows
 each such root's ``LATEST`` (verified like the main root's; a refused version is
-remembered and the loaded one keeps serving) and :meth:`ExtraRoots.compose` adds their
-models to the main snapshot, so a request names them like any other model. The main
+remembered and the loaded one keeps being used). The server
+(``liverec serve --extra-snapshots``) adds their models to the main snapshot with
+:meth:`ExtraRoots.compose`, so a request names them like any other model; the main
 root's model wins a name clash; histories, offsets and watermark stay the main root's.
+The main trainer (``liverec train --follow``, :mod:`trainer.follow`) takes them in as
+models it evaluates and blends but does not learn.
 """
 
 from __future__ import annotations
