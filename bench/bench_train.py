@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -83,12 +84,14 @@ def learn_rate(events: list[ClickEvent], mix: str, batch_size: int) -> float:
 
 
 def train_rate(kafka: KafkaSettings, n: int, mix: str, batch_size: int,
-               snapshot_every_s: float, root: Path, snapshot_write_share: float | None = None
-               ) -> tuple[float, Trainer]:
+               snapshot_every_s: float, root: Path, snapshot_write_share: float | None = None,
+               **more: Any) -> tuple[float, Trainer]:
+    """The ``liverec train`` service's rate over the topic's ``n`` events (``more``:
+    other :class:`TrainerSettings` fields)."""
     settings = TrainerSettings(
         group=f"bench-{uuid.uuid4().hex[:8]}", snapshots=root / uuid.uuid4().hex[:8],
         models=mix, batch_size=batch_size, snapshot_every_s=snapshot_every_s,
-        until_events_total=n, metrics_port=-1, status_every_s=30,
+        until_events_total=n, metrics_port=-1, status_every_s=30, **more,
     )
     if snapshot_write_share is not None:
         settings = settings.model_copy(update={"snapshot_write_share": snapshot_write_share})

@@ -64,6 +64,23 @@ def weight_grid(n: int, steps: int) -> np.ndarray:
     return grid[np.argsort(spread, kind="stable")]
 
 
+#: :meth:`Hybrid._gains` ranks against each component's top items first when a tuning
+#: event has more than this many candidate columns per component and top item
+_PRUNE_FACTOR = 4
+
+
+def _blend_rank(grid: np.ndarray, sub: np.ndarray, at: int) -> np.ndarray:
+    """Per blend (row of ``grid``), the rank of column ``at`` among the columns of
+    ``sub`` (components x columns), ties against it. The blend is summed component by
+    component, the same operations for every column and subset of columns, so a
+    column's blended value does not depend on which others are summed with it."""
+    blends = grid[:, :1] * sub[0]
+    for c in range(1, len(sub)):
+        blends += grid[:, c : c + 1] * sub[c]
+    rank: np.ndarray = (blends >= blends[:, at : at + 1]).sum(axis=1)
+    return rank
+
+
 class Hybrid(BindsComponents, OnlineModel):
     """Blend of registry models, weights tuned prequentially; popularity for cold users.
 
@@ -370,18 +387,34 @@ class Hybrid(BindsComponents, OnlineModel):
         scores give equal blends and ties stay ties. With more than ``tune_k`` items at
         least as good in *every* component, every blend misses and nothing is summed.
         """
+        k = self.tune_k
         ge = m >= m[:, truth : truth + 1]
         ge[:, h_rows[h_rows >= 0]] = False  # the history is ranked out (-1: unknown here)
-        if int(np.count_nonzero(ge.all(axis=0))) > self.tune_k:
+        if int(np.count_nonzero(ge.all(axis=0))) > k:
             return np.zeros(len(self._grid))
         cols = np.flatnonzero(ge.any(axis=0))  # the truth itself is among them
         sub = m[:, cols]
-        blends = self._grid[:, :1] * sub[0]
-        for c in range(1, len(sub)):
-            blends += self._grid[:, c : c + 1] * sub[c]
         at = int(np.searchsorted(cols, truth))
-        rank = (blends >= blends[:, at : at + 1]).sum(axis=1)
-        return np.where(rank <= self.tune_k, 1.0 / np.log2(rank + 1.0), 0.0)
+        grid, live = self._grid, None
+        if len(cols) > _PRUNE_FACTOR * (k + 1) * len(sub):
+            # Many candidates (a component that scores every item, as seqnn does): first
+            # rank the truth among the top k + 1 of each component alone. A blend where
+            # more than k of those beat it has rank > k over all columns too (a subset
+            # never ranks it lower), so only the other blends are summed over all.
+            tops = [np.argpartition(row, len(row) - k - 1)[-k - 1 :] for row in sub]
+            pick = np.unique(np.concatenate([*tops, [at]]))
+            low = _blend_rank(grid, sub[:, pick], int(np.searchsorted(pick, at)))
+            live = np.flatnonzero(low <= k)
+            if not len(live):
+                return np.zeros(len(self._grid))
+            grid = grid[live]
+        rank = _blend_rank(grid, sub, at)
+        gains = np.where(rank <= k, 1.0 / np.log2(rank + 1.0), 0.0)
+        if live is None:
+            return gains
+        out = np.zeros(len(self._grid))
+        out[live] = gains
+        return out
 
     # ------------------------------------------------------------------ scoring
     def score_all(self, user: str, history: Sequence[str] = ()) -> np.ndarray:

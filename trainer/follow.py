@@ -5,7 +5,12 @@ so it runs as a trainer of its own (own group, own snapshot root). With
 ``--follow seqnn=./snapshots-seqnn`` the main trainer takes that trainer's ``seqnn`` in
 as one of its models: it scores it in its prequential evaluation, its hybrid and
 re-ranker blend it, and its snapshots carry the copy they blended, so the server
-serves exactly that. The main trainer never learns it.
+serves exactly that. The main trainer never learns it. A version is swapped in only
+once the main trainer has passed every offset it learned (its snapshot's offsets on
+the same topic; else its event-time watermark): scored earlier, it would be tested on
+events it had already learned, and the prequential figures would flatter it (the
+followed trainer is ahead when the main one restarts from an old snapshot or catches
+up a backlog).
 
 :class:`Followed` checks the roots' ``LATEST`` every ``every_s`` seconds in a
 background thread (verified loads through :class:`~online_models.roots.ExtraRoots`;
@@ -47,6 +52,32 @@ class FollowedModel:
     created: float
     #: the model's state as :func:`online_models.snapshot.capture` copies it
     captured: tuple[ModelState, dict[str, Any]]
+    #: what its trainer had learned: ``{topic: {partition: next offset}}`` ...
+    offsets: dict[str, dict[int, int]]
+    #: ... and the newest event time
+    watermark: float | None
+
+    def learned_before(self, topic: str, offsets: Mapping[tuple[str, int], int],
+                       watermark: float | None) -> bool:
+        """Whether this version learned only events a trainer at ``offsets`` (of
+        ``topic``; else at event time ``watermark``) has passed: only then may that
+        trainer score it prequentially, or its figures would count events the
+        followed model had already learned.
+
+        >>> f = FollowedModel("m", None, Path("r"), 1, 0.0, None, {"clicks": {0: 50}}, 9.0)
+        >>> f.learned_before("clicks", {("clicks", 0): 40}, None)
+        False
+        >>> f.learned_before("clicks", {("clicks", 0): 50}, None)
+        True
+        >>> f.learned_before("other", {}, 9.5)  # not the same topic: by event time
+        True
+        """
+        theirs = self.offsets.get(topic)
+        if theirs:
+            return all(offsets.get((topic, p), 0) >= o for p, o in theirs.items())
+        if self.watermark is None:
+            return True
+        return watermark is not None and watermark >= self.watermark
 
 
 def _created(manifest: Mapping[str, Any]) -> float:
@@ -81,7 +112,7 @@ class Followed:
         self.follow = dict(follow)
         self.every_s = every_s
         self.roots = ExtraRoots(sorted(set(self.follow.values())))
-        #: name -> the version in use (what :meth:`poll` / :meth:`load_now` handed over)
+        #: name -> the newest version handed over by :meth:`poll` / :meth:`load_now`
         self.current: dict[str, FollowedModel] = {}
         self._handed: dict[str, int] = {}  # name -> version handed over (by _check)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="liverec-follow")
@@ -119,7 +150,7 @@ class Followed:
     def _note(self, out: list[FollowedModel]) -> None:
         for f in out:
             self.current[f.name] = f
-            log.info("following %s: version %d of %s", f.name, f.version, f.root)
+            log.debug("followed %s: loaded version %d of %s", f.name, f.version, f.root)
 
     def _check(self) -> list[FollowedModel]:
         """Load the roots whose ``LATEST`` moved; their followed models' new versions.
@@ -142,7 +173,8 @@ class Followed:
             cap = capture({name: model}, history=UserHistory(), offsets={},
                           events_total=0, watermark=None)
             out.append(FollowedModel(name, model, root, snap.version,
-                                     _created(snap.manifest), cap.models[name]))
+                                     _created(snap.manifest), cap.models[name],
+                                     snap.offsets, snap.watermark))
         return out
 
     def close(self) -> None:

@@ -147,6 +147,9 @@ class Trainer:
                          if settings.follow else None)
         #: per followed model: the object in use and its state copied for snapshots
         self._reuse: dict[str, tuple[OnlineModel, tuple[ModelState, dict[str, Any]]]] = {}
+        #: followed versions loaded but ahead of this trainer (see take_followed)
+        self._pending_followed: dict[str, FollowedModel] = {}
+        self._waited: set[str] = set()  # followed models whose wait was logged at INFO
         self._restore()
         # The setting rules, not the bound a snapshot was written with (users beyond
         # it are forgotten after the first batch).
@@ -464,24 +467,45 @@ class Trainer:
         self.metrics.users_forgotten.inc(len(gone))
 
     def take_followed(self, new: list[FollowedModel]) -> None:
-        """Swap followed models' new versions in: the hybrid and re-ranker blend them
-        and the evaluator scores them from the next batch on."""
+        """Swap followed models' new versions in once this trainer has passed every
+        event they learned (until then the version waits, and a newer one replaces
+        it): the hybrid and re-ranker blend them and the evaluator scores them from the
+        next batch on."""
         for f in new:
-            old = self.models[f.name]
-            self.models[f.name] = f.model
-            try:
-                registry.bind(self.models)
-            except ValueError as exc:
-                self.models[f.name] = old
-                registry.bind(self.models)
-                log.error("followed %s, version %d of %s, not used: %s", f.name, f.version,
-                          f.root, exc)
-                continue
-            self.evaluator.replace_model(f.name, f.model)
-            self._reuse[f.name] = (f.model, f.captured)
-            self.metrics.followed_version.labels(model=f.name).set(f.version)
-            self.metrics.followed_age.labels(model=f.name).set_function(
-                functools.partial(_age, f.created))
+            self._pending_followed[f.name] = f
+            if not f.learned_before(self.kafka.topic, self.offsets, self.watermark):
+                log.log(logging.DEBUG if f.name in self._waited else logging.INFO,
+                        "followed %s: version %d of %s waits until this trainer has passed "
+                        "the events it learned (%s)%s", f.name, f.version, f.root,
+                        f.offsets.get(self.kafka.topic) or f"event time {f.watermark}",
+                        "" if f.name in self._waited else "; later waits are logged at DEBUG")
+                self._waited.add(f.name)
+        for name, f in list(self._pending_followed.items()):
+            if f.learned_before(self.kafka.topic, self.offsets, self.watermark):
+                del self._pending_followed[name]
+                self._swap_in(f)
+
+    def _swap_in(self, f: FollowedModel) -> None:
+        old = self.models[f.name]
+        self.models[f.name] = f.model
+        try:
+            registry.bind(self.models)
+        except ValueError as exc:
+            self.models[f.name] = old
+            registry.bind(self.models)
+            log.error("followed %s, version %d of %s, not used: %s", f.name, f.version,
+                      f.root, exc)
+            return
+        self.evaluator.replace_model(f.name, f.model)
+        first = f.name not in self._reuse
+        self._reuse[f.name] = (f.model, f.captured)
+        self.metrics.followed_version.labels(model=f.name).set(f.version)
+        self.metrics.followed_age.labels(model=f.name).set_function(
+            functools.partial(_age, f.created))
+        log.log(logging.INFO if first else logging.DEBUG,
+                "followed %s: version %d of %s in use%s", f.name, f.version, f.root,
+                "; later versions are logged at DEBUG (liverec_trainer_followed_snapshot_"
+                "version)" if first else "")
 
     # ------------------------------------------------------------------ snapshot + commit
 

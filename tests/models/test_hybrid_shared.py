@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from online_models import hybrid as hybrid_module
 from online_models import registry
 from online_models.base import Batch, ModelState, UserHistory, learning_order
 from online_models.datasets import Dataset, to_batches
@@ -159,3 +160,33 @@ def test_tuning_gains_equal_blending_every_item() -> None:
         above[hist] = False
         skipped += int(above.sum() > h.tune_k)
     assert 50 < skipped < 400  # both paths were exercised
+
+
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_tuning_gains_with_a_dense_component_equal_blending_every_item(k: int) -> None:
+    """With a component that scores every item (seqnn), ``_gains`` first ranks the truth
+    among each component's top items and sums over every item only the blends where it
+    may still be in the top k; the gains equal blending every item, bit for bit."""
+    rng = np.random.default_rng(11 + k)
+    h = Hybrid(components=["popularity", "itemknn", "sequence", "sknn", "seqnn"], tune_k=k)
+    grid = h._grid
+    pruned = hits = 0
+    for trial in range(300):
+        n = 3000
+        m = rng.integers(0, 6, size=(len(h.components), n)).astype(np.float64) / 5.0
+        m[:4, rng.random(n) < 0.7] = 0.0  # sparse count components, ties included
+        m[4] = rng.random(n)  # the dense one
+        truth = int(rng.integers(n))
+        m[:, truth] = np.maximum(m[:, truth], rng.random() * 1.2)  # sometimes on top
+        hist = rng.choice(np.setdiff1d(np.arange(n), [truth]), size=5, replace=False)
+        blends = grid[:, :1] * m[0]
+        for c in range(1, len(m)):
+            blends = blends + grid[:, c : c + 1] * m[c]
+        blends[:, hist] = -np.inf
+        rank = (blends >= blends[:, truth][:, None]).sum(axis=1)
+        expected = np.where(rank <= h.tune_k, 1.0 / np.log2(rank + 1.0), 0.0)
+        np.testing.assert_array_equal(h._gains(m, hist, truth), expected, err_msg=str(trial))
+        ge = (m >= m[:, truth : truth + 1]).any(axis=0)
+        pruned += int(ge.sum() > hybrid_module._PRUNE_FACTOR * (h.tune_k + 1) * len(m))
+        hits += int(expected.any())
+    assert pruned > 150 and 10 < hits < 290  # both paths, with and without a gain

@@ -177,3 +177,25 @@ def test_a_root_without_the_model_leaves_the_one_in_use(tmp_path: Path) -> None:
     f = Followed({"itemknn": root}, every_s=5.0)
     assert f.load_now() == [] and f.current == {}
     f.close()
+
+
+def test_a_version_ahead_of_this_trainer_waits_until_it_has_passed_its_events(
+        tmp_path: Path) -> None:
+    """A followed model that learned events this trainer has not scored yet would be
+    tested on its own training data: it is held back until this trainer passes them."""
+    other = registry.create("itemknn")
+    other.learn(_batch(EVENTS[:600]))
+    root = tmp_path / "knn-root"
+    SnapshotStore(root).write({"itemknn": other}, history=UserHistory(),
+                              offsets={"clicks": {0: 600}}, events_total=600,
+                              watermark=EVENTS[599].ts, metrics={})
+    t = Trainer(_settings(tmp_path, "itemknn", root), KAFKA)
+    placeholder = t.models["itemknn"]
+    assert placeholder.n_items == 0 and "itemknn" in t._pending_followed
+    for lo in range(0, 600, 150):
+        t.handle(_polled(EVENTS[lo:lo + 150], lo))
+        t.take_followed([])
+        taken = t.models["itemknn"] is not placeholder
+        assert taken == (lo + 150 >= 600), lo  # only once offset 600 is passed
+    assert t.models["hybrid"].shared_components()["itemknn"] is t.models["itemknn"]
+    t.checkpointer.close()
