@@ -78,8 +78,7 @@ def _top_columns(sub: np.ndarray, n: int) -> np.ndarray:
     sample = sub[:, ::step]
     keep = max(1, -(-n // step))  # the best ``keep`` of a sample of 1/step
     thr = np.partition(sample, sample.shape[1] - keep, axis=1)[:, -keep]
-    mask: np.ndarray = (sub > thr[:, None]).any(axis=0)
-    return mask
+    return np.asarray((sub > thr[:, None]).any(axis=0), bool)
 
 
 def _blend_rank(grid: np.ndarray, sub: np.ndarray, at: int) -> np.ndarray:
