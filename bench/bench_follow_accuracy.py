@@ -64,7 +64,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--tune-frac", type=float, default=0.3)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--plot", type=Path, default=None,
+                    help="PNG of HR@10 against the lag (with --from-json: of that run)")
+    ap.add_argument("--from-json", action="store_true",
+                    help="do not run: read --json and draw --plot from it")
     args = ap.parse_args(argv)
+    if args.from_json:
+        report = json.loads(args.json.read_text())
+        plot(report, args.plot)
+        return report  # type: ignore[no-any-return]
     torch.set_num_threads(1)
 
     ds = read_interactions(args.path, args.preset)
@@ -127,7 +135,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
+    if args.plot:
+        plot(report, args.plot)
     return report
+
+
+def plot(report: dict[str, Any], out: Path) -> None:
+    """HR@10 of the hybrid with its seqnn, and of that seqnn alone, against the lag;
+    the hybrid without seqnn and item-kNN as flat lines (whole stream and the rest)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = report["models"]
+    lags = [0, *report["lags"]]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100, sharex=True)
+    for ax, key, title in ((axes[0], "hr", "whole stream"),
+                           (axes[1], "hr_rest", "after the first 30%")):
+        ax.plot(lags, [m[f"hybrid+seqnn@lag{r}"][key] for r in lags], "o-",
+                label="hybrid + followed seqnn")
+        ax.plot(lags, [m["seqnn" if r == 0 else f"seqnn@lag{r}"][key] for r in lags], "s-",
+                label="followed seqnn alone")
+        ax.axhline(m["hybrid"][key], color="grey", linestyle="--", label="hybrid without seqnn")
+        ax.axhline(m["itemknn"][key], color="grey", linestyle=":", label="item-kNN")
+        ax.set_xscale("symlog", linthresh=500)
+        ax.set_xlabel("events the followed seqnn is behind (R to 2R)")
+        ax.set_ylabel("HR@10")
+        ax.set_title(f"{Path(report['data']).name}: {title}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
 
 
 def _bind(models: dict[str, OnlineModel], hybrids: dict[str, list[str]]) -> None:
