@@ -903,4 +903,6 @@ class LoadedSnapshot:
             "scale_out": m.get("extra_meta", {}).get("scale_out"),
             # other trainers' roots served beside this one (--extra-snapshots)
             "extra_snapshots": m.get("extra_snapshots", {}),
+            # models the trainer took from other trainers' roots (--follow), by version
+            "followed": m.get("extra_meta", {}).get("followed", {}),
         }

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from online_models import registry
-from online_models.base import Batch, ModelState, OnlineModel, UserHistory, learning_order
+from online_models.base import Batch, OnlineModel, UserHistory, learning_order
 from online_models.drift import ConceptDriftMonitor, DataDriftTracker, embedding_drift
 from online_models.evaluation import PrequentialEvaluator
 from online_models.snapshot import CapturedState, SnapshotStore, capture
@@ -145,8 +145,9 @@ class Trainer:
         #: models another trainer learns (``--follow``): evaluated, blended, not learned
         self.followed = (Followed(settings.follow, settings.follow_every_s)
                          if settings.follow else None)
-        #: per followed model: the object in use and its state copied for snapshots
-        self._reuse: dict[str, tuple[OnlineModel, tuple[ModelState, dict[str, Any]]]] = {}
+        #: per followed model, the version in use (its object and its state copied for
+        #: snapshots)
+        self._in_use: dict[str, FollowedModel] = {}
         #: followed versions loaded but ahead of this trainer (see take_followed)
         self._pending_followed: dict[str, FollowedModel] = {}
         self._waited: set[str] = set()  # followed models whose wait was logged at INFO
@@ -497,8 +498,8 @@ class Trainer:
                       f.root, exc)
             return
         self.evaluator.replace_model(f.name, f.model)
-        first = f.name not in self._reuse
-        self._reuse[f.name] = (f.model, f.captured)
+        first = f.name not in self._in_use
+        self._in_use[f.name] = f
         self.metrics.followed_version.labels(model=f.name).set(f.version)
         self.metrics.followed_age.labels(model=f.name).set_function(
             functools.partial(_age, f.created))
@@ -520,8 +521,8 @@ class Trainer:
             extra_arrays={**self.dedup.to_arrays(), **self.data_drift.to_arrays(),
                           **self.flood.to_arrays()},
             extra_meta=self._extra_meta(),
-            reuse={n: entry for n, (model, entry) in self._reuse.items()
-                   if self.models.get(n) is model},
+            reuse={n: f.captured for n, f in self._in_use.items()
+                   if self.models.get(n) is f.model},
         )
 
     def checkpoint(self, reason: str = "periodic", wait: bool = False) -> Written | None:
@@ -610,6 +611,10 @@ class Trainer:
             "dedup": {"window_s": self.dedup.window_s, "max_ids": self.dedup.max_ids},
             "drift": {n: mon.state() for n, mon in self.monitors.items()},
             "adapt": self.adaptation.to_meta(),
+            # models another trainer learns (--follow): the version each snapshot carries
+            "followed": {n: {"root": str(f.root), "version": f.version,
+                             "offsets": f.offsets, "watermark": f.watermark}
+                         for n, f in self._in_use.items() if self.models.get(n) is f.model},
         }
 
     # ------------------------------------------------------------------ metrics + status

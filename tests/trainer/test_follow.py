@@ -131,17 +131,28 @@ def test_the_trainers_snapshot_carries_the_followed_copy_without_copying_it_agai
     s = _settings(tmp_path, "itemknn", root)
     t = Trainer(s, KAFKA)
     t.handle(_polled(EVENTS[400:600], 400))
-    entry = t._reuse["itemknn"][1]
+    entry = t._in_use["itemknn"].captured
     assert t._capture().models["itemknn"] is entry  # the version's copy, not a new one
     written = t.checkpoint("test", wait=True)
     assert written is not None
     t.checkpointer.close()
 
     served = SnapshotStore(tmp_path / "main").load()
+    assert served.extra_meta["followed"]["itemknn"]["version"] == 1
     users = sorted({e.user_id for e in EVENTS[:50]})
     assert _scores(served.models["itemknn"], users) == _scores(other, users)
     hybrid = served.models["hybrid"]
     assert hybrid.shared_components()["itemknn"] is served.models["itemknn"]
+    # The server needs nothing else: it serves the trainer's copy and says which it is.
+    from serving.metrics import ServingMetrics
+    from serving.settings import ServeSettings
+    from serving.state import ServingState
+
+    state = ServingState(ServeSettings(snapshots=tmp_path / "main", bootstrap=""),
+                         ServingMetrics())
+    assert state.load_initial() and state.current is not None
+    assert state.current.summary()["followed"]["itemknn"] == {
+        "root": str(root), "version": 1, "offsets": {}, "watermark": None}
 
     # A restart with the followed root gone: the trainer's own copy is blended.
     for p in sorted(root.rglob("*"), reverse=True):
