@@ -47,10 +47,12 @@ def _publish(root: Path, name: str, model: OnlineModel) -> int:
     return info.version
 
 
-def _settings(tmp_path: Path, name: str, root: Path) -> TrainerSettings:
+def _settings(tmp_path: Path, name: str, root: Path, ranked: bool = False) -> TrainerSettings:
+    blend = {"components": ["popularity", "sequence", name]}
     return TrainerSettings(
-        snapshots=tmp_path / "main", models="popularity,sequence,hybrid",
-        model_params={"hybrid": {"components": ["popularity", "sequence", name]}},
+        snapshots=tmp_path / "main",
+        models="popularity,sequence,hybrid" + (",ranked" if ranked else ""),
+        model_params={"hybrid": blend, **({"ranked": blend} if ranked else {})},
         follow={name: root}, metrics_port=-1, eval_cpu_share=0,
     )
 
@@ -72,11 +74,11 @@ def test_a_followed_seqnn_is_evaluated_and_blended_but_never_learned(tmp_path: P
     _publish(root, "seqnn", other)
     steps = other.steps_total
 
-    t = Trainer(_settings(tmp_path, "seqnn", root), KAFKA)
+    t = Trainer(_settings(tmp_path, "seqnn", root, ranked=True), KAFKA)
     followed = t.models["seqnn"]
     assert followed.steps_total == steps and followed.n_items == other.n_items
-    hybrid = t.models["hybrid"]
-    assert hybrid.shared_components()["seqnn"] is followed  # blended, not a private copy
+    for blender in ("hybrid", "ranked"):  # blended, not a private copy
+        assert t.models[blender].shared_components()["seqnn"] is followed
     assert t.evaluator.models["seqnn"] is followed
 
     for lo in range(300, 900, 150):
@@ -84,6 +86,7 @@ def test_a_followed_seqnn_is_evaluated_and_blended_but_never_learned(tmp_path: P
     assert followed.steps_total == steps  # never learned here
     assert t.models["sequence"].n_items > 0  # the others did learn
     assert t.evaluator.totals("seqnn")["n"] > 0  # ... and it was scored with them
+    assert t.evaluator.totals("ranked")["n"] > 0
     assert t.metrics.registry.get_sample_value(
         "liverec_trainer_followed_snapshot_version", {"model": "seqnn"}) == 1
     t.checkpointer.close()
