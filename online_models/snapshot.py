@@ -29,6 +29,7 @@ import os
 import shutil
 import time
 import uuid
+import weakref
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -327,6 +328,9 @@ class SnapshotStore:
         self.root = Path(root)
         self.keep = keep
         self.root.mkdir(parents=True, exist_ok=True)
+        #: per model, the state object last written, its file, digest and size (see
+        #: _link_unchanged); weak, so a captured state is not kept alive for it
+        self._written: dict[str, tuple[weakref.ref[ModelState], Path, str, int]] = {}
 
     # ------------------------------------------------------------------ listing
 
@@ -395,9 +399,13 @@ class SnapshotStore:
             files: dict[str, str] = {}
             total = 0
             model_meta: dict[str, Any] = {}
+            written: dict[str, tuple[weakref.ref[ModelState], str, str, int]] = {}
             for name, (state, meta) in cap.models.items():
                 fname = f"model-{name}.safetensors"
-                files[fname], size = _write_safetensors(tmp / fname, state.arrays)
+                linked = self._link_unchanged(name, state, tmp / fname)
+                files[fname], size = (linked if linked is not None
+                                      else _write_safetensors(tmp / fname, state.arrays))
+                written[name] = (weakref.ref(state), fname, files[fname], size)
                 total += size
                 model_meta[name] = {**meta, "file": fname}
             files[_STATE_FILE], size = _write_safetensors(tmp / _STATE_FILE, cap.state_arrays)
@@ -429,8 +437,28 @@ class SnapshotStore:
                 self.path_of(version).rmdir()  # the reservation, if still empty
             raise
         self._publish(version)
+        self._written = {n: (ref, final / fname, digest, size)
+                         for n, (ref, fname, digest, size) in written.items()}
         self._prune()
         return SnapshotInfo(version, final, total, time.perf_counter() - t0)
+
+    def _link_unchanged(self, name: str, state: ModelState, dest: Path
+                        ) -> tuple[str, int] | None:
+        """Hard-link the file this store last wrote for ``name`` when ``state`` is the
+        very object written then (a followed model's copy, reused by every capture
+        until its next version): (digest, size), or None to write it.
+
+        Files are never changed once published, so versions may share one; a
+        corrupted shared file is refused in each of them (the followed model's own
+        root keeps its own copies)."""
+        prev = self._written.get(name)
+        if prev is None or prev[0]() is not state:
+            return None
+        try:
+            os.link(prev[1], dest)
+        except OSError:  # pruned meanwhile, or links not supported here: write it
+            return None
+        return prev[2], prev[3]
 
     def _publish(self, version: int) -> None:
         # Check and replace under an exclusive lock: several writers of one location

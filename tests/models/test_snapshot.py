@@ -269,3 +269,29 @@ def test_concurrent_publishers_never_move_latest_backwards(tmp_path: Path) -> No
     assert store.latest_version() == n
     assert len(seen) == n
     assert seen == sorted(seen), "LATEST moved backwards"
+
+
+def test_a_state_written_again_unchanged_is_hard_linked_and_survives_pruning(
+        tmp_path: Path) -> None:
+    """A captured state object written by the last snapshot (a followed model's copy)
+    is linked into the next version; pruning the first keeps it readable."""
+    from online_models.popularity import Popularity
+    from online_models.snapshot import capture
+
+    m = Popularity()
+    m.learn(Batch.from_columns(["u", "v"], ["a", "b"], None, [1.0, 2.0]))
+    store = SnapshotStore(tmp_path, keep=2)
+    frozen = capture({"popularity": m}, history=UserHistory(), offsets={}, events_total=0,
+                     watermark=None).models["popularity"]
+    paths = []
+    for k in range(3):
+        cap = capture({"popularity": m, "again": m}, history=UserHistory(),
+                      offsets={"t": {0: k}}, events_total=k, watermark=None,
+                      reuse={"popularity": frozen})
+        paths.append(store.write_captured(cap).path)
+    assert not paths[0].exists()  # pruned (keep=2), where the file was first written
+    snap = store.load()  # verifies every checksum
+    assert snap.events_total == 2 and snap.models["popularity"].n_items == 2
+    linked = (paths[2] / "model-popularity.safetensors").stat()
+    assert linked.st_nlink == 2  # versions 2 and 3 share it
+    assert (paths[2] / "model-again.safetensors").stat().st_nlink == 1  # copied anew

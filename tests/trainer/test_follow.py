@@ -136,9 +136,17 @@ def test_the_trainers_snapshot_carries_the_followed_copy_without_copying_it_agai
     t.handle(_polled(EVENTS[400:600], 400))
     entry = t._in_use["itemknn"].captured
     assert t._capture().models["itemknn"] is entry  # the version's copy, not a new one
+    first = t.checkpoint("test", wait=True)
+    t.handle(_polled(EVENTS[600:650], 600))
     written = t.checkpoint("test", wait=True)
-    assert written is not None
+    assert first is not None and written is not None
     t.checkpointer.close()
+    # The unchanged followed copy is hard-linked into the next version, not written again.
+    a, b = first.info.path, written.info.path
+    assert (a / "model-itemknn.safetensors").stat().st_ino == (
+        b / "model-itemknn.safetensors").stat().st_ino
+    assert (a / "model-sequence.safetensors").stat().st_ino != (
+        b / "model-sequence.safetensors").stat().st_ino
 
     served = SnapshotStore(tmp_path / "main").load()
     assert served.extra_meta["followed"]["itemknn"]["version"] == 1
