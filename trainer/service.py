@@ -613,7 +613,7 @@ class Trainer:
             "adapt": self.adaptation.to_meta(),
             # models another trainer learns (--follow): the version each snapshot carries
             "followed": {n: {"root": str(f.root), "version": f.version,
-                             "offsets": f.offsets, "watermark": f.watermark}
+                             "offsets": _nest_str(f.offsets), "watermark": f.watermark}
                          for n, f in self._in_use.items() if self.models.get(n) is f.model},
         }
 
@@ -667,6 +667,11 @@ class Trainer:
 def _age(created: float) -> float:
     """Seconds since ``created`` (epoch), -1 when unknown (NaN)."""
     return time.time() - created if created == created else -1.0
+
+
+def _nest_str(offsets: Mapping[str, Mapping[int, int]]) -> dict[str, dict[str, int]]:
+    """``{topic: {partition: offset}}`` with str partitions (JSON object keys)."""
+    return {t: {str(p): o for p, o in parts.items()} for t, parts in offsets.items()}
 
 
 def _nest(offsets: Mapping[Partition, int]) -> dict[str, dict[int, int]]:

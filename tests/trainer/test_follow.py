@@ -8,6 +8,7 @@ built by hand (no Kafka: the follow path reads snapshot files only).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from online_models.base import Batch, OnlineModel, UserHistory
 from online_models.snapshot import SnapshotStore
 from stream.columns import decode_columns
 from stream.events import ClickEvent, encode
+from stream.replay import produce_events
 from stream.settings import KafkaSettings
 from tests.trainer.helpers import synthetic_events
 from trainer import Trainer, TrainerSettings
@@ -221,3 +223,39 @@ def test_a_version_ahead_of_this_trainer_waits_until_it_has_passed_its_events(
         assert taken == (lo + 150 >= 600), lo  # only once offset 600 is passed
     assert t.models["hybrid"].shared_components()["itemknn"] is t.models["itemknn"]
     t.checkpointer.close()
+
+
+@pytest.mark.kafka
+def test_through_kafka_a_followed_trainer_ahead_is_not_scored_on_what_it_learned(
+        kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path) -> None:
+    """Two real trainers on one topic: the seqnn trainer has learned the whole topic
+    before the main one starts, following it. The main trainer must not score that
+    version on events it learned: it blends and scores it only once it has passed
+    them, and its final snapshot carries it."""
+    topic = new_topic(partitions=2)
+    events = synthetic_events(3000, seed=4, n_users=100, n_items=150)
+    produce_events(kafka_bootstrap, topic, events)
+    kafka = KafkaSettings(bootstrap=kafka_bootstrap, topic=topic)
+    root = tmp_path / "seqnn-root"
+    other = Trainer(TrainerSettings(snapshots=root, models="seqnn", group=f"s-{topic}",
+                                    model_params={"seqnn": {"dim": 16}}, metrics_port=-1,
+                                    idle_exit_s=3, max_seconds=120), kafka)
+    learned = other.run().events_total
+    assert learned > 2900  # all but what the flood guard capped
+    last = SnapshotStore(root).latest_version()
+
+    main = Trainer(_settings(tmp_path, "seqnn", root).model_copy(update={
+        "group": f"m-{topic}", "idle_exit_s": 3, "max_seconds": 120,
+        "follow_every_s": 0.2}), kafka)
+    placeholder = main.models["seqnn"]
+    assert placeholder.n_items == 0 and "seqnn" in main._pending_followed
+    result = main.run()
+    assert result.events_total > 2900  # (the flood guard caps by batch: +-1 of `learned`)
+    # Every event was scored with the empty placeholder, none with the version that
+    # had learned it (it would have hit often: it knows every event of the topic).
+    totals = main.evaluator.totals("seqnn")
+    assert totals["n"] > 1000 and totals["hr"] == 0.0
+    assert main.models["seqnn"] is not placeholder  # taken once passed (at the end)
+    snap = SnapshotStore(tmp_path / "main").load()
+    assert snap.extra_meta["followed"]["seqnn"]["version"] == last
+    assert snap.models["seqnn"].n_items == other.models["seqnn"].n_items
