@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -148,6 +149,8 @@ class Trainer:
         #: per followed model, the version in use (its object and its state copied for
         #: snapshots)
         self._in_use: dict[str, FollowedModel] = {}
+        #: the followed versions the restored snapshot recorded (extra_meta.followed)
+        self._restored_followed: dict[str, Any] = {}
         #: followed versions loaded but ahead of this trainer (see take_followed)
         self._pending_followed: dict[str, FollowedModel] = {}
         self._waited: set[str] = set()  # followed models whose wait was logged at INFO
@@ -169,6 +172,7 @@ class Trainer:
             for name in settings.follow:
                 self.metrics.followed_version.labels(model=name).set(-1)
                 self.metrics.followed_age.labels(model=name).set(-1)
+            self._keep_restored_followed()
             self.take_followed(self.followed.load_now())
 
     # ------------------------------------------------------------------ restore
@@ -208,6 +212,7 @@ class Trainer:
         self.data_drift.load_arrays(snap.extra_arrays)
         self.flood.load_arrays(snap.extra_arrays)
         meta = snap.extra_meta
+        self._restored_followed = dict(meta.get("followed", {}))
         for name, st in meta.get("drift", {}).items():
             mon = self.monitors.get(name)
             if mon is not None:
@@ -466,6 +471,21 @@ class Trainer:
                 self.metrics.loop_errors.labels(stage="process").inc()
                 log.exception("model %s failed to forget %d users", name, len(gone))
         self.metrics.users_forgotten.inc(len(gone))
+
+    def _keep_restored_followed(self) -> None:
+        """A followed model restored from this trainer's snapshot is the version that
+        snapshot recorded: in use (metrics, later snapshots) until a newer one comes."""
+        for name, rec in self._restored_followed.items():
+            model = self.models.get(name)
+            if name not in self.settings.follow or model is None:
+                continue
+            cap = capture({name: model}, history=UserHistory(), offsets={}, events_total=0,
+                          watermark=None)
+            offsets = {t: {int(p): int(o) for p, o in parts.items()}
+                       for t, parts in rec.get("offsets", {}).items()}
+            self._swap_in(FollowedModel(name, model, Path(rec["root"]), int(rec["version"]),
+                                        float("nan"), cap.models[name], offsets,
+                                        rec.get("watermark")))
 
     def take_followed(self, new: list[FollowedModel]) -> None:
         """Swap followed models' new versions in once this trainer has passed every

@@ -173,6 +173,11 @@ def test_the_trainers_snapshot_carries_the_followed_copy_without_copying_it_agai
     again = Trainer(s, KAFKA)
     assert _scores(again.models["itemknn"], users) == _scores(other, users)
     assert again.models["hybrid"].shared_components()["itemknn"] is again.models["itemknn"]
+    # ... as the version its snapshot recorded, copied once for every later snapshot
+    assert again._in_use["itemknn"].version == 1
+    assert again._capture().models["itemknn"] is again._in_use["itemknn"].captured
+    assert again.metrics.registry.get_sample_value(
+        "liverec_trainer_followed_snapshot_version", {"model": "itemknn"}) == 1
     again.checkpointer.close()
 
 
