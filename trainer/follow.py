@@ -140,10 +140,14 @@ class Followed:
     def load_now(self) -> list[FollowedModel]:
         """:meth:`poll`, waiting for the check (at start-up; in tests)."""
         out: list[FollowedModel] = []
-        if self._future is not None:
-            fut, self._future = self._future, None
-            out = fut.result()
-        out = [*out, *self._check()]
+        try:
+            if self._future is not None:
+                fut, self._future = self._future, None
+                out = fut.result()
+            out = [*out, *self._check()]
+        except Exception:
+            log.exception("following %s failed; the models in use stay",
+                          ", ".join(sorted(map(str, self.follow.values()))))
         self._note(out)
         return out
 
