@@ -31,7 +31,8 @@ def test_promtool_rule_tests_pass() -> None:
 def test_every_snapshot_and_serving_alert_has_firing_and_quiet_cases() -> None:
     tests = yaml.safe_load((PROM / "alerts.test.yml").read_text())["tests"]
     cases = [c for t in tests for c in t["alert_rule_test"]]
-    for alert in ("LiverecSnapshotStale", "LiverecSnapshotErrors", "LiverecServingDegraded"):
+    for alert in ("LiverecSnapshotStale", "LiverecSnapshotErrors", "LiverecServingDegraded",
+                  "LiverecFollowedModelStale"):
         mine = [c for c in cases if c["alertname"] == alert]
         assert any(c["exp_alerts"] for c in mine), f"{alert} never shown to fire"
         assert any(not c["exp_alerts"] for c in mine), f"{alert} never shown to stay quiet"
