@@ -69,28 +69,37 @@ def weight_grid(n: int, steps: int) -> np.ndarray:
 _PRUNE_FACTOR = 4
 
 
-def _top_columns(sub: np.ndarray, n: int) -> np.ndarray:
+def _top_columns(sub: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """A mask of about the ``n`` best columns of each row of ``sub`` (components x
-    columns): those above a threshold taken from every eighth column, which is cheaper
-    than selecting exactly. Any subset serves :meth:`Hybrid._gains` as a bound; ties
-    at the threshold are left out, so rows of mostly equal scores add few columns."""
+    columns), and per row the threshold: the mask holds the columns above it in some
+    row, so every other column is at most the threshold in every row. The thresholds
+    come from every eighth column, which is cheaper than selecting exactly; any subset
+    serves :meth:`Hybrid._gains` as a bound. Ties at a threshold are left out, so rows
+    of mostly equal scores add few columns."""
     step = 8
     sample = sub[:, ::step]
     keep = max(1, -(-n // step))  # the best ``keep`` of a sample of 1/step
     thr = np.partition(sample, sample.shape[1] - keep, axis=1)[:, -keep]
-    return np.asarray((sub > thr[:, None]).any(axis=0), bool)
+    return np.asarray((sub > thr[:, None]).any(axis=0), bool), thr
 
 
-def _blend_rank(grid: np.ndarray, sub: np.ndarray, at: int) -> np.ndarray:
-    """Per blend (row of ``grid``), the rank of column ``at`` among the columns of
-    ``sub`` (components x columns), ties against it. The blend is summed component by
-    component, the same operations for every column and subset of columns, so a
-    column's blended value does not depend on which others are summed with it."""
+def _blend(grid: np.ndarray, sub: np.ndarray) -> np.ndarray:
+    """Every blend (row of ``grid``) of every column of ``sub`` (components x columns),
+    summed component by component: the same operations for every column and subset of
+    columns, so a column's blended value does not depend on which others are summed
+    with it (and a column bounded in every component is bounded when blended)."""
     blends = grid[:, :1] * sub[0]
     for c in range(1, len(sub)):
         blends += grid[:, c : c + 1] * sub[c]
+    return blends
+
+
+def _blend_rank(grid: np.ndarray, sub: np.ndarray, at: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per blend, the rank of column ``at`` among the columns of ``sub``, ties against
+    it, and its blended value."""
+    blends = _blend(grid, sub)
     rank: np.ndarray = (blends >= blends[:, at : at + 1]).sum(axis=1)
-    return rank
+    return rank, blends[:, at].copy()
 
 
 class Hybrid(BindsComponents, OnlineModel):
@@ -407,26 +416,26 @@ class Hybrid(BindsComponents, OnlineModel):
         cols = np.flatnonzero(ge.any(axis=0))  # the truth itself is among them
         sub = m[:, cols]
         at = int(np.searchsorted(cols, truth))
-        grid, live = self._grid, None
+        grid = self._grid
         if len(cols) > _PRUNE_FACTOR * (k + 1) * len(sub):
             # Many candidates (a component that scores every item, as seqnn does): first
             # rank the truth among about the top k + 1 of each component alone. A blend
             # where more than k of those beat it has rank > k over all columns too (a
             # subset never ranks it lower), so only the other blends are summed over all.
-            pick = _top_columns(sub, k + 1)
+            pick, thr = _top_columns(sub, k + 1)
             pick[at] = True
-            low = _blend_rank(grid, sub[:, pick], int(np.count_nonzero(pick[:at])))
-            live = np.flatnonzero(low <= k)
-            if not len(live):
-                return np.zeros(len(self._grid))
-            grid = grid[live]
-        rank = _blend_rank(grid, sub, at)
-        gains = np.where(rank <= k, 1.0 / np.log2(rank + 1.0), 0.0)
-        if live is None:
-            return gains
-        out = np.zeros(len(self._grid))
-        out[live] = gains
-        return out
+            low, truth_blend = _blend_rank(grid, sub[:, pick], int(np.count_nonzero(pick[:at])))
+            # No column left out scores above ``thr`` in any component, so none blends
+            # above ``bound``: where that is below the truth's blend, ``low`` is exact.
+            bound = _blend(grid, thr[:, None])[:, 0]
+            live = np.flatnonzero((low <= k) & ~(bound < truth_blend))
+            rank = low
+            if len(live):
+                rank = low.copy()
+                rank[live] = _blend_rank(grid[live], sub, at)[0]
+        else:
+            rank = _blend_rank(grid, sub, at)[0]
+        return np.where(rank <= k, 1.0 / np.log2(rank + 1.0), 0.0)
 
     # ------------------------------------------------------------------ scoring
     def score_all(self, user: str, history: Sequence[str] = ()) -> np.ndarray:
