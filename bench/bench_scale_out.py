@@ -49,8 +49,11 @@ from pathlib import Path
 
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_train import click_events
+
 from stream.broker import resolve_bootstrap
-from stream.events import ClickEvent, validate_dict
 from stream.kafka import (
     ConsumerOptions,
     KafkaClientError,
@@ -62,17 +65,6 @@ from stream.replay import produce_events
 from trainer.partitioned import updates_topic
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _events(n: int, users: int, items: int) -> list[ClickEvent]:
-    from online_models.synthetic import generate_events
-
-    out = []
-    for row in generate_events(n, users, items, seed=1):
-        ev = validate_dict(row)
-        assert isinstance(ev, ClickEvent)
-        out.append(ev)
-    return out
 
 
 def _assigned_at(text: str) -> list[float]:
@@ -302,7 +294,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         broker = resolve_bootstrap(Path(tmp) / "kafka")
         bootstrap = broker.bootstrap
-        events = _events(args.events, args.users, args.items)
+        events = click_events(args.events, args.users, args.items, seed=1)
         topics: list[str] = []
 
         def new_topic(filled: bool) -> str:

@@ -103,10 +103,10 @@ def train_rate(kafka: KafkaSettings, n: int, mix: str, batch_size: int,
     return n / result.seconds, trainer
 
 
-def click_events(n: int, users: int, items: int) -> list[ClickEvent]:
-    """The benchmark's synthetic stream (``liverec generate``, seed 0) as events."""
+def click_events(n: int, users: int, items: int, seed: int = 0) -> list[ClickEvent]:
+    """The benchmark's synthetic stream (``liverec generate``, ``seed``) as events."""
     events = []
-    for row in generate_events(n, users, items, seed=0):
+    for row in generate_events(n, users, items, seed=seed):
         ev = validate_dict(row)
         assert isinstance(ev, ClickEvent)
         events.append(ev)

@@ -57,6 +57,14 @@ class FollowedModel:
     #: ... and the newest event time
     watermark: float | None
 
+    @classmethod
+    def copy_of(cls, name: str, model: OnlineModel, root: Path, version: int, created: float,
+                offsets: dict[str, dict[int, int]], watermark: float | None) -> FollowedModel:
+        """The version, its state copied as a snapshot takes it (once per version)."""
+        cap = capture({name: model}, history=UserHistory(), offsets={}, events_total=0,
+                      watermark=None)
+        return cls(name, model, root, version, created, cap.models[name], offsets, watermark)
+
     def learned_before(self, topic: str, offsets: Mapping[tuple[str, int], int],
                        watermark: float | None) -> bool:
         """Whether this version learned only events a trainer at ``offsets`` (of
@@ -174,11 +182,9 @@ class Followed:
                 log.warning("snapshot %d of %s has no model %r (it has %s)",
                             snap.version, root, name, sorted(snap.models))
                 continue
-            cap = capture({name: model}, history=UserHistory(), offsets={},
-                          events_total=0, watermark=None)
-            out.append(FollowedModel(name, model, root, snap.version,
-                                     _created(snap.manifest), cap.models[name],
-                                     snap.offsets, snap.watermark))
+            out.append(FollowedModel.copy_of(name, model, root, snap.version,
+                                             _created(snap.manifest), snap.offsets,
+                                             snap.watermark))
         return out
 
     def close(self) -> None:

@@ -148,6 +148,7 @@ class Trainer:
                          if settings.follow else None)
         #: per followed model, the version in use (its object and its state copied for
         #: snapshots)
+        #: (always the object in ``models``: only :meth:`_swap_in` changes either)
         self._in_use: dict[str, FollowedModel] = {}
         #: the followed versions the restored snapshot recorded (extra_meta.followed)
         self._restored_followed: dict[str, Any] = {}
@@ -162,7 +163,8 @@ class Trainer:
         self.content = TrainerContent(settings, kafka)
         # A followed model keeps the content its own trainer gave it.
         self.content.attach({n: m for n, m in self.models.items() if n not in settings.follow})
-        self._order = learning_order(self.models)
+        #: what this trainer learns, in order (followed models: another trainer learns them)
+        self._order = [n for n in learning_order(self.models) if n not in settings.follow]
         self.evaluation = TrainerEvaluation(self.models, self.history, settings,
                                             self.metrics, on_drift=self._on_drift,
                                             monitors=self.monitors)
@@ -440,8 +442,6 @@ class Trainer:
     def _learn(self, batch: Batch) -> None:
         # A bound hybrid reads its components' state as of the batch's start: first.
         for name in self._order:
-            if name in self.settings.follow:
-                continue  # another trainer learns it
             model = self.models[name]
             t0 = time.perf_counter()
             try:
@@ -479,32 +479,30 @@ class Trainer:
             model = self.models.get(name)
             if name not in self.settings.follow or model is None:
                 continue
-            cap = capture({name: model}, history=UserHistory(), offsets={}, events_total=0,
-                          watermark=None)
             offsets = {t: {int(p): int(o) for p, o in parts.items()}
                        for t, parts in rec.get("offsets", {}).items()}
-            self._swap_in(FollowedModel(name, model, Path(rec["root"]), int(rec["version"]),
-                                        float("nan"), cap.models[name], offsets,
-                                        rec.get("watermark")))
+            self._swap_in(FollowedModel.copy_of(name, model, Path(rec["root"]),
+                                                int(rec["version"]), float("nan"), offsets,
+                                                rec.get("watermark")))
 
     def take_followed(self, new: list[FollowedModel]) -> None:
         """Swap followed models' new versions in once this trainer has passed every
         event they learned (until then the version waits, and a newer one replaces
         it): the hybrid and re-ranker blend them and the evaluator scores them from the
         next batch on."""
-        for f in new:
-            self._pending_followed[f.name] = f
-            if not f.learned_before(self.kafka.topic, self.offsets, self.watermark):
-                log.log(logging.DEBUG if f.name in self._waited else logging.INFO,
-                        "followed %s: version %d of %s waits until this trainer has passed "
-                        "the events it learned (%s)%s", f.name, f.version, f.root,
-                        f.offsets.get(self.kafka.topic) or f"event time {f.watermark}",
-                        "" if f.name in self._waited else "; later waits are logged at DEBUG")
-                self._waited.add(f.name)
+        arrived = {f.name for f in new}
+        self._pending_followed.update((f.name, f) for f in new)
         for name, f in list(self._pending_followed.items()):
             if f.learned_before(self.kafka.topic, self.offsets, self.watermark):
                 del self._pending_followed[name]
                 self._swap_in(f)
+            elif name in arrived:
+                log.log(logging.DEBUG if name in self._waited else logging.INFO,
+                        "followed %s: version %d of %s waits until this trainer has passed "
+                        "the events it learned (%s)%s", name, f.version, f.root,
+                        f.offsets.get(self.kafka.topic) or f"event time {f.watermark}",
+                        "" if name in self._waited else "; later waits are logged at DEBUG")
+                self._waited.add(name)
 
     def _swap_in(self, f: FollowedModel) -> None:
         old = self.models[f.name]
@@ -541,8 +539,7 @@ class Trainer:
             extra_arrays={**self.dedup.to_arrays(), **self.data_drift.to_arrays(),
                           **self.flood.to_arrays()},
             extra_meta=self._extra_meta(),
-            reuse={n: f.captured for n, f in self._in_use.items()
-                   if self.models.get(n) is f.model},
+            reuse={n: f.captured for n, f in self._in_use.items()},
         )
 
     def checkpoint(self, reason: str = "periodic", wait: bool = False) -> Written | None:
@@ -634,7 +631,7 @@ class Trainer:
             # models another trainer learns (--follow): the version each snapshot carries
             "followed": {n: {"root": str(f.root), "version": f.version,
                              "offsets": _nest_str(f.offsets), "watermark": f.watermark}
-                         for n, f in self._in_use.items() if self.models.get(n) is f.model},
+                         for n, f in self._in_use.items()},
         }
 
     # ------------------------------------------------------------------ metrics + status

@@ -133,6 +133,19 @@ def test_learning_order_puts_readers_first() -> None:
     assert bound["popularity"].n_items == 0
 
 
+def _gains_blending_every_item(h: Hybrid, m: np.ndarray, hist: np.ndarray,
+                               truth: int) -> np.ndarray:
+    """The reference for ``Hybrid._gains``: every blend of every item, summed component
+    by component, the history ranked out, ties against the truth."""
+    grid = h._grid
+    blends = grid[:, :1] * m[0]
+    for c in range(1, len(m)):
+        blends = blends + grid[:, c : c + 1] * m[c]
+    blends[:, hist] = -np.inf
+    rank = (blends >= blends[:, truth][:, None]).sum(axis=1)
+    return np.where(rank <= h.tune_k, 1.0 / np.log2(rank + 1.0), 0.0)
+
+
 def test_tuning_gains_equal_blending_every_item() -> None:
     """``Hybrid._gains`` blends only the items that score at least the truth's in some
     component, and skips the blends when more than ``tune_k`` items beat it in every
@@ -140,7 +153,6 @@ def test_tuning_gains_equal_blending_every_item() -> None:
     by component), ties included."""
     rng = np.random.default_rng(7)
     h = Hybrid()
-    grid = h._grid
     skipped = 0
     for trial in range(400):
         n = 300
@@ -149,12 +161,7 @@ def test_tuning_gains_equal_blending_every_item() -> None:
         m[:, rng.random(n) < 0.5] = 0.0
         truth = int(rng.integers(n))
         hist = rng.choice(np.setdiff1d(np.arange(n), [truth]), size=5, replace=False)
-        blends = grid[:, :1] * m[0]
-        for c in range(1, len(m)):
-            blends = blends + grid[:, c : c + 1] * m[c]
-        blends[:, hist] = -np.inf
-        rank = (blends >= blends[:, truth][:, None]).sum(axis=1)
-        expected = np.where(rank <= h.tune_k, 1.0 / np.log2(rank + 1.0), 0.0)
+        expected = _gains_blending_every_item(h, m, hist, truth)
         np.testing.assert_array_equal(h._gains(m, hist, truth), expected, err_msg=str(trial))
         above = (m >= m[:, truth : truth + 1]).all(axis=0)
         above[hist] = False
@@ -169,7 +176,6 @@ def test_tuning_gains_with_a_dense_component_equal_blending_every_item(k: int) -
     may still be in the top k; the gains equal blending every item, bit for bit."""
     rng = np.random.default_rng(11 + k)
     h = Hybrid(components=["popularity", "itemknn", "sequence", "sknn", "seqnn"], tune_k=k)
-    grid = h._grid
     pruned = hits = 0
     for trial in range(300):
         n = 3000
@@ -179,12 +185,7 @@ def test_tuning_gains_with_a_dense_component_equal_blending_every_item(k: int) -
         truth = int(rng.integers(n))
         m[:, truth] = np.maximum(m[:, truth], rng.random() * 1.2)  # sometimes on top
         hist = rng.choice(np.setdiff1d(np.arange(n), [truth]), size=5, replace=False)
-        blends = grid[:, :1] * m[0]
-        for c in range(1, len(m)):
-            blends = blends + grid[:, c : c + 1] * m[c]
-        blends[:, hist] = -np.inf
-        rank = (blends >= blends[:, truth][:, None]).sum(axis=1)
-        expected = np.where(rank <= h.tune_k, 1.0 / np.log2(rank + 1.0), 0.0)
+        expected = _gains_blending_every_item(h, m, hist, truth)
         np.testing.assert_array_equal(h._gains(m, hist, truth), expected, err_msg=str(trial))
         ge = (m >= m[:, truth : truth + 1]).any(axis=0)
         pruned += int(ge.sum() > hybrid_module._PRUNE_FACTOR * (h.tune_k + 1) * len(m))
