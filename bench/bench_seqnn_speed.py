@@ -9,6 +9,12 @@ timed batches in turns of ``--chunk`` batches, so a busy machine slows them alik
 compare the ratios (``x first``: speed over the first configuration's), not the
 absolute rates, between runs.
 
+Wall-clock rates are printed too (a configuration on ``"device": "cuda"`` is
+synchronised at the end of each turn, so its queued GPU work counts): on a GPU the
+wall rate is the speed, and CPU ms per 1,000 events is what the model takes from the
+trainer's machine. ``--synthetic N`` learns the issue-9 synthetic stream (``liverec
+generate``'s, ``--users``/``--items``) instead of a file.
+
 Example::
 
     .venv/bin/python bench/bench_seqnn_speed.py ../shared/data/movielens-small/ratings.csv \\
@@ -33,13 +39,16 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+import torch  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from online_models import registry  # noqa: E402
 from online_models.content import load_item_features  # noqa: E402
-from online_models.datasets import read_interactions, to_batches  # noqa: E402
+from online_models.datasets import Dataset, read_interactions, to_batches  # noqa: E402
 from online_models.seqnn import SeqNN  # noqa: E402
+from online_models.synthetic import generate_events  # noqa: E402
 
 
 def _seqnn_at(rev: str) -> Any:
@@ -57,8 +66,12 @@ def _seqnn_at(rev: str) -> Any:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("path", type=Path)
-    ap.add_argument("--preset", required=True)
+    ap.add_argument("path", type=Path, nargs="?", help="data file (or --synthetic)")
+    ap.add_argument("--preset", default=None)
+    ap.add_argument("--synthetic", type=int, default=0,
+                    help="learn this many synthetic events instead of a file")
+    ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--items", type=int, default=20_000)
     ap.add_argument("--limit", type=int, default=30_000)
     ap.add_argument("--warmup", type=int, default=40, help="untimed batches")
     ap.add_argument("--batches", type=int, default=40, help="timed batches")
@@ -71,9 +84,15 @@ def main() -> None:
                     help="also time the SeqNN of this git revision (default params)")
     ap.add_argument("--no-features", action="store_true")
     args = ap.parse_args()
-    ds = read_interactions(args.path, args.preset)[: args.limit]
+    if args.synthetic:
+        ds = Dataset.from_records(generate_events(args.synthetic, args.users, args.items))
+    elif args.path is None or args.preset is None:
+        ap.error("a data file and --preset, or --synthetic N")
+    else:
+        ds = read_interactions(args.path, args.preset)[: args.limit]
     batches = list(to_batches(ds, args.batch_size))[: args.warmup + args.batches]
-    features = None if args.no_features else load_item_features(args.path, args.preset)
+    features = None if args.no_features or args.synthetic else \
+        load_item_features(args.path, args.preset)
     models: dict[str, Any] = {}
     for spec in args.config or ["default:{}"]:
         name, _, params = spec.partition(":")
@@ -88,14 +107,18 @@ def main() -> None:
         for b in batches[: args.warmup]:
             model.learn(b)
     cpu = dict.fromkeys(models, 0.0)
+    wall = dict.fromkeys(models, 0.0)
     steps = {n: getattr(m, "steps_total", 0) for n, m in models.items()}
     timed = batches[args.warmup :]
     for start in range(0, len(timed), args.chunk):
         for name, model in models.items():
-            t = time.process_time()
+            _sync(model)
+            t, w = time.process_time(), time.perf_counter()
             for b in timed[start : start + args.chunk]:
                 model.learn(b)
+            _sync(model)
             cpu[name] += time.process_time() - t
+            wall[name] += time.perf_counter() - w
     n = sum(len(b) for b in timed)
     first = next(iter(models))
     print(f"{len(timed)} timed batches ({n} events), load average "
@@ -103,9 +126,18 @@ def main() -> None:
     for name, model in models.items():
         rate = n / cpu[name]
         st = getattr(model, "steps_total", 0) - steps[name]
-        per_step = f"{st} steps, {1e3 * cpu[name] / st:.1f} ms/step, " if st else ""
+        per_step = f"{st} steps, {1e3 * wall[name] / st:.1f} ms/step wall, " if st else ""
         print(f"{name:<16} {rate:9,.0f} events/s CPU  x{cpu[first] / cpu[name]:6.2f} first  "
-              f"({per_step}{model.n_items} items)", flush=True)
+              f"{n / wall[name]:9,.0f} events/s wall  x{wall[first] / wall[name]:6.2f} first  "
+              f"{1e6 * cpu[name] / n:7.1f} CPU ms/1k events  ({per_step}{model.n_items} items)",
+              flush=True)
+
+
+def _sync(model: Any) -> None:
+    """Wait for a GPU model's queued work (a no-op on the CPU)."""
+    dev = getattr(model, "_dev", None)
+    if dev is not None and dev.type == "cuda":
+        torch.cuda.synchronize(dev)
 
 
 if __name__ == "__main__":

@@ -198,6 +198,9 @@ def _csr(crow: np.ndarray, col: np.ndarray, val: np.ndarray, shape: tuple[int, .
          dev: torch.device) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+        # torch >= 2.11 on CUDA, although the checks are turned off explicitly below
+        warnings.filterwarnings("ignore", "Sparse invariant checks are implicitly disabled",
+                                UserWarning)
         return torch.sparse_csr_tensor(
             torch.from_numpy(crow), torch.from_numpy(np.ascontiguousarray(col, np.int64)),
             torch.from_numpy(np.ascontiguousarray(val, np.float32)), shape,
@@ -411,6 +414,9 @@ class SeqNN(OnlineModel):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self._dev = torch.device(device)
+        if self._dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={device!r}, but torch sees no CUDA device here: use "
+                             "'auto' to take the GPU only where there is one, or 'cpu'")
 
         self.users = IdIndex()
         self.items = IdIndex()
@@ -916,7 +922,13 @@ class SeqNN(OnlineModel):
 
     @classmethod
     def from_state(cls, state: ModelState) -> Self:
-        params = state.meta["params"]
+        """Restore a :meth:`get_state`; a model learned on a GPU loads on the CPU where
+        torch sees no CUDA device (a server or trainer without one), with a warning."""
+        params = dict(state.meta["params"])
+        if str(params.get("device", "cpu")).startswith("cuda") and not torch.cuda.is_available():
+            warnings.warn(f"seqnn was learned on device={params['device']!r}; no CUDA device "
+                          "here, so it loads on the CPU", RuntimeWarning, stacklevel=2)
+            params["device"] = "cpu"
         m = cls(**{**params, "initial_capacity": 1})
         m.initial_capacity = params["initial_capacity"]
         a = dict(state.arrays)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 
 from online_models import registry
 from online_models.base import Batch, OnlineModel
@@ -173,3 +175,23 @@ def test_same_seed_same_model_with_content_and_sampled_softmax() -> None:
                 m.learn(chunk)
         np.testing.assert_array_equal(a.score_all("x", ["desk"]), b.score_all("x", ["desk"]))
         assert a.steps_total == b.steps_total > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+def test_a_gpu_learned_model_loads_on_the_cpu_and_cuda_is_refused_without_a_gpu() -> None:
+    # A trainer on a GPU machine writes device="cuda" into the snapshot; a server or a
+    # following trainer without one must still load it.
+    m = SeqNN(dim=16, max_len=4, seed=0)
+    seqs = [["a", "b", "c", "d"], ["a", "b", "c", "e"]] * 30
+    m.learn(Batch.from_columns([f"u{n}" for n, s in enumerate(seqs) for _ in s],
+                               [i for s in seqs for i in s]))
+    state = m.get_state()
+    state.meta["params"] = {**state.meta["params"], "device": "cuda"}
+    with pytest.warns(RuntimeWarning, match="loads on the CPU"):
+        rebuilt = registry.from_state(state)
+    assert isinstance(rebuilt, SeqNN) and rebuilt.device == "cpu"
+    np.testing.assert_allclose(rebuilt.score_all("x", ["a", "b"]), m.score_all("x", ["a", "b"]),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="no CUDA device"):
+        SeqNN(device="cuda")
+    assert SeqNN(device="auto")._dev.type == "cpu"
