@@ -19,7 +19,8 @@ Example::
 
     .venv/bin/python bench/bench_seqnn_speed.py ../shared/data/movielens-small/ratings.csv \\
         --preset movielens --limit 30000 --reference itemknn --baseline-rev 9724717 \\
-        --config 'default:{}' --config 'steps4:{"steps_per_batch": 4}'
+        --config 'default:{"device": "cpu"}' \\
+        --config 'steps4:{"steps_per_batch": 4, "device": "cpu"}'
 """
 
 from __future__ import annotations

@@ -168,7 +168,8 @@ def test_same_seed_same_model_with_content_and_sampled_softmax() -> None:
     # deterministic on CPU in both softmax modes.
     stream, features = _content_stream(30)
     for params in ({}, {"full_softmax_max_items": 5, "n_negatives": 16}):
-        a, b = SeqNN(seed=3, **params), SeqNN(seed=3, **params)  # type: ignore[arg-type]
+        a, b = (SeqNN(seed=3, device="cpu", **params)  # type: ignore[arg-type]
+                for _ in range(2))
         for m in (a, b):
             m.set_item_features(features)
             for chunk in stream.chunks(16):
@@ -194,4 +195,4 @@ def test_a_gpu_learned_model_loads_on_the_cpu_and_cuda_is_refused_without_a_gpu(
                                rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="no CUDA device"):
         SeqNN(device="cuda")
-    assert SeqNN(device="auto")._dev.type == "cpu"
+    assert SeqNN()._dev.type == "cpu"  # the default, "auto", takes the CPU here
