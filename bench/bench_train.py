@@ -20,12 +20,17 @@ Run (a local broker is started unless ``LIVEREC_KAFKA_BOOTSTRAP`` is set)::
 
     .venv/bin/python bench/bench_train.py --events 100000 --users 20000 --items 20000 \\
         --mixes popularity all
+
+``--repeats R`` measures every mix R times in rounds (raw, learn and train again each
+time, on the same topic) and ends with each mix's median ratios: one run's ratio swings
+with the machine (the raw read alone by +-20% here), the median of several less.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import tempfile
 import time
 import uuid
@@ -145,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="the trainer's snapshot_write_share (default: its default)")
     ap.add_argument("--client", default="confluent", choices=["confluent", "kafka-python"])
     ap.add_argument("--mixes", nargs="+", default=["popularity", "all"])
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="rounds of every mix; the medians of the ratios end the table")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     pin_malloc_mmap_threshold()  # the allocator setting `liverec train` runs with
@@ -160,7 +167,8 @@ def main(argv: list[str] | None = None) -> None:
               "msg/s | train/learn | train/raw | evaluation share of wall time | "
               "evaluation share of process CPU | events scored per model |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for mix in args.mixes:
+        ratios: dict[str, list[tuple[float, float]]] = {mix: [] for mix in args.mixes}
+        for mix in [m for _ in range(args.repeats) for m in args.mixes]:
             raw = raw_rate(kafka.bootstrap, kafka.topic, args.events)
             learn = learn_rate(events, mix, args.batch_size)
             rate, trainer = train_rate(kafka, args.events, mix, args.batch_size,
@@ -175,6 +183,12 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {mix} | {rate:,.0f} | {learn:,.0f} | {raw:,.0f} | {rate / learn:.2f} "
                   f"| {rate / raw:.3f} | {share:.1%} | {cpu_share:.1%} | {scored:,} |",
                   flush=True)
+            ratios[mix].append((rate / learn, rate / raw))
+        if args.repeats > 1:
+            for mix, rs in ratios.items():
+                print(f"| **{mix}, median of {len(rs)}** | | | | "
+                      f"**{statistics.median(r[0] for r in rs):.2f}** "
+                      f"| **{statistics.median(r[1] for r in rs):.3f}** | | | |")
 
 
 if __name__ == "__main__":
