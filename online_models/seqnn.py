@@ -534,6 +534,14 @@ class SeqNN(OnlineModel):
             rows[n] = row
         return rows
 
+    @property
+    def torch_device(self) -> str:
+        """Where the model learns: ``"cpu"``, or ``"cuda:N (GPU name)"``."""
+        if self._dev.type != "cuda":
+            return self._dev.type
+        index = self._dev.index if self._dev.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
     def forget_users(self, users: Sequence[str]) -> None:
         """Drop ``users``: their rows are freed with their item sequences."""
         for row in self.users.remove_many(users):

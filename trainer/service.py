@@ -280,6 +280,12 @@ class Trainer:
     def run(self) -> TrainerResult:
         """Consume until stopped (signal, :meth:`stop` or a configured limit)."""
         s = self.settings
+        for name, model in self.models.items():
+            device = getattr(model, "torch_device", None)  # torch models that place tensors
+            if device is not None:
+                log.info("%s %s on %s", name,
+                         "is followed, scored" if name in s.follow else "learns",
+                         device)
         self.checkpointer.acquire(group=s.group, topic=self.kafka.topic)
         t_start = time.monotonic()
         restore_signals = stop_on_signals(self.stop_event, "final snapshot + commit")

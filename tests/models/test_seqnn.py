@@ -196,3 +196,9 @@ def test_a_gpu_learned_model_loads_on_the_cpu_and_cuda_is_refused_without_a_gpu(
     with pytest.raises(ValueError, match="no CUDA device"):
         SeqNN(device="cuda")
     assert SeqNN()._dev.type == "cpu"  # the default, "auto", takes the CPU here
+
+
+def test_the_device_it_learns_on_is_named() -> None:
+    assert SeqNN(device="cpu").torch_device == "cpu"
+    if torch.cuda.is_available():
+        assert SeqNN(device="cuda").torch_device.startswith("cuda:")
