@@ -58,6 +58,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, Self
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -221,6 +222,14 @@ class _SparseMM(torch.autograd.Function):
         return None, None, ctx.mat_t @ grad
 
 
+def _sorted_unique(values: np.ndarray, size: int) -> np.ndarray:
+    """``np.unique`` of non-negative ints below ``size``, through a mask instead of a sort
+    (a step's rows and token buckets: thousands of values, a few thousand distinct)."""
+    mask = np.zeros(size, bool)
+    mask[values] = True
+    return np.flatnonzero(mask)
+
+
 class _Plan:
     """Candidates, rows, index maps and content matrices of a training step (shared by
     the steps of one ``learn`` call with the full softmax; see :meth:`SeqNN._plan`)."""
@@ -241,22 +250,27 @@ class _Plan:
         # (an embedding_bag's backward over the whole catalogue cost twice as much).
         self.bags: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         if model._content_on():
+            assert model._tokens is not None
             tw = model._tok_w[rows]
             nz = tw != 0
-            r_idx = np.nonzero(nz)[0]
-            if len(r_idx):
-                buckets, local = np.unique(model._tok_idx[rows][nz], return_inverse=True)
+            if nz.any():
+                toks = model._tok_idx[rows][nz]
+                buckets = _sorted_unique(toks, model._tokens.weight.shape[0])
+                local = np.empty(model._tokens.weight.shape[0], np.int64)
+                local[buckets] = np.arange(len(buckets))
+                local = local[toks]  # np.unique's inverse, without its sort
                 vals = tw[nz]
                 crow = np.zeros(len(rows) + 1, np.int64)
                 np.cumsum(nz.sum(axis=1), out=crow[1:])
-                order = np.argsort(local, kind="stable")
-                crow_t = np.zeros(len(buckets) + 1, np.int64)
-                np.cumsum(np.bincount(local, minlength=len(buckets)), out=crow_t[1:])
                 shape = (len(rows), len(buckets))
+                # The transpose by a counting sort (scipy's CSR -> CSC): each bucket's
+                # rows in row order, as a stable argsort by bucket would give them.
+                t = sp.csr_matrix((vals, local, crow), shape=shape).tocsc()
                 self.bags = (
                     torch.from_numpy(buckets).to(dev),
                     _csr(crow, local, vals, shape, dev),
-                    _csr(crow_t, r_idx[order], vals[order], shape[::-1], dev),
+                    _csr(t.indptr.astype(np.int64), t.indices.astype(np.int64),
+                         t.data, shape[::-1], dev),
                 )
 
 
@@ -721,7 +735,7 @@ class SeqNN(OnlineModel):
             negs = self._r_tgt[pick]
             live = np.flatnonzero(clicked)
             uni = live[torch.randint(0, len(live), (n_uni,), generator=self._gen).numpy()]
-            cand = np.unique(np.concatenate([tgt, negs[negs >= 0], uni]))
+            cand = _sorted_unique(np.concatenate([tgt, negs[negs >= 0], uni]), n)
             # logQ: a candidate's chance under the mixture of draws in proportion to its
             # share of the replay ring and uniform draws over the clicked items.
             ring = self._r_tgt[: self._r_len]
@@ -733,7 +747,7 @@ class SeqNN(OnlineModel):
         used = ctx[ctx >= 0]
         # Contexts hold clicked items only, so with the full softmax rows = candidates.
         covered = full and bool((cpos[used] >= 0).all())
-        rows = cand if covered else np.unique(np.concatenate([cand, used]))
+        rows = cand if covered else _sorted_unique(np.concatenate([cand, used]), n)
         return _Plan(self, rows, cand, cpos, full, logq)
 
     def _content_on(self) -> bool:
