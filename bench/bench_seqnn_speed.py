@@ -136,9 +136,8 @@ def main() -> None:
 
 def _sync(model: Any) -> None:
     """Wait for a GPU model's queued work (a no-op on the CPU)."""
-    dev = getattr(model, "_dev", None)
-    if dev is not None and dev.type == "cuda":
-        torch.cuda.synchronize(dev)
+    if getattr(model, "torch_device", "cpu").startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 if __name__ == "__main__":

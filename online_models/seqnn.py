@@ -255,10 +255,11 @@ class _Plan:
             nz = tw != 0
             if nz.any():
                 toks = model._tok_idx[rows][nz]
-                buckets = _sorted_unique(toks, model._tokens.weight.shape[0])
-                local = np.empty(model._tokens.weight.shape[0], np.int64)
-                local[buckets] = np.arange(len(buckets))
-                local = local[toks]  # np.unique's inverse, without its sort
+                n_buckets = model._tokens.weight.shape[0]
+                buckets = _sorted_unique(toks, n_buckets)
+                slot = np.empty(n_buckets, np.int64)  # bucket -> its column
+                slot[buckets] = np.arange(len(buckets))
+                local = slot[toks]  # np.unique's inverse, without its sort
                 vals = tw[nz]
                 crow = np.zeros(len(rows) + 1, np.int64)
                 np.cumsum(nz.sum(axis=1), out=crow[1:])
