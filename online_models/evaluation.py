@@ -682,12 +682,14 @@ class PrequentialEvaluator:
         it), and its count of earlier events; the counts then include the batch.
         """
         catalog = self.catalog
-        rows = catalog.rows(items)
+        # The catalog never frees a row: the rows from here on are the items new here
+        # (one probe per new item, where looking up and then adding took two).
+        start = catalog.capacity
+        rows = catalog.add_many(items)
         if len(rows) == 0:
             return rows, np.zeros(0, bool), np.zeros(0, np.float64)
-        unknown = np.flatnonzero(rows < 0)
+        unknown = np.flatnonzero(rows >= start)
         if len(unknown):
-            rows[unknown] = catalog.add_many([items[p] for p in unknown.tolist()])
             self._grow_catalog()
         # Within the batch: the how-manieth occurrence of its row each event is.
         order = np.argsort(rows, kind="stable")

@@ -97,6 +97,9 @@ class _Windowed:
     def __init__(self) -> None:
         #: bucket -> each key's count in it, the recent buckets only (see prune)
         self.buckets: dict[int, Counter[str]] = {}
+        #: bucket -> an upper bound on its largest count (exact unless keys were
+        #: dropped), so that a batch far from every cap passes without a look per key
+        self.peaks: dict[int, float] = {}
         # bucket -> its keys packed for snapshots as of the last one (a bucket's keys
         # only join at its end, so a snapshot packs only the keys added since)
         self._packed: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -114,16 +117,31 @@ class _Windowed:
 
     def add(self, key: str, bucket: int, count: int = 1) -> None:
         counts = self._bucket(bucket)
-        counts[key] = counts.get(key, 0) + count
+        c = counts[key] = counts.get(key, 0) + count
+        if c > self.peaks[bucket]:
+            self.peaks[bucket] = c
 
-    def count(self, keys: Sequence[str], bucket: int) -> None:
-        """Count one event of each of ``keys`` (repeats included) in ``bucket``."""
-        self._bucket(bucket).update(keys)
+    def count(self, batch: Mapping[str, int], keys: Sequence[str], bucket: int) -> None:
+        """Count one event of each of ``keys`` (repeats included; ``batch`` is their
+        ``Counter``) in ``bucket``."""
+        counts = self._bucket(bucket)
+        counts.update(keys)
+        if batch:
+            self.peaks[bucket] = max(self.peaks[bucket], max(map(counts.__getitem__, batch)))
 
     def fits(self, batch: Mapping[str, int], bucket: int, frac: float, cap: float) -> bool:
         """Whether every key's :meth:`estimate` plus its count in ``batch`` stays
-        within ``cap`` (nothing is counted)."""
+        within ``cap`` (nothing is counted).
+
+        First through the buckets' peaks: when even the largest counts of the bucket
+        and of the previous one plus the batch's largest stay within ``cap``, every key
+        does (the common case: one C-level pass over the batch's counts instead of
+        one estimate per key); else key by key.
+        """
         if not batch:
+            return True
+        bound = self.peaks.get(bucket, 0.0) + self.peaks.get(bucket - 1, 0.0) * (1.0 - frac)
+        if bound + max(batch.values()) <= cap:
             return True
         cur, prev = self.buckets.get(bucket), self.buckets.get(bucket - 1)
         zeros = itertools.repeat(0)
@@ -137,6 +155,7 @@ class _Windowed:
         counts = self.buckets.get(bucket)
         if counts is None:
             counts = self.buckets[bucket] = Counter()
+            self.peaks[bucket] = 0.0
         return counts
 
     def prune(self, bucket: int, max_keys: int) -> None:
@@ -146,6 +165,7 @@ class _Windowed:
         horizon = bucket - 1 - LATE_WINDOWS
         for b in [b for b in self.buckets if b < horizon]:
             del self.buckets[b]
+            del self.peaks[b]
             self._packed.pop(b, None)
         excess = len(self) - max_keys
         for b in sorted(self.buckets):
@@ -159,6 +179,7 @@ class _Windowed:
             self._packed.pop(b, None)
             if not counts:
                 del self.buckets[b]
+                del self.peaks[b]
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         order = sorted(self.buckets)
@@ -183,7 +204,7 @@ class _Windowed:
     def load_arrays(self, arrays: Mapping[str, np.ndarray], prefix: str) -> None:
         if f"{prefix}.keys.data" not in arrays:
             return
-        self.buckets, self._packed = {}, {}
+        self.buckets, self.peaks, self._packed = {}, {}, {}
         keys = unpack_strings(arrays[f"{prefix}.keys.data"], arrays[f"{prefix}.keys.offsets"])
         if f"{prefix}.counts" in arrays:
             ends = np.cumsum(arrays[f"{prefix}.sizes"]).tolist()
@@ -191,6 +212,7 @@ class _Windowed:
             for b, lo, hi in zip(arrays[f"{prefix}.buckets"].tolist(), [0, *ends][:-1], ends,
                                  strict=True):
                 self.buckets[b] = Counter(dict(zip(keys[lo:hi], counts[lo:hi], strict=True)))
+                self.peaks[b] = max(counts[lo:hi], default=0.0)
             return
         # A snapshot of the earlier layout: per key, its latest bucket's count and
         # the previous bucket's.
@@ -198,6 +220,7 @@ class _Windowed:
             self._bucket(int(b))[key] += cur
             if prev:
                 self._bucket(int(b) - 1)[key] += prev
+        self.peaks = {b: max(c.values(), default=0.0) for b, c in self.buckets.items()}
 
 
 class FloodGuard:
@@ -265,13 +288,14 @@ class FloodGuard:
         # An item is capped before its last event here when it holds >= item_min and
         # >= item_share * (total + 1) events: allowed is the most it may hold then.
         allowed = max(s.item_min, s.item_share * (total + 1.0))
-        if not (self._users.fits(Counter(users), bucket, f_lo, s.user_events)
-                and self._pairs.fits(Counter(pair_keys), bucket, f_lo, s.pair_events)
-                and self._items.fits(Counter(items), bucket, f_lo, allowed + 1.0 - 1e-9)):
+        by_user, by_pair, by_item = Counter(users), Counter(pair_keys), Counter(items)
+        if not (self._users.fits(by_user, bucket, f_lo, s.user_events)
+                and self._pairs.fits(by_pair, bucket, f_lo, s.pair_events)
+                and self._items.fits(by_item, bucket, f_lo, allowed + 1.0 - 1e-9)):
             return False
-        self._users.count(users, bucket)
-        self._pairs.count(pair_keys, bucket)
-        self._items.count(items, bucket)
+        self._users.count(by_user, users, bucket)
+        self._pairs.count(by_pair, pair_keys, bucket)
+        self._items.count(by_item, items, bucket)
         self._all.add("", bucket, len(users))
         return True
 

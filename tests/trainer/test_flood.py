@@ -242,3 +242,35 @@ def test_a_snapshot_of_the_earlier_per_key_layout_loads() -> None:
     again = FloodGuard(FloodSettings())
     again.load_arrays(g.to_arrays())
     assert again._users.buckets == g._users.buckets
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_the_peak_bound_never_changes_a_fits_verdict(seed: int) -> None:
+    # fits() first compares the buckets' peak counts with the cap, then looks key by key:
+    # its verdict must be the key-by-key one, also after keys are dropped and a restore.
+    from trainer.flood import _Windowed
+
+    rng = np.random.default_rng(seed)
+    table = _Windowed()
+    verdicts: Counter[tuple[bool, bool]] = Counter()  # (passed on the peaks, fits)
+    for step in range(300):
+        bucket = 10 + step // 20
+        keys = [f"k{k}" for k in rng.zipf(1.5, int(rng.integers(1, 30))) % 40]
+        batch = Counter(keys)
+        frac, cap = float(rng.random()), float(rng.integers(2, 200))
+        cur, prev = table.buckets.get(bucket, {}), table.buckets.get(bucket - 1, {})
+        exact = all(cur.get(k, 0) + prev.get(k, 0) * (1.0 - frac) + c <= cap
+                    for k, c in batch.items())
+        assert table.fits(batch, bucket, frac, cap) == exact
+        by_peak = table.peaks.get(bucket, 0.0) + table.peaks.get(bucket - 1, 0.0) * (1.0 - frac)
+        verdicts[(by_peak + max(batch.values()) <= cap, exact)] += 1
+        table.count(batch, keys, bucket)
+        assert table.peaks[bucket] >= max(table.buckets[bucket].values())
+        if step % 50 == 49:
+            table.prune(bucket, max_keys=30)
+            restored = _Windowed()
+            restored.load_arrays(table.to_arrays("t"), "t")
+            assert restored.buckets == table.buckets
+            table = restored
+    # Every path is taken: passed on the peaks, and key by key either way.
+    assert min(verdicts[(True, True)], verdicts[(False, True)], verdicts[(False, False)]) > 0
