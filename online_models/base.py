@@ -457,6 +457,24 @@ def append_packed(packed: tuple[np.ndarray, np.ndarray], strings: Sequence[str]
     return np.concatenate((data, new_data)), np.concatenate((ends, new_ends + base))
 
 
+def take_packed(packed: tuple[np.ndarray, np.ndarray], idx: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The strings ``idx`` (sorted or not) of ``packed`` (a :func:`pack_strings` result),
+    packed anew, in array passes.
+
+    >>> unpack_strings(*take_packed(pack_strings(["ab", "", "cde", "f"]), np.array([2, 0])))
+    ['cde', 'ab']
+    """
+    data, ends = packed
+    idx = np.asarray(idx, np.int64)
+    starts = np.concatenate(([0], ends[:-1])) if len(ends) else np.zeros(0, np.int64)
+    lengths = (ends - starts)[idx]
+    new_ends = np.cumsum(lengths)
+    total = int(new_ends[-1]) if len(new_ends) else 0
+    at = np.repeat(starts[idx] - (new_ends - lengths), lengths) + np.arange(total)
+    return data[at], new_ends
+
+
 def unpack_strings(data: np.ndarray, offsets: np.ndarray) -> list[str]:
     """Inverse of :func:`pack_strings`. ASCII buffers (ids, mostly) decode once and are
     sliced, 1.5x faster than decoding each string.
@@ -519,6 +537,44 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return part[order].astype(np.int64)
 
 
+@dataclass(frozen=True, slots=True)
+class _PackedHistory:
+    """Some users' histories as :meth:`UserHistory.to_arrays` packs them."""
+
+    users: list[str]
+    u_data: np.ndarray
+    u_ends: np.ndarray
+    lengths: np.ndarray
+    i_data: np.ndarray
+    i_ends: np.ndarray
+
+    def take(self, rows: np.ndarray) -> _PackedHistory:
+        """The users at ``rows`` (in that order) with their items."""
+        # each kept user's run of items, in order: item positions, then their strings
+        starts = (np.cumsum(self.lengths) - self.lengths)[rows]
+        lengths = self.lengths[rows]
+        ends = np.cumsum(lengths)
+        at = np.repeat(starts - (ends - lengths), lengths) + np.arange(
+            int(ends[-1]) if len(ends) else 0)
+        i_data, i_ends = take_packed((self.i_data, self.i_ends), at)
+        u_data, u_ends = take_packed((self.u_data, self.u_ends), rows)
+        users = [self.users[r] for r in rows.tolist()]
+        return _PackedHistory(users, u_data, u_ends, lengths, i_data, i_ends)
+
+    def extend(self, more: _PackedHistory) -> _PackedHistory:
+        """This packing with ``more`` after it."""
+        u_base = int(self.u_ends[-1]) if len(self.u_ends) else 0
+        i_base = int(self.i_ends[-1]) if len(self.i_ends) else 0
+        return _PackedHistory(
+            self.users + more.users,
+            np.concatenate((self.u_data, more.u_data)),
+            np.concatenate((self.u_ends, more.u_ends + u_base)),
+            np.concatenate((self.lengths, more.lengths)),
+            np.concatenate((self.i_data, more.i_data)),
+            np.concatenate((self.i_ends, more.i_ends + i_base)),
+        )
+
+
 class UserHistory:
     """Each user's most recent distinct items, bounded per user, in event order.
 
@@ -543,6 +599,12 @@ class UserHistory:
         # removal in O(1) (a deque scanned the whole history, which evaluating
         # unbounded histories paid on every event)
         self._items: OrderedDict[str, dict[str, None]] = OrderedDict()
+        # Once a snapshot asked (to_arrays), the last packing -- its users in order, the
+        # packed users, lengths and items -- and the users touched or dropped since.
+        # Every change moves its user to the end (or drops it), so the untouched users
+        # keep their order in front of the touched ones: a snapshot repacks only those.
+        self._packed: _PackedHistory | None = None
+        self._dirty: set[str] | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -551,6 +613,8 @@ class UserHistory:
         return user in self._items
 
     def append(self, user: str, item: str) -> None:
+        if self._dirty is not None:
+            self._dirty.add(user)
         q = self._items.get(user)
         if q is None:
             q = self._items[user] = {}
@@ -588,6 +652,8 @@ class UserHistory:
         new_flag = flags.append
         before: dict[int, list[str]] = {}
         marks = [False] * len(users) if capture is None else capture
+        if self._dirty is not None:
+            self._dirty.update(users)
         for pos, (user, item, mark) in enumerate(zip(users, items, marks, strict=True)):
             q = get(user)
             if q is None:
@@ -625,14 +691,18 @@ class UserHistory:
     def _drop_oldest(self) -> None:
         """Drop the least recently active user (into :attr:`evicted` when it is a list)."""
         gone = self._items.popitem(last=False)[0]
+        if self._dirty is not None:
+            self._dirty.add(gone)
         if self.evicted is not None:
             self.evicted.append(gone)
 
     def forget(self, users: Iterable[str]) -> None:
         """Drop ``users`` and their items."""
         table = self._items
+        dirty = self._dirty
         for u in users:
-            table.pop(u, None)
+            if table.pop(u, None) is not None and dirty is not None:
+                dirty.add(u)
 
     def take_evicted(self) -> list[str]:
         """The users dropped for ``max_users`` since the last call that are still gone
@@ -661,19 +731,34 @@ class UserHistory:
         return bool(q) and item not in q  # type: ignore[operator]
 
     def to_arrays(self, prefix: str = "history") -> dict[str, np.ndarray]:
-        users = list(self._items)
-        # C-level walks (a snapshot packs every user's history)
-        lengths = np.fromiter(map(len, self._items.values()), np.int64, count=len(users))
-        flat = list(itertools.chain.from_iterable(self._items.values()))
-        u_data, u_off = pack_strings(users)
-        i_data, i_off = pack_strings(flat)
+        """Every user's items, packed, in the table's order. From the second call on
+        only the users touched since the last call are packed again (see ``_packed``)."""
+        packed, dirty = self._packed, self._dirty
+        if packed is None or dirty is None:
+            packed = self._pack(list(self._items))
+        elif dirty:
+            clean = np.flatnonzero(np.fromiter(
+                map(dirty.__contains__, packed.users), bool, count=len(packed.users)) ^ True)
+            fresh_n = len(self._items) - len(clean)
+            fresh = list(itertools.islice(reversed(self._items), fresh_n))[::-1]
+            packed = packed.take(clean).extend(self._pack(fresh))
+        self._packed, self._dirty = packed, set()
         return {
-            f"{prefix}.users.data": u_data,
-            f"{prefix}.users.offsets": u_off,
-            f"{prefix}.items.data": i_data,
-            f"{prefix}.items.offsets": i_off,
-            f"{prefix}.lengths": lengths,
+            f"{prefix}.users.data": packed.u_data,
+            f"{prefix}.users.offsets": packed.u_ends,
+            f"{prefix}.items.data": packed.i_data,
+            f"{prefix}.items.offsets": packed.i_ends,
+            f"{prefix}.lengths": packed.lengths,
         }
+
+    def _pack(self, users: list[str]) -> _PackedHistory:
+        """``users`` and their items, packed (C-level walks over the table)."""
+        table = self._items
+        qs = list(map(table.__getitem__, users))
+        lengths = np.fromiter(map(len, qs), np.int64, count=len(users))
+        u_data, u_ends = pack_strings(users)
+        i_data, i_ends = pack_strings(list(itertools.chain.from_iterable(qs)))
+        return _PackedHistory(users, u_data, u_ends, lengths, i_data, i_ends)
 
     @classmethod
     def from_arrays(

@@ -295,3 +295,39 @@ def test_a_state_written_again_unchanged_is_hard_linked_and_survives_pruning(
     linked = (paths[2] / "model-popularity.safetensors").stat()
     assert linked.st_nlink == 2  # versions 2 and 3 share it
     assert (paths[2] / "model-again.safetensors").stat().st_nlink == 1  # copied anew
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_history_packs_only_its_touched_users_again_and_the_same_arrays(seed: int) -> None:
+    # From its second snapshot on, a history repacks only the users touched or dropped
+    # since the last one; the arrays must equal a full packing after any mix of changes.
+    import random
+
+    rnd = random.Random(seed)
+    h = UserHistory(max_items=3, max_users=rnd.choice([None, 15]))
+    h.evicted = []
+    snapshots = 0
+    for _ in range(400):
+        op = rnd.random()
+        if op < 0.5:
+            h.append(f"u{rnd.randrange(30)}", f"i{rnd.randrange(20)}")
+        elif op < 0.8:
+            n = rnd.randrange(8)
+            h.advance([f"u{rnd.randrange(30)}" for _ in range(n)],
+                      [f"i{rnd.randrange(20)}" for _ in range(n)])
+        elif op < 0.85:
+            h.forget([f"u{rnd.randrange(30)}" for _ in range(rnd.randrange(3))])
+        elif op < 0.88:
+            h.limit_users(rnd.choice([None, 10, 20]))
+        else:
+            got = h.to_arrays()
+            fresh = UserHistory(max_items=3)
+            fresh._items = h._items  # packs every user (its first snapshot)
+            want = fresh.to_arrays()
+            assert got.keys() == want.keys()
+            for k in want:
+                np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+            back = UserHistory.from_arrays(got, max_items=3)
+            assert list(back._items.items()) == list(h._items.items())
+            snapshots += 1
+    assert snapshots > 20
