@@ -603,6 +603,7 @@ class UserHistory:
         # packed users, lengths and items -- and the users touched or dropped since.
         # Every change moves its user to the end (or drops it), so the untouched users
         # keep their order in front of the touched ones: a snapshot repacks only those.
+        # (Memory: the packed arrays once more, plus a list of the users.)
         self._packed: _PackedHistory | None = None
         self._dirty: set[str] | None = None
 
