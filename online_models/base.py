@@ -449,12 +449,26 @@ def append_packed(packed: tuple[np.ndarray, np.ndarray], strings: Sequence[str]
     >>> unpack_strings(*append_packed(pack_strings(["ab"]), ["", "ç"]))
     ['ab', '', 'ç']
     """
-    data, ends = packed
     if not strings:
-        return data, ends
-    new_data, new_ends = pack_strings(strings)
-    base = int(ends[-1]) if len(ends) else 0
-    return np.concatenate((data, new_data)), np.concatenate((ends, new_ends + base))
+        return packed
+    return concat_packed([packed, pack_strings(strings)])
+
+
+def concat_packed(parts: Sequence[tuple[np.ndarray, np.ndarray]]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`pack_strings` results one after the other, as one (each part's end
+    offsets shifted by the bytes before it).
+
+    >>> unpack_strings(*concat_packed([pack_strings(["ab"]), pack_strings([]),
+    ...                                pack_strings(["", "ç"])]))
+    ['ab', '', 'ç']
+    """
+    if not parts:
+        return np.zeros(0, np.uint8), np.zeros(0, np.int64)
+    sizes = [len(data) for data, _ in parts]
+    bases = np.cumsum([0, *sizes[:-1]])
+    return (np.concatenate([data for data, _ in parts]),
+            np.concatenate([ends + base for (_, ends), base in zip(parts, bases, strict=True)]))
 
 
 def unpack_strings(data: np.ndarray, offsets: np.ndarray) -> list[str]:
@@ -547,16 +561,10 @@ class _PackedHistory:
 
     def extend(self, more: _PackedHistory) -> _PackedHistory:
         """This packing with ``more`` after it."""
-        u_base = int(self.u_ends[-1]) if len(self.u_ends) else 0
-        i_base = int(self.i_ends[-1]) if len(self.i_ends) else 0
-        return _PackedHistory(
-            self.users + more.users,
-            np.concatenate((self.u_data, more.u_data)),
-            np.concatenate((self.u_ends, more.u_ends + u_base)),
-            np.concatenate((self.lengths, more.lengths)),
-            np.concatenate((self.i_data, more.i_data)),
-            np.concatenate((self.i_ends, more.i_ends + i_base)),
-        )
+        u_data, u_ends = concat_packed([(self.u_data, self.u_ends), (more.u_data, more.u_ends)])
+        i_data, i_ends = concat_packed([(self.i_data, self.i_ends), (more.i_data, more.i_ends)])
+        return _PackedHistory(self.users + more.users, u_data, u_ends,
+                              np.concatenate((self.lengths, more.lengths)), i_data, i_ends)
 
 
 class UserHistory:
@@ -717,7 +725,8 @@ class UserHistory:
 
     def to_arrays(self, prefix: str = "history") -> dict[str, np.ndarray]:
         """Every user's items, packed, in the table's order. From the second call on
-        only the users touched since the last call are packed again (see ``_packed``)."""
+        only the users touched since the last call are packed again (see ``_packed``).
+        The arrays are kept for the next call: do not mutate them."""
         packed, dirty = self._packed, self._dirty
         if packed is None or dirty is None:
             packed = self._pack(list(self._items))

@@ -46,7 +46,7 @@ import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from online_models.base import append_packed, unpack_strings
+from online_models.base import append_packed, concat_packed, unpack_strings
 
 __all__ = ["CAP_REASONS", "FloodGuard", "FloodSettings"]
 
@@ -191,13 +191,12 @@ class _Windowed:
             self._packed[b] = data, ends = append_packed((data, ends), new)
             parts.append((data, ends))
             counts.append(np.fromiter(c.values(), np.float64, len(c)))
-        base = np.cumsum([0] + [int(e[-1]) if len(e) else 0 for _, e in parts])
+        keys_data, keys_offsets = concat_packed(parts)
         return {
             f"{prefix}.buckets": np.asarray(order, np.int64),
             f"{prefix}.sizes": np.asarray([len(e) for _, e in parts], np.int64),
-            f"{prefix}.keys.data": np.concatenate([d for d, _ in parts] or [np.zeros(0, np.uint8)]),
-            f"{prefix}.keys.offsets": np.concatenate(
-                [e + base[j] for j, (_, e) in enumerate(parts)] or [np.zeros(0, np.int64)]),
+            f"{prefix}.keys.data": keys_data,
+            f"{prefix}.keys.offsets": keys_offsets,
             f"{prefix}.counts": np.concatenate(counts or [np.zeros(0)]),
         }
 

@@ -25,7 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from online_models.base import OnlineModel, UserHistory, pack_strings, unpack_strings
+from online_models.base import (
+    OnlineModel,
+    UserHistory,
+    concat_packed,
+    pack_strings,
+    unpack_strings,
+)
 from online_models.snapshot import Snapshot, SnapshotError, SnapshotStore
 from trainer.dedup import DedupWindow
 from trainer.flood import FloodGuard, FloodSettings
@@ -162,12 +168,7 @@ def merge_histories(histories: Iterable[UserHistory], max_items: int) -> UserHis
         return UserHistory(max_items=max_items)
     merged: dict[str, np.ndarray] = {}
     for what in ("users", "items"):
-        datas = [p[f"h.{what}.data"] for p in parts]
-        offs, base = [], 0
-        for p, d in zip(parts, datas, strict=True):
-            offs.append(p[f"h.{what}.offsets"] + base)
-            base += len(d)
-        merged[f"h.{what}.data"] = np.concatenate(datas)
-        merged[f"h.{what}.offsets"] = np.concatenate(offs)
+        merged[f"h.{what}.data"], merged[f"h.{what}.offsets"] = concat_packed(
+            [(p[f"h.{what}.data"], p[f"h.{what}.offsets"]) for p in parts])
     merged["h.lengths"] = np.concatenate([p["h.lengths"] for p in parts])
     return UserHistory.from_arrays(merged, "h", max_items=max_items)
