@@ -56,6 +56,7 @@ __all__ = [
     "INVALID_REASONS",
     "LIVEREC_COLUMNS",
     "PRESETS",
+    "RETAIL_CODE_CHARS",
     "Dataset",
     "Interaction",
     "InvalidRow",
@@ -593,6 +594,10 @@ def _read_generic(
 # --------------------------------------------------------------------------- item content
 
 _MOVIES_HEADER = ("movieId", "title", "genres")
+#: leading characters of an Online Retail ``StockCode`` that name its product range (its
+#: ``code:`` token); 4 chosen on the first 30% of the file over 3 and 4 together, and none
+#: (content-kNN HR@10 0.2626, 0.2617 and 0.2365 there)
+RETAIL_CODE_CHARS = 4
 
 
 def read_item_texts(path: str | Path, preset: str | None = None) -> dict[str, list[str]]:
@@ -602,7 +607,12 @@ def read_item_texts(path: str | Path, preset: str | None = None) -> dict[str, li
     or to its directory finds ``movies.csv`` beside it): the title's words, one
     ``genre:<name>`` token per genre and a ``decade:<yyy0>`` token from the year in
     the title. ``online-retail``: the Online Retail CSV; the words of each
-    ``StockCode``'s most frequent ``Description``. ``None`` guesses from the header.
+    ``StockCode``'s most frequent ``Description`` and a ``code:<first four characters>``
+    token: this catalogue numbers a product range's items consecutively (22720 "cake
+    tins pantry design", 22722 "spice tins pantry design", 22725 "alarm clock bakelike
+    chocolate"), and on the first 30% of the file the next item shared those four
+    characters with one of the user's last 10 items in 25% of the evaluated events,
+    against 2% for a random item (BENCHMARKS.md). ``None`` guesses from the header.
 
     >>> import tempfile, os
     >>> d = tempfile.mkdtemp(); p = os.path.join(d, "movies.csv")
@@ -647,7 +657,7 @@ def read_item_texts(path: str | Path, preset: str | None = None) -> dict[str, li
                 seen.setdefault(row[istock], Counter())[row[idesc].strip()] += 1
             for item, descs in seen.items():
                 text = max(descs.items(), key=lambda kv: (kv[1], kv[0]))[0]
-                out[item] = tokenize(text)
+                out[item] = [*tokenize(text), f"code:{item[:RETAIL_CODE_CHARS]}"]
         else:
             raise ValueError(
                 f"{p}: item features need preset movielens (movies.csv) or online-retail"

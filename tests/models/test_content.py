@@ -57,7 +57,10 @@ def test_movielens_and_retail_loaders(tmp_path: Path) -> None:
         )
     f = load_item_features(retail)  # preset from the header
     assert len(f) == 1 and "85123A" in f
-    assert read_item_texts(retail, "online-retail")["85123A"][0] == "white"
+    retail_texts = read_item_texts(retail, "online-retail")
+    # the most frequent description's words, then the product range from the code
+    assert retail_texts["85123A"] == ["white", "hanging", "heart", "light", "holder",
+                                      "code:8512"]
 
 
 def _catalogue() -> ItemFeatures:
