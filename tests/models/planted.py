@@ -40,3 +40,29 @@ def planted_chains(
         users.append(f"u{who}")
         items.append(f"I{cur}")
     return Batch.from_columns(users, items, timestamps=np.arange(n_events, dtype=float))
+
+
+def planted_sittings(
+    n_events: int, seed: int = 0, n_users: int = 40, n_groups: int = 100, size: int = 3,
+    p_next: float = 0.7,
+) -> Batch:
+    """Next-group structure with no order inside a group (ratings entered in one sitting,
+    lines of a basket): every group of ``size`` items ``I<g>_<k>`` has one fixed successor
+    group (a random cycle). A user clicks all items of their group in a random order, then
+    moves on to its successor with probability ``p_next``, else to a random group.
+    """
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n_groups)
+    succ = np.empty(n_groups, np.int64)
+    succ[perm] = np.roll(perm, -1)
+    group = rng.integers(0, n_groups, n_users)
+    pending: list[list[str]] = [[] for _ in range(n_users)]
+    users, items = [], []
+    for who in rng.integers(0, n_users, n_events).tolist():
+        if not pending[who]:
+            nxt = int(succ[group[who]]) if rng.random() < p_next else int(rng.integers(n_groups))
+            group[who] = nxt
+            pending[who] = [f"I{nxt}_{k}" for k in rng.permutation(size).tolist()]
+        users.append(f"u{who}")
+        items.append(pending[who].pop())
+    return Batch.from_columns(users, items, timestamps=np.arange(n_events, dtype=float))

@@ -11,7 +11,7 @@ from online_models.base import Batch, OnlineModel
 from online_models.content import ItemFeatures
 from online_models.evaluation import PrequentialEvaluator
 from online_models.seqnn import SeqNN
-from tests.models.planted import planted_chains
+from tests.models.planted import planted_chains, planted_sittings
 
 
 def _hit_rates(models: dict[str, OnlineModel], stream: Batch) -> dict[str, float]:
@@ -50,6 +50,38 @@ def test_replay_and_steps_add_accuracy() -> None:
         stream,
     )
     assert hr["default"] > 1.2 * hr["one_step"], hr
+
+
+def test_lookahead_learns_what_follows_a_sitting_faster() -> None:
+    # Groups of three items clicked in a random order, then the next group: measured
+    # (seeds 0 / 1 / 2 of the stream) 0.655 / 0.665 / 0.675 HR@10 with lookahead 1
+    # against 0.614 / 0.621 / 0.632 without (popularity 0.03-0.04).
+    stream = planted_sittings(2_000, seed=0)
+    hr = _hit_rates(
+        {
+            "popularity": registry.create("popularity"),
+            "next_only": SeqNN(lookahead=0, seed=0),
+            "lookahead": SeqNN(seed=0),
+        },
+        stream,
+    )
+    assert hr["lookahead"] >= hr["next_only"] + 0.02, hr
+    assert hr["next_only"] >= 5 * hr["popularity"], hr
+
+
+def test_lookahead_adds_one_example_per_event_with_two_earlier_items() -> None:
+    users = ["u"] * 4 + ["v"] * 2
+    items = ["a", "b", "c", "d", "a", "b"]
+    batch = Batch.from_columns(users, items, timestamps=np.arange(6, dtype=float))
+    counts: dict[int, int] = {}
+    for lookahead in (0, 1, 2):
+        m = SeqNN(dim=8, lookahead=lookahead, seed=0)
+        m.learn(batch)
+        counts[lookahead] = m.examples_total
+    # next-item examples: b, c, d after u's earlier items and b after v's a (4); with
+    # lookahead 1, c and d also from u's context one item shorter (+2); with 2, d also
+    # from [a] (+1)
+    assert counts == {0: 4, 1: 6, 2: 7}
 
 
 def test_sampled_softmax_learns_too() -> None:
