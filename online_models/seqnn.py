@@ -293,7 +293,8 @@ class SeqNN(OnlineModel):
         MovieLens ratings: 5e-3 gave HR@10 0.192, 3e-3 0.191, 1e-2 0.182 (2e-3
         0.183, 1e-3 0.165). The best value depends on the data: on the first 30% of
         Online Retail (baskets) 1e-3 gave 0.321 against 0.306 at 5e-3 (item-kNN
-        0.317), so pass ``learning_rate=1e-3`` for data like it (BENCHMARKS.md).
+        0.317), so pass ``learning_rate=1e-3`` (and ``lookahead=0``, below) for data like
+        it (BENCHMARKS.md).
     steps_per_batch
         Adam steps per learned mini-batch (each with a fresh replay draw) once the
         model has learned ``warmup_examples`` examples. First 30k MovieLens ratings:
@@ -338,7 +339,8 @@ class SeqNN(OnlineModel):
         rather than which comes first. First 30k MovieLens ratings (seeds 0 / 1 / 2):
         1 gave HR@10 0.2009 / 0.2010 / 0.2003 against 0.1922 / 0.1931 / 0.1922 for 0
         (2 with weight 0.25: 0.1971; 3: 0.1875), at about 3/4 of the learn rate (one
-        more example per event); whole file 0.1294 against 0.1230 (BENCHMARKS.md).
+        more example per event); whole file 0.1294 against 0.1230 (BENCHMARKS.md). On
+        the first 30% of Online Retail (learning rate 1e-3) it lost: 0.3203 against 0.3230.
     lookahead_weight
         Loss weight of a lookahead example relative to the next-item one. First 30k
         MovieLens ratings, lookahead 1: 0.25 / 0.4 / 0.5 / 0.6 / 1.0 gave 0.1961 /
