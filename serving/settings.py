@@ -135,7 +135,8 @@ class ServeSettings(BaseSettings):
     #: the learned re-ranker where a trainer learns it, else the hybrid. It is within 1% of
     #: the hybrid over the same components on both shared data sets: ahead on Online
     #: Retail (0.3531 against 0.3527 HR@10), behind on MovieLens since seqnn's lookahead
-    #: (0.1616 against 0.1627; ahead before it). See BENCHMARKS.md.
+    #: (0.1616 against 0.1627; 0.1643 with ``base="sum"``, MovieLens's own choice). See
+    #: BENCHMARKS.md.
     default_model: str = "ranked"
     model_fallbacks: tuple[str, ...] = ("hybrid", "bpr", "embedding", "itemknn", "popularity")
     reload_interval_s: float = Field(default=0.5, gt=0)
