@@ -338,7 +338,7 @@ class SeqNN(OnlineModel):
         a basket), so a context predicting the next few items learns what follows it
         rather than which comes first. First 30k MovieLens ratings (seeds 0 / 1 / 2):
         1 gave HR@10 0.2009 / 0.2010 / 0.2003 against 0.1922 / 0.1931 / 0.1922 for 0
-        (2 with weight 0.25: 0.1971; 3: 0.1875), at about 3/4 of the learn rate (one
+        (2 with weight 0.25: 0.1971; 3: 0.1875), at 0.62-0.77x of the learn rate (one
         more example per event); whole file 0.1294 against 0.1230 (BENCHMARKS.md). On
         the first 30% of Online Retail (learning rate 1e-3) it lost: 0.3203 against 0.3230.
     lookahead_weight
