@@ -46,8 +46,9 @@ def train(
     snapshot_every_s: Annotated[float | None, typer.Option(
         help="seconds between snapshots [LIVEREC_SNAPSHOT_EVERY_S]")] = None,
     snapshot_max_share: Annotated[float | None, typer.Option(
-        help="most of the learner's time copying state for snapshots may take; larger "
-             "states space snapshots out (0 = never) [LIVEREC_SNAPSHOT_MAX_SHARE]")] = None,
+        help="most of the learner's time copying state for snapshots may take while it "
+             "has a backlog (else also half its idle time); larger states space "
+             "snapshots out (0 = never) [LIVEREC_SNAPSHOT_MAX_SHARE]")] = None,
     snapshot_write_share: Annotated[float | None, typer.Option(
         help="most of the time the background thread may spend writing snapshots; "
              "slower writes space snapshots out (0 = never) [LIVEREC_SNAPSHOT_WRITE_SHARE]"

@@ -128,7 +128,7 @@ class TrainerMetrics:
             _P + "evaluate_cpu_seconds",
             "CPU time of the learner thread spent evaluating (bookkeeping for every event "
             "and scoring the sample); the evaluation governor holds it near "
-            "eval_cpu_share of wall time.",
+            "eval_cpu_share of the process's CPU time.",
             registry=r)
         self.learn_errors = Counter(
             _P + "learn_errors", "Mini-batches a model failed to learn (logged).",

@@ -51,9 +51,15 @@ from trainer.metrics import TrainerMetrics
 from trainer.settings import TrainerSettings
 from trainer.source import BatchSource, PolledBatch
 
-__all__ = ["Trainer", "TrainerResult"]
+__all__ = ["IDLE_COPY_FRACTION", "Trainer", "TrainerResult"]
 
 log = logging.getLogger(__name__)
+
+#: the share of the learner's idle time (waiting for records, over the last second)
+#: that snapshot copies may take beyond ``snapshot_max_share``: a trainer that keeps
+#: up snapshots every ``snapshot_every_s`` with a large state, one with a backlog
+#: keeps its time for learning
+IDLE_COPY_FRACTION = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +176,8 @@ class Trainer:
                                             monitors=self.monitors)
         #: seconds the latest snapshot's state copy paused learning
         self._capture_s = 0.0
+        #: the share of the last second the learner waited for records
+        self._idle_share = 0.0
         if self.followed is not None:
             for name in settings.follow:
                 self.metrics.followed_version.labels(model=name).set(-1)
@@ -324,7 +332,8 @@ class Trainer:
                     self._rate = window_events / (now - window_start)
                     self.metrics.events_per_second.set(self._rate)
                     # A batch was (nearly) always waiting: the learner is the bottleneck.
-                    self.evaluation.backlog = window_wait < 0.05 * (now - window_start)
+                    self._idle_share = min(1.0, window_wait / (now - window_start))
+                    self.evaluation.backlog = self._idle_share < 0.05
                     window_events, window_start, window_wait = 0, now, 0.0
                 if self.followed is not None:
                     self.take_followed(self.followed.poll(now))
@@ -585,12 +594,14 @@ class Trainer:
     def _snapshot_gap(self) -> float:
         """Seconds between periodic snapshots: ``snapshot_every_s``, or longer when
         copying the state (the learner's only pause) would take more than
-        ``snapshot_max_share`` of the time, or writing it (the background thread's)
-        more than ``snapshot_write_share``."""
+        ``snapshot_max_share`` of the time -- or, when more, :data:`IDLE_COPY_FRACTION`
+        of the time the learner waited for records -- or writing it (the background
+        thread's) more than ``snapshot_write_share``."""
         s = self.settings
         gap = s.snapshot_every_s
         if s.snapshot_max_share:
-            gap = max(gap, self._capture_s / s.snapshot_max_share)
+            share = max(s.snapshot_max_share, IDLE_COPY_FRACTION * self._idle_share)
+            gap = max(gap, self._capture_s / share)
         if s.snapshot_write_share:
             gap = max(gap, self.checkpointer.last_write_s / s.snapshot_write_share)
         return gap

@@ -46,10 +46,12 @@ class TrainerSettings(BaseSettings):
     #: decoded batches polled ahead of learning (poll and decode overlap learning)
     prefetch_batches: int = Field(default=4, ge=1)
     snapshot_every_s: float = Field(default=1.0, gt=0)
-    #: most of the learner's wall time copying state for snapshots may take: when a
-    #: copy takes longer than this share of ``snapshot_every_s``, snapshots space out
-    #: (0: always every ``snapshot_every_s``)
-    snapshot_max_share: float = Field(default=0.05, ge=0, le=1)
+    #: most of the learner's wall time copying state for snapshots may take while it
+    #: has a backlog: when a copy takes longer than this share of ``snapshot_every_s``,
+    #: snapshots space out (0: always every ``snapshot_every_s``). While the learner
+    #: keeps up, copies may also take half of the time it waited for records
+    #: (:data:`trainer.service.IDLE_COPY_FRACTION`), which learning did not need.
+    snapshot_max_share: float = Field(default=0.025, ge=0, le=1)
     #: most of the wall time the background thread may spend writing snapshots (hash,
     #: fsync): when a write takes longer than this share of ``snapshot_every_s``,
     #: snapshots space out (0: always every ``snapshot_every_s``). On a small machine
@@ -67,10 +69,11 @@ class TrainerSettings(BaseSettings):
     eval_budget_per_s: float = Field(default=0.0, ge=0)
     #: the governor's target: evaluation CPU time (the learner thread's: the bookkeeping
     #: every event needs plus scoring the sample) as a share of the trainer process's
-    #: CPU time (0: no governor, every sampled event is scored); 0.09 keeps it under 10%
-    #: (with 0.1 the default mix measured 10.0-10.8%: the first second and the floor
-    #: overrun the aim) ...
-    eval_cpu_share: float = Field(default=0.09, ge=0, le=1)
+    #: CPU time (0: no governor, every sampled event is scored). At full speed the
+    #: default mix's evaluation then takes 10-13% of the learner thread's wall time
+    #: (GIL waits while the source thread decodes included) and scores about
+    #: 1,000-1,800 events a minute per model on the issue-9 benchmark (BENCHMARKS.md) ...
+    eval_cpu_share: float = Field(default=0.05, ge=0, le=1)
     #: ... but never fewer than this many scored events per minute (when there are),
     #: except while the learner has a backlog (then the share bounds it, down to
     #: ``trainer.evaluation.BACKLOG_MIN_PER_S``)

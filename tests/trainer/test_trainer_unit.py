@@ -286,8 +286,12 @@ def test_snapshots_space_out_when_copying_the_state_takes_long(
     assert t._capture_s > 0  # measured on the copy
     t._capture_s = 0.01  # a cheap copy: every snapshot_every_s
     assert t._snapshot_gap() == 1.0
-    t._capture_s = 0.5  # copying takes 0.5 s: at most 5% of the time -> every 10 s
-    assert t._snapshot_gap() == pytest.approx(10.0)
+    t._capture_s = 0.5  # copying takes 0.5 s: at most 2.5% of the time -> every 20 s
+    assert t._snapshot_gap() == pytest.approx(20.0)
+    t._idle_share = 0.6  # the learner waited 60% of the last second for records:
+    assert t._snapshot_gap() == pytest.approx(0.5 / 0.3)  # copies may take half of that
+    t._idle_share = 0.02  # a backlog: the share alone bounds them
+    assert t._snapshot_gap() == pytest.approx(20.0)
     off = Trainer(settings.model_copy(update={"snapshot_max_share": 0.0}), KAFKA)
     off._capture_s = 0.5
     assert off._snapshot_gap() == settings.snapshot_every_s
