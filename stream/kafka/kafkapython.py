@@ -170,6 +170,15 @@ class KafkaPythonConsumer:
             except _ERRORS as exc:
                 log.debug("no metadata for %s yet: %s", topic, exc)
         self._c.subscribe(list(topics), listener=_Listener(self, on_assign, on_revoke))
+        # And once more after it: the coordinator snapshots the subscribed topics'
+        # partitions at each metadata update. A first join before the next update
+        # assigns from an empty snapshot, sees the partitions arrive, and rebalances at
+        # once; under SASL_SSL that second join sometimes never completed (the trainer
+        # sat without partitions until its watchdog rebuilt the consumer).
+        try:
+            self._c.topics()  # a metadata update, whatever the cache holds
+        except _ERRORS as exc:
+            log.debug("metadata not refreshed after subscribing: %s", exc)
 
     def assign(self, parts: Iterable[Partition]) -> None:
         try:

@@ -104,6 +104,30 @@ def test_commit_and_committed_are_next_offsets(kafka_settings, new_topic):
 
 
 @pytest.mark.kafka
+def test_a_lone_member_is_assigned_in_one_rebalance(kafka_settings, new_topic):
+    """A member subscribing alone to an existing topic gets its partitions once and
+    keeps them: kafka-python 3.0 joined before its first metadata update, saw the
+    partitions arrive, and rebalanced again at once (under SASL_SSL that second join
+    could hang until the trainer's watchdog rebuilt the consumer)."""
+    topic = new_topic(partitions=2)
+    consumer = make_consumer(kafka_settings, group_id=f"g-{uuid.uuid4().hex[:8]}")
+    calls: list[tuple[str, set[tuple[str, int]]]] = []
+    try:
+        consumer.subscribe([topic], on_assign=lambda p: calls.append(("assign", p)),
+                           on_revoke=lambda p: calls.append(("revoke", p)))
+        deadline = time.monotonic() + 30
+        while not calls and time.monotonic() < deadline:
+            consumer.poll(10, 0.2)
+        settle = time.monotonic() + 3  # a second rebalance came within a poll or two
+        while time.monotonic() < settle:
+            consumer.poll(10, 0.2)
+        before_close = [c for c in calls if c[1]]
+    finally:
+        consumer.close()
+    assert before_close == [("assign", {(topic, 0), (topic, 1)})]
+
+
+@pytest.mark.kafka
 def test_send_many_keeps_each_keys_order_and_partition(kafka_settings, new_topic):
     one, many = new_topic(partitions=4), new_topic(partitions=4)
     records = [(f"k{i % 37}".encode(), f"v{i}".encode()) for i in range(3_000)]
