@@ -162,21 +162,15 @@ class KafkaPythonConsumer:
 
     def subscribe(self, topics: Sequence[str], on_assign: RebalanceCallback | None = None,
                   on_revoke: RebalanceCallback | None = None) -> None:
-        # Fetch the topics' metadata first: without it the first join often assigns
-        # nothing ("no partition metadata") and has to rebalance again.
-        for topic in topics:
-            try:
-                self._c.partitions_for_topic(topic)
-            except _ERRORS as exc:
-                log.debug("no metadata for %s yet: %s", topic, exc)
         self._c.subscribe(list(topics), listener=_Listener(self, on_assign, on_revoke))
-        # And once more after it: the coordinator snapshots the subscribed topics'
-        # partitions at each metadata update. A first join before the next update
-        # assigns from an empty snapshot, sees the partitions arrive, and rebalances at
-        # once; under SASL_SSL that second join sometimes never completed (the trainer
-        # sat without partitions until its watchdog rebuilt the consumer).
+        # Then a metadata update, whatever the cache holds: the coordinator snapshots the
+        # subscribed topics' partitions at each update, and a first join before one
+        # assigns from an empty snapshot ("no partition metadata"), sees the partitions
+        # arrive, and rebalances at once; under SASL_SSL that second join sometimes never
+        # completed (the trainer sat without partitions until its watchdog rebuilt the
+        # consumer).
         try:
-            self._c.topics()  # a metadata update, whatever the cache holds
+            self._c.topics()
         except _ERRORS as exc:
             log.debug("metadata not refreshed after subscribing: %s", exc)
 
