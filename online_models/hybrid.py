@@ -519,19 +519,10 @@ class Hybrid(BindsComponents, OnlineModel):
             **self.history.to_arrays("history"),
             "ema": self._ema.copy(),
         }
-        comp_meta: dict[str, Any] = {}
-        for c, m in self.models.items():
-            if c in self._shared:
-                continue
-            st = m.get_state()
-            comp_meta[c] = st.meta
-            arrays.update({f"{c}/{k}": v for k, v in st.arrays.items()})
-            arrays[f"map/{c}"] = self._maps.rows(c).copy()
         meta = {
             "class": self.name,
             "params": self.get_params(),
-            "components": comp_meta,
-            "shared": [c for c in self.components if c in self._shared],
+            **self._components_state(arrays),
             "n_tuned": self._n_tuned,
         }
         return ModelState(arrays=arrays, meta=meta)
@@ -545,16 +536,7 @@ class Hybrid(BindsComponents, OnlineModel):
         m.history = UserHistory.from_arrays(a, "history", max_items=m.history_items)
         m._ema = np.asarray(a["ema"], np.float64).copy()
         m._n_tuned = int(meta["n_tuned"])
-        shared = set(meta.get("shared", ()))
-        for c in m.components:
-            if c in shared:
-                # A placeholder until bind(): the real model lives beside the hybrid.
-                m._maps.invalidate(c)
-                continue
-            prefix = f"{c}/"
-            sub = {k[len(prefix):]: v for k, v in a.items() if k.startswith(prefix)}
-            m.models[c] = registry.from_state(ModelState(arrays=sub, meta=meta["components"][c]))
-            m._maps.restore(c, a[f"map/{c}"], m.models[c].items.generation)
+        shared = m._restore_components(a, meta)
         if shared:
             log.info("hybrid restored with shared components %s: bind() them", sorted(shared))
         return m

@@ -556,14 +556,7 @@ class ReRanker(BindsComponents, OnlineModel):
         for pid, st in self._opt.state_dict()["state"].items():
             for key, val in st.items():
                 arrays[f"opt.{pid}.{key}"] = torch.as_tensor(val).numpy().copy()
-        comp_meta: dict[str, Any] = {}
-        for c, m in self.models.items():
-            if c in self._shared:  # by name only: the snapshot holds it beside this model
-                continue
-            st = m.get_state()
-            comp_meta[c] = st.meta
-            arrays.update({f"{c}/{k}": v for k, v in st.arrays.items()})
-            arrays[f"map/{c}"] = self._maps.rows(c).copy()
+        comp_meta = self._components_state(arrays)
         if self.features is not None:
             arrays.update(self.features.to_arrays("features"))
         blend_meta = None
@@ -574,14 +567,13 @@ class ReRanker(BindsComponents, OnlineModel):
         meta = {
             "class": self.name,
             "params": self.get_params(),
-            "components": comp_meta,
+            **comp_meta,
             "n_trained": self.n_trained,
             "replay_pos": self._r_pos,
             "replay_len": self._r_len,
             "watermark": self._watermark,
             "has_features": self.features is not None,
             "blend": blend_meta,
-            "shared": [c for c in self.components if c in self._shared],
         }
         return ModelState(arrays=arrays, meta=meta)
 
@@ -615,16 +607,7 @@ class ReRanker(BindsComponents, OnlineModel):
             m._ry = np.array(a["replay.y"], np.float32)
             m._r_pos, m._r_len = int(meta["replay_pos"]), int(meta["replay_len"])
         m._watermark = float(meta["watermark"])
-        shared = set(meta.get("shared", ()))
-        for c in m.components:
-            if c in shared:
-                # A placeholder until bind(): the real model lives beside this one.
-                m._maps.invalidate(c)
-                continue
-            prefix = f"{c}/"
-            sub = {k[len(prefix):]: v for k, v in a.items() if k.startswith(prefix)}
-            m.models[c] = registry.from_state(ModelState(arrays=sub, meta=meta["components"][c]))
-            m._maps.restore(c, a[f"map/{c}"], m.models[c].items.generation)
+        shared = m._restore_components(a, meta)
         if m._blend is not None and meta.get("blend") is not None:
             sub = {k[len("blend/"):]: v for k, v in a.items() if k.startswith("blend/")}
             m._blend = Hybrid.from_state(ModelState(arrays=sub, meta=meta["blend"]))

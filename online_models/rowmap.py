@@ -26,7 +26,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from online_models.base import IdIndex
+from online_models import registry
+from online_models.base import IdIndex, ModelState
 
 __all__ = ["RowMaps"]
 
@@ -76,8 +77,8 @@ class RowMaps:
 
 
 class BindsComponents:
-    """``bind`` and ``shared_components`` of a model that blends registry components
-    (the hybrid, the re-ranker): it needs ``components``, ``component_params``,
+    """``bind``, ``shared_components`` and the components' part of the state of a model
+    that blends registry components (the hybrid, the re-ranker): it needs ``components``, ``component_params``,
     ``models``, ``_maps`` (:class:`RowMaps`), ``_shared`` and a ``_sync()``.
     """
 
@@ -125,3 +126,38 @@ class BindsComponents:
 
     def shared_components(self) -> Mapping[str, Any]:
         return {c: self.models[c] for c in self.components if c in self._shared}
+
+    def _components_state(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Add the private components' arrays (``<c>/...``) and row maps (``map/<c>``)
+        to ``arrays``; return the state metadata that names them: ``components`` (each
+        private one's own metadata) and ``shared`` (the bound ones, by name only: a
+        snapshot holds them beside this model)."""
+        comp_meta: dict[str, Any] = {}
+        for c, m in self.models.items():
+            if c in self._shared:
+                continue
+            st = m.get_state()
+            comp_meta[c] = st.meta
+            arrays.update({f"{c}/{k}": v for k, v in st.arrays.items()})
+            arrays[f"map/{c}"] = self._maps.rows(c).copy()
+        return {"components": comp_meta,
+                "shared": [c for c in self.components if c in self._shared]}
+
+    def _restore_components(self, arrays: Mapping[str, np.ndarray],
+                            meta: Mapping[str, Any]) -> set[str]:
+        """Restore what :meth:`_components_state` wrote; return the shared names.
+
+        A shared component gets a placeholder until :meth:`bind` gives this model the
+        real one (the snapshot loader binds every blending model to its snapshot's
+        models)."""
+        shared = set(meta.get("shared", ()))
+        for c in self.components:
+            if c in shared:
+                self._maps.invalidate(c)
+                continue
+            prefix = f"{c}/"
+            sub = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+            self.models[c] = registry.from_state(
+                ModelState(arrays=sub, meta=meta["components"][c]))
+            self._maps.restore(c, arrays[f"map/{c}"], self.models[c].items.generation)
+        return shared
