@@ -78,8 +78,9 @@ class RowMaps:
 
 class BindsComponents:
     """``bind``, ``shared_components`` and the components' part of the state of a model
-    that blends registry components (the hybrid, the re-ranker): it needs ``components``, ``component_params``,
-    ``models``, ``_maps`` (:class:`RowMaps`), ``_shared`` and a ``_sync()``.
+    that blends registry components (the hybrid, the re-ranker): it needs
+    ``components``, ``component_params``, ``models``, ``_maps`` (:class:`RowMaps`),
+    ``_shared`` and a ``_sync()``.
     """
 
     name: ClassVar[str]
