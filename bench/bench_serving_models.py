@@ -7,6 +7,9 @@ sets through their preset, item features included), writes one snapshot of it wi
 the open-loop load generator of ``bench_serving.py`` (its own process, latency from
 each request's due time):
 
+0. in process, one thread, no load: each model's ``LoadedSnapshot.recommend`` time
+   (the service time of one request; a model whose service time is above
+   ``1 / --rate`` cannot hold that rate on one interpreter);
 1. ``/healthz`` at ``--rate`` req/s (the floor);
 2. ``/v1/recommendations?model=M`` at the same rate for each ``--serve`` model, on
    users that have history (so every request ranks the catalogue), in turns;
@@ -38,13 +41,15 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_serving import REPO, Server, load, run_load
+from bench_serving import REPO, Server, load, ms, pct, run_load
 
 from online_models import registry
 from online_models.base import UserHistory, learning_order
 from online_models.content import load_item_features
 from online_models.datasets import read_interactions, to_batches
 from online_models.snapshot import SnapshotStore
+from serving.live import LiveContext
+from serving.ranking import LoadedSnapshot
 
 #: the default mix, plus the neural and content models and a re-ranker over six
 #: components (``seqnn`` among them), as in BENCHMARKS.md "Deep models"
@@ -76,6 +81,25 @@ def learn(path: Path, preset: str, limit: int | None, names: list[str],
     return models, history, len(ds), watermark
 
 
+def service_times(store: SnapshotStore, serve: list[str], users: list[str],
+                  n: int) -> dict[str, dict[str, float]]:
+    """Each model's ``recommend`` time in this process, one thread, ``n`` users."""
+    loaded = LoadedSnapshot(store.load())
+    live = LiveContext()
+    out: dict[str, dict[str, float]] = {}
+    for m in serve:
+        lat = []
+        for u in users[:n]:
+            t = time.perf_counter()
+            loaded.recommend(u, 10, m, live=live)
+            lat.append(time.perf_counter() - t)
+        out[m] = {"p50_ms": ms(pct(lat, 50)), "p99_ms": ms(pct(lat, 99)),
+                  "mean_ms": ms(sum(lat) / len(lat))}
+        print(f"  in process {m:<12} p50 {out[m]['p50_ms']:7.2f}  p99 "
+              f"{out[m]['p99_ms']:7.2f}  mean {out[m]['mean_ms']:7.2f} ms", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("path", type=Path, help="interactions file of a preset data set")
@@ -87,6 +111,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--rate", type=float, default=100.0, help="requests per second")
     ap.add_argument("--seconds", type=float, default=20.0, help="per load phase")
     ap.add_argument("--users", type=int, default=2000, help="distinct users queried")
+    ap.add_argument("--inprocess-users", type=int, default=300,
+                    help="requests per model in the in-process phase")
     ap.add_argument("--out", type=Path,
                     default=REPO / "bench" / "results" / "serving-models.json")
     args = ap.parse_args(argv)
@@ -121,6 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"snapshot v{info.version}: {sum(sizes.values()) / 1e6:.1f} MB "
               f"({', '.join(f'{k} {v / 1e6:.1f}' for k, v in sorted(sizes.items()))})",
               flush=True)
+        out["inprocess"] = service_times(store, serve, users, args.inprocess_users)
         server = Server(store.root, {"LIVEREC_RELOAD_INTERVAL_S": "5"})
         try:
             phases = out["phases"]
@@ -145,12 +172,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out["healthz_p99_ms"] = floor
     print(f"/healthz p99 {out['phases']['healthz']['p99_ms']:.2f} / "
           f"{out['phases']['healthz_after']['p99_ms']:.2f} ms")
-    print(f"{'model':<12}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'p99 / healthz':>15}"
-          f"{'rank ms':>9}{'failed':>8}")
+    print(f"{'model':<12}{'alone p50':>10}{'alone p99':>10}{'p50 ms':>9}{'p90 ms':>9}"
+          f"{'p99 ms':>9}{'p99 / healthz':>15}{'rank ms':>9}{'failed':>8}")
     for m in serve:
         ph = out["phases"][m]
         ph["ratio_p99"] = round(ph["p99_ms"] / floor, 2) if floor else None
-        print(f"{m:<12}{ph['p50_ms']:>9.2f}{ph['p90_ms']:>9.2f}{ph['p99_ms']:>9.2f}"
+        alone = out["inprocess"][m]
+        print(f"{m:<12}{alone['p50_ms']:>10.2f}{alone['p99_ms']:>10.2f}{ph['p50_ms']:>9.2f}{ph['p90_ms']:>9.2f}{ph['p99_ms']:>9.2f}"
               f"{ph['ratio_p99'] or float('nan'):>15.2f}{ph['server_rank_mean_ms']:>9.3f}"
               f"{ph['failures']:>8}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

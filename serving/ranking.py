@@ -79,6 +79,17 @@ def top_k_excluding(scores: np.ndarray, k: int, exclude: np.ndarray) -> np.ndarr
 #: (a product padded to two columns) only up to 4 columns on an AVX2 EPYC (from 8 on,
 #: the bits depend on the width and on the column's place; the machine of earlier
 #: sessions agreed at every width), so wider batches are scored as products of 4.
+#: Held while a model that is not a factor model scores a request (``score_all``:
+#: the count models, the blends, ``seqnn``). Their scoring is many small numpy and
+#: Python steps under the interpreter lock, and rank threads running them at once
+#: hand the lock back and forth at every step: on ml-latest-small (9,700 items) four
+#: threads answered the hybrid at 391 requests/s against 888 for one, and the
+#: server's hybrid saturated at 300 requests/s (BENCHMARKS.md, "Serving every
+#: model"). One at a time, the rank threads queue here and the answers flow at one
+#: thread's rate. Factor models are not affected: their products go through the
+#: batcher or release the interpreter lock for whole matrix products.
+PYTHON_SCORING = threading.Lock()
+
 _GEMM_COLUMNS = 4
 
 
@@ -827,10 +838,13 @@ class LoadedSnapshot:
             pairs = zip(rows.tolist(), sc.tolist(), strict=True)
             found = [(str(ids[r]), float(v)) for r, v in pairs]
             return Recommendation(found, name, False, time.perf_counter() - t0)
-        scores = model.score_all(user, history)
-        top = top_k_excluding(scores, k, exclude)
-        items = [(str(ids[r]), float(scores[r])) for r in top.tolist()]
-        return Recommendation(items, name, False, time.perf_counter() - t0)
+        waited = time.perf_counter()
+        with PYTHON_SCORING:
+            waited = time.perf_counter() - waited
+            scores = model.score_all(user, history)
+            top = top_k_excluding(scores, k, exclude)
+            items = [(str(ids[r]), float(scores[r])) for r in top.tolist()]
+        return Recommendation(items, name, False, time.perf_counter() - t0 - waited)
 
     def popular(
         self, live: LiveContext | None, k: int, max_age_s: float = 0.5

@@ -156,3 +156,43 @@ def test_default_model_is_the_re_ranker_where_the_snapshot_has_one() -> None:
         snap.models = {**base, **extra}
         loaded = LoadedSnapshot(snap, s.default_model, s.model_fallbacks)
         assert loaded.default_model == want
+
+
+def test_models_that_are_not_factor_models_score_one_request_at_a_time() -> None:
+    """Rank threads take turns in ``score_all`` (``PYTHON_SCORING``): scoring that is
+    many small steps under the interpreter lock only loses to threads running it at
+    once. The answers are those of the same requests one after another."""
+    import threading
+    import time
+
+    from online_models.popularity import Popularity
+
+    class Watched(Popularity):
+        in_flight = 0
+        most = 0
+        guard = threading.Lock()
+
+        def score_all(self, user: str, history: Sequence[str] = ()) -> np.ndarray:
+            with Watched.guard:
+                Watched.in_flight += 1
+                Watched.most = max(Watched.most, Watched.in_flight)
+            time.sleep(0.002)  # lets another thread in, were it not for the lock
+            try:
+                return super().score_all(user, history)
+            finally:
+                with Watched.guard:
+                    Watched.in_flight -= 1
+
+    snap = _snapshot(500)
+    pop = snap.models["popularity"]
+    watched = Watched.from_state(pop.get_state())
+    snap.models = {**snap.models, "watched": watched}
+    loaded = LoadedSnapshot(snap, "watched")
+    users = [f"u{i}" for i in range(40)]
+    alone = [loaded.recommend(u, 5, "watched").items for u in users]
+    assert Watched.most == 1
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda u: loaded.recommend(u, 5, "watched").items, users))
+    assert together == alone
+    assert Watched.most == 1
+    assert all(len(items) == 5 for items in alone)
