@@ -60,8 +60,10 @@ DEFAULT_SERVE = "popularity,itemknn,hybrid,seqnn,ranked"
 
 
 def learn(path: Path, preset: str, limit: int | None, names: list[str],
-          batch_size: int) -> tuple[dict[str, Any], UserHistory, int, float]:
-    """The models of ``names`` after learning the stream's first ``limit`` events."""
+          batch_size: int) -> tuple[dict[str, Any], UserHistory, list[str], int, float]:
+    """The models of ``names`` after learning the stream's first ``limit`` events, the
+    users' histories (200 items each, the trainer's default), the users in order of
+    first appearance, the number of events and the last event time."""
     ds = read_interactions(path, preset)
     if limit:
         ds = ds[:limit]
@@ -72,13 +74,15 @@ def learn(path: Path, preset: str, limit: int | None, names: list[str],
     history = UserHistory()
     order = learning_order(models)
     watermark = 0.0
+    users: dict[str, None] = {}
     for batch in tqdm(to_batches(ds, batch_size), total=-(-len(ds) // batch_size),
                       unit="batch", desc="learning", leave=False):
         history.extend(batch.users, batch.items)
+        users.update(dict.fromkeys(batch.users))
         for name in order:
             models[name].learn(batch)
         watermark = float(np.max(batch.timestamps))
-    return models, history, len(ds), watermark
+    return models, history, list(users), len(ds), watermark
 
 
 def service_times(store: SnapshotStore, serve: list[str], users: list[str],
@@ -123,12 +127,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ap.error(f"--serve names models not in --models: {missing}")
 
     t0 = time.perf_counter()
-    models, history, n, watermark = learn(args.path, args.preset, args.limit, names,
-                                          args.batch_size)
+    models, history, users, n, watermark = learn(args.path, args.preset, args.limit,
+                                                 names, args.batch_size)
     print(f"learned {n} events, {len(names)} models in {time.perf_counter() - t0:.0f} s",
           flush=True)
-    users = sorted({u for b in to_batches(read_interactions(args.path, args.preset)[:n], 4096)
-                    for u in b.users})
+    users = sorted(users)
     random.Random(0).shuffle(users)
     users = users[: args.users]
     out: dict[str, Any] = {"dataset": str(args.path), "preset": args.preset, "events": n,
