@@ -97,6 +97,9 @@ class ItemFeatures:
         self._df = np.zeros(n_buckets, np.float64)
         #: bumped at every change; models compare it to refresh cached rows
         self.version = 0
+        #: row -> (version, read-only weights): TF-IDF weights depend on every item's
+        #: tokens, so an entry is good for the version it was computed at only
+        self._weights_cache: dict[int, tuple[int, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return len(self._index)
@@ -173,14 +176,24 @@ class ItemFeatures:
 
     # ------------------------------------------------------------------ reading
     def _weights(self, row: int) -> np.ndarray:
+        """The row's L2-normalised TF-IDF weights (cached per version; read-only)."""
+        version = self.version
+        hit = self._weights_cache.get(row)
+        if hit is not None and hit[0] == version:
+            return hit[1]
         n = max(len(self._index), 1)
         b = self._buckets[row]
         w = (1.0 + np.log(self._tf[row])) * (np.log((1.0 + n) / (1.0 + self._df[b])) + 1.0)
         norm = float(np.sqrt((w * w).sum()))
-        return w / norm if norm > 0 else w
+        if norm > 0:
+            w = w / norm
+        w.flags.writeable = False
+        self._weights_cache[row] = (version, w)
+        return w
 
     def tokens_of(self, item: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(buckets, weights)`` of ``item`` (empty arrays when it has no content)."""
+        """``(buckets, weights)`` of ``item`` (empty arrays when it has no content); the
+        weights are shared and read-only."""
         row = self._index.get(item)
         if row < 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float64)
