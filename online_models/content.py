@@ -199,6 +199,17 @@ class ItemFeatures:
             return np.zeros(0, np.int64), np.zeros(0, np.float64)
         return self._buckets[row], self._weights(row)
 
+    def profile(self, items: Sequence[str], decay: float) -> np.ndarray:
+        """A dense ``n_buckets`` content profile of ``items`` (oldest first): the last
+        item's token weights, plus ``decay`` times the one before, and so on."""
+        prof = np.zeros(self.n_buckets, np.float64)
+        w = 1.0
+        for item in reversed(items):
+            b, v = self.tokens_of(item)
+            prof[b] += w * v  # an item's buckets are distinct
+            w *= decay
+        return prof
+
     def padded(
         self, items: Sequence[str | None], width: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -405,12 +416,7 @@ class ContentKNN(OnlineModel):
     def _profile(self, items: Sequence[str]) -> np.ndarray | None:
         if self.features is None or not items:
             return None
-        prof = np.zeros(self.features.n_buckets, np.float64)
-        w = 1.0
-        for item in reversed(list(items)[-self.query_items:]):
-            b, v = self.features.tokens_of(item)
-            np.add.at(prof, b, w * v)
-            w *= self.recency_decay
+        prof = self.features.profile(list(items)[-self.query_items:], self.recency_decay)
         return prof if prof.any() else None
 
     def _popularity(self) -> np.ndarray:

@@ -60,8 +60,6 @@ from online_models.rowmap import BindsComponents, RowMaps
 __all__ = ["ReRanker"]
 
 DEFAULT_COMPONENTS: tuple[str, ...] = ("popularity", "itemknn", "sequence", "sknn")
-#: an item without content (or a freed row): no buckets, no weights
-_NO_TOKENS = (np.zeros(0, np.int64), np.zeros(0, np.float64))
 _N_OTHER = 7  # recall + 3 item + 2 user + 1 content features
 _BASES = ("hybrid", "sum")
 _LOSSES = ("listwise", "pointwise")
@@ -320,28 +318,11 @@ class ReRanker(BindsComponents, OnlineModel):
         f = self.features
         if f is None or not history:
             return np.zeros(len(rows), np.float32)
-        # The user's content profile: recent items' token weights, decayed by 0.8 a
-        # step back (an item's buckets are distinct: one indexed add per item).
-        prof = np.zeros(f.n_buckets, np.float64)
-        w = 1.0
-        for item in reversed(list(history)[-self.content_items:]):
-            b, v = f.tokens_of(item)
-            prof[b] += w * v
-            w *= 0.8
+        prof = f.profile(list(history)[-self.content_items:], 0.8)
         norm = float(np.sqrt(prof @ prof)) or 1.0
-        # Every candidate's dot product with it: one gather over all their tokens, summed
-        # per candidate (a freed row has none).
         ids = self.items.ids
-        toks = [f.tokens_of(item) if (item := ids[r]) is not None else _NO_TOKENS
-                for r in rows.tolist()]
-        lens = [len(b) for b, _ in toks]
-        if not sum(lens):
-            return np.zeros(len(rows), np.float32)
-        buckets = np.concatenate([b for b, _ in toks])
-        weights = np.concatenate([v for _, v in toks])
-        owner = np.repeat(np.arange(len(rows)), lens)
-        dots = np.bincount(owner, weights=prof[buckets] * weights, minlength=len(rows))
-        return (dots / norm).astype(np.float32)
+        content = f.matrix([ids[r] for r in rows.tolist()])  # a freed row: no tokens
+        return (content @ prof / norm).astype(np.float32)
 
     def _candidates(self, mat: np.ndarray, history: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """The top ``candidates`` live items outside ``history`` by the recall blend, best

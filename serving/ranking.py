@@ -75,10 +75,6 @@ def top_k_excluding(scores: np.ndarray, k: int, exclude: np.ndarray) -> np.ndarr
     return cand[order].astype(np.int64)
 
 
-#: Widest single product: OpenBLAS's sgemm gives a column the bits a lone query gets
-#: (a product padded to two columns) only up to 4 columns on an AVX2 EPYC (from 8 on,
-#: the bits depend on the width and on the column's place; the machine of earlier
-#: sessions agreed at every width), so wider batches are scored as products of 4.
 #: Held while a model that is not a factor model scores a request (``score_all``:
 #: the count models, the blends, ``seqnn``). Their scoring is many small numpy and
 #: Python steps under the interpreter lock, and rank threads running them at once
@@ -90,6 +86,10 @@ def top_k_excluding(scores: np.ndarray, k: int, exclude: np.ndarray) -> np.ndarr
 #: batcher or release the interpreter lock for whole matrix products.
 PYTHON_SCORING = threading.Lock()
 
+#: Widest single product: OpenBLAS's sgemm gives a column the bits a lone query gets
+#: (a product padded to two columns) only up to 4 columns on an AVX2 EPYC (from 8 on,
+#: the bits depend on the width and on the column's place; the machine of earlier
+#: sessions agreed at every width), so wider batches are scored as products of 4.
 _GEMM_COLUMNS = 4
 
 
@@ -838,9 +838,9 @@ class LoadedSnapshot:
             pairs = zip(rows.tolist(), sc.tolist(), strict=True)
             found = [(str(ids[r]), float(v)) for r, v in pairs]
             return Recommendation(found, name, False, time.perf_counter() - t0)
-        waited = time.perf_counter()
+        asked = time.perf_counter()
         with PYTHON_SCORING:
-            waited = time.perf_counter() - waited
+            waited = time.perf_counter() - asked
             scores = model.score_all(user, history)
             top = top_k_excluding(scores, k, exclude)
             items = [(str(ids[r]), float(scores[r])) for r in top.tolist()]
