@@ -14,7 +14,7 @@ ids go through :class:`trainer.dedup.DedupWindow` (default window and ``max_ids`
 ``add_many`` CPU seconds for all but the last ``--tail`` events, one snapshot's packing
 there, ``add_many`` for the tail, and the next snapshot's packing (the steady state: a
 snapshot every ``--tail`` events). Last, a model's string id index
-(:class:`online_models.base.IdIndex`, as every model keeps for users and items) of
+(:class:`online_models.ids.IdIndex`, as every model keeps for users and items) of
 ``--ids`` ids: one snapshot's packing, then the next after ``--tail`` new ids. CPU
 times are process CPU time, so they stay meaningful on a loaded machine.
 """

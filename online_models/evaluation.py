@@ -2,7 +2,7 @@
 
 The evaluator replays a stream the way the live system sees it:
 
-* a user's :class:`~online_models.base.UserHistory` (what is excluded from their
+* a user's :class:`~online_models.history.UserHistory` (what is excluded from their
   recommendations and the recent items a model may use as query context) moves
   **event by event**, as the serving side's does;
 * model parameters learn **once per mini-batch**, after every event of the batch

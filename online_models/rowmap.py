@@ -1,7 +1,7 @@
 """Component item rows mapped onto a blending model's own rows.
 
 A model that blends others (:class:`online_models.hybrid.HybridRecommender`,
-:class:`online_models.reranker.ReRanker`) keeps one :class:`~online_models.base.IdIndex`
+:class:`online_models.reranker.ReRanker`) keeps one :class:`~online_models.ids.IdIndex`
 of items; each component numbers its items its own way. :class:`RowMaps` holds, per
 component, the array ``rows`` with ``rows[r]`` = our row of the component's row ``r``
 (-1 for a row the component freed). Maps grow with the components' indexes and are
