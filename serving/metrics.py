@@ -26,7 +26,7 @@ DEGRADED_REASONS: tuple[str, ...] = (
 
 
 class BatcherStats(Protocol):
-    """The counters a micro-batching scorer keeps (``serving.ranking.ScoreBatcher``)."""
+    """The counters a micro-batching scorer keeps (``serving.batcher.ScoreBatcher``)."""
 
     batches: int
     queries: int

@@ -83,7 +83,7 @@ class ServeSettings(BaseSettings):
         Worker threads that rank (numpy and hnswlib release the GIL there, so the
         event loop keeps answering meanwhile); 0 ranks inline on the event loop.
     rank_batch
-        Exact factor scoring in micro-batches (``serving.ranking.ScoreBatcher``): one
+        Exact factor scoring in micro-batches (``serving.batcher.ScoreBatcher``): one
         worker scores every query pending when it becomes free with one
         matrix-matrix product, one pass over the item factors for up to
         ``rank_batch_max`` requests. Same results as unbatched. Needs

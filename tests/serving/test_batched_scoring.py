@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-import serving.ranking as ranking
+import serving.batcher
+import serving.scoring
 from online_models.base import OnlineModel, UserHistory
 from online_models.snapshot import Snapshot, SnapshotStore
 from serving.app import create_app
@@ -23,6 +24,14 @@ from serving.settings import ServeSettings
 from serving.state import ServingState
 from serving.synthetic_state import random_bpr, random_history, random_popularity
 from tests.serving.conftest import settings_for
+
+
+def _patch_score_columns(monkeypatch: pytest.MonkeyPatch,
+                         fake: Callable[..., list[np.ndarray]]) -> None:
+    """Every exact factor product through ``fake``: the batcher's worker and inline
+    products and a scorer's own (``score_one``) all call ``score_columns``."""
+    monkeypatch.setattr(serving.batcher, "score_columns", fake)
+    monkeypatch.setattr(serving.scoring, "score_columns", fake)
 
 N_ITEMS, DIM, N_USERS = 20_000, 64, 300
 KS = (1, 3, 10, 50, 200, 1000)
@@ -233,7 +242,7 @@ def test_swaps_under_concurrent_load_fail_nothing_and_score_by_the_request_snaps
 def test_a_failing_batch_falls_back_to_single_scoring_and_the_worker_survives(
     snap: Snapshot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original: Callable[..., list[np.ndarray]] = ranking.score_columns
+    original: Callable[..., list[np.ndarray]] = serving.scoring.score_columns
     broken = {"on": True}
 
     def flaky(*args: Any) -> list[np.ndarray]:
@@ -241,7 +250,7 @@ def test_a_failing_batch_falls_back_to_single_scoring_and_the_worker_survives(
             raise MemoryError("simulated")
         return original(*args)
 
-    monkeypatch.setattr(ranking, "score_columns", flaky)
+    _patch_score_columns(monkeypatch, flaky)
     single = LoadedSnapshot(snap, "bpr")
     batcher = ScoreBatcher(max_batch=8, inline=False)  # every query through the worker
     batched = LoadedSnapshot(snap, "bpr", batcher=batcher)
@@ -370,7 +379,7 @@ def test_a_lone_query_is_scored_inline_without_the_worker(snap: Snapshot) -> Non
 def test_a_failing_inline_product_falls_back_to_single_scoring(
     snap: Snapshot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original: Callable[..., list[np.ndarray]] = ranking.score_columns
+    original: Callable[..., list[np.ndarray]] = serving.scoring.score_columns
     calls = {"n": 0}
 
     def fails_once(*args: Any) -> list[np.ndarray]:
@@ -385,7 +394,7 @@ def test_a_failing_inline_product_falls_back_to_single_scoring(
     assert q is not None
     none = np.zeros(0, np.int64)
     want_rows, want_scores = scorer.top_k(q, 10, none)
-    monkeypatch.setattr(ranking, "score_columns", fails_once)
+    _patch_score_columns(monkeypatch, fails_once)
     batcher = ScoreBatcher(worker=False)
     rows, scores = batcher.top_k(scorer, q, 10, none)
     assert calls["n"] == 2  # the inline product failed, the fallback scored
