@@ -42,6 +42,10 @@ figure comes with the count it rests on (``n`` in :meth:`PrequentialEvaluator.to
 and ``rolling``; ``n_eligible`` for the evaluable events seen). HR@K is also
 reported on cold-start segments: events whose item, or whose user, had fewer than
 ``cold_threshold`` earlier events (:data:`COLD_SEGMENTS`).
+
+The sample and its draws live in :mod:`online_models.eval_sample`, the per-batch
+outcomes and each model's running totals in :mod:`online_models.eval_totals`; the
+names callers use are re-exported here.
 """
 
 from __future__ import annotations
@@ -49,13 +53,21 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
 
 from online_models.base import Batch, IdIndex, OnlineModel, UserHistory, learning_order
+from online_models.eval_sample import EvalSample, EventSampler
+from online_models.eval_totals import (
+    COLD_SEGMENTS,
+    BatchOutcome,
+    ModelOutcome,
+    RunningTotals,
+    empty_outcome,
+)
 
 __all__ = [
     "COLD_SEGMENTS",
@@ -82,9 +94,6 @@ METRICS: tuple[str, ...] = (
     "diversity",
 )
 
-#: cold-start segments reported next to the totals (``hr_<segment>``, ``n_<segment>``):
-#: events whose item, or whose user, had fewer than ``cold_threshold`` earlier events
-COLD_SEGMENTS: tuple[str, ...] = ("cold_item", "cold_user")
 
 #: rank given to a true item the model cannot score (non-finite or unknown): a miss
 #: at any cut-off, reciprocal rank ~0
@@ -142,267 +151,6 @@ def _ild(v: np.ndarray) -> float:
     # sum over ordered pairs a != b of cos(a, b) = |sum of unit rows|^2 - n
     mean_cos = (float(total @ total) - len(v)) / (n * (n - 1))
     return 1.0 - mean_cos
-
-
-@dataclass
-class ModelOutcome:
-    """One model's results on the evaluated events of a batch, in event order."""
-
-    hits: np.ndarray  # int8, 1 when the true item is in the top K
-    ranks: np.ndarray  # int64, 1-based rank of the true item
-    ndcg: np.ndarray  # float64, 1/log2(rank+1) for hits, else 0
-    rr: np.ndarray  # float64, 1/rank
-    novelty: np.ndarray  # float64, mean self-information of the top-K list
-    diversity: np.ndarray  # float64, intra-list diversity of the top-K list (nan if < 2 items)
-
-
-@dataclass
-class BatchOutcome:
-    """What :meth:`PrequentialEvaluator.process` measured on one batch.
-
-    ``positions`` are the indices (in the batch) of the evaluated events;
-    ``models[name]`` holds that model's per-event arrays aligned with them, as do
-    ``cold_item`` (the true item had fewer than ``cold_threshold`` earlier events)
-    and ``cold_user`` (the user had fewer than ``cold_threshold`` earlier events).
-    ``n_eligible`` counts the evaluable events of the batch, sampled or not.
-    """
-
-    n_events: int
-    positions: np.ndarray
-    models: dict[str, ModelOutcome] = field(default_factory=dict)
-    n_eligible: int = 0
-    cold_item: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
-    cold_user: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
-
-    @property
-    def n_evaluated(self) -> int:
-        return len(self.positions)
-
-
-@dataclass(frozen=True)
-class EvalSample:
-    """Which evaluable events are scored: a seeded uniform sample of them.
-
-    Every event of the stream draws one uniform number from a generator seeded
-    with ``seed`` (one draw per event, whether it is evaluable or not, so the
-    sample does not depend on where mini-batch boundaries fall); an evaluable event
-    is scored when its draw is below the batch's acceptance probability. That
-    probability is ``fraction``, lowered when ``max_per_s`` is set so that at most
-    about ``max_per_s`` events per second of wall time are scored (a token bucket
-    holding at most one second's worth; the rate of evaluable events is estimated
-    from earlier batches). Unsampled events still move the history and the
-    catalogue. ``EvalSample()`` scores every evaluable event.
-
-    A scoring call costs a fixed part per batch whatever the number of events it
-    scores (every model's lookups, the ranking metrics), so a budget that affords
-    only a few events per batch would spend most of it on that fixed part. When the
-    bucket holds fewer than ``min_batch`` tokens, a batch is therefore scored with
-    probability ``tokens / min_batch`` (one more seeded draw), and then at the
-    acceptance probability that scores about ``min_batch`` of its evaluable events:
-    every event's chance of being scored is the same as without this (``fraction *
-    tokens / expected``); they come in fewer, larger groups.
-
-    Parameters
-    ----------
-    fraction
-        Share of evaluable events scored, in ``(0, 1]``.
-    max_per_s
-        Optional budget of scored events per second of wall time.
-    seed
-        Seed of the per-event draws.
-    min_batch
-        Scored events a batch aims at when the budget is tight (see above).
-
-    Examples
-    --------
-    >>> EvalSample().full, EvalSample(fraction=0.05, seed=3).full
-    (True, False)
-    """
-
-    fraction: float = 1.0
-    max_per_s: float | None = None
-    seed: int = 0
-    min_batch: int = 32
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.fraction <= 1.0:
-            raise ValueError(f"sample fraction must be in (0, 1], got {self.fraction}")
-        if self.max_per_s is not None and not self.max_per_s > 0:
-            raise ValueError(f"max_per_s must be positive, got {self.max_per_s}")
-        if self.min_batch < 1:
-            raise ValueError(f"min_batch must be at least 1, got {self.min_batch}")
-
-    @property
-    def full(self) -> bool:
-        """Whether every evaluable event is scored (no draws at all)."""
-        return self.fraction >= 1.0 and self.max_per_s is None
-
-
-class _Sampler:
-    """Per-batch acceptance draws of an :class:`EvalSample` (see its docstring)."""
-
-    def __init__(self, spec: EvalSample, clock: Callable[[], float]) -> None:
-        self.spec = spec
-        self.clock = clock
-        self.rng = np.random.default_rng(spec.seed)
-        self.tokens = float(spec.max_per_s or 0.0)
-        self.last = clock()
-        self.eligible_rate = 1.0  # evaluable share of events, EMA over batches
-
-    def draws(self, n: int) -> tuple[np.ndarray | None, float]:
-        """One uniform draw per event of a batch of ``n`` and the acceptance probability."""
-        if self.spec.full:
-            return None, 1.0
-        p = self.spec.fraction
-        budget = self.spec.max_per_s
-        if budget is not None:
-            now = self.clock()
-            self.tokens = min(budget, self.tokens + budget * max(0.0, now - self.last))
-            self.last = now
-            expected = max(1e-9, self.eligible_rate * n * p)
-            draws = self.rng.random(n)
-            if self.tokens >= expected:
-                return draws, p
-            group = min(expected, float(self.spec.min_batch))
-            if self.tokens >= group:
-                return draws, p * self.tokens / expected
-            # Too few tokens for a worthwhile group: this batch is scored with
-            # probability tokens / group, then about `group` of its events are.
-            if self.rng.random() >= self.tokens / group:
-                return draws, 0.0
-            return draws, p * group / expected
-        return self.rng.random(n), p
-
-    def spent(self, n_events: int, n_eligible: int, n_scored: int) -> None:
-        if n_events:
-            self.eligible_rate = 0.8 * self.eligible_rate + 0.2 * n_eligible / n_events
-        if self.spec.max_per_s is not None:
-            self.tokens -= n_scored  # a group may overdraw: later refills repay it
-
-
-class _Ring:
-    """Fixed-size ring buffer of floats with a running sum (nan-aware counts)."""
-
-    def __init__(self, size: int) -> None:
-        self.buf = np.full(size, np.nan)
-        self.pos = 0
-        self.n = 0
-
-    def extend(self, values: np.ndarray) -> None:
-        size = len(self.buf)
-        values = np.asarray(values, np.float64)[-size:]
-        idx = (self.pos + np.arange(len(values))) % size
-        self.buf[idx] = values
-        self.pos = (self.pos + len(values)) % size
-        self.n = min(size, self.n + len(values))
-
-    def mean(self) -> float:
-        if self.n == 0:
-            return float("nan")
-        vals = self.buf if self.n == len(self.buf) else self.buf[: self.n]
-        ok = ~np.isnan(vals)
-        return float(vals[ok].mean()) if ok.any() else float("nan")
-
-
-class _Tracker:
-    """Totals and rolling windows of one model's metrics.
-
-    Recommended lists arrive as a ``(m, k)`` matrix of catalogue rows padded with
-    -1; coverage counts distinct rows over all lists (totals) and over the last
-    ``window`` lists (rolling).
-    """
-
-    def __init__(self, k: int, window: int) -> None:
-        self.k = k
-        self.window = window
-        self.n = 0
-        self.sums = dict.fromkeys(("hr", "ndcg", "mrr"), 0.0)
-        # List metrics are nan for an empty list (a model that knows nothing yet).
-        self.list_sums = dict.fromkeys(("novelty", "diversity"), 0.0)
-        self.list_n = dict.fromkeys(("novelty", "diversity"), 0)
-        self.rings = {m: _Ring(window) for m in ("hr", "ndcg", "mrr", "novelty", "diversity")}
-        # Cold-start segments: hits and evaluated events.
-        self.cold = {seg: [0, 0] for seg in COLD_SEGMENTS}
-        self.recommended = np.zeros(0, bool)  # catalogue rows ever recommended (totals)
-        self.recent = np.full((window, k), -1, np.int64)  # ring of the last lists
-        self.recent_pos = 0
-        self.recent_counts = np.zeros(0, np.int64)  # occurrences in the ring per row
-
-    def _grow(self, size: int) -> None:
-        if len(self.recommended) < size:
-            new = max(16, 2 * size)
-            rec = np.zeros(new, bool)
-            rec[: len(self.recommended)] = self.recommended
-            cnt = np.zeros(new, np.int64)
-            cnt[: len(self.recent_counts)] = self.recent_counts
-            self.recommended, self.recent_counts = rec, cnt
-
-    def add(
-        self, out: ModelOutcome, lists: np.ndarray, cold: Mapping[str, np.ndarray]
-    ) -> None:
-        if len(out.hits) == 0:  # nothing scored (no lists either)
-            return
-        self.n += len(out.hits)
-        self.sums["hr"] += float(out.hits.sum())
-        self.sums["ndcg"] += float(out.ndcg.sum())
-        self.sums["mrr"] += float(out.rr.sum())
-        for seg, mask in cold.items():
-            self.cold[seg][0] += int(out.hits[mask].sum())
-            self.cold[seg][1] += int(mask.sum())
-        for name, arr in (("novelty", out.novelty), ("diversity", out.diversity)):
-            ok = ~np.isnan(arr)
-            self.list_sums[name] += float(arr[ok].sum())
-            self.list_n[name] += int(ok.sum())
-        for name, arr in (("hr", out.hits), ("ndcg", out.ndcg), ("mrr", out.rr),
-                          ("novelty", out.novelty), ("diversity", out.diversity)):
-            self.rings[name].extend(arr)
-        if len(lists) == 0:
-            return
-        self._grow(int(lists.max()) + 1)
-        valid = lists[lists >= 0]
-        self.recommended[valid] = True
-        lists = lists[-self.window :]
-        slots = (self.recent_pos + np.arange(len(lists))) % self.window
-        old = self.recent[slots]
-        np.subtract.at(self.recent_counts, old[old >= 0], 1)
-        self.recent[slots] = lists
-        np.add.at(self.recent_counts, lists[lists >= 0], 1)
-        self.recent_pos = int((self.recent_pos + len(lists)) % self.window)
-
-    def totals(self, n_known: int) -> dict[str, float]:
-        n = self.n
-        nan = float("nan")
-        out = {
-            "n": float(n),
-            "hr": self.sums["hr"] / n if n else nan,
-            "ndcg": self.sums["ndcg"] / n if n else nan,
-            "mrr": self.sums["mrr"] / n if n else nan,
-            "precision": self.sums["hr"] / n / self.k if n else nan,
-            "coverage": int(self.recommended.sum()) / n_known if n_known else nan,
-            **{
-                m: self.list_sums[m] / self.list_n[m] if self.list_n[m] else nan
-                for m in ("novelty", "diversity")
-            },
-        }
-        for seg, (hits, cnt) in self.cold.items():
-            out[f"hr_{seg}"] = hits / cnt if cnt else nan
-            out[f"n_{seg}"] = float(cnt)
-        return out
-
-    def rolling(self, n_known: int) -> dict[str, float]:
-        hr = self.rings["hr"].mean()
-        return {
-            "n": float(self.rings["hr"].n),
-            "hr": hr,
-            "ndcg": self.rings["ndcg"].mean(),
-            "mrr": self.rings["mrr"].mean(),
-            "precision": hr / self.k,
-            "coverage": (
-                int(np.count_nonzero(self.recent_counts)) / n_known if n_known else float("nan")
-            ),
-            "novelty": self.rings["novelty"].mean(),
-            "diversity": self.rings["diversity"].mean(),
-        }
 
 
 def _ild_rows(v: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -534,8 +282,8 @@ class PrequentialEvaluator:
         self._unsketched: list[tuple[np.ndarray, np.ndarray | Sequence[str]]] = []
         self._n_unsketched = 0
         self._user_count: dict[str, int] = {}  # events per user seen (cold-user counts)
-        self._sampler = _Sampler(self.sample, clock)
-        self._trackers = {name: _Tracker(k, rolling_window) for name in self.models}
+        self._sampler = EventSampler(self.sample, clock)
+        self._trackers = {name: RunningTotals(k, rolling_window) for name in self.models}
         # Per model: model row -> catalog row, and the model's IdIndex generation.
         self._m2e: dict[str, np.ndarray] = {n: np.zeros(0, np.int64) for n in self.models}
         self._gen: dict[str, int] = dict.fromkeys(self.models, -1)
@@ -748,7 +496,7 @@ class PrequentialEvaluator:
             self.scoring_seconds += time.perf_counter() - t0
         else:
             for name in self.models:
-                outcome.models[name] = _empty_outcome()
+                outcome.models[name] = empty_outcome()
         cold = {"cold_item": outcome.cold_item, "cold_user": outcome.cold_user}
         no_lists = np.zeros((0, self.k), np.int64)
         for name, out in outcome.models.items():
@@ -926,17 +674,6 @@ class PrequentialEvaluator:
     def rolling(self, model: str) -> dict[str, float]:
         """Metrics of ``model`` over the last ``rolling_window`` evaluated events (``n``)."""
         return self._trackers[model].rolling(self.n_known_items)
-
-
-def _empty_outcome() -> ModelOutcome:
-    return ModelOutcome(
-        hits=np.zeros(0, np.int8),
-        ranks=np.zeros(0, np.int64),
-        ndcg=np.zeros(0),
-        rr=np.zeros(0),
-        novelty=np.zeros(0),
-        diversity=np.zeros(0),
-    )
 
 
 # --------------------------------------------------------------------------- click AUC
