@@ -16,7 +16,8 @@ parameter server (see DEVELOPING.md, "Scale-out", for the picture):
   failing the transaction). The count models' learning never reads
   item state, so only the **merge writer** (the owner of partition 0) folds the
   committed update messages (everyone's, its own too) into its models' item state,
-  those read in each ``fold_every_s`` at once (``apply_deltas``);
+  those read in each ``fold_every_s`` at once (``apply_deltas``;
+  :class:`~trainer.folding.UpdateFold`);
   the others skip that work (with bpr, whose steps read item factors, every trainer
   folds). The item state is therefore a function of the update topic alone; the
   merge writer snapshots it with the update-topic offsets it reflects under
@@ -67,7 +68,7 @@ import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -77,7 +78,6 @@ from online_models import registry
 from online_models.base import Batch, OnlineModel, UserHistory, learning_order
 from online_models.deltas import (
     ItemDelta,
-    decode_deltas,
     encode_deltas,
     learns_from_item_state,
     unsupported,
@@ -96,6 +96,7 @@ from stream.signals import stop_on_signals
 from trainer.checkpoint import lock_location
 from trainer.evaluation import TrainerEvaluation
 from trainer.flood import FloodSettings
+from trainer.folding import UpdateFold
 from trainer.metrics import PhaseClock, TrainerMetrics
 from trainer.partition_state import PartitionState, PartitionStore, merge_histories
 from trainer.settings import TrainerSettings
@@ -168,20 +169,15 @@ class ScaleOutTrainer:
                 "train them with a single trainer")
         self.models: dict[str, OnlineModel] = models
         self.parts: dict[int, PartitionState] = {}
-        #: the update topic's offsets the item state reflects (messages folded)
-        self.update_offsets: dict[int, int] = {}
-        #: events of each input partition the item state holds (from the update topic)
-        self.coverage: dict[int, int] = {}
-        #: update messages read and not folded yet (see :meth:`apply_updates`)
-        self._pending = _PendingFold()
-        self._last_fold = time.monotonic()
+        #: the item state's fold of the update topic (its reader, offsets, coverage)
+        self.fold = UpdateFold(self.models, self.updates, self.topic, self.metrics,
+                               settings.fold_every_s)
         #: where the loop's time goes (``liverec_trainer_loop_seconds_total``)
         self.clock = PhaseClock(self.metrics.loop_seconds)
         self.items_store = SnapshotStore(self.root / "items" / self.instance,
                                          keep=settings.keep_snapshots)
         self.merged_store = SnapshotStore(self.root, keep=settings.keep_snapshots)
         self.consumer: ConfluentConsumer | None = None
-        self.updates_consumer: ConfluentConsumer | None = None
         self.producer: TransactionalProducer | None = None
         self.events_learned = 0
         self.events_replayed = 0
@@ -251,10 +247,10 @@ class ScaleOutTrainer:
     def _rebase_items(self) -> None:
         """Adopt the most advanced item snapshot if it is ahead of this trainer's item
         state, keeping the state of the users this trainer owns."""
-        snap = self._best_item_snapshot(ahead_of=sum(self.update_offsets.values()))
+        snap = self._best_item_snapshot(ahead_of=sum(self.fold.offsets.values()))
         if snap is None:
             log.info("no item snapshot ahead: the item state is folded from %s",
-                     self.update_offsets or "the update topic's start")
+                     self.fold.offsets or "the update topic's start")
             return
         offsets = {int(p): int(o) for p, o in snap.offsets.get(self.updates, {}).items()}
         users = sorted(set().union(*(st.users for st in self.parts.values())))
@@ -268,9 +264,10 @@ class ScaleOutTrainer:
             model.forget_users([u for u in model.users.ids if u])
             if users:
                 model.load_user_state(kept[name])  # type: ignore[attr-defined]
-        self.update_offsets = offsets
-        self.coverage = {int(p): int(n) for p, n in snap.extra_meta.get("coverage", {}).items()}
-        log.info("item state from %s (update offsets %s)", snap.path, self.update_offsets)
+        self.fold.offsets = offsets
+        self.fold.coverage = {int(p): int(n)
+                              for p, n in snap.extra_meta.get("coverage", {}).items()}
+        log.info("item state from %s (update offsets %s)", snap.path, self.fold.offsets)
 
     def _open_kafka(self) -> None:
         k, s = self.kafka, self.settings
@@ -288,7 +285,7 @@ class ScaleOutTrainer:
             client_id=f"liverec-updates-{self.instance}", isolation_level="read_committed",
             max_poll_records=1000, fetch_max_wait_ms=50))
         self._n_updates = len(upd.partitions_for(self.updates))
-        self.updates_consumer = upd  # assigned while this trainer folds
+        self.fold.consumer = upd  # assigned while this trainer folds
         self.consumer = ConfluentConsumer(k, ConsumerOptions(
             group_id=s.group, client_id=f"liverec-trainer-{self.instance}",
             session_timeout_ms=s.session_timeout_ms,
@@ -302,24 +299,24 @@ class ScaleOutTrainer:
 
     def _start_folding(self) -> None:
         """Become the one that folds the update topic (see the module docstring)."""
-        upd = self.updates_consumer
+        upd = self.fold.consumer
         assert upd is not None
-        self._pending = _PendingFold()  # re-read below, from the item state's offsets
+        self.fold.discard_pending()  # re-read below, from the item state's offsets
         self._rebase_items()
         self.evaluation = None  # its evaluator maps the replaced models' rows
         parts = sorted(upd.partitions_for(self.updates))
         self._n_updates = len(parts) or self._n_updates
         begin = upd.beginning_offsets([(self.updates, p) for p in parts])
         # Every partition from the item state's offset, in one assign.
-        upd.assign_at({(self.updates, p): max(self.update_offsets.get(p, 0),
+        upd.assign_at({(self.updates, p): max(self.fold.offsets.get(p, 0),
                                               begin[(self.updates, p)]) for p in parts})
         self._folding, self._caught_up, self._fold_current = True, False, False
-        log.info("folding the update topic from offsets %s", self.update_offsets or "0")
+        log.info("folding the update topic from offsets %s", self.fold.offsets or "0")
 
     def _stop_folding(self) -> None:
-        assert self.updates_consumer is not None
-        self.updates_consumer.assign([])
-        self._pending = _PendingFold()
+        assert self.fold.consumer is not None
+        self.fold.consumer.assign([])
+        self.fold.discard_pending()
         self._folding = self._caught_up = False
         self.evaluation = None
         TrainerEvaluation.clear_gauges(self.metrics, self.names)
@@ -421,10 +418,10 @@ class ScaleOutTrainer:
                 self._sync_role()
                 if self._folding:
                     with self.clock("fold"):
-                        folded = self.apply_updates(self.FOLD_MAX)
+                        folded = self.fold.read(UpdateFold.READ_MAX)
                     # Fewer than asked for: all that had arrived is folded.
                     self._fold_current = ((self._fold_current or folded > 0)
-                                          and folded < self.FOLD_MAX)
+                                          and folded < UpdateFold.READ_MAX)
                 if time.time() - self._last_snapshot >= s.snapshot_every_s:
                     with self.clock("snapshot"):
                         self.checkpoint()
@@ -476,11 +473,11 @@ class ScaleOutTrainer:
                              "(at most 60 s)")
                     self._start_folding()
                 if self._folding:
-                    self._caught_up = self.drain_updates(60.0) or self._caught_up
+                    self._caught_up = self.fold.drain(60.0) or self._caught_up
                 self.checkpoint(force=True)
         finally:
             self._closing = True
-            for client in (self.consumer, self.updates_consumer):
+            for client in (self.consumer, self.fold.consumer):
                 if client is not None:
                     client.close()  # revoke: partitions already snapshotted
             if self.producer is not None:
@@ -678,89 +675,6 @@ class ScaleOutTrainer:
         self.metrics.transactions.labels(outcome="committed").inc()
         self.metrics.update_messages.labels(direction="out").inc(self._committing_messages)
 
-    # ------------------------------------------------------------------ update topic
-
-    #: most update messages one fold of the loop reads
-    FOLD_MAX = 1000
-    #: decoded deltas held before they are folded, whatever ``fold_every_s`` says
-    FOLD_BATCH_BYTES = 16 * 1024 * 1024
-
-    def apply_updates(self, max_messages: int = FOLD_MAX, timeout_s: float = 0.0,
-                      fold_now: bool = False) -> int:
-        """Read committed update messages (everyone's, this trainer's too) and fold
-        them into the models once ``fold_every_s`` has passed since the last fold (or
-        ``fold_now``, or once :attr:`FOLD_BATCH_BYTES` are held); returns the number
-        of messages read."""
-        upd = self.updates_consumer
-        if upd is None:
-            return 0
-        got = upd.poll_batch(max_messages, timeout_s)
-        pending = self._pending
-        for value, p, o in zip(got.values, got.partitions, got.offsets, strict=True):
-            pending.offsets[p] = o + 1
-            if not value:
-                continue
-            try:
-                meta, deltas = decode_deltas(value)
-            except Exception:
-                self.metrics.loop_errors.labels(stage="process").inc()
-                log.exception("update %s[%d]@%d unreadable: skipped", self.updates, p, o)
-                continue
-            pending.add(deltas, meta, len(value))
-            self.metrics.update_bytes.labels(direction="in").inc(len(value))
-            if pending.nbytes >= self.FOLD_BATCH_BYTES:
-                self.fold_pending()
-                pending = self._pending
-        self.metrics.update_messages.labels(direction="in").inc(len(got))
-        if fold_now or time.monotonic() - self._last_fold >= self.settings.fold_every_s:
-            self.fold_pending()
-        return len(got)
-
-    def fold_pending(self) -> None:
-        """Fold the update messages read so far into the item state, per model in
-        order (models fold independently); the item state then reflects
-        :attr:`update_offsets`."""
-        pending, self._pending = self._pending, _PendingFold()
-        self._last_fold = time.monotonic()
-        for name in learning_order(self.models):
-            deltas = pending.deltas.get(name)
-            if deltas:
-                self.models[name].apply_deltas(deltas)  # type: ignore[attr-defined]
-        self.update_offsets.update(pending.offsets)
-        for part, n in pending.events.items():
-            total = self.coverage[part] = self.coverage.get(part, 0) + n
-            self.metrics.partition_events_total.labels(
-                topic=self.topic, partition=str(part)).set(total)
-
-    def drain_updates(self, timeout_s: float) -> bool:
-        """Apply updates until the update topic is read to its end (or ``timeout_s``);
-        returns whether the end was reached."""
-        upd = self.updates_consumer
-        if upd is None:
-            return False
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            got = self.apply_updates(timeout_s=0.2, fold_now=True)
-            if not got and self.update_lag() == 0:
-                return True
-        log.warning("the update topic was not read to its end within %.0f s (%d records "
-                    "left): the last item snapshot and merge lag behind", timeout_s,
-                    self.update_lag())
-        return False
-
-    def update_lag(self) -> int:
-        """Records (transaction markers included) between the read position and the end."""
-        upd = self.updates_consumer
-        if upd is None:
-            return 0
-        parts = sorted(upd.assignment())
-        ends = upd.end_offsets(parts)
-        lag = 0
-        for part, end in ends.items():
-            pos = upd.position(part)
-            lag += max(0, end - (pos if pos is not None else self.update_offsets.get(part[1], 0)))
-        return lag
-
     # ------------------------------------------------------------------ snapshots
 
     def _write_partition(self, st: PartitionState) -> None:
@@ -800,9 +714,9 @@ class ScaleOutTrainer:
                 not force and time.time() - self._last_merge < self.settings.merge_every_s):
             return
         self._last_merge = time.time()
-        self.fold_pending()  # the item snapshot below reflects all that was read
+        self.fold.fold()  # the item snapshot below reflects all that was read
         try:
-            self._update_lag = self.update_lag()
+            self._update_lag = self.fold.lag()
             m.update_lag.set(self._update_lag)
         except Exception:
             log.debug("update lag not available", exc_info=True)
@@ -815,10 +729,10 @@ class ScaleOutTrainer:
         try:
             self.items_store.write(
                 self.models, history=merge_histories([], self.settings.history_items),
-                offsets={self.updates: dict(self.update_offsets)},
+                offsets={self.updates: dict(self.fold.offsets)},
                 events_total=0, watermark=None,
                 extra_meta={"instance": self.instance, "kind": "items",
-                            "coverage": {str(p): n for p, n in self.coverage.items()}})
+                            "coverage": {str(p): n for p, n in self.fold.coverage.items()}})
         except Exception:
             m.snapshot_errors.inc()
             log.exception("item snapshot failed")
@@ -884,10 +798,10 @@ class ScaleOutTrainer:
             extra_meta={"scale_out": {
                 "group": self.settings.group, "writer": self.instance,
                 "partitions": per_part,
-                "item_coverage": {str(p): n for p, n in sorted(self.coverage.items())},
+                "item_coverage": {str(p): n for p, n in sorted(self.fold.coverage.items())},
                 "writer_update_lag_records": self._update_lag,
                 "writer_partitions": sorted(self.parts),
-                "updates": {self.updates: {str(p): o for p, o in self.update_offsets.items()}},
+                "updates": {self.updates: {str(p): o for p, o in self.fold.offsets.items()}},
             }})
         log.info("merged snapshot %d: events_total=%d over %d partitions in %.2f s",
                  info.version, events_total, len(per_part), time.perf_counter() - t0)
@@ -913,23 +827,3 @@ def _iso_ts(text: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(text).timestamp()
-
-
-@dataclass
-class _PendingFold:
-    """Update messages read and not folded yet: each model's deltas in topic order,
-    the update offsets and the input partitions' events they bring."""
-
-    deltas: dict[str, list[ItemDelta]] = field(default_factory=dict)
-    offsets: dict[int, int] = field(default_factory=dict)
-    events: dict[int, int] = field(default_factory=dict)
-    nbytes: int = 0
-
-    def add(self, deltas: Mapping[str, ItemDelta], meta: Mapping[str, Any], nbytes: int
-            ) -> None:
-        for name, d in deltas.items():
-            self.deltas.setdefault(name, []).append(d)
-        part = meta.get("partition")
-        if part is not None:
-            self.events[int(part)] = self.events.get(int(part), 0) + int(meta.get("events", 0))
-        self.nbytes += nbytes

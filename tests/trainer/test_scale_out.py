@@ -105,7 +105,7 @@ def test_two_trainers_in_one_group_equal_one_trainer(
         # every partition's events (one that left early has not seen later updates).
         for name in EXACT_PARAMS:
             assert_same_items(last.models[name], ref[name])
-        assert sum(last.coverage.values()) == len(events)
+        assert sum(last.fold.coverage.values()) == len(events)
         def messages(t: ScaleOutTrainer, direction: str) -> float:
             return t.metrics.registry.get_sample_value(
                 "liverec_trainer_update_messages_total", {"direction": direction})
