@@ -32,8 +32,8 @@ embeddings tied between input and output. Trained online, per mini-batch:
   content tokens (:class:`~online_models.content.ItemFeatures`), so an item with
   content but few (or, with ``catalog_from_features``, no) clicks lands near items
   with the same words, genres or decade. Row tables (ids, biases, token vectors)
-  use a row-wise lazy Adam written here (only touched rows move; state grows and
-  is recycled with the rows); the dense block uses ``torch.optim.Adam``.
+  use a row-wise lazy Adam (:mod:`online_models.seqnn_layers`: only touched rows
+  move; state grows and is recycled with the rows); the dense block uses ``torch.optim.Adam``.
 
 Cost. The steps of one ``learn`` call share one plan (candidates, the rows they
 touch, index maps, and the item-content product as a sparse matrix with its
@@ -73,162 +73,16 @@ from online_models.base import (
     unpack_strings,
 )
 from online_models.content import ItemFeatures
+from online_models.seqnn_layers import (
+    AttentionBlock,
+    GRUEncoder,
+    RowTable,
+    SparseMM,
+    sorted_unique,
+    sparse_csr,
+)
 
 __all__ = ["SeqNN"]
-
-_B1, _B2, _EPS = 0.9, 0.999, 1e-8
-
-
-class _GRU(nn.Module):
-    """The alternative encoder: a one-layer GRU over the context (pads zeroed), last state."""
-
-    def __init__(self, dim: int, max_len: int) -> None:
-        super().__init__()
-        self.pos = nn.Parameter(torch.randn(max_len, dim) * 0.02)
-        self.gru = nn.GRU(dim, dim, batch_first=True)
-        self.ln = nn.LayerNorm(dim)
-
-    def forward(self, emb: torch.Tensor, ctx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        x = (emb[ctx] + self.pos[-ctx.shape[1]:][None]) * valid[..., None]
-        out, _ = self.gru(x)
-        return self.ln(out[:, -1])
-
-
-class _Block(nn.Module):
-    """One causal self-attention block queried at the last position (see module doc)."""
-
-    def __init__(self, dim: int, max_len: int, n_heads: int, ffn_dim: int) -> None:
-        super().__init__()
-        if dim % n_heads:
-            raise ValueError("dim must be a multiple of n_heads")
-        self.dim, self.n_heads = dim, n_heads
-        self.pos = nn.Parameter(torch.randn(max_len, dim) * 0.02)
-        self.q = nn.Linear(dim, dim, bias=False)
-        self.kv = nn.Linear(dim, 2 * dim, bias=False)
-        self.out = nn.Linear(dim, dim)
-        self.ln1 = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, dim))
-        self.ln2 = nn.LayerNorm(dim)
-
-    def forward(self, emb: torch.Tensor, ctx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """``emb`` (U, d) item rows; ``ctx`` (B, L) indices into them, right-aligned (the
-        last column always valid; padding may point anywhere); ``valid`` (B, L) bool."""
-        b, length = ctx.shape
-        d, h = self.dim, self.n_heads
-        dh = d // h
-        # Keys and values from two halves of one projection, so each is contiguous:
-        # strided (B, L, h, dh) views made the attention 2-3x slower.
-        wk, wv = self.kv.weight[:d], self.kv.weight[d:]
-        pos = self.pos[-length:]
-        k = F.embedding(ctx, F.linear(emb, wk)) + F.linear(pos, wk)[None]
-        v = F.embedding(ctx, F.linear(emb, wv)) + F.linear(pos, wv)[None]
-        x = F.embedding(ctx[:, -1], emb) + self.pos[-1]
-        o = F.scaled_dot_product_attention(
-            self.q(x).view(b, h, 1, dh),
-            k.view(b, length, h, dh).transpose(1, 2),
-            v.view(b, length, h, dh).transpose(1, 2),
-            attn_mask=valid[:, None, None, :],
-        ).reshape(b, d)
-        y = self.ln1(x + self.out(o))
-        return self.ln2(y + self.ffn(y))
-
-
-class _RowTable:
-    """A growing (rows, dim) tensor with lazy row-wise Adam moments."""
-
-    def __init__(self, rows: int, dim: int, device: torch.device) -> None:
-        shape = (rows, dim) if dim else (rows,)
-        self.weight = torch.zeros(shape, device=device)
-        self.m = torch.zeros(shape, device=device)
-        self.v = torch.zeros(shape, device=device)
-
-    def __len__(self) -> int:
-        return int(self.weight.shape[0])
-
-    def ensure(self, needed: int) -> None:
-        cap = len(self)
-        if needed <= cap:
-            return
-        new = max(cap, 1)
-        while new < needed:
-            new *= 2
-        for name in ("weight", "m", "v"):
-            old = getattr(self, name)
-            grown = old.new_zeros((new, *old.shape[1:]))
-            grown[:cap] = old
-            setattr(self, name, grown)
-
-    def zero(self, rows: torch.Tensor) -> None:
-        for t in (self.weight, self.m, self.v):
-            t[rows] = 0.0
-
-    def rows_of(self, rows: torch.Tensor, span: slice | None = None) -> torch.Tensor:
-        """A copy of ``rows`` (``span``: the same rows as one contiguous slice, cheaper)."""
-        return self.weight[span].clone() if span is not None else self.weight.index_select(0, rows)
-
-    def adam(self, rows: torch.Tensor, grad: torch.Tensor, lr: float, step: int,
-             span: slice | None = None) -> None:
-        c1, c2 = 1 - _B1**step, 1 - _B2**step
-        if span is not None:  # contiguous rows: update in place, no gathers
-            m, v, w = self.m[span], self.v[span], self.weight[span]
-            m.mul_(_B1).add_(grad, alpha=1 - _B1)
-            v.mul_(_B2).addcmul_(grad, grad, value=1 - _B2)
-            w.addcdiv_(m, v.div(c2).sqrt_().add_(_EPS), value=-lr / c1)
-            return
-        m = self.m.index_select(0, rows).mul_(_B1).add_(grad, alpha=1 - _B1)
-        v = self.v.index_select(0, rows).mul_(_B2).addcmul_(grad, grad, value=1 - _B2)
-        w = self.weight.index_select(0, rows)
-        w.addcdiv_(m, v.div(c2).sqrt_().add_(_EPS), value=-lr / c1)
-        self.m.index_copy_(0, rows, m)
-        self.v.index_copy_(0, rows, v)
-        self.weight.index_copy_(0, rows, w)
-
-    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        names = ("weight", "m", "v")
-        return {f"{prefix}.{n}": getattr(self, n).cpu().numpy().copy() for n in names}
-
-    @classmethod
-    def from_arrays(cls, a: dict[str, np.ndarray], prefix: str, device: torch.device) -> _RowTable:
-        t = cls(0, 0, device)
-        for n in ("weight", "m", "v"):
-            setattr(t, n, torch.from_numpy(np.array(a[f"{prefix}.{n}"], np.float32)).to(device))
-        return t
-
-
-def _csr(crow: np.ndarray, col: np.ndarray, val: np.ndarray, shape: tuple[int, ...],
-         dev: torch.device) -> torch.Tensor:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
-        # torch >= 2.11 on CUDA, although the checks are turned off explicitly below
-        warnings.filterwarnings("ignore", "Sparse invariant checks are implicitly disabled",
-                                UserWarning)
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(crow), torch.from_numpy(np.ascontiguousarray(col, np.int64)),
-            torch.from_numpy(np.ascontiguousarray(val, np.float32)), shape,
-            check_invariants=False,
-        ).to(dev)
-
-
-class _SparseMM(torch.autograd.Function):
-    """``mat @ x`` for a constant sparse ``mat`` whose transpose is given for the backward."""
-
-    @staticmethod
-    def forward(ctx: Any, mat: torch.Tensor, mat_t: torch.Tensor, x: torch.Tensor) -> Any:
-        ctx.mat_t = mat_t
-        return mat @ x
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> Any:
-        return None, None, ctx.mat_t @ grad
-
-
-def _sorted_unique(values: np.ndarray, size: int) -> np.ndarray:
-    """``np.unique`` of non-negative ints below ``size``, through a mask instead of a sort
-    (a step's rows and token buckets: thousands of values, a few thousand distinct)."""
-    mask = np.zeros(size, bool)
-    mask[values] = True
-    return np.flatnonzero(mask)
-
 
 class _Plan:
     """Candidates, rows, index maps and content matrices of a training step (shared by
@@ -256,7 +110,7 @@ class _Plan:
             if nz.any():
                 toks = model._tok_idx[rows][nz]
                 n_buckets = model._tokens.weight.shape[0]
-                buckets = _sorted_unique(toks, n_buckets)
+                buckets = sorted_unique(toks, n_buckets)
                 slot = np.empty(n_buckets, np.int64)  # bucket -> its column
                 slot[buckets] = np.arange(len(buckets))
                 local = slot[toks]  # np.unique's inverse, without its sort
@@ -269,8 +123,8 @@ class _Plan:
                 t = sp.csr_matrix((vals, local, crow), shape=shape).tocsc()
                 self.bags = (
                     torch.from_numpy(buckets).to(dev),
-                    _csr(crow, local, vals, shape, dev),
-                    _csr(t.indptr.astype(np.int64), t.indices.astype(np.int64),
+                    sparse_csr(crow, local, vals, shape, dev),
+                    sparse_csr(t.indptr.astype(np.int64), t.indices.astype(np.int64),
                          t.data, shape[::-1], dev),
                 )
 
@@ -461,15 +315,15 @@ class SeqNN(OnlineModel):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             block: nn.Module = (
-                _Block(dim, max_len, n_heads, ffn_dim) if encoder == "attention"
-                else _GRU(dim, max_len)
+                AttentionBlock(dim, max_len, n_heads, ffn_dim) if encoder == "attention"
+                else GRUEncoder(dim, max_len)
             )
             self._block = block.to(self._dev)
         self._opt = torch.optim.Adam(self._block.parameters(), lr=learning_rate)
         self._gen = torch.Generator().manual_seed(seed)
-        self._ids = _RowTable(initial_capacity, dim, self._dev)
-        self._bias = _RowTable(initial_capacity, 0, self._dev)
-        self._tokens: _RowTable | None = None  # content token vectors (n_buckets, dim)
+        self._ids = RowTable(initial_capacity, dim, self._dev)
+        self._bias = RowTable(initial_capacity, 0, self._dev)
+        self._tokens: RowTable | None = None  # content token vectors (n_buckets, dim)
         self._tok_idx = np.zeros((initial_capacity, 0), np.int64)  # per item row
         self._tok_w = np.zeros((initial_capacity, 0), np.float32)
         self._feat_version = -1
@@ -502,7 +356,7 @@ class SeqNN(OnlineModel):
         """
         self.features = features
         if self.use_content and self._tokens is None:
-            self._tokens = _RowTable(features.n_buckets, self.dim, self._dev)
+            self._tokens = RowTable(features.n_buckets, self.dim, self._dev)
         self._feat_version = -1
         self._refresh_features()
 
@@ -760,7 +614,7 @@ class SeqNN(OnlineModel):
             negs = self._r_tgt[pick]
             live = np.flatnonzero(clicked)
             uni = live[torch.randint(0, len(live), (n_uni,), generator=self._gen).numpy()]
-            cand = _sorted_unique(np.concatenate([tgt, negs[negs >= 0], uni]), n)
+            cand = sorted_unique(np.concatenate([tgt, negs[negs >= 0], uni]), n)
             # logQ: a candidate's chance under the mixture of draws in proportion to its
             # share of the replay ring and uniform draws over the clicked items.
             ring = self._r_tgt[: self._r_len]
@@ -772,7 +626,7 @@ class SeqNN(OnlineModel):
         used = ctx[ctx >= 0]
         # Contexts hold clicked items only, so with the full softmax rows = candidates.
         covered = full and bool((cpos[used] >= 0).all())
-        rows = cand if covered else _sorted_unique(np.concatenate([cand, used]), n)
+        rows = cand if covered else sorted_unique(np.concatenate([cand, used]), n)
         return _Plan(self, rows, cand, cpos, full, logq)
 
     def _content_on(self) -> bool:
@@ -789,7 +643,7 @@ class SeqNN(OnlineModel):
             assert self._tokens is not None
             buckets, mat, mat_t = plan.bags
             tok_leaf = self._tokens.weight[buckets].detach().requires_grad_()
-            emb = id_leaf + _SparseMM.apply(mat, mat_t, tok_leaf)
+            emb = id_leaf + SparseMM.apply(mat, mat_t, tok_leaf)
         valid = ctx >= 0
         ctx_local = plan.pos[np.where(valid, ctx, n)]
         h = self._block(emb, torch.from_numpy(ctx_local).to(dev), torch.from_numpy(valid).to(dev))
@@ -984,8 +838,8 @@ class SeqNN(OnlineModel):
         dev = m._dev
         m.users = IdIndex.from_arrays(a, "users")
         m.items = IdIndex.from_arrays(a, "items")
-        m._ids = _RowTable.from_arrays(a, "ids", dev)
-        m._bias = _RowTable.from_arrays(a, "bias", dev)
+        m._ids = RowTable.from_arrays(a, "ids", dev)
+        m._bias = RowTable.from_arrays(a, "bias", dev)
         m._alive = np.asarray(a["alive"]).astype(bool)
         m._last_seen = np.array(a["last_seen"], np.float64)
         m._count = np.array(a["count"], np.float64)
@@ -1022,7 +876,7 @@ class SeqNN(OnlineModel):
         opt_sd["state"] = opt_state
         m._opt.load_state_dict(opt_sd)
         if "tokens.weight" in a:
-            m._tokens = _RowTable.from_arrays(a, "tokens", dev)
+            m._tokens = RowTable.from_arrays(a, "tokens", dev)
         if state.meta.get("has_features"):
             m.features = ItemFeatures.from_arrays(a, "features")
             m._tok_idx, m._tok_w = m.features.padded(m.items.ids)
