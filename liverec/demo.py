@@ -540,10 +540,25 @@ class _Demo:
         self.echo(f"  dashboard          {api}/dashboard")
         self.echo(f"  serving metrics    {self.serving_url}")
         self.echo(f"  trainer metrics    {self.trainer_url}")
-        self.echo(f"  try                curl '{api}/v1/recommendations?user_id=u000001&k=10'")
+        self.echo("  try                a sample query follows once users have clicked")
         self.echo(f"  run dir            {self.run_dir}  (snapshots/, logs/)")
         self.echo("  stop               Ctrl-C")
         self.echo("")
+
+    _suggested = False
+
+    def suggest_query(self) -> None:
+        """Once, a sample query for a user who has clicked (with history, so the answer
+        is personal, not the popularity fallback a never-seen user id gets)."""
+        if self._suggested or self.stream is None:
+            return
+        user = self.stream.recent_user(random.Random(self.opts.seed))
+        if user is None:
+            return
+        self._suggested = True
+        self.echo(f"  try                curl '{self.api}/v1/recommendations?user_id={user}"
+                  f"&k=10'  ({user} just clicked; an unknown user id gets the popular items, "
+                  '"fallback": true)')
 
     def stream_clicks(self, bootstrap: str) -> None:
         o = self.opts
@@ -579,6 +594,7 @@ class _Demo:
             if now >= next_status:
                 self.echo(self.status_line())
                 next_status += o.status_every_s
+                self.suggest_query()
             time.sleep(0.2)
 
     def drain(self) -> None:

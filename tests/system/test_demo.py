@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from online_models.snapshot import SnapshotStore
 from tests.system.helpers import LIVEREC
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka]
@@ -44,6 +46,10 @@ def test_demo_runs_for_a_duration_and_writes_its_summary(
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "/dashboard" in out.stdout and "curl " in out.stdout
+    # The sample query names a user who clicked (one the model knows), not a made-up id
+    # that could only get the popularity fallback.
+    suggested = re.search(r"/v1/recommendations\?user_id=([^&']+)&", out.stdout)
+    assert suggested is not None, out.stdout[-3000:]
     assert "events in" in out.stdout  # at least one status line
     figures = json.loads(summary.read_text())
     assert figures["events_produced"] > 0
@@ -54,6 +60,7 @@ def test_demo_runs_for_a_duration_and_writes_its_summary(
     assert figures["freshness_p50_s"] is not None and figures["freshness_p50_s"] >= 0
     assert (run_dir / "logs" / "trainer.log").stat().st_size > 0
     assert (run_dir / "snapshots" / "LATEST").exists()
+    assert suggested.group(1) in SnapshotStore(run_dir / "snapshots").load().history
     assert _ours(run_dir) == [], "the demo left processes behind"
 
 
