@@ -77,7 +77,8 @@ def register(app: typer.Typer) -> None:
         item_features_preset: Annotated[
             str | None,
             typer.Option("--features-preset",
-                         help="movielens | online-retail (default: from the header)."),
+                         help="movielens | online-retail (default: from the header) "
+                              "[LIVEREC_ITEM_FEATURES_PRESET]."),
         ] = None,
         item_features_topic: Annotated[
             str | None,
@@ -88,7 +89,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve recommendations from hot-reloaded snapshots (FastAPI + uvicorn).
 
-        Every option may also come from ``LIVEREC_<NAME>`` environment variables.
+        Every option may also come from ``LIVEREC_<NAME>`` environment variables
+        (``--features-preset``: ``LIVEREC_ITEM_FEATURES_PRESET``).
         """
         from serving.app import run
         from serving.auth import AuthConfigError, AuthSettings

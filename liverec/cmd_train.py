@@ -1,6 +1,7 @@
 """`liverec train`: the trainer service (registered by :mod:`liverec.cli`).
 
-Every option falls back to its ``LIVEREC_<NAME>`` environment variable through two
+Every option falls back to its ``LIVEREC_<NAME>`` environment variable (``--features-preset``:
+``LIVEREC_ITEM_FEATURES_PRESET``) through two
 settings objects, one per concern: :class:`trainer.TrainerSettings` (what to learn) and
 :class:`stream.settings.KafkaSettings` (where the stream comes from, shared with
 ``serve`` and ``replay``); an option given on the command line wins.
@@ -127,7 +128,8 @@ def train(
     fold_every_s: Annotated[float | None, typer.Option(
         help="scale-out: seconds the folding trainer gathers update messages before it "
              "folds them in one go (0: after every read) [LIVEREC_FOLD_EVERY_S]")] = None,
-    log_level: Annotated[str, typer.Option(help="logging level")] = "INFO",
+    log_level: Annotated[str, typer.Option(help="logging level", envvar="LIVEREC_LOG_LEVEL")
+                         ] = "INFO",
 ) -> None:
     """Consume clicks, evaluate a sample prequentially, learn, snapshot, commit; serve /metrics.
 
