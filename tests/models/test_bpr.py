@@ -29,6 +29,7 @@ def test_folds_in_an_unknown_user_from_history() -> None:
     m = BPR(n_factors=16, learning_rate=0.1, seed=3)
     learn_all(m, planted(6000), epochs=3)
     recs = m.recommend("brand-new", k=5, history=["B1", "B2", "B3"], exclude=["B1", "B2", "B3"])
+    assert len(recs) == 5
     assert all(item.startswith("B") for item, _ in recs), recs
     # With nothing to go on the scores are the learned item biases, one per item row.
     assert np.array_equal(m.score_all("nobody"), m._b[: m.items.capacity])

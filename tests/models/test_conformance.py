@@ -219,8 +219,14 @@ def test_clone_is_unfitted_with_the_same_params(name: str, fitted: OnlineModel) 
     assert fitted.users.get("cu") == -1  # learning the clone leaves the original alone
 
 
+#: models without item vectors (count models and blends): ``item_vectors()`` is None
+NO_ITEM_VECTORS = {"popularity", "itemknn", "userknn", "sequence", "sknn", "hybrid",
+                   "content-knn", "ranked"}
+
+
 def test_item_vectors_align_with_items(name: str, fitted: OnlineModel) -> None:
     vecs = fitted.item_vectors()
+    assert (vecs is None) == (name in NO_ITEM_VECTORS)
     if vecs is not None:
         assert vecs.ndim == 2 and vecs.shape[0] == fitted.items.capacity
         assert np.isfinite(vecs).all()
@@ -289,9 +295,12 @@ def test_adaptable_params_are_declared_and_settable(name: str, fitted: OnlineMod
         "river-funkmf": {"learning_rate"},
         "river-biasedmf": {"learning_rate"},
         "hybrid": set(),  # its components are adapted where they live
+        "ranked": set(),  # likewise
+        "seqnn": set(),  # its own trainer and step budget keep it in step
+        "content-knn": set(),  # no decay to shorten
     }
-    if name in expected:
-        assert set(declared) == expected[name]
+    assert name in expected, f"declare {name}'s adaptable parameters here"
+    assert set(declared) == expected[name]
 
 
 def test_forgotten_users_leave_and_the_model_goes_on(

@@ -223,6 +223,7 @@ def test_bpr_two_trainers_by_user_partition_learn_planted_groups() -> None:
         t = trainers[zlib.crc32(user.encode()) % 2]
         assert user in t.users
         recs = t.recommend(user, k=10)
+        assert len(recs) == 10
         assert all(item.startswith(prefix) for item, _ in recs), (user, recs)
 
 

@@ -33,6 +33,7 @@ def test_retrieval_alone_learns_planted_groups() -> None:
     m = EmbeddingModel(dim=16, n_negatives=16, seed=1)
     learn_all(m, planted(8000))
     recs = m.recommend("b5", k=10)
+    assert len(recs) == 10
     assert all(item.startswith("B") for item, _ in recs), recs
 
 
@@ -40,6 +41,7 @@ def test_folds_in_an_unknown_user_and_falls_back_to_popularity(
     trained: EmbeddingModel,
 ) -> None:
     recs = trained.recommend("new", 5, history=["A1", "A2"], exclude=["A1", "A2"])
+    assert len(recs) == 5
     assert all(item.startswith("A") for item, _ in recs), recs
     pop = trained.score_all("nobody")
     assert np.allclose(pop, np.log1p(trained._it.count[: trained.items.capacity]))

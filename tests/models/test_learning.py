@@ -1,9 +1,12 @@
 """Learned models find the structure planted in the synthetic stream.
 
 One prequential pass (test-then-train, the evaluator's protocol) over a small seeded
-synthetic stream with topics, Zipf popularity and successor sequences. Every learned
-model must beat the popularity baseline's HR@10 by a clear margin; margins were
-measured on this exact stream (see the numbers in each case) and set with room.
+synthetic stream with topics, Zipf popularity and successor sequences. Each model in
+``MARGINS`` must beat the popularity baseline's HR@10 by a clear margin; margins were
+measured on this exact stream (see the numbers in each case) and set with room. The
+neural sequence model, content-kNN and the re-ranker are held to planted streams of
+their own (``test_seqnn.py``, ``test_content.py``, ``test_reranker.py``); the River
+baselines are comparison points, not models liverec serves.
 """
 
 from __future__ import annotations
@@ -50,8 +53,6 @@ def hit_rates() -> dict[str, float]:
 
 @pytest.mark.parametrize("name", sorted(MARGINS))
 def test_learned_model_beats_popularity(name: str, hit_rates: dict[str, float]) -> None:
-    if name not in hit_rates:
-        pytest.skip(f"{registry.MODEL_PATHS[name]} not written yet")
     popularity = hit_rates["popularity"]
     assert popularity > 0.02  # the baseline itself works on this stream
     assert hit_rates[name] >= MARGINS[name] * popularity, sorted(hit_rates.items())

@@ -31,8 +31,10 @@ def test_learns_planted_groups(cls: type[RiverFunkMF]) -> None:
             m.learn(chunk)
     for user, prefix in (("a1", "A"), ("b2", "B")):
         recs = m.recommend(user, k=8)
+        assert len(recs) == 8
         assert all(item.startswith(prefix) for item, _ in recs), recs
     recs = m.recommend("new", 4, history=["B1", "B2"], exclude=["B1", "B2"])
+    assert len(recs) == 4
     assert all(item.startswith("B") for item, _ in recs), recs
 
 

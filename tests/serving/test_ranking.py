@@ -134,6 +134,7 @@ def test_ann_index_is_reused_across_swaps_and_rescored_with_new_factors() -> Non
     for u in range(20):
         user = f"u{u}"
         got = new.recommend(user, 5, live=live).items
+        assert len(got) == 5
         scores = model.score_all(user, new.history(user, live))
         for item, score in got:
             assert np.isclose(score, scores[model.items.get(item)], atol=1e-5)

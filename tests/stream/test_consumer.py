@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from stream.consumer import ConsumedBatch, MiniBatchConsumer
-from stream.events import ClickEvent, decode, encode
+from stream.events import ClickEvent, Rejected, decode, encode
 from stream.kafka import Record, end_offsets, make_consumer, make_producer, send_all
 from stream.replay import produce_events
 from stream.settings import KafkaSettings
@@ -207,7 +207,9 @@ def test_decode_of_produced_bytes_matches(kafka_settings, new_topic):
     produce_events(kafka_settings, topic, [ev])
     with MiniBatchConsumer(at(kafka_settings, topic), "g-one") as c:
         (b,) = drain(c, 1)
-    assert b.events == [ev] and decode(b"") is not None
+    assert b.events == [ev]
+    empty = decode(b"")
+    assert isinstance(empty, Rejected) and empty.reason == "empty"
 
 
 def test_commit_inside_on_revoke_lands_before_the_partitions_move(kafka_settings, new_topic):

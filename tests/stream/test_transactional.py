@@ -42,6 +42,7 @@ def test_a_background_commit_publishes_and_the_next_begin_waits_for_it(
         prod.init()
         for k in range(3):
             prod.begin()  # waits for the previous background commit
+            assert not prod.committing and prod.in_transaction
             prod.send(topic, f"v{k}".encode(), partition=0)
             prod.commit_in_background({}, group)
             assert prod.committing
