@@ -80,8 +80,9 @@ def test_admission_threshold() -> None:
     m.learn(Batch.from_columns(["u", "v"], ["x", "y"], timestamps=[2, 3]))
     assert "u" in m.users and "x" in m.items
     assert "v" not in m.users and "y" not in m.items
-    # The admitting event itself trains, so the new rows moved off their init.
+    # The admitting event gives the user a live row (and, scored, a finite answer).
     assert m._ut.alive[m.users.get("u")]
+    assert np.isfinite(m.score_all("u")).all() and m.score_all("u").shape == (1,)
 
 
 def test_expiry_frees_zeroes_and_reuses_rows() -> None:
