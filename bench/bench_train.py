@@ -74,17 +74,22 @@ def raw_rate(bootstrap: str, topic: str, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def learn_rate(events: list[ClickEvent], mix: str, batch_size: int) -> float:
-    """Events/s of the mix's models learning the events in memory (fresh models)."""
-    models = {n: registry.create(n) for n in registry.parse_models(mix)}
-    registry.bind(models)
-    order = learning_order(models)
-    batches = [
+def event_batches(events: list[ClickEvent], batch_size: int) -> list[Batch]:
+    """The events as the trainer's mini-batches (event-type weights, event times)."""
+    return [
         Batch.from_columns([e.user_id for e in chunk], [e.item_id for e in chunk],
                            np.asarray([EVENT_WEIGHTS[e.event_type] for e in chunk]),
                            np.asarray([e.ts for e in chunk]))
         for chunk in (events[i:i + batch_size] for i in range(0, len(events), batch_size))
     ]
+
+
+def learn_rate(events: list[ClickEvent], mix: str, batch_size: int) -> float:
+    """Events/s of the mix's models learning the events in memory (fresh models)."""
+    models = {n: registry.create(n) for n in registry.parse_models(mix)}
+    registry.bind(models)
+    order = learning_order(models)
+    batches = event_batches(events, batch_size)
     t0 = time.perf_counter()
     for b in batches:
         for name in order:

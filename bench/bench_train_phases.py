@@ -32,17 +32,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_train import click_events, prefilled_topic, raw_rate, train_rate
+from bench_train import click_events, event_batches, prefilled_topic, raw_rate, train_rate
 
 import trainer.service as service
 from liverec.runtime import pin_malloc_mmap_threshold
 from online_models import registry
 from online_models.base import Batch, learning_order
-from stream.events import EVENT_WEIGHTS, ClickEvent
+from stream.events import ClickEvent
 from trainer.source import BatchSource
 
 #: wall seconds per phase of the current trainer run
@@ -106,11 +104,7 @@ def learn_in_memory(events: list[ClickEvent], mix: str, batch_size: int) -> dict
     registry.bind(models)
     order = learning_order(models)
     seconds = dict.fromkeys(order, 0.0)
-    for i in range(0, len(events), batch_size):
-        chunk = events[i:i + batch_size]
-        b = Batch.from_columns([e.user_id for e in chunk], [e.item_id for e in chunk],
-                               np.asarray([EVENT_WEIGHTS[e.event_type] for e in chunk]),
-                               np.asarray([e.ts for e in chunk]))
+    for b in event_batches(events, batch_size):
         for name in order:
             t0 = time.perf_counter()
             models[name].learn(b)
