@@ -39,7 +39,8 @@ class RowMaps:
     """Per component: its item rows -> our item rows (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._rows: dict[str, np.ndarray] = {}
+        self._rows: dict[str, np.ndarray] = {}  # a view of the first rows of _buf
+        self._buf: dict[str, np.ndarray] = {}  # room to grow in place (amortized)
         self._gens: dict[str, int] = {}
         self._identity: dict[str, bool] = {}  # component rows == our rows
 
@@ -66,11 +67,31 @@ class RowMaps:
                 continue
             new = np.asarray([-1 if k is None else items.add(k) for k in ids[start:]],
                              np.int64)
-            self.restore(c, np.concatenate((old[:start], new)), index.generation)
+            if start == 0:
+                self.restore(c, new, index.generation)
+            else:
+                self._extend(c, start, new)
+
+    def _extend(self, component: str, start: int, new: np.ndarray) -> None:
+        """Append ``new`` to the map's first ``start`` rows, in place when there is
+        room; the identity check looks at the new rows only (this runs once a batch:
+        a copy and a check of every row cost more than the batch's own work)."""
+        buf = self._buf[component]
+        end = start + len(new)
+        if end > len(buf):
+            grown = np.empty(max(2 * len(buf), end, 16), np.int64)
+            grown[:start] = buf[:start]
+            self._buf[component] = buf = grown
+        buf[start:end] = new
+        self._rows[component] = buf[:end]
+        if self._identity[component]:
+            self._identity[component] = bool(
+                np.array_equal(new, np.arange(start, end, dtype=np.int64)))
 
     def restore(self, component: str, rows: np.ndarray, generation: int) -> None:
         """Set ``component``'s map (from a snapshot), valid for its index ``generation``."""
         rows = np.asarray(rows, np.int64).copy()
+        self._buf[component] = rows
         self._rows[component] = rows
         self._gens[component] = generation
         self._identity[component] = bool(np.array_equal(rows, np.arange(len(rows))))

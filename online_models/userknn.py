@@ -89,6 +89,11 @@ class UserKNN(OnlineModel):
         # Decayed popularity, expressed at the watermark.
         self._pop = np.zeros(0, np.float64)
         self._watermark = -np.inf
+        # The two tables flattened at the last get_state, and the rows changed since:
+        # a snapshot flattens only those again (a trainer copies the state every few
+        # seconds, and flattening every pair was most of its snapshot pause)
+        self._ui_flat = _FlatCache(width=2)
+        self._iu_flat = _FlatCache(width=1)
 
     # ------------------------------------------------------------------ learning
     def _decay(self, t: np.ndarray) -> np.ndarray:
@@ -120,8 +125,11 @@ class UserKNN(OnlineModel):
         max_ui, max_iu = self.max_user_items, self.max_users_per_item
         user_items, item_users = self._user_items, self._item_users
         hl = self.half_life_seconds
-        for u, i, t, w in zip(u_rows.tolist(), i_rows.tolist(), ts.tolist(), ws.tolist(),
-                              strict=True):
+        u_list, i_list = u_rows.tolist(), i_rows.tolist()
+        self._ui_flat.touch(u_list)
+        self._iu_flat.touch(i_list)
+        evicted = self._iu_flat.touch_one
+        for u, i, t, w in zip(u_list, i_list, ts.tolist(), ws.tolist(), strict=True):
             items = user_items.get(u)
             if items is None:
                 items = user_items[u] = {}
@@ -136,6 +144,7 @@ class UserKNN(OnlineModel):
             if len(items) > max_ui:
                 gone = next(iter(items))
                 del items[gone]
+                evicted(gone)
                 users_of_gone = item_users.get(gone)
                 if users_of_gone is not None:
                     users_of_gone.pop(u, None)
@@ -152,7 +161,9 @@ class UserKNN(OnlineModel):
         their rows (freed for reuse)."""
         user_items, item_users = self._user_items, self._item_users
         for u in self.users.remove_many(users):
+            self._ui_flat.touch_one(u)
             for i in user_items.pop(u, {}):
+                self._iu_flat.touch_one(i)
                 of_item = item_users.get(i)
                 if of_item is not None:
                     of_item.pop(u, None)
@@ -355,8 +366,8 @@ class UserKNN(OnlineModel):
     def get_state(self) -> ModelState:
         # C-level walks over the nested dicts (a Python loop per pair made this the
         # trainer's longest snapshot pause): same arrays, same order.
-        ui_user, ui_item, ui_tw = _flatten(self._user_items, width=2)
-        iu_item, iu_user, iu_t = _flatten(self._item_users)
+        ui_user, ui_item, ui_tw = self._ui_flat.arrays(self._user_items)
+        iu_item, iu_user, iu_t = self._iu_flat.arrays(self._item_users)
         arrays = {
             **self.users.to_arrays("users"),
             **self.items.to_arrays("items"),
@@ -439,6 +450,59 @@ def _rank_in_group(sorted_owner: np.ndarray) -> np.ndarray:
     n = len(sorted_owner)
     start = np.concatenate(([True], sorted_owner[1:] != sorted_owner[:-1]))
     return np.arange(n) - np.maximum.accumulate(np.where(start, np.arange(n), 0))
+
+
+class _FlatCache:
+    """A two-level dict's :func:`_flatten` arrays (outer keys in ascending order),
+    kept between calls: :meth:`arrays` flattens again only the outer keys touched since
+    the last call and merges them with the rest of the last result.
+
+    >>> table, cache = {5: {1: 0.5}, 2: {7: 1.0, 3: 2.0}}, _FlatCache()
+    >>> [a.tolist() for a in cache.arrays(table)]
+    [[2, 2, 5], [7, 3, 1], [1.0, 2.0, 0.5]]
+    >>> table[4] = {9: 3.0}; del table[5]; cache.touch([4, 5])
+    >>> [a.tolist() for a in cache.arrays(table)]
+    [[2, 2, 4], [7, 3, 9], [1.0, 2.0, 3.0]]
+    """
+
+    def __init__(self, width: int = 1) -> None:
+        self.width = width
+        self._flat: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._touched: set[int] = set()  # outer keys changed since _flat (once it exists)
+
+    def touch(self, keys: list[int]) -> None:
+        if self._flat is not None:
+            self._touched.update(keys)
+
+    def touch_one(self, key: int) -> None:
+        if self._flat is not None:
+            self._touched.add(key)
+
+    def arrays(self, table: dict[int, dict[int, Any]]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`_flatten` of ``table`` with its outer keys in ascending order (read-only
+        arrays: the next call reuses them)."""
+        if self._flat is None:
+            flat = _flatten({k: table[k] for k in sorted(table)}, self.width)
+        else:
+            outer, inner, values = self._flat
+            touched = sorted(self._touched)
+            fresh = _flatten({k: table[k] for k in touched if k in table}, self.width)
+            if touched and len(outer):
+                mark = np.zeros(max(touched[-1], int(outer.max())) + 1, bool)
+                mark[touched] = True
+                keep = ~mark[outer]
+                outer, inner, values = outer[keep], inner[keep], values[keep]
+            # Two runs sorted by outer key, no key in both: a stable sort merges them
+            # and keeps each key's inner order.
+            merged = [np.concatenate((old, new)) for old, new in zip(
+                (outer, inner, values), fresh, strict=True)]
+            order = np.argsort(merged[0], kind="stable")
+            flat = (merged[0][order], merged[1][order], merged[2][order])
+        for a in flat:
+            a.flags.writeable = False
+        self._flat, self._touched = flat, set()
+        return flat
 
 
 def _flatten(table: dict[int, dict[int, Any]], width: int = 1

@@ -81,3 +81,31 @@ def test_state_round_trip_is_exact() -> None:
     m.learn(data[1000:])
     r.learn(data[1000:])
     assert np.array_equal(m.score_all("b1"), r.score_all("b1"))
+
+
+def test_state_between_snapshots_equals_a_fresh_flatten() -> None:
+    """get_state reuses the last flattening for untouched rows: after learning
+    (evictions included) and forgetting users, its arrays equal a fresh model's
+    first get_state on the same tables, and the restored model answers alike."""
+    rng = np.random.default_rng(11)
+    m = UserKNN(max_users_per_item=3, max_user_items=4, half_life_seconds=50.0)
+    t = 0.0
+    for step in range(30):
+        n = 40
+        users = [f"u{x}" for x in rng.integers(0, 60, n)]
+        items = [f"i{x}" for x in rng.integers(0, 25, n)]
+        m.learn(Batch.from_columns(users, items, timestamps=t + np.arange(n, dtype=float)))
+        t += n
+        if step % 7 == 3:
+            m.forget_users([f"u{x}" for x in rng.integers(0, 60, 5)])
+        if step % 3 == 0:
+            state = m.get_state()
+            fresh = UserKNN.from_state(state)
+            fresh._user_items, fresh._item_users = m._user_items, m._item_users
+            expected = fresh.get_state()  # no earlier flattening to reuse
+            assert state.arrays.keys() == expected.arrays.keys()
+            for key, value in expected.arrays.items():
+                assert np.array_equal(state.arrays[key], value), key
+            restored = UserKNN.from_state(state)
+            for user in ("u1", "u7", "nobody"):
+                assert np.array_equal(m.score_all(user), restored.score_all(user))

@@ -1,0 +1,49 @@
+"""RowMaps: component rows onto a blending model's rows, grown batch by batch."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from online_models.ids import IdIndex
+from online_models.rowmap import RowMaps
+
+
+class _Component:
+    def __init__(self) -> None:
+        self.items = IdIndex()
+
+
+def test_growing_map_matches_a_map_built_at_once() -> None:
+    """Extending in place gives the rows a fresh build gives, and a view handed out
+    earlier keeps its rows while the map grows past its buffer."""
+    rng = np.random.default_rng(3)
+    comp, ours = _Component(), IdIndex()
+    ours.add_many(["z0", "z1"])  # our rows start elsewhere: not the identity
+    maps = RowMaps()
+    early = None
+    for step in range(40):
+        comp.items.add_many([f"i{x}" for x in rng.integers(0, 300, 7)])
+        maps.sync({"c": comp}, ours)
+        if step == 2:
+            early = maps.rows("c").copy(), maps.rows("c")
+    fresh = RowMaps()
+    fresh.sync({"c": comp}, IdIndex(ours.ids))  # type: ignore[arg-type]
+    assert len(maps.rows("c")) == comp.items.capacity
+    assert maps.rows("c").tolist() == fresh.rows("c").tolist()
+    assert maps.rows("c").tolist() == [ours.get(k) for k in comp.items.ids]  # type: ignore[arg-type]
+    assert early is not None and early[1].tolist() == early[0].tolist()
+    assert not maps.is_identity("c")
+
+
+def test_identity_holds_while_rows_agree_and_ends_when_they_part() -> None:
+    comp, ours = _Component(), IdIndex()
+    maps = RowMaps()
+    for batch in (["a", "b"], ["c"], ["d", "e", "f"]):
+        comp.items.add_many(batch)
+        maps.sync({"c": comp}, ours)
+        assert maps.is_identity("c")
+    ours.add("x")  # our next row is taken: the component's next item lands after it
+    comp.items.add("g")
+    maps.sync({"c": comp}, ours)
+    assert not maps.is_identity("c")
+    assert maps.rows("c").tolist() == [0, 1, 2, 3, 4, 5, 7]
