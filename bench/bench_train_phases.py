@@ -8,9 +8,13 @@ topic, so that whoever works on that ratio sees what is left to win:
   ``liverec_trainer_learn_duration_seconds`` sums) against the same model's time
   learning the same batches in memory, timed in the same way;
 * the learner thread's other steps, timed by wrapping the trainer's methods:
-  evaluation, de-duplication, the flood guard, data drift, building the batch, state
-  copies for snapshots (``_capture``), the final synchronous snapshot, waiting for
-  the Kafka source, and the time before the first batch arrives.
+  evaluation (and its main steps), de-duplication, the flood guard, data drift,
+  building the batch, state copies for snapshots (``_capture``), the final synchronous
+  snapshot, waiting for the Kafka source, and the time before the first batch arrives;
+  each with its wall time and the learner thread's CPU time in it (the difference is
+  waiting, nearly all of it for the GIL while the source thread decodes);
+* the source thread's CPU time (poll, decode, queue) and its decoding's part: under
+  the GIL this work does not overlap the learner's Python work, it takes turns with it.
 
 The wrappers add a few microseconds per call (about 4,000 calls per 100k events).
 
@@ -40,21 +44,45 @@ import trainer.service as service
 from liverec.runtime import pin_malloc_mmap_threshold
 from online_models import registry
 from online_models.base import Batch, learning_order
+from online_models.evaluation import PrequentialEvaluator
+from online_models.history import UserHistory
+from stream.columns import decode_columns
 from stream.events import ClickEvent
+from trainer import source as source_module
 from trainer.source import BatchSource
+
+#: CPU-only rows: the source thread's whole CPU time, and its decoding's part
+SOURCE = "source thread: poll, decode, queue (its own CPU; holds the GIL mostly)"
+SOURCE_DECODE = "  source thread: decode"
 
 #: wall seconds per phase of the current trainer run
 PHASES: dict[str, float] = defaultdict(float)
+#: the calling thread's CPU seconds per phase (wall - CPU: waits, mostly for the GIL)
+PHASES_CPU: dict[str, float] = defaultdict(float)
 
 
 def _timed(fn: Callable[..., Any], phase: str) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             return fn(*args, **kwargs)
         finally:
             PHASES[phase] += time.perf_counter() - t0
+            PHASES_CPU[phase] += time.thread_time() - c0
+    return wrapper
+
+
+def _thread_cpu(fn: Callable[..., Any], phase: str) -> Callable[..., Any]:
+    """``fn`` (a thread's whole body, or a step of one) with its thread CPU time in
+    ``phase`` (no wall time: the source thread mostly waits for room in its queue)."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        c0 = time.thread_time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            PHASES_CPU[phase] += time.thread_time() - c0
     return wrapper
 
 
@@ -66,7 +94,17 @@ def instrument() -> dict[str, float]:
                         ("_capture", "state copies for snapshots (the final one too)"),
                         ("_forget_evicted", "forget evicted users")):
         setattr(service.Trainer, name, _timed(getattr(service.Trainer, name), phase))
+    # The evaluation's steps: which are its own work and which wait for the GIL.
+    for cls, name, phase in (
+            (PrequentialEvaluator, "_score_batch", "scoring the sample"),
+            (PrequentialEvaluator, "_sync", "model rows -> catalog rows"),
+            (PrequentialEvaluator, "_catalog_rows", "catalog rows and counts"),
+            (PrequentialEvaluator, "_user_counts", "user counts"),
+            (UserHistory, "advance", "user histories")):
+        setattr(cls, name, _timed(getattr(cls, name), f"  evaluate: {phase}"))
     BatchSource.get = _timed(BatchSource.get, "waiting for the Kafka source")  # type: ignore[method-assign]
+    BatchSource._run = _thread_cpu(BatchSource._run, SOURCE)  # type: ignore[method-assign]
+    source_module.decode_columns = _thread_cpu(decode_columns, SOURCE_DECODE)
     Batch.from_columns = _timed(Batch.from_columns, "building the batch")  # type: ignore[method-assign]
 
     handle, init, checkpoint = (service.Trainer.handle, service.Trainer.__init__,
@@ -84,12 +122,13 @@ def instrument() -> dict[str, float]:
 
     def timed_checkpoint(self: service.Trainer, reason: str = "periodic",
                          wait: bool = False) -> Any:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             return checkpoint(self, reason, wait)
         finally:
             if reason == "shutdown":
                 PHASES["final snapshot (its copy + write)"] += time.perf_counter() - t0
+                PHASES_CPU["final snapshot (its copy + write)"] += time.thread_time() - c0
 
     service.Trainer.handle = first_handle  # type: ignore[method-assign]
     service.Trainer.__init__ = wrapped_init  # type: ignore[method-assign]
@@ -131,10 +170,12 @@ def main(argv: list[str] | None = None) -> None:
         for r in range(args.rounds):
             memory = learn_in_memory(events, args.mix, args.batch_size)
             PHASES.clear()
+            PHASES_CPU.clear()
             first.clear()
             t0 = time.perf_counter()
             rate, trainer = train_rate(kafka, args.events, args.mix, args.batch_size, 1.0,
                                        Path(tmp))
+            cpu = trainer.process_cpu_s  # type: ignore[attr-defined]
             wall = args.events / rate
             learn_s = sum(memory.values())
             print(f"\nround {r + 1}: trainer {wall:.2f} s, in memory {learn_s:.2f} s, "
@@ -147,10 +188,14 @@ def main(argv: list[str] | None = None) -> None:
                 inside = reg.get_sample_value("liverec_trainer_learn_duration_seconds_sum",
                                               {"model": name}) or 0.0
                 print(f"| {name} | {mem:.2f} | {inside:.2f} | {inside / max(mem, 1e-9):.2f} |")
-            print("| phase of the trainer | wall (s) | share of the run |")
-            print("|---|---:|---:|")
+            print(f"process CPU {cpu:.2f} s ({cpu / wall:.2f} cores busy)")
+            print("| phase of the trainer | wall (s) | its thread's CPU (s) | share of the run |")
+            print("|---|---:|---:|---:|")
             for phase, s in sorted(PHASES.items(), key=lambda kv: -kv[1]):
-                print(f"| {phase} | {s:.2f} | {s / wall:.1%} |")
+                print(f"| {phase} | {s:.2f} | {PHASES_CPU[phase]:.2f} | {s / wall:.1%} |")
+            for phase in (SOURCE, SOURCE_DECODE):
+                c = PHASES_CPU[phase]
+                print(f"| {phase} | | {c:.2f} | {c / wall:.1%} |")
 
 
 if __name__ == "__main__":
