@@ -84,7 +84,7 @@ from online_models.deltas import (
 )
 from online_models.drift import stable_buckets
 from online_models.ownership import write_heartbeat
-from online_models.snapshot import Snapshot, SnapshotError, SnapshotStore
+from online_models.snapshot import SnapshotError, SnapshotStore
 from stream.columns import decode_columns
 from stream.events import dlq_payload
 from stream.kafka import ConsumerOptions, RecordBatch, create_topics
@@ -97,6 +97,7 @@ from trainer.checkpoint import lock_location
 from trainer.evaluation import TrainerEvaluation
 from trainer.flood import FloodSettings
 from trainer.folding import UpdateFold
+from trainer.merged import best_item_snapshot, gather_partitions
 from trainer.metrics import PhaseClock, TrainerMetrics
 from trainer.partition_state import PartitionState, PartitionStore, merge_histories
 from trainer.settings import TrainerSettings
@@ -217,37 +218,11 @@ class ScaleOutTrainer:
                         "instance": self.instance, "mode": "scale-out"},
             shared=True, group=self.settings.group, topic=self.topic)
 
-    def _best_item_snapshot(self, ahead_of: int = -1) -> Snapshot | None:
-        """The most advanced item snapshot of any instance (all are folds of one log)
-        that has read more than ``ahead_of`` update records (manifests are compared
-        before anything is loaded)."""
-        ranked: list[tuple[int, SnapshotStore]] = []
-        base = self.root / "items"
-        for d in sorted(base.iterdir()) if base.is_dir() else []:
-            store = SnapshotStore(d)
-            try:
-                manifest = store.read_manifest()
-            except (SnapshotError, OSError, ValueError) as exc:
-                log.info("no readable item snapshot in %s: %s", d, exc)
-                continue
-            done = sum(int(o) for o in manifest.get("offsets", {}).get(self.updates, {})
-                       .values())
-            if done > ahead_of:
-                ranked.append((done, store))
-        for _, store in sorted(ranked, key=lambda r: r[0], reverse=True):
-            try:
-                snap = store.load_latest_valid()
-            except (SnapshotError, OSError) as exc:
-                log.warning("item snapshots in %s unreadable: %s", store.root, exc)
-                continue
-            if snap is not None:
-                return snap
-        return None
-
     def _rebase_items(self) -> None:
         """Adopt the most advanced item snapshot if it is ahead of this trainer's item
         state, keeping the state of the users this trainer owns."""
-        snap = self._best_item_snapshot(ahead_of=sum(self.fold.offsets.values()))
+        snap = best_item_snapshot(self.root, self.updates,
+                                  ahead_of=sum(self.fold.offsets.values()))
         if snap is None:
             log.info("no item snapshot ahead: the item state is folded from %s",
                      self.fold.offsets or "the update topic's start")
@@ -761,50 +736,25 @@ class ScaleOutTrainer:
         clones = registry.bind({n: registry.from_state(m.get_state())
                                 for n, m in self.models.items()})
         n_parts = len(self.consumer.partitions_for(self.topic)) if self.consumer else 0
-        histories = []
-        offsets: dict[int, int] = {}
-        per_part: dict[str, dict[str, Any]] = {}
-        events_total, watermark = 0, None
-        owner: Any
-        age: float | None
-        for p in range(max(n_parts, max(self.parts, default=-1) + 1)):
-            st = self.parts.get(p)
-            if st is not None:  # its users' state is in the clones already
-                owner, age = self.instance, 0.0
-            else:
-                snap = PartitionStore(self.root, p, self.settings.keep_snapshots).load(
-                    self.topic)
-                if snap is None:
-                    per_part[str(p)] = {"events_total": 0, "offset": None, "owner": None,
-                                        "snapshot_age_s": None}
-                    continue
-                st = self._fresh_state(p)
-                st.restore(snap, self.topic, clones, dedup_window_s=1.0, dedup_max_ids=1)
-                owner = snap.extra_meta.get("instance")
-                created = snap.manifest.get("created_at")
-                age = (time.time() - _iso_ts(created)) if isinstance(created, str) else None
-            histories.append(st.history)
-            events_total += st.events_total
-            if st.offset is not None:
-                offsets[p] = st.offset
-            if st.watermark is not None:
-                watermark = st.watermark if watermark is None else max(watermark, st.watermark)
-            per_part[str(p)] = {"events_total": st.events_total, "offset": st.offset,
-                                "owner": owner, "snapshot_age_s": age}
+        keep = self.settings.keep_snapshots
+        got = gather_partitions(
+            n_parts, self.parts, lambda p: PartitionStore(self.root, p, keep), self.topic,
+            clones, self._fresh_state, self.instance)
         info = self.merged_store.write(
-            clones, history=merge_histories(histories, self.settings.history_items),
-            offsets={self.topic: offsets}, events_total=events_total, watermark=watermark,
-            metrics=self._merged_metrics(),
+            clones, history=merge_histories(got.histories, self.settings.history_items),
+            offsets={self.topic: got.offsets}, events_total=got.events_total,
+            watermark=got.watermark, metrics=self._merged_metrics(),
             extra_meta={"scale_out": {
                 "group": self.settings.group, "writer": self.instance,
-                "partitions": per_part,
+                "partitions": got.partitions,
                 "item_coverage": {str(p): n for p, n in sorted(self.fold.coverage.items())},
                 "writer_update_lag_records": self._update_lag,
                 "writer_partitions": sorted(self.parts),
                 "updates": {self.updates: {str(p): o for p, o in self.fold.offsets.items()}},
             }})
         log.info("merged snapshot %d: events_total=%d over %d partitions in %.2f s",
-                 info.version, events_total, len(per_part), time.perf_counter() - t0)
+                 info.version, got.events_total, len(got.partitions),
+                 time.perf_counter() - t0)
         return info.version
 
 
@@ -821,9 +771,3 @@ def eval_users(users: Sequence[str] | np.ndarray, share: float) -> np.ndarray:
     if share >= 1.0:
         return np.ones(len(users), bool)
     return stable_buckets(users, 1 << 32) < int(share * (1 << 32))
-
-
-def _iso_ts(text: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(text).timestamp()
