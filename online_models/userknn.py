@@ -91,7 +91,9 @@ class UserKNN(OnlineModel):
         self._watermark = -np.inf
         # The two tables flattened at the last get_state, and the rows changed since:
         # a snapshot flattens only those again (a trainer copies the state every few
-        # seconds, and flattening every pair was most of its snapshot pause)
+        # seconds, and flattening every pair was most of its snapshot pause). Costs
+        # 24-32 bytes per stored pair once get_state has been called, far less than the
+        # dicts' own objects; a model that is never snapshotted tracks nothing.
         self._ui_flat = _FlatCache(width=2)
         self._iu_flat = _FlatCache(width=1)
 
@@ -365,7 +367,9 @@ class UserKNN(OnlineModel):
     # ------------------------------------------------------------------ state
     def get_state(self) -> ModelState:
         # C-level walks over the nested dicts (a Python loop per pair made this the
-        # trainer's longest snapshot pause): same arrays, same order.
+        # trainer's longest snapshot pause), and only over the rows touched since the
+        # last call: the outer keys come in ascending order (nothing reads their order;
+        # each inner dict keeps its own, least recent first).
         ui_user, ui_item, ui_tw = self._ui_flat.arrays(self._user_items)
         iu_item, iu_user, iu_t = self._iu_flat.arrays(self._item_users)
         arrays = {
