@@ -61,27 +61,17 @@ PHASES: dict[str, float] = defaultdict(float)
 PHASES_CPU: dict[str, float] = defaultdict(float)
 
 
-def _timed(fn: Callable[..., Any], phase: str) -> Callable[..., Any]:
+def _timed(fn: Callable[..., Any], phase: str, wall: bool = True) -> Callable[..., Any]:
+    """``fn`` with its wall time (unless not ``wall``: the source thread mostly waits
+    for room in its queue) and its thread's CPU time added to ``phase``."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         t0, c0 = time.perf_counter(), time.thread_time()
         try:
             return fn(*args, **kwargs)
         finally:
-            PHASES[phase] += time.perf_counter() - t0
-            PHASES_CPU[phase] += time.thread_time() - c0
-    return wrapper
-
-
-def _thread_cpu(fn: Callable[..., Any], phase: str) -> Callable[..., Any]:
-    """``fn`` (a thread's whole body, or a step of one) with its thread CPU time in
-    ``phase`` (no wall time: the source thread mostly waits for room in its queue)."""
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        c0 = time.thread_time()
-        try:
-            return fn(*args, **kwargs)
-        finally:
+            if wall:
+                PHASES[phase] += time.perf_counter() - t0
             PHASES_CPU[phase] += time.thread_time() - c0
     return wrapper
 
@@ -103,8 +93,8 @@ def instrument() -> dict[str, float]:
             (UserHistory, "advance", "user histories")):
         setattr(cls, name, _timed(getattr(cls, name), f"  evaluate: {phase}"))
     BatchSource.get = _timed(BatchSource.get, "waiting for the Kafka source")  # type: ignore[method-assign]
-    BatchSource._run = _thread_cpu(BatchSource._run, SOURCE)  # type: ignore[method-assign]
-    source_module.decode_columns = _thread_cpu(decode_columns, SOURCE_DECODE)
+    BatchSource._run = _timed(BatchSource._run, SOURCE, wall=False)  # type: ignore[method-assign]
+    source_module.decode_columns = _timed(decode_columns, SOURCE_DECODE, wall=False)
     Batch.from_columns = _timed(Batch.from_columns, "building the batch")  # type: ignore[method-assign]
 
     handle, init, checkpoint = (service.Trainer.handle, service.Trainer.__init__,

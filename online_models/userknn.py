@@ -486,13 +486,15 @@ class _FlatCache:
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:func:`_flatten` of ``table`` with its outer keys in ascending order (read-only
         arrays: the next call reuses them)."""
+        if self._flat is not None and not self._touched:
+            return self._flat
         if self._flat is None:
             flat = _flatten({k: table[k] for k in sorted(table)}, self.width)
         else:
             outer, inner, values = self._flat
             touched = sorted(self._touched)
             fresh = _flatten({k: table[k] for k in touched if k in table}, self.width)
-            if touched and len(outer):
+            if len(outer):
                 mark = np.zeros(max(touched[-1], int(outer.max())) + 1, bool)
                 mark[touched] = True
                 keep = ~mark[outer]
