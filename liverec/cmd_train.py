@@ -220,6 +220,11 @@ def train(
         f"duplicates {result.duplicates}, rejected {result.rejected}) in "
         f"{result.seconds:.1f} s; snapshot {result.snapshot_version}"
     )
+    if result.first_batch_s is not None and result.learning_s > 0:
+        typer.echo(
+            f"  first batch after {result.first_batch_s:.2f} s, learning "
+            f"{result.learning_s:.1f} s ({result.events_learned / result.learning_s:,.0f} "
+            f"events/s), shutdown {result.shutdown_s:.2f} s")
 
 
 def _run_scale_out(settings: Any, kafka: Any, metrics: Any) -> None:

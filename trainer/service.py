@@ -71,7 +71,20 @@ class TrainerResult:
     duplicates: int
     rejected: int
     snapshot_version: int | None
+    #: the whole run: joining the group, learning, and the shutdown
     seconds: float
+    #: from the start until the first batch came (the group join; None: none came)
+    first_batch_s: float | None = None
+    #: the shutdown: the last snapshot, committing its offsets, leaving the group
+    shutdown_s: float = 0.0
+
+    @property
+    def learning_s(self) -> float:
+        """From the first batch to the start of the shutdown: the time a long-running
+        trainer spends per event (the run's fixed costs, join and shutdown, left out)."""
+        if self.first_batch_s is None:
+            return 0.0
+        return max(0.0, self.seconds - self.first_batch_s - self.shutdown_s)
 
 
 class Trainer:
@@ -298,6 +311,7 @@ class Trainer:
         t_start = time.monotonic()
         restore_signals = stop_on_signals(self.stop_event, "final snapshot + commit")
         last_status = last_record = t_start
+        first_batch_at: float | None = None
         window_events, window_start, window_wait = 0, t_start, 0.0
         factory = self._consumer_factory or self._make_consumer
         self.source = BatchSource(
@@ -321,6 +335,8 @@ class Trainer:
                 window_wait += now - asked
                 if batch is not None:
                     last_record = now
+                    if first_batch_at is None:
+                        first_batch_at = now
                     try:
                         window_events += self.handle(batch)
                     except Exception:
@@ -348,6 +364,7 @@ class Trainer:
                     break
         finally:
             self._learning = False
+            t_stop = time.monotonic()
             try:
                 log.info("stopping: waiting for the last snapshot, then committing its "
                          "offsets and leaving the group")
@@ -361,10 +378,13 @@ class Trainer:
                 self.checkpointer.close()
                 restore_signals()
             self._update_gauges()
-            log.info("stopped: %s", self.status_line())
+            log.info("stopped after a %.2f s shutdown: %s", time.monotonic() - t_stop,
+                     self.status_line())
+        t_end = time.monotonic()
         return TrainerResult(
             self.events_learned, self.events_total, self.duplicates, self.rejected,
-            self.snapshot_version, time.monotonic() - t_start,
+            self.snapshot_version, t_end - t_start,
+            None if first_batch_at is None else first_batch_at - t_start, t_end - t_stop,
         )
 
     def _make_consumer(self, **hooks: Any) -> MiniBatchConsumer:

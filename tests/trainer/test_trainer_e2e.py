@@ -3,6 +3,7 @@ snapshot manifest, and fallback from a tampered snapshot."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -95,6 +96,12 @@ def test_train_counts_valid_events_rejects_and_duplicates(
     assert sum(manifest["offsets"][topic].values()) == total_records
     assert set(manifest["models"]) == {"popularity", "itemknn"}
     assert "SIGTERM" in proc.log_text() or "signal 15" in proc.log_text()
+    # The exit line splits the run into the join, learning and the shutdown.
+    phases = re.search(r"first batch after ([\d.]+) s, learning ([\d.]+) s \(([\d,]+) "
+                       r"events/s\), shutdown ([\d.]+) s", proc.log_text())
+    assert phases, proc.log_text()[-2000:]
+    join_s, learning_s, _, shutdown_s = (float(g.replace(",", "")) for g in phases.groups())
+    assert join_s > 0 and learning_s > 0 and shutdown_s > 0
 
 
 def test_tampered_snapshot_is_refused_and_previous_used(

@@ -16,7 +16,7 @@ from stream.columns import decode_columns
 from stream.events import ClickEvent, Rejected, encode
 from stream.settings import KafkaSettings
 from tests.trainer.helpers import synthetic_events
-from trainer import DedupWindow, Trainer, TrainerSettings
+from trainer import DedupWindow, Trainer, TrainerResult, TrainerSettings
 from trainer.source import PolledBatch
 
 KAFKA = KafkaSettings(topic="clicks")
@@ -56,6 +56,14 @@ def _sample(trainer: Trainer, name: str, labels: dict[str, str]) -> float:
     value = trainer.metrics.registry.get_sample_value(name, labels)
     assert value is not None, name
     return value
+
+
+def test_result_learning_time_leaves_out_the_join_and_the_shutdown() -> None:
+    result = TrainerResult(10, 10, 0, 0, 3, seconds=12.5, first_batch_s=0.5, shutdown_s=2.0)
+    assert result.learning_s == pytest.approx(10.0)
+    # No batch came: nothing was learned, so no learning time either.
+    idle = TrainerResult(0, 0, 0, 0, None, seconds=3.0, first_batch_s=None, shutdown_s=0.1)
+    assert idle.learning_s == 0.0
 
 
 def test_dedup_window_expires_by_event_time_and_count() -> None:
