@@ -18,9 +18,39 @@ import time
 import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
-from stream.columns import decode_columns
+from stream.columns import EventColumns, decode_columns
 
 SEP = "\x1f"
+#: a frame's head: first offset, next offset, records polled, valid events
+HEAD = struct.Struct("<qqii")
+
+
+def pack_frame(first: int, nxt: int, records: int, cols: EventColumns) -> bytes:
+    """One polled batch: :data:`HEAD`, then positions (int32), weights (float32),
+    timestamps (float64) and the four string columns joined by :data:`SEP`."""
+    m = len(cols.positions)
+    strs = SEP.join(cols.event_ids + cols.users + cols.items +
+                    ["" if s is None else s for s in cols.sessions]).encode()
+    return (HEAD.pack(first, nxt, records, m)
+            + np.asarray(cols.positions, np.int32).tobytes()
+            + cols.weights.astype(np.float32).tobytes()
+            + cols.timestamps.astype(np.float64).tobytes() + strs)
+
+
+def unpack_frame(body: bytes) -> tuple[int, int, int, EventColumns]:
+    """``(first, next, records, columns)`` of a :func:`pack_frame` body."""
+    first, nxt, records, m = HEAD.unpack_from(body)
+    o = HEAD.size
+    pos = np.frombuffer(body, np.int32, m, o).tolist()
+    o += 4 * m
+    w = np.frombuffer(body, np.float32, m, o).copy()
+    o += 4 * m
+    ts = np.frombuffer(body, np.float64, m, o).copy()
+    o += 8 * m
+    strs = body[o:].decode().split(SEP) if m else []
+    return first, nxt, records, EventColumns(
+        positions=pos, event_ids=strs[:m], users=strs[m:2 * m], items=strs[2 * m:3 * m],
+        weights=w, timestamps=ts, sessions=[s or None for s in strs[3 * m:]])
 
 
 def main() -> None:
@@ -47,14 +77,8 @@ def main() -> None:
                 continue
             cols, rejects = decode_columns([m.value() for m in msgs])
             assert not rejects, "the prototype has no dead-letter path"
-            m = len(cols.positions)
-            strs = SEP.join(cols.event_ids + cols.users + cols.items +
-                            ["" if s is None else s for s in cols.sessions]).encode()
-            body = (struct.pack("<qqii", msgs[0].offset() or 0, (msgs[-1].offset() or 0) + 1,
-                                len(msgs), m)
-                    + np.asarray(cols.positions, np.int32).tobytes()
-                    + cols.weights.astype(np.float32).tobytes()
-                    + cols.timestamps.astype(np.float64).tobytes() + strs)
+            body = pack_frame(msgs[0].offset() or 0, (msgs[-1].offset() or 0) + 1,
+                              len(msgs), cols)
             out.write(struct.pack("<i", len(body)) + body)
             out.flush()
     finally:

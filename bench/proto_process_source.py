@@ -33,14 +33,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from proto_process_child import unpack_frame
 
-from stream.columns import EventColumns
 from stream.consumer import Partition
 from trainer import service
 from trainer.source import BatchSource, PolledBatch
-
-SEP = "\x1f"
 
 CHILD = Path(__file__).with_name("proto_process_child.py")
 
@@ -78,19 +75,8 @@ class ProcSource(BatchSource):
             self._drain_commits()
             if not select.select([fd], [], [], 0.05)[0]:
                 continue
-            out = _read_exactly(fd, struct.unpack("<i", _read_exactly(fd, 4))[0])
-            first, nxt, n, m = struct.unpack_from("<qqii", out)
-            o = 24
-            pos = np.frombuffer(out, np.int32, m, o).tolist()
-            o += 4 * m
-            w = np.frombuffer(out, np.float32, m, o).copy()
-            o += 4 * m
-            ts = np.frombuffer(out, np.float64, m, o).copy()
-            o += 8 * m
-            strs = out[o:].decode().split(SEP) if m else []
-            cols = EventColumns(positions=pos, event_ids=strs[:m], users=strs[m:2 * m],
-                                items=strs[2 * m:3 * m], weights=w, timestamps=ts,
-                                sessions=[s or None for s in strs[3 * m:]])
+            first, nxt, n, cols = unpack_frame(
+                _read_exactly(fd, struct.unpack("<i", _read_exactly(fd, 4))[0]))
             self._put(PolledBatch(cols, [], {part: nxt}, {part: first}, n), self._generation)
 
     def stop(self, final_offsets: Mapping[Partition, int] | None,
@@ -144,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{v}: median train/learn {statistics.median(x[1] for x in xs):.3f}, "
               f"learning phase {statistics.median(x[2] for x in xs):.3f}, "
               f"trainer mean {statistics.mean(x[3] for x in xs):.2f} s")
+
 
 if __name__ == "__main__":
     main()

@@ -80,8 +80,9 @@ class TrainerResult:
 
     @property
     def learning_s(self) -> float:
-        """From the first batch to the start of the shutdown: the time a long-running
-        trainer spends per event (the run's fixed costs, join and shutdown, left out)."""
+        """From the first batch to the start of the shutdown (idle waits included):
+        the run without its fixed costs, join and shutdown, which a long-running
+        trainer pays once."""
         if self.first_batch_s is None:
             return 0.0
         return max(0.0, self.seconds - self.first_batch_s - self.shutdown_s)
@@ -378,9 +379,9 @@ class Trainer:
                 self.checkpointer.close()
                 restore_signals()
             self._update_gauges()
-            log.info("stopped after a %.2f s shutdown: %s", time.monotonic() - t_stop,
+            t_end = time.monotonic()
+            log.info("stopped after a %.2f s shutdown: %s", t_end - t_stop,
                      self.status_line())
-        t_end = time.monotonic()
         return TrainerResult(
             self.events_learned, self.events_total, self.duplicates, self.rejected,
             self.snapshot_version, t_end - t_start,
