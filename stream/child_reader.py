@@ -49,17 +49,20 @@ _ROOT = Path(__file__).resolve().parent.parent
 
 class ChildReader:
     """Start a reader process for ``settings.topic``, read under ``group``'s
-    committed offsets (it never commits), and hand out its :class:`Frame` s."""
+    committed offsets (it never commits; a partition without one starts at
+    ``auto_offset_reset``), and hand out its :class:`Frame` s."""
 
     def __init__(self, settings: KafkaSettings, group: str, *, batch_size: int,
                  max_wait_s: float, limits: Limits, weights: Mapping[str, float],
-                 client_id: str = "liverec-reader") -> None:
+                 client_id: str = "liverec-reader", auto_offset_reset: str = "earliest"
+                 ) -> None:
         if not settings.bootstrap:
             raise ValueError("no Kafka bootstrap configured")
         conf: dict[str, Any] = {
             "bootstrap.servers": settings.bootstrap, "client.id": client_id,
             "group.id": group, "enable.auto.offset.store": False,
-            "enable.partition.eof": False, **security_config(settings),
+            "enable.partition.eof": False, "auto.offset.reset": auto_offset_reset,
+            **security_config(settings),
         }
         self._config = {
             "op": "config", "conf": conf, "topic": settings.topic,
@@ -77,9 +80,9 @@ class ChildReader:
         write_message(self._in, json.dumps(self._config).encode())
 
     def assign(self, gen: int, offsets: Mapping[int, int | None]) -> None:
-        """Read exactly these partitions from now on: from the given offset, or where
-        the reader is (None; the group's committed offset for a new partition).
-        Frames read under an earlier assignment may still come: check ``gen``."""
+        """Read exactly these partitions from now on, each from its offset (None: the
+        group's committed offset). Frames read under an earlier assignment may still
+        come: check ``gen``."""
         write_message(self._in, json.dumps(
             {"op": "assign", "gen": gen,
              "offsets": {str(p): o for p, o in offsets.items()}}).encode())
@@ -93,13 +96,19 @@ class ChildReader:
             raise EOFError(f"the reader process ended (exit code {self.proc.poll()})")
         return decode_frame(body)
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Ask the reader to stop and wait for it (frames not read are dropped)."""
+    def request_stop(self) -> None:
+        """Ask the reader to stop (its input closes); :meth:`stop` waits for it."""
+        if self._in.closed:
+            return
         try:
             write_message(self._in, b'{"op": "stop"}')
             self._in.close()
         except OSError:
             pass  # gone already
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Ask the reader to stop and wait for it (frames not read are dropped)."""
+        self.request_stop()
         # Drain its output meanwhile: a reader blocked writing a frame sees the stop.
         deadline = time.monotonic() + timeout_s
         while self.proc.poll() is None and time.monotonic() < deadline:

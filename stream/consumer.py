@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -540,6 +540,15 @@ class MiniBatchConsumer:
                 continue
             self._handed_out[part] = offset
         self._pending = [p for p in self._pending if p[0] not in offsets]
+
+    def pause(self, parts: Iterable[Partition]) -> None:
+        """Stop fetching these assigned partitions; the member keeps them (another
+        reader -- :mod:`stream.child_reader` -- reads them)."""
+        self._client.pause(parts)
+
+    def end_offsets(self, parts: Iterable[Partition]) -> dict[Partition, int]:
+        """The offset after the last record of each partition (the high watermark)."""
+        return self._client.end_offsets(parts)
 
     def assignment(self) -> set[Partition]:
         """Partitions currently assigned to this member."""

@@ -17,8 +17,8 @@ Protocol (every message is a 4-byte little-endian length, then the body):
   "limits": {...}, "weights": {...}}`` first (on stdin, not the command line, so that
   credentials stay out of the process list); then any number of
   ``{"op": "assign", "gen": g, "offsets": {"<partition>": offset or null}}`` -- the
-  complete assignment, null meaning "where you are" for a partition already read and
-  "the group's committed offset" for a new one -- and ``{"op": "stop"}``.
+  complete assignment, each partition read from its offset (null: the group's
+  committed offset), also one read already -- and ``{"op": "stop"}``.
   End of input (the parent died) stops the child too.
 * child -> parent (stdout): one frame per polled batch, see :func:`encode_frame`.
 """
@@ -149,22 +149,23 @@ class _Reader:
         self.assigned: set[int] = set()
 
     def assign(self, gen: int, offsets: dict[str, int | None]) -> None:
+        """Read exactly these partitions, each from its offset (None: the group's
+        committed offset), from now on under generation ``gen``."""
         from confluent_kafka import OFFSET_STORED, TopicPartition
 
         wanted = {int(p): o for p, o in offsets.items()}
-        gone = self.assigned - set(wanted)
-        if gone:
-            self.consumer.incremental_unassign([TopicPartition(self.topic, p) for p in gone])
-        for p, off in wanted.items():
-            if p not in self.assigned:
-                self.consumer.incremental_assign(
-                    [TopicPartition(self.topic, p, OFFSET_STORED if off is None else off)])
-            elif off is not None:
-                self.consumer.seek(TopicPartition(self.topic, p, off))
+        if wanted:
+            self.consumer.assign([TopicPartition(self.topic, p,
+                                                 OFFSET_STORED if o is None else o)
+                                  for p, o in sorted(wanted.items())])
+        else:
+            self.consumer.unassign()
         self.assigned = set(wanted)
         self.gen = gen
 
-    def poll(self) -> tuple[list[int], list[int], list[bytes | None]]:
+    def poll(self, inp: int) -> tuple[list[int], list[int], list[bytes | None]]:
+        """Up to ``batch_size`` records within ``max_wait_s``, in 50 ms slices; a
+        command waiting on ``inp`` ends the wait."""
         c = self.consumer
         deadline = time.monotonic() + self.max_wait_s
         msgs = c.consume(self.batch_size, min(0.05, self.max_wait_s))
@@ -173,7 +174,8 @@ class _Reader:
             if left <= 0:
                 break
             more = c.consume(self.batch_size - len(msgs), min(0.05, left))
-            if not more and msgs:
+            if (not more and msgs) or select.select([inp], [], [], 0)[0]:
+                msgs += more
                 break
             msgs += more
         msgs = [m for m in msgs if m.error() is None]
@@ -195,7 +197,7 @@ class _Reader:
                 if not self.assigned:
                     select.select([inp], [], [], 0.05)
                     continue
-                parts, offs, values = self.poll()
+                parts, offs, values = self.poll(inp)
                 if not values:
                     continue
                 cols, rejects = decode_columns(values, limits=self.limits,

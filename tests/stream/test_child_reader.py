@@ -75,14 +75,14 @@ def test_reads_assigned_partitions_as_the_in_process_decode_would(
         ends = {p: max(f.next[p] for f in frames if p in f.next) for p in (0, 1)}
         assert sum(ends.values()) == len(events) + len(BAD_MESSAGES)
 
-        # Rewind partition 0 to its start; partition 1 stays where it is (at its end).
-        reader.assign(2, {0: 0, 1: None})
+        # Rewind partition 0 to its start; partition 1 goes on from its end.
+        reader.assign(2, {0: 0, 1: ends[1]})
         again = _frames(reader, ends[0], gen=2)
         assert again[0].first == {0: 0}
         assert all(set(f.next) == {0} for f in again)
 
         # Drop partition 0: new records there are not read, those on 1 are.
-        reader.assign(3, {1: None})
+        reader.assign(3, {1: ends[1]})
         more = synthetic_events(200, seed=4)
         produce_events(kafka_bootstrap, topic, more)
         later: list[Frame] = []
