@@ -1,24 +1,11 @@
 """The parent's handle on a :mod:`stream.reader_child` process.
 
-WORK IN PROGRESS (branch ``process-source``): not used by the trainer yet. The plan
-(BENCHMARKS, "Trainer throughput", session 27): the trainer's group consumer stays in
-the parent with fetching paused; each rebalance hook sends the complete assignment
-here with a new generation; frames of an older generation are dropped.
-
-Notes for wiring it into ``trainer.source.BatchSource`` (session 27):
-
-* Pausing the parent's group consumer: with confluent-kafka 2.16 / librdkafka 2.16,
-  ``pause()`` called inside ``on_assign`` *after* the hook's ``assign(tps)`` holds,
-  also across a later ``assign()`` (checked: 0 records fetched either way); called
-  without that assign (the library assigns after the hook returns) it is undone and
-  every record is fetched. ``stream.kafka.confluent``'s hook assigns first, so a
-  pause from ``on_assign`` works there, and its second assign (seeks asked for in the
-  hook) keeps it.
-* Every command must carry explicit offsets for every partition the parent has
-  accepted a frame of (the offset after the last accepted frame), not None: frames
-  read before the command are dropped as stale and must be read again.
-* Lag: the high watermark minus the offset after the last accepted frame (the paused
-  consumer's position does not move).
+The trainer's ``--source process`` (:mod:`trainer.process_source`) keeps its group
+consumer with every partition paused and sends the complete assignment here with a
+new generation after each rebalance hook or rewind; frames of an older generation
+are dropped. The offsets sent are explicit wherever a batch was accepted: frames read
+before a command are dropped, so they must be read again. Lag is the high watermark
+minus the offset after the last accepted frame (the paused consumer does not move).
 """
 
 from __future__ import annotations

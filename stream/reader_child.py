@@ -1,6 +1,6 @@
 """A Kafka reader in a child process: poll, decode into columns, send them on.
 
-WORK IN PROGRESS (branch ``process-source``): not used by the trainer yet.
+Used by the trainer's ``--source process`` (:mod:`trainer.process_source`).
 
 The trainer's learner and its source thread share one GIL, so the source's CPU --
 librdkafka's messages turned into Python objects, JSON decoding -- is paid by the

@@ -1,6 +1,4 @@
-"""The trainer's input read by a child process (confluent client only).
-
-WORK IN PROGRESS (branch ``process-source``).
+"""The trainer's input read by a child process (``--source process``; confluent only).
 
 :class:`ProcessBatchSource` is a :class:`~trainer.source.BatchSource` whose consumer
 stays a member of the group -- rebalance hooks, commits, the dead-letter topic, all

@@ -1,6 +1,6 @@
-"""The reader process (work in progress, not used by the trainer yet) against a real
-broker: what it reads equals the in-process decode; assignments with generations,
-rewinds and dropped partitions; it stops on command and when its parent's pipe closes."""
+"""The reader process of the trainer's ``--source process`` against a real broker:
+what it reads equals the in-process decode; assignments with generations, rewinds
+and dropped partitions; it stops on command and when its parent's pipe closes."""
 
 from __future__ import annotations
 
