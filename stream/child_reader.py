@@ -66,6 +66,11 @@ class ChildReader:
         self._in, self._out = self.proc.stdin, self.proc.stdout.fileno()
         write_message(self._in, json.dumps(self._config).encode())
 
+    @property
+    def stopping(self) -> bool:
+        """:meth:`request_stop` was called (commands are no longer sent)."""
+        return self._in.closed
+
     def assign(self, gen: int, offsets: Mapping[int, int | None]) -> None:
         """Read exactly these partitions from now on, each from its offset (None: the
         group's committed offset). Frames read under an earlier assignment may still

@@ -81,8 +81,8 @@ class ProcessBatchSource(BatchSource):
 
     def _sync_reader(self) -> None:
         """Send the reader the complete assignment under the current generation."""
-        if self._reader is None:
-            return
+        if self._reader is None or self._reader.stopping:
+            return  # (the group leave at shutdown revokes too: nothing left to read)
         mine = {p for t, p in self.assigned if t == self._kafka.topic}
         self._next = {p: self._next.get(p) for p in mine}
         self._reader.assign(self._generation, self._next)
