@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from stream.events import Limits
 from stream.kafka.confluent import security_config
@@ -71,10 +71,12 @@ class ChildReader:
         """:meth:`request_stop` was called (commands are no longer sent)."""
         return self._in.closed
 
-    def assign(self, gen: int, offsets: Mapping[int, int | None]) -> None:
+    def assign(self, gen: int, offsets: Mapping[int, int | Literal["reset"] | None]
+               ) -> None:
         """Read exactly these partitions from now on, each from its offset (None: the
-        group's committed offset). Frames read under an earlier assignment may still
-        come: check ``gen``."""
+        group's committed offset, which the reader looks up; ``"reset"``: the group has
+        none, start at ``auto_offset_reset``). Frames read under an earlier assignment
+        may still come: check ``gen``."""
         write_message(self._in, json.dumps(
             {"op": "assign", "gen": gen,
              "offsets": {str(p): o for p, o in offsets.items()}}).encode())

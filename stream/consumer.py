@@ -519,9 +519,12 @@ class MiniBatchConsumer:
         self._client.commit(offsets)
         self.commits_total += 1
 
-    def committed(self) -> dict[Partition, int | None]:
-        """The group's committed next-offset of each assigned partition."""
-        return self._client.committed(sorted(self.assignment()))
+    def committed(self, parts: Iterable[Partition] | None = None, timeout_s: float = 10.0
+                  ) -> dict[Partition, int | None]:
+        """The group's committed next-offset of ``parts`` (default: every assigned
+        partition); None where the group has none."""
+        wanted = self.assignment() if parts is None else parts
+        return self._client.committed(sorted(wanted), timeout_s)
 
     def seek(self, offsets: Mapping[Partition, int]) -> None:
         """Move the read position of assigned partitions (others are ignored, also one

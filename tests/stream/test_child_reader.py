@@ -10,7 +10,8 @@ import pytest
 
 from stream.child_reader import ChildReader
 from stream.events import DEFAULT_LIMITS, EVENT_WEIGHTS, decode
-from stream.kafka import make_producer, send_all
+from stream.kafka import make_consumer, make_producer, send_all
+from stream.kafka.base import ConsumerOptions
 from stream.reader_child import Frame
 from stream.replay import produce_events
 from stream.settings import KafkaSettings
@@ -105,3 +106,25 @@ def test_stops_when_the_parents_pipe_closes(
     reader.assign(1, {0: 0})
     reader._in.close()  # what a SIGKILLed parent leaves behind
     assert reader.proc.wait(10) == 0
+
+
+def test_starts_at_the_groups_commit_or_at_the_reset(
+    kafka_bootstrap: str, new_topic: Callable[..., str]
+) -> None:
+    """null: the reader looks up the group's commit; "reset": the parent found none."""
+    topic = new_topic(partitions=1)
+    produce_events(kafka_bootstrap, topic, synthetic_events(300, seed=5))
+    group = make_consumer(KafkaSettings(bootstrap=kafka_bootstrap, topic=topic),
+                          ConsumerOptions(group_id=f"g-{topic}"))
+    try:
+        group.commit({(topic, 0): 120})
+    finally:
+        group.close()
+    reader = _reader(kafka_bootstrap, topic)
+    try:
+        reader.assign(1, {0: None})
+        assert _frames(reader, 1, gen=1)[0].first == {0: 120}
+        reader.assign(2, {0: "reset"})  # auto_offset_reset "earliest"
+        assert _frames(reader, 1, gen=2)[0].first == {0: 0}
+    finally:
+        reader.stop()
