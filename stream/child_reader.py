@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from stream.events import Limits
 from stream.kafka.confluent import security_config
@@ -45,6 +45,7 @@ class ChildReader:
                  ) -> None:
         if not settings.bootstrap:
             raise ValueError("no Kafka bootstrap configured")
+        self.auto_offset_reset = auto_offset_reset
         conf: dict[str, Any] = {
             "bootstrap.servers": settings.bootstrap, "client.id": client_id,
             "group.id": group, "enable.auto.offset.store": False,
@@ -71,12 +72,10 @@ class ChildReader:
         """:meth:`request_stop` was called (commands are no longer sent)."""
         return self._in.closed
 
-    def assign(self, gen: int, offsets: Mapping[int, int | Literal["reset"] | None]
-               ) -> None:
+    def assign(self, gen: int, offsets: Mapping[int, int | None]) -> None:
         """Read exactly these partitions from now on, each from its offset (None: the
-        group's committed offset, which the reader looks up; ``"reset"``: the group has
-        none, start at ``auto_offset_reset``). Frames read under an earlier assignment
-        may still come: check ``gen``."""
+        group's committed offset). Frames read under an earlier assignment may still
+        come: check ``gen``."""
         write_message(self._in, json.dumps(
             {"op": "assign", "gen": gen,
              "offsets": {str(p): o for p, o in offsets.items()}}).encode())

@@ -549,6 +549,10 @@ class MiniBatchConsumer:
         reader -- :mod:`stream.child_reader` -- reads them)."""
         self._client.pause(parts)
 
+    def beginning_offsets(self, parts: Iterable[Partition]) -> dict[Partition, int]:
+        """The oldest offset each partition still holds (the low watermark)."""
+        return self._client.beginning_offsets(parts)
+
     def end_offsets(self, parts: Iterable[Partition]) -> dict[Partition, int]:
         """The offset after the last record of each partition (the high watermark)."""
         return self._client.end_offsets(parts)

@@ -16,10 +16,9 @@ Protocol (every message is a 4-byte little-endian length, then the body):
   ``{"op": "config", "conf": {...librdkafka...}, "topic", "batch_size", "max_wait_s",
   "limits": {...}, "weights": {...}}`` first (on stdin, not the command line, so that
   credentials stay out of the process list); then any number of
-  ``{"op": "assign", "gen": g, "offsets": {"<partition>": offset, null or "reset"}}``
-  -- the complete assignment, each partition read from its offset (null: the group's
-  committed offset, looked up here; "reset": the group has none, start at
-  ``auto.offset.reset``), also one read already -- and ``{"op": "stop"}``.
+  ``{"op": "assign", "gen": g, "offsets": {"<partition>": offset or null}}`` -- the
+  complete assignment, each partition read from its offset (null: the group's
+  committed offset), also one read already -- and ``{"op": "stop"}``.
   End of input (the parent died) stops the child too.
 * child -> parent (stdout): one frame per polled batch, see :func:`encode_frame`.
 """
@@ -146,23 +145,19 @@ class _Reader:
         self.limits = Limits(**cfg["limits"])
         self.weights: dict[str, float] = cfg["weights"]
         self.consumer = Consumer({**cfg["conf"], "enable.auto.commit": False})
-        self.reset: str = cfg["conf"].get("auto.offset.reset", "earliest")
         self.gen = 0
         self.assigned: set[int] = set()
 
-    def assign(self, gen: int, offsets: dict[str, int | str | None]) -> None:
+    def assign(self, gen: int, offsets: dict[str, int | None]) -> None:
         """Read exactly these partitions, each from its offset (None: the group's
-        committed offset; "reset": ``auto.offset.reset``), from now on under
-        generation ``gen``."""
-        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, OFFSET_STORED, TopicPartition
+        committed offset), from now on under generation ``gen``."""
+        from confluent_kafka import OFFSET_STORED, TopicPartition
 
-        reset = OFFSET_END if self.reset == "latest" else OFFSET_BEGINNING
-        logical = {None: OFFSET_STORED, "reset": reset}
         wanted = {int(p): o for p, o in offsets.items()}
         if wanted:
-            self.consumer.assign([TopicPartition(
-                self.topic, p, o if isinstance(o, int) else logical[o])
-                for p, o in sorted(wanted.items())])
+            self.consumer.assign([TopicPartition(self.topic, p,
+                                                 OFFSET_STORED if o is None else o)
+                                  for p, o in sorted(wanted.items())])
         else:
             self.consumer.unassign()
         self.assigned = set(wanted)

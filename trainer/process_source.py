@@ -41,8 +41,6 @@ class ProcessBatchSource(BatchSource):
         self._reader: ChildReader | None = None
         #: per partition, where the reader must go on from (None: the group's commit)
         self._next: dict[int, int | None] = {}
-        #: partitions the group has no commit for: the reader starts them at the reset
-        self._no_commit: set[int] = set()
         #: records the paused group consumer returned anyway (ignored)
         self.stray_records = 0
 
@@ -88,35 +86,33 @@ class ProcessBatchSource(BatchSource):
             return  # (the group leave at shutdown revokes too: nothing left to read)
         mine = {p for t, p in self.assigned if t == self._kafka.topic}
         self._next = {p: self._next.get(p) for p in mine}
-        self._reader.assign(self._generation, {
-            p: "reset" if o is None and p in self._no_commit else o
-            for p, o in self._next.items()})
+        self._reader.assign(self._generation, self._next)
 
-    def _look_up_commits(self, parts: set[Partition]) -> None:
-        """Resolve the group's committed offsets here, where the coordinator is known:
-        the reader, left to look them up itself, first finds the coordinator, which
-        delays the first batch by 0.1-0.2 s on a local broker."""
-        assert self.consumer is not None
+    def _resolve_starts(self, parts: set[Partition]) -> None:
+        """Turn "where the group resumes" into offsets here, where the coordinator and
+        the leaders are known: the group's commit, else the log's start (the reader's
+        ``auto_offset_reset`` is "earliest"). Left to the reader, the commit costs it a
+        coordinator lookup (0.1-0.2 s before its first frame on a local broker) and the
+        log's start a 0.5 s retry backoff in librdkafka."""
+        assert self.consumer is not None and self._reader is not None
         todo = {(t, p) for t, p in parts if self._next.get(p) is None}
-        if not todo:
-            return
         try:
-            got = self.consumer.committed(todo, timeout_s=5.0)
-        except KafkaClientError as exc:  # the reader looks them up itself
-            log.warning("could not read the group's committed offsets (%s): the reader "
-                        "process looks them up", exc)
+            got = self.consumer.committed(todo, timeout_s=5.0) if todo else {}
+            fresh = {part for part, off in got.items() if off is None}
+            if fresh and self._reader.auto_offset_reset == "earliest":
+                got.update(self.consumer.beginning_offsets(fresh))
+        except KafkaClientError as exc:
+            log.warning("could not read the group's offsets (%s): the reader process "
+                        "looks them up", exc)
             return
         for (_, p), off in got.items():
-            if off is None:
-                self._no_commit.add(p)
-            else:
-                self._next[p] = off
+            self._next[p] = off
 
     # ------------------------------------------------------------------ hooks
 
     def _new_consumer(self) -> Any:
         consumer = super()._new_consumer()
-        self._next, self._no_commit = {}, set()
+        self._next = {}
         self._sync_reader()
         return consumer
 
@@ -138,7 +134,7 @@ class ProcessBatchSource(BatchSource):
         self.consumer.pause(parts)
         for t, p in parts:
             self._next[p] = self._resumed_at.get((t, p))
-        self._look_up_commits(parts)
+        self._resolve_starts(parts)
         self._sync_reader()
 
     def _revoked(self, parts: set[Partition]) -> None:

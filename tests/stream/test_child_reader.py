@@ -108,10 +108,12 @@ def test_stops_when_the_parents_pipe_closes(
     assert reader.proc.wait(10) == 0
 
 
-def test_starts_at_the_groups_commit_or_at_the_reset(
+
+def test_starts_at_the_groups_commit(
     kafka_bootstrap: str, new_topic: Callable[..., str]
 ) -> None:
-    """null: the reader looks up the group's commit; "reset": the parent found none."""
+    """An offset of null: the reader looks up the group's commit (the fallback when
+    the parent could not)."""
     topic = new_topic(partitions=1)
     produce_events(kafka_bootstrap, topic, synthetic_events(300, seed=5))
     group = make_consumer(KafkaSettings(bootstrap=kafka_bootstrap, topic=topic),
@@ -124,7 +126,5 @@ def test_starts_at_the_groups_commit_or_at_the_reset(
     try:
         reader.assign(1, {0: None})
         assert _frames(reader, 1, gen=1)[0].first == {0: 120}
-        reader.assign(2, {0: "reset"})  # auto_offset_reset "earliest"
-        assert _frames(reader, 1, gen=2)[0].first == {0: 0}
     finally:
         reader.stop()
