@@ -91,9 +91,10 @@ def train(
     prefetch_batches: Annotated[int | None, typer.Option(
         help="decoded batches polled ahead of learning [LIVEREC_PREFETCH_BATCHES]")] = None,
     source: Annotated[str | None, typer.Option(
-        help="who polls and decodes: 'thread' (default) or 'process' (a child process "
-             "on its own core; client confluent only; the group membership, commits and "
-             "dead-letter topic stay in the trainer) [LIVEREC_SOURCE]")] = None,
+        help="who polls and decodes: 'process' (a child process, off the learner's "
+             "GIL; client confluent only; the group membership, commits and dead-letter "
+             "topic stay in the trainer), 'thread', or 'auto' (default: process with "
+             "confluent, thread with kafka-python) [LIVEREC_SOURCE]")] = None,
     history_max_users: Annotated[int | None, typer.Option(
         help="most users whose history the trainer keeps (default 1,000,000); the least "
              "recently active beyond it are forgotten: history, evaluation counts and "

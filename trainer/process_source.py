@@ -46,11 +46,27 @@ class ProcessBatchSource(BatchSource):
 
     def start(self) -> None:
         # Started first: the child's imports overlap the group join.
-        self._reader = ChildReader(
+        self._reader = self._new_reader()
+        super().start()
+
+    def _new_reader(self) -> ChildReader:
+        reader = ChildReader(
             self._kafka, self._group, batch_size=self.batch_size,
             max_wait_s=self.max_wait_s, limits=self.limits, weights=self.weights)
-        log.info("polling and decoding in a child process (pid %d)", self._reader.proc.pid)
-        super().start()
+        log.info("polling and decoding in a child process (pid %d)", reader.proc.pid)
+        return reader
+
+    def _restart_reader(self, why: BaseException) -> None:
+        """A reader that died (killed, out of memory) is replaced: the new one reads
+        from the offsets after the last batch accepted, so frames lost in the old
+        one's pipe are read again and none twice."""
+        assert self._reader is not None
+        self.errors += 1
+        log.warning("%s: starting another reader process", why)
+        self._reader.stop(timeout_s=1.0)
+        self._reader = self._new_reader()
+        self._sync_reader()
+        self._stop.wait(0.5)  # no busy loop if it cannot start at all
 
     # ------------------------------------------------------------------ source thread
 
@@ -61,7 +77,14 @@ class ProcessBatchSource(BatchSource):
         if len(stray):
             self.stray_records += len(stray)
             log.debug("a paused consumer returned %d records (ignored)", len(stray))
-        frame = self._reader.read(self.STOP_CHECK_S)
+        try:
+            frame = self._reader.read(self.STOP_CHECK_S)
+        except EOFError as exc:
+            if self._reader.stopping:  # told to stop (shutdown): it did
+                self._stop.wait(0.05)
+            else:
+                self._restart_reader(exc)
+            return None
         if frame is None or frame.gen != self._generation:
             return None  # nothing, or read before the last command: read again
         topic = self._kafka.topic

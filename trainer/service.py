@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -160,6 +160,10 @@ class Trainer:
         if settings.source == "process" and kafka.client != "confluent":
             raise ValueError("--source process reads with librdkafka: it needs client "
                              f"confluent, not {kafka.client}")
+        #: who polls and decodes ("auto" resolved: a reader process on librdkafka)
+        self.source_kind: Literal["thread", "process"] = (
+            settings.source if settings.source != "auto"
+            else "process" if kafka.client == "confluent" else "thread")
         blending = [n for n in settings.follow
                     if callable(getattr(registry.model_class(n), "bind", None))]
         if blending:
@@ -319,7 +323,7 @@ class Trainer:
         factory = self._consumer_factory or self._make_consumer
         kind: Any = BatchSource
         extra: dict[str, Any] = {}
-        if s.source == "process":
+        if self.source_kind == "process":
             from trainer.process_source import ProcessBatchSource
 
             kind, extra = ProcessBatchSource, {"kafka": self.kafka, "group": s.group}

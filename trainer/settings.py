@@ -46,8 +46,9 @@ class TrainerSettings(BaseSettings):
     #: decoded batches polled ahead of learning (poll and decode overlap learning)
     prefetch_batches: int = Field(default=4, ge=1)
     #: who polls and decodes: a thread of this process, or a child process (client
-    #: confluent only; the group membership, commits and dead-letter topic stay here)
-    source: Literal["thread", "process"] = "thread"
+    #: confluent only; the group membership, commits and dead-letter topic stay here);
+    #: "auto" is the process with confluent, the thread with kafka-python
+    source: Literal["auto", "thread", "process"] = "auto"
     snapshot_every_s: float = Field(default=1.0, gt=0)
     #: most of the learner's wall time copying state for snapshots may take while it
     #: has a backlog: when a copy takes longer than this share of ``snapshot_every_s``,
