@@ -30,6 +30,7 @@ import contextlib
 import json
 import os
 import select
+import signal
 import struct
 import sys
 import time
@@ -208,6 +209,9 @@ class _Reader:
 
 
 def main() -> None:
+    # Ctrl-C in a terminal reaches the whole process group: the parent stops this
+    # reader itself (stop command, or its end of the pipe closing), after its own work.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     inp, out = sys.stdin.fileno(), sys.stdout.buffer
     body = read_message(inp)
     if body is None:
