@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="the trainer's snapshot_write_share (default: its default)")
     ap.add_argument("--client", default="confluent", choices=["confluent", "kafka-python"])
     ap.add_argument("--mixes", nargs="+", default=["popularity", "all"])
+    ap.add_argument("--source", nargs="+", default=["thread"], choices=["thread", "process"],
+                    help="the trainer's source(s); several: each mix with each, in turns")
     ap.add_argument("--repeats", type=int, default=1,
                     help="rounds of every mix; the medians of the ratios end the table")
     ap.add_argument("--raw-reads", type=int, default=3,
@@ -185,15 +187,20 @@ def main(argv: list[str] | None = None) -> None:
               "events scored per model | join / shutdown (s) | learning-phase "
               "train/learn |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        ratios: dict[str, list[tuple[float, float, float]]] = {m: [] for m in args.mixes}
-        for mix in [m for _ in range(args.repeats) for m in args.mixes]:
+        labels = [m if len(args.source) == 1 else f"{m} ({src})"
+                  for m in args.mixes for src in args.source]
+        ratios: dict[str, list[tuple[float, float, float]]] = {m: [] for m in labels}
+        runs = [(m, src) for r in range(args.repeats) for m in args.mixes
+                for src in (args.source if r % 2 == 0 else args.source[::-1])]
+        for mix, src in runs:
+            label = mix if len(args.source) == 1 else f"{mix} ({src})"
             raws = [raw_rate(kafka.bootstrap, kafka.topic, args.events)
                     for _ in range(max(1, args.raw_reads))]
             raw = statistics.median(raws)
             learn = learn_rate(events, mix, args.batch_size)
             rate, trainer = train_rate(kafka, args.events, mix, args.batch_size,
                                        args.snapshot_every_s, Path(tmp),
-                                       args.snapshot_write_share)
+                                       args.snapshot_write_share, source=src)
             m = trainer.metrics.registry
             eval_s = m.get_sample_value("liverec_trainer_evaluate_duration_seconds_sum") or 0
             share = eval_s * rate / args.events
@@ -205,12 +212,12 @@ def main(argv: list[str] | None = None) -> None:
             # the final snapshot and commit after the last): what a trainer that runs
             # for hours learns per second. Reported beside, not instead of, train/learn.
             phase = args.events / max(res.learning_s, 1e-9) / learn
-            print(f"| {mix} | {rate:,.0f} | {learn:,.0f} | {raw:,.0f} "
+            print(f"| {label} | {rate:,.0f} | {learn:,.0f} | {raw:,.0f} "
                   f"({min(raws) / 1e3:,.0f}k-{max(raws) / 1e3:,.0f}k) | {rate / learn:.2f} "
                   f"| {rate / raw:.3f} | {share:.1%} | {cpu_share:.1%} | {scored:,} "
                   f"| {res.first_batch_s or 0:.2f} / {res.shutdown_s:.2f} | {phase:.2f} |",
                   flush=True)
-            ratios[mix].append((rate / learn, rate / raw, phase))
+            ratios[label].append((rate / learn, rate / raw, phase))
         if args.repeats > 1:
             for mix, rs in ratios.items():
                 print(f"| **{mix}, median of {len(rs)}** | | | | "

@@ -90,6 +90,11 @@ def train(
              "[LIVEREC_EVAL_CPU_SHARE]")] = None,
     prefetch_batches: Annotated[int | None, typer.Option(
         help="decoded batches polled ahead of learning [LIVEREC_PREFETCH_BATCHES]")] = None,
+    source: Annotated[str | None, typer.Option(
+        help="who polls and decodes: 'process' (a child process, off the learner's "
+             "GIL; client confluent only; the group membership, commits and dead-letter "
+             "topic stay in the trainer), 'thread', or 'auto' (default: process with "
+             "confluent, thread with kafka-python) [LIVEREC_SOURCE]")] = None,
     history_max_users: Annotated[int | None, typer.Option(
         help="most users whose history the trainer keeps (default 1,000,000); the least "
              "recently active beyond it are forgotten: history, evaluation counts and "
@@ -168,7 +173,8 @@ def train(
             "status_every_s": status_every_s,
             "eval_sample": eval_sample, "eval_budget_per_s": eval_budget_per_s,
             "eval_cpu_share": eval_cpu_share,
-            "prefetch_batches": prefetch_batches, "session_timeout_ms": session_timeout_ms,
+            "prefetch_batches": prefetch_batches, "source": source,
+            "session_timeout_ms": session_timeout_ms,
             "history_max_users": history_max_users,
             "item_features": item_features, "item_features_preset": item_features_preset,
             "item_features_topic": item_features_topic,

@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -519,9 +519,12 @@ class MiniBatchConsumer:
         self._client.commit(offsets)
         self.commits_total += 1
 
-    def committed(self) -> dict[Partition, int | None]:
-        """The group's committed next-offset of each assigned partition."""
-        return self._client.committed(sorted(self.assignment()))
+    def committed(self, parts: Iterable[Partition] | None = None, timeout_s: float = 10.0
+                  ) -> dict[Partition, int | None]:
+        """The group's committed next-offset of ``parts`` (default: every assigned
+        partition); None where the group has none."""
+        wanted = self.assignment() if parts is None else parts
+        return self._client.committed(sorted(wanted), timeout_s)
 
     def seek(self, offsets: Mapping[Partition, int]) -> None:
         """Move the read position of assigned partitions (others are ignored, also one
@@ -540,6 +543,19 @@ class MiniBatchConsumer:
                 continue
             self._handed_out[part] = offset
         self._pending = [p for p in self._pending if p[0] not in offsets]
+
+    def pause(self, parts: Iterable[Partition]) -> None:
+        """Stop fetching these assigned partitions; the member keeps them (another
+        reader -- :mod:`stream.child_reader` -- reads them)."""
+        self._client.pause(parts)
+
+    def beginning_offsets(self, parts: Iterable[Partition]) -> dict[Partition, int]:
+        """The oldest offset each partition still holds (the low watermark)."""
+        return self._client.beginning_offsets(parts)
+
+    def end_offsets(self, parts: Iterable[Partition]) -> dict[Partition, int]:
+        """The offset after the last record of each partition (the high watermark)."""
+        return self._client.end_offsets(parts)
 
     def assignment(self) -> set[Partition]:
         """Partitions currently assigned to this member."""

@@ -33,11 +33,14 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from stream.settings import DEFAULT_EVENT_WEIGHTS, StreamSettings
+from stream.weights import DEFAULT_EVENT_WEIGHTS
+
+if TYPE_CHECKING:
+    from stream.settings import StreamSettings
 
 __all__ = [
     "EVENT_TYPES",

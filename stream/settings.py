@@ -15,18 +15,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from stream.weights import DEFAULT_EVENT_WEIGHTS
+
 if TYPE_CHECKING:
     from stream.events import Limits
 
 __all__ = ["DEFAULT_EVENT_WEIGHTS", "KafkaSettings", "StreamSettings", "read_secret"]
 
 #: Learning weight of each event type (stronger intent weighs more).
-DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
-    "view": 1.0,
-    "click": 2.0,
-    "add_to_cart": 3.0,
-    "purchase": 5.0,
-}
 
 ClientName = Literal["confluent", "kafka-python"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]

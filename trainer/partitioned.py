@@ -156,6 +156,9 @@ class ScaleOutTrainer:
         if settings.follow:
             raise ValueError("--follow is for a single trainer: scale-out trainers learn "
                              "only models that share item-side deltas")
+        if settings.source == "process":
+            raise ValueError("--source process is for a single trainer: scale-out "
+                             "trainers poll in their transactional loop")
         models = {n: registry.create(n, **settings.model_params.get(n, {}))
                   for n in self.names}
         if kafka.client != "confluent":

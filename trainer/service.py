@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -158,6 +158,13 @@ class Trainer:
         self._revoke_parts: set[Partition] = set()
         #: offsets of the partitions the last revoke took away (see _serve_revoke)
         self._just_revoked: dict[Partition, int] = {}
+        if settings.source == "process" and kafka.client != "confluent":
+            raise ValueError("--source process reads with librdkafka: it needs client "
+                             f"confluent, not {kafka.client}")
+        #: who polls and decodes ("auto" resolved: a reader process on librdkafka)
+        self.source_kind: Literal["thread", "process"] = (
+            settings.source if settings.source != "auto"
+            else "process" if kafka.client == "confluent" else "thread")
         blending = [n for n in settings.follow
                     if callable(getattr(registry.model_class(n), "bind", None))]
         if blending:
@@ -315,11 +322,17 @@ class Trainer:
         first_batch_at: float | None = None
         window_events, window_start, window_wait = 0, t_start, 0.0
         factory = self._consumer_factory or self._make_consumer
-        self.source = BatchSource(
+        kind: Any = BatchSource
+        extra: dict[str, Any] = {}
+        if self.source_kind == "process":
+            from trainer.process_source import ProcessBatchSource
+
+            kind, extra = ProcessBatchSource, {"kafka": self.kafka, "group": s.group}
+        self.source = kind(
             factory, batch_size=s.batch_size, max_wait_s=s.max_wait_ms / 1000.0,
             prefetch=s.prefetch_batches, limits=self.kafka.limits,
             weights=self.kafka.event_weights, on_assign=self._on_assign,
-            on_revoke=self._on_revoke, join_timeout_s=s.join_timeout_s,
+            on_revoke=self._on_revoke, join_timeout_s=s.join_timeout_s, **extra,
         )
         self._learning = True
         self.source.start()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -45,6 +45,10 @@ class TrainerSettings(BaseSettings):
     max_wait_ms: int = Field(default=200, ge=0)
     #: decoded batches polled ahead of learning (poll and decode overlap learning)
     prefetch_batches: int = Field(default=4, ge=1)
+    #: who polls and decodes: a thread of this process, or a child process (client
+    #: confluent only; the group membership, commits and dead-letter topic stay here);
+    #: "auto" is the process with confluent, the thread with kafka-python
+    source: Literal["auto", "thread", "process"] = "auto"
     snapshot_every_s: float = Field(default=1.0, gt=0)
     #: most of the learner's wall time copying state for snapshots may take while it
     #: has a backlog: when a copy takes longer than this share of ``snapshot_every_s``,

@@ -61,6 +61,10 @@ class PolledBatch:
         return not self.offsets
 
 
+class _PollFailed(Exception):
+    """Polling failed (the cause is chained); the source thread retries."""
+
+
 class BatchSource:
     """Poll ``consumer_factory()`` in a thread and hand out :class:`PolledBatch` es.
 
@@ -224,34 +228,47 @@ class BatchSource:
                 self._close_quietly()
                 self.consumer = self._new_consumer()
                 self._join_timeout *= 2
-            generation = self._generation
             try:
-                records = self._poll()
-            except Exception:
+                got = self._fetch()
+            except DeadLetterError:
+                log.info("stopping while rejects await the dead-letter topic: the batch "
+                         "is not learned and its offsets are not committed")
+                return
+            except _PollFailed:
                 self.errors += 1
                 log.exception("polling failed; retrying")
                 self._stop.wait(0.5)
                 continue
-            if records and generation != self._generation:
-                # A rebalance ended during the poll: drop it undecoded (_put would drop
-                # it too), writing no reject of a record that may be another owner's.
-                with self._hand_over:
-                    self._drop_stale(records.first_offsets(), len(records))
-                continue
-            if records:
-                try:
-                    batch = self._decode(records)
-                except DeadLetterError:
-                    log.info("stopping while rejects await the dead-letter topic: the batch "
-                             "is not learned and its offsets are not committed")
-                    return
-                self._put(batch, generation)
+            if got is not None:
+                self._put(*got)
             if time.monotonic() - last_lag >= 1.0:
                 last_lag = time.monotonic()
                 try:
-                    self.lag = self.consumer.lag()
+                    self.lag = self._lag()
                 except Exception:
                     log.debug("lag not available", exc_info=True)
+
+    def _fetch(self) -> tuple[PolledBatch, int] | None:
+        """The next decoded batch and the rebalance generation it was polled in, or
+        None (nothing came, or a rebalance made it stale)."""
+        generation = self._generation
+        try:
+            records = self._poll()
+        except Exception as exc:
+            raise _PollFailed from exc
+        if not records:
+            return None
+        if generation != self._generation:
+            # A rebalance ended during the poll: drop it undecoded (_put would drop
+            # it too), writing no reject of a record that may be another owner's.
+            with self._hand_over:
+                self._drop_stale(records.first_offsets(), len(records))
+            return None
+        return self._decode(records), generation
+
+    def _lag(self) -> dict[Partition, int]:
+        assert self.consumer is not None
+        return self.consumer.lag()
 
     def _poll(self) -> RecordBatch:
         """Up to ``batch_size`` records within ``max_wait_s``, polled in slices of at
@@ -282,6 +299,11 @@ class BatchSource:
         offsets, first = records.next_offsets(), records.first_offsets()
         rejected = [(rej, records.topics[i], records.partitions[i], records.offsets[i])
                     for i, rej in rejects]
+        self._dead_letter(rejected)
+        return PolledBatch(cols, rejected, offsets, first, len(records))
+
+    def _dead_letter(self, rejected: list[tuple[Rejected, str, int, int]]) -> None:
+        """Write ``rejected`` to the dead-letter topic, except those written before."""
         # A batch dropped by a rebalance is read again: its rejects are in the DLQ already.
         marks = self._dead_lettered
         fresh = [r for r in rejected if r[3] >= marks.get((r[1], r[2]), 0)]
@@ -291,7 +313,6 @@ class BatchSource:
             self.consumer.dead_letter(fresh)
             for _, topic, partition, offset in fresh:
                 marks[topic, partition] = max(offset + 1, marks.get((topic, partition), 0))
-        return PolledBatch(cols, rejected, offsets, first, len(records))
 
     def _put(self, batch: PolledBatch, generation: int) -> None:
         parts = set(batch.offsets)

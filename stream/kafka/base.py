@@ -244,6 +244,10 @@ class Consumer(Protocol):
         """The next offset :meth:`poll` returns for ``part`` (None: not known yet)."""
         ...
 
+    def pause(self, parts: Iterable[Partition]) -> None:
+        """Stop fetching these assigned partitions (the group membership stays)."""
+        ...
+
     def assignment(self) -> set[Partition]:
         """Partitions currently assigned."""
         ...

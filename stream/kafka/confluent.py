@@ -292,6 +292,15 @@ class ConfluentConsumer:
         except ck.KafkaException as exc:
             raise _wrap(exc, f"seek {part[0]}[{part[1]}]") from exc
 
+    def pause(self, parts: Iterable[Partition]) -> None:
+        # Inside on_assign this comes after the hook's assign(), so it holds (a pause
+        # before librdkafka's own assign would be undone by it), and a second assign
+        # keeps it.
+        try:
+            self._c.pause([_tp(p) for p in parts])
+        except ck.KafkaException as exc:
+            raise _wrap(exc, "pause") from exc
+
     def position(self, part: Partition) -> int | None:
         try:
             (tp,) = self._c.position([_tp(part)])

@@ -237,6 +237,12 @@ class KafkaPythonConsumer:
         except (*_ERRORS, ValueError) as exc:  # ValueError: not assigned (any more)
             raise _wrap(exc, f"seek {part[0]}[{part[1]}]") from exc
 
+    def pause(self, parts: Iterable[Partition]) -> None:
+        try:
+            self._c.pause(*[_tp(p) for p in parts])
+        except (*_ERRORS, ValueError) as exc:
+            raise _wrap(exc, "pause") from exc
+
     def position(self, part: Partition) -> int | None:
         self._check_not_in_hook("position()")
         try:

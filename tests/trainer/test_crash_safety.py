@@ -57,8 +57,9 @@ def _assigned(proc: TrainerProcess) -> bool:
     return "trainer.source: assigned [(" in proc.log_text()
 
 
+@pytest.mark.parametrize("source", ["thread", "process"])
 def test_sigkill_three_times_then_state_equals_crash_free_run(
-    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path, source: str
 ) -> None:
     topic = new_topic(partitions=1)  # one partition: a fixed order to compare against
     events = synthetic_events(N_EVENTS, seed=3)
@@ -87,6 +88,8 @@ def test_sigkill_three_times_then_state_equals_crash_free_run(
         "2",
         "--session-timeout-ms",
         "6000",
+        "--source",
+        source,
     ]
 
     # The last chunk waits for the three kills: however fast the trainer learns, every

@@ -22,13 +22,14 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 N_EVENTS = 40_000
 
 
-def _args(bootstrap: str, topic: str, snaps: Path, client: str) -> list[str]:
+def _args(bootstrap: str, topic: str, snaps: Path, client: str, source: str) -> list[str]:
     # Periodic snapshots are rare here: only the checkpoint + commit inside the revoke
     # callback can keep the joining trainer from re-learning what the first one learned.
     return ["--bootstrap", bootstrap, "--topic", topic, "--group", f"g-{topic}",
             "--snapshots", str(snaps), "--models", "popularity", "--metrics-port", "-1",
             "--snapshot-every-s", "120", "--status-every-s", "1", "--session-timeout-ms",
             "6000", "--idle-exit-s", "8", "--max-seconds", "300", "--kafka-client", client,
+            "--source", source,
             # a member that lost its group unnoticed (kafka-python) is rebuilt quickly
             "--join-timeout-s", "5",
             # LIVEREC_TEST_TRAINER_LOG_LEVEL=debug logs every batch's offset ranges
@@ -46,9 +47,11 @@ def _story(trainer: TrainerProcess) -> str:
                      if any(k in line for k in keep))
 
 
-@pytest.mark.parametrize("client", ["confluent", "kafka-python"])
+@pytest.mark.parametrize(("client", "source"), [
+    ("confluent", "thread"), ("kafka-python", "thread"), ("confluent", "process")])
 def test_a_joining_trainer_takes_partitions_without_loss_or_double_learning(
-    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path, client: str
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path, client: str,
+    source: str,
 ) -> None:
     topic = new_topic(partitions=4)
     events = synthetic_events(N_EVENTS, seed=21, n_users=4000)
@@ -68,11 +71,13 @@ def test_a_joining_trainer_takes_partitions_without_loss_or_double_learning(
     producer = threading.Thread(target=stream_in, daemon=True)
     producer.start()
     a_snaps, b_snaps = tmp_path / "a", tmp_path / "b"
-    a = TrainerProcess(_args(kafka_bootstrap, topic, a_snaps, client), tmp_path / "a.log")
+    a = TrainerProcess(_args(kafka_bootstrap, topic, a_snaps, client, source),
+                       tmp_path / "a.log")
     wait_for(lambda: "trainer.source: assigned [(" in a.log_text(), 120, "first assignment")
     wait_for(lambda: "events learned=" in a.log_text()
              and "events learned=0 " not in a.log_text().splitlines()[-1], 120, "a learning")
-    b = TrainerProcess(_args(kafka_bootstrap, topic, b_snaps, client), tmp_path / "b.log")
+    b = TrainerProcess(_args(kafka_bootstrap, topic, b_snaps, client, source),
+                       tmp_path / "b.log")
     producer.join(300)
     assert not produce_errors, produce_errors
     # Every event is in the topic, once: a shortfall below is the trainers' doing.

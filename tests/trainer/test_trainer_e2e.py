@@ -36,8 +36,9 @@ def _args(bootstrap: str, topic: str, snaps: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("source", ["thread", "process"])
 def test_train_counts_valid_events_rejects_and_duplicates(
-    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path, source: str
 ) -> None:
     topic = new_topic(partitions=2)
     events = synthetic_events(N_EVENTS, seed=1)
@@ -50,7 +51,8 @@ def test_train_counts_valid_events_rejects_and_duplicates(
     # Fewer users held than the stream has: the least recent are forgotten on the way.
     proc = TrainerProcess(
         _args(kafka_bootstrap, topic, snaps, "--models", "popularity,itemknn",
-              "--max-seconds", "600", "--history-max-users", str(MAX_USERS)),
+              "--max-seconds", "600", "--history-max-users", str(MAX_USERS),
+              "--source", source),
         tmp_path / "train.log",
     )
     try:
@@ -96,6 +98,8 @@ def test_train_counts_valid_events_rejects_and_duplicates(
     assert sum(manifest["offsets"][topic].values()) == total_records
     assert set(manifest["models"]) == {"popularity", "itemknn"}
     assert "SIGTERM" in proc.log_text() or "signal 15" in proc.log_text()
+    assert ("polling and decoding in a child process" in proc.log_text()) == (
+        source == "process")
     # The exit line splits the run into the join, learning and the shutdown.
     phases = re.search(r"first batch after ([\d.]+) s, learning ([\d.]+) s \(([\d,]+) "
                        r"events/s\), shutdown ([\d.]+) s", proc.log_text())

@@ -66,6 +66,24 @@ def test_result_learning_time_leaves_out_the_join_and_the_shutdown() -> None:
     assert idle.learning_s == 0.0
 
 
+@pytest.mark.parametrize(("source", "client", "kind"), [
+    ("auto", "confluent", "process"), ("auto", "kafka-python", "thread"),
+    ("thread", "confluent", "thread"), ("process", "confluent", "process"),
+])
+def test_source_auto_reads_in_a_process_on_librdkafka_only(
+    tmp_path: Path, source: Any, client: Any, kind: str
+) -> None:
+    t = Trainer(TrainerSettings(snapshots=tmp_path, models="popularity", source=source),
+                KafkaSettings(topic="clicks", client=client))
+    assert t.source_kind == kind
+
+
+def test_source_process_is_refused_with_kafka_python(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs client confluent"):
+        Trainer(TrainerSettings(snapshots=tmp_path, models="popularity", source="process"),
+                KafkaSettings(topic="clicks", client="kafka-python"))
+
+
 def test_dedup_window_expires_by_event_time_and_count() -> None:
     d = DedupWindow(window_s=100, max_ids=3)
     assert d.add("a", 0.0) and not d.add("a", 50.0)

@@ -1,0 +1,49 @@
+"""The trainer's ``--source process`` against a real broker: a reader process that
+dies is replaced, and the stream goes on with nothing lost or learned twice."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from stream.replay import produce_events
+from tests.trainer.helpers import TrainerProcess, scrape, synthetic_events, wait_for
+
+pytestmark = pytest.mark.kafka
+
+
+def test_a_killed_reader_process_is_replaced_and_nothing_is_lost(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    topic = new_topic(partitions=2)
+    events = synthetic_events(6000, seed=11)
+    produce_events(kafka_bootstrap, topic, events[:3000])
+    proc = TrainerProcess(
+        ["--bootstrap", kafka_bootstrap, "--topic", topic, "--group", f"g-{topic}",
+         "--snapshots", str(tmp_path / "snaps"), "--metrics-port", "0",
+         "--models", "popularity", "--source", "process", "--max-seconds", "300"],
+        tmp_path / "train.log")
+    try:
+        port = proc.metrics_port()
+        learned = ("liverec_trainer_events_learned_since_start", ())
+        wait_for(lambda: scrape(port).get(learned) == 3000, 120, "the first half learned")
+        pids = re.findall(r"child process \(pid (\d+)\)", proc.log_text())
+        assert len(pids) == 1, proc.log_text()[-2000:]
+        os.kill(int(pids[0]), signal.SIGKILL)
+        wait_for(lambda: "starting another reader process" in proc.log_text(), 60,
+                 "a new reader process")
+        produce_events(kafka_bootstrap, topic, events[3000:])
+        samples = wait_for(lambda: (s := scrape(port)).get(learned) == 6000 and s, 120,
+                           "the second half learned")
+        dropped = ("liverec_trainer_duplicates_dropped_total", (("topic", topic),))
+        assert samples.get(dropped, 0) == 0  # nothing read twice
+        assert len(re.findall(r"child process \(pid (\d+)\)", proc.log_text())) == 2
+        assert proc.terminate() == 0
+    finally:
+        if proc.proc.poll() is None:
+            proc.kill()
