@@ -164,8 +164,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="the trainer's snapshot_write_share (default: its default)")
     ap.add_argument("--client", default="confluent", choices=["confluent", "kafka-python"])
     ap.add_argument("--mixes", nargs="+", default=["popularity", "all"])
-    ap.add_argument("--source", nargs="+", default=["thread"], choices=["thread", "process"],
-                    help="the trainer's source(s); several: each mix with each, in turns")
+    ap.add_argument("--source", nargs="+", default=["auto"],
+                    choices=["auto", "thread", "process"],
+                    help="the trainer's source(s) (default: the trainer's default, auto: "
+                         "process with confluent); several: each mix with each, in turns")
     ap.add_argument("--repeats", type=int, default=1,
                     help="rounds of every mix; the medians of the ratios end the table")
     ap.add_argument("--raw-reads", type=int, default=3,
