@@ -382,6 +382,7 @@ class Trainer:
             try:
                 log.info("stopping: waiting for the last snapshot, then committing its "
                          "offsets and leaving the group")
+                self.source.stop_reading()
                 written = self.checkpoint("shutdown", wait=True)
                 final = written.offsets if written else self._snap_offsets
             finally:

@@ -170,6 +170,11 @@ class BatchSource:
         if offsets:
             self._commits.put(dict(offsets))
 
+    def stop_reading(self) -> None:
+        """The learner wants no more batches (its final snapshot comes next): a hint for
+        work that may end early. Here nothing: the thread keeps serving the group until
+        :meth:`stop`."""
+
     def stop(self, final_offsets: Mapping[Partition, int] | None, timeout_s: float = 30.0
              ) -> None:
         """Stop polling, commit ``final_offsets`` (a durable snapshot's), leave the group."""
