@@ -26,7 +26,8 @@ def test_a_killed_reader_process_is_replaced_and_nothing_is_lost(
     proc = TrainerProcess(
         ["--bootstrap", kafka_bootstrap, "--topic", topic, "--group", f"g-{topic}",
          "--snapshots", str(tmp_path / "snaps"), "--metrics-port", "0",
-         "--models", "popularity", "--source", "process", "--max-seconds", "300"],
+         "--models", "popularity", "--source", "process", "--max-seconds", "300",
+         "--status-every-s", "1"],
         tmp_path / "train.log")
     try:
         port = proc.metrics_port()
@@ -42,6 +43,10 @@ def test_a_killed_reader_process_is_replaced_and_nothing_is_lost(
                            "the second half learned")
         dropped = ("liverec_trainer_duplicates_dropped_total", (("topic", topic),))
         assert samples.get(dropped, 0) == 0  # nothing read twice
+        # The restart is counted where an operator looks for a failing consumer
+        # (exported with the gauges, every --status-every-s).
+        errors = ("liverec_trainer_loop_errors_total", (("stage", "consume"),))
+        wait_for(lambda: scrape(port).get(errors) == 1, 30, "the restart counted")
         assert len(re.findall(r"child process \(pid (\d+)\)", proc.log_text())) == 2
         assert proc.terminate() == 0
     finally:
