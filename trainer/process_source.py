@@ -16,6 +16,7 @@ generation are dropped, and read again from those offsets.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,6 +42,10 @@ class ProcessBatchSource(BatchSource):
         self._reader: ChildReader | None = None
         #: per partition, where the reader must go on from (None: the group's commit)
         self._next: dict[int, int | None] = {}
+        #: reader processes that died in a row before sending a frame
+        self._failed_starts = 0
+        #: when to start a reader after one died (None: the reader is running)
+        self._restart_at: float | None = None
         #: records the paused group consumer returned anyway (ignored)
         self.stray_records = 0
 
@@ -56,17 +61,19 @@ class ProcessBatchSource(BatchSource):
         log.info("polling and decoding in a child process (pid %d)", reader.proc.pid)
         return reader
 
-    def _restart_reader(self, why: BaseException) -> None:
+    def _reader_died(self, why: BaseException) -> None:
         """A reader that died (killed, out of memory) is replaced: the new one reads
         from the offsets after the last batch accepted, so frames lost in the old
-        one's pipe are read again and none twice."""
+        one's pipe are read again and none twice. One that cannot start at all is
+        tried again ever less often, up to every 30 s; meanwhile this thread goes on
+        serving the group (rebalance hooks, commits)."""
         assert self._reader is not None
         self.errors += 1
-        log.warning("%s: starting another reader process", why)
+        delay = min(30.0, 0.5 * 2 ** self._failed_starts)
+        self._failed_starts += 1
+        log.warning("%s: starting another reader process in %.1f s", why, delay)
         self._reader.stop(timeout_s=1.0)
-        self._reader = self._new_reader()
-        self._sync_reader()
-        self._stop.wait(0.5)  # no busy loop if it cannot start at all
+        self._restart_at = time.monotonic() + delay
 
     # ------------------------------------------------------------------ source thread
 
@@ -77,14 +84,23 @@ class ProcessBatchSource(BatchSource):
         if len(stray):
             self.stray_records += len(stray)
             log.debug("a paused consumer returned %d records (ignored)", len(stray))
+        if self._restart_at is not None:  # the reader died: wait, then start another
+            if time.monotonic() < self._restart_at:
+                self._stop.wait(self.STOP_CHECK_S)
+                return None
+            self._restart_at = None
+            self._reader = self._new_reader()
+            self._sync_reader()
         try:
             frame = self._reader.read(self.STOP_CHECK_S)
         except EOFError as exc:
             if self._reader.stopping:  # told to stop (shutdown): it did
                 self._stop.wait(0.05)
             else:
-                self._restart_reader(exc)
+                self._reader_died(exc)
             return None
+        if frame is not None:
+            self._failed_starts = 0  # this reader works
         if frame is None or frame.gen != self._generation:
             return None  # nothing, or read before the last command: read again
         topic = self._kafka.topic
