@@ -12,9 +12,8 @@ learned and published), sampled every 0.1 s while the events are produced and af
 Two rates: **overall**, the events over the seconds from the start of producing them
 to the last commit (with ``--prefilled``: the events committed after the first move
 seen, over the seconds from it to the last; the rebalances while members join
-included), and **steady**, events
-committed after the last member's last partition assignment over the seconds from
-then to the end (all members learning). It also
+included), and **steady**, events committed after the last member's last partition
+assignment over the seconds from then to the end (all members learning). It also
 reports update-topic bytes per learned event (accuracy: bench_scale_out_accuracy.py)
 and where the CPU went over the same window as *overall*: cores busy on the whole
 machine (``/proc/stat``), in the trainers, in the broker (a child process when the
@@ -205,8 +204,12 @@ def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str
                               tuple(_cpu_s([t]) for t in trainers), _cpu_s(brokers),
                               tuple(_runq_wait_s(t.pid) for t in trainers)))
         produced: list[float] = []
-        filler = threading.Thread(
-            target=lambda: (fill(), produced.append(time.time())), daemon=True)
+
+        def produce() -> None:
+            fill()
+            produced.append(time.time())
+
+        filler = threading.Thread(target=produce, daemon=True)
         filler.start()
     probe = make_consumer(bootstrap, ConsumerOptions(group_id=group, client_id="bench"))
     seen = 0

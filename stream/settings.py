@@ -22,8 +22,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_EVENT_WEIGHTS", "KafkaSettings", "StreamSettings", "read_secret"]
 
-#: Learning weight of each event type (stronger intent weighs more).
-
 ClientName = Literal["confluent", "kafka-python"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]

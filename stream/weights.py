@@ -5,6 +5,7 @@ from __future__ import annotations
 
 __all__ = ["DEFAULT_EVENT_WEIGHTS"]
 
+#: Learning weight of each event type (stronger intent weighs more).
 DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "view": 1.0,
     "click": 2.0,

@@ -108,7 +108,6 @@ def test_stops_when_the_parents_pipe_closes(
     assert reader.proc.wait(10) == 0
 
 
-
 def test_starts_at_the_groups_commit(
     kafka_bootstrap: str, new_topic: Callable[..., str]
 ) -> None:
