@@ -156,15 +156,27 @@ class _PairStore:
         vals = v1.copy()
         vals[pos[shared]] += v2[shared]
         new = ~shared
-        return np.insert(k1, pos[new], k2[new]), np.insert(vals, pos[new], v2[new])
+        # Where the new keys land in the output (k2 is sorted, so ``pos`` ascends): one
+        # mask serves both arrays (``np.insert`` would sort the slots and build it twice).
+        slots = pos[new] + np.arange(int(np.count_nonzero(new)))
+        n_out = len(k1) + len(slots)
+        old = np.ones(n_out, bool)
+        old[slots] = False
+        keys = np.empty(n_out, k1.dtype)
+        keys[old], keys[slots] = k1, k2[new]
+        out = np.empty(n_out, vals.dtype)
+        out[old], out[slots] = vals, v2[new]
+        return keys, out
 
     def compact(self) -> tuple[np.ndarray, np.ndarray]:
         """All runs merged into one (also replaces the runs)."""
         if not self.runs:
             return np.zeros(0, np.int64), np.zeros(0, np.float64)
-        keys, vals = self.runs[0]
-        for k, v in self.runs[1:]:
-            keys, vals = self._merge(keys, vals, k, v)
+        # Smallest first: each run is at least ``merge_ratio`` times the next, so the
+        # big old run is merged once (in the run order, it was merged once per run).
+        keys, vals = self.runs[-1]
+        for k, v in reversed(self.runs[:-1]):
+            keys, vals = self._merge(k, v, keys, vals)
         self.runs = [(keys, vals)]
         return keys, vals
 

@@ -80,10 +80,14 @@ class UserKNN(OnlineModel):
 
         self.users = IdIndex()
         self.items = IdIndex()
-        # user row -> {item row: [last time, accumulated weight]}, least recent first
-        # (plain dicts keep insertion order; an OrderedDict's iteration looks every key
-        # up again, which made reading neighbours' items most of a query's time)
-        self._user_items: dict[int, dict[int, list[float]]] = {}
+        # user row -> {item row: entry}, least recent first (plain dicts keep insertion
+        # order; an OrderedDict's iteration looks every key up again, which made reading
+        # neighbours' items most of a query's time). An entry is the pair (last time,
+        # accumulated weight) held as one complex number, ``time + 1j * weight``
+        # (:func:`_entry`): one small object instead of a list and two floats, so a
+        # snapshot or a batched query flattens a table of them in one C-level pass
+        # (``np.fromiter`` into complex128), about 10x faster than lists of two floats.
+        self._user_items: dict[int, dict[int, complex]] = {}
         # item row -> {user row: last time}, least recent first
         self._item_users: dict[int, dict[int, float]] = {}
         # Decayed popularity, expressed at the watermark.
@@ -94,8 +98,8 @@ class UserKNN(OnlineModel):
         # seconds, and flattening every pair was most of its snapshot pause). Costs
         # 24-32 bytes per stored pair once get_state has been called, far less than the
         # dicts' own objects; a model that is never snapshotted tracks nothing.
-        self._ui_flat = _FlatCache(width=2)
-        self._iu_flat = _FlatCache(width=1)
+        self._ui_flat = _FlatCache(np.complex128)
+        self._iu_flat = _FlatCache(np.float64)
 
     # ------------------------------------------------------------------ learning
     def _decay(self, t: np.ndarray) -> np.ndarray:
@@ -137,11 +141,12 @@ class UserKNN(OnlineModel):
                 items = user_items[u] = {}
             entry = items.pop(i, None)
             if entry is None:
-                entry = [t, w]
+                entry = _entry(t, w)
             else:
                 # Bring the old weight to this event's time before adding.
-                old = entry[1] * (0.5 ** ((t - entry[0]) / hl) if hl else 1.0)
-                entry = [max(t, entry[0]), old + w]
+                t_old = entry.real
+                old = entry.imag * (0.5 ** ((t - t_old) / hl) if hl else 1.0)
+                entry = _entry(max(t, t_old), old + w)
             items[i] = entry
             if len(items) > max_ui:
                 gone = next(iter(items))
@@ -177,7 +182,7 @@ class UserKNN(OnlineModel):
         stored = self._user_items.get(row) if row >= 0 else None
         if stored:
             dec = self._decayer()
-            return row, {i: e[1] * dec(e[0]) for i, e in stored.items()}
+            return row, {i: e.imag * dec(e.real) for i, e in stored.items()}
         rows = self.items.rows(list(history)[-self.max_user_items :])
         return row, {int(i): 1.0 for i in rows.tolist() if i >= 0}
 
@@ -198,8 +203,8 @@ class UserKNN(OnlineModel):
         for v, _ in cands:
             v_items = self._user_items[v]
             dot, norm_v = 0.0, 0.0
-            for i, (t, w) in v_items.items():
-                wv = w * dec(t)
+            for i, e in v_items.items():
+                wv = e.imag * dec(e.real)
                 norm_v += wv * wv
                 wu = profile.get(i)
                 if wu is not None:
@@ -220,8 +225,8 @@ class UserKNN(OnlineModel):
         scores = np.zeros(n, np.float64)
         dec = self._decayer()
         for v, sim in neigh:
-            for i, (t, w) in self._user_items[v].items():
-                scores[i] += sim * w * dec(t)
+            for i, e in self._user_items[v].items():
+                scores[i] += sim * e.imag * dec(e.real)
         out = scores.astype(np.float32)
         if tiebreak is not None:
             out += 1e-6 * tiebreak
@@ -278,7 +283,7 @@ class UserKNN(OnlineModel):
         """The stored items of the distinct sorted user ``rows``, read from the
         per-user dicts once, with each entry's decay to the watermark."""
         items: list[int] = []
-        tw: list[float] = []  # time, weight, time, weight, ... (C-level flattening)
+        tw: list[complex] = []  # the entries: time + 1j * weight
         lengths = np.empty(len(rows), np.int64)
         get = self._user_items.get
         for j, v in enumerate(rows.tolist()):
@@ -288,11 +293,11 @@ class UserKNN(OnlineModel):
                 continue
             lengths[j] = len(stored)
             items.extend(stored)
-            tw.extend(chain.from_iterable(stored.values()))
+            tw.extend(stored.values())
         ptr = np.concatenate(([0], np.cumsum(lengths)))
-        pairs = np.asarray(tw, np.float64).reshape(-1, 2)
-        return _Stored(rows, ptr, np.asarray(items, np.int64), pairs[:, 1].copy(),
-                       self._decay(pairs[:, 0].copy()))
+        pairs = np.fromiter(tw, np.complex128, count=len(tw))
+        return _Stored(rows, ptr, np.asarray(items, np.int64), pairs.imag.copy(),
+                       self._decay(pairs.real.copy()))
 
     def _neighbours_many(
         self, n: int, u_rows: np.ndarray, p_owner: np.ndarray, p_item: np.ndarray, pw: np.ndarray
@@ -357,9 +362,9 @@ class UserKNN(OnlineModel):
         co: dict[int, float] = {}
         dec = self._decayer()
         for v in self._item_users.get(row, ()):
-            for i, (t, w) in self._user_items[v].items():
+            for i, e in self._user_items[v].items():
                 if i != row:
-                    co[i] = co.get(i, 0.0) + w * dec(t)
+                    co[i] = co.get(i, 0.0) + e.imag * dec(e.real)
         best = sorted(co.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
         ids = self.items.ids
         return [(ids[i], float(s)) for i, s in best]  # type: ignore[misc]
@@ -377,8 +382,8 @@ class UserKNN(OnlineModel):
             **self.items.to_arrays("items"),
             "user_items.user": ui_user,
             "user_items.item": ui_item,
-            "user_items.time": np.ascontiguousarray(ui_tw[:, 0]),
-            "user_items.weight": np.ascontiguousarray(ui_tw[:, 1]),
+            "user_items.time": ui_tw.real.copy(),
+            "user_items.weight": ui_tw.imag.copy(),
             "item_users.item": iu_item,
             "item_users.user": iu_user,
             "item_users.time": iu_t,
@@ -404,7 +409,7 @@ class UserKNN(OnlineModel):
             a["user_items.weight"].tolist(),
             strict=True,
         ):
-            m._user_items.setdefault(u, {})[i] = [t, w]
+            m._user_items.setdefault(u, {})[i] = _entry(t, w)
         for i, u, t in zip(
             a["item_users.item"].tolist(),
             a["item_users.user"].tolist(),
@@ -469,8 +474,8 @@ class _FlatCache:
     [[2, 2, 4], [7, 3, 9], [1.0, 2.0, 3.0]]
     """
 
-    def __init__(self, width: int = 1) -> None:
-        self.width = width
+    def __init__(self, dtype: type[np.generic] = np.float64) -> None:
+        self.dtype = dtype
         self._flat: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._touched: set[int] = set()  # outer keys changed since _flat (once it exists)
 
@@ -489,11 +494,11 @@ class _FlatCache:
         if self._flat is not None and not self._touched:
             return self._flat
         if self._flat is None:
-            flat = _flatten({k: table[k] for k in sorted(table)}, self.width)
+            flat = _flatten({k: table[k] for k in sorted(table)}, self.dtype)
         else:
             outer, inner, values = self._flat
             touched = sorted(self._touched)
-            fresh = _flatten({k: table[k] for k in touched if k in table}, self.width)
+            fresh = _flatten({k: table[k] for k in touched if k in table}, self.dtype)
             if len(outer):
                 mark = np.zeros(max(touched[-1], int(outer.max())) + 1, bool)
                 mark[touched] = True
@@ -511,24 +516,27 @@ class _FlatCache:
         return flat
 
 
-def _flatten(table: dict[int, dict[int, Any]], width: int = 1
+def _flatten(table: dict[int, dict[int, Any]], dtype: type[np.generic] = np.float64
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(outer keys, inner keys, inner values)`` of a two-level dict, one row per inner
-    pair, in iteration order; with ``width > 1`` each inner value is a sequence of that
-    many floats (``[t, w]``) and the values come as an ``(n, width)`` array.
+    pair, in iteration order; the values as ``dtype`` (complex128 for the user tables'
+    ``time + 1j * weight`` entries).
 
     >>> [a.tolist() for a in _flatten({3: {1: 0.5, 2: 0.25}, 4: {}, 5: {9: 1.0}})]
     [[3, 3, 5], [1, 2, 9], [0.5, 0.25, 1.0]]
-    >>> _flatten({7: {1: [10.0, 2.0]}}, width=2)[2].tolist()
-    [[10.0, 2.0]]
+    >>> _flatten({7: {1: _entry(10.0, 2.0)}}, np.complex128)[2].tolist()
+    [(10+2j)]
     """
     inner = table.values()
     lengths = np.fromiter(map(len, inner), np.int64, count=len(table))
     n = int(lengths.sum())
     outer = np.repeat(np.fromiter(table, np.int64, count=len(table)), lengths)
     keys = np.fromiter(chain.from_iterable(inner), np.int64, count=n)
-    values = chain.from_iterable(map(dict.values, inner))
-    if width == 1:
-        return outer, keys, np.fromiter(values, np.float64, count=n)
-    flat = np.fromiter(chain.from_iterable(values), np.float64, count=n * width)
-    return outer, keys, flat.reshape(n, width)
+    values = np.fromiter(chain.from_iterable(map(dict.values, inner)), dtype, count=n)
+    return outer, keys, values
+
+
+def _entry(time: float, weight: float) -> complex:
+    """A user table's entry: ``time`` and ``weight`` as one complex number (read back
+    as ``.real`` and ``.imag``; both exact, each is a float64)."""
+    return complex(time, weight)
