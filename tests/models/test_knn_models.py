@@ -360,3 +360,33 @@ def test_pair_store_rebuilds_only_changed_runs_and_equals_a_fresh_build() -> Non
         assert got.shape == want.shape
         most_runs = max(most_runs, len(store.runs))
     assert most_runs >= 3  # leading runs stayed while later ones changed
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pair_store_merge_and_compaction_sum_every_key(seed: int) -> None:
+    """Merging two sorted runs (one mask for keys and values) and compacting runs
+    smallest first give every key the sum of its masses, keys sorted and unique, as a
+    dict summing the same pairs does."""
+    from online_models.itemknn import _PairStore
+
+    rng = np.random.default_rng(seed)
+    store = _PairStore()
+    expected: dict[tuple[int, int], float] = {}
+    for _ in range(25):
+        n = int(rng.integers(0, 200))
+        i, j = rng.integers(0, 30, n), rng.integers(0, 30, n)
+        w = rng.integers(1, 5, n).astype(np.float64)  # integers: sums exact in any order
+        store.add(i, j, w)
+        for a, b, c in zip(i.tolist(), j.tolist(), w.tolist(), strict=True):
+            expected[(a, b)] = expected.get((a, b), 0.0) + c
+    keys, vals = store.compact()
+    assert len(store.runs) == 1
+    assert np.all(np.diff(keys) > 0)
+    got = {(int(k >> 32), int(k & 0xFFFFFFFF)): float(v)
+           for k, v in zip(keys.tolist(), vals.tolist(), strict=True)}
+    assert got == expected
+    k1, v1 = np.array([1, 4, 9]), np.array([1.0, 2.0, 3.0])
+    k2, v2 = np.array([0, 4, 10, 11]), np.array([5.0, 6.0, 7.0, 8.0])
+    mk, mv = _PairStore._merge(k1, v1, k2, v2)
+    assert mk.tolist() == [0, 1, 4, 9, 10, 11]
+    assert mv.tolist() == [5.0, 1.0, 8.0, 3.0, 7.0, 8.0]

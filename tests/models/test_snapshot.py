@@ -331,3 +331,56 @@ def test_a_history_packs_only_its_touched_users_again_and_the_same_arrays(seed: 
             assert list(back._items.items()) == list(h._items.items())
             snapshots += 1
     assert snapshots > 20
+
+
+class _LiveArrays:
+    """A model stand-in whose state mixes arrays it keeps, views of them, arrays over
+    foreign memory and arrays made for the call."""
+
+    name = "live"
+    n_users = n_items = 0
+
+    def __init__(self) -> None:
+        self.kept = np.arange(6.0)
+        self.foreign = bytearray(np.arange(3.0).tobytes())
+
+    def get_state(self) -> ModelState:
+        return ModelState(arrays={
+            "kept": self.kept,
+            "view": self.kept[2:],
+            "foreign": np.frombuffer(self.foreign, np.float64),
+            "fresh": self.kept * 2.0,
+        }, meta={"class": "live", "params": {}})
+
+
+def test_capture_copies_what_the_model_may_change_and_takes_fresh_arrays() -> None:
+    """A capture must not change when the live model does: arrays the model keeps, views
+    of them and arrays over foreign memory are copied. An array get_state made for the
+    call is taken as it is (nothing else refers to it): copying it again was waste."""
+    from online_models.snapshot import capture
+
+    model = _LiveArrays()
+    first = model.get_state().arrays["fresh"]
+    assert first.flags.owndata
+    cap = capture({"live": model}, history=UserHistory(), offsets={}, events_total=0,  # type: ignore[dict-item]
+                  watermark=None)
+    arrays = cap.models["live"][0].arrays
+    model.kept += 100.0
+    model.foreign[:8] = np.float64(-1.0).tobytes()
+    assert arrays["kept"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert arrays["view"].tolist() == [2.0, 3.0, 4.0, 5.0]
+    assert arrays["foreign"].tolist() == [0.0, 1.0, 2.0]
+    assert arrays["fresh"].tolist() == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+    assert not np.shares_memory(arrays["kept"], model.kept)
+
+
+def test_detached_takes_only_arrays_nothing_else_holds() -> None:
+    from online_models.snapshot import _detached
+
+    held = np.arange(4.0)
+    arrays = {"held": held, "fresh": np.arange(4.0) + 1.0}
+    fresh = arrays["fresh"]
+    del fresh  # now only the dict refers to it
+    out = _detached(arrays)
+    assert out["held"] is not held and np.array_equal(out["held"], held)
+    assert out["fresh"] is arrays["fresh"]
