@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import click_events, prefilled_topic, train_rate
 
 from liverec.demo import ChildProcess, pick_port, scrape
-from liverec.runtime import pin_malloc_mmap_threshold
+from liverec.runtime import configure_malloc
 from online_models.hybrid import DEFAULT_COMPONENTS
 from stream.settings import KafkaSettings
 from trainer import TrainerSettings
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--follow-every-s", type=float, default=5.0)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    pin_malloc_mmap_threshold()
+    configure_malloc("train")
     mix = TrainerSettings().models
 
     events = click_events(args.events, args.users, args.items)

@@ -22,7 +22,7 @@ from typing import Any, cast
 
 from bench_train import click_events, event_batches
 
-from liverec.runtime import pin_malloc_mmap_threshold
+from liverec.runtime import configure_malloc
 from online_models import registry
 from online_models.base import Batch, ModelState, OnlineModel, UserHistory, learning_order
 from online_models.snapshot import capture
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
                          "snapshots every 2-3 s: ~100)")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
-    pin_malloc_mmap_threshold()  # as `liverec train` runs
+    configure_malloc("train")  # as `liverec train` runs
     batches = event_batches(click_events(args.events, args.users, args.items),
                             args.batch_size)
     totals = []

@@ -31,7 +31,7 @@ import time
 import numpy as np
 import psutil
 
-from liverec.runtime import pin_malloc_mmap_threshold
+from liverec.runtime import configure_malloc
 from online_models.base import Batch
 from online_models.embedding import EmbeddingModel
 
@@ -51,10 +51,13 @@ def main(argv: list[str] | None = None) -> None:
         "--malloc",
         choices=("pinned", "default"),
         default="pinned",
-        help="glibc mmap threshold: pinned as by the liverec command, or glibc's dynamic one",
+        help="glibc mmap threshold: pinned (and the top padded) as by the liverec "
+             "command, or glibc's dynamic one",
     )
     args = ap.parse_args(argv)
-    pinned = args.malloc == "pinned" and pin_malloc_mmap_threshold()
+    pinned = args.malloc == "pinned"
+    if pinned:
+        configure_malloc("train")  # threshold pinned, top padded
 
     warm = EmbeddingModel(dim=args.dim, n_negatives=16, initial_capacity=1024, seed=1)
     n_warm = 2_000
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     delta = after - before
     print(
         f"items={model.n_items:,} users={model.n_users:,} dim={dim} ({elapsed:.1f}s to grow, "
-        f"malloc mmap threshold {'pinned' if pinned else 'glibc default'})"
+        f"malloc mmap threshold {'pinned, top padded' if pinned else 'glibc default'})"
     )
     print(f"parameter bytes (live rows)     {params / mib:9.1f} MiB")
     print(f"allocated tables (capacity)     {tables / mib:9.1f} MiB")

@@ -48,7 +48,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from liverec.runtime import pin_malloc_mmap_threshold
+from liverec.runtime import configure_malloc
 from online_models import registry
 from online_models.base import Batch, learning_order
 from online_models.synthetic import generate_events
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="raw reads per round; the round's raw rate is their median")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    pin_malloc_mmap_threshold()  # the allocator setting `liverec train` runs with
+    configure_malloc("train")  # the allocator setting `liverec train` runs with
 
     events = click_events(args.events, args.users, args.items)
     with tempfile.TemporaryDirectory() as tmp, \

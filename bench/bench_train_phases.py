@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import click_events, event_batches, prefilled_topic, raw_rate, train_rate
 
 import trainer.service as service
-from liverec.runtime import pin_malloc_mmap_threshold
+from liverec.runtime import configure_malloc
 from online_models import registry
 from online_models.base import Batch, learning_order
 from online_models.evaluation import PrequentialEvaluator
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    pin_malloc_mmap_threshold()
+    configure_malloc("train")
     first = instrument()
     events = click_events(args.events, args.users, args.items)
     with tempfile.TemporaryDirectory() as tmp, prefilled_topic(events, Path(tmp)) as kafka:

@@ -38,7 +38,7 @@ def _child(args: argparse.Namespace, bound: int | None) -> dict[str, float]:
     import orjson
     from tqdm import tqdm
 
-    from liverec.runtime import pin_malloc_mmap_threshold
+    from liverec.runtime import configure_malloc
     from online_models.synthetic import generate_events
     from stream.columns import decode_columns
     from stream.events import EVENT_WEIGHTS, Limits
@@ -46,7 +46,7 @@ def _child(args: argparse.Namespace, bound: int | None) -> dict[str, float]:
     from trainer import Trainer, TrainerSettings
     from trainer.source import PolledBatch
 
-    pin_malloc_mmap_threshold()
+    configure_malloc("train")
     values = [orjson.dumps(r) for r in generate_events(args.events, args.users, args.items,
                                                        seed=args.seed)]
     size = args.batch_size

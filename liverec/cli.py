@@ -17,7 +17,7 @@ from liverec import (
     cmd_system,
     cmd_train,
 )
-from liverec.runtime import UNPINNED_COMMANDS, pad_malloc_top, pin_malloc_mmap_threshold
+from liverec.runtime import configure_malloc
 
 app = typer.Typer(
     name="liverec",
@@ -32,10 +32,7 @@ app = typer.Typer(
 @app.callback()
 def _startup(ctx: typer.Context) -> None:
     """Process-wide settings before any command runs (see ``liverec.runtime``)."""
-    if ctx.invoked_subcommand in UNPINNED_COMMANDS:
-        pad_malloc_top()
-    else:
-        pin_malloc_mmap_threshold()
+    configure_malloc(ctx.invoked_subcommand)
 
 
 for module in (cmd_stream, cmd_models, cmd_train, cmd_serve, cmd_keys, cmd_system,

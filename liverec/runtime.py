@@ -28,6 +28,19 @@ default model: 2.0 M minor page faults and 8.1 s of system time unpadded, 0.16 M
 0.9 s padded (user time unchanged, wall 47 -> 38 s); peak resident memory 776 -> 850
 MB. A 64 MiB pad was too small there (the hybrid's per-component score tensor of a
 256-event chunk is 80 MB on MovieLens), though enough for user-kNN alone (7.1 -> 0.5 s).
+
+Pinned commands pad the top too, by :data:`PINNED_TOP_PAD` (8 MiB). Setting any of
+glibc's thresholds turns its dynamic adjustment off, so pinning the mmap threshold also
+left the trim threshold at its 128 KiB default: each freed block under 4 MiB at the top
+of the heap went back to the kernel, and the next one was faulted in again. The default
+trainer's hybrid tunes on score matrices of 2.5-5 MB per batch (32 events x 20,000
+items). Learning the issue-9 stream in memory took 370-590k minor page faults and
+0.6-1.0 s of system time (of 8.4 s). With an 8 MiB pad it took 12-44k faults (16 MiB:
+2-26k), and the hybrid learned in 4.8 s instead of 5.4-5.7 s; `liverec train` learned
+8.5% more events/s. The
+price is up to 8 MiB of freed heap kept resident: at 1M items x 64 dims
+(``bench/bench_memory.py``), RSS / parameter bytes was 1.53-1.54x, against 1.49-1.52x
+without the pad on the same day.
 """
 
 from __future__ import annotations
@@ -36,7 +49,8 @@ import ctypes
 import logging
 import sys
 
-__all__ = ["UNPINNED_COMMANDS", "pad_malloc_top", "pin_malloc_mmap_threshold"]
+__all__ = ["PINNED_TOP_PAD", "UNPINNED_COMMANDS", "configure_malloc", "pad_malloc_top",
+           "pin_malloc_mmap_threshold"]
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +58,22 @@ _M_TOP_PAD = -2  # from glibc's <malloc.h>
 _M_MMAP_THRESHOLD = -3
 DEFAULT_MMAP_THRESHOLD = 4 << 20
 DEFAULT_TOP_PAD = 256 << 20
+#: the heap's top kept by the commands that pin the threshold
+PINNED_TOP_PAD = 8 << 20
 #: commands that pad the heap's top instead of pinning the threshold (short-lived,
 #: allocation-heavy)
 UNPINNED_COMMANDS = frozenset({"evaluate"})
+
+
+def configure_malloc(command: str | None) -> None:
+    """The allocator settings of ``liverec <command>`` (benchmarks that measure a
+    command's code in process apply the same): the top padded for the unpinned
+    commands, else the threshold pinned and the top padded by :data:`PINNED_TOP_PAD`."""
+    if command in UNPINNED_COMMANDS:
+        pad_malloc_top()
+    else:
+        pin_malloc_mmap_threshold()
+        pad_malloc_top(PINNED_TOP_PAD)
 
 
 def pin_malloc_mmap_threshold(nbytes: int = DEFAULT_MMAP_THRESHOLD) -> bool:

@@ -25,7 +25,7 @@ def test_the_cli_applies_it_before_a_command_runs(
 ) -> None:
     from typer.testing import CliRunner
 
-    from liverec import cli
+    from liverec import cli, runtime
 
     calls: list[str] = []
 
@@ -33,28 +33,36 @@ def test_the_cli_applies_it_before_a_command_runs(
         calls.append("pinned")
         return True
 
-    monkeypatch.setattr(cli, "pin_malloc_mmap_threshold", pin)
+    def pad(nbytes: int = runtime.DEFAULT_TOP_PAD) -> bool:
+        calls.append(f"padded {nbytes >> 20} MiB")
+        return True
+
+    monkeypatch.setattr(runtime, "pin_malloc_mmap_threshold", pin)
+    monkeypatch.setattr(runtime, "pad_malloc_top", pad)
     out = tmp_path / "clicks.csv"
     result = CliRunner().invoke(cli.app, ["generate", "--events", "50", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert calls == ["pinned"]
+    # the trim threshold stays at 128 KiB once a threshold is set: the pad keeps the top
+    assert calls == ["pinned", "padded 8 MiB"]
 
 
 def test_evaluate_pads_the_heap_top_instead(monkeypatch: pytest.MonkeyPatch,
                                             tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from liverec import cli
+    from liverec import cli, runtime
 
     calls: list[str] = []
-    monkeypatch.setattr(cli, "pin_malloc_mmap_threshold", lambda: calls.append("pinned"))
-    monkeypatch.setattr(cli, "pad_malloc_top", lambda: calls.append("padded"))
+    monkeypatch.setattr(runtime, "pin_malloc_mmap_threshold", lambda: calls.append("pinned"))
+    monkeypatch.setattr(runtime, "pad_malloc_top",
+                        lambda nbytes=runtime.DEFAULT_TOP_PAD: calls.append(
+                            f"padded {nbytes >> 20} MiB"))
     data = tmp_path / "clicks.csv"
     runner = CliRunner()
     made = runner.invoke(cli.app, ["generate", "--events", "300", "--out", str(data)])
     assert made.exit_code == 0, made.output
-    assert calls == ["pinned"]
+    assert calls == ["pinned", "padded 8 MiB"]
     calls.clear()
     result = runner.invoke(cli.app, ["evaluate", str(data), "--models", "popularity"])
     assert result.exit_code == 0, result.output
-    assert calls == ["padded"]  # evaluate allocates big temporaries many times a second
+    assert calls == ["padded 256 MiB"]  # evaluate allocates big temporaries many times a second
