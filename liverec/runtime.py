@@ -37,10 +37,9 @@ trainer's hybrid tunes on score matrices of 2.5-5 MB per batch (32 events x 20,0
 items). Learning the issue-9 stream in memory took 370-590k minor page faults and
 0.6-1.0 s of system time (of 8.4 s). With an 8 MiB pad it took 12-44k faults (16 MiB:
 2-26k), and the hybrid learned in 4.8 s instead of 5.4-5.7 s; `liverec train` learned
-8.5% more events/s. The
-price is up to 8 MiB of freed heap kept resident: at 1M items x 64 dims
-(``bench/bench_memory.py``), RSS / parameter bytes was 1.53-1.54x, against 1.49-1.52x
-without the pad on the same day.
+8.5% more events/s. The price is up to 8 MiB of freed heap kept resident: at 1M items x
+64 dims (``bench/bench_memory.py``), RSS / parameter bytes was 1.53-1.54x, against
+1.49-1.52x without the pad on the same day.
 """
 
 from __future__ import annotations

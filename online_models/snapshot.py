@@ -242,9 +242,9 @@ def _detached(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
     An array that owns its memory and that nothing but ``arrays`` refers to was made
     by ``get_state`` for this call (a slice copied, a product, a flattened table): it
-    is taken as it is. Copying it again was a third of a capture's copying, and a
-    capture is the learner's only pause for a snapshot. Views, arrays over foreign
-    memory (a torch tensor's ``.numpy()``) and arrays the model keeps are copied.
+    is taken as it is: copying it again would lengthen the capture, the learner's only
+    pause for a snapshot. Views, arrays over foreign memory (a torch tensor's
+    ``.numpy()``) and arrays the model keeps are copied.
     """
     out: dict[str, np.ndarray] = {}
     for k in arrays:
