@@ -83,10 +83,11 @@ class UserKNN(OnlineModel):
         # user row -> {item row: entry}, least recent first (plain dicts keep insertion
         # order; an OrderedDict's iteration looks every key up again, which made reading
         # neighbours' items most of a query's time). An entry is the pair (last time,
-        # accumulated weight) held as one complex number, ``time + 1j * weight``
-        # (:func:`_entry`): one small object instead of a list and two floats, so a
-        # snapshot or a batched query flattens a table of them in one C-level pass
-        # (``np.fromiter`` into complex128), about 10x faster than lists of two floats.
+        # accumulated weight) held as one complex number, ``complex(time, weight)``
+        # (read back as ``.real`` and ``.imag``, both exact float64s): one small object
+        # instead of a list and two floats, so a snapshot or a batched query flattens a
+        # table of them in one C-level pass (``np.fromiter`` into complex128), about 10x
+        # faster than lists of two floats.
         self._user_items: dict[int, dict[int, complex]] = {}
         # item row -> {user row: last time}, least recent first
         self._item_users: dict[int, dict[int, float]] = {}
@@ -141,12 +142,12 @@ class UserKNN(OnlineModel):
                 items = user_items[u] = {}
             entry = items.pop(i, None)
             if entry is None:
-                entry = _entry(t, w)
+                entry = complex(t, w)
             else:
                 # Bring the old weight to this event's time before adding.
                 t_old = entry.real
                 old = entry.imag * (0.5 ** ((t - t_old) / hl) if hl else 1.0)
-                entry = _entry(max(t, t_old), old + w)
+                entry = complex(max(t, t_old), old + w)
             items[i] = entry
             if len(items) > max_ui:
                 gone = next(iter(items))
@@ -409,7 +410,7 @@ class UserKNN(OnlineModel):
             a["user_items.weight"].tolist(),
             strict=True,
         ):
-            m._user_items.setdefault(u, {})[i] = _entry(t, w)
+            m._user_items.setdefault(u, {})[i] = complex(t, w)
         for i, u, t in zip(
             a["item_users.item"].tolist(),
             a["item_users.user"].tolist(),
@@ -524,7 +525,7 @@ def _flatten(table: dict[int, dict[int, Any]], dtype: type[np.generic] = np.floa
 
     >>> [a.tolist() for a in _flatten({3: {1: 0.5, 2: 0.25}, 4: {}, 5: {9: 1.0}})]
     [[3, 3, 5], [1, 2, 9], [0.5, 0.25, 1.0]]
-    >>> _flatten({7: {1: _entry(10.0, 2.0)}}, np.complex128)[2].tolist()
+    >>> _flatten({7: {1: complex(10.0, 2.0)}}, np.complex128)[2].tolist()
     [(10+2j)]
     """
     inner = table.values()
@@ -535,8 +536,3 @@ def _flatten(table: dict[int, dict[int, Any]], dtype: type[np.generic] = np.floa
     values = np.fromiter(chain.from_iterable(map(dict.values, inner)), dtype, count=n)
     return outer, keys, values
 
-
-def _entry(time: float, weight: float) -> complex:
-    """A user table's entry: ``time`` and ``weight`` as one complex number (read back
-    as ``.real`` and ``.imag``; both exact, each is a float64)."""
-    return complex(time, weight)
