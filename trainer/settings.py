@@ -73,10 +73,12 @@ class TrainerSettings(BaseSettings):
     eval_budget_per_s: float = Field(default=0.0, ge=0)
     #: the governor's target: evaluation CPU time (the learner thread's: the bookkeeping
     #: every event needs plus scoring the sample) as a share of the trainer process's
-    #: CPU time (0: no governor, every sampled event is scored). At full speed the
-    #: default mix's evaluation then takes 10-13% of the learner thread's wall time
-    #: (GIL waits while the source thread decodes included) and scores about
-    #: 1,000-1,800 events a minute per model on the issue-9 benchmark (BENCHMARKS.md) ...
+    #: CPU time (0: no governor, every sampled event is scored). It scores at the floor
+    #: below until its first second is measured. On the issue-9 benchmark (BENCHMARKS.md,
+    #: full speed, 20,000 items) the default mix's evaluation takes 5.1-5.4% of the
+    #: process's CPU time and 6.1-6.3% of the learner's wall time; the bookkeeping
+    #: every event needs takes 4-6% of it alone, so at full speed few events are
+    #: scored beyond the first seconds (97 per model in a 9 s run) ...
     eval_cpu_share: float = Field(default=0.05, ge=0, le=1)
     #: ... but never fewer than this many scored events per minute (when there are),
     #: except while the learner has a backlog (then the share bounds it, down to

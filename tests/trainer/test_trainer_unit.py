@@ -188,12 +188,39 @@ def test_drift_adaptation_overrides_then_restores(settings: TrainerSettings) -> 
     assert _sample(t, "liverec_trainer_drift_adaptation_active", {"model": "popularity"}) == 0
 
 
+def _measured(t: Trainer) -> None:
+    """The governor as after a first second with one core busy and no bookkeeping
+    (tests that call it on the real clocks, well within a second)."""
+    t.evaluation._bk_share, t.evaluation._cpu_rate = 0.0, 1.0
+
+
+def test_evaluation_governor_scores_at_the_floor_until_the_first_second_is_measured(
+    settings: TrainerSettings,
+) -> None:
+    """Before a second has shown what the bookkeeping and the process take, a cheap
+    first group does not open the budget: the trainer scores at the floor (it once
+    scored the whole first batch and then paid the overrun back for seconds)."""
+    t = Trainer(settings.model_copy(update={"eval_cpu_share": 0.1,
+                                            "eval_min_per_minute": 600.0}), KAFKA)
+    t.evaluation.govern(scored=32, seconds=0.0032, bookkeeping_s=0.001, now=0.0)
+    t.evaluation.govern(scored=32, seconds=0.0032, bookkeeping_s=0.001, now=0.5)
+    assert t.evaluator.sample.max_per_s == pytest.approx(10.0)
+    # The window closes: 1 core, 0.2% bookkeeping, 0.1 ms per event -> 9.8% scores.
+    t.evaluation.govern(scored=32, seconds=0.0032, bookkeeping_s=0.0, now=1.0)
+    assert t.evaluator.sample.max_per_s == pytest.approx((0.1 - 0.002) / 1e-4)
+    unfloored = Trainer(settings.model_copy(update={
+        "eval_cpu_share": 0.1, "eval_min_per_minute": 0.0,
+        "snapshots": settings.snapshots / "b"}), KAFKA)
+    assert unfloored.evaluator.sample.max_per_s == pytest.approx(1.0)  # a trickle
+
+
 def test_evaluation_governor_keeps_the_cpu_share_but_not_below_the_floor(
     settings: TrainerSettings,
 ) -> None:
     t = Trainer(settings.model_copy(update={"eval_cpu_share": 0.1,
                                             "eval_min_per_minute": 600.0}), KAFKA)
-    assert t.evaluator.sample.max_per_s is None  # nothing measured yet: score everything
+    assert t.evaluator.sample.max_per_s == pytest.approx(10.0)  # nothing measured: the floor
+    _measured(t)
     t.evaluation.govern(scored=100, seconds=0.01)  # 0.1 ms per scored event
     assert t.evaluator.sample.max_per_s == pytest.approx(0.1 / 1e-4)
     for _ in range(50):  # scoring became expensive: 100 ms per event
@@ -215,6 +242,7 @@ def test_evaluation_governor_floor_yields_to_the_share_during_a_backlog(
 
     t = Trainer(settings.model_copy(update={"eval_cpu_share": 0.1,
                                             "eval_min_per_minute": 1000.0}), KAFKA)
+    _measured(t)
     t.evaluation.govern(scored=10, seconds=0.05)  # 5 ms per event: the share affords 20/s
     assert t.evaluator.sample.max_per_s == pytest.approx(20.0)
     t.evaluation.govern(scored=10, seconds=0.5)  # 50 ms per event: the share affords ~2/s
@@ -238,7 +266,7 @@ def test_evaluation_governor_takes_its_share_of_the_process_cpu(
     t = Trainer(settings.model_copy(update={"eval_cpu_share": 0.1,
                                             "eval_min_per_minute": 0.0}), KAFKA)
     t.evaluation.govern(scored=100, seconds=0.01, now=0.0, cpu_now=0.0)  # 0.1 ms per event
-    assert t.evaluator.sample.max_per_s == pytest.approx(1000.0)  # one core until measured
+    assert t.evaluator.sample.max_per_s == pytest.approx(1e-3)  # no floor, not measured
     t.evaluation.govern(scored=100, seconds=0.01, now=1.0, cpu_now=0.5)
     assert t.evaluator.sample.max_per_s == pytest.approx(500.0)
     for k in range(2, 40):
@@ -279,6 +307,7 @@ def test_evaluation_governor_weighs_every_scored_event_alike(
     not the mean of the two per-call figures (2.5 ms, which let evaluation overrun)."""
     t = Trainer(settings.model_copy(update={"eval_cpu_share": 0.1,
                                             "eval_min_per_minute": 0.0}), KAFKA)
+    _measured(t)
     for _ in range(40):
         t.evaluation.govern(scored=1, seconds=0.001)
         t.evaluation.govern(scored=32, seconds=0.128)
@@ -292,7 +321,7 @@ def test_evaluation_governor_counts_the_bookkeeping_in_the_share(
     t = Trainer(settings.model_copy(update={"eval_cpu_share": 0.1,
                                             "eval_min_per_minute": 60.0}), KAFKA)
     t.evaluation.govern(scored=100, seconds=0.01, bookkeeping_s=0.0, now=0.0)  # 0.1 ms per event
-    assert t.evaluator.sample.max_per_s == pytest.approx(1000.0)  # the whole 10% scores
+    assert t.evaluator.sample.max_per_s == pytest.approx(1.0)  # the floor until measured
     # Bookkeeping of every event takes 4% of wall time, seen over a second: 6% is left.
     t.evaluation.govern(scored=100, seconds=0.01, bookkeeping_s=0.04, now=1.0)
     assert t.evaluator.sample.max_per_s == pytest.approx(600.0)
