@@ -12,7 +12,8 @@ Three kinds of drift, all pure Python/numpy (the trainer turns them into metrics
   :class:`DataDriftTracker` runs one for item popularity (events per item) and one
   for user activity (events per user).
 * **Embedding drift** -- :func:`embedding_drift` is the mean cosine distance between
-  the embeddings of the same item ids in two consecutive snapshots.
+  the embeddings of the same item ids in two snapshots (the trainer compares them
+  every ``embedding_drift_every_s``).
 
 Binning a huge id space
 -----------------------

@@ -229,7 +229,8 @@ class TrainerMetrics:
             ["distribution"], registry=r)
         self.embedding_drift = Gauge(
             _P + "embedding_drift_cosine_distance",
-            "Mean cosine distance of item embeddings between consecutive snapshots.",
+            "Mean cosine distance of item embeddings since the last comparison "
+            "(every embedding_drift_every_s, at a durable snapshot).",
             ["model"], registry=r)
 
         # Scale-out mode (trainer.partitioned): who owns what, and the update topic.

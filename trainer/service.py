@@ -140,6 +140,8 @@ class Trainer:
             settings.drift_adapt_events,
         )
         self._prev_vectors: dict[str, tuple[list[str | None], np.ndarray]] = {}
+        #: when the embeddings were last compared (monotonic; None: not yet)
+        self._drift_compared_at: float | None = None
         self.snapshot_version: int | None = None
         self._snap_offsets: dict[Partition, int] = {}
         self._snap_events_total = 0
@@ -256,6 +258,7 @@ class Trainer:
             vec = m.item_vectors()
             if vec is not None:
                 self._prev_vectors[name] = (list(m.items.ids), np.array(vec, copy=True))
+                self._drift_compared_at = time.monotonic()
         self.metrics.events_total.set(self.events_total)
         log.info("restored snapshot %d: events_total=%d, offsets=%s, models=%s",
                  snap.version, self.events_total, snap.offsets, sorted(snap.models))
@@ -655,6 +658,13 @@ class Trainer:
         self._embedding_drift()
 
     def _embedding_drift(self) -> None:
+        """Compare each factor model's item embeddings with the last compared ones,
+        at most every ``embedding_drift_every_s``."""
+        now = time.monotonic()
+        if self._drift_compared_at is not None and \
+                now - self._drift_compared_at < self.settings.embedding_drift_every_s:
+            return
+        self._drift_compared_at = now
         for name, model in self.models.items():
             try:
                 vec = model.item_vectors()

@@ -62,6 +62,12 @@ class TrainerSettings(BaseSettings):
     #: a writer busy all the time takes a core from the learner and the Kafka source.
     snapshot_write_share: float = Field(default=0.25, ge=0, le=1)
     keep_snapshots: int = Field(default=5, ge=1)
+    #: seconds between two comparisons of the factor models' item embeddings
+    #: (``liverec_trainer_embedding_drift_cosine_distance``), made at the first durable
+    #: snapshot this long after the last one (0: at every durable snapshot). A fixed
+    #: interval keeps the figure comparable while the snapshot cadence changes with
+    #: load; each comparison copies every embedding table on the learner's thread.
+    embedding_drift_every_s: float = Field(default=30.0, ge=0)
     #: 0 picks a free port; -1 serves no metrics
     metrics_port: int = Field(default=9101, ge=-1)
     metrics_addr: str = "0.0.0.0"

@@ -436,3 +436,23 @@ def test_users_beyond_history_max_users_are_forgotten_everywhere(
     assert len(lower.history) == 20
     assert {u for u in lower.models["itemknn"].users.ids if u is not None} <= \
         set(lower.history._items)
+
+
+@pytest.mark.parametrize(("every_s", "compared"), [(0.0, True), (3600.0, False)])
+def test_embedding_drift_is_compared_at_most_every_interval(
+        settings: TrainerSettings, every_s: float, compared: bool) -> None:
+    """The factor models' item embeddings are compared at a durable snapshot when the
+    last comparison is ``embedding_drift_every_s`` old; the first one only keeps them."""
+    t = Trainer(settings.model_copy(update={"models": "popularity,bpr",
+                                            "embedding_drift_every_s": every_s}), KAFKA)
+    name = "liverec_trainer_embedding_drift_cosine_distance"
+    t.handle(_consumed(synthetic_events(300, seed=3), 0))
+    assert t.checkpoint("test", wait=True) is not None
+    assert _sample(t, name, {"model": "bpr"}) == 0.0  # (the series exists from the start)
+    t.handle(_consumed(synthetic_events(300, seed=4), 300))
+    assert t.checkpoint("test", wait=True) is not None
+    drift = _sample(t, name, {"model": "bpr"})
+    if compared:
+        assert 0.0 < drift < 2.0  # learning moved the vectors
+    else:
+        assert drift == 0.0
