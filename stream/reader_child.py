@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import os
 import select
 import signal
@@ -43,7 +44,9 @@ import numpy as np
 from stream.columns import EventColumns, decode_columns
 from stream.events import Limits, Rejected
 
-__all__ = ["Frame", "decode_frame", "encode_frame", "read_message", "write_message"]
+__all__ = ["Frame", "decode_frame", "encode_frame", "read_message", "usable", "write_message"]
+
+log = logging.getLogger("liverec.reader")
 
 _LEN = struct.Struct("<I")
 SEP = "\x1f"  # not printable: never inside a valid id (decode rejects it)
@@ -179,7 +182,7 @@ class _Reader:
                 msgs += more
                 break
             msgs += more
-        msgs = [m for m in msgs if m.error() is None]
+        msgs = usable(msgs)
         return ([m.partition() or 0 for m in msgs], [m.offset() or 0 for m in msgs],
                 [m.value() for m in msgs])
 
@@ -208,10 +211,28 @@ class _Reader:
             self.consumer.close()
 
 
+def usable(msgs: Sequence[Any]) -> list[Any]:
+    """The records among ``consume()``'s messages. An error message is logged (as the
+    group consumer's client does); a fatal one ends the reader with it, and the parent
+    starts another (:class:`trainer.process_source.ProcessBatchSource`)."""
+    out = []
+    for m in msgs:
+        err = m.error()
+        if err is None:
+            out.append(m)
+        elif err.fatal():
+            raise RuntimeError(f"consume: {err.str()}")
+        else:
+            log.warning("consume: %s", err.str())
+    return out
+
+
 def main() -> None:
     # Ctrl-C in a terminal reaches the whole process group: the parent stops this
     # reader itself (stop command, or its end of the pipe closing), after its own work.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s liverec-reader[%(process)d] %(levelname)s %(message)s")
     inp, out = sys.stdin.fileno(), sys.stdout.buffer
     body = read_message(inp)
     if body is None:
