@@ -324,19 +324,7 @@ class Trainer:
         last_status = last_record = t_start
         first_batch_at: float | None = None
         window_events, window_start, window_wait = 0, t_start, 0.0
-        factory = self._consumer_factory or self._make_consumer
-        kind: Any = BatchSource
-        extra: dict[str, Any] = {}
-        if self.source_kind == "process":
-            from trainer.process_source import ProcessBatchSource
-
-            kind, extra = ProcessBatchSource, {"kafka": self.kafka, "group": s.group}
-        self.source = kind(
-            factory, batch_size=s.batch_size, max_wait_s=s.max_wait_ms / 1000.0,
-            prefetch=s.prefetch_batches, limits=self.kafka.limits,
-            weights=self.kafka.event_weights, on_assign=self._on_assign,
-            on_revoke=self._on_revoke, join_timeout_s=s.join_timeout_s, **extra,
-        )
+        self.source = self._new_source()
         self._learning = True
         self.source.start()
         self.content.start()
@@ -404,6 +392,22 @@ class Trainer:
             self.snapshot_version, t_end - t_start,
             None if first_batch_at is None else first_batch_at - t_start, t_end - t_stop,
         )
+
+    def _new_source(self) -> BatchSource:
+        """The source of this run's batches: a thread polling and decoding here, or
+        (``source_kind`` "process") a reader process that does it."""
+        s = self.settings
+        common: dict[str, Any] = dict(
+            batch_size=s.batch_size, max_wait_s=s.max_wait_ms / 1000.0,
+            prefetch=s.prefetch_batches, limits=self.kafka.limits,
+            weights=self.kafka.event_weights, on_assign=self._on_assign,
+            on_revoke=self._on_revoke, join_timeout_s=s.join_timeout_s)
+        factory = self._consumer_factory or self._make_consumer
+        if self.source_kind == "process":
+            from trainer.process_source import ProcessBatchSource
+
+            return ProcessBatchSource(factory, kafka=self.kafka, group=s.group, **common)
+        return BatchSource(factory, **common)
 
     def _make_consumer(self, **hooks: Any) -> MiniBatchConsumer:
         s = self.settings
