@@ -42,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_train import click_events, prefilled_topic, train_rate
+from bench_train import add_stream_options, click_events, prefilled_topic, train_rate
 
 from liverec.demo import ChildProcess, pick_port, scrape
 from liverec.runtime import configure_malloc
@@ -84,10 +84,7 @@ def start_seqnn(kafka: KafkaSettings, root: Path, nice: int, tag: str
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--events", type=int, default=100_000)
-    ap.add_argument("--users", type=int, default=20_000)
-    ap.add_argument("--items", type=int, default=20_000)
-    ap.add_argument("--batch-size", type=int, default=256)
+    add_stream_options(ap)
     ap.add_argument("--repeats", type=int, default=3, help="rounds of alone / beside")
     ap.add_argument("--nice", type=int, nargs="+", default=[0],
                     help="niceness of the seqnn trainer, one 'beside' run per value")

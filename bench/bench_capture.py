@@ -20,7 +20,7 @@ import statistics
 import time
 from typing import Any, cast
 
-from bench_train import click_events, event_batches
+from bench_train import add_stream_options, click_events, event_batches
 
 from liverec.runtime import configure_malloc
 from online_models import registry
@@ -72,10 +72,7 @@ class _Timed:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--events", type=int, default=100_000)
-    ap.add_argument("--users", type=int, default=20_000)
-    ap.add_argument("--items", type=int, default=20_000)
-    ap.add_argument("--batch-size", type=int, default=256)
+    add_stream_options(ap)
     ap.add_argument("--mix", default="all", help="models (default: the default mix)")
     ap.add_argument("--every", type=int, default=100,
                     help="batches between captures (a trainer at ~10k events/s that "

@@ -60,6 +60,20 @@ from stream.settings import KafkaSettings
 from trainer import Trainer, TrainerSettings
 
 
+def add_stream_options(ap: argparse.ArgumentParser, events: int = 100_000,
+                       users: int = 20_000, items: int = 20_000,
+                       batch_size: int = 256) -> None:
+    """The synthetic stream's shape and the batch size (defaults: the issue-9 stream)."""
+    ap.add_argument("--events", type=int, default=events,
+                    help=f"events in the synthetic stream (default {events:,})")
+    ap.add_argument("--users", type=int, default=users,
+                    help=f"distinct users it draws from (default {users:,})")
+    ap.add_argument("--items", type=int, default=items,
+                    help=f"distinct items it draws from (default {items:,})")
+    ap.add_argument("--batch-size", type=int, default=batch_size,
+                    help=f"events per mini-batch (default {batch_size})")
+
+
 def raw_rate(bootstrap: str, topic: str, n: int) -> float:
     """Messages/s of a bare librdkafka consumer reading ``n`` messages (group join included)."""
     from confluent_kafka import Consumer
@@ -154,11 +168,8 @@ def prefilled_topic(events: list[ClickEvent], root: Path, partitions: int = 1,
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--events", type=int, default=100_000)
-    ap.add_argument("--users", type=int, default=20_000)
-    ap.add_argument("--items", type=int, default=20_000)
+    add_stream_options(ap)
     ap.add_argument("--partitions", type=int, default=1)
-    ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--snapshot-every-s", type=float, default=1.0)
     ap.add_argument("--snapshot-write-share", type=float, default=None,
                     help="the trainer's snapshot_write_share (default: its default)")

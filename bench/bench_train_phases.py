@@ -38,7 +38,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_train import click_events, event_batches, prefilled_topic, raw_rate, train_rate
+from bench_train import (
+    add_stream_options,
+    click_events,
+    event_batches,
+    prefilled_topic,
+    raw_rate,
+    train_rate,
+)
 
 import trainer.service as service
 from liverec.runtime import configure_malloc
@@ -144,10 +151,7 @@ def learn_in_memory(events: list[ClickEvent], mix: str, batch_size: int) -> dict
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--events", type=int, default=100_000)
-    ap.add_argument("--users", type=int, default=20_000)
-    ap.add_argument("--items", type=int, default=20_000)
-    ap.add_argument("--batch-size", type=int, default=256)
+    add_stream_options(ap)
     ap.add_argument("--mix", default="all", help="model mix (default: the default one)")
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args(argv)
