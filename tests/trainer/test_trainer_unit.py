@@ -194,23 +194,28 @@ def _measured(t: Trainer) -> None:
     t.evaluation._bk_share, t.evaluation._cpu_rate = 0.0, 1.0
 
 
-def test_evaluation_governor_scores_at_the_floor_until_the_first_second_is_measured(
+def test_evaluation_governor_first_second_counts_what_it_measured_so_far(
     settings: TrainerSettings,
 ) -> None:
-    """Before a second has shown what the bookkeeping and the process take, a cheap
-    first group does not open the budget: the trainer scores at the floor (it once
-    scored the whole first batch and then paid the overrun back for seconds)."""
-    t = Trainer(settings.model_copy(update={"eval_cpu_share": 0.1,
-                                            "eval_min_per_minute": 600.0}), KAFKA)
+    """The first call has measured nothing: the floor. Until a whole second has been
+    measured, the budget is what the share leaves of the time so far after the
+    bookkeeping and the scoring already spent: cheap evaluation opens it at once,
+    bookkeeping that takes the share keeps it at the floor."""
+    update = {"eval_cpu_share": 0.1, "eval_min_per_minute": 600.0}
+    t = Trainer(settings.model_copy(update=update), KAFKA)
     t.evaluation.govern(scored=32, seconds=0.0032, bookkeeping_s=0.001, now=0.0)
-    t.evaluation.govern(scored=32, seconds=0.0032, bookkeeping_s=0.001, now=0.5)
     assert t.evaluator.sample.max_per_s == pytest.approx(10.0)
-    # The window closes: 1 core, 0.2% bookkeeping, 0.1 ms per event -> 9.8% scores.
-    t.evaluation.govern(scored=32, seconds=0.0032, bookkeeping_s=0.0, now=1.0)
-    assert t.evaluator.sample.max_per_s == pytest.approx((0.1 - 0.002) / 1e-4)
+    # 0.5 s in, one core: bookkeeping 0.002 s and scoring 0.0064 s spent of 0.05 s.
+    t.evaluation.govern(scored=32, seconds=0.0032, bookkeeping_s=0.001, now=0.5)
+    assert t.evaluator.sample.max_per_s == pytest.approx((0.1 - 0.0084 / 0.5) / 1e-4)
+    costly = Trainer(settings.model_copy(update={
+        **update, "snapshots": settings.snapshots / "b"}), KAFKA)
+    costly.evaluation.govern(scored=32, seconds=0.0032, bookkeeping_s=0.01, now=0.0)
+    costly.evaluation.govern(scored=32, seconds=0.0032, bookkeeping_s=0.06, now=0.5)
+    assert costly.evaluator.sample.max_per_s == pytest.approx(10.0)  # 14% bookkeeping
     unfloored = Trainer(settings.model_copy(update={
         "eval_cpu_share": 0.1, "eval_min_per_minute": 0.0,
-        "snapshots": settings.snapshots / "b"}), KAFKA)
+        "snapshots": settings.snapshots / "c"}), KAFKA)
     assert unfloored.evaluator.sample.max_per_s == pytest.approx(1.0)  # a trickle
 
 
