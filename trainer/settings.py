@@ -79,8 +79,9 @@ class TrainerSettings(BaseSettings):
     eval_budget_per_s: float = Field(default=0.0, ge=0)
     #: the governor's target: evaluation CPU time (the learner thread's: the bookkeeping
     #: every event needs plus scoring the sample) as a share of the trainer process's
-    #: CPU time (0: no governor, every sampled event is scored). It scores at the floor
-    #: below until its first second is measured. On the issue-9 benchmark (BENCHMARKS.md,
+    #: CPU time (0: no governor, every sampled event is scored). It starts at the floor
+    #: below; until a whole second is measured it budgets from the part measured so
+    #: far. On the issue-9 benchmark (BENCHMARKS.md,
     #: full speed, 20,000 items) the default mix's evaluation takes 5.1-5.4% of the
     #: process's CPU time and 6.1-6.3% of the learner's wall time; the bookkeeping
     #: every event needs takes 4-6% of it alone, so at full speed few events are
