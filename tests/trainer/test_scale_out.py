@@ -77,8 +77,10 @@ def test_two_trainers_in_one_group_equal_one_trainer(
     events = synthetic_events(20_000, seed=11, n_users=500, n_items=300)
     kafka = KafkaSettings(bootstrap=kafka_bootstrap, topic=topic)
     snaps = tmp_path / "snaps"
+    # Every evaluable event scored (no CPU governor): which trainer evaluates is the
+    # point below, not how much a governor lets through in a short run.
     trainers = [ScaleOutTrainer(_settings(snaps, f"g-{topic}", f"t{i}", idle_exit_s=15.0,
-                                          fold_every_s=fold_every_s),
+                                          fold_every_s=fold_every_s, eval_cpu_share=0.0),
                                 kafka) for i in range(2)]
     try:
         _learn_split(trainers, kafka_bootstrap, topic, events)
