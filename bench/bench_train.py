@@ -60,18 +60,16 @@ from stream.settings import KafkaSettings
 from trainer import Trainer, TrainerSettings
 
 
-def add_stream_options(ap: argparse.ArgumentParser, events: int = 100_000,
-                       users: int = 20_000, items: int = 20_000,
-                       batch_size: int = 256) -> None:
+def add_stream_options(ap: argparse.ArgumentParser) -> None:
     """The synthetic stream's shape and the batch size (defaults: the issue-9 stream)."""
-    ap.add_argument("--events", type=int, default=events,
-                    help=f"events in the synthetic stream (default {events:,})")
-    ap.add_argument("--users", type=int, default=users,
-                    help=f"distinct users it draws from (default {users:,})")
-    ap.add_argument("--items", type=int, default=items,
-                    help=f"distinct items it draws from (default {items:,})")
-    ap.add_argument("--batch-size", type=int, default=batch_size,
-                    help=f"events per mini-batch (default {batch_size})")
+    ap.add_argument("--events", type=int, default=100_000,
+                    help="events in the synthetic stream (default 100,000)")
+    ap.add_argument("--users", type=int, default=20_000,
+                    help="distinct users it draws from (default 20,000)")
+    ap.add_argument("--items", type=int, default=20_000,
+                    help="distinct items it draws from (default 20,000)")
+    ap.add_argument("--batch-size", type=int, default=256,
+                    help="events per mini-batch (default 256)")
 
 
 def raw_rate(bootstrap: str, topic: str, n: int) -> float:

@@ -8,7 +8,7 @@ learner in full (BENCHMARKS, "Trainer throughput", sessions 26-27). This module 
 that work in a separate process. It owns no consumer group: the parent keeps the
 group consumer (rebalance hooks, commits, the dead-letter topic) and tells this
 reader what to read. The child starts quickly because it imports only librdkafka,
-numpy and :mod:`stream.columns`.
+numpy, :mod:`stream.columns` and :mod:`stream.consume_errors`.
 
 Protocol (every message is a 4-byte little-endian length, then the body):
 
@@ -42,6 +42,7 @@ from typing import IO, Any
 import numpy as np
 
 from stream.columns import EventColumns, decode_columns
+from stream.consume_errors import records_only
 from stream.events import Limits, Rejected
 
 __all__ = ["Frame", "decode_frame", "encode_frame", "read_message", "usable", "write_message"]
@@ -212,19 +213,11 @@ class _Reader:
 
 
 def usable(msgs: Sequence[Any]) -> list[Any]:
-    """The records among ``consume()``'s messages. An error message is logged (as the
-    group consumer's client does); a fatal one ends the reader with it, and the parent
-    starts another (:class:`trainer.process_source.ProcessBatchSource`)."""
-    out = []
-    for m in msgs:
-        err = m.error()
-        if err is None:
-            out.append(m)
-        elif err.fatal():
-            raise RuntimeError(f"consume: {err.str()}")
-        else:
-            log.warning("consume: %s", err.str())
-    return out
+    """The records among ``consume()``'s messages, read as the group consumer's client
+    reads them (:func:`stream.consume_errors.records_only`): a fatal error ends the
+    reader with it, and the parent starts another
+    (:class:`trainer.process_source.ProcessBatchSource`)."""
+    return records_only(msgs, log, RuntimeError)
 
 
 def main() -> None:

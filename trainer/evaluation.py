@@ -72,10 +72,9 @@ class TrainerEvaluation:
         self.on_drift = on_drift
         budget = settings.eval_budget_per_s or None
         if budget is None and settings.eval_cpu_share:
-            # Governed: the floor until the first scored group tells what an event
-            # costs. (Scoring every event until then scored the whole first batch,
-            # 150 events and 0.09 s on the issue-9 stream, and the governor then paid
-            # that back with nothing beyond the floor for the next 5-8 s.)
+            # Governed: the floor until the governor has measured something
+            # (:meth:`govern`). Scoring every event until then scored the whole first
+            # batch: 150 events and 0.09 s on the issue-9 stream.
             budget = max(settings.eval_min_per_minute / 60.0, BACKLOG_MIN_PER_S)
         self.evaluator = PrequentialEvaluator(
             models, k=settings.k, history=history, rolling_window=settings.rolling_window,

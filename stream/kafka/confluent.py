@@ -16,6 +16,7 @@ from typing import Any
 import confluent_kafka as ck
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from stream.consume_errors import records_only
 from stream.kafka.base import (
     ConsumerOptions,
     DeliveryCallback,
@@ -198,16 +199,7 @@ class ConfluentConsumer:
             msgs = self._c.consume(num_messages=max(1, max_records), timeout=max(0.0, timeout_s))
         except ck.KafkaException as exc:
             raise _wrap(exc, "consume") from exc
-        out: list[Record] = []
-        for msg in msgs:
-            err = msg.error()
-            if err is None:
-                out.append(_record(msg))
-            elif err.fatal():
-                raise KafkaClientError(f"consume: {err.str()}")
-            else:
-                log.warning("consume: %s", err.str())
-        return out
+        return [_record(m) for m in records_only(msgs, log, KafkaClientError)]
 
     def poll_batch(self, max_records: int, timeout_s: float) -> RecordBatch:
         try:
@@ -215,23 +207,11 @@ class ConfluentConsumer:
         except ck.KafkaException as exc:
             raise _wrap(exc, "consume") from exc
         if any(m.error() is not None for m in msgs):
-            msgs = self._drop_errors(msgs)
+            msgs = records_only(msgs, log, KafkaClientError)
         return RecordBatch([m.topic() for m in msgs],  # type: ignore[misc]
                            [m.partition() for m in msgs],  # type: ignore[misc]
                            [m.offset() for m in msgs],  # type: ignore[misc]
                            [m.value() for m in msgs])
-
-    def _drop_errors(self, msgs: list[ck.Message]) -> list[ck.Message]:
-        out = []
-        for msg in msgs:
-            err = msg.error()
-            if err is None:
-                out.append(msg)
-            elif err.fatal():
-                raise KafkaClientError(f"consume: {err.str()}")
-            else:
-                log.warning("consume: %s", err.str())
-        return out
 
     # ------------------------------------------------------------------ offsets
 
