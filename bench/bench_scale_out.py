@@ -6,13 +6,19 @@ the group learns them (its own snapshot directory and update topic); then the
 trainers are stopped (SIGTERM). ``--prefilled`` fills one topic before the trainers
 start instead (then the first member may learn much of a short stream before the
 others join: on 100k events the second trainer learned next to nothing in some
-runs). Progress is the group's *committed* input
-offsets (a transaction commits the updates and the offsets together, so committed ==
-learned and published), sampled every 0.1 s while the events are produced and after.
+runs). ``--one-transaction`` produces them, once every trainer owns partitions, inside
+one Kafka transaction, and the window opens at its commit: the trainers read
+``read_committed``, so the whole stream appears at once to a group that has formed,
+and the producer's CPU (the benchmark's, on the same cores) stays out of the window --
+the topic is pre-filled as in the issue-9 benchmark, without the head start.
+Progress is the group's *committed* input offsets (a transaction commits the updates
+and the offsets together, so committed == learned and published), sampled every
+0.1 s while the events are produced and after.
 Two rates: **overall**, the events over the seconds from the start of producing them
 to the last commit (with ``--prefilled``: the events committed after the first move
 seen, over the seconds from it to the last; the rebalances while members join
-included), and **steady**, events committed after the last member's last partition
+included; with ``--one-transaction``: from the commit of the fill), and
+**steady**, events committed after the last member's last partition
 assignment over the seconds from then to the end (all members learning). It also
 reports update-topic bytes per learned event (accuracy: bench_scale_out_accuracy.py)
 and where the CPU went over the same window as *overall*: cores busy on the whole
@@ -50,6 +56,7 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 
+import confluent_kafka as ck
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -57,6 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import click_events
 
 from stream.broker import resolve_bootstrap
+from stream.events import ClickEvent, encode
 from stream.kafka import (
     ConsumerOptions,
     KafkaClientError,
@@ -167,14 +175,43 @@ def _wait_until_joined(procs: list[subprocess.Popen[bytes]], logs: list[Path],
         time.sleep(0.2)
 
 
+def produce_in_one_transaction(bootstrap: str, topic: str, events: list[ClickEvent]
+                                ) -> Callable[[], None]:
+    """Send ``events`` (keyed by user) inside one open transaction; returns the
+    function that commits it (until then ``read_committed`` readers see none)."""
+    p = ck.Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
+                     "transactional.id": f"bench-fill-{uuid.uuid4().hex[:8]}",
+                     "transaction.timeout.ms": 300_000})
+    p.init_transactions(30)
+    p.begin_transaction()
+    for ev in events:
+        while True:
+            try:
+                p.produce(topic, value=encode(ev), key=ev.user_id.encode("utf-8"))
+                break
+            except BufferError:  # the local queue is full: let deliveries drain it
+                p.poll(0.05)
+    if p.flush(60):
+        raise RuntimeError("the fill's records were not all delivered")
+
+    def commit() -> None:
+        p.commit_transaction(60)
+
+    return commit
+
+
 def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str,
-        batch_size: int, workdir: Path, fill: Callable[[], object] | None = None
+        batch_size: int, workdir: Path, fill: Callable[[], object] | None = None,
+        reveal: Callable[[], Callable[[], None]] | None = None
         ) -> tuple[float, float, int, int, CpuUse]:
     """(overall events/s, steady events/s, update bytes, events evaluated, CPU use) of
     ``k`` trainers learning the whole topic (``n`` records) into ``workdir/<group>``.
 
     With ``fill``, the topic is empty at the start and ``fill`` produces the records
-    once every trainer owns partitions; without, the topic is pre-filled."""
+    once every trainer owns partitions; with ``reveal``, that produces them in a
+    transaction and returns its commit, which opens the window; with neither, the
+    topic is pre-filled."""
+    live = fill is not None or reveal is not None
     group = f"bench-{k}-{uuid.uuid4().hex[:6]}"
     snaps = workdir / group
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -186,17 +223,26 @@ def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str
              "--topic", topic, "--group", group, "--snapshots", str(snaps),
              "--models", models, "--scale-out", "--instance-id", f"t{i}",
              "--batch-size", str(batch_size), "--metrics-port", "-1",
-             "--idle-exit-s", "6" if fill is None else "60",
+             "--idle-exit-s", "60" if live else "6",
              "--snapshot-every-s", "2", "--merge-every-s", "30",
              "--log-level", "INFO"],
             stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env), log))
     trainers = [psutil.Process(p.pid) for p, _ in procs]
     brokers = _broker_procs()
-    if fill is not None:
+    if live:
         _wait_until_joined([p for p, _ in procs], [workdir / f"{group}-{i}.log"
                                                    for i in range(k)], partitions)
     parts = [(topic, p) for p in range(partitions)]
     samples: list[Sample] = []
+    if reveal is not None:
+        t_fill = time.time()
+        commit = reveal()
+        print(f"trainers={k}: producing the events in a transaction took "
+              f"{time.time() - t_fill:.2f} s (before the window)", flush=True)
+        samples.append(Sample(time.time(), 0, (0,) * partitions, _machine_busy_s(),
+                              tuple(_cpu_s([t]) for t in trainers), _cpu_s(brokers),
+                              tuple(_runq_wait_s(t.pid) for t in trainers)))
+        commit()
     if fill is not None:
         # The window opens as the events start to arrive; they are produced in a
         # thread while the probe samples, since the trainers learn meanwhile.
@@ -241,6 +287,7 @@ def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str
         filler.join()
         print(f"trainers={k}: producing the events took {produced[0] - samples[0].t:.2f} s",
               flush=True)
+    if live:
         for p, _ in procs:  # all learned: stop now rather than after the idle wait
             p.send_signal(signal.SIGTERM)
     update_bytes = evaluated = 0
@@ -273,7 +320,8 @@ def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str
         at = min(s.t for s in samples if s.per_partition[part] >= final)
         done.append(f"p{part} {at - t0:.1f} s")
     print(f"trainers={k}: each partition's last commit after "
-          + ("producing began: " if fill is not None else "the first commit: ")
+          + ("producing began: " if fill is not None else
+             "the fill's commit: " if reveal is not None else "the first commit: ")
           + ", ".join(done) + "; cores per trainer process: " + ", ".join(
               f"t{i} {(b - a) / max(end.t - first.t, 1e-9):.2f}"
               for i, (a, b) in enumerate(zip(first.trainer_s, end.trainer_s, strict=True))),
@@ -307,6 +355,10 @@ def main() -> None:
                     help="fill the topic before the trainers start (the first member may "
                          "learn much of it before the others join; the default produces "
                          "the events once every trainer owns partitions)")
+    ap.add_argument("--one-transaction", action="store_true",
+                    help="produce the events, once every trainer owns partitions, in one "
+                         "transaction and open the window at its commit (the stream "
+                         "appears at once; producing is not in the window)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="measure every trainer count this many times, in turns (1, 2, 1, "
                          "2, ...), each round's ratio against that round's first count; "
@@ -336,13 +388,17 @@ def main() -> None:
             for rnd in range(1, args.repeats + 1):
                 rates = {}
                 for k in args.trainers:
-                    fill = None
+                    fill = reveal = None
                     if not args.prefilled:
                         topic = new_topic(filled=False)
-                        fill = partial(produce_events, bootstrap, topic, events)
+                        if args.one_transaction:
+                            reveal = partial(produce_in_one_transaction, bootstrap, topic,
+                                             events)
+                        else:
+                            fill = partial(produce_events, bootstrap, topic, events)
                     overall, steady, nbytes, evaluated, cpu = run(
                         bootstrap, topic, args.events, k, args.partitions, args.models,
-                        args.batch_size, Path(tmp), fill)
+                        args.batch_size, Path(tmp), fill, reveal)
                     # one update-topic name per input topic: one run at a time
                     delete_topics(bootstrap, [updates_topic(topic)])
                     if args.keep_logs is not None:

@@ -110,7 +110,8 @@ class IdIndex:
 
     def _lookup(self, keys: list[str], add: bool) -> list[int]:
         """Rows of ``keys`` through the cache; misses are probed (``add``: added, in
-        order of first appearance) and cached."""
+        order of first appearance) and cached. Only the misses are visited in Python
+        (``list.index`` finds them), and an id repeated among them is probed once."""
         cache = self._cache
         got: list[int | None] = list(map(cache.get, keys))
         if None not in got:
@@ -119,13 +120,19 @@ class IdIndex:
         if len(cache) >= limit:
             cache.clear()
         probe = self.add if add else self._find
-        for j, row in enumerate(got):
+        j = got.index(None)
+        while True:
+            key = keys[j]
+            row = cache.get(key)
             if row is None:
-                key = keys[j]
-                row = got[j] = probe(key)
+                row = probe(key)
                 if row >= 0 and len(cache) < limit:
                     cache[key] = row
-        return got  # type: ignore[return-value]
+            got[j] = row
+            try:
+                j = got.index(None, j + 1)
+            except ValueError:
+                return got  # type: ignore[return-value]
 
     def _rehash(self, size: int) -> None:
         """Rebuild the table at ``size`` slots from the live ids, in rounds of array
@@ -204,6 +211,17 @@ class IdIndex:
         """Rows of ``keys``, adding the unknown ones in order of first appearance."""
         keys = keys if isinstance(keys, list) else list(keys)
         return np.asarray(self._lookup(keys, add=True), np.int64)
+
+    def add_many_repeated(self, keys: list[str]) -> np.ndarray:
+        """:meth:`add_many` for a list in which ids repeat a lot (a fold's deltas list
+        the same items message after message): each distinct id is looked up once.
+
+        >>> IdIndex(["b"]).add_many_repeated(["a", "b", "a", "c", "a"]).tolist()
+        [1, 0, 1, 2, 1]
+        """
+        distinct = list(dict.fromkeys(keys))
+        table = dict(zip(distinct, self.add_many(distinct).tolist(), strict=True))
+        return np.fromiter(map(table.__getitem__, keys), np.int64, count=len(keys))
 
     def remove(self, key: str) -> int:
         """Forget ``key``; its row is freed for reuse. Returns the freed row."""

@@ -356,11 +356,14 @@ class CoOccurrenceModel(OnlineModel):
             self._t0 += float(steps) * hl
 
     # ------------------------------------------------------------------ learning
-    def _admit_items(self, names: Sequence[str] | np.ndarray) -> np.ndarray:
-        """Rows of ``names`` (new ones added). The count array grows with the index
-        wherever items enter it -- also user-side (``learn_local``, restored windows),
-        before a delta brings the new items' counts -- since scoring covers the index."""
-        rows = self.items.add_many(names)
+    def _admit_items(self, names: Sequence[str] | np.ndarray, repeated: bool = False
+                     ) -> np.ndarray:
+        """Rows of ``names`` (new ones added; ``repeated``: a long list with few distinct
+        ids). The count array grows with the index wherever items enter it -- also
+        user-side (``learn_local``, restored windows), before a delta brings the new
+        items' counts -- since scoring covers the index."""
+        rows = (self.items.add_many_repeated(list(names)) if repeated
+                else self.items.add_many(names))
         self._counts = grow_rows(self._counts, self.items.capacity, 0.0, min_capacity=16)
         return rows
 
@@ -485,7 +488,7 @@ class CoOccurrenceModel(OnlineModel):
         live = [d for d in deltas if len(d) and d.t_ref is not None]
         if not live:
             return
-        rows_all = self._admit_items([name for d in live for name in d.items])
+        rows_all = self._admit_items([name for d in live for name in d.items], repeated=True)
         src: list[np.ndarray] = []
         dst: list[np.ndarray] = []
         mass: list[np.ndarray] = []
