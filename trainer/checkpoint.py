@@ -42,6 +42,10 @@ __all__ = ["Checkpointer", "SnapshotLocationBusy", "Written"]
 
 log = logging.getLogger(__name__)
 
+#: files a synchronous snapshot write (shutdown, revoke) writes at a time: the learner
+#: waits for it, so its core is free
+SYNC_WRITE_THREADS = 2
+
 
 class SnapshotLocationBusy(RuntimeError):
     """Another live trainer writes the same snapshot location."""
@@ -183,10 +187,10 @@ class Checkpointer:
         self.last_attempt_wall = time.time()
         self._pending = (self._pool.submit(self._timed_write, cap), offsets, events_total)
 
-    def _timed_write(self, cap: CapturedState) -> SnapshotInfo:
+    def _timed_write(self, cap: CapturedState, threads: int = 1) -> SnapshotInfo:
         t0 = time.perf_counter()
         try:
-            return self.store.write_captured(cap)
+            return self.store.write_captured(cap, threads)
         finally:
             self.last_write_s = time.perf_counter() - t0
 
@@ -207,11 +211,12 @@ class Checkpointer:
 
     def write(self, cap: CapturedState, offsets: dict[Partition, int], events_total: int
               ) -> Written | None:
-        """Write synchronously (after any write in flight); None when it failed."""
+        """Write synchronously (after any write in flight), two files at a time since
+        the learner waits for it; None when it failed."""
         self.done(wait=True)
         self.last_attempt_wall = time.time()
         try:
-            info = self._timed_write(cap)
+            info = self._timed_write(cap, threads=SYNC_WRITE_THREADS)
         except Exception:
             self._failed()
             return None

@@ -384,3 +384,34 @@ def test_detached_takes_only_arrays_nothing_else_holds() -> None:
     out = _detached(arrays)
     assert out["held"] is not held and np.array_equal(out["held"], held)
     assert out["fresh"] is arrays["fresh"]
+
+
+def test_a_write_on_two_threads_writes_the_same_files_as_one(tmp_path: Path) -> None:
+    # The synchronous (shutdown) write writes two files at a time: same bytes, same
+    # manifest checksums, and the linked (unchanged) file still linked.
+    from online_models.popularity import Popularity
+    from online_models.snapshot import capture
+
+    models: dict[str, OnlineModel] = {n: registry.create(n) for n in ("popularity", "itemknn")}
+    models["linked"] = Popularity()
+    b = Batch.from_columns(["u", "v", "u"], ["a", "b", "c"], None, [1.0, 2.0, 3.0])
+    for m in models.values():
+        m.learn(b)
+    h = UserHistory()
+    h.extend(b.users, b.items)
+    frozen = capture({"linked": models["linked"]}, history=h, offsets={}, events_total=0,
+                     watermark=None).models["linked"]
+    digests = []
+    for threads, root in ((1, tmp_path / "one"), (2, tmp_path / "two")):
+        store = SnapshotStore(root)
+        for _ in range(2):
+            cap = capture(models, history=h, offsets={"t": {0: 3}}, events_total=3,
+                          watermark=3.0, reuse={"linked": frozen})
+            info = store.write_captured(cap, threads=threads)
+        manifest = orjson.loads((info.path / "manifest.json").read_bytes())
+        digests.append(manifest["files"])
+        assert (info.path / "model-linked.safetensors").stat().st_nlink == 2  # both versions
+        snap = store.load()  # verifies every checksum
+        assert snap.history.get("u") == ["a", "c"]
+        assert snap.models["itemknn"].n_items == 3
+    assert digests[0] == digests[1]
