@@ -234,21 +234,23 @@ def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str
                                                    for i in range(k)], partitions)
     parts = [(topic, p) for p in range(partitions)]
     samples: list[Sample] = []
+
+    def sample(committed: int, per_partition: tuple[int, ...]) -> None:
+        samples.append(Sample(time.time(), committed, per_partition, _machine_busy_s(),
+                              tuple(_cpu_s([t]) for t in trainers), _cpu_s(brokers),
+                              tuple(_runq_wait_s(t.pid) for t in trainers)))
+
     if reveal is not None:
         t_fill = time.time()
         commit = reveal()
         print(f"trainers={k}: producing the events in a transaction took "
               f"{time.time() - t_fill:.2f} s (before the window)", flush=True)
-        samples.append(Sample(time.time(), 0, (0,) * partitions, _machine_busy_s(),
-                              tuple(_cpu_s([t]) for t in trainers), _cpu_s(brokers),
-                              tuple(_runq_wait_s(t.pid) for t in trainers)))
+        sample(0, (0,) * partitions)
         commit()
     if fill is not None:
         # The window opens as the events start to arrive; they are produced in a
         # thread while the probe samples, since the trainers learn meanwhile.
-        samples.append(Sample(time.time(), 0, (0,) * partitions, _machine_busy_s(),
-                              tuple(_cpu_s([t]) for t in trainers), _cpu_s(brokers),
-                              tuple(_runq_wait_s(t.pid) for t in trainers)))
+        sample(0, (0,) * partitions)
         produced: list[float] = []
 
         def produce() -> None:
@@ -271,10 +273,7 @@ def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str
             if total > seen:
                 seen = total
                 per = tuple(got.get(tp) or 0 for tp in parts)
-                samples.append(Sample(time.time(), total, per, _machine_busy_s(),
-                                      tuple(_cpu_s([t]) for t in trainers),
-                                      _cpu_s(brokers),
-                                      tuple(_runq_wait_s(t.pid) for t in trainers)))
+                sample(total, per)
             gone = [i for i, (p, _) in enumerate(procs) if p.poll() is not None]
             if gone and seen < n:
                 tail = (workdir / f"{group}-{gone[0]}.log").read_text(errors="replace")

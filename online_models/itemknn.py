@@ -362,7 +362,7 @@ class CoOccurrenceModel(OnlineModel):
         ids). The count array grows with the index wherever items enter it -- also
         user-side (``learn_local``, restored windows), before a delta brings the new
         items' counts -- since scoring covers the index."""
-        rows = (self.items.add_many_repeated(list(names)) if repeated
+        rows = (self.items.add_many_repeated(names) if repeated
                 else self.items.add_many(names))
         self._counts = grow_rows(self._counts, self.items.capacity, 0.0, min_capacity=16)
         return rows

@@ -438,18 +438,18 @@ class SnapshotStore:
             total = 0
             model_meta: dict[str, Any] = {}
             written: dict[str, tuple[weakref.ref[ModelState], str, str, int]] = {}
+            fnames = {name: f"model-{name}.safetensors" for name in cap.models}
             done: dict[str, tuple[str, int]] = {}
             todo: dict[str, Mapping[str, np.ndarray]] = {_STATE_FILE: cap.state_arrays}
             for name, (state, _) in cap.models.items():
-                fname = f"model-{name}.safetensors"
-                linked = self._link_unchanged(name, state, tmp / fname)
+                linked = self._link_unchanged(name, state, tmp / fnames[name])
                 if linked is None:
-                    todo[fname] = state.arrays
+                    todo[fnames[name]] = state.arrays
                 else:
-                    done[fname] = linked
+                    done[fnames[name]] = linked
             done.update(_write_files(tmp, todo, threads))
             for name, (state, meta) in cap.models.items():
-                fname = f"model-{name}.safetensors"
+                fname = fnames[name]
                 files[fname], size = done[fname]
                 written[name] = (weakref.ref(state), fname, files[fname], size)
                 total += size
