@@ -202,15 +202,16 @@ def produce_in_one_transaction(bootstrap: str, topic: str, events: list[ClickEve
 
 def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str,
         batch_size: int, workdir: Path, fill: Callable[[], object] | None = None,
-        reveal: Callable[[], Callable[[], None]] | None = None
-        ) -> tuple[float, float, int, int, CpuUse]:
+        reveal: Callable[[], Callable[[], None]] | None = None,
+        commit_every_s: float | None = None) -> tuple[float, float, int, int, CpuUse]:
     """(overall events/s, steady events/s, update bytes, events evaluated, CPU use) of
     ``k`` trainers learning the whole topic (``n`` records) into ``workdir/<group>``.
 
     With ``fill``, the topic is empty at the start and ``fill`` produces the records
     once every trainer owns partitions; with ``reveal``, that produces them in a
     transaction and returns its commit, which opens the window; with neither, the
-    topic is pre-filled."""
+    topic is pre-filled. ``commit_every_s``: the trainers' ``--commit-every-s`` (None:
+    their default)."""
     live = fill is not None or reveal is not None
     group = f"bench-{k}-{uuid.uuid4().hex[:6]}"
     snaps = workdir / group
@@ -225,7 +226,9 @@ def run(bootstrap: str, topic: str, n: int, k: int, partitions: int, models: str
              "--batch-size", str(batch_size), "--metrics-port", "-1",
              "--idle-exit-s", "60" if live else "6",
              "--snapshot-every-s", "2", "--merge-every-s", "30",
-             "--log-level", "INFO"],
+             "--log-level", "INFO",
+             *(["--commit-every-s", str(commit_every_s)] if commit_every_s is not None
+               else [])],
             stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env), log))
     trainers = [psutil.Process(p.pid) for p, _ in procs]
     brokers = _broker_procs()
@@ -350,14 +353,18 @@ def main() -> None:
     ap.add_argument("--trainers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--models", default="popularity,itemknn,sequence")
     ap.add_argument("--batch-size", type=int, default=2000)
-    ap.add_argument("--prefilled", action="store_true",
+    fill_mode = ap.add_mutually_exclusive_group()
+    fill_mode.add_argument("--prefilled", action="store_true",
                     help="fill the topic before the trainers start (the first member may "
                          "learn much of it before the others join; the default produces "
                          "the events once every trainer owns partitions)")
-    ap.add_argument("--one-transaction", action="store_true",
+    fill_mode.add_argument("--one-transaction", action="store_true",
                     help="produce the events, once every trainer owns partitions, in one "
                          "transaction and open the window at its commit (the stream "
                          "appears at once; producing is not in the window)")
+    ap.add_argument("--commit-every-s", type=float, default=None,
+                    help="the trainers' --commit-every-s: seconds a transaction stays open "
+                         "over consecutive polls (0: one per poll; default: the trainer's)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="measure every trainer count this many times, in turns (1, 2, 1, "
                          "2, ...), each round's ratio against that round's first count; "
@@ -397,7 +404,7 @@ def main() -> None:
                             fill = partial(produce_events, bootstrap, topic, events)
                     overall, steady, nbytes, evaluated, cpu = run(
                         bootstrap, topic, args.events, k, args.partitions, args.models,
-                        args.batch_size, Path(tmp), fill, reveal)
+                        args.batch_size, Path(tmp), fill, reveal, args.commit_every_s)
                     # one update-topic name per input topic: one run at a time
                     delete_topics(bootstrap, [updates_topic(topic)])
                     if args.keep_logs is not None:

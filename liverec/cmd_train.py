@@ -133,6 +133,10 @@ def train(
     fold_every_s: Annotated[float | None, typer.Option(
         help="scale-out: seconds the folding trainer gathers update messages before it "
              "folds them in one go (0: after every read) [LIVEREC_FOLD_EVERY_S]")] = None,
+    commit_every_s: Annotated[float | None, typer.Option(
+        help="scale-out: seconds a Kafka transaction stays open over consecutive polls "
+             "before their updates and offsets commit together (0: one per poll) "
+             "[LIVEREC_COMMIT_EVERY_S]")] = None,
     log_level: Annotated[str, typer.Option(help="logging level", envvar="LIVEREC_LOG_LEVEL")
                          ] = "INFO",
 ) -> None:
@@ -179,7 +183,7 @@ def train(
             "item_features": item_features, "item_features_preset": item_features_preset,
             "item_features_topic": item_features_topic,
             "scale_out": scale_out, "instance_id": instance_id, "merge_every_s": merge_every_s,
-            "fold_every_s": fold_every_s,
+            "fold_every_s": fold_every_s, "commit_every_s": commit_every_s,
             "follow": follow or None, "follow_every_s": follow_every_s,
         }.items()
         if v is not None

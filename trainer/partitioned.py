@@ -24,10 +24,11 @@ parameter server (see DEVELOPING.md, "Scale-out", for the picture):
   ``<snapshots>/items/<instance>/``. A trainer that becomes the merge writer (or
   merges at shutdown) first adopts the most advanced item snapshot, keeping its own
   users' state, and folds the topic from that snapshot's offsets.
-* **Exactly once.** Per poll: one Kafka transaction holds the update messages,
-  the dead-lettered rejects and the input offsets
-  (``send_offsets_to_transaction``), committed on a thread while the next poll is
-  learned; the next transaction, partition snapshots and shutdown wait for it
+* **Exactly once.** One Kafka transaction holds the update messages, the
+  dead-lettered rejects and the input offsets (``send_offsets_to_transaction``) of
+  the polls learned while it was open (``commit_every_s``; 0: one poll), committed
+  on a thread while the next poll is learned; the next transaction, partition
+  snapshots, a revocation and shutdown commit the open one and wait for it
   (:meth:`ScaleOutTrainer._settle`). Update readers use ``read_committed``. So an
   input record's effect on the item state is in the update topic iff its offset
   is committed. A new owner of partition ``p`` loads ``p``'s newest snapshot
@@ -189,6 +190,12 @@ class ScaleOutTrainer:
         self.transactions = 0
         #: update messages of the transaction committing in the background
         self._committing_messages = 0
+        #: the open transaction (see :meth:`_transact`): when it began, the input
+        #: offsets it commits and its update messages
+        self._txn_open = False
+        self._txn_since = 0.0
+        self._txn_offsets: dict[Partition, int] = {}
+        self._txn_messages = 0
         self._lock: IO[str] | None = None
         self._failed = False
         self._closing = False
@@ -393,6 +400,8 @@ class ScaleOutTrainer:
                         raise
                 elif not self.parts:
                     last_record = now  # idle time counts while partitions are owned
+                if self._txn_open and now - self._txn_since >= s.commit_every_s:
+                    self._commit_open()
                 self._sync_role()
                 if self._folding:
                     with self.clock("fold"):
@@ -561,6 +570,11 @@ class ScaleOutTrainer:
         all that had arrived (not while it folds a backlog)."""
         if not self._folding or not (self._caught_up or self._fold_current) or self._closing:
             return None
+        if not any(self.fold.coverage.values()):
+            # Nothing folded yet (a read waits for ``fold_every_s``; the first update
+            # messages wait for ``commit_every_s``): an empty item state would score
+            # every event a miss.
+            return None
         if self.evaluation is None:
             self.evaluation = TrainerEvaluation(
                 self.models, UserHistory(max_items=self.settings.history_items,
@@ -609,14 +623,18 @@ class ScaleOutTrainer:
 
     def _transact(self, messages: list[tuple[int, bytes]], dead: list[Any],
                   commit: Mapping[Partition, int]) -> None:
-        """Publish a poll's updates and rejects, then commit them with its offsets in
-        the background: the next poll is read and learned while the broker commits
-        (the next transaction begins after this one is settled, see :meth:`_settle`)."""
+        """Publish a poll's updates and rejects in the open transaction (beginning one
+        if none is open) with its offsets; once the transaction has been open
+        ``commit_every_s``, commit it in the background: the next poll is read and
+        learned while the broker commits (the next transaction begins after this one
+        is settled, see :meth:`_settle`)."""
         assert self.producer is not None and self.consumer is not None
         prod = self.producer
         n_upd = max(1, self._n_updates)
-        self._settle()
-        prod.begin()
+        if not self._txn_open:
+            self._settle()
+            prod.begin()
+            self._txn_open, self._txn_since = True, time.monotonic()
         try:
             for p, msg in messages:
                 prod.send(self.updates, msg, key=str(p).encode(), partition=p % n_upd)
@@ -626,17 +644,42 @@ class ScaleOutTrainer:
                                              max_bytes=self.kafka.dlq_max_bytes)
                 prod.send(self.kafka.dlq_topic or f"{self.topic}.dlq", value,
                           headers=headers)
-            prod.commit_in_background(commit, self.consumer)
         except BaseException:
-            self.metrics.transactions.labels(outcome="aborted").inc()
-            prod.abort()
+            self._abort()
             raise
-        self._committing_messages = len(messages)
+        self._txn_offsets.update(commit)
+        self._txn_messages += len(messages)
+        if time.monotonic() - self._txn_since >= self.settings.commit_every_s:
+            self._commit_open()
+
+    def _abort(self) -> None:
+        """Abort the open transaction (its polls were learned user-side: the caller
+        exits without a snapshot)."""
+        self._failed = True
+        self._txn_open = False
+        self.metrics.transactions.labels(outcome="aborted").inc()
+        assert self.producer is not None
+        self.producer.abort()
+
+    def _commit_open(self) -> None:
+        """Start committing the open transaction (its updates with its polls' input
+        offsets) in the background."""
+        assert self.producer is not None and self.consumer is not None
+        try:
+            self.producer.commit_in_background(self._txn_offsets, self.consumer)
+        except BaseException:
+            self._abort()
+            raise
+        self._committing_messages = self._txn_messages
+        self._txn_open, self._txn_offsets, self._txn_messages = False, {}, 0
 
     def _settle(self) -> None:
-        """Wait for the transaction committing in the background, if any. Everything
-        that relies on the learned offsets being committed waits here first: the next
-        transaction, partition snapshots (a checkpoint, a revocation) and shutdown."""
+        """Commit the open transaction, if any, and wait for the one committing in the
+        background. Everything that relies on the learned offsets being committed waits
+        here first: the next transaction, partition snapshots (a checkpoint, a
+        revocation) and shutdown."""
+        if self._txn_open:
+            self._commit_open()
         prod = self.producer
         if prod is None or not prod.committing:
             return
