@@ -536,7 +536,8 @@ class ScaleOutTrainer:
         if commit:
             try:
                 with self.clock("transaction"):
-                    self._transact(messages, dead, commit)
+                    self._transact(messages, dead, commit,
+                                   caught_up=len(records) < self.settings.batch_size)
             except BaseException:
                 # The user side learned what Kafka did not take: never snapshot it.
                 self._failed = True
@@ -622,12 +623,13 @@ class ScaleOutTrainer:
         return n, deltas
 
     def _transact(self, messages: list[tuple[int, bytes]], dead: list[Any],
-                  commit: Mapping[Partition, int]) -> None:
+                  commit: Mapping[Partition, int], caught_up: bool = False) -> None:
         """Publish a poll's updates and rejects in the open transaction (beginning one
         if none is open) with its offsets; once the transaction has been open
-        ``commit_every_s``, commit it in the background: the next poll is read and
-        learned while the broker commits (the next transaction begins after this one
-        is settled, see :meth:`_settle`)."""
+        ``commit_every_s``, or when the poll was not full (``caught_up``: the trainer
+        has read what there was, so nothing gains from waiting), commit it in the
+        background: the next poll is read and learned while the broker commits (the
+        next transaction begins after this one is settled, see :meth:`_settle`)."""
         assert self.producer is not None and self.consumer is not None
         prod = self.producer
         n_upd = max(1, self._n_updates)
@@ -649,7 +651,7 @@ class ScaleOutTrainer:
             raise
         self._txn_offsets.update(commit)
         self._txn_messages += len(messages)
-        if time.monotonic() - self._txn_since >= self.settings.commit_every_s:
+        if caught_up or time.monotonic() - self._txn_since >= self.settings.commit_every_s:
             self._commit_open()
 
     def _abort(self) -> None:

@@ -129,10 +129,11 @@ class TrainerSettings(BaseSettings):
     #: evaluator's bookkeeping of every event it sees cost the folding trainer, the
     #: scale-out bottleneck, a quarter of its speed when it saw them all
     eval_users: float = Field(default=0.1, gt=0, le=1)
-    #: scale-out: seconds a transaction stays open over consecutive polls before their
-    #: updates, rejects and input offsets commit together (0: one transaction per poll);
-    #: like Kafka Streams' ``commit.interval.ms``, it trades how soon the update topic
-    #: shows learned events (and how much a crash re-learns) for fewer transactions,
+    #: scale-out: seconds a transaction stays open over consecutive full polls before
+    #: their updates, rejects and input offsets commit together (0: one transaction per
+    #: poll; a poll that is not full, the trainer caught up, commits at once); like Kafka
+    #: Streams' ``commit.interval.ms``, it trades how soon the update topic shows learned
+    #: events (and how much a crash re-learns) for fewer transactions under a backlog,
     #: each of which costs the broker markers on every partition it touched
     commit_every_s: float = Field(default=0.5, ge=0)
     #: scale-out: the broker aborts a silent trainer's open transaction after this

@@ -235,10 +235,10 @@ def test_a_large_poll_is_published_as_messages_the_broker_takes(
 def test_a_transaction_spans_the_polls_of_its_interval(
     kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
 ) -> None:
-    """``commit_every_s`` keeps a transaction open over consecutive polls: on the same
-    topic, fewer transactions than with one per poll, each event learned once either
-    way, and an open transaction commits once its interval has passed even when no
-    further record comes (not only at shutdown)."""
+    """``commit_every_s`` keeps a transaction open over consecutive full polls: on the
+    same topic, fewer transactions than with one per poll, each event learned once
+    either way, and the last transaction commits while the trainer runs (the poll that
+    finds the topic's end is not full), not at its shutdown."""
     topic = new_topic(partitions=2)
     events = synthetic_events(6000, seed=17, n_users=400, n_items=300)
     produce_events(kafka_bootstrap, topic, events)
