@@ -134,9 +134,10 @@ def train(
         help="scale-out: seconds the folding trainer gathers update messages before it "
              "folds them in one go (0: after every read) [LIVEREC_FOLD_EVERY_S]")] = None,
     commit_every_s: Annotated[float | None, typer.Option(
-        help="scale-out: seconds a Kafka transaction stays open over consecutive polls "
-             "before their updates and offsets commit together (0: one per poll) "
-             "[LIVEREC_COMMIT_EVERY_S]")] = None,
+        help="scale-out: seconds a Kafka transaction stays open over consecutive full "
+             "polls before their updates and offsets commit together (0: one per poll; a "
+             "poll that is not full commits at once; at most half of "
+             "LIVEREC_TRANSACTION_TIMEOUT_MS) [LIVEREC_COMMIT_EVERY_S]")] = None,
     log_level: Annotated[str, typer.Option(help="logging level", envvar="LIVEREC_LOG_LEVEL")
                          ] = "INFO",
 ) -> None:

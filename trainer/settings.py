@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from online_models import registry
@@ -154,6 +154,15 @@ class TrainerSettings(BaseSettings):
     #: compacted item-features topic to read from its beginning ("": none), e.g.
     #: ``clicks.item_features`` (what ``liverec features publish`` writes)
     item_features_topic: str = ""
+
+    @model_validator(mode="after")
+    def _commit_within_timeout(self) -> TrainerSettings:
+        if self.commit_every_s * 1000 > self.transaction_timeout_ms / 2:
+            raise ValueError(
+                f"commit_every_s={self.commit_every_s} keeps a transaction open longer than "
+                f"half of transaction_timeout_ms={self.transaction_timeout_ms}: the broker "
+                "would abort it under load; lower it or raise the timeout")
+        return self
 
     @field_validator("follow", mode="before")
     @classmethod

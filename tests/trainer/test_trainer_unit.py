@@ -461,3 +461,11 @@ def test_embedding_drift_is_compared_at_most_every_interval(
         assert 0.0 < drift < 2.0  # learning moved the vectors
     else:
         assert drift == 0.0
+
+
+def test_a_commit_interval_beyond_half_the_transaction_timeout_is_refused() -> None:
+    """A scale-out transaction open that long could be aborted by the broker under load."""
+    with pytest.raises(ValueError, match="half of transaction_timeout_ms"):
+        TrainerSettings(commit_every_s=6.0)
+    ok = TrainerSettings(commit_every_s=6.0, transaction_timeout_ms=20_000)
+    assert ok.commit_every_s == 6.0
