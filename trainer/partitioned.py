@@ -400,7 +400,7 @@ class ScaleOutTrainer:
                         raise
                 elif not self.parts:
                     last_record = now  # idle time counts while partitions are owned
-                if self._txn_open and now - self._txn_since >= s.commit_every_s:
+                if self._commit_due(now):
                     self._commit_open()
                 self._sync_role()
                 if self._folding:
@@ -651,8 +651,12 @@ class ScaleOutTrainer:
             raise
         self._txn_offsets.update(commit)
         self._txn_messages += len(messages)
-        if caught_up or time.monotonic() - self._txn_since >= self.settings.commit_every_s:
+        if caught_up or self._commit_due(time.monotonic()):
             self._commit_open()
+
+    def _commit_due(self, now: float) -> bool:
+        """A transaction is open and has been for ``commit_every_s``."""
+        return self._txn_open and now - self._txn_since >= self.settings.commit_every_s
 
     def _abort(self) -> None:
         """Abort the open transaction (its polls were learned user-side: the caller
@@ -689,9 +693,7 @@ class ScaleOutTrainer:
             prod.wait_committed()
         except BaseException:
             # The user side learned what Kafka did not take: never snapshot it.
-            self._failed = True
-            self.metrics.transactions.labels(outcome="aborted").inc()
-            prod.abort()
+            self._abort()
             raise
         self.transactions += 1
         self.updates_published += self._committing_messages
