@@ -132,7 +132,7 @@ class _PairStore:
         if len(i) == 0:
             return
         keys = (i.astype(np.int64) << _SHIFT) | j.astype(np.int64)
-        order = np.argsort(keys)
+        order = np.argsort(keys, kind="stable")
         self.version += 1
         self._push(_sum_sorted(keys[order], w[order]))
         while len(self.runs) >= 2 and len(self.runs[-2][0]) <= self.merge_ratio * len(
