@@ -32,7 +32,7 @@ from bench_train import add_stream_options, click_events, event_batches
 
 from online_models import registry
 from online_models.base import Batch, OnlineModel, learning_order
-from online_models.deltas import ItemDelta, decode_deltas, encode_deltas
+from online_models.deltas import ItemDelta, SharedIds, decode_deltas, encode_deltas
 
 
 def make(mix: str) -> dict[str, OnlineModel]:
@@ -83,15 +83,18 @@ def one_round(mix: str, batches: list[Batch], senders: int, chunk: int
     for start in range(0, len(msgs), chunk):
         t = cpu()
         pending: dict[str, list[ItemDelta]] = {}
+        shared = SharedIds()  # as trainer.folding's read: one id table per fold
         for raw in msgs[start:start + chunk]:
-            for name, d in decode_deltas(raw)[1].items():
+            deltas = decode_deltas(raw)[1]
+            shared.adopt(deltas.values())
+            for name, d in deltas.items():
                 pending.setdefault(name, []).append(d)
         decode_s += cpu() - t
         for name in order:
             t = cpu()
             folder[name].apply_deltas(pending.get(name, []))  # type: ignore[attr-defined]
             apply_s[name] += cpu() - t
-    out["fold: decode"] = decode_s
+    out["fold: decode and id table"] = decode_s
     for name, s in apply_s.items():
         out[f"fold: {name}.apply_deltas"] = s
     out["fold, total"] = decode_s + sum(apply_s.values())

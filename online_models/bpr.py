@@ -38,7 +38,7 @@ from online_models.base import (
     pack_strings,
     unpack_strings,
 )
-from online_models.deltas import ItemDelta
+from online_models.deltas import ItemDelta, delta_rows
 
 __all__ = ["BPR", "generator_from_meta", "generator_to_meta", "grow_rows", "item_init",
            "scatter_add"]
@@ -313,18 +313,17 @@ class BPR(OnlineModel):
 
     def apply_delta(self, delta: ItemDelta) -> None:
         """Add a :meth:`learn_local` delta (this trainer's or another's), then clip."""
-        if not len(delta):
-            return
-        rows = self._admit_items(delta.items)
-        self._V[rows] += np.asarray(delta.arrays["V"], np.float32)
-        self._b[rows] += np.asarray(delta.arrays["b"], np.float32)
-        if self.max_norm > 0:
-            _clip_rows(self._V, rows, self.max_norm)
+        self.apply_deltas([delta])
 
     def apply_deltas(self, deltas: Sequence[ItemDelta]) -> None:
-        """:meth:`apply_delta` each of ``deltas`` in order (each clips its rows)."""
-        for d in deltas:
-            self.apply_delta(d)
+        """Add deltas in order, each one's rows clipped in turn (their ids are looked
+        up together, :func:`~online_models.deltas.delta_rows`)."""
+        live = [d for d in deltas if len(d)]
+        for d, rows in zip(live, delta_rows(live, self._admit_items), strict=True):
+            self._V[rows] += np.asarray(d.arrays["V"], np.float32)
+            self._b[rows] += np.asarray(d.arrays["b"], np.float32)
+            if self.max_norm > 0:
+                _clip_rows(self._V, rows, self.max_norm)
 
     def user_state(self, users: Sequence[str]) -> dict[str, np.ndarray]:
         """The factor rows of ``users`` (those this model knows)."""

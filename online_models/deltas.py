@@ -40,8 +40,7 @@ safetensors with a JSON header, nothing that can run code on load.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -52,8 +51,10 @@ from online_models.base import Batch, pack_strings, unpack_strings
 
 __all__ = [
     "ItemDelta",
+    "SharedIds",
     "SharesItemState",
     "decode_deltas",
+    "delta_rows",
     "encode_deltas",
     "learns_from_item_state",
     "shares_item_state",
@@ -61,19 +62,110 @@ __all__ = [
 ]
 
 
-@dataclass(slots=True)
 class ItemDelta:
     """The item-side change of one batch: ``items`` ids plus arrays indexed into them.
 
-    ``t_ref`` is the event time the masses are decayed to (None: no events).
+    ``t_ref`` is the event time the masses are decayed to (None: no events). A decoded
+    delta may instead hold positions in an id ``table`` shared with other deltas (the
+    models of one update message, or every message of a fold's read; see
+    :class:`SharedIds`): ``items`` is then ``[table[p] for p in index]``, built only
+    when asked for, and :func:`delta_rows` resolves a group's ids once per model.
     """
 
-    items: list[str]
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    t_ref: float | None = None
+    __slots__ = ("_items", "arrays", "index", "t_ref", "table")
+
+    def __init__(self, items: Sequence[str] | None = None,
+                 arrays: dict[str, np.ndarray] | None = None, t_ref: float | None = None,
+                 *, table: list[str] | None = None, index: np.ndarray | None = None) -> None:
+        if (table is None) != (index is None) or (items is not None and table is not None):
+            raise ValueError("an ItemDelta holds either items or a table and an index")
+        self._items = list(items) if items is not None else None
+        self.arrays = arrays if arrays is not None else {}
+        self.t_ref = t_ref
+        self.table = table
+        self.index = index
+
+    @property
+    def items(self) -> list[str]:
+        if self._items is None:
+            assert self.table is not None and self.index is not None
+            table = self.table
+            self._items = [table[p] for p in self.index.tolist()]
+        return self._items
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.index) if self.index is not None else len(self.items)
+
+    def __repr__(self) -> str:
+        return (f"ItemDelta({len(self)} items, arrays={sorted(self.arrays)}, "
+                f"t_ref={self.t_ref})")
+
+
+class SharedIds:
+    """One id table for the deltas of many update messages (a fold's read).
+
+    :meth:`adopt` merges a decoded message's table in and re-points its deltas at
+    :attr:`ids` (positions remapped), so :func:`delta_rows` looks each distinct id of
+    the read up once per model instead of once per message and model.
+    """
+
+    def __init__(self) -> None:
+        self._pos: dict[str, int] = {}
+        #: the ids, in order of first appearance (only ever appended to)
+        self.ids: list[str] = []
+
+    def adopt(self, deltas: Iterable[ItemDelta]) -> None:
+        """Re-point ``deltas`` (one message's: they share one table, or hold items)."""
+        remaps: dict[int, np.ndarray] = {}
+        for d in deltas:
+            table = d.table
+            if table is None:  # an items list: a table of its own
+                table, d.index = d.items, np.arange(len(d.items), dtype=np.int64)
+            if table is self.ids:
+                continue
+            remap = remaps.get(id(table))
+            if remap is None:
+                pos, ids = self._pos, self.ids
+                new = [x for x in dict.fromkeys(table) if x not in pos]
+                pos.update(zip(new, range(len(ids), len(ids) + len(new)), strict=True))
+                ids.extend(new)
+                remap = np.fromiter(map(pos.__getitem__, table), np.int64, count=len(table))
+                remaps[id(table)] = remap
+            assert d.index is not None
+            d.index = remap[np.asarray(d.index, np.int64)]
+            d.table, d._items = self.ids, None
+
+
+def delta_rows(deltas: Sequence[ItemDelta],
+               admit: Callable[[list[str]], np.ndarray]) -> list[np.ndarray]:
+    """Each delta's item rows in a model, through ``admit`` (the model's: rows of a
+    list of distinct ids, unknown ones added in order).
+
+    Deltas that index one table (:class:`SharedIds`, or one message's models) admit
+    the ids they use once, in table order; others admit their distinct ids in order
+    of first appearance.
+
+    >>> from online_models.ids import IdIndex
+    >>> idx = IdIndex(["b"])
+    >>> [r.tolist() for r in delta_rows([ItemDelta(["a", "b"]), ItemDelta(["a"])],
+    ...                                 idx.add_many)]
+    [[1, 0], [1]]
+    """
+    if not deltas:
+        return []
+    sizes = [len(d) for d in deltas]
+    table = deltas[0].table
+    if table is not None and all(d.table is table for d in deltas):
+        flat = np.concatenate([np.asarray(d.index, np.int64) for d in deltas])
+        used = np.unique(flat)
+        rows_used = np.asarray(admit([table[p] for p in used.tolist()]), np.int64)
+        rows = rows_used[np.searchsorted(used, flat)]
+    else:
+        names = [x for d in deltas for x in d.items]
+        distinct = list(dict.fromkeys(names))
+        lookup = dict(zip(distinct, np.asarray(admit(distinct)).tolist(), strict=True))
+        rows = np.fromiter(map(lookup.__getitem__, names), np.int64, count=len(names))
+    return np.split(rows, np.cumsum(sizes)[:-1])
 
 
 @runtime_checkable
@@ -113,28 +205,60 @@ _HEADER = "liverec.deltas"
 
 def encode_deltas(deltas: Mapping[str, ItemDelta], meta: Mapping[str, Any] | None = None
                   ) -> bytes:
-    """One update message: every model's delta of a batch (safetensors + JSON header)."""
+    """One update message: every model's delta of a batch (safetensors + JSON header).
+
+    The models' item ids share one table (``items.data`` / ``items.offsets``); each
+    model's ``<model>/items.index`` holds its positions in it (int32).
+    """
+    table: list[str] = []
+    pos: dict[str, int] = {}
+    done: list[tuple[list[str], np.ndarray]] = []  # models often list the same ids
+    indexes: dict[str, np.ndarray] = {}
+    # The longest list first: it becomes the table as it is, and the others mostly
+    # repeat its ids (a delta's ids are distinct; were they not, table[index] would
+    # still give them back).
+    for name, d in sorted(deltas.items(), key=lambda kv: -len(kv[1])):
+        items = d.items
+        index = next((ix for seen, ix in done if seen == items), None)
+        if index is None and not table:
+            table = list(items)
+            pos = dict(zip(table, range(len(table)), strict=True))
+            index = np.arange(len(table), dtype=np.int32)
+        elif index is None:
+            new = [x for x in items if x not in pos]
+            pos.update(zip(new, range(len(table), len(table) + len(new)), strict=True))
+            table.extend(new)
+            index = np.fromiter(map(pos.__getitem__, items), np.int32, count=len(items))
+        done.append((items, index))
+        indexes[name] = index
     tensors: dict[str, np.ndarray] = {}
-    head: dict[str, Any] = {"meta": dict(meta or {}), "models": {}}
+    head: dict[str, Any] = {"meta": dict(meta or {}), "ids": "shared", "models": {}}
     for name, d in deltas.items():
-        data, offsets = pack_strings(d.items)
-        tensors[f"{name}/items.data"] = data
-        tensors[f"{name}/items.offsets"] = offsets
+        tensors[f"{name}/items.index"] = indexes[name]
         for key, arr in d.arrays.items():
             tensors[f"{name}/{key}"] = np.ascontiguousarray(arr)
         head["models"][name] = {"t_ref": d.t_ref, "arrays": sorted(d.arrays)}
+    tensors["items.data"], tensors["items.offsets"] = pack_strings(table)
     return stn.save(tensors, metadata={_HEADER: orjson.dumps(head).decode()})
 
 
 def decode_deltas(raw: bytes) -> tuple[dict[str, Any], dict[str, ItemDelta]]:
-    """``(meta, {model: delta})`` of an :func:`encode_deltas` message."""
+    """``(meta, {model: delta})`` of an :func:`encode_deltas` message (or of the
+    earlier layout, one id list per model, which the update topic may still hold)."""
     tensors = stn.load(raw)
     head = _header(raw)
     out: dict[str, ItemDelta] = {}
+    shared = head.get("ids") == "shared"
+    table = unpack_strings(tensors["items.data"], tensors["items.offsets"]) if shared else []
     for name, info in head["models"].items():
-        items = unpack_strings(tensors[f"{name}/items.data"], tensors[f"{name}/items.offsets"])
         arrays = {k: tensors[f"{name}/{k}"] for k in info["arrays"]}
-        out[name] = ItemDelta(items, arrays, info["t_ref"])
+        if shared:
+            out[name] = ItemDelta(arrays=arrays, t_ref=info["t_ref"], table=table,
+                                  index=tensors[f"{name}/items.index"])
+        else:
+            items = unpack_strings(tensors[f"{name}/items.data"],
+                                   tensors[f"{name}/items.offsets"])
+            out[name] = ItemDelta(items, arrays, info["t_ref"])
     return head["meta"], out
 
 

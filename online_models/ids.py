@@ -212,18 +212,6 @@ class IdIndex:
         keys = keys if isinstance(keys, list) else list(keys)
         return np.asarray(self._lookup(keys, add=True), np.int64)
 
-    def add_many_repeated(self, keys: Sequence[str] | np.ndarray) -> np.ndarray:
-        """:meth:`add_many` for a list in which ids repeat a lot (a fold's deltas list
-        the same items message after message): each distinct id is looked up once.
-
-        >>> IdIndex(["b"]).add_many_repeated(["a", "b", "a", "c", "a"]).tolist()
-        [1, 0, 1, 2, 1]
-        """
-        keys = keys if isinstance(keys, list) else list(keys)
-        distinct = list(dict.fromkeys(keys))
-        table = dict(zip(distinct, self.add_many(distinct).tolist(), strict=True))
-        return np.fromiter(map(table.__getitem__, keys), np.int64, count=len(keys))
-
     def remove(self, key: str) -> int:
         """Forget ``key``; its row is freed for reuse. Returns the freed row."""
         slots, ids = self._slots, self._ids

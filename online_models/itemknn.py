@@ -49,7 +49,7 @@ from online_models.base import (
     pack_strings,
     unpack_strings,
 )
-from online_models.deltas import ItemDelta
+from online_models.deltas import ItemDelta, delta_rows
 
 __all__ = ["CoOccurrenceModel", "ItemKNN"]
 
@@ -356,14 +356,11 @@ class CoOccurrenceModel(OnlineModel):
             self._t0 += float(steps) * hl
 
     # ------------------------------------------------------------------ learning
-    def _admit_items(self, names: Sequence[str] | np.ndarray, repeated: bool = False
-                     ) -> np.ndarray:
-        """Rows of ``names`` (new ones added; ``repeated``: a long list with few distinct
-        ids). The count array grows with the index wherever items enter it -- also
-        user-side (``learn_local``, restored windows), before a delta brings the new
-        items' counts -- since scoring covers the index."""
-        rows = (self.items.add_many_repeated(names) if repeated
-                else self.items.add_many(names))
+    def _admit_items(self, names: Sequence[str] | np.ndarray) -> np.ndarray:
+        """Rows of ``names`` (new ones added). The count array grows with the index
+        wherever items enter it -- also user-side (``learn_local``, restored windows),
+        before a delta brings the new items' counts -- since scoring covers the index."""
+        rows = self.items.add_many(names)
         self._counts = grow_rows(self._counts, self.items.capacity, 0.0, min_capacity=16)
         return rows
 
@@ -488,7 +485,7 @@ class CoOccurrenceModel(OnlineModel):
         live = [d for d in deltas if len(d) and d.t_ref is not None]
         if not live:
             return
-        rows_all = self._admit_items([name for d in live for name in d.items], repeated=True)
+        rows_each = delta_rows(live, self._admit_items)
         src: list[np.ndarray] = []
         dst: list[np.ndarray] = []
         mass: list[np.ndarray] = []
@@ -499,11 +496,8 @@ class CoOccurrenceModel(OnlineModel):
                 for parts in (src, dst, mass):
                     parts.clear()
 
-        start = 0
-        for d in live:
+        for d, rows in zip(live, rows_each, strict=True):
             t_ref = float(d.t_ref)  # type: ignore[arg-type]
-            rows = rows_all[start : start + len(d)]
-            start += len(d)
             if self._rescale_steps(t_ref):
                 flush()  # what is gathered was weighed against the old landmark
             self._maybe_rescale(t_ref)

@@ -24,7 +24,7 @@ from online_models.base import (
     top_k,
     unpack_strings,
 )
-from online_models.deltas import ItemDelta
+from online_models.deltas import ItemDelta, delta_rows
 
 __all__ = ["Popularity"]
 
@@ -105,10 +105,17 @@ class Popularity(OnlineModel):
 
     def apply_delta(self, delta: ItemDelta) -> None:
         """Add a :meth:`learn_local` delta (this trainer's or another's)."""
-        if not len(delta) or delta.t_ref is None:
-            return
-        rows = self.items.add_many(delta.items)
-        t_ref = delta.t_ref
+        self.apply_deltas([delta])
+
+    def apply_deltas(self, deltas: Sequence[ItemDelta]) -> None:
+        """Add deltas in order (each one's mass add is one C loop; their ids are looked
+        up together, :func:`~online_models.deltas.delta_rows`)."""
+        live = [d for d in deltas if len(d) and d.t_ref is not None]
+        for d, rows in zip(live, delta_rows(live, self.items.add_many), strict=True):
+            self._add_mass(rows, np.asarray(d.arrays["mass"], np.float64), float(d.t_ref))  # type: ignore[arg-type]
+
+    def _add_mass(self, rows: np.ndarray, mass: np.ndarray, t_ref: float) -> None:
+        """Add ``mass`` (decayed to ``t_ref``) to ``rows``."""
         hl = self.half_life_seconds
         factor = 1.0
         if hl is not None:
@@ -124,12 +131,7 @@ class Popularity(OnlineModel):
             grown = np.zeros(max(16, 2 * self.items.capacity), np.float64)
             grown[: len(self._mass)] = self._mass
             self._mass = grown
-        np.add.at(self._mass, rows, np.asarray(delta.arrays["mass"], np.float64) * factor)
-
-    def apply_deltas(self, deltas: Sequence[ItemDelta]) -> None:
-        """:meth:`apply_delta` each of ``deltas`` in order (a mass add is one C loop)."""
-        for d in deltas:
-            self.apply_delta(d)
+        np.add.at(self._mass, rows, mass * factor)
 
     def user_state(self, users: Sequence[str]) -> dict[str, np.ndarray]:
         data, offsets = pack_strings([u for u in users if u in self.users])

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from online_models.base import OnlineModel, learning_order
-from online_models.deltas import ItemDelta, decode_deltas
+from online_models.deltas import ItemDelta, SharedIds, decode_deltas
 from stream.kafka.confluent import ConfluentConsumer
 from trainer.metrics import TrainerMetrics
 
@@ -148,16 +148,20 @@ class UpdateFold:
 
 @dataclass
 class _PendingFold:
-    """Update messages read and not folded yet: each model's deltas in topic order,
-    the update offsets and the input partitions' events they bring."""
+    """Update messages read and not folded yet: each model's deltas in topic order
+    (their ids in one shared table), the update offsets and the input partitions'
+    events they bring."""
 
     deltas: dict[str, list[ItemDelta]] = field(default_factory=dict)
     offsets: dict[int, int] = field(default_factory=dict)
     events: dict[int, int] = field(default_factory=dict)
     nbytes: int = 0
+    #: one id table for all the messages held: each model looks an id up once a fold
+    ids: SharedIds = field(default_factory=SharedIds)
 
     def add(self, deltas: Mapping[str, ItemDelta], meta: Mapping[str, Any], nbytes: int
             ) -> None:
+        self.ids.adopt(deltas.values())
         for name, d in deltas.items():
             self.deltas.setdefault(name, []).append(d)
         part = meta.get("partition")

@@ -12,7 +12,9 @@ from online_models.base import Batch, OnlineModel
 from online_models.bpr import BPR
 from online_models.deltas import (
     ItemDelta,
+    SharedIds,
     decode_deltas,
+    delta_rows,
     encode_deltas,
     learns_from_item_state,
     shares_item_state,
@@ -108,6 +110,81 @@ def test_apply_deltas_equals_applying_one_by_one(name: str, params: dict[str, ob
     assert many.get_state().meta["watermark"] == one.get_state().meta["watermark"]
     user = str(events.users[-1])
     assert many.recommend(user, k=10) == one.recommend(user, k=10) != []
+
+
+@pytest.mark.parametrize("name", [*SHARING, "bpr"])
+def test_a_fold_through_one_id_table_equals_one_message_at_a_time(name: str) -> None:
+    """The fold's path: messages of two trainers (every model's ids in one table per
+    message), decoded and re-pointed at one table per read (SharedIds), give the item
+    state that applying each decoded message alone gives."""
+    events = _events()
+    names = [name, "popularity"] if name != "popularity" else [name]
+    trainers = [{n: registry.create(n) for n in names} for _ in range(2)]
+    part = np.asarray([zlib.crc32(u.encode()) % 2 for u in events.users])
+    wire: list[bytes] = []
+    for start in range(0, len(events), 400):
+        chunk = events[start : start + 400]
+        for p, models in enumerate(trainers):
+            mine = part[start : start + 400] == p
+            sub = Batch(chunk.users[mine], chunk.items[mine], chunk.weights[mine],
+                        chunk.timestamps[mine])
+            wire.append(encode_deltas({n: m.learn_local(sub)  # type: ignore[attr-defined]
+                                       for n, m in models.items()}))
+    one, many = registry.create(name), registry.create(name)
+    for raw in wire:
+        one.apply_delta(decode_deltas(raw)[1][name])  # type: ignore[attr-defined]
+    for k in range(0, len(wire), 9):
+        shared = SharedIds()
+        read = [decode_deltas(raw)[1] for raw in wire[k : k + 9]]
+        for deltas in read:
+            before = {n: list(d.items) for n, d in deltas.items()}
+            shared.adopt(deltas.values())
+            assert {n: d.items for n, d in deltas.items()} == before
+            assert all(d.table is shared.ids for d in deltas.values())
+        many.apply_deltas([d[name] for d in read])  # type: ignore[attr-defined]
+    if name == "bpr":
+        assert _rows_by_id(many) == _rows_by_id(one)  # type: ignore[arg-type]
+    else:
+        _assert_close(_item_state(many), _item_state(one))
+    user = str(events.users[-1])
+    assert many.recommend(user, k=10) == one.recommend(user, k=10)
+
+
+def test_the_earlier_message_layout_still_decodes() -> None:
+    """An update topic written before the shared id table (one id list per model) is
+    folded after an upgrade as it was."""
+    import orjson
+    import safetensors.numpy as stn
+
+    from online_models.base import pack_strings
+
+    data, offsets = pack_strings(["a", "b"])
+    head = {"meta": {"partition": 1}, "models": {"popularity": {"t_ref": 5.0,
+                                                                "arrays": ["mass"]}}}
+    raw = stn.save({"popularity/items.data": data, "popularity/items.offsets": offsets,
+                    "popularity/mass": np.array([1.0, 2.0])},
+                   metadata={"liverec.deltas": orjson.dumps(head).decode()})
+    meta, out = decode_deltas(raw)
+    assert meta == {"partition": 1} and out["popularity"].items == ["a", "b"]
+    m = registry.create("popularity", half_life_seconds=None)
+    m.apply_deltas([out["popularity"]])  # type: ignore[attr-defined]
+    assert m.popularity("b") == 2.0
+
+
+def test_one_message_holds_each_id_once() -> None:
+    """Models that touch the same items share the message's id table."""
+    d1 = ItemDelta(["x", "y", "z"], {"v": np.ones(3)}, 1.0)
+    d2 = ItemDelta(["z", "x", "w"], {"v": np.ones(3)}, 1.0)
+    _, out = decode_deltas(encode_deltas({"a": d1, "b": d2, "c": d1}))
+    assert out["a"].table is out["b"].table and sorted(out["a"].table) == ["w", "x", "y", "z"]
+    assert [out[n].items for n in "abc"] == [d1.items, d2.items, d1.items]
+    with pytest.raises(ValueError, match="either items or a table"):
+        ItemDelta(["x"], table=["x"], index=np.zeros(1, np.int64))
+    rows = delta_rows([out["a"], out["b"]], lambda ids: np.arange(len(ids)) + 10)
+    # one admission of the used ids, in table order: the same id gets the same row
+    by_id = {x: int(r) for d, rr in zip((out["a"], out["b"]), rows, strict=True)
+             for x, r in zip(d.items, rr, strict=True)}
+    assert len(set(by_id.values())) == 4
 
 
 @pytest.mark.parametrize("name", ["itemknn", "sequence"])  # their learn_local admits items

@@ -12,8 +12,7 @@ from online_models.base import IdIndex, pack_strings, unpack_strings
 # Short ids from a small alphabet: many repeats, many hash-slot collisions.
 ids = st.text(alphabet="abcde", min_size=0, max_size=3)
 ops = st.lists(
-    st.tuples(st.sampled_from(["add_many", "add_many_repeated", "rows", "remove", "snapshot",
-                               "restore"]),
+    st.tuples(st.sampled_from(["add_many", "rows", "remove", "snapshot", "restore"]),
               st.lists(ids, max_size=40)),
     max_size=30,
 )
@@ -26,8 +25,8 @@ def test_id_index_agrees_with_a_dict(script: list[tuple[str, list[str]]], cache:
     index, model, free = IdIndex(), {}, []  # type: ignore[var-annotated]
     index.CACHE_IDS = cache
     for op, keys in script:
-        if op in ("add_many", "add_many_repeated"):
-            got = getattr(index, op)(keys).tolist()
+        if op == "add_many":
+            got = index.add_many(keys).tolist()
             want = []
             for k in keys:
                 if k not in model:
