@@ -181,6 +181,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="rounds of every mix; the medians of the ratios end the table")
     ap.add_argument("--raw-reads", type=int, default=3,
                     help="raw reads per round; the round's raw rate is their median")
+    ap.add_argument("--order", default="learn-first",
+                    choices=["learn-first", "train-first", "alternate"],
+                    help="in each round, the in-memory learn before the trainer (default), "
+                         "after it, or each in turn (before in a mix's 1st, 3rd, ... round)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     configure_malloc("train")  # the allocator setting `liverec train` runs with
@@ -208,10 +212,15 @@ def main(argv: list[str] | None = None) -> None:
             raws = [raw_rate(kafka.bootstrap, kafka.topic, args.events)
                     for _ in range(max(1, args.raw_reads))]
             raw = statistics.median(raws)
-            learn = learn_rate(events, mix, args.batch_size)
+            train_first = args.order == "train-first" or (
+                args.order == "alternate" and len(ratios[label]) % 2 == 1)
+            if not train_first:
+                learn = learn_rate(events, mix, args.batch_size)
             rate, trainer = train_rate(kafka, args.events, mix, args.batch_size,
                                        args.snapshot_every_s, Path(tmp),
                                        args.snapshot_write_share, source=src)
+            if train_first:
+                learn = learn_rate(events, mix, args.batch_size)
             m = trainer.metrics.registry
             eval_s = m.get_sample_value("liverec_trainer_evaluate_duration_seconds_sum") or 0
             share = eval_s * rate / args.events
@@ -223,7 +232,8 @@ def main(argv: list[str] | None = None) -> None:
             # the final snapshot and commit after the last): what a trainer that runs
             # for hours learns per second. Reported beside, not instead of, train/learn.
             phase = args.events / max(res.learning_s, 1e-9) / learn
-            print(f"| {label} | {rate:,.0f} | {learn:,.0f} | {raw:,.0f} "
+            shown = f"{label}, trainer first" if train_first else label
+            print(f"| {shown} | {rate:,.0f} | {learn:,.0f} | {raw:,.0f} "
                   f"({min(raws) / 1e3:,.0f}k-{max(raws) / 1e3:,.0f}k) | {rate / learn:.2f} "
                   f"| {rate / raw:.3f} | {share:.1%} | {cpu_share:.1%} | {scored:,} "
                   f"| {res.first_batch_s or 0:.2f} / {res.shutdown_s:.2f} | {phase:.2f} |",
