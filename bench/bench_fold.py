@@ -103,8 +103,9 @@ def one_round(mix: str, batches: list[Batch], senders: int, chunk: int
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_stream_options(ap)
-    ap.set_defaults(batch_size=2000)
+    add_stream_options(ap, batch_size=2000,
+                       batch_help="events per poll, one update message per sender each "
+                                  "(bench_scale_out.py's batch)")
     ap.add_argument("--models", default="popularity,itemknn,sequence",
                     help="the scale-out mix (default: bench_scale_out.py's)")
     ap.add_argument("--senders", type=int, default=2, help="trainers publishing (default 2)")

@@ -60,7 +60,8 @@ from stream.settings import KafkaSettings
 from trainer import Trainer, TrainerSettings
 
 
-def add_stream_options(ap: argparse.ArgumentParser) -> None:
+def add_stream_options(ap: argparse.ArgumentParser, batch_size: int = 256,
+                       batch_help: str = "events per mini-batch") -> None:
     """The synthetic stream's shape and the batch size (defaults: the issue-9 stream)."""
     ap.add_argument("--events", type=int, default=100_000,
                     help="events in the synthetic stream (default 100,000)")
@@ -68,8 +69,8 @@ def add_stream_options(ap: argparse.ArgumentParser) -> None:
                     help="distinct users it draws from (default 20,000)")
     ap.add_argument("--items", type=int, default=20_000,
                     help="distinct items it draws from (default 20,000)")
-    ap.add_argument("--batch-size", type=int, default=256,
-                    help="events per mini-batch (default 256)")
+    ap.add_argument("--batch-size", type=int, default=batch_size,
+                    help=f"{batch_help} (default {batch_size:,})")
 
 
 def raw_rate(bootstrap: str, topic: str, n: int) -> float:
