@@ -6,6 +6,8 @@ import zlib
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from online_models import registry
 from online_models.base import Batch, OnlineModel
@@ -315,3 +317,38 @@ def test_bpr_user_rows_move_between_trainers() -> None:
     a.forget_users(users)
     assert not any(u in a.users for u in users)
     assert len(a.user_state(users)["U"]) == 0
+
+
+_ids = st.lists(st.text(alphabet="abcdefg", min_size=1, max_size=2), max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.dictionaries(st.sampled_from(["p", "q", "r"]), _ids, min_size=1),
+                min_size=1, max_size=6))
+def test_shared_id_tables_keep_every_deltas_ids(messages: list[dict[str, list[str]]]
+                                                ) -> None:
+    """Whatever ids the models of some messages list (repeats included), a read's
+    shared table gives each delta its ids back, and delta_rows maps each id to one row,
+    distinct ids to distinct rows, as looking the names up one by one does."""
+    shared = SharedIds()
+    read: list[ItemDelta] = []
+    for msg in messages:
+        raw = encode_deltas({m: ItemDelta(ids, {"v": np.ones(len(ids))}, 1.0)
+                             for m, ids in msg.items()})
+        decoded = decode_deltas(raw)[1]
+        assert {m: d.items for m, d in decoded.items()} == msg
+        shared.adopt(decoded.values())
+        assert {m: d.items for m, d in decoded.items()} == msg
+        read.extend(decoded.values())
+    index: dict[str, int] = {}
+
+    def admit(ids: list[str]) -> np.ndarray:
+        return np.asarray([index.setdefault(x, len(index)) for x in ids], np.int64)
+
+    rows = delta_rows(read, admit)
+    seen: dict[str, int] = {}
+    for d, rr in zip(read, rows, strict=True):
+        assert len(rr) == len(d)
+        for x, r in zip(d.items, rr.tolist(), strict=True):
+            assert seen.setdefault(x, r) == r
+    assert len(set(seen.values())) == len(seen) == len({x for d in read for x in d.items})
