@@ -138,8 +138,9 @@ class SharedIds:
 
 def delta_rows(deltas: Sequence[ItemDelta],
                admit: Callable[[list[str]], np.ndarray]) -> list[np.ndarray]:
-    """Each delta's item rows in a model, through ``admit`` (the model's: rows of a
-    list of distinct ids, unknown ones added in order).
+    """Each delta's item rows in a model, through ``admit`` (the model's: the rows of
+    a list of ids, unknown ones added in order; the list is distinct unless a table
+    itself repeats an id).
 
     Deltas that index one table (:class:`SharedIds`, or one message's models) admit
     the ids they use once, in table order; others admit their distinct ids in order
