@@ -32,17 +32,13 @@ from bench_train import add_stream_options, click_events, event_batches
 
 from online_models import registry
 from online_models.base import Batch, OnlineModel, learning_order
-from online_models.deltas import ItemDelta, SharedIds, decode_deltas, encode_deltas
+from online_models.deltas import decode_deltas, encode_deltas
+from trainer.folding import PendingFold
 
 
 def make(mix: str) -> dict[str, OnlineModel]:
-    models = {n: registry.create(n) for n in registry.parse_models(mix)}
-    registry.bind(models)
-    return models
-
-
-def cpu() -> float:
-    return time.thread_time()
+    """Fresh models of ``mix``, bound, in learning order."""
+    return registry.create_models(registry.parse_models(mix))
 
 
 def one_round(mix: str, batches: list[Batch], senders: int, chunk: int
@@ -51,11 +47,11 @@ def one_round(mix: str, batches: list[Batch], senders: int, chunk: int
     out: dict[str, float] = {}
     whole = make(mix)
     order = learning_order(whole)
-    t = cpu()
+    t = time.thread_time()
     for b in batches:
         for name in order:
             whole[name].learn(b)
-    out["learn, one process"] = cpu() - t
+    out["learn, one process"] = time.thread_time() - t
 
     sets = [make(mix) for _ in range(senders)]
     msgs: list[bytes] = []
@@ -67,13 +63,13 @@ def one_round(mix: str, batches: list[Batch], senders: int, chunk: int
             sel = np.flatnonzero(owner == k)
             if not len(sel):
                 continue
-            part = Batch(b.users[sel], b.items[sel], b.weights[sel], b.timestamps[sel])
-            t = cpu()
+            part = b[sel]
+            t = time.thread_time()
             deltas = {n: models[n].learn_local(part) for n in order}  # type: ignore[attr-defined]
-            t2 = cpu()
+            t2 = time.thread_time()
             msgs.append(encode_deltas(deltas, {"partition": k, "events": len(part)}))
             learn_s += t2 - t
-            encode_s += cpu() - t2
+            encode_s += time.thread_time() - t2
     out["learn_local, all senders"] = learn_s
     out["encode"] = encode_s
 
@@ -81,19 +77,16 @@ def one_round(mix: str, batches: list[Batch], senders: int, chunk: int
     decode_s = 0.0
     apply_s = dict.fromkeys(order, 0.0)
     for start in range(0, len(msgs), chunk):
-        t = cpu()
-        pending: dict[str, list[ItemDelta]] = {}
-        shared = SharedIds()  # as trainer.folding's read: one id table per fold
+        t = time.thread_time()
+        pending = PendingFold()  # what trainer.folding's read holds: one id table
         for raw in msgs[start:start + chunk]:
-            deltas = decode_deltas(raw)[1]
-            shared.adopt(deltas.values())
-            for name, d in deltas.items():
-                pending.setdefault(name, []).append(d)
-        decode_s += cpu() - t
+            meta, deltas = decode_deltas(raw)
+            pending.add(deltas, meta, len(raw))
+        decode_s += time.thread_time() - t
         for name in order:
-            t = cpu()
-            folder[name].apply_deltas(pending.get(name, []))  # type: ignore[attr-defined]
-            apply_s[name] += cpu() - t
+            t = time.thread_time()
+            folder[name].apply_deltas(pending.deltas.get(name, []))  # type: ignore[attr-defined]
+            apply_s[name] += time.thread_time() - t
     out["fold: decode and id table"] = decode_s
     for name, s in apply_s.items():
         out[f"fold: {name}.apply_deltas"] = s

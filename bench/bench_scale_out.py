@@ -355,13 +355,13 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=2000)
     fill_mode = ap.add_mutually_exclusive_group()
     fill_mode.add_argument("--prefilled", action="store_true",
-                    help="fill the topic before the trainers start (the first member may "
-                         "learn much of it before the others join; the default produces "
-                         "the events once every trainer owns partitions)")
+                           help="fill the topic before the trainers start (the first member "
+                                "may learn much of it before the others join; the default "
+                                "produces the events once every trainer owns partitions)")
     fill_mode.add_argument("--one-transaction", action="store_true",
-                    help="produce the events, once every trainer owns partitions, in one "
-                         "transaction and open the window at its commit (the stream "
-                         "appears at once; producing is not in the window)")
+                           help="produce the events, once every trainer owns partitions, in "
+                                "one transaction and open the window at its commit (the "
+                                "stream appears at once; producing is not in the window)")
     ap.add_argument("--commit-every-s", type=float, default=None,
                     help="the trainers' --commit-every-s: seconds a transaction stays open "
                          "over consecutive polls (0: one per poll; default: the trainer's)")

@@ -21,7 +21,7 @@ from online_models.deltas import ItemDelta, SharedIds, decode_deltas
 from stream.kafka.confluent import ConfluentConsumer
 from trainer.metrics import TrainerMetrics
 
-__all__ = ["UpdateFold"]
+__all__ = ["PendingFold", "UpdateFold"]
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +62,13 @@ class UpdateFold:
         self.offsets: dict[int, int] = {}
         #: events of each input partition the item state holds
         self.coverage: dict[int, int] = {}
-        self._pending = _PendingFold()
+        self._pending = PendingFold()
         self._last_fold = time.monotonic()
 
     def discard_pending(self) -> None:
         """Forget the messages read and not folded (they are read again from
         :attr:`offsets` after a re-assignment)."""
-        self._pending = _PendingFold()
+        self._pending = PendingFold()
 
     def read(self, max_messages: int = READ_MAX, timeout_s: float = 0.0,
              fold_now: bool = False) -> int:
@@ -105,7 +105,7 @@ class UpdateFold:
         """Fold the update messages read so far into the item state, per model in
         order (models fold independently); the item state then reflects
         :attr:`offsets`."""
-        pending, self._pending = self._pending, _PendingFold()
+        pending, self._pending = self._pending, PendingFold()
         self._last_fold = time.monotonic()
         for name in learning_order(self.models):
             deltas = pending.deltas.get(name)
@@ -147,7 +147,7 @@ class UpdateFold:
 
 
 @dataclass
-class _PendingFold:
+class PendingFold:
     """Update messages read and not folded yet: each model's deltas in topic order
     (their ids in one shared table), the update offsets and the input partitions'
     events they bring."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -41,6 +42,16 @@ def _events(n: int = 6000) -> Batch:
     )
 
 
+def _by_user(events: Batch, size: int, trainers: int = 2) -> Iterator[tuple[int, Batch]]:
+    """Chunks of ``size`` events, each split between ``trainers`` by a hash of the user
+    (as Kafka partitions by key): ``(trainer, its events of the chunk)`` in order."""
+    part = np.asarray([zlib.crc32(u.encode()) % trainers for u in events.users])
+    for start in range(0, len(events), size):
+        chunk, owner = events[start : start + size], part[start : start + size]
+        for p in range(trainers):
+            yield p, chunk[owner == p]
+
+
 def _item_state(model: OnlineModel) -> dict[str, dict[object, float]]:
     """Item-side state keyed by item ids (row order differs between trainers)."""
     st = model.get_state().arrays
@@ -75,17 +86,11 @@ def test_two_trainers_by_user_partition_equal_one(name: str, params: dict[str, o
     # Two "trainers", users split by a hash (as Kafka partitions by key); each learns
     # its users locally and every delta goes through bytes to both of them.
     trainers = [registry.create(name, **params) for _ in range(2)]
-    part = np.asarray([zlib.crc32(u.encode()) % 2 for u in events.users])
-    for chunk_start in range(0, len(events), 700):
-        chunk = events[chunk_start : chunk_start + 700]
-        for p, trainer in enumerate(trainers):
-            mine = part[chunk_start : chunk_start + 700] == p
-            sub = Batch(chunk.users[mine], chunk.items[mine], chunk.weights[mine],
-                        chunk.timestamps[mine])
-            delta = trainer.learn_local(sub)  # type: ignore[attr-defined]
-            wire = decode_deltas(encode_deltas({name: delta}, {"p": p}))[1][name]
-            for t in trainers:
-                t.apply_delta(wire)  # type: ignore[attr-defined]
+    for p, sub in _by_user(events, 700):
+        delta = trainers[p].learn_local(sub)  # type: ignore[attr-defined]
+        wire = decode_deltas(encode_deltas({name: delta}, {"p": p}))[1][name]
+        for t in trainers:
+            t.apply_delta(wire)  # type: ignore[attr-defined]
     want = _item_state(single)
     for t in trainers:
         _assert_close(_item_state(t), want)
@@ -122,16 +127,9 @@ def test_a_fold_through_one_id_table_equals_one_message_at_a_time(name: str) -> 
     events = _events()
     names = [name, "popularity"] if name != "popularity" else [name]
     trainers = [{n: registry.create(n) for n in names} for _ in range(2)]
-    part = np.asarray([zlib.crc32(u.encode()) % 2 for u in events.users])
-    wire: list[bytes] = []
-    for start in range(0, len(events), 400):
-        chunk = events[start : start + 400]
-        for p, models in enumerate(trainers):
-            mine = part[start : start + 400] == p
-            sub = Batch(chunk.users[mine], chunk.items[mine], chunk.weights[mine],
-                        chunk.timestamps[mine])
-            wire.append(encode_deltas({n: m.learn_local(sub)  # type: ignore[attr-defined]
-                                       for n, m in models.items()}))
+    wire = [encode_deltas({n: m.learn_local(sub)  # type: ignore[attr-defined]
+                           for n, m in trainers[p].items()})
+            for p, sub in _by_user(events, 400)]
     one, many = registry.create(name), registry.create(name)
     for raw in wire:
         one.apply_delta(decode_deltas(raw)[1][name])  # type: ignore[attr-defined]
