@@ -121,7 +121,8 @@ def train(
              "topic of >= N partitions; each owns the users of its partitions and they "
              "share item state through <topic>.updates (exactly once, Kafka transactions; "
              "confluent client; popularity, itemknn, sequence, bpr only; the owner of "
-             "partition 0 evaluates its partitions' events) [LIVEREC_SCALE_OUT]")
+             "the last partition folds the updates and evaluates, so 2N-1 partitions "
+             "give it one and the others two) [LIVEREC_SCALE_OUT]")
     ] = None,
     instance_id: Annotated[str | None, typer.Option(
         help="scale-out: this trainer's stable name, unique in the group; restart a "

@@ -241,12 +241,13 @@ class TrainerMetrics:
             _P + "partition_events_total",
             "Events of an input partition the item state holds (every owner's, counted "
             "from the update topic): the model's coverage of each partition. Exported "
-            "by the trainer that folds the update topic (the owner of partition 0).",
+            "by the trainer that folds the update topic (the owner of the last partition).",
             ["topic", "partition"], registry=r)
         self.update_lag = Gauge(
             _P + "update_lag_records",
             "Records of the update topic not yet folded into this trainer's item state "
-            "(NaN on trainers that do not fold it: only the owner of partition 0 does).",
+            "(NaN on trainers that do not fold it: only the owner of the last partition "
+            "does).",
             registry=r)
         self.update_bytes = Counter(
             _P + "update_bytes", "Bytes of item-side updates, published (out) and applied "

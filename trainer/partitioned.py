@@ -14,8 +14,9 @@ parameter server (see DEVELOPING.md, "Scale-out", for the picture):
   to ``<topic>.updates`` as one message, or several for a slice that would make a
   message far above ~256 KiB (the broker refuses messages over ~1 MB by default,
   failing the transaction). The count models' learning never reads
-  item state, so only the **merge writer** (the owner of partition 0) folds the
-  committed update messages (everyone's, its own too) into its models' item state,
+  item state, so only the **merge writer** (the owner of the topic's last partition,
+  which the range assignor gives the fewest partitions) folds the committed update
+  messages (everyone's, its own too) into its models' item state,
   those read in each ``fold_every_s`` at once (``apply_deltas``;
   :class:`~trainer.folding.UpdateFold`);
   the others skip that work (with bpr, whose steps read item factors, every trainer
@@ -53,7 +54,7 @@ holds the whole item state, so it evaluates its own partitions' events
 prequentially before learning them (:class:`~trainer.evaluation.TrainerEvaluation`:
 the same sample, governor, concept-drift monitors and metrics as a single trainer),
 and the merged snapshot carries the figures for the server's dashboard. With the
-count models only the merge writer folds, so the figures rest on partition 0's
+count models only the merge writer folds, so the figures rest on the last partition's
 owner's partitions, a sample of the users by partition; with bpr every trainer
 evaluates its own. The evaluator keeps its own user histories, which start empty
 whenever a trainer takes up folding (its item state was just replaced): a user's
@@ -202,8 +203,12 @@ class ScaleOutTrainer:
         self._last_snapshot = 0.0
         self._last_merge = 0.0
         self._n_updates = 1
+        #: partitions of the input topic (its last one's owner folds); recounted
+        #: after every assignment
+        self._n_input = 1
+        self._recount = False
         self._update_lag: int | None = None
-        #: this trainer folds the update topic (it owns partition 0, or is merging at
+        #: this trainer folds the update topic (it owns the last partition, or merges at
         #: shutdown); ``_caught_up``: it has read the topic to its end since it began
         self._folding = False
         #: bytes per event of the last update message (sizes the next; a cautious
@@ -262,6 +267,7 @@ class ScaleOutTrainer:
         finally:
             probe.close()
         create_topics(k, {self.updates: n_parts})
+        self._n_input = n_parts
         self.producer = TransactionalProducer(
             k, f"liverec-{s.group}-{self.instance}", client_id=f"liverec-trainer-{self.instance}",
             timeout_ms=s.transaction_timeout_ms)
@@ -307,12 +313,28 @@ class ScaleOutTrainer:
         TrainerEvaluation.clear_gauges(self.metrics, self.names)
         self.metrics.update_lag.set(float("nan"))
         self.metrics.partition_events_total.clear()  # only a folding trainer knows them
-        log.info("partition 0 went elsewhere: no longer folding the update topic")
+        log.info("partition %d went elsewhere: no longer folding the update topic",
+                 self.fold_partition)
+
+    @property
+    def fold_partition(self) -> int:
+        """The input partition whose owner folds: the last one.
+
+        Under the range assignor (both clients use it) the last member of the group
+        gets the last partition and the fewest partitions, so the fold lands on a
+        trainer that learns no more than the others: with ``2N - 1`` partitions for
+        ``N`` trainers, it learns one partition and the others two each.
+        """
+        return self._n_input - 1
 
     def _sync_role(self) -> None:
-        """Fold the update topic exactly while this trainer owns partition 0 (always,
-        when a model's learning reads item state)."""
-        want = 0 in self.parts or self._fold_always
+        """Fold the update topic exactly while this trainer owns the last partition
+        (always, when a model's learning reads item state)."""
+        if self._recount and self.consumer is not None:
+            # after a rebalance (outside its callback): partitions may have been added
+            self._n_input = len(self.consumer.partitions_for(self.topic)) or self._n_input
+            self._recount = False
+        want = self.fold_partition in self.parts or self._fold_always
         if want and not self._folding:
             self._start_folding()
         elif not want and self._folding:
@@ -350,6 +372,7 @@ class ScaleOutTrainer:
             self.parts[p] = st
             self.metrics.partition_owned.labels(topic=self.topic, partition=str(p)).set(1)
             self.metrics.partition(p)
+            self._recount = True
             log.info("assigned partition %d: snapshot offset %s, committed %s%s", p,
                      st.offset, c, f" (re-learning [{start}, {c}) user-side only)"
                      if st.replay_until is not None else "")
@@ -761,7 +784,7 @@ class ScaleOutTrainer:
         except Exception:
             m.snapshot_errors.inc()
             log.exception("item snapshot failed")
-        if 0 in self.parts or (force and self.parts):
+        if self.fold_partition in self.parts or (force and self.parts):
             try:
                 self.write_merged()
             except Exception:

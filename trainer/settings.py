@@ -118,7 +118,7 @@ class TrainerSettings(BaseSettings):
     #: this trainer's stable name in scale-out mode (its transactional id: a restart
     #: with the same name fences the old incarnation); default: the host name
     instance_id: str | None = None
-    #: scale-out: seconds between merged (servable) snapshots by partition 0's owner
+    #: scale-out: seconds between merged (servable) snapshots by the last partition's owner
     merge_every_s: float = Field(default=5.0, gt=0)
     #: scale-out: seconds the folding trainer gathers update messages before it folds
     #: them into its item state in one go (0: after every read); fewer, larger folds

@@ -129,6 +129,9 @@ class ConfluentConsumer:
                                         options.session_timeout_ms),
             "fetch.wait.max.ms": options.fetch_max_wait_ms,
             "enable.partition.eof": False,
+            # Range, as both clients' defaults pick: the last member gets the fewest
+            # partitions, which the scale-out trainer relies on (trainer.partitioned).
+            "partition.assignment.strategy": "range",
         })
         try:
             self._c = ck.Consumer(conf)

@@ -20,6 +20,7 @@ from typing import Any
 
 import kafka
 from kafka import errors as kerr
+from kafka.coordinator.assignors.range import RangePartitionAssignor
 
 from stream.kafka.base import (
     ConsumerOptions,
@@ -130,6 +131,8 @@ class KafkaPythonConsumer:
                                          options.session_timeout_ms),
                 max_poll_records=options.max_poll_records,
                 fetch_max_wait_ms=options.fetch_max_wait_ms,
+                # as the librdkafka client (see there)
+                partition_assignment_strategy=(RangePartitionAssignor,),
                 **security_config(settings),
             )
         except _ERRORS as exc:
