@@ -2,7 +2,7 @@
 
 In scale-out mode (``liverec train --scale-out``) every trainer learns its own users'
 events with ``learn_local`` and publishes one update message per polled batch; the
-owner of partition 0 also folds everyone's messages into the item state
+owner of the last partition also folds everyone's messages into the item state
 (:class:`trainer.folding.UpdateFold`: ``decode_deltas``, then each model's
 ``apply_deltas`` over the messages read in ``fold_every_s``). The fold is the merge
 writer's extra work, so it bounds how much a second trainer can add.

@@ -349,7 +349,9 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--users", type=int, default=20_000)
     ap.add_argument("--items", type=int, default=20_000)
-    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--partitions", type=int, default=4,
+                    help="partitions of the topic (default 4: every trainer learns the same "
+                         "share; 3 with 2 trainers gives the folding one a single partition)")
     ap.add_argument("--trainers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--models", default="popularity,itemknn,sequence")
     ap.add_argument("--batch-size", type=int, default=2000)
