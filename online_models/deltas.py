@@ -125,15 +125,20 @@ class SharedIds:
                 continue
             remap = remaps.get(id(table))
             if remap is None:
-                pos, ids = self._pos, self.ids
-                new = [x for x in dict.fromkeys(table) if x not in pos]
-                pos.update(zip(new, range(len(ids), len(ids) + len(new)), strict=True))
-                ids.extend(new)
-                remap = np.fromiter(map(pos.__getitem__, table), np.int64, count=len(table))
-                remaps[id(table)] = remap
+                remap = remaps[id(table)] = _intern(table, self._pos, self.ids, np.int64)
             assert d.index is not None
             d.index = remap[np.asarray(d.index, np.int64)]
             d.table, d._items = self.ids, None
+
+
+def _intern(names: Sequence[str], pos: dict[str, int], ids: list[str],
+            dtype: type[np.integer[Any]]) -> np.ndarray:
+    """Positions of ``names`` in ``ids``, the ones not there yet appended (``pos``:
+    each id's position in ``ids``, kept up to date)."""
+    new = [x for x in dict.fromkeys(names) if x not in pos]
+    pos.update(zip(new, range(len(ids), len(ids) + len(new)), strict=True))
+    ids.extend(new)
+    return np.fromiter(map(pos.__getitem__, names), dtype, count=len(names))
 
 
 def delta_rows(deltas: Sequence[ItemDelta],
@@ -215,21 +220,12 @@ def encode_deltas(deltas: Mapping[str, ItemDelta], meta: Mapping[str, Any] | Non
     pos: dict[str, int] = {}
     done: list[tuple[list[str], np.ndarray]] = []  # models often list the same ids
     indexes: dict[str, np.ndarray] = {}
-    # The longest list first: it becomes the table as it is, and the others mostly
-    # repeat its ids (a delta's ids are distinct; were they not, table[index] would
-    # still give them back).
+    # The longest list first: the others mostly repeat its ids.
     for name, d in sorted(deltas.items(), key=lambda kv: -len(kv[1])):
         items = d.items
         index = next((ix for seen, ix in done if seen == items), None)
-        if index is None and not table:
-            table = list(items)
-            pos = dict(zip(table, range(len(table)), strict=True))
-            index = np.arange(len(table), dtype=np.int32)
-        elif index is None:
-            new = [x for x in items if x not in pos]
-            pos.update(zip(new, range(len(table), len(table) + len(new)), strict=True))
-            table.extend(new)
-            index = np.fromiter(map(pos.__getitem__, items), np.int32, count=len(items))
+        if index is None:
+            index = _intern(items, pos, table, np.int32)
         done.append((items, index))
         indexes[name] = index
     tensors: dict[str, np.ndarray] = {}

@@ -808,10 +808,9 @@ class ScaleOutTrainer:
         t0 = time.perf_counter()
         clones = registry.bind({n: registry.from_state(m.get_state())
                                 for n, m in self.models.items()})
-        n_parts = len(self.consumer.partitions_for(self.topic)) if self.consumer else 0
         keep = self.settings.keep_snapshots
         got = gather_partitions(
-            n_parts, self.parts, lambda p: PartitionStore(self.root, p, keep), self.topic,
+            self._n_input, self.parts, lambda p: PartitionStore(self.root, p, keep), self.topic,
             clones, self._fresh_state, self.instance)
         info = self.merged_store.write(
             clones, history=merge_histories(got.histories, self.settings.history_items),
