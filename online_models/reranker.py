@@ -167,7 +167,6 @@ class ReRanker(BindsComponents, OnlineModel):
         blend_params: Mapping[str, Any] | None = None,
         loss: str = "listwise",
         residual: bool = True,
-        confidence: bool = False,
         seed: int = 0,
     ) -> None:
         self.components = list(components)
@@ -192,7 +191,6 @@ class ReRanker(BindsComponents, OnlineModel):
         self.blend_params = dict(blend_params or {})
         self.loss = loss
         self.residual = residual
-        self.confidence = confidence
         self.seed = seed
         if not self.components or len(set(self.components)) != len(self.components):
             raise ValueError("ReRanker needs distinct components")
@@ -224,7 +222,7 @@ class ReRanker(BindsComponents, OnlineModel):
         # default pool a request took ~4x as long on a busy 2-core box (as for the
         # embedding model, which sets the same; process-wide, on purpose).
         torch.set_num_threads(1)
-        n_in = self._n_features()
+        n_in = 2 * len(self.components) + _N_OTHER
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self._mlp = _Scorer(n_in, hidden, 2 * len(self.components), residual)
@@ -290,10 +288,6 @@ class ReRanker(BindsComponents, OnlineModel):
                 out[k, rows[ok]] = (vals - lo) / (hi - lo) if hi > lo else 0.0
         return out
 
-    def _n_features(self) -> int:
-        n_c = len(self.components)
-        return 2 * n_c + _N_OTHER + (n_c + 1 if self.confidence else 0)
-
     def _features(
         self, mat: np.ndarray, recall: np.ndarray, rows: np.ndarray, cand: np.ndarray,
         user: str, history: Sequence[str], now: float,
@@ -301,7 +295,7 @@ class ReRanker(BindsComponents, OnlineModel):
         """Feature rows for item ``rows`` (``recall``: the blend of ``mat``, from
         :meth:`_candidates`); ranks are taken among ``cand``."""
         n_c = len(self.components)
-        x = np.zeros((len(rows), self._n_features()), np.float32)
+        x = np.zeros((len(rows), 2 * n_c + _N_OTHER), np.float32)
         sub = mat[:, rows]
         cand_scores = mat[:, cand]
         for k in range(n_c):
@@ -318,16 +312,6 @@ class ReRanker(BindsComponents, OnlineModel):
             x[:, 2 * n_c + 4] = np.log1p(self._u_count[ur])
             x[:, 2 * n_c + 5] = np.log1p(max(now - self._u_last[ur], 0.0) / 3600.0)
         x[:, 2 * n_c + 6] = self._content_sim(rows, history)
-        if self.confidence:
-            base = 2 * n_c + _N_OTHER
-            tenth = min(10, cand_scores.shape[1]) - 1
-            for k in range(n_c):
-                top = -np.sort(-cand_scores[k])
-                # how sharply this component picks for this query: its best candidate
-                # minus its 10th (same for every row of the query)
-                x[:, base + k] = top[0] - top[tenth] if tenth >= 0 else 0.0
-            # how many components have the item in their top 10 (ranks from above)
-            x[:, base + n_c] = (x[:, n_c:2 * n_c] >= 1.0 / np.log2(2.0 + 9.5)).mean(axis=1)
         return x
 
     def _content_sim(self, rows: np.ndarray, history: Sequence[str]) -> np.ndarray:
