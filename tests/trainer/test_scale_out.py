@@ -148,6 +148,7 @@ def test_two_trainers_in_one_group_equal_one_trainer(
         assert folded[1] >= published, (folded, published)
         assert folded[0] < published / 2, (folded, published)
         folder_at = max(range(2), key=lambda k: messages(trainers[k], "in"))
+        folder, other = trainers[folder_at], trainers[1 - folder_at]
         assert partitions - 1 in split[folder_at], split
         assert len(split[folder_at]) == partitions // 2, split
         # The folder evaluates only once its item state holds events; with 0.5 s
@@ -158,7 +159,6 @@ def test_two_trainers_in_one_group_equal_one_trainer(
             # the single trainer's metrics; the other, which holds no item state, evaluates
             # only while it briefly holds the last partition (before the group splits the
             # topic).
-            folder, other = sorted(trainers, key=lambda t: messages(t, "in"), reverse=True)
             def evaluated(t: ScaleOutTrainer, model: str) -> float:
                 return t.metrics.registry.get_sample_value(
                     "liverec_trainer_evaluated_events_total", {"model": model}) or 0.0
