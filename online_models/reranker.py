@@ -33,10 +33,6 @@ move); ``"pointwise"`` is the binary cross-entropy of each example (round 1). Th
 example groups of recent batches are kept (``replay_size`` feature rows) and each
 batch runs ``steps_per_batch`` Adam steps on draws of ``step_examples`` rows of them.
 Until ``warmup_examples`` examples were seen, candidates keep the recall order.
-With ``item_bias_lr > 0`` each item also has a learned bias added to its logit (plain
-SGD at that step size on the same loss, outside Adam, whose state cannot grow with
-the catalogue): what the features cannot tell about one item, e.g. that the
-components over-rank it.
 
 Like the hybrid, the re-ranker creates private components, or re-ranks models it is
 given (:meth:`ReRanker.bind`, :func:`online_models.registry.bind`: what the trainer and
@@ -138,8 +134,6 @@ class ReRanker(BindsComponents, OnlineModel):
         Recent items kept per user (query context and training).
     content_items
         Recent items in the user's content profile.
-    item_bias_lr
-        Step size of the per-item logit bias (0: no item bias).
     seed
         Seed of the MLP's initialisation and of negative sampling.
 
@@ -173,7 +167,6 @@ class ReRanker(BindsComponents, OnlineModel):
         blend_params: Mapping[str, Any] | None = None,
         loss: str = "listwise",
         residual: bool = True,
-        item_bias_lr: float = 0.0,
         seed: int = 0,
     ) -> None:
         self.components = list(components)
@@ -198,9 +191,6 @@ class ReRanker(BindsComponents, OnlineModel):
         self.blend_params = dict(blend_params or {})
         self.loss = loss
         self.residual = residual
-        if item_bias_lr < 0:
-            raise ValueError("item_bias_lr must be >= 0")
-        self.item_bias_lr = item_bias_lr
         self.seed = seed
         if not self.components or len(set(self.components)) != len(self.components):
             raise ValueError("ReRanker needs distinct components")
@@ -226,7 +216,6 @@ class ReRanker(BindsComponents, OnlineModel):
         self._i_last = np.zeros(0, np.float64)
         self._u_count = np.zeros(0, np.float64)
         self._u_last = np.zeros(0, np.float64)
-        self._i_bias = np.zeros(0, np.float32)  # per item row (item_bias_lr > 0)
         self._watermark = 0.0
         self.n_trained = 0
         # An MLP over 100 candidates is far too small for intra-op threads: with the
@@ -244,7 +233,6 @@ class ReRanker(BindsComponents, OnlineModel):
         n_groups = max(1, replay_size // self._group)
         self._rx = np.zeros((n_groups, self._group, n_in), np.float32)
         self._ry = np.zeros((n_groups, self._group), np.float32)
-        self._rrow = np.zeros((n_groups, self._group), np.int64)  # their item rows
         self._r_pos = 0
         self._r_len = 0
 
@@ -274,7 +262,6 @@ class ReRanker(BindsComponents, OnlineModel):
         self._i_count = grow_rows(self._i_count, cap)
         self._i_first = grow_rows(self._i_first, cap, np.nan)
         self._i_last = grow_rows(self._i_last, cap, np.nan)
-        self._i_bias = grow_rows(self._i_bias, cap)
 
     @property
     def blend(self) -> dict[str, float]:
@@ -352,11 +339,8 @@ class ReRanker(BindsComponents, OnlineModel):
         top = np.argpartition(-open_, k - 1)[:k]
         return top[np.argsort(-open_[top], kind="stable")], recall
 
-    def _logits(self, x: np.ndarray, rows: np.ndarray) -> torch.Tensor:
-        """The click model's logits of feature rows ``x`` of item ``rows``."""
+    def _logits(self, x: np.ndarray) -> torch.Tensor:
         out: torch.Tensor = self._mlp(torch.from_numpy(x))
-        if self.item_bias_lr:
-            out = out + torch.from_numpy(self._i_bias[rows])
         return out
 
     # ------------------------------------------------------------------ learning
@@ -383,7 +367,6 @@ class ReRanker(BindsComponents, OnlineModel):
         sample = set(np.linspace(0, n - 1, min(self.train_sample, n)).round().astype(int).tolist())
         xs: list[np.ndarray] = []
         ys: list[np.ndarray] = []
-        rs: list[np.ndarray] = []
         for pos, (user, item, t) in enumerate(
             zip(batch.users, batch.items, batch.timestamps.tolist(), strict=True)
         ):
@@ -394,17 +377,15 @@ class ReRanker(BindsComponents, OnlineModel):
                 if ex is not None:
                     xs.append(ex[0])
                     ys.append(ex[1])
-                    rs.append(ex[2])
             self.history.append(user, item)
         if xs:
             x, y = np.stack(xs), np.stack(ys)
-            self._push(x, y, np.stack(rs))
+            self._push(x, y)
             self.n_trained += y.size
             per_step = max(1, self.step_examples // self._group)
             for _ in range(self.steps_per_batch):
                 pick = torch.randint(0, self._r_len, (per_step,), generator=self._gen).numpy()
-                self._step(torch.from_numpy(self._rx[pick]), torch.from_numpy(self._ry[pick]),
-                           self._rrow[pick])
+                self._step(torch.from_numpy(self._rx[pick]), torch.from_numpy(self._ry[pick]))
         if self._blend is not None:
             self._blend.learn(batch)  # tunes the recall blend; learns no component
         # The batch's items get rows now, in batch order, whoever learns the components
@@ -429,15 +410,10 @@ class ReRanker(BindsComponents, OnlineModel):
         self._i_last[irows[ok]] = np.where(np.isnan(last), ts[ok], np.fmax(last, ts[ok]))
         self._watermark = max(self._watermark, float(ts.max()))
 
-    def _step(self, xb: torch.Tensor, yb: torch.Tensor, rows: np.ndarray) -> None:
-        """One Adam step on example groups ``xb`` (groups, 1 + negatives, features) of
-        item ``rows``, and one SGD step on those items' biases (``item_bias_lr``)."""
+    def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
+        """One Adam step on example groups ``xb`` (groups, 1 + negatives, features)."""
         self._opt.zero_grad()
         logits = self._mlp(xb)
-        bias = None
-        if self.item_bias_lr:
-            bias = torch.from_numpy(self._i_bias[rows]).requires_grad_()
-            logits = logits + bias
         if self.loss == "listwise":  # the positive (column 0) against its group
             loss = nn.functional.cross_entropy(
                 logits, torch.zeros(len(logits), dtype=torch.long))
@@ -445,23 +421,18 @@ class ReRanker(BindsComponents, OnlineModel):
             loss = nn.functional.binary_cross_entropy_with_logits(logits, yb)
         loss.backward()
         self._opt.step()
-        if bias is not None and bias.grad is not None:
-            np.add.at(self._i_bias, rows.ravel(),
-                      -self.item_bias_lr * bias.grad.numpy().ravel())
 
-    def _push(self, x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> None:
+    def _push(self, x: np.ndarray, y: np.ndarray) -> None:
         size = len(self._rx)
-        x, y, rows = x[-size:], y[-size:], rows[-size:]
+        x, y = x[-size:], y[-size:]
         idx = (self._r_pos + np.arange(len(y))) % size
-        self._rx[idx], self._ry[idx], self._rrow[idx] = x, y, rows
+        self._rx[idx], self._ry[idx] = x, y
         self._r_pos = int((self._r_pos + len(y)) % size)
         self._r_len = min(size, self._r_len + len(y))
 
     def _examples(
         self, user: str, hist: list[str], row: int, now: float
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """A training group for the click on item ``row``: feature rows, labels and
-        item rows (the positive first), or None when it teaches nothing."""
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         mat = self._matrix(user, hist)
         cand, recall = self._candidates(mat, hist)
         others = cand[cand != row]
@@ -483,7 +454,7 @@ class ReRanker(BindsComponents, OnlineModel):
         x = self._features(mat, recall, rows, cand, user, hist, now)
         y = np.zeros(len(rows), np.float32)
         y[0] = 1.0
-        return x, y, rows
+        return x, y
 
     def _rank(
         self, mat: np.ndarray, recall: np.ndarray, cand: np.ndarray, user: str,
@@ -492,8 +463,7 @@ class ReRanker(BindsComponents, OnlineModel):
         if self.n_trained < self.warmup_examples or len(cand) == 0:
             return cand
         with torch.no_grad():
-            p = self._logits(self._features(mat, recall, cand, cand, user, hist, now),
-                             cand).numpy()
+            p = self._logits(self._features(mat, recall, cand, cand, user, hist, now)).numpy()
         return cand[np.argsort(-p, kind="stable")]
 
     # ------------------------------------------------------------------ scoring
@@ -511,7 +481,7 @@ class ReRanker(BindsComponents, OnlineModel):
             if self.n_trained >= self.warmup_examples:
                 with torch.no_grad():
                     x = self._features(mat, recall, cand, cand, user, hist, self._watermark)
-                    z = self._logits(x, cand).numpy().astype(np.float64)
+                    z = self._logits(x).numpy().astype(np.float64)
                 # Order-preserving into [2, 3): logits can exceed a sigmoid's resolution.
                 span = z.max() - z.min()
                 out[cand] = 2.0 + ((z - z.min()) / span * 0.999 if span > 0 else 0.0)
@@ -538,7 +508,7 @@ class ReRanker(BindsComponents, OnlineModel):
         cand, recall = self._candidates(mat, hist)
         with torch.no_grad():
             x = self._features(mat, recall, rows[ok], cand, user, hist, self._watermark)
-            out[ok] = torch.sigmoid(self._logits(x, rows[ok])).numpy()
+            out[ok] = torch.sigmoid(self._logits(x)).numpy()
         return out
 
     def similar(self, item: str, k: int = 10) -> list[tuple[str, float]]:
@@ -567,8 +537,6 @@ class ReRanker(BindsComponents, OnlineModel):
             "generator": self._gen.get_state().numpy().copy(),
             "replay.x": self._rx.copy(),
             "replay.y": self._ry.copy(),
-            "replay.rows": self._rrow.copy(),
-            "i_bias": self._i_bias.copy(),
         }
         for name, p in self._mlp.state_dict().items():
             arrays[f"mlp.{name}"] = p.numpy().copy()
@@ -625,10 +593,6 @@ class ReRanker(BindsComponents, OnlineModel):
             m._rx = np.array(a["replay.x"], np.float32)
             m._ry = np.array(a["replay.y"], np.float32)
             m._r_pos, m._r_len = int(meta["replay_pos"]), int(meta["replay_len"])
-            if "replay.rows" in a:  # (earlier snapshots had no item biases)
-                m._rrow = np.array(a["replay.rows"], np.int64)
-        if "i_bias" in a:
-            m._i_bias = np.array(a["i_bias"], np.float32)
         m._watermark = float(meta["watermark"])
         shared = m._restore_components(a, meta)
         if m._blend is not None and meta.get("blend") is not None:

@@ -87,37 +87,6 @@ def test_state_round_trip_and_features_reach_components() -> None:
     assert isinstance(rebuilt, ReRanker) and rebuilt.n_trained == m.n_trained > 0
 
 
-def test_item_biases_follow_clicks_and_survive_a_snapshot() -> None:
-    """With ``item_bias_lr``, items clicked more often than the others where they were
-    shown (in the replay's groups) end with higher biases, and a snapshot keeps them."""
-    m = ReRanker(components=("popularity", "sequence"), warmup_examples=0, seed=0,
-                 item_bias_lr=0.05)
-    for b in _mixed_stream(3_000).chunks(256):
-        m.learn(b)
-    groups = slice(0, m._r_len)
-    rows, labels = m._rrow[groups].ravel(), m._ry[groups].ravel()
-    cap = m.items.capacity
-    clicks = np.bincount(rows, weights=labels, minlength=cap)
-    shown = np.bincount(rows, minlength=cap)
-    share = np.divide(clicks, shown, out=np.zeros(cap), where=shown > 0)
-    base = 1.0 / m._group  # a group's share of clicks
-    bias = m._i_bias[:cap]
-    often, never = (shown >= 5) & (share > 2 * base), (shown >= 5) & (clicks == 0)
-    assert often.sum() >= 5 and never.sum() >= 5, (often.sum(), never.sum())
-    assert bias[often].mean() > 0 > bias[never].mean(), (bias[often].mean(), bias[never].mean())
-    rebuilt = registry.from_state(m.get_state())
-    assert isinstance(rebuilt, ReRanker)
-    np.testing.assert_array_equal(rebuilt._i_bias, m._i_bias)
-    hist = ["I1", "I2"]
-    np.testing.assert_allclose(rebuilt.score_all("u1", hist), m.score_all("u1", hist),
-                               rtol=1e-6)
-    # The biases move the order: the same model without them ranks differently.
-    plain = ReRanker(components=("popularity", "sequence"), warmup_examples=0, seed=0)
-    for b in _mixed_stream(3_000).chunks(256):
-        plain.learn(b)
-    assert not np.allclose(plain.score_all("u1", hist), m.score_all("u1", hist))
-
-
 def test_a_round_1_snapshot_still_loads() -> None:
     """Snapshots written before the recall blend, the listwise loss and the recall term
     restore as the re-ranker they were (the replay of single rows is dropped)."""
