@@ -7,6 +7,10 @@ gradient-boosted ranker (LightGBM's LambdaRank, on the same features) on the eve
 before each of four cut points in the second half of the stream and ranks the events
 up to the next cut, and reports HR@10 there for: the recall order (the blend, the
 re-ranker's starting point), the online MLP as it ranked at the time, and the trees.
+The trees are fitted twice: on the re-ranker's features, and with three more that
+the re-ranker does not have: how far the candidate's stock code is from
+the last item's (numerically, and the longest common prefix with the last three), and
+how many lines of the current invoice (the user's events at the same time) came before.
 
 This is an analysis, not a model: the trees are refitted from scratch on everything
 before each cut, many passes over it, which a streaming re-ranker does not do. It
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -49,6 +54,8 @@ class _Recorder:
     def __init__(self, model: ReRanker) -> None:
         self.model = model
         self.rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        #: per query: the stock-code features of its candidates (``_code_features``)
+        self.extra: list[np.ndarray] = []
         self._last: dict[str, Any] = {}
         matrix, candidates, features = model._matrix, model._candidates, model._features
         score_all = model.score_all
@@ -73,6 +80,7 @@ class _Recorder:
                 empty = np.zeros(0, np.int64)
                 width = 2 * len(model.components) + _N_OTHER
                 self.rows.append((np.zeros((0, width), np.float32), empty, np.zeros(0)))
+                self.extra.append(np.zeros((0, 2), np.float32))
                 return out
             cand = last["cand"]
             x = last.get("x")
@@ -80,12 +88,47 @@ class _Recorder:
                 x = features(last["mat"], last["recall"], cand, cand, user, list(history),
                              model._watermark)
             self.rows.append((x.astype(np.float32), cand, out[cand]))
+            ids = model.items.ids
+            self.extra.append(_code_features([ids[r] or "" for r in cand.tolist()],
+                                             list(history)))
             return out
 
         model._matrix = record_matrix  # type: ignore[method-assign]
         model._candidates = record_candidates  # type: ignore[method-assign]
         model._features = record_features  # type: ignore[method-assign]
         model.score_all = record_scores  # type: ignore[method-assign]
+
+
+_DIGITS = re.compile(r"\d+")
+
+
+def _code_number(code: str) -> float:
+    m = _DIGITS.match(code)
+    return float(m.group()) if m else np.nan
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _code_features(cands: list[str], history: list[str]) -> np.ndarray:
+    """Per candidate: log1p of its stock code's numeric distance to the last item's
+    (NaN when either has no leading digits), and the longest common prefix of its code
+    with one of the last three items' codes."""
+    out = np.full((len(cands), 2), np.nan, np.float32)
+    if not history:
+        return out
+    last = _code_number(history[-1])
+    recent = history[-3:]
+    for j, c in enumerate(cands):
+        out[j, 0] = np.log1p(abs(_code_number(c) - last))
+        out[j, 1] = max(_common_prefix(c, h) for h in recent)
+    return out
 
 
 def _hr(order_of: list[np.ndarray], truth_pos: np.ndarray, k: int = 10) -> float:
@@ -118,15 +161,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rec = _Recorder(ranked)
     ev = PrequentialEvaluator({"ranked": ranked}, k=10)
     truth_rows: list[int] = []
+    invoice_pos: list[int] = []  # per evaluated event: earlier lines of its invoice
+    lines: dict[tuple[str, float], int] = {}
     event_index: list[int] = []
     seen = 0
     t0 = time.perf_counter()
     for batch in tqdm(to_batches(ds, 256), total=-(-len(ds) // 256), unit="batch", leave=False):
         before = len(rec.rows)
+        line_of = []
+        for u, t in zip(batch.users, batch.timestamps.tolist(), strict=True):
+            line_of.append(lines.get((u, t), 0))
+            lines[(u, t)] = line_of[-1] + 1
         out = ev.process(batch, learn=False)
         pos = out.positions
         assert len(rec.rows) - before == len(pos), (len(rec.rows) - before, len(pos))
         truth_rows.extend(ranked.items.get(batch.items[p]) for p in pos.tolist())
+        invoice_pos.extend(line_of[p] for p in pos.tolist())
         event_index.extend((seen + pos).tolist())
         ranked.learn(batch)
         seen += len(batch)
@@ -144,25 +194,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     folds = []
     for lo, hi in itertools.pairwise(cuts):
         train = [i for i in range(lo) if truth_pos[i] >= 0]
-        x = np.concatenate([rec.rows[i][0] for i in train])
-        y = np.concatenate([(np.arange(len(rec.rows[i][1])) == truth_pos[i]).astype(int)
-                            for i in train])
-        group = [len(rec.rows[i][1]) for i in train]
         params = {"objective": "lambdarank", "learning_rate": 0.05, "num_leaves": 31,
                   "min_data_in_leaf": 50, "lambdarank_truncation_level": 20,
                   "num_threads": 1, "verbose": -1, "seed": 0}
-        booster = lgb.train(params, lgb.Dataset(x, y, group=group), num_boost_round=300)
-        trees = [np.argsort(-booster.predict(rec.rows[i][0]), kind="stable")
-                 for i in range(lo, hi)]
+        y = np.concatenate([(np.arange(len(rec.rows[i][1])) == truth_pos[i]).astype(int)
+                            for i in train])
+        group = [len(rec.rows[i][1]) for i in train]
         fold = {"events": [int(lo), int(hi)], "train_groups": len(train),
                 "in_candidates": float(np.mean(truth_pos[lo:hi] >= 0)),
                 "recall": _hr(recall[lo:hi], truth_pos[lo:hi]),
-                "online_mlp": _hr(online[lo:hi], truth_pos[lo:hi]),
-                "trees": _hr(trees, truth_pos[lo:hi])}
+                "online_mlp": _hr(online[lo:hi], truth_pos[lo:hi])}
+        for name, with_extra in (("trees", False), ("trees_extra", True)):
+            def rows(i: int, with_extra: bool = with_extra) -> np.ndarray:
+                x = rec.rows[i][0]
+                if not with_extra:
+                    return x
+                line = np.full((len(x), 1), invoice_pos[i], np.float32)
+                return np.hstack([x, rec.extra[i], line])
+            x = np.concatenate([rows(i) for i in train])
+            booster = lgb.train(params, lgb.Dataset(x, y, group=group), num_boost_round=300)
+            order = [np.argsort(-booster.predict(rows(i)), kind="stable") for i in range(lo, hi)]
+            fold[name] = _hr(order, truth_pos[lo:hi])
         folds.append(fold)
         print(json.dumps(fold), file=sys.stderr)
     total = {k: float(np.average([f[k] for f in folds], weights=np.diff(cuts)))
-             for k in ("in_candidates", "recall", "online_mlp", "trees")}
+             for k in ("in_candidates", "recall", "online_mlp", "trees", "trees_extra")}
     report = {"evaluated": n, "hr_ranked": hr_eval, "folds": folds, "second_half": total,
               "params": vars(args) | {"path": str(args.path), "json": str(args.json)}}
     print(json.dumps(total, indent=1))
