@@ -163,8 +163,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     truth_rows: list[int] = []
     invoice_pos: list[int] = []  # per evaluated event: earlier lines of its invoice
     lines: dict[tuple[str, float], int] = {}
-    event_index: list[int] = []
-    seen = 0
     t0 = time.perf_counter()
     for batch in tqdm(to_batches(ds, 256), total=-(-len(ds) // 256), unit="batch", leave=False):
         before = len(rec.rows)
@@ -177,9 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         assert len(rec.rows) - before == len(pos), (len(rec.rows) - before, len(pos))
         truth_rows.extend(ranked.items.get(batch.items[p]) for p in pos.tolist())
         invoice_pos.extend(line_of[p] for p in pos.tolist())
-        event_index.extend((seen + pos).tolist())
         ranked.learn(batch)
-        seen += len(batch)
     hr_eval = ev.totals("ranked")["hr"]
     print(f"{len(rec.rows)} evaluated events, HR@10 {hr_eval:.4f} "
           f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
@@ -191,12 +187,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     recall_col = 2 * len(ranked.components)
     recall = [np.argsort(-x[:, recall_col], kind="stable") for x, _, _ in rec.rows]
     cuts = np.linspace(n // 2, n, 5).astype(int)
+    params = {"objective": "lambdarank", "learning_rate": 0.05, "num_leaves": 31,
+              "min_data_in_leaf": 50, "lambdarank_truncation_level": 20,
+              "num_threads": 1, "verbose": -1, "seed": 0}
+
+    def rows(i: int, with_extra: bool) -> np.ndarray:
+        """Event ``i``'s candidate feature rows (``with_extra``: and the three extras)."""
+        x = rec.rows[i][0]
+        if not with_extra:
+            return x
+        line = np.full((len(x), 1), invoice_pos[i], np.float32)
+        return np.hstack([x, rec.extra[i], line])
+
     folds = []
     for lo, hi in itertools.pairwise(cuts):
         train = [i for i in range(lo) if truth_pos[i] >= 0]
-        params = {"objective": "lambdarank", "learning_rate": 0.05, "num_leaves": 31,
-                  "min_data_in_leaf": 50, "lambdarank_truncation_level": 20,
-                  "num_threads": 1, "verbose": -1, "seed": 0}
         y = np.concatenate([(np.arange(len(rec.rows[i][1])) == truth_pos[i]).astype(int)
                             for i in train])
         group = [len(rec.rows[i][1]) for i in train]
@@ -204,16 +209,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "in_candidates": float(np.mean(truth_pos[lo:hi] >= 0)),
                 "recall": _hr(recall[lo:hi], truth_pos[lo:hi]),
                 "online_mlp": _hr(online[lo:hi], truth_pos[lo:hi])}
-        for name, with_extra in (("trees", False), ("trees_extra", True)):
-            def rows(i: int, with_extra: bool = with_extra) -> np.ndarray:
-                x = rec.rows[i][0]
-                if not with_extra:
-                    return x
-                line = np.full((len(x), 1), invoice_pos[i], np.float32)
-                return np.hstack([x, rec.extra[i], line])
-            x = np.concatenate([rows(i) for i in train])
+        for name, extra in (("trees", False), ("trees_extra", True)):
+            x = np.concatenate([rows(i, extra) for i in train])
             booster = lgb.train(params, lgb.Dataset(x, y, group=group), num_boost_round=300)
-            order = [np.argsort(-booster.predict(rows(i)), kind="stable") for i in range(lo, hi)]
+            order = [np.argsort(-booster.predict(rows(i, extra)), kind="stable")
+                     for i in range(lo, hi)]
             fold[name] = _hr(order, truth_pos[lo:hi])
         folds.append(fold)
         print(json.dumps(fold), file=sys.stderr)
