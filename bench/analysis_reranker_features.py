@@ -52,14 +52,12 @@ class _Recorder:
     """Wraps one re-ranker's scoring to keep each query's candidate features."""
 
     def __init__(self, model: ReRanker) -> None:
-        self.model = model
         self.rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         #: per query: the stock-code features of its candidates (``_code_features``)
         self.extra: list[np.ndarray] = []
-        self._last: dict[str, Any] = {}
         matrix, candidates, features = model._matrix, model._candidates, model._features
         score_all = model.score_all
-        last = self._last
+        last: dict[str, Any] = {}  # what the query being scored computed
 
         def record_matrix(*a: Any) -> np.ndarray:
             last["mat"] = matrix(*a)
