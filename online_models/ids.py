@@ -26,8 +26,10 @@ class IdIndex:
     """Maps string ids to dense rows ``0..n-1`` and back; grows as ids arrive.
 
     Rows are stable for the life of the index. Models that expire ids call
-    :meth:`remove`, which frees the row for reuse and bumps ``generation`` so
-    callers holding row mappings know to rebuild them.
+    :meth:`remove`, which frees the row for reuse. Freeing a row and giving it to a
+    new id both bump ``generation``, so that callers holding row mappings know to
+    rebuild them (a map that only appends rows past its end would leave a reused
+    row pointing nowhere).
 
     The id -> row lookup is an open-addressing hash table of int32 rows (linear
     probing on ``hash(id)``, at most half full) over the ``ids`` list, not a
@@ -46,8 +48,9 @@ class IdIndex:
     (1, -1, 3, 'c')
     >>> idx.remove("b"), "b" in idx, list(idx.ids)
     (1, False, ['a', None, 'c'])
-    >>> idx.add("d"), idx.capacity  # the freed row is reused
-    (1, 3)
+    >>> g = idx.generation
+    >>> idx.add("d"), idx.capacity, idx.generation == g + 1  # the freed row is reused
+    (1, 3, True)
     """
 
     _EMPTY = -1
@@ -187,6 +190,7 @@ class IdIndex:
         if self._free:
             row = self._free.pop()
             ids[row] = key
+            self.generation += 1
             if self._packed is not None:
                 self._dirty.add(row)
         else:

@@ -47,3 +47,20 @@ def test_identity_holds_while_rows_agree_and_ends_when_they_part() -> None:
     maps.sync({"c": comp}, ours)
     assert not maps.is_identity("c")
     assert maps.rows("c").tolist() == [0, 1, 2, 3, 4, 5, 7]
+
+
+def test_a_row_freed_and_given_to_a_new_item_maps_to_that_item() -> None:
+    """A component that expires an item and later reuses its row for another: the
+    map points the row at the new item, not nowhere (nor at the old one)."""
+    comp, ours = _Component(), IdIndex()
+    maps = RowMaps()
+    comp.items.add_many(["a", "b", "c"])
+    maps.sync({"c": comp}, ours)
+    comp.items.remove("b")
+    maps.sync({"c": comp}, ours)
+    assert maps.rows("c").tolist() == [0, -1, 2]
+    assert comp.items.add("d") == 1  # the freed row
+    maps.sync({"c": comp}, ours)
+    rows = maps.rows("c").tolist()
+    assert rows[0] == 0 and rows[2] == 2
+    assert rows[1] >= 0 and ours.ids[rows[1]] == "d"
