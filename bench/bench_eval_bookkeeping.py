@@ -8,12 +8,13 @@ The trainer hands every batch to :class:`online_models.evaluation.PrequentialEva
 (history, catalogue, item and user counts, the diversity sketch) and scores only a
 sample: at full speed the CPU governor holds scoring at its floor of 1,000 events a
 minute, so the per-event bookkeeping is what evaluation costs. This runs a popularity
-model (the cheapest learner, where that share is largest) on a seeded synthetic stream
-in batches of ``--batch-size``, as the trainer does (evaluate, then learn; the sample
-budgeted at ``--eval-per-s``), and reports thread CPU time per event of the evaluator
-and of learning. With ``--baseline-rev`` the same script runs, in turns, on a
-``git archive`` of that revision, each run in its own process: the ratio is measured
-under the same load. Figures are the median of ``--repeats`` runs.
+model (the cheapest learner, where that share is largest; ``--models all`` for the
+trainer's default mix) on a seeded synthetic stream in batches of ``--batch-size``, as
+the trainer does (evaluate, then learn; the sample budgeted at ``--eval-per-s``), and
+reports thread CPU time per event of the evaluator and of learning. With
+``--baseline-rev`` the same script runs, in turns, on a ``git archive`` of that
+revision, each run in its own process: the ratio is measured under the same load.
+Figures are the median of ``--repeats`` runs.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _child(args: argparse.Namespace) -> None:
-    from online_models.base import Batch, UserHistory
+    from online_models import registry
+    from online_models.base import Batch, UserHistory, learning_order
     from online_models.evaluation import EvalSample, PrequentialEvaluator
-    from online_models.popularity import Popularity
     from online_models.synthetic import iter_events
 
     events = list(iter_events(args.events, args.users, args.items, seed=0))
@@ -46,16 +47,19 @@ def _child(args: argparse.Namespace) -> None:
                            timestamps=[e["timestamp"] for e in events[lo:lo + size]])
         for lo in range(0, len(events), size)
     ]
-    model = Popularity()
+    models = {n: registry.create(n) for n in registry.parse_models(args.models)}
+    registry.bind(models)
+    order = learning_order(models)
     evaluator = PrequentialEvaluator(
-        {"popularity": model}, history=UserHistory(max_items=200),
+        models, history=UserHistory(max_items=200),
         sample=EvalSample(fraction=1.0, max_per_s=args.eval_per_s))
     eval_s = learn_s = 0.0
     for b in batches:
         t0 = time.thread_time()
         evaluator.process(b, learn=False)
         t1 = time.thread_time()
-        model.learn(b)
+        for name in order:
+            models[name].learn(b)
         learn_s += time.thread_time() - t1
         eval_s += t1 - t0
     print(json.dumps({"eval_us": 1e6 * eval_s / len(events),
@@ -76,7 +80,7 @@ def _run(root: Path, args: argparse.Namespace) -> dict[str, float]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child",
            "--events", str(args.events), "--users", str(args.users),
            "--items", str(args.items), "--batch-size", str(args.batch_size),
-           "--eval-per-s", str(args.eval_per_s)]
+           "--eval-per-s", str(args.eval_per_s), "--models", args.models]
     env = {"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}
     res = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=root, env=env)
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -91,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--eval-per-s", type=float, default=1000 / 60,
                     help="scored events per second (the governor's floor by default)")
+    ap.add_argument("--models", default="popularity",
+                    help="the evaluated mix (registry names; 'all': the trainer's default)")
     ap.add_argument("--baseline-rev", default=None, help="git revision to compare with")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -106,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, root in roots.items():
             runs[name].append(_run(root, args))
             print(f"run {r + 1}/{args.repeats} {name}: {runs[name][-1]}", flush=True)
+    print(f"\nmodels: {args.models}")
     print("\n| code | evaluator µs/event (thread CPU) | learn µs/event | evaluation share |")
     print("|---|---:|---:|---:|")
     med = {}

@@ -286,6 +286,7 @@ class PrequentialEvaluator:
         self._trackers = {name: RunningTotals(k, rolling_window) for name in self.models}
         # Per model: model row -> catalog row, and the model's IdIndex generation.
         self._m2e: dict[str, np.ndarray] = {n: np.zeros(0, np.int64) for n in self.models}
+        self._m2e_buf: dict[str, np.ndarray] = dict(self._m2e)  # _m2e's storage
         self._gen: dict[str, int] = dict.fromkeys(self.models, -1)
 
     def replace_model(self, name: str, model: OnlineModel) -> None:
@@ -294,7 +295,7 @@ class PrequentialEvaluator:
         if name not in self.models:
             raise KeyError(f"no model {name!r} is evaluated")
         self.models[name] = model
-        self._m2e[name] = np.zeros(0, np.int64)
+        self._m2e[name] = self._m2e_buf[name] = np.zeros(0, np.int64)
         self._gen[name] = -1
 
     def set_budget(self, max_per_s: float | None) -> None:
@@ -332,6 +333,7 @@ class PrequentialEvaluator:
         Items a model knows but the evaluator has not seen (a model restored from a
         snapshot next to a fresh evaluator) join the catalog: they are known items.
         """
+        cat_ids = self.catalog.ids
         for name, model in self.models.items():
             index = model.items
             m2e = self._m2e[name]
@@ -340,13 +342,28 @@ class PrequentialEvaluator:
             if start >= len(ids) and start == len(m2e):
                 continue
             fresh = ids[start:]
-            if None in fresh:  # freed rows (None) map to no catalog row
+            # A model usually adds a batch's items in the order the catalog did: its
+            # new rows then continue the catalog's, which one list comparison (by
+            # identity first) confirms without looking each id up.
+            at = int(m2e[start - 1]) + 1 if start else 0
+            if cat_ids[at:at + len(fresh)] == fresh:
+                new = np.arange(at, at + len(fresh), dtype=np.int64)
+            elif None in fresh:  # freed rows (None) map to no catalog row
                 new = np.asarray(
                     [-1 if k is None else self.catalog.add(k) for k in fresh], np.int64
                 )
             else:
                 new = self.catalog.add_many(fresh)  # type: ignore[arg-type]  # no None here
-            self._m2e[name] = np.concatenate((m2e[:start], new))
+            # The map grows in a buffer of doubling capacity (a copy per batch was most
+            # of this call's cost); ``_m2e`` is its filled part.
+            end = start + len(new)
+            buf = self._m2e_buf[name]
+            if end > len(buf):
+                grown = np.empty(max(16, 2 * end), np.int64)
+                grown[:start] = buf[:start]
+                buf = self._m2e_buf[name] = grown
+            buf[start:end] = new
+            self._m2e[name] = buf[:end]
             self._gen[name] = index.generation
         self._grow_catalog()
 

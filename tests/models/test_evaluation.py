@@ -406,3 +406,39 @@ def test_cold_segments_can_be_turned_off() -> None:
     out = ev.process(batch([("u2", "a"), ("u2", "b")], t0=10))
     assert out.n_evaluated == 1 and not out.cold_item.any() and not out.cold_user.any()
     assert ev.totals("m")["n_cold_user"] == 0 and len(ev._user_count) == 0
+
+
+class Reordering(Fixed):
+    """Adds a batch's items last-first (rows that do not follow the catalog's), may
+    learn an item no event has shown (content-only), and may expire one."""
+
+    def __init__(self, extra: str = "", expire: str = "") -> None:
+        super().__init__({})
+        self.extra, self.expire = extra, expire
+
+    def learn(self, batch: Batch) -> None:
+        self.items.add_many(list(batch.items)[::-1])
+        if self.extra:
+            self.items.add(self.extra)
+        if self.expire and self.expire in self.items:
+            self.items.remove(self.expire)
+
+
+def test_model_rows_map_to_the_catalog_whatever_order_models_add_them() -> None:
+    """Each model's row -> catalog row map matches a look-up of its ids after every
+    batch, for a model that follows the catalog's order, one that does not, one that
+    learns an item outside the stream and one that frees a row."""
+    models = {"same": Fixed({}), "reversed": Reordering(),
+              "content": Reordering(extra="x"), "expiring": Reordering(expire="b")}
+    ev = PrequentialEvaluator(models, k=2)
+    stream = [batch([("u1", "a"), ("u2", "b"), ("u1", "c")]),
+              batch([("u2", "a"), ("u3", "d"), ("u1", "b")], 3.0),
+              batch([("u3", "x"), ("u2", "e"), ("u2", "c")], 6.0)]
+    for b in stream:
+        out = ev.process(b)
+        ev._sync()
+        for name, model in models.items():
+            want = [-1 if i is None else ev.catalog.get(i) for i in model.items.ids]
+            assert ev._m2e[name].tolist() == want, name
+    assert "x" in ev.catalog  # the content-only item is a known item ...
+    assert out.n_eligible == 2  # ... so u3's click on it is evaluable, as u2's on c
