@@ -442,3 +442,21 @@ def test_model_rows_map_to_the_catalog_whatever_order_models_add_them() -> None:
             assert ev._m2e[name].tolist() == want, name
     assert "x" in ev.catalog  # the content-only item is a known item ...
     assert out.n_eligible == 2  # ... so u3's click on it is evaluable, as u2's on c
+
+
+def test_an_expiring_model_is_scored_on_the_item_that_reuses_a_freed_row() -> None:
+    """An embedding model with expiry frees a stale item's row and gives it to the next
+    new item; a click on that item is ranked by the model (before the fix it was a
+    miss: the evaluator's map left the reused row pointing nowhere)."""
+    from online_models.embedding import EmbeddingModel
+
+    model = EmbeddingModel(dim=4, expiry_seconds=100.0, seed=0)
+    ev = PrequentialEvaluator({"m": model}, k=10)
+    ev.process(Batch.from_columns(["u1", "u2"], ["old", "keep"], None, [0.0, 50.0]))
+    old_row = model.items.get("old")
+    ev.process(Batch.from_columns(["u2"], ["keep"], None, [120.0]))  # "old" expires
+    ev.process(Batch.from_columns(["u3"], ["fresh"], None, [130.0]))
+    assert model.items.get("fresh") == old_row  # the freed row, reused
+    out = ev.process(Batch.from_columns(["u2"], ["fresh"], None, [140.0]))
+    assert out.n_evaluated == 1
+    assert out.models["m"].ranks.tolist() != [MISS_RANK]
