@@ -328,17 +328,30 @@ class PrequentialEvaluator:
             self._count, self._sketch = count, sketch
 
     def _sync(self) -> None:
-        """Extend each model's row map to rows it added since the last call.
+        """Extend each model's row map to rows it added since the last call, and map
+        again the rows it freed or gave to new ids (:meth:`IdIndex.changed_since`).
 
         Items a model knows but the evaluator has not seen (a model restored from a
         snapshot next to a fresh evaluator) join the catalog: they are known items.
         """
-        cat_ids = self.catalog.ids
+        cat_ids, catalog = self.catalog.ids, self.catalog
         for name, model in self.models.items():
             index = model.items
             m2e = self._m2e[name]
-            start = 0 if index.generation != self._gen[name] else len(m2e)
             ids = index.ids
+            start = len(m2e)
+            if index.generation != self._gen[name]:
+                # Rows freed or given to new ids since (an expiring model): map those
+                # again, or all rows when the index no longer knows which.
+                changed = index.changed_since(self._gen[name])
+                if changed is None:
+                    start = 0
+                else:
+                    for r in set(changed):
+                        if r < start:
+                            k = ids[r]
+                            m2e[r] = -1 if k is None else catalog.add(k)
+                self._gen[name] = index.generation
             if start >= len(ids) and start == len(m2e):
                 continue
             fresh = ids[start:]
@@ -364,7 +377,6 @@ class PrequentialEvaluator:
                 buf = self._m2e_buf[name] = grown
             buf[start:end] = new
             self._m2e[name] = buf[:end]
-            self._gen[name] = index.generation
         self._grow_catalog()
 
     SKETCH_LAG = 1 << 16  #: most events waiting to enter the sketch

@@ -27,9 +27,10 @@ class IdIndex:
 
     Rows are stable for the life of the index. Models that expire ids call
     :meth:`remove`, which frees the row for reuse. Freeing a row and giving it to a
-    new id both bump ``generation``, so that callers holding row mappings know to
-    rebuild them (a map that only appends rows past its end would leave a reused
-    row pointing nowhere).
+    new id both bump ``generation``, so that callers holding row mappings know their
+    map is stale (a map that only appends rows past its end would leave a reused row
+    pointing nowhere); :meth:`changed_since` tells them which rows to map again
+    instead of all of them.
 
     The id -> row lookup is an open-addressing hash table of int32 rows (linear
     probing on ``hash(id)``, at most half full) over the ``ids`` list, not a
@@ -57,6 +58,8 @@ class IdIndex:
     _DELETED = -2  # tombstone: probing goes on past it, insertion may reuse it
     #: most ids the lookup cache holds before it is emptied
     CACHE_IDS = 1 << 15
+    #: most row changes :meth:`changed_since` remembers (older ones: map everything)
+    CHANGE_LOG = 1 << 16
 
     def __init__(self, ids: Iterable[str] = ()) -> None:
         self._ids: list[str | None] = []
@@ -66,6 +69,9 @@ class IdIndex:
         self._slots = array("i", [self._EMPTY]) * 8
         self._cache: dict[str, int] = {}  # id -> row of live ids, bounded
         self.generation = 0
+        # The rows freed or reused at generations _log_base + 1, _log_base + 2, ...
+        self._log: list[int] = []
+        self._log_base = 0
         # (UTF-8 bytes, end offsets) of the first rows as the last to_arrays packed
         # them, and the rows among those freed or reused since (see to_arrays). Kept
         # only once a snapshot asked for it (a trainer's index, not a server's): about
@@ -190,7 +196,7 @@ class IdIndex:
         if self._free:
             row = self._free.pop()
             ids[row] = key
-            self.generation += 1
+            self._changed(row)
             if self._packed is not None:
                 self._dirty.add(row)
         else:
@@ -235,8 +241,33 @@ class IdIndex:
         self._cache.pop(key, None)
         self._free.append(row)
         self._n -= 1
-        self.generation += 1
+        self._changed(row)
         return row
+
+    def _changed(self, row: int) -> None:
+        """A new generation: ``row`` was freed or given to a new id."""
+        self.generation += 1
+        log = self._log
+        log.append(row)
+        if len(log) > self.CHANGE_LOG:
+            drop = len(log) // 2
+            del log[:drop]
+            self._log_base += drop
+
+    def changed_since(self, generation: int) -> list[int] | None:
+        """Rows freed or given to a new id after ``generation`` (with repeats), or
+        None when that is no longer known (a generation too old, or not this index's):
+        then every row may have changed.
+
+        >>> idx = IdIndex(["a", "b", "c"])
+        >>> g = idx.generation
+        >>> _ = idx.remove("b"), idx.add("d"), idx.add("e")
+        >>> idx.changed_since(g), idx.changed_since(idx.generation), idx.changed_since(-1)
+        ([1, 1], [], None)
+        """
+        if not self._log_base <= generation <= self.generation:
+            return None
+        return self._log[generation - self._log_base:]
 
     def remove_many(self, keys: Iterable[str]) -> list[int]:
         """:meth:`remove` those of ``keys`` held here; returns their freed rows."""

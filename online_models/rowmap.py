@@ -45,7 +45,8 @@ class RowMaps:
         self._identity: dict[str, bool] = {}  # component rows == our rows
 
     def rows(self, component: str) -> np.ndarray:
-        """Our row of each of ``component``'s rows (-1 where it freed one); do not modify."""
+        """Our row of each of ``component``'s rows (-1 where it freed one); do not modify,
+        and do not keep across a :meth:`sync` (rows it frees or reuses change in place)."""
         return self._rows.get(component, _EMPTY)
 
     def is_identity(self, component: str) -> bool:
@@ -61,8 +62,18 @@ class RowMaps:
         for c, m in models.items():
             index: IdIndex = m.items
             old = self._rows.get(c, _EMPTY)
-            start = 0 if index.generation != self._gens.get(c) else len(old)
+            start = len(old)
             ids = index.ids
+            gen = self._gens.get(c, -1)
+            if index.generation != gen:
+                # Rows it freed or gave to new ids since: map those again (in place),
+                # or all of them when its index no longer knows which.
+                changed = index.changed_since(gen)
+                if changed is None:
+                    start = 0
+                else:
+                    self._remap(c, ids, {r for r in changed if r < start}, items)
+                    self._gens[c] = index.generation
             if start == len(ids) and start == len(old):
                 continue
             new = np.asarray([-1 if k is None else items.add(k) for k in ids[start:]],
@@ -71,6 +82,18 @@ class RowMaps:
                 self.restore(c, new, index.generation)
             else:
                 self._extend(c, start, new)
+
+    def _remap(self, component: str, ids: list[str | None], rows: set[int],
+               items: IdIndex) -> None:
+        """Map ``rows`` of ``component`` again from its ``ids`` (-1 where freed)."""
+        if not rows:
+            return
+        where = np.fromiter(rows, np.int64, count=len(rows))
+        new = np.asarray([-1 if (k := ids[r]) is None else items.add(k) for r in where.tolist()],
+                         np.int64)
+        self._rows[component][where] = new
+        if self._identity[component]:
+            self._identity[component] = bool(np.array_equal(new, where))
 
     def _extend(self, component: str, start: int, new: np.ndarray) -> None:
         """Append ``new`` to the map's first ``start`` rows, in place when there is

@@ -460,3 +460,34 @@ def test_an_expiring_model_is_scored_on_the_item_that_reuses_a_freed_row() -> No
     out = ev.process(Batch.from_columns(["u2"], ["fresh"], None, [140.0]))
     assert out.n_evaluated == 1
     assert out.models["m"].ranks.tolist() != [MISS_RANK]
+
+
+class Churning(Fixed):
+    """Learns a batch's items, then frees a few random rows (an expiring model)."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__({})
+        self.rng = np.random.default_rng(seed)
+
+    def learn(self, batch: Batch) -> None:
+        self.items.add_many(list(batch.items))
+        live = [k for k in self.items.ids if k is not None]
+        for k in self.rng.choice(live, size=min(2, len(live)), replace=False).tolist():
+            self.items.remove(k)
+
+
+@pytest.mark.parametrize("log_size", [1 << 16, 3])
+def test_an_expiring_models_map_stays_exact_from_the_change_log_or_in_full(
+    log_size: int,
+) -> None:
+    model = Churning(seed=7)
+    model.items.CHANGE_LOG = log_size
+    ev = PrequentialEvaluator({"m": model}, k=3)
+    rng = np.random.default_rng(8)
+    for t in range(40):
+        users = [f"u{x}" for x in rng.integers(0, 10, 8).tolist()]
+        items = [f"i{x}" for x in rng.integers(0, 50, 8).tolist()]
+        ev.process(Batch.from_columns(users, items, None, np.arange(8) + 8.0 * t))
+        ev._sync()
+        want = [-1 if i is None else ev.catalog.get(i) for i in model.items.ids]
+        assert ev._m2e["m"].tolist() == want

@@ -126,3 +126,21 @@ def test_freed_and_reused_rows_are_spliced_into_the_last_packing() -> None:
     np.testing.assert_array_equal(got["x.offsets"], ends)
     assert unpack_strings(got["x.data"], got["x.offsets"]) == \
         ["" if k is None else k for k in index.ids]
+
+
+def test_changed_since_lists_freed_and_reused_rows_until_the_log_is_cut() -> None:
+    idx = IdIndex(["a", "b", "c", "d"])
+    idx.CHANGE_LOG = 4
+    g0 = idx.generation
+    idx.remove("b")
+    idx.add("e")  # reuses b's row
+    g2 = idx.generation
+    assert idx.changed_since(g0) == [1, 1]
+    assert idx.changed_since(g2) == []
+    idx.add("f")  # a new row: not a change
+    assert idx.generation == g2
+    for k in ("a", "c", "d"):
+        idx.remove(k)  # five changes: the log keeps the last ones only
+    assert idx.changed_since(g0) is None  # too old: everything may have changed
+    assert idx.changed_since(idx.generation - 1) == [3]
+    assert idx.changed_since(idx.generation + 1) is None  # not this index's

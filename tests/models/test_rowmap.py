@@ -64,3 +64,23 @@ def test_a_row_freed_and_given_to_a_new_item_maps_to_that_item() -> None:
     rows = maps.rows("c").tolist()
     assert rows[0] == 0 and rows[2] == 2
     assert rows[1] >= 0 and ours.ids[rows[1]] == "d"
+
+
+def test_maps_follow_random_frees_and_reuses_including_past_the_change_log() -> None:
+    """Random adds and removes between syncs: after every sync the map equals a
+    look-up of the component's ids, whether the changed rows are mapped again from
+    the change log or, past its end (a small ``CHANGE_LOG``), all rows are."""
+    rng = np.random.default_rng(5)
+    for log_size in (1 << 16, 4):
+        comp, ours = _Component(), IdIndex()
+        comp.items.CHANGE_LOG = log_size
+        maps = RowMaps()
+        for _ in range(60):
+            for x in rng.integers(0, 80, 6).tolist():
+                comp.items.add(f"i{x}")
+            live = [k for k in comp.items.ids if k is not None]
+            for k in rng.choice(live, size=min(3, len(live)), replace=False).tolist():
+                comp.items.remove(k)
+            maps.sync({"c": comp}, ours)
+            assert maps.rows("c").tolist() == [
+                -1 if k is None else ours.get(k) for k in comp.items.ids]
