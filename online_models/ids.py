@@ -70,7 +70,8 @@ class IdIndex:
         self._cache: dict[str, int] = {}  # id -> row of live ids, bounded
         self.generation = 0
         # The rows freed or reused at generations _log_base + 1, _log_base + 2, ...
-        self._log: list[int] = []
+        # (8 bytes each: an index that forgets users logs every forgotten row)
+        self._log = array("q")
         self._log_base = 0
         # (UTF-8 bytes, end offsets) of the first rows as the last to_arrays packed
         # them, and the rows among those freed or reused since (see to_arrays). Kept
@@ -267,7 +268,7 @@ class IdIndex:
         """
         if not self._log_base <= generation <= self.generation:
             return None
-        return self._log[generation - self._log_base:]
+        return self._log[generation - self._log_base:].tolist()
 
     def remove_many(self, keys: Iterable[str]) -> list[int]:
         """:meth:`remove` those of ``keys`` held here; returns their freed rows."""
