@@ -68,6 +68,7 @@ from online_models.eval_totals import (
     RunningTotals,
     empty_outcome,
 )
+from online_models.rowmap import RowMaps
 
 __all__ = [
     "COLD_SEGMENTS",
@@ -284,10 +285,7 @@ class PrequentialEvaluator:
         self._user_count: dict[str, int] = {}  # events per user seen (cold-user counts)
         self._sampler = EventSampler(self.sample, clock)
         self._trackers = {name: RunningTotals(k, rolling_window) for name in self.models}
-        # Per model: model row -> catalog row, and the model's IdIndex generation.
-        self._m2e: dict[str, np.ndarray] = {n: np.zeros(0, np.int64) for n in self.models}
-        self._m2e_buf: dict[str, np.ndarray] = dict(self._m2e)  # _m2e's storage
-        self._gen: dict[str, int] = dict.fromkeys(self.models, -1)
+        self._maps = RowMaps()  # per model: model row -> catalog row
 
     def replace_model(self, name: str, model: OnlineModel) -> None:
         """Score ``model`` as ``name`` from now on (a new object: a followed model's new
@@ -295,8 +293,7 @@ class PrequentialEvaluator:
         if name not in self.models:
             raise KeyError(f"no model {name!r} is evaluated")
         self.models[name] = model
-        self._m2e[name] = self._m2e_buf[name] = np.zeros(0, np.int64)
-        self._gen[name] = -1
+        self._maps.invalidate(name)
 
     def set_budget(self, max_per_s: float | None) -> None:
         """Change the sample's budget of scored events per second of wall time.
@@ -328,55 +325,13 @@ class PrequentialEvaluator:
             self._count, self._sketch = count, sketch
 
     def _sync(self) -> None:
-        """Extend each model's row map to rows it added since the last call, and map
-        again the rows it freed or gave to new ids (:meth:`IdIndex.changed_since`).
+        """Map each model's rows onto catalog rows: the rows it added since the last call,
+        and again those it freed or gave to new ids (:class:`RowMaps`).
 
         Items a model knows but the evaluator has not seen (a model restored from a
         snapshot next to a fresh evaluator) join the catalog: they are known items.
         """
-        cat_ids, catalog = self.catalog.ids, self.catalog
-        for name, model in self.models.items():
-            index = model.items
-            m2e = self._m2e[name]
-            ids = index.ids
-            start = len(m2e)
-            if index.generation != self._gen[name]:
-                # Rows freed or given to new ids since (an expiring model): map those
-                # again, or all rows when the index no longer knows which.
-                changed = index.changed_since(self._gen[name])
-                if changed is None:
-                    start = 0
-                else:
-                    for r in set(changed):
-                        if r < start:
-                            k = ids[r]
-                            m2e[r] = -1 if k is None else catalog.add(k)
-                self._gen[name] = index.generation
-            if start >= len(ids) and start == len(m2e):
-                continue
-            fresh = ids[start:]
-            # A model usually adds a batch's items in the order the catalog did: its
-            # new rows then continue the catalog's, which one list comparison (by
-            # identity first) confirms without looking each id up.
-            at = int(m2e[start - 1]) + 1 if start else 0
-            if cat_ids[at:at + len(fresh)] == fresh:
-                new = np.arange(at, at + len(fresh), dtype=np.int64)
-            elif None in fresh:  # freed rows (None) map to no catalog row
-                new = np.asarray(
-                    [-1 if k is None else self.catalog.add(k) for k in fresh], np.int64
-                )
-            else:
-                new = self.catalog.add_many(fresh)  # type: ignore[arg-type]  # no None here
-            # The map grows in a buffer of doubling capacity (a copy per batch was most
-            # of this call's cost); ``_m2e`` is its filled part.
-            end = start + len(new)
-            buf = self._m2e_buf[name]
-            if end > len(buf):
-                grown = np.empty(max(16, 2 * end), np.int64)
-                grown[:start] = buf[:start]
-                buf = self._m2e_buf[name] = grown
-            buf[start:end] = new
-            self._m2e[name] = buf[:end]
+        self._maps.sync(self.models, self.catalog)
         self._grow_catalog()
 
     SKETCH_LAG = 1 << 16  #: most events waiting to enter the sketch
@@ -570,7 +525,7 @@ class PrequentialEvaluator:
         }
         e2m: dict[str, np.ndarray] = {}
         for name in order:
-            m2e = self._m2e[name]
+            m2e = self._maps.rows(name)
             inv = np.full(cap_e + 1, -1, np.int64)  # the last slot stays -1 (unknown)
             ok = m2e >= 0
             inv[m2e[ok]] = np.flatnonzero(ok)
@@ -603,7 +558,7 @@ class PrequentialEvaluator:
                 truth = inv[e_rows[lo:hi]]
                 r, top = self._rank_rows(scores, truth)
                 ranks[name][lo:hi] = r
-                m2e = self._m2e[name]
+                m2e = self._maps.rows(name)
                 ext = np.append(m2e, -1)  # top's -1 padding and rows past the map -> -1
                 e_top = ext[np.where((top >= 0) & (top < len(m2e)), top, -1)]
                 lists[name][lo:hi] = e_top

@@ -4,8 +4,11 @@ A model that blends others (:class:`online_models.hybrid.HybridRecommender`,
 :class:`online_models.reranker.ReRanker`) keeps one :class:`~online_models.ids.IdIndex`
 of items; each component numbers its items its own way. :class:`RowMaps` holds, per
 component, the array ``rows`` with ``rows[r]`` = our row of the component's row ``r``
-(-1 for a row the component freed). Maps grow with the components' indexes and are
-rebuilt from scratch when an index's ``generation`` changes (a removal renumbers rows).
+(-1 for a row the component freed). Maps grow with the components' indexes; when an
+index's ``generation`` changes (rows freed or given to new ids), the rows it changed
+are mapped again (:meth:`~online_models.ids.IdIndex.changed_since`), or all of them
+when it no longer knows which. The prequential evaluator maps each model's rows onto
+its catalogue with the same class.
 
 >>> from online_models.base import IdIndex
 >>> class M:
@@ -33,6 +36,20 @@ __all__ = ["RowMaps"]
 
 _EMPTY = np.zeros(0, np.int64)
 _EMPTY.flags.writeable = False
+
+
+def _our_rows(fresh: list[str | None], at: int, items: IdIndex) -> np.ndarray:
+    """Our rows of a component's new ``fresh`` ids (added to ``items``; -1 for None).
+
+    A component usually adds a batch's items in the order we did, so its new rows
+    continue ours from ``at`` (after the row its last mapped row went to): one list
+    comparison (by identity first) confirms that without looking each id up.
+    """
+    if items.ids[at:at + len(fresh)] == fresh:
+        return np.arange(at, at + len(fresh), dtype=np.int64)
+    if None in fresh:
+        return np.asarray([-1 if k is None else items.add(k) for k in fresh], np.int64)
+    return items.add_many(fresh)  # type: ignore[arg-type]  # no None here
 
 
 class RowMaps:
@@ -76,8 +93,7 @@ class RowMaps:
                     self._gens[c] = index.generation
             if start == len(ids) and start == len(old):
                 continue
-            new = np.asarray([-1 if k is None else items.add(k) for k in ids[start:]],
-                             np.int64)
+            new = _our_rows(ids[start:], int(old[start - 1]) + 1 if start else 0, items)
             if start == 0:
                 self.restore(c, new, index.generation)
             else:

@@ -439,7 +439,7 @@ def test_model_rows_map_to_the_catalog_whatever_order_models_add_them() -> None:
         ev._sync()
         for name, model in models.items():
             want = [-1 if i is None else ev.catalog.get(i) for i in model.items.ids]
-            assert ev._m2e[name].tolist() == want, name
+            assert ev._maps.rows(name).tolist() == want, name
     assert "x" in ev.catalog  # the content-only item is a known item ...
     assert out.n_eligible == 2  # ... so u3's click on it is evaluable, as u2's on c
 
@@ -490,4 +490,4 @@ def test_an_expiring_models_map_stays_exact_from_the_change_log_or_in_full(
         ev.process(Batch.from_columns(users, items, None, np.arange(8) + 8.0 * t))
         ev._sync()
         want = [-1 if i is None else ev.catalog.get(i) for i in model.items.ids]
-        assert ev._m2e["m"].tolist() == want
+        assert ev._maps.rows("m").tolist() == want
