@@ -22,16 +22,26 @@ It prints both rates, their ratio, and what the ``seqnn`` trainer learned during
 default trainer's run (from its ``/metrics``: events learned, its rate, and its lag at
 the end: the events of the topic it had not learned yet).
 
+Issue 9's bar is a ratio measured in one run: the trainer's rate against the in-memory
+learn rate of the same model mix. So each *alone* and *beside* run also learns the
+events in memory with fresh models of the default mix (``bench_train.learn_rate``), in
+the *beside* run while the same ``seqnn`` child is still learning (the two measurements
+of a round take turns in going first), and prints ``train / learn`` for both. That is
+the bar asked for "with it deployed": Kafka, decoding, evaluation and snapshots cost at
+most 20% of learning under the same load. The rate against *alone* says what the
+shared cores cost besides.
+
 Run (a local broker is started unless ``LIVEREC_KAFKA_BOOTSTRAP`` is set)::
 
     .venv/bin/python bench/bench_beside.py --events 100000 --users 20000 --items 20000 \\
-        --repeats 3 --nice 0 10 [--follow]
+        --repeats 3 --nice 0 10 [--follow] [--seqnn-args '' '--snapshot-every-s 10']
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import statistics
 import sys
 import tempfile
@@ -42,7 +52,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_train import add_stream_options, click_events, prefilled_topic, train_rate
+from bench_train import add_stream_options, click_events, learn_rate, prefilled_topic, train_rate
 
 from liverec.demo import ChildProcess, pick_port, scrape
 from liverec.runtime import configure_malloc
@@ -60,16 +70,20 @@ def learned(url: str) -> float:
     return got.sum("liverec_trainer_events_learned_total") if got is not None else 0.0
 
 
-def start_seqnn(kafka: KafkaSettings, root: Path, nice: int, tag: str
-                ) -> tuple[ChildProcess, str]:
-    """A ``seqnn`` trainer on the topic, its own group, snapshots in ``root/seqnn-{tag}``;
-    returns it and its metrics URL once it has learned its first events."""
+def start_seqnn(kafka: KafkaSettings, root: Path, nice: str, tag: str,
+                extra_args: list[str] | None = None) -> tuple[ChildProcess, str]:
+    """A ``seqnn`` trainer on the topic, its own group, snapshots in ``root/seqnn-{tag}``
+    (``extra_args``: more ``liverec train`` options); returns it and its metrics URL once
+    it has learned its first events."""
     port = pick_port(19_000 + int(uuid.uuid4().int % 1000))
     argv = [LIVEREC, "train", "--bootstrap", kafka.bootstrap, "--topic", kafka.topic,
             "--group", f"beside-seqnn-{tag}", "--snapshots", str(root / f"seqnn-{tag}"),
-            "--models", "seqnn", "--metrics-port", str(port), "--status-every-s", "5"]
-    if nice:
-        argv = ["nice", "-n", str(nice), *argv]
+            "--models", "seqnn", "--metrics-port", str(port), "--status-every-s", "5",
+            *(extra_args or [])]
+    if nice == "idle":  # the SCHED_IDLE policy: runs only where a core has nothing else
+        argv = ["chrt", "--idle", "0", *argv]
+    elif int(nice):
+        argv = ["nice", "-n", nice, *argv]
     child = ChildProcess("seqnn trainer", argv, root / f"seqnn-{tag}.log").start()
     url = f"http://127.0.0.1:{port}/metrics"
     deadline = time.monotonic() + 120
@@ -86,12 +100,16 @@ def main(argv: list[str] | None = None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_stream_options(ap)
     ap.add_argument("--repeats", type=int, default=3, help="rounds of alone / beside")
-    ap.add_argument("--nice", type=int, nargs="+", default=[0],
-                    help="niceness of the seqnn trainer, one 'beside' run per value")
+    ap.add_argument("--nice", nargs="+", default=["0"],
+                    help="niceness of the seqnn trainer, one 'beside' run per value; "
+                         "'idle': the SCHED_IDLE scheduling policy (chrt --idle 0)")
     ap.add_argument("--follow", action="store_true",
                     help="also a 'following' run per niceness: the default trainer follows "
                          "the seqnn trainer's snapshots and blends seqnn in its hybrid")
     ap.add_argument("--follow-every-s", type=float, default=5.0)
+    ap.add_argument("--seqnn-args", nargs="+", default=[""],
+                    help="more options of the seqnn trainer, one string per 'beside' run "
+                         "(e.g. '' '--snapshot-every-s 10')")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     configure_malloc("train")
@@ -102,38 +120,72 @@ def main(argv: list[str] | None = None) -> None:
         root = Path(tmp)
         print(f"{args.events} events, {args.users} users, {args.items} items, "
               f"batch {args.batch_size}; default models: {mix}")
-        print("| round | run | default trainer events/s | vs alone | seqnn trainer: "
-              "events learned meanwhile | its events/s | its lag at the end |")
-        print("|---|---|---:|---:|---:|---:|---:|")
-        ratios: dict[tuple[int, bool], list[float]] = {
-            (n, f): [] for n in args.nice for f in ([False, True] if args.follow else [False])}
+        print("| round | run | default trainer events/s | vs alone | in-memory learn "
+              "events/s | train / learn | seqnn trainer: events learned meanwhile | "
+              "its events/s | its lag at the end |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        variants = [(n, a, f) for n in args.nice for a in args.seqnn_args
+                    for f in ([False, True] if args.follow else [False])]
+        ratios: dict[tuple[str, str, bool], list[float]] = {v: [] for v in variants}
+        bars: dict[tuple[str, str] | None, list[float]] = {
+            None: [], **{(n, a): [] for n, a, f in variants if not f}}
         for r in range(1, args.repeats + 1):
-            alone, _ = train_rate(kafka, args.events, mix, args.batch_size, 1.0, root)
-            print(f"| {r} | alone | {alone:,.0f} | | | | |", flush=True)
-            for nice in args.nice:
-                for follow in ([False, True] if args.follow else [False]):
-                    ratio = _beside(kafka, root, args, r, alone, nice, follow)
-                    ratios[(nice, follow)].append(ratio)
-        for (nice, follow), rs in ratios.items():
+            first = r % 2 == 1  # the trainer goes first in odd rounds
+            if first:
+                alone, _ = train_rate(kafka, args.events, mix, args.batch_size, 1.0, root)
+            mem = learn_rate(events, mix, args.batch_size)
+            if not first:
+                alone, _ = train_rate(kafka, args.events, mix, args.batch_size, 1.0, root)
+            bars[None].append(alone / mem)
+            print(f"| {r} | alone | {alone:,.0f} | | {mem:,.0f} | {alone / mem:.2f} "
+                  "| | | |", flush=True)
+            for nice, extra, follow in variants:
+                ratio, bar = _beside(kafka, root, args, r, alone, nice, extra, follow,
+                                     None if follow else events, first)
+                ratios[(nice, extra, follow)].append(ratio)
+                if bar is not None:
+                    bars[(nice, extra)].append(bar)
+        for (nice, extra, follow), rs in ratios.items():
             what = "following" if follow else "beside"
-            print(f"median {what} / alone, seqnn at nice {nice}: {statistics.median(rs):.2f}")
+            print(f"median {what} / alone, {_seqnn(nice, extra)}: "
+                  f"{statistics.median(rs):.2f}")
+        for key, bs in bars.items():
+            what = "alone" if key is None else f"beside {_seqnn(*key)}"
+            print(f"train / learn {what}: median {statistics.median(bs):.2f} "
+                  f"({', '.join(f'{b:.2f}' for b in bs)}; {sum(b >= 0.8 for b in bs)} of "
+                  f"{len(bs)} >= 0.80)")
+
+
+def _seqnn(nice: str, extra: str) -> str:
+    how = "under SCHED_IDLE" if nice == "idle" else f"at nice {nice}"
+    return f"seqnn {how}" + (f" with {extra}" if extra else "")
 
 
 def _beside(kafka: KafkaSettings, root: Path, args: argparse.Namespace, r: int,
-            alone: float, nice: int, follow: bool) -> float:
-    """One run of the default trainer with a seqnn trainer beside it; its rate / alone."""
+            alone: float, nice: str, extra_args: str, follow: bool, events: list[Any] | None,
+            trainer_first: bool) -> tuple[float, float | None]:
+    """One run of the default trainer with a seqnn trainer beside it: its rate / alone,
+    and (given ``events``) its rate / the in-memory learn rate measured beside the same
+    seqnn trainer, before or after the trainer's run (``trainer_first``)."""
     tag = uuid.uuid4().hex[:8]
     more: dict[str, Any] = {}
     if follow:
         more = {"follow": {"seqnn": root / f"seqnn-{tag}"},
                 "follow_every_s": args.follow_every_s,
                 "model_params": {"hybrid": {"components": [*DEFAULT_COMPONENTS, "seqnn"]}}}
-    child, url = start_seqnn(kafka, root, nice, tag)
+    mix = TrainerSettings().models
+    mem: float | None = None
+    child, url = start_seqnn(kafka, root, nice, tag, shlex.split(extra_args))
     try:
+        if events is not None and not trainer_first:
+            mem = learn_rate(events, mix, args.batch_size)
         before, t0 = learned(url), time.monotonic()
-        rate, trainer = train_rate(kafka, args.events, TrainerSettings().models,
-                                   args.batch_size, 1.0, root, **more)
+        rate, trainer = train_rate(kafka, args.events, mix, args.batch_size, 1.0, root,
+                                   **more)
         after, t1 = learned(url), time.monotonic()
+        if events is not None and trainer_first:
+            mem = learn_rate(events, mix, args.batch_size)
+        end = learned(url)
     finally:
         child.stop()
     extra = ""
@@ -143,10 +195,12 @@ def _beside(kafka: KafkaSettings, root: Path, args: argparse.Namespace, r: int,
         weight = getattr(trainer.models["hybrid"], "weights", {}).get("seqnn", float("nan"))
         extra = f" (last version taken {versions:.0f}; hybrid weight on seqnn {weight:.2f})"
     what = "following" if follow else "beside"
-    print(f"| {r} | {what} seqnn (nice {nice}){extra} | {rate:,.0f} | {rate / alone:.2f} | "
-          f"{after - before:,.0f} | {(after - before) / (t1 - t0):,.0f} | "
-          f"{args.events - after:,.0f} |", flush=True)
-    return rate / alone
+    mem_cols = "| |" if mem is None else f"| {mem:,.0f} | {rate / mem:.2f} |"
+    # The seqnn trainer must still be learning when the last measurement ends.
+    print(f"| {r} | {what} {_seqnn(nice, extra_args)}{extra} | {rate:,.0f} | {rate / alone:.2f} "
+          f"{mem_cols} {after - before:,.0f} | {(after - before) / (t1 - t0):,.0f} | "
+          f"{args.events - end:,.0f} |", flush=True)
+    return rate / alone, None if mem is None else rate / mem
 
 
 if __name__ == "__main__":
