@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_stream_options(ap)
     ap.add_argument("--repeats", type=int, default=3, help="rounds of alone / beside")
-    ap.add_argument("--nice", nargs="+", default=["0"],
+    ap.add_argument("--nice", nargs="+", default=["0"], type=_niceness,
                     help="niceness of the seqnn trainer, one 'beside' run per value; "
                          "'idle': the SCHED_IDLE scheduling policy (chrt --idle 0)")
     ap.add_argument("--follow", action="store_true",
@@ -154,6 +154,17 @@ def main(argv: list[str] | None = None) -> None:
             print(f"train / learn {what}: median {statistics.median(bs):.2f} "
                   f"({', '.join(f'{b:.2f}' for b in bs)}; {sum(b >= 0.8 for b in bs)} of "
                   f"{len(bs)} >= 0.80)")
+
+
+def _niceness(value: str) -> str:
+    """``--nice``: an integer niceness, or ``idle``."""
+    if value != "idle":
+        try:
+            int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is neither a niceness (an integer) nor 'idle'") from None
+    return value
 
 
 def _seqnn(nice: str, extra: str) -> str:
