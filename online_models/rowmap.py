@@ -38,6 +38,13 @@ _EMPTY = np.zeros(0, np.int64)
 _EMPTY.flags.writeable = False
 
 
+def _look_up(keys: list[str | None], items: IdIndex) -> np.ndarray:
+    """Our rows of a component's ``keys`` (added to ``items``; -1 for a freed row)."""
+    if None in keys:
+        return np.asarray([-1 if k is None else items.add(k) for k in keys], np.int64)
+    return items.add_many(keys)  # type: ignore[arg-type]  # no None here
+
+
 def _our_rows(fresh: list[str | None], at: int, items: IdIndex) -> np.ndarray:
     """Our rows of a component's new ``fresh`` ids (added to ``items``; -1 for None).
 
@@ -47,9 +54,7 @@ def _our_rows(fresh: list[str | None], at: int, items: IdIndex) -> np.ndarray:
     """
     if items.ids[at:at + len(fresh)] == fresh:
         return np.arange(at, at + len(fresh), dtype=np.int64)
-    if None in fresh:
-        return np.asarray([-1 if k is None else items.add(k) for k in fresh], np.int64)
-    return items.add_many(fresh)  # type: ignore[arg-type]  # no None here
+    return _look_up(fresh, items)
 
 
 class RowMaps:
@@ -105,8 +110,7 @@ class RowMaps:
         if not rows:
             return
         where = np.fromiter(rows, np.int64, count=len(rows))
-        new = np.asarray([-1 if (k := ids[r]) is None else items.add(k) for r in where.tolist()],
-                         np.int64)
+        new = _look_up([ids[r] for r in where.tolist()], items)
         self._rows[component][where] = new
         if self._identity[component]:
             self._identity[component] = bool(np.array_equal(new, where))
