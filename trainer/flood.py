@@ -332,7 +332,7 @@ class FloodGuard:
             table.prune(self._latest, self.settings.max_keys)
 
     def to_arrays(self, prefix: str = "flood") -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {}
+        out: dict[str, np.ndarray] = {f"{prefix}.latest": np.array([self._latest], np.int64)}
         for name, table in self._tables().items():
             out.update(table.to_arrays(f"{prefix}.{name}"))
         return out
@@ -340,6 +340,11 @@ class FloodGuard:
     def load_arrays(self, arrays: Mapping[str, np.ndarray], prefix: str = "flood") -> None:
         for name, table in self._tables().items():
             table.load_arrays(arrays, f"{prefix}.{name}")
+        if f"{prefix}.latest" in arrays:
+            self._latest = int(arrays[f"{prefix}.latest"][0])
+        else:  # a snapshot from before the latest bucket was kept: its newest counted one
+            held = [b for t in self._tables().values() for b in t.buckets]
+            self._latest = max(held, default=self._latest)
 
     def _tables(self) -> dict[str, _Windowed]:
         return {"users": self._users, "pairs": self._pairs, "items": self._items,

@@ -219,6 +219,30 @@ def test_a_late_event_counts_in_its_own_window() -> None:
     assert g._all.estimate("", 5, 0.5) == 3.5
 
 
+def test_a_restored_guard_decides_late_events_as_the_crash_free_one() -> None:
+    # The latest window (what pruning follows) travels with the snapshot: a restored
+    # guard must not take a late event's window for the latest and keep counting it.
+    settings = FloodSettings(window_s=60, user_events=1, item_share=1.0)
+    live = FloodGuard(settings)
+    live.admit(["x"], ["i"], np.array([6000.0]))  # window 100
+    restored = FloodGuard(settings)
+    restored.load_arrays(live.to_arrays())
+    for g in (live, restored):
+        g.admit(["u"], ["j"], np.array([5770.0]))  # window 96: too late to be kept
+    kept = [g.admit(["u"], ["k"], np.array([5771.0]))[0].tolist() for g in (live, restored)]
+    assert kept == [[True], [True]]
+    assert restored._latest == live._latest == 100
+
+
+def test_a_snapshot_without_the_latest_window_takes_its_newest_bucket() -> None:
+    g = FloodGuard(FloodSettings(window_s=60, item_share=1.0))
+    g.admit(["x", "y"], ["i", "j"], np.array([120.0, 6000.0]))
+    old = {k: v for k, v in g.to_arrays().items() if k != "flood.latest"}
+    again = FloodGuard(FloodSettings(window_s=60, item_share=1.0))
+    again.load_arrays(old)
+    assert again._latest == 100
+
+
 def test_max_keys_drops_the_oldest_windows_keys_first() -> None:
     g = FloodGuard(FloodSettings(max_keys=1_000, item_share=1.0))
     users = [f"u{k}" for k in range(1_500)]
