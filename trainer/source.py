@@ -347,13 +347,17 @@ class BatchSource:
             self._drain_commits()
             self._space.wait(self.STOP_CHECK_S)
 
-    def _drain_commits(self) -> None:
+    def _take_commits(self) -> dict[Partition, int]:
+        """The queued commits, merged (later snapshots' offsets win)."""
         merged: dict[Partition, int] = {}
         while True:
             try:
                 merged.update(self._commits.get_nowait())
             except queue.Empty:
-                break
+                return merged
+
+    def _drain_commits(self) -> None:
+        merged = self._take_commits()
         if merged:
             self._commit_assigned(merged)
 
@@ -442,9 +446,15 @@ class BatchSource:
             return
         log.info("partitions %s revoked (%d queued batches dropped): checkpoint, then "
                  "commit", sorted(parts), len(dropped))
-        offsets = self.on_revoke(parts)
+        offsets = dict(self.on_revoke(parts) or {})
+        # Commits the learner queued before the revoke's snapshot (a background write
+        # that finished while the revoke waited for it) hold older offsets: committed
+        # after this one, once a partition is handed straight back, they would move the
+        # group's offset backwards. Durable offsets only grow, so the larger one wins.
+        for p, o in self._take_commits().items():
+            offsets[p] = max(o, offsets.get(p, o))
         if offsets:
-            to_commit = {p: o for p, o in offsets.items() if p in parts}
+            to_commit = {p: o for p, o in offsets.items() if p in parts or p in self.assigned}
             if to_commit and self.consumer is not None:
                 try:
                     self.consumer.commit(to_commit)

@@ -370,3 +370,39 @@ def test_a_partial_batch_is_not_held_back_once_the_stream_goes_quiet() -> None:
     assert got is not None
     assert got.first_offsets == {PART: tail} and got.offsets == {PART: len(VALUES)}
     assert len(got.columns) == 5
+
+
+class CommitLog:
+    """A consumer that only records its commits (and ignores seeks)."""
+
+    def __init__(self) -> None:
+        self.commits: list[dict[tuple[str, int], int]] = []
+
+    def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        self.commits.append(dict(offsets))
+
+    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        pass
+
+
+def test_a_commit_queued_before_the_revoke_does_not_move_the_group_offset_back() -> None:
+    # A background snapshot (offset 300) finishes while the revoke waits for it, so its
+    # commit is queued; the revoke's own snapshot holds 400. With the partition handed
+    # straight back, the queued 300 must not be committed after the 400.
+    holder: list[BatchSource] = []
+
+    def revoke(parts: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        holder[0].commit({PART: 300})  # the learner finishing the background write
+        return {PART: 400}
+
+    src = BatchSource(lambda **kw: None, batch_size=BATCH, max_wait_s=0.1, prefetch=2,
+                      limits=KAFKA.limits, weights=KAFKA.event_weights,
+                      on_assign=lambda parts: {PART: 400}, on_revoke=revoke)
+    holder.append(src)
+    log = CommitLog()
+    src.consumer = log  # type: ignore[assignment]
+    src.assigned = frozenset({PART})
+    src._revoked({PART})
+    src._assigned({PART})
+    src._drain_commits()  # the source thread, before its next poll
+    assert log.commits == [{PART: 400}]
