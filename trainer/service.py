@@ -15,8 +15,11 @@ columns ahead of learning. Per batch the learner
 Every ``snapshot_every_s`` seconds it copies its state and a background thread writes
 the snapshot (:mod:`trainer.checkpoint`); once durable, the snapshot's offsets are
 committed. Before partitions are revoked and on shutdown it checkpoints synchronously.
-On start it restores the newest valid snapshot and every partition it knows resumes
-at the snapshot's offsets, so after any crash the models equal a crash-free run's.
+On start it restores the newest valid snapshot and every partition of its first
+assignment that the snapshot knows resumes at the snapshot's offsets, so after any crash
+the models equal a crash-free run's. A partition the group gives it only later follows
+the group's commit (another member learned it meanwhile), as one revoked and given back
+later does.
 """
 
 from __future__ import annotations
@@ -160,6 +163,8 @@ class Trainer:
         self._revoke_parts: set[Partition] = set()
         #: offsets of the partitions the last revoke took away (see _serve_revoke)
         self._just_revoked: dict[Partition, int] = {}
+        #: no assignment yet since the start (see _on_assign)
+        self._first_assignment = True
         if settings.source == "process" and kafka.client != "confluent":
             raise ValueError("--source process reads with librdkafka: it needs client "
                              f"confluent, not {kafka.client}")
@@ -277,6 +282,15 @@ class Trainer:
         # this trainer's own offset (the one it just committed, unless that commit failed).
         back = {p: o for p, o in self._just_revoked.items() if p in parts}
         self._just_revoked = {}
+        if self._first_assignment:
+            # Partitions the restored snapshot knows but the group gave to another
+            # member are stale here as revoked ones are: should one come later, the
+            # other member will have learned on, and the group's commit decides.
+            self._first_assignment = False
+            for p in [p for p in self.offsets if p not in parts]:
+                log.info("%s is not assigned: it follows the group's commit if it "
+                         "comes back (not the snapshot's offset %d)", p, self.offsets[p])
+                del self.offsets[p]
         self.offsets.update(back)
         return {p: self.offsets[p] for p in parts if p in self.offsets}
 
@@ -294,7 +308,9 @@ class Trainer:
         if self._revoke_request.is_set():
             self._revoke_request.clear()
             written = self.checkpoint("revoke", wait=True)
-            self._revoke_offsets = written.offsets if written else None
+            # Nothing moved since a restore, or the write failed: the last durable
+            # snapshot's offsets (a restored trainer has no ``checkpointer.last``).
+            self._revoke_offsets = written.offsets if written else self._snap_offsets
             # The next owner resumes these partitions from the commit. Should one come
             # back here later, it resumes from the group's commit too: this trainer's
             # own offset would be stale by then (re-learning what another learned).

@@ -158,6 +158,41 @@ def test_a_partition_coming_back_later_resumes_from_the_group_commit(
     assert t._on_assign({p0}) == {}
 
 
+def test_a_revoke_right_after_a_restore_commits_the_snapshot_offsets(
+    settings: TrainerSettings,
+) -> None:
+    # Killed after its snapshot was durable but before the commit: the restarted
+    # trainer learns nothing before a rebalance moves p0 away. The revoke must still
+    # hand over the snapshot's offset, or the next owner re-learns what it holds.
+    p0 = ("clicks", 0)
+    first = Trainer(settings, KAFKA)
+    first.handle(_consumed(synthetic_events(300, seed=8), 0))
+    assert first.checkpoint("periodic", wait=True) is not None
+    first.checkpointer.close()
+    again = Trainer(settings, KAFKA)
+    assert again._on_assign({p0}) == {p0: 300}
+    assert _revoke(again, {p0}) == {p0: 300}
+
+
+def test_a_partition_assigned_only_after_the_start_follows_the_group_commit(
+    settings: TrainerSettings,
+) -> None:
+    # Restarted while another member holds p1: the snapshot's offset for p1 is stale
+    # by the time p1 comes here (that member learned on), as for a revoked partition.
+    p0, p1 = ("clicks", 0), ("clicks", 1)
+    first = Trainer(settings, KAFKA)
+    first.handle(_consumed(synthetic_events(300, seed=8), 0))
+    on_p1 = _consumed(synthetic_events(100, seed=9), 0)
+    first.handle(PolledBatch(on_p1.columns, offsets={p1: 100}, first_offsets={p1: 0},
+                             records=100))
+    assert first.checkpoint("periodic", wait=True) is not None
+    first.checkpointer.close()
+    again = Trainer(settings, KAFKA)
+    assert again.offsets == {p0: 300, p1: 100}
+    assert again._on_assign({p0}) == {p0: 300}
+    assert again._on_assign({p1}) == {}
+
+
 def test_a_failing_model_does_not_stop_the_others(settings: TrainerSettings) -> None:
     s = settings.model_copy(update={"models": "popularity,test-exploding"})
     t = Trainer(s, KAFKA)
