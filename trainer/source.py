@@ -144,10 +144,13 @@ class BatchSource:
         self.assigned: frozenset[Partition] = frozenset()
         #: per-partition lag, refreshed about once a second
         self.lag: dict[Partition, int] = {}
-        #: polls that failed, commits made, commits that failed (exported by the learner)
+        #: polls that failed, commits made, commits that failed, rejects the
+        #: dead-letter topic did not take (exported by the learner; counted here, so
+        #: that they survive a rebuilt consumer)
         self.errors = 0
         self.commits_total = 0
         self.commit_errors = 0
+        self.dlq_failures = 0
         self.error: BaseException | None = None
 
     # ------------------------------------------------------------------ learner side
@@ -315,7 +318,11 @@ class BatchSource:
         if fresh:
             assert self.consumer is not None
             # Bounded retries inside; a record it cannot write is counted and skipped.
-            self.consumer.dead_letter(fresh)
+            failed_before = self.consumer.dlq_failures_total
+            try:
+                self.consumer.dead_letter(fresh)
+            finally:
+                self.dlq_failures += self.consumer.dlq_failures_total - failed_before
             for _, topic, partition, offset in fresh:
                 marks[topic, partition] = max(offset + 1, marks.get((topic, partition), 0))
 

@@ -33,6 +33,7 @@ class RacyConsumer:
         self.on_assign, self.on_revoke = on_assign, on_revoke
         self.values = VALUES
         self.dead_lettered: list[int] = []  # offsets of rejects sent to the DLQ
+        self.dlq_failures_total = 0  # rejects the DLQ did not take (none here)
         self.position = 0
         self.polls = 0
         self.parts: set[tuple[str, int]] = set()

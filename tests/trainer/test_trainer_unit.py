@@ -4,6 +4,7 @@ drift adaptation, snapshot + restore (consumed batches are built by hand)."""
 from __future__ import annotations
 
 import threading
+import types
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from stream.events import ClickEvent, Rejected, encode
 from stream.settings import KafkaSettings
 from tests.trainer.helpers import synthetic_events
 from trainer import DedupWindow, Trainer, TrainerResult, TrainerSettings
-from trainer.source import PolledBatch
+from trainer.source import BatchSource, PolledBatch
 
 KAFKA = KafkaSettings(topic="clicks")
 
@@ -191,6 +192,43 @@ def test_a_partition_assigned_only_after_the_start_follows_the_group_commit(
     assert again.offsets == {p0: 300, p1: 100}
     assert again._on_assign({p0}) == {p0: 300}
     assert again._on_assign({p1}) == {}
+
+
+def test_lag_of_a_revoked_partition_goes_and_dlq_failures_survive_a_new_consumer(
+    settings: TrainerSettings,
+) -> None:
+    t = Trainer(settings, KAFKA)
+    p0, p3 = ("clicks", 0), ("clicks", 3)
+    src = BatchSource(lambda **kw: None, batch_size=10, max_wait_s=0.1, prefetch=2,
+                      limits=KAFKA.limits, weights=KAFKA.event_weights,
+                      on_assign=t._on_assign, on_revoke=lambda parts: None)
+    t.source = src
+    t._on_assign({p0, p3})
+    src.assigned, src.lag = frozenset({p0, p3}), {p0: 10, p3: 5000}
+    src.consumer = types.SimpleNamespace(  # type: ignore[assignment]
+        dlq_failures_total=0, dead_letter=lambda fresh: None)
+    rejects = [(Rejected(b"x", "not_json", "bad"), "clicks", 0, k) for k in range(5)]
+
+    def failing(fresh: list[Any]) -> None:
+        src.consumer.dlq_failures_total += len(fresh)  # type: ignore[union-attr]
+
+    src.consumer.dead_letter = failing  # type: ignore[union-attr]
+    src._dead_letter(rejects)
+    t._update_gauges()
+    lag = "liverec_trainer_consumer_lag_messages"
+    assert _sample(t, lag, {"topic": "clicks", "partition": "3"}) == 5000
+    # p3 moves to another member (the source's lag lags a second behind), and the
+    # source thread rebuilds its consumer, whose own count starts again at 0.
+    src.assigned = frozenset({p0})
+    src.consumer = types.SimpleNamespace(  # type: ignore[assignment]
+        dlq_failures_total=0, dead_letter=failing)
+    src._dead_letter([(Rejected(b"x", "not_json", "bad"), "clicks", 0, k)
+                      for k in range(5, 8)])
+    t._update_gauges()
+    assert t.metrics.registry.get_sample_value(
+        lag, {"topic": "clicks", "partition": "3"}) is None
+    assert _sample(t, lag, {"topic": "clicks", "partition": "0"}) == 10
+    assert _sample(t, "liverec_trainer_dlq_failures_total", {}) == 8
 
 
 def test_a_failing_model_does_not_stop_the_others(settings: TrainerSettings) -> None:
