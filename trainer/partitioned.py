@@ -64,6 +64,7 @@ drift do not run in this mode.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -389,6 +390,8 @@ class ScaleOutTrainer:
             for model in self.models.values():
                 model.forget_users(sorted(st.users))
             self.metrics.partition_owned.labels(topic=self.topic, partition=str(p)).set(0)
+            with contextlib.suppress(KeyError):  # its new owner exports its lag now
+                self.metrics.consumer_lag.remove(self.topic, str(p))
             log.info("partition %d revoked at offset %s", p, st.offset)
 
     # ------------------------------------------------------------------ loop
@@ -740,6 +743,22 @@ class ScaleOutTrainer:
         except OSError:
             log.warning("partition %d heartbeat failed", p, exc_info=True)
 
+    def _export_lag(self) -> None:
+        """Records not yet read of each owned partition (end offset - position), as
+        the single trainer exports them; a position not known yet is left out."""
+        if self.consumer is None or not self.parts:
+            return
+        owned = [(self.topic, p) for p in sorted(self.parts)]
+        try:
+            ends = self.consumer.end_offsets(owned)
+            for part in owned:
+                pos = self.consumer.position(part)
+                if pos is not None:
+                    self.metrics.consumer_lag.labels(topic=part[0], partition=str(part[1])
+                                                     ).set(max(0, ends[part] - pos))
+        except Exception:
+            log.debug("consumer lag not available", exc_info=True)
+
     def checkpoint(self, force: bool = False) -> None:
         """Partition snapshots (those that moved) every ``snapshot_every_s``; while
         folding, the update lag every ``merge_every_s`` and, once the update topic was
@@ -758,6 +777,7 @@ class ScaleOutTrainer:
             if st.offset != st.snapshot_offset:
                 self._write_partition(st)
             self._heartbeat(st.partition)
+        self._export_lag()
         if not self._folding or (
                 not force and time.time() - self._last_merge < self.settings.merge_every_s):
             return

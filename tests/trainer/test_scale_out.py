@@ -356,3 +356,30 @@ def test_models_without_deltas_are_refused(tmp_path: Path) -> None:
     s = TrainerSettings(models="popularity,embedding", scale_out=True, snapshots=tmp_path)
     with pytest.raises(ValueError, match="embedding cannot learn in scale-out mode"):
         ScaleOutTrainer(s, KafkaSettings(bootstrap="localhost:1", topic="t"))
+
+
+def test_the_lag_of_owned_partitions_is_exported_and_goes_with_them(tmp_path: Path) -> None:
+    s = TrainerSettings(models="popularity", scale_out=True, snapshots=tmp_path,
+                        metrics_port=-1)
+    t = ScaleOutTrainer(s, KafkaSettings(bootstrap="localhost:1", topic="t"))
+    positions = {("t", 0): 40, ("t", 1): None}  # p1: nothing read yet
+
+    class Positions:
+        def end_offsets(self, parts: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+            return {p: 100 for p in parts}
+
+        def position(self, part: tuple[str, int]) -> int | None:
+            return positions[part]
+
+    t.consumer = Positions()  # type: ignore[assignment]
+    t.parts = {0: t._fresh_state(0), 1: t._fresh_state(1)}
+    t._export_lag()
+
+    def lag(p: int) -> float | None:
+        return t.metrics.registry.get_sample_value(
+            "liverec_trainer_consumer_lag_messages", {"topic": "t", "partition": str(p)})
+
+    assert lag(0) == 60 and lag(1) is None
+    t._closing = True  # no transaction to settle here
+    t._on_revoke({("t", 0)})
+    assert lag(0) is None
