@@ -6,6 +6,9 @@ new generation after each rebalance hook or rewind; frames of an older generatio
 are dropped. The offsets sent are explicit wherever a batch was accepted: frames read
 before a command are dropped, so they must be read again. Lag is the high watermark
 minus the offset after the last accepted frame (the paused consumer does not move).
+The reader sends an empty message every second it has nothing else to send; a reader
+silent for :attr:`ChildReader.silence_s` (stopped, deadlocked, stuck mid-frame) counts
+as dead, as one that exited does.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ class ChildReader:
     committed offsets (it never commits; a partition without one starts at
     ``auto_offset_reset``), and hand out its :class:`Frame` s."""
 
+    #: seconds without any message (frame or heartbeat) after which :meth:`read`
+    #: gives the reader up for hung
+    silence_s = 15.0
+
     def __init__(self, settings: KafkaSettings, group: str, *, batch_size: int,
                  max_wait_s: float, limits: Limits, weights: Mapping[str, float],
                  client_id: str = "liverec-reader", auto_offset_reset: str = "earliest"
@@ -66,6 +73,8 @@ class ChildReader:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._in, self._out = self.proc.stdin, self.proc.stdout.fileno()
         write_message(self._in, json.dumps(self._config).encode())
+        #: when the reader last sent anything (its start counts)
+        self._heard = time.monotonic()
 
     @property
     def stopping(self) -> bool:
@@ -81,13 +90,29 @@ class ChildReader:
              "offsets": {str(p): o for p, o in offsets.items()}}).encode())
 
     def read(self, timeout_s: float) -> Frame | None:
-        """The next frame, or None when none came within ``timeout_s``."""
-        if not select.select([self._out], [], [], timeout_s)[0]:
-            return None
-        body = read_message(self._out)
-        if body is None:
-            raise EOFError(f"the reader process ended (exit code {self.proc.poll()})")
-        return decode_frame(body)
+        """The next frame, or None when none came within ``timeout_s``.
+
+        Raises :class:`EOFError` when the reader ended and :class:`TimeoutError` when
+        it sent nothing, not even a heartbeat, for :attr:`silence_s` (a message
+        begun and not finished within that time too).
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            wait = max(0.0, deadline - time.monotonic())
+            if not select.select([self._out], [], [], wait)[0]:
+                silent = time.monotonic() - self._heard
+                if silent > self.silence_s:
+                    raise TimeoutError(f"the reader process (pid {self.proc.pid}) sent "
+                                       f"nothing for {silent:.0f} s")
+                return None
+            body = read_message(self._out, timeout_s=self.silence_s)
+            if body is None:
+                raise EOFError(f"the reader process ended (exit code {self.proc.poll()})")
+            self._heard = time.monotonic()
+            if body:
+                return decode_frame(body)
+            if time.monotonic() >= deadline:  # a heartbeat
+                return None
 
     def request_stop(self) -> None:
         """Ask the reader to stop (its input closes); :meth:`stop` waits for it."""

@@ -20,7 +20,9 @@ Protocol (every message is a 4-byte little-endian length, then the body):
   complete assignment, each partition read from its offset (null: the group's
   committed offset), also one read already -- and ``{"op": "stop"}``.
   End of input (the parent died) stops the child too.
-* child -> parent (stdout): one frame per polled batch, see :func:`encode_frame`.
+* child -> parent (stdout): one frame per polled batch, see :func:`encode_frame`,
+  and an empty message whenever nothing was sent for :data:`HEARTBEAT_S` (so that the
+  parent tells an idle reader from a hung one).
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ __all__ = ["Frame", "decode_frame", "encode_frame", "read_message", "usable", "w
 log = logging.getLogger("liverec.reader")
 
 _LEN = struct.Struct("<I")
+#: seconds without a frame after which the reader sends an empty message
+HEARTBEAT_S = 1.0
 SEP = "\x1f"  # not printable: never inside a valid id (decode rejects it)
 
 
@@ -58,9 +62,12 @@ def write_message(out: IO[bytes], body: bytes) -> None:
     out.flush()
 
 
-def _read_exactly(fd: int, n: int) -> bytes | None:
+def _read_exactly(fd: int, n: int, deadline: float | None = None) -> bytes | None:
     parts, left = [], n
     while left:
+        if deadline is not None and not select.select(
+                [fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            raise TimeoutError(f"a message stalled with {left} of {n} bytes unread")
         chunk = os.read(fd, left)
         if not chunk:
             return None
@@ -69,13 +76,15 @@ def _read_exactly(fd: int, n: int) -> bytes | None:
     return b"".join(parts)
 
 
-def read_message(fd: int) -> bytes | None:
+def read_message(fd: int, timeout_s: float | None = None) -> bytes | None:
     """The next message from file descriptor ``fd`` (unbuffered, so that ``select``
-    on it tells the truth), or None at the end of input."""
-    head = _read_exactly(fd, 4)
+    on it tells the truth), or None at the end of input. With ``timeout_s``, a
+    message that does not arrive whole within it raises :class:`TimeoutError`."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    head = _read_exactly(fd, 4, deadline)
     if head is None:
         return None
-    return _read_exactly(fd, _LEN.unpack(head)[0])
+    return _read_exactly(fd, _LEN.unpack(head)[0], deadline)
 
 
 @dataclass(slots=True)
@@ -188,8 +197,12 @@ class _Reader:
                 [m.value() for m in msgs])
 
     def run(self, inp: int, out: IO[bytes]) -> None:
+        sent = time.monotonic()
         try:
             while True:
+                if time.monotonic() - sent >= HEARTBEAT_S:
+                    write_message(out, b"")  # alive, nothing to send
+                    sent = time.monotonic()
                 while select.select([inp], [], [], 0)[0]:
                     body = read_message(inp)
                     if body is None:
@@ -208,6 +221,7 @@ class _Reader:
                 cols, rejects = decode_columns(values, limits=self.limits,
                                                weights=self.weights)
                 write_message(out, encode_frame(self.gen, parts, offs, cols, rejects))
+                sent = time.monotonic()
         finally:
             self.consumer.close()
 

@@ -62,7 +62,9 @@ class ProcessBatchSource(BatchSource):
         return reader
 
     def _reader_died(self, why: BaseException) -> None:
-        """A reader that died (killed, out of memory) is replaced: the new one reads
+        """A reader that died (killed, out of memory) or hung (silent for
+        :attr:`ChildReader.silence_s`: stopped, deadlocked) is replaced (a hung one is
+        killed after a second): the new one reads
         from the offsets after the last batch accepted, so frames lost in the old
         one's pipe are read again and none twice. One that cannot start at all is
         tried again ever less often, up to every 30 s; meanwhile this thread goes on
@@ -93,7 +95,7 @@ class ProcessBatchSource(BatchSource):
             self._sync_reader()
         try:
             frame = self._reader.read(self.STOP_CHECK_S)
-        except EOFError as exc:
+        except (EOFError, TimeoutError) as exc:  # ended, or hung
             if self._reader.stopping:  # told to stop (shutdown): it did
                 self._stop.wait(0.05)
             else:

@@ -4,6 +4,7 @@ nothing lost or learned twice."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -60,3 +61,40 @@ def test_a_killed_reader_process_is_replaced_and_nothing_is_lost(
     finally:
         if proc.proc.poll() is None:
             proc.kill()
+
+
+def test_a_hung_reader_process_is_replaced_and_nothing_is_lost(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    # A stopped reader (SIGSTOP: what a deadlock looks like from outside) sends no
+    # heartbeat: after ChildReader.silence_s (15 s) the trainer kills it and starts
+    # another, which reads on from the last accepted batch.
+    topic = new_topic(partitions=2)
+    events = synthetic_events(4000, seed=12)
+    produce_events(kafka_bootstrap, topic, events[:2000])
+    proc = TrainerProcess(
+        ["--bootstrap", kafka_bootstrap, "--topic", topic, "--group", f"g-{topic}",
+         "--snapshots", str(tmp_path / "snaps"), "--metrics-port", "0",
+         "--models", "popularity", "--source", "process", "--max-seconds", "300",
+         "--status-every-s", "1"],
+        tmp_path / "train.log")
+    try:
+        port = proc.metrics_port()
+        learned = ("liverec_trainer_events_learned_since_start", ())
+        wait_for(lambda: scrape(port).get(learned) == 2000, 120, "the first half learned")
+        first = re.findall(r"child process \(pid (\d+)\)", proc.log_text())
+        assert len(first) == 1, proc.log_text()[-2000:]
+        os.kill(int(first[0]), signal.SIGSTOP)
+        produce_events(kafka_bootstrap, topic, events[2000:])
+        wait_for(lambda: "sent nothing for" in proc.log_text(), 60, "the hung reader noticed")
+        samples = wait_for(lambda: (s := scrape(port)).get(learned) == 4000 and s, 120,
+                           "the second half learned")
+        dropped = ("liverec_trainer_duplicates_dropped_total", (("topic", topic),))
+        assert samples.get(dropped, 0) == 0  # nothing read twice
+        assert proc.terminate() == 0
+    finally:
+        if proc.proc.poll() is None:
+            proc.kill()
+        for pid in re.findall(r"child process \(pid (\d+)\)", proc.log_text()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
