@@ -377,12 +377,16 @@ class OnlineModel(ABC):
         kept. Raises ``KeyError`` for any other parameter and ``ValueError`` for a
         value that is not a positive finite number.
         """
+        setattr(self, name, self._checked_param(name, value))
+
+    def _checked_param(self, name: str, value: float) -> float:
+        """``value`` as :meth:`set_param` would set it, or its ``KeyError``/``ValueError``."""
         if name not in self.adaptable:
             raise KeyError(f"{type(self).__name__} has no adaptable parameter {name!r}")
         v = float(value)
         if not np.isfinite(v) or v <= 0:
             raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-        setattr(self, name, v)
+        return v
 
     def shared_components(self) -> Mapping[str, OnlineModel]:
         """Other models this one reads but does not learn (a bound hybrid's components).

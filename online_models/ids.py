@@ -63,7 +63,9 @@ class IdIndex:
 
     def __init__(self, ids: Iterable[str] = ()) -> None:
         self._ids: list[str | None] = []
-        self._free: list[int] = []
+        # Freed rows, the next to reuse last (snapshots keep this order: a restored
+        # index must give new ids the rows the live one would)
+        self._free = array("q")
         self._n = 0
         self._used = 0  # slots that are not _EMPTY (live rows + tombstones)
         self._slots = array("i", [self._EMPTY]) * 8
@@ -280,11 +282,26 @@ class IdIndex:
             return np.ones(len(self._ids), bool)
         return np.fromiter((k is not None for k in self._ids), dtype=bool, count=len(self._ids))
 
-    # State: the row order is the state (freed rows stored as empty strings).
+    # State: the ids in row order (freed rows packed as empty strings) and the freed
+    # rows in the order they are reused (``{prefix}.free``: which rows are freed, so
+    # that "" may be an id, and which a new id gets next).
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        """The ids in row order, packed; only rows added since the last call are packed
-        anew, and rows freed or reused since are spliced into the last packing (a
-        trainer bounding its users frees rows between every two snapshots)."""
+        """The ids in row order, packed, and the free rows (int64, the next to reuse
+        last); only rows added since the last call are packed anew, and rows freed or
+        reused since are spliced into the last packing (a trainer bounding its users
+        frees rows between every two snapshots).
+
+        >>> idx = IdIndex(["a", "", "b", "c"])
+        >>> _ = idx.remove("a"), idx.remove("c")
+        >>> arrays = idx.to_arrays("x")
+        >>> arrays["x.free"].tolist()
+        [0, 3]
+        >>> restored = IdIndex.from_arrays(arrays, "x")
+        >>> restored.ids
+        [None, '', 'b', None]
+        >>> restored.add("d"), restored.add("e"), idx.add("d"), idx.add("e")
+        (3, 0, 3, 0)
+        """
         data, ends = self._packed or (np.zeros(0, np.uint8), np.zeros(0, np.int64))
         dirty, self._dirty = sorted(r for r in self._dirty if r < len(ends)), set()
         if len(dirty) > len(ends) // 8:  # many rows changed: pack it all again
@@ -293,7 +310,8 @@ class IdIndex:
             data, ends = self._splice(data, ends, dirty)
         data, ends = self._packed = append_packed(
             (data, ends), ["" if k is None else k for k in self._ids[len(ends):]])
-        return {f"{prefix}.data": data, f"{prefix}.offsets": ends}
+        free = np.frombuffer(self._free, np.int64).copy() if self._free else np.zeros(0, np.int64)
+        return {f"{prefix}.data": data, f"{prefix}.offsets": ends, f"{prefix}.free": free}
 
     def _splice(self, data: np.ndarray, ends: np.ndarray, rows: list[int]
                 ) -> tuple[np.ndarray, np.ndarray]:
@@ -314,22 +332,35 @@ class IdIndex:
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str) -> IdIndex:
-        keys = unpack_strings(arrays[f"{prefix}.data"], arrays[f"{prefix}.offsets"])
+        """The index :meth:`to_arrays` packed: the same ids in the same rows, the same
+        rows free, reused in the same order.
+
+        Snapshots from before ``{prefix}.free`` was written mark a freed row only by
+        an empty string, and their order of reuse is lost: those load with every ""
+        freed, the lowest reused first.
+        """
+        keys: list[str | None] = unpack_strings(  # type: ignore[assignment]
+            arrays[f"{prefix}.data"], arrays[f"{prefix}.offsets"])
         idx = cls()
-        for row, key in enumerate(keys):
-            if key == "":
-                idx._ids.append(None)
-                idx._free.append(row)
-            else:
-                idx._ids.append(key)
-        idx._n = len(idx._ids) - len(idx._free)
+        free = arrays.get(f"{prefix}.free")
+        if free is None:  # an older snapshot
+            rows = [r for r, k in enumerate(keys) if k == ""]
+            rows.reverse()
+        else:
+            given = np.asarray(free, np.int64)
+            if len(np.unique(given)) != len(given) or (
+                    len(given) and not 0 <= given.min() <= given.max() < len(keys)):
+                raise ValueError(f"{prefix}.free must list distinct rows of {prefix}")
+            rows = given.tolist()
+        for r in rows:
+            keys[r] = None
+        idx._ids = keys
+        idx._free = array("q", rows)
+        idx._n = len(keys) - len(rows)
         size = 8
         while 3 * (idx._n + 1) > size:
             size *= 2
         idx._rehash(size)
-        # Reuse lowest freed rows first, as the live index would have (LIFO of frees
-        # is not recoverable; any order is valid since rows are only reused).
-        idx._free.reverse()
         return idx
 
 

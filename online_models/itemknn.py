@@ -332,6 +332,29 @@ class CoOccurrenceModel(OnlineModel):
             return np.ones_like(t)
         return np.exp2((t - self._t0) / self.half_life_seconds)
 
+    def _rebase(self) -> None:
+        """Move the landmark to the watermark (``None`` before any event): all mass
+        becomes mass decayed to the watermark under the current half-life."""
+        f = self._to_watermark()
+        if f != 1.0:
+            self._pairs.scale(f)
+            self._counts *= f
+        self._t0 = float(self._watermark) if np.isfinite(self._watermark) else None
+
+    def set_param(self, name: str, value: float) -> None:
+        """Set an adaptable hyperparameter; a new half-life applies from the watermark on.
+
+        Mass is stored forward-decayed under the current half-life relative to a
+        landmark that may lie many half-lives back, so it is first brought to the
+        watermark under the old half-life (which becomes the landmark): the state at
+        the watermark is unchanged, and the new half-life decays it from there,
+        exactly as in a model restored from a snapshot taken before the change.
+        """
+        v = self._checked_param(name, value)
+        if name == "half_life_seconds":
+            self._rebase()
+        super().set_param(name, v)
+
     def _rescale_steps(self, t_max: float) -> float:
         """Half-lives the landmark moves on for ``t_max`` (0: none; see below)."""
         hl = self.half_life_seconds

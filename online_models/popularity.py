@@ -140,6 +140,37 @@ class Popularity(OnlineModel):
     def load_user_state(self, arrays: Mapping[str, np.ndarray]) -> None:
         self.users.add_many(unpack_strings(arrays["users.data"], arrays["users.offsets"]))
 
+    def set_param(self, name: str, value: float) -> None:
+        """Set an adaptable hyperparameter; a new half-life applies from the watermark on.
+
+        The stored mass is forward-decayed under the current half-life relative to a
+        landmark that may lie many half-lives back, so it is first brought to the
+        watermark under the old half-life (which becomes the landmark): the counts at
+        the watermark are unchanged, and the new half-life decays them from there,
+        exactly as in a model restored from a snapshot taken before the change.
+
+        >>> m = Popularity(half_life_seconds=10.0)
+        >>> m.learn(Batch.from_columns(["u", "u"], ["old", "new"], None, [0, 20]))
+        >>> m.set_param("half_life_seconds", 5.0)
+        >>> m.popularity("old")
+        0.25
+        >>> m.learn(Batch.from_columns(["u"], ["new"], None, [30]))
+        >>> m.popularity("old"), m.popularity("new")
+        (0.0625, 1.25)
+        """
+        v = self._checked_param(name, value)
+        if name == "half_life_seconds":
+            self._rebase()
+        super().set_param(name, v)
+
+    def _rebase(self) -> None:
+        """Move the landmark to the watermark (``None`` before any event): the mass
+        becomes the counts decayed to the watermark under the current half-life
+        (plain counts without one)."""
+        cap = self.items.capacity
+        self._mass[:cap] = self._decayed()
+        self._t0 = float(self._watermark) if np.isfinite(self._watermark) else None
+
     def _decayed(self) -> np.ndarray:
         """Counts decayed to the watermark (the latest event time seen)."""
         mass = self._mass[: self.items.capacity]

@@ -159,13 +159,17 @@ class _RiverMF(OnlineModel):
         return out.astype(np.float32)
 
     def set_param(self, name: str, value: float) -> None:
-        """Also moves the step size of river's optimisers (built with the old rate)."""
+        """Also moves the step size of river's optimisers (built with the old rate).
+
+        River reads an optimiser's ``lr`` as a schedule (``lr.get(step)``), so the new
+        rate goes in as a constant one, as river's constructor wraps a number.
+        """
         super().set_param(name, value)
         if name == "learning_rate":
             for attr in self._optimizer_attrs:
                 opt = getattr(self.river, attr, None)
                 if opt is not None and hasattr(opt, "lr"):
-                    opt.lr = float(value)
+                    opt.lr = optim.schedulers.Constant(float(value))
 
     def similar(self, item: str, k: int = 10) -> list[tuple[str, float]]:
         row = self.items.get(item)

@@ -141,14 +141,7 @@ class UserKNN(OnlineModel):
             if items is None:
                 items = user_items[u] = {}
             entry = items.pop(i, None)
-            if entry is None:
-                entry = complex(t, w)
-            else:
-                # Bring the old weight to this event's time before adding.
-                t_old = entry.real
-                old = entry.imag * (0.5 ** ((t - t_old) / hl) if hl else 1.0)
-                entry = complex(max(t, t_old), old + w)
-            items[i] = entry
+            items[i] = complex(t, w) if entry is None else _merged(entry, t, w, hl)
             if len(items) > max_ui:
                 gone = next(iter(items))
                 del items[gone]
@@ -443,6 +436,26 @@ class _Stored:
         ptr = np.concatenate(([0], np.cumsum(lengths)))
         idx = np.repeat(self.ptr[:-1][pos] - ptr[:-1], lengths) + np.arange(int(ptr[-1]))
         return ptr, self.items[idx], self.weights[idx], self.decay[idx]
+
+
+def _merged(entry: complex, t: float, w: float, hl: float | None) -> complex:
+    """A stored ``time + 1j * weight`` entry with an event ``(t, w)`` of the same item
+    added: the older of the two weights decays to the later time, which is kept.
+
+    Only ever a factor ``<= 1``: a late event (``t`` before the entry's time) adds its
+    weight decayed, however late (no overflow, the stored weight is not inflated).
+
+    >>> _merged(complex(10.0, 1.0), 20.0, 1.0, 10.0)  # the stored weight decays
+    (20+1.5j)
+    >>> _merged(complex(20.0, 1.0), 10.0, 1.0, 10.0)  # the late event's weight decays
+    (20+1.5j)
+    >>> _merged(complex(1.7e9, 1.0), 0.0, 1.0, 86_400.0)  # 54 years late
+    (1700000000+1j)
+    """
+    t_old, w_old = entry.real, entry.imag
+    if t >= t_old:
+        return complex(t, w_old * (0.5 ** ((t - t_old) / hl) if hl else 1.0) + w)
+    return complex(t_old, w_old + w * (0.5 ** ((t_old - t) / hl) if hl else 1.0))
 
 
 def _groups(owner: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -303,6 +303,29 @@ def test_adaptable_params_are_declared_and_settable(name: str, fitted: OnlineMod
     assert set(declared) == expected[name]
 
 
+def test_a_model_restored_before_an_adaptation_stays_in_step(
+    name: str, small_batches: list[Batch], small_stream: Dataset
+) -> None:
+    """Drift adaptation changes parameters in place (:meth:`set_param`) and restores
+    them later: a model restored from a snapshot taken before it, given the same
+    changes and batches, recommends as the live one does (a half-life change must not
+    re-decay mass stored against an old landmark)."""
+    live = learn_all(make_model(name), small_batches[:6])
+    restored = registry.from_state(live.get_state())
+    span = float(small_batches[5].timestamps.max() - small_batches[0].timestamps.min())
+    changed = {p: (span / 8 if kind == "half_life" else getattr(live, p) * 2.0)
+               for p, kind in live.adaptable_params().items()}
+    originals = {p: getattr(live, p) for p in changed}
+    for model in (live, restored):
+        for p, value in changed.items():
+            model.set_param(p, value)
+        learn_all(model, small_batches[6:9])
+        for p, value in originals.items():
+            model.set_param(p, value)
+        learn_all(model, small_batches[9:])
+    _assert_same_recs(_recs(live, small_stream), _recs(restored, small_stream))
+
+
 def test_forgotten_users_leave_and_the_model_goes_on(
     name: str, fitted: OnlineModel, small_batches: list[Batch], small_stream: Dataset
 ) -> None:

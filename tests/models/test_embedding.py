@@ -124,6 +124,28 @@ def test_state_round_trip_is_exact_and_training_continues_identically() -> None:
     assert np.array_equal(m.click_proba("b1", ["B1", "A1"]), r.click_proba("b1", ["B1", "A1"]))
 
 
+def test_a_restored_model_reuses_freed_rows_in_the_live_order() -> None:
+    # Expiry frees item and user rows; forget_users frees more user rows. New ids get
+    # rows (and row-drawn initial vectors) in the order they were freed: a model
+    # restored in between must give them the rows the live one does.
+    data = planted(3000)
+    m = EmbeddingModel(dim=8, expiry_seconds=300.0, seed=2)
+    learn_all(m, data[:1500])
+    m.learn(Batch.from_columns(["late"] * 4, ["X1", "X2", "X3", "X4"],
+                               timestamps=[1900.0, 1901.0, 1902.0, 1903.0]))  # expires most
+    m.forget_users(["late"])
+    assert m.items.capacity > len(m.items) and m.users.capacity > len(m.users)
+    r = EmbeddingModel.from_state(m.get_state())
+    for model in (m, r):
+        learn_all(model, data[1500:])
+    assert r.items.ids == m.items.ids and r.users.ids == m.users.ids
+    for user in ("a1", "b3", "a7"):
+        assert np.array_equal(m.score_all(user), r.score_all(user))
+    got, want = r.get_state().arrays, m.get_state().arrays
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
 def test_same_seed_same_model() -> None:
     data = planted(1500)
     a, b = EmbeddingModel(dim=8, seed=4), EmbeddingModel(dim=8, seed=4)

@@ -40,12 +40,12 @@ def test_id_index_agrees_with_a_dict(script: list[tuple[str, list[str]]], cache:
             data, ends = pack_strings(["" if k is None else k for k in index.ids])
             np.testing.assert_array_equal(got["x.data"], data)
             np.testing.assert_array_equal(got["x.offsets"], ends)
-        elif op == "restore" and "" not in model:  # "" marks a freed row in a snapshot
+            assert got["x.free"].dtype == np.int64 and got["x.free"].tolist() == free
+        elif op == "restore":  # the same ids ("" too), free rows reused in the same order
             restored = IdIndex.from_arrays(index.to_arrays("x"), "x")
             restored.CACHE_IDS = cache
             assert restored.ids == index.ids
-            index, free = restored, sorted(r for r, k in enumerate(index.ids) if k is None)
-            free.reverse()  # from_arrays reuses the lowest freed rows first
+            index = restored
         elif op == "remove":
             for k in keys:
                 if k in model:
@@ -76,6 +76,38 @@ def test_a_restored_index_reusing_a_freed_row_packs_it_anew() -> None:
     data, ends = pack_strings(["a", "d", "c"])
     np.testing.assert_array_equal(got["x.data"], data)
     np.testing.assert_array_equal(got["x.offsets"], ends)
+
+
+def test_a_restored_index_reuses_freed_rows_in_the_live_order() -> None:
+    # Models draw a row's initial vector from the row (BPR, embedding, seqnn): a
+    # restored index must hand new ids the rows the live one does.
+    live = IdIndex([f"u{i}" for i in range(8)])
+    for k in ("u2", "u6", "u1", "u5"):
+        live.remove(k)
+    restored = IdIndex.from_arrays(live.to_arrays("x"), "x")
+    new = ["n1", "n2", "n3", "n4", "n5"]
+    assert restored.add_many(new).tolist() == live.add_many(new).tolist() == [5, 1, 6, 2, 8]
+
+
+def test_an_empty_id_survives_a_round_trip_and_keeps_its_row() -> None:
+    live = IdIndex(["", "a", "b"])
+    live.remove("a")
+    restored = IdIndex.from_arrays(live.to_arrays("x"), "x")
+    assert "" in restored and restored.get("") == 0 and len(restored) == 2
+    assert restored.ids == ["", None, "b"]
+    assert restored.add("c") == live.add("c") == 1
+    assert restored.add("d") == 3  # not row 0: "" still holds it
+
+
+def test_a_snapshot_without_free_rows_loads_as_before() -> None:
+    # Snapshots written before "x.free": a freed row is an empty string, lowest reused first.
+    index = IdIndex(["a", "b", "c", "d"])
+    for k in ("b", "d"):
+        index.remove(k)
+    arrays = index.to_arrays("x")
+    old = IdIndex.from_arrays({k: v for k, v in arrays.items() if k != "x.free"}, "x")
+    assert old.ids == ["a", None, "c", None] and len(old) == 2
+    assert [old.add("e"), old.add("f"), old.add("g")] == [1, 3, 4]
 
 
 def test_growth_and_tombstone_sweeps_keep_every_id_reachable() -> None:

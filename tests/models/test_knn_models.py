@@ -87,6 +87,100 @@ def test_state_does_not_depend_on_batch_boundaries(make: Callable[[], OnlineMode
         assert_states_equal(ref, learned(make(), stream, size).get_state(), exact=False)
 
 
+# ------------------------------------------------------------------ half-life changes
+# Drift adaptation sets a shorter half-life on an alarm and restores it later. The
+# forward-decayed models keep mass relative to a landmark that may lie many half-lives
+# behind the watermark: a change must not re-decay that stretch under the new value.
+
+FORWARD_DECAYED = pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Popularity(half_life_seconds=DAY),
+        lambda: ItemKNN(window=5, half_life_seconds=DAY, gap_half_life_seconds=DAY),
+        lambda: SequenceModel(half_life_seconds=DAY),
+    ],
+    ids=["popularity", "itemknn", "sequence"],
+)
+
+
+def _scores(m: OnlineModel) -> list[np.ndarray]:
+    return [m.score_all(u, h) for u, h in (("u1", []), ("u2", ["i1", "i2"]), ("nobody", []))]
+
+
+@FORWARD_DECAYED
+def test_a_half_life_change_leaves_the_state_at_the_watermark(
+    make: Callable[[], OnlineModel],
+) -> None:
+    m = learned(make(), random_stream(), 256)  # landmark ~60 half-lives back
+    before, scores = m.get_state(), _scores(m)
+    m.set_param("half_life_seconds", DAY / 4)
+    after = m.get_state()
+    after.meta["params"]["half_life_seconds"] = DAY
+    assert_states_equal(before, after, exact=False)
+    for x, y in zip(scores, _scores(m), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-6)
+
+
+@FORWARD_DECAYED
+def test_a_model_restored_before_a_half_life_change_stays_in_step(
+    make: Callable[[], OnlineModel],
+) -> None:
+    stream = random_stream()
+    live = learned(make(), stream[:2000], 256)
+    restored = registry.from_state(live.get_state())
+    for m in (live, restored):
+        m.set_param("half_life_seconds", DAY / 4)
+        learned(m, stream[2000:2500], 256)
+        m.set_param("half_life_seconds", DAY)  # the adaptation ends
+        learned(m, stream[2500:], 256)
+    assert_states_equal(live.get_state(), restored.get_state(), exact=False)
+    for x, y in zip(_scores(live), _scores(restored), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-6)
+
+
+def test_popularity_decays_by_the_new_half_life_from_the_change_on() -> None:
+    m = Popularity(half_life_seconds=DAY)
+    m.learn(Batch.from_columns(["u"], ["old"], [1.0], [0.0]))
+    m.learn(Batch.from_columns(["u"], ["new"], [1.0], [10 * DAY]))  # 10 half-lives on
+    assert m.popularity("old") == pytest.approx(2.0**-10)
+    m.set_param("half_life_seconds", DAY / 2)
+    assert m.popularity("old") == pytest.approx(2.0**-10)
+    m.learn(Batch.from_columns(["u"], ["new"], [1.0], [11 * DAY]))  # Δ = 1 day = 2 new ones
+    assert m.popularity("old") == pytest.approx(2.0**-12)
+    assert m.popularity("new") == pytest.approx(1.0 + 2.0**-2)
+
+
+def test_itemknn_counts_decay_by_the_new_half_life_from_the_change_on() -> None:
+    m = ItemKNN(half_life_seconds=DAY)
+    m.learn(Batch.from_columns(["a", "a"], ["x", "y"], None, [0.0, 0.0]))
+    m.learn(Batch.from_columns(["b"], ["z"], None, [10 * DAY]))
+    m.set_param("half_life_seconds", DAY / 2)
+    m.learn(Batch.from_columns(["b"], ["z"], None, [11 * DAY]))
+    state = m.get_state()
+    counts = dict(zip(m.items.ids, state.arrays["counts"].tolist(), strict=False))
+    assert counts["x"] == pytest.approx(2.0**-12)
+    assert counts["z"] == pytest.approx(1.0 + 2.0**-2)
+    np.testing.assert_allclose(state.arrays["pairs.values"], 2.0**-12)  # x-y both ways
+
+
+@pytest.mark.parametrize("cls", [Popularity, ItemKNN])
+def test_a_half_life_set_on_an_undecayed_model_decays_from_the_watermark(
+    cls: type[Popularity] | type[ItemKNN],
+) -> None:
+    empty = cls(half_life_seconds=None)
+    empty.set_param("half_life_seconds", DAY)  # before any event: nothing to move
+    assert empty.get_state().meta["watermark"] is None
+    m = cls(half_life_seconds=None)
+    m.learn(Batch.from_columns(["u", "u", "u"], ["a", "a", "a"], None, [0.0, 0.0, 0.0]))
+    m.learn(Batch.from_columns(["v"], ["b"], None, [10 * DAY]))
+    m.set_param("half_life_seconds", DAY)  # plain counts, now at the watermark
+    m.learn(Batch.from_columns(["v"], ["b"], None, [11 * DAY]))
+    mass = m.get_state().arrays["mass" if cls is Popularity else "counts"]
+    counts = dict(zip(m.items.ids, mass.tolist(), strict=False))
+    assert counts["a"] == pytest.approx(1.5)
+    assert counts["b"] == pytest.approx(1.5)
+
+
 # ------------------------------------------------------------------ item-kNN
 
 

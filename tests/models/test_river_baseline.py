@@ -58,6 +58,21 @@ def test_state_round_trip_is_exact_and_continues(cls: type[RiverFunkMF]) -> None
 
 
 @pytest.mark.parametrize("cls", MODELS)
+def test_a_changed_learning_rate_is_the_step_river_takes(cls: type[RiverFunkMF]) -> None:
+    # Drift adaptation sets a new rate in place: learning goes on at that rate, as in
+    # a model built with it (before, the optimisers got a bare float, which river
+    # cannot read as a schedule: the next learn raised AttributeError).
+    data = planted(600)
+    m = cls(n_factors=4, learning_rate=0.01, seed=3)
+    m.set_param("learning_rate", 0.04)
+    built = cls(n_factors=4, learning_rate=0.04, seed=3)
+    for model in (m, built):
+        model.learn(data)
+    assert {getattr(m.river, a).learning_rate for a in m._optimizer_attrs} == {0.04}
+    assert np.array_equal(m.score_all("a1"), built.score_all("a1"))
+
+
+@pytest.mark.parametrize("cls", MODELS)
 def test_same_seed_same_model_and_batch_of_one(cls: type[RiverFunkMF]) -> None:
     data = planted(500)
     a, b = cls(seed=5), cls(seed=5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from online_models.base import Batch
 from online_models.userknn import UserKNN
@@ -57,6 +58,37 @@ def test_decay_in_event_time_favours_recent_neighbours() -> None:
     # Popularity decays too: "from_old" is 10 half-lives old.
     pop = m._pop
     assert pop[m.items.get("from_old")] < 1e-2 < pop[m.items.get("from_new")]
+
+
+def _entry(m: UserKNN, user: str, item: str) -> complex:
+    """The stored ``time + 1j * weight`` of ``user``'s ``item``."""
+    return m._user_items[m.users.get(user)][m.items.get(item)]
+
+
+def test_a_late_duplicate_adds_its_weight_decayed() -> None:
+    day, t = 86_400.0, 1.0e7
+    m = UserKNN(half_life_seconds=7 * day)
+    m.learn(Batch.from_columns(["a", "b"], ["x", "x"], timestamps=[t, t]))
+    m.learn(Batch.from_columns(["a"], ["x"], timestamps=[t - 30 * day]))  # 30 days late
+    e = _entry(m, "a", "x")
+    assert e.real == t
+    assert e.imag == pytest.approx(1.0 + 2.0 ** (-30 / 7))
+    # The same two events in time order store the same entry.
+    inorder = UserKNN(half_life_seconds=7 * day)
+    inorder.learn(Batch.from_columns(["a"], ["x"], timestamps=[t - 30 * day]))
+    inorder.learn(Batch.from_columns(["a"], ["x"], timestamps=[t]))
+    assert _entry(inorder, "a", "x") == pytest.approx(e)
+
+
+def test_an_event_decades_late_is_applied_without_overflow() -> None:
+    m = UserKNN()  # a week's half-life
+    m.learn(Batch.from_columns(["a"], ["x"], timestamps=[1.7e9]))
+    # 40 years late (within the 50 the stream accepts), then an ordinary event.
+    m.learn(Batch.from_columns(["a", "c"], ["x", "z"], timestamps=[1.7e9 - 40 * 365 * 86_400.0,
+                                                                      1.7e9]))
+    assert _entry(m, "a", "x") == complex(1.7e9, 1.0)  # its weight decayed to nothing
+    assert _entry(m, "c", "z") == complex(1.7e9, 1.0)  # the rest of the batch applied
+    assert np.isfinite(m.score_all("a")).all()
 
 
 def test_decay_does_not_depend_on_batch_boundaries() -> None:
