@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     from serving.state import ServingState
 
 router = APIRouter(prefix="/v1/items", tags=["items"])
+
+T = TypeVar("T")
 
 ItemId = Annotated[str, Path(min_length=1, max_length=MAX_ID)]
 
@@ -65,7 +68,7 @@ async def similar(
         except UnknownModelError as exc:
             raise HTTPException(404, detail=str(exc)) from None
         if m.items.get(item_id) >= 0:
-            items = m.similar(item_id, k)
+            items = await _ranked(state, m.similar, item_id, k)
         elif item_id in state.content:
             name, items = CONTENT_MODEL, await _content_similar(state, item_id, k)
         else:
@@ -79,6 +82,15 @@ async def similar(
             "snapshot_version": loaded.version,
         }
     )
+
+
+async def _ranked(state: ServingState, fn: Callable[[str, int], T], item_id: str, k: int) -> T:
+    # A model's ``similar`` scans the whole catalogue (a matrix-vector product and a
+    # sort for the factor models): on the rank pool like /v1/recommendations, so the
+    # event loop keeps answering; inline only when ``rank_threads`` is 0.
+    if state.rank_pool is None:
+        return fn(item_id, k)
+    return await asyncio.get_running_loop().run_in_executor(state.rank_pool, fn, item_id, k)
 
 
 async def _content_similar(state: ServingState, item_id: str, k: int) -> list[tuple[str, float]]:
