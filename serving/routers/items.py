@@ -61,7 +61,10 @@ async def similar(
     if k > state.settings.max_k:
         raise HTTPException(422, detail=f"k must be <= {state.settings.max_k}")
     if model == CONTENT_MODEL:
-        name, items = CONTENT_MODEL, await _content_similar(state, item_id, k)
+        name, found = CONTENT_MODEL, await _content_similar(state, item_id, k)
+        if found is None:
+            raise HTTPException(404, detail="item has no content")
+        items = found
     else:
         try:
             name, m = loaded.model(model)
@@ -69,8 +72,8 @@ async def similar(
             raise HTTPException(404, detail=str(exc)) from None
         if m.items.get(item_id) >= 0:
             items = await _ranked(state, m.similar, item_id, k)
-        elif item_id in state.content:
-            name, items = CONTENT_MODEL, await _content_similar(state, item_id, k)
+        elif (found := await _content_similar(state, item_id, k)) is not None:
+            name, items = CONTENT_MODEL, found
         else:
             raise HTTPException(404, detail=f"item not known to model {name!r} and "
                                             f"without item content")
@@ -93,12 +96,13 @@ async def _ranked(state: ServingState, fn: Callable[[str, int], T], item_id: str
     return await asyncio.get_running_loop().run_in_executor(state.rank_pool, fn, item_id, k)
 
 
-async def _content_similar(state: ServingState, item_id: str, k: int) -> list[tuple[str, float]]:
-    # A matrix-vector product over the featured catalogue: off the event loop.
-    found = await asyncio.to_thread(state.content.similar, item_id, k)
-    if found is None:
-        raise HTTPException(404, detail="item has no content")
-    return found
+async def _content_similar(
+    state: ServingState, item_id: str, k: int
+) -> list[tuple[str, float]] | None:
+    # A matrix-vector product over the featured catalogue, and a rebuild of its matrix
+    # after a content change: in a worker thread, as is the index's lock (taken there,
+    # never on the event loop). None: the item has no content.
+    return await asyncio.to_thread(state.content.similar, item_id, k)
 
 
 @router.get(

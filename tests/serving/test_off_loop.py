@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from online_models.content import ItemFeatures
+from serving.content import ContentIndex
 from tests.serving.conftest import Trained
 
 GIVE_UP_S = 30.0
@@ -80,3 +82,59 @@ def test_model_similar_runs_off_the_event_loop(
     r = pending.result(GIVE_UP_S)
     assert r.status_code == 200 and r.json()["items"] == [{"item_id": "other", "score": 0.5}]
     assert gate.on_loop is False
+
+
+class GateLock(Gate):
+    """A lock whose acquisition is recorded and held up like :class:`Gate`'s call."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        self()
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+@pytest.mark.parametrize("params", [{}, {"model": "content"}])
+def test_content_index_lock_is_never_taken_on_the_event_loop(
+    client: TestClient, pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch,
+    params: dict[str, str],
+) -> None:
+    # An item no model knows: the answer comes from (here: is looked up in) the content
+    # index, whose lock a matrix rebuild may hold for most of a second.
+    gate = GateLock()
+    monkeypatch.setattr(client.app.state.serving.content, "_lock", gate)  # type: ignore[attr-defined]
+    pending = _healthz_while_blocked(
+        client, gate, pool, lambda: client.get("/v1/items/no-such-item/similar", params=params))
+    r = pending.result(GIVE_UP_S)
+    assert r.status_code == 404 and gate.on_loop is False
+
+
+def test_content_rebuild_does_not_hold_the_index_lock(
+    pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ix = ContentIndex(ItemFeatures(n_buckets=256))
+    ix.update({"a": "red wooden toy train", "b": "blue glass vase"})
+    build = ItemFeatures.matrix
+    gate = Gate(None)
+
+    def slow_matrix(self: ItemFeatures, items: Any) -> Any:
+        gate()
+        return build(self, items)
+
+    monkeypatch.setattr(ItemFeatures, "matrix", slow_matrix)
+    pending = pool.submit(ix.similar, "a", 5)
+    try:
+        assert gate.entered.wait(GIVE_UP_S)
+        # While the matrix is being built, membership tests and writes go through.
+        assert "b" in ix and "zz" not in ix
+        ix.update({"n": "red wooden toy train engine"})
+        assert not gate.returned.is_set(), "the index lock was held by the rebuild"
+    finally:
+        gate.opened.set()
+    assert pending.result(GIVE_UP_S) == []  # built from the content before "n" came
+    assert [i for i, _ in ix.similar("a", 5)] == ["n"]  # the next call rebuilds
