@@ -92,7 +92,10 @@ class AuthSettings(BaseSettings):
     allow_anonymous_writes
         ``POST /v1/events`` without a key even though the server listens on a
         non-loopback interface (refused at start-up otherwise when no key is
-        configured). With keys configured, writes always need a ``write`` key.
+        configured). With keys configured, writes always need a ``write`` key. Decided
+        per request from the keys as of then: a key added to the key file while the
+        server runs closes anonymous writes within a second; revoking every key
+        reopens them only on a loopback interface or with this setting.
 
     Examples
     --------
@@ -314,9 +317,16 @@ class AccessControl:
             raise AuthConfigError(
                 "require_read_key / protect_ops need at least one API key "
                 "(`liverec keys add NAME --scope read`)")
-        self.anonymous_writes = not self.keys
+        # Whether anonymous writes may be open at all; they are while no key is
+        # configured, decided per request (a key added at run time closes them).
+        self._open_writes_allowed = auth.allow_anonymous_writes or is_loopback(host)
         if self.anonymous_writes:
             log.warning("no API key configured: POST /v1/events accepts anonymous writes")
+
+    @property
+    def anonymous_writes(self) -> bool:
+        """Whether ``POST /v1/events`` takes anonymous writes, with the keys as of now."""
+        return not self.keys and self._open_writes_allowed
 
     # ------------------------------------------------------------------ keys
     def _reload_file(self, force: bool = False) -> None:
@@ -354,7 +364,6 @@ class AccessControl:
         """The key's principal; None when no key was presented; 401 when it is wrong."""
         if presented is None:
             return None
-        self._reload_file()
         m = _KEY.match(presented)
         record = self.keys.get(m.group(1)) if m else None
         tag = hmac.new(self._cache_secret, presented.encode(), hashlib.sha256).digest()
@@ -390,6 +399,9 @@ class AccessControl:
     async def authorize(self, request: Request, scope: str, presented: str | None) -> Principal:
         """Authenticate, authorise ``scope`` and take one rate-limit token."""
         client = request.client.host if request.client else "unknown"
+        # Re-read the key file (at most once a second) whether or not a key came: a
+        # key added since start-up must close anonymous writes for anonymous callers.
+        self._reload_file()
         principal = await self._authenticate(presented, client)
         if principal is None:
             if self.needs_key(scope):

@@ -134,6 +134,49 @@ def test_revoked_key_is_refused_without_restart(
     assert status == 401
 
 
+def _anonymous_write_once_keys_are(c: TestClient, want_keys: set[str]) -> int:
+    """The status of an anonymous write once the server has re-read the key file to
+    hold ``want_keys`` (key names); the server re-reads it at most once a second."""
+    access = c.app.state.access  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 10
+    while True:
+        status = c.post("/v1/events", json=EVENT).status_code
+        if {k.name for k in access.keys.values()} == want_keys or time.monotonic() > deadline:
+            assert {k.name for k in access.keys.values()} == want_keys
+            return status
+        time.sleep(0.3)
+
+
+def test_a_key_added_at_run_time_closes_anonymous_writes(
+    store: SnapshotStore, tmp_path: Path
+) -> None:
+    path = tmp_path / "keys"
+    path.write_text("")  # an empty key file: on loopback, anonymous writes are open
+    with _client(store, AuthSettings(api_keys_file=path)) as c:
+        r = c.post("/v1/events", json=EVENT)
+        assert r.status_code == 503 and r.json()["reason"] == "no_producer"  # past auth
+        key = KeyFile(path).add("ingest", {"write"})  # what `liverec keys add` does
+        assert _anonymous_write_once_keys_are(c, {"ingest"}) == 401  # no key presented
+        r = c.post("/v1/events", json=EVENT)
+        assert r.status_code == 401 and r.json()["detail"]["reason"] == "missing_key"
+        assert c.post("/v1/events", json=EVENT, headers=_bearer(key)).status_code == 503
+        # Revoking every key reopens anonymous writes on loopback, as at start-up.
+        assert KeyFile(path).revoke("ingest")
+        assert _anonymous_write_once_keys_are(c, set()) == 503
+
+
+def test_revoking_every_key_keeps_writes_closed_on_a_public_interface(
+    store: SnapshotStore, tmp_path: Path
+) -> None:
+    kf = KeyFile(tmp_path / "keys")
+    kf.add("ingest", {"write"})
+    app = create_app(settings_for(store.root, host="0.0.0.0"),
+                     auth=AuthSettings(api_keys_file=kf.path))
+    with TestClient(app) as c:
+        assert kf.revoke("ingest")
+        assert _anonymous_write_once_keys_are(c, set()) == 401
+
+
 def test_rate_limit_answers_429_with_retry_after(
     store: SnapshotStore, keys: tuple[Path, dict[str, str]]
 ) -> None:
