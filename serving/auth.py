@@ -50,6 +50,7 @@ __all__ = [
     "AuthSettings",
     "KeyFile",
     "Principal",
+    "address_bucket",
     "hash_key",
     "is_loopback",
     "new_key",
@@ -249,6 +250,30 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def address_bucket(host: str) -> str:
+    """The rate-limit identity of an anonymous caller at ``host``.
+
+    An IPv4 address is its own; an IPv6 address shares its /64 network's (one host
+    commonly holds a whole /64, so per-address buckets would be unlimited); an
+    IPv4-mapped IPv6 address is its IPv4 address; anything else (a name, a socket
+    path) is itself.
+
+    >>> address_bucket("203.0.113.7"), address_bucket("2001:db8::1:2")
+    ('203.0.113.7', '2001:db8::/64')
+    >>> address_bucket("::ffff:203.0.113.7"), address_bucket("testclient")
+    ('203.0.113.7', 'testclient')
+    """
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who is calling: a key's name and scopes, or ``anonymous`` from an address."""
@@ -260,8 +285,8 @@ class Principal:
 
     @property
     def caller(self) -> str:
-        """The rate-limit identity (the key id, else the client address)."""
-        return f"key:{self.key_id}" if self.key_id else f"addr:{self.client}"
+        """The rate-limit identity (the key id, else :func:`address_bucket`)."""
+        return f"key:{self.key_id}" if self.key_id else f"addr:{address_bucket(self.client)}"
 
 
 class AccessControl:

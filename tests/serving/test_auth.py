@@ -304,6 +304,27 @@ def test_key_guessing_is_rate_limited_per_address(
         assert reg.get_sample_value("liverec_serve_rate_limited_total", {"scope": "auth"}) == 2
 
 
+def test_anonymous_rate_limits_hold_per_ipv6_64_and_per_ipv4_address(
+    store: SnapshotStore,
+) -> None:
+    app = create_app(settings_for(store.root), auth=AuthSettings(),
+                     limits=RateLimitSettings(read_per_s=0.001, read_burst=2))
+
+    def reads(host: str, n: int) -> list[int]:
+        c = TestClient(app, client=(host, 50000))
+        return [c.get("/v1/users/u").status_code for _ in range(n)]
+
+    with TestClient(app):  # runs the lifespan (loads the snapshot) for the others
+        assert reads("2001:db8:0:1::1", 2) == [200, 200]
+        # Other addresses of the same /64 draw on the same, now empty, bucket.
+        assert reads("2001:db8:0:1::2", 1) == reads("2001:db8:0:1:ffff::9", 1) == [429]
+        assert reads("2001:db8:0:2::1", 3) == [200, 200, 429]  # another /64
+        assert reads("198.51.100.1", 3) == [200, 200, 429]  # IPv4: per address
+        assert reads("198.51.100.2", 3) == [200, 200, 429]
+        assert reads("::ffff:198.51.100.2", 1) == [429]  # IPv4-mapped: the IPv4 address
+        assert reads("testclient", 3) == [200, 200, 429]  # not an IP: the name itself
+
+
 def test_serve_refuses_to_start_open_on_a_public_interface(tmp_path: Path) -> None:
     import os
     import subprocess
