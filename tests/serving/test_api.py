@@ -158,6 +158,17 @@ def test_metrics_use_route_templates_never_ids(client: TestClient, trained: Trai
     assert reg.get_sample_value("liverec_serving_snapshot_age_seconds") >= 0
 
 
+def test_url_limit_answers_414_and_it_is_counted(store: SnapshotStore) -> None:
+    with TestClient(create_app(settings_for(store.root, max_url_bytes=256))) as c:
+        r = c.get("/v1/recommendations", params={"user_id": "x" * 300})
+        assert r.status_code == 414 and r.json()["detail"]["reason"] == "uri_too_long"
+        reg = c.app.state.serving.metrics.registry  # type: ignore[attr-defined]
+        # Answered before routing: the bounded "unmatched" route, never the URL.
+        labels = {"route": "unmatched", "method": "GET", "status": "414"}
+        assert reg.get_sample_value("liverec_serving_responses_total", labels) == 1.0
+        assert "x" * 300 not in c.get("/metrics").text
+
+
 def test_bad_input_gets_4xx_with_a_json_reason(client: TestClient) -> None:
     cases = [
         ("/v1/recommendations", {}),
