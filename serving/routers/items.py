@@ -1,4 +1,10 @@
-"""``GET /v1/items/{item_id}`` and ``GET /v1/items/{item_id}/similar``."""
+"""``GET /v1/items/{item_id}`` and ``GET /v1/items/{item_id}/similar``.
+
+An id containing ``/`` cannot be a path segment (``%2F`` is decoded before routing):
+``GET /v1/items?item_id=...`` and ``GET /v1/items/similar?item_id=...`` take the id
+in the query instead, and the path forms refuse an encoded ``/`` with a 404 that
+says so rather than answer for another item.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,12 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel
 
 from serving.content import CONTENT_MODEL
-from serving.deps import JSON, LoadedDep, StateDep
+from serving.deps import JSON, LoadedDep, PathIdDep, StateDep
 from serving.ranking import UnknownModelError
 from serving.routers.recommendations import MAX_ID, MAX_K, ScoredItem
 
 if TYPE_CHECKING:
+    from serving.ranking import LoadedSnapshot
     from serving.state import ServingState
 
 router = APIRouter(prefix="/v1/items", tags=["items"])
@@ -38,18 +45,45 @@ class ItemOut(BaseModel):
     snapshot_version: int
 
 
-@router.get(
-    "/{item_id}/similar",
-    response_class=JSON,
-    summary="Items similar to an item",
-    responses={200: {"model": SimilarOut}, 404: {"description": "unknown item or model"}},
-)
+SimilarK = Annotated[int, Query(ge=1, le=MAX_K)]
+ModelName = Annotated[str | None, Query(min_length=1, max_length=64)]
+_SIMILAR_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {"model": SimilarOut}, 404: {"description": "unknown item or model"}}
+
+
+# Literal paths before ``/{item_id}``, which would otherwise take "similar" as an id.
+@router.get("/similar", response_class=JSON, summary="Items similar to an item (id in the query)",
+            responses=_SIMILAR_RESPONSES)
+async def similar_by_query(
+    loaded: LoadedDep,
+    state: StateDep,
+    item_id: Annotated[str, Query(min_length=1, max_length=MAX_ID)],
+    k: SimilarK = 10,
+    model: ModelName = None,
+) -> JSON:
+    """:func:`similar` with the id in the query: the form for ids containing ``/``."""
+    return await _similar(loaded, state, item_id, k, model)
+
+
+@router.get("", response_class=JSON, summary="An item's popularity (id in the query)",
+            responses={200: {"model": ItemOut}})
+async def item_by_query(
+    loaded: LoadedDep,
+    state: StateDep,
+    item_id: Annotated[str, Query(min_length=1, max_length=MAX_ID)],
+) -> JSON:
+    """:func:`item` with the id in the query: the form for ids containing ``/``."""
+    return _item(loaded, state, item_id)
+
+
+@router.get("/{item_id}/similar", response_class=JSON, summary="Items similar to an item",
+            responses=_SIMILAR_RESPONSES, dependencies=[PathIdDep])
 async def similar(
     loaded: LoadedDep,
     state: StateDep,
     item_id: ItemId,
-    k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
-    model: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    k: SimilarK = 10,
+    model: ModelName = None,
 ) -> JSON:
     """Items similar to ``item_id`` by the model asked for (default: the server's).
 
@@ -58,6 +92,12 @@ async def similar(
     item-features file or topic) gets the content answer too, with ``"model":
     "content"``.
     """
+    return await _similar(loaded, state, item_id, k, model)
+
+
+async def _similar(
+    loaded: LoadedSnapshot, state: ServingState, item_id: str, k: int, model: str | None
+) -> JSON:
     if k > state.settings.max_k:
         raise HTTPException(422, detail=f"k must be <= {state.settings.max_k}")
     if model == CONTENT_MODEL:
@@ -110,8 +150,13 @@ async def _content_similar(
     response_class=JSON,
     summary="An item's popularity (snapshot + live clicks)",
     responses={200: {"model": ItemOut}},
+    dependencies=[PathIdDep],
 )
 async def item(loaded: LoadedDep, state: StateDep, item_id: ItemId) -> JSON:
+    return _item(loaded, state, item_id)
+
+
+def _item(loaded: LoadedSnapshot, state: ServingState, item_id: str) -> JSON:
     pop, known = loaded.item_popularity(item_id, state.live)
     return JSON(
         {
