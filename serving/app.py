@@ -198,8 +198,10 @@ def create_app(
     for r in (model, dashboard):
         app.include_router(r.router, dependencies=[Depends(require("ops"))])
     app.mount("/static", StaticFiles(directory=dashboard.STATIC), name="static")
-    app.add_middleware(MetricsMiddleware, state=state)
+    # The last added is outermost: metrics wrap the URL limit, so its 414s are counted
+    # (route "unmatched": they are answered before routing).
     app.add_middleware(UrlLimitMiddleware, max_bytes=settings.max_url_bytes)
+    app.add_middleware(MetricsMiddleware, state=state)
     return app
 
 

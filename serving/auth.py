@@ -50,6 +50,7 @@ __all__ = [
     "AuthSettings",
     "KeyFile",
     "Principal",
+    "address_bucket",
     "hash_key",
     "is_loopback",
     "new_key",
@@ -92,7 +93,10 @@ class AuthSettings(BaseSettings):
     allow_anonymous_writes
         ``POST /v1/events`` without a key even though the server listens on a
         non-loopback interface (refused at start-up otherwise when no key is
-        configured). With keys configured, writes always need a ``write`` key.
+        configured). With keys configured, writes always need a ``write`` key. Decided
+        per request from the keys as of then: a key added to the key file while the
+        server runs closes anonymous writes within a second; revoking every key
+        reopens them only on a loopback interface or with this setting.
 
     Examples
     --------
@@ -246,6 +250,30 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def address_bucket(host: str) -> str:
+    """The rate-limit identity of an anonymous caller at ``host``.
+
+    An IPv4 address is its own; an IPv6 address shares its /64 network's (one host
+    commonly holds a whole /64, so per-address buckets would be unlimited); an
+    IPv4-mapped IPv6 address is its IPv4 address; anything else (a name, a socket
+    path) is itself.
+
+    >>> address_bucket("203.0.113.7"), address_bucket("2001:db8::1:2")
+    ('203.0.113.7', '2001:db8::/64')
+    >>> address_bucket("::ffff:203.0.113.7"), address_bucket("testclient")
+    ('203.0.113.7', 'testclient')
+    """
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who is calling: a key's name and scopes, or ``anonymous`` from an address."""
@@ -257,8 +285,8 @@ class Principal:
 
     @property
     def caller(self) -> str:
-        """The rate-limit identity (the key id, else the client address)."""
-        return f"key:{self.key_id}" if self.key_id else f"addr:{self.client}"
+        """The rate-limit identity (the key id, else :func:`address_bucket`)."""
+        return f"key:{self.key_id}" if self.key_id else f"addr:{address_bucket(self.client)}"
 
 
 class AccessControl:
@@ -314,9 +342,16 @@ class AccessControl:
             raise AuthConfigError(
                 "require_read_key / protect_ops need at least one API key "
                 "(`liverec keys add NAME --scope read`)")
-        self.anonymous_writes = not self.keys
+        # Whether anonymous writes may be open at all; they are while no key is
+        # configured, decided per request (a key added at run time closes them).
+        self._open_writes_allowed = auth.allow_anonymous_writes or is_loopback(host)
         if self.anonymous_writes:
             log.warning("no API key configured: POST /v1/events accepts anonymous writes")
+
+    @property
+    def anonymous_writes(self) -> bool:
+        """Whether ``POST /v1/events`` takes anonymous writes, with the keys as of now."""
+        return not self.keys and self._open_writes_allowed
 
     # ------------------------------------------------------------------ keys
     def _reload_file(self, force: bool = False) -> None:
@@ -354,7 +389,6 @@ class AccessControl:
         """The key's principal; None when no key was presented; 401 when it is wrong."""
         if presented is None:
             return None
-        self._reload_file()
         m = _KEY.match(presented)
         record = self.keys.get(m.group(1)) if m else None
         tag = hmac.new(self._cache_secret, presented.encode(), hashlib.sha256).digest()
@@ -390,6 +424,9 @@ class AccessControl:
     async def authorize(self, request: Request, scope: str, presented: str | None) -> Principal:
         """Authenticate, authorise ``scope`` and take one rate-limit token."""
         client = request.client.host if request.client else "unknown"
+        # Re-read the key file (at most once a second) whether or not a key came: a
+        # key added since start-up must close anonymous writes for anonymous callers.
+        self._reload_file()
         principal = await self._authenticate(presented, client)
         if principal is None:
             if self.needs_key(scope):

@@ -65,7 +65,10 @@ class ContentIndex:
 
     def __init__(self, features: ItemFeatures | None = None) -> None:
         self.features = features if features is not None else ItemFeatures()
+        # ``_lock`` guards ``features`` and the cached matrix, held briefly;
+        # ``_build_lock`` lets one thread at a time rebuild the matrix, without ``_lock``.
         self._lock = threading.Lock()
+        self._build_lock = threading.Lock()
         self._ids: list[str] = []
         self._matrix: sp.csr_matrix | None = None
         self._version = -1
@@ -92,21 +95,51 @@ class ContentIndex:
                     added += self.features.merge_missing(f)
         return added
 
+    def _fresh(self) -> tuple[list[str], sp.csr_matrix] | None:
+        """The cached ids and matrix if they are of the current features (hold ``_lock``)."""
+        if self._matrix is None or self._version != self.features.version:
+            return None
+        return self._ids, self._matrix
+
+    def _rows(self) -> tuple[list[str], sp.csr_matrix]:
+        """Every featured item's id and content vector, rebuilt when the content changed.
+
+        The rebuild (most of a second for 100k items) works on a private copy of the
+        features taken under ``_lock`` (``to_arrays``: about a tenth of the build), so
+        writers and :meth:`__contains__` wait for the copy only. A rebuild raced by
+        an update answers from the content as it was when the copy was taken; the
+        next call rebuilds.
+        """
+        with self._lock:
+            cached = self._fresh()
+        if cached is not None:
+            return cached
+        with self._build_lock:  # one rebuild at a time; the others then find it cached
+            with self._lock:
+                cached = self._fresh()
+                if cached is not None:
+                    return cached
+                version, arrays = self.features.version, self.features.to_arrays()
+            copy = ItemFeatures.from_arrays(arrays)
+            ids = copy.ids
+            mat = copy.matrix(ids)
+            with self._lock:
+                if version > self._version:
+                    self._ids, self._matrix, self._version = ids, mat, version
+        return ids, mat
+
     def similar(self, item: str, k: int) -> list[tuple[str, float]] | None:
         """The ``k`` items whose content is closest to ``item``'s (positive cosine only).
 
-        None when ``item`` has no content.
+        None when ``item`` has no content. Slow when the content changed since the
+        last call (the matrix is rebuilt): call it off the event loop.
         """
         with self._lock:
             f = self.features
             buckets, weights = f.tokens_of(item)
-            if len(buckets) == 0:
-                return None
-            if self._matrix is None or self._version != f.version:
-                self._ids = f.ids
-                self._matrix = f.matrix(self._ids)
-                self._version = f.version
-            ids, mat = self._ids, self._matrix
+        if len(buckets) == 0:
+            return None
+        ids, mat = self._rows()
         query = np.zeros(f.n_buckets, np.float64)
         query[buckets] = weights
         sims = np.asarray(mat @ query, np.float64)

@@ -1,6 +1,7 @@
 """Token buckets per caller and scope: 429 with ``Retry-After`` when one runs dry.
 
-A caller is an API key (by its id) or, for anonymous calls, the client address. Each
+A caller is an API key (by its id) or, for anonymous calls, the client address (an
+IPv6 client's /64 network: see :func:`serving.auth.address_bucket`). Each
 scope (``read``, ``write``, ``ops``, and ``auth`` for uncached key checks) has its
 own rate and burst; a write costs one
 token per event, so a batch of 100 events weighs as much as 100 single posts.

@@ -1,22 +1,32 @@
-"""``GET /v1/items/{item_id}`` and ``GET /v1/items/{item_id}/similar``."""
+"""``GET /v1/items/{item_id}`` and ``GET /v1/items/{item_id}/similar``.
+
+An id containing ``/`` cannot be a path segment (``%2F`` is decoded before routing):
+``GET /v1/items?item_id=...`` and ``GET /v1/items/similar?item_id=...`` take the id
+in the query instead, and the path forms refuse an encoded ``/`` with a 404 that
+says so rather than answer for another item.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel
 
 from serving.content import CONTENT_MODEL
-from serving.deps import JSON, LoadedDep, StateDep
+from serving.deps import JSON, LoadedDep, PathIdDep, StateDep
 from serving.ranking import UnknownModelError
 from serving.routers.recommendations import MAX_ID, MAX_K, ScoredItem
 
 if TYPE_CHECKING:
+    from serving.ranking import LoadedSnapshot
     from serving.state import ServingState
 
 router = APIRouter(prefix="/v1/items", tags=["items"])
+
+T = TypeVar("T")
 
 ItemId = Annotated[str, Path(min_length=1, max_length=MAX_ID)]
 
@@ -35,18 +45,45 @@ class ItemOut(BaseModel):
     snapshot_version: int
 
 
-@router.get(
-    "/{item_id}/similar",
-    response_class=JSON,
-    summary="Items similar to an item",
-    responses={200: {"model": SimilarOut}, 404: {"description": "unknown item or model"}},
-)
+SimilarK = Annotated[int, Query(ge=1, le=MAX_K)]
+ModelName = Annotated[str | None, Query(min_length=1, max_length=64)]
+_SIMILAR_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {"model": SimilarOut}, 404: {"description": "unknown item or model"}}
+
+
+# Literal paths before ``/{item_id}``, which would otherwise take "similar" as an id.
+@router.get("/similar", response_class=JSON, summary="Items similar to an item (id in the query)",
+            responses=_SIMILAR_RESPONSES)
+async def similar_by_query(
+    loaded: LoadedDep,
+    state: StateDep,
+    item_id: Annotated[str, Query(min_length=1, max_length=MAX_ID)],
+    k: SimilarK = 10,
+    model: ModelName = None,
+) -> JSON:
+    """:func:`similar` with the id in the query: the form for ids containing ``/``."""
+    return await _similar(loaded, state, item_id, k, model)
+
+
+@router.get("", response_class=JSON, summary="An item's popularity (id in the query)",
+            responses={200: {"model": ItemOut}})
+async def item_by_query(
+    loaded: LoadedDep,
+    state: StateDep,
+    item_id: Annotated[str, Query(min_length=1, max_length=MAX_ID)],
+) -> JSON:
+    """:func:`item` with the id in the query: the form for ids containing ``/``."""
+    return _item(loaded, state, item_id)
+
+
+@router.get("/{item_id}/similar", response_class=JSON, summary="Items similar to an item",
+            responses=_SIMILAR_RESPONSES, dependencies=[PathIdDep])
 async def similar(
     loaded: LoadedDep,
     state: StateDep,
     item_id: ItemId,
-    k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
-    model: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    k: SimilarK = 10,
+    model: ModelName = None,
 ) -> JSON:
     """Items similar to ``item_id`` by the model asked for (default: the server's).
 
@@ -55,19 +92,28 @@ async def similar(
     item-features file or topic) gets the content answer too, with ``"model":
     "content"``.
     """
+    return await _similar(loaded, state, item_id, k, model)
+
+
+async def _similar(
+    loaded: LoadedSnapshot, state: ServingState, item_id: str, k: int, model: str | None
+) -> JSON:
     if k > state.settings.max_k:
         raise HTTPException(422, detail=f"k must be <= {state.settings.max_k}")
     if model == CONTENT_MODEL:
-        name, items = CONTENT_MODEL, await _content_similar(state, item_id, k)
+        name, found = CONTENT_MODEL, await _content_similar(state, item_id, k)
+        if found is None:
+            raise HTTPException(404, detail="item has no content")
+        items = found
     else:
         try:
             name, m = loaded.model(model)
         except UnknownModelError as exc:
             raise HTTPException(404, detail=str(exc)) from None
         if m.items.get(item_id) >= 0:
-            items = m.similar(item_id, k)
-        elif item_id in state.content:
-            name, items = CONTENT_MODEL, await _content_similar(state, item_id, k)
+            items = await _ranked(state, m.similar, item_id, k)
+        elif (found := await _content_similar(state, item_id, k)) is not None:
+            name, items = CONTENT_MODEL, found
         else:
             raise HTTPException(404, detail=f"item not known to model {name!r} and "
                                             f"without item content")
@@ -81,12 +127,22 @@ async def similar(
     )
 
 
-async def _content_similar(state: ServingState, item_id: str, k: int) -> list[tuple[str, float]]:
-    # A matrix-vector product over the featured catalogue: off the event loop.
-    found = await asyncio.to_thread(state.content.similar, item_id, k)
-    if found is None:
-        raise HTTPException(404, detail="item has no content")
-    return found
+async def _ranked(state: ServingState, fn: Callable[[str, int], T], item_id: str, k: int) -> T:
+    # A model's ``similar`` scans the whole catalogue (a matrix-vector product and a
+    # sort for the factor models): on the rank pool like /v1/recommendations, so the
+    # event loop keeps answering; inline only when ``rank_threads`` is 0.
+    if state.rank_pool is None:
+        return fn(item_id, k)
+    return await asyncio.get_running_loop().run_in_executor(state.rank_pool, fn, item_id, k)
+
+
+async def _content_similar(
+    state: ServingState, item_id: str, k: int
+) -> list[tuple[str, float]] | None:
+    # A matrix-vector product over the featured catalogue, and a rebuild of its matrix
+    # after a content change: in a worker thread, as is the index's lock (taken there,
+    # never on the event loop). None: the item has no content.
+    return await asyncio.to_thread(state.content.similar, item_id, k)
 
 
 @router.get(
@@ -94,8 +150,13 @@ async def _content_similar(state: ServingState, item_id: str, k: int) -> list[tu
     response_class=JSON,
     summary="An item's popularity (snapshot + live clicks)",
     responses={200: {"model": ItemOut}},
+    dependencies=[PathIdDep],
 )
 async def item(loaded: LoadedDep, state: StateDep, item_id: ItemId) -> JSON:
+    return _item(loaded, state, item_id)
+
+
+def _item(loaded: LoadedSnapshot, state: ServingState, item_id: str) -> JSON:
     pop, known = loaded.item_popularity(item_id, state.live)
     return JSON(
         {

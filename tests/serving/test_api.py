@@ -101,6 +101,43 @@ def test_item_and_user_views(client: TestClient, trained: Trained) -> None:
     assert u["snapshot_items"] == seen and u["live_items"] == []
 
 
+def test_ids_with_a_slash_use_the_query_forms(client: TestClient, trained: Trained) -> None:
+    state = client.app.state.serving  # type: ignore[attr-defined]
+    state.live.observe("u/1", "sku/12")
+    state.content.update({"sku/12": "red wooden toy train", "sku/13": "red wooden toy train car"})
+    item = client.get("/v1/items", params={"item_id": "sku/12"}).json()
+    assert item["item_id"] == "sku/12" and item["popularity"] > 0
+    user = client.get("/v1/users", params={"user_id": "u/1"}).json()
+    assert user["user_id"] == "u/1" and user["live_items"] == ["sku/12"]
+    for params in ({}, {"model": "content"}):  # bpr does not know it: content answers
+        sim = client.get("/v1/items/similar", params={"item_id": "sku/12", **params}).json()
+        assert sim["item_id"] == "sku/12" and sim["model"] == "content"
+        assert [e["item_id"] for e in sim["items"]] == ["sku/13"]
+    # The path forms cannot carry such an id: refused, never answered for another id.
+    known = str(trained[0]["bpr"].items.ids[7])
+    assert client.get(f"/v1/items/{known}/similar").status_code == 200
+    for path in (f"/v1/items/{known}%2Fsimilar", f"/v1/items/{known}%2fsimilar",
+                 "/v1/items/sku%2F12", "/v1/users/u%2F1", "/v1/items/sku%2F12/similar"):
+        r = client.get(path)
+        assert r.status_code == 404, path
+        assert "sku/13" not in r.text and "snapshot_version" not in r.text
+
+
+def test_the_literal_similar_route_wins_over_an_item_id(
+    client: TestClient, trained: Trained
+) -> None:
+    item = str(trained[0]["itemknn"].items.ids[0])
+    by_query = client.get("/v1/items/similar", params={"item_id": item, "model": "itemknn"})
+    by_path = client.get(f"/v1/items/{item}/similar", params={"model": "itemknn"})
+    assert by_query.status_code == 200 and by_query.json() == by_path.json()
+    assert client.get("/v1/items/similar").status_code == 422  # item_id is required
+    # An item named "similar" is still addressable.
+    client.app.state.serving.live.observe("u", "similar")  # type: ignore[attr-defined]
+    pop = client.get("/v1/items", params={"item_id": "similar"}).json()
+    assert pop["item_id"] == "similar" and pop["popularity"] > 0
+    assert client.get("/v1/items/similar/similar").json()["detail"].startswith("item not known")
+
+
 def test_live_context_is_excluded_and_used(client: TestClient, trained: Trained) -> None:
     models, history, _ = trained
     user, _seen = _user_with_history(history)
@@ -156,6 +193,17 @@ def test_metrics_use_route_templates_never_ids(client: TestClient, trained: Trai
     assert reg.get_sample_value("liverec_serving_snapshot_version") == 1.0
     assert reg.get_sample_value("liverec_serving_freshness_seconds") > 0
     assert reg.get_sample_value("liverec_serving_snapshot_age_seconds") >= 0
+
+
+def test_url_limit_answers_414_and_it_is_counted(store: SnapshotStore) -> None:
+    with TestClient(create_app(settings_for(store.root, max_url_bytes=256))) as c:
+        r = c.get("/v1/recommendations", params={"user_id": "x" * 300})
+        assert r.status_code == 414 and r.json()["detail"]["reason"] == "uri_too_long"
+        reg = c.app.state.serving.metrics.registry  # type: ignore[attr-defined]
+        # Answered before routing: the bounded "unmatched" route, never the URL.
+        labels = {"route": "unmatched", "method": "GET", "status": "414"}
+        assert reg.get_sample_value("liverec_serving_responses_total", labels) == 1.0
+        assert "x" * 300 not in c.get("/metrics").text
 
 
 def test_bad_input_gets_4xx_with_a_json_reason(client: TestClient) -> None:

@@ -134,6 +134,49 @@ def test_revoked_key_is_refused_without_restart(
     assert status == 401
 
 
+def _anonymous_write_once_keys_are(c: TestClient, want_keys: set[str]) -> int:
+    """The status of an anonymous write once the server has re-read the key file to
+    hold ``want_keys`` (key names); the server re-reads it at most once a second."""
+    access = c.app.state.access  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 10
+    while True:
+        status = c.post("/v1/events", json=EVENT).status_code
+        if {k.name for k in access.keys.values()} == want_keys or time.monotonic() > deadline:
+            assert {k.name for k in access.keys.values()} == want_keys
+            return status
+        time.sleep(0.3)
+
+
+def test_a_key_added_at_run_time_closes_anonymous_writes(
+    store: SnapshotStore, tmp_path: Path
+) -> None:
+    path = tmp_path / "keys"
+    path.write_text("")  # an empty key file: on loopback, anonymous writes are open
+    with _client(store, AuthSettings(api_keys_file=path)) as c:
+        r = c.post("/v1/events", json=EVENT)
+        assert r.status_code == 503 and r.json()["reason"] == "no_producer"  # past auth
+        key = KeyFile(path).add("ingest", {"write"})  # what `liverec keys add` does
+        assert _anonymous_write_once_keys_are(c, {"ingest"}) == 401  # no key presented
+        r = c.post("/v1/events", json=EVENT)
+        assert r.status_code == 401 and r.json()["detail"]["reason"] == "missing_key"
+        assert c.post("/v1/events", json=EVENT, headers=_bearer(key)).status_code == 503
+        # Revoking every key reopens anonymous writes on loopback, as at start-up.
+        assert KeyFile(path).revoke("ingest")
+        assert _anonymous_write_once_keys_are(c, set()) == 503
+
+
+def test_revoking_every_key_keeps_writes_closed_on_a_public_interface(
+    store: SnapshotStore, tmp_path: Path
+) -> None:
+    kf = KeyFile(tmp_path / "keys")
+    kf.add("ingest", {"write"})
+    app = create_app(settings_for(store.root, host="0.0.0.0"),
+                     auth=AuthSettings(api_keys_file=kf.path))
+    with TestClient(app) as c:
+        assert kf.revoke("ingest")
+        assert _anonymous_write_once_keys_are(c, set()) == 401
+
+
 def test_rate_limit_answers_429_with_retry_after(
     store: SnapshotStore, keys: tuple[Path, dict[str, str]]
 ) -> None:
@@ -259,6 +302,27 @@ def test_key_guessing_is_rate_limited_per_address(
         assert statuses == [401, 401, 401, 429, 429]
         reg = c.app.state.serving.metrics.registry  # type: ignore[attr-defined]
         assert reg.get_sample_value("liverec_serve_rate_limited_total", {"scope": "auth"}) == 2
+
+
+def test_anonymous_rate_limits_hold_per_ipv6_64_and_per_ipv4_address(
+    store: SnapshotStore,
+) -> None:
+    app = create_app(settings_for(store.root), auth=AuthSettings(),
+                     limits=RateLimitSettings(read_per_s=0.001, read_burst=2))
+
+    def reads(host: str, n: int) -> list[int]:
+        c = TestClient(app, client=(host, 50000))
+        return [c.get("/v1/users/u").status_code for _ in range(n)]
+
+    with TestClient(app):  # runs the lifespan (loads the snapshot) for the others
+        assert reads("2001:db8:0:1::1", 2) == [200, 200]
+        # Other addresses of the same /64 draw on the same, now empty, bucket.
+        assert reads("2001:db8:0:1::2", 1) == reads("2001:db8:0:1:ffff::9", 1) == [429]
+        assert reads("2001:db8:0:2::1", 3) == [200, 200, 429]  # another /64
+        assert reads("198.51.100.1", 3) == [200, 200, 429]  # IPv4: per address
+        assert reads("198.51.100.2", 3) == [200, 200, 429]
+        assert reads("::ffff:198.51.100.2", 1) == [429]  # IPv4-mapped: the IPv4 address
+        assert reads("testclient", 3) == [200, 200, 429]  # not an IP: the name itself
 
 
 def test_serve_refuses_to_start_open_on_a_public_interface(tmp_path: Path) -> None:
