@@ -36,6 +36,7 @@ from online_models.base import (
     OnlineModel,
     grow_rows,
     pack_strings,
+    top_k,
     unpack_strings,
 )
 from online_models.deltas import ItemDelta, delta_rows
@@ -443,7 +444,7 @@ class BPR(OnlineModel):
         sims = (V @ V[row]) / (norms * norms[row])
         sims[row] = -np.inf
         ids = self.items.ids
-        order = np.lexsort((np.arange(len(sims)), -sims))[:k]
+        order = top_k(sims, k)  # argpartition: not a sort of the catalogue
         return [(ids[r], float(sims[r])) for r in order if np.isfinite(sims[r])]
 
     def item_vectors(self) -> np.ndarray:

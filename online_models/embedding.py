@@ -49,6 +49,7 @@ from online_models.base import (
     OnlineModel,
     grow_rows,
     pack_strings,
+    top_k,
     unpack_strings,
 )
 
@@ -523,7 +524,7 @@ class EmbeddingModel(OnlineModel):
         sims[~self._it.alive[:n]] = -np.inf
         sims[row] = -np.inf
         ids = self.items.ids
-        order = np.lexsort((np.arange(n), -sims))[:k]
+        order = top_k(sims, k)  # argpartition: not a sort of the catalogue
         return [(ids[r], float(sims[r])) for r in order if np.isfinite(sims[r])]
 
     def item_vectors(self) -> np.ndarray:

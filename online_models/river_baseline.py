@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 from river import optim, reco
 
-from online_models.base import Batch, IdIndex, ModelState, OnlineModel
+from online_models.base import Batch, IdIndex, ModelState, OnlineModel, top_k
 from online_models.bpr import generator_from_meta, generator_to_meta
 
 __all__ = ["RiverBiasedMF", "RiverFunkMF"]
@@ -179,7 +179,7 @@ class _RiverMF(OnlineModel):
         norms = np.linalg.norm(V, axis=1) + 1e-12
         sims = (V @ V[row]) / (norms * norms[row])
         sims[row] = -np.inf
-        order = np.lexsort((np.arange(len(sims)), -sims))[:k]
+        order = top_k(sims, k)  # argpartition: not a sort of the catalogue
         ids = self.items.ids
         return [(ids[r], float(sims[r])) for r in order if np.isfinite(sims[r])]
 
