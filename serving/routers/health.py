@@ -7,6 +7,8 @@ state; see :meth:`serving.state.ServingState.dependencies` for when it is ready.
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -36,7 +38,9 @@ _HEALTHY = frozenset({"loaded", "connected", "disabled", "owned"})
     responses={503: {"description": "not ready; the body says which dependency and why"}},
 )
 async def readyz(state: StateDep) -> JSON:
-    ready, deps = state.dependencies()
+    # In a worker thread: with scale-out trainers it reads their heartbeat files,
+    # which a slow or network file system must not turn into an event-loop stall.
+    ready, deps = await asyncio.to_thread(state.dependencies)
     degraded = sorted(
         name for name, d in deps.items() if d["state"] not in _HEALTHY
     )

@@ -1,5 +1,5 @@
-"""Slow request work runs off the event loop: while one request's similar-items scan is
-held up, the loop still answers ``/healthz``.
+"""Slow request work runs off the event loop: while one request's similar-items scan (or
+readiness check) is held up, the loop still answers ``/healthz``.
 
 Each test blocks the slow call on a :class:`threading.Event` and checks that a
 concurrent ``/healthz`` completes while the call is still blocked. Were the call on
@@ -138,3 +138,16 @@ def test_content_rebuild_does_not_hold_the_index_lock(
         gate.opened.set()
     assert pending.result(GIVE_UP_S) == []  # built from the content before "n" came
     assert [i for i, _ in ix.similar("a", 5)] == ["n"]  # the next call rebuilds
+
+
+def test_readiness_checks_run_off_the_event_loop(
+    client: TestClient, pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With scale-out trainers the readiness checks read heartbeat files: a slow file
+    # system must not hold up the loop.
+    state = client.app.state.serving  # type: ignore[attr-defined]
+    gate = Gate(state.dependencies())
+    monkeypatch.setattr(state, "dependencies", gate)
+    pending = _healthz_while_blocked(client, gate, pool, lambda: client.get("/readyz"))
+    assert pending.result(GIVE_UP_S).status_code in (200, 503)
+    assert gate.on_loop is False
