@@ -277,11 +277,12 @@ def test_kafka_entrypoint_maps_kafka_variables_to_properties(tmp_path) -> None:
     assert calls[1].endswith(f"kafka.Kafka {tmp_path}/server.properties")
 
 
-def test_promtool_accepts_the_compose_prometheus_config(tmp_path) -> None:
+@pytest.mark.parametrize("name", ["prometheus.yml", "prometheus-scale-out.yml"])
+def test_promtool_accepts_the_compose_prometheus_config(tmp_path, name: str) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool absent (make test installs prometheus via scripts/system-deps.sh)")
-    cfg = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
+    cfg = yaml.safe_load((DEPLOY / "prometheus" / name).read_text())
     # In the container the rules sit at /etc/prometheus/alerts.yml; here, in the repo.
     cfg["rule_files"] = [str(ALERTS)]
     path = tmp_path / "prometheus.yml"
