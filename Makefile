@@ -47,8 +47,11 @@ test: install system-deps
 images:
 	bash scripts/build-images.sh
 
+# The trainer's throughput benchmark (issue 9's command, one round; starts a local
+# broker unless LIVEREC_KAFKA_BOOTSTRAP is set). Every other benchmark, with its exact
+# command and results, is in BENCHMARKS.md.
 bench: install
-	$(BIN)/python -m bench.run_all
+	$(BIN)/python bench/bench_train.py --events 100000 --users 20000 --items 20000 --mixes popularity all
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
