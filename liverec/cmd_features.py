@@ -46,7 +46,11 @@ def publish(
     from stream.kafka import KafkaClientError
 
     settings = kafka_settings(topic=topic, bootstrap=bootstrap, client=client)
-    texts = read_item_texts(path, preset)
+    try:
+        texts = read_item_texts(path, preset)
+    except (ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     if limit is not None:
         texts = dict(list(texts.items())[:limit])
     target = features_topic or item_features_topic(settings.topic)

@@ -51,9 +51,9 @@ def keys_add(
     path = file or default_key_file()
     try:
         key = KeyFile(path).add(name, scopes)
-    except AuthConfigError as exc:
+    except (AuthConfigError, OSError) as exc:  # OSError: e.g. the path is a directory
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        raise typer.Exit(1) from None
     typer.echo(key)
     typer.echo(
         f"key {name!r} ({', '.join(sorted(scopes))}) stored as a hash in {path}; the key above "
@@ -71,9 +71,9 @@ def keys_list(file: FileOpt = None) -> None:
     path = file or default_key_file()
     try:
         keys = KeyFile(path).load()
-    except AuthConfigError as exc:
+    except (AuthConfigError, OSError) as exc:
         typer.echo(f"error: {path}: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        raise typer.Exit(1) from None
     if not keys:
         typer.echo(f"no keys in {path}", err=True)
         return
@@ -87,10 +87,15 @@ def keys_revoke(
     file: FileOpt = None,
 ) -> None:
     """Delete a key; running servers refuse it within a second."""
-    from serving.auth import KeyFile
+    from serving.auth import AuthConfigError, KeyFile
 
     path = file or default_key_file()
-    if not KeyFile(path).revoke(name):
+    try:
+        revoked = KeyFile(path).revoke(name)
+    except (AuthConfigError, OSError) as exc:
+        typer.echo(f"error: {path}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if not revoked:
         typer.echo(f"error: no key named {name!r} in {path}", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked {name!r}")

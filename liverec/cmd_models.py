@@ -146,16 +146,23 @@ def evaluate(
     from online_models.datasets import read_interactions, to_batches
     from online_models.evaluation import COLD_SEGMENTS, EvalSample, PrequentialEvaluator
 
-    names = registry.parse_models(models)
+    try:
+        names = registry.parse_models(models)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--models") from exc
     t0 = time.perf_counter()
-    ds = read_interactions(
-        path,
-        preset,
-        user_col=user_col,
-        item_col=item_col,
-        time_col=time_col,
-        event_type_col=event_type_col,
-    )
+    try:
+        ds = read_interactions(
+            path,
+            preset,
+            user_col=user_col,
+            item_col=item_col,
+            time_col=time_col,
+            event_type_col=event_type_col,
+        )
+    except (ValueError, OSError) as exc:  # an unknown preset, a missing column or file
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     if ds.invalid:
         typer.echo(f"{len(ds.invalid)} invalid rows ignored (first: {ds.invalid[0]})", err=True)
     if limit is not None:

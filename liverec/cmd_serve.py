@@ -92,6 +92,8 @@ def register(app: typer.Typer) -> None:
         Every option may also come from ``LIVEREC_<NAME>`` environment variables
         (``--features-preset``: ``LIVEREC_ITEM_FEATURES_PRESET``).
         """
+        from pydantic import ValidationError
+
         from serving.app import run
         from serving.auth import AuthConfigError, AuthSettings
         from serving.settings import ServeSettings
@@ -111,14 +113,26 @@ def register(app: typer.Typer) -> None:
             "item_features_preset": item_features_preset,
             "item_features_topic": item_features_topic,
         }
-        settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})
         auth_given: dict[str, Any] = {
             "api_keys_file": api_keys_file,
             "require_read_key": require_read_key,
             "protect_ops": protect_ops,
             "allow_anonymous_writes": allow_anonymous_writes or None,
         }
-        auth = AuthSettings(**{k: v for k, v in auth_given.items() if v is not None})
+        try:
+            settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})
+            auth = AuthSettings(**{k: v for k, v in auth_given.items() if v is not None})
+        except ValidationError as exc:  # an option or a LIVEREC_* variable
+            raise typer.BadParameter(str(exc)) from exc
+        if settings.item_features is not None:
+            # Read at start-up, inside uvicorn: check the file first, for a clear error.
+            from online_models.datasets import item_texts_source
+
+            try:
+                item_texts_source(settings.item_features, settings.item_features_preset)
+            except (ValueError, OSError) as exc:
+                typer.echo(f"error: --item-features: {exc}", err=True)
+                raise typer.Exit(2) from None
         logging.basicConfig(
             level=settings.log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s %(message)s",

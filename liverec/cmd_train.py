@@ -190,11 +190,13 @@ def train(
         }.items()
         if v is not None
     }
-    if model_params is not None:
-        given["model_params"] = orjson.loads(model_params)
     try:
+        if model_params is not None:
+            given["model_params"] = orjson.loads(model_params)
         settings = TrainerSettings(**given)
         settings.model_names()
+    except orjson.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--model-params") from exc
     except (ValidationError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     kafka = kafka_settings(bootstrap=bootstrap, topic=topic, client=kafka_client)
@@ -202,9 +204,15 @@ def train(
     metrics = TrainerMetrics(settings.model_names(), kafka.topic)
     server = None
     if settings.metrics_port >= 0:
-        server, _ = start_http_server(
-            settings.metrics_port, addr=settings.metrics_addr, registry=metrics.registry
-        )
+        try:
+            server, _ = start_http_server(
+                settings.metrics_port, addr=settings.metrics_addr, registry=metrics.registry
+            )
+        except OSError as exc:
+            typer.echo(f"error: cannot serve metrics on {settings.metrics_addr}:"
+                       f"{settings.metrics_port}: {exc.strerror or exc} (--metrics-port 0 "
+                       "picks a free port, -1 turns them off)", err=True)
+            raise typer.Exit(2) from None
         log.info("metrics on http://%s:%d/metrics", settings.metrics_addr, server.server_port)
     if settings.scale_out:
         try:
@@ -219,6 +227,11 @@ def train(
         if server is not None:
             server.shutdown()
         raise typer.BadParameter(str(exc)) from exc
+    except OSError as exc:  # the snapshot location: not creatable, not writable
+        if server is not None:
+            server.shutdown()
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     try:
         result = trainer.run()
     except SnapshotLocationBusy as exc:

@@ -622,19 +622,13 @@ def read_item_texts(path: str | Path, preset: str | None = None) -> dict[str, li
     """
     from online_models.content import tokenize
 
-    p = Path(path)
-    if p.is_dir():
-        p = p / "movies.csv"
-    elif preset == "movielens" and p.name != "movies.csv" and (p.parent / "movies.csv").exists():
-        p = p.parent / "movies.csv"
+    p, preset = item_texts_source(path, preset)
     out: dict[str, list[str]] = {}
     with _open_text(p) as fh:
         reader = csv.reader(fh)
         header = next(reader, [])
         if header and header[0].startswith("\ufeff"):
             header[0] = header[0][1:]
-        if preset is None:
-            preset = "movielens" if set(_MOVIES_HEADER) <= set(header) else detect_preset(header)
         if preset == "movielens":
             im, it, ig = (_col(header, c, str(p)) for c in _MOVIES_HEADER)
             for row in reader:
@@ -658,8 +652,28 @@ def read_item_texts(path: str | Path, preset: str | None = None) -> dict[str, li
             for item, descs in seen.items():
                 text = max(descs.items(), key=lambda kv: (kv[1], kv[0]))[0]
                 out[item] = [*tokenize(text), f"code:{item[:RETAIL_CODE_CHARS]}"]
-        else:
-            raise ValueError(
-                f"{p}: item features need preset movielens (movies.csv) or online-retail"
-            )
     return out
+
+
+def item_texts_source(path: str | Path, preset: str | None = None) -> tuple[Path, str]:
+    """The file :func:`read_item_texts` reads for ``path`` and its preset, from the
+    header when ``preset`` is None. Reads the header only: a cheap check before a
+    long start-up. Raises ``ValueError`` for a file neither preset reads, ``OSError``
+    for one that cannot be opened."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "movies.csv"
+    elif preset == "movielens" and p.name != "movies.csv" and (p.parent / "movies.csv").exists():
+        p = p.parent / "movies.csv"
+    with _open_text(p) as fh:
+        header = next(csv.reader(fh), [])
+    if header and header[0].startswith("\ufeff"):
+        header[0] = header[0][1:]
+    if preset is None:
+        preset = "movielens" if set(_MOVIES_HEADER) <= set(header) else detect_preset(header)
+    if preset not in ("movielens", "online-retail"):
+        raise ValueError(
+            f"{p}: item features need preset movielens (movies.csv) or online-retail")
+    for c in _MOVIES_HEADER if preset == "movielens" else ("StockCode", "Description"):
+        _col(header, c, str(p))  # a missing column: its ValueError
+    return p, preset

@@ -1,0 +1,69 @@
+"""Ordinary mistakes on the command line get a one-line error and a non-zero exit,
+never a traceback."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from liverec import cli
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    p = tmp_path / "tiny.csv"
+    p.write_text("a,b\n1,2\n")
+    return p
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def _fails_cleanly(args: list[str], expect: str) -> None:
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code in (1, 2), result.output
+    # an uncaught exception would be kept here (a clean exit is a SystemExit)
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        repr(result.exception))
+    assert expect in " ".join(result.output.split()), result.output
+
+
+def test_serve_refuses_bad_settings_and_a_bad_item_features_file(
+    tiny: Path, tmp_path: Path
+) -> None:
+    _fails_cleanly(["serve", "--port", "70000"], "less than or equal to 65535")
+    _fails_cleanly(["serve", "--snapshots", str(tmp_path / "s"), "--item-features", str(tiny)],
+                   "item features need preset movielens")
+
+
+def test_train_refuses_bad_json_a_busy_port_and_an_unusable_location(
+    tmp_path: Path, busy_port: int
+) -> None:
+    base = ["train", "--bootstrap", "127.0.0.1:1", "--snapshots", str(tmp_path / "s")]
+    _fails_cleanly([*base, "--metrics-port", "-1", "--model-params", "{bad"], "not JSON")
+    _fails_cleanly([*base, "--metrics-port", str(busy_port)], "cannot serve metrics")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    _fails_cleanly(["train", "--bootstrap", "127.0.0.1:1", "--metrics-port", "-1",
+                    "--snapshots", str(blocker / "s")], "error:")
+
+
+def test_evaluate_and_features_refuse_unknown_names_and_files(tiny: Path) -> None:
+    _fails_cleanly(["evaluate", str(tiny), "--models", "bogus"], "unknown model")
+    _fails_cleanly(["evaluate", str(tiny), "--preset", "bogus"], "unknown preset")
+    _fails_cleanly(["features", "publish", str(tiny), "--bootstrap", "127.0.0.1:1"],
+                   "item features need preset")
+
+
+def test_keys_refuse_a_directory_for_a_file(tmp_path: Path) -> None:
+    for args in (["list"], ["add", "x", "--scope", "write"], ["revoke", "x"]):
+        _fails_cleanly(["keys", *args, "--file", str(tmp_path)], "Is a directory")
