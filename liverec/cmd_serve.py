@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from serving.settings import ServeSettings
 
 
 def register(app: typer.Typer) -> None:
@@ -124,6 +128,8 @@ def register(app: typer.Typer) -> None:
             auth = AuthSettings(**{k: v for k, v in auth_given.items() if v is not None})
         except ValidationError as exc:  # an option or a LIVEREC_* variable
             raise typer.BadParameter(str(exc)) from exc
+        if bootstrap is None:
+            settings = _with_local_broker(settings)
         if settings.item_features is not None:
             # Read at start-up, inside uvicorn: check the file first, for a clear error.
             from online_models.datasets import item_texts_source
@@ -137,6 +143,11 @@ def register(app: typer.Typer) -> None:
             level=settings.log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s %(message)s",
         )
+        if not settings.bootstrap:
+            logging.getLogger("liverec.serve").warning(
+                "no Kafka: set LIVEREC_KAFKA_BOOTSTRAP or --bootstrap, or run `liverec "
+                "broker start` first; until then there is no live context and "
+                "POST /v1/events answers 503")
         # kafka-python logs every failed reconnect (several a second while a broker is
         # down); the live tail and the event sender log each state change with the
         # cause instead, and /readyz and liverec_serve_degraded show it.
@@ -146,3 +157,18 @@ def register(app: typer.Typer) -> None:
         except AuthConfigError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
+
+
+def _with_local_broker(settings: ServeSettings) -> ServeSettings:
+    """``settings`` with the local broker (``liverec broker start``) as its bootstrap
+    when none is configured and that broker runs, as train and replay do. A variable
+    set to "" (``LIVEREC_KAFKA_BOOTSTRAP=``) means no Kafka: serve snapshots only."""
+    if settings.bootstrap or any(
+            v in os.environ for v in ("LIVEREC_KAFKA_BOOTSTRAP", "LIVEREC_BOOTSTRAP")):
+        return settings
+    from stream.broker import broker_status
+
+    state = broker_status()
+    if state is None:
+        return settings
+    return settings.model_copy(update={"kafka": settings.kafka.with_bootstrap(state.bootstrap)})

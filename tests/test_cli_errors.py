@@ -67,3 +67,30 @@ def test_evaluate_and_features_refuse_unknown_names_and_files(tiny: Path) -> Non
 def test_keys_refuse_a_directory_for_a_file(tmp_path: Path) -> None:
     for args in (["list"], ["add", "x", "--scope", "write"], ["revoke", "x"]):
         _fails_cleanly(["keys", *args, "--file", str(tmp_path)], "Is a directory")
+
+
+def test_serve_uses_the_local_broker_when_no_bootstrap_is_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As train and replay do (README, "Configuration"); without one it warns and serves.
+    import types
+
+    from serving import app as serving_app
+    from stream import broker
+
+    for var in ("LIVEREC_KAFKA_BOOTSTRAP", "LIVEREC_BOOTSTRAP"):
+        monkeypatch.delenv(var, raising=False)
+    got: list[str] = []
+    monkeypatch.setattr(serving_app, "run", lambda settings, auth: got.append(settings.bootstrap))
+    args = ["serve", "--snapshots", str(tmp_path / "s")]
+    monkeypatch.setattr(broker, "broker_status",
+                        lambda: types.SimpleNamespace(bootstrap="127.0.0.1:9999"))
+    assert CliRunner().invoke(cli.app, args).exit_code == 0
+    monkeypatch.setattr(broker, "broker_status", lambda: None)
+    assert CliRunner().invoke(cli.app, args).exit_code == 0
+    assert CliRunner().invoke(cli.app, [*args, "--bootstrap", "10.0.0.1:9092"]).exit_code == 0
+    monkeypatch.setattr(broker, "broker_status",
+                        lambda: types.SimpleNamespace(bootstrap="127.0.0.1:9999"))
+    monkeypatch.setenv("LIVEREC_KAFKA_BOOTSTRAP", "")  # set empty: no Kafka at all
+    assert CliRunner().invoke(cli.app, args).exit_code == 0
+    assert got == ["127.0.0.1:9999", "", "10.0.0.1:9092", ""]

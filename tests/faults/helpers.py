@@ -38,7 +38,9 @@ class ServerProcess:
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         inherited = {k: v for k, v in os.environ.items()
                      if k not in ("LIVEREC_KAFKA_BOOTSTRAP", "LIVEREC_BOOTSTRAP")}
-        full_env = {**inherited, "LIVEREC_RELOAD_INTERVAL_S": "0.2", **(env or {})}
+        # No Kafka unless the arguments name one ("": not even a local broker).
+        full_env = {**inherited, "LIVEREC_KAFKA_BOOTSTRAP": "",
+                    "LIVEREC_RELOAD_INTERVAL_S": "0.2", **(env or {})}
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "liverec.cli", "serve", "--snapshots", str(snapshots),
