@@ -46,6 +46,7 @@ import numpy as np
 from stream.columns import EventColumns, decode_columns
 from stream.consume_errors import records_only
 from stream.events import Limits, Rejected
+from stream.logfilter import RepeatFilter
 
 __all__ = ["Frame", "decode_frame", "encode_frame", "read_message", "usable", "write_message"]
 
@@ -158,7 +159,12 @@ class _Reader:
         self.max_wait_s: float = cfg["max_wait_s"]
         self.limits = Limits(**cfg["limits"])
         self.weights: dict[str, float] = cfg["weights"]
-        self.consumer = Consumer({**cfg["conf"], "enable.auto.commit": False})
+        # Its log through Python logging (else librdkafka writes to stderr itself), with
+        # repeats held back as in the parent: a broker outage is one line a minute.
+        rdlog = logging.getLogger("liverec.reader.librdkafka")
+        rdlog.addFilter(RepeatFilter())
+        self.consumer = Consumer({**cfg["conf"], "enable.auto.commit": False,
+                                  "logger": rdlog})
         self.gen = 0
         self.assigned: set[int] = set()
 
@@ -235,9 +241,12 @@ def usable(msgs: Sequence[Any]) -> list[Any]:
 
 
 def main() -> None:
-    # Ctrl-C in a terminal reaches the whole process group: the parent stops this
-    # reader itself (stop command, or its end of the pipe closing), after its own work.
+    # Ctrl-C in a terminal reaches the whole process group, and a SIGTERM may too
+    # (systemd's default, timeout(1)): the parent stops this reader itself (stop
+    # command, or its end of the pipe closing), after its own work. Died at once, it
+    # would look like a crash to the parent while it writes its final snapshot.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s liverec-reader[%(process)d] %(levelname)s %(message)s")
     inp, out = sys.stdin.fileno(), sys.stdout.buffer

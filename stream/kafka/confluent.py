@@ -29,6 +29,7 @@ from stream.kafka.base import (
     Record,
     RecordBatch,
 )
+from stream.logfilter import RepeatFilter
 from stream.settings import KafkaSettings
 
 __all__ = ["ConfluentConsumer", "ConfluentProducer", "admin_create_topics",
@@ -36,6 +37,7 @@ __all__ = ["ConfluentConsumer", "ConfluentProducer", "admin_create_topics",
 
 log = logging.getLogger(__name__)
 _rdlog = logging.getLogger("stream.kafka.librdkafka")
+_rdlog.addFilter(RepeatFilter())  # a broker outage: one line a minute per kind, not dozens a second
 _INVALID = ck.OFFSET_INVALID
 
 
@@ -69,12 +71,16 @@ def _base_config(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
     return conf
 
 
+_errlog = logging.getLogger("stream.kafka.confluent.errors")
+_errlog.addFilter(RepeatFilter())
+
+
 def _log_error(err: ck.KafkaError) -> None:
     # Broker-down and similar transient errors: librdkafka retries by itself.
     level = logging.ERROR if err.fatal() else logging.WARNING
     if err.code() in (ck.KafkaError._TRANSPORT, ck.KafkaError._ALL_BROKERS_DOWN):
         level = logging.INFO
-    log.log(level, "librdkafka: %s", err)
+    _errlog.log(level, "librdkafka: %s", err)
 
 
 def _wrap(exc: ck.KafkaException, what: str) -> KafkaClientError:

@@ -46,3 +46,28 @@ def test_an_idle_reader_is_alive_and_a_stopped_one_is_given_up() -> None:
     finally:
         reader.proc.kill()
         reader.proc.wait()
+
+
+def test_a_sigterm_to_the_process_group_leaves_stopping_to_the_parent() -> None:
+    # systemd (and timeout(1)) signal the whole group: the reader must not die under
+    # the parent while it writes its final snapshot; the parent's stop ends it.
+    reader = ChildReader(KafkaSettings(bootstrap="127.0.0.1:1", topic="t"), "g",
+                         batch_size=64, max_wait_s=0.2, limits=DEFAULT_LIMITS,
+                         weights=EVENT_WEIGHTS)
+    try:
+        started = reader._heard  # until its first heartbeat the reader may be importing
+        end = time.monotonic() + 30.0
+        while reader._heard == started and time.monotonic() < end:
+            assert reader.read(0.2) is None
+        assert reader._heard > started, "no heartbeat from the reader"
+        os.kill(reader.proc.pid, signal.SIGTERM)
+        end = time.monotonic() + 2.5  # over two heartbeats: alive, still sending
+        while time.monotonic() < end:
+            assert reader.read(0.2) is None
+        assert reader.proc.poll() is None
+        reader.stop(timeout_s=10.0)
+        assert reader.proc.returncode == 0
+    finally:
+        if reader.proc.poll() is None:
+            reader.proc.kill()
+            reader.proc.wait()
