@@ -33,10 +33,13 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+
+if TYPE_CHECKING:
+    from stream.settings import KafkaSettings
 
 __all__ = [
     "ChildProcess",
@@ -261,7 +264,7 @@ class SyntheticStream(threading.Thread):
     Parameters
     ----------
     bootstrap, topic
-        Where to send.
+        Where to send (an address, or Kafka settings with their security fields).
     rate
         Events per second (on average; sessions make it bursty like real traffic).
     n_events
@@ -273,7 +276,7 @@ class SyntheticStream(threading.Thread):
     """
 
     def __init__(
-        self, bootstrap: str, topic: str, *, rate: float, n_events: int,
+        self, bootstrap: KafkaSettings | str, topic: str, *, rate: float, n_events: int,
         drift_at: int | None, users: int, items: int, seed: int = 0,
     ) -> None:
         super().__init__(name="synthetic-stream", daemon=True)
@@ -501,7 +504,7 @@ class _Demo:
     def start_children(self, bootstrap: str) -> None:
         o = self.opts
         exe = shutil.which("liverec", path=str(Path(sys.executable).parent)) or "liverec"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEREC_")}
+        env = _child_env(os.environ)
         # Loopback only: the demo's ports are for this machine.
         env["LIVEREC_METRICS_ADDR"] = "127.0.0.1"
         env["PYTHONUNBUFFERED"] = "1"
@@ -560,7 +563,7 @@ class _Demo:
                   f"&k=10'  ({user} just clicked; an unknown user id gets the popular items, "
                   '"fallback": true)')
 
-    def stream_clicks(self, bootstrap: str) -> None:
+    def stream_clicks(self, bootstrap: KafkaSettings | str) -> None:
         o = self.opts
         drift_after = o.drift_after_s
         if drift_after is None:
@@ -652,21 +655,39 @@ def _sigterm_as_interrupt() -> Iterator[None]:
             signal.signal(sig, previous)
 
 
-def _kafka(bootstrap: str | None, echo: Callable[[str], None]) -> tuple[str, Callable[[], None]]:
-    """A broker address and how to release it (stop it only if we started it)."""
-    from stream.broker import broker_status, resolve_bootstrap
+def _child_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The trainer's and server's environment: the user's ``LIVEREC_*`` settings stay
+    out (the demo passes its own), except how to reach Kafka -- its client and security
+    settings (the bootstrap goes as a flag).
 
-    external = bootstrap if bootstrap is not None else os.environ.get(
-        "LIVEREC_KAFKA_BOOTSTRAP", "")
+    >>> sorted(_child_env({"PATH": "/bin", "LIVEREC_MODELS": "bpr",
+    ...                    "LIVEREC_KAFKA_BOOTSTRAP": "k:9092", "LIVEREC_BOOTSTRAP": "k:9092",
+    ...                    "LIVEREC_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}))
+    ['LIVEREC_KAFKA_SECURITY_PROTOCOL', 'PATH']
+    """
+    return {k: v for k, v in environ.items() if not k.startswith("LIVEREC_") or (
+        k.startswith("LIVEREC_KAFKA_") and k != "LIVEREC_KAFKA_BOOTSTRAP")}
+
+
+def _kafka(bootstrap: str | None, echo: Callable[[str], None]
+           ) -> tuple[KafkaSettings, Callable[[], None]]:
+    """The Kafka settings to use (the environment's ``LIVEREC_KAFKA_*``, also the
+    client and security ones, with the broker found) and how to release the broker
+    (stop it only if we started it)."""
+    from stream.broker import broker_status, resolve_bootstrap
+    from stream.settings import KafkaSettings
+
+    settings = KafkaSettings()  # LIVEREC_KAFKA_BOOTSTRAP or LIVEREC_BOOTSTRAP, security
+    external = bootstrap if bootstrap is not None else settings.bootstrap
     if not external.strip():
         detached = broker_status()
         if detached is not None:
             echo(f"Kafka: the local broker from `liverec broker start` at {detached.bootstrap}")
-            return detached.bootstrap, lambda: None
+            return settings.with_bootstrap(detached.bootstrap), lambda: None
         echo("Kafka: starting a local broker (first run fetches Kafka via Maven)...")
-    kafka = resolve_bootstrap(env_bootstrap=external)
+    kafka = resolve_bootstrap(env_bootstrap=external, settings=settings)
     echo(f"Kafka ({kafka.source}) at {kafka.bootstrap}")
-    return kafka.bootstrap, kafka.close
+    return settings.with_bootstrap(kafka.bootstrap), kafka.close
 
 
 def run_demo(opts: DemoOptions, echo: Callable[[str], None] = print) -> DemoSummary:
@@ -687,14 +708,14 @@ def run_demo(opts: DemoOptions, echo: Callable[[str], None] = print) -> DemoSumm
     demo.run_dir.mkdir(parents=True, exist_ok=True)
     summary: DemoSummary | None = None
     with _sigterm_as_interrupt():
-        bootstrap, release_kafka = _kafka(opts.bootstrap, echo)
+        kafka, release_kafka = _kafka(opts.bootstrap, echo)
         topics_made = False
         try:
-            create_topics(bootstrap, {demo.topic: 4, f"{demo.topic}.dlq": 1})
+            create_topics(kafka, {demo.topic: 4, f"{demo.topic}.dlq": 1})
             topics_made = True
-            demo.start_children(bootstrap)
+            demo.start_children(kafka.bootstrap)
             demo.banner()
-            demo.stream_clicks(bootstrap)
+            demo.stream_clicks(kafka)
             try:
                 demo.watch()
                 demo.drain()
@@ -706,7 +727,7 @@ def run_demo(opts: DemoOptions, echo: Callable[[str], None] = print) -> DemoSumm
                 demo.shutdown()
                 if topics_made:
                     with contextlib.suppress(Exception):
-                        delete_topics(bootstrap, [demo.topic, f"{demo.topic}.dlq"])
+                        delete_topics(kafka, [demo.topic, f"{demo.topic}.dlq"])
             finally:
                 release_kafka()
     echo("summary: " + orjson.dumps(summary.as_json()).decode())

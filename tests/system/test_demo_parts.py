@@ -7,6 +7,9 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 import liverec.demo
 from liverec.demo import ChildProcess, Scrape, pick_port
@@ -65,3 +68,29 @@ def test_child_process_group_is_killed_with_its_grandchildren(tmp_path: Path) ->
         assert alive == [] and len(gone) == 2
     finally:
         p.stop(timeout_s=1)
+
+
+def test_the_demo_reaches_kafka_with_the_environments_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The alias LIVEREC_BOOTSTRAP and the security settings reach the readiness probe
+    # (a SASL/TLS cluster does not answer a plaintext client).
+    import types
+
+    from liverec import demo
+    from stream import broker
+
+    probed: list[Any] = []
+
+    def resolve(env_bootstrap: str, settings: Any) -> Any:
+        probed.append((env_bootstrap, settings))
+        return types.SimpleNamespace(source="env", bootstrap=env_bootstrap, close=lambda: None)
+
+    monkeypatch.delenv("LIVEREC_KAFKA_BOOTSTRAP", raising=False)
+    monkeypatch.setenv("LIVEREC_BOOTSTRAP", "k1:9093")
+    monkeypatch.setenv("LIVEREC_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setattr(broker, "resolve_bootstrap", resolve)
+    kafka, release = demo._kafka(None, lambda line: None)
+    release()
+    assert (kafka.bootstrap, kafka.security_protocol) == ("k1:9093", "SASL_SSL")
+    assert probed[0][0] == "k1:9093" and probed[0][1].security_protocol == "SASL_SSL"
