@@ -358,11 +358,17 @@ def parse_timestamp(value: object) -> datetime:
                 raise _Reject("bad_timestamp", f"not ISO-8601: {text[:64]!r}") from exc
             if dt.tzinfo is None:
                 dt = dt.replace(tzinfo=UTC)
-            return dt.astimezone(UTC)
+            try:
+                return dt.astimezone(UTC)
+            except OverflowError as exc:  # year 1 or 9999 moved across midnight
+                raise _Reject("timestamp_out_of_range", f"{text[:64]!r}: {exc}") from exc
         value = number
     if not isinstance(value, int | float):
         raise _Reject("bad_timestamp", f"timestamp of type {type(value).__name__}")
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError as exc:  # an int beyond any float
+        raise _Reject("timestamp_out_of_range", f"timestamp of {len(str(value))} digits") from exc
     if not math.isfinite(seconds):
         raise _Reject("bad_timestamp", "timestamp is not finite")
     if abs(seconds) >= _MS_THRESHOLD:

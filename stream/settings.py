@@ -9,6 +9,7 @@ Nothing in :mod:`stream` reads the environment behind the caller's back except
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -143,8 +144,8 @@ class KafkaSettings(BaseSettings):
                 f"event_weights must give exactly {sorted(DEFAULT_EVENT_WEIGHTS)}; "
                 f"missing {sorted(missing)}, unknown {sorted(unknown)}"
             )
-        if any(w < 0 for w in v.values()):
-            raise ValueError("event_weights must not be negative")
+        if any(not math.isfinite(w) or w < 0 for w in v.values()):
+            raise ValueError("event_weights must be finite and not negative")
         return v
 
     @field_validator("sasl_password", "ssl_key_password", mode="before")

@@ -81,6 +81,9 @@ def test_timestamp_forms_agree(ts: object) -> None:
         (orjson.dumps(valid(timestamp=True)), "bad_timestamp"),
         (orjson.dumps(valid(timestamp=4_102_444_800)), "timestamp_out_of_range"),  # 2100
         (orjson.dumps(valid(timestamp=-4_102_444_800)), "timestamp_out_of_range"),
+        # beyond datetime's range once moved to UTC (was an OverflowError: not_object)
+        (orjson.dumps(valid(timestamp="0001-01-01T00:00:00+01:00")), "timestamp_out_of_range"),
+        (orjson.dumps(valid(timestamp="9999-12-31T23:59:59-01:00")), "timestamp_out_of_range"),
         (orjson.dumps(valid(context=[1])), "bad_context"),
         (orjson.dumps(valid(context={"k": {"nested": 1}})), "bad_context"),
         (b"{" + b" " * 9000 + b"}", "too_large"),
@@ -225,3 +228,9 @@ def test_decode_never_raises_on_arbitrary_bytes(raw: bytes) -> None:
 @given(mutated_events())
 def test_decode_never_raises_on_mutated_events(raw: bytes) -> None:
     _check(raw)
+
+
+def test_an_integer_beyond_any_float_is_out_of_range() -> None:
+    # JSON cannot carry it (not_json), but a POST body validated as a dict can.
+    out = validate_dict(valid(timestamp=10**400), now=NOW)
+    assert isinstance(out, Rejected) and out.reason == "timestamp_out_of_range"

@@ -57,6 +57,16 @@ def test_event_weights_are_read_by_the_shared_settings(monkeypatch: pytest.Monke
     assert ServeSettings().kafka.event_weights["purchase"] == 10
 
 
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-1"])
+def test_event_weights_must_be_finite_and_not_negative(
+    monkeypatch: pytest.MonkeyPatch, bad: str
+) -> None:
+    monkeypatch.setenv("LIVEREC_EVENT_WEIGHTS",
+                       f'{{"view": {bad}, "click": 2, "add_to_cart": 3, "purchase": 10}}')
+    with pytest.raises(ValueError, match="finite and not negative"):
+        KafkaSettings()
+
+
 def test_secrets_come_from_files_and_stay_hidden(tmp_path, monkeypatch) -> None:
     pw = tmp_path / "pw"
     pw.write_text("hunter2\n")
