@@ -38,7 +38,9 @@ from stream.events import (
     validate_dict,
 )
 from stream.kafka import (
+    KafkaClientError,
     Producer,
+    Record,
     as_settings,
     make_producer,
     send_all,
@@ -58,7 +60,8 @@ class ReplayResult:
     sent: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
-    failed: int = 0  # sends the broker did not acknowledge
+    failed: int = 0  # sends the broker did not acknowledge ...
+    dlq_failed: int = 0  # ... of which dead-letter copies of rejected rows
     elapsed_s: float = 0.0
 
     @property
@@ -73,7 +76,8 @@ class ReplayResult:
                          + ")")
         parts.append(f"skipped {sum(self.skipped.values())}")
         if self.failed:
-            parts.append(f"FAILED {self.failed}")
+            parts.append(f"FAILED {self.failed}" + (
+                f" ({self.dlq_failed} of them dead-letter copies)" if self.dlq_failed else ""))
         parts.append(f"in {self.elapsed_s:.1f}s ({rate:,.0f} events/s)")
         return " ".join(parts)
 
@@ -128,6 +132,8 @@ class Replayer:
                                  else DEFAULT_LIMITS)
         self.progress = progress
         self.linger_ms = linger_ms
+        #: dead-letter copies the broker did not take (in this replay)
+        self._dlq_failed = 0
         # No compression by default: kafka-python can read lz4/snappy/zstd topics only
         # with extra packages, and any reader must be able to read what replay writes.
         self.compression = compression or "none"
@@ -137,6 +143,7 @@ class Replayer:
         from tqdm import tqdm
 
         result = ReplayResult(skipped=Counter(dataset.skipped))
+        self._dlq_failed = 0
         producer = make_producer(self.settings, client_id="liverec-replay",
                                  linger_ms=self.linger_ms, compression=self.compression,
                                  max_block_ms=60_000, report_successes=False)
@@ -179,9 +186,11 @@ class Replayer:
         finally:
             producer.close(30.0)
             result.elapsed_s = time.monotonic() - start
-        # Rejects' DLQ copies count too: a failure is any record the broker did not take.
+        # Rejects' DLQ copies count too: a failure is any record the broker did not take;
+        # only the events' own failures come off the events sent.
         result.failed = producer.failed_total + left
-        result.sent = max(0, result.sent - result.failed)
+        result.dlq_failed = min(self._dlq_failed, result.failed)
+        result.sent = max(0, result.sent - (result.failed - result.dlq_failed))
         if result.failed:
             log.error("%d sends failed, last: %s", result.failed, producer.last_error)
         return result
@@ -208,7 +217,11 @@ class Replayer:
         headers.append(("source_file", source.encode("utf-8", "backslashreplace")))
         if line is not None:
             headers.append(("source_line", str(line).encode()))
-        producer.send(self.dlq_topic, value, headers=headers)
+        producer.send(self.dlq_topic, value, headers=headers, on_delivery=self._dlq_delivered)
+
+    def _dlq_delivered(self, error: KafkaClientError | None, record: Record | None) -> None:
+        if error is not None:
+            self._dlq_failed += 1
 
 
 def encode_rows(dataset: Dataset, limits: Limits = DEFAULT_LIMITS, *,
