@@ -1,9 +1,11 @@
-"""Keep a client library's repeated log lines from flooding the log.
+"""Keep a client library's log lines from flooding the log or leaking secrets.
 
 While a broker is down, librdkafka logs every failed connection attempt of every
 client (consumer, producers, admin, the reader process): tens of ERROR lines a second,
 thousands a minute, all saying the same. :class:`RepeatFilter` lets each kind of
 message through once per ``every_s`` and says how many like it it held back.
+:class:`RedactSecrets` blanks the values of password settings in a logged
+configuration (kafka-python's admin client logs its whole configuration at DEBUG).
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import re
 import time
 from collections.abc import Callable
 
-__all__ = ["RepeatFilter"]
+__all__ = ["RedactSecrets", "RepeatFilter"]
 
 _NUMBERS = re.compile(r"\d+")
+#: a quoted setting whose name holds "password", and its quoted value
+_SECRET = re.compile(r"""(['"][^'"]*password[^'"]*['"]\s*:\s*)(['"])(?:(?!\2).)*\2""")
 
 
 class RepeatFilter(logging.Filter):
@@ -59,4 +63,21 @@ class RepeatFilter(logging.Filter):
             record.msg = (f"{text} ({seen[1]} more like it in the last "
                           f"{now - seen[0]:.0f} s not logged)")
             record.args = None
+        return True
+
+
+class RedactSecrets(logging.Filter):
+    """Blank the value of every quoted ``...password...`` setting in a record.
+
+    >>> f = RedactSecrets()
+    >>> r = logging.LogRecord("kafka", logging.DEBUG, "", 0, "config: %s", None, None)
+    >>> r.args = ({"sasl_plain_username": "alice", "sasl_plain_password": "hunter2"},)
+    >>> f.filter(r), r.getMessage()
+    (True, "config: {'sasl_plain_username': 'alice', 'sasl_plain_password': '***'}")
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "password" in text:
+            record.msg, record.args = _SECRET.sub(r"\1'***'", text), None
         return True

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from stream.kafka.base import ConsumerOptions, KafkaClientError
+from stream.logfilter import RedactSecrets
 from stream.settings import KafkaSettings
 
 __all__ = [
@@ -143,6 +144,10 @@ def wait_until_ready(settings: KafkaSettings | str, *, timeout_s: float = 60.0) 
 
 
 # ---------------------------------------------------------------------- kafka-python
+
+
+# kafka-python's admin client logs its whole configuration, passwords included, at DEBUG.
+logging.getLogger("kafka.admin.client").addFilter(RedactSecrets())
 
 
 def _kp_admin(s: KafkaSettings, request_timeout_ms: int = 30_000) -> Any:
