@@ -626,7 +626,8 @@ def resolve_bootstrap(
         Where a :class:`LocalBroker` keeps its files (a temp dir, removed on close,
         when not given).
     env_bootstrap
-        An explicit external cluster; defaults to ``$LIVEREC_KAFKA_BOOTSTRAP``.
+        An explicit external cluster; defaults to ``settings``' bootstrap, else the
+        environment's (``LIVEREC_KAFKA_BOOTSTRAP`` or ``LIVEREC_BOOTSTRAP``).
     settings
         Client and security settings for the external cluster's readiness check
         (a SASL/TLS cluster does not answer a plaintext client).
@@ -636,9 +637,10 @@ def resolve_bootstrap(
     KafkaSetupError
         The external cluster does not answer, or no broker could be started.
     """
-    external = env_bootstrap if env_bootstrap is not None else os.environ.get(
-        "LIVEREC_KAFKA_BOOTSTRAP", ""
-    )
+    if env_bootstrap is not None:
+        external = env_bootstrap
+    else:  # LIVEREC_KAFKA_BOOTSTRAP, or its alias LIVEREC_BOOTSTRAP
+        external = settings.bootstrap if settings is not None else KafkaSettings().bootstrap
     if external.strip():
         probe: KafkaSettings | str = (external if settings is None
                                       else settings.with_bootstrap(external))

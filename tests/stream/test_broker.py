@@ -33,6 +33,15 @@ def test_unreachable_external_cluster_is_a_clear_error():
         resolve_bootstrap(env_bootstrap="127.0.0.1:1")
 
 
+def test_the_bootstrap_alias_names_the_external_cluster_too(monkeypatch):
+    # LIVEREC_BOOTSTRAP is LIVEREC_KAFKA_BOOTSTRAP's documented alias: it must not
+    # quietly start a broker of its own instead.
+    monkeypatch.delenv("LIVEREC_KAFKA_BOOTSTRAP", raising=False)
+    monkeypatch.setenv("LIVEREC_BOOTSTRAP", "127.0.0.1:1")
+    with pytest.raises(KafkaSetupError, match=r"127\.0\.0\.1:1\b"):
+        resolve_bootstrap()
+
+
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_early_jvm_exit_surfaces_the_log(tmp_path: Path, kafka_bootstrap: str):
