@@ -36,6 +36,9 @@ __all__ = ["ConfluentConsumer", "ConfluentProducer", "admin_create_topics",
            "admin_delete_topics", "cluster_id", "security_config"]
 
 log = logging.getLogger(__name__)
+#: librdkafka's partitioner for keyed records: murmur2, as kafka-python and the Java
+#: client hash keys (a null key goes to a random partition, as with theirs)
+PARTITIONER = "murmur2_random"
 _rdlog = logging.getLogger("stream.kafka.librdkafka")
 _rdlog.addFilter(RepeatFilter())  # a broker outage: one line a minute per kind, not dozens a second
 _INVALID = ck.OFFSET_INVALID
@@ -340,6 +343,9 @@ class ConfluentProducer:
         conf.update({
             "acks": "all",
             "enable.idempotence": True,
+            # The Java client's and kafka-python's key hash: a key lands in the same
+            # partition whichever client sent it (librdkafka's default is CRC32).
+            "partitioner": PARTITIONER,
             "linger.ms": options.linger_ms,
             "delivery.timeout.ms": options.delivery_timeout_ms,
             "queue.buffering.max.messages": options.queue_max_messages,

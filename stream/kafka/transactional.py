@@ -22,7 +22,7 @@ from typing import Any
 import confluent_kafka as ck
 
 from stream.kafka.base import KafkaClientError, Partition, QueueFull
-from stream.kafka.confluent import ConfluentConsumer, _base_config
+from stream.kafka.confluent import PARTITIONER, ConfluentConsumer, _base_config
 from stream.settings import KafkaSettings
 
 __all__ = ["TransactionFailed", "TransactionalProducer"]
@@ -69,6 +69,7 @@ class TransactionalProducer:
             "acks": "all",
             "enable.idempotence": True,
             "transactional.id": transactional_id,
+            "partitioner": PARTITIONER,  # as every producer of liverec's (confluent.py)
             "transaction.timeout.ms": timeout_ms,
             "linger.ms": linger_ms,
             "compression.type": compression,
