@@ -528,9 +528,21 @@ def _read_retail(reader: Iterator[list[str]], header: Sequence[str], path: str) 
     return b.build()
 
 
+#: a numeric time at or beyond this is epoch milliseconds (the rule of the event
+#: contract, ``stream.events.parse_timestamp``: 1e11 s is the year 5138)
+MS_THRESHOLD = 1e11
+
+
 def _parse_time(text: str) -> float:
+    """Epoch seconds of a CSV time: epoch seconds, epoch milliseconds or ISO-8601.
+
+    >>> _parse_time("1700000000"), _parse_time("1700000000500"), _parse_time("2023-11-14T22:13:20Z")
+    (1700000000.0, 1700000000.5, 1700000000.0)
+    """
     try:
         ts = float(text)
+        if abs(ts) >= MS_THRESHOLD:
+            ts /= 1000.0
     except ValueError:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
         if dt.tzinfo is None:

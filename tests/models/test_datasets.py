@@ -154,3 +154,15 @@ def test_online_retail_full_file() -> None:
     assert ds.n_users == 4_339
     assert set(ds.event_types) == {"purchase"}
     assert bool((ds.timestamps[1:] >= ds.timestamps[:-1]).all())
+
+
+def test_epoch_milliseconds_read_as_seconds_and_sort_with_seconds(tmp_path: Path) -> None:
+    # The event contract's rule (stream.events.parse_timestamp): >= 1e11 is ms. Replay
+    # paces on these times, so a ms file was paced 1000x too slowly.
+    text = ("user_id,item_id,timestamp\n"
+            "a,x,1700000002000\n"   # ms: 2 s after the next row
+            "b,y,1700000000\n"      # s
+            "c,z,1700000001500\n")  # ms
+    ds = read_interactions(_write(tmp_path / "ms.csv", text), "liverec")
+    assert [r.user_id for r in ds] == ["b", "c", "a"]
+    assert ds.timestamps.tolist() == [1700000000.0, 1700000001.5, 1700000002.0]
