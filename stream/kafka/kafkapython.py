@@ -335,31 +335,32 @@ class KafkaPythonProducer:
 
     def send_many(self, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]
                   ) -> None:
-        # send() refuses at once when the queue is full; here a record waits for
-        # room up to max_block_ms, as librdkafka's batch does.
         for key, value in records:
-            deadline = None
-            while True:
-                try:
-                    self.send(topic, value, key)
-                    break
-                except QueueFull:
-                    now = time.monotonic()
-                    if deadline is None:
-                        deadline = now + self.options.max_block_ms / 1000.0
-                    if now >= deadline:
-                        raise
-                    self.poll(min(0.05, deadline - now))
-                    time.sleep(0.005)
+            self.send(topic, value, key)  # each waits for room up to max_block_ms
+
+    def _reserve(self) -> None:
+        """Take a place in the queue, waiting up to ``max_block_ms`` for one (as the
+        librdkafka backend's send does); :class:`QueueFull` when none comes."""
+        deadline = None
+        while True:
+            with self._lock:
+                if self._in_flight < self.options.queue_max_messages:
+                    self._in_flight += 1
+                    return
+                waiting = self._in_flight
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self.options.max_block_ms / 1000.0
+            if now >= deadline:
+                raise QueueFull(f"producer queue full ({waiting} records waiting for "
+                                "the broker)")
+            self.poll()  # the delivery callbacks that are due
+            time.sleep(min(0.005, deadline - now))
 
     def send(self, topic: str, value: bytes | None, key: bytes | None = None,
              headers: Headers | None = None,
              on_delivery: DeliveryCallback | None = None) -> None:
-        with self._lock:
-            if self._in_flight >= self.options.queue_max_messages:
-                raise QueueFull(f"producer queue full ({self._in_flight} records waiting "
-                                "for the broker)")
-            self._in_flight += 1
+        self._reserve()
         try:
             fut = self._p.send(topic, value=value, key=key,
                                headers=list(headers) if headers else None)

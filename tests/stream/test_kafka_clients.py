@@ -184,6 +184,22 @@ def test_full_local_queue_raises_queue_full_without_waiting_long(kafka_settings,
 
 
 @pytest.mark.kafka
+def test_a_full_queue_waits_for_room_up_to_max_block_ms(kafka_settings, new_topic):
+    # The ten queued records go out after the 200 ms linger: the 11th send waits for
+    # that room instead of failing at once (kafka-python refused it immediately).
+    topic = new_topic(partitions=1)
+    producer = make_producer(kafka_settings, queue_max_messages=10, linger_ms=200,
+                             max_block_ms=30_000)
+    try:
+        for i in range(11):
+            producer.send(topic, b"x", key=str(i).encode())
+        assert producer.flush(30) == 0 and producer.failed_total == 0
+    finally:
+        producer.close(5)
+    assert end_offsets(kafka_settings, topic) == {0: 11}
+
+
+@pytest.mark.kafka
 def test_a_refused_record_reaches_the_delivery_callback(kafka_settings, kafka_bootstrap):
     topic = f"small-{uuid.uuid4().hex[:12]}"
     create_topics(kafka_settings, {topic: 1}, configs={"max.message.bytes": "1000"})
