@@ -5,7 +5,9 @@
 #   scripts/docker-engine.sh stop         stop the engine this script started, if any
 #   scripts/docker-engine.sh status       say whether an engine answers
 #   scripts/docker-engine.sh run -- CMD   start (a failure is reported, not fatal), run CMD,
-#                                         stop what was started; exits with CMD's status
+#                                         stop the engine if this run started it (not one
+#                                         another run or `start` started); exits with CMD's
+#                                         status
 # The socket is DOCKER_HOST's (unix://PATH) or /var/run/docker.sock. Starting needs root
 # and dockerd (Debian's docker.io: scripts/system-deps.sh). LIVEREC_DOCKER=0: `run` only
 # runs CMD. Images stay in the data root (LIVEREC_DOCKER_DATA_ROOT, default
@@ -20,6 +22,8 @@ pidfile=$state_dir/$name.pid        # written only for an engine this script sta
 logfile=${LIVEREC_DOCKERD_LOG:-/tmp/liverec-dockerd-$name.log}
 
 say() { echo "docker-engine: $*" >&2; }
+
+started=0  # 1 once this invocation launched dockerd (what `run` may stop)
 
 answers() { timeout 10 docker -H "unix://$sock" version >/dev/null 2>&1; }
 
@@ -37,12 +41,24 @@ start() {
     return 1
   fi
   mkdir -p "$state_dir"
+  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    # Another run's engine, still starting or too loaded to answer in 10 s: wait for
+    # it rather than start a second one over its pidfile.
+    say "waiting for the dockerd another run started (pid $(cat "$pidfile"))"
+    for _ in $(seq 1 60); do
+      if answers; then say "an engine answers at $sock"; return 0; fi
+      sleep 1
+    done
+    say "the dockerd another run started (pid $(cat "$pidfile")) does not answer"
+    return 1
+  fi
   say "starting dockerd on $sock (log: $logfile)"
   # setsid: the engine must not get the terminal's signals meant for the test run.
   setsid dockerd -H "unix://$sock" --pidfile "$pidfile.dockerd" \
     --data-root "${LIVEREC_DOCKER_DATA_ROOT:-/var/lib/docker}" \
     >"$logfile" 2>&1 < /dev/null &
   echo $! > "$pidfile"
+  started=1
   for _ in $(seq 1 60); do
     if answers; then
       say "engine up in ${SECONDS}s (pid $(cat "$pidfile"))"
@@ -90,11 +106,13 @@ case ${1:-} in
     [ "${1:-}" = -- ] && shift
     [ $# -gt 0 ] || { say "run needs a command"; exit 2; }
     if [ "${LIVEREC_DOCKER:-1}" = 0 ]; then exec "$@"; fi
+    # Before start: an interrupt while dockerd starts up must stop it too (setsid
+    # keeps the terminal's signals from it).
+    trap '[ "$started" = 0 ] || stop; exit 130' INT TERM
     start || say "the docker tests will be skipped and Kafka tests use the local broker"
     rc=0
-    trap 'stop; exit 130' INT TERM
     "$@" || rc=$?
-    stop
+    if [ "$started" = 1 ]; then stop; fi
     exit "$rc"
     ;;
   *) echo "usage: $0 start|stop|status|run -- CMD..." >&2; exit 2 ;;
