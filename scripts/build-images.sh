@@ -30,6 +30,13 @@ MVN_PLUGIN=org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependenc
 say() { echo "build-images: $*" >&2; }
 die() { say "$*"; exit 1; }
 
+# Temp dirs of this run (the debootstrap tree is root's and large): removed however the
+# script ends -- die's exit, an error, Ctrl-C -- not only when a function returns.
+tmps=()
+cleanup() { if ((${#tmps[@]})); then rm -rf "${tmps[@]}"; fi; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
 command -v docker >/dev/null || die "the docker CLI is not installed (scripts/system-deps.sh installs docker.io)"
 docker version >/dev/null 2>&1 || die "no Docker engine answers${DOCKER_HOST:+ at $DOCKER_HOST} (scripts/docker-engine.sh start)"
 
@@ -92,8 +99,7 @@ build_base() {
   local root mirror
   mirror=$(debian_mirror)
   root=$(mktemp -d /tmp/liverec-base.XXXXXX)
-  # shellcheck disable=SC2064
-  trap "rm -rf '$root'" RETURN
+  tmps+=("$root")
   say "base: debootstrap bookworm from $mirror"
   timed debootstrap debootstrap --variant=minbase \
     --include=python3,python3-venv,ca-certificates bookworm "$root" "$mirror"
@@ -105,8 +111,10 @@ build_base() {
   printf 'DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb || true"; };\n' \
     > "$root/etc/apt/apt.conf.d/docker-clean"
   rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb
-  timed "base-import" sh -c "tar -C '$root' -c . | docker import \
+  # pipefail: a failed tar must not leave a truncated base cached under its tag
+  timed "base-import" bash -o pipefail -c "tar -C '$root' -c . | docker import \
     --change 'ENV LANG=C.UTF-8' --change 'CMD [\"python3\"]' - '$BASE_TAG'"
+  rm -rf "$root"
 }
 
 build_liverec() {
@@ -118,6 +126,8 @@ kafka_jars() {  # resolves the image's jars with Maven into a cache dir; prints 
   if [ ! -f "$cache/.complete" ] || [ deploy/docker/kafka/pom.xml -nt "$cache/.complete" ]; then
     command -v mvn >/dev/null || die "Maven ('mvn') is needed once to fetch the Kafka jars"
     tmp=$(mktemp -d)
+    # shellcheck disable=SC2064
+    trap "rm -rf '$tmp'" EXIT  # this runs in $(...): its own shell, its own EXIT
     timed "kafka-jars" mvn -B -q -f deploy/docker/kafka/pom.xml "$MVN_PLUGIN" \
       -DincludeScope=runtime "-DoutputDirectory=$tmp"
     rm -rf "$cache" && mkdir -p "$(dirname "$cache")" && mv "$tmp" "$cache"
@@ -130,12 +140,12 @@ build_kafka() {
   local jars ctx
   jars=$(kafka_jars)
   ctx=$(mktemp -d /tmp/liverec-kafka-ctx.XXXXXX)
-  # shellcheck disable=SC2064
-  trap "rm -rf '$ctx'" RETURN
+  tmps+=("$ctx")
   cp -p deploy/docker/kafka/* "$ctx/"
   mkdir "$ctx/libs"
   cp -p "$jars"/*.jar "$ctx/libs/"
   timed "kafka" "${BUILD[@]}" --build-arg "LIVEREC_BASE_IMAGE=$BASE_TAG" -t "$KAFKA_TAG" "$ctx"
+  rm -rf "$ctx"
 }
 
 build_prometheus() {
@@ -159,13 +169,15 @@ if ((needs_base)) && ! printf '%s\n' "${targets[@]}" | grep -qx base; then
 fi
 for t in "${targets[@]}"; do "build_$t"; done
 
-cat > "$ENV_FILE" <<EOF
-# Written by scripts/build-images.sh: points docker-compose.yml at the local images.
-LIVEREC_BASE_IMAGE=$BASE_TAG
-LIVEREC_IMAGE=$LIVEREC_TAG
-LIVEREC_KAFKA_IMAGE=$KAFKA_TAG
-LIVEREC_PROMETHEUS_IMAGE=$PROMETHEUS_TAG
-EOF
+# Only the images that exist (this run built some; earlier runs may have built others):
+# a variable naming a missing image would make compose try to pull it.
+{
+  echo "# Written by scripts/build-images.sh: points docker-compose.yml at the local images."
+  for pair in "LIVEREC_BASE_IMAGE=$BASE_TAG" "LIVEREC_IMAGE=$LIVEREC_TAG" \
+              "LIVEREC_KAFKA_IMAGE=$KAFKA_TAG" "LIVEREC_PROMETHEUS_IMAGE=$PROMETHEUS_TAG"; do
+    if image_exists "${pair#*=}"; then echo "$pair"; fi
+  done
+} > "$ENV_FILE"
 say "all done in $(( $(date +%s) - start )) s"
 docker image ls --format '{{.Repository}}:{{.Tag}}\t{{.Size}}' \
   | grep -F -e "$BASE_TAG" -e "$LIVEREC_TAG" -e "$KAFKA_TAG" -e "$PROMETHEUS_TAG" >&2 || true
