@@ -571,7 +571,10 @@ def stop_detached_broker(timeout_s: float = 30.0) -> BrokerState | None:
 
 
 def docker_available(timeout_s: float = 3.0) -> bool:
-    """True when a Docker engine answers a ping (the CLI alone is not enough)."""
+    """True when a Docker engine answers a ping (the CLI alone is not enough); always
+    False with ``LIVEREC_DOCKER=0``, which leaves Docker alone."""
+    if os.environ.get("LIVEREC_DOCKER", "").strip() == "0":
+        return False
     try:
         import docker
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import time
+from pathlib import Path
 from typing import Any, cast
 
 from stream.broker import KAFKA_VERSION, KafkaSetupError, ResolvedKafka, free_port
@@ -25,6 +27,17 @@ log = logging.getLogger(__name__)
 #: from the same release's Maven Central jars (same ``KAFKA_*`` configuration).
 KAFKA_IMAGES = (f"apache/kafka:{KAFKA_VERSION}", f"liverec-local/kafka:{KAFKA_VERSION}")
 _CONTAINER_LABEL = "io.liverec.kafka-owner-pid"
+#: which machine (boot) that pid belongs to: a pid means nothing on another host, or in
+#: another PID namespace, that shares the engine
+_HOST_LABEL = "io.liverec.kafka-owner-host"
+
+
+def _host_id() -> str:
+    """This machine's boot (the kernel's boot id; the host name where there is none)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return socket.gethostname()
 
 
 def docker_kafka_image(*, pull: bool = True) -> str:
@@ -71,6 +84,9 @@ def _remove_orphan_kafka_containers(client: Any) -> None:
     # Without testcontainers' reaper (Ryuk, an image a registry-less engine cannot pull)
     # a killed test run leaves its container behind; the next run removes it.
     for c in client.containers.list(all=True, filters={"label": _CONTAINER_LABEL}):
+        host = c.labels.get(_HOST_LABEL)
+        if host is not None and host != _host_id():
+            continue  # another machine's process: its pid means nothing here
         pid = int(c.labels.get(_CONTAINER_LABEL, "0") or 0)
         if pid <= 0 or not _pid_alive(pid):
             log.info("removing Kafka container %s left by dead process %s", c.name, pid)
@@ -153,7 +169,7 @@ def start_docker_kafka(image: str, *, startup_timeout_s: float = 120.0) -> Resol
             .with_env("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
             .with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "true")
             .with_env("KAFKA_HEAP_OPTS", "-Xmx512m -Xms512m")
-            .with_kwargs(labels={_CONTAINER_LABEL: str(os.getpid())})
+            .with_kwargs(labels={_CONTAINER_LABEL: str(os.getpid()), _HOST_LABEL: _host_id()})
         )
         # testcontainers binds on all interfaces; a local engine's broker stays on loopback.
         cast(dict[str, Any], container.ports)["9092/tcp"] = (bind, port)

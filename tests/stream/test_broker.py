@@ -79,3 +79,9 @@ def test_cli_start_status_stop_across_processes(tmp_path: Path):
         stopped = cli("broker", "stop")
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     assert cli("broker", "status").returncode == 1
+
+
+def test_liverec_docker_0_leaves_docker_alone(monkeypatch):
+    # make test's opt-out: no container Kafka (and no engine started), whatever answers
+    monkeypatch.setenv("LIVEREC_DOCKER", "0")
+    assert broker_mod.docker_available() is False

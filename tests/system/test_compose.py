@@ -67,6 +67,8 @@ def _compose_cli() -> list[str] | None:
 @pytest.fixture(scope="module")
 def engine() -> Iterator[None]:
     """A Docker engine: the running one, else one started here and stopped afterwards."""
+    if os.environ.get("LIVEREC_DOCKER", "").strip() == "0":
+        pytest.skip("LIVEREC_DOCKER=0: Docker is left alone")
     if shutil.which("docker") is None:
         pytest.skip("no docker CLI (scripts/system-deps.sh installs docker.io)")
     started = False
