@@ -25,9 +25,10 @@ system-deps:
 demo: install
 	$(BIN)/liverec demo
 
+# ruff check is the lint gate (make test runs it too). The code is not laid out by
+# ruff format, so that check, which used to run here with its failure ignored, is gone.
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check . || true
 
 typecheck: install
 	$(BIN)/mypy
