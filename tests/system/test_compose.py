@@ -86,7 +86,8 @@ def engine() -> Iterator[None]:
             reason = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "unknown"
             print(f"docker tests skipped: {reason}")
             pytest.skip(f"no Docker engine could be started: {reason}")
-        started = True
+        # Ours to stop only if start launched it (it may have waited for another run's)
+        started = "starting dockerd" in out.stderr
     try:
         yield
     finally:
