@@ -258,12 +258,7 @@ def read_interactions(
     custom = any(c is not None for c in (user_col, item_col, time_col))
     with _open_text(path) as fh:
         reader = csv.reader(fh)
-        try:
-            header = next(reader)
-        except StopIteration:
-            header = []
-        if header and header[0].startswith("\ufeff"):
-            header[0] = header[0][1:]
+        header = _header(reader)
         if preset is None and not custom:
             preset = detect_preset(header)
             if preset is None:
@@ -432,6 +427,14 @@ class _Builder:
             skipped=self.skipped,
             invalid=self.invalid,
         )
+
+
+def _header(reader: Iterator[list[str]]) -> list[str]:
+    """A CSV's first row ([] for an empty file), without a UTF-8 byte-order mark."""
+    header = next(reader, [])
+    if header and header[0].startswith("\ufeff"):
+        header[0] = header[0][1:]
+    return header
 
 
 def _col(header: Sequence[str], name: str, path: str) -> int:
@@ -638,9 +641,7 @@ def read_item_texts(path: str | Path, preset: str | None = None) -> dict[str, li
     out: dict[str, list[str]] = {}
     with _open_text(p) as fh:
         reader = csv.reader(fh)
-        header = next(reader, [])
-        if header and header[0].startswith("\ufeff"):
-            header[0] = header[0][1:]
+        header = _header(reader)
         if preset == "movielens":
             im, it, ig = (_col(header, c, str(p)) for c in _MOVIES_HEADER)
             for row in reader:
@@ -678,9 +679,7 @@ def item_texts_source(path: str | Path, preset: str | None = None) -> tuple[Path
     elif preset == "movielens" and p.name != "movies.csv" and (p.parent / "movies.csv").exists():
         p = p.parent / "movies.csv"
     with _open_text(p) as fh:
-        header = next(csv.reader(fh), [])
-    if header and header[0].startswith("\ufeff"):
-        header[0] = header[0][1:]
+        header = _header(csv.reader(fh))
     if preset is None:
         preset = "movielens" if set(_MOVIES_HEADER) <= set(header) else detect_preset(header)
     if preset not in ("movielens", "online-retail"):

@@ -47,6 +47,7 @@ from stream.kafka import (
     make_consumer,
     make_producer,
 )
+from stream.kafka.base import partition_lag
 from stream.settings import KafkaSettings
 from stream.signals import stop_on_signals
 
@@ -564,16 +565,7 @@ class MiniBatchConsumer:
     def lag(self) -> dict[Partition, int]:
         """Records not yet read per assigned partition (end offset - position);
         partitions whose position is not known yet are left out."""
-        parts = sorted(self.assignment())
-        if not parts:
-            return {}
-        ends = self._client.end_offsets(parts)
-        out = {}
-        for part in parts:
-            pos = self._client.position(part)
-            if pos is not None:
-                out[part] = max(0, ends[part] - pos)
-        return out
+        return partition_lag(self._client, self.assignment())
 
     # ------------------------------------------------------------------ loop
 

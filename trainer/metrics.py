@@ -20,14 +20,16 @@ Examples
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from online_models.drift import DETECTORS, DataDriftTracker
 from stream.events import REJECT_REASONS
+from stream.kafka.base import Partition
 from trainer.flood import CAP_REASONS
 
 __all__ = ["LOOP_PHASES", "PhaseClock", "TrainerMetrics"]
@@ -65,6 +67,10 @@ class TrainerMetrics:
         r = self.registry
         self.models = list(models)
         self.topic = topic
+        #: (topic, partition) of the lag series exported now (set on the consumer's
+        #: thread at assignment, on the learner's after: under the lock)
+        self._lag_series: set[Partition] = set()
+        self._lag_lock = threading.Lock()
 
         # ---------------------------------------------------------------- ingest
         self.events_consumed = Counter(
@@ -296,7 +302,29 @@ class TrainerMetrics:
 
     def partition(self, partition: int) -> None:
         """Create the lag series of a newly assigned partition."""
-        self.consumer_lag.labels(topic=self.topic, partition=str(partition))
+        with self._lag_lock:
+            self.consumer_lag.labels(topic=self.topic, partition=str(partition))
+            self._lag_series.add((self.topic, partition))
+
+    def export_lag(self, lag: Mapping[Partition, int]) -> None:
+        """Set the lag of the partitions in ``lag`` (those assigned) and drop the series
+        of any other: a partition another member owns now must not count twice in a
+        sum over the group."""
+        gauge = self.consumer_lag
+        with self._lag_lock:
+            for t, p in self._lag_series - lag.keys():
+                with suppress(KeyError):
+                    gauge.remove(t, str(p))
+            for (t, p), n in lag.items():
+                gauge.labels(topic=t, partition=str(p)).set(n)
+            self._lag_series = set(lag)
+
+    def drop_partition(self, partition: int) -> None:
+        """Drop a revoked partition's lag series now (its new owner exports it)."""
+        with self._lag_lock:
+            with suppress(KeyError):
+                self.consumer_lag.remove(self.topic, str(partition))
+            self._lag_series.discard((self.topic, partition))
 
 
 class PhaseClock:

@@ -64,7 +64,6 @@ drift do not run in this mode.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -91,7 +90,7 @@ from online_models.snapshot import SnapshotError, SnapshotStore
 from stream.columns import decode_columns
 from stream.events import dlq_payload
 from stream.kafka import ConsumerOptions, RecordBatch, create_topics
-from stream.kafka.base import Partition
+from stream.kafka.base import Partition, partition_lag
 from stream.kafka.confluent import ConfluentConsumer
 from stream.kafka.transactional import TransactionalProducer, TransactionFailed
 from stream.settings import KafkaSettings
@@ -390,8 +389,7 @@ class ScaleOutTrainer:
             for model in self.models.values():
                 model.forget_users(sorted(st.users))
             self.metrics.partition_owned.labels(topic=self.topic, partition=str(p)).set(0)
-            with contextlib.suppress(KeyError):  # its new owner exports its lag now
-                self.metrics.consumer_lag.remove(self.topic, str(p))
+            self.metrics.drop_partition(p)  # its new owner exports its lag now
             log.info("partition %d revoked at offset %s", p, st.offset)
 
     # ------------------------------------------------------------------ loop
@@ -748,14 +746,9 @@ class ScaleOutTrainer:
         the single trainer exports them; a position not known yet is left out."""
         if self.consumer is None or not self.parts:
             return
-        owned = [(self.topic, p) for p in sorted(self.parts)]
         try:
-            ends = self.consumer.end_offsets(owned)
-            for part in owned:
-                pos = self.consumer.position(part)
-                if pos is not None:
-                    self.metrics.consumer_lag.labels(topic=part[0], partition=str(part[1])
-                                                     ).set(max(0, ends[part] - pos))
+            self.metrics.export_lag(
+                partition_lag(self.consumer, [(self.topic, p) for p in self.parts]))
         except Exception:
             log.debug("consumer lag not available", exc_info=True)
 

@@ -24,7 +24,6 @@ later does.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import threading
@@ -152,10 +151,6 @@ class Trainer:
         self._rate = 0.0
         #: source-thread counters already added to the metrics
         self._seen: dict[str, int] = {}
-        #: (topic, partition) of the lag series exported now (the consumer's thread
-        #: adds at assignment, the learner sets them: under the lock)
-        self._lag_series: set[Partition] = set()
-        self._lag_lock = threading.Lock()
         self.source: BatchSource | None = None
         self.events_learned = 0
         self.duplicates = 0
@@ -280,8 +275,6 @@ class Trainer:
     def _on_assign(self, parts: set[Partition]) -> dict[Partition, int]:
         for _, partition in parts:
             self.metrics.partition(partition)
-        with self._lag_lock:
-            self._lag_series |= parts
         # Partitions the snapshot does not know start from the group's committed
         # offset (else the earliest), which the consumer does by itself (or, handed
         # straight back, where the source dropped unlearned records: see BatchSource).
@@ -744,7 +737,7 @@ class Trainer:
                 m.event_time_lag.set(time.time() - self.watermark)
             if self.source is not None:
                 src = self.source
-                self._export_lag({p: n for p, n in dict(src.lag).items() if p in src.assigned})
+                m.export_lag({p: n for p, n in dict(src.lag).items() if p in src.assigned})
                 for key, counter, now in (
                     ("dlq", m.dlq_failures, src.dlq_failures),
                     ("consume", m.loop_errors.labels(stage="consume"), src.errors),
@@ -757,19 +750,6 @@ class Trainer:
         except Exception:
             m.loop_errors.labels(stage="metrics").inc()
             log.exception("updating gauges failed")
-
-    def _export_lag(self, lag: Mapping[Partition, int]) -> None:
-        """Set the lag of the assigned partitions and drop the series of any other: a
-        partition another member owns now must not count twice in a sum over the
-        group."""
-        gauge = self.metrics.consumer_lag
-        with self._lag_lock:
-            for t, p in self._lag_series - lag.keys():
-                with contextlib.suppress(KeyError):
-                    gauge.remove(t, str(p))
-            for (t, p), n in lag.items():
-                gauge.labels(topic=t, partition=str(p)).set(n)
-            self._lag_series = set(lag)
 
     def status_line(self) -> str:
         return (

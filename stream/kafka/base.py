@@ -24,6 +24,7 @@ __all__ = [
     "RebalanceCallback",
     "Record",
     "RecordBatch",
+    "partition_lag",
 ]
 
 Partition = tuple[str, int]
@@ -324,3 +325,18 @@ class Producer(Protocol):
     def close(self, timeout_s: float = 30.0) -> None:
         """Flush for at most ``timeout_s``, then free the client."""
         ...
+
+
+def partition_lag(consumer: Consumer, parts: Iterable[Partition]) -> dict[Partition, int]:
+    """Records not yet read of each of ``parts`` (end offset - position); a partition
+    whose position is not known yet is left out."""
+    parts = sorted(parts)
+    if not parts:
+        return {}
+    ends = consumer.end_offsets(parts)
+    out = {}
+    for part in parts:
+        pos = consumer.position(part)
+        if pos is not None:
+            out[part] = max(0, ends[part] - pos)
+    return out
