@@ -186,6 +186,36 @@ def parse_records(text: str) -> list[ApiKey]:
     return out
 
 
+def key_table(records: Iterable[ApiKey]) -> dict[str, ApiKey]:
+    """The records by key id, from all sources; a record given twice counts once.
+
+    Names must be unique: a key's name scopes its event ids (the server's
+    de-duplication) and names it in logs and metrics, so two keys under one name, say
+    one in ``LIVEREC_API_KEYS`` and one in the key file, would share a namespace.
+
+    >>> a = ApiKey("ingest", "0000000a", frozenset({"write"}), "scrypt$a")
+    >>> sorted(key_table([a, a]))
+    ['0000000a']
+    >>> key_table([a, ApiKey("ingest", "0000000b", frozenset({"read"}), "scrypt$b")])
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    serving.auth.AuthConfigError: two API keys are named 'ingest' (ids 0000000a, 0000000b): ...
+    """
+    table: dict[str, ApiKey] = {}
+    by_name: dict[str, ApiKey] = {}
+    for key in records:
+        seen = table.get(key.key_id) or by_name.get(key.name)
+        if seen is not None and seen != key:
+            what = (f"named {key.name!r} (ids {seen.key_id}, {key.key_id})"
+                    if seen.name == key.name else f"with id {key.key_id}")
+            raise AuthConfigError(
+                f"two API keys are {what}: a name must be unique across "
+                "LIVEREC_API_KEYS and the key file")
+        table[key.key_id] = by_name[key.name] = key
+    return table
+
+
 class KeyFile:
     """The key file ``liverec keys`` edits: one record per line, written atomically.
 
@@ -380,7 +410,13 @@ class AccessControl:
                 log.error("API key file %s unreadable (%s); keeping the previous keys",
                           path, exc)
                 return
-        keys = {k.key_id: k for k in [*self._env_keys, *file_keys]}
+        try:
+            keys = key_table([*self._env_keys, *file_keys])
+        except AuthConfigError as exc:
+            if force:
+                raise
+            log.error("API keys: %s; keeping the previous keys", exc)
+            return
         if not force and set(keys) != set(self.keys):
             log.info("API keys now: %s", sorted(k.name for k in keys.values()))
         self.keys = keys

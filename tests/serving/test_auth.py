@@ -265,6 +265,41 @@ def test_keys_from_the_environment_variable(store: SnapshotStore, tmp_path: Path
         assert c.get("/v1/recommendations", params={"user_id": "u"}).status_code == 401
 
 
+def test_a_key_name_is_unique_across_the_variable_and_the_file(
+    store: SnapshotStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A key's name scopes its event ids: two keys under one name would share them.
+    env_file = KeyFile(tmp_path / "env")
+    env_key = env_file.add("ingest", {"write"})
+    env_records = env_file.path.read_text()
+    kf = KeyFile(tmp_path / "keys")
+    kf.add("ingest", {"write"})
+    with pytest.raises(AuthConfigError, match="two API keys are named 'ingest'"):
+        create_app(settings_for(store.root),
+                   auth=AuthSettings(api_keys=env_records, api_keys_file=kf.path))
+    # The same record in both places is one key.
+    same = AuthSettings(api_keys=env_records, api_keys_file=env_file.path)
+    with _client(store, same) as c:
+        assert len(c.app.state.access.keys) == 1  # type: ignore[attr-defined]
+    # At run time a clashing name is refused too, and the previous keys stay.
+    other = KeyFile(tmp_path / "other")
+    other.add("reader", {"read"})
+    auth = AuthSettings(api_keys=env_records, api_keys_file=other.path)
+    with _client(store, auth) as c:
+        access = c.app.state.access  # type: ignore[attr-defined]
+        before = dict(access.keys)
+        assert {k.name for k in before.values()} == {"ingest", "reader"}
+        other.add("ingest", {"write", "read"})
+        deadline = time.monotonic() + 10
+        with caplog.at_level(logging.ERROR, logger="serving.auth"):
+            while "two API keys are named 'ingest'" not in caplog.text:
+                assert time.monotonic() < deadline, "the clash was never logged"
+                c.get("/healthz")
+                c.post("/v1/events", json=EVENT, headers=_bearer(env_key))
+                time.sleep(0.3)
+        assert access.keys == before
+
+
 def test_keys_cli_add_list_revoke(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
