@@ -5,9 +5,10 @@
 #   docker build -t liverec:latest .
 # Wheels are built in builder stages (hnswlib ships only as source and needs a C++
 # compiler); the runtime stage installs them without the compiler. Dependencies come
-# from pyproject.toml and are installed in their own layer before liverec's code, so a
-# code change rebuilds only the last, small layer. torch is the package index's default
-# wheel (its CUDA libraries included: the CPU-only wheels live on another index).
+# from pyproject.toml at the versions constraints.txt pins, and are installed in their
+# own layer before liverec's code, so a code change rebuilds only the last, small layer.
+# torch is the package index's default wheel (its CUDA libraries included: the CPU-only
+# wheels live on another index).
 # Optional build secrets `cacerts` and `pipconf` (a CA bundle and a pip.conf) reach a
 # package index behind a TLS-intercepting proxy; they never enter a layer.
 ARG LIVEREC_BASE_IMAGE=python:3.11-slim
@@ -17,6 +18,8 @@ ARG LIVEREC_BASE_IMAGE=python:3.11-slim
 FROM ${LIVEREC_BASE_IMAGE} AS requirements
 COPY pyproject.toml /src/
 RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]))' > /requirements.txt
+# The versions `make install` pins (constraints.txt): the image runs what the suite tested.
+COPY constraints.txt /constraints.txt
 
 FROM ${LIVEREC_BASE_IMAGE} AS wheels
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
@@ -27,11 +30,11 @@ RUN extra=$(python3 -c 'import os, sysconfig; print("" if os.path.exists(os.path
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv
 WORKDIR /src
-COPY --from=requirements /requirements.txt ./
+COPY --from=requirements /requirements.txt /constraints.txt ./
 RUN --mount=type=cache,target=/root/.cache/pip \
     --mount=type=secret,id=cacerts,target=/etc/ssl/certs/ca-certificates.crt \
     --mount=type=secret,id=pipconf,target=/etc/pip.conf \
-    pip wheel --wheel-dir /wheels -r requirements.txt
+    pip wheel --wheel-dir /wheels -r requirements.txt -c constraints.txt
 
 # liverec's own wheel, in its own stage so a code change leaves the stage above cached
 # (.dockerignore keeps tests, docs, data and caches out of the context).

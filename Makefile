@@ -7,15 +7,28 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench clean system-deps images
+.PHONY: install demo test lint typecheck unit bench clean system-deps images lock
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Every dependency installs at the version constraints.txt pins (the set the suite last
+# passed with), so a fresh clone builds the same environment next year; the image uses
+# the same pins. `make lock` moves them.
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	@touch $@
+
+# New pins: the newest versions pyproject.toml allows, resolved in a scratch virtualenv
+# (not .venv), frozen into constraints.txt. Run `make test` on them before committing.
+lock:
+	@rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet -e '.[test]'
+	@{ sed -n '/^#/p' constraints.txt; .lock-venv/bin/pip freeze --exclude-editable; } > constraints.txt.new
+	@mv constraints.txt.new constraints.txt && rm -rf .lock-venv
+	@echo "constraints.txt: $$(grep -vc '^#' constraints.txt) pins; now run make test"
 
 # Debian packages the tests use for real parts: a Prometheus server, a headless browser,
 # a Docker engine with compose, and debootstrap for the local base image.
@@ -55,4 +68,4 @@ bench: install
 	$(BIN)/python bench/bench_train.py --events 100000 --users 20000 --items 20000 --mixes popularity all
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .lock-venv .pytest_cache .mypy_cache .ruff_cache build *.egg-info
