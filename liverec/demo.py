@@ -57,6 +57,12 @@ log = logging.getLogger(__name__)
 DEFAULT_API_PORT = 8000
 DEFAULT_METRICS_PORT = 9101
 
+#: what each child's SIGTERM waits for, as the shutdown says it
+_STOP_WAITS = {
+    "serving": ("server", "requests in flight, then its event producer's deliveries"),
+    "trainer": ("trainer", "its last snapshot, then the commit of the offsets it holds"),
+}
+
 
 # --------------------------------------------------------------------------- ports
 
@@ -169,7 +175,8 @@ class ChildProcess:
     ...                  Path(tempfile.mkdtemp()) / "sleeper.log").start()
     >>> p.alive()
     True
-    >>> p.stop(timeout_s=5)
+    >>> p.stop(timeout_s=5)  # True had it needed a SIGKILL
+    False
     >>> p.alive()
     False
     """
@@ -201,18 +208,21 @@ class ChildProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, timeout_s: float = 15.0) -> None:
-        """SIGTERM to the whole process group, SIGKILL after ``timeout_s``; idempotent."""
+    def stop(self, timeout_s: float = 15.0) -> bool:
+        """SIGTERM to the whole process group, SIGKILL after ``timeout_s``; idempotent.
+        True when it had to be killed."""
         proc = self.proc
+        killed = False
         try:
             if proc is None:
-                return
+                return False
             if proc.poll() is None:
                 self._signal(proc.pid, signal.SIGTERM)
                 try:
                     proc.wait(timeout=timeout_s)
                 except subprocess.TimeoutExpired:
                     log.warning("%s did not stop in %.0f s: SIGKILL", self.name, timeout_s)
+                    killed = True
                     self._signal(proc.pid, signal.SIGKILL)
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         proc.wait(timeout=5)
@@ -222,6 +232,7 @@ class ChildProcess:
             if self._log is not None:
                 self._log.close()
                 self._log = None
+        return killed
 
     @staticmethod
     def _signal(pgid: int, sig: signal.Signals) -> bool:
@@ -432,6 +443,8 @@ class DemoSummary:
     events_learned: int = 0
     hr_at_10: float | None = None
     hr_at_10_by_model: dict[str, float] = field(default_factory=dict)
+    #: the evaluated events each model's rolling HR@10 rests on (its evidence)
+    hr_at_10_events_by_model: dict[str, int] = field(default_factory=dict)
     drift_alarms: int = 0
     snapshot_version: int = 0
     recommendations_served: int = 0
@@ -443,8 +456,9 @@ class DemoSummary:
         return {
             "events_produced": self.events_produced,
             "events_learned": self.events_learned,
-            "hr@10": self.hr_at_10,
-            "hr@10_by_model": self.hr_at_10_by_model,
+            "hr@10": _round(self.hr_at_10),
+            "hr@10_by_model": {m: _round(v) for m, v in self.hr_at_10_by_model.items()},
+            "hr@10_evaluated_events_by_model": self.hr_at_10_events_by_model,
             "drift_alarms": self.drift_alarms,
             "snapshot_version": self.snapshot_version,
             "recommendations_served": self.recommendations_served,
@@ -452,6 +466,10 @@ class DemoSummary:
             "seconds": round(self.seconds, 1),
             "run_dir": self.run_dir,
         }
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
 
 
 class _Demo:
@@ -482,6 +500,8 @@ class _Demo:
             s.hr_at_10_by_model = tr.by_label("liverec_trainer_rolling_hit_ratio", "model")
             s.hr_at_10 = s.hr_at_10_by_model.get(
                 self.opts.default_model, max(s.hr_at_10_by_model.values(), default=None))
+            s.hr_at_10_events_by_model = {m: int(v) for m, v in tr.by_label(
+                "liverec_trainer_rolling_evaluated_events", "model").items()}
             s.drift_alarms = int(tr.sum("liverec_trainer_concept_drift_alarms_total"))
         if sv is not None:
             s.snapshot_version = int(sv.get("liverec_serving_snapshot_version") or 0)
@@ -494,6 +514,9 @@ class _Demo:
     def status_line(self) -> str:
         f = self.figures()
         hr = f"{f.hr_at_10:.3f}" if f.hr_at_10 is not None else "-"
+        n = f.hr_at_10_events_by_model.get(self.opts.default_model)
+        if n is not None:
+            hr += f" on {n}"
         fresh = f"{f.freshness_p50_s:.1f}s" if f.freshness_p50_s is not None else "-"
         return (f"[{f.seconds:6.1f}s] events in {f.events_produced:>7}  learned "
                 f"{f.events_learned:>7}  HR@10({self.opts.default_model}) {hr}  drift alarms "
@@ -616,11 +639,22 @@ class _Demo:
         time.sleep(2.0)
 
     def shutdown(self) -> None:
+        """Stop the click stream, the server, then the trainer, saying what each
+        stop waits for and how long it took."""
         for thread in (self.client, self.stream):
             if thread is not None:
                 thread.stop_event.set()
         for child in reversed(self.children):
-            child.stop()
+            if not child.alive():
+                child.stop()  # closes its log
+                continue
+            label, waits = _STOP_WAITS.get(child.name, (child.name, "its shutdown"))
+            self.echo(f"waiting for the {label} (pid {child.pid}) to stop: {waits} ...")
+            t0 = time.monotonic()
+            killed = child.stop()
+            took = time.monotonic() - t0
+            self.echo(f"  {label} " + (f"killed after {took:.1f} s (see {child.log_path})"
+                                       if killed else f"stopped in {took:.1f} s"))
         for thread in (self.client, self.stream):
             if thread is not None:
                 thread.join(timeout=15)

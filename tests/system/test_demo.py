@@ -55,6 +55,8 @@ def test_demo_runs_for_a_duration_and_writes_its_summary(
     assert figures["events_produced"] > 0
     assert 0 < figures["events_learned"] <= figures["events_produced"]
     assert 0 < figures["hr@10"] <= 1
+    # ... and the evidence it rests on: the rolling window's evaluated events
+    assert figures["hr@10_evaluated_events_by_model"]["itemknn"] > 0
     assert figures["snapshot_version"] >= 1
     assert figures["recommendations_served"] > 0
     assert figures["freshness_p50_s"] is not None and figures["freshness_p50_s"] >= 0
@@ -88,4 +90,9 @@ def test_demo_stops_cleanly_on_interrupt(kafka_bootstrap: str, tmp_path: Path) -
     text = log.read_text()
     assert rc == 0, text[-3000:]
     assert "summary: " in text
+    # The shutdown says what it waits for, server first, and how each stop went.
+    serving = text.index("waiting for the server")
+    trainer = text.index("waiting for the trainer")
+    assert serving < trainer and "last snapshot" in text[trainer:], text[-3000:]
+    assert re.search(r"trainer stopped in \d+\.\d s", text), text[-3000:]
     assert _ours(run_dir) == [], "the demo left processes behind"
