@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -26,6 +26,14 @@ from serving.state import ServingState
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
+
+
+def method_label(method: str) -> str:
+    """An HTTP method as a bounded metric label: the standard ones, else ``other``."""
+    return method if method in _METHODS else "other"
+
+
+_METHODS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
 class MetricsMiddleware:
@@ -53,9 +61,7 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "GET")
-            if method not in ("GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"):
-                method = "other"
+            method = method_label(scope.get("method", "GET"))
             dt = time.perf_counter() - t0
             m = self.state.metrics
             m.request_seconds.labels(route=template, method=method).observe(dt)
@@ -215,9 +221,15 @@ def run(
     """Serve ``create_app(settings, auth=auth, limits=limits)`` with uvicorn (blocks)."""
     import uvicorn
 
+    app = create_app(settings, auth=auth, limits=limits)
+    metrics = app.state.serving.metrics
+
+    def count(method: str, status: int) -> None:  # as MetricsMiddleware counts its own
+        metrics.responses.labels(route="unmatched", method=method, status=str(status)).inc()
+
     uvicorn.run(
-        create_app(settings, auth=auth, limits=limits),
-        http=json_error_protocol(settings.max_url_bytes),
+        app,
+        http=json_error_protocol(settings.max_url_bytes, on_reject=count),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -226,13 +238,18 @@ def run(
     )
 
 
-def json_error_protocol(max_url_bytes: int) -> type[Any]:
+def json_error_protocol(
+    max_url_bytes: int, on_reject: Callable[[str, int], None] | None = None
+) -> type[Any]:
     """uvicorn's httptools protocol answering malformed requests in JSON as well.
 
     uvicorn refuses a request it cannot parse (an over-long URL among them, from
     some 64 KiB on) with a plain-text 400 before the app sees it; this subclass
     stops reading a URL at ``max_url_bytes`` and answers JSON 414, and other parse
-    failures JSON 400.
+    failures JSON 400. The app never sees these requests, so ``on_reject(method,
+    status)`` is told of each answer (``run`` counts them in
+    ``liverec_serving_responses_total`` under the route ``unmatched``, with the
+    method as a bounded label, ``other`` when the request had none).
 
     After such an answer the connection closes *lingering*, as web servers do: the
     write side is shut, what the client still sends is read and dropped until it
@@ -244,6 +261,7 @@ def json_error_protocol(max_url_bytes: int) -> type[Any]:
 
     class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
         _url_too_long = False
+        _url_seen = False  # the request line got as far as its URL: the method is read
         _draining = False
         LINGER_S = 2.0
 
@@ -253,10 +271,15 @@ def json_error_protocol(max_url_bytes: int) -> type[Any]:
             super().data_received(data)
 
         def on_message_begin(self) -> None:
-            self._url_too_long = False
+            self._url_too_long = self._url_seen = False
             super().on_message_begin()
 
+        def on_message_complete(self) -> None:
+            self._url_seen = False  # a next request on the connection starts unread
+            super().on_message_complete()
+
         def on_url(self, url: bytes) -> None:
+            self._url_seen = True
             super().on_url(url)
             if len(self.url) > max_url_bytes:
                 self._url_too_long = True
@@ -268,6 +291,16 @@ def json_error_protocol(max_url_bytes: int) -> type[Any]:
                 msg = f"the URL must be at most {max_url_bytes} bytes"
             else:
                 status, reason = 400, "bad_request"
+            if on_reject is not None and not self._draining:
+                # httptools reports a method (DELETE) even where none was parsed
+                method = "other"
+                if self._url_seen:
+                    with contextlib.suppress(Exception):
+                        method = method_label(self.parser.get_method().decode("latin-1"))
+                try:
+                    on_reject(method, status)
+                except Exception:
+                    log.exception("counting a refused request failed")
             body = orjson.dumps({"detail": {"reason": reason, "detail": msg}})
             line = STATUS_LINE.get(status) or f"HTTP/1.1 {status} \r\n".encode()
             head = [line]

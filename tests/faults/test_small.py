@@ -51,5 +51,16 @@ def test_head_probes_and_json_414(tmp_path: Path) -> None:
         assert orjson.loads(body)["detail"]["reason"] == "bad_request"
         status, headers, body = _raw_get(server.port, b"/v1/recommendations?user_id=u000001")
         assert status == 200  # the server still answers after refusing those
+        # The parser answered them before the app, and they are counted all the same.
+        text = httpx.get(f"{server.base}/metrics").text
+
+        def responses(method: str, status: str) -> float:
+            want = (f'liverec_serving_responses_total{{method="{method}",'
+                    f'route="unmatched",status="{status}"}} ')
+            return sum(float(line[len(want):]) for line in text.splitlines()
+                       if line.startswith(want))
+
+        assert responses("GET", "414") == 3, text
+        assert responses("other", "400") == 1, text
     finally:
         server.stop()
