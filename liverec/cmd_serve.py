@@ -150,7 +150,7 @@ def register(app: typer.Typer) -> None:
                 "POST /v1/events answers 503")
         # kafka-python logs every failed reconnect (several a second while a broker is
         # down); the live tail and the event sender log each state change with the
-        # cause instead, and /readyz and liverec_serve_degraded show it.
+        # cause instead, and /readyz and liverec_serving_degraded show it.
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
         try:
             run(settings, auth=auth)

@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 
 __all__ = ["DEGRADED_REASONS", "BatcherCollector", "ServingMetrics"]
 
-#: Every ``reason`` of ``liverec_serve_degraded`` (one 0/1 series each).
+#: Every ``reason`` of ``liverec_serving_degraded`` (one 0/1 series each).
 DEGRADED_REASONS: tuple[str, ...] = (
     "no_snapshot",
     "kafka_tail_disconnected",
@@ -206,7 +206,7 @@ class ServingMetrics:
             registry=r,
         )
         self.degraded = Gauge(
-            "liverec_serve_degraded",
+            "liverec_serving_degraded",
             "1 while the server runs without something it was configured to use "
             "(see /readyz for the detail).",
             ["reason"],
@@ -221,13 +221,13 @@ class ServingMetrics:
             registry=r,
         )
         self.rate_limited = Counter(
-            "liverec_serve_rate_limited",
+            "liverec_serving_rate_limited",
             "Requests refused with 429 by scope (read, write, ops; auth: key checks).",
             ["scope"],
             registry=r,
         )
         self.auth_failures = Counter(
-            "liverec_serve_auth_failures",
+            "liverec_serving_auth_failures",
             "Requests refused for their API key (missing_key, unknown_key, wrong_scope).",
             ["reason"],
             registry=r,
@@ -237,12 +237,12 @@ class ServingMetrics:
         for reason in ("missing_key", "unknown_key", "wrong_scope"):
             self.auth_failures.labels(reason=reason)
         self.ingest_queue = Gauge(
-            "liverec_serve_ingest_queue_events",
+            "liverec_serving_ingest_queue_events",
             "Events accepted by POST /v1/events waiting for the background sender.",
             registry=r,
         )
         self.ingest_delivery_seconds = Histogram(
-            "liverec_serve_ingest_delivery_duration_seconds",
+            "liverec_serving_ingest_delivery_duration_seconds",
             "POST /v1/events: time from queueing to Kafka's acknowledgement.",
             buckets=_LATENCY_BUCKETS,
             registry=r,

@@ -64,7 +64,7 @@ class ServeSettings(BaseSettings):
         With a bootstrap configured, ``/readyz`` answers 503 while the live tail or
         the producer is not connected (the body says which and why). Set false to
         keep a replica in rotation for reads during a Kafka outage; the body and
-        ``liverec_serve_degraded`` still say it is degraded.
+        ``liverec_serving_degraded`` still say it is degraded.
     trainer_metrics_url
         The trainer's Prometheus ``/metrics`` URL, scraped for the dashboard.
     dashboard_interval_s, dashboard_points

@@ -275,7 +275,7 @@ class ServingState:
 
     # ------------------------------------------------------------------ health
     def dependencies(self) -> tuple[bool, dict[str, dict[str, object]]]:
-        """(ready, each dependency's state); also sets ``liverec_serve_degraded``.
+        """(ready, each dependency's state); also sets ``liverec_serving_degraded``.
 
         Ready needs a loaded snapshot and, with a bootstrap configured and
         ``ready_requires_kafka``, a connected live tail and event producer. An extra

@@ -2,7 +2,7 @@
 
 A server configured for Kafka the way the README says (``LIVEREC_KAFKA_BOOTSTRAP``)
 must not look ready while it cannot reach it: the body names each dependency's
-state, ``liverec_serve_degraded`` says why, and an operator who prefers reads to stay
+state, ``liverec_serving_degraded`` says why, and an operator who prefers reads to stay
 in rotation (``LIVEREC_READY_REQUIRES_KAFKA=false``) still sees "degraded".
 """
 
@@ -39,15 +39,15 @@ def test_readyz_lists_dependencies_and_never_hides_kafka(tmp_path: Path) -> None
         assert "kafka_tail" in body["reason"] and "kafka_producer" in body["reason"]
         assert httpx.head(f"{strict.base}/readyz").status_code == 503
         for reason in ("kafka_tail_disconnected", "kafka_producer_unavailable"):
-            assert metric(strict.base, "liverec_serve_degraded", {"reason": reason}) == 1.0
-        assert metric(strict.base, "liverec_serve_degraded", {"reason": "no_snapshot"}) == 0.0
+            assert metric(strict.base, "liverec_serving_degraded", {"reason": reason}) == 1.0
+        assert metric(strict.base, "liverec_serving_degraded", {"reason": "no_snapshot"}) == 0.0
 
         # Lenient: stays in rotation for reads, but reports "degraded" all the same.
         r = wait_for(lambda: (x := httpx.get(f"{lenient.base}/readyz")).status_code == 200
                      and x, 30, "lenient readyz")
         assert r.json()["status"] == "degraded"
         assert r.json()["dependencies"]["kafka_producer"]["state"] == "connecting"
-        assert metric(lenient.base, "liverec_serve_degraded",
+        assert metric(lenient.base, "liverec_serving_degraded",
                       {"reason": "kafka_producer_unavailable"}) == 1.0
 
         # No Kafka configured at all: ready, and the body says Kafka is disabled.
@@ -55,7 +55,7 @@ def test_readyz_lists_dependencies_and_never_hides_kafka(tmp_path: Path) -> None
                      and x, 30, "plain readyz")
         assert r.json()["status"] == "ready"
         assert r.json()["dependencies"]["kafka_tail"]["state"] == "disabled"
-        assert metric(plain.base, "liverec_serve_degraded",
+        assert metric(plain.base, "liverec_serving_degraded",
                       {"reason": "kafka_tail_disconnected"}) == 0.0
     finally:
         for s in (strict, lenient, plain):

@@ -59,7 +59,7 @@ def test_write_path_never_blocks_and_recovers(tmp_path: Path) -> None:
         assert deps["snapshot"]["state"] == "loaded"
         assert deps["kafka_tail"]["state"] != "connected" and deps["kafka_tail"]["reason"]
         assert deps["kafka_producer"]["state"] == "connecting"
-        assert metric(server.base, "liverec_serve_degraded",
+        assert metric(server.base, "liverec_serving_degraded",
                       {"reason": "kafka_tail_disconnected"}) == 1.0
         r, took = server.request("POST", "/v1/events", json=event(0))
         assert r.status_code == 503 and r.json()["reason"] == "kafka_unavailable"
@@ -76,7 +76,7 @@ def test_write_path_never_blocks_and_recovers(tmp_path: Path) -> None:
         recovered_s = time.monotonic() - t_up
         assert body["dependencies"]["kafka_tail"]["state"] == "connected"
         assert body["dependencies"]["kafka_producer"]["state"] == "connected"
-        assert metric(server.base, "liverec_serve_degraded",
+        assert metric(server.base, "liverec_serving_degraded",
                       {"reason": "kafka_tail_disconnected"}) == 0.0
         for i in range(1, 11):
             r, _ = server.request("POST", "/v1/events", json=event(i))

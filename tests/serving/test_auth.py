@@ -74,7 +74,7 @@ def test_missing_and_wrong_keys_get_401_json(
         assert r.status_code == 401 and r.json()["detail"]["reason"] == "unknown_key"
         assert wrong not in r.text
     reg = secured.app.state.serving.metrics.registry  # type: ignore[attr-defined]
-    assert reg.get_sample_value("liverec_serve_auth_failures_total",
+    assert reg.get_sample_value("liverec_serving_auth_failures_total",
                                 {"reason": "unknown_key"}) == 3.0
 
 
@@ -200,8 +200,8 @@ def test_rate_limit_answers_429_with_retry_after(
         r = c.post("/v1/events", json=EVENT, headers=_bearer(made["writer"]))
         assert r.status_code == 429 and r.headers["retry-after"]
         reg = c.app.state.serving.metrics.registry  # type: ignore[attr-defined]
-        assert reg.get_sample_value("liverec_serve_rate_limited_total", {"scope": "read"}) == 3
-        assert reg.get_sample_value("liverec_serve_rate_limited_total", {"scope": "write"}) == 1
+        assert reg.get_sample_value("liverec_serving_rate_limited_total", {"scope": "read"}) == 3
+        assert reg.get_sample_value("liverec_serving_rate_limited_total", {"scope": "write"}) == 1
 
 
 def test_body_over_limit_is_413_before_parsing(
@@ -336,7 +336,7 @@ def test_key_guessing_is_rate_limited_per_address(
                     for _ in range(5)]
         assert statuses == [401, 401, 401, 429, 429]
         reg = c.app.state.serving.metrics.registry  # type: ignore[attr-defined]
-        assert reg.get_sample_value("liverec_serve_rate_limited_total", {"scope": "auth"}) == 2
+        assert reg.get_sample_value("liverec_serving_rate_limited_total", {"scope": "auth"}) == 2
 
 
 def test_anonymous_rate_limits_hold_per_ipv6_64_and_per_ipv4_address(

@@ -94,7 +94,7 @@ def test_readyz_reports_an_extra_root_without_a_snapshot(
         dep = r.json()["dependencies"]["extra_snapshots"]
         assert dep["state"] == "missing" and str(empty) in dep["reason"]
         metrics = c.get("/metrics").text
-        assert 'liverec_serve_degraded{reason="extra_snapshot_missing"} 1.0' in metrics
+        assert 'liverec_serving_degraded{reason="extra_snapshot_missing"} 1.0' in metrics
         _sequence_root(empty)  # its trainer writes a first snapshot: picked up
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and "sequence" not in c.get("/v1/model").json()[

@@ -35,7 +35,7 @@ def test_readyz_and_metric_report_an_unowned_partition(store: SnapshotStore) -> 
         assert body["ready"] is True  # reported, still serving
         metrics = c.get("/metrics").text
         assert "liverec_serving_partitions_unowned 1.0" in metrics
-        assert 'liverec_serve_degraded{reason="partition_unowned"} 1.0' in metrics
+        assert 'liverec_serving_degraded{reason="partition_unowned"} 1.0' in metrics
         assert "scale_out" in c.get("/v1/model").json()
         assert body["status"] == "degraded"
         write_heartbeat(root, 1, "b")  # its trainer is back
