@@ -37,7 +37,7 @@ class UpdateFold:
     updates
         The update topic (``<topic>.updates``).
     topic
-        The input topic (labels of ``liverec_trainer_partition_events_total``).
+        The input topic (labels of ``liverec_trainer_partition_events``).
     metrics
         Where the bytes and messages read and each partition's events go.
     fold_every_s
@@ -114,7 +114,7 @@ class UpdateFold:
         self.offsets.update(pending.offsets)
         for part, n in pending.events.items():
             total = self.coverage[part] = self.coverage.get(part, 0) + n
-            self.metrics.partition_events_total.labels(
+            self.metrics.partition_events.labels(
                 topic=self.topic, partition=str(part)).set(total)
 
     def drain(self, timeout_s: float) -> bool:

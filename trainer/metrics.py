@@ -243,8 +243,8 @@ class TrainerMetrics:
         self.partition_owned = Gauge(
             _P + "partition_owned", "1 for each input partition this trainer owns now.",
             ["topic", "partition"], registry=r)
-        self.partition_events_total = Gauge(
-            _P + "partition_events_total",
+        self.partition_events = Gauge(
+            _P + "partition_events",
             "Events of an input partition the item state holds (every owner's, counted "
             "from the update topic): the model's coverage of each partition. Exported "
             "by the trainer that folds the update topic (the owner of the last partition).",

@@ -312,7 +312,7 @@ class ScaleOutTrainer:
         self.evaluation = None
         TrainerEvaluation.clear_gauges(self.metrics, self.names)
         self.metrics.update_lag.set(float("nan"))
-        self.metrics.partition_events_total.clear()  # only a folding trainer knows them
+        self.metrics.partition_events.clear()  # only a folding trainer knows them
         log.info("partition %d went elsewhere: no longer folding the update topic",
                  self.fold_partition)
 
