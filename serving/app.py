@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.auth import AccessControl, AuthSettings, require
 from serving.dashboard import DashboardSeries
+from serving.headers import SecurityHeadersMiddleware
 from serving.metrics import ServingMetrics
 from serving.ratelimit import RateLimitSettings
 from serving.routers import dashboard, events, health, items, model, recommendations, users
@@ -207,6 +208,7 @@ def create_app(
     # The last added is outermost: metrics wrap the URL limit, so its 414s are counted
     # (route "unmatched": they are answered before routing).
     app.add_middleware(UrlLimitMiddleware, max_bytes=settings.max_url_bytes)
+    app.add_middleware(SecurityHeadersMiddleware)  # the URL limit's 414s get them too
     app.add_middleware(MetricsMiddleware, state=state)
     return app
 

@@ -65,7 +65,9 @@ function drawChart(svg, series) {
     const last = pts[pts.length - 1];
     svg.appendChild(el("circle", {cx: x(last[0]), cy: y(last[1]), r: 3, fill: color}));
     if (series.length > 1) {
-      svg.appendChild(el("text", {x: L + 6 + 90 * i, y: T + 10, fill: color, class: "lbl", style: `fill:${color}`}, s.name));
+      const label = el("text", {x: L + 6 + 90 * i, y: T + 10, class: "lbl"}, s.name);
+      label.style.fill = color;  // CSSOM, not a style attribute: the page's CSP allows no inline style
+      svg.appendChild(label);
     }
     drawn += pts.length;
   });

@@ -206,6 +206,27 @@ def test_url_limit_answers_414_and_it_is_counted(store: SnapshotStore) -> None:
         assert "x" * 300 not in c.get("/metrics").text
 
 
+def test_security_headers(store: SnapshotStore) -> None:
+    with TestClient(create_app(settings_for(store.root, max_url_bytes=256))) as c:
+        for path in ("/dashboard", "/static/dashboard.js", "/v1/recommendations?user_id=u",
+                     "/docs", "/healthz", "/v1/items/x?" + "q" * 300):
+            h = c.get(path).headers
+            assert h["x-content-type-options"] == "nosniff", path
+            assert h["referrer-policy"] == "no-referrer", path
+        page = c.get("/dashboard").headers
+        assert page["x-frame-options"] == "DENY"
+        csp = page["content-security-policy"]
+        assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+        api = c.get("/v1/recommendations", params={"user_id": "u"})
+        assert api.headers["content-security-policy"] == (
+            "default-src 'none'; frame-ancestors 'none'")
+        refused = c.get("/v1/items/x", params={"q": "q" * 300})  # the URL limit's own 414
+        assert refused.status_code == 414 and "content-security-policy" in refused.headers
+        # Swagger UI loads its script inline and from a CDN: a policy would break /docs.
+        assert "content-security-policy" not in c.get("/docs").headers
+
+
 def test_bad_input_gets_4xx_with_a_json_reason(client: TestClient) -> None:
     cases = [
         ("/v1/recommendations", {}),

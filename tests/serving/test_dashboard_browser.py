@@ -106,8 +106,12 @@ def test_dashboard_renders_live_charts(
         assert last.get("consumer_lag") is not None, last
     producer.close()
 
-    dom = _chromium(tmp_path, "--dump-dom", f"{base}/dashboard")
+    # The console goes to stderr: the page's Content Security Policy must block nothing
+    # it needs (an inline script or style would be refused there, and said so).
+    dom = _chromium(tmp_path, "--enable-logging=stderr", "--v=0", "--dump-dom",
+                    f"{base}/dashboard")
     assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "Content Security Policy" not in dom.stderr, dom.stderr[-2000:]
     html = dom.stdout
     for chart in CHARTS:
         m = re.search(rf'<svg id="{chart}"[^>]*data-points="(\d+)"', html)
