@@ -6,6 +6,8 @@ stays fast.
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from liverec import (
@@ -17,7 +19,7 @@ from liverec import (
     cmd_system,
     cmd_train,
 )
-from liverec.runtime import configure_malloc
+from liverec.runtime import configure_malloc, configure_umask
 
 app = typer.Typer(
     name="liverec",
@@ -33,6 +35,11 @@ app = typer.Typer(
 def _startup(ctx: typer.Context) -> None:
     """Process-wide settings before any command runs (see ``liverec.runtime``)."""
     configure_malloc(ctx.invoked_subcommand)
+    try:
+        configure_umask(os.environ.get("LIVEREC_UMASK"))
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 for module in (cmd_stream, cmd_models, cmd_train, cmd_serve, cmd_keys, cmd_system,

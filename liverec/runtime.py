@@ -46,10 +46,11 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import sys
 
-__all__ = ["PINNED_TOP_PAD", "UNPINNED_COMMANDS", "configure_malloc", "pad_malloc_top",
-           "pin_malloc_mmap_threshold"]
+__all__ = ["DEFAULT_UMASK", "PINNED_TOP_PAD", "UNPINNED_COMMANDS", "configure_malloc",
+           "configure_umask", "pad_malloc_top", "pin_malloc_mmap_threshold"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,40 @@ PINNED_TOP_PAD = 8 << 20
 #: commands that pad the heap's top instead of pinning the threshold (short-lived,
 #: allocation-heavy)
 UNPINNED_COMMANDS = frozenset({"evaluate"})
+
+
+#: permission bits every ``liverec`` command masks off the files and directories it
+#: creates, on top of the caller's umask: none for others, no write for the group.
+#: Snapshots, the local broker's logs and the demo's run directory hold users' click
+#: histories; the trainer and the server share them as one user (or one group).
+DEFAULT_UMASK = 0o027
+
+
+def configure_umask(value: str | None = None) -> int:
+    """Set the process umask: the caller's with :data:`DEFAULT_UMASK` added, or
+    ``value`` (octal, ``LIVEREC_UMASK``) exactly; returns it.
+
+    >>> old = os.umask(0o022); configure_umask() == 0o027
+    True
+    >>> configure_umask("007") == 0o007
+    True
+    >>> configure_umask("9")
+    Traceback (most recent call last):
+    ...
+    ValueError: LIVEREC_UMASK must be an octal mask such as 027, not '9'
+    >>> _ = os.umask(old)
+    """
+    if value is not None and value.strip():
+        try:
+            mask = int(value.strip(), 8)
+        except ValueError:
+            mask = -1
+        if not 0 <= mask <= 0o777:
+            raise ValueError(f"LIVEREC_UMASK must be an octal mask such as 027, not {value!r}")
+    else:
+        mask = os.umask(0) | DEFAULT_UMASK  # reading the umask means setting it
+    os.umask(mask)
+    return mask
 
 
 def configure_malloc(command: str | None) -> None:

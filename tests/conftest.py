@@ -31,6 +31,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def _keep_the_umask() -> Iterator[None]:
+    """A test that runs the CLI in process (typer's CliRunner) gets its umask
+    (``liverec.runtime.configure_umask``); the next test starts from the session's."""
+    before = os.umask(0o022)
+    os.umask(before)
+    yield
+    os.umask(before)
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(
     tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config

@@ -1,7 +1,8 @@
-"""The allocator setting every liverec command applies at start-up."""
+"""The process-wide settings (allocator, umask) every liverec command applies at start-up."""
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -66,3 +67,27 @@ def test_evaluate_pads_the_heap_top_instead(monkeypatch: pytest.MonkeyPatch,
     result = runner.invoke(cli.app, ["evaluate", str(data), "--models", "popularity"])
     assert result.exit_code == 0, result.output
     assert calls == ["padded 256 MiB"]  # evaluate allocates big temporaries many times a second
+
+
+def test_the_cli_keeps_files_from_other_users(tmp_path: Path) -> None:
+    """Every command masks off others' permissions (snapshots, the broker's logs and
+    the demo's run directory hold click histories); LIVEREC_UMASK replaces the mask."""
+    import subprocess
+    import sys
+
+    liverec = Path(sys.executable).with_name("liverec")
+    env = {k: v for k, v in os.environ.items() if k != "LIVEREC_UMASK"}
+
+    def mode_of(out: Path, **more: str) -> int:
+        subprocess.run([str(liverec), "generate", "--events", "5", "--out", str(out)],
+                       env={**env, **more}, check=True, capture_output=True,
+                       preexec_fn=lambda: os.umask(0o022))
+        return out.stat().st_mode & 0o777
+
+    assert mode_of(tmp_path / "a.csv") == 0o640
+    assert mode_of(tmp_path / "b.csv", LIVEREC_UMASK="022") == 0o644
+    bad = subprocess.run([str(liverec), "generate", "--events", "5", "--out",
+                          str(tmp_path / "c.csv")], env={**env, "LIVEREC_UMASK": "999"},
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "LIVEREC_UMASK must be an octal mask" in bad.stderr
+    assert not (tmp_path / "c.csv").exists()

@@ -62,6 +62,9 @@ def test_demo_runs_for_a_duration_and_writes_its_summary(
     assert figures["freshness_p50_s"] is not None and figures["freshness_p50_s"] >= 0
     assert (run_dir / "logs" / "trainer.log").stat().st_size > 0
     assert (run_dir / "snapshots" / "LATEST").exists()
+    # Users' click histories are not for every local user to read (liverec's umask).
+    for path in [run_dir / "snapshots", *(run_dir / "snapshots").rglob("*")]:
+        assert path.stat().st_mode & 0o007 == 0, (path, oct(path.stat().st_mode))
     assert suggested.group(1) in SnapshotStore(run_dir / "snapshots").load().history
     assert _ours(run_dir) == [], "the demo left processes behind"
 
