@@ -70,7 +70,9 @@ class TrainerSettings(BaseSettings):
     embedding_drift_every_s: float = Field(default=30.0, ge=0)
     #: 0 picks a free port; -1 serves no metrics
     metrics_port: int = Field(default=9101, ge=-1)
-    metrics_addr: str = "0.0.0.0"
+    #: the metrics endpoint's address: loopback unless set (the compose files set
+    #: 0.0.0.0 inside the stack's network, for Prometheus)
+    metrics_addr: str = "127.0.0.1"
     k: int = Field(default=10, ge=1)
     rolling_window: int = Field(default=1000, ge=1)
     #: prequential evaluation sample: a fraction of the evaluable events in (0, 1] ...

@@ -208,6 +208,21 @@ def test_published_ports_bind_loopback_by_default(compose: dict) -> None:
             assert default(port).startswith("127.0.0.1:"), (name, port)
 
 
+def test_trainers_serve_metrics_to_the_stacks_network() -> None:
+    # The trainer's metrics default to loopback; in the stack Prometheus scrapes them
+    # from another container, so every trainer service sets the address.
+    from trainer.settings import TrainerSettings
+
+    assert TrainerSettings.model_fields["metrics_addr"].default == "127.0.0.1"
+    trainers = 0
+    for path in (COMPOSE, REPO / "docker-compose.scale-out.yml"):
+        for name, svc in yaml.safe_load(path.read_text())["services"].items():
+            if "train" in (svc.get("command") or [])[:1]:
+                trainers += 1
+                assert svc["environment"]["LIVEREC_METRICS_ADDR"] == "0.0.0.0", (path, name)
+    assert trainers == 3  # the trainer, and in the scale-out file its override and trainer-2
+
+
 def test_dockerfile_installs_from_pyproject_and_runs_the_cli() -> None:
     text = (REPO / "Dockerfile").read_text()
     assert '["project"]["dependencies"]' in text  # dependencies from pyproject.toml
