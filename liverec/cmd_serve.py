@@ -90,6 +90,11 @@ def register(app: typer.Typer) -> None:
                          help="Compacted item-features topic to follow, e.g. "
                               "clicks.item_features [LIVEREC_ITEM_FEATURES_TOPIC]."),
         ] = None,
+        log_format: Annotated[
+            str | None,
+            typer.Option(help="Log lines as 'text' or 'json' (one object per line, "
+                              "uvicorn's included) [LIVEREC_LOG_FORMAT]."),
+        ] = None,
     ) -> None:
         """Serve recommendations from hot-reloaded snapshots (FastAPI + uvicorn).
 
@@ -98,6 +103,7 @@ def register(app: typer.Typer) -> None:
         """
         from pydantic import ValidationError
 
+        from liverec.logs import configure_logging
         from serving.app import run
         from serving.auth import AuthConfigError, AuthSettings
         from serving.settings import ServeSettings
@@ -116,6 +122,7 @@ def register(app: typer.Typer) -> None:
             "item_features": item_features,
             "item_features_preset": item_features_preset,
             "item_features_topic": item_features_topic,
+            "log_format": log_format,
         }
         auth_given: dict[str, Any] = {
             "api_keys_file": api_keys_file,
@@ -139,10 +146,7 @@ def register(app: typer.Typer) -> None:
             except (ValueError, OSError) as exc:
                 typer.echo(f"error: --item-features: {exc}", err=True)
                 raise typer.Exit(2) from None
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        )
+        configure_logging(settings.log_level, settings.log_format)
         if not settings.bootstrap:
             logging.getLogger("liverec.serve").warning(
                 "no Kafka: set LIVEREC_KAFKA_BOOTSTRAP or --bootstrap, or run `liverec "

@@ -141,6 +141,9 @@ def train(
              "LIVEREC_TRANSACTION_TIMEOUT_MS) [LIVEREC_COMMIT_EVERY_S]")] = None,
     log_level: Annotated[str, typer.Option(help="logging level", envvar="LIVEREC_LOG_LEVEL")
                          ] = "INFO",
+    log_format: Annotated[str, typer.Option(
+        help="log lines as 'text' or 'json' (one object per line, for a log pipeline)",
+        envvar="LIVEREC_LOG_FORMAT")] = "text",
 ) -> None:
     """Consume clicks, evaluate a sample prequentially, learn, snapshot, commit; serve /metrics.
 
@@ -157,13 +160,15 @@ def train(
     from pydantic import ValidationError
 
     from liverec.cmd_stream import kafka_settings
+    from liverec.logs import configure_logging
     from trainer import Trainer, TrainerSettings
     from trainer.checkpoint import SnapshotLocationBusy
     from trainer.metrics import TrainerMetrics
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    try:
+        configure_logging(log_level, log_format)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--log-format") from None
     log = logging.getLogger("liverec.train")
     given: dict[str, Any] = {
         k: v

@@ -235,6 +235,7 @@ def run(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # uvicorn's records go to the root handler, in its format
         access_log=False,
         **uvicorn_kwargs,
     )

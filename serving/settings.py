@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -169,6 +169,8 @@ class ServeSettings(BaseSettings):
     item_features_preset: str | None = None
     item_features_topic: str = ""
     log_level: str = "info"
+    #: ``text`` or ``json`` lines (:mod:`liverec.logs`; uvicorn's own records too)
+    log_format: Literal["text", "json"] = "text"
 
     @model_validator(mode="before")
     @classmethod

@@ -1,0 +1,59 @@
+"""JSON log lines (``LIVEREC_LOG_FORMAT=json``): the formatter, and a real server's
+whole log, uvicorn's records included."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from liverec.logs import JsonFormatter, configure_logging
+from tests.faults.helpers import ServerProcess, write_snapshot
+
+
+def _record(msg: str, *args: object, **extra: object) -> logging.LogRecord:
+    rec = logging.LogRecord("liverec.t", logging.ERROR, __file__, 7, msg, args, None)
+    for k, v in extra.items():
+        setattr(rec, k, v)
+    return rec
+
+
+def test_a_record_is_one_json_line_with_its_extras_and_traceback() -> None:
+    try:
+        raise RuntimeError("boom\nsecond line")
+    except RuntimeError:
+        rec = _record("failed %s", "x", partition=2, path=Path("/s"), obj=object())
+        rec.exc_info = sys.exc_info()
+    line = JsonFormatter().format(rec)
+    assert "\n" not in line  # one line, the traceback's newlines escaped
+    out = orjson.loads(line)
+    assert out["level"] == "ERROR" and out["logger"] == "liverec.t"
+    assert out["message"] == "failed x" and out["partition"] == 2
+    assert out["path"] == "PosixPath('/s')" and out["obj"].startswith("<object")
+    assert "RuntimeError: boom" in out["exc"] and "Traceback" in out["exc"]
+    assert out["ts"].endswith("Z") and len(out["ts"]) == len("2026-12-06T23:10:02.114Z")
+
+
+def test_an_unknown_format_is_refused() -> None:
+    with pytest.raises(ValueError, match="text, json"):
+        configure_logging("INFO", "xml")
+
+
+def test_a_server_logs_json_lines_only(tmp_path: Path) -> None:
+    write_snapshot(tmp_path / "snaps")
+    server = ServerProcess(tmp_path / "snaps", tmp_path / "serve.log",
+                           env={"LIVEREC_LOG_FORMAT": "json"})
+    try:
+        server.wait_listening()
+    finally:
+        server.stop()
+    lines = [line for line in server.log_text().splitlines() if line.strip()]
+    records = [orjson.loads(line) for line in lines]  # every line parses
+    loggers = {r["logger"] for r in records}
+    assert any(name.startswith("uvicorn") for name in loggers), loggers
+    assert any(name.startswith("liverec") for name in loggers), loggers  # the no-Kafka warning
+    assert all({"ts", "level", "logger", "message"} <= set(r) for r in records)
+    assert not any("\\u001b" in line for line in lines)  # no terminal colour codes
