@@ -47,6 +47,7 @@ from stream.columns import EventColumns, decode_columns
 from stream.consume_errors import records_only
 from stream.events import Limits, Rejected
 from stream.logfilter import RepeatFilter
+from stream.logformat import JsonFormatter
 
 __all__ = ["Frame", "decode_frame", "encode_frame", "read_message", "usable", "write_message"]
 
@@ -247,8 +248,11 @@ def main() -> None:
     # would look like a crash to the parent while it writes its final snapshot.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s liverec-reader[%(process)d] %(levelname)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter() if os.environ.get("LIVEREC_LOG_FORMAT") == "json" else logging.Formatter(
+            "%(asctime)s liverec-reader[%(process)d] %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     inp, out = sys.stdin.fileno(), sys.stdout.buffer
     body = read_message(inp)
     if body is None:

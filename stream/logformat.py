@@ -1,0 +1,52 @@
+"""One JSON object per log line: :class:`JsonFormatter`, shared by the ``liverec``
+commands (:mod:`liverec.logs`) and the trainer's reader process, which logs in the
+format its parent chose (``LIVEREC_LOG_FORMAT``)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+__all__ = ["JsonFormatter"]
+
+#: attributes every LogRecord has; anything else on a record came from ``extra``
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message", "asctime", "taskName",
+    "color_message"}  # uvicorn's copy of the message with terminal colour codes
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line: ``ts`` (UTC, milliseconds), ``level``,
+    ``logger``, ``message``, ``pid``; ``exc`` with the traceback when there is one;
+    and the fields a call passed as ``extra`` (a value JSON cannot hold as its repr).
+
+    >>> rec = logging.LogRecord("liverec.x", logging.WARNING, __file__, 1, "lag %d", (5,),
+    ...                         None)
+    >>> rec.partition = 3
+    >>> rec.created = 0.0
+    >>> line = orjson.loads(JsonFormatter().format(rec))
+    >>> line["ts"], line["level"], line["logger"], line["message"], line["partition"]
+    ('1970-01-01T00:00:00.000Z', 'WARNING', 'liverec.x', 'lag 5', 3)
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = datetime.fromtimestamp(record.created, UTC)
+        out: dict[str, Any] = {
+            "ts": ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        for key, value in vars(record).items():
+            if key not in _STANDARD and key not in out:
+                out[key] = value
+        return orjson.dumps(out, default=repr,
+                            option=orjson.OPT_NON_STR_KEYS).decode()
