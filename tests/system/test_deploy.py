@@ -223,6 +223,21 @@ def test_trainers_serve_metrics_to_the_stacks_network() -> None:
     assert trainers == 3  # the trainer, and in the scale-out file its override and trainer-2
 
 
+def test_liverec_containers_are_hardened() -> None:
+    # Read-only root (state in the snapshots volume, scratch in a tmpfs /tmp), no
+    # capabilities, no privilege gain: every service that runs the liverec image.
+    hardened = 0
+    for path in (COMPOSE, REPO / "docker-compose.scale-out.yml"):
+        for name, svc in yaml.safe_load(path.read_text())["services"].items():
+            if "liverec:latest" not in default(svc.get("image", "")):
+                continue
+            assert svc["read_only"] is True and svc["tmpfs"] == ["/tmp"], (path, name)
+            assert svc["cap_drop"] == ["ALL"], (path, name)
+            assert "no-new-privileges:true" in svc["security_opt"], (path, name)
+            hardened += 1
+    assert hardened == 4  # trainer, serving, replay; trainer-2 in the scale-out file
+
+
 def test_dockerfile_installs_from_pyproject_and_runs_the_cli() -> None:
     text = (REPO / "Dockerfile").read_text()
     assert '["project"]["dependencies"]' in text  # dependencies from pyproject.toml
