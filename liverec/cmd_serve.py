@@ -90,6 +90,12 @@ def register(app: typer.Typer) -> None:
                          help="Compacted item-features topic to follow, e.g. "
                               "clicks.item_features [LIVEREC_ITEM_FEATURES_TOPIC]."),
         ] = None,
+        cors_origins: Annotated[
+            str | None,
+            typer.Option(help="Browser origins allowed to call the API from their pages "
+                              "(CORS), comma-separated, e.g. https://shop.example.com; "
+                              "none by default [LIVEREC_CORS_ORIGINS]."),
+        ] = None,
         log_format: Annotated[
             str | None,
             typer.Option(help="Log lines as 'text' or 'json' (one object per line, "
@@ -123,6 +129,7 @@ def register(app: typer.Typer) -> None:
             "item_features_preset": item_features_preset,
             "item_features_topic": item_features_topic,
             "log_format": log_format,
+            "cors_origins": cors_origins,
         }
         auth_given: dict[str, Any] = {
             "api_keys_file": api_keys_file,

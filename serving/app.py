@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import orjson
 from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -209,6 +210,15 @@ def create_app(
     # (route "unmatched": they are answered before routing).
     app.add_middleware(UrlLimitMiddleware, max_bytes=settings.max_url_bytes)
     app.add_middleware(SecurityHeadersMiddleware)  # the URL limit's 414s get them too
+    if settings.cors_origins:
+        # Pages of these origins may call the API from the browser (keys travel in
+        # headers, never cookies: no credentials mode). Preflights are answered here,
+        # before the routes' key checks.
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "HEAD"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+            expose_headers=["Retry-After"], max_age=600)
     app.add_middleware(MetricsMiddleware, state=state)
     return app
 

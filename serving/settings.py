@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -169,6 +170,9 @@ class ServeSettings(BaseSettings):
     item_features_preset: str | None = None
     item_features_topic: str = ""
     log_level: str = "info"
+    #: browser origins allowed to call the API from their pages (CORS), comma-separated
+    #: in ``LIVEREC_CORS_ORIGINS``: none by default
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     #: ``text`` or ``json`` lines (:mod:`liverec.logs`; uvicorn's own records too)
     log_format: Literal["text", "json"] = "text"
 
@@ -186,6 +190,16 @@ class ServeSettings(BaseSettings):
             data["kafka"] = KafkaSettings(**{**base.model_dump(), **{
                 k: v for k, v in update.items() if v is not None}})
         return data
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = tuple(o.strip() for o in v.split(",") if o.strip())
+        for origin in v:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"a CORS origin is scheme://host[:port], not {origin!r}")
+        return v
 
     @field_validator("extra_snapshots", mode="before")
     @classmethod

@@ -227,6 +227,31 @@ def test_security_headers(store: SnapshotStore) -> None:
         assert "content-security-policy" not in c.get("/docs").headers
 
 
+def test_cors_is_off_by_default_and_allows_only_the_named_origins(
+    store: SnapshotStore
+) -> None:
+    shop, other = "https://shop.example.com", "https://evil.example.net"
+    preflight = {"Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "x-api-key, content-type"}
+    with TestClient(create_app(settings_for(store.root))) as c:
+        r = c.get("/v1/recommendations", params={"user_id": "u"}, headers={"Origin": shop})
+        assert "access-control-allow-origin" not in r.headers
+    with TestClient(create_app(settings_for(store.root, cors_origins=shop))) as c:
+        r = c.get("/v1/recommendations", params={"user_id": "u"}, headers={"Origin": shop})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == shop
+        ok = c.options("/v1/events", headers={"Origin": shop, **preflight})
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == shop
+        allowed = ok.headers["access-control-allow-headers"].lower()
+        assert "x-api-key" in allowed and "authorization" in allowed
+        assert "access-control-allow-credentials" not in ok.headers  # keys, not cookies
+        bad = c.options("/v1/events", headers={"Origin": other, **preflight})
+        assert bad.status_code == 400 and "access-control-allow-origin" not in bad.headers
+        r = c.get("/v1/recommendations", params={"user_id": "u"}, headers={"Origin": other})
+        assert "access-control-allow-origin" not in r.headers
+    with pytest.raises(ValueError, match="scheme://host"):
+        settings_for(store.root, cors_origins="shop.example.com/path")
+
+
 def test_bad_input_gets_4xx_with_a_json_reason(client: TestClient) -> None:
     cases = [
         ("/v1/recommendations", {}),
