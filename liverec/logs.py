@@ -29,11 +29,13 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def configure_logging(level: str, fmt: str = "text") -> None:
     """The root logger at ``level`` with one stderr handler in ``fmt`` (``text`` or
-    ``json``); raises ValueError for another format. ``LIVEREC_LOG_FORMAT`` is set to
-    ``fmt`` for the child processes (the trainer's reader logs in the same format)."""
+    ``json``), unless the root already has a handler (a test runner's: nothing is
+    changed then, as with :func:`logging.basicConfig`); raises ValueError for another
+    format. ``LIVEREC_LOG_FORMAT`` is set to ``fmt`` for the child processes (the
+    trainer's reader logs in the same format)."""
     if fmt not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, not {fmt!r}")
     os.environ["LIVEREC_LOG_FORMAT"] = fmt
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.basicConfig(level=level.upper(), handlers=[handler])
