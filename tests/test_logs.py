@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -57,3 +58,30 @@ def test_a_server_logs_json_lines_only(tmp_path: Path) -> None:
     assert any(name.startswith("liverec") for name in loggers), loggers  # the no-Kafka warning
     assert all({"ts", "level", "logger", "message"} <= set(r) for r in records)
     assert not any("\\u001b" in line for line in lines)  # no terminal colour codes
+
+
+
+def test_the_trainers_reader_process_logs_in_its_parents_format(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader child inherits LIVEREC_LOG_FORMAT (configure_logging exports it); a
+    broker address that refuses connections makes librdkafka log through it."""
+    from stream.child_reader import ChildReader
+    from stream.events import EVENT_WEIGHTS, Limits
+    from stream.settings import KafkaSettings
+
+    monkeypatch.setenv("LIVEREC_LOG_FORMAT", "json")
+    reader = ChildReader(KafkaSettings(bootstrap="127.0.0.1:1", topic="t"), "g",
+                         batch_size=8, max_wait_s=0.1, limits=Limits(),
+                         weights=EVENT_WEIGHTS)
+    try:
+        # The refused connection is immediate; librdkafka's log of it is served when
+        # the child polls or closes its consumer, which stopping it does.
+        time.sleep(1.0)
+    finally:
+        reader.stop()
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert any('"logger":"liverec.reader' in line for line in lines), err[-2000:]
+    for line in lines:
+        assert orjson.loads(line)["level"], line  # every line the child wrote is JSON
