@@ -26,7 +26,7 @@ lock:
 	@rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet --upgrade pip
 	.lock-venv/bin/pip install --quiet -e '.[test]'
-	@{ sed -n '/^#/p' constraints.txt; .lock-venv/bin/pip freeze --exclude-editable; } > constraints.txt.new
+	@{ sed -n '/^#/p' constraints.txt; .lock-venv/bin/pip freeze --exclude-editable --exclude pip --exclude setuptools --exclude wheel; } > constraints.txt.new
 	@mv constraints.txt.new constraints.txt && rm -rf .lock-venv
 	@echo "constraints.txt: $$(grep -vc '^#' constraints.txt) pins; now run make test"
 

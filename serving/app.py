@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.auth import AccessControl, AuthSettings, require
 from serving.dashboard import DashboardSeries
-from serving.headers import SecurityHeadersMiddleware
+from serving.headers import SecurityHeadersMiddleware, headers_for
 from serving.metrics import ServingMetrics
 from serving.ratelimit import RateLimitSettings
 from serving.routers import dashboard, events, health, items, model, recommendations, users
@@ -39,7 +39,13 @@ _METHODS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"
 
 
 class MetricsMiddleware:
-    """Latency and status per route *template* (bounded labels), as pure ASGI."""
+    """Latency and status per route *template* (bounded labels), as pure ASGI.
+
+    A request that ends with the connection gone and no response started (the client
+    left, or the HTTP protocol refused its body and answered it itself, counting that
+    answer: :func:`json_error_protocol`) is not a response and is not counted; one
+    that fails before its response starts counts as the 500 the server sends.
+    """
 
     def __init__(self, app: ASGIApp, state: ServingState) -> None:
         self.app = app
@@ -50,7 +56,8 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         t0 = time.perf_counter()
-        status = 500
+        status: int | None = None
+        disconnected = False
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -58,17 +65,27 @@ class MetricsMiddleware:
                 status = message["status"]
             await send(message)
 
+        async def receive_wrapper() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            disconnected = disconnected or message["type"] == "http.disconnect"
+            return message
+
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive_wrapper, send_wrapper)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            method = method_label(scope.get("method", "GET"))
-            dt = time.perf_counter() - t0
-            m = self.state.metrics
-            m.request_seconds.labels(route=template, method=method).observe(dt)
-            m.responses.labels(route=template, method=method, status=str(status)).inc()
-            self.state.observe_latency(template, dt)
+            if status is not None or not disconnected:  # else nothing was answered
+                self._record(scope, 500 if status is None else status,
+                             time.perf_counter() - t0)
+
+    def _record(self, scope: Scope, status: int, dt: float) -> None:
+        route = scope.get("route")
+        template = getattr(route, "path", None) or "unmatched"
+        method = method_label(scope.get("method", "GET"))
+        m = self.state.metrics
+        m.request_seconds.labels(route=template, method=method).observe(dt)
+        m.responses.labels(route=template, method=method, status=str(status)).inc()
+        self.state.observe_latency(template, dt)
 
 
 class UrlLimitMiddleware:
@@ -209,7 +226,6 @@ def create_app(
     # The last added is outermost: metrics wrap the URL limit, so its 414s are counted
     # (route "unmatched": they are answered before routing).
     app.add_middleware(UrlLimitMiddleware, max_bytes=settings.max_url_bytes)
-    app.add_middleware(SecurityHeadersMiddleware)  # the URL limit's 414s get them too
     if settings.cors_origins:
         # Pages of these origins may call the API from the browser (keys travel in
         # headers, never cookies: no credentials mode). Preflights are answered here,
@@ -220,6 +236,10 @@ def create_app(
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
             expose_headers=["Retry-After"], max_age=600)
     app.add_middleware(MetricsMiddleware, state=state)
+    # Security headers outside everything, Starlette's error middleware included
+    # (which add_middleware cannot wrap): unhandled 500s and CORS preflights get them.
+    build = app.build_middleware_stack
+    app.build_middleware_stack = lambda: SecurityHeadersMiddleware(build())  # type: ignore[method-assign]
     return app
 
 
@@ -317,7 +337,8 @@ def json_error_protocol(
             body = orjson.dumps({"detail": {"reason": reason, "detail": msg}})
             line = STATUS_LINE.get(status) or f"HTTP/1.1 {status} \r\n".encode()
             head = [line]
-            for name, value in self.server_state.default_headers:
+            for name, value in [*self.server_state.default_headers,
+                                *headers_for("/").items()]:  # as the API's own answers
                 head.extend([name, b": ", value, b"\r\n"])
             head.extend([
                 b"content-type: application/json\r\n",

@@ -208,7 +208,8 @@ def key_table(records: Iterable[ApiKey]) -> dict[str, ApiKey]:
         seen = table.get(key.key_id) or by_name.get(key.name)
         if seen is not None and seen != key:
             what = (f"named {key.name!r} (ids {seen.key_id}, {key.key_id})"
-                    if seen.name == key.name else f"with id {key.key_id}")
+                    if seen.key_id != key.key_id
+                    else f"with id {key.key_id} and different records")
             raise AuthConfigError(
                 f"two API keys are {what}: a name must be unique across "
                 "LIVEREC_API_KEYS and the key file")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -12,6 +12,38 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from stream.settings import KafkaSettings
 
 __all__ = ["ServeSettings"]
+
+
+def cors_origin(value: str) -> str:
+    """``value`` as the exact string a browser sends in ``Origin`` (CORS compares
+    origins as strings): scheme and host lowercased, the scheme's default port
+    dropped; ``*`` as is. Anything but ``scheme://host[:port]`` is refused.
+
+    >>> cors_origin("HTTPS://Shop.Example.com:443"), cors_origin("http://localhost:3000")
+    ('https://shop.example.com', 'http://localhost:3000')
+    >>> cors_origin("https://shop.example.com/path")
+    Traceback (most recent call last):
+    ...
+    ValueError: a CORS origin is scheme://host[:port] (http or https), not 'https://shop.example.com/path'
+    """
+    if value == "*":
+        return value
+    bad = ValueError(
+        f"a CORS origin is scheme://host[:port] (http or https), not {value!r}")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise bad from None
+    scheme, host = parts.scheme.lower(), (parts.hostname or "")
+    if (scheme not in ("http", "https") or not host or parts.username is not None
+            or parts.password is not None or parts.path not in ("", "/") or parts.query
+            or parts.fragment or value.endswith(("?", "#"))):
+        raise bad
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    default = {"http": 80, "https": 443}[scheme]
+    return f"{scheme}://{host}" + ("" if port in (None, default) else f":{port}")
 
 
 class ServeSettings(BaseSettings):
@@ -196,10 +228,7 @@ class ServeSettings(BaseSettings):
     def _split_origins(cls, v: Any) -> Any:
         if isinstance(v, str):
             v = tuple(o.strip() for o in v.split(",") if o.strip())
-        for origin in v:
-            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
-                raise ValueError(f"a CORS origin is scheme://host[:port], not {origin!r}")
-        return v
+        return tuple(cors_origin(o) for o in v)
 
     @field_validator("extra_snapshots", mode="before")
     @classmethod

@@ -21,7 +21,8 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
 class JsonFormatter(logging.Formatter):
     """One JSON object per record, on one line: ``ts`` (UTC, milliseconds), ``level``,
     ``logger``, ``message``, ``pid``; ``exc`` with the traceback when there is one;
-    and the fields a call passed as ``extra`` (a value JSON cannot hold as its repr).
+    and the fields a call passed as ``extra`` (a value JSON cannot hold as its repr; a
+    name the line already uses as ``extra.<name>``).
 
     >>> rec = logging.LogRecord("liverec.x", logging.WARNING, __file__, 1, "lag %d", (5,),
     ...                         None)
@@ -45,8 +46,29 @@ class JsonFormatter(logging.Formatter):
             out["exc"] = self.formatException(record.exc_info)
         if record.stack_info:
             out["stack"] = self.formatStack(record.stack_info)
-        for key, value in vars(record).items():
-            if key not in _STANDARD and key not in out:
-                out[key] = value
-        return orjson.dumps(out, default=repr,
-                            option=orjson.OPT_NON_STR_KEYS).decode()
+        extras = {(f"extra.{k}" if k in out else k): v for k, v in vars(record).items()
+                  if k not in _STANDARD}
+        try:
+            return orjson.dumps({**out, **extras}, default=_repr,
+                                option=orjson.OPT_NON_STR_KEYS).decode()
+        except (TypeError, ValueError):  # a value orjson refuses (a huge int, tuple keys)
+            return orjson.dumps({**out, **{k: _jsonable(v) for k, v in extras.items()}},
+                                default=_repr, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _jsonable(value: object) -> object:
+    """``value`` where orjson takes it, else its :func:`_repr`."""
+    try:
+        orjson.dumps(value, default=_repr, option=orjson.OPT_NON_STR_KEYS)
+    except (TypeError, ValueError):
+        return _repr(value)
+    return value
+
+
+def _repr(value: object) -> str:
+    """``repr(value)``, or a placeholder when its ``__repr__`` fails (a log line must
+    never be lost to a field)."""
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__}: repr failed>"

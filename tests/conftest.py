@@ -32,13 +32,20 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)
-def _keep_the_umask() -> Iterator[None]:
-    """A test that runs the CLI in process (typer's CliRunner) gets its umask
-    (``liverec.runtime.configure_umask``); the next test starts from the session's."""
+def _keep_process_settings() -> Iterator[None]:
+    """A test that runs the CLI in process (typer's CliRunner) gets its process-wide
+    settings: the umask (``liverec.runtime.configure_umask``) and the log format it
+    exports for child processes (``liverec.logs.configure_logging``); the next test
+    starts from the session's."""
     before = os.umask(0o022)
     os.umask(before)
+    log_format = os.environ.get("LIVEREC_LOG_FORMAT")
     yield
     os.umask(before)
+    if log_format is None:
+        os.environ.pop("LIVEREC_LOG_FORMAT", None)
+    else:
+        os.environ["LIVEREC_LOG_FORMAT"] = log_format
 
 
 @pytest.fixture(scope="session")

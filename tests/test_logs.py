@@ -74,14 +74,31 @@ def test_the_trainers_reader_process_logs_in_its_parents_format(
     reader = ChildReader(KafkaSettings(bootstrap="127.0.0.1:1", topic="t"), "g",
                          batch_size=8, max_wait_s=0.1, limits=Limits(),
                          weights=EVENT_WEIGHTS)
+    err = ""
     try:
-        # The refused connection is immediate; librdkafka's log of it is served when
-        # the child polls or closes its consumer, which stopping it does.
-        time.sleep(1.0)
+        # librdkafka's log of the refused connection is served while the child polls,
+        # which it does once it has a partition to read.
+        reader.assign(1, {0: None})
+        deadline = time.monotonic() + 30
+        while '"logger":"liverec.reader' not in err and time.monotonic() < deadline:
+            time.sleep(0.2)
+            err += capfd.readouterr().err
     finally:
         reader.stop()
-    err = capfd.readouterr().err
+        err += capfd.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert any('"logger":"liverec.reader' in line for line in lines), err[-2000:]
     for line in lines:
         assert orjson.loads(line)["level"], line  # every line the child wrote is JSON
+
+
+def test_no_extra_field_loses_the_line() -> None:
+    class BadRepr:
+        def __repr__(self) -> str:
+            raise RuntimeError("no")
+
+    rec = _record("m", big=2**70, tupled={(1, 2): "x"}, bad=BadRepr(), level="shadow")
+    out = orjson.loads(JsonFormatter().format(rec))
+    assert out["level"] == "ERROR" and out["extra.level"] == "shadow"
+    assert out["big"] == str(2**70) and "(1, 2)" in out["tupled"]
+    assert out["bad"] == "<BadRepr: repr failed>"

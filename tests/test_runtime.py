@@ -91,3 +91,13 @@ def test_the_cli_keeps_files_from_other_users(tmp_path: Path) -> None:
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "LIVEREC_UMASK must be an octal mask" in bad.stderr
     assert not (tmp_path / "c.csv").exists()
+
+
+def test_the_runtime_doctests() -> None:
+    """liverec/ is not among pytest's doctest paths: its examples run here."""
+    import doctest
+
+    import liverec.runtime
+
+    result = doctest.testmod(liverec.runtime)
+    assert result.attempted >= 4 and result.failed == 0

@@ -49,6 +49,13 @@ def test_head_probes_and_json_414(tmp_path: Path) -> None:
         status, headers, body = _raw(server.port, b"NOT HTTP AT ALL\r\n\r\n" + b"y" * 500_000)
         assert status == 400, (status, body[:200])
         assert orjson.loads(body)["detail"]["reason"] == "bad_request"
+        assert headers["x-content-type-options"] == "nosniff"  # the parser's answers too
+        # A body that breaks off as a malformed chunk, after the app has started on
+        # the request: one JSON 400, counted once (not also as the app's 500).
+        status, headers, body = _raw(server.port, b"POST /v1/events HTTP/1.1\r\nHost: x\r\n"
+                                     b"Transfer-Encoding: chunked\r\n"
+                                     b"Content-Type: application/json\r\n\r\nzz\r\n")
+        assert status == 400, (status, body[:200])
         status, headers, body = _raw_get(server.port, b"/v1/recommendations?user_id=u000001")
         assert status == 200  # the server still answers after refusing those
         # The parser answered them before the app, and they are counted all the same.
@@ -62,5 +69,7 @@ def test_head_probes_and_json_414(tmp_path: Path) -> None:
 
         assert responses("GET", "414") == 3, text
         assert responses("other", "400") == 1, text
+        assert responses("POST", "400") == 1, text
+        assert 'route="/v1/events",status="500"' not in text, text
     finally:
         server.stop()

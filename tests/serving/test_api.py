@@ -225,6 +225,21 @@ def test_security_headers(store: SnapshotStore) -> None:
         assert refused.status_code == 414 and "content-security-policy" in refused.headers
         # Swagger UI loads its script inline and from a CDN: a policy would break /docs.
         assert "content-security-policy" not in c.get("/docs").headers
+    # Outside Starlette's error middleware and CORS: an unhandled 500 and a preflight.
+    app = create_app(settings_for(store.root, cors_origins="https://shop.example.com"))
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        crashed = c.get("/boom")
+        assert crashed.status_code == 500
+        assert crashed.headers["x-content-type-options"] == "nosniff"
+        preflight = c.options("/v1/events", headers={
+            "Origin": "https://shop.example.com", "Access-Control-Request-Method": "POST"})
+        assert preflight.status_code == 200
+        assert preflight.headers["x-content-type-options"] == "nosniff"
 
 
 def test_cors_is_off_by_default_and_allows_only_the_named_origins(
@@ -248,8 +263,13 @@ def test_cors_is_off_by_default_and_allows_only_the_named_origins(
         assert bad.status_code == 400 and "access-control-allow-origin" not in bad.headers
         r = c.get("/v1/recommendations", params={"user_id": "u"}, headers={"Origin": other})
         assert "access-control-allow-origin" not in r.headers
-    with pytest.raises(ValueError, match="scheme://host"):
-        settings_for(store.root, cors_origins="shop.example.com/path")
+    # Stored as a browser sends it (compared as strings); only scheme://host[:port].
+    assert settings_for(store.root, cors_origins="HTTPS://Shop.Example.com:443, *"
+                        ).cors_origins == ("https://shop.example.com", "*")
+    for bad_origin in ("shop.example.com", "https://a.com/path", "https://a.com?x",
+                       "https://u@a.com", "ftp://a.com", "https://a.com:99999"):
+        with pytest.raises(ValueError, match="scheme://host"):
+            settings_for(store.root, cors_origins=bad_origin)
 
 
 def test_bad_input_gets_4xx_with_a_json_reason(client: TestClient) -> None:
