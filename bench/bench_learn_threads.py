@@ -23,38 +23,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_train import add_stream_options, click_events, event_batches
+from bench_train import (
+    add_stream_options,
+    click_events,
+    event_batches,
+    fresh_mix,
+    learn_timed,
+)
 
 from liverec.runtime import configure_malloc
-from online_models import registry
-from online_models.base import Batch, OnlineModel, learning_order
+from online_models.base import Batch, learning_order
 
 SPLITS = (("bpr", "embedding", "userknn"), ("bpr", "embedding"))
 
 
-def fresh() -> dict[str, OnlineModel]:
-    models = {n: registry.create(n) for n in registry.parse_models("all")}
-    registry.bind(models)
-    return models
-
-
-def one_thread(batches: list[Batch]) -> tuple[float, dict[str, float]]:
-    """Wall seconds, and each model's learn seconds."""
-    models = fresh()
-    order = learning_order(models)
-    per = dict.fromkeys(order, 0.0)
-    t0 = time.perf_counter()
-    for b in batches:
-        for name in order:
-            t = time.perf_counter()
-            models[name].learn(b)
-            per[name] += time.perf_counter() - t
-    return time.perf_counter() - t0, per
-
-
 def two_threads(batches: list[Batch], second: tuple[str, ...]) -> float:
     """Wall seconds with ``second`` learned on another thread, batch by batch."""
-    models = fresh()
+    models = fresh_mix("all")
     order = learning_order(models)
     first = [n for n in order if n not in second]
     rest = [n for n in order if n in second]
@@ -83,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         f"two threads, second: {'+'.join(s)} (s)" for s in SPLITS) + " | hybrid (s) |")
     print("|---:|---:|" + "---:|" * len(SPLITS) + "---:|")
     for r in range(1, args.rounds + 1):
-        wall, per = one_thread(batches)
+        wall, per = learn_timed(fresh_mix("all"), batches)
         twos = [two_threads(batches, s) for s in SPLITS]
         print(f"| {r} | {wall:.2f} | " + " | ".join(f"{t:.2f}" for t in twos)
               + f" | {per['hybrid']:.2f} |", flush=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,6 +28,8 @@ from bench_train import (
     add_stream_options,
     click_events,
     event_batches,
+    fresh_mix,
+    learn_timed,
     prefilled_topic,
     raw_rate,
     train_rate,
@@ -36,26 +37,15 @@ from bench_train import (
 
 from liverec.runtime import configure_malloc
 from online_models import registry
-from online_models.base import learning_order
 from stream.events import ClickEvent
 
 
 def learn(events: list[ClickEvent], mix: str, params: dict, batch_size: int
           ) -> tuple[float, dict[str, float], int]:
     """In-memory events/s of the mix, each model's learn seconds, seqnn's steps."""
-    models = {n: registry.create(n, **params.get(n, {})) for n in registry.parse_models(mix)}
-    registry.bind(models)
-    order = learning_order(models)
-    seconds = dict.fromkeys(order, 0.0)
-    batches = event_batches(events, batch_size)
-    t0 = time.perf_counter()
-    for b in batches:
-        for name in order:
-            t = time.perf_counter()
-            models[name].learn(b)
-            seconds[name] += time.perf_counter() - t
-    rate = len(events) / (time.perf_counter() - t0)
-    return rate, seconds, int(models["seqnn"].steps_total)  # type: ignore[attr-defined]
+    models = fresh_mix(mix, params)
+    wall, seconds = learn_timed(models, event_batches(events, batch_size))
+    return len(events) / wall, seconds, int(models["seqnn"].steps_total)  # type: ignore[attr-defined]
 
 
 def main(argv: list[str] | None = None) -> None:

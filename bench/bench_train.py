@@ -41,7 +41,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -50,7 +50,7 @@ import numpy as np
 
 from liverec.runtime import configure_malloc
 from online_models import registry
-from online_models.base import Batch, learning_order
+from online_models.base import Batch, OnlineModel, learning_order
 from online_models.synthetic import generate_events
 from stream.broker import resolve_bootstrap
 from stream.events import EVENT_WEIGHTS, ClickEvent, validate_dict
@@ -100,10 +100,33 @@ def event_batches(events: list[ClickEvent], batch_size: int) -> list[Batch]:
     ]
 
 
+def fresh_mix(mix: str, params: Mapping[str, Mapping[str, Any]] | None = None
+              ) -> dict[str, OnlineModel]:
+    """Fresh models of ``mix`` (``params``: constructor arguments by name), bound."""
+    models = {n: registry.create(n, **(params or {}).get(n, {}))
+              for n in registry.parse_models(mix)}
+    registry.bind(models)
+    return models
+
+
+def learn_timed(models: Mapping[str, OnlineModel], batches: list[Batch]
+                ) -> tuple[float, dict[str, float]]:
+    """Wall seconds of ``models`` learning ``batches`` in memory, in learning order,
+    and each model's own seconds of it."""
+    order = learning_order(models)
+    seconds = dict.fromkeys(order, 0.0)
+    t0 = time.perf_counter()
+    for b in batches:
+        for name in order:
+            t = time.perf_counter()
+            models[name].learn(b)
+            seconds[name] += time.perf_counter() - t
+    return time.perf_counter() - t0, seconds
+
+
 def learn_rate(events: list[ClickEvent], mix: str, batch_size: int) -> float:
     """Events/s of the mix's models learning the events in memory (fresh models)."""
-    models = {n: registry.create(n) for n in registry.parse_models(mix)}
-    registry.bind(models)
+    models = fresh_mix(mix)
     order = learning_order(models)
     batches = event_batches(events, batch_size)
     t0 = time.perf_counter()

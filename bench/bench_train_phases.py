@@ -42,6 +42,8 @@ from bench_train import (
     add_stream_options,
     click_events,
     event_batches,
+    fresh_mix,
+    learn_timed,
     prefilled_topic,
     raw_rate,
     train_rate,
@@ -49,8 +51,7 @@ from bench_train import (
 
 import trainer.service as service
 from liverec.runtime import configure_malloc
-from online_models import registry
-from online_models.base import Batch, learning_order
+from online_models.base import Batch
 from online_models.evaluation import PrequentialEvaluator
 from online_models.history import UserHistory
 from stream.columns import decode_columns
@@ -136,16 +137,7 @@ def instrument() -> dict[str, float]:
 def learn_in_memory(events: list[ClickEvent], mix: str, batch_size: int) -> dict[str, float]:
     """Each model's seconds learning the events in memory (fresh models, batches of
     ``batch_size``, in learning order)."""
-    models = {n: registry.create(n) for n in registry.parse_models(mix)}
-    registry.bind(models)
-    order = learning_order(models)
-    seconds = dict.fromkeys(order, 0.0)
-    for b in event_batches(events, batch_size):
-        for name in order:
-            t0 = time.perf_counter()
-            models[name].learn(b)
-            seconds[name] += time.perf_counter() - t0
-    return seconds
+    return learn_timed(fresh_mix(mix), event_batches(events, batch_size))[1]
 
 
 def main(argv: list[str] | None = None) -> None:
