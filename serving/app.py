@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -18,8 +18,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.auth import AccessControl, AuthSettings, require
 from serving.dashboard import DashboardSeries
-from serving.headers import SecurityHeadersMiddleware, headers_for
-from serving.metrics import ServingMetrics
+from serving.headers import SecurityHeadersMiddleware
+from serving.metrics import ServingMetrics, method_label
+from serving.protocol import json_error_protocol
 from serving.ratelimit import RateLimitSettings
 from serving.routers import dashboard, events, health, items, model, recommendations, users
 from serving.settings import ServeSettings
@@ -28,14 +29,6 @@ from serving.state import ServingState
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
-
-
-def method_label(method: str) -> str:
-    """An HTTP method as a bounded metric label: the standard ones, else ``other``."""
-    return method if method in _METHODS else "other"
-
-
-_METHODS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
 class MetricsMiddleware:
@@ -269,89 +262,3 @@ def run(
         access_log=False,
         **uvicorn_kwargs,
     )
-
-
-def json_error_protocol(
-    max_url_bytes: int, on_reject: Callable[[str, int], None] | None = None
-) -> type[Any]:
-    """uvicorn's httptools protocol answering malformed requests in JSON as well.
-
-    uvicorn refuses a request it cannot parse (an over-long URL among them, from
-    some 64 KiB on) with a plain-text 400 before the app sees it; this subclass
-    stops reading a URL at ``max_url_bytes`` and answers JSON 414, and other parse
-    failures JSON 400. The app never sees these requests, so ``on_reject(method,
-    status)`` is told of each answer (``run`` counts them in
-    ``liverec_serving_responses_total`` under the route ``unmatched``, with the
-    method as a bounded label, ``other`` when the request had none).
-
-    After such an answer the connection closes *lingering*, as web servers do: the
-    write side is shut, what the client still sends is read and dropped until it
-    closes (at most ``LINGER_S``). Closing at once, with the rest of a long request
-    unread, makes the kernel reset the connection, and a client still sending then
-    loses the answer it had been sent.
-    """
-    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
-
-    class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
-        _url_too_long = False
-        _url_seen = False  # the request line got as far as its URL: the method is read
-        _draining = False
-        LINGER_S = 2.0
-
-        def data_received(self, data: bytes) -> None:
-            if self._draining:  # answered and closing: the rest of the request is dropped
-                return
-            super().data_received(data)
-
-        def on_message_begin(self) -> None:
-            self._url_too_long = self._url_seen = False
-            super().on_message_begin()
-
-        def on_message_complete(self) -> None:
-            self._url_seen = False  # a next request on the connection starts unread
-            super().on_message_complete()
-
-        def on_url(self, url: bytes) -> None:
-            self._url_seen = True
-            super().on_url(url)
-            if len(self.url) > max_url_bytes:
-                self._url_too_long = True
-                raise ValueError("URL too long")  # the parser turns it into a 400 path
-
-        def send_400_response(self, msg: str) -> None:
-            if self._url_too_long:
-                status, reason = 414, "uri_too_long"
-                msg = f"the URL must be at most {max_url_bytes} bytes"
-            else:
-                status, reason = 400, "bad_request"
-            if on_reject is not None and not self._draining:
-                # httptools reports a method (DELETE) even where none was parsed
-                method = "other"
-                if self._url_seen:
-                    with contextlib.suppress(Exception):
-                        method = method_label(self.parser.get_method().decode("latin-1"))
-                try:
-                    on_reject(method, status)
-                except Exception:
-                    log.exception("counting a refused request failed")
-            body = orjson.dumps({"detail": {"reason": reason, "detail": msg}})
-            line = STATUS_LINE.get(status) or f"HTTP/1.1 {status} \r\n".encode()
-            head = [line]
-            for name, value in [*self.server_state.default_headers,
-                                *headers_for("/").items()]:  # as the API's own answers
-                head.extend([name, b": ", value, b"\r\n"])
-            head.extend([
-                b"content-type: application/json\r\n",
-                b"content-length: " + str(len(body)).encode() + b"\r\n",
-                b"connection: close\r\n\r\n",
-                body,
-            ])
-            self.transport.write(b"".join(head))
-            if self._draining or not self.transport.can_write_eof():
-                self.transport.close()
-                return
-            self._draining = True
-            self.transport.write_eof()
-            self.loop.call_later(self.LINGER_S, self.transport.close)
-
-    return JsonErrorHttpToolsProtocol

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["DEGRADED_REASONS", "BatcherCollector", "ServingMetrics"]
+__all__ = ["DEGRADED_REASONS", "BatcherCollector", "ServingMetrics", "method_label"]
 
 #: Every ``reason`` of ``liverec_serving_degraded`` (one 0/1 series each).
 DEGRADED_REASONS: tuple[str, ...] = (
@@ -247,3 +247,15 @@ class ServingMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+
+
+_METHODS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """An HTTP method as a bounded metric label: the standard ones, else ``other``.
+
+    >>> method_label("GET"), method_label("BREW")
+    ('GET', 'other')
+    """
+    return method if method in _METHODS else "other"

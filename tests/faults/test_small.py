@@ -73,3 +73,51 @@ def test_head_probes_and_json_414(tmp_path: Path) -> None:
         assert 'route="/v1/events",status="500"' not in text, text
     finally:
         server.stop()
+
+
+def _responses(port: int, request: bytes) -> list[tuple[int, bytes]]:
+    """Every (status, body) the server sends on one connection for ``request``."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    out = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:])}
+        n = int(headers["content-length"])
+        out.append((int(lines[0].split()[1]), rest[:n]))
+        data = rest[n:]
+    return out
+
+
+def test_pipelined_requests_are_answered_before_the_malformed_one(tmp_path: Path) -> None:
+    """Good requests pipelined ahead of a malformed one in one packet get their answers,
+    in order, before its JSON 400; the connection then closes."""
+    write_snapshot(tmp_path / "snaps")
+    server = ServerProcess(tmp_path / "snaps", tmp_path / "serve.log")
+    try:
+        server.wait_listening()
+        wait_for(lambda: httpx.get(f"{server.base}/readyz").status_code == 200, 30, "ready")
+        get = b"GET /v1/recommendations?user_id=u000001 HTTP/1.1\r\nHost: x\r\n\r\n"
+        got = _responses(server.port, get + get + b"NOT HTTP AT ALL\r\n\r\n")
+        assert [status for status, _ in got] == [200, 200, 400], got
+        assert "items" in orjson.loads(got[0][1]), got[0]
+        assert orjson.loads(got[2][1])["detail"]["reason"] == "bad_request"
+        # An over-long URL behind a good request: the 200, then the 414.
+        got = _responses(server.port, get + b"GET /v1/items/" + b"x" * 9_000
+                         + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert [status for status, _ in got] == [200, 414], got
+        # A pipelined request whose body breaks off: the one before it is answered.
+        got = _responses(server.port, get + b"POST /v1/events HTTP/1.1\r\nHost: x\r\n"
+                         b"Transfer-Encoding: chunked\r\n"
+                         b"Content-Type: application/json\r\n\r\nzz\r\n")
+        assert [status for status, _ in got] == [200, 400], got
+        text = httpx.get(f"{server.base}/metrics").text
+        assert 'method="other",route="unmatched",status="400"} 1.0' in text, text
+        assert 'method="GET",route="unmatched",status="414"} 1.0' in text, text
+        assert 'method="POST",route="unmatched",status="400"} 1.0' in text, text
+    finally:
+        server.stop()

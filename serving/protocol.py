@@ -1,0 +1,155 @@
+"""uvicorn's httptools protocol, answering the requests it cannot parse in JSON.
+
+uvicorn refuses a request it cannot parse (an over-long URL among them, from some
+64 KiB on) with a plain-text 400 before the app sees it. :func:`json_error_protocol`
+builds a subclass that answers those the way the API answers every other error, counts
+them, closes the connection without losing its answer, and answers the requests that
+came before the broken one on the same connection first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from serving.headers import headers_for
+from serving.metrics import method_label
+
+__all__ = ["json_error_protocol"]
+
+log = logging.getLogger(__name__)
+
+
+def json_error_protocol(
+    max_url_bytes: int, on_reject: Callable[[str, int], None] | None = None
+) -> type[Any]:
+    """uvicorn's httptools protocol answering malformed requests in JSON as well.
+
+    The subclass stops reading a URL at ``max_url_bytes`` and answers JSON 414, and
+    other parse failures JSON 400. The app never sees these requests, so
+    ``on_reject(method, status)`` is told of each answer sent (``serving.app.run``
+    counts them in ``liverec_serving_responses_total`` under the route ``unmatched``,
+    with the method as a bounded label, ``other`` when the request had none).
+
+    **Pipelined requests.** A client may send several requests without waiting for
+    the answers (HTTP/1.1 pipelining), and a malformed one may follow good ones in
+    the same packet. The answers must go out in the order of the requests, so the
+    refusal waits until every earlier request on the connection is answered; the
+    connection reads nothing more meanwhile. (uvicorn answered at once and closed the
+    connection, so the earlier requests' answers were lost, though the app had run
+    them and counted them.)
+
+    After the refusal the connection closes *lingering*, as web servers do: the write
+    side is shut, what the client still sends is read and dropped until it closes (at
+    most ``LINGER_S``). Closing at once, with the rest of a long request unread, makes
+    the kernel reset the connection, and a client still sending then loses the answer
+    it had been sent.
+    """
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+    class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
+        _url_too_long = False
+        _url_seen = False  # the request line got as far as its URL: the method is read
+        _draining = False
+        #: the refusal (status, reason, message, method) waiting for earlier answers
+        _deferred: tuple[int, str, str, str] | None = None
+        #: the request whose app task runs (uvicorn keeps only the newest request)
+        _running: Any = None
+        LINGER_S = 2.0
+
+        def data_received(self, data: bytes) -> None:
+            if self._draining or self._deferred is not None:
+                return  # refused: the rest of the connection's bytes are dropped
+            super().data_received(data)
+
+        def on_message_begin(self) -> None:
+            self._url_too_long = self._url_seen = False
+            super().on_message_begin()
+
+        def on_message_complete(self) -> None:
+            self._url_seen = False  # a next request on the connection starts unread
+            super().on_message_complete()
+
+        def on_url(self, url: bytes) -> None:
+            self._url_seen = True
+            super().on_url(url)
+            if len(self.url) > max_url_bytes:
+                self._url_too_long = True
+                raise ValueError("URL too long")  # the parser turns it into a 400 path
+
+        def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+            self._running = cycle
+            super()._start_asgi_task(cycle, app)
+
+        def send_400_response(self, msg: str) -> None:
+            if self._url_too_long:
+                status, reason = 414, "uri_too_long"
+                msg = f"the URL must be at most {max_url_bytes} bytes"
+            else:
+                status, reason = 400, "bad_request"
+            # httptools reports a method (DELETE) even where none was parsed
+            method = "other"
+            if self._url_seen:
+                with contextlib.suppress(Exception):
+                    method = method_label(self.parser.get_method().decode("latin-1"))
+            # The request the parser broke off in, when its headers were read: the
+            # app may run it (its body broke), or it waits behind earlier ones.
+            cycle = self.cycle
+            broken = cycle if cycle is not None and cycle.more_body \
+                and not cycle.response_complete else None
+            if broken is not None and any(c is broken for c, _ in self.pipeline):
+                # Never started: this refusal is its only answer.
+                self.pipeline.remove(next(p for p in self.pipeline if p[0] is broken))
+            running = self._running
+            if self.pipeline or (running is not None and running is not broken
+                                 and not running.response_complete):
+                self._deferred = (status, reason, msg, method)
+                self.flow.pause_reading()
+                return
+            self._refuse(status, reason, msg, method)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            deferred = self._deferred
+            if deferred is None or self.pipeline or self.transport.is_closing():
+                return  # more answers first (or the connection closed: nothing to send)
+            if self._running is not None and not self._running.response_complete:
+                return
+            self._deferred = None
+            if self.timeout_keep_alive_task is not None:
+                self.timeout_keep_alive_task.cancel()
+                self.timeout_keep_alive_task = None
+            self._refuse(*deferred)
+
+        def _refuse(self, status: int, reason: str, msg: str, method: str) -> None:
+            if on_reject is not None and not self._draining:
+                try:
+                    on_reject(method, status)
+                except Exception:
+                    log.exception("counting a refused request failed")
+            body = orjson.dumps({"detail": {"reason": reason, "detail": msg}})
+            line = STATUS_LINE.get(status) or f"HTTP/1.1 {status} \r\n".encode()
+            head = [line]
+            for name, value in [*self.server_state.default_headers,
+                                *headers_for("/").items()]:  # as the API's own answers
+                head.extend([name, b": ", value, b"\r\n"])
+            head.extend([
+                b"content-type: application/json\r\n",
+                b"content-length: " + str(len(body)).encode() + b"\r\n",
+                b"connection: close\r\n\r\n",
+                body,
+            ])
+            self.transport.write(b"".join(head))
+            if self._draining or not self.transport.can_write_eof():
+                self.transport.close()
+                return
+            self._draining = True
+            self.flow.resume_reading()  # read and drop what the client still sends
+            self.transport.write_eof()
+            self.loop.call_later(self.LINGER_S, self.transport.close)
+
+    return JsonErrorHttpToolsProtocol
