@@ -1,3 +1,5 @@
 """liverec: command-line entry point and process wiring."""
 
-__version__ = "0.1.0"
+from stream.buildinfo import liverec_version
+
+__version__ = liverec_version()

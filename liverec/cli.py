@@ -7,6 +7,8 @@ stays fast.
 from __future__ import annotations
 
 import os
+import platform
+from typing import Annotated
 
 import typer
 
@@ -20,6 +22,7 @@ from liverec import (
     cmd_train,
 )
 from liverec.runtime import configure_malloc, configure_umask
+from stream.buildinfo import liverec_version
 
 app = typer.Typer(
     name="liverec",
@@ -31,8 +34,19 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"liverec {liverec_version()} (Python {platform.python_version()})")
+        raise typer.Exit()
+
+
 @app.callback()
-def _startup(ctx: typer.Context) -> None:
+def _startup(
+    ctx: typer.Context,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print liverec's version (and Python's) and exit.")] = False,
+) -> None:
     """Process-wide settings before any command runs (see ``liverec.runtime``)."""
     configure_malloc(ctx.invoked_subcommand)
     try:

@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from stream.buildinfo import register_build_info
+
 __all__ = ["DEGRADED_REASONS", "BatcherCollector", "ServingMetrics", "method_label"]
 
 #: Every ``reason`` of ``liverec_serving_degraded`` (one 0/1 series each).
@@ -115,6 +117,7 @@ class ServingMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        register_build_info(r, "server")
         self.request_seconds = Histogram(
             "liverec_serving_request_duration_seconds",
             "HTTP request latency by route template.",

@@ -28,6 +28,7 @@ from contextlib import contextmanager, suppress
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from online_models.drift import DETECTORS, DataDriftTracker
+from stream.buildinfo import register_build_info
 from stream.events import REJECT_REASONS
 from stream.kafka.base import Partition
 from trainer.flood import CAP_REASONS
@@ -71,6 +72,7 @@ class TrainerMetrics:
         #: thread at assignment, on the learner's after: under the lock)
         self._lag_series: set[Partition] = set()
         self._lag_lock = threading.Lock()
+        register_build_info(r, "trainer")
 
         # ---------------------------------------------------------------- ingest
         self.events_consumed = Counter(
