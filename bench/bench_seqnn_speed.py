@@ -53,16 +53,24 @@ from online_models.synthetic import generate_events  # noqa: E402
 
 
 def _seqnn_at(rev: str) -> Any:
-    """The ``SeqNN`` class of ``online_models/seqnn.py`` at git revision ``rev``."""
-    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:online_models/seqnn.py"],
-                         check=True, capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / "seqnn_baseline.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("seqnn_baseline", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.SeqNN
+    """The ``SeqNN`` class of git revision ``rev``: every ``online_models/seqnn*.py`` of
+    that revision (the model is split over several modules since 0f2baa0), loaded as a
+    package of their own; the rest of ``online_models`` is this checkout's."""
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", rev,
+                             "online_models/"], check=True, capture_output=True,
+                            text=True).stdout.split()
+    pkg = f"seqnn_at_{rev.replace('/', '_').replace('-', '_')}"
+    root = Path(tempfile.mkdtemp())
+    (root / pkg).mkdir()
+    (root / pkg / "__init__.py").write_text("")
+    for name in listed:
+        if Path(name).name.startswith("seqnn") and name.endswith(".py"):
+            src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{name}"],
+                                 check=True, capture_output=True, text=True).stdout
+            (root / pkg / Path(name).name).write_text(
+                src.replace("online_models.seqnn", f"{pkg}.seqnn"))
+    sys.path.insert(0, str(root))
+    return importlib.import_module(f"{pkg}.seqnn").SeqNN
 
 
 def main() -> None:
