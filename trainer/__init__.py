@@ -8,7 +8,10 @@
 * :mod:`trainer.metrics` -- every ``liverec_trainer_*`` metric;
 * :mod:`trainer.settings` -- :class:`TrainerSettings`;
 * :mod:`trainer.partitioned` -- scale-out mode (``--scale-out``): N trainers, one model,
-  item updates through ``<topic>.updates`` in Kafka transactions;
+  item updates through ``<topic>.updates`` in Kafka transactions; its parts:
+  :mod:`trainer.user_side` (the owned partitions), :mod:`trainer.poll_learning`
+  (learning a poll), :mod:`trainer.transactions`, :mod:`trainer.item_side` (folding,
+  evaluation, merging), :mod:`trainer.folding` and :mod:`trainer.merged`;
 * :mod:`trainer.partition_state` -- per-partition user state and its snapshots.
 """
 

@@ -6,7 +6,8 @@ sample to a share of the learner's CPU time, the concept-drift monitors that rea
 hit stream, and the metrics all three feed (``liverec_trainer_evaluated_events_total``,
 the rolling and total HR/NDCG gauges, drift alarms). The single-process trainer
 evaluates every batch it learns; a scale-out trainer evaluates the batches of its own
-partitions while it holds the whole item state (see :mod:`trainer.partitioned`).
+partitions while it holds the whole item state (see :mod:`trainer.partitioned`), the
+events of a stable share of users (:func:`eval_users`).
 """
 
 from __future__ import annotations
@@ -14,16 +15,18 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from online_models.base import Batch, OnlineModel, UserHistory
-from online_models.drift import ConceptDriftMonitor
+from online_models.drift import ConceptDriftMonitor, stable_buckets
 from online_models.evaluation import EvalSample, PrequentialEvaluator
 from trainer.metrics import TrainerMetrics
 from trainer.settings import TrainerSettings
 
-__all__ = ["BACKLOG_MIN_PER_S", "TrainerEvaluation"]
+__all__ = ["BACKLOG_MIN_PER_S", "TrainerEvaluation", "eval_users"]
 
 #: the governor's cost sums decay by this factor per scored event
 _COST_DECAY = 0.98
@@ -271,3 +274,18 @@ class TrainerEvaluation:
                 v = None
             hr.append(f"{name}={v:.3f}" if v is not None else f"{name}=-")
         return f"hr@{self.settings.k}[{' '.join(hr)}]"
+
+
+def eval_users(users: Sequence[str] | np.ndarray, share: float) -> np.ndarray:
+    """Mask of the events whose user is in the evaluated ``share`` of users (by a CRC-32
+    of the id: the same users everywhere, every time).
+
+    >>> eval_users(["u1", "u2", "u3", "u1"], 1.0).tolist()
+    [True, True, True, True]
+    >>> m = eval_users([f"u{k}" for k in range(10_000)], 0.1)
+    >>> bool(0.09 < m.mean() < 0.11)
+    True
+    """
+    if share >= 1.0:
+        return np.ones(len(users), bool)
+    return stable_buckets(users, 1 << 32) < int(share * (1 << 32))
