@@ -144,6 +144,10 @@ build_kafka() {
   cp -p deploy/docker/kafka/* "$ctx/"
   mkdir "$ctx/libs"
   cp -p "$jars"/*.jar "$ctx/libs/"
+  # COPY keeps the context's modes, and the broker runs as appuser: jars that Maven
+  # copied from a repository written under umask 027 (every `liverec` command's, e.g.
+  # `liverec broker start` fetching the same jars) would be unreadable in the image.
+  chmod -R u+rwX,go+rX "$ctx"
   timed "kafka" "${BUILD[@]}" --build-arg "LIVEREC_BASE_IMAGE=$BASE_TAG" -t "$KAFKA_TAG" "$ctx"
   rm -rf "$ctx"
 }
