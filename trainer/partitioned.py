@@ -12,9 +12,9 @@ parameter server (see DEVELOPING.md, "Scale-out", for the picture):
   (user side) and yields an item-side delta per model, published to
   ``<topic>.updates`` (:mod:`trainer.poll_learning`). Only the **merge writer** (the
   owner of the topic's last partition) folds the update topic into its models' item
-  state, snapshots it, writes the merged, servable model and evaluates its own
-  partitions' events (:mod:`trainer.item_side`, with :mod:`trainer.folding` and
-  :mod:`trainer.merged`).
+  state, snapshots it, writes the merged, servable model (every owner of partitions
+  also merges at shutdown) and evaluates its own partitions' events
+  (:mod:`trainer.item_side`, with :mod:`trainer.folding` and :mod:`trainer.merged`).
 * **Exactly once** (:mod:`trainer.transactions`). One Kafka transaction holds the
   update messages, the dead-lettered rejects and the input offsets of the polls
   learned while it was open, so an input record's effect on the item state is in the
@@ -366,9 +366,6 @@ class ScaleOutTrainer:
         return s.idle_exit_s is not None and idle >= s.idle_exit_s
 
     # ------------------------------------------------------------------ one poll
-
-    #: the size an update message aims at (see :class:`~trainer.poll_learning.PollLearner`)
-    UPDATE_TARGET_BYTES = PollLearner.UPDATE_TARGET_BYTES
 
     def handle(self, records: RecordBatch) -> int:
         """Learn one poll; publish its updates, rejects and offsets in one transaction

@@ -36,6 +36,7 @@ from tests.trainer.scale_helpers import (
 from trainer.checkpoint import SnapshotLocationBusy, lock_location
 from trainer.partition_state import PartitionStore
 from trainer.partitioned import ScaleOutTrainer, eval_users, updates_topic
+from trainer.poll_learning import PollLearner
 from trainer.settings import TrainerSettings
 
 pytestmark = [pytest.mark.kafka]
@@ -246,7 +247,7 @@ def test_a_large_poll_is_published_as_messages_the_broker_takes(
         sent = reg.get_sample_value("liverec_trainer_update_bytes_total", {"direction": "out"})
         n_msgs = trainer.updates_published
         assert n_msgs > trainer.transactions  # polls were cut into several messages
-        assert sent / n_msgs < 2 * ScaleOutTrainer.UPDATE_TARGET_BYTES
+        assert sent / n_msgs < 2 * PollLearner.UPDATE_TARGET_BYTES
         ref = reference(events, defaults)
         for name in defaults:  # what went out in pieces folded back whole
             assert_same_items(trainer.models[name], ref[name], rtol=1e-9)
