@@ -655,9 +655,14 @@ class _Demo:
             took = time.monotonic() - t0
             self.echo(f"  {label} " + (f"killed after {took:.1f} s (see {child.log_path})"
                                        if killed else f"stopped in {took:.1f} s"))
-        for thread in (self.client, self.stream):
-            if thread is not None:
-                thread.join(timeout=15)
+        if self.client is not None:
+            self.client.join(timeout=15)
+        if self.stream is not None and self.stream.is_alive():
+            self.echo("waiting for the click stream to stop: its producer's deliveries ...")
+            t0 = time.monotonic()
+            self.stream.join(timeout=15)
+            self.echo(f"  click stream {'still running' if self.stream.is_alive() else 'stopped'}"
+                      f" after {time.monotonic() - t0:.1f} s")
 
 
 def _http_ok(url: str) -> bool:
@@ -708,7 +713,7 @@ def _kafka(bootstrap: str | None, echo: Callable[[str], None]
     """The Kafka settings to use (the environment's ``LIVEREC_KAFKA_*``, also the
     client and security ones, with the broker found) and how to release the broker
     (stop it only if we started it)."""
-    from stream.broker import broker_status, resolve_bootstrap
+    from stream.broker import broker_status, kafka_libs_cached, resolve_bootstrap
     from stream.settings import KafkaSettings
 
     settings = KafkaSettings()  # LIVEREC_KAFKA_BOOTSTRAP or LIVEREC_BOOTSTRAP, security
@@ -718,10 +723,20 @@ def _kafka(bootstrap: str | None, echo: Callable[[str], None]
         if detached is not None:
             echo(f"Kafka: the local broker from `liverec broker start` at {detached.bootstrap}")
             return settings.with_bootstrap(detached.bootstrap), lambda: None
-        echo("Kafka: starting a local broker (first run fetches Kafka via Maven)...")
+        fetch = "" if kafka_libs_cached() else " (this first run fetches Kafka via Maven)"
+        echo(f"Kafka: starting a local broker{fetch}...")
     kafka = resolve_bootstrap(env_bootstrap=external, settings=settings)
     echo(f"Kafka ({kafka.source}) at {kafka.bootstrap}")
-    return settings.with_bootstrap(kafka.bootstrap), kafka.close
+    if kafka.source == "env":
+        return settings.with_bootstrap(kafka.bootstrap), kafka.close
+
+    def release() -> None:  # a broker this demo started: it stops last
+        echo(f"stopping the {kafka.source} Kafka broker the demo started ...")
+        t0 = time.monotonic()
+        kafka.close()
+        echo(f"  Kafka broker stopped in {time.monotonic() - t0:.1f} s")
+
+    return settings.with_bootstrap(kafka.bootstrap), release
 
 
 def run_demo(opts: DemoOptions, echo: Callable[[str], None] = print) -> DemoSummary:
@@ -760,6 +775,7 @@ def run_demo(opts: DemoOptions, echo: Callable[[str], None] = print) -> DemoSumm
             try:
                 demo.shutdown()
                 if topics_made:
+                    echo(f"deleting the demo's topics ({demo.topic}, {demo.topic}.dlq) ...")
                     with contextlib.suppress(Exception):
                         delete_topics(kafka, [demo.topic, f"{demo.topic}.dlq"])
             finally:

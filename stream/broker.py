@@ -53,6 +53,7 @@ __all__ = [
     "docker_available",
     "ensure_kafka_libs",
     "free_port",
+    "kafka_libs_cached",
     "resolve_bootstrap",
     "start_detached_broker",
     "stop_detached_broker",
@@ -93,6 +94,11 @@ def free_port() -> int:
 # --------------------------------------------------------------------------- jars
 
 
+def kafka_libs_cached(version: str = KAFKA_VERSION) -> bool:
+    """Whether :func:`ensure_kafka_libs` has the jars already (no Maven run needed)."""
+    return (cache_dir() / f"kafka-{version}" / "libs" / ".complete").exists()
+
+
 def ensure_kafka_libs(version: str = KAFKA_VERSION, *, quiet: bool = True) -> Path:
     """The directory of Kafka's jars, resolving them with Maven on first use.
 
@@ -106,7 +112,7 @@ def ensure_kafka_libs(version: str = KAFKA_VERSION, *, quiet: bool = True) -> Pa
         raise KafkaSetupError(f"only Kafka {KAFKA_VERSION} is packaged, not {version}")
     root = cache_dir() / f"kafka-{version}"
     libs = root / "libs"
-    if (libs / ".complete").exists():
+    if kafka_libs_cached(version):
         return libs
     if shutil.which("mvn") is None:
         raise KafkaSetupError(
@@ -341,7 +347,11 @@ class LocalBroker:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
-                start_new_session=self.detach,
+                # Its own session on Linux too: a terminal's Ctrl-C goes to the process
+                # that started it, which stops its clients before the broker (it would
+                # die first otherwise, and they could not commit or deliver); the parent
+                # death signal still stops it if that process dies without doing so.
+                start_new_session=self.detach or sys.platform == "linux",
                 preexec_fn=None if self.detach or sys.platform != "linux" else _pdeathsig,
             )
         finally:

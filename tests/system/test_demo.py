@@ -99,3 +99,45 @@ def test_demo_stops_cleanly_on_interrupt(kafka_bootstrap: str, tmp_path: Path) -
     assert serving < trainer and "last snapshot" in text[trainer:], text[-3000:]
     assert re.search(r"trainer stopped in \d+\.\d s", text), text[-3000:]
     assert _ours(run_dir) == [], "the demo left processes behind"
+
+
+def test_ctrl_c_in_a_terminal_stops_the_demos_own_broker_last(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C signals the whole foreground process group. The broker the
+    demo started must not be in it: it would stop first, and the trainer could then
+    neither commit nor stop in time (it was killed after 15 s)."""
+    from stream.broker import cache_dir
+
+    run_dir, cache = tmp_path / "run", tmp_path / "cache"
+    cache.mkdir()
+    jars = cache_dir() / "kafka-4.1.1"
+    if jars.exists():  # the jars of earlier runs; the broker state file stays ours
+        (cache / "kafka-4.1.1").symlink_to(jars)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEREC_")}
+    env |= {"LIVEREC_CACHE_DIR": str(cache), "LIVEREC_DOCKER": "0"}
+    log = tmp_path / "demo.out"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [LIVEREC, "demo", "--run-dir", str(run_dir), "--status-every-s", "2"],
+            stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while "events in" not in log.read_text() and time.monotonic() < deadline:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                time.sleep(0.5)
+            os.killpg(proc.pid, signal.SIGINT)  # as the terminal does
+            rc = proc.wait(timeout=180)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert rc == 0, text[-3000:]
+    assert "Kafka (local)" in text, text[:2000]
+    assert re.search(r"trainer stopped in \d+\.\d s", text), text[-3000:]
+    assert "killed after" not in text, text[-3000:]
+    # The broker went last, after the trainer's final commit.
+    assert text.index("trainer stopped in") < text.index("Kafka broker stopped in"), text[-3000:]
+    assert "commit failed" not in (run_dir / "logs" / "trainer.log").read_text()
+    left = [p for p in psutil.process_iter(["cmdline"])
+            if any(str(cache) in part for part in p.info["cmdline"] or ())]
+    assert _ours(run_dir) == [] and left == [], "the demo left processes behind"
