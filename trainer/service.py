@@ -752,7 +752,13 @@ class Trainer:
             log.exception("updating gauges failed")
 
     def status_line(self) -> str:
+        # Without partitions nothing is learned: say so, and where it is waiting (a
+        # bootstrap nobody answers on looks like a quiet topic otherwise).
+        parts = len(self.source.assigned) if self.source is not None else 0
+        waiting = "" if parts else (
+            f" (waiting to join group {self.settings.group} at {self.kafka.bootstrap})")
         return (
+            f"partitions={parts}{waiting} "
             f"events learned={self.events_learned} total={self.events_total} "
             f"dup={self.duplicates} rejected={self.rejected} rate={self._rate:.0f}/s "
             f"users={len(self.history)} {self.evaluation.hr_line()} "

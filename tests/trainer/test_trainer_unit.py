@@ -542,3 +542,13 @@ def test_a_commit_interval_beyond_half_the_transaction_timeout_is_refused() -> N
         TrainerSettings(commit_every_s=6.0)
     ok = TrainerSettings(commit_every_s=6.0, transaction_timeout_ms=20_000)
     assert ok.commit_every_s == 6.0
+
+
+def test_status_line_says_when_no_partitions_are_held(tmp_path: Path) -> None:
+    """A bootstrap nobody answers on must not look like a quiet topic."""
+    kafka = KafkaSettings(bootstrap="127.0.0.1:9", topic="clicks")
+    t = Trainer(TrainerSettings(snapshots=tmp_path, models="popularity", group="g1"), kafka)
+    assert t.status_line().startswith(
+        "partitions=0 (waiting to join group g1 at 127.0.0.1:9) events learned=0 ")
+    t.source = types.SimpleNamespace(assigned=frozenset({("clicks", 0), ("clicks", 1)}))
+    assert t.status_line().startswith("partitions=2 events learned=0 ")
