@@ -110,6 +110,8 @@ def replay(
     typer.echo(f"{file} -> {settings.topic}: {result.summary()}")
     if result.failed:
         raise typer.Exit(1)
+    if result.interrupted:
+        raise typer.Exit(130)  # as an interrupted command exits, after its summary
 
 
 def kafka_settings(**options: Any) -> KafkaSettings:

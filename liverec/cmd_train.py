@@ -245,9 +245,12 @@ def train(
     finally:
         if server is not None:
             server.shutdown()
+    capped = sum(result.capped.values())
+    by_reason = ", ".join(f"{r}={n}" for r, n in sorted(result.capped.items()))
     typer.echo(
         f"learned {result.events_learned} events (events_total {result.events_total}, "
-        f"duplicates {result.duplicates}, rejected {result.rejected}) in "
+        f"duplicates {result.duplicates}, rejected {result.rejected}, capped by the flood "
+        f"guard {capped}{f' ({by_reason})' if capped else ''}) in "
         f"{result.seconds:.1f} s; snapshot {result.snapshot_version}"
     )
     if result.first_batch_s is not None and result.learning_s > 0:

@@ -63,6 +63,8 @@ class ReplayResult:
     failed: int = 0  # sends the broker did not acknowledge ...
     dlq_failed: int = 0  # ... of which dead-letter copies of rejected rows
     elapsed_s: float = 0.0
+    #: stopped early by Ctrl-C (what was sent until then was still delivered)
+    interrupted: bool = False
 
     @property
     def n_rejected(self) -> int:
@@ -75,11 +77,22 @@ class ReplayResult:
             parts.append("(" + ", ".join(f"{k}={v}" for k, v in sorted(self.rejected.items()))
                          + ")")
         parts.append(f"skipped {sum(self.skipped.values())}")
+        if self.skipped:
+            parts.append("(" + ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items()))
+                         + ")")
         if self.failed:
             parts.append(f"FAILED {self.failed}" + (
                 f" ({self.dlq_failed} of them dead-letter copies)" if self.dlq_failed else ""))
         parts.append(f"in {self.elapsed_s:.1f}s ({rate:,.0f} events/s)")
-        return " ".join(parts)
+        return ("interrupted: " if self.interrupted else "") + " ".join(parts)
+
+
+class _Interrupted(Exception):
+    """Ctrl-C during a replay, with the events sent until then."""
+
+    def __init__(self, sent: int) -> None:
+        super().__init__(sent)
+        self.sent = sent
 
 
 class Replayer:
@@ -148,7 +161,7 @@ class Replayer:
                                  linger_ms=self.linger_ms, compression=self.compression,
                                  max_block_ms=60_000, report_successes=False)
         start = time.monotonic()
-        send, topic = producer.send, self.topic
+        topic = self.topic
         try:
             for bad in dataset.invalid:
                 self._dead_letter(producer, _invalid_to_reject(bad), source, bad.line)
@@ -158,31 +171,12 @@ class Replayer:
             with bar:
                 t0 = float(dataset.timestamps[0]) if len(dataset) else 0.0
                 sent = 0
-                if self._paced:
-                    for n, ts, key, item in encode_rows(dataset, self.limits):
-                        if n & 4095 == 0:
-                            producer.poll(0)
-                            bar.update(n - bar.n)
-                        self._pace(n, ts - t0, start)
-                        if type(item) is bytes:
-                            send(topic, item, key)
-                            sent += 1
-                        else:
-                            assert isinstance(item, Rejected)
-                            self._dead_letter(producer, item, source, None)
-                            result.rejected[item.reason] += 1
-                else:  # as fast as the producer goes: chunks, batch produce
-                    for end, records, rejects in encode_chunks(dataset, self.limits):
-                        producer.send_many(topic, records)
-                        sent += len(records)
-                        for rej in rejects:
-                            self._dead_letter(producer, rej, source, None)
-                            result.rejected[rej.reason] += 1
-                        producer.poll(0)
-                        bar.update(end - bar.n)
-                bar.update(len(dataset) - bar.n)
+                try:
+                    sent = self._send_all(dataset, producer, bar, result, source, t0, start)
+                except _Interrupted as stop:
+                    sent, result.interrupted = stop.sent, True
                 result.sent = sent
-            left = producer.flush(120.0)
+            left = producer.flush(10.0 if result.interrupted else 120.0)
         finally:
             producer.close(30.0)
             result.elapsed_s = time.monotonic() - start
@@ -194,6 +188,41 @@ class Replayer:
         if result.failed:
             log.error("%d sends failed, last: %s", result.failed, producer.last_error)
         return result
+
+    def _send_all(self, dataset: Dataset, producer: Producer, bar: Any,
+                  result: ReplayResult, source: str, t0: float, start: float) -> int:
+        """Send the rows (paced, or in chunks as fast as the producer goes); the events
+        sent. Ctrl-C raises :class:`_Interrupted` with the count so far."""
+        send, topic = producer.send, self.topic
+        sent = 0
+        try:
+            if self._paced:
+                for n, ts, key, item in encode_rows(dataset, self.limits):
+                    if n & 4095 == 0:
+                        producer.poll(0)
+                    if n & 63 == 0:  # a paced replay moves slowly: show it
+                        bar.update(n - bar.n)
+                    self._pace(n, ts - t0, start)
+                    if type(item) is bytes:
+                        send(topic, item, key)
+                        sent += 1
+                    else:
+                        assert isinstance(item, Rejected)
+                        self._dead_letter(producer, item, source, None)
+                        result.rejected[item.reason] += 1
+            else:  # as fast as the producer goes: chunks, batch produce
+                for end, records, rejects in encode_chunks(dataset, self.limits):
+                    producer.send_many(topic, records)
+                    sent += len(records)
+                    for rej in rejects:
+                        self._dead_letter(producer, rej, source, None)
+                        result.rejected[rej.reason] += 1
+                    producer.poll(0)
+                    bar.update(end - bar.n)
+            bar.update(len(dataset) - bar.n)
+        except KeyboardInterrupt:
+            raise _Interrupted(sent) from None
+        return sent
 
     @property
     def _paced(self) -> bool:

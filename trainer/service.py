@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,6 +80,8 @@ class TrainerResult:
     first_batch_s: float | None = None
     #: the shutdown: the last snapshot, committing its offsets, leaving the group
     shutdown_s: float = 0.0
+    #: events the flood guard kept out of learning, by reason
+    capped: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def learning_s(self) -> float:
@@ -407,6 +409,7 @@ class Trainer:
             self.events_learned, self.events_total, self.duplicates, self.rejected,
             self.snapshot_version, t_end - t_start,
             None if first_batch_at is None else first_batch_at - t_start, t_end - t_stop,
+            dict(self.capped),
         )
 
     def _new_source(self) -> BatchSource:

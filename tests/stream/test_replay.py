@@ -71,3 +71,51 @@ def test_movielens_all_events_arrive(kafka_bootstrap, new_topic, shared_data: Pa
     ids = _consume_ids(kafka_bootstrap, topic, 100_836, "g-ml")
     assert len(ids) == 100_836 and len(set(ids)) == 100_836
 
+
+
+def test_summary_names_the_skipped_rows_reasons() -> None:
+    from collections import Counter
+
+    from stream.replay import ReplayResult
+
+    r = ReplayResult(sent=3, skipped=Counter(cancelled=2, no_customer=5), elapsed_s=1.0)
+    assert "skipped 7 (cancelled=2, no_customer=5)" in r.summary()
+    assert not r.summary().startswith("interrupted")
+
+
+def test_ctrl_c_stops_a_replay_with_its_summary(kafka_bootstrap, new_topic,
+                                                tmp_path: Path) -> None:
+    """Ctrl-C: what was sent is delivered and counted, and the count is the topic's."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    topic = new_topic(partitions=1)
+    path = tmp_path / "clicks.csv"
+    path.write_text("user_id,item_id,timestamp\n" + "".join(
+        f"u{i % 50},i{i % 30},{1_700_000_000 + i}\n" for i in range(5_000)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEREC_")}
+    env["LIVEREC_KAFKA_BOOTSTRAP"] = kafka_bootstrap
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "liverec"), "replay", str(path), "--topic", topic,
+         "--rate", "200", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and sum(
+                end_offsets(kafka_bootstrap, topic).values()) < 100:
+            assert proc.poll() is None, proc.communicate()[0]
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    m = re.search(r"interrupted: sent (\d+) ", out)
+    assert m is not None, out
+    assert 100 <= int(m.group(1)) < 5_000, out
+    assert sum(end_offsets(kafka_bootstrap, topic).values()) == int(m.group(1)), out
