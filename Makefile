@@ -16,6 +16,8 @@ install: $(STAMP)
 # the same pins. `make lock` moves them.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing liverec and its dependencies into $(VENV) at the pinned versions" \
+	      "(the first time takes a few minutes: torch is large) ..."
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	@touch $@

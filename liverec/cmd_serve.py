@@ -19,7 +19,8 @@ def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
         snapshots: Annotated[
-            Path | None, typer.Option(help="Snapshot root written by the trainer (holds LATEST).")
+            Path | None, typer.Option(help="Snapshot root written by the trainer (holds LATEST; "
+                                   "default: snapshots).")
         ] = None,
         extra_snapshots: Annotated[
             list[Path] | None,
@@ -28,18 +29,23 @@ def register(app: typer.Typer) -> None:
                               "beside these (repeatable; e.g. a seqnn trainer's) "
                               "[LIVEREC_EXTRA_SNAPSHOTS, comma-separated]."),
         ] = None,
-        port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
-        host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
+        port: Annotated[int | None, typer.Option(
+            help="Port to listen on (default: 8000).")] = None,
+        host: Annotated[str | None, typer.Option(
+            help="Interface to listen on (default: 127.0.0.1).")] = None,
         bootstrap: Annotated[
             str | None,
             typer.Option(help="Kafka bootstrap servers (live context and POST /v1/events)."),
         ] = None,
-        topic: Annotated[str | None, typer.Option(help="Click-event topic.")] = None,
+        topic: Annotated[str | None, typer.Option(
+            help="Click-event topic (default: clicks).")] = None,
         trainer_metrics_url: Annotated[
             str | None, typer.Option(help="Trainer /metrics URL scraped for the dashboard.")
         ] = None,
         default_model: Annotated[
-            str | None, typer.Option(help="Model used when a request names none.")
+            str | None, typer.Option(help="Model used when a request names none (default: ranked; "
+                               "where a snapshot lacks it, the first of hybrid, bpr, "
+                               "embedding, itemknn, popularity it has).")
         ] = None,
         ann: Annotated[
             bool | None,
@@ -159,6 +165,14 @@ def register(app: typer.Typer) -> None:
                 "no Kafka: set LIVEREC_KAFKA_BOOTSTRAP or --bootstrap, or run `liverec "
                 "broker start` first; until then there is no live context and "
                 "POST /v1/events answers 503")
+        for root in (settings.snapshots, *settings.extra_snapshots):
+            if not (root / "LATEST").exists():
+                # Legitimate before the trainer's first snapshot, but also what a mistyped
+                # --snapshots looks like: say so, where to look, and what /readyz says.
+                logging.getLogger("liverec.serve").warning(
+                    "no snapshot under %s yet%s: /readyz answers 503 until a trainer "
+                    "writes one there (is this the trainer's --snapshots?)", root.resolve(),
+                    "" if root.exists() else " (the directory does not exist)")
         # kafka-python logs every failed reconnect (several a second while a broker is
         # down); the live tail and the event sender log each state change with the
         # cause instead, and /readyz and liverec_serving_degraded show it.

@@ -19,16 +19,18 @@ import typer
 def train(
     bootstrap: Annotated[str | None, typer.Option(
         help="Kafka bootstrap host:port [LIVEREC_KAFKA_BOOTSTRAP / LIVEREC_BOOTSTRAP]")] = None,
-    topic: Annotated[str | None, typer.Option(help="click topic [LIVEREC_TOPIC]")] = None,
+    topic: Annotated[str | None, typer.Option(
+        help="click topic (default: clicks) [LIVEREC_TOPIC]")] = None,
     kafka_client: Annotated[str | None, typer.Option(
         "--kafka-client", "--client",
         help="Kafka client library: confluent (librdkafka) or kafka-python "
              "[LIVEREC_KAFKA_CLIENT]")] = None,
-    group: Annotated[str | None, typer.Option(help="consumer group [LIVEREC_GROUP]")] = None,
+    group: Annotated[str | None, typer.Option(
+        help="consumer group (default: liverec-trainer) [LIVEREC_GROUP]")] = None,
     snapshots: Annotated[Path | None, typer.Option(
-        help="snapshot directory [LIVEREC_SNAPSHOTS]")] = None,
+        help="snapshot directory (default: snapshots) [LIVEREC_SNAPSHOTS]")] = None,
     models: Annotated[str | None, typer.Option(
-        help="'all' or comma-separated registry names [LIVEREC_MODELS]")] = None,
+        help="'all' or comma-separated registry names (default: all) [LIVEREC_MODELS]")] = None,
     model_params: Annotated[str | None, typer.Option(
         help='JSON {"model": {"param": value}} for fresh models [LIVEREC_MODEL_PARAMS]')] = None,
     follow: Annotated[list[str] | None, typer.Option(
@@ -42,10 +44,14 @@ def train(
     follow_every_s: Annotated[float | None, typer.Option(
         help="seconds between checks of the followed directories [LIVEREC_FOLLOW_EVERY_S]"
     )] = None,
-    batch_size: Annotated[int | None, typer.Option(help="[LIVEREC_BATCH_SIZE]")] = None,
-    max_wait_ms: Annotated[int | None, typer.Option(help="[LIVEREC_MAX_WAIT_MS]")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help="events per mini-batch: each model learns once per batch (default: 256) "
+             "[LIVEREC_BATCH_SIZE]")] = None,
+    max_wait_ms: Annotated[int | None, typer.Option(
+        help="longest a batch waits to fill up, in ms; a quiet stream hands it over "
+             "early (default: 200) [LIVEREC_MAX_WAIT_MS]")] = None,
     snapshot_every_s: Annotated[float | None, typer.Option(
-        help="seconds between snapshots [LIVEREC_SNAPSHOT_EVERY_S]")] = None,
+        help="seconds between snapshots (default: 1.0) [LIVEREC_SNAPSHOT_EVERY_S]")] = None,
     snapshot_max_share: Annotated[float | None, typer.Option(
         help="most of the learner's time copying state for snapshots may take while it "
              "has a backlog (else also half its idle time); larger states space "
@@ -55,9 +61,10 @@ def train(
              "slower writes space snapshots out (0 = never) [LIVEREC_SNAPSHOT_WRITE_SHARE]"
     )] = None,
     keep_snapshots: Annotated[int | None, typer.Option(
-        help="versions kept on disk [LIVEREC_KEEP_SNAPSHOTS]")] = None,
+        help="versions kept on disk (default: 5) [LIVEREC_KEEP_SNAPSHOTS]")] = None,
     metrics_port: Annotated[int | None, typer.Option(
-        help="Prometheus port; 0 = a free one (logged), -1 = none [LIVEREC_METRICS_PORT]")
+        help="Prometheus port; 0 = a free one (logged), -1 = none (default: 9101) "
+             "[LIVEREC_METRICS_PORT]")
     ] = None,
     drift_adapt: Annotated[bool | None, typer.Option(
         "--drift-adapt/--no-drift-adapt",

@@ -60,3 +60,19 @@ def test_readyz_lists_dependencies_and_never_hides_kafka(tmp_path: Path) -> None
     finally:
         for s in (strict, lenient, plain):
             s.stop()
+
+
+def test_a_snapshot_root_without_a_snapshot_is_named_at_start(tmp_path: Path) -> None:
+    """A mistyped --snapshots must not pass quietly: the log names the directory at
+    start, and /readyz stays 503 with the reason."""
+    missing = tmp_path / "no-such-dir"
+    server = ServerProcess(missing, tmp_path / "serve.log")
+    try:
+        server.wait_listening()
+        r = httpx.get(f"{server.base}/readyz")
+        assert r.status_code == 503 and "snapshot" in r.json()["reason"], r.text
+        log = server.log_text()
+        assert f"no snapshot under {missing.resolve()} yet (the directory does not exist)" \
+            in log, log[-2000:]
+    finally:
+        server.stop()
