@@ -538,5 +538,7 @@ class Hybrid(BindsComponents, OnlineModel):
         m._n_tuned = int(meta["n_tuned"])
         shared = m._restore_components(a, meta)
         if shared:
-            log.info("hybrid restored with shared components %s: bind() them", sorted(shared))
+            # A developer's note (the trainer and the server bind at once): not for INFO.
+            log.debug("hybrid restored with shared components %s: they are read from the "
+                      "models beside it once registry.bind() runs", sorted(shared))
         return m
