@@ -33,6 +33,7 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 import argparse  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -59,7 +60,7 @@ def _seqnn_at(rev: str) -> Any:
     listed = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", rev,
                              "online_models/"], check=True, capture_output=True,
                             text=True).stdout.split()
-    pkg = f"seqnn_at_{rev.replace('/', '_').replace('-', '_')}"
+    pkg = "seqnn_at_" + re.sub(r"\W", "_", rev)  # HEAD~1, v1.0, main@{1}: identifiers
     root = Path(tempfile.mkdtemp())
     (root / pkg).mkdir()
     (root / pkg / "__init__.py").write_text("")

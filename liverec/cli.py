@@ -22,7 +22,6 @@ from liverec import (
     cmd_train,
 )
 from liverec.runtime import configure_malloc, configure_umask
-from stream.buildinfo import liverec_version
 
 app = typer.Typer(
     name="liverec",
@@ -36,6 +35,8 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
+        from stream.buildinfo import liverec_version
+
         typer.echo(f"liverec {liverec_version()} (Python {platform.python_version()})")
         raise typer.Exit()
 

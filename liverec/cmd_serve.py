@@ -165,14 +165,7 @@ def register(app: typer.Typer) -> None:
                 "no Kafka: set LIVEREC_KAFKA_BOOTSTRAP or --bootstrap, or run `liverec "
                 "broker start` first; until then there is no live context and "
                 "POST /v1/events answers 503")
-        for root in (settings.snapshots, *settings.extra_snapshots):
-            if not (root / "LATEST").exists():
-                # Legitimate before the trainer's first snapshot, but also what a mistyped
-                # --snapshots looks like: say so, where to look, and what /readyz says.
-                logging.getLogger("liverec.serve").warning(
-                    "no snapshot under %s yet%s: /readyz answers 503 until a trainer "
-                    "writes one there (is this the trainer's --snapshots?)", root.resolve(),
-                    "" if root.exists() else " (the directory does not exist)")
+        _warn_without_snapshot(settings.snapshots, settings.extra_snapshots)
         # kafka-python logs every failed reconnect (several a second while a broker is
         # down); the live tail and the event sender log each state change with the
         # cause instead, and /readyz and liverec_serving_degraded show it.
@@ -197,3 +190,23 @@ def _with_local_broker(settings: ServeSettings) -> ServeSettings:
     if state is None:
         return settings
     return settings.model_copy(update={"kafka": settings.kafka.with_bootstrap(state.bootstrap)})
+
+
+def _warn_without_snapshot(main: Path, extra: tuple[Path, ...]) -> None:
+    """Log each snapshot root that holds no snapshot yet: legitimate before a trainer's
+    first one, but also what a mistyped ``--snapshots`` looks like."""
+    from online_models.snapshot import SnapshotStore
+
+    log = logging.getLogger("liverec.serve")
+    for root in (main, *extra):
+        if root.is_dir() and SnapshotStore(root).latest_version() is not None:
+            continue
+        missing = "" if root.exists() else " (the directory does not exist)"
+        if root == main:
+            log.warning("no snapshot under %s yet%s: /readyz answers 503 until a trainer "
+                        "writes one there (is this the trainer's --snapshots?)",
+                        root.resolve(), missing)
+        else:
+            log.warning("no snapshot under --extra-snapshots %s yet%s: its models are not "
+                        "served, and /readyz says degraded (extra_snapshot_missing), until "
+                        "a trainer writes one there", root.resolve(), missing)

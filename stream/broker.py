@@ -186,8 +186,9 @@ logger.apache.level = WARN
 
 
 def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # Linux: the broker gets SIGTERM if the Python process that started it dies, so
-    # a killed test run does not leave a JVM behind.
+    # Linux: the broker gets SIGTERM if the thread that started it ends (the parent
+    # death signal follows the thread, not the process: start it from the main thread,
+    # as every caller does), so a killed test run does not leave a JVM behind.
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 

@@ -14,12 +14,16 @@ as fast as the producer goes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any, Literal
 
 import numpy as np
@@ -87,12 +91,40 @@ class ReplayResult:
         return ("interrupted: " if self.interrupted else "") + " ".join(parts)
 
 
-class _Interrupted(Exception):
-    """Ctrl-C during a replay, with the events sent until then."""
+@contextlib.contextmanager
+def _deferred_interrupt() -> Iterator[threading.Event]:
+    """An event Ctrl-C (SIGINT) sets instead of raising, so that a replay stops between
+    two sends, with an exact count; a second Ctrl-C sets it again and raises as usual.
+    Off the main thread (no signal handlers there) the event is never set."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
 
-    def __init__(self, sent: int) -> None:
-        super().__init__(sent)
-        self.sent = sent
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        log.warning("Ctrl-C: stopping after the current send, then delivering what was "
+                    "sent (Ctrl-C again to abandon it)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _deliver(producer: Producer, budget_s: float, stop: threading.Event) -> int:
+    """Flush ``producer`` for up to ``budget_s`` (10 s once ``stop`` is set); the records
+    still undelivered."""
+    deadline = time.monotonic() + budget_s
+    while True:
+        if stop.is_set():
+            deadline = min(deadline, time.monotonic() + 10.0)
+        left = producer.flush(max(0.0, min(0.5, deadline - time.monotonic())))
+        if not left or time.monotonic() >= deadline:
+            return int(left)
 
 
 class Replayer:
@@ -168,15 +200,12 @@ class Replayer:
                 result.rejected["invalid_row"] += 1
             bar = tqdm(total=len(dataset), unit="ev", disable=not self.progress,
                        desc=f"replay -> {topic}", smoothing=0.05, mininterval=0.5)
-            with bar:
+            with _deferred_interrupt() as ctrl_c, bar:
                 t0 = float(dataset.timestamps[0]) if len(dataset) else 0.0
-                sent = 0
-                try:
-                    sent = self._send_all(dataset, producer, bar, result, source, t0, start)
-                except _Interrupted as stop:
-                    sent, result.interrupted = stop.sent, True
-                result.sent = sent
-            left = producer.flush(10.0 if result.interrupted else 120.0)
+                result.sent = self._send_all(dataset, producer, bar, result, source, t0,
+                                             start, ctrl_c)
+                result.interrupted = ctrl_c.is_set()
+                left = _deliver(producer, 120.0, ctrl_c)
         finally:
             producer.close(30.0)
             result.elapsed_s = time.monotonic() - start
@@ -190,54 +219,56 @@ class Replayer:
         return result
 
     def _send_all(self, dataset: Dataset, producer: Producer, bar: Any,
-                  result: ReplayResult, source: str, t0: float, start: float) -> int:
-        """Send the rows (paced, or in chunks as fast as the producer goes); the events
-        sent. Ctrl-C raises :class:`_Interrupted` with the count so far."""
+                  result: ReplayResult, source: str, t0: float, start: float,
+                  stop: threading.Event) -> int:
+        """Send the rows (paced, or in chunks as fast as the producer goes) until done or
+        ``stop`` is set (Ctrl-C: checked between rows, or chunks); the events sent."""
         send, topic = producer.send, self.topic
         sent = 0
-        try:
-            if self._paced:
-                for n, ts, key, item in encode_rows(dataset, self.limits):
-                    if n & 4095 == 0:
-                        producer.poll(0)
-                    if n & 63 == 0:  # a paced replay moves slowly: show it
-                        bar.update(n - bar.n)
-                    self._pace(n, ts - t0, start)
-                    if type(item) is bytes:
-                        send(topic, item, key)
-                        sent += 1
-                    else:
-                        assert isinstance(item, Rejected)
-                        self._dead_letter(producer, item, source, None)
-                        result.rejected[item.reason] += 1
-            else:  # as fast as the producer goes: chunks, batch produce
-                for end, records, rejects in encode_chunks(dataset, self.limits):
-                    producer.send_many(topic, records)
-                    sent += len(records)
-                    for rej in rejects:
-                        self._dead_letter(producer, rej, source, None)
-                        result.rejected[rej.reason] += 1
+        if self._paced:
+            for n, ts, key, item in encode_rows(dataset, self.limits):
+                if n & 4095 == 0:
                     producer.poll(0)
-                    bar.update(end - bar.n)
-            bar.update(len(dataset) - bar.n)
-        except KeyboardInterrupt:
-            raise _Interrupted(sent) from None
+                if n & 63 == 0:  # a paced replay moves slowly: show it
+                    bar.update(n - bar.n)
+                if self._pace(n, ts - t0, start, stop):
+                    return sent
+                if type(item) is bytes:
+                    send(topic, item, key)
+                    sent += 1
+                else:
+                    assert isinstance(item, Rejected)
+                    self._dead_letter(producer, item, source, None)
+                    result.rejected[item.reason] += 1
+        else:  # as fast as the producer goes: chunks, batch produce
+            for end, records, rejects in encode_chunks(dataset, self.limits):
+                if stop.is_set():
+                    return sent
+                producer.send_many(topic, records)
+                sent += len(records)
+                for rej in rejects:
+                    self._dead_letter(producer, rej, source, None)
+                    result.rejected[rej.reason] += 1
+                producer.poll(0)
+                bar.update(end - bar.n)
+        bar.update(len(dataset) - bar.n)
         return sent
 
     @property
     def _paced(self) -> bool:
         return self.rate is not None or self.speedup is not None
 
-    def _pace(self, n: int, event_offset_s: float, start: float) -> None:
+    def _pace(self, n: int, event_offset_s: float, start: float,
+              stop: threading.Event) -> bool:
+        """Wait until row ``n`` is due; True when ``stop`` was set (before or meanwhile)."""
         if self.rate is not None:
             due = n / self.rate
         elif self.speedup is not None:
             due = event_offset_s / self.speedup
         else:
-            return
+            return stop.is_set()
         delay = due - (time.monotonic() - start)
-        if delay > 0:
-            time.sleep(delay)
+        return stop.wait(delay) if delay > 0 else stop.is_set()
 
     def _dead_letter(self, producer: Producer, rej: Rejected, source: str,
                      line: int | None) -> None:

@@ -45,7 +45,9 @@ def test_stated_defaults_are_the_settings_defaults(command: str, classes: tuple[
         stated = m.group(1).strip()
         if " " in stated:  # prose ("from the header", "process with confluent, ...")
             continue
-        if isinstance(real, bool | int | float):
+        if isinstance(real, bool):
+            assert stated.lower() == str(real).lower(), (command, param.name, stated, real)
+        elif isinstance(real, int | float):
             assert type(real)(stated) == real, (command, param.name, stated, real)
         else:
             assert stated == str(real), (command, param.name, stated, real)

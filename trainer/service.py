@@ -387,6 +387,7 @@ class Trainer:
                     break
         finally:
             self._learning = False
+            self.stop_event.set()  # also after a --max-* limit: the run is stopping
             t_stop = time.monotonic()
             try:
                 log.info("stopping: waiting for the last snapshot, then committing its "
@@ -758,7 +759,7 @@ class Trainer:
         # Without partitions nothing is learned: say so, and where it is waiting (a
         # bootstrap nobody answers on looks like a quiet topic otherwise).
         parts = len(self.source.assigned) if self.source is not None else 0
-        waiting = "" if parts else (
+        waiting = "" if parts or self.stop_event.is_set() else (
             f" (waiting to join group {self.settings.group} at {self.kafka.bootstrap})")
         return (
             f"partitions={parts}{waiting} "

@@ -65,14 +65,25 @@ def test_readyz_lists_dependencies_and_never_hides_kafka(tmp_path: Path) -> None
 def test_a_snapshot_root_without_a_snapshot_is_named_at_start(tmp_path: Path) -> None:
     """A mistyped --snapshots must not pass quietly: the log names the directory at
     start, and /readyz stays 503 with the reason."""
-    missing = tmp_path / "no-such-dir"
-    server = ServerProcess(missing, tmp_path / "serve.log")
+    missing, extra = tmp_path / "no-such-dir", tmp_path / "extra"
+    server = ServerProcess(missing, tmp_path / "serve.log", "--extra-snapshots", str(extra))
     try:
         server.wait_listening()
         r = httpx.get(f"{server.base}/readyz")
         assert r.status_code == 503 and "snapshot" in r.json()["reason"], r.text
         log = server.log_text()
         assert f"no snapshot under {missing.resolve()} yet (the directory does not exist)" \
-            in log, log[-2000:]
+            f": /readyz answers 503" in log, log[-2000:]
+        assert f"no snapshot under --extra-snapshots {extra.resolve()} yet (the directory " \
+            "does not exist): its models are not served, and /readyz says degraded" in log
+    finally:
+        server.stop()
+    # A root with a snapshot is not named, even without a LATEST pointer.
+    write_snapshot(tmp_path / "snaps")
+    (tmp_path / "snaps" / "LATEST").unlink()
+    server = ServerProcess(tmp_path / "snaps", tmp_path / "serve2.log")
+    try:
+        server.wait_listening()
+        assert "no snapshot under" not in server.log_text()
     finally:
         server.stop()

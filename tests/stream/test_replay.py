@@ -83,39 +83,55 @@ def test_summary_names_the_skipped_rows_reasons() -> None:
     assert not r.summary().startswith("interrupted")
 
 
-def test_ctrl_c_stops_a_replay_with_its_summary(kafka_bootstrap, new_topic,
-                                                tmp_path: Path) -> None:
-    """Ctrl-C: what was sent is delivered and counted, and the count is the topic's."""
+def _replay_until_ctrl_c(bootstrap: str, topic: str, path: Path, after: int,
+                         *args: str) -> tuple[int, str]:
+    """``liverec replay`` on ``path``; SIGINT once ``after`` records are in ``topic``."""
     import os
-    import re
     import signal
     import subprocess
     import sys
     import time
 
-    topic = new_topic(partitions=1)
-    path = tmp_path / "clicks.csv"
-    path.write_text("user_id,item_id,timestamp\n" + "".join(
-        f"u{i % 50},i{i % 30},{1_700_000_000 + i}\n" for i in range(5_000)))
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEREC_")}
-    env["LIVEREC_KAFKA_BOOTSTRAP"] = kafka_bootstrap
+    env["LIVEREC_KAFKA_BOOTSTRAP"] = bootstrap
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "liverec"), "replay", str(path), "--topic", topic,
-         "--rate", "200", "--no-progress"],
+         "--no-progress", *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline and sum(
-                end_offsets(kafka_bootstrap, topic).values()) < 100:
+                end_offsets(bootstrap, topic).values()) < after:
             assert proc.poll() is None, proc.communicate()[0]
-            time.sleep(0.5)
+            time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        out, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, out
+    return proc.returncode, out
+
+
+@pytest.mark.parametrize("args", [
+    ("--rate", "200"),  # paced: one row at a time
+    ("--max-speed",),  # chunks of 4096 through the batch send
+    ("--max-speed", "--client", "kafka-python"),
+])
+def test_ctrl_c_stops_a_replay_with_an_exact_summary(kafka_bootstrap, new_topic,
+                                                     tmp_path: Path, args) -> None:
+    """Ctrl-C: sending stops between two sends, what was sent is delivered, and the
+    summary's count is exactly what the topic holds (exit 130, no failure)."""
+    import re
+
+    topic = new_topic(partitions=1)
+    n = 5_000 if "--rate" in args else 1_000_000
+    path = tmp_path / "clicks.csv"
+    path.write_text("user_id,item_id,timestamp\n" + "".join(
+        f"u{i % 50},i{i % 30},{1_700_000_000 + i}\n" for i in range(n)))
+    rc, out = _replay_until_ctrl_c(kafka_bootstrap, topic, path, 100 if n < 10_000 else 20_000,
+                                   *args)
+    assert rc == 130, out
     m = re.search(r"interrupted: sent (\d+) ", out)
-    assert m is not None, out
-    assert 100 <= int(m.group(1)) < 5_000, out
+    assert m is not None and "FAILED" not in out, out
+    assert 100 <= int(m.group(1)) < n, out
     assert sum(end_offsets(kafka_bootstrap, topic).values()) == int(m.group(1)), out

@@ -1,11 +1,12 @@
 """The scale-out overlay for real: ``docker-compose.yml`` with
 ``docker-compose.scale-out.yml``, two trainers in one consumer group building one model.
 
-The same images and engine as :mod:`tests.system.test_compose` (its fixtures; that
-module's stack is down before this one comes up). Checks that both trainers join and
-own partitions of the 3-partition topic, that both learn and Prometheus scrapes both,
-that the server loads the merged model and answers from it, and that the overlay's
-second trainer runs as hardened as the main file's services.
+The same images and engine as :mod:`tests.system.test_compose` (the session's fixtures
+in ``tests/system/conftest.py``; that module's stack is down before this one comes up).
+Checks that both trainers join and own partitions of the 3-partition topic, that both
+learn and Prometheus scrapes both, that the server loads the merged model and answers
+from it, and that the overlay's second trainer runs as hardened as the main file's
+services.
 """
 
 from __future__ import annotations
@@ -20,15 +21,12 @@ import httpx
 import pytest
 
 from stream.broker import free_port
-from tests.system.test_compose import (  # noqa: F401 - engine, images: fixtures
+from tests.system.conftest import _compose_cli
+from tests.system.test_compose import (
     COMPOSE_FILE,
     MODELS,
     Stack,
-    _compose_cli,
     _first_rec,
-    _report,
-    engine,
-    images,
     inspect,
     wait_for,
 )
@@ -40,7 +38,7 @@ TRAINERS = ("trainer", "trainer-2")
 
 
 @pytest.fixture(scope="module")
-def scaled(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory  # noqa: F811
+def scaled(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[Stack]:
     compose = _compose_cli()
     if compose is None:
@@ -79,7 +77,8 @@ def scaled(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory  # n
         down = st.run("down", "--volumes", "--remove-orphans", "--timeout", "10",
                       check=False, timeout=300)
         print(f"compose down ({project}): exit {down.returncode}\n{down.stderr[-2000:]}")
-        _report(st)
+        # Printed only: LIVEREC_COMPOSE_TIMINGS is test_compose.py's (the main stack).
+        print("compose timings: " + ", ".join(f"{k}={v:.1f}" for k, v in st.timings.items()))
 
 
 def _query(st: Stack, q: str) -> list[dict[str, Any]]:

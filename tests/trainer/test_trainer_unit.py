@@ -552,3 +552,6 @@ def test_status_line_says_when_no_partitions_are_held(tmp_path: Path) -> None:
         "partitions=0 (waiting to join group g1 at 127.0.0.1:9) events learned=0 ")
     t.source = types.SimpleNamespace(assigned=frozenset({("clicks", 0), ("clicks", 1)}))
     assert t.status_line().startswith("partitions=2 events learned=0 ")
+    t.source = types.SimpleNamespace(assigned=frozenset())  # the shutdown gave them back
+    t.stop()
+    assert t.status_line().startswith("partitions=0 events learned=0 ")
