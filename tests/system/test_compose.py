@@ -17,6 +17,7 @@ as JSON for BENCHMARKS.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -26,6 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -76,12 +78,14 @@ def inspect(container: str) -> dict[str, Any]:
     return dict(json.loads(out.stdout)[0])
 
 
-@pytest.fixture(scope="module")
-def stack(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def new_stack(images: dict[str, str], replay_data: Path, prefix: str,
+              *files: Path) -> Stack:
+    """A compose project of ``files`` (under a unique ``prefix-`` name) on the local
+    ``images``, its ports published on free loopback ports; not up yet."""
     compose = _compose_cli()
     if compose is None:
         pytest.skip("no compose CLI (docker compose plugin or Debian's docker-compose)")
-    project = f"liverec-test-{uuid.uuid4().hex[:8]}"
+    project = f"{prefix}-{uuid.uuid4().hex[:8]}"
     ports = {name: free_port() for name in ("serving", "prometheus", "trainer", "kafka")}
     env = {
         **os.environ,
@@ -97,18 +101,25 @@ def stack(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> I
         "LIVEREC_DEFAULT_MODEL": "itemknn",
         # An empty folder: the replay service streams its synthetic events, and docker
         # does not create ./data in the checkout.
-        "LIVEREC_REPLAY_DATA": str(tmp_path_factory.mktemp("replay-data")),
+        "LIVEREC_REPLAY_DATA": str(replay_data),
     }
-    st = Stack([*compose, "-f", str(COMPOSE_FILE), "-p", project], env,
-               f"http://127.0.0.1:{ports['serving']}",
-               f"http://127.0.0.1:{ports['trainer']}/metrics",
-               f"http://127.0.0.1:{ports['prometheus']}", f"127.0.0.1:{ports['kafka']}")
+    return Stack([*compose, *(a for f in files for a in ("-f", str(f))), "-p", project], env,
+                 f"http://127.0.0.1:{ports['serving']}",
+                 f"http://127.0.0.1:{ports['trainer']}/metrics",
+                 f"http://127.0.0.1:{ports['prometheus']}", f"127.0.0.1:{ports['kafka']}")
+
+
+@contextlib.contextmanager
+def running(st: Stack, first: str, timing_prefix: str = "") -> Iterator[Stack]:
+    """``st`` up until a recommendation (from ``first``: what loads it) is served; its
+    logs printed on failure, and down (volumes too) afterwards."""
+    project = st.env["COMPOSE_PROJECT_NAME"]
     t0 = time.monotonic()
     try:
         st.run("up", "-d", timeout=900)
-        st.timings["up_healthy_s"] = time.monotonic() - t0
-        wait_for("a recommendation from a loaded snapshot", lambda: _first_rec(st), st, 300)
-        st.timings["first_recommendation_s"] = time.monotonic() - t0
+        st.timings[f"{timing_prefix}up_healthy_s"] = time.monotonic() - t0
+        wait_for(first, lambda: _first_rec(st), st, 300)
+        st.timings[f"{timing_prefix}first_recommendation_s"] = time.monotonic() - t0
         yield st
     except BaseException:
         print(f"--- compose logs ({project}) ---\n{st.logs()}")
@@ -117,18 +128,30 @@ def stack(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> I
         down = st.run("down", "--volumes", "--remove-orphans", "--timeout", "10",
                       check=False, timeout=300)
         print(f"compose down ({project}): exit {down.returncode}\n{down.stderr[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def stack(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    st = new_stack(images, tmp_path_factory.mktemp("replay-data"), "liverec-test",
+                   COMPOSE_FILE)
+    try:
+        with running(st, "a recommendation from a loaded snapshot"):
+            yield st
+    finally:
         _report(st)
+        project = st.env["COMPOSE_PROJECT_NAME"]
         left = subprocess.run(
             ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"],
             capture_output=True, text=True, timeout=60).stdout.split()
         assert not left, f"containers left behind: {left}"
 
 
-def _report(st: Stack) -> None:
+def _report(st: Stack, write: bool = True) -> None:
+    """Print ``st``'s timings; ``write``: also to ``LIVEREC_COMPOSE_TIMINGS`` as JSON."""
     if not st.timings:
         return
     print("compose timings: " + ", ".join(f"{k}={v:.1f}" for k, v in st.timings.items()))
-    if path := os.environ.get("LIVEREC_COMPOSE_TIMINGS"):
+    if write and (path := os.environ.get("LIVEREC_COMPOSE_TIMINGS")):
         with open(path, "w") as fh:
             json.dump(st.timings, fh, indent=2)
 

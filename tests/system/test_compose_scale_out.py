@@ -11,23 +11,19 @@ services.
 
 from __future__ import annotations
 
-import os
-import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from stream.broker import free_port
-from tests.system.conftest import _compose_cli
 from tests.system.test_compose import (
     COMPOSE_FILE,
-    MODELS,
     Stack,
-    _first_rec,
+    _report,
     inspect,
+    new_stack,
+    running,
     wait_for,
 )
 
@@ -40,45 +36,13 @@ TRAINERS = ("trainer", "trainer-2")
 @pytest.fixture(scope="module")
 def scaled(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[Stack]:
-    compose = _compose_cli()
-    if compose is None:
-        pytest.skip("no compose CLI (docker compose plugin or Debian's docker-compose)")
-    project = f"liverec-scale-{uuid.uuid4().hex[:8]}"
-    ports = {name: free_port() for name in ("serving", "prometheus", "trainer", "kafka")}
-    env = {
-        **os.environ,
-        **images,
-        "COMPOSE_PROJECT_NAME": project,
-        "LIVEREC_BIND_ADDR": "127.0.0.1",
-        "LIVEREC_SERVING_PORTS": str(ports["serving"]),
-        "LIVEREC_PROMETHEUS_PORT": str(ports["prometheus"]),
-        "LIVEREC_TRAINER_METRICS_PORT": str(ports["trainer"]),
-        "LIVEREC_KAFKA_PORT": str(ports["kafka"]),
-        "LIVEREC_KAFKA_HOST": "127.0.0.1",
-        "LIVEREC_MODELS": MODELS,
-        "LIVEREC_DEFAULT_MODEL": "itemknn",
-        "LIVEREC_REPLAY_DATA": str(tmp_path_factory.mktemp("replay-data")),
-    }
-    st = Stack([*compose, "-f", str(COMPOSE_FILE), "-f", str(OVERLAY), "-p", project], env,
-               f"http://127.0.0.1:{ports['serving']}",
-               f"http://127.0.0.1:{ports['trainer']}/metrics",
-               f"http://127.0.0.1:{ports['prometheus']}", f"127.0.0.1:{ports['kafka']}")
-    t0 = time.monotonic()
+    st = new_stack(images, tmp_path_factory.mktemp("replay-data"), "liverec-scale",
+                   COMPOSE_FILE, OVERLAY)
     try:
-        st.run("up", "-d", timeout=900)
-        st.timings["scale_out_up_healthy_s"] = time.monotonic() - t0
-        wait_for("a recommendation from a merged snapshot", lambda: _first_rec(st), st, 300)
-        st.timings["scale_out_first_recommendation_s"] = time.monotonic() - t0
-        yield st
-    except BaseException:
-        print(f"--- compose logs ({project}) ---\n{st.logs()}")
-        raise
+        with running(st, "a recommendation from a merged snapshot", "scale_out_"):
+            yield st
     finally:
-        down = st.run("down", "--volumes", "--remove-orphans", "--timeout", "10",
-                      check=False, timeout=300)
-        print(f"compose down ({project}): exit {down.returncode}\n{down.stderr[-2000:]}")
-        # Printed only: LIVEREC_COMPOSE_TIMINGS is test_compose.py's (the main stack).
-        print("compose timings: " + ", ".join(f"{k}={v:.1f}" for k, v in st.timings.items()))
+        _report(st, write=False)  # LIVEREC_COMPOSE_TIMINGS is the main stack's
 
 
 def _query(st: Stack, q: str) -> list[dict[str, Any]]:
