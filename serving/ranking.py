@@ -45,9 +45,19 @@ class UnknownModelError(LookupError):
 @dataclass(frozen=True, slots=True)
 class Recommendation:
     items: list[tuple[str, float]]
+    #: the model the request asked for (or the default it got)
     model: str
+    #: the answer is not the model's: the user is unknown to it and has no history
     fallback: bool
     rank_seconds: float
+    #: what ranked the items: ``model``, or on a fallback ``popularity`` (the
+    #: snapshot's popularity plus the live clicks) or ``live_clicks`` (no popularity
+    #: model loaded: the live clicks alone)
+    served_by: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.served_by:
+            object.__setattr__(self, "served_by", self.model)
 
 
 #: Held while a model that is not a factor model scores a request (``score_all``:
@@ -244,7 +254,8 @@ class LoadedSnapshot:
         history = self.history(user, live)
         if not history and model.users.get(user) < 0:
             items = self.popular(live, k)
-            return Recommendation(items, name, True, time.perf_counter() - t0)
+            return Recommendation(items, name, True, time.perf_counter() - t0,
+                                  self.popular_source)
         exclude = np.zeros(0, np.int64)
         if exclude_seen and history:
             rows = model.items.rows(history)
@@ -275,6 +286,11 @@ class LoadedSnapshot:
             top = top_k_excluding(scores, k, exclude)
             items = [(str(ids[r]), float(scores[r])) for r in top.tolist()]
         return Recommendation(items, name, False, time.perf_counter() - t0 - waited)
+
+    @property
+    def popular_source(self) -> str:
+        """What :meth:`popular` ranks by (``served_by`` of a fallback answer)."""
+        return "popularity" if self._pop_model is not None else "live_clicks"
 
     def popular(
         self, live: LiveContext | None, k: int, max_age_s: float = 0.5

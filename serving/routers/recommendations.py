@@ -27,6 +27,7 @@ class RecommendationsOut(BaseModel):
     items: list[ScoredItem]
     model: str
     fallback: bool
+    served_by: str
     snapshot_version: int
     watermark: float | None
 
@@ -62,7 +63,8 @@ async def recommendations(
             )
     except UnknownModelError as exc:
         raise HTTPException(404, detail=str(exc)) from None
-    state.metrics.rank_seconds.labels(model=rec.model).observe(rec.rank_seconds)
+    # Timed under what ranked: a fallback's cheap answer is not the model's latency.
+    state.metrics.rank_seconds.labels(model=rec.served_by).observe(rec.rank_seconds)
     if rec.fallback:
         state.metrics.fallbacks.inc()
     return JSON(
@@ -71,6 +73,7 @@ async def recommendations(
             "items": [{"item_id": i, "score": s} for i, s in rec.items],
             "model": rec.model,
             "fallback": rec.fallback,
+            "served_by": rec.served_by,
             "snapshot_version": loaded.version,
             "watermark": loaded.watermark,
         }

@@ -33,6 +33,7 @@ def test_recommendations_exclude_seen_and_report_snapshot(
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"] == "bpr" and body["fallback"] is False
+    assert body["served_by"] == "bpr"
     assert body["snapshot_version"] == 1 and body["watermark"] == watermark
     ids = [it["item_id"] for it in body["items"]]
     assert len(ids) == 7 and len(set(ids)) == 7
@@ -77,6 +78,11 @@ def test_unknown_user_gets_popular_items(client: TestClient, trained: Trained) -
     models = trained[0]
     body = client.get("/v1/recommendations", params={"user_id": "nobody-ever", "k": 5}).json()
     assert body["fallback"] is True
+    # The answer says what ranked it, and its time is not the model's latency.
+    assert body["model"] == "bpr" and body["served_by"] == "popularity"
+    metrics = client.get("/metrics").text
+    assert 'liverec_serving_rank_duration_seconds_count{model="popularity"} 1.0' in metrics
+    assert 'liverec_serving_rank_duration_seconds_count{model="bpr"}' not in metrics
     popular = [i for i, _ in models["popularity"].recommend("nobody-ever", 5)]
     assert [it["item_id"] for it in body["items"]] == popular
 
