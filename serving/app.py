@@ -14,6 +14,7 @@ import orjson
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.auth import AccessControl, AuthSettings, require
@@ -66,6 +67,14 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
+        except ClientDisconnect:
+            if status is not None or not disconnected:
+                raise
+            # The client left while the app read its body (or the HTTP protocol
+            # refused the body and answered it): nobody is waiting for an answer,
+            # and a traceback at ERROR would report a fault the server does not have.
+            log.debug("%s %s: the client disconnected before its body was read",
+                      scope.get("method"), scope.get("path"))
         finally:
             if status is not None or not disconnected:  # else nothing was answered
                 self._record(scope, 500 if status is None else status,

@@ -5,6 +5,7 @@ the client is still sending)."""
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -121,3 +122,39 @@ def test_pipelined_requests_are_answered_before_the_malformed_one(tmp_path: Path
         assert 'method="POST",route="unmatched",status="400"} 1.0' in text, text
     finally:
         server.stop()
+
+
+def test_a_body_that_breaks_or_stops_while_the_app_reads_it_logs_no_error(
+    tmp_path: Path,
+) -> None:
+    """A POST whose chunked body breaks after the app started reading it gets the JSON
+    400 and is counted once; one whose client leaves mid-body is not an answer. Neither
+    is a server fault: the log holds no ERROR (it held a ClientDisconnect traceback)."""
+    write_snapshot(tmp_path / "snaps")
+    server = ServerProcess(tmp_path / "snaps", tmp_path / "serve.log")
+    head = (b"POST /v1/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: application/json\r\n\r\n5\r\n[{\"a\"\r\n")
+    try:
+        server.wait_listening()
+        wait_for(lambda: httpx.get(f"{server.base}/readyz").status_code == 200, 30, "ready")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+            s.sendall(head)
+            time.sleep(0.3)  # the app task runs and waits for the rest of the body
+            s.sendall(b"zz\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 400 "), data
+        assert b'"reason":"bad_request"' in data, data
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+            s.sendall(head)
+            time.sleep(0.3)
+        # The server has seen both connections end before it answers this.
+        time.sleep(0.5)
+        text = httpx.get(f"{server.base}/metrics").text
+        assert 'method="POST",route="unmatched",status="400"} 1.0' in text, text
+        assert 'route="/v1/events"' not in text, text
+    finally:
+        server.stop()
+    log = server.log_text()
+    assert " ERROR " not in log and "Traceback" not in log, log[-3000:]
