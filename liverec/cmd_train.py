@@ -261,10 +261,19 @@ def train(
         f"{result.seconds:.1f} s; snapshot {result.snapshot_version}"
     )
     if result.first_batch_s is not None and result.learning_s > 0:
-        typer.echo(
-            f"  first batch after {result.first_batch_s:.2f} s, learning "
-            f"{result.learning_s:.1f} s ({result.events_learned / result.learning_s:,.0f} "
-            f"events/s), shutdown {result.shutdown_s:.2f} s")
+        typer.echo(f"  first batch after {result.first_batch_s:.2f} s, {_rates(result)}, "
+                   f"shutdown {result.shutdown_s:.2f} s")
+
+
+def _rates(result: Any) -> str:
+    """The learning phase's rate and, when it waited for records, the rate while busy
+    (tests/trainer/test_trainer_unit.py)."""
+    n, learning, busy = result.events_learned, result.learning_s, result.busy_s
+    share = min(1.0, busy / learning)
+    text = f"learning {learning:.1f} s ({n / learning:,.0f} events/s; busy {share:.0%} of it"
+    if share < 0.95 and busy > 0:  # it waited for records: the average is not its speed
+        text += f": {n / busy:,.0f} events/s while busy"
+    return text + ")"
 
 
 def _run_scale_out(settings: Any, kafka: Any, metrics: Any) -> None:

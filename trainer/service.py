@@ -82,6 +82,9 @@ class TrainerResult:
     shutdown_s: float = 0.0
     #: events the flood guard kept out of learning, by reason
     capped: Mapping[str, int] = field(default_factory=dict)
+    #: time spent handling batches (evaluating and learning them): ``learning_s``
+    #: without the waits for records, so a run that idled is not read as slow
+    busy_s: float = 0.0
 
     @property
     def learning_s(self) -> float:
@@ -341,6 +344,7 @@ class Trainer:
         restore_signals = stop_on_signals(self.stop_event, "final snapshot + commit")
         last_status = last_record = t_start
         first_batch_at: float | None = None
+        busy_s = 0.0
         window_events, window_start, window_wait = 0, t_start, 0.0
         self.source = self._new_source()
         self._learning = True
@@ -365,6 +369,7 @@ class Trainer:
                     except Exception:
                         self.metrics.loop_errors.labels(stage="process").inc()
                         log.exception("processing a batch failed")
+                    busy_s += time.monotonic() - now
                 elif not self.source.assigned:
                     last_record = now  # idle time counts only while holding partitions
                 if now - window_start >= 1.0:
@@ -410,7 +415,7 @@ class Trainer:
             self.events_learned, self.events_total, self.duplicates, self.rejected,
             self.snapshot_version, t_end - t_start,
             None if first_batch_at is None else first_batch_at - t_start, t_end - t_stop,
-            dict(self.capped),
+            dict(self.capped), busy_s,
         )
 
     def _new_source(self) -> BatchSource:

@@ -102,10 +102,15 @@ def test_train_counts_valid_events_rejects_and_duplicates(
         source == "process")
     # The exit line splits the run into the join, learning and the shutdown.
     phases = re.search(r"first batch after ([\d.]+) s, learning ([\d.]+) s \(([\d,]+) "
-                       r"events/s\), shutdown ([\d.]+) s", proc.log_text())
+                       r"events/s; busy \d+% of it: ([\d,]+) events/s while busy\), "
+                       r"shutdown ([\d.]+) s", proc.log_text())
+    # It waited for SIGTERM after the last record, so the line also gives the rate
+    # while busy, above the phase's average.
     assert phases, proc.log_text()[-2000:]
-    join_s, learning_s, _, shutdown_s = (float(g.replace(",", "")) for g in phases.groups())
+    join_s, learning_s, rate, busy_rate, shutdown_s = (
+        float(g.replace(",", "")) for g in phases.groups())
     assert join_s > 0 and learning_s > 0 and shutdown_s > 0
+    assert busy_rate > rate, phases.group(0)
 
 
 def test_tampered_snapshot_is_refused_and_previous_used(

@@ -67,6 +67,17 @@ def test_result_learning_time_leaves_out_the_join_and_the_shutdown() -> None:
     assert idle.learning_s == 0.0
 
 
+def test_closing_line_gives_the_rate_while_busy_when_the_run_waited() -> None:
+    from liverec.cmd_train import _rates
+
+    waited = TrainerResult(1000, 1000, 0, 0, 1, 12.0, 1.0, 1.0, busy_s=0.5)
+    assert _rates(waited) == (
+        "learning 10.0 s (100 events/s; busy 5% of it: 2,000 events/s while busy)")
+    # A run that never waited: the average is the speed, said once.
+    flat_out = TrainerResult(1000, 1000, 0, 0, 1, 12.0, 1.0, 1.0, busy_s=9.9)
+    assert _rates(flat_out) == "learning 10.0 s (100 events/s; busy 99% of it)"
+
+
 @pytest.mark.parametrize(("source", "client", "kind"), [
     ("auto", "confluent", "process"), ("auto", "kafka-python", "thread"),
     ("thread", "confluent", "thread"), ("process", "confluent", "process"),
