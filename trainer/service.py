@@ -24,20 +24,16 @@ later does.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
-
-import numpy as np
 
 from online_models import registry
 from online_models.base import Batch, OnlineModel, UserHistory, learning_order
-from online_models.drift import ConceptDriftMonitor, DataDriftTracker, embedding_drift
+from online_models.drift import ConceptDriftMonitor, DataDriftTracker
 from online_models.evaluation import PrequentialEvaluator
 from online_models.snapshot import CapturedState, SnapshotStore, capture
 from stream.consumer import MiniBatchConsumer, Partition
@@ -47,9 +43,11 @@ from trainer.adaptation import DriftAdaptation
 from trainer.checkpoint import Checkpointer, Written
 from trainer.content import TrainerContent
 from trainer.dedup import DedupWindow
+from trainer.embedding_watch import EmbeddingDriftWatch
 from trainer.evaluation import TrainerEvaluation
 from trainer.flood import FloodGuard, FloodSettings
 from trainer.follow import Followed, FollowedModel
+from trainer.follow_swap import FollowedInUse
 from trainer.metrics import TrainerMetrics
 from trainer.settings import TrainerSettings
 from trainer.source import BatchSource, PolledBatch
@@ -147,9 +145,8 @@ class Trainer:
             settings.drift_half_life_factor, settings.drift_lr_factor,
             settings.drift_adapt_events,
         )
-        self._prev_vectors: dict[str, tuple[list[str | None], np.ndarray]] = {}
-        #: when the embeddings were last compared (monotonic; None: not yet)
-        self._drift_compared_at: float | None = None
+        self.embedding_watch = EmbeddingDriftWatch(settings.embedding_drift_every_s,
+                                                   self.metrics)
         self.snapshot_version: int | None = None
         self._snap_offsets: dict[Partition, int] = {}
         self._snap_events_total = 0
@@ -185,15 +182,8 @@ class Trainer:
         #: models another trainer learns (``--follow``): evaluated, blended, not learned
         self.followed = (Followed(settings.follow, settings.follow_every_s)
                          if settings.follow else None)
-        #: per followed model, the version in use (its object and its state copied for
-        #: snapshots)
-        #: (always the object in ``models``: only :meth:`_swap_in` changes either)
-        self._in_use: dict[str, FollowedModel] = {}
         #: the followed versions the restored snapshot recorded (extra_meta.followed)
         self._restored_followed: dict[str, Any] = {}
-        #: followed versions loaded but ahead of this trainer (see take_followed)
-        self._pending_followed: dict[str, FollowedModel] = {}
-        self._waited: set[str] = set()  # followed models whose wait was logged at INFO
         self._restore()
         # The setting rules, not the bound a snapshot was written with (users beyond
         # it are forgotten after the first batch).
@@ -211,11 +201,11 @@ class Trainer:
         self._capture_s = 0.0
         #: the share of the last second the learner waited for records
         self._idle_share = 0.0
+        #: the followed models' versions in use (``--follow``)
+        self.followed_versions = FollowedInUse(
+            self.models, settings.follow, self.metrics, on_swap=self.evaluator.replace_model)
         if self.followed is not None:
-            for name in settings.follow:
-                self.metrics.followed_version.labels(model=name).set(-1)
-                self.metrics.followed_age.labels(model=name).set(-1)
-            self._keep_restored_followed()
+            self.followed_versions.keep_restored(self._restored_followed)
             self.take_followed(self.followed.load_now())
 
     # ------------------------------------------------------------------ restore
@@ -264,11 +254,7 @@ class Trainer:
         self.adaptation.load_meta(meta.get("adapt", {}), self.models)
         for name in self.adaptation.active:
             self.metrics.drift_adapting.labels(model=name).set(1)
-        for name, m in self.models.items():
-            vec = m.item_vectors()
-            if vec is not None:
-                self._prev_vectors[name] = (list(m.items.ids), np.array(vec, copy=True))
-                self._drift_compared_at = time.monotonic()
+        self.embedding_watch.remember(self.models)
         self.metrics.events_total.set(self.events_total)
         log.info("restored snapshot %d: events_total=%d, offsets=%s, models=%s",
                  snap.version, self.events_total, snap.offsets, sorted(snap.models))
@@ -554,59 +540,10 @@ class Trainer:
                 log.exception("model %s failed to forget %d users", name, len(gone))
         self.metrics.users_forgotten.inc(len(gone))
 
-    def _keep_restored_followed(self) -> None:
-        """A followed model restored from this trainer's snapshot is the version that
-        snapshot recorded: in use (metrics, later snapshots) until a newer one comes."""
-        for name, rec in self._restored_followed.items():
-            model = self.models.get(name)
-            if name not in self.settings.follow or model is None:
-                continue
-            offsets = {t: {int(p): int(o) for p, o in parts.items()}
-                       for t, parts in rec.get("offsets", {}).items()}
-            self._swap_in(FollowedModel.copy_of(name, model, Path(rec["root"]),
-                                                int(rec["version"]), float("nan"), offsets,
-                                                rec.get("watermark")))
-
     def take_followed(self, new: list[FollowedModel]) -> None:
         """Swap followed models' new versions in once this trainer has passed every
-        event they learned (until then the version waits, and a newer one replaces
-        it): the hybrid and re-ranker blend them and the evaluator scores them from the
-        next batch on."""
-        arrived = {f.name for f in new}
-        self._pending_followed.update((f.name, f) for f in new)
-        for name, f in list(self._pending_followed.items()):
-            if f.learned_before(self.kafka.topic, self.offsets, self.watermark):
-                del self._pending_followed[name]
-                self._swap_in(f)
-            elif name in arrived:
-                log.log(logging.DEBUG if name in self._waited else logging.INFO,
-                        "followed %s: version %d of %s waits until this trainer has passed "
-                        "the events it learned (%s)%s", name, f.version, f.root,
-                        f.offsets.get(self.kafka.topic) or f"event time {f.watermark}",
-                        "" if name in self._waited else "; later waits are logged at DEBUG")
-                self._waited.add(name)
-
-    def _swap_in(self, f: FollowedModel) -> None:
-        old = self.models[f.name]
-        self.models[f.name] = f.model
-        try:
-            registry.bind(self.models)
-        except ValueError as exc:
-            self.models[f.name] = old
-            registry.bind(self.models)
-            log.error("followed %s, version %d of %s, not used: %s", f.name, f.version,
-                      f.root, exc)
-            return
-        self.evaluator.replace_model(f.name, f.model)
-        first = f.name not in self._in_use
-        self._in_use[f.name] = f
-        self.metrics.followed_version.labels(model=f.name).set(f.version)
-        self.metrics.followed_age.labels(model=f.name).set_function(
-            functools.partial(_age, f.created))
-        log.log(logging.INFO if first else logging.DEBUG,
-                "followed %s: version %d of %s in use%s", f.name, f.version, f.root,
-                "; later versions are logged at DEBUG (liverec_trainer_followed_snapshot_"
-                "version)" if first else "")
+        event they learned (:meth:`~trainer.follow_swap.FollowedInUse.take`)."""
+        self.followed_versions.take(new, self.kafka.topic, self.offsets, self.watermark)
 
     # ------------------------------------------------------------------ snapshot + commit
 
@@ -621,7 +558,7 @@ class Trainer:
             extra_arrays={**self.dedup.to_arrays(), **self.data_drift.to_arrays(),
                           **self.flood.to_arrays()},
             extra_meta=self._extra_meta(),
-            reuse={n: f.captured for n, f in self._in_use.items()},
+            reuse=self.followed_versions.captured(),
         )
 
     def checkpoint(self, reason: str = "periodic", wait: bool = False) -> Written | None:
@@ -684,31 +621,7 @@ class Trainer:
         self.snapshot_version = written.info.version
         if commit and self.source is not None and self._learning:
             self.source.commit(written.offsets)
-        self._embedding_drift()
-
-    def _embedding_drift(self) -> None:
-        """Compare each factor model's item embeddings with the last compared ones,
-        at most every ``embedding_drift_every_s``."""
-        now = time.monotonic()
-        if self._drift_compared_at is not None and \
-                now - self._drift_compared_at < self.settings.embedding_drift_every_s:
-            return
-        self._drift_compared_at = now
-        for name, model in self.models.items():
-            try:
-                vec = model.item_vectors()
-                if vec is None:
-                    continue
-                cur = (list(model.items.ids), np.array(vec, copy=True))
-                prev = self._prev_vectors.get(name)
-                if prev is not None:
-                    d = embedding_drift(prev[0], prev[1], cur[0], cur[1])
-                    if d is not None:
-                        self.metrics.embedding_drift.labels(model=name).set(d)
-                self._prev_vectors[name] = cur
-            except Exception:
-                self.metrics.loop_errors.labels(stage="metrics").inc()
-                log.exception("embedding drift of %s failed", name)
+        self.embedding_watch.compare(self.models)
 
     def _metric_summary(self) -> dict[str, Any]:
         return {**self.evaluation.summary(), "data_drift": self.data_drift.values()}
@@ -720,9 +633,7 @@ class Trainer:
             "drift": {n: mon.state() for n, mon in self.monitors.items()},
             "adapt": self.adaptation.to_meta(),
             # models another trainer learns (--follow): the version each snapshot carries
-            "followed": {n: {"root": str(f.root), "version": f.version,
-                             "offsets": _nest_str(f.offsets), "watermark": f.watermark}
-                         for n, f in self._in_use.items()},
+            "followed": self.followed_versions.meta(),
         }
 
     # ------------------------------------------------------------------ metrics + status
@@ -773,16 +684,6 @@ class Trainer:
             f"users={len(self.history)} {self.evaluation.hr_line()} "
             f"snapshot={self.snapshot_version}"
         )
-
-
-def _age(created: float) -> float:
-    """Seconds since ``created`` (epoch), -1 when unknown (NaN)."""
-    return time.time() - created if created == created else -1.0
-
-
-def _nest_str(offsets: Mapping[str, Mapping[int, int]]) -> dict[str, dict[str, int]]:
-    """``{topic: {partition: offset}}`` with str partitions (JSON object keys)."""
-    return {t: {str(p): o for p, o in parts.items()} for t, parts in offsets.items()}
 
 
 def _nest(offsets: Mapping[Partition, int]) -> dict[str, dict[int, int]]:

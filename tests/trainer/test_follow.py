@@ -136,7 +136,7 @@ def test_the_trainers_snapshot_carries_the_followed_copy_without_copying_it_agai
     s = _settings(tmp_path, "itemknn", root)
     t = Trainer(s, KAFKA)
     t.handle(_polled(EVENTS[400:600], 400))
-    entry = t._in_use["itemknn"].captured
+    entry = t.followed_versions.in_use["itemknn"].captured
     assert t._capture().models["itemknn"] is entry  # the version's copy, not a new one
     first = t.checkpoint("test", wait=True)
     t.handle(_polled(EVENTS[600:650], 600))
@@ -174,8 +174,8 @@ def test_the_trainers_snapshot_carries_the_followed_copy_without_copying_it_agai
     assert _scores(again.models["itemknn"], users) == _scores(other, users)
     assert again.models["hybrid"].shared_components()["itemknn"] is again.models["itemknn"]
     # ... as the version its snapshot recorded, copied once for every later snapshot
-    assert again._in_use["itemknn"].version == 1
-    assert again._capture().models["itemknn"] is again._in_use["itemknn"].captured
+    assert again.followed_versions.in_use["itemknn"].version == 1
+    assert again._capture().models["itemknn"] is again.followed_versions.in_use["itemknn"].captured
     assert again.metrics.registry.get_sample_value(
         "liverec_trainer_followed_snapshot_version", {"model": "itemknn"}) == 1
     again.checkpointer.close()
@@ -220,7 +220,7 @@ def test_a_version_ahead_of_this_trainer_waits_until_it_has_passed_its_events(
                               watermark=EVENTS[599].ts, metrics={})
     t = Trainer(_settings(tmp_path, "itemknn", root), KAFKA)
     placeholder = t.models["itemknn"]
-    assert placeholder.n_items == 0 and "itemknn" in t._pending_followed
+    assert placeholder.n_items == 0 and "itemknn" in t.followed_versions.pending
     for lo in range(0, 600, 150):
         t.handle(_polled(EVENTS[lo:lo + 150], lo))
         t.take_followed([])
@@ -253,7 +253,7 @@ def test_through_kafka_a_followed_trainer_ahead_is_not_scored_on_what_it_learned
         "group": f"m-{topic}", "idle_exit_s": 3, "max_seconds": 120,
         "follow_every_s": 0.2}), kafka)
     placeholder = main.models["seqnn"]
-    assert placeholder.n_items == 0 and "seqnn" in main._pending_followed
+    assert placeholder.n_items == 0 and "seqnn" in main.followed_versions.pending
     result = main.run()
     assert result.events_total > 2900  # (the flood guard caps by batch: +-1 of `learned`)
     # Every event was scored with the empty placeholder, none with the version that
