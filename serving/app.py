@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.auth import AccessControl, AuthSettings, require
 from serving.dashboard import DashboardSeries
+from serving.errors import AUTH_RESPONSES
 from serving.headers import SecurityHeadersMiddleware
 from serving.metrics import ServingMetrics, method_label
 from serving.protocol import json_error_protocol
@@ -221,9 +222,11 @@ def create_app(
     app.include_router(health.router)
     app.include_router(events.router)
     for r in (recommendations, items, users):
-        app.include_router(r.router, dependencies=[Depends(require("read"))])
+        app.include_router(r.router, dependencies=[Depends(require("read"))],
+                           responses=AUTH_RESPONSES)
     for r in (model, dashboard):
-        app.include_router(r.router, dependencies=[Depends(require("ops"))])
+        app.include_router(r.router, dependencies=[Depends(require("ops"))],
+                           responses=AUTH_RESPONSES)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC), name="static")
     # The last added is outermost: metrics wrap the URL limit, so its 414s are counted
     # (route "unmatched": they are answered before routing).

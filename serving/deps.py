@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Depends, HTTPException, Request
-from fastapi.responses import Response
+from fastapi import Depends, Request
+from fastapi.responses import JSONResponse
 
 from serving.dashboard import DashboardSeries
+from serving.errors import api_error
 from serving.ranking import LoadedSnapshot
 from serving.settings import ServeSettings
 from serving.state import ServingState
@@ -26,10 +28,12 @@ __all__ = [
 ]
 
 
-class JSON(Response):
-    """A JSON response serialised with orjson (fast, handles numpy floats as floats)."""
+class JSON(JSONResponse):
+    """A JSON response serialised with orjson (fast, handles numpy floats as floats).
 
-    media_type = "application/json"
+    A :class:`JSONResponse`, so that the OpenAPI schema describes a route's body by its
+    declared model (FastAPI documents any other response class as a string).
+    """
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -53,7 +57,9 @@ async def get_loaded(state: Annotated[ServingState, Depends(get_state)]) -> Load
     """The snapshot this request uses, read once (a swap mid-request cannot affect it)."""
     cur = state.current
     if cur is None:
-        raise HTTPException(503, detail="no snapshot loaded yet")
+        retry = max(1, math.ceil(state.settings.reload_interval_s))
+        raise api_error(503, "no_snapshot", "no snapshot loaded yet",
+                        headers={"Retry-After": str(retry)})
     return cur
 
 
@@ -65,8 +71,8 @@ async def refuse_encoded_slash(request: Request) -> None:
     """
     raw: bytes = request.scope.get("raw_path") or b""
     if b"%2f" in raw.lower():
-        raise HTTPException(404, detail="an id containing '/' cannot be part of the path: "
-                                        "send it in the query (?item_id= or ?user_id=)")
+        raise api_error(404, "slash_in_path", "an id containing '/' cannot be part of the "
+                        "path: send it in the query (?item_id= or ?user_id=)")
 
 
 StateDep = Annotated[ServingState, Depends(get_state)]

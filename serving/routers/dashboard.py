@@ -8,13 +8,15 @@ from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
 from serving.deps import JSON, DashboardDep
+from serving.errors import AUTH_RESPONSES_OF_PAGE
 
 router = APIRouter(tags=["dashboard"])
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 
 
-@router.get("/dashboard", response_class=HTMLResponse, summary="Live system dashboard")
+@router.get("/dashboard", response_class=HTMLResponse, summary="Live system dashboard",
+            responses=AUTH_RESPONSES_OF_PAGE)
 async def dashboard_page() -> HTMLResponse:
     return HTMLResponse((STATIC / "dashboard.html").read_text(encoding="utf-8"))
 

@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serving.auth import require
 from serving.deps import JSON, StateDep
+from serving.errors import AUTH_RESPONSES
 
 router = APIRouter(tags=["health"])
 
@@ -63,6 +64,7 @@ async def readyz(state: StateDep) -> JSON:
     response_class=Response,
     summary="Prometheus metrics",
     dependencies=[Depends(require("ops"))],
+    responses=AUTH_RESPONSES,
 )
 async def metrics(state: StateDep) -> Response:
     state.update_gauges()

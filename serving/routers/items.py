@@ -12,11 +12,12 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 
 from serving.content import CONTENT_MODEL
 from serving.deps import JSON, LoadedDep, PathIdDep, StateDep
+from serving.errors import SLASH_404, SNAPSHOT_RESPONSES, ErrorOut, api_error, too_large_k
 from serving.ranking import UnknownModelError
 from serving.routers.recommendations import MAX_ID, MAX_K, ScoredItem
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from serving.ranking import LoadedSnapshot
     from serving.state import ServingState
 
-router = APIRouter(prefix="/v1/items", tags=["items"])
+router = APIRouter(prefix="/v1/items", tags=["items"], responses=SNAPSHOT_RESPONSES)
 
 T = TypeVar("T")
 
@@ -48,7 +49,9 @@ class ItemOut(BaseModel):
 SimilarK = Annotated[int, Query(ge=1, le=MAX_K)]
 ModelName = Annotated[str | None, Query(min_length=1, max_length=64)]
 _SIMILAR_RESPONSES: dict[int | str, dict[str, object]] = {
-    200: {"model": SimilarOut}, 404: {"description": "unknown item or model"}}
+    200: {"model": SimilarOut},
+    404: {"model": ErrorOut, "description": "unknown item or model (reason unknown_item, "
+          "unknown_model, no_content; slash_in_path: an encoded '/' in the path)"}}
 
 
 # Literal paths before ``/{item_id}``, which would otherwise take "similar" as an id.
@@ -99,24 +102,24 @@ async def _similar(
     loaded: LoadedSnapshot, state: ServingState, item_id: str, k: int, model: str | None
 ) -> JSON:
     if k > state.settings.max_k:
-        raise HTTPException(422, detail=f"k must be <= {state.settings.max_k}")
+        raise too_large_k(k, state.settings.max_k)
     if model == CONTENT_MODEL:
         name, found = CONTENT_MODEL, await _content_similar(state, item_id, k)
         if found is None:
-            raise HTTPException(404, detail="item has no content")
+            raise api_error(404, "no_content", f"item {item_id!r} has no content")
         items = found
     else:
         try:
             name, m = loaded.model(model)
         except UnknownModelError as exc:
-            raise HTTPException(404, detail=str(exc)) from None
+            raise api_error(404, "unknown_model", str(exc)) from None
         if m.items.get(item_id) >= 0:
             items = await _ranked(state, m.similar, item_id, k)
         elif (found := await _content_similar(state, item_id, k)) is not None:
             name, items = CONTENT_MODEL, found
         else:
-            raise HTTPException(404, detail=f"item not known to model {name!r} and "
-                                            f"without item content")
+            raise api_error(404, "unknown_item", f"item not known to model {name!r} "
+                                                 "and without item content")
     return JSON(
         {
             "item_id": item_id,
@@ -149,7 +152,7 @@ async def _content_similar(
     "/{item_id}",
     response_class=JSON,
     summary="An item's popularity (snapshot + live clicks)",
-    responses={200: {"model": ItemOut}},
+    responses={200: {"model": ItemOut}, 404: SLASH_404},
     dependencies=[PathIdDep],
 )
 async def item(loaded: LoadedDep, state: StateDep, item_id: ItemId) -> JSON:

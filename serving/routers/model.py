@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from serving.deps import JSON, LoadedDep, StateDep
+from serving.errors import SNAPSHOT_RESPONSES
 
-router = APIRouter(prefix="/v1", tags=["model"])
+router = APIRouter(prefix="/v1", tags=["model"], responses=SNAPSHOT_RESPONSES)
 
 
 @router.get("/model", response_class=JSON, summary="Loaded snapshot summary")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from serving.deps import JSON, LoadedDep, StateDep
+from serving.errors import SNAPSHOT_RESPONSES, ErrorOut, api_error, too_large_k
 from serving.ranking import UnknownModelError
 
-router = APIRouter(prefix="/v1", tags=["recommendations"])
+router = APIRouter(prefix="/v1", tags=["recommendations"], responses=SNAPSHOT_RESPONSES)
 
 MAX_K = 1000
 MAX_ID = 256
@@ -38,8 +39,8 @@ class RecommendationsOut(BaseModel):
     summary="Top-k items for a user",
     responses={
         200: {"model": RecommendationsOut},
-        404: {"description": "model not in the loaded snapshot"},
-        503: {"description": "no snapshot loaded yet"},
+        404: {"model": ErrorOut,
+              "description": "model not in the loaded snapshot (reason unknown_model)"},
     },
 )
 async def recommendations(
@@ -53,7 +54,7 @@ async def recommendations(
     # Ranking runs on the rank pool: a 100k x 64 product is milliseconds of numpy that
     # releases the GIL, so the loop keeps accepting and answering other requests.
     if k > state.settings.max_k:
-        raise HTTPException(422, detail=f"k must be <= {state.settings.max_k}")
+        raise too_large_k(k, state.settings.max_k)
     try:
         if state.rank_pool is None:
             rec = loaded.recommend(user_id, k, model, exclude_seen, state.live)
@@ -62,7 +63,7 @@ async def recommendations(
                 state.rank_pool, loaded.recommend, user_id, k, model, exclude_seen, state.live
             )
     except UnknownModelError as exc:
-        raise HTTPException(404, detail=str(exc)) from None
+        raise api_error(404, "unknown_model", str(exc)) from None
     # Timed under what ranked: a fallback's cheap answer is not the model's latency.
     state.metrics.rank_seconds.labels(model=rec.served_by).observe(rec.rank_seconds)
     if rec.fallback:

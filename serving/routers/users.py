@@ -12,13 +12,14 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 
 from serving.deps import JSON, LoadedDep, PathIdDep, StateDep
+from serving.errors import SLASH_404, SNAPSHOT_RESPONSES
 from serving.routers.recommendations import MAX_ID
 
 if TYPE_CHECKING:
     from serving.ranking import LoadedSnapshot
     from serving.state import ServingState
 
-router = APIRouter(prefix="/v1/users", tags=["users"])
+router = APIRouter(prefix="/v1/users", tags=["users"], responses=SNAPSHOT_RESPONSES)
 
 
 class UserOut(BaseModel):
@@ -46,7 +47,7 @@ async def user_by_query(
     "/{user_id}",
     response_class=JSON,
     summary="A user's seen items: from the snapshot and from live clicks",
-    responses={200: {"model": UserOut}},
+    responses={200: {"model": UserOut}, 404: SLASH_404},
     dependencies=[PathIdDep],
 )
 async def user(

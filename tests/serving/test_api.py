@@ -141,7 +141,9 @@ def test_the_literal_similar_route_wins_over_an_item_id(
     client.app.state.serving.live.observe("u", "similar")  # type: ignore[attr-defined]
     pop = client.get("/v1/items", params={"item_id": "similar"}).json()
     assert pop["item_id"] == "similar" and pop["popularity"] > 0
-    assert client.get("/v1/items/similar/similar").json()["detail"].startswith("item not known")
+    unknown = client.get("/v1/items/similar/similar").json()["detail"]
+    assert unknown["reason"] == "unknown_item", unknown
+    assert unknown["detail"].startswith("item not known")
 
 
 def test_live_context_is_excluded_and_used(client: TestClient, trained: Trained) -> None:
@@ -178,8 +180,20 @@ def test_not_ready_without_snapshot(tmp_path: Path) -> None:
     with TestClient(create_app(settings_for(tmp_path / "empty"))) as c:
         r = c.get("/readyz")
         assert r.status_code == 503 and r.json()["ready"] is False
-        assert c.get("/v1/recommendations", params={"user_id": "u"}).status_code == 503
         assert c.get("/healthz").status_code == 200
+        # Every route that reads the snapshot: the documented 503, in the error shape,
+        # with a time to come back.
+        for path in ("/v1/recommendations?user_id=u", "/v1/items/i", "/v1/users/u",
+                     "/v1/items/i/similar", "/v1/model"):
+            r = c.get(path)
+            assert r.status_code == 503, (path, r.status_code)
+            assert r.json()["detail"]["reason"] == "no_snapshot", r.json()
+            assert int(r.headers["retry-after"]) >= 1
+            assert "503" in c.app.openapi()["paths"][path.split("?")[0]
+                                                     .replace("/i/", "/{item_id}/")
+                                                     .replace("/items/i", "/items/{item_id}")
+                                                     .replace("/users/u", "/users/{user_id}")
+                                                     ]["get"]["responses"]
 
 
 def test_metrics_use_route_templates_never_ids(client: TestClient, trained: Trained) -> None:
@@ -295,7 +309,24 @@ def test_bad_input_gets_4xx_with_a_json_reason(client: TestClient) -> None:
         assert r.status_code == 422, (path, params, r.status_code)
         assert r.json()["detail"]
     r = client.get("/v1/recommendations", params={"user_id": "u", "model": "nope"})
-    assert r.status_code == 404 and "nope" in r.json()["detail"]
+    assert r.status_code == 404 and "nope" in r.json()["detail"]["detail"]
+    assert r.json()["detail"]["reason"] == "unknown_model"
+    r = client.get("/v1/items/i/similar", params={"model": "nope"})
+    assert r.status_code == 404 and r.json()["detail"]["reason"] == "unknown_model"
+
+
+def test_a_k_above_the_servers_max_k_is_refused_like_any_invalid_query(
+        store: SnapshotStore) -> None:
+    """The schema's bound on k is 1000; a server configured lower refuses in the same
+    422 shape (a list of errors, as FastAPI's own), not a bare string."""
+    with TestClient(create_app(settings_for(store.root, max_k=50))) as c:
+        for path, params in (("/v1/recommendations", {"user_id": "u", "k": 60}),
+                             ("/v1/items/i/similar", {"k": 60})):
+            r = c.get(path, params=params)
+            assert r.status_code == 422, r.text
+            (error,) = r.json()["detail"]
+            assert error["loc"] == ["query", "k"] and error["ctx"] == {"le": 50}, error
+            assert error["type"] == "less_than_equal"
 
 
 def test_post_event_rejections(client: TestClient) -> None:

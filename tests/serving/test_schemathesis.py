@@ -1,8 +1,11 @@
-"""Property-based API run: no request built from the OpenAPI schema gets a 5xx.
+"""Property-based API run: no request built from the OpenAPI schema gets a 5xx, and
+every answer is the one the schema documents.
 
 Uses schemathesis' Python API (one hypothesis run per operation) against the ASGI
 app. 503 is the one server status the API declares on purpose (``POST /v1/events``
-without a Kafka producer); any other 5xx fails.
+without a Kafka producer); any other 5xx fails. Every answer's status code, content
+type and body must be documented for its route (a generated client is built from
+that schema: a body documented as a string, or an undocumented 401, breaks it).
 """
 
 from __future__ import annotations
@@ -12,6 +15,11 @@ from pathlib import Path
 
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from online_models.snapshot import SnapshotStore
 from serving.app import create_app
@@ -59,6 +67,12 @@ def test_no_server_errors(tmp_path: Path, trained: Trained) -> None:
                 ctype = response.headers.get("content-type", [""])[0]
                 if not ctype.startswith("application/json"):
                     failures.append((case.method, case.path, "non-JSON 4xx", status, ctype))
+            try:
+                case.validate_response(response, checks=[
+                    status_code_conformance, content_type_conformance,
+                    response_schema_conformance])
+            except BaseException as exc:  # schemathesis' FailureGroup
+                failures.append((case.method, case.path, "undocumented", status, str(exc)[:300]))
 
         run()
 
