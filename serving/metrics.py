@@ -135,7 +135,7 @@ class ServingMetrics:
             "liverec_serving_rank_duration_seconds",
             "In-process scoring + top-k time per recommendation (not counting a wait for "
             "another request's scoring: serving.ranking.PYTHON_SCORING), by what ranked: "
-            "the model, or popularity / live_clicks for a fallback answer.",
+            "the model, or live_popularity / live_clicks for a fallback answer.",
             ["model"],
             buckets=_LATENCY_BUCKETS,
             registry=r,

@@ -50,9 +50,10 @@ class Recommendation:
     #: the answer is not the model's: the user is unknown to it and has no history
     fallback: bool
     rank_seconds: float
-    #: what ranked the items: ``model``, or on a fallback ``popularity`` (the
-    #: snapshot's popularity plus the live clicks) or ``live_clicks`` (no popularity
-    #: model loaded: the live clicks alone)
+    #: what ranked the items: ``model``, or on a fallback ``live_popularity`` (the
+    #: snapshot's popularity plus the live clicks: not what ``model=popularity``
+    #: answers, the snapshot's alone) or ``live_clicks`` (no popularity model loaded:
+    #: the live clicks alone)
     served_by: str = ""
 
     def __post_init__(self) -> None:
@@ -290,7 +291,7 @@ class LoadedSnapshot:
     @property
     def popular_source(self) -> str:
         """What :meth:`popular` ranks by (``served_by`` of a fallback answer)."""
-        return "popularity" if self._pop_model is not None else "live_clicks"
+        return "live_popularity" if self._pop_model is not None else "live_clicks"
 
     def popular(
         self, live: LiveContext | None, k: int, max_age_s: float = 0.5

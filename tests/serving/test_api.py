@@ -79,9 +79,10 @@ def test_unknown_user_gets_popular_items(client: TestClient, trained: Trained) -
     body = client.get("/v1/recommendations", params={"user_id": "nobody-ever", "k": 5}).json()
     assert body["fallback"] is True
     # The answer says what ranked it, and its time is not the model's latency.
-    assert body["model"] == "bpr" and body["served_by"] == "popularity"
+    assert body["model"] == "bpr" and body["served_by"] == "live_popularity"
     metrics = client.get("/metrics").text
-    assert 'liverec_serving_rank_duration_seconds_count{model="popularity"} 1.0' in metrics
+    assert 'liverec_serving_rank_duration_seconds_count{model="live_popularity"} 1.0' \
+        in metrics
     assert 'liverec_serving_rank_duration_seconds_count{model="bpr"}' not in metrics
     popular = [i for i, _ in models["popularity"].recommend("nobody-ever", 5)]
     assert [it["item_id"] for it in body["items"]] == popular
