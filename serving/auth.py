@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -63,6 +64,8 @@ log = logging.getLogger(__name__)
 #: ``read``: recommendations, items, users. ``write``: ``POST /v1/events``.
 #: ``ops``: ``/metrics``, ``/v1/model`` and the dashboard (when protected).
 SCOPES: tuple[str, ...] = ("read", "write", "ops")
+#: the principal of a caller without a key (also its event-id scope): no key's name
+ANONYMOUS = "anonymous"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _KEY = re.compile(r"^lrk_([0-9a-f]{8})_([A-Za-z0-9_-]{43})$")
 # scrypt at 2**14 x 8 (16 MiB, tens of ms): slow enough to make an offline guess of a
@@ -139,6 +142,9 @@ class ApiKey:
         wanted = frozenset(s for s in scopes.split(",") if s)
         if not _NAME.match(name):
             raise AuthConfigError(f"bad key name {name[:64]!r}")
+        if name == ANONYMOUS:
+            raise AuthConfigError(f"the key name {ANONYMOUS!r} is reserved for callers "
+                                  "without a key (their event ids are scoped under it)")
         if not wanted or not wanted <= set(SCOPES):
             raise AuthConfigError(f"key {name!r}: scopes must be among {', '.join(SCOPES)}")
         if not re.fullmatch(r"[0-9a-f]{8}", key_id) or not digest.startswith("scrypt$"):
@@ -260,11 +266,16 @@ class KeyFile:
         return True
 
     def _write(self, keys: list[ApiKey]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Owner-only from the first byte: a file written then chmod-ed is readable by
+        # others in between under a umask of 022.
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         header = f"# liverec API keys (salted scrypt hashes), {datetime.now(UTC):%Y-%m-%d}\n"
-        tmp.write_text(header + "".join(k.record() + "\n" for k in keys))
-        tmp.chmod(0o600)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()  # a leftover of a crashed write may have other modes
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(header + "".join(k.record() + "\n" for k in keys))
         tmp.replace(self.path)
 
 
@@ -279,6 +290,22 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _loopback_host(request: Request) -> bool:
+    """Whether the request's ``Host`` names a loopback address (any port).
+
+    >>> from starlette.requests import Request
+    >>> def req(host: str) -> Request:
+    ...     return Request({"type": "http", "headers": [(b"host", host.encode())]})
+    >>> [_loopback_host(req(h)) for h in ("localhost:8000", "127.0.0.1", "[::1]:80")]
+    [True, True, True]
+    >>> [_loopback_host(req(h)) for h in ("rebind.example:8000", "", "127.0.0.1.nip.io")]
+    [False, False, False]
+    """
+    host = request.headers.get("host", "")
+    name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+    return bool(name) and is_loopback(name)
 
 
 def address_bucket(host: str) -> str:
@@ -376,6 +403,9 @@ class AccessControl:
         # Whether anonymous writes may be open at all; they are while no key is
         # configured, decided per request (a key added at run time closes them).
         self._open_writes_allowed = auth.allow_anonymous_writes or is_loopback(host)
+        #: open only because the server listens on loopback: then only for requests
+        #: addressed to a loopback name (see :meth:`authorize`)
+        self._loopback_writes = not auth.allow_anonymous_writes and is_loopback(host)
         if self.anonymous_writes:
             log.warning("no API key configured: POST /v1/events accepts anonymous writes")
 
@@ -429,12 +459,14 @@ class AccessControl:
         m = _KEY.match(presented)
         record = self.keys.get(m.group(1)) if m else None
         tag = hmac.new(self._cache_secret, presented.encode(), hashlib.sha256).digest()
-        if record is None or self._verified.get(tag) != record.hash:
-            # Uncached: a first use or a wrong key. Limited per address, before the
+        if record is None:
+            # No key has that id: refused at the cost of a look-up, without taking
+            # the address's "auth" tokens, which a real key's first use needs.
+            raise self._unauthorized("unknown_key", "the API key is not valid")
+        if self._verified.get(tag) != record.hash:
+            # Uncached: a first use or a wrong secret. Limited per address, before the
             # scrypt, so guessing is slow and cannot tie up the CPU.
-            self.take("auth", Principal("anonymous", None, frozenset(), client))
-            if record is None:
-                raise self._unauthorized("unknown_key", "the API key is not valid")
+            self.take("auth", Principal(ANONYMOUS, None, frozenset(), client))
             ok = await asyncio.to_thread(verify_key, presented, record.hash)
             if not ok:
                 raise self._unauthorized("unknown_key", "the API key is not valid")
@@ -470,7 +502,18 @@ class AccessControl:
                 raise self._unauthorized(
                     "missing_key", f"this endpoint needs an API key with the {scope!r} scope "
                     "(Authorization: Bearer <key> or X-API-Key: <key>)")
-            principal = Principal("anonymous", None, frozenset(), client)
+            if scope == "write" and self._loopback_writes and not _loopback_host(request):
+                # A page on another site whose name was re-pointed at 127.0.0.1 (DNS
+                # rebinding) is same-origin to the browser: it could post here with
+                # no preflight. Its requests still carry its own name as Host.
+                if self.metrics is not None:
+                    self.metrics.auth_failures.labels(reason="foreign_host").inc()
+                raise HTTPException(403, detail={
+                    "reason": "foreign_host",
+                    "detail": "anonymous writes on loopback take only requests addressed "
+                              "to localhost, 127.0.0.1 or [::1]; configure an API key to "
+                              "write through other names"})
+            principal = Principal(ANONYMOUS, None, frozenset(), client)
         elif scope not in principal.scopes:
             if self.metrics is not None:
                 self.metrics.auth_failures.labels(reason="wrong_scope").inc()

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 
 from online_models import registry
 from online_models.base import Batch, OnlineModel, UserHistory
@@ -15,6 +14,7 @@ from online_models.snapshot import SnapshotStore
 from online_models.synthetic import generate_events
 from serving.app import create_app
 from serving.settings import ServeSettings
+from tests.serving.client import TestClient
 
 MODELS = ("popularity", "bpr", "itemknn")
 

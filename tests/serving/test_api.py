@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 
 from online_models.base import OnlineModel, UserHistory
 from online_models.snapshot import SnapshotStore
 from serving.app import create_app
+from tests.serving.client import TestClient
 from tests.serving.conftest import settings_for
 
 Trained = tuple[dict[str, OnlineModel], UserHistory, float]

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 
 from online_models.snapshot import SnapshotStore
 from serving.app import create_app
 from serving.auth import AuthConfigError, AuthSettings, KeyFile, hash_key, verify_key
 from serving.ratelimit import RateLimitSettings
+from tests.serving.client import TestClient
 from tests.serving.conftest import settings_for
 
 EVENT = {"user_id": "u", "item_id": "i", "event_type": "click", "timestamp": 1_700_000_000}
@@ -337,6 +337,71 @@ def test_key_guessing_is_rate_limited_per_address(
         assert statuses == [401, 401, 401, 429, 429]
         reg = c.app.state.serving.metrics.registry  # type: ignore[attr-defined]
         assert reg.get_sample_value("liverec_serving_rate_limited_total", {"scope": "auth"}) == 2
+
+
+def test_unknown_key_ids_do_not_use_up_the_allowance_a_real_key_needs(
+    store: SnapshotStore, keys: tuple[Path, dict[str, str]]
+) -> None:
+    """A junk key costs no scrypt: refused without an auth token, so junk sent from a
+    shared address (NAT, a Docker gateway) cannot lock the real keys out."""
+    path, made = keys
+    with _client(store, AuthSettings(api_keys_file=path), auth_per_s=0.01, auth_burst=3) as c:
+        junk = ["x", "lrk_ffffffff_" + "a" * 43, "lrk_0000_short"]
+        statuses = [c.post("/v1/events", json=EVENT, headers=_bearer(k)).status_code
+                    for k in junk * 4]
+        assert statuses == [401] * 12
+        first_use = c.post("/v1/events", json=EVENT, headers=_bearer(made["writer"]))
+        assert first_use.status_code == 503  # past auth and its limit; no Kafka here
+
+
+def test_anonymous_loopback_writes_take_only_loopback_host_names(
+    store: SnapshotStore,
+) -> None:
+    """DNS rebinding: a page whose name now resolves to 127.0.0.1 is same-origin to the
+    browser and posts without a preflight, but its Host is still its own name."""
+    with _client(store, AuthSettings()) as c:
+        for host in ("localhost:8000", "127.0.0.1:8000", "[::1]:8000", "127.0.0.1"):
+            r = c.post("/v1/events", json=EVENT, headers={"Host": host})
+            assert r.status_code == 503, (host, r.text)  # past auth; no Kafka here
+        for host in ("rebind.attacker.example:8000", "127.0.0.1.nip.io", "localhost.evil"):
+            r = c.post("/v1/events", json=EVENT, headers={"Host": host})
+            assert r.status_code == 403, (host, r.text)
+            assert r.json()["detail"]["reason"] == "foreign_host"
+        # Reads stay open to any name.
+        r = c.get("/v1/users/u", headers={"Host": "rebind.attacker.example"})
+        assert r.status_code == 200
+    # Anonymous writes opened on purpose (a trusted network) are not tied to a name.
+    with _client(store, AuthSettings(allow_anonymous_writes=True)) as c:
+        r = c.post("/v1/events", json=EVENT, headers={"Host": "serving:8000"})
+        assert r.status_code == 503, r.text
+
+
+def test_the_name_anonymous_is_reserved(tmp_path: Path) -> None:
+    """Callers without a key write event ids scoped under "anonymous"; a key of that
+    name would share their ids (and the trainer's de-duplication of them)."""
+    with pytest.raises(AuthConfigError, match="reserved"):
+        KeyFile(tmp_path / "keys").add("anonymous", {"write"})
+
+
+def test_the_key_file_is_owner_only_from_its_first_byte(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        kf = KeyFile(tmp_path / "new-dir" / "keys")
+        kf.add("writer", {"write"})
+        # A leftover temporary file of a crashed write, readable by all, is replaced.
+        tmp = kf.path.with_name("keys.tmp")
+        tmp.write_text("stale")
+        tmp.chmod(0o644)
+        kf.add("reader", {"read"})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(kf.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(kf.path.parent.stat().st_mode) == 0o700
+    assert not tmp.exists()
+    assert [k.name for k in kf.load()] == ["writer", "reader"]
 
 
 def test_anonymous_rate_limits_hold_per_ipv6_64_and_per_ipv4_address(

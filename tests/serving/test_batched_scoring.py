@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
 import serving.batcher
 import serving.scoring
@@ -23,6 +22,7 @@ from serving.ranking import FactorScorer, LoadedSnapshot, ScoreBatcher, select_t
 from serving.settings import ServeSettings
 from serving.state import ServingState
 from serving.synthetic_state import random_bpr, random_history, random_popularity
+from tests.serving.client import TestClient
 from tests.serving.conftest import settings_for
 
 

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from fastapi.testclient import TestClient
 
 from online_models import registry
 from online_models.base import Batch, UserHistory
@@ -16,6 +15,7 @@ from serving.app import create_app
 from serving.metrics import ServingMetrics
 from serving.settings import ServeSettings
 from serving.state import ServingState
+from tests.serving.client import TestClient
 from tests.serving.conftest import settings_for
 
 

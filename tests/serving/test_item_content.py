@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from online_models import registry
 from online_models.base import Batch
@@ -19,6 +18,7 @@ from online_models.snapshot import SnapshotStore
 from serving.app import create_app
 from stream.item_features import item_features_topic, publish_item_features
 from stream.kafka import create_topics, delete_topics
+from tests.serving.client import TestClient
 from tests.serving.conftest import Trained, settings_for
 from tests.trainer.helpers import wait_for
 

@@ -7,12 +7,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
-from fastapi.testclient import TestClient
 
 from online_models.snapshot import SnapshotStore
 from serving.app import create_app
 from stream.events import ClickEvent, encode, event_key
 from stream.kafka import deliver, make_producer
+from tests.serving.client import TestClient
 from tests.serving.conftest import Trained, settings_for
 
 pytestmark = pytest.mark.kafka

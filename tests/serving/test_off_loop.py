@@ -17,10 +17,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 
 from online_models.content import ItemFeatures
 from serving.content import ContentIndex
+from tests.serving.client import TestClient
 from tests.serving.conftest import Trained
 
 GIVE_UP_S = 30.0

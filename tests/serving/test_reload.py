@@ -8,14 +8,13 @@ import threading
 import time
 from pathlib import Path
 
-from fastapi.testclient import TestClient
-
 from online_models.base import OnlineModel, UserHistory
 from online_models.snapshot import SnapshotStore
 from serving.app import create_app
 from serving.metrics import ServingMetrics
 from serving.settings import ServeSettings
 from serving.state import ServingState
+from tests.serving.client import TestClient
 from tests.serving.conftest import settings_for
 
 Trained = tuple[dict[str, OnlineModel], UserHistory, float]

@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from fastapi.testclient import TestClient
-
 from online_models.ownership import unowned_partitions, write_heartbeat
 from online_models.snapshot import SnapshotStore
 from serving.app import create_app
+from tests.serving.client import TestClient
 from tests.serving.conftest import settings_for
 
 

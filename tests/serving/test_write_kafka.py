@@ -10,7 +10,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from fastapi.testclient import TestClient
 
 from online_models.snapshot import SnapshotStore
 from serving.app import create_app
@@ -18,6 +17,7 @@ from serving.auth import AuthSettings, KeyFile
 from stream.events import ClickEvent
 from stream.replay import produce_events
 from tests.faults.helpers import read_topic
+from tests.serving.client import TestClient
 from tests.serving.conftest import settings_for
 from tests.trainer.helpers import TrainerProcess, scrape, wait_for
 
