@@ -264,9 +264,14 @@ def run(
     def count(method: str, status: int) -> None:  # as MetricsMiddleware counts its own
         metrics.responses.labels(route="unmatched", method=method, status=str(status)).inc()
 
+    # The head holds the request line (method, URL, version) and the headers.
+    max_head = settings.max_url_bytes + settings.max_header_bytes + 64
     uvicorn.run(
         app,
-        http=json_error_protocol(settings.max_url_bytes, on_reject=count),
+        http=json_error_protocol(settings.max_url_bytes, on_reject=count,
+                                 max_head_bytes=max_head, max_headers=settings.max_headers),
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -4,7 +4,10 @@ uvicorn refuses a request it cannot parse (an over-long URL among them, from som
 64 KiB on) with a plain-text 400 before the app sees it. :func:`json_error_protocol`
 builds a subclass that answers those the way the API answers every other error, counts
 them, closes the connection without losing its answer, and answers the requests that
-came before the broken one on the same connection first.
+came before the broken one on the same connection first. It also bounds the request
+head, which uvicorn's httptools protocol does not: one 100 MiB header was read whole
+(hundreds of MB of memory, and its parser's copies grow quadratically), before any
+key check.
 """
 
 from __future__ import annotations
@@ -25,15 +28,18 @@ log = logging.getLogger(__name__)
 
 
 def json_error_protocol(
-    max_url_bytes: int, on_reject: Callable[[str, int], None] | None = None
+    max_url_bytes: int, on_reject: Callable[[str, int], None] | None = None,
+    max_head_bytes: int = 65_536, max_headers: int = 100,
 ) -> type[Any]:
     """uvicorn's httptools protocol answering malformed requests in JSON as well.
 
-    The subclass stops reading a URL at ``max_url_bytes`` and answers JSON 414, and
-    other parse failures JSON 400. The app never sees these requests, so
-    ``on_reject(method, status)`` is told of each answer sent (``serving.app.run``
-    counts them in ``liverec_serving_responses_total`` under the route ``unmatched``,
-    with the method as a bounded label, ``other`` when the request had none).
+    The subclass stops reading a URL at ``max_url_bytes`` and answers JSON 414, a
+    request head (request line and headers) over ``max_head_bytes`` or with more than
+    ``max_headers`` headers JSON 431, and other parse failures JSON 400. The app never
+    sees these requests, so ``on_reject(method, status)`` is told of each answer sent
+    (``serving.app.run`` counts them in ``liverec_serving_responses_total`` under the
+    route ``unmatched``, with the method as a bounded label, ``other`` when the request
+    had none).
 
     **Pipelined requests.** A client may send several requests without waiting for
     the answers (HTTP/1.1 pipelining), and a malformed one may follow good ones in
@@ -53,6 +59,10 @@ def json_error_protocol(
 
     class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
         _url_too_long = False
+        _head_too_large = False
+        _in_head = False  # between a request's first byte and the end of its headers
+        _head_bytes = 0
+        _header_count = 0
         _url_seen = False  # the request line got as far as its URL: the method is read
         _draining = False
         #: the refusal (status, reason, message, method) waiting for earlier answers
@@ -65,10 +75,28 @@ def json_error_protocol(
             if self._draining or self._deferred is not None:
                 return  # refused: the rest of the connection's bytes are dropped
             super().data_received(data)
+            if self._in_head and not (self._draining or self._deferred is not None):
+                # The parser ended this chunk inside a head: all of it was head bytes.
+                self._head_bytes += len(data)
+                if self._head_bytes > max_head_bytes:
+                    self._head_too_large = True
+                    self.send_400_response("request head too large")
 
         def on_message_begin(self) -> None:
-            self._url_too_long = self._url_seen = False
+            self._url_too_long = self._url_seen = self._head_too_large = False
+            self._in_head, self._head_bytes, self._header_count = True, 0, 0
             super().on_message_begin()
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._header_count += 1
+            if self._header_count > max_headers:
+                self._head_too_large = True
+                raise ValueError("too many headers")  # the parser turns it into a 400 path
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            super().on_headers_complete()
 
         def on_message_complete(self) -> None:
             self._url_seen = False  # a next request on the connection starts unread
@@ -89,6 +117,10 @@ def json_error_protocol(
             if self._url_too_long:
                 status, reason = 414, "uri_too_long"
                 msg = f"the URL must be at most {max_url_bytes} bytes"
+            elif self._head_too_large:
+                status, reason = 431, "headers_too_large"
+                msg = (f"the request head must be at most {max_head_bytes} bytes, with at "
+                       f"most {max_headers} headers")
             else:
                 status, reason = 400, "bad_request"
             # httptools reports a method (DELETE) even where none was parsed

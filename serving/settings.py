@@ -84,6 +84,15 @@ class ServeSettings(BaseSettings):
         Most events one ``POST /v1/events`` may carry as a JSON array.
     max_url_bytes
         Longest accepted request target (path and query); longer ones get a JSON 414.
+    max_header_bytes, max_headers
+        Most bytes of a request's headers (beyond its request line) and most header
+        fields; more gets a JSON 431 before any key check or routing.
+    forwarded_allow_ips
+        Addresses of trusted reverse proxies (comma-separated; ``*`` for any) whose
+        ``X-Forwarded-For`` / ``X-Forwarded-Proto`` are believed. Unset (the default),
+        those headers are ignored: the caller's address, which per-address rate limits
+        key on, is the connection's. (uvicorn believes them from 127.0.0.1 by default,
+        so any caller of a local proxy that passes the header on could pick its address.)
     delivery_timeout_s
         How long ``POST /v1/events`` waits for Kafka to acknowledge its events before
         answering 503 with ``Retry-After``. Sends run on a background thread; the
@@ -182,6 +191,9 @@ class ServeSettings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, ge=256)
     max_batch_events: int = Field(default=100, ge=1)
     max_url_bytes: int = Field(default=8192, ge=256)
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    max_headers: int = Field(default=100, ge=10)
+    forwarded_allow_ips: str | None = None
     delivery_timeout_s: float = Field(default=5.0, gt=0)
     ingest_queue_max: int = Field(default=10_000, ge=1)
     retry_after_s: int = Field(default=5, ge=1)

@@ -132,7 +132,7 @@ def test_a_body_that_breaks_or_stops_while_the_app_reads_it_logs_no_error(
     is a server fault: the log holds no ERROR (it held a ClientDisconnect traceback)."""
     write_snapshot(tmp_path / "snaps")
     server = ServerProcess(tmp_path / "snaps", tmp_path / "serve.log")
-    head = (b"POST /v1/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+    head = (b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
             b"Content-Type: application/json\r\n\r\n5\r\n[{\"a\"\r\n")
     try:
         server.wait_listening()
@@ -158,3 +158,49 @@ def test_a_body_that_breaks_or_stops_while_the_app_reads_it_logs_no_error(
         server.stop()
     log = server.log_text()
     assert " ERROR " not in log and "Traceback" not in log, log[-3000:]
+
+
+def test_request_heads_are_bounded_and_forwarded_addresses_not_believed(
+    tmp_path: Path,
+) -> None:
+    """One huge header, or very many, get a JSON 431 before any key check (uvicorn read
+    a 100 MiB header whole); a big head under the bound and a big body pass. A caller
+    cannot pick its rate-limit address with X-Forwarded-For (uvicorn believes it from
+    127.0.0.1 unless told which proxies to trust)."""
+    write_snapshot(tmp_path / "snaps")
+    server = ServerProcess(tmp_path / "snaps", tmp_path / "serve.log",
+                           env={"LIVEREC_RATE_READ_BURST": "3",
+                                "LIVEREC_RATE_READ_PER_S": "0.001"})
+    try:
+        server.wait_listening()
+        wait_for(lambda: httpx.get(f"{server.base}/healthz").status_code == 200, 30, "up")
+        huge = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 200_000 + b"\r\n\r\n"
+        many = (b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+                + b"".join(b"X-%d: 1\r\n" % i for i in range(150)) + b"\r\n")
+        for request in (huge, many):
+            status, _, body = _raw(server.port, request)
+            assert status == 431, (status, body[:200])
+            assert orjson.loads(body)["detail"]["reason"] == "headers_too_large"
+        # 20 KiB of headers, under the 32 KiB bound: answered.
+        fine = (b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-A: "
+                + b"a" * 20_000 + b"\r\n\r\n")
+        assert _raw(server.port, fine)[0] == 200
+        # A 60 KiB body sent with its head in one packet is no head bytes.
+        body = b" " * 50_000 + orjson.dumps({"user_id": "u", "item_id": "i",
+                                             "event_type": "click",
+                                             "timestamp": 1_700_000_000})
+        assert 50_000 < len(body) < 64 * 1024
+        post = (b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+                + body)
+        status, _, answer = _raw(server.port, post)
+        assert status == 503 and b"no_producer" in answer, (status, answer[:200])
+
+        statuses = [httpx.get(f"{server.base}/v1/users/u",
+                              headers={"X-Forwarded-For": f"10.0.0.{i}"}).status_code
+                    for i in range(5)]
+        assert statuses == [200, 200, 200, 429, 429], statuses
+        text = httpx.get(f"{server.base}/metrics").text
+        assert 'method="GET",route="unmatched",status="431"} 2.0' in text, text
+    finally:
+        server.stop()
