@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream.weights import DEFAULT_EVENT_WEIGHTS
@@ -96,12 +96,14 @@ class KafkaSettings(BaseSettings):
     >>> s = KafkaSettings(bootstrap="localhost:9092", topic="clicks")
     >>> s.dlq_topic, s.client, s.event_weights["purchase"]
     ('clicks.dlq', 'confluent', 5.0)
-    >>> KafkaSettings(sasl_password="hunter2").sasl_password
+    >>> KafkaSettings(security_protocol="SASL_SSL", sasl_password="hunter2").sasl_password
     SecretStr('**********')
     """
 
+    # An error's input would hold the whole input, secrets in clear text included.
     model_config = SettingsConfigDict(
-        env_prefix="LIVEREC_", extra="ignore", populate_by_name=True
+        env_prefix="LIVEREC_", extra="ignore", populate_by_name=True,
+        hide_input_in_errors=True,
     )
 
     bootstrap: str = Field(
@@ -158,6 +160,24 @@ class KafkaSettings(BaseSettings):
     def _strip(cls, v: str) -> str:
         return ",".join(s.strip() for s in v.split(",") if s.strip())
 
+    @model_validator(mode="after")
+    def _no_ignored_security_fields(self) -> KafkaSettings:
+        """SASL or TLS fields the protocol would ignore are a mistake, not a default:
+        the client would connect without authenticating, or without TLS."""
+        sasl = [n for n in ("sasl_username", "sasl_password") if getattr(self, n) is not None]
+        tls = [n for n in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password")
+               if getattr(self, n) is not None]
+        ignored = ([] if self.uses_sasl else sasl) + ([] if self.uses_ssl else tls)
+        if ignored:
+            wanted = ("SASL_SSL" if sasl and (tls or self.uses_ssl) else
+                      "SASL_PLAINTEXT or SASL_SSL" if sasl else "SSL or SASL_SSL")
+            names = ", ".join(f"LIVEREC_KAFKA_{n.upper()}" for n in ignored)
+            raise ValueError(
+                f"{names} set, but the security protocol is {self.security_protocol}, "
+                f"which ignores them: the client would connect without them. Set "
+                f"LIVEREC_KAFKA_SECURITY_PROTOCOL ({wanted}) or unset them.")
+        return self
+
     @property
     def dlq_topic(self) -> str:
         """Dead-letter topic of :attr:`topic`."""
@@ -178,8 +198,8 @@ class KafkaSettings(BaseSettings):
         fields under SASL, TLS fields under SSL, unset ones left out. Each Kafka client
         translates these names to its own configuration keys.
 
-        >>> KafkaSettings(security_protocol="SASL_PLAINTEXT", sasl_username="u",
-        ...               ssl_cafile="/ca.pem").security_values()
+        >>> KafkaSettings(security_protocol="SASL_PLAINTEXT",
+        ...               sasl_username="u").security_values()
         {'sasl_mechanism': 'SCRAM-SHA-512', 'sasl_username': 'u'}
         """
         fields: tuple[str, ...] = ()

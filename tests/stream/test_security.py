@@ -13,6 +13,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,10 +95,14 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pat
 
 def _settings(bootstrap: str, client: str, ca: Path, password_file: Path | None,
               protocol: str = "SASL_SSL") -> KafkaSettings:
+    # Only the fields the protocol uses: others are refused as a misconfiguration.
+    sasl: dict[str, Any] = dict(
+        sasl_mechanism="SCRAM-SHA-512", sasl_username=USER,
+        sasl_password=None if password_file is None else f"@{password_file}")
     return KafkaSettings(
         bootstrap=bootstrap, client=client, security_protocol=protocol,
-        sasl_mechanism="SCRAM-SHA-512", sasl_username=USER,
-        sasl_password=None if password_file is None else f"@{password_file}", ssl_cafile=ca)
+        **(sasl if protocol.startswith("SASL") else {}),
+        **({"ssl_cafile": ca} if protocol.endswith("SSL") else {}))
 
 
 @pytest.mark.parametrize("client", ["confluent", "kafka-python"])

@@ -83,3 +83,21 @@ def test_limits_and_dlq_topic() -> None:
     assert s.dlq_topic == "clicks.dlq" and s.limits.max_id_chars == 4
     with pytest.raises(ValueError):
         KafkaSettings(dlq_max_bytes=10)
+
+
+def test_security_fields_the_protocol_would_ignore_are_refused(monkeypatch) -> None:
+    """SASL credentials under the PLAINTEXT default were dropped without a word, and the
+    client connected without authenticating (likewise a CA file without TLS)."""
+    monkeypatch.setenv("LIVEREC_KAFKA_SASL_USERNAME", "alice")
+    monkeypatch.setenv("LIVEREC_KAFKA_SASL_PASSWORD", "hunter2")
+    with pytest.raises(ValueError, match="LIVEREC_KAFKA_SASL_USERNAME, LIVEREC_KAFKA_SASL_"
+                                         "PASSWORD set, but the security protocol is "
+                                         "PLAINTEXT") as err:
+        KafkaSettings()
+    assert "hunter2" not in str(err.value)
+    assert KafkaSettings(security_protocol="SASL_SSL").sasl_username == "alice"
+    monkeypatch.delenv("LIVEREC_KAFKA_SASL_USERNAME")
+    monkeypatch.delenv("LIVEREC_KAFKA_SASL_PASSWORD")
+    with pytest.raises(ValueError, match=r"LIVEREC_KAFKA_SSL_CAFILE set.*SASL_PLAINTEXT"):
+        KafkaSettings(security_protocol="SASL_PLAINTEXT", sasl_username="u",
+                      ssl_cafile="/ca.pem")
