@@ -12,6 +12,7 @@ import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,13 @@ log = logging.getLogger(__name__)
 class LiveContext:
     """Thread-safe recent items per user (bounded) plus a decaying per-item click bump.
 
+    The bump feeds the popular items every never-seen user gets, so one caller must
+    not be able to steer it by repetition: an event id seen among the last
+    ``max_event_ids`` is dropped (a producer's retry, a replayed post), and one user
+    adds to an item's bump at most the weight of their strongest event on it within a
+    half-life (a view -> cart -> purchase funnel counts as its purchase; the 500th
+    click counts nothing). The trainer's flood guard bounds what reaches the models.
+
     Parameters
     ----------
     items_per_user, max_users
@@ -46,14 +54,25 @@ class LiveContext:
         Wall-clock half-life of the popularity bump.
     max_items
         Bound on the number of items with a bump (the weakest are dropped).
+    max_event_ids, max_pairs
+        Bounds of the recent event ids and (user, item) contributions remembered
+        (the oldest are forgotten).
 
     Examples
     --------
     >>> ctx = LiveContext(items_per_user=2)
     >>> for item in ["a", "b", "c"]:
-    ...     ctx.observe("u", item, weight=1.0, now=0.0)
+    ...     _ = ctx.observe("u", item, weight=1.0, now=0.0)
     >>> ctx.items("u"), round(ctx.bump("c", now=0.0), 3), ctx.bump("zz")
     (['b', 'c'], 1.0, 0.0)
+    >>> for _ in range(100):
+    ...     _ = ctx.observe("u", "c", weight=1.0, now=0.0)
+    >>> ctx.observe("u", "c", weight=5.0, now=0.0, event_id="e1")
+    True
+    >>> ctx.observe("u", "c", weight=5.0, now=0.0, event_id="e1")  # a repeated id
+    False
+    >>> round(ctx.bump("c", now=0.0), 3)  # the strongest event, not the count
+    5.0
     """
 
     def __init__(
@@ -62,10 +81,18 @@ class LiveContext:
         max_users: int = 200_000,
         half_life_s: float = 600.0,
         max_items: int = 10_000,
+        max_event_ids: int = 100_000,
+        max_pairs: int = 200_000,
     ) -> None:
         self._history = UserHistory(max_items=items_per_user, max_users=max_users)
         self._bump: dict[str, tuple[float, float]] = {}
+        self._half_life_s = half_life_s
         self._decay = math.log(2.0) / half_life_s
+        self._event_ids: OrderedDict[str, None] = OrderedDict()
+        self._max_event_ids = max_event_ids
+        #: (user, item) -> (the weight it added to the item's bump, since when)
+        self._pairs: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
+        self._max_pairs = max_pairs
         self._max_items = max_items
         self._lock = threading.Lock()
         self.events = 0
@@ -74,16 +101,40 @@ class LiveContext:
     def __len__(self) -> int:
         return len(self._history)
 
-    def observe(self, user: str, item: str, weight: float = 1.0, now: float | None = None) -> None:
+    def observe(self, user: str, item: str, weight: float = 1.0, now: float | None = None,
+                event_id: str | None = None) -> bool:
+        """Take one click in; False when its event id was seen already (dropped)."""
         now = time.time() if now is None else now
         with self._lock:
+            if event_id is not None:
+                if event_id in self._event_ids:
+                    return False
+                self._event_ids[event_id] = None
+                if len(self._event_ids) > self._max_event_ids:
+                    self._event_ids.popitem(last=False)
             self._history.append(user, item)
-            value, t = self._bump.get(item, (0.0, now))
-            self._bump[item] = (value * math.exp(-self._decay * (now - t)) + weight, now)
-            if len(self._bump) > self._max_items:
-                self._evict(now)
+            added = self._pair_gain(user, item, weight, now)
+            if added > 0:
+                value, t = self._bump.get(item, (0.0, now))
+                self._bump[item] = (value * math.exp(-self._decay * (now - t)) + added, now)
+                if len(self._bump) > self._max_items:
+                    self._evict(now)
             self.events += 1
             self.last_event_wall = now
+            return True
+
+    def _pair_gain(self, user: str, item: str, weight: float, now: float) -> float:
+        """What ``user``'s event of ``weight`` on ``item`` adds to its bump: beyond the
+        strongest of theirs on it within the last half-life, nothing."""
+        key = (user, item)
+        given, since = self._pairs.pop(key, (0.0, now))
+        if now - since > self._half_life_s:
+            given, since = 0.0, now
+        gain = max(0.0, weight - given)
+        self._pairs[key] = (given + gain, since)
+        if len(self._pairs) > self._max_pairs:
+            self._pairs.popitem(last=False)
+        return gain
 
     def _evict(self, now: float) -> None:
         # Drop the weaker half at once so eviction is amortised, not per event.
@@ -229,6 +280,8 @@ class LiveTail:
                 self.metrics.live_events.labels(outcome="rejected").inc()
             return
         assert isinstance(ev, ClickEvent)
-        self.context.observe(ev.user_id, ev.item_id, self.weights.get(ev.event_type, 1.0))
+        fresh = self.context.observe(ev.user_id, ev.item_id,
+                                     self.weights.get(ev.event_type, 1.0),
+                                     event_id=ev.event_id or None)
         if self.metrics is not None:
-            self.metrics.live_events.labels(outcome="ok").inc()
+            self.metrics.live_events.labels(outcome="ok" if fresh else "duplicate").inc()

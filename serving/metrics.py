@@ -183,7 +183,7 @@ class ServingMetrics:
             ["outcome"],
             registry=r,
         )
-        for outcome in ("ok", "rejected"):
+        for outcome in ("ok", "rejected", "duplicate"):
             self.live_events.labels(outcome=outcome)
         self.live_users = Gauge(
             "liverec_serving_live_users", "Users held in the live context.", registry=r

@@ -161,11 +161,18 @@ def test_live_context_is_excluded_and_used(client: TestClient, trained: Trained)
     fresh = client.get("/v1/recommendations", params={"user_id": "new-user"}).json()
     assert fresh["fallback"] is False
     assert models["bpr"].items.ids[3] not in [it["item_id"] for it in fresh["items"]]
-    # A brand-new item's live clicks show up in its popularity.
-    for _ in range(3):
-        state.live.observe("someone", "brand-new-item")
+    # A brand-new item's live clicks show up in its popularity ...
+    for who in ("a", "b", "c"):
+        state.live.observe(who, "brand-new-item")
     pop = client.get("/v1/items/brand-new-item").json()
-    assert pop["in_snapshot"] is False and pop["popularity"] > 2.9
+    assert pop["in_snapshot"] is False and 2.9 < pop["popularity"] <= 3.0
+    # ... but one caller repeating clicks (or an event id) does not push it further.
+    for _ in range(50):
+        state.live.observe("a", "brand-new-item")
+    assert state.live.observe("b", "brand-new-item", 5.0, event_id="k/1") is True
+    assert state.live.observe("b", "brand-new-item", 5.0, event_id="k/1") is False
+    pop = client.get("/v1/items/brand-new-item").json()
+    assert pop["popularity"] <= 7.0  # a, c: 1 each; b: its strongest event, 5
 
 
 def test_model_summary_health_and_readiness(client: TestClient) -> None:

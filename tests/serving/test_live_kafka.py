@@ -79,3 +79,24 @@ def test_click_on_topic_is_excluded_from_next_recommendation(
         assert _poll(lambda: client.get("/v1/items/fresh-item").json()["popularity"] > 0)
         reg = state.metrics.registry
         assert reg.get_sample_value("liverec_serving_live_events_total", {"outcome": "ok"}) >= 3
+
+        # 4. Posting the same event again (a client's retry), or one user's burst on
+        # one item, does not push the item up every new visitor's popular list.
+        dup = {"event_id": "dup-1", "user_id": "y", "item_id": "pushed-item",
+               "event_type": "purchase", "timestamp": time.time()}
+        for _ in range(5):
+            assert client.post("/v1/events", json=dup).status_code == 202
+        burst = [{**dup, "event_id": f"burst-{i}"} for i in range(20)]
+        assert client.post("/v1/events", json=burst).status_code == 202
+        marker = {**dup, "event_id": "marker", "item_id": "marker-item", "event_type": "view"}
+        assert client.post("/v1/events", json=marker).status_code == 202
+
+        def popularity(item: str) -> float:
+            return float(client.get(f"/v1/items/{item}").json()["popularity"])
+
+        # The marker comes last on y's partition (keyed by user): once it counted,
+        # everything before it was read.
+        assert _poll(lambda: popularity("marker-item") > 0)
+        assert 4.9 < popularity("pushed-item") <= 5.0  # y's purchase, once
+        assert reg.get_sample_value("liverec_serving_live_events_total",
+                                    {"outcome": "duplicate"}) == 4
