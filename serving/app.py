@@ -237,7 +237,7 @@ def create_app(
         # before the routes' key checks.
         app.add_middleware(
             CORSMiddleware, allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "POST", "HEAD"],
+            allow_methods=["GET", "POST"],  # HEAD only for the probes: not for pages
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
             expose_headers=["Retry-After"], max_age=600)
     app.add_middleware(MetricsMiddleware, state=state)

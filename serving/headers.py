@@ -9,7 +9,9 @@
   and no site frame it
   (``frame-ancestors 'none'``, and ``X-Frame-Options: DENY`` for older browsers).
 * The JSON API: ``default-src 'none'; frame-ancestors 'none'``: a response opened
-  in a browser runs and embeds nothing.
+  in a browser runs and embeds nothing; and ``Cache-Control: no-store``: answers are
+  personal (a user's recommendations and history) or live (health, metrics), so no
+  shared cache in front of the server may keep one and hand it to another caller.
 * The interactive API docs (``/docs``, ``/redoc``) keep FastAPI's defaults: their
   pages load Swagger UI and ReDoc with inline script from a CDN, which a policy would
   block.
@@ -20,6 +22,8 @@ b'DENY'
 False
 >>> headers_for("/v1/recommendations")[b"content-security-policy"]
 b"default-src 'none'; frame-ancestors 'none'"
+>>> headers_for("/v1/recommendations")[b"cache-control"]
+b'no-store'
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ _DASHBOARD = {
         b"frame-ancestors 'none'"),
     b"x-frame-options": b"DENY",
 }
-_API = {**_ALWAYS, b"content-security-policy": b"default-src 'none'; frame-ancestors 'none'"}
+_API = {**_ALWAYS, b"content-security-policy": b"default-src 'none'; frame-ancestors 'none'",
+        b"cache-control": b"no-store"}
 _DOCS = ("/docs", "/redoc")
 
 

@@ -258,8 +258,8 @@ def validate_dict(
         The bytes ``obj`` came from, kept in a rejection; re-serialised from
         ``obj`` when not given.
     generate_event_id
-        Give an event without ``event_id`` a random one instead of rejecting it
-        (for ingestion endpoints whose clients cannot make ids).
+        Give an event without ``event_id`` (absent or null) a random one instead of
+        rejecting it (for ingestion endpoints whose clients cannot make ids).
 
     >>> validate_dict({"user_id": "u"}).reason
     'missing_field'
@@ -293,7 +293,7 @@ def _validate(
     schema = obj.get("schema", SCHEMA_VERSION)
     if schema != SCHEMA_VERSION or isinstance(schema, bool):
         raise _Reject("bad_schema", f"unsupported schema {schema!r}")
-    if "event_id" not in obj and generate_event_id:
+    if obj.get("event_id") is None and generate_event_id:  # absent or null (JS's undefined)
         event_id = uuid.uuid4().hex
     else:
         event_id = _id(obj, "event_id", limits)

@@ -54,10 +54,9 @@ _EVENT_SCHEMA: dict[str, Any] = {
     "required": ["user_id", "item_id", "event_type", "timestamp"],
     "properties": {
         "event_id": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 256,
-            "description": "scoped to the caller: stored as '<key name>/<event_id>'",
+            "anyOf": [{"type": "string", "minLength": 1, "maxLength": 256}, {"type": "null"}],
+            "description": "scoped to the caller: stored as '<key name>/<event_id>'; "
+                           "absent or null: the server gives the event a fresh id",
         },
         "user_id": {"type": "string", "minLength": 1, "maxLength": 256},
         "item_id": {"type": "string", "minLength": 1, "maxLength": 256},

@@ -24,6 +24,8 @@ router = APIRouter(prefix="/v1/users", tags=["users"], responses=SNAPSHOT_RESPON
 
 class UserOut(BaseModel):
     user_id: str
+    #: whether the snapshot knows the user (else: no clicks before it, or forgotten)
+    in_snapshot: bool
     snapshot_items: list[str]
     live_items: list[str]
     snapshot_version: int
@@ -59,10 +61,12 @@ async def user(
 
 
 def _user(loaded: LoadedSnapshot, state: ServingState, user_id: str) -> JSON:
+    seen = loaded.snapshot.history.get(user_id)
     return JSON(
         {
             "user_id": user_id,
-            "snapshot_items": loaded.snapshot.history.get(user_id),
+            "in_snapshot": bool(seen),
+            "snapshot_items": seen,
             "live_items": state.live.items(user_id),
             "snapshot_version": loaded.version,
         }

@@ -106,6 +106,10 @@ def test_item_and_user_views(client: TestClient, trained: Trained) -> None:
     user, seen = _user_with_history(history)
     u = client.get(f"/v1/users/{user}").json()
     assert u["snapshot_items"] == seen and u["live_items"] == []
+    assert u["in_snapshot"] is True
+    # A user never seen says so, rather than looking like one with no clicks.
+    nobody = client.get("/v1/users/nobody-ever").json()
+    assert nobody["in_snapshot"] is False and nobody["snapshot_items"] == []
 
 
 def test_ids_with_a_slash_use_the_query_forms(client: TestClient, trained: Trained) -> None:
@@ -249,6 +253,9 @@ def test_security_headers(store: SnapshotStore) -> None:
         api = c.get("/v1/recommendations", params={"user_id": "u"})
         assert api.headers["content-security-policy"] == (
             "default-src 'none'; frame-ancestors 'none'")
+        # Personal and live answers: no shared cache may keep them for another caller.
+        for path in ("/v1/recommendations?user_id=u", "/v1/users/u", "/readyz", "/metrics"):
+            assert c.get(path).headers["cache-control"] == "no-store", path
         refused = c.get("/v1/items/x", params={"q": "q" * 300})  # the URL limit's own 414
         assert refused.status_code == 414 and "content-security-policy" in refused.headers
         # Swagger UI loads its script inline and from a CDN: a policy would break /docs.
@@ -348,6 +355,10 @@ def test_post_event_rejections(client: TestClient) -> None:
     assert r.status_code == 422 and r.json()["reason"] == "not_json"
     r = client.post("/v1/events", json={**ok, "event_type": "buy"})
     assert r.status_code == 422 and r.json()["reason"] == "bad_event_type"
+    # A null event_id (what JSON.stringify makes of a field left null) is an absent one:
+    # past validation (503: no Kafka here), not "event_id is missing".
+    r = client.post("/v1/events", json={**ok, "event_id": None})
+    assert r.status_code == 503 and r.json()["reason"] == "no_producer", r.text
     r = client.post("/v1/events", json={k: v for k, v in ok.items() if k != "user_id"})
     assert r.status_code == 422 and r.json()["reason"] == "missing_field"
     r = client.post("/v1/events", json={**ok, "timestamp": "yesterday-ish"})
