@@ -3,13 +3,15 @@
 ``/healthz`` and ``/readyz`` answer ``GET`` and ``HEAD`` (load balancers probe with
 either), need no key and are never rate limited. ``/readyz`` lists every dependency's
 state; see :meth:`serving.state.ServingState.dependencies` for when it is ready.
+``/readyz?scope=read`` is ready once a snapshot is loaded, Kafka or not.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -38,10 +40,19 @@ _HEALTHY = frozenset({"loaded", "connected", "disabled", "owned"})
     summary="Readiness: 200 when a snapshot is loaded and configured dependencies work",
     responses={503: {"description": "not ready; the body says which dependency and why"}},
 )
-async def readyz(state: StateDep) -> JSON:
+async def readyz(
+    state: StateDep,
+    scope: Annotated[Literal["all", "read"], Query(
+        description="'read': ready to answer reads (a snapshot is loaded), whatever "
+                    "Kafka's state -- for a load balancer of the read path, so that a "
+                    "Kafka outage, which only stops writes and live context, does not "
+                    "take every replica out of it")] = "all",
+) -> JSON:
     # In a worker thread: with scale-out trainers it reads their heartbeat files,
     # which a slow or network file system must not turn into an event-loop stall.
     ready, deps = await asyncio.to_thread(state.dependencies)
+    if scope == "read":
+        ready = state.current is not None
     degraded = sorted(
         name for name, d in deps.items() if d["state"] not in _HEALTHY
     )

@@ -41,6 +41,12 @@ def test_readyz_lists_dependencies_and_never_hides_kafka(tmp_path: Path) -> None
         for reason in ("kafka_tail_disconnected", "kafka_producer_unavailable"):
             assert metric(strict.base, "liverec_serving_degraded", {"reason": reason}) == 1.0
         assert metric(strict.base, "liverec_serving_degraded", {"reason": "no_snapshot"}) == 0.0
+        # The read path's probe: reads work without Kafka, so that server is ready for
+        # them (a load balancer of reads keeps it), and still says "degraded".
+        r = httpx.get(f"{strict.base}/readyz", params={"scope": "read"})
+        assert r.status_code == 200 and r.json()["status"] == "degraded", r.text
+        assert httpx.get(f"{strict.base}/v1/recommendations",
+                         params={"user_id": "u000001"}).status_code == 200
 
         # Lenient: stays in rotation for reads, but reports "degraded" all the same.
         r = wait_for(lambda: (x := httpx.get(f"{lenient.base}/readyz")).status_code == 200
