@@ -24,6 +24,7 @@ from serving.headers import SecurityHeadersMiddleware
 from serving.metrics import ServingMetrics, method_label
 from serving.protocol import json_error_protocol
 from serving.ratelimit import RateLimitSettings
+from serving.request_id import RequestIdFilter, RequestIdMiddleware
 from serving.routers import dashboard, events, health, items, model, recommendations, users
 from serving.settings import ServeSettings
 from serving.state import ServingState
@@ -241,10 +242,12 @@ def create_app(
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
             expose_headers=["Retry-After"], max_age=600)
     app.add_middleware(MetricsMiddleware, state=state)
-    # Security headers outside everything, Starlette's error middleware included
-    # (which add_middleware cannot wrap): unhandled 500s and CORS preflights get them.
+    # Security headers and the request id outside everything, Starlette's error
+    # middleware included (which add_middleware cannot wrap): unhandled 500s and CORS
+    # preflights get them.
     build = app.build_middleware_stack
-    app.build_middleware_stack = lambda: SecurityHeadersMiddleware(build())  # type: ignore[method-assign]
+    app.build_middleware_stack = lambda: RequestIdMiddleware(  # type: ignore[method-assign]
+        SecurityHeadersMiddleware(build()))
     return app
 
 
@@ -264,6 +267,8 @@ def run(
     def count(method: str, status: int) -> None:  # as MetricsMiddleware counts its own
         metrics.responses.labels(route="unmatched", method=method, status=str(status)).inc()
 
+    for handler in logging.getLogger().handlers:  # request_id on the lines of a request
+        handler.addFilter(RequestIdFilter())
     # The head holds the request line (method, URL, version) and the headers.
     max_head = settings.max_url_bytes + settings.max_header_bytes + 64
     uvicorn.run(

@@ -408,3 +408,59 @@ def test_micro_batching_counters_are_exported(client: TestClient, trained: Train
     assert scored == 3.0  # sequential requests: each scored alone or in a batch, once
     assert reg.get_sample_value("liverec_serving_rank_failed_batches_total") == 0.0
     assert "liverec_serving_rank_largest_batch" in client.get("/metrics").text
+
+
+def test_every_answer_carries_a_request_id_found_in_its_log_lines(
+        store: SnapshotStore) -> None:
+    """A caller's sane X-Request-ID is answered back, else one is made; the lines logged
+    while answering carry it, an unhandled error's traceback included."""
+    import logging
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from serving.request_id import RequestIdFilter
+    from stream.broker import free_port
+
+    app = create_app(settings_for(store.root))
+
+    @app.get("/boom")
+    async def boom() -> None:
+        logging.getLogger("liverec.test").warning("about to fail")
+        raise RuntimeError("a bug")
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    handler.addFilter(RequestIdFilter())
+    logging.getLogger().addHandler(handler)
+    # uvicorn itself (not the test client): it logs an unhandled error's traceback
+    # after the app returned, in the request's own task.
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_config=None,
+                            access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{config.port}"
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        given = httpx.get(f"{base}/v1/users/u", headers={"X-Request-ID": "shop-7f3a"})
+        assert given.headers["x-request-id"] == "shop-7f3a"
+        made = httpx.get(f"{base}/v1/users/u", headers={"X-Request-ID": "not a token"})
+        assert len(made.headers["x-request-id"]) == 32
+        assert made.headers["x-request-id"] != httpx.get(f"{base}/healthz").headers[
+            "x-request-id"]
+        crashed = httpx.get(f"{base}/boom", headers={"X-Request-ID": "trace-500"})
+        assert crashed.status_code == 500
+        assert crashed.headers["x-request-id"] == "trace-500"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        logging.getLogger().removeHandler(handler)
+    tagged = [r for r in records if getattr(r, "request_id", None) == "trace-500"]
+    assert any(r.getMessage() == "about to fail" for r in tagged), records
+    assert any(r.exc_info for r in tagged), "the traceback's record lacks the id"
