@@ -164,9 +164,6 @@ async def post_event(request: Request, state: StateDep, principal: WriteKey) -> 
     if len(items) > settings.max_batch_events:
         metrics.ingested.labels(outcome="too_large").inc()
         return _reject(413, "too_large", f"at most {settings.max_batch_events} events per post")
-    if len(items) > 1:
-        request.app.state.access.take("write", principal, cost=len(items) - 1)
-
     limits = Limits(max_id_chars=settings.max_id_chars)
     events: list[ClickEvent] = []
     errors: list[dict[str, Any]] = []
@@ -181,6 +178,11 @@ async def post_event(request: Request, state: StateDep, principal: WriteKey) -> 
         first = errors[0]
         extra: dict[str, Any] = {"errors": errors} if batch else {}
         return _reject(422, first["reason"], first["detail"], None, **extra)
+    # One write token per event sent (the request's own was taken with the key check):
+    # a refused batch costs its request only, so a client's field bug does not use up
+    # the allowance its valid writes need.
+    if len(events) > 1:
+        request.app.state.access.take("write", principal, cost=len(events) - 1)
     return await _send(state, events, batch)
 
 

@@ -339,6 +339,19 @@ def test_key_guessing_is_rate_limited_per_address(
         assert reg.get_sample_value("liverec_serving_rate_limited_total", {"scope": "auth"}) == 2
 
 
+def test_a_refused_batch_costs_its_request_not_its_events(
+    store: SnapshotStore, keys: tuple[Path, dict[str, str]]
+) -> None:
+    path, made = keys
+    with _client(store, AuthSettings(api_keys_file=path), write_per_s=0.01,
+                 write_burst=5) as c:
+        typo = [{**EVENT, "event_id": f"e{i}", "event_type": "clik"} for i in range(20)]
+        r = c.post("/v1/events", json=typo, headers=_bearer(made["writer"]))
+        assert r.status_code == 422 and r.json()["reason"] == "bad_event_type"
+        r = c.post("/v1/events", json=EVENT, headers=_bearer(made["writer"]))
+        assert r.status_code == 503, r.text  # past the limiter; no Kafka here
+
+
 def test_unknown_key_ids_do_not_use_up_the_allowance_a_real_key_needs(
     store: SnapshotStore, keys: tuple[Path, dict[str, str]]
 ) -> None:
