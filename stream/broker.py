@@ -489,14 +489,18 @@ class BrokerState:
         tmp.replace(path)
 
     def is_our_process(self) -> bool:
-        """The pid is alive and is still our broker (not a recycled pid)."""
+        """The pid is alive and is still our broker (not a recycled pid), run by this
+        user (a cache directory shared through ``LIVEREC_CACHE_DIR`` may record another
+        user's broker, whose topics and data this user must not take over)."""
         import psutil
 
         try:
-            cmd = psutil.Process(self.pid).cmdline()
+            proc = psutil.Process(self.pid)
+            cmd, uid = proc.cmdline(), proc.uids().real
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return False
-        return "kafka.Kafka" in cmd and any(self.workdir in part for part in cmd)
+        return (uid == os.getuid() and "kafka.Kafka" in cmd
+                and any(self.workdir in part for part in cmd))
 
 
 def broker_status() -> BrokerState | None:

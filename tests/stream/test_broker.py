@@ -85,3 +85,32 @@ def test_liverec_docker_0_leaves_docker_alone(monkeypatch):
     # make test's opt-out: no container Kafka (and no engine started), whatever answers
     monkeypatch.setenv("LIVEREC_DOCKER", "0")
     assert broker_mod.docker_available() is False
+
+
+def test_a_recorded_broker_counts_only_when_this_user_runs_it(tmp_path) -> None:
+    """A cache directory shared through LIVEREC_CACHE_DIR may record another user's
+    broker: `liverec demo` or `broker stop` must not take it for this user's."""
+    import time
+
+    from stream.broker import BrokerState
+
+    workdir = str(tmp_path / "broker")
+    # A stand-in with a broker's command line (two commands: the shell stays itself).
+    argv = ["/bin/sh", "-c", "sleep 60; :", "kafka.Kafka", workdir]
+    mine = subprocess.Popen(argv)
+    others = None
+    try:
+        assert BrokerState(mine.pid, "127.0.0.1:1", workdir, time.time()).is_our_process()
+        # Not the workdir it recorded: a recycled pid.
+        assert not BrokerState(mine.pid, "127.0.0.1:1", workdir + "x",
+                               time.time()).is_our_process()
+        if os.getuid() != 0:
+            return  # starting another user's process needs root
+        others = subprocess.Popen(argv, user=65534, group=65534)
+        assert not BrokerState(others.pid, "127.0.0.1:1", workdir,
+                               time.time()).is_our_process()
+    finally:
+        for proc in (mine, others):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
