@@ -61,7 +61,9 @@ def json_error_protocol(
         _url_too_long = False
         _head_too_large = False
         _in_head = False  # between a request's first byte and the end of its headers
-        _head_bytes = 0
+        _began_in_read = False  # the current head began in the read being parsed
+        _head_bytes = 0  # bytes of the reads that fell wholly inside the current head
+        _header_bytes = 0  # the current head's complete header fields, as parsed
         _header_count = 0
         _url_seen = False  # the request line got as far as its URL: the method is read
         _draining = False
@@ -74,9 +76,15 @@ def json_error_protocol(
         def data_received(self, data: bytes) -> None:
             if self._draining or self._deferred is not None:
                 return  # refused: the rest of the connection's bytes are dropped
+            self._began_in_read = False
             super().data_received(data)
-            if self._in_head and not (self._draining or self._deferred is not None):
-                # The parser ended this chunk inside a head: all of it was head bytes.
+            if self._in_head and not self._began_in_read \
+                    and not (self._draining or self._deferred is not None):
+                # A head still open after a read it did not begin in: the whole read was
+                # head. (The read it began in may also hold earlier requests' bytes, and
+                # is not counted: a head grows by at most one read past the bound before
+                # it is refused; one that completes is measured exactly below.) The
+                # parser keeps an unfinished header to itself, so only this bounds it.
                 self._head_bytes += len(data)
                 if self._head_bytes > max_head_bytes:
                     self._head_too_large = True
@@ -84,11 +92,13 @@ def json_error_protocol(
 
         def on_message_begin(self) -> None:
             self._url_too_long = self._url_seen = self._head_too_large = False
-            self._in_head, self._head_bytes, self._header_count = True, 0, 0
+            self._in_head, self._began_in_read = True, True
+            self._head_bytes = self._header_bytes = self._header_count = 0
             super().on_message_begin()
 
         def on_header(self, name: bytes, value: bytes) -> None:
             self._header_count += 1
+            self._header_bytes += len(name) + len(value) + 4  # ": " and CRLF
             if self._header_count > max_headers:
                 self._head_too_large = True
                 raise ValueError("too many headers")  # the parser turns it into a 400 path
@@ -96,6 +106,10 @@ def json_error_protocol(
 
         def on_headers_complete(self) -> None:
             self._in_head = False
+            # The request line (method, URL, version) and the header fields.
+            if len(self.url) + 32 + self._header_bytes > max_head_bytes:
+                self._head_too_large = True
+                raise ValueError("request head too large")  # refused before the app runs
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:

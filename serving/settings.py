@@ -85,8 +85,9 @@ class ServeSettings(BaseSettings):
     max_url_bytes
         Longest accepted request target (path and query); longer ones get a JSON 414.
     max_header_bytes, max_headers
-        Most bytes of a request's headers (beyond its request line) and most header
-        fields; more gets a JSON 431 before any key check or routing.
+        The request head (request line and headers together) may hold at most
+        ``max_url_bytes + max_header_bytes`` bytes and ``max_headers`` header fields;
+        more gets a JSON 431 before any key check or routing.
     forwarded_allow_ips
         Addresses of trusted reverse proxies (comma-separated; ``*`` for any) whose
         ``X-Forwarded-For`` / ``X-Forwarded-Proto`` are believed. Unset (the default),

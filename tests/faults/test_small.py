@@ -4,6 +4,7 @@ the client is still sending)."""
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from pathlib import Path
@@ -181,6 +182,30 @@ def test_request_heads_are_bounded_and_forwarded_addresses_not_believed(
             status, _, body = _raw(server.port, request)
             assert status == 431, (status, body[:200])
             assert orjson.loads(body)["detail"]["reason"] == "headers_too_large"
+        # A 60 KiB header that arrives in one read (no read ends inside the head) is
+        # measured when the head completes.
+        whole = (b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-A: "
+                 + b"a" * 60_000 + b"\r\n\r\n")
+        status, _, body = _raw(server.port, whole)
+        assert status == 431, (status, body[:200])
+        # A request whose head begins in the same read as an earlier request's body is
+        # not charged with that body's bytes.
+        pad = b" " * 60_000 + orjson.dumps({"user_id": "u", "item_id": "i",
+                                            "event_type": "click",
+                                            "timestamp": 1_700_000_000})
+        post = (b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(pad)
+                + pad)
+        get = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+            s.sendall(post + get[:20])
+            time.sleep(0.3)
+            s.sendall(get[20:])
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        statuses = [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", data)]
+        assert statuses == [503, 200], data[:600]
         # 20 KiB of headers, under the 32 KiB bound: answered.
         fine = (b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-A: "
                 + b"a" * 20_000 + b"\r\n\r\n")
@@ -201,6 +226,6 @@ def test_request_heads_are_bounded_and_forwarded_addresses_not_believed(
                     for i in range(5)]
         assert statuses == [200, 200, 200, 429, 429], statuses
         text = httpx.get(f"{server.base}/metrics").text
-        assert 'method="GET",route="unmatched",status="431"} 2.0' in text, text
+        assert 'method="GET",route="unmatched",status="431"} 3.0' in text, text
     finally:
         server.stop()
