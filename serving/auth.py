@@ -32,11 +32,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import HTTPException, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from serving.ratelimit import RateLimiter, RateLimitSettings
 
@@ -100,6 +101,13 @@ class AuthSettings(BaseSettings):
         per request from the keys as of then: a key added to the key file while the
         server runs closes anonymous writes within a second; revoking every key
         reopens them only on a loopback interface or with this setting.
+    anonymous_write_hosts
+        ``LIVEREC_ANONYMOUS_WRITE_HOSTS``: host names (comma-separated) an anonymous
+        write may be addressed to besides ``localhost`` and IP addresses. A browser
+        page whose name an attacker re-pointed at this server (DNS rebinding) is
+        same-origin to the browser and posts without a CORS preflight, but its
+        requests carry that name as ``Host``: anonymous writes to other names get 403
+        ``foreign_host``. Writes with a key are not affected.
 
     Examples
     --------
@@ -114,6 +122,14 @@ class AuthSettings(BaseSettings):
     require_read_key: bool = False
     protect_ops: bool = False
     allow_anonymous_writes: bool = False
+    anonymous_write_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+
+    @field_validator("anonymous_write_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = v.split(",")
+        return tuple(_host_name(h) for h in v if h.strip())
 
 
 # --------------------------------------------------------------------------- keys
@@ -292,20 +308,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _loopback_host(request: Request) -> bool:
-    """Whether the request's ``Host`` names a loopback address (any port).
+def _host_name(host: str) -> str:
+    """The name of a ``Host`` value: no port or brackets, lower case, no trailing dot.
 
-    >>> from starlette.requests import Request
-    >>> def req(host: str) -> Request:
-    ...     return Request({"type": "http", "headers": [(b"host", host.encode())]})
-    >>> [_loopback_host(req(h)) for h in ("localhost:8000", "127.0.0.1", "[::1]:80")]
-    [True, True, True]
-    >>> [_loopback_host(req(h)) for h in ("rebind.example:8000", "", "127.0.0.1.nip.io")]
-    [False, False, False]
+    >>> [_host_name(h) for h in ("LocalHost.:8000", "[::1]:80", "10.0.0.5", "")]
+    ['localhost', '::1', '10.0.0.5', '']
     """
-    host = request.headers.get("host", "")
-    name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
-    return bool(name) and is_loopback(name)
+    host = host.strip()
+    if host.startswith("["):
+        name = host[1:host.find("]")] if "]" in host else host[1:]
+    else:
+        name = host.rsplit(":", 1)[0]
+    return name.lower().rstrip(".")
 
 
 def address_bucket(host: str) -> str:
@@ -403,9 +417,6 @@ class AccessControl:
         # Whether anonymous writes may be open at all; they are while no key is
         # configured, decided per request (a key added at run time closes them).
         self._open_writes_allowed = auth.allow_anonymous_writes or is_loopback(host)
-        #: open only because the server listens on loopback: then only for requests
-        #: addressed to a loopback name (see :meth:`authorize`)
-        self._loopback_writes = not auth.allow_anonymous_writes and is_loopback(host)
         if self.anonymous_writes:
             log.warning("no API key configured: POST /v1/events accepts anonymous writes")
 
@@ -483,6 +494,20 @@ class AccessControl:
             headers={"WWW-Authenticate": 'Bearer realm="liverec"'},
         )
 
+    def _rebinding_safe(self, request: Request) -> bool:
+        """Whether the request's ``Host`` cannot be a rebound name: ``localhost``, an
+        IP address, or a configured name (any port; case and a trailing dot ignored)."""
+        name = _host_name(request.headers.get("host", ""))
+        if not name:
+            return False  # HTTP/1.0 without a Host: nothing shows where it was sent
+        if name == "localhost" or name in self.settings.anonymous_write_hosts:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
+
     def needs_key(self, scope: str) -> bool:
         if scope == "write":
             return not self.anonymous_writes
@@ -502,17 +527,18 @@ class AccessControl:
                 raise self._unauthorized(
                     "missing_key", f"this endpoint needs an API key with the {scope!r} scope "
                     "(Authorization: Bearer <key> or X-API-Key: <key>)")
-            if scope == "write" and self._loopback_writes and not _loopback_host(request):
-                # A page on another site whose name was re-pointed at 127.0.0.1 (DNS
+            if scope == "write" and not self._rebinding_safe(request):
+                # A page on another site whose name was re-pointed at this server (DNS
                 # rebinding) is same-origin to the browser: it could post here with
                 # no preflight. Its requests still carry its own name as Host.
                 if self.metrics is not None:
                     self.metrics.auth_failures.labels(reason="foreign_host").inc()
                 raise HTTPException(403, detail={
                     "reason": "foreign_host",
-                    "detail": "anonymous writes on loopback take only requests addressed "
-                              "to localhost, 127.0.0.1 or [::1]; configure an API key to "
-                              "write through other names"})
+                    "detail": "anonymous writes take only requests addressed to "
+                              "localhost, an IP address or a name in "
+                              "LIVEREC_ANONYMOUS_WRITE_HOSTS; a key writes through any "
+                              "name"})
             principal = Principal(ANONYMOUS, None, frozenset(), client)
         elif scope not in principal.scopes:
             if self.metrics is not None:

@@ -118,7 +118,9 @@ def scoped_event_id(owner: str, event_id: str | None, max_chars: int) -> str:
     responses={
         202: {"description": "accepted and acknowledged by Kafka"},
         401: {"description": "missing or unknown API key"},
-        403: {"description": "the key lacks the write scope"},
+        403: {"description": "the key lacks the write scope (reason wrong_scope), or an "
+                             "anonymous write was addressed to a name that could be "
+                             "rebound (reason foreign_host)"},
         413: {"description": "body too large or too many events"},
         415: {"description": "not application/json"},
         422: {"description": f"rejected; reason is one of {', '.join(REJECT_REASONS)}"},

@@ -367,25 +367,44 @@ def test_unknown_key_ids_do_not_use_up_the_allowance_a_real_key_needs(
         assert first_use.status_code == 503  # past auth and its limit; no Kafka here
 
 
-def test_anonymous_loopback_writes_take_only_loopback_host_names(
-    store: SnapshotStore,
+def test_anonymous_writes_take_only_names_that_cannot_be_rebound(
+    store: SnapshotStore, monkeypatch: pytest.MonkeyPatch,
+    keys: tuple[Path, dict[str, str]],
 ) -> None:
-    """DNS rebinding: a page whose name now resolves to 127.0.0.1 is same-origin to the
-    browser and posts without a preflight, but its Host is still its own name."""
+    """DNS rebinding: a page whose name now resolves to this server is same-origin to
+    the browser and posts without a preflight, but its Host is still its own name."""
     with _client(store, AuthSettings()) as c:
-        for host in ("localhost:8000", "127.0.0.1:8000", "[::1]:8000", "127.0.0.1"):
+        for host in ("localhost:8000", "127.0.0.1:8000", "[::1]:8000", "127.0.0.1",
+                     "LocalHost.:8000", "[::ffff:127.0.0.1]:8000", "10.0.0.5:8000"):
             r = c.post("/v1/events", json=EVENT, headers={"Host": host})
             assert r.status_code == 503, (host, r.text)  # past auth; no Kafka here
-        for host in ("rebind.attacker.example:8000", "127.0.0.1.nip.io", "localhost.evil"):
+        for host in ("rebind.attacker.example:8000", "127.0.0.1.nip.io", "localhost.evil",
+                     ""):
             r = c.post("/v1/events", json=EVENT, headers={"Host": host})
             assert r.status_code == 403, (host, r.text)
             assert r.json()["detail"]["reason"] == "foreign_host"
         # Reads stay open to any name.
         r = c.get("/v1/users/u", headers={"Host": "rebind.attacker.example"})
         assert r.status_code == 200
-    # Anonymous writes opened on purpose (a trusted network) are not tied to a name.
+    # Anonymous writes opened on purpose (the compose stack's, published on the host's
+    # loopback) are guarded the same way; a name the operator lists is taken.
     with _client(store, AuthSettings(allow_anonymous_writes=True)) as c:
+        r = c.post("/v1/events", json=EVENT, headers={"Host": "rebind.attacker.example"})
+        assert r.status_code == 403, r.text
         r = c.post("/v1/events", json=EVENT, headers={"Host": "serving:8000"})
+        assert r.status_code == 403, r.text
+    monkeypatch.setenv("LIVEREC_ANONYMOUS_WRITE_HOSTS", "serving, Shop.Example.")
+    listed = AuthSettings(allow_anonymous_writes=True)
+    assert listed.anonymous_write_hosts == ("serving", "shop.example")
+    with _client(store, listed) as c:
+        for host in ("serving:8000", "shop.example"):
+            r = c.post("/v1/events", json=EVENT, headers={"Host": host})
+            assert r.status_code == 503, (host, r.text)
+    # A key writes through any name.
+    path, made = keys
+    with _client(store, AuthSettings(api_keys_file=path)) as c:
+        r = c.post("/v1/events", json=EVENT, headers={
+            "Host": "shop.example.com", **_bearer(made["writer"])})
         assert r.status_code == 503, r.text
 
 
