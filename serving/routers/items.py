@@ -9,6 +9,7 @@ says so rather than answer for another item.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
@@ -136,7 +137,8 @@ async def _ranked(state: ServingState, fn: Callable[[str, int], T], item_id: str
     # event loop keeps answering; inline only when ``rank_threads`` is 0.
     if state.rank_pool is None:
         return fn(item_id, k)
-    return await asyncio.get_running_loop().run_in_executor(state.rank_pool, fn, item_id, k)
+    return await asyncio.get_running_loop().run_in_executor(
+        state.rank_pool, contextvars.copy_context().run, fn, item_id, k)  # the request id
 
 
 async def _content_similar(

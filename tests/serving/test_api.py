@@ -411,7 +411,7 @@ def test_micro_batching_counters_are_exported(client: TestClient, trained: Train
 
 
 def test_every_answer_carries_a_request_id_found_in_its_log_lines(
-        store: SnapshotStore) -> None:
+        store: SnapshotStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """A caller's sane X-Request-ID is answered back, else one is made; the lines logged
     while answering carry it, an unhandled error's traceback included."""
     import logging
@@ -431,6 +431,15 @@ def test_every_answer_carries_a_request_id_found_in_its_log_lines(
         logging.getLogger("liverec.test").warning("about to fail")
         raise RuntimeError("a bug")
 
+    from serving.ranking import LoadedSnapshot
+
+    recommend = LoadedSnapshot.recommend
+
+    def logged(self: LoadedSnapshot, *args: Any, **kwargs: Any) -> Any:
+        logging.getLogger("liverec.test").warning("scoring in the rank pool")
+        return recommend(self, *args, **kwargs)
+
+    monkeypatch.setattr(LoadedSnapshot, "recommend", logged)
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]
@@ -454,6 +463,8 @@ def test_every_answer_carries_a_request_id_found_in_its_log_lines(
         assert len(made.headers["x-request-id"]) == 32
         assert made.headers["x-request-id"] != httpx.get(f"{base}/healthz").headers[
             "x-request-id"]
+        httpx.get(f"{base}/v1/recommendations", params={"user_id": "u000001"},
+                  headers={"X-Request-ID": "ranked-1"})
         crashed = httpx.get(f"{base}/boom", headers={"X-Request-ID": "trace-500"})
         assert crashed.status_code == 500
         assert crashed.headers["x-request-id"] == "trace-500"
@@ -461,6 +472,9 @@ def test_every_answer_carries_a_request_id_found_in_its_log_lines(
         server.should_exit = True
         thread.join(30)
         logging.getLogger().removeHandler(handler)
+    # A thread of the rank pool logs in the request's context too.
+    assert any(r.getMessage() == "scoring in the rank pool"
+               and getattr(r, "request_id", None) == "ranked-1" for r in records), records
     tagged = [r for r in records if getattr(r, "request_id", None) == "trace-500"]
     assert any(r.getMessage() == "about to fail" for r in tagged), records
     assert any(r.exc_info for r in tagged), "the traceback's record lacks the id"

@@ -415,18 +415,21 @@ def test_the_name_anonymous_is_reserved(tmp_path: Path) -> None:
         KeyFile(tmp_path / "keys").add("anonymous", {"write"})
 
 
-def test_the_key_file_is_owner_only_from_its_first_byte(tmp_path: Path) -> None:
+def test_the_key_file_is_owner_only_from_its_first_byte(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
     import stat
 
+    # No chmod afterwards to save it: the file must be created owner-only.
+    monkeypatch.setattr(Path, "chmod", lambda self, mode: None)
+    monkeypatch.setattr(os, "chmod", lambda *a, **k: None)
     old = os.umask(0o022)
     try:
         kf = KeyFile(tmp_path / "new-dir" / "keys")
         kf.add("writer", {"write"})
         # A leftover temporary file of a crashed write, readable by all, is replaced.
         tmp = kf.path.with_name("keys.tmp")
-        tmp.write_text("stale")
-        tmp.chmod(0o644)
+        tmp.write_text("stale")  # 0644 under this umask
         kf.add("reader", {"read"})
     finally:
         os.umask(old)

@@ -105,7 +105,7 @@ def test_a_recorded_broker_counts_only_when_this_user_runs_it(tmp_path) -> None:
         assert not BrokerState(mine.pid, "127.0.0.1:1", workdir + "x",
                                time.time()).is_our_process()
         if os.getuid() != 0:
-            return  # starting another user's process needs root
+            pytest.skip("starting another user's process needs root")
         others = subprocess.Popen(argv, user=65534, group=65534)
         assert not BrokerState(others.pid, "127.0.0.1:1", workdir,
                                time.time()).is_our_process()
