@@ -60,7 +60,8 @@ def _report(args: argparse.Namespace, ds: Any, n_tune: int, params: dict[str, An
     f = {k: np.concatenate(v) for k, v in flags.items()}
     report: dict[str, Any] = {
         "dataset": str(args.path), "preset": args.preset, "events": len(ds),
-        "limit": args.limit, "events_done": seen, "partial": seen < len(ds),
+        "limit": args.limit, "tie_order": ds.tie_order, "events_done": seen,
+        "partial": seen < len(ds),
         "batch_size": args.batch_size, "k": args.k,
         "tune_events": n_tune, "params": params,
         "evaluated": len(f["tune"]), "cold_item_events": int(f["cold_item"].sum()),
@@ -95,6 +96,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="item features file (default: the data file through the preset)")
     ap.add_argument("--no-features", action="store_true")
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--tie-order", choices=("file", "hash"), default=None,
+                    help="order of events with equal timestamps (default: the preset's; "
+                         "'file' reproduces MovieLens figures measured before 2026-12-07)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--tune-frac", type=float, default=0.3)
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    ds = read_interactions(args.path, args.preset)
+    ds = read_interactions(args.path, args.preset, tie_order=args.tie_order)
     if args.limit:
         ds = ds[: args.limit]
     features = None

@@ -62,6 +62,12 @@ def _model_params(text: str | None, names: list[str]) -> dict[str, dict[str, Any
     return params
 
 
+def _tie_order(value: str | None) -> Any:
+    if value not in (None, "file", "hash"):
+        raise typer.BadParameter("must be 'file' or 'hash'", param_hint="--tie-order")
+    return value
+
+
 def evaluate(
     path: Annotated[Path, typer.Argument(help="Interactions CSV (plain or .gz).", exists=True)],
     preset: Annotated[
@@ -101,7 +107,8 @@ def evaluate(
     cold_threshold: Annotated[
         int,
         typer.Option("--cold-threshold", min=1,
-                     help="Cold item/user: fewer earlier events than this."),
+                     help="Cold item/user: 1 to N-1 earlier events (with none, an event "
+                          "is not evaluable)."),
     ] = 5,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the JSON report.")] = None,
     plot: Annotated[
@@ -130,6 +137,15 @@ def evaluate(
         typer.Option("--features-preset", help="movielens | online-retail (default: --preset "
                                                "when it is one of them, else from the header)"),
     ] = None,
+    tie_order: Annotated[
+        str | None,
+        typer.Option("--tie-order",
+                     help="Order of events with equal timestamps: 'file' or 'hash' (of user "
+                          "and item). Default: hash for MovieLens, whose file lists a "
+                          "second's ratings by movie id (a sequence model would learn that "
+                          "sort), else file. 'file' reproduces MovieLens figures measured "
+                          "before 2026-12-07."),
+    ] = None,
 ) -> None:
     """Prequential (test-then-train) evaluation of several models side by side, one pass.
 
@@ -145,6 +161,7 @@ def evaluate(
     from online_models import registry
     from online_models.datasets import read_interactions, to_batches
     from online_models.evaluation import COLD_SEGMENTS, EvalSample, PrequentialEvaluator
+    from stream.buildinfo import liverec_version
 
     try:
         names = registry.parse_models(models)
@@ -159,6 +176,7 @@ def evaluate(
             item_col=item_col,
             time_col=time_col,
             event_type_col=event_type_col,
+            tie_order=_tie_order(tie_order),
         )
     except (ValueError, OSError) as exc:  # an unknown preset, a missing column or file
         typer.echo(f"error: {exc}", err=True)
@@ -252,9 +270,19 @@ def evaluate(
         "batch_size": batch_size,
         "k": k,
         "rolling_window": window,
+        "limit": limit,
+        "tie_order": ds.tie_order,
         "sample": sample,
+        "seed": seed,
         "cold_threshold": cold_threshold,
+        "split": split,
         "split_events": split_at,
+        # rows of the file that are no events (by reason), and the events that were
+        # not evaluable (by reason): what every model's figures leave out
+        "skipped_rows": dict(ds.skipped),
+        "invalid_rows": len(ds.invalid),
+        "not_evaluable": dict(evaluator.excluded),
+        "liverec_version": liverec_version(),
         "item_features": str(item_features) if item_features is not None else None,
         "model_params": params,
         "elapsed_s": round(elapsed, 1),
@@ -262,6 +290,11 @@ def evaluate(
         "rolling_hr": {"events": curve_x, **curve},
     }
 
+    excluded = ", ".join(f"{n:,} {why}" for why, n in evaluator.excluded.items())
+    skipped = ", ".join(f"{n:,} {why}" for why, n in sorted(ds.skipped.items()))
+    typer.echo(f"{evaluator.n_eligible:,} of {len(ds):,} events evaluable (not: {excluded})"
+               + (f"; file rows skipped: {skipped}" if skipped else "")
+               + f"; ties in {ds.tie_order} order")
     typer.echo(_summary_table(report_models, k))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

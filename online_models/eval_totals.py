@@ -12,7 +12,9 @@ import numpy as np
 __all__ = ["COLD_SEGMENTS", "BatchOutcome", "ModelOutcome", "RunningTotals", "empty_outcome"]
 
 #: cold-start segments reported next to the totals (``hr_<segment>``, ``n_<segment>``):
-#: events whose item, or whose user, had fewer than ``cold_threshold`` earlier events
+#: events whose item, or whose user, had fewer than ``cold_threshold`` earlier events --
+#: at least one: with none, an event is not evaluable (:data:`EXCLUSIONS`), so a
+#: never-seen user's fallback or a never-clicked item is not measured here
 COLD_SEGMENTS: tuple[str, ...] = ("cold_item", "cold_user")
 
 

@@ -72,6 +72,7 @@ from online_models.rowmap import RowMaps
 
 __all__ = [
     "COLD_SEGMENTS",
+    "EXCLUSIONS",
     "METRICS",
     "MISS_RANK",
     "UNBOUNDED_HISTORY",
@@ -83,6 +84,12 @@ __all__ = [
     "rank_of",
     "sampled_auc",
 ]
+
+#: why an event is not evaluable (``PrequentialEvaluator.excluded``): its item was never
+#: seen before (nothing can rank it), it is its user's first event (no history to
+#: query), or its item is already in the user's history (a repeat: such items are
+#: excluded from the user's recommendations, so the event cannot be a hit)
+EXCLUSIONS: tuple[str, ...] = ("unknown_item", "first_user_event", "repeat_item")
 
 #: names of the metrics in :meth:`PrequentialEvaluator.totals` / ``rolling``
 METRICS: tuple[str, ...] = (
@@ -269,6 +276,10 @@ class PrequentialEvaluator:
         self.n_events = 0
         self.n_eligible = 0  # evaluable events seen, sampled or not
         self.n_evaluated = 0  # events scored (the sample)
+        #: events that were not evaluable, by why (:data:`EXCLUSIONS`; with
+        #: ``cold_threshold`` 0 there are no user counts, and a user's first event
+        #: counts as ``repeat_item``)
+        self.excluded: dict[str, int] = dict.fromkeys(EXCLUSIONS, 0)
         #: wall seconds spent scoring and ranking sampled events (all models, all metrics)
         self.scoring_seconds = 0.0
         #: wall seconds each model spent in ``score_many`` (blending, for a bound hybrid)
@@ -454,6 +465,12 @@ class PrequentialEvaluator:
         )
         eligible = known & is_new
         n_eligible = int(eligible.sum())
+        if n:
+            first_event = ((user_prior == 0) & known if self.cold_threshold > 0
+                           else np.zeros(n, bool))
+            self.excluded["unknown_item"] += int(n - known.sum())
+            self.excluded["first_user_event"] += int(first_event.sum())
+            self.excluded["repeat_item"] += int((known & ~is_new & ~first_event).sum())
         pos_arr = np.flatnonzero(eligible & drawn)
         positions = pos_arr.tolist()
         batch_rows = rows

@@ -166,3 +166,30 @@ def test_epoch_milliseconds_read_as_seconds_and_sort_with_seconds(tmp_path: Path
     ds = read_interactions(_write(tmp_path / "ms.csv", text), "liverec")
     assert [r.user_id for r in ds] == ["b", "c", "a"]
     assert ds.timestamps.tolist() == [1700000000.0, 1700000001.5, 1700000002.0]
+
+
+def test_movielens_ties_are_not_in_the_files_movie_id_order(tmp_path: Path) -> None:
+    """A second's ratings are listed by movie id in MovieLens, an order no user made; a
+    sequence model learned it. Ties come in a hash order, whatever the file's order;
+    ``tie_order="file"`` keeps the old one. Online Retail's invoice lines keep theirs."""
+    rows = [f"1,{m},4.0,1000" for m in range(1, 21)] + ["1,99,3.0,999", "2,5,5.0,1000"]
+    header = "userId,movieId,rating,timestamp\n"
+    by_id = read_interactions(_write(tmp_path / "a.csv", header + "\n".join(rows) + "\n"),
+                              "movielens")
+    reversed_file = _write(tmp_path / "b.csv", header + "\n".join(rows[::-1]) + "\n")
+    again = read_interactions(reversed_file, "movielens")
+    assert by_id.tie_order == "hash"
+    assert [(r.user_id, r.item_id) for r in by_id] == [(r.user_id, r.item_id) for r in again]
+    assert by_id.items[0] == "99"  # time still comes first
+    tied = [r.item_id for r in by_id if r.user_id == "1"][1:]
+    assert sorted(tied, key=int) == [str(m) for m in range(1, 21)]
+    assert tied != sorted(tied, key=int)  # not the file's sort by movie id
+    kept = read_interactions(tmp_path / "a.csv", "movielens", tie_order="file")
+    assert kept.tie_order == "file"
+    assert [r.item_id for r in kept if r.user_id == "1"][1:] == [str(m) for m in range(1, 21)]
+    assert kept[:3].tie_order == "file"
+    retail = read_interactions(_write(tmp_path / "r.csv", (
+        "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+        "536365,B,X,1,2010-12-01 08:26:00,1,17850,United Kingdom\n"
+        "536365,A,X,1,2010-12-01 08:26:00,1,17850,United Kingdom\n")), "online-retail")
+    assert retail.items == ["B", "A"] and retail.tie_order == "file"

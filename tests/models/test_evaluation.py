@@ -491,3 +491,15 @@ def test_an_expiring_models_map_stays_exact_from_the_change_log_or_in_full(
         ev._sync()
         want = [-1 if i is None else ev.catalog.get(i) for i in model.items.ids]
         assert ev._maps.rows("m").tolist() == want
+
+
+def test_events_that_are_not_evaluable_are_counted_by_why() -> None:
+    """What every model's figures leave out, by reason, adds up with the evaluable ones."""
+    ev = PrequentialEvaluator({"pop": Popularity()})
+    users = ["u1", "u1", "u1", "u2", "u2", "u1", "u3"]
+    items = ["a", "b", "a", "c", "b", "c", "a"]
+    # u1 a: unknown item; u1 b: unknown; u1 a: repeat; u2 c: unknown; u2 b: evaluable;
+    # u1 c: evaluable; u3 a: first event of u3
+    ev.process(Batch.from_columns(users, items, None, np.arange(7.0)))
+    assert ev.excluded == {"unknown_item": 3, "first_user_event": 1, "repeat_item": 1}
+    assert ev.n_eligible == 2 and ev.n_eligible + sum(ev.excluded.values()) == ev.n_events
