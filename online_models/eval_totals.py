@@ -25,7 +25,7 @@ class ModelOutcome:
     hits: np.ndarray  # int8, 1 when the true item is in the top K
     ranks: np.ndarray  # int64, 1-based rank of the true item
     ndcg: np.ndarray  # float64, 1/log2(rank+1) for hits, else 0
-    rr: np.ndarray  # float64, 1/rank
+    rr: np.ndarray  # float64, 1/rank within the top K, else 0 (MRR@K)
     novelty: np.ndarray  # float64, mean self-information of the top-K list
     diversity: np.ndarray  # float64, intra-list diversity of the top-K list (nan if < 2 items)
 

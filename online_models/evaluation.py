@@ -11,9 +11,10 @@ The evaluator replays a stream the way the live system sees it:
 An event is *evaluated* when its user already has history, its item was seen
 earlier in the stream, and the item is not already in the user's history. Each
 model then ranks every known item minus the user's history; the position of the
-true item gives HR@K (= Recall@K with one relevant item), NDCG@K, reciprocal rank
-and Precision@K (= HR@K / K). Items a model does not know or cannot score (``-inf``, NaN) are a
-miss whatever the cut-off and ties are broken pessimistically: the true item is ranked below
+true item gives HR@K (= Recall@K with one relevant item), NDCG@K, MRR@K (the
+reciprocal rank within the top K, 0 beyond it, as NDCG@K) and Precision@K
+(= HR@K / K). Items a model does not know or cannot score (``-inf``, NaN) are a miss
+whatever the cut-off and ties are broken pessimistically: the true item is ranked below
 every item with an equal score, so a constant scorer earns nothing.
 
 On the recommended top-K lists the evaluator also reports catalog coverage
@@ -104,7 +105,7 @@ METRICS: tuple[str, ...] = (
 
 
 #: rank given to a true item the model cannot score (non-finite or unknown): a miss
-#: at any cut-off, reciprocal rank ~0
+#: at any cut-off
 MISS_RANK: int = 2**62
 
 #: per-user history bound of the evaluator's default :class:`UserHistory`: the
@@ -590,7 +591,7 @@ class PrequentialEvaluator:
                 hits=hits,
                 ranks=r,
                 ndcg=np.where(hits == 1, 1.0 / np.log2(r + 1.0), 0.0),
-                rr=1.0 / r,
+                rr=np.where(hits == 1, 1.0 / r, 0.0),  # MRR@K: nothing beyond K
                 novelty=novelty[name],
                 diversity=diversity[name],
             )

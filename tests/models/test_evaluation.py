@@ -89,6 +89,8 @@ def test_exact_ranks_hr_ndcg_mrr_and_eligibility() -> None:
     ev1.process(SEED)
     ev1.process(batch([("u2", "a"), ("u2", "c"), ("u2", "b")], t0=10))
     assert ev1.totals("m")["hr"] == 0.5
+    # MRR@1: the rank-2 event adds nothing beyond the cut-off (it added 1/2 before).
+    assert ev1.totals("m")["mrr"] == 0.5
 
 
 def test_history_items_are_excluded_even_when_scored_highest() -> None:
