@@ -30,9 +30,11 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
 
 from serving.auth import Principal, require
 from serving.deps import JSON, StateDep
+from serving.errors import ErrorOut
 from serving.ingest import Delivered, IngestRefused, Record
 from stream.events import (
     EVENT_TYPES,
@@ -71,6 +73,47 @@ _EVENT_SCHEMA: dict[str, Any] = {
 }
 
 WriteKey = Annotated[Principal, Depends(require("write"))]
+
+
+class AcceptedOne(BaseModel):
+    """202 for one event: where Kafka stored it."""
+
+    accepted: bool
+    event_id: str
+    topic: str
+    partition: int
+    offset: int
+
+
+class AcceptedEvent(BaseModel):
+    event_id: str
+    partition: int
+    offset: int
+
+
+class AcceptedBatch(BaseModel):
+    """202 for an array: where Kafka stored each event, in order."""
+
+    accepted: bool
+    topic: str
+    events: list[AcceptedEvent]
+
+
+class EventError(BaseModel):
+    index: int
+    reason: str
+    detail: str
+
+
+class Refused(BaseModel):
+    """An event post's refusal (413, 415, 422, 503): ``errors`` per refused event of an
+    array (422), ``delivered`` the ids Kafka did store of a partly sent array (503)."""
+
+    accepted: bool
+    reason: str
+    detail: str
+    errors: list[EventError] | None = None
+    delivered: list[str] | None = None
 
 
 def _reject(
@@ -116,16 +159,20 @@ def scoped_event_id(owner: str, event_id: str | None, max_chars: int) -> str:
         }
     },
     responses={
-        202: {"description": "accepted and acknowledged by Kafka"},
-        401: {"description": "missing or unknown API key"},
-        403: {"description": "the key lacks the write scope (reason wrong_scope), or an "
+        202: {"model": AcceptedOne | AcceptedBatch,
+              "description": "accepted and acknowledged by Kafka (one event, or an array)"},
+        401: {"model": ErrorOut, "description": "missing or unknown API key"},
+        403: {"model": ErrorOut,
+              "description": "the key lacks the write scope (reason wrong_scope), or an "
                              "anonymous write was addressed to a name that could be "
                              "rebound (reason foreign_host)"},
-        413: {"description": "body too large or too many events"},
-        415: {"description": "not application/json"},
-        422: {"description": f"rejected; reason is one of {', '.join(REJECT_REASONS)}"},
-        429: {"description": "rate limit exceeded (see Retry-After)"},
-        503: {"description": "Kafka unavailable, queue full or delivery timed out "
+        413: {"model": Refused, "description": "body too large or too many events"},
+        415: {"model": Refused, "description": "not application/json"},
+        422: {"model": Refused,
+              "description": f"rejected; reason is one of {', '.join(REJECT_REASONS)}"},
+        429: {"model": ErrorOut, "description": "rate limit exceeded (see Retry-After)"},
+        503: {"model": Refused,
+              "description": "Kafka unavailable, queue full or delivery timed out "
                              "(see Retry-After); no Kafka bootstrap configured"},
     },
 )

@@ -14,6 +14,7 @@ import pytest
 from online_models.snapshot import SnapshotStore
 from serving.app import create_app
 from serving.auth import AuthSettings, KeyFile
+from serving.routers.events import AcceptedBatch, AcceptedOne
 from stream.events import ClickEvent
 from stream.replay import produce_events
 from tests.faults.helpers import read_topic
@@ -48,6 +49,7 @@ def test_colliding_event_id_cannot_drop_the_original(
         assert r.status_code == 202, r.text
         body = r.json()
         assert body["event_id"] == "mallory/purchase-42" and body["topic"] == topic
+        AcceptedOne.model_validate(body, strict=True)  # the body the schema documents
         # A retry of the same post keeps its id: the trainer de-duplicates it.
         assert client.post("/v1/events", json=hijack, headers=headers).status_code == 202
         # A batch is acknowledged event by event.
@@ -56,6 +58,7 @@ def test_colliding_event_id_cannot_drop_the_original(
         assert r.status_code == 202, r.text
         assert [e["event_id"] for e in r.json()["events"]] == [
             "mallory/b0", "mallory/b1", "mallory/b2"]
+        AcceptedBatch.model_validate(r.json(), strict=True)
     on_topic = [orjson.loads(v)["event_id"] for v in read_topic(kafka_bootstrap, topic)]
     assert on_topic.count("purchase-42") == 1 and on_topic.count("mallory/purchase-42") == 2
 
