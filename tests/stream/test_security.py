@@ -173,13 +173,12 @@ def test_trainer_and_server_work_through_sasl_ssl(secured, client, tmp_path):
     whose live tail reads the topic and whose POST /v1/events writes to it."""
     import time
 
-    from fastapi.testclient import TestClient
-
     from online_models.datasets import Dataset
     from serving.app import create_app
     from serving.auth import AuthSettings
     from serving.settings import ServeSettings
     from stream.replay import replay_dataset
+    from tests.serving.client import TestClient  # Host 127.0.0.1: a local caller
     from trainer import Trainer, TrainerSettings
 
     bootstrap, ca, _ = secured
