@@ -286,10 +286,11 @@ def read_interactions(
                     f"{path}: unknown header {header!r}; give --preset or "
                     "--user-col/--item-col/--time-col"
                 )
+        order: TieOrder = tie_order or ("hash" if preset == "movielens" else "file")
         if preset == "movielens":
-            return _read_movielens(reader, header, str(path)).build(tie_order or "hash")
+            return _read_movielens(reader, header, str(path), order)
         if preset == "online-retail":
-            return _read_retail(reader, header, str(path), tie_order or "file")
+            return _read_retail(reader, header, str(path), order)
         if preset == "liverec":
             return _read_generic(
                 reader,
@@ -302,7 +303,7 @@ def read_interactions(
                 event_id_col=event_id_col or "event_id",
                 session_col=session_col or "session_id",
                 default_event_type=default_event_type,
-                tie_order=tie_order or "file",
+                tie_order=order,
             )
         if preset is not None:
             raise ValueError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
@@ -319,7 +320,7 @@ def read_interactions(
             event_id_col=event_id_col,
             session_col=session_col,
             default_event_type=default_event_type,
-            tie_order=tie_order or "file",
+            tie_order=order,
         )
 
 
@@ -473,7 +474,8 @@ def _col(header: Sequence[str], name: str, path: str) -> int:
         raise ValueError(f"{path}: no column {name!r} in header {list(header)!r}") from None
 
 
-def _read_movielens(reader: Iterator[list[str]], header: Sequence[str], path: str) -> _Builder:
+def _read_movielens(reader: Iterator[list[str]], header: Sequence[str], path: str,
+                    tie_order: TieOrder = "hash") -> Dataset:
     iu, ii, ir, it = (_col(header, c, path) for c in _MOVIELENS_HEADER)
     width = max(iu, ii, ir, it) + 1
     b = _Builder(path, prefix="ml")
@@ -499,7 +501,7 @@ def _read_movielens(reader: Iterator[list[str]], header: Sequence[str], path: st
             b.bad(line, "bad_value", "non-finite rating or timestamp", row)
             continue
         b.add(line, derive_event_id("ml", line, row), user, item, _rating_type(rating), ts, None)
-    return b
+    return b.build(tie_order)
 
 
 def _rating_type(rating: float) -> str:

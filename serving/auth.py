@@ -39,6 +39,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from serving.errors import api_error
 from serving.ratelimit import RateLimiter, RateLimitSettings
 
 if TYPE_CHECKING:
@@ -487,12 +488,14 @@ class AccessControl:
         return Principal(record.name, record.key_id, record.scopes, client)
 
     def _unauthorized(self, reason: str, detail: str) -> HTTPException:
+        return self._denied(401, reason, detail)
+
+    def _denied(self, status: int, reason: str, detail: str) -> HTTPException:
+        """A 401 or 403 in the API's error shape, counted by reason."""
         if self.metrics is not None:
             self.metrics.auth_failures.labels(reason=reason).inc()
-        return HTTPException(
-            401, detail={"reason": reason, "detail": detail},
-            headers={"WWW-Authenticate": 'Bearer realm="liverec"'},
-        )
+        headers = {"WWW-Authenticate": 'Bearer realm="liverec"'} if status == 401 else None
+        return api_error(status, reason, detail, headers=headers)
 
     def _rebinding_safe(self, request: Request) -> bool:
         """Whether the request's ``Host`` cannot be a rebound name: ``localhost``, an
@@ -531,21 +534,14 @@ class AccessControl:
                 # A page on another site whose name was re-pointed at this server (DNS
                 # rebinding) is same-origin to the browser: it could post here with
                 # no preflight. Its requests still carry its own name as Host.
-                if self.metrics is not None:
-                    self.metrics.auth_failures.labels(reason="foreign_host").inc()
-                raise HTTPException(403, detail={
-                    "reason": "foreign_host",
-                    "detail": "anonymous writes take only requests addressed to "
-                              "localhost, an IP address or a name in "
-                              "LIVEREC_ANONYMOUS_WRITE_HOSTS; a key writes through any "
-                              "name"})
+                raise self._denied(
+                    403, "foreign_host", "anonymous writes take only requests addressed "
+                    "to localhost, an IP address or a name in LIVEREC_ANONYMOUS_WRITE_HOSTS; "
+                    "a key writes through any name")
             principal = Principal(ANONYMOUS, None, frozenset(), client)
         elif scope not in principal.scopes:
-            if self.metrics is not None:
-                self.metrics.auth_failures.labels(reason="wrong_scope").inc()
-            raise HTTPException(403, detail={
-                "reason": "wrong_scope",
-                "detail": f"key {principal.name!r} lacks the {scope!r} scope"})
+            raise self._denied(403, "wrong_scope",
+                               f"key {principal.name!r} lacks the {scope!r} scope")
         self.take(scope, principal)
         return principal
 
@@ -556,11 +552,9 @@ class AccessControl:
             if self.metrics is not None:
                 self.metrics.rate_limited.labels(scope=scope).inc()
             retry = "3600" if math.isinf(wait) else str(max(1, math.ceil(wait)))
-            raise HTTPException(
-                429, detail={"reason": "rate_limited",
-                             "detail": f"{scope} rate limit exceeded; retry in {retry} s"},
-                headers={"Retry-After": retry},
-            )
+            raise api_error(429, "rate_limited",
+                            f"{scope} rate limit exceeded; retry in {retry} s",
+                            headers={"Retry-After": retry})
 
 
 # --------------------------------------------------------------------------- dependency

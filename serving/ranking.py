@@ -54,11 +54,7 @@ class Recommendation:
     #: snapshot's popularity plus the live clicks: not what ``model=popularity``
     #: answers, the snapshot's alone) or ``live_clicks`` (no popularity model loaded:
     #: the live clicks alone)
-    served_by: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.served_by:
-            object.__setattr__(self, "served_by", self.model)
+    served_by: str
 
 
 #: Held while a model that is not a factor model scores a request (``score_all``:
@@ -279,14 +275,15 @@ class LoadedSnapshot:
                 rows, sc = scorer.top_k(q, k, exclude)
             pairs = zip(rows.tolist(), sc.tolist(), strict=True)
             found = [(str(ids[r]), float(v)) for r, v in pairs]
-            return Recommendation(found, name, False, time.perf_counter() - t0)
+            return Recommendation(found, name, False, time.perf_counter() - t0, name)
         asked = time.perf_counter()
         with PYTHON_SCORING:
             waited = time.perf_counter() - asked
             scores = model.score_all(user, history)
             top = top_k_excluding(scores, k, exclude)
             items = [(str(ids[r]), float(scores[r])) for r in top.tolist()]
-        return Recommendation(items, name, False, time.perf_counter() - t0 - waited)
+        return Recommendation(items, name, False, time.perf_counter() - t0 - waited,
+                              name)
 
     @property
     def popular_source(self) -> str:

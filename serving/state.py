@@ -9,11 +9,15 @@ snapshot that fails verification is refused and the old one keeps serving.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import gc
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -31,6 +35,8 @@ from stream.item_features import ItemFeaturesTail
 __all__ = ["ServingState"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class ServingState:
@@ -261,6 +267,15 @@ class ServingState:
         self.start_tail()
         self.start_features_tail()
         self.ingestor.start()
+
+    async def rank(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the rank pool, in the request's context (its request id:
+        ``run_in_executor`` does not carry it), so the event loop keeps answering while
+        a model scores; inline when ``rank_threads`` is 0."""
+        if self.rank_pool is None:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(
+            self.rank_pool, contextvars.copy_context().run, fn, *args)
 
     def stop(self) -> None:
         if self.tail is not None:

@@ -9,9 +9,7 @@ says so rather than answer for another item.
 from __future__ import annotations
 
 import asyncio
-import contextvars
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
@@ -27,8 +25,6 @@ if TYPE_CHECKING:
     from serving.state import ServingState
 
 router = APIRouter(prefix="/v1/items", tags=["items"], responses=SNAPSHOT_RESPONSES)
-
-T = TypeVar("T")
 
 ItemId = Annotated[str, Path(min_length=1, max_length=MAX_ID)]
 
@@ -115,7 +111,9 @@ async def _similar(
         except UnknownModelError as exc:
             raise api_error(404, "unknown_model", str(exc)) from None
         if m.items.get(item_id) >= 0:
-            items = await _ranked(state, m.similar, item_id, k)
+            # A model's ``similar`` scans the whole catalogue (a matrix-vector product
+            # and a sort for the factor models): on the rank pool.
+            items = await state.rank(m.similar, item_id, k)
         elif (found := await _content_similar(state, item_id, k)) is not None:
             name, items = CONTENT_MODEL, found
         else:
@@ -131,14 +129,6 @@ async def _similar(
     )
 
 
-async def _ranked(state: ServingState, fn: Callable[[str, int], T], item_id: str, k: int) -> T:
-    # A model's ``similar`` scans the whole catalogue (a matrix-vector product and a
-    # sort for the factor models): on the rank pool like /v1/recommendations, so the
-    # event loop keeps answering; inline only when ``rank_threads`` is 0.
-    if state.rank_pool is None:
-        return fn(item_id, k)
-    return await asyncio.get_running_loop().run_in_executor(
-        state.rank_pool, contextvars.copy_context().run, fn, item_id, k)  # the request id
 
 
 async def _content_similar(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -57,15 +55,7 @@ async def recommendations(
     if k > state.settings.max_k:
         raise too_large_k(k, state.settings.max_k)
     try:
-        if state.rank_pool is None:
-            rec = loaded.recommend(user_id, k, model, exclude_seen, state.live)
-        else:
-            # In the request's context (run_in_executor does not carry it), so what
-            # scoring logs carries the request id.
-            rec = await asyncio.get_running_loop().run_in_executor(
-                state.rank_pool, contextvars.copy_context().run, loaded.recommend, user_id,
-                k, model, exclude_seen, state.live,
-            )
+        rec = await state.rank(loaded.recommend, user_id, k, model, exclude_seen, state.live)
     except UnknownModelError as exc:
         raise api_error(404, "unknown_model", str(exc)) from None
     # Timed under what ranked: a fallback's cheap answer is not the model's latency.
