@@ -62,6 +62,11 @@ def train(
     )] = None,
     keep_snapshots: Annotated[int | None, typer.Option(
         help="versions kept on disk (default: 5) [LIVEREC_KEEP_SNAPSHOTS]")] = None,
+    on_missing_snapshot: Annotated[str | None, typer.Option(
+        help="no valid snapshot, but the group committed offsets on the topic (the "
+             "model they stand for is lost): 'refuse' (default) stops with what to do, "
+             "'resume' starts at the commits with an empty model "
+             "[LIVEREC_ON_MISSING_SNAPSHOT]")] = None,
     metrics_port: Annotated[int | None, typer.Option(
         help="Prometheus port; 0 = a free one (logged), -1 = none (default: 9101) "
              "[LIVEREC_METRICS_PORT]")
@@ -170,6 +175,7 @@ def train(
     from liverec.logs import configure_logging
     from trainer import Trainer, TrainerSettings
     from trainer.checkpoint import SnapshotLocationBusy
+    from trainer.lost_snapshot import MissingSnapshotError
     from trainer.metrics import TrainerMetrics
 
     try:
@@ -184,7 +190,7 @@ def train(
             "models": models, "batch_size": batch_size, "max_wait_ms": max_wait_ms,
             "snapshot_every_s": snapshot_every_s, "snapshot_max_share": snapshot_max_share,
             "snapshot_write_share": snapshot_write_share,
-            "keep_snapshots": keep_snapshots,
+            "keep_snapshots": keep_snapshots, "on_missing_snapshot": on_missing_snapshot,
             "metrics_port": metrics_port, "drift_adapt": drift_adapt, "max_events": max_events,
             "until_events_total": until_events_total, "max_seconds": max_seconds,
             "idle_exit_s": idle_exit_s, "join_timeout_s": join_timeout_s,
@@ -246,7 +252,7 @@ def train(
         raise typer.Exit(2) from None
     try:
         result = trainer.run()
-    except SnapshotLocationBusy as exc:
+    except (SnapshotLocationBusy, MissingSnapshotError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     finally:

@@ -48,6 +48,7 @@ from trainer.evaluation import TrainerEvaluation
 from trainer.flood import FloodGuard, FloodSettings
 from trainer.follow import Followed, FollowedModel
 from trainer.follow_swap import FollowedInUse
+from trainer.lost_snapshot import LostSnapshotGuard, MissingSnapshotError
 from trainer.metrics import TrainerMetrics
 from trainer.settings import TrainerSettings
 from trainer.source import BatchSource, PolledBatch
@@ -315,6 +316,8 @@ class Trainer:
         self.stop_event.set()
 
     _learning = False
+    #: the check a trainer that restored no snapshot makes (see trainer.lost_snapshot)
+    _lost: LostSnapshotGuard | None = None
 
     def run(self) -> TrainerResult:
         """Consume until stopped (signal, :meth:`stop` or a configured limit)."""
@@ -326,6 +329,10 @@ class Trainer:
                          "is followed, scored" if name in s.follow else "learns",
                          device)
         self.checkpointer.acquire(group=s.group, topic=self.kafka.topic)
+        if self.snapshot_version is None:
+            self._lost = LostSnapshotGuard(self.kafka, s.group, self.checkpointer.store.root,
+                                           s.on_missing_snapshot, on_refuse=self.stop_event.set)
+            self._lost.start()
         t_start = time.monotonic()
         restore_signals = stop_on_signals(self.stop_event, "final snapshot + commit")
         last_status = last_record = t_start
@@ -388,6 +395,8 @@ class Trainer:
                 final = written.offsets if written else self._snap_offsets
             finally:
                 self.content.stop()
+                if self._lost is not None:
+                    self._lost.close()
                 if self.followed is not None:
                     self.followed.close()
                 self.source.stop(final)
@@ -397,6 +406,8 @@ class Trainer:
             t_end = time.monotonic()
             log.info("stopped after a %.2f s shutdown: %s", t_end - t_stop,
                      self.status_line())
+        if self._lost is not None and self._lost.refusal is not None:
+            raise MissingSnapshotError(self._lost.refusal)
         return TrainerResult(
             self.events_learned, self.events_total, self.duplicates, self.rejected,
             self.snapshot_version, t_end - t_start,
@@ -569,6 +580,9 @@ class Trainer:
         """
         if wait:
             self._finish_checkpoint(wait=True)
+        if self._lost is not None and not self._lost.allows_write(5.0 if wait else 0.0):
+            self.checkpointer.last_attempt_wall = time.time()
+            return None  # nothing durable before the group is known not to have moved on
         changed = (self.offsets != self._snap_offsets
                    or self.events_total != self._snap_events_total)
         if not changed:

@@ -62,6 +62,11 @@ class TrainerSettings(BaseSettings):
     #: a writer busy all the time takes a core from the learner and the Kafka source.
     snapshot_write_share: float = Field(default=0.25, ge=0, le=1)
     keep_snapshots: int = Field(default=5, ge=1)
+    #: what a trainer that finds no valid snapshot does when its consumer group has
+    #: committed offsets on the topic (the model they stand for is lost): "refuse"
+    #: stops it with what to do; "resume" starts there with an empty model and a
+    #: warning (the events before the commits are not learned again)
+    on_missing_snapshot: Literal["refuse", "resume"] = "refuse"
     #: seconds between two comparisons of the factor models' item embeddings
     #: (``liverec_trainer_embedding_drift_cosine_distance``), made at the first durable
     #: snapshot this long after the last one (0: at every durable snapshot). A fixed

@@ -1,0 +1,86 @@
+"""A trainer whose snapshots are gone while its group's commits remain (a lost volume,
+a wrong --snapshots) refuses to start from scratch at those commits, unless told to."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from liverec.cli import app
+from online_models.snapshot import SnapshotStore
+from stream.kafka import ConsumerOptions, make_consumer
+from stream.replay import produce_events
+from stream.settings import KafkaSettings
+from tests.trainer.helpers import synthetic_events
+from trainer import Trainer, TrainerSettings
+from trainer.lost_snapshot import MissingSnapshotError
+
+pytestmark = pytest.mark.kafka
+
+
+def _settings(root: Path, group: str, **more: object) -> TrainerSettings:
+    return TrainerSettings(snapshots=root, models="popularity", group=group, metrics_port=-1,
+                           idle_exit_s=2, max_seconds=60, **more)  # type: ignore[arg-type]
+
+
+def _commits(kafka: KafkaSettings, group: str) -> dict[int, int | None]:
+    consumer = make_consumer(kafka, ConsumerOptions(group_id=group))
+    try:
+        got = consumer.committed([(kafka.topic, 0)])
+    finally:
+        consumer.close()
+    return {p: o for (_, p), o in got.items()}
+
+
+def test_a_lost_snapshot_directory_stops_the_trainer_before_it_writes_anything(
+        kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    topic = new_topic()
+    kafka = KafkaSettings(bootstrap=kafka_bootstrap, topic=topic)
+    group = f"g-{topic}"
+    produce_events(kafka_bootstrap, topic, synthetic_events(600, seed=1))
+    first = tmp_path / "first"
+    assert Trainer(_settings(first, group), kafka).run().events_total == 600
+    assert _commits(kafka, group) == {0: 600}
+
+    produce_events(kafka_bootstrap, topic, synthetic_events(100, seed=2))
+    shutil.rmtree(first)  # the volume is gone
+    with pytest.raises(MissingSnapshotError) as err:
+        Trainer(_settings(first, group), kafka).run()
+    text = str(err.value)
+    assert f"consumer group {group!r}" in text and "partition 0 at 600" in text
+    assert "--on-missing-snapshot resume" in text and "--group" in text
+    # Nothing durable: no snapshot a server would load, and the commits as they were.
+    assert SnapshotStore(first).latest_version() is None
+    assert _commits(kafka, group) == {0: 600}
+
+    # Accepting the loss: it learns on from the commits, and says what it skipped.
+    with caplog.at_level(logging.WARNING, logger="trainer.lost_snapshot"):
+        result = Trainer(_settings(first, group, on_missing_snapshot="resume"), kafka).run()
+    assert result.events_total == 100
+    assert any("resuming group" in r.getMessage() for r in caplog.records)
+    assert SnapshotStore(first).load().events_total == 100
+    assert _commits(kafka, group) == {0: 700}
+
+
+def test_the_cli_says_what_to_do_and_exits_2(
+        kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path) -> None:
+    topic = new_topic()
+    group = f"g-{topic}"
+    produce_events(kafka_bootstrap, topic, synthetic_events(300, seed=3))
+    args = ["train", "--bootstrap", kafka_bootstrap, "--topic", topic, "--group", group,
+            "--models", "popularity", "--metrics-port", "-1", "--idle-exit-s", "2",
+            "--max-seconds", "60"]
+    runner = CliRunner()
+    ok = runner.invoke(app, [*args, "--snapshots", str(tmp_path / "a")])
+    assert ok.exit_code == 0, ok.output
+    # A typo'd --snapshots on the same group: refused, not a silent empty model.
+    typo = runner.invoke(app, [*args, "--snapshots", str(tmp_path / "b")])
+    assert typo.exit_code == 2
+    assert "no valid snapshot in" in typo.output and "partition 0 at 300" in typo.output
+    assert SnapshotStore(tmp_path / "b").latest_version() is None
