@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from stream.dlq_guard import DeadLetterBreaker, RejectLog
 from stream.events import ClickEvent, Limits, Rejected, decode, dlq_payload
 from stream.kafka import (
     Consumer,
@@ -134,6 +135,12 @@ class MiniBatchConsumer:
     dlq_attempts, dlq_backoff_s, dlq_timeout_ms
         Dead-letter writes: attempts per record, the first backoff (doubling), and
         each attempt's delivery timeout.
+    dlq_cooldown_s
+        After a batch's dead-letter writes failed every attempt, later rejects are
+        counted in ``dlq_failures_total`` and skipped without a try for this long
+        (doubling while it keeps failing, up to 5 minutes): a dead-letter topic that
+        cannot be written must not make every batch wait out its retries
+        (:class:`~stream.dlq_guard.DeadLetterBreaker`).
 
     Attributes
     ----------
@@ -175,6 +182,7 @@ class MiniBatchConsumer:
         dlq_attempts: int = 4,
         dlq_backoff_s: float = 0.5,
         dlq_timeout_ms: int = 10_000,
+        dlq_cooldown_s: float = 30.0,
     ) -> None:
         if batch_size < 1 or max_wait_ms < 0 or dlq_attempts < 1:
             raise ValueError("batch_size and dlq_attempts must be >= 1, max_wait_ms >= 0")
@@ -194,6 +202,10 @@ class MiniBatchConsumer:
         self.dlq_attempts = dlq_attempts
         self.dlq_backoff_s = dlq_backoff_s
         self.dlq_timeout_ms = dlq_timeout_ms
+        #: after a batch's dead-letter writes failed every attempt, the next rejects
+        #: skip the topic for a cool-down (30 s by default, doubling up to 5 min)
+        self._breaker = DeadLetterBreaker(dlq_cooldown_s, max(dlq_cooldown_s, 300.0))
+        self._reject_log = RejectLog(log)
 
         self.events_total = 0
         self.duplicates_total = 0
@@ -432,10 +444,14 @@ class MiniBatchConsumer:
         DeadLetterError
             ``stop`` was set before every record was written or given up.
         """
-        for rej, topic, partition, offset in rejects:
-            log.warning("reject %s at %s[%d]@%d: %s", rej.reason, topic, partition, offset,
-                        rej.detail[:200])
+        self._reject_log.rejects(rejects)
         if self.dlq_topic is None or not rejects:
+            return 0
+        breaker = self._breaker
+        if breaker.is_open():
+            # Known to fail: count and skip at once rather than stall every batch.
+            self.dlq_failures_total += len(rejects)
+            breaker.skipped += len(rejects)
             return 0
         todo = list(rejects)
         written = 0
@@ -446,6 +462,10 @@ class MiniBatchConsumer:
             written += len(todo) - len(failed_idx)
             todo = [todo[i] for i in failed_idx]
             if not todo:
+                if breaker.open_until is not None:
+                    log.warning("dead-letter writes to %s succeed again (%d rejects were "
+                                "skipped while they failed)", self.dlq_topic,
+                                breaker.closed())
                 return written
             # A fresh producer for the next attempt: some failures (kafka-python's
             # "too large" with idempotence) leave a producer unusable.
@@ -460,9 +480,17 @@ class MiniBatchConsumer:
             backoff *= 2
         for i, (rej, topic, partition, offset) in enumerate(todo):
             self.dlq_failures_total += 1
-            log.error("DEAD-LETTER WRITE FAILED %d times; skipping the reject %s at "
-                      "%s[%d]@%d (%d bytes): %s", self.dlq_attempts, rej.reason, topic,
-                      partition, offset, len(rej.raw), last_error.get(i, "not delivered"))
+            if i < 5:
+                log.error("DEAD-LETTER WRITE FAILED %d times; skipping the reject %s at "
+                          "%s[%d]@%d (%d bytes): %s", self.dlq_attempts, rej.reason, topic,
+                          partition, offset, len(rej.raw), last_error.get(i, "not delivered"))
+        error = next(iter(last_error.values()), "not delivered")
+        wait = breaker.opened(error)
+        log.error("dead-letter topic %s cannot be written (%s; %d rejects of this batch "
+                  "skipped): the next batches' rejects are counted and skipped without "
+                  "a try for %.0f s, so that the stream does not wait on it (their "
+                  "reason and offset are in the log lines above)", self.dlq_topic, error,
+                  len(todo), wait)
         return written
 
     def _write_dlq(self, todo: list[RejectAt], errors: dict[int, str]) -> list[int]:
@@ -645,6 +673,7 @@ class MiniBatchConsumer:
         if self._closed:
             return
         self._closed = True
+        self._reject_log.flush()
         with contextlib.suppress(Exception):
             self._client.close()
         self._close_producer()

@@ -123,3 +123,32 @@ def test_a_stop_request_ends_dlq_retries_and_rewinds(kafka_settings, new_topic,
         seen.extend(e.event_id for b in again for e in b.events)
         assert seen == ["e0"]
         assert c.dlq_failures_total == 1
+
+
+def test_a_dlq_that_keeps_failing_is_not_retried_by_every_batch(kafka_settings, new_topic,
+                                                                unwritable_dlq):
+    """After one batch's rejects failed every attempt, the next batches' rejects are
+    counted and skipped without a try until the cool-down ends: a broken dead-letter
+    topic must not make every batch with a reject wait out its retries."""
+    topic = new_topic(partitions=1)
+    settings = at(kafka_settings, topic).model_copy(update={"dlq_max_bytes": 4096})
+    good = _events(4)
+    poison = b"not json" + b" " * 3000
+    # Batches of two records: each holds one event and one reject.
+    _produce(kafka_settings, topic, [v for g in good for v in (g, poison)])
+    c = MiniBatchConsumer(settings, "g-dlq-breaker", batch_size=2, dlq_topic=unwritable_dlq,
+                          dlq_attempts=3, dlq_backoff_s=0.05, dlq_timeout_ms=3_000,
+                          dlq_cooldown_s=3600.0)
+    tries: list[int] = []
+    write = c._write_dlq
+
+    def counted(todo, errors):  # type: ignore[no-untyped-def]
+        tries.append(len(todo))
+        return write(todo, errors)
+
+    c._write_dlq = counted  # type: ignore[method-assign]
+    with c:
+        batches = drain(c, 8)
+    assert [e.event_id for b in batches for e in b.events] == ["e0", "e1", "e2", "e3"]
+    assert tries == [1, 1, 1]  # the first batch's three attempts, then none
+    assert c.dlq_failures_total == 4 and c.rejected_by_reason == {"not_json": 4}

@@ -1,0 +1,91 @@
+"""What keeps rejects from flooding the log or stalling the stream.
+
+* :class:`RejectLog`: one WARNING line per reject, at most ``burst`` per window; the
+  rest of the window's rejects are summarised by reason in one line when it ends.
+  (20,000 poison messages made 20,000 log lines.)
+* :class:`DeadLetterBreaker`: once a batch's dead-letter writes failed every attempt,
+  the next batches skip the dead-letter topic for a cool-down (doubling, bounded)
+  instead of paying every retry again: a dead-letter topic that cannot be written
+  (missing where the broker does not create topics, too small, no ACL) cost every
+  batch with a reject its whole retry sequence, about 43 s with the defaults.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["DeadLetterBreaker", "RejectLog"]
+
+#: (reject, topic, partition, offset); the reject has ``reason`` and ``detail``
+RejectAt = tuple[Any, str, int, int]
+
+
+class RejectLog:
+    """Rate-limited per-reject log lines (see module doc)."""
+
+    def __init__(self, logger: logging.Logger, burst: int = 20, window_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.log, self.burst, self.window_s, self.clock = logger, burst, window_s, clock
+        self._start: float | None = None
+        self._shown = 0
+        self._held: Counter[str] = Counter()
+
+    def rejects(self, rejects: Sequence[RejectAt]) -> None:
+        now = self.clock()
+        if self._start is None or now - self._start >= self.window_s:
+            self.flush()
+            self._start, self._shown = now, 0
+        for rej, topic, partition, offset in rejects:
+            if self._shown < self.burst:
+                self._shown += 1
+                self.log.warning("reject %s at %s[%d]@%d: %s", rej.reason, topic, partition,
+                                 offset, rej.detail[:200])
+            else:
+                self._held[rej.reason] += 1
+
+    def flush(self) -> None:
+        """Log the summary of the rejects not shown in the current window."""
+        if self._held:
+            n = sum(self._held.values())
+            by = ", ".join(f"{r}={c}" for r, c in sorted(self._held.items()))
+            self.log.warning("%d more rejects in the last %.0f s, not logged one by one "
+                             "(%s); each is in the dead-letter topic with its reason",
+                             n, self.window_s, by)
+            self._held.clear()
+
+
+class DeadLetterBreaker:
+    """Skips dead-letter writes for a cool-down after a batch's writes all failed."""
+
+    def __init__(self, cooldown_s: float = 30.0, max_cooldown_s: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.base_s, self.max_s, self.clock = cooldown_s, max_cooldown_s, clock
+        self.cooldown_s = cooldown_s
+        self.open_until: float | None = None
+        #: rejects skipped without a try since the breaker opened
+        self.skipped = 0
+        self.last_error = ""
+
+    def is_open(self) -> bool:
+        return self.open_until is not None and self.clock() < self.open_until
+
+    def opened(self, error: str) -> float:
+        """Writes failed every attempt: skip them for the cool-down (returned), which
+        doubles (up to ``max_cooldown_s``) each time it opens again without a success
+        in between."""
+        now = self.clock()
+        wait = self.cooldown_s
+        self.open_until, self.last_error = now + wait, error
+        self.cooldown_s = min(self.max_s, 2 * self.cooldown_s)
+        return wait
+
+    def closed(self) -> int:
+        """Writes succeed again: back to the first cool-down; returns how many rejects
+        were skipped while it was open."""
+        skipped, self.skipped = self.skipped, 0
+        self.open_until, self.cooldown_s = None, self.base_s
+        return skipped
