@@ -68,6 +68,11 @@ class KafkaSettings(BaseSettings):
         ``kafka-python``; both sit behind :mod:`stream.kafka`'s interface.
     partitions
         ``LIVEREC_PARTITIONS``: partitions of topics this project creates.
+    replication_factor
+        ``LIVEREC_KAFKA_REPLICATION_FACTOR``: replicas of topics this project creates
+        (the click topic and its ``.dlq`` by ``replay``, the item-features and
+        scale-out update topics); -1 (the default) takes the cluster's
+        ``default.replication.factor``. Topics that already exist are left as they are.
     event_weights
         ``LIVEREC_EVENT_WEIGHTS`` as JSON, e.g. ``{"view": 1, "click": 2,
         "add_to_cart": 3, "purchase": 10}``; every known event type must be present.
@@ -113,6 +118,8 @@ class KafkaSettings(BaseSettings):
     topic: str = Field(default="clicks", min_length=1)
     client: ClientName = Field(default="confluent", validation_alias=_env("client"))
     partitions: int = Field(default=4, ge=1)
+    replication_factor: int = Field(default=-1, ge=-1, le=32,
+                                    validation_alias=_env("replication_factor"))
     event_weights: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS)
     )
@@ -154,6 +161,13 @@ class KafkaSettings(BaseSettings):
     @classmethod
     def _secret_from_file(cls, v: Any) -> Any:
         return read_secret(v)
+
+    @field_validator("replication_factor")
+    @classmethod
+    def _replicas(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("replication_factor is -1 (the cluster's default) or >= 1")
+        return v
 
     @field_validator("bootstrap")
     @classmethod

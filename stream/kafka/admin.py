@@ -43,7 +43,7 @@ def create_topics(
     topics: Iterable[str] | Mapping[str, int],
     *,
     partitions: int = 1,
-    replication_factor: int = 1,
+    replication_factor: int | None = None,
     configs: Mapping[str, str] | None = None,
     timeout_s: float = 30.0,
 ) -> list[str]:
@@ -51,7 +51,9 @@ def create_topics(
 
     ``topics`` is a list of names (each with ``partitions`` partitions) or a mapping
     name -> partitions. Returns the names actually created; existing topics are
-    left as they are.
+    left as they are. ``replication_factor`` defaults to the settings' (-1: the
+    cluster's ``default.replication.factor``; it used to be 1, which a production
+    cluster loses with one broker).
 
     Raises
     ------
@@ -62,6 +64,10 @@ def create_topics(
     wanted = dict(topics) if isinstance(topics, Mapping) else dict.fromkeys(topics, partitions)
     if not wanted:
         return []
+    if replication_factor is None:
+        replication_factor = s.replication_factor
+    if replication_factor == 0 or replication_factor < -1:
+        raise ValueError("replication_factor must be -1 (the cluster's default) or >= 1")
     if s.client == "confluent":
         from stream.kafka import confluent
 
