@@ -11,13 +11,21 @@ shutdown the trainer writes synchronously, since the commit must follow at once.
 ``liverec_trainer_snapshot_age_seconds`` measures the age of the newest snapshot
 actually written (a failed write does not reset it), so the stale-snapshot alert
 fires while the snapshot directory is unwritable.
+
+A failing write logs its traceback once per kind of failure, then one line a minute
+with the count (a full disk made a 30-line traceback every second). A write that
+fails because the disk is full removes the oldest kept versions down to the newest
+:data:`ROOM_KEEP` (old versions are otherwise pruned only after a successful write,
+so a full disk never frees itself), and the next period tries again.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
+import shutil
 import socket
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,6 +53,10 @@ log = logging.getLogger(__name__)
 #: files a synchronous snapshot write (shutdown, revoke) writes at a time: the learner
 #: waits for it, so its core is free
 SYNC_WRITE_THREADS = 2
+#: versions a write that found the disk full keeps (the newest; older ones go)
+ROOM_KEEP = 2
+#: seconds between two log lines about the same kind of write failure
+FAILURE_LOG_S = 60.0
 
 
 class SnapshotLocationBusy(RuntimeError):
@@ -153,6 +165,10 @@ class Checkpointer:
         self.last: Written | None = None
         #: seconds the last snapshot write took (its background thread's wall time)
         self.last_write_s = 0.0
+        #: the kind of the last failure, when it was last logged, and repeats since
+        self._failure_kind: tuple[str, int | None] | None = None
+        self._failure_logged = 0.0
+        self._failure_repeats = 0
         metrics.snapshot_age.set_function(
             lambda: time.time() - self.last_written_wall if self.last_written_wall else -1.0
         )
@@ -204,8 +220,8 @@ class Checkpointer:
         self._pending = None
         try:
             info = fut.result()
-        except Exception:
-            self._failed()
+        except Exception as exc:
+            self._failed(exc)
             return None
         return self._written(info, offsets, events_total)
 
@@ -217,8 +233,8 @@ class Checkpointer:
         self.last_attempt_wall = time.time()
         try:
             info = self._timed_write(cap, threads=SYNC_WRITE_THREADS)
-        except Exception:
-            self._failed()
+        except Exception as exc:
+            self._failed(exc)
             return None
         return self._written(info, offsets, events_total)
 
@@ -236,12 +252,43 @@ class Checkpointer:
             self._lock.close()  # closing the file drops the lock
             self._lock = None
 
-    def _failed(self) -> None:
+    def _failed(self, exc: Exception) -> None:
         self.metrics.snapshot_errors.inc()
         self.metrics.loop_errors.labels(stage="snapshot").inc()
-        log.exception("snapshot failed; offsets not committed (the last good snapshot is "
-                      "%.0f s old)", time.time() - self.last_written_wall
-                      if self.last_written_wall else float("nan"))
+        kind = (type(exc).__name__, getattr(exc, "errno", None))
+        now = time.monotonic()
+        new_kind = kind != self._failure_kind
+        loud = new_kind or now - self._failure_logged >= FAILURE_LOG_S
+        if loud:
+            age = (time.time() - self.last_written_wall if self.last_written_wall
+                   else float("nan"))
+            more = (f"; {self._failure_repeats} more like it since the last line"
+                    if self._failure_repeats and not new_kind else "")
+            # The traceback once per kind of failure; the repeats in one line a minute.
+            log.error("snapshot failed; offsets not committed (the last good snapshot is "
+                      "%.0f s old)%s: %s", age, more, exc, exc_info=exc if new_kind else None)
+            self._failure_kind, self._failure_logged, self._failure_repeats = kind, now, 0
+        else:
+            self._failure_repeats += 1
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            self._make_room(loud)
+
+    def _make_room(self, loud: bool) -> None:
+        """The disk is full: remove the oldest versions down to :data:`ROOM_KEEP`
+        (``loud``: say so when there is nothing left to remove)."""
+        versions = self.store.versions()
+        old = versions[:-ROOM_KEEP]
+        if not old:
+            if loud:
+                log.error("the disk under %s is full and only %d snapshot version(s) are "
+                          "left: free space there", self.store.root, len(versions))
+            return
+        for v in old:
+            shutil.rmtree(self.store.path_of(v), ignore_errors=True)
+        log.warning("the disk under %s is full: removed snapshot versions %s to make room "
+                    "for the next one (the newest %d kept); free space, or lower "
+                    "--keep-snapshots: a write needs room for one version more than "
+                    "it keeps", self.store.root, ", ".join(map(str, old)), ROOM_KEEP)
 
     def _written(self, info: SnapshotInfo, offsets: dict[Partition, int], events_total: int
                  ) -> Written:

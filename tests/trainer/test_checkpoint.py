@@ -78,3 +78,38 @@ def test_second_trainer_on_one_location_is_refused(tmp_path: Path) -> None:
         first.checkpointer.close()
     second.checkpointer.acquire(group="b")  # free again once the first let go
     second.checkpointer.close()
+
+
+def test_a_full_disk_makes_room_and_does_not_flood_the_log(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import errno
+    import logging
+
+    t = _trainer(tmp_path / "s")
+    store = t.checkpointer.store
+    events = synthetic_events(500, seed=4)
+    for n in range(4):
+        t.handle(_consumed(events[n * 100:(n + 1) * 100], n * 100))
+        assert t.checkpoint("test", wait=True) is not None
+    assert store.versions() == [1, 2, 3, 4]
+
+    def full(*_: object, **__: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store, "write_captured", full)
+    with caplog.at_level(logging.WARNING, logger="trainer.checkpoint"):
+        for n in range(3):  # three periods in a row on a full disk
+            t.handle(_consumed(events[400 + n * 30:430 + n * 30], 400 + n * 30))
+            assert t.checkpoint("test", wait=True) is None
+    # The oldest versions went at once (pruning only followed a successful write).
+    assert store.versions() == [3, 4] and store.latest_version() == 4
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1  # one line, with its traceback; the repeats are counted
+    assert errors[0].exc_info is not None and "No space left" in errors[0].getMessage()
+    assert sum("removed snapshot versions 1, 2" in r.getMessage()
+               for r in caplog.records) == 1
+    assert t.metrics.registry.get_sample_value("liverec_trainer_snapshot_errors_total") == 3
+    monkeypatch.undo()
+    assert t.checkpoint("test", wait=True) is not None  # room again: it writes
+    assert store.versions() == [3, 4, 5]
