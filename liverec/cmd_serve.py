@@ -194,14 +194,18 @@ def _with_local_broker(settings: ServeSettings) -> ServeSettings:
 
 def _warn_without_snapshot(main: Path, extra: tuple[Path, ...]) -> None:
     """Log each snapshot root that holds no snapshot yet: legitimate before a trainer's
-    first one, but also what a mistyped ``--snapshots`` looks like."""
+    first one, but also what a mistyped ``--snapshots`` looks like. A root that does
+    not exist is waited for, never created (the server only reads; it may be a
+    read-only mount)."""
     from online_models.snapshot import SnapshotStore
 
     log = logging.getLogger("liverec.serve")
     for root in (main, *extra):
-        if root.is_dir() and SnapshotStore(root).latest_version() is not None:
+        if root.is_dir() and SnapshotStore(root, create=False).latest_version() is not None:
             continue
-        missing = "" if root.exists() else " (the directory does not exist)"
+        missing = "" if root.exists() else (
+            " (the directory does not exist; the server waits for it to appear and does "
+            "not create it)")
         if root == main:
             log.warning("no snapshot under %s yet%s: /readyz answers 503 until a trainer "
                         "writes one there (is this the trainer's --snapshots?)",

@@ -333,6 +333,12 @@ class SnapshotStore:
         Directory holding one sub-directory per version plus the ``LATEST`` pointer.
     keep
         How many most recent versions to keep; older ones are deleted after a write.
+    create
+        Create ``root`` (and its parents) now: what a writer (a trainer) wants, so a
+        path it cannot write fails at its start. A reader (the server, a trainer
+        following another's root) passes False: it never creates anything, so a
+        read-only mount or a mistyped path is not turned into an empty directory;
+        until ``root`` appears it simply holds no versions.
 
     Examples
     --------
@@ -353,12 +359,14 @@ class SnapshotStore:
     #: younger one may be another process's write in progress (left alone)
     STALE_TMP_S = 3600.0
 
-    def __init__(self, root: str | os.PathLike[str], keep: int = 5) -> None:
+    def __init__(self, root: str | os.PathLike[str], keep: int = 5, *,
+                 create: bool = True) -> None:
         if keep < 1:
             raise ValueError("keep must be >= 1")
         self.root = Path(root)
         self.keep = keep
-        self.root.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
         #: per model, the state object last written, its file, digest and size (see
         #: _link_unchanged); weak, so a captured state is not kept alive for it
         self._written: dict[str, tuple[weakref.ref[ModelState], Path, str, int]] = {}
@@ -366,9 +374,14 @@ class SnapshotStore:
     # ------------------------------------------------------------------ listing
 
     def versions(self) -> list[int]:
-        """Published versions on disk, oldest first (whether valid or not)."""
+        """Published versions on disk, oldest first (whether valid or not); none while
+        ``root`` does not exist (a reader's root before its writer's first snapshot)."""
         out = []
-        for p in self.root.iterdir():
+        try:
+            entries = list(self.root.iterdir())
+        except FileNotFoundError:
+            return []
+        for p in entries:
             if p.is_dir() and len(p.name) == _VERSION_DIGITS and p.name.isdigit():
                 out.append(int(p.name))
         return sorted(out)
@@ -387,6 +400,35 @@ class SnapshotStore:
 
     def path_of(self, version: int) -> Path:
         return self.root / f"{version:0{_VERSION_DIGITS}d}"
+
+    def fingerprint(self, version: int) -> tuple[tuple[str, int, int], ...]:
+        """Name, size and modification time (ns) of each file of ``version``'s directory,
+        sorted: cheap (one listing and a ``stat`` per file, nothing read) and different
+        once any of its files is written, replaced, added or removed -- how a reader
+        tells that a version it refused (a half-copied file) may be worth loading
+        again. Empty when the directory is missing or unreadable.
+
+        >>> import tempfile
+        >>> store = SnapshotStore(tempfile.mkdtemp())
+        >>> store.fingerprint(1)
+        ()
+        >>> v = store.write({}, history=UserHistory(), offsets={}, events_total=0,
+        ...                 watermark=None).version
+        >>> sorted(name for name, _, _ in store.fingerprint(v))
+        ['manifest.json', 'state.safetensors']
+        """
+        out = []
+        try:
+            with os.scandir(self.path_of(version)) as it:
+                for entry in it:
+                    try:
+                        st = entry.stat()
+                    except OSError:
+                        continue
+                    out.append((entry.name, st.st_size, st.st_mtime_ns))
+        except OSError:
+            return ()
+        return tuple(sorted(out))
 
     # ------------------------------------------------------------------ write
 

@@ -15,7 +15,13 @@ from prometheus_client.registry import Collector
 
 from stream.buildinfo import register_build_info
 
-__all__ = ["DEGRADED_REASONS", "BatcherCollector", "ServingMetrics", "method_label"]
+__all__ = [
+    "DEGRADED_REASONS",
+    "REGRESSION_REASONS",
+    "BatcherCollector",
+    "ServingMetrics",
+    "method_label",
+]
 
 #: Every ``reason`` of ``liverec_serving_degraded`` (one 0/1 series each).
 DEGRADED_REASONS: tuple[str, ...] = (
@@ -24,7 +30,11 @@ DEGRADED_REASONS: tuple[str, ...] = (
     "kafka_producer_unavailable",
     "partition_unowned",
     "extra_snapshot_missing",
+    "snapshot_refused",
 )
+
+#: Every ``reason`` of ``liverec_serving_snapshot_regressions_total``.
+REGRESSION_REASONS: tuple[str, ...] = ("version_lower", "events_fell")
 
 
 class BatcherStats(Protocol):
@@ -171,6 +181,17 @@ class ServingMetrics:
         )
         for outcome in ("ok", "refused"):
             self.reloads.labels(outcome=outcome)
+        self.regressions = Counter(
+            "liverec_serving_snapshot_regressions_total",
+            "Snapshots loaded although they look like a trainer that started over, by "
+            "reason: a lower version than the one served before (version_lower), or under "
+            "half its learned events (events_fell). Loaded anyway; the log says what to "
+            "check.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in REGRESSION_REASONS:
+            self.regressions.labels(reason=reason)
         self.reload_seconds = Histogram(
             "liverec_serving_snapshot_load_duration_seconds",
             "Time to load and verify a snapshot.",

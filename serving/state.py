@@ -4,7 +4,14 @@ The loaded snapshot is a single reference (:attr:`ServingState.current`). A requ
 reads it once and uses that object to the end, so swapping in a new snapshot (a
 plain attribute assignment, atomic in Python) never disturbs a request in flight.
 New versions are loaded and verified *beside* the old one in a worker thread; a
-snapshot that fails verification is refused and the old one keeps serving.
+snapshot that fails verification is refused and the old one keeps serving. A refused
+version is tried again later (:mod:`online_models.refusals`: a doubling delay, or at
+once when its files change), and while ``LATEST`` names it ``/readyz`` says so
+(degraded, still ready: see :meth:`ServingState.dependencies`). A new snapshot that
+looks like a trainer that started over (a lower version, or under half the learned
+events) is loaded all the same, with a warning and
+``liverec_serving_snapshot_regressions_total``. The snapshot roots are only read:
+until one exists the server waits for it, as for a first snapshot.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from online_models.ownership import unowned_partitions
+from online_models.refusals import Fingerprint, Refusal, Refusals
 from online_models.roots import ExtraRoots
 from online_models.snapshot import Snapshot, SnapshotError, SnapshotStore
 from serving.content import ContentIndex, snapshot_features
@@ -48,17 +56,24 @@ class ServingState:
         The process settings.
     metrics
         The app's metrics.
+    clock
+        Monotonic seconds that time the retries of refused versions (for tests).
     """
 
-    def __init__(self, settings: ServeSettings, metrics: ServingMetrics) -> None:
+    def __init__(self, settings: ServeSettings, metrics: ServingMetrics, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.store = SnapshotStore(settings.snapshots)
-        self.extras = ExtraRoots(settings.extra_snapshots)
+        # Read only: never created here (a read-only mount, a mistyped path).
+        self.store = SnapshotStore(settings.snapshots, create=False)
+        self.extras = ExtraRoots(settings.extra_snapshots, clock=clock)
         #: the main root's snapshot as loaded (``current`` serves it with the extras' models)
         self._main: Snapshot | None = None
         self.current: LoadedSnapshot | None = None
-        self.refused: dict[int, str] = {}
+        #: main-root versions refused (version -> why), each with its retry schedule
+        self.refused: Refusals[int] = Refusals(clock=clock)
+        #: the main root's ``LATEST`` at the last check (None: none yet)
+        self.latest_seen: int | None = None
         self.live = LiveContext(
             items_per_user=settings.live_items_per_user,
             max_users=settings.live_max_users,
@@ -157,15 +172,19 @@ class ServingState:
             return False
         self.metrics.reload_seconds.observe(time.perf_counter() - t0)
         self._main = snap
+        self.refused.forget_where(lambda v: v <= snap.version)
         self._swap(loaded)
         return True
 
     def check_reload(self) -> bool:
         """Load ``LATEST`` if it names a new version; True when a new one was swapped in.
 
-        Never raises: a corrupt snapshot is refused (and remembered, so it is not
-        retried every tick) and the current one keeps serving. Also applies the item
-        content read from the item-features topic since the last tick.
+        Never raises: a corrupt snapshot is refused and the current one keeps serving.
+        A refused version is tried again when :class:`~online_models.refusals.Refusals`
+        says it is due (a doubling delay, or its files changed), not every tick; each
+        attempt counts once in ``liverec_serving_snapshot_reloads_total{outcome=
+        "refused"}``. Also applies the item content read from the item-features topic
+        since the last tick.
         """
         self.apply_item_features()
         try:
@@ -173,35 +192,118 @@ class ServingState:
         except OSError as exc:
             log.warning("cannot read LATEST: %s", exc)
             return False
+        self.latest_seen = latest
         if latest is None:
             return False
         cur, main = self.current, self._main
         if cur is None or main is None:
-            return self.load_initial()
+            return self._load_first(latest)
+        extras_before = dict(self.extras.loaded)
         extras_moved = self.extras.poll()
-        main_moved = latest != main.version and latest not in self.refused
+        if extras_moved:
+            for root, snap in self.extras.loaded.items():
+                prev = extras_before.get(root)
+                if prev is not None and prev is not snap:
+                    self._check_regression(prev, snap, f"extra snapshot root {root}")
+        fingerprint = self.store.fingerprint(latest) if latest != main.version else ()
+        main_moved = latest != main.version and self.refused.due(latest, fingerprint)
         if not main_moved and not extras_moved:
             return False
         t0 = time.perf_counter()
+        new_main = main
         try:
             if main_moved:
-                main = self.store.load(latest)
-            loaded = self._wrap(main)
+                new_main = self.store.load(latest)
+            loaded = self._wrap(new_main)
         except Exception as exc:  # a half-written or surprising snapshot must not kill us
             self.metrics.reloads.labels(outcome="refused").inc()
             if not main_moved:
                 log.exception("extra snapshot roots: new models not served, keeping %d "
                               "as it was", cur.version)
                 return False
-            known = isinstance(exc, (SnapshotError, ValueError))
-            self.refused[latest] = str(exc) if known else f"{type(exc).__name__}: {exc}"
-            log.warning("refused snapshot %d, keeping %d: %s", latest, cur.version, exc,
-                        exc_info=not known)
-            return False
+            self._refuse(latest, exc, fingerprint, cur.version)
+            if not extras_moved:
+                return False
+            # The extra roots moved too: serve their new models beside the main
+            # snapshot already served (they would wait for the next main version else).
+            new_main = main
+            try:
+                loaded = self._wrap(main)
+            except Exception:
+                self.metrics.reloads.labels(outcome="refused").inc()
+                log.exception("extra snapshot roots: new models not served, keeping %d "
+                              "as it was", cur.version)
+                return False
         self.metrics.reload_seconds.observe(time.perf_counter() - t0)
-        self._main = main
+        if new_main is not main:
+            self.refused.forget_where(lambda v: v <= new_main.version)
+            self._check_regression(main, new_main, "snapshot root "
+                                   f"{self.settings.snapshots}")
+        self._main = new_main
         self._swap(loaded)
         return True
+
+    def _load_first(self, latest: int) -> bool:
+        """Nothing is served yet: :meth:`load_initial`, and when no version verifies,
+        refuse ``latest`` so that the next try waits for its schedule (or a change of
+        its files, or a new version) instead of re-reading every version each tick."""
+        fingerprint = self.store.fingerprint(latest)
+        if not self.refused.due(latest, fingerprint):
+            return False
+        if self.load_initial():
+            return True
+        self.metrics.reloads.labels(outcome="refused").inc()
+        r = self.refused.refuse(
+            latest, "no version verifies (the log says why each was refused)", fingerprint)
+        log.warning("no snapshot under %s verifies (LATEST names %d, attempt %d): nothing "
+                    "served yet; trying again in %.0f s, once its files change or a new "
+                    "version is published", self.settings.snapshots, latest, r.attempts,
+                    self.refused.retry_in(latest) or 0.0)
+        return False
+
+    def _refuse(self, version: int, exc: Exception, fingerprint: Fingerprint,
+                serving: int) -> None:
+        """Record (and log) a refused attempt at ``version`` while ``serving`` serves."""
+        known = isinstance(exc, (SnapshotError, ValueError))
+        r = self.refused.refuse(version, str(exc) if known else f"{type(exc).__name__}: {exc}",
+                                fingerprint)
+        log.warning("refused snapshot %d (attempt %d), keeping %d: %s; trying it again in "
+                    "%.0f s, or once its files change", version, r.attempts, serving, exc,
+                    self.refused.retry_in(version) or 0.0, exc_info=not known)
+
+    def _check_regression(self, old: Snapshot, new: Snapshot, where: str) -> None:
+        """Warn (and count) when ``new``, just loaded in place of ``old``, looks like a
+        trainer that started over: a lower version, or under half the learned events.
+
+        It is served all the same: an operator may have reset the model on purpose,
+        and a refusal here would pin the replicas to a model nobody trains any more.
+        """
+        why: list[str] = []
+        if new.version < old.version:
+            self.metrics.regressions.labels(reason="version_lower").inc()
+            why.append(f"the version went down from {old.version} to {new.version}")
+        old_events, new_events = _events(old), _events(new)
+        if old_events is not None and new_events is not None and 2 * new_events < old_events:
+            self.metrics.regressions.labels(reason="events_fell").inc()
+            why.append(f"its learned events fell from {old_events} to {new_events} "
+                       "(under half)")
+        if why:
+            log.warning(
+                "%s: snapshot %d replaces %d although %s: this looks like a trainer that "
+                "started over from an empty model (it lost its snapshots, or LATEST was "
+                "moved back). Serving it anyway (a reset on purpose looks the same). "
+                "Check the trainer's log for a start without a snapshot and that its "
+                "--snapshots directory survived the restart; /v1/model shows events_total.",
+                where, new.version, old.version, " and ".join(why))
+
+    def refused_latest(self) -> tuple[int, Refusal] | None:
+        """The version ``LATEST`` named at the last check and its refusal, when it is
+        refused (and the served main snapshot is another); else None."""
+        latest, main = self.latest_seen, self._main
+        r = None if latest is None else self.refused.refusal(latest)
+        if latest is None or r is None or (main is not None and main.version == latest):
+            return None
+        return latest, r
 
     def refresh_indexes(self, now: float | None = None) -> bool:
         """Rebuild the current snapshot's ANN indexes once older than ``ann_rebuild_s``."""
@@ -296,17 +398,20 @@ class ServingState:
         ``ready_requires_kafka``, a connected live tail and event producer. An extra
         snapshot root without a valid snapshot is reported (degraded) but does not
         make the server unready: the main root's models serve.
+
+        Likewise a refused newest version (``LATEST`` names a version that did not
+        verify: state ``refused``, with the reason and when it is tried again) is
+        degraded but ready: the replica still answers from the last valid snapshot,
+        which is what refusing is for. Every replica reads the same location and
+        refuses the same version, so a 503 here would take them all out of rotation
+        at once over one bad snapshot. Alert on ``liverec_serving_degraded
+        {reason="snapshot_refused"}`` instead.
         """
         s = self.settings
         cur = self.current
-        deps: dict[str, dict[str, object]] = {
-            "snapshot": (
-                {"state": "loaded", "version": cur.version}
-                if cur is not None
-                else {"state": "missing", "reason": f"no valid snapshot under {s.snapshots}"}
-            )
-        }
-        degraded = {"no_snapshot": cur is None}
+        deps: dict[str, dict[str, object]] = {"snapshot": self._snapshot_dependency()}
+        degraded = {"no_snapshot": cur is None,
+                    "snapshot_refused": deps["snapshot"]["state"] == "refused"}
         unowned = self._unowned_partitions()
         if unowned is not None:
             deps["partitions"] = {"state": "unowned" if unowned else "owned"}
@@ -319,17 +424,32 @@ class ServingState:
                     "these partitions' users are not being learned")
         degraded["partition_unowned"] = bool(unowned)
         self.metrics.partitions_unowned.set(len(unowned or {}))
-        missing = [str(st.root) for st in self.extras.stores if st.root not in self.extras.loaded]
+        missing = [st.root for st in self.extras.stores if st.root not in self.extras.loaded]
+        refused = {root: vr for root, vr in self.extras.refused_latest().items()
+                   if root not in missing}
         if s.extra_snapshots:
             deps["extra_snapshots"] = {
-                "state": "missing" if missing else "loaded",
+                "state": "missing" if missing else ("refused" if refused else "loaded"),
                 "versions": {str(r): snap.version for r, snap in self.extras.loaded.items()},
             }
+            why = []
             if missing:
-                deps["extra_snapshots"]["reason"] = (
-                    f"no valid snapshot under {', '.join(missing)}: its models are not "
-                    "served (the main root's are)")
+                absent = [r for r in missing if not r.exists()]
+                why.append(
+                    f"no valid snapshot under {', '.join(map(str, missing))}"
+                    + (f" ({', '.join(map(str, absent))}: does not exist yet, waited for)"
+                       if absent else "")
+                    + ": its models are not served (the main root's are)")
+            if refused:
+                deps["extra_snapshots"]["refused"] = {
+                    str(root): v for root, (v, _) in refused.items()}
+            for root, (v, r) in refused.items():
+                why.append(f"{root}: " + self._refusal_reason(
+                    r, v, self.extras.loaded[root].version, self.extras.refused.clock()))
+            if why:
+                deps["extra_snapshots"]["reason"] = "; ".join(why)
         degraded["extra_snapshot_missing"] = bool(missing)
+        degraded["snapshot_refused"] |= bool(refused)
         if s.bootstrap:
             tail = self.tail
             tail_state = tail.state if tail is not None else "stopped"
@@ -355,6 +475,44 @@ class ServingState:
         kafka_down = degraded["kafka_tail_disconnected"] or degraded["kafka_producer_unavailable"]
         ready = cur is not None and not (kafka_down and s.ready_requires_kafka)
         return ready, deps
+
+    def _snapshot_dependency(self) -> dict[str, object]:
+        """``/readyz``'s ``snapshot`` entry: loaded, refused (a newer one) or missing."""
+        root, cur = self.settings.snapshots, self.current
+        if cur is None:
+            if not root.exists():
+                return {"state": "missing",
+                        "reason": f"{root} does not exist yet: waiting for a trainer to "
+                                  "create it (the server never creates it)"}
+            reason = f"no valid snapshot under {root}"
+            latest = self.latest_seen
+            r = None if latest is None else self.refused.refusal(latest)
+            if r is not None:
+                retry = max(0.0, r.retry_at - self.refused.clock())
+                reason += (f" ({r.reason}; trying again in {retry:.0f} s or once LATEST's "
+                           "files change)")
+            return {"state": "missing", "reason": reason}
+        refused = self.refused_latest()
+        if refused is None:
+            return {"state": "loaded", "version": cur.version}
+        version, r = refused
+        now = self.refused.clock()
+        return {
+            "state": "refused",
+            "version": cur.version,
+            "latest": version,
+            "attempts": r.attempts,
+            "retry_in_s": round(max(0.0, r.retry_at - now), 1),
+            "reason": self._refusal_reason(r, version, cur.version, now),
+        }
+
+    @staticmethod
+    def _refusal_reason(r: Refusal, version: int, serving: int, now: float) -> str:
+        """One line on a refused newest version, for ``/readyz``."""
+        retry = max(0.0, r.retry_at - now)
+        return (f"LATEST names snapshot {version}, which was refused ({r.reason}); "
+                f"serving {serving} meanwhile, trying {version} again in {retry:.0f} s "
+                "or once its files change")
 
     def _unowned_partitions(self) -> dict[int, float | None] | None:
         """Unowned partitions of a scale-out location (None: not a scale-out location)."""
@@ -398,3 +556,12 @@ class ServingState:
         arr = np.fromiter(q, np.float64, count=len(q))
         p50, p99 = np.quantile(arr, [0.5, 0.99])
         return float(p50), float(p99)
+
+
+def _events(snap: Snapshot) -> int | None:
+    """The learned-event count a snapshot's manifest records (None: not recorded)."""
+    value = snap.manifest.get("events_total")
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None

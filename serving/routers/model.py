@@ -13,5 +13,5 @@ router = APIRouter(prefix="/v1", tags=["model"], responses=SNAPSHOT_RESPONSES)
 @router.get("/model", response_class=JSON, summary="Loaded snapshot summary")
 async def model(loaded: LoadedDep, state: StateDep) -> JSON:
     out = loaded.summary()
-    out["refused_versions"] = {str(v): why for v, why in state.refused.items()}
+    out["refused_versions"] = {str(v): why for v, why in state.refused.reasons().items()}
     return JSON(out)

@@ -78,10 +78,14 @@ def test_a_snapshot_root_without_a_snapshot_is_named_at_start(tmp_path: Path) ->
         r = httpx.get(f"{server.base}/readyz")
         assert r.status_code == 503 and "snapshot" in r.json()["reason"], r.text
         log = server.log_text()
-        assert f"no snapshot under {missing.resolve()} yet (the directory does not exist)" \
+        waits = "(the directory does not exist; the server waits for it to appear and " \
+            "does not create it)"
+        assert f"no snapshot under {missing.resolve()} yet {waits}" \
             f": /readyz answers 503" in log, log[-2000:]
-        assert f"no snapshot under --extra-snapshots {extra.resolve()} yet (the directory " \
-            "does not exist): its models are not served, and /readyz says degraded" in log
+        assert f"no snapshot under --extra-snapshots {extra.resolve()} yet {waits}: its " \
+            "models are not served, and /readyz says degraded" in log
+        # The server only reads: it created neither (a typo is not made a directory).
+        assert not missing.exists() and not extra.exists()
     finally:
         server.stop()
     # A root with a snapshot is not named, even without a LATEST pointer.

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from online_models import registry
 from online_models.base import Batch, UserHistory
@@ -16,7 +18,7 @@ from serving.metrics import ServingMetrics
 from serving.settings import ServeSettings
 from serving.state import ServingState
 from tests.serving.client import TestClient
-from tests.serving.conftest import settings_for
+from tests.serving.conftest import Trained, settings_for
 
 
 def _sequence_root(root: Path, n_events: int = 2000, seed: int = 1) -> SnapshotStore:
@@ -107,3 +109,70 @@ def test_readyz_reports_an_extra_root_without_a_snapshot(
 def test_extra_snapshots_setting_takes_a_comma_separated_list(monkeypatch) -> None:
     monkeypatch.setenv("LIVEREC_EXTRA_SNAPSHOTS", "/a, /b")
     assert ServeSettings().extra_snapshots == (Path("/a"), Path("/b"))
+
+
+def test_no_snapshot_root_is_created_by_the_server(
+    tmp_path: Path, trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Operator review: ``serve --extra-snapshots /ro/seqnn`` on a read-only mount whose
+    root did not exist yet exited with EROFS, and a mistyped ``--snapshots`` became an
+    empty directory. The server only reads: it waits for both roots to appear."""
+    main, ro = tmp_path / "snapshots-typo", tmp_path / "ro"
+    ro.mkdir()
+    extra = ro / "seqnn"
+    real_mkdir = Path.mkdir
+
+    def read_only_mkdir(self: Path, *args: object, **kwargs: object) -> None:
+        if self == ro or ro in self.parents:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        real_mkdir(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "mkdir", read_only_mkdir)
+    state = ServingState(settings_for(main, extra_snapshots=(extra,)), ServingMetrics())
+    assert state.load_initial() is False and state.check_reload() is False
+    assert not main.exists() and not extra.exists()
+    ready, deps = state.dependencies()
+    assert not ready
+    assert deps["snapshot"]["state"] == "missing"
+    assert f"{main} does not exist yet" in str(deps["snapshot"]["reason"])
+    assert f"{extra}: does not exist yet" in str(deps["extra_snapshots"]["reason"])
+
+    # The trainers create their roots and write: both are picked up.
+    models, history, watermark = trained
+    SnapshotStore(main).write(models, history=history, offsets={}, events_total=10,
+                              watermark=watermark)
+    assert state.check_reload() is True
+    assert state.current is not None and state.current.version == 1
+    monkeypatch.undo()  # the mount's writer
+    _sequence_root(extra)
+    assert state.check_reload() is True
+    assert "sequence" in state.current.snapshot.models
+    ready, deps = state.dependencies()
+    assert ready and deps["extra_snapshots"]["state"] == "loaded"
+
+
+def test_a_refused_extra_version_is_tried_again(store: SnapshotStore, tmp_path: Path) -> None:
+    extra = _sequence_root(tmp_path / "seq")
+    now = [0.0]
+    state = ServingState(settings_for(store.root, extra_snapshots=(extra.root,)),
+                         ServingMetrics(), clock=lambda: now[0])
+    assert state.load_initial()
+    models = extra.load().models
+    v2 = extra.write(models, history=UserHistory(), offsets={}, events_total=9,
+                     watermark=1.0).version
+    path = next(extra.path_of(v2).glob("model-sequence*"))
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-7])  # caught half-copied
+    assert state.check_reload() is False
+    assert (extra.root, v2) in state.extras.refused
+    ready, deps = state.dependencies()
+    dep = deps["extra_snapshots"]
+    assert ready and dep["state"] == "refused" and dep["refused"] == {str(extra.root): v2}
+    assert f"LATEST names snapshot {v2}, which was refused" in str(dep["reason"])
+    assert state.check_reload() is False  # not every tick
+    path.write_bytes(whole)  # the copy completes
+    assert state.check_reload() or state.check_reload()
+    cur = state.current
+    assert cur is not None and cur.summary()["extra_snapshots"][str(extra.root)]["version"] == v2
+    assert not state.extras.refused
+    assert state.dependencies()[1]["extra_snapshots"]["state"] == "loaded"
