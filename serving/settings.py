@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from stream.logformat import log_level_name
 from stream.settings import KafkaSettings
 
 __all__ = ["ServeSettings"]
@@ -214,6 +215,8 @@ class ServeSettings(BaseSettings):
     item_features: Path | None = None
     item_features_preset: str | None = None
     item_features_topic: str = ""
+    #: log level of the server's own records and uvicorn's: debug, info, warning, error
+    #: or critical (any case; ``warn`` is warning)
     log_level: str = "info"
     #: browser origins allowed to call the API from their pages (CORS), comma-separated
     #: in ``LIVEREC_CORS_ORIGINS``: none by default
@@ -235,6 +238,11 @@ class ServeSettings(BaseSettings):
             data["kafka"] = KafkaSettings(**{**base.model_dump(), **{
                 k: v for k, v in update.items() if v is not None}})
         return data
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        return log_level_name(v)
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -102,3 +102,8 @@ def test_no_extra_field_loses_the_line() -> None:
     assert out["level"] == "ERROR" and out["extra.level"] == "shadow"
     assert out["big"] == str(2**70) and "(1, 2)" in out["tupled"]
     assert out["bad"] == "<BadRepr: repr failed>"
+
+
+def test_an_unknown_level_is_refused_with_the_accepted_ones() -> None:
+    with pytest.raises(ValueError, match="debug, info, warning, error, critical"):
+        configure_logging("verbose", "text")
