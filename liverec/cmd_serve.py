@@ -147,6 +147,7 @@ def register(app: typer.Typer) -> None:
             settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})
             auth = AuthSettings(**{k: v for k, v in auth_given.items() if v is not None})
         except ValidationError as exc:  # an option or a LIVEREC_* variable
+            _refuse_log_settings(exc, log_format_given=log_format is not None)
             raise typer.BadParameter(str(exc)) from exc
         if bootstrap is None:
             settings = _with_local_broker(settings)
@@ -175,6 +176,24 @@ def register(app: typer.Typer) -> None:
         except AuthConfigError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
+
+
+def _refuse_log_settings(exc: Any, *, log_format_given: bool) -> None:
+    """A bad log level or format (``exc``: the settings' ValidationError) as one line
+    naming its option or variable and the accepted values, exit 2; else nothing."""
+    from stream.logformat import log_format_name, log_level_name
+
+    for error in exc.errors():
+        field = error["loc"][0] if error["loc"] else None
+        try:
+            if field == "log_level":
+                log_level_name(error["input"], "LIVEREC_LOG_LEVEL")
+            elif field == "log_format":
+                log_format_name(error["input"], "--log-format" if log_format_given
+                                else "LIVEREC_LOG_FORMAT")
+        except ValueError as bad:
+            typer.echo(f"error: {bad}", err=True)
+            raise typer.Exit(2) from None
 
 
 def _with_local_broker(settings: ServeSettings) -> ServeSettings:

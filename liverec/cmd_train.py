@@ -17,6 +17,7 @@ import typer
 
 
 def train(
+    ctx: typer.Context,
     bootstrap: Annotated[str | None, typer.Option(
         help="Kafka bootstrap host:port [LIVEREC_KAFKA_BOOTSTRAP / LIVEREC_BOOTSTRAP]")] = None,
     topic: Annotated[str | None, typer.Option(
@@ -151,8 +152,9 @@ def train(
              "polls before their updates and offsets commit together (0: one per poll; a "
              "poll that is not full commits at once; at most half of "
              "LIVEREC_TRANSACTION_TIMEOUT_MS) [LIVEREC_COMMIT_EVERY_S]")] = None,
-    log_level: Annotated[str, typer.Option(help="logging level", envvar="LIVEREC_LOG_LEVEL")
-                         ] = "INFO",
+    log_level: Annotated[str, typer.Option(
+        help="logging level: debug, info, warning, error or critical (any case)",
+        envvar="LIVEREC_LOG_LEVEL")] = "INFO",
     log_format: Annotated[str, typer.Option(
         help="log lines as 'text' or 'json' (one object per line, for a log pipeline)",
         envvar="LIVEREC_LOG_FORMAT")] = "text",
@@ -167,21 +169,26 @@ def train(
     LIVEREC_KAFKA_SECURITY_PROTOCOL, LIVEREC_KAFKA_SASL_* and LIVEREC_KAFKA_SSL_*
     variables; the flood guard from LIVEREC_FLOOD_*.
     """
+    from liverec.logs import configure_logging, log_format_name, log_level_name
+
+    try:
+        log_level = log_level_name(log_level, _option_or_variable(ctx, "log_level"))
+        log_format = log_format_name(log_format, _option_or_variable(ctx, "log_format"))
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
     import orjson
     from prometheus_client import start_http_server
     from pydantic import ValidationError
 
     from liverec.cmd_stream import kafka_settings
-    from liverec.logs import configure_logging
     from trainer import Trainer, TrainerSettings
     from trainer.checkpoint import SnapshotLocationBusy
     from trainer.lost_snapshot import MissingSnapshotError
     from trainer.metrics import TrainerMetrics
 
-    try:
-        configure_logging(log_level, log_format)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--log-format") from None
+    configure_logging(log_level, log_format)
     log = logging.getLogger("liverec.train")
     given: dict[str, Any] = {
         k: v
@@ -269,6 +276,16 @@ def train(
     if result.first_batch_s is not None and result.learning_s > 0:
         typer.echo(f"  first batch after {result.first_batch_s:.2f} s, {_rates(result)}, "
                    f"shutdown {result.shutdown_s:.2f} s")
+
+
+def _option_or_variable(ctx: typer.Context, name: str) -> str:
+    """How the user gave parameter ``name`` (a flag with an environment variable): its
+    variable when it came from there, else its flag."""
+    param = next(p for p in ctx.command.params if p.name == name)
+    source = ctx.get_parameter_source(name)
+    if source is not None and source.name == "ENVIRONMENT":
+        return str(param.envvar)
+    return str(param.opts[0])
 
 
 def _rates(result: Any) -> str:

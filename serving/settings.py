@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from stream.logformat import log_level_name
 from stream.settings import KafkaSettings
 
 __all__ = ["ServeSettings"]
@@ -181,13 +182,19 @@ class ServeSettings(BaseSettings):
     #: (0.1616 against 0.1627; 0.1643 with ``base="sum"``, MovieLens's own choice). See
     #: BENCHMARKS.md.
     default_model: str = "ranked"
+    #: models tried in order, the first the snapshot holds, when it lacks
+    #: ``default_model`` (JSON list: ``LIVEREC_MODEL_FALLBACKS='["hybrid", "popularity"]'``)
     model_fallbacks: tuple[str, ...] = ("hybrid", "bpr", "embedding", "itemknn", "popularity")
     reload_interval_s: float = Field(default=0.5, gt=0)
     live_items_per_user: int = Field(default=50, ge=1)
     live_max_users: int = Field(default=200_000, ge=1)
     live_popularity_half_life_s: float = Field(default=600.0, gt=0)
+    #: most items with a live popularity bump (the weakest are dropped)
     live_max_new_items: int = Field(default=10_000, ge=1)
     max_k: int = Field(default=1000, ge=1)
+    #: longest id ``POST /v1/events`` accepts in an event (a longer scoped ``event_id``
+    #: is hashed); the same variable as the trainer's limit
+    #: (:class:`~stream.settings.KafkaSettings`)
     max_id_chars: int = Field(default=256, ge=1)
     max_body_bytes: int = Field(default=64 * 1024, ge=256)
     max_batch_events: int = Field(default=100, ge=1)
@@ -214,6 +221,8 @@ class ServeSettings(BaseSettings):
     item_features: Path | None = None
     item_features_preset: str | None = None
     item_features_topic: str = ""
+    #: log level of the server's own records and uvicorn's: debug, info, warning, error
+    #: or critical (any case; ``warn`` is warning)
     log_level: str = "info"
     #: browser origins allowed to call the API from their pages (CORS), comma-separated
     #: in ``LIVEREC_CORS_ORIGINS``: none by default
@@ -235,6 +244,11 @@ class ServeSettings(BaseSettings):
             data["kafka"] = KafkaSettings(**{**base.model_dump(), **{
                 k: v for k, v in update.items() if v is not None}})
         return data
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        return log_level_name(v)
 
     @field_validator("cors_origins", mode="before")
     @classmethod

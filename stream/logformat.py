@@ -1,6 +1,7 @@
 """One JSON object per log line: :class:`JsonFormatter`, shared by the ``liverec``
 commands (:mod:`liverec.logs`) and the trainer's reader process, which logs in the
-format its parent chose (``LIVEREC_LOG_FORMAT``)."""
+format its parent chose (``LIVEREC_LOG_FORMAT``); and the log levels every command
+accepts (:func:`log_level_name`), shared with :class:`serving.settings.ServeSettings`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,48 @@ from typing import Any
 
 import orjson
 
-__all__ = ["JsonFormatter"]
+__all__ = ["LOG_FORMATS", "LOG_LEVELS", "JsonFormatter", "log_format_name", "log_level_name"]
+
+#: the log levels ``LIVEREC_LOG_LEVEL`` (and ``liverec train --log-level``) take, in any
+#: case; ``warn`` and ``fatal`` are taken as ``warning`` and ``critical``, as Python's
+#: logging does. (uvicorn knows no others but ``trace``, which Python's logging does not.)
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
+_SYNONYMS = {"warn": "warning", "fatal": "critical"}
+#: the log line formats (``LIVEREC_LOG_FORMAT``, ``--log-format``)
+LOG_FORMATS: tuple[str, ...] = ("text", "json")
+
+
+def log_level_name(level: str, setting: str = "log level") -> str:
+    """``level`` as one of :data:`LOG_LEVELS` (lower case), or a ValueError naming
+    ``setting`` and the accepted levels.
+
+    >>> log_level_name("WARN"), log_level_name(" Info ")
+    ('warning', 'info')
+    >>> log_level_name("loud", "LIVEREC_LOG_LEVEL")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: LIVEREC_LOG_LEVEL must be one of debug, info, ..., critical (any case), not 'loud'
+    """
+    name = str(level).strip().lower()
+    name = _SYNONYMS.get(name, name)
+    if name not in LOG_LEVELS:
+        raise ValueError(f"{setting} must be one of {', '.join(LOG_LEVELS)} (any case), "
+                         f"not {level!r}")
+    return name
+
+
+def log_format_name(fmt: str, setting: str = "log format") -> str:
+    """``fmt`` if it is one of :data:`LOG_FORMATS`, else a ValueError naming ``setting``
+    and the accepted formats.
+
+    >>> log_format_name("xml", "--log-format")
+    Traceback (most recent call last):
+    ...
+    ValueError: --log-format must be one of text, json, not 'xml'
+    """
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"{setting} must be one of {', '.join(LOG_FORMATS)}, not {fmt!r}")
+    return fmt
 
 #: attributes every LogRecord has; anything else on a record came from ``extra``
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {

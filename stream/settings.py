@@ -123,8 +123,12 @@ class KafkaSettings(BaseSettings):
     event_weights: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS)
     )
+    #: largest event record, in bytes of JSON; a larger one is rejected (the trainer
+    #: sends it to the dead-letter topic)
     max_event_bytes: int = Field(default=8192, ge=256)
+    #: longest ``event_id``, ``user_id``, ``item_id`` and ``session_id``, in characters
     max_id_chars: int = Field(default=256, ge=1)
+    #: most keys of an event's ``context`` object
     max_context_keys: int = Field(default=16, ge=0)
     max_future_s: float = Field(default=86_400.0, ge=0)
     max_past_s: float = Field(default=50 * 365.25 * 86_400.0, ge=0)

@@ -94,3 +94,46 @@ def test_serve_uses_the_local_broker_when_no_bootstrap_is_configured(
     monkeypatch.setenv("LIVEREC_KAFKA_BOOTSTRAP", "")  # set empty: no Kafka at all
     assert CliRunner().invoke(cli.app, args).exit_code == 0
     assert got == ["127.0.0.1:9999", "", "10.0.0.1:9092", ""]
+
+
+_LEVELS = "debug, info, warning, error, critical"
+
+
+def _one_line_usage_error(args: list[str], env: dict[str, str], *expect: str) -> str:
+    """``args`` exit 2 with one line on the output holding every ``expect``."""
+    result = CliRunner().invoke(cli.app, args, env={"LIVEREC_KAFKA_BOOTSTRAP": "", **env})
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        repr(result.exception))
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    for text in expect:
+        assert text in lines[0], result.output
+    return lines[0]
+
+
+def test_a_bad_log_level_or_format_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    serve = ["serve", "--snapshots", str(tmp_path / "s"), "--port", "0"]
+    train = ["train", "--bootstrap", "127.0.0.1:1", "--metrics-port", "-1",
+             "--snapshots", str(tmp_path / "t")]
+    for args in (serve, train):
+        line = _one_line_usage_error(args, {"LIVEREC_LOG_LEVEL": "verbose"},
+                                     "LIVEREC_LOG_LEVEL", _LEVELS, "'verbose'")
+        assert "--log-format" not in line and "LIVEREC_LOG_FORMAT" not in line, line
+        _one_line_usage_error(args, {"LIVEREC_LOG_FORMAT": "xml"},
+                              "LIVEREC_LOG_FORMAT", "text, json", "'xml'")
+        line = _one_line_usage_error([*args, "--log-format", "yaml"], {},
+                                     "--log-format", "text, json", "'yaml'")
+        assert "LIVEREC_LOG_LEVEL" not in line, line
+    line = _one_line_usage_error([*train, "--log-level", "loud"], {},
+                                 "--log-level", _LEVELS, "'loud'")
+    assert "--log-format" not in line, line
+
+
+def test_log_levels_are_taken_in_any_case_and_warn_is_warning() -> None:
+    from serving.settings import ServeSettings
+
+    assert ServeSettings(log_level="WARN").log_level == "warning"
+    assert ServeSettings(log_level="Debug").log_level == "debug"
+    with pytest.raises(ValueError, match=_LEVELS):
+        ServeSettings(log_level="trace")

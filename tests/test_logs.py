@@ -102,3 +102,30 @@ def test_no_extra_field_loses_the_line() -> None:
     assert out["level"] == "ERROR" and out["extra.level"] == "shadow"
     assert out["big"] == str(2**70) and "(1, 2)" in out["tupled"]
     assert out["bad"] == "<BadRepr: repr failed>"
+
+
+@pytest.fixture
+def restore_logging(monkeypatch: pytest.MonkeyPatch) -> object:
+    monkeypatch.setenv("LIVEREC_LOG_FORMAT", "text")  # configure_logging sets it
+    names = ("", "httpx", "httpcore")
+    levels = {n: logging.getLogger(n).level for n in names}
+    yield None
+    for n, level in levels.items():
+        logging.getLogger(n).setLevel(level)
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_httpx_request_lines_are_quiet_unless_debug() -> None:
+    # The dashboard scrapes the trainer every 2 s: one INFO line each from httpx.
+    logging.getLogger().setLevel(logging.DEBUG)  # whatever the root lets through
+    configure_logging("INFO", "text")
+    for name in ("httpx", "httpcore"):
+        assert not logging.getLogger(name).isEnabledFor(logging.INFO), name
+        assert logging.getLogger(name).isEnabledFor(logging.WARNING), name
+    configure_logging("debug", "text")
+    assert logging.getLogger("httpx").isEnabledFor(logging.DEBUG)
+
+
+def test_an_unknown_level_is_refused_with_the_accepted_ones() -> None:
+    with pytest.raises(ValueError, match="debug, info, warning, error, critical"):
+        configure_logging("verbose", "text")

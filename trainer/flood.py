@@ -68,7 +68,10 @@ class FloodSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="LIVEREC_FLOOD_", extra="ignore")
 
+    #: cap learned events per user, per (user, item) and per item (false: learn every
+    #: valid event); capped events count in ``liverec_trainer_events_capped_total``
     enabled: bool = True
+    #: the sliding window the caps count in, seconds of event time
     window_s: float = Field(default=60.0, gt=0)
     #: learned events one user may add within the window
     user_events: int = Field(default=120, ge=1)

@@ -28,8 +28,13 @@ class TrainerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="LIVEREC_", extra="ignore")
 
+    #: Kafka consumer group; one group learns one model (with ``scale_out``, its trainers
+    #: share it); a snapshot location belongs to one group
     group: str = "liverec-trainer"
+    #: snapshot root this trainer writes (its only writer) and ``liverec serve`` reads
     snapshots: Path = Path("snapshots")
+    #: models to learn: "all" (the registry's default mix) or comma-separated registry
+    #: names
     models: str = "all"
     #: JSON ``{"model": {"param": value}}`` passed to fresh models' constructors
     model_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -38,7 +43,9 @@ class TrainerSettings(BaseSettings):
     #: re-ranker blend them and its snapshots carry them, but it never learns them; each
     #: is reloaded from its root's ``LATEST`` (checked every ``follow_every_s``)
     follow: Annotated[dict[str, Path], NoDecode] = Field(default_factory=dict)
+    #: seconds between two checks of the followed roots' ``LATEST``
     follow_every_s: float = Field(default=5.0, gt=0)
+    #: events per mini-batch: each model learns once per batch
     batch_size: int = Field(default=256, ge=1)
     #: longest a batch waits to fill up to ``batch_size`` (it is handed over early once
     #: a 50 ms poll slice brings nothing: the stream went quiet)
@@ -49,6 +56,8 @@ class TrainerSettings(BaseSettings):
     #: confluent only; the group membership, commits and dead-letter topic stay here);
     #: "auto" is the process with confluent, the thread with kafka-python
     source: Literal["auto", "thread", "process"] = "auto"
+    #: seconds between two snapshots (spaced out by ``snapshot_max_share`` and
+    #: ``snapshot_write_share`` when a copy or a write takes long)
     snapshot_every_s: float = Field(default=1.0, gt=0)
     #: most of the learner's wall time copying state for snapshots may take while it
     #: has a backlog: when a copy takes longer than this share of ``snapshot_every_s``,
@@ -61,6 +70,7 @@ class TrainerSettings(BaseSettings):
     #: snapshots space out (0: always every ``snapshot_every_s``). On a small machine
     #: a writer busy all the time takes a core from the learner and the Kafka source.
     snapshot_write_share: float = Field(default=0.25, ge=0, le=1)
+    #: snapshot versions kept on disk (older ones are deleted)
     keep_snapshots: int = Field(default=5, ge=1)
     #: what a trainer that finds no valid snapshot does when its consumer group has
     #: committed offsets on the topic (the model they stand for is lost): "refuse"
@@ -73,12 +83,16 @@ class TrainerSettings(BaseSettings):
     #: interval keeps the figure comparable while the snapshot cadence changes with
     #: load; each comparison copies every embedding table on the learner's thread.
     embedding_drift_every_s: float = Field(default=30.0, ge=0)
-    #: 0 picks a free port; -1 serves no metrics
+    #: port of the trainer's Prometheus ``/metrics``: 0 picks a free port (logged); -1
+    #: serves no metrics
     metrics_port: int = Field(default=9101, ge=-1)
     #: the metrics endpoint's address: loopback unless set (the compose files set
     #: 0.0.0.0 inside the stack's network, for Prometheus)
     metrics_addr: str = "127.0.0.1"
+    #: cut-off of the prequential metrics (HR@k, NDCG@k, ...) and length of the lists
+    #: scored
     k: int = Field(default=10, ge=1)
+    #: evaluated events in the rolling metrics (``liverec_trainer_rolling_*``)
     rolling_window: int = Field(default=1000, ge=1)
     #: prequential evaluation sample: a fraction of the evaluable events in (0, 1] ...
     eval_sample: float = Field(default=1.0, gt=0, le=1)
@@ -98,21 +112,39 @@ class TrainerSettings(BaseSettings):
     #: except while the learner has a backlog (then the share bounds it, down to
     #: ``trainer.evaluation.BACKLOG_MIN_PER_S``)
     eval_min_per_minute: float = Field(default=1000.0, ge=0)
+    #: seed of the evaluation sample's draws (which events are scored)
     eval_seed: int = 0
+    #: most recent distinct items kept per user: the models' query context and what
+    #: evaluation excludes
     history_items: int = Field(default=200, ge=1)
     #: most users whose history is kept (None: no bound); beyond it the least recently
     #: active user is forgotten -- its history, its evaluation counts and its state in
     #: every model (``forget_users``) -- so memory and snapshots stay bounded however
     #: many user ids the stream brings
     history_max_users: int | None = Field(default=1_000_000, ge=1)
+    #: an ``event_id`` learned is remembered until the watermark is this many seconds of
+    #: event time past it: a duplicate within it is skipped, an older one learned again
+    #: (size it to the longest replay overlap; the window is in every snapshot)
     dedup_window_s: float = Field(default=86_400.0, gt=0)
+    #: ... and at most this many ids are remembered (the oldest go first)
     dedup_max_ids: int = Field(default=500_000, ge=1)
+    #: after a model's concept-drift alarm, forget faster for a while: its half-lives
+    #: times ``drift_half_life_factor`` and learning rates times ``drift_lr_factor``, for
+    #: ``drift_adapt_events`` learned events, then the original values come back
     drift_adapt: bool = True
+    #: ``drift_adapt``: factor on the adaptable half-lives (shorter memory)
     drift_half_life_factor: float = Field(default=0.25, gt=0)
+    #: ``drift_adapt``: factor on the adaptable learning rates (faster steps)
     drift_lr_factor: float = Field(default=2.0, gt=0)
+    #: ``drift_adapt``: learned events the adaptation lasts
     drift_adapt_events: int = Field(default=5_000, ge=1)
+    #: data drift (item popularity, user activity: PSI and JS in the metrics): hash bins
+    #: of the histograms compared
     drift_buckets: int = Field(default=64, ge=2)
+    #: data drift: events per window; the latest window is compared with the one
+    #: before it
     drift_window: int = Field(default=5_000, ge=10)
+    #: seconds between two status lines in the log
     status_every_s: float = Field(default=5.0, gt=0)
     #: rebuild the consumer when it has held no partitions this long, since joining or
     #: since a rebalance took its last ones (doubling each time); guards against a
@@ -157,6 +189,8 @@ class TrainerSettings(BaseSettings):
     #: item content file for the models that use it (MovieLens ``movies.csv`` or the
     #: Online Retail CSV), read through ``item_features_preset`` (None: from the header)
     item_features: Path | None = None
+    #: ``movielens`` or ``online-retail``: how ``item_features`` is read (None: from its
+    #: header)
     item_features_preset: str | None = None
     #: compacted item-features topic to read from its beginning ("": none), e.g.
     #: ``clicks.item_features`` (what ``liverec features publish`` writes)
