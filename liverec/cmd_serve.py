@@ -115,6 +115,7 @@ def register(app: typer.Typer) -> None:
         """
         from pydantic import ValidationError
 
+        from liverec.env_vars import warn_unknown
         from liverec.logs import configure_logging
         from serving.app import run
         from serving.auth import AuthConfigError, AuthSettings
@@ -161,6 +162,7 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"error: --item-features: {exc}", err=True)
                 raise typer.Exit(2) from None
         configure_logging(settings.log_level, settings.log_format)
+        warn_unknown(logging.getLogger("liverec.serve"))
         if not settings.bootstrap:
             logging.getLogger("liverec.serve").warning(
                 "no Kafka: set LIVEREC_KAFKA_BOOTSTRAP or --bootstrap, or run `liverec "

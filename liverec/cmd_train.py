@@ -169,6 +169,7 @@ def train(
     LIVEREC_KAFKA_SECURITY_PROTOCOL, LIVEREC_KAFKA_SASL_* and LIVEREC_KAFKA_SSL_*
     variables; the flood guard from LIVEREC_FLOOD_*.
     """
+    from liverec.env_vars import warn_unknown
     from liverec.logs import configure_logging, log_format_name, log_level_name
 
     try:
@@ -190,6 +191,7 @@ def train(
 
     configure_logging(log_level, log_format)
     log = logging.getLogger("liverec.train")
+    warn_unknown(log)
     given: dict[str, Any] = {
         k: v
         for k, v in {

@@ -43,10 +43,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # this checkout's code, not an installed copy's
     sys.path.insert(0, str(ROOT))
 
-from pydantic import AliasChoices, AliasPath, BaseModel  # noqa: E402
+from pydantic import BaseModel  # noqa: E402
 from pydantic.fields import FieldInfo  # noqa: E402
 from pydantic_core import PydanticUndefined  # noqa: E402
 from pydantic_settings import BaseSettings, NoDecode  # noqa: E402
+
+from liverec.env_vars import env_names  # noqa: E402
 
 OUTPUT = ROOT / "docs" / "SETTINGS.md"
 COMMAND = "python scripts/settings_reference.py > docs/SETTINGS.md"
@@ -178,31 +180,6 @@ def settings_classes() -> list[SettingsClass]:
 
 
 # ------------------------------------------------------------------ one field
-
-
-def env_names(cls: type[BaseSettings], name: str) -> list[str]:
-    """The environment variables pydantic-settings reads field ``name`` of ``cls`` from,
-    the one it prefers first."""
-    config = cls.model_config
-    prefix = config.get("env_prefix", "") or ""
-    info = cls.model_fields[name]
-    alias = info.validation_alias
-    names: list[str] = []
-    if isinstance(alias, AliasChoices):
-        for choice in alias.choices:
-            if isinstance(choice, str):
-                names.append(choice)
-            elif isinstance(choice, AliasPath) and isinstance(choice.path[0], str):
-                names.append(choice.path[0])
-    elif isinstance(alias, AliasPath) and isinstance(alias.path[0], str):
-        names.append(alias.path[0])
-    elif isinstance(alias, str):
-        names.append(alias)
-    if not names or config.get("populate_by_name") or config.get("validate_by_name"):
-        names.append(prefix + name)
-    if not config.get("case_sensitive", False):
-        names = [n.upper() for n in names]
-    return list(dict.fromkeys(names))
 
 
 def _decoding(info: FieldInfo) -> str:

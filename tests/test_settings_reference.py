@@ -222,3 +222,28 @@ def test_every_variable_the_code_reads_is_documented() -> None:
     missing = {v: p for v, p in found.items() if v not in documented | NOT_VARIABLES}
     assert not missing, (f"read in the code, not in docs/SETTINGS.md: {missing}; add them "
                          "to OTHER_VARIABLES in scripts/settings_reference.py")
+
+
+def test_the_unknown_variable_warning_knows_exactly_the_documented_variables() -> None:
+    from liverec.env_vars import known_variables
+
+    text = ref.OUTPUT.read_text(encoding="utf-8")
+    # (a name ending in "_" is a family's prefix: LIVEREC_RATE_*)
+    assert known_variables() == set(re.findall(r"`(LIVEREC_[A-Z0-9_]*[A-Z0-9])`", text))
+
+
+def test_a_misspelled_variable_is_named_with_the_closest_known_one(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from liverec.env_vars import warn_unknown
+
+    env = {"LIVEREC_KAFKA_BOOTSTRAPS": "kafka:9092", "LIVEREC_TOPIC": "clicks",
+           "LIVEREC_ZZZ": "1", "PATH": "/bin"}
+    with caplog.at_level(logging.WARNING, logger="t.env"):
+        assert warn_unknown(logging.getLogger("t.env"), env) == [
+            "LIVEREC_KAFKA_BOOTSTRAPS", "LIVEREC_ZZZ"]
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "LIVEREC_KAFKA_BOOTSTRAPS (did you mean LIVEREC_KAFKA_BOOTSTRAP?)" in line
+    assert "LIVEREC_ZZZ" in line and "LIVEREC_TOPIC" not in line
+    assert warn_unknown(logging.getLogger("t.env"), {"LIVEREC_TOPIC": "x"}) == []

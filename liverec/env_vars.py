@@ -1,0 +1,96 @@
+"""The ``LIVEREC_*`` environment variables liverec reads, and a warning for the others.
+
+pydantic-settings ignores a variable no field reads (``extra="ignore"``), so a typo --
+``LIVEREC_KAFKA_BOOTSTRAPS`` -- leaves its setting at the default without a word: a
+server started so ran without Kafka and said ready. :func:`warn_unknown` logs one
+WARNING at start naming every ``LIVEREC_*`` variable that nothing reads, with the
+closest known name. ``docs/SETTINGS.md`` lists the known ones (a test keeps the two
+equal).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+import os
+from collections.abc import Mapping
+
+from pydantic import AliasChoices, AliasPath
+from pydantic_settings import BaseSettings
+
+__all__ = ["env_names", "known_variables", "unknown_variables", "warn_unknown"]
+
+#: every settings class (module:class), each field read from the environment
+SETTINGS_CLASSES = (
+    "stream.settings:KafkaSettings",
+    "trainer.settings:TrainerSettings",
+    "trainer.flood:FloodSettings",
+    "serving.settings:ServeSettings",
+    "serving.auth:AuthSettings",
+    "serving.ratelimit:RateLimitSettings",
+)
+#: variables read outside the settings classes (docs/SETTINGS.md, "Other variables")
+OTHER_VARIABLES = frozenset({
+    "LIVEREC_UMASK", "LIVEREC_API_KEYS_FILE", "LIVEREC_CACHE_DIR", "LIVEREC_DOCKER",
+    "LIVEREC_KAFKA_IMAGE", "LIVEREC_LOG_LEVEL", "LIVEREC_LOG_FORMAT",
+})
+
+
+def env_names(cls: type[BaseSettings], name: str) -> list[str]:
+    """The environment variables pydantic-settings reads field ``name`` of ``cls`` from,
+    the one it prefers first."""
+    config = cls.model_config
+    prefix = config.get("env_prefix", "") or ""
+    info = cls.model_fields[name]
+    alias = info.validation_alias
+    names: list[str] = []
+    if isinstance(alias, AliasChoices):
+        for choice in alias.choices:
+            if isinstance(choice, str):
+                names.append(choice)
+            elif isinstance(choice, AliasPath) and isinstance(choice.path[0], str):
+                names.append(choice.path[0])
+    elif isinstance(alias, AliasPath) and isinstance(alias.path[0], str):
+        names.append(alias.path[0])
+    elif isinstance(alias, str):
+        names.append(alias)
+    if not names or config.get("populate_by_name") or config.get("validate_by_name"):
+        names.append(prefix + name)
+    if not config.get("case_sensitive", False):
+        names = [n.upper() for n in names]
+    return list(dict.fromkeys(names))
+
+
+def known_variables() -> set[str]:
+    """Every ``LIVEREC_*`` variable some part of liverec reads."""
+    known = set(OTHER_VARIABLES)
+    for spec in SETTINGS_CLASSES:
+        module, _, name = spec.partition(":")
+        cls = getattr(importlib.import_module(module), name)
+        for field in cls.model_fields:
+            known.update(n for n in env_names(cls, field) if n.startswith("LIVEREC_"))
+    return known
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The ``LIVEREC_*`` variables of ``environ`` (default: this process's) that
+    nothing reads, sorted."""
+    env = os.environ if environ is None else environ
+    known = known_variables()
+    return sorted(k for k in env if k.upper().startswith("LIVEREC_") and k.upper() not in known)
+
+
+def warn_unknown(log: logging.Logger, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Log one WARNING naming the unread ``LIVEREC_*`` variables (with the closest known
+    name each); returns them."""
+    unknown = unknown_variables(environ)
+    if unknown:
+        known = sorted(known_variables())
+        parts = []
+        for name in unknown:
+            close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.75)
+            parts.append(f"{name} (did you mean {close[0]}?)" if close else name)
+        log.warning("ignoring environment variables that no setting reads: %s "
+                    "(docs/SETTINGS.md lists them all)", ", ".join(parts))
+    return unknown
