@@ -375,10 +375,12 @@ class BatchSource:
         try:
             self.consumer.commit(to_commit)
             self.commits_total += 1
-        except Exception:
+        except Exception as exc:
             # Harmless: the snapshot holds the offsets; a restart seeks to them.
             self.commit_errors += 1
-            log.exception("offset commit failed")
+            log.warning("offset commit failed (%s); harmless for the model: the durable "
+                        "snapshot holds these offsets and a restart resumes there; the group's "
+                        "committed offsets lag until a later commit succeeds", exc)
 
     def _close_quietly(self) -> None:
         if self.consumer is not None:
