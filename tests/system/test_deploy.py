@@ -104,8 +104,14 @@ def test_grafana_provisioning_points_at_the_dashboard(compose: dict) -> None:
     assert ds["datasources"][0]["uid"] == "prometheus"
     assert ds["datasources"][0]["url"] == "http://prometheus:9090"
     dashboards = json.loads(DASHBOARD.read_text())
+    # Every query goes through the dashboard's datasource variable (so it imports into
+    # a Grafana whose Prometheus has another uid), which defaults to the provisioned one.
     assert {t["datasource"]["uid"] for p in dashboards["panels"] for t in p["targets"]} == {
-        "prometheus"}
+        "${datasource}"}
+    (var,) = dashboards["templating"]["list"]
+    assert (var["name"], var["type"], var["query"]) == ("datasource", "datasource",
+                                                        "prometheus")
+    assert var["current"]["value"] == ds["datasources"][0]["uid"]
     prov = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/liverec.yml").read_text())
     path = prov["providers"][0]["options"]["path"]
     mounts = compose["services"]["grafana"]["volumes"]
