@@ -1,8 +1,9 @@
 """Issue 10 item 4: the stale-snapshot and snapshot-error alerts fire on a trainer whose
 snapshot directory became unwritable, and stay quiet on a healthy one
 (``promtool test rules`` on deploy/prometheus/alerts.test.yml). The operator review
-after it: staleness alerts stay quiet on a quiet stream, and every scrape job has a
-target-down and an ``absent()`` rule."""
+after it: staleness alerts stay quiet on a quiet stream, every scrape job has a
+target-down and an ``absent()`` rule, and every alert has a runbook section in
+docs/OPERATIONS.md."""
 
 from __future__ import annotations
 
@@ -58,3 +59,10 @@ def test_every_scrape_job_has_a_target_down_and_an_absent_rule(config: str) -> N
         assert f'up{{job="{job}"}} == 0' in exprs, job
         assert f'absent(up{{job="{job}"}})' in exprs, job
 
+
+def test_every_alert_has_a_runbook_section() -> None:
+    runbook = (REPO / "docs" / "OPERATIONS.md").read_text()
+    headings = {line.lstrip("#").strip() for line in runbook.splitlines()
+                if line.startswith("#")}
+    for rule in _rules():
+        assert any(rule["alert"] in h for h in headings), f"{rule['alert']}: no runbook section"
