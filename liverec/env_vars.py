@@ -37,6 +37,19 @@ OTHER_VARIABLES = frozenset({
 })
 
 
+#: variables of the container stack and the build scripts (docker-compose*.yml, the
+#: Dockerfile, scripts/): not read by liverec, but often exported in the same shell
+DEPLOY_VARIABLES = frozenset({
+    "LIVEREC_BASE_IMAGE", "LIVEREC_BIND_ADDR", "LIVEREC_DOCKERD_LOG",
+    "LIVEREC_DOCKER_DATA_ROOT", "LIVEREC_GRAFANA_IMAGE", "LIVEREC_GRAFANA_PORT",
+    "LIVEREC_IMAGE", "LIVEREC_KAFKA_HEAP_OPTS", "LIVEREC_KAFKA_HOST", "LIVEREC_KAFKA_PORT",
+    "LIVEREC_LOCAL_BASE_TAG", "LIVEREC_LOCAL_KAFKA_TAG", "LIVEREC_LOCAL_PROMETHEUS_TAG",
+    "LIVEREC_PROMETHEUS_IMAGE", "LIVEREC_PROMETHEUS_PORT", "LIVEREC_REBUILD_BASE",
+    "LIVEREC_REPLAY_DATA", "LIVEREC_SERVING_PORTS", "LIVEREC_TAG",
+    "LIVEREC_TRAINER_METRICS_PORT",
+})
+
+
 def env_names(cls: type[BaseSettings], name: str) -> list[str]:
     """The environment variables pydantic-settings reads field ``name`` of ``cls`` from,
     the one it prefers first."""
@@ -77,7 +90,7 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     """The ``LIVEREC_*`` variables of ``environ`` (default: this process's) that
     nothing reads, sorted."""
     env = os.environ if environ is None else environ
-    known = known_variables()
+    known = known_variables() | DEPLOY_VARIABLES
     return sorted(k for k in env if k.upper().startswith("LIVEREC_") and k.upper() not in known)
 
 
@@ -92,5 +105,6 @@ def warn_unknown(log: logging.Logger, environ: Mapping[str, str] | None = None) 
             close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.75)
             parts.append(f"{name} (did you mean {close[0]}?)" if close else name)
         log.warning("ignoring environment variables that no setting reads: %s "
-                    "(docs/SETTINGS.md lists them all)", ", ".join(parts))
+                    "(docs/SETTINGS.md lists liverec's; README's \"Production shape\" "
+                    "the container stack's)", ", ".join(parts))
     return unknown

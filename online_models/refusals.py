@@ -104,7 +104,9 @@ class Refusals(Mapping[K, str], Generic[K]):
         further one, at most ``max_s``."""
         prev = self._by_key.get(key)
         attempts = 1 if prev is None else prev.attempts + 1
-        delay = min(self.max_s, self.first_s * 2.0 ** (attempts - 1))
+        # The exponent is capped: 2.0 ** 1024 overflows (attempt 1025, 85 hours in at
+        # the 5-minute cap), and the delay is at the cap long before.
+        delay = min(self.max_s, self.first_s * 2.0 ** min(attempts - 1, 60))
         r = Refusal(reason, attempts, fingerprint, self.clock() + delay)
         self._by_key[key] = r
         return r

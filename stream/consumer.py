@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from stream.dlq_guard import DeadLetterBreaker, RejectLog
+from stream.dlq_guard import DeadLetterBreaker, RejectLog, offset_ranges
 from stream.events import ClickEvent, Limits, Rejected, decode, dlq_payload
 from stream.kafka import (
     Consumer,
@@ -351,6 +351,7 @@ class MiniBatchConsumer:
     def poll_batch(self, max_records: int, timeout_s: float) -> RecordBatch:
         """:meth:`poll_records` as columns (topics, partitions, offsets, values): no
         Python object per record, for a columnar decoder."""
+        self._reject_log.tick()
         return self._client.poll_batch(max_records, timeout_s)
 
     def next_batch(self, timeout_ms: int | None = None) -> ConsumedBatch:
@@ -437,7 +438,10 @@ class MiniBatchConsumer:
 
         Each record is tried up to ``dlq_attempts`` times with doubling backoff; one
         that still fails is counted in :attr:`dlq_failures_total`, logged at ERROR
-        and skipped (its reason and place are in the log line).
+        and skipped (the first five of a batch one by one, the rest as offset ranges).
+        Once every record of a batch failed every attempt, later rejects are counted
+        and skipped without a try for a cool-down (:class:`DeadLetterBreaker`), their
+        offset ranges logged.
 
         Raises
         ------
@@ -452,15 +456,21 @@ class MiniBatchConsumer:
             # Known to fail: count and skip at once rather than stall every batch.
             self.dlq_failures_total += len(rejects)
             breaker.skipped += len(rejects)
+            log.error("dead-letter topic %s still failing: skipped %d rejects without a "
+                      "try (%s)", self.dlq_topic, len(rejects), offset_ranges(rejects))
             return 0
         todo = list(rejects)
         written = 0
         backoff = self.dlq_backoff_s
         last_error: dict[int, str] = {}
         for attempt in range(1, self.dlq_attempts + 1):
-            failed_idx = self._write_dlq(todo, last_error)
+            # Retries go one record at a time: the broker refuses a produce batch
+            # whole when one record in it is too large for the topic.
+            failed_idx = self._write_dlq(todo, last_error, one_by_one=attempt > 1)
             written += len(todo) - len(failed_idx)
             todo = [todo[i] for i in failed_idx]
+            last_error = {n: last_error[i] for n, i in enumerate(failed_idx)
+                          if i in last_error}
             if not todo:
                 if breaker.open_until is not None:
                     log.warning("dead-letter writes to %s succeed again (%d rejects were "
@@ -484,27 +494,27 @@ class MiniBatchConsumer:
                 log.error("DEAD-LETTER WRITE FAILED %d times; skipping the reject %s at "
                           "%s[%d]@%d (%d bytes): %s", self.dlq_attempts, rej.reason, topic,
                           partition, offset, len(rej.raw), last_error.get(i, "not delivered"))
+        if len(todo) > 5:
+            log.error("... and %d more rejects skipped the same way (%s)", len(todo) - 5,
+                      offset_ranges(todo[5:]))
         error = next(iter(last_error.values()), "not delivered")
+        if written:
+            # The topic takes records: these ones failed for themselves (too large for
+            # it, say), which is no reason to stop writing the others.
+            return written
         wait = breaker.opened(error)
-        log.error("dead-letter topic %s cannot be written (%s; %d rejects of this batch "
-                  "skipped): the next batches' rejects are counted and skipped without "
-                  "a try for %.0f s, so that the stream does not wait on it (their "
-                  "reason and offset are in the log lines above)", self.dlq_topic, error,
-                  len(todo), wait)
+        log.error("dead-letter topic %s cannot be written (%s; none of this batch's %d "
+                  "rejects went in): the next batches' rejects are counted and skipped "
+                  "without a try for %.0f s, so that the stream does not wait on it",
+                  self.dlq_topic, error, len(todo), wait)
         return written
 
-    def _write_dlq(self, todo: list[RejectAt], errors: dict[int, str]) -> list[int]:
-        """One attempt at every record of ``todo``; returns the indexes that failed."""
+    def _write_dlq(self, todo: list[RejectAt], errors: dict[int, str],
+                   one_by_one: bool = False) -> list[int]:
+        """One attempt at every record of ``todo`` (``one_by_one``: each delivered or
+        failed before the next is sent, on a fresh producer after a failure); returns
+        the indexes that failed."""
         assert self.dlq_topic is not None
-        if self._producer is None:
-            try:
-                self._producer = make_producer(
-                    self.settings, client_id=f"{self.client_id}-dlq", linger_ms=0,
-                    delivery_timeout_ms=self.dlq_timeout_ms, max_block_ms=self.dlq_timeout_ms)
-            except KafkaClientError as exc:
-                errors.update(dict.fromkeys(range(len(todo)), str(exc)))
-                return list(range(len(todo)))
-        producer = self._producer
         delivered: set[int] = set()
         errors.clear()
 
@@ -516,15 +526,32 @@ class MiniBatchConsumer:
                     errors[i] = str(err)
             return on_delivery
 
+        flush_s = self.dlq_timeout_ms / 1000.0 + 5.0
         for i, (rej, topic, partition, offset) in enumerate(todo):
+            if self._producer is None:
+                try:
+                    self._producer = make_producer(
+                        self.settings, client_id=f"{self.client_id}-dlq", linger_ms=0,
+                        delivery_timeout_ms=self.dlq_timeout_ms,
+                        max_block_ms=self.dlq_timeout_ms)
+                except KafkaClientError as exc:
+                    errors.update(dict.fromkeys(range(i, len(todo)), str(exc)))
+                    break
+            producer = self._producer
             value, headers = dlq_payload(rej, topic=topic, partition=partition, offset=offset,
                                          max_bytes=self.settings.dlq_max_bytes)
             try:
                 producer.send(self.dlq_topic, value, headers=headers, on_delivery=callback(i))
             except KafkaClientError as exc:
                 errors[i] = str(exc)
-        # The delivery timeout bounds every record, so all callbacks run within it.
-        producer.flush(self.dlq_timeout_ms / 1000.0 + 5.0)
+            if one_by_one:
+                producer.flush(flush_s)
+                if i not in delivered:
+                    # Some failures (kafka-python's "too large") leave a producer unusable.
+                    self._close_producer()
+        if self._producer is not None:
+            # The delivery timeout bounds every record, so all callbacks run within it.
+            self._producer.flush(flush_s)
         return [i for i in range(len(todo)) if i not in delivered]
 
     def _rewind(self, batch: ConsumedBatch) -> None:

@@ -1,7 +1,8 @@
 """What keeps rejects from flooding the log or stalling the stream.
 
 * :class:`RejectLog`: one WARNING line per reject, at most ``burst`` per window; the
-  rest of the window's rejects are summarised by reason in one line when it ends.
+  rest of the window's rejects are summarised by reason in one line when it ends (at
+  the next poll after its end, or the next reject, or at close).
   (20,000 poison messages made 20,000 log lines.)
 * :class:`DeadLetterBreaker`: once a batch's dead-letter writes failed every attempt,
   the next batches skip the dead-letter topic for a cool-down (doubling, bounded)
@@ -18,10 +19,24 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["DeadLetterBreaker", "RejectLog"]
+__all__ = ["DeadLetterBreaker", "RejectLog", "offset_ranges"]
 
 #: (reject, topic, partition, offset); the reject has ``reason`` and ``detail``
 RejectAt = tuple[Any, str, int, int]
+
+
+def offset_ranges(rejects: Sequence[RejectAt]) -> str:
+    """Where ``rejects`` lie: ``topic[partition]@first-last`` per partition.
+
+    >>> offset_ranges([(None, "clicks", 0, 7), (None, "clicks", 0, 3), (None, "clicks", 1, 5)])
+    'clicks[0]@3-7, clicks[1]@5'
+    """
+    spans: dict[tuple[str, int], tuple[int, int]] = {}
+    for _, topic, partition, offset in rejects:
+        lo, hi = spans.get((topic, partition), (offset, offset))
+        spans[topic, partition] = (min(lo, offset), max(hi, offset))
+    return ", ".join(f"{t}[{p}]@{lo}" + (f"-{hi}" if hi != lo else "")
+                     for (t, p), (lo, hi) in sorted(spans.items()))
 
 
 class RejectLog:
@@ -32,13 +47,14 @@ class RejectLog:
         self.log, self.burst, self.window_s, self.clock = logger, burst, window_s, clock
         self._start: float | None = None
         self._shown = 0
+        self._wall = 0.0
         self._held: Counter[str] = Counter()
 
     def rejects(self, rejects: Sequence[RejectAt]) -> None:
         now = self.clock()
         if self._start is None or now - self._start >= self.window_s:
             self.flush()
-            self._start, self._shown = now, 0
+            self._start, self._shown, self._wall = now, 0, time.time()
         for rej, topic, partition, offset in rejects:
             if self._shown < self.burst:
                 self._shown += 1
@@ -47,15 +63,24 @@ class RejectLog:
             else:
                 self._held[rej.reason] += 1
 
+    def tick(self) -> None:
+        """Close the window once it is over (call it often: one clock read)."""
+        if self._start is not None and self.clock() - self._start >= self.window_s:
+            self.flush()
+            self._start = None
+
     def flush(self) -> None:
         """Log the summary of the rejects not shown in the current window."""
-        if self._held:
+        if self._held and self._start is not None:
             n = sum(self._held.values())
             by = ", ".join(f"{r}={c}" for r, c in sorted(self._held.items()))
-            self.log.warning("%d more rejects in the last %.0f s, not logged one by one "
-                             "(%s); each is in the dead-letter topic with its reason",
-                             n, self.window_s, by)
-            self._held.clear()
+            span = min(self.clock() - self._start, self.window_s)
+            since = time.strftime("%H:%M:%S", time.localtime(self._wall))
+            self.log.warning("%d more rejects in the %.0f s from %s, not logged one by "
+                             "one (%s); liverec_*_events_rejected_total counts them by "
+                             "reason, and the dead-letter topic holds each one it could "
+                             "take", n, span, since, by)
+        self._held.clear()
 
 
 class DeadLetterBreaker:

@@ -408,6 +408,10 @@ class KafkaPythonProducer:
             self._p.flush(timeout=timeout_s)
         except kerr.KafkaTimeoutError:
             log.warning("flush: records still undelivered after %.1fs", timeout_s)
+        except kerr.KafkaError as exc:
+            # After a fatal send error (a record too large for the topic) kafka-python's
+            # flush raises for the aborted batches; their callbacks report each failure.
+            log.warning("flush: %s", exc)
         self.poll()
         with self._lock:
             return self._in_flight

@@ -318,3 +318,17 @@ def test_with_nothing_served_a_refused_first_snapshot_is_not_reread_every_tick(
     path.write_bytes(whole)  # the copy completes
     assert state.check_reload() or state.check_reload()
     assert state.current is not None and state.current.version == v1 and not state.refused
+
+
+def test_a_version_refused_for_days_keeps_its_capped_delay() -> None:
+    """The delay doubles up to its cap and stays there: the 1,025th refusal (85 hours
+    in at 5 minutes) overflowed 2.0 ** 1024 and broke every later reload."""
+    from online_models.refusals import Refusals
+
+    now = [0.0]
+    refusals: Refusals[int] = Refusals(first_s=5.0, max_s=300.0, clock=lambda: now[0])
+    for _ in range(2000):
+        r = refusals.refuse(7, "corrupt", ())
+        now[0] = r.retry_at
+    assert r.attempts == 2000
+    assert refusals.refuse(7, "corrupt", ()).retry_at - now[0] == 300.0

@@ -142,9 +142,9 @@ def test_a_dlq_that_keeps_failing_is_not_retried_by_every_batch(kafka_settings, 
     tries: list[int] = []
     write = c._write_dlq
 
-    def counted(todo, errors):  # type: ignore[no-untyped-def]
+    def counted(todo, errors, one_by_one=False):  # type: ignore[no-untyped-def]
         tries.append(len(todo))
-        return write(todo, errors)
+        return write(todo, errors, one_by_one)
 
     c._write_dlq = counted  # type: ignore[method-assign]
     with c:
@@ -152,3 +152,22 @@ def test_a_dlq_that_keeps_failing_is_not_retried_by_every_batch(kafka_settings, 
     assert [e.event_id for b in batches for e in b.events] == ["e0", "e1", "e2", "e3"]
     assert tries == [1, 1, 1]  # the first batch's three attempts, then none
     assert c.dlq_failures_total == 4 and c.rejected_by_reason == {"not_json": 4}
+
+
+def test_one_record_too_large_for_the_dlq_does_not_stop_the_others(kafka_settings, new_topic,
+                                                                   unwritable_dlq):
+    """The dead-letter topic takes small copies: a reject too large for it fails alone,
+    and the breaker stays closed, so the next batch's rejects are written."""
+    topic = new_topic(partitions=1)
+    settings = at(kafka_settings, topic).model_copy(update={"dlq_max_bytes": 4096})
+    big, small = b"not json" + b" " * 3000, b"not json"
+    _produce(kafka_settings, topic, [big, small, small])
+    c = MiniBatchConsumer(settings, "g-dlq-one-big", batch_size=2, dlq_topic=unwritable_dlq,
+                          dlq_attempts=2, dlq_backoff_s=0.05, dlq_timeout_ms=3_000,
+                          dlq_cooldown_s=3600.0)
+    with c:
+        drain(c, 3)
+    assert c.dlq_failures_total == 1  # the big one only
+    copies = read_topic(kafka_settings, unwritable_dlq, 2)
+    assert [dict(r.headers)["source_offset"] for r in copies] == [b"1", b"2"]
+

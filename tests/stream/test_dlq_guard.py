@@ -34,7 +34,7 @@ def test_reject_lines_are_capped_per_window_and_the_rest_summarised(
         log.rejects(_rejects(1))
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 5
-    assert lines[3].startswith("4 more rejects in the last 60 s")
+    assert lines[3].startswith("4 more rejects in the 60 s from")
     assert "not_json=2, too_large=2" in lines[3]
     assert lines[4].startswith("reject not_json at clicks[0]@0")  # a new window's burst
 
@@ -52,3 +52,20 @@ def test_the_breaker_opens_doubles_and_resets() -> None:
     b.skipped = 7
     assert b.closed() == 7 and not b.is_open()
     assert b.opened("x") == 30.0  # back to the first cool-down
+
+
+def test_a_window_is_summarised_when_it_ends_not_at_the_next_reject(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    log = RejectLog(logging.getLogger("t.tick"), burst=1, window_s=60.0, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="t.tick"):
+        log.rejects(_rejects(3))
+        clock.t = 30.0
+        log.tick()  # the window is not over: nothing yet
+        assert len(caplog.records) == 1
+        clock.t = 7200.0  # a quiet two hours later, a poll
+        log.tick()
+    summary = caplog.records[-1].getMessage()
+    assert summary.startswith("2 more rejects in the 60 s from")  # not "the last 60 s"
+    assert "not_json=2" in summary
+
