@@ -119,6 +119,7 @@ def register(app: typer.Typer) -> None:
         from liverec.logs import configure_logging
         from serving.app import run
         from serving.auth import AuthConfigError, AuthSettings
+        from serving.ratelimit import RateLimitSettings
         from serving.settings import ServeSettings
 
         given: dict[str, Any] = {
@@ -147,6 +148,7 @@ def register(app: typer.Typer) -> None:
         try:
             settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})
             auth = AuthSettings(**{k: v for k, v in auth_given.items() if v is not None})
+            limits = RateLimitSettings()  # LIVEREC_RATE_*: checked here, not inside uvicorn
         except ValidationError as exc:  # an option or a LIVEREC_* variable
             _refuse_log_settings(exc, log_format_given=log_format is not None)
             raise typer.BadParameter(str(exc)) from exc
@@ -174,7 +176,7 @@ def register(app: typer.Typer) -> None:
         # cause instead, and /readyz and liverec_serving_degraded show it.
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
         try:
-            run(settings, auth=auth)
+            run(settings, auth=auth, limits=limits)
         except AuthConfigError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc

@@ -38,9 +38,12 @@ def _fails_cleanly(args: list[str], expect: str) -> None:
 
 
 def test_serve_refuses_bad_settings_and_a_bad_item_features_file(
-    tiny: Path, tmp_path: Path
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _fails_cleanly(["serve", "--port", "70000"], "less than or equal to 65535")
+    with monkeypatch.context() as env:  # a rate limit variable: before uvicorn starts
+        env.setenv("LIVEREC_RATE_WRITE_PER_S", "fast")
+        _fails_cleanly(["serve", "--snapshots", str(tmp_path / "s")], "write_per_s")
     _fails_cleanly(["serve", "--snapshots", str(tmp_path / "s"), "--item-features", str(tiny)],
                    "item features need preset movielens")
 
@@ -81,7 +84,8 @@ def test_serve_uses_the_local_broker_when_no_bootstrap_is_configured(
     for var in ("LIVEREC_KAFKA_BOOTSTRAP", "LIVEREC_BOOTSTRAP"):
         monkeypatch.delenv(var, raising=False)
     got: list[str] = []
-    monkeypatch.setattr(serving_app, "run", lambda settings, auth: got.append(settings.bootstrap))
+    monkeypatch.setattr(serving_app, "run",
+                        lambda settings, auth, limits: got.append(settings.bootstrap))
     args = ["serve", "--snapshots", str(tmp_path / "s")]
     monkeypatch.setattr(broker, "broker_status",
                         lambda: types.SimpleNamespace(bootstrap="127.0.0.1:9999"))

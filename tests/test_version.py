@@ -25,3 +25,13 @@ def test_both_processes_export_their_build() -> None:
     for registry in (ServingMetrics().registry,
                      TrainerMetrics(models=["popularity"], topic="clicks").registry):
         assert registry.get_sample_value("liverec_build_info", labels) == 1.0
+
+
+def test_python_dash_m_liverec_is_the_liverec_command() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "liverec", "--version"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().startswith(f"liverec {version('liverec')} ")
