@@ -86,23 +86,25 @@ def known_variables() -> set[str]:
     return known
 
 
-def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+def unknown_variables(environ: Mapping[str, str] | None = None,
+                      known: set[str] | None = None) -> list[str]:
     """The ``LIVEREC_*`` variables of ``environ`` (default: this process's) that
-    nothing reads, sorted."""
+    nothing reads (``known``: :func:`known_variables`, when the caller has it), sorted."""
     env = os.environ if environ is None else environ
-    known = known_variables() | DEPLOY_VARIABLES
-    return sorted(k for k in env if k.upper().startswith("LIVEREC_") and k.upper() not in known)
+    ok = (known_variables() if known is None else known) | DEPLOY_VARIABLES
+    return sorted(k for k in env if k.upper().startswith("LIVEREC_") and k.upper() not in ok)
 
 
 def warn_unknown(log: logging.Logger, environ: Mapping[str, str] | None = None) -> list[str]:
     """Log one WARNING naming the unread ``LIVEREC_*`` variables (with the closest known
     name each); returns them."""
-    unknown = unknown_variables(environ)
+    known = known_variables()
+    unknown = unknown_variables(environ, known)
     if unknown:
-        known = sorted(known_variables())
+        names = sorted(known)
         parts = []
         for name in unknown:
-            close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.75)
+            close = difflib.get_close_matches(name.upper(), names, n=1, cutoff=0.75)
             parts.append(f"{name} (did you mean {close[0]}?)" if close else name)
         log.warning("ignoring environment variables that no setting reads: %s "
                     "(docs/SETTINGS.md lists liverec's; README's \"Production shape\" "

@@ -561,9 +561,15 @@ class SnapshotStore:
             os.replace(tmp, self.root / _LATEST)
             _fsync_dir(self.root)
 
-    def _prune(self) -> None:
-        for v in self.versions()[: -self.keep]:
+    def remove_oldest(self, keep: int) -> list[int]:
+        """Remove all but the newest ``keep`` versions; returns those removed."""
+        old = self.versions()[:-keep]
+        for v in old:
             shutil.rmtree(self.path_of(v), ignore_errors=True)
+        return old
+
+    def _prune(self) -> None:
+        self.remove_oldest(self.keep)
         now = time.time()
         for p in self.root.glob(".tmp-*"):
             # Left over by a crash mid-write (never published), unless it is young:

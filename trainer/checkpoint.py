@@ -25,7 +25,6 @@ import errno
 import fcntl
 import logging
 import os
-import shutil
 import socket
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -276,15 +275,13 @@ class Checkpointer:
     def _make_room(self, loud: bool) -> None:
         """The disk is full: remove the oldest versions down to :data:`ROOM_KEEP`
         (``loud``: say so when there is nothing left to remove)."""
-        versions = self.store.versions()
-        old = versions[:-ROOM_KEEP]
+        old = self.store.remove_oldest(ROOM_KEEP)
         if not old:
             if loud:
                 log.error("the disk under %s is full and only %d snapshot version(s) are "
-                          "left: free space there", self.store.root, len(versions))
+                          "left: free space there", self.store.root,
+                          len(self.store.versions()))
             return
-        for v in old:
-            shutil.rmtree(self.store.path_of(v), ignore_errors=True)
         log.warning("the disk under %s is full: removed snapshot versions %s to make room "
                     "for the next one (the newest %d kept); free space, or lower "
                     "--keep-snapshots: a write needs room for one version more than "

@@ -18,9 +18,9 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from stream.kafka import ConsumerOptions, KafkaClientError, make_consumer
+from stream.kafka import KafkaClientError, committed_offsets
 from stream.settings import KafkaSettings
 
 __all__ = ["LostSnapshotGuard", "MissingSnapshotError"]
@@ -38,18 +38,12 @@ class MissingSnapshotError(RuntimeError):
 
 
 class LostSnapshotGuard:
-    """Whether a trainer that restored no snapshot may write one (see module doc).
-
-    ``consumer_factory`` (tests) makes the consumer that reads the commits.
-    """
+    """Whether a trainer that restored no snapshot may write one (see module doc)."""
 
     def __init__(self, kafka: KafkaSettings, group: str, root: Path, policy: Policy,
-                 on_refuse: Callable[[], None] = lambda: None,
-                 consumer_factory: Callable[[], Any] | None = None) -> None:
+                 on_refuse: Callable[[], None] = lambda: None) -> None:
         self.kafka, self.group, self.root, self.policy = kafka, group, root, policy
         self._on_refuse = on_refuse
-        self._factory = consumer_factory or (lambda: make_consumer(
-            kafka, ConsumerOptions(group_id=group, client_id="liverec-trainer-check")))
         self._done = threading.Event()
         self._stop = threading.Event()
         #: the commits found (partition -> next offset); None until known
@@ -85,7 +79,7 @@ class LostSnapshotGuard:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.commits = self._read()
+                self.commits = committed_offsets(self.kafka, self.group, self.kafka.topic)
                 break
             except KafkaClientError as exc:
                 self._error = str(exc)
@@ -113,13 +107,3 @@ class LostSnapshotGuard:
                             "the events before them are not learned", self.root,
                             self.group, where)
         self._done.set()
-
-    def _read(self) -> dict[int, int]:
-        consumer = self._factory()
-        try:
-            topic = self.kafka.topic
-            parts = [(topic, p) for p in sorted(consumer.partitions_for(topic))]
-            got = consumer.committed(parts) if parts else {}
-        finally:
-            consumer.close()
-        return {p: off for (_, p), off in got.items() if off is not None}

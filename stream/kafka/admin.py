@@ -21,6 +21,7 @@ __all__ = [
     "as_settings",
     "cluster_id",
     "cluster_ready",
+    "committed_offsets",
     "create_topics",
     "delete_topics",
     "end_offsets",
@@ -101,6 +102,22 @@ def end_offsets(settings: KafkaSettings | str, topic: str) -> dict[int, int]:
         return {p: off for (_, p), off in consumer.end_offsets(parts).items()}
     finally:
         consumer.close()
+
+
+def committed_offsets(settings: KafkaSettings | str, group: str, topic: str
+                      ) -> dict[int, int]:
+    """The next offset ``group`` committed on each partition of ``topic`` (partitions
+    without a commit, and a topic that does not exist, are left out)."""
+    from stream.kafka import make_consumer
+
+    consumer = make_consumer(as_settings(settings),
+                             ConsumerOptions(group_id=group, client_id="liverec-admin"))
+    try:
+        parts = [(topic, p) for p in sorted(consumer.partitions_for(topic))]
+        got = consumer.committed(parts) if parts else {}
+    finally:
+        consumer.close()
+    return {p: off for (_, p), off in got.items() if off is not None}
 
 
 def cluster_ready(settings: KafkaSettings | str, *, timeout_ms: int = 5_000) -> bool:

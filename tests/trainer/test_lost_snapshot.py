@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from liverec.cli import app
 from online_models.snapshot import SnapshotStore
-from stream.kafka import ConsumerOptions, make_consumer
+from stream.kafka import committed_offsets
 from stream.replay import produce_events
 from stream.settings import KafkaSettings
 from tests.trainer.helpers import synthetic_events
@@ -28,13 +28,8 @@ def _settings(root: Path, group: str, **more: object) -> TrainerSettings:
                            idle_exit_s=2, max_seconds=60, **more)  # type: ignore[arg-type]
 
 
-def _commits(kafka: KafkaSettings, group: str) -> dict[int, int | None]:
-    consumer = make_consumer(kafka, ConsumerOptions(group_id=group))
-    try:
-        got = consumer.committed([(kafka.topic, 0)])
-    finally:
-        consumer.close()
-    return {p: o for (_, p), o in got.items()}
+def _commits(kafka: KafkaSettings, group: str) -> dict[int, int]:
+    return committed_offsets(kafka, group, kafka.topic)
 
 
 def test_a_lost_snapshot_directory_stops_the_trainer_before_it_writes_anything(
