@@ -9,6 +9,10 @@
   instead of paying every retry again: a dead-letter topic that cannot be written
   (missing where the broker does not create topics, too small, no ACL) cost every
   batch with a reject its whole retry sequence, about 43 s with the defaults.
+* :func:`ensure_dead_letter_topic`: a trainer creates its dead-letter topic at start
+  where it is missing, or says at once that it cannot (before, a missing topic on a
+  cluster that does not create topics showed only at the first reject; a scale-out
+  trainer's transaction then failed on it).
 """
 
 from __future__ import annotations
@@ -19,7 +23,13 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["DeadLetterBreaker", "RejectLog", "offset_ranges"]
+from stream.kafka.admin import create_topics
+from stream.kafka.base import KafkaClientError
+from stream.settings import KafkaSettings
+
+__all__ = ["DeadLetterBreaker", "RejectLog", "ensure_dead_letter_topic", "offset_ranges"]
+
+log = logging.getLogger(__name__)
 
 #: (reject, topic, partition, offset); the reject has ``reason`` and ``detail``
 RejectAt = tuple[Any, str, int, int]
@@ -114,3 +124,26 @@ class DeadLetterBreaker:
         skipped, self.skipped = self.skipped, 0
         self.open_until, self.cooldown_s = None, self.base_s
         return skipped
+
+
+def ensure_dead_letter_topic(settings: KafkaSettings, timeout_s: float = 30.0) -> bool:
+    """Create ``settings.dlq_topic`` (one partition) if it does not exist.
+
+    Returns whether it exists now. Where it cannot be checked or created (no ACL to
+    describe or create topics, Kafka down), one WARNING says what that means and what
+    to do; nothing is raised: the trainer runs on, and a reject that cannot be
+    written is counted and skipped (see :class:`DeadLetterBreaker`).
+    """
+    topic = settings.dlq_topic
+    try:
+        created = create_topics(settings, {topic: 1}, timeout_s=timeout_s)
+    except (KafkaClientError, ValueError, RuntimeError) as exc:  # any client's refusal
+        log.warning(
+            "cannot make sure the dead-letter topic %s exists (%s). If it is missing "
+            "and the brokers do not create topics, rejects will be skipped and counted "
+            "in liverec_trainer_dlq_failures_total: create it (one partition) or let "
+            "this trainer's principal create topics", topic, exc)
+        return False
+    if created:
+        log.info("created the dead-letter topic %s", topic)
+    return True

@@ -43,6 +43,7 @@ from typing import IO
 from online_models import registry
 from online_models.base import OnlineModel
 from online_models.deltas import unsupported
+from stream.dlq_guard import ensure_dead_letter_topic
 from stream.kafka import ConsumerOptions, RecordBatch, create_topics
 from stream.kafka.base import Partition
 from stream.kafka.confluent import ConfluentConsumer
@@ -205,6 +206,8 @@ class ScaleOutTrainer:
         finally:
             probe.close()
         create_topics(k, {self.updates: n_parts})
+        # A reject sent in a transaction to a missing topic fails the transaction.
+        ensure_dead_letter_topic(k)
         self.item_side.n_input = n_parts
         self.txn.producer = TransactionalProducer(
             k, f"liverec-{s.group}-{self.instance}", client_id=f"liverec-trainer-{self.instance}",

@@ -37,6 +37,7 @@ from online_models.drift import ConceptDriftMonitor, DataDriftTracker
 from online_models.evaluation import PrequentialEvaluator
 from online_models.snapshot import CapturedState, SnapshotStore, capture
 from stream.consumer import MiniBatchConsumer, Partition
+from stream.dlq_guard import ensure_dead_letter_topic
 from stream.settings import KafkaSettings
 from stream.signals import stop_on_signals
 from trainer.adaptation import DriftAdaptation
@@ -329,6 +330,8 @@ class Trainer:
                          "is followed, scored" if name in s.follow else "learns",
                          device)
         self.checkpointer.acquire(group=s.group, topic=self.kafka.topic)
+        threading.Thread(target=ensure_dead_letter_topic, args=(self.kafka,),
+                         name="liverec-dlq-check", daemon=True).start()
         if self.snapshot_version is None:
             self._lost = LostSnapshotGuard(self.kafka, s.group, self.checkpointer.store.root,
                                            s.on_missing_snapshot, on_refuse=self.stop_event.set)

@@ -10,6 +10,7 @@ the retries at once.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 import uuid
@@ -19,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from stream.consumer import ConsumedBatch, DeadLetterError, MiniBatchConsumer
+from stream.dlq_guard import ensure_dead_letter_topic
 from stream.events import ClickEvent, encode
 from stream.kafka import create_topics, delete_topics, make_producer, send_all
 from stream.settings import KafkaSettings
@@ -171,3 +173,19 @@ def test_one_record_too_large_for_the_dlq_does_not_stop_the_others(kafka_setting
     copies = read_topic(kafka_settings, unwritable_dlq, 2)
     assert [dict(r.headers)["source_offset"] for r in copies] == [b"1", b"2"]
 
+
+
+def test_a_missing_dead_letter_topic_is_created_at_start(kafka_settings, caplog):
+    """A cluster that does not create topics would refuse every reject (and fail a
+    scale-out trainer's transaction): the trainers create the topic at start."""
+    settings = at(kafka_settings, f"nodlq-{uuid.uuid4().hex[:12]}")
+    try:
+        with caplog.at_level(logging.INFO, logger="stream.dlq_guard"):
+            assert ensure_dead_letter_topic(settings)
+            assert ensure_dead_letter_topic(settings)  # exists now: nothing to do
+        created = [r for r in caplog.records if r.getMessage().startswith("created")]
+        assert [r.getMessage() for r in created] == [
+            f"created the dead-letter topic {settings.dlq_topic}"]
+        assert create_topics(settings, {settings.dlq_topic: 1}) == []  # it exists
+    finally:
+        delete_topics(kafka_settings, [settings.dlq_topic])

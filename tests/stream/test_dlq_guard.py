@@ -6,8 +6,9 @@ import logging
 
 import pytest
 
-from stream.dlq_guard import DeadLetterBreaker, RejectLog
+from stream.dlq_guard import DeadLetterBreaker, RejectLog, ensure_dead_letter_topic
 from stream.events import Rejected
+from stream.settings import KafkaSettings
 
 
 class Clock:
@@ -69,3 +70,13 @@ def test_a_window_is_summarised_when_it_ends_not_at_the_next_reject(
     assert summary.startswith("2 more rejects in the 60 s from")  # not "the last 60 s"
     assert "not_json=2" in summary
 
+
+
+def test_an_unreachable_cluster_is_a_warning_not_an_error(
+        caplog: pytest.LogCaptureFixture) -> None:
+    settings = KafkaSettings(bootstrap="127.0.0.1:1", topic="clicks")
+    with caplog.at_level(logging.WARNING, logger="stream.dlq_guard"):
+        assert not ensure_dead_letter_topic(settings, timeout_s=1.0)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("cannot make sure the dead-letter topic clicks.dlq exists")
+    assert "create it (one partition)" in line
