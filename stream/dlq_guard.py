@@ -12,7 +12,7 @@
 * :func:`ensure_dead_letter_topic`: a trainer creates its dead-letter topic at start
   where it is missing, or says at once that it cannot (before, a missing topic on a
   cluster that does not create topics showed only at the first reject; a scale-out
-  trainer's transaction then failed on it).
+  trainer sends rejects inside its transaction, which a missing topic would fail).
 """
 
 from __future__ import annotations
