@@ -9,7 +9,9 @@ to stderr, for a log pipeline that parses rather than greps::
 with ``exc`` (the formatted traceback) when the record carries one, and any ``extra``
 fields the call passed whose values JSON can hold (others as their ``repr``). Text is
 the default: ``<time> <LEVEL> <logger>: <message>``. uvicorn's own records go through
-the same handler (``serve`` passes it no logging config of its own).
+the same handler (``serve`` passes it no logging config of its own). A line written
+while the server answers a request ends in `` request_id=<id>`` (the ``X-Request-ID`` it
+answers), as the JSON line has a ``request_id`` field.
 
 ``httpx`` and ``httpcore`` log at WARNING and above only, unless the level is DEBUG:
 ``serve --trainer-metrics-url`` scrapes the trainer for the dashboard every 2 s, and
@@ -31,13 +33,35 @@ from stream.logformat import (
 )
 
 __all__ = ["LOG_FORMATS", "LOG_LEVELS", "QUIET_LOGGERS", "JsonFormatter", "LogFormat",
-           "configure_logging", "log_format_name", "log_level_name"]
+           "TextFormatter", "configure_logging", "log_format_name", "log_level_name"]
 
 LogFormat = Literal["text", "json"]
 #: libraries whose INFO records are routine noise (one line per HTTP request): they log
 #: at WARNING and above unless the level is DEBUG
 QUIET_LOGGERS: tuple[str, ...] = ("httpx", "httpcore")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class TextFormatter(logging.Formatter):
+    """:data:`TEXT_FORMAT`, with `` request_id=<id>`` at the end of the first line of a
+    record logged while a request was answered (a traceback stays below it).
+
+    >>> rec = logging.LogRecord("liverec.serve", logging.INFO, __file__, 1, "ranked", None, None)
+    >>> rec.request_id = "shop-42"
+    >>> TextFormatter().format(rec).endswith("INFO liverec.serve: ranked request_id=shop-42")
+    True
+    """
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        rid = getattr(record, "request_id", None)
+        if rid is None:
+            return line
+        first, nl, rest = line.partition("\n")
+        return f"{first} request_id={rid}{nl}{rest}"
 
 
 def configure_logging(level: str, fmt: str = "text") -> None:
@@ -52,7 +76,7 @@ def configure_logging(level: str, fmt: str = "text") -> None:
     fmt = log_format_name(fmt)
     os.environ["LIVEREC_LOG_FORMAT"] = fmt
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     logging.basicConfig(level=name.upper(), handlers=[handler])
     for quiet in QUIET_LOGGERS:
         logging.getLogger(quiet).setLevel(logging.NOTSET if name == "debug" else logging.WARNING)

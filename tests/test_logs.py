@@ -129,3 +129,4 @@ def test_httpx_request_lines_are_quiet_unless_debug() -> None:
 def test_an_unknown_level_is_refused_with_the_accepted_ones() -> None:
     with pytest.raises(ValueError, match="debug, info, warning, error, critical"):
         configure_logging("verbose", "text")
+

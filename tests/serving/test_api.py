@@ -478,3 +478,9 @@ def test_every_answer_carries_a_request_id_found_in_its_log_lines(
     tagged = [r for r in records if getattr(r, "request_id", None) == "trace-500"]
     assert any(r.getMessage() == "about to fail" for r in tagged), records
     assert any(r.exc_info for r in tagged), "the traceback's record lacks the id"
+    # the text log shows it too: at the end of the first line, the traceback below
+    from liverec.logs import TextFormatter
+
+    text = TextFormatter().format(next(r for r in tagged if r.exc_info)).splitlines()
+    assert text[0].endswith(" request_id=trace-500"), text[0]
+    assert text[-1] == "RuntimeError: a bug"
