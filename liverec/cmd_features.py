@@ -19,10 +19,12 @@ features_app = typer.Typer(help="Item content (hashed token features) for the mo
 @features_app.command("publish")
 def publish(
     path: Annotated[Path, typer.Argument(
-        help="MovieLens movies.csv (or ratings.csv / its folder) or the Online Retail CSV",
+        help="MovieLens movies.csv (or ratings.csv / its folder), the Online Retail CSV, "
+             "or a CSV with item_id and text columns",
         exists=True)],
     preset: Annotated[str | None, typer.Option(
-        help="movielens | online-retail (guessed from the header if omitted)")] = None,
+        help="movielens | online-retail | text (guessed from the header if omitted)"
+    )] = None,
     topic: Annotated[str | None, typer.Option(
         help="click topic; the features go to <topic>.item_features [LIVEREC_TOPIC]")] = None,
     features_topic: Annotated[str | None, typer.Option(

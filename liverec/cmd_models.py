@@ -62,6 +62,38 @@ def _model_params(text: str | None, names: list[str]) -> dict[str, dict[str, Any
     return params
 
 
+def _share(value: float, hint: str) -> float:
+    if not 0.0 < value <= 1.0:
+        raise typer.BadParameter(f"must be in (0, 1], got {value}", param_hint=hint)
+    return value
+
+
+def _event_types(value: str | None) -> dict[str, str] | None:
+    from online_models.datasets import parse_event_types
+
+    try:
+        return None if value is None else parse_event_types(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--event-types") from exc
+
+
+def invalid_rows_line(ds: Any) -> str:
+    """What a dataset's invalid rows were, by reason, with the first and a hint."""
+    from collections import Counter
+
+    from online_models.datasets import EVENT_TYPES
+
+    n, total = len(ds.invalid), len(ds.invalid) + len(ds)
+    reasons = Counter(row.reason for row in ds.invalid)
+    line = (f"warning: {n:,} of {total:,} rows ({n / total:.1%}) are invalid and left out: "
+            + ", ".join(f"{count:,} {why}" for why, count in reasons.most_common())
+            + f" (first: {ds.invalid[0]})")
+    if reasons["bad_event_type"]:
+        line += (f"; liverec's event types are {', '.join(EVENT_TYPES)}: map yours with "
+                 "--event-types, e.g. like=click")
+    return line
+
+
 def _tie_order(value: str | None) -> Any:
     if value not in (None, "file", "hash"):
         raise typer.BadParameter("must be 'file' or 'hash'", param_hint="--tie-order")
@@ -74,10 +106,22 @@ def evaluate(
         str | None,
         typer.Option("--preset", help="liverec | movielens | online-retail (default: from header)"),
     ] = None,
-    user_col: Annotated[str | None, typer.Option("--user-col")] = None,
-    item_col: Annotated[str | None, typer.Option("--item-col")] = None,
-    time_col: Annotated[str | None, typer.Option("--time-col")] = None,
-    event_type_col: Annotated[str | None, typer.Option("--event-type-col")] = None,
+    user_col: Annotated[str | None, typer.Option("--user-col",
+                                                 help="User column of your own CSV.")] = None,
+    item_col: Annotated[str | None, typer.Option("--item-col",
+                                                 help="Item column of your own CSV.")] = None,
+    time_col: Annotated[str | None, typer.Option(
+        "--time-col", help="Time column of your own CSV: Unix seconds or ISO 8601.")] = None,
+    event_type_col: Annotated[str | None, typer.Option(
+        "--event-type-col",
+        help="Event-type column of your own CSV: view | click | add_to_cart | purchase "
+             "(other values: see --event-types; without the column every row is a view)."),
+    ] = None,
+    event_types: Annotated[str | None, typer.Option(
+        "--event-types",
+        help="Your event types as liverec's, e.g. 'like=click,buy=purchase' (a row whose "
+             "type is still none of liverec's is invalid and left out)."),
+    ] = None,
     models: Annotated[
         str, typer.Option("--models", help="Comma-separated registry names, or 'all'.")
     ] = "all",
@@ -99,8 +143,9 @@ def evaluate(
     sample: Annotated[
         float,
         typer.Option(
-            "--sample", min=0.0, max=1.0,
-            help="Score a seeded uniform sample of this share of the evaluable events (1: all).",
+            "--sample", callback=lambda v: _share(v, "--sample"),
+            help="Score a seeded uniform sample of this share (0 < x <= 1) of the "
+                 "evaluable events (1: all).",
         ),
     ] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of --sample's draws.")] = 0,
@@ -120,8 +165,9 @@ def evaluate(
         typer.Option(
             "--item-features", exists=True,
             help="Item content for the models that use it: MovieLens movies.csv (or its "
-                 "ratings.csv / folder) or the Online Retail CSV (Description); the format "
-                 "comes from --features-preset, else --preset, else the header.",
+                 "ratings.csv / folder), the Online Retail CSV (Description), or any CSV "
+                 "with item_id and text columns; the format comes from --features-preset, "
+                 "else --preset, else the header.",
         ),
     ] = None,
     split: Annotated[
@@ -134,8 +180,9 @@ def evaluate(
     ] = 0.3,
     features_preset: Annotated[
         str | None,
-        typer.Option("--features-preset", help="movielens | online-retail (default: --preset "
-                                               "when it is one of them, else from the header)"),
+        typer.Option("--features-preset",
+                     help="movielens | online-retail | text (default: --preset when it is "
+                          "one of them, else from the header)"),
     ] = None,
     tie_order: Annotated[
         str | None,
@@ -177,12 +224,13 @@ def evaluate(
             time_col=time_col,
             event_type_col=event_type_col,
             tie_order=_tie_order(tie_order),
+            event_types=_event_types(event_types),
         )
     except (ValueError, OSError) as exc:  # an unknown preset, a missing column or file
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     if ds.invalid:
-        typer.echo(f"{len(ds.invalid)} invalid rows ignored (first: {ds.invalid[0]})", err=True)
+        typer.echo(invalid_rows_line(ds), err=True)
     if limit is not None:
         ds = ds[:limit]
     typer.echo(
@@ -191,20 +239,25 @@ def evaluate(
         err=True,
     )
 
-    if not 0.0 < sample <= 1.0:
-        raise typer.BadParameter("--sample must be in (0, 1]")
     params = _model_params(model_params, names)
     # Bound: a hybrid blends the other listed models; built is in learning order.
     try:
         built = registry.create_models(names, params)
     except (TypeError, ValueError) as exc:
         raise typer.BadParameter(f"--model-params: {exc}") from exc
+    if item_features is None and (rankers := registry.content_rankers(built)):
+        typer.echo(f"warning: {', '.join(rankers)} ranks by item content, and none is "
+                   "given (--item-features): its figures are popularity's", err=True)
     if item_features is not None:
         from online_models.content import load_item_features
 
         fpreset = features_preset or (preset if preset in FEATURE_PRESETS else None)
         t0 = time.perf_counter()
-        features = load_item_features(item_features, fpreset)
+        try:
+            features = load_item_features(item_features, fpreset)
+        except (ValueError, OSError) as exc:
+            typer.echo(f"error: --item-features: {exc}", err=True)
+            raise typer.Exit(2) from None
         took = registry.give_item_features(built, features)
         typer.echo(
             f"{item_features}: content of {len(features)} items (read in "
@@ -257,6 +310,10 @@ def evaluate(
         if first:
             entry.update(_split_entry(first[name], tot, k))
         entry["learn_events_per_s"] = len(ds) / learn_s[name] if learn_s[name] > 0 else 0.0
+        # A blend's own time: the components it shares learn and score in their rows.
+        shared = sorted(getattr(built[name], "shared_components", dict)())
+        if shared:
+            entry["timings_exclude"] = shared  # type: ignore[assignment]
         entry["score_ms_per_event"] = (
             1e3 * evaluator.score_seconds[name] / max(1, int(tot["n"]))
         )
@@ -348,7 +405,8 @@ def _summary_table(models: dict[str, dict[str, float]], k: int) -> str:
     head += f"{'evaluated':>11}{'learn ev/s':>12}{'score ms':>10}"
     lines = [head, "-" * len(head)]
     for name, m in models.items():
-        row = f"{name:<16}" + "".join(f"{m[f'{c}@{k}']:>14.4f}" for c in cols)
+        label = f"{name}*" if m.get("timings_exclude") else name
+        row = f"{label:<16}" + "".join(f"{m[f'{c}@{k}']:>14.4f}" for c in cols)
         row += "".join(f"{m.get(c, float('nan')):>11.4f}" for c in cold)
         if split:
             row += "".join(f"{m.get(c, float('nan')):>{w}.4f}"
@@ -356,6 +414,9 @@ def _summary_table(models: dict[str, dict[str, float]], k: int) -> str:
         row += f"{int(m['evaluated']):>11}{m['learn_events_per_s']:>12.0f}"
         row += f"{m['score_ms_per_event']:>10.2f}"
         lines.append(row)
+    lines += [f"* learn ev/s and score ms: {name}'s own time; the models it shares "
+              f"({', '.join(m['timings_exclude'])}) learn and score in their own rows"  # type: ignore[arg-type]
+              for name, m in models.items() if m.get("timings_exclude")]
     return "\n".join(lines)
 
 
@@ -393,8 +454,13 @@ def _plot_rolling(
     width = 0.8 / len(segments)
     pos = np.arange(len(names))
     for j, (suffix, label) in enumerate(segments):
-        vals = [float(models[n].get(f"hr@{k}{suffix}", float("nan"))) for n in names]
-        bars.bar(pos + (j - 1) * width, np.nan_to_num(vals), width, label=label)
+        vals = np.array([float(models[n].get(f"hr@{k}{suffix}", float("nan")))
+                         for n in names])
+        at = pos + (j - 1) * width
+        drawn = bars.bar(at, np.nan_to_num(vals), width, label=label)
+        for x in at[np.isnan(vals)]:  # no event evaluated in this segment: n/a, not 0
+            bars.text(x, 0.0, "n/a", ha="center", va="bottom", fontsize=6, rotation=90,
+                      color=drawn.patches[0].get_facecolor())
     bars.set_xticks(pos, names, rotation=30, ha="right", fontsize=8)
     bars.set_ylabel(f"HR@{k}")
     bars.set_title("cold start")

@@ -80,15 +80,16 @@ def register(app: typer.Typer) -> None:
         item_features: Annotated[
             Path | None,
             typer.Option("--item-features", exists=True,
-                         help="Item content file (MovieLens movies.csv or the Online Retail "
-                              "CSV) for /v1/items/{id}/similar of unclicked items "
+                         help="Item content file (MovieLens movies.csv, the Online Retail "
+                              "CSV, or a CSV with item_id and text columns) for "
+                              "/v1/items/{id}/similar of unclicked items "
                               "[LIVEREC_ITEM_FEATURES]."),
         ] = None,
         item_features_preset: Annotated[
             str | None,
             typer.Option("--features-preset",
-                         help="movielens | online-retail (default: from the header) "
-                              "[LIVEREC_ITEM_FEATURES_PRESET]."),
+                         help="movielens | online-retail | text (default: from the "
+                              "header) [LIVEREC_ITEM_FEATURES_PRESET]."),
         ] = None,
         item_features_topic: Annotated[
             str | None,

@@ -70,7 +70,11 @@ def replay(
     user_col: Annotated[str | None, typer.Option(help="user column (custom CSV)")] = None,
     item_col: Annotated[str | None, typer.Option(help="item column (custom CSV)")] = None,
     time_col: Annotated[str | None, typer.Option(help="time column (custom CSV)")] = None,
-    event_type_col: Annotated[str | None, typer.Option(help="event type column")] = None,
+    event_type_col: Annotated[str | None, typer.Option(
+        help="event type column: view | click | add_to_cart | purchase (others: see "
+             "--event-types; rows still of another type go to the DLQ)")] = None,
+    event_types: Annotated[str | None, typer.Option(
+        help="your event types as liverec's, e.g. 'like=click,buy=purchase'")] = None,
     rate: Annotated[float | None, typer.Option(help="events per second")] = None,
     speedup: Annotated[float | None, typer.Option(help="times faster than event time")] = None,
     max_speed: Annotated[bool, typer.Option("--max-speed", help="no pacing (default)")] = False,
@@ -88,6 +92,7 @@ def replay(
     Security (SASL/TLS) comes from the LIVEREC_KAFKA_SECURITY_PROTOCOL,
     LIVEREC_KAFKA_SASL_* and LIVEREC_KAFKA_SSL_* variables.
     """
+    from online_models.datasets import parse_event_types
     from stream.kafka import KafkaClientError, create_topics
     from stream.replay import replay_file
 
@@ -101,6 +106,7 @@ def replay(
             file, settings, preset=preset, user_col=user_col, item_col=item_col,
             time_col=time_col, event_type_col=event_type_col, rate=rate, speedup=speedup,
             progress=progress,
+            event_types=None if event_types is None else parse_event_types(event_types),
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc

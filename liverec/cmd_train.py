@@ -118,11 +118,12 @@ def train(
         help="seconds between status lines [LIVEREC_STATUS_EVERY_S]")] = None,
     item_features: Annotated[Path | None, typer.Option(
         "--item-features", exists=True,
-        help="item content for the models that use it: MovieLens movies.csv or the Online "
-             "Retail CSV [LIVEREC_ITEM_FEATURES]")] = None,
+        help="item content for the models that use it: MovieLens movies.csv, the Online "
+             "Retail CSV, or a CSV with item_id and text columns "
+             "[LIVEREC_ITEM_FEATURES]")] = None,
     item_features_preset: Annotated[str | None, typer.Option(
         "--features-preset",
-        help="movielens | online-retail (default: from the header) "
+        help="movielens | online-retail | text (default: from the header) "
              "[LIVEREC_ITEM_FEATURES_PRESET]")] = None,
     item_features_topic: Annotated[str | None, typer.Option(
         "--item-features-topic",

@@ -62,6 +62,7 @@ __all__ = [
     "EVENT_TYPES",
     "EVENT_WEIGHTS",
     "INVALID_REASONS",
+    "ITEM_TEXT_PRESETS",
     "LIVEREC_COLUMNS",
     "PRESETS",
     "RETAIL_CODE_CHARS",
@@ -70,6 +71,7 @@ __all__ = [
     "InvalidRow",
     "TieOrder",
     "detect_preset",
+    "parse_event_types",
     "read_interactions",
     "read_item_texts",
     "to_batches",
@@ -236,6 +238,30 @@ class Dataset:
 # --------------------------------------------------------------------------- reading
 
 
+def parse_event_types(spec: str) -> dict[str, str]:
+    """``"like=click,buy=purchase"`` as ``{"like": "click", "buy": "purchase"}``: a
+    file's own event types as liverec's (``read_interactions(event_types=...)``).
+
+    >>> parse_event_types("like=click, buy=purchase")
+    {'like': 'click', 'buy': 'purchase'}
+    >>> parse_event_types("like=love")
+    Traceback (most recent call last):
+    ...
+    ValueError: 'like=love': liverec's event types are view, click, add_to_cart, purchase
+    """
+    out: dict[str, str] = {}
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        own, sep, ours = (x.strip() for x in part.partition("="))
+        if not sep or not own:
+            raise ValueError(f"{part!r}: give FILE_TYPE=LIVEREC_TYPE pairs, e.g. like=click")
+        if ours not in EVENT_WEIGHTS:
+            raise ValueError(f"{part!r}: liverec's event types are {', '.join(EVENT_TYPES)}")
+        out[own] = ours
+    return out
+
+
 def read_interactions(
     path: str | Path,
     preset: str | None = None,
@@ -248,6 +274,7 @@ def read_interactions(
     session_col: str | None = None,
     default_event_type: str = "view",
     tie_order: TieOrder | None = None,
+    event_types: Mapping[str, str] | None = None,
 ) -> Dataset:
     """Read a CSV (plain or gzip) of interactions into a time-ordered :class:`Dataset`.
 
@@ -265,6 +292,10 @@ def read_interactions(
     event_type_col, event_id_col, session_col
         Optional columns for a custom file. Without ``event_type_col`` every row is a
         ``default_event_type``; without ``event_id_col`` ids are derived.
+    event_types
+        The file's own event types as liverec's (``{"like": "click", "buy":
+        "purchase"}``), applied to the event-type column before it is checked; a row
+        whose type is still none of :data:`EVENT_TYPES` is invalid (``bad_event_type``).
     tie_order
         Order of rows with equal timestamps: ``"file"`` or ``"hash"`` (of user and
         item; see the module docstring). Default: ``"hash"`` for MovieLens, whose file
@@ -304,6 +335,7 @@ def read_interactions(
                 session_col=session_col or "session_id",
                 default_event_type=default_event_type,
                 tie_order=order,
+                event_types=event_types,
             )
         if preset is not None:
             raise ValueError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
@@ -321,6 +353,7 @@ def read_interactions(
             session_col=session_col,
             default_event_type=default_event_type,
             tie_order=order,
+            event_types=event_types,
         )
 
 
@@ -601,8 +634,12 @@ def _read_generic(
     session_col: str | None,
     default_event_type: str,
     tie_order: TieOrder = "file",
+    event_types: Mapping[str, str] | None = None,
 ) -> Dataset:
     iu, ii, it = (_col(header, c, path) for c in (user_col, item_col, time_col))
+    rename = dict(event_types or {})
+    if bad := sorted(set(rename.values()) - set(EVENT_WEIGHTS)):
+        raise ValueError(f"event types can map only to {', '.join(EVENT_TYPES)}, not {bad}")
     # Optional columns may be absent from the header (e.g. a liverec file without ids).
     ie = header.index(event_type_col) if event_type_col in header else -1
     iid = header.index(event_id_col) if event_id_col in header else -1
@@ -628,6 +665,7 @@ def _read_generic(
             b.bad(line, "bad_timestamp", f"{time_col} {row[it]!r}", row)
             continue
         etype = row[ie].strip() if ie >= 0 else default_event_type
+        etype = rename.get(etype, etype)
         if etype not in known_types:
             b.bad(line, "bad_event_type", f"{etype!r}", row)
             continue
@@ -642,6 +680,10 @@ def _read_generic(
 # --------------------------------------------------------------------------- item content
 
 _MOVIES_HEADER = ("movieId", "title", "genres")
+#: the plain item-content format: one row per item, its id and free text
+_TEXT_HEADER = ("item_id", "text")
+#: the item-content formats :func:`read_item_texts` reads
+ITEM_TEXT_PRESETS: tuple[str, ...] = ("movielens", "online-retail", "text")
 #: leading characters of an Online Retail ``StockCode`` that name its product range (its
 #: ``code:`` token); 4 chosen on the first 30% of the file over 3 and 4 together, and none
 #: (content-kNN HR@10 0.2627, 0.2617 and 0.2365 there)
@@ -660,13 +702,19 @@ def read_item_texts(path: str | Path, preset: str | None = None) -> dict[str, li
     tins pantry design", 22722 "spice tins pantry design", 22725 "alarm clock bakelike
     chocolate"), and on the first 30% of the file the next item shared those four
     characters with one of the user's last 10 items in 25% of the evaluated events,
-    against 2% for a random item (BENCHMARKS.md). ``None`` guesses from the header.
+    against 2% for a random item (BENCHMARKS.md). ``text``: any catalogue as a CSV with
+    ``item_id`` and ``text`` columns (others ignored), the words of ``text``. ``None``
+    guesses from the header.
 
     >>> import tempfile, os
     >>> d = tempfile.mkdtemp(); p = os.path.join(d, "movies.csv")
     >>> _ = open(p, "w").write('movieId,title,genres\\n1,"Toy Story (1995)",Animation|Comedy\\n')
     >>> read_item_texts(p)["1"]
     ['toy', 'story', '1995', 'genre:animation', 'genre:comedy', 'decade:1990']
+    >>> p = os.path.join(d, "catalogue.csv")
+    >>> _ = open(p, "w").write('item_id,text,price\\nsku-1,"Red wool scarf",12\\n')
+    >>> read_item_texts(p)
+    {'sku-1': ['red', 'wool', 'scarf']}
     """
     from online_models.content import tokenize
 
@@ -698,6 +746,11 @@ def read_item_texts(path: str | Path, preset: str | None = None) -> dict[str, li
             for item, descs in seen.items():
                 text = max(descs.items(), key=lambda kv: (kv[1], kv[0]))[0]
                 out[item] = [*tokenize(text), f"code:{item[:RETAIL_CODE_CHARS]}"]
+        else:
+            ii, itx = (_col(header, c, str(p)) for c in _TEXT_HEADER)
+            for row in reader:
+                if len(row) > max(ii, itx) and row[ii] and row[itx].strip():
+                    out[row[ii]] = tokenize(row[itx])
     return out
 
 
@@ -713,11 +766,20 @@ def item_texts_source(path: str | Path, preset: str | None = None) -> tuple[Path
         p = p.parent / "movies.csv"
     with _open_text(p) as fh:
         header = _header(csv.reader(fh))
+    if preset is None and detect_preset(header) == "movielens" and (
+            p.parent / "movies.csv").exists():  # ratings.csv: the movies beside it
+        return item_texts_source(p.parent / "movies.csv", "movielens")
+    columns = {"movielens": _MOVIES_HEADER, "online-retail": ("StockCode", "Description"),
+               "text": _TEXT_HEADER}
     if preset is None:
-        preset = "movielens" if set(_MOVIES_HEADER) <= set(header) else detect_preset(header)
-    if preset not in ("movielens", "online-retail"):
+        preset = next((name for name, cols in columns.items() if set(cols) <= set(header)),
+                      None)
+    if preset not in columns:
         raise ValueError(
-            f"{p}: item features need preset movielens (movies.csv) or online-retail")
-    for c in _MOVIES_HEADER if preset == "movielens" else ("StockCode", "Description"):
+            f"{p}: item features are read as movielens (movies.csv: movieId,title,genres), "
+            f"online-retail (StockCode,Description) or text (item_id,text); "
+            + (f"got preset {preset!r}" if preset is not None else
+               f"the header has none of these: {header[:6]}"))
+    for c in columns[preset]:
         _col(header, c, str(p))  # a missing column: its ValueError
     return p, preset

@@ -109,6 +109,30 @@ def give_item_features(models: Mapping[str, OnlineModel], features: Any) -> list
     return took
 
 
+def content_rankers(models: Mapping[str, OnlineModel]) -> list[str]:
+    """Names of the models that rank by item content alone (content-kNN), also as a
+    component of a blend (``"hybrid/content-knn"``): without item content they rank
+    by popularity, under their own name. Other models use content where it is given
+    and learn from clicks without it.
+
+    >>> content_rankers(create_models(["popularity", "content-knn"]))
+    ['content-knn']
+    >>> content_rankers({"hybrid": create("hybrid", components=["popularity", "content-knn"])})
+    ['hybrid/content-knn']
+    """
+    from online_models.content import ContentKNN
+
+    found: list[str] = []
+    for name, model in models.items():
+        if isinstance(model, ContentKNN):
+            found.append(name)
+        parts = getattr(model, "models", None)  # a blend's components
+        if isinstance(parts, Mapping):
+            found += [f"{name}/{c}" for c, m in parts.items()
+                      if isinstance(m, ContentKNN) and c not in models]
+    return found
+
+
 def parse_models(spec: str) -> list[str]:
     """``"all"`` or a comma-separated list of registry names, validated.
 

@@ -140,8 +140,9 @@ class ServeSettings(BaseSettings):
         ``rank_batch_slots`` products run and none is queued is scored in its own
         thread, without the hop to the worker.
     item_features, item_features_preset
-        ``LIVEREC_ITEM_FEATURES``: an item content file (MovieLens ``movies.csv`` or
-        the Online Retail CSV) read at start through the preset (None: from the
+        ``LIVEREC_ITEM_FEATURES``: an item content file (MovieLens ``movies.csv``, the
+        Online Retail CSV, or a CSV with ``item_id`` and ``text`` columns) read at start
+        through the preset (``movielens``, ``online-retail``, ``text``; None: from the
         header); see :mod:`serving.content`.
     item_features_topic
         ``LIVEREC_ITEM_FEATURES_TOPIC``: a compacted item-features topic (what
@@ -176,11 +177,11 @@ class ServeSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    #: the learned re-ranker where a trainer learns it, else the hybrid. It is within 1% of
-    #: the hybrid over the same components on both shared data sets: ahead on Online
-    #: Retail (0.3531 against 0.3527 HR@10), behind on MovieLens since seqnn's lookahead
-    #: (0.1616 against 0.1627; 0.1643 with ``base="sum"``, MovieLens's own choice). See
-    #: BENCHMARKS.md.
+    #: the learned re-ranker where a trainer learns it, else the hybrid. It is within 2% of
+    #: the hybrid over the same components on both shared data sets (HR@10, whole files,
+    #: session 43): ahead on Online Retail (0.3559 against 0.3519), behind on MovieLens
+    #: in hash tie order (0.1589 with ``base="sum"``, MovieLens's own choice, against
+    #: 0.1614). See BENCHMARKS.md.
     default_model: str = "ranked"
     #: models tried in order, the first the snapshot holds, when it lacks
     #: ``default_model`` (JSON list: ``LIVEREC_MODEL_FALLBACKS='["hybrid", "popularity"]'``)

@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -458,6 +458,7 @@ def replay_file(
     item_col: str | None = None,
     time_col: str | None = None,
     event_type_col: str | None = None,
+    event_types: Mapping[str, str] | None = None,
     rate: float | None = None,
     speedup: float | None = None,
     progress: bool = True,
@@ -475,7 +476,7 @@ def replay_file(
     """
     dataset = read_interactions(
         path, preset, user_col=user_col, item_col=item_col, time_col=time_col,
-        event_type_col=event_type_col,
+        event_type_col=event_type_col, event_types=event_types,
     )
     return Replayer(settings, topic, rate=rate, speedup=speedup, progress=progress,
                     limits=limits).replay(dataset, source=str(path))

@@ -45,7 +45,7 @@ def test_serve_refuses_bad_settings_and_a_bad_item_features_file(
         env.setenv("LIVEREC_RATE_WRITE_PER_S", "fast")
         _fails_cleanly(["serve", "--snapshots", str(tmp_path / "s")], "write_per_s")
     _fails_cleanly(["serve", "--snapshots", str(tmp_path / "s"), "--item-features", str(tiny)],
-                   "item features need preset movielens")
+                   "item features are read as movielens")
 
 
 def test_train_refuses_bad_json_a_busy_port_and_an_unusable_location(
@@ -64,7 +64,15 @@ def test_evaluate_and_features_refuse_unknown_names_and_files(tiny: Path) -> Non
     _fails_cleanly(["evaluate", str(tiny), "--models", "bogus"], "unknown model")
     _fails_cleanly(["evaluate", str(tiny), "--preset", "bogus"], "unknown preset")
     _fails_cleanly(["features", "publish", str(tiny), "--bootstrap", "127.0.0.1:1"],
-                   "item features need preset")
+                   "item features are read as")
+    _fails_cleanly(["evaluate", str(tiny), "--user-col", "a", "--item-col", "b", "--time-col",
+                    "a", "--item-features", str(tiny)], "--item-features: ")
+    _fails_cleanly(["evaluate", str(tiny), "--user-col", "a", "--item-col", "b", "--time-col",
+                    "a", "--item-features", str(tiny), "--features-preset", "bogus"],
+                   "got preset 'bogus'")
+    _fails_cleanly(["evaluate", str(tiny), "--sample", "0"], "must be in (0, 1], got 0.0")
+    _fails_cleanly(["evaluate", str(tiny), "--event-types", "like=love"],
+                   "liverec's event types are")
 
 
 def test_keys_refuse_a_directory_for_a_file(tmp_path: Path) -> None:

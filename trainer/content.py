@@ -47,10 +47,15 @@ class TrainerContent:
 
     def attach(self, models: Mapping[str, OnlineModel]) -> None:
         """Build the features (restored ones first, then the file) and hand them out."""
-        if not self.enabled:
-            return
         restored = [f for m in models.values()
                     if isinstance(f := getattr(m, "features", None), ItemFeatures)]
+        if not self.enabled:
+            rankers = registry.content_rankers(models)
+            if rankers and not any(len(f) for f in restored):
+                log.warning("%s ranks by item content, and none is given: it ranks by "
+                            "popularity alone. Pass --item-features (a file) or "
+                            "--item-features-topic", ", ".join(rankers))
+            return
         features = restored[0] if restored else ItemFeatures()
         path = self.settings.item_features
         if path is not None:

@@ -186,11 +186,12 @@ class TrainerSettings(BaseSettings):
     #: stop after this many seconds without records while holding partitions
     idle_exit_s: float | None = Field(default=None, gt=0)
 
-    #: item content file for the models that use it (MovieLens ``movies.csv`` or the
-    #: Online Retail CSV), read through ``item_features_preset`` (None: from the header)
+    #: item content file for the models that use it (MovieLens ``movies.csv``, the
+    #: Online Retail CSV, or a CSV with ``item_id`` and ``text`` columns), read through
+    #: ``item_features_preset`` (None: from the header)
     item_features: Path | None = None
-    #: ``movielens`` or ``online-retail``: how ``item_features`` is read (None: from its
-    #: header)
+    #: ``movielens``, ``online-retail`` or ``text``: how ``item_features`` is read
+    #: (None: from its header)
     item_features_preset: str | None = None
     #: compacted item-features topic to read from its beginning ("": none), e.g.
     #: ``clicks.item_features`` (what ``liverec features publish`` writes)
