@@ -49,7 +49,7 @@ def _params(spec: list[str]) -> dict[str, dict[str, Any]]:
 
     Raises ValueError on a setting that is not of that form.
 
-    >>> _params(["seqnn@s6.steps_per_batch=6", "hybrid.components=[\"popularity\"]"])
+    >>> _params(["seqnn@s6.steps_per_batch=6", 'hybrid.components=["popularity"]'])
     {'seqnn@s6': {'steps_per_batch': 6}, 'hybrid': {'components': ['popularity']}}
     """
     out: dict[str, dict[str, Any]] = {}
