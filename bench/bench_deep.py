@@ -9,8 +9,13 @@ preset data set, gives item features to every model that takes them
   (where hyperparameters were chosen) and over the rest;
 * on events whose item had fewer than 5 prior interactions (cold items) and whose
   user had fewer than 5 prior events (cold users), with the ratio to popularity;
-* for click models (``ranked``), the sampled AUC (``sampled_auc``: each click against 20
-  random known items) on the first 64 clicks of every 20th batch, before learning it.
+* for click models (``ranked``), a sampled AUC (``sampled_auc``): in every
+  ``--auc-every``-th batch (20) the first ``--auc-positives`` (64) *evaluable* events --
+  the ones HR@10 evaluates: not an unknown item, a user's first event or a repeat --
+  each against 20 random items the model knows (not the positive, not the user's
+  history), scored before the batch is learnt; the pairs of all sampled batches are
+  pooled, and the report gives the positives and the pairs (negatives) it rests on
+  (``auc_positives``, ``auc_negatives``) and the sampled events left out by reason.
 
 Example::
 
@@ -34,17 +39,25 @@ from tqdm import tqdm
 from online_models import registry
 from online_models.content import load_item_features
 from online_models.datasets import read_interactions, to_batches
-from online_models.evaluation import PrequentialEvaluator, sampled_auc
+from online_models.evaluation import PrequentialEvaluator, SampledAUC, sampled_auc
 
 COLD = 5
 
 
 def _params(spec: list[str]) -> dict[str, dict[str, Any]]:
-    """``model.param=value`` (JSON value) -> {model: {param: value}}."""
+    """``model.param=value`` (JSON value) -> {model: {param: value}}.
+
+    Raises ValueError on a setting that is not of that form.
+
+    >>> _params(["seqnn@s6.steps_per_batch=6", 'hybrid.components=["popularity"]'])
+    {'seqnn@s6': {'steps_per_batch': 6}, 'hybrid': {'components': ['popularity']}}
+    """
     out: dict[str, dict[str, Any]] = {}
     for s in spec:
-        key, val = s.split("=", 1)
-        model, param = key.rsplit(".", 1)
+        key, eq, val = s.partition("=")
+        model, dot, param = key.rpartition(".")
+        if not eq or not dot or not model or not param:
+            raise ValueError(f"{s!r} is not model.param=value")
         try:
             parsed = json.loads(val)
         except json.JSONDecodeError:
@@ -56,7 +69,7 @@ def _params(spec: list[str]) -> dict[str, dict[str, Any]]:
 def _report(args: argparse.Namespace, ds: Any, n_tune: int, params: dict[str, Any],
             names: list[str], models: dict[str, Any], hits: dict[str, list[np.ndarray]],
             flags: dict[str, list[np.ndarray]], learn_s: dict[str, float], seen: int,
-            aucs: dict[str, list[float]]) -> dict[str, Any]:
+            aucs: dict[str, SampledAUC]) -> dict[str, Any]:
     f = {k: np.concatenate(v) for k, v in flags.items()}
     report: dict[str, Any] = {
         "dataset": str(args.path), "preset": args.preset, "events": len(ds),
@@ -81,14 +94,22 @@ def _report(args: argparse.Namespace, ds: Any, n_tune: int, params: dict[str, An
             "hr_cold_user": mean(f["cold_user"]),
             "learn_events_per_s": seen / learn_s[n] if learn_s[n] else 0.0,
         }
-        if aucs.get(n):
-            ok = [a for a in aucs[n] if a == a]
-            report["models"][n]["auc"] = float(np.mean(ok)) if ok else float("nan")
+        if n in aucs:
+            a = aucs[n]
+            report["models"][n].update({
+                "auc": a.auc, "auc_positives": a.positives, "auc_negatives": a.negatives,
+                "auc_excluded": dict(a.excluded),
+            })
     return report
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.epilog = ("AUC (models with click_proba): every --auc-every-th batch, its first "
+                 "--auc-positives events that HR@K evaluates (not unknown items, first "
+                 "user events or repeats), each against 20 random known items, before "
+                 "learning; pooled over pairs and reported with its positive and "
+                 "negative counts.")
     ap.add_argument("path", type=Path)
     ap.add_argument("--preset", required=True)
     ap.add_argument("--models", default="popularity,itemknn,seqnn,content-knn")
@@ -108,11 +129,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--report-every", type=int, default=50,
                     help="also write the JSON (partial) every N batches")
+    ap.add_argument("--auc-every", type=int, default=20,
+                    help="sample the AUC in every N-th batch (0: no AUC)")
+    ap.add_argument("--auc-positives", type=int, default=64,
+                    help="evaluable events of a sampled batch scored as AUC positives")
     args = ap.parse_args(argv)
+    names = [s.strip() for s in args.models.split(",") if s.strip()]
+    if not names:
+        ap.error("--models names no model")
+    try:
+        for n in names:
+            registry.model_class(n.split("@")[0])  # an unknown name: the known ones
+    except ValueError as exc:
+        ap.error(f"--models: {exc}")
+    try:
+        params = _params(args.param)
+        registry.check_params(params, names)  # models evaluated, constructor arguments
+    except ValueError as exc:
+        ap.error(f"--param {exc}")
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    ds = read_interactions(args.path, args.preset, tie_order=args.tie_order)
+    try:
+        ds = read_interactions(args.path, args.preset, tie_order=args.tie_order)
+    except (ValueError, OSError) as exc:  # an unknown preset, a missing column or file
+        ap.error(str(exc))
     if args.limit:
         ds = ds[: args.limit]
     features = None
@@ -122,10 +163,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{0 if features is None else len(features)} items "
           f"({time.perf_counter() - t0:.1f}s)", file=sys.stderr)
 
-    names = [s.strip() for s in args.models.split(",") if s.strip()]
-    params = _params(args.param)
     # "seqnn@s6" is another instance of "seqnn", configured by --param seqnn@s6.x=...
-    models = {n: registry.create(n.split("@")[0], **params.get(n, {})) for n in names}
+    try:
+        models = {n: registry.create(n.split("@")[0], **params.get(n, {})) for n in names}
+    except (TypeError, ValueError) as exc:  # a value the constructor refuses
+        ap.error(f"--param: {exc}")
     for m in models.values():
         # A Hybrid does not forward features (yet): give them to its components here.
         for target in [m, *getattr(m, "models", {}).values()]:
@@ -139,7 +181,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     hits: dict[str, list[np.ndarray]] = {n: [] for n in names}
     flags: dict[str, list[np.ndarray]] = {"tune": [], "cold_item": [], "cold_user": []}
     seen = 0
-    aucs: dict[str, list[float]] = {}
+    aucs: dict[str, SampledAUC] = {
+        n: SampledAUC() for n in names
+        if args.auc_every > 0 and hasattr(models[n], "click_proba")}
     for batch in tqdm(to_batches(ds, args.batch_size), total=-(-len(ds) // args.batch_size),
                       unit="batch", leave=False):
         prior_i = np.empty(len(batch), np.int64)
@@ -149,13 +193,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             prior_u[p] = user_n.get(u, 0)
             item_n[i] = prior_i[p] + 1
             user_n[u] = prior_u[p] + 1
-        if (seen // args.batch_size) % 20 == 19:
-            # Prequential AUC: the batch's first 64 clicks, before anything learns them.
-            for n in names:
-                if hasattr(models[n], "click_proba"):
-                    aucs.setdefault(n, []).append(sampled_auc(
-                        models[n], list(batch.users[:64]), list(batch.items[:64]),
-                        history=ev.history, seed=seen))
+        if aucs and (seen // args.batch_size) % args.auc_every == args.auc_every - 1:
+            # Prequential AUC: the batch's first evaluable events (HR's exclusions, with
+            # the stream's state before the batch), before anything learns them.
+            users, items = list(batch.users), list(batch.items)
+            for n in aucs:
+                aucs[n] += sampled_auc(models[n], users, items, history=ev.history,
+                                       known=ev.seen, seed=seen,
+                                       max_positives=args.auc_positives)
         out = ev.process(batch, learn=False)
         pos = out.positions
         flags["tune"].append(seen + pos < n_tune)
@@ -182,7 +227,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{n:<14}{r['hr']:8.4f}{r['hr_tune']:8.4f}{r['hr_rest']:8.4f}"
               f"{r['hr_cold_item']:8.4f}{ratio:7.2f}{r['hr_cold_user']:8.4f}"
               f"{r['learn_events_per_s']:12,.0f}" + (
-                  f"  auc {r['auc']:.3f}" if "auc" in r else ""))
+                  f"  auc {r['auc']:.3f} over {r['auc_positives']:,} positives, "
+                  f"{r['auc_negatives']:,} negatives" if "auc" in r else ""))
     print(f"evaluated {report['evaluated']} ({report['cold_item_events']} cold-item, "
           f"{report['cold_user_events']} cold-user); first {n_tune} events = tuning part")
     if args.json:

@@ -45,7 +45,8 @@ def generate(
 
 
 def _model_params(text: str | None, names: list[str]) -> dict[str, dict[str, Any]]:
-    """``--model-params`` parsed and checked against the listed models."""
+    """``--model-params`` parsed and checked against the listed models and their
+    constructor arguments (:func:`online_models.registry.check_params`)."""
     import orjson
 
     if text is None:
@@ -56,9 +57,12 @@ def _model_params(text: str | None, names: list[str]) -> dict[str, dict[str, Any
         raise typer.BadParameter(f"--model-params is not JSON: {exc}") from exc
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
         raise typer.BadParameter('--model-params must be {"model": {"param": value}}')
-    unknown = sorted(set(params) - set(names))
-    if unknown:
-        raise typer.BadParameter(f"--model-params names models not evaluated: {unknown}")
+    from online_models import registry
+
+    try:
+        registry.check_params(params, names)
+    except ValueError as exc:
+        raise typer.BadParameter(f"--model-params {exc}") from exc
     return params
 
 

@@ -7,6 +7,7 @@ True
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -50,6 +51,40 @@ def model_class(name: str) -> type[OnlineModel]:
     module, cls = path.split(":")
     found: type[OnlineModel] = getattr(importlib.import_module(module), cls)
     return found
+
+
+def check_params(params: Mapping[str, Mapping[str, Any]], names: Sequence[str]) -> None:
+    """Refuse constructor arguments for a model not in ``names`` or that it does not take.
+
+    ``names`` are the models built (``kind@label`` is another instance of the registry
+    model ``kind``, as in a hybrid's components); ``params`` maps some of them to
+    constructor arguments. Raises :class:`ValueError` with a one-line reason.
+
+    >>> check_params({"itemknn": {"window": 20}}, ["popularity", "itemknn"])
+    >>> check_params({"nomodel": {"x": 1}}, ["popularity", "seqnn"])
+    Traceback (most recent call last):
+    ...
+    ValueError: names models not evaluated: nomodel (evaluated: popularity, seqnn)
+    >>> check_params({"popularity@b": {"nope": 1}}, ["popularity@b"])
+    Traceback (most recent call last):
+    ...
+    ValueError: names parameters popularity does not take: nope (it takes: half_life_seconds)
+    """
+    unknown = [m for m in params if m not in names]
+    if unknown:
+        raise ValueError(f"names models not evaluated: {', '.join(unknown)} "
+                         f"(evaluated: {', '.join(names)})")
+    for name, given in params.items():
+        kind = name.split("@", 1)[0]
+        sig = inspect.signature(model_class(kind))
+        if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            continue
+        takes = [p for p, v in sig.parameters.items()
+                 if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
+        bad = [p for p in given if p not in takes]
+        if bad:
+            raise ValueError(f"names parameters {kind} does not take: {', '.join(bad)} "
+                             f"(it takes: {', '.join(takes) or 'none'})")
 
 
 def create(name: str, **params: Any) -> OnlineModel:

@@ -9,7 +9,7 @@ from typing import Self
 import numpy as np
 import pytest
 
-from online_models.base import Batch, IdIndex, ModelState, OnlineModel
+from online_models.base import Batch, IdIndex, ModelState, OnlineModel, UserHistory
 from online_models.evaluation import (
     MISS_RANK,
     EvalSample,
@@ -252,10 +252,46 @@ class Clicky:
         return np.asarray([1.0 if i == f"{user}-fav" or i == "a" else 0.1 for i in items])
 
 
+def _histories(**users: list[str]) -> UserHistory:
+    h = UserHistory()
+    for user, items in users.items():
+        h.extend([user] * len(items), items)
+    return h
+
+
 def test_sampled_auc() -> None:
-    assert sampled_auc(Clicky(True), ["u", "v"], ["a", "a"], n_negatives=10) == 1.0
-    assert sampled_auc(Clicky(False), ["u"], ["a"], n_negatives=10) == 0.5
-    assert math.isnan(sampled_auc(Popularity(), ["u"], ["a"]))
+    h = _histories(u=["e"], v=["e"])
+    good = sampled_auc(Clicky(True), ["u", "v"], ["a", "a"], n_negatives=10, history=h)
+    assert (good.auc, good.positives) == (1.0, 2)
+    assert 0 < good.negatives <= 2 * 10
+    flat = sampled_auc(Clicky(False), ["u"], ["a"], n_negatives=10, history=h)
+    assert (flat.auc, flat.positives) == (0.5, 1) and flat.negatives > 0
+    none = sampled_auc(Popularity(), ["u"], ["a"], history=h)
+    assert math.isnan(none.auc) and (none.positives, none.negatives) == (0, 0)
+
+
+def test_sampled_auc_counts_only_the_positives_hr_evaluates() -> None:
+    """An unknown item (which click_proba scores 0.0), a repeat and a user's first event
+    are no positives of the AUC, as they are no evaluated events of HR@K; the result
+    says how many positives and pairs it rests on and what it left out."""
+    h = _histories(u=["b"], w=["c"])
+    # Clicky(True) scores "a" 1.0 and everything else 0.1: "zz" (unknown) and "b" (a
+    # repeat) would be losses or ties; "v" has no history before its event.
+    users = ["u", "u", "u", "v", "w", "w"]
+    items = ["zz", "b", "a", "a", "a", "a"]
+    r = sampled_auc(Clicky(True), users, items, history=h, n_negatives=3)
+    assert r.auc == 1.0
+    assert r.positives == 2  # u->a and w's first a; w's second a is a repeat
+    assert r.excluded == {"unknown_item": 1, "first_user_event": 1, "repeat_item": 2}
+    assert 0 < r.negatives <= 2 * 3 and r.correct == r.negatives
+    # The old reading (every click a positive) would have counted the unknown item
+    # and the repeat as losses; max_positives stops at the first evaluable ones.
+    first = sampled_auc(Clicky(True), users, items, history=h, n_negatives=3, max_positives=1)
+    assert first.positives == 1 and first.excluded["first_user_event"] == 0
+    # An item seen earlier in the stretch is known from then on (as for HR@K).
+    later = sampled_auc(Clicky(True), ["v", "u"], ["new", "new"], history=h, n_negatives=3,
+                        known=lambda i: i != "new")
+    assert later.positives == 1 and later.excluded["unknown_item"] == 1
 
 
 # ------------------------------------------------------------------ batched, sampled, cold
