@@ -66,8 +66,8 @@ def train(
     on_missing_snapshot: Annotated[str | None, typer.Option(
         help="no valid snapshot, but the group committed offsets on the topic (the "
              "model they stand for is lost): 'refuse' (default) stops with what to do, "
-             "'resume' starts at the commits with an empty model "
-             "[LIVEREC_ON_MISSING_SNAPSHOT]")] = None,
+             "'resume' starts at the commits with an empty model (--scale-out: per "
+             "assigned partition) [LIVEREC_ON_MISSING_SNAPSHOT]")] = None,
     metrics_port: Annotated[int | None, typer.Option(
         help="Prometheus port; 0 = a free one (logged), -1 = none (default: 9101) "
              "[LIVEREC_METRICS_PORT]")
@@ -305,6 +305,7 @@ def _rates(result: Any) -> str:
 def _run_scale_out(settings: Any, kafka: Any, metrics: Any) -> None:
     from stream.kafka import KafkaClientError
     from trainer.checkpoint import SnapshotLocationBusy
+    from trainer.lost_snapshot import MissingSnapshotError
     from trainer.partitioned import ScaleOutTrainer
 
     try:
@@ -314,7 +315,7 @@ def _run_scale_out(settings: Any, kafka: Any, metrics: Any) -> None:
         raise typer.Exit(2) from None
     try:
         result = trainer.run()
-    except SnapshotLocationBusy as exc:
+    except (SnapshotLocationBusy, MissingSnapshotError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except KafkaClientError as exc:

@@ -10,20 +10,27 @@ and writes no snapshot and commits nothing until the answer clears it
 (:meth:`LostSnapshotGuard.allows_write`). With commits found, ``on_missing_snapshot``
 decides: ``"refuse"`` (the default) stops the trainer with :attr:`refusal`, which says
 what to do; ``"resume"`` accepts the loss with a warning.
+
+A scale-out trainer (:mod:`trainer.partitioned`) keeps its user state per input
+partition and knows the group's commits of the partitions it is assigned in the
+assignment itself, so it decides per partition and at once with
+:func:`check_partitions`: a partition the group committed whose directory holds no
+valid state is lost (its state is written before anything of it is committed, see
+:meth:`trainer.user_side.UserSide.take_over`), under the same policy and advice.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
 from stream.kafka import KafkaClientError, committed_offsets
 from stream.settings import KafkaSettings
 
-__all__ = ["LostSnapshotGuard", "MissingSnapshotError"]
+__all__ = ["LostSnapshotGuard", "MissingSnapshotError", "check_partitions"]
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +96,14 @@ class LostSnapshotGuard:
         else:
             return
         if self.commits:
-            where = ", ".join(f"partition {p} at {o}" for p, o in sorted(self.commits.items()))
+            where = _where(self.commits)
             if self.policy == "refuse":
                 self.refusal = (
                     f"no valid snapshot in {self.root}, but consumer group {self.group!r} "
                     f"committed offsets on {self.kafka.topic!r} ({where}): the model "
                     "learned up to there is lost, and starting would resume there with "
-                    "an empty model that replaces it on every server. Restore the "
-                    "snapshot directory (or fix --snapshots); or re-learn the topic from "
-                    "its start with a new group (--group); or accept the loss with "
-                    "--on-missing-snapshot resume (LIVEREC_ON_MISSING_SNAPSHOT=resume)")
+                    "an empty model that replaces it on every server. " + _advice(
+                        "re-learn the topic from its start with a new group (--group)"))
                 log.error("%s", self.refusal)
                 self._on_refuse()
             else:
@@ -107,3 +112,43 @@ class LostSnapshotGuard:
                             "the events before them are not learned", self.root,
                             self.group, where)
         self._done.set()
+
+
+def check_partitions(lost: Mapping[int, int], *, root: Path, group: str, topic: str,
+                     updates: str, policy: Policy) -> str | None:
+    """A scale-out trainer's check of the partitions it was assigned (see the module
+    doc): ``lost`` maps each one that has no valid state under ``root`` to the
+    group's commit. Returns why the trainer must stop (under ``"refuse"``, when any is
+    lost); None when it may go on (a warning under ``"resume"``)."""
+    if not lost:
+        return None
+    where = _where(lost)
+    numbers = ", ".join(str(p) for p in sorted(lost))
+    if policy == "refuse":
+        refusal = (
+            f"no valid state of partition(s) {numbers} in {root / 'partitions'}, but "
+            f"consumer group {group!r} committed offsets on {topic!r} ({where}): what was "
+            "learned up to there is lost, and starting would resume there with only what "
+            "the topics still hold of it, whose merged snapshot replaces the model on "
+            "every server. " + _advice(
+                f"re-learn the topic from its start with a new group (--group), after "
+                f"deleting the update topic {updates!r} (it holds the lost model's "
+                "item-side learning, which a new group would fold in again)"))
+        log.error("%s", refusal)
+        return refusal
+    log.warning("no valid state of partition(s) %s in %s: resuming group %r at its "
+                "commits (%s) with what the topics still hold (--on-missing-snapshot "
+                "resume); the events they no longer hold are not learned", numbers,
+                root / "partitions", group, where)
+    return None
+
+
+def _where(commits: Mapping[int, int]) -> str:
+    return ", ".join(f"partition {p} at {o}" for p, o in sorted(commits.items()))
+
+
+def _advice(fresh_start: str) -> str:
+    """What to do about a refusal (``fresh_start``: how to start over instead)."""
+    return ("Restore the snapshot directory (or fix --snapshots); or " + fresh_start +
+            "; or accept the loss with --on-missing-snapshot resume "
+            "(LIVEREC_ON_MISSING_SNAPSHOT=resume)")

@@ -15,6 +15,11 @@ parameter server (see DEVELOPING.md, "Scale-out", for the picture):
   state, snapshots it, writes the merged, servable model (every owner of partitions
   also merges at shutdown) and evaluates its own partitions' events
   (:mod:`trainer.item_side`, with :mod:`trainer.folding` and :mod:`trainer.merged`).
+* **A lost directory is not a fresh start** (:mod:`trainer.lost_snapshot`). An
+  assigned partition that the group has committed but whose directory holds no valid
+  state stops the trainer before it learns, commits or writes anything
+  (``on_missing_snapshot`` "refuse", the default; "resume" re-learns what the topics
+  still hold, with a warning).
 * **Exactly once** (:mod:`trainer.transactions`). One Kafka transaction holds the
   update messages, the dead-lettered rejects and the input offsets of the polls
   learned while it was open, so an input record's effect on the item state is in the
@@ -55,6 +60,7 @@ from trainer.evaluation import TrainerEvaluation, eval_users
 from trainer.flood import FloodSettings
 from trainer.folding import UpdateFold
 from trainer.item_side import ItemSide
+from trainer.lost_snapshot import MissingSnapshotError, check_partitions
 from trainer.metrics import PhaseClock, TrainerMetrics
 from trainer.partition_state import PartitionState
 from trainer.poll_learning import PollLearner
@@ -154,6 +160,9 @@ class ScaleOutTrainer:
         self.consumer: ConfluentConsumer | None = None
         self._lock: IO[str] | None = None
         self._failed = False
+        #: why this trainer stops: an assigned partition's state is lost (see
+        #: :func:`~trainer.lost_snapshot.check_partitions`); nothing is written then
+        self.refusal: str | None = None
         self._closing = False
         self._last_snapshot = 0.0
         #: the input topic's partitions are recounted after an assignment
@@ -246,8 +255,18 @@ class ScaleOutTrainer:
         assert self.consumer is not None
         committed = self.consumer.committed(parts, timeout_s=max(
             30.0, 2 * self.settings.transaction_timeout_ms / 1000))
+        restored = {part: self.user_side.restore(part[1]) for part in sorted(parts)}
+        lost = {p: c for (t, p), c in committed.items()
+                if c is not None and restored.get((t, p)) is None}
+        self.refusal = self.refusal or check_partitions(
+            lost, root=self.root, group=self.settings.group, topic=self.topic,
+            updates=self.updates, policy=self.settings.on_missing_snapshot)
+        if self.refusal is not None:
+            self.stop_event.set()  # none taken over: nothing of them learned or written
+            return
         for part in sorted(parts):
-            self.user_side.take_over(part, committed.get(part), self.consumer, self.parts)
+            self.user_side.take_over(part, committed.get(part), self.consumer, self.parts,
+                                     restored[part])
             self._recount = True
 
     def _on_revoke(self, parts: set[Partition]) -> None:
@@ -277,6 +296,8 @@ class ScaleOutTrainer:
             while not self.stop_event.is_set():
                 with self.clock("poll"):
                     records = self.consumer.poll_batch(s.batch_size, s.max_wait_ms / 1000.0)
+                if self.refusal is not None:
+                    break
                 now = time.monotonic()
                 if len(records):
                     last_record = now
@@ -317,6 +338,8 @@ class ScaleOutTrainer:
             log.info("stopped: %s", self.status_line())
             log.info("loop time by phase (wall/CPU s of the loop's thread): %s",
                      self.clock.line())
+        if self.refusal is not None:
+            raise MissingSnapshotError(self.refusal)
         return ScaleOutResult(self.events_learned, self.events_replayed,
                               self.updates_published,
                               self.txn.producer.bytes_sent if self.txn.producer else 0,
@@ -337,7 +360,7 @@ class ScaleOutTrainer:
                 except Exception:
                     log.exception("the last transaction did not commit: exiting without "
                                   "a snapshot")
-            if not self._failed and self.consumer is not None:
+            if not self._failed and self.refusal is None and self.consumer is not None:
                 # Every trainer that owns partitions merges at shutdown: of trainers
                 # stopping together, the last merge written has seen every
                 # partition's final snapshot.

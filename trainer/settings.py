@@ -75,7 +75,9 @@ class TrainerSettings(BaseSettings):
     #: what a trainer that finds no valid snapshot does when its consumer group has
     #: committed offsets on the topic (the model they stand for is lost): "refuse"
     #: stops it with what to do; "resume" starts there with an empty model and a
-    #: warning (the events before the commits are not learned again)
+    #: warning (the events before the commits are not learned again). A scale-out
+    #: trainer decides per assigned partition: one the group committed with no valid
+    #: state in the directory; "resume" re-learns what the topics still hold of it
     on_missing_snapshot: Literal["refuse", "resume"] = "refuse"
     #: seconds between two comparisons of the factor models' item embeddings
     #: (``liverec_trainer_embedding_drift_cosine_distance``), made at the first durable

@@ -8,9 +8,13 @@ counts, the models' user windows) and snapshots it per partition under
 who owns it. A new owner of partition ``p`` loads ``p``'s newest snapshot (offset
 ``S``), reads the group's committed offset ``C >= S`` and re-learns ``[S, C)``
 *user-side only* (the item side of those records is in the update topic already),
-then learns normally from ``C``. A revoked partition is snapshotted (if it moved
-since its last snapshot and the trainer has not failed), then its users leave the
-models.
+then learns normally from ``C``. A partition with no valid snapshot starts at its
+first offset: it gets a snapshot there at once, before anything of it is learned or
+committed, so that a partition the group has committed always has state in the
+directory, and one that has none is lost (the trainer checks that first:
+:func:`trainer.lost_snapshot.check_partitions`). A revoked partition is snapshotted
+(if it moved since its last snapshot and the trainer has not failed), then its users
+leave the models.
 """
 
 from __future__ import annotations
@@ -75,30 +79,42 @@ class UserSide:
                                     dedup_max_ids=s.dedup_max_ids, flood=self.flood_settings,
                                     history_max_users=s.history_max_users)
 
-    def take_over(self, part: Partition, c: int | None, consumer: ConfluentConsumer,
-                  parts: MutableMapping[int, PartitionState]) -> None:
-        """Add the assigned ``part`` (its committed offset ``c``) to ``parts``: its
-        newest snapshot restored, ``consumer`` at its snapshot's offset (or the
-        partition's start) and what lies below ``c`` marked for re-learning."""
-        p = part[1]
-        st = self.fresh_state(p)
+    def restore(self, p: int) -> PartitionState | None:
+        """Partition ``p``'s state from its best valid snapshot in the directory (its
+        users' state loaded into the models); None when the directory holds none (a
+        snapshot without this topic's offset of ``p`` is another topic's)."""
         snap = PartitionStore(self.root, p, self.settings.keep_snapshots).load(self.topic)
-        if snap is not None:
-            st.restore(snap, self.topic, self.models,
-                       dedup_window_s=self.settings.dedup_window_s,
-                       dedup_max_ids=self.settings.dedup_max_ids)
+        if snap is None or snap.offsets.get(self.topic, {}).get(p) is None:
+            return None
+        st = self.fresh_state(p)
+        st.restore(snap, self.topic, self.models, dedup_window_s=self.settings.dedup_window_s,
+                   dedup_max_ids=self.settings.dedup_max_ids)
+        return st
+
+    def take_over(self, part: Partition, c: int | None, consumer: ConfluentConsumer,
+                  parts: MutableMapping[int, PartitionState],
+                  restored: PartitionState | None) -> None:
+        """Add the assigned ``part`` (its committed offset ``c``) to ``parts``:
+        ``restored`` (:meth:`restore`) or, for none, a fresh state at the partition's
+        start, snapshotted at once; ``consumer`` at the state's offset and what lies
+        below ``c`` marked for re-learning."""
+        p = part[1]
+        st = restored
+        if st is None:
+            st = self.fresh_state(p)
+            st.offset = consumer.beginning_offsets([part])[part]
+            self.write(st)  # before anything of it is committed (see the module doc)
         start = st.offset
-        if start is None and c is not None:
-            start = consumer.beginning_offsets([part])[part]
-        if c is not None and start is not None and c > start:
+        assert start is not None
+        if c is not None and c > start:
             st.replay_until = c
-        if start is not None:
-            consumer.seek(part, start)
+        consumer.seek(part, start)
         parts[p] = st
         self.metrics.partition_owned.labels(topic=self.topic, partition=str(p)).set(1)
         self.metrics.partition(p)
-        log.info("assigned partition %d: snapshot offset %s, committed %s%s", p,
-                 st.offset, c, f" (re-learning [{start}, {c}) user-side only)"
+        log.info("assigned partition %d: %s offset %s, committed %s%s", p,
+                 "snapshot" if restored is not None else "no snapshot, starting at", start,
+                 c, f" (re-learning [{start}, {c}) user-side only)"
                  if st.replay_until is not None else "")
 
     def release(self, st: PartitionState, snapshot: bool) -> None:
