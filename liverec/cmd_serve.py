@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
     def serve(
         snapshots: Annotated[
             Path | None, typer.Option(help="Snapshot root written by the trainer (holds LATEST; "
-                                   "default: snapshots).")
+                                   "default: snapshots) [LIVEREC_SNAPSHOTS].")
         ] = None,
         extra_snapshots: Annotated[
             list[Path] | None,
@@ -30,30 +30,35 @@ def register(app: typer.Typer) -> None:
                               "[LIVEREC_EXTRA_SNAPSHOTS, comma-separated]."),
         ] = None,
         port: Annotated[int | None, typer.Option(
-            help="Port to listen on (default: 8000).")] = None,
+            help="Port to listen on (default: 8000) [LIVEREC_PORT].")] = None,
         host: Annotated[str | None, typer.Option(
-            help="Interface to listen on (default: 127.0.0.1).")] = None,
+            help="Interface to listen on (default: 127.0.0.1) [LIVEREC_HOST].")] = None,
         bootstrap: Annotated[
             str | None,
-            typer.Option(help="Kafka bootstrap servers (live context and POST /v1/events)."),
+            typer.Option(help="Kafka bootstrap servers (live context and POST /v1/events) "
+                              "[LIVEREC_KAFKA_BOOTSTRAP or LIVEREC_BOOTSTRAP]."),
         ] = None,
         topic: Annotated[str | None, typer.Option(
-            help="Click-event topic (default: clicks).")] = None,
+            help="Click-event topic (default: clicks) [LIVEREC_TOPIC].")] = None,
         trainer_metrics_url: Annotated[
-            str | None, typer.Option(help="Trainer /metrics URL scraped for the dashboard.")
+            str | None, typer.Option(help="Trainer /metrics URL scraped for the dashboard "
+                                            "[LIVEREC_TRAINER_METRICS_URL].")
         ] = None,
         default_model: Annotated[
             str | None, typer.Option(help="Model used when a request names none (default: ranked; "
                                "where a snapshot lacks it, the first of hybrid, bpr, "
-                               "embedding, itemknn, popularity it has).")
+                               "embedding, itemknn, popularity it has) "
+                               "[LIVEREC_DEFAULT_MODEL].")
         ] = None,
         ann: Annotated[
             bool | None,
-            typer.Option("--ann/--no-ann", help="Approximate (HNSW) top-k for factor models."),
+            typer.Option("--ann/--no-ann", help="Approximate (HNSW) top-k for factor models "
+                                                  "[LIVEREC_ANN]."),
         ] = None,
         ann_min_items: Annotated[
             int | None,
-            typer.Option(help="With --ann: catalogue size from which the index is used."),
+            typer.Option(help="With --ann: catalogue size from which the index is used "
+                              "[LIVEREC_ANN_MIN_ITEMS]."),
         ] = None,
         api_keys_file: Annotated[
             Path | None,
@@ -64,7 +69,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--allow-anonymous-writes",
                 help="Accept POST /v1/events without a key on a non-loopback interface "
-                "(refused at start-up otherwise when no key is configured).",
+                "(refused at start-up otherwise when no key is configured) "
+                "[LIVEREC_ALLOW_ANONYMOUS_WRITES].",
             ),
         ] = False,
         require_read_key: Annotated[
@@ -75,7 +81,8 @@ def register(app: typer.Typer) -> None:
         protect_ops: Annotated[
             bool | None,
             typer.Option("--protect-ops/--open-ops",
-                         help="/metrics, /v1/model and the dashboard need an 'ops' key."),
+                         help="/metrics, /v1/model and the dashboard need an 'ops' key "
+                              "[LIVEREC_PROTECT_OPS]."),
         ] = None,
         item_features: Annotated[
             Path | None,
@@ -164,6 +171,11 @@ def register(app: typer.Typer) -> None:
             except (ValueError, OSError) as exc:
                 typer.echo(f"error: --item-features: {exc}", err=True)
                 raise typer.Exit(2) from None
+        if (taken := _cannot_listen(settings.host, settings.port)) is not None:
+            # uvicorn would say so only after the snapshot loaded, with exit 3
+            typer.echo(f"error: cannot listen on {settings.host}:{settings.port} ({taken}): "
+                       "pick another port with --port or LIVEREC_PORT", err=True)
+            raise typer.Exit(2)
         configure_logging(settings.log_level, settings.log_format)
         warn_unknown(logging.getLogger("liverec.serve"))
         if not settings.bootstrap:
@@ -181,6 +193,23 @@ def register(app: typer.Typer) -> None:
         except AuthConfigError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (as uvicorn binds it), or None."""
+    import socket
+
+    if port == 0:
+        return None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, addr = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(addr)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def _refuse_log_settings(exc: Any, *, log_format_given: bool) -> None:

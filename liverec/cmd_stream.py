@@ -58,7 +58,12 @@ def broker_stop() -> None:
     from stream.broker import stop_detached_broker
 
     state = stop_detached_broker()
-    typer.echo(f"stopped {state.bootstrap} (pid {state.pid})" if state else "not running")
+    if state is None:
+        typer.echo("not running")
+        return
+    typer.echo(f"stopped {state.bootstrap} (pid {state.pid}); its topics are kept in "
+               f"{Path(state.workdir) / 'data'} for the next `liverec broker start` "
+               "(`--fresh` starts empty)")
 
 
 def replay(

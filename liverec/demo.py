@@ -134,6 +134,24 @@ class Scrape:
         return {lab[label]: v for lab, v in self.samples.get(name, []) if label in lab}
 
 
+def _all_taken(tr: Scrape, produced: int) -> bool:
+    """Whether the trainer read all ``produced`` events and learned, dropped as
+    duplicates or capped (the flood guard) every one it read: events never learned
+    must not keep the demo waiting.
+
+    >>> page = ("liverec_trainer_events_consumed_total 100\\n"
+    ...         "liverec_trainer_events_learned_total 89\\n"
+    ...         'liverec_trainer_events_capped_total{reason="repeat"} 11\\n')
+    >>> _all_taken(Scrape.parse(page), 100), _all_taken(Scrape.parse(page), 101)
+    (True, False)
+    """
+    s = tr.sum
+    read = s("liverec_trainer_events_consumed_total") + s("liverec_trainer_events_rejected_total")
+    done = (s("liverec_trainer_events_learned_total") + s("liverec_trainer_events_capped_total")
+            + s("liverec_trainer_duplicates_dropped_total"))
+    return read >= produced and done >= s("liverec_trainer_events_consumed_total")
+
+
 def scrape(url: str, timeout_s: float = 2.0) -> Scrape | None:
     """Read and parse a ``/metrics`` URL; ``None`` when it does not answer."""
     try:
@@ -628,13 +646,15 @@ class _Demo:
         assert self.stream is not None
         self.stream.stop_event.set()
         self.stream.join(timeout=30)
-        deadline = time.monotonic() + self.opts.drain_s
-        while time.monotonic() < deadline:
+        self.echo(f"waiting up to {self.opts.drain_s:.0f} s for the trainer to take the "
+                  f"last of the {self.stream.produced:,} events sent ...")
+        t0 = time.monotonic()
+        while time.monotonic() < t0 + self.opts.drain_s:
             tr = scrape(self.trainer_url)
-            if tr is not None and tr.sum(
-                    "liverec_trainer_events_learned_total") >= self.stream.produced:
+            if tr is not None and _all_taken(tr, self.stream.produced):
                 break
             time.sleep(0.5)
+        self.echo(f"  took {time.monotonic() - t0:.1f} s")
         # One snapshot period more, so the server holds what was learned.
         time.sleep(2.0)
 

@@ -462,6 +462,10 @@ class AccessControl:
             return
         if not force and set(keys) != set(self.keys):
             log.info("API keys now: %s", sorted(k.name for k in keys.values()))
+            if not keys and self._open_writes_allowed:
+                log.warning("the last API key is gone: POST /v1/events now accepts "
+                            "anonymous writes again (this server listens on a loopback "
+                            "address or allows them); add a key to close them")
         self.keys = keys
 
     async def _authenticate(self, presented: str | None, client: str) -> Principal | None:

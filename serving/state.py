@@ -380,6 +380,10 @@ class ServingState:
             self.rank_pool, contextvars.copy_context().run, fn, *args)
 
     def stop(self) -> None:
+        """Stop the background work, saying what the wait is for."""
+        t0 = time.monotonic()
+        log.info("stopping: the live-context tail, then the event producer's pending "
+                 "deliveries (up to 5 s each)")
         if self.tail is not None:
             self.tail.stop()
         if self.features_tail is not None:
@@ -389,6 +393,7 @@ class ServingState:
             self.rank_pool.shutdown(wait=False, cancel_futures=True)
         if self.batcher is not None:
             self.batcher.stop()
+        log.info("stopped in %.1f s", time.monotonic() - t0)
 
     # ------------------------------------------------------------------ health
     def dependencies(self) -> tuple[bool, dict[str, dict[str, object]]]:

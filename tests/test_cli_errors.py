@@ -37,13 +37,16 @@ def _fails_cleanly(args: list[str], expect: str) -> None:
     assert expect in " ".join(result.output.split()), result.output
 
 
-def test_serve_refuses_bad_settings_and_a_bad_item_features_file(
-    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_serve_refuses_bad_settings_a_busy_port_and_a_bad_item_features_file(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busy_port: int
 ) -> None:
     _fails_cleanly(["serve", "--port", "70000"], "less than or equal to 65535")
     with monkeypatch.context() as env:  # a rate limit variable: before uvicorn starts
         env.setenv("LIVEREC_RATE_WRITE_PER_S", "fast")
         _fails_cleanly(["serve", "--snapshots", str(tmp_path / "s")], "write_per_s")
+    _fails_cleanly(["serve", "--snapshots", str(tmp_path / "s"), "--port", str(busy_port)],
+                   f"cannot listen on 127.0.0.1:{busy_port} (Address already in use): pick "
+                   "another port with --port or LIVEREC_PORT")
     _fails_cleanly(["serve", "--snapshots", str(tmp_path / "s"), "--item-features", str(tiny)],
                    "item features are read as movielens")
 

@@ -40,6 +40,25 @@ log = logging.getLogger(__name__)
 #: client hash keys (a null key goes to a random partition, as with theirs)
 PARTITIONER = "murmur2_random"
 _rdlog = logging.getLogger("stream.kafka.librdkafka")
+
+
+class _StartupRetries(logging.Filter):
+    """Drops librdkafka's lines about a coordinator still loading (a broker's normal
+    first seconds; librdkafka retries by itself) unless the logger is at DEBUG.
+
+    >>> rec = logging.LogRecord("x", logging.WARNING, "", 0, "GETPID [p] Failed to "
+    ...     "acquire idempotence PID: Broker: Coordinator load in progress: retrying",
+    ...     None, None)
+    >>> _StartupRetries().filter(rec)
+    False
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return ("Coordinator load in progress" not in record.getMessage()
+                or _rdlog.isEnabledFor(logging.DEBUG))
+
+
+_rdlog.addFilter(_StartupRetries())
 _rdlog.addFilter(RepeatFilter())  # a broker outage: one line a minute per kind, not dozens a second
 _INVALID = ck.OFFSET_INVALID
 

@@ -148,7 +148,7 @@ def _anonymous_write_once_keys_are(c: TestClient, want_keys: set[str]) -> int:
 
 
 def test_a_key_added_at_run_time_closes_anonymous_writes(
-    store: SnapshotStore, tmp_path: Path
+    store: SnapshotStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "keys"
     path.write_text("")  # an empty key file: on loopback, anonymous writes are open
@@ -160,9 +160,13 @@ def test_a_key_added_at_run_time_closes_anonymous_writes(
         r = c.post("/v1/events", json=EVENT)
         assert r.status_code == 401 and r.json()["detail"]["reason"] == "missing_key"
         assert c.post("/v1/events", json=EVENT, headers=_bearer(key)).status_code == 503
-        # Revoking every key reopens anonymous writes on loopback, as at start-up.
+        # Revoking every key reopens anonymous writes on loopback, as at start-up, and
+        # the log says so at WARNING.
         assert KeyFile(path).revoke("ingest")
-        assert _anonymous_write_once_keys_are(c, set()) == 503
+        with caplog.at_level(logging.WARNING, logger="serving.auth"):
+            assert _anonymous_write_once_keys_are(c, set()) == 503
+        assert any(r.levelno == logging.WARNING and "anonymous writes again" in r.getMessage()
+                   for r in caplog.records), caplog.text
 
 
 def test_revoking_every_key_keeps_writes_closed_on_a_public_interface(
@@ -174,7 +178,7 @@ def test_revoking_every_key_keeps_writes_closed_on_a_public_interface(
                      auth=AuthSettings(api_keys_file=kf.path))
     with TestClient(app) as c:
         assert kf.revoke("ingest")
-        assert _anonymous_write_once_keys_are(c, set()) == 401
+        assert _anonymous_write_once_keys_are(c, set()) == 401  # and nothing to warn of
 
 
 def test_rate_limit_answers_429_with_retry_after(
