@@ -37,9 +37,10 @@ import torch
 from tqdm import tqdm
 
 from online_models import registry
+from online_models.click_auc import SampledAUC, sampled_auc
 from online_models.content import load_item_features
 from online_models.datasets import read_interactions, to_batches
-from online_models.evaluation import PrequentialEvaluator, SampledAUC, sampled_auc
+from online_models.evaluation import PrequentialEvaluator
 
 COLD = 5
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from online_models.base import Batch, IdIndex, ModelState, OnlineModel, UserHistory
+from online_models.click_auc import sampled_auc
 from online_models.evaluation import (
     MISS_RANK,
     EvalSample,
     PrequentialEvaluator,
     rank_of,
-    sampled_auc,
 )
 from online_models.popularity import Popularity
 

@@ -9,7 +9,8 @@ import numpy as np
 
 from online_models import registry
 from online_models.base import Batch, UserHistory
-from online_models.evaluation import PrequentialEvaluator, sampled_auc
+from online_models.click_auc import sampled_auc
+from online_models.evaluation import PrequentialEvaluator
 from online_models.hybrid import Hybrid
 from online_models.reranker import ReRanker
 from online_models.snapshot import SnapshotStore
