@@ -109,7 +109,8 @@ def probed_server(store: SnapshotStore) -> Iterator[str]:
         return Response(PROBE, media_type="text/javascript")
 
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                       log_config=None))  # leave logging as it is for later tests
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

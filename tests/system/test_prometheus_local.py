@@ -74,8 +74,10 @@ def serving(tmp_path: Path) -> Iterator[int]:
     """A real ``liverec serve`` app (no snapshot, no Kafka) on a free loopback port."""
     port = pick_port(0)
     settings = settings_for(tmp_path / "snapshots", port=port)
+    # log_config=None: uvicorn leaves the logging setup alone (its default stops
+    # "uvicorn.error" propagating, which later tests' caplog relies on).
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+                                           log_level="warning", log_config=None))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
