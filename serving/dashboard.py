@@ -58,7 +58,7 @@ def trainer_figures(
     ...     'liverec_trainer_rolling_hit_ratio{model="bpr"} 0.3\\n',
     ...     {"data_drift": {"item_popularity": {"psi": 0.2}}})
     ... # doctest: +NORMALIZE_WHITESPACE
-    {'hr10': {'bpr': 0.3}, 'psi': {'item_popularity': 0.2}, 'drift_alarms': 0.0,
+    {'hr10': {'bpr': 0.3}, 'psi': {'item_popularity': 0.2}, 'drift_alarms': 0,
      'events_total': None, 'lag': None}
     """
     hr: dict[str, float] = {}
@@ -91,7 +91,9 @@ def trainer_figures(
             elif s.name == _P + "consumer_lag_messages":
                 lag = (lag or 0.0) + float(s.value)
     psi = {k: v for k, v in psi.items() if math.isfinite(v)}
-    return {"hr10": hr, "psi": psi, "drift_alarms": alarms, "events_total": events, "lag": lag}
+    # A count: an int in the JSON (the counters' samples are floats, whole ones).
+    return {"hr10": hr, "psi": psi, "drift_alarms": round(alarms), "events_total": events,
+            "lag": lag}
 
 
 class DashboardSeries:
@@ -141,7 +143,7 @@ class DashboardSeries:
             )
         except Exception as exc:  # a malformed exposition must not stop sampling
             log.warning("cannot parse trainer metrics: %s", exc)
-            tf = {"hr10": {}, "psi": {}, "drift_alarms": 0.0, "events_total": None, "lag": None}
+            tf = {"hr10": {}, "psi": {}, "drift_alarms": 0, "events_total": None, "lag": None}
         live_events = float(st.live.events)
         ingest = None
         if self._prev is not None:
