@@ -44,7 +44,8 @@ def live_server(
         store.root, bootstrap=kafka_bootstrap, topic=topic, port=port, dashboard_interval_s=0.5
     )
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
+                       log_config=None)  # uvicorn's own config would change logging for later tests
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
