@@ -126,13 +126,19 @@ class DeadLetterBreaker:
         return skipped
 
 
-def ensure_dead_letter_topic(settings: KafkaSettings, timeout_s: float = 30.0) -> bool:
+#: what a missing dead-letter topic means for a single trainer (the breaker's skips)
+SKIPPED_REJECTS = "rejects will be skipped and counted in liverec_trainer_dlq_failures_total"
+
+
+def ensure_dead_letter_topic(settings: KafkaSettings, timeout_s: float = 30.0,
+                             consequence: str = SKIPPED_REJECTS) -> bool:
     """Create ``settings.dlq_topic`` (one partition) if it does not exist.
 
     Returns whether it exists now. Where it cannot be checked or created (no ACL to
-    describe or create topics, Kafka down), one WARNING says what that means and what
-    to do; nothing is raised: the trainer runs on, and a reject that cannot be
-    written is counted and skipped (see :class:`DeadLetterBreaker`).
+    describe or create topics, Kafka down), one WARNING says what a missing topic
+    would mean (``consequence``: for a single trainer, rejects counted and skipped, see
+    :class:`DeadLetterBreaker`) and what to do; nothing is raised: the topic may
+    exist all the same.
     """
     topic = settings.dlq_topic
     try:
@@ -140,9 +146,8 @@ def ensure_dead_letter_topic(settings: KafkaSettings, timeout_s: float = 30.0) -
     except (KafkaClientError, ValueError, RuntimeError) as exc:  # any client's refusal
         log.warning(
             "cannot make sure the dead-letter topic %s exists (%s). If it is missing "
-            "and the brokers do not create topics, rejects will be skipped and counted "
-            "in liverec_trainer_dlq_failures_total: create it (one partition) or let "
-            "this trainer's principal create topics", topic, exc)
+            "and the brokers do not create topics, %s: create it (one partition) or let "
+            "this trainer's principal create topics", topic, exc, consequence)
         return False
     if created:
         log.info("created the dead-letter topic %s", topic)

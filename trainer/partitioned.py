@@ -215,8 +215,9 @@ class ScaleOutTrainer:
         finally:
             probe.close()
         create_topics(k, {self.updates: n_parts})
-        # A reject sent in a transaction to a missing topic fails the transaction.
-        ensure_dead_letter_topic(k)
+        ensure_dead_letter_topic(k, consequence=(
+            "the first reject will fail its transaction and stop this trainer (rejects "
+            "are sent inside the transaction)"))
         self.item_side.n_input = n_parts
         self.txn.producer = TransactionalProducer(
             k, f"liverec-{s.group}-{self.instance}", client_id=f"liverec-trainer-{self.instance}",
@@ -265,8 +266,17 @@ class ScaleOutTrainer:
             self.stop_event.set()  # none taken over: nothing of them learned or written
             return
         for part in sorted(parts):
-            self.user_side.take_over(part, committed.get(part), self.consumer, self.parts,
-                                     restored[part])
+            try:
+                self.user_side.take_over(part, committed.get(part), self.consumer,
+                                         self.parts, restored[part])
+            except OSError as exc:  # its first state could not be written
+                self.refusal = (
+                    f"cannot write the first state of partition {part[1]} under "
+                    f"{self.root / 'partitions'} ({exc}): a partition is taken over only "
+                    "with its state on disk, or a commit would later look like a lost "
+                    "snapshot. Fix the location (space, permissions) and start again")
+                self.stop_event.set()
+                return
             self._recount = True
 
     def _on_revoke(self, parts: set[Partition]) -> None:

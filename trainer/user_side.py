@@ -103,7 +103,9 @@ class UserSide:
         if st is None:
             st = self.fresh_state(p)
             st.offset = consumer.beginning_offsets([part])[part]
-            self.write(st)  # before anything of it is committed (see the module doc)
+            # Before anything of it is committed (see the module doc); a failure raises:
+            # a commit without this state would later read as a lost snapshot.
+            self.write(st, strict=True)
         start = st.offset
         assert start is not None
         if c is not None and c > start:
@@ -129,12 +131,15 @@ class UserSide:
         self.metrics.drop_partition(p)  # its new owner exports its lag now
         log.info("partition %d revoked at offset %s", p, st.offset)
 
-    def write(self, st: PartitionState) -> None:
+    def write(self, st: PartitionState, strict: bool = False) -> None:
+        """Snapshot ``st``; a failure is logged and counted (and raised, ``strict``)."""
         try:
             PartitionStore(self.root, st.partition, self.settings.keep_snapshots).write(
                 st, self.topic, self.models, {"instance": self.instance})
         except Exception:
             self.metrics.snapshot_errors.inc()
+            if strict:
+                raise
             log.exception("partition %d snapshot failed", st.partition)
 
     def heartbeat(self, p: int) -> None:

@@ -79,4 +79,10 @@ def test_an_unreachable_cluster_is_a_warning_not_an_error(
         assert not ensure_dead_letter_topic(settings, timeout_s=1.0)
     (line,) = [r.getMessage() for r in caplog.records]
     assert line.startswith("cannot make sure the dead-letter topic clicks.dlq exists")
-    assert "create it (one partition)" in line
+    assert "rejects will be skipped" in line and "create it (one partition)" in line
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="stream.dlq_guard"):  # a scale-out trainer's
+        assert not ensure_dead_letter_topic(settings, timeout_s=1.0,
+                                            consequence="the first reject stops it")
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "the first reject stops it" in line and "skipped" not in line

@@ -117,3 +117,20 @@ def test_a_partition_committed_before_its_first_snapshot_is_not_lost(
     result = ScaleOutTrainer(_settings(snaps, group), kafka).run()  # the default: refuse
     assert (result.events_learned, result.events_replayed) == (0, 300)
     assert SnapshotStore(snaps).load().events_total == 300
+
+
+def test_a_partition_whose_first_state_cannot_be_written_is_not_taken_over(
+        kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    topic = new_topic(partitions=PARTITIONS)
+    kafka = KafkaSettings(bootstrap=kafka_bootstrap, topic=topic)
+    group = f"g-{topic}"
+    produce_events(kafka_bootstrap, topic, synthetic_events(200, seed=3, n_users=50))
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PartitionStore, "write", full_disk)
+    with pytest.raises(MissingSnapshotError, match="cannot write the first state of partition"):
+        ScaleOutTrainer(_settings(tmp_path / "snaps", group), kafka).run()
+    assert _commits(kafka, group) == {}  # nothing of it committed
