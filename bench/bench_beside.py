@@ -54,7 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_train import add_stream_options, click_events, learn_rate, prefilled_topic, train_rate
 
-from liverec.demo import ChildProcess, pick_port, scrape
+from liverec.demo import ChildProcess, scrape
+from liverec.ports import pick_port
 from liverec.runtime import configure_malloc
 from online_models.hybrid import DEFAULT_COMPONENTS
 from stream.settings import KafkaSettings

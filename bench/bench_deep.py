@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--auc-positives", type=int, default=64,
                     help="evaluable events of a sampled batch scored as AUC positives")
     args = ap.parse_args(argv)
+    if args.auc_every < 0 or args.auc_positives < 1:
+        ap.error("--auc-every must be >= 0 (0: no AUC) and --auc-positives >= 1")
     names = [s.strip() for s in args.models.split(",") if s.strip()]
     if not names:
         ap.error("--models names no model")

@@ -43,7 +43,7 @@ def publish(
     replaces an item's content (the latest record per item wins).
     """
     from liverec.cmd_stream import kafka_settings
-    from online_models.datasets import read_item_texts
+    from online_models.item_texts import read_item_texts
     from stream.item_features import item_features_topic, publish_item_features
     from stream.kafka import KafkaClientError
 

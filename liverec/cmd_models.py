@@ -11,9 +11,6 @@ from typing import Annotated, Any
 
 import typer
 
-#: presets whose files carry item content (``--item-features``)
-FEATURE_PRESETS = ("movielens", "online-retail")
-
 
 def generate(
     out: Annotated[Path, typer.Option("--out", help="CSV to write (.gz for gzip).")],
@@ -87,7 +84,7 @@ def invalid_rows_line(ds: Any) -> str:
 
     from online_models.datasets import EVENT_TYPES
 
-    n, total = len(ds.invalid), len(ds.invalid) + len(ds)
+    n, total = len(ds.invalid), len(ds.invalid) + len(ds) + sum(ds.skipped.values())
     reasons = Counter(row.reason for row in ds.invalid)
     line = (f"warning: {n:,} of {total:,} rows ({n / total:.1%}) are invalid and left out: "
             + ", ".join(f"{count:,} {why}" for why, count in reasons.most_common())
@@ -254,8 +251,9 @@ def evaluate(
                    "given (--item-features): its figures are popularity's", err=True)
     if item_features is not None:
         from online_models.content import load_item_features
+        from online_models.item_texts import ITEM_TEXT_PRESETS
 
-        fpreset = features_preset or (preset if preset in FEATURE_PRESETS else None)
+        fpreset = features_preset or (preset if preset in ITEM_TEXT_PRESETS else None)
         t0 = time.perf_counter()
         try:
             features = load_item_features(item_features, fpreset)

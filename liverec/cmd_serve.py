@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from liverec.ports import cannot_listen
+
 if TYPE_CHECKING:
     from serving.settings import ServeSettings
 
@@ -164,14 +166,14 @@ def register(app: typer.Typer) -> None:
             settings = _with_local_broker(settings)
         if settings.item_features is not None:
             # Read at start-up, inside uvicorn: check the file first, for a clear error.
-            from online_models.datasets import item_texts_source
+            from online_models.item_texts import item_texts_source
 
             try:
                 item_texts_source(settings.item_features, settings.item_features_preset)
             except (ValueError, OSError) as exc:
                 typer.echo(f"error: --item-features: {exc}", err=True)
                 raise typer.Exit(2) from None
-        if (taken := _cannot_listen(settings.host, settings.port)) is not None:
+        if (taken := cannot_listen(settings.host, settings.port)) is not None:
             # uvicorn would say so only after the snapshot loaded, with exit 3
             typer.echo(f"error: cannot listen on {settings.host}:{settings.port} ({taken}): "
                        "pick another port with --port or LIVEREC_PORT", err=True)
@@ -193,23 +195,6 @@ def register(app: typer.Typer) -> None:
         except AuthConfigError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
-
-
-def _cannot_listen(host: str, port: int) -> str | None:
-    """Why ``host:port`` cannot be listened on (as uvicorn binds it), or None."""
-    import socket
-
-    if port == 0:
-        return None
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, kind, proto, _, addr = infos[0]
-        with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(addr)
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return None
 
 
 def _refuse_log_settings(exc: Any, *, log_format_given: bool) -> None:

@@ -106,12 +106,15 @@ def replay(
     settings = kafka_settings(topic=topic, bootstrap=bootstrap, client=client,
                               partitions=partitions)
     try:
+        types = None if event_types is None else parse_event_types(event_types)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--event-types") from exc
+    try:
         create_topics(settings, {settings.topic: settings.partitions, settings.dlq_topic: 1})
         result = replay_file(
             file, settings, preset=preset, user_col=user_col, item_col=item_col,
             time_col=time_col, event_type_col=event_type_col, rate=rate, speedup=speedup,
-            progress=progress,
-            event_types=None if event_types is None else parse_event_types(event_types),
+            progress=progress, event_types=types,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc

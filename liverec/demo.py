@@ -22,7 +22,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from liverec.ports import pick_port
+
 if TYPE_CHECKING:
     from stream.settings import KafkaSettings
 
@@ -47,7 +48,6 @@ __all__ = [
     "DemoSummary",
     "Scrape",
     "SyntheticStream",
-    "pick_port",
     "run_demo",
     "scrape",
 ]
@@ -62,34 +62,6 @@ _STOP_WAITS = {
     "serving": ("server", "requests in flight, then its event producer's deliveries"),
     "trainer": ("trainer", "its last snapshot, then the commit of the offsets it holds"),
 }
-
-
-# --------------------------------------------------------------------------- ports
-
-
-def _port_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def pick_port(preferred: int, host: str = "127.0.0.1") -> int:
-    """``preferred`` when nothing listens there, else a free port from the OS.
-
-    Examples
-    --------
-    >>> 0 < pick_port(8000) < 65536
-    True
-    """
-    if preferred > 0 and _port_free(preferred, host):
-        return preferred
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # --------------------------------------------------------------------------- metrics

@@ -306,7 +306,7 @@ def load_item_features(
     >>> f = load_item_features(p, "movielens"); len(f), "1" in f
     (1, True)
     """
-    from online_models.datasets import read_item_texts
+    from online_models.item_texts import read_item_texts
 
     texts = read_item_texts(path, preset)
     return ItemFeatures.from_texts(texts, n_buckets=n_buckets, max_tokens=max_tokens)

@@ -150,7 +150,7 @@ class ServingState:
         path = self.settings.item_features
         if path is None or self._features_file_read:
             return
-        from online_models.datasets import read_item_texts
+        from online_models.item_texts import read_item_texts
 
         n = self.content.update(read_item_texts(path, self.settings.item_features_preset))
         self._features_file_read = True

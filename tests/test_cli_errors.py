@@ -76,6 +76,9 @@ def test_evaluate_and_features_refuse_unknown_names_and_files(tiny: Path) -> Non
     _fails_cleanly(["evaluate", str(tiny), "--sample", "0"], "must be in (0, 1], got 0.0")
     _fails_cleanly(["evaluate", str(tiny), "--event-types", "like=love"],
                    "liverec's event types are")
+    # checked before any topic is created (an unreachable cluster would take 30 s)
+    _fails_cleanly(["replay", str(tiny), "--bootstrap", "127.0.0.1:1", "--event-types",
+                    "like=love"], "liverec's event types are")
 
 
 def test_keys_refuse_a_directory_for_a_file(tmp_path: Path) -> None:

@@ -10,12 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from liverec import cli
-from online_models.datasets import (
-    Dataset,
-    item_texts_source,
-    read_interactions,
-    read_item_texts,
-)
+from online_models.datasets import Dataset, read_interactions
+from online_models.item_texts import item_texts_source, read_item_texts
 
 
 @pytest.fixture
@@ -51,6 +47,10 @@ def test_event_types_are_mapped_and_unmapped_ones_are_counted(own: Path) -> None
     assert sorted(set(mapped.event_types)) == ["click", "purchase", "view"]
     with pytest.raises(ValueError, match="can map only to"):
         read({"like": "love"})
+    ratings = own / "ratings.csv"  # a preset's file has no event types to map
+    ratings.write_text("userId,movieId,rating,timestamp\n1,1,4,1\n")
+    with pytest.raises(ValueError, match="movielens preset has no event types"):
+        read_interactions(ratings, "movielens", event_types={"like": "click"})
 
 
 def test_a_catalogue_of_ones_own_is_read_as_text(own: Path, tmp_path: Path) -> None:

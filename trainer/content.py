@@ -59,7 +59,7 @@ class TrainerContent:
         features = restored[0] if restored else ItemFeatures()
         path = self.settings.item_features
         if path is not None:
-            from online_models.datasets import read_item_texts
+            from online_models.item_texts import read_item_texts
 
             features.update(read_item_texts(path, self.settings.item_features_preset))
         took = registry.give_item_features(models, features)

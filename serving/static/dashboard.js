@@ -81,7 +81,8 @@ function drawChart(svg, series, opts) {
     tick(0, "0");
     const top = Math.floor(v1), step = Math.max(1, Math.ceil(top / 5));
     for (let k = top >= 3 ? step : 0; k <= top; k += step) {
-      tick(Math.log10(1 + 10 ** k), fmtDecade(10 ** k));
+      const u = Math.log10(1 + 10 ** k);
+      if (u <= v1) tick(u, fmtDecade(10 ** k));  // "1" lies above an axis of values < 1
     }
   } else {
     for (let i = 0; i <= 4; i++) {

@@ -36,6 +36,8 @@ def _ratings(tmp_path: Path) -> Path:
     (["--param", "window=3"], "'window=3' is not model.param=value"),
     (["--models", "popularity,itemnn"], "--models: unknown model 'itemnn'"),
     (["--preset", "movielenz"], "unknown preset 'movielenz'"),
+    (["--auc-positives", "0"], "--auc-positives >= 1"),
+    (["--auc-every", "-1"], "--auc-every must be >= 0"),
 ])
 def test_mistakes_are_argparse_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                       extra: list[str], why: str) -> None:

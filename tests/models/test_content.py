@@ -11,7 +11,7 @@ import pytest
 from online_models import registry
 from online_models.base import Batch
 from online_models.content import ContentKNN, ItemFeatures, load_item_features, tokenize
-from online_models.datasets import read_item_texts
+from online_models.item_texts import read_item_texts
 
 
 def test_tokens_similarity_and_updates() -> None:

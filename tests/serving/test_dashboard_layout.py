@@ -22,7 +22,7 @@ import pytest
 import uvicorn
 from fastapi.responses import HTMLResponse, Response
 
-from liverec.demo import pick_port
+from liverec.ports import pick_port
 from online_models.snapshot import SnapshotStore
 from serving.app import create_app
 from serving.deps import get_dashboard

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 import liverec.demo
-from liverec.demo import ChildProcess, Scrape, pick_port
+from liverec.demo import ChildProcess, Scrape
+from liverec.ports import pick_port
 
 
 def test_doctests_of_the_demo_module() -> None:

@@ -21,7 +21,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from liverec.demo import ChildProcess, Scrape, pick_port
+from liverec.demo import ChildProcess, Scrape
+from liverec.ports import pick_port
 from tests.system.helpers import (
     ALERTS,
     LIVEREC,

@@ -20,7 +20,8 @@ import pytest
 import uvicorn
 import yaml
 
-from liverec.demo import ChildProcess, pick_port
+from liverec.demo import ChildProcess
+from liverec.ports import pick_port
 from serving.app import create_app
 from serving.settings import ServeSettings
 from tests.serving.conftest import settings_for
