@@ -6,7 +6,6 @@ import re
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -14,13 +13,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from online_models.snapshot import SnapshotStore
 from serving.app import create_app
 from stream.events import ClickEvent, encode, event_key
 from stream.kafka import make_producer
 from tests.serving.conftest import settings_for
+from tests.serving.threaded import serve_in_thread
 
 pytestmark = [pytest.mark.browser, pytest.mark.kafka]
 
@@ -43,21 +42,8 @@ def live_server(
     settings = settings_for(
         store.root, bootstrap=kafka_bootstrap, topic=topic, port=port, dashboard_interval_s=0.5
     )
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
-                       log_config=None)  # uvicorn's own config would change logging for later tests
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    try:
-        yield f"http://127.0.0.1:{port}", topic
-    finally:
-        server.should_exit = True
-        thread.join(15)
+    with serve_in_thread(create_app(settings), port) as base:
+        yield base, topic
 
 
 def _chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:

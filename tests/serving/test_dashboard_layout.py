@@ -12,14 +12,12 @@ from __future__ import annotations
 import html
 import json
 import re
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi.responses import HTMLResponse, Response
 
 from liverec.ports import pick_port
@@ -30,6 +28,7 @@ from serving.headers import headers_for
 from serving.routers.dashboard import STATIC
 from tests.serving.conftest import settings_for
 from tests.serving.test_dashboard_browser import CHROMIUM, _chromium
+from tests.serving.threaded import serve_in_thread
 
 pytestmark = pytest.mark.browser
 
@@ -108,20 +107,8 @@ def probed_server(store: SnapshotStore) -> Iterator[str]:
     async def probe_js() -> Response:
         return Response(PROBE, media_type="text/javascript")
 
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                       log_config=None))  # leave logging as it is for later tests
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
+    with serve_in_thread(app, port) as base:
+        yield base
 
 
 def _svg(dom: str, chart: str) -> str:

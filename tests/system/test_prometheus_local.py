@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 import yaml
 
 from liverec.demo import ChildProcess
@@ -25,6 +23,7 @@ from liverec.ports import pick_port
 from serving.app import create_app
 from serving.settings import ServeSettings
 from tests.serving.conftest import settings_for
+from tests.serving.threaded import serve_in_thread
 from tests.system.helpers import ALERTS, DEPLOY, REPO
 from trainer.settings import TrainerSettings
 
@@ -75,21 +74,8 @@ def serving(tmp_path: Path) -> Iterator[int]:
     """A real ``liverec serve`` app (no snapshot, no Kafka) on a free loopback port."""
     port = pick_port(0)
     settings = settings_for(tmp_path / "snapshots", port=port)
-    # log_config=None: uvicorn leaves the logging setup alone (its default stops
-    # "uvicorn.error" propagating, which later tests' caplog relies on).
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                                           log_level="warning", log_config=None))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    try:
+    with serve_in_thread(create_app(settings), port):
         yield port
-    finally:
-        server.should_exit = True
-        thread.join(15)
 
 
 def test_prometheus_with_the_local_config_scrapes_a_running_server(
