@@ -63,6 +63,10 @@ def _model_params(text: str | None, names: list[str]) -> dict[str, dict[str, Any
     return params
 
 
+#: the click models' AUC: every AUC_EVERY-th batch, its first AUC_POSITIVES evaluable events
+AUC_EVERY, AUC_POSITIVES = 20, 64
+
+
 def _share(value: float, hint: str) -> float:
     if not 0.0 < value <= 1.0:
         raise typer.BadParameter(f"must be in (0, 1], got {value}", param_hint=hint)
@@ -270,6 +274,12 @@ def evaluate(
         built, k=k, rolling_window=window, sample=EvalSample(fraction=sample, seed=seed),
         cold_threshold=cold_threshold,
     )
+    from online_models.click_auc import SampledAUC, sampled_auc
+
+    # AUC of the click models (the re-ranker): every AUC_EVERY-th batch, its first
+    # AUC_POSITIVES evaluable events against sampled negatives, before anything learns
+    # them (bench/bench_deep.py samples the same way)
+    aucs = {n: SampledAUC() for n, m in built.items() if hasattr(m, "click_proba")}
     learn_s = dict.fromkeys(names, 0.0)
     curve_x: list[int] = []
     curve: dict[str, list[float]] = {name: [] for name in names}
@@ -278,7 +288,13 @@ def evaluate(
     first: dict[str, dict[str, float]] = {}
     t_run = time.perf_counter()
     with tqdm(total=len(ds), unit="ev", desc="evaluate", smoothing=0.05) as bar:
-        for batch in to_batches(ds, batch_size):
+        for n_batch, batch in enumerate(to_batches(ds, batch_size)):
+            if aucs and n_batch % AUC_EVERY == AUC_EVERY - 1:
+                users, items = list(batch.users), list(batch.items)
+                for name in aucs:
+                    aucs[name] += sampled_auc(built[name], users, items,
+                                              history=evaluator.history, known=evaluator.seen,
+                                              seed=seen, max_positives=AUC_POSITIVES)
             out = evaluator.process(batch, learn=False)
             for name, model in built.items():
                 t = time.perf_counter()
@@ -311,6 +327,10 @@ def evaluate(
             entry[f"evaluated_{seg}"] = int(tot[f"n_{seg}"])
         if first:
             entry.update(_split_entry(first[name], tot, k))
+        if name in aucs:
+            entry["auc"] = aucs[name].auc
+            entry["auc_positives"] = aucs[name].positives
+            entry["auc_negatives"] = aucs[name].negatives
         entry["learn_events_per_s"] = len(ds) / learn_s[name] if learn_s[name] > 0 else 0.0
         # A blend's own time: the components it shares learn and score in their rows.
         shared = sorted(getattr(built[name], "shared_components", dict)())
@@ -419,6 +439,10 @@ def _summary_table(models: dict[str, dict[str, float]], k: int) -> str:
     lines += [f"* learn ev/s and score ms: {name}'s own time; the models it shares "
               f"({', '.join(m['timings_exclude'])}) learn and score in their own rows"  # type: ignore[arg-type]
               for name, m in models.items() if m.get("timings_exclude")]
+    lines += [f"{name}: click AUC {m['auc']:.4f} over {int(m['auc_positives']):,} evaluable "
+              f"clicks against {int(m['auc_negatives']):,} sampled negatives (every "
+              f"{AUC_EVERY}th batch, its first {AUC_POSITIVES})"
+              for name, m in models.items() if "auc" in m]
     return "\n".join(lines)
 
 

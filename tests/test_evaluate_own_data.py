@@ -84,3 +84,20 @@ def test_evaluate_says_what_its_figures_leave_out(own: Path, tmp_path: Path) -> 
     assert "invalid" not in said and "none is given" not in said
     assert "content of 30 items" in said
     assert json.loads((tmp_path / "b.json").read_text())["events"] == 1200
+
+
+def test_a_click_model_reports_its_auc_with_the_clicks_it_rests_on(
+        own: Path, tmp_path: Path) -> None:
+    said = _evaluate([str(own / "own.csv"), "--user-col", "uid", "--item-col", "sku",
+                      "--time-col", "ts", "--event-type-col", "kind", "--event-types",
+                      "like=click,buy=purchase", "--models", "popularity,itemknn,ranked",
+                      "--model-params", '{"ranked": {"components": ["popularity", "itemknn"]}}',
+                      "--batch-size", "16", "--split", "0", "--json", str(tmp_path / "r.json")])
+    report = json.loads((tmp_path / "r.json").read_text())["models"]
+    ranked = report["ranked"]
+    assert "auc" not in report["itemknn"]  # no click head: no AUC
+    assert 0 < ranked["auc_positives"] <= 3 * 64  # batches 20, 40, 60 of 75 sampled
+    assert ranked["auc_negatives"] >= ranked["auc_positives"]
+    assert 0.0 <= ranked["auc"] <= 1.0
+    assert f"ranked: click AUC {ranked['auc']:.4f} over {ranked['auc_positives']:,} " \
+           "evaluable clicks" in said
