@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.auth import AccessControl, AuthSettings, require
 from serving.dashboard import DashboardSeries
-from serving.errors import AUTH_RESPONSES
+from serving.errors import AUTH_RESPONSES, URL_RESPONSES
 from serving.headers import SecurityHeadersMiddleware
 from serving.metrics import ServingMetrics, method_label
 from serving.protocol import json_error_protocol
@@ -214,6 +214,7 @@ def create_app(
         version="1",
         description="Recommendations from hot-reloaded snapshots with live user context.",
         lifespan=lifespan,
+        responses=URL_RESPONSES,  # on every route (a middleware answers it)
     )
     app.state.serving = state
     app.state.dashboard = dash

@@ -21,6 +21,7 @@ __all__ = [
     "AUTH_RESPONSES_OF_PAGE",
     "SLASH_404",
     "SNAPSHOT_RESPONSES",
+    "URL_RESPONSES",
     "ErrorOut",
     "api_error",
     "too_large_k",
@@ -82,6 +83,12 @@ AUTH_RESPONSES_OF_PAGE: dict[int | str, dict[str, Any]] = {
 #: a route with an id in its path: an encoded ``/`` in it is refused
 SLASH_404: dict[str, Any] = _error(
     "an encoded '/' in the path (reason slash_in_path): send such ids in the query")
+
+#: what every route may answer: the URL limit is checked before routing
+URL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    414: _error("the request target (path and query) is longer than max_url_bytes "
+                "(reason uri_too_long)"),
+}
 
 #: what a route that reads the loaded snapshot may answer before the first load
 SNAPSHOT_RESPONSES: dict[int | str, dict[str, Any]] = {
