@@ -6,6 +6,7 @@ stays fast.
 
 from __future__ import annotations
 
+import inspect
 import os
 import platform
 from typing import Annotated
@@ -60,6 +61,34 @@ def _startup(
 for module in (cmd_stream, cmd_models, cmd_train, cmd_serve, cmd_keys, cmd_system,
                cmd_features):
     module.register(app)
+
+
+def reflow(doc: str | None) -> str | None:
+    r"""A docstring's paragraphs each on one line: ``--help`` wraps them to the
+    terminal (typer keeps the source's line breaks inside a paragraph, which broke
+    lines mid-sentence at any width). A paragraph whose first line is ``\b`` keeps
+    its lines.
+
+    >>> reflow("Summary.\n\n    One paragraph\n    over two lines.\n")
+    'Summary.\n\nOne paragraph over two lines.'
+    """
+    if doc is None:
+        return None
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(p.split("\n"))
+                       for p in paragraphs)
+
+
+def _reflow_help(typer_app: typer.Typer) -> None:
+    for info in typer_app.registered_commands:
+        if info.help is None and info.callback is not None:
+            info.help = reflow(info.callback.__doc__)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _reflow_help(group.typer_instance)
+
+
+_reflow_help(app)
 
 
 if __name__ == "__main__":  # pragma: no cover

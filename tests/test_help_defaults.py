@@ -53,3 +53,23 @@ def test_stated_defaults_are_the_settings_defaults(command: str, classes: tuple[
             assert stated == str(real), (command, param.name, stated, real)
         checked += 1
     assert checked >= least, (command, checked)
+
+
+def _commands(group: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):
+            out += _commands(cmd, f"{prefix}{name} ")
+        else:
+            out.append((prefix + name, cmd))
+    return out
+
+
+def test_every_command_help_is_one_line_per_paragraph() -> None:
+    """The terminal wraps a paragraph; a line break kept from the source broke lines
+    mid-sentence (`train --help`: "(each with" / "its own --instance-id")."""
+    commands = _commands(typer.main.get_command(cli.app))
+    assert len(commands) >= 10
+    for name, cmd in commands:
+        for paragraph in (cmd.help or "").split("\n\n"):
+            assert "\n" not in paragraph or paragraph.startswith("\b"), (name, paragraph)
