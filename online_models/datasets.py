@@ -304,7 +304,7 @@ def read_interactions(
     """
     custom = any(c is not None for c in (user_col, item_col, time_col))
     with _open_text(path) as fh:
-        reader = csv.reader(fh)
+        reader = csv_rows(fh, path)
         header = _header(reader)
         if preset is None and not custom:
             preset = detect_preset(header)
@@ -405,6 +405,23 @@ def to_batches(
 
 
 # --------------------------------------------------------------------------- internals
+
+
+def csv_rows(fh: IO[str], path: str | Path) -> Iterator[list[str]]:
+    """The CSV rows of ``fh``; a row the csv module cannot read (a field over its
+    131,072-character limit, a NUL byte) is a ``ValueError`` naming the file and line.
+
+    >>> import io
+    >>> list(csv_rows(io.StringIO('a,b\\n1,"' + "x" * 200_000 + '"\\n'), "f.csv"))
+    Traceback (most recent call last):
+    ...
+    ValueError: f.csv: line 2: field larger than field limit (131072)
+    """
+    reader = csv.reader(fh)
+    try:
+        yield from reader
+    except csv.Error as exc:
+        raise ValueError(f"{path}: line {reader.line_num}: {exc}") from exc
 
 
 def _open_text(path: str | Path) -> IO[str]:

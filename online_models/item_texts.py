@@ -4,12 +4,11 @@ Retail CSV's descriptions, or any catalogue as an ``item_id,text`` CSV."""
 
 from __future__ import annotations
 
-import csv
 import re
 from collections import Counter
 from pathlib import Path
 
-from online_models.datasets import _col, _header, _open_text, detect_preset
+from online_models.datasets import _col, _header, _open_text, csv_rows, detect_preset
 
 __all__ = ["ITEM_TEXT_PRESETS", "RETAIL_CODE_CHARS", "item_texts_source", "read_item_texts"]
 
@@ -60,7 +59,7 @@ def read_item_texts(path: str | Path, preset: str | None = None) -> dict[str, li
     p, preset = item_texts_source(path, preset)
     out: dict[str, list[str]] = {}
     with _open_text(p) as fh:
-        reader = csv.reader(fh)
+        reader = csv_rows(fh, p)
         header = _header(reader)
         if preset == "movielens":
             im, it, ig = (_col(header, c, str(p)) for c in _MOVIES_HEADER)
@@ -104,7 +103,7 @@ def item_texts_source(path: str | Path, preset: str | None = None) -> tuple[Path
     elif preset == "movielens" and p.name != "movies.csv" and (p.parent / "movies.csv").exists():
         p = p.parent / "movies.csv"
     with _open_text(p) as fh:
-        header = _header(csv.reader(fh))
+        header = _header(csv_rows(fh, p))
     if preset is None and detect_preset(header) == "movielens" and (
             p.parent / "movies.csv").exists():  # ratings.csv: the movies beside it
         return item_texts_source(p.parent / "movies.csv", "movielens")

@@ -76,6 +76,12 @@ def test_evaluate_and_features_refuse_unknown_names_and_files(tiny: Path) -> Non
     _fails_cleanly(["evaluate", str(tiny), "--sample", "0"], "must be in (0, 1], got 0.0")
     _fails_cleanly(["evaluate", str(tiny), "--event-types", "like=love"],
                    "liverec's event types are")
+    huge = tiny.parent / "huge.csv"  # a field over the csv module's limit: no traceback
+    huge.write_text('item_id,text\ni1,"' + "word " * 40_000 + '"\n')
+    _fails_cleanly(["evaluate", str(tiny), "--user-col", "a", "--item-col", "b", "--time-col",
+                    "a", "--item-features", str(huge)], "line 2: field larger than field limit")
+    _fails_cleanly(["evaluate", str(huge), "--user-col", "item_id", "--item-col", "text",
+                    "--time-col", "item_id"], "line 2: field larger than field limit")
     # checked before any topic is created (an unreachable cluster would take 30 s)
     _fails_cleanly(["replay", str(tiny), "--bootstrap", "127.0.0.1:1", "--event-types",
                     "like=love"], "liverec's event types are")
