@@ -409,7 +409,7 @@ def to_batches(
 
 def csv_rows(fh: IO[str], path: str | Path) -> Iterator[list[str]]:
     """The CSV rows of ``fh``; a row the csv module cannot read (a field over its
-    131,072-character limit, a NUL byte) is a ``ValueError`` naming the file and line.
+    131,072-character limit) is a ``ValueError`` naming the file and line.
 
     >>> import io
     >>> list(csv_rows(io.StringIO('a,b\\n1,"' + "x" * 200_000 + '"\\n'), "f.csv"))
