@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from online_models import registry
-from online_models.click_auc import SampledAUC, sampled_auc
+from online_models.click_auc import AUC_EVERY, AUC_POSITIVES, BatchAUC, SampledAUC
 from online_models.content import load_item_features
 from online_models.datasets import read_interactions, to_batches
 from online_models.evaluation import PrequentialEvaluator
@@ -130,9 +130,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--report-every", type=int, default=50,
                     help="also write the JSON (partial) every N batches")
-    ap.add_argument("--auc-every", type=int, default=20,
+    ap.add_argument("--auc-every", type=int, default=AUC_EVERY,
                     help="sample the AUC in every N-th batch (0: no AUC)")
-    ap.add_argument("--auc-positives", type=int, default=64,
+    ap.add_argument("--auc-positives", type=int, default=AUC_POSITIVES,
                     help="evaluable events of a sampled batch scored as AUC positives")
     args = ap.parse_args(argv)
     if args.auc_every < 0 or args.auc_positives < 1:
@@ -184,9 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     hits: dict[str, list[np.ndarray]] = {n: [] for n in names}
     flags: dict[str, list[np.ndarray]] = {"tune": [], "cold_item": [], "cold_user": []}
     seen = 0
-    aucs: dict[str, SampledAUC] = {
-        n: SampledAUC() for n in names
-        if args.auc_every > 0 and hasattr(models[n], "click_proba")}
+    aucs = BatchAUC(models, args.auc_every, args.auc_positives)
     for batch in tqdm(to_batches(ds, args.batch_size), total=-(-len(ds) // args.batch_size),
                       unit="batch", leave=False):
         prior_i = np.empty(len(batch), np.int64)
@@ -196,14 +194,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             prior_u[p] = user_n.get(u, 0)
             item_n[i] = prior_i[p] + 1
             user_n[u] = prior_u[p] + 1
-        if aucs and (seen // args.batch_size) % args.auc_every == args.auc_every - 1:
-            # Prequential AUC: the batch's first evaluable events (HR's exclusions, with
-            # the stream's state before the batch), before anything learns them.
-            users, items = list(batch.users), list(batch.items)
-            for n in aucs:
-                aucs[n] += sampled_auc(models[n], users, items, history=ev.history,
-                                       known=ev.seen, seed=seen,
-                                       max_positives=args.auc_positives)
+        aucs.sample(batch, ev, seed=seen)  # before anything learns the batch
         out = ev.process(batch, learn=False)
         pos = out.positions
         flags["tune"].append(seen + pos < n_tune)
@@ -217,11 +208,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seen += len(batch)
         if args.json and args.report_every and (seen // args.batch_size) % args.report_every == 0:
             part = _report(args, ds, n_tune, params, names, models, hits, flags, learn_s, seen,
-                           aucs)
+                           aucs.totals)
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(part, indent=2))
 
-    report = _report(args, ds, n_tune, params, names, models, hits, flags, learn_s, seen, aucs)
+    report = _report(args, ds, n_tune, params, names, models, hits, flags, learn_s, seen,
+                     aucs.totals)
     pop = report["models"].get("popularity")
     print(f"{'model':<14}{'HR@10':>8}{'first':>8}{'rest':>8}{'cold-i':>8}{'x pop':>7}"
           f"{'cold-u':>8}{'learn ev/s':>12}")

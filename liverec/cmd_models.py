@@ -63,17 +63,14 @@ def _model_params(text: str | None, names: list[str]) -> dict[str, dict[str, Any
     return params
 
 
-#: the click models' AUC: every AUC_EVERY-th batch, its first AUC_POSITIVES evaluable events
-AUC_EVERY, AUC_POSITIVES = 20, 64
-
-
 def _share(value: float, hint: str) -> float:
     if not 0.0 < value <= 1.0:
         raise typer.BadParameter(f"must be in (0, 1], got {value}", param_hint=hint)
     return value
 
 
-def _event_types(value: str | None) -> dict[str, str] | None:
+def event_types_option(value: str | None) -> dict[str, str] | None:
+    """``--event-types`` parsed (evaluate, replay); a bad pair is a usage error."""
     from online_models.datasets import parse_event_types
 
     try:
@@ -229,7 +226,7 @@ def evaluate(
             time_col=time_col,
             event_type_col=event_type_col,
             tie_order=_tie_order(tie_order),
-            event_types=_event_types(event_types),
+            event_types=event_types_option(event_types),
         )
     except (ValueError, OSError) as exc:  # an unknown preset, a missing column or file
         typer.echo(f"error: {exc}", err=True)
@@ -274,12 +271,9 @@ def evaluate(
         built, k=k, rolling_window=window, sample=EvalSample(fraction=sample, seed=seed),
         cold_threshold=cold_threshold,
     )
-    from online_models.click_auc import SampledAUC, sampled_auc
+    from online_models.click_auc import BatchAUC
 
-    # AUC of the click models (the re-ranker): every AUC_EVERY-th batch, its first
-    # AUC_POSITIVES evaluable events against sampled negatives, before anything learns
-    # them (bench/bench_deep.py samples the same way)
-    aucs = {n: SampledAUC() for n, m in built.items() if hasattr(m, "click_proba")}
+    aucs = BatchAUC(built)  # the click models' (the re-ranker's) sampled AUC
     learn_s = dict.fromkeys(names, 0.0)
     curve_x: list[int] = []
     curve: dict[str, list[float]] = {name: [] for name in names}
@@ -288,13 +282,8 @@ def evaluate(
     first: dict[str, dict[str, float]] = {}
     t_run = time.perf_counter()
     with tqdm(total=len(ds), unit="ev", desc="evaluate", smoothing=0.05) as bar:
-        for n_batch, batch in enumerate(to_batches(ds, batch_size)):
-            if aucs and n_batch % AUC_EVERY == AUC_EVERY - 1:
-                users, items = list(batch.users), list(batch.items)
-                for name in aucs:
-                    aucs[name] += sampled_auc(built[name], users, items,
-                                              history=evaluator.history, known=evaluator.seen,
-                                              seed=seen, max_positives=AUC_POSITIVES)
+        for batch in to_batches(ds, batch_size):
+            aucs.sample(batch, evaluator, seed=seen)  # before anything learns the batch
             out = evaluator.process(batch, learn=False)
             for name, model in built.items():
                 t = time.perf_counter()
@@ -327,10 +316,11 @@ def evaluate(
             entry[f"evaluated_{seg}"] = int(tot[f"n_{seg}"])
         if first:
             entry.update(_split_entry(first[name], tot, k))
-        if name in aucs:
-            entry["auc"] = aucs[name].auc
-            entry["auc_positives"] = aucs[name].positives
-            entry["auc_negatives"] = aucs[name].negatives
+        if name in aucs.totals:
+            auc = aucs.totals[name]
+            entry["auc"] = auc.auc
+            entry["auc_positives"] = auc.positives
+            entry["auc_negatives"] = auc.negatives
         entry["learn_events_per_s"] = len(ds) / learn_s[name] if learn_s[name] > 0 else 0.0
         # A blend's own time: the components it shares learn and score in their rows.
         shared = sorted(getattr(built[name], "shared_components", dict)())
@@ -439,6 +429,8 @@ def _summary_table(models: dict[str, dict[str, float]], k: int) -> str:
     lines += [f"* learn ev/s and score ms: {name}'s own time; the models it shares "
               f"({', '.join(m['timings_exclude'])}) learn and score in their own rows"  # type: ignore[arg-type]
               for name, m in models.items() if m.get("timings_exclude")]
+    from online_models.click_auc import AUC_EVERY, AUC_POSITIVES
+
     lines += [f"{name}: click AUC {m['auc']:.4f} over {int(m['auc_positives']):,} evaluable "
               f"clicks against {int(m['auc_negatives']):,} sampled negatives (every "
               f"{AUC_EVERY}th batch, its first {AUC_POSITIVES})"

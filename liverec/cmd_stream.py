@@ -97,7 +97,7 @@ def replay(
     Security (SASL/TLS) comes from the LIVEREC_KAFKA_SECURITY_PROTOCOL,
     LIVEREC_KAFKA_SASL_* and LIVEREC_KAFKA_SSL_* variables.
     """
-    from online_models.datasets import parse_event_types
+    from liverec.cmd_models import event_types_option
     from stream.kafka import KafkaClientError, create_topics
     from stream.replay import replay_file
 
@@ -105,10 +105,7 @@ def replay(
         raise typer.BadParameter("give at most one of --rate, --speedup, --max-speed")
     settings = kafka_settings(topic=topic, bootstrap=bootstrap, client=client,
                               partitions=partitions)
-    try:
-        types = None if event_types is None else parse_event_types(event_types)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--event-types") from exc
+    types = event_types_option(event_types)  # before any topic is created
     try:
         create_topics(settings, {settings.topic: settings.partitions, settings.dlq_topic: 1})
         result = replay_file(

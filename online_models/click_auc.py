@@ -8,16 +8,19 @@ positives and pairs the figure rests on and what it left out.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from online_models.base import UserHistory
-from online_models.evaluation import EXCLUSIONS
+from online_models.base import Batch, UserHistory
+from online_models.evaluation import EXCLUSIONS, PrequentialEvaluator
 
-__all__ = ["ClickModel", "SampledAUC", "sampled_auc"]
+__all__ = ["AUC_EVERY", "AUC_POSITIVES", "BatchAUC", "ClickModel", "SampledAUC", "sampled_auc"]
+
+#: :class:`BatchAUC`'s defaults: every 20th batch, its first 64 evaluable events
+AUC_EVERY, AUC_POSITIVES = 20, 64
 
 
 @runtime_checkable
@@ -157,3 +160,31 @@ def sampled_auc(
         pairs += len(negs)
         positives += 1
     return SampledAUC(positives, pairs, correct, excluded)
+
+
+class BatchAUC:
+    """The sampled click AUC of a prequential run's click models: in every
+    ``every``-th batch (0: none), its first ``positives`` evaluable events, each
+    against sampled negatives (:func:`sampled_auc`); :attr:`totals` pools them.
+    ``liverec evaluate`` and ``bench/bench_deep.py`` sample this way."""
+
+    def __init__(self, models: Mapping[str, object], every: int = AUC_EVERY,
+                 positives: int = AUC_POSITIVES) -> None:
+        self.every, self.positives = every, positives
+        self.models = {n: m for n, m in models.items()
+                       if every > 0 and isinstance(m, ClickModel)}
+        #: each click model's AUC so far
+        self.totals = {n: SampledAUC() for n in self.models}
+        self._batches = 0
+
+    def sample(self, batch: Batch, evaluator: PrequentialEvaluator, seed: int) -> None:
+        """Call for every batch before ``evaluator`` processes it and any model learns
+        it: the stream's state before the batch decides what is evaluable."""
+        n, self._batches = self._batches, self._batches + 1
+        if not self.models or n % self.every != self.every - 1:
+            return
+        users, items = list(batch.users), list(batch.items)
+        for name, model in self.models.items():
+            self.totals[name] += sampled_auc(
+                model, users, items, history=evaluator.history, known=evaluator.seen,
+                seed=seed, max_positives=self.positives)

@@ -79,7 +79,7 @@ class ExtraRoots:
                 r = self.refused.refuse(key, f"{type(exc).__name__}: {exc}", fingerprint)
                 log.warning("extra snapshot root %s: refused version %d (attempt %d): %s; "
                             "trying it again in %.0f s, or once its files change",
-                            root, latest, r.attempts, exc, r.retry_at - self.refused.clock())
+                            root, latest, r.attempts, exc, self.refused.retry_in(key))
                 continue
             self._forget_refused(root, snap.version)
             self.loaded[root] = snap

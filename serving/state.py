@@ -450,7 +450,8 @@ class ServingState:
                     str(root): v for root, (v, _) in refused.items()}
             for root, (v, r) in refused.items():
                 why.append(f"{root}: " + self._refusal_reason(
-                    r, v, self.extras.loaded[root].version, self.extras.refused.clock()))
+                    r, v, self.extras.loaded[root].version,
+                    self.extras.refused.retry_in((root, v)) or 0.0))
             if why:
                 deps["extra_snapshots"]["reason"] = "; ".join(why)
         degraded["extra_snapshot_missing"] = bool(missing)
@@ -492,8 +493,8 @@ class ServingState:
             reason = f"no valid snapshot under {root}"
             latest = self.latest_seen
             r = None if latest is None else self.refused.refusal(latest)
-            if r is not None:
-                retry = max(0.0, r.retry_at - self.refused.clock())
+            if latest is not None and r is not None:
+                retry = self.refused.retry_in(latest) or 0.0
                 reason += (f" ({r.reason}; trying again in {retry:.0f} s or once LATEST's "
                            "files change)")
             return {"state": "missing", "reason": reason}
@@ -501,20 +502,20 @@ class ServingState:
         if refused is None:
             return {"state": "loaded", "version": cur.version}
         version, r = refused
-        now = self.refused.clock()
+        retry = self.refused.retry_in(version) or 0.0
         return {
             "state": "refused",
             "version": cur.version,
             "latest": version,
             "attempts": r.attempts,
-            "retry_in_s": round(max(0.0, r.retry_at - now), 1),
-            "reason": self._refusal_reason(r, version, cur.version, now),
+            "retry_in_s": round(retry, 1),
+            "reason": self._refusal_reason(r, version, cur.version, retry),
         }
 
     @staticmethod
-    def _refusal_reason(r: Refusal, version: int, serving: int, now: float) -> str:
-        """One line on a refused newest version, for ``/readyz``."""
-        retry = max(0.0, r.retry_at - now)
+    def _refusal_reason(r: Refusal, version: int, serving: int, retry: float) -> str:
+        """One line on a refused newest version (tried again in ``retry`` s), for
+        ``/readyz``."""
         return (f"LATEST names snapshot {version}, which was refused ({r.reason}); "
                 f"serving {serving} meanwhile, trying {version} again in {retry:.0f} s "
                 "or once its files change")
