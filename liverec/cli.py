@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from liverec import (
+    cmd_catalog,
     cmd_features,
     cmd_keys,
     cmd_models,
@@ -58,8 +59,8 @@ def _startup(
         raise typer.Exit(2) from exc
 
 
-for module in (cmd_stream, cmd_models, cmd_train, cmd_serve, cmd_keys, cmd_system,
-               cmd_features):
+for module in (cmd_stream, cmd_models, cmd_catalog, cmd_train, cmd_serve, cmd_keys,
+               cmd_system, cmd_features):
     module.register(app)
 
 

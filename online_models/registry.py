@@ -1,14 +1,33 @@
 """Model registry: one name per model class, resolved lazily (torch loads only if used).
 
+Other installed packages add models through the entry-point group
+:data:`PLUGIN_GROUP` (``liverec.models``): in the package's ``pyproject.toml``::
+
+    [project.entry-points."liverec.models"]
+    transitions = "my_package.models:Transitions"
+
+The name is the model's registry name everywhere (``--models``, ``--model-params``,
+a hybrid's components, the snapshot's ``class``); the class subclasses
+:class:`~online_models.base.OnlineModel` and sets ``name`` to it. A server or
+trainer that loads a snapshot naming a plugin model needs the plugin installed: no
+snapshot can make liverec import a module that is not a registered model.
+``liverec models check NAME`` runs a model through the protocol
+(:mod:`online_models.conformance`).
+
 >>> {"bpr", "embedding", "hybrid"} <= set(MODEL_PATHS)
 True
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.metadata
 import inspect
+import logging
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from online_models.base import ModelState, OnlineModel, learning_order
@@ -30,6 +49,14 @@ MODEL_PATHS: dict[str, str] = {
     "ranked": "online_models.reranker:ReRanker",
 }
 
+#: the entry-point group through which installed packages add models
+PLUGIN_GROUP = "liverec.models"
+
+#: what a model's registry name may be (a plugin's other names are left out)
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+
+log = logging.getLogger(__name__)
+
 #: what the trainer learns by default ("all" on the command line)
 DEFAULT_MODELS: tuple[str, ...] = (
     "popularity",
@@ -42,15 +69,84 @@ DEFAULT_MODELS: tuple[str, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class Plugin:
+    """A model an installed package adds (an entry point of :data:`PLUGIN_GROUP`)."""
+
+    name: str
+    #: ``"module:Class"``
+    path: str
+    #: the distribution that declares it, with its version (``"pkg 1.0"``)
+    source: str
+
+
+@functools.cache
+def plugins() -> dict[str, Plugin]:
+    """The installed plugin models by name, read once per process.
+
+    An entry point that cannot be a model is left out with a WARNING saying why: a
+    name that is not a valid registry name, that a built-in model has (the built-in
+    stays), or that two packages give (both are left out: which one a snapshot means
+    would be a guess). ``plugins.cache_clear()`` reads them again.
+    """
+    found: dict[str, list[Plugin]] = {}
+    for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        dist = getattr(ep, "dist", None)
+        source = f"{dist.name} {dist.version}" if dist is not None else "unknown package"
+        found.setdefault(ep.name, []).append(Plugin(ep.name, ep.value, source))
+    out: dict[str, Plugin] = {}
+    for name, given in sorted(found.items()):
+        where = "; ".join(f"{p.path} from {p.source}" for p in given)
+        if not _NAME.fullmatch(name):
+            log.warning("plugin model %r (%s) left out: a model name is lower-case letters, "
+                        "digits and . _ - (at most 64)", name, where)
+        elif name in MODEL_PATHS:
+            log.warning("plugin model %r (%s) left out: a built-in model has that name",
+                        name, where)
+        elif len({p.path for p in given}) > 1:
+            log.warning("plugin model %r left out: %d packages declare it (%s); uninstall "
+                        "all but one", name, len(given), where)
+        else:
+            out[name] = given[0]
+    return out
+
+
+def known_models() -> list[str]:
+    """Every model name this process can build: the built-ins, then the plugins."""
+    return [*MODEL_PATHS, *plugins()]
+
+
 def model_class(name: str) -> type[OnlineModel]:
+    """The class of the model called ``name`` (a built-in or an installed plugin).
+
+    Raises :class:`ValueError` with a one-line reason: an unknown name (with the known
+    ones), or a plugin that fails to import or is not an ``OnlineModel``.
+    """
+    path = MODEL_PATHS.get(name)
+    plugin = None if path is not None else plugins().get(name)
+    if plugin is not None:
+        path = plugin.path
+    if path is None:
+        known = ", ".join(sorted(known_models()))
+        raise ValueError(f"unknown model {name!r}; known models: {known} (a plugin model "
+                         "needs its package installed here: `liverec models list`)")
+    module, _, attr = path.partition(":")
+    if plugin is None:
+        found: type[OnlineModel] = getattr(importlib.import_module(module), attr)
+        return found
+    what = f"plugin model {name!r} ({path} from {plugin.source})"
     try:
-        path = MODEL_PATHS[name]
-    except KeyError:
-        known = ", ".join(sorted(MODEL_PATHS))
-        raise ValueError(f"unknown model {name!r}; known models: {known}") from None
-    module, cls = path.split(":")
-    found: type[OnlineModel] = getattr(importlib.import_module(module), cls)
-    return found
+        obj: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except Exception as exc:  # a plugin's own import error, told in one line
+        raise ValueError(f"{what} cannot be loaded: {type(exc).__name__}: {exc}") from exc
+    if not (isinstance(obj, type) and issubclass(obj, OnlineModel)):
+        raise ValueError(f"{what} is not a subclass of online_models.base.OnlineModel")
+    if obj.name != name:
+        raise ValueError(f"{what} sets name = {obj.name!r}: it must be {name!r}, the name "
+                         "its snapshots record it by")
+    return obj
 
 
 def check_params(params: Mapping[str, Mapping[str, Any]], names: Sequence[str]) -> None:
@@ -179,5 +275,5 @@ def parse_models(spec: str) -> list[str]:
     names = [s.strip() for s in spec.split(",") if s.strip()]
     for n in names:
         if n not in MODEL_PATHS:
-            model_class(n)  # raises with the list of known names
+            model_class(n)  # a plugin's import; raises with the list of known names
     return names

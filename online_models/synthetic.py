@@ -301,6 +301,17 @@ def generate_events(
     return list(iter_events(n_events, n_users, n_items, seed, drift_at, **kwargs))
 
 
+def planted_item_texts(n_items: int = 1_000) -> dict[str, list[str]]:
+    """Content for the stream's items ``i000000``...: a few words that items share in
+    fixed patterns (not the latent topics), so content models have something to match.
+
+    >>> planted_item_texts(2)
+    {'i000000': ['topic0', 'shape0', 'tone0'], 'i000001': ['topic1', 'shape1', 'tone1']}
+    """
+    return {f"i{k:06d}": [f"topic{k % 7}", f"shape{k % 13}", f"tone{k % 5}"]
+            for k in range(n_items)}
+
+
 def write_csv(events: Iterable[Mapping[str, Any]], path: str | Path) -> int:
     """Write events as a ``liverec`` CSV (gzip when the name ends in ``.gz``); returns rows.
 

@@ -10,16 +10,14 @@ from online_models import registry
 from online_models.base import Batch, OnlineModel
 from online_models.content import ItemFeatures
 from online_models.datasets import Dataset, to_batches
-from online_models.synthetic import generate_events
+from online_models.synthetic import generate_events, planted_item_texts
 
 ALL_MODELS: tuple[str, ...] = tuple(registry.MODEL_PATHS)
 
 
 def synthetic_features(n_items: int = 1_000) -> ItemFeatures:
     """Planted content for the synthetic stream's items ``i000000``...: a few shared words."""
-    return ItemFeatures.from_texts(
-        {f"i{k:06d}": [f"topic{k % 7}", f"shape{k % 13}", f"tone{k % 5}"] for k in range(n_items)}
-    )
+    return ItemFeatures.from_texts(planted_item_texts(n_items))
 
 
 def make_model(name: str, **params: Any) -> OnlineModel:

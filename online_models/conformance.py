@@ -1,0 +1,365 @@
+"""Does a model keep the one model protocol? What ``liverec models check NAME`` runs.
+
+Written for the author of a model of their own (a plugin, see
+:mod:`online_models.registry`) before the trainer, the evaluator, the snapshot store
+and the server rely on it. Every check runs fresh models of ``NAME`` on one small
+seeded synthetic stream with planted structure (:func:`~online_models.synthetic.
+generate_events`; a model that takes item content gets planted content too) and says
+pass or fail with a one-line reason; a check that raises
+fails with the exception's type and message. They ask what liverec's parts assume:
+
+* ``builds``: the name builds an :class:`~online_models.base.OnlineModel` whose
+  ``name`` is its registry name;
+* ``learns``: it learns the stream in mini-batches and counts users and items;
+* ``score_all``: one float32 score per item row (``items.capacity``), no NaN, for a
+  known user and for one never seen;
+* ``score_many``: row ``r`` equals ``score_all`` of query ``r`` (the evaluator
+  scores in batches);
+* ``recommend``: ``k`` distinct known items, none excluded, best first;
+* ``similar``: items like an item, never itself, best first; an unknown item is an
+  empty or short list, not an error;
+* ``new ids``: a batch of new users and items grows the index and the scores;
+* ``state``: :meth:`~online_models.base.OnlineModel.get_state` is numeric arrays
+  and JSON meta naming the model;
+* ``restore``: the state written as safetensors and JSON and read back rebuilds a
+  model that recommends the same;
+* ``keeps learning``: a rebuilt model learns on like the original;
+* ``deterministic``: two fresh models on the same stream recommend the same;
+* ``forget users``: a forgotten user leaves the user index and still gets
+  recommendations (as a new user).
+
+It also reports, without failing, the model's prequential HR@k on that stream next
+to popularity's (a model below popularity on planted structure is worth a look),
+and which optional parts of the protocol it has.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from safetensors.numpy import load_file, save_file
+
+from online_models import registry
+from online_models.base import Batch, ModelState, OnlineModel
+from online_models.datasets import Dataset, to_batches
+from online_models.synthetic import generate_events, planted_item_texts
+
+__all__ = ["Check", "Report", "check_model"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check's outcome: ``detail`` says what failed, or what was seen."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Report:
+    """Every check of one model, its HR@k beside popularity's and its optional parts."""
+
+    model: str
+    checks: list[Check] = field(default_factory=list)
+    #: optional part of the protocol -> whether the model has it
+    capabilities: dict[str, bool] = field(default_factory=dict)
+    #: prequential HR@k on the check stream: this model's and popularity's
+    hr: float | None = None
+    hr_popularity: float | None = None
+    k: int = 10
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+
+class _Failed(AssertionError):
+    """A check's expectation that did not hold (its message is the reason)."""
+
+
+def _expect(cond: bool, reason: str) -> None:
+    if not cond:
+        raise _Failed(reason)
+
+
+#: optional methods -> what having them gives
+CAPABILITIES: dict[str, str] = {
+    "score_many": "batched scoring (score_many; else a loop over score_all)",
+    "learn_local": "scale-out trainers (learn_local, apply_delta)",
+    "set_item_features": "item content (set_item_features)",
+    "adaptable": "drift adaptation (adaptable hyperparameters)",
+    "item_vectors": "item vectors for the diversity figure (item_vectors)",
+}
+
+
+def _capabilities(cls: type[OnlineModel]) -> dict[str, bool]:
+    return {
+        "score_many": cls.score_many is not OnlineModel.score_many,
+        "learn_local": callable(getattr(cls, "learn_local", None))
+        and callable(getattr(cls, "apply_delta", None)),
+        "set_item_features": callable(getattr(cls, "set_item_features", None)),
+        "adaptable": bool(cls.adaptable),
+        "item_vectors": cls.item_vectors is not OnlineModel.item_vectors,
+    }
+
+
+class _Context:
+    """The check stream, its probes and a fresh-model factory."""
+
+    def __init__(self, build: Callable[[], OnlineModel], stream: Dataset, k: int) -> None:
+        self.build = build
+        self.stream = stream
+        self.k = k
+        self.batches = list(to_batches(stream, 256))
+        counts: dict[str, int] = {}
+        for u in stream.users:
+            counts[u] = counts.get(u, 0) + 1
+        ranked = sorted(counts, key=lambda u: (-counts[u], u))
+        # a heavy user, a light one, the latest one
+        self.probes = [ranked[0], ranked[len(ranked) // 2], stream.users[-1]]
+        self.top_item = max(set(stream.items), key=stream.items.count)
+
+    def history(self, user: str, n: int = 20) -> list[str]:
+        hist: list[str] = []
+        for u, i in zip(self.stream.users, self.stream.items, strict=True):
+            if u == user:
+                if i in hist:
+                    hist.remove(i)
+                hist.append(i)
+        return hist[-n:]
+
+    def fitted(self, batches: list[Batch] | None = None) -> OnlineModel:
+        model = self.build()
+        for b in self.batches if batches is None else batches:
+            model.learn(b)
+        return model
+
+    def recs(self, model: OnlineModel) -> list[list[tuple[str, float]]]:
+        return [model.recommend(u, self.k, history=h, exclude=h)
+                for u in self.probes for h in [self.history(u)]]
+
+
+def _same_recs(a: list[list[tuple[str, float]]], b: list[list[tuple[str, float]]],
+               what: str) -> None:
+    for user, ra, rb in zip(range(len(a)), a, b, strict=True):
+        ia, ib = [i for i, _ in ra], [i for i, _ in rb]
+        _expect(ia == ib, f"{what}: probe user {user} gets {ib[:3]}... instead of {ia[:3]}...")
+        close = np.allclose([s for _, s in ra], [s for _, s in rb], rtol=1e-5, atol=1e-6)
+        _expect(close, f"{what}: probe user {user}'s scores differ beyond 1e-5")
+
+
+def _check_scores(model: OnlineModel, scores: np.ndarray, who: str) -> None:
+    _expect(isinstance(scores, np.ndarray) and scores.dtype == np.float32,
+            f"{who}: score_all returned {type(scores).__name__} "
+            f"{getattr(scores, 'dtype', '')}, not a float32 array")
+    _expect(scores.shape == (model.items.capacity,),
+            f"{who}: shape {scores.shape}, not (items.capacity,) = ({model.items.capacity},)")
+    _expect(not np.isnan(scores).any(), f"{who}: NaN among the scores")
+
+
+def _learns(c: _Context, m: OnlineModel) -> str:
+    _expect(m.n_users > 0 and m.n_items > 0,
+            f"n_users {m.n_users}, n_items {m.n_items} after {len(c.stream)} events")
+    _expect(m.items.capacity >= m.n_items, "items.capacity below n_items")
+    return f"{m.n_users} users, {m.n_items} items from {len(c.stream):,} events"
+
+
+def _score_all(c: _Context, m: OnlineModel) -> str:
+    for u in c.probes:
+        _check_scores(m, m.score_all(u, c.history(u)), f"user {u!r}")
+    _check_scores(m, m.score_all("never-seen-user"), "an unknown user")
+    return f"{len(c.probes)} known users and an unknown one"
+
+
+def _score_many(c: _Context, m: OnlineModel) -> str:
+    users = [*c.probes, "never-seen-user"]
+    hists = [c.history(u) for u in c.probes] + [[]]
+    many = np.asarray(m.score_many(users, hists))
+    _expect(many.shape == (len(users), m.items.capacity),
+            f"shape {many.shape}, not ({len(users)}, {m.items.capacity})")
+    for r, (u, h) in enumerate(zip(users, hists, strict=True)):
+        one = m.score_all(u, h)
+        _expect(np.array_equal(np.isinf(one), np.isinf(many[r])),
+                f"row {r}: -inf rows differ from score_all's")
+        fin = np.isfinite(one)
+        _expect(np.allclose(one[fin], many[r][fin], rtol=1e-4, atol=1e-5),
+                f"row {r} differs from score_all({u!r}) beyond 1e-4")
+    return f"{len(users)} queries equal score_all"
+
+
+def _recommend(c: _Context, m: OnlineModel) -> str:
+    known = set(c.stream.items)
+    for u in c.probes:
+        hist = c.history(u)
+        exclude = set(hist) | {c.stream.items[0], c.stream.items[-1]}
+        recs = m.recommend(u, c.k, history=hist, exclude=exclude)
+        items, scores = [i for i, _ in recs], [s for _, s in recs]
+        _expect(len(items) == c.k, f"user {u!r}: {len(items)} items, not {c.k}")
+        _expect(len(set(items)) == c.k, f"user {u!r}: an item twice")
+        _expect(not exclude & set(items), f"user {u!r}: an excluded item recommended")
+        _expect(set(items) <= known, f"user {u!r}: an item never seen in the stream")
+        _expect(bool(np.all(np.isfinite(scores))), f"user {u!r}: a score not finite")
+        _expect(scores == sorted(scores, reverse=True), f"user {u!r}: not best first")
+    return f"top {c.k} for {len(c.probes)} users"
+
+
+def _similar(c: _Context, m: OnlineModel) -> str:
+    sims = m.similar(c.top_item, c.k)
+    items, scores = [i for i, _ in sims], [s for _, s in sims]
+    _expect(0 < len(items) <= c.k, f"{len(items)} items like the most clicked item")
+    _expect(c.top_item not in items, "the item itself is among its similar items")
+    _expect(len(set(items)) == len(items), "an item twice")
+    _expect(scores == sorted(scores, reverse=True), "not best first")
+    _expect(isinstance(m.similar("never-seen-item", c.k), list),
+            "similar() of an unknown item is not a list")
+    return f"{len(items)} items like {c.top_item!r}"
+
+
+def _new_ids(c: _Context, m: OnlineModel) -> str:
+    n_items = m.n_items
+    m.learn(Batch.from_columns(["new-u1", "new-u2", "new-u1"], ["new-i1", "new-i2", "new-i2"],
+                               [1.0, 5.0, 2.0], [2e9, 2e9 + 1, 2e9 + 2]))
+    _expect(m.n_items == n_items + 2, f"n_items {n_items} -> {m.n_items}, not +2")
+    _expect(m.items.get("new-i1") >= 0, "a new item is not in the item index")
+    _check_scores(m, m.score_all("new-u1", ["new-i1"]), "a new user")
+    return "2 new users, 2 new items"
+
+
+def _state(c: _Context, m: OnlineModel, name: str) -> str:
+    state = m.get_state()
+    _expect(isinstance(state, ModelState), f"get_state returned {type(state).__name__}")
+    state.check()
+    _expect(state.meta.get("class") == name,
+            f"meta['class'] is {state.meta.get('class')!r}, not {name!r}")
+    _expect("params" in state.meta, "meta has no 'params' (the constructor arguments)")
+    orjson.dumps(state.meta)  # raises on what JSON cannot hold
+    size = sum(a.nbytes for a in state.arrays.values())
+    return f"{len(state.arrays)} arrays, {size:,} bytes"
+
+
+def _restore(c: _Context, m: OnlineModel) -> str:
+    state = m.get_state()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "state.safetensors"
+        save_file({k: np.ascontiguousarray(v) for k, v in state.arrays.items()}, str(path))
+        meta = orjson.loads(orjson.dumps(state.meta))
+        rebuilt = registry.from_state(ModelState(load_file(str(path)), meta))
+    _expect(type(rebuilt) is type(m), f"from_state built {type(rebuilt).__name__}")
+    _expect((rebuilt.n_users, rebuilt.n_items) == (m.n_users, m.n_items),
+            "a different number of users or items after the round trip")
+    _same_recs(c.recs(m), c.recs(rebuilt), "after the round trip")
+    return "same recommendations after safetensors + JSON"
+
+
+def _keeps_learning(c: _Context) -> str:
+    half = len(c.batches) // 2
+    original = c.fitted(c.batches[:half])
+    rebuilt = registry.from_state(original.get_state())
+    for b in c.batches[half:]:
+        original.learn(b)
+        rebuilt.learn(b)
+    _same_recs(c.recs(original), c.recs(rebuilt), "rebuilt at half the stream")
+    return f"rebuilt after {half} of {len(c.batches)} batches, same after the rest"
+
+
+def _deterministic(c: _Context) -> str:
+    _same_recs(c.recs(c.fitted()), c.recs(c.fitted()), "a second fresh model")
+    return "two fresh models agree"
+
+
+def _forget(c: _Context, m: OnlineModel) -> str:
+    user = c.probes[0]
+    before = m.n_users
+    m.forget_users([user])
+    _expect(m.n_users == before - 1, f"n_users {before} -> {m.n_users}, not -1")
+    _expect(user not in m.users, "the forgotten user is still in the user index")
+    _expect(len(m.recommend(user, c.k)) > 0, "no recommendations for the forgotten user")
+    return f"{user!r} forgotten"
+
+
+def _with_content(model: OnlineModel, n_items: int) -> OnlineModel:
+    """``model``, given the stream's planted item content when it takes content."""
+    setter = getattr(model, "set_item_features", None)
+    if callable(setter):
+        from online_models.content import ItemFeatures
+
+        setter(ItemFeatures.from_texts(planted_item_texts(n_items)))
+    return model
+
+
+def _hit_rates(name: str, c: _Context
+               ) -> tuple[float | None, float | None]:
+    from online_models.evaluation import PrequentialEvaluator
+
+    models = {"popularity": registry.create("popularity")}
+    if name != "popularity":
+        models[name] = c.build()
+    ev = PrequentialEvaluator(registry.bind(models), k=c.k)
+    ev.run(c.batches)
+    return ev.totals(name)["hr"], ev.totals("popularity")["hr"]
+
+
+def check_model(name: str, params: Mapping[str, Any] | None = None, *, events: int = 3_000,
+                users: int = 80, items: int = 200, seed: int = 7, k: int = 10) -> Report:
+    """Run every check on the model called ``name`` (built with ``params``).
+
+    The stream is ``events`` synthetic events of ``users`` users over ``items`` items
+    (``seed``). Checks after a failed ``builds`` or ``learns`` are not run.
+    """
+    params = dict(params or {})
+    report = Report(name, k=k)
+
+    def run(check: str, fn: Callable[[], str]) -> bool:
+        try:
+            detail = fn()
+        except _Failed as exc:
+            report.checks.append(Check(check, False, str(exc)))
+            return False
+        except Exception as exc:  # the model's own error: the check fails with it
+            report.checks.append(Check(check, False, f"{type(exc).__name__}: {exc}"))
+            return False
+        report.checks.append(Check(check, True, detail))
+        return True
+
+    def builds() -> str:
+        model = registry.create(name, **params)
+        _expect(isinstance(model, OnlineModel), f"{type(model).__name__} is not an OnlineModel")
+        report.capabilities = _capabilities(type(model))
+        return type(model).__module__ + "." + type(model).__qualname__
+
+    if not run("builds", builds):
+        return report
+    stream = Dataset.from_records(generate_events(events, users, items, seed=seed),
+                                  name="check")
+    c = _Context(lambda: _with_content(registry.create(name, **params), items), stream, k)
+    fitted: dict[str, OnlineModel] = {}
+
+    def learns() -> str:
+        fitted["model"] = c.fitted()
+        return _learns(c, fitted["model"])
+
+    if not run("learns", learns):
+        return report
+    m = fitted["model"]
+    run("score_all", lambda: _score_all(c, m))
+    run("score_many", lambda: _score_many(c, m))
+    run("recommend", lambda: _recommend(c, m))
+    run("similar", lambda: _similar(c, m))
+    run("state", lambda: _state(c, m, name))
+    run("restore", lambda: _restore(c, m))
+    run("keeps learning", lambda: _keeps_learning(c))
+    run("deterministic", lambda: _deterministic(c))
+    run("new ids", lambda: _new_ids(c, c.fitted()))
+    run("forget users", lambda: _forget(c, c.fitted()))
+    try:
+        report.hr, report.hr_popularity = _hit_rates(name, c)
+    except Exception:  # a figure for information; the checks above say what fails
+        report.hr = report.hr_popularity = None
+    return report

@@ -1,0 +1,220 @@
+"""Plugin models: installed packages add models through the ``liverec.models`` entry
+points, and ``liverec models check`` tells a model that keeps the protocol from one
+that does not.
+
+A plugin is "installed" the way pip leaves it: a ``*.dist-info`` directory with an
+``entry_points.txt`` on ``sys.path`` (read by :mod:`importlib.metadata`), beside the
+package itself -- the example plugin of ``examples/plugin-model``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from online_models import registry
+from online_models.base import UserHistory
+from online_models.conformance import check_model
+from online_models.datasets import Dataset, to_batches
+from online_models.snapshot import SnapshotError, SnapshotStore
+from online_models.synthetic import generate_events
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "plugin-model"
+
+#: test plugins beside the example: a model that loses its transitions when restored,
+#: one whose scores are float64, and a class that is not a model
+BROKEN = '''
+import numpy as np
+from liverec_transitions import Transitions
+
+class Forgetful(Transitions):
+    name = "forgetful"
+
+    @classmethod
+    def from_state(cls, state):
+        m = super().from_state(state)
+        m._next = {}
+        return m
+
+class Wide(Transitions):
+    name = "wide"
+
+    def score_all(self, user, history=()):
+        return super().score_all(user, history).astype(np.float64)
+
+class NotAModel:
+    name = "not-a-model"
+
+class Misnamed(Transitions):
+    name = "something-else"
+'''
+
+
+def _install(root: Path, dist: str, entry_points: dict[str, str]) -> None:
+    info = root / f"{dist}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    lines = "".join(f"{k} = {v}\n" for k, v in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[liverec.models]\n{lines}")
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A directory on ``sys.path`` with the example plugin installed in it."""
+    root = tmp_path / "site"
+    root.mkdir()
+    _install(root, "liverec_transitions", {"transitions": "liverec_transitions:Transitions"})
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    monkeypatch.syspath_prepend(str(root))
+    registry.plugins.cache_clear()
+    yield root
+    registry.plugins.cache_clear()
+
+
+@pytest.fixture
+def broken(site: Path) -> Path:
+    (site / "broken_models.py").write_text(BROKEN)
+    _install(site, "broken_models", {
+        "forgetful": "broken_models:Forgetful",
+        "wide": "broken_models:Wide",
+        "not-a-model": "broken_models:NotAModel",
+        "misnamed": "broken_models:Misnamed",
+        "missing": "no_such_module:Model",
+    })
+    registry.plugins.cache_clear()
+    return site
+
+
+def test_a_plugin_model_trains_snapshots_and_blends(site: Path, tmp_path: Path) -> None:
+    assert registry.known_models()[-1] == "transitions"
+    assert registry.plugins()["transitions"].source == "liverec_transitions 0.1"
+    models = registry.create_models(
+        ["popularity", "transitions", "hybrid"],
+        {"hybrid": {"components": ["popularity", "transitions"]}})
+    assert sorted(models["hybrid"].shared_components()) == ["popularity", "transitions"]
+    stream = Dataset.from_records(generate_events(2_000, 60, 150, seed=3), name="s")
+    history = UserHistory()
+    for b in to_batches(stream, 256):
+        history.extend(b.users, b.items)
+        for name in models:
+            models[name].learn(b)
+    store = SnapshotStore(tmp_path / "snapshots")
+    store.write(models, history=history, offsets={"clicks": {0: 2_000}},
+                events_total=2_000, watermark=None)
+    back = store.load().models
+    user, hist = stream.users[-1], history.get(stream.users[-1])
+    for name in ("transitions", "hybrid"):
+        assert type(back[name]) is type(models[name])
+        assert back[name].recommend(user, 10, hist, hist) == \
+            models[name].recommend(user, 10, hist, hist)
+    # the restored hybrid blends the restored plugin model, not a private copy
+    assert back["hybrid"].shared_components()["transitions"] is back["transitions"]
+
+
+def test_a_snapshot_naming_a_plugin_that_is_not_installed_says_so(
+        site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = registry.create("transitions")
+    model.learn(next(iter(to_batches(Dataset.from_records(
+        generate_events(300, 20, 40, seed=1), name="s"), 256))))
+    store = SnapshotStore(tmp_path / "snapshots")
+    store.write({"transitions": model}, history=UserHistory(), offsets={},
+                events_total=300, watermark=None)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(site)])
+    registry.plugins.cache_clear()
+    with pytest.raises(SnapshotError, match=r"unknown model 'transitions'.*plugin model "
+                                            r"needs its package installed here"):
+        store.load()
+
+
+def test_the_example_plugin_passes_every_check(site: Path) -> None:
+    report = check_model("transitions")
+    assert [c.name for c in report.checks if not c.ok] == []
+    assert len(report.checks) == 12
+    assert report.hr is not None and report.hr_popularity is not None
+    assert report.hr > report.hr_popularity  # transitions carry the planted successors
+    assert report.capabilities["learn_local"] is False
+
+
+def test_the_checks_catch_a_model_that_breaks_the_protocol(broken: Path) -> None:
+    forgetful = check_model("forgetful")
+    failed = {c.name: c.detail for c in forgetful.checks if not c.ok}
+    assert set(failed) == {"restore", "keeps learning"}
+    assert failed["restore"].startswith("after the round trip: probe user 0 gets")
+    wide = check_model("wide")
+    failed = {c.name: c.detail for c in wide.checks if not c.ok}
+    assert "float64" in failed["score_all"] and "not a float32 array" in failed["score_all"]
+    assert not wide.ok
+
+
+@pytest.mark.parametrize(("name", "reason"), [
+    ("not-a-model", "is not a subclass of online_models.base.OnlineModel"),
+    ("misnamed", "sets name = 'something-else': it must be 'misnamed'"),
+    ("missing", "cannot be loaded: ModuleNotFoundError: No module named 'no_such_module'"),
+])
+def test_a_plugin_that_cannot_be_a_model_is_refused_with_its_reason(
+        broken: Path, name: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=f"plugin model '{name}' .*from broken_models 0.1") \
+            as err:
+        registry.create(name)
+    assert reason in str(err.value)
+
+
+def test_names_a_plugin_cannot_take_are_left_out_with_a_warning(
+        site: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _install(site, "clash", {"itemknn": "liverec_transitions:Transitions",
+                             "Bad Name": "liverec_transitions:Transitions",
+                             "transitions": "liverec_transitions:Other"})
+    registry.plugins.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="online_models.registry"):
+        found = registry.plugins()
+    assert found == {}  # 'transitions' is declared by two packages now
+    text = caplog.text
+    assert "'itemknn' (liverec_transitions:Transitions from clash 0.1) left out: a built-in" \
+        in text
+    assert "'Bad Name'" in text and "lower-case letters" in text
+    assert "'transitions' left out: 2 packages declare it" in text
+    assert registry.model_class("itemknn").__module__ == "online_models.itemknn"
+
+
+def _cli(args: list[str], site: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(EXAMPLE), str(ROOT)])}
+    return subprocess.run([sys.executable, "-m", "liverec.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_models_list_and_check_on_the_command_line(broken: Path) -> None:
+    listed = _cli(["models", "list"], broken)
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if " transitions " in line)
+    assert "liverec_transitions 0.1" in row and "liverec_transitions:Transitions" in row
+    assert any(line.startswith("* itemknn ") for line in listed.stdout.splitlines())
+
+    ok = _cli(["models", "check", "transitions", "--params", '{"popularity_weight": 0.1}'],
+              broken)
+    assert ok.returncode == 0, ok.stderr
+    assert "transitions: all 12 checks passed" in ok.stdout
+    assert "PASS  restore" in ok.stdout
+
+    bad = _cli(["models", "check", "forgetful"], broken)
+    assert bad.returncode == 1
+    assert "FAIL  restore" in bad.stdout
+    assert "forgetful: 2 of 12 checks failed (restore, keeps learning)" in bad.stderr
+
+    unknown = _cli(["models", "check", "nope"], broken)
+    assert unknown.returncode == 2 and "unknown model 'nope'" in unknown.stderr
+
+
+def test_every_built_in_model_passes_the_checks() -> None:
+    # The quick ones; the pytest conformance suite covers every built-in more closely.
+    for name in ("popularity", "itemknn", "sequence", "sknn"):
+        report = check_model(name, events=1_500)
+        assert report.ok, [(c.name, c.detail) for c in report.checks if not c.ok]
+        assert np.isfinite(report.hr or np.nan)
