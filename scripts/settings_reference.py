@@ -86,7 +86,7 @@ OTHER_VARIABLES: dict[str, tuple[str, str, str]] = {
     "LIVEREC_CACHE_DIR": (
         "`liverec broker start`, `liverec demo`, the Kafka test fixtures",
         "`$XDG_CACHE_HOME/liverec` (`~/.cache/liverec`)",
-        "Kafka's jars and the local broker's state (`stream/broker.py`)"),
+        "Kafka's jars and the local broker's state (`stream/kafka_jars.py`)"),
     "LIVEREC_DOCKER": (
         "`liverec demo`, the Kafka test fixtures", "unset (Docker when an engine answers)",
         "`0` leaves Docker alone: the local broker runs as a plain JVM process"),

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from stream import broker as broker_mod
+from stream import kafka_jars
 from stream.broker import KafkaSetupError, LocalBroker, resolve_bootstrap
 
 
 def test_missing_java_names_it_and_the_alternative(monkeypatch, tmp_path: Path):
-    monkeypatch.setattr(broker_mod.shutil, "which", lambda name: None)
+    monkeypatch.setattr(kafka_jars.shutil, "which", lambda name: None)
     monkeypatch.delenv("JAVA_HOME", raising=False)
     with pytest.raises(KafkaSetupError, match=r"(?s)'java'.*LIVEREC_KAFKA_BOOTSTRAP"):
         LocalBroker(tmp_path).start()
@@ -22,7 +23,7 @@ def test_missing_java_names_it_and_the_alternative(monkeypatch, tmp_path: Path):
 
 def test_missing_maven_names_it(monkeypatch, tmp_path: Path):
     monkeypatch.setenv("LIVEREC_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(broker_mod.shutil, "which",
+    monkeypatch.setattr(kafka_jars.shutil, "which",
                         lambda name: None if name == "mvn" else "/usr/bin/" + name)
     with pytest.raises(KafkaSetupError, match=r"(?s)'mvn'.*LIVEREC_KAFKA_BOOTSTRAP"):
         broker_mod.ensure_kafka_libs()
