@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import socket
 import sys
 import time
@@ -11,22 +10,8 @@ from typing import Any
 
 import pytest
 
-import liverec.child_process
-import liverec.demo
-import liverec.demo_metrics
-import liverec.demo_phases
-import liverec.demo_traffic
 from liverec.demo import ChildProcess, Scrape
 from liverec.ports import pick_port
-
-
-def test_doctests_of_the_demo_module() -> None:
-    # liverec/ is not in pytest's doctest paths (it is the CLI); run them here, in
-    # liverec.demo and the modules it is made of.
-    results = [doctest.testmod(m) for m in (
-        liverec.demo, liverec.demo_metrics, liverec.child_process, liverec.demo_phases,
-        liverec.demo_traffic)]
-    assert sum(r.attempted for r in results) >= 4 and not any(r.failed for r in results)
 
 
 def test_pick_port_prefers_the_default_and_avoids_a_taken_one() -> None:
