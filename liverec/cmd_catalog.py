@@ -21,15 +21,27 @@ def models_list() -> None:
 
     plugins = registry.plugins()  # logs a WARNING for each plugin left out, and why
     rows = [(n, "built-in", registry.MODEL_PATHS[n]) for n in registry.MODEL_PATHS]
-    rows += [(p.name, p.source, p.path) for p in plugins.values()]
+    broken: list[str] = []
+    for p in plugins.values():
+        try:
+            registry.model_class(p.name)
+            rows.append((p.name, p.source, p.path))
+        except ValueError as exc:
+            rows.append((p.name, p.source, f"{p.path}  (cannot be used: see below)"))
+            broken.append(str(exc))
     width = max(len(n) for n, _, _ in rows) + 2
     src = max(len(s) for _, s, _ in rows) + 2
     for name, source, path in rows:
         mark = "*" if name in registry.DEFAULT_MODELS else " "
         typer.echo(f"{mark} {name:<{width}}{source:<{src}}{path}")
+    typer.echo("* in the default mix (--models all)")
+    for reason in broken:
+        typer.echo(f"error: {reason}", err=True)
     if not plugins:
         typer.echo(f"(no plugin models installed: a package adds one under the entry-point "
                    f"group {registry.PLUGIN_GROUP!r})")
+    if broken:
+        raise typer.Exit(1)
 
 
 @models_app.command("check")
@@ -64,8 +76,13 @@ def models_check(
     if report.hr is not None and report.hr_popularity is not None:
         typer.echo(f"HR@{report.k} on the check stream (prequential): {report.hr:.3f} "
                    f"(popularity {report.hr_popularity:.3f})")
+    elif report.hr_error is not None:
+        typer.echo(f"HR@{report.k} on the check stream: not measured ({report.hr_error})")
+    if report.capabilities:
+        typer.echo("optional parts of the protocol (a model trains and serves without them):")
     for part, has in report.capabilities.items():
-        typer.echo(f"{'has ' if has else 'lacks'} {CAPABILITIES[part]}")
+        more = f": {report.lacks[part]}" if part in report.lacks else ""
+        typer.echo(f"  {'has  ' if has else 'lacks'} {CAPABILITIES[part]}{more}")
     failed = [c.name for c in report.checks if not c.ok]
     if failed:
         typer.echo(f"{name}: {len(failed)} of {len(report.checks)} checks failed "

@@ -210,11 +210,19 @@ class OnlineModel(ABC):
         """A float32 score for every item row (length ``self.items.capacity``).
 
         ``history`` is the caller's view of the user's recent items, oldest first,
-        most recent last (the evaluator's and the server's live context). When it
-        is empty a model may fall back on what it learned about ``user`` itself.
-        Higher is better; ``-inf`` marks rows that must never be recommended
-        (freed rows). Unknown users get a sensible non-personal score or all
-        zeros; they must not raise.
+        most recent last (the evaluator's and the server's live context): distinct
+        items (a repeat moves to the end), up to the trainer's ``history_items``
+        (200) in serving, unbounded in ``liverec evaluate``; item ids only, no times
+        or event types. A known user nearly always comes with one; a user the
+        snapshot does not know yet may too (clicks that arrived since, through the
+        server's live tail). When it is empty a model may fall back on what it
+        learned about ``user`` itself. Higher is better; ``-inf`` marks rows that
+        must never be recommended (freed rows). Unknown users get a sensible
+        non-personal score or all zeros; they must not raise.
+
+        The server and the evaluator call this and :meth:`score_many` (and
+        :meth:`similar`), then exclude and rank themselves: :meth:`recommend` and
+        :meth:`score` are conveniences, and overriding them changes nothing served.
         """
 
     def score_many(
@@ -254,7 +262,9 @@ class OnlineModel(ABC):
         """Drop ``users`` and all the model learned about them alone (the trainer's
         bound on users; a partition moving to another trainer); one seen again starts
         afresh. Item-side state keeps what their events taught it. This default drops
-        them from the user index: a model with more per-user state extends it."""
+        them from the user index: a model with more per-user state extends it, and
+        resets whatever it keeps per user row (the index gives a freed row to the
+        next new user)."""
         self.users.remove_many(users)
 
     # -- sizes

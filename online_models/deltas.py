@@ -196,6 +196,18 @@ def shares_item_state(model: object) -> bool:
     return isinstance(model, SharesItemState)
 
 
+def missing_share_methods(model: object) -> list[str]:
+    """The :class:`SharesItemState` methods ``model`` (an instance or a class) lacks.
+
+    >>> from online_models.popularity import Popularity
+    >>> missing_share_methods(Popularity), missing_share_methods(object)[:2]
+    ([], ['learn_local', 'apply_delta'])
+    """
+    return [m for m in ("learn_local", "apply_delta", "apply_deltas", "user_state",
+                        "load_user_state", "forget_users")
+            if not callable(getattr(model, m, None))]
+
+
 def learns_from_item_state(model: object) -> bool:
     """Whether ``model``'s learning reads its item state (then every trainer folds)."""
     return bool(getattr(model, "learns_from_item_state", False))

@@ -112,11 +112,13 @@ class IdIndex:
             i = (i + 1) & mask
 
     def get(self, key: str) -> int:
-        """Row of ``key``, or -1 when unknown."""
+        """Row of ``key``, or -1 when unknown (check it: ``arr[-1]`` is the last row's
+        value, another id's state)."""
         return self._find(key)
 
     def rows(self, keys: Iterable[str]) -> np.ndarray:
-        """Rows of ``keys`` (-1 for unknown ones) as an int64 array."""
+        """Rows of ``keys`` (-1 for unknown ones: mask them before indexing) as an
+        int64 array."""
         keys = keys if isinstance(keys, list) else list(keys)
         return np.asarray(self._lookup(keys, add=False), np.int64)
 

@@ -143,6 +143,9 @@ def model_class(name: str) -> type[OnlineModel]:
         raise ValueError(f"{what} cannot be loaded: {type(exc).__name__}: {exc}") from exc
     if not (isinstance(obj, type) and issubclass(obj, OnlineModel)):
         raise ValueError(f"{what} is not a subclass of online_models.base.OnlineModel")
+    if obj.name == OnlineModel.name:
+        raise ValueError(f"{what} does not set its name (it inherits {obj.name!r}): add "
+                         f"`name: ClassVar[str] = {name!r}` to the class")
     if obj.name != name:
         raise ValueError(f"{what} sets name = {obj.name!r}: it must be {name!r}, the name "
                          "its snapshots record it by")

@@ -47,7 +47,7 @@ from typing import IO
 
 from online_models import registry
 from online_models.base import OnlineModel
-from online_models.deltas import unsupported
+from online_models.deltas import missing_share_methods, unsupported
 from stream.dlq_guard import ensure_dead_letter_topic
 from stream.kafka import ConsumerOptions, RecordBatch, create_topics
 from stream.kafka.base import Partition
@@ -131,12 +131,14 @@ class ScaleOutTrainer:
             raise ValueError(
                 f"scale-out mode needs the confluent Kafka client (librdkafka transactions); "
                 f"client={kafka.client!r} has no exactly-once path here")
-        bad = unsupported(models)
+        bad = [f"{n} (lacks {', '.join(missing_share_methods(models[n]))})"
+               for n in unsupported(models)]
         if bad:
             raise ValueError(
-                f"model(s) {', '.join(bad)} cannot learn in scale-out mode: only models "
-                "that share item-side deltas can (popularity, itemknn, sequence, bpr); "
-                "train them with a single trainer")
+                f"model(s) {'; '.join(bad)} cannot learn in scale-out mode: only models "
+                "that share item-side deltas can (online_models.deltas.SharesItemState; "
+                "built-in: popularity, itemknn, sequence, bpr); train them with a single "
+                "trainer")
         self.models: dict[str, OnlineModel] = models
         self.parts: dict[int, PartitionState] = {}
         #: the item state's fold of the update topic (its reader, offsets, coverage)

@@ -29,10 +29,10 @@ from online_models.synthetic import generate_events
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "plugin-model"
 
-#: test plugins beside the example: a model that loses its transitions when restored,
-#: one whose scores are float64, and a class that is not a model
+#: test plugins beside the example, each with one mistake a model's author makes
 BROKEN = '''
 import numpy as np
+from online_models.base import OnlineModel
 from liverec_transitions import Transitions
 
 class Forgetful(Transitions):
@@ -49,6 +49,38 @@ class Wide(Transitions):
 
     def score_all(self, user, history=()):
         return super().score_all(user, history).astype(np.float64)
+
+class Leaky(Transitions):  # a freed user row keeps its last item
+    name = "leaky"
+
+    def forget_users(self, users):
+        OnlineModel.forget_users(self, users)
+
+class Stranger(Transitions):  # an unknown user (row -1) reads the last user's row
+    name = "stranger"
+
+    def score_all(self, user, history=()):
+        if not history:
+            last = self._last[: self.users.capacity]  # one per user row
+            history = [self.items.ids[last[self.users.get(user)]]]
+        return super().score_all(user, history)
+
+class Live(Transitions):  # its state shares the array it goes on learning in
+    name = "live"
+
+    def get_state(self):
+        state = super().get_state()
+        state.arrays["pop"] = self._pop
+        return state
+
+class Renamed(Transitions):  # keeps its argument under another name
+    name = "renamed"
+
+    def __init__(self, weight=0.01):
+        super().__init__(popularity_weight=weight)
+
+class Nameless(Transitions):
+    name = OnlineModel.name
 
 class NotAModel:
     name = "not-a-model"
@@ -85,6 +117,11 @@ def broken(site: Path) -> Path:
     _install(site, "broken_models", {
         "forgetful": "broken_models:Forgetful",
         "wide": "broken_models:Wide",
+        "leaky": "broken_models:Leaky",
+        "stranger": "broken_models:Stranger",
+        "live": "broken_models:Live",
+        "renamed": "broken_models:Renamed",
+        "nameless": "broken_models:Nameless",
         "not-a-model": "broken_models:NotAModel",
         "misnamed": "broken_models:Misnamed",
         "missing": "no_such_module:Model",
@@ -137,7 +174,7 @@ def test_a_snapshot_naming_a_plugin_that_is_not_installed_says_so(
 def test_the_example_plugin_passes_every_check(site: Path) -> None:
     report = check_model("transitions")
     assert [c.name for c in report.checks if not c.ok] == []
-    assert len(report.checks) == 12
+    assert len(report.checks) == 13  # no scale-out check: it shares no item state
     assert report.hr is not None and report.hr_popularity is not None
     assert report.hr > report.hr_popularity  # transitions carry the planted successors
     assert report.capabilities["learn_local"] is False
@@ -154,9 +191,28 @@ def test_the_checks_catch_a_model_that_breaks_the_protocol(broken: Path) -> None
     assert not wide.ok
 
 
+@pytest.mark.parametrize(("name", "check", "reason"), [
+    ("leaky", "forget users", "new users score differently by who took the row of forgotten"),
+    ("stranger", "strangers", "an unknown user's scores change when known users are "
+                              "forgotten"),
+    ("live", "state", "get_state returned arrays the model goes on writing to: 'pop'"),
+    ("renamed", "builds", "'Renamed' object has no attribute 'weight': a model keeps every "
+                          "constructor argument in an attribute of the same name"),
+])
+def test_each_mistake_fails_its_own_check(broken: Path, name: str, check: str,
+                                          reason: str) -> None:
+    report = check_model(name)
+    failed = {c.name: c.detail for c in report.checks if not c.ok}
+    assert check in failed and reason in failed[check], failed
+    if check != "builds":
+        assert len(failed) <= 2, failed  # the mistake, not a cascade of failures
+
+
 @pytest.mark.parametrize(("name", "reason"), [
     ("not-a-model", "is not a subclass of online_models.base.OnlineModel"),
     ("misnamed", "sets name = 'something-else': it must be 'misnamed'"),
+    ("nameless", "does not set its name (it inherits 'base'): add `name: ClassVar[str] = "
+                 "'nameless'`"),
     ("missing", "cannot be loaded: ModuleNotFoundError: No module named 'no_such_module'"),
 ])
 def test_a_plugin_that_cannot_be_a_model_is_refused_with_its_reason(
@@ -192,21 +248,25 @@ def _cli(args: list[str], site: Path) -> subprocess.CompletedProcess[str]:
 
 def test_models_list_and_check_on_the_command_line(broken: Path) -> None:
     listed = _cli(["models", "list"], broken)
-    assert listed.returncode == 0, listed.stderr
+    assert listed.returncode == 1  # the broken plugins are listed, and why they fail
     row = next(line for line in listed.stdout.splitlines() if " transitions " in line)
     assert "liverec_transitions 0.1" in row and "liverec_transitions:Transitions" in row
     assert any(line.startswith("* itemknn ") for line in listed.stdout.splitlines())
+    row = next(line for line in listed.stdout.splitlines() if " missing " in line)
+    assert row.endswith("no_such_module:Model  (cannot be used: see below)")
+    assert "error: plugin model 'missing' (no_such_module:Model from broken_models 0.1) " \
+           "cannot be loaded: ModuleNotFoundError" in listed.stderr
 
     ok = _cli(["models", "check", "transitions", "--params", '{"popularity_weight": 0.1}'],
               broken)
     assert ok.returncode == 0, ok.stderr
-    assert "transitions: all 12 checks passed" in ok.stdout
+    assert "transitions: all 13 checks passed" in ok.stdout
     assert "PASS  restore" in ok.stdout
 
     bad = _cli(["models", "check", "forgetful"], broken)
     assert bad.returncode == 1
     assert "FAIL  restore" in bad.stdout
-    assert "forgetful: 2 of 12 checks failed (restore, keeps learning)" in bad.stderr
+    assert "forgetful: 2 of 13 checks failed (restore, keeps learning)" in bad.stderr
 
     unknown = _cli(["models", "check", "nope"], broken)
     assert unknown.returncode == 2 and "unknown model 'nope'" in unknown.stderr

@@ -355,7 +355,9 @@ def test_kafka_python_is_refused(tmp_path: Path) -> None:
 
 def test_models_without_deltas_are_refused(tmp_path: Path) -> None:
     s = TrainerSettings(models="popularity,embedding", scale_out=True, snapshots=tmp_path)
-    with pytest.raises(ValueError, match="embedding cannot learn in scale-out mode"):
+    with pytest.raises(ValueError, match=r"embedding \(lacks learn_local, apply_delta, "
+                       r"apply_deltas, user_state, load_user_state\) cannot learn in "
+                       r"scale-out mode"):
         ScaleOutTrainer(s, KafkaSettings(bootstrap="localhost:1", topic="t"))
 
 
