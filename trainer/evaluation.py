@@ -265,15 +265,17 @@ class TrainerEvaluation:
         return out
 
     def hr_line(self) -> str:
-        """``name=0.123 ...`` of the rolling HR@k (``-`` before any evidence)."""
-        hr = []
+        """``hr@10 over N[name=0.123 ...]``: the rolling HR@k and the evaluated events it
+        rests on (the most of any model; ``-`` before any evidence)."""
+        hr, n = [], 0
         for name in self.evaluator.models:
             try:
-                v = _finite(self.evaluator.rolling(name)["hr"])
+                roll = self.evaluator.rolling(name)
+                v, n = _finite(roll["hr"]), max(n, int(_finite(roll.get("n")) or 0))
             except Exception:
                 v = None
             hr.append(f"{name}={v:.3f}" if v is not None else f"{name}=-")
-        return f"hr@{self.settings.k}[{' '.join(hr)}]"
+        return f"hr@{self.settings.k} over {n}[{' '.join(hr)}]"
 
 
 def eval_users(users: Sequence[str] | np.ndarray, share: float) -> np.ndarray:

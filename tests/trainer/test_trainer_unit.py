@@ -566,3 +566,15 @@ def test_status_line_says_when_no_partitions_are_held(tmp_path: Path) -> None:
     t.source = types.SimpleNamespace(assigned=frozenset())  # the shutdown gave them back
     t.stop()
     assert t.status_line().startswith("partitions=0 events learned=0 ")
+
+
+def test_the_status_line_says_how_many_evaluated_events_its_hit_rates_rest_on(
+    settings: TrainerSettings,
+) -> None:
+    t = Trainer(settings.model_copy(update={"eval_sample": 1.0, "eval_budget_per_s": 1e9}),
+                KAFKA)
+    assert t.evaluation.hr_line().startswith(f"hr@{settings.k} over 0[")
+    t.handle(_consumed(synthetic_events(600, seed=3), 0))
+    line = t.evaluation.hr_line()
+    n = max(int(t.evaluator.rolling(m)["n"]) for m in t.models)
+    assert n > 0 and line.startswith(f"hr@{settings.k} over {n}[popularity=0.")
