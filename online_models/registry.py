@@ -119,9 +119,22 @@ def known_models() -> list[str]:
 def model_class(name: str) -> type[OnlineModel]:
     """The class of the model called ``name`` (a built-in or an installed plugin).
 
+    ``kind@label`` is another instance of the model ``kind`` (its own constructor
+    arguments under that name in ``--model-params``): two settings of one model side
+    by side, in a run or as a hybrid's components.
+
     Raises :class:`ValueError` with a one-line reason: an unknown name (with the known
     ones), or a plugin that fails to import or is not an ``OnlineModel``.
+
+    >>> model_class("itemknn@short").__name__
+    'ItemKNN'
     """
+    kind, at, label = name.partition("@")
+    if at:
+        if not _NAME.fullmatch(label):
+            raise ValueError(f"model {name!r}: the label after '@' is lower-case letters, "
+                             "digits and . _ - (e.g. itemknn@short)")
+        return model_class(kind)
     path = MODEL_PATHS.get(name)
     plugin = None if path is not None else plugins().get(name)
     if plugin is not None:
@@ -270,8 +283,8 @@ def content_rankers(models: Mapping[str, OnlineModel]) -> list[str]:
 def parse_models(spec: str) -> list[str]:
     """``"all"`` or a comma-separated list of registry names, validated.
 
-    >>> parse_models("popularity, itemknn")
-    ['popularity', 'itemknn']
+    >>> parse_models("popularity, itemknn, itemknn@short")
+    ['popularity', 'itemknn', 'itemknn@short']
     """
     if spec.strip() in ("", "all"):
         return list(DEFAULT_MODELS)
@@ -279,4 +292,8 @@ def parse_models(spec: str) -> list[str]:
     for n in names:
         if n not in MODEL_PATHS:
             model_class(n)  # a plugin's import; raises with the list of known names
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"model(s) named twice: {', '.join(twice)} (another instance of "
+                         "a model is kind@label, e.g. itemknn@short)")
     return names

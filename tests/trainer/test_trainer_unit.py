@@ -578,3 +578,22 @@ def test_the_status_line_says_how_many_evaluated_events_its_hit_rates_rest_on(
     line = t.evaluation.hr_line()
     n = max(int(t.evaluator.rolling(m)["n"]) for m in t.models)
     assert n > 0 and line.startswith(f"hr@{settings.k} over {n}[popularity=0.")
+
+
+def test_two_settings_of_one_model_train_side_by_side_and_restore(
+    settings: TrainerSettings,
+) -> None:
+    s = settings.model_copy(update={"models": "popularity,itemknn,itemknn@short",
+                                    "model_params": {"itemknn@short": {"window": 3}}})
+    t = Trainer(s, KAFKA)
+    assert type(t.models["itemknn@short"]) is type(t.models["itemknn"])
+    assert t.models["itemknn@short"].get_params()["window"] == 3
+    assert t.models["itemknn"].get_params()["window"] != 3
+    t.handle(_consumed(synthetic_events(400, seed=5), 0))
+    assert " itemknn@short=0." in t.evaluation.hr_line()
+    t.checkpoint("test", wait=True)
+    restarted = Trainer(s, KAFKA)
+    assert restarted.models["itemknn@short"].get_params()["window"] == 3
+    assert restarted.events_total == 400
+    with pytest.raises(ValueError, match="named twice: itemknn"):
+        TrainerSettings(snapshots=settings.snapshots, models="itemknn,itemknn").model_names()
