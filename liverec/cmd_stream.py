@@ -91,6 +91,10 @@ def replay(
     partitions: Annotated[int | None, typer.Option(
         help="partitions if the topic is created [LIVEREC_PARTITIONS]")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    limit: Annotated[int | None, typer.Option(
+        "--limit", min=1,
+        help="only the first N events in time order (all users' first events, unlike "
+             "`head`; the file's invalid rows still go to the dead-letter topic)")] = None,
 ) -> None:
     """Replay a CSV of interactions into Kafka in event-time order.
 
@@ -111,7 +115,7 @@ def replay(
         result = replay_file(
             file, settings, preset=preset, user_col=user_col, item_col=item_col,
             time_col=time_col, event_type_col=event_type_col, rate=rate, speedup=speedup,
-            progress=progress, event_types=types,
+            progress=progress, event_types=types, limit=limit,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc

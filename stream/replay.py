@@ -463,9 +463,11 @@ def replay_file(
     speedup: float | None = None,
     progress: bool = True,
     limits: Limits | None = None,
+    limit: int | None = None,
 ) -> ReplayResult:
     """Read ``path`` (CSV, plain or gzip) in time order and replay it into ``topic``
-    (default ``settings.topic``).
+    (default ``settings.topic``): its first ``limit`` valid events when given (the
+    file's invalid rows go to the dead-letter topic all the same).
 
     Raises
     ------
@@ -478,6 +480,8 @@ def replay_file(
         path, preset, user_col=user_col, item_col=item_col, time_col=time_col,
         event_type_col=event_type_col, event_types=event_types,
     )
+    if limit is not None:
+        dataset = dataset[:limit]
     return Replayer(settings, topic, rate=rate, speedup=speedup, progress=progress,
                     limits=limits).replay(dataset, source=str(path))
 

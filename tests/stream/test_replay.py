@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from stream.consumer import MiniBatchConsumer
+from stream.events import ClickEvent
 from stream.kafka import as_settings, end_offsets
 from stream.replay import Replayer, replay_file
 from stream.settings import KafkaSettings
@@ -16,16 +17,21 @@ from stream.settings import KafkaSettings
 pytestmark = pytest.mark.kafka
 
 
-def _consume_ids(settings: KafkaSettings | str, topic: str, n: int, group: str) -> list[str]:
-    ids: list[str] = []
+def _consume(settings: KafkaSettings | str, topic: str, n: int, group: str
+             ) -> list[ClickEvent]:
+    events: list[ClickEvent] = []
     s = as_settings(settings).model_copy(update={"topic": topic})
     with MiniBatchConsumer(s, group, batch_size=2_000, max_wait_ms=500) as c:
         idle = 0
-        while len(ids) < n and idle < 40:
+        while len(events) < n and idle < 40:
             b = c.next_batch()
-            ids.extend(e.event_id for e in b.events)
+            events.extend(b.events)
             idle = idle + 1 if b.empty else 0
-    return ids
+    return events
+
+
+def _consume_ids(settings: KafkaSettings | str, topic: str, n: int, group: str) -> list[str]:
+    return [e.event_id for e in _consume(settings, topic, n, group)]
 
 
 def test_custom_csv_gzip_with_bad_rows(kafka_settings, new_topic, tmp_path: Path):
@@ -51,6 +57,12 @@ def test_custom_csv_gzip_with_bad_rows(kafka_settings, new_topic, tmp_path: Path
     replay_file(path, kafka_settings, topic, **kwargs)
     again = _consume_ids(kafka_settings, topic, 6, "g-r2")
     assert sorted(again) == sorted(ids * 2)
+    # --limit: the earliest valid events, whatever their place in the file
+    limited = new_topic(partitions=1)
+    part = replay_file(path, kafka_settings, limited, limit=2, **kwargs)
+    assert part.sent == 2 and part.n_rejected == 2
+    got = _consume(kafka_settings, limited, 3, "g-r3")
+    assert [(e.user_id, e.item_id) for e in got] == [("u2", "i2"), ("u1", "i1")]
 
 
 def test_rate_and_speedup_are_exclusive(kafka_bootstrap):
