@@ -303,6 +303,7 @@ def evaluate(
     elapsed = time.perf_counter() - t_run
 
     report_models: dict[str, dict[str, float]] = {}
+    blends: dict[str, dict[str, float]] = {}
     for name in names:
         tot = evaluator.totals(name)
         entry = {
@@ -329,6 +330,10 @@ def evaluate(
         entry["score_ms_per_event"] = (
             1e3 * evaluator.score_seconds[name] / max(1, int(tot["n"]))
         )
+        blend = _blend_weights(built[name])
+        if blend:
+            blends[name] = blend
+            entry["blend_weights"] = blend  # type: ignore[assignment]
         report_models[name] = entry
     report = {
         "dataset": str(path),
@@ -365,6 +370,9 @@ def evaluate(
                + (f"; file rows skipped: {skipped}" if skipped else "")
                + f"; ties in {ds.tie_order} order")
     typer.echo(_summary_table(report_models, k))
+    for name, blend in blends.items():
+        typer.echo(f"{name}'s blend at the end: "
+                   + ", ".join(f"{c} {v:.2f}" for c, v in blend.items()))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_bytes(
@@ -375,6 +383,16 @@ def evaluate(
         _plot_rolling(curve_x, curve, k, window, f"{path.name} ({len(ds)} events)", plot,
                       report_models, cold_threshold)
         typer.echo(f"plot: {plot}")
+
+
+def _blend_weights(model: Any) -> dict[str, float] | None:
+    """A blending model's weight per component as it ends (a hybrid's tuned blend, a
+    re-ranker's recall blend): what each component contributes."""
+    for attr in ("weights", "blend"):
+        w = getattr(model, attr, None)
+        if isinstance(w, dict) and w and all(isinstance(v, float) for v in w.values()):
+            return {str(c): float(v) for c, v in w.items()}
+    return None
 
 
 def _split_entry(first: dict[str, float], total: dict[str, float], k: int

@@ -77,6 +77,11 @@ def test_evaluate_says_what_its_figures_leave_out(own: Path, tmp_path: Path) -> 
     report = json.loads((tmp_path / "a.json").read_text())
     assert report["models"]["hybrid"]["timings_exclude"] == ["content-knn", "popularity"]
     assert report["events"] == 400
+    # what each component contributes, as the blend ends
+    blend = report["models"]["hybrid"]["blend_weights"]
+    assert set(blend) == {"popularity", "content-knn"} and sum(blend.values()) > 0
+    assert "blend_weights" not in report["models"]["popularity"]
+    assert "hybrid's blend at the end: popularity " in said
 
     said = _evaluate([*base, *models, "--event-types", "like=click,buy=purchase",
                       "--item-features", str(own / "catalogue.csv"),

@@ -162,6 +162,8 @@ class Checkpointer:
         #: wall-clock time of the last attempt, successful or not (paces retries)
         self.last_attempt_wall = 0.0
         self.last: Written | None = None
+        #: versions :meth:`restore` refused, with why
+        self.refused: dict[int, str] = {}
         #: seconds the last snapshot write took (its background thread's wall time)
         self.last_write_s = 0.0
         #: the kind of the last failure, when it was last logged, and repeats since
@@ -173,7 +175,8 @@ class Checkpointer:
         )
 
     def restore(self) -> Snapshot | None:
-        """The newest snapshot that loads and verifies, refusing corrupt ones."""
+        """The newest snapshot that loads and verifies, refusing corrupt ones (each one
+        refused is in :attr:`refused`, with why)."""
         latest = self.store.latest_version()
         for v in sorted((v for v in self.store.versions() if latest is None or v <= latest),
                         reverse=True):
@@ -181,6 +184,7 @@ class Checkpointer:
                 snap = self.store.load(v)
             except SnapshotError as exc:
                 self.metrics.snapshots_refused.inc()
+                self.refused[v] = str(exc)
                 log.warning("refusing snapshot: %s; falling back to the previous one", exc)
                 continue
             created = snap.manifest.get("created_at")

@@ -38,6 +38,8 @@ Policy = Literal["refuse", "resume"]
 
 #: seconds between tries while Kafka does not answer
 RETRY_S = 2.0
+#: failed tries logged at INFO before the next ones are WARNINGs
+QUIET_TRIES = 3
 
 
 class MissingSnapshotError(RuntimeError):
@@ -48,9 +50,12 @@ class LostSnapshotGuard:
     """Whether a trainer that restored no snapshot may write one (see module doc)."""
 
     def __init__(self, kafka: KafkaSettings, group: str, root: Path, policy: Policy,
-                 on_refuse: Callable[[], None] = lambda: None) -> None:
+                 on_refuse: Callable[[], None] = lambda: None,
+                 refused: Mapping[int, str] | None = None) -> None:
         self.kafka, self.group, self.root, self.policy = kafka, group, root, policy
         self._on_refuse = on_refuse
+        #: versions the restore found but refused, with why: then nothing is lost yet
+        self.refused = dict(refused or {})
         self._done = threading.Event()
         self._stop = threading.Event()
         #: the commits found (partition -> next offset); None until known
@@ -84,21 +89,25 @@ class LostSnapshotGuard:
     # ------------------------------------------------------------------ thread
 
     def _run(self) -> None:
+        tries = 0
         while not self._stop.is_set():
             try:
                 self.commits = committed_offsets(self.kafka, self.group, self.kafka.topic)
                 break
             except KafkaClientError as exc:
                 self._error = str(exc)
-                log.warning("reading group %s's commits failed (%s): retrying", self.group,
-                            exc)
+                tries += 1
+                # A group coordinator that is still loading answers "not coordinator"
+                # for the first seconds of a broker's life: a WARNING once it persists.
+                log.log(logging.INFO if tries < QUIET_TRIES else logging.WARNING,
+                        "reading group %s's commits failed (%s): retrying", self.group, exc)
                 self._stop.wait(RETRY_S)
         else:
             return
         if self.commits:
             where = _where(self.commits)
             if self.policy == "refuse":
-                self.refusal = (
+                self.refusal = self._refused_message(where) if self.refused else (
                     f"no valid snapshot in {self.root}, but consumer group {self.group!r} "
                     f"committed offsets on {self.kafka.topic!r} ({where}): the model "
                     "learned up to there is lost, and starting would resume there with "
@@ -112,6 +121,21 @@ class LostSnapshotGuard:
                             "the events before them are not learned", self.root,
                             self.group, where)
         self._done.set()
+
+    def _refused_message(self, where: str) -> str:
+        """Why a trainer whose snapshots are all refused stops: they are not lost."""
+        newest = max(self.refused)
+        older = len(self.refused) - 1
+        return (
+            f"every snapshot in {self.root} was refused ({len(self.refused)} version(s); "
+            f"the newest: {self.refused[newest]}"
+            + (f"; the log says why for the {older} older one(s)" if older else "")
+            + f"), and consumer group {self.group!r} committed offsets on "
+            f"{self.kafka.topic!r} ({where}). The snapshots are still there: fix what the "
+            "refusal names (a plugin model's package not installed here, a liverec "
+            "version that cannot read them, damaged files) and start the trainer again. "
+            "Starting now would resume at the commits with an empty model that replaces "
+            "theirs on every server (--on-missing-snapshot resume does that).")
 
 
 def check_partitions(lost: Mapping[int, int], *, root: Path, group: str, topic: str,

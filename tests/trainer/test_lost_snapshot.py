@@ -12,6 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from liverec.cli import app
+from online_models import registry
+from online_models.popularity import Popularity
 from online_models.snapshot import SnapshotStore
 from stream.kafka import committed_offsets
 from stream.replay import produce_events
@@ -79,3 +81,35 @@ def test_the_cli_says_what_to_do_and_exits_2(
     assert typo.exit_code == 2
     assert "no valid snapshot in" in typo.output and "partition 0 at 300" in typo.output
     assert SnapshotStore(tmp_path / "b").latest_version() is None
+
+
+class GonePopularity(Popularity):
+    """A model this process knows only while the test registers it (a plugin)."""
+
+    name = "test-gone"
+
+
+def test_snapshots_refused_for_a_missing_model_are_not_called_lost(
+        kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    topic = new_topic()
+    kafka = KafkaSettings(bootstrap=kafka_bootstrap, topic=topic)
+    group = f"g-{topic}"
+    produce_events(kafka_bootstrap, topic, synthetic_events(300, seed=4))
+    monkeypatch.setitem(registry.MODEL_PATHS, "test-gone",
+                        "tests.trainer.test_lost_snapshot:GonePopularity")
+    root = tmp_path / "snaps"
+    settings = _settings(root, group, models="popularity,test-gone")
+    assert Trainer(settings, kafka).run().events_total == 300
+    written = SnapshotStore(root).latest_version()
+
+    monkeypatch.delitem(registry.MODEL_PATHS, "test-gone")  # the plugin uninstalled
+    with pytest.raises(MissingSnapshotError) as err:
+        Trainer(_settings(root, group), kafka).run()
+    text = str(err.value)
+    assert text.startswith(f"every snapshot in {root} was refused (1 version(s); the newest: "
+                           f"snapshot {written}: cannot rebuild (ValueError: unknown model "
+                           "'test-gone'")
+    assert "The snapshots are still there" in text and "is lost" not in text
+    assert SnapshotStore(root).latest_version() == written  # nothing written over them
+    assert _commits(kafka, group) == {0: 300}
