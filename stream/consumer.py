@@ -22,6 +22,11 @@ The contract (what the trainer builds on):
   partitions that were polled but not yet handed out are dropped, since the next
   owner resumes from the last commit anyway. ``on_assign`` runs with the newly
   assigned partitions (seek them there).
+
+This module holds construction, the batches and the loop; the rest of
+:class:`MiniBatchConsumer` is in its parts: :mod:`stream.consumer_group` (the
+rebalance hooks' bookkeeping, commits, seeks, watermarks) and :mod:`stream.dead_letter`
+(the dead-letter writes).
 """
 
 from __future__ import annotations
@@ -31,24 +36,23 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from stream.dlq_guard import DeadLetterBreaker, RejectLog, offset_ranges
-from stream.events import ClickEvent, Limits, Rejected, decode, dlq_payload
+from stream.consumer_group import GroupMember
+from stream.dead_letter import DeadLetterError, DeadLetterWriter, RejectAt
+from stream.dlq_guard import DeadLetterBreaker, RejectLog
+from stream.events import ClickEvent, Limits, Rejected, decode
 from stream.kafka import (
     Consumer,
     ConsumerOptions,
-    KafkaClientError,
     Partition,
     Producer,
     Record,
     RecordBatch,
     make_consumer,
-    make_producer,
 )
-from stream.kafka.base import partition_lag
 from stream.settings import KafkaSettings
 from stream.signals import stop_on_signals
 
@@ -56,14 +60,7 @@ __all__ = ["ConsumedBatch", "DeadLetterError", "MiniBatchConsumer", "Partition",
 
 log = logging.getLogger(__name__)
 
-#: A reject and where it was read: ``(reject, topic, partition, offset)``.
-RejectAt = tuple[Rejected, str, int, int]
 _DEFAULT_DLQ = object()
-
-
-class DeadLetterError(KafkaClientError):
-    """Rejects could not be written to the dead-letter topic because the consumer was
-    asked to stop meanwhile (nothing was lost: it rewound to before the batch)."""
 
 
 @dataclass
@@ -101,7 +98,7 @@ class ConsumedBatch:
         return not self.offsets
 
 
-class MiniBatchConsumer:
+class MiniBatchConsumer(GroupMember, DeadLetterWriter):
     """Consume ``settings.topic`` as a member of ``group_id`` in decoded mini-batches.
 
     Parameters
@@ -266,81 +263,6 @@ class MiniBatchConsumer:
         self.rebuilds_total += 1
         self._client = self._subscribed_client()
 
-    # ------------------------------------------------------------------ rebalance
-
-    def _hook_started(self) -> None:
-        with self._hook_lock:
-            self._hooks_running += 1
-
-    def _hook_finished(self) -> None:
-        # Counted after every seek a hook made: a poll that began before this, even
-        # inside the hook, may return records fetched before them (see next_batch).
-        with self._hook_lock:
-            self._hooks_running -= 1
-            self._generation += 1
-
-    def _revoked(self, parts: set[Partition]) -> None:
-        self._hook_started()
-        try:
-            self._revoke(parts)
-        finally:
-            self._hook_finished()
-
-    def _revoke(self, parts: set[Partition]) -> None:
-        if self.on_revoke is not None and parts:
-            try:
-                self.on_revoke(parts)
-            except Exception:
-                log.exception("on_revoke hook failed for %s", sorted(parts))
-        # Where this member stopped in each revoked partition: if the same rebalance
-        # gives a partition back, reading continues there (librdkafka would restart at
-        # the committed offset and kafka-python at its fetch position, past records
-        # dropped below; the two clients behave the same this way).
-        with self._hook_lock:
-            self._resume = {p: off for p, off in self._handed_out.items() if p in parts}
-            dropped = [p for p in self._pending if p[0] in parts]
-            if dropped:
-                for part, offset, item in dropped:
-                    self._resume[part] = min(offset, self._resume.get(part, offset))
-                    if isinstance(item, ClickEvent):
-                        self._recent.pop(item.event_id, None)  # it will be read again
-                log.info("dropping %d polled records of revoked partitions (read again "
-                         "from the last commit, or from here if they come back)",
-                         len(dropped))
-                self._pending = [p for p in self._pending if p[0] not in parts]
-            for part in parts:
-                self._handed_out.pop(part, None)
-            self.assigned = self.assigned - parts
-            if not self.assigned and self._unassigned_since is None:
-                self._unassigned_since = time.monotonic()
-
-    def _assigned(self, parts: set[Partition]) -> None:
-        self._hook_started()
-        try:
-            self._assign(parts)
-        finally:
-            self._hook_finished()
-
-    def _assign(self, parts: set[Partition]) -> None:
-        log.info("assigned %s", sorted(parts))
-        with self._hook_lock:
-            self.assigned = self.assigned | parts
-            if self.assigned:
-                self._unassigned_since = None
-            resume, self._resume = self._resume, {}
-            for part in parts & resume.keys():
-                try:
-                    self._client.seek(part, resume[part])
-                    self._handed_out[part] = resume[part]
-                except KafkaClientError:
-                    log.warning("could not resume %s at %d", part, resume[part],
-                                exc_info=True)
-        if self.on_assign is not None and parts:
-            try:
-                self.on_assign(parts)
-            except Exception:
-                log.exception("on_assign hook failed for %s", sorted(parts))
-
     # ------------------------------------------------------------------ batches
 
     def poll_records(self, max_records: int, timeout_s: float) -> list[Record]:
@@ -387,16 +309,6 @@ class MiniBatchConsumer:
             pending, self._pending = self._pending, []
         return self._build(pending)
 
-    def _discard_stale(self, got: RecordBatch) -> None:
-        """Drop records polled while a rebalance hook ran and rewind their partitions:
-        kafka-python's fetcher can hand out records fetched before the hook's seek and
-        move the position past it (it checks, then updates, on the polling thread)."""
-        first = got.first_offsets()
-        if not first:
-            return
-        self.seek({part: self._handed_out.get(part, offset) for part, offset in first.items()})
-        log.info("dropped %d records polled across a rebalance", len(got))
-
     def _decode(self, value: bytes | None) -> ClickEvent | Rejected | None:
         item = decode(value, limits=self.limits)
         if isinstance(item, ClickEvent) and self.dedupe_window > 0:
@@ -433,194 +345,11 @@ class MiniBatchConsumer:
             self.rejected_by_reason[rej.reason] += 1
         return batch
 
-    def dead_letter(self, rejects: Sequence[RejectAt]) -> int:
-        """Write rejects to the dead-letter topic; returns how many were written.
-
-        Each record is tried up to ``dlq_attempts`` times with doubling backoff; one
-        that still fails is counted in :attr:`dlq_failures_total`, logged at ERROR
-        and skipped (the first five of a batch one by one, the rest as offset ranges).
-        Once every record of a batch failed every attempt, later rejects are counted
-        and skipped without a try for a cool-down (:class:`DeadLetterBreaker`), their
-        offset ranges logged.
-
-        Raises
-        ------
-        DeadLetterError
-            ``stop`` was set before every record was written or given up.
-        """
-        self._reject_log.rejects(rejects)
-        if self.dlq_topic is None or not rejects:
-            return 0
-        breaker = self._breaker
-        if breaker.is_open():
-            # Known to fail: count and skip at once rather than stall every batch.
-            self.dlq_failures_total += len(rejects)
-            breaker.skipped += len(rejects)
-            log.error("dead-letter topic %s still failing: skipped %d rejects without a "
-                      "try (%s)", self.dlq_topic, len(rejects), offset_ranges(rejects))
-            return 0
-        todo = list(rejects)
-        written = 0
-        backoff = self.dlq_backoff_s
-        last_error: dict[int, str] = {}
-        for attempt in range(1, self.dlq_attempts + 1):
-            # Retries go one record at a time: the broker refuses a produce batch
-            # whole when one record in it is too large for the topic.
-            failed_idx = self._write_dlq(todo, last_error, one_by_one=attempt > 1)
-            written += len(todo) - len(failed_idx)
-            todo = [todo[i] for i in failed_idx]
-            last_error = {n: last_error[i] for n, i in enumerate(failed_idx)
-                          if i in last_error}
-            if not todo:
-                if breaker.open_until is not None:
-                    log.warning("dead-letter writes to %s succeed again (%d rejects were "
-                                "skipped while they failed)", self.dlq_topic,
-                                breaker.closed())
-                return written
-            # A fresh producer for the next attempt: some failures (kafka-python's
-            # "too large" with idempotence) leave a producer unusable.
-            self._close_producer()
-            if attempt == self.dlq_attempts:
-                break
-            log.warning("%d dead-letter writes failed (attempt %d of %d); retrying in "
-                        "%.1fs", len(todo), attempt, self.dlq_attempts, backoff)
-            if self.stop.wait(backoff):
-                raise DeadLetterError(f"stopped while {len(todo)} rejects were not yet in "
-                                      f"{self.dlq_topic}")
-            backoff *= 2
-        for i, (rej, topic, partition, offset) in enumerate(todo):
-            self.dlq_failures_total += 1
-            if i < 5:
-                log.error("DEAD-LETTER WRITE FAILED %d times; skipping the reject %s at "
-                          "%s[%d]@%d (%d bytes): %s", self.dlq_attempts, rej.reason, topic,
-                          partition, offset, len(rej.raw), last_error.get(i, "not delivered"))
-        if len(todo) > 5:
-            log.error("... and %d more rejects skipped the same way (%s)", len(todo) - 5,
-                      offset_ranges(todo[5:]))
-        error = next(iter(last_error.values()), "not delivered")
-        if written:
-            # The topic takes records: these ones failed for themselves (too large for
-            # it, say), which is no reason to stop writing the others.
-            return written
-        wait = breaker.opened(error)
-        log.error("dead-letter topic %s cannot be written (%s; none of this batch's %d "
-                  "rejects went in): the next batches' rejects are counted and skipped "
-                  "without a try for %.0f s, so that the stream does not wait on it",
-                  self.dlq_topic, error, len(todo), wait)
-        return written
-
-    def _write_dlq(self, todo: list[RejectAt], errors: dict[int, str],
-                   one_by_one: bool = False) -> list[int]:
-        """One attempt at every record of ``todo`` (``one_by_one``: each delivered or
-        failed before the next is sent, on a fresh producer after a failure); returns
-        the indexes that failed."""
-        assert self.dlq_topic is not None
-        delivered: set[int] = set()
-        errors.clear()
-
-        def callback(i: int) -> Callable[[KafkaClientError | None, Record | None], None]:
-            def on_delivery(err: KafkaClientError | None, rec: Record | None) -> None:
-                if err is None:
-                    delivered.add(i)
-                else:
-                    errors[i] = str(err)
-            return on_delivery
-
-        flush_s = self.dlq_timeout_ms / 1000.0 + 5.0
-        for i, (rej, topic, partition, offset) in enumerate(todo):
-            if self._producer is None:
-                try:
-                    self._producer = make_producer(
-                        self.settings, client_id=f"{self.client_id}-dlq", linger_ms=0,
-                        delivery_timeout_ms=self.dlq_timeout_ms,
-                        max_block_ms=self.dlq_timeout_ms)
-                except KafkaClientError as exc:
-                    errors.update(dict.fromkeys(range(i, len(todo)), str(exc)))
-                    break
-            producer = self._producer
-            value, headers = dlq_payload(rej, topic=topic, partition=partition, offset=offset,
-                                         max_bytes=self.settings.dlq_max_bytes)
-            try:
-                producer.send(self.dlq_topic, value, headers=headers, on_delivery=callback(i))
-            except KafkaClientError as exc:
-                errors[i] = str(exc)
-            if one_by_one:
-                producer.flush(flush_s)
-                if i not in delivered:
-                    # Some failures (kafka-python's "too large") leave a producer unusable.
-                    self._close_producer()
-        if self._producer is not None:
-            # The delivery timeout bounds every record, so all callbacks run within it.
-            self._producer.flush(flush_s)
-        return [i for i in range(len(todo)) if i not in delivered]
-
     def _rewind(self, batch: ConsumedBatch) -> None:
         """Read ``batch`` again: seek back and forget its ids (they are not duplicates)."""
         for ev in batch.events:
             self._recent.pop(ev.event_id, None)
         self.seek(batch.first_offsets)
-
-    # ------------------------------------------------------------------ offsets
-
-    def commit(self, offsets: Mapping[Partition, int]) -> None:
-        """Commit exactly these next-offsets (synchronously; inside ``on_revoke`` too).
-
-        Raises
-        ------
-        KafkaClientError
-            The broker refused the commit (e.g. the member left the group).
-        """
-        if not offsets:
-            return
-        self._client.commit(offsets)
-        self.commits_total += 1
-
-    def committed(self, parts: Iterable[Partition] | None = None, timeout_s: float = 10.0
-                  ) -> dict[Partition, int | None]:
-        """The group's committed next-offset of ``parts`` (default: every assigned
-        partition); None where the group has none."""
-        wanted = self.assignment() if parts is None else parts
-        return self._client.committed(sorted(wanted), timeout_s)
-
-    def seek(self, offsets: Mapping[Partition, int]) -> None:
-        """Move the read position of assigned partitions (others are ignored, also one
-        that kafka-python's IO thread revokes between the check and the seek)."""
-        assigned = self.assignment()
-        for part, offset in offsets.items():
-            if part not in assigned:
-                log.debug("not seeking unassigned partition %s", part)
-                continue
-            try:
-                self._client.seek(part, offset)
-            except KafkaClientError:
-                if part in self.assignment():
-                    raise
-                log.info("not seeking %s: revoked meanwhile", part)
-                continue
-            self._handed_out[part] = offset
-        self._pending = [p for p in self._pending if p[0] not in offsets]
-
-    def pause(self, parts: Iterable[Partition]) -> None:
-        """Stop fetching these assigned partitions; the member keeps them (another
-        reader -- :mod:`stream.child_reader` -- reads them)."""
-        self._client.pause(parts)
-
-    def beginning_offsets(self, parts: Iterable[Partition]) -> dict[Partition, int]:
-        """The oldest offset each partition still holds (the low watermark)."""
-        return self._client.beginning_offsets(parts)
-
-    def end_offsets(self, parts: Iterable[Partition]) -> dict[Partition, int]:
-        """The offset after the last record of each partition (the high watermark)."""
-        return self._client.end_offsets(parts)
-
-    def assignment(self) -> set[Partition]:
-        """Partitions currently assigned to this member."""
-        return self._client.assignment()
-
-    def lag(self) -> dict[Partition, int]:
-        """Records not yet read per assigned partition (end offset - position);
-        partitions whose position is not known yet are left out."""
-        return partition_lag(self._client, self.assignment())
 
     # ------------------------------------------------------------------ loop
 
@@ -704,12 +433,6 @@ class MiniBatchConsumer:
         with contextlib.suppress(Exception):
             self._client.close()
         self._close_producer()
-
-    def _close_producer(self) -> None:
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            with contextlib.suppress(Exception):
-                producer.close(10.0)
 
     def __enter__(self) -> MiniBatchConsumer:
         return self

@@ -1,6 +1,9 @@
 """The trainer application: composes :mod:`stream` (Kafka in) and :mod:`online_models`.
 
-* :mod:`trainer.service` -- the service loop (:class:`Trainer`);
+* :mod:`trainer.service` -- the service loop (:class:`Trainer`); its parts:
+  :mod:`trainer.persistence` (restore, snapshot, commit), :mod:`trainer.membership`
+  (the source, its consumer, the rebalance hooks), :mod:`trainer.status` (gauges, the
+  status line);
 * :mod:`trainer.source` -- the polling/decoding thread ahead of learning;
 * :mod:`trainer.checkpoint` -- snapshot capture, background writes, restore;
 * :mod:`trainer.adaptation` -- drift adaptation of declared hyperparameters;

@@ -20,6 +20,11 @@ assignment that the snapshot knows resumes at the snapshot's offsets, so after a
 the models equal a crash-free run's. A partition the group gives it only later follows
 the group's commit (another member learned it meanwhile), as one revoked and given back
 later does.
+
+This module holds the loop, the per-batch work and the snapshot cadence; the rest of
+:class:`Trainer` is in its parts: :mod:`trainer.persistence` (restore, capture,
+checkpoint, commit), :mod:`trainer.membership` (the source, its consumer, the
+rebalance hooks) and :mod:`trainer.status` (gauges, the status line).
 """
 
 from __future__ import annotations
@@ -35,13 +40,13 @@ from online_models import registry
 from online_models.base import Batch, OnlineModel, UserHistory, learning_order
 from online_models.drift import ConceptDriftMonitor, DataDriftTracker
 from online_models.evaluation import PrequentialEvaluator
-from online_models.snapshot import CapturedState, SnapshotStore, capture
+from online_models.snapshot import SnapshotStore
 from stream.consumer import MiniBatchConsumer, Partition
 from stream.dlq_guard import ensure_dead_letter_topic
 from stream.settings import KafkaSettings
 from stream.signals import stop_on_signals
 from trainer.adaptation import DriftAdaptation
-from trainer.checkpoint import Checkpointer, Written
+from trainer.checkpoint import Checkpointer
 from trainer.content import TrainerContent
 from trainer.dedup import DedupWindow
 from trainer.embedding_watch import EmbeddingDriftWatch
@@ -50,9 +55,12 @@ from trainer.flood import FloodGuard, FloodSettings
 from trainer.follow import Followed, FollowedModel
 from trainer.follow_swap import FollowedInUse
 from trainer.lost_snapshot import LostSnapshotGuard, MissingSnapshotError
+from trainer.membership import GroupMembership
 from trainer.metrics import TrainerMetrics
+from trainer.persistence import TrainerPersistence
 from trainer.settings import TrainerSettings
 from trainer.source import BatchSource, PolledBatch
+from trainer.status import TrainerStatus
 
 __all__ = ["IDLE_COPY_FRACTION", "Trainer", "TrainerResult"]
 
@@ -96,7 +104,7 @@ class TrainerResult:
         return max(0.0, self.seconds - self.first_batch_s - self.shutdown_s)
 
 
-class Trainer:
+class Trainer(TrainerPersistence, GroupMembership, TrainerStatus):
     """The trainer service (see the module docstring).
 
     Parameters
@@ -210,107 +218,6 @@ class Trainer:
             self.followed_versions.keep_restored(self._restored_followed)
             self.take_followed(self.followed.load_now())
 
-    # ------------------------------------------------------------------ restore
-
-    def _fresh(self, name: str) -> OnlineModel:
-        return registry.create(name, **self.settings.model_params.get(name, {}))
-
-    def _restore(self) -> None:
-        snap = self.checkpointer.restore()
-        if snap is None:
-            log.info("no valid snapshot in %s: starting from scratch",
-                     self.checkpointer.store.root)
-            self.models = {name: self._fresh(name) for name in self.names}
-            registry.bind(self.models)
-            return
-        for name in self.names:
-            if name in snap.models:
-                self.models[name] = snap.models[name]
-            else:
-                log.warning("model %s is not in snapshot %d: starting it fresh", name,
-                            snap.version)
-                self.models[name] = self._fresh(name)
-        registry.bind(self.models)
-        self.history = snap.history
-        self.events_total = snap.events_total
-        self.watermark = snap.watermark
-        self.offsets = {
-            (t, p): o for t, parts in snap.offsets.items() for p, o in parts.items()
-        }
-        self._snap_offsets = dict(self.offsets)
-        self._snap_events_total = self.events_total
-        self.snapshot_version = snap.version
-        self.dedup = DedupWindow.from_arrays(
-            snap.extra_arrays, window_s=self.settings.dedup_window_s,
-            max_ids=self.settings.dedup_max_ids,
-        )
-        self.data_drift.load_arrays(snap.extra_arrays)
-        self.flood.load_arrays(snap.extra_arrays)
-        meta = snap.extra_meta
-        self._restored_followed = dict(meta.get("followed", {}))
-        for name, st in meta.get("drift", {}).items():
-            mon = self.monitors.get(name)
-            if mon is not None:
-                mon.alarms.update(st.get("alarms", {}))
-                mon.last_alarm_time = st.get("last_alarm_time")
-        self.adaptation.load_meta(meta.get("adapt", {}), self.models)
-        for name in self.adaptation.active:
-            self.metrics.drift_adapting.labels(model=name).set(1)
-        self.embedding_watch.remember(self.models)
-        self.metrics.events_total.set(self.events_total)
-        log.info("restored snapshot %d: events_total=%d, offsets=%s, models=%s",
-                 snap.version, self.events_total, snap.offsets, sorted(snap.models))
-
-    # ------------------------------------------------------------------ rebalance hooks
-    # Both run in the consumer's thread: the source thread's poll (librdkafka), or
-    # kafka-python's IO thread.
-
-    def _on_assign(self, parts: set[Partition]) -> dict[Partition, int]:
-        for _, partition in parts:
-            self.metrics.partition(partition)
-        # Partitions the snapshot does not know start from the group's committed
-        # offset (else the earliest), which the consumer does by itself (or, handed
-        # straight back, where the source dropped unlearned records: see BatchSource).
-        # A partition handed straight back by the rebalance that revoked it resumes at
-        # this trainer's own offset (the one it just committed, unless that commit failed).
-        back = {p: o for p, o in self._just_revoked.items() if p in parts}
-        self._just_revoked = {}
-        if self._first_assignment:
-            # Partitions the restored snapshot knows but the group gave to another
-            # member are stale here as revoked ones are: should one come later, the
-            # other member will have learned on, and the group's commit decides.
-            self._first_assignment = False
-            for p in [p for p in self.offsets if p not in parts]:
-                log.info("%s is not assigned: it follows the group's commit if it "
-                         "comes back (not the snapshot's offset %d)", p, self.offsets[p])
-                del self.offsets[p]
-        self.offsets.update(back)
-        return {p: self.offsets[p] for p in parts if p in self.offsets}
-
-    def _on_revoke(self, parts: set[Partition]) -> dict[Partition, int] | None:
-        """Ask the learner for a synchronous checkpoint and wait for it."""
-        self._revoke_done.clear()
-        self._revoke_parts = set(parts)
-        self._revoke_request.set()
-        while not self._revoke_done.wait(0.1):
-            if self.stop_event.is_set() or not self._learning:
-                return self._snap_offsets  # the learner is stopping: its last snapshot
-        return self._revoke_offsets
-
-    def _serve_revoke(self) -> None:
-        if self._revoke_request.is_set():
-            self._revoke_request.clear()
-            written = self.checkpoint("revoke", wait=True)
-            # Nothing moved since a restore, or the write failed: the last durable
-            # snapshot's offsets (a restored trainer has no ``checkpointer.last``).
-            self._revoke_offsets = written.offsets if written else self._snap_offsets
-            # The next owner resumes these partitions from the commit. Should one come
-            # back here later, it resumes from the group's commit too: this trainer's
-            # own offset would be stale by then (re-learning what another learned).
-            self._just_revoked = {p: self.offsets.pop(p) for p in self._revoke_parts
-                                  if p in self.offsets}
-            self._revoke_done.set()
-
     # ------------------------------------------------------------------ loop
 
     def stop(self) -> None:
@@ -416,31 +323,6 @@ class Trainer:
             self.snapshot_version, t_end - t_start,
             None if first_batch_at is None else first_batch_at - t_start, t_end - t_stop,
             dict(self.capped), busy_s,
-        )
-
-    def _new_source(self) -> BatchSource:
-        """The source of this run's batches: a thread polling and decoding here, or
-        (``source_kind`` "process") a reader process that does it."""
-        s = self.settings
-        common: dict[str, Any] = dict(
-            batch_size=s.batch_size, max_wait_s=s.max_wait_ms / 1000.0,
-            prefetch=s.prefetch_batches, limits=self.kafka.limits,
-            weights=self.kafka.event_weights, on_assign=self._on_assign,
-            on_revoke=self._on_revoke, join_timeout_s=s.join_timeout_s)
-        factory = self._consumer_factory or self._make_consumer
-        if self.source_kind == "process":
-            from trainer.process_source import ProcessBatchSource
-
-            return ProcessBatchSource(factory, kafka=self.kafka, group=s.group, **common)
-        return BatchSource(factory, **common)
-
-    def _make_consumer(self, **hooks: Any) -> MiniBatchConsumer:
-        s = self.settings
-        return MiniBatchConsumer(
-            self.kafka, s.group, batch_size=s.batch_size, max_wait_ms=s.max_wait_ms,
-            client_id="liverec-trainer", session_timeout_ms=s.session_timeout_ms,
-            heartbeat_interval_ms=max(100, s.session_timeout_ms // 3),
-            stop=self.stop_event, **hooks,
         )
 
     def _limit_reached(self, elapsed: float, idle: float) -> bool:
@@ -559,58 +441,7 @@ class Trainer:
         event they learned (:meth:`~trainer.follow_swap.FollowedInUse.take`)."""
         self.followed_versions.take(new, self.kafka.topic, self.offsets, self.watermark)
 
-    # ------------------------------------------------------------------ snapshot + commit
-
-    def _capture(self) -> CapturedState:
-        return capture(
-            self.models,
-            history=self.history,
-            offsets=_nest(self.offsets),
-            events_total=self.events_total,
-            watermark=self.watermark,
-            metrics=self._metric_summary(),
-            extra_arrays={**self.dedup.to_arrays(), **self.data_drift.to_arrays(),
-                          **self.flood.to_arrays()},
-            extra_meta=self._extra_meta(),
-            reuse=self.followed_versions.captured(),
-        )
-
-    def checkpoint(self, reason: str = "periodic", wait: bool = False) -> Written | None:
-        """Snapshot if anything moved (``wait``: synchronously). Never raises.
-
-        Returns the durable snapshot when ``wait`` (the last one if nothing moved);
-        a background write reports through :meth:`_finish_checkpoint`.
-        """
-        if wait:
-            self._finish_checkpoint(wait=True)
-        if self._lost is not None and not self._lost.allows_write(5.0 if wait else 0.0):
-            self.checkpointer.last_attempt_wall = time.time()
-            return None  # nothing durable before the group is known not to have moved on
-        changed = (self.offsets != self._snap_offsets
-                   or self.events_total != self._snap_events_total)
-        if not changed:
-            self.checkpointer.last_attempt_wall = time.time()
-            return self.checkpointer.last
-        if not wait and self.checkpointer.busy:
-            return None  # the previous write is still going: try at the next period
-        offsets = dict(self.offsets)
-        try:
-            t0 = time.perf_counter()
-            cap = self._capture()
-            self._capture_s = time.perf_counter() - t0
-        except Exception:
-            self.metrics.snapshot_errors.inc()
-            self.metrics.loop_errors.labels(stage="snapshot").inc()
-            self.checkpointer.last_attempt_wall = time.time()
-            log.exception("capturing the state for a snapshot (%s) failed", reason)
-            return None
-        if not wait:
-            self.checkpointer.submit(cap, offsets, self.events_total)
-            return None
-        written = self.checkpointer.write(cap, offsets, self.events_total)
-        if written is not None:
-            self._durable(written, commit=reason != "revoke")
-        return written
+    # ------------------------------------------------------------------ snapshot cadence
 
     def _snapshot_gap(self) -> float:
         """Seconds between periodic snapshots: ``snapshot_every_s``, or longer when
@@ -626,85 +457,3 @@ class Trainer:
         if s.snapshot_write_share:
             gap = max(gap, self.checkpointer.last_write_s / s.snapshot_write_share)
         return gap
-
-    def _finish_checkpoint(self, wait: bool = False) -> None:
-        written = self.checkpointer.done(wait=wait)
-        if written is not None:
-            self._durable(written, commit=True)
-
-    def _durable(self, written: Written, commit: bool) -> None:
-        self._snap_offsets = written.offsets
-        self._snap_events_total = written.events_total
-        self.snapshot_version = written.info.version
-        if commit and self.source is not None and self._learning:
-            self.source.commit(written.offsets)
-        self.embedding_watch.compare(self.models)
-
-    def _metric_summary(self) -> dict[str, Any]:
-        return {**self.evaluation.summary(), "data_drift": self.data_drift.values()}
-
-    def _extra_meta(self) -> dict[str, Any]:
-        return {
-            "trainer": {"group": self.settings.group, "topic": self.kafka.topic},
-            "dedup": {"window_s": self.dedup.window_s, "max_ids": self.dedup.max_ids},
-            "drift": {n: mon.state() for n, mon in self.monitors.items()},
-            "adapt": self.adaptation.to_meta(),
-            # models another trainer learns (--follow): the version each snapshot carries
-            "followed": self.followed_versions.meta(),
-        }
-
-    # ------------------------------------------------------------------ metrics + status
-
-    def _update_gauges(self) -> None:
-        m = self.metrics
-        try:
-            for name, model in self.models.items():
-                m.users_known.labels(model=name).set(model.n_users)
-                m.items_known.labels(model=name).set(model.n_items)
-            self.evaluation.update_gauges()
-            m.users_tracked.set(len(self.history))
-            for dist, vals in self.data_drift.values().items():
-                if vals["psi"] is not None:
-                    m.data_drift_psi.labels(distribution=dist).set(vals["psi"])
-                if vals["js"] is not None:
-                    m.data_drift_js.labels(distribution=dist).set(vals["js"])
-            m.events_total.set(self.events_total)
-            if self.watermark is not None:
-                m.watermark.set(self.watermark)
-                m.event_time_lag.set(time.time() - self.watermark)
-            if self.source is not None:
-                src = self.source
-                m.export_lag({p: n for p, n in dict(src.lag).items() if p in src.assigned})
-                for key, counter, now in (
-                    ("dlq", m.dlq_failures, src.dlq_failures),
-                    ("consume", m.loop_errors.labels(stage="consume"), src.errors),
-                    ("commit", m.loop_errors.labels(stage="commit"), src.commit_errors),
-                    ("commits", m.offset_commits, src.commits_total),
-                ):
-                    if now > self._seen.get(key, 0):
-                        counter.inc(now - self._seen.get(key, 0))
-                        self._seen[key] = now
-        except Exception:
-            m.loop_errors.labels(stage="metrics").inc()
-            log.exception("updating gauges failed")
-
-    def status_line(self) -> str:
-        # Without partitions nothing is learned: say so, and where it is waiting (a
-        # bootstrap nobody answers on looks like a quiet topic otherwise).
-        parts = len(self.source.assigned) if self.source is not None else 0
-        waiting = "" if parts or self.stop_event.is_set() else (
-            f" (waiting to join group {self.settings.group} at {self.kafka.bootstrap})")
-        return (
-            f"partitions={parts}{waiting} "
-            f"events learned={self.events_learned} total={self.events_total} "
-            f"dup={self.duplicates} rejected={self.rejected} rate={self._rate:.0f}/s "
-            f"users={len(self.history)} {self.evaluation.hr_line()} "
-            f"snapshot={self.snapshot_version}"
-        )
-
-
-def _nest(offsets: Mapping[Partition, int]) -> dict[str, dict[int, int]]:
-    out: dict[str, dict[int, int]] = {}
-    for (t, p), o in offsets.items():
-        out.setdefault(t, {})[p] = o
-    return out

@@ -1,0 +1,95 @@
+"""The trainer's gauges and status line (:class:`TrainerStatus`).
+
+Every ``status_every_s`` (and at shutdown) :class:`~trainer.service.Trainer` sets its
+gauges -- model sizes, evaluation figures, data drift, watermark and lag -- adds the
+source thread's counters to the metrics, and logs :meth:`TrainerStatus.status_line`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from online_models.base import OnlineModel, UserHistory
+from online_models.drift import DataDriftTracker
+from stream.settings import KafkaSettings
+from trainer.evaluation import TrainerEvaluation
+from trainer.metrics import TrainerMetrics
+from trainer.settings import TrainerSettings
+from trainer.source import BatchSource
+
+__all__ = ["TrainerStatus"]
+
+# Log lines keep the trainer's one logger name (every log line shows it).
+log = logging.getLogger("trainer.service")
+
+
+class TrainerStatus:
+    """Gauges and the status line: a part of :class:`~trainer.service.Trainer` (see
+    the module docstring), which sets the state named here."""
+
+    settings: TrainerSettings
+    kafka: KafkaSettings
+    metrics: TrainerMetrics
+    stop_event: threading.Event
+    models: dict[str, OnlineModel]
+    history: UserHistory
+    evaluation: TrainerEvaluation
+    data_drift: DataDriftTracker
+    source: BatchSource | None
+    events_learned: int
+    events_total: int
+    duplicates: int
+    rejected: int
+    watermark: float | None
+    snapshot_version: int | None
+    _rate: float
+    _seen: dict[str, int]
+
+    def _update_gauges(self) -> None:
+        m = self.metrics
+        try:
+            for name, model in self.models.items():
+                m.users_known.labels(model=name).set(model.n_users)
+                m.items_known.labels(model=name).set(model.n_items)
+            self.evaluation.update_gauges()
+            m.users_tracked.set(len(self.history))
+            for dist, vals in self.data_drift.values().items():
+                if vals["psi"] is not None:
+                    m.data_drift_psi.labels(distribution=dist).set(vals["psi"])
+                if vals["js"] is not None:
+                    m.data_drift_js.labels(distribution=dist).set(vals["js"])
+            m.events_total.set(self.events_total)
+            if self.watermark is not None:
+                m.watermark.set(self.watermark)
+                m.event_time_lag.set(time.time() - self.watermark)
+            if self.source is not None:
+                src = self.source
+                m.export_lag({p: n for p, n in dict(src.lag).items() if p in src.assigned})
+                for key, counter, now in (
+                    ("dlq", m.dlq_failures, src.dlq_failures),
+                    ("consume", m.loop_errors.labels(stage="consume"), src.errors),
+                    ("commit", m.loop_errors.labels(stage="commit"), src.commit_errors),
+                    ("commits", m.offset_commits, src.commits_total),
+                ):
+                    if now > self._seen.get(key, 0):
+                        counter.inc(now - self._seen.get(key, 0))
+                        self._seen[key] = now
+        except Exception:
+            m.loop_errors.labels(stage="metrics").inc()
+            log.exception("updating gauges failed")
+
+    def status_line(self) -> str:
+        # Without partitions nothing is learned: say so, and where it is waiting (a
+        # bootstrap nobody answers on looks like a quiet topic otherwise).
+        parts = len(self.source.assigned) if self.source is not None else 0
+        waiting = "" if parts or self.stop_event.is_set() else (
+            f" (waiting to join group {self.settings.group} at {self.kafka.bootstrap})")
+        return (
+            f"partitions={parts}{waiting} "
+            f"events learned={self.events_learned} total={self.events_total} "
+            f"dup={self.duplicates} rejected={self.rejected} rate={self._rate:.0f}/s "
+            f"users={len(self.history)} {self.evaluation.hr_line()} "
+            f"snapshot={self.snapshot_version}"
+        )
