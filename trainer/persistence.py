@@ -80,8 +80,14 @@ class TrainerPersistence:
     def _restore(self) -> None:
         snap = self.checkpointer.restore()
         if snap is None:
-            log.info("no valid snapshot in %s: starting from scratch",
-                     self.checkpointer.store.root)
+            refused = len(self.checkpointer.refused)
+            if refused:
+                log.warning("none of the %d snapshot version(s) in %s could be loaded (see "
+                            "above): starting from scratch, unless its consumer group "
+                            "committed offsets", refused, self.checkpointer.store.root)
+            else:
+                log.info("no valid snapshot in %s: starting from scratch",
+                         self.checkpointer.store.root)
             self.models = {name: self._fresh(name) for name in self.names}
             registry.bind(self.models)
             return

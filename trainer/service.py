@@ -241,7 +241,8 @@ class Trainer(TrainerPersistence, GroupMembership, TrainerStatus):
                          name="liverec-dlq-check", daemon=True).start()
         if self.snapshot_version is None:
             self._lost = LostSnapshotGuard(self.kafka, s.group, self.checkpointer.store.root,
-                                           s.on_missing_snapshot, on_refuse=self.stop_event.set)
+                                           s.on_missing_snapshot, on_refuse=self.stop_event.set,
+                                           refused=self.checkpointer.refused)
             self._lost.start()
         t_start = time.monotonic()
         restore_signals = stop_on_signals(self.stop_event, "final snapshot + commit")

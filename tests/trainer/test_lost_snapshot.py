@@ -99,7 +99,7 @@ def test_snapshots_refused_for_a_missing_model_are_not_called_lost(
     monkeypatch.setitem(registry.MODEL_PATHS, "test-gone",
                         "tests.trainer.test_lost_snapshot:GonePopularity")
     root = tmp_path / "snaps"
-    settings = _settings(root, group, models="popularity,test-gone")
+    settings = _settings(root, group).model_copy(update={"models": "popularity,test-gone"})
     assert Trainer(settings, kafka).run().events_total == 300
     written = SnapshotStore(root).latest_version()
 
