@@ -189,7 +189,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await asyncio.to_thread(state.load_initial)
+        await asyncio.to_thread(state.load_at_start)
         # Kafka connects in the background: start-up never waits for it, and a server
         # started while Kafka is down connects when it comes back.
         state.start_background()

@@ -176,6 +176,16 @@ class ServingState:
         self._swap(loaded)
         return True
 
+    def load_at_start(self) -> bool:
+        """The server's first load: :meth:`load_initial`, recording a refusal as
+        :meth:`check_reload` does, so the first ticks wait for their turn instead of
+        reading (and logging) the same refused versions again at once."""
+        try:
+            latest = self.store.latest_version()
+        except OSError:
+            latest = None  # check_reload says why, on its first tick
+        return self.load_initial() if latest is None else self._load_first(latest)
+
     def check_reload(self) -> bool:
         """Load ``LATEST`` if it names a new version; True when a new one was swapped in.
 

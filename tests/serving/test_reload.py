@@ -320,6 +320,21 @@ def test_with_nothing_served_a_refused_first_snapshot_is_not_reread_every_tick(
     assert state.current is not None and state.current.version == v1 and not state.refused
 
 
+def test_a_refusal_at_start_is_not_read_again_on_the_first_tick(
+    tmp_path: Path, trained: Trained, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SnapshotStore(tmp_path / "snaps")
+    v1 = _write(store, trained)
+    _half_copy(store, v1)
+    state = ServingState(settings_for(store.root), ServingMetrics(), clock=_Clock())
+    with caplog.at_level(logging.WARNING, logger="online_models.snapshot"):
+        assert state.load_at_start() is False
+        assert state.check_reload() is False
+    assert _refused_count(state) == 1 and v1 in state.refused
+    refusals = [r for r in caplog.records if "refusing snapshot" in r.getMessage()]
+    assert len(refusals) == 1, caplog.text  # was logged twice, 15 ms apart
+
+
 def test_a_version_refused_for_days_keeps_its_capped_delay() -> None:
     """The delay doubles up to its cap and stays there: the 1,025th refusal (85 hours
     in at 5 minutes) overflowed 2.0 ** 1024 and broke every later reload."""
