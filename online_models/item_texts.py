@@ -8,7 +8,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from online_models.datasets import _col, _header, _open_text, csv_rows, detect_preset
+from online_models.csv_files import _col, _header, _open_text, csv_rows
+from online_models.datasets import detect_preset
 
 __all__ = ["ITEM_TEXT_PRESETS", "RETAIL_CODE_CHARS", "item_texts_source", "read_item_texts"]
 

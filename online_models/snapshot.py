@@ -17,22 +17,25 @@ a corrupt, truncated or tampered snapshot raises :class:`SnapshotError`, and
 :meth:`SnapshotStore.load_latest_valid` falls back to the previous good version.
 
 Nothing here can execute code on load: tensors are safetensors, metadata is JSON.
+
+This module holds :class:`SnapshotStore` and what it returns (:class:`Snapshot`,
+:class:`SnapshotInfo`, :class:`SnapshotError`) and re-exports the parts, which live
+beside it: :mod:`online_models.snapshot_capture` (:func:`capture`,
+:class:`CapturedState`) and :mod:`online_models.snapshot_files` (writing the files
+durably, their checksums).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import shutil
-import sys
 import time
 import uuid
 import weakref
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,10 +47,26 @@ import safetensors.numpy as stn
 
 from online_models import registry
 from online_models.base import ModelState, OnlineModel, UserHistory
+from online_models.snapshot_capture import (
+    _EXTRA_PREFIX,
+    _HISTORY_PREFIX,
+    CapturedState,
+    Offsets,
+    _json_default,
+    capture,
+)
+from online_models.snapshot_files import (
+    _fsync_dir,
+    _manifest_digest,
+    _sha256,
+    _write_durable,
+    _write_files,
+)
 
 __all__ = [
     "FORMAT_VERSION",
     "CapturedState",
+    "Offsets",
     "Snapshot",
     "SnapshotError",
     "SnapshotInfo",
@@ -63,12 +82,6 @@ _LATEST = "LATEST"
 _PUBLISH_LOCK = ".LATEST.lock"
 _MANIFEST = "manifest.json"
 _STATE_FILE = "state.safetensors"
-_HISTORY_PREFIX = "history"
-_EXTRA_PREFIX = "extra."
-# Large files are hashed and written in chunks so hashing overlaps writing.
-_CHUNK = 16 << 20
-
-Offsets = Mapping[str, Mapping[int, int]]
 
 
 class SnapshotError(Exception):
@@ -113,215 +126,6 @@ class Snapshot:
             t: {int(p): int(o) for p, o in parts.items()}
             for t, parts in self.manifest.get("offsets", {}).items()
         }
-
-
-def _sha256(data: bytes | memoryview) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _manifest_digest(manifest: Mapping[str, Any]) -> str:
-    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-    return _sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
-
-
-def _write_durable(path: Path, data: bytes) -> str:
-    """Write ``data`` to ``path``, fsync it, and return its SHA-256."""
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    return _sha256(data)
-
-
-_ST_DTYPES = {
-    np.dtype(np.float64): "F64",
-    np.dtype(np.float32): "F32",
-    np.dtype(np.float16): "F16",
-    np.dtype(np.int64): "I64",
-    np.dtype(np.int32): "I32",
-    np.dtype(np.int16): "I16",
-    np.dtype(np.int8): "I8",
-    np.dtype(np.uint64): "U64",
-    np.dtype(np.uint32): "U32",
-    np.dtype(np.uint16): "U16",
-    np.dtype(np.uint8): "U8",
-    np.dtype(np.bool_): "BOOL",
-}
-
-
-def _write_safetensors(path: Path, arrays: Mapping[str, np.ndarray]) -> tuple[str, int]:
-    """Stream ``arrays`` to ``path`` in the safetensors layout; return (SHA-256, bytes).
-
-    ``safetensors.numpy.save`` first builds the whole file in one ``bytes`` object,
-    which for a 256 MB table costs more than the disk write. This writes the same
-    layout (8-byte little-endian header length, JSON header padded to 8 bytes, then
-    the raw little-endian buffers in header order) straight from each array's memory
-    and hashes it on a second thread while the first one writes. Files are read back
-    with the library's own ``safetensors.numpy.load``, which validates the layout.
-    """
-    header: dict[str, Any] = {}
-    buffers: list[memoryview] = []
-    offset = 0
-    for name in sorted(arrays):
-        arr = np.ascontiguousarray(arrays[name])
-        if arr.dtype.byteorder == ">":
-            arr = arr.astype(arr.dtype.newbyteorder("<"))
-        code = _ST_DTYPES.get(np.dtype(arr.dtype.str.replace(">", "<")))
-        if code is None:
-            raise TypeError(f"array {name!r}: dtype {arr.dtype} not storable")
-        buf = arr.reshape(-1).view(np.uint8).data if arr.size else memoryview(b"")
-        header[name] = {
-            "dtype": code,
-            "shape": list(arr.shape),
-            "data_offsets": [offset, offset + len(buf)],
-        }
-        buffers.append(buf)
-        offset += len(buf)
-    head = orjson.dumps(header)
-    head += b" " * (-len(head) % 8)
-    prefix = len(head).to_bytes(8, "little") + head
-
-    h = hashlib.sha256(prefix)
-    pool = _hash_pool()
-    chunks = [b[i : i + _CHUNK] for b in buffers for i in range(0, len(b), _CHUNK)]
-    # hashlib and file writes both release the GIL on large buffers, so hashing
-    # chunk n+1 overlaps writing chunk n on a second core.
-    pending = pool.submit(_hash_all, h, chunks)
-    with open(path, "wb") as f:
-        f.write(prefix)
-        for c in chunks:
-            f.write(c)
-        f.flush()
-        os.fsync(f.fileno())
-    pending.result()
-    return h.hexdigest(), len(prefix) + offset
-
-
-def _write_files(root: Path, files: Mapping[str, Mapping[str, np.ndarray]], threads: int
-                 ) -> dict[str, tuple[str, int]]:
-    """Write each ``files[name]`` to ``root / name`` (``threads`` at a time, largest
-    first); (SHA-256, bytes) by name."""
-    def one(name: str) -> tuple[str, int]:
-        return _write_safetensors(root / name, files[name])
-
-    if threads <= 1 or len(files) <= 1:
-        return {name: one(name) for name in files}
-    order = sorted(files, key=lambda n: -sum(a.nbytes for a in files[n].values()))
-    with ThreadPoolExecutor(threads, thread_name_prefix="snapshot-write") as pool:
-        return dict(zip(order, pool.map(one, order), strict=True))
-
-
-def _hash_all(h: Any, chunks: list[memoryview]) -> None:
-    for c in chunks:
-        h.update(c)
-
-
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _hash_pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-hash")
-    return _POOL
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
-
-
-@dataclass(frozen=True, slots=True)
-class CapturedState:
-    """Everything a snapshot holds, copied out of the live models (see :func:`capture`)."""
-
-    models: dict[str, tuple[ModelState, dict[str, Any]]]
-    state_arrays: dict[str, np.ndarray]
-    manifest: dict[str, Any]
-
-
-def _detached(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``arrays`` with every array the live model may still change copied.
-
-    An array that owns its memory and that nothing but ``arrays`` refers to was made
-    by ``get_state`` for this call (a slice copied, a product, a flattened table): it
-    is taken as it is: copying it again would lengthen the capture, the learner's only
-    pause for a snapshot. Views, arrays over foreign memory (a torch tensor's
-    ``.numpy()``) and arrays the model keeps are copied.
-    """
-    out: dict[str, np.ndarray] = {}
-    for k in arrays:
-        v = arrays[k]
-        # references: the dict's, ``v`` and getrefcount's own argument
-        out[k] = v if v.flags.owndata and sys.getrefcount(v) <= 3 else np.array(v, copy=True)
-    return out
-
-
-def capture(
-    models: Mapping[str, OnlineModel],
-    *,
-    history: UserHistory,
-    offsets: Offsets,
-    events_total: int,
-    watermark: float | None,
-    metrics: Mapping[str, Any] | None = None,
-    extra_arrays: Mapping[str, np.ndarray] | None = None,
-    extra_meta: Mapping[str, Any] | None = None,
-    reuse: Mapping[str, tuple[ModelState, dict[str, Any]]] | None = None,
-) -> CapturedState:
-    """Copy the state a snapshot needs, so the models may go on learning meanwhile.
-
-    This is the only part of a snapshot that must pause learning; the slow part (hash,
-    write, fsync, publish) is :meth:`SnapshotStore.write_captured`, which can run in
-    another thread. ``reuse[name]`` is an earlier capture's entry of a model that has
-    not changed since (a followed model, :mod:`trainer.follow`): it is taken as it is.
-    """
-    captured: dict[str, tuple[ModelState, dict[str, Any]]] = {}
-    for name, model in models.items():
-        if reuse is not None and name in reuse:
-            captured[name] = reuse[name]
-            continue
-        state = model.get_state()
-        state.check()
-        arrays = _detached(state.arrays)
-        meta = orjson.loads(orjson.dumps(state.meta, default=_json_default))
-        captured[name] = (ModelState(arrays=arrays, meta=meta), {
-            "class": state.meta.get("class", getattr(model, "name", "")),
-            "params": meta.get("params", {}),
-            "state_meta": meta,
-            "n_users": int(model.n_users),
-            "n_items": int(model.n_items),
-            "arrays": {k: [str(v.dtype), list(v.shape)] for k, v in arrays.items()},
-        })
-    state_arrays = _detached(history.to_arrays(_HISTORY_PREFIX))
-    for k, v in (extra_arrays or {}).items():
-        if v.dtype == object:
-            raise TypeError(f"extra array {k!r} must be numeric")
-        state_arrays[_EXTRA_PREFIX + k] = np.array(v, copy=True)
-    manifest = {
-        "events_total": int(events_total),
-        "offsets": {
-            str(t): {str(int(p)): int(o) for p, o in parts.items()}
-            for t, parts in offsets.items()
-        },
-        "watermark": None if watermark is None else float(watermark),
-        "metrics": orjson.loads(orjson.dumps(dict(metrics or {}), default=_json_default)),
-        "history": {"max_items": history.max_items, "max_users": history.max_users},
-        "extra_meta": orjson.loads(orjson.dumps(dict(extra_meta or {}),
-                                                default=_json_default)),
-    }
-    return CapturedState(captured, state_arrays, manifest)
 
 
 class SnapshotStore:

@@ -375,7 +375,7 @@ def test_capture_copies_what_the_model_may_change_and_takes_fresh_arrays() -> No
 
 
 def test_detached_takes_only_arrays_nothing_else_holds() -> None:
-    from online_models.snapshot import _detached
+    from online_models.snapshot_capture import _detached
 
     held = np.arange(4.0)
     arrays = {"held": held, "fresh": np.arange(4.0) + 1.0}

@@ -1,0 +1,305 @@
+"""Who is calling and what they may do: :class:`AccessControl` (keys as of now, the
+anonymous policy, the DNS-rebinding guard, the rate limiter) and the caller's
+:class:`Principal`, with the address helpers they use. The FastAPI dependency that
+calls it, :func:`serving.auth.require`, and the settings are in :mod:`serving.auth`,
+which re-exports everything here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import logging
+import math
+import secrets
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fastapi import HTTPException, Request
+
+from serving.api_keys import (
+    _KEY,
+    ANONYMOUS,
+    ApiKey,
+    AuthConfigError,
+    KeyFile,
+    key_table,
+    parse_records,
+    verify_key,
+)
+from serving.errors import api_error
+from serving.ratelimit import RateLimiter, RateLimitSettings
+
+if TYPE_CHECKING:
+    from serving.auth import AuthSettings
+    from serving.metrics import ServingMetrics
+
+__all__ = ["AccessControl", "Principal", "address_bucket", "is_loopback"]
+
+# The name of the module this came from: log lines and logging settings stay as they were.
+log = logging.getLogger("serving.auth")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback interface (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(host: str) -> str:
+    """The name of a ``Host`` value: no port or brackets, lower case, no trailing dot.
+
+    >>> [_host_name(h) for h in ("LocalHost.:8000", "[::1]:80", "10.0.0.5", "")]
+    ['localhost', '::1', '10.0.0.5', '']
+    """
+    host = host.strip()
+    if host.startswith("["):
+        name = host[1:host.find("]")] if "]" in host else host[1:]
+    else:
+        name = host.rsplit(":", 1)[0]
+    return name.lower().rstrip(".")
+
+
+def address_bucket(host: str) -> str:
+    """The rate-limit identity of an anonymous caller at ``host``.
+
+    An IPv4 address is its own; an IPv6 address shares its /64 network's (one host
+    commonly holds a whole /64, so per-address buckets would be unlimited); an
+    IPv4-mapped IPv6 address is its IPv4 address; anything else (a name, a socket
+    path) is itself.
+
+    >>> address_bucket("203.0.113.7"), address_bucket("2001:db8::1:2")
+    ('203.0.113.7', '2001:db8::/64')
+    >>> address_bucket("::ffff:203.0.113.7"), address_bucket("testclient")
+    ('203.0.113.7', 'testclient')
+    """
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a key's name and scopes, or ``anonymous`` from an address."""
+
+    name: str
+    key_id: str | None
+    scopes: frozenset[str]
+    client: str
+
+    @property
+    def caller(self) -> str:
+        """The rate-limit identity (the key id, else :func:`address_bucket`)."""
+        return f"key:{self.key_id}" if self.key_id else f"addr:{address_bucket(self.client)}"
+
+
+class AccessControl:
+    """Keys, the anonymous policy and the rate limiter of one app.
+
+    Parameters
+    ----------
+    auth, limits
+        The settings; ``auth.api_keys_file`` is re-read when it changes, so
+        ``liverec keys revoke`` takes effect without a restart.
+    host
+        The interface the server listens on (anonymous writes are refused on a
+        non-loopback one unless allowed explicitly).
+    metrics
+        Where refusals are counted.
+
+    Raises
+    ------
+    AuthConfigError
+        No key is configured, the host is not loopback and anonymous writes are
+        not allowed; or a record is malformed.
+    """
+
+    def __init__(
+        self,
+        auth: AuthSettings,
+        limits: RateLimitSettings,
+        *,
+        host: str = "127.0.0.1",
+        metrics: ServingMetrics | None = None,
+    ) -> None:
+        self.settings = auth
+        self.limiter = RateLimiter(limits)
+        self.metrics = metrics
+        self._env_keys = parse_records(auth.api_keys)
+        self._file_stamp: tuple[float, int] | None = None
+        self._checked_at = 0.0
+        self.keys: dict[str, ApiKey] = {}
+        self._reload_file(force=True)
+        # HMAC of a presented key -> the hash it verified against: a key costs one
+        # scrypt per process. The HMAC's secret is per process, so the cache holds
+        # nothing that could be replayed or reversed.
+        self._verified: dict[bytes, str] = {}
+        self._cache_secret = secrets.token_bytes(32)
+        if not self.keys and not auth.allow_anonymous_writes and not is_loopback(host):
+            raise AuthConfigError(
+                f"refusing to listen on {host} with POST /v1/events open to anyone: no API "
+                "key is configured. Create one with `liverec keys add NAME` and point "
+                "LIVEREC_API_KEYS_FILE at the file, or pass --allow-anonymous-writes "
+                "(LIVEREC_ALLOW_ANONYMOUS_WRITES=true) if every peer is trusted."
+            )
+        if not self.keys and (auth.require_read_key or auth.protect_ops):
+            raise AuthConfigError(
+                "require_read_key / protect_ops need at least one API key "
+                "(`liverec keys add NAME --scope read`)")
+        # Whether anonymous writes may be open at all; they are while no key is
+        # configured, decided per request (a key added at run time closes them).
+        self._open_writes_allowed = auth.allow_anonymous_writes or is_loopback(host)
+        if self.anonymous_writes:
+            log.warning("no API key configured: POST /v1/events accepts anonymous writes")
+
+    @property
+    def anonymous_writes(self) -> bool:
+        """Whether ``POST /v1/events`` takes anonymous writes, with the keys as of now."""
+        return not self.keys and self._open_writes_allowed
+
+    # ------------------------------------------------------------------ keys
+    def _reload_file(self, force: bool = False) -> None:
+        path = self.settings.api_keys_file
+        now = time.monotonic()
+        if not force and now - self._checked_at < 1.0:
+            return
+        self._checked_at = now
+        file_keys: list[ApiKey] = []
+        if path is not None:
+            try:
+                st = path.stat()
+            except FileNotFoundError as exc:
+                if force:
+                    raise AuthConfigError(f"API key file {path} does not exist") from exc
+                st = None
+            stamp = None if st is None else (st.st_mtime, st.st_size)
+            if not force and stamp == self._file_stamp:
+                return
+            self._file_stamp = stamp
+            try:
+                file_keys = KeyFile(path).load()
+            except (OSError, AuthConfigError) as exc:
+                if force:
+                    raise AuthConfigError(f"API key file {path}: {exc}") from exc
+                log.error("API key file %s unreadable (%s); keeping the previous keys",
+                          path, exc)
+                return
+        try:
+            keys = key_table([*self._env_keys, *file_keys])
+        except AuthConfigError as exc:
+            if force:
+                raise
+            log.error("API keys: %s; keeping the previous keys", exc)
+            return
+        if not force and set(keys) != set(self.keys):
+            log.info("API keys now: %s", sorted(k.name for k in keys.values()))
+            if not keys and self._open_writes_allowed:
+                log.warning("the last API key is gone: POST /v1/events now accepts "
+                            "anonymous writes again (this server listens on a loopback "
+                            "address or allows them); add a key to close them")
+        self.keys = keys
+
+    async def _authenticate(self, presented: str | None, client: str) -> Principal | None:
+        """The key's principal; None when no key was presented; 401 when it is wrong."""
+        if presented is None:
+            return None
+        m = _KEY.match(presented)
+        record = self.keys.get(m.group(1)) if m else None
+        tag = hmac.new(self._cache_secret, presented.encode(), hashlib.sha256).digest()
+        if record is None:
+            # No key has that id: refused at the cost of a look-up, without taking
+            # the address's "auth" tokens, which a real key's first use needs.
+            raise self._unauthorized("unknown_key", "the API key is not valid")
+        if self._verified.get(tag) != record.hash:
+            # Uncached: a first use or a wrong secret. Limited per address, before the
+            # scrypt, so guessing is slow and cannot tie up the CPU.
+            self.take("auth", Principal(ANONYMOUS, None, frozenset(), client))
+            ok = await asyncio.to_thread(verify_key, presented, record.hash)
+            if not ok:
+                raise self._unauthorized("unknown_key", "the API key is not valid")
+            if len(self._verified) > 10_000:
+                self._verified.clear()
+            self._verified[tag] = record.hash
+        return Principal(record.name, record.key_id, record.scopes, client)
+
+    def _unauthorized(self, reason: str, detail: str) -> HTTPException:
+        return self._denied(401, reason, detail)
+
+    def _denied(self, status: int, reason: str, detail: str) -> HTTPException:
+        """A 401 or 403 in the API's error shape, counted by reason."""
+        if self.metrics is not None:
+            self.metrics.auth_failures.labels(reason=reason).inc()
+        headers = {"WWW-Authenticate": 'Bearer realm="liverec"'} if status == 401 else None
+        return api_error(status, reason, detail, headers=headers)
+
+    def _rebinding_safe(self, request: Request) -> bool:
+        """Whether the request's ``Host`` cannot be a rebound name: ``localhost``, an
+        IP address, or a configured name (any port; case and a trailing dot ignored)."""
+        name = _host_name(request.headers.get("host", ""))
+        if not name:
+            return False  # HTTP/1.0 without a Host: nothing shows where it was sent
+        if name == "localhost" or name in self.settings.anonymous_write_hosts:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
+
+    def needs_key(self, scope: str) -> bool:
+        if scope == "write":
+            return not self.anonymous_writes
+        if scope == "read":
+            return self.settings.require_read_key
+        return self.settings.protect_ops
+
+    async def authorize(self, request: Request, scope: str, presented: str | None) -> Principal:
+        """Authenticate, authorise ``scope`` and take one rate-limit token."""
+        client = request.client.host if request.client else "unknown"
+        # Re-read the key file (at most once a second) whether or not a key came: a
+        # key added since start-up must close anonymous writes for anonymous callers.
+        self._reload_file()
+        principal = await self._authenticate(presented, client)
+        if principal is None:
+            if self.needs_key(scope):
+                raise self._unauthorized(
+                    "missing_key", f"this endpoint needs an API key with the {scope!r} scope "
+                    "(Authorization: Bearer <key> or X-API-Key: <key>)")
+            if scope == "write" and not self._rebinding_safe(request):
+                # A page on another site whose name was re-pointed at this server (DNS
+                # rebinding) is same-origin to the browser: it could post here with
+                # no preflight. Its requests still carry its own name as Host.
+                raise self._denied(
+                    403, "foreign_host", "anonymous writes take only requests addressed "
+                    "to localhost, an IP address or a name in LIVEREC_ANONYMOUS_WRITE_HOSTS; "
+                    "a key writes through any name")
+            principal = Principal(ANONYMOUS, None, frozenset(), client)
+        elif scope not in principal.scopes:
+            raise self._denied(403, "wrong_scope",
+                               f"key {principal.name!r} lacks the {scope!r} scope")
+        self.take(scope, principal)
+        return principal
+
+    def take(self, scope: str, principal: Principal, cost: float = 1.0) -> None:
+        """Take ``cost`` tokens of ``scope`` or raise 429 with ``Retry-After``."""
+        wait = self.limiter.check(scope, principal.caller, cost)
+        if wait > 0:
+            if self.metrics is not None:
+                self.metrics.rate_limited.labels(scope=scope).inc()
+            retry = "3600" if math.isinf(wait) else str(max(1, math.ceil(wait)))
+            raise api_error(429, "rate_limited",
+                            f"{scope} rate limit exceeded; retry in {retry} s",
+                            headers={"Retry-After": retry})

@@ -1,0 +1,206 @@
+"""API keys and their records: the scopes, the key format, salted scrypt hashes, the
+records of ``LIVEREC_API_KEYS`` and the key file ``liverec keys`` edits
+(:class:`KeyFile`). :mod:`serving.auth` re-exports everything here.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import os
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+__all__ = [
+    "ANONYMOUS",
+    "SCOPES",
+    "ApiKey",
+    "AuthConfigError",
+    "KeyFile",
+    "hash_key",
+    "key_table",
+    "new_key",
+    "parse_records",
+    "verify_key",
+]
+
+#: ``read``: recommendations, items, users. ``write``: ``POST /v1/events``.
+#: ``ops``: ``/metrics``, ``/v1/model`` and the dashboard (when protected).
+SCOPES: tuple[str, ...] = ("read", "write", "ops")
+#: the principal of a caller without a key (also its event-id scope): no key's name
+ANONYMOUS = "anonymous"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_KEY = re.compile(r"^lrk_([0-9a-f]{8})_([A-Za-z0-9_-]{43})$")
+# scrypt at 2**14 x 8 (16 MiB, tens of ms): slow enough to make an offline guess of a
+# leaked hash costly, while a verified key is cached, so requests pay it once.
+_N, _R, _P = 2**14, 8, 1
+
+
+class AuthConfigError(RuntimeError):
+    """The key configuration is unusable or unsafe; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One key's record: never the key itself, only its salted hash."""
+
+    name: str
+    key_id: str
+    scopes: frozenset[str]
+    hash: str
+
+    def record(self) -> str:
+        """The line stored in a key file or ``LIVEREC_API_KEYS``."""
+        return f"{self.name}:{','.join(sorted(self.scopes))}:{self.key_id}:{self.hash}"
+
+    @classmethod
+    def parse(cls, line: str) -> ApiKey:
+        """Read one record; raises :class:`AuthConfigError` naming what is wrong."""
+        parts = line.strip().split(":", 3)
+        if len(parts) != 4:
+            raise AuthConfigError("an API key record is 'name:scopes:id:hash'")
+        name, scopes, key_id, digest = parts
+        wanted = frozenset(s for s in scopes.split(",") if s)
+        if not _NAME.match(name):
+            raise AuthConfigError(f"bad key name {name[:64]!r}")
+        if name == ANONYMOUS:
+            raise AuthConfigError(f"the key name {ANONYMOUS!r} is reserved for callers "
+                                  "without a key (their event ids are scoped under it)")
+        if not wanted or not wanted <= set(SCOPES):
+            raise AuthConfigError(f"key {name!r}: scopes must be among {', '.join(SCOPES)}")
+        if not re.fullmatch(r"[0-9a-f]{8}", key_id) or not digest.startswith("scrypt$"):
+            raise AuthConfigError(f"key {name!r}: malformed id or hash")
+        return cls(name, key_id, wanted, digest)
+
+
+def new_key() -> tuple[str, str]:
+    """A fresh ``(key_id, key)``; the key is shown to its owner once and never stored."""
+    key_id = secrets.token_hex(4)
+    return key_id, f"lrk_{key_id}_{secrets.token_urlsafe(32)}"
+
+
+def hash_key(key: str, *, salt: bytes | None = None) -> str:
+    """``scrypt$n$r$p$salt$hash`` of ``key`` with a random 16-byte salt.
+
+    >>> h = hash_key("lrk_00000000_" + "x" * 43)
+    >>> h.startswith("scrypt$16384$8$1$"), verify_key("lrk_00000000_" + "x" * 43, h)
+    (True, True)
+    """
+    salt = os.urandom(16) if salt is None else salt
+    digest = hashlib.scrypt(key.encode(), salt=salt, n=_N, r=_R, p=_P, dklen=32)
+    b64 = base64.urlsafe_b64encode
+    return f"scrypt${_N}${_R}${_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def verify_key(key: str, stored: str) -> bool:
+    """Whether ``key`` hashes to ``stored`` (compared in constant time)."""
+    try:
+        _, n, r, p, salt, digest = stored.split("$")
+        want = base64.urlsafe_b64decode(digest)
+        got = hashlib.scrypt(key.encode(), salt=base64.urlsafe_b64decode(salt), n=int(n),
+                             r=int(r), p=int(p), dklen=len(want))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, want)
+
+
+def parse_records(text: str) -> list[ApiKey]:
+    """Records from a file's or variable's text (blank lines and ``#`` comments skipped)."""
+    out: list[ApiKey] = []
+    for line in re.split(r"[\n;]+", text):
+        line = line.split("#", 1)[0]
+        out.extend(ApiKey.parse(word) for word in line.split())
+    return out
+
+
+def key_table(records: Iterable[ApiKey]) -> dict[str, ApiKey]:
+    """The records by key id, from all sources; a record given twice counts once.
+
+    Names must be unique: a key's name scopes its event ids (the server's
+    de-duplication) and names it in logs and metrics, so two keys under one name, say
+    one in ``LIVEREC_API_KEYS`` and one in the key file, would share a namespace.
+
+    >>> a = ApiKey("ingest", "0000000a", frozenset({"write"}), "scrypt$a")
+    >>> sorted(key_table([a, a]))
+    ['0000000a']
+    >>> key_table([a, ApiKey("ingest", "0000000b", frozenset({"read"}), "scrypt$b")])
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    serving.api_keys.AuthConfigError: two API keys are named 'ingest' (ids 0000000a, 0000000b): ...
+    """
+    table: dict[str, ApiKey] = {}
+    by_name: dict[str, ApiKey] = {}
+    for key in records:
+        seen = table.get(key.key_id) or by_name.get(key.name)
+        if seen is not None and seen != key:
+            what = (f"named {key.name!r} (ids {seen.key_id}, {key.key_id})"
+                    if seen.key_id != key.key_id
+                    else f"with id {key.key_id} and different records")
+            raise AuthConfigError(
+                f"two API keys are {what}: a name must be unique across "
+                "LIVEREC_API_KEYS and the key file")
+        table[key.key_id] = by_name[key.name] = key
+    return table
+
+
+class KeyFile:
+    """The key file ``liverec keys`` edits: one record per line, written atomically.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> kf = KeyFile(Path(tempfile.mkdtemp()) / "keys")
+    >>> key = kf.add("ingest", {"write"})
+    >>> [(k.name, sorted(k.scopes)) for k in kf.load()], key.startswith("lrk_")
+    ([('ingest', ['write'])], True)
+    >>> kf.revoke("ingest"), kf.load()
+    (True, [])
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def load(self) -> list[ApiKey]:
+        if not self.path.exists():
+            return []
+        lines = self.path.read_text().splitlines()
+        return [ApiKey.parse(ln) for ln in lines if ln.strip() and not ln.startswith("#")]
+
+    def add(self, name: str, scopes: Iterable[str]) -> str:
+        """Store a new key's hash under ``name``; returns the key (show it once)."""
+        keys = self.load()
+        if any(k.name == name for k in keys):
+            raise AuthConfigError(f"a key named {name!r} exists; revoke it first")
+        key_id, key = new_key()
+        keys.append(ApiKey.parse(f"{name}:{','.join(sorted(set(scopes)))}:{key_id}:"
+                                 f"{hash_key(key)}"))
+        self._write(keys)
+        return key
+
+    def revoke(self, name: str) -> bool:
+        keys = self.load()
+        kept = [k for k in keys if k.name != name]
+        if len(kept) == len(keys):
+            return False
+        self._write(kept)
+        return True
+
+    def _write(self, keys: list[ApiKey]) -> None:
+        # Owner-only from the first byte: a file written then chmod-ed is readable by
+        # others in between under a umask of 022.
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        header = f"# liverec API keys (salted scrypt hashes), {datetime.now(UTC):%Y-%m-%d}\n"
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()  # a leftover of a crashed write may have other modes
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(header + "".join(k.record() + "\n" for k in keys))
+        tmp.replace(self.path)
