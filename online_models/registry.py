@@ -111,6 +111,13 @@ def plugins() -> dict[str, Plugin]:
     return out
 
 
+def package_of(name: str) -> str | None:
+    """``"package version"`` of the plugin that provides model ``name`` (or
+    ``kind@label``); None for a built-in or an unknown name."""
+    plugin = plugins().get(name.partition("@")[0])
+    return plugin.source if plugin is not None else None
+
+
 def known_models() -> list[str]:
     """Every model name this process can build: the built-ins, then the plugins."""
     return [*MODEL_PATHS, *plugins()]

@@ -128,6 +128,17 @@ class Snapshot:
         }
 
 
+def _check_package(version: int, name: str, meta: Mapping[str, Any]) -> None:
+    """Warn when the plugin that wrote model ``name``'s state is not the release
+    installed here (it may read that state differently)."""
+    written = meta.get("package")
+    here = registry.package_of(str(meta.get("class", "")))
+    if written is not None and written != here:
+        log.warning("snapshot %d: model %r was written by plugin %s, this process has %s: "
+                    "install the same release everywhere the snapshots are read", version,
+                    name, written, here or "no such plugin")
+
+
 class SnapshotStore:
     """Versioned snapshot directory with atomic publish, retention and verified loads.
 
@@ -174,6 +185,8 @@ class SnapshotStore:
         #: per model, the state object last written, its file, digest and size (see
         #: _link_unchanged); weak, so a captured state is not kept alive for it
         self._written: dict[str, tuple[weakref.ref[ModelState], Path, str, int]] = {}
+        #: versions the last :meth:`load_latest_valid` refused, with why
+        self.refusals: dict[int, str] = {}
 
     # ------------------------------------------------------------------ listing
 
@@ -461,6 +474,7 @@ class SnapshotStore:
                     raise SnapshotError(f"snapshot {v}: model file {fname} not listed")
                 state = ModelState(arrays=stn.load(blobs[fname]), meta=meta["state_meta"])
                 models[name] = registry.from_state(state)
+                _check_package(v, name, meta)
             models = registry.bind(models)  # a hybrid blends the snapshot's own models
         except SnapshotError:
             raise
@@ -484,10 +498,12 @@ class SnapshotStore:
         candidates = sorted(
             (v for v in self.versions() if latest is None or v <= latest), reverse=True
         )
+        self.refusals = {}
         for v in candidates:
             try:
                 snap = self.load(v)
             except SnapshotError as exc:
+                self.refusals[v] = str(exc)
                 log.warning("refusing snapshot: %s; trying the previous one", exc)
                 continue
             if v != latest:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from online_models import registry
 from online_models.base import ModelState, OnlineModel, UserHistory
 
 __all__ = ["CapturedState", "Offsets", "capture"]
@@ -88,14 +89,19 @@ def capture(
         state.check()
         arrays = _detached(state.arrays)
         meta = orjson.loads(orjson.dumps(state.meta, default=_json_default))
-        captured[name] = (ModelState(arrays=arrays, meta=meta), {
-            "class": state.meta.get("class", getattr(model, "name", "")),
+        kind = state.meta.get("class", getattr(model, "name", ""))
+        entry: dict[str, Any] = {
+            "class": kind,
             "params": meta.get("params", {}),
             "state_meta": meta,
             "n_users": int(model.n_users),
             "n_items": int(model.n_items),
             "arrays": {k: [str(v.dtype), list(v.shape)] for k, v in arrays.items()},
-        })
+        }
+        package = registry.package_of(str(kind))
+        if package is not None:  # a plugin model: which release wrote this state
+            entry["package"] = package
+        captured[name] = (ModelState(arrays=arrays, meta=meta), entry)
     state_arrays = _detached(history.to_arrays(_HISTORY_PREFIX))
     for k, v in (extra_arrays or {}).items():
         if v.dtype == object:

@@ -263,8 +263,10 @@ class ServingState:
         if self.load_initial():
             return True
         self.metrics.reloads.labels(outcome="refused").inc()
-        r = self.refused.refuse(
-            latest, "no version verifies (the log says why each was refused)", fingerprint)
+        why = self.store.refusals
+        newest = f"; the newest: {why[max(why)]}" if why else ""
+        older = f" (the log says why for the {len(why) - 1} older)" if len(why) > 1 else ""
+        r = self.refused.refuse(latest, f"no version verifies{newest}{older}", fingerprint)
         log.warning("no snapshot under %s verifies (LATEST names %d, attempt %d): nothing "
                     "served yet; trying again in %.0f s, once its files change or a new "
                     "version is published", self.settings.snapshots, latest, r.attempts,

@@ -154,6 +154,27 @@ def test_a_plugin_model_trains_snapshots_and_blends(site: Path, tmp_path: Path) 
             models[name].recommend(user, 10, hist, hist)
     # the restored hybrid blends the restored plugin model, not a private copy
     assert back["hybrid"].shared_components()["transitions"] is back["transitions"]
+    # the manifest records which release of the plugin wrote its state
+    entries = store.read_manifest()["models"]
+    assert entries["transitions"]["package"] == "liverec_transitions 0.1"
+    assert "package" not in entries["popularity"]
+
+
+def test_loading_state_written_by_another_release_of_a_plugin_warns(
+        site: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    model = registry.create("transitions")
+    model.learn(next(iter(to_batches(Dataset.from_records(
+        generate_events(300, 20, 40, seed=1), name="s"), 256))))
+    store = SnapshotStore(tmp_path / "snapshots")
+    store.write({"transitions": model}, history=UserHistory(), offsets={},
+                events_total=300, watermark=None)
+    info = site / "liverec_transitions-0.1.dist-info"
+    (info / "METADATA").write_text((info / "METADATA").read_text().replace("0.1", "0.2"))
+    registry.plugins.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="online_models.snapshot"):
+        store.load()
+    assert "model 'transitions' was written by plugin liverec_transitions 0.1, this " \
+           "process has liverec_transitions 0.2" in caplog.text
 
 
 def test_a_snapshot_naming_a_plugin_that_is_not_installed_says_so(

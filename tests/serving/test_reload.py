@@ -314,7 +314,7 @@ def test_with_nothing_served_a_refused_first_snapshot_is_not_reread_every_tick(
     assert _refused_count(state) == 1 and v1 in state.refused
     ready, deps = state.dependencies()
     assert not ready and deps["snapshot"]["state"] == "missing"
-    assert "no version verifies" in str(deps["snapshot"]["reason"])
+    assert f"no version verifies; the newest: snapshot {v1}: " in str(deps["snapshot"]["reason"])
     path.write_bytes(whole)  # the copy completes
     assert state.check_reload() or state.check_reload()
     assert state.current is not None and state.current.version == v1 and not state.refused
