@@ -31,6 +31,12 @@ fails with the exception's type and message. They ask what liverec's parts assum
 * ``forget users``: a forgotten user leaves the user index and still gets
   recommendations (as a new user), and the next new user, who may get the freed row,
   inherits nothing of theirs;
+* ``drift adaptation`` (only for a model that declares ``adaptable`` hyperparameters):
+  shortening each with ``set_param`` (half of it; a half-life to an eighth of the
+  stream's span at most) and learning on gives what a model restored from a snapshot
+  taken at that moment, then changed alike, gives (what a trainer restarted in the
+  middle of an adaptation does); a forward-decayed model that does not rebase its
+  counts in ``set_param`` fails it;
 * ``scale-out deltas`` (only for a model with every
   :class:`~online_models.deltas.SharesItemState` method): ``apply_delta(learn_local(b))``
   learns what ``learn(b)`` does.
@@ -343,6 +349,34 @@ def _strangers(c: _Context) -> str:
     return "an unknown user's scores read no known user's state"
 
 
+def _adapts(c: _Context) -> str:
+    half = len(c.batches) // 2
+    live = c.fitted(c.batches[:half])
+    restored = registry.from_state(live.get_state())
+    changed = []
+    # A half-life short against the stream's span, so that counts decayed under the
+    # old one and not rebased show (half of a year-long default would not, here).
+    span = float(np.ptp(np.asarray(c.stream.timestamps, np.float64))) or 1.0
+    for pname, kind in live.adaptable_params().items():
+        value = 0.5 * float(live.get_params()[pname])
+        if kind == "half_life":
+            value = min(value, span / 8)
+        live.set_param(pname, value)
+        restored.set_param(pname, value)
+        _expect(live.get_params()[pname] == value,
+                f"set_param({pname!r}, {value}) left get_params()[{pname!r}] at "
+                f"{live.get_params()[pname]!r}")
+        changed.append(pname)
+    _expect(bool(changed), "declares adaptable hyperparameters but lists none with a "
+                           "positive value (adaptable_params)")
+    for b in c.batches[half:]:
+        live.learn(b)
+        restored.learn(b)
+    _same_recs(c.recs(live), c.recs(restored),
+               f"shortening {', '.join(changed)} mid-stream, against a model restored there")
+    return f"{', '.join(changed)} shortened mid-stream: as a restored model"
+
+
 def _scale_out(c: _Context) -> str:
     whole, split = c.build(), c.build()
     for b in c.batches:
@@ -440,6 +474,8 @@ def check_model(name: str, params: Mapping[str, Any] | None = None, *, events: i
     run("new ids", lambda: _new_ids(c, c.fitted()))
     run("strangers", lambda: _strangers(c))
     run("forget users", lambda: _forget(c, c.fitted()))
+    if report.capabilities.get("adaptable") and m.adaptable_params():
+        run("drift adaptation", lambda: _adapts(c))
     if report.capabilities.get("learn_local"):
         run("scale-out deltas", lambda: _scale_out(c))
     try:

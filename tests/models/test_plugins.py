@@ -33,6 +33,7 @@ EXAMPLE = ROOT / "examples" / "plugin-model"
 BROKEN = '''
 import numpy as np
 from online_models.base import OnlineModel
+from online_models.popularity import Popularity
 from liverec_transitions import Transitions
 
 class Forgetful(Transitions):
@@ -82,6 +83,12 @@ class Renamed(Transitions):  # keeps its argument under another name
 class Nameless(Transitions):
     name = OnlineModel.name
 
+class NoRebase(Popularity):  # a new half-life applied to counts decayed under the old
+    name = "norebase"
+
+    def set_param(self, name, value):
+        OnlineModel.set_param(self, name, value)
+
 class NotAModel:
     name = "not-a-model"
 
@@ -122,6 +129,7 @@ def broken(site: Path) -> Path:
         "live": "broken_models:Live",
         "renamed": "broken_models:Renamed",
         "nameless": "broken_models:Nameless",
+        "norebase": "broken_models:NoRebase",
         "not-a-model": "broken_models:NotAModel",
         "misnamed": "broken_models:Misnamed",
         "missing": "no_such_module:Model",
@@ -219,6 +227,8 @@ def test_the_checks_catch_a_model_that_breaks_the_protocol(broken: Path) -> None
     ("live", "state", "get_state returned arrays the model goes on writing to: 'pop'"),
     ("renamed", "builds", "'Renamed' object has no attribute 'weight': a model keeps every "
                           "constructor argument in an attribute of the same name"),
+    ("norebase", "drift adaptation", "shortening half_life_seconds mid-stream, against a "
+                                     "model restored there"),
 ])
 def test_each_mistake_fails_its_own_check(broken: Path, name: str, check: str,
                                           reason: str) -> None:
