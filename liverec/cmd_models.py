@@ -246,7 +246,9 @@ def evaluate(
     try:
         built = registry.create_models(names, params)
     except (TypeError, ValueError) as exc:
-        raise typer.BadParameter(f"--model-params: {exc}") from exc
+        # a constructor's own refusal: of the arguments given, or of none given
+        hint = "--model-params" if params else "--models (no --model-params given)"
+        raise typer.BadParameter(f"{hint}: {exc}") from exc
     if item_features is None and (rankers := registry.content_rankers(built)):
         typer.echo(f"warning: {', '.join(rankers)} ranks by item content, and none is "
                    "given (--item-features): its figures are popularity's", err=True)

@@ -89,6 +89,13 @@ class NoRebase(Popularity):  # a new half-life applied to counts decayed under t
     def set_param(self, name, value):
         OnlineModel.set_param(self, name, value)
 
+class NeedsArg(Transitions):  # a constructor argument without a default
+    name = "needsarg"
+
+    def __init__(self, weight):
+        super().__init__(popularity_weight=weight)
+        self.weight = weight
+
 class NotAModel:
     name = "not-a-model"
 
@@ -130,6 +137,7 @@ def broken(site: Path) -> Path:
         "renamed": "broken_models:Renamed",
         "nameless": "broken_models:Nameless",
         "norebase": "broken_models:NoRebase",
+        "needsarg": "broken_models:NeedsArg",
         "not-a-model": "broken_models:NotAModel",
         "misnamed": "broken_models:Misnamed",
         "missing": "no_such_module:Model",
@@ -272,7 +280,8 @@ def test_names_a_plugin_cannot_take_are_left_out_with_a_warning(
 
 
 def _cli(args: list[str], site: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(EXAMPLE), str(ROOT)])}
+    env = {**os.environ, "COLUMNS": "200",  # one line per message in rich's error box
+           "PYTHONPATH": os.pathsep.join([str(site), str(EXAMPLE), str(ROOT)])}
     return subprocess.run([sys.executable, "-m", "liverec.cli", *args], env=env,
                           capture_output=True, text=True, timeout=120, check=False)
 
@@ -301,6 +310,17 @@ def test_models_list_and_check_on_the_command_line(broken: Path) -> None:
 
     unknown = _cli(["models", "check", "nope"], broken)
     assert unknown.returncode == 2 and "unknown model 'nope'" in unknown.stderr
+
+    # evaluate: a constructor's refusal names what was given, not an absent option
+    csv = broken / "clicks.csv"
+    csv.write_text("user_id,item_id,timestamp\nu1,i1,1\nu2,i1,2\n")
+    needs = _cli(["evaluate", str(csv), "--models", "popularity,needsarg"], broken)
+    assert needs.returncode == 2
+    assert "--models (no --model-params given)" in needs.stderr
+    assert "missing 1 required positional argument: 'weight'" in needs.stderr
+    ok = _cli(["evaluate", str(csv), "--models", "popularity,needsarg", "--model-params",
+               '{"needsarg": {"weight": 0.5}}'], broken)
+    assert ok.returncode == 0, ok.stderr
 
 
 def test_every_built_in_model_passes_the_checks() -> None:
