@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -117,8 +118,10 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A directory on ``sys.path`` with the example plugin installed in it."""
     root = tmp_path / "site"
     root.mkdir()
+    # the example's package beside its dist-info (not the example's folder on sys.path:
+    # a wheel built there leaves an egg-info that would install it for every test)
+    shutil.copytree(EXAMPLE / "liverec_transitions", root / "liverec_transitions")
     _install(root, "liverec_transitions", {"transitions": "liverec_transitions:Transitions"})
-    monkeypatch.syspath_prepend(str(EXAMPLE))
     monkeypatch.syspath_prepend(str(root))
     registry.plugins.cache_clear()
     yield root
@@ -281,7 +284,7 @@ def test_names_a_plugin_cannot_take_are_left_out_with_a_warning(
 
 def _cli(args: list[str], site: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200",  # one line per message in rich's error box
-           "PYTHONPATH": os.pathsep.join([str(site), str(EXAMPLE), str(ROOT)])}
+           "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
     return subprocess.run([sys.executable, "-m", "liverec.cli", *args], env=env,
                           capture_output=True, text=True, timeout=120, check=False)
 

@@ -3,6 +3,7 @@ on top of the liverec image) gives an image whose ``liverec`` knows the model.""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import uuid
@@ -31,8 +32,10 @@ def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
 def test_a_plugin_wheel_installed_in_the_image_is_a_model_there(
         images: dict[str, str], tmp_path: Path) -> None:
     base = images.get("LIVEREC_IMAGE", "liverec:latest")
+    src = tmp_path / "src"  # a copy: building leaves build/ and an egg-info in the source
+    shutil.copytree(REPO / "examples" / "plugin-model", src)
     built = _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                 "-w", str(tmp_path), str(REPO / "examples" / "plugin-model"))
+                 "-w", str(tmp_path), str(src))
     assert built.returncode == 0, built.stderr[-2000:]
     (tmp_path / "Dockerfile").write_text(DOCKERFILE.format(image=base))
     tag = f"liverec-plugin-test:{uuid.uuid4().hex[:8]}"
