@@ -251,6 +251,11 @@ def train(
         return
     try:
         trainer = Trainer(settings, kafka, metrics)
+    except (SnapshotLocationBusy, MissingSnapshotError) as exc:  # refused at restore
+        if server is not None:
+            server.shutdown()
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     except ValueError as exc:
         if server is not None:
             server.shutdown()

@@ -69,6 +69,14 @@ DEFAULT_MODELS: tuple[str, ...] = (
 )
 
 
+class UnknownModelError(ValueError):
+    """A model name that is neither built in nor an installed plugin's."""
+
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(message)
+        self.model = model
+
+
 @dataclass(frozen=True)
 class Plugin:
     """A model an installed package adds (an entry point of :data:`PLUGIN_GROUP`)."""
@@ -148,8 +156,9 @@ def model_class(name: str) -> type[OnlineModel]:
         path = plugin.path
     if path is None:
         known = ", ".join(sorted(known_models()))
-        raise ValueError(f"unknown model {name!r}; known models: {known} (a plugin model "
-                         "needs its package installed here: `liverec models list`)")
+        raise UnknownModelError(name, f"unknown model {name!r}; known models: {known} (a "
+                                "plugin model needs its package installed here: `liverec "
+                                "models list`)")
     module, _, attr = path.partition(":")
     if plugin is None:
         found: type[OnlineModel] = getattr(importlib.import_module(module), attr)

@@ -128,15 +128,18 @@ class Snapshot:
         }
 
 
-def _check_package(version: int, name: str, meta: Mapping[str, Any]) -> None:
+def _check_package(version: int, name: str, meta: Mapping[str, Any]) -> str | None:
     """Warn when the plugin that wrote model ``name``'s state is not the release
-    installed here (it may read that state differently)."""
+    installed here (it may read that state differently); returns that warning."""
     written = meta.get("package")
     here = registry.package_of(str(meta.get("class", "")))
-    if written is not None and written != here:
-        log.warning("snapshot %d: model %r was written by plugin %s, this process has %s: "
-                    "install the same release everywhere the snapshots are read", version,
-                    name, written, here or "no such plugin")
+    if written is None or written == here:
+        return None
+    note = (f"model {name!r} was written by plugin {written}, this process has "
+            f"{here or 'no such plugin'}")
+    log.warning("snapshot %d: %s: install the same release everywhere the snapshots are "
+                "read", version, note)
+    return note
 
 
 class SnapshotStore:
@@ -185,8 +188,10 @@ class SnapshotStore:
         #: per model, the state object last written, its file, digest and size (see
         #: _link_unchanged); weak, so a captured state is not kept alive for it
         self._written: dict[str, tuple[weakref.ref[ModelState], Path, str, int]] = {}
-        #: versions the last :meth:`load_latest_valid` refused, with why
+        #: versions the last :meth:`load_latest_valid` refused, with why, and the models
+        #: they named that this process cannot build (a plugin not installed here)
         self.refusals: dict[int, str] = {}
+        self.unknown_models: set[str] = set()
 
     # ------------------------------------------------------------------ listing
 
@@ -473,8 +478,14 @@ class SnapshotStore:
                 if fname not in blobs:
                     raise SnapshotError(f"snapshot {v}: model file {fname} not listed")
                 state = ModelState(arrays=stn.load(blobs[fname]), meta=meta["state_meta"])
-                models[name] = registry.from_state(state)
-                _check_package(v, name, meta)
+                note = _check_package(v, name, meta)
+                try:
+                    models[name] = registry.from_state(state)
+                except Exception as exc:
+                    if note is None:
+                        raise
+                    raise SnapshotError(f"snapshot {v}: cannot rebuild ({type(exc).__name__}: "
+                                        f"{exc}); {note}") from exc
             models = registry.bind(models)  # a hybrid blends the snapshot's own models
         except SnapshotError:
             raise
@@ -498,15 +509,21 @@ class SnapshotStore:
         candidates = sorted(
             (v for v in self.versions() if latest is None or v <= latest), reverse=True
         )
-        self.refusals = {}
-        for v in candidates:
-            try:
-                snap = self.load(v)
-            except SnapshotError as exc:
-                self.refusals[v] = str(exc)
-                log.warning("refusing snapshot: %s; trying the previous one", exc)
-                continue
-            if v != latest:
-                log.warning("fell back to snapshot %d (LATEST is %s)", v, latest)
-            return snap
-        return None
+        refusals: dict[int, str] = {}
+        unknown: set[str] = set()
+        try:
+            for v in candidates:
+                try:
+                    snap = self.load(v)
+                except SnapshotError as exc:
+                    refusals[v] = str(exc)
+                    if isinstance(exc.__cause__, registry.UnknownModelError):
+                        unknown.add(exc.__cause__.model)
+                    log.warning("refusing snapshot: %s; trying the previous one", exc)
+                    continue
+                if v != latest:
+                    log.warning("fell back to snapshot %d (LATEST is %s)", v, latest)
+                return snap
+            return None
+        finally:
+            self.refusals, self.unknown_models = refusals, unknown

@@ -38,7 +38,6 @@ import orjson
 from online_models.snapshot import (
     CapturedState,
     Snapshot,
-    SnapshotError,
     SnapshotInfo,
     SnapshotStore,
 )
@@ -162,8 +161,10 @@ class Checkpointer:
         #: wall-clock time of the last attempt, successful or not (paces retries)
         self.last_attempt_wall = 0.0
         self.last: Written | None = None
-        #: versions :meth:`restore` refused, with why
+        #: versions :meth:`restore` refused, with why, and the models they name that
+        #: this process cannot build
         self.refused: dict[int, str] = {}
+        self.unknown_models: set[str] = set()
         #: seconds the last snapshot write took (its background thread's wall time)
         self.last_write_s = 0.0
         #: the kind of the last failure, when it was last logged, and repeats since
@@ -176,17 +177,15 @@ class Checkpointer:
 
     def restore(self) -> Snapshot | None:
         """The newest snapshot that loads and verifies, refusing corrupt ones (each one
-        refused is in :attr:`refused`, with why)."""
-        latest = self.store.latest_version()
-        for v in sorted((v for v in self.store.versions() if latest is None or v <= latest),
-                        reverse=True):
-            try:
-                snap = self.store.load(v)
-            except SnapshotError as exc:
-                self.metrics.snapshots_refused.inc()
-                self.refused[v] = str(exc)
-                log.warning("refusing snapshot: %s; falling back to the previous one", exc)
-                continue
+        refused is in :attr:`refused`, with why; models they name that this process
+        cannot build in :attr:`unknown_models`)."""
+        try:
+            snap = self.store.load_latest_valid()
+        finally:
+            self.refused = dict(self.store.refusals)
+            self.unknown_models = set(self.store.unknown_models)
+            self.metrics.snapshots_refused.inc(len(self.refused))
+        if snap is not None:
             created = snap.manifest.get("created_at")
             self.last_written_wall = (datetime.fromisoformat(created).timestamp()
                                       if isinstance(created, str) else time.time())

@@ -1,8 +1,9 @@
 """A trainer that finds no snapshot checks that its consumer group has not moved on.
 
 The group's committed offsets say how far the stream was learned; the snapshot holds
-what was learned. With the snapshot directory lost (a new volume, a wrong path, every
-version corrupt) and the commits still there, a fresh trainer would resume at the
+what was learned. With the snapshot directory lost (a new volume, a wrong path) or every
+version refused (damaged files, a release that cannot read them) and the commits still
+there, a fresh trainer would resume at the
 commits with an empty model: it would never learn the earlier events again, and its
 first snapshot would replace the mature model on every server. So a trainer that
 restored nothing asks the group for its commits (in a thread, beside the group join)
@@ -131,11 +132,13 @@ class LostSnapshotGuard:
             f"the newest: {self.refused[newest]}"
             + (f"; the log says why for the {older} older one(s)" if older else "")
             + f"), and consumer group {self.group!r} committed offsets on "
-            f"{self.kafka.topic!r} ({where}). The snapshots are still there: fix what the "
-            "refusal names (a plugin model's package not installed here, a liverec "
-            "version that cannot read them, damaged files) and start the trainer again. "
-            "Starting now would resume at the commits with an empty model that replaces "
-            "theirs on every server (--on-missing-snapshot resume does that).")
+            f"{self.kafka.topic!r} ({where}). Starting now would resume at the commits "
+            "with an empty model that replaces theirs on every server. Where the refusal "
+            "names something fixable (a liverec release that cannot read them, a copy "
+            "still under way), fix it and start the trainer again: the snapshots are "
+            "still there. Where the files are damaged for good, what was learned up to "
+            "the commits is lost: " + _advice(
+                "re-learn the topic from its start with a new group (--group)"))
 
 
 def check_partitions(lost: Mapping[int, int], *, root: Path, group: str, topic: str,

@@ -29,7 +29,7 @@ from trainer.embedding_watch import EmbeddingDriftWatch
 from trainer.evaluation import TrainerEvaluation
 from trainer.flood import FloodGuard
 from trainer.follow_swap import FollowedInUse
-from trainer.lost_snapshot import LostSnapshotGuard
+from trainer.lost_snapshot import LostSnapshotGuard, MissingSnapshotError
 from trainer.metrics import TrainerMetrics
 from trainer.settings import TrainerSettings
 from trainer.source import BatchSource
@@ -81,6 +81,16 @@ class TrainerPersistence:
         snap = self.checkpointer.restore()
         if snap is None:
             refused = len(self.checkpointer.refused)
+            if self.checkpointer.unknown_models:
+                # Intact snapshots this install cannot read: starting would replace them
+                # (and retention delete them), commits or not.
+                raise MissingSnapshotError(
+                    f"every snapshot in {self.checkpointer.store.root} was refused "
+                    f"({refused} version(s)), and they hold model(s) this install cannot "
+                    f"build: {', '.join(sorted(self.checkpointer.unknown_models))}. Install "
+                    "the plugin package(s) that provide them (`liverec models list` shows "
+                    "what is installed) and start again; to start afresh instead, move "
+                    "the snapshot directory away.")
             if refused:
                 log.warning("none of the %d snapshot version(s) in %s could be loaded (see "
                             "above): starting from scratch, unless its consumer group "

@@ -32,8 +32,10 @@ EXAMPLE = ROOT / "examples" / "plugin-model"
 
 #: test plugins beside the example, each with one mistake a model's author makes
 BROKEN = '''
+from pathlib import Path
 import numpy as np
 from online_models.base import OnlineModel
+from online_models.bpr import BPR
 from online_models.popularity import Popularity
 from liverec_transitions import Transitions
 
@@ -58,14 +60,49 @@ class Leaky(Transitions):  # a freed user row keeps its last item
     def forget_users(self, users):
         OnlineModel.forget_users(self, users)
 
-class Stranger(Transitions):  # an unknown user (row -1) reads the last user's row
+class Stranger(Transitions):  # an unknown user (row -1) reads the last row's last item
     name = "stranger"
 
     def score_all(self, user, history=()):
         if not history:
-            last = self._last[: self.users.capacity]  # one per user row
-            history = [self.items.ids[last[self.users.get(user)]]]
+            last = int(self._last[self.users.get(user)])
+            history = [self.items.ids[last]] if last >= 0 else []
         return super().score_all(user, history)
+
+class AvgUser(Transitions):  # an unknown user gets the mean of every user's scores
+    name = "avguser"
+
+    def score_all(self, user, history=()):
+        if history or user in self.users:
+            return super().score_all(user, history)
+        known = [u for u in self.users.ids if u is not None]
+        return np.mean([super(AvgUser, self).score_all(u) for u in known],
+                       axis=0).astype(np.float32)
+
+class LeakyBPR(BPR):  # a freed user row keeps its factors for the next new user
+    name = "leakybpr"
+
+    def forget_users(self, users):
+        OnlineModel.forget_users(self, users)
+
+class MaskedLoss(Forgetful):  # loses state on restore; its own recommend hides that
+    name = "maskedloss"
+
+    def recommend(self, user, k=10, history=(), exclude=()):
+        return Popularity.recommend(self, user, k, history, exclude)
+
+class NoSimilar(Transitions):  # similar() may answer nothing: allowed
+    name = "nosimilar"
+
+    def similar(self, item, k=10):
+        return []
+
+class WithPath(Transitions):  # a constructor argument JSON cannot hold as it is
+    name = "withpath"
+
+    def __init__(self, popularity_weight=0.01, catalogue=Path("/tmp/catalogue.csv")):
+        super().__init__(popularity_weight)
+        self.catalogue = catalogue
 
 class Live(Transitions):  # its state shares the array it goes on learning in
     name = "live"
@@ -141,6 +178,11 @@ def broken(site: Path) -> Path:
         "nameless": "broken_models:Nameless",
         "norebase": "broken_models:NoRebase",
         "needsarg": "broken_models:NeedsArg",
+        "avguser": "broken_models:AvgUser",
+        "leakybpr": "broken_models:LeakyBPR",
+        "maskedloss": "broken_models:MaskedLoss",
+        "nosimilar": "broken_models:NoSimilar",
+        "withpath": "broken_models:WithPath",
         "not-a-model": "broken_models:NotAModel",
         "misnamed": "broken_models:Misnamed",
         "missing": "no_such_module:Model",
@@ -232,9 +274,10 @@ def test_the_checks_catch_a_model_that_breaks_the_protocol(broken: Path) -> None
 
 
 @pytest.mark.parametrize(("name", "check", "reason"), [
-    ("leaky", "forget users", "new users score differently by who took the row of forgotten"),
-    ("stranger", "strangers", "an unknown user's scores change when known users are "
-                              "forgotten"),
+    ("leaky", "forget users", "the row kept some of its former user's state"),
+    ("leakybpr", "forget users", "the row kept some of its former user's state"),
+    ("stranger", "strangers", "an unknown user scores exactly as"),
+    ("maskedloss", "restore", "probe user 0 gets"),
     ("live", "state", "get_state returned arrays the model goes on writing to: 'pop'"),
     ("renamed", "builds", "'Renamed' object has no attribute 'weight': a model keeps every "
                           "constructor argument in an attribute of the same name"),
@@ -248,6 +291,17 @@ def test_each_mistake_fails_its_own_check(broken: Path, name: str, check: str,
     assert check in failed and reason in failed[check], failed
     if check != "builds":
         assert len(failed) <= 2, failed  # the mistake, not a cascade of failures
+
+
+@pytest.mark.parametrize("name", ["avguser", "nosimilar", "withpath"])
+def test_what_the_protocol_allows_passes(broken: Path, name: str) -> None:
+    report = check_model(name)
+    assert report.ok, [(c.name, c.detail) for c in report.checks if not c.ok]
+
+
+def test_a_labelled_instance_passes_as_its_model_does() -> None:
+    report = check_model("itemknn@short", {"window": 5}, events=1_500)
+    assert report.ok, [(c.name, c.detail) for c in report.checks if not c.ok]
 
 
 @pytest.mark.parametrize(("name", "reason"), [
@@ -326,9 +380,12 @@ def test_models_list_and_check_on_the_command_line(broken: Path) -> None:
     assert ok.returncode == 0, ok.stderr
 
 
-def test_every_built_in_model_passes_the_checks() -> None:
-    # The quick ones; the pytest conformance suite covers every built-in more closely.
-    for name in ("popularity", "itemknn", "sequence", "sknn"):
-        report = check_model(name, events=1_500)
-        assert report.ok, [(c.name, c.detail) for c in report.checks if not c.ok]
-        assert np.isfinite(report.hr or np.nan)
+QUICK = ("popularity", "itemknn", "sequence", "sknn")
+
+
+@pytest.mark.parametrize("name", [
+    n if n in QUICK else pytest.param(n, marks=pytest.mark.slow) for n in registry.MODEL_PATHS])
+def test_every_built_in_model_passes_the_checks(name: str) -> None:
+    report = check_model(name, events=1_500)
+    assert report.ok, [(c.name, c.detail) for c in report.checks if not c.ok]
+    assert report.hr is not None and np.isfinite(report.hr)

@@ -107,9 +107,32 @@ def test_snapshots_refused_for_a_missing_model_are_not_called_lost(
     with pytest.raises(MissingSnapshotError) as err:
         Trainer(_settings(root, group), kafka).run()
     text = str(err.value)
-    assert text.startswith(f"every snapshot in {root} was refused (1 version(s); the newest: "
-                           f"snapshot {written}: cannot rebuild (ValueError: unknown model "
-                           "'test-gone'")
-    assert "The snapshots are still there" in text and "is lost" not in text
+    assert text.startswith(f"every snapshot in {root} was refused (1 version(s)), and they "
+                           "hold model(s) this install cannot build: test-gone. Install the "
+                           "plugin package(s)")
+    assert "lost" not in text
     assert SnapshotStore(root).latest_version() == written  # nothing written over them
     assert _commits(kafka, group) == {0: 300}
+    # Also with no commits to protect (a new group): intact snapshots are not replaced.
+    with pytest.raises(MissingSnapshotError, match="cannot build: test-gone"):
+        Trainer(_settings(root, f"{group}-new"), kafka).run()
+    assert SnapshotStore(root).latest_version() == written
+
+
+def test_damaged_snapshots_with_commits_name_the_damage_and_the_way_out(
+        kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path) -> None:
+    topic = new_topic()
+    kafka = KafkaSettings(bootstrap=kafka_bootstrap, topic=topic)
+    group = f"g-{topic}"
+    produce_events(kafka_bootstrap, topic, synthetic_events(200, seed=5))
+    root = tmp_path / "snaps"
+    assert Trainer(_settings(root, group), kafka).run().events_total == 200
+    store = SnapshotStore(root)
+    for f in store.path_of(store.latest_version() or 0).glob("*.safetensors"):
+        f.write_bytes(b"damaged")
+    with pytest.raises(MissingSnapshotError) as err:
+        Trainer(_settings(root, group), kafka).run()
+    text = str(err.value)
+    assert text.startswith(f"every snapshot in {root} was refused (1 version(s); the newest: ")
+    assert "Where the files are damaged for good" in text
+    assert "--on-missing-snapshot resume" in text and "--group" in text
