@@ -38,8 +38,9 @@ def models_list() -> None:
     for reason in broken:
         typer.echo(f"error: {reason}", err=True)
     if not plugins:
-        typer.echo(f"(no plugin models installed: a package adds one under the entry-point "
-                   f"group {registry.PLUGIN_GROUP!r})")
+        typer.echo(f"(no plugin models in use: a package adds one under the entry-point "
+                   f"group {registry.PLUGIN_GROUP!r}; any left out are named above, on "
+                   "stderr)")
     if broken:
         raise typer.Exit(1)
 

@@ -332,10 +332,10 @@ def evaluate(
         entry["score_ms_per_event"] = (
             1e3 * evaluator.score_seconds[name] / max(1, int(tot["n"]))
         )
-        blend = _blend_weights(built[name])
+        blend = built[name].blend_weights()
         if blend:
-            blends[name] = blend
-            entry["blend_weights"] = blend  # type: ignore[assignment]
+            blends[name] = {c: float(v) for c, v in blend.items()}
+            entry["blend_weights"] = blends[name]  # type: ignore[assignment]
         report_models[name] = entry
     report = {
         "dataset": str(path),
@@ -385,16 +385,6 @@ def evaluate(
         _plot_rolling(curve_x, curve, k, window, f"{path.name} ({len(ds)} events)", plot,
                       report_models, cold_threshold)
         typer.echo(f"plot: {plot}")
-
-
-def _blend_weights(model: Any) -> dict[str, float] | None:
-    """A blending model's weight per component as it ends (a hybrid's tuned blend, a
-    re-ranker's recall blend): what each component contributes."""
-    for attr in ("weights", "blend"):
-        w = getattr(model, attr, None)
-        if isinstance(w, dict) and w and all(isinstance(v, float) for v in w.values()):
-            return {str(c): float(v) for c, v in w.items()}
-    return None
 
 
 def _split_entry(first: dict[str, float], total: dict[str, float], k: int

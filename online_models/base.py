@@ -407,6 +407,11 @@ class OnlineModel(ABC):
         """
         return {}
 
+    def blend_weights(self) -> dict[str, float] | None:
+        """A blending model's weight per component as it stands (what each component
+        contributes); None for a model that blends nothing."""
+        return None
+
     def item_vectors(self) -> np.ndarray | None:
         """Item embedding matrix (rows aligned to ``self.items``) if the model has one.
 

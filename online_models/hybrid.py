@@ -227,6 +227,9 @@ class Hybrid(BindsComponents, OnlineModel):
         best = int(np.argmax(self._ema)) if self._n_tuned else 0
         return dict(zip(self.components, self._grid[best].tolist(), strict=True))
 
+    def blend_weights(self) -> dict[str, float]:
+        return self.weights
+
     # ------------------------------------------------------------------ rows
     def _sync(self) -> None:
         self._maps.sync(self.models, self._items)

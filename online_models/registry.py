@@ -101,7 +101,9 @@ def plugins() -> dict[str, Plugin]:
     for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP):
         dist = getattr(ep, "dist", None)
         source = f"{dist.name} {dist.version}" if dist is not None else "unknown package"
-        found.setdefault(ep.name, []).append(Plugin(ep.name, ep.value, source))
+        plugin = Plugin(ep.name, f"{ep.module}:{ep.attr}", source)  # no [extras]
+        if plugin not in found.setdefault(ep.name, []):  # one distribution seen twice
+            found[ep.name].append(plugin)
     out: dict[str, Plugin] = {}
     for name, given in sorted(found.items()):
         where = "; ".join(f"{p.path} from {p.source}" for p in given)
@@ -111,7 +113,7 @@ def plugins() -> dict[str, Plugin]:
         elif name in MODEL_PATHS:
             log.warning("plugin model %r (%s) left out: a built-in model has that name",
                         name, where)
-        elif len({p.path for p in given}) > 1:
+        elif len(given) > 1:  # which one a snapshot's model means would be a guess
             log.warning("plugin model %r left out: %d packages declare it (%s); uninstall "
                         "all but one", name, len(given), where)
         else:

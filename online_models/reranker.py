@@ -270,6 +270,10 @@ class ReRanker(BindsComponents, OnlineModel):
             return dict.fromkeys(self.components, 1.0)
         return self._blend.weights
 
+    def blend_weights(self) -> dict[str, float]:
+        """The recall blend's weights (the re-ranker's own scoring is an MLP)."""
+        return self.blend
+
     def _weights(self) -> np.ndarray:
         w = self.blend
         return np.asarray([w[c] for c in self.components], np.float64)

@@ -271,9 +271,10 @@ class TrainerEvaluation:
         for name in self.evaluator.models:
             try:
                 roll = self.evaluator.rolling(name)
-                v, n = _finite(roll["hr"]), max(n, int(_finite(roll.get("n")) or 0))
             except Exception:
-                v = None
+                roll = {}
+            v = _finite(roll.get("hr"))
+            n = max(n, int(_finite(roll.get("n")) or 0))
             hr.append(f"{name}={v:.3f}" if v is not None else f"{name}=-")
         return f"hr@{self.settings.k} over {n}[{' '.join(hr)}]"
 
