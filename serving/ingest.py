@@ -45,6 +45,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: the sender's wait for a new record while one awaits its delivery report, and idle
+IN_FLIGHT_WAIT_S = 0.002
+IDLE_WAIT_S = 0.05
+
 
 class Delivered(Protocol):
     """Where Kafka stored a record (a :class:`DeliveryReport` or a client's record)."""
@@ -180,6 +184,8 @@ class Ingestor:
         self.reason = "no Kafka bootstrap configured" if factory is None else "not connected yet"
         self.connected_once = threading.Event()
         self._queue: queue.Queue[Record] = queue.Queue(maxsize=queue_max)
+        #: records sent whose delivery report has not been served yet
+        self._inflight = 0
         self._producer: EventProducer | None = None
         self._last_probe = 0.0
         self._stop = threading.Event()
@@ -273,10 +279,14 @@ class Ingestor:
     def _drain_once(self) -> None:
         producer = self._producer
         assert producer is not None
+        # While a record awaits its delivery report, wait briefly: the report is served
+        # by poll, and a request waits for it (a 50 ms wait made every lone write take
+        # 50-100 ms, at the latency alert's threshold).
+        busy = self._inflight > 0
         try:
-            rec = self._queue.get(timeout=0.05)
+            rec = self._queue.get(timeout=IN_FLIGHT_WAIT_S if busy else IDLE_WAIT_S)
         except queue.Empty:
-            producer.poll(0)
+            producer.poll(IN_FLIGHT_WAIT_S if busy else 0)
             self._maybe_probe()
             return
         self._gauge()
@@ -287,6 +297,7 @@ class Ingestor:
         try:
             producer.send(rec.topic, rec.value, key=rec.key, headers=rec.headers,
                           on_delivery=self._callback(rec))
+            self._inflight += 1
         except Exception as exc:
             self._failed(exc)
             _fail(rec, exc)
@@ -294,6 +305,8 @@ class Ingestor:
 
     def _callback(self, rec: Record) -> OnDelivery:
         def on_delivery(err: BaseException | None, report: Delivered | None) -> None:
+            # served by poll or flush, on the sender thread (both clients)
+            self._inflight -= 1
             if err is not None or report is None:
                 self._failed(err or RuntimeError("no delivery report"))
                 _fail(rec, err or RuntimeError("no delivery report"))
