@@ -292,6 +292,12 @@ class Checkpointer:
 
     def _written(self, info: SnapshotInfo, offsets: dict[Partition, int], events_total: int
                  ) -> Written:
+        if self._failure_kind is not None:  # failing until now: say that it is over
+            log.warning("snapshot %d written: snapshot writes succeed again (%.0f s after "
+                        "the last good one); offsets are committed again", info.version,
+                        time.time() - self.last_written_wall if self.last_written_wall
+                        else float("nan"))
+            self._failure_kind, self._failure_repeats = None, 0
         self.last_written_wall = time.time()
         m = self.metrics
         m.snapshot_duration.observe(info.seconds)

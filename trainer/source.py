@@ -468,6 +468,8 @@ class BatchSource:
                 try:
                     self.consumer.commit(to_commit)
                     self.commits_total += 1
-                except Exception:
+                except Exception as exc:  # Kafka away: the snapshot holds these offsets
                     self.commit_errors += 1
-                    log.exception("commit before revoke failed")
+                    log.warning("commit before revoke failed (%s: %s); the snapshot holds "
+                                "these offsets, a restart resumes from it",
+                                type(exc).__name__, exc)

@@ -42,6 +42,7 @@ class TrainerStatus:
     events_total: int
     duplicates: int
     rejected: int
+    capped: dict[str, int]
     watermark: float | None
     snapshot_version: int | None
     _rate: float
@@ -89,7 +90,8 @@ class TrainerStatus:
         return (
             f"partitions={parts}{waiting} "
             f"events learned={self.events_learned} total={self.events_total} "
-            f"dup={self.duplicates} rejected={self.rejected} rate={self._rate:.0f}/s "
+            f"dup={self.duplicates} rejected={self.rejected} "
+            f"capped={sum(self.capped.values())} rate={self._rate:.0f}/s "
             f"users={len(self.history)} {self.evaluation.hr_line()} "
             f"snapshot={self.snapshot_version}"
         )

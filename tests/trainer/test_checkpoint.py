@@ -111,5 +111,9 @@ def test_a_full_disk_makes_room_and_does_not_flood_the_log(
                for r in caplog.records) == 1
     assert t.metrics.registry.get_sample_value("liverec_trainer_snapshot_errors_total") == 3
     monkeypatch.undo()
-    assert t.checkpoint("test", wait=True) is not None  # room again: it writes
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="trainer.checkpoint"):
+        assert t.checkpoint("test", wait=True) is not None  # room again: it writes
     assert store.versions() == [3, 4, 5]
+    assert sum("snapshot 5 written: snapshot writes succeed again" in r.getMessage()
+               for r in caplog.records) == 1

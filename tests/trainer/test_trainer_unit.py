@@ -578,6 +578,8 @@ def test_the_status_line_says_how_many_evaluated_events_its_hit_rates_rest_on(
     line = t.evaluation.hr_line()
     n = max(int(t.evaluator.rolling(m)["n"]) for m in t.models)
     assert n > 0 and line.startswith(f"hr@{settings.k} over {n}[popularity=0.")
+    t.capped.update(repeat=3, burst=2)  # what the flood guard held back, as it counts it
+    assert " rejected=0 capped=5 rate=" in t.status_line()
 
 
 def test_two_settings_of_one_model_train_side_by_side_and_restore(
