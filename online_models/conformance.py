@@ -49,6 +49,7 @@ and which optional parts of the protocol it has.
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,22 +137,23 @@ class _Context:
         self.stream = stream
         self.k = k
         self.batches = list(to_batches(stream, 256))
-        counts: dict[str, int] = {}
-        for u in stream.users:
-            counts[u] = counts.get(u, 0) + 1
+        counts = Counter(stream.users)
         ranked = sorted(counts, key=lambda u: (-counts[u], u))
         # a heavy user, a light one, the latest one
         self.probes = [ranked[0], ranked[len(ranked) // 2], stream.users[-1]]
-        self.top_item = max(set(stream.items), key=stream.items.count)
+        self.top_item = Counter(stream.items).most_common(1)[0][0]
+        # every user's distinct items, oldest first (a repeat moves to the end), in one
+        # pass: the checks ask for the probes' histories many times
+        self._histories: dict[str, dict[str, None]] = {}
+        for u, i in zip(stream.users, stream.items, strict=True):
+            hist = self._histories.setdefault(u, {})
+            hist.pop(i, None)
+            hist[i] = None
 
-    def history(self, user: str, n: int = 20) -> list[str]:
-        hist: list[str] = []
-        for u, i in zip(self.stream.users, self.stream.items, strict=True):
-            if u == user:
-                if i in hist:
-                    hist.remove(i)
-                hist.append(i)
-        return hist[-n:]
+    def history(self, user: str, n: int | None = 20) -> list[str]:
+        """``user``'s last ``n`` distinct items (all with None), oldest first."""
+        hist = list(self._histories.get(user, {}))
+        return hist if n is None else hist[-n:]
 
     def fitted(self, batches: list[Batch] | None = None) -> OnlineModel:
         model = self.build()
@@ -320,7 +322,7 @@ def _forget(c: _Context, m: OnlineModel) -> str:
     # kept its former user's state shows in z's scores or in what z's click taught.
     twin = c.fitted()
     twin.forget_users([y])
-    seen = set(c.history(x, n=10**9)) | set(c.history(y, n=10**9))
+    seen = set(c.history(x, None)) | set(c.history(y, None))
     item = next((i for i in reversed(c.stream.items) if i not in seen), None)
     if item is None:
         return f"{x!r} forgotten; no item left to check its row with"

@@ -123,8 +123,12 @@ def plugins() -> dict[str, Plugin]:
 
 def package_of(name: str) -> str | None:
     """``"package version"`` of the plugin that provides model ``name`` (or
-    ``kind@label``); None for a built-in or an unknown name."""
-    plugin = plugins().get(name.partition("@")[0])
+    ``kind@label``); None for a built-in or an unknown name. A built-in's answer needs
+    no scan of the installed packages (snapshots ask for every model they capture)."""
+    kind = name.partition("@")[0]
+    if kind in MODEL_PATHS:
+        return None
+    plugin = plugins().get(kind)
     return plugin.source if plugin is not None else None
 
 

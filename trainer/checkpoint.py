@@ -161,10 +161,6 @@ class Checkpointer:
         #: wall-clock time of the last attempt, successful or not (paces retries)
         self.last_attempt_wall = 0.0
         self.last: Written | None = None
-        #: versions :meth:`restore` refused, with why, and the models they name that
-        #: this process cannot build
-        self.refused: dict[int, str] = {}
-        self.unknown_models: set[str] = set()
         #: seconds the last snapshot write took (its background thread's wall time)
         self.last_write_s = 0.0
         #: the kind of the last failure, when it was last logged, and repeats since
@@ -176,15 +172,12 @@ class Checkpointer:
         )
 
     def restore(self) -> Snapshot | None:
-        """The newest snapshot that loads and verifies, refusing corrupt ones (each one
-        refused is in :attr:`refused`, with why; models they name that this process
-        cannot build in :attr:`unknown_models`)."""
+        """The newest snapshot that loads and verifies, refusing corrupt ones (the store's
+        ``refusals`` and ``unknown_models`` say which it refused, and why)."""
         try:
             snap = self.store.load_latest_valid()
         finally:
-            self.refused = dict(self.store.refusals)
-            self.unknown_models = set(self.store.unknown_models)
-            self.metrics.snapshots_refused.inc(len(self.refused))
+            self.metrics.snapshots_refused.inc(len(self.store.refusals))
         if snap is not None:
             created = snap.manifest.get("created_at")
             self.last_written_wall = (datetime.fromisoformat(created).timestamp()

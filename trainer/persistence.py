@@ -80,24 +80,25 @@ class TrainerPersistence:
     def _restore(self) -> None:
         snap = self.checkpointer.restore()
         if snap is None:
-            refused = len(self.checkpointer.refused)
-            if self.checkpointer.unknown_models:
+            store = self.checkpointer.store
+            refused = len(store.refusals)
+            if store.unknown_models:
                 # Intact snapshots this install cannot read: starting would replace them
                 # (and retention delete them), commits or not.
                 raise MissingSnapshotError(
-                    f"every snapshot in {self.checkpointer.store.root} was refused "
+                    f"every snapshot in {store.root} was refused "
                     f"({refused} version(s)), and they hold model(s) this install cannot "
-                    f"build: {', '.join(sorted(self.checkpointer.unknown_models))}. Install "
+                    f"build: {', '.join(sorted(store.unknown_models))}. Install "
                     "the plugin package(s) that provide them (`liverec models list` shows "
                     "what is installed) and start again; to start afresh instead, move "
                     "the snapshot directory away.")
             if refused:
                 log.warning("none of the %d snapshot version(s) in %s could be loaded (see "
                             "above): starting from scratch, unless its consumer group "
-                            "committed offsets", refused, self.checkpointer.store.root)
+                            "committed offsets", refused, store.root)
             else:
                 log.info("no valid snapshot in %s: starting from scratch",
-                         self.checkpointer.store.root)
+                         store.root)
             self.models = {name: self._fresh(name) for name in self.names}
             registry.bind(self.models)
             return

@@ -242,7 +242,7 @@ class Trainer(TrainerPersistence, GroupMembership, TrainerStatus):
         if self.snapshot_version is None:
             self._lost = LostSnapshotGuard(self.kafka, s.group, self.checkpointer.store.root,
                                            s.on_missing_snapshot, on_refuse=self.stop_event.set,
-                                           refused=self.checkpointer.refused)
+                                           refused=self.checkpointer.store.refusals)
             self._lost.start()
         t_start = time.monotonic()
         restore_signals = stop_on_signals(self.stop_event, "final snapshot + commit")

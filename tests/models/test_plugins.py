@@ -221,14 +221,20 @@ def test_a_plugin_model_trains_snapshots_and_blends(site: Path, tmp_path: Path) 
     assert "package" not in entries["popularity"]
 
 
-def test_loading_state_written_by_another_release_of_a_plugin_warns(
-        site: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def _transitions_snapshot(tmp_path: Path) -> SnapshotStore:
+    """A snapshot store holding one version: the plugin model after 300 events."""
     model = registry.create("transitions")
     model.learn(next(iter(to_batches(Dataset.from_records(
         generate_events(300, 20, 40, seed=1), name="s"), 256))))
     store = SnapshotStore(tmp_path / "snapshots")
     store.write({"transitions": model}, history=UserHistory(), offsets={},
                 events_total=300, watermark=None)
+    return store
+
+
+def test_loading_state_written_by_another_release_of_a_plugin_warns(
+        site: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = _transitions_snapshot(tmp_path)
     info = site / "liverec_transitions-0.1.dist-info"
     (info / "METADATA").write_text((info / "METADATA").read_text().replace("0.1", "0.2"))
     registry.plugins.cache_clear()
@@ -240,12 +246,7 @@ def test_loading_state_written_by_another_release_of_a_plugin_warns(
 
 def test_a_snapshot_naming_a_plugin_that_is_not_installed_says_so(
         site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    model = registry.create("transitions")
-    model.learn(next(iter(to_batches(Dataset.from_records(
-        generate_events(300, 20, 40, seed=1), name="s"), 256))))
-    store = SnapshotStore(tmp_path / "snapshots")
-    store.write({"transitions": model}, history=UserHistory(), offsets={},
-                events_total=300, watermark=None)
+    store = _transitions_snapshot(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(site)])
     registry.plugins.cache_clear()
     with pytest.raises(SnapshotError, match=r"unknown model 'transitions'.*plugin model "
