@@ -26,6 +26,7 @@ from liverec import (
 from liverec.runtime import configure_malloc, configure_umask
 
 app = typer.Typer(
+    rich_markup_mode=None,
     name="liverec",
     help="Streaming incremental-learning recommender: Kafka in, online models, "
     "hot-reloaded serving, Prometheus out.",
@@ -80,12 +81,33 @@ def reflow(doc: str | None) -> str | None:
                        for p in paragraphs)
 
 
+def summary(text: str | None) -> str | None:
+    r"""The first sentence of a help text: a command's line in its group's list (which
+    click would cut to the terminal's width, mid-phrase, with "...").
+
+    >>> summary("Replay a CSV into Kafka. Rows go in event-time order.\n\nMore.")
+    'Replay a CSV into Kafka.'
+    >>> summary("Serve recommendations (FastAPI + uvicorn).")
+    'Serve recommendations (FastAPI + uvicorn).'
+    """
+    if not text:
+        return None
+    first = text.split("\n\n", 1)[0].removeprefix("\b").strip()
+    end = first.find(". ")
+    return " ".join((first if end < 0 else first[:end + 1]).split())
+
+
 def _reflow_help(typer_app: typer.Typer) -> None:
     for info in typer_app.registered_commands:
         if info.help is None and info.callback is not None:
             info.help = reflow(info.callback.__doc__)
+        if info.short_help is None:
+            info.short_help = summary(info.help)
     for group in typer_app.registered_groups:
         if group.typer_instance is not None:
+            sub = group.typer_instance.info
+            if not isinstance(sub.short_help, str) and isinstance(sub.help, str):
+                sub.short_help = summary(sub.help)
             _reflow_help(group.typer_instance)
 
 

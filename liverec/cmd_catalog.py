@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 models_app = typer.Typer(
+    rich_markup_mode=None,
     help="The models this install can build (built-in and plugins), and a protocol check.",
     no_args_is_help=True,
 )
@@ -47,7 +48,8 @@ def models_list() -> None:
 
 @models_app.command("check")
 def models_check(
-    name: Annotated[str, typer.Argument(help="A model name (see `liverec models list`).")],
+    name: Annotated[str, typer.Argument(
+        metavar="NAME", help="A model name (see `liverec models list`).")],
     params: Annotated[str | None, typer.Option(
         "--params", help='JSON constructor arguments, e.g. \'{"window": 20}\'.')] = None,
     events: Annotated[int, typer.Option(

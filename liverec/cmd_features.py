@@ -12,13 +12,15 @@ from typing import Annotated
 
 import typer
 
-features_app = typer.Typer(help="Item content (hashed token features) for the models.",
+features_app = typer.Typer(
+    rich_markup_mode=None,help="Item content (hashed token features) for the models.",
                            no_args_is_help=True)
 
 
 @features_app.command("publish")
 def publish(
     path: Annotated[Path, typer.Argument(
+        metavar="PATH",
         help="MovieLens movies.csv (or ratings.csv / its folder), the Online Retail CSV, "
              "or a CSV with item_id and text columns",
         exists=True)],

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 keys_app = typer.Typer(
+    rich_markup_mode=None,
     help="API keys for `liverec serve` (stored as salted hashes; shown once).",
     no_args_is_help=True,
 )
@@ -36,8 +37,9 @@ FileOpt = Annotated[
 
 @keys_app.command("add")
 def keys_add(
-    name: Annotated[str, typer.Argument(help="A name for the key (letters, digits, . _ -); "
-                                        "it appears in logs and event ids, the key never.")],
+    name: Annotated[str, typer.Argument(
+        metavar="NAME", help="A name for the key (letters, digits, . _ -); it appears in logs "
+                             "and event ids, the key never.")],
     scope: Annotated[list[str] | None, typer.Option(
         "--scope", help="read, write or ops; repeat for several (default: write).")] = None,
     file: FileOpt = None,
@@ -83,7 +85,7 @@ def keys_list(file: FileOpt = None) -> None:
 
 @keys_app.command("revoke")
 def keys_revoke(
-    name: Annotated[str, typer.Argument(help="The key's name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The key's name.")],
     file: FileOpt = None,
 ) -> None:
     """Delete a key; running servers refuse it within a second."""

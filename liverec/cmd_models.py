@@ -103,7 +103,8 @@ def _tie_order(value: str | None) -> Any:
 
 
 def evaluate(
-    path: Annotated[Path, typer.Argument(help="Interactions CSV (plain or .gz).", exists=True)],
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="Interactions CSV (plain or .gz).",
+                                         exists=True)],
     preset: Annotated[
         str | None,
         typer.Option("--preset", help="liverec | movielens | online-retail (default: from header)"),
@@ -198,8 +199,8 @@ def evaluate(
 ) -> None:
     """Prequential (test-then-train) evaluation of several models side by side, one pass.
 
-    Every evaluable event is scored by every model (``--sample`` scores a seeded
-    share of them), in batched form: one ``score_many`` per model and batch. A
+    Every evaluable event is scored by every model (--sample scores a seeded
+    share of them), in batched form: one score_many call per model and batch. A
     hybrid blends the other listed models instead of learning private copies.
     """
     import time

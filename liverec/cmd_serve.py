@@ -120,8 +120,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve recommendations from hot-reloaded snapshots (FastAPI + uvicorn).
 
-        Every option may also come from ``LIVEREC_<NAME>`` environment variables
-        (``--features-preset``: ``LIVEREC_ITEM_FEATURES_PRESET``).
+        Every option may also come from its LIVEREC_<NAME> environment variable
+        (--features-preset: LIVEREC_ITEM_FEATURES_PRESET).
         """
         from pydantic import ValidationError
 

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from stream.settings import KafkaSettings
 
 broker_app = typer.Typer(
+    rich_markup_mode=None,
     help="A local single-node Apache Kafka (KRaft) for demos and tests.",
     no_args_is_help=True,
 )
@@ -67,8 +68,8 @@ def broker_stop() -> None:
 
 
 def replay(
-    file: Annotated[Path, typer.Argument(help="CSV file (plain or .gz)", exists=True,
-                                         dir_okay=False)],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="CSV file (plain or .gz)",
+                                         exists=True, dir_okay=False)],
     topic: Annotated[str | None, typer.Option(help="target topic [LIVEREC_TOPIC]")] = None,
     preset: Annotated[str | None, typer.Option(
         help="liverec | movielens | online-retail (guessed from the header if omitted)")] = None,

@@ -106,7 +106,8 @@ def test_serve_uses_the_local_broker_when_no_bootstrap_is_configured(
     got: list[str] = []
     monkeypatch.setattr(serving_app, "run",
                         lambda settings, auth, limits: got.append(settings.bootstrap))
-    args = ["serve", "--snapshots", str(tmp_path / "s")]
+    # --port 0: the check must not depend on 8000 being free on the machine
+    args = ["serve", "--snapshots", str(tmp_path / "s"), "--port", "0"]
     monkeypatch.setattr(broker, "broker_status",
                         lambda: types.SimpleNamespace(bootstrap="127.0.0.1:9999"))
     assert CliRunner().invoke(cli.app, args).exit_code == 0

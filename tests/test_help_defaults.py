@@ -73,3 +73,26 @@ def test_every_command_help_is_one_line_per_paragraph() -> None:
     for name, cmd in commands:
         for paragraph in (cmd.help or "").split("\n\n"):
             assert "\n" not in paragraph or paragraph.startswith("\b"), (name, paragraph)
+
+
+def test_every_help_fits_80_columns_and_hides_nothing() -> None:
+    """`--help` in an 80-column terminal: no line wider, no option name, environment
+    variable or command summary cut off with an ellipsis (the boxed layout cut
+    `[LIVEREC_KAFKA_BOOTSTRAP / ...` to `[LIVEREC_KAFKA_BOOT…`)."""
+    from typer.testing import CliRunner
+
+    groups = [[], *([name] for name, cmd in
+                    typer.main.get_command(cli.app).commands.items()  # type: ignore[attr-defined]
+                    if hasattr(cmd, "commands"))]
+    argvs = groups + [name.split() for name, _ in _commands(typer.main.get_command(cli.app))]
+    assert len(argvs) >= 15
+    for argv in argvs:
+        out = CliRunner().invoke(cli.app, [*argv, "--help"], terminal_width=80)
+        assert out.exit_code == 0, (argv, out.output)
+        assert "Usage: liverec" in out.output, argv
+        for line in out.output.splitlines():
+            assert len(line) <= 80, (argv, line)
+            cut = "…" in line or (line.rstrip().endswith("...") and "[ARGS]..." not in line)
+            assert not cut, (argv, line)
+    top = CliRunner().invoke(cli.app, ["--help"], terminal_width=80).output
+    assert "generate  Write a synthetic" in top and "CSV)." in top  # wrapped, not cut
