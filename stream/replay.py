@@ -44,6 +44,7 @@ from stream.events import (
 from stream.kafka import (
     KafkaClientError,
     Producer,
+    QueueFull,
     Record,
     as_settings,
     make_producer,
@@ -62,6 +63,9 @@ log = logging.getLogger(__name__)
 DELIVERY_TIMEOUT_MS = 30 * 60_000
 #: seconds between two WARNINGs about failed sends during a replay
 FAILURES_LOG_S = 10.0
+#: longest one send waits for room in the producer's queue before the replay checks
+#: Ctrl-C and says it is waiting (it then tries again)
+ROOM_WAIT_MS = 1_000
 
 
 @dataclass
@@ -155,6 +159,11 @@ class Replayer:
     linger_ms, compression
         Producer batching (see :class:`stream.kafka.ProducerOptions`); no compression
         by default, so that both clients can read the topic.
+    queue_max_messages
+        Records the producer holds for the broker. While they fill it (the broker is
+        down or slow), the replay waits for room, with a WARNING every
+        :data:`FAILURES_LOG_S` and Ctrl-C still stopping it; a record waits up to
+        :data:`DELIVERY_TIMEOUT_MS`, then counts as failed.
     """
 
     def __init__(
@@ -169,6 +178,7 @@ class Replayer:
         progress: bool = True,
         linger_ms: int = 20,
         compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] | None = None,
+        queue_max_messages: int = 100_000,
     ) -> None:
         if rate is not None and speedup is not None:
             raise ValueError("give at most one of rate and speedup")
@@ -184,6 +194,13 @@ class Replayer:
                                  else DEFAULT_LIMITS)
         self.progress = progress
         self.linger_ms = linger_ms
+        self.queue_max_messages = queue_max_messages
+        #: when the producer's queue was first found full in the current wait (None:
+        #: not waiting), and when that was last said
+        self._full_since: float | None = None
+        self._full_said_at = 0.0
+        #: failed sends already said, and when (:meth:`_say_failures`)
+        self._failed_said, self._failed_said_at = 0, 0.0
         #: dead-letter copies the broker did not take (in this replay)
         self._dlq_failed = 0
         # No compression by default: kafka-python can read lz4/snappy/zstd topics only
@@ -198,8 +215,10 @@ class Replayer:
         self._dlq_failed = 0
         producer = make_producer(self.settings, client_id="liverec-replay",
                                  linger_ms=self.linger_ms, compression=self.compression,
-                                 max_block_ms=60_000, report_successes=False,
-                                 delivery_timeout_ms=DELIVERY_TIMEOUT_MS)
+                                 max_block_ms=ROOM_WAIT_MS, report_successes=False,
+                                 delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
+                                 queue_max_messages=self.queue_max_messages)
+        self._full_since, self._full_said_at = None, 0.0
         self._failed_said, self._failed_said_at = 0, 0.0
         start = time.monotonic()
         topic = self.topic
@@ -232,7 +251,7 @@ class Replayer:
                   stop: threading.Event) -> int:
         """Send the rows (paced, or in chunks as fast as the producer goes) until done or
         ``stop`` is set (Ctrl-C: checked between rows, or chunks); the events sent."""
-        send, topic = producer.send, self.topic
+        topic = self.topic
         sent = 0
         if self._paced:
             for n, ts, key, item in encode_rows(dataset, self.limits):
@@ -244,20 +263,23 @@ class Replayer:
                 if self._pace(n, ts - t0, start, stop):
                     return sent
                 if type(item) is bytes:
-                    send(topic, item, key)
+                    if not self._send(producer, stop, topic, item, key):
+                        return sent
                     sent += 1
                 else:
                     assert isinstance(item, Rejected)
-                    self._dead_letter(producer, item, source, None)
+                    self._dead_letter(producer, item, source, None, stop)
                     result.rejected[item.reason] += 1
         else:  # as fast as the producer goes: chunks, batch produce
             for end, records, rejects in encode_chunks(dataset, self.limits):
                 if stop.is_set():
                     return sent
-                producer.send_many(topic, records)
-                sent += len(records)
+                queued = self._send_many(producer, stop, topic, records)
+                sent += queued
+                if queued < len(records):
+                    return sent
                 for rej in rejects:
-                    self._dead_letter(producer, rej, source, None)
+                    self._dead_letter(producer, rej, source, None, stop)
                     result.rejected[rej.reason] += 1
                 producer.poll(0)
                 self._say_failures(producer)
@@ -276,6 +298,62 @@ class Replayer:
                         producer.last_error)
             self._failed_said, self._failed_said_at = failed, now
 
+    def _send(self, producer: Producer, stop: threading.Event, topic: str,
+              value: bytes, key: bytes | None, **more: Any) -> bool:
+        """``producer.send``, waiting while its queue is full; False when ``stop`` was
+        set while waiting (the record was not sent)."""
+        while True:
+            try:
+                producer.send(topic, value, key, **more)
+            except QueueFull as exc:
+                if not self._wait_for_room(producer, stop, exc):
+                    return False
+                continue
+            self._room_again()
+            return True
+
+    def _send_many(self, producer: Producer, stop: threading.Event, topic: str,
+                   records: Sequence[tuple[bytes | None, bytes | None]]) -> int:
+        """``producer.send_many``, waiting while its queue is full; how many records
+        were queued (all, unless ``stop`` was set while waiting)."""
+        done = 0
+        while True:
+            try:
+                producer.send_many(topic, records[done:] if done else records)
+            except QueueFull as exc:
+                done += exc.queued  # the first ones are queued: in order, once
+                if not self._wait_for_room(producer, stop, exc):
+                    return done
+                continue
+            self._room_again()
+            return len(records)
+
+    def _wait_for_room(self, producer: Producer, stop: threading.Event,
+                       exc: QueueFull) -> bool:
+        """After a send the full queue refused: say so (at most every
+        :data:`FAILURES_LOG_S`), serve delivery reports a moment; False once ``stop``
+        is set. The replay waits for the broker instead of ending: a record that
+        waits :data:`DELIVERY_TIMEOUT_MS` fails, which makes room too."""
+        now = time.monotonic()
+        if self._full_since is None:
+            self._full_since = now
+        if now - self._full_said_at >= FAILURES_LOG_S:
+            log.warning("the broker at %s has taken no record for %.0f s (%s): waiting "
+                        "for it; a record fails after %d minutes waiting (Ctrl-C stops "
+                        "the replay with a summary)", self.settings.bootstrap,
+                        now - self._full_since + ROOM_WAIT_MS / 1000, exc,
+                        DELIVERY_TIMEOUT_MS // 60_000)
+            self._full_said_at = now
+        self._say_failures(producer)
+        producer.poll(0)
+        return not stop.wait(0.1)
+
+    def _room_again(self) -> None:
+        if self._full_since is not None:
+            log.warning("the broker takes records again, after %.0f s of a full queue",
+                        time.monotonic() - self._full_since + ROOM_WAIT_MS / 1000)
+            self._full_since, self._full_said_at = None, 0.0
+
     @property
     def _paced(self) -> bool:
         return self.rate is not None or self.speedup is not None
@@ -293,13 +371,14 @@ class Replayer:
         return stop.wait(delay) if delay > 0 else stop.is_set()
 
     def _dead_letter(self, producer: Producer, rej: Rejected, source: str,
-                     line: int | None) -> None:
+                     line: int | None, stop: threading.Event | None = None) -> None:
         value, headers = dlq_payload(rej, topic=None, partition=None, offset=None,
                                      max_bytes=self.settings.dlq_max_bytes)
         headers.append(("source_file", source.encode("utf-8", "backslashreplace")))
         if line is not None:
             headers.append(("source_line", str(line).encode()))
-        producer.send(self.dlq_topic, value, headers=headers, on_delivery=self._dlq_delivered)
+        self._send(producer, stop or threading.Event(), self.dlq_topic, value, None,
+                   headers=headers, on_delivery=self._dlq_delivered)
 
     def _dlq_delivered(self, error: KafkaClientError | None, record: Record | None) -> None:
         if error is not None:

@@ -45,10 +45,15 @@ class KafkaClientError(RuntimeError):
 
 class QueueFull(KafkaClientError):
     """The producer's local queue is full (or the broker's metadata did not arrive
-    within ``max_block_ms``): nothing was queued; back off or answer 503."""
+    within ``max_block_ms``): the record was not queued; back off or answer 503.
 
-    def __init__(self, message: str) -> None:
+    ``queued``: from :meth:`Producer.send_many`, how many of its records (the first
+    ones, in order) were queued before the refusal; a retry sends the rest.
+    """
+
+    def __init__(self, message: str, *, queued: int = 0) -> None:
         super().__init__(message, retriable=True)
+        self.queued = queued
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +314,8 @@ class Producer(Protocol):
         Raises
         ------
         QueueFull
-            No room within ``max_block_ms``; the records before it are queued.
+            No room within ``max_block_ms``; the records before it are queued (its
+            ``queued`` says how many).
         """
         ...
 

@@ -434,7 +434,7 @@ class ConfluentProducer:
                     deadline = now + self.options.max_block_ms / 1000.0
                 if now >= deadline:
                     raise QueueFull(f"producer queue full ({len(self._p)} records waiting "
-                                    "for the broker)")
+                                    "for the broker)", queued=pos)
                 self._p.poll(min(0.05, deadline - now))
                 continue
             deadline = None

@@ -335,8 +335,12 @@ class KafkaPythonProducer:
 
     def send_many(self, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]
                   ) -> None:
-        for key, value in records:
-            self.send(topic, value, key)  # each waits for room up to max_block_ms
+        for i, (key, value) in enumerate(records):
+            try:
+                self.send(topic, value, key)  # each waits for room up to max_block_ms
+            except QueueFull as exc:
+                exc.queued = i
+                raise
 
     def _reserve(self) -> None:
         """Take a place in the queue, waiting up to ``max_block_ms`` for one (as the

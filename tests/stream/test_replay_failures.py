@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from types import SimpleNamespace
 
+import orjson
 import pytest
 
 from online_models.datasets import Dataset
@@ -48,3 +49,86 @@ def test_a_replay_waits_longer_than_a_broker_restart(monkeypatch: pytest.MonkeyP
     with pytest.raises(RuntimeError, match="stop here"):
         Replayer("localhost:1", "t", progress=False).replay(events)
     assert given["delivery_timeout_ms"] == replay.DELIVERY_TIMEOUT_MS >= 10 * 60_000
+
+
+class _FullOnce:
+    """A producer whose queue refuses the records from ``full_at`` on ``times`` times
+    (send_many queues the ones before it, as the clients do), then takes all."""
+
+    def __init__(self, full_at: int, times: int) -> None:
+        self.full_at, self.times = full_at, times
+        self.queued: list[bytes | None] = []
+        self.failed_total, self.last_error = 0, None
+
+    def send_many(self, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
+        for i, (_, value) in enumerate(records):
+            if self.times and len(self.queued) == self.full_at:
+                self.times -= 1
+                raise replay.QueueFull("producer queue full (3 records waiting)", queued=i)
+            self.queued.append(value)
+
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None,
+             **more: object) -> None:
+        self.send_many(topic, [(key, value)])
+
+    def poll(self, timeout_s: float = 0.0) -> int:
+        return 0
+
+
+def test_a_full_queue_is_waited_out_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
+    """The replay used to stop with `producer queue full` a minute into an outage. Now
+    it waits for room (saying so), then goes on exactly where it was: nothing twice,
+    nothing skipped, the order kept."""
+    import threading
+
+    r = Replayer("localhost:1", "t")
+    producer = _FullOnce(full_at=3, times=4)
+    records = [(b"k", str(i).encode()) for i in range(8)]
+    with caplog.at_level(logging.WARNING, logger="stream.replay"):
+        queued = r._send_many(producer, threading.Event(), "t", records)  # type: ignore[arg-type]
+        assert r._send(producer, threading.Event(), "t", b"8", b"k")  # type: ignore[arg-type]
+    assert queued == 8
+    assert producer.queued == [str(i).encode() for i in range(9)]
+    said = [rec.getMessage() for rec in caplog.records]
+    assert len(said) == 2, said  # one WARNING per 10 s of waiting, one when it ends
+    assert "has taken no record" in said[0] and "Ctrl-C stops" in said[0]
+    assert "takes records again" in said[1]
+
+
+def test_ctrl_c_while_the_queue_is_full_stops_with_an_exact_count() -> None:
+    import threading
+
+    r = Replayer("localhost:1", "t")
+    stop = threading.Event()
+    stop.set()  # Ctrl-C came while the replay waited
+    producer = _FullOnce(full_at=5, times=1_000)
+    assert r._send_many(producer, stop, "t", [(b"k", b"x")] * 9) == 5  # type: ignore[arg-type]
+    assert not r._send(producer, stop, "t", b"y", b"k")  # type: ignore[arg-type]
+    assert len(producer.queued) == 5
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("rate", [None, 2_000.0])  # as fast as it goes (send_many); paced
+def test_a_replay_outlasts_a_queue_that_stays_full(kafka_settings, new_topic, rate,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A real broker that takes records only every 1.5 s (the linger) into a queue of
+    10: sends are refused for longer than a send waits, as in an outage; the replay
+    waits and delivers every event once, each user's in order."""
+    from stream.kafka import end_offsets
+    from tests.stream.test_consumer import read_topic
+
+    topic = new_topic(partitions=2)
+    events = Dataset.from_records(generate_events(40, 5, 20, seed=3), name="s")
+    r = Replayer(kafka_settings, topic, rate=rate, progress=False, linger_ms=1_500,
+                 queue_max_messages=10)
+    with caplog.at_level(logging.WARNING, logger="stream.replay"):
+        result = r.replay(events)
+    assert (result.sent, result.failed) == (40, 0)
+    assert sum(end_offsets(kafka_settings, topic).values()) == 40
+    assert any("has taken no record" in rec.getMessage() for rec in caplog.records)
+    got = read_topic(kafka_settings, topic, 40)
+    by_user: dict[bytes | None, list[float]] = {}
+    for rec in got:
+        by_user.setdefault(rec.key, []).append(orjson.loads(rec.value or b"{}")["timestamp"])
+    assert sum(map(len, by_user.values())) == 40
+    assert all(ts == sorted(ts) for ts in by_user.values())
