@@ -185,6 +185,10 @@ class GroupMember:
         """Partitions currently assigned to this member."""
         return self._client.assignment()
 
+    def partitions_for(self, topic: str, timeout_s: float = 10.0) -> set[int]:
+        """Partition numbers of ``topic`` (a metadata round trip to the cluster)."""
+        return self._client.partitions_for(topic, timeout_s)
+
     def lag(self) -> dict[Partition, int]:
         """Records not yet read per assigned partition (end offset - position);
         partitions whose position is not known yet are left out."""

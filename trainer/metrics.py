@@ -94,6 +94,12 @@ class TrainerMetrics:
         self.consumer_lag = Gauge(
             _P + "consumer_lag_messages", "Records not yet read, per partition.",
             ["topic", "partition"], registry=r)
+        self.kafka_contact_age = Gauge(
+            _P + "kafka_contact_age_seconds",
+            "Seconds since Kafka last answered the trainer (its partitions' end offsets "
+            "about every second; without partitions, metadata every 5 s, which "
+            "kafka-python may answer from its cache): grows while Kafka is unreachable.",
+            registry=r)
         self.events_per_second = Gauge(
             _P + "events_per_second", "Learned events per second (recent average).", registry=r)
         self.event_time_lag = Gauge(

@@ -91,6 +91,9 @@ class BatchSource:
     #: longest the thread waits (in one poll, or for room in the queue) before it
     #: looks at the stop flag again
     STOP_CHECK_S = 0.05
+    #: seconds between two metadata requests that check the cluster answers while no
+    #: partition is assigned (also their timeout)
+    CONTACT_PROBE_S = 5.0
 
     def __init__(
         self,
@@ -144,6 +147,12 @@ class BatchSource:
         self.assigned: frozenset[Partition] = frozenset()
         #: per-partition lag, refreshed about once a second
         self.lag: dict[Partition, int] = {}
+        #: monotonic time of the last answer from the cluster (a lag refresh with
+        #: partitions, else a metadata request), None before the first; the learner
+        #: exports its age, which grows while Kafka is unreachable
+        self.kafka_contact_at: float | None = None
+        self._probed_at = -self.CONTACT_PROBE_S
+        self._started_at = time.monotonic()
         #: polls that failed, commits made, commits that failed, rejects the
         #: dead-letter topic did not take (exported by the learner; counted here, so
         #: that they survive a rebuilt consumer)
@@ -155,7 +164,14 @@ class BatchSource:
 
     # ------------------------------------------------------------------ learner side
 
+    def kafka_contact_age(self) -> float:
+        """Seconds since the cluster last answered (since :meth:`start` before it ever
+        did)."""
+        since = self.kafka_contact_at if self.kafka_contact_at is not None else self._started_at
+        return max(0.0, time.monotonic() - since)
+
     def start(self) -> None:
+        self._started_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="liverec-source", daemon=True)
         self._thread.start()
 
@@ -253,6 +269,8 @@ class BatchSource:
                 last_lag = time.monotonic()
                 try:
                     self.lag = self._lag()
+                    if self.assigned or self._metadata_answers():
+                        self.kafka_contact_at = time.monotonic()
                 except Exception:
                     log.debug("lag not available", exc_info=True)
 
@@ -277,6 +295,17 @@ class BatchSource:
     def _lag(self) -> dict[Partition, int]:
         assert self.consumer is not None
         return self.consumer.lag()
+
+    def _metadata_answers(self) -> bool:
+        """Whether the cluster answers a metadata request (without partitions the lag
+        asks it nothing): at most every :attr:`CONTACT_PROBE_S`."""
+        assert self.consumer is not None
+        now = time.monotonic()
+        if now - self._probed_at < self.CONTACT_PROBE_S:
+            return False
+        self._probed_at = now
+        self.consumer.partitions_for(self.consumer.topic, timeout_s=self.CONTACT_PROBE_S)
+        return True
 
     def _poll(self) -> RecordBatch:
         """Up to ``batch_size`` records within ``max_wait_s``, polled in slices of at

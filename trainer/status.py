@@ -24,6 +24,9 @@ __all__ = ["TrainerStatus"]
 # Log lines keep the trainer's one logger name (every log line shows it).
 log = logging.getLogger("trainer.service")
 
+#: the status line says Kafka has not answered once it has been silent this long
+KAFKA_SILENCE_SAID_S = 30.0
+
 
 class TrainerStatus:
     """Gauges and the status line: a part of :class:`~trainer.service.Trainer` (see
@@ -68,6 +71,7 @@ class TrainerStatus:
             if self.source is not None:
                 src = self.source
                 m.export_lag({p: n for p, n in dict(src.lag).items() if p in src.assigned})
+                m.kafka_contact_age.set(src.kafka_contact_age())
                 for key, counter, now in (
                     ("dlq", m.dlq_failures, src.dlq_failures),
                     ("consume", m.loop_errors.labels(stage="consume"), src.errors),
@@ -87,6 +91,9 @@ class TrainerStatus:
         parts = len(self.source.assigned) if self.source is not None else 0
         waiting = "" if parts or self.stop_event.is_set() else (
             f" (waiting to join group {self.settings.group} at {self.kafka.bootstrap})")
+        silent = self.source.kafka_contact_age() if self.source is not None else 0.0
+        if silent >= KAFKA_SILENCE_SAID_S and not self.stop_event.is_set():
+            waiting += f" (no answer from Kafka at {self.kafka.bootstrap} for {silent:.0f} s)"
         return (
             f"partitions={parts}{waiting} "
             f"events learned={self.events_learned} total={self.events_total} "

@@ -40,7 +40,7 @@ def test_every_snapshot_and_serving_alert_has_firing_and_quiet_cases() -> None:
                   "LiverecTrainerAbsent", "LiverecServingDown", "LiverecServingAbsent",
                   "LiverecServingReplicasLost", "LiverecDeadLetterWriteFailing",
                   "LiverecServingSnapshotRefused", "LiverecTrainerSnapshotRefused",
-                  "LiverecRestarting"):
+                  "LiverecRestarting", "LiverecTrainerKafkaUnreachable"):
         mine = [c for c in cases if c["alertname"] == alert]
         assert any(c["exp_alerts"] for c in mine), f"{alert} never shown to fire"
         assert any(not c["exp_alerts"] for c in mine), f"{alert} never shown to stay quiet"
