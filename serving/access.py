@@ -293,9 +293,14 @@ class AccessControl:
         self.take(scope, principal)
         return principal
 
-    def take(self, scope: str, principal: Principal, cost: float = 1.0) -> None:
-        """Take ``cost`` tokens of ``scope`` or raise 429 with ``Retry-After``."""
+    def take(self, scope: str, principal: Principal, cost: float = 1.0,
+             retry_cost: float | None = None) -> None:
+        """Take ``cost`` tokens of ``scope`` or raise 429 with ``Retry-After``: the wait
+        until ``retry_cost`` tokens exist (default ``cost``), what the same request
+        takes when it comes again (its key check's token included)."""
         wait = self.limiter.check(scope, principal.caller, cost)
+        if wait > 0 and retry_cost is not None and retry_cost > cost:
+            wait = self.limiter.check(scope, principal.caller, retry_cost)  # refused too
         if wait > 0:
             if self.metrics is not None:
                 self.metrics.rate_limited.labels(scope=scope).inc()

@@ -92,8 +92,15 @@ class MetricsMiddleware:
         self.state.observe_latency(template, dt)
 
 
-class UrlLimitMiddleware:
-    """A request target longer than ``max_bytes`` gets a JSON 414 before routing."""
+class RequestTargetMiddleware:
+    """Refuses, before routing, a request target longer than ``max_bytes`` (JSON 414)
+    and a path holding an encoded ``/`` (JSON 404, reason ``slash_in_path``).
+
+    ``%2F`` is decoded before routing, so ``/v1/items/a%2Fsimilar`` would be answered
+    as ``/v1/items/a/similar`` and ``/v1/items/a%2F`` redirected to ``/v1/items/a``:
+    for another item. Refused here, every such path gets the same answer, whatever
+    route it would have reached (an id with ``/`` goes in the query).
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -101,23 +108,28 @@ class UrlLimitMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            size = len(scope.get("raw_path") or scope["path"].encode()) + len(
-                scope.get("query_string", b"")
-            )
-            if size > self.max_bytes:
-                body = orjson.dumps({
-                    "detail": {"reason": "uri_too_long",
-                               "detail": f"the URL must be at most {self.max_bytes} bytes"}
-                })
-                await send({
-                    "type": "http.response.start",
-                    "status": 414,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())],
-                })
-                await send({"type": "http.response.body", "body": body})
+            raw = scope.get("raw_path") or scope["path"].encode()
+            if len(raw) + len(scope.get("query_string", b"")) > self.max_bytes:
+                await _refuse(send, 414, "uri_too_long",
+                              f"the URL must be at most {self.max_bytes} bytes")
+                return
+            if b"%2f" in raw.lower():
+                await _refuse(send, 404, "slash_in_path", "an id containing '/' cannot be "
+                              "part of the path: send it in the query (?item_id= or "
+                              "?user_id=)")
                 return
         await self.app(scope, receive, send)
+
+
+async def _refuse(send: Send, status: int, reason: str, detail: str) -> None:
+    body = orjson.dumps({"detail": {"reason": reason, "detail": detail}})
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())],
+    })
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _watch(state: ServingState) -> None:
@@ -230,9 +242,9 @@ def create_app(
         app.include_router(r.router, dependencies=[Depends(require("ops"))],
                            responses=AUTH_RESPONSES)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC), name="static")
-    # The last added is outermost: metrics wrap the URL limit, so its 414s are counted
-    # (route "unmatched": they are answered before routing).
-    app.add_middleware(UrlLimitMiddleware, max_bytes=settings.max_url_bytes)
+    # The last added is outermost: metrics wrap the URL checks, so their 414s and 404s
+    # are counted (route "unmatched": they are answered before routing).
+    app.add_middleware(RequestTargetMiddleware, max_bytes=settings.max_url_bytes)
     if settings.cors_origins:
         # Pages of these origins may call the API from the browser (keys travel in
         # headers, never cookies: no credentials mode). Preflights are answered here,
@@ -240,8 +252,8 @@ def create_app(
         app.add_middleware(
             CORSMiddleware, allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST"],  # HEAD only for the probes: not for pages
-            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
-            expose_headers=["Retry-After"], max_age=600)
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+            expose_headers=["Retry-After", "X-Request-ID"], max_age=600)
     app.add_middleware(MetricsMiddleware, state=state)
     # Security headers and the request id outside everything, Starlette's error
     # middleware included (which add_middleware cannot wrap): unhandled 500s and CORS

@@ -19,12 +19,10 @@ __all__ = [
     "JSON",
     "DashboardDep",
     "LoadedDep",
-    "PathIdDep",
     "SettingsDep",
     "StateDep",
     "get_loaded",
     "get_state",
-    "refuse_encoded_slash",
 ]
 
 
@@ -63,21 +61,7 @@ async def get_loaded(state: Annotated[ServingState, Depends(get_state)]) -> Load
     return cur
 
 
-async def refuse_encoded_slash(request: Request) -> None:
-    """404 when the path holds an encoded ``/``: an id with ``/`` goes in the query.
-
-    ``%2F`` is decoded before routing, so ``/v1/items/a%2Fsimilar`` would otherwise
-    be answered as ``/v1/items/a/similar``, for another item.
-    """
-    raw: bytes = request.scope.get("raw_path") or b""
-    if b"%2f" in raw.lower():
-        raise api_error(404, "slash_in_path", "an id containing '/' cannot be part of the "
-                        "path: send it in the query (?item_id= or ?user_id=)")
-
-
 StateDep = Annotated[ServingState, Depends(get_state)]
 SettingsDep = Annotated[ServeSettings, Depends(get_settings)]
 LoadedDep = Annotated[LoadedSnapshot, Depends(get_loaded)]
 DashboardDep = Annotated[DashboardSeries, Depends(get_dashboard)]
-#: for routes with an id in the path
-PathIdDep = Depends(refuse_encoded_slash)

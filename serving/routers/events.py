@@ -229,9 +229,15 @@ async def post_event(request: Request, state: StateDep, principal: WriteKey) -> 
         return _reject(422, first["reason"], first["detail"], None, **extra)
     # One write token per event sent (the request's own was taken with the key check):
     # a refused batch costs its request only, so a client's field bug does not use up
-    # the allowance its valid writes need.
+    # the allowance its valid writes need. Retry-After covers the whole batch again.
     if len(events) > 1:
-        request.app.state.access.take("write", principal, cost=len(events) - 1)
+        access = request.app.state.access
+        rate, burst = access.limiter.settings.limit("write")
+        if rate > 0 and len(events) > burst:  # could never pass: no Retry-After helps
+            metrics.ingested.labels(outcome="too_large").inc()
+            return _reject(413, "too_large", f"at most {int(burst)} events per post under "
+                           "this server's write rate limit (its burst)")
+        access.take("write", principal, cost=len(events) - 1, retry_cost=len(events))
     return await _send(state, events, batch)
 
 

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 
 from serving.content import CONTENT_MODEL
-from serving.deps import JSON, LoadedDep, PathIdDep, StateDep
+from serving.deps import JSON, LoadedDep, StateDep
 from serving.errors import SLASH_404, SNAPSHOT_RESPONSES, ErrorOut, api_error, too_large_k
 from serving.ranking import UnknownModelError
 from serving.routers.recommendations import MAX_ID, MAX_K, ScoredItem
@@ -77,7 +77,7 @@ async def item_by_query(
 
 
 @router.get("/{item_id}/similar", response_class=JSON, summary="Items similar to an item",
-            responses=_SIMILAR_RESPONSES, dependencies=[PathIdDep])
+            responses=_SIMILAR_RESPONSES)
 async def similar(
     loaded: LoadedDep,
     state: StateDep,
@@ -145,7 +145,6 @@ async def _content_similar(
     response_class=JSON,
     summary="An item's popularity (snapshot + live clicks)",
     responses={200: {"model": ItemOut}, 404: SLASH_404},
-    dependencies=[PathIdDep],
 )
 async def item(loaded: LoadedDep, state: StateDep, item_id: ItemId) -> JSON:
     return _item(loaded, state, item_id)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 
-from serving.deps import JSON, LoadedDep, PathIdDep, StateDep
+from serving.deps import JSON, LoadedDep, StateDep
 from serving.errors import SLASH_404, SNAPSHOT_RESPONSES
 from serving.routers.recommendations import MAX_ID
 
@@ -50,7 +50,6 @@ async def user_by_query(
     response_class=JSON,
     summary="A user's seen items: from the snapshot and from live clicks",
     responses={200: {"model": UserOut}, 404: SLASH_404},
-    dependencies=[PathIdDep],
 )
 async def user(
     loaded: LoadedDep,

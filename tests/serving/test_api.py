@@ -127,10 +127,13 @@ def test_ids_with_a_slash_use_the_query_forms(client: TestClient, trained: Train
     # The path forms cannot carry such an id: refused, never answered for another id.
     known = str(trained[0]["bpr"].items.ids[7])
     assert client.get(f"/v1/items/{known}/similar").status_code == 200
+    user = str(trained[0]["bpr"].users.ids[0])
     for path in (f"/v1/items/{known}%2Fsimilar", f"/v1/items/{known}%2fsimilar",
-                 "/v1/items/sku%2F12", "/v1/users/u%2F1", "/v1/items/sku%2F12/similar"):
-        r = client.get(path)
+                 "/v1/items/sku%2F12", "/v1/users/u%2F1", "/v1/items/sku%2F12/similar",
+                 f"/v1/items/{known}%2F", f"/v1/users/{user}%2F"):  # not redirected
+        r = client.get(path, follow_redirects=False)
         assert r.status_code == 404, path
+        assert r.json()["detail"]["reason"] == "slash_in_path", path
         assert "sku/13" not in r.text and "snapshot_version" not in r.text
 
 
@@ -282,17 +285,20 @@ def test_cors_is_off_by_default_and_allows_only_the_named_origins(
 ) -> None:
     shop, other = "https://shop.example.com", "https://evil.example.net"
     preflight = {"Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "x-api-key, content-type"}
+                 "Access-Control-Request-Headers": "x-api-key, content-type, x-request-id"}
     with TestClient(create_app(settings_for(store.root))) as c:
         r = c.get("/v1/recommendations", params={"user_id": "u"}, headers={"Origin": shop})
         assert "access-control-allow-origin" not in r.headers
     with TestClient(create_app(settings_for(store.root, cors_origins=shop))) as c:
         r = c.get("/v1/recommendations", params={"user_id": "u"}, headers={"Origin": shop})
         assert r.status_code == 200 and r.headers["access-control-allow-origin"] == shop
+        # a page may send its own request id and read the answer's
+        assert "x-request-id" in r.headers["access-control-expose-headers"].lower()
         ok = c.options("/v1/events", headers={"Origin": shop, **preflight})
         assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == shop
         allowed = ok.headers["access-control-allow-headers"].lower()
         assert "x-api-key" in allowed and "authorization" in allowed
+        assert "x-request-id" in allowed
         assert "access-control-allow-credentials" not in ok.headers  # keys, not cookies
         bad = c.options("/v1/events", headers={"Origin": other, **preflight})
         assert bad.status_code == 400 and "access-control-allow-origin" not in bad.headers

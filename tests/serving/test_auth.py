@@ -208,6 +208,39 @@ def test_rate_limit_answers_429_with_retry_after(
         assert reg.get_sample_value("liverec_serving_rate_limited_total", {"scope": "write"}) == 1
 
 
+def test_a_batch_retried_after_retry_after_gets_through(
+    store: SnapshotStore, keys: tuple[Path, dict[str, str]]
+) -> None:
+    """Retry-After on a refused batch covers the whole batch again (the retry's own
+    request token included): a client that waits that long passes. It used to cover
+    the batch minus the token the retry spends first, so at 2 writes/s the retry was
+    refused again (and at 1/s for ever). A batch above the burst can never pass: 413."""
+    import time
+
+    path, made = keys
+    writer = _bearer(made["writer"])
+    batch = [{**EVENT, "event_id": f"e{i}"} for i in range(10)]
+    with _client(store, AuthSettings(api_keys_file=path), write_per_s=2.0,
+                 write_burst=20) as c:
+        r = c.post("/v1/events", json=[{**EVENT, "event_id": f"f{i}"} for i in range(20)],
+                   headers=writer)
+        assert r.status_code == 503  # through the limiter (no Kafka here): bucket empty
+        refusals = []
+        for _ in range(4):
+            r = c.post("/v1/events", json=batch, headers=writer)
+            if r.status_code != 429:
+                break
+            refusals.append(int(r.headers["retry-after"]))
+            time.sleep(refusals[-1])
+        assert r.status_code == 503, refusals  # through the limiter
+        # the key check's token (1 s), then the batch's ceil((10 - 1) / 2) = 5 s
+        assert refusals == [1, 5]
+        big = [{**EVENT, "event_id": f"g{i}"} for i in range(21)]
+        r = c.post("/v1/events", json=big, headers=writer)
+        assert r.status_code == 413 and r.json()["reason"] == "too_large"
+        assert "at most 20 events" in r.json()["detail"]
+
+
 def test_body_over_limit_is_413_before_parsing(
     store: SnapshotStore, keys: tuple[Path, dict[str, str]]
 ) -> None:
