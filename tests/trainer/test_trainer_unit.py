@@ -561,10 +561,15 @@ def test_status_line_says_when_no_partitions_are_held(tmp_path: Path) -> None:
     t = Trainer(TrainerSettings(snapshots=tmp_path, models="popularity", group="g1"), kafka)
     assert t.status_line().startswith(
         "partitions=0 (waiting to join group g1 at 127.0.0.1:9) events learned=0 ")
-    t.source = types.SimpleNamespace(assigned=frozenset({("clicks", 0), ("clicks", 1)}))
+    two = frozenset({("clicks", 0), ("clicks", 1)})
+    t.source = types.SimpleNamespace(assigned=two, kafka_contact_age=lambda: 2.0)
     assert t.status_line().startswith("partitions=2 events learned=0 ")
-    t.source = types.SimpleNamespace(assigned=frozenset())  # the shutdown gave them back
-    t.stop()
+    # Kafka silent for longer than 30 s: said, partitions or not
+    t.source = types.SimpleNamespace(assigned=two, kafka_contact_age=lambda: 95.0)
+    assert t.status_line().startswith(
+        "partitions=2 (no answer from Kafka at 127.0.0.1:9 for 95 s) events learned=0 ")
+    t.source = types.SimpleNamespace(assigned=frozenset(), kafka_contact_age=lambda: 95.0)
+    t.stop()  # the shutdown gave them back: nothing to wait for is said
     assert t.status_line().startswith("partitions=0 events learned=0 ")
 
 
