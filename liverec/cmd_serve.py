@@ -124,7 +124,9 @@ def register(app: typer.Typer) -> None:
         (--features-preset: LIVEREC_ITEM_FEATURES_PRESET).
         """
         from pydantic import ValidationError
+        from pydantic_settings import SettingsError
 
+        from liverec.cmd_stream import refuse_settings
         from liverec.env_vars import warn_unknown
         from liverec.logs import configure_logging
         from serving.app import run
@@ -159,9 +161,11 @@ def register(app: typer.Typer) -> None:
             settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})
             auth = AuthSettings(**{k: v for k, v in auth_given.items() if v is not None})
             limits = RateLimitSettings()  # LIVEREC_RATE_*: checked here, not inside uvicorn
-        except ValidationError as exc:  # an option or a LIVEREC_* variable
-            _refuse_log_settings(exc, log_format_given=log_format is not None)
-            raise typer.BadParameter(str(exc)) from exc
+        except (ValidationError, SettingsError) as exc:  # an option or a LIVEREC_* variable
+            if isinstance(exc, ValidationError):
+                _refuse_log_settings(exc, log_format_given=log_format is not None)
+            refuse_settings(exc, [k for k, v in {**given, **auth_given}.items()
+                                  if v is not None])
         if bootstrap is None:
             settings = _with_local_broker(settings)
         if settings.item_features is not None:

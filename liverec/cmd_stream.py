@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -130,20 +131,32 @@ def replay(
         raise typer.Exit(130)  # as an interrupted command exits, after its summary
 
 
+def refuse_settings(exc: Exception, given: Iterable[str] = ()) -> NoReturn:
+    """Exit 2 with one ``error:`` line per bad setting, naming its option (the fields
+    in ``given``) or its ``LIVEREC_*`` variable (:func:`liverec.env_vars.settings_errors`)."""
+    from liverec.env_vars import settings_errors
+
+    for line in settings_errors(exc, given):
+        typer.echo(f"error: {line}", err=True)
+    raise typer.Exit(2)
+
+
 def kafka_settings(**options: Any) -> KafkaSettings:
     """The Kafka settings of a command: its options (None: not given, so the
     ``LIVEREC_*`` variables and defaults apply), with the local broker's address when no
     bootstrap is configured anywhere. A bad value is a :class:`typer.BadParameter`; no
     bootstrap and no running local broker exits with a hint."""
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     from stream.broker import broker_status
     from stream.settings import KafkaSettings
 
+    given = {k: v for k, v in options.items() if v is not None}
     try:
-        settings = KafkaSettings(**{k: v for k, v in options.items() if v is not None})
-    except ValidationError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        settings = KafkaSettings(**given)
+    except (ValidationError, SettingsError) as exc:
+        refuse_settings(exc, given)
     if settings.bootstrap:
         return settings
     state = broker_status()

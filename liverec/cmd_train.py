@@ -183,8 +183,9 @@ def train(
     import orjson
     from prometheus_client import start_http_server
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
-    from liverec.cmd_stream import kafka_settings
+    from liverec.cmd_stream import kafka_settings, refuse_settings
     from trainer import Trainer, TrainerSettings
     from trainer.checkpoint import SnapshotLocationBusy
     from trainer.lost_snapshot import MissingSnapshotError
@@ -225,7 +226,9 @@ def train(
         settings.model_names()
     except orjson.JSONDecodeError as exc:
         raise typer.BadParameter(f"not JSON: {exc}", param_hint="--model-params") from exc
-    except (ValidationError, ValueError) as exc:
+    except (ValidationError, SettingsError) as exc:
+        refuse_settings(exc, given)
+    except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     kafka = kafka_settings(bootstrap=bootstrap, topic=topic, client=kafka_client)
 

@@ -14,12 +14,17 @@ import difflib
 import importlib
 import logging
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 
-from pydantic import AliasChoices, AliasPath
-from pydantic_settings import BaseSettings
+from pydantic import AliasChoices, AliasPath, ValidationError
+from pydantic_settings import BaseSettings, SettingsError
 
-__all__ = ["env_names", "known_variables", "unknown_variables", "warn_unknown"]
+__all__ = ["env_names", "known_variables", "settings_errors", "unknown_variables",
+           "warn_unknown"]
+
+# inputs not repeated in an error line (a secret given in the wrong shape stays secret)
+_SECRET = re.compile(r"password|secret|key|token", re.IGNORECASE)
 
 #: every settings class (module:class), each field read from the environment
 SETTINGS_CLASSES = (
@@ -75,12 +80,64 @@ def env_names(cls: type[BaseSettings], name: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def settings_errors(exc: Exception, given: Iterable[str] = (),
+                    cls: type[BaseSettings] | None = None) -> list[str]:
+    r"""One line per problem of building a settings class (``cls``, else the one the
+    error names), each naming where the value came from: its command-line option when
+    the field is in ``given``, else its ``LIVEREC_*`` variables (pydantic's own text
+    names the field and the class only).
+
+    >>> from stream.settings import KafkaSettings
+    >>> try:
+    ...     KafkaSettings(max_id_chars=512, partitions=0)
+    ... except ValidationError as exc:
+    ...     print("\n".join(settings_errors(exc, given=["partitions"])))
+    --partitions: Input should be greater than or equal to 1 (got 0)
+    LIVEREC_MAX_ID_CHARS: Input should be less than or equal to 256 (got 512)
+    """
+    given = set(given)
+    bad = re.search(r'field "(\w+)"', str(exc)) if isinstance(exc, SettingsError) else None
+    if cls is None and isinstance(exc, ValidationError):
+        cls = next((c for c in _settings_classes() if c.__name__ == exc.title), None)
+    elif cls is None and bad is not None:
+        cls = next((c for c in _settings_classes() if bad.group(1) in c.model_fields), None)
+    fields = cls.model_fields if cls is not None else {}
+
+    def where(field: str) -> str:
+        if field in given:
+            return "--" + field.replace("_", "-")
+        if cls is not None and field in fields:
+            return " / ".join(env_names(cls, field))
+        return field  # an alias: the variable's own name
+
+    if isinstance(exc, SettingsError):  # a variable that must be JSON and is not
+        cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+        return [f"{where(bad.group(1)) if bad else 'a setting'}: cannot be read{cause}"]
+    if not isinstance(exc, ValidationError):
+        return [str(exc)]
+    lines = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else None
+        msg = error["msg"].removeprefix("Value error, ")
+        value = error.get("input")
+        shown = (f" (got {value!r})" if field is not None and not _SECRET.search(field)
+                 and isinstance(value, str | int | float) else "")
+        lines.append(f"{where(field)}: {msg}{shown}" if field else msg)
+    return lines
+
+
+def _settings_classes() -> list[type[BaseSettings]]:
+    out = []
+    for spec in SETTINGS_CLASSES:
+        module, _, name = spec.partition(":")
+        out.append(getattr(importlib.import_module(module), name))
+    return out
+
+
 def known_variables() -> set[str]:
     """Every ``LIVEREC_*`` variable some part of liverec reads."""
     known = set(OTHER_VARIABLES)
-    for spec in SETTINGS_CLASSES:
-        module, _, name = spec.partition(":")
-        cls = getattr(importlib.import_module(module), name)
+    for cls in _settings_classes():
         for field in cls.model_fields:
             known.update(n for n in env_names(cls, field) if n.startswith("LIVEREC_"))
     return known

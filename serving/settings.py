@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from stream.events import ID_CHARS_BOUND
 from stream.logformat import log_level_name
 from stream.settings import KafkaSettings
 
@@ -47,6 +48,10 @@ def cors_origin(value: str) -> str:
     return f"{scheme}://{host}" + ("" if port in (None, default) else f":{port}")
 
 
+#: the largest ``k`` any request may ask for (the routes' schema bound; ``max_k`` may
+#: lower it)
+K_BOUND = 1000
+
 class ServeSettings(BaseSettings):
     """Everything ``liverec serve`` needs, read from ``LIVEREC_*`` variables or passed in.
 
@@ -77,7 +82,8 @@ class ServeSettings(BaseSettings):
     live_popularity_half_life_s
         Wall-clock half-life of the live popularity bump.
     max_k
-        Largest ``k`` a request may ask for.
+        Largest ``k`` a request may ask for (at most :data:`K_BOUND`, the routes'
+        schema bound).
     max_body_bytes
         Largest accepted request body (``POST /v1/events``); a larger one gets 413
         before it is read or parsed.
@@ -192,11 +198,11 @@ class ServeSettings(BaseSettings):
     live_popularity_half_life_s: float = Field(default=600.0, gt=0)
     #: most items with a live popularity bump (the weakest are dropped)
     live_max_new_items: int = Field(default=10_000, ge=1)
-    max_k: int = Field(default=1000, ge=1)
+    max_k: int = Field(default=K_BOUND, ge=1, le=K_BOUND)
     #: longest id ``POST /v1/events`` accepts in an event (a longer scoped ``event_id``
     #: is hashed); the same variable as the trainer's limit
     #: (:class:`~stream.settings.KafkaSettings`)
-    max_id_chars: int = Field(default=256, ge=1)
+    max_id_chars: int = Field(default=ID_CHARS_BOUND, ge=1, le=ID_CHARS_BOUND)
     max_body_bytes: int = Field(default=64 * 1024, ge=256)
     max_batch_events: int = Field(default=100, ge=1)
     max_url_bytes: int = Field(default=8192, ge=256)

@@ -91,12 +91,17 @@ _MAX_CONTEXT_KEY_CHARS = 64
 _MAX_CONTEXT_VALUE_CHARS = 256
 
 
+#: the most characters an id may have under any setting: the server's routes take ids
+#: up to this long, so a longer limit would let ids in that no read could name
+ID_CHARS_BOUND = 256
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Validation limits (see :class:`stream.settings.StreamSettings` for meanings)."""
 
     max_event_bytes: int = 8192
-    max_id_chars: int = 256
+    max_id_chars: int = ID_CHARS_BOUND
     max_context_keys: int = 16
     max_future_s: float = 86_400.0
     max_past_s: float = 50 * 365.25 * 86_400.0

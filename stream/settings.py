@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from stream.events import ID_CHARS_BOUND
 from stream.weights import DEFAULT_EVENT_WEIGHTS
 
 if TYPE_CHECKING:
@@ -127,7 +128,8 @@ class KafkaSettings(BaseSettings):
     #: sends it to the dead-letter topic)
     max_event_bytes: int = Field(default=8192, ge=256)
     #: longest ``event_id``, ``user_id``, ``item_id`` and ``session_id``, in characters
-    max_id_chars: int = Field(default=256, ge=1)
+    #: (at most 256: the server's routes take no longer id)
+    max_id_chars: int = Field(default=ID_CHARS_BOUND, ge=1, le=ID_CHARS_BOUND)
     #: most keys of an event's ``context`` object
     max_context_keys: int = Field(default=16, ge=0)
     max_future_s: float = Field(default=86_400.0, ge=0)

@@ -43,7 +43,13 @@ def test_serve_refuses_bad_settings_a_busy_port_and_a_bad_item_features_file(
     _fails_cleanly(["serve", "--port", "70000"], "less than or equal to 65535")
     with monkeypatch.context() as env:  # a rate limit variable: before uvicorn starts
         env.setenv("LIVEREC_RATE_WRITE_PER_S", "fast")
-        _fails_cleanly(["serve", "--snapshots", str(tmp_path / "s")], "write_per_s")
+        _fails_cleanly(["serve", "--snapshots", str(tmp_path / "s")],
+                       "error: LIVEREC_RATE_WRITE_PER_S: Input should be a valid number")
+    with monkeypatch.context() as env:  # a bound the routes hold too
+        env.setenv("LIVEREC_MAX_ID_CHARS", "512")
+        _fails_cleanly(["serve", "--snapshots", str(tmp_path / "s")],
+                       "error: LIVEREC_MAX_ID_CHARS: Input should be less than or equal to "
+                       "256 (got '512')")
     _fails_cleanly(["serve", "--snapshots", str(tmp_path / "s"), "--port", str(busy_port)],
                    f"cannot listen on 127.0.0.1:{busy_port} (Address already in use): pick "
                    "another port with --port or LIVEREC_PORT")
@@ -56,6 +62,17 @@ def test_train_refuses_bad_json_a_busy_port_and_an_unusable_location(
 ) -> None:
     base = ["train", "--bootstrap", "127.0.0.1:1", "--snapshots", str(tmp_path / "s")]
     _fails_cleanly([*base, "--metrics-port", "-1", "--model-params", "{bad"], "not JSON")
+    # The same mistakes in variables name the variable (pydantic named the field and
+    # "EnvSettingsSource", or dumped its own error with a link)
+    _fails_cleanly([*base, "--batch-size", "0"],
+                   "error: --batch-size: Input should be greater than or equal to 1 (got 0)")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LIVEREC_MODEL_PARAMS", "{bad")
+        _fails_cleanly(base, "error: LIVEREC_MODEL_PARAMS: cannot be read: Expecting "
+                             "property name enclosed in double quotes")
+        env.setenv("LIVEREC_MODEL_PARAMS", "{}")
+        env.setenv("LIVEREC_BATCH_SIZE", "abc")
+        _fails_cleanly(base, "error: LIVEREC_BATCH_SIZE: Input should be a valid integer")
     _fails_cleanly([*base, "--metrics-port", str(busy_port)], "cannot serve metrics")
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -10,11 +10,13 @@ from pydantic import BaseModel
 from serving.deps import JSON, LoadedDep, StateDep
 from serving.errors import SNAPSHOT_RESPONSES, ErrorOut, api_error, too_large_k
 from serving.ranking import UnknownModelError
+from serving.settings import K_BOUND
+from stream.events import ID_CHARS_BOUND
 
 router = APIRouter(prefix="/v1", tags=["recommendations"], responses=SNAPSHOT_RESPONSES)
 
-MAX_K = 1000
-MAX_ID = 256
+MAX_K = K_BOUND
+MAX_ID = ID_CHARS_BOUND
 
 
 class ScoredItem(BaseModel):
