@@ -265,7 +265,7 @@ class TrainerEvaluation:
         return out
 
     def hr_line(self) -> str:
-        """``hr@10 over N[name=0.123 ...]``: the rolling HR@k and the evaluated events it
+        """``hr@10 over N [name=0.123 ...]``: the rolling HR@k and the evaluated events it
         rests on (the most of any model; ``-`` before any evidence)."""
         hr, n = [], 0
         for name in self.evaluator.models:
@@ -276,7 +276,7 @@ class TrainerEvaluation:
             v = _finite(roll.get("hr"))
             n = max(n, int(_finite(roll.get("n")) or 0))
             hr.append(f"{name}={v:.3f}" if v is not None else f"{name}=-")
-        return f"hr@{self.settings.k} over {n}[{' '.join(hr)}]"
+        return f"hr@{self.settings.k} over {n} [{' '.join(hr)}]"
 
 
 def eval_users(users: Sequence[str] | np.ndarray, share: float) -> np.ndarray:

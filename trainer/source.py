@@ -152,6 +152,9 @@ class BatchSource:
         #: exports its age, which grows while Kafka is unreachable
         self.kafka_contact_at: float | None = None
         self._probed_at = -self.CONTACT_PROBE_S
+        #: the last metadata request found no partition of the topic (it does not exist,
+        #: or this principal may not see it): what a member without partitions waits for
+        self.topic_missing = False
         self._started_at = time.monotonic()
         #: polls that failed, commits made, commits that failed, rejects the
         #: dead-letter topic did not take (exported by the learner; counted here, so
@@ -304,7 +307,8 @@ class BatchSource:
         if now - self._probed_at < self.CONTACT_PROBE_S:
             return False
         self._probed_at = now
-        self.consumer.partitions_for(self.consumer.topic, timeout_s=self.CONTACT_PROBE_S)
+        parts = self.consumer.partitions_for(self.consumer.topic, timeout_s=self.CONTACT_PROBE_S)
+        self.topic_missing = not parts
         return True
 
     def _poll(self) -> RecordBatch:

@@ -91,6 +91,9 @@ class TrainerStatus:
         parts = len(self.source.assigned) if self.source is not None else 0
         waiting = "" if parts or self.stop_event.is_set() else (
             f" (waiting to join group {self.settings.group} at {self.kafka.bootstrap})")
+        if waiting and self.source is not None and self.source.topic_missing:
+            waiting = (f" (topic {self.kafka.topic} does not exist at {self.kafka.bootstrap}, "
+                       "or this principal may not read it: waiting for it)")
         silent = self.source.kafka_contact_age() if self.source is not None else 0.0
         if silent >= KAFKA_SILENCE_SAID_S and not self.stop_event.is_set():
             waiting += f" (no answer from Kafka at {self.kafka.bootstrap} for {silent:.0f} s)"

@@ -64,3 +64,26 @@ def test_contact_age_grows_in_an_outage_and_falls_after_it(
         if thread is not None:
             thread.join(60)
         broker.stop()
+
+
+def test_a_mistyped_topic_is_named_in_the_status_line(
+        kafka_bootstrap: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A trainer on a topic that does not exist said only that it was waiting to join
+    its group, as if the group were the problem. (librdkafka only: kafka-python's
+    metadata requests make a broker that auto-creates topics create it.)"""
+    client = "confluent"
+    topic = f"clickz-{client}"
+    kafka = KafkaSettings(bootstrap=kafka_bootstrap, topic=topic, client=client)
+    settings = TrainerSettings(group=f"g-{topic}", snapshots=tmp_path / "snaps",
+                               models="popularity", metrics_port=-1, status_every_s=0.5)
+    trainer = Trainer(settings, kafka)
+    thread = threading.Thread(target=trainer.run, daemon=True)
+    with caplog.at_level(logging.INFO, logger="trainer.service"):
+        thread.start()
+        try:
+            said = f"(topic {topic} does not exist at {kafka_bootstrap}"
+            wait_for(lambda: any(said in r.getMessage() for r in caplog.records), 30,
+                     "the status line naming the missing topic")
+        finally:
+            trainer.stop()
+            thread.join(60)

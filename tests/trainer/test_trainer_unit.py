@@ -568,7 +568,14 @@ def test_status_line_says_when_no_partitions_are_held(tmp_path: Path) -> None:
     t.source = types.SimpleNamespace(assigned=two, kafka_contact_age=lambda: 95.0)
     assert t.status_line().startswith(
         "partitions=2 (no answer from Kafka at 127.0.0.1:9 for 95 s) events learned=0 ")
-    t.source = types.SimpleNamespace(assigned=frozenset(), kafka_contact_age=lambda: 95.0)
+    # no partitions because the topic is not there (a typo): said instead of the group
+    t.source = types.SimpleNamespace(assigned=frozenset(), kafka_contact_age=lambda: 1.0,
+                                     topic_missing=True)
+    assert t.status_line().startswith(
+        "partitions=0 (topic clicks does not exist at 127.0.0.1:9, or this principal may "
+        "not read it: waiting for it) events learned=0 ")
+    t.source = types.SimpleNamespace(assigned=frozenset(), kafka_contact_age=lambda: 95.0,
+                                     topic_missing=False)
     t.stop()  # the shutdown gave them back: nothing to wait for is said
     assert t.status_line().startswith("partitions=0 events learned=0 ")
 
@@ -578,11 +585,11 @@ def test_the_status_line_says_how_many_evaluated_events_its_hit_rates_rest_on(
 ) -> None:
     t = Trainer(settings.model_copy(update={"eval_sample": 1.0, "eval_budget_per_s": 1e9}),
                 KAFKA)
-    assert t.evaluation.hr_line().startswith(f"hr@{settings.k} over 0[")
+    assert t.evaluation.hr_line().startswith(f"hr@{settings.k} over 0 [")
     t.handle(_consumed(synthetic_events(600, seed=3), 0))
     line = t.evaluation.hr_line()
     n = max(int(t.evaluator.rolling(m)["n"]) for m in t.models)
-    assert n > 0 and line.startswith(f"hr@{settings.k} over {n}[popularity=0.")
+    assert n > 0 and line.startswith(f"hr@{settings.k} over {n} [popularity=0.")
     t.capped.update(repeat=3, burst=2)  # what the flood guard held back, as it counts it
     assert " rejected=0 capped=5 rate=" in t.status_line()
 
