@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 DELIVERY_TIMEOUT_MS = 30 * 60_000
 #: seconds between two WARNINGs about failed sends during a replay
 FAILURES_LOG_S = 10.0
+#: invalid rows named in the log, each with its line and reason (all go to the DLQ)
+INVALID_ROWS_SAID = 5
 #: longest one send waits for room in the producer's queue before the replay checks
 #: Ctrl-C and says it is waiting (it then tries again)
 ROOM_WAIT_MS = 1_000
@@ -223,9 +225,16 @@ class Replayer:
         start = time.monotonic()
         topic = self.topic
         try:
-            for bad in dataset.invalid:
+            for n, bad in enumerate(dataset.invalid):
                 self._dead_letter(producer, _invalid_to_reject(bad), source, bad.line)
                 result.rejected["invalid_row"] += 1
+                if n < INVALID_ROWS_SAID:
+                    log.warning("%s line %d: %s: %s (to %s)", source or "row", bad.line,
+                                bad.reason, bad.detail, self.dlq_topic)
+            if len(dataset.invalid) > INVALID_ROWS_SAID:
+                log.warning("... and %d more invalid rows: their reasons are in %s (headers "
+                            "reason, detail)", len(dataset.invalid) - INVALID_ROWS_SAID,
+                            self.dlq_topic)
             bar = tqdm(total=len(dataset), unit="ev", disable=not self.progress,
                        desc=f"replay -> {topic}", smoothing=0.05, mininterval=0.5)
             with _deferred_interrupt() as ctrl_c, bar:

@@ -6,6 +6,7 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,10 @@ from online_models.base import append_packed, pack_strings, unpack_strings
 __all__ = ["DedupWindow"]
 
 log = logging.getLogger(__name__)
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 class DedupWindow:
@@ -86,14 +91,31 @@ class DedupWindow:
                     new_ts.append(t)
                     fresh[i] = True
         if len(times) and times.max() > self._watermark:
+            before, n_before = self._watermark, len(ids)
             self._watermark = float(times.max())
             self._expire()
+            if self._watermark - before > self.window_s and n_before > len(tl):
+                self._say_jump(before, event_ids[int(times.argmax())], n_before - len(ids))
         while len(ids) > self.max_ids:
             ids.popitem(last=False)
             self._gone += 1
         if len(new) > self.max_ids:  # no snapshot for a long while: bound the log
             self.to_arrays()
         return fresh
+
+    def _say_jump(self, before: float, event_id: str, forgotten: int) -> None:
+        """A WARNING: the event time leapt past the window in one batch, so everything
+        remembered is forgotten at once. After a pause in the stream that is expected;
+        otherwise one event stamped far ahead did it (a live click on a topic of
+        replayed history), and a replay of the older events is learned again."""
+        log.warning(
+            "event time jumped %.1f days in one batch (to %s, event %r; the stream was "
+            "at %s): the de-duplication memory forgot its %d ids, so a replay of earlier "
+            "events is learned again. Expected after a pause in the stream; otherwise "
+            "one event stamped far ahead did it (e.g. a live click on a topic of "
+            "replayed history: keep the two on separate topics)",
+            (self._watermark - before) / 86_400, _utc(self._watermark), event_id,
+            _utc(before), forgotten)
 
     def _expire(self) -> None:
         horizon = self._watermark - self.window_s

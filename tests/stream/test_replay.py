@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,8 @@ def _consume_ids(settings: KafkaSettings | str, topic: str, n: int, group: str) 
     return [e.event_id for e in _consume(settings, topic, n, group)]
 
 
-def test_custom_csv_gzip_with_bad_rows(kafka_settings, new_topic, tmp_path: Path):
+def test_custom_csv_gzip_with_bad_rows(kafka_settings, new_topic, tmp_path: Path,
+                                       caplog: pytest.LogCaptureFixture):
     topic = new_topic(partitions=2)
     path = tmp_path / "clicks.csv.gz"
     rows = ["who,what,when,kind",
@@ -47,7 +49,12 @@ def test_custom_csv_gzip_with_bad_rows(kafka_settings, new_topic, tmp_path: Path
         fh.write("\n".join(rows) + "\n")
     kwargs: dict[str, Any] = dict(user_col="who", item_col="what", time_col="when",
                                   event_type_col="kind", progress=False)
-    first = replay_file(path, kafka_settings, topic, **kwargs)
+    with caplog.at_level(logging.WARNING, logger="stream.replay"):
+        first = replay_file(path, kafka_settings, topic, **kwargs)
+    said = [r.getMessage() for r in caplog.records]
+    # each invalid row is named with its line and reason, not only counted
+    assert any(f"{path} line 4: bad_timestamp" in m and f"{topic}.dlq" in m for m in said)
+    assert any("line 5: " in m for m in said), said
     assert first.sent == 3
     assert first.n_rejected == 2 and first.failed == 0
     assert sum(end_offsets(kafka_settings, f"{topic}.dlq").values()) == 2

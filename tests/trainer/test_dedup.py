@@ -69,3 +69,22 @@ def test_batches_with_and_without_repeats_decide_as_one_by_one(seed: int) -> Non
         np.testing.assert_array_equal(d.add_many(ids, times), want)
     assert list(d._ids.items()) == list(seen.items())
     assert 100 < fast < 300
+
+
+def test_a_leap_in_event_time_that_empties_the_memory_is_said(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """One event stamped years ahead (a live click on a topic of replayed history) made
+    the memory forget every id at once, and re-replayed history was learned twice,
+    without a word (new-user review)."""
+
+    d = DedupWindow(window_s=86_400)
+    d.add_many([f"e{i}" for i in range(100)], [1.7e9 + i for i in range(100)])
+    with caplog.at_level(logging.WARNING, logger="trainer.dedup"):
+        d.add_many(["e100"], [1.7e9 + 3_600])  # an hour on: nothing to say
+        assert not caplog.records
+        d.add_many(["live"], [1.7e9 + 400 * 86_400])
+    assert len(d) == 1
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert said.startswith("event time jumped 400.0 days in one batch (to ")
+    assert "event 'live'" in said and "forgot its 101 ids" in said
+    assert d.add_many(["e5"], [1.7e9 + 5]).tolist() == [True]  # learned again: as said
