@@ -111,7 +111,8 @@ def _expect(cond: bool, reason: str) -> None:
 
 #: optional methods -> what having them gives
 CAPABILITIES: dict[str, str] = {
-    "score_many": "batched scoring (score_many; else a loop over score_all)",
+    "score_many": "its own batched scoring (score_many; else the protocol's, a loop over "
+                  "score_all: correct, slower)",
     "learn_local": "scale-out trainers (online_models.deltas.SharesItemState)",
     "set_item_features": "item content (set_item_features)",
     "adaptable": "drift adaptation (adaptable hyperparameters)",

@@ -20,6 +20,7 @@ Examples
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -235,11 +236,13 @@ class TrainerMetrics:
             "1 while the model runs with drift-adapted hyperparameters.", ["model"], registry=r)
         self.data_drift_psi = Gauge(
             _P + "data_drift_psi",
-            "Population stability index, latest window vs the one before (hashed ids).",
+            "Population stability index, latest window vs the one before (hashed ids); "
+            "NaN until two windows have filled.",
             ["distribution"], registry=r)
         self.data_drift_js = Gauge(
             _P + "data_drift_js_divergence",
-            "Jensen-Shannon divergence (base 2), latest window vs the one before.",
+            "Jensen-Shannon divergence (base 2), latest window vs the one before; NaN "
+            "until two windows have filled.",
             ["distribution"], registry=r)
         self.embedding_drift = Gauge(
             _P + "embedding_drift_cosine_distance",
@@ -304,9 +307,9 @@ class TrainerMetrics:
             self.drift_last_alarm_age.labels(model=m).set(-1)
             for d in DETECTORS:
                 self.drift_alarms.labels(model=m, detector=d)
-        for dist in DataDriftTracker.DISTRIBUTIONS:
-            self.data_drift_psi.labels(distribution=dist)
-            self.data_drift_js.labels(distribution=dist)
+        for dist in DataDriftTracker.DISTRIBUTIONS:  # NaN until two windows are full: a 0
+            self.data_drift_psi.labels(distribution=dist).set(math.nan)  # read "no drift"
+            self.data_drift_js.labels(distribution=dist).set(math.nan)
 
     def partition(self, partition: int) -> None:
         """Create the lag series of a newly assigned partition."""

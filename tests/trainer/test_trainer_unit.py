@@ -3,6 +3,7 @@ drift adaptation, snapshot + restore (consumed batches are built by hand)."""
 
 from __future__ import annotations
 
+import math
 import threading
 import types
 from pathlib import Path
@@ -611,3 +612,22 @@ def test_two_settings_of_one_model_train_side_by_side_and_restore(
     assert restarted.events_total == 400
     with pytest.raises(ValueError, match="named twice: itemknn"):
         TrainerSettings(snapshots=settings.snapshots, models="itemknn,itemknn").model_names()
+
+
+def test_data_drift_reads_nan_until_it_is_measured_and_the_dashboard_skips_it() -> None:
+    """PSI and JS were exported as 0 until two windows had filled (10,000 events by
+    default): a flat 'no drift' line on the dashboard where nothing was measured yet."""
+    from prometheus_client import generate_latest
+
+    from serving.dashboard import trainer_figures
+    from trainer.metrics import TrainerMetrics
+
+    m = TrainerMetrics(["popularity"], "clicks")
+    for name in ("liverec_trainer_data_drift_psi", "liverec_trainer_data_drift_js_divergence"):
+        v = m.registry.get_sample_value(name, {"distribution": "item_popularity"})
+        assert v is not None and math.isnan(v), name
+    text = generate_latest(m.registry).decode()
+    assert trainer_figures(text, None)["psi"] == {}
+    m.data_drift_psi.labels(distribution="item_popularity").set(0.31)
+    assert trainer_figures(generate_latest(m.registry).decode(), None)["psi"] == {
+        "item_popularity": 0.31}
