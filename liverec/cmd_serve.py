@@ -184,7 +184,11 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2)
         configure_logging(settings.log_level, settings.log_format)
         warn_unknown(logging.getLogger("liverec.serve"))
-        if not settings.bootstrap:
+        if not settings.bootstrap and (bootstrap == "" or _empty_bootstrap_variable()):
+            logging.getLogger("liverec.serve").info(
+                "snapshots only (the Kafka bootstrap is set empty): no live context, and "
+                "POST /v1/events answers 503 no_producer")
+        elif not settings.bootstrap:
             logging.getLogger("liverec.serve").warning(
                 "no Kafka: set LIVEREC_KAFKA_BOOTSTRAP or --bootstrap, or run `liverec "
                 "broker start` first; until then there is no live context and "
@@ -256,3 +260,11 @@ def _warn_without_snapshot(main: Path, extra: tuple[Path, ...]) -> None:
             log.warning("no snapshot under --extra-snapshots %s yet%s: its models are not "
                         "served, and /readyz says degraded (extra_snapshot_missing), until "
                         "a trainer writes one there", root.resolve(), missing)
+
+
+def _empty_bootstrap_variable() -> bool:
+    """Whether the environment sets the Kafka bootstrap, to nothing: snapshots only, on
+    purpose (README, "Configuration")."""
+    import os
+
+    return any(os.environ.get(v) == "" for v in ("LIVEREC_KAFKA_BOOTSTRAP", "LIVEREC_BOOTSTRAP"))

@@ -22,7 +22,8 @@ broker_app = typer.Typer(
 def broker_start(
     heap: Annotated[str, typer.Option(help="JVM heap (-Xmx)")] = "512m",
     fresh: Annotated[bool, typer.Option(
-        "--fresh", help="wipe the data directory (topics, offsets) and pick new ports")] = False,
+        "--fresh", help="stop a running local broker, wipe the data directory (topics, "
+                        "offsets) and pick new ports")] = False,
 ) -> None:
     """Start the local broker (or find the running one); prints its bootstrap address.
 

@@ -134,6 +134,7 @@ class AccessControl:
         *,
         host: str = "127.0.0.1",
         metrics: ServingMetrics | None = None,
+        takes_writes: bool = True,
     ) -> None:
         self.settings = auth
         self.limiter = RateLimiter(limits)
@@ -162,7 +163,7 @@ class AccessControl:
         # Whether anonymous writes may be open at all; they are while no key is
         # configured, decided per request (a key added at run time closes them).
         self._open_writes_allowed = auth.allow_anonymous_writes or is_loopback(host)
-        if self.anonymous_writes:
+        if self.anonymous_writes and takes_writes:  # (without Kafka it takes none at all)
             log.warning("no API key configured: POST /v1/events accepts anonymous writes")
 
     @property

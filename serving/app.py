@@ -196,6 +196,7 @@ def create_app(
         limits if limits is not None else RateLimitSettings(),
         host=settings.host,
         metrics=state.metrics,
+        takes_writes=bool(settings.bootstrap),
     )
     dash = DashboardSeries(state, settings.dashboard_points, settings.trainer_metrics_url)
 

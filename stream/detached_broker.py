@@ -98,6 +98,10 @@ def start_detached_broker(*, heap: str = "512m", fresh: bool = False) -> BrokerS
     if state is not None and state.is_our_process():
         if not fresh and cluster_ready(state.bootstrap, timeout_ms=10_000):
             return state
+        log.warning("stopping the running broker at %s (pid %d)%s", state.bootstrap,
+                    state.pid, ": --fresh deletes its topics, and the new one listens on "
+                    "another port: update LIVEREC_KAFKA_BOOTSTRAP" if fresh
+                    else ": it does not answer")
         _terminate(state.pid, 30.0)
     workdir = cache_dir() / "broker" / "run"
     ports_file = workdir / "ports.json"
@@ -137,12 +141,14 @@ def _reuse_port(port: object) -> int | None:
 
 
 def data_dir_size(path: str | Path) -> int:
-    """Bytes under ``path`` (0 when it does not exist)."""
+    """Bytes of disk the files under ``path`` take (0 when it does not exist): the
+    blocks allocated, as ``du`` counts them. Kafka preallocates its index files
+    sparsely, so their apparent sizes overstated a fresh broker's data 40-fold."""
     total = 0
     for root, _, files in os.walk(path):
         for name in files:
             with contextlib.suppress(OSError):
-                total += (Path(root) / name).stat().st_size
+                total += (Path(root) / name).stat().st_blocks * 512
     return total
 
 

@@ -3,6 +3,7 @@ never a traceback."""
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,7 +111,7 @@ def test_keys_refuse_a_directory_for_a_file(tmp_path: Path) -> None:
 
 
 def test_serve_uses_the_local_broker_when_no_bootstrap_is_configured(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # As train and replay do (README, "Configuration"); without one it warns and serves.
     import types
@@ -134,7 +135,13 @@ def test_serve_uses_the_local_broker_when_no_bootstrap_is_configured(
     monkeypatch.setattr(broker, "broker_status",
                         lambda: types.SimpleNamespace(bootstrap="127.0.0.1:9999"))
     monkeypatch.setenv("LIVEREC_KAFKA_BOOTSTRAP", "")  # set empty: no Kafka at all
-    assert CliRunner().invoke(cli.app, args).exit_code == 0
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="liverec.serve"):
+        assert CliRunner().invoke(cli.app, args).exit_code == 0
+    said = " ".join(r.getMessage() for r in caplog.records if r.name == "liverec.serve")
+    # on purpose: said as such, not as a setting to fix
+    assert "snapshots only (the Kafka bootstrap is set empty)" in said, said
+    assert "no Kafka: set" not in said
     assert got == ["127.0.0.1:9999", "", "10.0.0.1:9092", ""]
 
 

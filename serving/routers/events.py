@@ -195,6 +195,9 @@ async def post_event(request: Request, state: StateDep, principal: WriteKey) -> 
             metrics.ingested.labels(outcome="too_large").inc()
             return _reject(413, "too_large", f"body must be at most {limit} bytes")
     raw = bytes(body)
+    if not raw.strip():
+        metrics.ingested.labels(outcome="empty").inc()
+        return _reject(422, "empty", "the body is empty: send an event or an array of them")
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -267,7 +270,9 @@ async def _send(state: Any, events: list[ClickEvent], batch: bool) -> JSON:
         futures = state.ingestor.submit(records)
     except IngestRefused as exc:
         metrics.ingested.labels(outcome=exc.reason).inc(len(events))
-        return _reject(503, exc.reason, exc.detail, retry)
+        # no Kafka configured: no retry will do better (no Retry-After)
+        return _reject(503, exc.reason, exc.detail,
+                       None if exc.reason == "no_producer" else retry)
     waiting = [asyncio.wrap_future(f) for f in futures]
     done, pending = await asyncio.wait(waiting, timeout=settings.delivery_timeout_s)
     for f in futures:

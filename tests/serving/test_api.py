@@ -359,6 +359,10 @@ def test_post_event_rejections(client: TestClient) -> None:
     assert r.status_code == 413 and r.json()["reason"] == "too_large"
     r = client.post("/v1/events", content=b"{nope", headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["reason"] == "not_json"
+    for nothing in (b"", b" \n"):  # said as such, not as a JSON syntax error
+        r = client.post("/v1/events", content=nothing,
+                        headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["reason"] == "empty", nothing
     r = client.post("/v1/events", json={**ok, "event_type": "buy"})
     assert r.status_code == 422 and r.json()["reason"] == "bad_event_type"
     # A null event_id (what JSON.stringify makes of a field left null) is an absent one:

@@ -105,7 +105,7 @@ def test_right_keys_pass_and_never_leak(
     # A valid write key gets past auth; this app has no Kafka, so the answer is 503.
     r = secured.post("/v1/events", json=EVENT, headers=_bearer(made["writer"]))
     assert r.status_code == 503 and r.json()["reason"] == "no_producer"
-    assert r.headers["retry-after"]
+    assert "retry-after" not in r.headers  # a server without Kafka: no retry does better
     metrics = secured.get("/metrics", headers=_bearer(made["ops"]))
     model = secured.get("/v1/model", headers=_bearer(made["ops"]))
     assert metrics.status_code == 200 and model.status_code == 200
