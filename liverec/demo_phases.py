@@ -72,6 +72,9 @@ class DemoSummary:
 
     events_produced: int = 0
     events_learned: int = 0
+    #: events the trainer's flood guard held back (the demo's sessions are sent at its
+    #: rate, so a long one can look like a bot to the per-user caps)
+    events_capped: int = 0
     hr_at_10: float | None = None
     hr_at_10_by_model: dict[str, float] = field(default_factory=dict)
     #: the evaluated events each model's rolling HR@10 rests on (its evidence)
@@ -87,6 +90,7 @@ class DemoSummary:
         return {
             "events_produced": self.events_produced,
             "events_learned": self.events_learned,
+            "events_capped": self.events_capped,
             "hr@10": _round(self.hr_at_10),
             "hr@10_by_model": {m: _round(v) for m, v in self.hr_at_10_by_model.items()},
             "hr@10_evaluated_events_by_model": self.hr_at_10_events_by_model,
@@ -128,6 +132,7 @@ class _Demo:
         sv = scrape(self.serving_url) if self.serving_url else None
         if tr is not None:
             s.events_learned = int(tr.sum("liverec_trainer_events_learned_total"))
+            s.events_capped = int(tr.sum("liverec_trainer_events_capped_total"))
             s.hr_at_10_by_model = tr.by_label("liverec_trainer_rolling_hit_ratio", "model")
             s.hr_at_10 = s.hr_at_10_by_model.get(
                 self.opts.default_model, max(s.hr_at_10_by_model.values(), default=None))
@@ -144,13 +149,15 @@ class _Demo:
 
     def status_line(self) -> str:
         f = self.figures()
-        hr = f"{f.hr_at_10:.3f}" if f.hr_at_10 is not None else "-"
         n = f.hr_at_10_events_by_model.get(self.opts.default_model)
-        if n is not None:
+        hr = f"{f.hr_at_10:.3f}" if f.hr_at_10 is not None and n != 0 else "-"
+        if n:
             hr += f" on {n}"
+        capped = f" (capped {f.events_capped})" if f.events_capped else ""
         fresh = f"{f.freshness_p50_s:.1f}s" if f.freshness_p50_s is not None else "-"
         return (f"[{f.seconds:6.1f}s] events in {f.events_produced:>7}  learned "
-                f"{f.events_learned:>7}  HR@10({self.opts.default_model}) {hr}  drift alarms "
+                f"{f.events_learned:>7}{capped}  HR@10({self.opts.default_model}) {hr}  "
+                f"drift alarms "
                 f"{f.drift_alarms}  snapshot v{f.snapshot_version}  served "
                 f"{f.recommendations_served}  freshness p50 {fresh}")
 

@@ -54,6 +54,7 @@ def test_demo_runs_for_a_duration_and_writes_its_summary(
     figures = json.loads(summary.read_text())
     assert figures["events_produced"] > 0
     assert 0 < figures["events_learned"] <= figures["events_produced"]
+    assert 0 <= figures["events_capped"] <= figures["events_produced"]
     assert 0 < figures["hr@10"] <= 1
     # ... and the evidence it rests on: the rolling window's evaluated events
     assert figures["hr@10_evaluated_events_by_model"]["itemknn"] > 0
