@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -61,13 +62,24 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (e.g. from a supervisor) takes the same clean path as Ctrl-C.
 
     SIGINT is set too: a shell starts background jobs with SIGINT ignored, and the
-    demo should still stop cleanly on ``kill -INT``.
+    demo should still stop cleanly on ``kill -INT``. Only the first signal interrupts:
+    a second one, while the demo stops its parts in order, is answered with what it
+    waits for. (It used to interrupt the stop itself, and the broker could then stop
+    before the trainer had committed.)
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    stopping = False
 
     def handler(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        if stopping:
+            print("\nalready stopping, in order: the server, the trainer (its last "
+                  "snapshot and commit), then a broker the demo started; each waits at "
+                  "most 15 s before it is killed", file=sys.stderr, flush=True)
+            return
+        stopping = True
         raise KeyboardInterrupt
 
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -102,10 +102,13 @@ def test_demo_stops_cleanly_on_interrupt(kafka_bootstrap: str, tmp_path: Path) -
     assert _ours(run_dir) == [], "the demo left processes behind"
 
 
-def test_ctrl_c_in_a_terminal_stops_the_demos_own_broker_last(tmp_path: Path) -> None:
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_in_a_terminal_stops_the_demos_own_broker_last(tmp_path: Path,
+                                                              presses: int) -> None:
     """A terminal's Ctrl-C signals the whole foreground process group. The broker the
     demo started must not be in it: it would stop first, and the trainer could then
-    neither commit nor stop in time (it was killed after 15 s)."""
+    neither commit nor stop in time (it was killed after 15 s). A second Ctrl-C during
+    the stop used to interrupt it, and the broker stopped before the trainer."""
     from stream.broker import cache_dir
 
     run_dir, cache = tmp_path / "run", tmp_path / "cache"
@@ -127,6 +130,9 @@ def test_ctrl_c_in_a_terminal_stops_the_demos_own_broker_last(tmp_path: Path) ->
                 assert proc.poll() is None, log.read_text()[-3000:]
                 time.sleep(0.5)
             os.killpg(proc.pid, signal.SIGINT)  # as the terminal does
+            if presses == 2:
+                time.sleep(0.3)
+                os.killpg(proc.pid, signal.SIGINT)
             rc = proc.wait(timeout=180)
         finally:
             if proc.poll() is None:
@@ -139,6 +145,9 @@ def test_ctrl_c_in_a_terminal_stops_the_demos_own_broker_last(tmp_path: Path) ->
     # The broker went last, after the trainer's final commit.
     assert text.index("trainer stopped in") < text.index("Kafka broker stopped in"), text[-3000:]
     assert "commit failed" not in (run_dir / "logs" / "trainer.log").read_text()
+    assert "summary: {" in text, text[-3000:]
+    if presses == 2:
+        assert "already stopping, in order" in text, text[-3000:]
     left = [p for p in psutil.process_iter(["cmdline"])
             if any(str(cache) in part for part in p.info["cmdline"] or ())]
     assert _ours(run_dir) == [] and left == [], "the demo left processes behind"
