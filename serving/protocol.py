@@ -21,6 +21,7 @@ import orjson
 
 from serving.headers import headers_for
 from serving.metrics import method_label
+from serving.request_id import request_id_of
 
 __all__ = ["json_error_protocol"]
 
@@ -184,6 +185,8 @@ def json_error_protocol(
                                 *headers_for("/").items()]:  # as the API's own answers
                 head.extend([name, b": ", value, b"\r\n"])
             head.extend([
+                # a fresh id (the head was not read, or not whole): as every answer has one
+                b"x-request-id: " + request_id_of([]).encode() + b"\r\n",
                 b"content-type: application/json\r\n",
                 b"content-length: " + str(len(body)).encode() + b"\r\n",
                 b"connection: close\r\n\r\n",
