@@ -416,27 +416,35 @@ def _split_entry(first: dict[str, float], total: dict[str, float], k: int
 
 
 def _summary_table(models: dict[str, dict[str, float]], k: int) -> str:
-    cols = ["hr", "ndcg", "mrr", "precision", "coverage", "novelty", "diversity"]
-    head = f"{'model':<16}" + "".join(f"{c + '@' + str(k):>14}" for c in cols)
-    cold = [f"hr@{k}_cold_item", f"hr@{k}_cold_user"]
-    head += f"{'cold item':>11}{'cold user':>11}"
-    split = any(f"hr@{k}_first" in m for m in models.values())
-    parts = [f"hr@{k}_first", f"hr@{k}_rest", f"hr@{k}_cold_item_first",
-             f"hr@{k}_cold_item_rest"]
-    if split:
-        head += f"{'hr first':>10}{'hr rest':>10}{'cold i 1st':>11}{'cold i rest':>12}"
-    head += f"{'evaluated':>11}{'learn ev/s':>12}{'score ms':>10}"
-    lines = [head, "-" * len(head)]
-    for name, m in models.items():
-        label = f"{name}*" if m.get("timings_exclude") else name
-        row = f"{label:<16}" + "".join(f"{m[f'{c}@{k}']:>14.4f}" for c in cols)
-        row += "".join(f"{m.get(c, float('nan')):>11.4f}" for c in cold)
-        if split:
-            row += "".join(f"{m.get(c, float('nan')):>{w}.4f}"
-                           for c, w in zip(parts, (10, 10, 11, 12), strict=True))
-        row += f"{int(m['evaluated']):>11}{m['learn_events_per_s']:>12.0f}"
-        row += f"{m['score_ms_per_event']:>10.2f}"
-        lines.append(row)
+    """The figures of every model in tables that each fit 80 columns: accuracy and
+    speed; the recommended lists and cold starts; with ``--split``, HR@K on the first
+    share and the rest (one 210-column row per model wrapped in a terminal)."""
+    w = max(12, *(len(name) + 2 for name in models))
+
+    def table(title: str, cols: list[tuple[str, str, int, str]]) -> list[str]:
+        head = f"{title:<{w}}" + "".join(f"{h:>{cw}}" for _, h, cw, _ in cols)
+        rows = [head, "-" * len(head)]
+        for name, m in models.items():
+            label = f"{name}*" if m.get("timings_exclude") else name
+            rows.append(f"{label:<{w}}" + "".join(
+                f"{m.get(key, float('nan')):>{cw}{fmt}}" for key, _, cw, fmt in cols))
+        return rows
+
+    lines = table("model", [(f"hr@{k}", f"hr@{k}", 9, ".4f"), (f"ndcg@{k}", f"ndcg@{k}", 9, ".4f"),
+                            (f"mrr@{k}", f"mrr@{k}", 9, ".4f"),
+                            (f"precision@{k}", f"prec@{k}", 9, ".4f"),
+                            ("learn_events_per_s", "learn ev/s", 12, ",.0f"),
+                            ("score_ms_per_event", "score ms", 10, ".2f")])
+    lines += ["", *table("lists, cold", [
+        (f"coverage@{k}", "coverage", 10, ".4f"), (f"novelty@{k}", "novelty", 9, ".3f"),
+        (f"diversity@{k}", "diversity", 10, ".4f"),
+        (f"hr@{k}_cold_item", "cold item", 10, ".4f"),
+        (f"hr@{k}_cold_user", "cold user", 10, ".4f"), ("evaluated", "evaluated", 10, ",.0f")])]
+    if any(f"hr@{k}_first" in m for m in models.values()):
+        lines += ["", *table("split", [
+            (f"hr@{k}_first", "hr first", 10, ".4f"), (f"hr@{k}_rest", "hr rest", 10, ".4f"),
+            (f"hr@{k}_cold_item_first", "cold i 1st", 11, ".4f"),
+            (f"hr@{k}_cold_item_rest", "cold i rest", 12, ".4f")])]
     lines += [f"* learn ev/s and score ms: {name}'s own time; the models it shares "
               f"({', '.join(m['timings_exclude'])}) learn and score in their own rows"  # type: ignore[arg-type]
               for name, m in models.items() if m.get("timings_exclude")]
@@ -444,7 +452,9 @@ def _summary_table(models: dict[str, dict[str, float]], k: int) -> str:
 
     lines += [f"{name}: click AUC {m['auc']:.4f} over {int(m['auc_positives']):,} evaluable "
               f"clicks against {int(m['auc_negatives']):,} sampled negatives (every "
-              f"{AUC_EVERY}th batch, its first {AUC_POSITIVES})"
+              f"{AUC_EVERY}th batch, its first {AUC_POSITIVES})" if m["auc_positives"] else
+              f"{name}: click AUC - (no evaluable click in the sampled batches: every "
+              f"{AUC_EVERY}th, its first {AUC_POSITIVES})"
               for name, m in models.items() if "auc" in m]
     return "\n".join(lines)
 
