@@ -49,6 +49,8 @@ class TrainerStatus:
     watermark: float | None
     snapshot_version: int | None
     _rate: float
+    #: (monotonic time, events learned) at the last status line: its rate's start
+    _line_mark: tuple[float, int] | None = None
     _seen: dict[str, int]
 
     def _update_gauges(self) -> None:
@@ -85,6 +87,15 @@ class TrainerStatus:
             m.loop_errors.labels(stage="metrics").inc()
             log.exception("updating gauges failed")
 
+    def _line_rate(self) -> float:
+        """Events learned per second since the last status line (the gauge's 1-second
+        window read 0 in a line written after a burst that ended a second before)."""
+        now, mark = time.monotonic(), self._line_mark
+        self._line_mark = (now, self.events_learned)
+        if mark is None or now <= mark[0]:
+            return self._rate
+        return (self.events_learned - mark[1]) / (now - mark[0])
+
     def status_line(self) -> str:
         # Without partitions nothing is learned: say so, and where it is waiting (a
         # bootstrap nobody answers on looks like a quiet topic otherwise).
@@ -101,7 +112,7 @@ class TrainerStatus:
             f"partitions={parts}{waiting} "
             f"events learned={self.events_learned} total={self.events_total} "
             f"dup={self.duplicates} rejected={self.rejected} "
-            f"capped={sum(self.capped.values())} rate={self._rate:.0f}/s "
+            f"capped={sum(self.capped.values())} rate={self._line_rate():.0f}/s "
             f"users={len(self.history)} {self.evaluation.hr_line()} "
             f"snapshot={self.snapshot_version}"
         )

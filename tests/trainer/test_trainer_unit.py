@@ -631,3 +631,19 @@ def test_data_drift_reads_nan_until_it_is_measured_and_the_dashboard_skips_it() 
     m.data_drift_psi.labels(distribution="item_popularity").set(0.31)
     assert trainer_figures(generate_latest(m.registry).decode(), None)["psi"] == {
         "item_popularity": 0.31}
+
+
+def test_the_status_line_rate_covers_the_time_since_the_last_line(tmp_path: Path) -> None:
+    """It showed the gauge's last 1-second window: 'rate=0/s' in the line after a burst
+    of 5,000 events that had ended a second before (new-user review)."""
+    import re
+    import time
+
+    t = Trainer(TrainerSettings(snapshots=tmp_path, models="popularity", group="g1"),
+                KafkaSettings(bootstrap="127.0.0.1:9", topic="clicks"))
+    t._line_mark = (time.monotonic() - 2.0, 0)
+    t.events_learned = 5_000  # learned since that line; none in the last second
+    m = re.search(r" rate=(\d+)/s ", t.status_line())
+    assert m is not None and 2_300 <= int(m.group(1)) <= 2_500, m
+    m = re.search(r" rate=(\d+)/s ", t.status_line())  # nothing learned since
+    assert m is not None and int(m.group(1)) == 0
