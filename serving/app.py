@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -256,6 +257,7 @@ def create_app(
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
             expose_headers=["Retry-After", "X-Request-ID"], max_age=600)
     app.add_middleware(MetricsMiddleware, state=state)
+    _document_batch_limit(app, settings.max_batch_events)
     # Security headers and the request id outside everything, Starlette's error
     # middleware included (which add_middleware cannot wrap): unhandled 500s and CORS
     # preflights get them.
@@ -263,6 +265,25 @@ def create_app(
     app.build_middleware_stack = lambda: RequestIdMiddleware(  # type: ignore[method-assign]
         SecurityHeadersMiddleware(build()))
     return app
+
+
+def _document_batch_limit(app: FastAPI, max_events: int) -> None:
+    """The schema of ``POST /v1/events``' array says this server's batch limit
+    (``max_batch_events``: a setting, so not in the route's static schema)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            # a copy: the route's static schema is shared by every app in the process
+            schema = copy.deepcopy(build())
+            body = schema["paths"]["/v1/events"]["post"]["requestBody"]["content"]
+            for alt in body["application/json"]["schema"]["anyOf"]:
+                if alt.get("type") == "array":
+                    alt["maxItems"] = max_events
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def run(

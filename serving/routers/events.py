@@ -64,10 +64,14 @@ _EVENT_SCHEMA: dict[str, Any] = {
         "item_id": {"type": "string", "minLength": 1, "maxLength": 256},
         "event_type": {"type": "string", "enum": list(EVENT_TYPES)},
         "timestamp": {
-            "description": "epoch seconds, epoch milliseconds or ISO-8601",
+            "description": "epoch seconds, epoch milliseconds or ISO-8601; at most "
+                           "LIVEREC_MAX_FUTURE_S (1 day) ahead of the server's clock and "
+                           "LIVEREC_MAX_PAST_S (50 years) behind it (else 422 "
+                           "timestamp_out_of_range)",
             "anyOf": [{"type": "number"}, {"type": "string"}],
         },
-        "session_id": {"type": "string", "minLength": 1, "maxLength": 256},
+        "session_id": {"anyOf": [{"type": "string", "minLength": 1, "maxLength": 256},
+                                 {"type": "null"}]},
         "context": {"type": "object"},
     },
 }

@@ -494,3 +494,13 @@ def test_every_answer_carries_a_request_id_found_in_its_log_lines(
     text = TextFormatter().format(next(r for r in tagged if r.exc_info)).splitlines()
     assert text[0].endswith(" request_id=trace-500"), text[0]
     assert text[-1] == "RuntimeError: a bug"
+
+
+def test_the_schema_states_this_servers_batch_limit(store: SnapshotStore) -> None:
+    """The event array had no maxItems (the server refuses past max_batch_events)."""
+    for limit in (7, 100):
+        app = create_app(settings_for(store.root, max_batch_events=limit))
+        body = app.openapi()["paths"]["/v1/events"]["post"]["requestBody"]["content"]
+        arrays = [a for a in body["application/json"]["schema"]["anyOf"]
+                  if a.get("type") == "array"]
+        assert [a["maxItems"] for a in arrays] == [limit]
