@@ -58,19 +58,25 @@ __all__ = [
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def _sigterm_as_interrupt() -> Iterator[Callable[[], None]]:
     """SIGTERM (e.g. from a supervisor) takes the same clean path as Ctrl-C.
 
     SIGINT is set too: a shell starts background jobs with SIGINT ignored, and the
-    demo should still stop cleanly on ``kill -INT``. Only the first signal interrupts:
-    a second one, while the demo stops its parts in order, is answered with what it
-    waits for. (It used to interrupt the stop itself, and the broker could then stop
-    before the trainer had committed.)
+    demo should still stop cleanly on ``kill -INT``. Only a signal before the stop
+    interrupts: once it began (by a first signal, or by calling the function this
+    yields when the run ends by itself), a signal is answered with what the stop waits
+    for. (It used to interrupt the stop itself, and the broker could then stop before
+    the trainer had committed.)
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     stopping = False
+
+    def begin_stop() -> None:
+        nonlocal stopping
+        stopping = True
+
+    if threading.current_thread() is not threading.main_thread():
+        yield begin_stop
+        return
 
     def handler(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
@@ -84,7 +90,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield
+        yield begin_stop
     finally:
         for sig, previous in old.items():
             signal.signal(sig, previous)
@@ -138,7 +144,7 @@ def run_demo(opts: DemoOptions, echo: Callable[[str], None] = print) -> DemoSumm
     demo = _Demo(opts, echo)
     demo.run_dir.mkdir(parents=True, exist_ok=True)
     summary: DemoSummary | None = None
-    with _sigterm_as_interrupt():
+    with _sigterm_as_interrupt() as begin_stop:
         kafka, release_kafka = _kafka(opts.bootstrap, echo)
         topics_made = False
         try:
@@ -154,6 +160,7 @@ def run_demo(opts: DemoOptions, echo: Callable[[str], None] = print) -> DemoSumm
                 echo("\nCtrl-C: stopping...")
             summary = demo.figures()
         finally:
+            begin_stop()  # from here a signal waits for the ordered stop
             try:
                 demo.shutdown()
                 if topics_made:

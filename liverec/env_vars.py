@@ -108,7 +108,10 @@ def settings_errors(exc: Exception, given: Iterable[str] = (),
             return "--" + field.replace("_", "-")
         if cls is not None and field in fields:
             return " / ".join(env_names(cls, field))
-        return field  # an alias: the variable's own name
+        # a field of another class the one named builds inside (ServeSettings makes
+        # its KafkaSettings in a validator), else an alias: the variable's own name
+        owner = next((c for c in _settings_classes() if field in c.model_fields), None)
+        return " / ".join(env_names(owner, field)) if owner is not None else field
 
     if isinstance(exc, SettingsError):  # a variable that must be JSON and is not
         cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""

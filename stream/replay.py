@@ -68,6 +68,9 @@ INVALID_ROWS_SAID = 5
 #: longest one send waits for room in the producer's queue before the replay checks
 #: Ctrl-C and says it is waiting (it then tries again)
 ROOM_WAIT_MS = 1_000
+#: how long kafka-python's producer may take to reach the cluster when it is created
+#: (a slow TLS/SASL handshake, a broker restarting): not the 1 s of a send's wait
+BOOTSTRAP_WAIT_MS = 60_000
 
 
 @dataclass
@@ -219,28 +222,20 @@ class Replayer:
                                  linger_ms=self.linger_ms, compression=self.compression,
                                  max_block_ms=ROOM_WAIT_MS, report_successes=False,
                                  delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
-                                 queue_max_messages=self.queue_max_messages)
+                                 queue_max_messages=self.queue_max_messages,
+                                 bootstrap_timeout_ms=BOOTSTRAP_WAIT_MS)
         self._full_since, self._full_said_at = None, 0.0
         self._failed_said, self._failed_said_at = 0, 0.0
         start = time.monotonic()
         topic = self.topic
         try:
-            for n, bad in enumerate(dataset.invalid):
-                self._dead_letter(producer, _invalid_to_reject(bad), source, bad.line)
-                result.rejected["invalid_row"] += 1
-                if n < INVALID_ROWS_SAID:
-                    log.warning("%s line %d: %s: %s (to %s)", source or "row", bad.line,
-                                bad.reason, bad.detail, self.dlq_topic)
-            if len(dataset.invalid) > INVALID_ROWS_SAID:
-                log.warning("... and %d more invalid rows: their reasons are in %s (headers "
-                            "reason, detail)", len(dataset.invalid) - INVALID_ROWS_SAID,
-                            self.dlq_topic)
             bar = tqdm(total=len(dataset), unit="ev", disable=not self.progress,
                        desc=f"replay -> {topic}", smoothing=0.05, mininterval=0.5)
             with _deferred_interrupt() as ctrl_c, bar:
-                t0 = float(dataset.timestamps[0]) if len(dataset) else 0.0
-                result.sent = self._send_all(dataset, producer, bar, result, source, t0,
-                                             start, ctrl_c)
+                if self._send_invalid(producer, dataset, result, source, ctrl_c):
+                    t0 = float(dataset.timestamps[0]) if len(dataset) else 0.0
+                    result.sent = self._send_all(dataset, producer, bar, result, source, t0,
+                                                 start, ctrl_c)
                 result.interrupted = ctrl_c.is_set()
                 left = _deliver(producer, 120.0, ctrl_c)
         finally:
@@ -254,6 +249,24 @@ class Replayer:
         if result.failed:
             log.error("%d sends failed, last: %s", result.failed, producer.last_error)
         return result
+
+    def _send_invalid(self, producer: Producer, dataset: Dataset, result: ReplayResult,
+                      source: str, stop: threading.Event) -> bool:
+        """The rows that could not be read, to the DLQ (the first few named in the log);
+        False when ``stop`` was set meanwhile (the rest are not counted: not handled)."""
+        for n, bad in enumerate(dataset.invalid):
+            if not self._dead_letter(producer, _invalid_to_reject(bad), source, bad.line,
+                                     stop):
+                return False
+            result.rejected["invalid_row"] += 1
+            if n < INVALID_ROWS_SAID:
+                log.warning("%s line %d: %s: %s (to %s)", source or "row", bad.line,
+                            bad.reason, bad.detail, self.dlq_topic)
+        if len(dataset.invalid) > INVALID_ROWS_SAID:
+            log.warning("... and %d more invalid rows: their reasons are in %s (headers "
+                        "reason, detail)", len(dataset.invalid) - INVALID_ROWS_SAID,
+                        self.dlq_topic)
+        return not stop.is_set()
 
     def _send_all(self, dataset: Dataset, producer: Producer, bar: Any,
                   result: ReplayResult, source: str, t0: float, start: float,
@@ -277,7 +290,8 @@ class Replayer:
                     sent += 1
                 else:
                     assert isinstance(item, Rejected)
-                    self._dead_letter(producer, item, source, None, stop)
+                    if not self._dead_letter(producer, item, source, None, stop):
+                        return sent
                     result.rejected[item.reason] += 1
         else:  # as fast as the producer goes: chunks, batch produce
             for end, records, rejects in encode_chunks(dataset, self.limits):
@@ -288,7 +302,8 @@ class Replayer:
                 if queued < len(records):
                     return sent
                 for rej in rejects:
-                    self._dead_letter(producer, rej, source, None, stop)
+                    if not self._dead_letter(producer, rej, source, None, stop):
+                        return sent
                     result.rejected[rej.reason] += 1
                 producer.poll(0)
                 self._say_failures(producer)
@@ -347,11 +362,12 @@ class Replayer:
         if self._full_since is None:
             self._full_since = now
         if now - self._full_said_at >= FAILURES_LOG_S:
-            log.warning("the broker at %s has taken no record for %.0f s (%s): waiting "
-                        "for it; a record fails after %d minutes waiting (Ctrl-C stops "
-                        "the replay with a summary)", self.settings.bootstrap,
+            log.warning("the producer's queue has been full for %.0f s (%s): the broker at "
+                        "%s takes records slower than the replay sends them, or none; "
+                        "waiting for room. A record fails after %d minutes waiting "
+                        "(Ctrl-C stops the replay with a summary)",
                         now - self._full_since + ROOM_WAIT_MS / 1000, exc,
-                        DELIVERY_TIMEOUT_MS // 60_000)
+                        self.settings.bootstrap, DELIVERY_TIMEOUT_MS // 60_000)
             self._full_said_at = now
         self._say_failures(producer)
         producer.poll(0)
@@ -359,7 +375,7 @@ class Replayer:
 
     def _room_again(self) -> None:
         if self._full_since is not None:
-            log.warning("the broker takes records again, after %.0f s of a full queue",
+            log.warning("the producer's queue has room again, after %.0f s full",
                         time.monotonic() - self._full_since + ROOM_WAIT_MS / 1000)
             self._full_since, self._full_said_at = None, 0.0
 
@@ -380,14 +396,16 @@ class Replayer:
         return stop.wait(delay) if delay > 0 else stop.is_set()
 
     def _dead_letter(self, producer: Producer, rej: Rejected, source: str,
-                     line: int | None, stop: threading.Event | None = None) -> None:
+                     line: int | None, stop: threading.Event) -> bool:
+        """Queue ``rej``'s dead-letter copy; False when ``stop`` was set while the
+        producer's queue was full (not queued)."""
         value, headers = dlq_payload(rej, topic=None, partition=None, offset=None,
                                      max_bytes=self.settings.dlq_max_bytes)
         headers.append(("source_file", source.encode("utf-8", "backslashreplace")))
         if line is not None:
             headers.append(("source_line", str(line).encode()))
-        self._send(producer, stop or threading.Event(), self.dlq_topic, value, None,
-                   headers=headers, on_delivery=self._dlq_delivered)
+        return self._send(producer, stop, self.dlq_topic, value, None, headers=headers,
+                          on_delivery=self._dlq_delivered)
 
     def _dlq_delivered(self, error: KafkaClientError | None, record: Record | None) -> None:
         if error is not None:

@@ -46,6 +46,10 @@ def test_serve_refuses_bad_settings_a_busy_port_and_a_bad_item_features_file(
         env.setenv("LIVEREC_RATE_WRITE_PER_S", "fast")
         _fails_cleanly(["serve", "--snapshots", str(tmp_path / "s")],
                        "error: LIVEREC_RATE_WRITE_PER_S: Input should be a valid number")
+    with monkeypatch.context() as env:  # a Kafka setting ServeSettings reads inside
+        env.setenv("LIVEREC_PARTITIONS", "x")
+        _fails_cleanly(["serve", "--snapshots", str(tmp_path / "s")],
+                       "error: LIVEREC_PARTITIONS: Input should be a valid integer")
     with monkeypatch.context() as env:  # a bound the routes hold too
         env.setenv("LIVEREC_MAX_ID_CHARS", "512")
         _fails_cleanly(["serve", "--snapshots", str(tmp_path / "s")],

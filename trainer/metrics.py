@@ -99,7 +99,8 @@ class TrainerMetrics:
             _P + "kafka_contact_age_seconds",
             "Seconds since Kafka last answered the trainer (its partitions' end offsets "
             "about every second; without partitions, metadata every 5 s, which "
-            "kafka-python may answer from its cache): grows while Kafka is unreachable.",
+            "kafka-python may answer from its cache): grows while Kafka is unreachable. "
+            "NaN on scale-out trainers, which exit when a transaction fails.",
             registry=r)
         self.events_per_second = Gauge(
             _P + "events_per_second", "Learned events per second (recent average).", registry=r)

@@ -37,6 +37,7 @@ do each side's work.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -116,6 +117,9 @@ class ScaleOutTrainer:
         self.instance = settings.instance_id or socket.gethostname()
         self.names = settings.model_names()
         self.metrics = metrics or TrainerMetrics(self.names, kafka.topic)
+        # Not measured here (its transactions fail and it exits in an outage): NaN, not
+        # a 0 that would read "Kafka answers" and keep LiverecTrainerKafkaUnreachable off.
+        self.metrics.kafka_contact_age.set(math.nan)
         self.flood_settings = flood or FloodSettings()
         self.root = Path(settings.snapshots)
         self.stop_event = threading.Event()

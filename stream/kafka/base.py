@@ -194,6 +194,9 @@ class ProducerOptions:
     report_successes
         False: delivery callbacks run for failures only (cheaper for bulk senders
         that only count failures; ``failed_total`` is kept either way).
+    bootstrap_timeout_ms
+        kafka-python only (librdkafka connects lazily): how long creating the producer
+        may wait for the cluster; None: ``max(1000, max_block_ms)``.
     """
 
     client_id: str = "liverec-producer"
@@ -204,6 +207,7 @@ class ProducerOptions:
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
     max_request_bytes: int = 1_048_588
     report_successes: bool = True
+    bootstrap_timeout_ms: int | None = None
 
 
 @runtime_checkable

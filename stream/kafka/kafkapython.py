@@ -318,7 +318,9 @@ class KafkaPythonProducer:
                 max_block_ms=options.max_block_ms,
                 # kafka-python probes the broker version when it is created: bound it
                 # like a send (librdkafka never blocks there at all).
-                bootstrap_timeout_ms=max(1_000, options.max_block_ms),
+                bootstrap_timeout_ms=(max(1_000, options.max_block_ms)
+                                      if options.bootstrap_timeout_ms is None
+                                      else options.bootstrap_timeout_ms),
                 max_request_size=options.max_request_bytes,
                 compression_type=None if options.compression == "none"
                 else options.compression,
