@@ -184,7 +184,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2)
         configure_logging(settings.log_level, settings.log_format)
         warn_unknown(logging.getLogger("liverec.serve"))
-        if not settings.bootstrap and (bootstrap == "" or _empty_bootstrap_variable()):
+        if not settings.bootstrap and (bootstrap == "" or _bootstrap_variable_set()):
             logging.getLogger("liverec.serve").info(
                 "snapshots only (the Kafka bootstrap is set empty): no live context, and "
                 "POST /v1/events answers 503 no_producer")
@@ -223,12 +223,17 @@ def _refuse_log_settings(exc: Any, *, log_format_given: bool) -> None:
             raise typer.Exit(2) from None
 
 
+def _bootstrap_variable_set() -> bool:
+    """Whether the environment sets the Kafka bootstrap (with an empty bootstrap: set to
+    "", which means no Kafka, snapshots only)."""
+    return any(v in os.environ for v in ("LIVEREC_KAFKA_BOOTSTRAP", "LIVEREC_BOOTSTRAP"))
+
+
 def _with_local_broker(settings: ServeSettings) -> ServeSettings:
     """``settings`` with the local broker (``liverec broker start``) as its bootstrap
     when none is configured and that broker runs, as train and replay do. A variable
     set to "" (``LIVEREC_KAFKA_BOOTSTRAP=``) means no Kafka: serve snapshots only."""
-    if settings.bootstrap or any(
-            v in os.environ for v in ("LIVEREC_KAFKA_BOOTSTRAP", "LIVEREC_BOOTSTRAP")):
+    if settings.bootstrap or _bootstrap_variable_set():
         return settings
     from stream.broker import broker_status
 
@@ -260,11 +265,3 @@ def _warn_without_snapshot(main: Path, extra: tuple[Path, ...]) -> None:
             log.warning("no snapshot under --extra-snapshots %s yet%s: its models are not "
                         "served, and /readyz says degraded (extra_snapshot_missing), until "
                         "a trainer writes one there", root.resolve(), missing)
-
-
-def _empty_bootstrap_variable() -> bool:
-    """Whether the environment sets the Kafka bootstrap, to nothing: snapshots only, on
-    purpose (README, "Configuration")."""
-    import os
-
-    return any(os.environ.get(v) == "" for v in ("LIVEREC_KAFKA_BOOTSTRAP", "LIVEREC_BOOTSTRAP"))

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import orjson
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
@@ -20,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.auth import AccessControl, AuthSettings, require
 from serving.dashboard import DashboardSeries
-from serving.errors import AUTH_RESPONSES, URL_RESPONSES
+from serving.errors import AUTH_RESPONSES, URL_RESPONSES, error_body
 from serving.headers import SecurityHeadersMiddleware
 from serving.metrics import ServingMetrics, method_label
 from serving.protocol import json_error_protocol
@@ -123,7 +122,7 @@ class RequestTargetMiddleware:
 
 
 async def _refuse(send: Send, status: int, reason: str, detail: str) -> None:
-    body = orjson.dumps({"detail": {"reason": reason, "detail": detail}})
+    body = error_body(reason, detail)
     await send({
         "type": "http.response.start",
         "status": status,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
@@ -37,6 +38,16 @@ class ErrorOut(BaseModel):
     """The body of an error answer (see the module docstring)."""
 
     detail: ErrorDetail
+
+
+def error_body(reason: str, detail: str) -> bytes:
+    """The API's error body, for answers made outside FastAPI (before routing, or by the
+    HTTP parser): what :func:`api_error` makes FastAPI send.
+
+    >>> error_body("uri_too_long", "too long")
+    b'{"detail":{"reason":"uri_too_long","detail":"too long"}}'
+    """
+    return orjson.dumps({"detail": {"reason": reason, "detail": detail}})
 
 
 def api_error(status: int, reason: str, detail: str,

@@ -17,8 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
+from serving.errors import error_body
 from serving.headers import headers_for
 from serving.metrics import method_label
 from serving.request_id import request_id_of
@@ -178,7 +177,7 @@ def json_error_protocol(
                     on_reject(method, status)
                 except Exception:
                     log.exception("counting a refused request failed")
-            body = orjson.dumps({"detail": {"reason": reason, "detail": msg}})
+            body = error_body(reason, msg)
             line = STATUS_LINE.get(status) or f"HTTP/1.1 {status} \r\n".encode()
             head = [line]
             for name, value in [*self.server_state.default_headers,

@@ -200,12 +200,7 @@ class Replayer:
         self.progress = progress
         self.linger_ms = linger_ms
         self.queue_max_messages = queue_max_messages
-        #: when the producer's queue was first found full in the current wait (None:
-        #: not waiting), and when that was last said
-        self._full_since: float | None = None
-        self._full_said_at = 0.0
-        #: failed sends already said, and when (:meth:`_say_failures`)
-        self._failed_said, self._failed_said_at = 0, 0.0
+        self._reset_said()
         #: dead-letter copies the broker did not take (in this replay)
         self._dlq_failed = 0
         # No compression by default: kafka-python can read lz4/snappy/zstd topics only
@@ -224,8 +219,7 @@ class Replayer:
                                  delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
                                  queue_max_messages=self.queue_max_messages,
                                  bootstrap_timeout_ms=BOOTSTRAP_WAIT_MS)
-        self._full_since, self._full_said_at = None, 0.0
-        self._failed_said, self._failed_said_at = 0, 0.0
+        self._reset_said()
         start = time.monotonic()
         topic = self.topic
         try:
@@ -310,6 +304,15 @@ class Replayer:
                 bar.update(end - bar.n)
         bar.update(len(dataset) - bar.n)
         return sent
+
+    def _reset_said(self) -> None:
+        """Nothing said yet about this replay's failed sends or full queue."""
+        #: when the producer's queue was first found full in the current wait (None:
+        #: not waiting), and when that was last said
+        self._full_since: float | None = None
+        self._full_said_at = 0.0
+        #: failed sends already said, and when (:meth:`_say_failures`)
+        self._failed_said, self._failed_said_at = 0, 0.0
 
     def _say_failures(self, producer: Producer) -> None:
         """A WARNING, at most every :data:`FAILURES_LOG_S`, while sends fail: a long replay
