@@ -276,9 +276,12 @@ class AccessControl:
         principal = await self._authenticate(presented, client)
         if principal is None:
             if self.needs_key(scope):
+                scheme = request.headers.get("authorization", "").strip().partition(" ")[0]
+                wrong = (f"; an Authorization header of scheme {scheme[:20]!r} is not read"
+                         if scheme and scheme.lower() != "bearer" else "")
                 raise self._unauthorized(
                     "missing_key", f"this endpoint needs an API key with the {scope!r} scope "
-                    "(Authorization: Bearer <key> or X-API-Key: <key>)")
+                    f"(Authorization: Bearer <key> or X-API-Key: <key>){wrong}")
             if scope == "write" and not self._rebinding_safe(request):
                 # A page on another site whose name was re-pointed at this server (DNS
                 # rebinding) is same-origin to the browser: it could post here with

@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import httpx
 from fastapi import Depends, FastAPI
@@ -93,8 +94,9 @@ class MetricsMiddleware:
 
 
 class RequestTargetMiddleware:
-    """Refuses, before routing, a request target longer than ``max_bytes`` (JSON 414)
-    and a path holding an encoded ``/`` (JSON 404, reason ``slash_in_path``).
+    """Refuses, before routing, a request target longer than ``max_bytes`` (JSON 414),
+    a path holding an encoded ``/`` (JSON 404, reason ``slash_in_path``) and a target
+    whose percent-encoded bytes are not UTF-8 (JSON 400, reason ``bad_encoding``).
 
     ``%2F`` is decoded before routing, so ``/v1/items/a%2Fsimilar`` would be answered
     as ``/v1/items/a/similar`` and ``/v1/items/a%2F`` redirected to ``/v1/items/a``:
@@ -118,7 +120,20 @@ class RequestTargetMiddleware:
                               "part of the path: send it in the query (?item_id= or "
                               "?user_id=)")
                 return
+            if not _utf8(raw) or not _utf8(scope.get("query_string", b"").replace(b"+", b" ")):
+                await _refuse(send, 400, "bad_encoding", "the URL's percent-encoded bytes "
+                              "must be UTF-8 (they would read as U+FFFD, another id)")
+                return
         await self.app(scope, receive, send)
+
+
+def _utf8(raw: bytes) -> bool:
+    """Whether ``raw``, percent-decoded, is UTF-8 text."""
+    try:
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 async def _refuse(send: Send, status: int, reason: str, detail: str) -> None:

@@ -97,6 +97,8 @@ SLASH_404: dict[str, Any] = _error(
 
 #: what every route may answer: the URL limit is checked before routing
 URL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error("the path or query has percent-encoded bytes that are not UTF-8 "
+                "(reason bad_encoding)"),
     414: _error("the request target (path and query) is longer than max_url_bytes "
                 "(reason uri_too_long)"),
 }

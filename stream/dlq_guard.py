@@ -13,21 +13,25 @@
   where it is missing, or says at once that it cannot (before, a missing topic on a
   cluster that does not create topics showed only at the first reject; a scale-out
   trainer sends rejects inside its transaction, which a missing topic would fail).
+  :func:`ensure_dead_letter_topic_for_source` does so once the source topic exists (a
+  trainer started on a mistyped topic created ``<typo>.dlq``).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from stream.kafka.admin import create_topics
+from stream.kafka.admin import create_topics, topic_exists
 from stream.kafka.base import KafkaClientError
 from stream.settings import KafkaSettings
 
-__all__ = ["DeadLetterBreaker", "RejectLog", "ensure_dead_letter_topic", "offset_ranges"]
+__all__ = ["DeadLetterBreaker", "RejectLog", "ensure_dead_letter_topic",
+           "ensure_dead_letter_topic_for_source", "offset_ranges"]
 
 log = logging.getLogger(__name__)
 
@@ -152,3 +156,20 @@ def ensure_dead_letter_topic(settings: KafkaSettings, timeout_s: float = 30.0,
     if created:
         log.info("created the dead-letter topic %s", topic)
     return True
+
+
+def ensure_dead_letter_topic_for_source(settings: KafkaSettings, stop: threading.Event,
+                                        every_s: float = 5.0) -> bool:
+    """:func:`ensure_dead_letter_topic` once ``settings.topic`` exists, checked every
+    ``every_s`` until ``stop`` is set (then False: nothing created). Where the check
+    itself fails (Kafka down, no ACL to describe), the topic is made sure of at once,
+    so that its warning says what is wrong."""
+    while not stop.is_set():
+        try:
+            exists = topic_exists(settings, settings.topic)
+        except (KafkaClientError, ValueError, RuntimeError):
+            exists = True
+        if exists:
+            return ensure_dead_letter_topic(settings)
+        stop.wait(every_s)
+    return False

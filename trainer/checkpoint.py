@@ -239,10 +239,20 @@ class Checkpointer:
             "pid": os.getpid(), "host": socket.gethostname(),
             "since": datetime.now().isoformat(timespec="seconds"), **owner})
 
+    def probe(self, **owner: object) -> None:
+        """Raise :class:`SnapshotLocationBusy` now if another trainer holds the location
+        (a restore before :meth:`acquire` may take a while: a second trainer said so only
+        after it)."""
+        self.acquire(**owner)
+        self._release()
+
     def close(self) -> None:
         """Finish the write in flight and release the snapshot location."""
         self.done(wait=True)
         self._pool.shutdown(wait=True)
+        self._release()
+
+    def _release(self) -> None:
         if self._lock is not None:
             self._lock.close()  # closing the file drops the lock
             self._lock = None

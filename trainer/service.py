@@ -42,7 +42,7 @@ from online_models.drift import ConceptDriftMonitor, DataDriftTracker
 from online_models.evaluation import PrequentialEvaluator
 from online_models.snapshot import SnapshotStore
 from stream.consumer import MiniBatchConsumer, Partition
-from stream.dlq_guard import ensure_dead_letter_topic
+from stream.dlq_guard import ensure_dead_letter_topic_for_source
 from stream.settings import KafkaSettings
 from stream.signals import stop_on_signals
 from trainer.adaptation import DriftAdaptation
@@ -194,6 +194,7 @@ class Trainer(TrainerPersistence, GroupMembership, TrainerStatus):
                          if settings.follow else None)
         #: the followed versions the restored snapshot recorded (extra_meta.followed)
         self._restored_followed: dict[str, Any] = {}
+        self.checkpointer.probe(group=settings.group, topic=kafka.topic)
         self._restore()
         # The setting rules, not the bound a snapshot was written with (users beyond
         # it are forgotten after the first batch).
@@ -237,7 +238,8 @@ class Trainer(TrainerPersistence, GroupMembership, TrainerStatus):
                          "is followed, scored" if name in s.follow else "learns",
                          device)
         self.checkpointer.acquire(group=s.group, topic=self.kafka.topic)
-        threading.Thread(target=ensure_dead_letter_topic, args=(self.kafka,),
+        threading.Thread(target=ensure_dead_letter_topic_for_source,
+                         args=(self.kafka, self.stop_event),
                          name="liverec-dlq-check", daemon=True).start()
         if self.snapshot_version is None:
             self._lost = LostSnapshotGuard(self.kafka, s.group, self.checkpointer.store.root,

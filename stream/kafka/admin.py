@@ -104,6 +104,18 @@ def end_offsets(settings: KafkaSettings | str, topic: str) -> dict[int, int]:
         consumer.close()
 
 
+def topic_exists(settings: KafkaSettings | str, topic: str, timeout_s: float = 10.0) -> bool:
+    """Whether ``topic`` has partitions this principal can see (a metadata request;
+    kafka-python's makes a broker that auto-creates topics create it)."""
+    from stream.kafka import make_consumer
+
+    consumer = make_consumer(as_settings(settings), ConsumerOptions(client_id="liverec-admin"))
+    try:
+        return bool(consumer.partitions_for(topic, timeout_s=timeout_s))
+    finally:
+        consumer.close()
+
+
 def committed_offsets(settings: KafkaSettings | str, group: str, topic: str
                       ) -> dict[int, int]:
     """The next offset ``group`` committed on each partition of ``topic`` (partitions

@@ -14,6 +14,7 @@ import pytest
 
 from stream.broker import LocalBroker, free_port
 from stream.kafka import create_topics
+from stream.kafka.admin import topic_exists
 from stream.settings import KafkaSettings
 from tests.faults.helpers import wait_for
 from trainer import Trainer, TrainerSettings
@@ -69,7 +70,8 @@ def test_contact_age_grows_in_an_outage_and_falls_after_it(
 def test_a_mistyped_topic_is_named_in_the_status_line(
         kafka_bootstrap: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A trainer on a topic that does not exist said only that it was waiting to join
-    its group, as if the group were the problem. (librdkafka only: kafka-python's
+    its group, as if the group were the problem, and created the topic's dead-letter
+    topic. (librdkafka only: kafka-python's
     metadata requests make a broker that auto-creates topics create it.)"""
     client = "confluent"
     topic = f"clickz-{client}"
@@ -84,6 +86,12 @@ def test_a_mistyped_topic_is_named_in_the_status_line(
             said = f"(topic {topic} does not exist at {kafka_bootstrap}"
             wait_for(lambda: any(said in r.getMessage() for r in caplog.records), 30,
                      "the status line naming the missing topic")
+            # Its dead-letter topic waits for it: a typo used to leave <typo>.dlq behind.
+            time.sleep(1.0)
+            assert not topic_exists(kafka, f"{topic}.dlq")
+            create_topics(kafka_bootstrap, {topic: 1})
+            wait_for(lambda: topic_exists(kafka, f"{topic}.dlq"), 30,
+                     "the dead-letter topic once its topic exists")
         finally:
             trainer.stop()
             thread.join(60)

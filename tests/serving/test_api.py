@@ -135,6 +135,13 @@ def test_ids_with_a_slash_use_the_query_forms(client: TestClient, trained: Train
         assert r.status_code == 404, path
         assert r.json()["detail"]["reason"] == "slash_in_path", path
         assert "sku/13" not in r.text and "snapshot_version" not in r.text
+    # Bytes that are not UTF-8 would decode to U+FFFD: one id for many inputs.
+    for path in ("/v1/items/%FF", "/v1/users/a%C3", "/v1/items/similar?item_id=%FF",
+                 "/v1/recommendations?user_id=%E2%82"):
+        r = client.get(path)
+        assert r.status_code == 400, path
+        assert r.json()["detail"]["reason"] == "bad_encoding", path
+    assert client.get("/v1/recommendations?user_id=%C3%A9").status_code != 400  # é
 
 
 def test_the_literal_similar_route_wins_over_an_item_id(

@@ -68,6 +68,13 @@ def test_missing_and_wrong_keys_get_401_json(
         assert r.headers["www-authenticate"].startswith("Bearer")
     r = secured.post("/v1/events", json=EVENT)
     assert r.status_code == 401 and r.json()["detail"]["reason"] == "missing_key"
+    assert "scheme" not in r.json()["detail"]["detail"]
+    # A key sent with another scheme is named as such (it read as no key at all).
+    r = secured.post("/v1/events", json=EVENT,
+                     headers={"Authorization": "Basic " + made["writer"]})
+    assert r.status_code == 401 and r.json()["detail"]["reason"] == "missing_key"
+    assert "scheme 'Basic' is not read" in r.json()["detail"]["detail"]
+    assert made["writer"] not in r.text
     wrong = made["writer"][:-3] + ("aaa" if not made["writer"].endswith("aaa") else "bbb")
     for headers in (_bearer(wrong), {"X-API-Key": wrong}, {"X-API-Key": "not-a-key"}):
         r = secured.post("/v1/events", json=EVENT, headers=headers)

@@ -80,6 +80,33 @@ def test_second_trainer_on_one_location_is_refused(tmp_path: Path) -> None:
     second.checkpointer.close()
 
 
+def test_a_busy_location_is_refused_before_the_restore(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = _trainer(tmp_path / "s")
+    first.handle(_consumed(synthetic_events(100, seed=4), 0))
+    first.checkpoint("test", wait=True)
+    first.checkpointer.acquire(group="a")
+    loads: list[int] = []
+    from online_models.snapshot import SnapshotStore
+    real = SnapshotStore.load_latest_valid
+
+    def counted(self: SnapshotStore) -> object:
+        loads.append(1)
+        return real(self)
+
+    monkeypatch.setattr(SnapshotStore, "load_latest_valid", counted)
+    try:
+        with pytest.raises(SnapshotLocationBusy, match="another trainer"):
+            _trainer(tmp_path / "s")
+        assert loads == []  # refused before reading any snapshot
+    finally:
+        first.checkpointer.close()
+    again = _trainer(tmp_path / "s")  # the probe does not keep the lock
+    assert loads == [1] and again.snapshot_version is not None
+    again.checkpointer.acquire(group="b")
+    again.checkpointer.close()
+
+
 def test_a_full_disk_makes_room_and_does_not_flood_the_log(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
