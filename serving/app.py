@@ -12,9 +12,11 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import httpx
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -136,6 +138,23 @@ def _utf8(raw: bytes) -> bool:
     return True
 
 
+#: routing's own refusals (their ``detail`` a plain string), in the API's error shape
+_ROUTING_REASONS = {404: ("no_route", "no such path: /openapi.json lists the API's routes"),
+                    405: ("method_not_allowed", "this path does not take this method "
+                          "(the Allow header lists those it takes)")}
+
+
+async def _routing_error(request: Request, exc: Exception) -> Response:
+    """Starlette's 404 and 405 (``{"detail": "Not Found"}``) in the API's error shape;
+    every other HTTP error as FastAPI answers it (the routes' own carry their shape)."""
+    assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.detail, str) and exc.status_code in _ROUTING_REASONS:
+        reason, text = _ROUTING_REASONS[exc.status_code]
+        return Response(error_body(reason, text), status_code=exc.status_code,
+                        headers=exc.headers, media_type="application/json")
+    return await http_exception_handler(request, exc)
+
+
 async def _refuse(send: Send, status: int, reason: str, detail: str) -> None:
     body = error_body(reason, detail)
     await send({
@@ -247,6 +266,7 @@ def create_app(
     app.state.serving = state
     app.state.dashboard = dash
     app.state.access = access
+    app.add_exception_handler(StarletteHTTPException, _routing_error)
     # The scope each router needs (events states its own ``write``; health its ``ops``
     # for /metrics and none for the probes).
     app.include_router(health.router)

@@ -341,6 +341,14 @@ def test_bad_input_gets_4xx_with_a_json_reason(client: TestClient) -> None:
     assert r.json()["detail"]["reason"] == "unknown_model"
     r = client.get("/v1/items/i/similar", params={"model": "nope"})
     assert r.status_code == 404 and r.json()["detail"]["reason"] == "unknown_model"
+    # Routing's own refusals have the same shape (they were {"detail": "Not Found"}).
+    for path in ("/v2/recommendations", "/static/nope.css", "/v1/items/a/b/c"):
+        r = client.get(path)
+        assert r.status_code == 404, path
+        assert r.json()["detail"]["reason"] == "no_route", path
+    r = client.delete("/v1/recommendations", params={"user_id": "u"})
+    assert r.status_code == 405 and r.json()["detail"]["reason"] == "method_not_allowed"
+    assert "GET" in r.headers["allow"]
 
 
 def test_a_k_above_the_servers_max_k_is_refused_like_any_invalid_query(
