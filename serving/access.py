@@ -13,6 +13,7 @@ import hmac
 import ipaddress
 import logging
 import math
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
     from serving.metrics import ServingMetrics
 
 __all__ = ["AccessControl", "Principal", "address_bucket", "is_loopback"]
+
+#: an auth scheme a 401 may name (letters only: no key, no token, fits a log line)
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z-]{0,19}")
 
 # The name of the module this came from: log lines and logging settings stay as they were.
 log = logging.getLogger("serving.auth")
@@ -106,6 +110,25 @@ class Principal:
         return f"key:{self.key_id}" if self.key_id else f"addr:{address_bucket(self.client)}"
 
 
+def _other_scheme(authorization: str) -> str:
+    """What a 401 adds about an ``Authorization`` header that is not ``Bearer <key>``
+    (the scheme named only when it is a short word: a bare key is never echoed).
+
+    >>> _other_scheme("Basic dXNlcjpwdw==")
+    "; an Authorization header of scheme 'Basic' is not read"
+    >>> _other_scheme("lrk_0123abcd_secret")
+    '; an Authorization header without a scheme is not read'
+    >>> _other_scheme("")
+    ''
+    """
+    scheme, _, rest = authorization.strip().partition(" ")
+    if not scheme or scheme.lower() == "bearer":
+        return ""
+    if rest and _SCHEME.fullmatch(scheme):
+        return f"; an Authorization header of scheme {scheme!r} is not read"
+    return "; an Authorization header without a scheme is not read"
+
+
 class AccessControl:
     """Keys, the anonymous policy and the rate limiter of one app.
 
@@ -141,6 +164,8 @@ class AccessControl:
         self.metrics = metrics
         self._env_keys = parse_records(auth.api_keys)
         self._file_stamp: tuple[float, int] | None = None
+        #: the key file vanished at run time (anonymous writes stay closed)
+        self._file_missing = False
         self._checked_at = 0.0
         self.keys: dict[str, ApiKey] = {}
         self._reload_file(force=True)
@@ -169,7 +194,7 @@ class AccessControl:
     @property
     def anonymous_writes(self) -> bool:
         """Whether ``POST /v1/events`` takes anonymous writes, with the keys as of now."""
-        return not self.keys and self._open_writes_allowed
+        return not self.keys and self._open_writes_allowed and not self._file_missing
 
     # ------------------------------------------------------------------ keys
     def _reload_file(self, force: bool = False) -> None:
@@ -190,8 +215,19 @@ class AccessControl:
             if not force and stamp == self._file_stamp:
                 return
             self._file_stamp = stamp
+            if st is None:
+                # Gone at run time (deleted, unmounted, being replaced): its keys are
+                # revoked, and writes stay closed to anonymous callers -- they reopened,
+                # on a server that allowed them only while no key existed.
+                log.error("API key file %s is gone: its keys no longer work, and POST "
+                          "/v1/events takes no anonymous writes until it is back", path)
+                self._file_missing = True
+            else:
+                if self._file_missing:
+                    log.info("API key file %s is back", path)
+                self._file_missing = False
             try:
-                file_keys = KeyFile(path).load()
+                file_keys = KeyFile(path).load() if st is not None else []
             except (OSError, AuthConfigError) as exc:
                 if force:
                     raise AuthConfigError(f"API key file {path}: {exc}") from exc
@@ -207,7 +243,7 @@ class AccessControl:
             return
         if not force and set(keys) != set(self.keys):
             log.info("API keys now: %s", sorted(k.name for k in keys.values()))
-            if not keys and self._open_writes_allowed:
+            if not keys and self._open_writes_allowed and not self._file_missing:
                 log.warning("the last API key is gone: POST /v1/events now accepts "
                             "anonymous writes again (this server listens on a loopback "
                             "address or allows them); add a key to close them")
@@ -276,9 +312,7 @@ class AccessControl:
         principal = await self._authenticate(presented, client)
         if principal is None:
             if self.needs_key(scope):
-                scheme = request.headers.get("authorization", "").strip().partition(" ")[0]
-                wrong = (f"; an Authorization header of scheme {scheme[:20]!r} is not read"
-                         if scheme and scheme.lower() != "bearer" else "")
+                wrong = _other_scheme(request.headers.get("authorization", ""))
                 raise self._unauthorized(
                     "missing_key", f"this endpoint needs an API key with the {scope!r} scope "
                     f"(Authorization: Bearer <key> or X-API-Key: <key>){wrong}")

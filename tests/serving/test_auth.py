@@ -75,6 +75,10 @@ def test_missing_and_wrong_keys_get_401_json(
     assert r.status_code == 401 and r.json()["detail"]["reason"] == "missing_key"
     assert "scheme 'Basic' is not read" in r.json()["detail"]["detail"]
     assert made["writer"] not in r.text
+    for value in (made["writer"], made["writer"][:30] + " x"):  # a key without a scheme
+        r = secured.post("/v1/events", json=EVENT, headers={"Authorization": value})
+        assert "without a scheme is not read" in r.json()["detail"]["detail"]
+        assert made["writer"][:13] not in r.text  # not even its id
     wrong = made["writer"][:-3] + ("aaa" if not made["writer"].endswith("aaa") else "bbb")
     for headers in (_bearer(wrong), {"X-API-Key": wrong}, {"X-API-Key": "not-a-key"}):
         r = secured.post("/v1/events", json=EVENT, headers=headers)
@@ -186,6 +190,29 @@ def test_revoking_every_key_keeps_writes_closed_on_a_public_interface(
     with TestClient(app) as c:
         assert kf.revoke("ingest")
         assert _anonymous_write_once_keys_are(c, set()) == 401  # and nothing to warn of
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_a_vanished_key_file_revokes_its_keys_and_keeps_writes_closed(
+    store: SnapshotStore, tmp_path: Path, caplog: pytest.LogCaptureFixture, host: str
+) -> None:
+    """A key file deleted or unmounted at run time reopened anonymous writes on a
+    server that allowed them while no key existed (compose allows them by default)."""
+    kf = KeyFile(tmp_path / "keys")
+    key = kf.add("ingest", {"write"})
+    app = create_app(settings_for(store.root, host=host),
+                     auth=AuthSettings(api_keys_file=kf.path, allow_anonymous_writes=True))
+    with TestClient(app) as c:
+        assert c.post("/v1/events", json=EVENT).status_code == 401
+        kf.path.rename(tmp_path / "keys.bak")
+        with caplog.at_level(logging.ERROR, logger="serving.auth"):
+            assert _anonymous_write_once_keys_are(c, set()) == 401
+        assert any("is gone" in r.getMessage() for r in caplog.records), caplog.text
+        r = c.post("/v1/events", json=EVENT, headers=_bearer(key))
+        assert r.status_code == 401 and r.json()["detail"]["reason"] == "unknown_key"
+        (tmp_path / "keys.bak").rename(kf.path)
+        assert _anonymous_write_once_keys_are(c, {"ingest"}) == 401
+        assert c.post("/v1/events", json=EVENT, headers=_bearer(key)).status_code == 503
 
 
 def test_rate_limit_answers_429_with_retry_after(
