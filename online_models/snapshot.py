@@ -13,10 +13,13 @@ Writes go to a hidden temporary directory, every file is fsynced, the directory 
 renamed into place, and only then is ``root/LATEST`` replaced (write + fsync +
 ``os.replace``). A crash at any point leaves either the old or the new snapshot
 visible, never half of one. Loading verifies the format version and every checksum;
-a corrupt, truncated or tampered snapshot raises :class:`SnapshotError`, and
+a corrupt, truncated or hand-edited snapshot raises :class:`SnapshotError`, and
 :meth:`SnapshotStore.load_latest_valid` falls back to the previous good version.
-
-Nothing here can execute code on load: tensors are safetensors, metadata is JSON.
+The checksums have no key: they catch damage, not a writer of the volume, who can
+recompute them. What such a writer can do is bounded all the same: files are read
+only from their version's own directory (plain names, no links followed; a version
+that is a link is not listed), and nothing here can execute code on load: tensors
+are safetensors, metadata is JSON.
 
 This module holds :class:`SnapshotStore` and what it returns (:class:`Snapshot`,
 :class:`SnapshotInfo`, :class:`SnapshotError`) and re-exports the parts, which live
@@ -142,6 +145,23 @@ def _check_package(version: int, name: str, meta: Mapping[str, Any]) -> str | No
     return note
 
 
+
+def _plain_name(name: str) -> bool:
+    """Whether a manifest's file name stays in its version directory.
+
+    >>> [_plain_name(n) for n in ("model-itemknn.safetensors", "../x", "/dev/zero", "..")]
+    [True, False, False, False]
+    """
+    return (bool(name) and "/" not in name and "\\" not in name and "\0" not in name
+            and not name.startswith("."))
+
+
+def _read_no_link(path: Path) -> bytes:
+    """``path``'s bytes; a symbolic link is refused (``OSError`` ELOOP), not followed."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read()
+
 class SnapshotStore:
     """Versioned snapshot directory with atomic publish, retention and verified loads.
 
@@ -204,7 +224,8 @@ class SnapshotStore:
         except FileNotFoundError:
             return []
         for p in entries:
-            if p.is_dir() and len(p.name) == _VERSION_DIGITS and p.name.isdigit():
+            if (len(p.name) == _VERSION_DIGITS and p.name.isdigit() and p.is_dir()
+                    and not p.is_symlink()):  # a version is the store's own directory
                 out.append(int(p.name))
         return sorted(out)
 
@@ -418,7 +439,7 @@ class SnapshotStore:
 
     def _manifest(self, path: Path, version: int) -> dict[str, Any]:
         try:
-            manifest = orjson.loads((path / _MANIFEST).read_bytes())
+            manifest = orjson.loads(_read_no_link(path / _MANIFEST))
         except FileNotFoundError:
             raise SnapshotError(f"snapshot {version}: manifest missing") from None
         except (OSError, orjson.JSONDecodeError) as exc:
@@ -439,8 +460,12 @@ class SnapshotStore:
         return manifest
 
     def _read_verified(self, path: Path, name: str, expected: str, version: int) -> bytes:
+        if not _plain_name(name):
+            # A manifest naming "../x" or "/dev/zero" would read outside the version.
+            raise SnapshotError(f"snapshot {version}: file name {name[:80]!r} is not a "
+                                "plain file name in its directory")
         try:
-            data = (path / name).read_bytes()
+            data = _read_no_link(path / name)
         except OSError as exc:
             raise SnapshotError(f"snapshot {version}: cannot read {name} ({exc})") from None
         if _sha256(data) != expected:

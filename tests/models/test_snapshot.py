@@ -183,6 +183,37 @@ def test_tampered_manifest_truncation_and_format_refused(tmp_path: Path) -> None
     assert store.load_latest_valid() is None  # both versions are damaged
 
 
+def test_files_outside_the_version_directory_are_refused(tmp_path: Path) -> None:
+    """Checksums catch damage, not a writer of the volume: a manifest naming
+    ``../x`` read a model from outside its version, and links were followed."""
+    from online_models.snapshot import _manifest_digest
+
+    store = SnapshotStore(tmp_path / "s")
+    _write(store)
+    _write(store)
+    path = store.path_of(2)
+    outside = tmp_path / "outside.safetensors"
+    (path / "model-counter.safetensors").rename(outside)
+    man = orjson.loads((path / "manifest.json").read_bytes())
+    name = "../../outside.safetensors"
+    man["files"][name] = man["files"].pop("model-counter.safetensors")
+    man["models"]["counter"]["file"] = name
+    man["manifest_sha256"] = _manifest_digest(man)
+    (path / "manifest.json").write_bytes(orjson.dumps(man))
+    with pytest.raises(SnapshotError, match="not a plain file name"):
+        store.load(2)
+    # A link in place of a file, or of a whole version, is not followed either.
+    _write(store)
+    os.remove(store.path_of(3) / "model-counter.safetensors")
+    os.symlink(outside, store.path_of(3) / "model-counter.safetensors")
+    with pytest.raises(SnapshotError, match="cannot read"):
+        store.load(3)
+    real = tmp_path / "elsewhere"
+    store.path_of(1).rename(real)
+    os.symlink(real, store.path_of(1))
+    assert store.versions() == [2, 3] and store.load_latest_valid() is None
+
+
 def test_empty_store_and_next_version_after_fallback(tmp_path: Path) -> None:
     store = SnapshotStore(tmp_path)
     assert store.latest_version() is None and store.load_latest_valid() is None
