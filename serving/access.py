@@ -71,6 +71,22 @@ def _host_name(host: str) -> str:
     return name.lower().rstrip(".")
 
 
+def _remote_address(host: str) -> bool:
+    """Whether ``host`` is an IP address off this machine (a name or socket path, as
+    test clients have, is not an address).
+
+    >>> _remote_address("203.0.113.9"), _remote_address("127.0.0.1"), _remote_address("x")
+    (True, False, False)
+    """
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_loopback
+
+
 def address_bucket(host: str) -> str:
     """The rate-limit identity of an anonymous caller at ``host``.
 
@@ -324,6 +340,14 @@ class AccessControl:
                     403, "foreign_host", "anonymous writes take only requests addressed "
                     "to localhost, an IP address or a name in LIVEREC_ANONYMOUS_WRITE_HOSTS; "
                     "a key writes through any name")
+            if (scope == "write" and not self.settings.allow_anonymous_writes
+                    and _remote_address(client)):
+                # Open only because the server listens on loopback: a caller a reverse
+                # proxy on this host names in X-Forwarded-For is not local.
+                raise self._denied(
+                    403, "remote_client", "anonymous writes are open to this host's own "
+                    "callers only (the server listens on loopback); a key writes from "
+                    "anywhere")
             principal = Principal(ANONYMOUS, None, frozenset(), client)
         elif scope not in principal.scopes:
             raise self._denied(403, "wrong_scope",

@@ -263,6 +263,12 @@ def create_app(
         lifespan=lifespan,
         responses=URL_RESPONSES,  # on every route (a middleware answers it)
     )
+    if settings.forwarded_allow_ips is not None and "*" in (
+            a.strip() for a in settings.forwarded_allow_ips.split(",")):
+        log.warning("LIVEREC_FORWARDED_ALLOW_IPS=* believes X-Forwarded-For from any "
+                    "peer: a client that reaches this server directly picks its own "
+                    "address (per-address rate limits, loopback-only anonymous writes). "
+                    "Name your proxies' addresses instead.")
     app.state.serving = state
     app.state.dashboard = dash
     app.state.access = access

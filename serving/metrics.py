@@ -253,13 +253,15 @@ class ServingMetrics:
         )
         self.auth_failures = Counter(
             "liverec_serving_auth_failures",
-            "Requests refused for their API key (missing_key, unknown_key, wrong_scope).",
+            "Requests refused for their API key or its absence (missing_key, unknown_key, "
+            "wrong_scope, foreign_host, remote_client).",
             ["reason"],
             registry=r,
         )
         for scope in ("read", "write", "ops", "auth"):
             self.rate_limited.labels(scope=scope)
-        for reason in ("missing_key", "unknown_key", "wrong_scope"):
+        for reason in ("missing_key", "unknown_key", "wrong_scope", "foreign_host",
+                       "remote_client"):
             self.auth_failures.labels(reason=reason)
         self.ingest_queue = Gauge(
             "liverec_serving_ingest_queue_events",

@@ -180,6 +180,36 @@ def test_a_key_added_at_run_time_closes_anonymous_writes(
                    for r in caplog.records), caplog.text
 
 
+def test_anonymous_writes_on_loopback_take_only_local_callers(store: SnapshotStore) -> None:
+    """Behind a reverse proxy on this host, a loopback server took anonymous writes from
+    anyone; a caller the proxy names as remote (X-Forwarded-For, believed from a
+    trusted proxy) is refused."""
+    for auth, client, want in (
+        (AuthSettings(), ("127.0.0.1", 5000), 503),  # past auth (no Kafka here)
+        (AuthSettings(), ("203.0.113.9", 5000), 403),
+        (AuthSettings(), ("::ffff:203.0.113.9", 5000), 403),
+        (AuthSettings(allow_anonymous_writes=True), ("203.0.113.9", 5000), 503),
+    ):
+        app = create_app(settings_for(store.root), auth=auth)
+        with TestClient(app, client=client) as c:
+            r = c.post("/v1/events", json=EVENT)
+            assert r.status_code == want, (auth, client, r.text)
+            if want == 403:
+                assert r.json()["detail"]["reason"] == "remote_client"
+                reg = c.app.state.serving.metrics.registry  # type: ignore[attr-defined]
+                assert reg.get_sample_value("liverec_serving_auth_failures_total",
+                                            {"reason": "remote_client"}) == 1.0
+            # Reads stay open to every caller.
+            assert c.get("/v1/recommendations", params={"user_id": "u"}).status_code == 200
+
+
+def test_trusting_every_proxy_is_warned_of(store: SnapshotStore,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="serving.app"):
+        create_app(settings_for(store.root, forwarded_allow_ips="10.0.0.2, *"))
+    assert "LIVEREC_FORWARDED_ALLOW_IPS=* believes" in caplog.text
+
+
 def test_revoking_every_key_keeps_writes_closed_on_a_public_interface(
     store: SnapshotStore, tmp_path: Path
 ) -> None:
