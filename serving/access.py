@@ -71,6 +71,10 @@ def _host_name(host: str) -> str:
     return name.lower().rstrip(".")
 
 
+def _client_of(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
 def _remote_address(host: str) -> bool:
     """Whether ``host`` is an IP address off this machine (a name or socket path, as
     test clients have, is not an address).
@@ -321,7 +325,7 @@ class AccessControl:
 
     async def authorize(self, request: Request, scope: str, presented: str | None) -> Principal:
         """Authenticate, authorise ``scope`` and take one rate-limit token."""
-        client = request.client.host if request.client else "unknown"
+        client = _client_of(request)
         # Re-read the key file (at most once a second) whether or not a key came: a
         # key added since start-up must close anonymous writes for anonymous callers.
         self._reload_file()
@@ -354,6 +358,22 @@ class AccessControl:
                                f"key {principal.name!r} lacks the {scope!r} scope")
         self.take(scope, principal)
         return principal
+
+    async def holds(self, request: Request, scope: str) -> bool:
+        """Whether the request presents a valid key with ``scope`` (no refusal, no
+        rate-limit token: for an open route that says more to such callers)."""
+        presented = request.headers.get("x-api-key")
+        if presented is None:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            presented = token.strip() if scheme.lower() == "bearer" else None
+        if not presented:
+            return False
+        self._reload_file()
+        try:
+            principal = await self._authenticate(presented, _client_of(request))
+        except HTTPException:
+            return False
+        return principal is not None and scope in principal.scopes
 
     def take(self, scope: str, principal: Principal, cost: float = 1.0,
              retry_cost: float | None = None) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import logging
 import time
 import uuid
 from typing import Annotated, Any
@@ -48,6 +49,25 @@ from stream.events import (
 )
 
 __all__ = ["router", "scoped_event_id"]
+
+log = logging.getLogger(__name__)
+
+#: seconds between log lines about Kafka's refusals of POSTed events
+_FAILURE_LOG_S = 10.0
+#: when the last such line was logged, and the refusals since it
+_failures = {"logged_at": -_FAILURE_LOG_S, "since": 0.0}
+
+
+def _log_failure(failure: BaseException | None) -> None:
+    now = time.monotonic()
+    _failures["since"] += 1
+    if now - _failures["logged_at"] < _FAILURE_LOG_S:
+        return
+    more = int(_failures["since"]) - 1
+    log.warning("Kafka refused events of POST /v1/events: %s: %s%s",
+                type(failure).__name__, failure,
+                f" ({more} more refusals since the last line)" if more else "")
+    _failures["logged_at"], _failures["since"] = now, 0.0
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -300,8 +320,17 @@ async def _send(state: Any, events: list[ClickEvent], batch: bool) -> JSON:
         metrics.ingested.labels(outcome=reason).inc(len(events) - len(delivered))
         if delivered:
             metrics.ingested.labels(outcome="accepted").inc(len(delivered))
-        detail = (f"Kafka did not acknowledge within {settings.delivery_timeout_s:g} s"
-                  if pending else f"{type(failure).__name__}: {failure}")
+        if pending:
+            detail = f"Kafka did not acknowledge within {settings.delivery_timeout_s:g} s"
+        elif isinstance(failure, IngestRefused):
+            detail = failure.detail
+        else:
+            # The client learns the kind; the text (broker addresses, settings) goes to
+            # the server's log, at most one line per _FAILURE_LOG_S.
+            _log_failure(failure)
+            detail = (f"Kafka refused the events ({type(failure).__name__}"
+                      f"{', retriable' if getattr(failure, 'retriable', False) else ''}; "
+                      "the server's log says why)")
         extra: dict[str, Any] = {"delivered": delivered} if batch else {}
         return _reject(503, reason, detail, retry, **extra)
     metrics.ingest_delivery_seconds.observe(time.perf_counter() - t0)

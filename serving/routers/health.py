@@ -3,7 +3,9 @@
 ``/healthz`` and ``/readyz`` answer ``GET`` and ``HEAD`` (load balancers probe with
 either), need no key and are never rate limited. ``/readyz`` lists every dependency's
 state; see :meth:`serving.state.ServingState.dependencies` for when it is ready.
-``/readyz?scope=read`` is ready once a snapshot is loaded, Kafka or not.
+``/readyz?scope=read`` is ready once a snapshot is loaded, Kafka or not. With
+``protect_ops``, a caller without an ``ops`` key gets the status and the names of the
+degraded dependencies, not their details (paths, addresses, error texts).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -41,6 +43,7 @@ _HEALTHY = frozenset({"loaded", "connected", "disabled", "owned"})
     responses={503: {"description": "not ready; the body says which dependency and why"}},
 )
 async def readyz(
+    request: Request,
     state: StateDep,
     scope: Annotated[Literal["all", "read"], Query(
         description="'read': ready to answer reads (a snapshot is loaded), whatever "
@@ -67,6 +70,12 @@ async def readyz(
     if not ready:
         why = [f"{name}: {deps[name].get('reason', deps[name]['state'])}" for name in degraded]
         body["reason"] = "; ".join(why)
+    access = request.app.state.access
+    if access.settings.protect_ops and not await access.holds(request, "ops"):
+        # The dependencies' states hold paths, broker addresses and error texts: with
+        # ops protected, only an ops key reads them (a probe needs the status only).
+        body = {k: body[k] for k in ("ready", "status", "snapshot_version") if k in body}
+        body["degraded"] = degraded
     return JSON(body, status_code=200 if ready else 503)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -363,6 +364,34 @@ def test_a_k_above_the_servers_max_k_is_refused_like_any_invalid_query(
             (error,) = r.json()["detail"]
             assert error["loc"] == ["query", "k"] and error["ctx"] == {"le": 50}, error
             assert error["type"] == "less_than_equal"
+
+
+def test_a_kafka_refusal_names_its_kind_not_its_text(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The 503 of a refused write carried the Kafka client's message (broker addresses,
+    settings) to any caller; it goes to the log, the caller gets its kind."""
+    from concurrent.futures import Future
+
+    from stream.kafka.base import KafkaClientError
+
+    class Refusing:
+        def submit(self, records: list[object]) -> list[Future[object]]:
+            out: list[Future[object]] = []
+            for _ in records:
+                f: Future[object] = Future()
+                f.set_exception(KafkaClientError("TOPIC_AUTHORIZATION_FAILED at "
+                                                 "10.1.2.3:9093", retriable=False))
+                out.append(f)
+            return out
+
+    monkeypatch.setattr(client.app.state.serving, "ingestor", Refusing())  # type: ignore[attr-defined]
+    ok = {"user_id": "u", "item_id": "i", "event_type": "click", "timestamp": 1_700_000_000}
+    with caplog.at_level(logging.WARNING, logger="serving.routers.events"):
+        r = client.post("/v1/events", json=ok)
+    assert r.status_code == 503 and r.json()["reason"] == "produce_failed"
+    assert "KafkaClientError" in r.json()["detail"] and "10.1.2.3" not in r.text
+    assert "TOPIC_AUTHORIZATION_FAILED at 10.1.2.3:9093" in caplog.text
 
 
 def test_post_event_rejections(client: TestClient) -> None:

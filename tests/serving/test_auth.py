@@ -125,7 +125,15 @@ def test_right_keys_pass_and_never_leak(
         assert secret not in metrics.text and secret not in model.text
         assert secret not in caplog.text
     assert secured.get("/healthz").status_code == 200  # probes never need a key
-    assert secured.get("/readyz").status_code == 200
+    # With ops protected, the dependencies' details (paths, addresses, error texts)
+    # are for an ops key; other callers get the status and what is degraded.
+    for headers in ({}, _bearer(made["reader"]), {"X-API-Key": made["writer"][:-1] + "x"}):
+        r = secured.get("/readyz", headers=headers)
+        assert r.status_code == 200 and r.json()["status"] in ("ready", "degraded")
+        assert "dependencies" not in r.json() and "degraded" in r.json()
+    for headers in (_bearer(made["ops"]), {"X-API-Key": made["ops"]}):
+        r = secured.get("/readyz", headers=headers)
+        assert r.status_code == 200 and "snapshot" in r.json()["dependencies"]
 
 
 def test_revoked_key_is_refused_without_restart(
