@@ -349,7 +349,8 @@ def run(
     uvicorn.run(
         app,
         http=json_error_protocol(settings.max_url_bytes, on_reject=count,
-                                 max_head_bytes=max_head, max_headers=settings.max_headers),
+                                 max_head_bytes=max_head, max_headers=settings.max_headers,
+                                 head_timeout_s=settings.head_timeout_s),
         proxy_headers=settings.forwarded_allow_ips is not None,
         forwarded_allow_ips=settings.forwarded_allow_ips,
         host=settings.host,

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def json_error_protocol(
     max_url_bytes: int, on_reject: Callable[[str, int], None] | None = None,
-    max_head_bytes: int = 65_536, max_headers: int = 100,
+    max_head_bytes: int = 65_536, max_headers: int = 100, head_timeout_s: float = 30.0,
 ) -> type[Any]:
     """uvicorn's httptools protocol answering malformed requests in JSON as well.
 
@@ -40,6 +40,12 @@ def json_error_protocol(
     (``serving.app.run`` counts them in ``liverec_serving_responses_total`` under the
     route ``unmatched``, with the method as a bounded label, ``other`` when the request
     had none).
+
+    **Slow heads.** A request head must be whole within ``head_timeout_s`` of the
+    connection opening or of its first byte: else JSON 408 (reason ``head_timeout``),
+    or, when no byte came at all, the connection closes. (uvicorn waited for ever on a
+    connection that sent half a head, or nothing: a few thousand such held the
+    server's file descriptors.)
 
     **Pipelined requests.** A client may send several requests without waiting for
     the answers (HTTP/1.1 pipelining), and a malformed one may follow good ones in
@@ -72,6 +78,38 @@ def json_error_protocol(
         #: the request whose app task runs (uvicorn keeps only the newest request)
         _running: Any = None
         LINGER_S = 2.0
+        _head_timer: Any = None  # the deadline of the head being read (asyncio handle)
+        _head_late = False  # the head timed out: the refusal is a 408
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_head_timer()
+            super().connection_lost(exc)
+
+        def _arm_head_timer(self) -> None:
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(head_timeout_s, self._head_timeout)
+
+        def _disarm_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timeout(self) -> None:
+            self._head_timer = None
+            if self.transport.is_closing() or self._draining or self._deferred is not None:
+                return
+            if not self._in_head:
+                # Nothing of a request arrived: close (a keep-alive wait after an answer
+                # is uvicorn's own timer, which this one does not run beside).
+                if self.cycle is None:
+                    self.transport.close()
+                return
+            self._head_late = True
+            self.send_400_response("request head timed out")
 
         def data_received(self, data: bytes) -> None:
             if self._draining or self._deferred is not None:
@@ -91,6 +129,7 @@ def json_error_protocol(
                     self.send_400_response("request head too large")
 
         def on_message_begin(self) -> None:
+            self._arm_head_timer()
             self._url_too_long = self._url_seen = self._head_too_large = False
             self._in_head, self._began_in_read = True, True
             self._head_bytes = self._header_bytes = self._header_count = 0
@@ -105,6 +144,7 @@ def json_error_protocol(
             super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
+            self._disarm_head_timer()
             self._in_head = False
             # The request line (method, URL, version) and the header fields.
             if len(self.url) + 32 + self._header_bytes > max_head_bytes:
@@ -128,7 +168,10 @@ def json_error_protocol(
             super()._start_asgi_task(cycle, app)
 
         def send_400_response(self, msg: str) -> None:
-            if self._url_too_long:
+            if self._head_late:
+                status, reason = 408, "head_timeout"
+                msg = f"the request head must arrive within {head_timeout_s:g} s"
+            elif self._url_too_long:
                 status, reason = 414, "uri_too_long"
                 msg = f"the URL must be at most {max_url_bytes} bytes"
             elif self._head_too_large:

@@ -95,6 +95,10 @@ class ServeSettings(BaseSettings):
         The request head (request line and headers together) may hold at most
         ``max_url_bytes + max_header_bytes`` bytes and ``max_headers`` header fields;
         more gets a JSON 431 before any key check or routing.
+    head_timeout_s
+        Seconds a request head may take to arrive, from the connection's opening or the
+        request's first byte: then a JSON 408 (a connection that sent nothing closes).
+        Bounds the connections a slow client can hold open (slowloris).
     forwarded_allow_ips
         Addresses of trusted reverse proxies (comma-separated; ``*`` for any) whose
         ``X-Forwarded-For`` / ``X-Forwarded-Proto`` are believed. Unset (the default),
@@ -208,6 +212,7 @@ class ServeSettings(BaseSettings):
     max_url_bytes: int = Field(default=8192, ge=256)
     max_header_bytes: int = Field(default=32 * 1024, ge=1024)
     max_headers: int = Field(default=100, ge=10)
+    head_timeout_s: float = Field(default=30.0, gt=0)
     forwarded_allow_ips: str | None = None
     delivery_timeout_s: float = Field(default=5.0, gt=0)
     ingest_queue_max: int = Field(default=10_000, ge=1)

@@ -230,3 +230,38 @@ def test_request_heads_are_bounded_and_forwarded_addresses_not_believed(
         assert 'method="GET",route="unmatched",status="431"} 3.0' in text, text
     finally:
         server.stop()
+
+
+def test_a_slow_or_silent_connection_is_not_held_open(tmp_path: Path) -> None:
+    """uvicorn waited for ever on a connection that sent half a request head, or
+    nothing: a few thousand of them (slowloris) held the server's file descriptors."""
+    write_snapshot(tmp_path / "snaps")
+    server = ServerProcess(tmp_path / "snaps", tmp_path / "serve.log",
+                           env={"LIVEREC_HEAD_TIMEOUT_S": "1.5"})
+    try:
+        server.wait_listening()
+        silent = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        half = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        half.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: ")
+        # A head that comes in pieces within the limit is answered as ever.
+        slow = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        slow.sendall(b"GET /healthz HTTP/1.1\r\n")
+        time.sleep(0.5)
+        slow.sendall(b"Host: x\r\nConnection: close\r\n\r\n")
+        assert slow.recv(65536).startswith(b"HTTP/1.1 200")
+        t0 = time.monotonic()
+        assert silent.recv(65536) == b""  # closed, nothing said
+        data = b""
+        while chunk := half.recv(65536):
+            data += chunk
+        assert time.monotonic() - t0 < 5
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), data[:200]
+        assert orjson.loads(body)["detail"]["reason"] == "head_timeout"
+        for s in (silent, half, slow):
+            s.close()
+        metrics = httpx.get(f"{server.base}/metrics").text
+        assert re.search(r'liverec_serving_responses_total\{method="GET",route="unmatched",'
+                         r'status="408"\} 1\.0', metrics), metrics[-2000:]
+    finally:
+        server.stop()
