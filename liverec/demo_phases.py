@@ -6,6 +6,7 @@ trainer and the server, stream, watch, drain, shut down) for
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import shutil
@@ -143,7 +144,9 @@ class _Demo:
         if tr is not None:
             s.events_learned = int(tr.sum("liverec_trainer_events_learned_total"))
             s.events_capped = int(tr.sum("liverec_trainer_events_capped_total"))
-            s.hr_at_10_by_model = tr.by_label("liverec_trainer_rolling_hit_ratio", "model")
+            s.hr_at_10_by_model = {  # NaN: nothing evaluated yet
+                m: v for m, v in tr.by_label("liverec_trainer_rolling_hit_ratio",
+                                             "model").items() if math.isfinite(v)}
             s.hr_at_10 = s.hr_at_10_by_model.get(
                 self.opts.default_model, max(s.hr_at_10_by_model.values(), default=None))
             s.hr_at_10_events_by_model = {m: int(v) for m, v in tr.by_label(

@@ -91,6 +91,7 @@ def trainer_figures(
             elif s.name == _P + "consumer_lag_messages":
                 lag = (lag or 0.0) + float(s.value)
     psi = {k: v for k, v in psi.items() if math.isfinite(v)}
+    hr = {k: v for k, v in hr.items() if math.isfinite(v)}  # NaN: nothing evaluated yet
     # A count: an int in the JSON (the counters' samples are floats, whole ones).
     return {"hr10": hr, "psi": psi, "drift_alarms": round(alarms), "events_total": events,
             "lag": lag}
@@ -144,6 +145,13 @@ class DashboardSeries:
         except Exception as exc:  # a malformed exposition must not stop sampling
             log.warning("cannot parse trainer metrics: %s", exc)
             tf = {"hr10": {}, "psi": {}, "drift_alarms": 0, "events_total": None, "lag": None}
+        # A trainer that is named but does not answer: its figures are unknown now.
+        # (The server's own live-tail figures stood in for them, and the last
+        # snapshot's HR@10 drew flat lines: a dead trainer looked healthy.)
+        trainer_down = bool(self.trainer_metrics_url) and text is None
+        if trainer_down:
+            tf = {"hr10": {}, "psi": {}, "drift_alarms": None, "events_total": None,
+                  "lag": None}
         live_events = float(st.live.events)
         ingest = None
         if self._prev is not None:
@@ -151,15 +159,19 @@ class DashboardSeries:
             dt = max(now - t_prev, 1e-6)
             if tf["events_total"] is not None and trainer_prev is not None:
                 ingest = max(0.0, (tf["events_total"] - trainer_prev) / dt)
-            else:
+            elif not self.trainer_metrics_url:
                 ingest = max(0.0, (live_events - live_prev) / dt)
         self._prev = (now, live_events, tf["events_total"])
         p50, p99 = st.latency_quantiles("/v1/recommendations")
         lag = tf["lag"]
-        if lag is None and st.tail is not None:
+        if lag is None and st.tail is not None and not self.trainer_metrics_url:
             lag = st.tail.lag
         point = {
             "t": now,
+            # where the ingest rate and lag come from: the trainer's metrics, or,
+            # without --trainer-metrics-url, the server's own tail of the topic
+            "source": ("trainer_down" if trainer_down
+                       else "trainer" if self.trainer_metrics_url else "live_tail"),
             "ingest_rate": ingest,
             "consumer_lag": lag,
             "hr10": tf["hr10"],

@@ -45,6 +45,16 @@ def _finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+def _figure(x: float | None, evidence: float) -> float:
+    """An accuracy gauge's value: NaN without evidence or without a finite figure.
+
+    >>> _figure(0.0, 0), _figure(0.0, 12), _figure(None, 12)
+    (nan, 0.0, nan)
+    """
+    v = _finite(x)
+    return float("nan") if v is None or evidence <= 0 else v
+
+
 class TrainerEvaluation:
     """Sampled prequential evaluation, its CPU governor and drift monitors.
 
@@ -228,12 +238,16 @@ class TrainerEvaluation:
         for name in self.evaluator.models:
             roll = self.evaluator.rolling(name)
             tot = self.evaluator.totals(name)
-            m.rolling_hr.labels(model=name).set(_finite(roll["hr"]) or 0.0)
-            m.rolling_ndcg.labels(model=name).set(_finite(roll["ndcg"]) or 0.0)
-            m.rolling_coverage.labels(model=name).set(_finite(roll["coverage"]) or 0.0)
-            m.rolling_evaluated.labels(model=name).set(_finite(roll.get("n")) or 0.0)
-            m.hr_total.labels(model=name).set(_finite(tot["hr"]) or 0.0)
-            m.ndcg_total.labels(model=name).set(_finite(tot["ndcg"]) or 0.0)
+            # NaN, not 0, while no event was evaluated (a restart on a quiet stream):
+            # 0 drew every model as missing everything and fired LiverecHitRatioDrop.
+            n_roll = _finite(roll.get("n")) or 0.0
+            n_tot = _finite(tot.get("n")) or 0.0
+            m.rolling_hr.labels(model=name).set(_figure(roll["hr"], n_roll))
+            m.rolling_ndcg.labels(model=name).set(_figure(roll["ndcg"], n_roll))
+            m.rolling_coverage.labels(model=name).set(_figure(roll["coverage"], n_roll))
+            m.rolling_evaluated.labels(model=name).set(n_roll)
+            m.hr_total.labels(model=name).set(_figure(tot["hr"], n_tot))
+            m.ndcg_total.labels(model=name).set(_figure(tot["ndcg"], n_tot))
             wall = self.alarm_wall.get(name)
             m.drift_last_alarm_age.labels(model=name).set(
                 time.time() - wall if wall is not None else -1.0)

@@ -184,8 +184,16 @@ async function refresh() {
     if (fresh !== null && fresh !== undefined && fresh < 0) {
       document.getElementById("v-age").lastChild.textContent = `freshness: 0 (events ${fmt(-fresh)} s ahead of the clock)`;
     }
+    // Without --trainer-metrics-url the rate and lag are the server's own tail of the
+    // topic; with it and no answer, the trainer's figures are unknown (gaps), not
+    // replaced by the server's.
+    document.getElementById("v-source").textContent =
+      last.source === "live_tail" ? ", the server's live tail" : "";
     const st = document.getElementById("status");
-    st.textContent = `snapshot v${last.snapshot_version ?? "–"} · ${pts.length} samples · live users ${last.live_users ?? 0}` +
+    const down = last.source === "trainer_down";
+    st.classList.toggle("warn", down);
+    st.textContent = (down ? "trainer unreachable: its figures are not shown · " : "") +
+      `snapshot v${last.snapshot_version ?? "–"} · ${pts.length} samples · live users ${last.live_users ?? 0}` +
       (data.scrape_error ? ` · trainer scrape: ${data.scrape_error}` : "");
     document.body.dataset.samples = String(pts.length);
     document.getElementById("foot").textContent = `updated ${new Date().toLocaleTimeString()}`;

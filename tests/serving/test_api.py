@@ -447,6 +447,28 @@ def test_dashboard_data_has_real_figures(client: TestClient) -> None:
     page = client.get("/dashboard")
     assert page.status_code == 200 and "/static/dashboard.js" in page.text
     assert "http" not in page.text.split("<body>")[1].split("</body>")[0]
+    assert last["source"] == "live_tail" and last["drift_alarms"] == 0
+
+
+def test_dashboard_does_not_make_a_dead_trainer_look_healthy(store: SnapshotStore) -> None:
+    """With the trainer named and not answering, its figures were replaced by the
+    server's own live-tail rate and lag and the last snapshot's HR@10 (flat lines)."""
+    import time
+
+    app = create_app(settings_for(store.root, dashboard_interval_s=0.1,
+                                  trainer_metrics_url="http://127.0.0.1:9/metrics"))
+    with TestClient(app) as c:
+        deadline = time.monotonic() + 10
+        points: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and len(points) < 2:
+            points = c.get("/v1/dashboard/data").json()["points"]
+            time.sleep(0.1)
+        data = c.get("/v1/dashboard/data").json()
+    last = data["points"][-1]
+    assert last["source"] == "trainer_down" and data["scrape_error"]
+    assert last["ingest_rate"] is None and last["consumer_lag"] is None
+    assert last["hr10"] == {} and last["psi"] == {} and last["drift_alarms"] is None
+    assert last["snapshot_version"] == 1  # the server's own figures stay
 
 
 

@@ -105,7 +105,7 @@ def test_dashboard_renders_live_charts(
         assert m is not None and int(m.group(1)) > 0, f"{chart} drew no points"
     assert 'data-series="bpr"' in html  # HR@10 per model from the snapshot's metrics
     assert "error:" not in html
-    status = re.search(r'<div id="status">([^<]*)</div>', html)
+    status = re.search(r'<div id="status"[^>]*>([^<]*)</div>', html)
     assert status is not None and "snapshot v1" in status.group(1)
 
     shot = tmp_path / "dashboard.png"
