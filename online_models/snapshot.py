@@ -17,9 +17,9 @@ a corrupt, truncated or hand-edited snapshot raises :class:`SnapshotError`, and
 :meth:`SnapshotStore.load_latest_valid` falls back to the previous good version.
 The checksums have no key: they catch damage, not a writer of the volume, who can
 recompute them. What such a writer can do is bounded all the same: files are read
-only from their version's own directory (plain names, no links followed; a version
-that is a link is not listed), and nothing here can execute code on load: tensors
-are safetensors, metadata is JSON.
+only from their version's own directory (plain names, regular files, no links
+followed; a version that is a link is neither listed nor loaded), and nothing here
+can execute code on load: tensors are safetensors, metadata is JSON.
 
 This module holds :class:`SnapshotStore` and what it returns (:class:`Snapshot`,
 :class:`SnapshotInfo`, :class:`SnapshotError`) and re-exports the parts, which live
@@ -31,10 +31,12 @@ durably, their checksums).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import shutil
+import stat
 import time
 import uuid
 import weakref
@@ -145,7 +147,6 @@ def _check_package(version: int, name: str, meta: Mapping[str, Any]) -> str | No
     return note
 
 
-
 def _plain_name(name: str) -> bool:
     """Whether a manifest's file name stays in its version directory.
 
@@ -157,10 +158,19 @@ def _plain_name(name: str) -> bool:
 
 
 def _read_no_link(path: Path) -> bytes:
-    """``path``'s bytes; a symbolic link is refused (``OSError`` ELOOP), not followed."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as fh:
-        return fh.read()
+    """``path``'s bytes if it is a regular file: a symbolic link (``OSError`` ELOOP)
+    is not followed, and a FIFO or device is refused, not read (a FIFO blocked the
+    loader for ever)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
+
 
 class SnapshotStore:
     """Versioned snapshot directory with atomic publish, retention and verified loads.
@@ -476,6 +486,9 @@ class SnapshotStore:
         """Load and verify ``version`` (default: ``LATEST``); raises :class:`SnapshotError`."""
         v = self._resolve(version)
         path = self.path_of(v)
+        if path.is_symlink():  # LATEST may name it; the store never writes one
+            raise SnapshotError(f"snapshot {v}: its directory is a link, which this "
+                                "store never writes")
         manifest = self._manifest(path, v)
         files: dict[str, str] = manifest.get("files", {})
         try:

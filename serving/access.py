@@ -75,17 +75,21 @@ def _client_of(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def _remote_address(host: str) -> bool:
-    """Whether ``host`` is an IP address off this machine (a name or socket path, as
-    test clients have, is not an address).
+def _remote_address(host: str, proxied: bool = False) -> bool:
+    """Whether the client at ``host`` is off this machine: an IP address that is not
+    loopback, or, from a trusted proxy (``proxied``), anything but a loopback address
+    (a proxy may forward ``unknown`` or an obfuscated name). Without a proxy a name or
+    socket path is local (a test client's, a Unix socket's).
 
     >>> _remote_address("203.0.113.9"), _remote_address("127.0.0.1"), _remote_address("x")
     (True, False, False)
+    >>> _remote_address("unknown", proxied=True), _remote_address("::1", proxied=True)
+    (True, False)
     """
     try:
         ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return False
+        return proxied
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return not ip.is_loopback
@@ -141,10 +145,10 @@ def _other_scheme(authorization: str) -> str:
     >>> _other_scheme("")
     ''
     """
-    scheme, _, rest = authorization.strip().partition(" ")
+    scheme = authorization.strip().partition(" ")[0]
     if not scheme or scheme.lower() == "bearer":
         return ""
-    if rest and _SCHEME.fullmatch(scheme):
+    if _SCHEME.fullmatch(scheme):  # never a key: keys hold digits and "_"
         return f"; an Authorization header of scheme {scheme!r} is not read"
     return "; an Authorization header without a scheme is not read"
 
@@ -178,8 +182,11 @@ class AccessControl:
         host: str = "127.0.0.1",
         metrics: ServingMetrics | None = None,
         takes_writes: bool = True,
+        proxied: bool = False,
     ) -> None:
         self.settings = auth
+        #: client addresses come from trusted proxies' X-Forwarded-For
+        self.proxied = proxied
         self.limiter = RateLimiter(limits)
         self.metrics = metrics
         self._env_keys = parse_records(auth.api_keys)
@@ -224,6 +231,7 @@ class AccessControl:
             return
         self._checked_at = now
         file_keys: list[ApiKey] = []
+        missing = False
         if path is not None:
             try:
                 st = path.stat()
@@ -235,24 +243,20 @@ class AccessControl:
             if not force and stamp == self._file_stamp:
                 return
             self._file_stamp = stamp
-            if st is None:
+            try:
+                file_keys = KeyFile(path).load(missing_ok=False)
+            except FileNotFoundError as exc:
+                if force:
+                    raise AuthConfigError(f"API key file {path} does not exist") from exc
                 # Gone at run time (deleted, unmounted, being replaced): its keys are
                 # revoked, and writes stay closed to anonymous callers -- they reopened,
                 # on a server that allowed them only while no key existed.
-                log.error("API key file %s is gone: its keys no longer work, and POST "
-                          "/v1/events takes no anonymous writes until it is back", path)
-                self._file_missing = True
-            else:
-                if self._file_missing:
-                    log.info("API key file %s is back", path)
-                self._file_missing = False
-            try:
-                file_keys = KeyFile(path).load() if st is not None else []
+                missing = True
             except (OSError, AuthConfigError) as exc:
                 if force:
                     raise AuthConfigError(f"API key file {path}: {exc}") from exc
-                log.error("API key file %s unreadable (%s); keeping the previous keys",
-                          path, exc)
+                log.error("API key file %s unreadable (%s); keeping the previous keys%s",
+                          path, exc, " (none: it was gone)" if self._file_missing else "")
                 return
         try:
             keys = key_table([*self._env_keys, *file_keys])
@@ -261,6 +265,13 @@ class AccessControl:
                 raise
             log.error("API keys: %s; keeping the previous keys", exc)
             return
+        # Only a file read whole and valid ends the "gone" state.
+        if missing and not self._file_missing:
+            log.error("API key file %s is gone: its keys no longer work, and POST "
+                      "/v1/events takes no anonymous writes until it is back", path)
+        elif self._file_missing and not missing:
+            log.info("API key file %s is back", path)
+        self._file_missing = missing
         if not force and set(keys) != set(self.keys):
             log.info("API keys now: %s", sorted(k.name for k in keys.values()))
             if not keys and self._open_writes_allowed and not self._file_missing:
@@ -345,7 +356,7 @@ class AccessControl:
                     "to localhost, an IP address or a name in LIVEREC_ANONYMOUS_WRITE_HOSTS; "
                     "a key writes through any name")
             if (scope == "write" and not self.settings.allow_anonymous_writes
-                    and _remote_address(client)):
+                    and _remote_address(client, self.proxied)):
                 # Open only because the server listens on loopback: a caller a reverse
                 # proxy on this host names in X-Forwarded-For is not local.
                 raise self._denied(
@@ -362,7 +373,7 @@ class AccessControl:
     async def holds(self, request: Request, scope: str) -> bool:
         """Whether the request presents a valid key with ``scope`` (no refusal, no
         rate-limit token: for an open route that says more to such callers)."""
-        presented = request.headers.get("x-api-key")
+        presented = request.headers.get("x-api-key") or None
         if presented is None:
             scheme, _, token = request.headers.get("authorization", "").partition(" ")
             presented = token.strip() if scheme.lower() == "bearer" else None

@@ -167,8 +167,10 @@ class KeyFile:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
-    def load(self) -> list[ApiKey]:
-        if not self.path.exists():
+    def load(self, missing_ok: bool = True) -> list[ApiKey]:
+        """The file's keys; none for a missing file, or ``FileNotFoundError`` without
+        ``missing_ok``."""
+        if missing_ok and not self.path.exists():
             return []
         lines = self.path.read_text().splitlines()
         return [ApiKey.parse(ln) for ln in lines if ln.strip() and not ln.startswith("#")]

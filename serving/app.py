@@ -145,10 +145,11 @@ _ROUTING_REASONS = {404: ("no_route", "no such path: /openapi.json lists the API
 
 
 async def _routing_error(request: Request, exc: Exception) -> Response:
-    """Starlette's 404 and 405 (``{"detail": "Not Found"}``) in the API's error shape;
-    every other HTTP error as FastAPI answers it (the routes' own carry their shape)."""
+    """Starlette's own 404 and 405 (``{"detail": "Not Found"}``: no route, or not this
+    method; static files too) in the API's error shape; every other HTTP error as
+    FastAPI answers it (the routes' own carry their shape)."""
     assert isinstance(exc, StarletteHTTPException)
-    if isinstance(exc.detail, str) and exc.status_code in _ROUTING_REASONS:
+    if exc.detail in ("Not Found", "Method Not Allowed") and exc.status_code in _ROUTING_REASONS:
         reason, text = _ROUTING_REASONS[exc.status_code]
         return Response(error_body(reason, text), status_code=exc.status_code,
                         headers=exc.headers, media_type="application/json")
@@ -229,6 +230,7 @@ def create_app(
         auth if auth is not None else AuthSettings(),
         limits if limits is not None else RateLimitSettings(),
         host=settings.host,
+        proxied=settings.forwarded_allow_ips is not None,
         metrics=state.metrics,
         takes_writes=bool(settings.bootstrap),
     )

@@ -108,6 +108,13 @@ def json_error_protocol(
                 if self.cycle is None:
                     self.transport.close()
                 return
+            running = self._running
+            if self.pipeline or (running is not None and not running.response_complete):
+                # Earlier requests of this connection are still being answered (and
+                # uvicorn may have paused reading for them): the head's bytes may be
+                # waiting unread. Its clock starts again.
+                self._arm_head_timer()
+                return
             self._head_late = True
             self.send_400_response("request head timed out")
 

@@ -98,7 +98,8 @@ class ServeSettings(BaseSettings):
     head_timeout_s
         Seconds a request head may take to arrive, from the connection's opening or the
         request's first byte: then a JSON 408 (a connection that sent nothing closes).
-        Bounds the connections a slow client can hold open (slowloris).
+        Bounds how long a slow request head holds a connection (slowloris); a slow body
+        is not bounded here: a reverse proxy in front bounds both.
     forwarded_allow_ips
         Addresses of trusted reverse proxies (comma-separated; ``*`` for any) whose
         ``X-Forwarded-For`` / ``X-Forwarded-Proto`` are believed. Unset (the default),

@@ -164,6 +164,7 @@ def ensure_dead_letter_topic_for_source(settings: KafkaSettings, stop: threading
     ``every_s`` until ``stop`` is set (then False: nothing created). Where the check
     itself fails (Kafka down, no ACL to describe), the topic is made sure of at once,
     so that its warning says what is wrong."""
+    said = False
     while not stop.is_set():
         try:
             exists = topic_exists(settings, settings.topic)
@@ -171,5 +172,10 @@ def ensure_dead_letter_topic_for_source(settings: KafkaSettings, stop: threading
             exists = True
         if exists:
             return ensure_dead_letter_topic(settings)
+        if not said:  # (also what a principal that may not describe the topic sees)
+            log.info("the dead-letter topic %s waits for %s to exist (or to be visible "
+                     "to this principal); checked every %g s", settings.dlq_topic,
+                     settings.topic, every_s)
+            said = True
         stop.wait(every_s)
     return False

@@ -21,7 +21,7 @@ _NUMBERS = re.compile(r"\d+")
 #: a quoted setting whose name holds "password", and its quoted value
 #: (a backslash escapes the next character: repr() writes 'a\'b' for a value with both
 #: quote characters)
-_SECRET = re.compile(r"""(['"][^'"]*password[^'"]*['"]\s*:\s*)(['"])(?:\\.|(?!\2).)*\2""")
+_SECRET = re.compile(r"""(['"][^'"]*password[^'"]*['"]\s*:\s*)(['"])(?:\\.|(?!\2)[^\\\n])*\2""")
 
 
 class RepeatFilter(logging.Filter):

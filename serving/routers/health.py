@@ -62,6 +62,7 @@ async def readyz(
     body: dict[str, object] = {
         "ready": ready,
         "status": "ready" if ready and not degraded else ("degraded" if ready else "not_ready"),
+        "degraded": degraded,
         "dependencies": deps,
     }
     cur = state.current
@@ -74,8 +75,8 @@ async def readyz(
     if access.settings.protect_ops and not await access.holds(request, "ops"):
         # The dependencies' states hold paths, broker addresses and error texts: with
         # ops protected, only an ops key reads them (a probe needs the status only).
-        body = {k: body[k] for k in ("ready", "status", "snapshot_version") if k in body}
-        body["degraded"] = degraded
+        body = {k: body[k] for k in ("ready", "status", "degraded", "snapshot_version")
+                if k in body}
     return JSON(body, status_code=200 if ready else 503)
 
 

@@ -208,10 +208,21 @@ def test_files_outside_the_version_directory_are_refused(tmp_path: Path) -> None
     os.symlink(outside, store.path_of(3) / "model-counter.safetensors")
     with pytest.raises(SnapshotError, match="cannot read"):
         store.load(3)
+    # A FIFO listed under a plain name is refused, not read (that blocked for ever).
+    _write(store)
+    os.remove(store.path_of(4) / "model-counter.safetensors")
+    os.mkfifo(store.path_of(4) / "model-counter.safetensors")
+    with pytest.raises(SnapshotError, match="not a regular file"):
+        store.load(4)
     real = tmp_path / "elsewhere"
     store.path_of(1).rename(real)
     os.symlink(real, store.path_of(1))
-    assert store.versions() == [2, 3] and store.load_latest_valid() is None
+    assert store.versions() == [2, 3, 4] and store.load_latest_valid() is None
+    # ... nor loaded when LATEST names it.
+    (store.root / "LATEST").write_text("1\n")
+    assert store.latest_version() == 1
+    with pytest.raises(SnapshotError, match="is a link"):
+        store.load()
 
 
 def test_empty_store_and_next_version_after_fallback(tmp_path: Path) -> None:

@@ -385,7 +385,10 @@ def test_a_kafka_refusal_names_its_kind_not_its_text(
                 out.append(f)
             return out
 
+    from serving.routers import events
+
     monkeypatch.setattr(client.app.state.serving, "ingestor", Refusing())  # type: ignore[attr-defined]
+    monkeypatch.setattr(events, "_failures", {"logged_at": -60.0, "since": 0.0})
     ok = {"user_id": "u", "item_id": "i", "event_type": "click", "timestamp": 1_700_000_000}
     with caplog.at_level(logging.WARNING, logger="serving.routers.events"):
         r = client.post("/v1/events", json=ok)

@@ -192,13 +192,19 @@ def test_anonymous_writes_on_loopback_take_only_local_callers(store: SnapshotSto
     """Behind a reverse proxy on this host, a loopback server took anonymous writes from
     anyone; a caller the proxy names as remote (X-Forwarded-For, believed from a
     trusted proxy) is refused."""
+    auth: AuthSettings | str
     for auth, client, want in (
         (AuthSettings(), ("127.0.0.1", 5000), 503),  # past auth (no Kafka here)
         (AuthSettings(), ("203.0.113.9", 5000), 403),
         (AuthSettings(), ("::ffff:203.0.113.9", 5000), 403),
         (AuthSettings(allow_anonymous_writes=True), ("203.0.113.9", 5000), 503),
+        # A trusted proxy may forward "unknown": remote (without one, a name is local)
+        ("proxied", ("unknown", 0), 403),
+        ("proxied", ("127.0.0.1", 0), 503),
     ):
-        app = create_app(settings_for(store.root), auth=auth)
+        proxied = auth == "proxied"
+        settings = settings_for(store.root, forwarded_allow_ips="127.0.0.1" if proxied else None)
+        app = create_app(settings, auth=AuthSettings() if proxied else auth)
         with TestClient(app, client=client) as c:
             r = c.post("/v1/events", json=EVENT)
             assert r.status_code == want, (auth, client, r.text)
@@ -248,6 +254,11 @@ def test_a_vanished_key_file_revokes_its_keys_and_keeps_writes_closed(
         assert any("is gone" in r.getMessage() for r in caplog.records), caplog.text
         r = c.post("/v1/events", json=EVENT, headers=_bearer(key))
         assert r.status_code == 401 and r.json()["detail"]["reason"] == "unknown_key"
+        # Back damaged (an editor's half-written save): still closed.
+        kf.path.write_text("garbage line\n")
+        time.sleep(1.2)
+        assert c.post("/v1/events", json=EVENT).status_code == 401
+        kf.path.unlink()
         (tmp_path / "keys.bak").rename(kf.path)
         assert _anonymous_write_once_keys_are(c, {"ingest"}) == 401
         assert c.post("/v1/events", json=EVENT, headers=_bearer(key)).status_code == 503

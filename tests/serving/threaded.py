@@ -14,14 +14,16 @@ __all__ = ["serve_in_thread"]
 
 
 @contextmanager
-def serve_in_thread(app: Any, port: int) -> Iterator[str]:
+def serve_in_thread(app: Any, port: int, **config: Any) -> Iterator[str]:
     """Serve ``app`` on ``127.0.0.1:port`` until the block ends; yields its base URL.
 
     ``log_config=None``: uvicorn leaves the logging setup alone (its own config stops
     ``uvicorn.error`` propagating, which later tests' ``caplog`` relies on).
+    ``config``: more ``uvicorn.Config`` arguments (``http``: a protocol class).
     """
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", log_config=None))
+                                           log_level="warning", log_config=None,
+                                           **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
