@@ -335,6 +335,13 @@ class Ingestor:
         if ok and self.state == "degraded":
             self._set_state("connected", "")
 
+    def delivery_timed_out(self, seconds: float) -> None:
+        """A request's records went unacknowledged for ``seconds``: Kafka counts as
+        unavailable now (``/readyz`` said "connected" for 20-30 s into an outage, until
+        the client's own delivery timeout); the probe finds it back."""
+        if self.state == "connected":
+            self._set_state("degraded", f"no acknowledgement from Kafka within {seconds:g} s")
+
     def _failed(self, exc: BaseException) -> None:
         self._set_state("degraded", f"{type(exc).__name__}: {exc}")
 

@@ -221,6 +221,10 @@ class LiveTail:
 
     def _disconnected(self, exc: Exception, wait: float) -> None:
         self.state, self.reason = "disconnected", f"{type(exc).__name__}: {exc}"
+        # Unknown until it reconnects: the last figure drew a frozen "current" lag.
+        self.lag = None
+        if self.metrics is not None:
+            self.metrics.live_lag.set(float("nan"))
         log.warning("live tail error (%s); retrying in %.1fs", exc, wait)
 
     def _tail(self) -> None:

@@ -165,6 +165,8 @@ class Checkpointer:
         self.last_write_s = 0.0
         #: the kind of the last failure, when it was last logged, and repeats since
         self._failure_kind: tuple[str, int | None] | None = None
+        #: when the current run of failed writes began (None: the last one succeeded)
+        self.failing_since: float | None = None
         self._failure_logged = 0.0
         self._failure_repeats = 0
         metrics.snapshot_age.set_function(
@@ -261,6 +263,8 @@ class Checkpointer:
         self.metrics.snapshot_errors.inc()
         self.metrics.loop_errors.labels(stage="snapshot").inc()
         kind = (type(exc).__name__, getattr(exc, "errno", None))
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
         now = time.monotonic()
         new_kind = kind != self._failure_kind
         loud = new_kind or now - self._failure_logged >= FAILURE_LOG_S
@@ -277,6 +281,16 @@ class Checkpointer:
             self._failure_repeats += 1
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             self._make_room(loud)
+
+    def failing(self) -> str:
+        """What the status line adds while writes fail: for how long, and the error's
+        kind (empty while they succeed)."""
+        if self.failing_since is None or self._failure_kind is None:
+            return ""
+        name, err = self._failure_kind
+        what = name + (f" {errno.errorcode.get(err, err)}" if err is not None else "")
+        return (f" (writes failing for {time.monotonic() - self.failing_since:.0f} s: "
+                f"{what})")
 
     def _make_room(self, loud: bool) -> None:
         """The disk is full: remove the oldest versions down to :data:`ROOM_KEEP`
@@ -301,6 +315,7 @@ class Checkpointer:
                         time.time() - self.last_written_wall if self.last_written_wall
                         else float("nan"))
             self._failure_kind, self._failure_repeats = None, 0
+        self.failing_since = None
         self.last_written_wall = time.time()
         m = self.metrics
         m.snapshot_duration.observe(info.seconds)

@@ -14,6 +14,7 @@ import time
 from online_models.base import OnlineModel, UserHistory
 from online_models.drift import DataDriftTracker
 from stream.settings import KafkaSettings
+from trainer.checkpoint import Checkpointer
 from trainer.evaluation import TrainerEvaluation
 from trainer.metrics import TrainerMetrics
 from trainer.settings import TrainerSettings
@@ -48,6 +49,7 @@ class TrainerStatus:
     capped: dict[str, int]
     watermark: float | None
     snapshot_version: int | None
+    checkpointer: Checkpointer
     _rate: float
     #: (monotonic time, events learned) at the last status line: its rate's start
     _line_mark: tuple[float, int] | None = None
@@ -114,5 +116,5 @@ class TrainerStatus:
             f"dup={self.duplicates} rejected={self.rejected} "
             f"capped={sum(self.capped.values())} rate={self._line_rate():.0f}/s "
             f"users={len(self.history)} {self.evaluation.hr_line()} "
-            f"snapshot={self.snapshot_version}"
+            f"snapshot={self.snapshot_version}{self.checkpointer.failing()}"
         )

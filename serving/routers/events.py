@@ -322,6 +322,7 @@ async def _send(state: Any, events: list[ClickEvent], batch: bool) -> JSON:
             metrics.ingested.labels(outcome="accepted").inc(len(delivered))
         if pending:
             detail = f"Kafka did not acknowledge within {settings.delivery_timeout_s:g} s"
+            state.ingestor.delivery_timed_out(settings.delivery_timeout_s)
         elif isinstance(failure, IngestRefused):
             detail = failure.detail
         else:

@@ -136,6 +136,30 @@ def test_failed_deliveries_degrade_then_a_probe_recovers() -> None:
         ing.stop()
 
 
+def test_an_unacknowledged_request_degrades_at_once_and_the_probe_recovers() -> None:
+    """/readyz said the producer was connected for 20-30 s into an outage: until the
+    client's own delivery timeout, though requests had already timed out."""
+    producer = MemoryProducer()
+    healthy = threading.Event()
+    healthy.set()
+    ing = Ingestor(lambda: producer, delivery_timeout_s=1, probe=healthy.is_set,
+                   probe_interval_s=0.05, connect_backoff_max_s=0.05)
+    ing.start()
+    try:
+        _wait_state(ing, "connected")
+        healthy.clear()
+        ing.delivery_timed_out(1.0)  # what POST /v1/events does when its wait runs out
+        assert ing.state == "degraded" and "within 1 s" in ing.reason
+        with pytest.raises(IngestRefused) as exc:  # refused at once until a probe answers
+            ing.submit([Record("t", b"x")])
+            ing.submit([Record("t", b"y")])
+        assert exc.value.reason == "kafka_unavailable"
+        healthy.set()
+        _wait_state(ing, "connected")
+    finally:
+        ing.stop()
+
+
 def test_disabled_without_a_factory() -> None:
     ing = Ingestor(None)
     with pytest.raises(IngestRefused) as exc:

@@ -137,10 +137,14 @@ def test_a_full_disk_makes_room_and_does_not_flood_the_log(
     assert sum("removed snapshot versions 1, 2" in r.getMessage()
                for r in caplog.records) == 1
     assert t.metrics.registry.get_sample_value("liverec_trainer_snapshot_errors_total") == 3
+    # The status line says so (it kept printing the last version as if all were well).
+    assert "snapshot=4 (writes failing for " in t.status_line()
+    assert "OSError ENOSPC)" in t.status_line()
     monkeypatch.undo()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="trainer.checkpoint"):
         assert t.checkpoint("test", wait=True) is not None  # room again: it writes
     assert store.versions() == [3, 4, 5]
+    assert "failing" not in t.status_line()
     assert sum("snapshot 5 written: snapshot writes succeed again" in r.getMessage()
                for r in caplog.records) == 1
