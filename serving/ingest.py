@@ -152,7 +152,8 @@ class Ingestor:
     ----------
     state
         ``disabled``, ``connecting`` (no producer yet), ``connected`` or
-        ``degraded`` (the last delivery failed).
+        ``degraded`` (the last delivery failed, or a request's wait ran out and Kafka
+        did not answer the probe that followed).
     reason
         Why the state is not ``connected`` (the last error), else ``""``.
 
@@ -188,6 +189,9 @@ class Ingestor:
         self._inflight = 0
         self._producer: EventProducer | None = None
         self._last_probe = 0.0
+        #: a request's wait ran out after this many seconds (None: none since the check)
+        self._timed_out_s: float | None = None
+        self._last_timeout_probe = -1e9
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="liverec-ingest", daemon=True)
 
@@ -256,6 +260,7 @@ class Ingestor:
                         continue
                     backoff = 0.2
                 self._drain_once()
+                self._check_after_timeout()
             except Exception:  # the sender must outlive anything a record does
                 log.exception("ingest sender tick failed")
                 self._stop.wait(0.1)
@@ -320,6 +325,26 @@ class Ingestor:
 
         return on_delivery
 
+    def _check_after_timeout(self) -> None:
+        """On the sender thread: probe once after a request's wait ran out (at most
+        once per ``probe_interval_s``) and degrade when Kafka does not answer."""
+        seconds = self._timed_out_s
+        if seconds is None or self.state != "connected" or self.probe is None:
+            self._timed_out_s = None
+            return
+        now = time.monotonic()
+        if now - self._last_timeout_probe < self.probe_interval_s:
+            return  # the request stays noted; probed once the interval is over
+        self._timed_out_s, self._last_timeout_probe = None, now
+        try:
+            ok = self.probe()
+        except Exception as exc:  # a failing probe is an answer, not a crash
+            log.debug("Kafka probe failed: %s", exc)
+            ok = False
+        if not ok and self.state == "connected":
+            self._set_state("degraded", f"no acknowledgement within {seconds:g} s, and "
+                                        "Kafka does not answer a metadata request")
+
     def _maybe_probe(self) -> None:
         if self.state != "degraded" or self.probe is None:
             return
@@ -336,11 +361,13 @@ class Ingestor:
             self._set_state("connected", "")
 
     def delivery_timed_out(self, seconds: float) -> None:
-        """A request's records went unacknowledged for ``seconds``: Kafka counts as
-        unavailable now (``/readyz`` said "connected" for 20-30 s into an outage, until
-        the client's own delivery timeout); the probe finds it back."""
-        if self.state == "connected":
-            self._set_state("degraded", f"no acknowledgement from Kafka within {seconds:g} s")
+        """A request's records went unacknowledged for ``seconds``: the sender thread
+        asks Kafka for metadata at once and, when it gets no answer, counts Kafka as
+        unavailable (``/readyz`` said "connected" for 20-30 s into an outage, until the
+        client's own delivery timeout). A Kafka that answers is slow or this server is
+        overloaded: nothing changes (degrading then refused nearly every write of a
+        burst and made readiness flap)."""
+        self._timed_out_s = seconds
 
     def _failed(self, exc: BaseException) -> None:
         self._set_state("degraded", f"{type(exc).__name__}: {exc}")

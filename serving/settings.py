@@ -117,7 +117,9 @@ class ServeSettings(BaseSettings):
         ``Retry-After`` of a 503 from the write path.
     ready_requires_kafka
         With a bootstrap configured, ``/readyz`` answers 503 while the live tail or
-        the producer is not connected (the body says which and why). Set false to
+        the producer is not connected (the body says which and why; a POST whose
+        events went unacknowledged, with Kafka not answering the probe that follows,
+        counts as not connected until a probe answers again). Set false to
         keep a replica in rotation for reads during a Kafka outage; the body and
         ``liverec_serving_degraded`` still say it is degraded.
     trainer_metrics_url

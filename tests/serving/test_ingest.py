@@ -136,9 +136,14 @@ def test_failed_deliveries_degrade_then_a_probe_recovers() -> None:
         ing.stop()
 
 
-def test_an_unacknowledged_request_degrades_at_once_and_the_probe_recovers() -> None:
-    """/readyz said the producer was connected for 20-30 s into an outage: until the
-    client's own delivery timeout, though requests had already timed out."""
+@pytest.mark.parametrize("kafka_answers", [False, True])
+def test_an_unacknowledged_request_degrades_only_when_kafka_does_not_answer(
+        kafka_answers: bool) -> None:
+    """/readyz said the producer was connected for 20-30 s into an outage, until the
+    client's own delivery timeout, though requests had already timed out. A request
+    whose wait runs out now makes the sender probe Kafka at once: no answer, degraded;
+    an answer (a burst, a slow leader), nothing changes -- degrading then refused
+    nearly every write of a burst and made readiness flap."""
     producer = MemoryProducer()
     healthy = threading.Event()
     healthy.set()
@@ -147,14 +152,24 @@ def test_an_unacknowledged_request_degrades_at_once_and_the_probe_recovers() -> 
     ing.start()
     try:
         _wait_state(ing, "connected")
-        healthy.clear()
+        producer.hold.set()  # nothing is acknowledged from here on
+        if not kafka_answers:
+            healthy.clear()
         ing.delivery_timed_out(1.0)  # what POST /v1/events does when its wait runs out
-        assert ing.state == "degraded" and "within 1 s" in ing.reason
-        with pytest.raises(IngestRefused) as exc:  # refused at once until a probe answers
-            ing.submit([Record("t", b"x")])
+        if kafka_answers:
+            time.sleep(0.5)
+            assert ing.state == "connected", ing.reason
+            return
+        _wait_state(ing, "degraded")
+        assert "within 1 s" in ing.reason and "metadata" in ing.reason
+        # One probe record per interval is let through; the rest are refused at once.
+        ing.submit([Record("t", b"probe")])
+        with pytest.raises(IngestRefused) as exc:
             ing.submit([Record("t", b"y")])
         assert exc.value.reason == "kafka_unavailable"
-        healthy.set()
+        time.sleep(0.3)  # several probe intervals: no answer, still degraded
+        assert ing.state == "degraded"
+        healthy.set()  # the idle probe brings it back (nothing was acknowledged)
         _wait_state(ing, "connected")
     finally:
         ing.stop()
