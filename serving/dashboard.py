@@ -97,6 +97,12 @@ def trainer_figures(
             "lag": lag}
 
 
+def _no_figures(drift_alarms: int | None) -> dict[str, Any]:
+    """:func:`trainer_figures`' answer when there are none to read."""
+    return {"hr10": {}, "psi": {}, "drift_alarms": drift_alarms, "events_total": None,
+            "lag": None}
+
+
 class DashboardSeries:
     """Ring buffer of dashboard samples, one per :meth:`sample` call.
 
@@ -137,21 +143,20 @@ class DashboardSeries:
         st.update_gauges(now)
         cur = st.current
         text = await self._scrape(client)
-        try:
-            tf = trainer_figures(
-                text,
-                cur.manifest.get("metrics") if cur is not None else None,
-            )
-        except Exception as exc:  # a malformed exposition must not stop sampling
-            log.warning("cannot parse trainer metrics: %s", exc)
-            tf = {"hr10": {}, "psi": {}, "drift_alarms": 0, "events_total": None, "lag": None}
         # A trainer that is named but does not answer: its figures are unknown now.
         # (The server's own live-tail figures stood in for them, and the last
         # snapshot's HR@10 drew flat lines: a dead trainer looked healthy.)
         trainer_down = bool(self.trainer_metrics_url) and text is None
-        if trainer_down:
-            tf = {"hr10": {}, "psi": {}, "drift_alarms": None, "events_total": None,
-                  "lag": None}
+        tf = _no_figures(drift_alarms=None)
+        if not trainer_down:
+            try:
+                tf = trainer_figures(
+                    text,
+                    cur.manifest.get("metrics") if cur is not None else None,
+                )
+            except Exception as exc:  # a malformed exposition must not stop sampling
+                log.warning("cannot parse trainer metrics: %s", exc)
+                tf = _no_figures(drift_alarms=0)
         live_events = float(st.live.events)
         ingest = None
         if self._prev is not None:

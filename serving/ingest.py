@@ -336,12 +336,7 @@ class Ingestor:
         if now - self._last_timeout_probe < self.probe_interval_s:
             return  # the request stays noted; probed once the interval is over
         self._timed_out_s, self._last_timeout_probe = None, now
-        try:
-            ok = self.probe()
-        except Exception as exc:  # a failing probe is an answer, not a crash
-            log.debug("Kafka probe failed: %s", exc)
-            ok = False
-        if not ok and self.state == "connected":
+        if not self._kafka_answers() and self.state == "connected":
             self._set_state("degraded", f"no acknowledgement within {seconds:g} s, and "
                                         "Kafka does not answer a metadata request")
 
@@ -352,13 +347,17 @@ class Ingestor:
         if now - self._last_probe < self.probe_interval_s:
             return
         self._last_probe = now
-        try:
-            ok = self.probe()
-        except Exception as exc:  # a failing probe is an answer, not a crash
-            log.debug("Kafka probe failed: %s", exc)
-            ok = False
-        if ok and self.state == "degraded":
+        if self._kafka_answers() and self.state == "degraded":
             self._set_state("connected", "")
+
+    def _kafka_answers(self) -> bool:
+        """The probe's answer; a probe that raises is a no (not a crash)."""
+        assert self.probe is not None
+        try:
+            return bool(self.probe())
+        except Exception as exc:
+            log.debug("Kafka probe failed: %s", exc)
+            return False
 
     def delivery_timed_out(self, seconds: float) -> None:
         """A request's records went unacknowledged for ``seconds``: the sender thread

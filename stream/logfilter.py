@@ -14,6 +14,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from typing import cast
 
 __all__ = ["RedactSecrets", "RepeatFilter"]
 
@@ -87,8 +88,7 @@ class RedactSecrets(logging.Filter):
         if isinstance(record.args, tuple):
             record.args = tuple(_redacted(a) for a in record.args)
         elif isinstance(record.args, dict):
-            record.args = {k: _redacted(v) if "password" not in str(k).lower() else "***"
-                           for k, v in record.args.items()}
+            record.args = cast("dict[str, object]", _redacted(record.args))
         text = record.getMessage()
         if "password" in text:
             record.msg, record.args = _SECRET.sub(r"\1'***'", text), None

@@ -263,9 +263,9 @@ class Checkpointer:
         self.metrics.snapshot_errors.inc()
         self.metrics.loop_errors.labels(stage="snapshot").inc()
         kind = (type(exc).__name__, getattr(exc, "errno", None))
-        if self.failing_since is None:
-            self.failing_since = time.monotonic()
         now = time.monotonic()
+        if self.failing_since is None:
+            self.failing_since = now
         new_kind = kind != self._failure_kind
         loud = new_kind or now - self._failure_logged >= FAILURE_LOG_S
         if loud:

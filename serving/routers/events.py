@@ -47,27 +47,14 @@ from stream.events import (
     event_key,
     validate_dict,
 )
+from stream.logfilter import RepeatFilter
 
 __all__ = ["router", "scoped_event_id"]
 
-log = logging.getLogger(__name__)
-
-#: seconds between log lines about Kafka's refusals of POSTed events
-_FAILURE_LOG_S = 10.0
-#: when the last such line was logged, and the refusals since it
-_failures = {"logged_at": -_FAILURE_LOG_S, "since": 0.0}
-
-
-def _log_failure(failure: BaseException | None) -> None:
-    now = time.monotonic()
-    _failures["since"] += 1
-    if now - _failures["logged_at"] < _FAILURE_LOG_S:
-        return
-    more = int(_failures["since"]) - 1
-    log.warning("Kafka refused events of POST /v1/events: %s: %s%s",
-                type(failure).__name__, failure,
-                f" ({more} more refusals since the last line)" if more else "")
-    _failures["logged_at"], _failures["since"] = now, 0.0
+#: Kafka's refusals of POSTed events, each kind at most once per 10 s (the next line
+#: says how many were held back)
+_refusals = logging.getLogger(__name__ + ".refusals")
+_refusals.addFilter(RepeatFilter(every_s=10.0))
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -327,8 +314,9 @@ async def _send(state: Any, events: list[ClickEvent], batch: bool) -> JSON:
             detail = failure.detail
         else:
             # The client learns the kind; the text (broker addresses, settings) goes to
-            # the server's log, at most one line per _FAILURE_LOG_S.
-            _log_failure(failure)
+            # the server's log.
+            _refusals.warning("Kafka refused events of POST /v1/events: %s: %s",
+                              type(failure).__name__, failure)
             detail = (f"Kafka refused the events ({type(failure).__name__}"
                       f"{', retriable' if getattr(failure, 'retriable', False) else ''}; "
                       "the server's log says why)")

@@ -388,7 +388,10 @@ def test_a_kafka_refusal_names_its_kind_not_its_text(
     from serving.routers import events
 
     monkeypatch.setattr(client.app.state.serving, "ingestor", Refusing())  # type: ignore[attr-defined]
-    monkeypatch.setattr(events, "_failures", {"logged_at": -60.0, "since": 0.0})
+    from stream.logfilter import RepeatFilter
+
+    # A fresh throttle: the line is not held back by an earlier test's refusal.
+    monkeypatch.setattr(events._refusals, "filters", [RepeatFilter(every_s=10.0)])
     ok = {"user_id": "u", "item_id": "i", "event_type": "click", "timestamp": 1_700_000_000}
     with caplog.at_level(logging.WARNING, logger="serving.routers.events"):
         r = client.post("/v1/events", json=ok)
