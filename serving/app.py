@@ -344,6 +344,7 @@ def run(
     def count(method: str, status: int) -> None:  # as MetricsMiddleware counts its own
         metrics.responses.labels(route="unmatched", method=method, status=str(status)).inc()
 
+    _check_descriptors(settings.max_connections)
     for handler in logging.getLogger().handlers:  # request_id on the lines of a request
         handler.addFilter(RequestIdFilter())
     # The head holds the request line (method, URL, version) and the headers.
@@ -352,7 +353,8 @@ def run(
         app,
         http=json_error_protocol(settings.max_url_bytes, on_reject=count,
                                  max_head_bytes=max_head, max_headers=settings.max_headers,
-                                 head_timeout_s=settings.head_timeout_s),
+                                 head_timeout_s=settings.head_timeout_s,
+                                 max_connections=settings.max_connections),
         proxy_headers=settings.forwarded_allow_ips is not None,
         forwarded_allow_ips=settings.forwarded_allow_ips,
         host=settings.host,
@@ -362,3 +364,27 @@ def run(
         access_log=False,
         **uvicorn_kwargs,
     )
+
+
+#: descriptors the server needs besides its connections (snapshot files, Kafka sockets,
+#: the listening socket, logs)
+DESCRIPTOR_MARGIN = 64
+
+
+def _check_descriptors(max_connections: int) -> None:
+    """Warns when the process may not open ``max_connections`` connections (its soft
+    descriptor limit, raised to the hard one where that suffices, is too low): past it
+    accepting fails with EMFILE instead of the JSON 503 the connection cap answers."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = max_connections + DESCRIPTOR_MARGIN
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft != resource.RLIM_INFINITY and soft < need:
+        log.warning("the descriptor limit (%d) is below LIVEREC_MAX_CONNECTIONS (%d) plus "
+                    "%d for the server's own files: raise it (ulimit -n) or lower "
+                    "LIVEREC_MAX_CONNECTIONS", soft, max_connections, DESCRIPTOR_MARGIN)

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 def json_error_protocol(
     max_url_bytes: int, on_reject: Callable[[str, int], None] | None = None,
     max_head_bytes: int = 65_536, max_headers: int = 100, head_timeout_s: float = 30.0,
+    max_connections: int | None = None, retry_after_s: int = 1,
 ) -> type[Any]:
     """uvicorn's httptools protocol answering malformed requests in JSON as well.
 
@@ -46,6 +47,12 @@ def json_error_protocol(
     or, when no byte came at all, the connection closes. (uvicorn waited for ever on a
     connection that sent half a head, or nothing: a few thousand such held the
     server's file descriptors.)
+
+    **Too many connections.** With ``max_connections`` set, a connection beyond it
+    (counted over the whole server) is answered JSON 503 (reason
+    ``too_many_connections``, ``Retry-After: retry_after_s``) and closed before
+    anything of it is read. (uvicorn's own ``limit_concurrency`` answers in plain text,
+    and only once a request head has been read.)
 
     **Pipelined requests.** A client may send several requests without waiting for
     the answers (HTTP/1.1 pipelining), and a malformed one may follow good ones in
@@ -83,6 +90,13 @@ def json_error_protocol(
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            if max_connections is not None \
+                    and len(self.server_state.connections) > max_connections:
+                self._refuse(503, "too_many_connections",
+                             f"the server holds its most connections ({max_connections}):"
+                             f" retry in {retry_after_s} s", "other",
+                             [(b"retry-after", str(retry_after_s).encode())])
+                return
             self._arm_head_timer()
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -221,7 +235,8 @@ def json_error_protocol(
                 self.timeout_keep_alive_task = None
             self._refuse(*deferred)
 
-        def _refuse(self, status: int, reason: str, msg: str, method: str) -> None:
+        def _refuse(self, status: int, reason: str, msg: str, method: str,
+                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
             if on_reject is not None and not self._draining:
                 try:
                     on_reject(method, status)
@@ -231,7 +246,8 @@ def json_error_protocol(
             line = STATUS_LINE.get(status) or f"HTTP/1.1 {status} \r\n".encode()
             head = [line]
             for name, value in [*self.server_state.default_headers,
-                                *headers_for("/").items()]:  # as the API's own answers
+                                *headers_for("/").items(),  # as the API's own answers
+                                *(extra or [])]:
                 head.extend([name, b": ", value, b"\r\n"])
             head.extend([
                 # a fresh id (the head was not read, or not whole): as every answer has one

@@ -98,8 +98,16 @@ class ServeSettings(BaseSettings):
     head_timeout_s
         Seconds a request head may take to arrive, from the connection's opening or the
         request's first byte: then a JSON 408 (a connection that sent nothing closes).
-        Bounds how long a slow request head holds a connection (slowloris); a slow body
-        is not bounded here: a reverse proxy in front bounds both.
+        Bounds how long a slow request head holds a connection (slowloris).
+    body_timeout_s
+        Seconds the body of ``POST /v1/events`` may take to arrive once its head has:
+        then a JSON 408 (reason ``body_timeout``) and the connection closes.
+    max_connections
+        Most connections open at once; one more is answered a JSON 503 (reason
+        ``too_many_connections``, with ``Retry-After``) and closed before it is read,
+        so a flood of connections cannot use up the process's file descriptors (the
+        server warns at start when its descriptor limit is below this plus a
+        margin). A reverse proxy in front may bound both further.
     forwarded_allow_ips
         Addresses of trusted reverse proxies (comma-separated; ``*`` for any) whose
         ``X-Forwarded-For`` / ``X-Forwarded-Proto`` are believed. Unset (the default),
@@ -216,6 +224,8 @@ class ServeSettings(BaseSettings):
     max_header_bytes: int = Field(default=32 * 1024, ge=1024)
     max_headers: int = Field(default=100, ge=10)
     head_timeout_s: float = Field(default=30.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    max_connections: int = Field(default=1000, ge=1)
     forwarded_allow_ips: str | None = None
     delivery_timeout_s: float = Field(default=5.0, gt=0)
     ingest_queue_max: int = Field(default=10_000, ge=1)

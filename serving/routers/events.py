@@ -5,13 +5,13 @@ exactly the stream's: the same :func:`stream.events.validate_dict` and the same
 bounded rejection reasons the consumer sends to the dead-letter topic.
 
 Order of checks, cheapest first and all before the body is parsed: API key and scope
-(401/403), the caller's rate limit (429), content type (415), declared and actual
-body size (413). Then the JSON (one event or an array of at most
-``max_batch_events``), each event's contract (422, nothing is sent when one event
-is bad), and the send: records go to a background sender (:mod:`serving.ingest`),
-and the request waits for Kafka's acknowledgement at most ``delivery_timeout_s``
-on the event loop without blocking it; a refusal or timeout is a 503 with
-``Retry-After``.
+(401/403), the caller's rate limit (429), content type (415), declared and actual body
+size (413), and the body's arrival within ``body_timeout_s`` (408). Then the JSON (one
+event or an array of at most ``max_batch_events``), each event's contract (422,
+nothing is sent when one event is bad), and the send: records go to a background
+sender (:mod:`serving.ingest`), and the request waits for Kafka's acknowledgement at
+most ``delivery_timeout_s`` on the event loop without blocking it; a refusal or
+timeout is a 503 with ``Retry-After``.
 
 Event ids are scoped to the caller: an ``event_id`` posted with key ``ingest``
 travels as ``ingest/<event_id>`` (``anonymous/...`` without a key), so no caller can
@@ -177,6 +177,9 @@ def scoped_event_id(owner: str, event_id: str | None, max_chars: int) -> str:
               "description": "the key lacks the write scope (reason wrong_scope), or an "
                              "anonymous write was addressed to a name that could be "
                              "rebound (reason foreign_host)"},
+        408: {"model": Refused, "description": "the body did not arrive within "
+                                                "LIVEREC_BODY_TIMEOUT_S (reason "
+                                                "body_timeout; the connection closes)"},
         413: {"model": Refused, "description": "body too large or too many events"},
         415: {"model": Refused, "description": "not application/json"},
         422: {"model": Refused,
@@ -200,11 +203,21 @@ async def post_event(request: Request, state: StateDep, principal: WriteKey) -> 
         metrics.ingested.labels(outcome="too_large").inc()
         return _reject(413, "too_large", f"body must be at most {limit} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            metrics.ingested.labels(outcome="too_large").inc()
-            return _reject(413, "too_large", f"body must be at most {limit} bytes")
+    try:
+        # A body that stalls would hold its connection and this task for ever (uvicorn
+        # bounds neither): it must be whole within body_timeout_s of its head.
+        async with asyncio.timeout(settings.body_timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    metrics.ingested.labels(outcome="too_large").inc()
+                    return _reject(413, "too_large", f"body must be at most {limit} bytes")
+    except TimeoutError:
+        metrics.ingested.labels(outcome="body_timeout").inc()
+        # The rest of the body may still come: the connection closes after the answer.
+        return _reject(408, "body_timeout", "the body must arrive within "
+                       f"{settings.body_timeout_s:g} s of the request head",
+                       {"Connection": "close"})
     raw = bytes(body)
     if not raw.strip():
         metrics.ingested.labels(outcome="empty").inc()

@@ -234,12 +234,20 @@ def test_request_heads_are_bounded_and_forwarded_addresses_not_believed(
 
 def test_a_slow_or_silent_connection_is_not_held_open(tmp_path: Path) -> None:
     """uvicorn waited for ever on a connection that sent half a request head, or
-    nothing: a few thousand of them (slowloris) held the server's file descriptors."""
+    nothing, or half a body: a few thousand of them (slowloris) held the server's file
+    descriptors."""
     write_snapshot(tmp_path / "snaps")
     server = ServerProcess(tmp_path / "snaps", tmp_path / "serve.log",
-                           env={"LIVEREC_HEAD_TIMEOUT_S": "1.5"})
+                           env={"LIVEREC_HEAD_TIMEOUT_S": "1.5",
+                                "LIVEREC_BODY_TIMEOUT_S": "1.5"})
     try:
         server.wait_listening()
+        # A body that stops halfway: 408 and the connection closes (it held the
+        # connection and its request task for ever).
+        stalled = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        stalled.sendall(b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                        b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                        b'{"user_id": ')
         silent = socket.create_connection(("127.0.0.1", server.port), timeout=10)
         half = socket.create_connection(("127.0.0.1", server.port), timeout=10)
         half.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: ")
@@ -258,10 +266,17 @@ def test_a_slow_or_silent_connection_is_not_held_open(tmp_path: Path) -> None:
         head, _, body = data.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 408"), data[:200]
         assert orjson.loads(body)["detail"]["reason"] == "head_timeout"
-        for s in (silent, half, slow):
+        data = b""
+        while chunk := stalled.recv(65536):  # ends: the server closes the connection
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), data[:200]
+        assert orjson.loads(body)["reason"] == "body_timeout"
+        for s in (silent, half, slow, stalled):
             s.close()
         metrics = httpx.get(f"{server.base}/metrics").text
         assert re.search(r'liverec_serving_responses_total\{method="GET",route="unmatched",'
                          r'status="408"\} 1\.0', metrics), metrics[-2000:]
+        assert 'liverec_serving_ingested_events_total{outcome="body_timeout"} 1.0' in metrics
     finally:
         server.stop()

@@ -1,4 +1,5 @@
-"""The request-head deadline of serving's HTTP protocol (``head_timeout_s``) against a
+"""The request-head deadline (``head_timeout_s``) and the connection cap
+(``max_connections``) of serving's HTTP protocol against a
 real uvicorn: a head still arriving while earlier pipelined requests are answered is
 not cut off (uvicorn stops reading meanwhile), one that stalls on its own is."""
 
@@ -63,3 +64,31 @@ def test_a_pipelined_head_waits_for_the_answers_before_it() -> None:
             data = _read_all(s)
         assert data.startswith(b"HTTP/1.1 408"), data
         assert b'"reason":"head_timeout"' in data and time.monotonic() - t0 < 5
+
+
+def test_a_connection_past_the_cap_gets_a_json_503_and_the_others_go_on() -> None:
+    port = _free_port()
+    rejected: list[tuple[str, int]] = []
+    protocol = json_error_protocol(8192, max_connections=2, retry_after_s=3,
+                                   on_reject=lambda m, s: rejected.append((m, s)))
+    with serve_in_thread(_app(), port, http=protocol):
+        first = socket.create_connection(("127.0.0.1", port), timeout=15)
+        second = socket.create_connection(("127.0.0.1", port), timeout=15)
+        time.sleep(0.2)  # both accepted before the third
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as third:
+            data = _read_all(third)
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503"), data
+        assert b"retry-after: 3" in head.lower() and b"content-type: application/json" in head
+        assert b'"reason":"too_many_connections"' in body
+        assert rejected == [("other", 503)]
+        # The two held connections are served as ever ...
+        first.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert _read_all(first).startswith(b"HTTP/1.1 200")
+        first.close()
+        time.sleep(0.2)  # the server saw the close
+        # ... and a connection is let in again once one has gone.
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as fourth:
+            fourth.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert _read_all(fourth).startswith(b"HTTP/1.1 200")
+        second.close()
