@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from liverec.provenance import code_provenance, model_hyperparameters
 from online_models import registry
 from online_models.click_auc import AUC_EVERY, AUC_POSITIVES, BatchAUC, SampledAUC
 from online_models.content import load_item_features
@@ -78,6 +79,7 @@ def _report(args: argparse.Namespace, ds: Any, n_tune: int, params: dict[str, An
         "partial": seen < len(ds),
         "batch_size": args.batch_size, "k": args.k,
         "tune_events": n_tune, "params": params,
+        "code": code_provenance(), "hyperparameters": model_hyperparameters(models),
         "evaluated": len(f["tune"]), "cold_item_events": int(f["cold_item"].sum()),
         "cold_user_events": int(f["cold_user"].sum()), "models": {},
     }

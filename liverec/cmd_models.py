@@ -136,7 +136,12 @@ def evaluate(
                           "components)."),
     ] = None,
     k: Annotated[int, typer.Option("--k", min=1, help="Cut-off of the metrics.")] = 10,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", min=1,
+        help="Events per mini-batch. Every event of a batch is scored before the models "
+             "learn any of it, so the figures depend on it (larger batches: staler "
+             "models, lower figures); 256 is the trainer's default."),
+    ] = 256,
     limit: Annotated[
         int | None, typer.Option("--limit", min=1, help="Only the first N events (time order).")
     ] = None,
@@ -151,7 +156,10 @@ def evaluate(
                  "evaluable events (1: all).",
         ),
     ] = 1.0,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of --sample's draws.")] = 0,
+    seed: Annotated[int, typer.Option(
+        "--seed", help="Seed of --sample's draws only (a model's own seed is a "
+                       "--model-params argument)."),
+    ] = 0,
     cold_threshold: Annotated[
         int,
         typer.Option("--cold-threshold", min=1,
@@ -208,6 +216,7 @@ def evaluate(
     import orjson
     from tqdm import tqdm
 
+    from liverec.provenance import code_provenance, model_hyperparameters
     from online_models import registry
     from online_models.datasets import read_interactions, to_batches
     from online_models.evaluation import COLD_SEGMENTS, EvalSample, PrequentialEvaluator
@@ -350,16 +359,20 @@ def evaluate(
         "limit": limit,
         "tie_order": ds.tie_order,
         "sample": sample,
-        "seed": seed,
+        "sample_seed": seed,  # --seed: the draws of --sample only (models have their own)
         "cold_threshold": cold_threshold,
         "split": split,
         "split_events": split_at,
         # rows of the file that are no events (by reason), and the events that were
         # not evaluable (by reason): what every model's figures leave out
-        "skipped_rows": dict(ds.skipped),
+        "skipped_rows": dict(ds.skipped),  # of the whole file, --limit or not
         "invalid_rows": len(ds.invalid),
         "not_evaluable": dict(evaluator.excluded),
         "liverec_version": liverec_version(),
+        # what produced the figures: the code and every model's settings as it ran
+        # (defaults included; model_params holds only the ones given)
+        "code": code_provenance(),
+        "hyperparameters": model_hyperparameters(built),
         "item_features": str(item_features) if item_features is not None else None,
         "model_params": params,
         "elapsed_s": round(elapsed, 1),
@@ -370,7 +383,9 @@ def evaluate(
     excluded = ", ".join(f"{n:,} {why}" for why, n in evaluator.excluded.items())
     skipped = ", ".join(f"{n:,} {why}" for why, n in sorted(ds.skipped.items()))
     typer.echo(f"{evaluator.n_eligible:,} of {len(ds):,} events evaluable (not: {excluded})"
-               + (f"; file rows skipped: {skipped}" if skipped else "")
+               + (f"; file rows skipped: {skipped}"
+                  + (" (in the whole file, not only the events read)" if limit else "")
+                  if skipped else "")
                + f"; ties in {ds.tie_order} order")
     typer.echo(_summary_table(report_models, k))
     for name, blend in blends.items():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from online_models.datasets import LIVEREC_COLUMNS, read_interactions
+from online_models.itemknn import ItemKNN
 from online_models.synthetic import generate_events, iter_events, write_csv
 
 
@@ -184,3 +185,7 @@ def test_generate_then_evaluate_through_the_cli(tmp_path: Path) -> None:
     assert entry["hr@5"] > out["models"]["popularity"]["hr@5"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "hr@5" in res.output  # the summary table
+    # What produced the figures: the code and each model's settings, defaults included.
+    assert len(out["code"]["git_commit"]) == 40 and out["code"]["numpy"]
+    assert out["hyperparameters"]["itemknn"]["window"] == ItemKNN().window
+    assert out["model_params"] == {}  # only the arguments given
