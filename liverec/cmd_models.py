@@ -102,6 +102,13 @@ def _tie_order(value: str | None) -> Any:
     return value
 
 
+def _tie_scoring(value: str) -> str:
+    if value not in ("sequential", "together"):
+        raise typer.BadParameter("must be 'sequential' or 'together'",
+                                 param_hint="--tie-scoring")
+    return value
+
+
 def evaluate(
     path: Annotated[Path, typer.Argument(metavar="PATH", help="Interactions CSV (plain or .gz).",
                                          exists=True)],
@@ -204,6 +211,16 @@ def evaluate(
                           "sort), else file. 'file' reproduces MovieLens figures measured "
                           "before 2026-12-07."),
     ] = None,
+    tie_scoring: Annotated[
+        str,
+        typer.Option("--tie-scoring", callback=_tie_scoring,
+                     help="How a user's events with equal timestamps are scored. "
+                          "'sequential': one after another, each with the group's earlier "
+                          "events in the user's history (so --tie-order matters). "
+                          "'together': each against the history before the group, as a "
+                          "live system sees a basket or a page of ratings that arrives at "
+                          "once (batches then never split a timestamp)."),
+    ] = "sequential",
 ) -> None:
     """Prequential (test-then-train) evaluation of several models side by side, one pass.
 
@@ -279,9 +296,10 @@ def evaluate(
             f"{time.perf_counter() - t0:.1f}s), given to {', '.join(took) or 'no model'}",
             err=True,
         )
+    together = tie_scoring == "together"
     evaluator = PrequentialEvaluator(
         built, k=k, rolling_window=window, sample=EvalSample(fraction=sample, seed=seed),
-        cold_threshold=cold_threshold,
+        cold_threshold=cold_threshold, ties_together=together,
     )
     from online_models.click_auc import BatchAUC
 
@@ -294,7 +312,7 @@ def evaluate(
     first: dict[str, dict[str, float]] = {}
     t_run = time.perf_counter()
     with tqdm(total=len(ds), unit="ev", desc="evaluate", smoothing=0.05) as bar:
-        for batch in to_batches(ds, batch_size):
+        for batch in to_batches(ds, batch_size, whole_ties=together):
             aucs.sample(batch, evaluator, seed=seen)  # before anything learns the batch
             out = evaluator.process(batch, learn=False)
             for name, model in built.items():
@@ -358,6 +376,7 @@ def evaluate(
         "rolling_window": window,
         "limit": limit,
         "tie_order": ds.tie_order,
+        "tie_scoring": tie_scoring,
         "sample": sample,
         "sample_seed": seed,  # --seed: the draws of --sample only (models have their own)
         "cold_threshold": cold_threshold,
@@ -386,7 +405,7 @@ def evaluate(
                + (f"; file rows skipped: {skipped}"
                   + (" (in the whole file, not only the events read)" if limit else "")
                   if skipped else "")
-               + f"; ties in {ds.tie_order} order")
+               + f"; ties in {ds.tie_order} order, scored {tie_scoring}")
     typer.echo(_summary_table(report_models, k))
     for name, blend in blends.items():
         typer.echo(f"{name}'s blend at the end: "

@@ -111,6 +111,27 @@ MISS_RANK: int = 2**62
 UNBOUNDED_HISTORY: int = 2**31 - 1
 
 
+def _tie_groups(users: np.ndarray, timestamps: np.ndarray) -> tuple[list[bool], np.ndarray]:
+    """Whether each event has its user's previous event of the batch at the same
+    timestamp (the two arrive together), and its place in that group (0: first).
+
+    >>> same, rank = _tie_groups(np.array(["u", "v", "u", "u"], object),
+    ...                          np.array([1.0, 1.0, 1.0, 2.0]))
+    >>> same, rank.tolist()
+    ([False, False, True, False], [0, 0, 1, 0])
+    """
+    last: dict[str, tuple[float, int]] = {}
+    same: list[bool] = []
+    rank: list[int] = []
+    for user, t in zip(users.tolist(), timestamps.tolist(), strict=True):
+        prev = last.get(user)
+        r = prev[1] + 1 if prev is not None and prev[0] == t else 0
+        same.append(r > 0)
+        rank.append(r)
+        last[user] = (t, r)
+    return same, np.asarray(rank, np.int64)
+
+
 def rank_of(scores: np.ndarray, row: int, exclude: np.ndarray | None = None) -> int:
     """1-based rank of ``row`` among finite candidates, ties broken pessimistically.
 
@@ -219,6 +240,15 @@ class PrequentialEvaluator:
         Bound on one model's score matrix (rows x catalogue x 4 bytes).
     clock
         Wall clock of the sampling budget (seconds; for tests).
+    ties_together
+        Events of one user with the same timestamp arrive *together* (a basket, a page
+        of ratings): each is scored against the user's history before the group, and
+        is evaluable when its item is neither in it nor earlier in the group. Off (the
+        trainer's way), each is scored with the group's earlier events in its
+        history, in the stream's order -- which a live system never sees when such a
+        group reaches it at once. Feed it batches that do not split a timestamp
+        (``to_batches(..., whole_ties=True)``), else the models have learned a group's
+        first part when its rest is scored.
 
     Examples
     --------
@@ -256,6 +286,7 @@ class PrequentialEvaluator:
         cold_threshold: int = 5,
         max_matrix_bytes: int = 64 << 20,
         clock: Callable[[], float] = time.monotonic,
+        ties_together: bool = False,
     ) -> None:
         if k <= 0:
             raise ValueError("k must be positive")
@@ -271,6 +302,7 @@ class PrequentialEvaluator:
         self.sample = sample if sample is not None else EvalSample()
         self.cold_threshold = cold_threshold
         self.max_matrix_bytes = max_matrix_bytes
+        self.ties_together = ties_together
 
         self.n_events = 0
         self.n_eligible = 0  # evaluable events seen, sampled or not
@@ -459,8 +491,13 @@ class PrequentialEvaluator:
             user_prior = np.full(n, max(0, self.cold_threshold), np.int64)
         rows, known, item_prior_all = self._catalog_rows(batch.items)
         drawn = np.ones(n, bool) if draws is None else draws < accept
+        same_group = None
+        if self.ties_together and n:
+            same_group, rank = _tie_groups(batch.users, batch.timestamps)
+            if self.cold_threshold > 0:
+                user_prior = user_prior - rank  # the user's events before its group
         is_new, hist_of = self.history.advance(
-            batch.users, batch.items, (known & drawn).tolist()
+            batch.users, batch.items, (known & drawn).tolist(), same_group
         )
         eligible = known & is_new
         n_eligible = int(eligible.sum())

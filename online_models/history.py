@@ -112,17 +112,27 @@ class UserHistory:
 
     def advance(
         self, users: Sequence[str] | np.ndarray, items: Sequence[str] | np.ndarray,
-        capture: Sequence[bool] | None = None,
+        capture: Sequence[bool] | None = None, same_group: Sequence[bool] | None = None,
     ) -> tuple[np.ndarray, dict[int, list[str]]]:
         """:meth:`extend`, telling for each event whether it was new (:meth:`is_new`
         just before it) and, at the positions ``capture`` marks where it was, the user's
         history just before it -- what a prequential evaluator needs, in one pass.
+
+        ``same_group`` marks the events that arrive *together* with their user's
+        previous event in this call (a basket, a page of ratings: same user, same
+        timestamp). Such an event is judged against the history before its group: new
+        when it is neither in it nor earlier in the group, and its captured history is
+        the one before the group.
 
         >>> h = UserHistory()
         >>> new, before = h.advance(["u", "u", "u", "v"], ["a", "b", "a", "a"],
         ...                         [True, True, True, True])
         >>> new.tolist(), before
         ([False, True, False, False], {1: ['a']})
+        >>> new, before = h.advance(["u", "u", "u", "u"], ["c", "d", "c", "b"],
+        ...                         [True] * 4, same_group=[False, True, True, True])
+        >>> new.tolist(), before
+        ([True, True, False, False], {0: ['b', 'a'], 1: ['b', 'a']})
         """
         table = self._items
         get, to_end = table.get, table.move_to_end
@@ -133,6 +143,8 @@ class UserHistory:
         marks = [False] * len(users) if capture is None else capture
         if self._dirty is not None:
             self._dirty.update(users)
+        if same_group is not None:
+            return self._advance_groups(users, items, marks, same_group)
         for pos, (user, item, mark) in enumerate(zip(users, items, marks, strict=True)):
             q = get(user)
             if q is None:
@@ -151,6 +163,59 @@ class UserHistory:
                         before[pos] = list(q)
                 else:
                     new_flag(False)
+            q[item] = None
+            if len(q) > max_items:
+                del q[next(iter(q))]
+        return np.asarray(flags, bool), before
+
+    def _advance_groups(
+        self, users: Sequence[str] | np.ndarray, items: Sequence[str] | np.ndarray,
+        marks: Sequence[bool], same_group: Sequence[bool],
+    ) -> tuple[np.ndarray, dict[int, list[str]]]:
+        """:meth:`advance` with ``same_group`` (kept apart: the trainer's path above
+        copies no history per event)."""
+        table = self._items
+        get, to_end = table.get, table.move_to_end
+        max_items, max_users = self.max_items, self.max_users
+        # Which events begin a group that goes on: only theirs is copied.
+        goes_on = [False] * len(users)
+        last: dict[str, int] = {}
+        for pos, (user, cont) in enumerate(zip(users, same_group, strict=True)):
+            if cont and user in last:
+                goes_on[last[user]] = True
+            last[user] = pos
+        flags: list[bool] = []
+        before: dict[int, list[str]] = {}
+        base: dict[str, list[str]] = {}  # each user's history before its current group
+        for pos, (user, item, mark, cont) in enumerate(
+                zip(users, items, marks, same_group, strict=True)):
+            q = get(user)
+            ahead = base.get(user) if cont and q is not None else None
+            begins = ahead is None
+            if begins:
+                base.pop(user, None)
+                if goes_on[pos]:
+                    ahead = base[user] = list(q) if q is not None else []
+            if q is None:
+                q = table[user] = {}
+                if max_users is not None and len(table) > max_users:
+                    self._drop_oldest()
+            else:
+                to_end(user)
+            if item in q:  # in the history before the group, or earlier in it
+                del q[item]
+                flags.append(False)
+            elif begins and q:  # as without groups
+                flags.append(True)
+                if mark:
+                    before[pos] = ahead if ahead is not None else list(q)
+            elif not begins and ahead and (len(q) < max_items or item not in ahead):
+                # (at the bound an item of ``ahead`` may have left ``q``)
+                flags.append(True)
+                if mark:
+                    before[pos] = ahead
+            else:
+                flags.append(False)
             q[item] = None
             if len(q) > max_items:
                 del q[next(iter(q))]

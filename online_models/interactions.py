@@ -168,16 +168,21 @@ def to_batches(
     dataset: Dataset,
     batch_size: int,
     weights: Mapping[str, float] = EVENT_WEIGHTS,
+    whole_ties: bool = False,
 ) -> Iterator[Batch]:
     """Consecutive mini-batches of ``dataset`` in time order, weighted by event type.
 
-    Event types missing from ``weights`` weigh 1.
+    Event types missing from ``weights`` weigh 1. With ``whole_ties`` a batch never
+    ends between two events of the same timestamp (it grows past ``batch_size``
+    instead), so events that arrive together are scored before any of them is learned.
 
     >>> ds = Dataset.from_records(
-    ...     {"user_id": "u", "item_id": f"i{n}", "timestamp": n, "event_type": "purchase"}
+    ...     {"user_id": "u", "item_id": f"i{n}", "timestamp": n // 2, "event_type": "purchase"}
     ...     for n in range(5))
-    >>> [len(b) for b in to_batches(ds, 2)], float(next(to_batches(ds, 2)).weights[0])
-    ([2, 2, 1], 5.0)
+    >>> [len(b) for b in to_batches(ds, 3)], float(next(to_batches(ds, 2)).weights[0])
+    ([3, 2], 5.0)
+    >>> [len(b) for b in to_batches(ds, 3, whole_ties=True)]
+    [4, 1]
     """
     if batch_size <= 0:
         raise ValueError("batch_size must be positive")
@@ -189,9 +194,13 @@ def to_batches(
     get = weights.get
     w = np.fromiter((get(t, 1.0) for t in dataset.event_types), dtype=np.float32, count=n)
     ts = np.asarray(dataset.timestamps, dtype=np.float64)
-    for start in range(0, n, batch_size):
-        end = start + batch_size
+    start = 0
+    while start < n:
+        end = min(start + batch_size, n)
+        if whole_ties and end < n and ts[end] == ts[end - 1]:
+            end = int(np.searchsorted(ts, ts[end - 1], side="right"))
         yield Batch(users[start:end], items[start:end], w[start:end], ts[start:end])
+        start = end
 
 
 def derive_event_id(prefix: str, line: int, fields: Sequence[str]) -> str:
