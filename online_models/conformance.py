@@ -30,7 +30,9 @@ fails with the exception's type and message. They ask what liverec's parts assum
 * ``deterministic``: two fresh models on the same stream recommend the same;
 * ``forget users``: a forgotten user leaves the user index and still gets
   recommendations (as a new user), and the next new user, who may get the freed row,
-  inherits nothing of theirs;
+  inherits nothing of theirs; nor does the forgotten id when it comes back (state kept
+  by user id, say a last item, outlived ``forget_users`` and taught a transition from
+  the forgotten past);
 * ``drift adaptation`` (only for a model that declares ``adaptable`` hyperparameters):
   shortening each with ``set_param`` (half of it; a half-life to an eighth of the
   stream's span at most) and learning on gives what a model restored from a snapshot
@@ -340,6 +342,30 @@ def _forget(c: _Context, m: OnlineModel) -> str:
     return f"{x!r} forgotten; a new user in its row (row {rows[0]}) inherits nothing"
 
 
+def _returns(c: _Context) -> str:
+    """The forgotten id comes back: it must learn and score as a new user would."""
+    x, y = c.probes[0], c.probes[1]
+    back, fresh = c.fitted(), c.fitted()
+    back.forget_users([x])
+    fresh.forget_users([x])
+    seen = set(c.history(x, None))
+    item = next((i for i in reversed(c.stream.items) if i not in seen), None)
+    if item is None:
+        return f"no item {x!r} never had, to check its return with"
+    t = float(c.stream.timestamps[-1]) + 1.0
+    back.learn(Batch.from_columns([x], [item], [1.0], [t]))
+    fresh.learn(Batch.from_columns(["new-z"], [item], [1.0], [t]))
+    for h in ((), c.history(x)[-1:], [item]):
+        for who_back, who_fresh in ((x, "new-z"), (y, y)):
+            a, b = back.score_all(who_back, h), fresh.score_all(who_fresh, h)
+            _expect(bool(np.allclose(a, b, rtol=1e-4, atol=1e-5, equal_nan=True)),
+                    f"{x!r}, forgotten and back with one click, scores ({who_back!r}, "
+                    f"context {list(h)}) unlike a new user with the same click: the "
+                    "model kept something of the forgotten user by its id (forget_users "
+                    "must drop every per-user state, not only the user's row)")
+    return f"{x!r} forgotten and back: learns and scores as a new user"
+
+
 def _strangers(c: _Context) -> str:
     # New users until the user rows fill a power of two: an array of one row per user
     # that grew by doubling is then exactly full, and arr[-1] (what an unchecked -1 of
@@ -491,6 +517,7 @@ def check_model(name: str, params: Mapping[str, Any] | None = None, *, events: i
     run("new ids", lambda: _new_ids(c, c.fitted()))
     run("strangers", lambda: _strangers(c))
     run("forget users", lambda: _forget(c, c.fitted()))
+    run("forgotten id returns", lambda: _returns(c))
     if report.capabilities.get("adaptable"):
         run("drift adaptation", lambda: _adapts(c))
     if report.capabilities.get("learn_local"):

@@ -13,7 +13,8 @@ __all__ = ["EvalSample", "EventSampler"]
 
 @dataclass(frozen=True)
 class EvalSample:
-    """Which evaluable events are scored: a seeded uniform sample of them.
+    """Which evaluable events are scored: a seeded sample of them, uniform within a
+    batch, and over the whole stream when only ``fraction`` is set.
 
     Every event of the stream draws one uniform number from a generator seeded
     with ``seed`` (one draw per event, whether it is evaluable or not, so the
@@ -24,6 +25,13 @@ class EvalSample:
     holding at most one second's worth; the rate of evaluable events is estimated
     from earlier batches). Unsampled events still move the history and the
     catalogue. ``EvalSample()`` scores every evaluable event.
+
+    With ``max_per_s`` the probability falls in a burst and rises in a quiet spell,
+    and the evaluator's totals are plain means over the scored events: they weigh
+    each second of the stream about alike, not each event (a burst's accuracy counts
+    less than its share of events). An event-weighted figure would weight each scored
+    event by the inverse of its batch's acceptance probability; the trainer's gauges
+    and drift detectors read the plain hit stream.
 
     A scoring call costs a fixed part per batch whatever the number of events it
     scores (every model's lookups, the ranking metrics), so a budget that affords

@@ -34,7 +34,7 @@ EXAMPLE = ROOT / "examples" / "plugin-model"
 BROKEN = '''
 from pathlib import Path
 import numpy as np
-from online_models.base import OnlineModel
+from online_models.base import OnlineModel, grow_rows
 from online_models.bpr import BPR
 from online_models.popularity import Popularity
 from liverec_transitions import Transitions
@@ -59,6 +59,21 @@ class Leaky(Transitions):  # a freed user row keeps its last item
 
     def forget_users(self, users):
         OnlineModel.forget_users(self, users)
+
+class ByName(Transitions):  # keeps each user's last item by id, past forget_users
+    name = "byname"
+
+    def learn(self, batch):
+        by_name = self.__dict__.setdefault("by_name", {})
+        back = [u for u in dict.fromkeys(batch.users.tolist())
+                if u not in self.users and u in by_name]
+        if back:  # a returning id picks up where it was forgotten
+            rows = self.users.add_many(back)
+            self._last = grow_rows(self._last, self.users.capacity, fill=-1)
+            self._last[rows] = [by_name[u] for u in back]
+        super().learn(batch)
+        for u in set(batch.users.tolist()):
+            by_name[u] = int(self._last[self.users.get(u)])
 
 class Stranger(Transitions):  # an unknown user (row -1) reads the last row's last item
     name = "stranger"
@@ -172,6 +187,7 @@ def broken(site: Path) -> Path:
         "forgetful": "broken_models:Forgetful",
         "wide": "broken_models:Wide",
         "leaky": "broken_models:Leaky",
+        "byname": "broken_models:ByName",
         "stranger": "broken_models:Stranger",
         "live": "broken_models:Live",
         "renamed": "broken_models:Renamed",
@@ -257,7 +273,7 @@ def test_a_snapshot_naming_a_plugin_that_is_not_installed_says_so(
 def test_the_example_plugin_passes_every_check(site: Path) -> None:
     report = check_model("transitions")
     assert [c.name for c in report.checks if not c.ok] == []
-    assert len(report.checks) == 13  # no scale-out check: it shares no item state
+    assert len(report.checks) == 14  # no scale-out check: it shares no item state
     assert report.hr is not None and report.hr_popularity is not None
     assert report.hr > report.hr_popularity  # transitions carry the planted successors
     assert report.capabilities["learn_local"] is False
@@ -277,6 +293,7 @@ def test_the_checks_catch_a_model_that_breaks_the_protocol(broken: Path) -> None
 @pytest.mark.parametrize(("name", "check", "reason"), [
     ("leaky", "forget users", "the row kept some of its former user's state"),
     ("leakybpr", "forget users", "the row kept some of its former user's state"),
+    ("byname", "forgotten id returns", "kept something of the forgotten user by its id"),
     ("stranger", "strangers", "an unknown user scores exactly as"),
     ("maskedloss", "restore", "probe user 0 gets"),
     ("live", "state", "get_state returned arrays the model goes on writing to: 'pop'"),
@@ -358,13 +375,13 @@ def test_models_list_and_check_on_the_command_line(broken: Path) -> None:
     ok = _cli(["models", "check", "transitions", "--params", '{"popularity_weight": 0.1}'],
               broken)
     assert ok.returncode == 0, ok.stderr
-    assert "transitions: all 13 checks passed" in ok.stdout
+    assert "transitions: all 14 checks passed" in ok.stdout
     assert "PASS  restore" in ok.stdout
 
     bad = _cli(["models", "check", "forgetful"], broken)
     assert bad.returncode == 1
     assert "FAIL  restore" in bad.stdout
-    assert "forgetful: 2 of 13 checks failed (restore, keeps learning)" in bad.stderr
+    assert "forgetful: 2 of 14 checks failed (restore, keeps learning)" in bad.stderr
 
     unknown = _cli(["models", "check", "nope"], broken)
     assert unknown.returncode == 2 and "unknown model 'nope'" in unknown.stderr

@@ -44,7 +44,7 @@ def test_a_plugin_wheel_installed_in_the_image_is_a_model_there(
     try:
         check = _run("docker", "run", "--rm", tag, "models", "check", "transitions")
         assert check.returncode == 0, check.stdout + check.stderr
-        assert "transitions: all 13 checks passed" in check.stdout
+        assert "transitions: all 14 checks passed" in check.stdout
         listed = _run("docker", "run", "--rm", tag, "models", "list")
         assert "liverec-transitions 0.1.0" in listed.stdout
         plain = _run("docker", "run", "--rm", base, "models", "list")
