@@ -237,6 +237,7 @@ def evaluate(
     from online_models import registry
     from online_models.datasets import read_interactions, to_batches
     from online_models.evaluation import COLD_SEGMENTS, EvalSample, PrequentialEvaluator
+    from online_models.uncertainty import UserHits
     from stream.buildinfo import liverec_version
 
     try:
@@ -310,6 +311,7 @@ def evaluate(
     seen = 0
     split_at = int(split * len(ds)) if 0.0 < split < 1.0 else 0
     first: dict[str, dict[str, float]] = {}
+    by_user = UserHits(names, seed=seed)  # HR@K's interval: a bootstrap over users
     t_run = time.perf_counter()
     with tqdm(total=len(ds), unit="ev", desc="evaluate", smoothing=0.05) as bar:
         for batch in to_batches(ds, batch_size, whole_ties=together):
@@ -326,6 +328,8 @@ def evaluate(
                 first = {name: evaluator.totals(name) for name in names}
                 split_at = seen
             if out.n_evaluated:
+                by_user.add(batch.users[out.positions],
+                            {name: out.models[name].hits for name in names})
                 curve_x.append(seen)
                 for name in names:
                     curve[name].append(evaluator.rolling(name)["hr"])
@@ -341,6 +345,9 @@ def evaluate(
             for metric in ("hr", "ndcg", "mrr", "precision", "coverage", "novelty", "diversity")
         }
         entry["evaluated"] = int(tot["n"])
+        lo, hi = by_user.interval(name)
+        entry[f"hr@{k}_ci95"] = [lo, hi]  # type: ignore[assignment]
+        entry["ci95"] = f"{lo:.3f}-{hi:.3f}"  # type: ignore[assignment]
         entry["eligible"] = int(tot["n_eligible"])
         for seg in COLD_SEGMENTS:
             entry[f"hr@{k}_{seg}"] = tot[f"hr_{seg}"]
@@ -365,6 +372,7 @@ def evaluate(
             blends[name] = {c: float(v) for c, v in blend.items()}
             entry["blend_weights"] = blends[name]  # type: ignore[assignment]
         report_models[name] = entry
+    diffs = _differences(by_user, report_models, k)
     report = {
         "dataset": str(path),
         "preset": preset,
@@ -387,6 +395,9 @@ def evaluate(
         "skipped_rows": dict(ds.skipped),  # of the whole file, --limit or not
         "invalid_rows": len(ds.invalid),
         "not_evaluable": dict(evaluator.excluded),
+        # whose events were evaluated: the units HR@K's 95% intervals resample
+        "users_evaluated": by_user.n_users,
+        "hr_differences": diffs,
         "liverec_version": liverec_version(),
         # what produced the figures: the code and every model's settings as it ran
         # (defaults included; model_params holds only the ones given)
@@ -407,6 +418,12 @@ def evaluate(
                   if skipped else "")
                + f"; ties in {ds.tie_order} order, scored {tie_scoring}")
     typer.echo(_summary_table(report_models, k))
+    if diffs:
+        typer.echo(f"95% CI: a bootstrap over the {by_user.n_users:,} users whose events "
+                   f"were evaluated (their events are not independent); {diffs[0]['best']}'s "
+                   f"hr@{k} minus each other's, paired: " + ", ".join(
+                       f"{d['other']} {d['difference']:+.4f} ({d['ci95'][0]:+.4f} to "
+                       f"{d['ci95'][1]:+.4f})" for d in diffs))
     for name, blend in blends.items():
         typer.echo(f"{name}'s blend at the end: "
                    + ", ".join(f"{c} {v:.2f}" for c, v in blend.items()))
@@ -449,6 +466,20 @@ def _split_entry(first: dict[str, float], total: dict[str, float], k: int
     return out
 
 
+def _differences(by_user: Any, models: dict[str, dict[str, float]], k: int
+                 ) -> list[dict[str, Any]]:
+    """The best model's HR@K against each other model's: the difference and its
+    paired 95% interval (the same users resampled for both)."""
+    ranked = sorted((m for m in models if models[m][f"hr@{k}"] == models[m][f"hr@{k}"]),
+                    key=lambda m: -models[m][f"hr@{k}"])
+    out = []
+    for other in ranked[1:]:
+        diff, lo, hi = by_user.difference(ranked[0], other)
+        out.append({"best": ranked[0], "other": other, "difference": diff,
+                    "ci95": [lo, hi]})
+    return out
+
+
 def _summary_table(models: dict[str, dict[str, float]], k: int) -> str:
     """The figures of every model in tables that each fit 80 columns: accuracy and
     speed; the recommended lists and cold starts; with ``--split``, HR@K on the first
@@ -464,7 +495,8 @@ def _summary_table(models: dict[str, dict[str, float]], k: int) -> str:
                 f"{m.get(key, float('nan')):>{cw}{fmt}}" for key, _, cw, fmt in cols))
         return rows
 
-    lines = table("model", [(f"hr@{k}", f"hr@{k}", 9, ".4f"), (f"ndcg@{k}", f"ndcg@{k}", 9, ".4f"),
+    lines = table("model", [(f"hr@{k}", f"hr@{k}", 9, ".4f"), ("ci95", "95% CI", 13, ""),
+                            (f"ndcg@{k}", f"ndcg@{k}", 9, ".4f"),
                             (f"mrr@{k}", f"mrr@{k}", 9, ".4f"),
                             (f"precision@{k}", f"prec@{k}", 9, ".4f"),
                             ("learn_events_per_s", "learn ev/s", 12, ",.0f"),

@@ -189,3 +189,10 @@ def test_generate_then_evaluate_through_the_cli(tmp_path: Path) -> None:
     assert len(out["code"]["git_commit"]) == 40 and out["code"]["numpy"]
     assert out["hyperparameters"]["itemknn"]["window"] == ItemKNN().window
     assert out["model_params"] == {}  # only the arguments given
+    # How sure: HR@K's interval over the users, and the best model against the other.
+    lo, hi = entry["hr@5_ci95"]
+    assert lo < entry["hr@5"] < hi and 0 < out["users_evaluated"] <= out["users"]
+    (diff,) = out["hr_differences"]
+    assert (diff["best"], diff["other"]) == ("itemknn", "popularity")
+    assert diff["ci95"][0] <= diff["difference"] <= diff["ci95"][1]
+    assert "95% CI" in res.output and "paired" in res.output
