@@ -16,6 +16,7 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -127,6 +128,64 @@ class RequestTargetMiddleware:
                               "must be UTF-8 (they would read as U+FFFD, another id)")
                 return
         await self.app(scope, receive, send)
+
+
+class InternalErrorMiddleware:
+    """Answers an unhandled exception with the API's JSON 500 (reason
+    ``internal_error``), from inside the CORS middleware.
+
+    Starlette's own answer is plain text, sent by its error middleware outside every
+    other: without CORS headers, so a browser page could read neither its status nor
+    its ``X-Request-ID``. The exception's text is not in the answer (it may hold paths
+    or addresses); the exception is raised on once answered, so the server logs its
+    traceback at ERROR with the request id, and a test client raises it, as before.
+    A client that left (:class:`ClientDisconnect`) and a failure after the response
+    started pass through untouched: nothing can be answered to them.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except ClientDisconnect:
+            raise
+        except Exception:
+            if not started:
+                rid = scope.get("state", {}).get("request_id", "")
+                await _refuse(send, 500, "internal_error", "the server failed to answer "
+                              f"this request; its log holds the cause under request id {rid}")
+            raise
+
+
+class JsonCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS middleware, its refused preflight (a text/plain 400, ``Disallowed
+    CORS origin``) answered in the API's error shape, reason ``cors_refused``."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        headers = {k: v for k, v in response.headers.items()
+                   if k not in ("content-length", "content-type")}
+        why = bytes(response.body).decode()
+        return Response(
+            error_body("cors_refused", f"{why} (pages of the origins in "
+                       "LIVEREC_CORS_ORIGINS may call this API, with "
+                       f"{' or '.join(self.allow_methods)} and the headers it lists in "
+                       "Access-Control-Allow-Headers)"),
+            status_code=400, headers=headers, media_type="application/json")
 
 
 def _utf8(raw: bytes) -> bool:
@@ -287,14 +346,16 @@ def create_app(
                            responses=AUTH_RESPONSES)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC), name="static")
     # The last added is outermost: metrics wrap the URL checks, so their 414s and 404s
-    # are counted (route "unmatched": they are answered before routing).
+    # are counted (route "unmatched": they are answered before routing), and CORS
+    # wraps the JSON 500 of an unhandled error, so a page can read it.
+    app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(RequestTargetMiddleware, max_bytes=settings.max_url_bytes)
     if settings.cors_origins:
         # Pages of these origins may call the API from the browser (keys travel in
         # headers, never cookies: no credentials mode). Preflights are answered here,
         # before the routes' key checks.
         app.add_middleware(
-            CORSMiddleware, allow_origins=list(settings.cors_origins),
+            JsonCORSMiddleware, allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST"],  # HEAD only for the probes: not for pages
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
             expose_headers=["Retry-After", "X-Request-ID"], max_age=600)

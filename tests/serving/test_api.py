@@ -288,6 +288,32 @@ def test_security_headers(store: SnapshotStore) -> None:
         assert preflight.headers["x-content-type-options"] == "nosniff"
 
 
+def test_an_unhandled_error_is_a_json_500_a_page_can_read(store: SnapshotStore) -> None:
+    shop = "https://shop.example.com"
+    app = create_app(settings_for(store.root, cors_origins=shop))
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("a bug at /srv/secret/path")
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        crashed = c.get("/boom", headers={"Origin": shop, "X-Request-ID": "trace-9"})
+        assert crashed.status_code == 500
+        assert crashed.headers["content-type"] == "application/json"
+        assert crashed.json()["detail"]["reason"] == "internal_error"
+        assert "trace-9" in crashed.json()["detail"]["detail"]  # where the log has it
+        assert "secret" not in crashed.text and "RuntimeError" not in crashed.text
+        # inside CORS: the page reads the status and the id
+        assert crashed.headers["access-control-allow-origin"] == shop
+        assert "x-request-id" in crashed.headers["access-control-expose-headers"].lower()
+        assert crashed.headers["x-request-id"] == "trace-9"
+        reg = c.app.state.serving.metrics.registry  # type: ignore[attr-defined]
+        assert reg.get_sample_value("liverec_serving_responses_total", {
+            "route": "/boom", "method": "GET", "status": "500"}) == 1.0
+    with TestClient(app) as c, pytest.raises(RuntimeError, match="a bug"):
+        c.get("/boom")  # raised on after the answer: the server logs it, tests see it
+
+
 def test_cors_is_off_by_default_and_allows_only_the_named_origins(
     store: SnapshotStore
 ) -> None:
@@ -310,6 +336,13 @@ def test_cors_is_off_by_default_and_allows_only_the_named_origins(
         assert "access-control-allow-credentials" not in ok.headers  # keys, not cookies
         bad = c.options("/v1/events", headers={"Origin": other, **preflight})
         assert bad.status_code == 400 and "access-control-allow-origin" not in bad.headers
+        assert bad.headers["content-type"] == "application/json"
+        assert bad.json()["detail"]["reason"] == "cors_refused"
+        assert "Disallowed CORS origin" in bad.json()["detail"]["detail"]
+        no_delete = c.options("/v1/events", headers={
+            "Origin": shop, "Access-Control-Request-Method": "DELETE"})
+        assert no_delete.status_code == 400
+        assert no_delete.json()["detail"]["reason"] == "cors_refused"
         r = c.get("/v1/recommendations", params={"user_id": "u"}, headers={"Origin": other})
         assert "access-control-allow-origin" not in r.headers
     # Stored as a browser sends it (compared as strings); only scheme://host[:port].
@@ -549,6 +582,7 @@ def test_every_answer_carries_a_request_id_found_in_its_log_lines(
                   headers={"X-Request-ID": "ranked-1"})
         crashed = httpx.get(f"{base}/boom", headers={"X-Request-ID": "trace-500"})
         assert crashed.status_code == 500
+        assert crashed.json()["detail"]["reason"] == "internal_error"
         assert crashed.headers["x-request-id"] == "trace-500"
     finally:
         server.should_exit = True
