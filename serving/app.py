@@ -102,9 +102,9 @@ class RequestTargetMiddleware:
     whose percent-encoded bytes are not UTF-8 (JSON 400, reason ``bad_encoding``).
 
     ``%2F`` is decoded before routing, so ``/v1/items/a%2Fsimilar`` would be answered
-    as ``/v1/items/a/similar`` and ``/v1/items/a%2F`` redirected to ``/v1/items/a``:
-    for another item. Refused here, every such path gets the same answer, whatever
-    route it would have reached (an id with ``/`` goes in the query).
+    as ``/v1/items/a/similar``: for another item. Refused here, every such path gets
+    the same answer, whatever route it would have reached (an id with ``/`` goes in
+    the query).
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -323,6 +323,10 @@ def create_app(
         description="Recommendations from hot-reloaded snapshots with live user context.",
         lifespan=lifespan,
         responses=URL_RESPONSES,  # on every route (a middleware answers it)
+        # A path with a trailing slash is the JSON 404 no_route: Starlette's redirect
+        # to the path without it built an http:// Location from the Host header (mixed
+        # content behind a TLS proxy), and a client should call the documented path.
+        redirect_slashes=False,
     )
     if settings.forwarded_allow_ips is not None and "*" in (
             a.strip() for a in settings.forwarded_allow_ips.split(",")):

@@ -380,6 +380,15 @@ def test_bad_input_gets_4xx_with_a_json_reason(client: TestClient) -> None:
         r = client.get(path)
         assert r.status_code == 404, path
         assert r.json()["detail"]["reason"] == "no_route", path
+    # A trailing slash is not redirected (the Location was http:// from the Host
+    # header: mixed content behind TLS): no such route.
+    for method, path in (("GET", "/v1/recommendations/?user_id=u"), ("GET", "/v1/items/i/"),
+                         ("GET", "/v1/items/i/similar/"), ("GET", "/healthz/"),
+                         ("POST", "/v1/events/")):
+        r = client.request(method, path, follow_redirects=False)
+        assert r.status_code == 404, (path, r.status_code)
+        assert "location" not in r.headers
+        assert r.json()["detail"]["reason"] == "no_route", path
     r = client.delete("/v1/recommendations", params={"user_id": "u"})
     assert r.status_code == 405 and r.json()["detail"]["reason"] == "method_not_allowed"
     assert "GET" in r.headers["allow"]
