@@ -12,16 +12,18 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import httpx
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.auth import AccessControl, AuthSettings, require
+from serving.auth import SCOPES, AccessControl, AuthSettings, require
 from serving.dashboard import DashboardSeries
 from serving.errors import AUTH_RESPONSES, URL_RESPONSES, error_body
 from serving.headers import SecurityHeadersMiddleware
@@ -338,16 +340,18 @@ def create_app(
     app.state.dashboard = dash
     app.state.access = access
     app.add_exception_handler(StarletteHTTPException, _routing_error)
-    # The scope each router needs (events states its own ``write``; health its ``ops``
-    # for /metrics and none for the probes).
-    app.include_router(health.router)
-    app.include_router(events.router)
-    for r in (recommendations, items, users):
-        app.include_router(r.router, dependencies=[Depends(require("read"))],
-                           responses=AUTH_RESPONSES)
-    for r in (model, dashboard):
-        app.include_router(r.router, dependencies=[Depends(require("ops"))],
-                           responses=AUTH_RESPONSES)
+    # The scope each router needs (None: events states its own ``write``; health its
+    # ``ops`` for /metrics and none for the probes).
+    routers: list[tuple[APIRouter, str | None]] = [
+        (health.router, None), (events.router, None),
+        *((r.router, "read") for r in (recommendations, items, users)),
+        *((r.router, "ops") for r in (model, dashboard))]
+    for router, scope in routers:
+        if scope is None:
+            app.include_router(router)
+        else:
+            app.include_router(router, dependencies=[Depends(require(scope))],
+                               responses=AUTH_RESPONSES)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC), name="static")
     # The last added is outermost: metrics wrap the URL checks, so their 414s and 404s
     # are counted (route "unmatched": they are answered before routing), and CORS
@@ -364,7 +368,8 @@ def create_app(
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
             expose_headers=["Retry-After", "X-Request-ID"], max_age=600)
     app.add_middleware(MetricsMiddleware, state=state)
-    _document_batch_limit(app, settings.max_batch_events)
+    _document_settings(app, settings, access, [
+        scoped for router, scope in routers for scoped in _route_scopes(router, scope)])
     # Security headers and the request id outside everything, Starlette's error
     # middleware included (which add_middleware cannot wrap): unhandled 500s and CORS
     # preflights get them.
@@ -374,23 +379,77 @@ def create_app(
     return app
 
 
-def _document_batch_limit(app: FastAPI, max_events: int) -> None:
-    """The schema of ``POST /v1/events``' array says this server's batch limit
-    (``max_batch_events``: a setting, so not in the route's static schema)."""
+def _document_settings(app: FastAPI, settings: ServeSettings, access: AccessControl,
+                       scoped: list[tuple[str, str, str]]) -> None:
+    """``/openapi.json`` states this server's limits and key policy, which are settings
+    and so not in the routes' static schemas (shared by every app in the process):
+
+    * ``k``'s maximum is ``max_k``; the ids of ``POST /v1/events``' events are at most
+      ``max_id_chars`` long (the read routes' ids are bounded by the schema's own
+      bound, which they enforce: an id longer than the events' limit is just unknown);
+    * the batch's ``maxItems`` is ``max_batch_events``, or the write burst when a
+      write rate limit is on and its burst is smaller (a larger batch gets 413);
+    * a route whose scope takes anonymous callers lists the empty security
+      requirement (``{}``) beside the keys. Asked at every call: anonymous writes
+      close when a key is added at run time. ``scoped`` lists each route with a key
+      check as (path, method, scope): :func:`_route_scopes`.
+    """
     build = app.openapi
+    rate, burst = access.limiter.settings.limit("write")
+    max_events = settings.max_batch_events if rate <= 0 else min(
+        settings.max_batch_events, int(burst))
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            # a copy: the route's static schema is shared by every app in the process
             schema = copy.deepcopy(build())
+            for op in (op for ops in schema["paths"].values() for op in ops.values()):
+                for param in op.get("parameters", []):
+                    if param["name"] == "k" and "maximum" in param["schema"]:
+                        param["schema"]["maximum"] = min(param["schema"]["maximum"],
+                                                         settings.max_k)
             body = schema["paths"]["/v1/events"]["post"]["requestBody"]["content"]
             for alt in body["application/json"]["schema"]["anyOf"]:
+                event = alt["items"] if alt.get("type") == "array" else alt
                 if alt.get("type") == "array":
                     alt["maxItems"] = max_events
+                for field in event["properties"].values():
+                    for string in (field, *field.get("anyOf", ())):
+                        if "maxLength" in string:
+                            string["maxLength"] = settings.max_id_chars
             app.openapi_schema = schema
+        paths = app.openapi_schema["paths"]
+        for path, method, scope in scoped:
+            op = paths[path][method]
+            keyed = [req for req in op.get("security", []) if req]
+            op["security"] = keyed if access.needs_key(scope) else [*keyed, {}]
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _route_scopes(router: APIRouter, scope: str | None) -> list[tuple[str, str, str]]:
+    """(path, method, scope) of each documented route of ``router`` that checks a key:
+    ``scope`` when the router is included behind it, else the route's own check."""
+    found = []
+    for route in router.routes:
+        if isinstance(route, APIRoute) and route.include_in_schema:
+            need = scope or _scope_of(route.dependant)
+            if need is not None:
+                found += [(route.path, method.lower(), need) for method in route.methods or ()]
+    return found
+
+
+def _scope_of(dependant: Dependant) -> str | None:
+    """The scope a route's key check needs (:func:`serving.auth.require` names its
+    dependency ``require_<scope>``), None for a route without one."""
+    for dep in dependant.dependencies:
+        name = getattr(dep.call, "__name__", "")
+        if name.startswith("require_") and name.removeprefix("require_") in SCOPES:
+            return name.removeprefix("require_")
+        inner = _scope_of(dep)
+        if inner is not None:
+            return inner
+    return None
 
 
 def run(

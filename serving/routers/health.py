@@ -11,11 +11,12 @@ degraded dependencies, not their details (paths, addresses, error texts).
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
 from serving.auth import require
 from serving.deps import JSON, StateDep
@@ -35,12 +36,31 @@ async def healthz() -> JSON:
 _HEALTHY = frozenset({"loaded", "connected", "disabled", "owned"})
 
 
+class Readiness(BaseModel):
+    """``/readyz``'s body, ready (200) or not (503). With ``protect_ops``, a caller
+    without an ``ops`` key gets ``ready``, ``status``, ``degraded`` and
+    ``snapshot_version`` only."""
+
+    ready: bool
+    status: Literal["ready", "degraded", "not_ready"]
+    #: the dependencies not in a healthy state (ready with some: ``degraded``)
+    degraded: list[str]
+    #: absent before the first snapshot loads
+    snapshot_version: int | None = None
+    #: each dependency's state (``state``, and ``reason``, ``error``... where degraded)
+    dependencies: dict[str, dict[str, Any]] | None = None
+    #: why not ready: "<dependency>: <reason>" joined by "; " (503 only)
+    reason: str | None = None
+
+
 @router.head("/readyz", response_class=JSON, include_in_schema=False)
 @router.get(
     "/readyz",
     response_class=JSON,
     summary="Readiness: 200 when a snapshot is loaded and configured dependencies work",
-    responses={503: {"description": "not ready; the body says which dependency and why"}},
+    responses={200: {"model": Readiness},
+               503: {"model": Readiness,
+                     "description": "not ready; the body says which dependency and why"}},
 )
 async def readyz(
     request: Request,

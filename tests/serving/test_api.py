@@ -611,11 +611,79 @@ def test_every_answer_carries_a_request_id_found_in_its_log_lines(
     assert text[-1] == "RuntimeError: a bug"
 
 
+def _event_alternatives(app: Any) -> list[dict[str, Any]]:
+    body = app.openapi()["paths"]["/v1/events"]["post"]["requestBody"]["content"]
+    return list(body["application/json"]["schema"]["anyOf"])
+
+
 def test_the_schema_states_this_servers_batch_limit(store: SnapshotStore) -> None:
-    """The event array had no maxItems (the server refuses past max_batch_events)."""
-    for limit in (7, 100):
-        app = create_app(settings_for(store.root, max_batch_events=limit))
-        body = app.openapi()["paths"]["/v1/events"]["post"]["requestBody"]["content"]
-        arrays = [a for a in body["application/json"]["schema"]["anyOf"]
-                  if a.get("type") == "array"]
-        assert [a["maxItems"] for a in arrays] == [limit]
+    """The event array had no maxItems (the server refuses past max_batch_events, and
+    past the write burst under a write rate limit)."""
+    from serving.ratelimit import RateLimitSettings
+
+    for limit, burst, rate, expected in ((7, 500, 100, 7), (100, 500, 100, 100),
+                                         (1000, 300, 100, 300), (1000, 300, 0, 1000)):
+        app = create_app(settings_for(store.root, max_batch_events=limit),
+                         limits=RateLimitSettings(write_burst=burst, write_per_s=rate))
+        arrays = [a for a in _event_alternatives(app) if a.get("type") == "array"]
+        assert [a["maxItems"] for a in arrays] == [expected], (limit, burst, rate)
+
+
+def test_the_schema_states_this_servers_limits(store: SnapshotStore) -> None:
+    """k's maximum and the events' id lengths follow the settings (they said 1000 and
+    256 whatever the server refused); other apps in the process keep their own."""
+    small = create_app(settings_for(store.root, max_k=50, max_id_chars=64))
+    default = create_app(settings_for(store.root))
+    for app, max_k, max_id in ((small, 50, 64), (default, 1000, 256)):
+        ks = [p["schema"]["maximum"] for ops in app.openapi()["paths"].values()
+              for op in ops.values() for p in op.get("parameters", []) if p["name"] == "k"]
+        assert len(ks) == 3 and set(ks) == {max_k}
+        for alt in _event_alternatives(app):
+            event = alt.get("items", alt)["properties"]
+            for field in ("event_id", "user_id", "item_id", "session_id"):
+                strings = [s for s in (event[field], *event[field].get("anyOf", ()))
+                           if s.get("type") == "string"]
+                assert [s["maxLength"] for s in strings] == [max_id], field
+        # a read's id is bounded by the schema's own limit, which the route enforces
+        users = app.openapi()["paths"]["/v1/users"]["get"]["parameters"]
+        assert users[0]["schema"]["maxLength"] == 256
+    with TestClient(small) as c:
+        assert c.get("/v1/users", params={"user_id": "u" * 100}).status_code == 200
+
+
+def test_the_schema_lists_anonymous_access_where_it_is_open(
+        store: SnapshotStore, tmp_path: Path) -> None:
+    """A scope open to anonymous callers lists the empty requirement ({}) beside the
+    keys; one that needs a key does not (anonymous writes close when a key is added)."""
+    from serving.auth import AuthSettings, KeyFile
+
+    def security(app: Any) -> dict[str, bool]:
+        paths = app.openapi()["paths"]
+        return {path: {} in paths[path][method]["security"] for path, method in (
+            ("/v1/recommendations", "get"), ("/v1/users/{user_id}", "get"),
+            ("/v1/events", "post"), ("/metrics", "get"), ("/v1/model", "get"))}
+
+    assert "security" not in create_app(settings_for(store.root)).openapi()["paths"][
+        "/healthz"]["get"]
+    assert set(security(create_app(settings_for(store.root))).values()) == {True}
+    keys = tmp_path / "keys.txt"
+    KeyFile(keys).add("reader", {"read"})
+    secured = create_app(settings_for(store.root), auth=AuthSettings(
+        api_keys_file=keys, require_read_key=True))
+    assert security(secured) == {"/v1/recommendations": False, "/v1/users/{user_id}": False,
+                                 "/v1/events": False, "/metrics": True, "/v1/model": True}
+    closed = create_app(settings_for(store.root), auth=AuthSettings(
+        api_keys_file=keys, protect_ops=True))
+    assert security(closed) == {"/v1/recommendations": True, "/v1/users/{user_id}": True,
+                                "/v1/events": False, "/metrics": False, "/v1/model": False}
+
+
+def test_readiness_documents_its_body(tmp_path: Path) -> None:
+    app = create_app(settings_for(tmp_path))
+    responses = app.openapi()["paths"]["/readyz"]["get"]["responses"]
+    for status in ("200", "503"):
+        ref = responses[status]["content"]["application/json"]["schema"]["$ref"]
+        assert ref == "#/components/schemas/Readiness"
+    with TestClient(app) as c:  # no snapshot: not ready
+        body = c.get("/readyz").json()
+    assert body["ready"] is False and body["status"] == "not_ready" and body["reason"]
