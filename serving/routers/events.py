@@ -118,13 +118,17 @@ class EventError(BaseModel):
 
 class Refused(BaseModel):
     """An event post's refusal (413, 415, 422, 503): ``errors`` per refused event of an
-    array (422), ``delivered`` the ids Kafka did store of a partly sent array (503)."""
+    array (422); of a partly sent array (503), ``delivered`` the ids of the events Kafka
+    did store and ``delivered_indices`` their positions in the posted array (a client
+    that sent no ``event_id`` cannot match the server's ids to its events: it retries
+    the others by position)."""
 
     accepted: bool
     reason: str
     detail: str
     errors: list[EventError] | None = None
     delivered: list[str] | None = None
+    delivered_indices: list[int] | None = None
 
 
 def _reject(
@@ -187,7 +191,9 @@ def scoped_event_id(owner: str, event_id: str | None, max_chars: int) -> str:
         429: {"model": ErrorOut, "description": "rate limit exceeded (see Retry-After)"},
         503: {"model": Refused,
               "description": "Kafka unavailable, queue full or delivery timed out "
-                             "(see Retry-After); no Kafka bootstrap configured"},
+                             "(see Retry-After); no Kafka bootstrap configured. Of an "
+                             "array partly stored: delivered and delivered_indices say "
+                             "which events Kafka has (retry only the others)"},
     },
 )
 async def post_event(request: Request, state: StateDep, principal: WriteKey) -> JSON:
@@ -312,7 +318,9 @@ async def _send(state: Any, events: list[ClickEvent], batch: bool) -> JSON:
                 failure = failure or w.exception()
     for w in pending:
         w.cancel()
-    delivered = [ev.event_id for ev, r in zip(events, reports, strict=True) if r is not None]
+    # events hold the posted array in order (one bad event refuses the whole post)
+    stored = [i for i, r in enumerate(reports) if r is not None]
+    delivered = [events[i].event_id for i in stored]
     if len(delivered) < len(events):
         reason = "delivery_timeout" if pending else "produce_failed"
         if isinstance(failure, IngestRefused):
@@ -333,7 +341,8 @@ async def _send(state: Any, events: list[ClickEvent], batch: bool) -> JSON:
             detail = (f"Kafka refused the events ({type(failure).__name__}"
                       f"{', retriable' if getattr(failure, 'retriable', False) else ''}; "
                       "the server's log says why)")
-        extra: dict[str, Any] = {"delivered": delivered} if batch else {}
+        extra: dict[str, Any] = {"delivered": delivered,
+                                 "delivered_indices": stored} if batch else {}
         return _reject(503, reason, detail, retry, **extra)
     metrics.ingest_delivery_seconds.observe(time.perf_counter() - t0)
     metrics.ingested.labels(outcome="accepted").inc(len(events))

@@ -442,6 +442,41 @@ def test_a_kafka_refusal_names_its_kind_not_its_text(
     assert "TOPIC_AUTHORIZATION_FAILED at 10.1.2.3:9093" in caplog.text
 
 
+def test_a_partly_stored_batch_says_which_events_by_position(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 503 listed the stored events' ids only: server-made when the client sent none,
+    so it could not tell which of its events to retry."""
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    from stream.kafka.base import KafkaClientError
+
+    class Partly:  # Kafka stores the events at even positions, refuses the others
+        def submit(self, records: list[object]) -> list[Future[object]]:
+            out: list[Future[object]] = []
+            for i, _ in enumerate(records):
+                f: Future[object] = Future()
+                if i % 2 == 0:
+                    f.set_result(SimpleNamespace(topic="clicks", partition=0, offset=i))
+                else:
+                    f.set_exception(KafkaClientError("MSG_SIZE_TOO_LARGE", retriable=False))
+                out.append(f)
+            return out
+
+    monkeypatch.setattr(client.app.state.serving, "ingestor", Partly())  # type: ignore[attr-defined]
+    ev = {"user_id": "u", "item_id": "i", "event_type": "click", "timestamp": 1_700_000_000}
+    batch = [ev, {**ev, "event_id": "mine-1"}, {**ev, "event_id": "mine-2"}, ev, ev]
+    r = client.post("/v1/events", json=batch)
+    assert r.status_code == 503 and r.json()["reason"] == "produce_failed"
+    body = r.json()
+    assert body["delivered_indices"] == [0, 2, 4]
+    assert body["delivered"][1] == "anonymous/mine-2"
+    assert len(body["delivered"]) == 3 and "anonymous/mine-1" not in body["delivered"]
+    refused = client.app.openapi()["components"]["schemas"]["Refused"]  # type: ignore[attr-defined]
+    assert "delivered_indices" in refused["properties"]
+
+
 def test_post_event_rejections(client: TestClient) -> None:
     ok = {"user_id": "u", "item_id": "i", "event_type": "click", "timestamp": 1_700_000_000}
     r = client.post("/v1/events", content=b"user_id=u", headers={"content-type": "text/plain"})
