@@ -23,6 +23,9 @@ __all__ = ["RateLimitSettings", "RateLimiter", "TokenBucket"]
 class RateLimitSettings(BaseSettings):
     """Per-scope limits (env prefix ``LIVEREC_RATE_``); a rate of 0 turns a scope's off.
 
+    Every key of a scope gets the same rate and burst (no key can be given its own),
+    and each server process counts apart: N replicas take N times the rate from a key.
+
     Parameters
     ----------
     read_per_s, read_burst
