@@ -101,6 +101,15 @@ def keys_revoke(
         typer.echo(f"error: no key named {name!r} in {path}", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked {name!r}")
+    try:
+        left = KeyFile(path).load()
+    except (AuthConfigError, OSError):
+        return
+    if not left:
+        typer.echo(f"{path} holds no key now: a running server refuses every keyed write "
+                   "and keeps anonymous writes closed until it restarts (a server started "
+                   "without keys on loopback, or with --allow-anonymous-writes, takes them)",
+                   err=True)
 
 
 def register(app: typer.Typer) -> None:

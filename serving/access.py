@@ -194,6 +194,7 @@ class AccessControl:
         #: the key file vanished at run time (anonymous writes stay closed)
         self._file_missing = False
         self._checked_at = 0.0
+        self._keys_seen = False  # a key existed in this process (see _reopen_writes)
         self.keys: dict[str, ApiKey] = {}
         self._reload_file(force=True)
         # HMAC of a presented key -> the hash it verified against: a key costs one
@@ -213,15 +214,20 @@ class AccessControl:
                 "require_read_key / protect_ops need at least one API key "
                 "(`liverec keys add NAME --scope read`)")
         # Whether anonymous writes may be open at all; they are while no key is
-        # configured, decided per request (a key added at run time closes them).
+        # configured, decided per request (a key added at run time closes them). On
+        # loopback without the explicit setting, once this process has seen a key they
+        # stay closed: revoking the last key reopened them to every local process, the
+        # opposite of what a vanished key file does.
         self._open_writes_allowed = auth.allow_anonymous_writes or is_loopback(host)
+        self._reopen_writes = auth.allow_anonymous_writes
         if self.anonymous_writes and takes_writes:  # (without Kafka it takes none at all)
             log.warning("no API key configured: POST /v1/events accepts anonymous writes")
 
     @property
     def anonymous_writes(self) -> bool:
         """Whether ``POST /v1/events`` takes anonymous writes, with the keys as of now."""
-        return not self.keys and self._open_writes_allowed and not self._file_missing
+        return (not self.keys and self._open_writes_allowed and not self._file_missing
+                and (self._reopen_writes or not self._keys_seen))
 
     # ------------------------------------------------------------------ keys
     def _reload_file(self, force: bool = False) -> None:
@@ -275,10 +281,16 @@ class AccessControl:
         if not force and set(keys) != set(self.keys):
             log.info("API keys now: %s", sorted(k.name for k in keys.values()))
             if not keys and self._open_writes_allowed and not self._file_missing:
-                log.warning("the last API key is gone: POST /v1/events now accepts "
-                            "anonymous writes again (this server listens on a loopback "
-                            "address or allows them); add a key to close them")
+                if self._reopen_writes:
+                    log.warning("the last API key is gone: POST /v1/events now accepts "
+                                "anonymous writes again (LIVEREC_ALLOW_ANONYMOUS_WRITES); "
+                                "add a key to close them")
+                else:
+                    log.warning("the last API key is gone: its writes are refused, and "
+                                "POST /v1/events stays closed to anonymous writes until "
+                                "the server restarts without keys")
         self.keys = keys
+        self._keys_seen = self._keys_seen or bool(keys)
 
     async def _authenticate(self, presented: str | None, client: str) -> Principal | None:
         """The key's principal; None when no key was presented; 401 when it is wrong."""

@@ -86,10 +86,11 @@ class AuthSettings(BaseSettings):
         configured). With keys configured, writes always need a ``write`` key. Decided
         per request from the keys as of then: a key added to the key file while the
         server runs closes anonymous writes within a second; revoking every key
-        reopens them only on a loopback interface or with this setting (a key file
-        that vanishes keeps them closed). Without this setting, a loopback server
-        takes anonymous writes from loopback callers only: one that a trusted proxy
-        (``LIVEREC_FORWARDED_ALLOW_IPS``) names as remote gets 403 ``remote_client``.
+        reopens them only with this setting (on a loopback interface without it, they
+        stay closed until a restart without keys, as when the key file vanishes).
+        Without this setting, a loopback server takes anonymous writes from loopback
+        callers only: one that a trusted proxy (``LIVEREC_FORWARDED_ALLOW_IPS``) names
+        as remote gets 403 ``remote_client``.
     anonymous_write_hosts
         ``LIVEREC_ANONYMOUS_WRITE_HOSTS``: host names (comma-separated) an anonymous
         write may be addressed to besides ``localhost`` and IP addresses. A browser

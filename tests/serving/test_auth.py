@@ -179,13 +179,23 @@ def test_a_key_added_at_run_time_closes_anonymous_writes(
         r = c.post("/v1/events", json=EVENT)
         assert r.status_code == 401 and r.json()["detail"]["reason"] == "missing_key"
         assert c.post("/v1/events", json=EVENT, headers=_bearer(key)).status_code == 503
-        # Revoking every key reopens anonymous writes on loopback, as at start-up, and
-        # the log says so at WARNING.
+        # Revoking every key does not reopen anonymous writes (they reopened to every
+        # local process, while a vanished key file keeps them closed); the log says so.
+        assert KeyFile(path).revoke("ingest")
+        with caplog.at_level(logging.WARNING, logger="serving.auth"):
+            assert _anonymous_write_once_keys_are(c, set()) == 401
+        assert any(r.levelno == logging.WARNING and "stays closed to anonymous writes"
+                   in r.getMessage() for r in caplog.records), caplog.text
+    # With anonymous writes allowed explicitly, the last key's revocation reopens them.
+    KeyFile(path).add("ingest", {"write"})
+    caplog.clear()
+    with _client(store, AuthSettings(api_keys_file=path,
+                                     allow_anonymous_writes=True)) as c:
+        assert c.post("/v1/events", json=EVENT).status_code == 401
         assert KeyFile(path).revoke("ingest")
         with caplog.at_level(logging.WARNING, logger="serving.auth"):
             assert _anonymous_write_once_keys_are(c, set()) == 503
-        assert any(r.levelno == logging.WARNING and "anonymous writes again" in r.getMessage()
-                   for r in caplog.records), caplog.text
+        assert "anonymous writes again" in caplog.text
 
 
 def test_anonymous_writes_on_loopback_take_only_local_callers(store: SnapshotStore) -> None:
@@ -441,7 +451,8 @@ def test_keys_cli_add_list_revoke(tmp_path: Path) -> None:
     assert dup.exit_code == 1
     assert runner.invoke(app, ["keys", "add", "x", "--scope", "admin", "--file", path]
                          ).exit_code != 0
-    assert runner.invoke(app, ["keys", "revoke", "ingest", "--file", path]).exit_code == 0
+    revoked = runner.invoke(app, ["keys", "revoke", "ingest", "--file", path])
+    assert revoked.exit_code == 0 and "keeps anonymous writes closed" in revoked.output
     assert runner.invoke(app, ["keys", "revoke", "ingest", "--file", path]).exit_code == 1
     assert KeyFile(Path(path)).load() == []
 
