@@ -190,9 +190,10 @@ def register(app: typer.Typer) -> None:
                 "POST /v1/events answers 503 no_producer")
         elif not settings.bootstrap:
             logging.getLogger("liverec.serve").warning(
-                "no Kafka: set LIVEREC_KAFKA_BOOTSTRAP or --bootstrap, or run `liverec "
-                "broker start` first; until then there is no live context and "
-                "POST /v1/events answers 503")
+                "no Kafka: this server runs without live context, and POST /v1/events "
+                "answers 503 no_producer, until it is restarted with one (set "
+                "LIVEREC_KAFKA_BOOTSTRAP or --bootstrap, or run `liverec broker start` "
+                "first)")
         _warn_without_snapshot(settings.snapshots, settings.extra_snapshots)
         # kafka-python logs every failed reconnect (several a second while a broker is
         # down); the live tail and the event sender log each state change with the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -16,6 +17,9 @@ from online_models.base import append_packed, pack_strings, unpack_strings
 __all__ = ["DedupWindow"]
 
 log = logging.getLogger(__name__)
+
+#: the event-time jump warning is logged at most once in this many seconds
+JUMP_LOG_EVERY_S = 300.0
 
 
 def _utc(ts: float) -> str:
@@ -52,6 +56,10 @@ class DedupWindow:
         self._new: list[str] = []
         self._new_ts: list[float] = []
         self._gone = 0
+        # The jump warning's throttle: a sparse stream replayed at full speed (MovieLens's
+        # early years) jumps every few batches, and each jump's line buried the status.
+        self._jump_said_at: float | None = None
+        self._jumps_unsaid = 0
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -107,15 +115,23 @@ class DedupWindow:
         """A WARNING: the event time leapt past the window in one batch, so everything
         remembered is forgotten at once. After a pause in the stream that is expected;
         otherwise one event stamped far ahead did it (a live click on a topic of
-        replayed history), and a replay of the older events is learned again."""
+        replayed history), and a replay of the older events is learned again. At most
+        one line per ``JUMP_LOG_EVERY_S``: the next tells how many were not logged."""
+        now = time.monotonic()
+        if self._jump_said_at is not None and now - self._jump_said_at < JUMP_LOG_EVERY_S:
+            self._jumps_unsaid += 1
+            return
+        unsaid, self._jumps_unsaid, self._jump_said_at = self._jumps_unsaid, 0, now
         log.warning(
             "event time jumped %.1f days in one batch (to %s, event %r; the stream was "
             "at %s): the de-duplication memory forgot its %d ids, so a replay of earlier "
             "events is learned again. Expected after a pause in the stream; otherwise "
             "one event stamped far ahead did it (e.g. a live click on a topic of "
-            "replayed history: keep the two on separate topics)",
+            "replayed history: keep the two on separate topics)%s",
             (self._watermark - before) / 86_400, _utc(self._watermark), event_id,
-            _utc(before), forgotten)
+            _utc(before), forgotten,
+            f"; {unsaid} more such jumps in the last {JUMP_LOG_EVERY_S:.0f} s not logged"
+            if unsaid else "")
 
     def _expire(self) -> None:
         horizon = self._watermark - self.window_s

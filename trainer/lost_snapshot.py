@@ -113,7 +113,10 @@ class LostSnapshotGuard:
                     f"committed offsets on {self.kafka.topic!r} ({where}): the model "
                     "learned up to there is lost, and starting would resume there with "
                     "an empty model that replaces it on every server. " + _advice(
-                        "re-learn the topic from its start with a new group (--group)"))
+                        "re-learn the topic from its start with a new group (--group)")
+                    + ". (Trying liverec out on the local broker with a new --snapshots "
+                    "directory? `liverec broker start --fresh` starts that broker over, "
+                    "with no topics and no groups.)")
                 log.error("%s", self.refusal)
                 self._on_refuse()
             else:

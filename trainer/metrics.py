@@ -305,6 +305,11 @@ class TrainerMetrics:
                 self.drift_adapting, self.embedding_drift,
             ):
                 metric.labels(model=m)
+            # NaN until an event is evaluated (as update_gauges sets them): a 0 drew every
+            # model at HR 0 on the dashboard until the first status period
+            for figure in (self.rolling_hr, self.rolling_ndcg, self.rolling_coverage,
+                           self.hr_total, self.ndcg_total):
+                figure.labels(model=m).set(math.nan)
             self.drift_last_alarm_age.labels(model=m).set(-1)
             for d in DETECTORS:
                 self.drift_alarms.labels(model=m, detector=d)

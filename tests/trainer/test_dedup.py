@@ -88,3 +88,14 @@ def test_a_leap_in_event_time_that_empties_the_memory_is_said(
     assert said.startswith("event time jumped 400.0 days in one batch (to ")
     assert "event 'live'" in said and "forgot its 101 ids" in said
     assert d.add_many(["e5"], [1.7e9 + 5]).tolist() == [True]  # learned again: as said
+    # A sparse stream replayed at full speed jumps batch after batch: one line, not one
+    # per jump, until the next is due, which counts the rest.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="trainer.dedup"):
+        for year in range(2, 6):
+            d.add_many([f"y{year}"], [1.7e9 + year * 400 * 86_400])
+        assert not caplog.records
+        d._jump_said_at = -1e9  # the throttle's time has passed
+        d.add_many(["y6"], [1.7e9 + 6 * 400 * 86_400])
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert said.endswith("; 4 more such jumps in the last 300 s not logged")
