@@ -7,9 +7,12 @@ commands so that ``liverec --help`` stays fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from online_models.uncertainty import UserHits
 
 
 def generate(
@@ -164,7 +167,8 @@ def evaluate(
         ),
     ] = 1.0,
     seed: Annotated[int, typer.Option(
-        "--seed", help="Seed of --sample's draws only (a model's own seed is a "
+        "--seed", help="Seed of --sample's draws and of the intervals' bootstrap (a "
+                       "model's own seed is a "
                        "--model-params argument)."),
     ] = 0,
     cold_threshold: Annotated[
@@ -237,7 +241,7 @@ def evaluate(
     from online_models import registry
     from online_models.datasets import read_interactions, to_batches
     from online_models.evaluation import COLD_SEGMENTS, EvalSample, PrequentialEvaluator
-    from online_models.uncertainty import UserHits
+    from online_models.uncertainty import MIN_USERS, UserHits
     from stream.buildinfo import liverec_version
 
     try:
@@ -315,7 +319,8 @@ def evaluate(
     t_run = time.perf_counter()
     with tqdm(total=len(ds), unit="ev", desc="evaluate", smoothing=0.05) as bar:
         for batch in to_batches(ds, batch_size, whole_ties=together):
-            aucs.sample(batch, evaluator, seed=seen)  # before anything learns the batch
+            if not together:  # (its sampler takes a basket's lines one by one)
+                aucs.sample(batch, evaluator, seed=seen)  # before anything learns the batch
             out = evaluator.process(batch, learn=False)
             for name, model in built.items():
                 t = time.perf_counter()
@@ -336,25 +341,25 @@ def evaluate(
             bar.update(len(batch))
     elapsed = time.perf_counter() - t_run
 
-    report_models: dict[str, dict[str, float]] = {}
+    report_models: dict[str, dict[str, Any]] = {}
     blends: dict[str, dict[str, float]] = {}
     for name in names:
         tot = evaluator.totals(name)
-        entry = {
+        entry: dict[str, Any] = {
             f"{metric}@{k}": tot[metric]
             for metric in ("hr", "ndcg", "mrr", "precision", "coverage", "novelty", "diversity")
         }
         entry["evaluated"] = int(tot["n"])
         lo, hi = by_user.interval(name)
-        entry[f"hr@{k}_ci95"] = [lo, hi]  # type: ignore[assignment]
-        entry["ci95"] = f"{lo:.3f}-{hi:.3f}"  # type: ignore[assignment]
+        entry[f"hr@{k}_ci95"] = [lo, hi]
+        entry["ci95"] = f"{lo:.3f}-{hi:.3f}" if lo == lo else "-"  # NaN: too few users
         entry["eligible"] = int(tot["n_eligible"])
         for seg in COLD_SEGMENTS:
             entry[f"hr@{k}_{seg}"] = tot[f"hr_{seg}"]
             entry[f"evaluated_{seg}"] = int(tot[f"n_{seg}"])
         if first:
             entry.update(_split_entry(first[name], tot, k))
-        if name in aucs.totals:
+        if name in aucs.totals and not together:
             auc = aucs.totals[name]
             entry["auc"] = auc.auc
             entry["auc_positives"] = auc.positives
@@ -363,14 +368,14 @@ def evaluate(
         # A blend's own time: the components it shares learn and score in their rows.
         shared = sorted(getattr(built[name], "shared_components", dict)())
         if shared:
-            entry["timings_exclude"] = shared  # type: ignore[assignment]
+            entry["timings_exclude"] = shared
         entry["score_ms_per_event"] = (
             1e3 * evaluator.score_seconds[name] / max(1, int(tot["n"]))
         )
         blend = built[name].blend_weights()
         if blend:
             blends[name] = {c: float(v) for c, v in blend.items()}
-            entry["blend_weights"] = blends[name]  # type: ignore[assignment]
+            entry["blend_weights"] = blends[name]
         report_models[name] = entry
     diffs = _differences(by_user, report_models, k)
     report = {
@@ -386,7 +391,7 @@ def evaluate(
         "tie_order": ds.tie_order,
         "tie_scoring": tie_scoring,
         "sample": sample,
-        "sample_seed": seed,  # --seed: the draws of --sample only (models have their own)
+        "seed": seed,  # --seed: --sample's draws and the intervals' bootstrap, not the models
         "cold_threshold": cold_threshold,
         "split": split,
         "split_events": split_at,
@@ -418,12 +423,18 @@ def evaluate(
                   if skipped else "")
                + f"; ties in {ds.tie_order} order, scored {tie_scoring}")
     typer.echo(_summary_table(report_models, k))
-    if diffs:
+    if by_user.n_users < MIN_USERS:
+        typer.echo(f"95% CI: none, the events of {by_user.n_users} users were evaluated "
+                   f"(a bootstrap over users needs {MIN_USERS})")
+    elif diffs:
         typer.echo(f"95% CI: a bootstrap over the {by_user.n_users:,} users whose events "
                    f"were evaluated (their events are not independent); {diffs[0]['best']}'s "
                    f"hr@{k} minus each other's, paired: " + ", ".join(
                        f"{d['other']} {d['difference']:+.4f} ({d['ci95'][0]:+.4f} to "
                        f"{d['ci95'][1]:+.4f})" for d in diffs))
+    if together and aucs.models:
+        typer.echo("click AUC: not measured under --tie-scoring together (its sampler "
+                   "scores a basket's lines one after another)")
     for name, blend in blends.items():
         typer.echo(f"{name}'s blend at the end: "
                    + ", ".join(f"{c} {v:.2f}" for c, v in blend.items()))
@@ -466,7 +477,7 @@ def _split_entry(first: dict[str, float], total: dict[str, float], k: int
     return out
 
 
-def _differences(by_user: Any, models: dict[str, dict[str, float]], k: int
+def _differences(by_user: UserHits, models: dict[str, dict[str, Any]], k: int
                  ) -> list[dict[str, Any]]:
     """The best model's HR@K against each other model's: the difference and its
     paired 95% interval (the same users resampled for both)."""
@@ -480,7 +491,7 @@ def _differences(by_user: Any, models: dict[str, dict[str, float]], k: int
     return out
 
 
-def _summary_table(models: dict[str, dict[str, float]], k: int) -> str:
+def _summary_table(models: dict[str, dict[str, Any]], k: int) -> str:
     """The figures of every model in tables that each fit 80 columns: accuracy and
     speed; the recommended lists and cold starts; with ``--split``, HR@K on the first
     share and the rest (one 210-column row per model wrapped in a terminal)."""
@@ -512,7 +523,7 @@ def _summary_table(models: dict[str, dict[str, float]], k: int) -> str:
             (f"hr@{k}_cold_item_first", "cold i 1st", 11, ".4f"),
             (f"hr@{k}_cold_item_rest", "cold i rest", 12, ".4f")])]
     lines += [f"* learn ev/s and score ms: {name}'s own time; the models it shares "
-              f"({', '.join(m['timings_exclude'])}) learn and score in their own rows"  # type: ignore[arg-type]
+              f"({', '.join(m['timings_exclude'])}) learn and score in their own rows"
               for name, m in models.items() if m.get("timings_exclude")]
     from online_models.click_auc import AUC_EVERY, AUC_POSITIVES
 

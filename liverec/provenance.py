@@ -72,12 +72,15 @@ def json_safe(value: Any) -> Any:
 def _git_state(root: Path) -> tuple[str | None, bool | None]:
     """(commit, dirty) of the git checkout at ``root``; (None, None) where there is none
     or git is missing."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"],
-                              capture_output=True, text=True, timeout=10, check=True)
-        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
-                                 "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=10, check=True)
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != root.resolve():
+            return None, None  # installed into a virtualenv inside another checkout
+        head = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None, None
-    return head.stdout.strip() or None, bool(status.stdout.strip())
+    return head or None, bool(status)

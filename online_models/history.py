@@ -186,36 +186,35 @@ class UserHistory:
             last[user] = pos
         flags: list[bool] = []
         before: dict[int, list[str]] = {}
-        base: dict[str, list[str]] = {}  # each user's history before its current group
+        # Each user's open group: the history before it (as captured, and as a set)
+        # and the group's items so far.
+        base: dict[str, tuple[list[str], set[str], set[str]]] = {}
         for pos, (user, item, mark, cont) in enumerate(
                 zip(users, items, marks, same_group, strict=True)):
             q = get(user)
-            ahead = base.get(user) if cont and q is not None else None
-            begins = ahead is None
-            if begins:
+            group = base.get(user) if cont and q is not None else None
+            if group is None:  # a group begins: judged as without groups
                 base.pop(user, None)
+                new = q is not None and bool(q) and item not in q
+                if new and mark and q is not None:
+                    before[pos] = list(q)
                 if goes_on[pos]:
-                    ahead = base[user] = list(q) if q is not None else []
+                    ahead = list(q) if q is not None else []
+                    base[user] = (ahead, set(ahead), {item})
+            else:  # against the history before the group, and the group's items
+                ahead, ahead_set, seen = group
+                new = bool(ahead) and item not in ahead_set and item not in seen
+                seen.add(item)
+                if new and mark:
+                    before[pos] = ahead
+            flags.append(new)
             if q is None:
                 q = table[user] = {}
                 if max_users is not None and len(table) > max_users:
                     self._drop_oldest()
             else:
                 to_end(user)
-            if item in q:  # in the history before the group, or earlier in it
-                del q[item]
-                flags.append(False)
-            elif begins and q:  # as without groups
-                flags.append(True)
-                if mark:
-                    before[pos] = ahead if ahead is not None else list(q)
-            elif not begins and ahead and (len(q) < max_items or item not in ahead):
-                # (at the bound an item of ``ahead`` may have left ``q``)
-                flags.append(True)
-                if mark:
-                    before[pos] = ahead
-            else:
-                flags.append(False)
+                q.pop(item, None)
             q[item] = None
             if len(q) > max_items:
                 del q[next(iter(q))]

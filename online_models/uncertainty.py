@@ -11,10 +11,10 @@ per-replicate index arrays and gives the usual bootstrap for many users).
 of their difference is a paired one (the models scored the same events).
 
 >>> hits = UserHits(["a", "b"])
->>> users = np.array(["u", "u", "v", "w"], object)
->>> hits.add(users, {"a": np.array([1, 1, 0, 1]), "b": np.array([0, 1, 0, 1])})
+>>> users = np.array([f"u{i % 40}" for i in range(80)], object)
+>>> hits.add(users, {"a": np.arange(80) % 4 > 0, "b": np.arange(80) % 2 > 0})
 >>> hits.rate("a"), hits.rate("b"), hits.n_users
-(0.75, 0.5, 3)
+(0.75, 0.5, 40)
 >>> lo, hi = hits.interval("a")
 >>> 0.0 <= lo <= 0.75 <= hi <= 1.0
 True
@@ -26,7 +26,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["UserHits"]
+__all__ = ["MIN_USERS", "UserHits"]
+
+#: fewer users than this give no interval (NaN): a bootstrap over one user has no
+#: spread at all, over a handful a meaningless one
+MIN_USERS = 20
 
 
 class UserHits:
@@ -67,8 +71,8 @@ class UserHits:
         return float(self._hits[name].sum() / n) if n else float("nan")
 
     def interval(self, name: str) -> tuple[float, float]:
-        """The ``level`` percentile interval of ``name``'s hit rate (NaNs when no
-        event was evaluated)."""
+        """The ``level`` percentile interval of ``name``'s hit rate (NaNs when fewer
+        than :data:`MIN_USERS` users' events were evaluated)."""
         return self._percentiles(self._replicates(name, None))
 
     def difference(self, a: str, b: str) -> tuple[float, float, float]:
@@ -78,7 +82,7 @@ class UserHits:
 
     def _replicates(self, a: str, b: str | None) -> np.ndarray:
         users = self.n_users
-        if not users:
+        if users < MIN_USERS:
             return np.zeros(0)
         n = self._n[:users]
         ha = self._hits[a][:users]

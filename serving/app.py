@@ -418,6 +418,7 @@ def _document_settings(app: FastAPI, settings: ServeSettings, access: AccessCont
                             string["maxLength"] = settings.max_id_chars
             app.openapi_schema = schema
         paths = app.openapi_schema["paths"]
+        access.refresh()  # a key added since the last request closes anonymous writes
         for path, method, scope in scoped:
             op = paths[path][method]
             keyed = [req for req in op.get("security", []) if req]
@@ -478,7 +479,8 @@ def run(
         http=json_error_protocol(settings.max_url_bytes, on_reject=count,
                                  max_head_bytes=max_head, max_headers=settings.max_headers,
                                  head_timeout_s=settings.head_timeout_s,
-                                 max_connections=settings.max_connections),
+                                 max_connections=settings.max_connections,
+                                 retry_after_s=settings.retry_after_s),
         proxy_headers=settings.forwarded_allow_ips is not None,
         forwarded_allow_ips=settings.forwarded_allow_ips,
         host=settings.host,

@@ -50,9 +50,11 @@ def json_error_protocol(
 
     **Too many connections.** With ``max_connections`` set, a connection beyond it
     (counted over the whole server) is answered JSON 503 (reason
-    ``too_many_connections``, ``Retry-After: retry_after_s``) and closed before
-    anything of it is read. (uvicorn's own ``limit_concurrency`` answers in plain text,
-    and only once a request head has been read.)
+    ``too_many_connections``, ``Retry-After: retry_after_s``) and closed at once,
+    before anything of it is read. (uvicorn's own ``limit_concurrency`` answers in
+    plain text, and only once a request head has been read.) A flood of connections
+    still costs a descriptor each while it is accepted and answered: the cap bounds
+    the connections served, a proxy in front bounds the flood.
 
     **Pipelined requests.** A client may send several requests without waiting for
     the answers (HTTP/1.1 pipelining), and a malformed one may follow good ones in
@@ -92,10 +94,14 @@ def json_error_protocol(
             super().connection_made(transport)
             if max_connections is not None \
                     and len(self.server_state.connections) > max_connections:
+                # Closed at once, not lingering like the other refusals: nothing was
+                # read, and a flood's refused connections lingering 2 s each held
+                # thousands of descriptors past the cap.
+                self._draining = True
                 self._refuse(503, "too_many_connections",
                              f"the server holds its most connections ({max_connections}):"
                              f" retry in {retry_after_s} s", "other",
-                             [(b"retry-after", str(retry_after_s).encode())])
+                             [(b"retry-after", str(retry_after_s).encode())], linger=False)
                 return
             self._arm_head_timer()
 
@@ -236,8 +242,9 @@ def json_error_protocol(
             self._refuse(*deferred)
 
         def _refuse(self, status: int, reason: str, msg: str, method: str,
-                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
-            if on_reject is not None and not self._draining:
+                    extra: list[tuple[bytes, bytes]] | None = None,
+                    linger: bool = True) -> None:
+            if on_reject is not None and (not self._draining or not linger):
                 try:
                     on_reject(method, status)
                 except Exception:
@@ -258,7 +265,7 @@ def json_error_protocol(
                 body,
             ])
             self.transport.write(b"".join(head))
-            if self._draining or not self.transport.can_write_eof():
+            if not linger or self._draining or not self.transport.can_write_eof():
                 self.transport.close()
                 return
             self._draining = True

@@ -104,10 +104,12 @@ class ServeSettings(BaseSettings):
         then a JSON 408 (reason ``body_timeout``) and the connection closes.
     max_connections
         Most connections open at once; one more is answered a JSON 503 (reason
-        ``too_many_connections``, with ``Retry-After``) and closed before it is read,
-        so a flood of connections cannot use up the process's file descriptors (the
-        server warns at start when its descriptor limit is below this plus a
-        margin). A reverse proxy in front may bound both further.
+        ``too_many_connections``, with ``Retry-After: retry_after_s``) and closed at
+        once, before it is read. It bounds the connections served, so idle or slow
+        ones cannot hold every descriptor; a flood still costs one per connection
+        while it is accepted and answered, which a reverse proxy in front bounds. The
+        server raises its descriptor limit to this plus a margin where it may, and
+        warns where not.
     forwarded_allow_ips
         Addresses of trusted reverse proxies (comma-separated; ``*`` for any) whose
         ``X-Forwarded-For`` / ``X-Forwarded-Proto`` are believed. Unset (the default),

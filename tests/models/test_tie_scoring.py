@@ -33,9 +33,10 @@ def test_without_groups_the_grouped_path_is_the_plain_one(rows: list, max_items:
     assert all(plain.get(u) == grouped.get(u) for u in "uvw")
 
 
-@settings(max_examples=200, deadline=None)
-@given(events)
-def test_a_grouped_event_is_judged_by_the_history_before_its_group(rows: list) -> None:
+@settings(max_examples=300, deadline=None)
+@given(events, st.integers(1, 6))
+def test_a_grouped_event_is_judged_by_the_history_before_its_group(
+        rows: list, max_items: int) -> None:
     rows = sorted(rows, key=lambda r: r[2])  # time order
     users, items = [r[0] for r in rows], [r[1] for r in rows]
     # grouped: the same user and timestamp as the user's previous event
@@ -44,11 +45,13 @@ def test_a_grouped_event_is_judged_by_the_history_before_its_group(rows: list) -
     for u, _, t in rows:
         same.append(last.get(u) == t)
         last[u] = t
-    new, before = UserHistory().advance(users, items, [True] * len(rows), same_group=same)
+    new, before = UserHistory(max_items=max_items).advance(
+        users, items, [True] * len(rows), same_group=same)
     for i, (u, item, t) in enumerate(rows):
         prior = [r[1] for r in rows[:i] if r[0] == u and r[2] < t]  # before the group
         in_group = [r[1] for r in rows[:i] if r[0] == u and r[2] == t]
-        context = list(dict.fromkeys(reversed(prior)))[::-1]  # distinct, latest last
+        # distinct, latest last, the newest max_items of them
+        context = list(dict.fromkeys(reversed(prior)))[::-1][-max_items:]
         expect_new = bool(context) and item not in context and item not in in_group
         assert new[i] == expect_new, (rows, i)
         if expect_new:

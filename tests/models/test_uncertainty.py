@@ -49,7 +49,14 @@ def test_the_paired_difference_of_one_model_with_itself_is_zero() -> None:
     assert hi - lo < (ahi - alo) + (bhi - blo)
 
 
-def test_nothing_evaluated_gives_nans() -> None:
-    by_user = UserHits(["m"])
-    by_user.add(np.array([], object), {"m": np.array([], np.int8)})
+def test_nothing_evaluated_or_too_few_users_give_nans() -> None:
+    by_user = UserHits(["m", "n"])
+    by_user.add(np.array([], object), {"m": np.array([], np.int8), "n": np.array([], np.int8)})
     assert by_user.n_users == 0 and all(map(math.isnan, by_user.interval("m")))
+    # One user: every replicate is that user's rate, an interval of width 0 that would
+    # call any difference certain.
+    users = np.array(["u"] * 4, object)
+    by_user.add(users, {"m": np.array([1, 0, 0, 0]), "n": np.array([1, 1, 1, 0])})
+    assert all(map(math.isnan, by_user.interval("m")))
+    diff, lo, hi = by_user.difference("m", "n")
+    assert diff == -0.5 and math.isnan(lo) and math.isnan(hi)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -711,6 +712,15 @@ def test_the_schema_lists_anonymous_access_where_it_is_open(
         api_keys_file=keys, protect_ops=True))
     assert security(closed) == {"/v1/recommendations": True, "/v1/users/{user_id}": True,
                                 "/v1/events": False, "/metrics": False, "/v1/model": False}
+    # A key added while the server runs closes anonymous writes: the schema says so at
+    # the next request for it, whether or not a write came in between.
+    later = tmp_path / "later.txt"
+    later.write_text("")
+    running = create_app(settings_for(store.root), auth=AuthSettings(api_keys_file=later))
+    assert security(running)["/v1/events"] is True
+    KeyFile(later).add("ingest", {"write"})
+    time.sleep(1.1)  # the key file is re-read at most once a second
+    assert security(running)["/v1/events"] is False
 
 
 def test_readiness_documents_its_body(tmp_path: Path) -> None:
