@@ -306,9 +306,11 @@ def evaluate(
         built, k=k, rolling_window=window, sample=EvalSample(fraction=sample, seed=seed),
         cold_threshold=cold_threshold, ties_together=together,
     )
-    from online_models.click_auc import BatchAUC
+    from online_models.click_auc import AUC_EVERY, BatchAUC, ClickModel
 
-    aucs = BatchAUC(built)  # the click models' (the re-ranker's) sampled AUC
+    # The click models' (the re-ranker's) sampled AUC; none under together, as its
+    # sampler takes a basket's lines one by one (every=0: no model is sampled).
+    aucs = BatchAUC(built, every=0 if together else AUC_EVERY)
     learn_s = dict.fromkeys(names, 0.0)
     curve_x: list[int] = []
     curve: dict[str, list[float]] = {name: [] for name in names}
@@ -319,8 +321,7 @@ def evaluate(
     t_run = time.perf_counter()
     with tqdm(total=len(ds), unit="ev", desc="evaluate", smoothing=0.05) as bar:
         for batch in to_batches(ds, batch_size, whole_ties=together):
-            if not together:  # (its sampler takes a basket's lines one by one)
-                aucs.sample(batch, evaluator, seed=seen)  # before anything learns the batch
+            aucs.sample(batch, evaluator, seed=seen)  # before anything learns the batch
             out = evaluator.process(batch, learn=False)
             for name, model in built.items():
                 t = time.perf_counter()
@@ -359,7 +360,7 @@ def evaluate(
             entry[f"evaluated_{seg}"] = int(tot[f"n_{seg}"])
         if first:
             entry.update(_split_entry(first[name], tot, k))
-        if name in aucs.totals and not together:
+        if name in aucs.totals:
             auc = aucs.totals[name]
             entry["auc"] = auc.auc
             entry["auc_positives"] = auc.positives
@@ -432,7 +433,7 @@ def evaluate(
                    f"hr@{k} minus each other's, paired: " + ", ".join(
                        f"{d['other']} {d['difference']:+.4f} ({d['ci95'][0]:+.4f} to "
                        f"{d['ci95'][1]:+.4f})" for d in diffs))
-    if together and aucs.models:
+    if together and any(isinstance(m, ClickModel) for m in built.values()):
         typer.echo("click AUC: not measured under --tie-scoring together (its sampler "
                    "scores a basket's lines one after another)")
     for name, blend in blends.items():

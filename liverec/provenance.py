@@ -8,8 +8,6 @@ session 42 and 43 held the same ``params`` and different ``seqnn`` figures).
 >>> info = code_provenance()
 >>> sorted(info)[:3], isinstance(info["git_dirty"], (bool, type(None)))
 (['git_commit', 'git_dirty', 'liverec_version'], True)
->>> json_safe({"a": (1, 2.5), "b": Path("x"), "c": {"d": None}})
-{'a': [1, 2.5], 'b': 'x', 'c': {'d': None}}
 """
 
 from __future__ import annotations
@@ -21,9 +19,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from online_models.snapshot_capture import _json_default
 from stream.buildinfo import liverec_version
 
-__all__ = ["code_provenance", "json_safe", "model_hyperparameters"]
+__all__ = ["code_provenance", "model_hyperparameters"]
 
 #: libraries whose version moves the figures
 LIBRARIES = ("numpy", "torch", "river", "scipy")
@@ -45,28 +46,17 @@ def code_provenance() -> dict[str, Any]:
 
 
 def model_hyperparameters(models: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each model's constructor arguments as it runs (``get_params``), JSON-safe."""
-    return {name: json_safe(model.get_params()) for name, model in models.items()}
+    """Each model's constructor arguments as it runs (``get_params``), in JSON as a
+    snapshot's manifest holds them (a value JSON cannot hold: its ``repr``)."""
+    return {name: orjson.loads(orjson.dumps(model.get_params(), default=_json_or_repr))
+            for name, model in models.items()}
 
 
-def json_safe(value: Any) -> Any:
-    """``value`` with tuples as lists, paths as strings and anything else that JSON
-    cannot hold as its ``repr``."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        items = sorted(value, key=repr) if isinstance(value, set | frozenset) else value
-        return [json_safe(v) for v in items]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item") and callable(value.item):  # a numpy scalar
-        try:
-            return json_safe(value.item())
-        except (TypeError, ValueError):
-            pass
-    return repr(value)
+def _json_or_repr(value: Any) -> Any:
+    try:
+        return _json_default(value)
+    except TypeError:
+        return repr(value)
 
 
 def _git_state(root: Path) -> tuple[str | None, bool | None]:

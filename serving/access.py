@@ -194,7 +194,7 @@ class AccessControl:
         #: the key file vanished at run time (anonymous writes stay closed)
         self._file_missing = False
         self._checked_at = 0.0
-        self._keys_seen = False  # a key existed in this process (see _reopen_writes)
+        self._keys_seen = False  # a key existed in this process (see anonymous_writes)
         self.keys: dict[str, ApiKey] = {}
         self._reload_file(force=True)
         # HMAC of a presented key -> the hash it verified against: a key costs one
@@ -219,7 +219,6 @@ class AccessControl:
         # stay closed: revoking the last key reopened them to every local process, the
         # opposite of what a vanished key file does.
         self._open_writes_allowed = auth.allow_anonymous_writes or is_loopback(host)
-        self._reopen_writes = auth.allow_anonymous_writes
         if self.anonymous_writes and takes_writes:  # (without Kafka it takes none at all)
             log.warning("no API key configured: POST /v1/events accepts anonymous writes")
 
@@ -227,7 +226,7 @@ class AccessControl:
     def anonymous_writes(self) -> bool:
         """Whether ``POST /v1/events`` takes anonymous writes, with the keys as of now."""
         return (not self.keys and self._open_writes_allowed and not self._file_missing
-                and (self._reopen_writes or not self._keys_seen))
+                and (self.settings.allow_anonymous_writes or not self._keys_seen))
 
     # ------------------------------------------------------------------ keys
     def _reload_file(self, force: bool = False) -> None:
@@ -281,7 +280,7 @@ class AccessControl:
         if not force and set(keys) != set(self.keys):
             log.info("API keys now: %s", sorted(k.name for k in keys.values()))
             if not keys and self._open_writes_allowed and not self._file_missing:
-                if self._reopen_writes:
+                if self.settings.allow_anonymous_writes:
                     log.warning("the last API key is gone: POST /v1/events now accepts "
                                 "anonymous writes again (LIVEREC_ALLOW_ANONYMOUS_WRITES); "
                                 "add a key to close them")
