@@ -65,6 +65,7 @@ from trainer.lost_snapshot import MissingSnapshotError, check_partitions
 from trainer.metrics import PhaseClock, TrainerMetrics
 from trainer.partition_state import PartitionState
 from trainer.poll_learning import PollLearner
+from trainer.rebalance_gap import RebalanceGap
 from trainer.settings import TrainerSettings
 from trainer.transactions import UpdateTransactions
 from trainer.user_side import UserSide
@@ -173,6 +174,8 @@ class ScaleOutTrainer:
         self._last_snapshot = 0.0
         #: the input topic's partitions are recounted after an assignment
         self._recount = False
+        #: a rebalance revoked this trainer's partitions; its assignment is awaited
+        self._gap = RebalanceGap(settings.session_timeout_ms / 1000)
         TrainerEvaluation.clear_gauges(self.metrics, self.names)
 
     @property
@@ -245,7 +248,11 @@ class ScaleOutTrainer:
 
     def _sync_role(self) -> None:
         """Fold the update topic exactly while this trainer owns the last partition
-        (always, when a model's learning reads item state)."""
+        (always, when a model's learning reads item state), once a rebalance's
+        assignment has arrived: a trainer handed the last partition straight back keeps
+        folding, and its evaluation, through the rebalance."""
+        if not self.parts and self._gap.open():
+            return
         if self._recount and self.consumer is not None:
             # after a rebalance (outside its callback): partitions may have been added
             self.item_side.n_input = (len(self.consumer.partitions_for(self.topic))
@@ -260,6 +267,7 @@ class ScaleOutTrainer:
 
     def _on_assign(self, parts: set[Partition]) -> None:
         assert self.consumer is not None
+        self._gap.assigned()
         committed = self.consumer.committed(parts, timeout_s=max(
             30.0, 2 * self.settings.transaction_timeout_ms / 1000))
         restored = {part: self.user_side.restore(part[1]) for part in sorted(parts)}
@@ -288,6 +296,7 @@ class ScaleOutTrainer:
     def _on_revoke(self, parts: set[Partition]) -> None:
         if not (self._closing or self._failed):
             self.txn.settle()  # the snapshots below hold what its offsets commit
+            self._gap.revoked()
         for _, p in sorted(parts):
             st = self.parts.pop(p, None)
             if st is not None:
