@@ -33,6 +33,29 @@ FileOpt = Annotated[
     typer.Option("--file", help="Key file [LIVEREC_API_KEYS_FILE, else "
                  "~/.config/liverec/api_keys]."),
 ]
+LimitOpt = Annotated[
+    list[str] | None,
+    typer.Option("--limit", metavar="SCOPE=RATE/BURST",
+                 help="The key's own rate limit of a scope, in place of the server's "
+                      "LIVEREC_RATE_*: RATE tokens per second (a write costs one per "
+                      "event), BURST the most at once; RATE 0 lifts the limit for this "
+                      "key. Repeat for several scopes, e.g. --limit write=50/200."),
+]
+
+
+def _limits(items: list[str] | None) -> tuple[tuple[str, float, float], ...]:
+    from serving.auth import parse_limits
+
+    try:
+        return parse_limits(",".join(items or []))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--limit") from None
+
+
+def _limits_text(limits: tuple[tuple[str, float, float], ...]) -> str:
+    from serving.auth import format_limits
+
+    return format_limits(limits) if limits else "server's"
 
 
 @keys_app.command("add")
@@ -42,6 +65,7 @@ def keys_add(
                              "and event ids, the key never.")],
     scope: Annotated[list[str] | None, typer.Option(
         "--scope", help="read, write or ops; repeat for several (default: write).")] = None,
+    limit: LimitOpt = None,
     file: FileOpt = None,
 ) -> None:
     """Create a key, store its hash, print the key once."""
@@ -50,15 +74,17 @@ def keys_add(
     scopes = set(scope or ["write"])
     if not scopes <= set(SCOPES):
         raise typer.BadParameter(f"scopes must be among {', '.join(SCOPES)}", param_hint="--scope")
+    limits = _limits(limit)
     path = file or default_key_file()
     try:
-        key = KeyFile(path).add(name, scopes)
+        key = KeyFile(path).add(name, scopes, limits)
     except (AuthConfigError, OSError) as exc:  # OSError: e.g. the path is a directory
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(key)
     typer.echo(
-        f"key {name!r} ({', '.join(sorted(scopes))}) stored as a hash in {path}; the key above "
+        f"key {name!r} ({', '.join(sorted(scopes))}; rate limits {_limits_text(limits)}) "
+        f"stored as a hash in {path}; the key above "
         "is shown only now. Serve with LIVEREC_API_KEYS_FILE={path} and send it as "
         "'Authorization: Bearer <key>' or 'X-API-Key: <key>'.".replace("{path}", str(path)),
         err=True,
@@ -80,7 +106,31 @@ def keys_list(file: FileOpt = None) -> None:
         typer.echo(f"no keys in {path}", err=True)
         return
     for k in keys:
-        typer.echo(f"{k.name}\tid={k.key_id}\tscopes={','.join(sorted(k.scopes))}")
+        typer.echo(f"{k.name}\tid={k.key_id}\tscopes={','.join(sorted(k.scopes))}"
+                   f"\tlimits={_limits_text(k.limits)}")
+
+
+@keys_app.command("limit")
+def keys_limit(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The key's name.")],
+    limit: LimitOpt = None,
+    file: FileOpt = None,
+) -> None:
+    """Set a key's own rate limits (none given: the server's again); the key stays
+    valid, and running servers apply them within a second."""
+    from serving.auth import AuthConfigError, KeyFile
+
+    limits = _limits(limit)
+    path = file or default_key_file()
+    try:
+        found = KeyFile(path).set_limits(name, limits)
+    except (AuthConfigError, OSError) as exc:
+        typer.echo(f"error: {path}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if not found:
+        typer.echo(f"error: no key named {name!r} in {path}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{name!r}: rate limits {_limits_text(limits)}")
 
 
 @keys_app.command("revoke")

@@ -27,6 +27,7 @@ from serving.api_keys import (
     ApiKey,
     AuthConfigError,
     KeyFile,
+    Limits,
     key_table,
     parse_records,
     verify_key,
@@ -127,6 +128,12 @@ class Principal:
     key_id: str | None
     scopes: frozenset[str]
     client: str
+    #: the key's own rate limits (:attr:`serving.api_keys.ApiKey.limits`)
+    limits: Limits = ()
+
+    def limit(self, scope: str) -> tuple[float, float] | None:
+        """The key's own (tokens per second, burst) of ``scope``; None: the server's."""
+        return next(((r, b) for s, r, b in self.limits if s == scope), None)
 
     @property
     def caller(self) -> str:
@@ -312,7 +319,7 @@ class AccessControl:
             if len(self._verified) > 10_000:
                 self._verified.clear()
             self._verified[tag] = record.hash
-        return Principal(record.name, record.key_id, record.scopes, client)
+        return Principal(record.name, record.key_id, record.scopes, client, record.limits)
 
     def _unauthorized(self, reason: str, detail: str) -> HTTPException:
         return self._denied(401, reason, detail)
@@ -402,14 +409,21 @@ class AccessControl:
             return False
         return principal is not None and scope in principal.scopes
 
+    def limit(self, scope: str, principal: Principal) -> tuple[float, float]:
+        """(tokens per second, burst) of ``scope`` for ``principal``: its key's own,
+        else the server's ``LIVEREC_RATE_*``."""
+        return principal.limit(scope) or self.limiter.settings.limit(scope)
+
     def take(self, scope: str, principal: Principal, cost: float = 1.0,
              retry_cost: float | None = None) -> None:
         """Take ``cost`` tokens of ``scope`` or raise 429 with ``Retry-After``: the wait
         until ``retry_cost`` tokens exist (default ``cost``), what the same request
         takes when it comes again (its key check's token included)."""
-        wait = self.limiter.check(scope, principal.caller, cost)
+        own = principal.limit(scope)
+        wait = self.limiter.check(scope, principal.caller, cost, limit=own)
         if wait > 0 and retry_cost is not None and retry_cost > cost:
-            wait = self.limiter.check(scope, principal.caller, retry_cost)  # refused too
+            wait = self.limiter.check(scope, principal.caller, retry_cost,  # refused too
+                                      limit=own)
         if wait > 0:
             if self.metrics is not None:
                 self.metrics.rate_limited.labels(scope=scope).inc()

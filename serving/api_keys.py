@@ -9,11 +9,12 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import math
 import os
 import re
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,9 +24,11 @@ __all__ = [
     "ApiKey",
     "AuthConfigError",
     "KeyFile",
+    "format_limits",
     "hash_key",
     "key_table",
     "new_key",
+    "parse_limits",
     "parse_records",
     "verify_key",
 ]
@@ -36,6 +39,9 @@ SCOPES: tuple[str, ...] = ("read", "write", "ops")
 #: the principal of a caller without a key (also its event-id scope): no key's name
 ANONYMOUS = "anonymous"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_LIMIT = re.compile(r"^(\w+)=([^/]+)/(.+)$")
+#: a key's own rate limits: ``(scope, tokens per second, burst)`` per scope it sets
+Limits = tuple[tuple[str, float, float], ...]
 _KEY = re.compile(r"^lrk_([0-9a-f]{8})_([A-Za-z0-9_-]{43})$")
 # scrypt at 2**14 x 8 (16 MiB, tens of ms): slow enough to make an offline guess of a
 # leaked hash costly, while a verified key is cached, so requests pay it once.
@@ -54,18 +60,26 @@ class ApiKey:
     key_id: str
     scopes: frozenset[str]
     hash: str
+    #: the key's own rate limits, in place of the server's ``LIVEREC_RATE_*`` for the
+    #: scopes they name (see :func:`parse_limits`)
+    limits: Limits = ()
+
+    def limit(self, scope: str) -> tuple[float, float] | None:
+        """The key's own (tokens per second, burst) of ``scope``; None: the server's."""
+        return next(((r, b) for s, r, b in self.limits if s == scope), None)
 
     def record(self) -> str:
         """The line stored in a key file or ``LIVEREC_API_KEYS``."""
-        return f"{self.name}:{','.join(sorted(self.scopes))}:{self.key_id}:{self.hash}"
+        line = f"{self.name}:{','.join(sorted(self.scopes))}:{self.key_id}:{self.hash}"
+        return f"{line}:{format_limits(self.limits)}" if self.limits else line
 
     @classmethod
     def parse(cls, line: str) -> ApiKey:
         """Read one record; raises :class:`AuthConfigError` naming what is wrong."""
-        parts = line.strip().split(":", 3)
-        if len(parts) != 4:
-            raise AuthConfigError("an API key record is 'name:scopes:id:hash'")
-        name, scopes, key_id, digest = parts
+        parts = line.strip().split(":", 4)
+        if len(parts) not in (4, 5):
+            raise AuthConfigError("an API key record is 'name:scopes:id:hash[:limits]'")
+        name, scopes, key_id, digest = parts[:4]
         wanted = frozenset(s for s in scopes.split(",") if s)
         if not _NAME.match(name):
             raise AuthConfigError(f"bad key name {name[:64]!r}")
@@ -76,7 +90,56 @@ class ApiKey:
             raise AuthConfigError(f"key {name!r}: scopes must be among {', '.join(SCOPES)}")
         if not re.fullmatch(r"[0-9a-f]{8}", key_id) or not digest.startswith("scrypt$"):
             raise AuthConfigError(f"key {name!r}: malformed id or hash")
-        return cls(name, key_id, wanted, digest)
+        try:
+            limits = parse_limits(parts[4]) if len(parts) == 5 else ()
+        except ValueError as exc:
+            raise AuthConfigError(f"key {name!r}: {exc}") from None
+        return cls(name, key_id, wanted, digest, limits)
+
+
+def parse_limits(text: str) -> Limits:
+    """A key's own rate limits from ``scope=rate/burst`` items, comma-separated.
+
+    ``rate`` is tokens per second (a write costs one per event), ``burst`` the bucket's
+    size; a rate of 0 lifts the scope's limit for the key. Raises ``ValueError``.
+
+    >>> parse_limits("write=5000/10000,read=0/1")
+    (('read', 0.0, 1.0), ('write', 5000.0, 10000.0))
+    >>> parse_limits("write=5")
+    Traceback (most recent call last):
+    ...
+    ValueError: a rate limit is 'scope=rate/burst' (say write=50/200), not 'write=5'
+    """
+    out: dict[str, tuple[float, float]] = {}
+    for item in filter(None, text.split(",")):
+        m = _LIMIT.match(item.strip())
+        if m is None:
+            raise ValueError(f"a rate limit is 'scope=rate/burst' (say write=50/200), "
+                             f"not {item[:40]!r}")
+        scope = m.group(1)
+        try:
+            rate, burst = float(m.group(2)), float(m.group(3))
+        except ValueError:
+            raise ValueError(f"{item[:40]!r}: rate and burst are numbers") from None
+        if scope not in SCOPES:
+            raise ValueError(f"a key's rate limit scope is one of {', '.join(SCOPES)}, "
+                             f"not {scope!r}")
+        if scope in out:
+            raise ValueError(f"two rate limits for the {scope!r} scope")
+        if not (math.isfinite(rate) and math.isfinite(burst)) or rate < 0 or burst < 1:
+            raise ValueError(f"{item[:40]!r}: the rate must be at least 0 and the burst "
+                             "at least 1, both finite")
+        out[scope] = (rate, burst)
+    return tuple((s, *out[s]) for s in sorted(out))
+
+
+def format_limits(limits: Limits) -> str:
+    """The record field of ``limits`` (:func:`parse_limits` reads it back).
+
+    >>> format_limits((("read", 0.0, 1.0), ("write", 2.5, 10.0)))
+    'read=0/1,write=2.5/10'
+    """
+    return ",".join(f"{s}={r:.15g}/{b:.15g}" for s, r, b in limits)
 
 
 def new_key() -> tuple[str, str]:
@@ -175,16 +238,27 @@ class KeyFile:
         lines = self.path.read_text().splitlines()
         return [ApiKey.parse(ln) for ln in lines if ln.strip() and not ln.startswith("#")]
 
-    def add(self, name: str, scopes: Iterable[str]) -> str:
-        """Store a new key's hash under ``name``; returns the key (show it once)."""
+    def add(self, name: str, scopes: Iterable[str], limits: Limits = ()) -> str:
+        """Store a new key's hash under ``name`` (with its own rate ``limits``);
+        returns the key (show it once)."""
         keys = self.load()
         if any(k.name == name for k in keys):
             raise AuthConfigError(f"a key named {name!r} exists; revoke it first")
         key_id, key = new_key()
         keys.append(ApiKey.parse(f"{name}:{','.join(sorted(set(scopes)))}:{key_id}:"
                                  f"{hash_key(key)}"))
+        keys[-1] = replace(keys[-1], limits=limits)
         self._write(keys)
         return key
+
+    def set_limits(self, name: str, limits: Limits) -> bool:
+        """Replace the rate limits of the key ``name`` (``()``: the server's again);
+        False when there is no such key. The key itself stays valid."""
+        keys = self.load()
+        if not any(k.name == name for k in keys):
+            return False
+        self._write([replace(k, limits=limits) if k.name == name else k for k in keys])
+        return True
 
     def revoke(self, name: str) -> bool:
         keys = self.load()

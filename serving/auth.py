@@ -2,7 +2,8 @@
 
 A key looks like ``lrk_<id>_<secret>``: the 8-hex ``id`` finds its record, the whole
 key is checked against the record's salted scrypt hash with a constant-time compare.
-Records (one per line, ``name:scopes:id:hash``) live in a file written by ``liverec
+Records (one per line, ``name:scopes:id:hash``, then ``:limits`` for a key with rate
+limits of its own) live in a file written by ``liverec
 keys add`` or in ``LIVEREC_API_KEYS``; nothing holds a key in clear text, and a key
 is never logged, echoed in an error body, exported as a metric label or shown by
 ``/v1/model`` (its *name* may be).
@@ -37,9 +38,11 @@ from serving.api_keys import (
     ApiKey,
     AuthConfigError,
     KeyFile,
+    format_limits,
     hash_key,
     key_table,
     new_key,
+    parse_limits,
     parse_records,
     verify_key,
 )
@@ -54,10 +57,12 @@ __all__ = [
     "KeyFile",
     "Principal",
     "address_bucket",
+    "format_limits",
     "hash_key",
     "is_loopback",
     "key_table",
     "new_key",
+    "parse_limits",
     "parse_records",
     "require",
     "verify_key",

@@ -23,8 +23,9 @@ __all__ = ["RateLimitSettings", "RateLimiter", "TokenBucket"]
 class RateLimitSettings(BaseSettings):
     """Per-scope limits (env prefix ``LIVEREC_RATE_``); a rate of 0 turns a scope's off.
 
-    Every key of a scope gets the same rate and burst (no key can be given its own),
-    and each server process counts apart: N replicas take N times the rate from a key.
+    Every key of a scope gets this rate and burst unless its record sets its own
+    (``liverec keys add --limit``, ``liverec keys limit``), and each server process
+    counts apart: N replicas take N times the rate from a key.
 
     Parameters
     ----------
@@ -113,6 +114,9 @@ class RateLimiter:
     (0.0, 1.0)
     >>> rl.check("write", "key:other", now=0.0)
     0.0
+    >>> # its own limit: half a token came at the old rate, the rest takes 0.05 s
+    >>> rl.check("write", "key:ab12", now=0.5, limit=(10.0, 20.0))
+    0.05
     """
 
     def __init__(self, settings: RateLimitSettings) -> None:
@@ -120,9 +124,15 @@ class RateLimiter:
         self._buckets: OrderedDict[tuple[str, str], TokenBucket] = OrderedDict()
         self._lock = threading.Lock()
 
-    def check(self, scope: str, caller: str, cost: float = 1.0, now: float | None = None) -> float:
-        """0.0 when ``caller`` may go on, else the seconds until it may (``Retry-After``)."""
-        rate, burst = self.settings.limit(scope)
+    def check(self, scope: str, caller: str, cost: float = 1.0, now: float | None = None,
+              limit: tuple[float, float] | None = None) -> float:
+        """0.0 when ``caller`` may go on, else the seconds until it may (``Retry-After``).
+
+        ``limit``: the caller's own (rate, burst) in place of the settings' (a key's
+        own limits). A bucket follows a changed limit at once, keeping its tokens up
+        to the new burst.
+        """
+        rate, burst = limit or self.settings.limit(scope)
         if rate <= 0:
             return 0.0
         now = time.monotonic() if now is None else now
@@ -135,4 +145,8 @@ class RateLimiter:
                     self._buckets.popitem(last=False)
             else:
                 self._buckets.move_to_end(key)
+                if (bucket.rate, bucket.burst) != (rate, burst):
+                    bucket.take(0.0, now)  # refilled at the old rate up to now
+                    bucket.rate, bucket.burst = rate, burst
+                    bucket.tokens = min(bucket.tokens, burst)
             return bucket.take(cost, now)

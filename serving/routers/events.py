@@ -265,11 +265,11 @@ async def post_event(request: Request, state: StateDep, principal: WriteKey) -> 
     # the allowance its valid writes need. Retry-After covers the whole batch again.
     if len(events) > 1:
         access = request.app.state.access
-        rate, burst = access.limiter.settings.limit("write")
+        rate, burst = access.limit("write", principal)
         if rate > 0 and len(events) > burst:  # could never pass: no Retry-After helps
             metrics.ingested.labels(outcome="too_large").inc()
             return _reject(413, "too_large", f"at most {int(burst)} events per post under "
-                           "this server's write rate limit (its burst)")
+                           "the write rate limit of this caller (its burst)")
         access.take("write", principal, cost=len(events) - 1, retry_cost=len(events))
     return await _send(state, events, batch)
 

@@ -13,7 +13,15 @@ import pytest
 
 from online_models.snapshot import SnapshotStore
 from serving.app import create_app
-from serving.auth import AuthConfigError, AuthSettings, KeyFile, hash_key, verify_key
+from serving.auth import (
+    ApiKey,
+    AuthConfigError,
+    AuthSettings,
+    KeyFile,
+    hash_key,
+    parse_limits,
+    verify_key,
+)
 from serving.ratelimit import RateLimitSettings
 from tests.serving.client import TestClient
 from tests.serving.conftest import settings_for
@@ -301,6 +309,54 @@ def test_rate_limit_answers_429_with_retry_after(
         assert reg.get_sample_value("liverec_serving_rate_limited_total", {"scope": "write"}) == 1
 
 
+def test_a_key_with_its_own_limits_is_held_to_them(
+    store: SnapshotStore, tmp_path: Path
+) -> None:
+    """A key's own limits replace the server's for it alone; a rate of 0 lifts them;
+    changed in the key file, they apply at the next request (no restart)."""
+    kf = KeyFile(tmp_path / "keys")
+    widget = kf.add("widget", {"write", "read"}, parse_limits("write=0.01/2"))
+    backend = kf.add("backend", {"write"}, parse_limits("write=0/1"))
+    plain = kf.add("plain", {"write"})
+    with _client(store, AuthSettings(api_keys_file=kf.path), write_per_s=0.01,
+                 write_burst=5, read_per_s=0.01, read_burst=2) as c:
+        def post(key: str, n: int = 1) -> int:
+            body = [{**EVENT, "event_id": f"e{i}"} for i in range(n)] if n > 1 else EVENT
+            return c.post("/v1/events", json=body, headers=_bearer(key)).status_code
+
+        # 503: past the limiter (no Kafka here)
+        r = c.post("/v1/events", json=[EVENT, EVENT, EVENT], headers=_bearer(widget))
+        assert r.status_code == 413 and "at most 2 events" in r.json()["detail"]
+        assert [post(widget) for _ in range(2)] == [503, 429]  # the 413 took one token
+        assert [post(plain) for _ in range(6)] == [503] * 5 + [429]  # the server's 5
+        assert [post(backend, 100) for _ in range(20)] == [503] * 20  # rate 0: no limit
+        # Its read scope keeps the server's limit (its record sets only writes).
+        reads = [c.get("/v1/recommendations", params={"user_id": "u"},
+                       headers=_bearer(widget)).status_code for _ in range(3)]
+        assert reads == [200, 200, 429]
+        # `liverec keys limit widget --limit write=0/1` while the server runs
+        assert kf.set_limits("widget", parse_limits("write=0/1"))
+        deadline = time.monotonic() + 10
+        while post(widget) == 429:
+            assert time.monotonic() < deadline, "the new limit never applied"
+            time.sleep(0.3)
+        assert [post(widget) for _ in range(10)] == [503] * 10
+
+
+def test_key_records_carry_their_limits() -> None:
+    rec = ApiKey("w", "0000000a", frozenset({"write"}), "scrypt$x",
+                 parse_limits("write=2.5/10,ops=1/1"))
+    assert rec.record() == "w:write:0000000a:scrypt$x:ops=1/1,write=2.5/10"
+    assert ApiKey.parse(rec.record()) == rec
+    assert rec.limit("write") == (2.5, 10.0) and rec.limit("read") is None
+    assert ApiKey.parse("w:write:0000000a:scrypt$x").limits == ()  # older records
+    for bad, why in (("auth=1/1", "scope is one of"), ("write=1/0", "at least 1"),
+                     ("write=-1/5", "at least 0"), ("write=nan/5", "finite"),
+                     ("write=1/2,write=3/4", "two rate limits"), ("write=1", "scope=rate/burst")):
+        with pytest.raises(AuthConfigError, match=why):
+            ApiKey.parse(f"w:write:0000000a:scrypt$x:{bad}")
+
+
 def test_a_batch_retried_after_retry_after_gets_through(
     store: SnapshotStore, keys: tuple[Path, dict[str, str]]
 ) -> None:
@@ -451,6 +507,16 @@ def test_keys_cli_add_list_revoke(tmp_path: Path) -> None:
     assert dup.exit_code == 1
     assert runner.invoke(app, ["keys", "add", "x", "--scope", "admin", "--file", path]
                          ).exit_code != 0
+    limited = runner.invoke(app, ["keys", "limit", "ingest", "--limit", "write=50/200",
+                                  "--file", path])
+    assert limited.exit_code == 0, limited.output
+    assert KeyFile(Path(path)).load()[0].limit("write") == (50.0, 200.0)
+    assert "limits=write=50/200" in runner.invoke(app, ["keys", "list", "--file", path]).stdout
+    bad = runner.invoke(app, ["keys", "limit", "ingest", "--limit", "write=50", "--file", path])
+    assert bad.exit_code == 2 and "scope=rate/burst" in bad.output
+    assert runner.invoke(app, ["keys", "limit", "nobody", "--file", path]).exit_code == 1
+    assert runner.invoke(app, ["keys", "limit", "ingest", "--file", path]).exit_code == 0
+    assert KeyFile(Path(path)).load()[0].limits == ()  # the server's again
     revoked = runner.invoke(app, ["keys", "revoke", "ingest", "--file", path])
     assert revoked.exit_code == 0 and "keeps anonymous writes closed" in revoked.output
     assert runner.invoke(app, ["keys", "revoke", "ingest", "--file", path]).exit_code == 1
