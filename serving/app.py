@@ -393,6 +393,8 @@ def _document_settings(app: FastAPI, settings: ServeSettings, access: AccessCont
       requirement (``{}``) beside the keys. Asked at every call: anonymous writes
       close when a key is added at run time. ``scoped`` lists each route with a key
       check as (path, method, scope): :func:`_route_scopes`.
+
+    Every answer also documents the headers a client acts on (:func:`_document_headers`).
     """
     build = app.openapi
     rate, burst = access.limiter.settings.limit("write")
@@ -416,6 +418,7 @@ def _document_settings(app: FastAPI, settings: ServeSettings, access: AccessCont
                     for string in (field, *field.get("anyOf", ())):
                         if "maxLength" in string:
                             string["maxLength"] = settings.max_id_chars
+            _document_headers(schema)
             app.openapi_schema = schema
         paths = app.openapi_schema["paths"]
         access.refresh()  # a key added since the last request closes anonymous writes
@@ -426,6 +429,35 @@ def _document_settings(app: FastAPI, settings: ServeSettings, access: AccessCont
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+#: response headers by status (``None``: every answer), each ``(name, required, text)``
+_HEADERS: dict[str | None, list[tuple[str, bool, str]]] = {
+    None: [("X-Request-ID", True, "this answer's id (the request's own when it sent a "
+            "valid one); the server's log lines of the request carry it")],
+    "401": [("WWW-Authenticate", True, "Bearer: the key scheme the route takes")],
+    "405": [("Allow", True, "the methods the path takes")],
+    "429": [("Retry-After", True, "seconds until the same request would pass")],
+    "503": [("Retry-After", False, "seconds to wait before trying again (given when a "
+             "retry can help: no snapshot yet, Kafka unreachable)")],
+}
+
+
+def _document_headers(schema: dict[str, Any]) -> None:
+    """Add the headers of :data:`_HEADERS` to every documented answer of ``schema``.
+
+    >>> s = {"paths": {"/x": {"get": {"responses": {"200": {}, "429": {}}}}}}
+    >>> _document_headers(s)
+    >>> sorted(s["paths"]["/x"]["get"]["responses"]["429"]["headers"])
+    ['Retry-After', 'X-Request-ID']
+    """
+    for ops in schema["paths"].values():
+        for op in ops.values():
+            for status, answer in op.get("responses", {}).items():
+                headers = answer.setdefault("headers", {})
+                for name, required, text in [*_HEADERS[None], *_HEADERS.get(status, [])]:
+                    headers.setdefault(name, {"description": text, "required": required,
+                                              "schema": {"type": "string"}})
 
 
 def _route_scopes(router: APIRouter, scope: str | None) -> list[tuple[str, str, str]]:

@@ -17,6 +17,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import (
     content_type_conformance,
+    response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
@@ -70,7 +71,7 @@ def test_no_server_errors(tmp_path: Path, trained: Trained) -> None:
             try:
                 case.validate_response(response, checks=[
                     status_code_conformance, content_type_conformance,
-                    response_schema_conformance])
+                    response_schema_conformance, response_headers_conformance])
             except BaseException as exc:  # schemathesis' FailureGroup
                 failures.append((case.method, case.path, "undocumented", status, str(exc)[:300]))
 
