@@ -168,7 +168,18 @@ def scoped_event_id(owner: str, event_id: str | None, max_chars: int) -> str:
                             _EVENT_SCHEMA,
                             {"type": "array", "items": _EVENT_SCHEMA, "minItems": 1},
                         ]
-                    }
+                    },
+                    "examples": {
+                        "one": {"summary": "one click", "value": {
+                            "user_id": "u1", "item_id": "i9", "event_type": "click",
+                            "timestamp": 1700000000}},
+                        "batch": {"summary": "an array, with the client's own event ids "
+                                             "(a retry then counts once)", "value": [
+                            {"user_id": "u1", "item_id": "i9", "event_type": "view",
+                             "timestamp": 1700000000, "event_id": "web-0001"},
+                            {"user_id": "u1", "item_id": "i9", "event_type": "add_to_cart",
+                             "timestamp": 1700000042.5, "event_id": "web-0002"}]},
+                    },
                 }
             },
         }

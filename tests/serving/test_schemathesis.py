@@ -97,3 +97,18 @@ def test_every_route_documents_the_url_limit(tmp_path: Path) -> None:
     with TestClient(app) as c:
         r = c.get("/v1/items/similar", params={"item_id": "x" * 9000})
     assert r.status_code == 414 and r.json()["detail"]["reason"] == "uri_too_long"
+
+
+def test_the_documented_examples_are_accepted(tmp_path: Path) -> None:
+    """A client copies the schema's request examples: each passes validation (503
+    no_producer: past every check, with no Kafka here)."""
+    from tests.serving.client import TestClient
+
+    app = create_app(settings_for(tmp_path))
+    body = app.openapi()["paths"]["/v1/events"]["post"]["requestBody"]["content"]
+    examples = body["application/json"]["examples"]
+    assert set(examples) == {"one", "batch"}
+    with TestClient(app) as c:
+        for name, example in examples.items():
+            r = c.post("/v1/events", json=example["value"])
+            assert r.status_code == 503 and r.json()["reason"] == "no_producer", (name, r.text)
