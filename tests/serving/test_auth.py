@@ -358,19 +358,29 @@ def test_key_records_carry_their_limits() -> None:
 
 
 def test_a_batch_retried_after_retry_after_gets_through(
-    store: SnapshotStore, keys: tuple[Path, dict[str, str]]
+    store: SnapshotStore, keys: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Retry-After on a refused batch covers the whole batch again (the retry's own
     request token included): a client that waits that long passes. It used to cover
     the batch minus the token the retry spends first, so at 2 writes/s the retry was
-    refused again (and at 1/s for ever). A batch above the burst can never pass: 413."""
-    import time
+    refused again (and at 1/s for ever). A batch above the burst can never pass: 413.
 
+    The limiter reads a clock the test moves by hand: on the wall clock, half a second
+    between two requests (a stall of a loaded machine) refilled a token and changed
+    the figures asserted below."""
     path, made = keys
     writer = _bearer(made["writer"])
     batch = [{**EVENT, "event_id": f"e{i}"} for i in range(10)]
     with _client(store, AuthSettings(api_keys_file=path), write_per_s=2.0,
                  write_burst=20) as c:
+        limiter = c.app.state.access.limiter  # type: ignore[attr-defined]
+        check = limiter.check
+        clock = [1000.0]
+
+        def on_the_test_clock(*args: Any, now: float | None = None, **kw: Any) -> float:
+            return float(check(*args, now=clock[0], **kw))
+
+        monkeypatch.setattr(limiter, "check", on_the_test_clock)
         r = c.post("/v1/events", json=[{**EVENT, "event_id": f"f{i}"} for i in range(20)],
                    headers=writer)
         assert r.status_code == 503  # through the limiter (no Kafka here): bucket empty
@@ -380,7 +390,7 @@ def test_a_batch_retried_after_retry_after_gets_through(
             if r.status_code != 429:
                 break
             refusals.append(int(r.headers["retry-after"]))
-            time.sleep(refusals[-1])
+            clock[0] += refusals[-1]  # the client waits exactly Retry-After
         assert r.status_code == 503, refusals  # through the limiter
         # the key check's token (1 s), then the batch's ceil((10 - 1) / 2) = 5 s
         assert refusals == [1, 5]
