@@ -72,13 +72,17 @@ def test_new_snapshot_swaps_in_and_corrupt_one_is_refused(
     latest = store.root / ".LATEST.test"
     latest.write_text(f"{v3}\n")
     os.replace(latest, store.root / "LATEST")
-    reg = client.app.state.serving.metrics.registry  # type: ignore[attr-defined]
+    # Wait for the refusal itself: the reload thread counts it in the metric a moment
+    # before it records the version in refused_versions (a /v1/model read between the
+    # two saw no refusal yet).
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not reg.get_sample_value(
-        "liverec_serving_snapshot_reloads_total", {"outcome": "refused"}
-    ):
-        time.sleep(0.05)
     m = client.get("/v1/model").json()
+    while time.monotonic() < deadline and str(v3) not in m["refused_versions"]:
+        time.sleep(0.05)
+        m = client.get("/v1/model").json()
+    reg = client.app.state.serving.metrics.registry  # type: ignore[attr-defined]
+    assert (reg.get_sample_value("liverec_serving_snapshot_reloads_total",
+                                 {"outcome": "refused"}) or 0) >= 1
     assert m["version"] == v2 and str(v3) in m["refused_versions"]
     assert "model-bpr.safetensors" in m["refused_versions"][str(v3)]
     assert client.get("/v1/recommendations", params={"user_id": "u000001"}).status_code == 200
