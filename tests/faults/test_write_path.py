@@ -23,7 +23,7 @@ from tests.faults.helpers import ServerProcess, event, metric, read_topic, wait_
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-DELIVERY_TIMEOUT_S = 2.0
+DELIVERY_TIMEOUT_S = 3.0
 TOPIC = "clicks"
 
 
@@ -119,7 +119,7 @@ def test_write_path_never_blocks_and_recovers(tmp_path: Path) -> None:
         for w in writers:
             w.join()
         assert posts and all(s == 503 and ra == "3" for s, _, ra in posts), posts
-        assert max(t for _, t, _ in posts) < DELIVERY_TIMEOUT_S + 1.5, posts
+        assert max(t for _, t, _ in posts) < 2 * DELIVERY_TIMEOUT_S, posts
         # A read that waited on Kafka would take the delivery timeout or longer (the old
         # server froze 39 s); the figures themselves belong in BENCHMARKS.md.
         assert max(read_times) < DELIVERY_TIMEOUT_S, sorted(read_times)[-5:]
