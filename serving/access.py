@@ -427,6 +427,8 @@ class AccessControl:
         if wait > 0:
             if self.metrics is not None:
                 self.metrics.rate_limited.labels(scope=scope).inc()
+                self.metrics.key_rate_limited.labels(
+                    key=self.metrics.key_label(principal.name), scope=scope).inc()
             retry = "3600" if math.isinf(wait) else str(max(1, math.ceil(wait)))
             raise api_error(429, "rate_limited",
                             f"{scope} rate limit exceeded; retry in {retry} s",

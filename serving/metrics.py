@@ -1,7 +1,8 @@
 """Prometheus metrics of the serving process, one :class:`CollectorRegistry` per app.
 
-Labels are bounded: route *templates* (never concrete paths with ids), methods and
-status codes.
+Labels are bounded: route *templates* (never concrete paths with ids), methods,
+status codes, and API key *names* (never keys; at most :data:`MAX_KEY_LABELS` of them,
+the rest as ``other``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from stream.buildinfo import register_build_info
 
 __all__ = [
     "DEGRADED_REASONS",
+    "MAX_KEY_LABELS",
     "REGRESSION_REASONS",
     "BatcherCollector",
     "ServingMetrics",
@@ -32,6 +34,11 @@ DEGRADED_REASONS: tuple[str, ...] = (
     "extra_snapshot_missing",
     "snapshot_refused",
 )
+
+#: distinct ``key`` label values (key names and ``anonymous``) a server exports; the
+#: keys seen after these count under ``other`` (a key file of thousands of customers'
+#: keys must not make thousands of series per metric)
+MAX_KEY_LABELS = 100
 
 #: Every ``reason`` of ``liverec_serving_snapshot_regressions_total``.
 REGRESSION_REASONS: tuple[str, ...] = ("version_lower", "events_fell")
@@ -263,6 +270,21 @@ class ServingMetrics:
         for reason in ("missing_key", "unknown_key", "wrong_scope", "foreign_host",
                        "remote_client"):
             self.auth_failures.labels(reason=reason)
+        self.key_events = Counter(
+            "liverec_serving_key_events_total",
+            "POST /v1/events events by caller (the API key's name, anonymous, or other "
+            "past the first 100 names): accepted (Kafka has them) or refused.",
+            ["key", "outcome"],
+            registry=r,
+        )
+        self.key_rate_limited = Counter(
+            "liverec_serving_key_rate_limited_total",
+            "Requests refused with 429 by caller (as liverec_serving_key_events_total) "
+            "and scope.",
+            ["key", "scope"],
+            registry=r,
+        )
+        self._key_labels: set[str] = set()
         self.ingest_queue = Gauge(
             "liverec_serving_ingest_queue_events",
             "Events accepted by POST /v1/events waiting for the background sender.",
@@ -274,6 +296,32 @@ class ServingMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+
+
+    def key_label(self, name: str) -> str:
+        """``name`` as a ``key`` label: itself for the first :data:`MAX_KEY_LABELS`
+        names seen, ``other`` after them.
+
+        >>> m = ServingMetrics()
+        >>> m.key_label("shop-frontend"), m.key_label("anonymous")
+        ('shop-frontend', 'anonymous')
+        >>> [m.key_label(f"customer-{i}") for i in range(99)][-2:], m.key_label("anonymous")
+        (['customer-97', 'other'], 'anonymous')
+        """
+        if name in self._key_labels:
+            return name
+        if len(self._key_labels) >= MAX_KEY_LABELS:
+            return "other"
+        self._key_labels.add(name)
+        return name
+
+    def count_events(self, key: str, outcome: str, n: int = 1) -> None:
+        """``n`` events of caller ``key`` had ``outcome`` (an ingested outcome:
+        ``accepted`` or a refusal's reason)."""
+        self.ingested.labels(outcome=outcome).inc(n)
+        self.key_events.labels(key=self.key_label(key),
+                               outcome="accepted" if outcome == "accepted" else "refused"
+                               ).inc(n)
 
 
 _METHODS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"})

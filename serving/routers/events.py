@@ -213,11 +213,11 @@ async def post_event(request: Request, state: StateDep, principal: WriteKey) -> 
     limit = settings.max_body_bytes
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json":
-        metrics.ingested.labels(outcome="bad_content_type").inc()
+        metrics.count_events(principal.name, "bad_content_type")
         return _reject(415, "bad_content_type", "send Content-Type: application/json")
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        metrics.ingested.labels(outcome="too_large").inc()
+        metrics.count_events(principal.name, "too_large")
         return _reject(413, "too_large", f"body must be at most {limit} bytes")
     body = bytearray()
     try:
@@ -227,35 +227,35 @@ async def post_event(request: Request, state: StateDep, principal: WriteKey) -> 
             async for chunk in request.stream():
                 body += chunk
                 if len(body) > limit:
-                    metrics.ingested.labels(outcome="too_large").inc()
+                    metrics.count_events(principal.name, "too_large")
                     return _reject(413, "too_large", f"body must be at most {limit} bytes")
     except TimeoutError:
-        metrics.ingested.labels(outcome="body_timeout").inc()
+        metrics.count_events(principal.name, "body_timeout")
         # The rest of the body may still come: the connection closes after the answer.
         return _reject(408, "body_timeout", "the body must arrive within "
                        f"{settings.body_timeout_s:g} s of the request head",
                        {"Connection": "close"})
     raw = bytes(body)
     if not raw.strip():
-        metrics.ingested.labels(outcome="empty").inc()
+        metrics.count_events(principal.name, "empty")
         return _reject(422, "empty", "the body is empty: send an event or an array of them")
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        metrics.ingested.labels(outcome="not_utf8").inc()
+        metrics.count_events(principal.name, "not_utf8")
         return _reject(422, "not_utf8", str(exc))
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        metrics.ingested.labels(outcome="not_json").inc()
+        metrics.count_events(principal.name, "not_json")
         return _reject(422, "not_json", str(exc))
     batch = isinstance(obj, list)
     items = obj if batch else [obj]
     if batch and not items:
-        metrics.ingested.labels(outcome="empty").inc()
+        metrics.count_events(principal.name, "empty")
         return _reject(422, "empty", "the array holds no event")
     if len(items) > settings.max_batch_events:
-        metrics.ingested.labels(outcome="too_large").inc()
+        metrics.count_events(principal.name, "too_large")
         return _reject(413, "too_large", f"at most {settings.max_batch_events} events per post")
     limits = Limits(max_id_chars=settings.max_id_chars)
     events: list[ClickEvent] = []
@@ -263,7 +263,7 @@ async def post_event(request: Request, state: StateDep, principal: WriteKey) -> 
     for index, item in enumerate(items):
         ev = _validate(item, raw if not batch else None, principal, limits)
         if isinstance(ev, Rejected):
-            metrics.ingested.labels(outcome=ev.reason).inc()
+            metrics.count_events(principal.name, ev.reason)
             errors.append({"index": index, "reason": ev.reason, "detail": ev.detail})
         else:
             events.append(ev)
@@ -278,11 +278,11 @@ async def post_event(request: Request, state: StateDep, principal: WriteKey) -> 
         access = request.app.state.access
         rate, burst = access.limit("write", principal)
         if rate > 0 and len(events) > burst:  # could never pass: no Retry-After helps
-            metrics.ingested.labels(outcome="too_large").inc()
+            metrics.count_events(principal.name, "too_large")
             return _reject(413, "too_large", f"at most {int(burst)} events per post under "
                            "the write rate limit of this caller (its burst)")
         access.take("write", principal, cost=len(events) - 1, retry_cost=len(events))
-    return await _send(state, events, batch)
+    return await _send(state, events, batch, principal.name)
 
 
 def _validate(
@@ -301,7 +301,7 @@ def _validate(
     return ev
 
 
-async def _send(state: Any, events: list[ClickEvent], batch: bool) -> JSON:
+async def _send(state: Any, events: list[ClickEvent], batch: bool, caller: str) -> JSON:
     metrics = state.metrics
     settings = state.settings
     retry = {"Retry-After": str(settings.retry_after_s)}
@@ -310,7 +310,7 @@ async def _send(state: Any, events: list[ClickEvent], batch: bool) -> JSON:
     try:
         futures = state.ingestor.submit(records)
     except IngestRefused as exc:
-        metrics.ingested.labels(outcome=exc.reason).inc(len(events))
+        metrics.count_events(caller, exc.reason, len(events))
         # no Kafka configured: no retry will do better (no Retry-After)
         return _reject(503, exc.reason, exc.detail,
                        None if exc.reason == "no_producer" else retry)
@@ -336,9 +336,9 @@ async def _send(state: Any, events: list[ClickEvent], batch: bool) -> JSON:
         reason = "delivery_timeout" if pending else "produce_failed"
         if isinstance(failure, IngestRefused):
             reason = failure.reason
-        metrics.ingested.labels(outcome=reason).inc(len(events) - len(delivered))
+        metrics.count_events(caller, reason, len(events) - len(delivered))
         if delivered:
-            metrics.ingested.labels(outcome="accepted").inc(len(delivered))
+            metrics.count_events(caller, "accepted", len(delivered))
         if pending:
             detail = f"Kafka did not acknowledge within {settings.delivery_timeout_s:g} s"
             state.ingestor.delivery_timed_out(settings.delivery_timeout_s)
@@ -356,7 +356,7 @@ async def _send(state: Any, events: list[ClickEvent], batch: bool) -> JSON:
                                  "delivered_indices": stored} if batch else {}
         return _reject(503, reason, detail, retry, **extra)
     metrics.ingest_delivery_seconds.observe(time.perf_counter() - t0)
-    metrics.ingested.labels(outcome="accepted").inc(len(events))
+    metrics.count_events(caller, "accepted", len(events))
     if not batch:
         r = reports[0]
         assert r is not None

@@ -341,6 +341,22 @@ def test_a_key_with_its_own_limits_is_held_to_them(
             assert time.monotonic() < deadline, "the new limit never applied"
             time.sleep(0.3)
         assert [post(widget) for _ in range(10)] == [503] * 10
+        # An operator sees who sent what and who was held back, by key name.
+        reg = c.app.state.serving.metrics.registry  # type: ignore[attr-defined]
+
+        def by_key(metric: str, **labels: str) -> float:
+            return reg.get_sample_value(metric, labels) or 0.0
+
+        assert by_key("liverec_serving_key_events_total", key="backend",
+                      outcome="refused") == 2000  # no Kafka here: every event refused
+        assert by_key("liverec_serving_key_rate_limited_total", key="plain",
+                      scope="write") == 1
+        assert by_key("liverec_serving_key_rate_limited_total", key="widget",
+                      scope="read") == 1
+        assert by_key("liverec_serving_key_rate_limited_total", key="backend",
+                      scope="write") == 0
+        exposed = c.get("/metrics").text
+        assert 'key="widget"' in exposed and widget not in exposed  # the name, never the key
 
 
 def test_key_records_carry_their_limits() -> None:
