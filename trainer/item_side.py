@@ -13,7 +13,8 @@ advanced item snapshot, keeping its own users' state, and folds the topic from t
 snapshot's offsets.
 
 **Serving.** The merge writer writes, every ``merge_every_s`` once it has read the
-update topic to its end, an ordinary snapshot into ``<snapshots>/`` (the merged
+update topic to its end or folded past the update offsets of the merged snapshot
+being served, an ordinary snapshot into ``<snapshots>/`` (the merged
 model: its item state plus every partition's latest user state; ``events_total``
 summed over partitions), which ``liverec serve --snapshots`` loads like any other.
 
@@ -49,11 +50,30 @@ from trainer.metrics import TrainerMetrics
 from trainer.partition_state import PartitionState, PartitionStore, merge_histories
 from trainer.settings import TrainerSettings
 
-__all__ = ["ItemSide"]
+__all__ = ["ItemSide", "holds_served"]
 
 # The scale-out trainer's log lines keep its one logger name (bench/bench_scale_out.py
 # and operators filter on "trainer.partitioned").
 log = logging.getLogger("trainer.partitioned")
+
+
+def holds_served(folded: Mapping[int, int], served: Mapping[str, Any] | None) -> bool:
+    """Whether an item state folded up to the update offsets ``folded`` holds all that
+    the served merged snapshot's did (``served``: its update offsets, partitions as
+    strings, as its manifest writes them; None: no merged snapshot says).
+
+    >>> holds_served({0: 10, 1: 5}, {"0": 10, "1": 4})
+    True
+    >>> holds_served({0: 10}, {"0": 10, "1": 4})
+    False
+    >>> holds_served({0: 3}, None)
+    False
+    >>> holds_served({}, {})
+    True
+    """
+    if served is None:
+        return False
+    return all(folded.get(int(p), 0) >= int(o) for p, o in served.items())
 
 
 class ItemSide:
@@ -227,7 +247,8 @@ class ItemSide:
 
     def checkpoint(self, parts: Mapping[int, PartitionState], force: bool = False) -> None:
         """While folding, the update lag every ``merge_every_s`` and, once the update
-        topic was read to its end, the item snapshot and the merge."""
+        topic was read to its end or the served merged snapshot's update offsets were
+        folded (:func:`holds_served`), the item snapshot and the merge."""
         m = self.metrics
         if not self.folding or (
                 not force and time.time() - self.last_merge < self.settings.merge_every_s):
@@ -239,12 +260,17 @@ class ItemSide:
             m.update_lag.set(self.update_lag)
         except Exception:
             log.debug("update lag not available", exc_info=True)
-        if not self.caught_up and self.update_lag != 0:
-            # A merge now could hold older item state than the one being served.
-            log.info("item snapshot and merge wait: %s update records to fold first",
-                     self.update_lag)
+        if self.update_lag == 0:
+            self.caught_up = True
+        elif not self.caught_up and not holds_served(self.fold.offsets, self._served_updates()):
+            # A merge now could hold older item state than the one being served. (Not
+            # "wait for a lag of 0": while the stream flows, the transaction this
+            # trainer settled just before the lag was read is always unread, and the
+            # merges would wait for the stream to pause.)
+            log.info("item snapshot and merge wait: the served merged snapshot's item "
+                     "state is ahead (update offsets %s, folded %s; %s update records "
+                     "unread)", self._served_updates(), self.fold.offsets, self.update_lag)
             return
-        self.caught_up = True
         try:
             self.items_store.write(
                 self.models, history=merge_histories([], self.settings.history_items),
@@ -261,6 +287,18 @@ class ItemSide:
             except Exception:
                 m.snapshot_errors.inc()
                 log.exception("merged snapshot failed")
+
+    def _served_updates(self) -> dict[str, Any] | None:
+        """The update offsets (by partition, as written) whose fold the served merged
+        snapshot holds; None without a readable merged snapshot that names them."""
+        try:
+            manifest = self.merged_store.read_manifest()
+        except (SnapshotError, OSError, ValueError):
+            return None
+        scale_out = manifest.get("extra_meta", {}).get("scale_out")
+        served = scale_out.get("updates", {}).get(self.updates) \
+            if isinstance(scale_out, dict) else None
+        return served if isinstance(served, dict) else None
 
     def _merged_metrics(self) -> dict[str, Any] | None:
         """This trainer's evaluation figures; a trainer that evaluates nothing (it does

@@ -432,7 +432,8 @@ class ScaleOutTrainer:
     def checkpoint(self, force: bool = False) -> None:
         """Partition snapshots (those that moved) every ``snapshot_every_s``; while
         folding, the update lag every ``merge_every_s`` and, once the update topic was
-        read to its end, the item snapshot and the merge
+        read to its end (or past the served merge's offsets), the item snapshot and the
+        merge
         (:meth:`~trainer.item_side.ItemSide.checkpoint`)."""
         self._last_snapshot = time.time()
         self.txn.settle()  # partition snapshots hold only committed input
