@@ -394,6 +394,9 @@ class ScaleOutTrainer:
                              "newest item snapshot and folding the update topic to its end "
                              "(at most 60 s)")
                     self.item_side.start_folding(self.parts)
+                elif self.item_side.folding:
+                    log.info("shutdown: folding the update topic to its end (at most 60 s), "
+                             "then the last item snapshot and merge")
                 if self.item_side.folding:
                     self.item_side.drain(60.0)
                 self.checkpoint(force=True)
