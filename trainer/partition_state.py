@@ -144,7 +144,13 @@ class PartitionStore:
             try:
                 m = self.store.read_manifest(v)
             except (SnapshotError, OSError, ValueError) as exc:
-                log.warning("partition %d snapshot %d unreadable: %s", self.partition, v, exc)
+                if _being_written(self.store.path_of(v)):
+                    # the owner's write in progress: its number reserved by an empty
+                    # directory until the finished one is renamed into place
+                    log.debug("partition %d snapshot %d is being written", self.partition, v)
+                else:
+                    log.warning("partition %d snapshot %d unreadable: %s", self.partition,
+                                v, exc)
                 continue
             off = int(m.get("offsets", {}).get(topic, {}).get(str(self.partition), -1))
             if best is None or (off, v) > best:
@@ -159,6 +165,16 @@ class PartitionStore:
             except SnapshotError as exc:
                 log.warning("refusing partition %d snapshot %d: %s", self.partition, v, exc)
         return None
+
+
+def _being_written(path: Path) -> bool:
+    """A version directory that is still empty: a writer reserved its number and has
+    not renamed the finished snapshot into place yet (see
+    :meth:`~online_models.snapshot.SnapshotStore.write_captured`)."""
+    try:
+        return not any(path.iterdir())
+    except OSError:
+        return False
 
 
 def merge_histories(histories: Iterable[UserHistory], max_items: int) -> UserHistory:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+import pytest
 
 from online_models import registry
 from online_models.base import Batch
@@ -41,3 +44,24 @@ def test_a_partition_drops_its_least_recent_users_beyond_the_bound(tmp_path: Pat
     assert back.history.max_users == 2 and len(back.history) == 2
     assert back.learned(["g"], ["x"]) == ["a", "d"]  # "a" at the restore, "d" for "g"
     assert back.users == {"e", "g"}
+
+
+def test_a_snapshot_being_written_is_skipped_without_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The merge writer reads other owners' partition snapshots while they write: the
+    # next version's number is reserved by an empty directory until it is complete.
+    st = _fresh(None)
+    st.learned(["a"], ["x"])
+    st.offset = 5
+    store = PartitionStore(tmp_path, 3, keep=2)
+    store.write(st, "clicks", {}, {})
+    store.store.path_of(2).mkdir()
+    with caplog.at_level(logging.WARNING, logger="trainer.partition_state"):
+        snap = store.load("clicks")
+    assert snap is not None and snap.version == 1
+    assert caplog.records == []
+    # A published version that lost its manifest is still reported.
+    (store.store.path_of(2) / "junk").write_text("x")
+    with caplog.at_level(logging.WARNING, logger="trainer.partition_state"):
+        assert store.load("clicks") is not None
+    assert "snapshot 2 unreadable" in caplog.text
