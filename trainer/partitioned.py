@@ -176,6 +176,8 @@ class ScaleOutTrainer:
         self._recount = False
         #: a rebalance revoked this trainer's partitions; its assignment is awaited
         self._gap = RebalanceGap(settings.session_timeout_ms / 1000)
+        #: (monotonic time, events learned) at the last status line
+        self._status_mark = (time.monotonic(), 0)
         TrainerEvaluation.clear_gauges(self.metrics, self.names)
 
     @property
@@ -314,6 +316,7 @@ class ScaleOutTrainer:
         self._claim()
         restore_signals = stop_on_signals(self.stop_event, "snapshots")
         last_record = t_start
+        self._status_mark = (t_start, self.events_learned)
         try:
             self.metrics.update_lag.set(float("nan"))
             self._open_kafka()
@@ -345,6 +348,8 @@ class ScaleOutTrainer:
                 if time.time() - self._last_snapshot >= s.snapshot_every_s:
                     with self.clock("snapshot"):
                         self.checkpoint()
+                if now - self._status_mark[0] >= s.status_every_s:
+                    self._status(now)
                 if self._limit_reached(now - t_start, now - last_record):
                     break
         except TransactionFailed:
@@ -369,6 +374,15 @@ class ScaleOutTrainer:
                               self.updates_published,
                               self.txn.producer.bytes_sent if self.txn.producer else 0,
                               self.transactions, time.monotonic() - t_start)
+
+    def _status(self, now: float) -> None:
+        """Every ``status_every_s``: the learning rate since the last one
+        (``liverec_trainer_events_per_second``) and a status line."""
+        then, learned = self._status_mark
+        rate = (self.events_learned - learned) / (now - then) if now > then else 0.0
+        self._status_mark = (now, self.events_learned)
+        self.metrics.events_per_second.set(rate)
+        log.info("%s rate=%.0f/s", self.status_line(), rate)
 
     def status_line(self) -> str:
         ev = self.evaluation
