@@ -17,7 +17,7 @@ from pathlib import Path
 
 import orjson
 
-__all__ = ["OWNER_FILE", "unowned_partitions", "write_heartbeat"]
+__all__ = ["OWNER_FILE", "heartbeat_owner", "unowned_partitions", "write_heartbeat"]
 
 OWNER_FILE = "OWNER"
 
@@ -31,6 +31,17 @@ def write_heartbeat(root: Path, partition: int, instance: str, now: float | None
     tmp.write_bytes(orjson.dumps({"instance": instance,
                                   "at": time.time() if now is None else now}))
     os.replace(tmp, d / OWNER_FILE)
+
+
+def heartbeat_owner(partition_dir: Path) -> str | None:
+    """The instance that last said it owns the partition of ``partition_dir``
+    (``<snapshots>/partitions/<p>``); None when no heartbeat is readable."""
+    try:
+        beat = orjson.loads((partition_dir / OWNER_FILE).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    owner = beat.get("instance") if isinstance(beat, dict) else None
+    return owner if isinstance(owner, str) else None
 
 
 def unowned_partitions(root: Path, threshold_s: float, known: Iterable[int] = (),

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from online_models.base import OnlineModel, UserHistory
+from online_models.ownership import heartbeat_owner
 from online_models.snapshot import Snapshot, SnapshotError, SnapshotStore
 from trainer.partition_state import PartitionState, PartitionStore
 
@@ -81,7 +82,9 @@ def gather_partitions(
     """Partitions ``0..n_partitions-1`` (and any higher one in ``live``): those in
     ``live`` as they are (their users' state is in ``models`` already), the others
     restored from their latest snapshot (``store(p)``) into ``models`` and a
-    ``fresh_state(p)``; a partition with no snapshot counts no events and no owner."""
+    ``fresh_state(p)``; a partition with no snapshot counts no events and no owner. A
+    partition's owner is its heartbeat's (``partitions/<p>/OWNER``), else its snapshot's
+    writer."""
     out = GatheredPartitions()
     owner: Any
     age: float | None
@@ -90,14 +93,17 @@ def gather_partitions(
         if st is not None:
             owner, age = instance, 0.0
         else:
-            snap = store(p).load(topic)
+            ps = store(p)
+            snap = ps.load(topic)
             if snap is None:
                 out.partitions[str(p)] = {"events_total": 0, "offset": None, "owner": None,
                                           "snapshot_age_s": None}
                 continue
             st = fresh_state(p)
             st.restore(snap, topic, models, dedup_window_s=1.0, dedup_max_ids=1)
-            owner = snap.extra_meta.get("instance")
+            # its owner now: the snapshot's writer may have handed it on since (a
+            # take-over writes no snapshot until the partition moves)
+            owner = heartbeat_owner(ps.store.root) or snap.extra_meta.get("instance")
             created = snap.manifest.get("created_at")
             age = (time.time() - datetime.fromisoformat(created).timestamp()
                    if isinstance(created, str) else None)
