@@ -5,7 +5,8 @@ committed update messages (``read_committed``) and folds their item-side deltas 
 its models, per model in topic order, a batch at a time. The item state is then a
 function of the update topic alone: :attr:`UpdateFold.offsets` says how far into the
 topic it is, :attr:`UpdateFold.coverage` how many events of each input partition it
-holds.
+holds. Messages that name another consumer group (another deployment learning the
+same click topic) are skipped: their events are not this group's to count.
 """
 
 from __future__ import annotations
@@ -21,9 +22,23 @@ from online_models.deltas import ItemDelta, SharedIds, decode_deltas
 from stream.kafka.confluent import ConfluentConsumer
 from trainer.metrics import TrainerMetrics
 
-__all__ = ["PendingFold", "UpdateFold"]
+__all__ = ["PendingFold", "UpdateFold", "foreign_group"]
 
 log = logging.getLogger(__name__)
+
+
+def foreign_group(meta: Mapping[str, Any], group: str | None) -> str | None:
+    """The consumer group an update message names when it is not ``group`` (None: it
+    is this group's, or it names none, as messages of liverec before 2026-12-08 do).
+
+    >>> foreign_group({"partition": 0, "group": "other"}, "mine")
+    'other'
+    >>> foreign_group({"partition": 0, "group": "mine"}, "mine"), foreign_group({}, "mine")
+    (None, None)
+    """
+    other = meta.get("group")
+    return other if group is not None and isinstance(other, str) and other != group \
+        else None
 
 
 class UpdateFold:
@@ -42,6 +57,8 @@ class UpdateFold:
         Where the bytes and messages read and each partition's events go.
     fold_every_s
         Seconds between folds: messages read meanwhile wait in memory.
+    group
+        This trainer's consumer group: messages naming another are skipped.
     """
 
     #: most update messages one read takes
@@ -50,8 +67,12 @@ class UpdateFold:
     BATCH_BYTES = 16 * 1024 * 1024
 
     def __init__(self, models: dict[str, OnlineModel], updates: str, topic: str,
-                 metrics: TrainerMetrics, fold_every_s: float) -> None:
+                 metrics: TrainerMetrics, fold_every_s: float, group: str | None = None
+                 ) -> None:
         self.models = models
+        self.group = group
+        #: other groups whose update messages were skipped (each logged once)
+        self.foreign: set[str] = set()
         self.updates = updates
         self.topic = topic
         self.metrics = metrics
@@ -90,6 +111,16 @@ class UpdateFold:
             except Exception:
                 self.metrics.loop_errors.labels(stage="process").inc()
                 log.exception("update %s[%d]@%d unreadable: skipped", self.updates, p, o)
+                continue
+            other = foreign_group(meta, self.group)
+            if other is not None:
+                if other not in self.foreign:
+                    self.foreign.add(other)
+                    log.warning(
+                        "%s holds update messages of consumer group %r (another deployment "
+                        "learning %s): skipped, only those of group %r are folded; give "
+                        "each group its own click topic", self.updates, other, self.topic,
+                        self.group)
                 continue
             pending.add(deltas, meta, len(value))
             self.metrics.update_bytes.labels(direction="in").inc(len(value))

@@ -148,7 +148,7 @@ class ScaleOutTrainer:
         self.parts: dict[int, PartitionState] = {}
         #: the item state's fold of the update topic (its reader, offsets, coverage)
         self.fold = UpdateFold(self.models, self.updates, self.topic, self.metrics,
-                               settings.fold_every_s)
+                               settings.fold_every_s, group=settings.group)
         #: where the loop's time goes (``liverec_trainer_loop_seconds_total``)
         self.clock = PhaseClock(self.metrics.loop_seconds)
         #: the owned partitions' take-over, snapshots and release

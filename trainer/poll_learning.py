@@ -118,7 +118,8 @@ class PollLearner:
                 learned += n
                 if n:
                     msg = encode_deltas(deltas, {"partition": p, "events": n,
-                                                 "instance": self.instance})
+                                                 "instance": self.instance,
+                                                 "group": self.settings.group})
                     if n >= self.UPDATE_SIZING_EVENTS:
                         # A small message's ids and header make its bytes per event
                         # read high; sized by those, chunks would shrink for nothing.
