@@ -16,7 +16,8 @@ snapshot's offsets.
 update topic to its end or folded past the update offsets of the merged snapshot
 being served, an ordinary snapshot into ``<snapshots>/`` (the merged
 model: its item state plus every partition's latest user state; ``events_total``
-summed over partitions), which ``liverec serve --snapshots`` loads like any other.
+summed over partitions), which ``liverec serve --snapshots`` loads like any other;
+none while nothing it is made of moved since the last one.
 
 **Evaluation.** A trainer that folds the update topic and has read it to its end
 holds the whole item state, so it evaluates its own partitions' events
@@ -42,6 +43,7 @@ from typing import Any
 from online_models import registry
 from online_models.base import OnlineModel, UserHistory
 from online_models.deltas import learns_from_item_state
+from online_models.ownership import heartbeat_owner
 from online_models.snapshot import SnapshotError, SnapshotStore
 from trainer.evaluation import TrainerEvaluation
 from trainer.folding import UpdateFold
@@ -131,6 +133,8 @@ class ItemSide:
         #: prequential evaluation of the own partitions' events, while folding and
         #: current (None otherwise; rebuilt whenever the item state is replaced)
         self.evaluation: TrainerEvaluation | None = None
+        #: what the last item snapshot and merge were made of (:meth:`_merge_inputs`)
+        self._merged_inputs: tuple[Any, ...] | None = None
         #: the last fold read all the update messages that had arrived, and some were
         #: folded since folding began (a backlog read in full batches is not current)
         self.fold_current = False
@@ -271,6 +275,10 @@ class ItemSide:
                      "state is ahead (update offsets %s, folded %s; %s update records "
                      "unread)", self._served_updates(), self.fold.offsets, self.update_lag)
             return
+        inputs = self._merge_inputs(parts)
+        if not force and inputs == self._merged_inputs:
+            return  # nothing moved since the last merge: no identical new version
+        written = True
         try:
             self.items_store.write(
                 self.models, history=merge_histories([], self.settings.history_items),
@@ -279,14 +287,30 @@ class ItemSide:
                 extra_meta={"instance": self.instance, "kind": "items",
                             "coverage": {str(p): n for p, n in self.fold.coverage.items()}})
         except Exception:
+            written = False
             m.snapshot_errors.inc()
             log.exception("item snapshot failed")
         if self.fold_partition in parts or (force and parts):
             try:
                 self.write_merged(parts)
             except Exception:
+                written = False
                 m.snapshot_errors.inc()
                 log.exception("merged snapshot failed")
+        self._merged_inputs = inputs if written else None
+
+    def _merge_inputs(self, parts: Mapping[int, PartitionState]) -> tuple[Any, ...]:
+        """What an item snapshot and merge are made of: the update offsets folded, the
+        own partitions' offsets, and the other partitions' latest snapshot and owner.
+        The same again: a merge would be a copy of the last one (and, kept, would push
+        the last different version out of ``keep_snapshots``)."""
+        others = []
+        for p in range(self.n_input):
+            if p not in parts:
+                d = self.root / "partitions" / f"{p:05d}"
+                others.append((p, SnapshotStore(d).latest_version(), heartbeat_owner(d)))
+        return (tuple(sorted(self.fold.offsets.items())),
+                tuple(sorted((p, st.offset) for p, st in parts.items())), tuple(others))
 
     def _served_updates(self) -> dict[str, Any] | None:
         """The update offsets (by partition, as written) whose fold the served merged
