@@ -118,8 +118,9 @@ class UpdateFold:
                     self.foreign.add(other)
                     log.warning(
                         "%s holds update messages of consumer group %r (another deployment "
-                        "learning %s): skipped, only those of group %r are folded; give "
-                        "each group its own click topic", self.updates, other, self.topic,
+                        "learning %s): skipped, only those of group %r are folded (groups "
+                        "on one click topic share its update topic, and each reads the "
+                        "others' messages too)", self.updates, other, self.topic,
                         self.group)
                 continue
             pending.add(deltas, meta, len(value))
