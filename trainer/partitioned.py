@@ -175,7 +175,8 @@ class ScaleOutTrainer:
         #: the input topic's partitions are recounted after an assignment
         self._recount = False
         #: a rebalance revoked this trainer's partitions; its assignment is awaited
-        self._gap = RebalanceGap(settings.session_timeout_ms / 1000)
+        #: (bounded by the group consumer's max.poll.interval.ms, its options' default)
+        self._gap = RebalanceGap(ConsumerOptions().max_poll_interval_ms / 1000)
         #: (monotonic time, events learned) at the last status line
         self._status_mark = (time.monotonic(), 0)
         TrainerEvaluation.clear_gauges(self.metrics, self.names)
@@ -253,7 +254,8 @@ class ScaleOutTrainer:
         (always, when a model's learning reads item state), once a rebalance's
         assignment has arrived: a trainer handed the last partition straight back keeps
         folding, and its evaluation, through the rebalance."""
-        if not self.parts and self._gap.open():
+        if not self.parts and self.consumer is not None \
+                and self._gap.open(self.consumer.assignments):
             return
         if self._recount and self.consumer is not None:
             # after a rebalance (outside its callback): partitions may have been added
@@ -269,7 +271,6 @@ class ScaleOutTrainer:
 
     def _on_assign(self, parts: set[Partition]) -> None:
         assert self.consumer is not None
-        self._gap.assigned()
         committed = self.consumer.committed(parts, timeout_s=max(
             30.0, 2 * self.settings.transaction_timeout_ms / 1000))
         restored = {part: self.user_side.restore(part[1]) for part in sorted(parts)}
@@ -298,7 +299,8 @@ class ScaleOutTrainer:
     def _on_revoke(self, parts: set[Partition]) -> None:
         if not (self._closing or self._failed):
             self.txn.settle()  # the snapshots below hold what its offsets commit
-            self._gap.revoked()
+            if self.consumer is not None:
+                self._gap.revoked(self.consumer.assignments)
         for _, p in sorted(parts):
             st = self.parts.pop(p, None)
             if st is not None:

@@ -167,6 +167,10 @@ class ConfluentConsumer:
             raise _wrap(exc, "creating the consumer") from exc
         self._in_callback = False
         self._callback_seeks: dict[Partition, int] = {}
+        #: group assignments received, an empty one included (``on_assign`` is not
+        #: called for those): a member that lost its partitions in a rebalance tells
+        #: by this that the rebalance's assignment has come
+        self.assignments = 0
 
     # ------------------------------------------------------------------ group
 
@@ -177,6 +181,7 @@ class ConfluentConsumer:
             # inside the hook become start offsets of a second assign (a seek on a
             # partition whose fetcher has not started yet is refused).
             consumer.assign(tps)
+            self.assignments += 1
             if on_assign is None or not tps:
                 return
             self._in_callback, self._callback_seeks = True, {}

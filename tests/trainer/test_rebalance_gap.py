@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from stream.kafka import ConsumerOptions
+from stream.kafka.confluent import ConfluentConsumer
 from stream.settings import KafkaSettings
 from trainer.partitioned import ScaleOutTrainer
 from trainer.settings import TrainerSettings
@@ -16,26 +18,37 @@ from trainer.settings import TrainerSettings
 def test_role_waits_between_revocation_and_assignment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    kafka = KafkaSettings(bootstrap="127.0.0.1:9", topic="clicks")
     trainer = ScaleOutTrainer(
         TrainerSettings(group="g", snapshots=tmp_path, models="popularity", scale_out=True,
-                        instance_id="t0", session_timeout_ms=6000, metrics_port=-1),
-        KafkaSettings(bootstrap="127.0.0.1:9", topic="clicks"))
+                        instance_id="t0", session_timeout_ms=6000, metrics_port=-1), kafka)
+    # A consumer that never connects (nothing is polled): its assignment count is what
+    # the rebalance callbacks would move.
+    trainer.consumer = ConfluentConsumer(kafka, ConsumerOptions(group_id="g"))
     synced: list[set[int]] = []
     monkeypatch.setattr(trainer.item_side, "sync_role",
                         lambda parts: synced.append(set(parts)))
-    trainer._sync_role()
-    assert synced == [set()]  # no rebalance under way: the role follows the partitions
+    monkeypatch.setattr(trainer.consumer, "partitions_for", lambda topic: [0, 1, 2, 3])
+    try:
+        trainer._sync_role()
+        assert synced == [set()]  # no rebalance under way: the role follows the partitions
 
-    trainer._on_revoke({("clicks", 3)})
-    trainer._sync_role()
-    # Revoked, assignment not yet here: folding (and the evaluation) stays as it is
-    # rather than stopping for a set the assignment may hand straight back.
-    assert synced == [set()]
+        trainer._on_revoke({("clicks", 3)})
+        trainer._sync_role()
+        # Revoked, assignment not yet here: folding (and the evaluation) stays as it is
+        # rather than stopping for a set the assignment may hand straight back.
+        assert synced == [set()]
 
-    # A member handed nothing gets no assignment callback: the wait ends after the
-    # session timeout.
-    trainer._gap.revoked(now=time.monotonic() - 6.5)
-    trainer._sync_role()
-    assert synced == [set(), set()]
-    trainer._sync_role()
-    assert synced == [set(), set(), set()]
+        trainer.consumer.assignments += 1  # an empty assignment (no on_assign call)
+        trainer._sync_role()
+        assert synced == [set(), set()]
+
+        # Revoked again, and no assignment within max.poll.interval.ms: the wait ends.
+        trainer._on_revoke({("clicks", 3)})
+        trainer._sync_role()
+        assert synced == [set(), set()]
+        trainer._gap.revoked(trainer.consumer.assignments, now=time.monotonic() - 301)
+        trainer._sync_role()
+        assert synced == [set(), set(), set()]
+    finally:
+        trainer.consumer.close()
