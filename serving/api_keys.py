@@ -235,8 +235,9 @@ class KeyFile:
         ``missing_ok``."""
         if missing_ok and not self.path.exists():
             return []
-        lines = self.path.read_text().splitlines()
-        return [ApiKey.parse(ln) for ln in lines if ln.strip() and not ln.startswith("#")]
+        # A comment may end a record's line too ("# " never occurs in a record).
+        lines = [ln.split("#", 1)[0].strip() for ln in self.path.read_text().splitlines()]
+        return [ApiKey.parse(ln) for ln in lines if ln]
 
     def add(self, name: str, scopes: Iterable[str], limits: Limits = ()) -> str:
         """Store a new key's hash under ``name`` (with its own rate ``limits``);
@@ -247,7 +248,7 @@ class KeyFile:
         key_id, key = new_key()
         keys.append(ApiKey.parse(f"{name}:{','.join(sorted(set(scopes)))}:{key_id}:"
                                  f"{hash_key(key)}"))
-        keys[-1] = replace(keys[-1], limits=limits)
+        keys[-1] = replace(keys[-1], limits=parse_limits(format_limits(limits)))
         self._write(keys)
         return key
 
@@ -257,6 +258,7 @@ class KeyFile:
         keys = self.load()
         if not any(k.name == name for k in keys):
             return False
+        limits = parse_limits(format_limits(limits))  # as the file will read them back
         self._write([replace(k, limits=limits) if k.name == name else k for k in keys])
         return True
 

@@ -2,7 +2,7 @@
 
 Labels are bounded: route *templates* (never concrete paths with ids), methods,
 status codes, and API key *names* (never keys; at most :data:`MAX_KEY_LABELS` of them,
-the rest as ``other``).
+the rest as ``_other``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ DEGRADED_REASONS: tuple[str, ...] = (
 )
 
 #: distinct ``key`` label values (key names and ``anonymous``) a server exports; the
-#: keys seen after these count under ``other`` (a key file of thousands of customers'
+#: keys seen after these count under ``_other`` (a key file of thousands of customers'
 #: keys must not make thousands of series per metric)
 MAX_KEY_LABELS = 100
 
@@ -272,7 +272,7 @@ class ServingMetrics:
             self.auth_failures.labels(reason=reason)
         self.key_events = Counter(
             "liverec_serving_key_events_total",
-            "POST /v1/events events by caller (the API key's name, anonymous, or other "
+            "POST /v1/events events by caller (the API key's name, anonymous, or _other "
             "past the first 100 names): accepted (Kafka has them) or refused.",
             ["key", "outcome"],
             registry=r,
@@ -297,21 +297,21 @@ class ServingMetrics:
             registry=r,
         )
 
-
     def key_label(self, name: str) -> str:
         """``name`` as a ``key`` label: itself for the first :data:`MAX_KEY_LABELS`
-        names seen, ``other`` after them.
+        names seen, ``_other`` after them (no key can be named so: names begin with a
+        letter or digit).
 
         >>> m = ServingMetrics()
         >>> m.key_label("shop-frontend"), m.key_label("anonymous")
         ('shop-frontend', 'anonymous')
         >>> [m.key_label(f"customer-{i}") for i in range(99)][-2:], m.key_label("anonymous")
-        (['customer-97', 'other'], 'anonymous')
+        (['customer-97', '_other'], 'anonymous')
         """
         if name in self._key_labels:
             return name
         if len(self._key_labels) >= MAX_KEY_LABELS:
-            return "other"
+            return "_other"
         self._key_labels.add(name)
         return name
 

@@ -37,8 +37,9 @@ def foreign_group(meta: Mapping[str, Any], group: str | None) -> str | None:
     (None, None)
     """
     other = meta.get("group")
-    return other if group is not None and isinstance(other, str) and other != group \
-        else None
+    if group is None or not isinstance(other, str) or other == group:
+        return None
+    return other
 
 
 class UpdateFold:

@@ -301,14 +301,20 @@ class ItemSide:
 
     def _merge_inputs(self, parts: Mapping[int, PartitionState]) -> tuple[Any, ...]:
         """What an item snapshot and merge are made of: the update offsets folded, the
-        own partitions' offsets, and the other partitions' latest snapshot and owner.
-        The same again: a merge would be a copy of the last one (and, kept, would push
-        the last different version out of ``keep_snapshots``)."""
+        own partitions' offsets, and the other partitions' snapshots (each one's newest
+        version directory with its files' sizes and times: a version still being
+        written, or a number reused after the directory was recreated, differs from the
+        finished one) and owner. The same again: a merge would be a copy of the last
+        one (and, kept, would push the last different version out of
+        ``keep_snapshots``)."""
         others = []
         for p in range(self.n_input):
             if p not in parts:
                 d = self.root / "partitions" / f"{p:05d}"
-                others.append((p, SnapshotStore(d).latest_version(), heartbeat_owner(d)))
+                store = SnapshotStore(d)
+                newest = max(store.versions(), default=None)
+                files = store.fingerprint(newest) if newest is not None else ()
+                others.append((p, newest, files, heartbeat_owner(d)))
         return (tuple(sorted(self.fold.offsets.items())),
                 tuple(sorted((p, st.offset) for p, st in parts.items())), tuple(others))
 

@@ -82,9 +82,9 @@ def gather_partitions(
     """Partitions ``0..n_partitions-1`` (and any higher one in ``live``): those in
     ``live`` as they are (their users' state is in ``models`` already), the others
     restored from their latest snapshot (``store(p)``) into ``models`` and a
-    ``fresh_state(p)``; a partition with no snapshot counts no events and no owner. A
-    partition's owner is its heartbeat's (``partitions/<p>/OWNER``), else its snapshot's
-    writer."""
+    ``fresh_state(p)``; a partition with no snapshot counts no events and no owner. The
+    owner of a partition with a snapshot is its heartbeat's (``partitions/<p>/OWNER``),
+    else the snapshot's writer."""
     out = GatheredPartitions()
     owner: Any
     age: float | None

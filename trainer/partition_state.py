@@ -18,6 +18,7 @@ input partition, so it moves with the partition when the group rebalances:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,11 +169,14 @@ class PartitionStore:
 
 
 def _being_written(path: Path) -> bool:
-    """A version directory that is still empty: a writer reserved its number and has
-    not renamed the finished snapshot into place yet (see
-    :meth:`~online_models.snapshot.SnapshotStore.write_captured`)."""
+    """A version directory that is still empty and recent: a writer reserved its number
+    and has not renamed the finished snapshot into place yet (see
+    :meth:`~online_models.snapshot.SnapshotStore.write_captured`). One empty for longer
+    than :attr:`~online_models.snapshot.SnapshotStore.STALE_TMP_S` was left by a
+    writer that died (its store removes it then)."""
     try:
-        return not any(path.iterdir())
+        return (not any(path.iterdir())
+                and time.time() - path.stat().st_mtime < SnapshotStore.STALE_TMP_S)
     except OSError:
         return False
 

@@ -359,13 +359,17 @@ def test_a_key_with_its_own_limits_is_held_to_them(
         assert 'key="widget"' in exposed and widget not in exposed  # the name, never the key
 
 
-def test_key_records_carry_their_limits() -> None:
+def test_key_records_carry_their_limits(tmp_path: Path) -> None:
     rec = ApiKey("w", "0000000a", frozenset({"write"}), "scrypt$x",
                  parse_limits("write=2.5/10,ops=1/1"))
     assert rec.record() == "w:write:0000000a:scrypt$x:ops=1/1,write=2.5/10"
     assert ApiKey.parse(rec.record()) == rec
     assert rec.limit("write") == (2.5, 10.0) and rec.limit("read") is None
     assert ApiKey.parse("w:write:0000000a:scrypt$x").limits == ()  # older records
+    # A hand-written comment may end a record's line in the key file.
+    kf = KeyFile(tmp_path / "keys")
+    kf.path.write_text(f"# keys\n{rec.record()}  # the shop's widget: 2.5/s\n")
+    assert kf.load() == [rec]
     for bad, why in (("auth=1/1", "scope is one of"), ("write=1/0", "at least 1"),
                      ("write=-1/5", "at least 0"), ("write=nan/5", "finite"),
                      ("write=1/2,write=3/4", "two rate limits"), ("write=1", "scope=rate/burst")):

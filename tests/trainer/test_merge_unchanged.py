@@ -43,3 +43,12 @@ def test_a_merge_is_written_only_when_something_moved(tmp_path: Path) -> None:
     checkpoint()
     checkpoint(force=True)  # shutdown: always
     assert merged.versions() == [1, 2, 3, 4]
+    # Another member's first partition snapshot: its version directory reserved (empty),
+    # then the finished files: the merge follows each step, and no more once it is done.
+    first = SnapshotStore(tmp_path / "partitions" / "00000").path_of(1)
+    first.mkdir(parents=True)
+    checkpoint()
+    (first / "manifest.json").write_text("{}")
+    checkpoint()
+    checkpoint()
+    assert merged.versions()[-2:] == [5, 6] and len(merged.versions()) <= 6
