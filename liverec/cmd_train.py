@@ -79,8 +79,8 @@ def train(
     max_events: Annotated[int | None, typer.Option(
         help="stop after learning this many events [LIVEREC_MAX_EVENTS]")] = None,
     until_events_total: Annotated[int | None, typer.Option(
-        help="stop once events_total (across restarts) reaches this "
-             "[LIVEREC_UNTIL_EVENTS_TOTAL]")] = None,
+        help="stop once events_total (across restarts) reaches this; a single trainer "
+             "only [LIVEREC_UNTIL_EVENTS_TOTAL]")] = None,
     max_seconds: Annotated[float | None, typer.Option(
         help="stop after this many seconds [LIVEREC_MAX_SECONDS]")] = None,
     idle_exit_s: Annotated[float | None, typer.Option(
@@ -88,7 +88,8 @@ def train(
              "[LIVEREC_IDLE_EXIT_S]")] = None,
     join_timeout_s: Annotated[float | None, typer.Option(
         help="rebuild the consumer after this many seconds without partitions "
-             "(doubling) [LIVEREC_JOIN_TIMEOUT_S]")] = None,
+             "(doubling); a single trainer only (a scale-out member without partitions "
+             "waits in its group) [LIVEREC_JOIN_TIMEOUT_S]")] = None,
     eval_sample: Annotated[float | None, typer.Option(
         help="prequential evaluation: the fraction of evaluable events scored, seeded "
              "(1 = all) [LIVEREC_EVAL_SAMPLE]")] = None,

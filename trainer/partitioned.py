@@ -127,6 +127,10 @@ class ScaleOutTrainer:
         if settings.follow:
             raise ValueError("--follow is for a single trainer: scale-out trainers learn "
                              "only models that share item-side deltas")
+        if settings.until_events_total is not None:
+            raise ValueError("--until-events-total is for a single trainer: a scale-out "
+                             "trainer holds only its partitions' events; stop it with "
+                             "--max-events, --max-seconds or --idle-exit-s")
         if settings.source == "process":
             raise ValueError("--source process is for a single trainer: scale-out "
                              "trainers poll in their transactional loop")

@@ -181,7 +181,7 @@ class TrainerSettings(BaseSettings):
     transaction_timeout_ms: int = Field(default=10_000, ge=1_000)
     #: stop after this many events learned by this process
     max_events: int | None = Field(default=None, ge=1)
-    #: stop once ``events_total`` (across restarts) reaches this
+    #: stop once ``events_total`` (across restarts) reaches this (a single trainer)
     until_events_total: int | None = Field(default=None, ge=1)
     #: stop after this many seconds
     max_seconds: float | None = Field(default=None, gt=0)

@@ -1,5 +1,6 @@
-"""A scale-out trainer's role waits for a rebalance's assignment (no broker: the
-rebalance callbacks are called as the consumer calls them)."""
+"""A scale-out trainer without a broker: its role waits for a rebalance's assignment (the
+rebalance callbacks are called as the consumer calls them), and single-trainer stop
+conditions are refused."""
 
 from __future__ import annotations
 
@@ -52,3 +53,13 @@ def test_role_waits_between_revocation_and_assignment(
         assert synced == [set(), set(), set()]
     finally:
         trainer.consumer.close()
+
+
+def test_a_single_trainers_stop_condition_is_refused(tmp_path: Path) -> None:
+    """--until-events-total counts one trainer's events_total: a scale-out member, which
+    holds only its partitions' events, would never stop (it was silently ignored)."""
+    with pytest.raises(ValueError, match="--until-events-total is for a single trainer"):
+        ScaleOutTrainer(TrainerSettings(snapshots=tmp_path, models="popularity",
+                                        scale_out=True, until_events_total=10,
+                                        metrics_port=-1),
+                        KafkaSettings(bootstrap="127.0.0.1:9", topic="clicks"))
