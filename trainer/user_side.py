@@ -20,6 +20,7 @@ leave the models.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
@@ -71,6 +72,12 @@ class UserSide:
         self.topic = topic
         self.instance = instance
         self.flood_settings = flood
+        #: wall-clock time of the newest partition snapshot written (0: none yet), as
+        #: ``liverec_trainer_snapshot_timestamp_seconds`` and ``..._age_seconds`` say:
+        #: LiverecSnapshotStale then covers a scale-out trainer as a single one
+        self.last_written_wall = 0.0
+        metrics.snapshot_age.set_function(
+            lambda: time.time() - self.last_written_wall if self.last_written_wall else -1.0)
 
     def fresh_state(self, p: int) -> PartitionState:
         s = self.settings
@@ -136,6 +143,8 @@ class UserSide:
         try:
             PartitionStore(self.root, st.partition, self.settings.keep_snapshots).write(
                 st, self.topic, self.models, {"instance": self.instance})
+            self.last_written_wall = time.time()
+            self.metrics.snapshot_timestamp.set(self.last_written_wall)
         except Exception:
             self.metrics.snapshot_errors.inc()
             if strict:
