@@ -8,10 +8,14 @@ server re-reads the file within a second, so ``revoke`` needs no restart.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from serving.auth import KeyFile
 
 keys_app = typer.Typer(
     rich_markup_mode=None,
@@ -118,18 +122,8 @@ def keys_limit(
 ) -> None:
     """Set a key's own rate limits (none given: the server's again); the key stays
     valid, and running servers apply them within a second."""
-    from serving.auth import AuthConfigError, KeyFile
-
     limits = _limits(limit)
-    path = file or default_key_file()
-    try:
-        found = KeyFile(path).set_limits(name, limits)
-    except (AuthConfigError, OSError) as exc:
-        typer.echo(f"error: {path}: {exc}", err=True)
-        raise typer.Exit(1) from None
-    if not found:
-        typer.echo(f"error: no key named {name!r} in {path}", err=True)
-        raise typer.Exit(1)
+    _change_key(file or default_key_file(), name, lambda kf: kf.set_limits(name, limits))
     typer.echo(f"{name!r}: rate limits {_limits_text(limits)}")
 
 
@@ -142,14 +136,7 @@ def keys_revoke(
     from serving.auth import AuthConfigError, KeyFile
 
     path = file or default_key_file()
-    try:
-        revoked = KeyFile(path).revoke(name)
-    except (AuthConfigError, OSError) as exc:
-        typer.echo(f"error: {path}: {exc}", err=True)
-        raise typer.Exit(1) from None
-    if not revoked:
-        typer.echo(f"error: no key named {name!r} in {path}", err=True)
-        raise typer.Exit(1)
+    _change_key(path, name, lambda kf: kf.revoke(name))
     typer.echo(f"revoked {name!r}")
     try:
         left = KeyFile(path).load()
@@ -160,6 +147,21 @@ def keys_revoke(
                    "and keeps anonymous writes closed until it restarts (a server started "
                    "without keys on loopback, or with --allow-anonymous-writes, takes them)",
                    err=True)
+
+
+def _change_key(path: Path, name: str, change: Callable[[KeyFile], bool]) -> None:
+    """Apply ``change`` to the key file at ``path``; exit 1 saying why when the file
+    cannot be read or written, or holds no key ``name`` (``change`` returned False)."""
+    from serving.auth import AuthConfigError, KeyFile
+
+    try:
+        found = change(KeyFile(path))
+    except (AuthConfigError, OSError) as exc:
+        typer.echo(f"error: {path}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if not found:
+        typer.echo(f"error: no key named {name!r} in {path}", err=True)
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

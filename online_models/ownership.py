@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -36,12 +37,17 @@ def write_heartbeat(root: Path, partition: int, instance: str, now: float | None
 def heartbeat_owner(partition_dir: Path) -> str | None:
     """The instance that last said it owns the partition of ``partition_dir``
     (``<snapshots>/partitions/<p>``); None when no heartbeat is readable."""
+    owner = _read_beat(partition_dir).get("instance")
+    return owner if isinstance(owner, str) else None
+
+
+def _read_beat(partition_dir: Path) -> dict[str, Any]:
+    """The heartbeat of ``partition_dir`` (empty when missing or unreadable)."""
     try:
         beat = orjson.loads((partition_dir / OWNER_FILE).read_bytes())
     except (OSError, orjson.JSONDecodeError):
-        return None
-    owner = beat.get("instance") if isinstance(beat, dict) else None
-    return owner if isinstance(owner, str) else None
+        return {}
+    return beat if isinstance(beat, dict) else {}
 
 
 def unowned_partitions(root: Path, threshold_s: float, known: Iterable[int] = (),
@@ -63,9 +69,8 @@ def unowned_partitions(root: Path, threshold_s: float, known: Iterable[int] = ()
     out: dict[int, float | None] = {}
     for p in sorted(parts):
         try:
-            beat = orjson.loads((base / f"{p:05d}" / OWNER_FILE).read_bytes())
-            age: float | None = max(0.0, now - float(beat["at"]))
-        except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            age: float | None = max(0.0, now - float(_read_beat(base / f"{p:05d}")["at"]))
+        except (KeyError, TypeError, ValueError):
             age = None
         if age is None or age > threshold_s:
             out[p] = age

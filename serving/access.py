@@ -29,6 +29,7 @@ from serving.api_keys import (
     KeyFile,
     Limits,
     key_table,
+    limit_of,
     parse_records,
     verify_key,
 )
@@ -133,7 +134,7 @@ class Principal:
 
     def limit(self, scope: str) -> tuple[float, float] | None:
         """The key's own (tokens per second, burst) of ``scope``; None: the server's."""
-        return next(((r, b) for s, r, b in self.limits if s == scope), None)
+        return limit_of(self.limits, scope)
 
     @property
     def caller(self) -> str:

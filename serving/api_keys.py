@@ -27,6 +27,7 @@ __all__ = [
     "format_limits",
     "hash_key",
     "key_table",
+    "limit_of",
     "new_key",
     "parse_limits",
     "parse_records",
@@ -66,7 +67,7 @@ class ApiKey:
 
     def limit(self, scope: str) -> tuple[float, float] | None:
         """The key's own (tokens per second, burst) of ``scope``; None: the server's."""
-        return next(((r, b) for s, r, b in self.limits if s == scope), None)
+        return limit_of(self.limits, scope)
 
     def record(self) -> str:
         """The line stored in a key file or ``LIVEREC_API_KEYS``."""
@@ -131,6 +132,15 @@ def parse_limits(text: str) -> Limits:
                              "at least 1, both finite")
         out[scope] = (rate, burst)
     return tuple((s, *out[s]) for s in sorted(out))
+
+
+def limit_of(limits: Limits, scope: str) -> tuple[float, float] | None:
+    """``(tokens per second, burst)`` of ``scope`` in ``limits``; None when they set none.
+
+    >>> limit_of((("write", 2.5, 10.0),), "write"), limit_of((), "read")
+    ((2.5, 10.0), None)
+    """
+    return next(((r, b) for s, r, b in limits if s == scope), None)
 
 
 def format_limits(limits: Limits) -> str:

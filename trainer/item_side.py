@@ -266,14 +266,15 @@ class ItemSide:
             log.debug("update lag not available", exc_info=True)
         if self.update_lag == 0:
             self.caught_up = True
-        elif not self.caught_up and not holds_served(self.fold.offsets, self._served_updates()):
+        elif not self.caught_up and not holds_served(
+                self.fold.offsets, served := self._served_updates()):
             # A merge now could hold older item state than the one being served. (Not
             # "wait for a lag of 0": while the stream flows, the transaction this
             # trainer settled just before the lag was read is always unread, and the
             # merges would wait for the stream to pause.)
             log.info("item snapshot and merge wait: the served merged snapshot's item "
                      "state is ahead (update offsets %s, folded %s; %s update records "
-                     "unread)", self._served_updates(), self.fold.offsets, self.update_lag)
+                     "unread)", served, self.fold.offsets, self.update_lag)
             return
         inputs = self._merge_inputs(parts)
         if not force and inputs == self._merged_inputs:
@@ -310,11 +311,10 @@ class ItemSide:
         others = []
         for p in range(self.n_input):
             if p not in parts:
-                d = self.root / "partitions" / f"{p:05d}"
-                store = SnapshotStore(d)
+                store = PartitionStore(self.root, p, self.settings.keep_snapshots).store
                 newest = max(store.versions(), default=None)
                 files = store.fingerprint(newest) if newest is not None else ()
-                others.append((p, newest, files, heartbeat_owner(d)))
+                others.append((p, newest, files, heartbeat_owner(store.root)))
         return (tuple(sorted(self.fold.offsets.items())),
                 tuple(sorted((p, st.offset) for p, st in parts.items())), tuple(others))
 
